@@ -1,15 +1,341 @@
-"""FITS helpers shared by the tools.  (BEING WRITTEN — API fixed.)
+"""FITS conventions shared by every tool: CIAO HISTORY, long keywords, atomic writes.
 
-- ``check_clobber(path, clobber, *, param="outfile")``: raise OutputError before any work when
-  ``path`` exists and clobber is false.
-- ``write_fits(hdul, path, params, *, clobber)``: stamp every HDU (CREATOR, DATE, CIAO HISTORY
-  TOOL/PARM/CONT records with ASCnnnnn counters and HISTNUM) then write atomically (temporary
-  file in the destination folder, fsync, os.replace) with CHECKSUM/DATASUM.
-- ``stamp_header(header, params)``: the stamping alone (for files written another way).
-- ``atomic_path(path)``: context manager yielding a temporary path in the same folder, renamed
-  onto ``path`` on success, removed on failure.
-- ``get_keyword(header, name, default=None)`` / ``set_keyword(header, name, value, comment="")``:
-  read/write a keyword of any length; > 8 chars uses CXC DTYPEn/DVALn (reads HIERARCH too).
-- ``history_records(toolname, items, *, start=1, when=None) -> list[str]``: pure formatter of the
-  CIAO HISTORY payloads (each a 72-char card body) for ``items`` = [(name, value_text), ...].
+Owns how outputs are stamped (CREATOR, DATE, CIAO-style HISTORY records with
+``ASCnnnnn`` counters and HISTNUM, CHECKSUM/DATASUM), how keywords longer than
+eight characters are read and written (the CXC ``DTYPEn``/``DVALn`` convention;
+HIERARCH is read too), and how a file appears atomically (temporary file in the
+destination folder, fsync, rename).  It does not decide what goes into a file.
+
+astropy is imported inside the functions that need it, so importing this module
+costs nothing at tool start-up.
 """
+
+import contextlib
+import datetime
+import logging
+import os
+import re
+import tempfile
+from pathlib import Path
+
+from . import __version__
+from .errors import OutputError
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "check_clobber",
+    "write_fits",
+    "stamp_header",
+    "atomic_path",
+    "fsync_directory",
+    "get_keyword",
+    "set_keyword",
+    "delete_keyword",
+    "history_records",
+    "utc_now",
+]
+
+#: Width of the payload of one CIAO HISTORY record (cols 17-72 of the card).
+HISTORY_PAYLOAD = 56
+_ASC_RE = re.compile(r"ASC(\d{5})\s*$")
+_DTYPE_RE = re.compile(r"^DTYPE(\d+)$")
+
+
+def utc_now():
+    """The current UTC time as CIAO writes it, ``YYYY-MM-DDThh:mm:ss``."""
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+
+
+# --------------------------------------------------------------------------- clobber / atomic
+
+
+def check_clobber(path, clobber, *, param="outfile"):
+    """Refuse an existing output before any work is done.
+
+    Parameters
+    ----------
+    path : str or Path or None
+        The output file; blank/None means "no output" and passes.
+    clobber : bool
+        The tool's ``clobber`` parameter.
+    param : str
+        Parameter name, for the message.
+
+    Raises
+    ------
+    OutputError
+        If ``path`` exists and clobber is false, if it is a directory, or if its
+        folder does not exist.
+    """
+    if path is None or str(path).strip() == "":
+        return
+    p = Path(path)
+    if p.is_dir():
+        raise OutputError(f"{param}={path} is a directory, not a file")
+    if p.exists() and not clobber:
+        raise OutputError(f"Clobber set to no, and output file {path} exists ({param}).")
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.is_dir():
+        raise OutputError(f"{param}={path}: folder {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise OutputError(f"{param}={path}: folder {parent} is not writable")
+
+
+def fsync_directory(path):
+    """fsync a directory so that a rename inside it is durable (no-op where unsupported)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yield a temporary path next to ``path``; rename it onto ``path`` on success.
+
+    The temporary file lives in the destination folder (so the final
+    ``os.replace`` is an atomic rename on the same file system), is fsynced
+    before the rename, and is removed if the block raises.  A reader therefore
+    sees either the old file or the complete new one, never a partial file.
+    """
+    dest = Path(path)
+    folder = dest.parent if str(dest.parent) else Path(".")
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=folder)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        if dest.exists():
+            with contextlib.suppress(OSError):
+                os.chmod(tmp, dest.stat().st_mode & 0o7777)
+        else:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, dest)
+        fsync_directory(folder)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def write_fits(hdul, path, params, *, clobber):
+    """Stamp every HDU of ``hdul`` and write it atomically to ``path``.
+
+    Each HDU gets CREATOR, DATE, the CIAO HISTORY records of this run and
+    HISTNUM (:func:`stamp_header`), then the file is written with
+    CHECKSUM/DATASUM to a temporary file in the destination folder and renamed
+    into place (:func:`atomic_path`).
+
+    Parameters
+    ----------
+    hdul : astropy.io.fits.HDUList
+    path : str or Path
+    params : ParameterSet
+        The tool's resolved parameters (tool name and values for HISTORY).
+    clobber : bool
+    """
+    check_clobber(path, clobber)
+    when = utc_now()
+    for hdu in hdul:
+        stamp_header(hdu.header, params, when=when)
+    try:
+        with atomic_path(path) as tmp:
+            hdul.writeto(tmp, overwrite=True, checksum=True)
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from exc
+    logger.info("Wrote %s", path)
+
+
+# --------------------------------------------------------------------------- HISTORY
+
+
+def history_records(toolname, items, *, start=1, when=None):
+    """Format CIAO HISTORY records for one tool run.  Pure.
+
+    The layout is the one CIAO's data model writes (ciao-conventions §2.4):
+    each record is the 72-character value of a HISTORY card, i.e. cols 9-80 of
+    the card: a blank, the record type (``TOOL``, ``PARM``, ``CONT``), two
+    blanks, ``:``, a 56-character payload and the counter ``ASCnnnnn``.  The
+    TOOL payload is ``<tool>   <UTC time>``; one PARM per parameter
+    ``name=value``; a payload longer than 56 characters continues on CONT
+    records, split hard as CIAO does.
+
+    Parameters
+    ----------
+    toolname : str
+    items : iterable of (str, str)
+        Parameter names and values as text, in .par order.
+    start : int
+        Counter of the first record (continues the HDU's existing HISTNUM).
+    when : str, optional
+        Time stamp; default now.
+
+    Returns
+    -------
+    list of str
+        The card values, each exactly 72 characters.
+    """
+    when = when or utc_now()
+    records = []
+    counter = start
+
+    def add(kind, payload):
+        nonlocal counter
+        first = True
+        while first or payload:
+            chunk, payload = payload[:HISTORY_PAYLOAD], payload[HISTORY_PAYLOAD:]
+            # FITS cards hold printable ASCII only.
+            chunk = "".join(c if 32 <= ord(c) < 127 else "?" for c in chunk)
+            tag = kind if first else "CONT"
+            records.append(f" {tag:<4}  :{chunk:<{HISTORY_PAYLOAD}}ASC{counter % 100000:05d}")
+            counter += 1
+            first = False
+
+    add("TOOL", f"{toolname}   {when}")
+    for name, value in items:
+        add("PARM", f"{name}={value}")
+    return records
+
+
+def _last_history_number(header):
+    last = 0
+    if "HISTNUM" in header:
+        try:
+            last = int(header["HISTNUM"])
+        except (TypeError, ValueError):
+            last = 0
+    for card in header.cards:
+        if card.keyword == "HISTORY":
+            m = _ASC_RE.search(str(card.value))
+            if m:
+                last = max(last, int(m.group(1)))
+    return last
+
+
+def add_history(header, toolname, items, *, when=None):
+    """Append this run's CIAO HISTORY records to ``header`` and update HISTNUM."""
+    start = _last_history_number(header) + 1
+    records = history_records(toolname, items, start=start, when=when)
+    for rec in records:
+        header.add_history(rec)
+    last = start + len(records) - 1
+    if "HISTNUM" in header:
+        header["HISTNUM"] = last
+    else:
+        first_hist = next(
+            (i for i, c in enumerate(header.cards) if c.keyword == "HISTORY"), None
+        )
+        if first_hist is None:
+            header.append(("HISTNUM", last, "Number of HISTORY records"))
+        else:
+            header.insert(first_hist, ("HISTNUM", last, "Number of HISTORY records"))
+
+
+def stamp_header(header, params, *, when=None):
+    """Set CREATOR, DATE and this run's HISTORY records on ``header``.
+
+    ``params`` provides ``.tool`` and ``.history_items()``.
+    """
+    when = when or utc_now()
+    header["CREATOR"] = (f"{params.tool} - stk_astrometry {__version__}", "tool that created this output")
+    header["DATE"] = (when, "Date and time of file creation")
+    add_history(header, params.tool, params.history_items(), when=when)
+
+
+# --------------------------------------------------------------------------- long keywords
+
+
+def _find_dtype(header, name):
+    """Return n of the DTYPEn card whose value is ``name`` (case-insensitive), or None."""
+    target = name.strip().upper()
+    for card in header.cards:
+        m = _DTYPE_RE.match(card.keyword)
+        if m and str(card.value).strip().upper() == target:
+            return int(m.group(1))
+    return None
+
+
+def get_keyword(header, name, default=None):
+    """Read a keyword of any length.
+
+    Names of up to eight characters are read directly.  Longer names are
+    looked up as a CXC ``DTYPEn = 'NAME'`` / ``DVALn = value`` pair, then as a
+    HIERARCH card.
+
+    Returns
+    -------
+    The value, or ``default`` when the keyword is absent.
+    """
+    key = name.strip().upper()
+    if len(key) <= 8:
+        return header[key] if key in header else default
+    n = _find_dtype(header, key)
+    if n is not None and f"DVAL{n}" in header:
+        return header[f"DVAL{n}"]
+    for card in header.cards:
+        if card.keyword.upper() == key:
+            return card.value
+    return default
+
+
+def set_keyword(header, name, value, comment=""):
+    """Write a keyword of any length, the CXC way for names longer than eight characters.
+
+    An existing ``DTYPEn`` pair (or HIERARCH card) with that name is updated in
+    place; otherwise a new pair is appended with the next free ``n``.
+    """
+    key = name.strip().upper()
+    if len(key) <= 8:
+        header[key] = (value, comment) if comment else value
+        return
+    n = _find_dtype(header, key)
+    if n is None:
+        for card in list(header.cards):
+            if card.keyword.upper() == key:  # an existing HIERARCH card
+                header[card.keyword] = value
+                return
+        used = [int(m.group(1)) for c in header.cards if (m := _DTYPE_RE.match(c.keyword))]
+        n = max(used, default=0) + 1
+        header.append((f"DTYPE{n}", key, "Long key name - value in DVALn"))
+        header.append((f"DVAL{n}", value, comment))
+    else:
+        if f"DVAL{n}" in header:
+            header[f"DVAL{n}"] = value
+            if comment:
+                header.comments[f"DVAL{n}"] = comment
+        else:
+            idx = header.index(f"DTYPE{n}")
+            header.insert(idx + 1, (f"DVAL{n}", value, comment))
+
+
+def delete_keyword(header, name):
+    """Remove a keyword of any length (a DTYPEn/DVALn pair or HIERARCH card); True if found."""
+    key = name.strip().upper()
+    if len(key) <= 8:
+        if key in header:
+            del header[key]
+            return True
+        return False
+    n = _find_dtype(header, key)
+    if n is not None:
+        del header[f"DTYPE{n}"]
+        for extra in (f"DVAL{n}", f"DUNIT{n}"):
+            if extra in header:
+                del header[extra]
+        return True
+    for card in list(header.cards):
+        if card.keyword.upper() == key:
+            del header[card.keyword]
+            return True
+    return False

@@ -1,12 +1,294 @@
-"""Reading catalog tables given CIAO-style.  (BEING WRITTEN — API fixed.)
+"""Reading catalog tables named CIAO-style.
 
-- ``parse_virtual_filename(spec) -> (path, block)``: ``file.fits[EXTNAME]`` / ``file.fits[2]``
-  (1-based, 1 = primary as in CIAO); block None when absent.  Pure.
-- ``read_table(spec, *, param) -> TableInput`` with fields ``table`` (astropy Table, column names
-  lower-cased), ``header`` (astropy Header of the HDU, or {} for non-FITS), ``path``, ``hdu``
-  (label for messages, e.g. 'det.fits[DETECTIONS]'), ``spec``.  FITS: the named/numbered HDU, else the
-  first table HDU.  Other formats (VOTable, ECSV, CSV) through astropy.  A missing or unreadable
-  file raises InputError naming the parameter and file.
-- ``require_columns(tin, names, *, aliases=None) -> dict[name, column_name]``: case-insensitive
-  lookup with aliases; a missing column raises CatalogError naming file, HDU and column.
+Owns the parsing of ``file.fits[EXTNAME]`` / ``file.fits[n]`` (CIAO's block
+syntax: 1-based, 1 = the primary HDU) and the reading of a table from FITS or
+any format astropy reads (VOTable, ECSV, CSV), with case-insensitive column
+lookup.  It does not interpret the columns.
+
+astropy is imported inside the functions, so importing this module is cheap.
 """
+
+import logging
+import re
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import CatalogError, FormatError, InputError, ParameterError
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["TableInput", "parse_virtual_filename", "read_table", "require_columns", "is_fits_file"]
+
+_BLOCK_RE = re.compile(r"^(?P<path>.*?)\[(?P<block>[^\[\]]*)\]$")
+
+
+@dataclass(frozen=True)
+class TableInput:
+    """A table read from a file.
+
+    Attributes
+    ----------
+    table : astropy.table.Table
+        The rows, column names lower-cased.
+    header : astropy.io.fits.Header or dict
+        The header of the FITS HDU read ({} for other formats).
+    path : Path
+        The file.
+    hdu : str
+        A label for messages, e.g. ``det.fits[DETECTIONS]``.
+    spec : str
+        What the user gave.
+    original_names : dict
+        Lower-cased name -> the name as written in the file.
+    """
+
+    table: object
+    header: object
+    path: Path
+    hdu: str
+    spec: str
+    original_names: dict = field(default_factory=dict)
+
+
+def parse_virtual_filename(spec):
+    """Split ``file[block]`` into the file name and the block.  Pure.
+
+    Parameters
+    ----------
+    spec : str
+        ``file``, ``file[NAME]`` or ``file[n]`` (CIAO numbering: 1 = primary).
+
+    Returns
+    -------
+    path : str
+    block : str or int or None
+        The block name, the 1-based block number, or None.
+
+    Raises
+    ------
+    ParameterError
+        For an empty name or DM filters this reader does not support
+        (``[cols ...]``, ``[x>1]``, several bracket groups).
+    """
+    text = str(spec).strip()
+    if not text:
+        raise ParameterError("empty file name")
+    m = _BLOCK_RE.match(text)
+    if not m:
+        if "[" in text or "]" in text:
+            raise ParameterError(
+                f"{spec}: only one block selector is supported, e.g. file.fits[EXTNAME] or file.fits[2]"
+            )
+        return text, None
+    path, block = m.group("path").strip(), m.group("block").strip()
+    if not path:
+        raise ParameterError(f"{spec}: no file name before the block selector")
+    if "[" in path or "]" in path:
+        raise ParameterError(
+            f"{spec}: DM filters are not supported; select a block only, e.g. file.fits[EXTNAME]"
+        )
+    if not block:
+        return path, None
+    if re.fullmatch(r"\d+", block):
+        n = int(block)
+        if n < 1:
+            raise ParameterError(f"{spec}: block numbers start at 1 (the primary HDU)")
+        return path, n
+    if not re.fullmatch(r"[A-Za-z_][\w\-]*", block):
+        raise ParameterError(
+            f"{spec}: '[{block}]' is not a block name or number; DM filters are not supported"
+        )
+    return path, block
+
+
+def is_fits_file(path):
+    """True if ``path`` starts like a FITS file (also gzip-compressed FITS)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(9)
+    except OSError:
+        return False
+    if head.startswith(b"SIMPLE  ="):
+        return True
+    if head.startswith(b"\x1f\x8b"):
+        import gzip
+
+        try:
+            with gzip.open(path, "rb") as fh:
+                return fh.read(9).startswith(b"SIMPLE  =")
+        except OSError:
+            return False
+    return False
+
+
+def _ascii_format(path):
+    suffix = path.suffix.lower()
+    if suffix in (".gz", ".bz2", ".xz"):
+        suffix = Path(path.stem).suffix.lower()
+    return {
+        ".csv": "ascii.csv",
+        ".ecsv": "ascii.ecsv",
+        ".xml": "votable",
+        ".vot": "votable",
+        ".votable": "votable",
+        ".tsv": "ascii.tab",
+    }.get(suffix)
+
+
+def _lowercase_columns(table, label):
+    original = {}
+    for name in list(table.colnames):
+        low = name.strip().lower()
+        if low in original:
+            raise CatalogError(
+                f"{label}: columns '{original[low]}' and '{name}' differ only in case"
+            )
+        original[low] = name
+        if low != name:
+            table.rename_column(name, low)
+    return original
+
+
+def _read_fits(path, block, spec, param):
+    from astropy.io import fits
+    from astropy.table import Table
+
+    try:
+        hdul = fits.open(path, memmap=False)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{param}={spec}: cannot read FITS file {path}: {exc}") from exc
+    with hdul:
+        if block is None:
+            idx = next(
+                (i for i, h in enumerate(hdul) if isinstance(h, (fits.BinTableHDU, fits.TableHDU))),
+                None,
+            )
+            if idx is None:
+                raise FormatError(f"{param}={spec}: {path} has no table HDU")
+        elif isinstance(block, int):
+            idx = block - 1
+            if idx >= len(hdul):
+                raise InputError(
+                    f"{param}={spec}: {path} has {len(hdul)} HDUs, no block [{block}]"
+                )
+        else:
+            want = block.upper()
+            idx = next(
+                (
+                    i
+                    for i, h in enumerate(hdul)
+                    if str(h.header.get("EXTNAME", "")).strip().upper() == want
+                    or str(h.header.get("HDUNAME", "")).strip().upper() == want
+                ),
+                None,
+            )
+            if idx is None:
+                names = [str(h.header.get("EXTNAME", "PRIMARY" if i == 0 else i)) for i, h in enumerate(hdul)]
+                raise InputError(
+                    f"{param}={spec}: {path} has no HDU named {block} (HDUs: {', '.join(names)})"
+                )
+        hdu = hdul[idx]
+        name = str(hdu.header.get("EXTNAME", "PRIMARY" if idx == 0 else idx)).strip()
+        label = f"{path}[{name}]"
+        if not isinstance(hdu, (fits.BinTableHDU, fits.TableHDU)):
+            raise FormatError(f"{param}={spec}: {label} is not a table")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                table = Table.read(hdu, mask_invalid=True)
+            except (ValueError, TypeError, OSError) as exc:
+                raise InputError(f"{param}={spec}: cannot read table {label}: {exc}") from exc
+        for w in caught:
+            logger.debug("%s: %s", label, w.message)
+        header = hdu.header.copy()
+    return table, header, label
+
+
+def read_table(spec, *, param):
+    """Read a table named CIAO-style.
+
+    Parameters
+    ----------
+    spec : str
+        ``file``, ``file[NAME]`` or ``file[n]``.  FITS files are recognised by
+        content; without a block the first table HDU is read.  Other files are
+        read by astropy (VOTable, ECSV, CSV, other ASCII tables).
+    param : str
+        The parameter that named the file, for messages.
+
+    Returns
+    -------
+    TableInput
+
+    Raises
+    ------
+    InputError, FormatError, ParameterError
+    """
+    path_text, block = parse_virtual_filename(spec)
+    path = Path(path_text)
+    if not path.exists():
+        raise InputError(f"{param}={spec}: file {path} does not exist")
+    if path.is_dir():
+        raise InputError(f"{param}={spec}: {path} is a directory, not a table")
+    if is_fits_file(path):
+        table, header, label = _read_fits(path, block, spec, param)
+    else:
+        if block is not None:
+            raise InputError(f"{param}={spec}: {path} is not a FITS file, so it has no block [{block}]")
+        from astropy.table import Table
+
+        fmt = _ascii_format(path)
+        label = str(path)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                table = Table.read(path, format=fmt) if fmt else Table.read(path, format="ascii")
+            except Exception as exc:  # astropy raises many types for unreadable text
+                raise InputError(
+                    f"{param}={spec}: {path} is neither FITS nor a table astropy can read ({exc})"
+                ) from exc
+        for w in caught:
+            logger.debug("%s: %s", label, w.message)
+        header = {}
+        if len(table.colnames) == 0:
+            raise FormatError(f"{param}={spec}: {path} holds no columns")
+    original = _lowercase_columns(table, label)
+    return TableInput(table=table, header=header, path=path, hdu=label, spec=str(spec), original_names=original)
+
+
+def require_columns(tin, names, *, aliases=None, optional=()):
+    """Find columns case-insensitively, trying documented aliases.
+
+    Parameters
+    ----------
+    tin : TableInput
+    names : iterable of str
+        Canonical column names, all required unless also in ``optional``.
+    aliases : dict, optional
+        Canonical name -> list of alternative names, tried in order.
+    optional : iterable of str
+        Names whose absence is not an error (mapped to None).
+
+    Returns
+    -------
+    dict
+        Canonical name -> column name present in ``tin.table`` (or None).
+
+    Raises
+    ------
+    CatalogError
+        Naming the file, HDU and the missing column.
+    """
+    aliases = aliases or {}
+    optional = set(optional)
+    present = set(tin.table.colnames)
+    found = {}
+    for name in list(names) + [n for n in optional if n not in names]:
+        candidates = [name.lower()] + [a.lower() for a in aliases.get(name, ())]
+        hit = next((c for c in candidates if c in present), None)
+        if hit is None and name not in optional:
+            also = f" (also tried {', '.join(candidates[1:])})" if len(candidates) > 1 else ""
+            raise CatalogError(f"{tin.hdu}: required column '{name}' is missing{also}")
+        found[name] = hit
+    return found

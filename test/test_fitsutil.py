@@ -1,0 +1,255 @@
+"""CIAO HISTORY records, long keywords, atomic writes and table input."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+from astropy.io import fits
+from astropy.table import Table
+
+from stk_astrometry import __version__
+from stk_astrometry.errors import CatalogError, FormatError, InputError, OutputError, ParameterError
+from stk_astrometry.fitsutil import (
+    add_history,
+    atomic_path,
+    check_clobber,
+    delete_keyword,
+    get_keyword,
+    history_records,
+    set_keyword,
+    write_fits,
+)
+from stk_astrometry.tableio import parse_virtual_filename, read_table, require_columns
+
+
+class FakeParams:
+    tool = "stk_demo"
+
+    def history_items(self):
+        return [("infile", "in.fits"), ("outfile", "/a/very/long/path/" + "x" * 60 + "/out.fits"), ("clobber", "yes")]
+
+
+# ----------------------------------------------------------------- HISTORY
+
+
+def test_history_record_layout_matches_ciao():
+    recs = history_records("dmcopy", [("kernel", "default")], start=21, when="2008-09-18T04:12:21")
+    # the real card from a CSC product (ciao-conventions §2.4), value part = cols 9-80
+    real_tool = "HISTORY  TOOL  :dmcopy   2008-09-18T04:12:21                            ASC00021"
+    real_parm = "HISTORY  PARM  :kernel=default                                          ASC00022"
+    assert "HISTORY " + recs[0] == real_tool
+    assert "HISTORY " + recs[1] == real_parm
+    assert all(len(r) == 72 for r in recs)
+
+
+def test_long_parameter_continues_on_cont_records():
+    value = "/state/partition1/tmp.ascdsl3/L3ASRC____337991216n402/output/acisf01575_001N001_r0085_pha3.fits"
+    recs = history_records("dmcopy", [("outfile", value)], start=1, when="2008-09-18T04:12:21")
+    assert recs[1][1:5] == "PARM" and recs[2][1:5] == "CONT"
+    payload = "".join(r[8:64] for r in recs[1:]).rstrip()
+    assert payload == "outfile=" + value
+    assert [r[-8:] for r in recs] == ["ASC00001", "ASC00002", "ASC00003"]
+
+
+def test_history_counter_continues_and_histnum_tracks_it():
+    h = fits.Header()
+    h.add_history(" TOOL  :dmcopy   2008-09-18T04:12:21" + " " * 28 + "ASC00035")
+    h["HISTNUM"] = 35
+    add_history(h, "stk_demo", [("a", "1")], when="2026-01-01T00:00:00")
+    vals = [str(c.value) for c in h.cards if c.keyword == "HISTORY"]
+    assert vals[1].endswith("ASC00036") and vals[2].endswith("ASC00037")
+    assert h["HISTNUM"] == 37
+
+
+def test_histnum_is_placed_before_the_history_block():
+    h = fits.Header()
+    h["OBJECT"] = "x"
+    add_history(h, "stk_demo", [("a", "1")])
+    keys = [c.keyword for c in h.cards]
+    assert keys.index("HISTNUM") < keys.index("HISTORY")
+
+
+# ----------------------------------------------------------------- long keywords
+
+
+def test_long_keyword_written_as_dtype_dval_and_read_back():
+    h = fits.Header()
+    h["RA_STACK"] = 150.1
+    set_keyword(h, "DEC_STACK", 2.25, "tangent point Dec")
+    assert h["DTYPE1"] == "DEC_STACK" and h["DVAL1"] == 2.25
+    assert get_keyword(h, "dec_stack") == 2.25
+    assert get_keyword(h, "RA_STACK") == 150.1
+    set_keyword(h, "DEC_STACK", -3.5)
+    assert h["DVAL1"] == -3.5 and "DTYPE2" not in h
+    set_keyword(h, "SRC_SIGNIFICANCE", 5.1)
+    assert h["DTYPE2"] == "SRC_SIGNIFICANCE"
+    assert delete_keyword(h, "DEC_STACK") and get_keyword(h, "DEC_STACK") is None
+    assert get_keyword(h, "NOPE_NOT_THERE", "dflt") == "dflt"
+
+
+def test_long_keyword_read_from_hierarch():
+    h = fits.Header()
+    h.append(fits.Card("HIERARCH DEC_STACK", 12.5))
+    assert get_keyword(h, "DEC_STACK") == 12.5
+
+
+# ----------------------------------------------------------------- writing
+
+
+def _hdul():
+    t = fits.BinTableHDU.from_columns([fits.Column(name="x", format="D", array=np.arange(5.0))], name="DATA")
+    return fits.HDUList([fits.PrimaryHDU(), t])
+
+
+def test_write_fits_stamps_and_checksums(tmp_path):
+    out = tmp_path / "o.fits"
+    write_fits(_hdul(), out, FakeParams(), clobber=False)
+    with fits.open(out, checksum=True) as hd:  # raises/warns on a bad checksum
+        for h in hd:
+            assert h.header["CREATOR"] == f"stk_demo - stk_astrometry {__version__}"
+            assert "DATE" in h.header and "CHECKSUM" in h.header and "DATASUM" in h.header
+            assert h.header["HISTNUM"] == 5  # TOOL + 3 PARM + 1 CONT
+            assert str(h.header["HISTORY"][0]).startswith(" TOOL  :stk_demo   ")
+    assert not [p for p in tmp_path.iterdir() if p.name != "o.fits"]  # no temp file left
+
+
+def test_clobber_refused_before_writing(tmp_path):
+    out = tmp_path / "o.fits"
+    out.write_bytes(b"old")
+    with pytest.raises(OutputError, match="Clobber set to no"):
+        write_fits(_hdul(), out, FakeParams(), clobber=False)
+    assert out.read_bytes() == b"old"
+    write_fits(_hdul(), out, FakeParams(), clobber=True)
+    assert out.read_bytes()[:6] == b"SIMPLE"
+
+
+def test_check_clobber_messages(tmp_path):
+    check_clobber("", False)
+    check_clobber(None, False)
+    with pytest.raises(OutputError, match="does not exist"):
+        check_clobber(tmp_path / "nodir" / "x.fits", True)
+    with pytest.raises(OutputError, match="is a directory"):
+        check_clobber(tmp_path, True)
+
+
+def test_atomic_path_failure_keeps_old_file(tmp_path):
+    out = tmp_path / "o.txt"
+    out.write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_path(out) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("boom")
+    assert out.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["o.txt"]
+
+
+def test_writer_killed_midway_leaves_old_file_intact(tmp_path):
+    """SIGKILL a process while it writes a large FITS file through write_fits."""
+    out = tmp_path / "big.fits"
+    out.write_bytes(b"old contents")
+    script = textwrap.dedent(
+        f"""
+        import sys, numpy as np
+        from astropy.io import fits
+        from stk_astrometry.fitsutil import write_fits
+        class P:
+            tool = "stk_demo"
+            def history_items(self): return []
+        col = fits.Column(name="x", format="D", array=np.zeros(40_000_000))
+        hdul = fits.HDUList([fits.PrimaryHDU(), fits.BinTableHDU.from_columns([col])])
+        print("writing", flush=True)
+        write_fits(hdul, {str(out)!r}, P(), clobber=True)
+        print("done", flush=True)
+        """
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    with subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, env=env) as proc:
+        assert proc.stdout.readline().strip() == b"writing"
+        # wait until the temporary file exists and is growing, then kill
+        deadline = time.time() + 60
+        grown = False
+        while time.time() < deadline and not grown:
+            tmps = [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+            grown = bool(tmps) and tmps[0].stat().st_size > 1_000_000
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert grown, "the writer never got going; the test did not exercise a kill mid-write"
+    assert out.read_bytes() == b"old contents"
+
+
+# ----------------------------------------------------------------- table input
+
+
+@pytest.mark.parametrize(
+    "spec,expected",
+    [
+        ("det.fits", ("det.fits", None)),
+        ("det.fits[DETECTIONS]", ("det.fits", "DETECTIONS")),
+        ("dir/det.fits[2]", ("dir/det.fits", 2)),
+        ("det.fits[]", ("det.fits", None)),
+    ],
+)
+def test_parse_virtual_filename(spec, expected):
+    assert parse_virtual_filename(spec) == expected
+
+
+@pytest.mark.parametrize("spec", ["", "det.fits[cols ra,dec]", "det.fits[1][x>2]", "det.fits[0]", "[EVENTS]"])
+def test_parse_virtual_filename_rejects(spec):
+    with pytest.raises(ParameterError):
+        parse_virtual_filename(spec)
+
+
+def _write_cat(tmp_path):
+    t = Table({"RA": [1.0, 2.0], "Dec": [3.0, 4.0]})
+    path = tmp_path / "cat.fits"
+    hdul = fits.HDUList([fits.PrimaryHDU(), fits.BinTableHDU(t, name="FIRST"), fits.BinTableHDU(t[:1], name="SECOND")])
+    hdul.writeto(path)
+    return path
+
+
+def test_read_table_fits_blocks(tmp_path):
+    path = _write_cat(tmp_path)
+    tin = read_table(str(path), param="gaiafile")
+    assert tin.table.colnames == ["ra", "dec"] and len(tin.table) == 2 and tin.hdu.endswith("[FIRST]")
+    assert len(read_table(f"{path}[second]", param="g").table) == 1
+    assert len(read_table(f"{path}[3]", param="g").table) == 1
+    with pytest.raises(FormatError, match="not a table"):
+        read_table(f"{path}[1]", param="g")
+    with pytest.raises(InputError, match="no HDU named NOPE"):
+        read_table(f"{path}[NOPE]", param="g")
+    with pytest.raises(InputError, match="no block"):
+        read_table(f"{path}[9]", param="g")
+
+
+def test_read_table_other_formats(tmp_path):
+    t = Table({"SOURCE_ID": np.array([1, 2], dtype=np.int64), "RA": [1.0, 2.0]})
+    for name, fmt in [("c.csv", "ascii.csv"), ("c.ecsv", "ascii.ecsv"), ("c.xml", "votable")]:
+        t.write(tmp_path / name, format=fmt)
+        tin = read_table(str(tmp_path / name), param="gaiafile")
+        assert tin.table.colnames == ["source_id", "ra"]
+        assert list(tin.table["source_id"]) == [1, 2]
+
+
+def test_read_table_errors(tmp_path):
+    with pytest.raises(InputError, match="gaiafile=.*does not exist"):
+        read_table(str(tmp_path / "missing.fits"), param="gaiafile")
+    junk = tmp_path / "junk.dat"
+    junk.write_bytes(b"\x00\x01\x02 not a table \xff\xfe")
+    with pytest.raises(InputError, match="neither FITS nor a table"):
+        read_table(str(junk), param="detfile")
+    with pytest.raises(InputError, match="is not a FITS file"):
+        read_table(f"{junk}[2]", param="detfile")
+
+
+def test_require_columns(tmp_path):
+    tin = read_table(str(_write_cat(tmp_path)), param="gaiafile")
+    cols = require_columns(tin, ["ra", "dec"], aliases={"ra": ["ra_icrs"]}, optional=["pmra"])
+    assert cols == {"ra": "ra", "dec": "dec", "pmra": None}
+    with pytest.raises(CatalogError, match=r"cat.fits\[FIRST\]: required column 'source_id' is missing"):
+        require_columns(tin, ["source_id"])
