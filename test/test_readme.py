@@ -1,0 +1,29 @@
+"""The README's set-up commands and CI stay in step."""
+
+import re
+
+from conftest import REPO
+
+
+def _shell_blocks():
+    text = (REPO / "README.md").read_text()
+    setup = text.split("## Set-up: two commands", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```sh\n(.*?)```", setup, flags=re.S)
+
+
+def test_readme_has_exactly_two_setup_commands():
+    blocks = _shell_blocks()
+    assert len(blocks) == 2
+    assert all(len(b.strip().splitlines()) == 1 for b in blocks)
+
+
+def test_ci_runs_the_readme_test_command_verbatim():
+    test_cmd = _shell_blocks()[1].strip()
+    ci = (REPO / ".ci" / "run").read_text().splitlines()
+    assert test_cmd in [line.strip() for line in ci]
+
+
+def test_setup_scripts_exist():
+    for block in _shell_blocks():
+        script = block.split()[1]
+        assert (REPO / script).is_file(), script
