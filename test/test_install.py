@@ -10,7 +10,9 @@ import zipfile
 
 import pytest
 
-from conftest import REPO
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
 
 TOOLS = ["stk_match", "stk_xfm", "stk_update_wcs", "stk_simulate"]
 

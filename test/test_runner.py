@@ -110,3 +110,23 @@ def test_body_exit_status_is_passed_through_and_not_learned(demo_tool):
 
 def test_error_line_not_doubled():
     assert error_line("t", "ERROR: bad") == f"# t (stk_astrometry {__version__}): ERROR bad"
+    assert error_line("t", "t: parameter 'x'") == f"# t (stk_astrometry {__version__}): ERROR parameter 'x'"
+
+
+def test_broken_pipe_is_not_a_traceback(demo_tool):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "lib"))
+    code = (
+        "import sys; from stk_astrometry.runner import run_tool; "
+        "sys.exit(run_tool('stk_demo', ['-h'] , lambda p: 0, description='x' * 200000))"
+    )
+    with subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env) as proc:
+        proc.stdout.read(10)
+        proc.stdout.close()
+        err = proc.stderr.read()
+        proc.wait()
+    assert b"Traceback" not in err and proc.returncode == 0

@@ -18,6 +18,7 @@ and returns an exit status (None means 0).
 """
 
 import logging
+import os
 import sys
 import traceback
 
@@ -36,6 +37,9 @@ _PKG_LOGGER = "stk_astrometry"
 def error_line(toolname, message, *, kind="ERROR"):
     """The CIAO error line for ``message`` (not doubled if it already starts with ERROR)."""
     text = str(message).strip()
+    # messages raised as "tool: ..." would name the tool twice on the CIAO line
+    if text.startswith(f"{toolname}: "):
+        text = text[len(toolname) + 2:]
     if kind and text.upper().startswith(kind):
         text = text[len(kind):].lstrip(" :")
     prefix = f"# {toolname} (stk_astrometry {__version__}):"
@@ -120,7 +124,27 @@ def _help_text(toolname, description):
     return "\n".join(parts)
 
 
+def _silence_stdout():
+    """After a broken pipe (``tool -h | head``), point stdout at /dev/null so exit is quiet."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+
+
 def run_tool(toolname, argv, body, *, description):
+    """Run one tool invocation the CIAO way; return the exit status (see :func:`_run`)."""
+    try:
+        return _run(toolname, argv, body, description=description)
+    except BrokenPipeError:
+        # the reader of our output went away (e.g. piped into head): not an error of ours
+        _silence_stdout()
+        return 0
+
+
+def _run(toolname, argv, body, *, description):
     """Run one tool invocation the CIAO way; return the exit status.
 
     Parameters
@@ -141,13 +165,13 @@ def run_tool(toolname, argv, body, *, description):
     args = list(sys.argv[1:] if argv is None else argv)
     if any(a in ("-h", "--help") for a in args):
         try:
-            print(_help_text(toolname, description))
+            print(_help_text(toolname, description), flush=True)
         except StkError as exc:
             print(error_line(toolname, exc), file=sys.stderr)
             return 1
         return 0
     if "--version" in args:
-        print(f"{toolname} (stk_astrometry {__version__})")
+        print(f"{toolname} (stk_astrometry {__version__})", flush=True)
         return 0
 
     restore = None
@@ -169,6 +193,8 @@ def run_tool(toolname, argv, body, *, description):
     except StkError as exc:
         print(error_line(toolname, exc), file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        raise
     except KeyboardInterrupt:
         print(error_line(toolname, "Keyboard interrupt (control-c)", kind=""), file=sys.stderr)
         return 1
@@ -186,4 +212,3 @@ def run_tool(toolname, argv, body, *, description):
     finally:
         if restore is not None:
             restore()
-        sys.stdout.flush()

@@ -184,12 +184,13 @@ def _read_fits(path, block, spec, param):
                 None,
             )
             if idx is None:
-                names = [str(h.header.get("EXTNAME", "PRIMARY" if i == 0 else i)) for i, h in enumerate(hdul)]
+                names = [str(h.header.get("EXTNAME", "")).strip() or str(i + 1) for i, h in enumerate(hdul)]
                 raise InputError(
                     f"{param}={spec}: {path} has no HDU named {block} (HDUs: {', '.join(names)})"
                 )
         hdu = hdul[idx]
-        name = str(hdu.header.get("EXTNAME", "PRIMARY" if idx == 0 else idx)).strip()
+        # CIAO numbers blocks from 1 (= primary); label unnamed HDUs that way
+        name = str(hdu.header.get("EXTNAME", "")).strip() or str(idx + 1)
         label = f"{path}[{name}]"
         if not isinstance(hdu, (fits.BinTableHDU, fits.TableHDU)):
             raise FormatError(f"{param}={spec}: {label} is not a table")

@@ -1,0 +1,1 @@
+"""Tool front ends: one module per command-line tool, each exposing ``main(argv=None) -> int``."""
