@@ -1,0 +1,905 @@
+"""The pure core of ``stk_match``: filters, cross-match, groups, counts, method.
+
+Owns the science of preparing one stack's matched pairs (spec §5.1, §5.2,
+§5.5.1, §5.5.2 and the first steps of §5.5.3/§5.5.4, as resolved in
+``spec-notes.md`` items 7 and 10-13):
+
+- the detection filters (likelihood class, saturation, convex hull, cone of
+  radius ``r_stack``, unusable positions and error radii);
+- the Gaia proper-motion filter (total proper motion, nulls kept);
+- the ALLWISE filters (``cc_flags == '0000'``, best neighbour of a
+  high-proper-motion Gaia source);
+- source densities within ``r_stack`` before any filter;
+- the cross-match of detections with a reference catalog (every pair within
+  the match radius, ambiguous pairs included), with separation groups;
+- ``n_match`` per catalog and per group (detections with at least one match);
+- the direct/two-step decision of §5.5.2;
+- the one-to-one Gaia-ALLWISE best-neighbour pairs within ``r_stack``.
+
+Arrays and frozen dataclasses in, frozen dataclasses out.  numpy/scipy only:
+no file I/O, no parameter reading and no logging here — every row removed is
+counted in the result (:class:`FilterCount`) and the front end says so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.spatial import cKDTree
+
+from stk_astrometry.errors import ParameterError
+from stk_astrometry.tangent import sky_to_tangent
+
+__all__ = [
+    "METHODS",
+    "BestNeighbours",
+    "Detections",
+    "FilterCount",
+    "GaiaSources",
+    "MatchConfig",
+    "MatchResult",
+    "Pairs",
+    "WiseGaiaPairs",
+    "WiseSources",
+    "angular_separation_arcsec",
+    "assign_groups",
+    "clean_cc_flags",
+    "cone_density",
+    "count_matches",
+    "crossmatch",
+    "decide_method",
+    "high_proper_motion",
+    "match_stack",
+    "one_to_one",
+    "unit_vectors",
+    "valid_positions",
+    "within_cone",
+]
+
+#: Values of the ``method`` parameter.
+METHODS = ("auto", "direct", "twostep")
+
+#: Likelihood classes kept (spec §5.1; spec-notes 12).
+GOOD_CLASSES = ("TRUE", "MARGINAL")
+
+ARCSEC_PER_DEG = 3600.0
+ARCMIN_PER_DEG = 60.0
+
+
+# --------------------------------------------------------------------------
+# Inputs and configuration
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MatchConfig:
+    """Settings of one matching run.
+
+    Attributes
+    ----------
+    ra_stack_deg, dec_stack_deg : float
+        Stack tangent point (``ra_stack``, ``dec_stack``), degrees.
+    r_stack_arcmin : float
+        Cone radius around the tangent point (spec ``r_stack``), arcmin.
+    match_radius_arcsec : float
+        Cross-match radius, arcsec (spec §5.1: 3").
+    sep_bins_arcsec : tuple of float
+        Upper edges of the separation groups, strictly increasing, arcsec.
+        Group ``i`` (1-based) holds ``edge[i-2] < sep <= edge[i-1]``
+        (``0 <= sep`` for group 1).  ``match_radius_arcsec`` must not exceed
+        the last edge, so every pair has a group.
+    max_pm_masyr : float
+        Limit on the total Gaia proper motion, mas/yr (spec §5.2).
+    method : str
+        ``auto``, ``direct`` or ``twostep``.
+    """
+
+    ra_stack_deg: float
+    dec_stack_deg: float
+    r_stack_arcmin: float = 10.0
+    match_radius_arcsec: float = 3.0
+    sep_bins_arcsec: tuple = (1.0, 2.0, 3.0)
+    max_pm_masyr: float = 50.0
+    method: str = "auto"
+
+    def __post_init__(self):
+        if not (np.isfinite(self.ra_stack_deg) and 0.0 <= self.ra_stack_deg <= 360.0):
+            raise ParameterError(f"ra_stack must be within [0, 360] deg, got {self.ra_stack_deg}")
+        if not (np.isfinite(self.dec_stack_deg) and -90.0 <= self.dec_stack_deg <= 90.0):
+            raise ParameterError(f"dec_stack must be within [-90, 90] deg, got {self.dec_stack_deg}")
+        if not (np.isfinite(self.r_stack_arcmin) and self.r_stack_arcmin > 0):
+            raise ParameterError(f"r_stack must be positive, got {self.r_stack_arcmin}")
+        if not (np.isfinite(self.match_radius_arcsec) and self.match_radius_arcsec > 0):
+            raise ParameterError(
+                f"match_radius must be positive, got {self.match_radius_arcsec}"
+            )
+        edges = tuple(float(e) for e in self.sep_bins_arcsec)
+        if len(edges) == 0:
+            raise ParameterError("sep_bins must list at least one group edge")
+        if not all(np.isfinite(e) and e > 0 for e in edges) or np.any(np.diff(edges) <= 0):
+            raise ParameterError(
+                "sep_bins must be positive and strictly increasing, got "
+                + ",".join(f"{e:g}" for e in edges)
+            )
+        if self.match_radius_arcsec > edges[-1]:
+            raise ParameterError(
+                f"match_radius={self.match_radius_arcsec:g} exceeds the last sep_bins edge "
+                f"{edges[-1]:g}: pairs beyond it would have no group; extend sep_bins"
+            )
+        object.__setattr__(self, "sep_bins_arcsec", edges)
+        if not (np.isfinite(self.max_pm_masyr) and self.max_pm_masyr > 0):
+            raise ParameterError(f"max_pm must be positive, got {self.max_pm_masyr}")
+        if self.method not in METHODS:
+            raise ParameterError(
+                f"method must be one of {'|'.join(METHODS)}, got {self.method!r}"
+            )
+
+    @property
+    def n_groups(self) -> int:
+        """Number of separation groups."""
+        return len(self.sep_bins_arcsec)
+
+
+@dataclass(frozen=True, eq=False)
+class Detections:
+    """One stack's detections, one element per input row.
+
+    Attributes
+    ----------
+    region_id : ndarray of int
+        Detection id, unique within the stack.
+    ra_deg, dec_deg : ndarray of float
+        Positions, degrees.
+    err_r0_arcsec, err_r1_arcsec : ndarray of float
+        Error-ellipse semi-axes (CSC 95 % radii), arcsec.
+    err_ang_deg : ndarray of float
+        Error-ellipse position angle, degrees (carried, not used).
+    theta_arcmin, src_cnts : ndarray of float
+        Off-axis angle and counts (carried for the QA rules; NaN if unknown).
+    likelihood_class : ndarray of str
+        ``TRUE``/``MARGINAL``/``FALSE`` (compared upper-cased, stripped).
+    sat_src_flag, conv_hull, man_inc : ndarray of bool, or None
+        Saturated (in any contributing observation), convex-hull and manually
+        included detections; None when the input has no such column
+        (nothing flagged).
+    """
+
+    region_id: np.ndarray
+    ra_deg: np.ndarray
+    dec_deg: np.ndarray
+    err_r0_arcsec: np.ndarray
+    err_r1_arcsec: np.ndarray
+    err_ang_deg: np.ndarray
+    theta_arcmin: np.ndarray
+    src_cnts: np.ndarray
+    likelihood_class: np.ndarray
+    sat_src_flag: np.ndarray | None = None
+    conv_hull: np.ndarray | None = None
+    man_inc: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.ra_deg)
+
+
+@dataclass(frozen=True, eq=False)
+class GaiaSources:
+    """Gaia sources of the stack cone (one element per input row).
+
+    ``pmra_masyr``/``pmdec_masyr`` are NaN where null.
+    """
+
+    source_id: np.ndarray
+    ra_deg: np.ndarray
+    dec_deg: np.ndarray
+    pmra_masyr: np.ndarray
+    pmdec_masyr: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.ra_deg)
+
+
+@dataclass(frozen=True, eq=False)
+class WiseSources:
+    """ALLWISE sources of the stack cone (one element per input row).
+
+    ``cc_flags`` holds the flags as strings (an integer 0 read from a CSV
+    arrives as ``'0'`` and counts as clean, see :func:`clean_cc_flags`).
+    """
+
+    allwise_oid: np.ndarray
+    ra_deg: np.ndarray
+    dec_deg: np.ndarray
+    sigra_arcsec: np.ndarray
+    sigdec_arcsec: np.ndarray
+    cc_flags: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.ra_deg)
+
+
+@dataclass(frozen=True, eq=False)
+class BestNeighbours:
+    """The Gaia-ALLWISE best-neighbour table (``gaiadr2.allwise_best_neighbour``)."""
+
+    source_id: np.ndarray
+    allwise_oid: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.source_id)
+
+
+# --------------------------------------------------------------------------
+# Results
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FilterCount:
+    """How many rows one filter removed.
+
+    Attributes
+    ----------
+    keyword : str
+        FITS keyword (<= 8 characters) recording the count.
+    count : int
+        Rows removed (or, for ``removed=False`` entries, rows concerned).
+    description : str
+        One line for the log and the keyword comment.
+    warn : bool
+        True for rows dropped because they are unusable (bad positions or
+        errors): the front end reports those as warnings.
+    removed : bool
+        False for informational counts (e.g. null proper motions kept).
+    """
+
+    keyword: str
+    count: int
+    description: str
+    warn: bool = False
+    removed: bool = True
+
+
+@dataclass(frozen=True, eq=False)
+class Pairs:
+    """Detection-reference pairs within the match radius.
+
+    Sorted by detection row, then separation.  Row indices refer to the
+    input arrays (``Detections`` / ``GaiaSources`` or ``WiseSources``).
+
+    Attributes
+    ----------
+    det_row, ref_row : ndarray of int
+    sep_arcsec : ndarray of float
+        Great-circle separation.
+    d_xi_arcsec, d_eta_arcsec : ndarray of float
+        Reference minus detection in the stack tangent plane.
+    group : ndarray of int
+        Separation group, 1..n_groups.
+    n_cand : ndarray of int
+        Candidates the pair's detection has in this catalog.
+    n_match : int
+        Detections with at least one match (spec-notes 7).
+    n_match_group : tuple of int
+        The same per group.
+    """
+
+    det_row: np.ndarray
+    ref_row: np.ndarray
+    sep_arcsec: np.ndarray
+    d_xi_arcsec: np.ndarray
+    d_eta_arcsec: np.ndarray
+    group: np.ndarray
+    n_cand: np.ndarray
+    n_match: int
+    n_match_group: tuple
+
+    def __len__(self) -> int:
+        return len(self.det_row)
+
+
+@dataclass(frozen=True, eq=False)
+class WiseGaiaPairs:
+    """One-to-one ALLWISE-Gaia best-neighbour pairs (rows of the input tables).
+
+    ``d_xi_arcsec``/``d_eta_arcsec`` are Gaia minus ALLWISE.
+    """
+
+    wise_row: np.ndarray
+    gaia_row: np.ndarray
+    sep_arcsec: np.ndarray
+    d_xi_arcsec: np.ndarray
+    d_eta_arcsec: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.wise_row)
+
+
+@dataclass(frozen=True, eq=False)
+class MatchResult:
+    """Everything ``stk_match`` writes for one stack.
+
+    Attributes
+    ----------
+    config : MatchConfig
+    det_rows : ndarray of int
+        Input rows of the detections that passed the filters.
+    det_xi_arcsec, det_eta_arcsec : ndarray
+        Tangent-plane positions of every input detection (NaN if unusable).
+    n_gaia_cand, n_wise_cand : ndarray of int
+        Candidates of each kept detection (aligned with ``det_rows``).
+    gaia_rows, wise_rows : ndarray of int
+        Input rows of the reference sources that passed their filters.
+    gaia_xi_arcsec, gaia_eta_arcsec, wise_xi_arcsec, wise_eta_arcsec : ndarray
+        Tangent-plane positions of every input reference source.
+    gaia_pairs : Pairs
+    wise_pairs : Pairs or None
+        None when no ALLWISE input was given.
+    wise_gaia : WiseGaiaPairs
+    density_gaia : float
+        Gaia sources per arcmin^2 within ``r_stack``, before any filter.
+    density_wise : float or None
+        The same for ALLWISE (None without ALLWISE input).
+    method : str
+        ``direct``, ``twostep`` or ``none``.
+    filters : tuple of FilterCount
+    """
+
+    config: MatchConfig
+    det_rows: np.ndarray
+    det_xi_arcsec: np.ndarray
+    det_eta_arcsec: np.ndarray
+    n_gaia_cand: np.ndarray
+    n_wise_cand: np.ndarray
+    gaia_rows: np.ndarray
+    gaia_xi_arcsec: np.ndarray
+    gaia_eta_arcsec: np.ndarray
+    wise_rows: np.ndarray
+    wise_xi_arcsec: np.ndarray
+    wise_eta_arcsec: np.ndarray
+    gaia_pairs: Pairs
+    wise_pairs: Pairs | None
+    wise_gaia: WiseGaiaPairs
+    density_gaia: float
+    density_wise: float | None
+    method: str
+    filters: tuple
+
+    @property
+    def n_match_gaia(self) -> int:
+        return self.gaia_pairs.n_match
+
+    @property
+    def n_match_wise(self) -> int:
+        return 0 if self.wise_pairs is None else self.wise_pairs.n_match
+
+
+# --------------------------------------------------------------------------
+# Geometry
+# --------------------------------------------------------------------------
+
+
+def angular_separation_arcsec(ra1_deg, dec1_deg, ra2_deg, dec2_deg):
+    """Great-circle separation, arcsec.
+
+    Vincenty's formula (as in ``astropy.coordinates.angular_separation``),
+    accurate at every separation, unlike the haversine near 180 deg or the
+    cosine formula at small angles::
+
+        sep = atan2(hypot(cos d2 sin da, cos d1 sin d2 - sin d1 cos d2 cos da),
+                    sin d1 sin d2 + cos d1 cos d2 cos da)
+    """
+    ra1 = np.radians(np.asarray(ra1_deg, dtype=float))
+    dec1 = np.radians(np.asarray(dec1_deg, dtype=float))
+    ra2 = np.radians(np.asarray(ra2_deg, dtype=float))
+    dec2 = np.radians(np.asarray(dec2_deg, dtype=float))
+    dra = ra2 - ra1
+    sin_d1, cos_d1 = np.sin(dec1), np.cos(dec1)
+    sin_d2, cos_d2 = np.sin(dec2), np.cos(dec2)
+    cos_dra = np.cos(dra)
+    num1 = cos_d2 * np.sin(dra)
+    num2 = cos_d1 * sin_d2 - sin_d1 * cos_d2 * cos_dra
+    den = sin_d1 * sin_d2 + cos_d1 * cos_d2 * cos_dra
+    return np.degrees(np.arctan2(np.hypot(num1, num2), den)) * ARCSEC_PER_DEG
+
+
+def unit_vectors(ra_deg, dec_deg):
+    """Cartesian unit vectors (n, 3) of sky positions."""
+    ra = np.radians(np.asarray(ra_deg, dtype=float))
+    dec = np.radians(np.asarray(dec_deg, dtype=float))
+    cos_dec = np.cos(dec)
+    return np.column_stack([cos_dec * np.cos(ra), cos_dec * np.sin(ra), np.sin(dec)])
+
+
+def valid_positions(ra_deg, dec_deg):
+    """True where RA is finite in [0, 360] and Dec finite in [-90, 90] degrees."""
+    ra = np.asarray(ra_deg, dtype=float)
+    dec = np.asarray(dec_deg, dtype=float)
+    with np.errstate(invalid="ignore"):
+        return np.isfinite(ra) & np.isfinite(dec) & (ra >= 0) & (ra <= 360) & (np.abs(dec) <= 90)
+
+
+def within_cone(ra_deg, dec_deg, ra0_deg, dec0_deg, radius_arcmin):
+    """True where a position lies within ``radius_arcmin`` of (ra0, dec0).
+
+    Non-finite positions are outside.
+    """
+    sep = angular_separation_arcsec(ra_deg, dec_deg, ra0_deg, dec0_deg)
+    with np.errstate(invalid="ignore"):
+        return sep <= radius_arcmin * 60.0
+
+
+def cone_density(ra_deg, dec_deg, ra0_deg, dec0_deg, radius_arcmin):
+    """Sources per arcmin^2 within a cone (spec §5.1, §5.5.1; spec-notes 13).
+
+    Counts every valid position (see :func:`valid_positions`) within
+    ``radius_arcmin`` of the centre, whatever its flags, and divides
+    by the geometric area ``pi r^2`` (the flat-sky area; the spherical cap
+    differs by < 1e-5 for r = 10').  A cone partly outside the catalog's
+    coverage is not corrected for.
+    """
+    inside = valid_positions(ra_deg, dec_deg) & within_cone(
+        ra_deg, dec_deg, ra0_deg, dec0_deg, radius_arcmin
+    )
+    n_in = int(np.count_nonzero(inside))
+    return n_in / (np.pi * radius_arcmin**2)
+
+
+# --------------------------------------------------------------------------
+# Cross-match, groups, counts
+# --------------------------------------------------------------------------
+
+
+def crossmatch(det_ra_deg, det_dec_deg, ref_ra_deg, ref_dec_deg, radius_arcsec):
+    """Every (detection, reference) pair closer than ``radius_arcsec``.
+
+    A k-d tree on unit vectors (``scipy.spatial.cKDTree``) finds the pairs
+    within the chord length ``2 sin(r/2)``; the great-circle separation is
+    then computed per pair and pairs with ``sep <= radius`` kept.  Ambiguous
+    pairs (a detection with several references or the reverse) are all kept
+    (spec §5.5.3 step 1).  Positions must be valid (see :func:`valid_positions`).
+
+    Returns
+    -------
+    det_index, ref_index : ndarray of int
+        Indices into the given arrays, sorted by detection then separation.
+    sep_arcsec : ndarray of float
+    """
+    empty = (np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64), np.empty(0))
+    if len(det_ra_deg) == 0 or len(ref_ra_deg) == 0:
+        return empty
+    radius_rad = np.radians(radius_arcsec / ARCSEC_PER_DEG)
+    # A hair wider than the chord so that rounding never loses a pair on
+    # the boundary; the exact separation decides.
+    chord = 2.0 * np.sin(radius_rad / 2.0) * (1.0 + 1e-9)
+    det_tree = cKDTree(unit_vectors(det_ra_deg, det_dec_deg))
+    ref_tree = cKDTree(unit_vectors(ref_ra_deg, ref_dec_deg))
+    found = det_tree.sparse_distance_matrix(ref_tree, chord, output_type="ndarray")
+    det_index = found["i"].astype(np.int64)
+    ref_index = found["j"].astype(np.int64)
+    sep = angular_separation_arcsec(
+        np.asarray(det_ra_deg)[det_index],
+        np.asarray(det_dec_deg)[det_index],
+        np.asarray(ref_ra_deg)[ref_index],
+        np.asarray(ref_dec_deg)[ref_index],
+    )
+    keep = sep <= radius_arcsec
+    det_index, ref_index, sep = det_index[keep], ref_index[keep], sep[keep]
+    order = np.lexsort((ref_index, sep, det_index))
+    return det_index[order], ref_index[order], sep[order]
+
+
+def assign_groups(sep_arcsec, edges_arcsec):
+    """Separation group (1-based) of each separation (spec §5.5.3 step 2).
+
+    Group ``i`` holds ``edges[i-2] < sep <= edges[i-1]``; group 1 starts at 0
+    (a separation of exactly 0 is in group 1).  Separations beyond the last
+    edge get ``len(edges) + 1`` (:class:`MatchConfig` prevents those).
+    """
+    return np.searchsorted(np.asarray(edges_arcsec, dtype=float), sep_arcsec, side="left") + 1
+
+
+def count_matches(det_index, group, n_groups):
+    """``n_match`` overall and per group (spec §5.5.3 step 3; spec-notes 7).
+
+    ``n_match`` counts *detections* with at least one match, not pairs: a
+    detection with two candidates in group 1 counts once in group 1, and a
+    detection with candidates in groups 1 and 3 counts once in each group
+    and once overall.
+
+    Returns
+    -------
+    n_match : int
+    n_match_group : tuple of int, length n_groups
+    """
+    det_index = np.asarray(det_index)
+    group = np.asarray(group)
+    n_match = int(np.unique(det_index).size)
+    per_group = tuple(
+        int(np.unique(det_index[group == g]).size) for g in range(1, n_groups + 1)
+    )
+    return n_match, per_group
+
+
+def decide_method(n_match_gaia, n_match_wise, *, requested="auto", wise_available=True):
+    """Direct or two-step (spec §5.5.2).
+
+    ``auto``: ``none`` when no detection has a match in either catalog (spec
+    §5.5.5), ``direct`` when ``n_match_gaia >= n_match_wise``, else
+    ``twostep``.  A forced ``direct``/``twostep`` is honoured unless there is
+    no match at all (``none``).  A forced ``twostep`` without ALLWISE input is
+    a :class:`ParameterError`.
+    """
+    if requested not in METHODS:
+        raise ParameterError(f"method must be one of {'|'.join(METHODS)}, got {requested!r}")
+    if requested == "twostep" and not wise_available:
+        raise ParameterError(
+            "method=twostep needs the ALLWISE inputs: set wisefile and bestnbfile"
+        )
+    if n_match_gaia == 0 and n_match_wise == 0:
+        return "none"
+    if requested != "auto":
+        return requested
+    return "direct" if n_match_gaia >= n_match_wise else "twostep"
+
+
+# --------------------------------------------------------------------------
+# Catalog filters
+# --------------------------------------------------------------------------
+
+
+def high_proper_motion(pmra_masyr, pmdec_masyr, max_pm_masyr):
+    """True where the total proper motion exceeds the limit (spec §5.2, §5.5.1).
+
+    Total = sqrt(pmra^2 + pmdec^2) (the components added in quadrature,
+    spec-notes 10).  A null (NaN) in either component gives False: such
+    sources are kept (spec §5.2: mostly extragalactic).
+    """
+    total = np.hypot(np.asarray(pmra_masyr, dtype=float), np.asarray(pmdec_masyr, dtype=float))
+    with np.errstate(invalid="ignore"):
+        return np.isfinite(total) & (total > max_pm_masyr)
+
+
+def clean_cc_flags(cc_flags):
+    """True where the ALLWISE ``cc_flags`` say clean (spec §5.5.1: ``cc_flags=0``).
+
+    Clean means the string is all zeros after stripping: ``'0000'``, or
+    ``'0'`` from a reader that turned the flags into the integer 0.  Anything
+    else (``'d000'``, ``'00h0'``, blank, null) is not clean.
+    """
+    flags = np.char.strip(np.asarray(cc_flags, dtype=str))
+    zeros = np.char.replace(flags, "0", "")
+    return (np.char.str_len(flags) > 0) & (np.char.str_len(zeros) == 0)
+
+
+def one_to_one(wise_ids, gaia_ids):
+    """Keep best-neighbour associations that are one-to-one (spec §5.5.4 step 17).
+
+    An ALLWISE id associated with more than one distinct Gaia id, or a Gaia
+    id associated with more than one distinct ALLWISE id, loses all its
+    associations.  Repeated identical rows count as one association.
+
+    Returns
+    -------
+    wise_ids, gaia_ids : ndarray of int64
+        The surviving associations (unique, sorted by ALLWISE id).
+    n_dropped : int
+        Distinct associations dropped.
+    """
+    pairs = np.column_stack(
+        [np.asarray(wise_ids, dtype=np.int64), np.asarray(gaia_ids, dtype=np.int64)]
+    ).reshape(-1, 2)
+    pairs = np.unique(pairs, axis=0)
+    _, w_inv, w_cnt = np.unique(pairs[:, 0], return_inverse=True, return_counts=True)
+    _, g_inv, g_cnt = np.unique(pairs[:, 1], return_inverse=True, return_counts=True)
+    keep = (w_cnt[w_inv] == 1) & (g_cnt[g_inv] == 1)
+    return pairs[keep, 0], pairs[keep, 1], int(np.count_nonzero(~keep))
+
+
+def _first_occurrence(ids):
+    """True for the first row of each distinct id."""
+    ids = np.asarray(ids)
+    first = np.zeros(len(ids), dtype=bool)
+    if len(ids):
+        _, index = np.unique(ids, return_index=True)
+        first[index] = True
+    return first
+
+
+def _positive(values):
+    values = np.asarray(values, dtype=float)
+    with np.errstate(invalid="ignore"):
+        return np.isfinite(values) & (values > 0)
+
+
+def empty_pairs(n_groups):
+    i = np.empty(0, dtype=np.int64)
+    f = np.empty(0)
+    return Pairs(i, i, f, f, f, i, i, 0, (0,) * n_groups)
+
+
+def _make_pairs(det_rows, det_ra, det_dec, det_xi, det_eta,
+                ref_rows, ref_ra, ref_dec, ref_xi, ref_eta, config):
+    """Cross-match kept detections with kept references; rows are input rows."""
+    di, ri, sep = crossmatch(
+        det_ra[det_rows], det_dec[det_rows], ref_ra[ref_rows], ref_dec[ref_rows],
+        config.match_radius_arcsec,
+    )
+    if len(di) == 0:
+        return empty_pairs(config.n_groups)
+    det_row = det_rows[di]
+    ref_row = ref_rows[ri]
+    group = assign_groups(sep, config.sep_bins_arcsec)
+    n_match, n_match_group = count_matches(det_row, group, config.n_groups)
+    _, inverse, counts = np.unique(det_row, return_inverse=True, return_counts=True)
+    return Pairs(
+        det_row=det_row,
+        ref_row=ref_row,
+        sep_arcsec=sep,
+        d_xi_arcsec=ref_xi[ref_row] - det_xi[det_row],
+        d_eta_arcsec=ref_eta[ref_row] - det_eta[det_row],
+        group=group.astype(np.int64),
+        n_cand=counts[inverse].astype(np.int64),
+        n_match=n_match,
+        n_match_group=n_match_group,
+    )
+
+
+def _candidates(det_rows, pairs):
+    """Candidates per kept detection (aligned with det_rows)."""
+    if pairs is None or len(pairs) == 0:
+        return np.zeros(len(det_rows), dtype=np.int64)
+    rows, counts = np.unique(pairs.det_row, return_counts=True)
+    out = np.zeros(len(det_rows), dtype=np.int64)
+    pos = np.searchsorted(det_rows, rows)
+    out[pos] = counts
+    return out
+
+
+# --------------------------------------------------------------------------
+# The whole stack
+# --------------------------------------------------------------------------
+
+
+def filter_detections(det, config):
+    """Apply the detection filters (spec §5.1, §5.5.1; spec-notes 12).
+
+    In order: unusable positions (NaN/out of range), unusable error radii
+    (non-positive or NaN: they would get infinite weight), likelihood class
+    not TRUE/MARGINAL, saturated, convex hull, outside ``r_stack``.  A row
+    is counted under the first filter that removes it.
+
+    Returns
+    -------
+    keep : ndarray of bool
+    counts : list of FilterCount
+    """
+    keep = np.ones(len(det), dtype=bool)
+    counts = []
+
+    def apply(ok, keyword, description, *, warn=False):
+        removed = keep & ~ok
+        counts.append(FilterCount(keyword, int(np.count_nonzero(removed)), description, warn))
+        keep[removed] = False
+
+    apply(valid_positions(det.ra_deg, det.dec_deg), "NDBADPOS",
+          "detections dropped: NaN or out-of-range ra/dec", warn=True)
+    apply(_positive(det.err_r0_arcsec) & _positive(det.err_r1_arcsec), "NDBADERR",
+          "detections dropped: error radius NaN or <= 0", warn=True)
+    klass = np.char.upper(np.char.strip(np.asarray(det.likelihood_class, dtype=str)))
+    apply(np.isin(klass, GOOD_CLASSES), "NDCLASS",
+          "detections dropped: likelihood_class not TRUE/MARGINAL")
+    if det.sat_src_flag is not None:
+        apply(~np.asarray(det.sat_src_flag, dtype=bool), "NDSAT",
+              "detections dropped: saturated (sat_src_flag)")
+    else:
+        counts.append(FilterCount("NDSAT", 0, "detections dropped: saturated (no column)"))
+    if det.conv_hull is not None:
+        apply(~np.asarray(det.conv_hull, dtype=bool), "NDHULL",
+              "detections dropped: convex hull (conv_hull)")
+    else:
+        counts.append(FilterCount("NDHULL", 0, "detections dropped: convex hull (no column)"))
+    apply(within_cone(det.ra_deg, det.dec_deg, config.ra_stack_deg, config.dec_stack_deg,
+                      config.r_stack_arcmin),
+          "NDOUTR", "detections dropped: beyond r_stack")
+    if det.man_inc is not None:
+        n_man = int(np.count_nonzero(keep & np.asarray(det.man_inc, dtype=bool)))
+        counts.append(FilterCount("NDMANINC", n_man, "manually included detections kept",
+                                  removed=False))
+    return keep, counts
+
+
+def match_stack(det, gaia, config, *, wise=None, best_neighbours=None):
+    """Filter, cross-match and count one stack (spec §5.1-§5.5.2).
+
+    Parameters
+    ----------
+    det : Detections
+        The stack's detections (one stack only).
+    gaia : GaiaSources
+        Gaia sources of the cone (unfiltered).
+    config : MatchConfig
+    wise : WiseSources, optional
+        ALLWISE sources of the cone (unfiltered).
+    best_neighbours : BestNeighbours, optional
+        The Gaia-ALLWISE best-neighbour table; required with ``wise``.
+
+    Returns
+    -------
+    MatchResult
+
+    Notes
+    -----
+    Filters, each counted (see :class:`FilterCount` keywords):
+
+    - detections: :func:`filter_detections`;
+    - Gaia: unusable positions (warned), repeated ``source_id`` (warned),
+      total proper motion > ``max_pm`` (nulls kept);
+    - ALLWISE: unusable positions, non-positive/NaN ``sigra``/``sigdec``,
+      repeated ``allwise_oid`` (warned), ``cc_flags`` not clean, best
+      neighbour (any best-neighbour row) a high-proper-motion source of the
+      Gaia table (spec-notes 11);
+    - best neighbours: not one-to-one, an end missing from its filtered
+      table, an end beyond ``r_stack``.
+
+    Reference sources are not cut at ``r_stack`` for the cross-match: a
+    detection near the cone's edge keeps its counterpart just outside it.
+    Densities count every input row within ``r_stack`` before any filter.
+    """
+    if (wise is None) != (best_neighbours is None):
+        raise ParameterError("wisefile and bestnbfile must be given together")
+    ra0, dec0 = config.ra_stack_deg, config.dec_stack_deg
+    filters = [FilterCount("NDETIN", len(det), "detections of the stack read", removed=False)]
+
+    det_ra = np.asarray(det.ra_deg, dtype=float)
+    det_dec = np.asarray(det.dec_deg, dtype=float)
+    det_keep, det_counts = filter_detections(det, config)
+    filters.extend(det_counts)
+    det_rows = np.flatnonzero(det_keep)
+    filters.append(FilterCount("NDET", len(det_rows), "detections kept", removed=False))
+    det_xi, det_eta = sky_to_tangent(det_ra, det_dec, ra0, dec0)
+
+    # Gaia
+    g_ra = np.asarray(gaia.ra_deg, dtype=float)
+    g_dec = np.asarray(gaia.dec_deg, dtype=float)
+    density_gaia = cone_density(g_ra, g_dec, ra0, dec0, config.r_stack_arcmin)
+    filters.append(FilterCount("NGAIAIN", len(gaia), "Gaia sources read", removed=False))
+    g_keep = np.ones(len(gaia), dtype=bool)
+    g_valid = valid_positions(g_ra, g_dec)
+    filters.append(FilterCount("NGBADPOS", int(np.count_nonzero(~g_valid)),
+                               "Gaia sources dropped: NaN or out-of-range ra/dec", warn=True))
+    g_keep &= g_valid
+    g_first = _first_occurrence(gaia.source_id)
+    filters.append(FilterCount("NGDUPID", int(np.count_nonzero(g_keep & ~g_first)),
+                               "Gaia sources dropped: repeated source_id", warn=True))
+    g_keep &= g_first
+    g_high = high_proper_motion(gaia.pmra_masyr, gaia.pmdec_masyr, config.max_pm_masyr)
+    filters.append(FilterCount("NGHIPM", int(np.count_nonzero(g_keep & g_high)),
+                               "Gaia sources dropped: total proper motion > max_pm"))
+    g_keep &= ~g_high
+    g_null = ~np.isfinite(np.hypot(np.asarray(gaia.pmra_masyr, dtype=float),
+                                   np.asarray(gaia.pmdec_masyr, dtype=float)))
+    filters.append(FilterCount("NGNULLPM", int(np.count_nonzero(g_keep & g_null)),
+                               "Gaia sources kept with null proper motion", removed=False))
+    gaia_rows = np.flatnonzero(g_keep)
+    filters.append(FilterCount("NGAIA", len(gaia_rows), "Gaia sources kept", removed=False))
+    g_xi, g_eta = sky_to_tangent(g_ra, g_dec, ra0, dec0)
+    gaia_pairs = _make_pairs(det_rows, det_ra, det_dec, det_xi, det_eta,
+                             gaia_rows, g_ra, g_dec, g_xi, g_eta, config)
+
+    # ALLWISE
+    empty_i = np.empty(0, dtype=np.int64)
+    empty_f = np.empty(0)
+    wise_pairs = None
+    density_wise = None
+    wise_rows = empty_i
+    w_xi = w_eta = empty_f
+    wise_gaia = WiseGaiaPairs(empty_i, empty_i, empty_f, empty_f, empty_f)
+    if wise is not None:
+        w_ra = np.asarray(wise.ra_deg, dtype=float)
+        w_dec = np.asarray(wise.dec_deg, dtype=float)
+        w_ids = np.asarray(wise.allwise_oid, dtype=np.int64)
+        density_wise = cone_density(w_ra, w_dec, ra0, dec0, config.r_stack_arcmin)
+        filters.append(FilterCount("NWISEIN", len(wise), "ALLWISE sources read", removed=False))
+        w_keep = np.ones(len(wise), dtype=bool)
+
+        def wise_filter(ok, keyword, description, *, warn=False):
+            removed = w_keep & ~ok
+            filters.append(FilterCount(keyword, int(np.count_nonzero(removed)), description, warn))
+            w_keep[removed] = False
+
+        wise_filter(valid_positions(w_ra, w_dec), "NWBADPOS",
+                    "ALLWISE sources dropped: NaN or out-of-range ra/dec", warn=True)
+        wise_filter(_positive(wise.sigra_arcsec) & _positive(wise.sigdec_arcsec), "NWBADERR",
+                    "ALLWISE sources dropped: sigra/sigdec NaN or <= 0", warn=True)
+        wise_filter(_first_occurrence(w_ids), "NWDUPID",
+                    "ALLWISE sources dropped: repeated allwise_oid", warn=True)
+        wise_filter(clean_cc_flags(wise.cc_flags), "NWCCFLAG",
+                    "ALLWISE sources dropped: cc_flags not '0000'")
+        bn_wise = np.asarray(best_neighbours.allwise_oid, dtype=np.int64)
+        bn_gaia = np.asarray(best_neighbours.source_id, dtype=np.int64)
+        high_ids = np.asarray(gaia.source_id, dtype=np.int64)[g_high]
+        hipm_wise_ids = bn_wise[np.isin(bn_gaia, high_ids)]
+        wise_filter(~np.isin(w_ids, hipm_wise_ids), "NWHIPM",
+                    "ALLWISE sources dropped: best neighbour has high proper motion")
+        wise_rows = np.flatnonzero(w_keep)
+        filters.append(FilterCount("NWISE", len(wise_rows), "ALLWISE sources kept",
+                                   removed=False))
+        w_xi, w_eta = sky_to_tangent(w_ra, w_dec, ra0, dec0)
+        wise_pairs = _make_pairs(det_rows, det_ra, det_dec, det_xi, det_eta,
+                                 wise_rows, w_ra, w_dec, w_xi, w_eta, config)
+
+        # One-to-one best neighbours, both ends kept and within r_stack.
+        filters.append(FilterCount("NBNIN", len(best_neighbours),
+                                   "best-neighbour rows read", removed=False))
+        o_wise, o_gaia, n_multi = one_to_one(bn_wise, bn_gaia)
+        filters.append(FilterCount("NBNMULTI", n_multi,
+                                   "best-neighbour associations dropped: not one-to-one"))
+        w_in = w_keep & within_cone(w_ra, w_dec, ra0, dec0, config.r_stack_arcmin)
+        g_in = g_keep & within_cone(g_ra, g_dec, ra0, dec0, config.r_stack_arcmin)
+        w_row_of = _row_lookup(w_ids, w_keep, o_wise)
+        g_row_of = _row_lookup(np.asarray(gaia.source_id, dtype=np.int64), g_keep, o_gaia)
+        present = (w_row_of >= 0) & (g_row_of >= 0)
+        filters.append(FilterCount("NBNMISS", int(np.count_nonzero(~present)),
+                                   "best-neighbour pairs dropped: an end not in its "
+                                   "filtered table"))
+        inside = present.copy()
+        inside[present] = w_in[w_row_of[present]] & g_in[g_row_of[present]]
+        filters.append(FilterCount("NBNOUTR", int(np.count_nonzero(present & ~inside)),
+                                   "best-neighbour pairs dropped: an end beyond r_stack"))
+        wr = w_row_of[inside]
+        gr = g_row_of[inside]
+        order = np.argsort(wr, kind="stable")
+        wr, gr = wr[order], gr[order]
+        wise_gaia = WiseGaiaPairs(
+            wise_row=wr,
+            gaia_row=gr,
+            sep_arcsec=angular_separation_arcsec(w_ra[wr], w_dec[wr], g_ra[gr], g_dec[gr]),
+            d_xi_arcsec=g_xi[gr] - w_xi[wr],
+            d_eta_arcsec=g_eta[gr] - w_eta[wr],
+        )
+        filters.append(FilterCount("NWGPAIRS", len(wise_gaia),
+                                   "one-to-one ALLWISE-Gaia pairs kept", removed=False))
+
+    method = decide_method(
+        gaia_pairs.n_match,
+        0 if wise_pairs is None else wise_pairs.n_match,
+        requested=config.method,
+        wise_available=wise is not None,
+    )
+    return MatchResult(
+        config=config,
+        det_rows=det_rows,
+        det_xi_arcsec=det_xi,
+        det_eta_arcsec=det_eta,
+        n_gaia_cand=_candidates(det_rows, gaia_pairs),
+        n_wise_cand=_candidates(det_rows, wise_pairs),
+        gaia_rows=gaia_rows,
+        gaia_xi_arcsec=g_xi,
+        gaia_eta_arcsec=g_eta,
+        wise_rows=wise_rows,
+        wise_xi_arcsec=w_xi,
+        wise_eta_arcsec=w_eta,
+        gaia_pairs=gaia_pairs,
+        wise_pairs=wise_pairs,
+        wise_gaia=wise_gaia,
+        density_gaia=density_gaia,
+        density_wise=density_wise,
+        method=method,
+        filters=tuple(filters),
+    )
+
+
+def _row_lookup(table_ids, table_keep, wanted_ids):
+    """Row of each wanted id among the kept rows of a table (-1 if absent)."""
+    rows = np.flatnonzero(table_keep)
+    out = np.full(len(wanted_ids), -1, dtype=np.int64)
+    if len(rows) == 0 or len(wanted_ids) == 0:
+        return out
+    ids = np.asarray(table_ids)[rows]
+    order = np.argsort(ids, kind="stable")
+    sorted_ids = ids[order]
+    pos = np.clip(np.searchsorted(sorted_ids, wanted_ids), 0, len(sorted_ids) - 1)
+    found = sorted_ids[pos] == wanted_ids
+    out[found] = rows[order[pos[found]]]
+    return out
