@@ -4,6 +4,7 @@ Builds the wheel (no dependencies, no network needed beyond the build backend
 already in the environment) and inspects what it would install.
 """
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -20,8 +21,14 @@ TOOLS = ["stk_match", "stk_xfm", "stk_update_wcs", "stk_simulate"]
 @pytest.fixture(scope="module")
 def wheel_names(tmp_path_factory):
     out = tmp_path_factory.mktemp("wheel")
+    # build from a copy, so the build leaves nothing (build/, *.egg-info) in the work tree
+    src = tmp_path_factory.mktemp("src")
+    for name in ("setup.cfg", "pyproject.toml", "README.md"):
+        shutil.copy2(REPO / name, src / name)
+    for name in ("bin", "lib", "param", "share"):
+        shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     proc = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(REPO)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(src)],
         capture_output=True,
         text=True,
         timeout=300,

@@ -956,7 +956,7 @@ def test_script_without_terminal_never_hangs(dirs, tmp_path):
     assert time.monotonic() - start < 30
     assert out.returncode == 1
     assert (
-        "ERROR stk_demo: parameter 'infile' has no value and stdin is not a terminal"
+        "# stk_demo (stk_astrometry 0.1.0): ERROR parameter 'infile' has no value and stdin is not a terminal"
         in out.stderr
     )
     assert "Traceback" not in out.stderr

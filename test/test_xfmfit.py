@@ -1,0 +1,419 @@
+"""Tests of the pure core of stk_xfm (stk_astrometry.xfmfit): no files."""
+
+import numpy as np
+import pytest
+from stk_astrometry import xfmfit
+from stk_astrometry.xfmfit import (
+    R95_PER_SIGMA,
+    PairSet,
+    QAThresholds,
+    combine_legs,
+    decide_qa,
+    fit_leg_spec,
+    fit_stack_spec,
+    fit_translation,
+    residual_rms,
+    select_group,
+)
+
+SEED = 20240607
+
+
+def make_pairs(d_xi, d_eta, *, region_id=None, group=None, r0=None, r1=None, sigra=None,
+               sigdec=None, src_xi=None, src_eta=None):
+    """A PairSet from offsets; defaults: one pair per detection, group 1, r0 = r1 = 1"."""
+    d_xi = np.asarray(d_xi, dtype=float)
+    d_eta = np.asarray(d_eta, dtype=float)
+    n = len(d_xi)
+
+    def arr(value, default):
+        return np.full(n, default, dtype=float) if value is None else np.asarray(value, float)
+
+    return PairSet(
+        region_id=np.arange(n) + 1 if region_id is None else np.asarray(region_id),
+        src_xi=arr(src_xi, 0.0), src_eta=arr(src_eta, 0.0), d_xi=d_xi, d_eta=d_eta,
+        sep=np.hypot(d_xi, d_eta),
+        group=np.ones(n, dtype=int) if group is None else np.asarray(group),
+        err_r0=arr(r0, 1.0), err_r1=arr(r1, 1.0), err_ang=np.zeros(n),
+        ref_sigra=arr(sigra, 0.0), ref_sigdec=arr(sigdec, 0.0))
+
+
+def simulate(rng, n, shift, *, r95=(0.4, 2.0)):
+    """Offsets drawn from the stated errors: r0 r1 are 95 % radii of a 2-D Gaussian."""
+    r0 = rng.uniform(*r95, n)
+    r1 = r0 * rng.uniform(0.5, 1.0, n)
+    sigma = np.sqrt(r0 * r1) / R95_PER_SIGMA
+    d_xi = shift[0] + rng.normal(0.0, 1.0, n) * sigma
+    d_eta = shift[1] + rng.normal(0.0, 1.0, n) * sigma
+    return d_xi, d_eta, r0, r1, sigma
+
+
+# ------------------------------------------------------------------------------ fit_translation
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_linear_loss_is_the_weighted_mean(seed):
+    # spec-notes 1: with the linear loss the fit is the closed-form weighted mean.
+    rng = np.random.default_rng(SEED + seed)
+    n = 25
+    src_xi, src_eta = rng.uniform(-600, 600, n), rng.uniform(-600, 600, n)
+    d_xi, d_eta, r0, r1, _ = simulate(rng, n, (0.37, -0.21))
+    w = 1.0 / (r0 * r1)
+    fit = fit_translation(src_xi, src_eta, src_xi + d_xi, src_eta + d_eta, w, loss="linear")
+    assert fit.success
+    assert abs(fit.d_xi - np.sum(w * d_xi) / np.sum(w)) < 1e-9
+    assert abs(fit.d_eta - np.sum(w * d_eta) / np.sum(w)) < 1e-9
+    assert fit.n_used == n and fit.n_dropped == 0
+
+
+def test_scale_of_weights_does_not_move_a_linear_fit():
+    rng = np.random.default_rng(SEED)
+    d_xi, d_eta, r0, r1, _ = simulate(rng, 15, (0.1, 0.2))
+    zeros = np.zeros(15)
+    a = fit_translation(zeros, zeros, d_xi, d_eta, 1 / (r0 * r1), loss="linear")
+    b = fit_translation(zeros, zeros, d_xi, d_eta, 7.3 / (r0 * r1), loss="linear")
+    assert abs(a.d_xi - b.d_xi) < 1e-9 and abs(a.d_eta - b.d_eta) < 1e-9
+
+
+@pytest.mark.parametrize("loss", xfmfit.LOSSES)
+def test_truth_recovery_every_loss(loss):
+    rng = np.random.default_rng(SEED + 11)
+    truth = (0.25, -0.15)
+    n = 40
+    d_xi, d_eta, r0, r1, sigma = simulate(rng, n, truth)
+    zeros = np.zeros(n)
+    fit = fit_translation(zeros, zeros, d_xi, d_eta, 1 / (r0 * r1), loss=loss,
+                          var_1sigma=sigma**2)
+    # within 4 reported sigma of the truth, and the sigma close to the formal one
+    assert abs(fit.d_xi - truth[0]) < 4 * fit.d_xi_err
+    assert abs(fit.d_eta - truth[1]) < 4 * fit.d_eta_err
+    formal = 1 / np.sqrt(np.sum(1 / sigma**2))
+    assert 0.6 * formal < fit.d_xi_err < 1.8 * formal
+
+
+def test_cauchy_resists_outliers_linear_does_not():
+    rng = np.random.default_rng(SEED + 2)
+    truth = (0.2, 0.1)
+    d_xi, d_eta, r0, r1, _sigma = simulate(rng, 20, truth, r95=(0.4, 0.6))
+    # 4 wrong matches 2.5" away in the same direction
+    d_xi = np.r_[d_xi, np.full(4, 2.7)]
+    d_eta = np.r_[d_eta, np.full(4, 0.1)]
+    r0, r1 = np.r_[r0, np.full(4, 0.5)], np.r_[r1, np.full(4, 0.5)]
+    zeros = np.zeros(24)
+    cauchy = fit_translation(zeros, zeros, d_xi, d_eta, 1 / (r0 * r1))
+    linear = fit_translation(zeros, zeros, d_xi, d_eta, 1 / (r0 * r1), loss="linear")
+    assert abs(cauchy.d_xi - truth[0]) < 0.1
+    assert linear.d_xi - truth[0] > 0.2
+
+
+def test_reported_sigma_matches_the_scatter():
+    """For n >= 10 pairs the reported 1-sigma agrees with the scatter of the estimates.
+
+    200 seeded stacks per n; the median reported sigma (robust to the skewed distribution of a
+    variance estimate) is compared with the standard deviation of the fitted shifts.
+    """
+    rng = np.random.default_rng(SEED + 3)
+    for n in (10, 30):
+        est, sig = [], []
+        for _ in range(200):
+            d_xi, d_eta, r0, r1, sigma = simulate(rng, n, (0.2, -0.1))
+            zeros = np.zeros(n)
+            fit = fit_translation(zeros, zeros, d_xi, d_eta, 1 / (r0 * r1),
+                                  var_1sigma=sigma**2)
+            est.append((fit.d_xi, fit.d_eta))
+            sig.append((fit.d_xi_err, fit.d_eta_err))
+        ratio = np.median(np.array(sig), axis=0) / np.std(np.array(est), axis=0)
+        assert np.all(ratio > 0.8) and np.all(ratio < 1.2), (n, ratio)
+
+
+def test_sigma_follows_an_underestimated_error():
+    # true scatter 3x the stated errors: the reported sigma follows the scatter, not the formal
+    rng = np.random.default_rng(SEED + 4)
+    n = 30
+    d_xi, d_eta, r0, r1, sigma = simulate(rng, n, (0.0, 0.0))
+    d_xi, d_eta = 3 * d_xi, 3 * d_eta
+    zeros = np.zeros(n)
+    fit = fit_translation(zeros, zeros, d_xi, d_eta, 1 / (r0 * r1), loss="linear",
+                          var_1sigma=sigma**2)
+    formal = 1 / np.sqrt(np.sum(1 / sigma**2))
+    assert fit.d_xi_err > 2 * formal and fit.error_source == "scatter"
+
+
+def test_all_offsets_equal_is_exact_and_flags_formal_errors():
+    n = 6
+    zeros = np.zeros(n)
+    fit = fit_translation(zeros, zeros, np.full(n, 0.4), np.full(n, -0.3), np.ones(n) * 4.0)
+    assert fit.success
+    assert abs(fit.d_xi - 0.4) < 1e-9 and abs(fit.d_eta + 0.3) < 1e-9
+    # zero scatter is implausible: the errors fall back to the formal ones, 1/sqrt(sum 1/var)
+    assert fit.error_source == "formal"
+    assert fit.d_xi_err == pytest.approx(np.sqrt(0.25 / n))
+
+
+def test_one_pair():
+    fit = fit_translation([10.0], [20.0], [10.5], [19.0], [1.0], var_1sigma=[0.09])
+    assert fit.n_used == 1
+    assert fit.d_xi == pytest.approx(0.5, abs=1e-9) and fit.d_eta == pytest.approx(-1, abs=1e-9)
+    assert fit.d_xi_err == pytest.approx(0.3) and fit.error_source == "formal"
+
+
+def test_nan_pairs_are_dropped_and_counted():
+    d_xi = np.array([0.1, 0.2, np.nan, 0.15, 0.12])
+    d_eta = np.array([0.0, 0.1, 0.0, np.inf, 0.05])
+    w = np.array([1.0, 1.0, 1.0, 1.0, 0.0])
+    zeros = np.zeros(5)
+    fit = fit_translation(zeros, zeros, d_xi, d_eta, w, loss="linear")
+    assert fit.n_used == 2 and fit.n_dropped == 3
+    assert "3 pair(s) dropped" in fit.message
+    assert fit.d_xi == pytest.approx(0.15)
+
+
+def test_no_pairs():
+    fit = fit_translation([], [], [], [], [])
+    assert (fit.d_xi, fit.d_eta) == (0.0, 0.0)
+    assert np.isnan(fit.d_xi_err) and not fit.success and fit.n_used == 0
+
+
+def test_bound():
+    zeros = np.zeros(4)
+    fit = fit_translation(zeros, zeros, np.full(4, 7.0), np.zeros(4), np.ones(4), max_shift=5.0)
+    assert fit.d_xi == pytest.approx(5.0) and fit.at_bound
+    assert "bound" in fit.message
+
+
+@pytest.mark.parametrize("kwargs", [{"loss": "l2"}, {"f_scale": 0.0}, {"max_shift": -1.0}])
+def test_bad_arguments(kwargs):
+    with pytest.raises(ValueError):
+        fit_translation([0.0], [0.0], [0.1], [0.1], [1.0], **kwargs)
+
+
+# ------------------------------------------------------------------------------ group selection
+
+
+def test_groups_compete_on_sigma():
+    # group 1: 4 detections, wide scatter; group 2: 3 detections, tight -> group 2
+    pairs = make_pairs([0.1, -0.5, 0.6, -0.2, 1.5, 1.52, 1.49],
+                       [0.3, -0.4, 0.5, 0.0, 0.1, 0.12, 0.09],
+                       group=[1, 1, 1, 1, 2, 2, 2])
+    choice = select_group(pairs, n_groups=3)
+    assert choice.group == 2
+    assert list(choice.n_match) == [4, 3, 0]
+    assert np.isnan(choice.sigma[2])
+
+
+def test_group_with_fewer_than_three_never_wins_on_sigma():
+    # group 1 has two identical offsets (sigma 0) but only 2 detections
+    pairs = make_pairs([0.5, 0.5, 1.2, 1.6, 1.1], [0.0, 0.0, 0.3, -0.4, 0.2],
+                       group=[1, 1, 2, 2, 2])
+    choice = select_group(pairs, n_groups=3)
+    assert choice.sigma[0] == 0.0
+    assert choice.group == 2
+
+
+def test_n_match_counts_detections_not_pairs():
+    # one detection with three candidates in group 1 is one match
+    pairs = make_pairs([0.1, 0.3, 0.5, 1.5, 1.6, 1.4], [0, 0, 0, 0, 0.1, 0.2],
+                       region_id=[7, 7, 7, 8, 9, 10], group=[1, 1, 1, 2, 2, 2])
+    choice = select_group(pairs, n_groups=3)
+    assert list(choice.n_match) == [1, 3, 0]
+    assert choice.group == 2
+
+
+def test_no_group_with_three_takes_the_largest_n_match():
+    pairs = make_pairs([0.5, 0.6, 1.5, 2.5, 2.6], [0, 0, 0, 0, 0], group=[1, 1, 2, 3, 3],
+                       region_id=[1, 2, 3, 4, 4])
+    choice = select_group(pairs, n_groups=3)
+    # group 1: 2 detections, group 3: 1 detection (2 pairs)
+    assert choice.group == 1
+    assert "largest n_match" in choice.reason
+
+
+def test_tie_on_n_match_goes_to_smaller_sigma():
+    pairs = make_pairs([0.2, 0.9, 1.5, 1.55], [0, 0.3, 0, 0.05], group=[1, 1, 2, 2])
+    choice = select_group(pairs, n_groups=3)
+    assert list(choice.n_match) == [2, 2, 0]
+    assert choice.group == 2 and "tie" in choice.reason
+
+
+def test_sigma_tie_goes_to_the_lower_group():
+    pairs = make_pairs([0.1, 0.2, 0.3, 1.1, 1.2, 1.3], [0.0] * 6, group=[1, 1, 1, 2, 2, 2])
+    # both groups have identical spread in both axes -> sigma 0 in eta: equal sigma
+    choice = select_group(pairs, n_groups=2)
+    assert choice.sigma[0] == choice.sigma[1]
+    assert choice.group == 1
+
+
+def test_min_group_matches_is_a_parameter():
+    pairs = make_pairs([0.1, -0.5, 0.6, -0.2, 1.5, 1.52, 1.49],
+                       [0.3, -0.4, 0.5, 0.0, 0.1, 0.12, 0.09],
+                       group=[1, 1, 1, 1, 2, 2, 2])
+    assert select_group(pairs, n_groups=3, min_group_matches=4).group == 1
+
+
+def test_no_pairs_no_group():
+    choice = select_group(PairSet.empty(), n_groups=3)
+    assert choice.group == 0 and list(choice.n_match) == [0, 0, 0]
+
+
+def test_sigma_uses_population_std():
+    pairs = make_pairs([0.0, 1.0, 2.0], [0.0, 2.0, 4.0])
+    choice = select_group(pairs, n_groups=1)
+    assert choice.sigma[0] == pytest.approx(np.sqrt(np.std([0, 1, 2]) * np.std([0, 2, 4])))
+
+
+# ------------------------------------------------------------------------------ legs and stack
+
+
+def test_fit_leg_uses_only_the_chosen_group():
+    rng = np.random.default_rng(SEED + 5)
+    d_xi, d_eta, r0, r1, _ = simulate(rng, 12, (0.3, 0.1), r95=(0.3, 0.5))
+    # add wide group-3 pairs that would pull the fit
+    pairs = make_pairs(np.r_[d_xi, [2.5, 2.6, -2.4]], np.r_[d_eta, [0.5, -0.8, 1.0]],
+                       group=np.r_[np.ones(12, int), [3, 3, 3]], r0=np.r_[r0, [1, 1, 1]],
+                       r1=np.r_[r1, [1, 1, 1]])
+    leg = fit_leg_spec(pairs, weighting="det", n_groups=3, loss="linear")
+    w = 1 / (r0 * r1)
+    assert leg.group == 1 and leg.n_used == 12 and leg.used[:12].all() and not leg.used[12:].any()
+    assert leg.d_xi == pytest.approx(np.sum(w * d_xi) / np.sum(w), abs=1e-9)
+    assert leg.resstd0 == pytest.approx(residual_rms(d_xi, d_eta))
+    assert leg.resstd1 < leg.resstd0
+
+
+def test_combined_and_ref_weights():
+    rng = np.random.default_rng(SEED + 6)
+    n = 15
+    d_xi, d_eta, r0, r1, _ = simulate(rng, n, (0.1, 0.2))
+    sigra, sigdec = rng.uniform(0.05, 0.3, n), rng.uniform(0.05, 0.3, n)
+    pairs = make_pairs(d_xi, d_eta, r0=r0, r1=r1, sigra=sigra, sigdec=sigdec)
+    comb = fit_leg_spec(pairs, weighting="combined", n_groups=1, loss="linear")
+    w = 1 / (r0 * r1 / R95_PER_SIGMA**2 + sigra * sigdec)
+    assert comb.d_xi == pytest.approx(np.sum(w * d_xi) / np.sum(w), abs=1e-9)
+    ref = fit_leg_spec(pairs, weighting="ref", n_groups=1, loss="linear", use_groups=False)
+    w = 1 / (sigra * sigdec)
+    assert ref.d_eta == pytest.approx(np.sum(w * d_eta) / np.sum(w), abs=1e-9)
+    assert ref.group == 0 and ref.choice is None
+
+
+def test_pairs_without_errors_are_dropped_and_counted():
+    pairs = make_pairs([0.1, 0.2, 0.3, 0.4], [0, 0, 0, 0], r0=[1, np.nan, 1, 0], r1=[1, 1, 1, 1])
+    leg = fit_leg_spec(pairs, weighting="det", n_groups=1, loss="linear")
+    assert leg.n_used == 2 and leg.n_dropped == 2
+    assert "2 pair(s) without usable" in leg.message
+
+
+def test_two_step_total_is_the_sum_of_the_legs():
+    rng = np.random.default_rng(SEED + 7)
+    n = 20
+    d_xi, d_eta, r0, r1, _ = simulate(rng, n, (0.3, -0.2), r95=(0.3, 0.8))
+    sig = rng.uniform(0.05, 0.2, n)
+    det = make_pairs(d_xi, d_eta, r0=r0, r1=r1, sigra=sig, sigdec=sig)
+    m = 50
+    wg = make_pairs(0.1 + rng.normal(0, 0.1, m), 0.05 + rng.normal(0, 0.1, m),
+                    r0=np.full(m, np.nan), r1=np.full(m, np.nan), sigra=np.full(m, 0.1),
+                    sigdec=np.full(m, 0.1), group=np.zeros(m, int))
+    fit = fit_stack_spec("twostep", det, wise_gaia=wg, n_groups=3)
+    assert fit.d_xi == fit.det_leg.d_xi + fit.ref_leg.d_xi
+    assert fit.d_eta == fit.det_leg.d_eta + fit.ref_leg.d_eta
+    np.testing.assert_allclose(fit.cov, fit.det_leg.cov + fit.ref_leg.cov)
+    assert fit.ref_leg.n_used == m and fit.ref_leg.group == 0
+    assert abs(fit.d_xi - 0.4) < 4 * fit.d_xi_err
+    # resstd1 of the total equals the detection leg's (translations commute)
+    assert fit.resstd1 == pytest.approx(fit.det_leg.resstd1)
+
+
+def test_two_step_without_allwise_gaia_pairs():
+    det = make_pairs([0.3, 0.31, 0.29], [0, 0.01, -0.01])
+    fit = fit_stack_spec("twostep", det, wise_gaia=PairSet.empty(), n_groups=3)
+    assert fit.ref_leg.n_used == 0 and fit.notes
+    assert fit.d_xi == pytest.approx(fit.det_leg.d_xi)
+    assert np.all(np.isfinite(fit.cov))
+
+
+def test_method_none_is_identity():
+    fit = fit_stack_spec("none", PairSet.empty(), n_groups=3)
+    assert (fit.d_xi, fit.d_eta) == (0.0, 0.0) and np.isnan(fit.d_xi_err) and fit.n_used == 0
+
+
+def test_combine_legs_covariance_adds():
+    a = fit_leg_spec(make_pairs([0.1, 0.2, 0.3], [0, 0, 0]), weighting="det", n_groups=1)
+    b = fit_leg_spec(make_pairs([0.0, 0.1, 0.2, 0.1], [0.1, 0, 0, 0.1], sigra=[.1] * 4,
+                                sigdec=[.1] * 4), weighting="ref", n_groups=1, use_groups=False)
+    d_xi, d_eta, cov = combine_legs(a, b)
+    assert d_xi == a.d_xi + b.d_xi and d_eta == a.d_eta + b.d_eta
+    np.testing.assert_allclose(cov, a.cov + b.cov)
+
+
+def test_residual_rms_definition():
+    assert residual_rms([3.0, -1.0], [4.0, 1.0]) == pytest.approx(np.sqrt((25 + 2) / 4))
+    assert residual_rms([1.0], [1.0], shift=(1.0, 1.0)) == 0.0
+    assert np.isnan(residual_rms([], []))
+
+
+def test_pairset_checks_lengths():
+    with pytest.raises(ValueError, match="d_xi"):
+        PairSet(np.arange(3), np.zeros(3), np.zeros(3), np.zeros(2), np.zeros(3), np.zeros(3),
+                np.ones(3, int), np.ones(3), np.ones(3), np.zeros(3), np.zeros(3), np.zeros(3))
+
+
+# ------------------------------------------------------------------------------ QA
+
+
+def qa(**kwargs):
+    base = {"method": "direct", "n_match": 20, "total_shift_arcsec": 0.2, "density": 1.0,
+                "det_theta_arcmin": [1.0, 7.0], "det_src_cnts": [50.0, 5.0]}
+    base.update(kwargs)
+    return decide_qa(**base)
+
+
+def test_qa_clean():
+    result = qa()
+    assert result.flags == 0 and result.reason == "" and result.names == ()
+
+
+def test_qa_nomatch():
+    result = qa(method="none", n_match=0, total_shift_arcsec=0.0)
+    assert result.flags == 1 and result.names == ("NOMATCH",)
+    assert result.reason.startswith("NOMATCH:")
+
+
+def test_qa_dense():
+    assert qa(n_match=9, density=150.0).flags == 2
+    assert qa(n_match=10, density=150.0).flags == 0
+    assert qa(n_match=9, density=100.0).flags == 0
+    # the §5.7 reading (density alone) through a large qa_dense_nmatch
+    assert qa(density=150.0, thresholds=QAThresholds(dense_nmatch=10**9)).flags == 2
+
+
+def test_qa_bigshift():
+    result = qa(total_shift_arcsec=1.42)
+    assert result.flags == 4
+    assert result.reason == 'BIGSHIFT: total shift 1.42" > 1"'
+
+
+@pytest.mark.parametrize("theta, cnts, shift, why", [
+    ([6.0, 7.0], [50.0], 0.2, "no detection within 5'"),
+    ([1.0], [10.0, 15.0], 0.2, "no detection above 15 counts"),
+    ([1.0], [50.0], 0.6, 'total shift 0.60" > 0.5"'),
+])
+def test_qa_fewmatch_each_condition(theta, cnts, shift, why):
+    result = qa(n_match=2, det_theta_arcmin=theta, det_src_cnts=cnts, total_shift_arcsec=shift)
+    assert result.flags == 8
+    assert result.reason == f"FEWMATCH: 2 matches < 3 and {why}"
+
+
+def test_qa_fewmatch_needs_a_condition():
+    assert qa(n_match=2).flags == 0
+
+
+def test_qa_combined_reason_in_bit_order():
+    result = qa(n_match=2, det_theta_arcmin=[6.0], total_shift_arcsec=1.42,
+                disagree_reason="they differ")
+    assert result.flags == 4 | 8 | 16
+    assert result.names == ("BIGSHIFT", "FEWMATCH", "DISAGREE")
+    assert result.reason.startswith('BIGSHIFT: total shift 1.42" > 1"; FEWMATCH: 2 matches < 3 '
+                                    "and no detection within 5'")
+
+
+def test_qa_extra_nomatch():
+    result = qa(extra_nomatch="no ALLWISE-Gaia pairs")
+    assert result.flags == 1 and "no ALLWISE-Gaia pairs" in result.reason
