@@ -451,7 +451,9 @@ def test_enum_value_abbreviation(dirs, given, expected):
 
 
 def test_enum_abbreviation_is_learned_in_full(dirs):
-    userdir, _ = dirs
+    userdir, sysdir = dirs
+    # make 'loss' hidden+learn, so that its value is learned at all
+    (sysdir / "stk_demo.par").write_text(PAR.replace('loss,s,h,"cauchy"', 'loss,s,hl,"cauchy"'))
     load(["a", "b", "lo=hub"]).learn()
     assert read_par(userdir / "stk_demo.par").param("loss").value == "huber"
 
@@ -698,7 +700,8 @@ def test_at_at_par_file_used_and_learned_into(tmp_path, monkeypatch):
     assert p["loss"] == "huber" and p["verbose"] == 2
     assert p.path == own and p.learn_path == own
     p.learn()
-    assert read_par(own).param("verbose").value == "2"
+    assert read_par(own).param("infile").value == "a"  # learned into the @@ file
+    assert read_par(own).param("verbose").value == "1"  # hidden: not learned
     assert not (tmp_path / "nouser").exists()
 
 
@@ -987,24 +990,38 @@ def test_parameter_set_plist_shows_this_run(dirs):
     assert "      (verbose = 3)               Amount of tool chatter (0-5)" in out
 
 
-def test_learn_command_line_values_not_mode(dirs):
+def test_learn_follows_the_mode_letters(dirs):
     userdir, sysdir = dirs
-    p = load(["in.fits", "out.fits", "clob+", "verb=3", "mode=h"])
+    par = PAR.replace("verbose,i,h,1,", "verbose,i,hl,1,")
+    (sysdir / "stk_demo.par").write_text(par)
+    p = load(["in.fits", "out.fits", "clob+", "verb=3"])
     assert p.learn() == userdir / "stk_demo.par"
     learned = (userdir / "stk_demo.par").read_text()
     expected = (
-        PAR.replace('infile,f,a,""', 'infile,f,a,"in.fits"')
+        par.replace('infile,f,a,""', 'infile,f,a,"in.fits"')
         .replace('outfile,f,a,""', 'outfile,f,a,"out.fits"')
-        .replace("clobber,b,h,no", "clobber,b,h,yes")
-        .replace("verbose,i,h,1,", "verbose,i,h,3,")
+        .replace("verbose,i,hl,1,", "verbose,i,hl,3,")
     )
-    assert learned == expected  # hidden ones too; mode=h was a one-run override
-    assert (sysdir / "stk_demo.par").read_text() == PAR  # system file untouched
+    # a-mode (effective ql) and hl values are learned; plain hidden clobber is not
+    assert learned == expected
+    assert (sysdir / "stk_demo.par").read_text() == par  # system file untouched
+
+
+def test_hidden_clobber_is_not_learned_into_the_next_run(dirs):
+    load(["in.fits", "out.fits", "clob+"]).learn()
+    assert load(["in.fits", "out.fits"])["clobber"] is False
+
+
+def test_mode_h_on_the_command_line_learns_no_a_parameter(dirs):
+    userdir, _ = dirs
+    load(["in.fits", "out.fits", "mode=h"]).learn()
+    learned = read_par(userdir / "stk_demo.par")
+    assert learned.param("infile").value == "" and learned.param("mode").value == "ql"
 
 
 def test_learn_nothing_changed_copies_then_leaves_alone(dirs):
     userdir, _ = dirs
-    load(["mode=h", "in=a", "outf=b"]).learn()
+    load(["in=a", "outf=b"]).learn()
     user = userdir / "stk_demo.par"
     old = time.time() - 60
     os.utime(user, (old, old))
@@ -1045,7 +1062,7 @@ def test_learn_without_user_dir_warns(dirs, monkeypatch, caplog):
 def test_unlearn(dirs):
     userdir, _ = dirs
     load(["a", "b", "verbose=5"]).learn()
-    assert load([])["verbose"] == 5
+    assert load([])["infile"] == "a"
     assert unlearn("stk_demo") == userdir / "stk_demo.par"
     assert not (userdir / "stk_demo.par").exists()
     assert unlearn("stk_demo") is None

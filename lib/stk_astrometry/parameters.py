@@ -958,13 +958,19 @@ class ParameterSet(Mapping):
     def learn(self):
         """Write this run's values into the user's copy (CIAO learning).
 
-        Every value given for the run (command line, ``@@`` YAML, prompt
-        answers) is learned, whatever its mode -- CIAO's observable behaviour
-        (``dmcopy ... clob+`` leaves ``clobber=yes`` in ``dmcopy.par``);
-        ``mode`` itself is not learned (a one-run override).  Values are
-        stored as given: ``${VAR}`` and ``)name`` stay unexpanded.  The user
-        copy is created from the system file when absent.  Failing to learn
-        is a warning, not an error: the run itself succeeded.
+        A value given for the run (command line, ``@@`` YAML, prompt answer)
+        is learned when the parameter's effective mode includes ``l``: ``a``
+        parameters take the run's ``mode`` (``ql`` by default, so they are
+        learned), ``hl``/``ql`` parameters are learned, plain ``h``/``q``
+        ones are not.  This is the IRAF/XPI meaning of the mode letters
+        ("with the additional l mode ... the new value will be written to the
+        parameter file", ciao-conventions §1.3), and it keeps a one-off
+        ``clobber=yes``, ``inverse=yes`` or ``force=yes`` from silently
+        applying to the next run of a batch script.  ``mode`` itself is not
+        learned (a one-run override).  Values are stored as given:
+        ``${VAR}`` and ``)name`` stay unexpanded.  The user copy is created
+        from the system file when absent.  Failing to learn is a warning, not
+        an error: the run itself succeeded.
 
         Returns
         -------
@@ -977,7 +983,13 @@ class ParameterSet(Mapping):
                 self.tool,
             )
             return None
-        changes = {k: v for k, v in self.explicit.items() if k != "mode"}
+        run_mode = (self.explicit.get("mode") or self._base.param("mode").value or "ql").strip()
+        changes = {
+            k: v
+            for k, v in self.explicit.items()
+            if k != "mode"
+            and "l" in (run_mode if self._base.param(k).mode == "a" else self._base.param(k).mode)
+        }
         target = Path(self.learn_path)
         if target.exists() and _same_file(target, self.path):
             current = self._base
