@@ -1,0 +1,759 @@
+"""stk_update_wcs: apply an stk_xfm transform to the WCS of every data product of a stack.
+
+Rewrites the EQPOS/EQSRC world coordinate systems, the RA/Dec position
+keywords and the RA/Dec table columns of every product of specification
+§5.6 (per-observation, source region, stack, stack source and master
+products), recognised by content and CSC file name.  Sky pixel (X, Y)
+positions never change; only their mapping to (RA, Dec) does.  Updates are
+atomic, idempotent (a transform is recorded in every HDU it changed and is
+not applied twice) and reversible (inverse=yes).  Header-only changes are
+written in place under a journal, without reading or rewriting data units.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from stk_astrometry import fitsedit, products, wcsupdate
+from stk_astrometry.errors import (
+    FormatError,
+    InputError,
+    OutputError,
+    ParameterError,
+    ProductError,
+    StkError,
+)
+from stk_astrometry.runner import run_tool
+
+TOOL = "stk_update_wcs"
+#: Blank header blocks added when a header must grow (room for ~7 more runs' HISTORY).
+SPARE_BLOCKS = 3
+logger = logging.getLogger(__name__)
+
+# mkstemp's leftovers of an interrupted rewrite: .<name>.<8 random chars>.tmp
+_ORPHAN_RE = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]{8}\.tmp$")
+
+
+def main(argv=None) -> int:
+    """Run the tool; return the exit status."""
+    return run_tool(TOOL, argv, _body, description=__doc__)
+
+
+# --------------------------------------------------------------------------- inputs
+
+@dataclass(frozen=True)
+class InputFile:
+    """One file to process: its path and its path relative to the output directory."""
+
+    path: Path
+    rel: Path
+
+
+def _read_list(spec: str) -> list[str]:
+    no_prefix = spec.startswith("@-")
+    lpath = Path(spec[2:] if no_prefix else spec[1:])
+    try:
+        lines = lpath.read_text().splitlines()
+    except OSError as exc:
+        raise ParameterError(f"infile={spec}: cannot read list file {lpath}: "
+                             f"{exc.strerror}") from exc
+    items = []
+    for line in lines:
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        if text.startswith("!"):
+            items.append(text[1:])
+        elif no_prefix or Path(text).is_absolute():
+            items.append(text)
+        else:
+            # CIAO stacks: relative entries are relative to the list file's folder
+            items.append(str(lpath.parent / text))
+    return items
+
+
+def expand_inputs(spec: str) -> tuple[list[InputFile], list[str]]:
+    """Expand ``infile``: a file, a comma list, ``@list`` (``@-list``), or directories.
+
+    Directories are searched recursively; a file found there is kept when it
+    is FITS or JPEG by content (real products are named .pi, .arf, .img ...).
+
+    Returns
+    -------
+    files : list of InputFile
+    notes : list of str
+        What was left out, and why.
+    """
+    text = (spec or "").strip()
+    if not text:
+        raise ParameterError("infile is blank: give a file, a comma list, @list or a directory")
+    raw = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        raw.extend(_read_list(part) if part.startswith("@") else [part])
+    files = []
+    notes = []
+    seen = set()
+    n_other = 0
+    for item in raw:
+        p = Path(item)
+        if p.is_dir():
+            for dirpath, dirnames, filenames in os.walk(p):
+                dirnames.sort()
+                for name in sorted(filenames):
+                    f = Path(dirpath) / name
+                    if name.endswith(fitsedit.JOURNAL_SUFFIX) or _ORPHAN_RE.match(name):
+                        continue
+                    if not f.is_file() or not (fitsedit.is_fits_file(f)
+                                               or fitsedit.is_jpeg_file(f)):
+                        n_other += 1
+                        continue
+                    key = f.resolve()
+                    if key not in seen:
+                        seen.add(key)
+                        files.append(InputFile(f, f.relative_to(p)))
+        else:
+            key = p.resolve()
+            if key in seen:
+                notes.append(f"{p}: listed twice; processed once")
+                continue
+            seen.add(key)
+            files.append(InputFile(p, Path(p.name)))
+    if n_other:
+        notes.append(f"{n_other} file(s) under the input directories are neither FITS nor "
+                     "JPEG: not products, left alone")
+    return files, notes
+
+
+# --------------------------------------------------------------------------- transform
+
+@dataclass(frozen=True)
+class TransformInput:
+    """The transform and the STKXFM HDU it came from (header + data, for ASPSOL3)."""
+
+    xfm: wcsupdate.Transform
+    hdu_bytes: bytes = field(repr=False)
+    path: str = ""
+
+
+def read_transform(spec: str) -> TransformInput:
+    """Read the TOTAL row of the STKXFM HDU of ``spec`` (formats.md §2).
+
+    Raises
+    ------
+    InputError, FormatError
+    """
+    from astropy.io import fits
+
+    from stk_astrometry.tableio import parse_virtual_filename
+
+    if not spec or not str(spec).strip():
+        raise ParameterError("transformfile is blank")
+    path, block = parse_virtual_filename(spec)
+    if not Path(path).is_file():
+        raise InputError(f"transformfile={spec}: no such file")
+    if not fitsedit.is_fits_file(path):
+        raise FormatError(f"transformfile={spec}: not a FITS file")
+    with fits.open(path) as hdul:
+        if block is None:
+            hdu = next((h for h in hdul if h.name.upper() == "STKXFM"), None)
+            if hdu is None:
+                names = ", ".join(h.name for h in hdul)
+                raise FormatError(f"transformfile={path}: no STKXFM HDU (HDUs: {names})")
+        elif isinstance(block, int):
+            if not 1 <= block <= len(hdul):
+                raise FormatError(f"transformfile={spec}: no block {block}")
+            hdu = hdul[block - 1]
+        else:
+            try:
+                hdu = hdul[block]
+            except KeyError as exc:
+                raise FormatError(f"transformfile={spec}: no HDU {block}") from exc
+        label = f"{path}[{hdu.name}]"
+        if not isinstance(hdu, fits.BinTableHDU) or hdu.data is None or len(hdu.data) == 0:
+            raise FormatError(f"transformfile={label}: not a table with rows")
+        names = {n.lower(): n for n in hdu.columns.names}
+        need = ("a11", "a12", "a21", "a22", "ra_ref", "dec_ref", "d_xi", "d_eta")
+        missing = [c for c in need if c not in names]
+        if missing:
+            raise FormatError(f"transformfile={label}: missing column(s) {', '.join(missing)}")
+        row = 0
+        if "component" in names:
+            comps = [str(c).strip().upper() for c in hdu.data[names["component"]]]
+            if "TOTAL" not in comps:
+                raise FormatError(f"transformfile={label}: no row with component TOTAL")
+            row = comps.index("TOTAL")
+        vals = {c: float(hdu.data[names[c]][row]) for c in need}
+        bad = [c for c, v in vals.items() if not np.isfinite(v)]
+        if bad:
+            raise FormatError(f"transformfile={label}: non-finite {', '.join(bad)} in the "
+                              "TOTAL row")
+        if not wcsupdate.is_position(vals["ra_ref"], vals["dec_ref"]):
+            raise FormatError(f"transformfile={label}: ra_ref/dec_ref = "
+                              f"({vals['ra_ref']}, {vals['dec_ref']}) is not a position")
+        matrix = (vals["a11"], vals["a12"], vals["a21"], vals["a22"])
+        if matrix != (1.0, 0.0, 0.0, 1.0):
+            raise FormatError(
+                f"transformfile={label}: matrix a11,a12,a21,a22 = {matrix} is not the identity; "
+                "this release applies translations only")
+        xfm = wcsupdate.Transform.from_shift(vals["d_xi"], vals["d_eta"], vals["ra_ref"],
+                                             vals["dec_ref"], matrix=matrix)
+        out = fits.BinTableHDU(data=hdu.data.copy(), header=hdu.header.copy(), name="STKXFM")
+        out.header["STKXFMID"] = (xfm.xfm_id, "stk_update_wcs: id of this transform")
+        buf = io.BytesIO()
+        fits.HDUList([fits.PrimaryHDU(), out]).writeto(buf, checksum=True)
+        hdu_bytes = buf.getvalue()[fitsedit.BLOCK:]
+    return TransformInput(xfm, hdu_bytes, str(path))
+
+
+# --------------------------------------------------------------------------- planning
+
+@dataclass
+class HduPlan:
+    """What happens to one HDU of a file."""
+
+    layout: fitsedit.HduLayout
+    label: str
+    header: object = None             # new astropy Header, or None if unchanged
+    data: bytes | None = None         # new data unit bytes (same size), or None
+    remove: bool = False              # drop this HDU (inverse of an inserted STKXFM)
+    insert_after: bytes | None = None  # a whole HDU to insert after this one
+
+
+@dataclass
+class FileResult:
+    """The outcome for one file, for the report."""
+
+    path: Path
+    ptype: str = "?"
+    reason: str = ""
+    action: str = ""
+    changes: list = field(default_factory=list)
+    notes: list = field(default_factory=list)
+    failed: bool = False
+    category: str = ""
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """Everything a file's processing needs from the parameters."""
+
+    transform: TransformInput
+    outdir: Path | None
+    unknown: str
+    dryrun: bool
+    inverse: bool
+    force: bool
+    scrub: bool
+    clobber: bool
+    history: tuple
+
+
+def _hdu_name(layout) -> str:
+    h = layout.header
+    name = h.get("EXTNAME", h.get("HDUNAME", "PRIMARY" if layout.index == 0 else ""))
+    return str(name).strip().upper()
+
+
+def _column_names(header):
+    n = int(header.get("TFIELDS", 0) or 0)
+    return {str(header.get(f"TTYPE{i}", "")).strip().lower(): i for i in range(1, n + 1)}
+
+
+_FLOAT_FORMS = re.compile(r"^\s*\d*[DE]\s*$", re.IGNORECASE)
+_DEG_UNITS = ("", "deg", "degree", "degrees", "d")
+
+
+def _column_pairs(header, ptype, hdu_name, *, generic: bool, notes, label):
+    cols = _column_names(header)
+    pairs = []
+    for rule in ptype.columns:
+        if not re.fullmatch(rule.hdu, hdu_name, flags=re.IGNORECASE):
+            continue
+        for name, n in cols.items():
+            m = re.fullmatch(rule.ra, name, flags=re.IGNORECASE)
+            if not m:
+                continue
+            dec = m.expand(rule.dec).lower()
+            if dec not in cols:
+                continue
+            if wcsupdate.NOT_POSITION.search(name.replace("ra", "", 1)):
+                continue
+            nd = cols[dec]
+            forms = (header.get(f"TFORM{n}", ""), header.get(f"TFORM{nd}", ""))
+            if not all(_FLOAT_FORMS.match(str(f)) for f in forms):
+                notes.append(wcsupdate.Note(label, f"columns {name},{dec}: format {forms} is "
+                                                   "not floating point; left"))
+                continue
+            if any(k in header for k in (f"TSCAL{n}", f"TZERO{n}", f"TSCAL{nd}", f"TZERO{nd}")):
+                notes.append(wcsupdate.Note(label, f"columns {name},{dec} are scaled "
+                                                   "(TSCAL/TZERO); left"))
+                continue
+            units = (str(header.get(f"TUNIT{n}", "")).strip().lower(),
+                     str(header.get(f"TUNIT{nd}", "")).strip().lower())
+            if not all(u in _DEG_UNITS for u in units):
+                notes.append(wcsupdate.Note(label, f"columns {name},{dec} have units {units}, "
+                                                   "not degrees; left"))
+                continue
+            if (name, dec) not in pairs:
+                pairs.append((name, dec))
+    return pairs
+
+
+def _table_dtype(path, index):
+    from astropy.io import fits
+
+    with fits.open(path, memmap=True, lazy_load_hdus=True) as hdul:
+        return hdul[index].data.view(np.ndarray).dtype
+
+
+def _move_columns(path, layout, pairs, xfm, *, inverse, label):
+    header = layout.header
+    nrow_bytes = int(header["NAXIS1"]) * int(header["NAXIS2"])
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        raw = os.pread(fd, layout.data_size, layout.data_offset)
+    finally:
+        os.close(fd)
+    dtype = _table_dtype(path, layout.index)
+    arr = np.frombuffer(raw[:nrow_bytes], dtype=dtype).copy()
+    fields = {n.lower(): n for n in arr.dtype.names}
+    changes = []
+    for ra, dec in pairs:
+        res = wcsupdate.shift_columns(arr[fields[ra]], arr[fields[dec]], xfm, inverse=inverse)
+        if res.n_moved == 0:
+            continue
+        arr[fields[ra]] = res.ra_deg
+        arr[fields[dec]] = res.dec_deg
+        changes.append(wcsupdate.Change(
+            label, f"columns {fields[ra]},{fields[dec]}", f"{res.ra_deg.size} values",
+            f"{res.n_moved} moved, {res.n_null} null and {res.n_sentinel} sentinel left",
+            "columns"))
+    if not changes:
+        return None, []
+    return arr.tobytes() + raw[nrow_bytes:], changes
+
+
+def _pointing(header, primary):
+    for h in (header, primary):
+        for a, b in (("RA_NOM", "DEC_NOM"), ("RA_PNT", "DEC_PNT")):
+            if wcsupdate.is_position(h.get(a), h.get(b)):
+                return float(h[a]), float(h[b])
+    return None
+
+
+def _instrument(header, primary, path):
+    for h in (header, primary):
+        if h.get("INSTRUME"):
+            return str(h["INSTRUME"])
+    name = Path(path).name.lower()
+    return "HRC" if name.startswith("hrc") else ("ACIS" if name.startswith("acis") else "")
+
+
+def plan_file(path, layouts, ptype, ctx: RunContext):
+    """Work out every change to one FITS file.  Reads only small table data.
+
+    Returns
+    -------
+    status : str
+        ``update``, ``already`` (same transform recorded), ``nothing`` (no change),
+        ``notapplied`` (inverse of a transform never applied).
+    hdu_plans : list of HduPlan
+    changes, notes : lists
+    """
+    xfm = ctx.transform.xfm
+    generic = ptype is products.GENERIC
+    notes = []
+    changes = []
+    # ---- idempotency
+    ids = {}
+    for lay in layouts:
+        if _hdu_name(lay) == "STKXFM":
+            continue
+        rec = wcsupdate.applied_state(lay.header)
+        if rec is not None:
+            ids.setdefault(rec, []).append(lay.index)
+    if not ctx.inverse:
+        if set(ids) == {xfm.xfm_id}:
+            return "already", [], [], notes
+        others = sorted(set(ids) - {xfm.xfm_id})
+        if xfm.xfm_id in ids and others:
+            raise ProductError(f"{path}: inconsistent records: HDUs carry transforms "
+                               f"{', '.join(sorted(ids))}; not touched")
+        if others and not ctx.force:
+            raise ProductError(
+                f"{path}: already updated with another transform (STKXFMID={others[0]}, this "
+                f"one is {xfm.xfm_id}); use force=yes to apply this one on top, or undo the "
+                "other first with inverse=yes")
+    else:
+        if not ids:
+            return "notapplied", [], [], notes
+        if set(ids) != {xfm.xfm_id}:
+            raise ProductError(
+                f"{path}: inverse=yes needs the applied transform; the file records "
+                f"STKXFMID={', '.join(sorted(ids))}, this transform is {xfm.xfm_id}")
+    primary = layouts[0].header
+    new_primary = None
+    plans = []
+    for lay in layouts:
+        name = _hdu_name(lay)
+        label = f"{Path(path).name}[{name or lay.index}]"
+        plan = HduPlan(lay, label)
+        plans.append(plan)
+        if name == "STKXFM":
+            if ctx.inverse and wcsupdate.applied_state(lay.header) == xfm.xfm_id:
+                plan.remove = True
+                changes.append(wcsupdate.Change(label, "HDU STKXFM", "present", None, "record"))
+            continue
+        if ctx.inverse and wcsupdate.applied_state(lay.header) != xfm.xfm_id:
+            continue
+        h = lay.header.copy()
+        hdu_changes = []
+        if ptype.scrub and not ctx.inverse:
+            sc, sn = wcsupdate.scrub_header(h, products.SCRUB_KEYWORDS, hdu_label=label,
+                                            remove=ctx.scrub)
+            hdu_changes += sc
+            notes += sn
+        res = wcsupdate.update_header(h, xfm, hdu_label=label, inverse=ctx.inverse)
+        hdu_changes += res.changes
+        notes += res.notes
+        # ---- EQSRC population (spec-notes 18)
+        if (ptype.populate_eqsrc and not ctx.inverse
+                and re.fullmatch(ptype.populate_eqsrc, name, flags=re.IGNORECASE)):
+            inst = _instrument(h, primary, path)
+            try:
+                pixel, crpix = products.instrument_grid(inst)
+            except KeyError:
+                pixel = crpix = None
+            problem = (wcsupdate.eqsrc_problem(lay.header, pixel_deg=pixel, crpix=crpix)
+                       if pixel else "unknown instrument")
+            if problem is not None:
+                point = _pointing(h, new_primary if new_primary is not None else primary)
+                if pixel is None or point is None:
+                    raise ProductError(
+                        f"{label}: EQSRC must be populated ({problem}) but the "
+                        f"{'instrument' if pixel is None else 'pointing (RA_NOM/DEC_NOM)'} "
+                        "is unknown")
+                hdu_changes += wcsupdate.populate_eqsrc(h, ra_deg=point[0], dec_deg=point[1],
+                                                        pixel_deg=pixel, crpix=crpix,
+                                                        hdu_label=label)
+                notes.append(wcsupdate.Note(label, f"populated EQSRC: {problem}"))
+        # ---- columns
+        if lay.is_table and ptype.columns:
+            pairs = _column_pairs(lay.header, ptype, name, generic=generic, notes=notes,
+                                  label=label)
+            if pairs:
+                data, col_changes = _move_columns(path, lay, pairs, xfm, inverse=ctx.inverse,
+                                                  label=label)
+                if data is not None:
+                    plan.data = data
+                    hdu_changes += col_changes
+        if not hdu_changes:
+            continue
+        if ctx.inverse:
+            hdu_changes += wcsupdate.unrecord_transform(h, hdu_label=label)
+        else:
+            hdu_changes += wcsupdate.record_transform(h, xfm, hdu_label=label)
+        from stk_astrometry.fitsutil import add_history
+
+        add_history(h, TOOL, list(ctx.history))
+        plan.header = h
+        if lay.index == 0:
+            new_primary = h
+        changes += hdu_changes
+    # ---- declared WCS not found
+    for kind in ptype.wcs:
+        found = False
+        for lay in layouts:
+            if kind == "EQPOS" and wcsupdate.celestial_image_axes(lay.header):
+                found = True
+            for k, *_ in wcsupdate.celestial_table_columns(lay.header):
+                found = found or k == kind
+        if not found and not any(c.what == "EQSRC populated" for c in changes):
+            notes.append(wcsupdate.Note(Path(path).name, f"§5.6 lists {kind} for {ptype.name} "
+                                                         "but the file has none"))
+    # ---- ASPSOL3: STKXFM after XFM (spec-notes 17)
+    if ptype.append_stkxfm and not ctx.inverse and changes:
+        names = [_hdu_name(lay) for lay in layouts]
+        after = None
+        for i, name in enumerate(names):
+            if name in ("XFM", "XFM3", "STKXFM"):
+                after = i
+        if after is None:
+            after = len(layouts) - 1
+            notes.append(wcsupdate.Note(Path(path).name, "no XFM HDU: STKXFM appended at the end"))
+        plans[after].insert_after = ctx.transform.hdu_bytes
+        changes.append(wcsupdate.Change(f"{Path(path).name}[{names[after]}]", "HDU STKXFM",
+                                        None, f"inserted after {names[after]}", "record"))
+    status = "update" if changes else "nothing"
+    return status, plans, changes, notes
+
+
+# --------------------------------------------------------------------------- writing
+
+def _hdu_bytes_plan(path, plan: HduPlan, notes):
+    """New header (and data) bytes of a changed HDU; header sized to fit its blocks if it can."""
+    lay = plan.layout
+    if plan.data is not None:
+        datasum = fitsedit.ones_complement_sum(plan.data)
+    else:
+        datasum = fitsedit.header_checksum_ok(lay.raw_header, lay.header)
+        if datasum is None:
+            datasum = fitsedit.datasum_of_range(path, lay.data_offset, lay.data_size)
+            notes.append(wcsupdate.Note(plan.label, "input CHECKSUM blank or stale: DATASUM "
+                                                    "recomputed from the data"))
+    nblocks = lay.header_size // fitsedit.BLOCK
+    header = plan.header.copy()
+    fitted = fitsedit.checksummed_header_bytes(header, datasum, nblocks=nblocks)
+    if fitted is not None:
+        return fitted, True
+    # grown: leave spare blocks so that the next edits (each adds ~15 HISTORY cards) fit in place
+    header = plan.header.copy()
+    grown = fitsedit.checksummed_header_bytes(header, datasum)
+    spare = len(grown) // fitsedit.BLOCK + SPARE_BLOCKS
+    header = plan.header.copy()
+    return fitsedit.checksummed_header_bytes(header, datasum, nblocks=spare), False
+
+
+def write_file(src: Path, dest: Path, plans, notes) -> str:
+    """Write the planned new version of ``src`` to ``dest`` (may be ``src``).  Returns how."""
+    in_place_ok = True
+    pieces = []
+    patches = []
+    for plan in plans:
+        lay = plan.layout
+        if plan.remove:
+            in_place_ok = False
+            continue
+        if plan.header is not None:
+            hbytes, fits_blocks = _hdu_bytes_plan(src, plan, notes)
+            in_place_ok &= fits_blocks
+            pieces.append(hbytes)
+            if fits_blocks:
+                patches.append(fitsedit.Patch(lay.header_offset, lay.raw_header, hbytes))
+        else:
+            pieces.append((lay.header_offset, lay.header_size))
+        if plan.data is not None:
+            pieces.append(plan.data)
+            fd = os.open(src, os.O_RDONLY)
+            try:
+                old = os.pread(fd, lay.data_size, lay.data_offset)
+            finally:
+                os.close(fd)
+            patches.append(fitsedit.Patch(lay.data_offset, old, plan.data))
+        elif lay.data_size:
+            pieces.append((lay.data_offset, lay.data_size))
+        if plan.insert_after is not None:
+            in_place_ok = False
+            pieces.append(plan.insert_after)
+    end = plans[-1].layout.end_offset
+    size = src.stat().st_size
+    if size > end:
+        pieces.append((end, size - end))
+    same = src.resolve() == dest.resolve() if dest.exists() else False
+    if in_place_ok:
+        if same:
+            fitsedit.patch_in_place(src, patches, journal=True)
+            return "updated in place (header/column bytes only, journaled)"
+        tmp = fitsedit.copy_file(src, dest)
+        try:
+            fitsedit.patch_in_place(tmp, patches, journal=False)
+            fitsedit.commit_temp(tmp, dest)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return f"copied to {dest} and updated"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fitsedit.rewrite_file(src, dest, pieces)
+    return ("rewritten (streamed; header grew or an HDU was added/removed)" if same
+            else f"written to {dest} (streamed rewrite)")
+
+
+def _copy_unchanged(src: Path, dest: Path) -> str:
+    tmp = fitsedit.copy_file(src, dest)
+    try:
+        fitsedit.commit_temp(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return f"copied unchanged to {dest}"
+
+
+# --------------------------------------------------------------------------- one file
+
+def process_file(item: InputFile, ctx: RunContext) -> FileResult:
+    """Recognise, plan and (unless dry run) write one file.  Raises StkError on failure."""
+    src = item.path
+    result = FileResult(src)
+    if not src.is_file():
+        raise InputError(f"{src}: no such file")
+    dest = (ctx.outdir / item.rel) if ctx.outdir is not None else src
+    if ctx.outdir is not None:
+        if dest.resolve() == src.resolve():
+            raise OutputError(f"{src}: outdir would overwrite the input; use outdir=\"\" for an "
+                              "in-place update")
+        if dest.exists() and not ctx.clobber:
+            raise OutputError(f"Clobber set to no, and output file {dest} exists.")
+    if not ctx.dryrun:
+        done = fitsedit.recover(src)
+        if done:
+            result.notes.append(wcsupdate.Note(src.name, f"journal found: {done}"))
+        _remove_orphans(src, result)
+    elif fitsedit.journal_path(src).exists():
+        result.notes.append(wcsupdate.Note(src.name, "an interrupted update's journal is "
+                                                     "pending; a real run rolls it back first"))
+    is_jpeg = fitsedit.is_jpeg_file(src)
+    layouts = ()
+    if is_jpeg:
+        rec = products.recognise(src.name, [], is_jpeg=True)
+    elif fitsedit.is_fits_file(src):
+        layouts = fitsedit.scan_fits(src)
+        infos = [products.hdu_info(lay.header, index=lay.index) for lay in layouts]
+        rec = products.recognise(src.name, infos)
+    else:
+        rec = products.Recognition(None, "", "not a FITS or JPEG file")
+    ptype = rec.product
+    result.reason = rec.reason
+    own = _own_file(src, layouts, ctx)
+    if ptype is None and own:
+        result.ptype = "NOT A PRODUCT"
+        result.action = f"skipped ({own}; not a data product)"
+        result.category = "skipped"
+        return result
+    if ptype is None:
+        if ctx.unknown == "error":
+            raise ProductError(f"{src}: unknown product type ({rec.reason}); use unknown=skip "
+                               "to leave such files or unknown=generic to apply the generic "
+                               "rules")
+        if ctx.unknown == "skip" or not layouts:
+            result.ptype = "UNKNOWN"
+            result.action = "skipped (unknown product type)"
+            result.category = "skipped"
+            return result
+        ptype = products.GENERIC
+    result.ptype = ptype.name + (f" band {rec.band}" if rec.band else "")
+    if ptype.action == "inherit":
+        result.action = f"inherits from {ptype.parent}; not modified"
+        result.category = "inherit"
+        result.notes.append(wcsupdate.Note(src.name, ptype.note))
+    elif ptype.action == "nothing":
+        result.action = "needs nothing; not modified"
+        result.category = "needs nothing"
+    else:
+        status, plans, changes, notes = plan_file(src, layouts, ptype, ctx)
+        result.changes = changes
+        result.notes += notes
+        result.category = {"already": "already applied", "notapplied": "not applied",
+                           "nothing": "nothing to change"}.get(status, "updated")
+        if status == "already":
+            result.action = (f"already applied (STKXFMID={ctx.transform.xfm.xfm_id}); "
+                             "left byte-identical")
+        elif status == "notapplied":
+            result.action = "transform not recorded here; nothing to undo"
+        elif status == "nothing":
+            result.action = "nothing to change"
+        elif ctx.dryrun:
+            result.action = f"would change {len(changes)} item(s) (dry run)"
+            result.category = "would update"
+            return result
+        else:
+            result.action = write_file(src, dest, plans, result.notes)
+            return result
+    if ctx.outdir is not None and not ctx.dryrun:
+        result.action += "; " + _copy_unchanged(src, dest)
+    return result
+
+
+def _own_file(src: Path, layouts, ctx: RunContext) -> str:
+    """Say so if ``src`` is a file of this tool chain (found in a product tree), else ''."""
+    if ctx.transform.path and src.resolve() == Path(ctx.transform.path).resolve():
+        return "the transform file"
+    names = {_hdu_name(lay) for lay in layouts}
+    contents = {str(lay.header.get("CONTENT", "")).strip().upper() for lay in layouts}
+    if "STKXFM" in names:
+        return "an stk_xfm transform file"
+    if "STKPAIRS" in contents:
+        return "an stk_match matched-pairs file"
+    return ""
+
+
+def _remove_orphans(src: Path, result: FileResult) -> None:
+    for other in src.parent.glob(f".{src.name}.*.tmp"):
+        m = _ORPHAN_RE.match(other.name)
+        if m and m.group("name") == src.name:
+            other.unlink(missing_ok=True)
+            result.notes.append(wcsupdate.Note(src.name, f"removed {other.name}, left by an "
+                                                         "interrupted run"))
+
+
+# --------------------------------------------------------------------------- report
+
+def _report(result: FileResult) -> None:
+    if result.failed:
+        logger.error("%s: %s", result.path, result.action)
+        return
+    logger.info("%s: %s (%s) -> %s", result.path, result.ptype, result.reason, result.action)
+    for change in result.changes:
+        logger.info("    %s", change.describe())
+    for note in result.notes:
+        logger.info("    note: %s", note.describe())
+
+
+def _body(params) -> int:
+    transform = read_transform(params["transformfile"])
+    files, notes = expand_inputs(params["infile"])
+    outdir = params["outdir"]
+    outdir = Path(outdir) if outdir and str(outdir).strip() else None
+    if outdir is not None and outdir.exists() and not outdir.is_dir():
+        raise OutputError(f"outdir={outdir} exists and is not a directory")
+    if outdir is not None and not params["dryrun"]:
+        try:
+            outdir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"outdir={outdir}: cannot create it: {exc.strerror}") from exc
+    if outdir is not None:
+        # earlier outputs found under an input directory (not the input itself)
+        inside = [f for f in files if outdir.resolve() in f.path.resolve().parents
+                  and (outdir / f.rel).resolve() != f.path.resolve()]
+        if inside:
+            files = [f for f in files if f not in inside]
+            notes.append(f"{len(inside)} file(s) already under outdir={outdir} are outputs, "
+                         "not inputs: left")
+    ctx = RunContext(transform, outdir, params["unknown"], params["dryrun"], params["inverse"],
+                     params["force"], params["scrub"], params["clobber"],
+                     tuple(params.history_items()))
+    xfm = transform.xfm
+    logger.info("transform %s from %s: d_xi=%+.4f\" d_eta=%+.4f\" about (%.6f, %.6f)%s%s",
+                xfm.xfm_id, transform.path, xfm.d_xi_arcsec, xfm.d_eta_arcsec, xfm.ra_ref_deg,
+                xfm.dec_ref_deg, " INVERSE" if ctx.inverse else "",
+                " (dry run: nothing is written)" if ctx.dryrun else "")
+    for note in notes:
+        logger.info("note: %s", note)
+    if not files:
+        raise InputError(f"infile={params['infile']}: no files to process")
+    counts = {}
+    failed = 0
+    for item in files:
+        try:
+            result = process_file(item, ctx)
+        except StkError as exc:
+            result = FileResult(item.path, action=str(exc), failed=True, category="failed")
+            failed += 1
+        _report(result)
+        counts[result.category] = counts.get(result.category, 0) + 1
+    summary = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
+    logger.info("%d file(s): %s", len(files), summary)
+    if failed:
+        logger.error("%d of %d file(s) failed (the others were completed; see above)",
+                     failed, len(files))
+        return 1
+    return 0

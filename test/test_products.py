@@ -1,0 +1,305 @@
+"""The §5.6 product table, recognition, and the pure header/column rules of stk_update_wcs."""
+
+import numpy as np
+import pytest
+from astropy.io import fits
+from astropy.wcs import WCS
+from stk_astrometry import fitsedit, products, synthprod, wcsupdate
+from stk_astrometry.fitsutil import get_keyword, set_keyword
+from stk_astrometry.products import HduInfo, recognise
+from stk_astrometry.tangent import shift_sky
+
+RA0, DEC0 = 201.2, 26.6
+XFM = wcsupdate.Transform.from_shift(0.3, -0.2, RA0, DEC0)
+
+# every product type named in spec §5.6 (the list the table must cover)
+SPEC_56 = ["EVT3", "ECORRIMG", "ECORRIMG_JPG", "BKGIMG", "EXPMAP", "ASPSOL3", "BADPIX3", "FOV3", "PIXMASK", "POLY3", "SEXPMAP", "REGEVT3", "REGIMG", "REGIMG_JPG", "PSF", "PSF_JPG", "REGEXPMAP", "SPECTRUM", "ARF", "RMF", "LIGHTCURVE", "ECF90REG", "DRAWS", "APERPHOT", "STKEVT3", "STKECORRIMG", "STKECORRIMG_JPG", "STKBKGIMG", "STKEXPMAP", "STKFOV3", "SENSITY", "MRGSRC", "THETAMEAN", "STKREGEVT", "STKREGIMG", "STKREGIMG_JPG", "STKREGIMG3_JPG", "STKREGEVP", "SRCREG/BKGREG", "STKDRWS", "STKAPERPHOT", "BAYESBLKS", "SRCAPERPHOT", "SRCPOLY3"]
+
+
+def test_table_covers_spec_list_once():
+    names = [p.name for p in products.PRODUCT_TABLE]
+    assert sorted(names) == sorted(SPEC_56)
+    assert len(set(names)) == len(names)
+    assert synthprod.PRODUCT_KINDS == tuple(names)
+
+
+def test_table_actions_match_spec():
+    by = products.PRODUCTS
+    assert {n for n, p in by.items() if p.action == "nothing"} == {"RMF", "APERPHOT",
+                                                                   "STKAPERPHOT"}
+    assert {n for n, p in by.items() if p.action == "inherit"} == {
+        n for n in SPEC_56 if n.endswith("_JPG")}
+    assert {n for n, p in by.items() if p.scrub} == {"BAYESBLKS", "SRCAPERPHOT", "SRCPOLY3"}
+    assert {n for n, p in by.items() if p.populate_eqsrc} == {"ECF90REG", "SRCREG/BKGREG"}
+    assert [n for n, p in by.items() if p.append_stkxfm] == ["ASPSOL3"]
+
+
+def _infos(path):
+    return [products.hdu_info(lay.header, index=lay.index) for lay in fitsedit.scan_fits(path)]
+
+
+@pytest.mark.parametrize("kind", synthprod.PRODUCT_KINDS)
+def test_every_kind_recognised_from_synthetic_file(tmp_path, kind):
+    path = tmp_path / synthprod.product_filename(kind)
+    synthprod.write_product(kind, path, ra_nom=RA0, dec_nom=DEC0, nrows=20)
+    if kind.endswith("_JPG"):
+        assert fitsedit.is_jpeg_file(path) and not fitsedit.is_fits_file(path)
+        rec = recognise(path.name, [], is_jpeg=True)
+    else:
+        rec = recognise(path.name, _infos(path))
+    assert rec.product is not None, rec.reason
+    assert rec.product.name == kind
+
+
+@pytest.mark.parametrize("kind", ["SPECTRUM", "ARF", "ECORRIMG", "MRGSRC", "ASPSOL3", "EVT3"])
+def test_recognised_by_content_whatever_the_name(tmp_path, kind):
+    path = tmp_path / "renamed.pi"
+    synthprod.write_product(kind, path, ra_nom=RA0, dec_nom=DEC0, nrows=10)
+    rec = recognise(path.name, _infos(path))
+    assert rec.product is not None and rec.product.name == kind
+    assert "file name" not in rec.reason
+
+
+def test_image_with_event_content_is_not_an_event_file():
+    img = [HduInfo("PRIMARY", "REGEVT3", "image")]
+    rec = recognise("acisf14031_000N001_r0012b_regimg3.fits", img)
+    assert rec.product.name == "REGIMG"
+    # without a telling name: the binned-from signal picks the image product, never REGEVT3
+    rec = recognise("cutout.fits", img)
+    assert rec.product.name == "REGIMG"
+    rec = recognise("acisf14031_000N001_r0012_regevt3.fits", img)
+    assert rec.product.name == "REGIMG"
+    # the real CSC 1 layout (sherpa-test-data): an image named after its event list
+    rec = recognise("acisf07999_000N001_r0035_regevt3_srcimg.fits", img)
+    assert rec.product.name == "REGIMG"
+
+
+def test_event_content_on_table_is_event_file():
+    rec = recognise("x.fits", [HduInfo("PRIMARY", "EVT3", "empty"),
+                               HduInfo("EVENTS", "EVT3", "table")])
+    assert rec.product.name == "EVT3"
+
+
+def test_unknown_and_ambiguous():
+    rec = recognise("notes.fits", [HduInfo("PRIMARY", "FOO", "empty")])
+    assert rec.product is None and "FOO" in rec.reason
+    # stack-level CONTENT on a per-observation name: two signals disagree equally?
+    rec = recognise("acisf14031_000N001_evt3.fits", [HduInfo("PRIMARY", "STKEVT3", "empty"),
+                                                     HduInfo("EVENTS", "STKEVT3", "table")])
+    assert rec.product is not None and rec.product.name == "STKEVT3"   # CONTENT outweighs
+
+
+def test_ecf90reg_vs_srcreg_by_hdu_names():
+    hdus = [HduInfo("PRIMARY", "SRCREG", "empty"), HduInfo("ECF90REGB", "SRCREG", "table")]
+    assert recognise("acisf14031_000N001_r0012_reg3.fits", hdus).product.name == "ECF90REG"
+    hdus = [HduInfo("PRIMARY", "SRCREG", "empty"), HduInfo("SRCREG", "SRCREG", "table"),
+            HduInfo("BKGREG", "SRCREG", "table")]
+    assert recognise("acisfJ1348473p263535_002N029_r0012_reg3.fits",
+                     hdus).product.name == "SRCREG/BKGREG"
+
+
+def test_instrument_grid():
+    assert products.instrument_grid("ACIS-I") == pytest.approx((0.492 / 3600, 4096.5))
+    assert products.instrument_grid("hrc") == pytest.approx((0.13175 / 3600, 16384.5))
+    with pytest.raises(KeyError):
+        products.instrument_grid("EPIC")
+
+
+# --------------------------------------------------------------------------- wcsupdate
+
+def test_transform_id_contract():
+    import hashlib
+
+    text = ",".join(repr(v) for v in (0.3, -0.2, RA0, DEC0))
+    assert XFM.xfm_id == hashlib.sha256(text.encode()).hexdigest()[:16]
+    assert wcsupdate.transform_id(np.float64(0.3), -0.2, RA0, DEC0) == XFM.xfm_id
+
+
+def _tan_offsets_arcsec(ra, dec, ra0, dec0):
+    """xi, eta by astropy's TAN projection (an independent gnomonic projection)."""
+    w = WCS(naxis=2)
+    w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    w.wcs.crval = [ra0, dec0]
+    w.wcs.crpix = [0.0, 0.0]
+    w.wcs.cdelt = [1 / 3600, 1 / 3600]
+    x, y = w.wcs_world2pix(np.atleast_1d(ra), np.atleast_1d(dec), 0)
+    return x[0], y[0]
+
+
+@pytest.mark.parametrize("where", [(RA0, DEC0), (RA0 + 0.3, DEC0 - 0.2), (359.99, -0.01),
+                                   (10.0, 89.9)])
+def test_apply_sky_is_a_tangent_plane_shift(where):
+    ra_ref, dec_ref = where
+    xfm = wcsupdate.Transform.from_shift(0.3, -0.2, ra_ref, dec_ref)
+    ra, dec = ra_ref + 0.01, dec_ref + 0.01
+    ra1, dec1 = wcsupdate.apply_sky(ra, dec, xfm)
+    x0, y0 = _tan_offsets_arcsec(ra, dec, ra_ref, dec_ref)
+    x1, y1 = _tan_offsets_arcsec(ra1, dec1, ra_ref, dec_ref)
+    assert x1 - x0 == pytest.approx(0.3, abs=1e-6)
+    assert y1 - y0 == pytest.approx(-0.2, abs=1e-6)
+    back = wcsupdate.apply_sky(ra1, dec1, xfm, inverse=True)
+    assert abs(((back[0] - ra + 180) % 360) - 180) < 1e-9 and abs(back[1] - dec) < 1e-9
+
+
+def test_rotation_matrix_turns_roll_translation_does_not():
+    h = fits.Header()
+    h["RA_NOM"], h["DEC_NOM"], h["ROLL_NOM"] = RA0, DEC0, 45.0
+    res = wcsupdate.update_header(h.copy(), XFM, hdu_label="t")
+    assert not any(c.key == "ROLL_NOM" for c in res.changes)
+    ang = np.radians(0.1)
+    rot = wcsupdate.Transform.from_shift(
+        0.0, 0.0, RA0, DEC0, matrix=(np.cos(ang), -np.sin(ang), np.sin(ang), np.cos(ang)))
+    h2 = h.copy()
+    res = wcsupdate.update_header(h2, rot, hdu_label="t")
+    assert h2["ROLL_NOM"] == pytest.approx(45.1)
+    assert h2["RA_NOM"] == pytest.approx(RA0, abs=1e-12)   # the tangent point does not move
+    wcsupdate.update_header(h2, rot, hdu_label="t", inverse=True)
+    assert h2["ROLL_NOM"] == pytest.approx(45.0)
+
+
+def test_position_pairs_and_traps():
+    h = fits.Header()
+    h["RA_NOM"], h["DEC_NOM"] = RA0, DEC0
+    h["RA_ERR"], h["DEC_ERR"] = (0.3, "[arcsec]"), (0.3, "[arcsec]")
+    h["RA_OBJ"], h["DEC_OBJ"] = -999.0, -999.0
+    h["RA_SRC"], h["DEC_SRC"] = "INDEF", "INDEF"
+    h["RA_PNT"], h["DEC_PNT"] = 0.0, 0.0
+    h["RA_X"], h["DEC_X"] = (RA0, "offset in arcsec"), (DEC0, "offset in arcsec")
+    h["RA_TARG"], h["DEC_TARG"] = 400.0, DEC0
+    h["RA_STACK"] = RA0
+    set_keyword(h, "DEC_STACK", DEC0)
+    set_keyword(h, "RA_SIGMA_SYS", 0.2)
+    set_keyword(h, "DEC_SIGMA_SYS", 0.2)
+    before = h.copy()
+    res = wcsupdate.update_header(h, XFM, hdu_label="t")
+    moved = {c.key for c in res.changes}
+    assert moved == {"RA_NOM", "DEC_NOM", "RA_STACK", "DVAL1 (DEC_STACK)"}
+    for key in ("RA_ERR", "DEC_ERR", "RA_OBJ", "DEC_OBJ", "RA_SRC", "RA_PNT", "DEC_PNT",
+                "RA_X", "RA_TARG", "DEC_TARG"):
+        assert h[key] == before[key]
+    assert get_keyword(h, "RA_SIGMA_SYS") == 0.2
+    exp = shift_sky(RA0, DEC0, 0.3, -0.2, RA0, DEC0)
+    assert get_keyword(h, "DEC_STACK") == pytest.approx(float(exp[1]), abs=1e-12)
+    assert h["RA_STACK"] == pytest.approx(float(exp[0]), abs=1e-12)
+    text = " ".join(n.message for n in res.notes)
+    for word in ("RA_ERR", "RA_OBJ", "RA_SRC", "RA_PNT", "RA_X", "RA_TARG", "RA_SIGMA_SYS"):
+        assert word in text
+
+
+def test_image_wcs_axes_alternates_and_detector_axes():
+    h = fits.Header()
+    h["NAXIS"] = 2
+    for alt, (t1, t2) in {"": ("RA---TAN", "DEC--TAN"), "A": ("RA---SIN", "DEC--SIN"),
+                          "D": ("DETX", "DETY"), "F": ("FPX--TAN", "FPY--TAN"),
+                          "P": ("RA---TAN", "DEC--TAN")}.items():
+        h[f"CTYPE1{alt}"], h[f"CTYPE2{alt}"] = t1, t2
+        h[f"CRVAL1{alt}"], h[f"CRVAL2{alt}"] = RA0, DEC0
+    axes = wcsupdate.celestial_image_axes(h)
+    assert [a[0] for a in axes] == ["", "A"]
+    res = wcsupdate.update_header(h, XFM, hdu_label="t", keywords=False)
+    assert {c.key for c in res.changes} == {"CRVAL1", "CRVAL2", "CRVAL1A", "CRVAL2A"}
+    for alt in "DFP":
+        assert h[f"CRVAL1{alt}"] == RA0
+
+
+def test_table_wcs_eqpos_eqsrc_and_alternates():
+    h = fits.Header()
+    h["TFIELDS"] = 6
+    types = ["RA---TAN", "DEC--TAN", "XLON-TAN", "XLAT-TAN", "FPX--TAN", "FPY--TAN"]
+    for n, t in enumerate(types, 1):
+        h[f"TCTYP{n}"] = t
+        h[f"TCRVL{n}"] = RA0 if n % 2 else DEC0
+    h["TCTY1B"], h["TCTY2B"] = "RA---TAN", "DEC--TAN"
+    h["TCRV1B"], h["TCRV2B"] = RA0, DEC0
+    found = wcsupdate.celestial_table_columns(h)
+    assert {(f[0], f[1]) for f in found} == {("EQPOS", "TCRVL1"), ("EQSRC", "TCRVL3"),
+                                             ("EQPOS", "TCRV1B")}
+    res = wcsupdate.update_header(h, XFM, hdu_label="t", keywords=False)
+    assert {c.key for c in res.changes} == {"TCRVL1", "TCRVL2", "TCRVL3", "TCRVL4",
+                                            "TCRV1B", "TCRV2B"}
+    assert h["TCRVL5"] == RA0 and h["TCRVL6"] == DEC0
+
+
+def test_shift_columns_nulls_and_sentinels():
+    ra = np.array([RA0, np.nan, -999.0, 0.0, RA0 + 0.1])
+    dec = np.array([DEC0, np.nan, -999.0, 0.0, DEC0])
+    res = wcsupdate.shift_columns(ra, dec, XFM)
+    assert (res.n_moved, res.n_null, res.n_sentinel) == (2, 1, 2)
+    assert np.isnan(res.ra_deg[1]) and res.ra_deg[2] == -999.0 and res.ra_deg[3] == 0.0
+    exp = shift_sky(ra[[0, 4]], dec[[0, 4]], 0.3, -0.2, RA0, DEC0)
+    assert np.allclose(res.ra_deg[[0, 4]], exp[0], atol=1e-12, rtol=0)
+    assert res.ra_deg.dtype == ra.dtype
+
+
+def test_eqsrc_problem_and_populate():
+    grid = products.instrument_grid("ACIS")
+    h = fits.BinTableHDU.from_columns([fits.Column("X", "D"), fits.Column("Y", "D")]).header
+    assert "missing" in wcsupdate.eqsrc_problem(h, pixel_deg=grid[0], crpix=grid[1])
+    changes = wcsupdate.populate_eqsrc(h, ra_deg=RA0, dec_deg=DEC0, pixel_deg=grid[0],
+                                       crpix=grid[1], hdu_label="t")
+    assert changes and wcsupdate.eqsrc_problem(h, pixel_deg=grid[0], crpix=grid[1]) is None
+    assert h["TCTYP1"] == "XLON-TAN" and h["TCRVL2"] == DEC0 and h["TCDLT1"] < 0
+    h["TCDLT1"] = -1.0
+    assert "pixel size" in wcsupdate.eqsrc_problem(h, pixel_deg=grid[0], crpix=grid[1])
+
+
+def test_record_force_and_unrecord():
+    h = fits.Header()
+    other = wcsupdate.Transform.from_shift(0.1, 0.1, RA0, DEC0)
+    wcsupdate.record_transform(h, other, hdu_label="t")
+    wcsupdate.record_transform(h, XFM, hdu_label="t")
+    assert h["STKXFMID"] == XFM.xfm_id and h["STKPVID"] == other.xfm_id
+    wcsupdate.unrecord_transform(h, hdu_label="t")
+    assert h["STKXFMID"] == other.xfm_id and "STKPVID" not in h
+    wcsupdate.unrecord_transform(h, hdu_label="t")
+    assert not any(k in h for k in wcsupdate.RECORD_KEYS)
+
+
+def test_scrub_reports_or_removes():
+    h = fits.Header()
+    h["OBS_ID"], h["RA_NOM"], h["DEC_NOM"] = "1", RA0, DEC0
+    changes, notes = wcsupdate.scrub_header(h, products.SCRUB_KEYWORDS, hdu_label="t",
+                                            remove=False)
+    assert not changes and "OBS_ID" in notes[0].message and "OBS_ID" in h
+    changes, notes = wcsupdate.scrub_header(h, products.SCRUB_KEYWORDS, hdu_label="t",
+                                            remove=True)
+    assert {c.key for c in changes} == {"OBS_ID", "RA_NOM", "DEC_NOM"} and "RA_NOM" not in h
+
+
+# --------------------------------------------------------------------------- fitsedit
+
+def test_checksum_encoding_matches_astropy(tmp_path):
+    path = tmp_path / "a.fits"
+    synthprod.write_product("ECORRIMG", path, ra_nom=RA0, dec_nom=DEC0)
+    lay = fitsedit.scan_fits(path)[0]
+    datasum = fitsedit.datasum_of_range(path, lay.data_offset, lay.data_size)
+    assert datasum == int(lay.header["DATASUM"])
+    assert fitsedit.header_checksum_ok(lay.raw_header, lay.header) == datasum
+    h = lay.header.copy()
+    h["EXTRA"] = "changed"
+    raw = fitsedit.checksummed_header_bytes(h, datasum, nblocks=lay.header_size // 2880)
+    assert len(raw) == lay.header_size
+    assert fitsedit.ones_complement_sum(raw, datasum) == 0xFFFFFFFF
+    data = path.read_bytes()[lay.data_offset:]
+    (tmp_path / "b.fits").write_bytes(raw + data)
+    with fits.open(tmp_path / "b.fits", checksum=True) as hdul:   # warnings are errors
+        assert hdul[0].header["EXTRA"] == "changed"
+        assert hdul[0]._checksum_valid and hdul[0]._datasum_valid
+
+
+def test_serialize_header_pads_or_refuses():
+    h = fits.Header([("KEY", 1)])
+    raw = fitsedit.serialize_header(h, nblocks=2)
+    assert len(raw) == 5760 and raw[-80:].startswith(b"END")
+    for i in range(40):
+        h[f"K{i}"] = i
+    assert fitsedit.serialize_header(h, nblocks=1) is None
+
+
+def test_scan_rejects_truncated(tmp_path):
+    path = tmp_path / "a.fits"
+    synthprod.write_product("ECORRIMG", path, ra_nom=RA0, dec_nom=DEC0)
+    raw = path.read_bytes()
+    (tmp_path / "t.fits").write_bytes(raw[:-2880])
+    with pytest.raises(fitsedit.FormatError, match="truncated"):
+        fitsedit.scan_fits(tmp_path / "t.fits")

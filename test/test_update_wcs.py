@@ -1,0 +1,656 @@
+"""stk_update_wcs end to end: every §5.6 product type, the traps, safety, idempotency, undo."""
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from astropy.io import fits
+from astropy.wcs import WCS
+from stk_astrometry import fitsedit, products, synthprod, wcsupdate
+from stk_astrometry.fitsutil import get_keyword
+from stk_astrometry.tangent import shift_sky, sky_to_tangent
+from stk_astrometry.tools.stk_update_wcs import main
+
+RA0, DEC0 = 201.2, 26.6          # pointing of the synthetic products
+RA_REF, DEC_REF = 201.25, 26.62  # stack tangent point of the transform (deliberately not RA0)
+D_XI, D_ETA = 0.37, -0.21
+XFM = wcsupdate.Transform.from_shift(D_XI, D_ETA, RA_REF, DEC_REF)
+IGNORE = {"HISTORY", "HISTNUM", "CHECKSUM", "DATASUM", "", "COMMENT"}
+
+
+@pytest.fixture
+def xfm_file(tmp_path):
+    return synthprod.write_stkxfm(tmp_path / "xfm.fits", d_xi_arcsec=D_XI, d_eta_arcsec=D_ETA,
+                                  ra_ref_deg=RA_REF, dec_ref_deg=DEC_REF)
+
+
+DEFAULTS = {"unknown": "error", "dryrun": "no", "inverse": "no", "force": "no", "scrub": "no",
+            "clobber": "no", "verbose": "1", "mode": "h"}
+
+
+def run(*args):
+    """main() with every hidden parameter given: CIAO learns command-line values."""
+    args = [str(a) for a in args]
+    given = {a.split("=", 1)[0] for a in args if "=" in a}
+    return main(args + [f"{k}={v}" for k, v in DEFAULTS.items() if k not in given])
+
+
+def sha(path):
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def tree_hashes(folder):
+    return {str(p.relative_to(folder)): sha(p) for p in sorted(Path(folder).rglob("*"))
+            if p.is_file()}
+
+
+def verify_checksums(path):
+    """Open with astropy checksum verification (a failure warns, and warnings are errors)."""
+    with fits.open(path, checksum=True) as hdul:
+        hdul.verify("exception")
+        for hdu in hdul:
+            if "CHECKSUM" in hdu.header:
+                assert hdu._checksum_valid, (path, hdu.name)
+                assert hdu._datasum_valid, (path, hdu.name)
+
+
+def expected(ra, dec, *, inverse=False):
+    r, d = shift_sky(ra, dec, -D_XI if inverse else D_XI, -D_ETA if inverse else D_ETA,
+                     RA_REF, DEC_REF)
+    return float(r), float(d)
+
+
+def data_bytes(path):
+    """The data units of every HDU, as bytes."""
+    raw = Path(path).read_bytes()
+    return [raw[lay.data_offset:lay.end_offset] for lay in fitsedit.scan_fits(path)]
+
+
+def values(header):
+    return {c.keyword: c.value for c in header.cards if c.keyword not in IGNORE}
+
+
+# --------------------------------------------------------------------------- per product type
+
+@pytest.mark.parametrize("kind", synthprod.PRODUCT_KINDS)
+def test_each_product_type(tmp_path, xfm_file, kind, capsys):
+    path = tmp_path / synthprod.product_filename(kind)
+    synthprod.write_product(kind, path, ra_nom=RA0, dec_nom=DEC0, nrows=30, traps=True,
+                            rng=np.random.default_rng(5))
+    before_bytes = path.read_bytes()
+    ptype = products.PRODUCTS[kind]
+    before = None if kind.endswith("_JPG") else fits.open(path)
+    try:
+        assert run(path, xfm_file, "outdir=") == 0
+        out = capsys.readouterr().out
+        if ptype.action != "update":
+            assert path.read_bytes() == before_bytes
+            assert ("inherits from " + ptype.parent) in out if ptype.action == "inherit" \
+                else "needs nothing" in out
+            return
+        assert kind in out
+        verify_checksums(path)
+        with fits.open(path) as after:
+            names_before = [h.name for h in before]
+            names_after = [h.name for h in after]
+            if ptype.append_stkxfm:
+                i = [n.upper() for n in names_before].index("XFM3")
+                assert names_after == names_before[:i + 1] + ["STKXFM"] + names_before[i + 1:]
+                assert after["STKXFM"].header["STKXFMID"] == XFM.xfm_id
+                assert after["STKXFM"].data["d_xi"][0] == D_XI
+            else:
+                assert names_after == names_before
+            for hb in before:
+                ha = after[names_after.index(hb.name) if hb.name in names_after else 0]
+                _check_hdu(hb, ha, ptype)
+        if not ptype.columns and not ptype.append_stkxfm:
+            # data units untouched
+            assert data_bytes(path) == [before_bytes[lay.data_offset:lay.end_offset] for lay in
+                                        _layouts_of(before_bytes, tmp_path)]
+    finally:
+        if before is not None:
+            before.close()
+
+
+def _layouts_of(raw, tmp_path):
+    p = tmp_path / "_old.fits"
+    p.write_bytes(raw)
+    return fitsedit.scan_fits(p)
+
+
+def _check_hdu(hb, ha, ptype):
+    vb, va = values(hb.header), values(ha.header)
+    # every plain position pair moved exactly; traps stayed
+    for a, b in (("RA_NOM", "DEC_NOM"), ("RA_PNT", "DEC_PNT"), ("RA_TARG", "DEC_TARG")):
+        if a in vb and wcsupdate.is_position(vb[a], vb[b]):
+            assert (va[a], va[b]) == pytest.approx(expected(vb[a], vb[b]), abs=1e-10)
+        elif a in vb:
+            assert (va[a], va[b]) == (vb[a], vb[b])
+    if "RA_STACK" in vb:
+        exp = expected(vb["RA_STACK"], get_keyword(hb.header, "DEC_STACK"))
+        assert va["RA_STACK"] == pytest.approx(exp[0], abs=1e-10)
+        assert get_keyword(ha.header, "DEC_STACK") == pytest.approx(exp[1], abs=1e-10)
+    for key in ("RA_ERR", "DEC_ERR", "RA_OBJ", "DEC_OBJ", "RA_SRC", "DEC_SRC", "ROLL_NOM",
+                "ROLL_PNT"):
+        if key in vb:
+            assert va[key] == vb[key], key
+    if "DTYPE2" in vb:
+        assert get_keyword(ha.header, "RA_SIGMA_SYS") == get_keyword(hb.header, "RA_SIGMA_SYS")
+    # reference values of every celestial descriptor moved; nothing else of the WCS did
+    for alt, ia, ib in wcsupdate.celestial_image_axes(hb.header):
+        ka, kb = f"CRVAL{ia}{alt}", f"CRVAL{ib}{alt}"
+        assert (va[ka], va[kb]) == pytest.approx(expected(vb[ka], vb[kb]), abs=1e-10)
+    for kind, ka, kb, _, _ in wcsupdate.celestial_table_columns(hb.header):
+        if wcsupdate.is_position(vb[ka], vb[kb]):
+            assert (va[ka], va[kb]) == pytest.approx(expected(vb[ka], vb[kb]), abs=1e-10)
+    for key in vb:
+        wcs_key = key.startswith(("CRPIX", "CDELT", "LTV", "LTM", "TCRPX", "TCDLT", "CTYPE",
+                                  "TCTYP")) or (key.endswith(("D", "F", "P"))
+                                                and key.startswith("CRVAL"))
+        populated = ptype.populate_eqsrc and key.startswith(("TCRPX", "TCDLT"))
+        if wcs_key and key in va and not populated:
+            assert va[key] == vb[key], key
+    changed = any(vb.get(k) != va.get(k) for k in set(vb) | set(va))
+    if changed:
+        assert va["STKXFMID"] == XFM.xfm_id
+        assert va["STKDXI"] == D_XI and va["STKDETA"] == D_ETA
+        assert any("stk_update_wcs" in str(h) for h in ha.header["HISTORY"])
+
+
+def test_image_reference_pixel_world_moves_by_the_shift(tmp_path, xfm_file):
+    path = tmp_path / synthprod.product_filename("ECORRIMG")
+    synthprod.write_product("ECORRIMG", path, ra_nom=RA0, dec_nom=DEC0)
+    with fits.open(path) as h:
+        w0 = WCS(h[0].header)
+        pix = [[w0.wcs.crpix[0] + 7.3, w0.wcs.crpix[1] - 4.1], list(w0.wcs.crpix)]
+        world0 = w0.wcs_pix2world(pix, 1)
+    assert run(path, xfm_file, "outdir=") == 0
+    with fits.open(path) as h:
+        world1 = WCS(h[0].header).wcs_pix2world(pix, 1)
+    xi0, eta0 = sky_to_tangent(world0[:, 0], world0[:, 1], RA_REF, DEC_REF)
+    xi1, eta1 = sky_to_tangent(world1[:, 0], world1[:, 1], RA_REF, DEC_REF)
+    # at the reference pixel exactly; 7 pixels away to the accuracy of a translated TAN
+    assert xi1[1] - xi0[1] == pytest.approx(D_XI, abs=1e-7)
+    assert eta1[1] - eta0[1] == pytest.approx(D_ETA, abs=1e-7)
+    assert xi1[0] - xi0[0] == pytest.approx(D_XI, abs=1e-4)
+    assert eta1[0] - eta0[0] == pytest.approx(D_ETA, abs=1e-4)
+
+
+def test_columns_move_every_row_nulls_and_sentinels_stay(tmp_path, xfm_file):
+    path = tmp_path / synthprod.product_filename("MRGSRC")
+    synthprod.write_product("MRGSRC", path, ra_nom=RA0, dec_nom=DEC0, nrows=40)
+    with fits.open(path) as h:
+        before = {hdu.name: hdu.data.copy() for hdu in h[1:]}
+    assert run(path, xfm_file, "outdir=") == 0
+    pairs = {"SRCLIST": [("ra", "dec")], "SRCFIT": [("detect_ra", "detect_dec"),
+                                                    ("src_rab", "src_decb"),
+                                                    ("ext_rab", "ext_decb")],
+             "WAVSRC": [("RA", "DEC"), ("wav1b_ra", "wav1b_dec"), ("wav2b_ra", "wav2b_dec")],
+             "MPNTSRC": [("RA", "DEC")], "MEXTSRC": [("CENTER_RA", "CENTER_DEC")],
+             "NO_DETECT": [("RA", "DEC")]}
+    with fits.open(path) as h:
+        for name, cols in pairs.items():
+            for ra, dec in cols:
+                r0, d0 = before[name][ra], before[name][dec]
+                r1, d1 = h[name].data[ra], h[name].data[dec]
+                good = np.isfinite(r0) & (r0 > -999)
+                exp = shift_sky(r0[good], d0[good], D_XI, D_ETA, RA_REF, DEC_REF)
+                assert np.allclose(r1[good], exp[0], atol=1e-10, rtol=0)
+                assert np.allclose(d1[good], exp[1], atol=1e-10, rtol=0)
+                assert np.array_equal(r1[~good], r0[~good], equal_nan=True)
+            # columns that are not positions stay
+            for col in h[name].columns.names:
+                if "err" in col.lower() or col.lower() in ("x", "y", "region_id", "radius"):
+                    assert np.array_equal(h[name].data[col], before[name][col])
+        assert h["SRCLIST"].header["TCTYP5"] == "XLON-TAN"
+        assert (h["SRCLIST"].header["TCRVL5"], h["SRCLIST"].header["TCRVL6"]) == \
+            pytest.approx(expected(RA0, DEC0), abs=1e-10)
+
+
+def test_aspsol_columns_roll_quaternion_and_pnt(tmp_path, xfm_file):
+    path = tmp_path / synthprod.product_filename("ASPSOL3")
+    synthprod.write_product("ASPSOL3", path, ra_nom=RA0, dec_nom=DEC0, nrows=25)
+    with fits.open(path) as h:
+        asp0 = h["ASPSOL"].data.copy()
+    assert run(path, xfm_file, "outdir=") == 0
+    with fits.open(path) as h:
+        asp = h["ASPSOL"].data
+        exp = shift_sky(asp0["ra"], asp0["dec"], D_XI, D_ETA, RA_REF, DEC_REF)
+        assert np.allclose(asp["ra"], exp[0], atol=1e-10, rtol=0)
+        assert np.array_equal(asp["roll"], asp0["roll"])
+        assert np.array_equal(asp["q_att"], asp0["q_att"])
+        assert np.array_equal(asp["ra_err"], asp0["ra_err"])
+        assert h["ASPSOL"].header["RA_PNT"] == 0.0     # the asol "no pointing" sentinel
+        assert [x.name for x in h] == ["PRIMARY", "ASPSOL", "XFM3", "STKXFM"]
+
+
+@pytest.mark.parametrize("kind, hdus, state", [("ECF90REG", ["ECF90REGB", "ECF90REGH"], "missing"),
+                                               ("SRCREG/BKGREG", ["SRCREG", "BKGREG"], "wrong")])
+def test_eqsrc_populated_and_reported(tmp_path, xfm_file, capsys, kind, hdus, state):
+    path = tmp_path / synthprod.product_filename(kind)
+    synthprod.write_product(kind, path, ra_nom=RA0, dec_nom=DEC0, eqsrc=state)
+    assert run(path, xfm_file, "outdir=") == 0
+    out = capsys.readouterr().out
+    assert "populated EQSRC" in out
+    with fits.open(path) as h:
+        for name in hdus:
+            hd = h[name].header
+            nx = next(k for k in hd if k.startswith("TTYPE") and hd[k] == "X")[5:]
+            ny = str(int(nx) + 1)
+            assert hd[f"TCTYP{nx}"] == "XLON-TAN" and hd[f"TCTYP{ny}"] == "XLAT-TAN"
+            assert (hd[f"TCRVL{nx}"], hd[f"TCRVL{ny}"]) == pytest.approx(
+                (hd["RA_NOM"], hd["DEC_NOM"]), abs=1e-12)
+            assert (hd["RA_NOM"], hd["DEC_NOM"]) == pytest.approx(expected(RA0, DEC0), abs=1e-10)
+            assert hd[f"TCDLT{nx}"] == pytest.approx(-0.492 / 3600)
+            assert hd[f"TCRPX{ny}"] == 4096.5
+
+
+def test_good_eqsrc_is_only_shifted(tmp_path, xfm_file, capsys):
+    path = tmp_path / synthprod.product_filename("ECF90REG")
+    synthprod.write_product("ECF90REG", path, ra_nom=RA0, dec_nom=DEC0, eqsrc="good")
+    assert run(path, xfm_file, "outdir=") == 0
+    assert "populated EQSRC" not in capsys.readouterr().out
+
+
+def test_hrc_grid_for_eqsrc(tmp_path, xfm_file):
+    path = tmp_path / synthprod.product_filename("ECF90REG", instrument="HRC")
+    synthprod.write_product("ECF90REG", path, ra_nom=RA0, dec_nom=DEC0, instrument="HRC")
+    assert run(path, xfm_file, "outdir=") == 0
+    with fits.open(path) as h:
+        assert [x.name for x in h] == ["PRIMARY", "ECF90REGW"]
+        assert h[1].header["TCDLT2"] == pytest.approx(-0.13175 / 3600)
+        assert h[1].header["TCRPX3"] == 16384.5
+
+
+def test_scrub(tmp_path, xfm_file, capsys):
+    path = tmp_path / synthprod.product_filename("BAYESBLKS")
+    synthprod.write_product("BAYESBLKS", path, ra_nom=RA0, dec_nom=DEC0)
+    keep = tmp_path / "keep.fits"
+    shutil.copy(path, keep)
+    assert run(path, xfm_file, "outdir=") == 0
+    assert "header scrub (scrub=yes) would remove OBS_ID" in capsys.readouterr().out
+    with fits.open(path) as h:
+        assert h[0].header["OBS_ID"] == "14031"
+    assert run(f"{keep}", xfm_file, "outdir=", "scrub=yes", "unknown=generic") == 0
+    with fits.open(keep) as h:
+        assert "OBS_ID" not in h[0].header and "RA_NOM" not in h[0].header
+        assert "RA_STACK" in h[0].header       # not a per-observation keyword
+
+
+# --------------------------------------------------------------------------- idempotency, undo
+
+def test_rerun_is_byte_identical_and_inverse_restores(tmp_path, xfm_file, capsys):
+    folder = tmp_path / "tree"
+    synthprod.write_product_tree(folder, ra_nom=RA0, dec_nom=DEC0, traps=True)
+    orig = tmp_path / "orig"
+    shutil.copytree(folder, orig)
+    assert run(folder, xfm_file, "outdir=") == 0
+    first = tree_hashes(folder)
+    capsys.readouterr()
+    assert run(folder, xfm_file, "outdir=") == 0
+    out = capsys.readouterr().out
+    assert tree_hashes(folder) == first
+    assert "already applied" in out
+    assert run(folder, xfm_file, "outdir=", "inverse=yes") == 0
+    for f in sorted(orig.rglob("*.fits")):
+        g = folder / f.relative_to(orig)
+        verify_checksums(g)
+        with fits.open(f) as a, fits.open(g) as b:
+            assert len(a) == len(b), f.name
+            for ha, hb in zip(a, b, strict=True):
+                va, vb = values(ha.header), values(hb.header)
+                if products.PRODUCTS.get("ECF90REG") and "_reg3" in f.name:
+                    # an EQSRC that was populated stays populated (it was missing or wrong)
+                    va = {k: v for k, v in va.items() if not k.startswith(("TC", "MTYPE",
+                                                                            "MFORM"))}
+                    vb = {k: v for k, v in vb.items() if k in va or not k.startswith(
+                        ("TC", "MTYPE", "MFORM"))}
+                assert set(va) == set(vb), (f.name, set(va) ^ set(vb))
+                for k in va:
+                    if isinstance(va[k], float):
+                        assert abs(va[k] - vb[k]) < 1e-9, (f.name, k)
+                    else:
+                        assert va[k] == vb[k], (f.name, k)
+                if ha.data is not None and hasattr(ha.data, "names"):
+                    for n in ha.data.names:
+                        x, y = np.asarray(ha.data[n]), np.asarray(hb.data[n])
+                        if x.dtype.kind == "f":
+                            assert np.allclose(x, y, atol=1e-9, rtol=0, equal_nan=True)
+                        else:
+                            assert np.array_equal(x, y)
+
+
+def test_other_transform_refused_unless_force(tmp_path, xfm_file, capsys):
+    a = tmp_path / synthprod.product_filename("ECORRIMG")
+    b = tmp_path / synthprod.product_filename("BKGIMG")
+    for kind, p in (("ECORRIMG", a), ("BKGIMG", b)):
+        synthprod.write_product(kind, p, ra_nom=RA0, dec_nom=DEC0)
+    assert run(a, xfm_file, "outdir=") == 0
+    other = synthprod.write_stkxfm(tmp_path / "other.fits", d_xi_arcsec=0.1, d_eta_arcsec=0.1,
+                                   ra_ref_deg=RA_REF, dec_ref_deg=DEC_REF)
+    other_id = wcsupdate.Transform.from_shift(0.1, 0.1, RA_REF, DEC_REF).xfm_id
+    ha = sha(a)
+    capsys.readouterr()
+    # a is refused, b is still updated, exit status non-zero
+    assert run(f"{a},{b}", other, "outdir=") == 1
+    err = capsys.readouterr().err
+    assert "already updated with another transform" in err and "force=yes" in err
+    assert "1 of 2 file(s) failed" in err
+    assert sha(a) == ha
+    with fits.open(b) as h:
+        assert h[0].header["STKXFMID"] == other_id
+    with fits.open(a) as h:
+        crval0 = (h[0].header["CRVAL1"], h[0].header["CRVAL2"])
+    assert run(a, other, "outdir=", "force=yes") == 0
+    with fits.open(a) as h:
+        hd = h[0].header
+        assert hd["STKXFMID"] == other_id and hd["STKPVID"] == XFM.xfm_id
+        exp = shift_sky(*crval0, 0.1, 0.1, RA_REF, DEC_REF)
+        assert (hd["CRVAL1"], hd["CRVAL2"]) == pytest.approx((exp[0], exp[1]), abs=1e-10)
+    # undo the forced one: back to the first transform's record
+    assert run(a, other, "outdir=", "inverse=yes") == 0
+    with fits.open(a) as h:
+        assert h[0].header["STKXFMID"] == XFM.xfm_id and "STKPVID" not in h[0].header
+        assert (h[0].header["CRVAL1"], h[0].header["CRVAL2"]) == pytest.approx(crval0, abs=1e-9)
+    # inverse with a transform that is not the applied one
+    capsys.readouterr()
+    assert run(a, other, "outdir=", "inverse=yes") == 1
+    assert "needs the applied transform" in capsys.readouterr().err
+
+
+def test_inverse_of_never_applied_is_reported(tmp_path, xfm_file, capsys):
+    a = tmp_path / synthprod.product_filename("ECORRIMG")
+    synthprod.write_product("ECORRIMG", a, ra_nom=RA0, dec_nom=DEC0)
+    h0 = sha(a)
+    assert run(a, xfm_file, "outdir=", "inverse=yes") == 0
+    assert "nothing to undo" in capsys.readouterr().out
+    assert sha(a) == h0
+
+
+# --------------------------------------------------------------------------- safety and speed
+
+def test_dryrun_writes_nothing(tmp_path, xfm_file, capsys):
+    folder = tmp_path / "tree"
+    synthprod.write_product_tree(folder, ra_nom=RA0, dec_nom=DEC0)
+    before = tree_hashes(folder)
+    assert run(folder, xfm_file, "outdir=", "dryrun=yes") == 0
+    out = capsys.readouterr().out
+    assert tree_hashes(folder) == before
+    assert "(dry run)" in out and "CRVAL1 201.2 ->" in out and "TCRVL" in out
+    assert run(folder, xfm_file, tmp_path / "out", "dryrun=yes") == 0
+    assert not (tmp_path / "out").exists()
+
+
+def test_header_only_update_is_in_place_and_reads_no_data(tmp_path, xfm_file, monkeypatch):
+    path = tmp_path / synthprod.product_filename("EVT3")
+    synthprod.write_product("EVT3", path, ra_nom=RA0, dec_nom=DEC0, nrows=20000)
+    # make room: a header that grew once is rewritten with a spare block, then edited in place
+    assert run(path, xfm_file, "outdir=") == 0
+    assert run(path, xfm_file, "outdir=", "inverse=yes") == 0
+    ino, size = path.stat().st_ino, path.stat().st_size
+    data0 = data_bytes(path)
+
+    def no_data_reads(*a, **k):
+        raise AssertionError("data unit read")
+    monkeypatch.setattr(fitsedit, "datasum_of_range", no_data_reads)
+    assert run(path, xfm_file, "outdir=") == 0
+    assert path.stat().st_ino == ino and path.stat().st_size == size    # patched, not replaced
+    assert data_bytes(path) == data0
+    assert not fitsedit.journal_path(path).exists()
+    verify_checksums(path)
+
+
+def test_grown_header_is_streamed_and_checksummed(tmp_path, xfm_file, capsys):
+    path = tmp_path / synthprod.product_filename("ECORRIMG")
+    synthprod.write_product("ECORRIMG", path, ra_nom=RA0, dec_nom=DEC0)
+    with fits.open(path, mode="update") as h:     # fill the header to its last card
+        hd = h[0].header
+        n = 36 - (len(hd) + 1) % 36 if (len(hd) + 1) % 36 else 0
+        for i in range(n):
+            hd[f"PAD{i}"] = i
+    data0 = data_bytes(path)
+    assert run(path, xfm_file, "outdir=") == 0
+    assert "rewritten (streamed" in capsys.readouterr().out
+    assert data_bytes(path) == data0
+    verify_checksums(path)
+
+
+@pytest.mark.parametrize("how", ["blank", "stale"])
+def test_blank_or_stale_checksums_accepted(tmp_path, xfm_file, capsys, how):
+    path = tmp_path / synthprod.product_filename("EXPMAP")
+    synthprod.write_product("EXPMAP", path, ra_nom=RA0, dec_nom=DEC0)
+    with fits.open(path) as h:
+        hdul = fits.HDUList([fits.PrimaryHDU(data=h[0].data, header=h[0].header)])
+        if how == "blank":
+            del hdul[0].header["CHECKSUM"]
+            del hdul[0].header["DATASUM"]
+        else:
+            hdul[0].header["DATASUM"] = "12345"
+        hdul.writeto(tmp_path / "x.fits", output_verify="silentfix", checksum=False)
+    shutil.move(tmp_path / "x.fits", path)
+    assert run(path, xfm_file, "outdir=") == 0
+    assert "DATASUM recomputed" in capsys.readouterr().out
+    verify_checksums(path)
+
+
+def test_copy_mode_keeps_layout_and_inputs(tmp_path, xfm_file, capsys):
+    folder = tmp_path / "tree"
+    files = synthprod.write_product_tree(folder, ra_nom=RA0, dec_nom=DEC0)
+    before = tree_hashes(folder)
+    out = tmp_path / "out"
+    assert run(folder, xfm_file, out) == 0
+    assert tree_hashes(folder) == before
+    assert sorted(tree_hashes(out)) == sorted(before)      # every file, same relative layout
+    for f in files:
+        g = out / f.relative_to(folder)
+        if g.suffix == ".fits" and products.PRODUCTS[_kind_of(f, files)].action == "update":
+            verify_checksums(g)
+            with fits.open(g) as h:
+                assert any("STKXFMID" in x.header for x in h), g
+        elif g.suffix == ".jpg" or products.PRODUCTS[_kind_of(f, files)].action == "nothing":
+            assert sha(g) == sha(f)
+    # again without clobber: refused per file, inputs and outputs untouched
+    capsys.readouterr()
+    outs = tree_hashes(out)
+    assert run(folder, xfm_file, out) == 1
+    assert "Clobber set to no" in capsys.readouterr().err
+    assert tree_hashes(out) == outs
+    assert run(folder, xfm_file, out, "clobber=yes") == 0
+    assert tree_hashes(folder) == before
+
+
+def test_outdir_inside_the_input_tree(tmp_path, xfm_file, capsys):
+    folder = tmp_path / "tree"
+    folder.mkdir()
+    synthprod.write_product("ECORRIMG", folder / "img.fits", ra_nom=RA0, dec_nom=DEC0)
+    assert run(folder, xfm_file, folder / "out") == 0
+    assert run(folder, xfm_file, folder / "out", "clobber=yes") == 0
+    assert "1 file(s) already under outdir" in capsys.readouterr().out
+    assert sorted(p.name for p in folder.rglob("*.fits")) == ["img.fits", "img.fits"]
+    assert not (folder / "out" / "out").exists()
+
+
+def _kind_of(f, files):
+    return synthprod.PRODUCT_KINDS[files.index(f)]
+
+
+def test_fits_by_content_list_files_and_comma_lists(tmp_path, xfm_file, capsys):
+    sub = tmp_path / "deep" / "er"
+    sub.mkdir(parents=True)
+    synthprod.write_product("SPECTRUM", sub / "src.pi", ra_nom=RA0, dec_nom=DEC0)
+    synthprod.write_product("ARF", sub / "src.arf", ra_nom=RA0, dec_nom=DEC0)
+    synthprod.write_product("ECORRIMG", sub / "broad.img", ra_nom=RA0, dec_nom=DEC0)
+    (sub / "README.txt").write_text("not a product\n")
+    assert run(tmp_path / "deep", xfm_file, "outdir=") == 0
+    out = capsys.readouterr().out
+    for name, kind in (("src.pi", "SPECTRUM"), ("src.arf", "ARF"), ("broad.img", "ECORRIMG")):
+        assert f"{name}: {kind}" in out
+        with fits.open(sub / name) as h:
+            assert h[0].header["STKXFMID"] == XFM.xfm_id
+    assert "1 file(s) under the input directories are neither FITS nor JPEG" in out
+    # @list with relative entries (relative to the list's folder) and a comment line
+    c = tmp_path / "c"
+    c.mkdir()
+    for kind in ("EXPMAP", "BKGIMG"):
+        synthprod.write_product(kind, c / synthprod.product_filename(kind), ra_nom=RA0,
+                                dec_nom=DEC0)
+    lst = c / "files.lis"
+    lst.write_text("# products\n" + "\n".join(synthprod.product_filename(k)
+                                              for k in ("EXPMAP", "BKGIMG")) + "\n")
+    assert run(f"@{lst}", xfm_file, "outdir=") == 0
+    for kind in ("EXPMAP", "BKGIMG"):
+        with fits.open(c / synthprod.product_filename(kind)) as h:
+            assert h[0].header["STKXFMID"] == XFM.xfm_id
+
+
+def test_transform_file_in_the_tree_is_left(tmp_path, capsys):
+    folder = tmp_path / "stack"
+    folder.mkdir()
+    synthprod.write_product("ECORRIMG", folder / "img.fits", ra_nom=RA0, dec_nom=DEC0)
+    xfm = synthprod.write_stkxfm(folder / "stk.xfm.fits", d_xi_arcsec=D_XI,
+                                 d_eta_arcsec=D_ETA, ra_ref_deg=RA_REF, dec_ref_deg=DEC_REF)
+    h0 = sha(xfm)
+    assert run(folder, xfm, "outdir=") == 0
+    assert "skipped (the transform file; not a data product)" in capsys.readouterr().out
+    assert sha(xfm) == h0
+
+
+def test_unknown_error_skip_generic(tmp_path, xfm_file, capsys):
+    path = tmp_path / "mystery.fits"
+    cols = [fits.Column("ra", "D", unit="deg", array=[RA0, RA0 + 0.01]),
+            fits.Column("dec", "D", unit="deg", array=[DEC0, DEC0]),
+            fits.Column("ra_err", "D", unit="arcsec", array=[0.1, 0.2]),
+            fits.Column("dec_err", "D", unit="arcsec", array=[0.1, 0.2]),
+            fits.Column("obj_ra", "D", unit="deg", array=[RA0, RA0]),
+            fits.Column("obj_dec", "D", unit="deg", array=[DEC0, DEC0])]
+    tab = fits.BinTableHDU.from_columns(cols, name="STUFF")
+    prim = fits.PrimaryHDU()
+    prim.header["CONTENT"] = "MYSTERY"
+    prim.header["RA_NOM"], prim.header["DEC_NOM"] = RA0, DEC0
+    fits.HDUList([prim, tab]).writeto(path, checksum=True)
+    h0 = sha(path)
+    assert run(path, xfm_file, "outdir=") == 1
+    err = capsys.readouterr().err
+    assert "unknown product type" in err and "MYSTERY" in err and "unknown=generic" in err
+    assert run(path, xfm_file, "outdir=", "unknown=skip") == 0
+    assert "skipped (unknown product type)" in capsys.readouterr().out
+    assert sha(path) == h0
+    assert run(path, xfm_file, "outdir=", "unknown=generic") == 0
+    assert "GENERIC" in capsys.readouterr().out
+    with fits.open(path) as h:
+        d = h["STUFF"].data
+        exp = shift_sky(np.array([RA0, RA0 + 0.01]), np.array([DEC0, DEC0]), D_XI, D_ETA,
+                        RA_REF, DEC_REF)
+        assert np.allclose(d["ra"], exp[0], atol=1e-10, rtol=0)
+        assert np.allclose(d["obj_dec"], exp[1][0], atol=1e-10, rtol=0)
+        assert np.array_equal(d["ra_err"], [0.1, 0.2])
+        assert h[0].header["RA_NOM"] == pytest.approx(expected(RA0, DEC0)[0], abs=1e-10)
+
+
+# --------------------------------------------------------------------------- errors
+
+def _xfm_variant(tmp_path, **change):
+    path = synthprod.write_stkxfm(tmp_path / "v.fits", d_xi_arcsec=D_XI, d_eta_arcsec=D_ETA,
+                                  ra_ref_deg=RA_REF, dec_ref_deg=DEC_REF)
+    with fits.open(path) as h:
+        t = h["STKXFM"]
+        data = t.data.copy()
+        for col, value in change.items():
+            if value is None:
+                cols = [c for c in t.columns if c.name != col]
+                new = fits.BinTableHDU.from_columns(cols, name="STKXFM")
+            else:
+                data[col][0] = value
+                new = fits.BinTableHDU(data=data, header=t.header, name="STKXFM")
+        fits.HDUList([fits.PrimaryHDU(), new]).writeto(path, overwrite=True)
+    return path
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda t: t / "missing.fits", "no such file"),
+    (lambda t: _xfm_variant(t, a12=0.01), "not the identity"),
+    (lambda t: _xfm_variant(t, d_xi=None), "missing column(s) d_xi"),
+    (lambda t: _xfm_variant(t, component="DET_TO_WISE"), "no row with component TOTAL"),
+    (lambda t: _xfm_variant(t, ra_ref=-999.0), "is not a position"),
+])
+def test_transform_errors(tmp_path, capsys, make, message):
+    img = tmp_path / synthprod.product_filename("ECORRIMG")
+    synthprod.write_product("ECORRIMG", img, ra_nom=RA0, dec_nom=DEC0)
+    h0 = sha(img)
+    assert run(img, make(tmp_path), "outdir=") == 1
+    err = capsys.readouterr().err
+    assert "# stk_update_wcs (stk_astrometry" in err and "ERROR" in err and message in err
+    assert "Traceback" not in err
+    assert sha(img) == h0
+
+
+def test_transform_without_stkxfm_hdu(tmp_path, capsys):
+    img = tmp_path / synthprod.product_filename("ECORRIMG")
+    synthprod.write_product("ECORRIMG", img, ra_nom=RA0, dec_nom=DEC0)
+    assert run(img, img, "outdir=") == 1
+    assert "no STKXFM HDU" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, message", [
+    (lambda t, x: [t / "nothere.fits", x, "outdir="], "no such file"),
+    (lambda t, x: [t / "empty", x, "outdir="], "no files to process"),
+    (lambda t, x: [t / "img.fits", x, t / "img.fits"], "exists and is not a directory"),
+    (lambda t, x: ["@" + str(t / "nolist.lis"), x, "outdir="], "cannot read list file"),
+    (lambda t, x: [t / "img.fits", x, t], "outdir would overwrite the input"),
+])
+def test_input_errors(tmp_path, xfm_file, capsys, args, message):
+    (tmp_path / "empty").mkdir()
+    synthprod.write_product("ECORRIMG", tmp_path / "img.fits", ra_nom=RA0, dec_nom=DEC0)
+    assert run(*args(tmp_path, xfm_file)) == 1
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_truncated_product_fails_alone(tmp_path, xfm_file, capsys):
+    good = tmp_path / synthprod.product_filename("ECORRIMG")
+    bad = tmp_path / synthprod.product_filename("BKGIMG")
+    synthprod.write_product("ECORRIMG", good, ra_nom=RA0, dec_nom=DEC0)
+    synthprod.write_product("BKGIMG", bad, ra_nom=RA0, dec_nom=DEC0)
+    bad.write_bytes(bad.read_bytes()[:-2880])
+    assert run(f"{bad},{good}", xfm_file, "outdir=") == 1
+    err = capsys.readouterr().err
+    assert "truncated" in err and str(bad) in err
+    with fits.open(good) as h:
+        assert h[0].header["STKXFMID"] == XFM.xfm_id
+
+
+# --------------------------------------------------------------------------- journal
+
+def test_interrupted_patch_is_rolled_back(tmp_path, xfm_file, monkeypatch):
+    path = tmp_path / synthprod.product_filename("EXPMAP")
+    synthprod.write_product("EXPMAP", path, ra_nom=RA0, dec_nom=DEC0)
+    # a first run + inverse leaves a spare header block, so the next update patches in place
+    assert run(path, xfm_file, "outdir=") == 0
+    assert run(path, xfm_file, "outdir=", "inverse=yes") == 0
+    old = path.read_bytes()
+    real = fitsedit._write_patches
+
+    def die_halfway(fd, patches):
+        # write up to and including the first changed byte, then die
+        p = patches[0]
+        first = next(i for i, (a, b) in enumerate(zip(p.old, p.new, strict=True)) if a != b)
+        os.pwrite(fd, p.new[:first + 1], p.offset)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(fitsedit, "_write_patches", die_halfway)
+    assert run(path, xfm_file, "outdir=") == 1
+    assert fitsedit.journal_path(path).exists() and path.read_bytes() != old
+    monkeypatch.setattr(fitsedit, "_write_patches", real)
+    assert "rolled back" in fitsedit.recover(path)
+    assert path.read_bytes() == old and not fitsedit.journal_path(path).exists()
+    assert fitsedit.recover(path) is None
+    # a completed patch whose journal survived is kept
+    assert run(path, xfm_file, "outdir=") == 0
+    new = path.read_bytes()
+    lay = fitsedit.scan_fits(path)[0]
+    fitsedit._write_journal(path, [fitsedit.Patch(lay.header_offset, old[:lay.header_size],
+                                                  new[:lay.header_size])])
+    assert "kept the new version" in fitsedit.recover(path)
+    assert path.read_bytes() == new

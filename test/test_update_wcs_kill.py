@@ -1,0 +1,109 @@
+"""stk_update_wcs killed with SIGKILL at random moments: every file stays wholly old or wholly new.
+
+A file edited in place is protected by a journal; the journal is rolled back by
+``fitsedit.recover`` (which the tool itself runs on every file it is given).
+Files without a journal must already be wholly old or wholly new.
+"""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from astropy.io import fits
+from stk_astrometry import fitsedit, synthprod
+
+REPO = Path(__file__).resolve().parents[1]
+SEED = 20261120
+IGNORE = {"HISTORY", "HISTNUM", "CHECKSUM", "DATASUM", "", "COMMENT"}
+
+
+def _tool(folder, xfm, env, *, capture=True):
+    return subprocess.Popen(
+        [sys.executable, str(REPO / "bin" / "stk_update_wcs"), str(folder), str(xfm), "outdir=",
+         "verbose=0", "mode=h"],
+        env=env, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE if capture else subprocess.DEVNULL)
+
+
+def _signature(path):
+    """What must match between two 'new' versions: every card but HISTORY/checksums, all data."""
+    with fits.open(path, checksum=True) as hdul:      # a bad checksum warns: an error here
+        sig = []
+        for hdu in hdul:
+            cards = tuple((c.keyword, repr(c.value)) for c in hdu.header.cards
+                          if c.keyword not in IGNORE)
+            raw = b"" if hdu.data is None else np.ascontiguousarray(hdu.data).tobytes()
+            sig.append((cards, raw))
+    return sig
+
+
+def _products(folder):
+    return sorted(p for p in Path(folder).rglob("*") if p.is_file() and not p.name.startswith("."))
+
+
+def test_sigkill_leaves_every_file_old_or_new(tmp_path):
+    rng = np.random.default_rng(SEED)
+    orig = tmp_path / "orig"
+    synthprod.write_product_tree(orig, ra_nom=201.2, dec_nom=26.6, rng=rng)
+    # bigger event lists so that streamed rewrites take a while
+    for i in range(2):
+        synthprod.write_product("STKEVT3", orig / "stack" / f"big{i}.fits", ra_nom=201.2,
+                                dec_nom=26.6, nrows=100_000, rng=rng)
+    xfm = synthprod.write_stkxfm(tmp_path / "xfm.fits", d_xi_arcsec=0.3, d_eta_arcsec=-0.2,
+                                 ra_ref_deg=201.2, dec_ref_deg=26.6)
+    env = dict(os.environ, PYTHONPATH=str(REPO / "lib"))
+    pf = tmp_path / "pf"
+    pf.mkdir()
+    env["PFILES"] = f"{pf};{REPO / 'param'}"
+
+    ref = tmp_path / "ref"
+    shutil.copytree(orig, ref)
+    t0 = time.monotonic()
+    proc = _tool(ref, xfm, env)
+    _, err = proc.communicate(timeout=120)
+    t_full = time.monotonic() - t0
+    assert proc.returncode == 0, err.decode()
+    old = {p.relative_to(orig): p.read_bytes() for p in _products(orig)}
+    new = {p.relative_to(ref): _signature(p) if p.suffix == ".fits" else p.read_bytes()
+           for p in _products(ref)}
+
+    seen = {"old": 0, "new": 0, "journal": 0}
+    for delay in rng.uniform(0.35, max(t_full, 0.6), 3):
+        work = tmp_path / f"work{delay:.3f}"
+        shutil.copytree(orig, work)
+        proc = _tool(work, xfm, env, capture=False)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        for p in _products(work):
+            rel = p.relative_to(work)
+            if p.name.endswith(fitsedit.JOURNAL_SUFFIX):
+                continue
+            if fitsedit.journal_path(p).exists():
+                seen["journal"] += 1
+                fitsedit.recover(p)
+                assert p.read_bytes() == old[rel], f"{rel}: not rolled back"
+            raw = p.read_bytes()
+            if raw == old[rel]:
+                seen["old"] += 1
+                continue
+            assert p.suffix == ".fits", f"{rel}: changed"
+            assert _signature(p) == new[rel], f"{rel}: neither wholly old nor wholly new"
+            seen["new"] += 1
+        # a rerun finishes the job and cleans up what the kill left
+        proc = _tool(work, xfm, env)
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err.decode()
+        assert not [p for p in work.rglob(".*") if p.is_file()], "temporary files left"
+        for p in _products(work):
+            rel = p.relative_to(work)
+            got = _signature(p) if p.suffix == ".fits" else p.read_bytes()
+            assert got == new[rel], rel
+    # the kills landed before, during and after the run's writes
+    print("kill outcomes", seen, "full run", t_full)
+    assert seen["old"] > 0 and seen["new"] > 0, seen
