@@ -45,7 +45,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from astropy.io import fits
 
 from stk_astrometry.errors import FormatError, OutputError, ProductError
 
@@ -163,6 +162,8 @@ def data_size_bytes(header) -> int:
 
 
 def _parse_header(raw: bytes, path, offset) -> fits.Header:
+    from astropy.io import fits  # imported here: keeps tool start-up light
+
     try:
         return fits.Header.fromstring(raw.decode("ascii"))
     except (UnicodeDecodeError, ValueError) as exc:

@@ -60,8 +60,6 @@ import logging
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.optimize import least_squares
-from scipy.stats import chi2
 
 logger = logging.getLogger(__name__)
 
@@ -364,6 +362,8 @@ def _covariance(p, d_xi, d_eta, w, var1, loss, f_scale):
         threshold = formal_var          # few pairs: never below the formal error
     else:
         dof = 2 * (n - 1)               # implausibly small scatter only
+        from scipy.stats import chi2  # imported here: keeps tool start-up light
+
         threshold = formal_var * chi2.ppf(_IMPLAUSIBLE_QUANTILE, dof) / dof
     cov = _raise_eigenvalues(sandwich, threshold, formal_var)
     raised = np.linalg.eigvalsh(sandwich).min() < threshold
@@ -435,6 +435,8 @@ def fit_translation(src_xi, src_eta, ref_xi, ref_eta, weights, *, loss="cauchy",
         r = np.hypot(ex, ey)
         inv_r = np.divide(1.0, r, out=np.zeros_like(r), where=r > 0)
         return np.column_stack([sqrt_w * ex * inv_r, sqrt_w * ey * inv_r])
+
+    from scipy.optimize import least_squares  # imported here: keeps tool start-up light
 
     res = least_squares(residuals, (0.0, 0.0), jac=jacobian, loss=loss, f_scale=f_scale,
                         bounds=(-max_shift, max_shift))
