@@ -1,0 +1,450 @@
+"""Speed benchmark of the stk_astrometry tools (issue 6, part 4).
+
+Tables, each figure a ratio to a reference measured in the same run where one
+makes sense (absolute times on a shared machine are noisy):
+
+1. start-up: each tool's ``--help``, ``--version`` and a run with a missing
+   input (through ``bin/``, ``PYTHONPATH=lib``) against ``python -c pass``,
+   median of N runs;
+2. ``stk_match`` on 3,000 detections x 100,000 Gaia sources: the match core
+   (``matching.match_stack``) alone and the whole in-process ``main()``,
+   against the 1 s target; and a typical stack (50 x 5,000), run time without
+   interpreter start-up (in-process ``main()``, warm);
+3. ``stk_update_wcs`` in place on a 1 GB event file against a 1 MB one
+   (header-only cost should make the ratio ~1), and copy mode against ``cp``;
+4. stacks per second through ``stk_match`` + ``stk_xfm`` (in-process mains)
+   on simulated stacks, with the median |error| / CRB as a sanity check.
+
+``--quick`` shrinks everything (100 MB event file, fewer stacks and repeats).
+Run: ``.venv/bin/python test/benchmarks/run.py --only speed`` (or this file).
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+
+import numpy as np
+from _common import (
+    BIN,
+    PARAM,
+    TOOLS,
+    NotAvailable,
+    fmt_s,
+    match_inputs,
+    median_command,
+    median_time,
+    na,
+    print_table,
+    private_pfiles,
+    quiet,
+    run_command,
+    tool_env,
+    tool_main,
+    write_sim_inputs,
+)
+
+SEED = 20261120
+GAIA_AREA_ARCMIN2 = math.pi * 10.1**2  # the simulator's cone: r_stack + 0.1' margin
+
+
+def _sim(ndet, n_gaia, *, seed, **kwargs):
+    from stk_astrometry.simulate import SimConfig, simulate_stack
+
+    cfg = SimConfig(ndet=ndet, gaia_density=n_gaia / GAIA_AREA_ARCMIN2, **kwargs)
+    return simulate_stack(cfg, seed=seed)
+
+
+# --------------------------------------------------------------------------- 1. start-up
+
+
+def bench_startup(quick):
+    repeats = 3 if quick else 9
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="stkbench_su_") as tmp:
+        env = tool_env(tmp)
+        py = sys.executable
+        base = median_command([py, "-c", "pass"], env, repeats, expect=0)
+        rows.append(["python -c pass", fmt_s(base), "1.0"])
+        imp = median_command([py, "-c", "import numpy, astropy.io.fits, scipy.optimize"], env,
+                             repeats, expect=0)
+        rows.append(["python -c 'import numpy, astropy.io.fits, scipy.optimize'", fmt_s(imp),
+                     f"{imp / base:.1f}"])
+        missing = str(Path(tmp) / "no_such_file.fits")
+        for tool in TOOLS:
+            script = BIN / tool
+            if not script.exists():
+                rows.append([f"{tool} (all)", na(f"bin/{tool} missing"), "-"])
+                continue
+            cases = [("--help", ["--help"], 0), ("--version", ["--version"], 0)]
+            par = PARAM / f"{tool}.par"
+            if par.exists():
+                # Every required ('a') parameter gets the missing file: the run resolves its
+                # parameters, then fails on the first input (exit 1).
+                required = [line.split(",")[0] for line in par.read_text().splitlines()
+                            if line and not line.startswith("#") and line.split(",")[2:3] == ["a"]]
+                argv = [f"{p}={missing if i == 0 else str(Path(tmp) / f'out{i}')}"
+                        for i, p in enumerate(required)]
+                if tool == "stk_simulate":
+                    argv = [f"outdir={Path(tmp) / 'nodir' / 'x'}", "products=no"]
+                cases.append(("missing input", [*argv, "mode=h", "verbose=0"], 1))
+            for label, args, expect in cases:
+                # The failing run must fail the CIAO way, not crash.
+                err = f"# {tool} (stk_astrometry" if expect else None
+                try:
+                    t = median_command([py, str(script), *args], env, repeats, expect=expect,
+                                       expect_stderr=err)
+                    rows.append([f"{tool} {label}", fmt_s(t), f"{t / base:.1f}"])
+                except NotAvailable as exc:
+                    rows.append([f"{tool} {label}", na(str(exc)), "-"])
+    print_table("Start-up (median wall time; ratio to python -c pass)",
+                ["command", "median", "x python"], rows,
+                notes=[f"{repeats} runs each after one warm-up, through bin/ with PYTHONPATH=lib"])
+
+
+# --------------------------------------------------------------------------- 2. stk_match size
+
+
+def _match_main_time(sim, tmp, repeats, *, label):
+    main = tool_main("stk_match")
+    paths = write_sim_inputs(sim, tmp)
+    out = Path(tmp) / f"{label}_pairs.fits"
+    argv = [str(paths["det"]), str(paths["gaia"]), str(out), f"wisefile={paths['allwise']}",
+            f"bestnbfile={paths['bestnb']}", "clobber=yes", "verbose=0", "mode=h"]
+
+    def run():
+        with quiet():
+            rc = main(argv)
+        if rc != 0:
+            raise NotAvailable(f"stk_match exit {rc}")
+        return rc
+
+    t, _ = median_time(run, repeats)
+    return t, argv
+
+
+def bench_match(quick):
+    repeats = 2 if quick else 5
+    rows = []
+    big_det, big_gaia = (1000, 30_000) if quick else (3000, 100_000)
+    with tempfile.TemporaryDirectory(prefix="stkbench_m_") as tmp, private_pfiles():
+        t0 = time.perf_counter()
+        big = _sim(big_det, big_gaia, seed=SEED)
+        t_sim = time.perf_counter() - t0
+        rows.append([f"simulate {big_det} x {big_gaia} (core)", fmt_s(t_sim), "-"])
+        try:
+            from stk_astrometry.matching import match_stack
+
+            det, gaia, config = match_inputs(big)
+            t_core, _ = median_time(lambda: match_stack(det, gaia, config), repeats)
+            rows.append([f"match core {big_det} x {big_gaia}", fmt_s(t_core), f"{t_core / 1.0:.2f}"])
+        except (ImportError, TypeError, NotAvailable) as exc:
+            rows.append([f"match core {big_det} x {big_gaia}", na(str(exc)[:70]), "-"])
+        try:
+            t_main, _ = _match_main_time(big, tmp, repeats, label="big")
+            rows.append([f"stk_match main() {big_det} x {big_gaia}", fmt_s(t_main),
+                         f"{t_main / 1.0:.2f}"])
+        except NotAvailable as exc:
+            rows.append([f"stk_match main() {big_det} x {big_gaia}", na(str(exc)), "-"])
+        # A typical stack: run time without interpreter start-up (warm, in-process).
+        typical = _sim(50, 5000, seed=SEED + 1)
+        try:
+            t_typ, argv = _match_main_time(typical, tmp, repeats * 3, label="typical")
+            rows.append(["stk_match main() 50 x 5,000 (warm)", fmt_s(t_typ), f"{t_typ:.3f}"])
+            env = tool_env(tmp)
+            t_sub = median_command([sys.executable, str(BIN / "stk_match"), *argv], env, repeats,
+                                   expect=0)
+            rows.append(["bin/stk_match 50 x 5,000 (subprocess)", fmt_s(t_sub), f"{t_sub:.3f}"])
+        except NotAvailable as exc:
+            rows.append(["stk_match main() 50 x 5,000", na(str(exc)), "-"])
+    print_table("stk_match size (median wall time; ratio to the 1 s target)",
+                ["case", "median", "x 1 s"], rows,
+                notes=[(f"{repeats} repeats; main() includes reading the FITS inputs and writing "
+                        "the pairs file; WISE + best neighbours included"),
+                       "quick mode uses 1,000 x 30,000" if quick else "target: <= 1 s"])
+
+
+# --------------------------------------------------------------------------- 3. stk_update_wcs
+
+
+def _update_param_names():
+    """(required parameter names, all names) of stk_update_wcs, from its par file."""
+    par = PARAM / "stk_update_wcs.par"
+    if not par.exists():
+        raise NotAvailable("param/stk_update_wcs.par missing")
+    names, required = [], []
+    for line in par.read_text().splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        fields = line.split(",")
+        names.append(fields[0])
+        if fields[2:3] == ["a"]:
+            required.append(fields[0])
+    return required, names
+
+
+def _make_transform(tmp):
+    """A real transform file: simulate a stack, run stk_match and stk_xfm in-process."""
+    match, xfm = tool_main("stk_match"), tool_main("stk_xfm")
+    sim = _sim(50, 5000, seed=SEED + 2, shift_xi_arcsec=0.3, shift_eta_arcsec=-0.2)
+    paths = write_sim_inputs(sim, tmp)
+    pairs, out = Path(tmp) / "pairs.fits", Path(tmp) / "xfm.fits"
+    with quiet():
+        rc = match([str(paths["det"]), str(paths["gaia"]), str(pairs), "verbose=0", "mode=h"])
+        if rc:
+            raise NotAvailable(f"stk_match exit {rc}")
+        rc = xfm([str(pairs), str(out), "verbose=0", "mode=h"])
+        if rc:
+            raise NotAvailable(f"stk_xfm exit {rc}")
+    return sim, out
+
+
+def _event_file(path, target_bytes, sim, rng):
+    """An event file of about ``target_bytes`` built by synthprod."""
+    try:
+        from stk_astrometry import synthprod
+    except ImportError as exc:
+        raise NotAvailable("stk_astrometry.synthprod missing") from exc
+    kinds = getattr(synthprod, "PRODUCT_KINDS", ())
+    kind = next((k for k in ("EVT3", "STKEVT3", "evt3", "stkevt3") if k in kinds), None)
+    if kind is None:
+        raise NotAvailable(f"no event-file kind in synthprod.PRODUCT_KINDS {tuple(kinds)[:4]}")
+    # Measure the row size on a small file, then scale.
+    probe = path.with_name("probe_evt3.fits")
+    synthprod.write_product(kind, probe, ra_nom=sim.config.ra_stack_deg,
+                            dec_nom=sim.config.dec_stack_deg, instrument="ACIS", band="b",
+                            nrows=20_000, rng=rng)
+    probe_small = path.with_name("probe0_evt3.fits")
+    synthprod.write_product(kind, probe_small, ra_nom=sim.config.ra_stack_deg,
+                            dec_nom=sim.config.dec_stack_deg, instrument="ACIS", band="b",
+                            nrows=10_000, rng=rng)
+    per_row = (probe.stat().st_size - probe_small.stat().st_size) / 10_000
+    overhead = probe_small.stat().st_size - per_row * 10_000
+    probe.unlink()
+    probe_small.unlink()
+    nrows = max(int((target_bytes - overhead) / max(per_row, 1.0)), 1)
+    synthprod.write_product(kind, path, ra_nom=sim.config.ra_stack_deg,
+                            dec_nom=sim.config.dec_stack_deg, instrument="ACIS", band="b",
+                            nrows=nrows, rng=rng)
+    return path
+
+
+def _update_argv(required, names, infile, xfmfile, outdir):
+    """argv for stk_update_wcs: in place when ``outdir`` is None, else copy mode into ``outdir``.
+
+    Parameter names are taken from the tool's par file: the transform goes to the
+    parameter naming a transform, the output directory to the one starting 'out'.
+    """
+    values = {}
+    for name in required:
+        low = name.lower()
+        if "xfm" in low or "transform" in low:
+            values[name] = str(xfmfile)
+        elif low.startswith("out"):
+            values[name] = "" if outdir is None else str(outdir)
+        else:
+            values[name] = str(infile)
+    if outdir is not None and not any(n.lower().startswith("out") for n in values):
+        raise NotAvailable(f"no output parameter for copy mode among {', '.join(names)}")
+    argv = [f"{k}={v}" for k, v in values.items()]
+    if "clobber" in names:
+        argv.append("clobber=yes")
+    # Explicit, because a hidden value given on an earlier command line may have been learned.
+    for name in ("inverse", "dryrun"):
+        if name in names:
+            argv.append(f"{name}=no")
+    return [*argv, "verbose=0", "mode=h"]
+
+
+def _check_applied(path, expected):
+    """Make sure a timed run really edited the file: the EVENTS header records the transform."""
+    from astropy.io import fits
+
+    applied = "STKXFMID" in fits.getheader(path, "EVENTS")
+    if applied != expected:
+        raise NotAvailable(f"{path.name}: transform {'not ' if expected else ''}recorded after the run")
+
+
+def bench_update(quick):
+    big_bytes = (100 if quick else 1000) * 2**20
+    small_bytes = 2**20
+    repeats = 2 if quick else 3
+    rows = []
+    notes = []
+    tmp = tempfile.mkdtemp(prefix="stkbench_u_", dir="/tmp")
+    try:
+        with private_pfiles():
+            required, names = _update_param_names()
+            if "inverse" not in names:
+                raise NotAvailable("stk_update_wcs has no inverse parameter to undo between runs")
+            update = tool_main("stk_update_wcs")
+            sim, xfm = _make_transform(tmp)
+            rng = np.random.default_rng(SEED)
+            free = shutil.disk_usage(tmp).free
+            if free < 3.2 * big_bytes:
+                raise NotAvailable(f"only {free / 2**30:.1f} GiB free in /tmp")
+            t0 = time.perf_counter()
+            small = _event_file(Path(tmp) / "small_evt3.fits", small_bytes, sim, rng)
+            big = _event_file(Path(tmp) / "big_evt3.fits", big_bytes, sim, rng)
+            t_make = time.perf_counter() - t0
+            big_mib = big.stat().st_size / 2**20
+            notes.append(f"event files: {small.stat().st_size / 2**20:.1f} MiB and {big_mib:.0f} MiB "
+                         f"(synthprod EVT3, built in {t_make:.0f} s); transform from "
+                         "simulate -> stk_match -> stk_xfm")
+
+            def run(argv, what):
+                with quiet():
+                    t0 = time.perf_counter()
+                    rc = update(argv)
+                    elapsed = time.perf_counter() - t0
+                if rc:
+                    raise NotAvailable(f"stk_update_wcs exit {rc} ({what})")
+                return elapsed
+
+            def in_place(path):
+                # Apply, then undo (inverse=yes, not timed): every timed run really edits.
+                argv = _update_argv(required, names, path, xfm, None)
+                times = []
+                rewrites = 0
+                for _ in range(repeats):
+                    inode = path.stat().st_ino
+                    times.append(run(argv, f"in place on {path.name}"))
+                    rewrites += path.stat().st_ino != inode  # renamed into place = full rewrite
+                    _check_applied(path, True)
+                    undo = ["inverse=yes" if a == "inverse=no" else a for a in argv]
+                    run(undo, f"undo on {path.name}")
+                    _check_applied(path, False)
+                return statistics.median(times), f"{rewrites}/{repeats}"
+
+            t_small, rw_small = in_place(small)
+            t_big, rw_big = in_place(big)
+            rows.append([f"in place, {small.stat().st_size / 2**20:.1f} MiB event file",
+                         fmt_s(t_small), "1.0", rw_small])
+            rows.append([f"in place, {big_mib:.0f} MiB event file", fmt_s(t_big),
+                         f"{t_big / t_small:.1f}", rw_big])
+
+            env = tool_env(tmp)
+            out_dir = Path(tmp) / "copy"
+            t_cp = []
+            for _ in range(repeats):
+                out_dir.mkdir()
+                t_cp.append(run_command(["cp", str(big), str(out_dir / big.name)], env, expect=0)[0])
+                shutil.rmtree(out_dir)
+            t_cp = statistics.median(t_cp)
+            argv = _update_argv(required, names, big, xfm, out_dir)
+            t_copy = []
+            for _ in range(repeats):
+                out_dir.mkdir()
+                t_copy.append(run(argv, "copy mode"))
+                if not (out_dir / big.name).exists() and not any(out_dir.rglob(big.name)):
+                    raise NotAvailable(f"copy mode wrote no {big.name} under outdir")
+                shutil.rmtree(out_dir)
+            t_copy = statistics.median(t_copy)
+            rows.append([f"cp of the {big_mib:.0f} MiB file", fmt_s(t_cp), "1.0", "-"])
+            rows.append([f"copy mode (outdir=), {big_mib:.0f} MiB file", fmt_s(t_copy),
+                         f"{t_copy / t_cp:.2f}", "-"])
+    except NotAvailable as exc:
+        rows.append(["stk_update_wcs", na(str(exc)), "-", "-"])
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print_table("stk_update_wcs (median wall time, in-process main(); ratios in the same run)",
+                ["case", "median", "ratio", "rewrites"], rows,
+                notes=[*notes, (f"{repeats} repeats; in-place ratio is to the small file, copy "
+                                "mode's to cp; the page cache is warm for both"),
+                       ("rewrites: timed applies that replaced the file (new inode: the header "
+                        "had no room, data streamed) rather than patching it in place")])
+
+
+# --------------------------------------------------------------------------- 4. throughput
+
+
+def bench_throughput(quick):
+    n_stacks = 20 if quick else 200
+    rows = []
+    try:
+        match, xfm = tool_main("stk_match"), tool_main("stk_xfm")
+    except NotAvailable as exc:
+        print_table("Stacks per second through stk_match + stk_xfm", ["step", "value"],
+                    [["all", na(str(exc))]])
+        return
+    from astropy.io import fits
+    from stk_astrometry.simulate import SimConfig, simulate_stack
+
+    rng = np.random.default_rng(SEED)
+    t_sim = t_write = t_match = t_fit = 0.0
+    pulls, failures = [], 0
+    with tempfile.TemporaryDirectory(prefix="stkbench_t_") as tmp, private_pfiles(), quiet():
+        for i in range(n_stacks):
+            # A mix of fields: sparse to crowded, 10-200 detections, some two-step cases.
+            dens = float(np.exp(rng.uniform(np.log(0.5), np.log(50.0))))
+            cfg = SimConfig(ndet=int(rng.integers(10, 201)), gaia_density=dens,
+                            wise_density=min(dens, 5.0), stack_id=f"acisfJ0000000p000000_{i % 1000:03d}")
+            t0 = time.perf_counter()
+            sim = simulate_stack(cfg, rng=rng)
+            t1 = time.perf_counter()
+            folder = Path(tmp) / f"s{i}"
+            folder.mkdir()
+            paths = write_sim_inputs(sim, folder)
+            t2 = time.perf_counter()
+            pairs, out = folder / "pairs.fits", folder / "xfm.fits"
+            rc = match([str(paths["det"]), str(paths["gaia"]), str(pairs),
+                        f"wisefile={paths['allwise']}", f"bestnbfile={paths['bestnb']}",
+                        "verbose=0", "mode=h"])
+            t3 = time.perf_counter()
+            rc2 = xfm([str(pairs), str(out), "verbose=0", "mode=h"]) if rc == 0 else 1
+            t4 = time.perf_counter()
+            t_sim += t1 - t0
+            t_write += t2 - t1
+            t_match += t3 - t2
+            t_fit += t4 - t3
+            if rc or rc2:
+                failures += 1
+                continue
+            with fits.open(out) as hdul:
+                row = hdul["STKXFM"].data[0]
+                crb = max(sim.truth.crb_xi_arcsec, 1e-3)
+                if math.isfinite(crb):
+                    pulls.append(abs(float(row["d_xi"]) - sim.truth.d_xi_arcsec) / crb)
+            shutil.rmtree(folder)
+    done = n_stacks - failures
+    rows.append(["stacks", f"{n_stacks} ({failures} failed)"])
+    rows.append(["simulate (core)", f"{n_stacks / t_sim:.0f} stacks/s"])
+    rows.append(["write inputs (4 FITS tables)", f"{n_stacks / t_write:.1f} stacks/s"])
+    rows.append(["stk_match main()", f"{n_stacks / t_match:.1f} stacks/s"])
+    rows.append(["stk_xfm main()", f"{n_stacks / t_fit:.1f} stacks/s" if done else na("all failed")])
+    rows.append(["match + fit", f"{n_stacks / (t_match + t_fit):.1f} stacks/s"])
+    rows.append(["10,000 stacks, match + fit, 1 core",
+                 f"{10_000 * (t_match + t_fit) / n_stacks / 60:.1f} min"])
+    if pulls:
+        rows.append(["median |d_xi - true| / CRB (sanity)", f"{statistics.median(pulls):.2f}"])
+    print_table("Stacks per second through stk_match + stk_xfm (in-process mains)",
+                ["step", "value"], rows,
+                notes=[("simulated stacks: 10-200 detections, Gaia 0.5-50 per arcmin^2 "
+                        "(log-uniform), ALLWISE and best neighbours included")])
+
+
+def main(quick: bool = False) -> int:
+    """Run the speed benchmarks and print their tables; 0 unless a benchmark crashed."""
+    for bench in (bench_startup, bench_match, bench_update, bench_throughput):
+        try:
+            bench(quick)
+        except NotAvailable as exc:
+            print_table(bench.__name__, ["status"], [[na(str(exc))]])
+    return 0
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="stk_astrometry speed benchmarks")
+    parser.add_argument("--quick", action="store_true")
+    sys.exit(main(quick=parser.parse_args().quick))
