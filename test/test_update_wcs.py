@@ -654,3 +654,34 @@ def test_interrupted_patch_is_rolled_back(tmp_path, xfm_file, monkeypatch):
                                                   new[:lay.header_size])])
     assert "kept the new version" in fitsedit.recover(path)
     assert path.read_bytes() == new
+
+
+def _pad_header_to_free_cards(header, free):
+    """Add COMMENT cards so that exactly ``free`` blank cards remain in the header's last block."""
+    while (36 - (len(header) + 1) % 36) % 36 != free:
+        header.add_comment("padding card for a layout test")
+
+
+def test_after_one_rewrite_later_edits_patch_in_place(tmp_path):
+    """A rewrite pads every changed header, so apply/undo/apply never rewrites twice.
+
+    Layout built to catch the old behaviour: the EVENTS header is full (the first run must
+    rewrite the file) while the primary header has 30 free cards (enough for one run's
+    record, not for three).  Only padding *every* changed header keeps runs 2-5 in place.
+    """
+    path = tmp_path / "acisf14031_000N020_evt3.fits"
+    synthprod.write_product("EVT3", path, ra_nom=150.0, dec_nom=2.0, nrows=2000,
+                            rng=np.random.default_rng(1))
+    with fits.open(path) as hdul:
+        _pad_header_to_free_cards(hdul[0].header, 30)
+        _pad_header_to_free_cards(hdul[1].header, 0)
+        hdul.writeto(path, overwrite=True, checksum=True)
+    xfm = synthprod.write_stkxfm(tmp_path / "x.fits", d_xi_arcsec=0.3, d_eta_arcsec=-0.2,
+                                 ra_ref_deg=150.0, dec_ref_deg=2.0)
+    inodes = []
+    for inverse in ("no", "yes", "no", "yes", "no"):
+        assert run(path, xfm, "outdir=", f"inverse={inverse}") == 0
+        inodes.append(path.stat().st_ino)
+        verify_checksums(path)
+    # the first run replaces the file; every later one patches the same inode
+    assert len(set(inodes[1:])) == 1

@@ -500,8 +500,12 @@ def plan_file(path, layouts, ptype, ctx: RunContext):
 
 # --------------------------------------------------------------------------- writing
 
-def _hdu_bytes_plan(path, plan: HduPlan, notes):
-    """New header (and data) bytes of a changed HDU; header sized to fit its blocks if it can."""
+def _hdu_bytes_plan(path, plan: HduPlan, notes, *, pad=False):
+    """New header (and data) bytes of a changed HDU; header sized to fit its blocks if it can.
+
+    With ``pad`` (the file is being rewritten anyway) the header gets spare blocks
+    even if it would fit, so that the next edits of this HDU fit in place.
+    """
     lay = plan.layout
     if plan.data is not None:
         datasum = fitsedit.ones_complement_sum(plan.data)
@@ -513,7 +517,7 @@ def _hdu_bytes_plan(path, plan: HduPlan, notes):
                                                     "recomputed from the data"))
     nblocks = lay.header_size // fitsedit.BLOCK
     header = plan.header.copy()
-    fitted = fitsedit.checksummed_header_bytes(header, datasum, nblocks=nblocks)
+    fitted = None if pad else fitsedit.checksummed_header_bytes(header, datasum, nblocks=nblocks)
     if fitted is not None:
         return fitted, True
     # grown: leave spare blocks so that the next edits (each adds ~15 HISTORY cards) fit in place
@@ -526,17 +530,27 @@ def _hdu_bytes_plan(path, plan: HduPlan, notes):
 
 def write_file(src: Path, dest: Path, plans, notes) -> str:
     """Write the planned new version of ``src`` to ``dest`` (may be ``src``).  Returns how."""
+    # Decide first whether the file must be rewritten: then every changed header gets spare
+    # blocks (free, since all bytes move anyway), not only the ones that grew, so the next
+    # run patches in place instead of rewriting again.
+    headers = {}
     in_place_ok = True
+    for i, plan in enumerate(plans):
+        if plan.remove or plan.insert_after is not None:
+            in_place_ok = False
+        if plan.header is not None and not plan.remove:
+            headers[i] = _hdu_bytes_plan(src, plan, notes)
+            in_place_ok &= headers[i][1]
+    if not in_place_ok:
+        headers = {i: (_hdu_bytes_plan(src, plans[i], [], pad=True)[0], False) for i in headers}
     pieces = []
     patches = []
-    for plan in plans:
+    for i, plan in enumerate(plans):
         lay = plan.layout
         if plan.remove:
-            in_place_ok = False
             continue
         if plan.header is not None:
-            hbytes, fits_blocks = _hdu_bytes_plan(src, plan, notes)
-            in_place_ok &= fits_blocks
+            hbytes, fits_blocks = headers[i]
             pieces.append(hbytes)
             if fits_blocks:
                 patches.append(fitsedit.Patch(lay.header_offset, lay.raw_header, hbytes))
@@ -553,7 +567,6 @@ def write_file(src: Path, dest: Path, plans, notes) -> str:
         elif lay.data_size:
             pieces.append((lay.data_offset, lay.data_size))
         if plan.insert_after is not None:
-            in_place_ok = False
             pieces.append(plan.insert_after)
     end = plans[-1].layout.end_offset
     size = src.stat().st_size
