@@ -1,0 +1,418 @@
+"""Tests of the mixture estimator's pure core (stk_astrometry.mixture)."""
+
+import numpy as np
+import pytest
+from stk_astrometry.errors import FitError
+from stk_astrometry.mixture import (
+    MIN_SIGMA_ARCSEC,
+    R95_PER_SIGMA,
+    disk_probability,
+    fit_mixture,
+    pair_covariance,
+)
+
+SEED = 7
+R = 3.0
+
+
+# ---------------------------------------------------------------------------------------------
+# A small pair-level simulator (the benchmark has the full one)
+
+
+def _uniform_disk(rng, n, radius=R):
+    r = radius * np.sqrt(rng.uniform(size=n))
+    t = rng.uniform(0, 2 * np.pi, n)
+    return r * np.cos(t), r * np.sin(t)
+
+
+def simulate(rng, *, n_det=60, shift=(0.4, -0.3), false_frac=0.0, density=0.0, ref_sigma=None,
+             sig_range=(0.15, 0.8), radius=R):
+    """Pairs of one stack within ``radius``.
+
+    Returns (det, d_xi, d_eta, cov, is_true, crb_sigma (2,), density to give the fit).
+    """
+    sig_maj = rng.uniform(*sig_range, n_det)
+    sig_min = sig_maj * rng.uniform(0.4, 1.0, n_det)
+    pa = rng.uniform(0, 180, n_det)
+    sra = sdec = None
+    if ref_sigma is not None:
+        sra = rng.uniform(*ref_sigma, n_det)
+        sdec = rng.uniform(*ref_sigma, n_det)
+    cov = pair_covariance(sig_maj * R95_PER_SIGMA, sig_min * R95_PER_SIGMA, pa, sra, sdec)
+    off = np.asarray(shift) + np.einsum("nij,nj->ni", np.linalg.cholesky(cov),
+                                        rng.standard_normal((n_det, 2)))
+    planted = rng.uniform(size=n_det) < false_frac
+    has_true = ~planted & (np.hypot(off[:, 0], off[:, 1]) <= radius)
+    det = [np.flatnonzero(has_true)]
+    dx = [off[has_true, 0]]
+    dy = [off[has_true, 1]]
+    true = [np.ones(has_true.sum(), bool)]
+    px, py = _uniform_disk(rng, planted.sum(), radius)
+    det.append(np.flatnonzero(planted))
+    dx.append(px)
+    dy.append(py)
+    true.append(np.zeros(planted.sum(), bool))
+    nc = rng.poisson(density / 3600 * np.pi * radius**2, n_det)
+    cx, cy = _uniform_disk(rng, nc.sum(), radius)
+    det.append(np.repeat(np.arange(n_det), nc))
+    dx.append(cx)
+    dy.append(cy)
+    true.append(np.zeros(nc.sum(), bool))
+    det = np.concatenate(det)
+    is_true = np.concatenate(true)
+    covs = cov[det]
+    info = np.linalg.inv(covs[is_true]).sum(axis=0)
+    crb = np.sqrt(np.diag(np.linalg.inv(info)))
+    dens_given = density + planted.sum() / n_det / (np.pi * radius**2) * 3600
+    return det, np.concatenate(dx), np.concatenate(dy), covs, is_true, crb, dens_given
+
+
+def weighted_mean(d_xi, d_eta, cov):
+    inv = np.linalg.inv(cov)
+    info = inv.sum(axis=0)
+    rhs = np.einsum("nij,nj->i", inv, np.stack([d_xi, d_eta], axis=-1))
+    return np.linalg.solve(info, rhs), np.linalg.inv(info)
+
+
+# ---------------------------------------------------------------------------------------------
+# pair_covariance and disk_probability
+
+
+def test_pair_covariance_axes_and_terms():
+    # PA 0: major axis along +eta (north); PA 90: along +xi (east)
+    cov = pair_covariance([2 * R95_PER_SIGMA, 2 * R95_PER_SIGMA], [R95_PER_SIGMA, R95_PER_SIGMA],
+                          [0.0, 90.0])
+    np.testing.assert_allclose(cov[0], [[1.0, 0.0], [0.0, 4.0]], atol=1e-12)
+    np.testing.assert_allclose(cov[1], [[4.0, 0.0], [0.0, 1.0]], atol=1e-12)
+    # PA 45: major axis along (1, 1)/sqrt 2 -> off-diagonal (a^2 - b^2)/2 > 0
+    cov45 = pair_covariance([2 * R95_PER_SIGMA], [R95_PER_SIGMA], [45.0])[0]
+    np.testing.assert_allclose(cov45, [[2.5, 1.5], [1.5, 2.5]], atol=1e-12)
+    both = pair_covariance([R95_PER_SIGMA], [R95_PER_SIGMA], [30.0], [0.3], [0.4],
+                           systematic_arcsec=0.2)[0]
+    np.testing.assert_allclose(both, [[1 + 0.09 + 0.04, 0], [0, 1 + 0.16 + 0.04]], atol=1e-12)
+
+
+def test_pair_covariance_matches_sampled_ellipse():
+    rng = np.random.default_rng(SEED)
+    # 95 % of draws inside the 95 % ellipse: the radius convention
+    cov = pair_covariance([1.2], [0.5], [63.0])[0]
+    pts = rng.multivariate_normal([0, 0], cov, 100_000)
+    pa = np.radians(63.0)
+    major = pts @ np.array([np.sin(pa), np.cos(pa)])
+    minor = pts @ np.array([np.cos(pa), -np.sin(pa)])
+    inside = (major / 1.2) ** 2 + (minor / 0.5) ** 2 <= 1
+    assert abs(inside.mean() - 0.95) < 4 * np.sqrt(0.95 * 0.05 / pts.shape[0])
+
+
+def test_pair_covariance_reference_leg_and_unknown_errors():
+    # ALLWISE->Gaia leg: no detection ellipse, the ALLWISE 1-sigma errors only
+    cov = pair_covariance([0.0, np.nan], [0.0, 0.2], [0.0, 0.0], [0.1, 0.1], [0.2, 0.2])
+    np.testing.assert_allclose(cov[0], [[0.01, 0.0], [0.0, 0.04]], atol=1e-15)
+    assert not np.all(np.isfinite(cov[1]))   # unknown radius -> dropped by the fit, counted
+    fit = fit_mixture([0, 1], [0.1, 0.1], [0.0, 0.0], cov, density_per_arcmin2=1.0,
+                      match_radius_arcsec=R)
+    assert fit.n_dropped == 1 and fit.membership[1] == 0.0
+    assert fit.d_xi_err == pytest.approx(np.sqrt(fit.cov[0, 0]))
+
+
+def test_pair_covariance_bad_arguments():
+    with pytest.raises(FitError, match="err_r1 has 1 entries, expected 2"):
+        pair_covariance([1, 1], [1], [0, 0])
+    with pytest.raises(FitError, match="systematic_arcsec"):
+        pair_covariance([1], [1], [0], systematic_arcsec=-1)
+
+
+def test_disk_probability_circular_and_elliptical():
+    sig = np.array([0.2, 1.0, 2.0])
+    cov = np.einsum("n,ij->nij", sig**2, np.eye(2))
+    np.testing.assert_allclose(disk_probability(cov, 1.5), 1 - np.exp(-1.5**2 / (2 * sig**2)),
+                               rtol=1e-12)
+    rng = np.random.default_rng(SEED)
+    ell = np.array([[[0.9, 0.4], [0.4, 0.3]]])
+    pts = rng.multivariate_normal([0, 0], ell[0], 200_000)
+    mc = np.mean(np.hypot(pts[:, 0], pts[:, 1]) <= 1.1)
+    assert abs(disk_probability(ell, 1.1)[0] - mc) < 4 * np.sqrt(mc * (1 - mc) / 200_000)
+
+
+# ---------------------------------------------------------------------------------------------
+# Exact limits and invariances
+
+
+def test_reduces_exactly_to_weighted_mean():
+    rng = np.random.default_rng(SEED)
+    n = 40
+    det = rng.permutation(n) + 100
+    cov = pair_covariance(rng.uniform(0.3, 2.5, n), rng.uniform(0.2, 0.3, n) * 2,
+                          rng.uniform(0, 180, n), rng.uniform(0, 0.3, n), rng.uniform(0, 0.3, n))
+    dx = 0.3 + rng.normal(0, 0.3, n)
+    dy = -0.2 + rng.normal(0, 0.3, n)
+    fit = fit_mixture(det, dx, dy, cov, density_per_arcmin2=0.0, match_radius_arcsec=50.0)
+    mean, mean_cov = weighted_mean(dx, dy, cov)
+    assert fit.converged, fit.message
+    np.testing.assert_allclose([fit.d_xi, fit.d_eta], mean, atol=1e-9, rtol=0)
+    np.testing.assert_allclose(fit.cov, mean_cov, rtol=1e-9, atol=0)
+    np.testing.assert_array_equal(fit.membership, np.ones(n))
+    assert fit.n_eff == n
+    assert fit.chance_fraction == 0.0
+
+
+def test_invariant_to_row_order():
+    rng = np.random.default_rng(SEED)
+    det, dx, dy, cov, _, _, dens = simulate(rng, density=60.0, false_frac=0.2)
+    fit = fit_mixture(det, dx, dy, cov, density_per_arcmin2=dens, match_radius_arcsec=R)
+    perm = rng.permutation(det.size)
+    fit2 = fit_mixture(det[perm], dx[perm], dy[perm], cov[perm], density_per_arcmin2=dens,
+                       match_radius_arcsec=R)
+    assert (fit2.d_xi, fit2.d_eta) == (fit.d_xi, fit.d_eta)
+    np.testing.assert_array_equal(fit2.cov, fit.cov)
+    np.testing.assert_array_equal(fit2.membership, fit.membership[perm])
+    # relabelling the detections changes nothing either
+    fit3 = fit_mixture(det * 7 + 3, dx, dy, cov, density_per_arcmin2=dens, match_radius_arcsec=R)
+    assert (fit3.d_xi, fit3.d_eta) == (fit.d_xi, fit.d_eta)
+
+
+# ---------------------------------------------------------------------------------------------
+# Truth recovery in each regime
+
+
+@pytest.mark.parametrize(
+    ("regime", "kwargs"),
+    [
+        ("clean", {"shift": (0.5, -0.45)}),
+        ("30% false", {"false_frac": 0.3, "shift": (-0.6, 0.2)}),
+        ("crowded 150/arcmin2", {"density": 150.0, "shift": (0.3, 0.7)}),
+        ("two-step leg (ALLWISE errors, 10/arcmin2)", {"density": 10.0, "ref_sigma": (0.05, 0.4),
+                                                       "shift": (0.8, 0.1)}),
+    ],
+)
+def test_truth_recovery(regime, kwargs):
+    rng = np.random.default_rng(SEED)
+    det, dx, dy, cov, is_true, crb, dens = simulate(rng, n_det=120, **kwargs)
+    fit = fit_mixture(det, dx, dy, cov, density_per_arcmin2=dens, match_radius_arcsec=R)
+    assert fit.converged, fit.message
+    sig = np.sqrt(np.diag(fit.cov))
+    err = np.array([fit.d_xi, fit.d_eta]) - kwargs["shift"]
+    assert np.all(np.abs(err) < 4 * sig), (regime, err, sig)
+    # the reported sigma is close to the bound (knowing which pairs are true)
+    assert np.all(sig > 0.9 * crb) and np.all(sig < 1.5 * crb), (regime, sig, crb)
+    # memberships separate true from chance pairs
+    assert fit.membership[is_true].mean() > 0.8
+    if (~is_true).any():
+        assert fit.membership[~is_true].mean() < 0.3
+    n_det = 120
+    true_frac = len(np.unique(det[is_true])) / n_det
+    assert abs(fit.chance_fraction - (1 - true_frac)) < 0.1
+    assert abs(fit.n_eff - is_true.sum()) < 0.1 * n_det
+
+
+def test_covariance_matches_scatter_over_trials():
+    # crowded (150/arcmin2) and 30 % false with 0.3-1" errors: memberships are often uncertain,
+    # so the observed information (not the complete-data one) is needed for calibrated sigmas
+    rng = np.random.default_rng(SEED)
+    pulls = []
+    for _ in range(200):
+        shift = rng.uniform(-1, 1, 2)
+        det, dx, dy, cov, *_, dens = simulate(rng, n_det=25, density=150.0, false_frac=0.3,
+                                               shift=shift, sig_range=(0.3, 1.0))
+        fit = fit_mixture(det, dx, dy, cov, density_per_arcmin2=dens, match_radius_arcsec=R)
+        pulls.append((np.array([fit.d_xi, fit.d_eta]) - shift) / np.sqrt(np.diag(fit.cov)))
+    pulls = np.array(pulls)
+    # 400 pulls: the rms of unit-variance pulls is 1 +- 0.035
+    rms = np.sqrt(np.mean(pulls**2))
+    assert 0.9 < rms < 1.1, rms
+    assert np.all(np.abs(pulls.mean(axis=0)) < 4 / np.sqrt(len(pulls)))
+
+
+def test_window_recentred_no_pull_towards_zero():
+    # A 0.5" shift with a tight 1.5" match circle truncates the true offsets hard on the far
+    # side; a window centred on zero (like the spec's 0-1" group) would pull the fit low.
+    # The re-centred window must leave no bias.
+    rng = np.random.default_rng(SEED)
+    shift = np.array([0.5, 0.0])
+    radius = 1.5
+    errs = []
+    for _ in range(300):
+        det, dx, dy, cov, *_ = simulate(rng, n_det=25, shift=shift, sig_range=(0.4, 0.7),
+                                        radius=radius)
+        fit = fit_mixture(det, dx, dy, cov, density_per_arcmin2=2.0,
+                          match_radius_arcsec=radius)
+        errs.append([fit.d_xi - shift[0], fit.d_eta - shift[1]])
+    errs = np.array(errs)
+    se = errs.std(axis=0, ddof=1) / np.sqrt(len(errs))
+    assert np.all(np.abs(errs.mean(axis=0)) < 3 * se), (errs.mean(axis=0), se)
+
+
+def test_candidates_outside_the_recentred_window_are_excluded():
+    # 20 precise pairs at a 1" shift; one candidate 2.5" from the shift but inside the 3" circle
+    rng = np.random.default_rng(SEED)
+    n = 20
+    dx = np.r_[1.0 + rng.normal(0, 0.05, n), -1.4]
+    dy = np.r_[rng.normal(0, 0.05, n), 0.5]
+    cov = np.tile(np.eye(2) * 0.05**2, (n + 1, 1, 1))
+    fit = fit_mixture(np.arange(n + 1), dx, dy, cov, density_per_arcmin2=5.0,
+                      match_radius_arcsec=R)
+    assert fit.converged, fit.message
+    assert fit.membership[-1] == 0.0
+    assert fit.n_window == n
+    assert abs(fit.window_radius_arcsec - (R - np.hypot(fit.d_xi, fit.d_eta))) < 1e-12
+    assert "1 pair(s) outside" in fit.message
+
+
+# ---------------------------------------------------------------------------------------------
+# Ambiguous matches
+
+
+def test_ambiguous_two_candidates_one_true():
+    rng = np.random.default_rng(SEED)
+    det, dx, dy, cov, *_ = simulate(rng, n_det=40, shift=(0.2, 0.2), sig_range=(0.2, 0.3))
+    # detection 1000: the true candidate at the shift, a second one 1.5" away
+    det = np.r_[det, 1000, 1000]
+    dx = np.r_[dx, 0.2, 1.7]
+    dy = np.r_[dy, 0.2, 0.2]
+    cov = np.concatenate([cov, np.tile(np.eye(2) * 0.25**2, (2, 1, 1))])
+    fit = fit_mixture(det, dx, dy, cov, density_per_arcmin2=20.0, match_radius_arcsec=R)
+    assert fit.membership[-2] > 0.99
+    assert fit.membership[-1] < 1e-6
+    # the same detection with both candidates equally far from the shift: memberships equal
+    dx[-2:] = [fit.d_xi - 0.4, fit.d_xi + 0.4]
+    dy[-2:] = [fit.d_eta, fit.d_eta]
+    fit2 = fit_mixture(det, dx, dy, cov, density_per_arcmin2=20.0, match_radius_arcsec=R,
+                       x0=(fit.d_xi, fit.d_eta))
+    m1, m2 = fit2.membership[-2:]
+    assert abs(m1 - m2) < 0.05 and 0.9 < m1 + m2 <= 1.0
+
+
+def test_tail_group_does_not_capture_the_fit():
+    """A 3-pair tail group (2-3") with identical offsets wins the spec's group choice.
+
+    The mixture stays on the 50 true pairs; the difference from the spec estimator exceeds 3
+    combined sigma, the condition of the DISAGREE QA bit (bit 16).
+    """
+    rng = np.random.default_rng(SEED)
+    shift = np.array([0.9, 0.3])
+    det, dx, dy, cov, *_ = simulate(rng, n_det=50, shift=shift, sig_range=(0.3, 0.5))
+    det = np.r_[det, 500, 501, 502]
+    dx = np.r_[dx, -2.2, -2.2, -2.2]
+    dy = np.r_[dy, -1.0, -1.0, -1.0]
+    cov = np.concatenate([cov, np.tile(np.eye(2) * 0.4**2, (3, 1, 1))])
+    fit = fit_mixture(det, dx, dy, cov, density_per_arcmin2=2.0, match_radius_arcsec=R)
+    err = np.array([fit.d_xi, fit.d_eta]) - shift
+    assert np.all(np.abs(err) < 4 * np.sqrt(np.diag(fit.cov)))
+    assert np.all(fit.membership[-3:] < 1e-3)
+
+    xfmfit = pytest.importorskip("stk_astrometry.xfmfit")
+    sep = np.hypot(dx, dy)
+    n = det.size
+    r0 = np.sqrt(np.sqrt(np.linalg.det(cov))) * R95_PER_SIGMA
+    pairs = xfmfit.PairSet(region_id=det, src_xi=rng.uniform(-600, 600, n),
+                           src_eta=rng.uniform(-600, 600, n), d_xi=dx, d_eta=dy, sep=sep,
+                           group=np.clip(np.ceil(sep), 1, 3).astype(int), err_r0=r0, err_r1=r0,
+                           err_ang=np.zeros(n), ref_sigra=np.zeros(n), ref_sigdec=np.zeros(n))
+    spec = xfmfit.fit_leg_spec(pairs, weighting="det", n_groups=3)
+    assert spec.group == 3
+    diff = np.array([spec.d_xi - fit.d_xi, spec.d_eta - fit.d_eta])
+    combined = fit.cov + np.array([[spec.d_xi_err**2, spec.cov_xi_eta],
+                                   [spec.cov_xi_eta, spec.d_eta_err**2]])
+    assert np.sqrt(diff @ np.linalg.solve(combined, diff)) > 3
+
+
+# ---------------------------------------------------------------------------------------------
+# Degenerate inputs: reported, never raised
+
+
+def test_zero_pairs():
+    fit = fit_mixture(np.zeros(0, int), [], [], np.zeros((0, 2, 2)), density_per_arcmin2=5.0,
+                      match_radius_arcsec=R)
+    assert not fit.converged
+    assert np.isnan(fit.d_xi) and np.isnan(fit.d_eta)
+    assert np.all(np.isnan(fit.cov))
+    assert fit.membership.shape == (0,)
+    assert "no usable pairs" in fit.message
+
+
+def test_one_pair():
+    cov = pair_covariance([0.5], [0.4], [20.0])
+    fit = fit_mixture([3], [0.4], [-0.2], cov, density_per_arcmin2=0.0, match_radius_arcsec=R)
+    assert fit.converged, fit.message
+    assert (fit.d_xi, fit.d_eta) == pytest.approx((0.4, -0.2), abs=1e-12)
+    np.testing.assert_allclose(fit.cov, cov[0], rtol=1e-9)
+    fit = fit_mixture([3], [0.4], [-0.2], cov, density_per_arcmin2=5.0, match_radius_arcsec=R)
+    assert (fit.d_xi, fit.d_eta) == pytest.approx((0.4, -0.2), abs=1e-9)
+    assert np.all(np.isfinite(fit.cov))
+
+
+def test_identical_offsets_and_singular_covariances():
+    n = 5
+    fit = fit_mixture(np.arange(n), np.full(n, 0.3), np.full(n, 0.1), np.zeros((n, 2, 2)),
+                      density_per_arcmin2=2.0, match_radius_arcsec=R)
+    assert (fit.d_xi, fit.d_eta) == pytest.approx((0.3, 0.1), abs=1e-12)
+    assert fit.n_floored == n
+    assert f"{n} covariance(s) floored" in fit.message
+    # floored at MIN_SIGMA per axis: the weighted mean's covariance
+    np.testing.assert_allclose(fit.cov, np.eye(2) * MIN_SIGMA_ARCSEC**2 / n, rtol=1e-6)
+    # a rank-1 covariance keeps its long axis and gets the floor across it
+    cov = np.array([[[1.0, 1.0], [1.0, 1.0]]] * n)
+    fit = fit_mixture(np.arange(n), np.full(n, 0.3), np.full(n, 0.1), cov,
+                      density_per_arcmin2=0.0, match_radius_arcsec=R)
+    assert fit.n_floored == n and np.all(np.isfinite(fit.cov))
+
+
+def test_nan_rows_dropped_and_counted():
+    rng = np.random.default_rng(SEED)
+    det, dx, dy, cov, *_ = simulate(rng, n_det=30)
+    dx = dx.copy()
+    dx[[2, 5]] = np.nan
+    cov = cov.copy()
+    cov[7, 0, 1] = np.inf
+    fit = fit_mixture(det, dx, dy, cov, density_per_arcmin2=2.0, match_radius_arcsec=R)
+    assert fit.n_dropped == 3
+    assert "3 pair(s) with non-finite offset or covariance dropped" in fit.message
+    assert np.all(fit.membership[[2, 5, 7]] == 0)
+    assert np.isfinite(fit.d_xi) and fit.converged
+    all_nan = fit_mixture([1, 2], [np.nan, np.nan], [0, 0], np.tile(np.eye(2), (2, 1, 1)),
+                          density_per_arcmin2=2.0, match_radius_arcsec=R)
+    assert not all_nan.converged and np.isnan(all_nan.d_xi)
+
+
+def test_shift_at_bound_not_converged():
+    n = 10
+    fit = fit_mixture(np.arange(n), np.full(n, 2.0), np.zeros(n), np.tile(np.eye(2) * 0.01, (n, 1, 1)),
+                      density_per_arcmin2=0.0, match_radius_arcsec=R, max_shift_arcsec=1.0)
+    assert not fit.converged
+    assert fit.d_xi == 1.0
+    assert "max_shift bound" in fit.message
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"src_index": [0.5, 1]}, "src_index must hold integers"),
+        ({"d_xi": [0.0]}, "d_xi has 1 entries, expected 2"),
+        ({"cov_pairs": np.zeros((2, 3, 3))}, r"cov_pairs must have shape \(2, 2, 2\)"),
+        ({"density_per_arcmin2": -1.0}, "density_per_arcmin2 must be finite and >= 0, got -1.0"),
+        ({"match_radius_arcsec": 0.0}, "match_radius_arcsec must be > 0, got 0.0"),
+        ({"max_shift_arcsec": np.nan}, "max_shift_arcsec must be > 0"),
+        ({"systematic_arcsec": -0.1}, "systematic_arcsec must be finite and >= 0"),
+        ({"x0": (1.0,)}, "x0 must be two finite numbers"),
+    ],
+)
+def test_malformed_arguments_raise(kwargs, match):
+    args = {"src_index": [0, 1], "d_xi": [0.1, 0.2], "d_eta": [0.0, 0.1],
+            "cov_pairs": np.tile(np.eye(2), (2, 1, 1)), "density_per_arcmin2": 1.0,
+            "match_radius_arcsec": R}
+    args.update(kwargs)
+    positional = [args.pop(k) for k in ("src_index", "d_xi", "d_eta", "cov_pairs")]
+    with pytest.raises(FitError, match=match):
+        fit_mixture(*positional, **args)
+
+
+def test_systematic_floor_widens_covariance():
+    rng = np.random.default_rng(SEED)
+    det, dx, dy, cov, *_ = simulate(rng, n_det=30, sig_range=(0.1, 0.15))
+    a = fit_mixture(det, dx, dy, cov, density_per_arcmin2=0.0, match_radius_arcsec=R)
+    b = fit_mixture(det, dx, dy, cov, density_per_arcmin2=0.0, match_radius_arcsec=R,
+                    systematic_arcsec=0.3)
+    c = fit_mixture(det, dx, dy, cov + np.eye(2) * 0.09, density_per_arcmin2=0.0,
+                    match_radius_arcsec=R)
+    assert b.cov[0, 0] > 4 * a.cov[0, 0]
+    np.testing.assert_allclose([b.d_xi, b.d_eta], [c.d_xi, c.d_eta], atol=1e-12)
