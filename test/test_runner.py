@@ -124,7 +124,8 @@ def test_broken_pipe_is_not_a_traceback(demo_tool):
         "import sys; from stk_astrometry.runner import run_tool; "
         "sys.exit(run_tool('stk_demo', ['-h'] , lambda p: 0, description='x' * 200000))"
     )
-    with subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env) as proc:
+    argv = [sys.executable, "-c", code]
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env) as proc:
         proc.stdout.read(10)
         proc.stdout.close()
         err = proc.stderr.read()

@@ -143,7 +143,7 @@ def _check_hdu(hb, ha, ptype):
     for alt, ia, ib in wcsupdate.celestial_image_axes(hb.header):
         ka, kb = f"CRVAL{ia}{alt}", f"CRVAL{ib}{alt}"
         assert (va[ka], va[kb]) == pytest.approx(expected(vb[ka], vb[kb]), abs=1e-10)
-    for kind, ka, kb, _, _ in wcsupdate.celestial_table_columns(hb.header):
+    for _kind, ka, kb, _, _ in wcsupdate.celestial_table_columns(hb.header):
         if wcsupdate.is_position(vb[ka], vb[kb]):
             assert (va[ka], va[kb]) == pytest.approx(expected(vb[ka], vb[kb]), abs=1e-10)
     for key in vb:

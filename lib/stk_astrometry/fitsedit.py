@@ -46,7 +46,12 @@ from pathlib import Path
 
 import numpy as np
 
+from typing import TYPE_CHECKING
+
 from stk_astrometry.errors import FormatError, OutputError, ProductError
+
+if TYPE_CHECKING:  # only for annotations: astropy is imported where it is used
+    from astropy.io import fits
 
 logger = logging.getLogger(__name__)
 

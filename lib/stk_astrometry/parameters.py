@@ -1306,7 +1306,8 @@ def load_parameters(tool, argv, *, interactive=None, environ=None, prompt_func=N
             f"{tool}: too many positional values: {' '.join(extra)!s} "
             f"({len(auto)} positional parameters: {names})"
         )
-    for param, text in zip(auto, cmd.positional):
+    # fewer positional values than 'a' parameters is normal: they fill the first ones
+    for param, text in zip(auto, cmd.positional, strict=False):
         if param.name in from_cli:
             raise ParameterError(
                 f"{tool}: parameter '{param.name}' given both by position ('{text}') "
@@ -1467,7 +1468,8 @@ def pset_values(parfile, args, *, tool, environ=None):
             f"{tool}: too many positional values: {' '.join(cmd.positional[len(visible) :])} "
             f"(non-hidden parameters: {', '.join(p.name for p in visible) or 'none'})"
         )
-    for param, text in zip(visible, cmd.positional):
+    # fewer positional values than parameters is normal: they fill the first ones
+    for param, text in zip(visible, cmd.positional, strict=False):
         if param.name in changes:
             raise ParameterError(
                 f"{tool}: parameter '{param.name}' given both by position ('{text}') "

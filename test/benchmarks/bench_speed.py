@@ -33,8 +33,8 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
-import numpy as np
-from _common import (
+import numpy as np  # noqa: E402  (after the sys.path set-up above)
+from _common import (  # noqa: E402
     BIN,
     PARAM,
     TOOLS,

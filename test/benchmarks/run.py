@@ -26,7 +26,7 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
-import _common
+import _common  # noqa: E402  (after the sys.path set-up above)
 
 
 def discover():

@@ -128,7 +128,7 @@ def regenerate():
         for stale in sorted(known - set(outputs)):
             print(f"--- {stale}: no longer produced, removed")
             (GOLDEN / stale).unlink()
-        print(f"{len(outputs)} golden files written to {GOLDEN}, {changed} changed; review with git diff.")
+        print(f"{len(outputs)} outputs compared with {GOLDEN}: {changed} written; review with git diff.")
 
 
 if __name__ == "__main__":

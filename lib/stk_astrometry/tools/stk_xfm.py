@@ -186,7 +186,9 @@ def read_pairs_file(spec, *, param="infile") -> PairsInput:
 
 def pairset_from_columns(cols, *, kind) -> xfmfit.PairSet:
     """A PairSet from the columns of a ``*_PAIRS`` HDU or of ``WISE_GAIA``.  Pure."""
-    f = lambda name: np.asarray(cols[name], dtype=float)
+    def f(name):
+        return np.asarray(cols[name], dtype=float)
+
     if kind == "WISE_GAIA":
         n = len(cols["wise_id"])
         nan = np.full(n, np.nan)
