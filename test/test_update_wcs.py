@@ -685,3 +685,18 @@ def test_after_one_rewrite_later_edits_patch_in_place(tmp_path):
         verify_checksums(path)
     # the first run replaces the file; every later one patches the same inode
     assert len(set(inodes[1:])) == 1
+
+
+def test_rewritten_product_keeps_its_permissions(tmp_path, xfm_file):
+    """A header that grows forces a rewrite (temp file + rename): the mode must survive it."""
+    path = tmp_path / "acisf14031_000N020_evt3.fits"
+    synthprod.write_product("EVT3", path, ra_nom=RA0, dec_nom=DEC0, nrows=100,
+                            rng=np.random.default_rng(2))
+    with fits.open(path) as hdul:  # a full header block: the first update must rewrite
+        _pad_header_to_free_cards(hdul[1].header, 0)
+        hdul.writeto(path, overwrite=True, checksum=True)
+    os.chmod(path, 0o640)
+    inode = path.stat().st_ino
+    assert run(path, xfm_file, "outdir=") == 0
+    assert path.stat().st_ino != inode  # it was indeed rewritten
+    assert path.stat().st_mode & 0o777 == 0o640

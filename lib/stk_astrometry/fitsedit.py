@@ -49,6 +49,7 @@ import numpy as np
 from typing import TYPE_CHECKING
 
 from stk_astrometry.errors import FormatError, OutputError, ProductError
+from stk_astrometry.fitsutil import fsync_directory, replace_durably
 
 if TYPE_CHECKING:  # only for annotations: astropy is imported where it is used
     from astropy.io import fits
@@ -381,16 +382,8 @@ def journal_path(path) -> Path:
 
 
 def _fsync_dir(path) -> None:
-    try:
-        fd = os.open(Path(path).parent or ".", os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    """fsync the folder holding ``path`` (makes a rename there durable)."""
+    fsync_directory(Path(path).parent)
 
 
 @contextmanager
@@ -404,26 +397,13 @@ def _atomic_temp(dest):
     try:
         with os.fdopen(fd, "wb") as fh:
             yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        try:
-            os.chmod(tmp, 0o666 & ~_umask())
-        except OSError:
-            pass
-        os.replace(tmp, dest)
-        _fsync_dir(dest)
+        replace_durably(tmp, dest)
     except BaseException:
         try:
             os.unlink(tmp)
         except OSError:
             pass
         raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _write_journal(path, patches) -> Path:
@@ -629,15 +609,5 @@ def copy_file(src, dest) -> Path:
 
 
 def commit_temp(tmp, dest) -> None:
-    """fsync ``tmp`` and rename it onto ``dest``."""
-    fd = os.open(tmp, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())
-    except OSError:
-        pass
-    os.replace(tmp, dest)
-    _fsync_dir(dest)
+    """fsync ``tmp`` and rename it onto ``dest`` (keeping ``dest``'s permissions)."""
+    replace_durably(tmp, dest)

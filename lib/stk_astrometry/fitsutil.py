@@ -28,7 +28,9 @@ __all__ = [
     "write_fits",
     "stamp_header",
     "atomic_path",
+    "replace_durably",
     "fsync_directory",
+    "add_history",
     "get_keyword",
     "set_keyword",
     "delete_keyword",
@@ -96,6 +98,27 @@ def fsync_directory(path):
         os.close(fd)
 
 
+def replace_durably(tmp, dest):
+    """fsync ``tmp`` and rename it onto ``dest`` (same folder), then fsync the folder.
+
+    The new file keeps the permissions of the file it replaces (a product
+    stays as readable as it was); a new file gets the usual 0666 & ~umask.
+    """
+    tmp, dest = Path(tmp), Path(dest)
+    with open(tmp, "rb+") as fh:
+        os.fsync(fh.fileno())
+    try:
+        mode = dest.stat().st_mode & 0o7777
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        mode = 0o666 & ~umask
+    with contextlib.suppress(OSError):
+        os.chmod(tmp, mode)
+    os.replace(tmp, dest)
+    fsync_directory(dest.parent if str(dest.parent) else ".")
+
+
 @contextlib.contextmanager
 def atomic_path(path):
     """Yield a temporary path next to ``path``; rename it onto ``path`` on success.
@@ -112,17 +135,7 @@ def atomic_path(path):
     tmp = Path(tmp)
     try:
         yield tmp
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        if dest.exists():
-            with contextlib.suppress(OSError):
-                os.chmod(tmp, dest.stat().st_mode & 0o7777)
-        else:
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, dest)
-        fsync_directory(folder)
+        replace_durably(tmp, dest)
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()
