@@ -854,8 +854,17 @@ def test_prompt_text_and_answers_learned(dirs):
         learned.param("infile").value == "in.fits"
         and learned.param("outfile").value == "out.fits"
     )
-    # a learned a-mode value is not missing any more: no prompt, no error
-    assert load([], interactive=False)["infile"] == "in.fits"
+    # next time the learned values are offered as the prompt defaults (Enter keeps them)
+    asked.clear()
+    p = load([], interactive=True, prompt_func=lambda q: asked.append(q) or "")
+    assert asked == ["Input matched-pairs file (in.fits): ", "Output file (out.fits): "]
+    assert p["infile"] == "in.fits"
+    # but without a terminal a learned value is never reused silently (a script that drops
+    # an argument must not overwrite the previous run's output) ...
+    with pytest.raises(ParameterError, match="'infile' was not given .* learned value 'in.fits'"):
+        load([], interactive=False)
+    # ... unless the user asks for the file's values with mode=h
+    assert load(["mode=h"], interactive=False)["infile"] == "in.fits"
 
 
 def test_prompt_repeats_on_invalid(dirs, tmp_path, capsys):
@@ -926,7 +935,9 @@ def test_q_mode_always_asked_when_interactive(tmp_path):
         prompt_func=lambda q: pytest.fail("asked"),
     )
     assert p["level"] == 0.75
-    assert load_parameters("q", [at], interactive=False)["level"] == 0.5
+    # a q parameter is always asked: without a terminal it must be given
+    with pytest.raises(ParameterError, match="'level' was not given and stdin is not a terminal"):
+        load_parameters("q", [at], interactive=False)
 
 
 def test_interactive_default_follows_stdin(dirs, monkeypatch):
@@ -1026,7 +1037,7 @@ def test_learn_nothing_changed_copies_then_leaves_alone(dirs):
     old = time.time() - 60
     os.utime(user, (old, old))
     before = user.stat().st_mtime
-    p = load([])
+    p = load(["mode=h"])
     assert p.path == user
     assert p.learn() == user
     assert user.stat().st_mtime == before  # not rewritten
@@ -1062,7 +1073,7 @@ def test_learn_without_user_dir_warns(dirs, monkeypatch, caplog):
 def test_unlearn(dirs):
     userdir, _ = dirs
     load(["a", "b", "verbose=5"]).learn()
-    assert load([])["infile"] == "a"
+    assert load(["mode=h"])["infile"] == "a"
     assert unlearn("stk_demo") == userdir / "stk_demo.par"
     assert not (userdir / "stk_demo.par").exists()
     assert unlearn("stk_demo") is None

@@ -1330,22 +1330,37 @@ def load_parameters(tool, argv, *, interactive=None, environ=None, prompt_func=N
         if param.name in explicit:
             continue
         eff = _effective_mode(param, texts)
-        blank = texts[param.name].strip() == ""
-        if param.mode not in ("a", "q", "ql") or not (blank or "q" in param.mode):
+        current = texts[param.name].strip()
+        if "q" not in eff:
+            # hidden for this run (h, hl; 'a' under mode=h): the file's value is used, but a
+            # required parameter cannot be blank
+            if param.mode == "a" and current == "":
+                raise ParameterError(
+                    f"{tool}: parameter '{param.name}' has no value and "
+                    f"mode={texts.get('mode', '').strip() or 'h'}, so no prompting; "
+                    f"give {param.name}=..."
+                )
             continue
-        if ask and "q" in eff:
+        # Queried for this run ('a' under mode=ql, 'q', 'ql'), as CIAO does: a value not given
+        # on the command line is asked for, the learned value offered as the default.  Without
+        # a terminal that is an error -- a learned value is never reused silently, so a script
+        # that drops an argument cannot overwrite the previous run's output.
+        if ask:
             text = _ask(param, texts, tool, environ, prompt_func)
             explicit[param.name] = text
             texts[param.name] = text
-        elif blank:
-            if "q" in eff:
-                why = "stdin is not a terminal"
-            else:
-                why = f"mode={texts.get('mode', '').strip() or 'h'}, so no prompting"
+            continue
+        if current == "":
             raise ParameterError(
-                f"{tool}: parameter '{param.name}' has no value and {why}; "
+                f"{tool}: parameter '{param.name}' has no value and stdin is not a terminal; "
                 f"give {param.name}=..."
             )
+        raise ParameterError(
+            f"{tool}: parameter '{param.name}' was not given and stdin is not a terminal "
+            f"(its learned value '{current}' is not reused without confirmation: give it "
+            f"again, or run with mode=h to use the parameter file's values); "
+            f"give {param.name}=..."
+        )
 
     values = {}
     history = {}
