@@ -56,6 +56,17 @@ def test_long_parameter_continues_on_cont_records():
     assert [r[-8:] for r in recs] == ["ASC00001", "ASC00002", "ASC00003"]
 
 
+def test_stack_parameter_is_expanded_as_stck_records(tmp_path):
+    lis = tmp_path / "in.lis"
+    lis.write_text("# products\na_evt3.fits\n\nb_evt3.fits\n")
+    h = fits.Header()
+    add_history(h, "stk_demo", [("infile", f"@{lis}"), ("clobber", "no")], when="2026-01-01T00:00:00")
+    records = [str(v) for v in h["HISTORY"] if str(v)[1:5] != "CONT"]  # long paths continue
+    assert [r[1:5] for r in records] == ["TOOL", "PARM", "STCK", "STCK", "PARM"]
+    assert records[2][8:64].rstrip() == "a_evt3.fits"
+    assert records[3][8:64].rstrip() == "b_evt3.fits"
+
+
 def test_history_counter_continues_and_histnum_tracks_it():
     h = fits.Header()
     h.add_history(" TOOL  :dmcopy   2008-09-18T04:12:21" + " " * 28 + "ASC00035")
@@ -245,6 +256,11 @@ def test_read_table_errors(tmp_path):
         read_table(str(junk), param="detfile")
     with pytest.raises(InputError, match="is not a FITS file"):
         read_table(f"{junk}[2]", param="detfile")
+    empty = tmp_path / "empty.fits"
+    empty.write_bytes(b"")
+    with pytest.raises(InputError) as exc:
+        read_table(str(empty), param="detfile")
+    assert "the file is empty" in str(exc.value) and "\n" not in str(exc.value)  # one line, not a dump
 
 
 def test_require_columns(tmp_path):

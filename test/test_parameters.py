@@ -1116,3 +1116,40 @@ def test_every_shipped_par_file_round_trips_and_loads(tmp_path):
             interactive=False,
             environ={**os.environ, "HOME": str(tmp_path)},
         )
+
+
+# ----------------------------------------------------------------------------
+# Review findings: wrong-tool @@par files, mistyped YAML sections
+# ----------------------------------------------------------------------------
+
+
+def test_at_at_par_file_of_another_tool_is_a_clean_error(tmp_path):
+    other = tmp_path / "xfm.par"
+    other.write_text((REPO / "param" / "stk_xfm.par").read_text())
+    with pytest.raises(ParameterError, match=r"is not a parameter file for stk_match \(missing: .*detfile"):
+        load_parameters("stk_match", [f"@@{other}", "mode=h"], interactive=False)
+
+
+def test_at_at_par_file_copy_of_the_tool_is_accepted(tmp_path):
+    own = tmp_path / "m.par"
+    own.write_text((REPO / "param" / "stk_match.par").read_text())
+    p = load_parameters("stk_match", [f"@@{own}", "d.fits", "g.fits", "o.fits"], interactive=False)
+    assert p["detfile"] == "d.fits"
+
+
+def test_yaml_section_for_an_unknown_tool_is_an_error(tmp_path):
+    y = tmp_path / "chain.yaml"
+    y.write_text("stk_mtach:\n  max_pm: 5\nstk_xfm:\n  loss: huber\n")
+    with pytest.raises(ParameterError, match=r"sections for unknown tools \(stk_mtach\)"):
+        load_parameters("stk_xfm", [f"@@{y}", "a", "b"], interactive=False)
+
+
+def test_yaml_empty_section_reads_as_no_values(tmp_path):
+    y = tmp_path / "chain.yaml"
+    y.write_text("stk_match:\nstk_xfm:\n  loss: huber\n")
+    p = load_parameters("stk_match", [f"@@{y}", "d", "g", "o"], interactive=False)
+    assert p["max_pm"] == 50
+    assert load_parameters("stk_xfm", [f"@@{y}", "a", "b"], interactive=False)["loss"] == "huber"
+    alone = tmp_path / "alone.yaml"  # a file with nothing but an empty section for the tool
+    alone.write_text("stk_match:\n")
+    assert load_parameters("stk_match", [f"@@{alone}", "d", "g", "o"], interactive=False)["max_pm"] == 50

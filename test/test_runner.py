@@ -87,6 +87,15 @@ def test_version_and_help(demo_tool, capsys):
     assert _run(["-h"], lambda p: 1 / 0) == 0
     out = capsys.readouterr().out
     assert "Demo tool." in out and "infile" in out and "factor" in out and "(clobber" in out
+    assert "More text." in out
+
+
+def test_help_shows_title_and_one_paragraph_only(demo_tool, capsys):
+    doc = "stk_demo: title.\n\nThe user paragraph.\n\nDeveloper notes: see :mod:`x`."
+    assert run_tool("stk_demo", ["--help"], lambda p: 0, description=doc) == 0
+    out = capsys.readouterr().out
+    assert "stk_demo: title." in out and "The user paragraph." in out
+    assert "Developer notes" not in out
 
 
 def test_verbose_echoes_parameters_and_zero_is_quiet(demo_tool, capsys):

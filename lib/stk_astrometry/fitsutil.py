@@ -173,7 +173,7 @@ def write_fits(hdul, path, params, *, clobber):
 # --------------------------------------------------------------------------- HISTORY
 
 
-def history_records(toolname, items, *, start=1, when=None):
+def history_records(toolname, items, *, start=1, when=None, stacks=None):
     """Format CIAO HISTORY records for one tool run.  Pure.
 
     The layout is the one CIAO's data model writes (ciao-conventions §2.4):
@@ -182,7 +182,8 @@ def history_records(toolname, items, *, start=1, when=None):
     blanks, ``:``, a 56-character payload and the counter ``ASCnnnnn``.  The
     TOOL payload is ``<tool>   <UTC time>``; one PARM per parameter
     ``name=value``; a payload longer than 56 characters continues on CONT
-    records, split hard as CIAO does.
+    records, split hard as CIAO does.  A parameter given as a CIAO stack
+    (``@listfile``) is followed by one STCK record per element of the stack.
 
     Parameters
     ----------
@@ -193,12 +194,15 @@ def history_records(toolname, items, *, start=1, when=None):
         Counter of the first record (continues the HDU's existing HISTNUM).
     when : str, optional
         Time stamp; default now.
+    stacks : dict, optional
+        Parameter name -> the elements of its ``@listfile`` stack.
 
     Returns
     -------
     list of str
         The card values, each exactly 72 characters.
     """
+    stacks = stacks or {}
     when = when or utc_now()
     records = []
     counter = start
@@ -218,7 +222,28 @@ def history_records(toolname, items, *, start=1, when=None):
     add("TOOL", f"{toolname}   {when}")
     for name, value in items:
         add("PARM", f"{name}={value}")
+        for element in stacks.get(name, ()):
+            add("STCK", element)
     return records
+
+
+def read_stacks(items):
+    """The elements of every ``@listfile`` value among ``items`` (CIAO stacks).
+
+    One element per non-blank, non-comment line; an unreadable list is left
+    out (the tool itself reports it).  ``@@file`` (a parameter file) is not a stack.
+    """
+    stacks = {}
+    for name, value in items:
+        text = str(value).strip()
+        if text.startswith("@") and not text.startswith("@@") and len(text) > 1:
+            try:
+                with open(text[1:].strip(), encoding="utf-8", errors="replace") as fh:
+                    lines = [ln.strip() for ln in fh]
+            except OSError:
+                continue
+            stacks[name] = [ln for ln in lines if ln and not ln.startswith("#")]
+    return stacks
 
 
 def _last_history_number(header):
@@ -238,8 +263,9 @@ def _last_history_number(header):
 
 def add_history(header, toolname, items, *, when=None):
     """Append this run's CIAO HISTORY records to ``header`` and update HISTNUM."""
+    items = list(items)
     start = _last_history_number(header) + 1
-    records = history_records(toolname, items, start=start, when=when)
+    records = history_records(toolname, items, start=start, when=when, stacks=read_stacks(items))
     for rec in records:
         header.add_history(rec)
     last = start + len(records) - 1

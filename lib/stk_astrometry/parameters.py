@@ -1111,7 +1111,9 @@ def _read_yaml(path, tool, parfile):
             f"{tool}: YAML parameter file {path} must hold a mapping 'name: value' "
             f"(or 'toolname: {{name: value}}'), not a {type(data).__name__}"
         )
-    sections = [k for k, v in data.items() if isinstance(v, dict)]
+    known = set(KNOWN_TOOLS) | {tool}
+    # a sectioned file: a mapping per tool (an empty section reads as no values)
+    sections = [k for k, v in data.items() if isinstance(v, dict) or (k in known and v is None)]
     if sections:
         scalars = [
             k for k, v in data.items() if not isinstance(v, dict) and v is not None
@@ -1122,9 +1124,15 @@ def _read_yaml(path, tool, parfile):
                 f"({', '.join(map(str, sections))}) with top-level values "
                 f"({', '.join(map(str, scalars))})"
             )
+        unknown = [str(k) for k in data if k not in known]
+        if unknown:
+            raise ParameterError(
+                f"{tool}: YAML parameter file {path} has sections for unknown tools "
+                f"({', '.join(unknown)}); known: {', '.join(sorted(known))}"
+            )
         section = data.get(tool)
         if section is None:
-            logger.debug("%s has no section for %s", path, tool)
+            logger.debug("%s has no values for %s", path, tool)
             return {}
         data = section
     out = {}
@@ -1139,6 +1147,10 @@ def _read_yaml(path, tool, parfile):
             raise ParameterError(f"{exc} (in YAML parameter file {path})") from exc
         out[name] = _yaml_text(parfile.param(name), value, tool, path)
     return out
+
+
+#: The tools of this package: the section names a chain's YAML parameter file may use.
+KNOWN_TOOLS = ("stk_match", "stk_xfm", "stk_update_wcs", "stk_simulate")
 
 
 @dataclass(frozen=True)
@@ -1275,6 +1287,8 @@ def load_parameters(tool, argv, *, interactive=None, environ=None, prompt_func=N
         loc = find_par_file(tool, environ=environ)
         path, learn_path = loc.path, loc.learn_path
     base = read_par(path)
+    if cmd.par_file is not None:
+        _check_par_file_is_for(tool, base, path, environ)
     explicit = {}
 
     for ypath in cmd.yaml_files:
@@ -1374,6 +1388,25 @@ def load_parameters(tool, argv, *, interactive=None, environ=None, prompt_func=N
 # ----------------------------------------------------------------------------
 # Helpers for --help and the stk_param command
 # ----------------------------------------------------------------------------
+
+
+def _check_par_file_is_for(tool, parfile, path, environ):
+    """An ``@@file.par`` must hold the tool's parameters (compared with its system file)."""
+    try:
+        system = find_par_file(tool, environ=environ).system_path
+    except ParameterError:
+        return  # no system file to compare with (a private tool): accept the file as given
+    if system is None or Path(system).resolve() == Path(path).resolve():
+        return
+    want = set(read_par(system).names)
+    have = set(parfile.names)
+    if want != have:
+        missing = ", ".join(sorted(want - have)) or "none"
+        extra = ", ".join(sorted(have - want)) or "none"
+        raise ParameterError(
+            f"{tool}: {path} is not a parameter file for {tool} (missing: {missing}; "
+            f"not parameters of {tool}: {extra})"
+        )
 
 
 def describe_tool(tool, *, environ=None):

@@ -103,23 +103,40 @@ def configure_logging(toolname, verbose):
     return restore
 
 
-def _first_paragraph(text):
+def _summary(text):
+    """The title line and the one-paragraph description of a tool's docstring.
+
+    Tool docstrings start with ``tool: what it does.`` and a paragraph for
+    users; what follows is for developers and is not shown by ``--help``.
+    """
     paras = [p.strip() for p in (text or "").strip().split("\n\n") if p.strip()]
-    return paras[0] if paras else ""
+    return "\n\n".join(paras[:2])
+
+
+def _help_page(toolname):
+    """Where the tool's help page is: installed copy, else the source tree's."""
+    from pathlib import Path
+
+    for folder in (Path(sys.prefix) / "share" / "doc" / "stk_astrometry",
+                   Path(__file__).resolve().parents[2] / "share" / "doc"):
+        page = folder / f"{toolname}.txt"
+        if page.is_file():
+            return str(page)
+    return f"share/doc/{toolname}.txt in the stk_astrometry sources"
 
 
 def _help_text(toolname, description):
     from .parameters import describe_tool
 
     parts = [f"{toolname} (stk_astrometry {__version__})", ""]
-    desc = (description or "").strip()
+    desc = _summary(description)
     if desc:
         parts += ["\n".join(line.rstrip() for line in desc.splitlines()), ""]
     parts.append(describe_tool(toolname))
     parts += [
         "",
         f"Usage: {toolname} [name=value ...] [@@file.par | @@file.yaml] [-h] [--version]",
-        f"Full help: share/doc/{toolname}.txt (installed under share/doc/stk_astrometry/).",
+        f"Full help: {_help_page(toolname)}",
     ]
     return "\n".join(parts)
 

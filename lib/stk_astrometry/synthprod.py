@@ -35,7 +35,7 @@ import numpy as np
 from astropy.io import fits
 
 from stk_astrometry.fitsedit import BLOCK, checksummed_header_bytes, ones_complement_sum
-from stk_astrometry.fitsutil import set_keyword
+from stk_astrometry.fitsutil import history_records, set_keyword
 from stk_astrometry.products import PRODUCT_TABLE, instrument_grid
 
 __all__ = [
@@ -131,9 +131,10 @@ def _pointing(header, *, ra_nom, dec_nom, roll=45.0, level, instrument, content,
         header["RA_SRC"] = ("INDEF", "source RA")
         header["DEC_SRC"] = ("INDEF", "source Dec")
         set_keyword(header, "RA_SIGMA_SYS", 0.2, "[arcsec] systematic error")
+    # a fixed, earlier tool's HISTORY in CIAO's layout, as real products carry
     header["HISTNUM"] = (2, "Number of HISTORY records")
-    header.add_history(" TOOL  :synthprod   2026-01-01T00:00:00" + " " * 19 + "ASC00001")
-    header.add_history(" PARM  :infile=none" + " " * 37 + "ASC00002")
+    for record in history_records("synthprod", [("infile", "none")], when="2026-01-01T00:00:00"):
+        header.add_history(record)
 
 
 def _image_wcs(header, *, ra_nom, dec_nom, pixel_deg, crpix_sky, shape, block=1.0,

@@ -245,9 +245,13 @@ def read_table(spec, *, param):
             warnings.simplefilter("always")
             try:
                 table = Table.read(path, format=fmt) if fmt else Table.read(path, format="ascii")
-            except Exception as exc:  # astropy raises many types for unreadable text
+            except Exception as exc:  # noqa: BLE001 - astropy raises many types for unreadable text
+                # astropy's message can list every format it tried: keep its first line
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                if path.stat().st_size == 0:
+                    first = "the file is empty"
                 raise InputError(
-                    f"{param}={spec}: {path} is neither FITS nor a table astropy can read ({exc})"
+                    f"{param}={spec}: {path} is neither FITS nor a table astropy can read ({first})"
                 ) from exc
         for w in caught:
             logger.debug("%s: %s", label, w.message)

@@ -6,9 +6,14 @@
 # Needs only python3 (with its venv module; on Debian/Ubuntu that is the python3-venv
 # package).  Reinstalls only when setup.cfg/pyproject.toml or the extras change, so a
 # second run costs nothing.  STK_VENV overrides the location (default: ./.venv).
+# Sourced by scripts that cd to the repository root first ($0 is then the caller, so it
+# cannot locate this file): the root is the current folder, checked by this file's presence.
 set -e
-STK_ROOT=$(cd "$(dirname "$0")/../.." 2>/dev/null && pwd)
-[ -f "$STK_ROOT/setup.cfg" ] || STK_ROOT=$(pwd)
+STK_ROOT=${STK_ROOT:-$(pwd)}
+if [ ! -f "$STK_ROOT/share/scripts/ensure_venv.sh" ] || [ ! -f "$STK_ROOT/setup.cfg" ]; then
+    echo "stk_astrometry: ERROR $STK_ROOT is not the stk_astrometry repository root" >&2
+    exit 1
+fi
 STK_VENV=${STK_VENV:-"$STK_ROOT/.venv"}
 STK_EXTRAS=${STK_EXTRAS:-}
 if [ ! -x "$STK_VENV/bin/python" ]; then
