@@ -6,6 +6,7 @@ from stk_astrometry.errors import FitError
 from stk_astrometry.mixture import (
     MIN_SIGMA_ARCSEC,
     R95_PER_SIGMA,
+    angle_missing,
     disk_probability,
     fit_mixture,
     pair_covariance,
@@ -113,6 +114,28 @@ def test_pair_covariance_reference_leg_and_unknown_errors():
                       match_radius_arcsec=R)
     assert fit.n_dropped == 1 and fit.membership[1] == 0.0
     assert fit.d_xi_err == pytest.approx(np.sqrt(fit.cov[0, 0]))
+
+
+def test_pair_covariance_missing_angle_is_circular_on_the_major_axis():
+    # Review defect 5: stk_match writes err_ang = NaN when the optional column is absent; the
+    # pair must not be dropped: a circle of the major axis, (r0/2.4477)^2 I, which contains
+    # the ellipse whatever its orientation.
+    cov = pair_covariance([1.2, 1.2, np.nan], [0.5, 0.5, 0.5], [np.nan, 30.0, np.nan],
+                          [0.1, 0.1, 0.1], [0.2, 0.2, 0.2])
+    a2 = (1.2 / R95_PER_SIGMA) ** 2
+    np.testing.assert_allclose(cov[0], [[a2 + 0.01, 0.0], [0.0, a2 + 0.04]], rtol=1e-12)
+    assert np.all(np.isfinite(cov[1])) and cov[1, 0, 1] != 0
+    assert not np.all(np.isfinite(cov[2]))           # unknown radius: still unusable
+    # the circle is never narrower than the ellipse in any direction
+    for pa in (0.0, 30.0, 90.0, 135.0):
+        ell = pair_covariance([1.2], [0.5], [pa])[0]
+        circ = pair_covariance([1.2], [0.5], [np.nan])[0]
+        assert np.linalg.eigvalsh(circ - ell).min() >= -1e-15
+    np.testing.assert_array_equal(angle_missing([1.2, 1.2, np.nan], [np.nan, 30.0, np.nan]),
+                                  [True, False, False])
+    fit = fit_mixture([0, 1], [0.1, 0.2], [0.0, 0.1], cov[:2], density_per_arcmin2=1.0,
+                      match_radius_arcsec=R)
+    assert fit.n_dropped == 0 and fit.failure is None
 
 
 def test_pair_covariance_bad_arguments():
@@ -416,3 +439,28 @@ def test_systematic_floor_widens_covariance():
                     match_radius_arcsec=R)
     assert b.cov[0, 0] > 4 * a.cov[0, 0]
     np.testing.assert_allclose([b.d_xi, b.d_eta], [c.d_xi, c.d_eta], atol=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------
+# When a fit is not a measurement (review defect 2)
+
+
+def test_failure_when_no_true_match_is_found():
+    # two detections, 2.5" errors, 400 Gaia sources per arcmin^2: the likelihood prefers "all
+    # chance" (n_eff ~ 0, q at its floor); EM converges, but the shift measures nothing
+    cov = pair_covariance([2.5, 2.5], [2.5, 2.5], [0.0, 0.0])
+    fit = fit_mixture([1, 2], [1.0, -0.4], [0.5, 0.9], cov, density_per_arcmin2=400.0,
+                      match_radius_arcsec=R)
+    assert fit.n_eff < 1
+    assert fit.failure is not None and "n_eff" in fit.failure
+
+
+def test_failure_none_for_a_good_fit_and_set_for_no_fit():
+    rng = np.random.default_rng(SEED)
+    det, dx, dy, cov, *_, dens = simulate(rng, n_det=30, density=10.0)
+    fit = fit_mixture(det, dx, dy, cov, density_per_arcmin2=dens, match_radius_arcsec=R)
+    assert fit.converged and fit.failure is None
+    empty = fit_mixture(np.zeros(0, int), [], [], np.zeros((0, 2, 2)), density_per_arcmin2=5.0,
+                        match_radius_arcsec=R)
+    assert empty.failure is not None
+

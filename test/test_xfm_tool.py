@@ -300,6 +300,36 @@ def test_two_step_without_wise_gaia_is_flagged(tmp_path, rng, capsys):
     assert "ALLWISE->Gaia leg is set to 0" in hdr["QAREASON"]
     assert data["d_xi"][2] == 0.0 and data["n_used"][2] == 0
     assert "WARNING" in err
+    # the detection leg's shift is written, but the tie to Gaia is unknown: NaN errors, and
+    # QAREASON does not call a non-zero shift the identity
+    assert data["d_xi"][0] == data["d_xi"][1] != 0
+    assert np.isnan(data["d_xi_err"][0]) and np.isnan(data["d_eta_err"][0])
+    assert "identity" not in hdr["QAREASON"]
+
+
+@pytest.mark.parametrize("estimator", ["spec", "mixture"])
+def test_two_step_without_detection_pairs_is_the_identity(tmp_path, rng, capsys, estimator):
+    # Review defect 1: every detection excluded (same as a two-step stack with no ALLWISE
+    # match): the ALLWISE->Gaia leg alone must not be applied as the stack's correction.
+    stack = Stack(rng, n_det=20, n_match=20, shift=(0.5, 0.1))
+    wg = stack.wise_gaia(rng, 100, (0.3, 0.2))
+    infile = stack.write(tmp_path / "pairs.fits", method="twostep",
+                         wise=stack.pairs("WISE_PAIRS", sig=0.1), wise_gaia=wg)
+    exc = tmp_path / "all.lis"
+    exc.write_text("\n".join(str(i) for i in stack.region_id))
+    status, _, err = run(capsys, infile, tmp_path / "x.fits", f"exclude={exc}",
+                         f"estimator={estimator}", f"outdetfile={tmp_path / 'd.fits'}")
+    assert status == 0, err
+    hdr, data, _ = xfm_of(tmp_path / "x.fits")
+    assert list(data["component"]) == ["TOTAL", "DET_TO_WISE", "WISE_TO_GAIA"]
+    assert data["d_xi"][0] == 0.0 and data["d_eta"][0] == 0.0
+    assert data["t1"][0] == 0.0 and data["t2"][0] == 0.0
+    assert np.isnan(data["d_xi_err"][0]) and np.isnan(data["d_eta_err"][0])
+    assert hdr["QAFLAGS"] & 1 and "identity" in hdr["QAREASON"]
+    with fits.open(tmp_path / "d.fits") as hdul:
+        det = hdul["DETECTIONS"].data
+        np.testing.assert_array_equal(det["xi_corr"], det["xi"])
+        np.testing.assert_array_equal(det["eta_corr"], det["eta"])
 
 
 # ------------------------------------------------------------------------------ QA and bad data
@@ -380,6 +410,21 @@ def test_all_offsets_equal(tmp_path, rng, capsys):
     assert data["d_xi"][0] == pytest.approx(0.25, abs=1e-9)
     assert data["d_xi_err"][0] > 0
     assert data["resstd1"][0] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_small_stack_floor_is_not_called_implausible(tmp_path, rng, capsys):
+    # 7 ordinary pairs whose scatter is below their stated errors: the formal floor applies
+    # (n < 10) without the "implausibly small" warning meant for duplicated offsets
+    stack = Stack(rng, n_det=7, n_match=7, r95=(0.5, 0.5))
+    sigma = np.sqrt(stack.r0 * stack.r1) / R95
+    stack.d_xi[:] = 0.2 + 0.8 * sigma * np.array([1.0, -1.0, 0.5, -0.5, 1.5, -1.5, 0.0])
+    stack.d_eta[:] = -0.1 + 0.8 * sigma * np.array([0.5, -1.2, 1.1, -0.3, -0.9, 0.2, 0.6])
+    infile = stack.write(tmp_path / "pairs.fits", gaia=stack.pairs("GAIA_PAIRS"))
+    status, _, err = run(capsys, infile, tmp_path / "x.fits")
+    assert status == 0, err
+    assert "implausibly small" not in err
+    _, data, _ = xfm_of(tmp_path / "x.fits")
+    assert data["d_xi_err"][0] == pytest.approx(np.sqrt(1 / np.sum(1 / sigma**2)), rel=1e-9)
 
 
 # ------------------------------------------------------------------------------ include / exclude
@@ -539,6 +584,74 @@ def test_disagreement_sets_the_bit(tmp_path, rng, capsys):
         hdr, _, _ = xfm_of(tmp_path / f"{est}.fits")
         assert hdr["QAFLAGS"] & 16, hdr["QAREASON"]
         assert "DISAGREE" in hdr["QAREASON"] and hdr["ESTIMATR"] == est
+
+
+def test_mixture_without_a_true_match_is_not_applied(tmp_path, rng, capsys):
+    # Review defect 2: two pairs with 2.5" errors at 400 Gaia/arcmin^2: the mixture finds no
+    # true match (n_eff ~ 0, q at its floor); it must count as failed, not be applied.
+    stack = Stack(rng, n_det=2, n_match=2)
+    stack.d_xi[:] = [1.0, -0.4]
+    stack.d_eta[:] = [0.5, 0.9]
+    stack.r0[:] = 2.5
+    stack.r1[:] = 2.5
+    infile = stack.write(tmp_path / "pairs.fits", gaia=stack.pairs("GAIA_PAIRS"),
+                         dens_gaia=400.0)
+    status, _, err = run(capsys, infile, tmp_path / "x.fits", "estimator=mixture")
+    assert status == 0, err
+    hdr, data, _ = xfm_of(tmp_path / "x.fits")
+    assert hdr["ESTIMATR"] == "spec" and "ALTEST" not in hdr and "NEFF" not in hdr
+    assert "mixture fit failed" in err and "n_eff" in err and "DISAGREE not evaluated" in err
+    assert np.isfinite(data["d_xi_err"][0]) and data["d_xi_err"][0] < 10
+    # the spec estimate is applied and QAREASON does not call it the identity
+    assert "identity" not in hdr["QAREASON"]
+
+
+def test_mixture_two_step_without_detection_pairs_is_the_identity(tmp_path, rng):
+    stack = Stack(rng, n_det=10, n_match=10)
+    wg = stack.wise_gaia(rng, 50, (0.3, 0.2))
+    infile = stack.write(tmp_path / "pairs.fits", method="twostep",
+                         wise=stack.pairs("WISE_PAIRS", sig=0.1), wise_gaia=wg)
+    pin = stk_xfm.read_pairs_file(infile)
+    mix = stk_xfm._run_mixture(pin, stk_xfm.xfmfit.PairSet.empty(), pin.pairs("WISE_GAIA"),
+                               sys_floor=0.0, max_shift=5.0)
+    assert not mix.ok
+    assert (mix.total.d_xi, mix.total.d_eta) == (0.0, 0.0)
+    assert np.all(np.isnan(mix.total.cov))
+    # and without ALLWISE-Gaia pairs: the detection leg's shift, NaN errors
+    mix = stk_xfm._run_mixture(pin, pin.pairs("WISE_PAIRS"), stk_xfm.xfmfit.PairSet.empty(),
+                               sys_floor=0.0, max_shift=5.0)
+    assert mix.total.d_xi == mix.components[1].d_xi and np.all(np.isnan(mix.total.cov))
+    assert mix.extra_nomatch
+
+
+def test_missing_error_angle_keeps_the_mixture_and_disagree(tmp_path, rng, capsys):
+    # Review defect 5: err_ang NaN (what stk_match writes without err_ellipse_ang) used to drop
+    # every pair from the mixture, silently disabling it and DISAGREE.
+    stack = Stack(rng, n_det=60, n_match=60, shift=(0.0, 0.0), r95=(0.1, 0.15))
+    rows = np.arange(40)
+    gaia = stack.pairs("GAIA_PAIRS", extra=(rows, np.full(40, 0.9), np.zeros(40)))
+    gaia.data["err_ang"][:] = np.nan
+    infile = stack.write(tmp_path / "pairs.fits", gaia=gaia)
+    status, out, err = run(capsys, infile, tmp_path / "x.fits", "loss=linear")
+    assert status == 0, err
+    hdr, _, _ = xfm_of(tmp_path / "x.fits")
+    assert hdr["ALTEST"] == "mixture"
+    assert hdr["QAFLAGS"] & 16, hdr["QAREASON"]
+    assert "100 pair(s)" in out and "circular" in out
+
+
+def test_disagreement_without_wise_gaia_compares_the_detection_legs(tmp_path, rng, capsys):
+    # the totals' errors are unknown without ALLWISE-Gaia pairs (both legs 0): DISAGREE still
+    # compares what both estimates measured, the detection -> ALLWISE legs
+    stack = Stack(rng, n_det=60, n_match=60, shift=(0.0, 0.0), r95=(0.1, 0.15))
+    rows = np.arange(40)
+    wise = stack.pairs("WISE_PAIRS", sig=0.02, extra=(rows, np.full(40, 0.9), np.zeros(40)))
+    infile = stack.write(tmp_path / "pairs.fits", method="twostep", wise=wise)
+    status, _, err = run(capsys, infile, tmp_path / "x.fits", "loss=linear")
+    assert status == 0, err
+    hdr, data, _ = xfm_of(tmp_path / "x.fits")
+    assert np.isnan(data["d_xi_err"][0])
+    assert hdr["QAFLAGS"] & 1 and hdr["QAFLAGS"] & 16, hdr["QAREASON"]
 
 
 def test_disagreement_function():

@@ -98,6 +98,7 @@ __all__ = [
     "MIN_SIGMA_ARCSEC",
     "R95_PER_SIGMA",
     "MixtureFit",
+    "angle_missing",
     "disk_probability",
     "fit_mixture",
     "pair_covariance",
@@ -177,6 +178,27 @@ class MixtureFit:
     log_likelihood: float = float("nan")
 
     @property
+    def failure(self):
+        """Why this fit is not a measurement of the shift, or None when it is.
+
+        A fit fails when it has no finite shift or covariance, did not converge, or found no
+        true match: fewer than one effective true match (``n_eff < 1``) or the prior *q* at its
+        floor.  In the last case EM converges happily to "every candidate is chance", and the
+        shift is then wherever the flat likelihood left it (errors of 1e4 arcsec and more).
+        """
+        if not (np.isfinite(self.d_xi) and np.isfinite(self.d_eta)):
+            return f"no fit ({self.message})"
+        if not self.converged:
+            return f"not converged ({self.message})"
+        if not self.n_eff >= 1.0:
+            return f"no true match found (n_eff = {self.n_eff:.2g} < 1)"
+        if self.q <= 2.0 * _Q_MIN:
+            return f"no true match found (q at its floor {_Q_MIN:g})"
+        if not np.all(np.isfinite(self.cov)):
+            return "covariance not finite"
+        return None
+
+    @property
     def d_xi_err(self):
         """1-sigma error of d_xi, arcsec."""
         return float(np.sqrt(self.cov[0, 0]))
@@ -198,6 +220,16 @@ def _as_1d(name, value, n=None):
     return arr
 
 
+def angle_missing(err_r0, err_ang_deg):
+    """Pairs whose ellipse angle is unknown (non-finite) but whose major radius is known.
+
+    :func:`pair_covariance` gives them the circle of the major axis; callers count them.
+    """
+    r0 = _as_1d("err_r0", err_r0)
+    ang = _as_1d("err_ang", err_ang_deg, r0.shape[0])
+    return np.isfinite(r0) & ~np.isfinite(ang)
+
+
 def pair_covariance(err_r0, err_r1, err_ang_deg, ref_sigra=None, ref_sigdec=None, *,
                     systematic_arcsec=0.0):
     """Full 2x2 covariance of each pair's offset, in (xi, eta) axes.
@@ -208,12 +240,17 @@ def pair_covariance(err_r0, err_r1, err_ang_deg, ref_sigra=None, ref_sigdec=None
     angle ``err_ang`` from north (+eta) through east (+xi), i.e. along the
     unit vector (sin PA, cos PA) in (xi, eta).
 
+    An unknown angle (NaN: stk_match writes it when ``err_ellipse_ang`` is absent) gives the
+    circle of the major axis, ``a^2 I``: it contains the ellipse whatever its orientation, so
+    the pair keeps a conservative weight instead of being dropped (:func:`angle_missing`
+    finds these pairs).
+
     Parameters
     ----------
     err_r0, err_r1 : array_like
         95 % semi-major and semi-minor radii, arcsec.
     err_ang_deg : array_like
-        Position angle of the major axis, degrees, north through east.
+        Position angle of the major axis, degrees, north through east; NaN = unknown.
     ref_sigra, ref_sigdec : array_like or None, optional
         Reference 1-sigma errors along xi and eta, arcsec (ALLWISE
         sigra/sigdec; None or 0 for Gaia, whose errors are negligible).
@@ -241,6 +278,11 @@ def pair_covariance(err_r0, err_r1, err_ang_deg, ref_sigra=None, ref_sigdec=None
         raise FitError(f"mixture fit: systematic_arcsec must be finite and >= 0, got {systematic_arcsec!r}")
     a = r0 / R95_PER_SIGMA
     b = r1 / R95_PER_SIGMA
+    no_angle = angle_missing(r0, ang)
+    if np.any(no_angle):
+        # circle of the major axis: both "axes" a, any orientation
+        b = np.where(no_angle, a, b)
+        ang = np.where(no_angle, 0.0, ang)
     pa = np.radians(ang)
     u = np.stack([np.sin(pa), np.cos(pa)], axis=-1)      # major axis (xi, eta)
     v = np.stack([np.cos(pa), -np.sin(pa)], axis=-1)     # minor axis

@@ -28,30 +28,40 @@ Uncertainty
 -----------
 ``least_squares``' Jacobian of the norm residual carries only the radial direction of each pair,
 so ``(J^T J)^-1`` underestimates the curvature by a factor ~2 and cannot be used as is.  The
-covariance is the M-estimator sandwich with the exact Hessian of F:
+covariance is the M-estimator sandwich with the exact Hessian of F, clustered by detection:
 
-    psi_i = rho'(z_i) w_i (p - d_i)
+    psi_i = rho'(z_i) w_i (p - d_i),        Psi_j = sum_{i in j} psi_i
     H     = sum_i w_i [rho'(z_i) I + 2 rho''(z_i) w_i (p-d_i)(p-d_i)^T / C^2]
-    B     = sum_i psi_i psi_i^T / (1 - h_i),   h_i = w_i rho'(z_i) / sum_j w_j rho'(z_j)
+    B     = sum_j Psi_j Psi_j^T / (1 - h_j),   h_j = sum_{i in j} w_i rho'_i / sum_i w_i rho'_i
     V     = H^-1 B H^-1
 
-i.e. the scatter of the actual residuals replaces the stated errors (the role of the reduced
-chi-square), with the HC2 leverage correction ``1/(1-h_i)`` that makes it unbiased for a weighted
-mean at small n (for equal weights it is the usual n/(n-1)).  If H is not positive definite (a
-redescending loss with outliers near the solution) the expected Hessian ``sum w_i rho'_i I`` is
-used.  Small-sample safeguard, against the *formal* covariance ``V0 = I / sum_i (1/var_i)``
-from the pairs' stated 1-sigma per-axis variances ``var_i``:
+with j running over detections (``region_id``): the candidates of one detection (e.g. a Gaia
+duplicate or blend next to the true counterpart) are one measurement, not several, so their
+score contributions are summed before the outer product (cluster-robust sandwich; counted per
+pair, three near-identical candidates per detection made the errors ~1.7x too small).  The
+scatter of the actual residuals replaces the stated errors (the role of the reduced
+chi-square), with the HC2 leverage correction ``1/(1-h_j)`` that makes it unbiased for a
+weighted mean at small n (for equal weights it is the usual n/(n-1)).  With one pair per
+detection this is exactly the per-pair sandwich.  If H is not positive definite (a
+redescending loss with outliers near the solution) the expected Hessian ``sum w_i rho'_i I``
+is used.  Small-sample safeguard, against the *formal* covariance ``V0 = I / sum_j (1/var_j)``
+from the stated 1-sigma per-axis variances, one per detection (that of its best-weighted pair:
+a detection has at most one true counterpart; on the direct path all its pairs carry the
+detection's own ellipse anyway); m = the number of detections:
 
-- n <= 2: the scatter has at most one degree of freedom per axis; V0 is reported;
-- 3 <= n < 5: V is never smaller (eigenvalue by eigenvalue) than V0 -- a scatter estimated from
-  so few pairs is too often small by chance to be trusted below the stated errors;
-- n >= 5: V stands unless an eigenvalue is implausibly small for the stated errors (below the
-  0.1 % quantile of chi2(nu)/nu times V0, nu = 2(n-1)), which signals degenerate input (e.g.
-  identical offsets); that eigenvalue is then raised to V0.
+- m <= 2: the scatter has at most one degree of freedom per axis; V0 is reported;
+- 3 <= m < 10: V is never smaller (eigenvalue by eigenvalue) than V0 -- a scatter estimated
+  from so few detections is too often small by chance (at m = 5 without this floor: pull std
+  1.2, |pull| > 3 in 2.4 % of seeded stacks; with it 0.85 and < 0.3 %);
+- m >= 10: V stands unless an eigenvalue is implausibly small for the stated errors (below the
+  0.1 % quantile of chi2(nu)/nu times V0, nu = 2(m-1)), which signals degenerate input (e.g.
+  identical offsets); that eigenvalue is then raised to V0.  The same test, from m >= 5, sets
+  ``TranslationFit.implausible`` (the tool's warning).
 
-A hard floor at V0 for every n was rejected: with correctly stated errors it biases the
-reported sigma 10-20 % high at n = 10-20 (seeded simulations), while the rule above keeps the
-reported sigma within ~10 % of the actual scatter for n >= 10 (test_xfmfit.py).
+A hard floor at V0 for every m was rejected: with correctly stated errors it biases the
+reported sigma 10-20 % high at m = 10-20 (seeded simulations), while the rule above keeps the
+reported sigma within ~10 % of the actual scatter for m >= 10 (test_xfmfit.py).  Below 10 the
+floor makes the reported sigma conservative (~10 % high with correctly stated errors).
 """
 
 from __future__ import annotations
@@ -97,11 +107,14 @@ QA_BITS = {"NOMATCH": 1, "DENSE": 2, "BIGSHIFT": 4, "FEWMATCH": 8, "DISAGREE": 1
 # Polishing stops when a Newton step is below this (arcsec).
 _POLISH_TOL_ARCSEC = 1e-12
 _POLISH_MAX_ITER = 100
-# Below this many pairs the scatter estimate is never allowed under the formal error.
-_SMALL_SAMPLE = 5
-# From _SMALL_SAMPLE pairs on, a scatter variance below this quantile of chi2(nu)/nu times the
-# formal variance is implausible for the stated errors (degenerate input): formal is used.
+# Below this many detections the scatter estimate is never allowed under the formal error
+# (at 5-9 it alone gave heavy-tailed pulls: std 1.2, |pull| > 3 in 2.4 % at 5).
+_SMALL_SAMPLE = 10
+# From _IMPLAUSIBLE_MIN detections on, a scatter variance below this quantile of chi2(nu)/nu
+# times the formal variance is implausible for the stated errors (degenerate input: identical or
+# duplicated offsets); formal is used, and from _SMALL_SAMPLE on this is the only floor.
 _IMPLAUSIBLE_QUANTILE = 0.001
+_IMPLAUSIBLE_MIN = 5
 # Leverages are clipped here so that one dominating pair cannot blow up the HC2 factor.
 _MAX_LEVERAGE = 0.95
 
@@ -243,6 +256,15 @@ class TranslationFit:
     error_source : str
         ``scatter`` (sandwich estimate), ``formal`` (the safeguard raised it to the error from
         the stated position errors) or ``none``.
+    nfev : int
+        least_squares' function evaluations.
+    n_clusters : int
+        Independent measurements the uncertainty counted: distinct ``cluster`` ids (detections)
+        among the pairs used; ``n_used`` when no clusters were given.
+    implausible : bool
+        With >= 5 detections, the residual scatter is implausibly small for the stated errors
+        (below the 0.1 % quantile of chi2(nu)/nu times the formal variance): degenerate input
+        such as identical or duplicated offsets.  The errors are then the formal ones.
     """
 
     d_xi: float
@@ -258,6 +280,8 @@ class TranslationFit:
     at_bound: bool = False
     error_source: str = "none"
     nfev: int = 0
+    n_clusters: int = 0
+    implausible: bool = False
 
 
 def _rho(z: np.ndarray, loss: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -337,41 +361,70 @@ def _raise_eigenvalues(cov: np.ndarray, threshold_var: float, floor_var: float) 
     return (vecs * vals) @ vecs.T
 
 
-def _covariance(p, d_xi, d_eta, w, var1, loss, f_scale):
-    """Sandwich covariance with HC2 correction and the small-sample safeguard (module docstring).
+def _covariance(p, d_xi, d_eta, w, var1, loss, f_scale, cluster=None):
+    """Cluster-robust sandwich covariance, HC2 correction, small-sample safeguard (module
+    docstring).
 
-    Returns (cov, source) with source ``scatter`` or ``formal``.
+    ``cluster`` (one id per pair; default: every pair its own) groups the pairs of one
+    detection: its candidates are one measurement, not several.  Their score contributions are
+    summed before the outer product, the leverage is the cluster's, the small-sample rules
+    count clusters and the formal variance takes one pair per cluster.  With one pair per
+    cluster this is exactly the per-pair computation.
+
+    Returns (cov, source, n_clusters, implausible): source ``scatter`` or ``formal``;
+    implausible when the scatter is implausibly small for the stated errors (>= 5 detections).
     """
     n = len(d_xi)
-    formal_var = 1.0 / np.sum(1.0 / var1)
-    if n <= 2:
-        return formal_var * np.eye(2), "formal"
+    if cluster is None:
+        inverse, m = None, n
+    else:
+        _, inverse = np.unique(np.asarray(cluster), return_inverse=True)
+        m = int(inverse.max()) + 1 if n else 0
+        if m == n:
+            inverse = None              # one pair per detection: the per-pair sums, unchanged
+
+    def per_cluster(x):
+        return x if inverse is None else np.bincount(inverse, weights=x, minlength=m)
+
+    info = 1.0 / var1
+    if inverse is not None:
+        # a detection has at most one true counterpart: it brings the information of one pair,
+        # its best-weighted one (on the direct path all its pairs share the detection's ellipse)
+        best = np.zeros(m)
+        np.maximum.at(best, inverse, info)
+        info = best
+    formal_var = 1.0 / np.sum(info)
+    if m <= 2:
+        return formal_var * np.eye(2), "formal", m, False
     _, _, hess, (ex, ey, rho1) = _objective(p, d_xi, d_eta, w, loss, f_scale)
     v = w * rho1
     vsum = np.sum(v)
     if not vsum > 0:
-        return formal_var * np.eye(2), "formal"
+        return formal_var * np.eye(2), "formal", m, False
     if np.linalg.eigvalsh(hess).min() <= 0:
         hess = vsum * np.eye(2)
-    lev = np.minimum(v / vsum, _MAX_LEVERAGE)
-    psi = np.column_stack([v * ex, v * ey])
+    lev = np.minimum(per_cluster(v) / vsum, _MAX_LEVERAGE)
+    psi = np.column_stack([per_cluster(v * ex), per_cluster(v * ey)])
     meat = (psi.T * (1.0 / (1.0 - lev))) @ psi
     hinv = np.linalg.inv(hess)
     sandwich = hinv @ meat @ hinv
-    if n < _SMALL_SAMPLE:
-        threshold = formal_var          # few pairs: never below the formal error
-    else:
-        dof = 2 * (n - 1)               # implausibly small scatter only
+    smallest = np.linalg.eigvalsh(sandwich).min()
+    implausible = False
+    if m >= _IMPLAUSIBLE_MIN:
+        dof = 2 * (m - 1)
         from scipy.stats import chi2  # imported here: keeps tool start-up light
 
-        threshold = formal_var * chi2.ppf(_IMPLAUSIBLE_QUANTILE, dof) / dof
+        implausible_var = formal_var * chi2.ppf(_IMPLAUSIBLE_QUANTILE, dof) / dof
+        implausible = bool(smallest < implausible_var)
+    # few detections: never below the formal error; then implausibly small scatter only
+    threshold = formal_var if m < _SMALL_SAMPLE else implausible_var
     cov = _raise_eigenvalues(sandwich, threshold, formal_var)
-    raised = np.linalg.eigvalsh(sandwich).min() < threshold
-    return cov, ("formal" if raised else "scatter")
+    raised = smallest < threshold
+    return cov, ("formal" if raised else "scatter"), m, implausible
 
 
 def fit_translation(src_xi, src_eta, ref_xi, ref_eta, weights, *, loss="cauchy", f_scale=1.0,
-                    max_shift=5.0, var_1sigma=None) -> TranslationFit:
+                    max_shift=5.0, var_1sigma=None, cluster=None) -> TranslationFit:
     """Weighted least-squares translation with a robust loss per pair (spec §4, §5.3).
 
     Minimises ``sum_i C² rho(w_i r_i² / C²)`` (module docstring) with
@@ -393,6 +446,11 @@ def fit_translation(src_xi, src_eta, ref_xi, ref_eta, weights, *, loss="cauchy",
     var_1sigma : array_like, optional
         Stated 1-sigma per-axis variance of each pair (arcsec²), for the formal-error floor;
         default ``1/weights``.
+    cluster : array_like, optional
+        One id per pair: the detection (``region_id``) it belongs to.  The candidates of one
+        detection count as one measurement in the uncertainty (cluster-robust sandwich; the
+        small-sample rules and the formal error count detections).  Default: every pair is its
+        own detection.
 
     Returns
     -------
@@ -418,6 +476,8 @@ def fit_translation(src_xi, src_eta, ref_xi, ref_eta, weights, *, loss="cauchy",
                 & np.isfinite(var1) & (var1 > 0))
     n_dropped = int(np.count_nonzero(~good))
     d_xi, d_eta, w, var1 = d_xi[good], d_eta[good], w[good], var1[good]
+    if cluster is not None:
+        cluster = np.broadcast_to(np.asarray(cluster), good.shape)[good]
     n = len(d_xi)
     dropped = f"; {n_dropped} pair(s) dropped (NaN position or unusable error)" if n_dropped else ""
     if n == 0:
@@ -442,7 +502,8 @@ def fit_translation(src_xi, src_eta, ref_xi, ref_eta, weights, *, loss="cauchy",
                         bounds=(-max_shift, max_shift))
     p = _polish(res.x, d_xi, d_eta, w, loss, f_scale, max_shift)
     at_bound = bool(np.any(np.abs(p) >= max_shift * (1.0 - 1e-9)))
-    cov, source = _covariance(p, d_xi, d_eta, w, var1, loss, f_scale)
+    cov, source, n_clusters, implausible = _covariance(p, d_xi, d_eta, w, var1, loss, f_scale,
+                                                       cluster)
     message = f"least_squares: {res.message}"
     if at_bound:
         message += f"; shift at the bound ±{max_shift:g}\""
@@ -453,7 +514,8 @@ def fit_translation(src_xi, src_eta, ref_xi, ref_eta, weights, *, loss="cauchy",
         d_xi_err=float(np.sqrt(cov[0, 0])), d_eta_err=float(np.sqrt(cov[1, 1])),
         cov_xi_eta=float(cov[0, 1]), cov=cov, n_used=n, n_dropped=n_dropped,
         success=bool(res.success), at_bound=at_bound, message=message + dropped,
-        error_source=source, nfev=int(res.nfev))
+        error_source=source, nfev=int(res.nfev), n_clusters=n_clusters,
+        implausible=implausible)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -651,7 +713,7 @@ def fit_leg_spec(pairs: PairSet, *, weighting, n_groups, loss="cauchy", f_scale=
                           pairs.src_xi[used] + pairs.d_xi[used],
                           pairs.src_eta[used] + pairs.d_eta[used], w[used],
                           loss=loss, f_scale=f_scale, max_shift=max_shift,
-                          var_1sigma=var1[used])
+                          var_1sigma=var1[used], cluster=pairs.region_id[used])
     dx, dy = pairs.d_xi[used], pairs.d_eta[used]
     message = fit.message
     if choice is not None:
@@ -671,22 +733,24 @@ def combine_legs(det_to_wise: LegFit, wise_to_gaia: LegFit) -> tuple[float, floa
     """Total of the two-step path: T = T2 T1 is the sum of the legs (spec Eq. 7, spec-notes 6).
 
     The legs use disjoint measurements (detection-ALLWISE and ALLWISE-Gaia offsets), so their
-    covariances add.
+    covariances add.  A leg without pairs measured nothing: its covariance is unknown (NaN),
+    never 0, so the total's is NaN too.
 
     Returns
     -------
     d_xi, d_eta : float
-        arcsec.
+        arcsec.  Without detection->ALLWISE pairs nothing ties the detections to any catalogue:
+        the total is the identity (0, 0), whatever the ALLWISE->Gaia leg found.  Without
+        ALLWISE-Gaia pairs that leg counts as 0 and the total is the detection leg's shift.
     cov : ndarray
-        2x2, arcsec²; NaN entries of a leg without pairs are treated as 0 when the other leg has
-        finite errors.
+        2x2, arcsec²; all NaN when either leg has no pairs.
     """
-    c1 = np.nan_to_num(det_to_wise.cov, nan=0.0) if det_to_wise.n_used == 0 else det_to_wise.cov
-    c2 = np.nan_to_num(wise_to_gaia.cov, nan=0.0) if wise_to_gaia.n_used == 0 else wise_to_gaia.cov
-    cov = c1 + c2
-    if det_to_wise.n_used == 0 and wise_to_gaia.n_used == 0:
-        cov = np.full((2, 2), np.nan)
-    return (det_to_wise.d_xi + wise_to_gaia.d_xi, det_to_wise.d_eta + wise_to_gaia.d_eta, cov)
+    if det_to_wise.n_used == 0:
+        return 0.0, 0.0, np.full((2, 2), np.nan)
+    if wise_to_gaia.n_used == 0:
+        return det_to_wise.d_xi, det_to_wise.d_eta, np.full((2, 2), np.nan)
+    return (det_to_wise.d_xi + wise_to_gaia.d_xi, det_to_wise.d_eta + wise_to_gaia.d_eta,
+            det_to_wise.cov + wise_to_gaia.cov)
 
 
 @dataclass(frozen=True, eq=False)
@@ -786,8 +850,12 @@ def fit_stack_spec(method, det_pairs: PairSet, *, wise_gaia: PairSet | None = No
     resstd0 = residual_rms(dx + leg2.d_xi, dy + leg2.d_eta)
     resstd1 = residual_rms(dx + leg2.d_xi, dy + leg2.d_eta, shift=(d_xi, d_eta))
     notes = ()
-    if leg2.n_used == 0:
-        notes = ("no usable ALLWISE-Gaia pairs: the ALLWISE->Gaia leg is set to 0",)
+    if leg1.n_used == 0:
+        notes = ("no usable detection-ALLWISE pairs: identity transform (the ALLWISE->Gaia "
+                 "leg alone says nothing about the detections)",)
+    elif leg2.n_used == 0:
+        notes = ("no usable ALLWISE-Gaia pairs: the ALLWISE->Gaia leg is set to 0 and the "
+                 "total's errors are unknown",)
     return StackFit("twostep", d_xi, d_eta, cov, resstd0, resstd1, leg1, leg2, notes)
 
 
@@ -859,8 +927,12 @@ def decide_qa(*, method, n_match, total_shift_arcsec, density, det_theta_arcmin,
     t = thresholds or QAThresholds()
     raised: list[tuple[str, str]] = []
     nomatch_why = []
+    shift = float(total_shift_arcsec)
     if method == "none" or n_match == 0:
-        nomatch_why.append("no matched detections; identity transform")
+        # "identity" only when it is what is written (a caller's inconsistency must not be
+        # hidden behind it)
+        nomatch_why.append("no matched detections; identity transform" if shift == 0
+                           else "no matched detections")
     if extra_nomatch:
         nomatch_why.append(extra_nomatch)
     if nomatch_why:
@@ -869,7 +941,6 @@ def decide_qa(*, method, n_match, total_shift_arcsec, density, det_theta_arcmin,
             and n_match < t.dense_nmatch and density > t.density):
         raised.append(("DENSE", (f"{n_match} matches < {t.dense_nmatch} with reference density "
                                 f"{density:.1f}/arcmin^2 > {t.density:g}")))
-    shift = float(total_shift_arcsec)
     if shift > t.max_shift:
         raised.append(("BIGSHIFT", f"total shift {shift:.2f}\" > {t.max_shift:g}\""))
     if 0 < n_match < t.few_matches:

@@ -353,7 +353,7 @@ def spec_estimate(fit: xfmfit.StackFit) -> Estimate:
         message += f" | ALLWISE->Gaia leg: {fit.ref_leg.message}"
     return Estimate("spec", fit.method, tuple(comps), leg.n_match, leg.n_used > 0, message,
                     det_used=leg.used, ref_used=ref_used,
-                    extra_nomatch=fit.notes[0] if fit.notes else None)
+                    extra_nomatch=fit.notes[0] if fit.notes and leg.n_used else None)
 
 
 def _run_mixture(pin: PairsInput, det_pairs: xfmfit.PairSet, wise_gaia: xfmfit.PairSet, *,
@@ -380,13 +380,19 @@ def _run_mixture(pin: PairsInput, det_pairs: xfmfit.PairSet, wise_gaia: xfmfit.P
             src = pairs.region_id
             cov = mixture.pair_covariance(pairs.err_r0, pairs.err_r1, pairs.err_ang,
                                           pairs.ref_sigra, pairs.ref_sigdec)
+            n_circular = int(np.count_nonzero(mixture.angle_missing(pairs.err_r0,
+                                                                    pairs.err_ang)))
+            if n_circular:
+                logger.info("mixture: %d pair(s) without an error-ellipse angle (err_ang NaN) "
+                            "use the circular error of the major axis, (r0/2.4477)^2 I",
+                            n_circular)
         return mixture.fit_mixture(src, pairs.d_xi, pairs.d_eta, cov,
                                    density_per_arcmin2=density or 0.0,
                                    match_radius_arcsec=radius, systematic_arcsec=sys_floor,
                                    max_shift_arcsec=max_shift)
 
     def component(name, fit, pairs):
-        if not np.isfinite(fit.d_xi):
+        if fit.failure is not None:
             return Component(name, 0.0, 0.0, np.full((2, 2), np.nan), 0, 0, np.nan, np.nan)
         likely = fit.membership > 0.5
         dx, dy = pairs.d_xi[likely], pairs.d_eta[likely]
@@ -399,27 +405,40 @@ def _run_mixture(pin: PairsInput, det_pairs: xfmfit.PairSet, wise_gaia: xfmfit.P
         return Estimate("mixture", "none", (total,), 0, False, "no pairs")
     density = pin.dens_gaia if pin.method == "direct" else pin.dens_wise
     fit1 = leg_fit(det_pairs, density, one_to_one=False)
-    ok1 = bool(np.isfinite(fit1.d_xi))
+    # A fit that found no true match (n_eff < 1, q at its floor) or did not converge is not a
+    # measurement: the estimate fails and the spec estimate is applied (review defect 2).
+    ok1 = fit1.failure is None
     n_match = round(fit1.n_eff) if ok1 else 0
+    message1 = fit1.message if ok1 else f"{fit1.failure}; {fit1.message}"
     if pin.method == "direct":
         c = component("TOTAL", fit1, det_pairs)
-        return Estimate("mixture", "direct", (c,), n_match, ok1, fit1.message,
+        return Estimate("mixture", "direct", (c,), n_match, ok1, message1,
                         det_p=fit1.membership, n_eff=fit1.n_eff)
     fit2 = leg_fit(wise_gaia, pin.dens_gaia, one_to_one=True)
     c1 = component("DET_TO_WISE", fit1, det_pairs)
     c2 = component("WISE_TO_GAIA", fit2, wise_gaia)
-    ok2 = bool(np.isfinite(fit2.d_xi))
-    cov = np.nan_to_num(c1.cov) + np.nan_to_num(c2.cov) if (ok1 or ok2) else c1.cov
-    d2 = np.array([c2.d_xi, c2.d_eta])
-    likely = fit1.membership > 0.5 if ok1 else np.zeros(len(det_pairs), bool)
-    dx, dy = det_pairs.d_xi[likely] + d2[0], det_pairs.d_eta[likely] + d2[1]
-    total = Component("TOTAL", c1.d_xi + c2.d_xi, c1.d_eta + c2.d_eta, cov, c1.n_used, 0,
-                      xfmfit.residual_rms(dx, dy),
-                      xfmfit.residual_rms(dx, dy, shift=(c1.d_xi + c2.d_xi,
-                                                         c1.d_eta + c2.d_eta)))
-    extra = None if ok2 else "no usable ALLWISE-Gaia fit: the ALLWISE->Gaia leg is set to 0"
-    return Estimate("mixture", "twostep", (total, c1, c2), n_match, ok1,
-                    f"{fit1.message} | ALLWISE->Gaia leg: {fit2.message}",
+    ok2 = fit2.failure is None
+    message2 = fit2.message if ok2 else f"{fit2.failure}; {fit2.message}"
+    extra = None
+    if not ok1:
+        # no detection leg: nothing ties the detections to any catalogue -> identity
+        total = Component("TOTAL", 0.0, 0.0, np.full((2, 2), np.nan), 0, 0, np.nan, np.nan)
+    else:
+        # an ALLWISE->Gaia leg that failed is set to 0 with an unknown (NaN) covariance
+        cov = c1.cov + c2.cov if ok2 else np.full((2, 2), np.nan)
+        likely = fit1.membership > 0.5
+        dx, dy = det_pairs.d_xi[likely] + c2.d_xi, det_pairs.d_eta[likely] + c2.d_eta
+        t_xi, t_eta = c1.d_xi + c2.d_xi, c1.d_eta + c2.d_eta
+        total = Component("TOTAL", t_xi, t_eta, cov, c1.n_used, 0, xfmfit.residual_rms(dx, dy),
+                          xfmfit.residual_rms(dx, dy, shift=(t_xi, t_eta)))
+        if not ok2:
+            extra = ("no usable ALLWISE-Gaia fit: the ALLWISE->Gaia leg is set to 0 and the "
+                     "total's errors are unknown")
+    # With ALLWISE-Gaia pairs that the mixture could not fit, its total would lack a leg the
+    # spec estimate has: the estimate fails rather than apply a leg of 0.
+    ok = ok1 and (ok2 or len(wise_gaia) == 0)
+    return Estimate("mixture", "twostep", (total, c1, c2), n_match, ok,
+                    f"{message1} | ALLWISE->Gaia leg: {message2}",
                     det_p=fit1.membership, ref_p=fit2.membership, extra_nomatch=extra,
                     n_eff=fit1.n_eff)
 
@@ -722,11 +741,20 @@ def _body(params):
             applied, alternative = mix, spec
         elif pin.method != "none":
             logger.warning("estimator=mixture: the mixture fit failed (%s); the spec estimate "
-                           "is applied", "not available" if mix is None else mix.message)
+                           "is applied; DISAGREE not evaluated",
+                           "not available" if mix is None else mix.message)
+    elif mix is not None and not mix.ok and pin.method != "none":
+        logger.info("the mixture fit failed (%s); DISAGREE not evaluated", mix.message)
     disagree_reason = None
     if spec.ok and mix is not None and mix.ok:
         dist = disagreement(spec.total, mix.total)
-        if dist is not None and dist > DISAGREE_SIGMA:
+        if dist is None and spec.extra_nomatch and mix.extra_nomatch:
+            # without ALLWISE-Gaia pairs both totals are their detection legs (the other leg
+            # is 0 with unknown errors): compare those
+            dist = disagreement(spec.components[1], mix.components[1])
+        if dist is None:
+            logger.info("DISAGREE not evaluated: a covariance is unknown or singular")
+        elif dist > DISAGREE_SIGMA:
             disagree_reason = (
                 f"spec ({spec.total.d_xi:.3f}, {spec.total.d_eta:.3f})\" vs mixture "
                 f"({mix.total.d_xi:.3f}, {mix.total.d_eta:.3f})\" differ by {dist:.1f} sigma "
@@ -789,10 +817,11 @@ def _log_spec(fit: xfmfit.StackFit):
                            r.n_dropped)
     for note in fit.notes:
         logger.warning("%s", note)
-    if leg.fit is not None and leg.fit.error_source == "formal" and leg.n_used >= 5:
-        logger.warning("the residual scatter of the %d pairs is implausibly small for their stated "
-                       "errors (identical or duplicated offsets?); the reported errors are the "
-                       "formal ones from the stated errors", leg.n_used)
+    if leg.fit is not None and leg.fit.implausible:
+        logger.warning("the residual scatter of the %d pairs (%d detections) is implausibly "
+                       "small for their stated errors (identical or duplicated offsets?); the "
+                       "reported errors are the formal ones from the stated errors",
+                       leg.n_used, leg.fit.n_clusters)
     if leg.fit is not None and leg.fit.at_bound:
         logger.warning("the fitted shift sits on the max_shift bound")
 
