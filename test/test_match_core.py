@@ -360,6 +360,8 @@ def test_wise_without_best_neighbours_is_error():
         ({"method": "fancy"}, "method must be one of"),
         ({"max_pm_masyr": -1.0}, "max_pm must be positive"),
         ({"match_radius_arcsec": float("nan")}, "match_radius must be positive"),
+        # pi r^2 underflowed to 0 and the density divided by it (ZeroDivisionError)
+        ({"r_stack_arcmin": 1e-300}, "r_stack must be positive"),
     ],
 )
 def test_config_errors(kwargs, message):
@@ -391,3 +393,25 @@ def test_speed_is_not_all_pairs():
     # expected pairs: 3000 * 100000 / 1200^2 * pi * 9 ~ 5890
     assert 5000 < len(di) < 6800
     assert np.all(sep <= 3.0)
+
+
+def test_cc_flags_empty():
+    """Zero ALLWISE rows: np.char.replace on a zero-length array crashed."""
+    for empty in (np.array([], dtype=str), np.array([], dtype="S4"), np.array([], dtype=object)):
+        out = clean_cc_flags(empty)
+        assert out.dtype == bool and out.shape == (0,)
+
+
+def test_zero_row_wise_and_best_neighbours():
+    ra0, dec0, det, gaia, wise, bn = _wise_stack()
+    empty_wise = make_wise([], [])
+    empty_bn = BestNeighbours(source_id=np.array([], dtype=np.int64),
+                              allwise_oid=np.array([], dtype=np.int64))
+    for w, b in ((empty_wise, bn), (wise, empty_bn), (empty_wise, empty_bn)):
+        res = match_stack(det, gaia, MatchConfig(ra0, dec0, r_stack_arcmin=12.0),
+                          wise=w, best_neighbours=b)
+        assert len(res.wise_gaia) == 0
+        assert res.n_match_gaia == 2
+        if len(w) == 0:
+            assert res.n_match_wise == 0 and res.density_wise == 0.0
+            assert res.method == "direct"

@@ -612,3 +612,405 @@ def test_help_lists_parameters(capsys):
     out = capsys.readouterr().out
     for name in ("detfile", "gaiafile", "outfile", "wisefile", "bestnbfile", "sep_bins", "method"):
         assert name in out
+
+
+# ------------------------------------------------- review fixes (defects FM)
+
+
+def _md5(path):
+    import hashlib
+
+    return hashlib.md5(Path(path).read_bytes()).hexdigest()
+
+
+def _all_inputs(tmp_path):
+    """det, gaia, wise and best-neighbour FITS files of one two-step-capable stack."""
+    ra0, dec0 = 150.0, 2.0
+    det, xi, eta = det_table(ra0, dec0)
+    gaia = gaia_table(ra0, dec0, xi, eta, n_match=10, n_field=50)
+    w, bn = wise_tables(ra0, dec0, xi, eta, gaia, n_match=35)
+    return {
+        "detfile": write_fits_table(det, tmp_path / "det.fits", extname="DETECTIONS"),
+        "gaiafile": write_fits_table(gaia, tmp_path / "gaia.fits", extname="GAIA"),
+        "wisefile": write_fits_table(w, tmp_path / "wise.fits", extname="ALLWISE"),
+        "bestnbfile": write_fits_table(bn, tmp_path / "bn.fits", extname="BESTNB"),
+    }
+
+
+def _args(files, outfile, *extra):
+    return [files["detfile"], files["gaiafile"], outfile, f"wisefile={files['wisefile']}",
+            f"bestnbfile={files['bestnbfile']}", *extra]
+
+
+@pytest.mark.parametrize("clobber", ["yes", "no"])
+@pytest.mark.parametrize("which", ["detfile", "gaiafile", "wisefile", "bestnbfile"])
+def test_error_outfile_is_an_input(tmp_path, capsys, which, clobber):
+    """outfile naming an input is refused before any work, clobber or not (it destroyed it)."""
+    files = _all_inputs(tmp_path)
+    before = {k: _md5(v) for k, v in files.items()}
+    status, _, err = run(_args(files, files[which], f"clobber={clobber}"), capsys)
+    assert_error(status, err, f"outfile={files[which]} is also {which}; choose another output name")
+    assert {k: _md5(v) for k, v in files.items()} == before
+
+
+@pytest.mark.parametrize("how", ["block", "relative", "symlink", "link_to_output", "hardlink"])
+def test_error_outfile_is_an_input_other_spellings(tmp_path, capsys, monkeypatch, how):
+    """The same file named through a [block], a relative path, a symlink or a hard link."""
+    files = _all_inputs(tmp_path)
+    gaia = files["gaiafile"]
+    before = _md5(gaia)
+    outfile = gaia
+    if how == "block":
+        files["gaiafile"] = f"{gaia}[GAIA]"
+    elif how == "relative":
+        (tmp_path / "sub").mkdir()
+        monkeypatch.chdir(tmp_path / "sub")
+        outfile = "../gaia.fits"
+    elif how == "symlink":
+        outfile = tmp_path / "alias.fits"
+        outfile.symlink_to(gaia)
+    elif how == "link_to_output":  # the input is a symlink to the output's name
+        files["gaiafile"] = str(tmp_path / "alias.fits")
+        Path(files["gaiafile"]).symlink_to(gaia)
+    elif how == "hardlink":
+        outfile = tmp_path / "hard.fits"
+        os.link(gaia, outfile)
+    status, _, err = run(_args(files, outfile, "clobber=yes"), capsys)
+    assert_error(status, err, f"outfile={outfile} is also gaiafile; choose another output name")
+    assert _md5(gaia) == before
+
+
+def test_outfile_beside_inputs_is_fine(tmp_path, capsys):
+    """The check does not refuse an output that merely resembles an input's name."""
+    files = _all_inputs(tmp_path)
+    status, _, err = run(_args(files, tmp_path / "det.fits.out", "clobber=yes"), capsys)
+    assert status == 0, err
+
+
+@pytest.mark.parametrize("name", ["r_stack", "match_radius", "max_pm"])
+def test_error_indef_numeric_parameter(tmp_path, capsys, name):
+    """INDEF for a numeric setting that has no 'unset' meaning is a user error, not a crash."""
+    det_path, gaia_path, _, _ = standard_inputs(tmp_path)
+    status, _, err = run([det_path, gaia_path, tmp_path / "o.fits", f"{name}=INDEF"], capsys)
+    assert_error(status, err, f"{name} must be a number, not INDEF")
+    assert not (tmp_path / "o.fits").exists()
+
+
+def test_indef_tangent_point_still_means_from_detfile(tmp_path, capsys):
+    det_path, gaia_path, _, _ = standard_inputs(tmp_path)
+    status, _, err = run([det_path, gaia_path, tmp_path / "o.fits", "ra_stack=INDEF",
+                          "dec_stack=INDEF"], capsys)
+    assert status == 0, err
+    assert fits.getval(tmp_path / "o.fits", "RA_STACK") == 150.0
+
+
+@pytest.mark.parametrize("fmt", ["fits", "csv", "ecsv", "vot"])
+@pytest.mark.parametrize("empty", ["wisefile", "bestnbfile", "gaiafile", "wisefile+bestnbfile"])
+def test_zero_row_reference_tables(tmp_path, capsys, empty, fmt):
+    """A reference table with the right columns and no rows is zero sources: a normal run."""
+    ra0, dec0 = 150.0, 2.0
+    det, xi, eta = det_table(ra0, dec0)
+    tables = {"gaiafile": gaia_table(ra0, dec0, xi, eta, n_match=10, n_field=50)}
+    tables["wisefile"], tables["bestnbfile"] = wise_tables(ra0, dec0, xi, eta, tables["gaiafile"])
+    paths = {"detfile": write_fits_table(det, tmp_path / "det.fits")}
+    for name, table in tables.items():
+        if name in empty.split("+"):
+            table = table[:0]
+        path = tmp_path / f"{name}.{fmt}"
+        if fmt == "fits":
+            write_fits_table(table, path)
+        else:
+            table.write(path, format="votable" if fmt == "vot" else f"ascii.{fmt}")
+        paths[name] = str(path)
+    out = tmp_path / "o.fits"
+    status, _, err = run(_args(paths, out), capsys)
+    assert status == 0, err
+    assert "Traceback" not in err
+    hdr = fits.getheader(out)
+    n = {"gaiafile": "NGAIAIN", "wisefile": "NWISEIN", "bestnbfile": "NBNIN"}
+    for name, key in n.items():
+        assert hdr[key] == (0 if name in empty.split("+") else len(tables[name])), key
+    if "wisefile" in empty:
+        assert hdr["NMWISE"] == 0 and hdr["DENSWISE"] == 0.0
+        assert len(fits.getdata(out, "WISE_PAIRS")) == 0
+    if "bestnbfile" in empty or "wisefile" in empty:
+        assert hdr["NWGPAIRS"] == 0
+    if empty == "gaiafile":
+        assert hdr["NMGAIA"] == 0 and hdr["METHOD"] == "twostep"
+    assert hdr["HAVEWISE"] is True
+
+
+def test_zero_row_detfile_with_stack_column(tmp_path, capsys):
+    """A detfile with a detect_stack_id column but no rows: zero detections, not a crash."""
+    det, xi, eta = det_table()
+    paths = [write_fits_table(det[:0], tmp_path / "d.fits"),
+             write_fits_table(gaia_table(150.0, 2.0, xi, eta), tmp_path / "g.fits")]
+    out = tmp_path / "o.fits"
+    # no tangent point anywhere: the error says the file has no rows, not "no columns"
+    status, _, err = run(paths + [out], capsys)
+    assert_error(status, err, "no tangent point", "d.fits", "no rows")
+    assert "has no ra_stack/dec_stack columns" not in err
+    # given the tangent point and the stack, the stack has zero detections: METHOD none
+    status, _, err = run(paths + [out, "ra_stack=150", "dec_stack=2", f"stackid={STACK}"], capsys)
+    assert status == 0, err
+    assert "no rows" in err
+    hdr = fits.getheader(out)
+    assert hdr["METHOD"] == "none" and hdr["NDETIN"] == 0 and hdr["STACKID"] == STACK
+
+
+def test_error_gaia_id_too_large(tmp_path, capsys):
+    det, xi, eta = det_table()
+    gaia = gaia_table(150.0, 2.0, xi, eta, upper=False)
+    gaia["source_id"] = gaia["source_id"].astype("U25")
+    gaia["source_id"][3] = "99999999999999999999999"
+    paths = [write_fits_table(det, tmp_path / "d.fits"), write_fits_table(gaia, tmp_path / "g.fits")]
+    status, _, err = run(paths + [tmp_path / "o.fits"], capsys)
+    assert_error(status, err, "source_id", "64-bit")
+
+
+@pytest.mark.parametrize("dtype", ["float", "uint64"])
+def test_error_ids_out_of_int64_range(tmp_path, capsys, dtype):
+    """Ids that do not fit int64 are refused, not wrapped into wrong (or repeated) ids."""
+    det, xi, eta = det_table()
+    gaia = gaia_table(150.0, 2.0, xi, eta, upper=False)
+    if dtype == "float":
+        gaia["source_id"] = np.arange(len(gaia), dtype=float) * 1e20
+    else:
+        gaia["source_id"] = np.arange(len(gaia), dtype=np.uint64) + np.uint64(2**63)
+    paths = [write_fits_table(det, tmp_path / "d.fits"), write_fits_table(gaia, tmp_path / "g.fits")]
+    status, _, err = run(paths + [tmp_path / "o.fits"], capsys)
+    assert_error(status, err, "source_id", "64-bit")
+
+
+def test_error_region_id_beyond_int32(tmp_path, capsys):
+    """region_id is int32 in the output (formats.md): larger ids were silently wrapped."""
+    det, xi, eta = det_table()
+    det["region_id"] = np.arange(len(det), dtype=np.int64) + 2**32 + 1
+    paths = [write_fits_table(det, tmp_path / "d.fits"),
+             write_fits_table(gaia_table(150.0, 2.0, xi, eta), tmp_path / "g.fits")]
+    status, _, err = run(paths + [tmp_path / "o.fits"], capsys)
+    assert_error(status, err, "region_id", "32-bit")
+    assert not (tmp_path / "o.fits").exists()
+
+
+def test_error_tangent_keyword_logical(tmp_path, capsys):
+    det, xi, eta = det_table(columns=False)
+    hdu = fits.table_to_hdu(det)
+    hdu.header["RA_STACK"] = True
+    hdu.header["DTYPE7"] = "DEC_STACK"
+    hdu.header["DVAL7"] = 2.0
+    path = tmp_path / "d.fits"
+    fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(path)
+    gaia_path = write_fits_table(gaia_table(150.0, 2.0, xi, eta), tmp_path / "g.fits")
+    status, _, err = run([path, gaia_path, tmp_path / "o.fits"], capsys)
+    assert_error(status, err, "RA_STACK/DEC_STACK keywords are not numbers")
+
+
+def test_duplicate_best_neighbour_rows(tmp_path, capsys):
+    """Repeated identical best-neighbour rows count as one association (no crash, same pairs)."""
+    from astropy.table import vstack
+
+    files = _all_inputs(tmp_path)
+    status, _, err = run(_args(files, tmp_path / "a.fits"), capsys)
+    assert status == 0, err
+    bn = Table.read(files["bestnbfile"])
+    files["bestnbfile"] = write_fits_table(vstack([bn, bn]), tmp_path / "bn2.fits")
+    status, _, err = run(_args(files, tmp_path / "b.fits"), capsys)
+    assert status == 0, err
+    assert fits.getval(tmp_path / "b.fits", "NBNMULTI") == 0
+    a, b = fits.getdata(tmp_path / "a.fits", "WISE_GAIA"), fits.getdata(tmp_path / "b.fits",
+                                                                           "WISE_GAIA")
+    assert len(a) == len(b) > 0
+    assert np.array_equal(a["wise_id"], b["wise_id"])
+
+
+# ------------------------------------------------ the help page's examples run
+
+
+SAMPLE = REPO / "share" / "sample"
+SAMPLE_STACK = "acisfJ1236480p621200_001"
+
+
+def _help_examples():
+    """{number: shell text} of the EXAMPLES section of share/doc/stk_match.txt."""
+    import re
+    import textwrap
+
+    text = (REPO / "share" / "doc" / "stk_match.txt").read_text()
+    section = text.split("\nEXAMPLES\n", 1)[1].split("\nCAVEATS", 1)[0]
+    examples = {}
+    for chunk in re.split(r"\n    (?=\d+\. )", "\n" + section)[1:]:
+        number = int(chunk.split(".", 1)[0])
+        lines = chunk.splitlines()[1:]
+        body = [ln for ln in lines if ln.startswith("        ") or not ln.strip()]
+        first = next(i for i, ln in enumerate(body) if ln.strip())
+        examples[number] = textwrap.dedent("\n".join(body[first:])).strip() + "\n"
+    return examples
+
+
+def _tool_path(tmp_path):
+    """A bin folder with the tools (this checkout) and python, for shell scripts."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    for tool in ("stk_match", "stk_xfm", "stk_update_wcs"):
+        script = bindir / tool
+        script.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{REPO / "bin" / tool}" "$@"\n')
+        script.chmod(0o755)
+    (bindir / "python").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    (bindir / "python").chmod(0o755)
+    env = dict(os.environ)
+    env["PATH"] = f"{bindir}{os.pathsep}{env['PATH']}"
+    env["PYTHONPATH"] = str(REPO / "lib") + os.pathsep + env.get("PYTHONPATH", "")
+    (tmp_path / "pfiles").mkdir()
+    env["PFILES"] = f"{tmp_path / 'pfiles'};{REPO / 'param'}"
+    return env
+
+
+def _sh(script, cwd, env):
+    proc = subprocess.run(["sh", "-c", script], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=300, check=False, stdin=subprocess.DEVNULL)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return proc
+
+
+def test_help_examples_1_to_3_and_5_run(tmp_path):
+    import shutil
+
+    env = _tool_path(tmp_path)
+    ex = _help_examples()
+    assert sorted(ex) == [1, 2, 3, 4, 5]
+    src = {k: SAMPLE / f"{SAMPLE_STACK}_{k}.fits" for k in ("det", "gaia", "allwise", "bestnb")}
+    shutil.copy(src["det"], tmp_path / "det.fits")
+    shutil.copy(src["gaia"], tmp_path / "gaia.fits")
+    # example 2: several stacks in one block STACKDET, a Gaia VOTable, a CSV best-neighbour table
+    want = "acisfJ1115042m611530_001"
+    det = Table.read(src["det"])
+    other = det.copy()
+    det["detect_stack_id"] = want
+    other["detect_stack_id"] = "acisfJ0000000p000000_001"
+    from astropy.table import vstack
+
+    write_fits_table(vstack([det, other]), tmp_path / "csc_dets.fits", extname="STACKDET")
+    Table.read(src["gaia"]).write(tmp_path / "gaia_cone.vot", format="votable")
+    shutil.copy(src["allwise"], tmp_path / "allwise.fits")
+    Table.read(src["bestnb"]).write(tmp_path / "gaia_allwise_bn.csv")
+
+    for number in (1, 2, 3):
+        proc = _sh(ex[number], tmp_path, env)
+        assert proc.returncode == 0, (number, ex[number], proc.stderr)
+        assert fits.getval(tmp_path / "pairs.fits", "CONTENT") == "STKPAIRS"
+        if number == 2:
+            assert fits.getval(tmp_path / "pairs.fits", "STACKID") == want
+            assert fits.getval(tmp_path / "pairs.fits", "HAVEWISE") is True
+        (tmp_path / "pairs.fits").rename(tmp_path / f"pairs{number}.fits")
+    (tmp_path / "pairs2.fits").rename(tmp_path / "pairs.fits")
+    python_lines = "".join(ln for ln in ex[5].replace("\\\n", "").splitlines(True)
+                           if ln.startswith("python"))
+    proc = _sh(python_lines, tmp_path, env)
+    assert proc.returncode == 0, proc.stderr
+    assert "region_id" in proc.stdout and "group" in proc.stdout
+
+
+def test_help_example_4_batch_chain_runs(tmp_path):
+    """The batch chain of the help page runs as written (it called stk_update_wcs without
+    its required outdir, so the first stack stopped the script)."""
+    import shutil
+
+    env = _tool_path(tmp_path)
+    script = _help_examples()[4]
+    work = tmp_path / "work" / SAMPLE_STACK
+    work.mkdir(parents=True)
+    for name, kind in (("det", "det"), ("gaia", "gaia"), ("wise", "allwise"), ("bn", "bestnb")):
+        shutil.copy(SAMPLE / f"{SAMPLE_STACK}_{kind}.fits", work / f"{name}.fits")
+    shutil.copytree(SAMPLE / "products", tmp_path / "products" / SAMPLE_STACK)
+    (tmp_path / "stacks.lis").write_text(SAMPLE_STACK + "\n")
+    evt = next((tmp_path / "products" / SAMPLE_STACK).rglob("*evt3.fits"))
+    proc = _sh(script, tmp_path, env)
+    assert proc.returncode == 0, proc.stderr
+    method = fits.getval(work / "pairs.fits", "METHOD")
+    assert proc.stdout.split() == [SAMPLE_STACK, method]
+    with fits.open(work / "xfm.fits") as hdul:
+        assert "STKXFM" in [h.name for h in hdul]
+    # the products were updated in place
+    with fits.open(evt) as hdul:
+        assert any("stk_update_wcs" in str(c) for h in hdul for c in h.header.get("HISTORY", []))
+
+
+@pytest.mark.parametrize("where", ["outfile", "detfile"])
+def test_symlink_loop_is_not_a_crash(tmp_path, capsys, where):
+    """A symbolic-link loop as outfile or input: no traceback from the outfile-vs-input check."""
+    det_path, gaia_path, _, _ = standard_inputs(tmp_path)
+    (tmp_path / "loop1").symlink_to(tmp_path / "loop2")
+    (tmp_path / "loop2").symlink_to(tmp_path / "loop1")
+    args = [det_path, gaia_path, tmp_path / "o.fits", "clobber=yes"]
+    args[0 if where == "detfile" else 2] = tmp_path / "loop1"
+    status, _, err = run(args, capsys)
+    assert "Traceback" not in err
+    if where == "detfile":
+        assert_error(status, err, "detfile")
+    else:
+        assert status == 0, err
+
+
+@pytest.mark.parametrize("source", ["parameter", "column", "tab"])
+def test_error_stack_id_not_printable_ascii(tmp_path, capsys, source):
+    """A stack id FITS cannot hold (STACKID keyword) is refused before any work, not a
+    traceback at the end."""
+    det, xi, eta = det_table()
+    gaia_path = write_fits_table(gaia_table(150.0, 2.0, xi, eta), tmp_path / "g.fits")
+    out = tmp_path / "o.fits"
+    if source == "column":
+        det["detect_stack_id"] = ["acisf\u00e9_001"] * len(det)
+        det.write(tmp_path / "d.ecsv")
+        status, _, err = run([tmp_path / "d.ecsv", gaia_path, out], capsys)
+        assert_error(status, err, "detect_stack_id", "printable ASCII")
+    else:
+        det.remove_column("detect_stack_id")
+        det_path = write_fits_table(det, tmp_path / "d.fits")
+        value = "acisf\u00e9_001" if source == "parameter" else "a\tb"
+        status, _, err = run([det_path, gaia_path, out, f"stackid={value}"], capsys)
+        assert_error(status, err, "stackid=", "printable ASCII")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("which", ["detfile", "gaiafile", "wisefile", "bestnbfile"])
+def test_error_zero_column_table(tmp_path, capsys, which):
+    """A table HDU without columns: the missing required column is named (no traceback)."""
+    files = _all_inputs(tmp_path)
+    empty = fits.BinTableHDU.from_columns(fits.ColDefs([]), name="EMPTY")
+    fits.HDUList([fits.PrimaryHDU(), empty]).writeto(tmp_path / "nocol.fits")
+    files[which] = str(tmp_path / "nocol.fits")
+    status, _, err = run(_args(files, tmp_path / "o.fits"), capsys)
+    assert_error(status, err, "nocol.fits[EMPTY]", "required column")
+
+
+@pytest.mark.parametrize("fmt", ["fits", "csv"])
+def test_error_non_numeric_ra(tmp_path, capsys, fmt):
+    det, xi, eta = det_table()
+    gaia = gaia_table(150.0, 2.0, xi, eta, upper=False)
+    gaia["ra"] = gaia["ra"].astype("U24")
+    gaia["ra"][7] = "12h30m"
+    gpath = tmp_path / f"g.{fmt}"
+    if fmt == "fits":
+        write_fits_table(gaia, gpath)
+    else:
+        gaia.write(gpath)
+    status, _, err = run([write_fits_table(det, tmp_path / "d.fits"), gpath, tmp_path / "o.fits"],
+                         capsys)
+    assert_error(status, err, "column 'ra' is not numeric")
+
+
+def test_error_float_ids_beyond_exact_range(tmp_path, capsys):
+    """Gaia ids (~4e18) stored as floats are rounded (distinct sources merged): refused."""
+    det, xi, eta = det_table()
+    gaia = gaia_table(150.0, 2.0, xi, eta, upper=False)
+    gaia["source_id"] = gaia["source_id"].astype(float)
+    paths = [write_fits_table(det, tmp_path / "d.fits"), write_fits_table(gaia, tmp_path / "g.fits")]
+    status, _, err = run(paths + [tmp_path / "o.fits"], capsys)
+    assert_error(status, err, "source_id", "floating point")
+    # small ids as floats (e.g. region_id 1.0, 2.0 from a CSV) are still fine
+    det["region_id"] = det["region_id"].astype(float)
+    gaia = gaia_table(150.0, 2.0, xi, eta, upper=False)
+    paths = [write_fits_table(det, tmp_path / "d.fits"), write_fits_table(gaia, tmp_path / "g.fits")]
+    status, _, err = run(paths + [tmp_path / "o.fits"], capsys)
+    assert status == 0, err

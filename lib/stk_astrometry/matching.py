@@ -108,8 +108,12 @@ class MatchConfig:
             raise ParameterError(f"ra_stack must be within [0, 360] deg, got {self.ra_stack_deg}")
         if not (np.isfinite(self.dec_stack_deg) and -90.0 <= self.dec_stack_deg <= 90.0):
             raise ParameterError(f"dec_stack must be within [-90, 90] deg, got {self.dec_stack_deg}")
-        if not (np.isfinite(self.r_stack_arcmin) and self.r_stack_arcmin > 0):
-            raise ParameterError(f"r_stack must be positive, got {self.r_stack_arcmin}")
+        # pi r^2 must be > 0 too: the densities divide by it (r = 1e-300 underflows)
+        if not (np.isfinite(self.r_stack_arcmin) and self.r_stack_arcmin > 0
+                and np.pi * self.r_stack_arcmin**2 > 0):
+            raise ParameterError(
+                f"r_stack must be positive, with a non-zero cone area, got {self.r_stack_arcmin}"
+            )
         if not (np.isfinite(self.match_radius_arcsec) and self.match_radius_arcsec > 0):
             raise ParameterError(
                 f"match_radius must be positive, got {self.match_radius_arcsec}"
@@ -567,7 +571,10 @@ def clean_cc_flags(cc_flags):
     ``'0'`` from a reader that turned the flags into the integer 0.  Anything
     else (``'d000'``, ``'00h0'``, blank, null) is not clean.
     """
-    flags = np.char.strip(np.asarray(cc_flags, dtype=str))
+    flags = np.asarray(cc_flags, dtype=str)
+    if flags.size == 0:  # np.char.replace cannot size its output for zero rows
+        return np.zeros(flags.shape, dtype=bool)
+    flags = np.char.strip(flags)
     zeros = np.char.replace(flags, "0", "")
     return (np.char.str_len(flags) > 0) & (np.char.str_len(zeros) == 0)
 

@@ -55,6 +55,12 @@ BN_REQUIRED = ("source_id", "allwise_oid")
 #: Tangent points from the columns of one stack must agree to this (deg).
 TANGENT_TOLERANCE_DEG = 1e-6
 
+#: Input-file parameters; outfile may name none of them.
+INPUT_PARAMS = ("detfile", "gaiafile", "wisefile", "bestnbfile")
+
+#: Real parameters for which INDEF means nothing (ra_stack/dec_stack INDEF: from detfile).
+NUMBERS_NOT_INDEF = ("r_stack", "match_radius", "max_pm")
+
 
 def main(argv=None) -> int:
     """Run stk_match; return the exit status."""
@@ -84,6 +90,44 @@ def parse_sep_bins(text):
 
 def _blank(value):
     return value is None or str(value).strip() == ""
+
+
+def _fits_text(value):
+    """True if ``value`` can be a FITS keyword value (printable ASCII)."""
+    return value.isascii() and value.isprintable()
+
+
+def check_outfile_not_input(params, outfile):
+    """Refuse an outfile that is one of the input files (it would be overwritten).
+
+    Compares the file part of each input (without its ``[block]``) with
+    outfile after resolving relative paths and symbolic links, and by
+    device/inode when both exist (hard links).
+
+    Raises
+    ------
+    ParameterError
+        ``outfile=X is also gaiafile; choose another output name``.
+    """
+    import os
+    from pathlib import Path
+
+    from stk_astrometry.tableio import parse_virtual_filename
+
+    out = Path(outfile)
+    out_real = os.path.realpath(out)  # never raises, even on a symbolic-link loop
+    for name in INPUT_PARAMS:
+        if _blank(params[name]):
+            continue
+        path = Path(parse_virtual_filename(params[name])[0])
+        same = os.path.realpath(path) == out_real
+        if not same and out.exists() and path.exists():
+            try:
+                same = os.path.samefile(path, out)
+            except OSError:
+                same = False
+        if same:
+            raise ParameterError(f"outfile={outfile} is also {name}; choose another output name")
 
 
 # --------------------------------------------------------------------------
@@ -125,16 +169,30 @@ def _ints(tin, colname):
             f"(first at row {int(np.flatnonzero(mask)[0]) + 1})"
         )
     raw = np.asarray(np.ma.getdata(data))
+    too_large = CatalogError(
+        f"{tin.hdu}: column '{colname}' holds ids that do not fit a 64-bit integer"
+    )
+    if raw.dtype.kind == "u" and raw.size and raw.max() > np.iinfo(np.int64).max:
+        raise too_large
     if raw.dtype.kind in "iub":
         return raw.astype(np.int64)
     if raw.dtype.kind == "f":
         if not np.all(np.isfinite(raw)) or np.any(raw != np.round(raw)):
             raise CatalogError(f"{tin.hdu}: column '{colname}' holds non-integer ids")
+        if np.any(np.abs(raw) >= 2.0**63):
+            raise too_large
+        if np.any(np.abs(raw) > 2.0**53):  # e.g. Gaia source_id: rounded, ids merged
+            raise CatalogError(
+                f"{tin.hdu}: column '{colname}' holds ids beyond 2**53 as floating point "
+                "numbers, which cannot hold them exactly; store the ids as integers"
+            )
         return raw.astype(np.int64)
     try:
         return np.array([int(str(v).strip()) for v in _decode(raw)], dtype=np.int64)
     except ValueError:
         raise CatalogError(f"{tin.hdu}: column '{colname}' holds non-integer ids") from None
+    except OverflowError:
+        raise too_large from None
 
 
 def _decode(raw):
@@ -227,7 +285,7 @@ def select_stack(stack_ids, requested):
     if not _blank(requested):
         want = str(requested).strip()
         rows = stack_ids == want
-        if not np.any(rows):
+        if not np.any(rows) and len(stack_ids):
             shown = ", ".join(present[:20]) + (" ..." if len(present) > 20 else "")
             raise CatalogError(
                 f"stackid={want} is not in detfile (it holds {len(present)} stack(s): {shown})"
@@ -283,15 +341,22 @@ def find_tangent_point(params, tin, cols, rows):
     ra_h = _header_value(tin.header, "RA_STACK")
     dec_h = _header_value(tin.header, "DEC_STACK")
     if ra_h is not None and dec_h is not None:
+        not_numbers = CatalogError(
+            f"{tin.hdu}: RA_STACK/DEC_STACK keywords are not numbers: {ra_h!r}, {dec_h!r}"
+        )
+        if isinstance(ra_h, (bool, np.bool_)) or isinstance(dec_h, (bool, np.bool_)):
+            raise not_numbers
         try:
             return float(ra_h), float(dec_h), f"{tin.hdu} header"
         except (TypeError, ValueError):
-            raise CatalogError(
-                f"{tin.hdu}: RA_STACK/DEC_STACK keywords are not numbers: {ra_h!r}, {dec_h!r}"
-            ) from None
+            raise not_numbers from None
+    if cols["ra_stack"] and cols["dec_stack"]:
+        where = f"{tin.hdu} has no rows to read its ra_stack/dec_stack columns from"
+    else:
+        where = f"{tin.hdu} has no ra_stack/dec_stack columns"
     raise CatalogError(
-        f"no tangent point: {tin.hdu} has no ra_stack/dec_stack columns and no "
-        "RA_STACK/DEC_STACK keywords; set the ra_stack and dec_stack parameters"
+        f"no tangent point: {where} and no RA_STACK/DEC_STACK keywords; "
+        "set the ra_stack and dec_stack parameters"
     )
 
 
@@ -329,8 +394,15 @@ def read_detections(params, tin):
 
     cols = require_columns(tin, DET_REQUIRED, aliases=DET_ALIASES, optional=DET_OPTIONAL)
     n_rows = len(tin.table)
+    if n_rows == 0:
+        logger.warning("%s has no rows: the stack has no detections", tin.hdu)
     if cols["detect_stack_id"]:
         stackid, rows = select_stack(_strings(tin, cols["detect_stack_id"]), params["stackid"])
+        if not _fits_text(stackid):
+            raise CatalogError(
+                f"{tin.hdu}: detect_stack_id {stackid!r} is not printable ASCII "
+                "(the STACKID keyword of the output cannot hold it)"
+            )
         n_other = int(np.count_nonzero(~rows))
         if n_other:
             logger.info("%s: %d row(s) of other stacks ignored", tin.hdu, n_other)
@@ -347,6 +419,13 @@ def read_detections(params, tin):
                            tin.hdu)
 
     region_id = _ints(tin, cols["region_id"])[rows]
+    int32 = np.iinfo(np.int32)
+    outside = (region_id < int32.min) | (region_id > int32.max)
+    if np.any(outside):
+        raise CatalogError(
+            f"{tin.hdu}: region_id {int(region_id[outside][0])} does not fit the 32-bit "
+            f"region_id of the output (formats.md); {int(np.count_nonzero(outside))} such row(s)"
+        )
     values, counts = np.unique(region_id, return_counts=True)
     if np.any(counts > 1):
         dups = values[counts > 1]
@@ -615,16 +694,25 @@ def _body(params):
         if _blank(params[name]):
             raise ParameterError(f"{name} is blank")
     outfile = str(params["outfile"]).strip()
+    check_outfile_not_input(params, outfile)
     check_clobber(outfile, params["clobber"])
     have_wise = not _blank(params["wisefile"])
     if have_wise != (not _blank(params["bestnbfile"])):
         raise ParameterError(
             "wisefile and bestnbfile go together: give both (two-step path) or neither (Gaia only)"
         )
+    if not _blank(params["stackid"]) and not _fits_text(str(params["stackid"]).strip()):
+        raise ParameterError(
+            f"stackid={params['stackid']!r} is not printable ASCII "
+            "(the STACKID keyword of the output cannot hold it)"
+        )
     method = str(params["method"]).strip().lower()
     if method == "twostep" and not have_wise:
         raise ParameterError("method=twostep needs the ALLWISE inputs: set wisefile and bestnbfile")
     # Validate the numeric settings before reading any file (tangent point later).
+    for name in NUMBERS_NOT_INDEF:
+        if params[name] is None:
+            raise ParameterError(f"{name} must be a number, not INDEF")
     config = matching.MatchConfig(
         0.0, 0.0,
         r_stack_arcmin=float(params["r_stack"]),
