@@ -142,7 +142,7 @@ def atomic_path(path):
         raise
 
 
-def write_fits(hdul, path, params, *, clobber):
+def write_fits(hdul, path, params, *, clobber, shown_as=None):
     """Stamp every HDU of ``hdul`` and write it atomically to ``path``.
 
     Each HDU gets CREATOR, DATE, the CIAO HISTORY records of this run and
@@ -157,6 +157,9 @@ def write_fits(hdul, path, params, *, clobber):
     params : ParameterSet
         The tool's resolved parameters (tool name and values for HISTORY).
     clobber : bool
+    shown_as : str or Path, optional
+        The name to report (for a file written into a folder that is renamed
+        into place afterwards); default ``path``.
     """
     check_clobber(path, clobber)
     when = utc_now()
@@ -167,7 +170,7 @@ def write_fits(hdul, path, params, *, clobber):
             hdul.writeto(tmp, overwrite=True, checksum=True)
     except OSError as exc:
         raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from exc
-    logger.info("Wrote %s", path)
+    logger.info("Wrote %s", path if shown_as is None else shown_as)
 
 
 # --------------------------------------------------------------------------- HISTORY

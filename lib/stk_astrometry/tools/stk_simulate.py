@@ -136,8 +136,12 @@ def table_hdul(table, extname):
     return fits.HDUList([primary, hdu])
 
 
-def write_stack(sim, folder, params):
-    """Write the five tables of ``sim`` into ``folder``; return {key: path}."""
+def write_stack(sim, folder, params, *, shown_folder=None):
+    """Write the five tables of ``sim`` into ``folder``; return {key: path}.
+
+    ``shown_folder``: the folder to name in the log when ``folder`` is a temporary
+    one renamed into place afterwards.
+    """
     from ..fitsutil import write_fits
     from ..simulate import catalog_tables
 
@@ -146,7 +150,8 @@ def write_stack(sim, folder, params):
     paths = {}
     for key, (_, extname) in _TABLE_FILES.items():
         path = Path(folder) / names[key]
-        write_fits(table_hdul(tables[key], extname), path, params, clobber=True)
+        shown = Path(shown_folder) / names[key] if shown_folder is not None else None
+        write_fits(table_hdul(tables[key], extname), path, params, clobber=True, shown_as=shown)
         paths[key] = path
     return paths
 
@@ -238,7 +243,7 @@ def _body(params):
     parent = out.parent if str(out.parent) else Path(".")
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=parent))
     try:
-        write_stack(sim, tmp, params)
+        write_stack(sim, tmp, params, shown_folder=out)
         if params["products"]:
             paths = write_products(sim, tmp / "products", rng=np.random.default_rng(prod_seq))
             logger.info("Wrote %d data products under %s", len(paths), out / "products")
