@@ -255,9 +255,9 @@ def test_record_force_and_unrecord():
     other = wcsupdate.Transform.from_shift(0.1, 0.1, RA0, DEC0)
     wcsupdate.record_transform(h, other, hdu_label="t")
     wcsupdate.record_transform(h, XFM, hdu_label="t")
-    assert h["STKXFMID"] == XFM.xfm_id and h["STKPVID"] == other.xfm_id
+    assert h["STKXFMID"] == XFM.xfm_id and h["STKPV1ID"] == other.xfm_id
     wcsupdate.unrecord_transform(h, hdu_label="t")
-    assert h["STKXFMID"] == other.xfm_id and "STKPVID" not in h
+    assert h["STKXFMID"] == other.xfm_id and "STKPV1ID" not in h
     wcsupdate.unrecord_transform(h, hdu_label="t")
     assert not any(k in h for k in wcsupdate.RECORD_KEYS)
 
@@ -310,3 +310,78 @@ def test_scan_rejects_truncated(tmp_path):
     (tmp_path / "t.fits").write_bytes(raw[:-2880])
     with pytest.raises(fitsedit.FormatError, match="truncated"):
         fitsedit.scan_fits(tmp_path / "t.fits")
+
+
+def test_record_stack_of_forced_transforms():
+    h = fits.Header()
+    xs = [wcsupdate.Transform.from_shift(0.1 * i, -0.1 * i, RA0, DEC0) for i in range(1, 5)]
+    for x in xs:
+        wcsupdate.record_transform(h, x, hdu_label="t")
+    assert h["STKXFMID"] == xs[3].xfm_id
+    assert [h[f"STKPV{i}ID"] for i in (1, 2, 3)] == [xs[2].xfm_id, xs[1].xfm_id, xs[0].xfm_id]
+    assert h["STKPV3DX"] == pytest.approx(0.1)
+    for x in reversed(xs):
+        assert wcsupdate.applied_state(h) == x.xfm_id
+        wcsupdate.unrecord_transform(h, hdu_label="t")
+    assert not [k for k in h if k.startswith("STK")]
+
+
+@pytest.mark.parametrize("suffix", ["MODEL", "RADIO", "CORR", "PRELIM", "OPT", "DELIVERED",
+                                    "STACK", "OFFICIAL", "VARIABLE"])
+def test_position_names_are_not_blocked_by_substrings(suffix):
+    h = fits.Header()
+    set_keyword(h, "RA_" + suffix, RA0, "[deg] position")
+    set_keyword(h, "DEC_" + suffix, DEC0, "[deg] position")
+    res = wcsupdate.update_header(h, XFM, hdu_label="t")
+    assert len(res.changes) == 2, res.notes
+
+
+@pytest.mark.parametrize("suffix", ["ERR", "SIGMA", "SIG", "UNC", "RMS", "DELTA", "OFF",
+                                    "OFFSET", "SCALE", "STD", "VAR", "SIZE", "RAD", "RADIUS",
+                                    "DIFF", "DIST", "RES", "LIM", "RATE", "PM", "ERR90",
+                                    "SRC_ERR", "STAT_SIG"])
+def test_error_like_names_are_not_positions(suffix):
+    h = fits.Header()
+    set_keyword(h, "RA_" + suffix, RA0)      # no telling comment: the name decides
+    set_keyword(h, "DEC_" + suffix, DEC0)
+    res = wcsupdate.update_header(h, XFM, hdu_label="t")
+    assert not res.changes
+    assert "not a position (name)" in " ".join(n.message for n in res.notes)
+
+
+def test_record_of_an_earlier_version_is_read_as_level_one():
+    h = fits.Header()
+    first = wcsupdate.Transform.from_shift(0.1, 0.1, RA0, DEC0)
+    h["STKXFMID"], h["STKDXI"], h["STKDETA"] = XFM.xfm_id, XFM.d_xi_arcsec, XFM.d_eta_arcsec
+    h["STKPVID"], h["STKPVDXI"], h["STKPVDET"] = first.xfm_id, 0.1, 0.1
+    third = wcsupdate.Transform.from_shift(0.2, 0.2, RA0, DEC0)
+    wcsupdate.record_transform(h, third, hdu_label="t")
+    assert (h["STKPV1ID"], h["STKPV2ID"]) == (XFM.xfm_id, first.xfm_id) and "STKPVID" not in h
+    wcsupdate.unrecord_transform(h, hdu_label="t")
+    wcsupdate.unrecord_transform(h, hdu_label="t")
+    assert h["STKXFMID"] == first.xfm_id and h["STKDXI"] == 0.1
+    assert not [k for k in h if k.startswith("STKPV")]
+
+
+def test_far_limit_is_decided_on_the_original_position_both_ways():
+    x = wcsupdate.Transform.from_shift(0.0, 3.6, RA0, DEC0)      # 1e-3 deg outwards (north)
+    lim = wcsupdate.MAX_DISTANCE_DEG
+    ra = np.array([RA0, RA0])
+    dec = np.array([DEC0 + lim - 0.0005, DEC0 + 11.5])
+    assert wcsupdate.distance_deg(ra[0], dec[0], RA0, DEC0) < lim
+    fwd = wcsupdate.shift_columns(ra, dec, x)
+    assert fwd.n_moved == 1 and fwd.n_far == 1
+    assert wcsupdate.distance_deg(fwd.ra_deg[0], fwd.dec_deg[0], RA0, DEC0) > lim
+    back = wcsupdate.shift_columns(fwd.ra_deg, fwd.dec_deg, x, inverse=True)
+    assert back.n_moved == 1 and back.n_far == 1
+    assert np.allclose(back.dec_deg, dec, atol=1e-10, rtol=0) and back.dec_deg[1] == dec[1]
+    h = fits.Header()
+    h["RA_A"], h["DEC_A"] = (RA0, "[deg]"), (float(dec[0]), "[deg]")
+    wcsupdate.update_header(h, x, hdu_label="t")
+    assert h["DEC_A"] > dec[0] + 9e-4
+    wcsupdate.update_header(h, x, hdu_label="t", inverse=True)
+    assert h["DEC_A"] == pytest.approx(float(dec[0]), abs=1e-10)
+    h["RA_B"], h["DEC_B"] = (100.0, "[deg]"), (-60.0, "[deg]")      # > 90 deg away
+    res = wcsupdate.update_header(h, x, hdu_label="t")
+    assert h["RA_B"] == 100.0 and "from the stack tangent point" in " ".join(
+        n.message for n in res.notes)

@@ -10,6 +10,7 @@ import pytest
 from astropy.io import fits
 from astropy.wcs import WCS
 from stk_astrometry import fitsedit, products, synthprod, wcsupdate
+from stk_astrometry.errors import StkError
 from stk_astrometry.fitsutil import get_keyword
 from stk_astrometry.tangent import shift_sky, sky_to_tangent
 from stk_astrometry.tools.stk_update_wcs import main
@@ -347,13 +348,13 @@ def test_other_transform_refused_unless_force(tmp_path, xfm_file, capsys):
     assert run(a, other, "outdir=", "force=yes") == 0
     with fits.open(a) as h:
         hd = h[0].header
-        assert hd["STKXFMID"] == other_id and hd["STKPVID"] == XFM.xfm_id
+        assert hd["STKXFMID"] == other_id and hd["STKPV1ID"] == XFM.xfm_id
         exp = shift_sky(*crval0, 0.1, 0.1, RA_REF, DEC_REF)
         assert (hd["CRVAL1"], hd["CRVAL2"]) == pytest.approx((exp[0], exp[1]), abs=1e-10)
     # undo the forced one: back to the first transform's record
     assert run(a, other, "outdir=", "inverse=yes") == 0
     with fits.open(a) as h:
-        assert h[0].header["STKXFMID"] == XFM.xfm_id and "STKPVID" not in h[0].header
+        assert h[0].header["STKXFMID"] == XFM.xfm_id and "STKPV1ID" not in h[0].header
         assert (h[0].header["CRVAL1"], h[0].header["CRVAL2"]) == pytest.approx(crval0, abs=1e-9)
     # inverse with a transform that is not the applied one
     capsys.readouterr()
@@ -460,17 +461,6 @@ def test_copy_mode_keeps_layout_and_inputs(tmp_path, xfm_file, capsys):
     assert tree_hashes(out) == outs
     assert run(folder, xfm_file, out, "clobber=yes") == 0
     assert tree_hashes(folder) == before
-
-
-def test_outdir_inside_the_input_tree(tmp_path, xfm_file, capsys):
-    folder = tmp_path / "tree"
-    folder.mkdir()
-    synthprod.write_product("ECORRIMG", folder / "img.fits", ra_nom=RA0, dec_nom=DEC0)
-    assert run(folder, xfm_file, folder / "out") == 0
-    assert run(folder, xfm_file, folder / "out", "clobber=yes") == 0
-    assert "1 file(s) already under outdir" in capsys.readouterr().out
-    assert sorted(p.name for p in folder.rglob("*.fits")) == ["img.fits", "img.fits"]
-    assert not (folder / "out" / "out").exists()
 
 
 def _kind_of(f, files):
@@ -700,3 +690,388 @@ def test_rewritten_product_keeps_its_permissions(tmp_path, xfm_file):
     assert run(path, xfm_file, "outdir=") == 0
     assert path.stat().st_ino != inode  # it was indeed rewritten
     assert path.stat().st_mode & 0o777 == 0o640
+
+
+# --------------------------------------------------------------------------- review defects
+
+def _evt(path, *, full=False, nrows=100):
+    """An EVT3; ``full``: EVENTS header block full, so the first update must rewrite."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    synthprod.write_product("EVT3", path, ra_nom=RA0, dec_nom=DEC0, nrows=nrows,
+                            rng=np.random.default_rng(3))
+    if full:
+        with fits.open(path) as hdul:
+            _pad_header_to_free_cards(hdul[1].header, 0)
+            hdul.writeto(path, overwrite=True, checksum=True)
+    return path
+
+
+def _roomy(path, xfm_file):
+    """Apply and undo once: the headers get spare blocks, later updates patch in place."""
+    assert run(path, xfm_file, "outdir=") == 0
+    assert run(path, xfm_file, "outdir=", "inverse=yes") == 0
+
+
+def _xfm_id(path, hdu=1):
+    return fits.getheader(path, hdu).get("STKXFMID")
+
+
+@pytest.mark.parametrize("roomy", [False, True], ids=["rewrite", "in-place"])
+def test_symlinked_product_updates_the_real_file(tmp_path, xfm_file, roomy):
+    real = _evt(tmp_path / "archive" / "acisf14031_000N001_evt3.fits", full=not roomy)
+    if roomy:
+        _roomy(real, xfm_file)
+    (tmp_path / "stack").mkdir()
+    link = tmp_path / "stack" / real.name
+    link.symlink_to(Path("..") / "archive" / real.name)
+    assert run(tmp_path / "stack", xfm_file, "outdir=") == 0
+    assert link.is_symlink() and link.resolve() == real
+    assert _xfm_id(real) == XFM.xfm_id and _xfm_id(real, 0) == XFM.xfm_id
+    verify_checksums(real)
+    assert not [p for p in tmp_path.rglob(".*") if p.is_file()]
+
+
+def test_tree_with_a_product_and_a_symlink_to_it_processes_it_once(tmp_path, xfm_file, capsys):
+    tree = tmp_path / "tree"
+    real = _evt(tree / "obs" / "acisf14031_000N001_evt3.fits", full=True)
+    link = tree / real.name
+    link.symlink_to(Path("obs") / real.name)
+    assert run(tree, xfm_file, "outdir=") == 0
+    out = capsys.readouterr().out
+    assert "1 file(s): 1 updated" in out
+    assert link.is_symlink() and _xfm_id(real) == XFM.xfm_id
+
+
+@pytest.mark.parametrize("roomy", [False, True], ids=["rewrite", "in-place"])
+def test_hard_linked_product_is_refused_in_place(tmp_path, xfm_file, capsys, roomy):
+    path = _evt(tmp_path / "tree" / "acisf14031_000N001_evt3.fits", full=not roomy)
+    if roomy:
+        _roomy(path, xfm_file)
+    snap = tmp_path / "snapshot.fits"
+    os.link(path, snap)
+    before = sha(path)
+    capsys.readouterr()
+    assert run(path, xfm_file, "outdir=") == 1
+    assert "hard link" in capsys.readouterr().err
+    assert sha(path) == before and path.stat().st_ino == snap.stat().st_ino
+    # copy mode only reads it: fine
+    assert run(path, xfm_file, tmp_path / "out") == 0
+    assert sha(path) == before and _xfm_id(tmp_path / "out" / path.name) == XFM.xfm_id
+
+
+def _interrupt_after_first_patch(monkeypatch):
+    real = fitsedit._write_patches
+
+    def die_after_first(fd, patches):
+        real(fd, patches[:1])
+        raise KeyboardInterrupt          # stands for SIGKILL between two pwrites
+    monkeypatch.setattr(fitsedit, "_write_patches", die_after_first)
+    return real
+
+
+def test_stale_journal_is_not_rolled_back_over_a_changed_file(tmp_path, xfm_file, monkeypatch,
+                                                              capsys):
+    path = _evt(tmp_path / "acisf14031_000N001_evt3.fits")
+    _roomy(path, xfm_file)
+    real = _interrupt_after_first_patch(monkeypatch)
+    assert run(path, xfm_file, "outdir=") == 1
+    monkeypatch.setattr(fitsedit, "_write_patches", real)
+    jpath = fitsedit.journal_path(path)
+    assert jpath.exists()
+    with fits.open(path, mode="update") as h:          # someone else's same-size edit
+        h[1].header["OBJECT"] = "NGC 5000 (fixed by user)"
+    edited = sha(path)
+    capsys.readouterr()
+    assert run(path, xfm_file, "outdir=") == 1
+    err = capsys.readouterr().err
+    assert str(jpath) in err and "changed since" in err
+    assert sha(path) == edited and jpath.exists()
+    with pytest.raises(StkError):
+        fitsedit.recover(path)
+    assert sha(path) == edited and jpath.exists()
+
+
+def test_journal_records_the_file_identity(tmp_path):
+    path = tmp_path / "f.fits"
+    path.write_bytes(b"A" * 5760)
+    fitsedit._write_journal(path, [fitsedit.Patch(0, b"AAAA", b"BBBB")])
+    other = tmp_path / "g.fits"
+    other.write_bytes(b"A" * 5760)
+    os.replace(other, path)                  # same bytes, another file
+    with pytest.raises(StkError, match="journal"):
+        fitsedit.recover(path)
+    assert path.read_bytes() == b"A" * 5760
+
+
+def test_journal_through_a_symlink_is_named_after_the_real_file(tmp_path, xfm_file,
+                                                                 monkeypatch, capsys):
+    real = _evt(tmp_path / "archive" / "acisf14031_000N001_evt3.fits")
+    _roomy(real, xfm_file)
+    old = real.read_bytes()
+    (tmp_path / "stack").mkdir()
+    link = tmp_path / "stack" / real.name
+    link.symlink_to(real)
+    saved = _interrupt_after_first_patch(monkeypatch)
+    assert run(tmp_path / "stack", xfm_file, "outdir=") == 1
+    monkeypatch.setattr(fitsedit, "_write_patches", saved)
+    assert fitsedit.journal_path(link) == fitsedit.journal_path(real)
+    assert fitsedit.journal_path(real).exists()
+    assert not list((tmp_path / "stack").glob(".*"))
+    assert run(tmp_path / "archive", xfm_file, "outdir=", "dryrun=yes") == 0
+    assert real.read_bytes() != old     # dry run: journal reported, not rolled back
+    assert run(tmp_path / "archive", xfm_file, "outdir=") == 0
+    assert "rolled back" in capsys.readouterr().out
+    assert _xfm_id(real, 0) == _xfm_id(real, 1) == XFM.xfm_id
+
+
+def test_partly_recorded_file_is_inconsistent_not_already_applied(tmp_path, xfm_file, capsys):
+    path = _evt(tmp_path / "acisf14031_000N001_evt3.fits")
+    orig = tmp_path / "orig.fits"
+    shutil.copy(path, orig)
+    assert run(path, xfm_file, "outdir=") == 0
+    with fits.open(path) as new, fits.open(orig) as old:   # primary updated, EVENTS not
+        fits.HDUList([new[0].copy(), old[1].copy()]).writeto(path, overwrite=True,
+                                                             checksum=True)
+    before = sha(path)
+    capsys.readouterr()
+    for extra in ([], ["inverse=yes"]):
+        assert run(path, xfm_file, "outdir=", *extra) == 1
+        assert "inconsistent" in capsys.readouterr().err
+        assert sha(path) == before
+
+
+def test_force_keeps_every_record_and_undo_is_exact(tmp_path, capsys):
+    path = tmp_path / synthprod.product_filename("EXPMAP")
+    synthprod.write_product("EXPMAP", path, ra_nom=RA0, dec_nom=DEC0)
+    orig = fits.getheader(path)
+    xf = {n: synthprod.write_stkxfm(tmp_path / f"x{n}.fits", d_xi_arcsec=x, d_eta_arcsec=y,
+                                    ra_ref_deg=RA_REF, dec_ref_deg=DEC_REF)
+          for n, (x, y) in {"A": (0.4, -0.3), "B": (0.1, 0.2), "C": (-0.5, 0.5)}.items()}
+    ids = {n: wcsupdate.Transform.from_shift(x, y, RA_REF, DEC_REF).xfm_id
+           for n, (x, y) in {"A": (0.4, -0.3), "B": (0.1, 0.2), "C": (-0.5, 0.5)}.items()}
+    assert run(path, xf["A"], "outdir=") == 0
+    assert run(path, xf["B"], "outdir=", "force=yes") == 0
+    assert run(path, xf["C"], "outdir=", "force=yes") == 0
+    assert fits.getval(path, "STKXFMID") == ids["C"]
+    for n, top in (("C", ids["B"]), ("B", ids["A"]), ("A", None)):
+        assert run(path, xf[n], "outdir=", "inverse=yes") == 0
+        assert fits.getheader(path).get("STKXFMID") == top, n
+    h = fits.getheader(path)
+    assert not [k for k in h if k.startswith("STK")]
+    for k in ("CRVAL1", "CRVAL2", "RA_NOM", "DEC_NOM"):
+        assert h[k] == pytest.approx(orig[k], abs=1e-9)
+    verify_checksums(path)
+
+
+def test_far_positions_are_left_with_a_note(tmp_path, xfm_file, capsys):
+    a = tmp_path / synthprod.product_filename("EXPMAP")
+    b = tmp_path / "b_exp3.fits"
+    synthprod.write_product("EXPMAP", a, ra_nom=RA0, dec_nom=DEC0)
+    synthprod.write_product("EXPMAP", b, ra_nom=RA0, dec_nom=DEC0)
+    with fits.open(a, mode="update") as h:
+        h[0].header["RA_OPT"] = (20.0, "[deg] optical counterpart")
+        h[0].header["DEC_OPT"] = (-40.0, "[deg] optical counterpart")
+        h[0].header["RA_NEAR"] = (RA0 + 20.0, "[deg] 18 deg away")
+        h[0].header["DEC_NEAR"] = (DEC0, "[deg]")
+    cat = tmp_path / "catalog.fits"
+    c = fits.BinTableHDU.from_columns([
+        fits.Column("ra", "D", unit="deg", array=[RA0, 27.2, 120.0]),
+        fits.Column("dec", "D", unit="deg", array=[DEC0, -26.6, 10.0])], name="CAT")
+    fits.HDUList([fits.PrimaryHDU(), c]).writeto(cat)
+    assert run(f"{a},{b}", xfm_file, "outdir=") == 0
+    out = capsys.readouterr().out
+    assert "RA_OPT" in out and "from the stack tangent point" in out
+    h = fits.getheader(a)
+    assert (h["RA_OPT"], h["DEC_OPT"]) == (20.0, -40.0)
+    assert h["RA_NEAR"] == RA0 + 20.0
+    assert h["STKXFMID"] == XFM.xfm_id and fits.getheader(b)["STKXFMID"] == XFM.xfm_id
+    assert run(cat, xfm_file, "outdir=", "unknown=generic") == 0
+    d = fits.getdata(cat, 1)
+    assert np.all(np.isfinite(d["ra"])) and list(d["ra"][1:]) == [27.2, 120.0]
+    assert d["ra"][0] != RA0
+    assert run(cat, xfm_file, "outdir=", "unknown=generic", "inverse=yes") == 0
+    d = fits.getdata(cat, 1)
+    assert d["ra"][0] == pytest.approx(RA0, abs=1e-9) and list(d["ra"][1:]) == [27.2, 120.0]
+
+
+def test_unexpected_exception_fails_that_file_only(tmp_path, xfm_file, capsys, monkeypatch):
+    import stk_astrometry.tools.stk_update_wcs as tool
+
+    a = tmp_path / synthprod.product_filename("EXPMAP")
+    b = tmp_path / synthprod.product_filename("ECORRIMG")
+    synthprod.write_product("EXPMAP", a, ra_nom=RA0, dec_nom=DEC0)
+    synthprod.write_product("ECORRIMG", b, ra_nom=RA0, dec_nom=DEC0)
+    real = tool.plan_file
+
+    def buggy(path, *args, **kw):
+        if Path(path).name == a.name:
+            raise ZeroDivisionError("a bug")
+        return real(path, *args, **kw)
+    monkeypatch.setattr(tool, "plan_file", buggy)
+    before = sha(a)
+    assert run(f"{a},{b}", xfm_file, "outdir=") == 1
+    err = capsys.readouterr().err
+    assert "ZeroDivisionError" in err and str(a) in err and "Traceback" not in err
+    assert sha(a) == before and _xfm_id(b, 0) == XFM.xfm_id
+    assert run(f"{a},{b}", xfm_file, "outdir=", "verbose=2") == 1
+    res = capsys.readouterr()
+    assert "Traceback" in res.out + res.err and "ZeroDivisionError: a bug" in res.out + res.err
+
+
+def test_gzipped_fits_is_an_error(tmp_path, xfm_file, capsys):
+    import gzip
+
+    tree = tmp_path / "tree"
+    good = _evt(tree / "acisf14032_000N001_evt3.fits")
+    src = _evt(tmp_path / "acisf14031_000N001_evt3.fits")
+    gz = tree / (src.name + ".gz")
+    gz.write_bytes(gzip.compress(src.read_bytes()))
+    before = sha(gz)
+    for spec in (tree, gz):
+        capsys.readouterr()
+        assert run(spec, xfm_file, "outdir=") == 1
+        err = capsys.readouterr().err
+        assert "gzip-compressed FITS is not updated in place: gunzip it first" in err
+        assert sha(gz) == before
+    assert _xfm_id(good) == XFM.xfm_id
+
+
+def _run_unprivileged(tmp_path, *args):
+    """The tool in a subprocess, without CAP_DAC_OVERRIDE when root (so that modes apply)."""
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    pf = tmp_path / "pf"
+    pf.mkdir(exist_ok=True)
+    env = dict(os.environ, PFILES=f"{pf};{repo / 'param'}")
+    cmd = [sys.executable, str(repo / "bin" / "stk_update_wcs"), *map(str, args), "mode=h"]
+    if os.geteuid() == 0:
+        if not shutil.which("setpriv"):
+            pytest.skip("root without setpriv: permissions do not apply")
+        cmd = ["setpriv", "--bounding-set=-dac_override,-dac_read_search",
+               "--inh-caps=-dac_override,-dac_read_search", *cmd]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_symlinked_folders_followed_loops_guarded(tmp_path, xfm_file, capsys):
+    archive = tmp_path / "obs_archive"
+    p = _evt(archive / "14031" / "acisf14031_000N001_evt3.fits")
+    stack = tmp_path / "stack"
+    img = stack / synthprod.product_filename("STKECORRIMG")
+    stack.mkdir()
+    synthprod.write_product("STKECORRIMG", img, ra_nom=RA0, dec_nom=DEC0)
+    (stack / "obs").symlink_to(Path("..") / "obs_archive")
+    (archive / "14031" / "loop").symlink_to(Path(".."))          # a loop
+    assert run(stack, xfm_file, "outdir=") == 0
+    assert _xfm_id(p) == XFM.xfm_id and _xfm_id(img, 0) == XFM.xfm_id
+    assert "2 file(s)" in capsys.readouterr().out
+
+
+def test_unreadable_folder_and_file_are_errors_the_rest_done(tmp_path, xfm_file):
+    tree = tmp_path / "tree"
+    synthprod.write_product_tree(tree, ra_nom=RA0, dec_nom=DEC0)
+    jpg = next(tree.rglob("*.jpg"))
+    jpg.chmod(0)
+    sub = tree / "obs" / "14031" / "r0012"
+    sub.chmod(0)
+    try:
+        res = _run_unprivileged(tmp_path, tree, xfm_file, "outdir=", "verbose=1")
+    finally:
+        sub.chmod(0o755)
+        jpg.chmod(0o644)
+    assert res.returncode == 1, res.stderr
+    assert str(sub) in res.stderr and str(jpg) in res.stderr
+    evt = tree / "obs" / "14031" / synthprod.product_filename("EVT3")
+    assert _xfm_id(evt) == XFM.xfm_id
+
+
+@pytest.mark.parametrize("roomy", [False, True], ids=["grows", "fits"])
+def test_read_only_products_are_refused(tmp_path, xfm_file, roomy):
+    path = _evt(tmp_path / "acisf14031_000N001_evt3.fits", full=not roomy)
+    if roomy:
+        _roomy(path, xfm_file)
+    path.chmod(0o444)
+    before = sha(path)
+    ino = path.stat().st_ino
+    for how in ("root", "user"):
+        if how == "root":
+            if os.geteuid() != 0:
+                continue
+            rc = run(path, xfm_file, "outdir=")
+        else:
+            res = _run_unprivileged(tmp_path, path, xfm_file, "outdir=")
+            rc = res.returncode
+            assert "read-only" in res.stderr
+        assert rc == 1, how
+        assert sha(path) == before and path.stat().st_ino == ino
+        assert path.stat().st_mode & 0o777 == 0o444
+
+
+def test_scrub_on_an_already_updated_file(tmp_path, xfm_file, capsys):
+    path = tmp_path / synthprod.product_filename("BAYESBLKS")
+    synthprod.write_product("BAYESBLKS", path, ra_nom=RA0, dec_nom=DEC0)
+    assert run(path, xfm_file, "outdir=") == 0
+    crval = fits.getheader(path)["RA_STACK"]
+    assert run(path, xfm_file, "outdir=", "scrub=yes") == 0
+    h = fits.getheader(path)
+    assert "OBS_ID" not in h and h["STKXFMID"] == XFM.xfm_id and h["RA_STACK"] == crval
+    verify_checksums(path)
+    once = sha(path)
+    assert run(path, xfm_file, "outdir=", "scrub=yes") == 0
+    assert sha(path) == once
+
+
+def test_copy_mode_two_inputs_one_output_path(tmp_path, xfm_file, capsys):
+    a = tmp_path / "s1" / synthprod.product_filename("EXPMAP")
+    b = tmp_path / "s2" / synthprod.product_filename("EXPMAP")
+    c = tmp_path / "s2" / synthprod.product_filename("ECORRIMG")
+    for p in (a, b):
+        p.parent.mkdir(exist_ok=True)
+        synthprod.write_product("EXPMAP", p, ra_nom=RA0, dec_nom=DEC0)
+    synthprod.write_product("ECORRIMG", c, ra_nom=RA0, dec_nom=DEC0)
+    out = tmp_path / "out"
+    assert run(f"{a},{b},{c}", xfm_file, out, "clobber=yes") == 1
+    err = capsys.readouterr().err
+    assert "same output" in err and str(a) in err and str(b) in err
+    assert sorted(p.name for p in out.iterdir()) == [c.name]
+
+
+def test_copy_mode_never_writes_to_an_input(tmp_path, xfm_file, monkeypatch, capsys):
+    path = _evt(tmp_path / "acisf14031_000N001_evt3.fits")
+    _roomy(path, xfm_file)
+    saved = _interrupt_after_first_patch(monkeypatch)
+    assert run(path, xfm_file, "outdir=") == 1
+    monkeypatch.setattr(fitsedit, "_write_patches", saved)
+    orphan = path.parent / f".{path.name}.abcd1234.tmp"
+    orphan.write_bytes(b"x")
+    before = sha(path)
+    capsys.readouterr()
+    assert run(path, xfm_file, tmp_path / "out") == 1
+    assert "journal" in capsys.readouterr().err
+    assert sha(path) == before and fitsedit.journal_path(path).exists() and orphan.exists()
+    assert not (tmp_path / "out" / path.name).exists()
+
+
+def test_outdir_inside_a_directory_input_is_refused(tmp_path, xfm_file, capsys):
+    folder = tmp_path / "tree"
+    folder.mkdir()
+    synthprod.write_product("ECORRIMG", folder / "img.fits", ra_nom=RA0, dec_nom=DEC0)
+    before = tree_hashes(folder)
+    for out in (folder / "out", folder):
+        assert run(folder, xfm_file, out) == 1
+        assert "inside the input directory" in capsys.readouterr().err
+    assert tree_hashes(folder) == before and not (folder / "out").exists()
+
+
+def test_outdir_containing_the_input_directory(tmp_path, xfm_file, capsys):
+    upd = tmp_path / "upd"
+    synthprod.write_product_tree(upd / "products", ra_nom=RA0, dec_nom=DEC0)
+    before = tree_hashes(upd / "products")
+    assert run(upd / "products", xfm_file, upd) == 0
+    assert tree_hashes(upd / "products") == before
+    evt = upd / "obs" / "14031" / synthprod.product_filename("EVT3")
+    assert _xfm_id(evt) == XFM.xfm_id
+    # a second run does not take the first run's outputs for inputs
+    assert run(upd / "products", xfm_file, upd, "clobber=yes") == 0
+    assert not (upd / "products" / "products").exists() and not (upd / "upd").exists()

@@ -107,3 +107,77 @@ def test_sigkill_leaves_every_file_old_or_new(tmp_path):
     # the kills landed before, during and after the run's writes
     print("kill outcomes", seen, "full run", t_full)
     assert seen["old"] > 0 and seen["new"] > 0, seen
+
+
+def _wait_for(cond, timeout=60.0):
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        found = cond()
+        if found:
+            return found
+        time.sleep(0.02)
+    raise AssertionError("timed out")
+
+
+def test_sigkill_inside_the_journal_window(tmp_path):
+    """The fault hook (STK_UPDATE_WCS_FAULT) holds the tool inside the journal window.
+
+    ``journal:<s>``: killed after the journal is in place, before any patch;
+    ``patch:<s>``: killed after the first of the file's patches is written.  Either
+    way the journal survives, recovery makes the file wholly old, every other file
+    is wholly old or wholly new, and a rerun finishes the job.
+    """
+    rng = np.random.default_rng(SEED + 1)
+    orig = tmp_path / "orig"
+    synthprod.write_product_tree(orig, ra_nom=201.2, dec_nom=26.6, rng=rng)
+    xfm = synthprod.write_stkxfm(tmp_path / "xfm.fits", d_xi_arcsec=0.3, d_eta_arcsec=-0.2,
+                                 ra_ref_deg=201.2, dec_ref_deg=26.6)
+    env = dict(os.environ, PYTHONPATH=str(REPO / "lib"))
+    env.pop(fitsedit.FAULT_ENV, None)
+    pf = tmp_path / "pf"
+    pf.mkdir()
+    env["PFILES"] = f"{pf};{REPO / 'param'}"
+    # apply and undo once: headers get spare blocks, so the next run patches in place
+    for extra in ([], ["inverse=yes"]):
+        proc = subprocess.run([sys.executable, str(REPO / "bin" / "stk_update_wcs"), str(orig),
+                               str(xfm), "outdir=", "verbose=0", "mode=h", *extra],
+                              env=env, capture_output=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr.decode()
+    ref = tmp_path / "ref"
+    shutil.copytree(orig, ref)
+    proc = _tool(ref, xfm, env)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err.decode()
+    old = {p.relative_to(orig): p.read_bytes() for p in _products(orig)}
+    new = {p.relative_to(ref): _signature(p) if p.suffix == ".fits" else p.read_bytes()
+           for p in _products(ref)}
+    for where in ("journal", "patch"):
+        work = tmp_path / f"work_{where}"
+        shutil.copytree(orig, work)
+        proc = _tool(work, xfm, dict(env, **{fitsedit.FAULT_ENV: f"{where}:60"}), capture=False)
+        try:
+            jpath = _wait_for(lambda w=work: next(iter(w.rglob("*" + fitsedit.JOURNAL_SUFFIX)),
+                                                  None))
+            target = jpath.with_name(jpath.name[1:-len(fitsedit.JOURNAL_SUFFIX)])
+            rel = target.relative_to(work)
+            if where == "patch":
+                _wait_for(lambda t=target, r=rel: t.read_bytes() != old[r])
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=30)
+        journals = list(work.rglob("*" + fitsedit.JOURNAL_SUFFIX))
+        assert journals == [jpath]
+        assert (target.read_bytes() == old[rel]) == (where == "journal")
+        assert "rolled back" in fitsedit.recover(target)
+        assert target.read_bytes() == old[rel] and not jpath.exists()
+        for p in _products(work):
+            r = p.relative_to(work)
+            if p.read_bytes() != old[r]:
+                assert _signature(p) == new[r], f"{r}: neither wholly old nor wholly new"
+        proc = _tool(work, xfm, env)
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err.decode()
+        assert not [p for p in work.rglob(".*") if p.is_file()], "temporary files left"
+        for p in _products(work):
+            r = p.relative_to(work)
+            assert (_signature(p) if p.suffix == ".fits" else p.read_bytes()) == new[r], r

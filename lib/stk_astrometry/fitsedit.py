@@ -61,6 +61,8 @@ CARD = 80
 CARDS_PER_BLOCK = BLOCK // CARD
 JOURNAL_SUFFIX = ".stkjournal"
 _JOURNAL_MAGIC = b"STKJOURNAL 1\n"
+#: Environment variable of the test hook :func:`_fault_point` (never set in production).
+FAULT_ENV = "STK_UPDATE_WCS_FAULT"
 _COPY_CHUNK = 16 * 1024 * 1024
 #: Start write-back of each copied chunk at once (posix_fadvise DONTNEED), see _copy_range.
 _START_WRITEBACK = True
@@ -76,6 +78,7 @@ __all__ = [
     "encode_checksum",
     "header_checksum_ok",
     "is_fits_file",
+    "is_gzip_fits",
     "is_jpeg_file",
     "journal_path",
     "ones_complement_sum",
@@ -144,6 +147,21 @@ def _head_bytes(path, n=2880) -> bytes:
 def is_fits_file(path) -> bool:
     """True if the file starts like a FITS file (``SIMPLE  =`` ... ``T``), whatever its name."""
     head = _head_bytes(path, 80)
+    return len(head) == 80 and head.startswith(b"SIMPLE  =") and head[10:30].strip() == b"T"
+
+
+def is_gzip_fits(path) -> bool:
+    """True if the file is gzip-compressed (magic 1f 8b) and decompresses to a FITS start."""
+    if _head_bytes(path, 2) != b"\x1f\x8b":
+        return False
+    import gzip
+    import zlib
+
+    try:
+        with gzip.open(path, "rb") as fh:
+            head = fh.read(80)
+    except (OSError, EOFError, zlib.error):
+        return False
     return len(head) == 80 and head.startswith(b"SIMPLE  =") and head[10:30].strip() == b"T"
 
 
@@ -376,8 +394,9 @@ class Patch:
 
 
 def journal_path(path) -> Path:
-    """The journal file of an in-place edit of ``path``."""
-    p = Path(path)
+    """The journal file of an in-place edit of ``path``: ``.<name>.stkjournal`` next to the
+    real file (symbolic links resolved), whatever name the file was reached by."""
+    p = Path(os.path.realpath(path))
     return p.with_name(f".{p.name}{JOURNAL_SUFFIX}")
 
 
@@ -408,9 +427,13 @@ def _atomic_temp(dest):
 
 def _write_journal(path, patches) -> Path:
     jpath = journal_path(path)
+    st = os.stat(path)
     meta = {
-        "file": Path(path).name,
-        "size": os.path.getsize(path),
+        "file": Path(os.path.realpath(path)).name,
+        "size": st.st_size,
+        "dev": st.st_dev,
+        "ino": st.st_ino,
+        "mtime_ns": st.st_mtime_ns,
         "patches": [[p.offset, len(p.old)] for p in patches],
     }
     with _atomic_temp(jpath) as fh:
@@ -424,12 +447,18 @@ def _write_journal(path, patches) -> Path:
 
 
 def _read_journal(jpath):
-    raw = Path(jpath).read_bytes()
+    try:
+        raw = Path(jpath).read_bytes()
+    except OSError as exc:
+        raise ProductError(f"cannot read journal {jpath}: {exc.strerror}") from exc
     if not raw.startswith(_JOURNAL_MAGIC):
         raise ProductError(f"{jpath}: not a stk_update_wcs journal")
     rest = raw[len(_JOURNAL_MAGIC):]
     line, _, blob = rest.partition(b"\n")
-    meta = json.loads(line)
+    try:
+        meta = json.loads(line)
+    except ValueError as exc:
+        raise ProductError(f"{jpath}: unreadable journal header") from exc
     sizes = [n for _, n in meta["patches"]]
     total = sum(sizes)
     if len(blob) != 2 * total:
@@ -478,6 +507,8 @@ def patch_in_place(path, patches, *, journal: bool = True) -> None:
             if os.pread(fd, len(p.old), p.offset) != p.old:
                 raise ProductError(f"{path}: file changed while being updated (byte {p.offset})")
         jpath = _write_journal(path, patches) if journal else None
+        if jpath is not None and os.environ.get(FAULT_ENV):
+            _fault_point(fd, patches)
         _write_patches(fd, patches)
         os.fsync(fd)
     finally:
@@ -487,12 +518,59 @@ def patch_in_place(path, patches, *, journal: bool = True) -> None:
         _fsync_dir(path)
 
 
+def _fault_point(fd, patches) -> None:
+    """Test hook (``STK_UPDATE_WCS_FAULT``), inert unless that variable is set.
+
+    ``journal:<s>`` sleeps ``s`` seconds after the journal is in place and before any
+    patch is written; ``patch:<s>`` writes the first patch, then sleeps.  The kill test
+    uses it to SIGKILL the tool inside the journal window.
+    """
+    import time
+
+    where, _, secs = os.environ.get(FAULT_ENV, "").partition(":")
+    try:
+        delay = float(secs)
+    except ValueError:
+        return
+    if where == "patch":
+        _write_patches(fd, patches[:1])
+        os.fsync(fd)
+    if where in ("journal", "patch"):
+        time.sleep(delay)
+
+
+def _old_or_new(current: bytes, patch: Patch) -> bool:
+    """True if every byte of ``current`` is the patch's old or new byte at that place.
+
+    A kill can tear a write (a page written, the next not), so a range may hold
+    a mixture; another tool's edit puts bytes there that are neither.
+    """
+    if current in (patch.old, patch.new):
+        return True
+    if len(current) != len(patch.old):
+        return False
+    c = np.frombuffer(current, dtype=np.uint8)
+    return bool(np.all((c == np.frombuffer(patch.old, dtype=np.uint8))
+                       | (c == np.frombuffer(patch.new, dtype=np.uint8))))
+
+
 def recover(path) -> str | None:
     """Finish or undo an interrupted in-place edit of ``path``.
 
     Returns None when there is no journal, else a sentence saying what was
     done: a file whose patches were all written is kept (wholly new), any
     other is restored to its old bytes (wholly old).
+
+    The journal is trusted only for the file it was written for, unchanged
+    since but for the patches: same device and inode and size, and every
+    patched range holding exactly its old or its new bytes.  Anything else
+    (the file was replaced, or edited by another tool after the interruption)
+    is refused and both file and journal are left for a person to inspect.
+
+    Raises
+    ------
+    ProductError
+        The journal does not match the file.
     """
     jpath = journal_path(path)
     if not jpath.exists():
@@ -501,12 +579,29 @@ def recover(path) -> str | None:
     if not Path(path).exists():
         os.unlink(jpath)
         return f"removed orphan journal {jpath}"
-    if os.path.getsize(path) != meta["size"]:
-        raise ProductError(f"{path}: journal {jpath} does not match the file size; "
-                           "inspect and remove it by hand")
-    fd = os.open(path, os.O_RDWR)
+
+    def refuse(why):
+        return ProductError(
+            f"{path}: the interrupted update's journal {jpath} does not match the file "
+            f"({why}): the file was changed since; neither rolled back nor touched - "
+            "inspect the file and remove the journal by hand")
+
+    st = os.stat(path)
+    if st.st_size != meta["size"]:
+        raise refuse(f"size {st.st_size}, journal says {meta['size']}")
+    if "ino" in meta and (st.st_ino, st.st_dev) != (meta["ino"], meta["dev"]):
+        raise refuse("another file (inode) than the one the journal was written for")
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except OSError as exc:
+        raise OutputError(f"cannot open {path} to recover journal {jpath}: "
+                          f"{exc.strerror}") from exc
     try:
         current = [os.pread(fd, len(p.new), p.offset) for p in patches]
+        for c, p in zip(current, patches, strict=True):
+            if not _old_or_new(c, p):
+                raise refuse(f"bytes {p.offset}-{p.offset + len(p.old) - 1} hold neither the "
+                             "old nor the new version")
         if all(c == p.new for c, p in zip(current, patches, strict=True)):
             action = "interrupted update had completed; kept the new version"
         else:

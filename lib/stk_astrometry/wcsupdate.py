@@ -33,6 +33,8 @@ import numpy as np
 from stk_astrometry.tangent import sky_to_tangent, tangent_to_sky
 
 __all__ = [
+    "MAX_DISTANCE_DEG",
+    "MAX_FORCED",
     "NOT_POSITION",
     "RECORD_KEYS",
     "Change",
@@ -42,6 +44,7 @@ __all__ = [
     "Transform",
     "applied_state",
     "apply_sky",
+    "distance_deg",
     "celestial_image_axes",
     "celestial_table_columns",
     "eqsrc_problem",
@@ -57,8 +60,18 @@ __all__ = [
     "update_header",
 ]
 
-#: Keywords recording the applied transform in every HDU that was changed.
-RECORD_KEYS = ("STKXFMID", "STKDXI", "STKDETA", "STKPVID", "STKPVDXI", "STKPVDET")
+#: How many earlier records a forced transform can stack (STKPV1ID ... STKPV9ID).
+MAX_FORCED = 9
+#: Keywords recording the applied transform in every HDU that was changed: the current
+#: record (STKXFMID, STKDXI, STKDETA), a stack of the records force=yes put under it
+#: (STKPV<n>ID, STKPV<n>DX, STKPV<n>DE, n = 1 the most recent), and the one-level
+#: STKPVID/STKPVDXI/STKPVDET of earlier releases (read as level 1).
+RECORD_KEYS = (("STKXFMID", "STKDXI", "STKDETA")
+               + tuple(f"STKPV{n}{s}" for n in range(1, MAX_FORCED + 1) for s in ("ID", "DX", "DE"))
+               + ("STKPVID", "STKPVDXI", "STKPVDET"))
+#: Positions farther than this from the transform's tangent point are left (with a note):
+#: they belong to no product of the stack, and 90 degrees away the projection fails.
+MAX_DISTANCE_DEG = 10.0
 
 
 # --------------------------------------------------------------------------- transform
@@ -139,9 +152,39 @@ def apply_sky(ra_deg, dec_deg, xfm: Transform, *, inverse: bool = False):
     return tangent_to_sky(xi, eta, xfm.ra_ref_deg, xfm.dec_ref_deg)
 
 
+def distance_deg(ra_deg, dec_deg, ra0_deg, dec0_deg):
+    """Angular distance (deg) of positions from (ra0, dec0) (haversine; NaN for NaN input)."""
+    ra, dec = np.radians(np.asarray(ra_deg, dtype=float)), np.radians(np.asarray(dec_deg,
+                                                                                 dtype=float))
+    ra0, dec0 = math.radians(float(ra0_deg)), math.radians(float(dec0_deg))
+    hav = (np.sin((dec - dec0) / 2) ** 2
+           + np.cos(dec) * np.cos(dec0) * np.sin((ra - ra0) / 2) ** 2)
+    return np.degrees(2 * np.arcsin(np.sqrt(np.clip(hav, 0.0, 1.0))))
+
+
 def _apply_one(ra, dec, xfm, inverse):
-    r, d = apply_sky(ra, dec, xfm, inverse=inverse)
-    return float(r), float(d)
+    """The moved position, or None when it is too far from the tangent point (or fails).
+
+    The distance is that of the untransformed position (the result of an undo),
+    so that an undo leaves exactly the positions the update left.
+    """
+    if float(distance_deg(ra, dec, xfm.ra_ref_deg, xfm.dec_ref_deg)) >= 89.0:
+        return None
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r, d = apply_sky(ra, dec, xfm, inverse=inverse)
+    r, d = float(r), float(d)
+    if not (math.isfinite(r) and math.isfinite(d)):
+        return None
+    base = (r, d) if inverse else (ra, dec)
+    if float(distance_deg(base[0], base[1], xfm.ra_ref_deg, xfm.dec_ref_deg)) > MAX_DISTANCE_DEG:
+        return None
+    return r, d
+
+
+def _far_note(hdu_label, what, old, xfm):
+    dist = float(distance_deg(old[0], old[1], xfm.ra_ref_deg, xfm.dec_ref_deg))
+    return Note(hdu_label, f"{what} = {old} is {dist:.1f} deg from the stack tangent point "
+                           f"(more than {MAX_DISTANCE_DEG:g}): not of this stack; left")
 
 
 def is_position(ra, dec) -> bool:
@@ -299,10 +342,13 @@ def celestial_table_columns(header):
 # --------------------------------------------------------------------------- keywords
 
 _DTYPE_RE = re.compile(r"^DTYPE(\d+)$")
-# Suffixes of RA_/DEC_ names that are not positions.
+# Words that make an RA_/DEC_ name (or an ra/dec column name) not a position, matched as
+# whole tokens (separated by '_' or digits): RA_ERR, RA_SIGMA, RA_ERR90, RA_SRC_ERR are not
+# positions; RA_MODEL, RA_RADIO, RA_CORR (corrected), RA_PRELIM, RA_OFFICIAL are.
 NOT_POSITION = re.compile(
-    r"(ERR|SIG|UNC|RMS|DELTA|DEL|OFF|SCALE|SCL|STD|VAR|SIZE|WID|RAD|DIFF|DIST|RES|CORR|"
-    r"LIM|RATE|VEL|PM|DOT)", re.IGNORECASE)
+    r"(?:^|(?<=[_\d]))(ERR|ERROR|ERRS|SIG|SIGMA|UNC|UNCERT|RMS|DELTA|DEL|OFF|OFFSET|SCALE|"
+    r"SCL|STD|STDDEV|VAR|VARIANCE|SIZE|WID|WIDTH|RAD|RADIUS|DIFF|DIST|RES|RESID|LIM|LIMIT|"
+    r"RATE|VEL|PM|DOT)(?=$|[_\d])", re.IGNORECASE)
 _NOT_POSITION_COMMENT = re.compile(r"arcsec|arcmin|\berr|uncert|sigma|mas\b", re.IGNORECASE)
 
 
@@ -380,42 +426,88 @@ def applied_state(header):
     return str(value).strip() if value is not None else None
 
 
-def record_transform(header, xfm: Transform, *, hdu_label: str):
-    """Record ``xfm`` as applied (STKXFMID, STKDXI, STKDETA; a previous record moves to STKPV*)."""
-    changes = []
-    prev = applied_state(header)
-    if prev is not None and prev != xfm.xfm_id:
-        for src, dst in (("STKXFMID", "STKPVID"), ("STKDXI", "STKPVDXI"), ("STKDETA", "STKPVDET")):
-            if src in header:
-                old = header.get(dst)
-                header[dst] = (header[src], "previous applied transform")
-                changes.append(Change(hdu_label, dst, old, header[dst], "record"))
-    for key, value, comment in (
-        ("STKXFMID", xfm.xfm_id, "id of the applied STKXFM transform"),
-        ("STKDXI", xfm.d_xi_arcsec, "[arcsec] applied shift in xi"),
-        ("STKDETA", xfm.d_eta_arcsec, "[arcsec] applied shift in eta"),
-    ):
-        old = header.get(key)
-        header[key] = (value, comment)
-        changes.append(Change(hdu_label, key, old, value, "record"))
-    return changes
+_CURRENT = ("STKXFMID", "STKDXI", "STKDETA")
+_LEGACY = ("STKPVID", "STKPVDXI", "STKPVDET")
 
 
-def unrecord_transform(header, *, hdu_label: str):
-    """Remove the record of the last applied transform (restoring STKPV* if any)."""
+def _level_keys(n):
+    return (f"STKPV{n}ID", f"STKPV{n}DX", f"STKPV{n}DE")
+
+
+def _records(header):
+    """The record stack, current first: a list of (id, d_xi, d_eta) (None for a missing value)."""
+    out = []
+    if "STKXFMID" not in header:
+        return out
+    out.append(tuple(header.get(k) for k in _CURRENT))
+    for n in range(1, MAX_FORCED + 1):
+        keys = _level_keys(n)
+        if keys[0] not in header:
+            if n == 1 and _LEGACY[0] in header:
+                out.append(tuple(header.get(k) for k in _LEGACY))
+                continue
+            break
+        out.append(tuple(header.get(k) for k in keys))
+    return out
+
+
+_COMMENTS = ("id of the applied STKXFM transform", "[arcsec] applied shift in xi",
+             "[arcsec] applied shift in eta")
+
+
+def _write_records(header, records, hdu_label):
+    """Make the header's record keywords say ``records`` (current first); return the changes."""
+    wanted = {}
+    for level, rec in enumerate(records):
+        keys = _CURRENT if level == 0 else _level_keys(level)
+        for key, value, comment in zip(keys, rec, _COMMENTS, strict=True):
+            if value is not None:
+                wanted[key] = (value, comment if level == 0
+                               else f"forced over: {comment.replace('applied', 'earlier')}")
     changes = []
-    pairs = (("STKXFMID", "STKPVID"), ("STKDXI", "STKPVDXI"), ("STKDETA", "STKPVDET"))
-    for key, prev in pairs:
+    for key in RECORD_KEYS:
         old = header.get(key)
-        if prev in header:
-            header[key] = header[prev]
-            del header[prev]
-            changes.append(Change(hdu_label, key, old, header[key], "record"))
-            changes.append(Change(hdu_label, prev, header[key], None, "record"))
+        if key in wanted:
+            value, comment = wanted[key]
+            if old != value or key not in header:
+                header[key] = (value, comment)
+                changes.append(Change(hdu_label, key, old, value, "record"))
         elif key in header:
             del header[key]
             changes.append(Change(hdu_label, key, old, None, "record"))
     return changes
+
+
+def record_transform(header, xfm: Transform, *, hdu_label: str):
+    """Record ``xfm`` as applied (STKXFMID, STKDXI, STKDETA).
+
+    A different transform already recorded (force=yes) is pushed onto the stack of
+    earlier records, STKPV1ID/STKPV1DX/STKPV1DE (most recent) ... STKPV9*, so that
+    inverse=yes can undo every level exactly.
+
+    Raises
+    ------
+    ProductError
+        The stack is full (:data:`MAX_FORCED` earlier records).
+    """
+    from stk_astrometry.errors import ProductError
+
+    records = _records(header)
+    new = (xfm.xfm_id, xfm.d_xi_arcsec, xfm.d_eta_arcsec)
+    if records and str(records[0][0]).strip() == xfm.xfm_id:
+        records[0] = new
+    else:
+        if len(records) > MAX_FORCED:
+            raise ProductError(f"{hdu_label}: {len(records)} transforms already stacked by "
+                               "force=yes; undo some (inverse=yes) first")
+        records.insert(0, new)
+    return _write_records(header, records, hdu_label)
+
+
+def unrecord_transform(header, *, hdu_label: str):
+    """Remove the record of the last applied transform (the previous one, if any, is current)."""
+    records = _records(header)
+    return _write_records(header, records[1:], hdu_label)
 
 
 # --------------------------------------------------------------------------- EQSRC
@@ -535,6 +627,9 @@ def update_header(header, xfm: Transform, *, hdu_label: str, inverse: bool = Fal
                 notes.append(Note(hdu_label, f"EQPOS {ka}/{kb} = {old} is not a position; left"))
                 continue
             new = _apply_one(old[0], old[1], xfm, inverse)
+            if new is None:
+                notes.append(_far_note(hdu_label, f"EQPOS {ka}/{kb}", old, xfm))
+                continue
             for key, o, n in ((ka, old[0], new[0]), (kb, old[1], new[1])):
                 _set_value(header, key, n)
                 changes.append(Change(hdu_label, key, o, n, "EQPOS"))
@@ -544,6 +639,9 @@ def update_header(header, xfm: Transform, *, hdu_label: str, inverse: bool = Fal
                 notes.append(Note(hdu_label, f"{kind} {ka}/{kb} = {old} is not a position; left"))
                 continue
             new = _apply_one(old[0], old[1], xfm, inverse)
+            if new is None:
+                notes.append(_far_note(hdu_label, f"{kind} {ka}/{kb}", old, xfm))
+                continue
             for key, o, n in ((ka, old[0], new[0]), (kb, old[1], new[1])):
                 _set_value(header, key, n)
                 changes.append(Change(hdu_label, key, o, n, kind))
@@ -559,6 +657,9 @@ def update_header(header, xfm: Transform, *, hdu_label: str, inverse: bool = Fal
                 notes.append(Note(hdu_label, f"{la}/{lb} = {old}: sentinel or not a position; left"))
                 continue
             new = _apply_one(old[0], old[1], xfm, inverse)
+            if new is None:
+                notes.append(_far_note(hdu_label, f"{la}/{lb}", old, xfm))
+                continue
             for key, label, o, n in ((ka, la, old[0], new[0]), (kb, lb, old[1], new[1])):
                 _set_value(header, key, n)
                 changes.append(Change(hdu_label, label, o, n, "position"))
@@ -609,9 +710,12 @@ class ColumnResult:
     Attributes
     ----------
     ra_deg, dec_deg : ndarray
-        New values (same shape and dtype as the input); nulls and sentinels unchanged.
+        New values (same shape and dtype as the input); nulls, sentinels and far
+        positions unchanged.
     n_moved, n_null, n_sentinel : int
         Counts of elements moved, NaN (null) and otherwise unusable (left).
+    n_far : int
+        Positions more than :data:`MAX_DISTANCE_DEG` from the tangent point (left).
     """
 
     ra_deg: np.ndarray
@@ -619,6 +723,7 @@ class ColumnResult:
     n_moved: int
     n_null: int
     n_sentinel: int
+    n_far: int = 0
 
 
 def shift_columns(ra_deg, dec_deg, xfm: Transform, *, inverse: bool = False) -> ColumnResult:
@@ -629,14 +734,31 @@ def shift_columns(ra_deg, dec_deg, xfm: Transform, *, inverse: bool = False) -> 
     decf = dec.astype(float)
     null = np.isnan(raf) | np.isnan(decf)
     with np.errstate(invalid="ignore"):
-        good = (~null & np.isfinite(raf) & np.isfinite(decf) & (raf >= 0) & (raf <= 360)
-                & (decf >= -90) & (decf <= 90) & ~((raf == 0) & (decf == 0)))
+        usable = (~null & np.isfinite(raf) & np.isfinite(decf) & (raf >= 0) & (raf <= 360)
+                  & (decf >= -90) & (decf <= 90) & ~((raf == 0) & (decf == 0)))
+    good = usable.copy()
+    if np.any(usable):
+        # beyond 89 deg the projection fails; the 10 deg limit is decided below on the
+        # untransformed position (the result of an undo), so that an undo is exact
+        good[usable] = distance_deg(raf[usable], decf[usable], xfm.ra_ref_deg,
+                                    xfm.dec_ref_deg) < 89.0
     new_ra = ra.copy()
     new_dec = dec.copy()
     if np.any(good):
-        r, d = apply_sky(raf[good], decf[good], xfm, inverse=inverse)
-        new_ra[good] = r
-        new_dec[good] = d
+        with np.errstate(invalid="ignore", divide="ignore"):
+            r, d = apply_sky(raf[good], decf[good], xfm, inverse=inverse)
+        r, d = np.asarray(r, dtype=float), np.asarray(d, dtype=float)
+        ok = np.isfinite(r) & np.isfinite(d)
+        base_ra, base_dec = (r, d) if inverse else (raf[good], decf[good])
+        with np.errstate(invalid="ignore"):
+            ok &= distance_deg(base_ra, base_dec, xfm.ra_ref_deg,
+                               xfm.dec_ref_deg) <= MAX_DISTANCE_DEG
+        idx = np.flatnonzero(good.ravel())
+        good.ravel()[idx[~ok]] = False
+        new_ra[good] = np.asarray(r)[ok]
+        new_dec[good] = np.asarray(d)[ok]
     n_good = int(np.count_nonzero(good))
     n_null = int(np.count_nonzero(null))
-    return ColumnResult(new_ra, new_dec, n_good, n_null, int(raf.size) - n_good - n_null)
+    n_far = int(np.count_nonzero(usable)) - n_good
+    return ColumnResult(new_ra, new_dec, n_good, n_null,
+                        int(raf.size) - n_good - n_null - n_far, n_far)

@@ -16,6 +16,8 @@ import io
 import logging
 import os
 import re
+import stat
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,10 +52,17 @@ def main(argv=None) -> int:
 
 @dataclass(frozen=True)
 class InputFile:
-    """One file to process: its path and its path relative to the output directory."""
+    """One file to process: its path and its path relative to the output directory.
+
+    ``root`` is the directory input it was found under (None for a named file);
+    ``error`` a problem found while listing it (an unreadable file or folder),
+    reported as that file's failure.
+    """
 
     path: Path
     rel: Path
+    root: Path | None = None
+    error: str = ""
 
 
 def _read_list(spec: str) -> list[str]:
@@ -77,6 +86,60 @@ def _read_list(spec: str) -> list[str]:
             # CIAO stacks: relative entries are relative to the list file's folder
             items.append(str(lpath.parent / text))
     return items
+
+
+def _walk(top: Path, files, notes, seen) -> int:
+    """Add the FITS/JPEG files below ``top`` to ``files``; return the count of other files.
+
+    Symbolic links to folders are followed (each real folder walked once: a link
+    loop or a second link to a folder is noted and not walked again); a file
+    reached twice (a symbolic link to a product of the tree) is processed once.
+    An unreadable folder or file becomes an input carrying its error.
+    """
+    n_other = 0
+    visited = set()
+
+    def onerror(exc):
+        where = Path(exc.filename) if exc.filename else top
+        rel = where.relative_to(top) if where.is_relative_to(top) else Path(where.name)
+        files.append(InputFile(where, rel, top, f"{where}: cannot read this folder "
+                                                f"({exc.strerror}); its products were not "
+                                                "processed"))
+
+    for dirpath, dirnames, filenames in os.walk(top, onerror=onerror, followlinks=True):
+        try:
+            st = os.stat(dirpath)
+        except OSError:
+            dirnames[:] = []
+            continue
+        if (st.st_dev, st.st_ino) in visited:
+            notes.append(f"{dirpath}: a folder already walked (symbolic link loop or a second "
+                         "link to it); not walked again")
+            dirnames[:] = []
+            continue
+        visited.add((st.st_dev, st.st_ino))
+        dirnames.sort()
+        for name in sorted(filenames):
+            f = Path(dirpath) / name
+            if name.endswith(fitsedit.JOURNAL_SUFFIX) or _ORPHAN_RE.match(name):
+                continue
+            if not f.is_file():
+                n_other += 1
+                continue
+            try:
+                keep = (fitsedit.is_fits_file(f) or fitsedit.is_jpeg_file(f)
+                        or fitsedit.is_gzip_fits(f))
+            except StkError as exc:
+                files.append(InputFile(f, f.relative_to(top), top, str(exc)))
+                continue
+            if not keep:
+                n_other += 1
+                continue
+            key = f.resolve()
+            if key not in seen:
+                seen.add(key)
+                files.append(InputFile(f, f.relative_to(top), top))
+    return n_other
 
 
 def expand_inputs(spec: str) -> tuple[list[InputFile], list[str]]:
@@ -107,20 +170,7 @@ def expand_inputs(spec: str) -> tuple[list[InputFile], list[str]]:
     for item in raw:
         p = Path(item)
         if p.is_dir():
-            for dirpath, dirnames, filenames in os.walk(p):
-                dirnames.sort()
-                for name in sorted(filenames):
-                    f = Path(dirpath) / name
-                    if name.endswith(fitsedit.JOURNAL_SUFFIX) or _ORPHAN_RE.match(name):
-                        continue
-                    if not f.is_file() or not (fitsedit.is_fits_file(f)
-                                               or fitsedit.is_jpeg_file(f)):
-                        n_other += 1
-                        continue
-                    key = f.resolve()
-                    if key not in seen:
-                        seen.add(key)
-                        files.append(InputFile(f, f.relative_to(p)))
+            n_other += _walk(p, files, notes, seen)
         else:
             key = p.resolve()
             if key in seen:
@@ -336,7 +386,9 @@ def _move_columns(path, layout, pairs, xfm, *, inverse, label):
         arr[fields[dec]] = res.dec_deg
         changes.append(wcsupdate.Change(
             label, f"columns {fields[ra]},{fields[dec]}", f"{res.ra_deg.size} values",
-            f"{res.n_moved} moved, {res.n_null} null and {res.n_sentinel} sentinel left",
+            f"{res.n_moved} moved, {res.n_null} null and {res.n_sentinel} sentinel left"
+            + (f", {res.n_far} more than {wcsupdate.MAX_DISTANCE_DEG:g} deg from the stack "
+               "tangent point left" if res.n_far else ""),
             "columns"))
     if not changes:
         return None, []
@@ -359,6 +411,59 @@ def _instrument(header, primary, path):
     return "HRC" if name.startswith("hrc") else ("ACIS" if name.startswith("acis") else "")
 
 
+_POSITION_KINDS = ("EQPOS", "EQSRC", "position", "columns")
+
+
+def _hdu_changes(path, lay, ptype, ctx, h, *, name, label, primary, new_primary, notes,
+                 inverse, move=True, scrub=True):
+    """The changes to one HDU (``h``, a copy of its header, edited); new data or None."""
+    xfm = ctx.transform.xfm
+    generic = ptype is products.GENERIC
+    changes = []
+    data = None
+    if scrub and ptype.scrub and not inverse:
+        sc, sn = wcsupdate.scrub_header(h, products.SCRUB_KEYWORDS, hdu_label=label,
+                                        remove=ctx.scrub)
+        changes += sc
+        notes += sn
+    if not move:
+        return changes, data
+    res = wcsupdate.update_header(h, xfm, hdu_label=label, inverse=inverse)
+    changes += res.changes
+    notes += res.notes
+    # ---- EQSRC population (spec-notes 18)
+    if (ptype.populate_eqsrc and not inverse
+            and re.fullmatch(ptype.populate_eqsrc, name, flags=re.IGNORECASE)):
+        inst = _instrument(h, primary, path)
+        try:
+            pixel, crpix = products.instrument_grid(inst)
+        except KeyError:
+            pixel = crpix = None
+        problem = (wcsupdate.eqsrc_problem(lay.header, pixel_deg=pixel, crpix=crpix)
+                   if pixel else "unknown instrument")
+        if problem is not None:
+            point = _pointing(h, new_primary if new_primary is not None else primary)
+            if pixel is None or point is None:
+                raise ProductError(
+                    f"{label}: EQSRC must be populated ({problem}) but the "
+                    f"{'instrument' if pixel is None else 'pointing (RA_NOM/DEC_NOM)'} "
+                    "is unknown")
+            changes += wcsupdate.populate_eqsrc(h, ra_deg=point[0], dec_deg=point[1],
+                                                pixel_deg=pixel, crpix=crpix,
+                                                hdu_label=label)
+            notes.append(wcsupdate.Note(label, f"populated EQSRC: {problem}"))
+    # ---- columns
+    if lay.is_table and ptype.columns:
+        pairs = _column_pairs(lay.header, ptype, name, generic=generic, notes=notes,
+                              label=label)
+        if pairs:
+            data, col_changes = _move_columns(path, lay, pairs, xfm, inverse=inverse,
+                                              label=label)
+            if data is not None:
+                changes += col_changes
+    return changes, data
+
+
 def plan_file(path, layouts, ptype, ctx: RunContext):
     """Work out every change to one FITS file.  Reads only small table data.
 
@@ -369,9 +474,14 @@ def plan_file(path, layouts, ptype, ctx: RunContext):
         ``notapplied`` (inverse of a transform never applied).
     hdu_plans : list of HduPlan
     changes, notes : lists
+
+    Raises
+    ------
+    ProductError
+        Records of another transform (without force), or an inconsistent file: some
+        HDUs that carry positions record the transform and others do not.
     """
     xfm = ctx.transform.xfm
-    generic = ptype is products.GENERIC
     notes = []
     changes = []
     # ---- idempotency
@@ -382,9 +492,10 @@ def plan_file(path, layouts, ptype, ctx: RunContext):
         rec = wcsupdate.applied_state(lay.header)
         if rec is not None:
             ids.setdefault(rec, []).append(lay.index)
+    already = False
     if not ctx.inverse:
         if set(ids) == {xfm.xfm_id}:
-            return "already", [], [], notes
+            already = True
         others = sorted(set(ids) - {xfm.xfm_id})
         if xfm.xfm_id in ids and others:
             raise ProductError(f"{path}: inconsistent records: HDUs carry transforms "
@@ -404,6 +515,8 @@ def plan_file(path, layouts, ptype, ctx: RunContext):
     primary = layouts[0].header
     new_primary = None
     plans = []
+    unrecorded = []       # HDUs carrying positions without the record the others carry
+    scrub_only = False
     for lay in layouts:
         name = _hdu_name(lay)
         label = f"{Path(path).name}[{name or lay.index}]"
@@ -414,55 +527,35 @@ def plan_file(path, layouts, ptype, ctx: RunContext):
                 plan.remove = True
                 changes.append(wcsupdate.Change(label, "HDU STKXFM", "present", None, "record"))
             continue
-        if ctx.inverse and wcsupdate.applied_state(lay.header) != xfm.xfm_id:
+        recorded = wcsupdate.applied_state(lay.header) is not None
+        if ids and not recorded:
+            # would the transform move something here?  Then this HDU missed an update
+            trial, _ = _hdu_changes(path, lay, ptype, ctx, lay.header.copy(), name=name,
+                                    label=label, primary=primary, new_primary=new_primary,
+                                    notes=[], inverse=False, scrub=False)
+            if any(c.what in _POSITION_KINDS for c in trial):
+                unrecorded.append(name or str(lay.index))
+                continue
+        if ctx.inverse and not recorded:
             continue
         h = lay.header.copy()
-        hdu_changes = []
-        if ptype.scrub and not ctx.inverse:
-            sc, sn = wcsupdate.scrub_header(h, products.SCRUB_KEYWORDS, hdu_label=label,
-                                            remove=ctx.scrub)
-            hdu_changes += sc
-            notes += sn
-        res = wcsupdate.update_header(h, xfm, hdu_label=label, inverse=ctx.inverse)
-        hdu_changes += res.changes
-        notes += res.notes
-        # ---- EQSRC population (spec-notes 18)
-        if (ptype.populate_eqsrc and not ctx.inverse
-                and re.fullmatch(ptype.populate_eqsrc, name, flags=re.IGNORECASE)):
-            inst = _instrument(h, primary, path)
-            try:
-                pixel, crpix = products.instrument_grid(inst)
-            except KeyError:
-                pixel = crpix = None
-            problem = (wcsupdate.eqsrc_problem(lay.header, pixel_deg=pixel, crpix=crpix)
-                       if pixel else "unknown instrument")
-            if problem is not None:
-                point = _pointing(h, new_primary if new_primary is not None else primary)
-                if pixel is None or point is None:
-                    raise ProductError(
-                        f"{label}: EQSRC must be populated ({problem}) but the "
-                        f"{'instrument' if pixel is None else 'pointing (RA_NOM/DEC_NOM)'} "
-                        "is unknown")
-                hdu_changes += wcsupdate.populate_eqsrc(h, ra_deg=point[0], dec_deg=point[1],
-                                                        pixel_deg=pixel, crpix=crpix,
-                                                        hdu_label=label)
-                notes.append(wcsupdate.Note(label, f"populated EQSRC: {problem}"))
-        # ---- columns
-        if lay.is_table and ptype.columns:
-            pairs = _column_pairs(lay.header, ptype, name, generic=generic, notes=notes,
-                                  label=label)
-            if pairs:
-                data, col_changes = _move_columns(path, lay, pairs, xfm, inverse=ctx.inverse,
-                                                  label=label)
-                if data is not None:
-                    plan.data = data
-                    hdu_changes += col_changes
+        hdu_notes = []
+        # already applied: nothing moves again; only a requested scrub is still done
+        hdu_changes, data = _hdu_changes(path, lay, ptype, ctx, h, name=name, label=label,
+                                         primary=primary, new_primary=new_primary,
+                                         notes=hdu_notes, inverse=ctx.inverse,
+                                         move=not already)
+        if not already or hdu_changes:
+            notes += hdu_notes
+        if data is not None:
+            plan.data = data
         if not hdu_changes:
             continue
         if ctx.inverse:
             hdu_changes += wcsupdate.unrecord_transform(h, hdu_label=label)
         else:
             hdu_changes += wcsupdate.record_transform(h, xfm, hdu_label=label)
+        scrub_only = scrub_only or already
         from stk_astrometry.fitsutil import add_history
 
         add_history(h, TOOL, list(ctx.history))
@@ -470,6 +563,15 @@ def plan_file(path, layouts, ptype, ctx: RunContext):
         if lay.index == 0:
             new_primary = h
         changes += hdu_changes
+    if unrecorded:
+        with_rec = sorted({_hdu_name(layouts[i]) or str(i) for v in ids.values() for i in v})
+        raise ProductError(
+            f"{path}: inconsistent: HDU(s) {', '.join(with_rec)} record transform "
+            f"{', '.join(sorted(ids))} but HDU(s) {', '.join(unrecorded)} carry positions "
+            "without that record (a partial update, or the file was edited since); "
+            "not touched - inspect it, or restore it from the original")
+    if already and not changes:
+        return "already", [], [], notes
     # ---- declared WCS not found
     for kind in ptype.wcs:
         found = False
@@ -482,7 +584,7 @@ def plan_file(path, layouts, ptype, ctx: RunContext):
             notes.append(wcsupdate.Note(Path(path).name, f"§5.6 lists {kind} for {ptype.name} "
                                                          "but the file has none"))
     # ---- ASPSOL3: STKXFM after XFM (spec-notes 17)
-    if ptype.append_stkxfm and not ctx.inverse and changes:
+    if ptype.append_stkxfm and not ctx.inverse and changes and not already:
         names = [_hdu_name(lay) for lay in layouts]
         after = None
         for i, name in enumerate(names):
@@ -495,6 +597,9 @@ def plan_file(path, layouts, ptype, ctx: RunContext):
         changes.append(wcsupdate.Change(f"{Path(path).name}[{names[after]}]", "HDU STKXFM",
                                         None, f"inserted after {names[after]}", "record"))
     status = "update" if changes else "nothing"
+    if already and changes:
+        notes.append(wcsupdate.Note(Path(path).name, f"transform {xfm.xfm_id} already "
+                                                     "applied: only the header scrub was done"))
     return status, plans, changes, notes
 
 
@@ -605,25 +710,47 @@ def _copy_unchanged(src: Path, dest: Path) -> str:
 
 def process_file(item: InputFile, ctx: RunContext) -> FileResult:
     """Recognise, plan and (unless dry run) write one file.  Raises StkError on failure."""
-    src = item.path
-    result = FileResult(src)
-    if not src.is_file():
-        raise InputError(f"{src}: no such file")
+    if item.error:
+        raise InputError(item.error)
+    given = item.path
+    result = FileResult(given)
+    if not given.is_file():
+        raise InputError(f"{given}: no such file")
+    # a product reached through a symbolic link: read, write, journal and clean up the
+    # real file (a rename onto the link would replace the link, not update the product)
+    src = Path(os.path.realpath(given))
+    if str(src) != os.path.normpath(os.path.abspath(given)):
+        result.notes.append(wcsupdate.Note(given.name, f"symbolic link to {src}: the real "
+                                                       "file is the one updated"))
     dest = (ctx.outdir / item.rel) if ctx.outdir is not None else src
+    jpath = fitsedit.journal_path(src)
     if ctx.outdir is not None:
-        if dest.resolve() == src.resolve():
-            raise OutputError(f"{src}: outdir would overwrite the input; use outdir=\"\" for an "
-                              "in-place update")
+        if dest.resolve() == src:
+            raise OutputError(f"{given}: outdir would overwrite the input; use outdir=\"\" for "
+                              "an in-place update")
         if dest.exists() and not ctx.clobber:
             raise OutputError(f"Clobber set to no, and output file {dest} exists.")
-    if not ctx.dryrun:
+        if jpath.exists():
+            # copy mode never writes to an input, not even to roll a journal back
+            raise ProductError(
+                f"{given}: an interrupted in-place update left journal {jpath}; copy mode "
+                "never writes to an input: run stk_update_wcs on it in place (outdir=\"\") "
+                "first, which rolls it back, then copy")
+    elif not ctx.dryrun:
         done = fitsedit.recover(src)
         if done:
             result.notes.append(wcsupdate.Note(src.name, f"journal found: {done}"))
         _remove_orphans(src, result)
-    elif fitsedit.journal_path(src).exists():
-        result.notes.append(wcsupdate.Note(src.name, "an interrupted update's journal is "
-                                                     "pending; a real run rolls it back first"))
+    elif jpath.exists():
+        # the file may hold a partial patch: planning on it would mislead
+        result.action = (f"an interrupted update's journal {jpath.name} is pending: a real run "
+                         "rolls it back first (or refuses it if the file changed since); "
+                         "nothing planned (dry run)")
+        result.category = "journal pending"
+        return result
+    if fitsedit.is_gzip_fits(src):
+        raise ProductError(f"{given}: gzip-compressed FITS is not updated in place: gunzip it "
+                           "first (and gzip it again after the update if need be)")
     is_jpeg = fitsedit.is_jpeg_file(src)
     layouts = ()
     if is_jpeg:
@@ -675,15 +802,45 @@ def process_file(item: InputFile, ctx: RunContext) -> FileResult:
         elif status == "nothing":
             result.action = "nothing to change"
         elif ctx.dryrun:
+            if ctx.outdir is None:
+                problem = _in_place_problem(src, given)
+                if problem:
+                    result.notes.append(wcsupdate.Note(src.name, f"a real run would fail: "
+                                                                 f"{problem}"))
             result.action = f"would change {len(changes)} item(s) (dry run)"
             result.category = "would update"
             return result
         else:
+            if ctx.outdir is None:
+                problem = _in_place_problem(src, given)
+                if problem:
+                    raise ProductError(problem)
             result.action = write_file(src, dest, plans, result.notes)
             return result
     if ctx.outdir is not None and not ctx.dryrun:
         result.action += "; " + _copy_unchanged(src, dest)
     return result
+
+
+def _in_place_problem(src: Path, given: Path) -> str:
+    """Why ``src`` must not be updated in place ('' if it may).
+
+    Read-only: no write permission bit at all (checked on the mode bits, so that
+    root, whom os.access always allows, is refused too), or no write access.
+    Hard links: an in-place patch would change every name of the file (a
+    ``cp -al`` snapshot included), a rewrite would leave the other names old;
+    either breaks what the user built, so the file is refused.
+    """
+    st = src.stat()
+    if not st.st_mode & 0o222 or not os.access(src, os.W_OK):
+        return (f"{given} is read-only (mode {stat.filemode(st.st_mode)}); not updated: make "
+                "it writable (chmod u+w) or use outdir= for updated copies")
+    if st.st_nlink > 1:
+        return (f"{given} has {st.st_nlink} hard links (e.g. a cp -al/rsync --link-dest "
+                "snapshot): updating it in place would change or unshare the other names; "
+                "not updated: break the link (cp the file over itself) or use outdir= for "
+                "updated copies")
+    return ""
 
 
 def _own_file(src: Path, layouts, ctx: RunContext) -> str:
@@ -712,13 +869,43 @@ def _remove_orphans(src: Path, result: FileResult) -> None:
 
 def _report(result: FileResult) -> None:
     if result.failed:
-        logger.error("%s: %s", result.path, result.action)
+        text = result.action
+        if text.startswith(f"{result.path}: ") or text.startswith(f"{result.path} "):
+            logger.error("%s", text)          # the message names the file already
+        else:
+            logger.error("%s: %s", result.path, text)
         return
     logger.info("%s: %s (%s) -> %s", result.path, result.ptype, result.reason, result.action)
     for change in result.changes:
         logger.info("    %s", change.describe())
     for note in result.notes:
         logger.info("    note: %s", note.describe())
+
+
+def runner_verbose_level(verbose: int) -> int:
+    """The logging level at which a message shows from ``verbose`` on."""
+    from stk_astrometry.runner import VERBOSE_LEVELS
+
+    return VERBOSE_LEVELS[verbose]
+
+
+def _mark_collisions(files, outdir: Path):
+    """Copy mode: inputs that would write the same output file fail, before anything is written."""
+    by_dest = {}
+    for f in files:
+        if not f.error:
+            by_dest.setdefault(os.path.normpath(os.path.abspath(outdir / f.rel)), []).append(f)
+    out = []
+    for f in files:
+        dest = os.path.normpath(os.path.abspath(outdir / f.rel))
+        group = by_dest.get(dest, [f]) if not f.error else [f]
+        if len(group) > 1:
+            others = ", ".join(str(g.path) for g in group if g is not f)
+            f = InputFile(f.path, f.rel, f.root,
+                          f"{f.path}: same output file {dest} as {others}; none of them is "
+                          "written (give them separately, with different outdir)")
+        out.append(f)
+    return out
 
 
 def _body(params) -> int:
@@ -728,19 +915,20 @@ def _body(params) -> int:
     outdir = Path(outdir) if outdir and str(outdir).strip() else None
     if outdir is not None and outdir.exists() and not outdir.is_dir():
         raise OutputError(f"outdir={outdir} exists and is not a directory")
+    if outdir is not None:
+        out_real = outdir.resolve()
+        for root in sorted({f.root.resolve() for f in files if f.root is not None}):
+            if out_real == root or root in out_real.parents:
+                raise OutputError(
+                    f"outdir={outdir} is inside the input directory {root}: the copies would "
+                    "be written into the input tree (and taken for inputs by the next run); "
+                    "choose an outdir outside it")
+        files = _mark_collisions(files, outdir)
     if outdir is not None and not params["dryrun"]:
         try:
             outdir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise OutputError(f"outdir={outdir}: cannot create it: {exc.strerror}") from exc
-    if outdir is not None:
-        # earlier outputs found under an input directory (not the input itself)
-        inside = [f for f in files if outdir.resolve() in f.path.resolve().parents
-                  and (outdir / f.rel).resolve() != f.path.resolve()]
-        if inside:
-            files = [f for f in files if f not in inside]
-            notes.append(f"{len(inside)} file(s) already under outdir={outdir} are outputs, "
-                         "not inputs: left")
     ctx = RunContext(transform, outdir, params["unknown"], params["dryrun"], params["inverse"],
                      params["force"], params["scrub"], params["clobber"],
                      tuple(params.history_items()))
@@ -760,6 +948,14 @@ def _body(params) -> int:
             result = process_file(item, ctx)
         except StkError as exc:
             result = FileResult(item.path, action=str(exc), failed=True, category="failed")
+            failed += 1
+        except Exception as exc:  # noqa: BLE001 - a bug fails this file; the others go on
+            # the traceback is a bug report: shown at verbose >= 2
+            logger.log(runner_verbose_level(2), "%s: internal error:\n%s", item.path,
+                       "".join(traceback.format_exception(exc)).rstrip())
+            result = FileResult(item.path, action=f"internal error (a bug; verbose=2 shows the "
+                                                  f"traceback): {type(exc).__name__}: {exc}",
+                                failed=True, category="failed")
             failed += 1
         _report(result)
         counts[result.category] = counts.get(result.category, 0) + 1
