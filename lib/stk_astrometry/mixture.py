@@ -74,8 +74,16 @@ grid step squared, ``rho'`` = rho floored) is evaluated on a 0.2" grid of
 shifts within the match circle and the bounds; its best four local maxima are
 followed by EM down to no smoothing, the four best maxima of the unsmoothed
 score on the same grid are polished by EM, and the best of these eight
-candidates by the unsmoothed score starts the windowed fit.  Typical cost:
-3-10 ms for 50 detections.
+candidates by the unsmoothed score -- less ``|s|^2 / (2 sigma_p^2)``, a weak
+Gaussian prior on the shift (``start_prior_arcsec``, sigma_p = 1" by default)
+-- starts the windowed fit.  The prior only ranks competing modes (CSC 2.1
+shifts are mostly under 0.4", the specification expects none beyond 3"): in a
+stack with few true pairs among many chance ones, a chance alignment far from
+zero no longer wins a near tie.  It never enters the fit itself, so it adds
+no bias to the shift.  Measured on 2,000 simulated stacks per case: at 40 %
+false matches 1 catastrophic fit without it, 0 with it; no change on clean
+stacks, also for true shifts of 1.0-1.5".  Typical cost: 3-10 ms for 50
+detections.
 
 The effective number of true matches is :math:`n_{eff} = \sum_k r_k`; the
 chance fraction reported is :math:`1 - n_{eff} / n_{det}` over the
@@ -401,7 +409,7 @@ def _group_logsumexp(logv, starts):
     return mx + np.log(np.add.reduceat(np.exp(logv - rep), starts)), rep
 
 
-def _start_by_grid(prob):
+def _start_by_grid(prob, prior_sigma=None):
     """Global start: the best local mode of a smoothed likelihood on a grid of shifts.
 
     The score is ``sum_j log(rho_g + S_j(s) / 2)`` over every pair (no window,
@@ -436,6 +444,8 @@ def _start_by_grid(prob):
         # model's own likelihood (q fitted, with the selection term) was tried
         # and favours spurious modes near the rim of the match circle
         sc = _score(prob, s[None, :], rho_g, 0.0)[0]
+        if prior_sigma:
+            sc -= 0.5 * float(s @ s) / prior_sigma**2  # ranks the modes only (docstring)
         if sc > best_score:
             best, best_score = s, sc
     return best
@@ -643,7 +653,7 @@ def _empty_fit(n, message, *, n_dropped=0, n_floored=0, membership=None):
 
 
 def fit_mixture(src_index, d_xi, d_eta, cov_pairs, *, density_per_arcmin2, match_radius_arcsec,
-                systematic_arcsec=0.0, max_shift_arcsec=5.0, x0=None):
+                systematic_arcsec=0.0, max_shift_arcsec=5.0, x0=None, start_prior_arcsec=1.0):
     """Fit a translation by maximising the chance-match mixture likelihood.
 
     The model, the window and the covariance are described in the module
@@ -669,6 +679,10 @@ def fit_mixture(src_index, d_xi, d_eta, cov_pairs, *, density_per_arcmin2, match
     x0 : (float, float), optional
         Starting shift.  Default: the mode of a smoothed likelihood on a
         0.2" grid, which makes the fit global rather than local.
+    start_prior_arcsec : float or None, optional
+        Width of the weak Gaussian prior on the shift used only to rank the
+        candidate start modes (module docstring); None ranks by likelihood
+        alone.  Not used when ``x0`` is given.
 
     Returns
     -------
@@ -712,6 +726,8 @@ def fit_mixture(src_index, d_xi, d_eta, cov_pairs, *, density_per_arcmin2, match
         x0 = np.asarray(x0, dtype=float)
         if x0.shape != (2,) or not np.all(np.isfinite(x0)):
             raise FitError(f"mixture fit: x0 must be two finite numbers, got {x0!r}")
+    if start_prior_arcsec is not None and not (np.isfinite(start_prior_arcsec) and start_prior_arcsec > 0):
+        raise FitError(f"mixture fit: start_prior_arcsec must be None or > 0, got {start_prior_arcsec!r}")
 
     notes = []
     finite = np.isfinite(dx_all) & np.isfinite(dy_all) & np.all(np.isfinite(cov_all), axis=(1, 2))
@@ -738,7 +754,7 @@ def fit_mixture(src_index, d_xi, d_eta, cov_pairs, *, density_per_arcmin2, match
     n_det = int(det.max()) + 1
 
     prob = _Problem(det, dx, dy, cov, rho_arcmin / 3600.0, radius, max_shift)
-    s = x0.copy() if x0 is not None else _start_by_grid(prob)
+    s = x0.copy() if x0 is not None else _start_by_grid(prob, start_prior_arcsec)
     q = 0.9 if prob.rho > 0 else 1.0
     total_iter = 0
     converged = False
