@@ -1192,6 +1192,25 @@ def _split_argv(argv, tool):
     return _CommandLine(par_file, tuple(yaml_files), tuple(named), tuple(positional))
 
 
+def _assign_positional(targets, positional, given, tool, *, what):
+    """Give positional values to ``targets`` in order, into ``given`` (name -> text).
+
+    Fewer values than targets is normal (they fill the first ones); more is an
+    error, and so is a parameter given both by position and by name.
+    """
+    if len(positional) > len(targets):
+        extra = " ".join(positional[len(targets):])
+        names = ", ".join(p.name for p in targets) or "none"
+        raise ParameterError(f"{tool}: too many positional values: {extra} ({what}: {names})")
+    for param, text in zip(targets, positional, strict=False):
+        if param.name in given:
+            raise ParameterError(
+                f"{tool}: parameter '{param.name}' given both by position ('{text}') "
+                f"and as {param.name}={given[param.name]}"
+            )
+        given[param.name] = text
+
+
 def _effective_mode(param, texts):
     if param.mode == "a":
         return texts.get("mode", "ql").strip() or "ql"
@@ -1313,21 +1332,8 @@ def load_parameters(tool, argv, *, interactive=None, environ=None, prompt_func=N
         from_cli[name] = text
 
     auto = [p for p in base.params if p.mode == "a"]
-    if len(cmd.positional) > len(auto):
-        extra = cmd.positional[len(auto) :]
-        names = ", ".join(p.name for p in auto) or "none"
-        raise ParameterError(
-            f"{tool}: too many positional values: {' '.join(extra)!s} "
-            f"({len(auto)} positional parameters: {names})"
-        )
-    # fewer positional values than 'a' parameters is normal: they fill the first ones
-    for param, text in zip(auto, cmd.positional, strict=False):
-        if param.name in from_cli:
-            raise ParameterError(
-                f"{tool}: parameter '{param.name}' given both by position ('{text}') "
-                f"and as {param.name}={from_cli[param.name]}"
-            )
-        from_cli[param.name] = text
+    _assign_positional(auto, cmd.positional, from_cli, tool,
+                       what=f"{len(auto)} positional parameters")
 
     for name, text in from_cli.items():
         explicit[name] = _normalise_given(base.param(name), text, tool)
@@ -1511,19 +1517,7 @@ def pset_values(parfile, args, *, tool, environ=None):
             text = "yes" if text == "+" else "no"
         changes[name] = text
     visible = [p for p in parfile.params if not p.hidden]
-    if len(cmd.positional) > len(visible):
-        raise ParameterError(
-            f"{tool}: too many positional values: {' '.join(cmd.positional[len(visible) :])} "
-            f"(non-hidden parameters: {', '.join(p.name for p in visible) or 'none'})"
-        )
-    # fewer positional values than parameters is normal: they fill the first ones
-    for param, text in zip(visible, cmd.positional, strict=False):
-        if param.name in changes:
-            raise ParameterError(
-                f"{tool}: parameter '{param.name}' given both by position ('{text}') "
-                f"and as {param.name}={changes[param.name]}"
-            )
-        changes[param.name] = text
+    _assign_positional(visible, cmd.positional, changes, tool, what="non-hidden parameters")
     if not changes:
         raise ParameterError(f"{tool}: nothing to set; give name=value ...")
     for name, text in changes.items():
