@@ -269,3 +269,19 @@ def test_require_columns(tmp_path):
     assert cols == {"ra": "ra", "dec": "dec", "pmra": None}
     with pytest.raises(CatalogError, match=r"cat.fits\[FIRST\]: required column 'source_id' is missing"):
         require_columns(tin, ["source_id"])
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="needs root to chown")
+def test_replace_durably_keeps_owner_group_and_mode(tmp_path):
+    from stk_astrometry.fitsutil import replace_durably
+
+    dest = tmp_path / "product.fits"
+    dest.write_bytes(b"old")
+    os.chown(dest, 65534, 100)
+    os.chmod(dest, 0o664)
+    tmp = tmp_path / "new.tmp"
+    tmp.write_bytes(b"new")  # created by root
+    replace_durably(tmp, dest)
+    st = dest.stat()
+    assert dest.read_bytes() == b"new"
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (65534, 100, 0o664)

@@ -101,18 +101,32 @@ def fsync_directory(path):
 def replace_durably(tmp, dest):
     """fsync ``tmp`` and rename it onto ``dest`` (same folder), then fsync the folder.
 
-    The new file keeps the permissions of the file it replaces (a product
-    stays as readable as it was); a new file gets the usual 0666 & ~umask.
+    The new file keeps the permissions, owner and group of the file it
+    replaces (a product on a shared archive stays as it was; a user who may
+    not give the file away keeps at least its group where the system allows);
+    a new file gets the usual 0666 & ~umask.
     """
     tmp, dest = Path(tmp), Path(dest)
     with open(tmp, "rb+") as fh:
         os.fsync(fh.fileno())
     try:
-        mode = dest.stat().st_mode & 0o7777
+        old = dest.stat()
     except OSError:
+        old = None
+    if old is None:
         umask = os.umask(0)
         os.umask(umask)
         mode = 0o666 & ~umask
+    else:
+        mode = old.st_mode & 0o7777
+        new = os.stat(tmp)
+        if (new.st_uid, new.st_gid) != (old.st_uid, old.st_gid):
+            try:
+                os.chown(tmp, old.st_uid, old.st_gid)
+            except OSError:  # not allowed to give the file away: keep the group if we may
+                with contextlib.suppress(OSError):
+                    os.chown(tmp, -1, old.st_gid)
+    # chmod after chown: chown may clear set-id bits
     with contextlib.suppress(OSError):
         os.chmod(tmp, mode)
     os.replace(tmp, dest)
