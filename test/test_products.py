@@ -363,25 +363,28 @@ def test_record_of_an_earlier_version_is_read_as_level_one():
     assert not [k for k in h if k.startswith("STKPV")]
 
 
-def test_far_limit_is_decided_on_the_original_position_both_ways():
+def test_far_positions_move_and_undo_exactly_both_ways():
+    # the 10 deg rule no longer leaves positions (it broke exact undo): they move, counted
+    # in n_far; only positions >= 89 deg away (projection fails) are left, in n_unprojectable
     x = wcsupdate.Transform.from_shift(0.0, 3.6, RA0, DEC0)      # 1e-3 deg outwards (north)
     lim = wcsupdate.MAX_DISTANCE_DEG
-    ra = np.array([RA0, RA0])
-    dec = np.array([DEC0 + lim - 0.0005, DEC0 + 11.5])
-    assert wcsupdate.distance_deg(ra[0], dec[0], RA0, DEC0) < lim
+    ra = np.array([RA0, RA0, RA0])
+    dec = np.array([DEC0 + lim - 0.0005, DEC0 + 11.5, DEC0 + lim + 2 / 3600])
     fwd = wcsupdate.shift_columns(ra, dec, x)
-    assert fwd.n_moved == 1 and fwd.n_far == 1
-    assert wcsupdate.distance_deg(fwd.ra_deg[0], fwd.dec_deg[0], RA0, DEC0) > lim
+    assert fwd.n_moved == 3 and fwd.n_far == 2 and fwd.n_unprojectable == 0
+    assert np.all(fwd.dec_deg > dec + 9e-4)
     back = wcsupdate.shift_columns(fwd.ra_deg, fwd.dec_deg, x, inverse=True)
-    assert back.n_moved == 1 and back.n_far == 1
-    assert np.allclose(back.dec_deg, dec, atol=1e-10, rtol=0) and back.dec_deg[1] == dec[1]
+    assert back.n_moved == 3
+    assert np.allclose(back.dec_deg, dec, atol=1e-10, rtol=0)
     h = fits.Header()
-    h["RA_A"], h["DEC_A"] = (RA0, "[deg]"), (float(dec[0]), "[deg]")
-    wcsupdate.update_header(h, x, hdu_label="t")
-    assert h["DEC_A"] > dec[0] + 9e-4
+    h["RA_A"], h["DEC_A"] = (RA0, "[deg]"), (float(dec[2]), "[deg]")
+    res = wcsupdate.update_header(h, x, hdu_label="t")
+    assert h["DEC_A"] > dec[2] + 9e-4
+    assert "from the stack tangent point" in " ".join(n.message for n in res.notes)
     wcsupdate.update_header(h, x, hdu_label="t", inverse=True)
-    assert h["DEC_A"] == pytest.approx(float(dec[0]), abs=1e-10)
+    assert h["DEC_A"] == pytest.approx(float(dec[2]), abs=1e-10)
     h["RA_B"], h["DEC_B"] = (100.0, "[deg]"), (-60.0, "[deg]")      # > 90 deg away
     res = wcsupdate.update_header(h, x, hdu_label="t")
-    assert h["RA_B"] == 100.0 and "from the stack tangent point" in " ".join(
-        n.message for n in res.notes)
+    assert h["RA_B"] == 100.0 and "left" in " ".join(n.message for n in res.notes)
+    far = wcsupdate.shift_columns(np.array([100.0]), np.array([-60.0]), x)
+    assert far.n_moved == 0 and far.n_unprojectable == 1 and far.n_sentinel == 0

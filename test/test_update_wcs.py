@@ -791,16 +791,33 @@ def test_stale_journal_is_not_rolled_back_over_a_changed_file(tmp_path, xfm_file
     assert sha(path) == edited and jpath.exists()
 
 
-def test_journal_records_the_file_identity(tmp_path):
+def test_journal_of_a_moved_file_recovers_on_the_bytes(tmp_path):
+    # a torn file and its journal copied (cp -a, restore, another mount): the device and
+    # inode differ, the bytes are old-or-new: recovered, with a note; never refused for that
+    path = tmp_path / "f.fits"
+    path.write_bytes(b"A" * 5760)
+    fitsedit._write_journal(path, [fitsedit.Patch(0, b"AAAA", b"BBBB"),
+                                   fitsedit.Patch(2880, b"AAAA", b"CCCC")])
+    other = tmp_path / "g.fits"
+    other.write_bytes(b"BBBB" + b"A" * 5756)     # torn: first patch written, not the second
+    os.replace(other, path)                      # another inode
+    done = fitsedit.recover(path)
+    assert "rolled back" in done and "inode" in done
+    assert path.read_bytes() == b"A" * 5760
+    assert not fitsedit.journal_path(path).exists()
+
+
+def test_journal_over_foreign_bytes_is_refused_and_kept(tmp_path):
     path = tmp_path / "f.fits"
     path.write_bytes(b"A" * 5760)
     fitsedit._write_journal(path, [fitsedit.Patch(0, b"AAAA", b"BBBB")])
-    other = tmp_path / "g.fits"
-    other.write_bytes(b"A" * 5760)
-    os.replace(other, path)                  # same bytes, another file
-    with pytest.raises(StkError, match="journal"):
+    path.write_bytes(b"XXXX" + b"A" * 5756)      # someone else's edit of the range
+    with pytest.raises(StkError, match="journal") as err:
         fitsedit.recover(path)
-    assert path.read_bytes() == b"A" * 5760
+    assert "remove" not in str(err.value) and "delete" not in str(err.value)
+    assert "inspect the file and the journal" in str(err.value)
+    assert path.read_bytes() == b"XXXX" + b"A" * 5756
+    assert fitsedit.journal_path(path).exists()
 
 
 def test_journal_through_a_symlink_is_named_after_the_real_file(tmp_path, xfm_file,
@@ -863,35 +880,50 @@ def test_force_keeps_every_record_and_undo_is_exact(tmp_path, capsys):
     verify_checksums(path)
 
 
-def test_far_positions_are_left_with_a_note(tmp_path, xfm_file, capsys):
+def test_far_positions_are_moved_with_a_note_and_undo_is_exact(tmp_path, xfm_file, capsys):
+    # only positions the tangent projection cannot take (>= 89 deg away) are left; farther
+    # than 10 deg is moved and noted, so that update and undo are exact inverses
     a = tmp_path / synthprod.product_filename("EXPMAP")
     b = tmp_path / "b_exp3.fits"
     synthprod.write_product("EXPMAP", a, ra_nom=RA0, dec_nom=DEC0)
     synthprod.write_product("EXPMAP", b, ra_nom=RA0, dec_nom=DEC0)
+    near_limit = DEC_REF + 10 + 2 / 3600          # just beyond 10 deg: moved outwards/inwards
     with fits.open(a, mode="update") as h:
         h[0].header["RA_OPT"] = (20.0, "[deg] optical counterpart")
         h[0].header["DEC_OPT"] = (-40.0, "[deg] optical counterpart")
         h[0].header["RA_NEAR"] = (RA0 + 20.0, "[deg] 18 deg away")
         h[0].header["DEC_NEAR"] = (DEC0, "[deg]")
+        h[0].header["RA_EDGE"] = (RA_REF, "[deg] just beyond 10 deg")
+        h[0].header["DEC_EDGE"] = (near_limit, "[deg]")
+    orig = fits.getheader(a)
     cat = tmp_path / "catalog.fits"
     c = fits.BinTableHDU.from_columns([
-        fits.Column("ra", "D", unit="deg", array=[RA0, 27.2, 120.0]),
-        fits.Column("dec", "D", unit="deg", array=[DEC0, -26.6, 10.0])], name="CAT")
+        fits.Column("ra", "D", unit="deg", array=[RA0, 27.2, 120.0, RA_REF]),
+        fits.Column("dec", "D", unit="deg", array=[DEC0, -26.6, 10.0, near_limit])],
+        name="CAT")
     fits.HDUList([fits.PrimaryHDU(), c]).writeto(cat)
+    orig_cat = {k: np.array(fits.getdata(cat, 1)[k]) for k in ("ra", "dec")}
     assert run(f"{a},{b}", xfm_file, "outdir=") == 0
     out = capsys.readouterr().out
     assert "RA_OPT" in out and "from the stack tangent point" in out
+    assert "RA_NEAR" in out and "moved" in out
     h = fits.getheader(a)
-    assert (h["RA_OPT"], h["DEC_OPT"]) == (20.0, -40.0)
-    assert h["RA_NEAR"] == RA0 + 20.0
+    assert (h["RA_OPT"], h["DEC_OPT"]) == (20.0, -40.0)          # > 90 deg: left
+    assert h["RA_NEAR"] != RA0 + 20.0                             # 18 deg: moved, noted
+    assert h["DEC_EDGE"] != near_limit
     assert h["STKXFMID"] == XFM.xfm_id and fits.getheader(b)["STKXFMID"] == XFM.xfm_id
     assert run(cat, xfm_file, "outdir=", "unknown=generic") == 0
     d = fits.getdata(cat, 1)
-    assert np.all(np.isfinite(d["ra"])) and list(d["ra"][1:]) == [27.2, 120.0]
-    assert d["ra"][0] != RA0
+    assert np.all(np.isfinite(d["ra"])) and d["ra"][1] == 27.2    # 150 deg away: left
+    assert d["ra"][0] != RA0 and d["ra"][2] != 120.0 and d["dec"][3] != near_limit
     assert run(cat, xfm_file, "outdir=", "unknown=generic", "inverse=yes") == 0
     d = fits.getdata(cat, 1)
-    assert d["ra"][0] == pytest.approx(RA0, abs=1e-9) and list(d["ra"][1:]) == [27.2, 120.0]
+    for col in ("ra", "dec"):
+        assert d[col] == pytest.approx(orig_cat[col], abs=1e-9, rel=0)
+    assert run(a, xfm_file, "outdir=", "inverse=yes") == 0
+    h = fits.getheader(a)
+    for k in ("RA_OPT", "DEC_OPT", "RA_NEAR", "DEC_NEAR", "RA_EDGE", "DEC_EDGE"):
+        assert h[k] == pytest.approx(orig[k], abs=1e-9, rel=0), k
 
 
 def test_unexpected_exception_fails_that_file_only(tmp_path, xfm_file, capsys, monkeypatch):
@@ -1075,3 +1107,126 @@ def test_outdir_containing_the_input_directory(tmp_path, xfm_file, capsys):
     # a second run does not take the first run's outputs for inputs
     assert run(upd / "products", xfm_file, upd, "clobber=yes") == 0
     assert not (upd / "products" / "products").exists() and not (upd / "upd").exists()
+
+
+def test_copy_mode_links_into_the_tree_keep_the_real_paths(tmp_path, xfm_file, capsys):
+    # a link that sorts before the real folder/file must not take its place in outdir
+    tree = tmp_path / "p"
+    evt = _evt(tree / "obs" / "14031" / "acisf14031_000N001_evt3.fits")
+    img = tree / "stack" / synthprod.product_filename("STKECORRIMG")
+    img.parent.mkdir()
+    synthprod.write_product("STKECORRIMG", img, ra_nom=RA0, dec_nom=DEC0)
+    (tree / "a_stack_link").symlink_to("stack")
+    (tree / "master").mkdir()
+    (tree / "master" / "chain1.fits").symlink_to(Path("..") / "obs" / "14031" / evt.name)
+    ext = _evt(tmp_path / "archive" / "acisf14032_000N001_evt3.fits")
+    (tree / "master" / ext.name).symlink_to(ext)             # a link out of the tree: kept
+    out = tmp_path / "out"
+    assert run(tree, xfm_file, out) == 0
+    text = capsys.readouterr().out
+    assert (out / "obs" / "14031" / evt.name).is_file()
+    assert (out / "stack" / img.name).is_file()
+    assert not (out / "a_stack_link").exists() and not (out / "master" / "chain1.fits").exists()
+    assert (out / "master" / ext.name).is_file() and _xfm_id(out / "master" / ext.name)
+    assert _xfm_id(ext) is None                                # copy mode: input untouched
+    assert "the real file is the one updated" not in text
+    assert "3 file(s)" in text
+
+
+def test_outdir_inside_a_folder_reached_through_a_link_is_refused(tmp_path, xfm_file, capsys):
+    tree = tmp_path / "p"
+    tree.mkdir()
+    synthprod.write_product("ECORRIMG", tree / "img.fits", ra_nom=RA0, dec_nom=DEC0)
+    (tmp_path / "ext").mkdir()
+    (tree / "scratch").symlink_to(Path("..") / "ext")
+    assert run(tree, xfm_file, tmp_path / "ext" / "out") == 1
+    err = capsys.readouterr().err
+    assert "inside the input directory" in err and "symbolic link" in err
+    assert not (tmp_path / "ext" / "out").exists()
+
+
+def test_dangling_symlink_in_a_tree_is_an_error_naming_it(tmp_path, xfm_file, capsys):
+    tree = tmp_path / "t"
+    img = tree / synthprod.product_filename("STKECORRIMG")
+    tree.mkdir()
+    synthprod.write_product("STKECORRIMG", img, ra_nom=RA0, dec_nom=DEC0)
+    link = tree / "acisf14031_000N001_evt3.fits"
+    link.symlink_to(tmp_path / "moved" / "acisf14031_000N001_evt3.fits")
+    assert run(tree, xfm_file, "outdir=") == 1
+    err = capsys.readouterr().err
+    assert str(link) in err and "broken symbolic link" in err
+    assert _xfm_id(img, 0) == XFM.xfm_id
+
+
+def _enospc(*_args, **_kwargs):
+    import errno
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+@pytest.mark.parametrize("where", ["stream", "journal", "patch", "commit"])
+def test_disk_full_is_a_per_file_output_error(tmp_path, xfm_file, capsys, monkeypatch, where):
+    path = _evt(tmp_path / "tree" / "acisf14031_000N001_evt3.fits", full=where == "stream")
+    if where in ("journal", "patch"):
+        _roomy(path, xfm_file)
+    before = sha(path)
+    target = {"stream": "_copy_range", "journal": "replace_durably", "patch": "_write_patches",
+              "commit": "replace_durably"}[where]
+    real = getattr(fitsedit, target)
+    monkeypatch.setattr(fitsedit, target, _enospc)
+    capsys.readouterr()
+    extra = [tmp_path / "out"] if where == "commit" else ["outdir="]
+    assert run(path, xfm_file, *extra) == 1
+    err = capsys.readouterr().err
+    assert "internal error" not in err
+    assert "No space left on device" in err and "cannot write" in err
+    monkeypatch.setattr(fitsedit, target, real)
+    if where == "patch":                      # the journal is there: the next run rolls back
+        assert fitsedit.journal_path(path).exists()
+        assert run(path, xfm_file, "outdir=") == 0
+        assert _xfm_id(path) == XFM.xfm_id
+    else:
+        assert sha(path) == before
+        assert not [p for p in path.parent.glob(".*")]
+        assert not [p for p in (tmp_path / "out").rglob(".*")]
+
+
+def test_aspsol_force_a_b_a_then_undo_removes_only_the_last_record(tmp_path):
+    path = tmp_path / synthprod.product_filename("ASPSOL3")
+    synthprod.write_product("ASPSOL3", path, ra_nom=RA0, dec_nom=DEC0)
+    shifts = {"A": (0.1, -0.1), "B": (0.2, -0.2)}
+    xf = {n: synthprod.write_stkxfm(tmp_path / f"x{n}.fits", d_xi_arcsec=x, d_eta_arcsec=y,
+                                    ra_ref_deg=RA_REF, dec_ref_deg=DEC_REF)
+          for n, (x, y) in shifts.items()}
+    ids = {n: wcsupdate.Transform.from_shift(x, y, RA_REF, DEC_REF).xfm_id
+           for n, (x, y) in shifts.items()}
+
+    def stkxfm_ids():
+        with fits.open(path) as h:
+            return [x.header.get("STKXFMID") for x in h if x.name == "STKXFM"]
+    assert run(path, xf["A"], "outdir=") == 0
+    assert run(path, xf["B"], "outdir=", "force=yes") == 0
+    assert run(path, xf["A"], "outdir=", "force=yes") == 0
+    assert stkxfm_ids() == [ids["A"], ids["B"], ids["A"]]
+    assert run(path, xf["A"], "outdir=", "inverse=yes") == 0
+    assert stkxfm_ids() == [ids["A"], ids["B"]]
+    assert fits.getheader(path, 1).get("STKXFMID") == ids["B"]
+    assert run(path, xf["B"], "outdir=", "inverse=yes") == 0
+    assert stkxfm_ids() == [ids["A"]]
+    assert run(path, xf["A"], "outdir=", "inverse=yes") == 0
+    assert stkxfm_ids() == []
+    verify_checksums(path)
+
+
+@pytest.mark.parametrize("roomy", [False, True], ids=["grows", "fits"])
+def test_owner_without_write_bit_is_read_only_even_for_root(tmp_path, xfm_file, capsys, roomy):
+    # r--rw-r--: group may write, the owner may not; root (os.access always true) must
+    # read the owner's bit, as the owner would be refused
+    path = _evt(tmp_path / "acisf14031_000N001_evt3.fits", full=not roomy)
+    if roomy:
+        _roomy(path, xfm_file)
+    path.chmod(0o464)
+    before = sha(path)
+    capsys.readouterr()
+    assert run(path, xfm_file, "outdir=") == 1
+    assert "read-only" in capsys.readouterr().err
+    assert sha(path) == before and path.stat().st_mode & 0o777 == 0o464

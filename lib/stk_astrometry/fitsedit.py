@@ -414,15 +414,23 @@ def _atomic_temp(dest):
     except OSError as exc:
         raise OutputError(f"cannot write in {dest.parent}: {exc.strerror}") from exc
     try:
-        with os.fdopen(fd, "wb") as fh:
-            yield fh
-        replace_durably(tmp, dest)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                yield fh
+            replace_durably(tmp, dest)
+        except OSError as exc:
+            raise _write_error(dest, exc) from exc
     except BaseException:
         try:
             os.unlink(tmp)
         except OSError:
             pass
         raise
+
+
+def _write_error(dest, exc: OSError) -> OutputError:
+    """A write that failed (disk full, quota, I/O error): a per-file OutputError."""
+    return OutputError(f"cannot write {dest}: {exc.strerror or exc}")
 
 
 def _write_journal(path, patches) -> Path:
@@ -502,6 +510,7 @@ def patch_in_place(path, patches, *, journal: bool = True) -> None:
         fd = os.open(path, os.O_RDWR)
     except OSError as exc:
         raise OutputError(f"cannot open {path} for update: {exc.strerror}") from exc
+    jpath = None
     try:
         for p in patches:
             if os.pread(fd, len(p.old), p.offset) != p.old:
@@ -511,11 +520,20 @@ def patch_in_place(path, patches, *, journal: bool = True) -> None:
             _fault_point(fd, patches)
         _write_patches(fd, patches)
         os.fsync(fd)
+    except OSError as exc:
+        err = _write_error(path, exc)
+        if jpath is not None:
+            err = OutputError(f"{err}; its journal {jpath.name} is kept: the next run on "
+                              "this file rolls the partial update back")
+        raise err from exc
     finally:
         os.close(fd)
     if jpath is not None:
-        os.unlink(jpath)
-        _fsync_dir(path)
+        try:
+            os.unlink(jpath)
+            _fsync_dir(path)
+        except OSError as exc:
+            raise _write_error(path, exc) from exc
 
 
 def _fault_point(fd, patches) -> None:
@@ -561,11 +579,12 @@ def recover(path) -> str | None:
     done: a file whose patches were all written is kept (wholly new), any
     other is restored to its old bytes (wholly old).
 
-    The journal is trusted only for the file it was written for, unchanged
-    since but for the patches: same device and inode and size, and every
-    patched range holding exactly its old or its new bytes.  Anything else
-    (the file was replaced, or edited by another tool after the interruption)
-    is refused and both file and journal are left for a person to inspect.
+    The journal is trusted only for a file unchanged since but for the
+    patches: the same size, and every patched range holding exactly its old
+    or its new bytes.  A different device/inode is only noted (a copy, restore
+    or remount changes them).  Anything else (edited by another tool after the
+    interruption) is refused and both file and journal are left for a person
+    to inspect; the journal is the repair data and is never advised deleted.
 
     Raises
     ------
@@ -584,13 +603,19 @@ def recover(path) -> str | None:
         return ProductError(
             f"{path}: the interrupted update's journal {jpath} does not match the file "
             f"({why}): the file was changed since; neither rolled back nor touched - "
-            "inspect the file and remove the journal by hand")
+            "inspect the file and the journal (it holds the old and new bytes of every "
+            "patched range) before deciding what to keep")
 
     st = os.stat(path)
     if st.st_size != meta["size"]:
         raise refuse(f"size {st.st_size}, journal says {meta['size']}")
+    # device and inode change when a file is copied, restored or its file system remounted
+    # (NFS): only noted; the size and the old-or-new bytes of every range decide
+    moved = ""
     if "ino" in meta and (st.st_ino, st.st_dev) != (meta["ino"], meta["dev"]):
-        raise refuse("another file (inode) than the one the journal was written for")
+        moved = (f" (the file's device/inode {st.st_dev}/{st.st_ino} differ from the "
+                 f"journal's {meta['dev']}/{meta['ino']}: taken as the same file moved, "
+                 "copied or remounted, its bytes matching the journal)")
     try:
         fd = os.open(path, os.O_RDWR)
     except OSError as exc:
@@ -612,7 +637,7 @@ def recover(path) -> str | None:
         os.close(fd)
     os.unlink(jpath)
     _fsync_dir(path)
-    return action
+    return action + moved
 
 
 def _copy_range(src_fd, dst_fh, offset, length) -> None:
@@ -665,9 +690,12 @@ def rewrite_file(src, dest, pieces) -> None:
     pieces : iterable of bytes or (offset, length)
         New bytes, or a range of ``src`` streamed with ``os.copy_file_range``.
     """
-    src_fd = os.open(src, os.O_RDONLY)
     try:
-        with _atomic_temp(dest) as out:
+        src_fd = os.open(src, os.O_RDONLY)
+    except OSError as exc:
+        raise OutputError(f"cannot read {src}: {exc.strerror}") from exc
+    try:
+        with _atomic_temp(dest) as out:     # an OSError in here -> "cannot write <dest>"
             for piece in pieces:
                 if isinstance(piece, (bytes, bytearray, memoryview)):
                     out.write(piece)
@@ -705,4 +733,7 @@ def copy_file(src, dest) -> Path:
 
 def commit_temp(tmp, dest) -> None:
     """fsync ``tmp`` and rename it onto ``dest`` (keeping ``dest``'s permissions)."""
-    replace_durably(tmp, dest)
+    try:
+        replace_durably(tmp, dest)
+    except OSError as exc:
+        raise _write_error(dest, exc) from exc

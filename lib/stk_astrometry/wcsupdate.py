@@ -34,6 +34,7 @@ from stk_astrometry.tangent import sky_to_tangent, tangent_to_sky
 
 __all__ = [
     "MAX_DISTANCE_DEG",
+    "PROJECTION_LIMIT_DEG",
     "MAX_FORCED",
     "NOT_POSITION",
     "RECORD_KEYS",
@@ -69,9 +70,12 @@ MAX_FORCED = 9
 RECORD_KEYS = (("STKXFMID", "STKDXI", "STKDETA")
                + tuple(f"STKPV{n}{s}" for n in range(1, MAX_FORCED + 1) for s in ("ID", "DX", "DE"))
                + ("STKPVID", "STKPVDXI", "STKPVDET"))
-#: Positions farther than this from the transform's tangent point are left (with a note):
-#: they belong to no product of the stack, and 90 degrees away the projection fails.
+#: Positions farther than this from the transform's tangent point are moved with a note
+#: (they hardly belong to a product of the stack); leaving them broke exact undo.
 MAX_DISTANCE_DEG = 10.0
+#: Positions this far (deg) from the tangent point, or farther, are left: the tangent
+#: projection fails at 90 degrees.  Decided on the untransformed position both ways.
+PROJECTION_LIMIT_DEG = 89.0
 
 
 # --------------------------------------------------------------------------- transform
@@ -163,28 +167,44 @@ def distance_deg(ra_deg, dec_deg, ra0_deg, dec0_deg):
 
 
 def _apply_one(ra, dec, xfm, inverse):
-    """The moved position, or None when it is too far from the tangent point (or fails).
+    """The moved position, or None when the tangent projection cannot take it.
 
-    The distance is that of the untransformed position (the result of an undo),
-    so that an undo leaves exactly the positions the update left.
+    Left: positions :data:`PROJECTION_LIMIT_DEG` or more from the tangent point,
+    the distance being that of the untransformed position (the result of an
+    undo), so that an undo leaves exactly the positions the update left and
+    moves back exactly those it moved.
     """
-    if float(distance_deg(ra, dec, xfm.ra_ref_deg, xfm.dec_ref_deg)) >= 89.0:
+    if float(distance_deg(ra, dec, xfm.ra_ref_deg, xfm.dec_ref_deg)) >= (
+            90.0 if inverse else PROJECTION_LIMIT_DEG):
         return None
     with np.errstate(invalid="ignore", divide="ignore"):
         r, d = apply_sky(ra, dec, xfm, inverse=inverse)
     r, d = float(r), float(d)
     if not (math.isfinite(r) and math.isfinite(d)):
         return None
-    base = (r, d) if inverse else (ra, dec)
-    if float(distance_deg(base[0], base[1], xfm.ra_ref_deg, xfm.dec_ref_deg)) > MAX_DISTANCE_DEG:
+    if inverse and float(distance_deg(r, d, xfm.ra_ref_deg,
+                                      xfm.dec_ref_deg)) >= PROJECTION_LIMIT_DEG:
         return None
     return r, d
 
 
 def _far_note(hdu_label, what, old, xfm):
+    """Why ``old`` was left: the tangent projection cannot take it."""
     dist = float(distance_deg(old[0], old[1], xfm.ra_ref_deg, xfm.dec_ref_deg))
     return Note(hdu_label, f"{what} = {old} is {dist:.1f} deg from the stack tangent point "
-                           f"(more than {MAX_DISTANCE_DEG:g}): not of this stack; left")
+                           f"(the tangent projection fails {PROJECTION_LIMIT_DEG:g} deg or more "
+                           "away): not of this stack; left")
+
+
+def _moved_far_note(hdu_label, what, old, new, xfm, inverse):
+    """A note for a moved position more than MAX_DISTANCE_DEG from the tangent point, or None."""
+    base = new if inverse else old
+    dist = float(distance_deg(base[0], base[1], xfm.ra_ref_deg, xfm.dec_ref_deg))
+    if dist <= MAX_DISTANCE_DEG:
+        return None
+    return Note(hdu_label, f"{what} = {old} is {dist:.1f} deg from the stack tangent point "
+                           f"(more than {MAX_DISTANCE_DEG:g}): hardly of this stack; moved "
+                           "all the same (an undo moves it back exactly)")
 
 
 def is_position(ra, dec) -> bool:
@@ -630,6 +650,9 @@ def update_header(header, xfm: Transform, *, hdu_label: str, inverse: bool = Fal
             if new is None:
                 notes.append(_far_note(hdu_label, f"EQPOS {ka}/{kb}", old, xfm))
                 continue
+            far = _moved_far_note(hdu_label, f"EQPOS {ka}/{kb}", old, new, xfm, inverse)
+            if far is not None:
+                notes.append(far)
             for key, o, n in ((ka, old[0], new[0]), (kb, old[1], new[1])):
                 _set_value(header, key, n)
                 changes.append(Change(hdu_label, key, o, n, "EQPOS"))
@@ -642,6 +665,9 @@ def update_header(header, xfm: Transform, *, hdu_label: str, inverse: bool = Fal
             if new is None:
                 notes.append(_far_note(hdu_label, f"{kind} {ka}/{kb}", old, xfm))
                 continue
+            far = _moved_far_note(hdu_label, f"{kind} {ka}/{kb}", old, new, xfm, inverse)
+            if far is not None:
+                notes.append(far)
             for key, o, n in ((ka, old[0], new[0]), (kb, old[1], new[1])):
                 _set_value(header, key, n)
                 changes.append(Change(hdu_label, key, o, n, kind))
@@ -660,6 +686,9 @@ def update_header(header, xfm: Transform, *, hdu_label: str, inverse: bool = Fal
             if new is None:
                 notes.append(_far_note(hdu_label, f"{la}/{lb}", old, xfm))
                 continue
+            far = _moved_far_note(hdu_label, f"{la}/{lb}", old, new, xfm, inverse)
+            if far is not None:
+                notes.append(far)
             for key, label, o, n in ((ka, la, old[0], new[0]), (kb, lb, old[1], new[1])):
                 _set_value(header, key, n)
                 changes.append(Change(hdu_label, label, o, n, "position"))
@@ -710,12 +739,15 @@ class ColumnResult:
     Attributes
     ----------
     ra_deg, dec_deg : ndarray
-        New values (same shape and dtype as the input); nulls, sentinels and far
-        positions unchanged.
+        New values (same shape and dtype as the input); nulls, sentinels and
+        positions the projection cannot take unchanged.
     n_moved, n_null, n_sentinel : int
         Counts of elements moved, NaN (null) and otherwise unusable (left).
     n_far : int
-        Positions more than :data:`MAX_DISTANCE_DEG` from the tangent point (left).
+        Moved positions more than :data:`MAX_DISTANCE_DEG` from the tangent point
+        (moved all the same; reported).
+    n_unprojectable : int
+        Positions :data:`PROJECTION_LIMIT_DEG` or more from the tangent point (left).
     """
 
     ra_deg: np.ndarray
@@ -724,6 +756,7 @@ class ColumnResult:
     n_null: int
     n_sentinel: int
     n_far: int = 0
+    n_unprojectable: int = 0
 
 
 def shift_columns(ra_deg, dec_deg, xfm: Transform, *, inverse: bool = False) -> ColumnResult:
@@ -738,12 +771,15 @@ def shift_columns(ra_deg, dec_deg, xfm: Transform, *, inverse: bool = False) -> 
                   & (decf >= -90) & (decf <= 90) & ~((raf == 0) & (decf == 0)))
     good = usable.copy()
     if np.any(usable):
-        # beyond 89 deg the projection fails; the 10 deg limit is decided below on the
-        # untransformed position (the result of an undo), so that an undo is exact
+        # the projection fails 90 deg away: positions PROJECTION_LIMIT_DEG or more away
+        # are left, decided on the untransformed position (the result of an undo), so
+        # that an undo is exact
         good[usable] = distance_deg(raf[usable], decf[usable], xfm.ra_ref_deg,
-                                    xfm.dec_ref_deg) < 89.0
+                                    xfm.dec_ref_deg) < (90.0 if inverse
+                                                        else PROJECTION_LIMIT_DEG)
     new_ra = ra.copy()
     new_dec = dec.copy()
+    n_far = 0
     if np.any(good):
         with np.errstate(invalid="ignore", divide="ignore"):
             r, d = apply_sky(raf[good], decf[good], xfm, inverse=inverse)
@@ -751,14 +787,15 @@ def shift_columns(ra_deg, dec_deg, xfm: Transform, *, inverse: bool = False) -> 
         ok = np.isfinite(r) & np.isfinite(d)
         base_ra, base_dec = (r, d) if inverse else (raf[good], decf[good])
         with np.errstate(invalid="ignore"):
-            ok &= distance_deg(base_ra, base_dec, xfm.ra_ref_deg,
-                               xfm.dec_ref_deg) <= MAX_DISTANCE_DEG
+            dist = distance_deg(base_ra, base_dec, xfm.ra_ref_deg, xfm.dec_ref_deg)
+            ok &= dist < PROJECTION_LIMIT_DEG
+            n_far = int(np.count_nonzero(ok & (dist > MAX_DISTANCE_DEG)))
         idx = np.flatnonzero(good.ravel())
         good.ravel()[idx[~ok]] = False
         new_ra[good] = np.asarray(r)[ok]
         new_dec[good] = np.asarray(d)[ok]
     n_good = int(np.count_nonzero(good))
     n_null = int(np.count_nonzero(null))
-    n_far = int(np.count_nonzero(usable)) - n_good
+    n_unproj = int(np.count_nonzero(usable)) - n_good
     return ColumnResult(new_ra, new_dec, n_good, n_null,
-                        int(raf.size) - n_good - n_null - n_far, n_far)
+                        int(raf.size) - n_good - n_null - n_unproj, n_far, n_unproj)

@@ -88,61 +88,112 @@ def _read_list(spec: str) -> list[str]:
     return items
 
 
-def _walk(top: Path, files, notes, seen) -> int:
+def _inside(real: Path, roots) -> bool:
+    return any(real == r or r in real.parents for r in roots)
+
+
+def _walk(top: Path, files, notes, seen, roots=(), walked=None) -> int:
     """Add the FITS/JPEG files below ``top`` to ``files``; return the count of other files.
 
-    Symbolic links to folders are followed (each real folder walked once: a link
-    loop or a second link to a folder is noted and not walked again); a file
-    reached twice (a symbolic link to a product of the tree) is processed once.
-    An unreadable folder or file becomes an input carrying its error.
+    The real folders and files of the tree are walked first; then the symbolic
+    links to folders outside every directory input (``roots``, resolved) are
+    followed (each real folder walked once: a second link to a folder is noted
+    and not walked again).  A symbolic link whose target lies inside a
+    directory input (a link loop, a second name of a folder or product of the
+    tree) is noted and dropped: the file or folder is processed by its real
+    path, which is the one copy mode reproduces in outdir.  A link to a file
+    outside the inputs is processed (the real file is read).  An unreadable
+    folder or file, or a dangling symbolic link, becomes an input carrying its
+    error.  ``walked`` collects the real folders walked (for the outdir check).
     """
     n_other = 0
     visited = set()
+    roots = tuple(roots) or (top.resolve(),)
+    walked = [] if walked is None else walked
+    pending = []            # links to folders outside the inputs, walked after the real tree
 
-    def onerror(exc):
-        where = Path(exc.filename) if exc.filename else top
+    def error(where, text):
         rel = where.relative_to(top) if where.is_relative_to(top) else Path(where.name)
-        files.append(InputFile(where, rel, top, f"{where}: cannot read this folder "
-                                                f"({exc.strerror}); its products were not "
-                                                "processed"))
+        files.append(InputFile(where, rel, top, text))
 
-    for dirpath, dirnames, filenames in os.walk(top, onerror=onerror, followlinks=True):
+    def add_file(f: Path):
+        nonlocal n_other
+        if f.name.endswith(fitsedit.JOURNAL_SUFFIX) or _ORPHAN_RE.match(f.name):
+            return
+        if not f.is_file():
+            n_other += 1
+            return
         try:
-            st = os.stat(dirpath)
-        except OSError:
-            dirnames[:] = []
-            continue
-        if (st.st_dev, st.st_ino) in visited:
-            notes.append(f"{dirpath}: a folder already walked (symbolic link loop or a second "
-                         "link to it); not walked again")
-            dirnames[:] = []
-            continue
-        visited.add((st.st_dev, st.st_ino))
-        dirnames.sort()
-        for name in sorted(filenames):
-            f = Path(dirpath) / name
-            if name.endswith(fitsedit.JOURNAL_SUFFIX) or _ORPHAN_RE.match(name):
-                continue
-            if not f.is_file():
-                n_other += 1
-                continue
+            keep = (fitsedit.is_fits_file(f) or fitsedit.is_jpeg_file(f)
+                    or fitsedit.is_gzip_fits(f))
+        except StkError as exc:
+            error(f, str(exc))
+            return
+        if not keep:
+            n_other += 1
+            return
+        key = f.resolve()
+        if key not in seen:
+            seen.add(key)
+            files.append(InputFile(f, f.relative_to(top), top))
+
+    def walk_from(start: Path):
+        stack = [start]
+        while stack:
+            d = stack.pop()
             try:
-                keep = (fitsedit.is_fits_file(f) or fitsedit.is_jpeg_file(f)
-                        or fitsedit.is_gzip_fits(f))
-            except StkError as exc:
-                files.append(InputFile(f, f.relative_to(top), top, str(exc)))
+                st = os.stat(d)
+            except OSError as exc:
+                error(d, f"{d}: cannot read this folder ({exc.strerror}); its products were "
+                         "not processed")
                 continue
-            if not keep:
-                n_other += 1
+            if (st.st_dev, st.st_ino) in visited:
+                notes.append(f"{d}: a folder already walked (a second link to it); not "
+                             "walked again")
                 continue
-            key = f.resolve()
-            if key not in seen:
-                seen.add(key)
-                files.append(InputFile(f, f.relative_to(top), top))
+            visited.add((st.st_dev, st.st_ino))
+            walked.append(Path(os.path.realpath(d)))
+            try:
+                with os.scandir(d) as it:
+                    entries = sorted(it, key=lambda e: e.name)
+            except OSError as exc:
+                error(d, f"{d}: cannot read this folder ({exc.strerror}); its products were "
+                         "not processed")
+                continue
+            subdirs = []
+            for e in entries:
+                p = Path(d) / e.name
+                if e.is_symlink():
+                    target = Path(os.path.realpath(p))
+                    if not target.exists():
+                        error(p, f"{p}: broken symbolic link (to {os.readlink(p)}, which does "
+                                 "not exist): not processed; restore the target or remove "
+                                 "the link")
+                    elif _inside(target, roots):
+                        notes.append(f"{p}: symbolic link to {target}, inside the input "
+                                     "tree: processed by its real path only")
+                    elif target.is_dir():
+                        pending.append(p)
+                    else:
+                        add_file(p)
+                    continue
+                try:
+                    is_dir = e.is_dir()
+                except OSError:
+                    is_dir = False
+                if is_dir:
+                    subdirs.append(p)
+                else:
+                    add_file(p)
+            stack.extend(reversed(subdirs))
+
+    walk_from(top)
+    while pending:
+        walk_from(pending.pop(0))
     return n_other
 
 
-def expand_inputs(spec: str) -> tuple[list[InputFile], list[str]]:
+def expand_inputs(spec: str, walked=None) -> tuple[list[InputFile], list[str]]:
     """Expand ``infile``: a file, a comma list, ``@list`` (``@-list``), or directories.
 
     Directories are searched recursively; a file found there is kept when it
@@ -153,7 +204,11 @@ def expand_inputs(spec: str) -> tuple[list[InputFile], list[str]]:
     files : list of InputFile
     notes : list of str
         What was left out, and why.
+
+    ``walked``, if a list, receives the real folders walked (symbolic links
+    followed included).
     """
+    walked = [] if walked is None else walked
     text = (spec or "").strip()
     if not text:
         raise ParameterError("infile is blank: give a file, a comma list, @list or a directory")
@@ -167,10 +222,11 @@ def expand_inputs(spec: str) -> tuple[list[InputFile], list[str]]:
     notes = []
     seen = set()
     n_other = 0
+    roots = [Path(item).resolve() for item in raw if Path(item).is_dir()]
     for item in raw:
         p = Path(item)
         if p.is_dir():
-            n_other += _walk(p, files, notes, seen)
+            n_other += _walk(p, files, notes, seen, roots, walked)
         else:
             key = p.resolve()
             if key in seen:
@@ -387,8 +443,11 @@ def _move_columns(path, layout, pairs, xfm, *, inverse, label):
         changes.append(wcsupdate.Change(
             label, f"columns {fields[ra]},{fields[dec]}", f"{res.ra_deg.size} values",
             f"{res.n_moved} moved, {res.n_null} null and {res.n_sentinel} sentinel left"
-            + (f", {res.n_far} more than {wcsupdate.MAX_DISTANCE_DEG:g} deg from the stack "
-               "tangent point left" if res.n_far else ""),
+            + (f", {res.n_unprojectable} {wcsupdate.PROJECTION_LIMIT_DEG:g} deg or more from "
+               "the stack tangent point left (the tangent projection fails there)"
+               if res.n_unprojectable else "")
+            + (f"; {res.n_far} of the moved are more than {wcsupdate.MAX_DISTANCE_DEG:g} deg "
+               "from the stack tangent point (hardly of this stack)" if res.n_far else ""),
             "columns"))
     if not changes:
         return None, []
@@ -512,6 +571,14 @@ def plan_file(path, layouts, ptype, ctx: RunContext):
             raise ProductError(
                 f"{path}: inverse=yes needs the applied transform; the file records "
                 f"STKXFMID={', '.join(sorted(ids))}, this transform is {xfm.xfm_id}")
+    # an undo removes the LAST STKXFM HDU of this transform (each insert goes after the
+    # earlier ones): after force A, B, A the first A's record stays, under B's
+    last_stkxfm = None
+    if ctx.inverse:
+        for lay in layouts:
+            if (_hdu_name(lay) == "STKXFM"
+                    and wcsupdate.applied_state(lay.header) == xfm.xfm_id):
+                last_stkxfm = lay.index
     primary = layouts[0].header
     new_primary = None
     plans = []
@@ -523,7 +590,7 @@ def plan_file(path, layouts, ptype, ctx: RunContext):
         plan = HduPlan(lay, label)
         plans.append(plan)
         if name == "STKXFM":
-            if ctx.inverse and wcsupdate.applied_state(lay.header) == xfm.xfm_id:
+            if ctx.inverse and lay.index == last_stkxfm:
                 plan.remove = True
                 changes.append(wcsupdate.Change(label, "HDU STKXFM", "present", None, "record"))
             continue
@@ -690,7 +757,10 @@ def write_file(src: Path, dest: Path, plans, notes) -> str:
             tmp.unlink(missing_ok=True)
             raise
         return f"copied to {dest} and updated"
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot write {dest}: {exc.strerror}") from exc
     fitsedit.rewrite_file(src, dest, pieces)
     return ("rewritten (streamed; header grew or an HDU was added/removed)" if same
             else f"written to {dest} (streamed rewrite)")
@@ -719,10 +789,13 @@ def process_file(item: InputFile, ctx: RunContext) -> FileResult:
     # a product reached through a symbolic link: read, write, journal and clean up the
     # real file (a rename onto the link would replace the link, not update the product)
     src = Path(os.path.realpath(given))
-    if str(src) != os.path.normpath(os.path.abspath(given)):
-        result.notes.append(wcsupdate.Note(given.name, f"symbolic link to {src}: the real "
-                                                       "file is the one updated"))
     dest = (ctx.outdir / item.rel) if ctx.outdir is not None else src
+    if str(src) != os.path.normpath(os.path.abspath(given)):
+        result.notes.append(wcsupdate.Note(given.name, (
+            f"symbolic link to {src}: the real file is the one updated"
+            if ctx.outdir is None else
+            f"symbolic link to {src}: the real file is read (and left), its copy written to "
+            f"{dest}")))
     jpath = fitsedit.journal_path(src)
     if ctx.outdir is not None:
         if dest.resolve() == src:
@@ -825,14 +898,15 @@ def process_file(item: InputFile, ctx: RunContext) -> FileResult:
 def _in_place_problem(src: Path, given: Path) -> str:
     """Why ``src`` must not be updated in place ('' if it may).
 
-    Read-only: no write permission bit at all (checked on the mode bits, so that
-    root, whom os.access always allows, is refused too), or no write access.
+    Read-only: no write access, or (for root, whom os.access always allows) no
+    write permission bit for the file's owner (S_IWUSR; r--rw-r-- is read-only
+    for its owner, so it is for root too).
     Hard links: an in-place patch would change every name of the file (a
     ``cp -al`` snapshot included), a rewrite would leave the other names old;
     either breaks what the user built, so the file is refused.
     """
     st = src.stat()
-    if not st.st_mode & 0o222 or not os.access(src, os.W_OK):
+    if (os.geteuid() == 0 and not st.st_mode & stat.S_IWUSR) or not os.access(src, os.W_OK):
         return (f"{given} is read-only (mode {stat.filemode(st.st_mode)}); not updated: make "
                 "it writable (chmod u+w) or use outdir= for updated copies")
     if st.st_nlink > 1:
@@ -910,19 +984,24 @@ def _mark_collisions(files, outdir: Path):
 
 def _body(params) -> int:
     transform = read_transform(params["transformfile"])
-    files, notes = expand_inputs(params["infile"])
+    walked = []
+    files, notes = expand_inputs(params["infile"], walked)
     outdir = params["outdir"]
     outdir = Path(outdir) if outdir and str(outdir).strip() else None
     if outdir is not None and outdir.exists() and not outdir.is_dir():
         raise OutputError(f"outdir={outdir} exists and is not a directory")
     if outdir is not None:
         out_real = outdir.resolve()
-        for root in sorted({f.root.resolve() for f in files if f.root is not None}):
+        # every real folder walked, those reached through followed symbolic links too
+        inputs = {f.root.resolve() for f in files if f.root is not None}
+        for root in sorted(inputs | set(walked)):
             if out_real == root or root in out_real.parents:
+                where = (f"the input directory {root}" if root in inputs else
+                         f"the input directory tree ({root}, walked through a symbolic link)")
                 raise OutputError(
-                    f"outdir={outdir} is inside the input directory {root}: the copies would "
-                    "be written into the input tree (and taken for inputs by the next run); "
-                    "choose an outdir outside it")
+                    f"outdir={outdir} is inside {where}: the copies would be written into the "
+                    "input tree (and taken for inputs by the next run); choose an outdir "
+                    "outside it")
         files = _mark_collisions(files, outdir)
     if outdir is not None and not params["dryrun"]:
         try:
