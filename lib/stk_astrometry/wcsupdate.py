@@ -614,6 +614,28 @@ def _set_value(header, key, value):
     header[key] = (value, comment)
 
 
+def _shift_reference_pair(header, ka, kb, kind, hdu_label, xfm, inverse, changes, notes):
+    """Move one celestial WCS reference value pair (CRVALn/TCRVLn) by the transform.
+
+    Non-positions and unprojectable positions are left with a note; far ones are
+    moved with a note.  Appends to ``changes``/``notes``.
+    """
+    old = (header.get(ka), header.get(kb))
+    if not is_position(*old):
+        notes.append(Note(hdu_label, f"{kind} {ka}/{kb} = {old} is not a position; left"))
+        return
+    new = _apply_one(old[0], old[1], xfm, inverse)
+    if new is None:
+        notes.append(_far_note(hdu_label, f"{kind} {ka}/{kb}", old, xfm))
+        return
+    far = _moved_far_note(hdu_label, f"{kind} {ka}/{kb}", old, new, xfm, inverse)
+    if far is not None:
+        notes.append(far)
+    for key, o, n in ((ka, old[0], new[0]), (kb, old[1], new[1])):
+        _set_value(header, key, n)
+        changes.append(Change(hdu_label, key, o, n, kind))
+
+
 def update_header(header, xfm: Transform, *, hdu_label: str, inverse: bool = False,
                   wcs: bool = True, keywords: bool = True) -> HeaderResult:
     """Move every celestial reference value and RA/Dec keyword pair of ``header``.
@@ -641,36 +663,10 @@ def update_header(header, xfm: Transform, *, hdu_label: str, inverse: bool = Fal
     notes = []
     if wcs:
         for alt, ia, ib in celestial_image_axes(header):
-            ka, kb = f"CRVAL{ia}{alt}", f"CRVAL{ib}{alt}"
-            old = (header.get(ka), header.get(kb))
-            if not is_position(*old):
-                notes.append(Note(hdu_label, f"EQPOS {ka}/{kb} = {old} is not a position; left"))
-                continue
-            new = _apply_one(old[0], old[1], xfm, inverse)
-            if new is None:
-                notes.append(_far_note(hdu_label, f"EQPOS {ka}/{kb}", old, xfm))
-                continue
-            far = _moved_far_note(hdu_label, f"EQPOS {ka}/{kb}", old, new, xfm, inverse)
-            if far is not None:
-                notes.append(far)
-            for key, o, n in ((ka, old[0], new[0]), (kb, old[1], new[1])):
-                _set_value(header, key, n)
-                changes.append(Change(hdu_label, key, o, n, "EQPOS"))
+            _shift_reference_pair(header, f"CRVAL{ia}{alt}", f"CRVAL{ib}{alt}", "EQPOS",
+                                  hdu_label, xfm, inverse, changes, notes)
         for kind, ka, kb, _na, _nb in celestial_table_columns(header):
-            old = (header.get(ka), header.get(kb))
-            if not is_position(*old):
-                notes.append(Note(hdu_label, f"{kind} {ka}/{kb} = {old} is not a position; left"))
-                continue
-            new = _apply_one(old[0], old[1], xfm, inverse)
-            if new is None:
-                notes.append(_far_note(hdu_label, f"{kind} {ka}/{kb}", old, xfm))
-                continue
-            far = _moved_far_note(hdu_label, f"{kind} {ka}/{kb}", old, new, xfm, inverse)
-            if far is not None:
-                notes.append(far)
-            for key, o, n in ((ka, old[0], new[0]), (kb, old[1], new[1])):
-                _set_value(header, key, n)
-                changes.append(Change(hdu_label, key, o, n, kind))
+            _shift_reference_pair(header, ka, kb, kind, hdu_label, xfm, inverse, changes, notes)
     if keywords:
         pairs, rejected = position_keyword_pairs(header)
         for text in rejected:
