@@ -1230,3 +1230,22 @@ def test_owner_without_write_bit_is_read_only_even_for_root(tmp_path, xfm_file, 
     assert run(path, xfm_file, "outdir=") == 1
     assert "read-only" in capsys.readouterr().err
     assert sha(path) == before and path.stat().st_mode & 0o777 == 0o464
+
+
+def test_listfile_input_gives_stck_records_in_every_updated_hdu(tmp_path, xfm_file):
+    paths = []
+    for kind in ("EVT3", "ECORRIMG"):
+        p = tmp_path / synthprod.product_filename(kind)
+        synthprod.write_product(kind, p, ra_nom=RA0, dec_nom=DEC0, nrows=50, rng=np.random.default_rng(3))
+        paths.append(p)
+    lis = tmp_path / "products.lis"
+    lis.write_text("".join(f"{p}\n" for p in paths))
+    assert run(f"@{lis}", xfm_file, "outdir=") == 0
+    for p in paths:
+        with fits.open(p) as hdul:
+            for hdu in hdul:
+                if "STKXFMID" not in hdu.header:
+                    continue
+                stck = [str(v)[8:64].rstrip() for v in hdu.header["HISTORY"] if str(v)[1:5] == "STCK"]
+                # one STCK per list element (long paths continue on CONT records)
+                assert len(stck) == len(paths)

@@ -177,8 +177,9 @@ def write_fits(hdul, path, params, *, clobber, shown_as=None):
     """
     check_clobber(path, clobber)
     when = utc_now()
+    stacks = read_stacks(params.history_items())  # once per file, not per HDU
     for hdu in hdul:
-        stamp_header(hdu.header, params, when=when)
+        stamp_header(hdu.header, params, when=when, stacks=stacks)
     try:
         with atomic_path(path) as tmp:
             hdul.writeto(tmp, overwrite=True, checksum=True)
@@ -278,11 +279,17 @@ def _last_history_number(header):
     return last
 
 
-def add_history(header, toolname, items, *, when=None):
-    """Append this run's CIAO HISTORY records to ``header`` and update HISTNUM."""
+def add_history(header, toolname, items, *, when=None, stacks=None):
+    """Append this run's CIAO HISTORY records to ``header`` and update HISTNUM.
+
+    ``stacks`` (from :func:`read_stacks`) is read from the ``@listfile`` values
+    when not given; callers stamping many HDUs pass it, so the lists are read once.
+    """
     items = list(items)
+    if stacks is None:
+        stacks = read_stacks(items)
     start = _last_history_number(header) + 1
-    records = history_records(toolname, items, start=start, when=when, stacks=read_stacks(items))
+    records = history_records(toolname, items, start=start, when=when, stacks=stacks)
     for rec in records:
         header.add_history(rec)
     last = start + len(records) - 1
@@ -298,15 +305,16 @@ def add_history(header, toolname, items, *, when=None):
             header.insert(first_hist, ("HISTNUM", last, "Number of HISTORY records"))
 
 
-def stamp_header(header, params, *, when=None):
+def stamp_header(header, params, *, when=None, stacks=None):
     """Set CREATOR, DATE and this run's HISTORY records on ``header``.
 
-    ``params`` provides ``.tool`` and ``.history_items()``.
+    ``params`` provides ``.tool`` and ``.history_items()``; ``stacks`` as for
+    :func:`add_history`.
     """
     when = when or utc_now()
     header["CREATOR"] = (f"{params.tool} - stk_astrometry {__version__}", "tool that created this output")
     header["DATE"] = (when, "Date and time of file creation")
-    add_history(header, params.tool, params.history_items(), when=when)
+    add_history(header, params.tool, params.history_items(), when=when, stacks=stacks)
 
 
 # --------------------------------------------------------------------------- long keywords

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from stk_astrometry import fitsedit, products, wcsupdate
+from stk_astrometry.fitsutil import add_history, read_stacks
 from stk_astrometry.errors import (
     FormatError,
     InputError,
@@ -362,6 +363,7 @@ class RunContext:
     scrub: bool
     clobber: bool
     history: tuple
+    stacks: dict  # elements of @listfile parameters, read once per run (STCK records)
 
 
 def _hdu_name(layout) -> str:
@@ -623,9 +625,7 @@ def plan_file(path, layouts, ptype, ctx: RunContext):
         else:
             hdu_changes += wcsupdate.record_transform(h, xfm, hdu_label=label)
         scrub_only = scrub_only or already
-        from stk_astrometry.fitsutil import add_history
-
-        add_history(h, TOOL, list(ctx.history))
+        add_history(h, TOOL, list(ctx.history), stacks=ctx.stacks)
         plan.header = h
         if lay.index == 0:
             new_primary = h
@@ -1010,7 +1010,7 @@ def _body(params) -> int:
             raise OutputError(f"outdir={outdir}: cannot create it: {exc.strerror}") from exc
     ctx = RunContext(transform, outdir, params["unknown"], params["dryrun"], params["inverse"],
                      params["force"], params["scrub"], params["clobber"],
-                     tuple(params.history_items()))
+                     tuple(params.history_items()), read_stacks(params.history_items()))
     xfm = transform.xfm
     logger.info("transform %s from %s: d_xi=%+.4f\" d_eta=%+.4f\" about (%.6f, %.6f)%s%s",
                 xfm.xfm_id, transform.path, xfm.d_xi_arcsec, xfm.d_eta_arcsec, xfm.ra_ref_deg,
