@@ -124,12 +124,6 @@ class HduLayout:
         return self.data_offset + self.data_size
 
     @property
-    def is_image(self) -> bool:
-        """True for a primary array or IMAGE extension with at least one axis."""
-        xt = str(self.header.get("XTENSION", "PRIMARY")).strip().upper()
-        return xt in ("PRIMARY", "IMAGE") and int(self.header.get("NAXIS", 0)) > 0
-
-    @property
     def is_table(self) -> bool:
         """True for a BINTABLE or TABLE extension."""
         xt = str(self.header.get("XTENSION", "")).strip().upper()

@@ -231,17 +231,6 @@ def _sky_columns_wcs(header, *, kind, ra_nom, dec_nom, pixel_deg, crpix, xname="
 
 # --------------------------------------------------------------------------- HDU builders
 
-def _table(name, columns, *, header=None):
-    hdu = fits.BinTableHDU.from_columns(columns, name=name)
-    if header is not None:
-        for card in header.cards:
-            if card.keyword in ("HISTORY",):
-                hdu.header.add_history(card.value)
-            elif card.keyword not in hdu.header or card.keyword in ("HDUNAME",):
-                hdu.header.append(card)
-    return hdu
-
-
 def _base_header(kind, *, ra_nom, dec_nom, instrument, traps, content=None, hduname=None,
                  level="obs"):
     h = fits.Header()
