@@ -544,6 +544,27 @@ def test_clobber_and_same_file(tmp_path, rng, capsys):
     assert status == 1 and "is also outfile" in err
 
 
+def test_outputs_never_overwrite_an_input_through_links_or_id_lists(tmp_path, rng, capsys):
+    import os
+    from pathlib import Path
+
+    stack = Stack(rng, n_det=5, n_match=5)
+    infile = Path(stack.write(tmp_path / "pairs.fits", gaia=stack.pairs("GAIA_PAIRS")))
+    keep = tmp_path / "keep.lis"
+    keep.write_text("1\n2\n3\n")
+    # an output named after the include list would destroy the operator's selection
+    status, _, err = run(capsys, infile, keep, f"include={keep}", "clobber=yes")
+    assert status == 1 and "outfile=" in err and "is also include" in err
+    assert keep.read_text() == "1\n2\n3\n"
+    # a hard link to the input is the input
+    link = tmp_path / "hard.fits"
+    os.link(infile, link)
+    before = infile.read_bytes()
+    status, _, err = run(capsys, infile, link, "clobber=yes")
+    assert status == 1 and "is the input file" in err
+    assert infile.read_bytes() == before
+
+
 @pytest.mark.parametrize("arg, text", [("f_scale=0", "f_scale must be > 0"),
                                        ("max_shift=0", "max_shift must be > 0"),
                                        ("loss=l2", "loss")])

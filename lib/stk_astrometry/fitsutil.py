@@ -30,6 +30,7 @@ __all__ = [
     "atomic_path",
     "replace_durably",
     "fsync_directory",
+    "same_file",
     "add_history",
     "get_keyword",
     "set_keyword",
@@ -82,6 +83,21 @@ def check_clobber(path, clobber, *, param="outfile"):
         raise OutputError(f"{param}={path}: folder {parent} does not exist")
     if not os.access(parent, os.W_OK):
         raise OutputError(f"{param}={path}: folder {parent} is not writable")
+
+
+def same_file(a, b):
+    """True if paths ``a`` and ``b`` name the same file.
+
+    Compares the real paths (relative paths and symbolic links resolved; a
+    link loop does not raise) and, when both exist, device and inode (hard
+    links).  Used to refuse an output that is one of a tool's inputs.
+    """
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet)
+        return False
 
 
 def fsync_directory(path):

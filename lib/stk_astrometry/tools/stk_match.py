@@ -109,24 +109,13 @@ def check_outfile_not_input(params, outfile):
     ParameterError
         ``outfile=X is also gaiafile; choose another output name``.
     """
-    import os
-    from pathlib import Path
-
+    from stk_astrometry.fitsutil import same_file
     from stk_astrometry.tableio import parse_virtual_filename
 
-    out = Path(outfile)
-    out_real = os.path.realpath(out)  # never raises, even on a symbolic-link loop
     for name in INPUT_PARAMS:
         if _blank(params[name]):
             continue
-        path = Path(parse_virtual_filename(params[name])[0])
-        same = os.path.realpath(path) == out_real
-        if not same and out.exists() and path.exists():
-            try:
-                same = os.path.samefile(path, out)
-            except OSError:
-                same = False
-        if same:
+        if same_file(parse_virtual_filename(params[name])[0], outfile):
             raise ParameterError(f"outfile={outfile} is also {name}; choose another output name")
 
 

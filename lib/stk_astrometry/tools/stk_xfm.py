@@ -679,18 +679,24 @@ def _check_params(params):
                  "qa_counts", "qa_few_shift"):
         if params[name] is None:
             raise ParameterError(f"{name} must be a number, not INDEF")
+    from stk_astrometry.fitsutil import same_file
     from stk_astrometry.tableio import parse_virtual_filename
 
-    infile = Path(parse_virtual_filename(params["infile"])[0]).resolve()
+    infile = parse_virtual_filename(params["infile"])[0]
+    id_lists = {n: str(params[n]).strip() for n in ("include", "exclude") if not _blank(params[n])}
     outputs = {}
     for name in ("outfile", "outdetfile", "diagfile"):
         if _blank(params[name]):
             continue
-        target = Path(str(params[name]).strip()).resolve()
-        if target == infile:
+        target = str(params[name]).strip()
+        if same_file(target, infile):
             raise ParameterError(f"{name}={params[name]} is the input file; choose another name")
-        if target in outputs:
-            raise ParameterError(f"{name}={params[name]} is also {outputs[target]}")
+        for list_name, list_path in id_lists.items():
+            if same_file(target, list_path):
+                raise ParameterError(f"{name}={params[name]} is also {list_name}; choose another name")
+        for other_path, other in outputs.items():
+            if same_file(target, other_path):
+                raise ParameterError(f"{name}={params[name]} is also {other}")
         outputs[target] = name
 
 
