@@ -26,7 +26,12 @@ searched (radius R around the detection), so everything it holds was
 observable; being centred on the shift, it truncates the true-offset
 distribution symmetrically and does not pull the estimate towards zero (the
 specification's 0-1" group does).  The window is re-centred after each fit
-until its content stops changing.
+until its content stops changing.  A pair lying on the window's edge can flip
+in and out for ever, the shift moving a little each time (seen in ~0.3 % of
+simulated stacks with chance matches); when a window repeats, the pairs the
+cycle flipped are left out by shrinking the window until they lie just outside
+it.  Any disk around the shift inside the match circle is a valid window, so
+the fit stays unbiased and self-consistent.
 
 With :math:`N_k(\mathbf s) = N(\mathbf d_k; \mathbf s, \Sigma_k)`,
 :math:`S_j = \sum_{k \in j} N_k`, :math:`P_j` the probability that a true
@@ -126,6 +131,9 @@ _ANNEAL = ((_GRID_STEP_ARCSEC**2, 1e-3), ((_GRID_STEP_ARCSEC / 3) ** 2, 1e-3),
            ((_GRID_STEP_ARCSEC / 10) ** 2, 1e-4), (0.0, 1e-5))
 _MAX_EM_ITER = 500
 _MAX_WINDOW_ITER = 20
+# the window is settled when its pairs repeat and the shift moved less than this since the
+# window's P_j and mu were computed (they depend on the shift through the window's radius)
+_WINDOW_TOL_ARCSEC = 1.0e-9
 _TOL_ARCSEC = 1.0e-10
 _Q_MIN = 1.0e-9
 
@@ -761,15 +769,29 @@ def fit_mixture(src_index, d_xi, d_eta, cov_pairs, *, density_per_arcmin2, match
     window_prev = None
     em_ok = False
     fit_note = ""
+    history = []        # windows since the last cycle was resolved
+    edge = np.zeros(prob.d.shape[0], dtype=bool)   # pairs a window cycle left out
+    s_win = None        # the shift at which the last window and its P_j, mu were computed
     for _ in range(_MAX_WINDOW_ITER):
-        r_w = radius - float(np.hypot(*s))
+        r_w = _window_radius(prob, s, edge)
         if r_w <= 0:
             fit_note = f"shift ({s[0]:.3f}, {s[1]:.3f}) arcsec leaves no window inside the match radius"
             break
         in_win = np.hypot(prob.d[:, 0] - s[0], prob.d[:, 1] - s[1]) <= r_w
-        if window_prev is not None and np.array_equal(in_win, window_prev):
+        same_window = window_prev is not None and np.array_equal(in_win, window_prev)
+        if same_window and np.max(np.abs(s - s_win)) < _WINDOW_TOL_ARCSEC:
+            # same pairs, and P_j and mu were computed at (a hair from) this very shift
             converged = em_ok
             break
+        if not same_window and any(np.array_equal(w, in_win) for w in history):
+            # A pair on the window's edge flips in and out as the shift moves (module
+            # docstring): shrink the window to leave out every pair the cycle flipped.
+            k = next(k for k, w in enumerate(history) if np.array_equal(w, in_win))
+            cycle = history[k:]
+            edge |= np.logical_or.reduce(cycle) & ~np.logical_and.reduce(cycle)
+            history = []
+            r_w = _window_radius(prob, s, edge)
+            in_win = np.hypot(prob.d[:, 0] - s[0], prob.d[:, 1] - s[1]) <= r_w
         idx = np.flatnonzero(in_win)
         if idx.size == 0:
             fit_note = "no pair inside the window around the shift"
@@ -779,11 +801,13 @@ def fit_mixture(src_index, d_xi, d_eta, cov_pairs, *, density_per_arcmin2, match
         counts = np.diff(np.r_[starts, idx.size])
         p_win = np.add.reduceat(p_pair, starts) / counts
         mu = prob.rho * np.pi * r_w**2
+        s_win = s.copy()
         s, q, r, it, em_ok, _, fit_note = _fit_window(prob, idx, s, q, p_win, mu)
         total_iter += it
         window_prev = in_win
         if fit_note and not em_ok and "support" in fit_note:
             break
+        history.append(in_win)
     else:
         fit_note = f"window did not settle in {_MAX_WINDOW_ITER} re-centrings"
 
@@ -792,7 +816,7 @@ def fit_mixture(src_index, d_xi, d_eta, cov_pairs, *, density_per_arcmin2, match
 
     idx = np.flatnonzero(window_prev)
     # recompute the window quantities at the final shift for the covariance
-    r_w = radius - float(np.hypot(*s))
+    r_w = _window_radius(prob, s, edge)
     if r_w > 0:
         p_pair = disk_probability(prob.cov[idx], r_w)
         starts = _group_starts(prob.det[idx])
@@ -808,6 +832,9 @@ def fit_mixture(src_index, d_xi, d_eta, cov_pairs, *, density_per_arcmin2, match
     if at_bound:
         converged = False
         notes.append(f"shift at the max_shift bound ({max_shift} arcsec)")
+    if np.any(edge):
+        notes.append(f"window cycled: shrunk to {r_w:.3f} arcsec to leave out {int(edge.sum())} "
+                     f"pair(s) on its edge")
     if fit_note:
         notes.append(fit_note)
     if cov_note:
@@ -829,6 +856,19 @@ def fit_mixture(src_index, d_xi, d_eta, cov_pairs, *, density_per_arcmin2, match
         membership=membership, n_iter=total_iter, converged=bool(converged), message=message,
         q=float(q), window_radius_arcsec=float(r_w), n_window=int(idx.size),
         n_dropped=n_dropped, n_floored=n_floored, log_likelihood=info["loglike"])
+
+
+def _window_radius(prob, s, edge):
+    """Radius of the window around the shift ``s``.
+
+    The largest disk around ``s`` inside the match circle (``R - |s|``), shrunk when a window
+    cycle marked pairs as ``edge`` so that they lie just outside it.
+    """
+    r_w = prob.radius - float(np.hypot(*s))
+    if np.any(edge):
+        d_edge = float(np.min(np.hypot(prob.d[edge, 0] - s[0], prob.d[edge, 1] - s[1])))
+        r_w = min(r_w, d_edge * (1.0 - 1e-9))
+    return r_w
 
 
 def _fit_window_final(prob, idx, s, q, p_win, mu):
