@@ -1,0 +1,81 @@
+"""The accuracy benchmark's bookkeeping (test/benchmarks/bench_accuracy.py): what it counts.
+
+The benchmark itself is run by ``test/benchmarks/run.py``; these tests only check that its
+metrics say what its legend says, so that a figure in a closing note means what it claims.
+"""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+BENCH = Path(__file__).resolve().parent / "benchmarks" / "bench_accuracy.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_accuracy_under_test", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module     # dataclasses look their module up there
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.modules.pop(spec.name, None)
+
+
+def _tally(bench, errors, crb=1.0, n_true=20):
+    t = bench.Tally.new()
+    for e in errors:
+        t.err.append(np.asarray(e, dtype=float))
+        t.crb.append(np.array([crb, crb]))
+        t.rep.append(np.array([crb, crb]))
+        t.n_true.append(n_true)
+        t.wrong_group.append(None)
+    return t
+
+
+def test_rms_interval_brackets_the_rms_and_shrinks_with_n(bench):
+    rng = np.random.default_rng(1)
+    small = _tally(bench, rng.standard_normal((200, 2))).summary()
+    large = _tally(bench, rng.standard_normal((5000, 2))).summary()
+    for s in (small, large):
+        assert s["rms_lo"] < s["rms"] < s["rms_hi"]
+    assert (large["rms_hi"] - large["rms_lo"]) < 0.5 * (small["rms_hi"] - small["rms_lo"])
+    # one rare 20-sigma failure in 2,000 moves the rms by ~0.1: the interval must show it
+    errs = rng.standard_normal((2000, 2))
+    errs[0] = (20.0, 20.0)
+    s = _tally(bench, errs).summary()
+    assert s["cat"] == 1 and s["no_fit"] == 0
+    assert s["rms_hi"] - s["rms_lo"] > 0.05
+
+
+def test_no_fit_counts_as_catastrophic(bench):
+    errs = np.random.default_rng(2).standard_normal((10, 2))
+    errs[3] = np.nan
+    s = _tally(bench, errs).summary()
+    assert s["cat"] == 1 and s["no_fit"] == 1 and s["n"] == 10
+
+
+def test_a_failed_mixture_fit_is_scored_as_no_fit(bench):
+    # every candidate is chance (one per detection, uniform over the circle, at the density
+    # the fit is told): the mixture finds no true match, which stk_xfm would not apply
+    rng = np.random.default_rng(3)
+    n = 40
+    r = bench.MATCH_RADIUS * np.sqrt(rng.uniform(size=n))
+    t = rng.uniform(0, 2 * np.pi, n)
+    sig = np.full(n, 0.3 * bench.R95_PER_SIGMA)
+    cov = bench.pair_covariance(sig, sig, np.zeros(n))
+    leg = bench.Leg(det=np.arange(n), src_xi=np.zeros(n), src_eta=np.zeros(n),
+                    d_xi=r * np.cos(t), d_eta=r * np.sin(t), err_r0=sig, err_r1=sig,
+                    err_ang=np.zeros(n), ref_sigra=np.zeros(n), ref_sigdec=np.zeros(n), cov=cov,
+                    is_true=np.zeros(n, bool), shift=np.zeros(2),
+                    density=n / (np.pi * bench.MATCH_RADIUS**2) * 3600.0,
+                    crb_var=np.array([np.inf, np.inf]))
+    fit = bench.fit_mixture(leg.det, leg.d_xi, leg.d_eta, cov, density_per_arcmin2=leg.density,
+                            match_radius_arcsec=bench.MATCH_RADIUS)
+    assert fit.failure is not None
+    shift, sigma, _ = bench.est_mixture(leg, 0)
+    assert np.all(np.isnan(shift)) and np.all(np.isnan(sigma))
