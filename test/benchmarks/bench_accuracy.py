@@ -115,6 +115,11 @@ CASES = (
     Case("crowded 60/arcmin2", 2000, 150, 0.0, 1.0, density=60.0),
     Case("crowded 150/arcmin2", 2000, 150, 0.0, 1.0, density=150.0),
     Case("two-step", 2000, 150, 0.0, 1.0, twostep=True),
+    # beyond the issue's range (appended last, so the cases above keep their stacks): large
+    # true shifts, where the weak prior that ranks start modes (sigma 1") works against truth
+    Case("clean 1.5-2.5", 2000, 150, 1.5, 2.5, clean=True),
+    Case("false 20% 1.5-2.5", 2000, 150, 1.5, 2.5, false_frac=0.20),
+    Case("false 40% 1.0-1.5", 2000, 150, 1.0, 1.5, false_frac=0.40),
 )
 
 
