@@ -137,9 +137,6 @@ _ANNEAL = ((_GRID_STEP_ARCSEC**2, 1e-3), ((_GRID_STEP_ARCSEC / 3) ** 2, 1e-3),
            ((_GRID_STEP_ARCSEC / 10) ** 2, 1e-4), (0.0, 1e-5))
 _MAX_EM_ITER = 500
 _MAX_WINDOW_ITER = 20
-# the window is settled when its pairs repeat and the shift moved less than this since the
-# window's P_j and mu were computed (they depend on the shift through the window's radius)
-_WINDOW_TOL_ARCSEC = 1.0e-9
 _TOL_ARCSEC = 1.0e-10
 _Q_MIN = 1.0e-9
 
@@ -777,19 +774,16 @@ def fit_mixture(src_index, d_xi, d_eta, cov_pairs, *, density_per_arcmin2, match
     fit_note = ""
     history = []        # windows since the last cycle was resolved
     edge = np.zeros(prob.d.shape[0], dtype=bool)   # pairs a window cycle left out
-    s_win = None        # the shift at which the last window and its P_j, mu were computed
     for _ in range(_MAX_WINDOW_ITER):
         r_w = _window_radius(prob, s, edge)
         if r_w <= 0:
             fit_note = f"shift ({s[0]:.3f}, {s[1]:.3f}) arcsec leaves no window inside the match radius"
             break
         in_win = np.hypot(prob.d[:, 0] - s[0], prob.d[:, 1] - s[1]) <= r_w
-        same_window = window_prev is not None and np.array_equal(in_win, window_prev)
-        if same_window and np.max(np.abs(s - s_win)) < _WINDOW_TOL_ARCSEC:
-            # same pairs, and P_j and mu were computed at (a hair from) this very shift
+        if window_prev is not None and np.array_equal(in_win, window_prev):
             converged = em_ok
             break
-        if not same_window and any(np.array_equal(w, in_win) for w in history):
+        if any(np.array_equal(w, in_win) for w in history):
             # A pair on the window's edge flips in and out as the shift moves (module
             # docstring): shrink the window to leave out every pair the cycle flipped.
             k = next(k for k, w in enumerate(history) if np.array_equal(w, in_win))
@@ -807,7 +801,6 @@ def fit_mixture(src_index, d_xi, d_eta, cov_pairs, *, density_per_arcmin2, match
         counts = np.diff(np.r_[starts, idx.size])
         p_win = np.add.reduceat(p_pair, starts) / counts
         mu = prob.rho * np.pi * r_w**2
-        s_win = s.copy()
         s, q, r, it, em_ok, _, fit_note = _fit_window(prob, idx, s, q, p_win, mu)
         total_iter += it
         window_prev = in_win
