@@ -54,7 +54,8 @@ Legend (per case, per estimator; errors and bounds per axis, both axes pooled):
             not apply -- MixtureFit.failure -- count as catastrophic)
   rms/CRB   sqrt(mean((est-true)^2 / CRB^2)); CRB = sqrt([inv(sum_true inv(C_k))]_axis), the
             Fisher bound from the true 1-sigma covariances of the true pairs present (for two-step:
-            CRB^2 of both legs added).  1.00 = as good as knowing which pairs are true.
+            CRB^2 of both legs added).  1.00 = as good as knowing which pairs are true.  Over the
+            fits with a finite shift: a fit counted as "no fit" (see N) is only in cat
   68% CI    bootstrap interval of rms/CRB (stacks resampled, 16th-84th percentile): a few rare
             failures dominate the rms, and this says how well N stacks pin it down
   bias/CRB  max over axes of |mean((est-true)/CRB)|, with its standard error in brackets
