@@ -775,32 +775,26 @@ def fit_mixture(src_index, d_xi, d_eta, cov_pairs, *, density_per_arcmin2, match
     history = []        # windows since the last cycle was resolved
     edge = np.zeros(prob.d.shape[0], dtype=bool)   # pairs a window cycle left out
     for _ in range(_MAX_WINDOW_ITER):
-        r_w = _window_radius(prob, s, edge)
+        r_w, in_win = _window(prob, s, edge)
         if r_w <= 0:
             fit_note = f"shift ({s[0]:.3f}, {s[1]:.3f}) arcsec leaves no window inside the match radius"
             break
-        in_win = np.hypot(prob.d[:, 0] - s[0], prob.d[:, 1] - s[1]) <= r_w
         if window_prev is not None and np.array_equal(in_win, window_prev):
             converged = em_ok
             break
-        if any(np.array_equal(w, in_win) for w in history):
+        k = next((k for k, w in enumerate(history) if np.array_equal(w, in_win)), None)
+        if k is not None:
             # A pair on the window's edge flips in and out as the shift moves (module
             # docstring): shrink the window to leave out every pair the cycle flipped.
-            k = next(k for k, w in enumerate(history) if np.array_equal(w, in_win))
             cycle = history[k:]
             edge |= np.logical_or.reduce(cycle) & ~np.logical_and.reduce(cycle)
             history = []
-            r_w = _window_radius(prob, s, edge)
-            in_win = np.hypot(prob.d[:, 0] - s[0], prob.d[:, 1] - s[1]) <= r_w
+            r_w, in_win = _window(prob, s, edge)
         idx = np.flatnonzero(in_win)
         if idx.size == 0:
             fit_note = "no pair inside the window around the shift"
             break
-        p_pair = disk_probability(prob.cov[idx], r_w)
-        starts = _group_starts(prob.det[idx])
-        counts = np.diff(np.r_[starts, idx.size])
-        p_win = np.add.reduceat(p_pair, starts) / counts
-        mu = prob.rho * np.pi * r_w**2
+        p_win, mu = _window_terms(prob, idx, r_w)
         s, q, r, it, em_ok, _, fit_note = _fit_window(prob, idx, s, q, p_win, mu)
         total_iter += it
         window_prev = in_win
@@ -815,13 +809,9 @@ def fit_mixture(src_index, d_xi, d_eta, cov_pairs, *, density_per_arcmin2, match
 
     idx = np.flatnonzero(window_prev)
     # recompute the window quantities at the final shift for the covariance
-    r_w = _window_radius(prob, s, edge)
+    r_w, _ = _window(prob, s, edge)
     if r_w > 0:
-        p_pair = disk_probability(prob.cov[idx], r_w)
-        starts = _group_starts(prob.det[idx])
-        counts = np.diff(np.r_[starts, idx.size])
-        p_win = np.add.reduceat(p_pair, starts) / counts
-        mu = prob.rho * np.pi * r_w**2
+        p_win, mu = _window_terms(prob, idx, r_w)
     else:
         mu = prob.rho * np.pi * radius**2
     _, _, r, _, _, info = _fit_window_final(prob, idx, s, q, p_win, mu)
@@ -857,17 +847,25 @@ def fit_mixture(src_index, d_xi, d_eta, cov_pairs, *, density_per_arcmin2, match
         n_dropped=n_dropped, n_floored=n_floored, log_likelihood=info["loglike"])
 
 
-def _window_radius(prob, s, edge):
-    """Radius of the window around the shift ``s``.
+def _window(prob, s, edge):
+    """The window around the shift ``s``: its radius and the mask of the pairs inside it.
 
     The largest disk around ``s`` inside the match circle (``R - |s|``), shrunk when a window
     cycle marked pairs as ``edge`` so that they lie just outside it.
     """
+    dist = np.hypot(prob.d[:, 0] - s[0], prob.d[:, 1] - s[1])
     r_w = prob.radius - float(np.hypot(*s))
     if np.any(edge):
-        d_edge = float(np.min(np.hypot(prob.d[edge, 0] - s[0], prob.d[edge, 1] - s[1])))
-        r_w = min(r_w, d_edge * (1.0 - 1e-9))
-    return r_w
+        r_w = min(r_w, float(np.min(dist[edge])) * (1.0 - 1e-9))
+    return r_w, dist <= r_w
+
+
+def _window_terms(prob, idx, r_w):
+    """P_j (per detection with pairs ``idx`` in the window) and mu for a window of radius r_w."""
+    p_pair = disk_probability(prob.cov[idx], r_w)
+    starts = _group_starts(prob.det[idx])
+    counts = np.diff(np.r_[starts, idx.size])
+    return np.add.reduceat(p_pair, starts) / counts, prob.rho * np.pi * r_w**2
 
 
 def _fit_window_final(prob, idx, s, q, p_win, mu):
