@@ -15,10 +15,12 @@ XPA is used through its command-line clients ``xpaaccess``, ``xpaset`` and ``xpa
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import time
 from dataclasses import dataclass
@@ -82,8 +84,9 @@ def connect(name="ds9", *, start=True, wait=30.0):
     Returns
     -------
     xpa : XPA
-    process : subprocess.Popen or None
-        The DS9 started here (None when one was running); it keeps running after stk_qa ends.
+    pid : int or None
+        The process id of the DS9 started here (None when one was running); it keeps
+        running after stk_qa ends.
 
     Raises
     ------
@@ -102,19 +105,40 @@ def connect(name="ds9", *, start=True, wait=30.0):
                        "install saods9 xpa-tools)")
     if not os.environ.get("DISPLAY"):
         raise DS9Error("no X display (DISPLAY is not set) to start DS9 on")
-    process = subprocess.Popen([program, "-title", name], stdin=subprocess.DEVNULL,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               start_new_session=True)
+    # started from a shell in the background: DS9 outlives stk_qa (it is the operator's), and
+    # this process keeps no child to reap
+    started = subprocess.run(
+        ["sh", "-c", '"$1" -title "$2" </dev/null >/dev/null 2>&1 & echo $!', "sh", program,
+         name], capture_output=True, text=True, check=False, start_new_session=True)
+    try:
+        pid = int(started.stdout.strip())
+    except ValueError:
+        raise DS9Error(f"could not start ds9: {started.stderr.strip()}") from None
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise DS9Error(f"ds9 exited at start with status {process.returncode} "
-                           f"(DISPLAY={os.environ.get('DISPLAY')})")
+        if not _running(pid):
+            raise DS9Error(f"ds9 exited at start (DISPLAY={os.environ.get('DISPLAY')})")
         if xpa.alive():
-            return xpa, process
+            return xpa, pid
         time.sleep(0.2)
-    process.terminate()
+    with contextlib.suppress(OSError):
+        os.kill(pid, signal.SIGTERM)
     raise DS9Error(f"ds9 did not answer on XPA name {name!r} within {wait:g} s")
+
+
+def _running(pid) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a zombie (exited, not yet reaped by init) counts as gone
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            return fh.read().split(") ", 1)[1][:1] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def ds9_commands(before, after, regions, *, ra, dec, blink_interval=1.0):
