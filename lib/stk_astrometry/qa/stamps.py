@@ -366,8 +366,9 @@ def contact_sheet(path, review, image: StackImage, meas: Measurement, *, size_ar
     import matplotlib
 
     matplotlib.use("Agg", force=False)
+    from matplotlib.collections import LineCollection, PatchCollection
     from matplotlib.figure import Figure
-    from matplotlib.patches import Circle
+    from matplotlib.patches import Circle, Rectangle
 
     from stk_astrometry.formats.regions import STATUS_COLOURS
 
@@ -377,63 +378,79 @@ def contact_sheet(path, review, image: StackImage, meas: Measurement, *, size_ar
     ncol = min(columns, n)
     nrow = int(np.ceil(n / ncol))
     size = _size_pix(image, size_arcsec)
-    fig = Figure(figsize=(2 * ncol * 1.25, nrow * 1.5 + 0.9), dpi=dpi)
-    axes = fig.subplots(nrow, 2 * ncol, squeeze=False)
-    for ax in axes.ravel():
-        ax.set_axis_off()
-    half = 0.5 * size * image.pixel_arcsec
+    s = image.pixel_arcsec
+    half = 0.5 * size * s
+    # one axes in arcsec; stamp k's halves are centred at (cell_x, cell_y) of a grid whose
+    # cells are 2*half wide plus gaps (one Axes per stamp would cost ~10x the drawing time)
+    gap_x, gap_y = 0.15 * half, 0.55 * half
+    pitch_x, pitch_y = 2 * half + gap_x, 2 * half + gap_y
+    width = 2 * ncol * pitch_x
+    height = nrow * pitch_y
+    fig_w = 2 * ncol * 1.25
+    fig = Figure(figsize=(fig_w, fig_w * height / width + 0.9), dpi=dpi)
+    ax = fig.add_axes((0.005, 0.3 / (fig_w * height / width + 0.9), 0.99,
+                       (fig_w * height / width) / (fig_w * height / width + 0.9)))
+    ax.set_axis_off()
+    ax.set_xlim(0, width)
+    ax.set_ylim(-height, 0)
+    ax.set_aspect("equal")
+    lines, line_colours, circles, frames = [], [], [], []
+    arm, inner = 0.6 * half, 0.12 * half
     for k, row in enumerate(rows):
         rid = int(g["region_id"][row])
         colour = STATUS_COLOURS[str(review.gaia_status[row])]
-        cuts = [_cutout(image, w, g["ref_ra"][row], g["ref_dec"][row], size)
+        # two pixels more than the cell, clipped to it: the crosshair is up to half a pixel
+        # off the cutout's centre
+        cuts = [_cutout(image, w, g["ref_ra"][row], g["ref_dec"][row], size + 2)
                 for w in (image.wcs_before, image.wcs_after)]
         shown = [_display(c.data, SMOOTH_ARCSEC / image.pixel_arcsec) for c in cuts]
-        vmax = max(float(np.nanmax(d)) if np.isfinite(d).any() else 1.0 for d in shown)
+        vmax = max(float(np.nanmax(d[1:-1, 1:-1])) if np.isfinite(d).any() else 1.0
+                   for d in shown)
         for j, (cut, disp, wcs, off) in enumerate(zip(
                 cuts, shown, (image.wcs_before, image.wcs_after),
                 (meas.image_before[k], meas.image_after[k]), strict=True)):
-            ax = axes[k // ncol, 2 * (k % ncol) + j]
-            ax.set_axis_on()
-            ax.set_xticks([])
-            ax.set_yticks([])
+            cx0 = (2 * (k % ncol) + j) * pitch_x + half + (gap_x / 2 if j == 0 else 0)
+            cy0 = -(k // ncol) * pitch_y - half - 0.75 * gap_y
             gx, gy = cut.wcs.all_world2pix([g["ref_ra"][row]], [g["ref_dec"][row]], 0)
             ny, nx = cut.data.shape
-            s = image.pixel_arcsec
-            extent = ((-0.5 - gx[0]) * s, (nx - 0.5 - gx[0]) * s,
-                      (-0.5 - gy[0]) * s, (ny - 0.5 - gy[0]) * s)
-            ax.imshow(disp, origin="lower", cmap="magma", vmin=0, vmax=vmax or 1.0,
-                      extent=extent, interpolation="bilinear")
-            ax.set_xlim(-half, half)
-            ax.set_ylim(-half, half)
-            arm, gap = 0.6 * half, 0.12 * half
-            for a, b in ((gap, arm), (-arm, -gap)):
-                ax.plot([a, b], [0, 0], color="cyan", lw=0.8)
-                ax.plot([0, 0], [a, b], color="cyan", lw=0.8)
+            # crop to the cell: the crosshair (Gaia) at the cell centre
+            extent = (cx0 + (-0.5 - gx[0]) * s, cx0 + (nx - 0.5 - gx[0]) * s,
+                      cy0 + (-0.5 - gy[0]) * s, cy0 + (ny - 0.5 - gy[0]) * s)
+            im = ax.imshow(disp, origin="lower", cmap="magma", vmin=0, vmax=vmax or 1.0,
+                           extent=extent, interpolation="bilinear")
+            im.set_clip_path(Rectangle((cx0 - half, cy0 - half), 2 * half, 2 * half,
+                                       transform=ax.transData))
+            frames.append((Rectangle((cx0 - half, cy0 - half), 2 * half, 2 * half),
+                           colour, 2.0 if j == 0 else 1.0))
+            for a, b in ((inner, arm), (-arm, -inner)):
+                lines += [[(cx0 + a, cy0), (cx0 + b, cy0)], [(cx0, cy0 + a), (cx0, cy0 + b)]]
+                line_colours += ["cyan", "cyan"]
             if j == 0:
                 ra_d, dec_d = g["det_ra"][row], g["det_dec"][row]
             else:
                 ra_d, dec_d = review.corrected(g["det_ra"][row], g["det_dec"][row])
             dx, dy = wcs.all_world2pix(np.atleast_1d(ra_d), np.atleast_1d(dec_d), 0)
-            cx, cy = cut.to_cutout_position((float(dx[0]), float(dy[0])))
-            ax.add_patch(Circle(((cx - gx[0]) * s, (cy - gy[0]) * s), 0.4, fill=False,
-                                color="red", lw=0.8))
+            px, py = cut.to_cutout_position((float(dx[0]), float(dy[0])))
+            circles.append(Circle((cx0 + (px - gx[0]) * s, cy0 + (py - gy[0]) * s), 0.4))
             label = f"{rid} before" if j == 0 else "after"
             text = "n/a" if not np.isfinite(off) else f'{off:.2f}"'
-            ax.set_title(f"{label}  {text}", fontsize=7, color="black", pad=2)
-            for spine in ax.spines.values():
-                spine.set_color(colour)
-                spine.set_linewidth(2 if j == 0 else 1)
+            ax.text(cx0, cy0 + half + 0.08 * gap_y, f"{label}  {text}", fontsize=7,
+                    ha="center", va="bottom")
+    ax.add_collection(LineCollection(lines, colors=line_colours, linewidths=0.8))
+    ax.add_collection(PatchCollection(circles, facecolors="none", edgecolors="red",
+                                      linewidths=0.8))
+    for rect, colour, lw in frames:
+        rect.set(fill=False, edgecolor=colour, linewidth=lw)
+        ax.add_patch(rect)
     fig.suptitle(
         f"{review.stackid}  shift ({review.d_xi:+.3f}, {review.d_eta:+.3f})\"  "
         f"median offset of the source from the Gaia crosshair: "
         f"{meas.median_before:.2f}\" before -> {meas.median_after:.2f}\" after "
         f"({meas.n_closer}/{rows.size} closer)"
-        + (f"\n{title_extra}" if title_extra else ""), fontsize=8)
+        + (f"\n{title_extra}" if title_extra else ""), fontsize=8, y=0.995)
     fig.text(0.01, 0.005, f'stamps {size_arcsec:g}" square, north up, east left; cyan: Gaia; '
              'red circle: detection; frame colour: green used, yellow unused, red excluded',
              fontsize=6)
-    fig.subplots_adjust(left=0.01, right=0.99, top=1 - 0.75 / (nrow * 1.5 + 0.9),
-                        bottom=0.3 / (nrow * 1.5 + 0.9), wspace=0.05, hspace=0.3)
     from stk_astrometry.fitsutil import atomic_path
 
     with atomic_path(path) as tmp:
