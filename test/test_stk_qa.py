@@ -23,6 +23,10 @@ from stk_astrometry.qa.stamps import _wcs
 from stk_astrometry.tangent import shift_sky
 from stk_astrometry.tools import stk_match, stk_qa, stk_simulate, stk_update_wcs, stk_xfm
 
+#: one worker runs the module: its two fixtures (the sample's chain, a simulated flagged stack)
+#: are made once
+pytestmark = pytest.mark.xdist_group("stk_qa")
+
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "share" / "sample"
 STACK = "acisfJ1236480p621200_001"
