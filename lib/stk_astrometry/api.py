@@ -60,7 +60,7 @@ FIT_DEFAULTS = {
 }
 UPDATE_DEFAULTS = {
     "infile": "", "transformfile": "", "outdir": "", "unknown": "error", "dryrun": False,
-    "inverse": False, "force": False, "scrub": False, "clobber": False,
+    "inverse": False, "force": False, "scrub": False, "qa_override": False, "clobber": False,
 }
 SIMULATE_DEFAULTS = {
     "outdir": "", "seed": 1, "stackid": "", "ra_stack": 189.2, "dec_stack": 62.2,
@@ -890,7 +890,7 @@ def _diag_columns(pin, selected, spec, mix):
 
 
 def update_products(infile, transformfile, *, outdir=None, unknown="error", dryrun=False,
-                    inverse=False, force=False, scrub=False, clobber=False,
+                    inverse=False, force=False, scrub=False, qa_override=False, clobber=False,
                     history=None) -> UpdateResult:
     """Rewrite the world coordinates of a stack's data products, as ``stk_update_wcs`` does.
 
@@ -916,6 +916,9 @@ def update_products(infile, transformfile, *, outdir=None, unknown="error", dryr
         Apply over a different, already applied transform.
     scrub : bool
         Remove observation keywords from master products.
+    qa_override : bool
+        Apply a transform whose QA flags are set without a QA decision (or that was
+        rejected); otherwise such a transform raises InputError (spec §5.7).
     clobber : bool
         Overwrite existing files in ``outdir``.
     history : object, optional
@@ -930,7 +933,8 @@ def update_products(infile, transformfile, *, outdir=None, unknown="error", dryr
     """
     given = dict(infile=str(infile), transformfile=str(transformfile),
                  outdir="" if outdir is None else str(outdir), unknown=unknown, dryrun=dryrun,
-                 inverse=inverse, force=force, scrub=scrub, clobber=clobber)
+                 inverse=inverse, force=force, scrub=scrub, qa_override=qa_override,
+                 clobber=clobber)
     with _collect_warnings() as caught:
         result = _update(given, _history("stk_update_wcs", UPDATE_DEFAULTS, given, history))
     return dataclasses.replace(result, warnings=tuple(caught))
@@ -952,6 +956,10 @@ def _update(p, hist):
 
     unknown = _choice("unknown", p["unknown"], _UNKNOWN)
     transform = read_transform(p["transformfile"])
+    if not p["inverse"]:     # undoing is always allowed
+        warning = upd.check_qa_review(transform, override=bool(p["qa_override"]))
+        if warning:
+            logger.warning("%s", warning)
     walked = []
     files, notes = upd.expand_inputs(p["infile"], walked)
     outdir = Path(p["outdir"]) if p["outdir"] and str(p["outdir"]).strip() else None

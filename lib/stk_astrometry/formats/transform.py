@@ -306,6 +306,8 @@ class TransformInput:
     xfm: object              # stk_astrometry.wcsupdate.Transform
     hdu_bytes: bytes = field(repr=False)
     path: str = ""
+    qa_flags: int = 0          # QAFLAGS of the STKXFM HDU (0: none, or not recorded)
+    qa_decision: str = ""      # QADECIS: 'accept', 'refit', 'reject' or '' (not reviewed)
 
 
 def read_transform(spec) -> TransformInput:
@@ -351,9 +353,12 @@ def read_transform(spec) -> TransformInput:
                 "this release applies translations only")
         xfm = wcsupdate.Transform.from_shift(vals["d_xi"], vals["d_eta"], vals["ra_ref"],
                                              vals["dec_ref"], matrix=matrix)
+        qa_flags = hdu.header.get("QAFLAGS", 0)
+        qa_flags = qa_flags if isinstance(qa_flags, int) and not isinstance(qa_flags, bool) else 0
+        qa_decision = str(hdu.header.get("QADECIS", "") or "").strip().lower()
         out = fits.BinTableHDU(data=hdu.data.copy(), header=hdu.header.copy(), name=EXTNAME)
         out.header["STKXFMID"] = (xfm.xfm_id, "stk_update_wcs: id of this transform")
         buf = io.BytesIO()
         fits.HDUList([fits.PrimaryHDU(), out]).writeto(buf, checksum=True)
         hdu_bytes = buf.getvalue()[fitsedit.BLOCK:]
-    return TransformInput(xfm, hdu_bytes, str(path))
+    return TransformInput(xfm, hdu_bytes, str(path), qa_flags, qa_decision)

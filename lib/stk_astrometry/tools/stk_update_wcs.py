@@ -245,6 +245,33 @@ def expand_inputs(spec: str, walked=None) -> tuple[list[InputFile], list[str]]:
 # The transform file is read by stk_astrometry.formats.transform (formats.md §2).
 
 
+def check_qa_review(transform: TransformInput, *, override: bool) -> str | None:
+    """Refuse a transform that needs a human review and has not had one (spec §5.7).
+
+    A transform with QA flags set must carry the operator's decision ``accept`` or ``refit``
+    (keyword QADECIS, written by stk_qa); a ``reject`` decision is refused whatever its flags.
+    Returns the warning to log when ``override`` lets it through, None when there is nothing
+    to say.
+
+    Raises
+    ------
+    InputError
+        Not reviewed, or rejected, and ``override`` is false.
+    """
+    decision = transform.qa_decision
+    if decision == "reject":
+        problem = "was rejected in QA review (QADECIS = 'reject')"
+    elif transform.qa_flags and decision not in ("accept", "refit"):
+        problem = (f"has QA flags {transform.qa_flags} and no QA decision (QADECIS "
+                   f"{decision or 'not set'}); review it with stk_qa (spec 5.7)")
+    else:
+        return None
+    if not override:
+        raise InputError(f"transformfile={transform.path}: the transform {problem}; "
+                         "qa_override=yes applies it anyway")
+    return f"qa_override=yes: applying a transform that {problem}"
+
+
 # --------------------------------------------------------------------------- planning
 
 @dataclass
@@ -907,6 +934,10 @@ def _mark_collisions(files, outdir: Path):
 
 def _body(params) -> int:
     transform = read_transform(params["transformfile"])
+    if not params["inverse"]:     # undoing is always allowed
+        warning = check_qa_review(transform, override=bool(params["qa_override"]))
+        if warning:
+            logger.warning("%s", warning)
     walked = []
     files, notes = expand_inputs(params["infile"], walked)
     outdir = params["outdir"]
