@@ -60,7 +60,7 @@ FIT_DEFAULTS = {
 }
 UPDATE_DEFAULTS = {
     "infile": "", "transformfile": "", "outdir": "", "unknown": "error", "dryrun": False,
-    "inverse": False, "force": False, "scrub": False, "qa_override": False, "clobber": False,
+    "inverse": False, "force": False, "qa_override": False, "scrub": False, "clobber": False,
 }
 SIMULATE_DEFAULTS = {
     "outdir": "", "seed": 1, "stackid": "", "ra_stack": 189.2, "dec_stack": 62.2,
@@ -933,7 +933,7 @@ def update_products(infile, transformfile, *, outdir=None, unknown="error", dryr
     """
     given = dict(infile=str(infile), transformfile=str(transformfile),
                  outdir="" if outdir is None else str(outdir), unknown=unknown, dryrun=dryrun,
-                 inverse=inverse, force=force, scrub=scrub, qa_override=qa_override,
+                 inverse=inverse, force=force, qa_override=qa_override, scrub=scrub,
                  clobber=clobber)
     with _collect_warnings() as caught:
         result = _update(given, _history("stk_update_wcs", UPDATE_DEFAULTS, given, history))
