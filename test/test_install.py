@@ -15,7 +15,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
-TOOLS = ["stk_match", "stk_xfm", "stk_update_wcs", "stk_simulate"]
+TOOLS = ["stk_match", "stk_xfm", "stk_update_wcs", "stk_simulate", "stk_simpop"]
 
 
 @pytest.fixture(scope="module")
