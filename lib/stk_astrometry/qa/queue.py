@@ -76,7 +76,7 @@ def render_queue(entries, *, title="stk_qa queue") -> str:
         decision = (f"{e(ent.decision)} (iteration {ent.iteration}, {e(ent.operator)})"
                     if ent.decision else '<span class="todo">to review</span>')
         rows.append(
-            f'<tr class="{"done" if ent.decision else "todo"}"><td>{n}</td>'
+            f'<tr class="{"done" if ent.decision else "pending"}"><td>{n}</td>'
             f"<td><b>{e(ent.stackid)}</b><br>{links}</td>"
             f"<td>{e(_flags_text(ent.qa_flags))} ({ent.qa_flags})<br>"
             f'<span class="reason">{e(ent.qa_reason)}</span></td>'
