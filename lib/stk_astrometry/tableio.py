@@ -137,7 +137,12 @@ def _ascii_format(path):
         ".vot": "votable",
         ".votable": "votable",
         ".tsv": "ascii.tab",
+        ".tbl": "ascii.ipac",       # IRSA's IPAC tables
     }.get(suffix)
+
+
+#: Reader options per format: SkyServer CSV exports start with a '#Table1' line.
+_READ_OPTIONS = {"ascii.csv": {"comment": "#"}}
 
 
 def _lowercase_columns(table, label):
@@ -258,7 +263,8 @@ def read_table(spec, *, param):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
-                table = Table.read(path, format=fmt) if fmt else Table.read(path, format="ascii")
+                table = (Table.read(path, format=fmt, **_READ_OPTIONS.get(fmt, {})) if fmt
+                         else Table.read(path, format="ascii"))
             except Exception as exc:  # noqa: BLE001 - astropy raises many types for unreadable text
                 # astropy's message can list every format it tried: keep its first line
                 first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]

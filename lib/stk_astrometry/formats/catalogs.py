@@ -796,7 +796,8 @@ def read_sdss(tin):
     (RA, Dec) when the scan's node and inclination are known (circularised otherwise); or,
     for tables with ``raErr``/``decErr`` (arcsec) instead of centroid errors, those in
     quadrature with the calibration error.  ``mode`` other than 1 (secondary detections) is
-    dropped when the column is there.
+    dropped when the column is there; so are objects whose centroid errors are SDSS's
+    -9999 ("no value") or not positive.
     """
     import numpy as np
 
@@ -811,6 +812,13 @@ def read_sdss(tin):
 
     def col(name):
         return _floats(tin, cols[name]) if cols[name] else None
+
+    def err(name):     # SDSS writes -9999 (or 0) for "no value": NaN
+        values = col(name)
+        if values is None:
+            return np.full(n, np.nan)
+        with np.errstate(invalid="ignore"):
+            return np.where(values > 0, values, np.nan)
 
     def scan_value(name):
         if cols[name]:
@@ -833,11 +841,10 @@ def read_sdss(tin):
         raise CatalogError(
             f"{tin.hdu}: an SDSS table needs ra/dec (also tried ra_deg, raj2000 / dec_deg, "
             "dej2000), or mu/nu with the scan's node/incl (columns or NODE/INCL keywords)")
-    cal_mu = col("muerr") if cols["muerr"] else np.full(n, np.nan)
-    cal_nu = col("nuerr") if cols["nuerr"] else np.full(n, np.nan)
+    cal_mu, cal_nu = err("muerr"), err("nuerr")
     if cols["objc_rowcerr"] and cols["objc_colcerr"]:
-        s_mu, s_nu = sdss.great_circle_errors(cal_mu, cal_nu, col("objc_rowcerr"),
-                                              col("objc_colcerr"))
+        s_mu, s_nu = sdss.great_circle_errors(cal_mu, cal_nu, err("objc_rowcerr"),
+                                              err("objc_colcerr"))
         if have_scan:
             sig_ra, sig_dec, _ = sdss.radec_errors(mu, nu, node, incl, s_mu, s_nu)
             model = "muErr/nuErr + 0.396 objc_rowcErr/colcErr, rotated to RA/Dec"
@@ -849,7 +856,7 @@ def read_sdss(tin):
                                       sdss.DEFAULT_CALIBRATION_ERROR) ** 2
                              + np.where(np.isfinite(cal_nu), cal_nu,
                                         sdss.DEFAULT_CALIBRATION_ERROR) ** 2))
-        sig_ra, sig_dec = np.hypot(cal, col("raerr")), np.hypot(cal, col("decerr"))
+        sig_ra, sig_dec = np.hypot(cal, err("raerr")), np.hypot(cal, err("decerr"))
         model = "calibration + raErr/decErr"
     else:
         raise CatalogError(
