@@ -11,9 +11,9 @@ are moved accordingly, the X-ray truth is unchanged.
 Reported per case: rms and mean of (fitted - true shift) per axis, the shift change
 auto - none in units of the fit's sigma, and for the cluster case the mean error along each
 stack's expected cluster offset, pm (2016 - epoch).  Targets (run.py fails when one fails):
-- the cluster case: with propagation, >= 90 % of the fits equal the as-simulated field's fit
-  to 1e-5" (a common proper motion is removed completely; the rest differ because the added
-  motion pushes a few sources across max_pm); without, the mean error along the expected
+- the cluster case: with propagation, >= 95 % of the fits equal the as-simulated field's fit
+  to 1e-6" (a common proper motion is removed completely; a fit may differ because the added
+  motion pushes a source across max_pm); without, the mean error along the expected
   offset is reported (the bias the issue saw on a real cluster field);
 - no case where propagation makes the rms worse by more than 3 %.
 """
@@ -61,6 +61,7 @@ def _with_cluster_pm(gaia_path, epoch, out_path):
 
 def run(nstacks, seed=11):
     from astropy.table import Table
+    from astropy.time import Time
 
     from stk_astrometry import api
 
@@ -78,7 +79,9 @@ def run(nstacks, seed=11):
             base = tmp / "pop"
             det = base / str(s["detfile"]).strip()
             gaia = base / str(s["gaiafile"]).strip()
-            cluster = _with_cluster_pm(gaia, float(tr["epoch"]), tmp / f"{sid}_cl.fits")
+            # stk_simpop's epochs are decimal (calendar) years; propagate() takes Julian ones
+            jyear = Time(float(tr["epoch"]), format="decimalyear", scale="tt").jyear
+            cluster = _with_cluster_pm(gaia, jyear, tmp / f"{sid}_cl.fits")
             for field, gfile in (("as simulated", gaia), ("cluster pm", cluster)):
                 for mode in ("none", "auto"):
                     m = api.match_stack(str(det), str(gfile), epoch=mode)
@@ -113,9 +116,9 @@ def main(quick: bool = False) -> int:
                 stats[field, est, mode] = (rms, mean, sel)
                 print(f"{field:14s} {est:9s} {mode:5s} {good.sum():4d} {rms[0]:8.4f} "
                       f"{rms[1]:8.4f} {mean[0]:+8.4f} {mean[1]:+8.4f}")
-            (rms_n, mean_n, sel_n), (rms_a, mean_a, sel_a) = (stats[field, est, "none"],
+            (rms_n, _, sel_n), (rms_a, _, sel_a) = (stats[field, est, "none"],
                                                                 stats[field, est, "auto"])
-            dx = np.array([a[6] - b[6] for a, b in zip(sel_a, sel_n)])
+            dx = np.array([a[6] - b[6] for a, b in zip(sel_a, sel_n, strict=True)])
             sx = np.array([a[8] for a in sel_a])
             pull = np.abs(dx / sx)
             pull = pull[np.isfinite(pull)]
@@ -132,19 +135,21 @@ def main(quick: bool = False) -> int:
                     by = np.array([CLUSTER_PM[1] * 1e-3 * r[10] for r in sel])
                     b = np.hypot(bx, by)
                     e_par = np.array([(r[4] * x + r[5] * y) / n
-                                      for r, x, y, n in zip(sel, bx, by, b)])
+                                      for r, x, y, n in zip(sel, bx, by, b, strict=True)])
                     e_par = e_par[np.isfinite(e_par)]
                     print(f"  epoch={mode}: mean error along the expected cluster offset "
                           f"{np.mean(e_par):+.4f}\" +- {np.std(e_par) / np.sqrt(e_par.size):.4f}"
                           f" (mean |offset| {np.mean(b):.4f}\")")
                 same = np.array([abs(a[6] - b_[6]) + abs(a[7] - b_[7])
                                  for a, b_ in zip(stats[field, est, "auto"][2],
-                                                  stats["as simulated", est, "auto"][2])])
+                                                  stats["as simulated", est, "auto"][2],
+                                                  strict=True)])
                 same = same[np.isfinite(same)]
-                frac = np.mean(same < 1e-5)
+                frac = np.mean(same < 1e-6)
                 print(f"  epoch=auto: {frac:.1%} of the fits equal the as-simulated field's "
-                      f"to 1e-5\" (the others: sources pushed across max_pm by the added pm)")
-                if not frac >= 0.9:
+                      f"to 1e-6\" (max difference {same.max():.1e}\"; a source pushed across "
+                      "max_pm by the added motion changes a fit)")
+                if not frac >= 0.95:
                     print("  TARGET MISSED: propagation does not remove the common pm")
                     ok = False
     return 0 if ok else 1

@@ -722,12 +722,12 @@ def read_wise_linked(wise_tin, best_tin):
            else np.arange(1, n + 1, dtype=np.int64))
     keys = _designation_key(_strings(wise_tin, "designation"))
     lookup = {}
-    for k, i in zip(keys.tolist(), ids.tolist()):
+    for k, i in zip(keys.tolist(), ids.tolist(), strict=True):
         lookup.setdefault(k, i)
     bn_keys = _designation_key(_strings(best_tin, bcols["original_ext_source_id"]))
     # a designation absent from wisefile gets an id no ALLWISE row has (counted as NBNMISS)
     absent = -np.arange(1, len(bn_keys) + 1, dtype=np.int64)
-    bn_ids = np.array([lookup.get(k, a) for k, a in zip(bn_keys.tolist(), absent.tolist())],
+    bn_ids = np.array([lookup.get(k, a) for k, a in zip(bn_keys.tolist(), absent.tolist(), strict=True)],
                       dtype=np.int64)
     logger.info("%s has no allwise_oid: linked to %s by designation (%d of %d best-neighbour "
                 "rows found), ids from %s", wise_tin.hdu, best_tin.hdu,
