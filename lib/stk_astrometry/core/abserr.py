@@ -142,7 +142,10 @@ def ellipse_covariance(r0_arcsec, r1_arcsec, ang_deg, *, radius_to_sigma=1.0 / S
 
 
 def normalised_offsets(dxi_arcsec, deta_arcsec, cxx, cyy, cxy=None, *, sigma_sys_arcsec=0.0):
-    """Normalised offsets ``sqrt(d^T (C + s^2 I)^-1 d)``: Rayleigh(1) under the model."""
+    """Normalised offsets ``sqrt(d^T (C + s^2 I)^-1 d)``: Rayleigh(1) under the model.
+
+    NaN where ``C + s^2 I`` is not positive definite.
+    """
     dx = np.asarray(dxi_arcsec, dtype=float)
     dy = np.asarray(deta_arcsec, dtype=float)
     s2 = float(sigma_sys_arcsec) ** 2
@@ -152,6 +155,10 @@ def normalised_offsets(dxi_arcsec, deta_arcsec, cxx, cyy, cxy=None, *, sigma_sys
     det = vxx * vyy - vxy * vxy
     with np.errstate(divide="ignore", invalid="ignore"):
         q = (vyy * dx * dx - 2.0 * vxy * dx * dy + vxx * dy * dy) / det
+    # A covariance that is not positive definite (e.g. after subtracting a shift's covariance)
+    # has no normalised offset: NaN, not a warning.
+    bad = ~((det > 0) & (vxx > 0) & (q >= 0))
+    q = np.where(bad, np.nan, q)
     return np.sqrt(q)
 
 
