@@ -782,3 +782,71 @@ def write_science_report(folder, rep):
     with atomic_path(folder / "science.html") as tmp:
         Path(tmp).write_text(page, encoding="utf-8")
     return fragment
+
+
+# --------------------------------------------------------------------------- campaign entry
+
+
+def read_truth(path):
+    """``stk_simpop``'s truth file as the ``truth`` mapping :func:`analyse` takes."""
+    import fitsio
+
+    with fitsio.FITS(str(path)) as f:
+        header = f[0].read_header()
+        if str(header.get("CONTENT", "")).strip() != "STKPOPTRUTH":
+            from ..errors import InputError
+
+            raise InputError(f"{path}: not a stk_simpop truth file (CONTENT != 'STKPOPTRUTH')")
+        return {"stacks": f["STACKS"].read(), "detections": f["DETECTIONS"].read(),
+                "sys_abs": float(header.get("SYSABS", math.nan))}
+
+
+def stack_inputs_from_database(db_path):
+    """stackid -> (detfile, gaiafile) from a stk_batch run database (opened read-only)."""
+    import sqlite3
+
+    uri = Path(db_path).resolve().as_uri() + "?mode=ro"
+    conn = sqlite3.connect(uri, uri=True)
+    try:
+        rows = conn.execute("SELECT stackid, detfile, gaiafile FROM stacks").fetchall()
+    finally:
+        conn.close()
+    return {str(s): (d, g) for s, d, g in rows if d and g}
+
+
+def run_science(folder, records, inputs, *, truthfile=None, options=None, log=None):
+    """The science report of a campaign folder: read, analyse, write; return the HTML fragment.
+
+    Parameters
+    ----------
+    folder : path
+        The campaign folder (outputs are written there).
+    records : numpy record array
+        The campaign table's rows.
+    inputs : mapping
+        stackid -> (detfile, gaiafile) (e.g. :func:`stack_inputs_from_database`).
+    truthfile : path, optional
+        ``stk_simpop``'s ``truth.fits`` of a simulated campaign.
+    """
+    from ..errors import InputError
+
+    opt = options or ScienceOptions()
+    sid = _strings(_field(records, "stackid", ""))
+    status = _strings(_field(records, "status", "done"))
+    catalogs = {}
+    for i, s in enumerate(sid):
+        if status[i] != "done" or s not in inputs:
+            continue
+        detfile, gaiafile = inputs[s]
+        try:
+            catalogs[s] = load_stack(s, detfile, gaiafile, r_stack_arcmin=opt.r_stack_arcmin,
+                                     ra_stack=float(records["ra_stack"][i]),
+                                     dec_stack=float(records["dec_stack"][i]))
+        except (OSError, KeyError, ValueError) as exc:
+            if log is not None:
+                log.warning("science report: stack %s left out: %s", s, exc)
+    if not catalogs and len(records):
+        raise InputError("science report: no stack's catalogs could be read")
+    truth = read_truth(truthfile) if truthfile else None
+    rep = analyse(records, catalogs, truth=truth, options=opt)
+    return write_science_report(folder, rep), rep
