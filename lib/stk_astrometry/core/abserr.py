@@ -25,9 +25,10 @@ and a fraction ``1 - f`` of them is uniform over the disk of radius ``R``,
 ``P_i(R) = 1 - exp(-R^2 / (2 sqrt(det V_i)))`` (the Gaussian's mass inside ``R``, exact for
 circular ``V_i``, close for the mildly elliptical CSC ellipses).  When the reference density
 differs from field to field, give each pair the expected number of chance pairs of its
-detection, ``lambda_i = rho_i pi R^2``: then ``f_i = q / (q + lambda_i)`` with one fitted
-``q`` (the fraction of detections with a counterpart), so that a pair in a crowded field is
-less likely true than one at high latitude (Poisson background plus at most one counterpart).
+detection, ``lambda_i = rho_i pi R^2``: with one fitted ``q`` (the fraction of detections with a
+counterpart), a pair kept within ``R`` then has the density
+``(q N_i + lambda_i / (pi R^2)) / (q P_i + lambda_i)`` (Poisson background plus at most one
+counterpart), so that a pair in a crowded field is less likely true than one at high latitude.
 
 Estimate
 --------
@@ -188,7 +189,9 @@ class _Likelihood:
         if self.radius is not None:
             # Mass of the Gaussian inside the kept disk (circular approximation).
             mass = -np.expm1(-0.5 * self.radius**2 / np.sqrt(det))
-            logn = logn - np.log(mass)
+            self._mass = mass
+            if self.lam is None:
+                logn = logn - np.log(mass)
         return logn
 
     def profile(self, s):
@@ -215,9 +218,13 @@ class _Likelihood:
         g = np.maximum(np.exp(np.minimum(logn - logb, 700.0)), 1e-300)
         lam = self.lam
 
+        # A true counterpart falls inside R with probability P_i: among the pairs kept, the
+        # density is (q N_i + lam_i / (pi R^2)) / (q P_i + lam_i), i.e. in units of B:
+        # (q g_i + lam_i) / (q P_i + lam_i).
+        mass = self._mass
+
         def negll(q):
-            f = q / (q + lam)
-            return -float(np.sum(np.log(f * g + (1.0 - f))))
+            return -float(np.sum(np.log((q * g + lam) / (q * mass + lam))))
 
         res = minimize_scalar(negll, bounds=(1e-9, 1.0), method="bounded",
                               options={"xatol": 1e-7})
@@ -288,8 +295,8 @@ def fit_absolute_error(dxi_arcsec, deta_arcsec, cxx, cyy, cxy=None, *, extra_cov
     chance_pairs : array_like, optional
         With ``background_radius_arcsec``: the expected number of chance pairs of each
         offset's detection (reference density x pi R^2).  A pair is then true with
-        probability ``q / (q + chance_pairs)``, one ``q`` fitted for all (the fraction of
-        detections with a counterpart): right when the density differs from field to field.
+        probability ``q P_i / (q P_i + chance_pairs)``, one ``q`` fitted for all (the fraction
+        of detections with a counterpart): right when the density differs from field to field.
         None: one fraction of true pairs for all offsets.
     level : float
         Confidence level of the profile-likelihood interval.
