@@ -850,3 +850,27 @@ def run_science(folder, records, inputs, *, truthfile=None, options=None, log=No
     truth = read_truth(truthfile) if truthfile else None
     rep = analyse(records, catalogs, truth=truth, options=opt)
     return write_science_report(folder, rep), rep
+
+
+def insert_into_index(folder, fragment, *, name="index.html"):
+    """Put the science section into the campaign's HTML page (replacing an earlier one).
+
+    The page is the batch report's; the section goes before ``</body>``.  Nothing happens when
+    the page does not exist (the campaign was run with plots=no).
+    """
+    import re
+
+    from ..fitsutil import atomic_path
+
+    page_path = Path(folder) / name
+    if not page_path.is_file():
+        return None
+    page = page_path.read_text(encoding="utf-8")
+    page = re.sub(r'<section id="science">.*?</section>\n?', "", page, flags=re.S)
+    if "</body>" in page:
+        page = page.replace("</body>", fragment + "\n</body>", 1)
+    else:
+        page += "\n" + fragment + "\n"
+    with atomic_path(page_path) as tmp:
+        Path(tmp).write_text(page, encoding="utf-8")
+    return page_path
