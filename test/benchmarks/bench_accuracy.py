@@ -555,7 +555,8 @@ def main(quick: bool = False, cases: str = "", n_stacks: int | None = None) -> i
     ``cases``: comma-separated substrings selecting cases (default all); ``n_stacks``
     overrides the number of stacks per case.  Each case draws from its own seeded stream, so
     a case gives the same stacks whether run alone or with the others.  Returns 1 when a
-    target check fails in a full run (run.py then fails), else 0.
+    target check fails in a full run (run.py then fails), else 0; a ``quick`` run (or one
+    with ``n_stacks``) has too few stacks to judge the targets: it prints them, returns 0.
     """
     estimators = {}
     spec_api = _load_spec()
