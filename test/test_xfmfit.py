@@ -125,7 +125,7 @@ def test_reported_sigma_matches_the_scatter():
 
 
 def test_pull_tail_at_five_pairs():
-    """Review defect 4: at 5-9 pairs the scatter estimate alone gave heavy-tailed pulls (std 1.2,
+    """At 5-9 pairs the scatter estimate alone gave heavy-tailed pulls (std 1.2,
     |pull| > 3 in 2.4 % at n = 5); the formal floor up to n < 10 keeps the tail near Gaussian."""
     rng = np.random.default_rng(SEED + 12)
     n = 5
@@ -159,7 +159,7 @@ def test_floor_below_ten_is_not_called_implausible():
 
 
 def test_duplicated_candidates_do_not_shrink_the_error():
-    # Review defect 3: several pairs of one detection are one measurement.  Every pair given
+    # Several pairs of one detection are one measurement.  Every pair given
     # three times under its detection's region_id: same shift, same covariance (cluster-robust
     # sandwich, n and the formal error counted in detections).
     rng = np.random.default_rng(SEED + 13)
@@ -189,7 +189,7 @@ def test_small_sample_rules_count_detections():
 
 
 def test_ambiguous_candidates_calibrated():
-    """Review defect 3: each detection's true pair plus two candidates 0.05" from it (Gaia
+    """Each detection's true pair plus two candidates 0.05" from it (Gaia
     duplicates/blends); the errors must follow the scatter of the fitted shift (was: pull std
     1.7, |pull| > 3 in 8 %)."""
     rng = np.random.default_rng(SEED + 14)
@@ -508,7 +508,7 @@ def test_two_step_total_is_the_sum_of_the_legs():
 def test_two_step_without_allwise_gaia_pairs():
     # The ALLWISE->Gaia leg is set to 0 (NOMATCH): the detection leg's shift is written, but
     # the tie to the Gaia frame is unknown, so the total's errors are NaN -- not the detection
-    # leg's alone, which would claim the frame is known (review defect 1; this test used to
+    # leg's alone, which would claim the frame is known (this test used to
     # assert finite errors).
     det = make_pairs([0.3, 0.31, 0.29], [0, 0.01, -0.01])
     fit = fit_stack_spec("twostep", det, wise_gaia=PairSet.empty(), n_groups=3)
