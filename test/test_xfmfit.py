@@ -638,3 +638,87 @@ def test_from_ten_detections_an_implausibly_small_scatter_takes_the_formal_error
     fit = fit_translation(zeros, zeros, d_xi, d_eta, np.full(m, 1 / sigma**2), loss="linear")
     assert fit.implausible and fit.error_source == "formal"
     assert fit.d_xi_err == pytest.approx(sigma / np.sqrt(m), rel=1e-9)
+
+
+# ------------------------------------------------------------------------------ the stack's fit
+
+
+def test_direct_stack_fit_is_its_detection_leg():
+    rng = np.random.default_rng(SEED + 41)
+    d_xi, d_eta, r0, r1, _ = simulate(rng, 20, (0.25, -0.15))
+    pairs = make_pairs(d_xi, d_eta, r0=r0, r1=r1)
+    leg = fit_leg_spec(pairs, weighting="det", n_groups=1)
+    fit = fit_stack_spec("direct", pairs, n_groups=1)
+    assert fit.method == "direct" and fit.ref_leg is None and fit.notes == ()
+    assert (fit.d_xi, fit.d_eta) == (leg.d_xi, leg.d_eta)
+    np.testing.assert_array_equal(fit.cov, leg.cov)
+    assert (fit.resstd0, fit.resstd1) == (leg.resstd0, leg.resstd1)
+    assert fit.det_leg.n_used == leg.n_used == 20 and fit.d_xi_err == leg.d_xi_err
+
+
+def test_direct_stack_without_usable_pairs_has_unknown_errors():
+    fit = fit_stack_spec("direct", make_pairs([np.nan], [0.1]), n_groups=1)
+    assert (fit.d_xi, fit.d_eta) == (0.0, 0.0)
+    assert fit.cov.shape == (2, 2) and np.all(np.isnan(fit.cov))
+
+
+def test_method_none_is_the_identity_with_unknown_errors():
+    fit = fit_stack_spec("none", PairSet.empty(), n_groups=3)
+    assert fit.method == "none" and fit.det_leg is None and fit.ref_leg is None
+    assert fit.cov.shape == (2, 2) and np.all(np.isnan(fit.cov))
+    assert np.isnan(fit.resstd0) and np.isnan(fit.resstd1)
+    assert fit.notes == ("no matches: identity transform",)
+
+
+def test_unknown_method_is_refused():
+    with pytest.raises(ValueError):
+        fit_stack_spec("both", PairSet.empty(), n_groups=3)
+
+
+def test_stack_fit_uses_the_separation_groups_unless_told_not_to():
+    # group 1: 4 pairs at +0.2"; group 2: 4 pairs at -0.6" (tighter): the group rule takes
+    # group 2; without groups (the operator's include list) all 8 pairs are fitted
+    d_xi = [0.2, 0.25, 0.15, 0.2, -0.6, -0.61, -0.59, -0.6]
+    pairs = make_pairs(d_xi, [0.0] * 8, group=[1] * 4 + [2] * 4)
+    default = fit_stack_spec("direct", pairs, n_groups=2)
+    grouped = fit_stack_spec("direct", pairs, n_groups=2, use_groups=True)
+    everything = fit_stack_spec("direct", pairs, n_groups=2, use_groups=False)
+    assert default.d_xi == grouped.d_xi and default.det_leg.n_used == 4
+    assert everything.det_leg.n_used == 8
+
+
+def test_defaults_are_the_par_file_defaults():
+    import inspect
+    from pathlib import Path
+
+    par = {}
+    for line in (Path(__file__).resolve().parents[1] / "param" / "stk_xfm.par").read_text().splitlines():
+        fields = line.split(",")
+        if len(fields) >= 4 and not line.startswith("#"):
+            par[fields[0]] = fields[3].strip('"')
+    for func in (fit_stack_spec, fit_leg_spec):
+        defaults = {k: v.default for k, v in inspect.signature(func).parameters.items()}
+        assert defaults["loss"] == par["loss"]
+        assert defaults["f_scale"] == float(par["f_scale"])
+        assert defaults["max_shift"] == float(par["max_shift"])
+        assert defaults["min_group_matches"] == int(par["min_group_matches"])
+
+
+def test_an_empty_pair_set_has_integer_ids_and_groups():
+    # concatenated with real pairs (region_id int64, group int), an empty set must not turn
+    # the ids into floats
+    empty = PairSet.empty()
+    assert len(empty.d_xi) == 0
+    assert empty.region_id.dtype.kind == "i" and empty.group.dtype.kind == "i"
+
+
+def test_combined_covariance_is_two_by_two_even_when_unknown():
+    empty = fit_leg_spec(PairSet.empty(), weighting="det", n_groups=1)
+    one = fit_leg_spec(make_pairs([0.3], [0.1], sigra=[0.1], sigdec=[0.1]), weighting="ref",
+                       n_groups=1, use_groups=False)
+    full = fit_leg_spec(make_pairs([0.1, 0.2, 0.3], [0, 0, 0]), weighting="det", n_groups=1)
+    assert combine_legs(empty, full)[2].shape == (2, 2)
+    assert combine_legs(full, empty)[2].shape == (2, 2)
+    # one ALLWISE-Gaia pair is a measurement (its stated error), not an unknown leg
+    d_xi, _, cov = combine_legs(full, one)
+    assert d_xi == pytest.approx(full.d_xi + 0.3) and np.all(np.isfinite(cov))
