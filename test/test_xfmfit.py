@@ -722,3 +722,56 @@ def test_combined_covariance_is_two_by_two_even_when_unknown():
     # one ALLWISE-Gaia pair is a measurement (its stated error), not an unknown leg
     d_xi, _, cov = combine_legs(full, one)
     assert d_xi == pytest.approx(full.d_xi + 0.3) and np.all(np.isfinite(cov))
+
+
+def test_two_step_residuals_are_taken_in_the_gaia_frame():
+    rng = np.random.default_rng(SEED + 43)
+    n, m = 20, 40
+    d_xi, d_eta, r0, r1, _ = simulate(rng, n, (0.3, -0.2), r95=(0.3, 0.8))
+    det = make_pairs(d_xi, d_eta, r0=r0, r1=r1, sigra=np.full(n, 0.1), sigdec=np.full(n, 0.1))
+    wg = make_pairs(0.4 + rng.normal(0, 0.1, m), -0.3 + rng.normal(0, 0.1, m),
+                    r0=np.full(m, np.nan), r1=np.full(m, np.nan), sigra=np.full(m, 0.1),
+                    sigdec=np.full(m, 0.1), group=np.zeros(m, int))
+    fit = fit_stack_spec("twostep", det, wise_gaia=wg, n_groups=3)
+    assert fit.method == "twostep" and fit.notes == ()
+    used = fit.det_leg.used
+    # before: the detection's offset to ALLWISE carried into Gaia by the ALLWISE->Gaia leg
+    target_xi = np.asarray(d_xi)[used] + fit.ref_leg.d_xi
+    target_eta = np.asarray(d_eta)[used] + fit.ref_leg.d_eta
+    assert fit.resstd0 == pytest.approx(np.sqrt(np.mean((target_xi**2 + target_eta**2) / 2)))
+
+
+def test_two_step_uses_the_separation_groups_of_the_detection_leg_unless_told_not_to():
+    d_xi = [0.2, 0.25, 0.15, 0.2, -0.6, -0.61, -0.59, -0.6]
+    det = make_pairs(d_xi, [0.0] * 8, group=[1] * 4 + [2] * 4, sigra=[0.05] * 8, sigdec=[0.05] * 8)
+    wg = make_pairs([0.0, 0.01, -0.01], [0.0] * 3, r0=[np.nan] * 3, r1=[np.nan] * 3,
+                    sigra=[0.1] * 3, sigdec=[0.1] * 3, group=[0] * 3)
+    assert fit_stack_spec("twostep", det, wise_gaia=wg, n_groups=2).det_leg.n_used == 4
+    assert fit_stack_spec("twostep", det, wise_gaia=wg, n_groups=2,
+                          use_groups=False).det_leg.n_used == 8
+
+
+def test_two_step_notes_say_which_leg_is_missing():
+    det = make_pairs([0.3, 0.31, 0.29], [0, 0.01, -0.01])
+    (note,) = fit_stack_spec("twostep", det, wise_gaia=PairSet.empty(), n_groups=3).notes
+    assert note.startswith("no usable ALLWISE-Gaia pairs") and note.endswith("errors are unknown")
+    wg = make_pairs([0.1, 0.11, 0.09], [0.0] * 3, r0=[np.nan] * 3, r1=[np.nan] * 3,
+                    sigra=[0.1] * 3, sigdec=[0.1] * 3, group=[0] * 3)
+    (note,) = fit_stack_spec("twostep", PairSet.empty(), wise_gaia=wg, n_groups=3).notes
+    assert note.startswith("no usable detection-ALLWISE pairs: identity transform")
+    assert note.endswith("says nothing about the detections)")
+
+
+def test_pair_variances_are_the_documented_one_sigma_circles():
+    from stk_astrometry.xfmfit import pair_variances
+
+    pairs = make_pairs([0.1, 0.2, 0.3, 0.4, 0.5], [0.0] * 5, r0=[2.0, 1.0, np.nan, 0.0, 1.0],
+                       r1=[0.5, 1.0, 1.0, 1.0, -1.0], sigra=[0.1, 0.2, 0.1, 0.1, 0.1],
+                       sigdec=[0.3, 0.2, 0.1, 0.1, 0.1])
+    det = pair_variances(pairs, "det")
+    np.testing.assert_allclose(det[:2], [2.0 * 0.5 / R95_PER_SIGMA**2, 1.0 / R95_PER_SIGMA**2])
+    # unusable radii (NaN, zero, negative): NaN, silently (warnings are errors here)
+    assert np.all(np.isnan(det[2:]))
+    combined = pair_variances(pairs, "combined")
+    np.testing.assert_allclose(combined[:2], det[:2] + [0.03, 0.04])
+    np.testing.assert_allclose(pair_variances(pairs, "ref"), [0.03, 0.04, 0.01, 0.01, 0.01])
