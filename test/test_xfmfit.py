@@ -775,3 +775,17 @@ def test_pair_variances_are_the_documented_one_sigma_circles():
     combined = pair_variances(pairs, "combined")
     np.testing.assert_allclose(combined[:2], det[:2] + [0.03, 0.04])
     np.testing.assert_allclose(pair_variances(pairs, "ref"), [0.03, 0.04, 0.01, 0.01, 0.01])
+
+
+def test_pairs_outside_every_separation_group_are_never_fitted():
+    # group 0 (or beyond n_groups) is no separation group: with groups in use nothing is chosen
+    leg = fit_leg_spec(make_pairs([0.1, 0.2, 0.3], [0.0] * 3, group=[0, 0, 0]), weighting="det",
+                       n_groups=3)
+    assert leg.group == 0 and leg.n_used == 0 and not np.any(leg.used)
+
+
+def test_dropped_counts_only_the_unusable_pairs_of_the_chosen_group():
+    pairs = make_pairs([0.1, 0.2, 0.3, 0.25, 1.5], [0.0] * 5, r0=[1.0, 1.0, 1.0, np.nan, np.nan],
+                       group=[1, 1, 1, 1, 2])
+    leg = fit_leg_spec(pairs, weighting="det", n_groups=2)
+    assert leg.group == 1 and leg.n_used == 3 and leg.n_dropped == 1
