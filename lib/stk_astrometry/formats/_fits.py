@@ -130,3 +130,57 @@ def header_value(x):
     if isinstance(x, np.bool_):
         return bool(x)
     return x
+
+
+def read_fits(path):
+    """Every HDU of a FITS file, read with fitsio (fast for the small per-stack files).
+
+    Returns
+    -------
+    list of (extname, header, columns, units)
+        ``header`` an :class:`astropy.io.fits.Header` built from the cards as written (cheap:
+        astropy parses a card when it is read); ``columns`` ``{lower-case name: ndarray}`` in
+        native byte order (strings as str, trailing blanks removed), None for a non-table HDU;
+        ``units`` ``{name: TUNITn}``.
+
+    Raises
+    ------
+    OSError
+        The file cannot be read as FITS.
+    """
+    import fitsio
+    from astropy.io import fits
+
+    out = []
+    with fitsio.FITS(str(path)) as fh:
+        for hdu in fh:
+            records = hdu.read_header().records()
+            header = fits.Header.fromstring("".join(r["card_string"].ljust(80)[:80]
+                                                    for r in records))
+            extname = str(header.get("EXTNAME", "")).strip()
+            if hdu.get_exttype() != "BINARY_TBL":
+                out.append((extname, header, None, {}))
+                continue
+            names = hdu.get_colnames()
+            data = hdu.read() if hdu.get_nrows() else None
+            rec = hdu.get_rec_dtype()[0] if data is None else None
+            columns, units = {}, {}
+            for i, name in enumerate(names, start=1):
+                if data is not None:
+                    arr = data[name]
+                    if arr.dtype.byteorder == ">":
+                        arr = arr.astype(arr.dtype.newbyteorder("="))
+                else:
+                    dt = rec[name]
+                    base = dt.base
+                    if base.kind == "S":
+                        base = np.dtype(f"U{base.itemsize}")
+                    arr = np.zeros((0,) + dt.shape, dtype=base.newbyteorder("="))
+                if arr.dtype.kind == "S":
+                    arr = np.char.rstrip(np.char.decode(arr, "ascii", errors="replace"))
+                columns[name.lower()] = arr
+                unit = header.get(f"TUNIT{i}")
+                if unit:
+                    units[name.lower()] = str(unit).strip()
+            out.append((extname, header, columns, units))
+    return out
