@@ -293,10 +293,9 @@ def _read_with_fitsio(path, block):
         records = hdu.read_header().records()
         header = fits.Header.fromstring("".join(r["card_string"].ljust(80)[:80]
                                                 for r in records))
-        tforms = [str(v) for k, v in header.items() if k.startswith("TFORM")]
-        if (any(_FALLBACK_TFORM.search(f) for f in tforms)
-                or any(k.startswith("TSCAL") for k in header)
-                or any(k.startswith("TZERO") for k in header)):
+        keys = {r["name"]: r["value"] for r in records if r.get("name")}
+        if any((k.startswith("TFORM") and _FALLBACK_TFORM.search(str(v)))
+               or k.startswith(("TSCAL", "TZERO")) for k, v in keys.items()):
             return None
         names = hdu.get_colnames()
         data = hdu.read() if hdu.get_nrows() else None
@@ -309,8 +308,8 @@ def _read_with_fitsio(path, block):
                 dt = hdu.get_rec_dtype()[0][name]
                 arr = np.zeros((0,) + dt.shape, dtype=dt.base.newbyteorder("="))
             columns[name] = arr
-            if f"TNULL{i}" in header:
-                nulls[name] = header[f"TNULL{i}"]
+            if f"TNULL{i}" in keys:
+                nulls[name] = keys[f"TNULL{i}"]
         name = info[idx][1] or str(idx + 1)
         label = f"{path}[{name}]"
     return ColumnTable(columns, nulls), header, label

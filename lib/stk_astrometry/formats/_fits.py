@@ -8,6 +8,7 @@ the CXC way (DTYPEn/DVALn) by :func:`stk_astrometry.fitsutil.set_keyword`.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -184,3 +185,245 @@ def read_fits(path):
                     units[name.lower()] = str(unit).strip()
             out.append((extname, header, columns, units))
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing with fitsio
+
+
+@dataclass(frozen=True, eq=False)
+class HduSpec:
+    """One HDU to write: the primary (``name`` None) or a binary table.
+
+    Attributes
+    ----------
+    name : str or None
+        EXTNAME; None for the primary HDU (no data).
+    columns : dict
+        Column name -> array, in file order (tables).
+    units, formats : dict
+        Column name -> TUNIT / TFORM (TFORM from the dtype when not given).
+    keys : list of (name, value, comment)
+        Keywords in order; names longer than eight characters become DTYPEn/DVALn pairs.
+    cards : tuple of (name, value, comment)
+        Cards copied from another file as they are (names of up to eight characters),
+        written first, each only when its name is not there yet.
+    drop_long_comments : bool
+        See :func:`set_keywords`.
+    """
+
+    name: str | None
+    columns: dict = field(default_factory=dict)
+    units: dict = field(default_factory=dict)
+    formats: dict = field(default_factory=dict)
+    keys: tuple = ()
+    cards: tuple = ()
+    drop_long_comments: bool = True
+
+
+#: The comments astropy gives the structural cards (the golden files carry them).
+_ASTROPY_COMMENTS = {
+    "SIMPLE": "conforms to FITS standard", "BITPIX": "array data type",
+    "NAXIS": "number of array dimensions", "EXTEND": "", "XTENSION": "binary table extension",
+    "NAXIS1": "length of dimension 1", "NAXIS2": "length of dimension 2",
+    "PCOUNT": "number of group parameters", "GCOUNT": "number of groups",
+    "TFIELDS": "number of table fields", "EXTNAME": "extension name",
+}
+
+
+def to_hdulist(specs):
+    """The astropy HDUList of ``specs`` (for callers that want astropy objects).  No I/O."""
+    from astropy.io import fits
+
+    out = []
+    for spec in specs:
+        if spec.name is None:
+            hdu = fits.PrimaryHDU()
+        else:
+            hdu = table_hdu(spec.name, spec.columns, units=spec.units, formats=spec.formats,
+                            nrows=_n_rows(spec.columns))
+        for card in spec.cards:
+            if card[0] not in hdu.header:
+                hdu.header.append(card)
+        set_keywords(hdu.header, spec.keys, drop_long_comments=spec.drop_long_comments)
+        out.append(hdu)
+    return fits.HDUList(out)
+
+
+def _n_rows(columns):
+    return len(next(iter(columns.values()))) if columns else 0
+
+
+def _record_array(spec):
+    """The table's rows as a big-endian record array, and its TFORMs."""
+    names, dtypes, tforms, arrays = [], [], [], []
+    for key, values in spec.columns.items():
+        arr = np.asarray(values)
+        tform = column_format(arr, spec.formats.get(key))
+        if tform.endswith("A"):
+            width = int(tform[:-1] or 1)
+            arr = np.char.encode(arr.astype(str), "ascii") if arr.dtype.kind == "U" else arr
+            dt = np.dtype(f"S{width}")
+        elif tform == "L":
+            dt = np.dtype("?")
+        else:
+            dt = np.dtype({"I": ">i2", "J": ">i4", "K": ">i8", "E": ">f4", "D": ">f8"}[tform])
+        names.append(key)
+        dtypes.append((key, dt) if arr.ndim <= 1 else (key, dt, arr.shape[1:]))
+        tforms.append(tform)
+        arrays.append(arr)
+    rec = np.zeros(_n_rows(spec.columns), dtype=dtypes)
+    for key, arr in zip(names, arrays, strict=True):
+        rec[key] = arr
+    return rec, tforms
+
+
+def format_card(name, value, comment=""):
+    """An 80-character FITS card as astropy writes it, for str, bool, int, float and None."""
+    from astropy.io.fits.card import Card
+
+    if isinstance(value, float) or (isinstance(value, str) and len(value) > 68):
+        # astropy's own formatting (floats: shortest repr that round-trips; long strings:
+        # CONTINUE cards) -- a Card for these few keywords is cheap enough
+        return Card(name, value, comment).image
+    if value is None:
+        body = " " * 20
+    elif isinstance(value, (bool, np.bool_)):
+        body = f"{'T' if value else 'F':>20}"
+    elif isinstance(value, (int, np.integer)):
+        body = f"{int(value):>20d}"
+    else:
+        text = str(value).replace("'", "''")
+        body = f"'{text:<8}'".ljust(20)
+    card = f"{name:<8}= {body}"
+    if comment:
+        card += f" / {comment}"
+    return card[:80].ljust(80) if len(card) <= 80 else Card(name, value, comment).image
+
+
+def write_fits_fast(path, specs, history, *, clobber):
+    """Write ``specs`` with fitsio, stamped and atomically, with the headers astropy would write.
+
+    The same conventions as :func:`stk_astrometry.fitsutil.write_fits`: CREATOR, DATE, this
+    run's CIAO HISTORY records with HISTNUM, CHECKSUM/DATASUM on every HDU, a temporary file
+    renamed into place.  Structural cards get astropy's comments and values are formatted as
+    astropy formats them, so a file reads the same whichever library wrote it.
+    """
+    import fitsio
+
+    from stk_astrometry import __version__
+    from stk_astrometry.errors import OutputError
+    from stk_astrometry.fitsutil import (
+        atomic_path,
+        check_clobber,
+        history_records,
+        read_stacks,
+        utc_now,
+    )
+
+    check_clobber(path, clobber)
+    when = utc_now()
+    items = list(history.history_items())
+    stacks = read_stacks(items)
+    creator = f"{history.tool} - stk_astrometry {__version__}"
+    try:
+        with atomic_path(path) as tmp:
+            with fitsio.FITS(str(tmp), "rw", clobber=True) as fh:
+                for spec in specs:
+                    _write_one(fh, spec, history.tool, items, stacks, when, creator,
+                               history_records)
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from exc
+    import logging
+
+    logging.getLogger("stk_astrometry.fitsutil").info("Wrote %s", path)
+
+
+def _write_one(fh, spec, tool, items, stacks, when, creator, history_records):
+    if spec.name is None:
+        fh.write(None)
+        hdu = fh[-1]
+        # what fitsio writes differently from astropy: BITPIX 16 for no data, the comments,
+        # two COMMENT cards about the FITS paper
+        for key, value in (("SIMPLE", True), ("BITPIX", 8), ("NAXIS", 0), ("EXTEND", True)):
+            hdu.write_key(key, value, _ASTROPY_COMMENTS[key] or " ")
+        hdu.delete_key("COMMENT")
+        hdu.delete_key("COMMENT")
+        present = {"SIMPLE", "BITPIX", "NAXIS", "EXTEND"}
+    else:
+        rec, tforms = _record_array(spec)
+        units = [spec.units.get(k) or "" for k in spec.columns]
+        fh.create_table_hdu(dtype=rec.dtype, extname=spec.name, units=units)
+        hdu = fh[-1]
+        if len(rec):
+            hdu.write(rec)
+        structure = (("XTENSION", "BINTABLE"), ("BITPIX", 8), ("NAXIS", 2),
+                     ("NAXIS1", rec.dtype.itemsize), ("NAXIS2", len(rec)), ("PCOUNT", 0),
+                     ("GCOUNT", 1), ("TFIELDS", len(spec.columns)), ("EXTNAME", spec.name))
+        for key, value in structure:
+            hdu.write_key(key, value, _ASTROPY_COMMENTS[key])
+        present = {key for key, _ in structure}
+        for i, (key, tform) in enumerate(zip(spec.columns, tforms, strict=True), start=1):
+            hdu.write_key(f"TTYPE{i}", key, " ")      # " ": no comment, as astropy writes
+            hdu.write_key(f"TFORM{i}", tform, " ")
+            present |= {f"TTYPE{i}", f"TFORM{i}"}
+            if spec.units.get(key):
+                hdu.write_key(f"TUNIT{i}", spec.units[key], " ")
+                present.add(f"TUNIT{i}")
+    ext = hdu.get_extnum() + 1
+    # copied cards, then this HDU's keywords (long names the CXC way), then the stamps
+    cards = [c for c in spec.cards if c[0] not in present]
+    dtype_n = max([int(m.group(1)) for c in cards if (m := _DTYPE.match(c[0]))], default=0)
+    out = list(cards)
+    for name, value, comment in spec.keys:
+        name = name.strip().upper()
+        if (spec.drop_long_comments and isinstance(value, str)
+                and 13 + max(20, len(value) + 2) + len(comment) > 80):
+            comment = ""
+        if len(name) <= 8:
+            out.append((name, value, comment))
+        else:
+            dtype_n += 1
+            out += [(f"DTYPE{dtype_n}", name, "Long key name - value in DVALn"),
+                    (f"DVAL{dtype_n}", value, comment)]
+    last = 0
+    for name, value, _ in out:
+        if name == "HISTNUM":
+            try:
+                last = max(last, int(value))
+            except (TypeError, ValueError):
+                pass
+    records = history_records(tool, items, start=last + 1, when=when, stacks=stacks)
+    histnum = last + len(records)
+    seen = set()
+    final = []
+    for name, value, comment in out:
+        if name == "HISTNUM":
+            value = histnum
+        elif name == "CREATOR":
+            value, comment = creator, "tool that created this output"
+        elif name == "DATE":
+            value, comment = when, "Date and time of file creation"
+        elif name in ("CHECKSUM", "DATASUM"):
+            continue
+        seen.add(name)
+        final.append((name, value, comment))
+    if "CREATOR" not in seen:
+        final.append(("CREATOR", creator, "tool that created this output"))
+    if "DATE" not in seen:
+        final.append(("DATE", when, "Date and time of file creation"))
+    if "HISTNUM" not in seen:
+        final.append(("HISTNUM", histnum, "Number of HISTORY records"))
+    for name, value, comment in final:
+        _write_card(hdu, ext, name, value, comment)
+    for rec in records:
+        hdu._FITS.write_record(ext, f"HISTORY {rec}")
+    hdu.write_checksum()
+
+
+def _write_card(hdu, ext, name, value, comment):
+    image = format_card(name, value, comment)
+    # fitsio has no public call that writes a card image as given; its key writers format
+    # floats with 15 digits, which would not read back as the value written
+    for i in range(0, len(image), 80):
+        hdu._FITS.write_record(ext, image[i:i + 80])

@@ -17,12 +17,13 @@ import numpy as np
 
 from stk_astrometry.errors import FormatError, InputError, ParameterError
 from stk_astrometry.formats._fits import (
+    HduSpec,
     extra_cards,
     header_keywords,
     header_value,
     keyword_value,
-    set_keywords,
-    table_hdu,
+    to_hdulist,
+    write_fits_fast,
 )
 from stk_astrometry.formats.transform import INSTRUMENT_GRIDS
 
@@ -288,33 +289,30 @@ def _formats(name, columns):
     return {c: fixed.get(c) for c in columns}
 
 
-def build_pairs_hdul(pairs: Pairs):
-    """The matched-pairs file as an HDUList (formats.md §1).  No I/O."""
-    from astropy.io import fits
-
-    primary = fits.PrimaryHDU()
-    hdr = primary.header
-    hdr["CONTENT"] = (CONTENT, "stk_match matched-pairs file")
-    hdr["HDUNAME"] = ("PRIMARY", "")
-    hdus = [primary]
+def pairs_specs(pairs: Pairs):
+    """The matched-pairs file's HDUs (formats.md §1) as :class:`~._fits.HduSpec`.  Pure."""
+    stack = [(k, v, c) for k, v, c in pairs.keywords if k in STACK_KEYWORDS]
+    rest = [(k, v, c) for k, v, c in pairs.keywords if k not in STACK_KEYWORDS]
+    # the stack keywords first in every HDU, then the primary's own
+    specs = [HduSpec(None, keys=tuple([("CONTENT", CONTENT, "stk_match matched-pairs file"),
+                                       ("HDUNAME", "PRIMARY", "")] + stack + rest),
+                     drop_long_comments=False)]
     for name in TABLE_HDUS:
         cols = pairs.tables[name]
-        hdus.append(table_hdu(name, cols, units=pairs.units.get(name, {}),
-                              formats=_formats(name, cols)))
-    stack = [(k, v, c) for k, v, c in pairs.keywords if k in STACK_KEYWORDS]
-    # the stack keywords first in every HDU, then the primary's own
-    for hdu in hdus:
-        set_keywords(hdu.header, stack, drop_long_comments=False)
-    set_keywords(hdr, [(k, v, c) for k, v, c in pairs.keywords if k not in STACK_KEYWORDS],
-                 drop_long_comments=False)
-    return fits.HDUList(hdus)
+        specs.append(HduSpec(name, cols, units=pairs.units.get(name, {}),
+                             formats=_formats(name, cols), keys=tuple(stack),
+                             drop_long_comments=False))
+    return specs
+
+
+def build_pairs_hdul(pairs: Pairs):
+    """The matched-pairs file as an astropy HDUList (formats.md §1).  No I/O."""
+    return to_hdulist(pairs_specs(pairs))
 
 
 def write_pairs(pairs: Pairs, path, history, *, clobber=False):
     """Write ``pairs`` to ``path`` atomically, stamped with ``history`` (a tool's parameters)."""
-    from stk_astrometry.fitsutil import write_fits
-
-    write_fits(build_pairs_hdul(pairs), path, history, clobber=clobber)
+    write_fits_fast(path, pairs_specs(pairs), history, clobber=clobber)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -18,7 +18,13 @@ from pathlib import Path
 import numpy as np
 
 from stk_astrometry.errors import FormatError, InputError, ParameterError
-from stk_astrometry.formats._fits import header_keywords, header_value, set_keywords, table_hdu
+from stk_astrometry.formats._fits import (
+    HduSpec,
+    header_keywords,
+    header_value,
+    to_hdulist,
+    write_fits_fast,
+)
 
 __all__ = ["CONTENT", "EXTNAME", "INSTRUMENT_GRIDS", "COLUMNS", "UNITS", "Component",
            "transform_columns", "transform_keywords", "build_transform_hdul",
@@ -154,8 +160,16 @@ def transform_keywords(*, stackid, instrument, ra_stack, dec_stack, method, esti
     return keys
 
 
+def transform_specs(components, keywords, *, instrument, ra_ref, dec_ref):
+    """The transform file's HDUs (formats.md §2) as :class:`~._fits.HduSpec`.  Pure."""
+    cols = transform_columns(components, instrument=instrument, ra_ref=ra_ref, dec_ref=dec_ref)
+    return [HduSpec(None, keys=tuple([("CONTENT", CONTENT, "stk_xfm transform file")]
+                                     + list(keywords))),
+            HduSpec(EXTNAME, cols, units=UNITS, formats=_FORMATS, keys=tuple(keywords))]
+
+
 def build_transform_hdul(components, keywords, *, instrument, ra_ref, dec_ref):
-    """The transform file: primary + STKXFM (formats.md §2).  No I/O.
+    """The transform file as an astropy HDUList: primary + STKXFM (formats.md §2).  No I/O.
 
     Parameters
     ----------
@@ -168,26 +182,16 @@ def build_transform_hdul(components, keywords, *, instrument, ra_ref, dec_ref):
     ra_ref, dec_ref : float
         Tangent point, deg.
     """
-    from astropy.io import fits
-
-    primary = fits.PrimaryHDU()
-    primary.header["CONTENT"] = (CONTENT, "stk_xfm transform file")
-    xfm = table_hdu(EXTNAME, transform_columns(components, instrument=instrument,
-                                               ra_ref=ra_ref, dec_ref=dec_ref),
-                    units=UNITS, formats=_FORMATS)
-    for hdu in (primary, xfm):
-        set_keywords(hdu.header, keywords)
-    return fits.HDUList([primary, xfm])
+    return to_hdulist(transform_specs(components, keywords, instrument=instrument,
+                                      ra_ref=ra_ref, dec_ref=dec_ref))
 
 
 def write_transform(path, components, keywords, history, *, instrument, ra_ref, dec_ref,
                     clobber=False):
     """Write a transform file atomically, stamped with ``history`` (a tool's parameters)."""
-    from stk_astrometry.fitsutil import write_fits
-
-    write_fits(build_transform_hdul(components, keywords, instrument=instrument,
-                                    ra_ref=ra_ref, dec_ref=dec_ref),
-               path, history, clobber=clobber)
+    write_fits_fast(path, transform_specs(components, keywords, instrument=instrument,
+                                          ra_ref=ra_ref, dec_ref=dec_ref),
+                    history, clobber=clobber)
 
 
 # ---------------------------------------------------------------------------------------------
