@@ -284,10 +284,30 @@ def _read_fits_fast(path, block, spec, param):
         return None
 
 
+def raw_header(path, hdu):
+    """The header of a fitsio HDU as an astropy Header, from the bytes in the file.
+
+    fitsio's parsed header records drop cards whose value is an empty string (``KEY = ''``)
+    and keep only the first card of a CONTINUE long string; the bytes have every card.
+    """
+    import gzip
+
+    from astropy.io import fits
+
+    offsets = hdu.get_offsets()
+    start, data_start = offsets["header_start"], offsets["data_start"]
+    with open(path, "rb") as fh:
+        gz = fh.read(2) == b"\x1f\x8b"
+    with (gzip.open(path, "rb") if gz else open(path, "rb")) as fh:
+        fh.seek(start)
+        raw = fh.read(data_start - start)
+    return fits.Header.fromstring(raw.decode("ascii", errors="replace"))
+
+
+
 def _read_with_fitsio(path, block):
     import fitsio
     import numpy as np
-    from astropy.io import fits
 
     with fitsio.FITS(str(path)) as fh:
         n_hdus = len(fh)
@@ -309,10 +329,8 @@ def _read_with_fitsio(path, block):
         if info[idx][0] != "BINARY_TBL":
             return None
         hdu = fh[idx]
-        records = hdu.read_header().records()
-        header = fits.Header.fromstring("".join(r["card_string"].ljust(80)[:80]
-                                                for r in records))
-        keys = {r["name"]: r["value"] for r in records if r.get("name")}
+        header = raw_header(path, hdu)
+        keys = {k: header[k] for k in header if k.startswith(("TFORM", "TSCAL", "TZERO", "TNULL"))}
         if any((k.startswith("TFORM") and _FALLBACK_TFORM.search(str(v)))
                or k.startswith(("TSCAL", "TZERO")) for k, v in keys.items()):
             return None

@@ -93,6 +93,7 @@ def header_keywords(header, *, skip=()):
         if m:
             dval[f"DVAL{m.group(1)}"] = str(value).strip().upper()
     out = []
+    folded = set(dval.values())
     for kw, value, comment in cards:
         if not kw or _STRUCTURAL.match(kw) or _DTYPE.match(kw) or kw in skip:
             continue
@@ -100,6 +101,8 @@ def header_keywords(header, *, skip=()):
             if dval[kw] in skip:
                 continue
             kw = dval[kw]
+        elif len(kw) > 8 and kw.upper() in folded:
+            continue        # the HIERARCH copy of a DTYPEn/DVALn keyword
         out.append((kw, value, comment))
     return tuple(out)
 
@@ -150,14 +153,13 @@ def read_fits(path):
         The file cannot be read as FITS.
     """
     import fitsio
-    from astropy.io import fits
+
+    from stk_astrometry.tableio import raw_header
 
     out = []
     with fitsio.FITS(str(path)) as fh:
         for hdu in fh:
-            records = hdu.read_header().records()
-            header = fits.Header.fromstring("".join(r["card_string"].ljust(80)[:80]
-                                                    for r in records))
+            header = raw_header(path, hdu)
             extname = str(header.get("EXTNAME", "")).strip()
             if hdu.get_exttype() != "BINARY_TBL":
                 out.append((extname, header, None, {}))
@@ -210,6 +212,8 @@ class HduSpec:
         written first, each only when its name is not there yet.
     drop_long_comments : bool
         See :func:`set_keywords`.
+    column_info : dict
+        Column name -> (description, UCD), written as TCOMMn / TUCDn (empty: not written).
     """
 
     name: str | None
@@ -219,6 +223,7 @@ class HduSpec:
     keys: tuple = ()
     cards: tuple = ()
     drop_long_comments: bool = True
+    column_info: dict = field(default_factory=dict)
 
 
 #: The comments astropy gives the structural cards (the golden files carry them).
@@ -242,12 +247,30 @@ def to_hdulist(specs):
         else:
             hdu = table_hdu(spec.name, spec.columns, units=spec.units, formats=spec.formats,
                             nrows=_n_rows(spec.columns))
+            for i, key in enumerate(spec.columns, start=1):
+                desc, ucd = spec.column_info.get(key, ("", ""))
+                if desc:
+                    hdu.header[f"TCOMM{i}"] = desc
+                if ucd:
+                    hdu.header[f"TUCD{i}"] = ucd
         for card in spec.cards:
             if card[0] not in hdu.header:
-                hdu.header.append(card)
+                hdu.header.append(_as_card(*card))
         set_keywords(hdu.header, spec.keys, drop_long_comments=spec.drop_long_comments)
+        for name, value, comment in spec.keys:
+            if len(name.strip()) > 8:
+                hdu.header.append(_as_card(name.strip().upper(), value, comment))
         out.append(hdu)
     return fits.HDUList(out)
+
+
+def _as_card(name, value, comment=""):
+    """An astropy Card; a name longer than eight characters as a HIERARCH card (no warning)."""
+    from astropy.io.fits import Card
+
+    if len(name) > 8 and not name.upper().startswith("HIERARCH "):
+        name = f"HIERARCH {name}"
+    return Card(name, value, comment)
 
 
 def _n_rows(columns):
@@ -278,27 +301,49 @@ def _record_array(spec):
     return rec, tforms
 
 
-def format_card(name, value, comment=""):
-    """An 80-character FITS card as astropy writes it, for str, bool, int, float and None."""
-    from astropy.io.fits.card import Card
+def _format_float(value):
+    """A float as astropy writes it in a card: Python's shortest repr, ``E``, at most 20 characters."""
+    text = repr(float(value)).replace("e", "E")
+    if len(text) > 20:
+        idx = text.find("E")
+        text = text[:20] if idx < 0 else text[:20 - (len(text) - idx)] + text[idx:]
+    return text
 
-    if isinstance(value, float) or (isinstance(value, str) and len(value) > 68):
-        # astropy's own formatting (floats: shortest repr that round-trips; long strings:
-        # CONTINUE cards) -- a Card for these few keywords is cheap enough
-        return Card(name, value, comment).image
+
+def format_card(name, value, comment=""):
+    """An 80-character FITS card, byte for byte as astropy's ``Card(name, value, comment).image``.
+
+    For the value types the formats write (str, bool, int, float, None); a name longer than
+    eight characters or a string longer than 68 characters is left to astropy (HIERARCH,
+    CONTINUE), which is then imported.
+    """
+    if (len(name) > 8 and isinstance(value, (float, int, np.floating, np.integer))
+            and not isinstance(value, (bool, np.bool_))):
+        number = _format_float(value) if isinstance(value, (float, np.floating)) else int(value)
+        card = f"HIERARCH {name.upper()} = {number}" + (f" / {comment}" if comment else "")
+        if len(card) <= 80:
+            return card.ljust(80)
+    if len(name) > 8 or (isinstance(value, str) and len(value) > 68):
+        return _as_card(name, value, comment).image
     if value is None:
-        body = " " * 20
+        body = ""
     elif isinstance(value, (bool, np.bool_)):
         body = f"{'T' if value else 'F':>20}"
     elif isinstance(value, (int, np.integer)):
         body = f"{int(value):>20d}"
+    elif isinstance(value, (float, np.floating)):
+        body = f"{_format_float(value):>20}"
+    elif value == "":
+        body = "''"
     else:
         text = str(value).replace("'", "''")
-        body = f"'{text:<8}'".ljust(20)
-    card = f"{name:<8}= {body}"
+        quoted = f"'{text:8}'"
+        body = f"{quoted:20}"
+    card = f"{name:8}= {body}"
     if comment:
         card += f" / {comment}"
-    return card[:80].ljust(80) if len(card) <= 80 else Card(name, value, comment).image
+    # too long: the comment is cut, as astropy cuts it (without its warning)
+    return card[:80].ljust(80)
 
 
 def write_fits_fast(path, specs, history, *, clobber):
@@ -370,6 +415,13 @@ def _write_one(fh, spec, tool, items, stacks, when, creator, history_records):
             if spec.units.get(key):
                 hdu.write_key(f"TUNIT{i}", spec.units[key], " ")
                 present.add(f"TUNIT{i}")
+            desc, ucd = spec.column_info.get(key, ("", ""))
+            if desc:
+                hdu.write_key(f"TCOMM{i}", desc, " ")
+                present.add(f"TCOMM{i}")
+            if ucd:
+                hdu.write_key(f"TUCD{i}", ucd, " ")
+                present.add(f"TUCD{i}")
     ext = hdu.get_extnum() + 1
     # copied cards, then this HDU's keywords (long names the CXC way), then the stamps
     cards = [c for c in spec.cards if c[0] not in present]
@@ -383,9 +435,11 @@ def _write_one(fh, spec, tool, items, stacks, when, creator, history_records):
         if len(name) <= 8:
             out.append((name, value, comment))
         else:
+            # CIAO's DM reads the DTYPEn/DVALn pair as the long name; astropy and the HIERARCH
+            # convention readers read the same value as a plain keyword of that name
             dtype_n += 1
             out += [(f"DTYPE{dtype_n}", name, "Long key name - value in DVALn"),
-                    (f"DVAL{dtype_n}", value, comment)]
+                    (f"DVAL{dtype_n}", value, comment), (name, value, comment)]
     last = 0
     for name, value, _ in out:
         if name == "HISTNUM":

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from stk_astrometry.errors import FormatError, InputError
+from stk_astrometry.formats._columns import column_info
 from stk_astrometry.formats._fits import HduSpec, header_keywords, to_hdulist, write_fits_fast
 
 __all__ = ["CONTENT", "EXTNAME", "COLUMNS", "UNITS", "DetCorr", "build_detcorr_hdul",
@@ -59,7 +60,8 @@ def detcorr_specs(columns, keywords):
     cols["region_id"] = cols["region_id"].astype(np.int32)
     return [HduSpec(None, keys=tuple([("CONTENT", CONTENT, "stk_xfm corrected detections")]
                                      + list(keywords))),
-            HduSpec(EXTNAME, cols, units=UNITS, formats=_FORMATS, keys=tuple(keywords))]
+            HduSpec(EXTNAME, cols, units=UNITS, formats=_FORMATS, keys=tuple(keywords),
+                    column_info=column_info(cols))]
 
 
 def build_detcorr_hdul(columns, keywords):

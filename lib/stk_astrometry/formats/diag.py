@@ -15,7 +15,8 @@ import numpy as np
 
 from stk_astrometry.errors import FormatError, InputError
 from stk_astrometry.formats._fits import HduSpec, to_hdulist, write_fits_fast
-from stk_astrometry.formats.pairs import LAYOUTS, PAIR_HDUS, STACK_KEYWORDS
+from stk_astrometry.formats._columns import column_info
+from stk_astrometry.formats.pairs import _COLUMN_INFO, LAYOUTS, PAIR_HDUS, STACK_KEYWORDS
 
 __all__ = ["CONTENT", "HDUS", "build_diag_hdul", "write_diag", "Diag", "read_diag"]
 
@@ -45,7 +46,8 @@ def diag_specs(pairs, used, p_true):
         cards = tuple(pairs.cards.get(name, ()))
         specs.append(HduSpec(name, cols, units=pairs.units.get(name, {}), formats=fixed,
                              cards=cards, keys=() if cards else stack,
-                             drop_long_comments=False))
+                             drop_long_comments=False,
+                             column_info=column_info(cols, _COLUMN_INFO.get(name))))
     return specs
 
 

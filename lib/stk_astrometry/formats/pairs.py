@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from stk_astrometry.errors import FormatError, InputError, ParameterError
+from stk_astrometry.formats._columns import column_info
 from stk_astrometry.formats._fits import (
     HduSpec,
     extra_cards,
@@ -67,6 +68,14 @@ WISE_GAIA_LAYOUT = (
 )
 LAYOUTS = {"DETECTIONS": DETECTIONS_LAYOUT, "GAIA_PAIRS": PAIRS_LAYOUT,
            "WISE_PAIRS": PAIRS_LAYOUT, "WISE_GAIA": WISE_GAIA_LAYOUT}
+
+#: Where a column of one HDU means something more specific than the shared description.
+_COLUMN_INFO = {
+    "WISE_GAIA": {"sep": ("Separation of the ALLWISE source and its Gaia best neighbour",
+                          "pos.angDistance"),
+                  "d_xi": ("Offset in xi, Gaia minus ALLWISE", "pos.cartesian.x;arith.diff"),
+                  "d_eta": ("Offset in eta, Gaia minus ALLWISE", "pos.cartesian.y;arith.diff")},
+}
 
 #: The columns a reader requires (stk_xfm's needs).
 PAIR_COLUMNS = ("region_id", "det_xi", "det_eta", "d_xi", "d_eta", "sep", "group", "err_r0",
@@ -304,7 +313,8 @@ def pairs_specs(pairs: Pairs):
         cols = pairs.tables[name]
         specs.append(HduSpec(name, cols, units=pairs.units.get(name, {}),
                              formats=_formats(name, cols), keys=tuple(stack),
-                             drop_long_comments=False))
+                             drop_long_comments=False,
+                             column_info=column_info(cols, _COLUMN_INFO.get(name))))
     return specs
 
 

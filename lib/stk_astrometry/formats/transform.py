@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from stk_astrometry.errors import FormatError, InputError, ParameterError
+from stk_astrometry.formats._columns import column_info
 from stk_astrometry.formats._fits import (
     HduSpec,
     header_keywords,
@@ -47,6 +48,12 @@ UNITS = {"t1": "pixel", "t2": "pixel", "ra_ref": "deg", "dec_ref": "deg", "roll_
          "cov_xi_eta": "arcsec**2", "resstd0": "arcsec", "resstd1": "arcsec"}
 #: ``component`` is a fixed 16A so that transform files of many stacks concatenate.
 _FORMATS = {"component": "16A", "n_used": "J", "group": "J"}
+#: Where STKXFM's columns mean something else than in the pairs files.
+_COLUMN_INFO = {
+    "d_xi": ("Shift in xi: corrected xi = xi + d_xi", "pos.cartesian.x;arith.diff"),
+    "d_eta": ("Shift in eta: corrected eta = eta + d_eta", "pos.cartesian.y;arith.diff"),
+    "group": ("Separation group used (0: all or none)", "meta.code"),
+}
 _NOT_CARRIED = ("CONTENT", "CREATOR", "DATE", "HISTNUM", "CHECKSUM", "DATASUM", "STKXFMID")
 
 
@@ -165,7 +172,8 @@ def transform_specs(components, keywords, *, instrument, ra_ref, dec_ref):
     cols = transform_columns(components, instrument=instrument, ra_ref=ra_ref, dec_ref=dec_ref)
     return [HduSpec(None, keys=tuple([("CONTENT", CONTENT, "stk_xfm transform file")]
                                      + list(keywords))),
-            HduSpec(EXTNAME, cols, units=UNITS, formats=_FORMATS, keys=tuple(keywords))]
+            HduSpec(EXTNAME, cols, units=UNITS, formats=_FORMATS, keys=tuple(keywords),
+                    column_info=column_info(cols, _COLUMN_INFO))]
 
 
 def build_transform_hdul(components, keywords, *, instrument, ra_ref, dec_ref):
