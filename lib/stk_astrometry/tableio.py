@@ -264,11 +264,20 @@ class ColumnTable:
             return np.ma.MaskedArray(data)
         return np.ma.MaskedArray(data, mask=mask)
 
+    def remove_columns(self, names):
+        for name in names:
+            self._columns.pop(name)
+            self._nulls.pop(name, None)
+
     def rename_column(self, old, new):
         self._columns = {(new if k == old else k): v for k, v in self._columns.items()}
         if old in self._nulls:
             self._nulls[new] = self._nulls.pop(old)
 
+
+#: fitsio for catalogs: off until the crash under test_catalog_formats/test_match_tool is
+#: understood (a worker segfaulted after fitsio reads; see the issue-11 report)
+_FAST_READ = False
 
 _FALLBACK_TFORM = re.compile(r"[XPQ]", re.I)
 
@@ -335,6 +344,10 @@ def _read_with_fitsio(path, block):
                or k.startswith(("TSCAL", "TZERO")) for k, v in keys.items()):
             return None
         names = hdu.get_colnames()
+        if len({n.lower() for n in names}) < len(names):
+            # cfitsio finds columns by name case-insensitively: names that differ only in
+            # case (VizieR's b_Teff_gaia/B_Teff_gaia) are left to astropy
+            return None
         data = hdu.read() if hdu.get_nrows() else None
         columns, nulls = {}, {}
         for i, name in enumerate(names, start=1):
@@ -379,7 +392,7 @@ def read_table(spec, *, param):
     if path.is_dir():
         raise InputError(f"{param}={spec}: {path} is a directory, not a table")
     if is_fits_file(path):
-        fast = _read_fits_fast(path, block, spec, param)
+        fast = _read_fits_fast(path, block, spec, param) if _FAST_READ else None
         table, header, label = fast if fast is not None else _read_fits(path, block, spec, param)
     else:
         if block is not None:

@@ -136,6 +136,38 @@ def header_value(x):
     return x
 
 
+#: fitsio for the per-stack files.  Off: with it on, a pytest-xdist worker running
+#: test_match_tool/test_catalog_formats segfaulted in about half of the runs (inside
+#: pytest's assertion rewriting, i.e. memory corrupted earlier); not understood yet, so the
+#: astropy path writes and reads until it is (see the issue-11 report).
+FITSIO_IO = False
+
+
+def _read_fits_astropy(path):
+    from astropy.io import fits
+
+    out = []
+    with fits.open(path, memmap=False) as hdul:
+        for hdu in hdul:
+            header = hdu.header.copy()
+            extname = str(header.get("EXTNAME", "")).strip()
+            if not isinstance(hdu, fits.BinTableHDU):
+                out.append((extname, header, None, {}))
+                continue
+            columns, units = {}, {}
+            for col in hdu.columns:
+                arr = np.array(hdu.data[col.name]) if hdu.data is not None else np.zeros(0)
+                if arr.dtype.kind == "S":
+                    arr = np.char.rstrip(np.char.decode(arr, "ascii", errors="replace"))
+                elif arr.dtype.byteorder == ">":
+                    arr = arr.astype(arr.dtype.newbyteorder("="))
+                columns[col.name.lower()] = arr
+                if col.unit:
+                    units[col.name.lower()] = col.unit
+            out.append((extname, header, columns, units))
+    return out
+
+
 def read_fits(path):
     """Every HDU of a FITS file, read with fitsio (fast for the small per-stack files).
 
@@ -156,6 +188,8 @@ def read_fits(path):
 
     from stk_astrometry.tableio import raw_header
 
+    if not FITSIO_IO:
+        return _read_fits_astropy(path)
     out = []
     with fitsio.FITS(str(path)) as fh:
         for hdu in fh:
@@ -366,6 +400,11 @@ def write_fits_fast(path, specs, history, *, clobber):
         utc_now,
     )
 
+    if not FITSIO_IO:
+        from stk_astrometry.fitsutil import write_fits
+
+        write_fits(to_hdulist(specs), path, history, clobber=clobber)
+        return
     check_clobber(path, clobber)
     when = utc_now()
     items = list(history.history_items())
