@@ -24,7 +24,7 @@ CONTENT = "STKXFMDIAG"
 HDUS = PAIR_HDUS + ("WISE_GAIA",)
 
 
-def diag_specs(pairs, used, p_true):
+def diag_specs(pairs, used, p_true, keywords=()):
     """The diagnostics file's HDUs as :class:`~._fits.HduSpec`.  Pure.
 
     Parameters
@@ -32,8 +32,12 @@ def diag_specs(pairs, used, p_true):
     pairs : stk_astrometry.formats.pairs.Pairs
     used, p_true : dict
         HDU name -> bool / float array over its rows (missing: all False / NaN).
+    keywords : sequence of (name, value, comment)
+        Primary-header keywords (the mixture's fitted error model: SYSERR, ERRSCALE).
     """
-    specs = [HduSpec(None, keys=(("CONTENT", CONTENT, "stk_xfm diagnostics: pairs used"),))]
+    # the primary: CONTENT, then e.g. SYSERR, ERRSCALE of the mixture
+    specs = [HduSpec(None, keys=(("CONTENT", CONTENT, "stk_xfm diagnostics: pairs used"),)
+                     + tuple(keywords))]
     stack = tuple(k for k in pairs.keywords if k[0] in STACK_KEYWORDS)
     for name in HDUS:
         n = pairs.n_rows(name)
@@ -51,14 +55,15 @@ def diag_specs(pairs, used, p_true):
     return specs
 
 
-def build_diag_hdul(pairs, used, p_true):
+def build_diag_hdul(pairs, used, p_true, keywords=()):
     """The diagnostics file as an astropy HDUList.  No I/O."""
-    return to_hdulist(diag_specs(pairs, used, p_true))
+    return to_hdulist(diag_specs(pairs, used, p_true, keywords))
 
 
-def write_diag(path, pairs, used, p_true, history, *, clobber=False):
-    """Write the diagnostics file atomically, stamped with ``history``."""
-    write_fits_fast(path, diag_specs(pairs, used, p_true), history, clobber=clobber)
+def write_diag(path, pairs, used, p_true, history, *, clobber=False, keywords=()):
+    """Write the diagnostics file atomically, stamped with ``history``; ``keywords`` (name,
+    value, comment) go to the primary header."""
+    write_fits_fast(path, diag_specs(pairs, used, p_true, keywords), history, clobber=clobber)
 
 
 @dataclass(frozen=True, eq=False)
