@@ -293,7 +293,15 @@ def run_stack(plan: StackPlan) -> dict:
     if failed_step is None:
         f = step("fit", lambda: api.fit_stack(
             m, paths["xfmfile"], outdetfile=paths["detcorrfile"], clobber=True, **plan.fit))
-    if failed_step is None and plan.update_mode != "none" and stack.products:
+    flagged = f is not None and int(getattr(f, "qa_flags", 0) or 0) != 0
+    if (failed_step is None and plan.update_mode != "none" and stack.products and flagged
+            and not plan.update.get("qa_override")):
+        # spec 5.7: a flagged transform is applied only after review (stk_update_wcs refuses it)
+        steps.append({"step": "update", "status": "skipped",
+                      "params_digest": plan.step_digests.get("update"), "started": time.time(),
+                      "elapsed_s": 0.0, "error": None,
+                      "result": {"reason": "QA flags set: review the stack, then update"}})
+    elif failed_step is None and plan.update_mode != "none" and stack.products:
         outdir = paths["products_out"] if plan.update_mode == "copy" else None
         u = step("update", lambda: api.update_products(
             stack.products, paths["xfmfile"], outdir=outdir, clobber=True, **plan.update))
