@@ -24,7 +24,7 @@ from pathlib import Path
 
 from ..errors import StkError
 
-__all__ = ["StackPlan", "run_stack", "output_paths", "UPDATE_MODES"]
+__all__ = ["StackPlan", "run_stack", "null_stack", "output_paths", "UPDATE_MODES"]
 
 #: stk_batch update= values: no update, copies in the campaign folder, or the products in place.
 UPDATE_MODES = ("none", "copy", "inplace")
@@ -318,3 +318,19 @@ def run_stack(plan: StackPlan) -> dict:
             "params_digest": plan.params_digest, "elapsed_s": time.perf_counter() - t_start,
             "worker": f"{socket.gethostname()}:{os.getpid()}", "steps": steps,
             "warnings": warns, "row": row}
+
+
+def null_stack(plan: StackPlan) -> dict:
+    """A task that runs no step and reports the stack done with an empty result.
+
+    For the benchmarks: a campaign of null tasks measures what the machinery itself costs
+    (Dask scheduling, the run database, the table and report) per stack.
+    """
+    row = {"stackid": plan.stack.stackid, "status": "done", "n_warnings": 0,
+           "n_match_gaia_group": (0, 0, 0), "n_match_wise_group": (0, 0, 0)}
+    return {"stackid": plan.stack.stackid, "inputs_digest": plan.inputs_digest,
+            "params_digest": plan.params_digest, "elapsed_s": 0.0,
+            "worker": f"{socket.gethostname()}:{os.getpid()}",
+            "steps": [{"step": "null", "status": "done", "params_digest": None,
+                       "started": time.time(), "elapsed_s": 0.0, "error": None, "result": None}],
+            "warnings": [], "row": row}
