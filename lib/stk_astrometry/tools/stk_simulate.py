@@ -8,11 +8,9 @@ and a tree of synthetic CXC-like data products (one per product type of spec
 tables.  The model is described in share/doc/stk_simulate.txt.
 """
 
-import contextlib
 import logging
 import os
 import re
-import secrets
 import shutil
 import tempfile
 from pathlib import Path
@@ -163,15 +161,18 @@ def write_products(sim, folder, *, rng):
     its CSC-like tree (``obs/<obsid>/``, ``obs/<obsid>/r0012/``, ``stack/``,
     ``stack/r0012/``, ``master/``), all pointed at the stack's tangent point;
     stack-level file names carry this stack's id instead of synthprod's example
-    stack.  Returns the list of paths, in ``PRODUCT_KINDS`` order.
+    stack.  The counts images (observation and stack ``_b_img3``) show the simulated
+    sources (:func:`stk_astrometry.skyimage.simulated_sources`).  Returns the list of
+    paths, in ``PRODUCT_KINDS`` order.
     """
-    from .. import synthprod
+    from .. import skyimage, synthprod
     from ..products import PRODUCT_TABLE
 
     levels = {p.name: p.level for p in PRODUCT_TABLE}
     sub = {"observation": "obs/14031", "observation source": "obs/14031/r0012",
            "stack": "stack", "stack source": "stack/r0012", "master": "master"}
     cfg = sim.config
+    sources = skyimage.simulated_sources(sim)
     example_stack = synthprod.product_filename("STKEVT3", instrument=cfg.instrument)
     example_stack = example_stack[: example_stack.index("N")]  # e.g. acisfJ1348473p263535_002
     # Master products are named after a source; give them this stack's position.
@@ -186,7 +187,8 @@ def write_products(sim, folder, *, rng):
         name = name.replace(example_stack, sim.stack_id).replace(example_master, master)
         paths.append(synthprod.write_product(kind, where / name, ra_nom=cfg.ra_stack_deg,
                                              dec_nom=cfg.dec_stack_deg,
-                                             instrument=cfg.instrument, rng=rng))
+                                             instrument=cfg.instrument, rng=rng,
+                                             sources=sources))
     return paths
 
 
@@ -215,47 +217,10 @@ def _install_tree(tmp, outdir):
 
 
 def _body(params):
-    import numpy as np
+    from ..api import SIMULATE_DEFAULTS, simulate_stack
 
-    from ..simulate import simulate_stack
-
-    outdir = params["outdir"]
-    clobber = bool(params["clobber"])
-    _check_outdir(outdir, clobber)
-    cfg = config_from_params(params)
-    seed = params["seed"]
-    if seed is None:
-        seed = secrets.randbits(31)
-        logger.info("seed=INDEF: using seed %d (recorded in the truth file)", seed)
-    # Independent streams for the catalogs and the products: adding a product never
-    # changes the catalogs of a given seed.
-    cat_seq, prod_seq = np.random.SeedSequence(seed).spawn(2)
-    sim = simulate_stack(cfg, rng=np.random.default_rng(cat_seq))
-    sim = _with_seed(sim, seed)
-    t = sim.truth
-    logger.info("Stack %s: %d detections, %d Gaia, %d ALLWISE, %d best-neighbour rows",
-                sim.stack_id, sim.detections.region_id.size, sim.gaia.source_id.size,
-                sim.wise.allwise_oid.size, sim.best_neighbours.source_id.size)
-    logger.info("True shift d_xi=%.4f d_eta=%.4f arcsec; CRB %.4f, %.4f arcsec from %d pairs",
-                t.d_xi_arcsec, t.d_eta_arcsec, t.crb_xi_arcsec, t.crb_eta_arcsec, t.n_crb)
-
-    out = Path(outdir)
-    parent = out.parent if str(out.parent) else Path(".")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=parent))
-    try:
-        write_stack(sim, tmp, params, shown_folder=out)
-        if params["products"]:
-            paths = write_products(sim, tmp / "products", rng=np.random.default_rng(prod_seq))
-            logger.info("Wrote %d data products under %s", len(paths), out / "products")
-        os.chmod(tmp, 0o777 & ~_umask())
-        _install_tree(tmp, out)
-    except OSError as exc:
-        raise OutputError(f"cannot write outdir={outdir}: {exc.strerror or exc}") from exc
-    finally:
-        if tmp.exists():
-            with contextlib.suppress(OSError):
-                shutil.rmtree(tmp)
-    logger.info("Wrote %s", out)
+    kwargs = {name: params[name] for name in SIMULATE_DEFAULTS if name not in ("outdir", "seed")}
+    simulate_stack(params["outdir"], seed=params["seed"], history=params, **kwargs)
     return 0
 
 
@@ -263,9 +228,3 @@ def _umask():
     mask = os.umask(0)
     os.umask(mask)
     return mask
-
-
-def _with_seed(sim, seed):
-    from dataclasses import replace
-
-    return replace(sim, seed=seed)

@@ -12,7 +12,6 @@ written in place under a journal, without reading or rewriting data units.
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import re
@@ -25,8 +24,8 @@ import numpy as np
 
 from stk_astrometry import fitsedit, products, wcsupdate
 from stk_astrometry.fitsutil import add_history, read_stacks
+from stk_astrometry.formats.transform import TransformInput, read_transform
 from stk_astrometry.errors import (
-    FormatError,
     InputError,
     OutputError,
     ParameterError,
@@ -243,83 +242,34 @@ def expand_inputs(spec: str, walked=None) -> tuple[list[InputFile], list[str]]:
 
 # --------------------------------------------------------------------------- transform
 
-@dataclass(frozen=True)
-class TransformInput:
-    """The transform and the STKXFM HDU it came from (header + data, for ASPSOL3)."""
-
-    xfm: wcsupdate.Transform
-    hdu_bytes: bytes = field(repr=False)
-    path: str = ""
+# The transform file is read by stk_astrometry.formats.transform (formats.md §2).
 
 
-def read_transform(spec: str) -> TransformInput:
-    """Read the TOTAL row of the STKXFM HDU of ``spec`` (formats.md §2).
+def check_qa_review(transform: TransformInput, *, override: bool) -> str | None:
+    """Refuse a transform that needs a human review and has not had one (spec §5.7).
+
+    A transform with QA flags set must carry the operator's decision ``accept`` or ``refit``
+    (keyword QADECIS, written by stk_qa); a ``reject`` decision is refused whatever its flags.
+    Returns the warning to log when ``override`` lets it through, None when there is nothing
+    to say.
 
     Raises
     ------
-    InputError, FormatError
+    InputError
+        Not reviewed, or rejected, and ``override`` is false.
     """
-    from astropy.io import fits
-
-    from stk_astrometry.tableio import parse_virtual_filename
-
-    if not spec or not str(spec).strip():
-        raise ParameterError("transformfile is blank")
-    path, block = parse_virtual_filename(spec)
-    if not Path(path).is_file():
-        raise InputError(f"transformfile={spec}: no such file")
-    if not fitsedit.is_fits_file(path):
-        raise FormatError(f"transformfile={spec}: not a FITS file")
-    with fits.open(path) as hdul:
-        if block is None:
-            hdu = next((h for h in hdul if h.name.upper() == "STKXFM"), None)
-            if hdu is None:
-                names = ", ".join(h.name for h in hdul)
-                raise FormatError(f"transformfile={path}: no STKXFM HDU (HDUs: {names})")
-        elif isinstance(block, int):
-            if not 1 <= block <= len(hdul):
-                raise FormatError(f"transformfile={spec}: no block {block}")
-            hdu = hdul[block - 1]
-        else:
-            try:
-                hdu = hdul[block]
-            except KeyError as exc:
-                raise FormatError(f"transformfile={spec}: no HDU {block}") from exc
-        label = f"{path}[{hdu.name}]"
-        if not isinstance(hdu, fits.BinTableHDU) or hdu.data is None or len(hdu.data) == 0:
-            raise FormatError(f"transformfile={label}: not a table with rows")
-        names = {n.lower(): n for n in hdu.columns.names}
-        need = ("a11", "a12", "a21", "a22", "ra_ref", "dec_ref", "d_xi", "d_eta")
-        missing = [c for c in need if c not in names]
-        if missing:
-            raise FormatError(f"transformfile={label}: missing column(s) {', '.join(missing)}")
-        row = 0
-        if "component" in names:
-            comps = [str(c).strip().upper() for c in hdu.data[names["component"]]]
-            if "TOTAL" not in comps:
-                raise FormatError(f"transformfile={label}: no row with component TOTAL")
-            row = comps.index("TOTAL")
-        vals = {c: float(hdu.data[names[c]][row]) for c in need}
-        bad = [c for c, v in vals.items() if not np.isfinite(v)]
-        if bad:
-            raise FormatError(f"transformfile={label}: non-finite {', '.join(bad)} in the "
-                              "TOTAL row")
-        if not wcsupdate.is_position(vals["ra_ref"], vals["dec_ref"]):
-            raise FormatError(f"transformfile={label}: ra_ref/dec_ref = "
-                              f"({vals['ra_ref']}, {vals['dec_ref']}) is not a position")
-        matrix = (vals["a11"], vals["a12"], vals["a21"], vals["a22"])
-        if matrix != (1.0, 0.0, 0.0, 1.0):
-            raise FormatError(
-                f"transformfile={label}: matrix a11,a12,a21,a22 = {matrix} is not the identity; "
-                "this release applies translations only")
-        xfm = wcsupdate.Transform.from_shift(vals["d_xi"], vals["d_eta"], vals["ra_ref"],
-                                             vals["dec_ref"], matrix=matrix)
-        out = fits.BinTableHDU(data=hdu.data.copy(), header=hdu.header.copy(), name="STKXFM")
-        out.header["STKXFMID"] = (xfm.xfm_id, "stk_update_wcs: id of this transform")
-        buf = io.BytesIO()
-        fits.HDUList([fits.PrimaryHDU(), out]).writeto(buf, checksum=True)
-        hdu_bytes = buf.getvalue()[fitsedit.BLOCK:]
-    return TransformInput(xfm, hdu_bytes, str(path))
+    decision = transform.qa_decision
+    if decision == "reject":
+        problem = "was rejected in QA review (QADECIS = 'reject')"
+    elif transform.qa_flags and decision not in ("accept", "refit"):
+        problem = (f"has QA flags {transform.qa_flags} and no QA decision (QADECIS "
+                   f"{decision or 'not set'}); review it with stk_qa (spec 5.7)")
+    else:
+        return None
+    if not override:
+        raise InputError(f"transformfile={transform.path}: the transform {problem}; "
+                         "qa_override=yes applies it anyway")
+    return f"qa_override=yes: applying a transform that {problem}"
 
 
 # --------------------------------------------------------------------------- planning
@@ -984,6 +934,10 @@ def _mark_collisions(files, outdir: Path):
 
 def _body(params) -> int:
     transform = read_transform(params["transformfile"])
+    if not params["inverse"]:     # undoing is always allowed
+        warning = check_qa_review(transform, override=bool(params["qa_override"]))
+        if warning:
+            logger.warning("%s", warning)
     walked = []
     files, notes = expand_inputs(params["infile"], walked)
     outdir = params["outdir"]
