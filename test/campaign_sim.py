@@ -117,3 +117,10 @@ def make_campaign(root, n, *, seed=20261205, specials=True, start=0, mix="bench"
     listfile = root / "stacks.lis"
     listfile.write_text("".join(f"{f}\n" for f in folders))
     return listfile, special_ids
+
+
+def make_chunk(args):
+    """``make_campaign`` over (root, start, n, seed) without specials (a process-pool job)."""
+    root, start, n, seed = args
+    make_campaign(root, n, seed=seed, specials=False, start=start)
+    return n

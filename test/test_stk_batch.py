@@ -421,3 +421,27 @@ def test_index_html_in_headless_chromium(local_run, tmp_path):
     assert all(w > 100 and h > 100 for _, w, h in rep.images), rep.images
     assert rep.title.startswith("Campaign")
     assert rep.screenshot[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_update_copy_leaves_products_untouched(tmp_path):
+    """update=copy: each stack's products are updated as copies in the campaign folder."""
+    from stk_astrometry import api
+
+    sim = api.simulate_stack(tmp_path / "stk", seed=7, ndet=40)
+    before = {p: p.read_bytes() for p in (tmp_path / "stk" / "products").rglob("*") if p.is_file()}
+    assert before
+    lst = tmp_path / "s.lis"
+    lst.write_text("stk\n")
+    out = tmp_path / "camp"
+    assert batch_main([f"@{lst}", str(out), "update=copy", "nworkers=1", "plots=no",
+                       "verbose=0"]) == 0
+    row = read_campaign_table(out / "campaign.fits")[0]
+    assert row["status"] == "done", row["error"]
+    if row["qa_flags"]:
+        # spec 5.7: a flagged transform waits for review; the update step is skipped
+        assert row["n_updated"] == -1
+    else:
+        assert row["n_updated"] > 0 and row["n_update_errors"] == 0
+        copies = list((out / "stacks" / sim.stackid / "products").rglob("*.fits*"))
+        assert len(copies) >= row["n_updated"]
+    assert {p: p.read_bytes() for p in before} == before  # originals untouched

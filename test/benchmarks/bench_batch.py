@@ -74,14 +74,6 @@ def _env():
     return env
 
 
-def _gen_chunk(args):
-    root, start, n = args
-    from campaign_sim import make_campaign
-
-    make_campaign(root, n, seed=SEED, specials=False, start=start)
-    return n
-
-
 def make_inputs(n):
     """The cached inputs of ``n`` stacks; returns (list file, seconds spent generating)."""
     root = Path(os.environ.get("STK_BENCH_BATCH_CACHE",
@@ -93,11 +85,13 @@ def make_inputs(n):
     if missing:
         import multiprocessing as mp
 
+        from campaign_sim import make_chunk
+
         chunk = 100
-        jobs = [(str(root), s, min(chunk, n - s)) for s in range(min(missing) // chunk * chunk,
-                                                                   n, chunk)]
+        jobs = [(str(root), s, min(chunk, n - s), SEED)
+                for s in range(min(missing) // chunk * chunk, n, chunk)]
         with mp.get_context("spawn").Pool(max(1, (os.cpu_count() or 1))) as pool:
-            for _ in pool.imap_unordered(_gen_chunk, jobs):
+            for _ in pool.imap_unordered(make_chunk, jobs):
                 pass
     listfile = root / f"stacks_{n}.lis"
     listfile.write_text("".join(f"s{i:05d}\n" for i in range(n)))
