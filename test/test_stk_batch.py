@@ -30,6 +30,9 @@ from stk_astrometry.tools.stk_batch import main as batch_main
 REPO = Path(__file__).resolve().parents[1]
 N_STACKS = 30
 
+# one xdist worker runs the whole module: the 30-stack campaign is made and run once
+pytestmark = pytest.mark.xdist_group("stk_batch")
+
 
 def _python_env():
     """The environment for subprocesses: the stk_astrometry these tests imported comes first."""
