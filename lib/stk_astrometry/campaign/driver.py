@@ -168,8 +168,11 @@ def dask_client(scheduler: str, nworkers: int):
                           "distributed.admin.tick.limit": "60s"}):
         if not scheduler:
             n = nworkers if nworkers > 0 else (os.cpu_count() or 1)
+            # no dashboard; the scheduler's HTTP server (health routes) on a free port, not on
+            # 8787, which another cluster on the machine may hold
             cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                                   dashboard_address=None, silence_logs=logging.ERROR)
+                                   dashboard_address=None, silence_logs=logging.ERROR,
+                                   scheduler_kwargs={"dashboard_address": "127.0.0.1:0"})
             try:
                 with Client(cluster) as client:
                     yield client, f"LocalCluster ({n} worker processes)"
