@@ -62,7 +62,9 @@ s = driver.run_campaign(st, cfg, folder=a["folder"], scheduler=a.get("scheduler"
                         nworkers=a.get("nworkers", 0), plots=a.get("plots", True), verbose=0,
                         detcorr=a.get("detcorr", True), task=getattr(task, a["task"]))
 t2 = time.perf_counter()
-print(json.dumps({"wall": t2 - t0, "campaign": t2 - t1, "run_s": s.run_s, "n_run": s.n_run,
+me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+print(json.dumps({"cpu_self": me.ru_utime + me.ru_stime, "cpu_children": kids.ru_utime + kids.ru_stime,
+                  "wall": t2 - t0, "campaign": t2 - t1, "run_s": s.run_s, "n_run": s.n_run,
                   "n_done": s.n_done, "n_failed": s.n_failed,
                   "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
@@ -266,12 +268,14 @@ def main(quick: bool = False) -> int:
                 r = run_driver(table, tmp / f"nullcamp{m}", task="null_stack")
                 rows.append([f"{m:,} null tasks", f"{r['proc_wall']:.1f} s",
                              f"{m / r['proc_wall']:.0f}", f"{m / r['run_s']:.0f}",
+                             f"{1e3 * r['cpu_self'] / m:.2f} ms",
+                             f"{1e3 * r['cpu_children'] / m:.2f} ms",
                              f"{r['maxrss_mb']:.0f} MB"])
             except (RuntimeError, subprocess.TimeoutExpired) as exc:
-                rows.append([f"{m:,} null tasks", na(exc), "-", "-", "-"])
+                rows.append([f"{m:,} null tasks", na(exc), "-", "-", "-", "-", "-"])
         print_table("The machinery alone (LocalCluster, null tasks)",
                     ["campaign", "wall end to end", "stacks/s", "stacks/s (Dask part)",
-                     "driver peak RSS"], rows,
+                     "driver CPU/stack", "workers CPU/stack", "driver peak RSS"], rows,
                     notes=["wall: driver process start to exit (imports, stack list, cluster "
                            "start/stop, database, table, plots)"])
 
@@ -281,8 +285,11 @@ def main(quick: bool = False) -> int:
         rate = n / local["proc_wall"]
         ok = rate >= TARGET_RATE
         misses += [] if ok else [f"match+fit {rate:.1f} stacks/s < {TARGET_RATE}"]
+        cpu = (local["cpu_self"] + local["cpu_children"]) / n
         rows.append([f"LocalCluster ({os.cpu_count()} workers)", f"{local['proc_wall']:.1f} s",
                      f"{rate:.1f}", f"{n / local['run_s']:.1f}",
+                     f"{1e3 * local['cpu_self'] / n:.1f} + {1e3 * local['cpu_children'] / n:.1f} ms"
+                     f" ({(os.cpu_count() or 1) / cpu:.1f}/s)",
                      f"{local['maxrss_mb']:.0f} MB",
                      f"{'PASS' if ok else 'FAIL'} >= {TARGET_RATE:.0f}/s"])
         with ExternalCluster(tmp) as cluster:
@@ -294,14 +301,17 @@ def main(quick: bool = False) -> int:
         misses += [] if ok else [f"separate scheduler {ratio:.2f}x (same table: {same} {diff})"]
         rows.append(["separate dask scheduler + worker", f"{ext['proc_wall']:.1f} s",
                      f"{n / ext['proc_wall']:.1f}", f"{n / ext['run_s']:.1f}",
+                     f"{1e3 * ext['cpu_self'] / n:.1f} ms + workers not counted",
                      f"{ext['maxrss_mb']:.0f} MB",
                      f"{'PASS' if ok else 'FAIL'} {ratio:.2f}x <= {TARGET_SCHED_RATIO}; "
                      f"table {'identical' if same else 'DIFFERS: ' + diff}"])
         print_table(f"match + fit over {n:,} simulated stacks of the benchmark mix",
                     ["execution", "wall end to end", "stacks/s", "stacks/s (Dask part)",
-                     "driver peak RSS", "target"], rows,
+                     "CPU/stack driver + workers (cores/CPU)", "driver peak RSS", "target"], rows,
                     notes=[f"10,000 stacks at this rate: {10_000 / rate / 60:.1f} min "
                            f"(target < 2 min)",
+                           "cores/CPU: the rate the CPU per stack allows on this machine's cores "
+                           "if nothing else ran (the machine is shared: compare with the wall)",
                            f"done {local['n_done']}, failed {local['n_failed']}"])
 
         # 3. kill -9 then resume
