@@ -91,6 +91,18 @@ class _Pipe:
             self.events.append(msg)
 
 
+def _high_pipe():
+    """A pipe whose two ends are fds >= 10, so that putting them on 3 and 4 cannot clobber them."""
+    import fcntl
+
+    ends = []
+    for fd in os.pipe():
+        high = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10)
+        os.close(fd)
+        ends.append(high)
+    return ends[0], ends[1]
+
+
 def check_page(path, *, chromium=None, timeout=60.0, screenshot=False) -> PageReport:
     """Load ``path`` (a local HTML file) and collect what a person would see go wrong."""
     chromium = chromium or find_chromium()
@@ -99,26 +111,29 @@ def check_page(path, *, chromium=None, timeout=60.0, screenshot=False) -> PageRe
     url = Path(path).resolve().as_uri()
     report = PageReport()
     with tempfile.TemporaryDirectory(prefix="stk_chromium_") as profile:
-        to_browser_r, to_browser_w = os.pipe()
-        from_browser_r, from_browser_w = os.pipe()
-        # the browser reads commands on fd 3 and writes answers on fd 4: the child moves the
-        # pipe ends there (copies first, so that neither end is overwritten by the other; a
-        # shell redirection would fail on fd numbers > 9, as under pytest's capture)
-        def _onto_3_and_4():
-            r, w = os.dup(to_browser_r), os.dup(from_browser_w)
-            os.dup2(r, 3)
-            os.dup2(w, 4)
-
+        to_browser_r, to_browser_w = _high_pipe()
+        from_browser_r, from_browser_w = _high_pipe()
+        # the browser reads commands on fd 3 and writes answers on fd 4
+        errlog = open(Path(profile) / "chromium.err", "wb")  # noqa: SIM115 - closed below
+        # the pipe ends go on fds 3 and 4, where Chromium expects them (they are >= 10 here,
+        # so the two dup2 cannot clobber each other); every other fd is close-on-exec
         proc = subprocess.Popen(
             [chromium, *FLAGS, f"--user-data-dir={profile}", "--remote-debugging-pipe",
              "about:blank"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            pass_fds=(3, 4), preexec_fn=_onto_3_and_4)  # noqa: PLW1509 - no threads here
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errlog, close_fds=False,
+            preexec_fn=lambda: (os.dup2(to_browser_r, 3), os.dup2(from_browser_w, 4)))
         os.close(to_browser_r)
         os.close(from_browser_w)
         pipe = _Pipe(proc, to_browser_w, from_browser_r)
         try:
-            target = pipe.call("Target.createTarget", {"url": "about:blank"}, timeout=timeout)
+            try:
+                target = pipe.call("Target.createTarget", {"url": "about:blank"},
+                                   timeout=timeout)
+            except (RuntimeError, OSError) as exc:
+                proc.wait(timeout=10)
+                tail = (Path(profile) / "chromium.err").read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"Chromium did not start (exit {proc.returncode}): {tail}") \
+                    from exc
             sess = pipe.call("Target.attachToTarget", {"targetId": target["targetId"],
                                                        "flatten": True})["sessionId"]
             for domain in ("Page", "Runtime", "Log", "Network"):
@@ -167,6 +182,7 @@ def check_page(path, *, chromium=None, timeout=60.0, screenshot=False) -> PageRe
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+            errlog.close()
     return report
 
 

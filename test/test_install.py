@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 # the wheel is built once per worker that gets one of these tests: keep them on one worker
 pytestmark = pytest.mark.xdist_group("install")
 
-TOOLS = ["stk_match", "stk_xfm", "stk_update_wcs", "stk_simulate", "stk_simpop"]
+TOOLS = ["stk_match", "stk_xfm", "stk_update_wcs", "stk_simulate", "stk_simpop", "stk_batch"]
 
 
 @pytest.fixture(scope="module")

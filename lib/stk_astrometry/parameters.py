@@ -1150,7 +1150,7 @@ def _read_yaml(path, tool, parfile):
 
 
 #: The tools of this package: the section names a chain's YAML parameter file may use.
-KNOWN_TOOLS = ("stk_match", "stk_xfm", "stk_update_wcs", "stk_simulate")
+KNOWN_TOOLS = ("stk_match", "stk_xfm", "stk_update_wcs", "stk_simulate", "stk_batch")
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ module                    file                                                  
 :mod:`.diag`              diagnostics, ``CONTENT = 'STKXFMDIAG'``                    §2b
 :mod:`.selection`         QA selection file (stk_qa; stk_xfm ``include=@file``)      §2d
 :mod:`.regions`           QA DS9 region file (stk_qa)                                 §2e
+:mod:`.campaign`          campaign results table (stk_batch), ``'STKCAMPAIGN'``       §5
 ========================  =========================================================  ==========
 
 Nothing outside this package reads or writes these layouts.  The writers build the HDUs

@@ -1,0 +1,472 @@
+"""The campaign driver: plan, run every stack on Dask, record, and write the table and report.
+
+Only this process writes the run database (in transactions, as results arrive), so a killed
+driver loses at most the stacks in flight; :func:`run_campaign` then resumes: a stack whose
+inputs (path, size, mtime of each catalog) and parameters (digest of every step's values) are
+unchanged since it finished, and whose outputs still exist, is skipped; every other stack runs.
+
+Execution: the default is a :class:`distributed.LocalCluster` of processes, one single-threaded
+worker per core; ``scheduler=tcp://host:port`` or a scheduler file (``*.json``) connects to an
+existing Dask cluster instead (its workers must see the same file paths).  Stacks are submitted
+in a bounded window so that memory stays flat however many stacks there are.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import socket
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .. import __version__
+from ..errors import InputError, ParameterError
+from .database import RunDatabase
+from .progress import Progress
+from .settings import StepSettings, params_digest
+from .stacks import inputs_digest, safe_name
+from .task import UPDATE_MODES, StackPlan, output_paths, run_stack
+
+__all__ = ["CampaignSummary", "run_campaign", "write_outputs", "DB_NAME", "TABLE_NAME"]
+
+logger = logging.getLogger(__name__)
+
+DB_NAME = "campaign.sqlite"
+TABLE_NAME = "campaign.fits"
+CSV_NAME = "campaign.csv"
+LOG_NAME = "stk_batch.log"
+LOCK_NAME = ".stk_batch.lock"
+
+
+@dataclass
+class CampaignSummary:
+    """What a run did and what the campaign holds afterwards.
+
+    Attributes
+    ----------
+    n_stacks : int
+        Stacks in the list.
+    n_run, n_skipped : int
+        Stacks run in this invocation / skipped as finished and unchanged.
+    n_done, n_failed, n_qa, n_pending : int
+        Over the whole campaign (this and earlier runs).
+    qa_reasons, methods : Counter
+        Done stacks per QA reason (blank: none needed) and per method.
+    failures : list of (stackid, step, first error line)
+    wall_s : float
+        Wall time of this invocation.
+    run_s : float
+        Wall time of the Dask part (first submission to last result).
+    table, csv, report : Path or None
+    """
+
+    n_stacks: int = 0
+    n_run: int = 0
+    n_skipped: int = 0
+    n_done: int = 0
+    n_failed: int = 0
+    n_qa: int = 0
+    n_pending: int = 0
+    n_warnings: int = 0
+    qa_reasons: Counter = field(default_factory=Counter)
+    methods: Counter = field(default_factory=Counter)
+    failures: list = field(default_factory=list)
+    wall_s: float = 0.0
+    run_s: float = 0.0
+    table: Path | None = None
+    csv: Path | None = None
+    report: Path | None = None
+
+
+# ---------------------------------------------------------------------- folder lock
+
+@contextlib.contextmanager
+def campaign_lock(folder: Path):
+    """Hold the campaign folder's lock: one driver per campaign at a time (released on exit or kill)."""
+    path = folder / LOCK_NAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise InputError(f"another stk_batch is running on the campaign folder {folder} "
+                             f"(it holds {path})") from exc
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{socket.gethostname()} {os.getpid()}\n".encode())
+        yield
+    finally:
+        os.close(fd)
+
+
+# ---------------------------------------------------------------------- planning
+
+def _step_digests(settings: StepSettings, update_mode: str, detcorr: bool) -> dict:
+    return {"match": params_digest(settings.match),
+            "fit": params_digest({**settings.fit, "_detcorr": detcorr}),
+            "update": params_digest({**settings.update, "_mode": update_mode})}
+
+
+def _outputs_exist(stack, folder, detcorr, update_mode) -> bool:
+    p = output_paths(folder, stack.stackid, detcorr=detcorr)
+    need = [p["pairsfile"], p["xfmfile"]] + ([p["detcorrfile"]] if detcorr else [])
+    if update_mode == "copy" and stack.products:
+        need.append(p["products_out"])
+    return all(os.path.exists(x) for x in need)
+
+
+def plan_stacks(stacks, db, settings, *, campaign_dir, force, update_mode, detcorr):
+    """(plans to run, number skipped) -- the resume decision for every stack."""
+    step_digests = _step_digests(settings, update_mode, detcorr)
+    digests = {}
+    for s in stacks:
+        steps = ["match", "fit"] + (["update"] if update_mode != "none" and s.products else [])
+        digests[s.stackid] = (inputs_digest(s),
+                              params_digest({k: step_digests[k] for k in steps}))
+    db.sync_stacks(stacks, digests)
+    states = db.states()
+    plans, skipped = [], 0
+    for s in stacks:
+        folder = str(campaign_dir / "stacks" / safe_name(s.stackid))
+        in_d, par_d = digests[s.stackid]
+        st = states.get(s.stackid)
+        if (not force and st is not None and st.status == "done" and st.inputs_digest == in_d
+                and st.params_digest == par_d
+                and _outputs_exist(s, folder, detcorr, update_mode)):
+            skipped += 1
+            continue
+        plans.append(StackPlan(stack=s, folder=folder, match=settings.match, fit=settings.fit,
+                               update=settings.update, update_mode=update_mode, detcorr=detcorr,
+                               inputs_digest=in_d, params_digest=par_d,
+                               step_digests=step_digests))
+    return plans, skipped
+
+
+# ---------------------------------------------------------------------- Dask
+
+def _quiet_dask():
+    for name in ("distributed", "distributed.worker", "distributed.scheduler", "distributed.nanny",
+                 "distributed.core", "distributed.comm", "distributed.batched",
+                 "distributed.shuffle", "tornado"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+@contextlib.contextmanager
+def dask_client(scheduler: str, nworkers: int):
+    """A connected ``distributed.Client``: a fresh LocalCluster, or the given scheduler."""
+    import dask
+    from distributed import Client, LocalCluster
+
+    _quiet_dask()  # after the import: distributed sets its loggers' levels when imported
+
+    scheduler = (scheduler or "").strip()
+    with dask.config.set({"distributed.worker.daemon": True,
+                          "distributed.scheduler.work-stealing": True,
+                          "distributed.admin.tick.limit": "60s"}):
+        if not scheduler:
+            n = nworkers if nworkers > 0 else (os.cpu_count() or 1)
+            # no dashboard; the scheduler's HTTP server (health routes) on a free port, not on
+            # 8787, which another cluster on the machine may hold
+            cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+                                   dashboard_address=None, silence_logs=logging.ERROR,
+                                   scheduler_kwargs={"dashboard_address": "127.0.0.1:0"})
+            try:
+                with Client(cluster) as client:
+                    yield client, f"LocalCluster ({n} worker processes)"
+            finally:
+                with contextlib.suppress(Exception):
+                    cluster.close(timeout=20)
+            return
+        try:
+            if scheduler.endswith(".json") or os.path.isfile(scheduler):
+                client = Client(scheduler_file=scheduler, timeout="30s")
+            else:
+                client = Client(scheduler, timeout="30s")
+        except (OSError, TimeoutError, ValueError) as exc:
+            raise ParameterError(f"scheduler={scheduler}: cannot connect to the Dask scheduler: "
+                                 f"{exc}") from exc
+        try:
+            try:
+                client.wait_for_workers(1, timeout=60)
+            except TimeoutError as exc:
+                raise ParameterError(f"scheduler={scheduler}: no worker joined within 60 s") from exc
+            yield client, f"scheduler {client.scheduler.address}"
+        finally:
+            client.close()
+
+
+def _failed_outcome(plan: StackPlan, exc) -> dict:
+    """The outcome of a stack whose task itself failed (worker died, not picklable...)."""
+    msg = f"the Dask task failed: {type(exc).__name__}: {exc}"
+    return {"stackid": plan.stack.stackid, "inputs_digest": plan.inputs_digest,
+            "params_digest": plan.params_digest, "elapsed_s": None, "worker": None,
+            "steps": [{"step": "task", "status": "failed", "error": msg}], "warnings": [],
+            "row": {"stackid": plan.stack.stackid, "status": "failed", "failed_step": "task",
+                    "error": msg, "n_warnings": 0}}
+
+
+def _execute(client, plans, db, run_id, progress, warn_log, *, window, task=run_stack,
+             flush_s=0.5):
+    """Submit ``plans`` in a bounded window and record the outcomes as they arrive."""
+    from distributed import as_completed
+
+    todo = iter(plans)
+    by_key = {}
+    pending_records = []
+    last_flush = time.perf_counter()
+
+    def submit(n):
+        batch = []
+        for plan in todo:
+            batch.append(plan)
+            if len(batch) >= n:
+                break
+        if not batch:
+            return []
+        db.mark_submitted([p.stack.stackid for p in batch], run_id)
+        futs = []
+        for plan in batch:
+            fut = client.submit(task, plan, pure=False,
+                                key=f"stk_batch-{safe_name(plan.stack.stackid)}-{os.urandom(4).hex()}")
+            by_key[fut.key] = plan
+            futs.append(fut)
+        return futs
+
+    def flush():
+        nonlocal last_flush
+        if pending_records:
+            db.record(pending_records)
+            for out in pending_records:
+                for step, msg in out["warnings"]:
+                    warn_log.write(f"{out['stackid']} {step}: WARNING {msg}\n")
+            warn_log.flush()
+            pending_records.clear()
+        last_flush = time.perf_counter()
+
+    ac = as_completed(submit(window), with_results=True, raise_errors=False)
+    try:
+        for fut, result in ac:
+            plan = by_key.pop(fut.key)
+            if fut.status != "finished" or not isinstance(result, dict):
+                exc = result if isinstance(result, BaseException) else fut.exception()
+                result = _failed_outcome(plan, exc)
+            fut.release()
+            pending_records.append(result)
+            row = result["row"]
+            failed = row["status"] == "failed"
+            progress.update(done=0 if failed else 1, failed=1 if failed else 0,
+                            qa=1 if row.get("needs_qa") and not failed else 0)
+            for f in submit(1 + max(0, window - len(by_key) - 1)):
+                ac.add(f)
+            if time.perf_counter() - last_flush >= flush_s or len(pending_records) >= 1000:
+                flush()
+    finally:
+        flush()
+
+
+# ---------------------------------------------------------------------- outputs
+
+def write_outputs(folder: Path, db: RunDatabase, *, plots=True):
+    """Write ``campaign.fits``, ``campaign.csv`` and the report from the run database.
+
+    Returns
+    -------
+    (records, table path, csv path, report path or None)
+    """
+    from ..formats.campaign import to_records, write_campaign_csv, write_campaign_table
+    from ..fitsutil import utc_now
+
+    rows = db.result_rows()
+    n_groups = max([len(r.get("n_match_gaia_group") or ()) for r in rows] + [0])
+    for r in rows:
+        for ref in ("gaia", "wise"):
+            vals = tuple(r.pop(f"n_match_{ref}_group", ()) or ())
+            for k in range(n_groups):
+                r[f"n_match_{ref}_g{k + 1}"] = vals[k] if k < len(vals) else None
+    records = to_records(rows, n_groups)
+    status = Counter(records["status"].tolist())
+    header = {
+        "CREATOR": (f"stk_batch - stk_astrometry {__version__}", "tool that created this output"),
+        "DATE": (utc_now(), "file creation date (UTC)"),
+        "NSTACKS": (len(records), "stacks in the campaign"),
+        "NDONE": (status.get("done", 0), "stacks done"),
+        "NFAILED": (status.get("failed", 0), "stacks failed"),
+        "NPENDING": (status.get("pending", 0), "stacks not run yet"),
+        "NQA": (int(records["needs_qa"].sum()), "done stacks with a QA flag"),
+        "NGROUPS": (n_groups, "separation groups"),
+    }
+    table = write_campaign_table(records, folder / TABLE_NAME, header=header)
+    csv = write_campaign_csv(records, folder / CSV_NAME)
+    report = None
+    if plots:
+        from .report import write_report
+
+        report = write_report(folder, records, db=db)
+    return records, table, csv, report
+
+
+def summarize(records, summary: CampaignSummary, db: RunDatabase) -> CampaignSummary:
+    status = records["status"]
+    done = status == "done"
+    summary.n_stacks = len(records)
+    summary.n_done = int(done.sum())
+    summary.n_failed = int((status == "failed").sum())
+    summary.n_pending = int((status == "pending").sum())
+    summary.n_qa = int((records["needs_qa"] & done).sum())
+    summary.qa_reasons = Counter(r for r, d in zip(records["qa_reason"].tolist(), done, strict=True)
+                                 if d)
+    summary.methods = Counter(m for m, d in zip(records["method"].tolist(), done, strict=True) if d)
+    summary.failures = [(s, st, e) for s, st, e, x in
+                        zip(records["stackid"].tolist(), records["failed_step"].tolist(),
+                            records["error"].tolist(), status == "failed", strict=True) if x]
+    summary.n_warnings = db.n_warnings()
+    return summary
+
+
+def summary_lines(summary: CampaignSummary, *, max_failures=20) -> list[str]:
+    """The closing summary, as lines."""
+    s = summary
+    rate = f", {s.n_run / s.run_s:.1f} stacks/s" if s.run_s > 0 and s.n_run else ""
+    lines = [f"stk_batch: {s.n_stacks} stacks: {s.n_done} done ({s.n_qa} need QA), "
+             f"{s.n_failed} failed, {s.n_pending} not run",
+             f"  this run: {s.n_run} run, {s.n_skipped} skipped as finished and unchanged, "
+             f"{s.wall_s:.1f} s{rate}"]
+    if s.methods:
+        lines.append("  method: " + ", ".join(f"{k or '-'} {v}" for k, v in s.methods.most_common()))
+    if s.n_done:
+        lines.append("  QA reasons:")
+        for reason, n in s.qa_reasons.most_common():
+            lines.append(f"    {n:7d}  {reason or '(none: accepted)'}")
+    if s.failures:
+        lines.append(f"  failed stacks ({len(s.failures)}):")
+        for sid, step, err in s.failures[:max_failures]:
+            lines.append(f"    {sid} [{step}] {err}")
+        if len(s.failures) > max_failures:
+            lines.append(f"    ... {len(s.failures) - max_failures} more in {TABLE_NAME}")
+    if s.n_warnings:
+        lines.append(f"  {s.n_warnings} warnings, each naming its stack: {LOG_NAME} and the "
+                     f"warnings table of {DB_NAME}")
+    if s.table is not None:
+        lines.append(f"  results: {s.table} (+ {CSV_NAME})"
+                     + (f"; report: {s.report}" if s.report else ""))
+    return lines
+
+
+# ---------------------------------------------------------------------- the campaign
+
+def run_campaign(stacks, settings: StepSettings, *, folder, scheduler="", nworkers=0,
+                 force=False, update_mode="none", detcorr=True, plots=True, verbose=1,
+                 live=None, progress_interval=10.0, window=None, command="",
+                 task=run_stack) -> CampaignSummary:
+    """Run (or resume) a campaign and write its table and report.
+
+    Parameters
+    ----------
+    stacks : list of StackInput
+    settings : StepSettings
+    folder : path-like
+        The campaign folder (created): run database, table, report, per-stack outputs.
+    scheduler : str
+        Blank: a LocalCluster; else ``tcp://host:port`` or a scheduler file.
+    nworkers : int
+        Workers of the LocalCluster (0: one per core).
+    force : bool
+        Rerun finished, unchanged stacks too.
+    update_mode : {'none', 'copy', 'inplace'}
+    detcorr : bool
+        Write each stack's corrected detections.
+    plots : bool
+        Write the plots and ``index.html``.
+    verbose : int
+        0: silent; 1: progress and summary.
+    live : bool or None
+        Live progress bar (default: when standard error is a terminal).
+    window : int or None
+        Stacks in flight at once (default 4 per worker thread, at least 8).
+    task : callable
+        The per-stack task (default :func:`campaign.task.run_stack`); the benchmarks give a
+        trivial one to measure the machinery alone.
+
+    Returns
+    -------
+    CampaignSummary
+    """
+    if update_mode not in UPDATE_MODES:
+        raise ParameterError(f"update={update_mode}: expected one of {', '.join(UPDATE_MODES)}")
+    t0 = time.perf_counter()
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create the campaign folder {folder}: {exc}") from exc
+    folder = folder.resolve()
+    log = logging.getLogger("stk_astrometry.stk_batch")
+    summary = CampaignSummary(n_stacks=len(stacks))
+    with campaign_lock(folder), RunDatabase(folder / DB_NAME) as db:
+        db.set_meta("parameters", {"match": settings.match, "fit": settings.fit,
+                                   "update": settings.update, "update_mode": update_mode,
+                                   "detcorr": detcorr})
+        plans, skipped = plan_stacks(stacks, db, settings, campaign_dir=folder, force=force,
+                                     update_mode=update_mode, detcorr=detcorr)
+        summary.n_run, summary.n_skipped = len(plans), skipped
+        if verbose >= 1:
+            log.info("stk_batch: %d stacks in %s: %d to run, %d finished and unchanged",
+                     len(stacks), folder, len(plans), skipped)
+        if plans:
+            run_id = db.start_run(host=socket.gethostname(), version=__version__,
+                                  command=command, scheduler=scheduler or "LocalCluster")
+            status = "interrupted"
+            progress = Progress(len(plans), log=log, live=live, interval=progress_interval,
+                                enabled=verbose >= 1)
+            try:
+                with open(folder / LOG_NAME, "a", encoding="utf-8") as warn_log, \
+                        dask_client(scheduler, nworkers) as (client, where):
+                    warn_log.write(f"# stk_batch run {run_id} started "
+                                   f"{time.strftime('%Y-%m-%dT%H:%M:%S')} on {where}\n")
+                    if verbose >= 1:
+                        log.info("stk_batch: running on %s", where)
+                    threads = sum(client.nthreads().values()) or 1
+                    t_run = time.perf_counter()
+                    _execute(client, plans, db, run_id, progress, warn_log,
+                             window=window or max(8, 4 * threads), task=task)
+                    summary.run_s = time.perf_counter() - t_run
+                status = "finished"
+            finally:
+                progress.close()
+                c = db.counts()
+                db.finish_run(run_id, n_planned=len(plans), n_done=progress.done,
+                              n_failed=progress.failed, n_skipped=skipped, status=status)
+                if status != "finished":
+                    log.warning("stk_batch: interrupted; %d stacks recorded, %d done in all; "
+                                "run again to resume", progress.finished, c.get("done", 0))
+        records, summary.table, summary.csv, summary.report = write_outputs(folder, db, plots=plots)
+        summarize(records, summary, db)
+    summary.wall_s = time.perf_counter() - t0
+    if verbose >= 1:
+        for line in summary_lines(summary):
+            log.info("%s", line)
+    if summary.n_failed:
+        log.warning("%d of %d stacks failed (listed in %s)", summary.n_failed, summary.n_stacks,
+                    summary.table)
+    return summary
+
+
+def report_only(folder, *, plots=True, verbose=1) -> CampaignSummary:
+    """``action=report``: rewrite the table and report of a campaign folder, run nothing."""
+    folder = Path(folder)
+    if not (folder / DB_NAME).is_file():
+        raise InputError(f"{folder} holds no {DB_NAME}: not a stk_batch campaign folder")
+    log = logging.getLogger("stk_astrometry.stk_batch")
+    t0 = time.perf_counter()
+    summary = CampaignSummary()
+    with campaign_lock(folder), RunDatabase(folder / DB_NAME) as db:
+        records, summary.table, summary.csv, summary.report = write_outputs(folder, db, plots=plots)
+        summarize(records, summary, db)
+    summary.wall_s = time.perf_counter() - t0
+    if verbose >= 1:
+        for line in summary_lines(summary):
+            log.info("%s", line)
+    return summary

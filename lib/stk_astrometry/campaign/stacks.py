@@ -1,0 +1,180 @@
+"""The stacks of a campaign: reading the stack list and fingerprinting each stack's inputs.
+
+A campaign is given either as ``@file`` -- a list of stack directories, one per line (blank
+lines and ``#`` comments skipped, relative paths taken from the list's folder) -- or as a table
+(FITS, or any text table astropy reads) with one row per stack and the columns ``stackid``,
+``detfile``, ``gaiafile`` and optionally ``wisefile``, ``bestnbfile``, ``products``.
+
+A stack directory holds the files ``stk_simulate`` writes: ``<stackid>_det.fits``,
+``<stackid>_gaia.fits`` and, when present, ``<stackid>_allwise.fits``,
+``<stackid>_bestnb.fits`` and a ``products/`` folder.
+
+No science here and no writing: the list is checked (duplicate stack ids, missing files) before
+any work starts, so a typo fails at once and not after hours.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import InputError, ParameterError
+
+__all__ = ["StackInput", "read_stack_list", "inputs_digest", "safe_name"]
+
+_SUFFIXES = {"detfile": "_det.fits", "gaiafile": "_gaia.fits", "wisefile": "_allwise.fits",
+             "bestnbfile": "_bestnb.fits"}
+_TABLE_COLUMNS = ("stackid", "detfile", "gaiafile", "wisefile", "bestnbfile", "products")
+
+
+@dataclass(frozen=True)
+class StackInput:
+    """The inputs of one stack (absolute paths; optional ones None)."""
+
+    stackid: str
+    detfile: str
+    gaiafile: str
+    wisefile: str | None = None
+    bestnbfile: str | None = None
+    products: str | None = None
+    #: pass ``stackid`` to the match step (a detections file shared by several stacks)
+    select: bool = False
+
+    def input_files(self) -> tuple[str, ...]:
+        """The catalog files whose content decides the stack's results."""
+        return tuple(p for p in (self.detfile, self.gaiafile, self.wisefile, self.bestnbfile) if p)
+
+
+def safe_name(stackid: str) -> str:
+    """A folder name for a stack id (characters other than ``[A-Za-z0-9._+-]`` become ``_``)."""
+    name = re.sub(r"[^A-Za-z0-9._+-]", "_", stackid.strip()) or "_"
+    return "_" + name if name.startswith(".") else name
+
+
+def _from_directory(folder: Path) -> StackInput:
+    if not folder.is_dir():
+        raise InputError(f"stack directory {folder} does not exist")
+    dets = sorted(folder.glob("*_det.fits"))
+    if len(dets) != 1:
+        what = "no" if not dets else f"{len(dets)}"
+        raise InputError(f"stack directory {folder} has {what} *_det.fits file(s); expected one")
+    stackid = dets[0].name[: -len(_SUFFIXES["detfile"])]
+    paths = {}
+    for key, suffix in _SUFFIXES.items():
+        p = folder / f"{stackid}{suffix}"
+        paths[key] = str(p.resolve()) if p.is_file() else None
+    if paths["gaiafile"] is None:
+        raise InputError(f"stack directory {folder} has no {stackid}_gaia.fits")
+    products = folder / "products"
+    return StackInput(stackid=stackid, detfile=paths["detfile"], gaiafile=paths["gaiafile"],
+                      wisefile=paths["wisefile"], bestnbfile=paths["bestnbfile"],
+                      products=str(products.resolve()) if products.is_dir() else None)
+
+
+def _read_list_file(path: Path) -> list[StackInput]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise InputError(f"stacks=@{path}: cannot read the stack list: {exc.strerror or exc}") from exc
+    out = []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        entry = line.split("#", 1)[0].strip()
+        if not entry:
+            continue
+        folder = Path(os.path.expandvars(entry)).expanduser()
+        if not folder.is_absolute():
+            folder = path.parent / folder
+        try:
+            out.append(_from_directory(folder))
+        except InputError as exc:
+            raise InputError(f"stacks=@{path} line {lineno}: {exc}") from exc
+    return out
+
+
+def _cell(value) -> str | None:
+    if value is None or getattr(value, "mask", False) is True:
+        return None
+    text = value.decode() if isinstance(value, bytes) else str(value)
+    text = text.strip()
+    return text or None
+
+
+def _read_table_file(spec: str) -> list[StackInput]:
+    from ..tableio import read_table
+
+    tin = read_table(spec, param="stacks")
+    names = set(tin.table.colnames)
+    missing = [c for c in ("stackid", "detfile", "gaiafile") if c not in names]
+    if missing:
+        raise InputError(f"stacks={spec}: the stack table lacks column(s) {', '.join(missing)} "
+                         f"(expected {', '.join(_TABLE_COLUMNS)})")
+    base = tin.path.parent
+    out = []
+    for i, row in enumerate(tin.table, start=1):
+        vals = {c: (_cell(row[c]) if c in names else None) for c in _TABLE_COLUMNS}
+        if not vals["stackid"] or not vals["detfile"] or not vals["gaiafile"]:
+            raise InputError(f"stacks={spec}: row {i} has a blank stackid, detfile or gaiafile")
+        for key in ("detfile", "gaiafile", "wisefile", "bestnbfile", "products"):
+            if vals[key]:
+                p = Path(os.path.expandvars(vals[key])).expanduser()
+                vals[key] = str((p if p.is_absolute() else base / p).resolve())
+        out.append(StackInput(**vals))
+    uses = Counter(s.detfile for s in out)
+    shared = {d for d, n in uses.items() if n > 1}
+    if shared:
+        out = [StackInput(**{**s.__dict__, "select": s.detfile in shared}) for s in out]
+    return out
+
+
+def read_stack_list(spec: str) -> list[StackInput]:
+    """Read a campaign's stacks from ``@list`` or a stack table (see the module docstring).
+
+    Raises
+    ------
+    ParameterError
+        Blank ``spec``.
+    InputError
+        Unreadable list, missing input files, duplicate stack ids.
+    """
+    spec = (spec or "").strip()
+    if not spec:
+        raise ParameterError("stacks is blank: give @list of stack directories or a stack table")
+    if spec.startswith("@"):
+        stacks = _read_list_file(Path(spec[1:]).expanduser())
+    else:
+        stacks = _read_table_file(spec)
+    if not stacks:
+        raise InputError(f"stacks={spec}: the list holds no stacks")
+    seen = {}
+    for s in stacks:
+        key = safe_name(s.stackid)
+        if key in seen:
+            raise InputError(f"stacks={spec}: stack id {s.stackid} appears twice "
+                             f"({seen[key]} and {s.detfile})")
+        seen[key] = s.detfile
+        for label, p in (("detfile", s.detfile), ("gaiafile", s.gaiafile),
+                         ("wisefile", s.wisefile), ("bestnbfile", s.bestnbfile)):
+            if p and not Path(p.split("[", 1)[0]).is_file():
+                raise InputError(f"stacks={spec}: stack {s.stackid}: {label} {p} does not exist")
+    return stacks
+
+
+def inputs_digest(stack: StackInput) -> str:
+    """A fingerprint of the stack's input files: path, size and modification time of each.
+
+    What ``make`` trusts: a file rewritten (even with the same size) gets a new mtime.  A
+    missing file gives a digest that never matches a finished run's.
+    """
+    h = hashlib.sha256()
+    for p in stack.input_files():
+        path = p.split("[", 1)[0]
+        try:
+            st = os.stat(path)
+            h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+        except OSError:
+            h.update(f"{p}\0missing\0".encode())
+    return h.hexdigest()[:32]

@@ -1,0 +1,296 @@
+"""The campaign results table (``campaign.fits`` and its CSV twin), written by ``stk_batch``.
+
+One row per stack of a campaign: its status, the match summary, the fitted shift with its
+uncertainty, the QA flags and the files written.  This module owns the column list (name,
+type, unit, description -- the ``TUNITn``/``TCOMMn`` cards), the pure conversion of result rows
+(mappings) into a numpy record array, and the atomic FITS/CSV writers and the reader.  It runs
+no fit and knows nothing of Dask or SQLite.  See ``share/doc/formats.md`` section 5.
+
+FITS: a binary table HDU ``CAMPAIGN`` (``CONTENT = 'STKCAMPAIGN'``), written with fitsio; every
+column carries ``TUNITn`` (where it has a unit) and ``TCOMMn`` (its description), the
+convention TOPCAT/STILTS display.  Missing numbers are NaN (floats) or -1 (counts); missing
+strings are blank.  CSV: the same columns in the same order, a header line of names, NaN
+written as an empty field.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import FormatError, OutputError
+from ..fitsutil import atomic_path
+
+__all__ = ["CampaignColumn", "columns", "group_columns", "to_records", "write_campaign_table",
+           "write_campaign_csv", "read_campaign_table", "CONTENT", "EXTNAME"]
+
+CONTENT = "STKCAMPAIGN"
+EXTNAME = "CAMPAIGN"
+
+
+@dataclass(frozen=True)
+class CampaignColumn:
+    """One column of the campaign table.
+
+    Attributes
+    ----------
+    name : str
+    kind : str
+        ``'str'``, ``'int'``, ``'float'`` or ``'bool'``.
+    unit : str
+        FITS unit string (blank: dimensionless).
+    description : str
+        The ``TCOMMn`` text.
+    width : int
+        Character width of a string column.
+    """
+
+    name: str
+    kind: str
+    unit: str
+    description: str
+    width: int = 0
+
+
+def _c(name, kind, unit, description, width=0):
+    return CampaignColumn(name, kind, unit, description, width)
+
+
+#: The columns before the per-group match counts.
+_HEAD = (
+    _c("stackid", "str", "", "Stack id (detect_stack_id)", 40),
+    _c("status", "str", "", "done or failed", 8),
+    _c("failed_step", "str", "", "Step that failed (match, fit, update); blank if done", 8),
+    _c("error", "str", "", "First line of the error of a failed stack", 200),
+    _c("instrument", "str", "", "ACIS or HRC", 8),
+    _c("method", "str", "", "Reference path: direct, twostep or none", 8),
+    _c("ra_stack", "float", "deg", "Tangent point right ascension"),
+    _c("dec_stack", "float", "deg", "Tangent point declination"),
+    _c("n_det", "int", "", "Detections that passed the filters"),
+    _c("n_gaia", "int", "", "Gaia sources that passed the filters"),
+    _c("n_wise", "int", "", "ALLWISE sources that passed the filters (-1: no ALLWISE)"),
+    _c("density_gaia", "float", "arcmin-2", "Gaia sources per square arcmin in the cone"),
+    _c("density_wise", "float", "arcmin-2", "ALLWISE sources per square arcmin (NaN: none given)"),
+    _c("n_match_gaia", "int", "", "Detections with at least one Gaia match"),
+    _c("n_match_wise", "int", "", "Detections with at least one ALLWISE match"),
+)
+
+#: The columns after them.
+_TAIL = (
+    _c("estimator", "str", "", "Estimator applied: spec or mixture", 8),
+    _c("d_xi", "float", "arcsec", "Fitted shift in xi (added to detections)"),
+    _c("d_eta", "float", "arcsec", "Fitted shift in eta (added to detections)"),
+    _c("d_xi_err", "float", "arcsec", "1-sigma uncertainty of d_xi"),
+    _c("d_eta_err", "float", "arcsec", "1-sigma uncertainty of d_eta"),
+    _c("cov_xi_eta", "float", "arcsec2", "Covariance of d_xi and d_eta"),
+    _c("shift", "float", "arcsec", "Total shift sqrt(d_xi^2 + d_eta^2)"),
+    _c("n_match", "int", "", "Matched detections in the selected group"),
+    _c("n_used", "int", "", "Pairs used by the applied fit"),
+    _c("group", "int", "", "Separation group selected (1-based; 0: none)"),
+    _c("resstd0", "float", "arcsec", "Residual std before the shift"),
+    _c("resstd1", "float", "arcsec", "Residual std after the shift"),
+    _c("qa_flags", "int", "", "QA bits: 1 NOMATCH 2 DENSE 4 BIGSHIFT 8 FEWMATCH 16 DISAGREE"),
+    _c("qa_reason", "str", "", "Readable QA reason (blank: no QA needed)", 120),
+    _c("needs_qa", "bool", "", "True when any QA bit is set"),
+    _c("disagree", "bool", "", "True when the two estimators differ by > 3 combined sigma"),
+    _c("alt_estimator", "str", "", "The estimator not applied", 8),
+    _c("alt_d_xi", "float", "arcsec", "Shift in xi of the estimator not applied"),
+    _c("alt_d_eta", "float", "arcsec", "Shift in eta of the estimator not applied"),
+    _c("n_eff", "float", "", "Effective number of true pairs (mixture; NaN otherwise)"),
+    _c("xfm_id", "str", "", "Transform id STKXFMID", 40),
+    _c("n_updated", "int", "", "Products updated (-1: update not run)"),
+    _c("n_update_errors", "int", "", "Products the update could not process (-1: not run)"),
+    _c("n_warnings", "int", "", "Warnings recorded for the stack (see the run database)"),
+    _c("attempts", "int", "", "Times the stack was started in this campaign folder"),
+    _c("t_match", "float", "s", "Wall time of the match step"),
+    _c("t_fit", "float", "s", "Wall time of the fit step"),
+    _c("t_update", "float", "s", "Wall time of the update step (NaN: not run)"),
+    _c("pairsfile", "str", "", "Matched-pairs file written", 240),
+    _c("xfmfile", "str", "", "Transform file written", 240),
+    _c("detcorrfile", "str", "", "Corrected detections written (blank: none)", 240),
+)
+
+#: Columns whose values differ between two runs of the same campaign (timings, attempts).
+RUN_DEPENDENT = ("attempts", "t_match", "t_fit", "t_update")
+
+
+def group_columns(n_groups: int) -> tuple[CampaignColumn, ...]:
+    """The per-separation-group match counts ``n_match_gaia_g1`` .. ``n_match_wise_gK``."""
+    out = []
+    for ref in ("gaia", "wise"):
+        name = "Gaia" if ref == "gaia" else "ALLWISE"
+        for k in range(1, n_groups + 1):
+            out.append(_c(f"n_match_{ref}_g{k}", "int", "",
+                          f"Detections with a {name} match in separation group {k}"))
+    return tuple(out)
+
+
+def columns(n_groups: int) -> tuple[CampaignColumn, ...]:
+    """Every column of a table whose stacks have ``n_groups`` separation groups."""
+    return _HEAD + group_columns(n_groups) + _TAIL
+
+
+_MISSING = {"str": "", "int": -1, "float": math.nan, "bool": False}
+
+
+def _dtype(cols):
+    kinds = {"int": "i8", "float": "f8", "bool": "?"}
+    return np.dtype([(c.name, f"U{c.width}" if c.kind == "str" else kinds[c.kind]) for c in cols])
+
+
+def _clean(col, value):
+    if value is None:
+        return _MISSING[col.kind]
+    if col.kind == "str":
+        text = " ".join(str(value).split())  # one line, no control characters
+        return text[: col.width]
+    if col.kind == "int":
+        return int(value)
+    if col.kind == "float":
+        return float(value)
+    return bool(value)
+
+
+def to_records(rows: Iterable[Mapping], n_groups: int) -> np.ndarray:
+    """A structured array with the table's columns from result mappings (pure).
+
+    Keys a row lacks take the missing value (NaN, -1, blank, False); keys that are not
+    columns are ignored.
+    """
+    cols = columns(n_groups)
+    rows = list(rows)
+    out = np.zeros(len(rows), dtype=_dtype(cols))
+    for i, row in enumerate(rows):
+        out[i] = tuple(_clean(c, row.get(c.name)) for c in cols)
+    return out
+
+
+def _fits_array(records: np.ndarray) -> np.ndarray:
+    """Unicode -> bytes for fitsio (ASCII; other characters replaced)."""
+    fields = []
+    for name in records.dtype.names:
+        dt = records.dtype[name]
+        if dt.kind == "U":
+            fields.append((name, f"S{max(dt.itemsize // 4, 1)}"))
+        else:
+            fields.append((name, dt))
+    out = np.zeros(len(records), dtype=fields)
+    for name in records.dtype.names:
+        if records.dtype[name].kind == "U":
+            out[name] = np.char.encode(records[name], "ascii", "replace")
+        else:
+            out[name] = records[name]
+    return out
+
+
+def n_groups_of(records: np.ndarray) -> int:
+    """The number of separation groups a table's columns have."""
+    return sum(1 for n in records.dtype.names if n.startswith("n_match_gaia_g"))
+
+
+def write_campaign_table(records: np.ndarray, path, *, header: Mapping | None = None) -> Path:
+    """Write ``records`` (from :func:`to_records`) as ``campaign.fits``, atomically.
+
+    Parameters
+    ----------
+    records : numpy structured array
+    path : path-like
+    header : mapping, optional
+        Extra keywords for the table HDU (name -> value or (value, comment)).
+
+    Returns
+    -------
+    Path
+    """
+    import fitsio
+
+    path = Path(path)
+    cols = columns(n_groups_of(records))
+    if tuple(c.name for c in cols) != records.dtype.names:
+        raise FormatError("campaign table: the records do not have the campaign columns")
+    data = _fits_array(records)
+    units = [c.unit for c in cols]
+    try:
+        with atomic_path(path) as tmp:
+            with fitsio.FITS(str(tmp), "rw", clobber=True) as fits:
+                fits.write(None, header=[{"name": "CONTENT", "value": CONTENT,
+                                          "comment": "stk_astrometry campaign results"}])
+                fits.write_table(data, extname=EXTNAME, units=units)
+                hdu = fits[EXTNAME]
+                hdu.write_key("CONTENT", CONTENT, comment="stk_astrometry campaign results")
+                for i, c in enumerate(cols, start=1):
+                    hdu.write_key(f"TCOMM{i}", c.description[:68])
+                for name, value in (header or {}).items():
+                    val, comment = value if isinstance(value, tuple) else (value, "")
+                    hdu.write_key(name, val, comment=comment)
+                fits[0].write_checksum()
+                hdu.write_checksum()
+    except OSError as exc:
+        raise OutputError(f"cannot write the campaign table {path}: {exc}") from exc
+    return path
+
+
+def format_csv(records: np.ndarray) -> str:
+    """The CSV text of ``records``: a header line of names, NaN as an empty field (pure)."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    names = records.dtype.names
+    writer.writerow(names)
+    kinds = [records.dtype[n].kind for n in names]
+    for row in records.tolist():
+        out = []
+        for value, kind in zip(row, kinds, strict=True):
+            if kind == "f":
+                out.append("" if math.isnan(value) else repr(float(value)))
+            elif kind == "b":
+                out.append("true" if value else "false")
+            else:
+                out.append(value)
+        writer.writerow(out)
+    return buf.getvalue()
+
+
+def write_campaign_csv(records: np.ndarray, path) -> Path:
+    """Write the CSV twin of the campaign table, atomically."""
+    path = Path(path)
+    try:
+        with atomic_path(path) as tmp:
+            with open(tmp, "w", encoding="utf-8", newline="") as fh:
+                fh.write(format_csv(records))
+                fh.flush()
+                os.fsync(fh.fileno())
+    except OSError as exc:
+        raise OutputError(f"cannot write the campaign table {path}: {exc}") from exc
+    return path
+
+
+def read_campaign_table(path) -> np.ndarray:
+    """Read ``campaign.fits`` back as a structured array with unicode strings."""
+    import fitsio
+
+    path = Path(path)
+    try:
+        with fitsio.FITS(str(path)) as fits:
+            if EXTNAME not in fits:
+                raise FormatError(f"{path}: no {EXTNAME} HDU (not a stk_batch campaign table)")
+            data = fits[EXTNAME].read()
+    except OSError as exc:
+        raise FormatError(f"cannot read the campaign table {path}: {exc}") from exc
+    fields = []
+    for name in data.dtype.names:
+        dt = data.dtype[name]
+        fields.append((name, f"U{dt.itemsize}" if dt.kind == "S" else dt.newbyteorder("=")))
+    out = np.zeros(len(data), dtype=fields)
+    for name in data.dtype.names:
+        if data.dtype[name].kind == "S":
+            out[name] = np.char.rstrip(np.char.decode(data[name], "ascii"))
+        else:
+            out[name] = data[name]
+    return out

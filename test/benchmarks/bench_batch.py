@@ -1,0 +1,353 @@
+"""Campaign benchmark of stk_batch (issue 12).
+
+Tables:
+
+1. the machinery alone: a campaign of null tasks (no step runs) through the LocalCluster at
+   1,000 and 10,000 stacks -- stacks/s of Dask + run database + table + report, and the
+   driver's peak RSS (memory must stay flat in the number of stacks);
+2. match + fit over N simulated stacks of the benchmark mix (10-200 detections, Gaia
+   0.5-50 per arcmin^2, ALLWISE; default N = 10,000) end to end through the default
+   LocalCluster (target: >= 85 stacks/s wall including the database and the table, i.e.
+   10,000 in under 2 minutes), and through a separately started ``dask scheduler`` + ``dask
+   worker`` (target: within 1.3x of the LocalCluster's wall time, same table);
+3. ``kill -9`` of the driver at random moments (20 times), then a resume to the end: every
+   stack recorded exactly once, the results table equal to the uninterrupted run's (all
+   columns but timings and attempts).
+
+Inputs are generated once (seeded, fitsio) into a cache folder under the temporary directory
+(``STK_BENCH_BATCH_CACHE`` overrides) and reused: their generation is not timed.  The driver
+runs as a separate process, as a user runs it; its wall time includes start-up, reading the
+stack list, the Dask cluster's start and stop, and writing the table and plots.
+``STK_BENCH_BATCH_N`` sets N; ``--quick`` uses N = 200 and 5 kills.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+TEST = HERE.parent
+if str(TEST) not in sys.path:
+    sys.path.insert(0, str(TEST))
+
+import numpy as np  # noqa: E402
+from _common import LIB, na, print_table  # noqa: E402
+
+SEED = 20261205
+TARGET_RATE = 85.0
+TARGET_SCHED_RATIO = 1.3
+KILLS = 20
+
+_RUNNER = r"""
+import json, resource, sys, time
+t0 = time.perf_counter()
+from stk_astrometry.campaign import driver, settings, stacks, task
+a = json.loads(sys.argv[1])
+st = stacks.read_stack_list(a["stacks"])
+cfg = settings.load_step_settings([])
+t1 = time.perf_counter()
+s = driver.run_campaign(st, cfg, folder=a["folder"], scheduler=a.get("scheduler", ""),
+                        nworkers=a.get("nworkers", 0), plots=a.get("plots", True), verbose=0,
+                        detcorr=a.get("detcorr", True), task=getattr(task, a["task"]))
+t2 = time.perf_counter()
+me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+print(json.dumps({"cpu_self": me.ru_utime + me.ru_stime, "cpu_children": kids.ru_utime + kids.ru_stime,
+                  "wall": t2 - t0, "campaign": t2 - t1, "run_s": s.run_s, "n_run": s.n_run,
+                  "n_done": s.n_done, "n_failed": s.n_failed,
+                  "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def _env():
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(LIB) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+def make_inputs(n):
+    """The cached inputs of ``n`` stacks; returns (list file, seconds spent generating)."""
+    root = Path(os.environ.get("STK_BENCH_BATCH_CACHE",
+                               Path(tempfile.gettempdir()) / f"stk_bench_batch_{SEED}"))
+    root.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    missing = [i for i in range(n) if not (root / f"s{i:05d}").is_dir()
+               or not any((root / f"s{i:05d}").glob("*_gaia.fits"))]
+    if missing:
+        import multiprocessing as mp
+
+        from campaign_sim import make_chunk
+
+        chunk = 100
+        jobs = [(str(root), s, min(chunk, n - s), SEED)
+                for s in range(min(missing) // chunk * chunk, n, chunk)]
+        with mp.get_context("spawn").Pool(max(1, (os.cpu_count() or 1))) as pool:
+            for _ in pool.imap_unordered(make_chunk, jobs):
+                pass
+    listfile = root / f"stacks_{n}.lis"
+    listfile.write_text("".join(f"s{i:05d}\n" for i in range(n)))
+    return listfile, time.perf_counter() - t0
+
+
+def null_table(folder, n):
+    """A stack table of ``n`` rows that all name one tiny stack (for the null-task runs)."""
+    from campaign_sim import make_campaign
+
+    lst, _ = make_campaign(folder / "one", 1, seed=SEED, specials=False, mix="small")
+    one = lst.parent / lst.read_text().split()[0]
+    det = next(one.glob("*_det.fits"))
+    gaia = next(one.glob("*_gaia.fits"))
+    path = folder / f"null_{n}.csv"
+    path.write_text("stackid,detfile,gaiafile\n" +
+                    "".join(f"null{i:06d},{det},{gaia}\n" for i in range(n)))
+    return path
+
+
+def run_driver(stacks, folder, *, task="run_stack", scheduler="", plots=True, timeout=7200):
+    """Run one campaign in a driver process; return its JSON report (+ 'proc_wall')."""
+    args = json.dumps({"stacks": str(stacks), "folder": str(folder), "task": task,
+                       "scheduler": scheduler, "plots": plots})
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", _RUNNER, args], env=_env(), capture_output=True,
+                          text=True, timeout=timeout, check=False)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RuntimeError(f"driver exit {proc.returncode}: {tail}")
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out["proc_wall"] = wall
+    return out
+
+
+def _science(path):
+    from stk_astrometry.formats.campaign import RUN_DEPENDENT, read_campaign_table
+
+    t = read_campaign_table(path)
+    out = {}
+    for name in t.dtype.names:
+        if name in RUN_DEPENDENT:
+            continue
+        col = t[name]
+        if name.endswith("file"):
+            col = np.array([Path(v).name for v in col.tolist()])
+        out[name] = col
+    return out
+
+
+def tables_equal(a, b):
+    """(equal, first difference) of two campaign tables, timings and folders left out."""
+    ta, tb = _science(a), _science(b)
+    if list(ta) != list(tb):
+        return False, "columns differ"
+    for name in ta:
+        x, y = ta[name], tb[name]
+        if len(x) != len(y):
+            return False, f"{len(x)} vs {len(y)} rows"
+        same = (x == y) | ((x != x) & (y != y)) if x.dtype.kind == "f" else (x == y)
+        if not np.all(same):
+            i = int(np.flatnonzero(~same)[0])
+            return False, f"column {name} row {i}: {x[i]!r} vs {y[i]!r}"
+    return True, ""
+
+
+class ExternalCluster:
+    """``dask scheduler`` and ``dask worker`` (one process per core, one thread each)."""
+
+    def __init__(self, folder):
+        self.folder = Path(folder)
+        self.procs = []
+
+    def __enter__(self):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        dask = str(Path(sys.executable).parent / "dask")
+        self.log = open(self.folder / "dask.log", "w")  # noqa: SIM115 - closed in __exit__
+        self.address = f"tcp://127.0.0.1:{port}"
+        sf = self.folder / "scheduler.json"
+        self.procs.append(subprocess.Popen(
+            [dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard",
+             "--scheduler-file", str(sf)], stdout=self.log, stderr=self.log, env=_env()))
+        deadline = time.time() + 60
+        while not sf.exists():
+            if time.time() > deadline:
+                raise RuntimeError("dask scheduler did not start")
+            time.sleep(0.2)
+        self.procs.append(subprocess.Popen(
+            [dask, "worker", self.address, "--nworkers", str(os.cpu_count() or 1), "--nthreads",
+             "1", "--no-dashboard"], stdout=self.log, stderr=self.log, env=_env()))
+        from distributed import Client
+
+        with Client(self.address, timeout="30s") as c:
+            c.wait_for_workers(os.cpu_count() or 1, timeout=120)
+        return self
+
+    def __exit__(self, *exc):
+        for p in reversed(self.procs):
+            p.terminate()
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        self.log.close()
+        return False
+
+
+def _group_alive(pgid):
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def kill_and_resume(listfile, folder, n, kills, rng):
+    """Kill the driver ``kills`` times at random moments, then resume to the end."""
+    args = json.dumps({"stacks": str(listfile), "folder": str(folder), "task": "run_stack",
+                       "plots": False})
+    orphan_waits, recorded = [], []
+    for _ in range(kills):
+        proc = subprocess.Popen([sys.executable, "-c", _RUNNER, args], env=_env(),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
+        time.sleep(rng.uniform(1.0, 8.0))
+        if proc.poll() is not None:
+            break  # finished before the kill
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        t0 = time.perf_counter()
+        while _group_alive(proc.pid) and time.perf_counter() - t0 < 120:
+            time.sleep(0.2)
+        if _group_alive(proc.pid):
+            os.killpg(proc.pid, signal.SIGKILL)
+            orphan_waits.append(float("inf"))
+        else:
+            orphan_waits.append(time.perf_counter() - t0)
+        con = sqlite3.connect(folder / "campaign.sqlite")
+        recorded.append(con.execute("SELECT COUNT(*) FROM stacks WHERE status IN "
+                                    "('done','failed')").fetchone()[0])
+        con.close()
+    final = run_driver(listfile, folder, plots=False)
+    con = sqlite3.connect(folder / "campaign.sqlite")
+    status = dict(con.execute("SELECT status, COUNT(*) FROM stacks GROUP BY status"))
+    n_results = con.execute("SELECT COUNT(*) FROM results").fetchone()[0]
+    n_runs = con.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
+    attempts = con.execute("SELECT MAX(attempts) FROM stacks").fetchone()[0]
+    con.close()
+    return {"kills": len(orphan_waits), "recorded": recorded, "orphan_waits": orphan_waits,
+            "status": status, "n_results": n_results, "n_runs": n_runs,
+            "max_attempts": attempts, "final": final}
+
+
+def main(quick: bool = False) -> int:
+    n = int(os.environ.get("STK_BENCH_BATCH_N", 200 if quick else 10_000))
+    kills = 5 if quick else KILLS
+    misses = []
+    load0 = os.getloadavg()
+    listfile, t_gen = make_inputs(n)
+    print(f"inputs: {n} stacks in {listfile.parent} ({t_gen:.0f} s to generate/check, not timed)")
+    with tempfile.TemporaryDirectory(prefix="stkbench_batch_") as tmp:
+        tmp = Path(tmp)
+        # 1. the machinery alone
+        rows = []
+        for m in (1_000, 10_000):
+            table = null_table(tmp / f"null{m}", m)
+            try:
+                r = run_driver(table, tmp / f"nullcamp{m}", task="null_stack")
+                rows.append([f"{m:,} null tasks", f"{r['proc_wall']:.1f} s",
+                             f"{m / r['proc_wall']:.0f}", f"{m / r['run_s']:.0f}",
+                             f"{1e3 * r['cpu_self'] / m:.2f} ms",
+                             f"{1e3 * r['cpu_children'] / m:.2f} ms",
+                             f"{r['maxrss_mb']:.0f} MB"])
+            except (RuntimeError, subprocess.TimeoutExpired) as exc:
+                rows.append([f"{m:,} null tasks", na(exc), "-", "-", "-", "-", "-"])
+        print_table("The machinery alone (LocalCluster, null tasks)",
+                    ["campaign", "wall end to end", "stacks/s", "stacks/s (Dask part)",
+                     "driver CPU/stack", "workers CPU/stack", "driver peak RSS"], rows,
+                    notes=["wall: driver process start to exit (imports, stack list, cluster "
+                           "start/stop, database, table, plots)"])
+
+        # 2. match + fit, LocalCluster and a separate scheduler
+        rows = []
+        local = run_driver(listfile, tmp / "local")
+        rate = n / local["proc_wall"]
+        ok = rate >= TARGET_RATE
+        misses += [] if ok else [f"match+fit {rate:.1f} stacks/s < {TARGET_RATE}"]
+        cpu = (local["cpu_self"] + local["cpu_children"]) / n
+        rows.append([f"LocalCluster ({os.cpu_count()} workers)", f"{local['proc_wall']:.1f} s",
+                     f"{rate:.1f}", f"{n / local['run_s']:.1f}",
+                     f"{1e3 * local['cpu_self'] / n:.1f} + {1e3 * local['cpu_children'] / n:.1f} ms"
+                     f" ({(os.cpu_count() or 1) / cpu:.1f}/s)",
+                     f"{local['maxrss_mb']:.0f} MB",
+                     f"{'PASS' if ok else 'FAIL'} >= {TARGET_RATE:.0f}/s"])
+        with ExternalCluster(tmp) as cluster:
+            ext = run_driver(listfile, tmp / "external", scheduler=cluster.address)
+        ratio = ext["proc_wall"] / local["proc_wall"]
+        same, diff = tables_equal(tmp / "local" / "campaign.fits",
+                                  tmp / "external" / "campaign.fits")
+        ok = ratio <= TARGET_SCHED_RATIO and same
+        misses += [] if ok else [f"separate scheduler {ratio:.2f}x (same table: {same} {diff})"]
+        rows.append(["separate dask scheduler + worker", f"{ext['proc_wall']:.1f} s",
+                     f"{n / ext['proc_wall']:.1f}", f"{n / ext['run_s']:.1f}",
+                     f"{1e3 * ext['cpu_self'] / n:.1f} ms + workers not counted",
+                     f"{ext['maxrss_mb']:.0f} MB",
+                     f"{'PASS' if ok else 'FAIL'} {ratio:.2f}x <= {TARGET_SCHED_RATIO}; "
+                     f"table {'identical' if same else 'DIFFERS: ' + diff}"])
+        print_table(f"match + fit over {n:,} simulated stacks of the benchmark mix",
+                    ["execution", "wall end to end", "stacks/s", "stacks/s (Dask part)",
+                     "CPU/stack driver + workers (cores/CPU)", "driver peak RSS", "target"], rows,
+                    notes=[f"10,000 stacks at this rate: {10_000 / rate / 60:.1f} min "
+                           f"(target < 2 min)",
+                           "cores/CPU: the rate the CPU per stack allows on this machine's cores "
+                           "if nothing else ran (the machine is shared: compare with the wall)",
+                           f"done {local['n_done']}, failed {local['n_failed']}"])
+
+        # 3. kill -9 then resume
+        res = kill_and_resume(listfile, tmp / "killed", n, kills, random.Random(SEED))
+        same, diff = tables_equal(tmp / "local" / "campaign.fits",
+                                  tmp / "killed" / "campaign.fits")
+        once = (res["n_results"] == n and sum(res["status"].values()) == n
+                and set(res["status"]) <= {"done", "failed"})
+        ok = same and once and res["kills"] >= min(kills, KILLS if not quick else kills)
+        misses += [] if ok else [f"kill/resume: same table {same} {diff}; once {once}"]
+        waits = [w for w in res["orphan_waits"] if w != float("inf")]
+        print_table(f"kill -9 of the driver {res['kills']} times, then resume ({n:,} stacks)",
+                    ["measure", "value"], [
+                        ["stacks recorded after each kill", ", ".join(map(str, res["recorded"]))],
+                        ["final state", ", ".join(f"{k} {v}" for k, v in res["status"].items())],
+                        ["result rows / stacks", f"{res['n_results']} / {n}"],
+                        ["max attempts of one stack", str(res["max_attempts"])],
+                        ["runs recorded", str(res["n_runs"])],
+                        ["worker processes gone after a kill (max)",
+                         f"{max(waits):.1f} s" if waits else "-"],
+                        ["workers that had to be killed by hand",
+                         str(sum(1 for w in res["orphan_waits"] if w == float("inf")))],
+                        ["table equals the uninterrupted run's",
+                         "PASS" if same else f"FAIL {diff}"],
+                    ])
+    load1 = os.getloadavg()
+    print(f"load average before {load0[0]:.2f}, after {load1[0]:.2f} "
+          f"(other work on this {os.cpu_count()}-core machine competes for it)")
+    if misses:
+        print("MISSED: " + "; ".join(misses))
+    return 1 if misses else 0
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="stk_batch campaign benchmark")
+    parser.add_argument("--quick", action="store_true")
+    sys.exit(main(quick=parser.parse_args().quick))

@@ -1,0 +1,202 @@
+"""The campaign modules one by one, without Dask: stack lists, step settings, the run database,
+the results table format, progress lines and the report page."""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+
+import numpy as np
+import pytest
+
+from stk_astrometry.campaign import database, progress, report, settings, stacks
+from stk_astrometry.errors import InputError, ParameterError
+from stk_astrometry.formats import campaign as fmt
+
+
+def _stack_dir(root, sid, *, wise=True):
+    d = root / sid
+    d.mkdir(parents=True)
+    for suffix in ("_det.fits", "_gaia.fits") + (("_allwise.fits", "_bestnb.fits") if wise else ()):
+        (d / f"{sid}{suffix}").write_bytes(b"x")
+    return d
+
+
+def test_stack_list_and_table(tmp_path):
+    _stack_dir(tmp_path, "stackA")
+    _stack_dir(tmp_path, "stackB", wise=False)
+    (tmp_path / "stackB" / "products").mkdir()
+    lst = tmp_path / "s.lis"
+    lst.write_text("# campaign\nstackA\n\n  stackB   # sparse\n")
+    got = stacks.read_stack_list(f"@{lst}")
+    assert [s.stackid for s in got] == ["stackA", "stackB"]
+    assert got[0].wisefile.endswith("stackA_allwise.fits") and got[1].wisefile is None
+    assert got[1].products.endswith("products") and got[0].products is None
+    table = tmp_path / "t.csv"
+    table.write_text("stackid,detfile,gaiafile\nA,stackA/stackA_det.fits,stackA/stackA_gaia.fits\n"
+                     "B,stackA/stackA_det.fits,stackB/stackB_gaia.fits\n")
+    got = stacks.read_stack_list(str(table))
+    assert [s.stackid for s in got] == ["A", "B"]
+    assert all(s.select for s in got)  # one detections file for two stacks: select by id
+    assert os.path.isabs(got[0].detfile)
+
+
+def test_stack_list_errors(tmp_path):
+    _stack_dir(tmp_path, "stackA")
+    lst = tmp_path / "s.lis"
+    lst.write_text("stackA\nstackA\n")
+    with pytest.raises(InputError, match="appears twice"):
+        stacks.read_stack_list(f"@{lst}")
+    lst.write_text("stackA\nnowhere\n")
+    with pytest.raises(InputError, match="line 2"):
+        stacks.read_stack_list(f"@{lst}")
+    with pytest.raises(ParameterError):
+        stacks.read_stack_list("  ")
+    table = tmp_path / "t.csv"
+    table.write_text("stackid,detfile\nA,x.fits\n")
+    with pytest.raises(InputError, match="gaiafile"):
+        stacks.read_stack_list(str(table))
+
+
+def test_inputs_digest_follows_the_files(tmp_path):
+    _stack_dir(tmp_path, "stackA")
+    (s,) = stacks.read_stack_list(f"@{_write(tmp_path / 'l', 'stackA')}")
+    d0 = stacks.inputs_digest(s)
+    assert stacks.inputs_digest(s) == d0
+    os.utime(s.gaiafile, ns=(time.time_ns(), time.time_ns() + 10**9))
+    assert stacks.inputs_digest(s) != d0
+    os.unlink(s.wisefile)
+    assert stacks.inputs_digest(s) != d0
+
+
+def _write(path, text):
+    path.write_text(text + "\n")
+    return path
+
+
+def test_safe_name():
+    assert stacks.safe_name("acisfJ1236480p621200_001") == "acisfJ1236480p621200_001"
+    assert stacks.safe_name("a/b c") == "a_b_c"
+    assert stacks.safe_name("..") == "_.."
+
+
+def test_step_settings_from_yaml(tmp_path):
+    y = tmp_path / "c.yaml"
+    y.write_text("stk_match:\n  match_radius: 2.5\nstk_xfm:\n  est: mix\nstk_batch:\n  nworkers: 3\n")
+    got = settings.load_step_settings([y])
+    assert got.match["match_radius"] == 2.5 and got.fit["estimator"] == "mixture"
+    assert "detfile" not in got.match and "clobber" not in got.fit and "mode" not in got.update
+    assert settings.load_step_settings([]).fit["estimator"] == "spec"
+    y.write_text("stk_xfm:\n  outdetfile: x.fits\n")
+    with pytest.raises(ParameterError, match="outdetfile"):
+        settings.load_step_settings([y])
+    y.write_text("stk_xfm:\n  loss: nonsense\n")
+    with pytest.raises(ParameterError):
+        settings.load_step_settings([y])
+
+
+def test_params_digest_ignores_key_order():
+    assert settings.params_digest({"a": 1, "b": 2.0}) == settings.params_digest({"b": 2.0, "a": 1})
+    assert settings.params_digest({"a": 1}) != settings.params_digest({"a": 2})
+
+
+def _outcome(sid, status="done", d_xi=0.1, warnings=()):
+    row = {"stackid": sid, "status": status, "d_xi": d_xi, "d_eta": -0.2, "qa_flags": 0,
+           "needs_qa": False, "method": "direct", "n_match": 12, "group": 1,
+           "n_match_gaia_group": (5, 9, 12), "n_match_wise_group": (1, 2, 2),
+           "failed_step": "" if status == "done" else "match",
+           "error": "" if status == "done" else "boom\nsecond line"}
+    return {"stackid": sid, "inputs_digest": "i", "params_digest": "p", "elapsed_s": 0.5,
+            "worker": "h:1", "steps": [{"step": "match", "status": status, "result": {"x": 1}}],
+            "warnings": list(warnings), "row": row}
+
+
+def test_database_record_and_rows(tmp_path):
+    st = [stacks.StackInput(f"s{i}", f"/d{i}", f"/g{i}") for i in range(3)]
+    with database.RunDatabase(tmp_path / "c.sqlite") as db:
+        db.sync_stacks(st, {})
+        run = db.start_run(host="h", version="v", command="c", scheduler="s")
+        db.mark_submitted(["s0", "s1"], run)
+        db.record([_outcome("s0", warnings=[("fit", "watch out")]), _outcome("s1", "failed")])
+        rows = db.result_rows()
+        assert [r["status"] for r in rows] == ["done", "failed", "pending"]
+        assert rows[0]["n_match_gaia_group"] == (5, 9, 12) and rows[0]["d_xi"] == 0.1
+        assert rows[0]["attempts"] == 1 and rows[2]["attempts"] == 0
+        assert db.warnings_of("s0") == [("fit", "watch out")]
+        # a rerun replaces the stack's rows: nothing is doubled
+        db.record([_outcome("s0", d_xi=0.3)])
+        assert db.result_rows()[0]["d_xi"] == 0.3
+        assert db.warnings_of("s0") == []
+        assert db.counts() == {"done": 1, "failed": 1, "pending": 1}
+        # a stack dropped from the list leaves the table but keeps its rows
+        db.sync_stacks(st[1:], {})
+        assert [r["stackid"] for r in db.result_rows()] == ["s1", "s2"]
+    # reopened: the state is there
+    with database.RunDatabase(tmp_path / "c.sqlite") as db:
+        assert db.states()["s0"].status == "done"
+
+
+def test_database_transaction_is_all_or_nothing(tmp_path):
+    st = [stacks.StackInput("s0", "/d", "/g")]
+    with database.RunDatabase(tmp_path / "c.sqlite") as db:
+        db.sync_stacks(st, {})
+        bad = _outcome("s0")
+        del bad["row"]
+        with pytest.raises(KeyError):
+            db.record([_outcome("s0"), bad])
+        assert db.states()["s0"].status == "pending"
+
+
+def test_table_roundtrip(tmp_path):
+    rows = [{"stackid": "a", "status": "done", "d_xi": 0.25, "n_match_gaia_g1": 3,
+             "qa_reason": "FEWMATCH: only\n2", "needs_qa": True},
+            {"stackid": "b", "status": "failed", "error": "x"}]
+    rec = fmt.to_records(rows, 2)
+    assert rec["d_xi"][1] != rec["d_xi"][1] and rec["n_det"][0] == -1
+    assert rec["qa_reason"][0] == "FEWMATCH: only 2"
+    fmt.write_campaign_table(rec, tmp_path / "c.fits", header={"NSTACKS": 2})
+    back = fmt.read_campaign_table(tmp_path / "c.fits")
+    assert back.dtype.names == rec.dtype.names
+    assert back["stackid"].tolist() == ["a", "b"] and back["d_xi"][0] == 0.25
+    assert back["needs_qa"].tolist() == [True, False]
+    text = fmt.format_csv(rec)
+    header, first, second = text.splitlines()
+    assert header.split(",")[:2] == ["stackid", "status"]
+    assert ",0.25," in first and ",true," in first
+    assert math.isnan(float(back["d_eta"][0]))
+    with pytest.raises(InputError):
+        fmt.read_campaign_table(tmp_path / "nothing.fits")
+
+
+def test_progress_lines():
+    import logging
+
+    p = progress.Progress(10, log=logging.getLogger("x"), live=False, interval=1e9)
+    p.update(done=3)
+    p.update(failed=1, qa=0)
+    line = p.line()
+    assert line.startswith("4/10 stacks (40.0%): 3 done, 1 failed, 0 need QA;") and "ETA" in line
+
+
+def test_report_page_is_self_contained(tmp_path):
+    rows = [{"stackid": f"s{i}", "status": "done", "d_xi": 0.1 * i, "d_eta": -0.05 * i,
+             "shift": 0.1 * i, "d_xi_err": 0.02, "d_eta_err": 0.03, "n_used": 10 + i,
+             "n_match": 10 + i, "qa_flags": 4 if i == 3 else 0, "method": "direct"}
+            for i in range(6)]
+    rows.append({"stackid": "bad<1>", "status": "failed", "failed_step": "match",
+                 "error": "no <table>"})
+    rec = fmt.to_records(rows, 3)
+    page = report.write_report(tmp_path, rec)
+    text = page.read_text()
+    assert "bad&lt;1&gt;" in text and "no &lt;table&gt;" in text  # escaped
+    assert "http" not in text.replace('href="campaign', "")  # nothing external
+    for name in report.PLOTS:
+        assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
+    assert dict(report.qa_reason_counts(rec))["BIGSHIFT"] == 1
+    # an empty campaign still gives the four plots
+    empty = fmt.to_records([{"stackid": "x", "status": "failed"}], 3)
+    (tmp_path / "e").mkdir()
+    report.write_report(tmp_path / "e", empty)
+    assert all((tmp_path / "e" / n).stat().st_size > 1000 for n in report.PLOTS)
+    assert np.all(rec["status"][:6] == "done")
