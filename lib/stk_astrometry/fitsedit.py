@@ -39,7 +39,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,7 +48,7 @@ import numpy as np
 from typing import TYPE_CHECKING
 
 from stk_astrometry.errors import FormatError, OutputError, ProductError
-from stk_astrometry.fitsutil import fsync_directory, replace_durably
+from stk_astrometry.fitsutil import fsync_directory, make_temp, replace_durably
 
 if TYPE_CHECKING:  # only for annotations: astropy is imported where it is used
     from astropy.io import fits
@@ -72,7 +71,10 @@ __all__ = [
     "HduLayout",
     "Patch",
     "checksummed_header_bytes",
+    "commit_temp",
     "copy_file",
+    "discard_temp",
+    "gunzip_to_temp",
     "data_size_bytes",
     "datasum_of_range",
     "encode_checksum",
@@ -404,9 +406,11 @@ def _atomic_temp(dest):
     """Yield an open binary temp file next to ``dest``; fsync and rename it there on success."""
     dest = Path(dest)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+        fd, tmp = make_temp(dest)
     except OSError as exc:
         raise OutputError(f"cannot write in {dest.parent}: {exc.strerror}") from exc
+    # a second descriptor keeps the temp's lock (it marks a live writer's temp) until renamed
+    lock_fd = os.dup(fd)
     try:
         try:
             with os.fdopen(fd, "wb") as fh:
@@ -420,6 +424,8 @@ def _atomic_temp(dest):
         except OSError:
             pass
         raise
+    finally:
+        os.close(lock_fd)
 
 
 def _write_error(dest, exc: OSError) -> OutputError:
@@ -449,25 +455,52 @@ def _write_journal(path, patches) -> Path:
 
 
 def _read_journal(jpath):
+    """Parse a journal; a journal that is not exactly what _write_journal wrote is refused.
+
+    Checked: the magic line, a JSON object with the file's size and a list of
+    [offset, length] pairs of non-negative integers, and a body of exactly twice
+    the patches' total length (old bytes, then new bytes).
+
+    Raises
+    ------
+    ProductError
+        Unreadable, not a journal, corrupt or truncated.
+    """
     try:
         raw = Path(jpath).read_bytes()
     except OSError as exc:
         raise ProductError(f"cannot read journal {jpath}: {exc.strerror}") from exc
+
+    def bad(why):
+        return ProductError(
+            f"{jpath}: {why}; the file it belongs to was not touched - a journal is the repair "
+            "data of an interrupted update: inspect it (or restore the file from a copy) "
+            "before removing it")
+
     if not raw.startswith(_JOURNAL_MAGIC):
-        raise ProductError(f"{jpath}: not a stk_update_wcs journal")
+        raise bad("not a stk_update_wcs journal (no STKJOURNAL 1 line)")
     rest = raw[len(_JOURNAL_MAGIC):]
-    line, _, blob = rest.partition(b"\n")
+    line, sep, blob = rest.partition(b"\n")
     try:
-        meta = json.loads(line)
-    except ValueError as exc:
-        raise ProductError(f"{jpath}: unreadable journal header") from exc
-    sizes = [n for _, n in meta["patches"]]
-    total = sum(sizes)
+        meta = json.loads(line) if sep else None
+    except ValueError:
+        meta = None
+    if not isinstance(meta, dict):
+        raise bad("corrupt journal (unreadable header line)")
+    spans = meta.get("patches")
+    size = meta.get("size")
+    if (not isinstance(spans, list) or not isinstance(size, int) or isinstance(size, bool)
+            or not all(isinstance(sp, list) and len(sp) == 2
+                       and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
+                               for v in sp) for sp in spans)):
+        raise bad("corrupt journal (header line lacks the file size or the patch list)")
+    total = sum(n for _, n in spans)
     if len(blob) != 2 * total:
-        raise ProductError(f"{jpath}: truncated journal")
+        raise bad(f"truncated or corrupt journal ({len(blob)} bytes of patch data, its header "
+                  f"says {2 * total})")
     patches = []
     pos = 0
-    for (offset, n) in meta["patches"]:
+    for (offset, n) in spans:
         patches.append(Patch(offset, blob[pos:pos + n], blob[total + pos:total + pos + n]))
         pos += n
     return meta, patches
@@ -606,7 +639,7 @@ def recover(path) -> str | None:
     # device and inode change when a file is copied, restored or its file system remounted
     # (NFS): only noted; the size and the old-or-new bytes of every range decide
     moved = ""
-    if "ino" in meta and (st.st_ino, st.st_dev) != (meta["ino"], meta["dev"]):
+    if "ino" in meta and (st.st_ino, st.st_dev) != (meta.get("ino"), meta.get("dev")):
         moved = (f" (the file's device/inode {st.st_dev}/{st.st_ino} differ from the "
                  f"journal's {meta['dev']}/{meta['ino']}: taken as the same file moved, "
                  "copied or remounted, its bytes matching the journal)")
@@ -673,7 +706,11 @@ def _copy_range(src_fd, dst_fh, offset, length) -> None:
     dst_fh.seek(dst_pos)
 
 
-def rewrite_file(src, dest, pieces) -> None:
+#: gzip level of rewritten .fits.gz products: the gzip command's default (gzip -c).
+GZIP_LEVEL = 6
+
+
+def rewrite_file(src, dest, pieces, *, check=None, compress=False) -> None:
     """Assemble ``dest`` from ``pieces`` atomically (temp file + fsync + rename).
 
     Parameters
@@ -683,6 +720,11 @@ def rewrite_file(src, dest, pieces) -> None:
     dest : path
     pieces : iterable of bytes or (offset, length)
         New bytes, or a range of ``src`` streamed with ``os.copy_file_range``.
+    check : callable, optional
+        Called after the temporary file is complete and before it is renamed onto
+        ``dest``; raising there abandons the rewrite (the temp file is removed).
+    compress : bool
+        Write ``dest`` gzip-compressed (level :data:`GZIP_LEVEL`, streamed).
     """
     try:
         src_fd = os.open(src, os.O_RDONLY)
@@ -690,15 +732,78 @@ def rewrite_file(src, dest, pieces) -> None:
         raise OutputError(f"cannot read {src}: {exc.strerror}") from exc
     try:
         with _atomic_temp(dest) as out:     # an OSError in here -> "cannot write <dest>"
-            for piece in pieces:
-                if isinstance(piece, (bytes, bytearray, memoryview)):
-                    out.write(piece)
-                else:
-                    offset, length = piece
-                    _copy_range(src_fd, out, offset, length)
+            if compress:
+                _write_gzip(src_fd, out, pieces, Path(dest).name)
+            else:
+                for piece in pieces:
+                    if isinstance(piece, (bytes, bytearray, memoryview)):
+                        out.write(piece)
+                    else:
+                        offset, length = piece
+                        _copy_range(src_fd, out, offset, length)
             out.flush()
+            if check is not None:
+                check()
     finally:
         os.close(src_fd)
+
+
+def _write_gzip(src_fd, out, pieces, name) -> None:
+    import gzip
+
+    base = name[:-3] if name.lower().endswith(".gz") else name
+    with gzip.GzipFile(filename=base, fileobj=out, mode="wb", compresslevel=GZIP_LEVEL,
+                       mtime=0) as gz:
+        for piece in pieces:
+            if isinstance(piece, (bytes, bytearray, memoryview)):
+                gz.write(piece)
+                continue
+            offset, length = piece
+            while length > 0:
+                buf = os.pread(src_fd, min(length, _COPY_CHUNK), offset)
+                if not buf:
+                    raise FormatError(f"source file shorter than expected at byte {offset}")
+                gz.write(buf)
+                offset += len(buf)
+                length -= len(buf)
+
+
+def gunzip_to_temp(src, near) -> Path:
+    """Decompress the gzip file ``src`` into a new locked temporary file next to ``near``.
+
+    The temp file carries the name pattern of this module's temporary files
+    (``.<near name>.XXXXXXXX.tmp``), so a run killed while it exists leaves
+    debris the next run removes.  Release it with :func:`discard_temp`.
+
+    Raises
+    ------
+    FormatError
+        ``src`` is not a readable gzip stream (truncated, corrupt).
+    """
+    import gzip
+    import shutil
+    import zlib
+
+    near = Path(near)
+    try:
+        fd, tmp = make_temp(near)
+    except OSError as exc:
+        raise OutputError(f"cannot write in {near.parent}: {exc.strerror}") from exc
+    _TEMP_LOCKS[str(tmp)] = os.dup(fd)
+    try:
+        with os.fdopen(fd, "wb") as out, gzip.open(src, "rb") as gz:
+            shutil.copyfileobj(gz, out, _COPY_CHUNK)
+    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+        discard_temp(tmp)
+        raise FormatError(f"{src}: corrupt or truncated gzip file ({exc})") from exc
+    except OSError as exc:
+        discard_temp(tmp)
+        raise OutputError(f"cannot decompress {src} into {near.parent}: "
+                          f"{exc.strerror or exc}") from exc
+    except BaseException:
+        discard_temp(tmp)
+        raise
+    return tmp
 
 
 def copy_file(src, dest) -> Path:
@@ -709,9 +814,10 @@ def copy_file(src, dest) -> Path:
     dest = Path(dest)
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+        fd, tmp = make_temp(dest)
     except OSError as exc:
         raise OutputError(f"cannot copy {src} to {dest.parent}: {exc.strerror}") from exc
+    _TEMP_LOCKS[str(tmp)] = os.dup(fd)      # keeps the temp locked until commit/discard
     try:
         src_fd = os.open(src, os.O_RDONLY)
         try:
@@ -720,9 +826,27 @@ def copy_file(src, dest) -> Path:
         finally:
             os.close(src_fd)
     except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
+        discard_temp(tmp)
         raise OutputError(f"cannot copy {src} to {dest.parent}: {exc.strerror}") from exc
     return Path(tmp)
+
+
+#: Lock descriptors of the temporary files copy_file handed out (path -> fd).
+_TEMP_LOCKS: dict = {}
+
+
+def _release_temp(tmp) -> None:
+    fd = _TEMP_LOCKS.pop(str(tmp), None)
+    if fd is not None:
+        os.close(fd)
+
+
+def discard_temp(tmp) -> None:
+    """Remove a temporary file of :func:`copy_file` that will not be committed."""
+    try:
+        Path(tmp).unlink(missing_ok=True)
+    finally:
+        _release_temp(tmp)
 
 
 def commit_temp(tmp, dest) -> None:
@@ -731,3 +855,5 @@ def commit_temp(tmp, dest) -> None:
         replace_durably(tmp, dest)
     except OSError as exc:
         raise _write_error(dest, exc) from exc
+    finally:
+        _release_temp(tmp)
