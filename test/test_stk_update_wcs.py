@@ -45,7 +45,7 @@ def world(race, tmp_path_factory):
 
 DEFAULTS = {"unknown": "error", "dryrun": "no", "inverse": "no", "force": "no",
             "replace": "no", "scrub": "no", "clobber": "no", "verbose": "1", "mode": "h",
-            "product": "", "lock_timeout": "60"}
+            "product": "", "lock_timeout": "60", "qa_override": "no"}
 
 
 def run(*args):

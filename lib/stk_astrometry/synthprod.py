@@ -40,6 +40,7 @@ from stk_astrometry.products import PRODUCT_TABLE, instrument_grid
 from stk_astrometry.wcsupdate import attitude_quaternion
 
 __all__ = [
+    "COUNTS_IMAGE_KINDS",
     "PRODUCT_KINDS",
     "minimal_jpeg",
     "product_filename",
@@ -50,6 +51,9 @@ __all__ = [
 
 #: Every §5.6 product type (the names of :data:`stk_astrometry.products.PRODUCT_TABLE`).
 PRODUCT_KINDS = tuple(p.name for p in PRODUCT_TABLE)
+
+#: The counts images into which ``write_product(..., sources=)`` renders point sources.
+COUNTS_IMAGE_KINDS = ("ECORRIMG", "STKECORRIMG")
 
 _OBS_STEM = "{i}f{obsid:05d}_000N001"
 _STK_STEM = "{i}fJ1348473p263535_002N029"
@@ -339,9 +343,13 @@ def _write_events(path, kind, *, ra_nom, dec_nom, instrument, nrows, rng, traps,
 
 
 def _image(kind, *, ra_nom, dec_nom, instrument, rng, traps, shape=(64, 64), block=1.0,
-           dtype=np.float32):
+           dtype=np.float32, sources=None):
     pixel, crpix = instrument_grid(instrument)
+    # drawn even when replaced by rendered sources: the products after this one keep their
+    # random draws whether or not sources are rendered
     data = rng.poisson(3.0, shape).astype(dtype)
+    if sources is not None:
+        shape, block = tuple(sources.shape), float(sources.block)
     h = _base_header(kind, ra_nom=ra_nom, dec_nom=dec_nom, instrument=instrument, traps=traps,
                      hduname=kind)
     hdu = fits.PrimaryHDU(data=data)
@@ -352,7 +360,28 @@ def _image(kind, *, ra_nom, dec_nom, instrument, rng, traps, shape=(64, 64), blo
             hdu.header.append(card)
     _image_wcs(hdu.header, ra_nom=ra_nom, dec_nom=dec_nom, pixel_deg=pixel, crpix_sky=crpix,
                shape=shape, block=block, traps=traps)
+    if sources is not None:
+        hdu.data = _rendered(hdu.header, sources, pixel_deg=pixel)
     return [hdu]
+
+
+def _rendered(header, sources, *, pixel_deg):
+    """The counts image of ``sources`` (a :class:`skyimage.PointSources`) on ``header``'s grid.
+
+    int16 as a binned counts image is; a pixel above 32767 counts is clipped (saturated).
+    """
+    from stk_astrometry import skyimage
+
+    x, y = skyimage.sky_to_pixel(sources.ra_deg, sources.dec_deg, crval1=header["CRVAL1"],
+                                 crval2=header["CRVAL2"], crpix1=header["CRPIX1"],
+                                 crpix2=header["CRPIX2"], cdelt1=header["CDELT1"],
+                                 cdelt2=header["CDELT2"])
+    sigma_pix = np.asarray(sources.sigma_arcsec, dtype=float) / 3600.0 / abs(header["CDELT1"])
+    image = skyimage.render_counts_image(
+        sources.shape, x, y, sources.counts, sigma_pix,
+        background=sources.background * float(header["CDELT1P"]) ** 2,
+        rng=np.random.default_rng(sources.seed))
+    return np.clip(image, 0, np.iinfo(np.int16).max).astype(np.int16)
 
 
 def _region_table(name, *, ra_nom, dec_nom, instrument, eqsrc, rng, content, traps):
@@ -431,7 +460,8 @@ def _primary(kind, *, ra_nom, dec_nom, instrument, traps, level="obs", content=N
                                                level=level))
 
 
-def _build(kind, *, ra_nom, dec_nom, instrument, band, nrows, rng, traps, eqsrc):
+def _build(kind, *, ra_nom, dec_nom, instrument, band, nrows, rng, traps, eqsrc,
+           sources=None):
     pixel, crpix = instrument_grid(instrument)
     kw = {"ra_nom": ra_nom, "dec_nom": dec_nom, "instrument": instrument, "traps": traps}
     n = 50 if nrows is None else int(nrows)
@@ -439,7 +469,8 @@ def _build(kind, *, ra_nom, dec_nom, instrument, band, nrows, rng, traps, eqsrc)
                 "REGEXPMAP", "STKECORRIMG", "STKBKGIMG", "STKEXPMAP", "SENSITY", "THETAMEAN",
                 "STKREGIMG"):
         dtype = np.int16 if kind == "PIXMASK" else np.float32
-        return _image(kind, rng=rng, dtype=dtype, **kw)
+        return _image(kind, rng=rng, dtype=dtype,
+                      sources=sources if kind in COUNTS_IMAGE_KINDS else None, **kw)
     if kind == "ASPSOL3":
         t = np.arange(n) * 0.256
         ra = np.full(n, ra_nom) + rng.normal(0, 1e-4, n)
@@ -594,7 +625,7 @@ def _mrgsrc(n, *, ra_nom, dec_nom, instrument, band, rng, traps):
 
 def write_product(kind: str, path, *, ra_nom: float, dec_nom: float, instrument: str = "ACIS",
                   band: str = "b", nrows: int | None = None, rng=None, traps: bool = False,
-                  eqsrc: str | None = None) -> Path:
+                  eqsrc: str | None = None, sources=None) -> Path:
     """Write one synthetic product of type ``kind``.
 
     Parameters
@@ -617,6 +648,10 @@ def write_product(kind: str, path, *, ra_nom: float, dec_nom: float, instrument:
     eqsrc : {'missing', 'wrong', 'good'}, optional
         State of the EQSRC of ECF90REG/SRCREG/BKGREG tables (default missing for
         ECF90REG, wrong for SRCREG/BKGREG, as spec-notes 18 says they are).
+    sources : stk_astrometry.skyimage.PointSources, optional
+        For the counts images (:data:`COUNTS_IMAGE_KINDS`): render these sources on their
+        grid (shape, block) as an int16 Poisson counts image, instead of 64x64 pixels of
+        noise.  Its own seed: the ``rng`` stream is not used for the image.
 
     Returns
     -------
@@ -634,7 +669,7 @@ def write_product(kind: str, path, *, ra_nom: float, dec_nom: float, instrument:
                       nrows=1000 if nrows is None else int(nrows), rng=rng, traps=traps)
         return path
     hdus = _build(kind, ra_nom=ra_nom, dec_nom=dec_nom, instrument=instrument, band=band,
-                  nrows=nrows, rng=rng, traps=traps, eqsrc=eqsrc)
+                  nrows=nrows, rng=rng, traps=traps, eqsrc=eqsrc, sources=sources)
     fits.HDUList(hdus).writeto(path, overwrite=True, checksum=True)
     return path
 

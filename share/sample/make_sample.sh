@@ -6,8 +6,9 @@
 #
 # The sample keeps the stack's catalogs and truth file, and one product of each kind of
 # update of spec §5.6 (EQPOS image and event WCS, EQSRC regions, ASPSOL3 columns + STKXFM,
-# source-list columns, keywords only, nothing to do, header scrub, JPG) -- so it stays well
-# under 1 MB.  The test suite covers every product type; stk_simulate writes them all.
+# source-list columns, keywords only, nothing to do, header scrub, JPG) -- about 1.6 MB, most
+# of it the two counts images (512 x 512 int16, the sources rendered for stk_qa's postage
+# stamps).  The test suite covers every product type; stk_simulate writes them all.
 set -e
 cd "$(dirname "$0")/../.."
 . share/scripts/ensure_venv.sh

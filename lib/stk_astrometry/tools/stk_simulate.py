@@ -163,15 +163,18 @@ def write_products(sim, folder, *, rng):
     its CSC-like tree (``obs/<obsid>/``, ``obs/<obsid>/r0012/``, ``stack/``,
     ``stack/r0012/``, ``master/``), all pointed at the stack's tangent point;
     stack-level file names carry this stack's id instead of synthprod's example
-    stack.  Returns the list of paths, in ``PRODUCT_KINDS`` order.
+    stack.  The counts images (observation and stack ``_b_img3``) show the simulated
+    sources (:func:`stk_astrometry.skyimage.simulated_sources`).  Returns the list of
+    paths, in ``PRODUCT_KINDS`` order.
     """
-    from .. import synthprod
+    from .. import skyimage, synthprod
     from ..products import PRODUCT_TABLE
 
     levels = {p.name: p.level for p in PRODUCT_TABLE}
     sub = {"observation": "obs/14031", "observation source": "obs/14031/r0012",
            "stack": "stack", "stack source": "stack/r0012", "master": "master"}
     cfg = sim.config
+    sources = skyimage.simulated_sources(sim)
     example_stack = synthprod.product_filename("STKEVT3", instrument=cfg.instrument)
     example_stack = example_stack[: example_stack.index("N")]  # e.g. acisfJ1348473p263535_002
     # Master products are named after a source; give them this stack's position.
@@ -186,7 +189,8 @@ def write_products(sim, folder, *, rng):
         name = name.replace(example_stack, sim.stack_id).replace(example_master, master)
         paths.append(synthprod.write_product(kind, where / name, ra_nom=cfg.ra_stack_deg,
                                              dec_nom=cfg.dec_stack_deg,
-                                             instrument=cfg.instrument, rng=rng))
+                                             instrument=cfg.instrument, rng=rng,
+                                             sources=sources))
     return paths
 
 

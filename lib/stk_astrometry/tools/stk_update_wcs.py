@@ -256,6 +256,8 @@ class TransformInput:
     xfm: wcsupdate.Transform
     hdu_bytes: bytes = field(repr=False)
     path: str = ""
+    qa_flags: int = 0          # QAFLAGS of the STKXFM HDU (0: none, or not recorded)
+    qa_decision: str = ""      # QADECIS: 'accept', 'refit', 'reject' or '' (not reviewed)
 
 
 def read_transform(spec: str) -> TransformInput:
@@ -320,12 +322,42 @@ def read_transform(spec: str) -> TransformInput:
                 "this release applies translations only")
         xfm = wcsupdate.Transform.from_shift(vals["d_xi"], vals["d_eta"], vals["ra_ref"],
                                              vals["dec_ref"], matrix=matrix)
+        qa_flags = hdu.header.get("QAFLAGS", 0)
+        qa_flags = qa_flags if isinstance(qa_flags, int) and not isinstance(qa_flags, bool) else 0
+        qa_decision = str(hdu.header.get("QADECIS", "") or "").strip().lower()
         out = fits.BinTableHDU(data=hdu.data.copy(), header=hdu.header.copy(), name="STKXFM")
         out.header["STKXFMID"] = (xfm.xfm_id, "stk_update_wcs: id of this transform")
         buf = io.BytesIO()
         fits.HDUList([fits.PrimaryHDU(), out]).writeto(buf, checksum=True)
         hdu_bytes = buf.getvalue()[fitsedit.BLOCK:]
-    return TransformInput(xfm, hdu_bytes, str(path))
+    return TransformInput(xfm, hdu_bytes, str(path), qa_flags, qa_decision)
+
+
+def check_qa_review(transform: TransformInput, *, override: bool) -> str | None:
+    """Refuse a transform that needs a human review and has not had one (spec §5.7).
+
+    A transform with QA flags set must carry the operator's decision ``accept`` or ``refit``
+    (keyword QADECIS, written by stk_qa); a ``reject`` decision is refused whatever its flags.
+    Returns the warning to log when ``override`` lets it through, None when there is nothing
+    to say.
+
+    Raises
+    ------
+    InputError
+        Not reviewed, or rejected, and ``override`` is false.
+    """
+    decision = transform.qa_decision
+    if decision == "reject":
+        problem = "was rejected in QA review (QADECIS = 'reject')"
+    elif transform.qa_flags and decision not in ("accept", "refit"):
+        problem = (f"has QA flags {transform.qa_flags} and no QA decision (QADECIS "
+                   f"{decision or 'not set'}); review it with stk_qa (spec 5.7)")
+    else:
+        return None
+    if not override:
+        raise InputError(f"transformfile={transform.path}: the transform {problem}; "
+                         "qa_override=yes applies it anyway")
+    return f"qa_override=yes: applying a transform that {problem}"
 
 
 # --------------------------------------------------------------------------- planning
@@ -1273,6 +1305,10 @@ def _body(params) -> int:
         raise ParameterError(f"lock_timeout={params['lock_timeout']}: must be a number of "
                              "seconds >= 0")
     transform = read_transform(params["transformfile"])
+    if not params["inverse"]:     # undoing is always allowed
+        warning = check_qa_review(transform, override=bool(params["qa_override"]))
+        if warning:
+            logger.warning("%s", warning)
     walked = []
     files, notes = expand_inputs(params["infile"], walked)
     outdir = params["outdir"]
