@@ -475,6 +475,9 @@ def _build(kind, *, ra_nom, dec_nom, instrument, band, nrows, rng, traps, eqsrc,
         t = np.arange(n) * 0.256
         ra = np.full(n, ra_nom) + rng.normal(0, 1e-4, n)
         dec = np.full(n, dec_nom) + rng.normal(0, 1e-4, n)
+        # the draw the q_att column was once made of: kept so that every product made
+        # after this one keeps its random numbers
+        rng.normal(0, 1, (n, 4))
         asp = _simple_table(kind, "ASPSOL", [
             fits.Column("time", "D", unit="s", array=1e8 + t),
             fits.Column("ra", "D", unit="deg", array=ra),
