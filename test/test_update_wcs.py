@@ -28,8 +28,10 @@ def xfm_file(tmp_path):
                                   ra_ref_deg=RA_REF, dec_ref_deg=DEC_REF)
 
 
+# verbose=3: the report's every change (the tests read it)
 DEFAULTS = {"unknown": "error", "dryrun": "no", "inverse": "no", "force": "no", "scrub": "no",
-            "clobber": "no", "verbose": "1", "mode": "h"}
+            "clobber": "no", "verbose": "3", "mode": "h", "replace": "no", "product": "",
+            "lock_timeout": "60"}
 
 
 def run(*args):

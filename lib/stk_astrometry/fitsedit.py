@@ -362,20 +362,37 @@ def header_checksum_ok(raw_header: bytes, header) -> int | None:
     return None
 
 
-def checksummed_header_bytes(header, datasum: int, *, nblocks=None) -> bytes | None:
+_CHECKSUM_CARD = b"CHECKSUM= '0000000000000000'"
+
+
+def checksummed_header_bytes(header, datasum: int, *, nblocks=None,
+                             spare: int = 0) -> bytes | None:
     """Serialise ``header`` with fresh DATASUM and CHECKSUM for a data unit of sum ``datasum``.
 
-    The header is modified in place (the two keywords).  Returns None when
-    ``nblocks`` is given and the header does not fit.
+    The header is modified in place (the two keywords).  ``nblocks``: exactly that
+    many blocks, None returned when the header does not fit; otherwise the fewest
+    blocks plus ``spare`` blank ones.  The header is formatted once: CHECKSUM is
+    formatted as sixteen zeros, the sum taken over the bytes, and the encoded
+    value written over the zeros (FITS Standard 4.0 Appendix J: the zeros are the
+    value the sum is defined with).
     """
     header["DATASUM"] = (str(datasum), "data unit checksum")
     header["CHECKSUM"] = ("0" * 16, "HDU checksum")
-    raw = serialize_header(header, nblocks=nblocks)
-    if raw is None:
-        return None
-    total = ones_complement_sum(raw, datasum)
-    header["CHECKSUM"] = encode_checksum(~total & 0xFFFFFFFF)
-    return serialize_header(header, nblocks=nblocks)
+    if nblocks is None:
+        raw = serialize_header(header)
+        if spare:
+            raw = serialize_header(header, nblocks=len(raw) // BLOCK + spare)
+    else:
+        raw = serialize_header(header, nblocks=nblocks)
+        if raw is None:
+            return None
+    at = next((i for i in range(0, len(raw), CARD) if raw.startswith(_CHECKSUM_CARD, i)), None)
+    if at is None:          # cannot happen: the card was just set
+        raise FormatError("internal error: CHECKSUM card not formatted")
+    value = encode_checksum(~ones_complement_sum(raw, datasum) & 0xFFFFFFFF).encode("ascii")
+    raw = raw[:at + 11] + value + raw[at + 27:]
+    header["CHECKSUM"] = value.decode("ascii")
+    return raw
 
 
 # --------------------------------------------------------------------------- writing

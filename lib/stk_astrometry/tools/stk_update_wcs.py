@@ -20,6 +20,7 @@ import re
 import stat
 import tempfile
 import traceback
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -458,11 +459,51 @@ def _column_pairs(header, ptype, hdu_name, *, generic: bool, notes, label):
     return pairs
 
 
-def _table_dtype(path, index):
-    from astropy.io import fits
+_TFORM = re.compile(r"^\s*(\d*)([LXBIJKAEDCMPQ])", re.IGNORECASE)
+_TFORM_TYPES = {"L": ("V", 1), "B": ("u1", 1), "I": (">i2", 2), "J": (">i4", 4),
+                "K": (">i8", 8), "A": ("V", 1), "E": (">f4", 4), "D": (">f8", 8),
+                "C": ("V", 8), "M": ("V", 16), "P": ("V", 8), "Q": ("V", 16)}
 
-    with fits.open(path, memmap=True, lazy_load_hdus=True) as hdul:
-        return hdul[index].data.view(np.ndarray).dtype
+
+def _table_dtype(header):
+    """The numpy record dtype of a binary table's rows, from its TFORMn (no file opened).
+
+    Numbers get their big-endian types (a repeat count > 1 a sub-array); strings,
+    logicals, bits, complex and heap descriptors are opaque bytes (never edited).
+    """
+    from stk_astrometry.errors import FormatError
+
+    names, formats, offsets = [], [], []
+    offset = 0
+    for n in range(1, int(header.get("TFIELDS", 0) or 0) + 1):
+        tform = str(header.get(f"TFORM{n}", ""))
+        m = _TFORM.match(tform)
+        if not m:
+            raise FormatError(f"TFORM{n} = {tform!r} is not a binary table format")
+        repeat = int(m.group(1)) if m.group(1) else 1
+        code = m.group(2).upper()
+        if code == "X":
+            fmt, size = f"V{-(-repeat // 8)}", -(-repeat // 8)
+        else:
+            base, width = _TFORM_TYPES[code]
+            if base == "V":
+                fmt, size = f"V{width * repeat}", width * repeat
+            else:
+                fmt = base if repeat == 1 else (base, (repeat,))
+                size = width * repeat
+        if size:
+            names.append(str(header.get(f"TTYPE{n}", f"col{n}")).strip() or f"col{n}")
+            formats.append(fmt)
+            offsets.append(offset)
+        offset += size
+    if offset != int(header["NAXIS1"]):
+        raise FormatError(f"TFORMn add up to {offset} bytes per row, NAXIS1 says "
+                          f"{header['NAXIS1']}")
+    try:
+        return np.dtype({"names": names, "formats": formats, "offsets": offsets,
+                         "itemsize": offset})
+    except ValueError as exc:          # e.g. two columns of one name
+        raise FormatError(f"unusable table columns: {exc}") from exc
 
 
 def _move_columns(path, layout, pairs, steps, *, label, quats=(), notes=None):
@@ -480,7 +521,7 @@ def _move_columns(path, layout, pairs, steps, *, label, quats=(), notes=None):
         raw = os.pread(fd, layout.data_size, layout.data_offset)
     finally:
         os.close(fd)
-    dtype = _table_dtype(path, layout.index)
+    dtype = _table_dtype(header)
     arr = np.frombuffer(raw[:nrow_bytes], dtype=dtype).copy()
     fields = {n.lower(): n for n in arr.dtype.names}
     changes = []
@@ -878,16 +919,12 @@ def _hdu_bytes_plan(path, plan: HduPlan, notes, *, pad=False):
             notes.append(wcsupdate.Note(plan.label, "input CHECKSUM blank or stale: DATASUM "
                                                     "recomputed from the data"))
     nblocks = lay.header_size // fitsedit.BLOCK
-    header = plan.header.copy()
+    header = plan.header                      # our own copy: DATASUM/CHECKSUM set on it
     fitted = None if pad else fitsedit.checksummed_header_bytes(header, datasum, nblocks=nblocks)
     if fitted is not None:
         return fitted, True
     # grown: leave spare blocks so that the next edits (each adds ~15 HISTORY cards) fit in place
-    header = plan.header.copy()
-    grown = fitsedit.checksummed_header_bytes(header, datasum)
-    spare = len(grown) // fitsedit.BLOCK + SPARE_BLOCKS
-    header = plan.header.copy()
-    return fitsedit.checksummed_header_bytes(header, datasum, nblocks=spare), False
+    return fitsedit.checksummed_header_bytes(header, datasum, spare=SPARE_BLOCKS), False
 
 
 def _assemble(src: Path, plans, notes):
@@ -1244,19 +1281,72 @@ def _own_file(src: Path, layouts, ctx: RunContext) -> str:
 
 # --------------------------------------------------------------------------- report
 
-def _report(result: FileResult) -> None:
+#: Logging levels of the report (runner.VERBOSE_LEVELS): verbose=1 one line per file,
+#: 2 the planned changes per HDU and the notes, 3 every keyword and column changed.
+_PER_FILE = logging.INFO
+_PER_HDU = 17
+_PER_KEYWORD = 15
+
+#: Notes that tell of an earlier failure or of a file left alone: warnings, not chatter.
+_WARN_NOTES = ("journal found", "left by an interrupted run", "a real run would fail")
+
+
+def _report(result: FileResult, stack: str) -> None:
+    """Log one file's outcome: errors and warnings name the stack and the file."""
+    where = f"stack {stack}: " if stack else ""
     if result.failed:
         text = result.action
         if text.startswith(f"{result.path}: ") or text.startswith(f"{result.path} "):
-            logger.error("%s", text)          # the message names the file already
+            logger.error("%s%s", where, text)          # the message names the file already
         else:
-            logger.error("%s: %s", result.path, text)
+            logger.error("%s%s: %s", where, result.path, text)
         return
-    logger.info("%s: %s (%s) -> %s", result.path, result.ptype, result.reason, result.action)
-    for change in result.changes:
-        logger.info("    %s", change.describe())
+    if result.category == "skipped" and result.ptype == "NOT RECOGNISED":
+        logger.warning("%s%s: %s", where, result.path, result.action)
+    logger.log(_PER_FILE, "%s: %s (%s) -> %s", result.path, result.ptype, result.reason,
+               result.action)
     for note in result.notes:
-        logger.info("    note: %s", note.describe())
+        if any(w in note.message for w in _WARN_NOTES):
+            logger.warning("%s%s: %s", where, result.path, note.describe())
+    if not logger.isEnabledFor(_PER_HDU):
+        return
+    by_hdu = {}
+    for change in result.changes:
+        by_hdu.setdefault(change.hdu, []).append(change)
+    for hdu, changes in by_hdu.items():
+        kinds = {}
+        for c in changes:
+            kinds.setdefault(c.what, []).append(c)
+        parts = []
+        for what, cs in kinds.items():
+            if what == "columns":
+                parts += [f"{c.key} ({c.new})" for c in cs]
+            elif what == "record":
+                parts.append("transform record " + ", ".join(
+                    f"{c.key}{'' if c.new is None or c.key.startswith('HDU') else '=' + str(c.new)}"
+                    f"{' removed' if c.new is None else ''}"
+                    for c in cs if c.key in ("STKXFMID", "HDU STKXFM", "EXTVER")))
+            else:
+                parts.append(f"{len(cs)} {what} keyword(s)")
+        logger.log(_PER_HDU, "    [%s] %s", hdu, "; ".join(p for p in parts if p))
+        if logger.isEnabledFor(_PER_KEYWORD):
+            for change in changes:
+                logger.log(_PER_KEYWORD, "        %s", change.describe())
+    for note in result.notes:
+        logger.log(_PER_HDU, "    note: %s", note.describe())
+
+
+def _stack_of(transform: TransformInput) -> str:
+    """The stack the transform belongs to (STACKID of its STKXFM HDU), '' if not recorded."""
+    head = transform.hdu_bytes[:fitsedit.BLOCK * 8]
+    for i in range(0, len(head) - 79, 80):
+        card = head[i:i + 80]
+        if card.startswith(b"STACKID ="):
+            value = card[10:].split(b"/")[0].strip().strip(b"'").strip()
+            return value.decode("ascii", "replace")
+        if card.startswith(b"END     "):
+            break
+    return ""
 
 
 def runner_verbose_level(verbose: int) -> int:
@@ -1357,7 +1447,11 @@ def _body(params) -> int:
         finally:
             _remove_new_empty_folders(outdir, before)
     summary = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
-    logger.info("%d file(s): %s", len(files), summary)
+    line = f"{len(files)} file(s): {summary}"
+    if logger.isEnabledFor(logging.INFO):
+        logger.info("%s", line)
+    else:
+        print(line, flush=True)           # verbose=0: the summary line only
     if failed:
         logger.error("%d of %d file(s) failed (the others were completed; see above)",
                      failed, len(files))
@@ -1369,9 +1463,17 @@ def _process_all(files, ctx: RunContext):
     """Process every input; return (counts per category, number failed)."""
     counts = {}
     failed = 0
+    stack = _stack_of(ctx.transform)
     for item in files:
         try:
-            result = process_file(item, ctx)
+            with warnings.catch_warnings(record=True) as caught:
+                # a library's warning (astropy's on an odd header) is chatter about this file:
+                # shown at verbose >= 2, never raw on stderr
+                warnings.simplefilter("always")
+                result = process_file(item, ctx)
+            for w in caught:
+                result.notes.append(wcsupdate.Note(
+                    item.path.name, f"{w.category.__name__}: {str(w.message).strip()}"))
         except StkError as exc:
             result = FileResult(item.path, action=str(exc), failed=True, category="failed")
             failed += 1
@@ -1383,7 +1485,7 @@ def _process_all(files, ctx: RunContext):
                                                   f"traceback): {type(exc).__name__}: {exc}",
                                 failed=True, category="failed")
             failed += 1
-        _report(result)
+        _report(result, stack)
         counts[result.category] = counts.get(result.category, 0) + 1
     return counts, failed
 
