@@ -15,6 +15,9 @@ GOLDEN = Path(__file__).resolve().parent / "golden"
 sys.path.insert(0, str(GOLDEN))
 import chain  # noqa: E402  (test/golden/chain.py)
 
+# the chain runs once per worker that gets one of these tests: keep them on one worker
+pytestmark = pytest.mark.xdist_group("golden")
+
 
 @pytest.fixture(scope="module")
 def chain_outputs(tmp_path_factory):

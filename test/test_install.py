@@ -15,7 +15,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
-TOOLS = ["stk_match", "stk_xfm", "stk_update_wcs", "stk_simulate"]
+# the wheel is built once per worker that gets one of these tests: keep them on one worker
+pytestmark = pytest.mark.xdist_group("install")
+
+TOOLS = ["stk_match", "stk_xfm", "stk_update_wcs", "stk_simulate", "stk_simpop"]
 
 
 @pytest.fixture(scope="module")

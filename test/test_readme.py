@@ -29,3 +29,12 @@ def test_setup_scripts_exist():
     for block in _shell_blocks():
         script = block.split()[1]
         assert (REPO / script).is_file(), script
+
+
+def test_test_command_runs_in_parallel_and_passes_pytest_options_through():
+    """run_tests.sh spreads the suite over the cores and hands its arguments to pytest, after
+    its own options (so `-n 0` or `-k name` given by the user win)."""
+    script = (REPO / "test" / "run_tests.sh").read_text()
+    (pytest_line,) = [line for line in script.splitlines() if "-m pytest" in line]
+    assert "-n " in pytest_line and pytest_line.rstrip().endswith('"$@"')
+    assert "pytest-xdist" in (REPO / "setup.cfg").read_text()

@@ -1,0 +1,133 @@
+"""Tests of the §5.5.7 absolute-error estimator (stk_astrometry.core.abserr).
+
+Synthetic offsets drawn from the model with a known systematic term (zero included), stated
+errors log-uniform over CSC's range with elliptical shapes; seeded, so deterministic.
+"""
+
+import math
+
+import numpy as np
+import pytest
+from stk_astrometry.core.abserr import (
+    SIGMA_TO_R95,
+    ellipse_covariance,
+    fit_absolute_error,
+    fit_absolute_error_by_group,
+    normalised_offsets,
+    rayleigh_cdf,
+    rayleigh_pdf,
+)
+
+SEED = 20261205
+
+
+def draw_offsets(rng, n, sigma_sys, *, chance_frac=0.0, radius=3.0):
+    """Offsets ~ N2(0, C_i + s^2 I) with CSC-like ellipses; a fraction uniform in a disk."""
+    sig = np.exp(rng.uniform(math.log(0.05), math.log(0.6), n))
+    ratio = rng.uniform(0.6, 1.0, n)
+    cxx, cyy, cxy = ellipse_covariance(sig / np.sqrt(ratio), sig * np.sqrt(ratio),
+                                       rng.uniform(0.0, 180.0, n), radius_to_sigma=1.0)
+    s2 = sigma_sys**2
+    vxx, vyy = cxx + s2, cyy + s2
+    l11 = np.sqrt(vxx)
+    l21 = cxy / l11
+    l22 = np.sqrt(vyy - l21**2)
+    z1, z2 = rng.standard_normal(n), rng.standard_normal(n)
+    dx, dy = l11 * z1, l21 * z1 + l22 * z2
+    nb = round(chance_frac * n)
+    r = radius * np.sqrt(rng.random(nb))
+    phi = rng.random(nb) * 2.0 * np.pi
+    dx[:nb], dy[:nb] = r * np.sin(phi), r * np.cos(phi)
+    return dx, dy, cxx, cyy, cxy
+
+
+def test_ellipse_covariance_matches_rotation():
+    cxx, cyy, cxy = ellipse_covariance([2.0], [1.0], [90.0], radius_to_sigma=1.0)
+    # Major axis along +xi (east): variance 4 in xi, 1 in eta.
+    np.testing.assert_allclose([cxx[0], cyy[0], cxy[0]], [4.0, 1.0, 0.0], atol=1e-12)
+    cxx, cyy, cxy = ellipse_covariance([2.0 * SIGMA_TO_R95], [SIGMA_TO_R95], [45.0])
+    np.testing.assert_allclose([cxx[0], cyy[0], cxy[0]], [2.5, 2.5, 1.5], atol=1e-12)
+
+
+def test_rayleigh_pdf_and_cdf_agree():
+    x = np.linspace(0.0, 6.0, 6001)
+    integral = np.concatenate([[0.0], np.cumsum(0.5 * (rayleigh_pdf(x[1:]) + rayleigh_pdf(x[:-1]))
+                                                * np.diff(x))])
+    np.testing.assert_allclose(integral, rayleigh_cdf(x), atol=1e-6)
+
+
+def test_normalised_offsets_are_rayleigh_under_the_model():
+    from scipy.stats import kstest
+
+    rng = np.random.default_rng(SEED)
+    dx, dy, cxx, cyy, cxy = draw_offsets(rng, 5000, 0.2)
+    x = normalised_offsets(dx, dy, cxx, cyy, cxy, sigma_sys_arcsec=0.2)
+    assert kstest(x, "rayleigh").pvalue > 1e-3
+    # Without the systematic term they are too wide: the test can tell.
+    x0 = normalised_offsets(dx, dy, cxx, cyy, cxy)
+    assert kstest(x0, "rayleigh").pvalue < 1e-10
+
+
+@pytest.mark.parametrize("sigma_sys", [0.05, 0.15, 0.3])
+def test_recovers_injected_systematic_within_ten_percent(sigma_sys):
+    rng = np.random.default_rng(SEED + int(sigma_sys * 1000))
+    res = fit_absolute_error(*draw_offsets(rng, 3000, sigma_sys))
+    assert abs(res.sigma_sys_arcsec / sigma_sys - 1.0) < 0.10, res
+    assert res.sigma_lo_arcsec <= sigma_sys <= res.sigma_hi_arcsec, res
+    assert res.r95_arcsec == pytest.approx(SIGMA_TO_R95 * res.sigma_sys_arcsec)
+    assert res.f_true == 1.0 and res.n == 3000 and res.n_dropped == 0
+
+
+def test_zero_systematic_gives_zero_within_a_tight_interval():
+    rng = np.random.default_rng(SEED + 1)
+    res = fit_absolute_error(*draw_offsets(rng, 3000, 0.0))
+    assert res.sigma_lo_arcsec == 0.0
+    assert res.sigma_sys_arcsec < 0.02 and res.sigma_hi_arcsec < 0.03, res
+
+
+def test_interval_coverage_over_seeded_repeats():
+    rng = np.random.default_rng(SEED + 2)
+    covered = []
+    for _ in range(40):
+        res = fit_absolute_error(*draw_offsets(rng, 800, 0.15), level=0.95)
+        covered.append(res.sigma_lo_arcsec <= 0.15 <= res.sigma_hi_arcsec)
+    # Nominal 95 %; 40 repeats: >= 34 fails only for a coverage well below 90 %.
+    assert sum(covered) >= 34, sum(covered)
+
+
+def test_chance_matches_need_the_background_term():
+    rng = np.random.default_rng(SEED + 3)
+    data = draw_offsets(rng, 3000, 0.15, chance_frac=0.1, radius=3.0)
+    naive = fit_absolute_error(*data)
+    robust = fit_absolute_error(*data, background_radius_arcsec=3.0)
+    assert naive.sigma_sys_arcsec > 0.3  # chance matches inflate a pure-Gaussian fit
+    assert abs(robust.sigma_sys_arcsec / 0.15 - 1.0) < 0.10, robust
+    assert robust.f_true == pytest.approx(0.9, abs=0.02)
+
+
+def test_extra_covariance_is_added_in_quadrature():
+    rng = np.random.default_rng(SEED + 4)
+    dx, dy, cxx, cyy, cxy = draw_offsets(rng, 3000, 0.2)
+    # Declare 0.12 of the 0.2 as known extra covariance: the systematic left is 0.16.
+    e = np.full(dx.size, 0.12**2)
+    res = fit_absolute_error(dx, dy, cxx, cyy, cxy, extra_cov=(e, e, np.zeros_like(e)))
+    assert res.sigma_sys_arcsec == pytest.approx(0.16, rel=0.1)
+
+
+def test_by_group_separates_instruments():
+    rng = np.random.default_rng(SEED + 5)
+    a = draw_offsets(rng, 2000, 0.1)
+    b = draw_offsets(rng, 2000, 0.3)
+    data = [np.concatenate([u, v]) for u, v in zip(a, b, strict=True)]
+    groups = np.array(["ACIS"] * 2000 + ["HRC"] * 2000, dtype=object)
+    out = fit_absolute_error_by_group(groups, *data)
+    assert list(out) == ["ACIS", "HRC"]
+    assert out["ACIS"].sigma_sys_arcsec == pytest.approx(0.1, rel=0.1)
+    assert out["HRC"].sigma_sys_arcsec == pytest.approx(0.3, rel=0.1)
+
+
+def test_too_few_offsets_and_bad_values():
+    res = fit_absolute_error([0.1, np.nan], [0.1, 0.2], [0.01, 0.01], [0.01, 0.01], min_n=5)
+    assert math.isnan(res.sigma_sys_arcsec) and res.n == 1 and res.n_dropped == 1
+    with pytest.raises(ValueError, match="level"):
+        fit_absolute_error([0.1] * 10, [0.1] * 10, 0.01, 0.01, level=1.5)
