@@ -11,7 +11,9 @@ from astropy.io import fits
 from astropy.table import Table
 from stk_astrometry.fitsutil import get_keyword
 from stk_astrometry.tangent import tangent_to_sky
-from stk_astrometry.tools.stk_match import main, parse_sep_bins, select_stack
+from stk_astrometry.api import parse_sep_bins
+from stk_astrometry.formats.catalogs import select_stack
+from stk_astrometry.tools.stk_match import main
 
 SEED = 31415
 REPO = Path(__file__).resolve().parents[1]

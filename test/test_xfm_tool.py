@@ -10,7 +10,10 @@ import pytest
 from astropy.io import fits
 from stk_astrometry.fitsutil import get_keyword, set_keyword
 from stk_astrometry.tangent import shift_sky, sky_to_tangent, tangent_to_sky
-from stk_astrometry.tools import stk_xfm
+from stk_astrometry import stackfit, xfmfit
+from stk_astrometry.formats import idlist
+from stk_astrometry.formats import pairs as pairs_format
+from stk_astrometry.formats.transform import Component
 from stk_astrometry.tools.stk_xfm import main
 
 SEED = 4711
@@ -478,7 +481,7 @@ def test_bad_id_list(tmp_path, rng, capsys):
 
 
 def test_parse_id_list():
-    ids = stk_xfm.parse_id_list("# c\n 5, 3 7\n\n3\t9 # x\n")
+    ids = idlist.parse_id_list("# c\n 5, 3 7\n\n3\t9 # x\n")
     assert list(ids) == [3, 5, 7, 9]
 
 
@@ -632,15 +635,15 @@ def test_mixture_two_step_without_detection_pairs_is_the_identity(tmp_path, rng)
     wg = stack.wise_gaia(rng, 50, (0.3, 0.2))
     infile = stack.write(tmp_path / "pairs.fits", method="twostep",
                          wise=stack.pairs("WISE_PAIRS", sig=0.1), wise_gaia=wg)
-    pin = stk_xfm.read_pairs_file(infile)
-    mix = stk_xfm._run_mixture(pin, stk_xfm.xfmfit.PairSet.empty(), pin.pairs("WISE_GAIA"),
-                               sys_floor=0.0, max_shift=5.0)
+    pin = pairs_format.read_pairs(infile)
+    mix = stackfit.run_mixture(pin, xfmfit.PairSet.empty(), pin.pairs("WISE_GAIA"),
+                                sys_floor=0.0, max_shift=5.0)
     assert not mix.ok
     assert (mix.total.d_xi, mix.total.d_eta) == (0.0, 0.0)
     assert np.all(np.isnan(mix.total.cov))
     # and without ALLWISE-Gaia pairs: the detection leg's shift, NaN errors
-    mix = stk_xfm._run_mixture(pin, pin.pairs("WISE_PAIRS"), stk_xfm.xfmfit.PairSet.empty(),
-                               sys_floor=0.0, max_shift=5.0)
+    mix = stackfit.run_mixture(pin, pin.pairs("WISE_PAIRS"), xfmfit.PairSet.empty(),
+                                sys_floor=0.0, max_shift=5.0)
     assert mix.total.d_xi == mix.components[1].d_xi and np.all(np.isnan(mix.total.cov))
     assert mix.extra_nomatch
 
@@ -676,11 +679,11 @@ def test_disagreement_without_wise_gaia_compares_the_detection_legs(tmp_path, rn
 
 
 def test_disagreement_function():
-    a = stk_xfm.Component("TOTAL", 0.0, 0.0, np.eye(2) * 0.01, 5, 1, 0, 0)
-    b = stk_xfm.Component("TOTAL", 0.5, 0.0, np.eye(2) * 0.01, 5, 1, 0, 0)
-    assert stk_xfm.disagreement(a, b) == pytest.approx(0.5 / np.sqrt(0.02))
-    c = stk_xfm.Component("TOTAL", 0.5, 0.0, np.full((2, 2), np.nan), 5, 1, 0, 0)
-    assert stk_xfm.disagreement(a, c) is None
+    a = Component("TOTAL", 0.0, 0.0, np.eye(2) * 0.01, 5, 1, 0, 0)
+    b = Component("TOTAL", 0.5, 0.0, np.eye(2) * 0.01, 5, 1, 0, 0)
+    assert stackfit.disagreement(a, b) == pytest.approx(0.5 / np.sqrt(0.02))
+    c = Component("TOTAL", 0.5, 0.0, np.full((2, 2), np.nan), 5, 1, 0, 0)
+    assert stackfit.disagreement(a, c) is None
 
 
 # ------------------------------------------------------------------------------ shell

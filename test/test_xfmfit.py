@@ -274,6 +274,105 @@ def test_bad_arguments(kwargs):
         fit_translation([0.0], [0.0], [0.1], [0.1], [1.0], **kwargs)
 
 
+
+# ------------------------------------------------------------------------------ direct solver
+
+
+def _seeded_stack(rng, i):
+    """One stack of a mix like the benchmarks': 5-120 detections, 95 % radii 0.1-3.5",
+    shifts up to 2.5", 0-45 % planted false matches, chance candidates 0-150 per arcmin²,
+    every fifth stack a two-step-like leg (small ALLWISE errors, many pairs)."""
+    twostep = i % 5 == 4
+    n = int(rng.integers(100, 250)) if twostep else int(rng.integers(5, 121))
+    mag = rng.uniform(0.0, 0.4) if twostep else rng.choice([0.3, 1.0, 2.5]) * rng.uniform()
+    ang = rng.uniform(0, 2 * np.pi)
+    shift = mag * np.array([np.cos(ang), np.sin(ang)])
+    r0 = np.clip(rng.lognormal(np.log(0.2 if twostep else 0.8), 0.5, n), 0.1, 3.5)
+    r1 = r0 * rng.uniform(0.4, 1.0, n)
+    sigma = np.sqrt(r0 * r1) / R95_PER_SIGMA
+    d = shift + rng.normal(size=(n, 2)) * sigma[:, None]
+    planted = rng.uniform(size=n) < rng.uniform(0.0, 0.45)
+    radius = 3.0 * np.sqrt(rng.uniform(size=(n, 1)))
+    t = rng.uniform(0, 2 * np.pi, size=(n, 1))
+    d = np.where(planted[:, None], radius * np.hstack([np.cos(t), np.sin(t)]), d)
+    density = 10 ** rng.uniform(-0.5, np.log10(150.0))
+    extra = rng.poisson(density / 3600 * np.pi * 9, n)
+    det = np.repeat(np.arange(n), extra)
+    radius = 3.0 * np.sqrt(rng.uniform(size=det.size))
+    t = rng.uniform(0, 2 * np.pi, size=det.size)
+    d_xi = np.concatenate([d[:, 0], radius * np.cos(t)])
+    d_eta = np.concatenate([d[:, 1], radius * np.sin(t)])
+    region = np.concatenate([np.arange(n), det])
+    w = 1.0 / (r0 * r1)[region]
+    return d_xi, d_eta, w, (sigma**2)[region], region
+
+
+def test_direct_solver_equals_least_squares_on_1000_stacks():
+    # issue 11: the fast spec fit (Newton/IRLS from (0, 0) with the single-basin certificate,
+    # least_squares only where the certificate fails) gives the least_squares minimum
+    rng = np.random.default_rng(SEED)
+    n_direct = 0
+    worst = 0.0
+    for i in range(1000):
+        d_xi, d_eta, w, var1, region = _seeded_stack(rng, i)
+        zeros = np.zeros(d_xi.size)
+        kw = {"var_1sigma": var1, "cluster": region}
+        fast = fit_translation(zeros, zeros, d_xi, d_eta, w, **kw)
+        slow = fit_translation(zeros, zeros, d_xi, d_eta, w, solver="least_squares", **kw)
+        assert slow.message.startswith("least_squares")
+        n_direct += fast.nfev == 0
+        for a, b in ((fast.d_xi, slow.d_xi), (fast.d_eta, slow.d_eta),
+                     (fast.d_xi_err, slow.d_xi_err), (fast.d_eta_err, slow.d_eta_err)):
+            worst = max(worst, abs(a - b))
+    assert worst <= 1e-9
+    # the certificate is not vacuous: the direct path decides most stacks
+    assert n_direct >= 900, n_direct
+
+
+def test_direct_solver_falls_back_on_two_basins():
+    # two equal clusters of offsets 2" apart: two minima; the certificate must not claim
+    # either, and the result is least_squares' own
+    rng = np.random.default_rng(SEED)
+    d_xi = np.r_[rng.normal(1.0, 0.05, 10), rng.normal(-1.0, 0.05, 10)]
+    d_eta = rng.normal(0.0, 0.05, 20)
+    w = np.full(20, 20.0)
+    assert not xfmfit._cauchy_single_basin(
+        xfmfit._polish(np.zeros(2), d_xi, d_eta, w, "cauchy", 1.0, 5.0), d_xi, d_eta, w, 1.0,
+        5.0)
+    zeros = np.zeros(20)
+    fast = fit_translation(zeros, zeros, d_xi, d_eta, w)
+    slow = fit_translation(zeros, zeros, d_xi, d_eta, w, solver="least_squares")
+    assert fast.message.startswith("least_squares")
+    assert (fast.d_xi, fast.d_eta) == (slow.d_xi, slow.d_eta)
+
+
+@pytest.mark.parametrize("loss", ["linear", "soft_l1", "huber", "arctan"])
+def test_direct_solver_other_losses(loss):
+    rng = np.random.default_rng(SEED)
+    d_xi, d_eta, r0, r1, _ = simulate(rng, 30, (0.3, -0.2))
+    zeros = np.zeros(30)
+    fast = fit_translation(zeros, zeros, d_xi, d_eta, 1 / (r0 * r1), loss=loss)
+    slow = fit_translation(zeros, zeros, d_xi, d_eta, 1 / (r0 * r1), loss=loss,
+                           solver="least_squares")
+    assert abs(fast.d_xi - slow.d_xi) < 1e-9 and abs(fast.d_eta - slow.d_eta) < 1e-9
+    # arctan is not convex and has no certificate: always least_squares
+    assert fast.message.startswith("least_squares") == (loss == "arctan")
+
+
+def test_solver_is_checked():
+    with pytest.raises(ValueError, match="solver"):
+        fit_translation([0.0], [0.0], [0.1], [0.1], [1.0], solver="newton")
+
+
+@pytest.mark.parametrize("dof", [2, 4, 18, 98, 400, 2000])
+def test_chi2_quantile_even_against_scipy(dof):
+    from scipy.stats import chi2
+
+    for prob in (0.001, 0.5, 0.99):
+        assert xfmfit.chi2_quantile_even(prob, dof) == pytest.approx(chi2.ppf(prob, dof),
+                                                                     rel=1e-9)
+
+
 # ------------------------------------------------------------------------------ group selection
 
 

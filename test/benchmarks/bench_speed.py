@@ -13,7 +13,12 @@ makes sense (absolute times on a shared machine are noisy):
 3. ``stk_update_wcs`` in place on a 1 GB event file against a 1 MB one
    (header-only cost should make the ratio ~1), and copy mode against ``cp``;
 4. stacks per second through ``stk_match`` + ``stk_xfm`` (in-process mains)
-   on simulated stacks, with the median |error| / CRB as a sanity check.
+   on simulated stacks, with the median |error| / CRB as a sanity check;
+5. the cores (issue 11): the spec fit's direct solver against ``least_squares``
+   (target >= 3x at the same minimum), each stack fitted both ways; the
+   mixture fit and the share of its start (grid + refinement).
+
+``main`` returns 1 (and run.py fails) when a target is missed.
 
 ``--quick`` shrinks everything (100 MB event file, fewer stacks and repeats).
 Run: ``.venv/bin/python test/benchmarks/run.py --only speed`` (or this file).
@@ -460,14 +465,125 @@ def bench_throughput(quick):
                         "(log-uniform), ALLWISE and best neighbours included")])
 
 
+# --------------------------------------------------------------------------- 5. the cores
+
+
+def _core_stacks(quick):
+    """Pair-level stacks of every accuracy-benchmark case (bench_accuracy's simulation)."""
+    import bench_accuracy
+
+    rng = np.random.default_rng(SEED)
+    per_case = 4 if quick else 25
+    return [(case.name, bench_accuracy.simulate_stack(rng, case))
+            for case in bench_accuracy.CASES for _ in range(per_case)]
+
+
+def _spec_inputs(leg, leg_index):
+    from stk_astrometry.xfmfit import _weights, PairSet
+
+    pairs = PairSet(region_id=leg.det, src_xi=leg.src_xi, src_eta=leg.src_eta, d_xi=leg.d_xi,
+                    d_eta=leg.d_eta, sep=leg.sep, group=leg.group, err_r0=leg.err_r0,
+                    err_r1=leg.err_r1, err_ang=leg.err_ang, ref_sigra=leg.ref_sigra,
+                    ref_sigdec=leg.ref_sigdec)
+    if leg_index == 0:
+        weighting = "det" if np.all(leg.ref_sigra == 0) else "combined"
+    else:
+        weighting = "ref"
+    w, var1 = _weights(pairs, weighting)
+    return pairs, weighting, w, var1
+
+
+def _mixture_problem(leg):
+    """The mixture's internal problem for a leg, as fit_mixture builds it (to time the start)."""
+    from stk_astrometry.mixture import _floor_covariances, _Problem
+
+    cov, _ = _floor_covariances(leg.cov.copy())
+    order = np.lexsort((leg.d_eta, leg.d_xi, leg.det))
+    _, det = np.unique(leg.det[order], return_inverse=True)
+    return _Problem(det, leg.d_xi[order], leg.d_eta[order], cov[order], leg.density / 3600.0,
+                    3.0, 5.0)
+
+
+def bench_cores(quick):
+    """Spec fit: the direct solver against least_squares, interleaved stack by stack in one
+    run; the mixture fit and the share of its start.  Returns the number of missed targets."""
+    from stk_astrometry.mixture import _start_by_grid, fit_mixture
+    from stk_astrometry.xfmfit import fit_leg_spec, fit_translation
+
+    stacks = _core_stacks(quick)
+    fit_translation([0.0] * 3, [0.0] * 3, [0.1, 0.2, 0.3], [0.0] * 3, [1.0] * 3,
+                    solver="least_squares")     # warm-up: imports scipy.optimize
+    t = {"fast": 0.0, "ls": 0.0, "leg_fast": 0.0, "leg_ls": 0.0, "mix": 0.0, "mix_start": 0.0}
+    worst = 0.0
+    n_fits = n_direct = n_mix = 0
+    for _name, legs in stacks:
+        for i, leg in enumerate(legs):
+            pairs, weighting, w, var1 = _spec_inputs(leg, i)
+            zeros = np.zeros(len(pairs))
+            kw = {"var_1sigma": var1, "cluster": leg.det}
+            results = {}
+            for solver, key in (("auto", "fast"), ("least_squares", "ls")):
+                t0 = time.perf_counter()
+                results[key] = fit_translation(zeros, zeros, leg.d_xi, leg.d_eta, w,
+                                               solver=solver, **kw)
+                t[key] += time.perf_counter() - t0
+            for solver, key in (("auto", "leg_fast"), ("least_squares", "leg_ls")):
+                t0 = time.perf_counter()
+                fit_leg_spec(pairs, weighting=weighting, n_groups=3, use_groups=i == 0,
+                             solver=solver)
+                t[key] += time.perf_counter() - t0
+            a, b = results["fast"], results["ls"]
+            n_fits += 1
+            n_direct += a.nfev == 0
+            diffs = [abs(a.d_xi - b.d_xi), abs(a.d_eta - b.d_eta)]
+            if np.isfinite(a.d_xi_err):
+                diffs += [abs(a.d_xi_err - b.d_xi_err), abs(a.d_eta_err - b.d_eta_err)]
+            worst = max(worst, *diffs)
+            t0 = time.perf_counter()
+            fit_mixture(leg.det, leg.d_xi, leg.d_eta, leg.cov, density_per_arcmin2=leg.density,
+                        match_radius_arcsec=3.0)
+            t["mix"] += time.perf_counter() - t0
+            prob = _mixture_problem(leg)
+            t0 = time.perf_counter()
+            _start_by_grid(prob, 1.0)
+            t["mix_start"] += time.perf_counter() - t0
+            n_mix += 1
+    spec_ratio = t["ls"] / t["fast"]
+    missed = 0
+    rows = []
+    ok = spec_ratio >= 3.0 and worst <= 1e-9
+    missed += not ok
+    rows.append(["spec fit (fit_translation): least_squares / direct",
+                 f"{spec_ratio:.2f}x", f"{'PASS' if ok else 'FAIL'} >= 3x, same minimum"])
+    rows.append(["  max |direct - least_squares| (shift, sigma)", f"{worst:.1e}\"",
+                 "<= 1e-9\""])
+    rows.append(["  fits decided by the direct solver (certificate)",
+                 f"{n_direct}/{n_fits}", "-"])
+    rows.append(["spec leg (fit_leg_spec, with group selection)",
+                 f"{t['leg_ls'] / t['leg_fast']:.2f}x", "-"])
+    rows.append(["spec fit per leg: direct | least_squares",
+                 f"{1e3 * t['fast'] / n_fits:.2f} | {1e3 * t['ls'] / n_fits:.2f} ms", "-"])
+    rows.append(["mixture fit per leg | its start (grid + refinement)",
+                 f"{1e3 * t['mix'] / n_mix:.2f} | {1e3 * t['mix_start'] / n_mix:.2f} ms",
+                 f"start {t['mix_start'] / t['mix']:.0%} of the fit"])
+    print_table("The cores side by side (issue 11): each stack fitted both ways, interleaved",
+                ["measure", "value", "target"], rows,
+                notes=[f"{len(stacks)} stacks of bench_accuracy's cases (both legs of two-step "
+                       "stacks); one least_squares fit first, untimed (scipy import)"])
+    return missed
+
+
 def main(quick: bool = False) -> int:
     """Run the speed benchmarks and print their tables; 0 unless a benchmark crashed."""
-    for bench in (bench_startup, bench_match, bench_update, bench_throughput):
+    missed = 0
+    for bench in (bench_startup, bench_match, bench_update, bench_throughput, bench_cores):
         try:
-            bench(quick)
+            missed += bench(quick) or 0
         except NotAvailable as exc:
             print_table(bench.__name__, ["status"], [[na(str(exc))]])
-    return 0
+    if missed:
+        print(f"{missed} speed target(s) MISSED")
+    return 1 if missed else 0
 
 
 if __name__ == "__main__":

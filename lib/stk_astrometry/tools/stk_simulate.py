@@ -8,11 +8,9 @@ and a tree of synthetic CXC-like data products (one per product type of spec
 tables.  The model is described in share/doc/stk_simulate.txt.
 """
 
-import contextlib
 import logging
 import os
 import re
-import secrets
 import shutil
 import tempfile
 from pathlib import Path
@@ -219,47 +217,10 @@ def _install_tree(tmp, outdir):
 
 
 def _body(params):
-    import numpy as np
+    from ..api import SIMULATE_DEFAULTS, simulate_stack
 
-    from ..simulate import simulate_stack
-
-    outdir = params["outdir"]
-    clobber = bool(params["clobber"])
-    _check_outdir(outdir, clobber)
-    cfg = config_from_params(params)
-    seed = params["seed"]
-    if seed is None:
-        seed = secrets.randbits(31)
-        logger.info("seed=INDEF: using seed %d (recorded in the truth file)", seed)
-    # Independent streams for the catalogs and the products: adding a product never
-    # changes the catalogs of a given seed.
-    cat_seq, prod_seq = np.random.SeedSequence(seed).spawn(2)
-    sim = simulate_stack(cfg, rng=np.random.default_rng(cat_seq))
-    sim = _with_seed(sim, seed)
-    t = sim.truth
-    logger.info("Stack %s: %d detections, %d Gaia, %d ALLWISE, %d best-neighbour rows",
-                sim.stack_id, sim.detections.region_id.size, sim.gaia.source_id.size,
-                sim.wise.allwise_oid.size, sim.best_neighbours.source_id.size)
-    logger.info("True shift d_xi=%.4f d_eta=%.4f arcsec; CRB %.4f, %.4f arcsec from %d pairs",
-                t.d_xi_arcsec, t.d_eta_arcsec, t.crb_xi_arcsec, t.crb_eta_arcsec, t.n_crb)
-
-    out = Path(outdir)
-    parent = out.parent if str(out.parent) else Path(".")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=parent))
-    try:
-        write_stack(sim, tmp, params, shown_folder=out)
-        if params["products"]:
-            paths = write_products(sim, tmp / "products", rng=np.random.default_rng(prod_seq))
-            logger.info("Wrote %d data products under %s", len(paths), out / "products")
-        os.chmod(tmp, 0o777 & ~_umask())
-        _install_tree(tmp, out)
-    except OSError as exc:
-        raise OutputError(f"cannot write outdir={outdir}: {exc.strerror or exc}") from exc
-    finally:
-        if tmp.exists():
-            with contextlib.suppress(OSError):
-                shutil.rmtree(tmp)
-    logger.info("Wrote %s", out)
+    kwargs = {name: params[name] for name in SIMULATE_DEFAULTS if name not in ("outdir", "seed")}
+    simulate_stack(params["outdir"], seed=params["seed"], history=params, **kwargs)
     return 0
 
 
@@ -267,9 +228,3 @@ def _umask():
     mask = os.umask(0)
     os.umask(mask)
     return mask
-
-
-def _with_seed(sim, seed):
-    from dataclasses import replace
-
-    return replace(sim, seed=seed)

@@ -12,7 +12,6 @@ written in place under a journal, without reading or rewriting data units.
 
 from __future__ import annotations
 
-import io
 import logging
 import math
 import os
@@ -34,8 +33,8 @@ from stk_astrometry.fitsutil import (
     remove_orphan_temps,
     temp_owner,
 )
+from stk_astrometry.formats.transform import TransformInput, read_transform
 from stk_astrometry.errors import (
-    FormatError,
     InputError,
     OutputError,
     ParameterError,
@@ -250,88 +249,7 @@ def expand_inputs(spec: str, walked=None) -> tuple[list[InputFile], list[str]]:
 
 # --------------------------------------------------------------------------- transform
 
-@dataclass(frozen=True)
-class TransformInput:
-    """The transform and the STKXFM HDU it came from (header + data, for ASPSOL3)."""
-
-    xfm: wcsupdate.Transform
-    hdu_bytes: bytes = field(repr=False)
-    path: str = ""
-    qa_flags: int = 0          # QAFLAGS of the STKXFM HDU (0: none, or not recorded)
-    qa_decision: str = ""      # QADECIS: 'accept', 'refit', 'reject' or '' (not reviewed)
-
-
-def read_transform(spec: str) -> TransformInput:
-    """Read the TOTAL row of the STKXFM HDU of ``spec`` (formats.md §2).
-
-    Raises
-    ------
-    InputError, FormatError
-    """
-    from astropy.io import fits
-
-    from stk_astrometry.tableio import parse_virtual_filename
-
-    if not spec or not str(spec).strip():
-        raise ParameterError("transformfile is blank")
-    path, block = parse_virtual_filename(spec)
-    if not Path(path).is_file():
-        raise InputError(f"transformfile={spec}: no such file")
-    if not fitsedit.is_fits_file(path):
-        raise FormatError(f"transformfile={spec}: not a FITS file")
-    with fits.open(path) as hdul:
-        if block is None:
-            hdu = next((h for h in hdul if h.name.upper() == "STKXFM"), None)
-            if hdu is None:
-                names = ", ".join(h.name for h in hdul)
-                raise FormatError(f"transformfile={path}: no STKXFM HDU (HDUs: {names})")
-        elif isinstance(block, int):
-            if not 1 <= block <= len(hdul):
-                raise FormatError(f"transformfile={spec}: no block {block}")
-            hdu = hdul[block - 1]
-        else:
-            try:
-                hdu = hdul[block]
-            except KeyError as exc:
-                raise FormatError(f"transformfile={spec}: no HDU {block}") from exc
-        label = f"{path}[{hdu.name}]"
-        if not isinstance(hdu, fits.BinTableHDU) or hdu.data is None or len(hdu.data) == 0:
-            raise FormatError(f"transformfile={label}: not a table with rows")
-        names = {n.lower(): n for n in hdu.columns.names}
-        need = ("a11", "a12", "a21", "a22", "ra_ref", "dec_ref", "d_xi", "d_eta")
-        missing = [c for c in need if c not in names]
-        if missing:
-            raise FormatError(f"transformfile={label}: missing column(s) {', '.join(missing)}")
-        row = 0
-        if "component" in names:
-            comps = [str(c).strip().upper() for c in hdu.data[names["component"]]]
-            if "TOTAL" not in comps:
-                raise FormatError(f"transformfile={label}: no row with component TOTAL")
-            row = comps.index("TOTAL")
-        vals = {c: float(hdu.data[names[c]][row]) for c in need}
-        bad = [c for c, v in vals.items() if not np.isfinite(v)]
-        if bad:
-            raise FormatError(f"transformfile={label}: non-finite {', '.join(bad)} in the "
-                              "TOTAL row")
-        if not wcsupdate.is_position(vals["ra_ref"], vals["dec_ref"]):
-            raise FormatError(f"transformfile={label}: ra_ref/dec_ref = "
-                              f"({vals['ra_ref']}, {vals['dec_ref']}) is not a position")
-        matrix = (vals["a11"], vals["a12"], vals["a21"], vals["a22"])
-        if matrix != (1.0, 0.0, 0.0, 1.0):
-            raise FormatError(
-                f"transformfile={label}: matrix a11,a12,a21,a22 = {matrix} is not the identity; "
-                "this release applies translations only")
-        xfm = wcsupdate.Transform.from_shift(vals["d_xi"], vals["d_eta"], vals["ra_ref"],
-                                             vals["dec_ref"], matrix=matrix)
-        qa_flags = hdu.header.get("QAFLAGS", 0)
-        qa_flags = qa_flags if isinstance(qa_flags, int) and not isinstance(qa_flags, bool) else 0
-        qa_decision = str(hdu.header.get("QADECIS", "") or "").strip().lower()
-        out = fits.BinTableHDU(data=hdu.data.copy(), header=hdu.header.copy(), name="STKXFM")
-        out.header["STKXFMID"] = (xfm.xfm_id, "stk_update_wcs: id of this transform")
-        buf = io.BytesIO()
-        fits.HDUList([fits.PrimaryHDU(), out]).writeto(buf, checksum=True)
-        hdu_bytes = buf.getvalue()[fitsedit.BLOCK:]
-    return TransformInput(xfm, hdu_bytes, str(path), qa_flags, qa_decision)
+# The transform file is read by stk_astrometry.formats.transform (formats.md §2).
 
 
 def check_qa_review(transform: TransformInput, *, override: bool) -> str | None:
@@ -1383,25 +1301,64 @@ def _product_param(value) -> str:
     return text
 
 
-def _body(params) -> int:
-    product = _product_param(params["product"])
-    if params["replace"] and params["force"]:
+@dataclass(frozen=True)
+class RunReport:
+    """What one run did: every file's result, counts per category, and the summary line."""
+
+    results: tuple
+    counts: dict
+    n_failed: int
+    xfm_id: str
+
+    @property
+    def summary(self) -> str:
+        """``N file(s): n1 category1, n2 category2 ...``."""
+        text = ", ".join(f"{n} {k}" for k, n in sorted(self.counts.items()))
+        return f"{len(self.results)} file(s): {text}"
+
+
+def update_files(p, history_items) -> RunReport:
+    """The whole run, for the tool and for ``api.update_products`` alike.
+
+    Parameters
+    ----------
+    p : mapping
+        The parameters by their .par names (infile, transformfile, outdir, unknown,
+        dryrun, inverse, replace, force, qa_override, scrub, clobber, product,
+        lock_timeout).
+    history_items : sequence of (name, text)
+        What the HISTORY PARM records of every changed HDU say.
+
+    Raises
+    ------
+    StkError
+        A problem with the run as a whole (parameters, transform, outdir); a file's
+        problem is that file's result.
+    """
+    product = _product_param(p["product"])
+    if p["replace"] and p["force"]:
         raise ParameterError("replace=yes and force=yes exclude each other: replace undoes the "
                              "applied transform first, force composes with it")
-    if params["replace"] and params["inverse"]:
+    if p["replace"] and p["inverse"]:
         raise ParameterError("replace=yes and inverse=yes exclude each other")
-    timeout = float(params["lock_timeout"])
+    try:
+        timeout = float(p["lock_timeout"])
+    except (TypeError, ValueError):
+        timeout = float("nan")
     if not math.isfinite(timeout) or timeout < 0:
-        raise ParameterError(f"lock_timeout={params['lock_timeout']}: must be a number of "
+        raise ParameterError(f"lock_timeout={p['lock_timeout']}: must be a number of "
                              "seconds >= 0")
-    transform = read_transform(params["transformfile"])
-    if not params["inverse"]:     # undoing is always allowed
-        warning = check_qa_review(transform, override=bool(params["qa_override"]))
+    unknown = str(p["unknown"]).strip().lower()
+    if unknown not in ("error", "skip", "generic"):
+        raise ParameterError(f"unknown={p['unknown']}: expected one of error, skip, generic")
+    transform = read_transform(p["transformfile"])
+    if not p["inverse"]:     # undoing is always allowed
+        warning = check_qa_review(transform, override=bool(p["qa_override"]))
         if warning:
             logger.warning("%s", warning)
     walked = []
-    files, notes = expand_inputs(params["infile"], walked)
-    outdir = params["outdir"]
+    files, notes = expand_inputs(p["infile"], walked)
+    outdir = p["outdir"]
     outdir = Path(outdir) if outdir and str(outdir).strip() else None
     if outdir is not None and outdir.exists() and not outdir.is_dir():
         raise OutputError(f"outdir={outdir} exists and is not a directory")
@@ -1418,11 +1375,11 @@ def _body(params) -> int:
                     "input tree (and taken for inputs by the next run); choose an outdir "
                     "outside it")
         files = _mark_collisions(files, outdir)
-    ctx = RunContext(transform, outdir, params["unknown"], params["dryrun"], params["inverse"],
-                     params["force"], params["scrub"], params["clobber"],
-                     tuple(params.history_items()), read_stacks(params.history_items()),
-                     replace=params["replace"], product=product,
-                     lock_timeout=float(params["lock_timeout"]))
+    items = tuple(history_items)
+    ctx = RunContext(transform, outdir, unknown, bool(p["dryrun"]), bool(p["inverse"]),
+                     bool(p["force"]), bool(p["scrub"]), bool(p["clobber"]),
+                     items, read_stacks(items), replace=bool(p["replace"]), product=product,
+                     lock_timeout=timeout)
     xfm = transform.xfm
     logger.info("transform %s from %s: d_xi=%+.4f\" d_eta=%+.4f\" about (%.6f, %.6f)%s%s",
                 xfm.xfm_id, transform.path, xfm.d_xi_arcsec, xfm.d_eta_arcsec, xfm.ra_ref_deg,
@@ -1431,9 +1388,9 @@ def _body(params) -> int:
     for note in notes:
         logger.info("note: %s", note)
     if not files:
-        raise InputError(f"infile={params['infile']}: no files to process")
+        raise InputError(f"infile={p['infile']}: no files to process")
     if outdir is None or ctx.dryrun:
-        counts, failed = _process_all(files, ctx)
+        results, counts, failed = _process_all(files, ctx)
     else:
         before = _existing_folders(outdir)
         try:
@@ -1443,24 +1400,28 @@ def _body(params) -> int:
         try:
             # one run at a time writes into an output tree (the copies of a tree are one job)
             with locked(outdir, timeout=ctx.lock_timeout, what="output folder (outdir)"):
-                counts, failed = _process_all(files, ctx)
+                results, counts, failed = _process_all(files, ctx)
         finally:
             _remove_new_empty_folders(outdir, before)
-    summary = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
-    line = f"{len(files)} file(s): {summary}"
+    return RunReport(tuple(results), counts, failed, xfm.xfm_id)
+
+
+def _body(params) -> int:
+    run = update_files(params, params.history_items())
     if logger.isEnabledFor(logging.INFO):
-        logger.info("%s", line)
+        logger.info("%s", run.summary)
     else:
-        print(line, flush=True)           # verbose=0: the summary line only
-    if failed:
+        print(run.summary, flush=True)           # verbose=0: the summary line only
+    if run.n_failed:
         logger.error("%d of %d file(s) failed (the others were completed; see above)",
-                     failed, len(files))
+                     run.n_failed, len(run.results))
         return 1
     return 0
 
 
 def _process_all(files, ctx: RunContext):
-    """Process every input; return (counts per category, number failed)."""
+    """Process every input; return (results, counts per category, number failed)."""
+    results = []
     counts = {}
     failed = 0
     stack = _stack_of(ctx.transform)
@@ -1486,8 +1447,9 @@ def _process_all(files, ctx: RunContext):
                                 failed=True, category="failed")
             failed += 1
         _report(result, stack)
+        results.append(result)
         counts[result.category] = counts.get(result.category, 0) + 1
-    return counts, failed
+    return results, counts, failed
 
 
 def _existing_folders(outdir: Path) -> set:

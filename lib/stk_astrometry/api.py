@@ -1,0 +1,1074 @@
+"""The in-process API: one function per step of the chain, returning a result object.
+
+:func:`match_stack`, :func:`fit_stack`, :func:`update_products` and :func:`simulate_stack`
+do what ``stk_match``, ``stk_xfm``, ``stk_update_wcs`` and ``stk_simulate`` do — the tools
+are front ends that resolve their parameters and call these — so Python and the command
+line give the same answers by construction.  Keyword names and defaults are the ``.par``
+files' (``r_stack=10.0``, ``estimator="spec"``, ...).
+
+Pure functions: no global state, no parameter files, no printing.  They log through
+``logging.getLogger("stk_astrometry.api")`` and also return the warnings they logged on the
+result (``result.warnings``), so a batch driver can store them per stack.  User errors raise
+:class:`stk_astrometry.errors.StkError` subclasses.
+
+Examples
+--------
+>>> from stk_astrometry import api
+>>> m = api.match_stack("det.fits", "gaia.fits", wisefile="allwise.fits",
+...                     bestnbfile="bestnb.fits")                      # doctest: +SKIP
+>>> f = api.fit_stack(m, "xfm.fits", estimator="mixture")              # doctest: +SKIP
+>>> f.d_xi, f.d_xi_err, f.qa_flags                                     # doctest: +SKIP
+>>> u = api.update_products("products/", "xfm.fits", outdir="copies/")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import re
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from stk_astrometry.errors import ParameterError
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["MatchResult", "FitResult", "FileOutcome", "UpdateResult", "SimulateResult",
+           "match_stack", "fit_stack", "update_products", "simulate_stack", "parse_sep_bins",
+           "MATCH_DEFAULTS", "FIT_DEFAULTS", "UPDATE_DEFAULTS", "SIMULATE_DEFAULTS"]
+
+# ---------------------------------------------------------------------------------------------
+# Defaults: the .par files' names and defaults, in .par order (test_api checks they agree).
+# The required ("a") parameters come first; verbose and mode are the tools' own.
+
+MATCH_DEFAULTS = {
+    "detfile": "", "gaiafile": "", "outfile": "", "wisefile": "", "bestnbfile": "",
+    "stackid": "", "ra_stack": None, "dec_stack": None, "r_stack": 10.0,
+    "match_radius": 3.0, "sep_bins": "1,2,3", "max_pm": 50.0, "method": "auto",
+    "clobber": False,
+}
+FIT_DEFAULTS = {
+    "infile": "", "outfile": "", "outdetfile": "", "estimator": "spec", "loss": "cauchy",
+    "f_scale": 1.0, "max_shift": 5.0, "min_group_matches": 3, "sys_floor": 0.0,
+    "include": "", "exclude": "", "diagfile": "", "qa_density": 100.0,
+    "qa_dense_nmatch": 10, "qa_max_shift": 1.0, "qa_few_matches": 3, "qa_theta": 5.0,
+    "qa_counts": 15.0, "qa_few_shift": 0.5, "clobber": False,
+}
+UPDATE_DEFAULTS = {
+    "infile": "", "transformfile": "", "outdir": "", "unknown": "error", "dryrun": False,
+    "inverse": False, "replace": False, "force": False, "qa_override": False, "scrub": False,
+    "clobber": False, "product": "", "lock_timeout": 60.0,
+}
+SIMULATE_DEFAULTS = {
+    "outdir": "", "seed": 1, "stackid": "", "ra_stack": 189.2, "dec_stack": 62.2,
+    "instrument": "ACIS", "ndet": 50, "r_stack": 10.0, "shift_xi": None, "shift_eta": None,
+    "shift_sigma": 0.25, "gaia_density": 2.0, "gaia_frac": 0.6, "null_pm_frac": 0.1,
+    "high_pm_frac": 0.03, "epoch_gap": 10.0, "wise_density": 1.5, "wise_frac": 0.3,
+    "wise_gaia_frac": 0.7, "multi_frac": 0.05, "clean_frac": 0.85, "wise_shift_xi": 0.0,
+    "wise_shift_eta": 0.0, "false_frac": 0.0, "match_radius": 3.0, "products": True,
+    "clobber": False,
+}
+
+_ESTIMATORS = ("spec", "mixture")
+_LOSSES = ("linear", "soft_l1", "huber", "cauchy", "arctan")
+_METHODS = ("auto", "direct", "twostep")
+_UNKNOWN = ("error", "skip", "generic")
+
+
+# ---------------------------------------------------------------------------------------------
+# Results
+
+
+@dataclass(frozen=True, eq=False)
+class MatchResult:
+    """What :func:`match_stack` found for one stack.
+
+    Attributes
+    ----------
+    stackid : str
+        ``detect_stack_id`` ('' when the detections name none).
+    instrument : str
+        ``ACIS`` or ``HRC``.
+    method : str
+        ``direct``, ``twostep`` or ``none`` (spec §5.5.2).
+    ra_stack, dec_stack : float
+        Tangent point, deg.
+    n_det, n_gaia, n_wise : int
+        Detections, Gaia and ALLWISE sources that passed the filters.
+    density_gaia : float
+        Gaia sources per arcmin² within ``r_stack``, before any filter.
+    density_wise : float or None
+        The same for ALLWISE; None without ALLWISE inputs.
+    n_match_gaia, n_match_wise : int
+        Detections with at least one Gaia / ALLWISE match.
+    n_match_gaia_group, n_match_wise_group : tuple of int
+        The same per separation group.
+    outfile : str or None
+        The matched-pairs file written (None: nothing written).
+    pairs : stk_astrometry.formats.pairs.Pairs
+        The matched-pairs file's content, in memory; :func:`fit_stack` accepts it (or this
+        result) without a file round trip.
+    warnings : tuple of str
+        The warnings logged while matching.
+    """
+
+    stackid: str
+    instrument: str
+    method: str
+    ra_stack: float
+    dec_stack: float
+    n_det: int
+    n_gaia: int
+    n_wise: int
+    density_gaia: float
+    density_wise: float | None
+    n_match_gaia: int
+    n_match_wise: int
+    n_match_gaia_group: tuple
+    n_match_wise_group: tuple
+    outfile: str | None
+    pairs: object = dataclasses.field(repr=False)
+    warnings: tuple = ()
+
+
+@dataclass(frozen=True, eq=False)
+class FitResult:
+    """The transform :func:`fit_stack` fitted for one stack.
+
+    Attributes
+    ----------
+    stackid, instrument : str
+    method : str
+        ``direct``, ``twostep`` or ``none``.
+    estimator : str
+        The estimator applied: ``spec`` or ``mixture`` (``spec`` when the mixture was asked
+        for and failed).
+    d_xi, d_eta : float
+        Applied shift, arcsec (corrected xi = xi + d_xi).
+    d_xi_err, d_eta_err : float
+        Its 1-sigma errors, arcsec (NaN when unknown).
+    cov : ndarray (2, 2)
+        Its covariance, arcsec².
+    n_match : int
+        Matched detections used.
+    n_used : int
+        Pairs used by the detection leg.
+    group : int
+        Separation group used (0: all/none).
+    resstd0, resstd1 : float
+        rms of target - source before / after the shift, arcsec.
+    qa_flags : int
+        Bits 1 NOMATCH, 2 DENSE, 4 BIGSHIFT, 8 FEWMATCH, 16 DISAGREE.
+    qa_reason : str
+        Why each flag was raised ('' when clean).
+    alt_estimator : str
+        The estimator not applied ('' when it did not give a result).
+    alt_d_xi, alt_d_eta : float
+        Its shift, arcsec (NaN if none).
+    n_eff : float
+        The mixture's effective number of true matches (NaN when it did not run).
+    xfm_id : str
+        ``STKXFMID`` of the applied TOTAL (formats.md §2).
+    components : tuple of stk_astrometry.formats.transform.Component
+        The STKXFM rows, TOTAL first.
+    outfile, outdetfile, diagfile : str or None
+        Files written.
+    warnings : tuple of str
+        The warnings logged while fitting.
+    """
+
+    stackid: str
+    instrument: str
+    method: str
+    estimator: str
+    d_xi: float
+    d_eta: float
+    d_xi_err: float
+    d_eta_err: float
+    cov: object = dataclasses.field(repr=False)
+    n_match: int = 0
+    n_used: int = 0
+    group: int = 0
+    resstd0: float = float("nan")
+    resstd1: float = float("nan")
+    qa_flags: int = 0
+    qa_reason: str = ""
+    alt_estimator: str = ""
+    alt_d_xi: float = float("nan")
+    alt_d_eta: float = float("nan")
+    n_eff: float = float("nan")
+    xfm_id: str = ""
+    components: tuple = dataclasses.field(default=(), repr=False)
+    outfile: str | None = None
+    outdetfile: str | None = None
+    diagfile: str | None = None
+    warnings: tuple = ()
+
+
+@dataclass(frozen=True)
+class FileOutcome:
+    """What :func:`update_products` did to one file.
+
+    Attributes
+    ----------
+    path : str
+    product_type : str
+        The §5.6 product type recognised ('?' when none).
+    status : str
+        ``updated``, ``unchanged``, ``skipped`` or ``error``.
+    message : str
+        What was done, or the error.
+    category : str
+        The finer category of the tool's report (``already applied``, ``inherit``,
+        ``needs nothing``, ``would update``, ...).
+    """
+
+    path: str
+    product_type: str
+    status: str
+    message: str
+    category: str = ""
+
+
+@dataclass(frozen=True)
+class UpdateResult:
+    """What :func:`update_products` did.
+
+    Attributes
+    ----------
+    files : tuple of FileOutcome
+    n_updated, n_unchanged, n_skipped, n_errors : int
+    xfm_id : str
+        ``STKXFMID`` of the transform applied.
+    warnings : tuple of str
+    """
+
+    files: tuple
+    n_updated: int
+    n_unchanged: int
+    n_skipped: int
+    n_errors: int
+    xfm_id: str = ""
+    warnings: tuple = ()
+
+
+@dataclass(frozen=True)
+class SimulateResult:
+    """What :func:`simulate_stack` wrote.
+
+    Attributes
+    ----------
+    outdir : str
+    stackid : str
+    seed : int
+        The seed used (drawn when ``seed=None``).
+    files : dict
+        Table key (``det``, ``gaia``, ``allwise``, ``bestnb``, ``truth``) -> path.
+    products : tuple of str
+        The data products written (empty with ``products=False``).
+    d_xi, d_eta : float
+        The true shift, arcsec.
+    crb_xi, crb_eta : float
+        Cramér–Rao bound of the direct fit, arcsec.
+    warnings : tuple of str
+    """
+
+    outdir: str
+    stackid: str
+    seed: int
+    files: dict
+    products: tuple
+    d_xi: float
+    d_eta: float
+    crb_xi: float
+    crb_eta: float
+    warnings: tuple = ()
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared plumbing
+
+
+class _Collector(logging.Handler):
+    """Collects the warnings logged by this thread (other threads' runs are not mixed in)."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.thread = threading.get_ident()
+        self.messages = []
+
+    def emit(self, record):
+        if record.thread == self.thread:
+            try:
+                self.messages.append(record.getMessage())
+            except Exception:  # noqa: BLE001 - a bad log call must not fail the run
+                self.messages.append(str(record.msg))
+
+
+@contextlib.contextmanager
+def _collect_warnings():
+    handler = _Collector()
+    pkg = logging.getLogger("stk_astrometry")
+    pkg.addHandler(handler)
+    try:
+        yield handler.messages
+    finally:
+        pkg.removeHandler(handler)
+
+
+def _history_text(value):
+    """A value as CIAO writes it in a HISTORY PARM record."""
+    if value is None:
+        return "INDEF"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
+        return str(int(value))
+    if isinstance(value, (list, tuple)):
+        return ",".join(_history_text(v) for v in value)
+    return str(value)
+
+
+class _Run(Mapping):
+    """A call's parameters for HISTORY records: ``.tool`` and ``.history_items()`` in .par order."""
+
+    def __init__(self, tool, values):
+        self.tool = tool
+        self._values = dict(values)
+
+    def __getitem__(self, name):
+        return self._values[name]
+
+    def __iter__(self):
+        return iter(self._values)
+
+    def __len__(self):
+        return len(self._values)
+
+    def history_items(self):
+        return [(name, _history_text(v)) for name, v in self._values.items()]
+
+
+def _history(tool, defaults, given, history):
+    if history is not None:
+        return history
+    values = {name: given.get(name, default) for name, default in defaults.items()}
+    return _Run(tool, values)
+
+
+def _blank(value):
+    return value is None or str(value).strip() == ""
+
+
+def _text(value):
+    return None if _blank(value) else str(value).strip()
+
+
+def _choice(name, value, allowed):
+    text = str(value).strip().lower()
+    if text not in allowed:
+        raise ParameterError(f"{name}={value}: expected one of {', '.join(allowed)}")
+    return text
+
+
+def parse_sep_bins(text):
+    """Parse ``sep_bins`` (``"1,2,3"``, commas and/or blanks, or numbers) into a tuple of floats."""
+    if isinstance(text, (list, tuple)):
+        text = ",".join(str(v) for v in text)
+    parts = [p for p in re.split(r"[,\s]+", str(text or "").strip()) if p]
+    if not parts:
+        raise ParameterError("sep_bins is blank: give the upper group edges, e.g. sep_bins=1,2,3")
+    edges = []
+    for part in parts:
+        try:
+            edges.append(float(part))
+        except ValueError:
+            raise ParameterError(f"sep_bins={text}: '{part}' is not a number") from None
+    if len(edges) > 99:
+        raise ParameterError(f"sep_bins={text}: at most 99 groups")
+    return tuple(edges)
+
+
+def _fits_text(value):
+    """True if ``value`` can be a FITS keyword value (printable ASCII)."""
+    return value.isascii() and value.isprintable()
+
+
+# ---------------------------------------------------------------------------------------------
+# match_stack
+
+
+def match_stack(detfile, gaiafile, outfile=None, *, wisefile=None, bestnbfile=None,
+                stackid=None, ra_stack=None, dec_stack=None, r_stack=10.0, match_radius=3.0,
+                sep_bins="1,2,3", max_pm=50.0, method="auto", clobber=False,
+                history=None) -> MatchResult:
+    """Cross-match a stack's detections with Gaia (and ALLWISE), as ``stk_match`` does.
+
+    Applies the specification's filters (§5.1, §5.2, §5.5.1), counts the reference
+    densities within ``r_stack``, finds every pair within ``match_radius`` in separation
+    groups and decides between the direct and the two-step path (§5.5.2).
+
+    Parameters
+    ----------
+    detfile, gaiafile : str or Path
+        Detection and Gaia tables (``file``, ``file[EXTNAME]``, ``file[n]``; FITS, VOTable,
+        ECSV or CSV).
+    outfile : str or Path, optional
+        The matched-pairs file to write (formats.md §1); None writes nothing.
+    wisefile, bestnbfile : str or Path, optional
+        ALLWISE and Gaia-ALLWISE best-neighbour tables: both or neither.
+    stackid : str, optional
+        The stack to use when ``detfile`` holds several.
+    ra_stack, dec_stack : float, optional
+        Tangent point, deg (default: from ``detfile``).
+    r_stack : float
+        Cone radius, arcmin.
+    match_radius : float
+        Cross-match radius, arcsec.
+    sep_bins : str or sequence of float
+        Upper edges of the separation groups, arcsec.
+    max_pm : float
+        Maximum total Gaia proper motion, mas/yr.
+    method : {'auto', 'direct', 'twostep'}
+    clobber : bool
+        Overwrite an existing ``outfile``.
+    history : object, optional
+        What the HISTORY records of ``outfile`` name (an object with ``.tool`` and
+        ``.history_items()``, as a tool's resolved parameters); default: this call's
+        keywords under the name ``stk_match``.
+
+    Returns
+    -------
+    MatchResult
+
+    Raises
+    ------
+    stk_astrometry.errors.StkError
+        ParameterError, InputError, CatalogError, FormatError, OutputError.
+    """
+    with _collect_warnings() as caught:
+        result = _match(detfile, gaiafile, outfile, wisefile=wisefile, bestnbfile=bestnbfile,
+                        stackid=stackid, ra_stack=ra_stack, dec_stack=dec_stack,
+                        r_stack=r_stack, match_radius=match_radius, sep_bins=sep_bins,
+                        max_pm=max_pm, method=method, clobber=clobber, history=history)
+    return dataclasses.replace(result, warnings=tuple(caught))
+
+
+def _check_not_input(inputs, outfile):
+    from stk_astrometry.fitsutil import same_file
+    from stk_astrometry.tableio import parse_virtual_filename
+
+    for name, value in inputs.items():
+        if _blank(value):
+            continue
+        if same_file(parse_virtual_filename(str(value))[0], outfile):
+            raise ParameterError(f"outfile={outfile} is also {name}; choose another output name")
+
+
+def _match(detfile, gaiafile, outfile, *, wisefile, bestnbfile, stackid, ra_stack, dec_stack,
+           r_stack, match_radius, sep_bins, max_pm, method, clobber, history):
+    from stk_astrometry import matching
+    from stk_astrometry.fitsutil import check_clobber
+    from stk_astrometry.formats import catalogs, pairs as pairs_format
+    from stk_astrometry.tableio import read_table
+
+    for name, value in (("detfile", detfile), ("gaiafile", gaiafile)):
+        if _blank(value):
+            raise ParameterError(f"{name} is blank")
+    outfile = _text(outfile)
+    inputs = {"detfile": detfile, "gaiafile": gaiafile, "wisefile": wisefile,
+              "bestnbfile": bestnbfile}
+    if outfile is not None:
+        _check_not_input(inputs, outfile)
+        check_clobber(outfile, clobber)
+    have_wise = not _blank(wisefile)
+    if have_wise != (not _blank(bestnbfile)):
+        raise ParameterError(
+            "wisefile and bestnbfile go together: give both (two-step path) or neither (Gaia only)"
+        )
+    if not _blank(stackid) and not _fits_text(str(stackid).strip()):
+        raise ParameterError(
+            f"stackid={stackid!r} is not printable ASCII "
+            "(the STACKID keyword of the output cannot hold it)"
+        )
+    method = _choice("method", method, _METHODS)
+    if method == "twostep" and not have_wise:
+        raise ParameterError("method=twostep needs the ALLWISE inputs: set wisefile and bestnbfile")
+    # Validate the numeric settings before reading any file (tangent point later).
+    for name, value in (("r_stack", r_stack), ("match_radius", match_radius),
+                        ("max_pm", max_pm)):
+        if value is None:
+            raise ParameterError(f"{name} must be a number, not INDEF")
+    config = matching.MatchConfig(
+        0.0, 0.0,
+        r_stack_arcmin=float(r_stack),
+        match_radius_arcsec=float(match_radius),
+        sep_bins_arcsec=parse_sep_bins(sep_bins),
+        max_pm_masyr=float(max_pm),
+        method=method,
+    )
+
+    det_in = read_table(detfile, param="detfile")
+    cat = catalogs.read_detections(det_in, stackid=stackid, ra_stack=ra_stack,
+                                   dec_stack=dec_stack)
+    det = cat.detections
+    logger.info("Read %d detection(s) of stack %s from %s; tangent point from %s",
+                len(det), cat.stackid or "(unnamed)", det_in.hdu, cat.origin)
+    config = dataclasses.replace(config, ra_stack_deg=cat.ra_stack, dec_stack_deg=cat.dec_stack)
+    gaia_in = read_table(gaiafile, param="gaiafile")
+    gaia = catalogs.read_gaia(gaia_in)
+    logger.info("Read %d Gaia source(s) from %s", len(gaia), gaia_in.hdu)
+    wise = best = None
+    if have_wise:
+        wise_in = read_table(wisefile, param="wisefile")
+        wise = catalogs.read_wise(wise_in)
+        best_in = read_table(bestnbfile, param="bestnbfile")
+        best = catalogs.read_best_neighbours(best_in)
+        logger.info("Read %d ALLWISE source(s) from %s and %d best-neighbour row(s) from %s",
+                    len(wise), wise_in.hdu, len(best), best_in.hdu)
+
+    result = matching.match_stack(det, gaia, config, wise=wise, best_neighbours=best)
+    _report_match(result, cat.stackid)
+    pairs = pairs_format.pairs_from_match(result, det, gaia, wise, stackid=cat.stackid,
+                                          instrument=cat.instrument)
+    if outfile is not None:
+        given = dict(detfile=detfile, gaiafile=gaiafile, outfile=outfile, wisefile=wisefile,
+                     bestnbfile=bestnbfile, stackid=stackid, ra_stack=ra_stack,
+                     dec_stack=dec_stack, r_stack=r_stack, match_radius=match_radius,
+                     sep_bins=sep_bins, max_pm=max_pm, method=method, clobber=clobber)
+        pairs_format.write_pairs(pairs, outfile, _history("stk_match", MATCH_DEFAULTS, given,
+                                                          history), clobber=clobber)
+    wise_groups = (result.wise_pairs.n_match_group if result.wise_pairs is not None
+                   else (0,) * config.n_groups)
+    return MatchResult(
+        stackid=cat.stackid, instrument=cat.instrument, method=result.method,
+        ra_stack=float(cat.ra_stack), dec_stack=float(cat.dec_stack),
+        n_det=int(len(result.det_rows)), n_gaia=int(len(result.gaia_rows)),
+        n_wise=int(len(result.wise_rows)) if wise is not None else 0,
+        density_gaia=float(result.density_gaia),
+        density_wise=None if result.density_wise is None else float(result.density_wise),
+        n_match_gaia=int(result.n_match_gaia), n_match_wise=int(result.n_match_wise),
+        n_match_gaia_group=tuple(int(n) for n in result.gaia_pairs.n_match_group),
+        n_match_wise_group=tuple(int(n) for n in wise_groups),
+        outfile=outfile, pairs=pairs)
+
+
+def _report_match(result, stackid):
+    for f in result.filters:
+        if f.warn and f.count:
+            logger.warning("%s: %d", f.description, f.count)
+        else:
+            logger.info("  %-8s = %6d  %s", f.keyword, f.count, f.description)
+    logger.info("Stack %s: tangent point (%.7f, %.7f)", stackid or "(unnamed)",
+                result.config.ra_stack_deg, result.config.dec_stack_deg)
+    logger.info("Density within r_stack: Gaia %.4g /arcmin^2%s", result.density_gaia,
+                "" if result.density_wise is None
+                else f", ALLWISE {result.density_wise:.4g} /arcmin^2")
+    logger.info("Gaia pairs %d, detections matched %d (per group %s)", len(result.gaia_pairs),
+                result.n_match_gaia, ",".join(map(str, result.gaia_pairs.n_match_group)))
+    if result.wise_pairs is not None:
+        logger.info("ALLWISE pairs %d, detections matched %d (per group %s); "
+                    "one-to-one ALLWISE-Gaia pairs %d", len(result.wise_pairs),
+                    result.n_match_wise, ",".join(map(str, result.wise_pairs.n_match_group)),
+                    len(result.wise_gaia))
+    logger.info("Method: %s", result.method)
+    if result.method == "none":
+        logger.warning("no detection has a Gaia or ALLWISE match (spec 5.5.5): METHOD = 'none'")
+    elif result.method == "twostep" and len(result.wise_gaia) == 0:
+        logger.warning("METHOD = 'twostep' but there is no one-to-one ALLWISE-Gaia pair "
+                       "within r_stack: the ALLWISE-to-Gaia leg cannot be fitted")
+
+
+# ---------------------------------------------------------------------------------------------
+# fit_stack
+
+
+def fit_stack(pairs, outfile=None, *, outdetfile=None, diagfile=None, estimator="spec",
+              loss="cauchy", f_scale=1.0, max_shift=5.0, min_group_matches=3, sys_floor=0.0,
+              include=None, exclude=None, qa_density=100.0, qa_dense_nmatch=10,
+              qa_max_shift=1.0, qa_few_matches=3, qa_theta=5.0, qa_counts=15.0,
+              qa_few_shift=0.5, clobber=False, history=None) -> FitResult:
+    """Fit a stack's translation to the Gaia frame, as ``stk_xfm`` does.
+
+    Runs both estimators — the specification's (§5.5.3 direct, §5.5.4 two-step: separation
+    group, weighted least squares with a robust loss per pair) and the mixture (chance
+    matches modelled) — applies the one asked for, and raises the QA flags (§5.5.3, §5.5.4,
+    §5.7; DISAGREE when the two differ by more than 3 combined sigma).
+
+    Parameters
+    ----------
+    pairs : str or Path or MatchResult or stk_astrometry.formats.pairs.Pairs
+        A matched-pairs file, or the in-memory pairs of :func:`match_stack`.
+    outfile : str or Path, optional
+        The transform file to write (formats.md §2); None writes nothing.
+    outdetfile, diagfile : str or Path, optional
+        Corrected detections (§2a) and diagnostics (§2b) to write.
+    estimator : {'spec', 'mixture'}
+        The estimator applied.
+    loss : {'linear', 'soft_l1', 'huber', 'cauchy', 'arctan'}
+        Robust loss of the spec estimator.
+    f_scale : float
+        Soft margin of the loss, in units of sqrt(w)·r.
+    max_shift : float
+        Bound on each shift component, arcsec.
+    min_group_matches : int
+        Matched detections a separation group needs to compete.
+    sys_floor : float
+        Systematic error added in quadrature, mixture only, arcsec.
+    include, exclude : str or Path or sequence of int, optional
+        An id-list file (formats.md §2c) or the detection ``region_id`` values to use exactly
+        / to leave out (spec §5.7.1).
+    qa_density, qa_dense_nmatch, qa_max_shift, qa_few_matches, qa_theta, qa_counts, qa_few_shift
+        QA thresholds (see the stk_xfm help page).
+    clobber : bool
+        Overwrite existing output files.
+    history : object, optional
+        What the HISTORY records of the outputs name (see :func:`match_stack`); default:
+        this call's keywords under the name ``stk_xfm``.
+
+    Returns
+    -------
+    FitResult
+
+    Raises
+    ------
+    stk_astrometry.errors.StkError
+    """
+    given = dict(outfile=outfile, outdetfile=outdetfile, diagfile=diagfile,
+                 estimator=estimator, loss=loss, f_scale=f_scale, max_shift=max_shift,
+                 min_group_matches=min_group_matches, sys_floor=sys_floor, include=include,
+                 exclude=exclude, qa_density=qa_density, qa_dense_nmatch=qa_dense_nmatch,
+                 qa_max_shift=qa_max_shift, qa_few_matches=qa_few_matches, qa_theta=qa_theta,
+                 qa_counts=qa_counts, qa_few_shift=qa_few_shift, clobber=clobber)
+    with _collect_warnings() as caught:
+        result = _fit(pairs, given, history)
+    return dataclasses.replace(result, warnings=tuple(caught))
+
+
+def _is_path(value):
+    return isinstance(value, (str, os.PathLike))
+
+
+def _id_values(name, value):
+    import numpy as np
+
+    from stk_astrometry.formats.idlist import read_id_list
+
+    if value is None or (_is_path(value) and _blank(value)):
+        return None
+    if _is_path(value):
+        return read_id_list(str(value).strip(), param=name)
+    try:
+        return np.unique(np.asarray(list(value), dtype=np.int64))
+    except (TypeError, ValueError):
+        raise ParameterError(
+            f"{name}: give a file name or a sequence of integer region_ids") from None
+
+
+def _check_fit_params(infile, p):
+    import numpy as np
+
+    from stk_astrometry.fitsutil import same_file
+    from stk_astrometry.tableio import parse_virtual_filename
+
+    for name in ("f_scale", "max_shift"):
+        value = p[name]
+        if value is None or not np.isfinite(value) or value <= 0:
+            raise ParameterError(f"{name} must be > 0, not {value}")
+    if p["min_group_matches"] is None or p["min_group_matches"] < 1:
+        raise ParameterError(f"min_group_matches must be >= 1, not {p['min_group_matches']}")
+    if p["sys_floor"] is None or p["sys_floor"] < 0:
+        raise ParameterError(f"sys_floor must be >= 0, not {p['sys_floor']}")
+    for name in ("qa_density", "qa_dense_nmatch", "qa_max_shift", "qa_few_matches", "qa_theta",
+                 "qa_counts", "qa_few_shift"):
+        if p[name] is None:
+            raise ParameterError(f"{name} must be a number, not INDEF")
+    if infile is not None:
+        infile = parse_virtual_filename(infile)[0]
+    id_lists = {n: str(p[n]).strip() for n in ("include", "exclude")
+                if _is_path(p[n]) and not _blank(p[n])}
+    outputs = {}
+    for name in ("outfile", "outdetfile", "diagfile"):
+        if _blank(p[name]):
+            continue
+        target = str(p[name]).strip()
+        if infile is not None and same_file(target, infile):
+            raise ParameterError(f"{name}={p[name]} is the input file; choose another name")
+        for list_name, list_path in id_lists.items():
+            if same_file(target, list_path):
+                raise ParameterError(f"{name}={p[name]} is also {list_name}; choose another name")
+        for other_path, other in outputs.items():
+            if same_file(target, other_path):
+                raise ParameterError(f"{name}={p[name]} is also {other}")
+        outputs[target] = name
+
+
+def _fit(pairs_in, p, history):
+    import numpy as np
+
+    from stk_astrometry import stackfit, xfmfit
+    from stk_astrometry.fitsutil import check_clobber
+    from stk_astrometry.formats import detcorr, diag, pairs as pairs_format, transform
+
+    estimator = _choice("estimator", p["estimator"], _ESTIMATORS)
+    loss = _choice("loss", p["loss"], _LOSSES)
+    infile = str(pairs_in).strip() if _is_path(pairs_in) else None
+    if _is_path(pairs_in) and _blank(pairs_in):
+        raise ParameterError("infile is blank")
+    _check_fit_params(infile, p)
+    outfile, outdet, diagfile = (_text(p[n]) for n in ("outfile", "outdetfile", "diagfile"))
+    clobber = bool(p["clobber"])
+    check_clobber(outfile, clobber, param="outfile")
+    check_clobber(outdet, clobber, param="outdetfile")
+    check_clobber(diagfile, clobber, param="diagfile")
+
+    if infile is not None:
+        pin = pairs_format.read_pairs(infile)
+    elif isinstance(pairs_in, MatchResult):
+        pin = pairs_in.pairs
+    elif isinstance(pairs_in, pairs_format.Pairs):
+        pin = pairs_in
+    else:
+        raise ParameterError("pairs: give a matched-pairs file, a MatchResult or its .pairs, "
+                             f"not {type(pairs_in).__name__}")
+    include = _id_values("include", p["include"])
+    exclude = _id_values("exclude", p["exclude"])
+    logger.info("Stack %s (%s): METHOD = %s, tangent point (%.7f, %.7f)", pin.stackid or "?",
+                pin.instrument, pin.method, pin.ra_stack, pin.dec_stack)
+
+    det_hdu = "GAIA_PAIRS" if pin.method == "direct" else "WISE_PAIRS"
+    all_det_pairs = pin.pairs(det_hdu)
+    mask, use_groups, notes = stackfit.apply_id_lists(
+        all_det_pairs, pin.detections["region_id"], include=include, exclude=exclude,
+        leg=det_hdu)
+    for note in notes:
+        logger.warning("%s", note)
+    if include is not None or exclude is not None:
+        logger.info("Operator selection: %d of %d %s pairs kept%s", int(mask.sum()),
+                    len(all_det_pairs), det_hdu,
+                    "; separation groups bypassed (include)" if not use_groups else "")
+    det_pairs = all_det_pairs.subset(mask)
+    wise_gaia = pin.pairs("WISE_GAIA") if pin.method == "twostep" else xfmfit.PairSet.empty()
+
+    stack_fit = xfmfit.fit_stack_spec(
+        pin.method, det_pairs, wise_gaia=wise_gaia, n_groups=pin.n_groups, loss=loss,
+        f_scale=float(p["f_scale"]), max_shift=float(p["max_shift"]),
+        min_group_matches=int(p["min_group_matches"]), use_groups=use_groups)
+    spec = stackfit.spec_estimate(stack_fit)
+    stackfit.log_spec(stack_fit)
+
+    mix = stackfit.mixture_or_none(pin, det_pairs, wise_gaia, sys_floor=p["sys_floor"],
+                                   max_shift=p["max_shift"])
+    applied, alternative = spec, mix
+    if estimator == "mixture":
+        if mix is not None and mix.ok:
+            applied, alternative = mix, spec
+        elif pin.method != "none":
+            logger.warning("estimator=mixture: the mixture fit failed (%s); the spec estimate "
+                           "is applied; DISAGREE not evaluated",
+                           "not available" if mix is None else mix.message)
+    elif mix is not None and not mix.ok and pin.method != "none":
+        logger.info("the mixture fit failed (%s); DISAGREE not evaluated", mix.message)
+    disagree_reason = None
+    if spec.ok and mix is not None and mix.ok:
+        dist = stackfit.disagreement(spec.total, mix.total)
+        if dist is None and spec.extra_nomatch and mix.extra_nomatch:
+            # without ALLWISE-Gaia pairs both totals are their detection legs (the other leg
+            # is 0 with unknown errors): compare those
+            dist = stackfit.disagreement(spec.components[1], mix.components[1])
+        if dist is None:
+            logger.info("DISAGREE not evaluated: a covariance is unknown or singular")
+        elif dist > stackfit.DISAGREE_SIGMA:
+            disagree_reason = (
+                f"spec ({spec.total.d_xi:.3f}, {spec.total.d_eta:.3f})\" vs mixture "
+                f"({mix.total.d_xi:.3f}, {mix.total.d_eta:.3f})\" differ by {dist:.1f} sigma "
+                f"> {stackfit.DISAGREE_SIGMA:g}")
+
+    total = applied.total
+    shift = float(np.hypot(total.d_xi, total.d_eta))
+    density = pin.dens_gaia if pin.method == "direct" else pin.dens_wise
+    if density is None and pin.method != "none":
+        logger.warning("%s: no %s keyword; the DENSE rule is not evaluated",
+                       pin.path or "pairs", "DENSGAIA" if pin.method == "direct" else "DENSWISE")
+    thresholds = xfmfit.QAThresholds(
+        density=float(p["qa_density"]), dense_nmatch=int(p["qa_dense_nmatch"]),
+        max_shift=float(p["qa_max_shift"]), few_matches=int(p["qa_few_matches"]),
+        theta=float(p["qa_theta"]), counts=float(p["qa_counts"]),
+        few_shift=float(p["qa_few_shift"]))
+    qa = xfmfit.decide_qa(
+        method=applied.method, n_match=applied.n_match, total_shift_arcsec=shift,
+        density=density, det_theta_arcmin=pin.detections["theta"],
+        det_src_cnts=pin.detections["src_cnts"], thresholds=thresholds,
+        disagree_reason=disagree_reason, extra_nomatch=applied.extra_nomatch)
+
+    logger.info("Applied (%s): d_xi = %+.4f +/- %.4f\", d_eta = %+.4f +/- %.4f\" "
+                "(%d pairs, %d detections, group %d); rms %.3f\" -> %.3f\"",
+                applied.estimator, total.d_xi, np.sqrt(total.cov[0, 0]), total.d_eta,
+                np.sqrt(total.cov[1, 1]), total.n_used, applied.n_match, total.group,
+                total.resstd0, total.resstd1)
+    alt_ok = alternative is not None and alternative.ok
+    if alt_ok:
+        logger.info("Not applied (%s): d_xi = %+.4f\", d_eta = %+.4f\"", alternative.estimator,
+                    alternative.total.d_xi, alternative.total.d_eta)
+    if qa.flags:
+        logger.warning("QA flags %d (stack %s): %s -- the transform is written; review the "
+                       "stack (spec 5.7)", qa.flags, pin.stackid or "?", qa.reason)
+
+    def keywords(with_alternative):
+        return transform.transform_keywords(
+            stackid=pin.stackid, instrument=pin.instrument, ra_stack=pin.ra_stack,
+            dec_stack=pin.dec_stack, method=applied.method, estimator=applied.estimator,
+            loss=loss, f_scale=p["f_scale"], total=total, n_match=applied.n_match,
+            qa_flags=qa.flags, qa_reason=qa.reason, n_eff=applied.n_eff,
+            alternative=((alternative.estimator, alternative.total)
+                         if with_alternative and alt_ok else None))
+
+    hist = _history("stk_xfm", FIT_DEFAULTS, dict(p, infile=infile or ""), history)
+    if outfile:
+        transform.write_transform(outfile, applied.components, keywords(True), hist,
+                                  instrument=pin.instrument, ra_ref=pin.ra_stack,
+                                  dec_ref=pin.dec_stack, clobber=clobber)
+    if outdet:
+        cols = stackfit.corrected_detections(pin, total.d_xi, total.d_eta)
+        detcorr.write_detcorr(outdet, cols, keywords(False), hist, clobber=clobber)
+    if diagfile:
+        used, p_true = _diag_columns(pin, np.flatnonzero(mask), spec, mix)
+        diag.write_diag(diagfile, pin, used, p_true, hist, clobber=clobber)
+
+    from stk_astrometry.wcsupdate import transform_id
+
+    with np.errstate(invalid="ignore"):
+        errs = np.sqrt(np.diag(np.asarray(total.cov, dtype=float)))
+    return FitResult(
+        stackid=pin.stackid, instrument=pin.instrument, method=applied.method,
+        estimator=applied.estimator, d_xi=float(total.d_xi), d_eta=float(total.d_eta),
+        d_xi_err=float(errs[0]), d_eta_err=float(errs[1]),
+        cov=np.array(total.cov, dtype=float), n_match=int(applied.n_match),
+        n_used=int(total.n_used), group=int(total.group), resstd0=float(total.resstd0),
+        resstd1=float(total.resstd1), qa_flags=int(qa.flags), qa_reason=qa.reason,
+        alt_estimator=alternative.estimator if alt_ok else "",
+        alt_d_xi=float(alternative.total.d_xi) if alt_ok else float("nan"),
+        alt_d_eta=float(alternative.total.d_eta) if alt_ok else float("nan"),
+        n_eff=float(mix.n_eff) if mix is not None and mix.n_eff is not None else float("nan"),
+        xfm_id=transform_id(total.d_xi, total.d_eta, pin.ra_stack, pin.dec_stack),
+        components=tuple(applied.components), outfile=outfile, outdetfile=outdet,
+        diagfile=diagfile)
+
+
+def _diag_columns(pin, selected, spec, mix):
+    """``used_spec`` and ``p_true`` per pair HDU for the diagnostics file."""
+    import numpy as np
+
+    from stk_astrometry.formats.diag import HDUS
+
+    det_hdu = "GAIA_PAIRS" if pin.method == "direct" else "WISE_PAIRS"
+    used, p_true = {}, {}
+    for name in HDUS:
+        n = pin.n_rows(name)
+        u = np.zeros(n, dtype=bool)
+        pt = np.full(n, np.nan)
+        if pin.method != "none":
+            if name == det_hdu:
+                if spec is not None and spec.det_used is not None:
+                    u[selected] = spec.det_used
+                if mix is not None and mix.det_p is not None:
+                    pt[selected] = mix.det_p
+            elif name == "WISE_GAIA" and pin.method == "twostep":
+                if spec is not None and spec.ref_used is not None:
+                    u[:] = spec.ref_used
+                if mix is not None and mix.ref_p is not None:
+                    pt[:] = mix.ref_p
+        used[name], p_true[name] = u, pt
+    return used, p_true
+
+
+# ---------------------------------------------------------------------------------------------
+# update_products
+
+
+def update_products(infile, transformfile, *, outdir=None, unknown="error", dryrun=False,
+                    inverse=False, replace=False, force=False, scrub=False, qa_override=False,
+                    clobber=False, product="", lock_timeout=60.0,
+                    history=None) -> UpdateResult:
+    """Rewrite the world coordinates of a stack's data products, as ``stk_update_wcs`` does.
+
+    Every product of spec §5.6 found in ``infile`` gets its EQPOS/EQSRC WCS, RA/Dec keyword
+    pairs and RA/Dec columns moved by the transform, atomically and reversibly; sky pixel
+    positions are never touched.
+
+    Parameters
+    ----------
+    infile : str or Path
+        A file, a comma list, ``@list`` or a directory (searched recursively).
+    transformfile : str or Path
+        A transform file with an STKXFM HDU (``file`` or ``file[block]``).
+    outdir : str or Path, optional
+        Write updated copies there; None or '' updates in place.
+    unknown : {'error', 'skip', 'generic'}
+        What to do with a file of unknown product type.
+    dryrun : bool
+        Only report the planned changes.
+    inverse : bool
+        Undo the transform.
+    replace : bool
+        Undo a different, applied transform and apply this one instead (one step).
+    force : bool
+        Compose with a different, already applied transform (apply on top).
+    scrub : bool
+        Remove observation keywords from master products.
+    qa_override : bool
+        Apply a transform whose QA flags are set without a QA decision (or that was
+        rejected); otherwise such a transform raises InputError (spec §5.7).
+    clobber : bool
+        Overwrite existing files in ``outdir``.
+    product : str
+        A §5.6 product type for every file given ('' recognises each file).
+    lock_timeout : float
+        Seconds to wait for a product another run has locked before that file fails.
+    history : object, optional
+        What the HISTORY records name (see :func:`match_stack`); default: this call's
+        keywords under the name ``stk_update_wcs``.
+
+    Returns
+    -------
+    UpdateResult
+        A file that failed is counted in ``n_errors`` (the others are still processed);
+        nothing is raised for it.
+    """
+    given = dict(infile=str(infile), transformfile=str(transformfile),
+                 outdir="" if outdir is None else str(outdir), unknown=unknown, dryrun=dryrun,
+                 inverse=inverse, replace=replace, force=force, qa_override=qa_override,
+                 scrub=scrub, clobber=clobber, product=product, lock_timeout=lock_timeout)
+    with _collect_warnings() as caught:
+        result = _update(given, _history("stk_update_wcs", UPDATE_DEFAULTS, given, history))
+    return dataclasses.replace(result, warnings=tuple(caught))
+
+
+#: stk_update_wcs's report categories -> FileOutcome.status.  A dry run changes nothing:
+#: what it would update is 'unchanged' (its category says 'would update').
+_STATUS = {"updated": "updated", "failed": "error", "skipped": "skipped",
+           "journal pending": "skipped"}
+
+
+def _update(p, hist):
+    from stk_astrometry.tools import stk_update_wcs as upd
+
+    p = {**UPDATE_DEFAULTS, **p}
+    p["unknown"] = _choice("unknown", p["unknown"], _UNKNOWN)
+    run = upd.update_files(p, hist.history_items())     # the tool's own run, locks and all
+    outcomes = []
+    for result in run.results:
+        status = "error" if result.failed else _STATUS.get(result.category, "unchanged")
+        outcomes.append(FileOutcome(str(result.path), result.ptype, status, result.action,
+                                    result.category))
+    logger.info("%s", run.summary)
+    if run.n_failed:
+        logger.error("%d of %d file(s) failed (the others were completed; see above)",
+                     run.n_failed, len(run.results))
+    xfm_id = run.xfm_id
+
+    def n(status):
+        return sum(1 for o in outcomes if o.status == status)
+
+    return UpdateResult(tuple(outcomes), n("updated"), n("unchanged"), n("skipped"),
+                        n("error"), xfm_id)
+
+
+# ---------------------------------------------------------------------------------------------
+# simulate_stack
+
+
+def simulate_stack(outdir, *, seed=1, history=None, **simulate_params) -> SimulateResult:
+    """Write a synthetic stack with a known true translation, as ``stk_simulate`` does.
+
+    Parameters
+    ----------
+    outdir : str or Path
+        The new directory (created atomically; an existing non-empty one needs
+        ``clobber=True``).
+    seed : int or None
+        Random seed (None: drawn, and recorded in the truth file).
+    history : object, optional
+        What the HISTORY records name (see :func:`match_stack`).
+    **simulate_params
+        The other ``stk_simulate`` parameters (:data:`SIMULATE_DEFAULTS`): ``ndet``,
+        ``shift_xi``, ``gaia_density``, ``products``, ``clobber`` ...
+
+    Returns
+    -------
+    SimulateResult
+    """
+    unknown = sorted(set(simulate_params) - set(SIMULATE_DEFAULTS))
+    if unknown:
+        raise ParameterError(f"simulate_stack: unknown parameter(s) {', '.join(unknown)}")
+    values = dict(SIMULATE_DEFAULTS)
+    values.update(simulate_params)
+    values["outdir"] = "" if outdir is None else str(outdir)
+    values["seed"] = seed
+    run = history if history is not None else _Run("stk_simulate", values)
+    with _collect_warnings() as caught:
+        result = _simulate(values, run)
+    return dataclasses.replace(result, warnings=tuple(caught))
+
+
+def _simulate(p, run):
+    import contextlib as _contextlib
+    import secrets
+    import shutil
+    import tempfile
+
+    import numpy as np
+
+    from stk_astrometry.errors import OutputError
+    from stk_astrometry.simulate import simulate_stack as simulate_core
+    from stk_astrometry.tools import stk_simulate as sim_tool
+
+    outdir = p["outdir"]
+    clobber = bool(p["clobber"])
+    sim_tool._check_outdir(outdir, clobber)
+    cfg = sim_tool.config_from_params(p)
+    seed = p["seed"]
+    if seed is None:
+        seed = secrets.randbits(31)
+        logger.info("seed=INDEF: using seed %d (recorded in the truth file)", seed)
+    # Independent streams for the catalogs and the products: adding a product never
+    # changes the catalogs of a given seed.
+    cat_seq, prod_seq = np.random.SeedSequence(seed).spawn(2)
+    sim = simulate_core(cfg, rng=np.random.default_rng(cat_seq))
+    sim = dataclasses.replace(sim, seed=seed)
+    t = sim.truth
+    logger.info("Stack %s: %d detections, %d Gaia, %d ALLWISE, %d best-neighbour rows",
+                sim.stack_id, sim.detections.region_id.size, sim.gaia.source_id.size,
+                sim.wise.allwise_oid.size, sim.best_neighbours.source_id.size)
+    logger.info("True shift d_xi=%.4f d_eta=%.4f arcsec; CRB %.4f, %.4f arcsec from %d pairs",
+                t.d_xi_arcsec, t.d_eta_arcsec, t.crb_xi_arcsec, t.crb_eta_arcsec, t.n_crb)
+
+    out = Path(outdir)
+    parent = out.parent if str(out.parent) else Path(".")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=parent))
+    products = []
+    try:
+        paths = sim_tool.write_stack(sim, tmp, run, shown_folder=out)
+        if p["products"]:
+            products = sim_tool.write_products(sim, tmp / "products",
+                                               rng=np.random.default_rng(prod_seq))
+            logger.info("Wrote %d data products under %s", len(products), out / "products")
+        os.chmod(tmp, 0o777 & ~sim_tool._umask())
+        sim_tool._install_tree(tmp, out)
+    except OSError as exc:
+        raise OutputError(f"cannot write outdir={outdir}: {exc.strerror or exc}") from exc
+    finally:
+        if tmp.exists():
+            with _contextlib.suppress(OSError):
+                shutil.rmtree(tmp)
+    logger.info("Wrote %s", out)
+    files = {key: str(out / Path(path).name) for key, path in paths.items()}
+    prods = tuple(str(out / Path(q).relative_to(tmp)) for q in products)
+    return SimulateResult(
+        outdir=str(out), stackid=sim.stack_id, seed=int(seed), files=files, products=prods,
+        d_xi=float(t.d_xi_arcsec), d_eta=float(t.d_eta_arcsec),
+        crb_xi=float(t.crb_xi_arcsec), crb_eta=float(t.crb_eta_arcsec))

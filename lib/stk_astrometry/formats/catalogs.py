@@ -1,0 +1,496 @@
+"""Input catalogs: the stack's detections, Gaia, ALLWISE and the Gaia-ALLWISE best neighbours.
+
+formats.md §0.  Reads the columns ``stk_match`` needs from a table already read by
+:func:`stk_astrometry.tableio.read_table` (FITS, VOTable, ECSV, CSV), by canonical name or
+by one of the documented aliases (case-insensitive), and converts them: numbers to float64
+with NaN for nulls, ids to int64 (nulls are an error), flags from booleans, integers or text.
+Builds the arrays of :mod:`stk_astrometry.matching` (the pure core); it decides nothing
+about the science.  The catalogs are inputs only: there is no writer here
+(``stk_simulate`` writes them, :mod:`stk_astrometry.simulate` owns their content).
+"""
+
+import logging
+from typing import NamedTuple
+
+from stk_astrometry.errors import CatalogError, ParameterError
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "DET_ALIASES", "DET_REQUIRED", "DET_OPTIONAL", "REF_ALIASES", "GAIA_REQUIRED",
+    "WISE_REQUIRED", "BN_REQUIRED", "TANGENT_TOLERANCE_DEG", "DetectionCatalog",
+    "read_detections", "read_gaia", "read_wise", "read_best_neighbours", "select_stack",
+    "find_tangent_point", "find_instrument",
+]
+
+
+class DetectionCatalog(NamedTuple):
+    """What :func:`read_detections` found: the detections and the stack's metadata.
+
+    Attributes
+    ----------
+    detections : stk_astrometry.matching.Detections
+    stackid : str
+        The stack's ``detect_stack_id`` ('' when the table names none).
+    ra_stack, dec_stack : float
+        Tangent point, deg.
+    origin : str
+        Where the tangent point came from (parameters, columns or header), for the log.
+    instrument : str
+        ``ACIS`` or ``HRC``.
+    """
+
+    detections: object
+    stackid: str
+    ra_stack: float
+    dec_stack: float
+    origin: str
+    instrument: str
+
+
+#: Accepted column names: canonical name -> aliases tried in order (all
+#: case-insensitive).  Documented in share/doc/stk_match.txt and formats.md §0.
+DET_ALIASES = {
+    "detect_stack_id": ("stackid", "stack_id"),
+    "ra": ("ra_deg", "raj2000"),
+    "dec": ("dec_deg", "dej2000", "decj2000"),
+    "err_ellipse_r0": ("err_r0", "r0"),
+    "err_ellipse_r1": ("err_r1", "r1"),
+    "err_ellipse_ang": ("err_ang",),
+    "theta": ("theta_mean",),
+    "src_cnts": ("src_cnts_aper_b", "src_cnts_aper_w"),
+    "conv_hull": ("convex_hull",),
+    "instrument": ("instrume",),
+}
+DET_REQUIRED = ("region_id", "ra", "dec", "err_ellipse_r0", "err_ellipse_r1", "likelihood_class")
+DET_OPTIONAL = (
+    "detect_stack_id", "err_ellipse_ang", "theta", "src_cnts", "sat_src_flag", "conv_hull",
+    "man_inc", "ra_stack", "dec_stack", "instrument",
+)
+REF_ALIASES = {
+    "ra": ("ra_deg", "raj2000"),
+    "dec": ("dec_deg", "dej2000", "decj2000"),
+}
+GAIA_REQUIRED = ("source_id", "ra", "dec", "pmra", "pmdec")
+WISE_REQUIRED = ("allwise_oid", "ra", "dec", "sigra", "sigdec", "cc_flags")
+BN_REQUIRED = ("source_id", "allwise_oid")
+
+#: Tangent points from the columns of one stack must agree to this (deg).
+TANGENT_TOLERANCE_DEG = 1e-6
+
+
+def _blank(value):
+    return value is None or str(value).strip() == ""
+
+
+def _fits_text(value):
+    """True if ``value`` can be a FITS keyword value (printable ASCII)."""
+    return value.isascii() and value.isprintable()
+
+# --------------------------------------------------------------------------
+# Column conversion (astropy masked columns, bytes, booleans as text)
+# --------------------------------------------------------------------------
+
+
+def _column(tin, colname):
+    return tin.table[colname]
+
+
+def _floats(tin, colname):
+    """A numeric column as float64 with NaN for nulls."""
+    import numpy as np
+
+    col = _column(tin, colname)
+    data = np.ma.asarray(col)
+    if data.ndim != 1:
+        raise CatalogError(f"{tin.hdu}: column '{colname}' is not a scalar column")
+    try:
+        values = np.ma.filled(data.astype(float), np.nan)
+    except (TypeError, ValueError) as exc:
+        raise CatalogError(f"{tin.hdu}: column '{colname}' is not numeric ({exc})") from None
+    return np.asarray(values, dtype=float)
+
+
+def _ints(tin, colname):
+    """An id column as int64; nulls or non-integers are an error."""
+    import numpy as np
+
+    col = _column(tin, colname)
+    data = np.ma.asarray(col)
+    if data.ndim != 1:
+        raise CatalogError(f"{tin.hdu}: column '{colname}' is not a scalar column")
+    mask = np.ma.getmaskarray(data)
+    if np.any(mask):
+        raise CatalogError(
+            f"{tin.hdu}: column '{colname}' has {int(mask.sum())} null value(s) "
+            f"(first at row {int(np.flatnonzero(mask)[0]) + 1})"
+        )
+    raw = np.asarray(np.ma.getdata(data))
+    too_large = CatalogError(
+        f"{tin.hdu}: column '{colname}' holds ids that do not fit a 64-bit integer"
+    )
+    if raw.dtype.kind == "u" and raw.size and raw.max() > np.iinfo(np.int64).max:
+        raise too_large
+    if raw.dtype.kind in "iub":
+        return raw.astype(np.int64)
+    if raw.dtype.kind == "f":
+        if not np.all(np.isfinite(raw)) or np.any(raw != np.round(raw)):
+            raise CatalogError(f"{tin.hdu}: column '{colname}' holds non-integer ids")
+        if np.any(np.abs(raw) >= 2.0**63):
+            raise too_large
+        if np.any(np.abs(raw) > 2.0**53):  # e.g. Gaia source_id: rounded, ids merged
+            raise CatalogError(
+                f"{tin.hdu}: column '{colname}' holds ids beyond 2**53 as floating point "
+                "numbers, which cannot hold them exactly; store the ids as integers"
+            )
+        return raw.astype(np.int64)
+    try:
+        return np.array([int(str(v).strip()) for v in _decode(raw)], dtype=np.int64)
+    except ValueError:
+        raise CatalogError(f"{tin.hdu}: column '{colname}' holds non-integer ids") from None
+    except OverflowError:
+        raise too_large from None
+
+
+def _decode(raw):
+    import numpy as np
+
+    if raw.dtype.kind == "S":
+        return np.char.decode(raw, "ascii", errors="replace")
+    if raw.dtype.kind == "O":
+        return np.array(
+            [v.decode("ascii", "replace") if isinstance(v, bytes) else str(v) for v in raw],
+            dtype=str,
+        )
+    return raw.astype(str)
+
+
+def _strings(tin, colname):
+    """A column as stripped str; nulls become ''."""
+    import numpy as np
+
+    data = np.ma.asarray(_column(tin, colname))
+    if data.ndim != 1:
+        raise CatalogError(f"{tin.hdu}: column '{colname}' is not a scalar column")
+    mask = np.ma.getmaskarray(data)
+    out = np.char.strip(_decode(np.asarray(np.ma.getdata(data))))
+    if np.any(mask):
+        out = out.astype(object)
+        out[mask] = ""
+        out = out.astype(str)
+    return out
+
+
+_TRUE_TEXT = ("T", "TRUE", "Y", "YES", "1")
+_FALSE_TEXT = ("F", "FALSE", "N", "NO", "0", "")
+
+
+def _flags(tin, colname):
+    """A flag column as bool; a vector (per-observation) column is true if any element is.
+
+    Booleans, integers (nonzero = set) and text (T/TRUE/Y/YES/1 vs
+    F/FALSE/N/NO/0/blank) are accepted; nulls count as not set.
+    """
+    import numpy as np
+
+    data = np.ma.asarray(_column(tin, colname))
+    raw = np.asarray(np.ma.getdata(data))
+    mask = np.ma.getmaskarray(data)
+    if raw.dtype.kind in "biuf":
+        with np.errstate(invalid="ignore"):
+            flags = (raw != 0) & ~np.isnan(raw.astype(float))
+    elif raw.dtype.kind in "SUO":
+        text = np.char.upper(np.char.strip(_decode(raw.ravel()))).reshape(raw.shape)
+        unknown = ~np.isin(text, _TRUE_TEXT + _FALSE_TEXT) & ~mask
+        if np.any(unknown):
+            bad = sorted(set(text[unknown].tolist()))[:5]
+            raise CatalogError(
+                f"{tin.hdu}: column '{colname}' has values that are not a flag: {', '.join(bad)}"
+            )
+        flags = np.isin(text, _TRUE_TEXT)
+    else:
+        raise CatalogError(f"{tin.hdu}: column '{colname}' is not a flag column")
+    flags = flags & ~mask
+    if flags.ndim > 1:
+        flags = flags.reshape(len(flags), -1).any(axis=1)
+    return flags
+
+
+# --------------------------------------------------------------------------
+# Detections: stack, tangent point, instrument
+# --------------------------------------------------------------------------
+
+
+def select_stack(stack_ids, requested):
+    """Rows of the requested stack.  Pure.
+
+    Parameters
+    ----------
+    stack_ids : ndarray of str
+        ``detect_stack_id`` of every row.
+    requested : str or None
+        The ``stackid`` parameter (None/blank: the file must hold one stack).
+
+    Returns
+    -------
+    stackid : str
+    rows : ndarray of bool
+    """
+    import numpy as np
+
+    present = sorted(set(stack_ids.tolist()))
+    if not _blank(requested):
+        want = str(requested).strip()
+        rows = stack_ids == want
+        if not np.any(rows) and len(stack_ids):
+            shown = ", ".join(present[:20]) + (" ..." if len(present) > 20 else "")
+            raise CatalogError(
+                f"stackid={want} is not in detfile (it holds {len(present)} stack(s): {shown})"
+            )
+        return want, rows
+    if len(present) > 1:
+        shown = ", ".join(present[:20]) + (f" ... ({len(present)} in all)" if len(present) > 20 else "")
+        raise ParameterError(
+            f"detfile holds {len(present)} stacks; choose one with stackid=: {shown}"
+        )
+    return (present[0] if present else ""), np.ones(len(stack_ids), dtype=bool)
+
+
+def _header_value(header, name):
+    from astropy.io import fits
+
+    from stk_astrometry.fitsutil import get_keyword
+
+    if isinstance(header, fits.Header):
+        return get_keyword(header, name)
+    return None
+
+
+def find_tangent_point(tin, cols, rows, *, ra_stack=None, dec_stack=None):
+    """The tangent point and where it came from.
+
+    Order: the ra_stack/dec_stack parameters; the ra_stack/dec_stack columns
+    of the stack's rows (which must agree); the RA_STACK/DEC_STACK header
+    keywords (CXC DTYPEn/DVALn or HIERARCH for DEC_STACK).
+    """
+    import numpy as np
+
+    ra_p, dec_p = ra_stack, dec_stack
+    if (ra_p is None) != (dec_p is None):
+        raise ParameterError(
+            "set both ra_stack and dec_stack, or leave both INDEF to read them from detfile"
+        )
+    if ra_p is not None:
+        return float(ra_p), float(dec_p), "parameters"
+    if cols["ra_stack"] and cols["dec_stack"] and np.any(rows):
+        values = []
+        for name in ("ra_stack", "dec_stack"):
+            v = _floats(tin, cols[name])[rows]
+            if not np.all(np.isfinite(v)):
+                raise CatalogError(f"{tin.hdu}: column '{cols[name]}' has null or NaN values")
+            if np.ptp(v) > TANGENT_TOLERANCE_DEG:
+                raise CatalogError(
+                    f"{tin.hdu}: column '{cols[name]}' varies within the stack "
+                    f"({v.min():.8f} to {v.max():.8f}): one tangent point per stack"
+                )
+            values.append(float(v[0]))
+        return values[0], values[1], f"{tin.hdu} columns"
+    ra_h = _header_value(tin.header, "RA_STACK")
+    dec_h = _header_value(tin.header, "DEC_STACK")
+    if ra_h is not None and dec_h is not None:
+        not_numbers = CatalogError(
+            f"{tin.hdu}: RA_STACK/DEC_STACK keywords are not numbers: {ra_h!r}, {dec_h!r}"
+        )
+        if isinstance(ra_h, (bool, np.bool_)) or isinstance(dec_h, (bool, np.bool_)):
+            raise not_numbers
+        try:
+            return float(ra_h), float(dec_h), f"{tin.hdu} header"
+        except (TypeError, ValueError):
+            raise not_numbers from None
+    if cols["ra_stack"] and cols["dec_stack"]:
+        where = f"{tin.hdu} has no rows to read its ra_stack/dec_stack columns from"
+    else:
+        where = f"{tin.hdu} has no ra_stack/dec_stack columns"
+    raise CatalogError(
+        f"no tangent point: {where} and no RA_STACK/DEC_STACK keywords; "
+        "set the ra_stack and dec_stack parameters"
+    )
+
+
+def find_instrument(tin, cols, rows, stackid):
+    """ACIS or HRC: instrument column, INSTRUME keyword, stack id prefix, else ACIS (warned)."""
+    import numpy as np
+
+    value = ""
+    if cols["instrument"] and np.any(rows):
+        found = [v for v in _strings(tin, cols["instrument"])[rows] if v]
+        value = found[0] if found else ""
+    if not value:
+        header_value = _header_value(tin.header, "INSTRUME")
+        value = str(header_value).strip() if header_value is not None else ""
+    if not value:
+        low = stackid.lower()
+        value = "ACIS" if low.startswith("acis") else "HRC" if low.startswith("hrc") else ""
+    upper = value.upper()
+    for name in ("ACIS", "HRC"):
+        if upper.startswith(name):
+            return name
+    if value:
+        logger.warning("instrument %r is neither ACIS nor HRC: assuming ACIS", value)
+    else:
+        logger.warning("no instrument in %s and stack id %r: assuming ACIS", tin.hdu, stackid)
+    return "ACIS"
+
+
+def read_detections(tin, *, stackid=None, ra_stack=None, dec_stack=None):
+    """The stack's detections and where they are.
+
+    Parameters
+    ----------
+    tin : stk_astrometry.tableio.TableInput
+        The detection table (CSC 2.x columns or their aliases, :data:`DET_ALIASES`).
+    stackid : str, optional
+        The stack to take when the table holds several (``detect_stack_id``).
+    ra_stack, dec_stack : float, optional
+        The tangent point (deg); both or neither.  Default: the ``ra_stack``/``dec_stack``
+        columns, else the ``RA_STACK``/``DEC_STACK`` keywords.
+
+    Returns
+    -------
+    DetectionCatalog
+
+    Raises
+    ------
+    CatalogError, ParameterError
+        Missing columns, null ids, several stacks without ``stackid``, no tangent point.
+    """
+    import numpy as np
+
+    from stk_astrometry import matching
+    from stk_astrometry.tableio import require_columns
+
+    cols = require_columns(tin, DET_REQUIRED, aliases=DET_ALIASES, optional=DET_OPTIONAL)
+    n_rows = len(tin.table)
+    if n_rows == 0:
+        logger.warning("%s has no rows: the stack has no detections", tin.hdu)
+    if cols["detect_stack_id"]:
+        stackid, rows = select_stack(_strings(tin, cols["detect_stack_id"]), stackid)
+        if not _fits_text(stackid):
+            raise CatalogError(
+                f"{tin.hdu}: detect_stack_id {stackid!r} is not printable ASCII "
+                "(the STACKID keyword of the output cannot hold it)"
+            )
+        n_other = int(np.count_nonzero(~rows))
+        if n_other:
+            logger.info("%s: %d row(s) of other stacks ignored", tin.hdu, n_other)
+    else:
+        rows = np.ones(n_rows, dtype=bool)
+        header_id = _header_value(tin.header, "STACKID")
+        if not _blank(stackid):
+            stackid = str(stackid).strip()
+        elif header_id is not None and str(header_id).strip():
+            stackid = str(header_id).strip()
+        else:
+            stackid = ""
+            logger.warning("%s has no detect_stack_id column or STACKID keyword: STACKID is blank",
+                           tin.hdu)
+
+    region_id = _ints(tin, cols["region_id"])[rows]
+    int32 = np.iinfo(np.int32)
+    outside = (region_id < int32.min) | (region_id > int32.max)
+    if np.any(outside):
+        raise CatalogError(
+            f"{tin.hdu}: region_id {int(region_id[outside][0])} does not fit the 32-bit "
+            f"region_id of the output (formats.md); {int(np.count_nonzero(outside))} such row(s)"
+        )
+    values, counts = np.unique(region_id, return_counts=True)
+    if np.any(counts > 1):
+        dups = values[counts > 1]
+        raise CatalogError(
+            f"{tin.hdu}: region_id must be unique within stack {stackid or '(unnamed)'}; "
+            f"repeated: {', '.join(str(v) for v in dups[:10])}"
+            + (f" ... ({len(dups)} in all)" if len(dups) > 10 else "")
+        )
+    n = int(np.count_nonzero(rows))
+
+    def optional_floats(name, what):
+        if cols[name]:
+            return _floats(tin, cols[name])[rows]
+        logger.warning("%s has no %s column: %s written as NaN", tin.hdu, name, what)
+        return np.full(n, np.nan)
+
+    def optional_flags(name, what):
+        if cols[name]:
+            return _flags(tin, cols[name])[rows]
+        logger.warning("%s has no %s column: no detection dropped as %s", tin.hdu, name, what)
+        return None
+
+    if cols["err_ellipse_ang"]:
+        err_ang = _floats(tin, cols["err_ellipse_ang"])[rows]
+    else:
+        logger.info("%s has no err_ellipse_ang column: err_ang written as NaN", tin.hdu)
+        err_ang = np.full(n, np.nan)
+    det = matching.Detections(
+        region_id=region_id,
+        ra_deg=_floats(tin, cols["ra"])[rows],
+        dec_deg=_floats(tin, cols["dec"])[rows],
+        err_r0_arcsec=_floats(tin, cols["err_ellipse_r0"])[rows],
+        err_r1_arcsec=_floats(tin, cols["err_ellipse_r1"])[rows],
+        err_ang_deg=err_ang,
+        theta_arcmin=optional_floats("theta", "off-axis angle (QA rules need it)"),
+        src_cnts=optional_floats("src_cnts", "counts (QA rules need them)"),
+        likelihood_class=np.char.upper(_strings(tin, cols["likelihood_class"])[rows]),
+        sat_src_flag=optional_flags("sat_src_flag", "saturated"),
+        conv_hull=optional_flags("conv_hull", "convex hull"),
+        man_inc=_flags(tin, cols["man_inc"])[rows] if cols["man_inc"] else None,
+    )
+    ra0, dec0, origin = find_tangent_point(tin, cols, rows, ra_stack=ra_stack, dec_stack=dec_stack)
+    if not (np.isfinite(ra0) and 0 <= ra0 <= 360 and np.isfinite(dec0) and abs(dec0) <= 90):
+        raise CatalogError(f"tangent point from {origin} is out of range: ra={ra0}, dec={dec0}")
+    instrument = find_instrument(tin, cols, rows, stackid)
+    return DetectionCatalog(det, stackid, ra0, dec0, origin, instrument)
+
+
+def read_gaia(tin):
+    """The Gaia sources (:class:`~stk_astrometry.matching.GaiaSources`) of a table."""
+    from stk_astrometry import matching
+    from stk_astrometry.tableio import require_columns
+
+    cols = require_columns(tin, GAIA_REQUIRED, aliases=REF_ALIASES)
+    return matching.GaiaSources(
+        source_id=_ints(tin, cols["source_id"]),
+        ra_deg=_floats(tin, cols["ra"]),
+        dec_deg=_floats(tin, cols["dec"]),
+        pmra_masyr=_floats(tin, cols["pmra"]),
+        pmdec_masyr=_floats(tin, cols["pmdec"]),
+    )
+
+
+def read_wise(tin):
+    """The ALLWISE sources (:class:`~stk_astrometry.matching.WiseSources`) of a table."""
+    from stk_astrometry import matching
+    from stk_astrometry.tableio import require_columns
+
+    cols = require_columns(tin, WISE_REQUIRED, aliases=REF_ALIASES)
+    return matching.WiseSources(
+        allwise_oid=_ints(tin, cols["allwise_oid"]),
+        ra_deg=_floats(tin, cols["ra"]),
+        dec_deg=_floats(tin, cols["dec"]),
+        sigra_arcsec=_floats(tin, cols["sigra"]),
+        sigdec_arcsec=_floats(tin, cols["sigdec"]),
+        cc_flags=_strings(tin, cols["cc_flags"]),
+    )
+
+
+def read_best_neighbours(tin):
+    """The Gaia-ALLWISE best-neighbour rows of a table."""
+    from stk_astrometry import matching
+    from stk_astrometry.tableio import require_columns
+
+    cols = require_columns(tin, BN_REQUIRED)
+    return matching.BestNeighbours(
+        source_id=_ints(tin, cols["source_id"]),
+        allwise_oid=_ints(tin, cols["allwise_oid"]),
+    )
+
+
