@@ -231,3 +231,21 @@ def test_region_file_wavdetect_keywords_move_and_sentinels_stay(tmp_path):
     want = shift_sky(old[0], old[1], 0.3, -0.2, RA0, DEC0)
     assert abs(new[0] - float(want[0])) < 1e-11 and abs(new[1] - float(want[1])) < 1e-11
     assert get_keyword(h1, "WAV2B_RA") == -999.0 and get_keyword(h1, "WAV2B_DEC") == -999.0
+
+
+def test_stk_match_warns_about_a_detection_catalog_already_moved(tmp_path, capsys):
+    # the catalog of a stack folder moved by an earlier stk_update_wcs (issue 15): the next
+    # stk_match must not read it without a word
+    from stk_astrometry.tools.stk_match import main as match_main
+
+    sample = HERE.parent / "share" / "sample"
+    stack = "acisfJ1236480p621200_001"
+    det = tmp_path / "det.fits"
+    shutil.copy(sample / f"{stack}_det.fits", det)
+    with fits.open(det, mode="update") as h:
+        h[1].header["STKXFMID"] = "0123456789abcdef"
+    assert match_main([str(det), str(sample / f"{stack}_gaia.fits"), str(tmp_path / "p.fits"),
+                       "mode=h", "verbose=0"]) == 0
+    err = capsys.readouterr().err
+    assert "WARNING" in err and "STKXFMID=0123456789abcdef" in err and stack in err
+    assert err.count("\n") == 1

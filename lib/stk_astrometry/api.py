@@ -360,6 +360,15 @@ def _history(tool, defaults, given, history):
     return _Run(tool, values)
 
 
+def _header_text(header, key):
+    """A header keyword as stripped text, '' when absent (header may be a dict)."""
+    try:
+        value = header.get(key)
+    except AttributeError:
+        return ""
+    return "" if value is None else str(value).strip()
+
+
 def _blank(value):
     return value is None or str(value).strip() == ""
 
@@ -518,6 +527,15 @@ def _match(detfile, gaiafile, outfile, *, wisefile, bestnbfile, stackid, ra_stac
     det = cat.detections
     logger.info("Read %d detection(s) of stack %s from %s; tangent point from %s",
                 len(det), cat.stackid or "(unnamed)", det_in.hdu, cat.origin)
+    applied = _header_text(det_in.header, "STKXFMID")
+    if applied:
+        # stk_update_wcs moved these positions already (issue 15): a fit on them measures
+        # what is left of the shift, ~0, not the stack's shift
+        logger.warning("stack %s: %s: the detections carry transform STKXFMID=%s - "
+                       "stk_update_wcs has moved their positions; the fit will measure the "
+                       "shift left over (about zero), not the stack's.  Match the catalog as "
+                       "the archive wrote it (or undo with stk_update_wcs inverse=yes)",
+                       cat.stackid or "(unnamed)", det_in.hdu, applied)
     config = dataclasses.replace(config, ra_stack_deg=cat.ra_stack, dec_stack_deg=cat.dec_stack)
     gaia_in = read_table(gaiafile, param="gaiafile")
     gaia = catalogs.read_gaia(gaia_in)

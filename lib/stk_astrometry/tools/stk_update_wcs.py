@@ -1453,10 +1453,11 @@ def _process_all(files, ctx: RunContext):
 
 
 def _existing_folders(outdir: Path) -> set:
-    """The folders at and under ``outdir`` before the run (none if it does not exist)."""
+    """The folders at and under ``outdir`` before the run, and its existing ancestors."""
+    found = {str(p.resolve()) for p in Path(os.path.abspath(outdir)).parents if p.is_dir()}
     if not outdir.is_dir():
-        return set()
-    found = {str(outdir.resolve())}
+        return found
+    found.add(str(outdir.resolve()))
     for root, dirs, _ in os.walk(outdir):
         found.update(str(Path(root, d).resolve()) for d in dirs)
     return found
@@ -1474,3 +1475,11 @@ def _remove_new_empty_folders(outdir: Path, before: set) -> None:
             path.rmdir()             # only succeeds when empty
         except OSError:
             pass
+    # the ancestors of outdir this run created (outdir=new/deep), when left empty
+    for parent in Path(os.path.abspath(outdir)).parents:
+        if str(parent) in before or not parent.is_dir():
+            break
+        try:
+            parent.rmdir()
+        except OSError:
+            break
