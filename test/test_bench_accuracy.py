@@ -79,3 +79,36 @@ def test_a_failed_mixture_fit_is_scored_as_no_fit(bench):
     assert fit.failure is not None
     shift, sigma, _ = bench.est_mixture(leg, 0)
     assert np.all(np.isnan(shift)) and np.all(np.isnan(sigma))
+
+
+def _one_tiny_case(bench, monkeypatch, verdict):
+    case = bench.Case("tiny", 3, 3, 0.0, 0.3, clean=True, mixture_rms_target=1.03)
+    monkeypatch.setattr(bench, "CASES", [case])
+    monkeypatch.setattr(bench, "_verdicts", lambda case, name, s: [f"{verdict} stub"])
+
+
+@pytest.mark.parametrize("verdict, status", [("FAIL", 1), ("PASS", 0)])
+def test_a_failed_target_makes_the_full_run_fail(bench, monkeypatch, capsys, verdict, status):
+    _one_tiny_case(bench, monkeypatch, verdict)
+    assert bench.main(quick=False) == status
+    out = capsys.readouterr().out
+    assert ("target check(s) FAILED" in out) == (verdict == "FAIL")
+
+
+def test_a_quick_run_does_not_judge_the_targets(bench, monkeypatch, capsys):
+    _one_tiny_case(bench, monkeypatch, "FAIL")
+    assert bench.main(quick=True) == 0
+    assert "too few stacks for the targets to be judged" in capsys.readouterr().out
+
+
+def test_run_py_exits_non_zero_when_a_benchmark_returns_non_zero(tmp_path, monkeypatch, capsys):
+    spec = importlib.util.spec_from_file_location("bench_run_under_test", BENCH.with_name("run.py"))
+    run = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run)
+    for name, rc in (("good", 0), ("bad", 1)):
+        (tmp_path / f"bench_{name}.py").write_text(f"def main(quick=False):\n    return {rc}\n")
+    monkeypatch.setattr(run, "discover", lambda: {p.stem[6:]: p for p in sorted(tmp_path.glob("bench_*.py"))})
+    assert run.main(["--only", "good"]) == 0
+    assert run.main(["--only", "bad"]) == 1
+    assert run.main([]) == 1
+    assert "bad exit 1" in capsys.readouterr().out

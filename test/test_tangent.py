@@ -116,3 +116,35 @@ def test_round_trip_property(ra0, dec0, xi, eta):
     xi2, eta2 = sky_to_tangent(ra, dec, ra0, dec0)
     assert abs(xi2 - xi) < MICRO_ARCSEC
     assert abs(eta2 - eta) < MICRO_ARCSEC
+
+
+# ------------------------------------------------------------------------------ edges of the domain
+
+
+def test_a_position_exactly_ninety_degrees_away_has_no_projection_and_no_warning():
+    # dec0 = 15, dec = -75 on the same meridian: D = sin d sin d0 + cos d cos d0 is exactly 0.0
+    # in floating point (checked below); the help says D <= 0 comes back as NaN, silently
+    dec, dec0 = np.radians(-75.0), np.radians(15.0)
+    assert np.sin(dec) * np.sin(dec0) + np.cos(dec) * np.cos(dec0) == 0.0
+    xi, eta = sky_to_tangent([10.0, 10.0], [-75.0, 14.0], 10.0, 15.0)   # warnings are errors
+    assert np.isnan(xi[0]) and np.isnan(eta[0])
+    assert np.isfinite(xi[1]) and np.isfinite(eta[1])
+
+
+def test_single_precision_input_is_computed_in_double_precision():
+    # catalogs often store positions as float32 (E columns): the float32 values are exact
+    # numbers and their projection must be as accurate as that of the same numbers in float64
+    ra = np.array([201.3, 201.4, 0.001], dtype=np.float32)
+    dec = np.array([26.5, 26.7, -0.002], dtype=np.float32)
+    ra0, dec0 = np.float32(201.35), np.float32(26.61)
+    xi32, eta32 = sky_to_tangent(ra, dec, ra0, dec0)
+    xi64, eta64 = sky_to_tangent(ra.astype(float), dec.astype(float), float(ra0), float(dec0))
+    assert xi32.dtype == np.float64 and eta32.dtype == np.float64
+    np.testing.assert_array_equal(xi32, xi64)
+    np.testing.assert_array_equal(eta32, eta64)
+    back32 = tangent_to_sky(xi32.astype(np.float32), eta32.astype(np.float32), ra0, dec0)
+    back64 = tangent_to_sky(xi32.astype(np.float32).astype(float), eta32.astype(np.float32).astype(float),
+                            float(ra0), float(dec0))
+    for a, b in zip(back32, back64, strict=True):
+        assert a.dtype == np.float64
+        np.testing.assert_array_equal(a, b)

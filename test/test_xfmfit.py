@@ -6,9 +6,7 @@ from stk_astrometry import xfmfit
 from stk_astrometry.xfmfit import (
     R95_PER_SIGMA,
     PairSet,
-    QAThresholds,
     combine_legs,
-    decide_qa,
     fit_leg_spec,
     fit_stack_spec,
     fit_translation,
@@ -573,71 +571,70 @@ def test_pairset_checks_lengths():
                 np.ones(3, int), np.ones(3), np.ones(3), np.zeros(3), np.zeros(3), np.zeros(3))
 
 
-# ------------------------------------------------------------------------------ QA
+# ------------------------------------------------------------------------------ objective and floors
 
 
-def qa(**kwargs):
-    base = {"method": "direct", "n_match": 20, "total_shift_arcsec": 0.2, "density": 1.0,
-                "det_theta_arcmin": [1.0, 7.0], "det_src_cnts": [50.0, 5.0]}
-    base.update(kwargs)
-    return decide_qa(**base)
+def _objective_value(p, d_xi, d_eta, w, f_scale):
+    """The documented Cauchy objective, written out independently: 1/2 sum C^2 ln(1 + w r^2/C^2)."""
+    c2 = f_scale**2
+    z = w * ((p[0] - d_xi) ** 2 + (p[1] - d_eta) ** 2) / c2
+    return 0.5 * c2 * np.sum(np.log1p(z))
 
 
-def test_qa_clean():
-    result = qa()
-    assert result.flags == 0 and result.reason == "" and result.names == ()
+@pytest.mark.parametrize("f_scale", [0.5, 2.0, 3.0])
+def test_fit_is_the_minimum_of_the_documented_objective_for_any_f_scale(f_scale):
+    """F(p) = 1/2 sum C^2 rho(w r^2 / C^2) with C = f_scale: the scale enters squared, so the
+    minimum moves with f_scale (at f_scale = 1 a scale that is not squared would go unseen)."""
+    from scipy.optimize import minimize
+
+    rng = np.random.default_rng(SEED + 31)
+    n = 25
+    d_xi = np.r_[rng.normal(0.2, 0.3, n), rng.uniform(0.8, 2.5, 8)]   # a one-sided tail
+    d_eta = np.r_[rng.normal(-0.1, 0.3, n), rng.uniform(-0.5, 1.5, 8)]
+    w = 1.0 / rng.uniform(0.05, 0.2, n + 8)
+    zeros = np.zeros_like(d_xi)
+    fit = fit_translation(zeros, zeros, d_xi, d_eta, w, loss="cauchy", f_scale=f_scale)
+    best = minimize(_objective_value, x0=[fit.d_xi + 0.05, fit.d_eta - 0.05],
+                    args=(d_xi, d_eta, w, f_scale), method="Nelder-Mead",
+                    options={"xatol": 1e-10, "fatol": 1e-14, "maxiter": 5000})
+    assert np.hypot(fit.d_xi - best.x[0], fit.d_eta - best.x[1]) < 1e-6
+    other = fit_translation(zeros, zeros, d_xi, d_eta, w, loss="cauchy", f_scale=1.0)
+    assert np.hypot(fit.d_xi - other.d_xi, fit.d_eta - other.d_eta) > 1e-3
 
 
-def test_qa_nomatch():
-    result = qa(method="none", n_match=0, total_shift_arcsec=0.0)
-    assert result.flags == 1 and result.names == ("NOMATCH",)
-    assert result.reason.startswith("NOMATCH:")
+def _ring(m, sigma_axis):
+    """m offsets evenly on a circle around 0 whose per-axis scatter is sigma_axis."""
+    angle = 2 * np.pi * np.arange(m) / m
+    return sigma_axis * np.sqrt(2) * np.cos(angle), sigma_axis * np.sqrt(2) * np.sin(angle)
 
 
-def test_qa_dense():
-    assert qa(n_match=9, density=150.0).flags == 2
-    assert qa(n_match=10, density=150.0).flags == 0
-    assert qa(n_match=9, density=100.0).flags == 0
-    # the §5.7 reading (density alone) through a large qa_dense_nmatch
-    assert qa(density=150.0, thresholds=QAThresholds(dense_nmatch=10**9)).flags == 2
+@pytest.mark.parametrize("m", [3, 5, 8, 9])
+def test_below_ten_detections_the_error_is_never_under_the_formal_error(m):
+    sigma = 0.3
+    d_xi, d_eta = _ring(m, 0.7 * sigma)            # scatter smaller than the stated errors
+    zeros = np.zeros(m)
+    fit = fit_translation(zeros, zeros, d_xi, d_eta, np.full(m, 1 / sigma**2), loss="linear")
+    formal = sigma / np.sqrt(m)
+    assert fit.error_source == "formal"
+    assert fit.d_xi_err == pytest.approx(formal, rel=1e-9)
+    assert fit.d_eta_err == pytest.approx(formal, rel=1e-9)
 
 
-def test_qa_bigshift():
-    result = qa(total_shift_arcsec=1.42)
-    assert result.flags == 4
-    assert result.reason == 'BIGSHIFT: total shift 1.42" > 1"'
+@pytest.mark.parametrize("m", [10, 11, 20])
+def test_from_ten_detections_a_plausible_small_scatter_stands(m):
+    sigma = 0.3
+    d_xi, d_eta = _ring(m, 0.7 * sigma)
+    zeros = np.zeros(m)
+    fit = fit_translation(zeros, zeros, d_xi, d_eta, np.full(m, 1 / sigma**2), loss="linear")
+    formal = sigma / np.sqrt(m)
+    assert fit.error_source == "scatter" and not fit.implausible
+    assert fit.d_xi_err < 0.9 * formal and fit.d_eta_err < 0.9 * formal
 
 
-@pytest.mark.parametrize("theta, cnts, shift, why", [
-    ([6.0, 7.0], [50.0], 0.2, "no detection within 5'"),
-    ([1.0], [10.0, 15.0], 0.2, "no detection above 15 counts"),
-    ([1.0], [50.0], 0.6, 'total shift 0.60" > 0.5"'),
-])
-def test_qa_fewmatch_each_condition(theta, cnts, shift, why):
-    result = qa(n_match=2, det_theta_arcmin=theta, det_src_cnts=cnts, total_shift_arcsec=shift)
-    assert result.flags == 8
-    assert result.reason == f"FEWMATCH: 2 matches < 3 and {why}"
-
-
-def test_qa_fewmatch_needs_a_condition():
-    assert qa(n_match=2).flags == 0
-
-
-def test_qa_combined_reason_in_bit_order():
-    result = qa(n_match=2, det_theta_arcmin=[6.0], total_shift_arcsec=1.42,
-                disagree_reason="they differ")
-    assert result.flags == 4 | 8 | 16
-    assert result.names == ("BIGSHIFT", "FEWMATCH", "DISAGREE")
-    assert result.reason.startswith('BIGSHIFT: total shift 1.42" > 1"; FEWMATCH: 2 matches < 3 '
-                                    "and no detection within 5'")
-
-
-def test_qa_says_identity_only_for_a_zero_shift():
-    assert "identity" in qa(n_match=0, total_shift_arcsec=0.0).reason
-    result = qa(n_match=0, total_shift_arcsec=0.4)
-    assert result.flags & 1 and "identity" not in result.reason
-
-
-def test_qa_extra_nomatch():
-    result = qa(extra_nomatch="no ALLWISE-Gaia pairs")
-    assert result.flags == 1 and "no ALLWISE-Gaia pairs" in result.reason
+def test_from_ten_detections_an_implausibly_small_scatter_takes_the_formal_error():
+    m, sigma = 10, 0.3
+    d_xi, d_eta = _ring(m, 0.05 * sigma)
+    zeros = np.zeros(m)
+    fit = fit_translation(zeros, zeros, d_xi, d_eta, np.full(m, 1 / sigma**2), loss="linear")
+    assert fit.implausible and fit.error_source == "formal"
+    assert fit.d_xi_err == pytest.approx(sigma / np.sqrt(m), rel=1e-9)

@@ -118,6 +118,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .core.radii import R95_PER_SIGMA as _R95_PER_SIGMA
 from .errors import FitError
 
 logger = logging.getLogger(__name__)
@@ -132,8 +133,9 @@ __all__ = [
     "pair_covariance",
 ]
 
-#: CSC error-ellipse radii are 95 % radii of a 2-D Gaussian: r95 = sqrt(-2 ln 0.05) sigma.
-R95_PER_SIGMA = float(np.sqrt(-2.0 * np.log(0.05)))
+#: CSC error-ellipse radii are 95 % radii of a 2-D Gaussian: r95 = sqrt(-2 ln 0.05) sigma
+#: (the one definition is in :mod:`stk_astrometry.core.radii`).
+R95_PER_SIGMA = _R95_PER_SIGMA
 
 #: Floor on each principal 1-sigma of a pair covariance (arcsec): keeps a
 #: zero or singular covariance from taking infinite weight.

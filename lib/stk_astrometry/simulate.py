@@ -92,6 +92,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .core.radii import R90_PER_SIGMA, R95_PER_SIGMA
 from .errors import ParameterError
 from .tangent import tangent_to_sky
 
@@ -115,9 +116,9 @@ __all__ = [
 ]
 
 #: 95 % radius of a 2-D Gaussian in units of its per-axis sigma: sqrt(-2 ln 0.05).
-SIGMA_TO_R95 = math.sqrt(-2.0 * math.log(0.05))
+SIGMA_TO_R95 = R95_PER_SIGMA
 #: 90 % radius of a 2-D Gaussian in units of its per-axis sigma: sqrt(-2 ln 0.1).
-SIGMA_TO_R90 = math.sqrt(-2.0 * math.log(0.1))
+SIGMA_TO_R90 = R90_PER_SIGMA
 #: Contaminated ALLWISE cc_flags codes drawn for unclean sources.
 CC_FLAG_CODES = ("D000", "h000", "H000", "P000", "0d00", "00h0")
 #: ALLWISE mean epoch is ~5.5 yr before the Gaia DR2 epoch (2010.0 vs 2015.5).

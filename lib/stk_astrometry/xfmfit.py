@@ -82,6 +82,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .core.radii import R95_PER_SIGMA as _R95_PER_SIGMA
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -107,8 +109,9 @@ __all__ = [
     "select_group",
 ]
 
-#: CSC error-ellipse radii are 95 % radii; 1-sigma = radius / sqrt(-2 ln 0.05) = radius / 2.4477.
-R95_PER_SIGMA = float(np.sqrt(-2.0 * np.log(0.05)))
+#: CSC error-ellipse radii are 95 % radii; 1-sigma = radius / sqrt(-2 ln 0.05) = radius / 2.4477
+#: (the one definition is in :mod:`stk_astrometry.core.radii`).
+R95_PER_SIGMA = _R95_PER_SIGMA
 
 LOSSES = ("linear", "soft_l1", "huber", "cauchy", "arctan")
 WEIGHTINGS = ("det", "combined", "ref")

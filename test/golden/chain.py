@@ -6,6 +6,12 @@ printed first, never regenerate just to make the test pass):
 
     .venv/bin/python test/golden/chain.py --regenerate
 
+Regeneration refuses to write anything when a regenerated transform (``xfm*.fits``) is more
+than 3 sigma (its own reported sigma, on either axis) from the sample's simulated truth: a
+snapshot must not freeze a wrong answer.  ``--accept-far-from-truth`` overrides that, for a
+change that is known to be right although it moves a fit away from the truth (say why in the
+commit).
+
 The chain runs in a scratch folder holding a copy of ``share/sample`` as ``sample/``, with
 relative paths, so the HISTORY records (which hold the parameters) are the same in every run.
 """
@@ -104,13 +110,57 @@ def compare(new, golden):
     return report
 
 
-def regenerate():
+#: A regenerated transform farther than this from the truth (in its own sigmas, either axis) is
+#: refused by ``--regenerate``.
+TRUTH_SIGMA = 3.0
+TRUTH_FILE = f"{STACK}_truth.fits"
+
+
+def truth_problems(xfm_files, truth_file=None):
+    """Why the given transform files disagree with the sample's truth (empty list: they agree).
+
+    Each file's STKXFM TOTAL row (d_xi, d_eta) is compared with the truth header's D_XI, D_ETA
+    in units of the row's own d_xi_err, d_eta_err.
+    """
+    from astropy.io import fits
+
+    truth = fits.getheader(truth_file or REPO / "share" / "sample" / TRUTH_FILE, 0)
+    problems = []
+    for path in xfm_files:
+        with fits.open(path) as hdul:
+            rows = hdul["STKXFM"].data
+            total = rows[rows["component"] == "TOTAL"][0]
+        for axis, true in (("xi", truth["D_XI"]), ("eta", truth["D_ETA"])):
+            fitted, sigma = float(total[f"d_{axis}"]), float(total[f"d_{axis}_err"])
+            pull = (fitted - true) / sigma if sigma > 0 else float("inf")
+            if not abs(pull) <= TRUTH_SIGMA:
+                problems.append(f"{Path(path).name}: d_{axis} = {fitted:.4f}\" +- {sigma:.4f} is "
+                                f"{pull:+.1f} sigma from the truth {true:.4f}\" (limit {TRUTH_SIGMA:g})")
+    return problems
+
+
+def regenerate(accept_far_from_truth=False):
+    """Rerun the chain and rewrite the golden files that changed; returns the exit status."""
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["PFILES"] = f"{tmp}/pfiles;{REPO / 'param'}"
         os.makedirs(f"{tmp}/pfiles")
         work = Path(tmp) / "work"
         work.mkdir()
         outputs = run_chain(work)
+        problems = truth_problems(sorted(work / rel for rel in outputs if re.fullmatch(r"xfm\w*\.fits", rel)))
+        if problems:
+            banner = "!" * 78
+            print(banner, file=sys.stderr)
+            for line in problems:
+                print(f"!! {line}", file=sys.stderr)
+            if not accept_far_from_truth:
+                print("!! REFUSED: nothing written.  A golden file must not freeze a fit that misses the\n"
+                      "!! simulated truth.  Fix the fit, or rerun with --accept-far-from-truth if the\n"
+                      "!! change is known to be right (and say why in the commit).", file=sys.stderr)
+                print(banner, file=sys.stderr)
+                return 1
+            print("!! WARNING: writing them anyway (--accept-far-from-truth)", file=sys.stderr)
+            print(banner, file=sys.stderr)
         changed = 0
         for rel in outputs:
             target = GOLDEN / rel
@@ -129,13 +179,16 @@ def regenerate():
             print(f"--- {stale}: no longer produced, removed")
             (GOLDEN / stale).unlink()
         print(f"{len(outputs)} outputs compared with {GOLDEN}: {changed} written; review with git diff.")
+    return 0
 
 
 if __name__ == "__main__":
     sys.path.insert(0, str(REPO / "lib"))
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--regenerate", action="store_true", help="rewrite the golden files")
-    if parser.parse_args().regenerate:
-        regenerate()
-    else:
-        parser.print_help()
+    parser.add_argument("--accept-far-from-truth", action="store_true",
+                        help=f"regenerate even if a transform is more than {TRUTH_SIGMA:g} sigma from the truth")
+    args = parser.parse_args()
+    if args.regenerate:
+        sys.exit(regenerate(accept_far_from_truth=args.accept_far_from_truth))
+    parser.print_help()

@@ -46,6 +46,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .radii import R95_PER_SIGMA
+
 __all__ = [
     "SIGMA_TO_R95",
     "AbsErrResult",
@@ -58,7 +60,7 @@ __all__ = [
 ]
 
 #: 95 % radius of a circular 2-D Gaussian in units of its per-axis sigma: sqrt(-2 ln 0.05).
-SIGMA_TO_R95 = math.sqrt(-2.0 * math.log(0.05))
+SIGMA_TO_R95 = R95_PER_SIGMA
 
 _GRID_POINTS = 40
 

@@ -67,6 +67,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..tangent import sky_to_tangent, tangent_to_sky
+from .radii import R90_PER_SIGMA, R95_PER_SIGMA
 
 __all__ = [
     "REGIMES",
@@ -81,8 +82,8 @@ __all__ = [
     "stack_id_for",
 ]
 
-SIGMA_TO_R95 = math.sqrt(-2.0 * math.log(0.05))
-SIGMA_TO_R90 = math.sqrt(-2.0 * math.log(0.1))
+SIGMA_TO_R95 = R95_PER_SIGMA
+SIGMA_TO_R90 = R90_PER_SIGMA
 #: Error regimes, in the order of ``PopConfig.regime_weights``.
 REGIMES = ("csc", "nofloor", "inflated", "wavdetect")
 #: Sources per arcmin^2 brighter than 1 count/ks on axis.

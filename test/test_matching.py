@@ -415,3 +415,26 @@ def test_zero_row_wise_and_best_neighbours():
         if len(w) == 0:
             assert res.n_match_wise == 0 and res.density_wise == 0.0
             assert res.method == "direct"
+
+
+# ------------------------------------------------------------------------------ radius boundaries
+
+
+def test_a_pair_exactly_at_the_match_radius_is_a_match():
+    # "within 3 arcsec" includes 3 arcsec: the radius is the pair's own separation, computed by
+    # the same function, so the comparison alone decides
+    det_ra, det_dec = np.array([150.0]), np.array([2.0])
+    ref_ra, ref_dec = np.array([150.0 + 2.1 / 3600]), np.array([2.0 + 2.2 / 3600])
+    sep = float(angular_separation_arcsec(det_ra, det_dec, ref_ra, ref_dec)[0])
+    _, _, at = crossmatch(det_ra, det_dec, ref_ra, ref_dec, sep)
+    assert list(at) == [sep]
+    _, _, inside = crossmatch(det_ra, det_dec, ref_ra, ref_dec, float(np.nextafter(sep, 0)))
+    assert len(inside) == 0
+
+
+def test_a_source_exactly_at_the_cone_radius_is_in_the_cone():
+    ra0, dec0 = 150.0, 2.0
+    ra, dec = np.array([150.1]), np.array([2.05])
+    sep_arcmin = float(angular_separation_arcsec(ra, dec, ra0, dec0)[0]) / 60.0
+    assert cone_density(ra, dec, ra0, dec0, sep_arcmin) == pytest.approx(1 / (np.pi * sep_arcmin**2))
+    assert cone_density(ra, dec, ra0, dec0, float(np.nextafter(sep_arcmin, 0))) == 0.0

@@ -1,0 +1,148 @@
+#!/usr/bin/env python3
+"""Mutation testing of the core modules with mutmut (not part of the default test run).
+
+    sh test/mutation/run.sh                  # every module in MODULES, then a summary
+    sh test/mutation/run.sh tangent matching  # only these modules
+    sh test/mutation/run.sh --results         # the summary of the last run again
+
+mutmut makes one small deliberate bug (a "mutant") at a time in the modules below and runs, for
+each, only the tests that call the mutated function (it records which tests reach which function
+in one clean run first).  A mutant that no test notices "survives": either a test is missing, or
+the mutant is equivalent (the code means the same thing) -- then it is listed, with the reason, in
+``test/mutation/equivalent.md`` next to this file.
+
+mutmut (3.x) mutates packages under ``src/``; ours live under ``lib/``.  So the run is staged in
+``.mutation/`` (git-ignored): a copy of ``lib/stk_astrometry`` as ``src/stk_astrometry``, the
+tests, and ``test/mutation/setup.cfg`` (mutmut's configuration: which tests to use).  mutmut
+writes its ``mutants/`` tree and its cache there; a rerun after a change of the sources or tests
+updates the staged copy in place; ``--survivors`` retests only the last run's open survivors
+(after adding the tests that should kill them).
+
+Runs under ``nice`` with one worker per core: the machine is shared.
+"""
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+STAGE = REPO / ".mutation"
+
+#: the core modules under mutation testing (lib/stk_astrometry/<name>.py)
+MODULES = ["tangent", "matching", "xfmfit", "mixture", "fitsutil", "products"]
+
+#: what the staged copy needs besides the sources (tests that run the tools as subprocesses use
+#: the unmutated lib/ through PYTHONPATH; they never select a mutant, but must pass in the clean run)
+COPY = ["test", "bin", "param", "share", "lib", "README.md", "pyproject.toml"]
+
+
+def stage():
+    """Bring .mutation/ up to date with the sources and tests (in place: mutmut keeps its cache)."""
+    STAGE.mkdir(exist_ok=True)
+    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", ".hypothesis", "mutation")
+    shutil.copytree(REPO / "lib" / "stk_astrometry", STAGE / "src" / "stk_astrometry", ignore=ignore,
+                    dirs_exist_ok=True)
+    for name in COPY:
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, STAGE / name, ignore=ignore, dirs_exist_ok=True)
+        elif src.is_file():
+            shutil.copy2(src, STAGE / name)
+    shutil.copy2(HERE / "setup.cfg", STAGE / "setup.cfg")
+
+
+def mutmut(*args, check=True):
+    exe = Path(sys.executable).with_name("mutmut")
+    cmd = ["nice", "-n", "10", str(exe), *args]
+    env = dict(os.environ, STK_ASTROMETRY_TESTING="1")
+    env.pop("PYTHONPATH", None)
+    return subprocess.run(cmd, cwd=STAGE, env=env, check=check, text=True,
+                          capture_output=args[0] == "results")
+
+
+def _results(modules):
+    out = mutmut("results", "--all", "true").stdout
+    counts = {}
+    survivors = []
+    for line in out.splitlines():
+        m = re.match(r"\s*(stk_astrometry\.(\w+)\.\S+): (.+)$", line)
+        if not m or m.group(2) not in modules:
+            continue
+        name, module, status = m.groups()
+        counts.setdefault(module, {}).setdefault(status, 0)
+        counts[module][status] += 1
+        if status == "survived":
+            survivors.append(name)
+    return counts, survivors
+
+
+def _equivalent():
+    return set(re.findall(r"`(stk_astrometry\.[\w.ǁ]+__mutmut_\d+)`", (HERE / "equivalent.md").read_text()))
+
+
+def summary(modules):
+    counts, survivors = _results(modules)
+    equivalent = _equivalent()
+    print(f"\n{'module':10s} {'mutants':>8s} {'killed':>7s} {'survived':>9s} {'equivalent':>10s} {'other':>6s}  score")
+    tot = {"n": 0, "killed": 0, "surv": 0, "eq": 0}
+    for module in modules:
+        c = counts.get(module, {})
+        n = sum(c.values())
+        killed = c.get("killed", 0) + c.get("timeout", 0)
+        surv = [s for s in survivors if s.split(".")[1] == module]
+        eq = len([s for s in surv if s in equivalent])
+        other = n - killed - len(surv)
+        denom = n - eq - other
+        score = f"{100 * killed / denom:5.1f} %" if denom else "   -"
+        print(f"{module:10s} {n:8d} {killed:7d} {len(surv):9d} {eq:10d} {other:6d}  {score}")
+        tot["n"] += n
+        tot["killed"] += killed
+        tot["surv"] += len(surv)
+        tot["eq"] += eq
+    denom = tot["n"] - tot["eq"] - (tot["n"] - tot["killed"] - tot["surv"])
+    if denom:
+        print(f"{'all':10s} {tot['n']:8d} {tot['killed']:7d} {tot['surv']:9d} {tot['eq']:10d} "
+              f"{tot['n'] - tot['killed'] - tot['surv']:6d}  {100 * tot['killed'] / denom:5.1f} %")
+    print("score = killed / (mutants - equivalent - other); other = no test reaches the mutant, "
+          "or it could not be run (see `mutmut results --all true` in .mutation/)")
+    open_survivors = [s for s in survivors if s not in equivalent]
+    if open_survivors:
+        print(f"\n{len(open_survivors)} surviving mutant(s) not listed as equivalent in {HERE / 'equivalent.md'}:")
+        for s in open_survivors:
+            print(f"  {s}")
+        print("show one with:  (cd .mutation && ../.venv/bin/mutmut show NAME)")
+    return 1 if open_survivors else 0
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("modules", nargs="*", help=f"modules to mutate (default: {' '.join(MODULES)})")
+    ap.add_argument("--results", action="store_true", help="print the last run's summary only")
+    ap.add_argument("--survivors", action="store_true",
+                    help="retest only the last run's survivors that are not listed as equivalent")
+    args = ap.parse_args(argv)
+    modules = args.modules or MODULES
+    unknown = sorted(set(modules) - set(MODULES))
+    if unknown:
+        ap.error(f"not configured for mutation testing: {', '.join(unknown)} (choose from {', '.join(MODULES)})")
+    if not args.results:
+        stage()
+        t0 = time.monotonic()
+        if args.survivors:
+            names = [s for s in _results(modules)[1] if s not in _equivalent()]
+        else:
+            names = [f"stk_astrometry.{m}.*" for m in modules]
+        if names:
+            mutmut("run", *names, check=False)
+        print(f"\nmutmut run took {time.monotonic() - t0:.0f} s")
+    return summary(modules)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
