@@ -131,3 +131,34 @@ def test_too_few_offsets_and_bad_values():
     assert math.isnan(res.sigma_sys_arcsec) and res.n == 1 and res.n_dropped == 1
     with pytest.raises(ValueError, match="level"):
         fit_absolute_error([0.1] * 10, [0.1] * 10, 0.01, 0.01, level=1.5)
+
+
+def test_chance_pairs_per_field_density():
+    """Fields of very different density: one q with per-pair chance rates fits them all."""
+    rng = np.random.default_rng(SEED + 6)
+    radius = 3.0
+    parts, lams = [], []
+    for rho_arcmin2, n_det in ((1.0, 1500), (150.0, 400)):
+        lam = rho_arcmin2 / 3600.0 * math.pi * radius**2
+        dx, dy, cxx, cyy, cxy = draw_offsets(rng, n_det, 0.15)
+        true = rng.random(n_det) < 0.6  # detections with a counterpart
+        n_bg = rng.poisson(lam, n_det)
+        owner = np.repeat(np.arange(n_det), n_bg)
+        r = radius * np.sqrt(rng.random(owner.size))
+        phi = rng.random(owner.size) * 2.0 * np.pi
+        keep_true = true & (np.hypot(dx, dy) <= radius)
+        cols = [np.concatenate([dx[keep_true], r * np.sin(phi)]),
+                np.concatenate([dy[keep_true], r * np.cos(phi)]),
+                np.concatenate([cxx[keep_true], cxx[owner]]),
+                np.concatenate([cyy[keep_true], cyy[owner]]),
+                np.concatenate([cxy[keep_true], cxy[owner]])]
+        parts.append(cols)
+        lams.append(np.full(cols[0].size, lam))
+    data = [np.concatenate([p[i] for p in parts]) for i in range(5)]
+    lam = np.concatenate(lams)
+    res = fit_absolute_error(*data, background_radius_arcsec=radius, chance_pairs=lam)
+    assert abs(res.sigma_sys_arcsec / 0.15 - 1.0) < 0.10, res
+    assert res.sigma_lo_arcsec <= 0.15 <= res.sigma_hi_arcsec, res
+    assert res.f_true == pytest.approx(0.6, abs=0.05)
+    with pytest.raises(ValueError, match="background_radius"):
+        fit_absolute_error(*data, chance_pairs=lam)

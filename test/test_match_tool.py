@@ -880,7 +880,7 @@ def test_help_examples_1_to_3_and_5_run(tmp_path):
 
     env = _tool_path(tmp_path)
     ex = _help_examples()
-    assert sorted(ex) == [1, 2, 3, 4, 5]
+    assert sorted(ex) == [1, 2, 3, 4, 5, 6, 7]
     src = {k: SAMPLE / f"{SAMPLE_STACK}_{k}.fits" for k in ("det", "gaia", "allwise", "bestnb")}
     shutil.copy(src["det"], tmp_path / "det.fits")
     shutil.copy(src["gaia"], tmp_path / "gaia.fits")
@@ -1019,3 +1019,31 @@ def test_error_float_ids_beyond_exact_range(tmp_path, capsys):
     paths = [write_fits_table(det, tmp_path / "d.fits"), write_fits_table(gaia, tmp_path / "g.fits")]
     status, _, err = run(paths + [tmp_path / "o.fits"], capsys)
     assert status == 0, err
+
+
+def test_help_examples_6_and_7_vizier_and_sdss_run(tmp_path):
+    """Example 6: a VizieR-named Gaia VOTable with epoch=; example 7: refcat=sdss."""
+    import shutil
+
+    env = _tool_path(tmp_path)
+    ex = _help_examples()
+    shutil.copy(SAMPLE / f"{SAMPLE_STACK}_det.fits", tmp_path / "det.fits")
+    g = Table.read(SAMPLE / f"{SAMPLE_STACK}_gaia.fits")
+    viz = Table()
+    viz["RA_ICRS"], viz["DE_ICRS"], viz["Source"] = g["ra"], g["dec"], g["source_id"]
+    viz["pmRA"], viz["pmDE"] = g["pmra"], g["pmdec"]
+    viz["b_Teff_gaia"] = np.full(len(g), 4000.0)
+    viz["B_Teff_gaia"] = np.full(len(g), 4400.0)
+    viz["Epoch"] = np.full(len(g), 2016.0)
+    viz.write(tmp_path / "gaia_vizier.vot", format="votable")
+    proc = _sh(ex[6], tmp_path, env)
+    assert proc.returncode == 0, proc.stderr
+    assert fits.getval(tmp_path / "pairs.fits", "EPOCHOBS") == 2003.4
+    assert fits.getval(tmp_path / "pairs_spec.fits", "EPOCHMOD") == "none"
+    sd = Table({"objID": g["source_id"], "ra": g["ra"], "dec": g["dec"],
+                "mode": np.ones(len(g), dtype=int),
+                "objc_rowcErr": np.full(len(g), 0.1), "objc_colcErr": np.full(len(g), 0.1)})
+    sd.write(tmp_path / "sdss_photoobj.csv")
+    proc = _sh(ex[7], tmp_path, env)
+    assert proc.returncode == 0, proc.stderr
+    assert fits.getval(tmp_path / "pairs_sdss.fits", "REFCAT") == "SDSS"

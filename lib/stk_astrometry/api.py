@@ -48,8 +48,8 @@ __all__ = ["MatchResult", "FitResult", "FileOutcome", "UpdateResult", "SimulateR
 MATCH_DEFAULTS = {
     "detfile": "", "gaiafile": "", "outfile": "", "wisefile": "", "bestnbfile": "",
     "stackid": "", "ra_stack": None, "dec_stack": None, "r_stack": 10.0,
-    "match_radius": 3.0, "sep_bins": "1,2,3", "max_pm": 50.0, "method": "auto",
-    "clobber": False,
+    "match_radius": 3.0, "sep_bins": "1,2,3", "max_pm": 50.0, "refcat": "gaia",
+    "epoch": "auto", "ref_epoch": None, "pm_disp": 5.0, "method": "auto", "clobber": False,
 }
 FIT_DEFAULTS = {
     "infile": "", "outfile": "", "outdetfile": "", "estimator": "spec", "loss": "cauchy",
@@ -76,6 +76,10 @@ SIMULATE_DEFAULTS = {
 _ESTIMATORS = ("spec", "mixture")
 _LOSSES = ("linear", "soft_l1", "huber", "cauchy", "arctan")
 _METHODS = ("auto", "direct", "twostep")
+_REFCATS = ("gaia", "sdss")
+#: Reference epoch of a catalog without an epoch column and without ``ref_epoch``: Gaia DR3
+#: (J2016.0); SDSS imaging (the middle of SDSS-I/II legacy imaging, 2000-2008).
+_DEFAULT_REF_EPOCH = {"gaia": 2016.0, "sdss": 2004.0}
 _UNKNOWN = ("error", "skip", "generic")
 
 
@@ -114,6 +118,15 @@ class MatchResult:
         result) without a file round trip.
     warnings : tuple of str
         The warnings logged while matching.
+    refcat : str
+        ``gaia`` or ``sdss``: the reference catalog read from ``gaiafile``.
+    epoch : float or None
+        The stack's epoch (Julian year) the reference positions were moved to; None when
+        they were used at their own epoch (``epoch='none'``, or no epoch found).
+    ref_epoch : float or None
+        The reference catalog's epoch (mean over its rows), None when not propagated.
+    n_propagated : int
+        Reference sources moved with their own proper motion.
     """
 
     stackid: str
@@ -133,6 +146,10 @@ class MatchResult:
     outfile: str | None
     pairs: object = dataclasses.field(repr=False)
     warnings: tuple = ()
+    refcat: str = "gaia"
+    epoch: float | None = None
+    ref_epoch: float | None = None
+    n_propagated: int = 0
 
 
 @dataclass(frozen=True, eq=False)
@@ -413,8 +430,8 @@ def _fits_text(value):
 
 def match_stack(detfile, gaiafile, outfile=None, *, wisefile=None, bestnbfile=None,
                 stackid=None, ra_stack=None, dec_stack=None, r_stack=10.0, match_radius=3.0,
-                sep_bins="1,2,3", max_pm=50.0, method="auto", clobber=False,
-                history=None) -> MatchResult:
+                sep_bins="1,2,3", max_pm=50.0, refcat="gaia", epoch="auto", ref_epoch=None,
+                pm_disp=5.0, method="auto", clobber=False, history=None) -> MatchResult:
     """Cross-match a stack's detections with Gaia (and ALLWISE), as ``stk_match`` does.
 
     Applies the specification's filters (§5.1, §5.2, §5.5.1), counts the reference
@@ -442,6 +459,18 @@ def match_stack(detfile, gaiafile, outfile=None, *, wisefile=None, bestnbfile=No
         Upper edges of the separation groups, arcsec.
     max_pm : float
         Maximum total Gaia proper motion, mas/yr.
+    refcat : {'gaia', 'sdss'}
+        What ``gaiafile`` holds: Gaia, or SDSS objects (seed 003's error model).
+    epoch : str or float
+        The stack's epoch: ``'auto'`` (from ``detfile``: an epoch/mjd_obs column, MJD-OBS,
+        DATE-OBS), ``'none'`` (reference positions used at their own epoch, errors 0 for
+        Gaia: the specification's literal behaviour), a Julian year, an MJD or an ISO date.
+    ref_epoch : float, optional
+        The reference catalog's epoch when it has no ``ref_epoch`` column (default 2016.0,
+        Gaia DR3; for SDSS without ``mjd``, 2004.0).
+    pm_disp : float
+        Proper-motion dispersion (mas/yr per coordinate) by which the position error of a
+        source without a proper motion grows per year from its epoch.
     method : {'auto', 'direct', 'twostep'}
     clobber : bool
         Overwrite an existing ``outfile``.
@@ -463,7 +492,8 @@ def match_stack(detfile, gaiafile, outfile=None, *, wisefile=None, bestnbfile=No
         result = _match(detfile, gaiafile, outfile, wisefile=wisefile, bestnbfile=bestnbfile,
                         stackid=stackid, ra_stack=ra_stack, dec_stack=dec_stack,
                         r_stack=r_stack, match_radius=match_radius, sep_bins=sep_bins,
-                        max_pm=max_pm, method=method, clobber=clobber, history=history)
+                        max_pm=max_pm, refcat=refcat, epoch=epoch, ref_epoch=ref_epoch,
+                        pm_disp=pm_disp, method=method, clobber=clobber, history=history)
     return dataclasses.replace(result, warnings=tuple(caught))
 
 
@@ -479,7 +509,8 @@ def _check_not_input(inputs, outfile):
 
 
 def _match(detfile, gaiafile, outfile, *, wisefile, bestnbfile, stackid, ra_stack, dec_stack,
-           r_stack, match_radius, sep_bins, max_pm, method, clobber, history):
+           r_stack, match_radius, sep_bins, max_pm, refcat, epoch, ref_epoch, pm_disp, method,
+           clobber, history):
     from stk_astrometry import matching
     from stk_astrometry.fitsutil import check_clobber
     from stk_astrometry.formats import catalogs, pairs as pairs_format
@@ -512,6 +543,10 @@ def _match(detfile, gaiafile, outfile, *, wisefile, bestnbfile, stackid, ra_stac
                         ("max_pm", max_pm)):
         if value is None:
             raise ParameterError(f"{name} must be a number, not INDEF")
+    refcat = _choice("refcat", refcat, _REFCATS)
+    epoch_req = catalogs.parse_epoch_parameter(epoch)
+    ref_epoch = _check_ref_epoch(ref_epoch)
+    pm_disp = _check_pm_disp(pm_disp)
     config = matching.MatchConfig(
         0.0, 0.0,
         r_stack_arcmin=float(r_stack),
@@ -538,14 +573,14 @@ def _match(detfile, gaiafile, outfile, *, wisefile, bestnbfile, stackid, ra_stac
                        cat.stackid or "(unnamed)", det_in.hdu, applied)
     config = dataclasses.replace(config, ra_stack_deg=cat.ra_stack, dec_stack_deg=cat.dec_stack)
     gaia_in = read_table(gaiafile, param="gaiafile")
-    gaia = catalogs.read_gaia(gaia_in)
-    logger.info("Read %d Gaia source(s) from %s", len(gaia), gaia_in.hdu)
+    gaia, ref_keys = _read_reference(gaia_in, refcat)
+    gaia, epoch_keys, epochs = _at_stack_epoch(gaia, gaia_in, refcat, det_in, cat, epoch_req,
+                                               ref_epoch, pm_disp)
     wise = best = None
     if have_wise:
         wise_in = read_table(wisefile, param="wisefile")
-        wise = catalogs.read_wise(wise_in)
         best_in = read_table(bestnbfile, param="bestnbfile")
-        best = catalogs.read_best_neighbours(best_in)
+        wise, best = catalogs.read_wise_linked(wise_in, best_in)
         logger.info("Read %d ALLWISE source(s) from %s and %d best-neighbour row(s) from %s",
                     len(wise), wise_in.hdu, len(best), best_in.hdu)
 
@@ -553,11 +588,13 @@ def _match(detfile, gaiafile, outfile, *, wisefile, bestnbfile, stackid, ra_stac
     _report_match(result, cat.stackid)
     pairs = pairs_format.pairs_from_match(result, det, gaia, wise, stackid=cat.stackid,
                                           instrument=cat.instrument)
+    pairs = dataclasses.replace(pairs, keywords=pairs.keywords + ref_keys + epoch_keys)
     if outfile is not None:
         given = dict(detfile=detfile, gaiafile=gaiafile, outfile=outfile, wisefile=wisefile,
                      bestnbfile=bestnbfile, stackid=stackid, ra_stack=ra_stack,
                      dec_stack=dec_stack, r_stack=r_stack, match_radius=match_radius,
-                     sep_bins=sep_bins, max_pm=max_pm, method=method, clobber=clobber)
+                     sep_bins=sep_bins, max_pm=max_pm, refcat=refcat, epoch=epoch,
+                     ref_epoch=ref_epoch, pm_disp=pm_disp, method=method, clobber=clobber)
         pairs_format.write_pairs(pairs, outfile, _history("stk_match", MATCH_DEFAULTS, given,
                                                           history), clobber=clobber)
     wise_groups = (result.wise_pairs.n_match_group if result.wise_pairs is not None
@@ -572,7 +609,145 @@ def _match(detfile, gaiafile, outfile, *, wisefile, bestnbfile, stackid, ra_stac
         n_match_gaia=int(result.n_match_gaia), n_match_wise=int(result.n_match_wise),
         n_match_gaia_group=tuple(int(n) for n in result.gaia_pairs.n_match_group),
         n_match_wise_group=tuple(int(n) for n in wise_groups),
-        outfile=outfile, pairs=pairs)
+        outfile=outfile, pairs=pairs, refcat=refcat, epoch=epochs[0], ref_epoch=epochs[1],
+        n_propagated=epochs[2])
+
+
+def _check_ref_epoch(value):
+    if value is None or (isinstance(value, str) and value.strip().upper() in ("", "INDEF")):
+        return None
+    try:
+        year = float(value)
+    except (TypeError, ValueError):
+        raise ParameterError(f"ref_epoch={value!r} is not a number (a Julian year such as "
+                             "2016.0)") from None
+    if not (1900.0 <= year <= 2100.0):
+        raise ParameterError(f"ref_epoch={value} is not a Julian year within 1900-2100")
+    return year
+
+
+def _check_pm_disp(value):
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ParameterError(f"pm_disp={value!r} is not a number (mas/yr)") from None
+    import math
+
+    if not (math.isfinite(number) and number >= 0):
+        raise ParameterError(f"pm_disp must be a number >= 0 (mas/yr), got {value}")
+    return number
+
+
+def _read_reference(ref_in, refcat):
+    """The reference sources of ``gaiafile`` and the keywords saying what they are."""
+    from stk_astrometry.formats import catalogs
+
+    if refcat == "gaia":
+        gaia = catalogs.read_gaia(ref_in)
+        logger.info("Read %d Gaia source(s) from %s", len(gaia), ref_in.hdu)
+        return gaia, (("REFCAT", "GAIA", "reference catalog (refcat)"),)
+    sd = catalogs.read_sdss(ref_in)
+    logger.info("Read %d SDSS object(s) from %s; errors: %s", len(sd.sources), ref_in.hdu,
+                sd.error_model)
+    if sd.n_not_primary:
+        logger.info("SDSS objects dropped: mode not 1 (not primary): %d", sd.n_not_primary)
+    if sd.n_bad_err:
+        logger.warning("SDSS objects dropped: position error NaN or <= 0: %d", sd.n_bad_err)
+    keys = (("REFCAT", "SDSS", "reference catalog (refcat)"),
+            ("NSNOTPRI", sd.n_not_primary, "SDSS objects dropped: mode not 1 (primary)"),
+            ("NSBADERR", sd.n_bad_err, "SDSS objects dropped: error NaN or <= 0"),
+            ("SDSSERR", sd.error_model[:68], ""))
+    return _SdssSources(sd.sources, sd.epoch), keys
+
+
+@dataclass(frozen=True)
+class _SdssSources:
+    """SDSS sources with their per-row epochs (read by :func:`_at_stack_epoch`)."""
+
+    sources: object
+    epoch: object
+
+
+def _at_stack_epoch(gaia, ref_in, refcat, det_in, cat, epoch_req, ref_epoch, pm_disp):
+    """Reference positions and errors at the stack's epoch (issue 14), and the keywords.
+
+    Returns (sources, keywords, (epoch, mean reference epoch, number moved)).
+    """
+    import numpy as np
+
+    from stk_astrometry.core import epoch as ep
+    from stk_astrometry.formats import catalogs
+
+    row_epochs = None
+    astrom = None
+    if isinstance(gaia, _SdssSources):
+        row_epochs, gaia = gaia.epoch, gaia.sources
+        epoch_origin = "mjd column" if row_epochs is not None else ""
+    if epoch_req == "none":
+        year, origin = None, "epoch=none"
+    elif epoch_req is None:
+        year, origin = catalogs.find_stack_epoch(det_in, cat.rows)
+        if year is None:
+            logger.warning("no stack epoch (%s): reference positions used at their own epoch; "
+                           "set epoch= to propagate them", origin)
+            origin = "none found in detfile"
+        else:
+            logger.info("Stack epoch %.4f from %s (%s)", year, origin, det_in.hdu)
+    else:
+        year, origin = float(epoch_req), "epoch parameter"
+    keys = [("EPOCHMOD", "none" if year is None else "propagate",
+             "reference positions moved to EPOCHOBS?"),
+            ("EPOCHOBS", year, "[yr] stack epoch (Julian) used"),
+            ("EPOCHSRC", origin[:68], "")]
+    if year is None:
+        return gaia, tuple(keys), (None, None, 0)
+    fallback = ref_epoch if ref_epoch is not None else _DEFAULT_REF_EPOCH[refcat]
+    fallback_origin = "ref_epoch parameter" if ref_epoch is not None else (
+        "Gaia DR3 default" if refcat == "gaia" else "SDSS default")
+    n = len(gaia)
+    if refcat == "gaia":
+        astrom = catalogs.read_gaia_astrometry(ref_in)
+        row_epochs, epoch_origin = astrom.ref_epoch, astrom.ref_epoch_origin
+    ref_rows = np.full(n, fallback)
+    if row_epochs is not None:
+        ok = np.isfinite(row_epochs)
+        ref_rows[ok] = row_epochs[ok]
+        if not np.all(ok):
+            logger.info("%d reference row(s) without an epoch: %.2f (%s)",
+                        int(np.count_nonzero(~ok)), fallback, fallback_origin)
+            epoch_origin += f", else {fallback_origin}"
+    else:
+        epoch_origin = fallback_origin
+        logger.info("%s has no reference-epoch column: %.2f (%s)", ref_in.hdu, fallback,
+                    fallback_origin)
+    ra, dec, moved = ep.propagate(gaia.ra_deg, gaia.dec_deg, gaia.pmra_masyr, gaia.pmdec_masyr,
+                                  ref_rows, year,
+                                  parallax_mas=None if astrom is None else astrom.parallax)
+    dt = year - ref_rows
+    sig_ra = ep.position_sigma(dt, moved, pos_err_mas=getattr(astrom, "ra_error", None),
+                               pm_err_masyr=getattr(astrom, "pmra_error", None),
+                               pm_disp_masyr=pm_disp)
+    sig_dec = ep.position_sigma(dt, moved, pos_err_mas=getattr(astrom, "dec_error", None),
+                                pm_err_masyr=getattr(astrom, "pmdec_error", None),
+                                pm_disp_masyr=pm_disp)
+    if gaia.sigra_arcsec is not None:        # SDSS: the catalog's own errors, grown
+        sig_ra = np.hypot(gaia.sigra_arcsec, sig_ra)
+        sig_dec = np.hypot(gaia.sigdec_arcsec, sig_dec)
+    n_moved = int(np.count_nonzero(moved))
+    mean_ref = float(np.mean(ref_rows)) if n else float(fallback)
+    with np.errstate(invalid="ignore"):
+        n_grown = int(np.count_nonzero(~moved & np.isfinite(gaia.ra_deg)))
+    logger.info("Reference positions moved from epoch %.3f (%s) to the stack's epoch %.3f "
+                "(%s): %d with their proper motion, %d without one kept with errors grown by "
+                "%g mas/yr", mean_ref, epoch_origin, year, origin, n_moved, n_grown, pm_disp)
+    keys += [("EPOCHREF", mean_ref, "[yr] reference catalog epoch (mean of rows)"),
+             ("EPOCHRSC", epoch_origin[:68], ""),
+             ("PMDISP", pm_disp, "[mas/yr] pm dispersion, sources without pm"),
+             ("NGPROP", n_moved, "reference sources moved with their pm"),
+             ("NGGROWN", n_grown, "reference sources without pm: error grown")]
+    sources = dataclasses.replace(gaia, ra_deg=ra, dec_deg=dec, sigra_arcsec=sig_ra,
+                                  sigdec_arcsec=sig_dec)
+    return sources, tuple(keys), (year, mean_ref, n_moved)
 
 
 def _report_match(result, stackid):

@@ -190,7 +190,9 @@ class Detections:
 class GaiaSources:
     """Gaia sources of the stack cone (one element per input row).
 
-    ``pmra_masyr``/``pmdec_masyr`` are NaN where null.
+    ``pmra_masyr``/``pmdec_masyr`` are NaN where null.  ``sigra_arcsec``/``sigdec_arcsec``
+    are the 1-sigma position errors at the stack's epoch (None: 0, the specification's
+    literal Gaia, see stk_match ``epoch``); they only travel to the pairs file.
     """
 
     source_id: np.ndarray
@@ -198,6 +200,8 @@ class GaiaSources:
     dec_deg: np.ndarray
     pmra_masyr: np.ndarray
     pmdec_masyr: np.ndarray
+    sigra_arcsec: np.ndarray | None = None
+    sigdec_arcsec: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.ra_deg)

@@ -41,6 +41,9 @@ class TableInput:
         What the user gave.
     original_names : dict
         Lower-cased name -> the name as written in the file.
+    ambiguous : dict
+        Lower-cased name -> the names (differing only in case) of columns left out because
+        a case-insensitive lookup could not tell them apart.
     """
 
     table: object
@@ -49,6 +52,7 @@ class TableInput:
     hdu: str
     spec: str
     original_names: dict = field(default_factory=dict)
+    ambiguous: dict = field(default_factory=dict)
 
 
 def parse_virtual_filename(spec):
@@ -133,21 +137,36 @@ def _ascii_format(path):
         ".vot": "votable",
         ".votable": "votable",
         ".tsv": "ascii.tab",
+        ".tbl": "ascii.ipac",       # IRSA's IPAC tables
     }.get(suffix)
 
 
+#: Reader options per format: SkyServer CSV exports start with a '#Table1' line.
+_READ_OPTIONS = {"ascii.csv": {"comment": "#"}}
+
+
 def _lowercase_columns(table, label):
-    original = {}
-    for name in list(table.colnames):
-        low = name.strip().lower()
-        if low in original:
-            raise CatalogError(
-                f"{label}: columns '{original[low]}' and '{name}' differ only in case"
-            )
-        original[low] = name
-        if low != name:
-            table.rename_column(name, low)
-    return original
+    """Lower-case the column names; returns (original names, ambiguous names).
+
+    Columns whose names differ only in case (VizieR's ``b_Teff_gaia``/``B_Teff_gaia``) are
+    removed from the table and listed as ambiguous: they are an error only if a reader asks
+    for one of them (:func:`require_columns`), never merely for being there.
+    """
+    groups = {}
+    for name in table.colnames:
+        groups.setdefault(name.strip().lower(), []).append(name)
+    original, ambiguous = {}, {}
+    for low, names in groups.items():
+        if len(names) > 1:
+            ambiguous[low] = tuple(names)
+            table.remove_columns(names)
+            logger.debug("%s: columns %s differ only in case; left out", label,
+                         ", ".join(repr(n) for n in names))
+            continue
+        original[low] = names[0]
+        if low != names[0]:
+            table.rename_column(names[0], low)
+    return original, ambiguous
 
 
 def _read_fits(path, block, spec, param):
@@ -244,7 +263,8 @@ def read_table(spec, *, param):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
-                table = Table.read(path, format=fmt) if fmt else Table.read(path, format="ascii")
+                table = (Table.read(path, format=fmt, **_READ_OPTIONS.get(fmt, {})) if fmt
+                         else Table.read(path, format="ascii"))
             except Exception as exc:  # noqa: BLE001 - astropy raises many types for unreadable text
                 # astropy's message can list every format it tried: keep its first line
                 first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
@@ -258,8 +278,9 @@ def read_table(spec, *, param):
         header = {}
         if len(table.colnames) == 0:
             raise FormatError(f"{param}={spec}: {path} holds no columns")
-    original = _lowercase_columns(table, label)
-    return TableInput(table=table, header=header, path=path, hdu=label, spec=str(spec), original_names=original)
+    original, ambiguous = _lowercase_columns(table, label)
+    return TableInput(table=table, header=header, path=path, hdu=label, spec=str(spec),
+                      original_names=original, ambiguous=ambiguous)
 
 
 def require_columns(tin, names, *, aliases=None, optional=()):
@@ -292,6 +313,13 @@ def require_columns(tin, names, *, aliases=None, optional=()):
     for name in list(names) + [n for n in optional if n not in names]:
         candidates = [name.lower()] + [a.lower() for a in aliases.get(name, ())]
         hit = next((c for c in candidates if c in present), None)
+        ambiguous = getattr(tin, "ambiguous", None) or {}
+        clash = next((c for c in candidates if c in ambiguous), None)
+        if clash is not None and (hit is None or candidates.index(clash) < candidates.index(hit)):
+            raise CatalogError(
+                f"{tin.hdu}: column '{name}' is ambiguous: "
+                f"{' and '.join(repr(n) for n in ambiguous[clash])} differ only in case; "
+                "rename one of them")
         if hit is None and name not in optional:
             also = f" (also tried {', '.join(candidates[1:])})" if len(candidates) > 1 else ""
             raise CatalogError(f"{tin.hdu}: required column '{name}' is missing{also}")

@@ -23,7 +23,12 @@ and a fraction ``1 - f`` of them is uniform over the disk of radius ``R``,
     L_i = f N2(d_i; 0, C_i + s^2 I) / P_i(R) + (1 - f) / (pi R^2),
 
 ``P_i(R) = 1 - exp(-R^2 / (2 sqrt(det V_i)))`` (the Gaussian's mass inside ``R``, exact for
-circular ``V_i``, close for the mildly elliptical CSC ellipses).
+circular ``V_i``, close for the mildly elliptical CSC ellipses).  When the reference density
+differs from field to field, give each pair the expected number of chance pairs of its
+detection, ``lambda_i = rho_i pi R^2``: with one fitted ``q`` (the fraction of detections with a
+counterpart), a pair kept within ``R`` then has the density
+``(q N_i + lambda_i / (pi R^2)) / (q P_i + lambda_i)`` (Poisson background plus at most one
+counterpart), so that a pair in a crowded field is less likely true than one at high latitude.
 
 Estimate
 --------
@@ -81,7 +86,8 @@ class AbsErrResult:
     r95_arcsec, r95_lo_arcsec, r95_hi_arcsec : float
         ``SIGMA_TO_R95`` times the three values above: the 95 % radius of the systematic term.
     f_true : float
-        Fraction of true counterparts (1.0 when no background was modelled).
+        Fraction of true pairs (1.0 when no background was modelled); with ``chance_pairs``,
+        the fraction ``q`` of detections with a counterpart.
     n : int
         Offsets used.
     n_dropped : int
@@ -144,7 +150,10 @@ def ellipse_covariance(r0_arcsec, r1_arcsec, ang_deg, *, radius_to_sigma=1.0 / S
 
 
 def normalised_offsets(dxi_arcsec, deta_arcsec, cxx, cyy, cxy=None, *, sigma_sys_arcsec=0.0):
-    """Normalised offsets ``sqrt(d^T (C + s^2 I)^-1 d)``: Rayleigh(1) under the model."""
+    """Normalised offsets ``sqrt(d^T (C + s^2 I)^-1 d)``: Rayleigh(1) under the model.
+
+    NaN where ``C + s^2 I`` is not positive definite.
+    """
     dx = np.asarray(dxi_arcsec, dtype=float)
     dy = np.asarray(deta_arcsec, dtype=float)
     s2 = float(sigma_sys_arcsec) ** 2
@@ -154,14 +163,19 @@ def normalised_offsets(dxi_arcsec, deta_arcsec, cxx, cyy, cxy=None, *, sigma_sys
     det = vxx * vyy - vxy * vxy
     with np.errstate(divide="ignore", invalid="ignore"):
         q = (vyy * dx * dx - 2.0 * vxy * dx * dy + vxx * dy * dy) / det
+    # A covariance that is not positive definite (e.g. after subtracting a shift's covariance)
+    # has no normalised offset: NaN, not a warning.
+    bad = ~((det > 0) & (vxx > 0) & (q >= 0))
+    q = np.where(bad, np.nan, q)
     return np.sqrt(q)
 
 
 class _Likelihood:
     """Log-likelihood of s (f profiled out when a background is modelled)."""
 
-    def __init__(self, dx, dy, cxx, cyy, cxy, radius):
+    def __init__(self, dx, dy, cxx, cyy, cxy, radius, lam=None):
         self.dx, self.dy = dx, dy
+        self.lam = lam
         self.cxx, self.cyy, self.cxy = cxx, cyy, cxy
         self.radius = radius
         self.bg = None if radius is None else 1.0 / (math.pi * radius * radius)
@@ -177,7 +191,9 @@ class _Likelihood:
         if self.radius is not None:
             # Mass of the Gaussian inside the kept disk (circular approximation).
             mass = -np.expm1(-0.5 * self.radius**2 / np.sqrt(det))
-            logn = logn - np.log(mass)
+            self._mass = mass
+            if self.lam is None:
+                logn = logn - np.log(mass)
         return logn
 
     def profile(self, s):
@@ -188,10 +204,37 @@ class _Likelihood:
         logn = self.gaussian(s)
         if self.bg is None:
             out = (float(np.sum(logn)), 1.0)
+        elif self.lam is not None:
+            out = self._profile_q(logn)
         else:
             out = self._profile_f(logn)
         self._cache[key] = out
         return out
+
+    def _profile_q(self, logn):
+        # Pair i is a true counterpart with probability f_i = q / (q + lam_i): q the fraction
+        # of detections with a counterpart, lam_i the expected chance pairs of its detection.
+        from scipy.optimize import minimize_scalar
+
+        logb = math.log(self.bg)
+        g = np.maximum(np.exp(np.minimum(logn - logb, 700.0)), 1e-300)
+        lam = self.lam
+
+        # A true counterpart falls inside R with probability P_i: among the pairs kept, the
+        # density is (q N_i + lam_i / (pi R^2)) / (q P_i + lam_i), i.e. in units of B:
+        # (q g_i + lam_i) / (q P_i + lam_i).
+        mass = self._mass
+
+        def negll(q):
+            return -float(np.sum(np.log((q * g + lam) / (q * mass + lam))))
+
+        res = minimize_scalar(negll, bounds=(1e-9, 1.0), method="bounded",
+                              options={"xatol": 1e-7})
+        q = float(res.x)
+        if negll(1.0) <= res.fun:
+            q = 1.0
+        ll = -negll(q) + g.size * logb
+        return ll, q
 
     def _profile_f(self, logn):
         # Work with ratio g_i = N_i / B (scaled to avoid overflow): L_i = B (f g_i + 1 - f).
@@ -233,7 +276,7 @@ class _Likelihood:
 
 
 def fit_absolute_error(dxi_arcsec, deta_arcsec, cxx, cyy, cxy=None, *, extra_cov=None,
-                       background_radius_arcsec=None, level=0.95, min_n=5,
+                       background_radius_arcsec=None, chance_pairs=None, level=0.95, min_n=5,
                        sigma_max_arcsec=None):
     """Maximum-likelihood systematic error added in quadrature to the stated errors (§5.5.7).
 
@@ -251,6 +294,12 @@ def fit_absolute_error(dxi_arcsec, deta_arcsec, cxx, cyy, cxy=None, *, extra_cov
     background_radius_arcsec : float, optional
         Model chance matches as uniform within this radius (offsets beyond it are dropped);
         None: every offset is a true counterpart.
+    chance_pairs : array_like, optional
+        With ``background_radius_arcsec``: the expected number of chance pairs of each
+        offset's detection (reference density x pi R^2).  A pair is then true with
+        probability ``q P_i / (q P_i + chance_pairs)``, one ``q`` fitted for all (the fraction
+        of detections with a counterpart): right when the density differs from field to field.
+        None: one fraction of true pairs for all offsets.
     level : float
         Confidence level of the profile-likelihood interval.
     min_n : int
@@ -277,8 +326,15 @@ def fit_absolute_error(dxi_arcsec, deta_arcsec, cxx, cyy, cxy=None, *, extra_cov
     if extra_cov is not None:
         exx, eyy, exy = (np.broadcast_to(np.asarray(e, dtype=float), dx.shape) for e in extra_cov)
         vxx, vyy, vxy = vxx + exx, vyy + eyy, vxy + exy
+    lam = None
+    if chance_pairs is not None:
+        if background_radius_arcsec is None:
+            raise ValueError("chance_pairs needs background_radius_arcsec")
+        lam = np.broadcast_to(np.asarray(chance_pairs, dtype=float), dx.shape).astype(float)
     ok = (np.isfinite(dx) & np.isfinite(dy) & np.isfinite(vxx) & np.isfinite(vyy)
           & np.isfinite(vxy) & (vxx >= 0) & (vyy >= 0) & (vxx * vyy - vxy * vxy >= 0))
+    if lam is not None:
+        ok &= np.isfinite(lam) & (lam >= 0)
     radius = None
     if background_radius_arcsec is not None:
         radius = float(background_radius_arcsec)
@@ -291,12 +347,14 @@ def fit_absolute_error(dxi_arcsec, deta_arcsec, cxx, cyy, cxy=None, *, extra_cov
     if n < max(int(min_n), 1):
         return AbsErrResult(nan, nan, nan, level, nan, nan, nan, nan, n, n_dropped, nan, False)
     dx, dy, vxx, vyy, vxy = dx[ok], dy[ok], vxx[ok], vyy[ok], vxy[ok]
+    if lam is not None:
+        lam = lam[ok]
 
     rms = math.sqrt(float(np.mean(dx * dx + dy * dy)) / 2.0)
     s_max = float(sigma_max_arcsec) if sigma_max_arcsec is not None else max(3.0 * rms, 0.05)
     # An offset with zero stated error and s = 0 has infinite density: start just above 0.
     s_min = 0.0 if np.all(vxx * vyy - vxy * vxy > 0) else 1e-6 * s_max
-    like = _Likelihood(dx, dy, vxx, vyy, vxy, radius)
+    like = _Likelihood(dx, dy, vxx, vyy, vxy, radius, lam)
 
     def negll(s):
         return -like.profile(s)[0]
@@ -359,6 +417,9 @@ def fit_absolute_error_by_group(groups, dxi_arcsec, deta_arcsec, cxx, cyy, cxy=N
     cxy_arr = None if cxy is None else np.asarray(cxy, dtype=float)
     extra = kwargs.pop("extra_cov", None)
     extra = None if extra is None else [np.asarray(e, dtype=float) for e in extra]
+    lam = kwargs.pop("chance_pairs", None)
+    lam = None if lam is None else np.broadcast_to(np.asarray(lam, dtype=float),
+                                                   arrays[0].shape)
     keep = np.array([g is not None and not (isinstance(g, float) and math.isnan(g)) for g in labels],
                     dtype=bool)
     out = {}
@@ -366,5 +427,6 @@ def fit_absolute_error_by_group(groups, dxi_arcsec, deta_arcsec, cxx, cyy, cxy=N
         m = keep & (labels == label)
         out[label] = fit_absolute_error(
             *(a[m] for a in arrays), None if cxy_arr is None else cxy_arr[m],
-            extra_cov=None if extra is None else tuple(e[m] for e in extra), **kwargs)
+            extra_cov=None if extra is None else tuple(e[m] for e in extra),
+            chance_pairs=None if lam is None else lam[m], **kwargs)
     return out

@@ -20,7 +20,9 @@ __all__ = [
     "DET_ALIASES", "DET_REQUIRED", "DET_OPTIONAL", "REF_ALIASES", "GAIA_REQUIRED",
     "WISE_REQUIRED", "BN_REQUIRED", "TANGENT_TOLERANCE_DEG", "DetectionCatalog",
     "read_detections", "read_gaia", "read_wise", "read_best_neighbours", "select_stack",
-    "find_tangent_point", "find_instrument",
+    "find_tangent_point", "find_instrument", "GAIA_ALIASES", "GAIA_OPTIONAL", "WISE_ALIASES",
+    "GaiaAstrometry", "read_gaia_astrometry", "find_stack_epoch", "parse_epoch_parameter",
+    "read_wise_linked", "SDSS_ALIASES", "SdssCatalog", "read_sdss",
 ]
 
 
@@ -38,6 +40,8 @@ class DetectionCatalog(NamedTuple):
         Where the tangent point came from (parameters, columns or header), for the log.
     instrument : str
         ``ACIS`` or ``HRC``.
+    rows : ndarray of bool or None
+        The table rows of the stack (for :func:`find_stack_epoch`).
     """
 
     detections: object
@@ -46,6 +50,7 @@ class DetectionCatalog(NamedTuple):
     dec_stack: float
     origin: str
     instrument: str
+    rows: object = None
 
 
 #: Accepted column names: canonical name -> aliases tried in order (all
@@ -72,7 +77,35 @@ REF_ALIASES = {
     "dec": ("dec_deg", "dej2000", "decj2000"),
 }
 GAIA_REQUIRED = ("source_id", "ra", "dec", "pmra", "pmdec")
+#: Gaia column aliases: the Gaia archive (and astroquery.gaia) use the canonical names,
+#: VizieR (I/355/gaiadr3, I/350/gaiaedr3, I/345/gaia2) ``Source``, ``RA_ICRS``, ``DE_ICRS``,
+#: ``pmRA``, ``pmDE``, ``e_RA_ICRS``, ``Plx``, ``Epoch``.  ``RAJ2000``/``DEJ2000`` come last:
+#: in a VizieR Gaia table they are positions moved by CDS to epoch J2000.0
+#: (:func:`read_gaia_astrometry` then takes 2000.0 as the reference epoch).
+GAIA_ALIASES = {
+    "source_id": ("source", "dr3_source_id", "dr2_source_id", "gaia_source_id"),
+    "ra": ("ra_icrs", "radeg", "ra_deg", "raj2000"),
+    "dec": ("de_icrs", "dec_icrs", "dedeg", "dec_deg", "dej2000", "decj2000"),
+    "pmra": ("pm_ra",),
+    "pmdec": ("pmde", "pm_dec"),
+    "ref_epoch": ("epoch", "ref_epoch_yr"),
+    "ra_error": ("e_ra_icrs", "e_radeg", "ra_err"),
+    "dec_error": ("e_de_icrs", "e_dedeg", "dec_err"),
+    "pmra_error": ("e_pmra",),
+    "pmdec_error": ("e_pmde",),
+    "parallax": ("plx",),
+}
+GAIA_OPTIONAL = ("ref_epoch", "ra_error", "dec_error", "pmra_error", "pmdec_error", "parallax")
 WISE_REQUIRED = ("allwise_oid", "ra", "dec", "sigra", "sigdec", "cc_flags")
+#: ALLWISE aliases: the Gaia archive's ``gaiadr1.allwise_original_valid`` has the canonical
+#: names; IRSA's ``allwise_p3as_psd`` has ra, dec, sigra, sigdec, cc_flags but no
+#: ``allwise_oid`` (the Gaia archive's own id): its rows are linked to the best neighbours
+#: through ``designation`` (:func:`read_wise_linked`).
+WISE_ALIASES = {
+    "ra": ("ra_deg", "raj2000"),
+    "dec": ("dec_deg", "dej2000", "decj2000"),
+    "cc_flags": ("ccf",),
+}
 BN_REQUIRED = ("source_id", "allwise_oid")
 
 #: Tangent points from the columns of one stack must agree to this (deg).
@@ -452,7 +485,7 @@ def read_detections(tin, *, stackid=None, ra_stack=None, dec_stack=None):
     if not (np.isfinite(ra0) and 0 <= ra0 <= 360 and np.isfinite(dec0) and abs(dec0) <= 90):
         raise CatalogError(f"tangent point from {origin} is out of range: ra={ra0}, dec={dec0}")
     instrument = find_instrument(tin, cols, rows, stackid)
-    return DetectionCatalog(det, stackid, ra0, dec0, origin, instrument)
+    return DetectionCatalog(det, stackid, ra0, dec0, origin, instrument, rows)
 
 
 def read_gaia(tin):
@@ -460,7 +493,7 @@ def read_gaia(tin):
     from stk_astrometry import matching
     from stk_astrometry.tableio import require_columns
 
-    cols = require_columns(tin, GAIA_REQUIRED, aliases=REF_ALIASES)
+    cols = require_columns(tin, GAIA_REQUIRED, aliases=GAIA_ALIASES)
     return matching.GaiaSources(
         source_id=_ints(tin, cols["source_id"]),
         ra_deg=_floats(tin, cols["ra"]),
@@ -475,7 +508,7 @@ def read_wise(tin):
     from stk_astrometry import matching
     from stk_astrometry.tableio import require_columns
 
-    cols = require_columns(tin, WISE_REQUIRED, aliases=REF_ALIASES)
+    cols = require_columns(tin, WISE_REQUIRED, aliases=WISE_ALIASES)
     return matching.WiseSources(
         allwise_oid=_ints(tin, cols["allwise_oid"]),
         ra_deg=_floats(tin, cols["ra"]),
@@ -498,3 +531,359 @@ def read_best_neighbours(tin):
     )
 
 
+
+
+# --------------------------------------------------------------------------
+# Real catalogs (issue 14): epochs, Gaia astrometry, IRSA ALLWISE, SDSS
+# --------------------------------------------------------------------------
+
+
+class GaiaAstrometry(NamedTuple):
+    """What a Gaia table says about its epoch and errors (for the propagation).
+
+    Attributes
+    ----------
+    ref_epoch : ndarray or None
+        Reference epoch per row (Julian year; NaN where null), None without such a column.
+    ref_epoch_origin : str
+        ``'ref_epoch column'``, ``'RAJ2000 columns'`` (VizieR's positions moved to J2000.0,
+        then ``ref_epoch`` is all 2000.0) or ``''``.
+    ra_error, dec_error : ndarray or None
+        Position errors at the reference epoch, mas (``ra_error`` is on RA cos Dec).
+    pmra_error, pmdec_error : ndarray or None
+        Proper-motion errors, mas/yr.
+    parallax : ndarray or None
+        mas.
+    """
+
+    ref_epoch: object
+    ref_epoch_origin: str
+    ra_error: object
+    dec_error: object
+    pmra_error: object
+    pmdec_error: object
+    parallax: object
+
+
+def read_gaia_astrometry(tin):
+    """The optional astrometric columns of a Gaia table (:class:`GaiaAstrometry`)."""
+    import numpy as np
+
+    from stk_astrometry.tableio import require_columns
+
+    cols = require_columns(tin, GAIA_REQUIRED, aliases=GAIA_ALIASES, optional=GAIA_OPTIONAL)
+
+    def opt(name):
+        return _floats(tin, cols[name]) if cols[name] else None
+
+    ref_epoch, origin = opt("ref_epoch"), ""
+    if cols["ref_epoch"]:
+        origin = f"{cols['ref_epoch']} column"
+    if cols["ra"] in ("raj2000",) or cols["dec"] in ("dej2000", "decj2000"):
+        ref_epoch = np.full(len(tin.table), 2000.0)
+        origin = "RAJ2000 columns"
+        logger.info("%s: positions from RAJ2000/DEJ2000 (VizieR: moved to J2000.0): "
+                    "reference epoch 2000.0", tin.hdu)
+    return GaiaAstrometry(ref_epoch, origin, opt("ra_error"), opt("dec_error"),
+                          opt("pmra_error"), opt("pmdec_error"), opt("parallax"))
+
+
+#: Columns of detfile giving the stack's epoch: Julian year, or MJD (TT).
+EPOCH_COLUMNS = ("epoch", "epoch_obs")
+MJD_COLUMNS = ("mjd_obs", "mjd")
+
+
+def _parse_epoch_value(value, what):
+    """A Julian year from a number (a year, or an MJD when > 10000) or an ISO date."""
+    import numpy as np
+
+    from stk_astrometry.core import epoch as ep
+
+    if isinstance(value, (bool, np.bool_)):
+        raise CatalogError(f"{what} = {value!r} is not an epoch")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = None
+    if number is not None:
+        if not np.isfinite(number):
+            raise CatalogError(f"{what} = {value!r} is not an epoch")
+        return float(ep.julian_epoch_from_mjd(number)) if number > 10000 else number
+    text = str(value).strip()
+    if text[:1] in "Jj":
+        try:
+            return float(text[1:])
+        except ValueError:
+            pass
+    try:
+        return ep.julian_epoch_from_isot(text)
+    except ValueError:
+        raise CatalogError(f"{what} = {value!r} is neither a year, an MJD nor an ISO date") \
+            from None
+
+
+def find_stack_epoch(tin, rows=None):
+    """The stack's epoch (Julian year) and where it came from (short, for EPOCHSRC).
+
+    Returns (None, reason) when ``tin`` says nothing about its epoch.
+
+    Order: an ``epoch`` (Julian year) or ``mjd_obs``/``mjd`` (MJD) column, averaged over the
+    stack's rows; the ``MJD-OBS``/``MJD_OBS`` keyword; ``DATE-OBS`` (the midpoint with
+    ``DATE-END`` when both are there).  CXC writes its dates in TT.
+    """
+    import numpy as np
+
+    from stk_astrometry.core import epoch as ep
+
+    present = set(tin.table.colnames)
+    n = len(tin.table)
+    sel = np.ones(n, dtype=bool) if rows is None else np.asarray(rows, dtype=bool)
+    for names, to_year in ((EPOCH_COLUMNS, None), (MJD_COLUMNS, ep.julian_epoch_from_mjd)):
+        col = next((c for c in names if c in present), None)
+        if col is None:
+            continue
+        values = _floats(tin, col)[sel]
+        values = values[np.isfinite(values)]
+        if values.size == 0:
+            continue
+        years = values if to_year is None else to_year(values)
+        return float(np.mean(years)), f"detfile column {tin.original_names.get(col, col)}"
+    for key in ("MJD-OBS", "MJD_OBS"):
+        value = _header_value(tin.header, key)
+        if value is not None and str(value).strip():
+            return _parse_epoch_value(value, f"{tin.hdu} {key}"), f"detfile {key}"
+    start = _header_value(tin.header, "DATE-OBS")
+    if start is not None and str(start).strip():
+        year = _parse_epoch_value(start, f"{tin.hdu} DATE-OBS")
+        end = _header_value(tin.header, "DATE-END")
+        if end is not None and str(end).strip():
+            year_end = _parse_epoch_value(end, f"{tin.hdu} DATE-END")
+            return 0.5 * (year + year_end), "detfile DATE-OBS/DATE-END midpoint"
+        return year, "detfile DATE-OBS"
+    return None, (f"{tin.hdu} has no epoch/mjd_obs column and no MJD-OBS or DATE-OBS keyword")
+
+
+def parse_epoch_parameter(value, name="epoch"):
+    """The ``epoch`` parameter: ``'auto'`` (None), ``'none'`` ('none') or a Julian year.
+
+    A number is a Julian year (``2012.5``, also ``J2012.5``), or an MJD when > 10000; text
+    may be an ISO date (``2012-07-01T00:00:00``, TT).
+    """
+    text = "auto" if value is None else str(value).strip()
+    low = text.lower()
+    if low in ("", "auto", "indef"):
+        return None
+    if low == "none":
+        return "none"
+    try:
+        year = _parse_epoch_value(text, name)
+    except CatalogError as exc:
+        raise ParameterError(f"{exc}; use auto, none, a year such as 2012.5, an MJD or an "
+                             "ISO date") from None
+    if not 1900.0 <= year <= 2100.0:
+        raise ParameterError(f"{name}={text}: epoch {year:.3f} is outside 1900-2100")
+    return year
+
+
+def _designation_key(values):
+    """ALLWISE designations normalised for a join ('WISEA J...' and 'J...' alike)."""
+    import numpy as np
+
+    text = np.char.upper(np.char.strip(np.asarray(values, dtype=str)))
+    text = np.char.replace(text, "WISEA", "")
+    return np.char.replace(text, " ", "")
+
+
+def read_wise_linked(wise_tin, best_tin):
+    """ALLWISE sources and best neighbours, linked by ``allwise_oid`` or by designation.
+
+    The Gaia archive's ALLWISE table (``gaiadr1.allwise_original_valid``) carries the
+    ``allwise_oid`` the best-neighbour table points to.  IRSA's AllWISE tables do not: their
+    rows are then linked through ``designation`` = the best-neighbour table's
+    ``original_ext_source_id``, and identified by IRSA's ``cntr`` (else by row number).
+
+    Returns
+    -------
+    wise : stk_astrometry.matching.WiseSources
+    best : stk_astrometry.matching.BestNeighbours
+    """
+    import numpy as np
+
+    from stk_astrometry import matching
+    from stk_astrometry.tableio import require_columns
+
+    if "allwise_oid" in wise_tin.table.colnames:
+        return read_wise(wise_tin), read_best_neighbours(best_tin)
+    if "designation" not in wise_tin.table.colnames:
+        raise CatalogError(
+            f"{wise_tin.hdu}: required column 'allwise_oid' is missing, and no 'designation' "
+            "column to link an IRSA AllWISE table to the best neighbours")
+    bcols = require_columns(best_tin, ("source_id", "original_ext_source_id"))
+    wcols = require_columns(wise_tin, ("ra", "dec", "sigra", "sigdec", "cc_flags"),
+                            aliases=WISE_ALIASES, optional=("cntr",))
+    n = len(wise_tin.table)
+    ids = (_ints(wise_tin, wcols["cntr"]) if wcols["cntr"]
+           else np.arange(1, n + 1, dtype=np.int64))
+    keys = _designation_key(_strings(wise_tin, "designation"))
+    lookup = {}
+    for k, i in zip(keys.tolist(), ids.tolist(), strict=True):
+        lookup.setdefault(k, i)
+    bn_keys = _designation_key(_strings(best_tin, bcols["original_ext_source_id"]))
+    # a designation absent from wisefile gets an id no ALLWISE row has (counted as NBNMISS)
+    absent = -np.arange(1, len(bn_keys) + 1, dtype=np.int64)
+    bn_ids = np.array([lookup.get(k, a) for k, a in zip(bn_keys.tolist(), absent.tolist(), strict=True)],
+                      dtype=np.int64)
+    logger.info("%s has no allwise_oid: linked to %s by designation (%d of %d best-neighbour "
+                "rows found), ids from %s", wise_tin.hdu, best_tin.hdu,
+                int(np.count_nonzero(bn_ids > 0)), len(bn_ids),
+                "cntr" if wcols["cntr"] else "the row number")
+    wise = matching.WiseSources(
+        allwise_oid=ids, ra_deg=_floats(wise_tin, wcols["ra"]),
+        dec_deg=_floats(wise_tin, wcols["dec"]),
+        sigra_arcsec=_floats(wise_tin, wcols["sigra"]),
+        sigdec_arcsec=_floats(wise_tin, wcols["sigdec"]),
+        cc_flags=_strings(wise_tin, wcols["cc_flags"]))
+    best = matching.BestNeighbours(source_id=_ints(best_tin, bcols["source_id"]),
+                                   allwise_oid=bn_ids)
+    return wise, best
+
+
+#: SDSS columns (SkyServer/CasJobs PhotoObj, astroquery.sdss; names case-insensitive).
+SDSS_ALIASES = {
+    "objid": ("obj_id", "bestobjid", "source_id"),
+    "ra": ("ra_deg", "raj2000"),
+    "dec": ("dec_deg", "dej2000", "decj2000"),
+    "objc_rowcerr": ("rowcerr_r", "rowcerr"),
+    "objc_colcerr": ("colcerr_r", "colcerr"),
+    "raerr": ("ra_err", "e_radeg"),
+    "decerr": ("dec_err", "e_dedeg"),
+    "muerr": ("mu_err",),
+    "nuerr": ("nu_err",),
+}
+SDSS_OPTIONAL = ("ra", "dec", "mu", "nu", "node", "incl", "objc_rowcerr", "objc_colcerr",
+                 "raerr", "decerr", "muerr", "nuerr", "mode", "mjd")
+
+
+class SdssCatalog(NamedTuple):
+    """SDSS objects as reference sources.
+
+    Attributes
+    ----------
+    sources : stk_astrometry.matching.GaiaSources
+        objID as ``source_id``, J2000 positions, no proper motions (NaN), 1-sigma errors
+        per axis (RA cos Dec, Dec) from the seed's error model.
+    epoch : ndarray or None
+        Observation epoch per row (Julian year, from the ``mjd`` column).
+    n_not_primary : int
+        Rows dropped because ``mode`` is not 1 (not the primary detection).
+    n_bad_err : int
+        Rows dropped because their position error is not a positive number.
+    error_model : str
+        How the errors were formed (for the log and the SDSSERR keyword).
+    """
+
+    sources: object
+    epoch: object
+    n_not_primary: int
+    n_bad_err: int
+    error_model: str
+
+
+def read_sdss(tin):
+    """SDSS objects (:class:`SdssCatalog`) from a PhotoObj-like table (seed 003's model).
+
+    Positions: ``ra``/``dec``, else the great-circle ``mu``/``nu`` with the scan's
+    ``node``/``incl`` (columns or the tsField ``NODE``/``INCL`` keywords).  Errors: the
+    calibration ``muErr``/``nuErr`` (default
+    :data:`stk_astrometry.core.sdss.DEFAULT_CALIBRATION_ERROR`) in quadrature with the
+    centroid errors ``objc_rowcErr``/``objc_colcErr`` x 0.396"/pixel, rotated from (mu, nu) to
+    (RA, Dec) when the scan's node and inclination are known (circularised otherwise); or,
+    for tables with ``raErr``/``decErr`` (arcsec) instead of centroid errors, those in
+    quadrature with the calibration error.  ``mode`` other than 1 (secondary detections) is
+    dropped when the column is there; so are objects whose centroid errors are SDSS's
+    -9999 ("no value") or not positive.
+    """
+    import numpy as np
+
+    from stk_astrometry import matching
+    from stk_astrometry.core import epoch as ep
+    from stk_astrometry.core import sdss
+    from stk_astrometry.tableio import require_columns
+
+    cols = require_columns(tin, ("objid",) + SDSS_OPTIONAL, aliases=SDSS_ALIASES,
+                           optional=SDSS_OPTIONAL)
+    n = len(tin.table)
+
+    def col(name):
+        return _floats(tin, cols[name]) if cols[name] else None
+
+    def err(name):     # SDSS writes -9999 (or 0) for "no value": NaN
+        values = col(name)
+        if values is None:
+            return np.full(n, np.nan)
+        with np.errstate(invalid="ignore"):
+            return np.where(values > 0, values, np.nan)
+
+    def scan_value(name):
+        if cols[name]:
+            return _floats(tin, cols[name])
+        value = _header_value(tin.header, name.upper())
+        try:
+            return None if value is None else np.full(n, float(value))
+        except (TypeError, ValueError):
+            raise CatalogError(f"{tin.hdu}: keyword {name.upper()} = {value!r} is not a number") \
+                from None
+
+    mu, nu = col("mu"), col("nu")
+    node, incl = scan_value("node"), scan_value("incl")
+    have_scan = mu is not None and nu is not None and node is not None and incl is not None
+    if cols["ra"] and cols["dec"]:
+        ra, dec = _floats(tin, cols["ra"]), _floats(tin, cols["dec"])
+    elif have_scan:
+        ra, dec = sdss.great_circle_to_j2000(mu, nu, node, incl)
+    else:
+        raise CatalogError(
+            f"{tin.hdu}: an SDSS table needs ra/dec (also tried ra_deg, raj2000 / dec_deg, "
+            "dej2000), or mu/nu with the scan's node/incl (columns or NODE/INCL keywords)")
+    cal_mu, cal_nu = err("muerr"), err("nuerr")
+    if cols["objc_rowcerr"] and cols["objc_colcerr"]:
+        s_mu, s_nu = sdss.great_circle_errors(cal_mu, cal_nu, err("objc_rowcerr"),
+                                              err("objc_colcerr"))
+        if have_scan:
+            sig_ra, sig_dec, _ = sdss.radec_errors(mu, nu, node, incl, s_mu, s_nu)
+            model = "muErr/nuErr + 0.396 objc_rowcErr/colcErr, rotated to RA/Dec"
+        else:
+            sig_ra = sig_dec = np.sqrt(0.5 * (s_mu**2 + s_nu**2))
+            model = "muErr/nuErr + 0.396 objc_rowcErr/colcErr, circularised"
+    elif cols["raerr"] and cols["decerr"]:
+        cal = np.sqrt(0.5 * (np.where(np.isfinite(cal_mu), cal_mu,
+                                      sdss.DEFAULT_CALIBRATION_ERROR) ** 2
+                             + np.where(np.isfinite(cal_nu), cal_nu,
+                                        sdss.DEFAULT_CALIBRATION_ERROR) ** 2))
+        sig_ra, sig_dec = np.hypot(cal, err("raerr")), np.hypot(cal, err("decerr"))
+        model = "calibration + raErr/decErr"
+    else:
+        raise CatalogError(
+            f"{tin.hdu}: an SDSS table needs centroid errors objc_rowcErr/objc_colcErr "
+            "(also tried rowcErr_r/colcErr_r) or raErr/decErr for its error model")
+    if not (cols["muerr"] and cols["nuerr"]):
+        model += f" (no muErr/nuErr: calibration {sdss.DEFAULT_CALIBRATION_ERROR:.3f}\")"
+    keep = np.ones(n, dtype=bool)
+    n_not_primary = 0
+    if cols["mode"]:
+        primary = _floats(tin, cols["mode"]) == 1
+        n_not_primary = int(np.count_nonzero(~primary))
+        keep &= primary
+    with np.errstate(invalid="ignore"):
+        good_err = np.isfinite(sig_ra) & np.isfinite(sig_dec) & (sig_ra > 0) & (sig_dec > 0)
+    n_bad_err = int(np.count_nonzero(keep & ~good_err))
+    keep &= good_err
+    epoch = None
+    if cols["mjd"]:
+        epoch = ep.julian_epoch_from_mjd(_floats(tin, cols["mjd"]))[keep]
+    nan = np.full(int(np.count_nonzero(keep)), np.nan)
+    sources = matching.GaiaSources(
+        source_id=_ints(tin, cols["objid"])[keep], ra_deg=np.asarray(ra)[keep],
+        dec_deg=np.asarray(dec)[keep], pmra_masyr=nan, pmdec_masyr=nan.copy(),
+        sigra_arcsec=np.asarray(sig_ra)[keep], sigdec_arcsec=np.asarray(sig_dec)[keep])
+    return SdssCatalog(sources, epoch, n_not_primary, n_bad_err, model)

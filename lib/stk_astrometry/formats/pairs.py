@@ -214,9 +214,12 @@ def pairs_from_match(result, det, gaia, wise, *, stackid, instrument) -> Pairs:
         }
 
     n_gaia = len(gaia)
+    g_sigra = getattr(gaia, "sigra_arcsec", None)
+    g_sigdec = getattr(gaia, "sigdec_arcsec", None)
     gaia_cols = pair_columns(result.gaia_pairs, gaia.source_id, gaia.ra_deg, gaia.dec_deg,
                              result.gaia_xi_arcsec, result.gaia_eta_arcsec,
-                             np.zeros(n_gaia), np.zeros(n_gaia))
+                             np.zeros(n_gaia) if g_sigra is None else g_sigra,
+                             np.zeros(n_gaia) if g_sigdec is None else g_sigdec)
     wise_pairs = result.wise_pairs or matching.empty_pairs(cfg.n_groups)
     if wise is None:
         wise_ids = np.empty(0, dtype=np.int64)

@@ -40,6 +40,8 @@ def _body(params):
         wisefile=params["wisefile"], bestnbfile=params["bestnbfile"],
         stackid=params["stackid"], ra_stack=params["ra_stack"], dec_stack=params["dec_stack"],
         r_stack=params["r_stack"], match_radius=params["match_radius"],
-        sep_bins=params["sep_bins"], max_pm=params["max_pm"], method=params["method"],
+        sep_bins=params["sep_bins"], max_pm=params["max_pm"], refcat=params["refcat"],
+        epoch=params["epoch"], ref_epoch=params["ref_epoch"], pm_disp=params["pm_disp"],
+        method=params["method"],
         clobber=params["clobber"], history=params)
     return 0

@@ -1,0 +1,159 @@
+"""Reference-catalog positions at the stack's epoch: proper-motion propagation.  Pure.
+
+Gaia publishes positions at its reference epoch (DR3: J2016.0, DR2: J2015.5); a CSC stack was
+observed between 1999 and 2024, up to 16 years away, and 10 mas/yr over 16 years is 0.16",
+as large as a typical stack shift.  :func:`propagate` moves each source with its proper
+motion to the stack's epoch through ERFA's ``pmsafe`` (the routine astropy's
+``SkyCoord.apply_space_motion`` calls), vectorised; :func:`position_sigma` gives the
+position error at the stack's epoch, where a source without a proper motion stays put and
+its error grows by a proper-motion dispersion times the epoch difference.
+
+Epochs are Julian epochs (``J2016.0`` = 2016.0): TT/TDB Julian years of 365.25 days from
+J2000.0.  No I/O here: formats/catalogs.py finds the epochs, api.py wires them.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+__all__ = ["DEFAULT_PM_DISPERSION", "GAIA_EPOCHS", "propagate", "position_sigma",
+           "julian_epoch_from_mjd", "julian_epoch_from_isot"]
+
+#: Proper-motion dispersion (mas/yr, per coordinate) assumed for a reference source without a
+#: proper motion.  Gaia's two-parameter solutions are faint (mostly G > 19.5) and so mostly
+#: distant: halo and thick-disc stars 2-10 kpc away (a few mas/yr) and galaxies/QSOs (0).
+#: 5 mas/yr per coordinate is the typical spread of the five-parameter solutions at G ~ 19-20
+#: at intermediate latitude (Gaia DR3 documentation, Lindegren et al. 2021 fig. 13); the
+#: ``pm_disp`` parameter changes it.
+DEFAULT_PM_DISPERSION = 5.0
+
+#: Reference epochs of the Gaia releases (Julian years).
+GAIA_EPOCHS = {"DR1": 2015.0, "DR2": 2015.5, "EDR3": 2016.0, "DR3": 2016.0}
+
+_MAS_TO_RAD = np.pi / (180.0 * 3600.0 * 1000.0)
+
+
+def julian_epoch_from_mjd(mjd):
+    """Julian epoch (years) of a Modified Julian Date (TT).  Pure."""
+    import erfa
+
+    return erfa.epj(2400000.5, np.asarray(mjd, dtype=float))
+
+
+def julian_epoch_from_isot(text):
+    """Julian epoch of an ISO date/time such as a FITS ``DATE-OBS`` (TT, as CXC writes it).
+
+    Raises ValueError for text that is not an ISO date.
+    """
+    from astropy.time import Time
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")   # astropy's ErfaWarning for "dubious year" etc.
+        return float(Time(str(text).strip(), format="isot", scale="tt").jyear)
+
+
+def propagate(ra_deg, dec_deg, pmra_masyr, pmdec_masyr, ref_epoch, epoch, *, parallax_mas=None):
+    """Positions at ``epoch`` from positions and proper motions at ``ref_epoch``.
+
+    Parameters
+    ----------
+    ra_deg, dec_deg : array_like
+        Positions at ``ref_epoch``, deg (ICRS).
+    pmra_masyr, pmdec_masyr : array_like
+        Proper motions, mas/yr; ``pmra`` is mu_alpha* = dRA/dt cos(Dec) (Gaia's ``pmra``).
+        NaN (null) where unknown: such a source is not moved.
+    ref_epoch : float or array_like
+        The catalog's reference epoch (Julian year), one value or one per source.
+    epoch : float
+        The epoch wanted (Julian year).
+    parallax_mas : array_like, optional
+        Parallaxes, mas; only values > 0 are used (others: no distance, as astropy does for
+        a coordinate without distance).  Space motion, not parallactic displacement.
+
+    Returns
+    -------
+    ra, dec : ndarray
+        Positions at ``epoch``, deg (RA in [0, 360)); rows with NaN or out-of-range
+        positions are returned unchanged (the matching filters drop them).
+    moved : ndarray of bool
+        True where the source had a proper motion (and a position) and was propagated.
+
+    Notes
+    -----
+    ``erfa.pmsafe`` with zero radial velocity; for a source without a usable parallax ERFA
+    substitutes a minimum one and says so with an ``ErfaWarning`` ("distance overridden"),
+    which is expected and silenced here.  Sources across a pole come out on the far side
+    with RA changed by 180 deg, as they should.
+    """
+    import erfa
+
+    ra = np.atleast_1d(np.asarray(ra_deg, dtype=float))
+    dec = np.atleast_1d(np.asarray(dec_deg, dtype=float))
+    pmra = np.broadcast_to(np.asarray(pmra_masyr, dtype=float), ra.shape)
+    pmdec = np.broadcast_to(np.asarray(pmdec_masyr, dtype=float), ra.shape)
+    ep1 = np.broadcast_to(np.asarray(ref_epoch, dtype=float), ra.shape)
+    if parallax_mas is None:
+        plx = np.zeros(ra.shape)
+    else:
+        plx = np.broadcast_to(np.asarray(parallax_mas, dtype=float), ra.shape)
+    out_ra = ra.copy()
+    out_dec = dec.copy()
+    cosd = np.cos(np.radians(dec))
+    with np.errstate(invalid="ignore"):
+        moved = ((ra >= 0) & (ra <= 360) & (np.abs(dec) <= 90) & np.isfinite(pmra)
+                 & np.isfinite(pmdec) & np.isfinite(ep1) & (cosd > 0))
+    if not np.isfinite(epoch):
+        raise ValueError(f"epoch must be finite, got {epoch}")
+    if not np.any(moved):
+        return out_ra, out_dec, moved
+    ep1a, ep1b = erfa.epj2jd(ep1[moved])
+    ep2a, ep2b = erfa.epj2jd(float(epoch))
+    with np.errstate(invalid="ignore"):
+        px = np.where(np.isfinite(plx[moved]) & (plx[moved] > 0), plx[moved] / 1000.0, 0.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", erfa.ErfaWarning)
+        ra2, dec2, *_ = erfa.pmsafe(
+            np.radians(ra[moved]), np.radians(dec[moved]),
+            pmra[moved] * _MAS_TO_RAD / cosd[moved], pmdec[moved] * _MAS_TO_RAD,
+            px, 0.0, ep1a, ep1b, ep2a, ep2b)
+    out_ra[moved] = np.degrees(ra2) % 360.0
+    out_dec[moved] = np.degrees(dec2)
+    return out_ra, out_dec, moved
+
+
+def position_sigma(dt_yr, moved, *, pos_err_mas=None, pm_err_masyr=None,
+                   pm_disp_masyr=DEFAULT_PM_DISPERSION):
+    """1-sigma position error per coordinate at the stack's epoch, arcsec.  Pure.
+
+    ``sqrt(pos_err^2 + (s dt)^2)`` with ``s`` the proper motion's error for a propagated
+    source and ``pm_disp_masyr`` for one without a proper motion.
+
+    Parameters
+    ----------
+    dt_yr : float or array_like
+        Stack epoch minus reference epoch, years.
+    moved : array_like of bool
+        True where the source was propagated with its own proper motion.
+    pos_err_mas, pm_err_masyr : array_like, optional
+        The catalog's position error at its epoch (mas) and proper-motion error (mas/yr) of
+        this coordinate; missing/NaN counts as 0.
+    pm_disp_masyr : float
+        Proper-motion dispersion for sources without a proper motion.
+    """
+    moved = np.asarray(moved, dtype=bool)
+    n = moved.shape
+
+    def zero_nan(values):
+        if values is None:
+            return np.zeros(n)
+        v = np.broadcast_to(np.asarray(values, dtype=float), n)
+        return np.where(np.isfinite(v), v, 0.0)
+
+    pos = zero_nan(pos_err_mas)
+    pm_err = zero_nan(pm_err_masyr)
+    rate = np.where(moved, pm_err, float(pm_disp_masyr))
+    dt = np.broadcast_to(np.asarray(dt_yr, dtype=float), n)
+    dt = np.where(np.isfinite(dt), dt, 0.0)
+    return np.hypot(pos, rate * dt) / 1000.0
