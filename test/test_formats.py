@@ -217,3 +217,94 @@ def test_catalog_reader_tnull_and_nan(tmp_path):
     with pytest.raises(CatalogError, match="null value"):
         catalogs.read_detections(read_table(str(tmp_path / "det2.fits"), param="detfile"),
                                  ra_stack=10.0, dec_stack=-5.0)
+
+
+def test_columns_carry_descriptions_and_ucds(tmp_path):
+    """TCOMMn/TUCDn on every column the formats write (TOPCAT/STILTS show them)."""
+    p = make_pairs(np.random.default_rng(2))
+    pairs.write_pairs(p, tmp_path / "p.fits", HIST)
+    comps = _components()
+    transform.write_transform(tmp_path / "x.fits", comps, _keywords(comps[0]), HIST,
+                              instrument="HRC", ra_ref=10.0, dec_ref=-12.5)
+    for path in (tmp_path / "p.fits", tmp_path / "x.fits"):
+        with fits.open(path) as hdul:
+            for hdu in hdul[1:]:
+                h = hdu.header
+                for i in range(1, h["TFIELDS"] + 1):
+                    assert h.get(f"TCOMM{i}"), (path.name, hdu.name, h[f"TTYPE{i}"])
+                    assert len(h.comments[f"TCOMM{i}"]) == 0
+    with fits.open(tmp_path / "p.fits") as hdul:
+        h = hdul["GAIA_PAIRS"].header
+        ucd = {h[f"TTYPE{i}"]: h.get(f"TUCD{i}") for i in range(1, h["TFIELDS"] + 1)}
+        assert ucd["ref_ra"] == "pos.eq.ra" and ucd["sep"] == "pos.angDistance"
+    with fits.open(tmp_path / "x.fits") as hdul:
+        h = hdul["STKXFM"].header
+        names = {h[f"TTYPE{i}"]: i for i in range(1, h["TFIELDS"] + 1)}
+        assert "corrected xi" in h[f"TCOMM{names['d_xi']}"]
+        assert f"TUCD{names['a11']}" not in h          # no UCD fits a matrix element
+
+
+def test_long_keyword_is_a_plain_keyword_and_a_cxc_pair(tmp_path):
+    """DEC_STACK: astropy and fitsio read it by name; CIAO's DTYPEn/DVALn pair is kept."""
+    import fitsio
+
+    from stk_astrometry.fitsutil import get_keyword
+
+    p = make_pairs(np.random.default_rng(4))
+    pairs.write_pairs(p, tmp_path / "p.fits", HIST)
+    for ext in range(5):
+        h = fits.getheader(tmp_path / "p.fits", ext)
+        assert h["DEC_STACK"] == -89.5                    # astropy, no helper
+        assert h["DTYPE1"] == "DEC_STACK" and h["DVAL1"] == -89.5
+        assert get_keyword(h, "DEC_STACK") == -89.5
+    assert fitsio.read_header(str(tmp_path / "p.fits"), ext=0)["DEC_STACK"] == -89.5
+    # short keywords are plain, never DTYPEn pairs or CONTINUE cards when under 68 characters
+    text = (tmp_path / "p.fits").read_bytes()[:2880 * 3].decode("ascii")
+    assert "CONTINUE" not in text
+    assert pairs.read_pairs(tmp_path / "p.fits").keywords == p.keywords
+
+
+def test_readers_keep_empty_and_long_string_keywords(tmp_path):
+    """fitsio's parsed headers drop KEY = '' and cut CONTINUE strings; the readers must not."""
+    p = make_pairs(np.random.default_rng(9))
+    long_text = ("a long value " * 10).strip()     # FITS strings lose trailing blanks
+    keys = tuple(k if k[0] != "STACKID" else ("STACKID", "", "detect_stack_id")
+                 for k in p.keywords) + (("SEPNOTE", long_text, ""),)
+    p = pairs.Pairs(**{**p.__dict__, "keywords": keys, "stackid": ""})
+    pairs.write_pairs(p, tmp_path / "p.fits", HIST)
+    q = pairs.read_pairs(tmp_path / "p.fits")
+    assert q.keywords == keys
+    assert ("STACKID", "", "detect_stack_id") in q.cards["GAIA_PAIRS"]
+    # the catalog reader (tableio) too
+    h = fits.Header()
+    h["STACKID"] = ""
+    h["NOTE"] = long_text
+    cols = [fits.Column(name="ra", format="D", array=[1.0])]
+    fits.HDUList([fits.PrimaryHDU(), fits.BinTableHDU.from_columns(cols, header=h)]).writeto(
+        tmp_path / "t.fits")
+    tin = read_table(str(tmp_path / "t.fits"), param="x")
+    assert tin.header["STACKID"] == "" and tin.header["NOTE"] == long_text
+
+
+def test_format_card_is_astropys_card_image():
+    """The fast writer's cards are byte for byte what astropy writes."""
+    import warnings
+
+    from astropy.io.fits import Card
+
+    from stk_astrometry.formats._fits import format_card
+
+    rng = np.random.default_rng(11)
+    values = [None, "", "a", "x" * 30, "o'k", True, False, 0, -5, 2**40, 1.5, -0.0, 1e-300,
+              189.12345678901235, 1e20, 3.0, np.float64(2.5), np.int32(7), np.bool_(True)]
+    values += list(rng.normal(size=200) * 10.0 ** rng.integers(-20, 20, 200))
+    for value in values:
+        for comment in ("", "a comment", "[arcsec] applied shift in xi", "c" * 60):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")       # astropy warns when it cuts a comment
+                want = Card("KEY", value, comment).image
+            assert format_card("KEY", value, comment) == want, (value, comment)
+    for value in (62.2, -89.99999999999999, 1e-5, 0.0, 12):
+        for comment in ("", "[deg] stack tangent point Dec"):
+            assert (format_card("DEC_STACK", value, comment)
+                    == Card("HIERARCH DEC_STACK", value, comment).image), value

@@ -616,7 +616,7 @@ def test_help_lists_parameters(capsys):
         assert name in out
 
 
-# ------------------------------------------------- review fixes (defects FM)
+# ------------------------------------------ outputs that would clobber an input; odd input values
 
 
 def _md5(path):

@@ -120,7 +120,7 @@ def test_pair_covariance_reference_leg_and_unknown_errors():
 
 
 def test_pair_covariance_missing_angle_is_circular_on_the_major_axis():
-    # Review defect 5: stk_match writes err_ang = NaN when the optional column is absent; the
+    # stk_match writes err_ang = NaN when the optional column is absent; the
     # pair must not be dropped: a circle of the major axis, (r0/2.4477)^2 I, which contains
     # the ellipse whatever its orientation.
     cov = pair_covariance([1.2, 1.2, np.nan], [0.5, 0.5, 0.5], [np.nan, 30.0, np.nan],
@@ -482,7 +482,7 @@ def test_systematic_floor_widens_covariance():
 
 
 # ---------------------------------------------------------------------------------------------
-# When a fit is not a measurement (review defect 2)
+# When a fit is not a measurement
 
 
 def test_failure_when_no_true_match_is_found():

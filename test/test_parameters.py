@@ -1119,7 +1119,7 @@ def test_every_shipped_par_file_round_trips_and_loads(tmp_path):
 
 
 # ----------------------------------------------------------------------------
-# Review findings: wrong-tool @@par files, mistyped YAML sections
+# @@ files of another tool, YAML sections of unknown tools
 # ----------------------------------------------------------------------------
 
 

@@ -1,13 +1,13 @@
 """stk_xfm's parameters reach the fit and do what the help page says (stk_xfm.txt).
 
-Each test runs the tool in-process on a pairs file (the ``Stack`` of test_xfm_tool.py) and
+Each test runs the tool in-process on a pairs file (the ``Stack`` of test_stk_xfm.py) and
 compares two runs that differ in one parameter: a parameter that is read but not passed on, or
 passed on but not used, leaves the two runs identical.
 """
 
 import numpy as np
 import pytest
-from test_xfm_tool import Stack, run, xfm_of
+from test_stk_xfm import Stack, run, xfm_of
 
 SEED = 8101
 

@@ -125,7 +125,7 @@ def test_reported_sigma_matches_the_scatter():
 
 
 def test_pull_tail_at_five_pairs():
-    """Review defect 4: at 5-9 pairs the scatter estimate alone gave heavy-tailed pulls (std 1.2,
+    """At 5-9 pairs the scatter estimate alone gave heavy-tailed pulls (std 1.2,
     |pull| > 3 in 2.4 % at n = 5); the formal floor up to n < 10 keeps the tail near Gaussian."""
     rng = np.random.default_rng(SEED + 12)
     n = 5
@@ -159,7 +159,7 @@ def test_floor_below_ten_is_not_called_implausible():
 
 
 def test_duplicated_candidates_do_not_shrink_the_error():
-    # Review defect 3: several pairs of one detection are one measurement.  Every pair given
+    # Several pairs of one detection are one measurement.  Every pair given
     # three times under its detection's region_id: same shift, same covariance (cluster-robust
     # sandwich, n and the formal error counted in detections).
     rng = np.random.default_rng(SEED + 13)
@@ -189,7 +189,7 @@ def test_small_sample_rules_count_detections():
 
 
 def test_ambiguous_candidates_calibrated():
-    """Review defect 3: each detection's true pair plus two candidates 0.05" from it (Gaia
+    """Each detection's true pair plus two candidates 0.05" from it (Gaia
     duplicates/blends); the errors must follow the scatter of the fitted shift (was: pull std
     1.7, |pull| > 3 in 8 %)."""
     rng = np.random.default_rng(SEED + 14)
@@ -508,7 +508,7 @@ def test_two_step_total_is_the_sum_of_the_legs():
 def test_two_step_without_allwise_gaia_pairs():
     # The ALLWISE->Gaia leg is set to 0 (NOMATCH): the detection leg's shift is written, but
     # the tie to the Gaia frame is unknown, so the total's errors are NaN -- not the detection
-    # leg's alone, which would claim the frame is known (review defect 1; this test used to
+    # leg's alone, which would claim the frame is known (this test used to
     # assert finite errors).
     det = make_pairs([0.3, 0.31, 0.29], [0, 0.01, -0.01])
     fit = fit_stack_spec("twostep", det, wise_gaia=PairSet.empty(), n_groups=3)
@@ -638,3 +638,154 @@ def test_from_ten_detections_an_implausibly_small_scatter_takes_the_formal_error
     fit = fit_translation(zeros, zeros, d_xi, d_eta, np.full(m, 1 / sigma**2), loss="linear")
     assert fit.implausible and fit.error_source == "formal"
     assert fit.d_xi_err == pytest.approx(sigma / np.sqrt(m), rel=1e-9)
+
+
+# ------------------------------------------------------------------------------ the stack's fit
+
+
+def test_direct_stack_fit_is_its_detection_leg():
+    rng = np.random.default_rng(SEED + 41)
+    d_xi, d_eta, r0, r1, _ = simulate(rng, 20, (0.25, -0.15))
+    pairs = make_pairs(d_xi, d_eta, r0=r0, r1=r1)
+    leg = fit_leg_spec(pairs, weighting="det", n_groups=1)
+    fit = fit_stack_spec("direct", pairs, n_groups=1)
+    assert fit.method == "direct" and fit.ref_leg is None and fit.notes == ()
+    assert (fit.d_xi, fit.d_eta) == (leg.d_xi, leg.d_eta)
+    np.testing.assert_array_equal(fit.cov, leg.cov)
+    assert (fit.resstd0, fit.resstd1) == (leg.resstd0, leg.resstd1)
+    assert fit.det_leg.n_used == leg.n_used == 20 and fit.d_xi_err == leg.d_xi_err
+
+
+def test_direct_stack_without_usable_pairs_has_unknown_errors():
+    fit = fit_stack_spec("direct", make_pairs([np.nan], [0.1]), n_groups=1)
+    assert (fit.d_xi, fit.d_eta) == (0.0, 0.0)
+    assert fit.cov.shape == (2, 2) and np.all(np.isnan(fit.cov))
+
+
+def test_method_none_is_the_identity_with_unknown_errors():
+    fit = fit_stack_spec("none", PairSet.empty(), n_groups=3)
+    assert fit.method == "none" and fit.det_leg is None and fit.ref_leg is None
+    assert fit.cov.shape == (2, 2) and np.all(np.isnan(fit.cov))
+    assert np.isnan(fit.resstd0) and np.isnan(fit.resstd1)
+    assert fit.notes == ("no matches: identity transform",)
+
+
+def test_unknown_method_is_refused():
+    with pytest.raises(ValueError):
+        fit_stack_spec("both", PairSet.empty(), n_groups=3)
+
+
+def test_stack_fit_uses_the_separation_groups_unless_told_not_to():
+    # group 1: 4 pairs at +0.2"; group 2: 4 pairs at -0.6" (tighter): the group rule takes
+    # group 2; without groups (the operator's include list) all 8 pairs are fitted
+    d_xi = [0.2, 0.25, 0.15, 0.2, -0.6, -0.61, -0.59, -0.6]
+    pairs = make_pairs(d_xi, [0.0] * 8, group=[1] * 4 + [2] * 4)
+    default = fit_stack_spec("direct", pairs, n_groups=2)
+    grouped = fit_stack_spec("direct", pairs, n_groups=2, use_groups=True)
+    everything = fit_stack_spec("direct", pairs, n_groups=2, use_groups=False)
+    assert default.d_xi == grouped.d_xi and default.det_leg.n_used == 4
+    assert everything.det_leg.n_used == 8
+
+
+def test_defaults_are_the_par_file_defaults():
+    import inspect
+    from pathlib import Path
+
+    par = {}
+    for line in (Path(__file__).resolve().parents[1] / "param" / "stk_xfm.par").read_text().splitlines():
+        fields = line.split(",")
+        if len(fields) >= 4 and not line.startswith("#"):
+            par[fields[0]] = fields[3].strip('"')
+    for func in (fit_stack_spec, fit_leg_spec):
+        defaults = {k: v.default for k, v in inspect.signature(func).parameters.items()}
+        assert defaults["loss"] == par["loss"]
+        assert defaults["f_scale"] == float(par["f_scale"])
+        assert defaults["max_shift"] == float(par["max_shift"])
+        assert defaults["min_group_matches"] == int(par["min_group_matches"])
+
+
+def test_an_empty_pair_set_has_integer_ids_and_groups():
+    # concatenated with real pairs (region_id int64, group int), an empty set must not turn
+    # the ids into floats
+    empty = PairSet.empty()
+    assert len(empty.d_xi) == 0
+    assert empty.region_id.dtype.kind == "i" and empty.group.dtype.kind == "i"
+
+
+def test_combined_covariance_is_two_by_two_even_when_unknown():
+    empty = fit_leg_spec(PairSet.empty(), weighting="det", n_groups=1)
+    one = fit_leg_spec(make_pairs([0.3], [0.1], sigra=[0.1], sigdec=[0.1]), weighting="ref",
+                       n_groups=1, use_groups=False)
+    full = fit_leg_spec(make_pairs([0.1, 0.2, 0.3], [0, 0, 0]), weighting="det", n_groups=1)
+    assert combine_legs(empty, full)[2].shape == (2, 2)
+    assert combine_legs(full, empty)[2].shape == (2, 2)
+    # one ALLWISE-Gaia pair is a measurement (its stated error), not an unknown leg
+    d_xi, _, cov = combine_legs(full, one)
+    assert d_xi == pytest.approx(full.d_xi + 0.3) and np.all(np.isfinite(cov))
+
+
+def test_two_step_residuals_are_taken_in_the_gaia_frame():
+    rng = np.random.default_rng(SEED + 43)
+    n, m = 20, 40
+    d_xi, d_eta, r0, r1, _ = simulate(rng, n, (0.3, -0.2), r95=(0.3, 0.8))
+    det = make_pairs(d_xi, d_eta, r0=r0, r1=r1, sigra=np.full(n, 0.1), sigdec=np.full(n, 0.1))
+    wg = make_pairs(0.4 + rng.normal(0, 0.1, m), -0.3 + rng.normal(0, 0.1, m),
+                    r0=np.full(m, np.nan), r1=np.full(m, np.nan), sigra=np.full(m, 0.1),
+                    sigdec=np.full(m, 0.1), group=np.zeros(m, int))
+    fit = fit_stack_spec("twostep", det, wise_gaia=wg, n_groups=3)
+    assert fit.method == "twostep" and fit.notes == ()
+    used = fit.det_leg.used
+    # before: the detection's offset to ALLWISE carried into Gaia by the ALLWISE->Gaia leg
+    target_xi = np.asarray(d_xi)[used] + fit.ref_leg.d_xi
+    target_eta = np.asarray(d_eta)[used] + fit.ref_leg.d_eta
+    assert fit.resstd0 == pytest.approx(np.sqrt(np.mean((target_xi**2 + target_eta**2) / 2)))
+
+
+def test_two_step_uses_the_separation_groups_of_the_detection_leg_unless_told_not_to():
+    d_xi = [0.2, 0.25, 0.15, 0.2, -0.6, -0.61, -0.59, -0.6]
+    det = make_pairs(d_xi, [0.0] * 8, group=[1] * 4 + [2] * 4, sigra=[0.05] * 8, sigdec=[0.05] * 8)
+    wg = make_pairs([0.0, 0.01, -0.01], [0.0] * 3, r0=[np.nan] * 3, r1=[np.nan] * 3,
+                    sigra=[0.1] * 3, sigdec=[0.1] * 3, group=[0] * 3)
+    assert fit_stack_spec("twostep", det, wise_gaia=wg, n_groups=2).det_leg.n_used == 4
+    assert fit_stack_spec("twostep", det, wise_gaia=wg, n_groups=2,
+                          use_groups=False).det_leg.n_used == 8
+
+
+def test_two_step_notes_say_which_leg_is_missing():
+    det = make_pairs([0.3, 0.31, 0.29], [0, 0.01, -0.01])
+    (note,) = fit_stack_spec("twostep", det, wise_gaia=PairSet.empty(), n_groups=3).notes
+    assert note.startswith("no usable ALLWISE-Gaia pairs") and note.endswith("errors are unknown")
+    wg = make_pairs([0.1, 0.11, 0.09], [0.0] * 3, r0=[np.nan] * 3, r1=[np.nan] * 3,
+                    sigra=[0.1] * 3, sigdec=[0.1] * 3, group=[0] * 3)
+    (note,) = fit_stack_spec("twostep", PairSet.empty(), wise_gaia=wg, n_groups=3).notes
+    assert note.startswith("no usable detection-ALLWISE pairs: identity transform")
+    assert note.endswith("says nothing about the detections)")
+
+
+def test_pair_variances_are_the_documented_one_sigma_circles():
+    from stk_astrometry.xfmfit import pair_variances
+
+    pairs = make_pairs([0.1, 0.2, 0.3, 0.4, 0.5], [0.0] * 5, r0=[2.0, 1.0, np.nan, 0.0, 1.0],
+                       r1=[0.5, 1.0, 1.0, 1.0, -1.0], sigra=[0.1, 0.2, 0.1, 0.1, 0.1],
+                       sigdec=[0.3, 0.2, 0.1, 0.1, 0.1])
+    det = pair_variances(pairs, "det")
+    np.testing.assert_allclose(det[:2], [2.0 * 0.5 / R95_PER_SIGMA**2, 1.0 / R95_PER_SIGMA**2])
+    # unusable radii (NaN, zero, negative): NaN, silently (warnings are errors here)
+    assert np.all(np.isnan(det[2:]))
+    combined = pair_variances(pairs, "combined")
+    np.testing.assert_allclose(combined[:2], det[:2] + [0.03, 0.04])
+    np.testing.assert_allclose(pair_variances(pairs, "ref"), [0.03, 0.04, 0.01, 0.01, 0.01])
+
+
+def test_pairs_outside_every_separation_group_are_never_fitted():
+    # group 0 (or beyond n_groups) is no separation group: with groups in use nothing is chosen
+    leg = fit_leg_spec(make_pairs([0.1, 0.2, 0.3], [0.0] * 3, group=[0, 0, 0]), weighting="det",
+                       n_groups=3)
+    assert leg.group == 0 and leg.n_used == 0 and not np.any(leg.used)
+
+
+def test_dropped_counts_only_the_unusable_pairs_of_the_chosen_group():
+    pairs = make_pairs([0.1, 0.2, 0.3, 0.25, 1.5], [0.0] * 5, r0=[1.0, 1.0, 1.0, np.nan, np.nan],
+                       group=[1, 1, 1, 1, 2])
+    leg = fit_leg_spec(pairs, weighting="det", n_groups=2)
+    assert leg.group == 1 and leg.n_used == 3 and leg.n_dropped == 1

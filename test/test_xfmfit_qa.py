@@ -157,3 +157,25 @@ def test_fewmatch_thresholds_are_the_parameters():
     assert result.flags == QA_BITS["FEWMATCH"]
     assert "within 10'" not in result.reason
     assert "above 100 counts" in result.reason and '> 0.1"' in result.reason
+
+
+# ------------------------------------------------------------------------------ reasons
+
+
+def test_method_none_is_nomatch_whatever_the_count():
+    result = qa(method="none", n_match=5, total_shift_arcsec=0.0)
+    assert result.flags & QA_BITS["NOMATCH"]
+
+
+def test_nomatch_reason_says_identity_only_when_nothing_is_applied():
+    assert qa(n_match=0, total_shift_arcsec=0.0).reason == (
+        "NOMATCH: no matched detections; identity transform")
+    assert qa(n_match=0, total_shift_arcsec=0.3).reason == "NOMATCH: no matched detections"
+    assert qa(n_match=0, total_shift_arcsec=0.0, extra_nomatch="no ALLWISE-Gaia pairs").reason == (
+        "NOMATCH: no matched detections; identity transform; no ALLWISE-Gaia pairs")
+
+
+def test_fewmatch_reason_lists_every_failed_condition():
+    result = qa(n_match=2, det_theta_arcmin=[6.0], det_src_cnts=[3.0], total_shift_arcsec=0.7)
+    assert result.reason == ("FEWMATCH: 2 matches < 3 and no detection within 5' and "
+                             'no detection above 15 counts and total shift 0.70" > 0.5"')

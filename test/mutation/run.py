@@ -11,17 +11,19 @@ in one clean run first).  A mutant that no test notices "survives": either a tes
 the mutant is equivalent (the code means the same thing) -- then it is listed, with the reason, in
 ``test/mutation/equivalent.md`` next to this file.
 
-mutmut (3.x) mutates packages under ``src/``; ours live under ``lib/``.  So the run is staged in
-``.mutation/`` (git-ignored): a copy of ``lib/stk_astrometry`` as ``src/stk_astrometry``, the
-tests, and ``test/mutation/setup.cfg`` (mutmut's configuration: which tests to use).  mutmut
-writes its ``mutants/`` tree and its cache there; a rerun after a change of the sources or tests
-updates the staged copy in place; ``--survivors`` retests only the last run's open survivors
-(after adding the tests that should kill them).
+mutmut (3.x) mutates packages under ``src/``; ours live under ``lib/``.  So each module is staged
+in ``.mutation/<module>/`` (git-ignored): a copy of ``lib/stk_astrometry`` as
+``src/stk_astrometry``, the tests, and a setup.cfg made from ``test/mutation/setup.cfg`` (which
+module to mutate, which tests to use).  mutmut writes its ``mutants/`` tree and its cache there;
+a rerun after a change of the sources or tests updates the staged copy in place;
+``--survivors`` retests only the last run's open survivors (after adding the tests that should
+kill them).
 
 Runs under ``nice`` with one worker per core: the machine is shared.
 """
 
 import argparse
+import configparser
 import os
 import re
 import shutil
@@ -34,43 +36,62 @@ REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 STAGE = REPO / ".mutation"
 
-#: the core modules under mutation testing (lib/stk_astrometry/<name>.py)
-MODULES = ["tangent", "matching", "xfmfit", "mixture", "fitsutil", "products"]
-
-#: what the staged copy needs besides the sources (tests that run the tools as subprocesses use
-#: the unmutated lib/ through PYTHONPATH; they never select a mutant, but must pass in the clean run)
-COPY = ["test", "bin", "param", "share", "lib", "README.md", "pyproject.toml"]
+#: what the staged copy needs besides the sources and the tests
+COPY = ["README.md", "pyproject.toml"]
 
 
-def stage():
-    """Bring .mutation/ up to date with the sources and tests (in place: mutmut keeps its cache)."""
-    STAGE.mkdir(exist_ok=True)
+def _config():
+    cfg = configparser.ConfigParser(interpolation=None)
+    cfg.read(HERE / "setup.cfg")
+    return cfg
+
+
+#: the core modules under mutation testing (lib/stk_astrometry/<name>.py), in run order
+MODULES = [m for m in _config()["stk_mutation"] if m != "deselect"]
+
+
+def stage(module):
+    """Bring .mutation/<module>/ up to date with the sources and tests (in place: mutmut keeps
+    its cache, and reruns what changed)."""
+    folder = STAGE / module
+    folder.mkdir(parents=True, exist_ok=True)
     ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", ".hypothesis", "mutation")
-    shutil.copytree(REPO / "lib" / "stk_astrometry", STAGE / "src" / "stk_astrometry", ignore=ignore,
+    shutil.copytree(REPO / "lib" / "stk_astrometry", folder / "src" / "stk_astrometry", ignore=ignore,
                     dirs_exist_ok=True)
+    shutil.copytree(REPO / "test", folder / "test", ignore=ignore, dirs_exist_ok=True)
     for name in COPY:
-        src = REPO / name
-        if src.is_dir():
-            shutil.copytree(src, STAGE / name, ignore=ignore, dirs_exist_ok=True)
-        elif src.is_file():
-            shutil.copy2(src, STAGE / name)
-    shutil.copy2(HERE / "setup.cfg", STAGE / "setup.cfg")
+        shutil.copy2(REPO / name, folder / name)
+    cfg = _config()
+    tests = cfg["stk_mutation"][module].split()
+    tests += [f"--deselect={t}" for t in cfg["stk_mutation"]["deselect"].split()
+              if t.split("::")[0] in tests]
+    out = configparser.ConfigParser(interpolation=None)
+    out["mutmut"] = dict(cfg["mutmut"])
+    out["mutmut"]["only_mutate"] = f"src/stk_astrometry/{module}.py"
+    out["mutmut"]["pytest_add_cli_args_test_selection"] = "\n" + "\n".join(tests)
+    out["tool:pytest"] = dict(cfg["tool:pytest"])
+    with open(folder / "setup.cfg", "w") as fh:
+        out.write(fh)
+    return folder
 
 
-def mutmut(*args, check=True):
+def mutmut(module, *args, check=True):
     exe = Path(sys.executable).with_name("mutmut")
     cmd = ["nice", "-n", "10", str(exe), *args]
     env = dict(os.environ, STK_ASTROMETRY_TESTING="1")
     env.pop("PYTHONPATH", None)
-    return subprocess.run(cmd, cwd=STAGE, env=env, check=check, text=True,
+    return subprocess.run(cmd, cwd=STAGE / module, env=env, check=check, text=True,
                           capture_output=args[0] == "results")
 
 
 def _results(modules):
-    out = mutmut("results", "--all", "true").stdout
     counts = {}
     survivors = []
-    for line in out.splitlines():
+    lines = []
+    for module in modules:
+        if (STAGE / module / "mutants").is_dir():
+            lines += mutmut(module, "results", "--all", "true").stdout.splitlines()
+    for line in lines:
         m = re.match(r"\s*(stk_astrometry\.(\w+)\.\S+): (.+)$", line)
         if not m or m.group(2) not in modules:
             continue
@@ -110,13 +131,13 @@ def summary(modules):
         print(f"{'all':10s} {tot['n']:8d} {tot['killed']:7d} {tot['surv']:9d} {tot['eq']:10d} "
               f"{tot['n'] - tot['killed'] - tot['surv']:6d}  {100 * tot['killed'] / denom:5.1f} %")
     print("score = killed / (mutants - equivalent - other); other = no test reaches the mutant, "
-          "or it could not be run (see `mutmut results --all true` in .mutation/)")
+          "or it could not be run (see `mutmut results --all true` in .mutation/MODULE/)")
     open_survivors = [s for s in survivors if s not in equivalent]
     if open_survivors:
         print(f"\n{len(open_survivors)} surviving mutant(s) not listed as equivalent in {HERE / 'equivalent.md'}:")
         for s in open_survivors:
             print(f"  {s}")
-        print("show one with:  (cd .mutation && ../.venv/bin/mutmut show NAME)")
+        print("show one with:  (cd .mutation/MODULE && ../../.venv/bin/mutmut show NAME)")
     return 1 if open_survivors else 0
 
 
@@ -132,15 +153,16 @@ def main(argv=None):
     if unknown:
         ap.error(f"not configured for mutation testing: {', '.join(unknown)} (choose from {', '.join(MODULES)})")
     if not args.results:
-        stage()
-        t0 = time.monotonic()
-        if args.survivors:
-            names = [s for s in _results(modules)[1] if s not in _equivalent()]
-        else:
-            names = [f"stk_astrometry.{m}.*" for m in modules]
-        if names:
-            mutmut("run", *names, check=False)
-        print(f"\nmutmut run took {time.monotonic() - t0:.0f} s")
+        for module in modules:
+            stage(module)
+            t0 = time.monotonic()
+            if args.survivors:
+                names = [s for s in _results([module])[1] if s not in _equivalent()]
+            else:
+                names = [f"stk_astrometry.{module}.*"]
+            if names:
+                mutmut(module, "run", *names, check=False)
+            print(f"\n{module}: mutmut run took {time.monotonic() - t0:.0f} s")
     return summary(modules)
 
 

@@ -10,6 +10,8 @@ module                    file                                                  
 :mod:`.transform`         transform file, HDU ``STKXFM`` (and ``STKXFMID``)          §2
 :mod:`.detcorr`           corrected detections, ``CONTENT = 'STKDETCORR'``           §2a
 :mod:`.diag`              diagnostics, ``CONTENT = 'STKXFMDIAG'``                    §2b
+:mod:`.selection`         QA selection file (stk_qa; stk_xfm ``include=@file``)      §2d
+:mod:`.regions`           QA DS9 region file (stk_qa)                                 §2e
 ========================  =========================================================  ==========
 
 Nothing outside this package reads or writes these layouts.  The writers build the HDUs

@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from stk_astrometry.errors import FormatError, InputError
-from stk_astrometry.formats._fits import header_keywords, set_keywords, table_hdu
+from stk_astrometry.formats._columns import column_info
+from stk_astrometry.formats._fits import HduSpec, header_keywords, to_hdulist, write_fits_fast
 
 __all__ = ["CONTENT", "EXTNAME", "COLUMNS", "UNITS", "DetCorr", "build_detcorr_hdul",
            "write_detcorr", "read_detcorr"]
@@ -46,8 +47,8 @@ class DetCorr:
     path: str
 
 
-def build_detcorr_hdul(columns, keywords):
-    """Primary + DETECTIONS (formats.md §2a).  No I/O.
+def detcorr_specs(columns, keywords):
+    """Primary + DETECTIONS (formats.md §2a) as :class:`~._fits.HduSpec`.  Pure.
 
     Parameters
     ----------
@@ -55,23 +56,22 @@ def build_detcorr_hdul(columns, keywords):
         :data:`COLUMNS` -> arrays (``region_id`` integer, the others float).
     keywords : list of (name, value, comment)
     """
-    from astropy.io import fits
-
     cols = {c: np.asarray(columns[c]) for c in COLUMNS}
     cols["region_id"] = cols["region_id"].astype(np.int32)
-    hdu = table_hdu(EXTNAME, cols, units=UNITS, formats=_FORMATS)
-    primary = fits.PrimaryHDU()
-    primary.header["CONTENT"] = (CONTENT, "stk_xfm corrected detections")
-    for h in (primary, hdu):
-        set_keywords(h.header, keywords)
-    return fits.HDUList([primary, hdu])
+    return [HduSpec(None, keys=tuple([("CONTENT", CONTENT, "stk_xfm corrected detections")]
+                                     + list(keywords))),
+            HduSpec(EXTNAME, cols, units=UNITS, formats=_FORMATS, keys=tuple(keywords),
+                    column_info=column_info(cols))]
+
+
+def build_detcorr_hdul(columns, keywords):
+    """The corrected-detections file as an astropy HDUList.  No I/O."""
+    return to_hdulist(detcorr_specs(columns, keywords))
 
 
 def write_detcorr(path, columns, keywords, history, *, clobber=False):
     """Write the corrected detections atomically, stamped with ``history``."""
-    from stk_astrometry.fitsutil import write_fits
-
-    write_fits(build_detcorr_hdul(columns, keywords), path, history, clobber=clobber)
+    write_fits_fast(path, detcorr_specs(columns, keywords), history, clobber=clobber)
 
 
 def read_detcorr(path) -> DetCorr:

@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from stk_astrometry.errors import FormatError, InputError
-from stk_astrometry.formats._fits import table_hdu
-from stk_astrometry.formats.pairs import LAYOUTS, PAIR_HDUS
+from stk_astrometry.formats._fits import HduSpec, to_hdulist, write_fits_fast
+from stk_astrometry.formats._columns import column_info
+from stk_astrometry.formats.pairs import _COLUMN_INFO, LAYOUTS, PAIR_HDUS, STACK_KEYWORDS
 
 __all__ = ["CONTENT", "HDUS", "build_diag_hdul", "write_diag", "Diag", "read_diag"]
 
@@ -23,8 +24,8 @@ CONTENT = "STKXFMDIAG"
 HDUS = PAIR_HDUS + ("WISE_GAIA",)
 
 
-def build_diag_hdul(pairs, used, p_true, keywords=()):
-    """The diagnostics file: primary + the pair HDUs with ``used_spec`` and ``p_true``.  No I/O.
+def diag_specs(pairs, used, p_true, keywords=()):
+    """The diagnostics file's HDUs as :class:`~._fits.HduSpec`.  Pure.
 
     Parameters
     ----------
@@ -34,12 +35,10 @@ def build_diag_hdul(pairs, used, p_true, keywords=()):
     keywords : sequence of (name, value, comment)
         Primary-header keywords (the mixture's fitted error model: SYSERR, ERRSCALE).
     """
-    from astropy.io import fits
-
-    out = [fits.PrimaryHDU()]
-    out[0].header["CONTENT"] = (CONTENT, "stk_xfm diagnostics: pairs used")
-    for name, value, comment in keywords:      # e.g. SYSERR, ERRSCALE of the mixture
-        out[0].header[name] = (value, comment)
+    # the primary: CONTENT, then e.g. SYSERR, ERRSCALE of the mixture
+    specs = [HduSpec(None, keys=(("CONTENT", CONTENT, "stk_xfm diagnostics: pairs used"),)
+                     + tuple(keywords))]
+    stack = tuple(k for k in pairs.keywords if k[0] in STACK_KEYWORDS)
     for name in HDUS:
         n = pairs.n_rows(name)
         cols = dict(pairs.tables[name])
@@ -47,26 +46,24 @@ def build_diag_hdul(pairs, used, p_true, keywords=()):
         cols["p_true"] = np.asarray(p_true.get(name, np.full(n, np.nan)), dtype=float)
         fixed = {c: f for c, f, _ in LAYOUTS[name] if f}
         fixed.update(used_spec="L", p_true="D")
-        hdu = table_hdu(name, cols, units=pairs.units.get(name, {}), formats=fixed, nrows=n)
-        for card in pairs.cards.get(name, ()):
-            if card[0] not in hdu.header:
-                hdu.header.append(card)
-        if not pairs.cards.get(name):
-            from stk_astrometry.formats._fits import set_keywords
-            from stk_astrometry.formats.pairs import STACK_KEYWORDS
+        # a copy of the pairs file's HDU keeps its header cards; in-memory pairs have none
+        cards = tuple(pairs.cards.get(name, ()))
+        specs.append(HduSpec(name, cols, units=pairs.units.get(name, {}), formats=fixed,
+                             cards=cards, keys=() if cards else stack,
+                             drop_long_comments=False,
+                             column_info=column_info(cols, _COLUMN_INFO.get(name))))
+    return specs
 
-            set_keywords(hdu.header, [k for k in pairs.keywords if k[0] in STACK_KEYWORDS],
-                         drop_long_comments=False)
-        out.append(hdu)
-    return fits.HDUList(out)
+
+def build_diag_hdul(pairs, used, p_true, keywords=()):
+    """The diagnostics file as an astropy HDUList.  No I/O."""
+    return to_hdulist(diag_specs(pairs, used, p_true, keywords))
 
 
 def write_diag(path, pairs, used, p_true, history, *, clobber=False, keywords=()):
     """Write the diagnostics file atomically, stamped with ``history``; ``keywords`` (name,
     value, comment) go to the primary header."""
-    from stk_astrometry.fitsutil import write_fits
-
-    write_fits(build_diag_hdul(pairs, used, p_true, keywords), path, history, clobber=clobber)
+    write_fits_fast(path, diag_specs(pairs, used, p_true, keywords), history, clobber=clobber)
 
 
 @dataclass(frozen=True, eq=False)

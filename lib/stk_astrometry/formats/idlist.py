@@ -46,12 +46,29 @@ def parse_id_list(text, *, source="<string>") -> np.ndarray:
 
 
 def read_id_list(path, *, param) -> np.ndarray:
-    """Read an include/exclude file (see :func:`parse_id_list`)."""
-    p = Path(path)
+    """Read an include/exclude file (see :func:`parse_id_list`), or a stk_qa selection file.
+
+    ``@file`` (CIAO's list-file spelling) is the same as ``file``.  A selection file
+    (formats.md §2d, :mod:`.selection`) gives ``include`` the detections with a pair marked
+    ``use = yes``, ``exclude`` those with every pair marked ``no``.
+    """
+    import logging
+
+    from stk_astrometry.formats import selection
+
+    text_path = str(path)
+    p = Path(text_path[1:] if text_path.startswith("@") and not text_path.startswith("@@")
+             else text_path)
     try:
         text = p.read_text()
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"{param}={path}: cannot read the id list: {exc}") from exc
+    if selection.is_selection_text(text):
+        sel = selection.parse_selection(text, source=f"{param}={path}")
+        ids, notes = selection.selected_ids(sel, which=param)
+        for note in notes:
+            logging.getLogger(__name__).warning("%s", note)
+        return ids
     return parse_id_list(text, source=f"{param}={path}")
 
 

@@ -16,13 +16,15 @@ from pathlib import Path
 import numpy as np
 
 from stk_astrometry.errors import FormatError, InputError, ParameterError
+from stk_astrometry.formats._columns import column_info
 from stk_astrometry.formats._fits import (
+    HduSpec,
     extra_cards,
     header_keywords,
     header_value,
     keyword_value,
-    set_keywords,
-    table_hdu,
+    to_hdulist,
+    write_fits_fast,
 )
 from stk_astrometry.formats.transform import INSTRUMENT_GRIDS
 
@@ -66,6 +68,14 @@ WISE_GAIA_LAYOUT = (
 )
 LAYOUTS = {"DETECTIONS": DETECTIONS_LAYOUT, "GAIA_PAIRS": PAIRS_LAYOUT,
            "WISE_PAIRS": PAIRS_LAYOUT, "WISE_GAIA": WISE_GAIA_LAYOUT}
+
+#: Where a column of one HDU means something more specific than the shared description.
+_COLUMN_INFO = {
+    "WISE_GAIA": {"sep": ("Separation of the ALLWISE source and its Gaia best neighbour",
+                          "pos.angDistance"),
+                  "d_xi": ("Offset in xi, Gaia minus ALLWISE", "pos.cartesian.x;arith.diff"),
+                  "d_eta": ("Offset in eta, Gaia minus ALLWISE", "pos.cartesian.y;arith.diff")},
+}
 
 #: The columns a reader requires (stk_xfm's needs).
 PAIR_COLUMNS = ("region_id", "det_xi", "det_eta", "d_xi", "d_eta", "sep", "group", "err_r0",
@@ -291,55 +301,42 @@ def _formats(name, columns):
     return {c: fixed.get(c) for c in columns}
 
 
-def build_pairs_hdul(pairs: Pairs):
-    """The matched-pairs file as an HDUList (formats.md §1).  No I/O."""
-    from astropy.io import fits
-
-    primary = fits.PrimaryHDU()
-    hdr = primary.header
-    hdr["CONTENT"] = (CONTENT, "stk_match matched-pairs file")
-    hdr["HDUNAME"] = ("PRIMARY", "")
-    hdus = [primary]
+def pairs_specs(pairs: Pairs):
+    """The matched-pairs file's HDUs (formats.md §1) as :class:`~._fits.HduSpec`.  Pure."""
+    stack = [(k, v, c) for k, v, c in pairs.keywords if k in STACK_KEYWORDS]
+    rest = [(k, v, c) for k, v, c in pairs.keywords if k not in STACK_KEYWORDS]
+    # the stack keywords first in every HDU, then the primary's own
+    specs = [HduSpec(None, keys=tuple([("CONTENT", CONTENT, "stk_match matched-pairs file"),
+                                       ("HDUNAME", "PRIMARY", "")] + stack + rest),
+                     drop_long_comments=False)]
     for name in TABLE_HDUS:
         cols = pairs.tables[name]
-        hdus.append(table_hdu(name, cols, units=pairs.units.get(name, {}),
-                              formats=_formats(name, cols)))
-    stack = [(k, v, c) for k, v, c in pairs.keywords if k in STACK_KEYWORDS]
-    # the stack keywords first in every HDU, then the primary's own
-    for hdu in hdus:
-        set_keywords(hdu.header, stack, drop_long_comments=False)
-    set_keywords(hdr, [(k, v, c) for k, v, c in pairs.keywords if k not in STACK_KEYWORDS],
-                 drop_long_comments=False)
-    return fits.HDUList(hdus)
+        specs.append(HduSpec(name, cols, units=pairs.units.get(name, {}),
+                             formats=_formats(name, cols), keys=tuple(stack),
+                             drop_long_comments=False,
+                             column_info=column_info(cols, _COLUMN_INFO.get(name))))
+    return specs
+
+
+def build_pairs_hdul(pairs: Pairs):
+    """The matched-pairs file as an astropy HDUList (formats.md §1).  No I/O."""
+    return to_hdulist(pairs_specs(pairs))
 
 
 def write_pairs(pairs: Pairs, path, history, *, clobber=False):
     """Write ``pairs`` to ``path`` atomically, stamped with ``history`` (a tool's parameters)."""
-    from stk_astrometry.fitsutil import write_fits
-
-    write_fits(build_pairs_hdul(pairs), path, history, clobber=clobber)
+    write_fits_fast(path, pairs_specs(pairs), history, clobber=clobber)
 
 
 # ---------------------------------------------------------------------------------------------
 # Reader
 
 
-def _read_columns(hdu, label, wanted):
-    names = {name.lower(): name for name in hdu.columns.names}
-    missing = [c for c in wanted if c not in names]
+def _check_columns(columns, label, wanted):
+    missing = [c for c in wanted if c not in columns]
     if missing:
         raise FormatError(f"{label}: required column(s) {', '.join(missing)} missing; "
                           f"is this a stk_match matched-pairs file (formats.md §1)?")
-    out, units = {}, {}
-    for col in hdu.columns:
-        data = hdu.data[col.name] if hdu.data is not None else np.zeros(0)
-        arr = np.asarray(data)
-        if arr.dtype.kind == "S":
-            arr = np.char.rstrip(np.char.decode(arr, "ascii", errors="replace"))
-        out[col.name.lower()] = arr
-        if col.unit:
-            units[col.name.lower()] = col.unit
-    return out, units
 
 
 def _header_float(header, name, label, *, required):
@@ -382,8 +379,7 @@ def read_pairs(spec, *, param="infile") -> Pairs:
     FormatError
         Not a stk_match output: naming the missing HDU, column or keyword.
     """
-    from astropy.io import fits
-
+    from stk_astrometry.formats._fits import read_fits
     from stk_astrometry.tableio import parse_virtual_filename
 
     path_text, block = parse_virtual_filename(str(spec))
@@ -396,44 +392,46 @@ def read_pairs(spec, *, param="infile") -> Pairs:
     if path.is_dir():
         raise InputError(f"{param}={spec}: {path} is a directory")
     try:
-        hdul = fits.open(path, memmap=False)
-    except (OSError, ValueError) as exc:
+        hdus = read_fits(path)
+    except (OSError, ValueError, RuntimeError) as exc:
         raise InputError(f"{param}={spec}: cannot read {path} as FITS: {exc}") from exc
-    with hdul:
-        primary = hdul[0].header
-        content = str(primary.get("CONTENT", "")).strip()
-        if content != CONTENT:
-            raise FormatError(
-                f"{param}={spec}: not a stk_match matched-pairs file: primary CONTENT = "
-                f"{content or '(missing)'!r}, expected 'STKPAIRS' (formats.md §1)")
-        names = {str(h.header.get("EXTNAME", "")).strip().upper(): h for h in hdul[1:]}
-        missing = [n for n in TABLE_HDUS if n not in names]
-        if missing:
-            raise FormatError(f"{param}={spec}: HDU(s) {', '.join(missing)} missing "
-                              f"(a stk_match file has DETECTIONS, GAIA_PAIRS, WISE_PAIRS, "
-                              f"WISE_GAIA)")
-        label = f"{path}[PRIMARY]"
-        method = str(primary.get("METHOD", "")).strip().lower()
-        if method not in ("direct", "twostep", "none"):
-            raise FormatError(f"{label}: keyword METHOD = {primary.get('METHOD')!r}, expected "
-                              f"'direct', 'twostep' or 'none'")
-        instrument = str(primary.get("INSTRUME", "")).strip().upper()
-        if instrument not in INSTRUMENT_GRIDS:
-            raise FormatError(f"{label}: keyword INSTRUME = {primary.get('INSTRUME')!r}, "
-                              f"expected 'ACIS' or 'HRC'")
-        ra_stack = _header_float(primary, "RA_STACK", label, required=True)
-        dec_stack = _header_float(primary, "DEC_STACK", label, required=True)
-        n_groups = _header_float(primary, "NGROUPS", label, required=True)
-        if n_groups < 1 or n_groups != int(n_groups):
-            raise FormatError(f"{label}: keyword NGROUPS = {n_groups!r} is not a positive integer")
-        required = {"DETECTIONS": DETECTION_COLUMNS, "GAIA_PAIRS": PAIR_COLUMNS,
-                    "WISE_PAIRS": PAIR_COLUMNS, "WISE_GAIA": WISE_GAIA_COLUMNS}
-        tables, units, cards = {}, {}, {}
-        for name in TABLE_HDUS:
-            tables[name], units[name] = _read_columns(names[name], f"{path}[{name}]",
-                                                      required[name])
-            cards[name] = extra_cards(names[name].header)
-        keywords = header_keywords(primary, skip=_NOT_CARRIED)
+    primary = hdus[0][1]
+    content = str(primary.get("CONTENT", "")).strip()
+    if content != CONTENT:
+        raise FormatError(
+            f"{param}={spec}: not a stk_match matched-pairs file: primary CONTENT = "
+            f"{content or '(missing)'!r}, expected 'STKPAIRS' (formats.md §1)")
+    names = {}
+    for extname, header, columns, units in hdus[1:]:
+        names.setdefault(extname.upper(), (header, columns, units))
+    missing = [n for n in TABLE_HDUS if n not in names or names[n][1] is None]
+    if missing:
+        raise FormatError(f"{param}={spec}: HDU(s) {', '.join(missing)} missing "
+                          f"(a stk_match file has DETECTIONS, GAIA_PAIRS, WISE_PAIRS, "
+                          f"WISE_GAIA)")
+    label = f"{path}[PRIMARY]"
+    method = str(primary.get("METHOD", "")).strip().lower()
+    if method not in ("direct", "twostep", "none"):
+        raise FormatError(f"{label}: keyword METHOD = {primary.get('METHOD')!r}, expected "
+                          f"'direct', 'twostep' or 'none'")
+    instrument = str(primary.get("INSTRUME", "")).strip().upper()
+    if instrument not in INSTRUMENT_GRIDS:
+        raise FormatError(f"{label}: keyword INSTRUME = {primary.get('INSTRUME')!r}, "
+                          f"expected 'ACIS' or 'HRC'")
+    ra_stack = _header_float(primary, "RA_STACK", label, required=True)
+    dec_stack = _header_float(primary, "DEC_STACK", label, required=True)
+    n_groups = _header_float(primary, "NGROUPS", label, required=True)
+    if n_groups < 1 or n_groups != int(n_groups):
+        raise FormatError(f"{label}: keyword NGROUPS = {n_groups!r} is not a positive integer")
+    required = {"DETECTIONS": DETECTION_COLUMNS, "GAIA_PAIRS": PAIR_COLUMNS,
+                "WISE_PAIRS": PAIR_COLUMNS, "WISE_GAIA": WISE_GAIA_COLUMNS}
+    tables, units, cards = {}, {}, {}
+    for name in TABLE_HDUS:
+        header, columns, col_units = names[name]
+        _check_columns(columns, f"{path}[{name}]", required[name])
+        tables[name], units[name] = columns, col_units
+        cards[name] = extra_cards(header)
+    keywords = header_keywords(primary, skip=_NOT_CARRIED)
     return Pairs(
         stackid=str(keyword_value(keywords, "STACKID", "")).strip(),
         instrument=instrument, ra_stack=ra_stack, dec_stack=dec_stack, method=method,

@@ -18,7 +18,14 @@ from pathlib import Path
 import numpy as np
 
 from stk_astrometry.errors import FormatError, InputError, ParameterError
-from stk_astrometry.formats._fits import header_keywords, header_value, set_keywords, table_hdu
+from stk_astrometry.formats._columns import column_info
+from stk_astrometry.formats._fits import (
+    HduSpec,
+    header_keywords,
+    header_value,
+    to_hdulist,
+    write_fits_fast,
+)
 
 __all__ = ["CONTENT", "EXTNAME", "INSTRUMENT_GRIDS", "COLUMNS", "UNITS", "Component",
            "transform_columns", "transform_keywords", "build_transform_hdul",
@@ -41,6 +48,12 @@ UNITS = {"t1": "pixel", "t2": "pixel", "ra_ref": "deg", "dec_ref": "deg", "roll_
          "cov_xi_eta": "arcsec**2", "resstd0": "arcsec", "resstd1": "arcsec"}
 #: ``component`` is a fixed 16A so that transform files of many stacks concatenate.
 _FORMATS = {"component": "16A", "n_used": "J", "group": "J"}
+#: Where STKXFM's columns mean something else than in the pairs files.
+_COLUMN_INFO = {
+    "d_xi": ("Shift in xi: corrected xi = xi + d_xi", "pos.cartesian.x;arith.diff"),
+    "d_eta": ("Shift in eta: corrected eta = eta + d_eta", "pos.cartesian.y;arith.diff"),
+    "group": ("Separation group used (0: all or none)", "meta.code"),
+}
 _NOT_CARRIED = ("CONTENT", "CREATOR", "DATE", "HISTNUM", "CHECKSUM", "DATASUM", "STKXFMID")
 
 
@@ -162,8 +175,17 @@ def transform_keywords(*, stackid, instrument, ra_stack, dec_stack, method, esti
     return keys
 
 
+def transform_specs(components, keywords, *, instrument, ra_ref, dec_ref):
+    """The transform file's HDUs (formats.md §2) as :class:`~._fits.HduSpec`.  Pure."""
+    cols = transform_columns(components, instrument=instrument, ra_ref=ra_ref, dec_ref=dec_ref)
+    return [HduSpec(None, keys=tuple([("CONTENT", CONTENT, "stk_xfm transform file")]
+                                     + list(keywords))),
+            HduSpec(EXTNAME, cols, units=UNITS, formats=_FORMATS, keys=tuple(keywords),
+                    column_info=column_info(cols, _COLUMN_INFO))]
+
+
 def build_transform_hdul(components, keywords, *, instrument, ra_ref, dec_ref):
-    """The transform file: primary + STKXFM (formats.md §2).  No I/O.
+    """The transform file as an astropy HDUList: primary + STKXFM (formats.md §2).  No I/O.
 
     Parameters
     ----------
@@ -176,26 +198,16 @@ def build_transform_hdul(components, keywords, *, instrument, ra_ref, dec_ref):
     ra_ref, dec_ref : float
         Tangent point, deg.
     """
-    from astropy.io import fits
-
-    primary = fits.PrimaryHDU()
-    primary.header["CONTENT"] = (CONTENT, "stk_xfm transform file")
-    xfm = table_hdu(EXTNAME, transform_columns(components, instrument=instrument,
-                                               ra_ref=ra_ref, dec_ref=dec_ref),
-                    units=UNITS, formats=_FORMATS)
-    for hdu in (primary, xfm):
-        set_keywords(hdu.header, keywords)
-    return fits.HDUList([primary, xfm])
+    return to_hdulist(transform_specs(components, keywords, instrument=instrument,
+                                      ra_ref=ra_ref, dec_ref=dec_ref))
 
 
 def write_transform(path, components, keywords, history, *, instrument, ra_ref, dec_ref,
                     clobber=False):
     """Write a transform file atomically, stamped with ``history`` (a tool's parameters)."""
-    from stk_astrometry.fitsutil import write_fits
-
-    write_fits(build_transform_hdul(components, keywords, instrument=instrument,
-                                    ra_ref=ra_ref, dec_ref=dec_ref),
-               path, history, clobber=clobber)
+    write_fits_fast(path, transform_specs(components, keywords, instrument=instrument,
+                                          ra_ref=ra_ref, dec_ref=dec_ref),
+                    history, clobber=clobber)
 
 
 # ---------------------------------------------------------------------------------------------
