@@ -288,3 +288,48 @@ def test_only_a_dead_writers_temporary_files_are_removed(tmp_path):
     assert live.exists() and other.exists() and not dead.exists() and not jdead.exists()
     os.close(fd)
     assert fitsutil.remove_orphan_temps(tmp_path, "a.fits") == [live.name]
+
+
+# --------------------------------------------------------------------------- card header
+
+def _sample_headers():
+    repo = Path(__file__).resolve().parents[1]
+    files = sorted((repo / "share" / "sample").rglob("*.fits"))
+    return [lay.raw_header.decode("ascii") for f in files for lay in fitsedit.scan_fits(f)]
+
+
+def test_card_header_reads_and_edits_as_astropy_does():
+    # the fast header must give astropy's values and comments, and after the same edits
+    # (values changed, keywords added and removed, HISTORY added, a card inserted) the same
+    # bytes astropy would write
+    from astropy.io import fits
+
+    texts = _sample_headers()
+    assert len(texts) > 20
+    for text in texts:
+        a, c = fits.Header.fromstring(text), fitsedit.parse_header(text)
+        assert isinstance(c, fitsedit.CardHeader)
+        for card in a.cards:
+            k = card.keyword
+            if k in ("HISTORY", "COMMENT", ""):
+                continue
+            assert c[k] == a[k] and c.comments[k] == a.comments[k], (k, c[k], a[k])
+        for h in (a, c):
+            h["RA_NOM"] = (201.123456789, "moved")
+            h["NEWKEY"] = ("abc", "new")
+            h["EXTNAME"] = "ZZ"
+            h.add_history("a HISTORY record")
+            h.insert(3, ("ZZINSERT", 5, "n"))
+            h["COMMENT"] = "a comment"
+            if "DATE" in h:
+                del h["DATE"]
+        assert fitsedit.serialize_header(a) == fitsedit.serialize_header(c)
+
+
+def test_card_header_leaves_continue_cards_to_astropy():
+    from astropy.io import fits
+
+    h = fits.Header()
+    h["LONGSTR"] = "x" * 100                 # a CONTINUE card
+    parsed = fitsedit.parse_header(h.tostring())
+    assert isinstance(parsed, fits.Header) and parsed["LONGSTR"] == "x" * 100
