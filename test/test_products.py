@@ -58,22 +58,39 @@ def test_every_kind_recognised_from_synthetic_file(tmp_path, kind):
     assert rec.product.name == kind
 
 
-@pytest.mark.parametrize("kind", ["SPECTRUM", "ARF", "ECORRIMG", "MRGSRC", "ASPSOL3", "EVT3"])
-def test_recognised_by_content_whatever_the_name(tmp_path, kind):
+@pytest.mark.parametrize("kind", ["SPECTRUM", "ARF", "MRGSRC", "ASPSOL3", "EVT3"])
+def test_recognised_by_content_and_hdu_name_whatever_the_file_name(tmp_path, kind):
     path = tmp_path / "renamed.pi"
     synthprod.write_product(kind, path, ra_nom=RA0, dec_nom=DEC0, nrows=10)
     rec = recognise(path.name, _infos(path))
     assert rec.product is not None and rec.product.name == kind
-    assert "file name" not in rec.reason
+    assert "file name" not in rec.reason and "CONTENT" in rec.reason and "HDU" in rec.reason
+
+
+@pytest.mark.parametrize("kind, signal", [("ECORRIMG", "CONTENT"), ("MRGSRC", "HDU SRCLIST")])
+def test_one_signal_alone_is_weak_and_left_unless_the_type_is_named(tmp_path, kind, signal):
+    # issue 15: a stack's detection catalog (an HDU named SRCLIST) was taken for MRGSRC;
+    # a type now needs a CSC file name or two independent signals
+    path = tmp_path / "renamed.fits"
+    synthprod.write_product(kind, path, ra_nom=RA0, dec_nom=DEC0, nrows=10)
+    if kind == "MRGSRC":        # only the HDU name left: no CONTENT anywhere
+        with fits.open(path, mode="update") as h:
+            for hdu in h:
+                hdu.header.remove("CONTENT", ignore_missing=True)
+    rec = recognise(path.name, _infos(path))
+    assert rec.product is None and rec.weak, rec
+    assert f"looks like {kind} by {signal} alone" == rec.reason
+    rec = recognise(path.name, _infos(path), forced=kind)
+    assert rec.product.name == kind and "named by the user" in rec.reason
 
 
 def test_image_with_event_content_is_not_an_event_file():
     img = [HduInfo("PRIMARY", "REGEVT3", "image")]
     rec = recognise("acisf14031_000N001_r0012b_regimg3.fits", img)
     assert rec.product.name == "REGIMG"
-    # without a telling name: the binned-from signal picks the image product, never REGEVT3
+    # without a telling name the binned-from signal alone is weak: reported, never REGEVT3
     rec = recognise("cutout.fits", img)
-    assert rec.product.name == "REGIMG"
+    assert rec.product is None and rec.weak and "REGIMG" in rec.reason
     rec = recognise("acisf14031_000N001_r0012_regevt3.fits", img)
     assert rec.product.name == "REGIMG"
     # the real CSC 1 layout (sherpa-test-data): an image named after its event list

@@ -22,8 +22,10 @@ def _xfm(tmp_path, *, flags, decision=None):
 
 
 def _image(tmp_path):
-    return synthprod.write_product("STKECORRIMG", tmp_path / "img.fits", ra_nom=RA0,
-                                   dec_nom=DEC0)
+    # its CSC name: CONTENT alone no longer makes a product (issue 15)
+    return synthprod.write_product("STKECORRIMG",
+                                   tmp_path / synthprod.product_filename("STKECORRIMG"),
+                                   ra_nom=RA0, dec_nom=DEC0)
 
 
 def _run(image, xfm, *extra):

@@ -60,7 +60,8 @@ FIT_DEFAULTS = {
 }
 UPDATE_DEFAULTS = {
     "infile": "", "transformfile": "", "outdir": "", "unknown": "error", "dryrun": False,
-    "inverse": False, "force": False, "qa_override": False, "scrub": False, "clobber": False,
+    "inverse": False, "replace": False, "force": False, "qa_override": False, "scrub": False,
+    "clobber": False, "product": "", "lock_timeout": 60.0,
 }
 SIMULATE_DEFAULTS = {
     "outdir": "", "seed": 1, "stackid": "", "ra_stack": 189.2, "dec_stack": 62.2,
@@ -377,6 +378,15 @@ def _history(tool, defaults, given, history):
     return _Run(tool, values)
 
 
+def _header_text(header, key):
+    """A header keyword as stripped text, '' when absent (header may be a dict)."""
+    try:
+        value = header.get(key)
+    except AttributeError:
+        return ""
+    return "" if value is None else str(value).strip()
+
+
 def _blank(value):
     return value is None or str(value).strip() == ""
 
@@ -553,6 +563,15 @@ def _match(detfile, gaiafile, outfile, *, wisefile, bestnbfile, stackid, ra_stac
     det = cat.detections
     logger.info("Read %d detection(s) of stack %s from %s; tangent point from %s",
                 len(det), cat.stackid or "(unnamed)", det_in.hdu, cat.origin)
+    applied = _header_text(det_in.header, "STKXFMID")
+    if applied:
+        # stk_update_wcs moved these positions already (issue 15): a fit on them measures
+        # what is left of the shift, ~0, not the stack's shift
+        logger.warning("stack %s: %s: the detections carry transform STKXFMID=%s - "
+                       "stk_update_wcs has moved their positions; the fit will measure the "
+                       "shift left over (about zero), not the stack's.  Match the catalog as "
+                       "the archive wrote it (or undo with stk_update_wcs inverse=yes)",
+                       cat.stackid or "(unnamed)", det_in.hdu, applied)
     config = dataclasses.replace(config, ra_stack_deg=cat.ra_stack, dec_stack_deg=cat.dec_stack)
     gaia_in = read_table(gaiafile, param="gaiafile")
     gaia, ref_keys = _read_reference(gaia_in, refcat)
@@ -1076,7 +1095,8 @@ def _diag_columns(pin, selected, spec, mix):
 
 
 def update_products(infile, transformfile, *, outdir=None, unknown="error", dryrun=False,
-                    inverse=False, force=False, scrub=False, qa_override=False, clobber=False,
+                    inverse=False, replace=False, force=False, scrub=False, qa_override=False,
+                    clobber=False, product="", lock_timeout=60.0,
                     history=None) -> UpdateResult:
     """Rewrite the world coordinates of a stack's data products, as ``stk_update_wcs`` does.
 
@@ -1098,8 +1118,10 @@ def update_products(infile, transformfile, *, outdir=None, unknown="error", dryr
         Only report the planned changes.
     inverse : bool
         Undo the transform.
+    replace : bool
+        Undo a different, applied transform and apply this one instead (one step).
     force : bool
-        Apply over a different, already applied transform.
+        Compose with a different, already applied transform (apply on top).
     scrub : bool
         Remove observation keywords from master products.
     qa_override : bool
@@ -1107,6 +1129,10 @@ def update_products(infile, transformfile, *, outdir=None, unknown="error", dryr
         rejected); otherwise such a transform raises InputError (spec §5.7).
     clobber : bool
         Overwrite existing files in ``outdir``.
+    product : str
+        A §5.6 product type for every file given ('' recognises each file).
+    lock_timeout : float
+        Seconds to wait for a product another run has locked before that file fails.
     history : object, optional
         What the HISTORY records name (see :func:`match_stack`); default: this call's
         keywords under the name ``stk_update_wcs``.
@@ -1119,8 +1145,8 @@ def update_products(infile, transformfile, *, outdir=None, unknown="error", dryr
     """
     given = dict(infile=str(infile), transformfile=str(transformfile),
                  outdir="" if outdir is None else str(outdir), unknown=unknown, dryrun=dryrun,
-                 inverse=inverse, force=force, qa_override=qa_override, scrub=scrub,
-                 clobber=clobber)
+                 inverse=inverse, replace=replace, force=force, qa_override=qa_override,
+                 scrub=scrub, clobber=clobber, product=product, lock_timeout=lock_timeout)
     with _collect_warnings() as caught:
         result = _update(given, _history("stk_update_wcs", UPDATE_DEFAULTS, given, history))
     return dataclasses.replace(result, warnings=tuple(caught))
@@ -1133,87 +1159,27 @@ _STATUS = {"updated": "updated", "failed": "error", "skipped": "skipped",
 
 
 def _update(p, hist):
-    import traceback
-
-    from stk_astrometry.errors import InputError, OutputError, StkError
-    from stk_astrometry.fitsutil import read_stacks
-    from stk_astrometry.formats.transform import read_transform
     from stk_astrometry.tools import stk_update_wcs as upd
 
-    unknown = _choice("unknown", p["unknown"], _UNKNOWN)
-    transform = read_transform(p["transformfile"])
-    if not p["inverse"]:     # undoing is always allowed
-        warning = upd.check_qa_review(transform, override=bool(p["qa_override"]))
-        if warning:
-            logger.warning("%s", warning)
-    walked = []
-    files, notes = upd.expand_inputs(p["infile"], walked)
-    outdir = Path(p["outdir"]) if p["outdir"] and str(p["outdir"]).strip() else None
-    if outdir is not None and outdir.exists() and not outdir.is_dir():
-        raise OutputError(f"outdir={outdir} exists and is not a directory")
-    if outdir is not None:
-        out_real = outdir.resolve()
-        inputs = {f.root.resolve() for f in files if f.root is not None}
-        for root in sorted(inputs | set(walked)):
-            if out_real == root or root in out_real.parents:
-                where = (f"the input directory {root}" if root in inputs else
-                         f"the input directory tree ({root}, walked through a symbolic link)")
-                raise OutputError(
-                    f"outdir={outdir} is inside {where}: the copies would be written into the "
-                    "input tree (and taken for inputs by the next run); choose an outdir "
-                    "outside it")
-        files = upd._mark_collisions(files, outdir)
-    if outdir is not None and not p["dryrun"]:
-        try:
-            outdir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise OutputError(f"outdir={outdir}: cannot create it: {exc.strerror}") from exc
-    items = tuple(hist.history_items())
-    ctx = upd.RunContext(transform, outdir, unknown, bool(p["dryrun"]), bool(p["inverse"]),
-                         bool(p["force"]), bool(p["scrub"]), bool(p["clobber"]), items,
-                         read_stacks(items))
-    xfm = transform.xfm
-    logger.info("transform %s from %s: d_xi=%+.4f\" d_eta=%+.4f\" about (%.6f, %.6f)%s%s",
-                xfm.xfm_id, transform.path, xfm.d_xi_arcsec, xfm.d_eta_arcsec, xfm.ra_ref_deg,
-                xfm.dec_ref_deg, " INVERSE" if ctx.inverse else "",
-                " (dry run: nothing is written)" if ctx.dryrun else "")
-    for note in notes:
-        logger.info("note: %s", note)
-    if not files:
-        raise InputError(f"infile={p['infile']}: no files to process")
-    counts = {}
+    p = {**UPDATE_DEFAULTS, **p}
+    p["unknown"] = _choice("unknown", p["unknown"], _UNKNOWN)
+    run = upd.update_files(p, hist.history_items())     # the tool's own run, locks and all
     outcomes = []
-    failed = 0
-    for item in files:
-        try:
-            result = upd.process_file(item, ctx)
-        except StkError as exc:
-            result = upd.FileResult(item.path, action=str(exc), failed=True, category="failed")
-            failed += 1
-        except Exception as exc:  # noqa: BLE001 - a bug fails this file; the others go on
-            logger.log(upd.runner_verbose_level(2), "%s: internal error:\n%s", item.path,
-                       "".join(traceback.format_exception(exc)).rstrip())
-            result = upd.FileResult(item.path, action=f"internal error (a bug; verbose=2 shows "
-                                                      f"the traceback): {type(exc).__name__}: "
-                                                      f"{exc}",
-                                    failed=True, category="failed")
-            failed += 1
-        upd._report(result)
-        counts[result.category] = counts.get(result.category, 0) + 1
+    for result in run.results:
         status = "error" if result.failed else _STATUS.get(result.category, "unchanged")
         outcomes.append(FileOutcome(str(result.path), result.ptype, status, result.action,
                                     result.category))
-    summary = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
-    logger.info("%d file(s): %s", len(files), summary)
-    if failed:
+    logger.info("%s", run.summary)
+    if run.n_failed:
         logger.error("%d of %d file(s) failed (the others were completed; see above)",
-                     failed, len(files))
+                     run.n_failed, len(run.results))
+    xfm_id = run.xfm_id
 
     def n(status):
         return sum(1 for o in outcomes if o.status == status)
 
     return UpdateResult(tuple(outcomes), n("updated"), n("unchanged"), n("skipped"),
-                        n("error"), xfm.xfm_id)
+                        n("error"), xfm_id)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -12,14 +12,16 @@ costs nothing at tool start-up.
 
 import contextlib
 import datetime
+import fcntl
 import logging
 import os
 import re
 import tempfile
+import time
 from pathlib import Path
 
 from . import __version__
-from .errors import OutputError
+from .errors import InputError, OutputError, ProductError
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +33,10 @@ __all__ = [
     "replace_durably",
     "fsync_directory",
     "same_file",
+    "locked",
+    "LockTimeout",
+    "make_temp",
+    "remove_orphan_temps",
     "add_history",
     "get_keyword",
     "set_keyword",
@@ -114,6 +120,155 @@ def fsync_directory(path):
         os.close(fd)
 
 
+class LockTimeout(ProductError):
+    """Another process held a file's lock longer than the lock timeout."""
+
+
+#: Poll interval while waiting for a lock (flock has no timed wait).
+_LOCK_POLL = 0.02
+
+
+@contextlib.contextmanager
+def locked(path, *, timeout, shared=False, what="file"):
+    """Hold an OS advisory lock (``flock``) on ``path`` (a file or a folder) for a block.
+
+    Exclusive by default (a writer); ``shared`` for a reader.  The lock is taken on
+    the file the path names *when the lock is granted*: a writer that replaces the
+    file by rename (temp + rename) leaves its waiters holding a lock on the old
+    inode, so after each grant the path is checked to still name the locked inode,
+    and the lock is taken again on the new one if not.  The kernel drops the lock
+    when its holder dies (kill -9 included): no lock file, nothing to clean.
+
+    Parameters
+    ----------
+    path : path
+    timeout : float
+        Seconds to wait for another holder (0: try once).
+    shared : bool
+    what : str
+        How to name the path in the timeout message.
+
+    Raises
+    ------
+    LockTimeout
+        Still held by another process after ``timeout`` seconds.
+    InputError
+        The path disappeared while waiting.
+    """
+    deadline = time.monotonic() + max(0.0, float(timeout))
+    op = (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB
+    while True:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError as exc:
+            raise InputError(f"{path}: no such file (removed while waiting for its lock?)") \
+                from exc
+        except OSError as exc:
+            raise InputError(f"cannot open {path} to lock it: {exc.strerror}") from exc
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, op)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise LockTimeout(
+                            f"{path}: another process (a concurrent stk_update_wcs?) has held "
+                            f"the lock on this {what} for more than lock_timeout="
+                            f"{float(timeout):g} s; not processed - run again when it is done, "
+                            "or raise lock_timeout") from None
+                    time.sleep(_LOCK_POLL)
+            held = os.fstat(fd)
+            try:
+                now = os.stat(path)
+            except FileNotFoundError:
+                now = None
+        except BaseException:
+            os.close(fd)
+            raise
+        if now is not None and (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino):
+            break
+        os.close(fd)       # replaced (or removed) while we waited: lock what is there now
+        if now is None:
+            raise InputError(f"{path}: no such file (removed while waiting for its lock)")
+    try:
+        yield
+    finally:
+        os.close(fd)
+
+
+def make_temp(dest):
+    """A new temporary file next to ``dest``, locked by this process: ``(fd, path)``.
+
+    Named ``.<name>.<8 random characters>.tmp`` in ``dest``'s folder (so the final
+    rename is atomic), opened read-write, with an exclusive ``flock`` held on the
+    open file for as long as ``fd`` is open.  :func:`remove_orphan_temps` removes
+    only temporary files nobody holds: those of a process that died.
+    """
+    dest = Path(dest)
+    folder = dest.parent if str(dest.parent) else Path(".")
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=folder)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        # cannot happen for a file this process just created; keep going unlocked
+        logger.debug("could not lock temporary file %s", tmp)
+    return fd, Path(tmp)
+
+
+#: Temporary files of the atomic writes of ``<name>``: ``.<name>.XXXXXXXX.tmp`` and the
+#: journal's ``..<name>.stkjournal.XXXXXXXX.tmp``.
+_TEMP_RE = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]{8}\.tmp$")
+
+
+def temp_owner(filename):
+    """The file a temporary file name belongs to (``.evt.fits.ab12cd34.tmp`` -> ``evt.fits``),
+    or None when ``filename`` is not one of our temporary file names."""
+    m = _TEMP_RE.match(filename)
+    if not m:
+        return None
+    name = m.group("name")
+    # the journal's own temporary file: ..<name>.stkjournal.XXXXXXXX.tmp
+    if name.startswith(".") and name.endswith(".stkjournal"):
+        name = name[1:-len(".stkjournal")]
+    return name
+
+
+def remove_orphan_temps(folder, name):
+    """Remove the temporary files of ``name`` in ``folder`` left by a process that died.
+
+    A temporary file still locked (:func:`make_temp`) belongs to a live process
+    and is left.  Returns the names removed.
+    """
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for e in entries:
+        if temp_owner(e.name) != name or not e.is_file(follow_symlinks=False):
+            continue
+        try:
+            fd = os.open(e.path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue          # held: a live writer's
+            try:
+                os.unlink(e.path)
+                removed.append(e.name)
+            except OSError:
+                pass
+        finally:
+            os.close(fd)
+    if removed:
+        fsync_directory(folder)
+    return removed
+
+
 def replace_durably(tmp, dest):
     """fsync ``tmp`` and rename it onto ``dest`` (same folder), then fsync the folder.
 
@@ -159,10 +314,7 @@ def atomic_path(path):
     sees either the old file or the complete new one, never a partial file.
     """
     dest = Path(path)
-    folder = dest.parent if str(dest.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=folder)
-    os.close(fd)
-    tmp = Path(tmp)
+    fd, tmp = make_temp(dest)       # the lock on fd marks the temp as a live writer's
     try:
         yield tmp
         replace_durably(tmp, dest)
@@ -170,6 +322,8 @@ def atomic_path(path):
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
+    finally:
+        os.close(fd)
 
 
 def write_fits(hdul, path, params, *, clobber, shown_as=None):

@@ -858,9 +858,10 @@ def find_par_file(tool, *, environ=None, check_stale=True):
         return ParLocation(path=user_copy, learn_path=learn_path, system_path=system)
     if system is not None:
         return ParLocation(path=system, learn_path=learn_path, system_path=system)
-    looked = "\n".join(f"  {d}" for d in list(user_dirs) + sys_dirs)
+    # one line: a CIAO error line is one line
+    looked = ", ".join(str(d) for d in list(user_dirs) + sys_dirs)
     raise ParameterError(
-        f"Unable to open parameter file for {tool}. Looked in:\n{looked}"
+        f"Unable to open parameter file for {tool}. Looked in: {looked}"
     )
 
 
@@ -1067,6 +1068,8 @@ def _yaml_text(param, value, tool, source):
     if isinstance(value, int):
         return str(value)
     if isinstance(value, float):
+        if not math.isfinite(value) and bt in ("i", "r"):
+            raise ParameterError(f"{where} value {value} is not a finite number")
         if bt == "i":
             if value != int(value):
                 raise ParameterError(f"{where} value {value} is not an integer")
@@ -1097,6 +1100,11 @@ def _read_yaml(path, tool, parfile):
     except OSError as exc:
         raise ParameterError(
             f"{tool}: Unable to open YAML parameter file {path}: {exc.strerror or exc}"
+        ) from exc
+    except UnicodeDecodeError as exc:
+        raise ParameterError(
+            f"{tool}: YAML parameter file {path} is not UTF-8 text (byte {exc.start}: "
+            f"{exc.object[exc.start:exc.start + 1]!r})"
         ) from exc
     except yaml.YAMLError as exc:
         detail = " ".join(str(exc).split())
@@ -1430,9 +1438,9 @@ def describe_tool(tool, *, environ=None):
     sys_dirs = list(sys_dirs) + [d for d in system_par_dirs(tool) if d not in sys_dirs]
     path = _first_existing(sys_dirs, f"{tool}.par")
     if path is None:
-        looked = "\n".join(f"  {d}" for d in sys_dirs)
+        looked = ", ".join(str(d) for d in sys_dirs)
         raise ParameterError(
-            f"Unable to open parameter file for {tool}. Looked in:\n{looked}"
+            f"Unable to open parameter file for {tool}. Looked in: {looked}"
         )
     return format_plist(read_par(path), path)
 

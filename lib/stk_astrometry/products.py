@@ -53,11 +53,15 @@ class ColumnPair:
     dec : str
         Replacement template giving the Dec column's name from the RA match
         (``re.Match.expand``), e.g. ``src_dec\\g<band>``.
+    quat : str
+        Name of an attitude quaternion column that turns with the pair (ASPSOL3
+        ``q_att``), '' for none.
     """
 
     hdu: str
     ra: str
     dec: str
+    quat: str = ""
 
 
 @dataclass(frozen=True)
@@ -126,6 +130,8 @@ _OBS = r"^(?:acis|hrc)f\d{5}_\d{3}n\d{3}(?:_e\d)?"
 _STK = r"^(?:acis|hrc)fj\d{6,7}[pm]\d{6}_\d{3}n\d{3}"
 _MST = r"^2cxoj\d{6,7}[pm]\d{6}n\d{3}"
 _REG = r"_r\d{4}"
+#: Any CSC file name (an observation, stack or master stem): a signal of its own.
+_CSC_STEM = re.compile(f"{_OBS}|{_STK}|{_MST}", re.IGNORECASE)
 _B = r"(?P<band>[a-z]?)"          # band letter after a region id (r0012b)
 _FB = r"_(?P<band>[a-z])"         # band of a full-field product (_b_img3)
 _FITS = r"\.fits(?:\.gz)?$"
@@ -173,9 +179,9 @@ PRODUCT_TABLE: tuple[ProductType, ...] = (
          wcs=("EQPOS",)),
     _upd("EXPMAP", _OBSL, _OBS + _FB + r"_exp3" + _FITS, ["EXPMAP"], "image", wcs=("EQPOS",)),
     _upd("ASPSOL3", _OBSL, _OBS + r"_asol3" + _FITS, ["ASPSOL3", "ASPSOL"], "table",
-         hdu_names=("ASPSOL",), columns=(ColumnPair("ASPSOL", "ra", "dec"),),
+         hdu_names=("ASPSOL",), columns=(ColumnPair("ASPSOL", "ra", "dec", quat="q_att"),),
          append_stkxfm=True,
-         note="roll and q_att columns untouched; STKXFM HDU inserted after XFM"),
+         note="q_att rotated with ra/dec (roll kept); STKXFM HDU inserted after XFM"),
     _upd("BADPIX3", _OBSL, _OBS + r"_bpix3" + _FITS, ["BADPIX3", "BADPIX"], "table",
          hdu_names=("BADPIX.*",)),
     _upd("FOV3", _OBSL, _OBS + r"_fov3" + _FITS, ["FOV3", "FOV"], "table", wcs=("EQPOS",)),
@@ -328,16 +334,22 @@ class Recognition:
     Attributes
     ----------
     product : ProductType or None
-        The recognised type, None when unknown or ambiguous.
+        The recognised type, None when unknown, ambiguous or recognised by one
+        weak signal only.
     band : str
         Band letter from the file name or HDU names ('' if none).
     reason : str
         The signals that decided (or why nothing was decided), for the report.
+    weak : bool
+        True when the best match rests on a single signal and no CSC file name
+        (e.g. an HDU named SRCLIST): reported, and left unless the user names
+        the type.
     """
 
     product: ProductType | None
     band: str
     reason: str
+    weak: bool = False
 
 
 _SHAPE_OK = {"image": ("image",), "table": ("table", "empty"), "jpeg": ()}
@@ -379,8 +391,14 @@ def _score(ptype: ProductType, filename: str, hdus, *, is_jpeg: bool):
     return score, band, why
 
 
-def recognise(filename: str, hdus, *, is_jpeg: bool = False) -> Recognition:
+def recognise(filename: str, hdus, *, is_jpeg: bool = False, forced: str = "") -> Recognition:
     """Recognise the §5.6 product type of a file.
+
+    A type is decided by a CSC file name (the type's own pattern, or any CSC
+    observation/stack/master stem with one more signal), or by at least two
+    independent signals (CONTENT, a characteristic HDU name, the CONTENT of the
+    events an image was binned from).  A best match on one signal alone is *weak*: a
+    catalog with an HDU named SRCLIST is not a MRGSRC product.
 
     Parameters
     ----------
@@ -390,11 +408,18 @@ def recognise(filename: str, hdus, *, is_jpeg: bool = False) -> Recognition:
         Every HDU of a FITS file (empty for a JPEG).
     is_jpeg : bool, optional
         The file is a JPEG image (by its magic bytes).
+    forced : str, optional
+        A type named by the user (a :data:`PRODUCTS` key): taken whatever the signals.
 
     Returns
     -------
     Recognition
     """
+    if forced:
+        ptype = PRODUCTS[forced]
+        m = re.search(ptype.filename, filename, flags=re.IGNORECASE)
+        band = (m.groupdict().get("band") or "").lower() if m else ""
+        return Recognition(ptype, band, "type named by the user (product=)")
     scored = []
     for ptype in PRODUCT_TABLE:
         score, band, why = _score(ptype, filename, hdus, is_jpeg=is_jpeg)
@@ -410,4 +435,7 @@ def recognise(filename: str, hdus, *, is_jpeg: bool = False) -> Recognition:
     if ties:
         names = ", ".join(s[1].name for s in [best, *ties])
         return Recognition(None, "", f"ambiguous: {names} match equally ({best[0]} points)")
+    if "file name" not in best[3] and len(best[3]) < 2 and not _CSC_STEM.match(filename):
+        return Recognition(None, "", f"looks like {best[1].name} by {best[3][0]} alone",
+                           weak=True)
     return Recognition(best[1], best[2], " + ".join(best[3]))

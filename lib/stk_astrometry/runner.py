@@ -21,6 +21,7 @@ import logging
 import os
 import sys
 import traceback
+import warnings
 
 from . import __version__
 from .errors import StkError
@@ -202,7 +203,16 @@ def _run(toolname, argv, body, *, description):
         if verbose >= 1:
             log.info("%s (stk_astrometry %s)", toolname, __version__)
             log.info("%s", params.format_plist())
-        status = body(params)
+        with warnings.catch_warnings(record=True) as caught:
+            # a library's warning (astropy's on a truncated or odd file) is not a message for
+            # the user in raw form: it goes to the tool's log, shown at verbose >= 2
+            warnings.simplefilter("always")
+            try:
+                status = body(params)
+            finally:
+                for w in caught:
+                    log.log(VERBOSE_LEVELS[2], "%s: %s", w.category.__name__,
+                            " ".join(str(w.message).split()))
         status = 0 if status is None else int(status)
         if status == 0:
             params.learn()

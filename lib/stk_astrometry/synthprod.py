@@ -37,6 +37,7 @@ from astropy.io import fits
 from stk_astrometry.fitsedit import BLOCK, checksummed_header_bytes, ones_complement_sum
 from stk_astrometry.fitsutil import history_records, set_keyword
 from stk_astrometry.products import PRODUCT_TABLE, instrument_grid
+from stk_astrometry.wcsupdate import attitude_quaternion
 
 __all__ = [
     "COUNTS_IMAGE_KINDS",
@@ -406,6 +407,12 @@ def _region_table(name, *, ra_nom, dec_nom, instrument, eqsrc, rng, content, tra
     h["HDUCLASS"] = "ASC"
     h["HDUCLAS1"] = "REGION"
     h["HDUCLAS2"] = "SRC" if "BKG" not in name else "BKG"
+    # wavdetect positions of the source at two scales, as CXC long keywords (DTYPEn/DVALn);
+    # a scale without a detection holds the -999 sentinel (deterministic: no rng draw)
+    set_keyword(h, "WAV1B_RA", round(ra_nom + 0.0021, 7), "[deg] wavdetect source RA")
+    set_keyword(h, "WAV1B_DEC", round(dec_nom - 0.0013, 7), "[deg] wavdetect source Dec")
+    set_keyword(h, "WAV2B_RA", -999.0, "[deg] wavdetect source RA")
+    set_keyword(h, "WAV2B_DEC", -999.0, "[deg] wavdetect source Dec")
     if eqsrc == "good":
         _sky_columns_wcs(h, kind="EQSRC", ra_nom=ra_nom, dec_nom=dec_nom, pixel_deg=pixel,
                          crpix=crpix, xname="X", yname="Y")
@@ -468,13 +475,17 @@ def _build(kind, *, ra_nom, dec_nom, instrument, band, nrows, rng, traps, eqsrc,
         t = np.arange(n) * 0.256
         ra = np.full(n, ra_nom) + rng.normal(0, 1e-4, n)
         dec = np.full(n, dec_nom) + rng.normal(0, 1e-4, n)
+        # the draw the q_att column was once made of: kept so that every product made
+        # after this one keeps its random numbers
+        rng.normal(0, 1, (n, 4))
         asp = _simple_table(kind, "ASPSOL", [
             fits.Column("time", "D", unit="s", array=1e8 + t),
             fits.Column("ra", "D", unit="deg", array=ra),
             fits.Column("dec", "D", unit="deg", array=dec),
             fits.Column("roll", "D", unit="deg", array=np.full(n, 45.0)),
             fits.Column("ra_err", "E", unit="arcsec", array=np.full(n, 0.1)),
-            fits.Column("q_att", "4D", array=rng.normal(0, 1, (n, 4))),
+            # the attitude that points at (ra, dec) with that roll (Chandra q_att convention)
+            fits.Column("q_att", "4D", array=attitude_quaternion(ra, dec, np.full(n, 45.0))),
         ], **kw)
         # aspect solutions carry RA_PNT/DEC_PNT = 0 (wcs_update bug page): a sentinel
         asp.header["RA_PNT"] = 0.0

@@ -45,6 +45,8 @@ __all__ = [
     "Transform",
     "applied_state",
     "apply_sky",
+    "attitude_quaternion",
+    "rotate_attitude",
     "distance_deg",
     "celestial_image_axes",
     "celestial_table_columns",
@@ -230,6 +232,69 @@ def is_position(ra, dec) -> bool:
     return not (ra == 0.0 and dec == 0.0)
 
 
+# --------------------------------------------------------------------------- attitude
+
+def _quat_mul(p, q):
+    """Hamilton product p*q of scalar-last quaternions (rows); R(p*q) = R(p) R(q)."""
+    pv, pw = p[..., :3], p[..., 3:]
+    qv, qw = q[..., :3], q[..., 3:]
+    w = pw * qw - np.sum(pv * qv, axis=-1, keepdims=True)
+    v = pw * qv + qw * pv + np.cross(pv, qv)
+    return np.concatenate([v, w], axis=-1)
+
+
+def _axis_quat(axis: int, angle_rad):
+    """Quaternions (scalar last) of rotations by ``angle_rad`` about x (0), y (1) or z (2)."""
+    angle = np.asarray(angle_rad, dtype=float)
+    q = np.zeros(angle.shape + (4,))
+    q[..., axis] = np.sin(angle / 2)
+    q[..., 3] = np.cos(angle / 2)
+    return q
+
+
+def attitude_quaternion(ra_deg, dec_deg, roll_deg):
+    """Chandra attitude quaternions (q1 q2 q3 vector, q4 scalar) of pointings and rolls.
+
+    The attitude matrix is Rz(ra) Ry(-dec) Rx(roll): its first column is the
+    pointing, as in the Chandra aspect solution's ``q_att`` (the convention of
+    the Chandra ``Quaternion`` package).  Vectorised over rows.
+    """
+    ra, dec, roll = (np.radians(np.asarray(v, dtype=float)) for v in (ra_deg, dec_deg, roll_deg))
+    return _quat_mul(_quat_mul(_axis_quat(2, ra), _axis_quat(1, -dec)), _axis_quat(0, roll))
+
+
+def rotate_attitude(q_att, ra_old_deg, dec_old_deg, ra_new_deg, dec_new_deg):
+    """Turn attitude quaternions with their pointings moved from old to new RA/Dec.
+
+    Each row is rotated by D = Rz(ra_new) Ry(dec_old - dec_new) Rz(-ra_old): the
+    small rotation that takes the old pointing exactly onto the new one and keeps
+    the roll angle of the attitude (its Rz Ry Rx decomposition) exactly, since
+    D Rz(ra) Ry(-dec) Rx(roll) = Rz(ra_new) Ry(-dec_new) Rx(roll).  Undo (new back
+    to old) is the inverse rotation.  Rows whose position did not change (nulls,
+    sentinels, positions left) keep their quaternion bit for bit.
+
+    Returns
+    -------
+    q_new : ndarray
+        Same shape and dtype as ``q_att`` (N, 4).
+    n_rotated : int
+    """
+    q = np.asarray(q_att)
+    ra0, dec0, ra1, dec1 = (np.asarray(v, dtype=float).ravel()
+                            for v in (ra_old_deg, dec_old_deg, ra_new_deg, dec_new_deg))
+    with np.errstate(invalid="ignore"):
+        moved = (np.isfinite(ra0) & np.isfinite(dec0) & np.isfinite(ra1) & np.isfinite(dec1)
+                 & ((ra0 != ra1) | (dec0 != dec1)) & np.all(np.isfinite(q), axis=-1))
+    out = q.copy()
+    if not np.any(moved):
+        return out, 0
+    d = _quat_mul(_quat_mul(_axis_quat(2, np.radians(ra1[moved])),
+                            _axis_quat(1, np.radians(dec0[moved] - dec1[moved]))),
+                  _axis_quat(2, -np.radians(ra0[moved])))
+    out[moved] = _quat_mul(d, q[moved].astype(float))
+    return out, int(np.count_nonzero(moved))
+
+
 # --------------------------------------------------------------------------- results
 
 @dataclass(frozen=True)
@@ -403,38 +468,47 @@ def keyword_index(header):
 
 
 def position_keyword_pairs(header):
-    """RA/Dec keyword pairs of a header and the RA_*/DEC_* names that are not positions.
+    """RA/Dec keyword pairs of a header and the RA/Dec-like names that are not positions.
+
+    Two families: ``RA``/``DEC`` and ``RA_x``/``DEC_x`` (RA_NOM, RA_PNT, RA_TARG,
+    RA_STACK ...), and ``x_RA``/``x_DEC`` (the WAVnX_RA/WAVnX_DEC source positions
+    of CSC region files, SRC_RA ...).  Either may be a plain keyword or a CXC long
+    name (``DTYPEn``/``DVALn``).
 
     Returns
     -------
-    pairs : list of (suffix, ra_entry, dec_entry)
-        Entries as in :func:`keyword_index`; suffix '' for a plain RA/DEC pair.
+    pairs : list of (roll_name, ra_entry, dec_entry)
+        Entries as in :func:`keyword_index`; ``roll_name`` the keyword of the roll
+        angle that belongs to the pair (``ROLL``, ``ROLL_x``, ``x_ROLL``).
     rejected : list of str
-        Names that look like RA_x/DEC_x but are not positions, with the reason.
+        Names that look like RA/Dec but are not positions, with the reason.
     """
     index = keyword_index(header)
     pairs = []
     rejected = []
     for name in sorted(index):
         if name == "RA":
-            suffix = ""
+            qualifier, dec_name, roll_name = "", "DEC", "ROLL"
         elif name.startswith("RA_"):
-            suffix = name[3:]
+            qualifier = name[3:]
+            dec_name, roll_name = f"DEC_{qualifier}", f"ROLL_{qualifier}"
+        elif name.endswith("_RA") and len(name) > 3:
+            qualifier = name[:-3]
+            dec_name, roll_name = f"{qualifier}_DEC", f"{qualifier}_ROLL"
         else:
             continue
-        dec_name = f"DEC_{suffix}" if suffix else "DEC"
-        if NOT_POSITION.search(suffix):
+        if NOT_POSITION.search(qualifier):
             rejected.append(f"{name}: not a position (name)")
             continue
         if dec_name not in index:
-            if suffix:
+            if qualifier:
                 rejected.append(f"{name}: no {dec_name} to pair with")
             continue
         ra_e, dec_e = index[name], index[dec_name]
         if _NOT_POSITION_COMMENT.search(ra_e[2]) or _NOT_POSITION_COMMENT.search(dec_e[2]):
             rejected.append(f"{name}/{dec_name}: not a position (comment/unit)")
             continue
-        pairs.append((suffix, ra_e, dec_e))
+        pairs.append((roll_name, ra_e, dec_e))
     return pairs, rejected
 
 
@@ -673,7 +747,7 @@ def update_header(header, xfm: Transform, *, hdu_label: str, inverse: bool = Fal
             notes.append(Note(hdu_label, f"{text}; left"))
         index = keyword_index(header)
         rot = -xfm.rotation_deg if inverse else xfm.rotation_deg
-        for suffix, (ka, la, _), (kb, lb, _) in pairs:
+        for roll_name, (ka, la, _), (kb, lb, _) in pairs:
             old = (header[ka], header[kb])
             if not is_position(*old):
                 notes.append(Note(hdu_label, f"{la}/{lb} = {old}: sentinel or not a position; left"))
@@ -688,7 +762,6 @@ def update_header(header, xfm: Transform, *, hdu_label: str, inverse: bool = Fal
             for key, label, o, n in ((ka, la, old[0], new[0]), (kb, lb, old[1], new[1])):
                 _set_value(header, key, n)
                 changes.append(Change(hdu_label, label, o, n, "position"))
-            roll_name = f"ROLL_{suffix}" if suffix else "ROLL"
             if rot != 0.0 and roll_name in index:
                 kr, lr, _ = index[roll_name]
                 old_roll = header[kr]

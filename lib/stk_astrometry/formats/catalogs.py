@@ -137,6 +137,10 @@ def _floats(tin, colname):
     data = np.ma.asarray(col)
     if data.ndim != 1:
         raise CatalogError(f"{tin.hdu}: column '{colname}' is not a scalar column")
+    if data.dtype.kind in "USO":
+        # numbers stored as text: silently parsing them hides a broken catalog (issue 15)
+        raise CatalogError(f"{tin.hdu}: column '{colname}' is not numeric: it holds text "
+                           f"({data.dtype})")
     try:
         values = np.ma.filled(data.astype(float), np.nan)
     except (TypeError, ValueError) as exc:

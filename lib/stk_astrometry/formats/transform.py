@@ -345,6 +345,7 @@ def read_transform(spec) -> TransformInput:
     from stk_astrometry import fitsedit, wcsupdate
 
     path, block = _open(spec)
+    fitsedit.scan_fits(path)     # a truncated file: one FormatError, not astropy's OSError
     with fits.open(path) as hdul:
         hdu, label = _stkxfm_hdu(hdul, spec, block, path)
         names = {n.lower(): n for n in hdu.columns.names}

@@ -13,17 +13,26 @@ written in place under a journal, without reading or rewriting data units.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import stat
+import tempfile
 import traceback
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from stk_astrometry import fitsedit, products, wcsupdate
-from stk_astrometry.fitsutil import add_history, read_stacks
+from stk_astrometry.fitsutil import (
+    add_history,
+    locked,
+    read_stacks,
+    remove_orphan_temps,
+    temp_owner,
+)
 from stk_astrometry.formats.transform import TransformInput, read_transform
 from stk_astrometry.errors import (
     InputError,
@@ -39,8 +48,6 @@ TOOL = "stk_update_wcs"
 SPARE_BLOCKS = 3
 logger = logging.getLogger(__name__)
 
-# mkstemp's leftovers of an interrupted rewrite: .<name>.<8 random chars>.tmp
-_ORPHAN_RE = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]{8}\.tmp$")
 
 
 def main(argv=None) -> int:
@@ -118,7 +125,7 @@ def _walk(top: Path, files, notes, seen, roots=(), walked=None) -> int:
 
     def add_file(f: Path):
         nonlocal n_other
-        if f.name.endswith(fitsedit.JOURNAL_SUFFIX) or _ORPHAN_RE.match(f.name):
+        if f.name.endswith(fitsedit.JOURNAL_SUFFIX) or temp_owner(f.name) is not None:
             return
         if not f.is_file():
             n_other += 1
@@ -314,6 +321,9 @@ class RunContext:
     clobber: bool
     history: tuple
     stacks: dict  # elements of @listfile parameters, read once per run (STCK records)
+    replace: bool = False
+    product: str = ""          # a type named by the user ('' recognise each file)
+    lock_timeout: float = 60.0
 
 
 def _hdu_name(layout) -> str:
@@ -367,14 +377,61 @@ def _column_pairs(header, ptype, hdu_name, *, generic: bool, notes, label):
     return pairs
 
 
-def _table_dtype(path, index):
-    from astropy.io import fits
+_TFORM = re.compile(r"^\s*(\d*)([LXBIJKAEDCMPQ])", re.IGNORECASE)
+_TFORM_TYPES = {"L": ("V", 1), "B": ("u1", 1), "I": (">i2", 2), "J": (">i4", 4),
+                "K": (">i8", 8), "A": ("V", 1), "E": (">f4", 4), "D": (">f8", 8),
+                "C": ("V", 8), "M": ("V", 16), "P": ("V", 8), "Q": ("V", 16)}
 
-    with fits.open(path, memmap=True, lazy_load_hdus=True) as hdul:
-        return hdul[index].data.view(np.ndarray).dtype
+
+def _table_dtype(header):
+    """The numpy record dtype of a binary table's rows, from its TFORMn (no file opened).
+
+    Numbers get their big-endian types (a repeat count > 1 a sub-array); strings,
+    logicals, bits, complex and heap descriptors are opaque bytes (never edited).
+    """
+    from stk_astrometry.errors import FormatError
+
+    names, formats, offsets = [], [], []
+    offset = 0
+    for n in range(1, int(header.get("TFIELDS", 0) or 0) + 1):
+        tform = str(header.get(f"TFORM{n}", ""))
+        m = _TFORM.match(tform)
+        if not m:
+            raise FormatError(f"TFORM{n} = {tform!r} is not a binary table format")
+        repeat = int(m.group(1)) if m.group(1) else 1
+        code = m.group(2).upper()
+        if code == "X":
+            fmt, size = f"V{-(-repeat // 8)}", -(-repeat // 8)
+        else:
+            base, width = _TFORM_TYPES[code]
+            if base == "V":
+                fmt, size = f"V{width * repeat}", width * repeat
+            else:
+                fmt = base if repeat == 1 else (base, (repeat,))
+                size = width * repeat
+        if size:
+            names.append(str(header.get(f"TTYPE{n}", f"col{n}")).strip() or f"col{n}")
+            formats.append(fmt)
+            offsets.append(offset)
+        offset += size
+    if offset != int(header["NAXIS1"]):
+        raise FormatError(f"TFORMn add up to {offset} bytes per row, NAXIS1 says "
+                          f"{header['NAXIS1']}")
+    try:
+        return np.dtype({"names": names, "formats": formats, "offsets": offsets,
+                         "itemsize": offset})
+    except ValueError as exc:          # e.g. two columns of one name
+        raise FormatError(f"unusable table columns: {exc}") from exc
 
 
-def _move_columns(path, layout, pairs, xfm, *, inverse, label):
+def _move_columns(path, layout, pairs, steps, *, label, quats=(), notes=None):
+    """Move RA/Dec column pairs of one table HDU by ``steps``; new data bytes or None.
+
+    ``steps`` is a sequence of (Transform, inverse) applied in turn (one step, or
+    for replace=yes the undo of the applied transform then the new one).
+    ``quats`` (one per pair, '' for none): an attitude quaternion column rotated
+    with its pair (ASPSOL3 ``q_att``), see :func:`wcsupdate.rotate_attitude`.
+    """
     header = layout.header
     nrow_bytes = int(header["NAXIS1"]) * int(header["NAXIS2"])
     fd = os.open(path, os.O_RDONLY)
@@ -382,25 +439,47 @@ def _move_columns(path, layout, pairs, xfm, *, inverse, label):
         raw = os.pread(fd, layout.data_size, layout.data_offset)
     finally:
         os.close(fd)
-    dtype = _table_dtype(path, layout.index)
+    dtype = _table_dtype(header)
     arr = np.frombuffer(raw[:nrow_bytes], dtype=dtype).copy()
     fields = {n.lower(): n for n in arr.dtype.names}
     changes = []
-    for ra, dec in pairs:
-        res = wcsupdate.shift_columns(arr[fields[ra]], arr[fields[dec]], xfm, inverse=inverse)
-        if res.n_moved == 0:
-            continue
-        arr[fields[ra]] = res.ra_deg
-        arr[fields[dec]] = res.dec_deg
-        changes.append(wcsupdate.Change(
-            label, f"columns {fields[ra]},{fields[dec]}", f"{res.ra_deg.size} values",
-            f"{res.n_moved} moved, {res.n_null} null and {res.n_sentinel} sentinel left"
-            + (f", {res.n_unprojectable} {wcsupdate.PROJECTION_LIMIT_DEG:g} deg or more from "
-               "the stack tangent point left (the tangent projection fails there)"
-               if res.n_unprojectable else "")
-            + (f"; {res.n_far} of the moved are more than {wcsupdate.MAX_DISTANCE_DEG:g} deg "
-               "from the stack tangent point (hardly of this stack)" if res.n_far else ""),
-            "columns"))
+    quats = tuple(quats) or ("",) * len(pairs)
+    for (ra, dec), quat in zip(pairs, quats, strict=True):
+        ra0, dec0 = arr[fields[ra]].copy(), arr[fields[dec]].copy()
+        moved_any = False
+        for xfm, inverse in steps:
+            res = wcsupdate.shift_columns(arr[fields[ra]], arr[fields[dec]], xfm,
+                                          inverse=inverse)
+            if res.n_moved == 0:
+                continue
+            moved_any = True
+            arr[fields[ra]] = res.ra_deg
+            arr[fields[dec]] = res.dec_deg
+            changes.append(wcsupdate.Change(
+                label, f"columns {fields[ra]},{fields[dec]}", f"{res.ra_deg.size} values",
+                f"{res.n_moved} moved, {res.n_null} null and {res.n_sentinel} sentinel left"
+                + (f", {res.n_unprojectable} {wcsupdate.PROJECTION_LIMIT_DEG:g} deg or more "
+                   "from the stack tangent point left (the tangent projection fails there)"
+                   if res.n_unprojectable else "")
+                + (f"; {res.n_far} of the moved are more than "
+                   f"{wcsupdate.MAX_DISTANCE_DEG:g} deg from the stack tangent point (hardly "
+                   "of this stack)" if res.n_far else ""),
+                "columns"))
+        if moved_any and quat:
+            qname = fields.get(quat.lower())
+            col = arr[qname] if qname else None
+            if col is None or col.ndim != 2 or col.shape[1] != 4:
+                if notes is not None:
+                    notes.append(wcsupdate.Note(label, f"no 4-element {quat} column: "
+                                                       "attitude quaternions not rotated"))
+                continue
+            new_q, n_rot = wcsupdate.rotate_attitude(col, ra0, dec0, arr[fields[ra]],
+                                                     arr[fields[dec]])
+            arr[qname] = new_q
+            changes.append(wcsupdate.Change(
+                label, f"column {qname}", f"{len(col)} quaternions",
+                f"{n_rot} rotated with their {fields[ra]},{fields[dec]} (roll kept)",
+                "columns"))
     if not changes:
         return None, []
     return arr.tobytes() + raw[nrow_bytes:], changes
@@ -426,26 +505,30 @@ _POSITION_KINDS = ("EQPOS", "EQSRC", "position", "columns")
 
 
 def _hdu_changes(path, lay, ptype, ctx, h, *, name, label, primary, new_primary, notes,
-                 inverse, move=True, scrub=True):
-    """The changes to one HDU (``h``, a copy of its header, edited); new data or None."""
-    xfm = ctx.transform.xfm
+                 steps, move=True, scrub=True, shown=None):
+    """The changes to one HDU (``h``, a copy of its header, edited); new data or None.
+
+    ``steps``: (Transform, inverse) pairs applied in turn.
+    """
     generic = ptype is products.GENERIC
+    forward = not steps[-1][1]
     changes = []
     data = None
-    if scrub and ptype.scrub and not inverse:
+    if scrub and ptype.scrub and not ctx.inverse:
         sc, sn = wcsupdate.scrub_header(h, products.SCRUB_KEYWORDS, hdu_label=label,
                                         remove=ctx.scrub)
         changes += sc
         notes += sn
     if not move:
         return changes, data
-    res = wcsupdate.update_header(h, xfm, hdu_label=label, inverse=inverse)
-    changes += res.changes
-    notes += res.notes
+    for xfm, inverse in steps:
+        res = wcsupdate.update_header(h, xfm, hdu_label=label, inverse=inverse)
+        changes += res.changes
+        notes += res.notes
     # ---- EQSRC population (spec-notes 18)
-    if (ptype.populate_eqsrc and not inverse
+    if (ptype.populate_eqsrc and forward
             and re.fullmatch(ptype.populate_eqsrc, name, flags=re.IGNORECASE)):
-        inst = _instrument(h, primary, path)
+        inst = _instrument(h, primary, shown or path)
         try:
             pixel, crpix = products.instrument_grid(inst)
         except KeyError:
@@ -468,15 +551,106 @@ def _hdu_changes(path, lay, ptype, ctx, h, *, name, label, primary, new_primary,
         pairs = _column_pairs(lay.header, ptype, name, generic=generic, notes=notes,
                               label=label)
         if pairs:
-            data, col_changes = _move_columns(path, lay, pairs, xfm, inverse=inverse,
-                                              label=label)
+            quats = [_quat_of(ptype, name, ra) for ra, _ in pairs]
+            data, col_changes = _move_columns(path, lay, pairs, steps, label=label,
+                                              quats=quats, notes=notes)
             if data is not None:
                 changes += col_changes
     return changes, data
 
 
-def plan_file(path, layouts, ptype, ctx: RunContext):
+def _quat_of(ptype, hdu_name, ra_column) -> str:
+    """The attitude quaternion column that turns with an RA/Dec column pair ('' if none)."""
+    for rule in ptype.columns:
+        if (rule.quat and re.fullmatch(rule.hdu, hdu_name, flags=re.IGNORECASE)
+                and re.fullmatch(rule.ra, ra_column, flags=re.IGNORECASE)):
+            return rule.quat
+    return ""
+
+
+def _extver(layout) -> int:
+    try:
+        return int(layout.header.get("EXTVER", 1))
+    except (TypeError, ValueError):
+        return 1
+
+
+def _latest_stkxfm(layouts, xfm_id):
+    """Index of the most recent STKXFM HDU recording ``xfm_id``, or None.
+
+    This release numbers STKXFM HDUs newest first (EXTVER 1 the latest); files of
+    earlier releases, whose STKXFM HDUs share one EXTVER, appended them (the last
+    is the latest).
+    """
+    all_x = [lay for lay in layouts if _hdu_name(lay) == "STKXFM"]
+    mine = [lay for lay in all_x if wcsupdate.applied_state(lay.header) == xfm_id]
+    if not mine:
+        return None
+    if len({_extver(lay) for lay in all_x}) == len(all_x):
+        return min(mine, key=_extver).index
+    return mine[-1].index
+
+
+def _stkxfm_hdu(hdu_bytes: bytes, extver: int) -> bytes:
+    """The transform's STKXFM HDU with EXTVER ``extver`` (checksums recomputed)."""
+    from astropy.io import fits
+
+    end = 0
+    while True:
+        block = hdu_bytes[end:end + fitsedit.BLOCK]
+        end += fitsedit.BLOCK
+        if any(block[i:i + 8] == b"END     " for i in range(0, fitsedit.BLOCK, 80)):
+            break
+    header = fits.Header.fromstring(hdu_bytes[:end].decode("ascii"))
+    data = hdu_bytes[end:]
+    header["EXTVER"] = (int(extver), "STKXFM records of this file: 1 the latest")
+    return fitsedit.checksummed_header_bytes(header, fitsedit.ones_complement_sum(data)) + data
+
+
+def _renumber_stkxfm(plans, kept, *, first, fname, changes):
+    """Number the STKXFM HDUs that stay ``first``, ``first`` + 1 ... in file order (newest
+    first), so that each has its own EXTVER and ``file[STKXFM]`` (CFITSIO, astropy's
+    ``hdul['STKXFM']`` and ``getheader(f, 'STKXFM')`` alike) is the latest."""
+    for n, lay in enumerate(kept, start=first):
+        if _extver(lay) == n and "EXTVER" in lay.header:
+            continue
+        plan = plans[lay.index]
+        h = lay.header.copy()
+        h["EXTVER"] = (n, "STKXFM records of this file: 1 the latest")
+        plan.header = h
+        changes.append(wcsupdate.Change(f"{fname}[STKXFM]", "EXTVER", lay.header.get("EXTVER"),
+                                        n, "record"))
+
+
+def _replaced_transform(path, layouts, ids, xfm, shown):
+    """The applied transform replace=yes undoes, rebuilt from the file's records.
+
+    A record holds the id and the shift, not the tangent point: the stack's new
+    transform shares it (same stack), which the id proves (the id hashes all four).
+    """
+    (old_id,) = ids
+    for lay in layouts:
+        h = lay.header
+        if wcsupdate.applied_state(h) == old_id and "STKDXI" in h and "STKDETA" in h:
+            try:
+                old = wcsupdate.Transform.from_shift(float(h["STKDXI"]), float(h["STKDETA"]),
+                                                     xfm.ra_ref_deg, xfm.dec_ref_deg)
+            except (TypeError, ValueError):
+                break
+            if old.xfm_id == old_id:
+                return old
+            break
+    raise ProductError(
+        f"{shown}: replace=yes cannot rebuild the applied transform STKXFMID={old_id} (its "
+        f"tangent point differs from this transform's, or its record is incomplete): undo it "
+        "with inverse=yes and its own transform file, then apply this one")
+
+
+def plan_file(path, layouts, ptype, ctx: RunContext, *, shown=None):
     """Work out every change to one FITS file.  Reads only small table data.
+
+    ``shown``: the name to use in labels and messages (default ``path``; a gzip
+    product is planned on its decompressed temporary copy).
 
     Returns
     -------
@@ -489,9 +663,11 @@ def plan_file(path, layouts, ptype, ctx: RunContext):
     Raises
     ------
     ProductError
-        Records of another transform (without force), or an inconsistent file: some
-        HDUs that carry positions record the transform and others do not.
+        Records of another transform (without replace or force), or an inconsistent
+        file: some HDUs that carry positions record the transform and others do not.
     """
+    shown = Path(shown if shown is not None else path)
+    fname = shown.name
     xfm = ctx.transform.xfm
     notes = []
     changes = []
@@ -504,45 +680,52 @@ def plan_file(path, layouts, ptype, ctx: RunContext):
         if rec is not None:
             ids.setdefault(rec, []).append(lay.index)
     already = False
+    replaced = None           # the applied transform replace=yes undoes
     if not ctx.inverse:
         if set(ids) == {xfm.xfm_id}:
             already = True
         others = sorted(set(ids) - {xfm.xfm_id})
-        if xfm.xfm_id in ids and others:
-            raise ProductError(f"{path}: inconsistent records: HDUs carry transforms "
+        if len(ids) > 1:
+            raise ProductError(f"{shown}: inconsistent records: HDUs carry transforms "
                                f"{', '.join(sorted(ids))}; not touched")
-        if others and not ctx.force:
+        if others and ctx.replace:
+            replaced = _replaced_transform(path, layouts, others, xfm, shown)
+        elif others and not ctx.force:
             raise ProductError(
-                f"{path}: already updated with another transform (STKXFMID={others[0]}, this "
-                f"one is {xfm.xfm_id}); use force=yes to apply this one on top, or undo the "
-                "other first with inverse=yes")
+                f"{shown}: already updated with another transform (STKXFMID={others[0]}, "
+                f"this one is {xfm.xfm_id}); use replace=yes to undo that one and apply this "
+                "one instead (e.g. a re-fit of the same stack), force=yes only to compose the "
+                "two (apply this one on top), or inverse=yes with the other transform to undo it")
     else:
         if not ids:
             return "notapplied", [], [], notes
         if set(ids) != {xfm.xfm_id}:
             raise ProductError(
-                f"{path}: inverse=yes needs the applied transform; the file records "
+                f"{shown}: inverse=yes needs the applied transform; the file records "
                 f"STKXFMID={', '.join(sorted(ids))}, this transform is {xfm.xfm_id}")
-    # an undo removes the LAST STKXFM HDU of this transform (each insert goes after the
-    # earlier ones): after force A, B, A the first A's record stays, under B's
-    last_stkxfm = None
     if ctx.inverse:
-        for lay in layouts:
-            if (_hdu_name(lay) == "STKXFM"
-                    and wcsupdate.applied_state(lay.header) == xfm.xfm_id):
-                last_stkxfm = lay.index
+        steps = ((xfm, True),)
+    elif replaced is not None:
+        steps = ((replaced, True), (xfm, False))
+    else:
+        steps = ((xfm, False),)
+    # the STKXFM HDU an undo (or a replace) removes: the most recent of that transform
+    drop_stkxfm = None
+    if ctx.inverse:
+        drop_stkxfm = _latest_stkxfm(layouts, xfm.xfm_id)
+    elif replaced is not None:
+        drop_stkxfm = _latest_stkxfm(layouts, replaced.xfm_id)
     primary = layouts[0].header
     new_primary = None
     plans = []
     unrecorded = []       # HDUs carrying positions without the record the others carry
-    scrub_only = False
     for lay in layouts:
         name = _hdu_name(lay)
-        label = f"{Path(path).name}[{name or lay.index}]"
+        label = f"{fname}[{name or lay.index}]"
         plan = HduPlan(lay, label)
         plans.append(plan)
         if name == "STKXFM":
-            if ctx.inverse and lay.index == last_stkxfm:
+            if lay.index == drop_stkxfm:
                 plan.remove = True
                 changes.append(wcsupdate.Change(label, "HDU STKXFM", "present", None, "record"))
             continue
@@ -551,19 +734,19 @@ def plan_file(path, layouts, ptype, ctx: RunContext):
             # would the transform move something here?  Then this HDU missed an update
             trial, _ = _hdu_changes(path, lay, ptype, ctx, lay.header.copy(), name=name,
                                     label=label, primary=primary, new_primary=new_primary,
-                                    notes=[], inverse=False, scrub=False)
+                                    notes=[], steps=((xfm, False),), scrub=False, shown=shown)
             if any(c.what in _POSITION_KINDS for c in trial):
                 unrecorded.append(name or str(lay.index))
                 continue
-        if ctx.inverse and not recorded:
+        if (ctx.inverse or replaced is not None) and not recorded:
             continue
         h = lay.header.copy()
         hdu_notes = []
         # already applied: nothing moves again; only a requested scrub is still done
         hdu_changes, data = _hdu_changes(path, lay, ptype, ctx, h, name=name, label=label,
                                          primary=primary, new_primary=new_primary,
-                                         notes=hdu_notes, inverse=ctx.inverse,
-                                         move=not already)
+                                         notes=hdu_notes, steps=steps, move=not already,
+                                         shown=shown)
         if not already or hdu_changes:
             notes += hdu_notes
         if data is not None:
@@ -572,9 +755,11 @@ def plan_file(path, layouts, ptype, ctx: RunContext):
             continue
         if ctx.inverse:
             hdu_changes += wcsupdate.unrecord_transform(h, hdu_label=label)
+        elif replaced is not None:
+            hdu_changes += wcsupdate.unrecord_transform(h, hdu_label=label)
+            hdu_changes += wcsupdate.record_transform(h, xfm, hdu_label=label)
         else:
             hdu_changes += wcsupdate.record_transform(h, xfm, hdu_label=label)
-        scrub_only = scrub_only or already
         add_history(h, TOOL, list(ctx.history), stacks=ctx.stacks)
         plan.header = h
         if lay.index == 0:
@@ -583,7 +768,7 @@ def plan_file(path, layouts, ptype, ctx: RunContext):
     if unrecorded:
         with_rec = sorted({_hdu_name(layouts[i]) or str(i) for v in ids.values() for i in v})
         raise ProductError(
-            f"{path}: inconsistent: HDU(s) {', '.join(with_rec)} record transform "
+            f"{shown}: inconsistent: HDU(s) {', '.join(with_rec)} record transform "
             f"{', '.join(sorted(ids))} but HDU(s) {', '.join(unrecorded)} carry positions "
             "without that record (a partial update, or the file was edited since); "
             "not touched - inspect it, or restore it from the original")
@@ -598,25 +783,39 @@ def plan_file(path, layouts, ptype, ctx: RunContext):
             for k, *_ in wcsupdate.celestial_table_columns(lay.header):
                 found = found or k == kind
         if not found and not any(c.what == "EQSRC populated" for c in changes):
-            notes.append(wcsupdate.Note(Path(path).name, f"§5.6 lists {kind} for {ptype.name} "
-                                                         "but the file has none"))
-    # ---- ASPSOL3: STKXFM after XFM (spec-notes 17)
+            notes.append(wcsupdate.Note(fname, f"§5.6 lists {kind} for {ptype.name} "
+                                               "but the file has none"))
+    # ---- ASPSOL3: STKXFM after XFM (spec-notes 17), before earlier STKXFM records, so that
+    # file.fits[STKXFM] (the first of that name) is the transform applied last
     if ptype.append_stkxfm and not ctx.inverse and changes and not already:
         names = [_hdu_name(lay) for lay in layouts]
+        kept = [lay for lay in layouts if names[lay.index] == "STKXFM"
+                and lay.index != drop_stkxfm]
+        extver = 1
         after = None
         for i, name in enumerate(names):
-            if name in ("XFM", "XFM3", "STKXFM"):
+            if name in ("XFM", "XFM3"):
                 after = i
         if after is None:
-            after = len(layouts) - 1
-            notes.append(wcsupdate.Note(Path(path).name, "no XFM HDU: STKXFM appended at the end"))
-        plans[after].insert_after = ctx.transform.hdu_bytes
-        changes.append(wcsupdate.Change(f"{Path(path).name}[{names[after]}]", "HDU STKXFM",
-                                        None, f"inserted after {names[after]}", "record"))
+            first = next((lay.index for lay in kept), None)
+            after = len(layouts) - 1 if first is None else first - 1
+            while plans[after].remove:
+                after -= 1
+            notes.append(wcsupdate.Note(fname, f"no XFM HDU: STKXFM inserted after "
+                                               f"{names[after] or after}"))
+        plans[after].insert_after = _stkxfm_hdu(ctx.transform.hdu_bytes, extver)
+        changes.append(wcsupdate.Change(f"{fname}[{names[after]}]", "HDU STKXFM",
+                                        None, f"inserted after {names[after]} (EXTVER "
+                                              f"{extver})", "record"))
+        _renumber_stkxfm(plans, kept, first=2, fname=fname, changes=changes)
+    elif drop_stkxfm is not None:
+        kept = [lay for lay in layouts if _hdu_name(lay) == "STKXFM"
+                and lay.index != drop_stkxfm]
+        _renumber_stkxfm(plans, kept, first=1, fname=fname, changes=changes)
     status = "update" if changes else "nothing"
     if already and changes:
-        notes.append(wcsupdate.Note(Path(path).name, f"transform {xfm.xfm_id} already "
-                                                     "applied: only the header scrub was done"))
+        notes.append(wcsupdate.Note(fname, f"transform {xfm.xfm_id} already "
+                                           "applied: only the header scrub was done"))
     return status, plans, changes, notes
 
 
@@ -638,20 +837,21 @@ def _hdu_bytes_plan(path, plan: HduPlan, notes, *, pad=False):
             notes.append(wcsupdate.Note(plan.label, "input CHECKSUM blank or stale: DATASUM "
                                                     "recomputed from the data"))
     nblocks = lay.header_size // fitsedit.BLOCK
-    header = plan.header.copy()
+    header = plan.header                      # our own copy: DATASUM/CHECKSUM set on it
     fitted = None if pad else fitsedit.checksummed_header_bytes(header, datasum, nblocks=nblocks)
     if fitted is not None:
         return fitted, True
     # grown: leave spare blocks so that the next edits (each adds ~15 HISTORY cards) fit in place
-    header = plan.header.copy()
-    grown = fitsedit.checksummed_header_bytes(header, datasum)
-    spare = len(grown) // fitsedit.BLOCK + SPARE_BLOCKS
-    header = plan.header.copy()
-    return fitsedit.checksummed_header_bytes(header, datasum, nblocks=spare), False
+    return fitsedit.checksummed_header_bytes(header, datasum, spare=SPARE_BLOCKS), False
 
 
-def write_file(src: Path, dest: Path, plans, notes) -> str:
-    """Write the planned new version of ``src`` to ``dest`` (may be ``src``).  Returns how."""
+def _assemble(src: Path, plans, notes):
+    """The new version of ``src``: ``(pieces, patches, in_place_ok)``.
+
+    ``pieces`` (bytes, or (offset, length) ranges of ``src``) make the whole new
+    file; ``patches`` the same-length edits that make it in place, usable when
+    ``in_place_ok``.
+    """
     # Decide first whether the file must be rewritten: then every changed header gets spare
     # blocks (free, since all bytes move anyway), not only the ones that grew, so the next
     # run patches in place instead of rewriting again.
@@ -667,33 +867,48 @@ def write_file(src: Path, dest: Path, plans, notes) -> str:
         headers = {i: (_hdu_bytes_plan(src, plans[i], [], pad=True)[0], False) for i in headers}
     pieces = []
     patches = []
-    for i, plan in enumerate(plans):
-        lay = plan.layout
-        if plan.remove:
-            continue
-        if plan.header is not None:
-            hbytes, fits_blocks = headers[i]
-            pieces.append(hbytes)
-            if fits_blocks:
-                patches.append(fitsedit.Patch(lay.header_offset, lay.raw_header, hbytes))
-        else:
-            pieces.append((lay.header_offset, lay.header_size))
-        if plan.data is not None:
-            pieces.append(plan.data)
-            fd = os.open(src, os.O_RDONLY)
-            try:
+    fd = None
+    try:
+        for plan in plans:
+            lay = plan.layout
+            if plan.remove:
+                continue
+            idx = plans.index(plan)
+            if plan.header is not None:
+                hbytes, fits_blocks = headers[idx]
+                pieces.append(hbytes)
+                if fits_blocks:
+                    patches.append(fitsedit.Patch(lay.header_offset, lay.raw_header, hbytes))
+            else:
+                pieces.append((lay.header_offset, lay.header_size))
+            if plan.data is not None:
+                pieces.append(plan.data)
+                if fd is None:
+                    fd = os.open(src, os.O_RDONLY)
                 old = os.pread(fd, lay.data_size, lay.data_offset)
-            finally:
-                os.close(fd)
-            patches.append(fitsedit.Patch(lay.data_offset, old, plan.data))
-        elif lay.data_size:
-            pieces.append((lay.data_offset, lay.data_size))
-        if plan.insert_after is not None:
-            pieces.append(plan.insert_after)
+                patches.append(fitsedit.Patch(lay.data_offset, old, plan.data))
+            elif lay.data_size:
+                pieces.append((lay.data_offset, lay.data_size))
+            if plan.insert_after is not None:
+                pieces.append(plan.insert_after)
+    finally:
+        if fd is not None:
+            os.close(fd)
     end = plans[-1].layout.end_offset
     size = src.stat().st_size
     if size > end:
         pieces.append((end, size - end))
+    return pieces, patches, in_place_ok
+
+
+def write_file(src: Path, dest: Path, plans, notes, *, scanned=None) -> str:
+    """Write the planned new version of ``src`` to ``dest`` (may be ``src``).  Returns how.
+
+    ``scanned`` (an ``os.stat_result`` of ``src`` taken when it was scanned): a
+    rewrite is refused if ``src`` is no longer that file (size, inode, mtime), since
+    its ranges are copied from the offsets found then.
+    """
+    pieces, patches, in_place_ok = _assemble(src, plans, notes)
     same = src.resolve() == dest.resolve() if dest.exists() else False
     if in_place_ok:
         if same:
@@ -704,16 +919,27 @@ def write_file(src: Path, dest: Path, plans, notes) -> str:
             fitsedit.patch_in_place(tmp, patches, journal=False)
             fitsedit.commit_temp(tmp, dest)
         except BaseException:
-            tmp.unlink(missing_ok=True)
+            fitsedit.discard_temp(tmp)
             raise
         return f"copied to {dest} and updated"
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(f"cannot write {dest}: {exc.strerror}") from exc
-    fitsedit.rewrite_file(src, dest, pieces)
+    fitsedit.rewrite_file(src, dest, pieces, check=lambda: _unchanged(src, scanned))
     return ("rewritten (streamed; header grew or an HDU was added/removed)" if same
             else f"written to {dest} (streamed rewrite)")
+
+
+def _unchanged(src: Path, scanned) -> None:
+    """Refuse to commit a rewrite of ``src`` if it is not the file scanned (another program)."""
+    if scanned is None:
+        return
+    now = src.stat()
+    if (now.st_ino, now.st_size, now.st_mtime_ns) != (scanned.st_ino, scanned.st_size,
+                                                       scanned.st_mtime_ns):
+        raise ProductError(f"{src}: changed by another program while being updated; the "
+                           "update was abandoned and the file left as that program wrote it")
 
 
 def _copy_unchanged(src: Path, dest: Path) -> str:
@@ -721,7 +947,7 @@ def _copy_unchanged(src: Path, dest: Path) -> str:
     try:
         fitsedit.commit_temp(tmp, dest)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        fitsedit.discard_temp(tmp)
         raise
     return f"copied unchanged to {dest}"
 
@@ -729,7 +955,14 @@ def _copy_unchanged(src: Path, dest: Path) -> str:
 # --------------------------------------------------------------------------- one file
 
 def process_file(item: InputFile, ctx: RunContext) -> FileResult:
-    """Recognise, plan and (unless dry run) write one file.  Raises StkError on failure."""
+    """Recognise, plan and (unless dry run) write one file.  Raises StkError on failure.
+
+    The product is locked (``flock``) from before its journal is looked at until
+    its new version is in place: exclusively for an in-place update, shared for a
+    copy or a dry run (which only read it).  A run that finds a product locked
+    waits up to ``lock_timeout`` seconds, then re-reads it: work a concurrent run
+    did meanwhile is then found done ("already applied").
+    """
     if item.error:
         raise InputError(item.error)
     given = item.path
@@ -746,24 +979,34 @@ def process_file(item: InputFile, ctx: RunContext) -> FileResult:
             if ctx.outdir is None else
             f"symbolic link to {src}: the real file is read (and left), its copy written to "
             f"{dest}")))
-    jpath = fitsedit.journal_path(src)
     if ctx.outdir is not None:
         if dest.resolve() == src:
             raise OutputError(f"{given}: outdir would overwrite the input; use outdir=\"\" for "
                               "an in-place update")
         if dest.exists() and not ctx.clobber:
             raise OutputError(f"Clobber set to no, and output file {dest} exists.")
+    with locked(src, timeout=ctx.lock_timeout, shared=ctx.outdir is not None or ctx.dryrun,
+                what="product"):
+        return _process_locked(given, src, dest, ctx, result)
+
+
+def _process_locked(given: Path, src: Path, dest: Path, ctx: RunContext,
+                    result: FileResult) -> FileResult:
+    jpath = fitsedit.journal_path(src)
+    if ctx.outdir is not None:
         if jpath.exists():
             # copy mode never writes to an input, not even to roll a journal back
             raise ProductError(
                 f"{given}: an interrupted in-place update left journal {jpath}; copy mode "
                 "never writes to an input: run stk_update_wcs on it in place (outdir=\"\") "
                 "first, which rolls it back, then copy")
+        if not ctx.dryrun:
+            _note_removed(result, dest, remove_orphan_temps(dest.parent, dest.name))
     elif not ctx.dryrun:
         done = fitsedit.recover(src)
         if done:
             result.notes.append(wcsupdate.Note(src.name, f"journal found: {done}"))
-        _remove_orphans(src, result)
+        _note_removed(result, src, remove_orphan_temps(src.parent, src.name))
     elif jpath.exists():
         # the file may hold a partial patch: planning on it would mislead
         result.action = (f"an interrupted update's journal {jpath.name} is pending: a real run "
@@ -771,25 +1014,69 @@ def process_file(item: InputFile, ctx: RunContext) -> FileResult:
                          "nothing planned (dry run)")
         result.category = "journal pending"
         return result
-    if fitsedit.is_gzip_fits(src):
-        raise ProductError(f"{given}: gzip-compressed FITS is not updated in place: gunzip it "
-                           "first (and gzip it again after the update if need be)")
-    is_jpeg = fitsedit.is_jpeg_file(src)
+    if not fitsedit.is_gzip_fits(src):
+        return _process_content(given, src, src, dest, ctx, result, gz=False)
+    # a gzip product: decompressed into a private temporary file, planned there, and
+    # written compressed (temp + fsync + rename) - never patched in place
+    scratch = None
+    if ctx.dryrun:
+        scratch = tempfile.TemporaryDirectory(prefix="stk_update_wcs.")
+        near = Path(scratch.name) / src.name
+    elif ctx.outdir is not None:
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"cannot write {dest}: {exc.strerror}") from exc
+        near = dest
+    else:
+        near = src
+    work = None
+    try:
+        work = fitsedit.gunzip_to_temp(src, near)
+        return _process_content(given, src, work, dest, ctx, result, gz=True)
+    finally:
+        if work is not None:
+            fitsedit.discard_temp(work)
+        if scratch is not None:
+            scratch.cleanup()
+
+
+def _note_removed(result: FileResult, where: Path, names) -> None:
+    for name in names:
+        result.notes.append(wcsupdate.Note(where.name, f"removed {name}, left by an "
+                                                       "interrupted run"))
+
+
+def _process_content(given: Path, src: Path, work: Path, dest: Path, ctx: RunContext,
+                     result: FileResult, *, gz: bool) -> FileResult:
+    """Recognise and update one product whose FITS bytes are in ``work`` (``src`` or, for a
+    gzip product, its decompressed temporary copy)."""
+    scanned = os.stat(src)
+    is_jpeg = fitsedit.is_jpeg_file(work)
     layouts = ()
     if is_jpeg:
         rec = products.recognise(src.name, [], is_jpeg=True)
-    elif fitsedit.is_fits_file(src):
-        layouts = fitsedit.scan_fits(src)
+    elif fitsedit.is_fits_file(work):
+        layouts = fitsedit.scan_fits(work)
         infos = [products.hdu_info(lay.header, index=lay.index) for lay in layouts]
-        rec = products.recognise(src.name, infos)
+        rec = products.recognise(src.name, infos, forced=ctx.product)
     else:
         rec = products.Recognition(None, "", "not a FITS or JPEG file")
     ptype = rec.product
     result.reason = rec.reason
     own = _own_file(src, layouts, ctx)
-    if ptype is None and own:
+    if own and not ctx.product:
         result.ptype = "NOT A PRODUCT"
         result.action = f"skipped ({own}; not a data product)"
+        result.category = "skipped"
+        if ctx.outdir is not None and not ctx.dryrun:
+            result.action += "; not copied"
+        return result
+    if ptype is None and rec.weak:
+        # one weak signal only (an HDU name): perhaps a catalog that looks like a product
+        result.ptype = "NOT RECOGNISED"
+        result.action = (f"left alone: {rec.reason}; a product needs two independent signals "
+                         f"or a CSC file name - if it is one, name its type (product=TYPE)")
         result.category = "skipped"
         return result
     if ptype is None:
@@ -812,7 +1099,7 @@ def process_file(item: InputFile, ctx: RunContext) -> FileResult:
         result.action = "needs nothing; not modified"
         result.category = "needs nothing"
     else:
-        status, plans, changes, notes = plan_file(src, layouts, ptype, ctx)
+        status, plans, changes, notes = plan_file(work, layouts, ptype, ctx, shown=src)
         result.changes = changes
         result.notes += notes
         result.category = {"already": "already applied", "notapplied": "not applied",
@@ -838,7 +1125,15 @@ def process_file(item: InputFile, ctx: RunContext) -> FileResult:
                 problem = _in_place_problem(src, given)
                 if problem:
                     raise ProductError(problem)
-            result.action = write_file(src, dest, plans, result.notes)
+            if gz:
+                pieces, _, _ = _assemble(work, plans, result.notes)
+                fitsedit.rewrite_file(work, dest, pieces, compress=True,
+                                      check=lambda: _unchanged(src, scanned))
+                result.action = ("rewritten compressed (gzip, temporary file + rename)"
+                                 if ctx.outdir is None else
+                                 f"written compressed to {dest}")
+            else:
+                result.action = write_file(src, dest, plans, result.notes, scanned=scanned)
             return result
     if ctx.outdir is not None and not ctx.dryrun:
         result.action += "; " + _copy_unchanged(src, dest)
@@ -867,43 +1162,109 @@ def _in_place_problem(src: Path, given: Path) -> str:
     return ""
 
 
+#: CONTENT values of the files this tool chain writes (never data products).
+_CHAIN_CONTENT = {"STKPAIRS": "an stk_match matched-pairs file",
+                  "STKXFM": "an stk_xfm transform file",
+                  "STKDETCORR": "stk_xfm's corrected detections (a catalog)",
+                  "STKXFMDIAG": "stk_xfm's diagnostics"}
+#: HDU names of the stack's input catalogs (stk_match's inputs, stk_simulate's truth).
+_CATALOG_HDUS = {"GAIA": "a Gaia catalog", "ALLWISE": "an ALLWISE catalog",
+                 "BESTNB": "a best-neighbour catalog", "TRUTH": "a simulation's truth table"}
+#: File names of the stack's input catalogs as the chain and stk_simulate name them.
+_CATALOG_NAME = re.compile(r"(?:^|_)(det|gaia|allwise|bestnb|truth|pairs|xfm|diag|"
+                           r"det_?corr(?:ected)?)\.fits(?:\.gz)?$", re.IGNORECASE)
+
+
 def _own_file(src: Path, layouts, ctx: RunContext) -> str:
-    """Say so if ``src`` is a file of this tool chain (found in a product tree), else ''."""
+    """Say so if ``src`` is a catalog or a file of this tool chain (found in a product tree),
+    else ''.  Such files are never products, whatever their HDU names suggest."""
     if ctx.transform.path and src.resolve() == Path(ctx.transform.path).resolve():
         return "the transform file"
     names = {_hdu_name(lay) for lay in layouts}
-    contents = {str(lay.header.get("CONTENT", "")).strip().upper() for lay in layouts}
+    primary = str(layouts[0].header.get("CONTENT", "")).strip().upper() if layouts else ""
+    if primary in _CHAIN_CONTENT:
+        return _CHAIN_CONTENT[primary]
+    if primary:
+        return ""                      # a CONTENT of its own: decided by recognition
     if "STKXFM" in names:
         return "an stk_xfm transform file"
-    if "STKPAIRS" in contents:
-        return "an stk_match matched-pairs file"
+    for name, what in _CATALOG_HDUS.items():
+        if name in names:
+            return what
+    m = _CATALOG_NAME.search(src.name)
+    if m:
+        return f"a stack input catalog or chain file by its name (*_{m.group(1)}.fits)"
     return ""
-
-
-def _remove_orphans(src: Path, result: FileResult) -> None:
-    for other in src.parent.glob(f".{src.name}.*.tmp"):
-        m = _ORPHAN_RE.match(other.name)
-        if m and m.group("name") == src.name:
-            other.unlink(missing_ok=True)
-            result.notes.append(wcsupdate.Note(src.name, f"removed {other.name}, left by an "
-                                                         "interrupted run"))
 
 
 # --------------------------------------------------------------------------- report
 
-def _report(result: FileResult) -> None:
+#: Logging levels of the report (runner.VERBOSE_LEVELS): verbose=1 one line per file,
+#: 2 the planned changes per HDU and the notes, 3 every keyword and column changed.
+_PER_FILE = logging.INFO
+_PER_HDU = 17
+_PER_KEYWORD = 15
+
+#: Notes that tell of an earlier failure or of a file left alone: warnings, not chatter.
+_WARN_NOTES = ("journal found", "left by an interrupted run", "a real run would fail")
+
+
+def _report(result: FileResult, stack: str) -> None:
+    """Log one file's outcome: errors and warnings name the stack and the file."""
+    where = f"stack {stack}: " if stack else ""
     if result.failed:
         text = result.action
         if text.startswith(f"{result.path}: ") or text.startswith(f"{result.path} "):
-            logger.error("%s", text)          # the message names the file already
+            logger.error("%s%s", where, text)          # the message names the file already
         else:
-            logger.error("%s: %s", result.path, text)
+            logger.error("%s%s: %s", where, result.path, text)
         return
-    logger.info("%s: %s (%s) -> %s", result.path, result.ptype, result.reason, result.action)
-    for change in result.changes:
-        logger.info("    %s", change.describe())
+    if result.category == "skipped" and result.ptype == "NOT RECOGNISED":
+        logger.warning("%s%s: %s", where, result.path, result.action)
+    logger.log(_PER_FILE, "%s: %s (%s) -> %s", result.path, result.ptype, result.reason,
+               result.action)
     for note in result.notes:
-        logger.info("    note: %s", note.describe())
+        if any(w in note.message for w in _WARN_NOTES):
+            logger.warning("%s%s: %s", where, result.path, note.describe())
+    if not logger.isEnabledFor(_PER_HDU):
+        return
+    by_hdu = {}
+    for change in result.changes:
+        by_hdu.setdefault(change.hdu, []).append(change)
+    for hdu, changes in by_hdu.items():
+        kinds = {}
+        for c in changes:
+            kinds.setdefault(c.what, []).append(c)
+        parts = []
+        for what, cs in kinds.items():
+            if what == "columns":
+                parts += [f"{c.key} ({c.new})" for c in cs]
+            elif what == "record":
+                parts.append("transform record " + ", ".join(
+                    f"{c.key}{'' if c.new is None or c.key.startswith('HDU') else '=' + str(c.new)}"
+                    f"{' removed' if c.new is None else ''}"
+                    for c in cs if c.key in ("STKXFMID", "HDU STKXFM", "EXTVER")))
+            else:
+                parts.append(f"{len(cs)} {what} keyword(s)")
+        logger.log(_PER_HDU, "    [%s] %s", hdu, "; ".join(p for p in parts if p))
+        if logger.isEnabledFor(_PER_KEYWORD):
+            for change in changes:
+                logger.log(_PER_KEYWORD, "        %s", change.describe())
+    for note in result.notes:
+        logger.log(_PER_HDU, "    note: %s", note.describe())
+
+
+def _stack_of(transform: TransformInput) -> str:
+    """The stack the transform belongs to (STACKID of its STKXFM HDU), '' if not recorded."""
+    head = transform.hdu_bytes[:fitsedit.BLOCK * 8]
+    for i in range(0, len(head) - 79, 80):
+        card = head[i:i + 80]
+        if card.startswith(b"STACKID ="):
+            value = card[10:].split(b"/")[0].strip().strip(b"'").strip()
+            return value.decode("ascii", "replace")
+        if card.startswith(b"END     "):
+            break
+    return ""
 
 
 def runner_verbose_level(verbose: int) -> int:
@@ -932,15 +1293,72 @@ def _mark_collisions(files, outdir: Path):
     return out
 
 
-def _body(params) -> int:
-    transform = read_transform(params["transformfile"])
-    if not params["inverse"]:     # undoing is always allowed
-        warning = check_qa_review(transform, override=bool(params["qa_override"]))
+def _product_param(value) -> str:
+    text = str(value or "").strip().upper()
+    if text and text not in products.PRODUCTS:
+        raise ParameterError(f"product={value}: not a §5.6 product type; one of "
+                             + ", ".join(products.PRODUCTS))
+    return text
+
+
+@dataclass(frozen=True)
+class RunReport:
+    """What one run did: every file's result, counts per category, and the summary line."""
+
+    results: tuple
+    counts: dict
+    n_failed: int
+    xfm_id: str
+
+    @property
+    def summary(self) -> str:
+        """``N file(s): n1 category1, n2 category2 ...``."""
+        text = ", ".join(f"{n} {k}" for k, n in sorted(self.counts.items()))
+        return f"{len(self.results)} file(s): {text}"
+
+
+def update_files(p, history_items) -> RunReport:
+    """The whole run, for the tool and for ``api.update_products`` alike.
+
+    Parameters
+    ----------
+    p : mapping
+        The parameters by their .par names (infile, transformfile, outdir, unknown,
+        dryrun, inverse, replace, force, qa_override, scrub, clobber, product,
+        lock_timeout).
+    history_items : sequence of (name, text)
+        What the HISTORY PARM records of every changed HDU say.
+
+    Raises
+    ------
+    StkError
+        A problem with the run as a whole (parameters, transform, outdir); a file's
+        problem is that file's result.
+    """
+    product = _product_param(p["product"])
+    if p["replace"] and p["force"]:
+        raise ParameterError("replace=yes and force=yes exclude each other: replace undoes the "
+                             "applied transform first, force composes with it")
+    if p["replace"] and p["inverse"]:
+        raise ParameterError("replace=yes and inverse=yes exclude each other")
+    try:
+        timeout = float(p["lock_timeout"])
+    except (TypeError, ValueError):
+        timeout = float("nan")
+    if not math.isfinite(timeout) or timeout < 0:
+        raise ParameterError(f"lock_timeout={p['lock_timeout']}: must be a number of "
+                             "seconds >= 0")
+    unknown = str(p["unknown"]).strip().lower()
+    if unknown not in ("error", "skip", "generic"):
+        raise ParameterError(f"unknown={p['unknown']}: expected one of error, skip, generic")
+    transform = read_transform(p["transformfile"])
+    if not p["inverse"]:     # undoing is always allowed
+        warning = check_qa_review(transform, override=bool(p["qa_override"]))
         if warning:
             logger.warning("%s", warning)
     walked = []
-    files, notes = expand_inputs(params["infile"], walked)
-    outdir = params["outdir"]
+    files, notes = expand_inputs(p["infile"], walked)
+    outdir = p["outdir"]
     outdir = Path(outdir) if outdir and str(outdir).strip() else None
     if outdir is not None and outdir.exists() and not outdir.is_dir():
         raise OutputError(f"outdir={outdir} exists and is not a directory")
@@ -957,14 +1375,11 @@ def _body(params) -> int:
                     "input tree (and taken for inputs by the next run); choose an outdir "
                     "outside it")
         files = _mark_collisions(files, outdir)
-    if outdir is not None and not params["dryrun"]:
-        try:
-            outdir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise OutputError(f"outdir={outdir}: cannot create it: {exc.strerror}") from exc
-    ctx = RunContext(transform, outdir, params["unknown"], params["dryrun"], params["inverse"],
-                     params["force"], params["scrub"], params["clobber"],
-                     tuple(params.history_items()), read_stacks(params.history_items()))
+    items = tuple(history_items)
+    ctx = RunContext(transform, outdir, unknown, bool(p["dryrun"]), bool(p["inverse"]),
+                     bool(p["force"]), bool(p["scrub"]), bool(p["clobber"]),
+                     items, read_stacks(items), replace=bool(p["replace"]), product=product,
+                     lock_timeout=timeout)
     xfm = transform.xfm
     logger.info("transform %s from %s: d_xi=%+.4f\" d_eta=%+.4f\" about (%.6f, %.6f)%s%s",
                 xfm.xfm_id, transform.path, xfm.d_xi_arcsec, xfm.d_eta_arcsec, xfm.ra_ref_deg,
@@ -973,12 +1388,53 @@ def _body(params) -> int:
     for note in notes:
         logger.info("note: %s", note)
     if not files:
-        raise InputError(f"infile={params['infile']}: no files to process")
+        raise InputError(f"infile={p['infile']}: no files to process")
+    if outdir is None or ctx.dryrun:
+        results, counts, failed = _process_all(files, ctx)
+    else:
+        before = _existing_folders(outdir)
+        try:
+            outdir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"outdir={outdir}: cannot create it: {exc.strerror}") from exc
+        try:
+            # one run at a time writes into an output tree (the copies of a tree are one job)
+            with locked(outdir, timeout=ctx.lock_timeout, what="output folder (outdir)"):
+                results, counts, failed = _process_all(files, ctx)
+        finally:
+            _remove_new_empty_folders(outdir, before)
+    return RunReport(tuple(results), counts, failed, xfm.xfm_id)
+
+
+def _body(params) -> int:
+    run = update_files(params, params.history_items())
+    if logger.isEnabledFor(logging.INFO):
+        logger.info("%s", run.summary)
+    else:
+        print(run.summary, flush=True)           # verbose=0: the summary line only
+    if run.n_failed:
+        logger.error("%d of %d file(s) failed (the others were completed; see above)",
+                     run.n_failed, len(run.results))
+        return 1
+    return 0
+
+
+def _process_all(files, ctx: RunContext):
+    """Process every input; return (results, counts per category, number failed)."""
+    results = []
     counts = {}
     failed = 0
+    stack = _stack_of(ctx.transform)
     for item in files:
         try:
-            result = process_file(item, ctx)
+            with warnings.catch_warnings(record=True) as caught:
+                # a library's warning (astropy's on an odd header) is chatter about this file:
+                # shown at verbose >= 2, never raw on stderr
+                warnings.simplefilter("always")
+                result = process_file(item, ctx)
+            for w in caught:
+                result.notes.append(wcsupdate.Note(
+                    item.path.name, f"{w.category.__name__}: {str(w.message).strip()}"))
         except StkError as exc:
             result = FileResult(item.path, action=str(exc), failed=True, category="failed")
             failed += 1
@@ -990,12 +1446,40 @@ def _body(params) -> int:
                                                   f"traceback): {type(exc).__name__}: {exc}",
                                 failed=True, category="failed")
             failed += 1
-        _report(result)
+        _report(result, stack)
+        results.append(result)
         counts[result.category] = counts.get(result.category, 0) + 1
-    summary = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
-    logger.info("%d file(s): %s", len(files), summary)
-    if failed:
-        logger.error("%d of %d file(s) failed (the others were completed; see above)",
-                     failed, len(files))
-        return 1
-    return 0
+    return results, counts, failed
+
+
+def _existing_folders(outdir: Path) -> set:
+    """The folders at and under ``outdir`` before the run, and its existing ancestors."""
+    found = {str(p.resolve()) for p in Path(os.path.abspath(outdir)).parents if p.is_dir()}
+    if not outdir.is_dir():
+        return found
+    found.add(str(outdir.resolve()))
+    for root, dirs, _ in os.walk(outdir):
+        found.update(str(Path(root, d).resolve()) for d in dirs)
+    return found
+
+
+def _remove_new_empty_folders(outdir: Path, before: set) -> None:
+    """Copy mode: remove the folders this run created and left empty (a failed file's)."""
+    if not outdir.is_dir():
+        return
+    for root, _dirs, _files in os.walk(outdir, topdown=False):
+        path = Path(root)
+        if str(path.resolve()) in before:
+            continue
+        try:
+            path.rmdir()             # only succeeds when empty
+        except OSError:
+            pass
+    # the ancestors of outdir this run created (outdir=new/deep), when left empty
+    for parent in Path(os.path.abspath(outdir)).parents:
+        if str(parent) in before or not parent.is_dir():
+            break
+        try:
+            parent.rmdir()
+        except OSError:
+            break
