@@ -71,9 +71,9 @@ def test_a_failed_mixture_fit_is_scored_as_no_fit(bench):
     leg = bench.Leg(det=np.arange(n), src_xi=np.zeros(n), src_eta=np.zeros(n),
                     d_xi=r * np.cos(t), d_eta=r * np.sin(t), err_r0=sig, err_r1=sig,
                     err_ang=np.zeros(n), ref_sigra=np.zeros(n), ref_sigdec=np.zeros(n), cov=cov,
-                    is_true=np.zeros(n, bool), shift=np.zeros(2),
+                    cov_stated=cov, is_true=np.zeros(n, bool), shift=np.zeros(2),
                     density=n / (np.pi * bench.MATCH_RADIUS**2) * 3600.0,
-                    crb_var=np.array([np.inf, np.inf]))
+                    crb_var=np.array([np.inf, np.inf]), bright=np.zeros(n, bool))
     fit = bench.fit_mixture(leg.det, leg.d_xi, leg.d_eta, cov, density_per_arcmin2=leg.density,
                             match_radius_arcsec=bench.MATCH_RADIUS)
     assert fit.failure is not None

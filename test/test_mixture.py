@@ -556,3 +556,67 @@ def test_start_prior_argument_checked():
     with pytest.raises(FitError, match="start_prior_arcsec"):
         fit_mixture([0], [0.1], [0.1], np.eye(2)[None] * 0.01, density_per_arcmin2=1.0,
                     match_radius_arcsec=3.0, start_prior_arcsec=0.0)
+
+
+# ---------------------------------------------------------------------------- error calibration
+
+
+def _stack_with_wrong_errors(rng, n, *, floor=0.0, scale=1.0, shift=(0.25, -0.15)):
+    """n detections, stated 1-sigma 0.05-0.6" (circular), true = scale x stated (+) floor."""
+    from stk_astrometry.mixture import pair_covariance
+
+    sig = np.exp(rng.uniform(np.log(0.05), np.log(0.6), n))
+    r95 = sig * R95_PER_SIGMA
+    stated = pair_covariance(r95, r95, np.zeros(n))
+    true_sig = np.sqrt((scale * sig) ** 2 + floor**2)
+    d = np.asarray(shift) + rng.normal(size=(n, 2)) * true_sig[:, None]
+    return np.arange(n), d[:, 0], d[:, 1], stated
+
+
+@pytest.mark.parametrize("floor", [0.15, 0.3])
+def test_calibration_recovers_a_missing_floor(floor):
+    # issue 14: the floor missing from the stated errors is found by maximum likelihood
+    rng = np.random.default_rng(SEED + int(floor * 100))
+    fits = [fit_mixture(*_stack_with_wrong_errors(rng, 80, floor=floor),
+                        density_per_arcmin2=2.0, match_radius_arcsec=3.0, calibrate=True)
+            for _ in range(20)]
+    floors = np.array([f.sys_floor for f in fits])
+    scales = np.array([f.err_scale for f in fits])
+    assert all(f.calibrated and f.failure is None for f in fits)
+    assert abs(np.median(floors) - floor) < 0.3 * floor + 0.01, floors
+    assert abs(np.median(scales) - 1.0) < 0.15, scales
+
+
+def test_calibration_recovers_inflated_errors():
+    # CSC-like conservative ellipses: stated = 2.5 x true -> scale ~0.4, no floor
+    rng = np.random.default_rng(SEED + 7)
+    fits = [fit_mixture(*_stack_with_wrong_errors(rng, 80, scale=0.4),
+                        density_per_arcmin2=2.0, match_radius_arcsec=3.0, calibrate=True)
+            for _ in range(20)]
+    assert abs(np.median([f.err_scale for f in fits]) - 0.4) < 0.06
+    assert np.median([f.sys_floor for f in fits]) < 0.02
+
+
+def test_calibrated_sigma_follows_the_scatter():
+    # with a missing 0.2" floor the stated-error sigma is over-confident; calibrated it is not
+    rng = np.random.default_rng(SEED + 11)
+    err_cal, err_raw, sig_cal, sig_raw = [], [], [], []
+    for _ in range(60):
+        args = _stack_with_wrong_errors(rng, 40, floor=0.2)
+        for cal, errs, sigs in ((True, err_cal, sig_cal), (False, err_raw, sig_raw)):
+            f = fit_mixture(*args, density_per_arcmin2=2.0, match_radius_arcsec=3.0,
+                            calibrate=cal)
+            errs.append(f.d_xi - 0.25)
+            sigs.append(f.d_xi_err)
+    pull_cal = np.std(np.array(err_cal) / np.array(sig_cal))
+    pull_raw = np.std(np.array(err_raw) / np.array(sig_raw))
+    assert 0.8 < pull_cal < 1.25, pull_cal
+    assert pull_raw > 1.5, pull_raw
+
+
+def test_calibration_needs_enough_matches():
+    rng = np.random.default_rng(SEED + 3)
+    f = fit_mixture(*_stack_with_wrong_errors(rng, 4, floor=0.2), density_per_arcmin2=2.0,
+                    match_radius_arcsec=3.0, calibrate=True)
+    assert not f.calibrated and "not calibrated" in f.message
+    assert (f.err_scale, f.sys_floor) == (1.0, 0.0)

@@ -440,3 +440,36 @@ def test_empty_and_tiny_stacks():
     # A stack with more counterparts than its Gaia budget still has them all.
     sim = simulate_stack(SimConfig(ndet=30, gaia_frac=1.0, gaia_density=0.01), seed=SEED)
     assert np.all(np.isin(sim.truth.gaia_id[sim.truth.gaia_id >= 0], sim.gaia.source_id))
+
+
+# ------------------------------------------------------------------ wrong stated errors (issue 14)
+
+
+def test_default_error_options_change_nothing():
+    a = simulate_stack(SimConfig(ndet=60), seed=4)
+    b = simulate_stack(SimConfig(ndet=60, missing_floor_arcsec=0.0, stated_err_scale=1.0,
+                                 bright_outliers=0), seed=4)
+    assert np.array_equal(a.detections.xi_arcsec, b.detections.xi_arcsec)
+    assert np.array_equal(a.detections.err_r0_arcsec, b.detections.err_r0_arcsec)
+
+
+def test_missing_floor_and_scale_separate_stated_from_true_errors():
+    base = simulate_stack(SimConfig(ndet=200), seed=5)
+    sim = simulate_stack(SimConfig(ndet=200, missing_floor_arcsec=0.2, stated_err_scale=2.0),
+                         seed=5)
+    stated_sigma = sim.detections.err_r0_arcsec / SIGMA_TO_R95
+    # stated = 2 x the ellipse the noise was drawn from (without the missing floor)
+    assert np.allclose(stated_sigma, 2.0 * base.truth.sigma_major_arcsec)
+    assert np.allclose(sim.truth.sigma_major_arcsec, np.hypot(base.truth.sigma_major_arcsec, 0.2))
+    # the positions scatter by the true errors: the missing floor shows in the residuals
+    t = sim.truth
+    res = np.hypot(sim.detections.xi_arcsec - (t.true_xi_arcsec - t.d_xi_arcsec),
+                   sim.detections.eta_arcsec - (t.true_eta_arcsec - t.d_eta_arcsec))
+    bright = base.truth.sigma_major_arcsec < 0.15
+    assert np.sqrt(np.mean(res[bright] ** 2) / 2) > 0.17
+
+
+def test_bright_outliers_leave_the_crb():
+    base = simulate_stack(SimConfig(ndet=80), seed=6)
+    sim = simulate_stack(SimConfig(ndet=80, bright_outliers=3), seed=6)
+    assert sim.truth.n_crb == base.truth.n_crb - 3

@@ -759,3 +759,25 @@ def test_mixture_unavailable_falls_back_to_spec(tmp_path, rng, capsys, monkeypat
     assert "mixture estimator is not available" in err and "spec estimate is applied" in err
     hdr, _, _ = xfm_of(tmp_path / "x.fits")
     assert hdr["ESTIMATR"] == "spec" and "ALTEST" not in hdr
+
+
+def test_mixture_reports_its_fitted_error_model(tmp_path):
+    # issue 14: a stack whose stated errors omit a 0.25" floor; the mixture finds it and
+    # writes SYSERR/ERRSCALE to the transform and the diagnostics file; syserr=fixed does not
+    from astropy.io import fits
+    from stk_astrometry import api
+
+    sim = api.simulate_stack(tmp_path / "sim", seed=11, ndet=150, missing_floor=0.25,
+                             err_floor=0.0, products=False, gaia_frac=0.8)
+    f = sim.files
+    match = api.match_stack(f["det"], f["gaia"], wisefile=f["allwise"], bestnbfile=f["bestnb"])
+    fit = api.fit_stack(match, tmp_path / "xfm.fits", diagfile=tmp_path / "diag.fits",
+                        estimator="mixture")
+    h = fits.getheader(tmp_path / "xfm.fits", "STKXFM")
+    assert 0.15 < h["SYSERR"] < 0.35, h["SYSERR"]
+    assert fits.getheader(tmp_path / "diag.fits", 0)["SYSERR"] == h["SYSERR"]
+    fixed = api.fit_stack(match, tmp_path / "xfm2.fits", estimator="mixture", syserr="fixed")
+    h2 = fits.getheader(tmp_path / "xfm2.fits", "STKXFM")
+    assert (h2["SYSERR"], h2["ERRSCALE"]) == (0.0, 1.0)
+    # the calibrated sigma is larger: the floor is in it
+    assert fit.d_xi_err > 1.1 * fixed.d_xi_err

@@ -54,7 +54,7 @@ MATCH_DEFAULTS = {
 FIT_DEFAULTS = {
     "infile": "", "outfile": "", "outdetfile": "", "estimator": "spec", "loss": "cauchy",
     "f_scale": 1.0, "max_shift": 5.0, "min_group_matches": 3, "sys_floor": 0.0,
-    "include": "", "exclude": "", "diagfile": "", "qa_density": 100.0,
+    "syserr": "fit", "include": "", "exclude": "", "diagfile": "", "qa_density": 100.0,
     "qa_dense_nmatch": 10, "qa_max_shift": 1.0, "qa_few_matches": 3, "qa_theta": 5.0,
     "qa_counts": 15.0, "qa_few_shift": 0.5, "clobber": False,
 }
@@ -68,7 +68,8 @@ SIMULATE_DEFAULTS = {
     "shift_sigma": 0.25, "gaia_density": 2.0, "gaia_frac": 0.6, "null_pm_frac": 0.1,
     "high_pm_frac": 0.03, "epoch_gap": 10.0, "wise_density": 1.5, "wise_frac": 0.3,
     "wise_gaia_frac": 0.7, "multi_frac": 0.05, "clean_frac": 0.85, "wise_shift_xi": 0.0,
-    "wise_shift_eta": 0.0, "false_frac": 0.0, "match_radius": 3.0, "products": True,
+    "wise_shift_eta": 0.0, "false_frac": 0.0, "match_radius": 3.0, "err_floor": 0.1,
+    "missing_floor": 0.0, "err_scale": 1.0, "bright_outliers": 0, "products": True,
     "clobber": False,
 }
 
@@ -763,7 +764,7 @@ def _report_match(result, stackid):
 
 def fit_stack(pairs, outfile=None, *, outdetfile=None, diagfile=None, estimator="spec",
               loss="cauchy", f_scale=1.0, max_shift=5.0, min_group_matches=3, sys_floor=0.0,
-              include=None, exclude=None, qa_density=100.0, qa_dense_nmatch=10,
+              syserr="fit", include=None, exclude=None, qa_density=100.0, qa_dense_nmatch=10,
               qa_max_shift=1.0, qa_few_matches=3, qa_theta=5.0, qa_counts=15.0,
               qa_few_shift=0.5, clobber=False, history=None) -> FitResult:
     """Fit a stack's translation to the Gaia frame, as ``stk_xfm`` does.
@@ -792,7 +793,12 @@ def fit_stack(pairs, outfile=None, *, outdetfile=None, diagfile=None, estimator=
     min_group_matches : int
         Matched detections a separation group needs to compete.
     sys_floor : float
-        Systematic error added in quadrature, mixture only, arcsec.
+        Systematic error added in quadrature, mixture only, arcsec: fixed with
+        ``syserr='fixed'``, the smallest floor the fit may choose with ``syserr='fit'``.
+    syserr : {'fit', 'fixed'}
+        ``fit`` (default): the mixture fits a systematic floor and a scale on the stated
+        errors by maximum likelihood (SYSERR, ERRSCALE keywords); ``fixed``: it trusts the
+        stated errors plus ``sys_floor``.
     include, exclude : str or Path or sequence of int, optional
         An id-list file (formats.md §2c) or the detection ``region_id`` values to use exactly
         / to leave out (spec §5.7.1).
@@ -814,7 +820,8 @@ def fit_stack(pairs, outfile=None, *, outdetfile=None, diagfile=None, estimator=
     """
     given = dict(outfile=outfile, outdetfile=outdetfile, diagfile=diagfile,
                  estimator=estimator, loss=loss, f_scale=f_scale, max_shift=max_shift,
-                 min_group_matches=min_group_matches, sys_floor=sys_floor, include=include,
+                 min_group_matches=min_group_matches, sys_floor=sys_floor, syserr=syserr,
+                 include=include,
                  exclude=exclude, qa_density=qa_density, qa_dense_nmatch=qa_dense_nmatch,
                  qa_max_shift=qa_max_shift, qa_few_matches=qa_few_matches, qa_theta=qa_theta,
                  qa_counts=qa_counts, qa_few_shift=qa_few_shift, clobber=clobber)
@@ -857,6 +864,8 @@ def _check_fit_params(infile, p):
         raise ParameterError(f"min_group_matches must be >= 1, not {p['min_group_matches']}")
     if p["sys_floor"] is None or p["sys_floor"] < 0:
         raise ParameterError(f"sys_floor must be >= 0, not {p['sys_floor']}")
+    if p["syserr"] not in ("fit", "fixed"):
+        raise ParameterError(f"syserr must be fit or fixed, not {p['syserr']!r}")
     for name in ("qa_density", "qa_dense_nmatch", "qa_max_shift", "qa_few_matches", "qa_theta",
                  "qa_counts", "qa_few_shift"):
         if p[name] is None:
@@ -933,10 +942,10 @@ def _fit(pairs_in, p, history):
         f_scale=float(p["f_scale"]), max_shift=float(p["max_shift"]),
         min_group_matches=int(p["min_group_matches"]), use_groups=use_groups)
     spec = stackfit.spec_estimate(stack_fit)
-    stackfit.log_spec(stack_fit)
+    stackfit.log_spec(stack_fit, pin.stackid)
 
     mix = stackfit.mixture_or_none(pin, det_pairs, wise_gaia, sys_floor=p["sys_floor"],
-                                   max_shift=p["max_shift"])
+                                   max_shift=p["max_shift"], calibrate=p["syserr"] == "fit")
     applied, alternative = spec, mix
     if estimator == "mixture":
         if mix is not None and mix.ok:
@@ -998,6 +1007,7 @@ def _fit(pairs_in, p, history):
             dec_stack=pin.dec_stack, method=applied.method, estimator=applied.estimator,
             loss=loss, f_scale=p["f_scale"], total=total, n_match=applied.n_match,
             qa_flags=qa.flags, qa_reason=qa.reason, n_eff=applied.n_eff,
+            error_model=mix.error_model if mix is not None and mix.ok else None,
             alternative=((alternative.estimator, alternative.total)
                          if with_alternative and alt_ok else None))
 
@@ -1011,7 +1021,8 @@ def _fit(pairs_in, p, history):
         detcorr.write_detcorr(outdet, cols, keywords(False), hist, clobber=clobber)
     if diagfile:
         used, p_true = _diag_columns(pin, np.flatnonzero(mask), spec, mix)
-        diag.write_diag(diagfile, pin, used, p_true, hist, clobber=clobber)
+        diag.write_diag(diagfile, pin, used, p_true, hist, clobber=clobber,
+                        keywords=[k for k in keywords(False) if k[0] in ("SYSERR", "ERRSCALE")])
 
     from stk_astrometry.wcsupdate import transform_id
 

@@ -146,6 +146,9 @@ class SimConfig:
     shift_eta_arcsec: float | None = None
     shift_sigma_arcsec: float = 0.25
     err_floor_arcsec: float = 0.1
+    missing_floor_arcsec: float = 0.0
+    stated_err_scale: float = 1.0
+    bright_outliers: int = 0
     gaia_density: float = 2.0
     gaia_frac: float = 0.6
     null_pm_frac: float = 0.1
@@ -176,9 +179,12 @@ class SimConfig:
         if not -90.0 <= self.dec_stack_deg <= 90.0:
             raise ParameterError(f"dec_stack={self.dec_stack_deg}: must be within [-90, 90]")
         for name in ("gaia_density", "wise_density", "shift_sigma_arcsec", "match_radius_arcsec",
-                     "margin_arcmin", "err_floor_arcsec"):
+                     "margin_arcmin", "err_floor_arcsec", "missing_floor_arcsec",
+                     "bright_outliers"):
             if not getattr(self, name) >= 0:
                 raise ParameterError(f"{name}={getattr(self, name)}: must be >= 0")
+        if not self.stated_err_scale > 0:
+            raise ParameterError(f"stated_err_scale={self.stated_err_scale}: must be > 0")
         for name in ("gaia_frac", "null_pm_frac", "high_pm_frac", "wise_frac", "wise_gaia_frac",
                      "multi_frac", "clean_frac", "false_frac", "marginal_frac",
                      "false_class_frac", "sat_frac", "hull_frac", "man_inc_frac"):
@@ -464,6 +470,10 @@ def simulate_stack(config=None, *, rng=None, seed=None):
     g1, g2 = rng.standard_normal(n), rng.standard_normal(n)
     noise_xi = sig_a * g1 * np.sin(pa_rad) + sig_b * g2 * np.cos(pa_rad)
     noise_eta = sig_a * g1 * np.cos(pa_rad) - sig_b * g2 * np.sin(pa_rad)
+    if cfg.missing_floor_arcsec > 0:
+        # issue 14: a systematic error the stated errors do not carry
+        noise_xi = noise_xi + cfg.missing_floor_arcsec * rng.standard_normal(n)
+        noise_eta = noise_eta + cfg.missing_floor_arcsec * rng.standard_normal(n)
     det_xi = true_xi - d_xi + noise_xi
     det_eta = true_eta - d_eta + noise_eta
 
@@ -504,6 +514,16 @@ def simulate_stack(config=None, *, rng=None, seed=None):
     pm_eta_cp = np.nan_to_num(pmdec_all[:n_cp]) * 1e-3 * cfg.epoch_gap_yr
     g_xi_cp = true_xi[icp] + pm_xi_cp
     g_eta_cp = true_eta[icp] + pm_eta_cp
+    outlier = np.zeros(n_cp, bool)
+    if cfg.bright_outliers and n_cp:
+        # issue 14: the brightest counterparts replaced by a real-looking wrong source
+        # 0.5-1.5" away (a blend, a wrong identification)
+        k = min(int(cfg.bright_outliers), n_cp)
+        outlier[np.argsort(-counts[icp], kind="stable")[:k]] = True
+        mag = rng.uniform(0.5, 1.5, k)
+        ang = rng.uniform(0.0, 2.0 * np.pi, k)
+        g_xi_cp[outlier] += mag * np.sin(ang)
+        g_eta_cp[outlier] += mag * np.cos(ang)
     r_pl = cfg.match_radius_arcsec * np.sqrt(rng.random(n_pl))
     a_pl = rng.random(n_pl) * 2.0 * np.pi
     # A planted source is uniform within match_radius of the detected position as given
@@ -624,8 +644,11 @@ def simulate_stack(config=None, *, rng=None, seed=None):
         pm_ok = ~(pm_tot > HIGH_PM_MASYR)  # NaN (null) passes
         # Separation as stk_match sees it: detected position vs Gaia position, both as given.
         sep_obs = np.hypot(g_xi_cp - det_xi[icp], g_eta_cp - det_eta[icp])
-        in_crb[icp] = passes[icp] & pm_ok & (sep_obs <= cfg.match_radius_arcsec)
-    crb_xi, crb_eta, crb_iso = crb_from_ellipses(sig_a[in_crb], sig_b[in_crb], pa[in_crb])
+        in_crb[icp] = passes[icp] & pm_ok & (sep_obs <= cfg.match_radius_arcsec) & ~outlier
+    # the true errors (the stated ones are written below, scaled by stated_err_scale)
+    true_a = np.hypot(sig_a, cfg.missing_floor_arcsec)
+    true_b = np.hypot(sig_b, cfg.missing_floor_arcsec)
+    crb_xi, crb_eta, crb_iso = crb_from_ellipses(true_a[in_crb], true_b[in_crb], pa[in_crb])
 
     # Densities as stk_match counts them: every source of the cone table within r_stack.
     n_gaia_in = int(np.count_nonzero(np.hypot(g_xi, g_eta) <= r_stack_as))
@@ -635,7 +658,8 @@ def simulate_stack(config=None, *, rng=None, seed=None):
     detections = Detections(
         region_id=np.arange(1, n + 1, dtype=np.int32),
         ra_deg=det_ra, dec_deg=det_dec, xi_arcsec=det_xi, eta_arcsec=det_eta,
-        err_r0_arcsec=SIGMA_TO_R95 * sig_a, err_r1_arcsec=SIGMA_TO_R95 * sig_b,
+        err_r0_arcsec=SIGMA_TO_R95 * cfg.stated_err_scale * sig_a,
+        err_r1_arcsec=SIGMA_TO_R95 * cfg.stated_err_scale * sig_b,
         err_ang_deg=pa, theta_arcmin=theta, src_cnts=counts,
         likelihood_class=lclass, sat_src_flag=sat, conv_hull=hull, man_inc=man_inc,
     )
@@ -659,7 +683,7 @@ def simulate_stack(config=None, *, rng=None, seed=None):
         crb_xi_arcsec=crb_xi, crb_eta_arcsec=crb_eta, crb_iso_arcsec=crb_iso,
         n_crb=int(in_crb.sum()),
         true_xi_arcsec=true_xi, true_eta_arcsec=true_eta, true_ra_deg=true_ra, true_dec_deg=true_dec,
-        sigma_major_arcsec=sig_a, sigma_minor_arcsec=sig_b,
+        sigma_major_arcsec=true_a, sigma_minor_arcsec=true_b,
         gaia_id=gaia_id, wise_id=wise_id, false_gaia_id=false_id,
         passes_filters=passes, in_crb=in_crb,
         n_gaia_in_rstack=n_gaia_in, n_wise_in_rstack=n_wise_in,

@@ -86,6 +86,7 @@ class Estimate:
     ref_p: np.ndarray | None = None
     extra_nomatch: str | None = None
     n_eff: float | None = None
+    error_model: tuple | None = None     # mixture: (SYSERR arcsec, ERRSCALE) of the det leg
 
     @property
     def total(self) -> Component:
@@ -118,14 +119,15 @@ def spec_estimate(fit: xfmfit.StackFit) -> Estimate:
 
 
 def run_mixture(pin, det_pairs: xfmfit.PairSet, wise_gaia: xfmfit.PairSet, *,
-                 sys_floor, max_shift) -> Estimate:
+                 sys_floor, max_shift, calibrate=True) -> Estimate:
     """All of the wiring of the mixture estimator (issue 7).
 
     Direct path: one mixture fit of the detection-Gaia pairs at DENSGAIA.  Two-step path: the
     detection→ALLWISE leg at DENSWISE and the ALLWISE→Gaia leg on the one-to-one pairs at
     DENSGAIA; the total is their sum, their covariances add.  Pair covariances are the full
-    ellipses (:func:`stk_astrometry.mixture.pair_covariance`), the systematic ``sys_floor``
-    added in quadrature.
+    ellipses (:func:`stk_astrometry.mixture.pair_covariance`).  ``calibrate`` (``syserr=fit``,
+    the default): each leg fits a scale and a systematic floor (at least ``sys_floor``) on the
+    stated errors (issue 14); otherwise ``sys_floor`` is added in quadrature as given.
     """
     from stk_astrometry import mixture
 
@@ -150,7 +152,7 @@ def run_mixture(pin, det_pairs: xfmfit.PairSet, wise_gaia: xfmfit.PairSet, *,
         return mixture.fit_mixture(src, pairs.d_xi, pairs.d_eta, cov,
                                    density_per_arcmin2=density or 0.0,
                                    match_radius_arcsec=radius, systematic_arcsec=sys_floor,
-                                   max_shift_arcsec=max_shift)
+                                   max_shift_arcsec=max_shift, calibrate=calibrate)
 
     def component(name, fit, pairs):
         if fit.failure is not None:
@@ -171,11 +173,14 @@ def run_mixture(pin, det_pairs: xfmfit.PairSet, wise_gaia: xfmfit.PairSet, *,
     ok1 = fit1.failure is None
     n_match = round(fit1.n_eff) if ok1 else 0
     message1 = fit1.message if ok1 else f"{fit1.failure}; {fit1.message}"
+    model = (fit1.sys_floor, fit1.err_scale) if ok1 else None
+    _check_error_model(pin, fit1, "detection leg")
     if pin.method == "direct":
         c = component("TOTAL", fit1, det_pairs)
         return Estimate("mixture", "direct", (c,), n_match, ok1, message1,
-                        det_p=fit1.membership, n_eff=fit1.n_eff)
+                        det_p=fit1.membership, n_eff=fit1.n_eff, error_model=model)
     fit2 = leg_fit(wise_gaia, pin.dens_gaia, one_to_one=True)
+    _check_error_model(pin, fit2, "ALLWISE->Gaia leg")
     c1 = component("DET_TO_WISE", fit1, det_pairs)
     c2 = component("WISE_TO_GAIA", fit2, wise_gaia)
     ok2 = fit2.failure is None
@@ -201,7 +206,34 @@ def run_mixture(pin, det_pairs: xfmfit.PairSet, wise_gaia: xfmfit.PairSet, *,
     return Estimate("mixture", "twostep", (total, c1, c2), n_match, ok,
                     f"{message1} | ALLWISE->Gaia leg: {message2}",
                     det_p=fit1.membership, ref_p=fit2.membership, extra_nomatch=extra,
-                    n_eff=fit1.n_eff)
+                    n_eff=fit1.n_eff, error_model=model)
+
+
+#: Fitted error models outside these ranges are reported as implausible (issue 14).
+PLAUSIBLE_ERR_SCALE = (1.0 / 3.0, 3.0)
+PLAUSIBLE_SYSERR = 0.5      # arcsec
+
+
+def _check_error_model(pin, fit, leg):
+    """Log the mixture's fitted error model; warn, naming the stack, when it is implausible."""
+    if fit.failure is not None or not fit.calibrated:
+        return
+    stack = pin.stackid or "(unnamed stack)"
+    logger.info("mixture %s: errors calibrated: scale %.2f on the stated errors, systematic "
+                "floor %.3f\"", leg, fit.err_scale, fit.sys_floor)
+    why = []
+    lo, hi = PLAUSIBLE_ERR_SCALE
+    if fit.err_scale < lo:
+        why.append(f"the stated errors look {1 / fit.err_scale:.1f}x larger than the scatter "
+                   f"(scale {fit.err_scale:.2f})")
+    elif fit.err_scale > hi:
+        why.append(f"the stated errors look {fit.err_scale:.1f}x smaller than the scatter")
+    if fit.sys_floor > PLAUSIBLE_SYSERR:
+        why.append(f"a systematic floor of {fit.sys_floor:.2f}\" is needed")
+    if why:
+        logger.warning("stack %s, mixture %s: %s; check the detections' error columns and the "
+                       "pairs (a wrong error convention, or many wrong counterparts)", stack, leg,
+                       " and ".join(why))
 
 
 def disagreement(a: Component, b: Component) -> float | None:
@@ -236,7 +268,7 @@ def corrected_detections(pin, d_xi, d_eta) -> dict:
             "dec_corr": dec_corr, "xi_corr": xi_corr, "eta_corr": eta_corr}
 
 
-def log_spec(fit: xfmfit.StackFit):
+def log_spec(fit: xfmfit.StackFit, stackid=None):
     leg = fit.det_leg
     if leg is None:
         logger.warning("METHOD = 'none': no matches (spec 5.5.5); identity transform")
@@ -259,21 +291,26 @@ def log_spec(fit: xfmfit.StackFit):
     for note in fit.notes:
         logger.warning("%s", note)
     if leg.fit is not None and leg.fit.implausible:
-        logger.warning("the residual scatter of the %d pairs (%d detections) is implausibly "
-                       "small for their stated errors (identical or duplicated offsets?); the "
-                       "reported errors are the formal ones from the stated errors",
-                       leg.n_used, leg.fit.n_clusters)
+        f = leg.fit
+        ratio = f.scatter_ratio
+        cause = ("the offsets are all but identical (duplicated rows?)" if not ratio > 0.01
+                 else f"the scatter is {1.0 / ratio:.1f}x smaller than the stated errors: they "
+                      "look conservative (as CSC's error ellipses can be)")
+        logger.warning("stack %s: the residual scatter of the %d pairs (%d detections) is "
+                       "implausibly small for their stated errors: %s; the reported errors "
+                       "are the formal ones from the stated errors (conservative)",
+                       stackid or "(unnamed stack)", leg.n_used, f.n_clusters, cause)
     if leg.fit is not None and leg.fit.at_bound:
         logger.warning("the fitted shift sits on the max_shift bound")
 
 
-def mixture_or_none(pin, det_pairs, wise_gaia, *, sys_floor, max_shift):
+def mixture_or_none(pin, det_pairs, wise_gaia, *, sys_floor, max_shift, calibrate=True):
     """Run the mixture estimator; None (with a warning) if it cannot run."""
     from stk_astrometry.errors import FitError
 
     try:
         mix = run_mixture(pin, det_pairs, wise_gaia, sys_floor=float(sys_floor),
-                          max_shift=float(max_shift))
+                          max_shift=float(max_shift), calibrate=calibrate)
     except ImportError as exc:
         logger.warning("the mixture estimator is not available (%s)", exc)
         return None

@@ -63,9 +63,13 @@ detection's own ellipse anyway); m = the number of detections:
   from so few detections is too often small by chance (at m = 5 without this floor: pull std
   1.2, |pull| > 3 in 2.4 % of seeded stacks; with it 0.85 and < 0.3 %);
 - m >= 10: V stands unless an eigenvalue is implausibly small for the stated errors (below the
-  0.1 % quantile of chi2(nu)/nu times V0, nu = 2(m-1)), which signals degenerate input (e.g.
-  identical offsets); that eigenvalue is then raised to V0.  The same test, from m >= 5, sets
-  ``TranslationFit.implausible`` (the tool's warning).
+  0.1 % quantile of chi2(nu)/nu times V0, nu = 2(m-1)); that eigenvalue is then raised to V0.
+  The cause is either degenerate input (identical offsets) or, on real catalogs, stated
+  errors that are conservative (CSC's ellipses can be 1.5-3x the scatter): the reported
+  sigma is then conservative too.  Keeping the scatter instead was measured (issue 14) and
+  dropped: a chance-small scatter at m = 10-20 then gives heavy-tailed pulls (std 1.16 at
+  m = 12 with three candidates per detection).  The same test, from m >= 5, sets
+  ``TranslationFit.implausible`` (the tool's warning, which names the likely cause).
 
 A hard floor at V0 for every m was rejected: with correctly stated errors it biases the
 reported sigma 10-20 % high at m = 10-20 (seeded simulations), while the rule above keeps the
@@ -278,8 +282,12 @@ class TranslationFit:
         among the pairs used; ``n_used`` when no clusters were given.
     implausible : bool
         With >= 5 detections, the residual scatter is implausibly small for the stated errors
-        (below the 0.1 % quantile of chi2(nu)/nu times the formal variance): degenerate input
-        such as identical or duplicated offsets.  The errors are then the formal ones.
+        (below the 0.1 % quantile of chi2(nu)/nu times the formal variance): the stated errors
+        are conservative (CSC's error ellipses can be), or, when the scatter is below 1 % of
+        them, the offsets are all but identical (then the errors are the formal ones).
+    scatter_ratio : float
+        sqrt(smallest eigenvalue of the scatter covariance / formal variance): the scatter
+        in units of the stated errors (NaN when not computed).
     """
 
     d_xi: float
@@ -297,6 +305,7 @@ class TranslationFit:
     nfev: int = 0
     n_clusters: int = 0
     implausible: bool = False
+    scatter_ratio: float = float("nan")
 
 
 def _rho(z: np.ndarray, loss: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -614,12 +623,12 @@ def _covariance(p, d_xi, d_eta, w, var1, loss, f_scale, cluster=None):
         info = np.maximum.reduceat(info[order], starts)
     formal_var = 1.0 / np.sum(info)
     if m <= 2:
-        return formal_var * np.eye(2), "formal", m, False
+        return formal_var * np.eye(2), "formal", m, False, float("nan")
     _, _, hess, (ex, ey, rho1) = _objective(p, d_xi, d_eta, w, loss, f_scale)
     v = w * rho1
     vsum = np.sum(v)
     if not vsum > 0:
-        return formal_var * np.eye(2), "formal", m, False
+        return formal_var * np.eye(2), "formal", m, False, float("nan")
     if _newton_step(np.zeros(2), hess) is None:          # not positive definite
         hess = vsum * np.eye(2)
     lev = np.minimum(per_cluster(v) / vsum, _MAX_LEVERAGE)
@@ -639,7 +648,8 @@ def _covariance(p, d_xi, d_eta, w, var1, loss, f_scale, cluster=None):
     threshold = formal_var if m < _SMALL_SAMPLE else implausible_var
     cov = _raise_eigenvalues(sandwich, threshold, formal_var)
     raised = smallest < threshold
-    return cov, ("formal" if raised else "scatter"), m, implausible
+    ratio = float(np.sqrt(max(smallest, 0.0) / formal_var))
+    return cov, ("formal" if raised else "scatter"), m, implausible, ratio
 
 
 def fit_translation(src_xi, src_eta, ref_xi, ref_eta, weights, *, loss="cauchy", f_scale=1.0,
@@ -706,8 +716,8 @@ def fit_translation(src_xi, src_eta, ref_xi, ref_eta, weights, *, loss="cauchy",
 
     p, how, nfev, ls_ok = _minimise(d_xi, d_eta, w, loss, f_scale, max_shift, solver)
     at_bound = bool(np.any(np.abs(p) >= max_shift * (1.0 - 1e-9)))
-    cov, source, n_clusters, implausible = _covariance(p, d_xi, d_eta, w, var1, loss, f_scale,
-                                                       cluster)
+    cov, source, n_clusters, implausible, ratio = _covariance(p, d_xi, d_eta, w, var1, loss,
+                                                              f_scale, cluster)
     message = how
     if at_bound:
         message += f"; shift at the bound ±{max_shift:g}\""
@@ -719,7 +729,7 @@ def fit_translation(src_xi, src_eta, ref_xi, ref_eta, weights, *, loss="cauchy",
         cov_xi_eta=float(cov[0, 1]), cov=cov, n_used=n, n_dropped=n_dropped,
         success=ls_ok, at_bound=at_bound, message=message + dropped,
         error_source=source, nfev=nfev, n_clusters=n_clusters,
-        implausible=implausible)
+        implausible=implausible, scatter_ratio=ratio)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ CONTENT = "STKXFMDIAG"
 HDUS = PAIR_HDUS + ("WISE_GAIA",)
 
 
-def build_diag_hdul(pairs, used, p_true):
+def build_diag_hdul(pairs, used, p_true, keywords=()):
     """The diagnostics file: primary + the pair HDUs with ``used_spec`` and ``p_true``.  No I/O.
 
     Parameters
@@ -31,11 +31,15 @@ def build_diag_hdul(pairs, used, p_true):
     pairs : stk_astrometry.formats.pairs.Pairs
     used, p_true : dict
         HDU name -> bool / float array over its rows (missing: all False / NaN).
+    keywords : sequence of (name, value, comment)
+        Primary-header keywords (the mixture's fitted error model: SYSERR, ERRSCALE).
     """
     from astropy.io import fits
 
     out = [fits.PrimaryHDU()]
     out[0].header["CONTENT"] = (CONTENT, "stk_xfm diagnostics: pairs used")
+    for name, value, comment in keywords:      # e.g. SYSERR, ERRSCALE of the mixture
+        out[0].header[name] = (value, comment)
     for name in HDUS:
         n = pairs.n_rows(name)
         cols = dict(pairs.tables[name])
@@ -57,11 +61,12 @@ def build_diag_hdul(pairs, used, p_true):
     return fits.HDUList(out)
 
 
-def write_diag(path, pairs, used, p_true, history, *, clobber=False):
-    """Write the diagnostics file atomically, stamped with ``history``."""
+def write_diag(path, pairs, used, p_true, history, *, clobber=False, keywords=()):
+    """Write the diagnostics file atomically, stamped with ``history``; ``keywords`` (name,
+    value, comment) go to the primary header."""
     from stk_astrometry.fitsutil import write_fits
 
-    write_fits(build_diag_hdul(pairs, used, p_true), path, history, clobber=clobber)
+    write_fits(build_diag_hdul(pairs, used, p_true, keywords), path, history, clobber=clobber)
 
 
 @dataclass(frozen=True, eq=False)

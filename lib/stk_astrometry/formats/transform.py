@@ -108,7 +108,7 @@ def transform_columns(components, *, instrument, ra_ref, dec_ref) -> dict:
 
 def transform_keywords(*, stackid, instrument, ra_stack, dec_stack, method, estimator, loss,
                        f_scale, total, n_match, qa_flags, qa_reason, n_eff=None,
-                       alternative=None) -> list:
+                       alternative=None, error_model=None) -> list:
     """The summary keywords of a transform (and corrected-detections) file.  Pure.
 
     Parameters
@@ -119,6 +119,9 @@ def transform_keywords(*, stackid, instrument, ra_stack, dec_stack, method, esti
         Mixture only: its effective number of true matches (``NEFF``).
     alternative : (str, Component), optional
         The estimator not applied and its TOTAL (``ALTEST``, ``ALTDXI``, ``ALTDETA``).
+    error_model : (float, float), optional
+        The mixture's error model of the detection leg (issue 14): the systematic floor
+        sigma_sys (``SYSERR``, arcsec) and the scale on the stated errors (``ERRSCALE``).
 
     Returns
     -------
@@ -146,6 +149,11 @@ def transform_keywords(*, stackid, instrument, ra_stack, dec_stack, method, esti
     ]
     if n_eff is not None:
         keys.append(("NEFF", header_value(n_eff), "mixture: effective number of true matches"))
+    if error_model is not None:
+        keys += [("SYSERR", header_value(error_model[0]),
+                  "[arcsec] mixture: fitted systematic floor"),
+                 ("ERRSCALE", header_value(error_model[1]),
+                  "mixture: fitted scale on stated errors")]
     if alternative is not None:
         name, alt = alternative
         keys += [("ALTEST", name, "the other estimator (not applied)"),

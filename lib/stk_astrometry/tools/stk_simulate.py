@@ -56,10 +56,15 @@ _PARAM_TO_CONFIG = {
     "wise_shift_eta": "wise_shift_eta_arcsec",
     "false_frac": "false_frac",
     "match_radius": "match_radius_arcsec",
+    "err_floor": "err_floor_arcsec",
+    "missing_floor": "missing_floor_arcsec",
+    "err_scale": "stated_err_scale",
+    "bright_outliers": "bright_outliers",
 }
 #: Parameters that may not be INDEF.
 _REQUIRED = ("ra_stack", "dec_stack", "ndet", "r_stack", "shift_sigma", "gaia_density",
-             "wise_density", "epoch_gap", "wise_shift_xi", "wise_shift_eta", "match_radius")
+             "wise_density", "epoch_gap", "wise_shift_xi", "wise_shift_eta", "match_radius",
+             "err_floor", "missing_floor", "err_scale", "bright_outliers")
 
 
 def main(argv=None) -> int:

@@ -20,7 +20,7 @@ from stk_astrometry.runner import run_tool
 TOOL = "stk_xfm"
 
 _FIT_KEYWORDS = ("outdetfile", "diagfile", "estimator", "loss", "f_scale", "max_shift",
-                 "min_group_matches", "sys_floor", "include", "exclude", "qa_density",
+                 "min_group_matches", "sys_floor", "syserr", "include", "exclude", "qa_density",
                  "qa_dense_nmatch", "qa_max_shift", "qa_few_matches", "qa_theta", "qa_counts",
                  "qa_few_shift", "clobber")
 
