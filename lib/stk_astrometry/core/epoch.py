@@ -23,10 +23,10 @@ __all__ = ["DEFAULT_PM_DISPERSION", "GAIA_EPOCHS", "propagate", "position_sigma"
 
 #: Proper-motion dispersion (mas/yr, per coordinate) assumed for a reference source without a
 #: proper motion.  Gaia's two-parameter solutions are faint (mostly G > 19.5) and so mostly
-#: distant: halo and thick-disc stars 2-10 kpc away (a few mas/yr) and galaxies/QSOs (0).
-#: 5 mas/yr per coordinate is the typical spread of the five-parameter solutions at G ~ 19-20
-#: at intermediate latitude (Gaia DR3 documentation, Lindegren et al. 2021 fig. 13); the
-#: ``pm_disp`` parameter changes it.
+#: distant: halo and thick-disc stars several kpc away (a few mas/yr) and galaxies/QSOs (0).
+#: 5 mas/yr per coordinate is a round estimate of the spread of faint field stars' proper
+#: motions away from the Galactic plane (stk_simpop draws 6); it is a judgement, not a fit to
+#: Gaia's two-parameter sources, and the ``pm_disp`` parameter changes it.
 DEFAULT_PM_DISPERSION = 5.0
 
 #: Reference epochs of the Gaia releases (Julian years).
