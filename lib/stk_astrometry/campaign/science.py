@@ -874,3 +874,24 @@ def insert_into_index(folder, fragment, *, name="index.html"):
     with atomic_path(page_path) as tmp:
         Path(tmp).write_text(page, encoding="utf-8")
     return page_path
+
+
+def summary_lines(rep):
+    """A few lines for the terminal: the headline numbers of the science report."""
+    h = rep.headline
+    lines = []
+    if "qa_fraction" in h:
+        lines.append(f"Science: QA {h['qa_fraction']:.1%} of {h['n_stacks']} stacks "
+                     f"(limit {QA_LIMIT_FRACTION:.0%})")
+    if "overlap_outlying_n" in h:
+        lines.append(f"Science: between-stack pairs beyond their errors: "
+                     f"{h['overlap_outlying_improved']:.1%} improved, "
+                     f"{h['overlap_outlying_worsened']:.1%} worsened "
+                     f"({h['overlap_outlying_n']} pairs)")
+    if "sigma_sys" in h:
+        inj = h.get("sys_injected", math.nan)
+        lines.append(f"Science: absolute systematic (5.5.7) {h['sigma_sys']:.3f}\" per axis "
+                     f"[{h['sigma_sys_lo']:.3f}, {h['sigma_sys_hi']:.3f}], 95 % radius "
+                     f"{h['r95_sys']:.3f}\"" + (f" (injected {inj:.3f}\")"
+                                                 if math.isfinite(inj) else ""))
+    return lines
