@@ -49,8 +49,14 @@ def _body(params, yaml_files, argv):
         raise ParameterError("outdir is blank: give the campaign folder")
     folder = Path(outdir).expanduser()
     verbose = int(params["verbose"])
+    truthfile = (params["truthfile"] or "").strip()
+    if truthfile and not params["science"]:
+        raise ParameterError("truthfile is given but science=no: set science=yes")
+    if truthfile and not Path(truthfile).is_file():
+        raise ParameterError(f"truthfile={truthfile} does not exist")
     if params["action"] == "report":
         driver.report_only(folder, plots=params["plots"], verbose=verbose)
+        _science(folder, params)
         return 0
 
     from ..campaign.settings import load_step_settings
@@ -65,4 +71,26 @@ def _body(params, yaml_files, argv):
         detcorr=params["detcorr"], plots=params["plots"], verbose=verbose,
         progress_interval=float(params["progress_interval"]),
         command=" ".join([TOOLNAME, *argv]))
+    _science(folder, params)
     return 0
+
+
+def _science(folder: Path, params) -> None:
+    """science=yes: the campaign science report (spec 6, 5.5.7) into the folder and its page."""
+    truthfile = (params["truthfile"] or "").strip()
+    if not params["science"]:
+        return
+    import logging
+
+    from ..campaign import science
+    from ..campaign.driver import DB_NAME, TABLE_NAME
+    from ..formats.campaign import read_campaign_table
+
+    log = logging.getLogger("stk_astrometry.stk_batch")
+    records = read_campaign_table(folder / TABLE_NAME)
+    inputs = science.stack_inputs_from_database(folder / DB_NAME)
+    fragment, rep = science.run_science(folder, records, inputs, truthfile=truthfile or None,
+                                        log=log)
+    science.insert_into_index(folder, fragment)
+    for line in science.summary_lines(rep):
+        log.info("%s", line)
