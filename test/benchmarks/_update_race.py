@@ -138,6 +138,7 @@ REFERENCE_STATES = {
     "AI": ("A", "A", ("inverse=yes",)),
     "AIA": ("AI", "A", ()),
 }
+#: (for kill_and_rerun's start='AI': the state A gives from AI is AIA)
 
 
 #: scenario -> (start state, run 1 (transform, extra args), run 2, states a file may end
@@ -228,17 +229,32 @@ class KillOutcome:
     journals_seen: int = 0
 
 
-def kill_and_rerun(world: World, trial: int, delay: float, *, fault: str = "") -> KillOutcome:
-    """Kill an in-place run (A) after ``delay`` s; check every file; rerun; check debris."""
+def kill_and_rerun(world: World, trial: int, delay: float, *, fault: str = "",
+                   start: str = "orig") -> KillOutcome:
+    """Kill an in-place run (A) after ``delay`` s; check every file; rerun; check debris.
+
+    ``start``: 'orig' (a fresh tree: every header grows, so every file is rewritten by
+    temp + rename) or 'AI' (A applied and undone: the headers have room, so most files
+    are patched in place under a journal); the run must leave each file in the start
+    state or in the state A gives from there.  With ``fault`` (the fault hook, e.g.
+    'journal:30') the kill waits for a journal to appear, so it lands inside a journal
+    window.
+    """
     from stk_astrometry import fitsedit
 
+    old_state, new_state = (start, "A") if start == "orig" else (start, start + "A")
     work = world.root / f"kill_{trial}"
-    _start_state(world, "orig", work)
+    _start_state(world, start, work)
     env = dict(world.env)
     if fault:
         env[fitsedit.FAULT_ENV] = fault
     proc = subprocess.Popen(argv(work, world.xfm["A"]), env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
+    if fault:
+        t0 = time.monotonic()
+        while (not any(work.rglob("*" + fitsedit.JOURNAL_SUFFIX))
+               and time.monotonic() - t0 < 300 and proc.poll() is None):
+            time.sleep(0.02)
     time.sleep(delay)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
@@ -255,7 +271,7 @@ def kill_and_rerun(world: World, trial: int, delay: float, *, fault: str = "") -
         except Exception as exc:  # noqa: BLE001
             out.corrupt.append(f"{rel} (after the kill): {type(exc).__name__}: {exc}")
             continue
-        if sig not in (world.states["orig"].get(rel), world.states["A"].get(rel)):
+        if sig not in (world.states[old_state].get(rel), world.states[new_state].get(rel)):
             out.corrupt.append(f"{rel} (after the kill): neither wholly old nor wholly new")
     rerun = subprocess.run(argv(work, world.xfm["A"]), env=world.env, capture_output=True,
                            timeout=900)
@@ -270,7 +286,7 @@ def kill_and_rerun(world: World, trial: int, delay: float, *, fault: str = "") -
         except Exception as exc:  # noqa: BLE001
             out.corrupt.append(f"{rel} (after the rerun): {type(exc).__name__}: {exc}")
             continue
-        if sig != world.states["A"].get(rel):
+        if sig != world.states[new_state].get(rel):
             out.corrupt.append(f"{rel} (after the rerun): not the updated version")
     shutil.rmtree(work, ignore_errors=True)
     return out

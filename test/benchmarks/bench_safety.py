@@ -80,10 +80,15 @@ def bench_kills(world, n_kills: int):
     shutil.rmtree(work)
     corrupt = debris = bad_rerun = journals = 0
     for i in range(n_kills):
+        # half the kills on a fresh tree (every file rewritten: temp + rename), half on a
+        # tree with room in its headers (patched in place under journals); every fifth held
+        # inside a journal window by the fault hook
+        start = "orig" if i % 2 == 0 else "AI"
         if i % 5 == 4:
-            o = race.kill_and_rerun(world, i, 0.0, fault="journal:30")
+            o = race.kill_and_rerun(world, i, 0.0, fault="journal:30", start="AI")
         else:
-            o = race.kill_and_rerun(world, i, float(rng.uniform(0.3, max(t_full, 0.6))))
+            o = race.kill_and_rerun(world, i, float(rng.uniform(0.3, max(t_full, 0.6))),
+                                    start=start)
         corrupt += len(o.corrupt)
         debris += len(o.debris)
         bad_rerun += o.rerun_status != 0
