@@ -674,7 +674,12 @@ def _plots(rep, folder):
                                                          - s[ok]], fmt="o", color="#4878a8")
         inj = rep.headline.get("sys_injected", math.nan)
         if math.isfinite(inj):
-            ax.axhline(inj, color="k", ls=":", label=f"injected {inj:.3f}\"")
+            ax.axhline(inj, color="k", ls=":", label=f"injected {inj:.3f}\" per detection")
+            target = np.array([r["expected"] for r in rep.tables.get("ABSERR", ())
+                               if str(r["group"]).startswith("theta=")], float)
+            if target.size == len(mids) and np.isfinite(target).any():
+                ax.plot(mids, target, "kx", ms=8,
+                        label="target: true errors over the stated ones")
             ax.legend(fontsize=8)
         ax.set_xlabel("off-axis angle (arcmin)")
         ax.set_ylabel("sigma_sys (arcsec)")
