@@ -216,3 +216,8 @@ def test_simulate_stack_matches_the_tool(tmp_path):
     for path in r.files.values():
         _same_as_golden(path, tmp_path / "b" / Path(path).name)
     assert r.products == () and r.seed == 7 and np.isfinite(r.crb_xi)
+
+
+def test_sep_bins_accept_commas_and_blanks():
+    assert api.parse_sep_bins("1,2,3") == (1.0, 2.0, 3.0)
+    assert api.parse_sep_bins(" 0.5 1.5, 3 ") == (0.5, 1.5, 3.0)
