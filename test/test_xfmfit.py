@@ -804,3 +804,159 @@ def test_dropped_counts_only_the_unusable_pairs_of_the_chosen_group():
                        group=[1, 1, 1, 1, 2])
     leg = fit_leg_spec(pairs, weighting="det", n_groups=2)
     assert leg.group == 1 and leg.n_used == 3 and leg.n_dropped == 1
+
+
+# ------------------------------------------------------------------------------ group selection:
+# what the reason says, what takes part
+
+
+def test_group_reason_names_the_chosen_group_by_its_number():
+    # group 2 (1-based, as NGROUPS/STKGROUP and the help page count) wins on sigma
+    pairs = make_pairs([0.1, -0.5, 0.6, 1.5, 1.52, 1.49], [0.3, -0.4, 0.5, 0.1, 0.12, 0.09],
+                       group=[1, 1, 1, 2, 2, 2])
+    choice = select_group(pairs, n_groups=3)
+    assert choice.group == 2
+    assert choice.reason == ('group 2: smallest sigma %.3f" among groups with >= 3 matched '
+                             'detections' % choice.sigma[1])
+
+
+def test_without_a_qualified_group_the_reason_names_the_group_and_its_count():
+    # two detections in group 3, one in group 1: group 3 by its count, printed as a count
+    pairs = make_pairs([0.5, 2.5, 2.6], [0.0, 0.0, 0.1], group=[1, 3, 3])
+    choice = select_group(pairs, n_groups=3)
+    assert choice.group == 3 and choice.n_match.dtype.kind == "i"
+    assert choice.reason == ("group 3: no group has >= 3 matched detections; largest n_match (2)")
+
+
+def test_tie_broken_by_sigma_is_said_after_the_group():
+    pairs = make_pairs([0.2, 0.9, 1.5, 1.55], [0, 0.3, 0, 0.05], group=[1, 1, 2, 2])
+    choice = select_group(pairs, n_groups=3)
+    assert choice.reason.startswith("group 2: no group has >= 3 matched detections; "
+                                    "largest n_match (2), tie broken by smaller sigma")
+
+
+def test_a_single_matched_detection_still_gives_a_group():
+    # one detection in group 2 only: not enough to qualify, but it is the largest count
+    choice = select_group(make_pairs([1.5], [0.2], group=[2]), n_groups=3)
+    assert choice.group == 2 and list(choice.n_match) == [0, 1, 0]
+
+
+def test_empty_first_groups_do_not_hide_the_later_ones():
+    pairs = make_pairs([1.5, 1.6, 1.4, 2.5], [0.0, 0.1, -0.1, 0.0], group=[2, 2, 2, 3])
+    choice = select_group(pairs, n_groups=3)
+    assert list(choice.n_match) == [0, 3, 1] and choice.group == 2
+    assert np.isnan(choice.sigma[0]) and np.isfinite(choice.sigma[2])
+
+
+def test_a_pair_with_one_unknown_offset_takes_no_part_in_the_choice():
+    # group 1: three detections, but one has no eta offset: two count, group 2's three win
+    pairs = make_pairs([0.1, 0.2, 0.3, 1.5, 1.9, 1.1], [0.0, np.nan, 0.1, 0.0, 0.4, -0.4],
+                       group=[1, 1, 1, 2, 2, 2])
+    choice = select_group(pairs, n_groups=2)
+    assert list(choice.n_match) == [2, 3] and choice.group == 2
+    assert np.isfinite(choice.sigma[0])
+
+
+def test_no_pairs_no_group_and_the_reason_says_so():
+    choice = select_group(make_pairs([0.1], [0.1], group=[0]), n_groups=2)
+    assert choice.group == 0 and choice.reason == "no pairs in any separation group"
+    assert choice.sigma.shape == (2,) and np.all(np.isnan(choice.sigma))
+
+
+# ------------------------------------------------------------------------------ residual rms
+
+
+def test_residual_rms_of_single_precision_columns_is_computed_in_double():
+    # FITS columns may be float32 (E): the rms must not be summed in single precision
+    rng = np.random.default_rng(SEED + 7)
+    d_xi = (0.3 + rng.normal(0.0, 0.2, 5000)).astype(np.float32)
+    d_eta = (-0.2 + rng.normal(0.0, 0.2, 5000)).astype(np.float32)
+    x = d_xi.astype(float) - 0.25
+    y = d_eta.astype(float) + 0.15
+    expected = np.sqrt(np.mean(0.5 * (x * x + y * y)))
+    got = residual_rms(d_xi, d_eta, shift=(0.25, -0.15))
+    assert isinstance(got, float)
+    assert got == pytest.approx(expected, rel=1e-13, abs=0)
+    assert residual_rms(d_xi, d_eta.astype(float), shift=(0.25, -0.15)) == pytest.approx(
+        expected, rel=1e-13, abs=0)
+    assert residual_rms(d_xi.astype(float), d_eta, shift=(0.25, -0.15)) == pytest.approx(
+        expected, rel=1e-13, abs=0)
+
+
+# ------------------------------------------------------------------------------ the stack's
+# defaults are the parameter file's, in effect
+
+
+def test_stack_fit_by_default_stops_at_five_arcsec():
+    # every offset 7" east: the fit reaches the default bound max_shift = 5"
+    fit = fit_stack_spec("direct", make_pairs([7.0, 7.1, 6.9, 7.05], [0.0, 0.1, -0.1, 0.05]),
+                         n_groups=1)
+    assert fit.d_xi == pytest.approx(5.0) and fit.det_leg.fit.at_bound
+
+
+def test_stack_fit_by_default_lets_three_detections_qualify_a_group():
+    # group 1: 4 detections, wide; group 2: exactly 3, tight: with the default floor of 3
+    # group 2 qualifies and wins on sigma
+    pairs = make_pairs([0.1, -0.5, 0.6, -0.2, 1.5, 1.52, 1.49],
+                       [0.3, -0.4, 0.5, 0.0, 0.1, 0.12, 0.09], group=[1, 1, 1, 1, 2, 2, 2])
+    assert fit_stack_spec("direct", pairs, n_groups=2).group == 2
+    assert fit_stack_spec("twostep", pairs, wise_gaia=PairSet.empty(), n_groups=2).group == 2
+
+
+# ------------------------------------------------------------------------------ the single-basin
+# certificate's curvature bound
+
+
+@pytest.mark.parametrize("z_lo, z_hi", [(0.0, 0.5), (0.2, 2.9), (1.0, 3.0), (2.0, 3.5), (2.0, 6.0),
+                                        (3.0, 9.0), (3.5, 40.0), (0.0, 100.0)])
+def test_cauchy_curvature_bound_is_the_minimum_over_the_interval(z_lo, z_hi):
+    # (1-z)/(1+z)^2 bounds the Cauchy term's smallest curvature from below; the bound must be
+    # a true lower bound (or the certificate could claim a second basin away) and the
+    # interval's own minimum (or it would give up needlessly)
+    z = np.linspace(z_lo, z_hi, 20001)
+    h = (1.0 - z) / (1.0 + z) ** 2
+    bound = float(xfmfit._cauchy_min_curvature(np.array(z_lo), np.array(z_hi)))
+    assert bound == pytest.approx(h.min(), rel=1e-6, abs=1e-9)
+
+
+def _grid_minima_below_f0(d_xi, d_eta, w, f_scale, max_shift, step):
+    """Local minima of the Cauchy objective on a grid over the bounds box (box edges included)
+    that lie in the sublevel set {F <= F(0)}: brute force, independent of the certificate."""
+    from scipy.ndimage import minimum_filter
+
+    g = np.arange(-max_shift, max_shift + step / 2, step)
+    x, y = np.meshgrid(g, g, indexing="ij")
+    a = w / f_scale**2
+    f = np.zeros_like(x)
+    for dx, dy, ai in zip(d_xi, d_eta, a, strict=True):
+        f += np.log1p(ai * ((x - dx) ** 2 + (y - dy) ** 2))
+    f0 = np.sum(np.log1p(a * (d_xi**2 + d_eta**2)))
+    is_min = (f == minimum_filter(f, size=3, mode="constant", cval=np.inf)) & (f <= f0)
+    return np.column_stack([x[is_min], y[is_min]])
+
+
+def test_single_basin_certificate_never_claims_a_stack_with_a_second_reachable_minimum():
+    # two clusters of offsets at random separations, weights and f_scale: whenever the
+    # certificate says "single basin", a brute-force grid finds no other minimum in the
+    # sublevel set {F <= F(0)} (where a descent from (0, 0) could end instead)
+    rng = np.random.default_rng(SEED + 11)
+    claims = two_minima = 0
+    for _ in range(60):
+        n1, n2 = rng.integers(3, 10, 2)
+        c1 = rng.uniform(-1.5, 1.5, 2)
+        ang = rng.uniform(0, 2 * np.pi)
+        c2 = c1 + rng.uniform(0.2, 2.5) * np.array([np.cos(ang), np.sin(ang)])
+        s = rng.uniform(0.05, 0.3)
+        d = np.vstack([c1 + rng.normal(0, s, (n1, 2)), c2 + rng.normal(0, s, (n2, 2))])
+        w = 1 / rng.uniform(0.2, 1.0, n1 + n2) ** 2
+        f_scale = rng.choice([0.5, 1.0, 2.0])
+        p = xfmfit._polish(np.zeros(2), d[:, 0], d[:, 1], w, "cauchy", f_scale, 3.0)
+        claimed = xfmfit._cauchy_single_basin(p, d[:, 0], d[:, 1], w, f_scale, 3.0)
+        minima = _grid_minima_below_f0(d[:, 0], d[:, 1], w, f_scale, 3.0, 0.02)
+        other = bool(np.any(np.hypot(*(minima - p).T) > 0.05))
+        assert not (claimed and other), (d, w, f_scale, p)
+        claims += claimed
+        two_minima += other
+    # neither side is vacuous: most single-minimum stacks are proven, and the set has stacks
+    # with two minima
+    assert two_minima >= 10 and claims >= 30, (claims, two_minima)
