@@ -936,19 +936,24 @@ def _grid_minima_below_f0(d_xi, d_eta, w, f_scale, max_shift, step):
 
 
 def test_single_basin_certificate_never_claims_a_stack_with_a_second_reachable_minimum():
-    # two clusters of offsets at random separations, weights and f_scale: whenever the
-    # certificate says "single basin", a brute-force grid finds no other minimum in the
-    # sublevel set {F <= F(0)} (where a descent from (0, 0) could end instead)
+    # two clusters of offsets at random separations, weights and f_scale, every second stack
+    # with wide background pairs (a large median error, so the certificate tries wide convex
+    # squares): whenever the certificate says "single basin", a brute-force grid finds no
+    # other minimum in the sublevel set {F <= F(0)} (where a descent from (0, 0) could end)
     rng = np.random.default_rng(SEED + 11)
     claims = two_minima = 0
-    for _ in range(60):
-        n1, n2 = rng.integers(3, 10, 2)
+    for i in range(80):
+        s = rng.uniform(0.03, 0.3)
+        n1, n2 = rng.integers(3, 9, 2)
         c1 = rng.uniform(-1.5, 1.5, 2)
         ang = rng.uniform(0, 2 * np.pi)
-        c2 = c1 + rng.uniform(0.2, 2.5) * np.array([np.cos(ang), np.sin(ang)])
-        s = rng.uniform(0.05, 0.3)
+        c2 = c1 + rng.uniform(0.1, 2.5) * np.array([np.cos(ang), np.sin(ang)])
         d = np.vstack([c1 + rng.normal(0, s, (n1, 2)), c2 + rng.normal(0, s, (n2, 2))])
-        w = 1 / rng.uniform(0.2, 1.0, n1 + n2) ** 2
+        w = rng.uniform(0.5, 2.0, n1 + n2) / max(s, 0.05) ** 2
+        if i % 2:
+            nb = rng.integers(n1 + n2, 2 * (n1 + n2))
+            d = np.vstack([d, rng.uniform(-2.5, 2.5, (nb, 2))])
+            w = np.r_[w, 1 / rng.uniform(1.0, 3.0, nb) ** 2]
         f_scale = rng.choice([0.5, 1.0, 2.0])
         p = xfmfit._polish(np.zeros(2), d[:, 0], d[:, 1], w, "cauchy", f_scale, 3.0)
         claimed = xfmfit._cauchy_single_basin(p, d[:, 0], d[:, 1], w, f_scale, 3.0)
@@ -957,6 +962,5 @@ def test_single_basin_certificate_never_claims_a_stack_with_a_second_reachable_m
         assert not (claimed and other), (d, w, f_scale, p)
         claims += claimed
         two_minima += other
-    # neither side is vacuous: most single-minimum stacks are proven, and the set has stacks
-    # with two minima
-    assert two_minima >= 10 and claims >= 30, (claims, two_minima)
+    # neither side is vacuous (16 proven, 52 with a second minimum)
+    assert two_minima >= 30 and claims >= 12, (claims, two_minima)
