@@ -964,3 +964,173 @@ def test_single_basin_certificate_never_claims_a_stack_with_a_second_reachable_m
         two_minima += other
     # neither side is vacuous (16 proven, 52 with a second minimum)
     assert two_minima >= 30 and claims >= 12, (claims, two_minima)
+
+
+# ------------------------------------------------------------------------------ fit_translation:
+# what the result says
+
+
+def test_no_usable_pair_is_the_identity_with_unknown_errors_and_says_why():
+    fit = fit_translation([0.0, 0.0], [0.0, 0.0], [np.nan, 0.1], [0.1, 0.2], [1.0, 0.0],
+                          var_1sigma=[1.0, 1.0])
+    assert (fit.d_xi, fit.d_eta, fit.n_used, fit.n_dropped, fit.success) == (0.0, 0.0, 0, 2,
+                                                                              False)
+    assert np.isnan(fit.d_xi_err) and np.isnan(fit.d_eta_err) and np.isnan(fit.cov_xi_eta)
+    assert fit.message == "no usable pairs; 2 pair(s) dropped (NaN position or unusable error)"
+    assert fit_translation([], [], [], [], []).message == "no usable pairs"
+
+
+def test_a_pair_with_zero_weight_or_zero_stated_error_is_dropped_and_counted():
+    zeros = np.zeros(4)
+    d = np.array([0.1, 0.3, 0.2, 0.25])
+    fit = fit_translation(zeros, zeros, d, d, [1.0, 1.0, 0.0, 1.0], var_1sigma=[1.0, 1.0, 1.0, 0.0])
+    assert fit.n_used == 2 and fit.n_dropped == 2
+    assert fit.message.endswith("; 2 pair(s) dropped (NaN position or unusable error)")
+    clean = fit_translation(zeros[:2], zeros[:2], d[:2], d[:2], [1.0, 1.0])
+    assert "dropped" not in clean.message and clean.n_dropped == 0
+
+
+def test_the_result_carries_its_covariance_and_counts():
+    rng = np.random.default_rng(SEED + 13)
+    n = 30
+    d_xi = rng.normal(0.2, 0.3, n)
+    d_eta = 0.5 * (d_xi - 0.2) + rng.normal(-0.1, 0.26, n)      # correlated offsets
+    zeros = np.zeros(n)
+    region = np.repeat(np.arange(15), 2)
+    fit = fit_translation(zeros, zeros, d_xi, d_eta, np.full(n, 1 / 0.09), cluster=region)
+    assert fit.cov.shape == (2, 2)
+    assert fit.cov[0, 0] == pytest.approx(fit.d_xi_err**2, rel=1e-12)
+    assert fit.cov[1, 1] == pytest.approx(fit.d_eta_err**2, rel=1e-12)
+    assert fit.cov_xi_eta == fit.cov[0, 1] and fit.cov_xi_eta != fit.cov[1, 1]
+    assert fit.cov[1, 0] == pytest.approx(fit.cov_xi_eta, rel=1e-12)
+    assert fit.n_clusters == 15 and fit.n_used == n
+    assert np.isfinite(fit.scatter_ratio) and fit.scatter_ratio > 0
+    assert fit.nfev == 0 and fit.success           # decided by the direct path
+    assert fit.message.startswith("direct Newton/IRLS from (0, 0) (single basin proven)")
+    assert not fit.at_bound and "bound" not in fit.message
+
+
+@pytest.mark.parametrize("max_shift", [0.0, np.inf, np.nan])
+def test_max_shift_must_be_a_positive_number(max_shift):
+    with pytest.raises(ValueError):
+        fit_translation([0.0], [0.0], [0.1], [0.1], [1.0], max_shift=max_shift)
+
+
+def test_a_bound_below_one_arcsec_is_a_bound():
+    zeros = np.zeros(4)
+    fit = fit_translation(zeros, zeros, np.full(4, 0.7), np.zeros(4), np.ones(4), max_shift=0.5)
+    assert fit.d_xi == pytest.approx(0.5) and fit.at_bound
+
+
+def test_by_default_the_shift_stops_at_five_arcsec_and_says_so():
+    zeros = np.zeros(4)
+    fit = fit_translation(zeros, zeros, np.array([7.0, 7.1, 6.9, 7.0]), np.zeros(4), np.ones(4))
+    assert fit.d_xi == pytest.approx(5.0) and fit.at_bound
+    assert fit.message.startswith("least_squares: ")
+    assert '; shift at the bound ±5"' in fit.message
+
+
+def test_the_message_says_when_the_formal_errors_were_used():
+    zeros = np.zeros(4)
+    raised = fit_translation(zeros, zeros, [0.2, 0.2, 0.2, 0.2], [0.1, 0.1, 0.1, 0.1], np.ones(4),
+                             var_1sigma=np.ones(4))
+    assert raised.error_source == "formal"
+    assert raised.message.endswith("; errors raised to the formal ones from the stated position errors")
+    rng = np.random.default_rng(SEED + 17)
+    d = rng.normal(0.0, 1.0, (40, 2))
+    scatter = fit_translation(np.zeros(40), np.zeros(40), d[:, 0], d[:, 1], np.ones(40),
+                              var_1sigma=np.ones(40))
+    assert scatter.error_source == "scatter" and "formal" not in scatter.message
+
+
+def test_least_squares_path_reports_its_success():
+    zeros = np.zeros(5)
+    fit = fit_translation(zeros, zeros, [0.1, 0.2, 0.3, 0.2, 0.1], np.zeros(5), np.ones(5),
+                          solver="least_squares")
+    assert fit.success is True and fit.nfev > 0 and fit.message.startswith("least_squares: ")
+
+
+def test_two_basins_the_result_is_the_minimum_of_the_specifications_own_call():
+    # where the certificate gives up, the answer is the basin that the specification's call,
+    # least_squares on sqrt(w) |d - p| with the Cauchy loss from (0, 0) within the bounds,
+    # reaches; written out here with scipy's own finite-difference Jacobian
+    from scipy.optimize import least_squares
+
+    rng = np.random.default_rng(SEED + 19)
+    n_checked = 0
+    for _ in range(12):
+        c1, c2 = rng.uniform(-2.0, 2.0, (2, 2))
+        if np.hypot(*(c1 - c2)) < 1.5:
+            continue
+        n1, n2 = rng.integers(5, 12, 2)
+        d = np.vstack([c1 + rng.normal(0, 0.05, (n1, 2)), c2 + rng.normal(0, 0.05, (n2, 2))])
+        w = np.full(len(d), 20.0)
+        zeros = np.zeros(len(d))
+        fit = fit_translation(zeros, zeros, d[:, 0], d[:, 1], w, max_shift=3.0)
+        ref = least_squares(lambda p, d=d, w=w: np.sqrt(w) * np.hypot(p[0] - d[:, 0], p[1] - d[:, 1]),
+                            (0.0, 0.0), loss="cauchy", f_scale=1.0, bounds=(-3.0, 3.0))
+        assert np.hypot(fit.d_xi - ref.x[0], fit.d_eta - ref.x[1]) < 0.01, (d, ref.x)
+        n_checked += fit.message.startswith("least_squares")
+    assert n_checked >= 5
+
+
+# ------------------------------------------------------------------------------ fit_leg_spec:
+# its parameters reach the fit
+
+
+def _outlier_pairs():
+    rng = np.random.default_rng(SEED + 23)
+    d_xi = np.r_[rng.normal(0.3, 0.1, 12), [1.5, 1.8, -1.2]]
+    d_eta = np.r_[rng.normal(-0.2, 0.1, 12), [0.9, -1.1, 1.4]]
+    return make_pairs(d_xi, d_eta, r0=np.full(15, 0.6), r1=np.full(15, 0.5),
+                      sigra=np.full(15, 0.1), sigdec=np.full(15, 0.1))
+
+
+@pytest.mark.parametrize("weighting", ["det", "combined", "ref"])
+def test_leg_fit_is_the_translation_fit_of_its_pairs_with_its_parameters(weighting):
+    from stk_astrometry.xfmfit import pair_variances
+
+    pairs = _outlier_pairs()
+    var = pair_variances(pairs, weighting)
+    w = 1 / (pairs.err_r0 * pairs.err_r1) if weighting == "det" else 1 / var
+    zeros = np.zeros(len(pairs))
+    for kw in ({"f_scale": 2.0}, {"max_shift": 0.25}, {"loss": "huber"},
+               {"solver": "least_squares"}):
+        leg = fit_leg_spec(pairs, weighting=weighting, n_groups=1, **kw)
+        fit = fit_translation(zeros, zeros, pairs.d_xi, pairs.d_eta, w, var_1sigma=var,
+                              cluster=pairs.region_id, **kw)
+        assert (leg.d_xi, leg.d_eta) == pytest.approx((fit.d_xi, fit.d_eta), abs=1e-12), kw
+        assert leg.d_xi_err == pytest.approx(fit.d_xi_err, rel=1e-9) and leg.success == fit.success
+        assert leg.fit.message == fit.message
+    # the parameters change the answer (so the comparison above can fail)
+    one = fit_leg_spec(pairs, weighting=weighting, n_groups=1)
+    two = fit_leg_spec(pairs, weighting=weighting, n_groups=1, f_scale=2.0)
+    assert abs(one.d_xi - two.d_xi) > 1e-4
+
+
+def test_leg_message_is_the_group_reason_then_the_fit_then_what_was_dropped():
+    pairs = make_pairs([0.1, 0.2, 0.3, 0.25], [0.0] * 4, r0=[1.0, 1.0, 1.0, np.nan])
+    leg = fit_leg_spec(pairs, weighting="det", n_groups=1)
+    assert leg.choice is not None and leg.choice.group == 1
+    assert leg.message == (f"{leg.choice.reason}; {leg.fit.message}"
+                           "; 1 pair(s) without usable position/errors dropped")
+    assert leg.success is True
+    assert fit_leg_spec(pairs, weighting="det", n_groups=1, use_groups=False).choice is None
+
+
+def test_leg_min_group_matches_reaches_the_group_choice():
+    pairs = make_pairs([0.1, -0.5, 0.6, -0.2, 1.5, 1.52, 1.49],
+                       [0.3, -0.4, 0.5, 0.0, 0.1, 0.12, 0.09], group=[1, 1, 1, 1, 2, 2, 2])
+    assert fit_leg_spec(pairs, weighting="det", n_groups=2).group == 2
+    assert fit_leg_spec(pairs, weighting="det", n_groups=2, min_group_matches=4).group == 1
+
+
+def test_leg_by_default_stops_at_five_arcsec():
+    leg = fit_leg_spec(make_pairs([7.0, 7.1, 6.9], [0.0, 0.1, -0.1]), weighting="det", n_groups=1)
+    assert leg.d_xi == pytest.approx(5.0)
+
+
+def test_two_step_without_an_allwise_gaia_table_is_the_detection_leg_alone():
+    det = make_pairs([0.3, 0.31, 0.29], [0, 0.01, -0.01], sigra=[0.1] * 3, sigdec=[0.1] * 3)
+    fit = fit_stack_spec("twostep", det, n_groups=3)
+    assert fit.ref_leg.n_used == 0 and fit.d_xi == fit.det_leg.d_xi
