@@ -1134,3 +1134,37 @@ def test_two_step_without_an_allwise_gaia_table_is_the_detection_leg_alone():
     det = make_pairs([0.3, 0.31, 0.29], [0, 0.01, -0.01], sigra=[0.1] * 3, sigdec=[0.1] * 3)
     fit = fit_stack_spec("twostep", det, n_groups=3)
     assert fit.ref_leg.n_used == 0 and fit.d_xi == fit.det_leg.d_xi
+
+
+# ------------------------------------------------------------------------------ the losses
+# scipy.optimize.least_squares' losses, as its documentation defines them (rho of z = f²/C²)
+_LOSS = {
+    "linear": lambda z: z,
+    "soft_l1": lambda z: 2.0 * (np.sqrt(1.0 + z) - 1.0),
+    "huber": lambda z: np.where(z <= 1.0, z, 2.0 * np.sqrt(z) - 1.0),
+    "cauchy": np.log1p,
+    "arctan": np.arctan,
+}
+
+
+@pytest.mark.parametrize("loss", xfmfit.LOSSES)
+def test_each_loss_and_its_derivatives_are_scipys(loss):
+    # the objective that is polished is least_squares' own: same rho, and rho', rho'' are its
+    # derivatives (central differences away from huber's kink at z = 1)
+    z = np.array([0.0, 0.02, 0.3, 0.9, 1.0, 1.3, 2.5, 9.0, 40.0])
+    rho, rho1, rho2 = (np.broadcast_to(np.asarray(v, dtype=float), z.shape)
+                       for v in xfmfit._rho(z, loss))
+    np.testing.assert_allclose(rho, _LOSS[loss](z), rtol=1e-12, atol=0)
+    zz = z[(z > 0.01) & (np.abs(z - 1.0) > 0.05)]
+    h = 1e-5 * zz
+    r1 = np.broadcast_to(np.asarray(xfmfit._rho(zz, loss)[1], dtype=float), zz.shape)
+    r2 = np.broadcast_to(np.asarray(xfmfit._rho(zz, loss)[2], dtype=float), zz.shape)
+    np.testing.assert_allclose(r1, (_LOSS[loss](zz + h) - _LOSS[loss](zz - h)) / (2 * h),
+                               rtol=1e-6, atol=1e-12)
+    first = lambda x: np.broadcast_to(np.asarray(xfmfit._rho(x, loss)[1], dtype=float), x.shape)  # noqa: E731
+    np.testing.assert_allclose(r2, (first(zz + h) - first(zz - h)) / (2 * h), rtol=1e-5,
+                               atol=1e-12)
+    # at and below huber's kink (z <= 1) the loss is the plain square: rho' = 1, rho'' = 0
+    if loss == "huber":
+        at = z <= 1.0
+        assert np.all(rho1[at] == 1.0) and np.all(rho2[at] == 0.0)
