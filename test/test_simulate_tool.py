@@ -61,6 +61,24 @@ def test_writes_the_five_tables_readable_by_stk_match(tmp_path):
                                 "angular_distance", "number_of_neighbours", "number_of_mates"}
 
 
+def test_detections_carry_the_stack_epoch_that_stk_match_uses(tmp_path):
+    # issue 14: Gaia is simulated at J2016.0 and the detections epoch_gap years earlier; the
+    # detections' header says when (DATE-OBS/MJD-OBS), so stk_match moves Gaia back to it
+    # and warns about no missing epoch
+    from stk_astrometry import api
+
+    out = tmp_path / "sim"
+    assert _run(out, "seed=7", "ndet=40", "epoch_gap=8.5") == 0
+    names = output_names(STACK)
+    hdr = fits.getheader(out / names["det"], "SRCLIST")
+    assert hdr["DATE-OBS"] == "2007-07-02T21:00:00" and hdr["MJD-OBS"] == pytest.approx(54283.875)
+    m = api.match_stack(out / names["det"], out / names["gaia"])
+    assert not any("no stack epoch" in w for w in m.warnings), m.warnings
+    keywords = {name: value for name, value, _ in m.pairs.keywords}
+    assert keywords["EPOCHMOD"] == "propagate"
+    assert keywords["EPOCHOBS"] == pytest.approx(2007.5, abs=1e-9)
+
+
 def test_truth_file_matches_the_core_simulation(tmp_path):
     out = tmp_path / "sim"
     assert _run(out, "seed=11", "ndet=60", "shift_xi=0.3", "shift_eta=-0.2") == 0
