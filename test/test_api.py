@@ -216,3 +216,33 @@ def test_simulate_stack_matches_the_tool(tmp_path):
     for path in r.files.values():
         _same_as_golden(path, tmp_path / "b" / Path(path).name)
     assert r.products == () and r.seed == 7 and np.isfinite(r.crb_xi)
+
+
+def test_the_library_never_imports_a_tool_front_end():
+    """Tools import the library (the API), never the reverse: no module outside tools/
+    imports ``stk_astrometry.tools`` (module level or inside a function)."""
+    import ast
+
+    pkg = Path(__file__).resolve().parents[1] / "lib" / "stk_astrometry"
+    offenders = []
+    for path in sorted(pkg.rglob("*.py")):
+        rel = path.relative_to(pkg)
+        if rel.parts[0] == "tools":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:              # relative: resolve against the package
+                    base = ["stk_astrometry", *rel.parts[:-1]]
+                    base = base[:len(base) - (node.level - 1)] if node.level > 1 else base
+                    mod = ".".join(base + ([node.module] if node.module else []))
+                else:
+                    mod = node.module or ""
+                names = [mod] + [f"{mod}.{alias.name}" for alias in node.names]
+            else:
+                continue
+            if any(n == "stk_astrometry.tools" or n.startswith("stk_astrometry.tools.")
+                   for n in names):
+                offenders.append(f"{rel}:{node.lineno}")
+    assert offenders == [], f"library modules importing a tool: {offenders}"
