@@ -246,3 +246,31 @@ def test_the_library_never_imports_a_tool_front_end():
                    for n in names):
                 offenders.append(f"{rel}:{node.lineno}")
     assert offenders == [], f"library modules importing a tool: {offenders}"
+
+
+def test_the_astropy_path_writes_what_fitsio_writes(api_chain, tmp_path, monkeypatch):
+    """fitsio reads and writes the per-stack files; astropy's path (a file fitsio cannot read,
+    or the switches off) gives the same files and reads them the same way."""
+    from stk_astrometry import tableio
+    from stk_astrometry.formats import _fits
+
+    work = api_chain[0]
+    s = work / "sample" / STACK
+    assert _fits.FITSIO_IO and tableio._FAST_READ
+    monkeypatch.setattr(_fits, "FITSIO_IO", False)
+    monkeypatch.setattr(tableio, "_FAST_READ", False)
+    api.match_stack(f"{s}_det.fits", f"{s}_gaia.fits", tmp_path / "pairs.fits",
+                    wisefile=f"{s}_allwise.fits", bestnbfile=f"{s}_bestnb.fits")
+    api.fit_stack(tmp_path / "pairs.fits", tmp_path / "xfm.fits",
+                  outdetfile=tmp_path / "det_corrected.fits", diagfile=tmp_path / "diag.fits")
+    for name in ("pairs.fits", "xfm.fits", "det_corrected.fits", "diag.fits"):
+        _same_as_golden(tmp_path / name, work / name)
+    for a, b in zip(_fits._read_fits_astropy(work / "pairs.fits"),
+                    _fits._read_fits_fitsio(work / "pairs.fits"), strict=True):
+        assert a[0] == b[0] and a[3] == b[3]
+        assert _fits.header_keywords(a[1]) == _fits.header_keywords(b[1])
+        assert _fits.extra_cards(a[1]) == _fits.extra_cards(b[1])
+        assert (a[2] is None) == (b[2] is None)
+        for key in a[2] or {}:
+            assert a[2][key].dtype == b[2][key].dtype
+            assert np.array_equal(a[2][key], b[2][key], equal_nan=a[2][key].dtype.kind == "f")

@@ -13,7 +13,6 @@ from stk_astrometry.fitsutil import get_keyword
 from stk_astrometry.simulate import SimConfig, simulate_stack
 from stk_astrometry.tableio import read_table, require_columns
 from stk_astrometry import simfiles
-from stk_astrometry.tools import stk_simulate
 from stk_astrometry.tools.stk_simulate import main, output_names
 
 REPO = Path(__file__).resolve().parents[1]
