@@ -274,3 +274,8 @@ def test_the_astropy_path_writes_what_fitsio_writes(api_chain, tmp_path, monkeyp
         for key in a[2] or {}:
             assert a[2][key].dtype == b[2][key].dtype
             assert np.array_equal(a[2][key], b[2][key], equal_nan=a[2][key].dtype.kind == "f")
+
+
+def test_sep_bins_accept_commas_and_blanks():
+    assert api.parse_sep_bins("1,2,3") == (1.0, 2.0, 3.0)
+    assert api.parse_sep_bins(" 0.5 1.5, 3 ") == (0.5, 1.5, 3.0)

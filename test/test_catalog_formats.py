@@ -292,3 +292,9 @@ def test_stk_match_with_sdss_reference(tmp_path):
     assert m.ref_epoch == pytest.approx(2002.3, abs=0.05)
     f = api.fit_stack(m, estimator="mixture")
     assert f.d_xi == pytest.approx(0.3, abs=0.05) and f.d_eta == pytest.approx(-0.2, abs=0.05)
+
+
+def test_select_stack_single_and_empty():
+    ids = np.array(["a", "a"])
+    assert catalogs.select_stack(ids, None)[0] == "a"
+    assert catalogs.select_stack(np.array([], dtype=str), "")[0] == ""

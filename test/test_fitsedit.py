@@ -6,7 +6,8 @@ order, so that removing or reordering one step (an fsync of the temporary file
 before the rename, of the folder after it, of the journal before the patch, of
 the patched file before the journal goes, of a rollback) fails a test.  The
 journal's own checks (size, corrupt, truncated, orphan) and the copy fallback
-without ``os.copy_file_range`` are here too.
+without ``os.copy_file_range`` are here too, and the header pieces: checksums, header
+serialisation, the FITS scan.
 """
 
 import json
@@ -14,7 +15,8 @@ import os
 from pathlib import Path
 
 import pytest
-from stk_astrometry import fitsedit, fitsutil
+from astropy.io import fits
+from stk_astrometry import fitsedit, fitsutil, synthprod
 from stk_astrometry.errors import ProductError
 
 BLOCK = fitsedit.BLOCK
@@ -333,3 +335,43 @@ def test_card_header_leaves_continue_cards_to_astropy():
     h["LONGSTR"] = "x" * 100                 # a CONTINUE card
     parsed = fitsedit.parse_header(h.tostring())
     assert isinstance(parsed, fits.Header) and parsed["LONGSTR"] == "x" * 100
+
+
+RA0, DEC0 = 201.2, 26.6
+
+
+def test_checksum_encoding_matches_astropy(tmp_path):
+    path = tmp_path / "a.fits"
+    synthprod.write_product("ECORRIMG", path, ra_nom=RA0, dec_nom=DEC0)
+    lay = fitsedit.scan_fits(path)[0]
+    datasum = fitsedit.datasum_of_range(path, lay.data_offset, lay.data_size)
+    assert datasum == int(lay.header["DATASUM"])
+    assert fitsedit.header_checksum_ok(lay.raw_header, lay.header) == datasum
+    h = lay.header.copy()
+    h["EXTRA"] = "changed"
+    raw = fitsedit.checksummed_header_bytes(h, datasum, nblocks=lay.header_size // 2880)
+    assert len(raw) == lay.header_size
+    assert fitsedit.ones_complement_sum(raw, datasum) == 0xFFFFFFFF
+    data = path.read_bytes()[lay.data_offset:]
+    (tmp_path / "b.fits").write_bytes(raw + data)
+    with fits.open(tmp_path / "b.fits", checksum=True) as hdul:   # warnings are errors
+        assert hdul[0].header["EXTRA"] == "changed"
+        assert hdul[0]._checksum_valid and hdul[0]._datasum_valid
+
+
+def test_serialize_header_pads_or_refuses():
+    h = fits.Header([("KEY", 1)])
+    raw = fitsedit.serialize_header(h, nblocks=2)
+    assert len(raw) == 5760 and raw[-80:].startswith(b"END")
+    for i in range(40):
+        h[f"K{i}"] = i
+    assert fitsedit.serialize_header(h, nblocks=1) is None
+
+
+def test_scan_rejects_truncated(tmp_path):
+    path = tmp_path / "a.fits"
+    synthprod.write_product("ECORRIMG", path, ra_nom=RA0, dec_nom=DEC0)
+    raw = path.read_bytes()
+    (tmp_path / "t.fits").write_bytes(raw[:-2880])
+    with pytest.raises(fitsedit.FormatError, match="truncated"):
+        fitsedit.scan_fits(tmp_path / "t.fits")

@@ -1,11 +1,17 @@
-"""wcsupdate: attitude quaternions and the RA/Dec keyword families (pure, no files)."""
+"""wcsupdate: the transform and its id, the RA/Dec keyword families, WCS axes and columns,
+the STK* records of applied transforms, attitude quaternions (pure, no files)."""
 
 import numpy as np
 import pytest
 from astropy.io import fits
+from astropy.wcs import WCS
 from scipy.spatial.transform import Rotation
-from stk_astrometry import wcsupdate
-from stk_astrometry.fitsutil import set_keyword
+from stk_astrometry import products, wcsupdate
+from stk_astrometry.fitsutil import get_keyword, set_keyword
+from stk_astrometry.tangent import shift_sky
+
+RA0, DEC0 = 201.2, 26.6
+XFM = wcsupdate.Transform.from_shift(0.3, -0.2, RA0, DEC0)
 
 
 def _pointing_roll(q):
@@ -92,3 +98,240 @@ def test_suffix_family_pairs_long_keywords_and_sentinels():
     assert {"WAV1B_RA", "DVAL1 (WAV1B_DEC)", "SRC_RA", "SRC_DEC"} <= moved
     assert h["WAV2B_RA"] == -999.0 and h["DVAL2"] == -999.0
     assert any("WAV2B_RA" in n.message and "sentinel" in n.message for n in res.notes)
+
+
+def test_transform_id_contract():
+    import hashlib
+
+    text = ",".join(repr(v) for v in (0.3, -0.2, RA0, DEC0))
+    assert XFM.xfm_id == hashlib.sha256(text.encode()).hexdigest()[:16]
+    assert wcsupdate.transform_id(np.float64(0.3), -0.2, RA0, DEC0) == XFM.xfm_id
+
+
+def _tan_offsets_arcsec(ra, dec, ra0, dec0):
+    """xi, eta by astropy's TAN projection (an independent gnomonic projection)."""
+    w = WCS(naxis=2)
+    w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    w.wcs.crval = [ra0, dec0]
+    w.wcs.crpix = [0.0, 0.0]
+    w.wcs.cdelt = [1 / 3600, 1 / 3600]
+    x, y = w.wcs_world2pix(np.atleast_1d(ra), np.atleast_1d(dec), 0)
+    return x[0], y[0]
+
+
+@pytest.mark.parametrize("where", [(RA0, DEC0), (RA0 + 0.3, DEC0 - 0.2), (359.99, -0.01),
+                                   (10.0, 89.9)])
+def test_apply_sky_is_a_tangent_plane_shift(where):
+    ra_ref, dec_ref = where
+    xfm = wcsupdate.Transform.from_shift(0.3, -0.2, ra_ref, dec_ref)
+    ra, dec = ra_ref + 0.01, dec_ref + 0.01
+    ra1, dec1 = wcsupdate.apply_sky(ra, dec, xfm)
+    x0, y0 = _tan_offsets_arcsec(ra, dec, ra_ref, dec_ref)
+    x1, y1 = _tan_offsets_arcsec(ra1, dec1, ra_ref, dec_ref)
+    assert x1 - x0 == pytest.approx(0.3, abs=1e-6)
+    assert y1 - y0 == pytest.approx(-0.2, abs=1e-6)
+    back = wcsupdate.apply_sky(ra1, dec1, xfm, inverse=True)
+    assert abs(((back[0] - ra + 180) % 360) - 180) < 1e-9 and abs(back[1] - dec) < 1e-9
+
+
+def test_rotation_matrix_turns_roll_translation_does_not():
+    h = fits.Header()
+    h["RA_NOM"], h["DEC_NOM"], h["ROLL_NOM"] = RA0, DEC0, 45.0
+    res = wcsupdate.update_header(h.copy(), XFM, hdu_label="t")
+    assert not any(c.key == "ROLL_NOM" for c in res.changes)
+    ang = np.radians(0.1)
+    rot = wcsupdate.Transform.from_shift(
+        0.0, 0.0, RA0, DEC0, matrix=(np.cos(ang), -np.sin(ang), np.sin(ang), np.cos(ang)))
+    h2 = h.copy()
+    res = wcsupdate.update_header(h2, rot, hdu_label="t")
+    assert h2["ROLL_NOM"] == pytest.approx(45.1)
+    assert h2["RA_NOM"] == pytest.approx(RA0, abs=1e-12)   # the tangent point does not move
+    wcsupdate.update_header(h2, rot, hdu_label="t", inverse=True)
+    assert h2["ROLL_NOM"] == pytest.approx(45.0)
+
+
+def test_position_pairs_and_traps():
+    h = fits.Header()
+    h["RA_NOM"], h["DEC_NOM"] = RA0, DEC0
+    h["RA_ERR"], h["DEC_ERR"] = (0.3, "[arcsec]"), (0.3, "[arcsec]")
+    h["RA_OBJ"], h["DEC_OBJ"] = -999.0, -999.0
+    h["RA_SRC"], h["DEC_SRC"] = "INDEF", "INDEF"
+    h["RA_PNT"], h["DEC_PNT"] = 0.0, 0.0
+    h["RA_X"], h["DEC_X"] = (RA0, "offset in arcsec"), (DEC0, "offset in arcsec")
+    h["RA_TARG"], h["DEC_TARG"] = 400.0, DEC0
+    h["RA_STACK"] = RA0
+    set_keyword(h, "DEC_STACK", DEC0)
+    set_keyword(h, "RA_SIGMA_SYS", 0.2)
+    set_keyword(h, "DEC_SIGMA_SYS", 0.2)
+    before = h.copy()
+    res = wcsupdate.update_header(h, XFM, hdu_label="t")
+    moved = {c.key for c in res.changes}
+    assert moved == {"RA_NOM", "DEC_NOM", "RA_STACK", "DVAL1 (DEC_STACK)"}
+    for key in ("RA_ERR", "DEC_ERR", "RA_OBJ", "DEC_OBJ", "RA_SRC", "RA_PNT", "DEC_PNT",
+                "RA_X", "RA_TARG", "DEC_TARG"):
+        assert h[key] == before[key]
+    assert get_keyword(h, "RA_SIGMA_SYS") == 0.2
+    exp = shift_sky(RA0, DEC0, 0.3, -0.2, RA0, DEC0)
+    assert get_keyword(h, "DEC_STACK") == pytest.approx(float(exp[1]), abs=1e-12)
+    assert h["RA_STACK"] == pytest.approx(float(exp[0]), abs=1e-12)
+    text = " ".join(n.message for n in res.notes)
+    for word in ("RA_ERR", "RA_OBJ", "RA_SRC", "RA_PNT", "RA_X", "RA_TARG", "RA_SIGMA_SYS"):
+        assert word in text
+
+
+def test_image_wcs_axes_alternates_and_detector_axes():
+    h = fits.Header()
+    h["NAXIS"] = 2
+    for alt, (t1, t2) in {"": ("RA---TAN", "DEC--TAN"), "A": ("RA---SIN", "DEC--SIN"),
+                          "D": ("DETX", "DETY"), "F": ("FPX--TAN", "FPY--TAN"),
+                          "P": ("RA---TAN", "DEC--TAN")}.items():
+        h[f"CTYPE1{alt}"], h[f"CTYPE2{alt}"] = t1, t2
+        h[f"CRVAL1{alt}"], h[f"CRVAL2{alt}"] = RA0, DEC0
+    axes = wcsupdate.celestial_image_axes(h)
+    assert [a[0] for a in axes] == ["", "A"]
+    res = wcsupdate.update_header(h, XFM, hdu_label="t", keywords=False)
+    assert {c.key for c in res.changes} == {"CRVAL1", "CRVAL2", "CRVAL1A", "CRVAL2A"}
+    for alt in "DFP":
+        assert h[f"CRVAL1{alt}"] == RA0
+
+
+def test_table_wcs_eqpos_eqsrc_and_alternates():
+    h = fits.Header()
+    h["TFIELDS"] = 6
+    types = ["RA---TAN", "DEC--TAN", "XLON-TAN", "XLAT-TAN", "FPX--TAN", "FPY--TAN"]
+    for n, t in enumerate(types, 1):
+        h[f"TCTYP{n}"] = t
+        h[f"TCRVL{n}"] = RA0 if n % 2 else DEC0
+    h["TCTY1B"], h["TCTY2B"] = "RA---TAN", "DEC--TAN"
+    h["TCRV1B"], h["TCRV2B"] = RA0, DEC0
+    found = wcsupdate.celestial_table_columns(h)
+    assert {(f[0], f[1]) for f in found} == {("EQPOS", "TCRVL1"), ("EQSRC", "TCRVL3"),
+                                             ("EQPOS", "TCRV1B")}
+    res = wcsupdate.update_header(h, XFM, hdu_label="t", keywords=False)
+    assert {c.key for c in res.changes} == {"TCRVL1", "TCRVL2", "TCRVL3", "TCRVL4",
+                                            "TCRV1B", "TCRV2B"}
+    assert h["TCRVL5"] == RA0 and h["TCRVL6"] == DEC0
+
+
+def test_shift_columns_nulls_and_sentinels():
+    ra = np.array([RA0, np.nan, -999.0, 0.0, RA0 + 0.1])
+    dec = np.array([DEC0, np.nan, -999.0, 0.0, DEC0])
+    res = wcsupdate.shift_columns(ra, dec, XFM)
+    assert (res.n_moved, res.n_null, res.n_sentinel) == (2, 1, 2)
+    assert np.isnan(res.ra_deg[1]) and res.ra_deg[2] == -999.0 and res.ra_deg[3] == 0.0
+    exp = shift_sky(ra[[0, 4]], dec[[0, 4]], 0.3, -0.2, RA0, DEC0)
+    assert np.allclose(res.ra_deg[[0, 4]], exp[0], atol=1e-12, rtol=0)
+    assert res.ra_deg.dtype == ra.dtype
+
+
+def test_eqsrc_problem_and_populate():
+    grid = products.instrument_grid("ACIS")
+    h = fits.BinTableHDU.from_columns([fits.Column("X", "D"), fits.Column("Y", "D")]).header
+    assert "missing" in wcsupdate.eqsrc_problem(h, pixel_deg=grid[0], crpix=grid[1])
+    changes = wcsupdate.populate_eqsrc(h, ra_deg=RA0, dec_deg=DEC0, pixel_deg=grid[0],
+                                       crpix=grid[1], hdu_label="t")
+    assert changes and wcsupdate.eqsrc_problem(h, pixel_deg=grid[0], crpix=grid[1]) is None
+    assert h["TCTYP1"] == "XLON-TAN" and h["TCRVL2"] == DEC0 and h["TCDLT1"] < 0
+    h["TCDLT1"] = -1.0
+    assert "pixel size" in wcsupdate.eqsrc_problem(h, pixel_deg=grid[0], crpix=grid[1])
+
+
+def test_record_force_and_unrecord():
+    h = fits.Header()
+    other = wcsupdate.Transform.from_shift(0.1, 0.1, RA0, DEC0)
+    wcsupdate.record_transform(h, other, hdu_label="t")
+    wcsupdate.record_transform(h, XFM, hdu_label="t")
+    assert h["STKXFMID"] == XFM.xfm_id and h["STKPV1ID"] == other.xfm_id
+    wcsupdate.unrecord_transform(h, hdu_label="t")
+    assert h["STKXFMID"] == other.xfm_id and "STKPV1ID" not in h
+    wcsupdate.unrecord_transform(h, hdu_label="t")
+    assert not any(k in h for k in wcsupdate.RECORD_KEYS)
+
+
+def test_scrub_reports_or_removes():
+    h = fits.Header()
+    h["OBS_ID"], h["RA_NOM"], h["DEC_NOM"] = "1", RA0, DEC0
+    changes, notes = wcsupdate.scrub_header(h, products.SCRUB_KEYWORDS, hdu_label="t",
+                                            remove=False)
+    assert not changes and "OBS_ID" in notes[0].message and "OBS_ID" in h
+    changes, notes = wcsupdate.scrub_header(h, products.SCRUB_KEYWORDS, hdu_label="t",
+                                            remove=True)
+    assert {c.key for c in changes} == {"OBS_ID", "RA_NOM", "DEC_NOM"} and "RA_NOM" not in h
+
+
+def test_record_stack_of_forced_transforms():
+    h = fits.Header()
+    xs = [wcsupdate.Transform.from_shift(0.1 * i, -0.1 * i, RA0, DEC0) for i in range(1, 5)]
+    for x in xs:
+        wcsupdate.record_transform(h, x, hdu_label="t")
+    assert h["STKXFMID"] == xs[3].xfm_id
+    assert [h[f"STKPV{i}ID"] for i in (1, 2, 3)] == [xs[2].xfm_id, xs[1].xfm_id, xs[0].xfm_id]
+    assert h["STKPV3DX"] == pytest.approx(0.1)
+    for x in reversed(xs):
+        assert wcsupdate.applied_state(h) == x.xfm_id
+        wcsupdate.unrecord_transform(h, hdu_label="t")
+    assert not [k for k in h if k.startswith("STK")]
+
+
+@pytest.mark.parametrize("suffix", ["MODEL", "RADIO", "CORR", "PRELIM", "OPT", "DELIVERED",
+                                    "STACK", "OFFICIAL", "VARIABLE"])
+def test_position_names_are_not_blocked_by_substrings(suffix):
+    h = fits.Header()
+    set_keyword(h, "RA_" + suffix, RA0, "[deg] position")
+    set_keyword(h, "DEC_" + suffix, DEC0, "[deg] position")
+    res = wcsupdate.update_header(h, XFM, hdu_label="t")
+    assert len(res.changes) == 2, res.notes
+
+
+@pytest.mark.parametrize("suffix", ["ERR", "SIGMA", "SIG", "UNC", "RMS", "DELTA", "OFF",
+                                    "OFFSET", "SCALE", "STD", "VAR", "SIZE", "RAD", "RADIUS",
+                                    "DIFF", "DIST", "RES", "LIM", "RATE", "PM", "ERR90",
+                                    "SRC_ERR", "STAT_SIG"])
+def test_error_like_names_are_not_positions(suffix):
+    h = fits.Header()
+    set_keyword(h, "RA_" + suffix, RA0)      # no telling comment: the name decides
+    set_keyword(h, "DEC_" + suffix, DEC0)
+    res = wcsupdate.update_header(h, XFM, hdu_label="t")
+    assert not res.changes
+    assert "not a position (name)" in " ".join(n.message for n in res.notes)
+
+
+def test_record_of_an_earlier_version_is_read_as_level_one():
+    h = fits.Header()
+    first = wcsupdate.Transform.from_shift(0.1, 0.1, RA0, DEC0)
+    h["STKXFMID"], h["STKDXI"], h["STKDETA"] = XFM.xfm_id, XFM.d_xi_arcsec, XFM.d_eta_arcsec
+    h["STKPVID"], h["STKPVDXI"], h["STKPVDET"] = first.xfm_id, 0.1, 0.1
+    third = wcsupdate.Transform.from_shift(0.2, 0.2, RA0, DEC0)
+    wcsupdate.record_transform(h, third, hdu_label="t")
+    assert (h["STKPV1ID"], h["STKPV2ID"]) == (XFM.xfm_id, first.xfm_id) and "STKPVID" not in h
+    wcsupdate.unrecord_transform(h, hdu_label="t")
+    wcsupdate.unrecord_transform(h, hdu_label="t")
+    assert h["STKXFMID"] == first.xfm_id and h["STKDXI"] == 0.1
+    assert not [k for k in h if k.startswith("STKPV")]
+
+
+def test_far_positions_move_and_undo_exactly_both_ways():
+    # the 10 deg rule no longer leaves positions (it broke exact undo): they move, counted
+    # in n_far; only positions >= 89 deg away (projection fails) are left, in n_unprojectable
+    x = wcsupdate.Transform.from_shift(0.0, 3.6, RA0, DEC0)      # 1e-3 deg outwards (north)
+    lim = wcsupdate.MAX_DISTANCE_DEG
+    ra = np.array([RA0, RA0, RA0])
+    dec = np.array([DEC0 + lim - 0.0005, DEC0 + 11.5, DEC0 + lim + 2 / 3600])
+    fwd = wcsupdate.shift_columns(ra, dec, x)
+    assert fwd.n_moved == 3 and fwd.n_far == 2 and fwd.n_unprojectable == 0
+    assert np.all(fwd.dec_deg > dec + 9e-4)
+    back = wcsupdate.shift_columns(fwd.ra_deg, fwd.dec_deg, x, inverse=True)
+    assert back.n_moved == 3
+    assert np.allclose(back.dec_deg, dec, atol=1e-10, rtol=0)
+    h = fits.Header()
+    h["RA_A"], h["DEC_A"] = (RA0, "[deg]"), (float(dec[2]), "[deg]")
+    res = wcsupdate.update_header(h, x, hdu_label="t")
+    assert h["DEC_A"] > dec[2] + 9e-4
+    assert "from the stack tangent point" in " ".join(n.message for n in res.notes)
+    wcsupdate.update_header(h, x, hdu_label="t", inverse=True)
+    assert h["DEC_A"] == pytest.approx(float(dec[2]), abs=1e-10)
+    h["RA_B"], h["DEC_B"] = (100.0, "[deg]"), (-60.0, "[deg]")      # > 90 deg away
+    res = wcsupdate.update_header(h, x, hdu_label="t")
+    assert h["RA_B"] == 100.0 and "left" in " ".join(n.message for n in res.notes)
+    far = wcsupdate.shift_columns(np.array([100.0]), np.array([-60.0]), x)
+    assert far.n_moved == 0 and far.n_unprojectable == 1 and far.n_sentinel == 0

@@ -7,4 +7,4 @@
 set -e
 cd "$(dirname "$0")/../.."
 STK_EXTRAS=test . share/scripts/ensure_venv.sh
-exec nice -n 10 "$STK_PY" test/mutation/run.py "$@"
+exec "$STK_PY" test/mutation/run.py "$@"

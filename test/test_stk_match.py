@@ -11,8 +11,6 @@ from astropy.io import fits
 from astropy.table import Table
 from stk_astrometry.fitsutil import get_keyword
 from stk_astrometry.tangent import tangent_to_sky
-from stk_astrometry.api import parse_sep_bins
-from stk_astrometry.formats.catalogs import select_stack
 from stk_astrometry.tools.stk_match import main
 
 SEED = 31415
@@ -575,17 +573,6 @@ def test_error_null_ids(tmp_path, capsys):
 
 
 # ------------------------------------------------------------------ pieces
-
-
-def test_parse_sep_bins():
-    assert parse_sep_bins("1,2,3") == (1.0, 2.0, 3.0)
-    assert parse_sep_bins(" 0.5 1.5, 3 ") == (0.5, 1.5, 3.0)
-
-
-def test_select_stack_single_and_empty():
-    ids = np.array(["a", "a"])
-    assert select_stack(ids, None)[0] == "a"
-    assert select_stack(np.array([], dtype=str), "")[0] == ""
 
 
 def test_shell_chain(tmp_path):
