@@ -275,9 +275,9 @@ class ColumnTable:
             self._nulls[new] = self._nulls.pop(old)
 
 
-#: fitsio for FITS catalogs (astropy reads what fitsio does not: see :func:`_read_fits_fast`);
-#: see ``stk_astrometry.formats._fits.FITSIO_IO`` for why this was off for a while.
-_FAST_READ = True
+#: fitsio for FITS catalogs (astropy reads what fitsio does not: see :func:`_read_fits_fast`).
+#: Off with ``stk_astrometry.formats._fits.FITSIO_IO``, for the reason given there.
+_FAST_READ = False
 
 _FALLBACK_TFORM = re.compile(r"[XPQ]", re.I)
 
