@@ -162,3 +162,79 @@ def test_chance_pairs_per_field_density():
     assert res.f_true == pytest.approx(0.6, abs=0.05)
     with pytest.raises(ValueError, match="background_radius"):
         fit_absolute_error(*data, chance_pairs=lam)
+
+
+def _after_a_fit(rng, n_stacks, per_stack, sigma_sys):
+    """Offsets after each stack's shift was fitted from its own pairs with the stated errors
+    only (weights that ignore the systematic term, as a real fit's do): the applied shift's
+    error is correlated with the offsets and depends on the weights."""
+    dx, dy, cxx, cyy, cxy = draw_offsets(rng, n_stacks * per_stack, sigma_sys)
+    lab = np.repeat(np.arange(n_stacks), per_stack)
+    w = 1.0 / (cxx + cyy)
+    mx = np.bincount(lab, w * dx) / np.bincount(lab, w)
+    my = np.bincount(lab, w * dy) / np.bincount(lab, w)
+    return (dx - mx[lab], dy - my[lab], cxx, cyy, cxy), lab
+
+
+@pytest.mark.parametrize("sigma_sys", [0.0, 0.12])
+def test_free_stack_means_remove_the_fitted_shifts_bias(sigma_sys):
+    rng = np.random.default_rng(SEED + 7)
+    data, lab = _after_a_fit(rng, 300, 5, sigma_sys)
+    plain = fit_absolute_error(*data)
+    free = fit_absolute_error(*data, stack_labels=lab)
+    if sigma_sys > 0:
+        # Offsets about a mean fitted from themselves scatter less: the plain fit is far low.
+        assert plain.sigma_sys_arcsec < 0.8 * sigma_sys, plain
+        assert abs(free.sigma_sys_arcsec / sigma_sys - 1.0) < 0.10, free
+    else:
+        assert free.sigma_sys_arcsec < 0.02, free
+    assert free.sigma_lo_arcsec <= sigma_sys <= free.sigma_hi_arcsec, free
+    assert free.n == plain.n == 1500
+
+
+def test_free_stack_means_do_not_depend_on_the_applied_shift():
+    rng = np.random.default_rng(SEED + 8)
+    (dx, dy, cxx, cyy, cxy), lab = _after_a_fit(rng, 200, 6, 0.1)
+    a = fit_absolute_error(dx, dy, cxx, cyy, cxy, stack_labels=lab)
+    off = rng.normal(0.0, 0.3, (2, 200))  # a different (worse) correction per stack
+    b = fit_absolute_error(dx + off[0][lab], dy + off[1][lab], cxx, cyy, cxy, stack_labels=lab)
+    assert b.sigma_sys_arcsec == pytest.approx(a.sigma_sys_arcsec, rel=1e-3)
+    with pytest.raises(ValueError, match="stack_labels"):
+        fit_absolute_error(dx, dy, cxx, cyy, cxy, stack_labels=lab[:-1])
+
+
+def test_free_stack_means_with_chance_matches():
+    rng = np.random.default_rng(SEED + 9)
+    (dx, dy, cxx, cyy, cxy), lab = _after_a_fit(rng, 300, 8, 0.12)
+    nb = 500  # chance pairs: uniform in the 3" disk, spread over the stacks
+    r = 3.0 * np.sqrt(rng.random(nb))
+    phi = rng.random(nb) * 2.0 * np.pi
+    dx[:nb], dy[:nb] = r * np.sin(phi), r * np.cos(phi)
+    res = fit_absolute_error(dx, dy, cxx, cyy, cxy, stack_labels=lab,
+                             background_radius_arcsec=3.0)
+    assert abs(res.sigma_sys_arcsec / 0.12 - 1.0) < 0.10, res
+    assert res.sigma_lo_arcsec <= 0.12 <= res.sigma_hi_arcsec, res
+
+
+def test_implied_systematic_is_the_estimators_target():
+    from stk_astrometry.core.abserr import implied_systematic
+
+    rng = np.random.default_rng(SEED + 10)
+    _, _, cxx, cyy, cxy = draw_offsets(rng, 500, 0.0)
+    # True = stated + s^2 I: exactly s.
+    assert implied_systematic(cxx, cyy, cxy, cxx + 0.04, cyy + 0.04, cxy) == pytest.approx(0.2)
+    # Stated errors twice too large: nothing to add.
+    assert implied_systematic(4 * cxx, 4 * cyy, 4 * cxy, cxx, cyy, cxy) == 0.0
+    # A mixture: what the ML estimate converges to on offsets drawn from the true errors.
+    txx, tyy = cxx + np.where(np.arange(500) < 250, 0.01, 0.09), cyy + np.where(
+        np.arange(500) < 250, 0.01, 0.09)
+    target = implied_systematic(cxx, cyy, cxy, txx, tyy, cxy)
+    assert 0.1 < target < 0.3
+    big = np.tile(np.arange(500), 20)
+    l11 = np.sqrt(txx[big])
+    l21 = cxy[big] / l11
+    l22 = np.sqrt(tyy[big] - l21**2)
+    z1, z2 = rng.standard_normal(big.size), rng.standard_normal(big.size)
+    res = fit_absolute_error(l11 * z1, l21 * z1 + l22 * z2, cxx[big], cyy[big], cxy[big])
+    assert res.sigma_lo_arcsec <= target <= res.sigma_hi_arcsec, (target, res)
+    assert math.isnan(implied_systematic([np.nan], [1.0], [0.0], [1.0], [1.0], [0.0]))
