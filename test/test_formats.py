@@ -308,3 +308,39 @@ def test_format_card_is_astropys_card_image():
         for comment in ("", "[deg] stack tangent point Dec"):
             assert (format_card("DEC_STACK", value, comment)
                     == Card("HIERARCH DEC_STACK", value, comment).image), value
+
+
+def _damaged_copies(good, tmp_path):
+    """A file cut short inside its data, a file of text, and a FITS file of another kind."""
+    raw = good.read_bytes()
+    cut = tmp_path / "cut.fits"
+    cut.write_bytes(raw[:len(raw) - 2880 - 100])
+    text = tmp_path / "text.fits"
+    text.write_text("not a FITS file\n")
+    other = tmp_path / "other.fits"
+    fits.HDUList([fits.PrimaryHDU()]).writeto(other)
+    return cut, text, other
+
+
+@pytest.mark.parametrize("kind", ["detcorr", "diag"])
+def test_damaged_product_files_are_one_clean_error(tmp_path, kind, recwarn):
+    """A truncated, non-FITS, foreign or missing file: InputError/FormatError, no raw warning."""
+    from stk_astrometry.errors import FormatError, InputError
+
+    good = tmp_path / "good.fits"
+    if kind == "detcorr":
+        cols = {c: np.arange(5, dtype=float) for c in detcorr.COLUMNS}
+        detcorr.write_detcorr(good, cols, _keywords(_components()[0]), HIST)
+        reader = detcorr.read_detcorr
+    else:
+        p = make_pairs(np.random.default_rng(3), n_gaia=40, n_wise=0, n_wg=3)
+        diag.write_diag(good, p, {}, {}, HIST)
+        reader = diag.read_diag
+    reader(good)
+    cut, text, other = _damaged_copies(good, tmp_path)
+    for bad, err in ((cut, InputError), (text, InputError), (other, FormatError),
+                     (tmp_path / "absent.fits", InputError)):
+        with pytest.raises(err, match=str(bad.name)):
+            reader(bad)
+    assert not [w for w in recwarn if "astropy" in type(w.message).__module__], \
+        [str(w.message) for w in recwarn]

@@ -14,8 +14,14 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 from astropy.io import fits
 from stk_astrometry import fitsedit, synthprod
+
+# These start and kill -9 processes of their own, dozens of times (25-100 s): .ci/run runs
+# them with the other slow tests; the in-process fault-hook tests of test_fitsedit.py cover
+# every journal step in the default run.
+pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 SEED = 20261120

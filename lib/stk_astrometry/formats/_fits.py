@@ -8,6 +8,7 @@ the CXC way (DTYPEn/DVALn) by :func:`stk_astrometry.fitsutil.set_keyword`.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -136,6 +137,43 @@ def header_value(x):
     if isinstance(x, np.bool_):
         return bool(x)
     return x
+
+
+def open_product(path, content, what):
+    """Open one of our own FITS files for reading, checked: exists, is FITS, has ``CONTENT``.
+
+    Every failure is one :class:`~stk_astrometry.errors.InputError` (missing, unreadable,
+    truncated) or :class:`~stk_astrometry.errors.FormatError` (FITS, but not ``what``), never
+    a raw astropy exception.  The data are read eagerly (``lazy_load_hdus=False``), so a file
+    cut short fails here and not later, half way through a caller's loop.
+
+    Returns
+    -------
+    astropy.io.fits.HDUList
+        Open; the caller closes it (``with open_product(...) as hdul:``).
+    """
+    import warnings
+
+    from astropy.io import fits
+
+    from stk_astrometry.errors import FormatError, InputError
+
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"{path}: no such file")
+    try:
+        with warnings.catch_warnings():
+            # a truncated file: astropy warns, then fails; we say it once, below
+            warnings.simplefilter("ignore")
+            hdul = fits.open(p, memmap=False, lazy_load_hdus=False)
+            for hdu in hdul:
+                _ = hdu.data
+    except (OSError, ValueError, TypeError, IndexError) as exc:
+        raise InputError(f"{path}: cannot read as FITS: {exc}") from exc
+    if str(hdul[0].header.get("CONTENT", "")).strip() != content:
+        hdul.close()
+        raise FormatError(f"{path}: not a {what} (CONTENT != {content})")
+    return hdul
 
 
 #: fitsio for the per-stack files.  Off: pytest-xdist workers segfault in about a third of the

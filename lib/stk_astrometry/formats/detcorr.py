@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from stk_astrometry.errors import FormatError, InputError
+from stk_astrometry.errors import FormatError
 from stk_astrometry.formats._columns import column_info
-from stk_astrometry.formats._fits import HduSpec, header_keywords, to_hdulist, write_fits_fast
+from stk_astrometry.formats._fits import open_product, HduSpec, header_keywords, to_hdulist, write_fits_fast
 
 __all__ = ["CONTENT", "EXTNAME", "COLUMNS", "UNITS", "DetCorr", "build_detcorr_hdul",
            "write_detcorr", "read_detcorr"]
@@ -81,18 +81,8 @@ def read_detcorr(path) -> DetCorr:
     ------
     InputError, FormatError
     """
-    from astropy.io import fits
-
     p = Path(path)
-    if not p.is_file():
-        raise InputError(f"{path}: no such file")
-    try:
-        hdul = fits.open(p, memmap=False)
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{path}: cannot read as FITS: {exc}") from exc
-    with hdul:
-        if str(hdul[0].header.get("CONTENT", "")).strip() != CONTENT:
-            raise FormatError(f"{path}: not a corrected-detections file (CONTENT != {CONTENT})")
+    with open_product(p, CONTENT, "corrected-detections file") as hdul:
         try:
             hdu = hdul[EXTNAME]
         except KeyError:

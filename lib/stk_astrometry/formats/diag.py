@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from stk_astrometry.errors import FormatError, InputError
-from stk_astrometry.formats._fits import HduSpec, to_hdulist, write_fits_fast
+from stk_astrometry.errors import FormatError
+from stk_astrometry.formats._fits import open_product, HduSpec, to_hdulist, write_fits_fast
 from stk_astrometry.formats._columns import column_info
 from stk_astrometry.formats.pairs import _COLUMN_INFO, LAYOUTS, PAIR_HDUS, STACK_KEYWORDS
 
@@ -81,14 +81,8 @@ def read_diag(path) -> Diag:
     ------
     InputError, FormatError
     """
-    from astropy.io import fits
-
     p = Path(path)
-    if not p.is_file():
-        raise InputError(f"{path}: no such file")
-    with fits.open(p, memmap=False) as hdul:
-        if str(hdul[0].header.get("CONTENT", "")).strip() != CONTENT:
-            raise FormatError(f"{path}: not a diagnostics file (CONTENT != {CONTENT})")
+    with open_product(p, CONTENT, "diagnostics file") as hdul:
         tables = {}
         for name in HDUS:
             try:
