@@ -276,8 +276,7 @@ class ColumnTable:
 
 
 #: fitsio for FITS catalogs (astropy reads what fitsio does not: see :func:`_read_fits_fast`).
-#: Off with ``stk_astrometry.formats._fits.FITSIO_IO``, for the reason given there.
-_FAST_READ = False
+_FAST_READ = True
 
 _FALLBACK_TFORM = re.compile(r"[XPQ]", re.I)
 

@@ -176,15 +176,10 @@ def open_product(path, content, what):
     return hdul
 
 
-#: fitsio for the per-stack files.  Off: pytest-xdist workers segfault in about a third of the
-#: full runs with it on (1 in 3 in the issue-11 session, 2 in 4 before), and the same crash
-#: was seen on main with it off.  A core dump shows pymalloc's free list (256-byte class)
-#: overwritten with text from matplotlib's mathtext source, not FITS data, and valgrind finds
-#: no invalid write in the fitsio tests -- so fitsio is probably not the cause, but that is
-#: not proven, and with it off the crash has not been seen as often.  Everything behind the
-#: switch is tested with it on (test_api: both paths give FITSDiff-identical files); turn it
-#: on when the crash is understood (see the issue-11 report for the evidence).
-FITSIO_IO = False
+#: fitsio for the per-stack files (astropy's path stays for a file fitsio cannot read and for
+#: callers that want astropy objects).  It was off for a while after pytest-xdist workers
+#: segfaulted; the cause was astropy's C VOTable writer in the tests, not fitsio (conftest.py).
+FITSIO_IO = True
 
 
 def _read_fits_astropy(path):
