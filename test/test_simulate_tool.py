@@ -12,7 +12,7 @@ from astropy.io.fits import FITSDiff
 from stk_astrometry.fitsutil import get_keyword
 from stk_astrometry.simulate import SimConfig, simulate_stack
 from stk_astrometry.tableio import read_table, require_columns
-from stk_astrometry.tools import stk_simulate
+from stk_astrometry import simfiles
 from stk_astrometry.tools.stk_simulate import main, output_names
 
 REPO = Path(__file__).resolve().parents[1]
@@ -142,7 +142,7 @@ def test_a_failure_leaves_no_partial_tree(tmp_path, monkeypatch, capsys):
     def boom(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(stk_simulate, "write_stack", boom)
+    monkeypatch.setattr(simfiles, "write_stack", boom)   # the writer lives in the library
     assert _run(out) == 1
     err = capsys.readouterr().err
     assert "ERROR cannot write outdir=" in err and "No space left on device" in err

@@ -5,8 +5,9 @@ detections fall, how big their error ellipses are, which Gaia/ALLWISE sources
 exist, which are true counterparts, and what the Cramer-Rao bound of the direct
 fit is.  Pure numpy/scipy: frozen dataclasses in, frozen dataclasses of arrays
 out (plus astropy Tables built from them by :func:`catalog_tables`); no file
-I/O and no parameter reading here (the front end is
-:mod:`stk_astrometry.tools.stk_simulate`).
+I/O and no parameter reading here (the files are written by
+:mod:`stk_astrometry.simfiles`, for :func:`stk_astrometry.api.simulate_stack` and its front
+end ``stk_simulate``).
 
 The model (also in ``share/doc/stk_simulate.txt``)
 ---------------------------------------------------
