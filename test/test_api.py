@@ -218,6 +218,66 @@ def test_simulate_stack_matches_the_tool(tmp_path):
     assert r.products == () and r.seed == 7 and np.isfinite(r.crb_xi)
 
 
+def test_the_library_never_imports_a_tool_front_end():
+    """Tools import the library (the API), never the reverse: no module outside tools/
+    imports ``stk_astrometry.tools`` (module level or inside a function)."""
+    import ast
+
+    pkg = Path(__file__).resolve().parents[1] / "lib" / "stk_astrometry"
+    offenders = []
+    for path in sorted(pkg.rglob("*.py")):
+        rel = path.relative_to(pkg)
+        if rel.parts[0] == "tools":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:              # relative: resolve against the package
+                    base = ["stk_astrometry", *rel.parts[:-1]]
+                    base = base[:len(base) - (node.level - 1)] if node.level > 1 else base
+                    mod = ".".join(base + ([node.module] if node.module else []))
+                else:
+                    mod = node.module or ""
+                names = [mod] + [f"{mod}.{alias.name}" for alias in node.names]
+            else:
+                continue
+            if any(n == "stk_astrometry.tools" or n.startswith("stk_astrometry.tools.")
+                   for n in names):
+                offenders.append(f"{rel}:{node.lineno}")
+    assert offenders == [], f"library modules importing a tool: {offenders}"
+
+
+def test_the_astropy_path_writes_what_fitsio_writes(tmp_path, monkeypatch):
+    """The per-stack files through fitsio (FITSIO_IO, _FAST_READ) and through astropy's path
+    (the default while fitsio is switched off; a file fitsio cannot read) are the same files,
+    and both readers read them the same way."""
+    from stk_astrometry import tableio
+    from stk_astrometry.formats import _fits
+
+    s = REPO / "share" / "sample" / STACK
+    for on in (True, False):
+        monkeypatch.setattr(_fits, "FITSIO_IO", on)
+        monkeypatch.setattr(tableio, "_FAST_READ", on)
+        out = tmp_path / ("fitsio" if on else "astropy")
+        out.mkdir()
+        api.match_stack(f"{s}_det.fits", f"{s}_gaia.fits", out / "pairs.fits",
+                        wisefile=f"{s}_allwise.fits", bestnbfile=f"{s}_bestnb.fits")
+        api.fit_stack(out / "pairs.fits", out / "xfm.fits",
+                      outdetfile=out / "det_corrected.fits", diagfile=out / "diag.fits")
+    for name in ("pairs.fits", "xfm.fits", "det_corrected.fits", "diag.fits"):
+        _same_as_golden(tmp_path / "astropy" / name, tmp_path / "fitsio" / name)
+    pairs = tmp_path / "fitsio" / "pairs.fits"
+    for a, b in zip(_fits._read_fits_astropy(pairs), _fits._read_fits_fitsio(pairs), strict=True):
+        assert a[0] == b[0] and a[3] == b[3]
+        assert _fits.header_keywords(a[1]) == _fits.header_keywords(b[1])
+        assert _fits.extra_cards(a[1]) == _fits.extra_cards(b[1])
+        assert (a[2] is None) == (b[2] is None)
+        for key in a[2] or {}:
+            assert a[2][key].dtype == b[2][key].dtype
+            assert np.array_equal(a[2][key], b[2][key], equal_nan=a[2][key].dtype.kind == "f")
+
+
 def test_sep_bins_accept_commas_and_blanks():
     assert api.parse_sep_bins("1,2,3") == (1.0, 2.0, 3.0)
     assert api.parse_sep_bins(" 0.5 1.5, 3 ") == (0.5, 1.5, 3.0)

@@ -81,6 +81,26 @@ def test_a_failed_mixture_fit_is_scored_as_no_fit(bench):
     assert np.all(np.isnan(shift)) and np.all(np.isnan(sigma))
 
 
+def test_lost_bright_counts_only_unambiguous_bright_counterparts(bench):
+    # three bright detections with their true counterpart 0.2" (1 true sigma) from the shift,
+    # membership 0.1 each; detection 1 also has a chance candidate closer to the shift (0.05"):
+    # the membership must be shared there, so only detections 0 and 2 count as lost
+    det = np.array([0, 1, 1, 2, 3])
+    d_xi = np.array([0.2, 0.2, 0.05, 0.2, 2.5])
+    n = det.size
+    cov = np.repeat(np.eye(2)[None] * 0.04, n, axis=0)
+    z = np.zeros(n)
+    leg = bench.Leg(det=det, src_xi=z, src_eta=z, d_xi=d_xi, d_eta=z, err_r0=z, err_r1=z,
+                    err_ang=z, ref_sigra=z, ref_sigdec=z, cov=cov, cov_stated=cov,
+                    is_true=np.array([True, True, False, True, True]), shift=np.zeros(2),
+                    density=2.0, crb_var=np.array([0.01, 0.01]),
+                    bright=np.array([True, True, True, True, True]))
+    memb = np.array([0.1, 0.1, 0.9, 0.1, 0.0])
+    # detection 3's counterpart is 12.5 sigma out: not "within 3 true sigma"
+    assert bench._lost_bright(leg, memb) == 2
+    assert bench._lost_bright(leg, np.array([0.9, 0.1, 0.9, 0.6, 0.0])) == 0
+
+
 def _one_tiny_case(bench, monkeypatch, verdict):
     case = bench.Case("tiny", 3, 3, 0.0, 0.3, clean=True, mixture_rms_target=1.03)
     monkeypatch.setattr(bench, "CASES", [case])

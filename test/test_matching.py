@@ -123,6 +123,25 @@ def test_crossmatch_brute_force_agreement():
     assert np.all(np.diff(key) >= 0)
 
 
+@pytest.mark.parametrize("ra0,dec0", [(10.0, 20.0), (0.0, 0.0), (120.0, 89.99), (300.0, -89.999)])
+def test_crossmatch_sweep_equals_the_kd_tree(ra0, dec0, monkeypatch):
+    """The sort-and-sweep and the k-d tree (its fallback) give the same pairs, in the same
+    order, with the same separations: dense ambiguous fields, near the poles and RA 0."""
+    import stk_astrometry.matching as m
+
+    rng = np.random.default_rng(SEED + 2)
+    det_ra, det_dec = offsets_to_sky(ra0, dec0, rng.uniform(-300, 300, 300),
+                                     rng.uniform(-300, 300, 300))
+    ref_ra, ref_dec = offsets_to_sky(ra0, dec0, rng.uniform(-300, 300, 3000),
+                                     rng.uniform(-300, 300, 3000))
+    sweep = crossmatch(det_ra, det_dec, ref_ra, ref_dec, 5.0)
+    monkeypatch.setattr(m, "_SWEEP_MAX_CANDIDATES", -1)     # every search goes to the tree
+    tree = crossmatch(det_ra, det_dec, ref_ra, ref_dec, 5.0)
+    assert len(sweep[0]) > 100
+    for a, b in zip(sweep, tree, strict=True):
+        assert np.array_equal(a, b)
+
+
 def test_crossmatch_empty_inputs():
     di, ri, sep = crossmatch(np.array([]), np.array([]), np.array([1.0]), np.array([1.0]), 3.0)
     assert len(di) == len(ri) == len(sep) == 0

@@ -620,3 +620,28 @@ def test_calibration_needs_enough_matches():
                     match_radius_arcsec=3.0, calibrate=True)
     assert not f.calibrated and "not calibrated" in f.message
     assert (f.err_scale, f.sys_floor) == (1.0, 0.0)
+
+
+def test_bright_counterparts_kept_when_understated_errors_hide_the_matches():
+    # issue 14: 12 detections, the bright ones stated at 0.02-0.05" but 0.2" off (no floor in
+    # the stated errors).  Judged with the stated errors only ~4 of them looked like true
+    # matches, so calibration (which needs 6) was skipped and the bright counterparts kept
+    # membership 0.  Judged with the generous start errors, all 12 count: they are calibrated
+    # and kept.
+    from stk_astrometry.mixture import pair_covariance
+
+    rng = np.random.default_rng(SEED + 31)
+    n_lost = n_calibrated = 0
+    for _ in range(10):
+        sig = np.r_[rng.uniform(0.02, 0.05, 8), rng.uniform(0.3, 0.6, 4)]
+        r95 = sig * R95_PER_SIGMA
+        stated = pair_covariance(r95, r95, np.zeros(12))
+        true_sig = np.hypot(sig, 0.2)
+        d = np.array([0.2, -0.1]) + rng.normal(size=(12, 2)) * true_sig[:, None]
+        fit = fit_mixture(np.arange(12), d[:, 0], d[:, 1], stated, density_per_arcmin2=2.0,
+                          match_radius_arcsec=3.0, calibrate=True)
+        near = np.hypot(d[:8, 0] - 0.2, d[:8, 1] + 0.1) < 3 * 0.2 * np.sqrt(2)
+        n_lost += int(np.count_nonzero(fit.membership[:8][near] < 0.5))
+        n_calibrated += fit.calibrated and fit.sys_floor > 0.05
+    assert n_lost == 0
+    assert n_calibrated >= 8

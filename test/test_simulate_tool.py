@@ -12,7 +12,7 @@ from astropy.io.fits import FITSDiff
 from stk_astrometry.fitsutil import get_keyword
 from stk_astrometry.simulate import SimConfig, simulate_stack
 from stk_astrometry.tableio import read_table, require_columns
-from stk_astrometry.tools import stk_simulate
+from stk_astrometry import simfiles
 from stk_astrometry.tools.stk_simulate import main, output_names
 
 REPO = Path(__file__).resolve().parents[1]
@@ -59,6 +59,24 @@ def test_writes_the_five_tables_readable_by_stk_match(tmp_path):
     bn = read_table(str(out / names["bestnb"]), param="bestnbfile").table
     assert set(bn.colnames) == {"source_id", "allwise_oid", "original_ext_source_id",
                                 "angular_distance", "number_of_neighbours", "number_of_mates"}
+
+
+def test_detections_carry_the_stack_epoch_that_stk_match_uses(tmp_path):
+    # issue 14: Gaia is simulated at J2016.0 and the detections epoch_gap years earlier; the
+    # detections' header says when (DATE-OBS/MJD-OBS), so stk_match moves Gaia back to it
+    # and warns about no missing epoch
+    from stk_astrometry import api
+
+    out = tmp_path / "sim"
+    assert _run(out, "seed=7", "ndet=40", "epoch_gap=8.5") == 0
+    names = output_names(STACK)
+    hdr = fits.getheader(out / names["det"], "SRCLIST")
+    assert hdr["DATE-OBS"] == "2007-07-02T21:00:00" and hdr["MJD-OBS"] == pytest.approx(54283.875)
+    m = api.match_stack(out / names["det"], out / names["gaia"])
+    assert not any("no stack epoch" in w for w in m.warnings), m.warnings
+    keywords = {name: value for name, value, _ in m.pairs.keywords}
+    assert keywords["EPOCHMOD"] == "propagate"
+    assert keywords["EPOCHOBS"] == pytest.approx(2007.5, abs=1e-9)
 
 
 def test_truth_file_matches_the_core_simulation(tmp_path):
@@ -124,7 +142,7 @@ def test_a_failure_leaves_no_partial_tree(tmp_path, monkeypatch, capsys):
     def boom(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(stk_simulate, "write_stack", boom)
+    monkeypatch.setattr(simfiles, "write_stack", boom)   # the writer lives in the library
     assert _run(out) == 1
     err = capsys.readouterr().err
     assert "ERROR cannot write outdir=" in err and "No space left on device" in err

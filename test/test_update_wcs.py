@@ -950,7 +950,7 @@ def test_far_positions_are_moved_with_a_note_and_undo_is_exact(tmp_path, xfm_fil
 
 
 def test_unexpected_exception_fails_that_file_only(tmp_path, xfm_file, capsys, monkeypatch):
-    import stk_astrometry.tools.stk_update_wcs as tool
+    import stk_astrometry.update as tool
 
     a = tmp_path / synthprod.product_filename("EXPMAP")
     b = tmp_path / synthprod.product_filename("ECORRIMG")

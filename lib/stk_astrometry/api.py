@@ -1159,7 +1159,7 @@ _STATUS = {"updated": "updated", "failed": "error", "skipped": "skipped",
 
 
 def _update(p, hist):
-    from stk_astrometry.tools import stk_update_wcs as upd
+    from stk_astrometry import update as upd
 
     p = {**UPDATE_DEFAULTS, **p}
     p["unknown"] = _choice("unknown", p["unknown"], _UNKNOWN)
@@ -1229,12 +1229,12 @@ def _simulate(p, run):
 
     from stk_astrometry.errors import OutputError
     from stk_astrometry.simulate import simulate_stack as simulate_core
-    from stk_astrometry.tools import stk_simulate as sim_tool
+    from stk_astrometry import simfiles
 
     outdir = p["outdir"]
     clobber = bool(p["clobber"])
-    sim_tool._check_outdir(outdir, clobber)
-    cfg = sim_tool.config_from_params(p)
+    simfiles.check_outdir(outdir, clobber)
+    cfg = simfiles.config_from_params(p)
     seed = p["seed"]
     if seed is None:
         seed = secrets.randbits(31)
@@ -1256,13 +1256,13 @@ def _simulate(p, run):
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=parent))
     products = []
     try:
-        paths = sim_tool.write_stack(sim, tmp, run, shown_folder=out)
+        paths = simfiles.write_stack(sim, tmp, run, shown_folder=out)
         if p["products"]:
-            products = sim_tool.write_products(sim, tmp / "products",
+            products = simfiles.write_products(sim, tmp / "products",
                                                rng=np.random.default_rng(prod_seq))
             logger.info("Wrote %d data products under %s", len(products), out / "products")
-        os.chmod(tmp, 0o777 & ~sim_tool._umask())
-        sim_tool._install_tree(tmp, out)
+        os.chmod(tmp, 0o777 & ~simfiles.umask())
+        simfiles.install_tree(tmp, out)
     except OSError as exc:
         raise OutputError(f"cannot write outdir={outdir}: {exc.strerror or exc}") from exc
     finally:

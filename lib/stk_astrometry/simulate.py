@@ -5,8 +5,9 @@ detections fall, how big their error ellipses are, which Gaia/ALLWISE sources
 exist, which are true counterparts, and what the Cramer-Rao bound of the direct
 fit is.  Pure numpy/scipy: frozen dataclasses in, frozen dataclasses of arrays
 out (plus astropy Tables built from them by :func:`catalog_tables`); no file
-I/O and no parameter reading here (the front end is
-:mod:`stk_astrometry.tools.stk_simulate`).
+I/O and no parameter reading here (the files are written by
+:mod:`stk_astrometry.simfiles`, for :func:`stk_astrometry.api.simulate_stack` and its front
+end ``stk_simulate``).
 
 The model (also in ``share/doc/stk_simulate.txt``)
 ---------------------------------------------------
@@ -46,7 +47,11 @@ detection with both has its ALLWISE source associated with its Gaia source).
 Detections classed FALSE or planted with a false match have none.  Gaia
 positions are at the Gaia epoch: ``gaia = true + pm * epoch_gap`` (the
 detection sees the source ``epoch_gap`` years earlier; ALLWISE 5.5 years
-earlier than Gaia).
+earlier than Gaia).  The Gaia epoch is DR3's, J2016.0 (the catalog has no
+``ref_epoch`` column: stk_match's default), and the detections' header says
+when they were taken, ``DATE-OBS``/``MJD-OBS`` = J2016.0 - ``epoch_gap``
+(:func:`stack_epoch_keywords`), so stk_match moves Gaia back to the detections'
+epoch as it would on a real stack.
 
 Gaia.  ``N ~ Poisson(gaia_density * pi * (r_stack + margin)**2)`` sources in
 the cone; counterparts, planted false matches and blended companions are taken
@@ -734,6 +739,7 @@ def catalog_tables(sim):
         det[name].unit = unit
     det.meta.update({"RA_STACK": cfg.ra_stack_deg, "DEC_STACK": cfg.dec_stack_deg,
                      "STACKID": sim.stack_id, "INSTRUME": cfg.instrument})
+    det.meta.update(stack_epoch_keywords(cfg))
 
     g = sim.gaia
     gaia = Table()
@@ -792,6 +798,20 @@ def catalog_tables(sim):
         tr[name].unit = unit
     tr.meta.update(truth_keywords(sim))
     return {"det": det, "gaia": gaia, "allwise": wise, "bestnb": bn, "truth": tr}
+
+
+#: The simulated Gaia catalog's epoch (Gaia DR3, Julian year; stk_match's default).
+GAIA_EPOCH_YR = 2016.0
+
+
+def stack_epoch_keywords(cfg):
+    """``DATE-OBS`` and ``MJD-OBS`` of the simulated detections: the Gaia epoch minus
+    ``epoch_gap_yr`` (TT, as the CXC writes its dates), name -> (value, comment).  Pure."""
+    from astropy.time import Time
+
+    t = Time(GAIA_EPOCH_YR - cfg.epoch_gap_yr, format="jyear", scale="tt")
+    return {"DATE-OBS": (t.isot[:19], "stack epoch (simulated: J2016.0 - epoch_gap)"),
+            "MJD-OBS": (round(float(t.mjd), 6), "[d] stack epoch (simulated)")}
 
 
 def truth_keywords(sim):

@@ -175,6 +175,8 @@ def run_mixture(pin, det_pairs: xfmfit.PairSet, wise_gaia: xfmfit.PairSet, *,
     message1 = fit1.message if ok1 else f"{fit1.failure}; {fit1.message}"
     model = (fit1.sys_floor, fit1.err_scale) if ok1 else None
     _check_error_model(pin, fit1, "detection leg")
+    if ok1:
+        _warn_rejected_bright(pin, det_pairs, fit1)
     if pin.method == "direct":
         c = component("TOTAL", fit1, det_pairs)
         return Estimate("mixture", "direct", (c,), n_match, ok1, message1,
@@ -234,6 +236,58 @@ def _check_error_model(pin, fit, leg):
         logger.warning("stack %s, mixture %s: %s; check the detections' error columns and the "
                        "pairs (a wrong error convention, or many wrong counterparts)", stack, leg,
                        " and ".join(why))
+
+
+#: A bright detection (among the quarter with the smallest stated errors) whose nearest
+#: candidate lies within this distance of the mixture's shift (arcsec) but has membership
+#: < 0.5 is reported as a rejected bright counterpart (issue 14).
+BRIGHT_NEAR_ARCSEC = 1.0
+
+
+def rejected_bright(pairs: xfmfit.PairSet, membership, shift, cov_sigma=None):
+    """Bright detections whose likely counterpart the mixture rejected.  Pure.
+
+    Bright: the quarter of the detections (at least one) with the smallest stated error
+    (``sqrt(r0 r1)``).  Rejected: every candidate has membership < 0.5 although the nearest
+    one lies within :data:`BRIGHT_NEAR_ARCSEC` of the fitted shift.  Returns a list of
+    (region_id, offset from the shift in arcsec, stated 1-sigma in arcsec), nearest first.
+    """
+    rid = np.asarray(pairs.region_id)
+    if rid.size == 0:
+        return []
+    size = np.sqrt(np.asarray(pairs.err_r0, float) * np.asarray(pairs.err_r1, float))
+    ids, inverse = np.unique(rid, return_inverse=True)
+    det_size = np.full(ids.size, np.inf)
+    np.minimum.at(det_size, inverse, np.where(np.isfinite(size), size, np.inf))
+    finite = np.isfinite(det_size)
+    if not np.any(finite):
+        return []
+    cut = np.quantile(det_size[finite], 0.25)
+    dist = np.hypot(pairs.d_xi - shift[0], pairs.d_eta - shift[1])
+    best_p = np.zeros(ids.size)
+    np.maximum.at(best_p, inverse, np.asarray(membership, float))
+    nearest = np.full(ids.size, np.inf)
+    np.minimum.at(nearest, inverse, np.where(np.isfinite(dist), dist, np.inf))
+    hit = finite & (det_size <= cut) & (best_p < 0.5) & (nearest <= BRIGHT_NEAR_ARCSEC)
+    out = [(int(ids[j]), float(nearest[j]), float(det_size[j] / xfmfit.R95_PER_SIGMA))
+           for j in np.flatnonzero(hit)]
+    return sorted(out, key=lambda t: t[1])
+
+
+def _warn_rejected_bright(pin, pairs, fit):
+    """Warn, naming the stack, when the mixture rejected bright detections' near candidates."""
+    lost = rejected_bright(pairs, fit.membership, (fit.d_xi, fit.d_eta))
+    if not lost:
+        return
+    shown = ", ".join(f"region_id {r} ({d:.2f}\" from the shift, stated 1-sigma {e:.3f}\")"
+                      for r, d, e in lost[:5])
+    more = f" and {len(lost) - 5} more" if len(lost) > 5 else ""
+    logger.warning("stack %s, mixture: %d bright detection(s) have a candidate within %g\" of "
+                   "the shift but no accepted counterpart (membership < 0.5): %s%s; if they "
+                   "are real counterparts the stated errors understate their offsets (error "
+                   "model: scale %.2f, floor %.3f\"%s)", pin.stackid or "(unnamed stack)",
+                   len(lost), BRIGHT_NEAR_ARCSEC, shown, more, fit.err_scale, fit.sys_floor,
+                   "" if fit.calibrated else "; not calibrated: try syserr=fit or sys_floor=")
 
 
 def disagreement(a: Component, b: Component) -> float | None:

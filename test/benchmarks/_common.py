@@ -159,7 +159,7 @@ def write_sim_inputs(sim, folder):
         ``det``, ``gaia``, ``allwise``, ``bestnb``, ``truth`` -> path.
     """
     from stk_astrometry.simulate import catalog_tables
-    from stk_astrometry.tools.stk_simulate import output_names, table_hdul
+    from stk_astrometry.simfiles import output_names, table_hdul
 
     tables = catalog_tables(sim)
     names = output_names(sim.stack_id)

@@ -61,12 +61,19 @@ Legend (per case, per estimator; errors and bounds per axis, both axes pooled):
   bias/CRB  max over axes of |mean((est-true)/CRB)|, with its standard error in brackets
   cat       catastrophic failures: |est-true| > 5 x CRB on an axis, count / N
   pull sd   rms of (est-true)/reported sigma (1 = calibrated); pull95 = 95th pct of |pull| (1.96)
+  cov95     pull coverage: fraction of |pull| <= 1.96, both axes pooled (0.95 = calibrated)
   sig/sct   reported sigma / actual scatter = 1 / pull sd, over stacks with >= 10 true pairs
   wrong-grp spec only: fraction of stacks whose chosen separation group is not the one holding
             the most detections with their true counterpart
   targets   issue 7 (mixture): rms <= 1.03 clean, <= 1.08 at 30 %, <= 1.12 at 40 % false;
             no catastrophic failure in the clean 0-1" set; |bias| < 0.1; sig/sct within 10 %.
             issue 4 (spec): clean shifts < 0.3": rms <= 1.15 and sig/sct within 20 %.
+            issue 14: mixture rms <= 1.05, sig/sct within 20 % and lost-bright = 0 in the
+            "errors"/"wavdetect" cases; spec sig/sct within 20 % in the "|s|<.3" cases.
+  lost-br.  mixture: bright true counterparts (quarter of smallest stated errors) within 3 true
+            sigma of the shift with membership < 0.5, unless another candidate of the same
+            detection lies closer to the shift (in the true sigmas): then no estimator can
+            tell them apart and the membership must be shared
 Simulation: detections uniform in area within 10' off-axis; per-detection ellipse with 1-sigma
   major axis sigma = (0.1 + 0.9 (theta/10')^2) x lognormal(0, 0.5) clipped to [0.1, 1.5]",
   axis ratio U(0.4, 1), PA U(0, 180); 10-80 detections per stack; true counterpart offset =
@@ -99,7 +106,8 @@ class Case:
     cat_target: bool = False       # issue-7 "no catastrophic failure" target applies
     errors: str = "true"           # stated errors: true | floor | inflated | wavdetect (issue 14)
     outliers: int = 0              # bright detections given a real-looking wrong offset
-    errors_target: bool = False    # issue-14 targets apply (sigma +-20 % both, membership)
+    errors_target: bool = False    # issue-14 mixture targets apply (sigma +-20 %, membership)
+    spec_sigma_target: bool = False  # issue-14 spec target applies (sigma +-20 %)
 
 
 CASES = (
@@ -126,14 +134,27 @@ CASES = (
     Case("false 40% 1.0-1.5", 2000, 150, 1.0, 1.5, false_frac=0.40),
     # issue 14: stated errors that are not the true ones (appended: earlier cases keep their
     # stacks); the mixture is given the stated errors, the CRB uses the true ones
-    Case("errors: floor .05-.3", 2000, 150, errors="floor", mixture_rms_target=1.05,
+    # 1,000 stacks each (issue 14); the spec's sigma is judged at CSC-like shifts (|s| < 0.3",
+    # the cases below): at |s| up to 1" its 0-1" separation group truncates the true offsets,
+    # and its error is then dominated by that bias and by wrong group choices (wrong-grp), which
+    # no sigma of the spec shift (unchanged, as the issue asks) can follow
+    Case("errors: floor .05-.3", 1000, 150, errors="floor", mixture_rms_target=1.05,
          errors_target=True),
-    Case("errors: inflated x1.5-3", 2000, 150, errors="inflated", mixture_rms_target=1.05,
+    Case("errors: inflated x1.5-3", 1000, 150, errors="inflated", mixture_rms_target=1.05,
          errors_target=True),
-    Case("errors: wavdetect", 2000, 150, errors="wavdetect", mixture_rms_target=1.05,
+    Case("errors: wavdetect", 1000, 150, errors="wavdetect", mixture_rms_target=1.05,
          errors_target=True),
-    Case("wavdetect + outliers", 2000, 150, errors="wavdetect", outliers=2,
+    Case("wavdetect + outliers", 1000, 150, errors="wavdetect", outliers=2,
          mixture_rms_target=1.05, errors_target=True),
+    Case("errors right |s|<.3", 1000, 150, 0.0, 0.3, spec_sigma_target=True),
+    Case("floor .05-.3 |s|<.3", 1000, 150, 0.0, 0.3, errors="floor", spec_sigma_target=True,
+         errors_target=True),
+    Case("inflated x1.5-3 |s|<.3", 1000, 150, 0.0, 0.3, errors="inflated",
+         spec_sigma_target=True, errors_target=True),
+    Case("wavdetect |s|<.3", 1000, 150, 0.0, 0.3, errors="wavdetect", spec_sigma_target=True,
+         errors_target=True),
+    Case("wavdet.+outl. |s|<.3", 1000, 150, 0.0, 0.3, errors="wavdetect", outliers=2,
+         spec_sigma_target=True, errors_target=True),
 )
 
 
@@ -457,6 +478,7 @@ class Tally:
         if pull.size:
             out["pull_sd"] = float(np.sqrt(np.mean(pull**2)))
             out["pull95"] = float(np.percentile(np.abs(pull), 95))
+            out["cover"] = float(np.mean(np.abs(pull) <= 1.96))
         sel = pull_ok & (n_true >= 10)
         if np.any(sel):
             out["calib"] = float(1.0 / np.sqrt(np.mean((err[sel] / rep[sel]) ** 2)))
@@ -488,7 +510,7 @@ def _verdicts(case, est_name, s):
         if case.errors_target and "lost_bright" in s:
             out.append(f"{'PASS' if s['lost_bright'] == 0 else 'FAIL'} "
                        f"lost-bright={s['lost_bright']}")
-    elif est_name == "spec" and case.errors_target:
+    elif est_name == "spec" and case.spec_sigma_target:
         if "calib" in s:
             out.append(f"{'PASS' if abs(s['calib'] - 1) <= 0.20 else 'FAIL'} sig+-20%")
     elif est_name == "spec" and case.spec_target:
@@ -508,7 +530,10 @@ def _lost_bright(leg, membership):
     true sigma of the shift but whose membership is below 0.5 (issue 14 target: none)."""
     e = np.stack([leg.d_xi, leg.d_eta], axis=1) - leg.shift
     m2 = np.einsum("ni,nij,nj->n", e, np.linalg.inv(leg.cov), e)
-    sel = leg.is_true & leg.bright & (m2 <= 9.0)
+    # a detection whose other candidate lies closer to the shift is ambiguous by construction
+    closest = np.full(int(leg.det.max()) + 1 if leg.det.size else 0, np.inf)
+    np.minimum.at(closest, leg.det, np.where(leg.is_true, np.inf, m2))
+    sel = leg.is_true & leg.bright & (m2 <= 9.0) & (m2 < closest[leg.det])
     return int(np.count_nonzero(membership[sel] < 0.5))
 
 
@@ -575,7 +600,8 @@ def main(quick: bool = False, cases: str = "", n_stacks: int | None = None) -> i
             print(f"  {name}: n/a (not importable)")
     header = (f"{'case':<24}{'estimator':<10}{'N':>6}{'rms/CRB':>9}{'68% CI':>14}{'core':>7}"
               f"{'bias/CRB':>15}"
-              f"{'cat':>11}{'pull sd':>9}{'pull95':>8}{'sig/sct':>9}{'wrong-grp':>10}  targets")
+              f"{'cat':>11}{'pull sd':>9}{'pull95':>8}{'cov95':>7}{'sig/sct':>9}{'wrong-grp':>10}"
+              f"  targets")
     print(header)
     print("-" * len(header))
     t0 = time.perf_counter()
@@ -599,7 +625,8 @@ def main(quick: bool = False, cases: str = "", n_stacks: int | None = None) -> i
             print(f"{case.name:<24}{name:<10}{s['n']:>6}{_fmt(s, 'rms', '.3f', 9)}{ci:>14}"
                   f"{_fmt(s, 'rms_core', '.3f', 7)}{bias:>15}"
                   f"{str(s['cat']) + '/' + str(s['n']):>11}{_fmt(s, 'pull_sd', '.3f', 9)}"
-                  f"{_fmt(s, 'pull95', '.2f', 8)}{_fmt(s, 'calib', '.3f', 9)}"
+                  f"{_fmt(s, 'pull95', '.2f', 8)}{_fmt(s, 'cover', '.3f', 7)}"
+                  f"{_fmt(s, 'calib', '.3f', 9)}"
                   f"{_fmt(s, 'wrong_group', '.3f', 10)}  {' '.join(verdicts)}")
         s = results.get("mixture", {})
         if s.get("cat"):

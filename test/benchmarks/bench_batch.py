@@ -77,7 +77,10 @@ def _env():
 
 
 def make_inputs(n):
-    """The cached inputs of ``n`` stacks; returns (list file, seconds spent generating)."""
+    """The cached inputs of ``n`` stacks; returns (list file, seconds spent generating).
+
+    The driver is given ``@`` + the list file, as a user types ``stacks=@stacks.lis``.
+    """
     root = Path(os.environ.get("STK_BENCH_BATCH_CACHE",
                                Path(tempfile.gettempdir()) / f"stk_bench_batch_{SEED}"))
     root.mkdir(parents=True, exist_ok=True)
@@ -215,7 +218,7 @@ def _group_alive(pgid):
 
 def kill_and_resume(listfile, folder, n, kills, rng):
     """Kill the driver ``kills`` times at random moments, then resume to the end."""
-    args = json.dumps({"stacks": str(listfile), "folder": str(folder), "task": "run_stack",
+    args = json.dumps({"stacks": f"@{listfile}", "folder": str(folder), "task": "run_stack",
                        "plots": False})
     orphan_waits, recorded = [], []
     for _ in range(kills):
@@ -239,7 +242,7 @@ def kill_and_resume(listfile, folder, n, kills, rng):
         recorded.append(con.execute("SELECT COUNT(*) FROM stacks WHERE status IN "
                                     "('done','failed')").fetchone()[0])
         con.close()
-    final = run_driver(listfile, folder, plots=False)
+    final = run_driver(f"@{listfile}", folder, plots=False)
     con = sqlite3.connect(folder / "campaign.sqlite")
     status = dict(con.execute("SELECT status, COUNT(*) FROM stacks GROUP BY status"))
     n_results = con.execute("SELECT COUNT(*) FROM results").fetchone()[0]
@@ -281,7 +284,7 @@ def main(quick: bool = False) -> int:
 
         # 2. match + fit, LocalCluster and a separate scheduler
         rows = []
-        local = run_driver(listfile, tmp / "local")
+        local = run_driver(f"@{listfile}", tmp / "local")
         rate = n / local["proc_wall"]
         ok = rate >= TARGET_RATE
         misses += [] if ok else [f"match+fit {rate:.1f} stacks/s < {TARGET_RATE}"]
@@ -293,7 +296,7 @@ def main(quick: bool = False) -> int:
                      f"{local['maxrss_mb']:.0f} MB",
                      f"{'PASS' if ok else 'FAIL'} >= {TARGET_RATE:.0f}/s"])
         with ExternalCluster(tmp) as cluster:
-            ext = run_driver(listfile, tmp / "external", scheduler=cluster.address)
+            ext = run_driver(f"@{listfile}", tmp / "external", scheduler=cluster.address)
         ratio = ext["proc_wall"] / local["proc_wall"]
         same, diff = tables_equal(tmp / "local" / "campaign.fits",
                                   tmp / "external" / "campaign.fits")

@@ -83,11 +83,8 @@ def header_keywords(header, *, skip=()):
 
     Structure, column descriptions, HISTORY/COMMENT and the names in ``skip`` are left out.
     """
-    from astropy.io.fits.card import Undefined
-
     skip = {s.upper() for s in skip}
-    cards = [(c.keyword, None if isinstance(c.value, Undefined) else c.value, c.comment)
-             for c in header.cards]
+    cards = [(c.keyword, _defined(c.value), c.comment) for c in header.cards]
     dval = {}
     for kw, value, _ in cards:
         m = _DTYPE.match(kw)
@@ -113,8 +110,13 @@ def extra_cards(header):
 
     Kept as read (DTYPEn/DVALn as they are), for a copy of the HDU (the diagnostics file).
     """
-    return tuple((c.keyword, c.value, c.comment) for c in header.cards
+    return tuple((c.keyword, _defined(c.value), c.comment) for c in header.cards
                  if c.keyword and not _STRUCTURAL.match(c.keyword))
+
+
+def _defined(value):
+    """None for an undefined value (astropy's or :mod:`stk_astrometry.fitscards`'s)."""
+    return None if type(value).__name__ == "Undefined" else value
 
 
 def keyword_value(keys, name, default=None):
@@ -174,11 +176,10 @@ def open_product(path, content, what):
     return hdul
 
 
-#: fitsio for the per-stack files.  Off: with it on, a pytest-xdist worker running
-#: test_match_tool/test_catalog_formats segfaulted in about half of the runs (inside
-#: pytest's assertion rewriting, i.e. memory corrupted earlier); not understood yet, so the
-#: astropy path writes and reads until it is (see the issue-11 report).
-FITSIO_IO = False
+#: fitsio for the per-stack files (astropy's path stays for a file fitsio cannot read and for
+#: callers that want astropy objects).  It was off for a while after pytest-xdist workers
+#: segfaulted; the cause was astropy's C VOTable writer in the tests, not fitsio (conftest.py).
+FITSIO_IO = True
 
 
 def _read_fits_astropy(path):
@@ -212,22 +213,31 @@ def read_fits(path):
     Returns
     -------
     list of (extname, header, columns, units)
-        ``header`` an :class:`astropy.io.fits.Header` built from the cards as written (cheap:
-        astropy parses a card when it is read); ``columns`` ``{lower-case name: ndarray}`` in
-        native byte order (strings as str, trailing blanks removed), None for a non-table HDU;
-        ``units`` ``{name: TUNITn}``.
+        ``header`` the cards as written (:func:`stk_astrometry.fitscards.parse_header`: an
+        astropy-compatible read-only header, astropy's own for unusual cards); ``columns``
+        ``{lower-case name: ndarray}`` in native byte order (strings as str, trailing blanks
+        removed), None for a non-table HDU; ``units`` ``{name: TUNITn}``.
 
     Raises
     ------
     OSError
         The file cannot be read as FITS.
     """
+    if not FITSIO_IO:
+        return _read_fits_astropy(path)
+    try:
+        return _read_fits_fitsio(path)
+    except OSError:
+        # not FITS, truncated, damaged: astropy's reader raises the one-line message the
+        # readers pass on (cfitsio's spans several lines and names its internals)
+        return _read_fits_astropy(path)
+
+
+def _read_fits_fitsio(path):
     import fitsio
 
     from stk_astrometry.tableio import raw_header
 
-    if not FITSIO_IO:
-        return _read_fits_astropy(path)
     out = []
     with fitsio.FITS(str(path)) as fh:
         for hdu in fh:

@@ -294,11 +294,9 @@ def select_stack(stack_ids, requested):
 
 
 def _header_value(header, name):
-    from astropy.io import fits
-
     from stk_astrometry.fitsutil import get_keyword
 
-    if isinstance(header, fits.Header):
+    if hasattr(header, "cards"):        # a FITS header (astropy's or fitscards'); {} for text
         return get_keyword(header, name)
     return None
 

@@ -1,0 +1,99 @@
+"""fitscards: headers read without astropy give exactly what astropy reads."""
+
+from pathlib import Path
+
+import pytest
+from astropy.io import fits
+from astropy.io.fits.card import Undefined as AstropyUndefined
+
+from stk_astrometry import fitscards
+
+REPO = Path(__file__).resolve().parents[1]
+FILES = sorted([*REPO.glob("share/sample/**/*.fits*"), *REPO.glob("test/golden/**/*.fits*"),
+                *REPO.glob("test/data/**/*.fits")])
+
+
+def _same(ours, theirs):
+    if isinstance(theirs, AstropyUndefined):
+        return isinstance(ours, fitscards.Undefined)
+    return type(ours) is type(theirs) and ours == theirs
+
+
+def _compare(text):
+    ours = fitscards.parse_header(text)
+    theirs = fits.Header.fromstring(text)
+    if not isinstance(ours, fitscards.Header):
+        return 0                       # handed to astropy: the same object type
+    assert [c.keyword for c in ours.cards] == [c.keyword for c in theirs.cards]
+    for a, b in zip(ours.cards, theirs.cards, strict=True):
+        assert _same(a.value, b.value), (a, b.image)
+        assert a.comment == b.comment, (a, b.image)
+    for key in {c.keyword for c in theirs.cards if c.keyword not in ("HISTORY", "COMMENT", "")}:
+        assert key in ours
+        assert _same(ours[key], theirs[key]), key
+        assert ours.comments[key] == theirs.comments[key]
+    return len(ours)
+
+
+def test_every_card_of_the_bundled_and_golden_files_reads_as_astropy_reads_it():
+    assert len(FILES) > 10
+    n_cards = n_ours = 0
+    for path in FILES:
+        with fits.open(path) as hdul:
+            for hdu in hdul:
+                text = hdu.header.tostring()
+                n_cards += len(hdu.header)
+                n_ours += _compare(text)
+    assert n_ours > 0.9 * n_cards        # the files' headers are read by this parser
+
+
+EDGE_CARDS = [
+    "KEY     = 'O''Hara  '           / a quote inside",
+    "KEY     = '   leading'",
+    "KEY     = ''                   / empty string",
+    "KEY     = '        '",
+    "KEY     =                      / undefined with a comment",
+    "KEY     =",
+    "KEY     =                    T",
+    "KEY     =                    F / no",
+    "KEY     =                   -7 / an int",
+    "KEY     =                  007",
+    "KEY     =                +1.5D-3",
+    "KEY     =             1.0E+300",
+    "KEY     =                 .5E2 /comment without a space",
+    "KEY     =                  1.  /   spaces   ",
+    "KEY     = 1234567890123456789012",
+    "KEY     = 'a/b' / slash inside the string",
+    "KEY     = 'x'/touching comment",
+    "HIERARCH DEC_STACK = 62.2 / declination",
+    "HIERARCH Long.Name = 'text' / mixed case",
+    "HISTORY   some text   ",
+    "COMMENT keep this",
+    "                    blank keyword text",
+    "DATE-OBS= '2014-01-01T00:00:00'",
+    "KEY     = 'x: 1'",
+    "KEY     = (1.0, 2.0)",
+    "KEY     = 1.5E 03",
+    "key     = 'lower-case keyword'",
+    "KEY     = 'no end",
+]
+
+
+@pytest.mark.parametrize("card", EDGE_CARDS)
+def test_edge_cards_read_as_astropy_reads_them(card):
+    image = card.ljust(80)
+    text = "SIMPLE  =                    T".ljust(80) + image + "END".ljust(80)
+    ours = fitscards.parse_header(text)
+    theirs = fits.Header.fromstring(text)
+    if isinstance(ours, fitscards.Header):
+        _compare(text)
+    else:
+        assert isinstance(ours, fits.Header) and len(ours) == len(theirs)
+
+
+def test_a_continue_card_hands_the_header_to_astropy():
+    long_text = "x" * 150
+    header = fits.Header()
+    header["NOTE"] = long_text
+    out = fitscards.parse_header(header.tostring())
+    assert isinstance(out, fits.Header) and out["NOTE"] == long_text

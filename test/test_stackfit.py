@@ -1,0 +1,56 @@
+"""Tests of stk_astrometry.stackfit: the estimators of one stack wired together (no files)."""
+
+import logging
+from types import SimpleNamespace
+
+import numpy as np
+from stk_astrometry import stackfit
+from stk_astrometry.xfmfit import R95_PER_SIGMA, PairSet
+
+
+def _pairs(region_id, d_xi, d_eta, sigma):
+    n = len(region_id)
+    r95 = np.asarray(sigma, float) * R95_PER_SIGMA
+    z = np.zeros(n)
+    return PairSet(region_id=np.asarray(region_id), src_xi=z, src_eta=z,
+                   d_xi=np.asarray(d_xi, float), d_eta=np.asarray(d_eta, float),
+                   sep=np.hypot(d_xi, d_eta), group=np.ones(n, dtype=int), err_r0=r95,
+                   err_r1=r95, err_ang=z, ref_sigra=z, ref_sigdec=z)
+
+
+def test_rejected_bright_names_bright_detections_with_a_near_unaccepted_candidate():
+    # 8 detections; the two brightest (0.02", 0.03") have candidates 0.4" and 2.0" from the
+    # shift with membership 0; a faint one is rejected too, and a bright one whose chance
+    # candidate took the membership is not "rejected"
+    rid = [1, 2, 3, 4, 5, 6, 7, 8, 8]
+    sigma = [0.02, 0.03, 0.3, 0.3, 0.3, 0.4, 0.5, 0.6, 0.6]
+    d_xi = [0.5, 2.1, 0.1, 0.15, 0.05, 0.9, 0.1, 0.1, 0.4]
+    d_eta = [0.2, 0.0, 0.0, 0.05, -0.05, 0.0, 0.1, 0.0, 0.0]
+    memb = [0.0, 0.0, 1.0, 1.0, 1.0, 0.0, 1.0, 0.6, 0.2]
+    lost = stackfit.rejected_bright(_pairs(rid, d_xi, d_eta, sigma), memb, (0.1, 0.0))
+    # bright = the quarter with the smallest errors: detections 1 and 2; only 1 is within 1"
+    assert [r for r, _, _ in lost] == [1]
+    r, dist, err = lost[0]
+    assert dist == np.hypot(0.4, 0.2) and abs(err - 0.02) < 1e-12
+
+
+def test_rejected_bright_is_empty_when_every_bright_counterpart_is_accepted():
+    rid = np.arange(8)
+    sigma = np.linspace(0.05, 0.5, 8)
+    p = _pairs(rid, np.full(8, 0.1), np.zeros(8), sigma)
+    assert stackfit.rejected_bright(p, np.ones(8), (0.1, 0.0)) == []
+    assert stackfit.rejected_bright(_pairs([], [], [], []), np.zeros(0), (0.0, 0.0)) == []
+
+
+def test_a_rejected_bright_counterpart_is_warned_about_naming_the_stack(caplog):
+    rid = np.arange(8)
+    sigma = [0.02, 0.1, 0.3, 0.3, 0.3, 0.4, 0.5, 0.6]
+    p = _pairs(rid, [0.6, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1], np.zeros(8), sigma)
+    fit = SimpleNamespace(membership=np.r_[0.0, np.ones(7)], d_xi=0.1, d_eta=0.0,
+                          err_scale=1.0, sys_floor=0.0, calibrated=False)
+    pin = SimpleNamespace(stackid="acisfJ0000000p000000_001")
+    with caplog.at_level(logging.WARNING, logger="stk_astrometry.stackfit"):
+        stackfit._warn_rejected_bright(pin, p, fit)
+    text = caplog.text
+    assert "acisfJ0000000p000000_001" in text and "region_id 0 (0.50\"" in text
+    assert "1 bright detection(s)" in text and "syserr=fit" in text
