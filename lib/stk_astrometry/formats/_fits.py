@@ -161,6 +161,7 @@ def open_product(path, content, what):
     p = Path(path)
     if not p.is_file():
         raise InputError(f"{path}: no such file")
+    hdul = None
     try:
         with warnings.catch_warnings():
             # a truncated file: astropy warns, then fails; we say it once, below
@@ -169,6 +170,8 @@ def open_product(path, content, what):
             for hdu in hdul:
                 _ = hdu.data
     except (OSError, ValueError, TypeError, IndexError) as exc:
+        if hdul is not None:
+            hdul.close()
         raise InputError(f"{path}: cannot read as FITS: {exc}") from exc
     if str(hdul[0].header.get("CONTENT", "")).strip() != content:
         hdul.close()
