@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ..errors import OutputError, ParameterError
 from ..runner import run_tool
+from ..simfiles import check_outdir
 
 TOOLNAME = "stk_simpop"
 logger = logging.getLogger(__name__)
@@ -54,22 +55,6 @@ def config_from_params(params):
         return PopConfig(**kwargs)
     except ValueError as exc:
         raise ParameterError(str(exc)) from None
-
-
-def _check_outdir(outdir, clobber):
-    if outdir is None or str(outdir).strip() == "":
-        raise ParameterError("outdir is blank: give the output directory")
-    path = Path(outdir)
-    if path.exists() and not path.is_dir():
-        raise OutputError(f"outdir={outdir} exists and is not a directory")
-    if path.is_dir() and any(path.iterdir()) and not clobber:
-        raise OutputError(f"Clobber set to no, and output directory {outdir} exists and is not "
-                          "empty (outdir).")
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise OutputError(f"outdir={outdir}: folder {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise OutputError(f"outdir={outdir}: folder {parent} is not writable")
 
 
 def _records(columns):
@@ -278,7 +263,7 @@ def _body(params):
 
     outdir = params["outdir"]
     clobber = bool(params["clobber"])
-    _check_outdir(outdir, clobber)
+    check_outdir(outdir, clobber)
     cfg = config_from_params(params)
     seed = params["seed"]
     if seed is None:
