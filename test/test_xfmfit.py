@@ -1338,7 +1338,7 @@ def test_error_model_with_zero_residuals_is_the_smallest_scale_without_floor():
 def _reference_refit(dx, dy, w, loss, f_scale, max_shift):
     """Each row alone through the specification's call (least_squares from (0, 0), polished)."""
     return np.array([xfmfit._minimise(x, y, w, loss, f_scale, max_shift, "least_squares")[0]
-                     for x, y in zip(dx, dy)])
+                     for x, y in zip(dx, dy, strict=True)])
 
 
 def _refit_rows(rng, n):
