@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from stk_astrometry.campaign import database, progress, report, settings, stacks
-from stk_astrometry.errors import InputError, ParameterError
+from stk_astrometry.errors import FormatError, InputError, OutputError, ParameterError
 from stk_astrometry.formats import campaign as fmt
 
 
@@ -167,6 +167,87 @@ def test_table_roundtrip(tmp_path):
     assert math.isnan(float(back["d_eta"][0]))
     with pytest.raises(InputError):
         fmt.read_campaign_table(tmp_path / "nothing.fits")
+
+
+def _db_with_stacks(path, n):
+    st = [stacks.StackInput(f"s{i:03d}", f"/d{i}", f"/g{i}") for i in range(n)]
+    db = database.RunDatabase(path)
+    db.sync_stacks(st, {})
+    run = db.start_run(host="h", version="v", command="c", scheduler="s")
+    db.mark_submitted([s.stackid for s in st], run)
+    outs = [_outcome(s.stackid, "failed" if i % 7 == 3 else "done", d_xi=0.01 * i)
+            for i, s in enumerate(st[:-2])]          # the last two stay pending
+    outs[5]["row"]["n_match_gaia_group"] = (1, 2, 3, 4)  # one stack with a fourth group
+    db.record(outs)
+    return db
+
+
+def test_rows_read_in_chunks_equal_the_whole(tmp_path):
+    with _db_with_stacks(tmp_path / "c.sqlite", 23) as db:
+        chunks = list(db.iter_result_rows(5))
+        assert [len(c) for c in chunks] == [5, 5, 5, 5, 3]
+        assert [r for c in chunks for r in c] == db.result_rows()
+        assert db.max_groups() == 4
+    with database.RunDatabase(tmp_path / "empty.sqlite") as db:
+        assert db.max_groups() == 0 and list(db.iter_result_rows(5)) == []
+
+
+def test_outputs_written_in_chunks_equal_one_pass(tmp_path):
+    from astropy.io import fits
+
+    from stk_astrometry.campaign import driver
+
+    with _db_with_stacks(tmp_path / "c.sqlite", 23) as db:
+        (tmp_path / "a").mkdir()
+        (tmp_path / "b").mkdir()
+        small, *_ = driver.write_outputs(tmp_path / "a", db, plots=False, chunk=4)
+        whole, *_ = driver.write_outputs(tmp_path / "b", db, plots=False, chunk=1000)
+        rows = db.result_rows()
+    a = fmt.read_campaign_table(tmp_path / "a" / driver.TABLE_NAME)
+    b = fmt.read_campaign_table(tmp_path / "b" / driver.TABLE_NAME)
+    assert len(a) == 23 and a.dtype.names == b.dtype.names
+    assert "n_match_gaia_g4" in a.dtype.names
+    for name in a.dtype.names:
+        assert np.array_equal(a[name], b[name], equal_nan=a[name].dtype.kind == "f"), name
+    assert a["stackid"].tolist() == [r["stackid"] for r in rows]
+    assert (tmp_path / "a" / driver.CSV_NAME).read_text() == (tmp_path / "b" / driver.CSV_NAME).read_text()
+    with fits.open(tmp_path / "a" / driver.TABLE_NAME, checksum=True) as hdul:
+        h = hdul["CAMPAIGN"].header
+        assert (h["NSTACKS"], h["NDONE"], h["NFAILED"], h["NPENDING"]) == (23, 18, 3, 2)
+        assert h["TCOMM1"] == "Stack id (detect_stack_id)" and "CHECKSUM" in h
+    # what the report keeps for every stack: the summary's columns, failures named
+    assert small.dtype.names == report.REPORT_COLUMNS
+    assert np.array_equal(small["d_xi"], whole["d_xi"], equal_nan=True)
+    assert [s for s in small["stackid"].tolist() if s] == ["s003", "s010", "s017"]
+    assert small["error"][3] == "boom second line" and small["error"][0] == ""
+    assert sorted(os.listdir(tmp_path / "a")) == [driver.CSV_NAME, driver.TABLE_NAME]
+
+
+def test_campaign_writer_leaves_nothing_when_interrupted(tmp_path):
+    rec = fmt.to_records([{"stackid": "a", "status": "done", "d_xi": 0.5}], 2)
+    table, csv = tmp_path / "c.fits", tmp_path / "c.csv"
+    fmt.write_campaign_table(rec, table, header={"NSTACKS": 1})
+    csv.write_text("old\n")
+    before = table.read_bytes()
+    with pytest.raises(RuntimeError):
+        with fmt.CampaignWriter(table, csv, 2) as w:
+            w.append(rec)
+            raise RuntimeError("killed midway")
+    assert table.read_bytes() == before and csv.read_text() == "old\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.csv", "c.fits"]
+    with pytest.raises(FormatError):
+        with fmt.CampaignWriter(table, csv, 3) as w:
+            w.append(rec)                    # the columns of 2 groups, not 3
+    assert table.read_bytes() == before
+    with pytest.raises(OutputError, match="cannot write the campaign table"):
+        with fmt.CampaignWriter(tmp_path / "gone" / "c.fits", csv, 2) as w:
+            w.append(rec)
+    assert csv.read_text() == "old\n" and not (tmp_path / "gone").exists()
+    # no row at all: a table with every column and no row
+    with fmt.CampaignWriter(table, None, 1) as w:
+        pass
+    back = fmt.read_campaign_table(table)
+    assert len(back) == 0 and "n_match_wise_g1" in back.dtype.names
 
 
 def test_progress_lines():

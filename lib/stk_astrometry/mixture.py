@@ -501,12 +501,17 @@ def _group_starts(det_sorted):
     """Start index of each run of equal detection ids (input sorted by id)."""
     if det_sorted.size == 0:
         return np.zeros(0, dtype=np.intp)
-    return np.flatnonzero(np.r_[True, det_sorted[1:] != det_sorted[:-1]])
+    return np.flatnonzero(np.concatenate(([True], det_sorted[1:] != det_sorted[:-1])))
+
+
+def _group_counts(starts, n):
+    """Size of each group of :func:`_group_starts` (n elements in all)."""
+    return np.diff(np.append(starts, n))
 
 
 def _group_logsumexp(logv, starts):
     mx = np.maximum.reduceat(logv, starts)
-    counts = np.diff(np.r_[starts, logv.size])
+    counts = _group_counts(starts, logv.size)
     rep = np.repeat(mx, counts)
     return mx + np.log(np.add.reduceat(np.exp(logv - rep), starts)), rep
 
@@ -612,7 +617,7 @@ def _refine_start(prob, s, rho_g, stages):
     the grid step would otherwise have a vanishing likelihood at the grid node.
     """
     starts = _group_starts(prob.det)
-    counts = np.diff(np.r_[starts, prob.det.size])
+    counts = _group_counts(starts, prob.det.size)
     log_bg = np.log(rho_g)
     log_half = np.log(0.5)
     dx, dy = prob.d[:, 0], prob.d[:, 1]
@@ -651,10 +656,13 @@ def _update_q(q, a, b, c, e):
     """Maximise sum log(a + q b) - log(c + q e) over q in [Q_MIN, 1]."""
     # a + x b = rho (1 - x P) + x S >= 0 can underflow to 0 when S does
     def grad(x):
-        return np.sum(b / np.maximum(a + x * b, 1e-150) - e / (c + x * e))
+        return (b / np.maximum(a + x * b, 1e-150) - e / (c + x * e)).sum()
 
-    def hess(x):
-        return np.sum(-(b / np.maximum(a + x * b, 1e-150)) ** 2 + (e / (c + x * e)) ** 2)
+    def grad_hess(x):
+        # the terms of grad(x), computed once for both
+        t = b / np.maximum(a + x * b, 1e-150)
+        u = e / (c + x * e)
+        return (t - u).sum(), (-(t ** 2) + u ** 2).sum()
 
     lo, hi = _Q_MIN, 1.0
     g_lo, g_hi = grad(lo), grad(hi)
@@ -664,12 +672,11 @@ def _update_q(q, a, b, c, e):
         return lo
     x = min(max(q, lo), hi)
     for _ in range(60):
-        gx = grad(x)
+        gx, hx = grad_hess(x)
         if gx > 0:
             lo = x
         else:
             hi = x
-        hx = hess(x)
         step_ok = False
         if hx < 0:
             xn = x - gx / hx
@@ -686,11 +693,13 @@ def _update_q(q, a, b, c, e):
 def _fit_window(prob, idx, s, q, p_win, mu):
     """EM on the pairs ``idx`` (a fixed window).
 
-    Returns (s, q, memberships, n_iter, ok, info, note).
+    Returns (s, q, memberships, n_iter, ok, info, note): the memberships are those of the last
+    E step and info is None -- the one caller (:func:`_windowed_fit`) recomputes both at the
+    final shift with the window re-measured there (:func:`_fit_window_final`).
     """
     det = prob.det[idx]
     starts = _group_starts(det)
-    counts = np.diff(np.r_[starts, det.size])
+    counts = _group_counts(starts, det.size)
     inv = prob.inv[idx]
     d = prob.d[idx]
     inv_d = np.einsum("nij,nj->ni", inv, d)
@@ -701,13 +710,20 @@ def _fit_window(prob, idx, s, q, p_win, mu):
     ok = False
     n_iter = 0
     log_rho = np.log(rho) if rho > 0 else -np.inf
+    # the window's pieces of prob.log_gauss, gathered once (the same arithmetic per iteration)
+    dx, dy = d[:, 0].copy(), d[:, 1].copy()
+    i00, two_i01, i11 = inv[:, 0, 0].copy(), 2 * inv[:, 0, 1], inv[:, 1, 1].copy()
+    log_norm = prob.log_norm[idx]
     for n_iter in range(1, _MAX_EM_ITER + 1):
-        lg = prob.log_gauss(s, idx)
-        log_s, _ = _group_logsumexp(lg, starts)
+        rx = dx - s[0]
+        ry = dy - s[1]
+        lg = log_norm - 0.5 * (i00 * rx ** 2 + two_i01 * rx * ry + i11 * ry ** 2)
+        log_s = _group_logsumexp_counts(lg, starts, counts)
         with np.errstate(divide="ignore"):
             log_bg = log_rho + np.log1p(-q * p_win)
-        log_d = np.logaddexp(log_bg, np.log(q) + log_s)
-        r = np.exp(np.log(q) + lg - np.repeat(log_d, counts))
+        log_q = np.log(q)
+        log_d = np.logaddexp(log_bg, log_q + log_s)
+        r = np.exp(log_q + lg - np.repeat(log_d, counts))
         wsum = np.einsum("n,nij->ij", r, inv)
         if not np.all(np.isfinite(wsum)) or np.linalg.det(wsum) <= 0:
             return s, q, r, n_iter, False, None, "no pair supports a true match"
@@ -723,8 +739,7 @@ def _fit_window(prob, idx, s, q, p_win, mu):
         if done:
             ok = True
             break
-    _, _, r, _, _, info = _fit_window_final(prob, idx, s, q, p_win, mu)
-    return s, q, r, n_iter, ok, info, "" if ok else f"EM did not converge in {_MAX_EM_ITER} iterations"
+    return s, q, r, n_iter, ok, None, "" if ok else f"EM did not converge in {_MAX_EM_ITER} iterations"
 
 
 def _covariance(prob, idx, s, q, r, p_win, info):
@@ -1179,18 +1194,20 @@ def _fit_error_model(prob, stated, st, scale, floor, min_floor):
     floor2 = (MIN_SIGMA_ARCSEC**2)
 
     def objective(aa, bb):
+        # (value, v): v is reused by the next scoring step when the point is accepted
         v = np.maximum(aa * lam + bb, floor2)
-        return float(np.sum(w * (-0.5 * (np.log(v) + u2sq / v))))
+        return float((w * (-0.5 * (np.log(v) + u2sq / v))).sum()), v
 
     aa, bb = scale * scale, floor * floor
-    f = objective(aa, bb)
+    f, v = objective(aa, bb)
     for _ in range(50):
-        v = np.maximum(aa * lam + bb, floor2)
-        g = 0.5 * w * (u2sq / v**2 - 1.0 / v)
-        grad = np.array([np.sum(g * lam), np.sum(g)])
-        h = 0.5 * w / v**2
-        fisher = np.array([[np.sum(h * lam * lam), np.sum(h * lam)],
-                           [np.sum(h * lam), np.sum(h)]])
+        v2 = v**2
+        g = 0.5 * w * (u2sq / v2 - 1.0 / v)
+        grad = np.array([(g * lam).sum(), g.sum()])
+        h = 0.5 * w / v2
+        h_lam = (h * lam).sum()
+        fisher = np.array([[(h * lam * lam).sum(), h_lam],
+                           [h_lam, h.sum()]])
         try:
             step = np.linalg.solve(fisher, grad)
         except np.linalg.LinAlgError:
@@ -1199,7 +1216,7 @@ def _fit_error_model(prob, stated, st, scale, floor, min_floor):
         for _halving in range(30):
             na = min(max(aa + step[0], lo_a), hi_a)
             nb = min(max(bb + step[1], lo_b), hi_b)
-            nf = objective(na, nb)
+            nf, nv = objective(na, nb)
             if nf >= f - 1e-12 * abs(f):
                 improved = True
                 break
@@ -1207,7 +1224,7 @@ def _fit_error_model(prob, stated, st, scale, floor, min_floor):
         if not improved:
             break
         done = abs(na - aa) <= 1e-10 * aa and abs(nb - bb) <= 1e-12
-        aa, bb, f = na, nb, nf
+        aa, bb, f, v = na, nb, nf, nv
         if done:
             break
     return float(np.sqrt(aa)), float(np.sqrt(bb))
@@ -1230,7 +1247,7 @@ def _window_terms(prob, idx, r_w):
     """P_j (per detection with pairs ``idx`` in the window) and mu for a window of radius r_w."""
     p_pair = disk_probability(prob.cov[idx], r_w)
     starts = _group_starts(prob.det[idx])
-    counts = np.diff(np.r_[starts, idx.size])
+    counts = _group_counts(starts, idx.size)
     return np.add.reduceat(p_pair, starts) / counts, prob.rho * np.pi * r_w**2
 
 
@@ -1238,7 +1255,7 @@ def _fit_window_final(prob, idx, s, q, p_win, mu):
     """Memberships and likelihood pieces at fixed (s, q) (no iteration)."""
     det = prob.det[idx]
     starts = _group_starts(det)
-    counts = np.diff(np.r_[starts, det.size])
+    counts = _group_counts(starts, det.size)
     rho = prob.rho
     log_rho = np.log(rho) if rho > 0 else -np.inf
     lg = prob.log_gauss(s, idx)

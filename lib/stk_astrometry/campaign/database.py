@@ -244,23 +244,41 @@ class RunDatabase:
 
     def result_rows(self) -> list[dict]:
         """Every stack's row for the campaign table, in the list's order (unfinished: pending)."""
+        return [row for chunk in self.iter_result_rows() for row in chunk]
+
+    def iter_result_rows(self, chunk: int = 1000):
+        """:meth:`result_rows` in lists of at most ``chunk`` rows, read as they are needed, so
+        that writing the table of a large campaign holds one chunk in memory, not every row."""
         names = [c.name for c in RESULT_COLUMNS] + list(_GROUP_COLUMNS)
         cols = ", ".join(f'r."{n}"' for n in names)
         sql = (f"SELECT s.stackid, s.status, s.attempts, {cols} "
                f"FROM stacks s LEFT JOIN results r ON r.stackid = s.stackid WHERE s.ord IS NOT NULL "
                f"ORDER BY s.ord")
-        out = []
-        for rec in self.conn.execute(sql):
-            sid, status, attempts, *vals = rec
-            row = dict(zip(names, vals, strict=True))
-            row["stackid"] = sid
-            row["status"] = status if status in ("done", "failed") else "pending"
-            row["attempts"] = attempts
-            for g in _GROUP_COLUMNS:
-                text = row.pop(g) or ""
-                row[g] = tuple(int(x) for x in text.split(",") if x)
-            out.append(row)
-        return out
+        cursor = self.conn.execute(sql)
+        while True:
+            batch = cursor.fetchmany(chunk)
+            if not batch:
+                return
+            out = []
+            for rec in batch:
+                sid, status, attempts, *vals = rec
+                row = dict(zip(names, vals, strict=True))
+                row["stackid"] = sid
+                row["status"] = status if status in ("done", "failed") else "pending"
+                row["attempts"] = attempts
+                for g in _GROUP_COLUMNS:
+                    text = row.pop(g) or ""
+                    row[g] = tuple(int(x) for x in text.split(",") if x)
+                out.append(row)
+            yield out
+
+    def max_groups(self) -> int:
+        """The most separation groups any listed stack's Gaia match counts have (0: none)."""
+        (n,) = self.conn.execute(
+            "SELECT MAX(LENGTH(r.n_match_gaia_group) - LENGTH(REPLACE(r.n_match_gaia_group, ',', '')) "
+            "+ 1) FROM stacks s JOIN results r ON r.stackid = s.stackid "
+            "WHERE s.ord IS NOT NULL AND r.n_match_gaia_group <> ''").fetchone()
+        return int(n or 0)
 
     def counts(self) -> dict[str, int]:
         return dict(self.conn.execute(

@@ -23,6 +23,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from .. import __version__
 from ..errors import InputError, ParameterError
 from .database import RunDatabase
@@ -269,37 +271,45 @@ def _execute(client, plans, db, run_id, progress, warn_log, *, window, task=run_
 
 # ---------------------------------------------------------------------- outputs
 
-def write_outputs(folder: Path, db: RunDatabase, *, plots=True):
+def write_outputs(folder: Path, db: RunDatabase, *, plots=True, chunk=1000):
     """Write ``campaign.fits``, ``campaign.csv`` and the report from the run database.
+
+    The rows are read, converted and written ``chunk`` at a time, so the driver's memory does
+    not grow with the campaign: only the few columns the report and the summary need
+    (:func:`report.compact`, ~100 bytes per stack) are kept for every stack.
 
     Returns
     -------
-    (records, table path, csv path, report path or None)
+    (compact records, table path, csv path, report path or None)
     """
-    from ..formats.campaign import to_records, write_campaign_csv, write_campaign_table
     from ..fitsutil import utc_now
+    from ..formats.campaign import CampaignWriter, to_records
+    from .report import compact
 
-    rows = db.result_rows()
-    n_groups = max([len(r.get("n_match_gaia_group") or ()) for r in rows] + [0])
-    for r in rows:
-        for ref in ("gaia", "wise"):
-            vals = tuple(r.pop(f"n_match_{ref}_group", ()) or ())
-            for k in range(n_groups):
-                r[f"n_match_{ref}_g{k + 1}"] = vals[k] if k < len(vals) else None
-    records = to_records(rows, n_groups)
-    status = Counter(records["status"].tolist())
-    header = {
-        "CREATOR": (f"stk_batch - stk_astrometry {__version__}", "tool that created this output"),
-        "DATE": (utc_now(), "file creation date (UTC)"),
-        "NSTACKS": (len(records), "stacks in the campaign"),
-        "NDONE": (status.get("done", 0), "stacks done"),
-        "NFAILED": (status.get("failed", 0), "stacks failed"),
-        "NPENDING": (status.get("pending", 0), "stacks not run yet"),
-        "NQA": (int(records["needs_qa"].sum()), "done stacks with a QA flag"),
-        "NGROUPS": (n_groups, "separation groups"),
-    }
-    table = write_campaign_table(records, folder / TABLE_NAME, header=header)
-    csv = write_campaign_csv(records, folder / CSV_NAME)
+    n_groups = db.max_groups()
+    parts, interned = [], {}
+    with CampaignWriter(folder / TABLE_NAME, folder / CSV_NAME, n_groups) as writer:
+        for rows in db.iter_result_rows(chunk):
+            for r in rows:
+                for ref in ("gaia", "wise"):
+                    vals = tuple(r.pop(f"n_match_{ref}_group", ()) or ())
+                    for k in range(n_groups):
+                        r[f"n_match_{ref}_g{k + 1}"] = vals[k] if k < len(vals) else None
+            records = to_records(rows, n_groups)
+            writer.append(records)
+            parts.append(compact(records, interned))
+        records = compact(to_records([], n_groups)) if not parts else np.concatenate(parts)
+        status = Counter(records["status"].tolist())
+        table, csv = writer.close(header={
+            "CREATOR": (f"stk_batch - stk_astrometry {__version__}", "tool that created this output"),
+            "DATE": (utc_now(), "file creation date (UTC)"),
+            "NSTACKS": (len(records), "stacks in the campaign"),
+            "NDONE": (status.get("done", 0), "stacks done"),
+            "NFAILED": (status.get("failed", 0), "stacks failed"),
+            "NPENDING": (status.get("pending", 0), "stacks not run yet"),
+            "NQA": (int(records["needs_qa"].sum()), "done stacks with a QA flag"),
+            "NGROUPS": (n_groups, "separation groups"),
+        })
     report = None
     if plots:
         from .report import write_report

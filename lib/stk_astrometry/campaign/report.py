@@ -31,7 +31,7 @@ import numpy as np
 from .. import __version__
 from ..fitsutil import atomic_path
 
-__all__ = ["write_report", "PLOTS", "qa_reason_counts"]
+__all__ = ["write_report", "PLOTS", "qa_reason_counts", "compact", "REPORT_COLUMNS"]
 
 #: file -> caption
 PLOTS = {
@@ -45,6 +45,38 @@ PLOTS = {
 }
 
 _QA_BITS = ((1, "NOMATCH"), (2, "DENSE"), (4, "BIGSHIFT"), (8, "FEWMATCH"), (16, "DISAGREE"))
+
+
+#: the campaign table's columns the report and the closing summary read
+REPORT_COLUMNS = ("stackid", "status", "failed_step", "error", "method", "qa_reason", "qa_flags",
+                  "needs_qa", "d_xi", "d_eta", "d_xi_err", "d_eta_err", "shift", "n_match",
+                  "n_used")
+#: string columns kept only for failed stacks (the list of failures)
+_FAILURE_ONLY = ("stackid", "failed_step", "error")
+
+
+def compact(records: np.ndarray, _interned: dict | None = None) -> np.ndarray:
+    """The :data:`REPORT_COLUMNS` of campaign ``records``, small enough to keep for every stack.
+
+    Strings become Python objects shared between rows (the status, method and QA reason take
+    a few values over a whole campaign); the stack id, failed step and error are kept for
+    failed stacks only.  A 10,000-stack campaign's report then holds ~1 MB, where the full
+    rows take ~60 MB.  Pass the same dict as ``_interned`` for every chunk of one campaign.
+    """
+    interned = {} if _interned is None else _interned
+    dt = [(n, object if records.dtype[n].kind == "U" else records.dtype[n]) for n in REPORT_COLUMNS]
+    out = np.zeros(len(records), dtype=dt)
+    failed = records["status"] == "failed"
+    for name in REPORT_COLUMNS:
+        col = records[name]
+        if col.dtype.kind != "U":
+            out[name] = col
+            continue
+        values = col.tolist()
+        if name in _FAILURE_ONLY:
+            values = [v if f else "" for v, f in zip(values, failed.tolist(), strict=True)]
+        out[name] = [interned.setdefault(v, v) for v in values]
+    return out
 
 
 def _pyplot():

@@ -19,7 +19,7 @@ import hashlib
 import os
 import re
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..errors import InputError, ParameterError
@@ -31,7 +31,7 @@ _SUFFIXES = {"detfile": "_det.fits", "gaiafile": "_gaia.fits", "wisefile": "_all
 _TABLE_COLUMNS = ("stackid", "detfile", "gaiafile", "wisefile", "bestnbfile", "products")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class StackInput:
     """The inputs of one stack (absolute paths; optional ones None)."""
 
@@ -126,7 +126,7 @@ def _read_table_file(spec: str) -> list[StackInput]:
     uses = Counter(s.detfile for s in out)
     shared = {d for d, n in uses.items() if n > 1}
     if shared:
-        out = [StackInput(**{**s.__dict__, "select": s.detfile in shared}) for s in out]
+        out = [replace(s, select=s.detfile in shared) for s in out]
     return out
 
 

@@ -32,7 +32,7 @@ UPDATE_MODES = ("none", "copy", "inplace")
 _PKG_LOGGER = "stk_astrometry"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class StackPlan:
     """Everything a worker needs to run one stack (picklable, small).
 

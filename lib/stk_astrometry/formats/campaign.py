@@ -15,6 +15,7 @@ written as an empty field.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import math
@@ -28,8 +29,8 @@ import numpy as np
 from ..errors import FormatError, OutputError
 from ..fitsutil import atomic_path
 
-__all__ = ["CampaignColumn", "columns", "group_columns", "to_records", "write_campaign_table",
-           "write_campaign_csv", "read_campaign_table", "CONTENT", "EXTNAME"]
+__all__ = ["CampaignColumn", "CampaignWriter", "columns", "group_columns", "to_records",
+           "write_campaign_table", "write_campaign_csv", "read_campaign_table", "CONTENT", "EXTNAME"]
 
 CONTENT = "STKCAMPAIGN"
 EXTNAME = "CAMPAIGN"
@@ -195,6 +196,169 @@ def n_groups_of(records: np.ndarray) -> int:
     return sum(1 for n in records.dtype.names if n.startswith("n_match_gaia_g"))
 
 
+def _csv_rows(records: np.ndarray):
+    """The CSV rows of ``records``: NaN as an empty field, booleans as true/false."""
+    kinds = [records.dtype[n].kind for n in records.dtype.names]
+    for row in records.tolist():
+        out = []
+        for value, kind in zip(row, kinds, strict=True):
+            if kind == "f":
+                out.append("" if math.isnan(value) else repr(float(value)))
+            elif kind == "b":
+                out.append("true" if value else "false")
+            else:
+                out.append(value)
+        yield out
+
+
+def format_csv(records: np.ndarray) -> str:
+    """The CSV text of ``records``: a header line of names, NaN as an empty field (pure)."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(records.dtype.names)
+    writer.writerows(_csv_rows(records))
+    return buf.getvalue()
+
+
+class CampaignWriter:
+    """Write ``campaign.fits`` and its CSV twin chunk by chunk; both appear only at the end.
+
+    A campaign of any size is written holding one chunk of rows in memory: each
+    :meth:`append` adds record-array rows (:func:`to_records`) to both files, which are
+    temporary files beside their destinations until :meth:`close` writes the header
+    keywords and checksums, fsyncs both and renames them into place.  An exception inside
+    the ``with`` block (or :meth:`abort`) removes both temporary files; the old table and
+    CSV, if any, stay as they were.
+
+    Parameters
+    ----------
+    table_path : path-like
+    csv_path : path-like or None
+        None: no CSV.
+    n_groups : int
+        Separation groups (the ``n_match_*_gK`` columns); every appended chunk must have
+        the columns of :func:`columns` ``(n_groups)``.
+
+    Examples
+    --------
+    >>> with CampaignWriter("campaign.fits", "campaign.csv", 3) as w:   # doctest: +SKIP
+    ...     for chunk in chunks:
+    ...         w.append(to_records(chunk, 3))
+    ...     w.close(header={"NSTACKS": n})
+    """
+
+    def __init__(self, table_path, csv_path, n_groups: int):
+        self.table_path = Path(table_path)
+        self.csv_path = Path(csv_path) if csv_path is not None else None
+        self.cols = columns(n_groups)
+        self.n_rows = 0
+        self._stack = None
+        self._fits = self._csv = self._writer = None
+        self._closed = False
+
+    def __enter__(self):
+        import fitsio
+
+        self._stack = contextlib.ExitStack()
+        with self._guard():
+            tmp_table = self._stack.enter_context(atomic_path(self.table_path))
+            self._fits = fitsio.FITS(str(tmp_table), "rw", clobber=True)
+            self._fits.write(None, header=[{"name": "CONTENT", "value": CONTENT,
+                                            "comment": "stk_astrometry campaign results"}])
+            if self.csv_path is not None:
+                tmp_csv = self._stack.enter_context(atomic_path(self.csv_path))
+                self._csv = open(tmp_csv, "w", encoding="utf-8", newline="")
+                self._writer = csv.writer(self._csv, lineterminator="\n")
+                self._writer.writerow([c.name for c in self.cols])
+        return self
+
+    @contextlib.contextmanager
+    def _guard(self):
+        """Any failure inside: remove both temporary files; an OSError becomes OutputError."""
+        try:
+            yield
+        except OSError as exc:
+            self._fail()
+            raise OutputError(f"cannot write the campaign table {self.table_path}: {exc}") from exc
+        except BaseException:
+            self._fail()
+            raise
+
+    def append(self, records: np.ndarray) -> None:
+        """Add rows (a record array with the table's columns) to both files."""
+        if tuple(c.name for c in self.cols) != records.dtype.names:
+            raise FormatError("campaign table: the records do not have the campaign columns")
+        with self._guard():
+            data = _fits_array(records)
+            if EXTNAME not in self._fits:
+                self._fits.write_table(data, extname=EXTNAME, units=[c.unit for c in self.cols])
+            else:
+                self._fits[EXTNAME].append(data)
+            if self._writer is not None:
+                self._writer.writerows(_csv_rows(records))
+        self.n_rows += len(records)
+
+    def close(self, header: Mapping | None = None) -> tuple[Path, Path | None]:
+        """Finish both files (header keywords, checksums, fsync) and rename them into place.
+
+        ``header``: extra keywords for the table HDU (name -> value or (value, comment)).
+        Returns the table's and the CSV's paths.
+        """
+        if self._closed:
+            return self.table_path, self.csv_path
+        with self._guard():
+            if EXTNAME not in self._fits:    # no row at all: the table with its columns
+                self._fits.write_table(_fits_array(np.zeros(0, dtype=_dtype(self.cols))),
+                                       extname=EXTNAME, units=[c.unit for c in self.cols])
+            hdu = self._fits[EXTNAME]
+            hdu.write_key("CONTENT", CONTENT, comment="stk_astrometry campaign results")
+            for i, c in enumerate(self.cols, start=1):
+                hdu.write_key(f"TCOMM{i}", c.description[:68])
+            for name, value in (header or {}).items():
+                val, comment = value if isinstance(value, tuple) else (value, "")
+                hdu.write_key(name, val, comment=comment)
+            self._fits[0].write_checksum()
+            hdu.write_checksum()
+            self._fits.close()
+            self._fits = None
+            if self._csv is not None:
+                self._csv.flush()
+                os.fsync(self._csv.fileno())
+                self._csv.close()
+                self._csv = None
+            self._closed = True
+            self._stack.close()    # fsync and rename both (atomic_path)
+        return self.table_path, self.csv_path
+
+    def abort(self) -> None:
+        """Remove both temporary files; the destinations stay as they were."""
+        self._fail()
+
+    def _fail(self):
+        self._closed = True
+        for fh in (self._fits, self._csv):
+            if fh is not None:
+                with contextlib.suppress(Exception):
+                    fh.close()
+        self._fits = self._csv = None
+        if self._stack is not None:
+            stack, self._stack = self._stack, None
+            # unwind the atomic_path contexts as if their block raised: temporaries removed
+            with contextlib.suppress(_Abort):
+                stack.__exit__(_Abort, _Abort(), None)
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None:
+            self._fail()
+            return False
+        self.close()
+        return False
+
+
+class _Abort(Exception):
+    """Raised into the temporary files' contexts to remove them."""
+
+
 def write_campaign_table(records: np.ndarray, path, *, header: Mapping | None = None) -> Path:
     """Write ``records`` (from :func:`to_records`) as ``campaign.fits``, atomically.
 
@@ -208,53 +372,16 @@ def write_campaign_table(records: np.ndarray, path, *, header: Mapping | None = 
     Returns
     -------
     Path
+
+    See Also
+    --------
+    CampaignWriter : the table and its CSV twin written chunk by chunk.
     """
-    import fitsio
-
     path = Path(path)
-    cols = columns(n_groups_of(records))
-    if tuple(c.name for c in cols) != records.dtype.names:
-        raise FormatError("campaign table: the records do not have the campaign columns")
-    data = _fits_array(records)
-    units = [c.unit for c in cols]
-    try:
-        with atomic_path(path) as tmp:
-            with fitsio.FITS(str(tmp), "rw", clobber=True) as fits:
-                fits.write(None, header=[{"name": "CONTENT", "value": CONTENT,
-                                          "comment": "stk_astrometry campaign results"}])
-                fits.write_table(data, extname=EXTNAME, units=units)
-                hdu = fits[EXTNAME]
-                hdu.write_key("CONTENT", CONTENT, comment="stk_astrometry campaign results")
-                for i, c in enumerate(cols, start=1):
-                    hdu.write_key(f"TCOMM{i}", c.description[:68])
-                for name, value in (header or {}).items():
-                    val, comment = value if isinstance(value, tuple) else (value, "")
-                    hdu.write_key(name, val, comment=comment)
-                fits[0].write_checksum()
-                hdu.write_checksum()
-    except OSError as exc:
-        raise OutputError(f"cannot write the campaign table {path}: {exc}") from exc
+    with CampaignWriter(path, None, n_groups_of(records)) as w:
+        w.append(records)
+        w.close(header=header)
     return path
-
-
-def format_csv(records: np.ndarray) -> str:
-    """The CSV text of ``records``: a header line of names, NaN as an empty field (pure)."""
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    names = records.dtype.names
-    writer.writerow(names)
-    kinds = [records.dtype[n].kind for n in names]
-    for row in records.tolist():
-        out = []
-        for value, kind in zip(row, kinds, strict=True):
-            if kind == "f":
-                out.append("" if math.isnan(value) else repr(float(value)))
-            elif kind == "b":
-                out.append("true" if value else "false")
-            else:
-                out.append(value)
-        writer.writerow(out)
-    return buf.getvalue()
 
 
 def write_campaign_csv(records: np.ndarray, path) -> Path:
