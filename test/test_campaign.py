@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from stk_astrometry.campaign import database, progress, report, settings, stacks
-from stk_astrometry.errors import FormatError, InputError, ParameterError
+from stk_astrometry.errors import FormatError, InputError, OutputError, ParameterError
 from stk_astrometry.formats import campaign as fmt
 
 
@@ -239,6 +239,10 @@ def test_campaign_writer_leaves_nothing_when_interrupted(tmp_path):
         with fmt.CampaignWriter(table, csv, 3) as w:
             w.append(rec)                    # the columns of 2 groups, not 3
     assert table.read_bytes() == before
+    with pytest.raises(OutputError, match="cannot write the campaign table"):
+        with fmt.CampaignWriter(tmp_path / "gone" / "c.fits", csv, 2) as w:
+            w.append(rec)
+    assert csv.read_text() == "old\n" and not (tmp_path / "gone").exists()
     # no row at all: a table with every column and no row
     with fmt.CampaignWriter(table, None, 1) as w:
         pass

@@ -1256,3 +1256,161 @@ def test_each_loss_and_its_derivatives_are_scipys(loss):
     if loss == "huber":
         at = z <= 1.0
         assert np.all(rho1[at] == 1.0) and np.all(rho2[at] == 0.0)
+
+
+# ------------------------------------------------------------------ the calibrated sigma's parts
+# (issue 16: the pieces issue 14 added -- the error model's fit, the batched refits, the
+# bootstrap -- each against its documented definition, and the sandwich against its formula)
+
+
+def _log_likelihood(a, b, e2, var):
+    v = a * var + b
+    return np.sum(-np.log(v) - e2 / (2.0 * v))
+
+
+def _score(a, b, e2, var):
+    """dl/dA, dl/dB of the error model's log-likelihood."""
+    v = a * var + b
+    g = e2 / (2.0 * v * v) - 1.0 / v
+    return np.sum(g * var), np.sum(g)
+
+
+@pytest.mark.parametrize("unit", [1e-3, 1.0, 1e3])
+@pytest.mark.parametrize("scale2, floor2", [(1.0, 0.0), (2.25, 0.04), (0.3, 0.5), (4.0, 1e-3),
+                                            (0.02, 0.1)])
+def test_error_model_fit_recovers_the_model_its_residuals_follow(scale2, floor2, unit):
+    # residuals at their expectation E|e|^2 = 2 (A var + B): the likelihood's maximum is the
+    # model itself, in any unit of the variances (A has none, B takes the variances' unit)
+    var = np.geomspace(0.01, 4.0, 40) * unit
+    e2 = 2.0 * (scale2 * var + floor2 * unit)
+    a, b = xfmfit._fit_scale_floor(e2, var)
+    assert a == pytest.approx(scale2, rel=1e-7)
+    assert b == pytest.approx(floor2 * unit, rel=1e-6, abs=1e-12 * unit)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_error_model_fit_is_the_maximum_likelihood(seed):
+    # noisy residuals: the result is a stationary point of the likelihood (or on a bound with
+    # the likelihood falling into the bound) and nothing nearby is more likely
+    rng = np.random.default_rng(SEED + 300 + seed)
+    m = int(rng.integers(5, 60))
+    var = np.exp(rng.uniform(np.log(1e-4), np.log(2.0), m))
+    true = rng.uniform(0.3, 3.0) ** 2 * var + rng.uniform(0.0, 0.3) ** 2
+    e2 = true * rng.chisquare(2, m)
+    a, b = xfmfit._fit_scale_floor(e2, var)
+    da, db = _score(a, b, e2, var)
+    assert a >= xfmfit._MIN_SCALE**2 and b >= 0.0
+    if a > xfmfit._MIN_SCALE**2:
+        assert abs(da) * a <= 1e-6 * m
+    else:
+        assert da <= 1e-6 * m / a
+    if b > 0.0:
+        assert abs(db) * (a * np.median(var) + b) <= 1e-6 * m
+    else:
+        assert db <= 0.0
+    best = _log_likelihood(a, b, e2, var)
+    for fa, fb in [(1.01, 1.0), (0.99, 1.0), (1.0, 1.01), (1.0, 0.99)]:
+        na, nb = max(a * fa, xfmfit._MIN_SCALE**2), b * fb + (fb - 1.0) * 1e-3 * np.median(var)
+        if nb >= 0:
+            assert _log_likelihood(na, nb, e2, var) <= best
+
+
+@pytest.mark.parametrize("floor2", [0.0, 0.02, 0.5])
+def test_error_model_scale_stops_at_its_lower_bound(floor2):
+    # residuals far smaller than the stated errors: k stays at its documented minimum 0.1 and
+    # the floor is then the most likely one for that k
+    var = np.geomspace(0.05, 4.0, 30)
+    e2 = 2.0 * (1e-4 * var + floor2)
+    a, b = xfmfit._fit_scale_floor(e2, var)
+    assert a == xfmfit._MIN_SCALE**2
+    if floor2 == 0.0:
+        assert b == 0.0
+    else:
+        assert b > 0.0
+        assert abs(_score(a, b, e2, var)[1]) * (a * np.median(var) + b) <= 1e-6 * len(var)
+
+
+def test_error_model_with_zero_residuals_is_the_smallest_scale_without_floor():
+    a, b = xfmfit._fit_scale_floor(np.zeros(8), np.geomspace(0.1, 1.0, 8))
+    assert (a, b) == (xfmfit._MIN_SCALE**2, 0.0)
+
+
+def _reference_refit(dx, dy, w, loss, f_scale, max_shift):
+    """Each row alone through the specification's call (least_squares from (0, 0), polished)."""
+    return np.array([xfmfit._minimise(x, y, w, loss, f_scale, max_shift, "least_squares")[0]
+                     for x, y in zip(dx, dy, strict=True)])
+
+
+def _refit_rows(rng, n):
+    """Rows of offsets (B, n) that need different numbers of steps: one already at its minimum
+    (0, 0) (pairs mirrored about the start), clusters off-centre with an outlier, one beyond the
+    bounds in x and y, and one needing many steps (a tight cluster with a far tail)."""
+    half = n // 2
+    u = rng.normal(0.0, 0.4, (half, 2))
+    mirrored = np.concatenate([u, -u])
+    rows = [mirrored]
+    for centre in [(1.2, -0.7), (-0.4, 2.1)]:
+        pts = np.asarray(centre) + rng.normal(0.0, 0.3, (n, 2))
+        pts[0] = (3.5, 3.9)                         # an outlier
+        rows.append(pts)
+    rows.append(np.array([7.0, -6.5]) + rng.normal(0.0, 0.2, (n, 2)))
+    rows.append(np.array([-6.5, 7.0]) + rng.normal(0.0, 0.2, (n, 2)))
+    tail = np.array([0.6, 0.9]) + rng.normal(0.0, 0.05, (n, 2))
+    tail[: n // 3] += rng.normal(0.0, 1.5, (n // 3, 2))
+    rows.append(tail)
+    rows = np.array(rows)
+    return rows[:, :, 0], rows[:, :, 1]
+
+
+@pytest.mark.parametrize("loss", xfmfit.LOSSES)
+@pytest.mark.parametrize("f_scale", [0.5, 2.0])
+def test_bootstrap_refits_are_each_rows_own_minimum_from_the_start(loss, f_scale):
+    # the batched refit of every row is the minimum the specification's call reaches for that
+    # row alone (within the bounds), whatever the other rows do
+    rng = np.random.default_rng(SEED + 400)
+    n = 12
+    w = np.repeat(rng.uniform(0.5, 4.0, n // 2), 2)     # mirrored pairs share a weight
+    w = np.concatenate([w[0::2], w[1::2]])
+    dx, dy = _refit_rows(rng, n)
+    got = xfmfit._refit_batch(dx, dy, w, loss, f_scale, 5.0)
+    want = _reference_refit(dx, dy, w, loss, f_scale, 5.0)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-8)
+    np.testing.assert_allclose(got[0], [0.0, 0.0], rtol=0, atol=1e-12)   # no step taken
+    np.testing.assert_array_equal(got[3:5], [[5.0, -5.0], [-5.0, 5.0]])   # the bounds
+    # a row's refit does not depend on its neighbours
+    for i in range(len(dx)):
+        np.testing.assert_allclose(xfmfit._refit_batch(dx[i:i + 1], dy[i:i + 1], w, loss,
+                                                       f_scale, 5.0)[0], got[i], atol=1e-12)
+
+
+def test_bootstrap_refit_from_a_singular_hessian_falls_back_on_irls_quietly():
+    # three pairs at one point exactly one Cauchy scale from the start: the Hessian at (0, 0)
+    # is singular (the loss's inflection), Newton has no step there; the IRLS step takes over
+    # and the refit reaches the point -- without a floating-point warning (warnings are errors)
+    w = np.ones(3)
+    for f_scale in (1.0, 2.0):
+        dx = np.full((2, 3), f_scale)
+        dy = np.zeros((2, 3))
+        dy[1] = f_scale
+        dx[1] = 0.0
+        got = xfmfit._refit_batch(dx, dy, w, "cauchy", f_scale, 5.0)
+        np.testing.assert_allclose(got, [[f_scale, 0.0], [0.0, f_scale]], atol=1e-9)
+
+
+@pytest.mark.parametrize("weight", [4.0, 0.25])
+def test_bootstrap_refit_takes_newton_steps_where_irls_alone_would_crawl(weight):
+    # two pairs 2 x 0.97 Cauchy scales apart: F is nearly flat across them, where IRLS steps
+    # shrink geometrically (~180 steps to 1e-9") but Newton steps do not; the refit still ends
+    # at the minimum within its step budget -- along x, along y, along a diagonal, all at
+    # once, next to a row that converges at once; weights above and below 1 (arcsec^-2)
+    half = 0.97 / np.sqrt(weight)
+    w = np.array([weight, weight, 0.05 * weight])
+    slow = np.array([[half, 0.0], [-half, 0.0], [0.0, half / 2]])
+    turn = np.deg2rad(30.0)
+    rot = np.array([[np.cos(turn), -np.sin(turn)], [np.sin(turn), np.cos(turn)]])
+    quick = np.array([[0.3, -0.2], [0.3, -0.2], [0.3, -0.2]])
+    rows = np.array([slow, slow[:, ::-1], slow @ rot.T, quick]) + [0.01, 0.005]
+    dx, dy = rows[:, :, 0], rows[:, :, 1]
+    got = xfmfit._refit_batch(dx, dy, w, "cauchy", 1.0, 5.0)
+    np.testing.assert_allclose(got, _reference_refit(dx, dy, w, "cauchy", 1.0, 5.0), atol=1e-9)
+    np.testing.assert_allclose(got[3], [0.31, -0.195], atol=1e-12)

@@ -260,7 +260,7 @@ class CampaignWriter:
         import fitsio
 
         self._stack = contextlib.ExitStack()
-        try:
+        with self._guard():
             tmp_table = self._stack.enter_context(atomic_path(self.table_path))
             self._fits = fitsio.FITS(str(tmp_table), "rw", clobber=True)
             self._fits.write(None, header=[{"name": "CONTENT", "value": CONTENT,
@@ -270,19 +270,25 @@ class CampaignWriter:
                 self._csv = open(tmp_csv, "w", encoding="utf-8", newline="")
                 self._writer = csv.writer(self._csv, lineterminator="\n")
                 self._writer.writerow([c.name for c in self.cols])
+        return self
+
+    @contextlib.contextmanager
+    def _guard(self):
+        """Any failure inside: remove both temporary files; an OSError becomes OutputError."""
+        try:
+            yield
         except OSError as exc:
             self._fail()
             raise OutputError(f"cannot write the campaign table {self.table_path}: {exc}") from exc
         except BaseException:
             self._fail()
             raise
-        return self
 
     def append(self, records: np.ndarray) -> None:
         """Add rows (a record array with the table's columns) to both files."""
         if tuple(c.name for c in self.cols) != records.dtype.names:
             raise FormatError("campaign table: the records do not have the campaign columns")
-        try:
+        with self._guard():
             data = _fits_array(records)
             if EXTNAME not in self._fits:
                 self._fits.write_table(data, extname=EXTNAME, units=[c.unit for c in self.cols])
@@ -290,8 +296,6 @@ class CampaignWriter:
                 self._fits[EXTNAME].append(data)
             if self._writer is not None:
                 self._writer.writerows(_csv_rows(records))
-        except OSError as exc:
-            raise OutputError(f"cannot write the campaign table {self.table_path}: {exc}") from exc
         self.n_rows += len(records)
 
     def close(self, header: Mapping | None = None) -> tuple[Path, Path | None]:
@@ -302,7 +306,7 @@ class CampaignWriter:
         """
         if self._closed:
             return self.table_path, self.csv_path
-        try:
+        with self._guard():
             if EXTNAME not in self._fits:    # no row at all: the table with its columns
                 self._fits.write_table(_fits_array(np.zeros(0, dtype=_dtype(self.cols))),
                                        extname=EXTNAME, units=[c.unit for c in self.cols])
@@ -324,12 +328,6 @@ class CampaignWriter:
                 self._csv = None
             self._closed = True
             self._stack.close()    # fsync and rename both (atomic_path)
-        except OSError as exc:
-            self._fail()
-            raise OutputError(f"cannot write the campaign table {self.table_path}: {exc}") from exc
-        except BaseException:
-            self._fail()
-            raise
         return self.table_path, self.csv_path
 
     def abort(self) -> None:
