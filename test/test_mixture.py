@@ -725,3 +725,46 @@ def test_stated_errors_trusted_are_not_dof_corrected(monkeypatch):
     monkeypatch.setattr(mixture, "_dof_corrected", lambda c, n_eff: c * 7.0)
     again = fit_mixture(det, dx, dy, cov, **kw)
     np.testing.assert_array_equal(fit.cov, again.cov)
+
+
+# ---------------------------------------------------------------------------------------------
+# The start's vectorised pieces (issue 11) against their one-at-a-time definitions
+
+
+def _problem(rng, **kwargs):
+    from stk_astrometry.mixture import _floor_covariances, _Problem
+
+    det, d_xi, d_eta, cov, _, _, density = simulate(rng, **kwargs)
+    cov, _ = _floor_covariances(cov)
+    order = np.lexsort((d_eta, d_xi, det))
+    _, det = np.unique(det[order], return_inverse=True)
+    return _Problem(det, d_xi[order], d_eta[order], cov[order], density / 3600.0, R, 5.0)
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"false_frac": 0.4, "density": 20.0},
+                                    {"n_det": 12, "density": 150.0, "shift": (1.2, 0.9)}])
+def test_grid_score_by_matrix_product_is_the_elementwise_score(kwargs):
+    from stk_astrometry.mixture import _score, _score_nodes
+
+    prob = _problem(np.random.default_rng(SEED), **kwargs)
+    g = np.arange(-14, 15) * 0.2
+    nodes = np.stack([a.ravel() for a in np.meshgrid(g, g, indexing="ij")], axis=1)
+    for widen in ((0.04, 0.0), (0.0,)):
+        for fast, slow in zip(_score_nodes(prob, nodes, 0.01, widen),
+                              _score(prob, nodes, 0.01, widen), strict=True):
+            np.testing.assert_allclose(fast, slow, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"false_frac": 0.4, "density": 20.0},
+                                    {"n_det": 12, "density": 150.0, "shift": (1.2, 0.9)}])
+def test_seeds_refined_together_end_where_each_ends_alone(kwargs):
+    from stk_astrometry.mixture import _ANNEAL, _refine_start, _refine_starts
+
+    rng = np.random.default_rng(SEED + 1)
+    prob = _problem(rng, **kwargs)
+    seeds = rng.uniform(-2.0, 2.0, (7, 2))
+    stages = [_ANNEAL if i % 2 else _ANNEAL[-1:] for i in range(len(seeds))]
+    together = _refine_starts(prob, seeds, 0.01, stages)
+    alone = np.array([_refine_start(prob, s.copy(), 0.01, st)
+                      for s, st in zip(seeds, stages, strict=True)])
+    np.testing.assert_allclose(together, alone, rtol=0, atol=1e-12)
