@@ -49,6 +49,10 @@ def test_absolute_error_sees_the_injected_systematic(campaign):
     csc = ab["regime=csc"]  # stacks whose stated errors lack only the absolute term
     assert abs(csc["sigma_sys"] / 0.12 - 1.0) < 0.10, csc
     assert {"instrument=ACIS", "all"} <= set(ab)
+    # the estimator's own target on the true errors, beside the Gaussian model's (issue 17)
+    for row in ab.values():
+        assert np.isfinite(row["expected_fit"]) and row["expected_fit"] >= 0.0, row
+    assert abs(csc["expected_fit"] / csc["expected"] - 1.0) < 0.10, csc
 
 
 def test_between_stack_agreement_improves(campaign):

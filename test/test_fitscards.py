@@ -97,3 +97,27 @@ def test_a_continue_card_hands_the_header_to_astropy():
     header["NOTE"] = long_text
     out = fitscards.parse_header(header.tostring())
     assert isinstance(out, fits.Header) and out["NOTE"] == long_text
+
+
+def test_cards_seen_before_are_reused_and_read_the_same(monkeypatch):
+    # issue 11: the per-stack files repeat most cards from stack to stack; a card is parsed
+    # once and shared (Card objects are never changed), the memory bounded
+    header = fits.Header()
+    header["OBJECT"] = ("NGC 1", "a comment")
+    header["EXPOSURE"] = 1234.5
+    header["NOTHING"] = None
+    header["HISTORY"] = "a record"
+    text = header.tostring()
+    monkeypatch.setattr(fitscards, "_SEEN", {})
+    first = fitscards.parse_header(text)
+    fresh = [fitscards._parse_card(c.image) for c in first.cards]
+    second = fitscards.parse_header(text)
+    assert all(a is b for a, b in zip(first.cards, second.cards, strict=True))
+    assert [(c.keyword, repr(c.value), c.comment) for c in second.cards] == \
+        [(c.keyword, repr(c.value), c.comment) for c in fresh]
+    _compare(text)
+    monkeypatch.setattr(fitscards, "_SEEN", {})
+    monkeypatch.setattr(fitscards, "_SEEN_MAX", 3)
+    bounded = fitscards.parse_header(text)
+    assert 0 < len(fitscards._SEEN) <= 3
+    assert [c.image for c in bounded.cards] == [c.image for c in first.cards]

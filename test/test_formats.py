@@ -310,6 +310,32 @@ def test_format_card_is_astropys_card_image():
                     == Card("HIERARCH DEC_STACK", value, comment).image), value
 
 
+def test_appended_text_cards_are_the_ones_fitsio_writes(tmp_path):
+    """The column descriptions (TCOMMn, TUCDn) appended as card images are byte for byte the
+    cards ``hdu.write_key(name, value, " ")`` writes, for every length (issue 11)."""
+    import fitsio
+
+    from stk_astrometry.formats._fits import _append_text_card
+
+    values = ["x" * n for n in range(0, 75)] + ["it's", "meta.id", "pos.eq.ra;meta.main",
+                                                "a\tb", "caf\u00e9", " lead and trail "]
+    images = {}
+    for how in ("write_key", "fast"):
+        path = tmp_path / f"{how}.fits"
+        with fitsio.FITS(str(path), "rw", clobber=True) as fh:
+            fh.create_table_hdu(dtype=np.dtype([("a", "f8")]), extname="T")
+            hdu = fh[-1]
+            for i, value in enumerate(values):
+                if how == "write_key":
+                    hdu.write_key(f"TCOMM{i}", value, " ")
+                else:
+                    _append_text_card(hdu, hdu.get_extnum() + 1, f"TCOMM{i}", value)
+        raw = path.read_bytes()
+        cards = [raw[i:i + 80] for i in range(0, len(raw), 80)]
+        images[how] = [c for c in cards if not c.startswith((b"CHECKSUM", b"DATASUM"))]
+    assert images["fast"] == images["write_key"]
+
+
 def _damaged_copies(good, tmp_path):
     """A file cut short inside its data, a file of text, and a FITS file of another kind."""
     raw = good.read_bytes()

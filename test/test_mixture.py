@@ -170,8 +170,10 @@ def test_reduces_exactly_to_weighted_mean():
     det = rng.permutation(n) + 100
     cov = pair_covariance(rng.uniform(0.3, 2.5, n), rng.uniform(0.2, 0.3, n) * 2,
                           rng.uniform(0, 180, n), rng.uniform(0, 0.3, n), rng.uniform(0, 0.3, n))
-    dx = 0.3 + rng.normal(0, 0.3, n)
-    dy = -0.2 + rng.normal(0, 0.3, n)
+    # offsets that scatter less than their covariances say: the covariance is then exactly the
+    # inverse information (a wider scatter raises it, test_covariance_raised_to_the_scatter)
+    dx = 0.3 + rng.normal(0, 0.05, n)
+    dy = -0.2 + rng.normal(0, 0.05, n)
     fit = fit_mixture(det, dx, dy, cov, density_per_arcmin2=0.0, match_radius_arcsec=50.0)
     mean, mean_cov = weighted_mean(dx, dy, cov)
     assert fit.converged, fit.message
@@ -645,3 +647,124 @@ def test_bright_counterparts_kept_when_understated_errors_hide_the_matches():
         n_calibrated += fit.calibrated and fit.sys_floor > 0.05
     assert n_lost == 0
     assert n_calibrated >= 8
+
+
+# ------------------------------------------------------------- the covariance's guards (issue 17)
+
+
+def _consistent_stack(rng, n, *, stated_over_true):
+    """n circular pairs, true sigma 0.1-0.5", stated = true x stated_over_true; no chance pairs."""
+    sig = rng.uniform(0.1, 0.5, n)
+    r95 = sig * stated_over_true * R95_PER_SIGMA
+    d = np.array([0.3, -0.2]) + rng.normal(size=(n, 2)) * sig[:, None]
+    return np.arange(n), d[:, 0], d[:, 1], pair_covariance(r95, r95, np.zeros(n))
+
+
+def test_covariance_raised_to_the_scatter():
+    # stated errors 3x too small and not calibrated: the likelihood's sigma is 3x too small,
+    # the offsets' own scatter says so, and the covariance follows the scatter
+    rng = np.random.default_rng(SEED + 51)
+    ratios = []
+    for _ in range(20):
+        det, dx, dy, cov = _consistent_stack(rng, 30, stated_over_true=1.0 / 3.0)
+        fit = fit_mixture(det, dx, dy, cov, density_per_arcmin2=0.0, match_radius_arcsec=50.0)
+        _, mean_cov = weighted_mean(dx, dy, cov)
+        assert "raised" in fit.message
+        ratios.append(np.sqrt(np.trace(fit.cov) / np.trace(mean_cov)))
+    assert 2.4 < np.median(ratios) < 3.6, ratios
+
+
+def test_covariance_never_lowered_by_the_scatter():
+    # stated errors 3x too large: the scatter would give a smaller sigma; the likelihood's is kept
+    rng = np.random.default_rng(SEED + 52)
+    det, dx, dy, cov = _consistent_stack(rng, 30, stated_over_true=3.0)
+    fit = fit_mixture(det, dx, dy, cov, density_per_arcmin2=0.0, match_radius_arcsec=50.0)
+    _, mean_cov = weighted_mean(dx, dy, cov)
+    np.testing.assert_allclose(fit.cov, mean_cov, rtol=1e-9, atol=0)
+    assert "raised" not in fit.message
+
+
+def test_robust_floor_arithmetic():
+    from stk_astrometry.mixture import _robust_floor
+
+    cov = np.diag([0.01, 0.04])
+    same, f = _robust_floor(cov, np.diag([0.005, 0.01]))
+    assert f == 1.0 and same is cov
+    up, f = _robust_floor(cov, np.diag([0.02, 0.12]))      # tr(cov^-1 robust) / 2 = (2 + 3) / 2
+    assert f == pytest.approx(2.5)
+    np.testing.assert_allclose(up, cov * 2.5)
+    assert _robust_floor(cov, None) == (cov, 1.0)
+    assert _robust_floor(cov, np.full((2, 2), np.nan))[1] == 1.0
+
+
+def test_calibrated_covariance_counts_the_shift_degrees_of_freedom(monkeypatch):
+    # the error model fitted about the fitted shift: the covariance is scaled by N / (N - 2),
+    # N = 2 n_eff (the REML correction of a variance estimated about a fitted mean)
+    from stk_astrometry import mixture
+
+    rng = np.random.default_rng(SEED + 53)
+    args = _stack_with_wrong_errors(rng, 12, floor=0.25)
+    kw = dict(density_per_arcmin2=2.0, match_radius_arcsec=3.0, calibrate=True)
+    monkeypatch.setattr(mixture, "_robust_floor", lambda cov, robust: (cov, 1.0))
+    fit = fit_mixture(*args, **kw)
+    assert fit.calibrated and fit.sys_floor > 0.05, fit.message
+    monkeypatch.setattr(mixture, "_dof_corrected", lambda cov, n_eff: cov)
+    plain = fit_mixture(*args, **kw)
+    assert (plain.d_xi, plain.d_eta) == (fit.d_xi, fit.d_eta)
+    n_dim = 2.0 * fit.n_eff
+    np.testing.assert_allclose(fit.cov, plain.cov * n_dim / (n_dim - 2.0), rtol=1e-12)
+
+
+def test_stated_errors_trusted_are_not_dof_corrected(monkeypatch):
+    from stk_astrometry import mixture
+
+    rng = np.random.default_rng(SEED + 54)
+    det, dx, dy, cov = _consistent_stack(rng, 12, stated_over_true=3.0)
+    kw = dict(density_per_arcmin2=0.0, match_radius_arcsec=50.0)
+    fit = fit_mixture(det, dx, dy, cov, **kw)
+    monkeypatch.setattr(mixture, "_dof_corrected", lambda c, n_eff: c * 7.0)
+    again = fit_mixture(det, dx, dy, cov, **kw)
+    np.testing.assert_array_equal(fit.cov, again.cov)
+
+
+# ---------------------------------------------------------------------------------------------
+# The start's vectorised pieces (issue 11) against their one-at-a-time definitions
+
+
+def _problem(rng, **kwargs):
+    from stk_astrometry.mixture import _floor_covariances, _Problem
+
+    det, d_xi, d_eta, cov, _, _, density = simulate(rng, **kwargs)
+    cov, _ = _floor_covariances(cov)
+    order = np.lexsort((d_eta, d_xi, det))
+    _, det = np.unique(det[order], return_inverse=True)
+    return _Problem(det, d_xi[order], d_eta[order], cov[order], density / 3600.0, R, 5.0)
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"false_frac": 0.4, "density": 20.0},
+                                    {"n_det": 12, "density": 150.0, "shift": (1.2, 0.9)}])
+def test_grid_score_by_matrix_product_is_the_elementwise_score(kwargs):
+    from stk_astrometry.mixture import _score, _score_nodes
+
+    prob = _problem(np.random.default_rng(SEED), **kwargs)
+    g = np.arange(-14, 15) * 0.2
+    nodes = np.stack([a.ravel() for a in np.meshgrid(g, g, indexing="ij")], axis=1)
+    for widen in ((0.04, 0.0), (0.0,)):
+        for fast, slow in zip(_score_nodes(prob, nodes, 0.01, widen),
+                              _score(prob, nodes, 0.01, widen), strict=True):
+            np.testing.assert_allclose(fast, slow, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"false_frac": 0.4, "density": 20.0},
+                                    {"n_det": 12, "density": 150.0, "shift": (1.2, 0.9)}])
+def test_seeds_refined_together_end_where_each_ends_alone(kwargs):
+    from stk_astrometry.mixture import _ANNEAL, _refine_start, _refine_starts
+
+    rng = np.random.default_rng(SEED + 1)
+    prob = _problem(rng, **kwargs)
+    seeds = rng.uniform(-2.0, 2.0, (7, 2))
+    stages = [_ANNEAL if i % 2 else _ANNEAL[-1:] for i in range(len(seeds))]
+    together = _refine_starts(prob, seeds, 0.01, stages)
+    alone = np.array([_refine_start(prob, s.copy(), 0.01, st)
+                      for s, st in zip(seeds, stages, strict=True)])
+    np.testing.assert_allclose(together, alone, rtol=0, atol=1e-12)

@@ -206,17 +206,32 @@ class Header:
         return "".join(c.image for c in self._cards)
 
 
+#: Cards parsed already, by image: a card is a pure function of its 80 characters, and most
+#: cards of the per-stack files (structure, column names, units, descriptions, the primary's
+#: keywords) repeat from stack to stack.  Card objects are never changed once made, so they
+#: are shared.  Bounded: emptied when full.
+_SEEN: dict = {}
+_SEEN_MAX = 10_000
+
+
 def parse_header(text):
     """The header in ``text`` (its cards, up to END) as a :class:`Header`, or as an
     ``astropy.io.fits.Header`` when a card needs astropy (see the module docstring)."""
     n = len(text) - len(text) % CARD
     cards = []
+    seen = _SEEN
     try:
         for i in range(0, n, CARD):
             image = text[i:i + CARD]
-            if image[:8] == "END     " and not image[8:].strip():
-                break
-            cards.append(_parse_card(image))
+            card = seen.get(image)
+            if card is None:
+                if image[:8] == "END     " and not image[8:].strip():
+                    break
+                card = _parse_card(image)
+                if len(seen) >= _SEEN_MAX:
+                    seen.clear()
+                seen[image] = card
+            cards.append(card)
     except _Unsupported:
         from astropy.io import fits
 

@@ -401,7 +401,8 @@ def history_records(toolname, items, *, start=1, when=None, stacks=None):
         while first or payload:
             chunk, payload = payload[:HISTORY_PAYLOAD], payload[HISTORY_PAYLOAD:]
             # FITS cards hold printable ASCII only.
-            chunk = "".join(c if 32 <= ord(c) < 127 else "?" for c in chunk)
+            if not (chunk.isascii() and chunk.isprintable()):   # (fast path: the usual case)
+                chunk = "".join(c if 32 <= ord(c) < 127 else "?" for c in chunk)
             tag = kind if first else "CONT"
             records.append(f" {tag:<4}  :{chunk:<{HISTORY_PAYLOAD}}ASC{counter % 100000:05d}")
             counter += 1

@@ -364,12 +364,12 @@ def _objective(p, d_xi, d_eta, w, loss, f_scale):
     c2 = f_scale * f_scale
     z = w * (ex * ex + ey * ey) / c2
     rho, rho1, rho2 = _rho(z, loss)
-    value = 0.5 * c2 * float(np.sum(rho))
+    value = 0.5 * c2 * float(rho.sum())
     v = rho1 * w
     grad = np.array([v @ ex, v @ ey])
     k = 2.0 * rho2 * w * w / c2
     kx = k * ex
-    vsum = float(np.sum(v))
+    vsum = float(v.sum())
     hxy = float(kx @ ey)
     hess = np.array([[vsum + float(kx @ ex), hxy], [hxy, vsum + float((k * ey) @ ey)]])
     return value, grad, hess, (ex, ey, rho1)
@@ -384,11 +384,13 @@ def _newton_step(grad, hess):
     return np.array([-(c * grad[0] - b * grad[1]) / det, -(a * grad[1] - b * grad[0]) / det])
 
 
-def _polish(p, d_xi, d_eta, w, loss, f_scale, max_shift):
+def _polish(p, d_xi, d_eta, w, loss, f_scale, max_shift, *, with_objective=False):
     """Safeguarded Newton (IRLS fallback) on F from ``p`` (the least_squares solution, or the
-    start (0, 0) for the direct solver)."""
+    start (0, 0) for the direct solver).  With ``with_objective``: (p, :func:`_objective` at
+    p), which the polish has computed anyway."""
     p = np.array(p, dtype=float)
-    value, grad, hess, (_, _, rho1) = _objective(p, d_xi, d_eta, w, loss, f_scale)
+    at_p = _objective(p, d_xi, d_eta, w, loss, f_scale)
+    value, grad, hess, (_, _, rho1) = at_p
     for _ in range(_POLISH_MAX_ITER):
         step = _newton_step(grad, hess)
         if step is None:
@@ -407,9 +409,10 @@ def _polish(p, d_xi, d_eta, w, loss, f_scale, max_shift):
             break
         moved = float(np.hypot(*(trial - p)))
         p, value, grad, hess, rho1 = trial, t_value, t_grad, t_hess, t_pieces[2]
+        at_p = (t_value, t_grad, t_hess, t_pieces)
         if moved < _POLISH_TOL_ARCSEC:
             break
-    return p
+    return (p, at_p) if with_objective else p
 
 
 # ---------------------------------------------------------------------------------------------
@@ -420,6 +423,9 @@ def _polish(p, d_xi, d_eta, w, loss, f_scale, max_shift):
 _CERT_MIN_HALF_CELL = 1e-4
 _CERT_MAX_CELLS = 20_000
 _CERT_FIRST_SPLIT = 8
+# the four children of a square, in units of their half-width
+_CORNERS_X = np.array([-1.0, -1.0, 1.0, 1.0])
+_CORNERS_Y = np.array([-1.0, 1.0, -1.0, 1.0])
 # Half-widths tried for the convex square around the minimum, in units of the median 1-sigma
 # scale C / sqrt(w) of the pairs.
 _CERT_CONVEX_HALF = (2.0, 1.0, 0.5, 0.25, 0.125, 0.0625, 0.03125)
@@ -428,6 +434,27 @@ _CERT_CONVEX_HALF = (2.0, 1.0, 0.5, 0.25, 0.125, 0.0625, 0.03125)
 # which increases up to r = 0.485868 (T = 3.3302) and decreases beyond (checked on a fine grid
 # to r = 100; T ~ 8 / r^3 further out).
 _T_PEAK_R = 0.485868
+_CERT_CONVEX_HALF_ARR = np.asarray(_CERT_CONVEX_HALF)
+
+
+def _median(x):
+    """``float(np.median(x))`` of a 1-D array without np.median's generic machinery (the
+    same partition and the same mean of the two middle values)."""
+    n = x.size
+    k = n // 2
+    if n % 2:
+        return float(np.partition(x, k)[k])
+    part = np.partition(x, (k - 1, k))
+    return float((part[k - 1] + part[k]) / 2.0)
+
+
+@functools.lru_cache(maxsize=8)
+def _first_squares(half):
+    """Centres (x, y) of the certificate's first 8 x 8 squares of half-width ``half``."""
+    ticks = (2.0 * np.arange(_CERT_FIRST_SPLIT) + 1.0 - _CERT_FIRST_SPLIT) * half
+    cx, cy = (t.ravel() for t in np.meshgrid(ticks, ticks, indexing="ij"))
+    cx.flags.writeable = cy.flags.writeable = False
+    return cx, cy
 
 
 def _cauchy_min_curvature(z_lo, z_hi):
@@ -438,7 +465,7 @@ def _cauchy_min_curvature(z_lo, z_hi):
     return np.where(z_hi <= 3.0, h(z_hi), np.where(z_lo >= 3.0, h(z_lo), -0.125))
 
 
-def _cauchy_single_basin(p, d_xi, d_eta, w, f_scale, max_shift) -> bool:
+def _cauchy_single_basin(p, d_xi, d_eta, w, f_scale, max_shift, hess=None) -> bool:
     """Prove that every descent from (0, 0) on the Cauchy objective ends at ``p``.
 
     ``least_squares`` (trust-region reflective: a step is taken only if it lowers F) and the
@@ -459,7 +486,8 @@ def _cauchy_single_basin(p, d_xi, d_eta, w, f_scale, max_shift) -> bool:
       stationary point need not have a zero gradient).
 
     Returns False when a square stays undecided at the resolution limit: the caller then lets
-    ``least_squares`` pick the basin.
+    ``least_squares`` pick the basin.  ``hess``: the Cauchy objective's Hessian at ``p`` when
+    the caller has it.
     """
     if np.any(np.abs(p) >= max_shift * (1.0 - 1e-9)):
         return False
@@ -467,7 +495,7 @@ def _cauchy_single_basin(p, d_xi, d_eta, w, f_scale, max_shift) -> bool:
     f0 = float(np.sum(np.log1p(a * (d_xi * d_xi + d_eta * d_eta))))
     f0_margin = f0 + 1e-9 * (1.0 + abs(f0))
     # the convex square around p: the widest candidate that passes either bound
-    halves = float(np.median(1.0 / np.sqrt(a))) * np.asarray(_CERT_CONVEX_HALF)
+    halves = _median(1.0 / np.sqrt(a)) * _CERT_CONVEX_HALF_ARR
     ex = np.abs(p[0] - d_xi)
     ey = np.abs(p[1] - d_eta)
     z_lo = a * (np.maximum(ex - halves[:, None], 0.0) ** 2
@@ -481,7 +509,8 @@ def _cauchy_single_basin(p, d_xi, d_eta, w, f_scale, max_shift) -> bool:
     r2 = r * r
     t_sup = (2.0 * r * np.abs(r2 - 3.0) / (1.0 + r2) ** 3 + 6.0 * r / (1.0 + r2) ** 2)
     third = (t_sup * (1.0 + 1e-9)) @ (w * np.sqrt(a))
-    _, _, hess, _ = _objective(p, d_xi, d_eta, w, "cauchy", f_scale)
+    if hess is None:
+        _, _, hess, _ = _objective(p, d_xi, d_eta, w, "cauchy", f_scale)
     lam_p = 0.5 * (hess[0, 0] + hess[1, 1]) - math.hypot(0.5 * (hess[0, 0] - hess[1, 1]),
                                                          hess[0, 1])
     # g(s).(s - p) = int_0^1 (s-p)^T H(p + t(s-p)) (s-p) dt >= |s-p|^2 (lam_p - |s-p| M / 2)
@@ -491,12 +520,10 @@ def _cauchy_single_basin(p, d_xi, d_eta, w, f_scale, max_shift) -> bool:
     if passed.size == 0:
         return False
     convex_half = float(halves[passed[0]])
-    corners = np.array([[-1.0, -1.0], [-1.0, 1.0], [1.0, -1.0], [1.0, 1.0]])
     # start from 8 x 8 squares: the first levels of a quadtree from the whole box would
     # rarely exclude anything and cost a pass each
     half = float(max_shift) / _CERT_FIRST_SPLIT
-    ticks = (2.0 * np.arange(_CERT_FIRST_SPLIT) + 1.0 - _CERT_FIRST_SPLIT) * half
-    cx, cy = (t.ravel() for t in np.meshgrid(ticks, ticks, indexing="ij"))
+    cx, cy = _first_squares(half)      # cached; never changed in place
     n_cells = 0
     while cx.size:
         n_cells += cx.size
@@ -522,8 +549,8 @@ def _cauchy_single_basin(p, d_xi, d_eta, w, f_scale, max_shift) -> bool:
                     >= max_shift * (1.0 - 1e-12))
         undecided = (gnorm <= np.sqrt(2.0) * half * lip) | at_bound
         half *= 0.5
-        cx = (cx[undecided, None] + half * corners[:, 0]).ravel()
-        cy = (cy[undecided, None] + half * corners[:, 1]).ravel()
+        cx = (cx[undecided, None] + half * _CORNERS_X).ravel()
+        cy = (cy[undecided, None] + half * _CORNERS_Y).ravel()
     return True
 
 
@@ -534,7 +561,8 @@ _CONVEX_LOSSES = ("linear", "soft_l1", "huber")
 
 
 def _minimise(d_xi, d_eta, w, loss, f_scale, max_shift, solver):
-    """Minimise F from the start (0, 0): (p, description, nfev, success).
+    """Minimise F from the start (0, 0): (p, description, nfev, success, F's pieces at p as
+    :func:`_objective` returns them).
 
     ``solver='least_squares'`` is the specification's call, ``scipy.optimize.least_squares``
     from (0, 0) within the bounds, polished by :func:`_polish`.  ``'auto'`` (default) first
@@ -548,16 +576,17 @@ def _minimise(d_xi, d_eta, w, loss, f_scale, max_shift, solver):
     if solver not in _SOLVERS:
         raise ValueError(f"solver must be one of {_SOLVERS}, not {solver!r}")
     if solver == "auto" and loss != "arctan":
-        p = _polish(np.zeros(2), d_xi, d_eta, w, loss, f_scale, max_shift)
-        _, grad, hess, _ = _objective(p, d_xi, d_eta, w, loss, f_scale)
+        p, at_p = _polish(np.zeros(2), d_xi, d_eta, w, loss, f_scale, max_shift,
+                          with_objective=True)
+        _, grad, hess, _ = at_p
         step = _newton_step(grad, hess)
         # a strict interior minimum: Hessian positive definite, Newton step negligible
         proven = (step is not None and float(np.hypot(*step)) < 1e-10
                   and not np.any(np.abs(p) >= max_shift * (1.0 - 1e-9)))
         if proven and loss not in _CONVEX_LOSSES:
-            proven = _cauchy_single_basin(p, d_xi, d_eta, w, f_scale, max_shift)
+            proven = _cauchy_single_basin(p, d_xi, d_eta, w, f_scale, max_shift, hess)
         if proven:
-            return p, "direct Newton/IRLS from (0, 0) (single basin proven)", 0, True
+            return p, "direct Newton/IRLS from (0, 0) (single basin proven)", 0, True, at_p
     sqrt_w = np.sqrt(w)
 
     def residuals(p):
@@ -574,8 +603,8 @@ def _minimise(d_xi, d_eta, w, loss, f_scale, max_shift, solver):
 
     res = least_squares(residuals, (0.0, 0.0), jac=jacobian, loss=loss, f_scale=f_scale,
                         bounds=(-max_shift, max_shift))
-    p = _polish(res.x, d_xi, d_eta, w, loss, f_scale, max_shift)
-    return p, f"least_squares: {res.message}", int(res.nfev), bool(res.success)
+    p, at_p = _polish(res.x, d_xi, d_eta, w, loss, f_scale, max_shift, with_objective=True)
+    return p, f"least_squares: {res.message}", int(res.nfev), bool(res.success), at_p
 
 
 @functools.lru_cache(maxsize=256)
@@ -620,7 +649,7 @@ def _raise_eigenvalues(cov: np.ndarray, threshold_var: float, floor_var: float) 
 
 
 def _covariance(p, d_xi, d_eta, w, var1, loss, f_scale, cluster=None, *, max_shift=5.0,
-                sigma="calibrated"):
+                sigma="calibrated", at_p=None):
     """Cluster-robust sandwich covariance, HC2 correction, small-sample safeguard (module
     docstring).
 
@@ -655,7 +684,9 @@ def _covariance(p, d_xi, d_eta, w, var1, loss, f_scale, cluster=None, *, max_shi
     formal_var = 1.0 / np.sum(info)
     if m <= 2:
         return formal_var * np.eye(2), "formal", m, False, float("nan")
-    _, _, hess, (ex, ey, rho1) = _objective(p, d_xi, d_eta, w, loss, f_scale)
+    # at_p: _objective at p, when the caller has it (the minimiser's last evaluation)
+    _, _, hess, (ex, ey, rho1) = (at_p if at_p is not None
+                                  else _objective(p, d_xi, d_eta, w, loss, f_scale))
     v = w * rho1
     vsum = np.sum(v)
     if not vsum > 0:
@@ -687,10 +718,10 @@ def _covariance(p, d_xi, d_eta, w, var1, loss, f_scale, cluster=None, *, max_shi
         # offsets all but identical (duplicated rows): no scatter to calibrate on
         return formal_var * np.eye(2), "formal", m, implausible, ratio
     cov = _calibrated_bootstrap(p, d_xi, d_eta, w, var1, loss, f_scale, max_shift, inverse, m,
-                                lev)
+                                lev, pieces=(ex, ey, rho1))
     if cov is None:                     # refits failed: the sandwich, with its safeguards
         return _covariance(p, d_xi, d_eta, w, var1, loss, f_scale, cluster,
-                           max_shift=max_shift, sigma="sandwich")
+                           max_shift=max_shift, sigma="sandwich", at_p=at_p)
     if m < _SMALL_SAMPLE:
         # few detections: never below the formal error (a scatter from < 10 detections is too
         # often small by chance)
@@ -700,7 +731,8 @@ def _covariance(p, d_xi, d_eta, w, var1, loss, f_scale, cluster=None, *, max_shi
     return cov, "scatter", m, implausible, ratio
 
 
-def _calibrated_bootstrap(p, d_xi, d_eta, w, var1, loss, f_scale, max_shift, inverse, m, lev):
+def _calibrated_bootstrap(p, d_xi, d_eta, w, var1, loss, f_scale, max_shift, inverse, m, lev,
+                          pieces=None):
     """Covariance of the shift by a parametric bootstrap with calibrated errors (module
     docstring, "Uncertainty").
 
@@ -715,7 +747,9 @@ def _calibrated_bootstrap(p, d_xi, d_eta, w, var1, loss, f_scale, max_shift, inv
     n = d_xi.size
     if inverse is None:
         inverse = np.arange(n)
-    _, _, _, (ex, ey, rho1) = _objective(p, d_xi, d_eta, w, loss, f_scale)
+    # pieces: (ex, ey, rho1) of _objective at p, when the caller has them
+    ex, ey, rho1 = pieces if pieces is not None else _objective(p, d_xi, d_eta, w, loss,
+                                                                f_scale)[3]
     v = w * rho1
     vc = np.bincount(inverse, weights=v, minlength=m)
     safe = np.where(vc > 0, vc, 1.0)
@@ -917,10 +951,11 @@ def fit_translation(src_xi, src_eta, ref_xi, ref_eta, weights, *, loss="cauchy",
         return TranslationFit(0.0, 0.0, np.nan, np.nan, np.nan, 0, False,
                               "no usable pairs" + dropped, n_dropped=n_dropped)
 
-    p, how, nfev, ls_ok = _minimise(d_xi, d_eta, w, loss, f_scale, max_shift, solver)
+    p, how, nfev, ls_ok, at_p = _minimise(d_xi, d_eta, w, loss, f_scale, max_shift, solver)
     at_bound = bool(np.any(np.abs(p) >= max_shift * (1.0 - 1e-9)))
     cov, source, n_clusters, implausible, ratio = _covariance(
-        p, d_xi, d_eta, w, var1, loss, f_scale, cluster, max_shift=max_shift, sigma=sigma)
+        p, d_xi, d_eta, w, var1, loss, f_scale, cluster, max_shift=max_shift, sigma=sigma,
+        at_p=at_p)
     message = how
     if at_bound:
         message += f"; shift at the bound ±{max_shift:g}\""
