@@ -41,6 +41,7 @@ def test_every_stack_is_in_the_results_and_the_qa_counts_agree(campaign):
     done = results["status"] == "done"
     assert qa["ANY"]["n_stacks"] == int(np.sum(done & (results["qa_flags"] > 0)))
     assert qa["BIGSHIFT"]["n_stacks"] == int(np.sum(done & (results["qa_flags"] & 4 > 0)))
+    assert qa["SPEC_RULES"]["n_stacks"] == int(np.sum(done & (results["qa_flags"] & 14 > 0)))
 
 
 def test_absolute_error_sees_the_injected_systematic(campaign):

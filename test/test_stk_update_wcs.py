@@ -1,7 +1,7 @@
 """stk_update_wcs end to end: what happens when runs meet, and what is never a product.
 
 Module tests live beside their modules (test_fitsedit.py, test_wcsupdate.py,
-test_products.py); the per-product-type end-to-end checks are in test_update_wcs.py.
+test_products.py); the per-product-type end-to-end checks are in test_update.py.
 """
 
 import importlib.util

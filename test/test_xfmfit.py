@@ -1414,3 +1414,261 @@ def test_bootstrap_refit_takes_newton_steps_where_irls_alone_would_crawl(weight)
     got = xfmfit._refit_batch(dx, dy, w, "cauchy", 1.0, 5.0)
     np.testing.assert_allclose(got, _reference_refit(dx, dy, w, "cauchy", 1.0, 5.0), atol=1e-9)
     np.testing.assert_allclose(got[3], [0.31, -0.195], atol=1e-12)
+
+
+def _detections(cluster):
+    ids, inverse = np.unique(cluster, return_inverse=True)
+    return [np.flatnonzero(inverse == j) for j in range(len(ids))]
+
+
+def _effective_weights(p, d_xi, d_eta, w, loss, f_scale):
+    z = w * ((p[0] - d_xi) ** 2 + (p[1] - d_eta) ** 2) / f_scale**2
+    return w * xfmfit._rho(z, loss)[1], z
+
+
+def _reference_bootstrap(p, d_xi, d_eta, w, var1, loss, f_scale, max_shift, cluster):
+    """The module docstring's "Uncertainty" steps 1-3, one detection at a time.  The draws are
+    the seeded ones, (draw, detection, axis) from default_rng(_BOOT_SEED): the same input gives
+    the same sigma (golden files), so their order is part of the contract."""
+    v, _ = _effective_weights(p, d_xi, d_eta, w, loss, f_scale)
+    dets = _detections(cluster)
+    m = len(dets)
+    mean = np.array([[v[i] @ d_xi[i] / v[i].sum(), v[i] @ d_eta[i] / v[i].sum()] for i in dets])
+    var_j = np.array([var1[i].min() for i in dets])
+    lev = np.minimum([v[i].sum() / v.sum() for i in dets], xfmfit._MAX_LEVERAGE)
+    e2 = np.sum((mean - p) ** 2, axis=1) / (1.0 - lev)
+    a, b = xfmfit._fit_scale_floor(e2, var_j)
+    eps = np.random.default_rng(xfmfit._BOOT_SEED).standard_normal((xfmfit._BOOT_N, m, 2))
+    eps *= np.sqrt(a * var_j + b)[None, :, None]
+    dx = np.empty((xfmfit._BOOT_N, len(d_xi)))
+    dy = np.empty_like(dx)
+    for j, i in enumerate(dets):
+        dx[:, i] = p[0] + (d_xi[i] - mean[j, 0]) + eps[:, j, 0][:, None]
+        dy[:, i] = p[1] + (d_eta[i] - mean[j, 1]) + eps[:, j, 1][:, None]
+    reps = xfmfit._refit_batch(dx, dy, w, loss, f_scale, max_shift)
+    return np.cov(reps.T, ddof=1)
+
+
+def _reference_sandwich(p, d_xi, d_eta, w, loss, f_scale, cluster):
+    """The module docstring's cluster-robust sandwich, term by term."""
+    v, z = _effective_weights(p, d_xi, d_eta, w, loss, f_scale)
+    rho2 = xfmfit._rho(z, loss)[2]
+    e = np.column_stack([p[0] - d_xi, p[1] - d_eta])
+    hess = sum(w[i] * (v[i] / w[i] * np.eye(2) + 2 * rho2[i] * w[i] * np.outer(e[i], e[i])
+                       / f_scale**2) for i in range(len(w)))
+    meat = np.zeros((2, 2))
+    for i in _detections(cluster):
+        psi = (v[i, None] * e[i]).sum(axis=0)
+        h = min(v[i].sum() / v.sum(), xfmfit._MAX_LEVERAGE)
+        meat += np.outer(psi, psi) / (1.0 - h)
+    hinv = np.linalg.inv(hess)
+    return hinv @ meat @ hinv
+
+
+def _clustered_stack(rng, m, *, weight=1.0, rotate=30.0, stretch=3.0):
+    """m detections, some with two or three candidates 0.1-0.3" apart; anisotropic scatter
+    (stretch x along a direction `rotate` degrees from xi); stated variances of the pairs not
+    1/w (var_1sigma); weights ~ `weight` arcsec^-2, the scatter about a third of the stated
+    errors (but 0.3" at least)."""
+    spread = 0.3 * max(1.0, 1.0 / np.sqrt(weight))
+    k = rng.choice([1, 1, 1, 2, 3], m)
+    cluster = np.repeat(np.arange(m) * 7 + 3, k)               # region ids need not be 0..m-1
+    turn = np.deg2rad(rotate)
+    rot = np.array([[np.cos(turn), -np.sin(turn)], [np.sin(turn), np.cos(turn)]])
+    true = (rng.normal(0.0, spread, (m, 2)) * [stretch, 1.0]) @ rot.T + [0.4, -0.25]
+    d = np.repeat(true, k, axis=0)
+    extra = np.r_[True, cluster[1:] == cluster[:-1]]
+    d[extra] += rng.uniform(0.1, 0.3, (extra.sum(), 2)) * rng.choice([-1, 1], (extra.sum(), 2))
+    w = weight * rng.uniform(0.5, 2.0, len(d))
+    var1 = rng.uniform(0.7, 1.5, len(d)) / w
+    return d[:, 0], d[:, 1], w, var1, cluster
+
+
+@pytest.mark.parametrize("loss, f_scale, weight", [("cauchy", 1.0, 1.0), ("cauchy", 2.0, 0.05),
+                                                   ("linear", 1.0, 4.0), ("huber", 0.5, 1.0)])
+def test_calibrated_sigma_is_the_documented_bootstrap(loss, f_scale, weight):
+    # the covariance is that of the refits of the seeded draws around the fitted shift, from
+    # the error model fitted to each detection's leverage-corrected residual; candidates of one
+    # detection move together
+    rng = np.random.default_rng(SEED + 500)
+    d_xi, d_eta, w, var1, cluster = _clustered_stack(rng, 14, weight=weight)
+    zeros = np.zeros(len(d_xi))
+    fit = fit_translation(zeros, zeros, d_xi, d_eta, w, loss=loss, f_scale=f_scale,
+                          var_1sigma=var1, cluster=cluster)
+    assert fit.error_source == "scatter" and fit.n_clusters == 14
+    p = np.array([fit.d_xi, fit.d_eta])
+    want = _reference_bootstrap(p, d_xi, d_eta, w, var1, loss, f_scale, 5.0, cluster)
+    np.testing.assert_allclose(fit.cov, want, rtol=1e-7, atol=1e-14)
+
+
+@pytest.mark.parametrize("loss, f_scale, weight", [("cauchy", 1.0, 1.0), ("cauchy", 2.0, 0.05),
+                                                   ("linear", 1.0, 4.0), ("soft_l1", 0.5, 1.0)])
+def test_sandwich_sigma_is_the_documented_sandwich(loss, f_scale, weight):
+    # sigma='sandwich' with a plausible scatter from >= 10 detections: H^-1 B H^-1, clustered
+    # by detection; its smallest eigenvalue over the formal variance is the scatter ratio
+    rng = np.random.default_rng(SEED + 501)
+    d_xi, d_eta, w, var1, cluster = _clustered_stack(rng, 14, weight=weight)
+    zeros = np.zeros(len(d_xi))
+    fit = fit_translation(zeros, zeros, d_xi, d_eta, w, loss=loss, f_scale=f_scale,
+                          var_1sigma=var1, cluster=cluster, sigma="sandwich")
+    assert fit.error_source == "scatter" and not fit.implausible
+    p = np.array([fit.d_xi, fit.d_eta])
+    want = _reference_sandwich(p, d_xi, d_eta, w, loss, f_scale, cluster)
+    np.testing.assert_allclose(fit.cov, want, rtol=1e-9, atol=1e-15)
+    formal = 1.0 / sum(1.0 / var1[i].min() for i in _detections(cluster))
+    assert fit.scatter_ratio == pytest.approx(np.sqrt(np.linalg.eigvalsh(want)[0] / formal),
+                                              rel=1e-9)
+    calibrated = fit_translation(zeros, zeros, d_xi, d_eta, w, loss=loss, f_scale=f_scale,
+                                 var_1sigma=var1, cluster=cluster)
+    assert calibrated.scatter_ratio == fit.scatter_ratio
+
+
+def test_two_detections_take_the_formal_error_of_their_best_pairs():
+    # m <= 2: the formal covariance from each detection's best-weighted pair (its smallest
+    # stated variance), whatever the scatter and however many candidates; 3 detections with a
+    # large scatter already follow the scatter
+    d_xi = np.array([1.5, 1.6, -1.4, -1.2, -1.3])
+    d_eta = np.array([0.9, 1.0, -0.8, -1.0, -0.7])
+    var1 = np.array([0.25, 0.16, 0.09, 0.36, 0.49])
+    zeros = np.zeros(5)
+    fit = fit_translation(zeros, zeros, d_xi, d_eta, 1 / var1, loss="linear", var_1sigma=var1,
+                          cluster=[8, 8, 2, 2, 2])
+    formal = 1.0 / (1 / 0.16 + 1 / 0.09)
+    assert fit.n_clusters == 2 and fit.error_source == "formal"
+    np.testing.assert_allclose(fit.cov, formal * np.eye(2), rtol=1e-12)
+    assert fit.implausible is False and np.isnan(fit.scatter_ratio)
+    three = fit_translation(np.zeros(3), np.zeros(3), [1.5, -1.4, 0.1], [0.9, -0.8, 1.2],
+                            np.full(3, 4.0), loss="linear")
+    assert three.error_source == "scatter" and three.d_xi_err > np.sqrt(0.25 / 3)
+
+
+@pytest.mark.parametrize("sigma", xfmfit.SIGMAS)
+def test_implausibility_is_judged_from_five_detections_on(sigma):
+    # identical offsets are as small a scatter as there is: from 5 detections that is
+    # implausible for stated errors of 0.5"; 4 are too few to tell (and the flag is a bool)
+    for m, expected in [(4, False), (5, True)]:
+        fit = fit_translation(np.zeros(m), np.zeros(m), np.full(m, 0.2), np.full(m, -0.1),
+                              np.full(m, 4.0), sigma=sigma)
+        assert fit.implausible is expected
+        assert fit.error_source == "formal" and fit.cov.shape == (2, 2)
+
+
+def _line_stack(m, v_major, v_minor, *, angle=30.0):
+    """m equal-weight detections (stated sigma 0.3") about their mean (0.1, 0.2) whose linear-
+    loss sandwich is diag(v_major, v_minor) in a frame turned by `angle` degrees: the sandwich
+    is then the offsets' scatter matrix / (m (m - 1)) (HC2 with leverage 1/m)."""
+    half = m // 2
+    scale = m * (m - 1) / 2.0
+    u = np.zeros((half, 2))
+    u[0, 1] = np.sqrt(v_minor * scale)
+    a = np.sqrt(np.arange(1.0, half))
+    u[1:, 0] = a * np.sqrt(v_major * scale / np.sum(a**2))
+    e = np.concatenate([u, -u, np.zeros((m - 2 * half, 2))])
+    turn = np.deg2rad(angle)
+    e = e @ np.array([[np.cos(turn), np.sin(turn)], [-np.sin(turn), np.cos(turn)]])
+    return e[:, 0] + 0.1, e[:, 1] + 0.2, np.full(m, 1 / 0.09)
+
+
+@pytest.mark.parametrize("m", [10, 15])
+@pytest.mark.parametrize("sigma", xfmfit.SIGMAS)
+def test_implausible_threshold_is_the_chi2_quantile_on_both_sides(m, sigma):
+    # the scatter is implausibly small when the sandwich's smallest eigenvalue is below the
+    # 0.1 % quantile of chi2(nu)/nu times the formal variance, nu = 2 (m - 1): 1 % below it is
+    # implausible, 1 % above it is not -- along a direction that is not an axis
+    formal = 0.09 / m
+    dof = 2 * (m - 1)
+    threshold = formal * xfmfit.chi2_quantile_even(0.001, dof) / dof
+    for factor, expected in [(0.99, True), (1.01, False)]:
+        d_xi, d_eta, w = _line_stack(m, 4 * formal, factor * threshold)
+        zeros = np.zeros(m)
+        fit = fit_translation(zeros, zeros, d_xi, d_eta, w, loss="linear", sigma=sigma)
+        assert fit.implausible is expected, factor
+        assert fit.scatter_ratio == pytest.approx(np.sqrt(factor * threshold / formal), rel=1e-6)
+        if sigma == "sandwich":
+            # the sandwich rule raises what is implausible, and only that direction
+            assert fit.error_source == ("formal" if expected else "scatter")
+            small, large = np.linalg.eigvalsh(fit.cov)
+            assert small == pytest.approx(formal if expected else factor * threshold, rel=1e-6)
+            assert large == pytest.approx(4 * formal, rel=1e-6)
+
+
+@pytest.mark.parametrize("m", [8, 9, 10])
+def test_sandwich_below_ten_detections_raises_only_the_small_direction(m):
+    # a large scatter along a line turned 30 degrees, a plausible but small one across it:
+    # below ten detections the small direction is raised to the formal error, the large one
+    # stays; from ten the small scatter stands
+    formal = 0.09 / m
+    d_xi, d_eta, w = _line_stack(m, 9 * formal, 0.6 * formal)
+    zeros = np.zeros(m)
+    fit = fit_translation(zeros, zeros, d_xi, d_eta, w, loss="linear", sigma="sandwich")
+    small, large = np.linalg.eigvalsh(fit.cov)
+    assert small == pytest.approx(formal if m < 10 else 0.6 * formal, rel=1e-9)
+    assert large == pytest.approx(9 * formal, rel=1e-9)
+    assert fit.error_source == ("formal" if m < 10 else "scatter")
+
+
+@pytest.mark.parametrize("m", [5, 8, 9])
+def test_calibrated_below_ten_detections_no_direction_is_under_the_formal_error(m):
+    # a scatter 0.9x the stated errors: the seeded bootstrap's covariance has one direction
+    # above the formal one and one below it; below ten detections the one below is raised to
+    # the formal error and the one above stays
+    formal = 0.09 / m
+    d_xi, d_eta, w = _line_stack(m, 0.9 * formal, 0.9 * formal)
+    zeros = np.zeros(m)
+    fit = fit_translation(zeros, zeros, d_xi, d_eta, w, loss="linear")
+    small, large = np.linalg.eigvalsh(fit.cov)
+    assert small == pytest.approx(formal, rel=1e-9) and large > 1.005 * formal
+    assert fit.error_source == "formal"
+
+
+@pytest.mark.parametrize("sigma", xfmfit.SIGMAS)
+def test_a_shift_stopped_where_the_cauchy_loss_is_concave_still_has_a_covariance(sigma):
+    # offsets ~8" away, bound 5": at the bound every pair sits beyond the Cauchy inflection and
+    # the Hessian of F is not positive definite; the sandwich takes sum(w rho') I for it and
+    # the covariance stays a finite, positive-definite 2 x 2 matrix
+    rng = np.random.default_rng(SEED + 502)
+    m = 12
+    d_xi, d_eta = 8.0 + rng.normal(0.0, 0.3, m), rng.normal(0.0, 0.3, m)
+    zeros = np.zeros(m)
+    fit = fit_translation(zeros, zeros, d_xi, d_eta, np.full(m, 1.0), sigma=sigma)
+    assert fit.at_bound and fit.d_xi == 5.0
+    p = np.array([fit.d_xi, fit.d_eta])
+    assert xfmfit._newton_step(np.zeros(2), xfmfit._objective(p, d_xi, d_eta, np.ones(m),
+                                                              "cauchy", 1.0)[2]) is None
+    assert fit.cov.shape == (2, 2) and np.all(np.isfinite(fit.cov))
+    assert np.linalg.eigvalsh(fit.cov)[0] > 0
+
+
+def test_failed_bootstrap_refits_fall_back_on_the_clustered_sandwich(monkeypatch):
+    rng = np.random.default_rng(SEED + 503)
+    d_xi, d_eta, w, var1, cluster = _clustered_stack(rng, 14)
+    zeros = np.zeros(len(d_xi))
+    kwargs = dict(var_1sigma=var1, cluster=cluster)
+    sandwich = fit_translation(zeros, zeros, d_xi, d_eta, w, sigma="sandwich", **kwargs)
+    monkeypatch.setattr(xfmfit, "_refit_batch",
+                        lambda dx, *a: np.full((dx.shape[0], 2), np.nan))
+    fit = fit_translation(zeros, zeros, d_xi, d_eta, w, **kwargs)
+    np.testing.assert_array_equal(fit.cov, sandwich.cov)
+    assert fit.n_clusters == 14
+
+
+@pytest.mark.parametrize("n_failed, falls_back", [(xfmfit._BOOT_N // 2, False),
+                                                  (xfmfit._BOOT_N // 2 + 1, True)])
+def test_bootstrap_needs_half_its_refits(monkeypatch, n_failed, falls_back):
+    # refits that fail (non-finite) are left out; with fewer than half of them left the
+    # sandwich is reported instead
+    rng = np.random.default_rng(SEED + 504)
+    d_xi, d_eta, r0, r1, _ = simulate(rng, 25, (0.1, 0.2))
+    zeros = np.zeros(25)
+    sandwich = fit_translation(zeros, zeros, d_xi, d_eta, 1 / (r0 * r1), sigma="sandwich")
+    refit = xfmfit._refit_batch
+
+    def failing(dx, *args):
+        reps = refit(dx, *args)
+        reps[:n_failed] = np.nan
+        return reps
+
+    monkeypatch.setattr(xfmfit, "_refit_batch", failing)
+    fit = fit_translation(zeros, zeros, d_xi, d_eta, 1 / (r0 * r1))
+    assert np.array_equal(fit.cov, sandwich.cov) is falls_back
+    assert np.all(np.isfinite(fit.cov))

@@ -327,6 +327,12 @@ def analyse(records, catalogs, *, truth=None, options=None):
     n_failed = int(np.count_nonzero(~done))
     qa_rows.append({"reason": "ANY", "n_stacks": n_qa,
                     "fraction": n_qa / n_stacks if n_stacks else math.nan})
+    # §5.7's own three rules (DENSE, BIGSHIFT, FEWMATCH) without this project's additions
+    # (NOMATCH for stacks with no match at all, DISAGREE between the estimators): the
+    # fraction the specification's rules give by themselves (issue 17)
+    n_spec = int(np.count_nonzero(done & ((flags & (2 | 4 | 8)) != 0)))
+    qa_rows.append({"reason": "SPEC_RULES", "n_stacks": n_spec,
+                    "fraction": n_spec / n_stacks if n_stacks else math.nan})
     qa_rows.append({"reason": "FAILED", "n_stacks": n_failed,
                     "fraction": n_failed / n_stacks if n_stacks else math.nan})
     rep.tables["QA"] = qa_rows

@@ -1,4 +1,5 @@
-"""stk_update_wcs end to end: every §5.6 product type, the traps, safety, idempotency, undo."""
+"""stk_astrometry.update (the run behind stk_update_wcs) end to end: every §5.6 product type, the
+traps, safety, idempotency, undo.  The tool front end: test_stk_update_wcs.py."""
 
 import hashlib
 import os
