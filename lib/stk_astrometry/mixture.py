@@ -90,7 +90,8 @@ wrong): on 75 such population stacks (10-29 matches) pull MAD 1.47 -> 1.43, with
 against 0.056" with the true errors): only ``sys_floor`` repairs them.  On the accuracy
 benchmark's cases the sigma/scatter moves by the figures of ``share/doc/stk_xfm.txt``.  What
 no guard can give with 1-5 matches is the missing term itself: ``sys_floor`` (e.g. the
-section 5.5.7 term of a first campaign pass) gives it (pull MAD 0.93-1.12 for 1-60 matches).
+section 5.5.7 term of a first campaign pass) gives it (2,000 population stacks: pull MAD
+0.88-1.02 by n_match bin).
 
 The likelihood can have several modes (chance alignments, a tight tail of
 wrong pairs), so unless ``x0`` is given the fit starts globally: a smoothed
