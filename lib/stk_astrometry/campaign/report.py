@@ -55,15 +55,15 @@ REPORT_COLUMNS = ("stackid", "status", "failed_step", "error", "method", "qa_rea
 _FAILURE_ONLY = ("stackid", "failed_step", "error")
 
 
-def compact(records: np.ndarray, _interned: dict | None = None) -> np.ndarray:
+def compact(records: np.ndarray, interned: dict | None = None) -> np.ndarray:
     """The :data:`REPORT_COLUMNS` of campaign ``records``, small enough to keep for every stack.
 
     Strings become Python objects shared between rows (the status, method and QA reason take
     a few values over a whole campaign); the stack id, failed step and error are kept for
     failed stacks only.  A 10,000-stack campaign's report then holds ~1 MB, where the full
-    rows take ~60 MB.  Pass the same dict as ``_interned`` for every chunk of one campaign.
+    rows take ~60 MB.  Pass the same dict as ``interned`` for every chunk of one campaign.
     """
-    interned = {} if _interned is None else _interned
+    interned = {} if interned is None else interned
     dt = [(n, object if records.dtype[n].kind == "U" else records.dtype[n]) for n in REPORT_COLUMNS]
     out = np.zeros(len(records), dtype=dt)
     failed = records["status"] == "failed"
