@@ -332,8 +332,9 @@ def test_direct_solver_equals_least_squares_on_100_stacks():
     # least_squares only where the certificate fails) gives the least_squares minimum
     worst, n_direct = _fast_and_least_squares_agree(100)
     assert worst <= 1e-9
-    # the certificate is not vacuous: the direct path decides most stacks
-    assert n_direct >= 90, n_direct
+    # the certificate is not vacuous: the direct path decides the stacks, failing about 1 in 400
+    # (module docstring; all 100 here) -- 2 failures in 100 would be 8x that rate
+    assert n_direct >= 98, n_direct
 
 
 @pytest.mark.slow
@@ -1100,7 +1101,8 @@ def test_the_result_carries_its_covariance_and_counts():
 
 @pytest.mark.parametrize("max_shift", [0.0, np.inf, np.nan])
 def test_max_shift_must_be_a_positive_number(max_shift):
-    with pytest.raises(ValueError):
+    # refused by the argument check itself, with its message (not by scipy later on)
+    with pytest.raises(ValueError, match="max_shift must be > 0"):
         fit_translation([0.0], [0.0], [0.1], [0.1], [1.0], max_shift=max_shift)
 
 
@@ -1183,12 +1185,15 @@ def test_leg_fit_is_the_translation_fit_of_its_pairs_with_its_parameters(weighti
     w = 1 / (pairs.err_r0 * pairs.err_r1) if weighting == "det" else 1 / var
     zeros = np.zeros(len(pairs))
     for kw in ({"f_scale": 2.0}, {"max_shift": 0.25}, {"loss": "huber"},
-               {"solver": "least_squares"}):
+               {"solver": "least_squares"}, {"sigma": "sandwich"}):
         leg = fit_leg_spec(pairs, weighting=weighting, n_groups=1, **kw)
         fit = fit_translation(zeros, zeros, pairs.d_xi, pairs.d_eta, w, var_1sigma=var,
                               cluster=pairs.region_id, **kw)
         assert (leg.d_xi, leg.d_eta) == pytest.approx((fit.d_xi, fit.d_eta), abs=1e-12), kw
         assert leg.d_xi_err == pytest.approx(fit.d_xi_err, rel=1e-9) and leg.success == fit.success
+        np.testing.assert_allclose(leg.cov, fit.cov, rtol=1e-9)
+        # the stated variances reach the fit (the scatter is judged against them)
+        assert leg.fit.scatter_ratio == pytest.approx(fit.scatter_ratio, rel=1e-9)
         assert leg.fit.message == fit.message
     # the parameters change the answer (so the comparison above can fail)
     one = fit_leg_spec(pairs, weighting=weighting, n_groups=1)
@@ -1484,20 +1489,24 @@ def _clustered_stack(rng, m, *, weight=1.0, rotate=30.0, stretch=3.0):
     return d[:, 0], d[:, 1], w, var1, cluster
 
 
-@pytest.mark.parametrize("loss, f_scale, weight", [("cauchy", 1.0, 1.0), ("cauchy", 2.0, 0.05),
-                                                   ("linear", 1.0, 4.0), ("huber", 0.5, 1.0)])
-def test_calibrated_sigma_is_the_documented_bootstrap(loss, f_scale, weight):
+@pytest.mark.parametrize("loss, f_scale, weight, max_shift", [
+    ("cauchy", 1.0, 1.0, 5.0), ("cauchy", 2.0, 0.05, 5.0), ("linear", 1.0, 4.0, 5.0),
+    ("huber", 0.5, 1.0, 5.0), ("cauchy", 1.0, 0.05, 1.0)])
+def test_calibrated_sigma_is_the_documented_bootstrap(loss, f_scale, weight, max_shift):
     # the covariance is that of the refits of the seeded draws around the fitted shift, from
     # the error model fitted to each detection's leverage-corrected residual; candidates of one
-    # detection move together
+    # detection move together; the refits keep the fit's bounds
     rng = np.random.default_rng(SEED + 500)
     d_xi, d_eta, w, var1, cluster = _clustered_stack(rng, 14, weight=weight)
     zeros = np.zeros(len(d_xi))
     fit = fit_translation(zeros, zeros, d_xi, d_eta, w, loss=loss, f_scale=f_scale,
-                          var_1sigma=var1, cluster=cluster)
+                          var_1sigma=var1, cluster=cluster, max_shift=max_shift)
     assert fit.error_source == "scatter" and fit.n_clusters == 14
     p = np.array([fit.d_xi, fit.d_eta])
-    want = _reference_bootstrap(p, d_xi, d_eta, w, var1, loss, f_scale, 5.0, cluster)
+    want = _reference_bootstrap(p, d_xi, d_eta, w, var1, loss, f_scale, max_shift, cluster)
+    if max_shift < 5.0:         # the bound matters: refits unbounded would scatter more
+        wide = _reference_bootstrap(p, d_xi, d_eta, w, var1, loss, f_scale, 5.0, cluster)
+        assert np.trace(wide) > 1.1 * np.trace(want)
     np.testing.assert_allclose(fit.cov, want, rtol=1e-7, atol=1e-14)
 
 
