@@ -1455,12 +1455,15 @@ def _reference_bootstrap(p, d_xi, d_eta, w, var1, loss, f_scale, max_shift, clus
 
 
 def _reference_sandwich(p, d_xi, d_eta, w, loss, f_scale, cluster):
-    """The module docstring's cluster-robust sandwich, term by term."""
+    """The module docstring's cluster-robust sandwich, term by term (an H that is not positive
+    definite -- at a bound -- replaced by sum(w rho') I, as the code does)."""
     v, z = _effective_weights(p, d_xi, d_eta, w, loss, f_scale)
     rho2 = xfmfit._rho(z, loss)[2]
     e = np.column_stack([p[0] - d_xi, p[1] - d_eta])
     hess = sum(w[i] * (v[i] / w[i] * np.eye(2) + 2 * rho2[i] * w[i] * np.outer(e[i], e[i])
                        / f_scale**2) for i in range(len(w)))
+    if np.linalg.eigvalsh(hess)[0] <= 0:
+        hess = v.sum() * np.eye(2)
     meat = np.zeros((2, 2))
     for i in _detections(cluster):
         psi = (v[i, None] * e[i]).sum(axis=0)
@@ -1511,7 +1514,8 @@ def test_calibrated_sigma_is_the_documented_bootstrap(loss, f_scale, weight, max
 
 
 @pytest.mark.parametrize("loss, f_scale, weight", [("cauchy", 1.0, 1.0), ("cauchy", 2.0, 0.05),
-                                                   ("linear", 1.0, 4.0), ("soft_l1", 0.5, 1.0)])
+                                                   ("linear", 1.0, 4.0), ("soft_l1", 0.5, 1.0),
+                                                   ("cauchy", 2.0, 0.01)])
 def test_sandwich_sigma_is_the_documented_sandwich(loss, f_scale, weight):
     # sigma='sandwich' with a plausible scatter from >= 10 detections: H^-1 B H^-1, clustered
     # by detection; its smallest eigenvalue over the formal variance is the scatter ratio
@@ -1681,3 +1685,21 @@ def test_bootstrap_needs_half_its_refits(monkeypatch, n_failed, falls_back):
     fit = fit_translation(zeros, zeros, d_xi, d_eta, 1 / (r0 * r1))
     assert np.array_equal(fit.cov, sandwich.cov) is falls_back
     assert np.all(np.isfinite(fit.cov))
+
+
+def test_at_a_corner_an_indefinite_hessian_with_a_positive_diagonal_is_not_taken_for_definite():
+    # pairs ~4" beyond the corner (5", 5") along the diagonal: H(p) has a positive diagonal but
+    # a negative eigenvalue along the diagonal (each pair beyond the Cauchy inflection); the
+    # sandwich then uses sum(w rho') I, and its smallest eigenvalue gives the scatter ratio
+    rng = np.random.default_rng(SEED + 505)
+    m = 12
+    d_xi, d_eta = 8.0 + rng.normal(0.0, 0.3, m), 8.0 + rng.normal(0.0, 0.3, m)
+    w = np.full(m, 1.0)
+    zeros = np.zeros(m)
+    fit = fit_translation(zeros, zeros, d_xi, d_eta, w, sigma="sandwich")
+    p = np.array([fit.d_xi, fit.d_eta])
+    assert fit.at_bound and np.all(p == 5.0)
+    hess = xfmfit._objective(p, d_xi, d_eta, w, "cauchy", 1.0)[2]
+    assert hess[0, 0] > 0 and hess[1, 1] > 0 and np.linalg.eigvalsh(hess)[0] < 0
+    want = _reference_sandwich(p, d_xi, d_eta, w, "cauchy", 1.0, np.arange(m))
+    assert fit.scatter_ratio == pytest.approx(np.sqrt(np.linalg.eigvalsh(want)[0] * m), rel=1e-9)
