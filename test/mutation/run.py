@@ -151,6 +151,16 @@ def summary(modules):
           "survived includes the equivalent ones; no tests = no test of the module's selection\n"
           "reaches the mutated function (a gap, counted against the score); other = not run yet\n"
           "(see `mutmut results --all true` in .mutation/MODULE/)")
+    # mutmut numbers the mutants of a function in order: a change of the function renumbers them,
+    # and a listed name may then point at another mutation.  A listed name that did not survive
+    # is such a stale entry (or a mutant a new test kills): say so.
+    stale = sorted(e for e in equivalent if _module_of(e) in modules and e not in survivors
+                   and _module_of(e) in counts)
+    if stale:
+        print(f"\n{len(stale)} name(s) in {HERE / 'equivalent.md'} that did not survive (renumbered "
+              "by a change of their function, or killed now): check them with `mutmut show`")
+        for e in stale:
+            print(f"  {e}")
     open_survivors = [s for s in survivors if s not in equivalent]
     if open_survivors:
         print(f"\n{len(open_survivors)} surviving mutant(s) not listed as equivalent in {HERE / 'equivalent.md'}:")
