@@ -159,6 +159,40 @@ def test_atomic_path_failure_keeps_old_file(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["o.txt"]
 
 
+def test_deferred_folder_sync_renames_at_once_and_syncs_each_folder_once(tmp_path, monkeypatch):
+    """Several outputs in one block (issue 11): each renamed into place complete as it is
+    written, each folder fsynced once at the end of the block; outside a block once per file."""
+    from stk_astrometry import fitsutil
+
+    synced = []
+    monkeypatch.setattr(fitsutil, "fsync_directory", lambda path: synced.append(str(path)))
+    (tmp_path / "b").mkdir()
+    outs = [tmp_path / "x.txt", tmp_path / "y.txt", tmp_path / "b" / "z.txt"]
+    with fitsutil.deferred_folder_sync():
+        for i, out in enumerate(outs):
+            with fitsutil.atomic_path(out) as tmp:
+                tmp.write_text(f"new {i}")
+            assert out.read_text() == f"new {i}"          # in place at once, complete
+        with fitsutil.deferred_folder_sync():              # nested: joins the outer block
+            with fitsutil.atomic_path(outs[0]) as tmp:
+                tmp.write_text("again")
+        assert synced == []
+    assert sorted(synced) == sorted([str(tmp_path), str(tmp_path / "b")])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b", "x.txt", "y.txt"]
+    synced.clear()
+    with fitsutil.atomic_path(outs[1]) as tmp:
+        tmp.write_text("alone")
+    assert synced == [str(tmp_path)]
+    # a block that raises still makes the renames it did durable
+    synced.clear()
+    with pytest.raises(RuntimeError):
+        with fitsutil.deferred_folder_sync():
+            with fitsutil.atomic_path(outs[2]) as tmp:
+                tmp.write_text("before the error")
+            raise RuntimeError("boom")
+    assert synced == [str(tmp_path / "b")] and outs[2].read_text() == "before the error"
+
+
 def test_writer_killed_midway_leaves_old_file_intact(tmp_path):
     """SIGKILL a process while it writes a large FITS file through write_fits."""
     out = tmp_path / "big.fits"

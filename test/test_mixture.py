@@ -768,3 +768,20 @@ def test_seeds_refined_together_end_where_each_ends_alone(kwargs):
     alone = np.array([_refine_start(prob, s.copy(), 0.01, st)
                       for s, st in zip(seeds, stages, strict=True)])
     np.testing.assert_allclose(together, alone, rtol=0, atol=1e-12)
+
+
+def test_stated_errors_kept_but_covariance_not_below_the_fitted_models(monkeypatch):
+    # a floor too small for the likelihood-ratio margin (2 dlogL < 2): the stated errors' shift
+    # is kept, its covariance is raised to the fitted model's (issue 17)
+    from stk_astrometry import mixture
+
+    rng = np.random.default_rng(SEED + 100)
+    args = _stack_with_wrong_errors(rng, 12, floor=0.08)
+    kw = dict(density_per_arcmin2=2.0, match_radius_arcsec=3.0, calibrate=True)
+    monkeypatch.setattr(mixture, "_sandwich", lambda *a: None)
+    fit = fit_mixture(*args, **kw)
+    assert "stated errors kept" in fit.message and "as the fitted model's" in fit.message
+    assert (fit.err_scale, fit.sys_floor) == (1.0, 0.0)
+    stated = fit_mixture(*args, **dict(kw, calibrate=False))
+    assert (stated.d_xi, stated.d_eta) == (fit.d_xi, fit.d_eta)
+    assert np.trace(fit.cov) > 1.2 * np.trace(stated.cov)

@@ -1031,17 +1031,22 @@ def _fit(pairs_in, p, history):
                          if with_alternative and alt_ok else None))
 
     hist = _history("stk_xfm", FIT_DEFAULTS, dict(p, infile=infile or ""), history)
-    if outfile:
-        transform.write_transform(outfile, applied.components, keywords(True), hist,
-                                  instrument=pin.instrument, ra_ref=pin.ra_stack,
-                                  dec_ref=pin.dec_stack, clobber=clobber)
-    if outdet:
-        cols = stackfit.corrected_detections(pin, total.d_xi, total.d_eta)
-        detcorr.write_detcorr(outdet, cols, keywords(False), hist, clobber=clobber)
-    if diagfile:
-        used, p_true = _diag_columns(pin, np.flatnonzero(mask), spec, mix)
-        diag.write_diag(diagfile, pin, used, p_true, hist, clobber=clobber,
-                        keywords=[k for k in keywords(False) if k[0] in ("SYSERR", "ERRSCALE")])
+    from stk_astrometry.fitsutil import deferred_folder_sync
+
+    # each output is renamed into place when written; the folders are fsynced once at the end
+    with deferred_folder_sync():
+        if outfile:
+            transform.write_transform(outfile, applied.components, keywords(True), hist,
+                                      instrument=pin.instrument, ra_ref=pin.ra_stack,
+                                      dec_ref=pin.dec_stack, clobber=clobber)
+        if outdet:
+            cols = stackfit.corrected_detections(pin, total.d_xi, total.d_eta)
+            detcorr.write_detcorr(outdet, cols, keywords(False), hist, clobber=clobber)
+        if diagfile:
+            used, p_true = _diag_columns(pin, np.flatnonzero(mask), spec, mix)
+            diag.write_diag(diagfile, pin, used, p_true, hist, clobber=clobber,
+                            keywords=[k for k in keywords(False)
+                                      if k[0] in ("SYSERR", "ERRSCALE")])
 
     from stk_astrometry.wcsupdate import transform_id
 

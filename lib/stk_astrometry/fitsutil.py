@@ -11,6 +11,7 @@ costs nothing at tool start-up.
 """
 
 import contextlib
+import contextvars
 import datetime
 import fcntl
 import logging
@@ -104,6 +105,36 @@ def same_file(a, b):
         return os.path.samefile(a, b)
     except OSError:  # one of them does not exist (yet)
         return False
+
+
+# Folders whose fsync is deferred to the end of a :func:`deferred_folder_sync` block (None:
+# no block active in this thread or task -- every rename's folder is fsynced at once).
+_PENDING_FOLDERS = contextvars.ContextVar("stk_pending_folders", default=None)
+
+
+@contextlib.contextmanager
+def deferred_folder_sync():
+    """Within the block, :func:`replace_durably` fsyncs each folder once, at the end.
+
+    A step that writes several outputs (``stk_xfm``: transform, corrected detections,
+    diagnostics) renames each into place as before -- each written in full and fsynced first,
+    so each appears atomically -- and fsyncs each folder once when the block ends (also when
+    it raises: the renames done are made durable) instead of once per file.  After the block
+    the outputs are exactly as durable as before; until it ends, a system crash (not a killed
+    process) may lose a rename, leaving the previous file or none, as it may today between a
+    rename and its folder's fsync.  Nested blocks join the outermost.
+    """
+    if _PENDING_FOLDERS.get() is not None:
+        yield
+        return
+    pending = []
+    token = _PENDING_FOLDERS.set(pending)
+    try:
+        yield
+    finally:
+        _PENDING_FOLDERS.reset(token)
+        for folder in dict.fromkeys(pending):
+            fsync_directory(folder)
 
 
 def fsync_directory(path):
@@ -301,7 +332,12 @@ def replace_durably(tmp, dest):
     with contextlib.suppress(OSError):
         os.chmod(tmp, mode)
     os.replace(tmp, dest)
-    fsync_directory(dest.parent if str(dest.parent) else ".")
+    folder = dest.parent if str(dest.parent) else "."
+    pending = _PENDING_FOLDERS.get()
+    if pending is None:
+        fsync_directory(folder)
+    else:
+        pending.append(str(folder))        # fsynced when the deferred_folder_sync block ends
 
 
 @contextlib.contextmanager

@@ -428,7 +428,12 @@ _CORNERS_X = np.array([-1.0, -1.0, 1.0, 1.0])
 _CORNERS_Y = np.array([-1.0, 1.0, -1.0, 1.0])
 # Half-widths tried for the convex square around the minimum, in units of the median 1-sigma
 # scale C / sqrt(w) of the pairs.
-_CERT_CONVEX_HALF = (2.0, 1.0, 0.5, 0.25, 0.125, 0.0625, 0.03125)
+# (Down to 1/256: where a few pairs with tiny stated errors sit far from the minimum -- as
+# with wavdetect's errors -- the region around it provably holding no other stationary point
+# is small; with 1/32 the smallest, 15 of bench_speed's 625 core fits went to least_squares
+# for want of it, 3 with 1/256, at no measurable cost to the others.)
+_CERT_CONVEX_HALF = (2.0, 1.0, 0.5, 0.25, 0.125, 0.0625, 0.03125, 0.015625, 0.0078125,
+                     0.00390625)
 # Third derivative of the Cauchy term: for the radial function f(r) = ln(1 + r^2) / 2 its
 # norm is at most T(r) = |f3| + 3 |f2 / r - f1 / r^2| = 2r|r^2 - 3|/(1+r^2)^3 + 6r/(1+r^2)^2,
 # which increases up to r = 0.485868 (T = 3.3302) and decreases beyond (checked on a fine grid
