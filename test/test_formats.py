@@ -8,7 +8,7 @@ import pytest
 from astropy.io import fits
 
 from stk_astrometry.api import _Run
-from stk_astrometry.errors import FormatError
+from stk_astrometry.errors import FormatError, InputError
 from stk_astrometry.formats import catalogs, detcorr, diag, idlist, pairs, transform
 from stk_astrometry.tableio import read_table
 
@@ -188,6 +188,36 @@ def test_diag_round_trip(tmp_path):
 def test_id_list_round_trip():
     ids = np.array([7, 3, 3, -2, 2**40])
     assert list(idlist.parse_id_list(idlist.format_id_list(ids))) == sorted(set(ids.tolist()))
+
+
+def test_id_list_text_blanks_commas_comments_sorted_unique():
+    # formats.md §2c: ids separated by blanks or commas, '#' comments, blank lines ignored
+    got = idlist.parse_id_list("# header, 99\n 5, 3 7,,\n\n\t3\t9 # 11 not an id\n-4\n")
+    assert got.dtype == np.int64 and got.tolist() == [-4, 3, 5, 7, 9]
+    assert idlist.parse_id_list("").tolist() == [] and idlist.parse_id_list("").dtype == np.int64
+
+
+def test_id_list_bad_token_names_the_source_line_and_token():
+    with pytest.raises(InputError, match=r"^include=ids\.txt, line 3: '4\.5' is not a detection "
+                                         r"region_id \(an integer\)$"):
+        idlist.parse_id_list("1\n\n2 4.5\n", source="include=ids.txt")
+
+
+@pytest.mark.parametrize("at", ["", "@"])
+def test_id_list_file_and_its_at_spelling(tmp_path, at):
+    path = tmp_path / "ids.txt"
+    path.write_text("12, 4\n4\n")
+    assert idlist.read_id_list(f"{at}{path}", param="exclude").tolist() == [4, 12]
+
+
+def test_id_list_unreadable_file_names_the_parameter(tmp_path):
+    with pytest.raises(InputError, match=r"^exclude=.*nope\.txt: cannot read the id list"):
+        idlist.read_id_list(tmp_path / "nope.txt", param="exclude")
+
+
+def test_id_list_written_one_id_per_line_sorted_unique():
+    assert idlist.format_id_list([9, 2, 9, 5]) == "2\n5\n9\n"
+    assert idlist.format_id_list([]) == ""
 
 
 def test_catalog_reader_tnull_and_nan(tmp_path):

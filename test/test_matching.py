@@ -21,6 +21,7 @@ from stk_astrometry.matching import (
     high_proper_motion,
     match_stack,
     one_to_one,
+    valid_positions,
 )
 from stk_astrometry.tangent import tangent_to_sky
 
@@ -457,3 +458,51 @@ def test_a_source_exactly_at_the_cone_radius_is_in_the_cone():
     sep_arcmin = float(angular_separation_arcsec(ra, dec, ra0, dec0)[0]) / 60.0
     assert cone_density(ra, dec, ra0, dec0, sep_arcmin) == pytest.approx(1 / (np.pi * sep_arcmin**2))
     assert cone_density(ra, dec, ra0, dec0, float(np.nextafter(sep_arcmin, 0))) == 0.0
+
+
+# ------------------------------------------------------------ parameter and position boundaries
+# (issue 16: both sides of every documented limit)
+
+
+@pytest.mark.parametrize("field, inside, outside", [
+    ("ra_stack_deg", (0.0, 360.0), (-1e-9, 360.0 + 1e-9)),
+    ("dec_stack_deg", (-90.0, 90.0), (-90.0 - 1e-9, 90.0 + 1e-9)),
+    ("r_stack_arcmin", (1e-3, 0.5), (0.0, -1.0)),
+    ("match_radius_arcsec", (1e-3, 0.5), (0.0, -1.0)),
+    ("max_pm_masyr", (1e-3, 0.5), (0.0, -1.0)),
+])
+def test_match_settings_accept_their_limits_and_refuse_beyond(field, inside, outside):
+    base = {"ra_stack_deg": 10.0, "dec_stack_deg": 0.0}
+    for value in inside:
+        cfg = MatchConfig(**{**base, field: value})
+        assert getattr(cfg, field) == value
+    for value in outside:
+        with pytest.raises(ParameterError, match=field.rsplit("_", 1)[0]):
+            MatchConfig(**{**base, field: value})
+
+
+def test_match_settings_cone_area_must_not_underflow():
+    # pi r^2 divides the densities: a radius whose square underflows to 0 is refused
+    with pytest.raises(ParameterError, match="non-zero cone area"):
+        MatchConfig(10.0, 0.0, r_stack_arcmin=1e-200)
+    assert MatchConfig(10.0, 0.0, r_stack_arcmin=1e-150).r_stack_arcmin == 1e-150
+
+
+@pytest.mark.parametrize("bins", [(0.0, 3.0), (-1.0, 3.0), (1.0, 1.0, 3.0), (2.0, 1.0, 3.0),
+                                  (1.0, float("nan"), 3.0)])
+def test_separation_groups_must_be_positive_and_increasing(bins):
+    with pytest.raises(ParameterError, match="sep_bins must be positive and strictly increasing"):
+        MatchConfig(10.0, 0.0, sep_bins_arcsec=bins)
+
+
+def test_separation_group_edges_are_kept_as_floats():
+    cfg = MatchConfig(10.0, 0.0, sep_bins_arcsec=[1, 2, 3])
+    assert cfg.sep_bins_arcsec == (1.0, 2.0, 3.0)
+    assert all(type(e) is float for e in cfg.sep_bins_arcsec)
+
+
+def test_valid_positions_include_their_limits():
+    ra = np.array([0.0, 360.0, 10.0, 10.0, -1e-9, 360.0 + 1e-9, 10.0, 10.0, np.nan])
+    dec = np.array([0.0, 0.0, 90.0, -90.0, 0.0, 0.0, 90.0 + 1e-9, -90.0 - 1e-9, 0.0])
+    np.testing.assert_array_equal(valid_positions(ra, dec),
+                                  [True] * 4 + [False] * 5)

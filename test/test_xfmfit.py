@@ -332,8 +332,9 @@ def test_direct_solver_equals_least_squares_on_100_stacks():
     # least_squares only where the certificate fails) gives the least_squares minimum
     worst, n_direct = _fast_and_least_squares_agree(100)
     assert worst <= 1e-9
-    # the certificate is not vacuous: the direct path decides most stacks
-    assert n_direct >= 90, n_direct
+    # the certificate is not vacuous: the direct path decides the stacks, failing about 1 in 400
+    # (module docstring; all 100 here) -- 2 failures in 100 would be 8x that rate
+    assert n_direct >= 98, n_direct
 
 
 @pytest.mark.slow
@@ -1100,7 +1101,8 @@ def test_the_result_carries_its_covariance_and_counts():
 
 @pytest.mark.parametrize("max_shift", [0.0, np.inf, np.nan])
 def test_max_shift_must_be_a_positive_number(max_shift):
-    with pytest.raises(ValueError):
+    # refused by the argument check itself, with its message (not by scipy later on)
+    with pytest.raises(ValueError, match="max_shift must be > 0"):
         fit_translation([0.0], [0.0], [0.1], [0.1], [1.0], max_shift=max_shift)
 
 
@@ -1183,12 +1185,15 @@ def test_leg_fit_is_the_translation_fit_of_its_pairs_with_its_parameters(weighti
     w = 1 / (pairs.err_r0 * pairs.err_r1) if weighting == "det" else 1 / var
     zeros = np.zeros(len(pairs))
     for kw in ({"f_scale": 2.0}, {"max_shift": 0.25}, {"loss": "huber"},
-               {"solver": "least_squares"}):
+               {"solver": "least_squares"}, {"sigma": "sandwich"}):
         leg = fit_leg_spec(pairs, weighting=weighting, n_groups=1, **kw)
         fit = fit_translation(zeros, zeros, pairs.d_xi, pairs.d_eta, w, var_1sigma=var,
                               cluster=pairs.region_id, **kw)
         assert (leg.d_xi, leg.d_eta) == pytest.approx((fit.d_xi, fit.d_eta), abs=1e-12), kw
         assert leg.d_xi_err == pytest.approx(fit.d_xi_err, rel=1e-9) and leg.success == fit.success
+        np.testing.assert_allclose(leg.cov, fit.cov, rtol=1e-9)
+        # the stated variances reach the fit (the scatter is judged against them)
+        assert leg.fit.scatter_ratio == pytest.approx(fit.scatter_ratio, rel=1e-9)
         assert leg.fit.message == fit.message
     # the parameters change the answer (so the comparison above can fail)
     one = fit_leg_spec(pairs, weighting=weighting, n_groups=1)
@@ -1450,12 +1455,15 @@ def _reference_bootstrap(p, d_xi, d_eta, w, var1, loss, f_scale, max_shift, clus
 
 
 def _reference_sandwich(p, d_xi, d_eta, w, loss, f_scale, cluster):
-    """The module docstring's cluster-robust sandwich, term by term."""
+    """The module docstring's cluster-robust sandwich, term by term (an H that is not positive
+    definite -- at a bound -- replaced by sum(w rho') I, as the code does)."""
     v, z = _effective_weights(p, d_xi, d_eta, w, loss, f_scale)
     rho2 = xfmfit._rho(z, loss)[2]
     e = np.column_stack([p[0] - d_xi, p[1] - d_eta])
     hess = sum(w[i] * (v[i] / w[i] * np.eye(2) + 2 * rho2[i] * w[i] * np.outer(e[i], e[i])
                        / f_scale**2) for i in range(len(w)))
+    if np.linalg.eigvalsh(hess)[0] <= 0:
+        hess = v.sum() * np.eye(2)
     meat = np.zeros((2, 2))
     for i in _detections(cluster):
         psi = (v[i, None] * e[i]).sum(axis=0)
@@ -1484,25 +1492,30 @@ def _clustered_stack(rng, m, *, weight=1.0, rotate=30.0, stretch=3.0):
     return d[:, 0], d[:, 1], w, var1, cluster
 
 
-@pytest.mark.parametrize("loss, f_scale, weight", [("cauchy", 1.0, 1.0), ("cauchy", 2.0, 0.05),
-                                                   ("linear", 1.0, 4.0), ("huber", 0.5, 1.0)])
-def test_calibrated_sigma_is_the_documented_bootstrap(loss, f_scale, weight):
+@pytest.mark.parametrize("loss, f_scale, weight, max_shift", [
+    ("cauchy", 1.0, 1.0, 5.0), ("cauchy", 2.0, 0.05, 5.0), ("linear", 1.0, 4.0, 5.0),
+    ("huber", 0.5, 1.0, 5.0), ("cauchy", 1.0, 0.05, 1.0)])
+def test_calibrated_sigma_is_the_documented_bootstrap(loss, f_scale, weight, max_shift):
     # the covariance is that of the refits of the seeded draws around the fitted shift, from
     # the error model fitted to each detection's leverage-corrected residual; candidates of one
-    # detection move together
+    # detection move together; the refits keep the fit's bounds
     rng = np.random.default_rng(SEED + 500)
     d_xi, d_eta, w, var1, cluster = _clustered_stack(rng, 14, weight=weight)
     zeros = np.zeros(len(d_xi))
     fit = fit_translation(zeros, zeros, d_xi, d_eta, w, loss=loss, f_scale=f_scale,
-                          var_1sigma=var1, cluster=cluster)
+                          var_1sigma=var1, cluster=cluster, max_shift=max_shift)
     assert fit.error_source == "scatter" and fit.n_clusters == 14
     p = np.array([fit.d_xi, fit.d_eta])
-    want = _reference_bootstrap(p, d_xi, d_eta, w, var1, loss, f_scale, 5.0, cluster)
+    want = _reference_bootstrap(p, d_xi, d_eta, w, var1, loss, f_scale, max_shift, cluster)
+    if max_shift < 5.0:         # the bound matters: refits unbounded would scatter more
+        wide = _reference_bootstrap(p, d_xi, d_eta, w, var1, loss, f_scale, 5.0, cluster)
+        assert np.trace(wide) > 1.1 * np.trace(want)
     np.testing.assert_allclose(fit.cov, want, rtol=1e-7, atol=1e-14)
 
 
 @pytest.mark.parametrize("loss, f_scale, weight", [("cauchy", 1.0, 1.0), ("cauchy", 2.0, 0.05),
-                                                   ("linear", 1.0, 4.0), ("soft_l1", 0.5, 1.0)])
+                                                   ("linear", 1.0, 4.0), ("soft_l1", 0.5, 1.0),
+                                                   ("cauchy", 2.0, 0.01)])
 def test_sandwich_sigma_is_the_documented_sandwich(loss, f_scale, weight):
     # sigma='sandwich' with a plausible scatter from >= 10 detections: H^-1 B H^-1, clustered
     # by detection; its smallest eigenvalue over the formal variance is the scatter ratio
@@ -1672,3 +1685,21 @@ def test_bootstrap_needs_half_its_refits(monkeypatch, n_failed, falls_back):
     fit = fit_translation(zeros, zeros, d_xi, d_eta, 1 / (r0 * r1))
     assert np.array_equal(fit.cov, sandwich.cov) is falls_back
     assert np.all(np.isfinite(fit.cov))
+
+
+def test_at_a_corner_an_indefinite_hessian_with_a_positive_diagonal_is_not_taken_for_definite():
+    # pairs ~4" beyond the corner (5", 5") along the diagonal: H(p) has a positive diagonal but
+    # a negative eigenvalue along the diagonal (each pair beyond the Cauchy inflection); the
+    # sandwich then uses sum(w rho') I, and its smallest eigenvalue gives the scatter ratio
+    rng = np.random.default_rng(SEED + 505)
+    m = 12
+    d_xi, d_eta = 8.0 + rng.normal(0.0, 0.3, m), 8.0 + rng.normal(0.0, 0.3, m)
+    w = np.full(m, 1.0)
+    zeros = np.zeros(m)
+    fit = fit_translation(zeros, zeros, d_xi, d_eta, w, sigma="sandwich")
+    p = np.array([fit.d_xi, fit.d_eta])
+    assert fit.at_bound and np.all(p == 5.0)
+    hess = xfmfit._objective(p, d_xi, d_eta, w, "cauchy", 1.0)[2]
+    assert hess[0, 0] > 0 and hess[1, 1] > 0 and np.linalg.eigvalsh(hess)[0] < 0
+    want = _reference_sandwich(p, d_xi, d_eta, w, "cauchy", 1.0, np.arange(m))
+    assert fit.scatter_ratio == pytest.approx(np.sqrt(np.linalg.eigvalsh(want)[0] * m), rel=1e-9)

@@ -123,7 +123,7 @@ def _equivalent():
 def summary(modules):
     counts, survivors = _results(modules)
     equivalent = _equivalent()
-    head = ["mutants", "killed", "timeout", "survived", "equivalent", "other"]
+    head = ["mutants", "killed", "timeout", "survived", "equivalent", "no tests", "other"]
     print(f"\n{'module':16s}" + "".join(f"{h:>11s}" for h in head) + "   score")
     tot = dict.fromkeys(head, 0)
     for module in modules + ["all"]:
@@ -136,15 +136,31 @@ def summary(modules):
             surv = [s for s in survivors if _module_of(s) == module]
             row = {"mutants": sum(c.values()), "killed": c.get("killed", 0), "timeout": c.get("timeout", 0),
                    "survived": len(surv), "equivalent": len([s for s in surv if s in equivalent])}
-            row["other"] = row["mutants"] - row["killed"] - row["timeout"] - row["survived"]
+            row["no tests"] = c.get("no tests", 0)
+            row["other"] = (row["mutants"] - row["killed"] - row["timeout"] - row["survived"]
+                            - row["no tests"])
             for h in head:
                 tot[h] += row[h]
-        denom = row["killed"] + row["timeout"] + row["survived"] - row["equivalent"]
+        # a mutant no selected test reaches is a bug the module's tests would not see: counted
+        # as not killed, like a survivor
+        denom = (row["killed"] + row["timeout"] + row["survived"] + row["no tests"]
+                 - row["equivalent"])
         score = f"{100 * (row['killed'] + row['timeout']) / denom:5.1f} %" if denom else "    -"
         print(f"{module:16s}" + "".join(f"{row[h]:11d}" for h in head) + f"  {score}")
-    print("score = (killed + timeout) / (killed + timeout + survived - equivalent); survived includes\n"
-          "the equivalent ones; other = no test reaches the mutant, or not run yet (see\n"
-          "`mutmut results --all true` in .mutation/MODULE/)")
+    print("score = (killed + timeout) / (killed + timeout + survived + no tests - equivalent);\n"
+          "survived includes the equivalent ones; no tests = no test of the module's selection\n"
+          "reaches the mutated function (a gap, counted against the score); other = not run yet\n"
+          "(see `mutmut results --all true` in .mutation/MODULE/)")
+    # mutmut numbers the mutants of a function in order: a change of the function renumbers them,
+    # and a listed name may then point at another mutation.  A listed name that did not survive
+    # is such a stale entry (or a mutant a new test kills): say so.
+    stale = sorted(e for e in equivalent if _module_of(e) in modules and e not in survivors
+                   and _module_of(e) in counts)
+    if stale:
+        print(f"\n{len(stale)} name(s) in {HERE / 'equivalent.md'} that did not survive (renumbered "
+              "by a change of their function, or killed now): check them with `mutmut show`")
+        for e in stale:
+            print(f"  {e}")
     open_survivors = [s for s in survivors if s not in equivalent]
     if open_survivors:
         print(f"\n{len(open_survivors)} surviving mutant(s) not listed as equivalent in {HERE / 'equivalent.md'}:")
