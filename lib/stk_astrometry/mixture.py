@@ -540,7 +540,7 @@ def _start_by_grid(prob, prior_sigma=None):
     q = 1/2, ``rho_g`` = rho floored so that far nodes stay finite), with each
     covariance widened by the grid step squared so that no peak falls between
     nodes.  The four best local maxima of that smoothed grid are each followed
-    down to no smoothing (:func:`_refine_start`), the four best of the
+    down to no smoothing (:func:`_refine_starts`), the four best of the
     unsmoothed grid are polished by EM, and the candidate with the highest
     unsmoothed score wins: smoothing can merge or reorder close modes.
 
@@ -656,9 +656,14 @@ def _score(prob, nodes, rho_g, widen):
 
 
 def _refine_starts(prob, seeds, rho_g, stage_lists):
-    """:func:`_refine_start` for several seeds at once (m, 2), each with its own stages (each
-    list a tail of ``_ANNEAL``), vectorised over the seeds: every seed takes the iterations it
-    takes alone, and stops where it stops alone.  Returns the refined shifts (m, 2).
+    """Follow the mode of the smoothed likelihood down to no smoothing, from several seeds.
+
+    EM on every pair with q = 1/2 and the covariances widened by a decreasing sequence of
+    (widening, tolerance) stages: a pair much narrower than the grid step would otherwise have
+    a vanishing likelihood at the grid node.  ``seeds`` (m, 2) each have their own stages
+    (each list a tail of ``_ANNEAL``); the EM is vectorised over the seeds, and every seed
+    takes the iterations it takes alone and stops where it stops alone (test_mixture.py
+    checks it against a plain one-seed EM).  Returns the refined shifts (m, 2).
 
     (Refining the four to eight seeds one by one was about half of the start's cost: the EM's
     arithmetic on 10-200 pairs is small next to numpy's per-call overhead; issue 11.)
@@ -705,49 +710,6 @@ def _refine_starts(prob, seeds, rho_g, stage_lists):
             step = np.max(np.abs(s_new - sa), axis=1)
             s[active[ok]] = s_new[ok]
             active = active[ok & ~(step < tol)]
-    return s
-
-
-def _refine_start(prob, s, rho_g, stages):
-    """Follow the mode of the smoothed likelihood down to no smoothing.
-
-    EM on every pair with q = 1/2 and the covariances widened by a decreasing
-    sequence ``stages`` of (widening, tolerance): a pair much narrower than
-    the grid step would otherwise have a vanishing likelihood at the grid node.
-    """
-    starts = _group_starts(prob.det)
-    counts = _group_counts(starts, prob.det.size)
-    log_bg = np.log(rho_g)
-    log_half = np.log(0.5)
-    dx, dy = prob.d[:, 0], prob.d[:, 1]
-    for widen, tol in stages:
-        a = prob.cov[:, 0, 0] + widen
-        c = prob.cov[:, 1, 1] + widen
-        b = prob.cov[:, 0, 1]
-        det_c = a * c - b * b
-        i00, i11, i01 = c / det_c, a / det_c, -b / det_c
-        log_norm = -np.log(2.0 * np.pi) - 0.5 * np.log(det_c)
-        inv_dx = i00 * dx + i01 * dy
-        inv_dy = i01 * dx + i11 * dy
-        for _ in range(30):
-            rx = dx - s[0]
-            ry = dy - s[1]
-            lg = log_norm - 0.5 * (i00 * rx * rx + 2.0 * i01 * rx * ry + i11 * ry * ry)
-            log_s = _group_logsumexp_counts(lg, starts, counts)
-            log_d = np.logaddexp(log_bg, log_half + log_s)
-            resp = np.exp(log_half + lg - np.repeat(log_d, counts))
-            w00, w01, w11 = resp @ i00, resp @ i01, resp @ i11
-            det_w = w00 * w11 - w01 * w01
-            if not (np.isfinite(det_w) and det_w > 0):
-                break
-            bx, by = resp @ inv_dx, resp @ inv_dy
-            s_new = np.clip(np.array([(w11 * bx - w01 * by) / det_w,
-                                      (w00 * by - w01 * bx) / det_w]),
-                            -prob.max_shift, prob.max_shift)
-            step = np.max(np.abs(s_new - s))
-            s = s_new
-            if step < tol:
-                break
     return s
 
 
