@@ -620,6 +620,34 @@ def test_fit_is_the_minimum_of_the_documented_objective_for_any_f_scale(f_scale)
     assert np.hypot(fit.d_xi - other.d_xi, fit.d_eta - other.d_eta) > 1e-3
 
 
+def test_the_specifications_call_gets_f_scale_too():
+    """solver='least_squares' is the specification's call: scipy's least_squares from (0, 0)
+    with the same loss *and f_scale*, then the polish.  With two clusters the scale decides
+    the basin: a small one keeps the start's near cluster, f_scale = 1 reaches the larger far
+    one -- so a call that dropped f_scale would land in the other basin, and the polish (local)
+    could not bring it back."""
+    from scipy.optimize import least_squares
+
+    rng = np.random.default_rng(SEED + 77)
+    near = rng.normal(0.0, 0.03, (3, 2))
+    far = np.array([2.0, 0.9]) + rng.normal(0.0, 0.03, (6, 2))
+    d = np.concatenate([near, far])
+    w = np.ones(len(d))
+    zeros = np.zeros(len(d))
+
+    def spec_call(f_scale):
+        res = least_squares(lambda p: np.hypot(p[0] - d[:, 0], p[1] - d[:, 1]), (0.0, 0.0),
+                            loss="cauchy", f_scale=f_scale, bounds=(-5.0, 5.0))
+        return res.x
+
+    for f_scale, cluster in ((0.2, near), (1.0, far)):
+        fit = fit_translation(zeros, zeros, d[:, 0], d[:, 1], w, loss="cauchy",
+                              f_scale=f_scale, solver="least_squares")
+        got = np.array([fit.d_xi, fit.d_eta])
+        assert np.hypot(*(got - cluster.mean(axis=0))) < 0.3, f_scale    # that cluster's basin
+        assert np.hypot(*(got - spec_call(f_scale))) < 1e-3, f_scale     # scipy's minimum, polished
+
+
 def _ring(m, sigma_axis):
     """m offsets evenly on a circle around 0 whose per-axis scatter is sigma_axis."""
     angle = 2 * np.pi * np.arange(m) / m
