@@ -52,6 +52,23 @@ def _products(folder):
     return sorted(p for p in Path(folder).rglob("*") if p.is_file() and not p.name.startswith("."))
 
 
+def _primed(tmp_path, orig, xfm):
+    """The tool's environment (own PFILES, no fault injection), after applying and undoing the
+    transform once on ``orig``: headers get spare blocks, so that the next run patches most
+    files in place under a journal (and still rewrites the ASPSOL3, which gains an HDU)."""
+    env = dict(os.environ, PYTHONPATH=str(REPO / "lib"))
+    env.pop(fitsedit.FAULT_ENV, None)
+    pf = tmp_path / "pf"
+    pf.mkdir()
+    env["PFILES"] = f"{pf};{REPO / 'param'}"
+    for extra in ([], ["inverse=yes"]):
+        proc = subprocess.run([sys.executable, str(REPO / "bin" / "stk_update_wcs"), str(orig),
+                               str(xfm), "outdir=", "verbose=0", "mode=h", *extra],
+                              env=env, capture_output=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr.decode()
+    return env
+
+
 def test_sigkill_leaves_every_file_old_or_new(tmp_path):
     rng = np.random.default_rng(SEED)
     orig = tmp_path / "orig"
@@ -62,18 +79,7 @@ def test_sigkill_leaves_every_file_old_or_new(tmp_path):
                                 dec_nom=26.6, nrows=100_000, rng=rng)
     xfm = synthprod.write_stkxfm(tmp_path / "xfm.fits", d_xi_arcsec=0.3, d_eta_arcsec=-0.2,
                                  ra_ref_deg=201.2, dec_ref_deg=26.6)
-    env = dict(os.environ, PYTHONPATH=str(REPO / "lib"))
-    pf = tmp_path / "pf"
-    pf.mkdir()
-    env["PFILES"] = f"{pf};{REPO / 'param'}"
-    env.pop(fitsedit.FAULT_ENV, None)
-    # apply and undo once: headers get spare blocks, so that the run patches most files in
-    # place under a journal (and still rewrites the ASPSOL3, which gains an HDU)
-    for extra in ([], ["inverse=yes"]):
-        proc = subprocess.run([sys.executable, str(REPO / "bin" / "stk_update_wcs"), str(orig),
-                               str(xfm), "outdir=", "verbose=0", "mode=h", *extra],
-                              env=env, capture_output=True, timeout=120)
-        assert proc.returncode == 0, proc.stderr.decode()
+    env = _primed(tmp_path, orig, xfm)
 
     ref = tmp_path / "ref"
     shutil.copytree(orig, ref)
@@ -157,17 +163,7 @@ def test_sigkill_inside_the_journal_window(tmp_path):
     synthprod.write_product_tree(orig, ra_nom=201.2, dec_nom=26.6, rng=rng)
     xfm = synthprod.write_stkxfm(tmp_path / "xfm.fits", d_xi_arcsec=0.3, d_eta_arcsec=-0.2,
                                  ra_ref_deg=201.2, dec_ref_deg=26.6)
-    env = dict(os.environ, PYTHONPATH=str(REPO / "lib"))
-    env.pop(fitsedit.FAULT_ENV, None)
-    pf = tmp_path / "pf"
-    pf.mkdir()
-    env["PFILES"] = f"{pf};{REPO / 'param'}"
-    # apply and undo once: headers get spare blocks, so the next run patches in place
-    for extra in ([], ["inverse=yes"]):
-        proc = subprocess.run([sys.executable, str(REPO / "bin" / "stk_update_wcs"), str(orig),
-                               str(xfm), "outdir=", "verbose=0", "mode=h", *extra],
-                              env=env, capture_output=True, timeout=120)
-        assert proc.returncode == 0, proc.stderr.decode()
+    env = _primed(tmp_path, orig, xfm)
     ref = tmp_path / "ref"
     shutil.copytree(orig, ref)
     proc = _tool(ref, xfm, env)
