@@ -598,6 +598,17 @@ def _local_maxima(score, keep):
     return cand[np.argsort(-score.ravel()[cand], kind="stable")]
 
 
+def _widened_inverse(prob, widen):
+    """Each pair's covariance widened by ``widen`` (arcsec^2) on both axes, inverted in closed
+    form: (i00, i01, i11, log_norm), ``log_norm = -log(2 pi) - log(det) / 2`` -- the pieces
+    of the pair's Gaussian log density that the start's grid score and its EM share."""
+    a = prob.cov[:, 0, 0] + widen
+    c = prob.cov[:, 1, 1] + widen
+    b = prob.cov[:, 0, 1]
+    det_c = a * c - b * b
+    return c / det_c, -b / det_c, a / det_c, -np.log(2.0 * np.pi) - 0.5 * np.log(det_c)
+
+
 def _score_nodes(prob, nodes, rho_g, widths):
     """:func:`_score` on the grid's nodes (m, 2), one row per widening in ``widths``.
 
@@ -611,12 +622,7 @@ def _score_nodes(prob, nodes, rho_g, widths):
     dx, dy = prob.d[:, 0], prob.d[:, 1]
     rows = []
     for wd in widths:
-        a = prob.cov[:, 0, 0] + wd
-        c = prob.cov[:, 1, 1] + wd
-        b = prob.cov[:, 0, 1]
-        det_c = a * c - b * b
-        i00, i01, i11 = c / det_c, -b / det_c, a / det_c
-        const = -np.log(2 * np.pi) - 0.5 * np.log(det_c)
+        i00, i01, i11, const = _widened_inverse(prob, wd)
         # lg = const - Q / 2, Q the quadratic form above, in the six coefficients
         rows.append(np.stack([const - 0.5 * (i00 * dx * dx + 2.0 * i01 * dx * dy + i11 * dy * dy),
                               i00 * dx + i01 * dy, i01 * dx + i11 * dy,
@@ -644,12 +650,8 @@ def _score(prob, nodes, rho_g, widen):
     starts = _group_starts(prob.det)
     out = []
     for wd in widths:
-        a = prob.cov[:, 0, 0] + wd
-        c = prob.cov[:, 1, 1] + wd
-        b = prob.cov[:, 0, 1]
-        det_c = a * c - b * b
-        lg = (-np.log(2 * np.pi) - 0.5 * np.log(det_c))[None, :] \
-            - 0.5 * ((c / det_c) * rxx - (2.0 * b / det_c) * rxy + (a / det_c) * ryy)
+        i00, i01, i11, log_norm = _widened_inverse(prob, wd)
+        lg = log_norm[None, :] - 0.5 * (i00 * rxx + (2.0 * i01) * rxy + i11 * ryy)
         s_j = np.add.reduceat(np.exp(lg), starts, axis=1)
         out.append(np.sum(np.log(rho_g + 0.5 * s_j), axis=1))
     return out if isinstance(widen, tuple) else out[0]
@@ -670,7 +672,7 @@ def _refine_starts(prob, seeds, rho_g, stage_lists):
     """
     s = np.array(seeds, dtype=float).reshape(-1, 2)
     starts = _group_starts(prob.det)
-    counts = np.diff(np.append(starts, prob.det.size))
+    counts = _group_counts(starts, prob.det.size)
     log_bg = np.log(rho_g)
     log_half = np.log(0.5)
     dx, dy = prob.d[:, 0], prob.d[:, 1]
@@ -678,12 +680,7 @@ def _refine_starts(prob, seeds, rho_g, stage_lists):
         rows = np.array([len(st) >= len(_ANNEAL) - k for st in stage_lists], dtype=bool)
         if not np.any(rows):
             continue
-        a = prob.cov[:, 0, 0] + widen
-        c = prob.cov[:, 1, 1] + widen
-        b = prob.cov[:, 0, 1]
-        det_c = a * c - b * b
-        i00, i11, i01 = c / det_c, a / det_c, -b / det_c
-        log_norm = -np.log(2.0 * np.pi) - 0.5 * np.log(det_c)
+        i00, i01, i11, log_norm = _widened_inverse(prob, widen)
         inv_dx = i00 * dx + i01 * dy
         inv_dy = i01 * dx + i11 * dy
         active = np.flatnonzero(rows)
