@@ -721,7 +721,7 @@ def _pairs_from_inputs(det, gaia, wise, best, **config):
 def _check_pair_rows(table, det, ref_id, ref_ra, ref_dec, sigra, sigdec, want):
     from stk_astrometry.tangent import sky_to_tangent
 
-    got = sorted(zip(table["region_id"].tolist(), table["ref_id"].tolist()))
+    got = sorted(zip(table["region_id"].tolist(), table["ref_id"].tolist(), strict=True))
     assert got == sorted(want)
     assert table["region_id"].dtype == np.int32 and table["ref_id"].dtype == np.int64
     assert table["group"].dtype == np.int32 and table["n_cand"].dtype == np.int32
@@ -771,7 +771,7 @@ def test_pairs_from_match_columns_are_the_inputs_rows(tmp_path):
     _check_pair_rows(p.tables["WISE_PAIRS"], det, wise.allwise_oid, wise.ra_deg, wise.dec_deg,
                      wise.sigra_arcsec, wise.sigdec_arcsec, [(22, 7001)])
     wg = p.tables["WISE_GAIA"]
-    assert sorted(zip(wg["wise_id"].tolist(), wg["gaia_id"].tolist())) == [(7001, 5002), (7002, 5004)]
+    assert sorted(zip(wg["wise_id"].tolist(), wg["gaia_id"].tolist(), strict=True)) == [(7001, 5002), (7002, 5004)]
     assert wg["wise_id"].dtype == np.int64 and wg["gaia_id"].dtype == np.int64
     for k in range(2):
         w = list(wise.allwise_oid).index(wg["wise_id"][k])
