@@ -1302,3 +1302,123 @@ def test_transform_hdu_bytes_are_a_checksummed_copy_with_its_id(tmp_path):
         assert "CHECKSUM" in h and "DATASUM" in h
         assert h["QAFLAGS"] == orig["STKXFM"].header["QAFLAGS"]
         assert copy[1].data.tobytes() == orig["STKXFM"].data.tobytes()
+
+
+# ---------------------------------------------------------------------------------------------
+# _fits: the fast (fitsio) writer and reader against astropy's
+
+
+def _specs_of_every_kind():
+    from stk_astrometry.formats._fits import HduSpec
+
+    cols = {"region_id": np.array([1, 2, 3], dtype=np.int32), "ref_id": np.array([5, 2**40, 7]),
+            "ra": np.array([1.5, np.nan, -2.25]), "f": np.array([1, 2, 3], dtype=np.float32),
+            "flag": np.array([True, False, True]), "name": np.array(["a", "bcd", ""]),
+            "small": np.array([1, 2, 3], dtype=np.int16), "u8": np.array([1, 2, 3], dtype=np.uint8)}
+    return [HduSpec(None, keys=(("CONTENT", "STKTEST", "a test"), ("DEC_STACK", -12.5, "[deg] dec"),
+                                ("NOTE", "x" * 80, "long"), ("UNDEF", None, "undefined"),
+                                ("FLAG", True, ""), ("N", 5, "count"),
+                                ("LONGCOMM", "v" * 40, "c" * 40), ("HISTNUM", "junk", ""),
+                                ("CREATOR", "someone else", "old"), ("DATE", "1999", "old"))),
+            HduSpec("TAB", cols, units={"ra": "deg", "f": "arcsec", "flag": ""},
+                    formats={"ref_id": "K"},
+                    keys=(("STACKID", "s", "id"), ("DEC_STACK", 1.0, ""),
+                          ("CHECKSUM", "stale", ""), ("DATASUM", "1", "")),
+                    cards=(("HISTNUM", 4, "n"), ("EXTRA", 1.5, "copied"), ("TFORM1", "K", ""),
+                           ("DTYPE7", "RA_LONGER", "x"), ("DVAL7", 2.0, "")),
+                    column_info={"ra": ("Right ascension", "pos.eq.ra"), "f": ("flux", ""),
+                                 "name": ("", "meta.id"), "small": ("it's quoted", "")}),
+            HduSpec("EMPTY", {"a": np.zeros(0), "b": np.zeros(0, dtype=np.int32),
+                              "s": np.array([], dtype="U4")},
+                    drop_long_comments=False, keys=(("LONGCOMM", "v" * 40, "c" * 40),))]
+
+
+def _file_cards(path):
+    """Per HDU: its cards without CHECKSUM/DATASUM (short names in order; HIERARCH apart), its
+    data bytes; the checksums are verified."""
+    out = []
+    with fits.open(path, checksum=True) as hdul:
+        for hdu in hdul:
+            cards = [(c.keyword, "nan" if isinstance(c.value, float) and c.value != c.value
+                      else c.value, c.comment) for c in hdu.header.cards
+                     if c.keyword not in ("CHECKSUM", "DATASUM")]
+            assert "CHECKSUM" in hdu.header and "DATASUM" in hdu.header
+            out.append(([c for c in cards if len(c[0]) <= 8], [c for c in cards if len(c[0]) > 8],
+                        None if hdu.data is None else hdu.data.tobytes()))
+    return out
+
+
+def test_fast_writer_writes_what_astropys_writer_writes(tmp_path, monkeypatch):
+    """write_fits_fast (fitsio) and its astropy fallback: the same cards, values, comments and
+    data, HISTORY continuing a copied HISTNUM, stale stamps replaced, valid checksums."""
+    from stk_astrometry import fitsutil
+    from stk_astrometry.formats import _fits
+
+    monkeypatch.setattr(fitsutil, "utc_now", lambda: "2026-01-02T03:04:05")
+    hist = _Run("stk_test", {"infile": "x.fits", "outfile": "/a/" + "y" * 70, "clobber": True})
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")       # astropy warns when it cuts a comment
+        _fits.write_fits_fast(tmp_path / "fast.fits", _specs_of_every_kind(), hist, clobber=False)
+        monkeypatch.setattr(_fits, "FITSIO_IO", False)
+        _fits.write_fits_fast(tmp_path / "slow.fits", _specs_of_every_kind(), hist, clobber=False)
+    fast, slow = _file_cards(tmp_path / "fast.fits"), _file_cards(tmp_path / "slow.fits")
+    assert fast == slow
+    prim, tab, empty = fast
+    keys = dict((k, (v, c)) for k, v, c in prim[0] if k != "HISTORY")
+    assert keys["CREATOR"] == (f"stk_test - stk_astrometry {__import__('stk_astrometry').__version__}",
+                               "tool that created this output")
+    assert keys["DATE"] == ("2026-01-02T03:04:05", "Date and time of file creation")
+    assert keys["EXTEND"] == (True, "") and keys["BITPIX"] == (8, "array data type")
+    assert keys["DTYPE1"] == ("DEC_STACK", "Long key name - value in DVALn")
+    assert keys["DVAL1"] == (-12.5, "[deg] dec") and prim[1] == [("DEC_STACK", -12.5, "[deg] dec")]
+    assert keys["UNDEF"][1] == "undefined" and keys["NOTE"] == ("x" * 80, "")   # CONTINUE
+    assert keys["LONGCOMM"] == ("v" * 40, "")          # the comment would be cut: dropped
+    history = [v for k, v, _ in prim[0] if k == "HISTORY"]
+    assert keys["HISTNUM"][0] == len(history) == 5 and history[-1].endswith("ASC00005")
+    tkeys = [k for k, _, _ in tab[0]]
+    assert tkeys[:8] == ["XTENSION", "BITPIX", "NAXIS", "NAXIS1", "NAXIS2", "PCOUNT", "GCOUNT",
+                         "TFIELDS"]
+    assert tkeys.index("EXTNAME") == tkeys.index("TFORM8") + 1
+    tdict = dict((k, (v, c)) for k, v, c in tab[0] if k != "HISTORY")
+    assert tdict["TFORM1"] == ("J", "") and tdict["EXTRA"] == (1.5, "copied")
+    assert tdict["DTYPE7"] == ("RA_LONGER", "x") and tdict["DTYPE8"][0] == "DEC_STACK"
+    assert tdict["HISTNUM"][0] == 9 and tdict["TCOMM7"] == ("it's quoted", "")
+    assert "TUNIT5" not in tdict and tdict["TUNIT3"] == ("deg", "")
+    assert "TCOMM6" not in tdict and tdict["TUCD6"] == ("meta.id", "")
+    assert [k for k in tkeys if k.startswith("TUCD")] == ["TUCD3", "TUCD6"]
+    ekeys = dict((k, (v, c)) for k, v, c in empty[0] if k != "HISTORY")
+    assert ekeys["NAXIS2"][0] == 0 and ekeys["LONGCOMM"][1].startswith("ccc")
+    assert ekeys["TFORM3"][0] == "1A"
+
+
+def test_fast_reader_reads_what_astropys_reader_reads(tmp_path):
+    from stk_astrometry.formats import _fits
+
+    _fits.write_fits_fast(tmp_path / "f.fits", _specs_of_every_kind(), HIST, clobber=False)
+    fast = _fits.read_fits(tmp_path / "f.fits")
+    slow = _fits._read_fits_astropy(tmp_path / "f.fits")
+    assert [x[0] for x in fast] == [x[0] for x in slow] == ["", "TAB", "EMPTY"]
+    for (_, hf, cf, uf), (_, hs, cs, us) in zip(fast, slow, strict=True):
+        assert [(c.keyword, c.comment) for c in hf.cards] == [(c.keyword, c.comment) for c in hs.cards]
+        assert uf == us
+        if cf is None:
+            assert cs is None
+            continue
+        assert list(cf) == list(cs)
+        for name in cf:
+            a, b = cf[name], cs[name]
+            assert a.dtype == b.dtype and a.dtype.byteorder in "=|", name
+            assert np.array_equal(a, b, equal_nan=a.dtype.kind == "f"), name
+    cols, units = fast[1][2], fast[1][3]
+    assert units == {"ra": "deg", "f": "arcsec"}
+    assert cols["name"].dtype.kind == "U" and cols["name"].tolist() == ["a", "bcd", ""]
+    assert cols["ref_id"].tolist() == [5, 2**40, 7] and cols["flag"].tolist() == [True, False, True]
+    assert cols["f"].dtype == np.float32 and cols["small"].dtype == np.int16
+    empty = fast[2][2]
+    assert {k: v.dtype.kind for k, v in empty.items()} == {"a": "f", "b": "i", "s": "U"}
+    assert all(len(v) == 0 for v in empty.values())
+    assert fast[0][1]["CONTENT"] == "STKTEST" and fast[1][1]["EXTNAME"] == "TAB"
+    (tmp_path / "t.fits").write_text("not FITS")
+    with pytest.raises(OSError):
+        _fits.read_fits(tmp_path / "t.fits")
