@@ -1050,13 +1050,13 @@ def test_pairs_reader_names_the_parameter(tmp_path):
 
 
 def test_transform_keywords_names_values_and_comments():
-    total = transform.Component("TOTAL", 0.25, float("nan"), np.eye(2), 12, 2, 0.7, 0.4)
+    total = transform.Component("TOTAL", 0.25, -0.5, np.eye(2), 12, 2, 0.7, float("nan"))
     alt = transform.Component("TOTAL", -0.125, 0.5, np.eye(2), 10, 2, 0.7, 0.5)
     keys = transform.transform_keywords(
         stackid="hrciJ1234567m123456_002", instrument="HRC", ra_stack=10.0, dec_stack=-12.5,
         method="twostep", estimator="mixture", loss="cauchy", f_scale=2, total=total,
         n_match=np.int64(9), qa_flags=np.int32(24), qa_reason="FEWMATCH: few",
-        n_eff=np.float64(7.5), alternative=("spec", alt), error_model=(0.0625, float("nan")))
+        n_eff=np.float64(7.5), alternative=("spec", alt), error_model=(float("nan"), 1.25))
     assert keys == [
         ("STACKID", "hrciJ1234567m123456_002", "detect_stack_id"),
         ("INSTRUME", "HRC", "ACIS or HRC: sets the sky pixel grid"),
@@ -1070,14 +1070,14 @@ def test_transform_keywords_names_values_and_comments():
         ("NUSED", 12, "pairs used by the detection leg"),
         ("NMATCH", 9, "matched detections used"),
         ("DXI", 0.25, "[arcsec] applied shift in xi"),
-        ("DETA", None, "[arcsec] applied shift in eta"),
+        ("DETA", -0.5, "[arcsec] applied shift in eta"),
         ("RESSTD0", 0.7, "[arcsec] rms target - source, before"),
-        ("RESSTD1", 0.4, "[arcsec] rms target - source, after"),
+        ("RESSTD1", None, "[arcsec] rms target - source, after"),
         ("QAFLAGS", 24, "1NOMATCH 2DENSE 4BIGSHIFT 8FEWMATCH 16DISAGREE"),
         ("QAREASON", "FEWMATCH: few", "raised QA flags and why"),
         ("NEFF", 7.5, "mixture: effective number of true matches"),
-        ("SYSERR", 0.0625, "[arcsec] mixture: fitted systematic floor"),
-        ("ERRSCALE", None, "mixture: fitted scale on stated errors"),
+        ("SYSERR", None, "[arcsec] mixture: fitted systematic floor"),
+        ("ERRSCALE", 1.25, "mixture: fitted scale on stated errors"),
         ("ALTEST", "spec", "the other estimator (not applied)"),
         ("ALTDXI", -0.125, "[arcsec] its shift in xi"),
         ("ALTDETA", 0.5, "[arcsec] its shift in eta"),
@@ -1117,6 +1117,8 @@ def test_transform_columns_on_the_instruments_sky_grid(instrument, pix, ref):
         assert cols[name].dtype == np.int32, name
     for name in ("d_xi", "d_eta", "resstd0", "resstd1", "cov_xi_eta", "d_xi_err"):
         assert cols[name].dtype == np.float64, name
+    ints = transform.transform_columns(comps[:1], instrument=instrument, ra_ref=10.0, dec_ref=-5.0)
+    assert ints["cov_xi_eta"].dtype == np.float64 and ints["d_xi_err"].dtype == np.float64
 
 
 def test_transform_file_layout_as_documented(tmp_path):
@@ -1273,6 +1275,7 @@ def test_transform_readers_name_what_is_wrong(tmp_path):
     ({"QAFLAGS": True}, 0, ""),
     ({"QAFLAGS": "24"}, 0, ""),
     ({"QAFLAGS": 5, "QADECIS": None}, 5, ""),
+    ({}, 0, ""),
 ])
 def test_transform_qa_record_as_stk_update_wcs_reads_it(tmp_path, cards, flags, decision):
     def edit(hdul):
@@ -1422,3 +1425,29 @@ def test_fast_reader_reads_what_astropys_reader_reads(tmp_path):
     (tmp_path / "t.fits").write_text("not FITS")
     with pytest.raises(OSError):
         _fits.read_fits(tmp_path / "t.fits")
+
+
+def test_transform_without_a_total_row_takes_row_one_and_no_instrument_is_blank(tmp_path):
+    c = _components()
+
+    def edit(hdul):
+        hdul["STKXFM"].data["component"] = ["A", "B", "C"]
+        del hdul["STKXFM"].header["INSTRUME"]
+    path = _write_xfm(tmp_path, comps=(c[1], c[0], c[2]), edit=edit)
+    t = transform.read_transform_file(path)
+    from stk_astrometry.wcsupdate import transform_id
+    assert t.xfm_id == transform_id(0.2, -0.4, 10.0, -12.5) and t.instrument == ""
+
+
+def test_transform_copy_is_named_stkxfm_whatever_the_block_it_came_from(tmp_path):
+    import io
+
+    def rename(hdul):
+        hdul["STKXFM"].name = "XFMCOPY"
+        hdul.append(fits.ImageHDU(np.zeros((2, 2)), name="IMG"))
+    path = _write_xfm(tmp_path, edit=rename)
+    ti = transform.read_transform(f"{path}[2]")
+    with fits.open(io.BytesIO(fits.PrimaryHDU().header.tostring().encode() + ti.hdu_bytes)) as h:
+        assert h[1].name == "STKXFM"
+    with pytest.raises(FormatError, match=r"\[IMG\]: not a table with rows$"):
+        transform.read_transform(f"{path}[3]")
