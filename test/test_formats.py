@@ -789,11 +789,15 @@ def test_pairs_from_match_columns_are_the_inputs_rows(tmp_path):
         assert wg["sep"][k] == pytest.approx(np.hypot(gx - wx, ge - we), abs=1e-6)
     assert p.units == {n: {c: u for c, _, u in pairs.LAYOUTS[n] if u} for n in pairs.TABLE_HDUS}
     assert p.cards == {n: () for n in pairs.TABLE_HDUS} and p.path is None
-    # written and read back: the same tables
+    # written and read back: the same tables and stack attributes
     pairs.write_pairs(p, tmp_path / "p.fits", HIST)
     q = pairs.read_pairs(tmp_path / "p.fits")
     for name in pairs.TABLE_HDUS:
         _equal_tables(p.tables[name], q.tables[name])
+    for attr in ("stackid", "instrument", "ra_stack", "dec_stack", "method", "n_groups",
+                 "match_radius", "dens_gaia", "dens_wise"):
+        assert getattr(q, attr) == getattr(p, attr), attr
+    assert q.dens_wise == pytest.approx(2 / (np.pi * 100)) and q.match_radius == 3.0
 
 
 def test_pairs_from_match_stack_keywords_as_documented():
@@ -871,7 +875,19 @@ def test_pairset_of_a_pair_hdu_and_of_wise_gaia():
                        ("d_xi", "d_xi"), ("d_eta", "d_eta"), ("sep", "sep"),
                        ("ref_sigra", "wise_sigra"), ("ref_sigdec", "wise_sigdec")):
         assert np.array_equal(getattr(ws, field), wg[col]), field
-    assert ws.group.tolist() == [0, 0]
+    assert ws.group.tolist() == [0, 0] and ws.group.dtype == np.int64
+    assert ws.region_id.dtype == np.int64 and ps.group.dtype == np.int64
+    # from a file's narrower columns (J, E): the same integer and float64 arrays
+    narrow = {k: (v.astype(np.int32) if v.dtype.kind == "i" else v.astype(np.float32))
+              for k, v in g.items()}
+    pn = pairs.pairset_from_columns(narrow, kind="GAIA_PAIRS")
+    assert pn.region_id.dtype == np.int64 and pn.group.dtype == np.int64
+    assert all(getattr(pn, f).dtype == np.float64 for f in ("src_xi", "d_xi", "sep", "err_r0",
+                                                             "ref_sigdec"))
+    wn = pairs.pairset_from_columns({k: (v.astype(np.int32) if v.dtype.kind == "i"
+                                         else v.astype(np.float32)) for k, v in wg.items()},
+                                    kind="WISE_GAIA")
+    assert wn.region_id.dtype == np.int64 and wn.d_eta.dtype == np.float64
     assert all(np.isnan(getattr(ws, f)).all() and len(getattr(ws, f)) == 2
                for f in ("err_r0", "err_r1", "err_ang"))
 
@@ -1028,6 +1044,12 @@ def test_pairs_reader_defaults_for_optional_keywords(tmp_path):
     (lambda h: h[0].header.update(RA_STACK="  "), r"e\.fits\[PRIMARY\]: keyword RA_STACK missing$"),
     (lambda h: h[0].header.update(RA_STACK="ten"),
      r"e\.fits\[PRIMARY\]: keyword RA_STACK = 'ten' is not a number$"),
+    (lambda h: h[0].header.update(MATCHRAD="three"),
+     r"e\.fits\[PRIMARY\]: keyword MATCHRAD = 'three' is not a number$"),
+    (lambda h: h[0].header.update(DENSWISE="x"),
+     r"e\.fits\[PRIMARY\]: keyword DENSWISE = 'x' is not a number$"),
+    (lambda h: h[0].header.update(DENSGAIA="y"),
+     r"e\.fits\[PRIMARY\]: keyword DENSGAIA = 'y' is not a number$"),
     (lambda h: h.__setitem__(2, fits.ImageHDU(np.zeros((2, 2)), name="GAIA_PAIRS")),
      r"HDU\(s\) GAIA_PAIRS missing"),
     (lambda h: h["WISE_PAIRS"].columns.del_col("sep"),
