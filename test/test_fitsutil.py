@@ -193,6 +193,144 @@ def test_deferred_folder_sync_renames_at_once_and_syncs_each_folder_once(tmp_pat
     assert synced == [str(tmp_path / "b")] and outs[2].read_text() == "before the error"
 
 
+class _SyncLog:
+    """Record, in order, the fsyncs, syncfs calls and renames of the code under test."""
+
+    def __init__(self, monkeypatch):
+        from stk_astrometry import fitsutil
+
+        self.calls = []
+        real_fsync, real_replace, real_syncfs = os.fsync, os.replace, fitsutil._syncfs
+
+        def fsync(fd):
+            self.calls.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+            return real_fsync(fd)
+
+        def replace(a, b, **kw):
+            self.calls.append(("replace", str(b)))
+            return real_replace(a, b, **kw)
+
+        def syncfs(fd):
+            self.calls.append(("syncfs", os.readlink(f"/proc/self/fd/{fd}")))
+            return real_syncfs(fd)
+
+        monkeypatch.setattr(os, "fsync", fsync)
+        monkeypatch.setattr(os, "replace", replace)
+        monkeypatch.setattr(fitsutil, "_syncfs", syncfs)
+
+    def names(self):
+        return [c[0] for c in self.calls]
+
+
+def test_deferred_durability_renames_at_once_and_syncs_once_at_the_end(tmp_path, monkeypatch):
+    """Group commit (issue 11): inside the block each output is renamed into place complete,
+    with no fsync; the block's end makes all of them durable with one syncfs and one fsync per
+    folder -- never before the renames it covers."""
+    from stk_astrometry import fitsutil
+
+    log = _SyncLog(monkeypatch)
+    (tmp_path / "b").mkdir()
+    outs = [tmp_path / "x.txt", tmp_path / "y.txt", tmp_path / "b" / "z.txt"]
+    with fitsutil.deferred_durability() as pending:
+        for i, out in enumerate(outs):
+            with atomic_path(out) as tmp:
+                tmp.write_text(f"new {i}")
+            assert out.read_text() == f"new {i}"          # in place at once, complete
+        with fitsutil.deferred_durability() as inner:      # nested: joins the outer block
+            assert inner is pending
+            with atomic_path(outs[0]) as tmp:
+                tmp.write_text("again")
+        assert log.names() == ["replace"] * 4              # nothing synced yet
+        assert pending.paths == [str(o) for o in outs] + [str(outs[0])]
+    n = len(log.calls)
+    assert log.names()[4:] == ["syncfs", "fsync", "fsync"], log.calls   # one fs, two folders
+    assert sorted(c[1] for c in log.calls[5:n]) == sorted([str(tmp_path), str(tmp_path / "b")])
+    assert pending.paths == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b", "x.txt", "y.txt"]   # no temps
+
+
+def test_deferred_durability_syncs_also_when_the_block_raises(tmp_path, monkeypatch):
+    from stk_astrometry import fitsutil
+
+    log = _SyncLog(monkeypatch)
+    out = tmp_path / "o.txt"
+    with pytest.raises(RuntimeError):
+        with fitsutil.deferred_durability():
+            with atomic_path(out) as tmp:
+                tmp.write_text("done before the error")
+            raise RuntimeError("boom")
+    assert log.names() == ["replace", "syncfs", "fsync"]
+    assert out.read_text() == "done before the error"
+
+
+def test_deferred_durability_without_sync_leaves_it_to_the_caller(tmp_path, monkeypatch):
+    from stk_astrometry import fitsutil
+
+    log = _SyncLog(monkeypatch)
+    out = tmp_path / "o.txt"
+    with fitsutil.deferred_durability(sync=False) as pending:
+        with atomic_path(out) as tmp:
+            tmp.write_text("x")
+    assert log.names() == ["replace"] and pending.paths == [str(out)]
+    pending.sync()
+    assert log.names() == ["replace", "syncfs", "fsync"] and pending.paths == []
+
+
+def test_replace_durably_and_immediate_durability_stay_durable_in_a_block(tmp_path, monkeypatch):
+    """The journaled editor calls replace_durably directly (its journal must be on disk before
+    a header is patched): a deferred block does not change that; immediate_durability makes
+    atomic_path durable again inside a block (update_products runs so)."""
+    from stk_astrometry import fitsutil
+
+    log = _SyncLog(monkeypatch)
+    a, b = tmp_path / "a.txt", tmp_path / "b.txt"
+    with fitsutil.deferred_durability(sync=False) as pending:
+        tmp = tmp_path / ".a.txt.tmp"
+        tmp.write_text("a")
+        fitsutil.replace_durably(tmp, a)
+        with fitsutil.immediate_durability():
+            with atomic_path(b) as t:
+                t.write_text("b")
+    assert log.names() == ["fsync", "replace", "fsync"] * 2, log.calls
+    assert pending.paths == []
+
+
+def test_make_durable_falls_back_to_fsync_each_file(tmp_path, monkeypatch):
+    """Where syncfs is missing each file is fsynced, then each folder; a file gone since is
+    skipped; a write-back error is raised (the caller must not record the files finished)."""
+    from stk_astrometry import fitsutil
+
+    log = _SyncLog(monkeypatch)
+    monkeypatch.setattr(fitsutil, "_syncfs", lambda fd: False)
+    files = [tmp_path / "a.txt", tmp_path / "b.txt"]
+    for f in files:
+        f.write_text("x")
+    fitsutil.make_durable([*files, files[0], tmp_path / "gone.txt"])
+    assert log.calls == [("fsync", str(files[0])), ("fsync", str(files[1])),
+                         ("fsync", str(tmp_path))]
+
+    def broken(fd):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(fitsutil, "_syncfs", broken)
+    with pytest.raises(OSError):
+        fitsutil.make_durable(files)
+    fitsutil.make_durable([])       # nothing to do, no error
+
+
+def test_syncfs_is_real_here(tmp_path):
+    """On Linux the group commit really calls syncfs(2) (not the per-file fallback)."""
+    from stk_astrometry import fitsutil
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("syncfs(2) is Linux's")
+    fd = os.open(tmp_path, os.O_RDONLY)
+    try:
+        assert fitsutil._syncfs(fd) is True
+    finally:
+        os.close(fd)
+
+
 def test_writer_killed_midway_leaves_old_file_intact(tmp_path):
     """SIGKILL a process while it writes a large FITS file through write_fits."""
     out = tmp_path / "big.fits"

@@ -506,3 +506,299 @@ def test_valid_positions_include_their_limits():
     dec = np.array([0.0, 0.0, 90.0, -90.0, 0.0, 0.0, 90.0 + 1e-9, -90.0 - 1e-9, 0.0])
     np.testing.assert_array_equal(valid_positions(ra, dec),
                                   [True] * 4 + [False] * 5)
+
+
+# ------------------------------------------------------------------ the filter record (issue 16)
+# Every count match_stack makes is a keyword of the pairs file's primary header, with its
+# description as the keyword comment (formats.md; the keywords and which ones are warnings or
+# information only are listed in the stk_match help page, "Filters").  A stack in which every
+# filter removes something, and the two ends of a best-neighbour pair leave the cone alone.
+
+FILTER_RECORD = [
+    # (keyword, comment, warned, removes rows)
+    ("NDETIN", "detections of the stack read", False, False),
+    ("NDBADPOS", "detections dropped: NaN or out-of-range ra/dec", True, True),
+    ("NDBADERR", "detections dropped: error radius NaN or <= 0", True, True),
+    ("NDCLASS", "detections dropped: likelihood_class not TRUE/MARGINAL", False, True),
+    ("NDSAT", "detections dropped: saturated (sat_src_flag)", False, True),
+    ("NDHULL", "detections dropped: convex hull (conv_hull)", False, True),
+    ("NDOUTR", "detections dropped: beyond r_stack", False, True),
+    ("NDMANINC", "manually included detections kept", False, False),
+    ("NDET", "detections kept", False, False),
+    ("NGAIAIN", "Gaia sources read", False, False),
+    ("NGBADPOS", "Gaia sources dropped: NaN or out-of-range ra/dec", True, True),
+    ("NGDUPID", "Gaia sources dropped: repeated source_id", True, True),
+    ("NGHIPM", "Gaia sources dropped: total proper motion > max_pm", False, True),
+    ("NGNULLPM", "Gaia sources kept with null proper motion", False, False),
+    ("NGAIA", "Gaia sources kept", False, False),
+    ("NWISEIN", "ALLWISE sources read", False, False),
+    ("NWBADPOS", "ALLWISE sources dropped: NaN or out-of-range ra/dec", True, True),
+    ("NWBADERR", "ALLWISE sources dropped: sigra/sigdec NaN or <= 0", True, True),
+    ("NWDUPID", "ALLWISE sources dropped: repeated allwise_oid", True, True),
+    ("NWCCFLAG", "ALLWISE sources dropped: cc_flags not '0000'", False, True),
+    ("NWHIPM", "ALLWISE sources dropped: best neighbour has high proper motion", False, True),
+    ("NWISE", "ALLWISE sources kept", False, False),
+    ("NBNIN", "best-neighbour rows read", False, False),
+    ("NBNMULTI", "best-neighbour associations dropped: not one-to-one", False, True),
+    ("NBNMISS", "best-neighbour pairs dropped: an end not in its filtered table", False, True),
+    ("NBNOUTR", "best-neighbour pairs dropped: an end beyond r_stack", False, True),
+    ("NWGPAIRS", "one-to-one ALLWISE-Gaia pairs kept", False, False),
+]
+
+
+def _full_stack():
+    """11 detections, 11 Gaia and 14 ALLWISE sources, 10 best-neighbour rows: every filter
+    has one row to remove (r_stack 12' = 720"), detections off the eta = 0 line."""
+    ra0, dec0 = 0.01, 5.0
+    d_xi = np.array([-300.0, -100.0, 100.0, 300.0, 500.0, 0.0, 50.0, 150.0, 250.0, 350.0, 800.0])
+    d_eta = np.array([40.0, -60.0, 80.0, -20.0, 10.0, 0.0, 20.0, 30.0, 40.0, 50.0, 0.0])
+    det_ra, det_dec = offsets_to_sky(ra0, dec0, d_xi, d_eta)
+    det_ra[5] = np.nan                                              # NDBADPOS
+    r0 = np.full(11, 0.8)
+    r0[6] = 0.0                                                     # NDBADERR
+    klass = np.array(["TRUE"] * 11)
+    klass[7] = "FALSE"                                              # NDCLASS
+    sat = np.zeros(11, bool)
+    sat[8] = True                                                   # NDSAT
+    hull = np.zeros(11, bool)
+    hull[9] = True                                                  # NDHULL (10 is NDOUTR)
+    man = np.zeros(11, bool)
+    man[3] = True                                                   # NDMANINC
+    det = make_detections(det_ra, det_dec, klass=klass, sat=sat, hull=hull, man=man, r0=r0)
+    # Gaia: 11 -> det 0, 12 -> det 2, 13 high pm, 18 (null pm) -> det 4 at 1.8", 17 no position,
+    # a second 11 near det 1 (repeated id), 16 and 20 beyond r_stack, 19 inside
+    g_xi = np.array([-299.6, 100.4, 400.0, 420.0, 440.0, 900.0, 0.0, -99.8, 501.5, 700.0, 725.0])
+    g_eta = np.array([40.3, 79.7, 0.0, 0.0, 0.0, 0.0, 0.0, -59.9, 11.0, 0.0, 0.0])
+    g_ra, g_dec = offsets_to_sky(ra0, dec0, g_xi, g_eta)
+    g_dec[6] = np.nan
+    gaia = make_gaia(g_ra, g_dec, ids=[11, 12, 13, 14, 15, 16, 17, 11, 18, 19, 20],
+                     pmra=[0, 0, 60, 0, 0, 0, 0, 0, np.nan, 0, 0],
+                     pmdec=[0, 0, 0, 0, 0, 0, 0, 0, 5.0, 0, 0])
+    # ALLWISE 101-105 at det 0-4 + (0.7, 0.2) (104 cc-flagged), 106-109 near Gaia 13-16,
+    # 110 no position, 111 no error, a second 101, 112 beyond r_stack, 113 inside
+    w_xi = np.r_[d_xi[:5] + 0.7, 400.2, 420.2, 440.2, 900.2, 0.0, 10.0, 0.0, 730.0, 719.0]
+    w_eta = np.r_[d_eta[:5] + 0.2, 0.0, 0.1, 0.0, 0.0, 0.0, 10.0, 500.0, 0.0, 0.0]
+    w_ra, w_dec = offsets_to_sky(ra0, dec0, w_xi, w_eta)
+    w_ra[9] = np.nan
+    sig = np.full(14, 0.1)
+    sig[10] = 0.0
+    cc = np.array(["0000"] * 14)
+    cc[3] = "d000"
+    wise = make_wise(w_ra, w_dec, cc=cc, sig=sig,
+                     ids=[101, 102, 103, 104, 105, 106, 107, 108, 109, 110, 111, 101, 112, 113])
+    # 101-11, 103-12, 107-14 good; 106-13 high pm; 108-15 and 105-15 not one-to-one; 109-16 both
+    # ends out; 102-99 no Gaia 99; 112-19 the ALLWISE end out; 113-20 the Gaia end out
+    bn = BestNeighbours(source_id=np.array([11, 12, 13, 14, 15, 15, 16, 99, 19, 20]),
+                        allwise_oid=np.array([101, 103, 106, 107, 108, 105, 109, 102, 112, 113]))
+    return ra0, dec0, det, gaia, wise, bn
+
+
+def test_every_filter_count_is_recorded_with_its_keyword_comment_and_kind():
+    ra0, dec0, det, gaia, wise, bn = _full_stack()
+    res = match_stack(det, gaia, MatchConfig(ra0, dec0, r_stack_arcmin=12.0), wise=wise,
+                      best_neighbours=bn)
+    recorded = [(f.keyword, f.description, f.warn, f.removed) for f in res.filters]
+    assert recorded == FILTER_RECORD
+    assert all(type(f.count) is int for f in res.filters)
+    assert counts(res) == {
+        "NDETIN": 11, "NDBADPOS": 1, "NDBADERR": 1, "NDCLASS": 1, "NDSAT": 1, "NDHULL": 1,
+        "NDOUTR": 1, "NDMANINC": 1, "NDET": 5,
+        "NGAIAIN": 11, "NGBADPOS": 1, "NGDUPID": 1, "NGHIPM": 1, "NGNULLPM": 1, "NGAIA": 8,
+        "NWISEIN": 14, "NWBADPOS": 1, "NWBADERR": 1, "NWDUPID": 1, "NWCCFLAG": 1, "NWHIPM": 1,
+        "NWISE": 9,
+        "NBNIN": 10, "NBNMULTI": 2, "NBNMISS": 2, "NBNOUTR": 3, "NWGPAIRS": 3,
+    }
+    # densities: every valid position within r_stack, before any filter (8 Gaia, 11 ALLWISE)
+    assert res.density_gaia == pytest.approx(8 / (np.pi * 144))
+    assert res.density_wise == pytest.approx(11 / (np.pi * 144))
+
+
+def test_missing_flag_columns_are_recorded_as_such():
+    det = make_detections([10.0, 10.001], [0.0, 0.0])
+    res = match_stack(det, make_gaia([], []), MatchConfig(10.0, 0.0))
+    recorded = {f.keyword: (f.description, f.warn, f.removed) for f in res.filters}
+    assert recorded["NDSAT"] == ("detections dropped: saturated (no column)", False, True)
+    assert recorded["NDHULL"] == ("detections dropped: convex hull (no column)", False, True)
+    # without ALLWISE input no ALLWISE or best-neighbour count is recorded
+    assert [k for k in recorded if k.startswith(("NW", "NB"))] == []
+
+
+def test_a_best_neighbour_pair_is_dropped_when_either_end_leaves_the_cone():
+    ra0, dec0, det, gaia, wise, bn = _full_stack()
+    res = match_stack(det, gaia, MatchConfig(ra0, dec0, r_stack_arcmin=12.0), wise=wise,
+                      best_neighbours=bn)
+    wg = res.wise_gaia
+    pairs = list(zip(np.asarray(wise.allwise_oid)[wg.wise_row].tolist(),
+                     np.asarray(gaia.source_id)[wg.gaia_row].tolist(), strict=True))
+    assert pairs == [(101, 11), (103, 12), (107, 14)]       # not 112-19 nor 113-20
+    # Gaia minus ALLWISE in the tangent plane, both axes
+    np.testing.assert_allclose(wg.d_xi_arcsec, [0.4 - 0.7, 0.4 - 0.7, -0.2], atol=1e-6)
+    np.testing.assert_allclose(wg.d_eta_arcsec, [0.3 - 0.2, -0.3 - 0.2, -0.1], atol=1e-6)
+    np.testing.assert_allclose(wg.sep_arcsec, np.hypot(wg.d_xi_arcsec, wg.d_eta_arcsec),
+                               rtol=1e-5)
+    # with the cone wide enough for 112 and 20, those pairs are kept too
+    wide = match_stack(det, gaia, MatchConfig(ra0, dec0, r_stack_arcmin=12.5), wise=wise,
+                       best_neighbours=bn)
+    assert counts(wide)["NBNOUTR"] == 1                       # 109-16 only
+    assert len(wide.wise_gaia) == 5
+
+
+def test_the_stack_result_carries_every_row_in_the_tangent_plane():
+    from stk_astrometry.tangent import sky_to_tangent
+
+    ra0, dec0, det, gaia, wise, bn = _full_stack()
+    cfg = MatchConfig(ra0, dec0, r_stack_arcmin=12.0)
+    res = match_stack(det, gaia, cfg, wise=wise, best_neighbours=bn)
+    assert res.config is cfg
+    for (xi, eta), cat in (((res.det_xi_arcsec, res.det_eta_arcsec), det),
+                           ((res.gaia_xi_arcsec, res.gaia_eta_arcsec), gaia),
+                           ((res.wise_xi_arcsec, res.wise_eta_arcsec), wise)):
+        want_xi, want_eta = sky_to_tangent(np.asarray(cat.ra_deg), np.asarray(cat.dec_deg),
+                                           ra0, dec0)
+        assert len(xi) == len(eta) == len(cat)
+        np.testing.assert_array_equal(xi, want_xi)
+        np.testing.assert_array_equal(eta, want_eta)
+    assert res.det_rows.tolist() == [0, 1, 2, 3, 4]
+    assert res.gaia_rows.tolist() == [0, 1, 3, 4, 5, 8, 9, 10]
+    assert res.wise_rows.tolist() == [0, 1, 2, 4, 6, 7, 8, 12, 13]
+    # Gaia: det 0 (0.5", group 1), det 2 (0.5", group 1), det 4 (1.8", group 2); det 1's
+    # counterpart had a repeated id.  ALLWISE: det 0, 1, 2, 4 (det 3's is cc-flagged)
+    p = res.gaia_pairs
+    assert p.det_row.tolist() == [0, 2, 4]
+    assert res.gaia_rows[np.searchsorted(res.gaia_rows, p.ref_row)].tolist() == p.ref_row.tolist()
+    assert np.asarray(gaia.source_id)[p.ref_row].tolist() == [11, 12, 18]
+    np.testing.assert_allclose(p.d_xi_arcsec, [0.4, 0.4, 1.5], atol=1e-6)
+    np.testing.assert_allclose(p.d_eta_arcsec, [0.3, -0.3, 1.0], atol=1e-6)
+    np.testing.assert_allclose(p.sep_arcsec, [0.5, 0.5, np.hypot(1.5, 1.0)], rtol=1e-5)
+    assert p.n_match_group == (2, 1, 0)
+    assert res.n_gaia_cand.tolist() == [1, 0, 1, 0, 1]
+    assert res.n_wise_cand.tolist() == [1, 1, 1, 0, 1]
+    for arr in (p.det_row, p.ref_row, p.group, p.n_cand, res.n_gaia_cand, res.n_wise_cand):
+        assert arr.dtype == np.int64
+    assert (res.n_match_gaia, res.n_match_wise, res.method) == (3, 4, "twostep")
+
+
+def test_forced_twostep_with_allwise_input_is_honoured():
+    ra0, dec0, det, gaia, wise, bn = _full_stack()
+    res = match_stack(det, gaia, MatchConfig(ra0, dec0, r_stack_arcmin=12.0, method="twostep"),
+                      wise=wise, best_neighbours=bn)
+    assert res.method == "twostep"
+
+
+def test_a_single_pair_is_a_match():
+    ra0, dec0 = 150.0, 2.0
+    det_ra, det_dec = offsets_to_sky(ra0, dec0, [0.0, 100.0], [30.0, 0.0])
+    g_ra, g_dec = offsets_to_sky(ra0, dec0, [0.6], [30.8])
+    res = match_stack(make_detections(det_ra, det_dec), make_gaia(g_ra, g_dec),
+                      MatchConfig(ra0, dec0))
+    p = res.gaia_pairs
+    assert (len(p), p.n_match, p.n_match_group) == (1, 1, (1, 0, 0))
+    assert p.det_row.tolist() == [0] and p.ref_row.tolist() == [0]
+    np.testing.assert_allclose([p.d_xi_arcsec[0], p.d_eta_arcsec[0], p.sep_arcsec[0]],
+                               [0.6, 0.8, 1.0], atol=1e-6)
+    assert res.n_gaia_cand.tolist() == [1, 0]
+    assert res.method == "direct"
+
+
+def test_no_pair_gives_empty_columns_of_the_documented_types():
+    ra0, dec0 = 150.0, 2.0
+    det_ra, det_dec = offsets_to_sky(ra0, dec0, [0.0], [0.0])
+    g_ra, g_dec = offsets_to_sky(ra0, dec0, [10.0], [0.0])
+    res = match_stack(make_detections(det_ra, det_dec), make_gaia(g_ra, g_dec),
+                      MatchConfig(ra0, dec0))
+    p = res.gaia_pairs
+    assert (p.n_match, p.n_match_group) == (0, (0, 0, 0))
+    for name in ("det_row", "ref_row", "group", "n_cand"):
+        col = getattr(p, name)
+        assert col.shape == (0,) and col.dtype == np.int64, name
+    for name in ("sep_arcsec", "d_xi_arcsec", "d_eta_arcsec"):
+        col = getattr(p, name)
+        assert col.shape == (0,) and col.dtype == np.float64, name
+    assert res.n_gaia_cand.tolist() == [0] and res.n_gaia_cand.dtype == np.int64
+    assert res.n_wise_cand.tolist() == [0] and res.n_wise_cand.dtype == np.int64
+    # and without ALLWISE input the ALLWISE side is empty, not missing
+    assert res.wise_pairs is None and res.density_wise is None
+    assert res.wise_rows.shape == res.wise_xi_arcsec.shape == res.wise_eta_arcsec.shape == (0,)
+    wg = res.wise_gaia
+    for col in (wg.wise_row, wg.gaia_row, wg.sep_arcsec, wg.d_xi_arcsec, wg.d_eta_arcsec):
+        assert col.shape == (0,)
+    assert wg.wise_row.dtype == wg.gaia_row.dtype == np.int64
+
+
+def test_crossmatch_without_pairs_returns_integer_indices():
+    ref_ra = np.array([1.0, 2.0])
+    for args in ((np.array([]), np.array([]), ref_ra, ref_ra),
+                 (np.array([5.0]), np.array([5.0]), np.array([]), np.array([]))):
+        di, ri, sep = crossmatch(*args, 3.0)
+        assert di.dtype == ri.dtype == np.int64 and sep.dtype == np.float64
+        assert ref_ra[ri].shape == (0,)      # usable as indices
+
+
+def test_decide_method_defaults_to_auto_with_allwise_available():
+    assert decide_method(5, 2) == "direct"
+    assert decide_method(1, 2) == "twostep"
+    assert decide_method(3, 0, requested="twostep") == "twostep"
+
+
+def test_a_total_proper_motion_of_exactly_max_pm_is_kept():
+    # the limit is "exceeds": (30, 40) mas/yr is 50 exactly
+    assert high_proper_motion([30.0, 30.0], [40.0, 40.0001], 50.0).tolist() == [False, True]
+
+
+def _forbid_the_tree(monkeypatch):
+    import scipy.spatial
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the k-d tree was used")
+
+    monkeypatch.setattr(scipy.spatial, "cKDTree", refuse)
+
+
+def test_the_sweep_runs_along_the_axis_of_widest_spread(monkeypatch):
+    # at (ra, dec) = (0, 0) every source of a 10' field has x ~ 1 (to 1e-6), so along x all
+    # 300,000 (detection, reference) pairs would be candidates and the k-d tree would take over;
+    # along y or z the sweep tries a few hundred
+    rng = np.random.default_rng(SEED + 3)
+    det_ra, det_dec = offsets_to_sky(0.0, 0.0, rng.uniform(-300, 300, 100), rng.uniform(-300, 300, 100))
+    ref_ra, ref_dec = offsets_to_sky(0.0, 0.0, rng.uniform(-300, 300, 3000),
+                                     rng.uniform(-300, 300, 3000))
+    expected = crossmatch(det_ra, det_dec, ref_ra, ref_dec, 3.0)
+    _forbid_the_tree(monkeypatch)
+    swept = crossmatch(det_ra, det_dec, ref_ra, ref_dec, 3.0)
+    assert len(swept[0]) > 0
+    for a, b in zip(swept, expected, strict=True):
+        assert np.array_equal(a, b)
+
+
+def test_the_sweep_takes_up_to_its_candidate_limit_and_the_tree_beyond(monkeypatch):
+    import scipy.spatial
+    import stk_astrometry.matching as m
+    from stk_astrometry.matching import unit_vectors
+
+    rng = np.random.default_rng(SEED + 4)
+    det_ra, det_dec = offsets_to_sky(10.0, 20.0, rng.uniform(-60, 60, 50), rng.uniform(-60, 60, 50))
+    ref_ra, ref_dec = offsets_to_sky(10.0, 20.0, rng.uniform(-60, 60, 400),
+                                     rng.uniform(-60, 60, 400))
+    # the candidates: references within the (widened) chord of a detection along the axis on
+    # which the references spread most
+    det_xyz, ref_xyz = unit_vectors(det_ra, det_dec), unit_vectors(ref_ra, ref_dec)
+    axis = int(np.argmax(ref_xyz.max(axis=0) - ref_xyz.min(axis=0)))
+    chord = 2.0 * np.sin(np.radians(4.0 / 3600.0) / 2.0) * (1.0 + 1e-9)
+    n_cand = int(np.count_nonzero(np.abs(ref_xyz[None, :, axis] - det_xyz[:, None, axis])
+                                  <= chord))
+    expected = crossmatch(det_ra, det_dec, ref_ra, ref_dec, 4.0)
+    tree = scipy.spatial.cKDTree
+    used = []
+
+    def spy(*args, **kwargs):
+        used.append(1)
+        return tree(*args, **kwargs)
+
+    monkeypatch.setattr(scipy.spatial, "cKDTree", spy)
+    for limit, by_tree in ((n_cand, False), (n_cand - 1, True)):
+        used.clear()
+        monkeypatch.setattr(m, "_SWEEP_MAX_CANDIDATES", limit)
+        got = crossmatch(det_ra, det_dec, ref_ra, ref_dec, 4.0)
+        assert bool(used) is by_tree, limit
+        for a, b in zip(got, expected, strict=True):
+            assert np.array_equal(a, b)

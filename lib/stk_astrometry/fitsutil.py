@@ -33,6 +33,10 @@ __all__ = [
     "atomic_path",
     "replace_durably",
     "fsync_directory",
+    "deferred_durability",
+    "immediate_durability",
+    "make_durable",
+    "PendingOutputs",
     "same_file",
     "locked",
     "LockTimeout",
@@ -135,6 +139,160 @@ def deferred_folder_sync():
         _PENDING_FOLDERS.reset(token)
         for folder in dict.fromkeys(pending):
             fsync_directory(folder)
+
+
+#: The open :class:`PendingOutputs` of a :func:`deferred_durability` block (None: none active).
+_DEFERRED = contextvars.ContextVar("stk_deferred_outputs", default=None)
+
+
+class PendingOutputs:
+    """Outputs renamed into place (complete: atomic against a killed process) whose data and
+    renames are not yet durable against a system crash.  Filled by :func:`atomic_path`
+    inside a :func:`deferred_durability` block.
+
+    Attributes
+    ----------
+    paths : list of str
+        The files, in the order they were renamed into place (a path renamed twice is listed
+        twice; :func:`make_durable` syncs it once).
+    """
+
+    def __init__(self):
+        self.paths = []
+
+    def sync(self):
+        """Make every listed file durable (:func:`make_durable`) and empty the list."""
+        make_durable(self.paths)
+        self.paths.clear()
+
+
+@contextlib.contextmanager
+def deferred_durability(*, sync=True):
+    """Group commit: the atomic writes of the block are made durable together, not one by one.
+
+    Inside the block :func:`atomic_path` (so :func:`write_fits` and the table writers) still
+    writes each output completely to a temporary file in its folder
+    and renames it into place -- a process killed at any moment leaves each output wholly old
+    or wholly new, never partial -- but it does not fsync the file or its folder; the file is
+    listed in the yielded :class:`PendingOutputs` instead.  With ``sync=True`` the block's end
+    (also when it raises) makes every listed file durable with one :func:`make_durable`:
+    a system crash before that may lose the block's renames or leave a renamed file without
+    its data, so nothing may depend on the block's outputs surviving a crash until the block
+    has ended.  With ``sync=False`` that duty passes to the caller, who must call
+    :func:`make_durable` on ``pending.paths`` (or ``pending.sync()``) BEFORE recording the
+    outputs as finished anywhere (``stk_batch``'s driver does, once per database commit).
+
+    Nested blocks join the outermost.  :func:`replace_durably` called directly (the journaled
+    in-place editor of ``stk_update_wcs``) stays durable inside the block, and
+    :func:`immediate_durability` suspends the block for a section that must be durable at once.
+    """
+    outer = _DEFERRED.get()
+    if outer is not None:
+        yield outer
+        return
+    pending = PendingOutputs()
+    token = _DEFERRED.set(pending)
+    try:
+        yield pending
+    finally:
+        _DEFERRED.reset(token)
+        if sync:
+            pending.sync()
+
+
+@contextlib.contextmanager
+def immediate_durability():
+    """Suspend any enclosing :func:`deferred_durability` block: writes in this block are
+    durable when each returns, as outside any block (``update_products`` runs so)."""
+    token = _DEFERRED.set(None)
+    try:
+        yield
+    finally:
+        _DEFERRED.reset(token)
+
+
+_LIBC = None
+
+
+def _syncfs(fd):
+    """syncfs(2) on the file system of ``fd``: True when done, False where unavailable.
+
+    Raises OSError when the system reports a write-back error."""
+    global _LIBC
+    if _LIBC is None:
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            fn = libc.syncfs
+            fn.argtypes = [ctypes.c_int]
+            fn.restype = ctypes.c_int
+            _LIBC = (fn, ctypes)
+        except (OSError, AttributeError, ImportError):
+            _LIBC = False
+    if _LIBC is False:
+        return False
+    fn, ctypes = _LIBC
+    if fn(fd) != 0:
+        err = ctypes.get_errno()
+        if err in (38, 22):        # ENOSYS, EINVAL: not supported here -- fall back
+            return False
+        raise OSError(err, os.strerror(err))
+    return True
+
+
+def make_durable(paths):
+    """Make files already renamed into place durable, with as few journal commits as possible.
+
+    One ``syncfs(2)`` per file system holding them (it writes back the file system's dirty
+    data and commits its journal once, however many files), then an fsync of each distinct
+    folder (POSIX's guarantee for the renames; after the syncfs it has nothing left to write).
+    Where syncfs is unavailable each file is fsynced.  The cost is one or two journal commits
+    per call instead of two per file (issue 11: ~5 ms each on a loaded disk).
+
+    Parameters
+    ----------
+    paths : iterable of path-like
+        Files (a path listed more than once is synced once; a path no longer there is skipped:
+        it was replaced or removed since, and whatever replaced it answers for itself).
+
+    Raises
+    ------
+    OSError
+        The system reported a write-back or sync error: the files may not be on disk, and
+        whoever asked must not record them as finished.
+    """
+    files = list(dict.fromkeys(os.fspath(p) for p in paths))
+    if not files:
+        return
+    folders = list(dict.fromkeys(os.path.dirname(f) or "." for f in files))
+    by_dev = {}
+    for folder in folders:
+        try:
+            by_dev.setdefault(os.stat(folder).st_dev, folder)
+        except FileNotFoundError:
+            continue
+    unsynced = set()
+    for dev, folder in by_dev.items():
+        fd = os.open(folder, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            if not _syncfs(fd):
+                unsynced.add(dev)
+        finally:
+            os.close(fd)
+    if unsynced:
+        for f in files:
+            try:
+                fd = os.open(f, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue
+            try:
+                if os.fstat(fd).st_dev in unsynced:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+    for folder in folders:
+        fsync_directory(folder)
 
 
 def fsync_directory(path):
@@ -303,14 +461,23 @@ def remove_orphan_temps(folder, name):
 def replace_durably(tmp, dest):
     """fsync ``tmp`` and rename it onto ``dest`` (same folder), then fsync the folder.
 
+    Inside a :func:`deferred_folder_sync` block the folder's fsync waits for the block's end.
+    Always durable otherwise, also inside a :func:`deferred_durability` block (only
+    :func:`atomic_path` defers): the journaled editor's temporaries and journals rely on it.
+
     The new file keeps the permissions, owner and group of the file it
     replaces (a product on a shared archive stays as it was; a user who may
     not give the file away keeps at least its group where the system allows);
     a new file gets the usual 0666 & ~umask.
     """
+    _replace(tmp, dest, sync=True)
+
+
+def _replace(tmp, dest, *, sync):
     tmp, dest = Path(tmp), Path(dest)
-    with open(tmp, "rb+") as fh:
-        os.fsync(fh.fileno())
+    if sync:
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
     try:
         old = dest.stat()
     except OSError:
@@ -332,6 +499,8 @@ def replace_durably(tmp, dest):
     with contextlib.suppress(OSError):
         os.chmod(tmp, mode)
     os.replace(tmp, dest)
+    if not sync:
+        return
     folder = dest.parent if str(dest.parent) else "."
     pending = _PENDING_FOLDERS.get()
     if pending is None:
@@ -348,12 +517,19 @@ def atomic_path(path):
     ``os.replace`` is an atomic rename on the same file system), is fsynced
     before the rename, and is removed if the block raises.  A reader therefore
     sees either the old file or the complete new one, never a partial file.
+    Inside a :func:`deferred_durability` block the fsyncs are left to the block's
+    group commit (the rename is still atomic).
     """
     dest = Path(path)
     fd, tmp = make_temp(dest)       # the lock on fd marks the temp as a live writer's
     try:
         yield tmp
-        replace_durably(tmp, dest)
+        deferred = _DEFERRED.get()
+        if deferred is None:
+            replace_durably(tmp, dest)
+        else:
+            _replace(tmp, dest, sync=False)
+            deferred.paths.append(str(dest))   # made durable by the block's group commit
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()

@@ -642,6 +642,11 @@ def bench_per_stack(quick):
                                 wisefile=p["allwise"], bestnbfile=p["bestnb"], clobber=True)
                 api.fit_stack(folder / "pairs_api.fits", folder / "xfm_api.fits", clobber=True)
 
+        def run_api_group():
+            # batch-style durability: the same calls, made durable together at the block's end
+            with api.deferred_durability():
+                run_api()
+
         def run_mains():
             for folder, p, _ in stacks:
                 rc = match_main([str(p["det"]), str(p["gaia"]), str(folder / "pairs_main.fits"),
@@ -659,21 +664,32 @@ def bench_per_stack(quick):
             with _one_core() as pinned, quiet():
                 run_api()
                 run_mains()                # warm both paths
-                t_api, t_mains = [], []
-                for _ in range(rounds):    # interleaved: both see the same machine load
-                    t0 = time.perf_counter()
+                t_api, t_mains, t_group, c_api, c_group = [], [], [], [], []
+                for _ in range(rounds):    # interleaved: all see the same machine load
+                    t0, c0 = time.perf_counter(), time.process_time()
                     run_api()
-                    t1 = time.perf_counter()
+                    t1, c1 = time.perf_counter(), time.process_time()
+                    run_api_group()
+                    t2, c2 = time.perf_counter(), time.process_time()
                     run_mains()
-                    t2 = time.perf_counter()
+                    t3 = time.perf_counter()
                     t_api.append(t1 - t0)
-                    t_mains.append(t2 - t1)
+                    c_api.append(c1 - c0)
+                    t_group.append(t2 - t1)
+                    c_group.append(c2 - c1)
+                    t_mains.append(t3 - t2)
         finally:
             pkg.setLevel(level)
         api_rate = n / min(t_api)
         mains_ratio = min(t_mains) / min(t_api)
         rows.append(["in-process API, match + fit, files in and out", f"{api_rate:.1f} stacks/s",
                      f">= {API_STACKS_PER_S:g}", "ok" if api_rate >= API_STACKS_PER_S else "MISSED"])
+        rows.append(["  the same by CPU time (process_time)", f"{n / min(c_api):.1f} stacks/s",
+                     "-", "-"])
+        rows.append([f"  in one deferred_durability block ({n} stacks, one group commit)",
+                     f"{n / min(t_group):.1f} stacks/s", "-", "-"])
+        rows.append(["  the same by CPU time", f"{n / min(c_group):.1f} stacks/s", "-", "-"])
+        rows.append(["  system load (1 min) at the end", f"{os.getloadavg()[0]:.1f}", "-", "-"])
         rows.append(["tools' main(argv) in one process / API", f"{mains_ratio:.2f}x",
                      f"<= {MAINS_OVER_API:g}x", "ok" if mains_ratio <= MAINS_OVER_API else "MISSED"])
         if api_rate < API_STACKS_PER_S:
@@ -710,6 +726,10 @@ def bench_per_stack(quick):
                        f"{pinned}",
                        "the API and the mains write the same files (pairs + transform); the "
                        "mixture runs in every fit (the tool always runs both estimators)",
+                       ("the target row is the API as called plainly: every output durable "
+                        "on return (2 journal commits per call); the deferred row makes the "
+                        "round's outputs durable at its end, as stk_batch does per database "
+                        "commit -- informative, not the target"),
                        f"one process per tool: median of {repeats} runs through bin/, "
                        "PYTHONPATH=lib, against python -c 'import numpy' in the same run"])
     return missed

@@ -51,6 +51,11 @@ class StackPlan:
         Handed back with the outcome for the resume bookkeeping.
     step_digests : dict
         step -> digest of its parameters.
+    defer_sync : bool
+        Leave the durability of the match and fit outputs to the driver (group commit): they
+        are renamed into place atomically but not fsynced, and listed in the outcome's
+        ``unsynced``; the driver makes them durable (:func:`fitsutil.make_durable`) before it
+        records the stack.  Only for workers that share the driver's machine (a LocalCluster).
     """
 
     stack: object
@@ -63,6 +68,7 @@ class StackPlan:
     inputs_digest: str = ""
     params_digest: str = ""
     step_digests: dict = field(default_factory=dict)
+    defer_sync: bool = False
 
 
 def output_paths(folder, stackid, *, detcorr=True) -> dict:
@@ -238,9 +244,11 @@ def run_stack(plan: StackPlan) -> dict:
         ``stackid``, ``inputs_digest``, ``params_digest``, ``elapsed_s``, ``worker``,
         ``steps`` (list of per-step dicts: step, status, params_digest, started, elapsed_s,
         error, result), ``warnings`` (list of (step, message)), ``row`` (the campaign-table
-        row).
+        row), ``unsynced`` (with ``plan.defer_sync``: the files written but not yet durable;
+        the caller must :func:`fitsutil.make_durable` them before recording the stack).
     """
     from .. import api
+    from ..fitsutil import deferred_durability
 
     t_start = time.perf_counter()
     stack = plan.stack
@@ -285,14 +293,18 @@ def run_stack(plan: StackPlan) -> dict:
     except OSError as exc:
         failed_step, error = "match", f"cannot create the stack folder {plan.folder}: {exc}"
 
-    if failed_step is None:
-        m = step("match", lambda: api.match_stack(
-            stack.detfile, stack.gaiafile, paths["pairsfile"], wisefile=stack.wisefile,
-            bestnbfile=stack.bestnbfile, stackid=stack.stackid if stack.select else None,
-            clobber=True, **plan.match))
-    if failed_step is None:
-        f = step("fit", lambda: api.fit_stack(
-            m, paths["xfmfile"], outdetfile=paths["detcorrfile"], clobber=True, **plan.fit))
+    # group commit: without defer_sync the block's end syncs the stack's outputs once (one
+    # syncfs, not two fsyncs per file); with it the driver does, for many stacks at once
+    with deferred_durability(sync=not plan.defer_sync) as pending:
+        if failed_step is None:
+            m = step("match", lambda: api.match_stack(
+                stack.detfile, stack.gaiafile, paths["pairsfile"], wisefile=stack.wisefile,
+                bestnbfile=stack.bestnbfile, stackid=stack.stackid if stack.select else None,
+                clobber=True, **plan.match))
+        if failed_step is None:
+            f = step("fit", lambda: api.fit_stack(
+                m, paths["xfmfile"], outdetfile=paths["detcorrfile"], clobber=True,
+                **plan.fit))
     flagged = f is not None and int(getattr(f, "qa_flags", 0) or 0) != 0
     if (failed_step is None and plan.update_mode != "none" and stack.products and flagged
             and not plan.update.get("qa_override")):
@@ -302,6 +314,9 @@ def run_stack(plan: StackPlan) -> dict:
                       "elapsed_s": 0.0, "error": None,
                       "result": {"reason": "QA flags set: review the stack, then update"}})
     elif failed_step is None and plan.update_mode != "none" and stack.products:
+        if pending.paths:
+            # the products are changed durably: the transform they name must be on disk first
+            pending.sync()
         outdir = paths["products_out"] if plan.update_mode == "copy" else None
         u = step("update", lambda: api.update_products(
             stack.products, paths["xfmfile"], outdir=outdir, clobber=True, **plan.update))
@@ -317,7 +332,7 @@ def run_stack(plan: StackPlan) -> dict:
     return {"stackid": stack.stackid, "inputs_digest": plan.inputs_digest,
             "params_digest": plan.params_digest, "elapsed_s": time.perf_counter() - t_start,
             "worker": f"{socket.gethostname()}:{os.getpid()}", "steps": steps,
-            "warnings": warns, "row": row}
+            "warnings": warns, "row": row, "unsynced": list(pending.paths)}
 
 
 def null_stack(plan: StackPlan) -> dict:

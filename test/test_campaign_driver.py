@@ -1,0 +1,149 @@
+"""The campaign's group commit (issue 11): a LocalCluster's workers leave their outputs' fsyncs
+to the driver, which makes them durable before -- never after -- it records the stacks done.
+
+The task is run in-process and the driver's loop on an in-process Dask client (threads, no
+processes), so the order of the sync and the database commit can be watched directly.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+from pathlib import Path
+
+import pytest
+from campaign_sim import make_campaign
+
+from stk_astrometry import fitsutil
+from stk_astrometry.campaign import database, driver, progress
+from stk_astrometry.campaign.stacks import StackInput, read_stack_list
+from stk_astrometry.campaign.task import StackPlan, null_stack, run_stack, output_paths
+
+
+@pytest.fixture
+def synclog(monkeypatch):
+    """Every fsync (by path) and every make_durable call (with its paths), in order."""
+    calls = []
+    real_fsync, real_make = os.fsync, fitsutil.make_durable
+
+    def fsync(fd):
+        calls.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        return real_fsync(fd)
+
+    def make_durable(paths):
+        paths = [str(p) for p in paths]
+        calls.append(("make_durable", paths))
+        return real_make(paths)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(fitsutil, "make_durable", make_durable)
+    return calls
+
+
+def _one_stack(root):
+    listfile, _ = make_campaign(root, 1, specials=False)
+    (stack,) = read_stack_list(f"@{listfile}")
+    return stack
+
+
+def test_task_leaves_the_sync_to_the_driver_only_when_told(tmp_path, synclog):
+    stack = _one_stack(tmp_path / "in")
+    folder = tmp_path / "camp" / "s"
+    paths = output_paths(folder, stack.stackid)
+    files = [paths["pairsfile"], paths["xfmfile"], paths["detcorrfile"]]
+
+    out = run_stack(StackPlan(stack=stack, folder=str(folder), defer_sync=True))
+    assert out["row"]["status"] == "done", out["row"]["error"]
+    assert sorted(out["unsynced"]) == sorted(files)
+    assert all(Path(f).exists() for f in files)            # renamed into place, complete
+    assert [c for c in synclog if c[0] == "fsync" or c[0] == "make_durable"] == []
+    assert not [p for p in folder.iterdir() if p.name.endswith(".tmp")]
+
+    # without defer_sync the task makes its own files durable: one group commit at the end
+    # of match + fit, covering all three (not two fsyncs per file)
+    synclog.clear()
+    out = run_stack(StackPlan(stack=stack, folder=str(folder), defer_sync=False))
+    assert out["row"]["status"] == "done" and out["unsynced"] == []
+    assert [c[0] for c in synclog if c[0] == "make_durable"] == ["make_durable"]
+    (synced,) = [c[1] for c in synclog if c[0] == "make_durable"]
+    assert sorted(synced) == sorted(files)
+    assert not [c for c in synclog if c[0] == "fsync" and c[1] in files]
+
+
+def _writing_task(plan):
+    """A null task that also writes one output the way a step does (deferred when told)."""
+    out = null_stack(plan)
+    with fitsutil.deferred_durability(sync=not plan.defer_sync) as pending:
+        dest = Path(plan.folder) / "out.txt"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with fitsutil.atomic_path(dest) as tmp:
+            tmp.write_text(plan.stack.stackid)
+    out["unsynced"] = list(pending.paths)
+    return out
+
+
+def _run_execute(tmp_path, monkeypatch, *, fail_sync=False):
+    from distributed import Client
+
+    events = []
+    real_record = database.RunDatabase.record
+
+    def record(self, outcomes):
+        events.append(("record", [o["stackid"] for o in outcomes],
+                       [o["row"]["status"] for o in outcomes]))
+        return real_record(self, outcomes)
+
+    real_make = fitsutil.make_durable
+
+    def make_durable(paths):
+        paths = [str(p) for p in paths]
+        events.append(("sync", paths))
+        if fail_sync:
+            raise OSError(5, "Input/output error")
+        return real_make(paths)
+
+    monkeypatch.setattr(database.RunDatabase, "record", record)
+    monkeypatch.setattr(fitsutil, "make_durable", make_durable)
+    stacks = [StackInput(f"s{i}", f"/d{i}", f"/g{i}") for i in range(6)]
+    plans = [StackPlan(stack=s, folder=str(tmp_path / "camp" / s.stackid)) for s in stacks]
+    log = logging.getLogger("test_campaign_driver")
+    with database.RunDatabase(tmp_path / "c.sqlite") as db, \
+            Client(processes=False, n_workers=1, threads_per_worker=1,
+                   dashboard_address=None) as client:
+        db.sync_stacks(stacks, {})
+        run = db.start_run(host="h", version="v", command="c", scheduler="s")
+        prog = progress.Progress(len(plans), log=log, live=False, enabled=False)
+        driver._execute(client, plans, db, run, prog, io.StringIO(), window=3,
+                        task=_writing_task, flush_s=0.0, defer_sync=True)
+        states = db.states()
+        rows = {r["stackid"]: r for r in db.result_rows()}
+    return events, states, rows
+
+
+def test_driver_syncs_the_files_before_it_records_the_stacks(tmp_path, monkeypatch):
+    events, states, _ = _run_execute(tmp_path, monkeypatch)
+    synced = set()
+    recorded = []
+    for ev in events:
+        if ev[0] == "sync":
+            synced |= set(ev[1])
+        else:
+            for sid in ev[1]:
+                # the stack's output was made durable by a sync BEFORE this commit
+                assert str(tmp_path / "camp" / sid / "out.txt") in synced, (sid, events)
+            recorded += ev[1]
+    assert sorted(recorded) == [f"s{i}" for i in range(6)]
+    assert {s: st.status for s, st in states.items()} == {f"s{i}": "done" for i in range(6)}
+    for i in range(6):   # the workers did not sync: the task ran with defer_sync from _execute
+        assert (tmp_path / "camp" / f"s{i}" / "out.txt").read_text() == f"s{i}"
+
+
+def test_driver_records_failed_when_the_sync_fails(tmp_path, monkeypatch):
+    """A sync error: the stacks are recorded failed (step 'sync'), never done, so a resume
+    reruns them."""
+    events, states, rows = _run_execute(tmp_path, monkeypatch, fail_sync=True)
+    assert {s: st.status for s, st in states.items()} == {f"s{i}": "failed" for i in range(6)}
+    assert {r["failed_step"] for r in rows.values()} == {"sync"}
+    assert all("could not be made durable" in r["error"] for r in rows.values())
+    assert all(set(ev[2]) == {"failed"} for ev in events if ev[0] == "record")
