@@ -400,3 +400,505 @@ def test_damaged_product_files_are_one_clean_error(tmp_path, kind, recwarn):
             reader(bad)
     assert not [w for w in recwarn if "astropy" in type(w.message).__module__], \
         [str(w.message) for w in recwarn]
+
+
+# ---------------------------------------------------------------------------------------------
+# §2c detection-id lists: the comment and separator rules, the @-spellings, selection files
+
+
+def test_id_list_comment_starts_at_the_first_hash():
+    # everything after the first '#' is comment, even a second '#' and ids after it
+    assert idlist.parse_id_list("5 6 # note # 7\n8").tolist() == [5, 6, 8]
+
+
+def test_id_list_leading_separator_does_not_end_the_line():
+    assert idlist.parse_id_list(",5, 6\n, ,7").tolist() == [5, 6, 7]
+
+
+def test_id_list_bad_token_without_a_source_names_the_string():
+    with pytest.raises(InputError, match=r"^<string>, line 1: 'x' is not"):
+        idlist.parse_id_list("x")
+
+
+def test_id_list_bad_token_in_a_file_names_the_parameter_and_file(tmp_path):
+    path = tmp_path / "ids.txt"
+    path.write_text("1\nnine\n")
+    with pytest.raises(InputError, match=rf"^include={path}, line 2: 'nine' is not"):
+        idlist.read_id_list(path, param="include")
+
+
+def test_id_list_double_at_is_a_literal_file_name(tmp_path, monkeypatch):
+    """'@file' is 'file'; '@@file' is not stripped (a file whose name starts with '@')."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "@@ids.txt").write_text("3\n")
+    (tmp_path / "@ids.txt").write_text("99\n")
+    assert idlist.read_id_list("@@ids.txt", param="include").tolist() == [3]
+
+
+def _selection_text():
+    from stk_astrometry.formats import selection
+
+    rows = (selection.SelectionRow(12, 1001, 0.4, 1, "used", 0.98, True),
+            selection.SelectionRow(12, 1002, 2.1, 3, "unused", 0.02, False),
+            selection.SelectionRow(15, 1003, 0.7, 1, "used", float("nan"), False),
+            selection.SelectionRow(20, 1004, 1.2, 2, "excluded", 0.5, True))
+    return selection.format_selection(selection.Selection("acisfJ0000000p000000_001",
+                                                          "GAIA_PAIRS", "0123456789abcdef",
+                                                          rows))
+
+
+@pytest.mark.parametrize("param, want", [("include", [12, 20]), ("exclude", [15])])
+def test_id_list_reads_a_selection_file_by_its_use_column(tmp_path, param, want, caplog):
+    """formats.md §2d: include= the detections with a pair marked yes, exclude= those whose
+    pairs are all no; a detection whose pairs disagree is reported once, as a warning."""
+    path = tmp_path / "sel.txt"
+    path.write_text(_selection_text())
+    with caplog.at_level("WARNING", logger="stk_astrometry.formats.idlist"):
+        got = idlist.read_id_list(f"@{path}", param=param)
+    assert got.dtype == np.int64 and got.tolist() == want
+    notes = [r for r in caplog.records if r.name == "stk_astrometry.formats.idlist"]
+    assert len(notes) == 1 and notes[0].levelname == "WARNING"
+    assert notes[0].getMessage().startswith("selection: 1 detection(s) have pairs marked both "
+                                            "yes and no (12)")
+
+
+def test_id_list_bad_selection_line_names_the_parameter_and_file(tmp_path):
+    path = tmp_path / "sel.txt"
+    path.write_text(_selection_text() + "21 1005 0.3 1 used 0.9 maybe\n")
+    with pytest.raises(InputError, match=rf"^exclude={path}, line \d+: use = 'maybe'"):
+        idlist.read_id_list(path, param="exclude")
+
+
+def test_id_list_written_from_text_ids_sorts_them_as_numbers():
+    assert idlist.format_id_list(np.array(["10", "9", "10"])) == "9\n10\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# §2a corrected detections: the layout formats.md promises
+
+
+def _detcorr_columns(n, dtype=float):
+    rng = np.random.default_rng(n)
+    cols = {c: rng.normal(size=n).astype(dtype) for c in detcorr.COLUMNS}
+    cols["region_id"] = np.arange(1, n + 1, dtype=np.int64)
+    return cols
+
+
+def test_detcorr_file_layout_as_documented(tmp_path):
+    """CONTENT in the primary, HDU DETECTIONS with int32 region_id and float64 positions (even
+    from float32 input), TUNITn deg/arcsec, TCOMMn on every column, the transform's keywords
+    in both headers."""
+    keys = _keywords(_components()[0])
+    cols = _detcorr_columns(3, dtype=np.float32)
+    detcorr.write_detcorr(tmp_path / "d.fits", cols, keys, HIST)
+    with fits.open(tmp_path / "d.fits") as hdul:
+        assert [h.name for h in hdul] == ["PRIMARY", "DETECTIONS"]
+        h0, h1 = hdul[0].header, hdul["DETECTIONS"].header
+        assert h0["CONTENT"] == "STKDETCORR"
+        assert h0.comments["CONTENT"] == "stk_xfm corrected detections"
+        assert "CONTENT" not in h1
+        t = hdul["DETECTIONS"]
+        assert t.columns.names == list(detcorr.COLUMNS)
+        assert t.columns["region_id"].format == "J" and t.columns["region_id"].unit is None
+        for c in detcorr.COLUMNS[1:]:
+            assert t.columns[c].format == "D", c
+            assert t.columns[c].unit == ("deg" if c.startswith(("ra", "dec")) else "arcsec"), c
+        for i in range(1, h1["TFIELDS"] + 1):
+            assert h1.get(f"TCOMM{i}"), h1[f"TTYPE{i}"]
+        for h in (h0, h1):
+            assert h["STACKID"] == "hrciJ1234567m123456_002" and h["QAFLAGS"] == 24
+            assert h["DEC_STACK"] == -12.5
+        assert len(t.data) == 3
+    d = detcorr.read_detcorr(tmp_path / "d.fits")
+    assert d.path == str(tmp_path / "d.fits")
+    assert d.columns["region_id"].tolist() == [1, 2, 3]
+    assert np.array_equal(d.columns["xi_corr"], cols["xi_corr"].astype(float))
+
+
+def test_detcorr_as_hdulist_is_the_file_layout():
+    keys = _keywords(_components()[0])
+    hdul = detcorr.build_detcorr_hdul(_detcorr_columns(2), keys)
+    assert hdul[0].header["CONTENT"] == "STKDETCORR"
+    assert hdul["DETECTIONS"].columns.names == list(detcorr.COLUMNS)
+    assert hdul["DETECTIONS"].columns["ra_corr"].unit == "deg"
+    assert hdul["DETECTIONS"].header["STACKID"] == "hrciJ1234567m123456_002"
+
+
+def test_detcorr_writer_refuses_an_existing_file_without_clobber(tmp_path):
+    from stk_astrometry.errors import OutputError
+
+    keys = _keywords(_components()[0])
+    path = tmp_path / "d.fits"
+    detcorr.write_detcorr(path, _detcorr_columns(2), keys, HIST)
+    before = path.read_bytes()
+    with pytest.raises(OutputError):
+        detcorr.write_detcorr(path, _detcorr_columns(4), keys, HIST)
+    assert path.read_bytes() == before
+    detcorr.write_detcorr(path, _detcorr_columns(4), keys, HIST, clobber=True)
+    assert len(detcorr.read_detcorr(path).columns["ra"]) == 4
+
+
+def test_detcorr_reader_names_what_is_wrong(tmp_path):
+    keys = _keywords(_components()[0])
+    detcorr.write_detcorr(tmp_path / "d.fits", _detcorr_columns(2), keys, HIST)
+    with fits.open(tmp_path / "d.fits") as hdul:
+        hdul["DETECTIONS"].columns.del_col("xi_corr")
+        hdul.writeto(tmp_path / "nocol.fits")
+        hdul.pop(1)
+        hdul.writeto(tmp_path / "nohdu.fits")
+    with pytest.raises(FormatError, match=r"nocol\.fits\[DETECTIONS\]: missing column\(s\) xi_corr$"):
+        detcorr.read_detcorr(tmp_path / "nocol.fits")
+    with pytest.raises(FormatError, match=r"nohdu\.fits: no DETECTIONS HDU$"):
+        detcorr.read_detcorr(tmp_path / "nohdu.fits")
+    fits.HDUList([fits.PrimaryHDU()]).writeto(tmp_path / "other.fits")
+    with pytest.raises(FormatError, match=r"not a corrected-detections file \(CONTENT != STKDETCORR\)"):
+        detcorr.read_detcorr(tmp_path / "other.fits")
+
+
+# ---------------------------------------------------------------------------------------------
+# §2b diagnostics: the pair HDUs copied with their header cards, plus used_spec and p_true
+
+
+def test_diag_copies_a_pairs_files_hdus_with_their_cards(tmp_path):
+    """From a pairs file read back: every pair HDU keeps its header cards (long comments
+    included), units, TCOMMn/TUCDn; used_spec is logical, p_true float64; the primary holds
+    CONTENT and the mixture's keywords."""
+    p = make_pairs(np.random.default_rng(8), n_gaia=3, n_wise=2, n_wg=2)
+    long_note = ("x" * 30, "a comment kept with its card")
+    pairs.write_pairs(p, tmp_path / "p.fits", HIST)
+    q = pairs.read_pairs(tmp_path / "p.fits")
+    q.cards["GAIA_PAIRS"] = q.cards["GAIA_PAIRS"] + (("NOTE",) + long_note,)
+    used = {"GAIA_PAIRS": [1, 0, 1]}
+    p_true = {"GAIA_PAIRS": [0.5, 0.25, 1]}
+    diag.write_diag(tmp_path / "g.fits", q, used, p_true, HIST,
+                    keywords=(("SYSERR", 0.125, "[arcsec] fitted floor"),
+                              ("ERRSCALE", 1.5, "fitted scale")))
+    with fits.open(tmp_path / "g.fits") as hdul:
+        h0 = hdul[0].header
+        assert h0["CONTENT"] == "STKXFMDIAG"
+        assert h0.comments["CONTENT"] == "stk_xfm diagnostics: pairs used"
+        assert (h0["SYSERR"], h0["ERRSCALE"]) == (0.125, 1.5)
+        assert [h.name for h in hdul[1:]] == list(diag.HDUS)
+        for name in diag.HDUS:
+            t = hdul[name]
+            names = [c for c, _, _ in pairs.LAYOUTS[name]]
+            assert t.columns.names == names + ["used_spec", "p_true"], name
+            assert t.columns["used_spec"].format == "L" and t.columns["p_true"].format == "D"
+            for c, fmt, unit in pairs.LAYOUTS[name]:
+                if fmt:
+                    assert t.columns[c].format == fmt, (name, c)
+                assert (t.columns[c].unit or "") == unit, (name, c)
+            h = t.header
+            assert h["STACKID"] == p.stackid and h["DEC_STACK"] == -89.5
+            desc = {h[f"TTYPE{i}"]: h.get(f"TCOMM{i}") for i in range(1, h["TFIELDS"] + 1)}
+            ucd = {h[f"TTYPE{i}"]: h.get(f"TUCD{i}") for i in range(1, h["TFIELDS"] + 1)}
+            assert all(desc[c] for c in names), name
+            if name == "WISE_GAIA":
+                assert desc["d_xi"] == "Offset in xi, Gaia minus ALLWISE"
+            else:
+                assert ucd["sep"] == "pos.angDistance"
+        g = hdul["GAIA_PAIRS"]
+        assert g.header["NOTE"] == long_note[0]
+        assert g.header.comments["NOTE"] == long_note[1]
+        assert g.data["used_spec"].tolist() == [True, False, True]
+        assert g.data["p_true"].tolist() == [0.5, 0.25, 1.0]
+        assert not hdul["WISE_PAIRS"].data["used_spec"].any()
+        assert np.isnan(hdul["WISE_GAIA"].data["p_true"]).all()
+
+
+def test_diag_of_in_memory_pairs_repeats_the_stack_keywords(tmp_path):
+    """Pairs built in memory have no cards: each HDU gets the stack keywords, comments kept
+    as far as the card holds them (a long STACKID keeps the start of its comment)."""
+    p = make_pairs(np.random.default_rng(8), n_gaia=2, n_wise=0, n_wg=1)
+    stackid = "acisfJ0000000p000000_001_" + "x" * 26      # 51 characters
+    keys = tuple(("STACKID", stackid, "detect_stack_id") if k[0] == "STACKID" else k
+                 for k in p.keywords)
+    p = pairs.Pairs(**{**p.__dict__, "keywords": keys, "stackid": stackid})
+    diag.write_diag(tmp_path / "g.fits", p, {}, {}, HIST)
+    with fits.open(tmp_path / "g.fits") as hdul:
+        for name in diag.HDUS:
+            h = hdul[name].header
+            assert h["STACKID"] == stackid and h.comments["STACKID"].startswith("detect_stack")
+            assert h["INSTRUME"] == "HRC" and h["RA_STACK"] == 359.9999
+            assert "MATCHRAD" not in h and "METHOD" not in h    # primary-only keywords
+        assert "SYSERR" not in hdul[0].header
+
+
+def test_diag_as_hdulist_fills_what_was_not_given():
+    p = make_pairs(np.random.default_rng(8), n_gaia=2, n_wise=0, n_wg=3)
+    hdul = diag.build_diag_hdul(p, {"GAIA_PAIRS": [True, False]}, {"GAIA_PAIRS": [0.1, 0.9]},
+                                (("SYSERR", 0.2, ""),))
+    assert hdul[0].header["CONTENT"] == "STKXFMDIAG" and hdul[0].header["SYSERR"] == 0.2
+    assert hdul["GAIA_PAIRS"].data["used_spec"].tolist() == [True, False]
+    wg = hdul["WISE_GAIA"]
+    assert wg.data["used_spec"].tolist() == [False] * 3
+    assert np.isnan(wg.data["p_true"]).all() and len(wg.data["p_true"]) == 3
+    assert wg.header["STACKID"] == p.stackid
+
+
+def test_diag_writer_refuses_an_existing_file_without_clobber(tmp_path):
+    from stk_astrometry.errors import OutputError
+
+    p = make_pairs(np.random.default_rng(8))
+    diag.write_diag(tmp_path / "g.fits", p, {}, {}, HIST)
+    with pytest.raises(OutputError):
+        diag.write_diag(tmp_path / "g.fits", p, {}, {}, HIST)
+    diag.write_diag(tmp_path / "g.fits", p, {}, {}, HIST, clobber=True)
+
+
+def test_diag_reader_names_what_is_wrong(tmp_path):
+    p = make_pairs(np.random.default_rng(8))
+    diag.write_diag(tmp_path / "g.fits", p, {}, {}, HIST)
+    with fits.open(tmp_path / "g.fits") as hdul:
+        hdul["WISE_GAIA"].columns.del_col("p_true")
+        hdul.writeto(tmp_path / "nocol.fits")
+        hdul.pop(2)
+        hdul.writeto(tmp_path / "nohdu.fits")
+    with pytest.raises(FormatError, match=r"nocol\.fits\[WISE_GAIA\]: no p_true column$"):
+        diag.read_diag(tmp_path / "nocol.fits")
+    with pytest.raises(FormatError, match=r"nohdu\.fits: no WISE_PAIRS HDU$"):
+        diag.read_diag(tmp_path / "nohdu.fits")
+    fits.HDUList([fits.PrimaryHDU()]).writeto(tmp_path / "other.fits")
+    with pytest.raises(FormatError, match=r"not a diagnostics file \(CONTENT != STKXFMDIAG\)"):
+        diag.read_diag(tmp_path / "other.fits")
+    assert diag.read_diag(tmp_path / "g.fits").path == str(tmp_path / "g.fits")
+
+
+# ---------------------------------------------------------------------------------------------
+# §1 the pairs file's content from the matching core (what stk_match writes)
+
+_T0 = (150.0, 2.0)      # the stack's tangent point
+
+
+def _sky(xi, eta):
+    from stk_astrometry.tangent import tangent_to_sky
+
+    return tangent_to_sky(np.asarray(xi, float), np.asarray(eta, float), *_T0)
+
+
+def _match_inputs(*, with_wise=True, gaia_errors=True):
+    from stk_astrometry import matching
+
+    dxi, deta = np.array([0.0, 60.0, -100.0, 120.0]), np.array([0.0, -30.0, 50.0, 120.0])
+    ra, dec = _sky(dxi, deta)
+    det = matching.Detections(
+        region_id=np.array([11, 22, 33, 44]), ra_deg=ra, dec_deg=dec,
+        err_r0_arcsec=np.array([1.1, 1.2, 1.3, 1.4]), err_r1_arcsec=np.array([0.6, 0.7, 0.8, 0.9]),
+        err_ang_deg=np.array([10.0, 20.0, 30.0, 40.0]),
+        theta_arcmin=np.array([2.5, 3.5, 4.5, 5.5]), src_cnts=np.array([50.0, 60.0, 70.0, 80.0]),
+        likelihood_class=np.array(["TRUE", "MARGINAL", "FALSE", "TRUE"]))
+    gxi = np.array([0.5, 61.2, -2.0, 300.0])
+    geta = np.array([0.0, -29.0, 1.5, -300.0])
+    gra, gdec = _sky(gxi, geta)
+    gaia = matching.GaiaSources(
+        source_id=np.array([5001, 5002, 5003, 5004], dtype=np.int64), ra_deg=gra, dec_deg=gdec,
+        pmra_masyr=np.array([1.0, 2.0, 3.0, 4.0]), pmdec_masyr=np.array([-1.0, -2.0, 0.0, 1.0]),
+        sigra_arcsec=np.array([0.01, 0.02, 0.03, 0.04]) if gaia_errors else None,
+        sigdec_arcsec=np.array([0.05, 0.06, 0.07, 0.08]) if gaia_errors else None)
+    if not with_wise:
+        return det, gaia, None, None
+    wxi, weta = np.array([60.3, 300.2]), np.array([-30.2, -300.1])
+    wra, wdec = _sky(wxi, weta)
+    wise = matching.WiseSources(
+        allwise_oid=np.array([7001, 7002], dtype=np.int64), ra_deg=wra, dec_deg=wdec,
+        sigra_arcsec=np.array([0.15, 0.25]), sigdec_arcsec=np.array([0.35, 0.45]),
+        cc_flags=np.array(["0000", "0000"]))
+    best = matching.BestNeighbours(source_id=np.array([5002, 5004], dtype=np.int64),
+                                   allwise_oid=np.array([7001, 7002], dtype=np.int64))
+    return det, gaia, wise, best
+
+
+def _pairs_from_inputs(det, gaia, wise, best, **config):
+    from stk_astrometry import matching
+
+    cfg = matching.MatchConfig(*_T0, **{"r_stack_arcmin": 10.0, "sep_bins_arcsec": (1.0, 2.0, 3.0),
+                                        "max_pm_masyr": 40.0, "match_radius_arcsec": 3.0, **config})
+    result = matching.match_stack(det, gaia, cfg, wise=wise, best_neighbours=best)
+    return result, pairs.pairs_from_match(result, det, gaia, wise,
+                                          stackid="acisfJ1000000p020000_001", instrument="ACIS")
+
+
+def _check_pair_rows(table, det, ref_id, ref_ra, ref_dec, sigra, sigdec, want):
+    from stk_astrometry.tangent import sky_to_tangent
+
+    got = sorted(zip(table["region_id"].tolist(), table["ref_id"].tolist(), strict=True))
+    assert got == sorted(want)
+    assert table["region_id"].dtype == np.int32 and table["ref_id"].dtype == np.int64
+    assert table["group"].dtype == np.int32 and table["n_cand"].dtype == np.int32
+    for k in range(len(table["region_id"])):
+        d = list(det.region_id).index(table["region_id"][k])
+        r = list(ref_id).index(table["ref_id"][k])
+        assert table["det_ra"][k] == det.ra_deg[d] and table["det_dec"][k] == det.dec_deg[d]
+        assert table["ref_ra"][k] == ref_ra[r] and table["ref_dec"][k] == ref_dec[r]
+        dx, de = sky_to_tangent(det.ra_deg[d], det.dec_deg[d], *_T0)
+        rx, re_ = sky_to_tangent(ref_ra[r], ref_dec[r], *_T0)
+        assert table["det_xi"][k] == pytest.approx(dx, abs=1e-9)
+        assert table["det_eta"][k] == pytest.approx(de, abs=1e-9)
+        assert table["ref_xi"][k] == pytest.approx(rx, abs=1e-9)
+        assert table["ref_eta"][k] == pytest.approx(re_, abs=1e-9)
+        assert table["d_xi"][k] == pytest.approx(rx - dx, abs=1e-6)
+        assert table["d_eta"][k] == pytest.approx(re_ - de, abs=1e-6)
+        assert table["sep"][k] == pytest.approx(np.hypot(rx - dx, re_ - de), abs=1e-6)
+        assert table["group"][k] == min(3, int(np.ceil(table["sep"][k])))
+        assert (table["err_r0"][k], table["err_r1"][k], table["err_ang"][k]) == \
+            (det.err_r0_arcsec[d], det.err_r1_arcsec[d], det.err_ang_deg[d])
+        assert (table["theta"][k], table["src_cnts"][k]) == (det.theta_arcmin[d], det.src_cnts[d])
+        assert (table["ref_sigra"][k], table["ref_sigdec"][k]) == (sigra[r], sigdec[r])
+        assert table["n_cand"][k] == sum(1 for x in table["region_id"] if x == table["region_id"][k])
+
+
+def test_pairs_from_match_columns_are_the_inputs_rows(tmp_path):
+    """Each column of every HDU holds the value of the right input row (formats.md §1):
+    the detection's, the reference's, their tangent-plane positions and offsets."""
+    det, gaia, wise, best = _match_inputs()
+    result, p = _pairs_from_inputs(det, gaia, wise, best)
+    assert [list(p.tables[n]) for n in pairs.TABLE_HDUS] == \
+        [[c for c, _, _ in pairs.LAYOUTS[n]] for n in pairs.TABLE_HDUS]
+    d = p.detections
+    assert d["region_id"].tolist() == [11, 22, 44] and d["region_id"].dtype == np.int32
+    rows = [0, 1, 3]
+    for col, src in (("ra", det.ra_deg), ("dec", det.dec_deg), ("err_r0", det.err_r0_arcsec),
+                     ("err_r1", det.err_r1_arcsec), ("err_ang", det.err_ang_deg),
+                     ("theta", det.theta_arcmin), ("src_cnts", det.src_cnts)):
+        assert d[col].tolist() == src[rows].tolist(), col
+    assert d["xi"] == pytest.approx([0.0, 60.0, 120.0], abs=1e-9)
+    assert d["eta"] == pytest.approx([0.0, -30.0, 120.0], abs=1e-9)
+    assert d["likelihood_class"].tolist() == ["TRUE", "MARGINAL", "TRUE"]
+    assert d["n_gaia"].tolist() == [2, 1, 0] and d["n_gaia"].dtype == np.int32
+    assert d["n_wise"].tolist() == [0, 1, 0] and d["n_wise"].dtype == np.int32
+    _check_pair_rows(p.tables["GAIA_PAIRS"], det, gaia.source_id, gaia.ra_deg, gaia.dec_deg,
+                     gaia.sigra_arcsec, gaia.sigdec_arcsec, [(11, 5001), (11, 5003), (22, 5002)])
+    _check_pair_rows(p.tables["WISE_PAIRS"], det, wise.allwise_oid, wise.ra_deg, wise.dec_deg,
+                     wise.sigra_arcsec, wise.sigdec_arcsec, [(22, 7001)])
+    wg = p.tables["WISE_GAIA"]
+    assert sorted(zip(wg["wise_id"].tolist(), wg["gaia_id"].tolist(), strict=True)) == [(7001, 5002), (7002, 5004)]
+    assert wg["wise_id"].dtype == np.int64 and wg["gaia_id"].dtype == np.int64
+    for k in range(2):
+        w = list(wise.allwise_oid).index(wg["wise_id"][k])
+        g = list(gaia.source_id).index(wg["gaia_id"][k])
+        assert (wg["wise_ra"][k], wg["wise_dec"][k]) == (wise.ra_deg[w], wise.dec_deg[w])
+        assert (wg["gaia_ra"][k], wg["gaia_dec"][k]) == (gaia.ra_deg[g], gaia.dec_deg[g])
+        assert (wg["wise_sigra"][k], wg["wise_sigdec"][k]) == \
+            (wise.sigra_arcsec[w], wise.sigdec_arcsec[w])
+        wx, we = np.array([60.3, 300.2])[w], \
+            np.array([-30.2, -300.1])[w]
+        gx, ge = np.array([0.5, 61.2, -2.0, 300.0])[g], np.array([0.0, -29.0, 1.5, -300.0])[g]
+        assert (wg["wise_xi"][k], wg["wise_eta"][k]) == pytest.approx((wx, we), abs=1e-8)
+        assert (wg["gaia_xi"][k], wg["gaia_eta"][k]) == pytest.approx((gx, ge), abs=1e-8)
+        assert (wg["d_xi"][k], wg["d_eta"][k]) == pytest.approx((gx - wx, ge - we), abs=1e-6)
+        assert wg["sep"][k] == pytest.approx(np.hypot(gx - wx, ge - we), abs=1e-6)
+    assert p.units == {n: {c: u for c, _, u in pairs.LAYOUTS[n] if u} for n in pairs.TABLE_HDUS}
+    assert p.cards == {n: () for n in pairs.TABLE_HDUS} and p.path is None
+    # written and read back: the same tables
+    pairs.write_pairs(p, tmp_path / "p.fits", HIST)
+    q = pairs.read_pairs(tmp_path / "p.fits")
+    for name in pairs.TABLE_HDUS:
+        _equal_tables(p.tables[name], q.tables[name])
+
+
+def test_pairs_from_match_stack_keywords_as_documented():
+    """The primary's keywords, in the documented order, with the match's counts."""
+    det, gaia, wise, best = _match_inputs()
+    result, p = _pairs_from_inputs(det, gaia, wise, best, method="twostep")
+    keys = {k: v for k, v, _ in p.keywords}
+    comments = {k: c for k, _, c in p.keywords}
+    names = [k for k, _, _ in p.keywords]
+    assert names[:14] == ["STACKID", "INSTRUME", "RA_STACK", "DEC_STACK", "RSTACK", "MATCHRAD",
+                          "SEPBINS", "NGROUPS", "MAXPM", "DENSGAIA", "DENSWISE", "HAVEWISE",
+                          "NMGAIA", "NMWISE"]
+    assert names[14:22] == ["NMGAIA1", "NMGAIA2", "NMGAIA3", "NMWISE1", "NMWISE2", "NMWISE3",
+                            "METHOD", "METHREQ"]
+    assert names[22:] == [f.keyword for f in result.filters]
+    assert keys["STACKID"] == "acisfJ1000000p020000_001" and keys["INSTRUME"] == "ACIS"
+    assert (keys["RA_STACK"], keys["DEC_STACK"]) == _T0
+    assert (keys["RSTACK"], keys["MATCHRAD"], keys["MAXPM"]) == (10.0, 3.0, 40.0)
+    assert keys["SEPBINS"] == "1,2,3" and keys["NGROUPS"] == 3
+    assert keys["DENSGAIA"] == pytest.approx(4 / (np.pi * 100))
+    assert keys["DENSWISE"] == pytest.approx(2 / (np.pi * 100))
+    assert keys["HAVEWISE"] is True
+    assert (keys["NMGAIA"], keys["NMWISE"]) == (2, 1)
+    assert [keys[f"NMGAIA{i}"] for i in (1, 2, 3)] == [1, 1, 1]
+    assert [keys[f"NMWISE{i}"] for i in (1, 2, 3)] == [1, 0, 0]
+    assert (keys["METHOD"], keys["METHREQ"]) == ("twostep", "twostep")
+    assert keys["NDCLASS"] == 1 and keys["NDETIN"] == 4 and keys["NDET"] == 3
+    assert all(type(v) in (str, int, float, bool) for v in keys.values())
+    assert comments["STACKID"] == "detect_stack_id"
+    assert comments["RA_STACK"] == "[deg] stack tangent point RA"
+    assert comments["DEC_STACK"] == "[deg] stack tangent point Dec"
+    assert comments["INSTRUME"] == "ACIS or HRC"
+    assert comments["NMGAIA2"] == "detections with a Gaia match in group 2"
+    assert comments["NMWISE3"] == "detections with an ALLWISE match in group 3"
+    for f in result.filters:
+        assert comments[f.keyword] == f.description[:47]
+    assert (p.stackid, p.instrument, p.method, p.n_groups) == \
+        ("acisfJ1000000p020000_001", "ACIS", "twostep", 3)
+    assert (p.ra_stack, p.dec_stack, p.match_radius) == (*_T0, 3.0)
+    assert p.dens_gaia == keys["DENSGAIA"] and p.dens_wise == keys["DENSWISE"]
+    assert all(type(v) is float for v in (p.ra_stack, p.dec_stack, p.match_radius, p.dens_gaia,
+                                          p.dens_wise))
+
+
+def test_pairs_from_match_without_allwise():
+    """No ALLWISE: empty WISE_PAIRS/WISE_GAIA with their layouts, HAVEWISE F, DENSWISE 0 in
+    the header but dens_wise None; Gaia without stated errors: ref_sigra/ref_sigdec 0."""
+    det, gaia, _, _ = _match_inputs(with_wise=False, gaia_errors=False)
+    result, p = _pairs_from_inputs(det, gaia, None, None, sep_bins_arcsec=(1.5, 3.0))
+    keys = {k: v for k, v, _ in p.keywords}
+    assert keys["HAVEWISE"] is False and keys["DENSWISE"] == 0.0 and p.dens_wise is None
+    assert keys["SEPBINS"] == "1.5,3" and keys["NGROUPS"] == 2 and p.n_groups == 2
+    assert [keys[f"NMWISE{i}"] for i in (1, 2)] == [0, 0] and "NMWISE3" not in keys
+    assert keys["METHOD"] == "direct" and keys["METHREQ"] == "auto"
+    for name in ("WISE_PAIRS", "WISE_GAIA"):
+        assert p.n_rows(name) == 0
+        assert list(p.tables[name]) == [c for c, _, _ in pairs.LAYOUTS[name]]
+    g = p.tables["GAIA_PAIRS"]
+    assert g["ref_sigra"].tolist() == [0.0] * 3 and g["ref_sigdec"].tolist() == [0.0] * 3
+    assert p.detections["n_wise"].tolist() == [0, 0, 0]
+
+
+def test_pairset_of_a_pair_hdu_and_of_wise_gaia():
+    det, gaia, wise, best = _match_inputs()
+    _, p = _pairs_from_inputs(det, gaia, wise, best)
+    g, ps = p.tables["GAIA_PAIRS"], p.pairs("GAIA_PAIRS")
+    for field, col in (("region_id", "region_id"), ("src_xi", "det_xi"), ("src_eta", "det_eta"),
+                       ("d_xi", "d_xi"), ("d_eta", "d_eta"), ("sep", "sep"), ("group", "group"),
+                       ("err_r0", "err_r0"), ("err_r1", "err_r1"), ("err_ang", "err_ang"),
+                       ("ref_sigra", "ref_sigra"), ("ref_sigdec", "ref_sigdec")):
+        assert np.array_equal(getattr(ps, field), g[col]), field
+    assert ps.region_id.dtype == np.int64 and ps.d_xi.dtype == np.float64
+    wg, ws = p.tables["WISE_GAIA"], p.pairs("WISE_GAIA")
+    for field, col in (("region_id", "wise_id"), ("src_xi", "wise_xi"), ("src_eta", "wise_eta"),
+                       ("d_xi", "d_xi"), ("d_eta", "d_eta"), ("sep", "sep"),
+                       ("ref_sigra", "wise_sigra"), ("ref_sigdec", "wise_sigdec")):
+        assert np.array_equal(getattr(ws, field), wg[col]), field
+    assert ws.group.tolist() == [0, 0]
+    assert all(np.isnan(getattr(ws, f)).all() and len(getattr(ws, f)) == 2
+               for f in ("err_r0", "err_r1", "err_ang"))
+
+
+def test_diag_keeps_the_pairs_layout_whatever_the_in_memory_dtypes(tmp_path):
+    """region_id stays int32 ('J') and ids int64 ('K') as formats.md §1 lays them out, even
+    from in-memory pairs with other integer widths and without units."""
+    p = make_pairs(np.random.default_rng(8), n_gaia=2, n_wise=0, n_wg=1)
+    tables = {name: dict(cols) for name, cols in p.tables.items()}
+    tables["GAIA_PAIRS"]["region_id"] = tables["GAIA_PAIRS"]["region_id"].astype(np.int64)
+    tables["GAIA_PAIRS"]["group"] = tables["GAIA_PAIRS"]["group"].astype(np.int16)
+    tables["WISE_GAIA"]["wise_id"] = tables["WISE_GAIA"]["wise_id"].astype(np.int32)
+    p = pairs.Pairs(**{**p.__dict__, "tables": tables, "units": {}})
+    diag.write_diag(tmp_path / "g.fits", p, {}, {}, HIST)
+    with fits.open(tmp_path / "g.fits") as hdul:
+        g = hdul["GAIA_PAIRS"].columns
+        assert (g["region_id"].format, g["group"].format, g["ref_id"].format) == ("J", "J", "K")
+        assert hdul["WISE_GAIA"].columns["wise_id"].format == "K"
+        assert g["det_ra"].unit is None
+
+
+def test_diag_copy_of_a_pairs_file_has_each_keyword_once(tmp_path):
+    p = make_pairs(np.random.default_rng(8))
+    pairs.write_pairs(p, tmp_path / "p.fits", HIST)
+    diag.write_diag(tmp_path / "g.fits", pairs.read_pairs(tmp_path / "p.fits"), {}, {}, HIST)
+    with fits.open(tmp_path / "g.fits") as hdul:
+        for name in diag.HDUS:
+            keys = [k for k in hdul[name].header.keys() if k not in ("HISTORY", "COMMENT")]
+            assert len(keys) == len(set(keys)), name
+            assert keys.count("STACKID") == 1 and keys.count("DTYPE1") == 1

@@ -1297,16 +1297,26 @@ def _simulate(p, run):
     logger.info("True shift d_xi=%.4f d_eta=%.4f arcsec; CRB %.4f, %.4f arcsec from %d pairs",
                 t.d_xi_arcsec, t.d_eta_arcsec, t.crb_xi_arcsec, t.crb_eta_arcsec, t.n_crb)
 
+    from stk_astrometry.fitsutil import deferred_durability, make_durable
+
     out = Path(outdir)
     parent = out.parent if str(out.parent) else Path(".")
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=parent))
     products = []
     try:
-        paths = simfiles.write_stack(sim, tmp, run, shown_folder=out)
-        if p["products"]:
-            products = simfiles.write_products(sim, tmp / "products",
-                                               rng=np.random.default_rng(prod_seq))
-            logger.info("Wrote %d data products under %s", len(products), out / "products")
+        # group commit: the tree's files are written unsynced, then made durable together
+        # (one syncfs) before the tree is renamed into place -- the products were not synced
+        # at all before, the catalogs two commits each
+        with deferred_durability(sync=False) as pending:
+            paths = simfiles.write_stack(sim, tmp, run, shown_folder=out)
+            if p["products"]:
+                products = simfiles.write_products(sim, tmp / "products",
+                                                   rng=np.random.default_rng(prod_seq))
+                logger.info("Wrote %d data products under %s", len(products),
+                            out / "products")
+        written = [q for q in pending.paths if Path(q).is_relative_to(tmp)]
+        make_durable([*written, *products],
+                     folders=[tmp, *(Path(d) for d, _, _ in os.walk(tmp))])
         os.chmod(tmp, 0o777 & ~simfiles.umask())
         simfiles.install_tree(tmp, out)
     except OSError as exc:

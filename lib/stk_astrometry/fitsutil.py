@@ -241,7 +241,7 @@ def _syncfs(fd):
     return True
 
 
-def make_durable(paths):
+def make_durable(paths, *, folders=()):
     """Make files already renamed into place durable, with as few journal commits as possible.
 
     One ``syncfs(2)`` per file system holding them (it writes back the file system's dirty
@@ -255,6 +255,8 @@ def make_durable(paths):
     paths : iterable of path-like
         Files (a path listed more than once is synced once; a path no longer there is skipped:
         it was replaced or removed since, and whatever replaced it answers for itself).
+    folders : iterable of path-like
+        More folders to fsync besides the files' own (e.g. new intermediate folders).
 
     Raises
     ------
@@ -263,9 +265,10 @@ def make_durable(paths):
         whoever asked must not record them as finished.
     """
     files = list(dict.fromkeys(os.fspath(p) for p in paths))
-    if not files:
+    folders = list(dict.fromkeys([*(os.path.dirname(f) or "." for f in files),
+                                  *(os.fspath(f) for f in folders)]))
+    if not folders:
         return
-    folders = list(dict.fromkeys(os.path.dirname(f) or "." for f in files))
     by_dev = {}
     for folder in folders:
         try:
