@@ -376,9 +376,13 @@ def test_tail_group_does_not_capture_the_fit():
     spec = xfmfit.fit_leg_spec(pairs, weighting="det", n_groups=3)
     assert spec.group == 3
     diff = np.array([spec.d_xi - fit.d_xi, spec.d_eta - fit.d_eta])
-    combined = fit.cov + np.array([[spec.d_xi_err**2, spec.cov_xi_eta],
-                                   [spec.cov_xi_eta, spec.d_eta_err**2]])
+    # DISAGREE compares the spec's covariance within its group (spec.fit.cov): its reported
+    # sigma is raised for the fragile group choice (leaving out one of the three pairs hands
+    # the fit to group 1), which is what DISAGREE is there to catch
+    combined = fit.cov + spec.fit.cov
     assert np.sqrt(diff @ np.linalg.solve(combined, diff)) > 3
+    reported = fit.cov + spec.cov
+    assert np.sqrt(diff @ np.linalg.solve(reported, diff)) < 3
 
 
 # ---------------------------------------------------------------------------------------------
