@@ -1010,11 +1010,13 @@ def _fit(pairs_in, p, history):
         logger.info("the mixture fit failed (%s); DISAGREE not evaluated", mix.message)
     disagree_reason = None
     if spec.ok and mix is not None and mix.ok:
-        dist = stackfit.disagreement(spec.total, mix.total)
+        compare = spec.compare_cov or (None, None)
+        dist = stackfit.disagreement(spec.total, mix.total, cov_a=compare[0])
         if dist is None and spec.extra_nomatch and mix.extra_nomatch:
             # without ALLWISE-Gaia pairs both totals are their detection legs (the other leg
             # is 0 with unknown errors): compare those
-            dist = stackfit.disagreement(spec.components[1], mix.components[1])
+            dist = stackfit.disagreement(spec.components[1], mix.components[1],
+                                         cov_a=compare[1])
         if dist is None:
             logger.info("DISAGREE not evaluated: a covariance is unknown or singular")
         elif dist > stackfit.DISAGREE_SIGMA:
