@@ -218,6 +218,36 @@ def test_simulate_stack_matches_the_tool(tmp_path):
     assert r.products == () and r.seed == 7 and np.isfinite(r.crb_xi)
 
 
+def test_simulate_stack_makes_its_tree_durable_before_publishing_it(tmp_path, monkeypatch):
+    """Group commit (issue 11): the catalogs and products are written unsynced into the
+    temporary tree, made durable together (one make_durable over every file, products
+    included), and only then is the tree renamed into place."""
+    from stk_astrometry import fitsutil, simfiles
+
+    events = []
+    real_make, real_install = fitsutil.make_durable, simfiles.install_tree
+
+    def make_durable(paths, **kw):
+        paths = [str(q) for q in paths]
+        events.append(("durable", paths, [Path(q).exists() for q in paths]))
+        return real_make(paths, **kw)
+
+    def install_tree(tmp, outdir):
+        events.append(("install", str(tmp)))
+        return real_install(tmp, outdir)
+
+    monkeypatch.setattr(fitsutil, "make_durable", make_durable)
+    monkeypatch.setattr(simfiles, "install_tree", install_tree)
+    r = api.simulate_stack(tmp_path / "s", seed=3, ndet=10)
+    assert [e[0] for e in events] == ["durable", "install"]
+    _, synced, existed = events[0]
+    tmp = events[1][1]
+    assert all(existed) and all(q.startswith(tmp) for q in synced)
+    published = sorted(str(Path(q).relative_to(tmp)) for q in synced)
+    expected = sorted(str(Path(q).relative_to(r.outdir)) for q in (*r.files.values(), *r.products))
+    assert published == expected and len(r.products) > 40
+
+
 def test_the_library_never_imports_a_tool_front_end():
     """Tools import the library (the API), never the reverse: no module outside tools/
     imports ``stk_astrometry.tools`` (module level or inside a function)."""

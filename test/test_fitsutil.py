@@ -159,38 +159,86 @@ def test_atomic_path_failure_keeps_old_file(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["o.txt"]
 
 
-def test_deferred_folder_sync_renames_at_once_and_syncs_each_folder_once(tmp_path, monkeypatch):
-    """Several outputs in one block (issue 11): each renamed into place complete as it is
-    written, each folder fsynced once at the end of the block; outside a block once per file."""
+def test_commit_group_syncs_the_data_before_any_rename(tmp_path, monkeypatch):
+    """Several outputs of one step (issue 11): each written in full to its temporary, nothing
+    renamed inside the block; at its end one syncfs for the data, then the renames, then each
+    folder fsynced once -- two journal commits in all, never a rename before the data."""
     from stk_astrometry import fitsutil
 
-    synced = []
-    monkeypatch.setattr(fitsutil, "fsync_directory", lambda path: synced.append(str(path)))
+    log = _SyncLog(monkeypatch)
     (tmp_path / "b").mkdir()
     outs = [tmp_path / "x.txt", tmp_path / "y.txt", tmp_path / "b" / "z.txt"]
-    with fitsutil.deferred_folder_sync():
+    outs[0].write_text("old")
+    with fitsutil.commit_group():
         for i, out in enumerate(outs):
-            with fitsutil.atomic_path(out) as tmp:
+            with atomic_path(out) as tmp:
                 tmp.write_text(f"new {i}")
-            assert out.read_text() == f"new {i}"          # in place at once, complete
-        with fitsutil.deferred_folder_sync():              # nested: joins the outer block
-            with fitsutil.atomic_path(outs[0]) as tmp:
-                tmp.write_text("again")
-        assert synced == []
-    assert sorted(synced) == sorted([str(tmp_path), str(tmp_path / "b")])
+        with fitsutil.commit_group():                      # nested: joins the outer block
+            pass
+        assert log.calls == [] and outs[0].read_text() == "old" and not outs[1].exists()
+        assert len([p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]) == 2
+    assert log.names() == ["syncfs", "replace", "replace", "replace", "fsync", "fsync"], log.calls
+    assert sorted(c[1] for c in log.calls[4:]) == sorted([str(tmp_path), str(tmp_path / "b")])
+    assert [o.read_text() for o in outs] == ["new 0", "new 1", "new 2"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b", "x.txt", "y.txt"]
-    synced.clear()
-    with fitsutil.atomic_path(outs[1]) as tmp:
-        tmp.write_text("alone")
-    assert synced == [str(tmp_path)]
-    # a block that raises still makes the renames it did durable
-    synced.clear()
+
+
+def test_commit_group_of_one_file_fsyncs_it(tmp_path, monkeypatch):
+    from stk_astrometry import fitsutil
+
+    log = _SyncLog(monkeypatch)
+    out = tmp_path / "o.txt"
+    with fitsutil.commit_group():
+        with atomic_path(out) as tmp:
+            tmp.write_text("x")
+    assert log.names() == ["fsync", "replace", "fsync"]
+    assert log.calls[0][1].startswith(str(tmp_path / ".o.txt.")) and log.calls[2][1] == str(tmp_path)
+
+
+def test_commit_group_that_raises_replaces_nothing(tmp_path, monkeypatch):
+    from stk_astrometry import fitsutil
+
+    log = _SyncLog(monkeypatch)
+    a, b = tmp_path / "a.txt", tmp_path / "b.txt"
+    a.write_text("old a")
     with pytest.raises(RuntimeError):
-        with fitsutil.deferred_folder_sync():
-            with fitsutil.atomic_path(outs[2]) as tmp:
-                tmp.write_text("before the error")
+        with fitsutil.commit_group():
+            with atomic_path(a) as tmp:
+                tmp.write_text("new a")
+            with atomic_path(b) as tmp:
+                tmp.write_text("new b")
             raise RuntimeError("boom")
-    assert synced == [str(tmp_path / "b")] and outs[2].read_text() == "before the error"
+    assert log.calls == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"] and a.read_text() == "old a"
+
+
+def test_commit_group_failing_sync_is_an_output_error(tmp_path, monkeypatch):
+    from stk_astrometry import fitsutil
+
+    def broken(fd):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(fitsutil, "_syncfs", broken)
+    outs = [tmp_path / "a.txt", tmp_path / "b.txt"]
+    with pytest.raises(OutputError, match="cannot write"):
+        with fitsutil.commit_group():
+            for out in outs:
+                with atomic_path(out) as tmp:
+                    tmp.write_text("x")
+    assert list(tmp_path.iterdir()) == []      # nothing renamed, no temporaries left
+
+
+def test_commit_group_inside_deferred_durability_renames_at_once(tmp_path, monkeypatch):
+    from stk_astrometry import fitsutil
+
+    log = _SyncLog(monkeypatch)
+    out = tmp_path / "o.txt"
+    with fitsutil.deferred_durability(sync=False) as pending:
+        with fitsutil.commit_group():
+            with atomic_path(out) as tmp:
+                tmp.write_text("x")
+            assert out.read_text() == "x"
+    assert log.names() == ["replace"] and pending.paths == [str(out)]
 
 
 class _SyncLog:

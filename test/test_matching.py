@@ -802,3 +802,34 @@ def test_the_sweep_takes_up_to_its_candidate_limit_and_the_tree_beyond(monkeypat
         assert bool(used) is by_tree, limit
         for a, b in zip(got, expected, strict=True):
             assert np.array_equal(a, b)
+
+
+def test_an_allwise_source_with_either_error_unusable_is_dropped():
+    ra0, dec0 = 150.0, 2.0
+    w_ra, w_dec = offsets_to_sky(ra0, dec0, [0.0, 50.0, 100.0], [0.0, 0.0, 0.0])
+    wise = WiseSources(allwise_oid=np.array([1, 2, 3]), ra_deg=w_ra, dec_deg=w_dec,
+                       sigra_arcsec=np.array([0.1, 0.0, 0.1]),
+                       sigdec_arcsec=np.array([0.1, 0.1, np.nan]), cc_flags=np.array(["0000"] * 3))
+    bn = BestNeighbours(source_id=np.array([], dtype=np.int64),
+                        allwise_oid=np.array([], dtype=np.int64))
+    res = match_stack(make_detections([ra0], [dec0]), make_gaia([], []), MatchConfig(ra0, dec0),
+                      wise=wise, best_neighbours=bn)
+    assert counts(res)["NWBADERR"] == 2 and res.wise_rows.tolist() == [0]
+
+
+def test_a_forced_method_is_honoured_and_twostep_needs_allwise():
+    ra0, dec0, det, gaia, wise, bn = _full_stack()      # auto would choose twostep (3 < 4)
+    res = match_stack(det, gaia, MatchConfig(ra0, dec0, r_stack_arcmin=12.0, method="direct"),
+                      wise=wise, best_neighbours=bn)
+    assert res.method == "direct"
+    with pytest.raises(ParameterError, match="twostep needs the ALLWISE"):
+        match_stack(det, gaia, MatchConfig(ra0, dec0, r_stack_arcmin=12.0, method="twostep"))
+
+
+def test_a_single_best_neighbour_association_gives_its_pair():
+    ra0, dec0, det, gaia, wise, _ = _full_stack()
+    bn = BestNeighbours(source_id=np.array([14]), allwise_oid=np.array([107]))
+    res = match_stack(det, gaia, MatchConfig(ra0, dec0, r_stack_arcmin=12.0), wise=wise,
+                      best_neighbours=bn)
+    assert np.asarray(wise.allwise_oid)[res.wise_gaia.wise_row].tolist() == [107]
+    assert np.asarray(gaia.source_id)[res.wise_gaia.gaia_row].tolist() == [14]

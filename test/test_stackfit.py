@@ -54,3 +54,27 @@ def test_a_rejected_bright_counterpart_is_warned_about_naming_the_stack(caplog):
     text = caplog.text
     assert "acisfJ0000000p000000_001" in text and "region_id 0 (0.50\"" in text
     assert "1 bright detection(s)" in text and "syserr=fit" in text
+
+
+def test_disagree_compares_the_spec_covariance_within_its_group():
+    """A tail group of three identical pairs wins the spec's group rule; its reported sigma is
+    raised for the fragile group choice (issue 14), but DISAGREE compares the covariance
+    within the group, so a mixture estimate at the true shift still disagrees."""
+    rng = np.random.default_rng(7)
+    n = 40
+    dx = np.r_[0.2 + rng.normal(0, 0.3, n), np.full(3, -2.2)]
+    dy = np.r_[-0.1 + rng.normal(0, 0.3, n), np.full(3, -1.0)]
+    pairs = _pairs(np.arange(n + 3), dx, dy, np.full(n + 3, 0.3))
+    sep = np.hypot(dx, dy)
+    pairs = PairSet(**{**pairs.__dict__, "group": np.clip(np.ceil(sep), 1, 3).astype(int)})
+    from stk_astrometry import xfmfit
+
+    fit = xfmfit.fit_stack_spec("direct", pairs, n_groups=3)
+    spec = stackfit.spec_estimate(fit)
+    assert fit.det_leg.group == 3
+    total_cov, det_cov = spec.compare_cov
+    np.testing.assert_allclose(total_cov, fit.det_leg.fit.cov, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(det_cov, fit.det_leg.fit.cov)
+    mix = SimpleNamespace(d_xi=0.2, d_eta=-0.1, cov=np.eye(2) * 0.05**2)
+    assert stackfit.disagreement(spec.total, mix, cov_a=total_cov) > 3
+    assert stackfit.disagreement(spec.total, mix) < 3       # the reported, raised covariance

@@ -77,7 +77,7 @@ def _patch_distance(monkeypatch, value):
         from stk_astrometry import stackfit as where      # after the in-process API refactor
     except ImportError:
         from stk_astrometry.tools import stk_xfm as where
-    monkeypatch.setattr(where, "disagreement", lambda a, b: value)
+    monkeypatch.setattr(where, "disagreement", lambda a, b, **kw: value)
 
 
 def test_disagree_only_beyond_three_combined_sigma(tmp_path, capsys, monkeypatch):

@@ -863,9 +863,12 @@ def fit_stack(pairs, outfile=None, *, outdetfile=None, diagfile=None, estimator=
 
     Notes
     -----
-    Each output appears atomically; all of them are durable on return (each file fsynced
-    before its rename, each folder once after the last), or at the end of an enclosing
-    :func:`deferred_durability` block (module docstring, "Durability").
+    The outputs are written in full, made durable together (one fsync, or one syncfs for
+    several) and only then renamed into place, each folder fsynced once after: on return
+    all of them are durable, each wholly old or wholly new after a kill or a crash; when
+    the call fails none is replaced.  Inside a :func:`deferred_durability` block they are
+    renamed at once and made durable at the block's end instead (module docstring,
+    "Durability").
     """
     given = dict(outfile=outfile, outdetfile=outdetfile, diagfile=diagfile,
                  estimator=estimator, loss=loss, f_scale=f_scale, max_shift=max_shift,
@@ -1007,11 +1010,13 @@ def _fit(pairs_in, p, history):
         logger.info("the mixture fit failed (%s); DISAGREE not evaluated", mix.message)
     disagree_reason = None
     if spec.ok and mix is not None and mix.ok:
-        dist = stackfit.disagreement(spec.total, mix.total)
+        compare = spec.compare_cov or (None, None)
+        dist = stackfit.disagreement(spec.total, mix.total, cov_a=compare[0])
         if dist is None and spec.extra_nomatch and mix.extra_nomatch:
             # without ALLWISE-Gaia pairs both totals are their detection legs (the other leg
             # is 0 with unknown errors): compare those
-            dist = stackfit.disagreement(spec.components[1], mix.components[1])
+            dist = stackfit.disagreement(spec.components[1], mix.components[1],
+                                         cov_a=compare[1])
         if dist is None:
             logger.info("DISAGREE not evaluated: a covariance is unknown or singular")
         elif dist > stackfit.DISAGREE_SIGMA:
@@ -1061,10 +1066,10 @@ def _fit(pairs_in, p, history):
                          if with_alternative and alt_ok else None))
 
     hist = _history("stk_xfm", FIT_DEFAULTS, dict(p, infile=infile or ""), history)
-    from stk_astrometry.fitsutil import deferred_folder_sync
+    from stk_astrometry.fitsutil import commit_group
 
-    # each output is renamed into place when written; the folders are fsynced once at the end
-    with deferred_folder_sync():
+    # the outputs are written, synced together, then renamed: two journal commits in all
+    with commit_group():
         if outfile:
             transform.write_transform(outfile, applied.components, keywords(True), hist,
                                       instrument=pin.instrument, ra_ref=pin.ra_stack,
@@ -1295,16 +1300,26 @@ def _simulate(p, run):
     logger.info("True shift d_xi=%.4f d_eta=%.4f arcsec; CRB %.4f, %.4f arcsec from %d pairs",
                 t.d_xi_arcsec, t.d_eta_arcsec, t.crb_xi_arcsec, t.crb_eta_arcsec, t.n_crb)
 
+    from stk_astrometry.fitsutil import deferred_durability, make_durable
+
     out = Path(outdir)
     parent = out.parent if str(out.parent) else Path(".")
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=parent))
     products = []
     try:
-        paths = simfiles.write_stack(sim, tmp, run, shown_folder=out)
-        if p["products"]:
-            products = simfiles.write_products(sim, tmp / "products",
-                                               rng=np.random.default_rng(prod_seq))
-            logger.info("Wrote %d data products under %s", len(products), out / "products")
+        # group commit: the tree's files are written unsynced, then made durable together
+        # (one syncfs) before the tree is renamed into place -- the products were not synced
+        # at all before, the catalogs two commits each
+        with deferred_durability(sync=False) as pending:
+            paths = simfiles.write_stack(sim, tmp, run, shown_folder=out)
+            if p["products"]:
+                products = simfiles.write_products(sim, tmp / "products",
+                                                   rng=np.random.default_rng(prod_seq))
+                logger.info("Wrote %d data products under %s", len(products),
+                            out / "products")
+        written = [q for q in pending.paths if Path(q).is_relative_to(tmp)]
+        make_durable([*written, *products],
+                     folders=[tmp, *(Path(d) for d, _, _ in os.walk(tmp))])
         os.chmod(tmp, 0o777 & ~simfiles.umask())
         simfiles.install_tree(tmp, out)
     except OSError as exc:

@@ -87,6 +87,9 @@ class Estimate:
     extra_nomatch: str | None = None
     n_eff: float | None = None
     error_model: tuple | None = None     # mixture: (SYSERR arcsec, ERRSCALE) of the det leg
+    # spec: the covariances DISAGREE compares (total, detection leg): within the separation
+    # group, without the jackknife of the group choice (None: the components' own)
+    compare_cov: tuple | None = None
 
     @property
     def total(self) -> Component:
@@ -113,9 +116,16 @@ def spec_estimate(fit: xfmfit.StackFit) -> Estimate:
     message = leg.message
     if fit.ref_leg is not None:
         message += f" | ALLWISE->Gaia leg: {fit.ref_leg.message}"
+    compare = None
+    if leg.fit is not None and leg.n_used:
+        # DISAGREE is there to catch a wrong separation group: the spec's sigma raised for the
+        # fragility of its group choice (xfmfit.fit_leg_spec) would hide exactly that, so the
+        # comparison uses the covariance within the group
+        compare = (np.asarray(fit.cov) - leg.cov + leg.fit.cov, leg.fit.cov)
     return Estimate("spec", fit.method, tuple(comps), leg.n_match, leg.n_used > 0, message,
                     det_used=leg.used, ref_used=ref_used,
-                    extra_nomatch=fit.notes[0] if fit.notes and leg.n_used else None)
+                    extra_nomatch=fit.notes[0] if fit.notes and leg.n_used else None,
+                    compare_cov=compare)
 
 
 def run_mixture(pin, det_pairs: xfmfit.PairSet, wise_gaia: xfmfit.PairSet, *,
@@ -290,13 +300,15 @@ def _warn_rejected_bright(pin, pairs, fit):
                    "" if fit.calibrated else "; not calibrated: try syserr=fit or sys_floor=")
 
 
-def disagreement(a: Component, b: Component) -> float | None:
+def disagreement(a: Component, b: Component, *, cov_a=None) -> float | None:
     """Mahalanobis distance of the two totals with the sum of their covariances.  Pure.
 
-    None when it cannot be computed (a covariance is missing or singular).
+    ``cov_a``: the covariance to use for ``a`` instead of its own (the spec's within its
+    separation group, :class:`Estimate` ``compare_cov``).  None when it cannot be computed
+    (a covariance is missing or singular).
     """
     diff = np.array([a.d_xi - b.d_xi, a.d_eta - b.d_eta])
-    cov = np.asarray(a.cov) + np.asarray(b.cov)
+    cov = np.asarray(a.cov if cov_a is None else cov_a) + np.asarray(b.cov)
     if not (np.all(np.isfinite(cov)) and np.all(np.isfinite(diff))):
         return None
     try:

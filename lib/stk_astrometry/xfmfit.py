@@ -61,10 +61,29 @@ reported 0.5x the actual scatter; with conservative ellipses its formal-error fl
 2x.  Measured on bench_accuracy's stacks (1,000 per regime, |shift| < 0.3"), reported sigma /
 actual scatter, calibrated vs sandwich on the same stacks: errors right 1.02 vs 0.99, missing
 floor 0.05-0.3" 0.80 vs 0.74 (0.98 vs 0.86 without the 1.3 % of stacks where the group rule
-failed), inflated x1.5-3 1.06 vs 1.91, wavdetect-like 0.91 vs 0.51.  What it
-cannot follow: a bright wrong counterpart (a blend) that captures the fit -- the spec shift
-itself is then wrong by 0.5-1.5" -- and, for shifts near 1", the separation group's
-truncation of the true offsets (a bias of the spec shift, not a scatter).
+failed), inflated x1.5-3 1.06 vs 1.91, wavdetect-like 0.91 vs 0.51.
+
+Two jackknife guards follow it (``sigma='calibrated'`` only), because the bootstrap holds the
+separation group fixed and trusts its Gaussian model, and the spec's large errors come from
+where neither holds:
+
+- the **group choice** (:func:`fit_leg_spec`): for every detection left out in turn, the
+  group :func:`select_group` would then choose; where it changes, the fit is redone on that
+  group without the detection (elsewhere the shift is kept as it is: the bootstrap covers the
+  scatter within the group), and the covariance is raised to the delete-one jackknife
+  covariance of these shifts, ``(M-1)/M sum_j (t_j - t_mean)(t_j - t_mean)^T`` over the M
+  detections, when that is larger (the factor ``max(1, tr(cov^-1 J) / 2)``);
+- **below ten detections** in the group (:func:`_covariance`), the jackknife of the fit
+  itself (each detection's pairs left out, the rest refitted from (0, 0)): one bright pair
+  can carry a Cauchy fit, and so few cannot check the parametric model.
+
+On bench_accuracy's stacks with wavdetect-like errors and two bright wrong counterparts the
+bootstrap's sigma was 0.16-0.21x the actual scatter: the error came from the 1-2" group won
+by three or four tight pairs (a wrong counterpart among them), and from groups of fewer than
+ten detections that one wrong pair captured -- not from a scatter within the group.  The
+guards cost ~10 % of conservatism where the errors are right (sigma/scatter ~1.09).  What
+the sigma still cannot follow: for shifts near 1" the 0-1" group truncates the true offsets
+(a bias of the spec shift, not a scatter).
 
 Small-sample safeguard, against the *formal* covariance ``V0 = I / sum_j (1/var_j)`` from the
 stated 1-sigma per-axis variances (one per detection, that of its best-weighted pair); m = the
@@ -303,8 +322,10 @@ class TranslationFit:
     at_bound : bool
         A component sits on ±max_shift.
     error_source : str
-        ``scatter`` (sandwich estimate), ``formal`` (the safeguard raised it to the error from
-        the stated position errors) or ``none``.
+        ``scatter`` (the bootstrap or sandwich estimate), ``formal`` (the safeguard raised it
+        to the error from the stated position errors), ``jackknife`` (fewer than 10
+        detections: raised to the delete-one-detection jackknife, ``sigma='calibrated'``) or
+        ``none``.
     nfev : int
         least_squares' function evaluations.
     n_clusters : int
@@ -720,20 +741,67 @@ def _covariance(p, d_xi, d_eta, w, var1, loss, f_scale, cluster=None, *, max_shi
         raised = smallest < threshold
         return cov, ("formal" if raised else "scatter"), m, implausible, ratio
     if not ratio > _DEGENERATE_RATIO:
-        # offsets all but identical (duplicated rows): no scatter to calibrate on
-        return formal_var * np.eye(2), "formal", m, implausible, ratio
-    cov = _calibrated_bootstrap(p, d_xi, d_eta, w, var1, loss, f_scale, max_shift, inverse, m,
-                                lev, pieces=(ex, ey, rho1))
-    if cov is None:                     # refits failed: the sandwich, with its safeguards
-        return _covariance(p, d_xi, d_eta, w, var1, loss, f_scale, cluster,
-                           max_shift=max_shift, sigma="sandwich", at_p=at_p)
+        # offsets all but identical (duplicated rows): no scatter to calibrate on.  (Also what
+        # the sandwich sees when one bright pair carries a Cauchy fit and the others are
+        # down-weighted: below ten detections the jackknife follows.)
+        cov, source = formal_var * np.eye(2), "formal"
+    else:
+        cov = _calibrated_bootstrap(p, d_xi, d_eta, w, var1, loss, f_scale, max_shift, inverse,
+                                    m, lev, pieces=(ex, ey, rho1))
+        if cov is None:                     # refits failed: the sandwich, with its safeguards
+            return _covariance(p, d_xi, d_eta, w, var1, loss, f_scale, cluster,
+                               max_shift=max_shift, sigma="sandwich", at_p=at_p)
+        source = "scatter"
+        if m < _SMALL_SAMPLE and np.linalg.eigvalsh(cov)[0] < formal_var:
+            # few detections: never below the formal error (a scatter from < 10 detections is
+            # too often small by chance) ...
+            cov, source = _raise_eigenvalues(cov, formal_var, formal_var), "formal"
     if m < _SMALL_SAMPLE:
-        # few detections: never below the formal error (a scatter from < 10 detections is too
-        # often small by chance)
-        vals = np.linalg.eigvalsh(cov)
-        if vals[0] < formal_var:
-            return _raise_eigenvalues(cov, formal_var, formal_var), "formal", m, implausible, ratio
-    return cov, "scatter", m, implausible, ratio
+        # ... nor below what leaving out one detection does to the shift: the parametric model
+        # cannot be checked on so few, and one wrong pair can carry the fit (issue 14)
+        jack = _cluster_jackknife(d_xi, d_eta, w, loss, f_scale, max_shift, inverse, m)
+        cov, factor = _raise_to(cov, jack)
+        if factor > 1.0:
+            source = "jackknife"
+    return cov, source, m, implausible, ratio
+
+
+def _jackknife_cov(thetas):
+    """Delete-one jackknife covariance of the rows of ``thetas`` (m, 2): ``(m - 1)/m sum_j
+    (t_j - t_mean)(t_j - t_mean)^T`` (Efron & Stein 1981; Efron 1982, ch. 3); None when a
+    refit failed (non-finite row)."""
+    m = thetas.shape[0]
+    if m < 2 or not np.all(np.isfinite(thetas)):
+        return None
+    dev = thetas - thetas.mean(axis=0)
+    return (m - 1) / m * (dev.T @ dev)
+
+
+def _cluster_jackknife(d_xi, d_eta, w, loss, f_scale, max_shift, inverse, m):
+    """Delete-one-detection jackknife covariance of the shift: each detection's pairs left
+    out in turn (weight 0), the rest refitted from (0, 0) with the same objective."""
+    if inverse is None:
+        inverse = np.arange(d_xi.size)
+    keep = inverse[None, :] != np.arange(m)[:, None]
+    rows = np.where(keep, w[None, :], 0.0)
+    shape = rows.shape
+    thetas = _refit_batch(np.broadcast_to(d_xi, shape), np.broadcast_to(d_eta, shape), rows,
+                          loss, f_scale, max_shift)
+    return _jackknife_cov(thetas)
+
+
+def _raise_to(cov, other):
+    """``cov`` scaled up to ``other`` when that is larger (never down): by
+    ``max(1, tr(cov^-1 other) / 2)``.  Returns (covariance, factor)."""
+    if other is None or not (np.all(np.isfinite(cov)) and np.all(np.isfinite(other))):
+        return cov, 1.0
+    try:
+        factor = float(np.trace(np.linalg.solve(cov, other))) / 2.0
+    except np.linalg.LinAlgError:
+        return cov, 1.0
+    if not (np.isfinite(factor) and factor > 1.0):
+        return cov, 1.0
+    return cov * factor, factor
 
 
 def _calibrated_bootstrap(p, d_xi, d_eta, w, var1, loss, f_scale, max_shift, inverse, m, lev,
@@ -838,16 +906,18 @@ def _fit_scale_floor(e2, var):
 def _refit_batch(dx, dy, w, loss, f_scale, max_shift):
     """The minimum of F reached from (0, 0) for every row of offsets (dx, dy: (B, n)):
     Newton steps where they lower F, else IRLS steps (which always do for these losses),
-    vectorised over the rows."""
+    vectorised over the rows.  ``w``: the weights, (n,) shared by the rows or (B, n) one row
+    each (a zero weight leaves the pair out of that row's fit: the jackknife)."""
     nb = dx.shape[0]
     p = np.zeros((nb, 2))
     c2 = f_scale * f_scale
     active = np.ones(nb, dtype=bool)
+    per_row = np.ndim(w) == 2
 
-    def pieces(px, py, rows):
+    def pieces(px, py, rows, wr):
         ex = px[:, None] - dx[rows]
         ey = py[:, None] - dy[rows]
-        z = w * (ex * ex + ey * ey) / c2
+        z = wr * (ex * ex + ey * ey) / c2
         rho, rho1, rho2 = _rho(z, loss)
         return ex, ey, rho, rho1, rho2
 
@@ -856,12 +926,13 @@ def _refit_batch(dx, dy, w, loss, f_scale, max_shift):
         if rows.size == 0:
             break
         px, py = p[rows, 0], p[rows, 1]
-        ex, ey, rho, rho1, rho2 = pieces(px, py, rows)
+        wr = w[rows] if per_row else w
+        ex, ey, rho, rho1, rho2 = pieces(px, py, rows, wr)
         f0 = rho.sum(axis=1)
-        v = w * rho1
+        v = wr * rho1
         vsum = v.sum(axis=1)
         gx, gy = (v * ex).sum(axis=1), (v * ey).sum(axis=1)
-        k = 2.0 * rho2 * w * w / c2
+        k = 2.0 * rho2 * wr * wr / c2
         hxx = vsum + (k * ex * ex).sum(axis=1)
         hyy = vsum + (k * ey * ey).sum(axis=1)
         hxy = (k * ex * ey).sum(axis=1)
@@ -874,7 +945,7 @@ def _refit_batch(dx, dy, w, loss, f_scale, max_shift):
         newton_ok = (hxx > 0) & (det > 0) & np.isfinite(nx) & np.isfinite(ny)
         tx = np.clip(px + np.where(newton_ok, nx, 0.0), -max_shift, max_shift)
         ty = np.clip(py + np.where(newton_ok, ny, 0.0), -max_shift, max_shift)
-        f1 = pieces(tx, ty, rows)[2].sum(axis=1)
+        f1 = pieces(tx, ty, rows, wr)[2].sum(axis=1)
         use_newton = newton_ok & (f1 <= f0 * (1.0 + 1e-15) + 1e-300)
         sx = np.where(use_newton, tx - px, np.clip(px + irx, -max_shift, max_shift) - px)
         sy = np.where(use_newton, ty - py, np.clip(py + iry, -max_shift, max_shift) - py)
@@ -966,6 +1037,9 @@ def fit_translation(src_xi, src_eta, ref_xi, ref_eta, weights, *, loss="cauchy",
         message += f"; shift at the bound ±{max_shift:g}\""
     if source == "formal":
         message += "; errors raised to the formal ones from the stated position errors"
+    elif source == "jackknife":
+        message += ("; errors raised to the delete-one-detection jackknife (fewer than "
+                    f"{_SMALL_SAMPLE} detections)")
     return TranslationFit(
         d_xi=float(p[0]), d_eta=float(p[1]),
         d_xi_err=float(np.sqrt(cov[0, 0])), d_eta_err=float(np.sqrt(cov[1, 1])),
@@ -1179,15 +1253,98 @@ def fit_leg_spec(pairs: PairSet, *, weighting, n_groups, loss="cauchy", f_scale=
     message = fit.message
     if choice is not None:
         message = f"{choice.reason}; {message}"
+    cov = fit.cov
+    if choice is not None and choice.group > 0 and sigma == "calibrated" and fit.n_used:
+        jack, n_flips = _group_flip_jackknife(
+            pairs.subset(usable), w[usable], choice.group, (fit.d_xi, fit.d_eta),
+            n_groups=n_groups, min_group_matches=min_group_matches, loss=loss,
+            f_scale=f_scale, max_shift=max_shift)
+        cov, factor = _raise_to(cov, jack)
+        if factor > 1.0:
+            message += (f"; errors x{np.sqrt(factor):.2f}: leaving out one detection changes "
+                        f"the separation group ({n_flips} of them)")
     if n_dropped:
         message += f"; {n_dropped} pair(s) without usable position/errors dropped"
     return LegFit(
-        d_xi=fit.d_xi, d_eta=fit.d_eta, d_xi_err=fit.d_xi_err, d_eta_err=fit.d_eta_err,
-        cov_xi_eta=fit.cov_xi_eta, group=group, n_used=fit.n_used,
+        d_xi=fit.d_xi, d_eta=fit.d_eta, d_xi_err=float(np.sqrt(cov[0, 0])),
+        d_eta_err=float(np.sqrt(cov[1, 1])), cov_xi_eta=float(cov[0, 1]), group=group,
+        n_used=fit.n_used,
         n_match=len(np.unique(pairs.region_id[used])),
         resstd0=residual_rms(dx, dy), resstd1=residual_rms(dx, dy, shift=(fit.d_xi, fit.d_eta)),
         used=used, success=fit.success, message=message, choice=choice, n_dropped=n_dropped,
         fit=fit)
+
+
+def _group_flip_jackknife(pairs: PairSet, w, group, shift, *, n_groups, min_group_matches,
+                          loss, f_scale, max_shift):
+    """The delete-one-detection jackknife of the group choice (issue 14).
+
+    For every detection j of ``pairs`` (the usable pairs the group selection saw), the
+    separation group :func:`select_group` would choose without j's pairs; where that differs
+    from ``group`` the fit is redone on the new group's pairs without j (from (0, 0), the same
+    objective), elsewhere the shift is ``shift`` as it is (the parametric bootstrap already
+    covers the scatter within the group).  Returns (the jackknife covariance of those M
+    shifts, :func:`_jackknife_cov`, or None when no deletion changes the group; the number of
+    deletions that do).
+
+    The group statistics without j come from per-detection sums (one pass); a deletion found
+    to change the group is confirmed with :func:`select_group` itself, so the rule is exactly
+    the specification's.
+    """
+    det = np.asarray(pairs.region_id)
+    ids, dinv = np.unique(det, return_inverse=True)
+    m_det = ids.size
+    if m_det < 2:
+        return None, 0
+    grp = np.asarray(pairs.group)
+    in_range = (grp >= 1) & (grp <= n_groups)
+    g0 = np.where(in_range, grp - 1, 0)
+    dx, dy = np.asarray(pairs.d_xi, dtype=float), np.asarray(pairs.d_eta, dtype=float)
+    # per (detection, group) sums of 1, x, y, x^2, y^2 over the pairs
+    flat = dinv * n_groups + g0
+    size = m_det * n_groups
+    inr = in_range.astype(float)
+
+    def sums(v):
+        return np.bincount(flat, weights=v * inr, minlength=size).reshape(m_det, n_groups)
+
+    cnt, sx, sy = sums(np.ones_like(dx)), sums(dx), sums(dy)
+    sxx, syy = sums(dx * dx), sums(dy * dy)
+    has = cnt > 0
+    n_left = cnt.sum(axis=0)[None, :] - cnt
+    match_left = has.sum(axis=0)[None, :] - has
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mx = (sx.sum(axis=0) - sx) / n_left
+        my = (sy.sum(axis=0) - sy) / n_left
+        vx = np.maximum((sxx.sum(axis=0) - sxx) / n_left - mx * mx, 0.0)
+        vy = np.maximum((syy.sum(axis=0) - syy) / n_left - my * my, 0.0)
+        sig = np.sqrt(np.sqrt(vx) * np.sqrt(vy))
+    sig = np.where(n_left > 0, sig, np.inf)
+    qualified = match_left >= min_group_matches
+    best_q = np.argmin(np.where(qualified, sig, np.inf), axis=1)
+    # no qualified group: the largest n_match, then the smaller sigma, then the lower group
+    best_f = np.lexsort((np.broadcast_to(np.arange(n_groups), sig.shape).T, sig.T,
+                         -match_left.T), axis=0)[0]
+    choice = np.where(qualified.any(axis=1), best_q, best_f) + 1
+    candidates = np.flatnonzero(choice != group)
+    thetas = np.tile(np.asarray(shift, dtype=float), (m_det, 1))
+    rows, new_groups = [], []
+    for j in candidates:
+        keep = dinv != j
+        new = select_group(pairs.subset(keep), n_groups=n_groups,
+                           min_group_matches=min_group_matches).group
+        if new not in (0, group):
+            rows.append(j)
+            new_groups.append(new)
+    if not rows:
+        return None, 0
+    rows = np.asarray(rows)
+    weights = np.where((dinv[None, :] != rows[:, None])
+                       & (grp[None, :] == np.asarray(new_groups)[:, None]), w[None, :], 0.0)
+    shape = weights.shape
+    thetas[rows] = _refit_batch(np.broadcast_to(dx, shape), np.broadcast_to(dy, shape),
+                                weights, loss, f_scale, max_shift)
+    return _jackknife_cov(thetas), int(rows.size)
 
 
 def combine_legs(det_to_wise: LegFit, wise_to_gaia: LegFit) -> tuple[float, float, np.ndarray]:

@@ -351,6 +351,45 @@ def _load_spec():
     return PairSet, fit_leg_spec
 
 
+def load_baseline(rev):
+    """The package as it is at git revision ``rev``, importable beside today's.
+
+    ``lib/stk_astrometry`` of that revision is extracted (``git archive``) into a temporary
+    folder as the package ``stk_astrometry_base`` (its imports are relative), so one run can
+    fit the same stacks with both versions: old and new side by side (``--baseline``).
+    Returns the folder and the imported module's ``xfmfit`` and ``mixture``.
+    """
+    import importlib
+    import io
+    import subprocess
+    import tarfile
+    import tempfile
+
+    repo = Path(__file__).resolve().parents[2]
+    tar = subprocess.run(["git", "-C", str(repo), "archive", rev, "lib/stk_astrometry"],
+                         capture_output=True, check=True).stdout
+    folder = Path(tempfile.mkdtemp(prefix="stk_bench_base."))
+    with tarfile.open(fileobj=io.BytesIO(tar)) as archive:
+        archive.extractall(folder, filter="data")
+    (folder / "lib" / "stk_astrometry").rename(folder / "stk_astrometry_base")
+    sys.path.insert(0, str(folder))
+    return (folder, importlib.import_module("stk_astrometry_base.xfmfit"),
+            importlib.import_module("stk_astrometry_base.mixture"))
+
+
+def make_est_mixture_base(mixture_module):
+    """The mixture of the baseline revision, as stk_xfm ran it there (self-calibrated)."""
+    def est_mixture_base(leg, leg_index):
+        fit = mixture_module.fit_mixture(
+            leg.det, leg.d_xi, leg.d_eta, leg.cov_stated, density_per_arcmin2=leg.density,
+            match_radius_arcsec=MATCH_RADIUS, calibrate=True)
+        if fit.failure is not None:
+            return np.full(2, np.nan), np.full(2, np.nan), None
+        return np.array([fit.d_xi, fit.d_eta]), np.sqrt(np.diag(fit.cov)), fit.membership
+
+    return est_mixture_base
+
+
 def make_est_spec(spec_api):
     PairSet, fit_leg_spec = spec_api
 
@@ -574,14 +613,18 @@ def run_case(rng, case, estimators, n_stacks):
     return {name: t.summary() for name, t in tallies.items()}
 
 
-def main(quick: bool = False, cases: str = "", n_stacks: int | None = None) -> int:
+def main(quick: bool = False, cases: str = "", n_stacks: int | None = None,
+         baseline: str | None = None, only: str = "") -> int:
     """Run the benchmark and print the table.
 
     ``cases``: comma-separated substrings selecting cases (default all); ``n_stacks``
     overrides the number of stacks per case.  Each case draws from its own seeded stream, so
-    a case gives the same stacks whether run alone or with the others.  Returns 1 when a
-    target check fails in a full run (run.py then fails), else 0; a ``quick`` run (or one
-    with ``n_stacks``) has too few stacks to judge the targets: it prints them, returns 0.
+    a case gives the same stacks whether run alone or with the others.  ``baseline``: a git
+    revision whose spec and mixture estimators run beside today's on the same stacks (rows
+    ``spec@base``, ``mix@base``).  ``only``: comma-separated estimator names to run (default
+    all).  Returns 1 when a target check fails in a full run (run.py then fails), else 0; a
+    ``quick`` run (or one with ``n_stacks``) has too few stacks to judge the targets: it
+    prints them, returns 0.
     """
     estimators = {}
     spec_api = _load_spec()
@@ -591,10 +634,20 @@ def main(quick: bool = False, cases: str = "", n_stacks: int | None = None) -> i
     estimators["cauchy"] = est_cauchy
     ilf = _load_tweakwcs()
     estimators["tweakwcs"] = make_est_tweakwcs(ilf) if ilf else None
+    if baseline:
+        folder, base_xfmfit, base_mixture = load_baseline(baseline)
+        estimators["spec@base"] = make_est_spec((base_xfmfit.PairSet, base_xfmfit.fit_leg_spec))
+        estimators["mix@base"] = make_est_mixture_base(base_mixture)
+    if only:
+        keep = {k.strip() for k in only.split(",")}
+        estimators = {k: v for k, v in estimators.items() if k in keep}
     active = {k: v for k, v in estimators.items() if v is not None}
 
     print(f"bench_accuracy: stk_xfm estimators vs the Cramér-Rao bound "
           f"({'quick' if quick else 'full'} run, seed {SEED})")
+    if baseline:
+        print(f"  baseline: {baseline} (git rev-parse: "
+              f"{_rev_parse(baseline)}), extracted to {folder}")
     for name, est in estimators.items():
         if est is None:
             print(f"  {name}: n/a (not importable)")
@@ -644,10 +697,22 @@ def main(quick: bool = False, cases: str = "", n_stacks: int | None = None) -> i
     return 1 if n_fail and not quick and not n_stacks else 0
 
 
+def _rev_parse(rev):
+    import subprocess
+
+    proc = subprocess.run(["git", "-C", str(Path(__file__).resolve().parents[2]), "rev-parse",
+                           "--short", rev], capture_output=True, text=True, check=False)
+    return proc.stdout.strip() or "?"
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a ~30 s version")
     parser.add_argument("--cases", default="", help="comma-separated substrings of case names")
     parser.add_argument("-n", type=int, default=None, help="stacks per case")
+    parser.add_argument("--baseline", default=None,
+                        help="git revision whose spec and mixture run beside today's")
+    parser.add_argument("--only", default="", help="comma-separated estimator names to run")
     args = parser.parse_args()
-    sys.exit(main(quick=args.quick, cases=args.cases, n_stacks=args.n))
+    sys.exit(main(quick=args.quick, cases=args.cases, n_stacks=args.n, baseline=args.baseline,
+                  only=args.only))
