@@ -1389,11 +1389,17 @@ def _fit_error_model(prob, stated, st, scale, floor, min_floor):
     half_tr = 0.5 * (a + c)
     disc = np.sqrt((0.5 * (a - c)) ** 2 + b * b)
     lam = np.stack([half_tr + disc, np.maximum(half_tr - disc, 0.0)], axis=1)   # (n, 2)
-    # unit eigenvector of the larger eigenvalue; the other is orthogonal
-    vx = np.where(np.abs(b) > 0, b, np.where(a >= c, 1.0, 0.0))
-    vy = np.where(np.abs(b) > 0, lam[:, 0] - a, np.where(a >= c, 0.0, 1.0))
+    # unit eigenvector of the larger eigenvalue (the other is orthogonal), from the row of
+    # (C - lambda_1 I) that does not cancel: (lambda_1 - c, b) when a >= c, else (b, lambda_1 - a)
+    # -- an ellipse along an axis has b ~ 1e-17 (cos 90 deg) and lambda_1 - a ~ 0 in the other
+    # form; a circle (both zero) takes any axis
+    wide_x = a >= c
+    vx = np.where(wide_x, lam[:, 0] - c, b)
+    vy = np.where(wide_x, b, lam[:, 0] - a)
     norm = np.hypot(vx, vy)
-    vx, vy = vx / norm, vy / norm
+    circle = norm == 0
+    vx = np.where(circle, 1.0, vx / np.where(circle, 1.0, norm))
+    vy = np.where(circle, 0.0, vy / np.where(circle, 1.0, norm))
     u1 = e[:, 0] * vx + e[:, 1] * vy
     u2 = -e[:, 0] * vy + e[:, 1] * vx
     u2sq = np.stack([u1 * u1, u2 * u2], axis=1)
