@@ -316,3 +316,273 @@ def test_astropys_c_votable_writer_still_overflows_its_buffer():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env={**os.environ, "PYTHONMALLOC": "pymalloc_debug"}, timeout=120)
     assert proc.returncode != 0 and "bad trailing pad byte" in proc.stderr, proc.stderr[-500:]
+
+
+# ---------------------------------------------------------------------------------------------
+# Column conversion: numbers, ids, flags, text (formats.md §0)
+
+
+def _tin(**columns):
+    from pathlib import Path
+
+    from stk_astrometry.tableio import TableInput
+
+    t = Table(masked=any(isinstance(v, np.ma.MaskedArray) for v in columns.values()))
+    for name, values in columns.items():
+        t[name] = values
+    return TableInput(t, {}, Path("t.fits"), "t.fits[T]", "t.fits")
+
+
+def test_numbers_read_as_float64_with_nulls_as_nan():
+    tin = _tin(a=np.ma.array([1, 2, 3], mask=[False, True, False], dtype=np.int32),
+               b=np.array([1.5, np.nan, 2.5], dtype=np.float32), c=np.array([True, False, True]))
+    a = catalogs._floats(tin, "a")
+    assert a.dtype == np.float64 and a[0] == 1.0 and np.isnan(a[1]) and a[2] == 3.0
+    b = catalogs._floats(tin, "b")
+    assert b.dtype == np.float64 and np.isnan(b[1]) and type(b) is np.ndarray
+    assert catalogs._floats(tin, "c").tolist() == [1.0, 0.0, 1.0]
+    for text in (np.array(["1", "2", "3"]), np.array([b"1", b"2", b"3"]),
+                 np.array(["1", 2, 3.0], dtype=object)):
+        with pytest.raises(CatalogError, match=r"^t\.fits\[T\]: column 'x' is not numeric: it "
+                                               r"holds text"):
+            catalogs._floats(_tin(x=text), "x")
+    with pytest.raises(CatalogError, match="column 'v' is not a scalar column"):
+        catalogs._floats(_tin(v=np.zeros((3, 2))), "v")
+
+
+def test_ids_read_as_int64_and_refused_when_not_exact():
+    assert catalogs._ints(_tin(a=np.array([1, 2], dtype=np.uint8)), "a").dtype == np.int64
+    assert catalogs._ints(_tin(a=np.array([True, False])), "a").tolist() == [1, 0]
+    big = np.array([2**63 - 1, 5], dtype=np.uint64)
+    assert catalogs._ints(_tin(a=big), "a").tolist() == [2**63 - 1, 5]
+    with pytest.raises(CatalogError, match="holds ids that do not fit a 64-bit integer"):
+        catalogs._ints(_tin(a=np.array([2**63, 5], dtype=np.uint64)), "a")
+    assert catalogs._ints(_tin(a=np.array([], dtype=np.uint64)), "a").tolist() == []
+    f = catalogs._ints(_tin(a=np.array([3.0, -7.0, 2.0**53])), "a")
+    assert f.dtype == np.int64 and f.tolist() == [3, -7, 2**53]
+    for bad, msg in (([1.5, 2.0], "holds non-integer ids"), ([np.nan, 2.0], "non-integer ids"),
+                     ([np.inf, 2.0], "non-integer ids"),
+                     ([2.0**53 + 2, 1.0], "beyond 2\\*\\*53 as floating point"),
+                     ([-(2.0**54), 1.0], "beyond 2\\*\\*53"),
+                     ([2.0**63, 1.0], "do not fit a 64-bit integer"),
+                     ([-(2.0**63), 1.0], "do not fit a 64-bit integer")):
+        with pytest.raises(CatalogError, match=msg):
+            catalogs._ints(_tin(a=np.array(bad)), "a")
+    s = catalogs._ints(_tin(a=np.array([" 12", "4611686018427387904 "])), "a")
+    assert s.dtype == np.int64 and s.tolist() == [12, 2**62]
+    assert catalogs._ints(_tin(a=np.array([b"7", b"8"])), "a").tolist() == [7, 8]
+    assert catalogs._ints(_tin(a=np.array([b"7", 8], dtype=object)), "a").tolist() == [7, 8]
+    with pytest.raises(CatalogError, match="'a' holds non-integer ids"):
+        catalogs._ints(_tin(a=np.array(["12", "x"])), "a")
+    with pytest.raises(CatalogError, match="do not fit a 64-bit integer"):
+        catalogs._ints(_tin(a=np.array(["99999999999999999999", "1"])), "a")
+    with pytest.raises(CatalogError, match=r"^t\.fits\[T\]: column 'a' has 2 null value\(s\) "
+                                           r"\(first at row 2\)$"):
+        catalogs._ints(_tin(a=np.ma.array([1, 2, 3], mask=[False, True, True])), "a")
+    with pytest.raises(CatalogError, match="column 'v' is not a scalar column"):
+        catalogs._ints(_tin(v=np.zeros((3, 2), dtype=int)), "v")
+
+
+def test_text_columns_stripped_with_nulls_blank():
+    tin = _tin(s=np.ma.array(["  a ", "b", "c"], mask=[False, False, True]))
+    s = catalogs._strings(tin, "s")
+    assert s.dtype.kind == "U" and s.tolist() == ["a", "b", ""]
+    b = catalogs._strings(_tin(b=np.array([b" x ", b"\xffy"])), "b")
+    assert b.tolist() == ["x", "\ufffdy"]
+    o = catalogs._strings(_tin(o=np.array([b"p ", " q", 3], dtype=object)), "o")
+    assert o.dtype.kind == "U" and o.tolist() == ["p", "q", "3"]
+    with pytest.raises(CatalogError, match="column 'v' is not a scalar column"):
+        catalogs._strings(_tin(v=np.array([["a", "b"], ["c", "d"]])), "v")
+
+
+def test_flags_from_booleans_numbers_and_text():
+    assert catalogs._flags(_tin(f=np.array([True, False])), "f").tolist() == [True, False]
+    assert catalogs._flags(_tin(f=np.array([0, 2, -1])), "f").tolist() == [False, True, True]
+    assert catalogs._flags(_tin(f=np.array([0.0, np.nan, 0.5])), "f").tolist() == \
+        [False, False, True]
+    text = np.array(["T", " true", "y", "YES", "1", "f", "FALSE", "n", "No", "0", ""])
+    assert catalogs._flags(_tin(f=text), "f").tolist() == [True] * 5 + [False] * 6
+    assert catalogs._flags(_tin(f=np.array([b"T", b"F"])), "f").tolist() == [True, False]
+    masked = np.ma.array([1, 1, 0], mask=[False, True, False])
+    assert catalogs._flags(_tin(f=masked), "f").tolist() == [True, False, False]
+    masked_text = np.ma.array(["T", "maybe", "F"], mask=[False, True, False])
+    assert catalogs._flags(_tin(f=masked_text), "f").tolist() == [True, False, False]
+    # a per-observation vector: set if any element is
+    vec = np.array([[0, 0], [0, 1], [1, 1]])
+    assert catalogs._flags(_tin(f=vec), "f").tolist() == [False, True, True]
+    vtext = np.array([["F", "F"], ["F", "T"]])
+    assert catalogs._flags(_tin(f=vtext), "f").tolist() == [False, True]
+    with pytest.raises(CatalogError, match=r"^t\.fits\[T\]: column 'f' has values that are "
+                                           r"not a flag: MAYBE, X$"):
+        catalogs._flags(_tin(f=np.array(["T", "maybe", "x", "x"])), "f")
+    with pytest.raises(CatalogError, match="column 'f' is not a flag column"):
+        catalogs._flags(_tin(f=np.array([1 + 2j, 0j])), "f")
+
+
+# ---------------------------------------------------------------------------------------------
+# The stack, its tangent point and instrument
+
+
+def test_select_stack_by_name_or_the_only_one():
+    ids = np.array(["s1", "s2", "s1"])
+    name, rows = catalogs.select_stack(ids, " s1 ")
+    assert name == "s1" and rows.tolist() == [True, False, True]
+    with pytest.raises(CatalogError, match=r"^stackid=s3 is not in detfile \(it holds 2 "
+                                           r"stack\(s\): s1, s2\)$"):
+        catalogs.select_stack(ids, "s3")
+    name, rows = catalogs.select_stack(np.array([], dtype=str), "s3")
+    assert name == "s3" and rows.tolist() == []
+    from stk_astrometry.errors import ParameterError
+    with pytest.raises(ParameterError, match=r"^detfile holds 2 stacks; choose one with "
+                                             r"stackid=: s1, s2$"):
+        catalogs.select_stack(ids, None)
+    many = np.array([f"s{i:02d}" for i in range(25)])
+    with pytest.raises(ParameterError, match=r"s19 \.\.\. \(25 in all\)$"):
+        catalogs.select_stack(many, "  ")
+    with pytest.raises(CatalogError, match=r"\(it holds 25 stack\(s\): s00, .*, s19 \.\.\.\)$"):
+        catalogs.select_stack(many, "zz")
+    name, rows = catalogs.select_stack(np.array(["only", "only"]), "")
+    assert name == "only" and rows.tolist() == [True, True]
+
+
+def _det_cols(**given):
+    cols = dict.fromkeys(("ra_stack", "dec_stack", "instrument"), None)
+    cols.update(given)
+    return cols
+
+
+def test_tangent_point_from_parameters_columns_or_keywords():
+    from stk_astrometry.errors import ParameterError
+
+    tin = _tin(ra_stack=np.array([10.0, 10.0, 99.0]), dec_stack=np.array([-5.0, -5.0, 9.0]))
+    rows = np.array([True, True, False])
+    cols = _det_cols(ra_stack="ra_stack", dec_stack="dec_stack")
+    assert catalogs.find_tangent_point(tin, cols, rows, ra_stack=1, dec_stack=2) == \
+        (1.0, 2.0, "parameters")
+    with pytest.raises(ParameterError, match="set both ra_stack and dec_stack"):
+        catalogs.find_tangent_point(tin, cols, rows, ra_stack=1.0)
+    with pytest.raises(ParameterError, match="set both ra_stack and dec_stack"):
+        catalogs.find_tangent_point(tin, cols, rows, dec_stack=1.0)
+    assert catalogs.find_tangent_point(tin, cols, rows) == (10.0, -5.0, "t.fits[T] columns")
+    tol = catalogs.TANGENT_TOLERANCE_DEG
+    ok = _tin(ra_stack=np.array([10.0, 10.0 + tol]), dec_stack=np.array([-5.0, -5.0]))
+    assert catalogs.find_tangent_point(ok, cols, np.array([True, True]))[0] == 10.0
+    bad = _tin(ra_stack=np.array([10.0, 10.0 + 3 * tol]), dec_stack=np.array([-5.0, -5.0]))
+    with pytest.raises(CatalogError, match=r"column 'ra_stack' varies within the stack "
+                                           r"\(10\.00000000 to 10\.00000300\)"):
+        catalogs.find_tangent_point(bad, cols, np.array([True, True]))
+    nan = _tin(ra_stack=np.array([10.0, 10.0]), dec_stack=np.array([np.nan, -5.0]))
+    with pytest.raises(CatalogError, match=r"^t\.fits\[T\]: column 'dec_stack' has null or NaN"):
+        catalogs.find_tangent_point(nan, cols, np.array([True, True]))
+
+
+def test_tangent_point_from_keywords_and_when_there_is_none():
+    from pathlib import Path
+
+    from stk_astrometry.fitsutil import set_keyword
+    from stk_astrometry.tableio import TableInput
+
+    h = fits.Header()
+    h["RA_STACK"] = 150.5
+    set_keyword(h, "DEC_STACK", 2.25)
+    t = Table({"ra_stack": np.array([1.0]), "dec_stack": np.array([2.0])})
+    tin = TableInput(t, h, Path("d.fits"), "d.fits[SRC]", "d.fits")
+    cols = _det_cols(ra_stack="ra_stack", dec_stack="dec_stack")
+    none = np.array([False])
+    assert catalogs.find_tangent_point(tin, cols, none) == (150.5, 2.25, "d.fits[SRC] header")
+    assert catalogs.find_tangent_point(tin, _det_cols(), np.array([True])) == \
+        (150.5, 2.25, "d.fits[SRC] header")
+    h["RA_STACK"] = True
+    with pytest.raises(CatalogError, match=r"^d\.fits\[SRC\]: RA_STACK/DEC_STACK keywords are "
+                                           r"not numbers: True, 2\.25$"):
+        catalogs.find_tangent_point(tin, _det_cols(), none)
+    h["RA_STACK"] = "east"
+    with pytest.raises(CatalogError, match="not numbers: 'east', 2.25"):
+        catalogs.find_tangent_point(tin, _det_cols(), none)
+    del h["RA_STACK"]
+    with pytest.raises(CatalogError, match=r"^no tangent point: d\.fits\[SRC\] has no rows to "
+                                           r"read its ra_stack/dec_stack columns from and no "
+                                           r"RA_STACK/DEC_STACK keywords; set the ra_stack"):
+        catalogs.find_tangent_point(tin, cols, none)
+    with pytest.raises(CatalogError, match=r"^no tangent point: d\.fits\[SRC\] has no "
+                                           r"ra_stack/dec_stack columns and"):
+        catalogs.find_tangent_point(tin, _det_cols(ra_stack="ra_stack"), np.array([True]))
+    text = TableInput(t, {}, Path("d.csv"), "d.csv", "d.csv")
+    with pytest.raises(CatalogError, match="no tangent point"):
+        catalogs.find_tangent_point(text, _det_cols(), np.array([True]))
+
+
+@pytest.mark.parametrize("column, header, stackid, want, warning", [
+    (["", "HRC-I", "ACIS"], None, "acisfJ1_001", "HRC", None),
+    (["", "", ""], "ACIS-S", "hrcfJ1_001", "ACIS", None),
+    (None, " hrc ", "acisfJ1_001", "HRC", None),
+    (None, None, "HRCfJ1_001", "HRC", None),
+    (None, None, "acisfJ1_001", "ACIS", None),
+    (None, "EPIC", "hrcfJ1", "ACIS", "instrument 'EPIC' is neither ACIS nor HRC: assuming ACIS"),
+    (None, None, "xmm_1", "ACIS", "no instrument in t.fits[T] and stack id 'xmm_1': assuming ACIS"),
+])
+def test_instrument_from_column_keyword_or_stack_id(column, header, stackid, want, warning,
+                                                    caplog):
+    from pathlib import Path
+
+    from stk_astrometry.tableio import TableInput
+
+    h = fits.Header()
+    if header is not None:
+        h["INSTRUME"] = header
+    cols = {"x": np.arange(3)} if column is None else {"instrument": np.array(column)}
+    tin = TableInput(Table(cols), h, Path("t.fits"), "t.fits[T]", "t.fits")
+    rows = np.array([True, True, False])
+    c = _det_cols(instrument=None if column is None else "instrument")
+    with caplog.at_level("WARNING", logger="stk_astrometry.formats.catalogs"):
+        assert catalogs.find_instrument(tin, c, rows, stackid) == want
+    msgs = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert msgs == ([warning] if warning else [])
+
+
+def test_instrument_column_of_other_rows_is_not_read():
+    from pathlib import Path
+
+    from stk_astrometry.tableio import TableInput
+
+    tin = TableInput(Table({"instrument": np.array(["HRC", "HRC"])}), {}, Path("t.csv"),
+                     "t.csv", "t.csv")
+    c = _det_cols(instrument="instrument")
+    assert catalogs.find_instrument(tin, c, np.array([False, False]), "acisf1") == "ACIS"
+
+
+# ---------------------------------------------------------------------------------------------
+# The epoch parameter
+
+
+@pytest.mark.parametrize("value, want", [
+    (None, None), ("", None), (" AUTO ", None), ("indef", None), ("None", "none"),
+    ("2012.5", 2012.5), (2012.5, 2012.5), ("J2012.5", 2012.5), ("j2000", 2000.0),
+    ("51544.5", 2000.0), ("2000-01-01T12:00:00", 2000.0), ("1900", 1900.0), ("2100", 2100.0),
+])
+def test_epoch_parameter_values(value, want):
+    got = catalogs.parse_epoch_parameter(value)
+    assert got == (pytest.approx(want, abs=1e-9) if isinstance(want, float) else want)
+
+
+@pytest.mark.parametrize("value, message", [
+    ("1899.99", r"^epoch=1899\.99: epoch 1899\.990 is outside 1900-2100$"),
+    ("2100.01", r"outside 1900-2100"),
+    ("soon", r"^epoch = 'soon' is neither a year, an MJD nor an ISO date; use auto, none, a "
+             r"year such as 2012\.5, an MJD or an ISO date$"),
+    ("nan", r"^epoch = 'nan' is not an epoch; use auto"),
+    ("Jx", r"is neither a year"),
+])
+def test_epoch_parameter_refusals(value, message):
+    from stk_astrometry.errors import ParameterError
+
+    with pytest.raises(ParameterError, match=message):
+        catalogs.parse_epoch_parameter(value)
+    with pytest.raises(ParameterError, match=message.replace("epoch", "ref_epoch", 1)
+                       if message.startswith("^epoch") else message):
+        catalogs.parse_epoch_parameter(value, "ref_epoch")
+
+
+def test_epoch_value_refuses_a_boolean():
+    with pytest.raises(CatalogError, match=r"^MJD-OBS = True is not an epoch$"):
+        catalogs._parse_epoch_value(True, "MJD-OBS")
