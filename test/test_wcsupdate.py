@@ -630,3 +630,34 @@ def test_set_value_keeps_the_comment_as_far_as_it_fits():
     h["S"] = (1.0, "short")
     _set_value(h, "S", 5.0)
     assert h.comments["S"] == "short"
+
+
+def test_change_and_note_describe_themselves_for_the_report():
+    C = wcsupdate.Change
+    assert C("EVENTS", "CRVAL1", 201.2, 201.20001, "EQPOS").describe() == \
+        "[EVENTS] CRVAL1 201.2 -> 201.20001 (EQPOS)"
+    assert C("E", "STKPV1ID", None, "abc", "record").describe() == "[E] STKPV1ID (none) -> abc (record)"
+    assert C("E", "N", 3, None, "scrub").describe() == "[E] N 3 -> (none) (scrub)"
+    assert wcsupdate.Note("E", "left").describe() == "[E] left"
+
+
+def test_table_wcs_moves_and_undoes_with_its_kind_and_label():
+    h = fits.Header()
+    h["TFIELDS"] = 4
+    h["TCTYP1"], h["TCTYP2"] = "RA---TAN", "DEC--TAN"
+    h["TCRVL1"], h["TCRVL2"] = RA0, DEC0 + 15.0
+    h["TCTYP3"], h["TCTYP4"] = "XLON-TAN", "XLAT-TAN"
+    h["TCRVL3"], h["TCRVL4"] = -999.0, -999.0
+    set_keyword(h, "RA_ERR", RA0)
+    set_keyword(h, "DEC_ERR", DEC0)
+    res = wcsupdate.update_header(h, XFM, hdu_label="SRC")
+    assert [(c.hdu, c.key, c.what) for c in res.changes] == [("SRC", "TCRVL1", "EQPOS"),
+                                                             ("SRC", "TCRVL2", "EQPOS")]
+    assert [(n.hdu, n.message.split(" = ")[0]) for n in res.notes] == [
+        ("SRC", "EQPOS TCRVL1/TCRVL2"), ("SRC", "EQSRC TCRVL3/TCRVL4"),
+        ("SRC", "RA_ERR: not a position (name); left")]
+    assert "is 15.0 deg from the stack tangent point (more than 10)" in res.notes[0].message
+    moved = h["TCRVL2"]
+    back = wcsupdate.update_header(h, XFM, hdu_label="SRC", inverse=True)
+    assert h["TCRVL2"] == pytest.approx(DEC0 + 15.0, abs=1e-11) and moved != h["TCRVL2"]
+    assert back.changes[1].old == moved
