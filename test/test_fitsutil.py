@@ -865,3 +865,67 @@ def test_write_fits_logs_the_name_shown(tmp_path, caplog):
     assert f"Wrote {tmp_path / 'a.fits'}" in msgs and "Wrote final.fits" in msgs
     with fits.open(tmp_path / "a.fits") as h:
         assert h[0].header["DATE"] == h[1].header["DATE"]
+
+
+def test_utc_now_is_utc_whatever_the_local_zone(monkeypatch):
+    import datetime
+    import time
+
+    from stk_astrometry.fitsutil import utc_now
+
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    time.tzset()
+    try:
+        t = datetime.datetime.strptime(utc_now(), "%Y-%m-%dT%H:%M:%S")
+        now = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
+        assert abs((now - t).total_seconds()) < 5
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+
+
+def test_write_fits_stamps_every_hdu_with_one_time(tmp_path, monkeypatch):
+    import itertools
+
+    import stk_astrometry.fitsutil as fu
+
+    ticks = itertools.count()
+    monkeypatch.setattr(fu, "utc_now", lambda: f"2026-01-01T00:00:{next(ticks):02d}")
+    write_fits(_hdul(), tmp_path / "o.fits", FakeParams(), clobber=False)
+    with fits.open(tmp_path / "o.fits") as h:
+        assert h[0].header["DATE"] == h[1].header["DATE"] == "2026-01-01T00:00:00"
+        assert str(h[1].header["HISTORY"][0])[19:38] == "2026-01-01T00:00:00"
+
+
+def test_read_stacks_relative_names_and_undecodable_bytes(tmp_path, monkeypatch):
+    from stk_astrometry.fitsutil import read_stacks
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "x").write_text("one.fits\n")
+    (tmp_path / "@x.lis").write_text("two.fits\n")
+    (tmp_path / "u.lis").write_bytes("caf\u00e9.fits\n".encode() + b"bad\xff.fits\n")
+    got = read_stacks([("a", "@x"), ("b", "@@x.lis"), ("c", "@u.lis"), ("d", "@")])
+    assert got == {"a": ["one.fits"], "c": ["caf\u00e9.fits", "bad\ufffd.fits"]}
+
+
+def test_history_records_keep_blanks_and_replace_other_non_printables():
+    recs = history_records("t", [("a", "caf\u00e9"), ("b", "x y\tz\x7f")], when="W")
+    assert recs[1][8:64].rstrip() == "a=caf?"
+    assert recs[2][8:64].rstrip() == "b=x y?z?"
+
+
+def test_eight_character_names_are_plain_keywords():
+    h = fits.Header()
+    set_keyword(h, "EIGHTCHR", 1.5, "c")
+    assert h["EIGHTCHR"] == 1.5 and "DTYPE1" not in h
+    assert get_keyword(h, "EIGHTCHR") == 1.5
+
+
+def test_missing_dval_is_inserted_right_after_its_dtype_among_other_cards():
+    h = fits.Header()
+    h["A"] = 1
+    h["DTYPE2"] = "DEC_STACK"
+    h["B"] = 2
+    h["C"] = 3
+    set_keyword(h, "DEC_STACK", 4.5, "c")
+    assert [c.keyword for c in h.cards] == ["A", "DTYPE2", "DVAL2", "B", "C"]
