@@ -904,7 +904,7 @@ def test_read_stacks_relative_names_and_undecodable_bytes(tmp_path, monkeypatch)
     (tmp_path / "x").write_text("one.fits\n")
     (tmp_path / "@x.lis").write_text("two.fits\n")
     (tmp_path / "u.lis").write_bytes("caf\u00e9.fits\n".encode() + b"bad\xff.fits\n")
-    got = read_stacks([("a", "@x"), ("b", "@@x.lis"), ("c", "@u.lis"), ("d", "@")])
+    got = read_stacks([("a", "@x"), ("b", "@@x.lis"), ("c", "@u.lis"), ("d", "@"), ("e", "yx")])
     assert got == {"a": ["one.fits"], "c": ["caf\u00e9.fits", "bad\ufffd.fits"]}
 
 
