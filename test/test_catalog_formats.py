@@ -586,3 +586,62 @@ def test_epoch_parameter_refusals(value, message):
 def test_epoch_value_refuses_a_boolean():
     with pytest.raises(CatalogError, match=r"^MJD-OBS = True is not an epoch$"):
         catalogs._parse_epoch_value(True, "MJD-OBS")
+
+
+# ---------------------------------------------------------------------------------------------
+# The stack's epoch
+
+
+def _epoch_tin(columns=None, header=None, original=None):
+    from pathlib import Path
+
+    from stk_astrometry.tableio import TableInput
+
+    t = Table(columns or {"ra": np.array([1.0, 2.0, 3.0])})
+    h = fits.Header()
+    for k, v in (header or {}).items():
+        h[k] = v
+    return TableInput(t, h, Path("d.fits"), "d.fits[SRC]", "d.fits", original_names=original or {})
+
+
+@pytest.mark.parametrize("columns, header, rows, want, source", [
+    ({"epoch": [2010.0, 2012.0, np.nan]}, {"MJD-OBS": 51544.5}, None, 2011.0,
+     "detfile column Epoch"),
+    ({"epoch": [2010.0, 2012.0, 2020.0]}, {}, [True, False, True], 2015.0, "detfile column Epoch"),
+    ({"epoch": [np.nan, np.nan, np.nan], "mjd_obs": [51544.5, 51544.5, np.nan]}, {}, None,
+     2000.0, "detfile column mjd_obs"),
+    ({"mjd": [51544.5, 51544.5 + 365.25, 0.0]}, {}, [True, True, False], 2000.5,
+     "detfile column mjd"),
+    ({"ra": [1.0, 2.0, 3.0]}, {"MJD-OBS": 51544.5, "DATE-OBS": "2010-01-01T00:00:00"}, None,
+     2000.0, "detfile MJD-OBS"),
+    ({"ra": [1.0, 2.0, 3.0]}, {"MJD-OBS": " ", "MJD_OBS": 51544.5 + 365.25}, None, 2001.0,
+     "detfile MJD_OBS"),
+    ({"ra": [1.0, 2.0, 3.0]}, {"DATE-OBS": "2000-01-01T12:00:00",
+                               "DATE-END": "2002-01-01T12:00:00"}, None,
+     pytest.approx(2001.0, abs=1e-3), "detfile DATE-OBS/DATE-END midpoint"),
+    ({"ra": [1.0, 2.0, 3.0]}, {"DATE-OBS": "2000-01-01T12:00:00", "DATE-END": " "}, None,
+     2000.0, "detfile DATE-OBS"),
+    ({"epoch": [np.nan] * 3}, {"DATE-OBS": " "}, None, None,
+     "d.fits[SRC] has no epoch/mjd_obs column and no MJD-OBS or DATE-OBS keyword"),
+])
+def test_stack_epoch_from_columns_then_keywords(columns, header, rows, want, source):
+    original = {"epoch": "Epoch"} if "epoch" in columns else {}
+    tin = _epoch_tin({k: np.array(v) for k, v in columns.items()}, header, original)
+    year, where = catalogs.find_stack_epoch(tin, None if rows is None else np.array(rows))
+    assert where == source
+    if want is None:
+        assert year is None
+    else:
+        assert year == (want if not isinstance(want, float) else pytest.approx(want, abs=1e-9))
+
+
+def test_stack_epoch_keyword_that_is_not_a_date_names_itself():
+    tin = _epoch_tin(header={"DATE-OBS": "2000-01-01T00:00:00", "DATE-END": "later"})
+    with pytest.raises(CatalogError, match=r"^d\.fits\[SRC\] DATE-END = 'later' is neither"):
+        catalogs.find_stack_epoch(tin)
+    tin = _epoch_tin(header={"MJD-OBS": "x"})
+    with pytest.raises(CatalogError, match=r"^d\.fits\[SRC\] MJD-OBS = 'x' is neither"):
+        catalogs.find_stack_epoch(tin)
+    tin = _epoch_tin(header={"DATE-OBS": "y"})
+    with pytest.raises(CatalogError, match=r"^d\.fits\[SRC\] DATE-OBS = 'y' is neither"):
+        catalogs.find_stack_epoch(tin)
