@@ -645,3 +645,130 @@ def test_stack_epoch_keyword_that_is_not_a_date_names_itself():
     tin = _epoch_tin(header={"DATE-OBS": "y"})
     with pytest.raises(CatalogError, match=r"^d\.fits\[SRC\] DATE-OBS = 'y' is neither"):
         catalogs.find_stack_epoch(tin)
+
+
+# ---------------------------------------------------------------------------------------------
+# read_detections: the stack's rows, ids, optional columns
+
+
+def _det_table(n=4, **extra):
+    cols = {"region_id": np.arange(1, n + 1), "RA_deg": 10.0 + 0.001 * np.arange(n),
+            "dec": np.full(n, -5.0), "err_r0": np.full(n, 1.5), "R1": np.full(n, 0.5),
+            "likelihood_class": np.array(["true", "Marginal", "TRUE", "FALSE"][:n])}
+    cols.update(extra)
+    return cols
+
+
+def _dtin(cols, header=None):
+    from pathlib import Path
+
+    from stk_astrometry.tableio import TableInput
+
+    h = fits.Header()
+    for k, v in (header or {}).items():
+        h[k] = v
+    t = Table({k.lower(): v for k, v in cols.items()})
+    return TableInput(t, h, Path("d.fits"), "d.fits[SRC]", "d.fits",
+                      original_names={k.lower(): k for k in cols})
+
+
+def test_detections_of_the_requested_stack_with_aliases_and_optional_columns(caplog):
+    ids = np.array(["acisfJ1_001", "hrcfJ2_001", "acisfJ1_001", "hrcfJ2_001"])
+    cols = _det_table(detect_stack_id=ids, theta=np.array([1.0, 2.0, 3.0, 4.0]),
+                      src_cnts_aper_b=np.array([10, 20, 30, 40]),
+                      sat_src_flag=np.array([0, 0, 1, 0]), err_ang=np.array([5.0, 6, 7, 8]))
+    with caplog.at_level("INFO", logger="stk_astrometry.formats.catalogs"):
+        cat = catalogs.read_detections(_dtin(cols), stackid="hrcfJ2_001", ra_stack=10.0,
+                                       dec_stack=-5.0)
+    d = cat.detections
+    assert cat.stackid == "hrcfJ2_001" and cat.rows.tolist() == [False, True, False, True]
+    assert d.region_id.tolist() == [2, 4] and d.region_id.dtype == np.int64
+    assert d.ra_deg.tolist() == [10.001, 10.003] and d.theta_arcmin.tolist() == [2.0, 4.0]
+    assert d.src_cnts.tolist() == [20.0, 40.0] and d.err_ang_deg.tolist() == [6.0, 8.0]
+    assert d.err_r0_arcsec.tolist() == [1.5, 1.5] and d.err_r1_arcsec.tolist() == [0.5, 0.5]
+    assert d.likelihood_class.tolist() == ["MARGINAL", "FALSE"]
+    assert d.sat_src_flag.tolist() == [False, False] and d.conv_hull is None and d.man_inc is None
+    assert cat.instrument == "HRC" and (cat.ra_stack, cat.dec_stack) == (10.0, -5.0)
+    msgs = [r.getMessage() for r in caplog.records]
+    assert "d.fits[SRC]: 2 row(s) of other stacks ignored" in msgs
+    assert "d.fits[SRC] has no conv_hull column: no detection dropped as convex hull" in msgs
+
+
+def test_detections_without_optional_columns(caplog):
+    with caplog.at_level("INFO", logger="stk_astrometry.formats.catalogs"):
+        cat = catalogs.read_detections(_dtin(_det_table(3)), ra_stack=10.0, dec_stack=-5.0)
+    d = cat.detections
+    assert cat.stackid == "" and cat.rows.tolist() == [True, True, True]
+    assert np.isnan(d.theta_arcmin).all() and np.isnan(d.src_cnts).all()
+    assert np.isnan(d.err_ang_deg).all() and len(d.err_ang_deg) == 3
+    assert d.sat_src_flag is None and d.conv_hull is None
+    msgs = [r.getMessage() for r in caplog.records]
+    assert ("d.fits[SRC] has no detect_stack_id column or STACKID keyword: STACKID is blank"
+            in msgs)
+    assert "d.fits[SRC] has no theta column: off-axis angle (QA rules need it) written as NaN" in msgs
+
+
+def test_detections_stack_id_from_parameter_or_keyword():
+    cat = catalogs.read_detections(_dtin(_det_table(2), {"STACKID": " acisfJ9_002 "}),
+                                   ra_stack=10.0, dec_stack=-5.0)
+    assert cat.stackid == "acisfJ9_002" and cat.instrument == "ACIS"
+    cat = catalogs.read_detections(_dtin(_det_table(2), {"STACKID": "acisfJ9_002"}),
+                                   stackid=" hrcfJ3_001 ", ra_stack=10.0, dec_stack=-5.0)
+    assert cat.stackid == "hrcfJ3_001" and cat.instrument == "HRC"
+    cat = catalogs.read_detections(_dtin(_det_table(2), {"STACKID": "  "}),
+                                   ra_stack=10.0, dec_stack=-5.0)
+    assert cat.stackid == ""
+
+
+@pytest.mark.parametrize("ids, ok", [([2**31 - 1, -(2**31)], True), ([2**31, 1], False),
+                                     ([-(2**31) - 1, 1], False)])
+def test_detection_ids_must_fit_the_outputs_int32(ids, ok):
+    cols = _det_table(2)
+    cols["region_id"] = np.array(ids, dtype=np.int64)
+    if ok:
+        cat = catalogs.read_detections(_dtin(cols), ra_stack=10.0, dec_stack=-5.0)
+        assert cat.detections.region_id.tolist() == ids
+    else:
+        with pytest.raises(CatalogError, match=rf"region_id {ids[0]} does not fit the 32-bit "
+                                               r"region_id of the output \(formats\.md\); 1 such"):
+            catalogs.read_detections(_dtin(cols), ra_stack=10.0, dec_stack=-5.0)
+
+
+def test_detection_ids_must_be_unique_within_the_stack():
+    cols = _det_table(4)
+    cols["region_id"] = np.array([5, 5, 7, 5])
+    with pytest.raises(CatalogError, match=r"^d\.fits\[SRC\]: region_id must be unique within "
+                                           r"stack \(unnamed\); repeated: 5$"):
+        catalogs.read_detections(_dtin(cols), ra_stack=10.0, dec_stack=-5.0)
+    n = 24
+    many = {"region_id": np.repeat(np.arange(12), 2), "ra": np.full(n, 10.0),
+            "dec": np.full(n, -5.0), "err_ellipse_r0": np.ones(n), "err_ellipse_r1": np.ones(n),
+            "likelihood_class": np.full(n, "TRUE")}
+    with pytest.raises(CatalogError, match=r"stack s1; repeated: 0, 1, 2, 3, 4, 5, 6, 7, 8, 9 "
+                                           r"\.\.\. \(12 in all\)$"):
+        catalogs.read_detections(_dtin(many, {"STACKID": "s1"}), ra_stack=10.0, dec_stack=-5.0)
+    cols["region_id"] = np.array([5, 6, 7, 8])
+    assert len(catalogs.read_detections(_dtin(cols), ra_stack=10.0,
+                                        dec_stack=-5.0).detections.region_id) == 4
+
+
+def test_detections_refusals():
+    ids = np.array(["caf\u00e9", "caf\u00e9"])
+    with pytest.raises(CatalogError, match=r"detect_stack_id 'caf\u00e9' is not printable ASCII"):
+        catalogs.read_detections(_dtin(_det_table(2, detect_stack_id=ids)), ra_stack=10.0,
+                                 dec_stack=-5.0)
+    for ra, dec in ((361.0, 0.0), (-1.0, 0.0), (10.0, 90.5), (float("nan"), 0.0)):
+        with pytest.raises(CatalogError, match=r"^tangent point from parameters is out of range"):
+            catalogs.read_detections(_dtin(_det_table(2)), ra_stack=ra, dec_stack=dec)
+    for ra, dec in ((360.0, -90.0), (0.0, 90.0)):
+        assert catalogs.read_detections(_dtin(_det_table(2)), ra_stack=ra,
+                                        dec_stack=dec).ra_stack == ra
+
+
+def test_detections_of_an_empty_table(caplog):
+    cols = {k: v[:0] for k, v in _det_table(2).items()}
+    with caplog.at_level("WARNING", logger="stk_astrometry.formats.catalogs"):
+        cat = catalogs.read_detections(_dtin(cols), ra_stack=10.0, dec_stack=-5.0)
+    assert len(cat.detections.region_id) == 0
+    assert "d.fits[SRC] has no rows: the stack has no detections" in \
+        [r.getMessage() for r in caplog.records]
