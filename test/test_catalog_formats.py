@@ -772,3 +772,25 @@ def test_detections_of_an_empty_table(caplog):
     assert len(cat.detections.region_id) == 0
     assert "d.fits[SRC] has no rows: the stack has no detections" in \
         [r.getMessage() for r in caplog.records]
+
+
+def test_allwise_gaia_and_best_neighbour_columns_each_to_its_field():
+    wise = catalogs.read_wise(_dtin({
+        "allwise_oid": np.array([7, 8]), "RAJ2000": np.array([1.0, 2.0]),
+        "dec_deg": np.array([3.0, 4.0]), "sigra": np.array([0.1, 0.2]),
+        "sigdec": np.array([0.3, 0.4]), "ccf": np.array([" 0000", "d000 "])}))
+    assert wise.allwise_oid.tolist() == [7, 8] and wise.allwise_oid.dtype == np.int64
+    assert wise.ra_deg.tolist() == [1.0, 2.0] and wise.dec_deg.tolist() == [3.0, 4.0]
+    assert wise.sigra_arcsec.tolist() == [0.1, 0.2] and wise.sigdec_arcsec.tolist() == [0.3, 0.4]
+    assert wise.cc_flags.tolist() == ["0000", "d000"]
+    gaia = catalogs.read_gaia(_dtin({
+        "Source": np.array([5, 6]), "RA_ICRS": np.array([1.0, 2.0]),
+        "DE_ICRS": np.array([3.0, 4.0]), "pmRA": np.ma.array([1.5, 0.0], mask=[False, True]),
+        "pmDE": np.array([-2.5, 3.5])}))
+    assert gaia.source_id.tolist() == [5, 6] and gaia.ra_deg.tolist() == [1.0, 2.0]
+    assert gaia.dec_deg.tolist() == [3.0, 4.0] and gaia.pmdec_masyr.tolist() == [-2.5, 3.5]
+    assert gaia.pmra_masyr[0] == 1.5 and np.isnan(gaia.pmra_masyr[1])
+    bn = catalogs.read_best_neighbours(_dtin({"SOURCE_ID": np.array([5, 6]),
+                                              "allwise_oid": np.array(["7", "8"])}))
+    assert bn.source_id.tolist() == [5, 6] and bn.allwise_oid.tolist() == [7, 8]
+    assert bn.allwise_oid.dtype == np.int64 and bn.source_id.dtype == np.int64
