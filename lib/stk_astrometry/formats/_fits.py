@@ -28,7 +28,7 @@ def column_format(values, fmt=None):
     arr = np.asarray(values)
     kind = arr.dtype.kind
     if kind in "US":
-        width = max([1] + [len(str(v)) for v in arr.ravel()])
+        width = max([1] + [len(v) for v in arr.ravel()])   # bytes: len(), not len(repr)
         return f"{width}A"
     if kind == "b":
         return "L"
