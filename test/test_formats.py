@@ -1473,3 +1473,40 @@ def test_transform_copy_is_named_stkxfm_whatever_the_block_it_came_from(tmp_path
         assert h[1].name == "STKXFM"
     with pytest.raises(FormatError, match=r"\[IMG\]: not a table with rows$"):
         transform.read_transform(f"{path}[3]")
+
+
+@pytest.mark.parametrize("values, fmt", [
+    (np.array(["a", "bcd"]), "3A"), (np.array([b"ab", b"c"]), "2A"), (np.array([], dtype="U5"), "1A"),
+    (np.array(["", ""]), "1A"), (np.array([True]), "L"), (np.array([1], dtype=np.int8), "I"),
+    (np.array([1], dtype=np.uint8), "I"), (np.array([1], dtype=np.int16), "I"),
+    (np.array([1], dtype=np.int32), "J"), (np.array([1], dtype=np.uint32), "J"),
+    (np.array([1], dtype=np.int64), "K"), (np.array([1.0], dtype=np.float32), "E"),
+    (np.array([1.0]), "D"), (np.array([1.0], dtype=np.float16), "D"), ([1, 2], "K"),
+])
+def test_column_format_from_the_dtype(values, fmt):
+    from stk_astrometry.formats._fits import column_format
+
+    assert column_format(values) == fmt
+    assert column_format(values, "16A") == "16A"
+
+
+def test_header_value_of_numpy_scalars_and_nan():
+    from stk_astrometry.formats._fits import header_value
+
+    for x, want in ((np.float32(1.5), 1.5), (np.nan, None), (float("inf"), None),
+                    (np.int16(3), 3), (np.bool_(True), True), ("s", "s"), (None, None), (7, 7)):
+        got = header_value(x)
+        assert got == want and type(got) is type(want), x
+
+
+def test_table_hdu_of_columns_units_formats_and_no_rows():
+    from stk_astrometry.formats._fits import table_hdu
+
+    hdu = table_hdu("T", {"a": np.array([1, 2], dtype=np.int64), "b": np.array([1.0, 2.0])},
+                    units={"b": "deg", "a": ""}, formats={"a": "J"})
+    assert hdu.name == "T" and hdu.columns["a"].format == "J" and hdu.columns["b"].format == "D"
+    assert hdu.columns["b"].unit == "deg" and hdu.columns["a"].unit is None
+    assert hdu.data["a"].tolist() == [1, 2] and hdu.data["b"].tolist() == [1.0, 2.0]
+    empty = table_hdu("E", {"a": np.zeros(0)}, nrows=0)
+    assert empty.name == "E" and len(empty.data) == 0
+    assert table_hdu("N", {"x": np.arange(3)}, nrows=3).name == "N"
