@@ -1510,3 +1510,57 @@ def test_table_hdu_of_columns_units_formats_and_no_rows():
     empty = table_hdu("E", {"a": np.zeros(0)}, nrows=0)
     assert empty.name == "E" and len(empty.data) == 0
     assert table_hdu("N", {"x": np.arange(3)}, nrows=3).name == "N"
+
+
+def test_copied_structural_and_column_cards_are_not_written_twice(tmp_path):
+    from stk_astrometry.formats import _fits
+
+    specs = [_fits.HduSpec(None, cards=(("SIMPLE", True, ""), ("BITPIX", 8, ""), ("NAXIS", 0, ""),
+                                        ("EXTEND", True, ""), ("OBJECT", "x", ""))),
+             _fits.HduSpec("T", {"a": np.array([1.0]), "b": np.array([2.0])}, units={"b": "deg"},
+                           column_info={"b": ("desc", "pos.eq.ra")},
+                           cards=(("TUNIT2", "deg", ""), ("TCOMM2", "desc", ""),
+                                  ("TUCD2", "pos.eq.ra", ""), ("EXTNAME", "T", ""),
+                                  ("KEEP", 1, "copied")))]
+    _fits.write_fits_fast(tmp_path / "c.fits", specs, HIST, clobber=False)
+    with fits.open(tmp_path / "c.fits") as hdul:
+        for hdu in hdul:
+            keys = [k for k in hdu.header.keys() if k not in ("HISTORY", "COMMENT")]
+            assert len(keys) == len(set(keys)), keys
+        assert hdul[0].header["OBJECT"] == "x" and hdul[1].header["KEEP"] == 1
+        assert "COMMENT" not in hdul[0].header
+
+
+@pytest.mark.parametrize("value, comment, kept", [
+    ("x" * 40, "c" * 25, True), ("x" * 40, "c" * 26, False),
+    ("ab", "c" * 47, True), ("ab", "c" * 48, False), ("x" * 18, "c" * 47, True),
+    ("x" * 19, "c" * 47, False),
+])
+def test_long_string_drops_its_comment_only_when_it_would_be_cut(value, comment, kept):
+    from stk_astrometry.formats._fits import set_keywords
+
+    h = fits.Header()
+    set_keywords(h, [("KEY", value, comment)])
+    assert h["KEY"] == value and h.comments["KEY"] == (comment if kept else "")
+    h2 = fits.Header()
+    set_keywords(h2, [("KEY", value, comment)], drop_long_comments=False)
+    assert h2.comments["KEY"].startswith(comment[:10])
+
+
+@pytest.mark.parametrize("name, value, comment", [
+    ("EIGHTCHR", 1.5, "c"), ("EIGHTCHR", 12, ""), ("NINECHARS", 2.5, "c" * 50),
+    ("NINECHARS", 2.5, "c" * 53), ("NINECHARS", 2.5, "c" * 54), ("K", "x" * 68, ""),
+    ("K", "x" * 69, ""), ("NINECHARS", True, ""),
+])
+def test_format_card_at_the_hierarch_and_continue_boundaries(name, value, comment):
+    import warnings
+
+    from astropy.io.fits import Card
+
+    from stk_astrometry.formats._fits import _as_card, format_card
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        want = _as_card(name, value, comment).image if len(name) > 8 else Card(name, value, comment).image
+        assert format_card(name, value, comment) == want
+        assert format_card(name, value) == format_card(name, value, "")
