@@ -1564,3 +1564,20 @@ def test_format_card_at_the_hierarch_and_continue_boundaries(name, value, commen
         want = _as_card(name, value, comment).image if len(name) > 8 else Card(name, value, comment).image
         assert format_card(name, value, comment) == want
         assert format_card(name, value) == format_card(name, value, "")
+
+
+def test_fast_writer_expands_at_lists_and_says_what_it_wrote(tmp_path, caplog):
+    from stk_astrometry.formats import _fits
+
+    lis = tmp_path / "in.lis"
+    lis.write_text("a.fits\nb.fits\n")
+    hist = _Run("stk_test", {"infile": f"@{lis}"})
+    specs = [_fits.HduSpec(None), _fits.HduSpec("T", {"a": np.array([1.0])})]
+    with caplog.at_level("INFO", logger="stk_astrometry.fitsutil"):
+        _fits.write_fits_fast(tmp_path / "s.fits", specs, hist, clobber=False)
+    assert [r.getMessage() for r in caplog.records if r.name == "stk_astrometry.fitsutil"] == \
+        [f"Wrote {tmp_path / 's.fits'}"]
+    with fits.open(tmp_path / "s.fits") as hdul:
+        for hdu in hdul:
+            kinds = [str(v)[1:5] for v in hdu.header["HISTORY"]]
+            assert kinds.count("STCK") == 2, kinds
