@@ -585,3 +585,64 @@ def test_gunzip_to_a_locked_temporary_beside_the_product(tmp_path):
     with pytest.raises(FormatError, match=r"cut\.fits\.gz: corrupt or truncated gzip file"):
         fitsedit.gunzip_to_temp(cut, cut)
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+# --------------------------------------------------------------------------- the kill-test hook
+
+
+@pytest.mark.parametrize("env, written", [
+    (None, b"...."), ("", b"...."), ("journal:0", b"...."), ("patch:0", b"AB.."),
+    ("patch:x", b"...."), ("other:0", b"...."),
+])
+def test_fault_hook_is_inert_unless_asked(tmp_path, monkeypatch, env, written):
+    import time
+
+    p = tmp_path / "f.bin"
+    p.write_bytes(b"....")
+    slept = []
+    monkeypatch.setattr(time, "sleep", lambda s: slept.append(s))
+    if env is None:
+        monkeypatch.delenv(fitsedit.FAULT_ENV, raising=False)
+    else:
+        monkeypatch.setenv(fitsedit.FAULT_ENV, env)
+    patches = [fitsedit.Patch(0, b"..", b"AB"), fitsedit.Patch(2, b"..", b"CD")]
+    fd = os.open(p, os.O_RDWR)
+    try:
+        fitsedit._fault_point(fd, patches)
+    finally:
+        os.close(fd)
+    assert p.read_bytes() == written
+    assert slept == ([0.0] if env in ("journal:0", "patch:0") else [])
+
+
+# --------------------------------------------------------------------------- checksums
+
+
+def test_checksummed_header_is_valid_and_sized_as_asked(tmp_path):
+    import numpy as np
+
+    data = np.arange(720, dtype=">i4").tobytes()
+    datasum = fitsedit.ones_complement_sum(data)
+    h = fits.Header()
+    h["SIMPLE"], h["BITPIX"], h["NAXIS"], h["NAXIS1"] = True, 32, 1, 720
+    raw = fitsedit.checksummed_header_bytes(h, datasum)
+    assert len(raw) == 2880 and h["DATASUM"] == str(datasum)
+    assert h["CHECKSUM"] != "0" * 16 and f"'{h['CHECKSUM']}'".encode() in raw
+    (tmp_path / "c.fits").write_bytes(raw + data)
+    with fits.open(tmp_path / "c.fits", checksum=True) as hdul:   # warns on a bad sum
+        assert hdul[0].header["CHECKSUM"] == h["CHECKSUM"]
+    assert fitsedit.header_checksum_ok(raw, h) == datasum
+    assert len(fitsedit.checksummed_header_bytes(h, datasum, spare=2)) == 3 * 2880
+    raw3 = fitsedit.checksummed_header_bytes(h, datasum, nblocks=3)
+    assert len(raw3) == 3 * 2880 and fitsedit.header_checksum_ok(raw3, h) == datasum
+    for i in range(40):
+        h[f"K{i:02d}"] = "x" * 60
+    assert fitsedit.checksummed_header_bytes(h, datasum, nblocks=1) is None
+
+
+@pytest.mark.parametrize("card, start, end", [
+    ("KEY     = 'abc'  / c", 11, 15), ("KEY     = 'it''s' / c", 11, 17),
+    ("KEY     = ''''", 11, 14), ("KEY     = 'open", 11, -1), ("KEY     = 'a''", 11, -1),
+])
+def test_quote_end_skips_escaped_quotes(card, start, end):
+    assert fitsedit._quote_end(card, start) == end
