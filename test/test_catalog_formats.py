@@ -794,3 +794,35 @@ def test_allwise_gaia_and_best_neighbour_columns_each_to_its_field():
                                               "allwise_oid": np.array(["7", "8"])}))
     assert bn.source_id.tolist() == [5, 6] and bn.allwise_oid.tolist() == [7, 8]
     assert bn.allwise_oid.dtype == np.int64 and bn.source_id.dtype == np.int64
+
+
+def test_irsa_allwise_linked_by_designation_with_cntr_or_row_numbers(caplog):
+    wise_cols = {"designation": np.array(["J000001.00+000001.0", "WISEA J000002.00+000002.0",
+                                          "J000001.00+000001.0"]),
+                 "ra": np.array([1.0, 2.0, 3.0]), "dec": np.array([4.0, 5.0, 6.0]),
+                 "sigra": np.array([0.1, 0.2, 0.3]), "sigdec": np.array([0.4, 0.5, 0.6]),
+                 "cc_flags": np.array(["0000", "0000", "h000"])}
+    best_cols = {"source_id": np.array([11, 12, 13]),
+                 "original_ext_source_id": np.array(["WISEA J000002.00+000002.0",
+                                                     "j000001.00+000001.0", "J999999.99+999999.9"])}
+    with caplog.at_level("INFO", logger="stk_astrometry.formats.catalogs"):
+        wise, best = catalogs.read_wise_linked(_dtin(dict(wise_cols, cntr=np.array([70, 80, 90]))),
+                                               _dtin(best_cols))
+    assert wise.allwise_oid.tolist() == [70, 80, 90]
+    assert wise.ra_deg.tolist() == [1.0, 2.0, 3.0] and wise.sigdec_arcsec.tolist() == [0.4, 0.5, 0.6]
+    assert wise.cc_flags.tolist() == ["0000", "0000", "h000"] and wise.dec_deg.tolist() == [4, 5, 6]
+    assert wise.sigra_arcsec.tolist() == [0.1, 0.2, 0.3]
+    # the first row of a repeated designation; a designation not in wisefile: an id no row has
+    assert best.source_id.tolist() == [11, 12, 13] and best.allwise_oid.tolist() == [80, 70, -3]
+    assert ("d.fits[SRC] has no allwise_oid: linked to d.fits[SRC] by designation (2 of 3 "
+            "best-neighbour rows found), ids from cntr") in [r.getMessage() for r in caplog.records]
+    wise, best = catalogs.read_wise_linked(_dtin(wise_cols), _dtin(best_cols))
+    assert wise.allwise_oid.tolist() == [1, 2, 3] and best.allwise_oid.tolist() == [2, 1, -3]
+    no_design = {k: v for k, v in wise_cols.items() if k != "designation"}
+    with pytest.raises(CatalogError, match=r"^d\.fits\[SRC\]: required column 'allwise_oid' is "
+                                           r"missing, and no 'designation' column"):
+        catalogs.read_wise_linked(_dtin(no_design), _dtin(best_cols))
+    with_oid = dict(no_design, allwise_oid=np.array([5, 6, 7]))
+    wise, best = catalogs.read_wise_linked(
+        _dtin(with_oid), _dtin({"source_id": np.array([1]), "allwise_oid": np.array([6])}))
+    assert wise.allwise_oid.tolist() == [5, 6, 7] and best.allwise_oid.tolist() == [6]
