@@ -1339,7 +1339,8 @@ def _specs_of_every_kind():
     cols = {"region_id": np.array([1, 2, 3], dtype=np.int32), "ref_id": np.array([5, 2**40, 7]),
             "ra": np.array([1.5, np.nan, -2.25]), "f": np.array([1, 2, 3], dtype=np.float32),
             "flag": np.array([True, False, True]), "name": np.array(["a", "bcd", ""]),
-            "small": np.array([1, 2, 3], dtype=np.int16), "u8": np.array([1, 2, 3], dtype=np.uint8)}
+            "small": np.array([1, 2, 3], dtype=np.int16), "u8": np.array([1, 2, 3], dtype=np.uint8),
+            "vec": np.arange(6, dtype=np.int32).reshape(3, 2)}
     return [HduSpec(None, keys=(("CONTENT", "STKTEST", "a test"), ("DEC_STACK", -12.5, "[deg] dec"),
                                 ("NOTE", "x" * 80, "long"), ("UNDEF", None, "undefined"),
                                 ("FLAG", True, ""), ("N", 5, "count"),
@@ -1404,7 +1405,7 @@ def test_fast_writer_writes_what_astropys_writer_writes(tmp_path, monkeypatch):
     tkeys = [k for k, _, _ in tab[0]]
     assert tkeys[:8] == ["XTENSION", "BITPIX", "NAXIS", "NAXIS1", "NAXIS2", "PCOUNT", "GCOUNT",
                          "TFIELDS"]
-    assert tkeys.index("EXTNAME") == tkeys.index("TFORM8") + 1
+    assert tkeys.index("EXTNAME") == tkeys.index("TFORM9") + 1
     tdict = dict((k, (v, c)) for k, v, c in tab[0] if k != "HISTORY")
     assert tdict["TFORM1"] == ("J", "") and tdict["EXTRA"] == (1.5, "copied")
     assert tdict["DTYPE7"] == ("RA_LONGER", "x") and tdict["DTYPE8"][0] == "DEC_STACK"
@@ -1581,3 +1582,33 @@ def test_fast_writer_expands_at_lists_and_says_what_it_wrote(tmp_path, caplog):
         for hdu in hdul:
             kinds = [str(v)[1:5] for v in hdu.header["HISTORY"]]
             assert kinds.count("STCK") == 2, kinds
+
+
+def test_fast_writer_vector_columns_and_its_own_stamps(tmp_path):
+    from stk_astrometry.formats import _fits
+
+    vec = np.arange(6.0).reshape(3, 2)
+    specs = [_fits.HduSpec(None), _fits.HduSpec("T", {"v": vec, "n": np.array([1, 2, 3])})]
+    _fits.write_fits_fast(tmp_path / "v.fits", specs, HIST, clobber=False)
+    with fits.open(tmp_path / "v.fits") as hdul:
+        assert hdul["T"].columns["v"].format == "2D"
+        assert hdul["T"].data["v"].tolist() == vec.tolist()
+    raw = (tmp_path / "v.fits").read_bytes()
+    cards = [raw[i:i + 8] for i in range(0, len(raw), 80)]
+    assert cards.count(b"CREATOR ") == 2 and cards.count(b"DATE    ") == 2
+
+
+def test_header_keywords_keep_a_hierarch_keyword_and_drop_blank_cards():
+    from stk_astrometry.formats._fits import extra_cards, header_keywords
+
+    h = fits.Header()
+    h["SHORT"] = 1
+    h.append(fits.Card("HIERARCH LONGER_NAME", 2.5, "c"))
+    h.append(fits.Card("", "", ""), useblanks=False, bottom=True)
+    h["DTYPE1"] = "DEC_STACK"
+    h["DVAL1"] = -5.0
+    h.append(fits.Card("HIERARCH DEC_STACK", -5.0))
+    assert header_keywords(h) == (("SHORT", 1, ""), ("LONGER_NAME", 2.5, "c"),
+                                  ("DEC_STACK", -5.0, ""))
+    assert [c[0] for c in extra_cards(h)] == ["SHORT", "LONGER_NAME", "DTYPE1", "DVAL1",
+                                              "DEC_STACK"]
