@@ -646,3 +646,42 @@ def test_checksummed_header_is_valid_and_sized_as_asked(tmp_path):
 ])
 def test_quote_end_skips_escaped_quotes(card, start, end):
     assert fitsedit._quote_end(card, start) == end
+
+
+# --------------------------------------------------------------------------- recovery decisions
+
+
+def test_old_or_new_accepts_torn_writes_only():
+    p = fitsedit.Patch(0, b"AAAA", b"BBBB")
+    assert fitsedit._old_or_new(b"AAAA", p) and fitsedit._old_or_new(b"BBBB", p)
+    assert fitsedit._old_or_new(b"BBAA", p) and fitsedit._old_or_new(b"ABAB", p)
+    assert not fitsedit._old_or_new(b"ABAC", p) and not fitsedit._old_or_new(b"CCCC", p)
+    assert not fitsedit._old_or_new(b"AAA", p) and not fitsedit._old_or_new(b"AAAAA", p)
+
+
+def test_recover_rolls_a_torn_write_back_and_refuses_foreign_bytes(tmp_path):
+    path = tmp_path / "a.fits"
+    old = _fits_bytes()
+    path.write_bytes(old)
+    patches = _patches(path)
+    _interrupted(path, patches, written=0)
+    raw = bytearray(path.read_bytes())
+    raw[100:120] = b"Z" * 20                   # half of the first patch written: torn
+    path.write_bytes(bytes(raw))
+    assert fitsedit.recover(path) == "interrupted update rolled back to the old version"
+    assert path.read_bytes() == old and not fitsedit.journal_path(path).exists()
+    assert fitsedit.recover(path) is None
+    _interrupted(path, patches, written=2)
+    assert fitsedit.recover(path) == "interrupted update had completed; kept the new version"
+    new = path.read_bytes()
+    assert new[100:140] == b"Z" * 40 and new[BLOCK + 7:BLOCK + 17] == b"Y" * 10
+    path.write_bytes(old)
+    _interrupted(path, patches, written=1)
+    raw = bytearray(path.read_bytes())
+    raw[BLOCK + 9] = ord("Q")                  # another tool's edit inside a patched range
+    path.write_bytes(bytes(raw))
+    with pytest.raises(ProductError, match=rf"^{path}: the interrupted update's journal .* does "
+                                           rf"not match the file \(bytes {BLOCK + 7}-{BLOCK + 16} "
+                                           r"hold neither the old nor the new version\)"):
+        fitsedit.recover(path)
+    assert fitsedit.journal_path(path).exists() and path.read_bytes() == bytes(raw)
