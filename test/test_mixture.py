@@ -885,16 +885,25 @@ def _hessian(f, x, steps):
     return grad, 0.5 * (h + h.T)
 
 
-@pytest.mark.parametrize("case", ["chance matches (q inside (0, 1))", "no chance matches (rho = 0)"])
+@pytest.mark.parametrize("case", ["chance matches (q inside (0, 1))", "no chance matches (rho = 0)",
+                                  "q at 1 although rho > 0", "a window under 1 arcsec"])
 def test_fit_is_the_likelihoods_maximum_with_its_memberships_and_curvature(case, monkeypatch):
     from stk_astrometry import mixture
 
     # the likelihood's own covariance: the floor at the residuals' scatter left out
     monkeypatch.setattr(mixture, "_sandwich", lambda *a: None)
     rng = np.random.default_rng(SEED + 200)
+    radius = R
     if case.startswith("chance"):
         det, dx, dy, cov, _, _, dens = simulate(rng, n_det=40, false_frac=0.3, density=20.0,
                                                 sig_range=(0.2, 0.6))
+    elif case.startswith("q at 1"):
+        det, dx, dy, cov, _, _, dens = simulate(rng, n_det=30, density=0.5, sig_range=(0.1, 0.3))
+    elif case.startswith("a window"):
+        radius = 1.2
+        det, dx, dy, cov, _, _, dens = simulate(rng, n_det=40, false_frac=0.2, density=30.0,
+                                                shift=(0.3, 0.1), sig_range=(0.1, 0.2),
+                                                radius=radius)
     else:
         # two candidates for every detection 0.6" apart, no chance density: the memberships
         # split, and the observed information is not the complete-data one
@@ -903,7 +912,7 @@ def test_fit_is_the_likelihoods_maximum_with_its_memberships_and_curvature(case,
         dx, dy = np.r_[dx, dx + 0.6], np.r_[dy, dy - 0.1]
         cov = np.concatenate([cov, cov])
         dens = 0.0
-    fit = fit_mixture(det, dx, dy, cov, density_per_arcmin2=dens, match_radius_arcsec=R)
+    fit = fit_mixture(det, dx, dy, cov, density_per_arcmin2=dens, match_radius_arcsec=radius)
     assert fit.failure is None, fit.message
     loglike, memberships, inside = _model(fit, det, dx, dy, cov, dens)
     s = np.array([fit.d_xi, fit.d_eta])
@@ -911,10 +920,12 @@ def test_fit_is_the_likelihoods_maximum_with_its_memberships_and_curvature(case,
     np.testing.assert_allclose(fit.membership[inside], memberships(s, fit.q), rtol=1e-8, atol=1e-12)
     assert np.all(fit.membership[~inside] == 0)
     assert fit.n_eff == pytest.approx(fit.membership.sum(), rel=1e-12)
-    if dens > 0:
+    if case.startswith(("chance", "a window")):
         assert 0.05 < fit.q < 0.95
+        if case.startswith("a window"):
+            assert fit.window_radius_arcsec < 1.0
         f, x = (lambda x: loglike(x[:2], x[2])), np.array([*s, fit.q])
-    else:
+    else:       # q on its bound (or not identifiable): the s block alone
         assert fit.q == 1.0
         f, x = (lambda x: loglike(x, 1.0)), s
     # at the maximum: the Newton step that remains in s is a millionth of the fit's own sigma
@@ -925,12 +936,14 @@ def test_fit_is_the_likelihoods_maximum_with_its_memberships_and_curvature(case,
     _, hess = _hessian(f, x, np.full(x.size, 1e-4))
     step_s = np.linalg.solve(-hess[:2, :2], grad[:2])
     assert float(step_s @ (-hess[:2, :2]) @ step_s) < 1e-12
+    # (with a 0.9" window R - |s| moves more with s: q is at the maximum to 1 % of its sigma)
     step = np.linalg.solve(-hess, grad)
-    assert float(step @ (-hess) @ step) < 1e-8
+    assert float(step @ (-hess) @ step) < (1e-4 if case.startswith("a window") else 1e-8)
     np.testing.assert_allclose(fit.cov, np.linalg.inv(-hess)[:2, :2], rtol=1e-4)
-    # the complete-data information (every membership 1 where it is not) would be smaller
-    assert np.trace(fit.cov) > 1.02 * np.trace(np.linalg.inv(np.einsum(
-        "n,nij->ij", fit.membership[inside], np.linalg.inv(cov[inside]))))
+    if case.startswith(("chance", "no chance")):
+        # the complete-data information (memberships taken as known) would be larger
+        assert np.trace(fit.cov) > 1.02 * np.trace(np.linalg.inv(np.einsum(
+            "n,nij->ij", fit.membership[inside], np.linalg.inv(cov[inside]))))
 
 
 def _q_gradient(x, a, b, c, e):
@@ -1276,3 +1289,103 @@ def test_start_prior_ranks_the_modes_by_score_less_the_shift_squared_over_two_si
     below = fit_mixture(det, dx, dy, cov, start_prior_arcsec=0.9 * turn, **kw)
     above = fit_mixture(det, dx, dy, cov, start_prior_arcsec=1.1 * turn, **kw)
     assert abs(below.d_xi - near[0]) < 0.01 and abs(above.d_xi - far[0]) < 0.01
+
+
+# ---------------------------------------------------------------------------------------------
+# Arguments and degenerate cases (issue 16)
+
+
+def test_whole_number_detection_ids_given_as_floats_are_accepted():
+    rng = np.random.default_rng(SEED + 600)
+    det, dx, dy, cov, *_ = simulate(rng, n_det=20, density=10.0)
+    kw = dict(density_per_arcmin2=10.0, match_radius_arcsec=R)
+    as_int = fit_mixture(det, dx, dy, cov, **kw)
+    as_float = fit_mixture(det.astype(float), dx, dy, cov, **kw)
+    assert (as_float.d_xi, as_float.d_eta) == (as_int.d_xi, as_int.d_eta)
+    np.testing.assert_array_equal(as_float.membership, as_int.membership)
+    for bad in ([0.0, np.nan], [0.0, np.inf]):
+        with pytest.raises(FitError, match="src_index must hold integers"):
+            fit_mixture(bad, [0.1, 0.2], [0.0, 0.1], np.tile(np.eye(2), (2, 1, 1)), **kw)
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"d_eta": [0.0]}, "d_eta has 1 entries, expected 2"),
+    ({"max_shift_arcsec": 0.0}, "max_shift_arcsec must be > 0, got 0.0"),
+    ({"match_radius_arcsec": -0.5}, "match_radius_arcsec must be > 0"),
+])
+def test_more_malformed_arguments_raise(kwargs, match):
+    args = {"src_index": [0, 1], "d_xi": [0.1, 0.2], "d_eta": [0.0, 0.1],
+            "cov_pairs": np.tile(np.eye(2), (2, 1, 1)), "density_per_arcmin2": 1.0,
+            "match_radius_arcsec": R}
+    args.update(kwargs)
+    positional = [args.pop(k) for k in ("src_index", "d_xi", "d_eta", "cov_pairs")]
+    with pytest.raises(FitError, match=match):
+        fit_mixture(*positional, **args)
+
+
+@pytest.mark.parametrize("radius", [0.5, 1.0])
+def test_a_match_radius_under_one_arcsec_is_accepted(radius):
+    n = 8
+    rng = np.random.default_rng(SEED + 601)
+    d = np.array([0.1, -0.05]) + rng.normal(0, 0.05, (n, 2))
+    fit = fit_mixture(np.arange(n), d[:, 0], d[:, 1], np.tile(np.eye(2) * 0.05**2, (n, 1, 1)),
+                      density_per_arcmin2=5.0, match_radius_arcsec=radius)
+    assert fit.failure is None, fit.message
+    assert fit.window_radius_arcsec == pytest.approx(radius - np.hypot(fit.d_xi, fit.d_eta))
+
+
+def test_rows_all_unusable_are_counted_and_reported():
+    fit = fit_mixture([1, 2], [np.nan, 0.1], [0.0, np.inf], np.tile(np.eye(2), (2, 1, 1)),
+                      density_per_arcmin2=2.0, match_radius_arcsec=R)
+    assert (fit.n_dropped, fit.n_floored) == (2, 0)
+    assert fit.message.split("; ") == ["2 pair(s) with non-finite offset or covariance dropped",
+                                       "no usable pairs"]
+
+
+def test_an_asymmetric_covariance_is_used_symmetrised():
+    rng = np.random.default_rng(SEED + 602)
+    det, dx, dy, cov, *_ = simulate(rng, n_det=20, density=10.0)
+    skew = cov.copy()
+    skew[:, 0, 1] += 0.02
+    skew[:, 1, 0] -= 0.02
+    kw = dict(density_per_arcmin2=10.0, match_radius_arcsec=R)
+    a, b = fit_mixture(det, dx, dy, skew, **kw), fit_mixture(det, dx, dy, cov, **kw)
+    assert (a.d_xi, a.d_eta) == pytest.approx((b.d_xi, b.d_eta), abs=1e-12)
+    np.testing.assert_allclose(a.cov, b.cov, rtol=1e-10)
+
+
+def test_a_symmetric_ambiguity_falls_back_on_the_memberships_and_says_so():
+    # every detection's two candidates lie 0.5" either side of the start: EM stays there with
+    # memberships 1/2, where the likelihood curves up along xi (a saddle between two modes);
+    # the observed information is not positive definite, the complete-data one is used
+    n = 10
+    det = np.repeat(np.arange(n), 2)
+    dx = np.tile([-0.5, 0.5], n)
+    dy = np.zeros(2 * n)
+    cov = np.tile(np.eye(2) * 0.2**2, (2 * n, 1, 1))
+    fit = fit_mixture(det, dx, dy, cov, density_per_arcmin2=0.0, match_radius_arcsec=R,
+                      x0=(0.0, 0.0))
+    assert (fit.d_xi, fit.d_eta) == pytest.approx((0.0, 0.0), abs=1e-12)
+    np.testing.assert_allclose(fit.membership, 0.5)
+    assert fit.message.endswith("; observed information not positive definite; covariance "
+                                "from memberships")
+    np.testing.assert_allclose(fit.cov, np.eye(2) * 0.2**2 / n, rtol=1e-9)
+
+
+def test_calibration_stops_once_the_error_model_settles(monkeypatch):
+    from stk_astrometry import mixture
+
+    windowed = mixture._windowed_fit
+    calls = []
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        return windowed(*args, **kwargs)
+
+    monkeypatch.setattr(mixture, "_windowed_fit", spy)
+    rng = np.random.default_rng(SEED + 530)
+    fit = fit_mixture(*_stack_with_wrong_errors(rng, 40, floor=0.2), density_per_arcmin2=2.0,
+                      match_radius_arcsec=R, calibrate=True)
+    assert fit.calibrated
+    # the stated errors' fit, the generous start, and fewer refits than the limit allows
+    assert 3 <= len(calls) < 2 + mixture._CAL_MAX_ITER
