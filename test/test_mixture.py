@@ -1389,3 +1389,53 @@ def test_calibration_stops_once_the_error_model_settles(monkeypatch):
     assert fit.calibrated
     # the stated errors' fit, the generous start, and fewer refits than the limit allows
     assert 3 <= len(calls) < 2 + mixture._CAL_MAX_ITER
+
+
+def test_error_model_with_exactly_diagonal_covariances():
+    # the reference leg's pairs (ALLWISE sigra/sigdec, no ellipse): b = 0 exactly, the major
+    # axis along xi for some, along eta for others
+    from types import SimpleNamespace
+
+    from stk_astrometry.mixture import _fit_error_model
+
+    rng = np.random.default_rng(SEED + 440)
+    n = 80
+    sx, sy = rng.uniform(0.05, 0.5, n), rng.uniform(0.05, 0.5, n)
+    stated = pair_covariance(np.zeros(n), np.zeros(n), np.zeros(n), sx, sy)
+    assert np.all(stated[:, 0, 1] == 0) and np.any(sx > sy) and np.any(sx < sy)
+    true = 1.4**2 * stated + 0.25**2 * np.eye(2)
+    e = np.einsum("nij,nj->ni", np.linalg.cholesky(true), rng.standard_normal((n, 2)))
+    r = rng.uniform(0.3, 1.0, n)
+    got = np.array(_fit_error_model(SimpleNamespace(d=e), stated,
+                                    SimpleNamespace(idx=np.arange(n), r=r, s=np.zeros(2)),
+                                    1.0, 0.5, 0.0))
+    want = _error_model_maximum(stated, e, r, 0.0, (got**2) * [1.3, 0.7])
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_error_model_floor_stops_at_its_bounds():
+    # never below min_floor (systematic_arcsec), never above 3" -- or above min_floor when
+    # min_floor is larger
+    from stk_astrometry.mixture import _CAL_MAX_FLOOR, _fit_error_model
+
+    rng = np.random.default_rng(SEED + 450)
+    for true_floor, min_floor, end in ((0.0, 0.1, 0.1), (4.0, 0.0, _CAL_MAX_FLOOR),
+                                       (5.0, 3.5, 3.5)):
+        stated, e, r, prob, st = _error_model_case(rng, 60, scale=1.0, floor=true_floor,
+                                                   errs=(0.05, 0.3))
+        assert _fit_error_model(prob, stated, st, 1.0, max(0.5, min_floor), min_floor)[1] == end
+
+
+def test_calibration_with_zero_stated_errors_fits_the_floor_alone():
+    # no stated error at all (singular covariances, floored for the fit): the scale multiplies
+    # nothing, and the floor is the maximum-likelihood scatter sum r |d - s|^2 / (2 sum r)
+    rng = np.random.default_rng(SEED + 460)
+    n = 20
+    d = np.array([0.2, -0.1]) + rng.normal(0, 0.3, (n, 2))
+    fit = fit_mixture(np.arange(n), d[:, 0], d[:, 1], np.zeros((n, 2, 2)),
+                      density_per_arcmin2=2.0, match_radius_arcsec=R, calibrate=True)
+    assert fit.calibrated and fit.err_scale == 1.0, fit.message
+    e = d - [fit.d_xi, fit.d_eta]
+    r = fit.membership
+    assert fit.sys_floor == pytest.approx(np.sqrt(np.sum(r * (e**2).sum(axis=1)) / (2 * r.sum())),
+                                          rel=1e-8)
