@@ -1323,8 +1323,9 @@ def test_more_malformed_arguments_raise(kwargs, match):
         fit_mixture(*positional, **args)
 
 
-@pytest.mark.parametrize("radius", [0.5, 1.0])
+@pytest.mark.parametrize("radius", [0.15, 0.5, 1.0])
 def test_a_match_radius_under_one_arcsec_is_accepted(radius):
+    # (under 0.2" the start's grid has no node inside the circle: the start is (0, 0))
     n = 8
     rng = np.random.default_rng(SEED + 601)
     d = np.array([0.1, -0.05]) + rng.normal(0, 0.05, (n, 2))
