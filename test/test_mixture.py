@@ -1421,7 +1421,7 @@ def test_error_model_floor_stops_at_its_bounds():
 
     rng = np.random.default_rng(SEED + 450)
     for true_floor, min_floor, end in ((0.0, 0.1, 0.1), (4.0, 0.0, _CAL_MAX_FLOOR),
-                                       (5.0, 3.5, 3.5)):
+                                       (5.0, 3.5, 3.5), (0.0, 3.5, 3.5)):
         stated, e, r, prob, st = _error_model_case(rng, 60, scale=1.0, floor=true_floor,
                                                    errs=(0.05, 0.3))
         assert _fit_error_model(prob, stated, st, 1.0, max(0.5, min_floor), min_floor)[1] == end
