@@ -1440,3 +1440,17 @@ def test_calibration_with_zero_stated_errors_fits_the_floor_alone():
     r = fit.membership
     assert fit.sys_floor == pytest.approx(np.sqrt(np.sum(r * (e**2).sum(axis=1)) / (2 * r.sum())),
                                           rel=1e-8)
+
+
+def test_a_window_still_moving_after_the_last_recentring_is_reported(monkeypatch):
+    # started 1.5" from the answer, the first window holds other pairs than the second: with one
+    # re-centring allowed the fit ends unsettled, and says so
+    from stk_astrometry import mixture
+
+    rng = np.random.default_rng(SEED + 610)
+    det, dx, dy, cov, *_ = simulate(rng, n_det=30, shift=(0.4, -0.3), sig_range=(0.1, 0.2))
+    monkeypatch.setattr(mixture, "_MAX_WINDOW_ITER", 1)
+    fit = fit_mixture(det, dx, dy, cov, density_per_arcmin2=2.0, match_radius_arcsec=R,
+                      x0=(-1.1, 0.0))
+    assert not fit.converged and fit.failure is not None
+    assert "window did not settle in 1 re-centrings" in fit.message.split("; ")
