@@ -1454,3 +1454,37 @@ def test_a_window_still_moving_after_the_last_recentring_is_reported(monkeypatch
                       x0=(-1.1, 0.0))
     assert not fit.converged and fit.failure is not None
     assert "window did not settle in 1 re-centrings" in fit.message.split("; ")
+
+
+def test_em_in_a_fixed_window_maximises_over_q_with_the_windows_mass():
+    # _fit_window with the window's terms given (P_j well below 1, mu = 0.4): at its end q is
+    # the root of dlogL/dq of the docstring's likelihood at the shift found, s its M step
+    from scipy.optimize import brentq
+    from stk_astrometry.mixture import _fit_window, _group_starts
+
+    rng = np.random.default_rng(SEED + 620)
+    prob = _problem(rng, n_det=40, false_frac=0.3, density=20.0)
+    idx = np.arange(prob.det.size)
+    n_det = _group_starts(prob.det).size
+    p_win = rng.uniform(0.6, 0.9, n_det)
+    mu = 0.4
+    s, q, r, _, ok, _, note = _fit_window(prob, idx, np.array([0.3, -0.2]), 0.9, p_win, mu)
+    assert ok, note
+    e = prob.d - s
+    dens = np.exp(-0.5 * np.einsum("ni,nij,nj->n", e, np.linalg.inv(prob.cov), e)) \
+        / (2 * np.pi * np.sqrt(np.linalg.det(prob.cov)))
+    s_j = np.bincount(prob.det, dens)
+    rho = prob.rho
+
+    def dlogl_dq(x):
+        return float(np.sum((s_j - rho * p_win) / (rho * (1 - x * p_win) + x * s_j)
+                            - np.exp(-mu) * p_win / (-np.expm1(-mu) + x * np.exp(-mu) * p_win)))
+
+    assert 0.2 < q < 0.95
+    assert abs(q - brentq(dlogl_dq, 0.01, 0.999, xtol=1e-14)) < 1e-7
+    # the shift is the M step of the memberships at (s, q): their inverse-covariance mean
+    resp = q * dens / (rho * (1 - q * p_win) + q * s_j)[prob.det]
+    inv = np.linalg.inv(prob.cov)
+    m_step = np.linalg.solve(np.einsum("n,nij->ij", resp, inv),
+                             np.einsum("n,nij,nj->i", resp, inv, prob.d))
+    np.testing.assert_allclose(s, m_step, atol=1e-8)
