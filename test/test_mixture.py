@@ -1147,7 +1147,12 @@ def test_a_fit_that_cannot_be_made_reports_nothing_measured():
     assert (fit.n_eff, fit.n_iter, fit.converged) == (0.0, 0, False)
     assert type(fit.n_eff) is float and type(fit.n_iter) is int and fit.converged is False
     np.testing.assert_array_equal(fit.membership, np.zeros(n))
-    assert "leaves no window inside the match radius" in fit.message
+    assert "shift (3.500, 0.000) arcsec leaves no window inside the match radius" in fit.message
+    # a start whose window (1" around it) holds no pair
+    away = fit_mixture(np.arange(4), np.full(4, 0.3), np.zeros(4), np.tile(np.eye(2) * 0.01, (4, 1, 1)),
+                       density_per_arcmin2=2.0, match_radius_arcsec=R, x0=(-2.0, 0.0))
+    assert away.failure is not None and np.all(away.membership == 0)
+    assert "no pair inside the window around the shift" in away.message.split("; ")
     # no pair at all: nothing dropped, nothing floored
     none = fit_mixture(np.zeros(0, int), [], [], np.zeros((0, 2, 2)), density_per_arcmin2=5.0,
                        match_radius_arcsec=R)
@@ -1350,9 +1355,12 @@ def test_an_asymmetric_covariance_is_used_symmetrised():
     skew[:, 0, 1] += 0.02
     skew[:, 1, 0] -= 0.02
     kw = dict(density_per_arcmin2=10.0, match_radius_arcsec=R)
-    a, b = fit_mixture(det, dx, dy, skew, **kw), fit_mixture(det, dx, dy, cov, **kw)
-    assert (a.d_xi, a.d_eta) == pytest.approx((b.d_xi, b.d_eta), abs=1e-12)
-    np.testing.assert_allclose(a.cov, b.cov, rtol=1e-10)
+    for cal in (False, True):
+        a = fit_mixture(det, dx, dy, skew, calibrate=cal, **kw)
+        b = fit_mixture(det, dx, dy, cov, calibrate=cal, **kw)
+        assert (a.d_xi, a.d_eta) == pytest.approx((b.d_xi, b.d_eta), abs=1e-12)
+        np.testing.assert_allclose(a.cov, b.cov, rtol=1e-10)
+        assert (a.err_scale, a.sys_floor) == pytest.approx((b.err_scale, b.sys_floor), rel=1e-10)
 
 
 def test_a_symmetric_ambiguity_falls_back_on_the_memberships_and_says_so():
@@ -1488,3 +1496,17 @@ def test_em_in_a_fixed_window_maximises_over_q_with_the_windows_mass():
     m_step = np.linalg.solve(np.einsum("n,nij->ij", resp, inv),
                              np.einsum("n,nij,nj->i", resp, inv, prob.d))
     np.testing.assert_allclose(s, m_step, atol=1e-8)
+
+
+def test_em_out_of_iterations_in_one_window_does_not_stop_the_recentring(monkeypatch):
+    # one EM iteration per window: the fit goes on re-centring the window after each (chance
+    # candidates all over the match circle: each move of the window changes what it holds)
+    from stk_astrometry import mixture
+
+    rng = np.random.default_rng(SEED + 611)
+    det, dx, dy, cov, *_, dens = simulate(rng, n_det=30, shift=(0.4, -0.3), density=30.0,
+                                          sig_range=(0.1, 0.2))
+    monkeypatch.setattr(mixture, "_MAX_EM_ITER", 1)
+    fit = fit_mixture(det, dx, dy, cov, density_per_arcmin2=dens, match_radius_arcsec=R,
+                      x0=(-1.1, 0.0))
+    assert fit.n_iter >= 2 and not fit.converged
