@@ -898,7 +898,7 @@ def test_fit_is_the_likelihoods_maximum_with_its_memberships_and_curvature(case,
         det, dx, dy, cov, _, _, dens = simulate(rng, n_det=40, false_frac=0.3, density=20.0,
                                                 sig_range=(0.2, 0.6))
     elif case.startswith("q at 1"):
-        det, dx, dy, cov, _, _, dens = simulate(rng, n_det=30, density=0.5, sig_range=(0.1, 0.3))
+        det, dx, dy, cov, _, _, dens = simulate(rng, n_det=30, density=80.0, sig_range=(0.1, 0.3))
     elif case.startswith("a window"):
         radius = 1.2
         det, dx, dy, cov, _, _, dens = simulate(rng, n_det=40, false_frac=0.2, density=30.0,
