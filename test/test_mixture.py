@@ -1617,3 +1617,24 @@ def test_start_refinement_stays_inside_the_shift_bounds():
                              [_ANNEAL, _ANNEAL[-1:]])
         assert np.all(np.abs(out) <= 1.0) and np.any(np.abs(out) == 1.0)
 
+
+
+def test_pair_covariance_names_the_bad_argument_and_broadcasts_scalars():
+    for kwargs, match in (({"err_r0": [[1.0, 1.0]]}, "err_r0 must be a 1-D array"),
+                          ({"err_ang_deg": [0.0]}, "err_ang has 1 entries, expected 2"),
+                          ({"ref_sigra": [0.1]}, "ref_sigra has 1 entries, expected 2"),
+                          ({"ref_sigdec": [0.1, 0.1, 0.1]}, "ref_sigdec has 3 entries, expected 2")):
+        args = {"err_r0": [1.0, 1.2], "err_r1": [0.5, 0.6], "err_ang_deg": [10.0, 20.0],
+                "ref_sigra": [0.1, 0.2], "ref_sigdec": [0.1, 0.2], **kwargs}
+        with pytest.raises(FitError, match=match):
+            pair_covariance(args["err_r0"], args["err_r1"], args["err_ang_deg"],
+                            args["ref_sigra"], args["ref_sigdec"])
+    # a single value for every pair
+    np.testing.assert_array_equal(pair_covariance([1.0, 1.2], 0.5, 30.0, 0.1, 0.2),
+                                  pair_covariance([1.0, 1.2], [0.5, 0.5], [30.0, 30.0],
+                                                  [0.1, 0.1], [0.2, 0.2]))
+    with pytest.raises(FitError, match="err_r0 must be a 1-D array"):
+        angle_missing([[1.0]], [0.0])
+    with pytest.raises(FitError, match="err_ang has 2 entries, expected 1"):
+        angle_missing([1.0], [0.0, 1.0])
+    np.testing.assert_array_equal(angle_missing([1.0, 2.0], np.nan), [True, True])
