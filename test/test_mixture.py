@@ -1638,3 +1638,26 @@ def test_pair_covariance_names_the_bad_argument_and_broadcasts_scalars():
     with pytest.raises(FitError, match="err_ang has 2 entries, expected 1"):
         angle_missing([1.0], [0.0, 1.0])
     np.testing.assert_array_equal(angle_missing([1.0, 2.0], np.nan), [True, True])
+
+
+def test_floored_covariances_are_the_eigenvalues_floored():
+    # V diag(max(lambda, MIN_SIGMA^2)) V^T, symmetrised first: near-singular ellipses at any
+    # angle, exactly diagonal ones with the long axis along xi or eta, zeros, an asymmetric one
+    from stk_astrometry.mixture import _floor_covariances
+
+    rng = np.random.default_rng(SEED + 800)
+    pa = rng.uniform(0, np.pi, 20)
+    u = np.stack([np.sin(pa), np.cos(pa)], axis=1)
+    long = rng.uniform(0.01, 1.0, 20)
+    cov = np.concatenate([
+        np.einsum("n,ni,nj->nij", long, u, u) + 1e-8 * np.eye(2),        # rank 1 + a hair
+        np.array([np.diag([0.3, 1e-9]), np.diag([1e-9, 0.3]), np.diag([2e-7, 5e-7]),
+                  np.zeros((2, 2)), [[0.2, 0.2 + 1e-7], [0.2 - 1e-7, 0.2]],
+                  np.diag([0.04, 0.09])])])
+    got, changed = _floor_covariances(cov.copy())
+    sym = 0.5 * (cov + np.swapaxes(cov, 1, 2))
+    lam, vec = np.linalg.eigh(sym)
+    want = np.einsum("nik,nk,njk->nij", vec, np.maximum(lam, MIN_SIGMA_ARCSEC**2), vec)
+    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-15)
+    np.testing.assert_array_equal(changed, lam[:, 0] < MIN_SIGMA_ARCSEC**2)
+    assert changed.sum() == 25 and not changed[-1]
