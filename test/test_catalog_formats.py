@@ -316,3 +316,513 @@ def test_astropys_c_votable_writer_still_overflows_its_buffer():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env={**os.environ, "PYTHONMALLOC": "pymalloc_debug"}, timeout=120)
     assert proc.returncode != 0 and "bad trailing pad byte" in proc.stderr, proc.stderr[-500:]
+
+
+# ---------------------------------------------------------------------------------------------
+# Column conversion: numbers, ids, flags, text (formats.md §0)
+
+
+def _tin(**columns):
+    from pathlib import Path
+
+    from stk_astrometry.tableio import TableInput
+
+    t = Table(masked=any(isinstance(v, np.ma.MaskedArray) for v in columns.values()))
+    for name, values in columns.items():
+        t[name] = values
+    return TableInput(t, {}, Path("t.fits"), "t.fits[T]", "t.fits")
+
+
+def test_numbers_read_as_float64_with_nulls_as_nan():
+    tin = _tin(a=np.ma.array([1, 2, 3], mask=[False, True, False], dtype=np.int32),
+               b=np.array([1.5, np.nan, 2.5], dtype=np.float32), c=np.array([True, False, True]))
+    a = catalogs._floats(tin, "a")
+    assert a.dtype == np.float64 and a[0] == 1.0 and np.isnan(a[1]) and a[2] == 3.0
+    b = catalogs._floats(tin, "b")
+    assert b.dtype == np.float64 and np.isnan(b[1]) and type(b) is np.ndarray
+    assert catalogs._floats(tin, "c").tolist() == [1.0, 0.0, 1.0]
+    for text in (np.array(["1", "2", "3"]), np.array([b"1", b"2", b"3"]),
+                 np.array(["1", 2, 3.0], dtype=object)):
+        with pytest.raises(CatalogError, match=r"^t\.fits\[T\]: column 'x' is not numeric: it "
+                                               r"holds text"):
+            catalogs._floats(_tin(x=text), "x")
+    with pytest.raises(CatalogError, match="column 'v' is not a scalar column"):
+        catalogs._floats(_tin(v=np.zeros((3, 2))), "v")
+
+
+def test_ids_read_as_int64_and_refused_when_not_exact():
+    assert catalogs._ints(_tin(a=np.array([1, 2], dtype=np.uint8)), "a").dtype == np.int64
+    assert catalogs._ints(_tin(a=np.array([True, False])), "a").tolist() == [1, 0]
+    big = np.array([2**63 - 1, 5], dtype=np.uint64)
+    assert catalogs._ints(_tin(a=big), "a").tolist() == [2**63 - 1, 5]
+    with pytest.raises(CatalogError, match="holds ids that do not fit a 64-bit integer"):
+        catalogs._ints(_tin(a=np.array([2**63, 5], dtype=np.uint64)), "a")
+    assert catalogs._ints(_tin(a=np.array([], dtype=np.uint64)), "a").tolist() == []
+    f = catalogs._ints(_tin(a=np.array([3.0, -7.0, 2.0**53])), "a")
+    assert f.dtype == np.int64 and f.tolist() == [3, -7, 2**53]
+    for bad, msg in (([1.5, 2.0], "holds non-integer ids"), ([np.nan, 2.0], "non-integer ids"),
+                     ([np.inf, 2.0], "non-integer ids"),
+                     ([2.0**53 + 2, 1.0], "beyond 2\\*\\*53 as floating point"),
+                     ([-(2.0**54), 1.0], "beyond 2\\*\\*53"),
+                     ([2.0**63, 1.0], "do not fit a 64-bit integer"),
+                     ([-(2.0**63), 1.0], "do not fit a 64-bit integer")):
+        with pytest.raises(CatalogError, match=msg):
+            catalogs._ints(_tin(a=np.array(bad)), "a")
+    s = catalogs._ints(_tin(a=np.array([" 12", "4611686018427387904 "])), "a")
+    assert s.dtype == np.int64 and s.tolist() == [12, 2**62]
+    assert catalogs._ints(_tin(a=np.array([b"7", b"8"])), "a").tolist() == [7, 8]
+    assert catalogs._ints(_tin(a=np.array([b"7", 8], dtype=object)), "a").tolist() == [7, 8]
+    with pytest.raises(CatalogError, match="'a' holds non-integer ids"):
+        catalogs._ints(_tin(a=np.array(["12", "x"])), "a")
+    with pytest.raises(CatalogError, match="do not fit a 64-bit integer"):
+        catalogs._ints(_tin(a=np.array(["99999999999999999999", "1"])), "a")
+    with pytest.raises(CatalogError, match=r"^t\.fits\[T\]: column 'a' has 2 null value\(s\) "
+                                           r"\(first at row 2\)$"):
+        catalogs._ints(_tin(a=np.ma.array([1, 2, 3], mask=[False, True, True])), "a")
+    with pytest.raises(CatalogError, match="column 'v' is not a scalar column"):
+        catalogs._ints(_tin(v=np.zeros((3, 2), dtype=int)), "v")
+
+
+def test_text_columns_stripped_with_nulls_blank():
+    tin = _tin(s=np.ma.array(["  a ", "b", "c"], mask=[False, False, True]))
+    s = catalogs._strings(tin, "s")
+    assert s.dtype.kind == "U" and s.tolist() == ["a", "b", ""]
+    b = catalogs._strings(_tin(b=np.array([b" x ", b"\xffy"])), "b")
+    assert b.tolist() == ["x", "\ufffdy"]
+    o = catalogs._strings(_tin(o=np.array([b"p ", " q", 3], dtype=object)), "o")
+    assert o.dtype.kind == "U" and o.tolist() == ["p", "q", "3"]
+    with pytest.raises(CatalogError, match="column 'v' is not a scalar column"):
+        catalogs._strings(_tin(v=np.array([["a", "b"], ["c", "d"]])), "v")
+
+
+def test_flags_from_booleans_numbers_and_text():
+    assert catalogs._flags(_tin(f=np.array([True, False])), "f").tolist() == [True, False]
+    assert catalogs._flags(_tin(f=np.array([0, 2, -1])), "f").tolist() == [False, True, True]
+    assert catalogs._flags(_tin(f=np.array([0.0, np.nan, 0.5])), "f").tolist() == \
+        [False, False, True]
+    text = np.array(["T", " true", "y", "YES", "1", "f", "FALSE", "n", "No", "0", ""])
+    assert catalogs._flags(_tin(f=text), "f").tolist() == [True] * 5 + [False] * 6
+    assert catalogs._flags(_tin(f=np.array([b"T", b"F"])), "f").tolist() == [True, False]
+    masked = np.ma.array([1, 1, 0], mask=[False, True, False])
+    assert catalogs._flags(_tin(f=masked), "f").tolist() == [True, False, False]
+    masked_text = np.ma.array(["T", "maybe", "F"], mask=[False, True, False])
+    assert catalogs._flags(_tin(f=masked_text), "f").tolist() == [True, False, False]
+    # a per-observation vector: set if any element is
+    vec = np.array([[0, 0], [0, 1], [1, 1]])
+    assert catalogs._flags(_tin(f=vec), "f").tolist() == [False, True, True]
+    vtext = np.array([["F", "F"], ["F", "T"]])
+    assert catalogs._flags(_tin(f=vtext), "f").tolist() == [False, True]
+    with pytest.raises(CatalogError, match=r"^t\.fits\[T\]: column 'f' has values that are "
+                                           r"not a flag: MAYBE, X$"):
+        catalogs._flags(_tin(f=np.array(["T", "maybe", "x", "x"])), "f")
+    with pytest.raises(CatalogError, match="column 'f' is not a flag column"):
+        catalogs._flags(_tin(f=np.array([1 + 2j, 0j])), "f")
+
+
+# ---------------------------------------------------------------------------------------------
+# The stack, its tangent point and instrument
+
+
+def test_select_stack_by_name_or_the_only_one():
+    ids = np.array(["s1", "s2", "s1"])
+    name, rows = catalogs.select_stack(ids, " s1 ")
+    assert name == "s1" and rows.tolist() == [True, False, True]
+    with pytest.raises(CatalogError, match=r"^stackid=s3 is not in detfile \(it holds 2 "
+                                           r"stack\(s\): s1, s2\)$"):
+        catalogs.select_stack(ids, "s3")
+    name, rows = catalogs.select_stack(np.array([], dtype=str), "s3")
+    assert name == "s3" and rows.tolist() == []
+    from stk_astrometry.errors import ParameterError
+    with pytest.raises(ParameterError, match=r"^detfile holds 2 stacks; choose one with "
+                                             r"stackid=: s1, s2$"):
+        catalogs.select_stack(ids, None)
+    many = np.array([f"s{i:02d}" for i in range(25)])
+    with pytest.raises(ParameterError, match=r"s19 \.\.\. \(25 in all\)$"):
+        catalogs.select_stack(many, "  ")
+    with pytest.raises(CatalogError, match=r"\(it holds 25 stack\(s\): s00, .*, s19 \.\.\.\)$"):
+        catalogs.select_stack(many, "zz")
+    name, rows = catalogs.select_stack(np.array(["only", "only"]), "")
+    assert name == "only" and rows.tolist() == [True, True]
+
+
+def _det_cols(**given):
+    cols = dict.fromkeys(("ra_stack", "dec_stack", "instrument"), None)
+    cols.update(given)
+    return cols
+
+
+def test_tangent_point_from_parameters_columns_or_keywords():
+    from stk_astrometry.errors import ParameterError
+
+    tin = _tin(ra_stack=np.array([10.0, 10.0, 99.0]), dec_stack=np.array([-5.0, -5.0, 9.0]))
+    rows = np.array([True, True, False])
+    cols = _det_cols(ra_stack="ra_stack", dec_stack="dec_stack")
+    assert catalogs.find_tangent_point(tin, cols, rows, ra_stack=1, dec_stack=2) == \
+        (1.0, 2.0, "parameters")
+    with pytest.raises(ParameterError, match="set both ra_stack and dec_stack"):
+        catalogs.find_tangent_point(tin, cols, rows, ra_stack=1.0)
+    with pytest.raises(ParameterError, match="set both ra_stack and dec_stack"):
+        catalogs.find_tangent_point(tin, cols, rows, dec_stack=1.0)
+    assert catalogs.find_tangent_point(tin, cols, rows) == (10.0, -5.0, "t.fits[T] columns")
+    tol = catalogs.TANGENT_TOLERANCE_DEG
+    ok = _tin(ra_stack=np.array([10.0, 10.0 + tol]), dec_stack=np.array([-5.0, -5.0]))
+    assert catalogs.find_tangent_point(ok, cols, np.array([True, True]))[0] == 10.0
+    bad = _tin(ra_stack=np.array([10.0, 10.0 + 3 * tol]), dec_stack=np.array([-5.0, -5.0]))
+    with pytest.raises(CatalogError, match=r"column 'ra_stack' varies within the stack "
+                                           r"\(10\.00000000 to 10\.00000300\)"):
+        catalogs.find_tangent_point(bad, cols, np.array([True, True]))
+    nan = _tin(ra_stack=np.array([10.0, 10.0]), dec_stack=np.array([np.nan, -5.0]))
+    with pytest.raises(CatalogError, match=r"^t\.fits\[T\]: column 'dec_stack' has null or NaN"):
+        catalogs.find_tangent_point(nan, cols, np.array([True, True]))
+
+
+def test_tangent_point_from_keywords_and_when_there_is_none():
+    from pathlib import Path
+
+    from stk_astrometry.fitsutil import set_keyword
+    from stk_astrometry.tableio import TableInput
+
+    h = fits.Header()
+    h["RA_STACK"] = 150.5
+    set_keyword(h, "DEC_STACK", 2.25)
+    t = Table({"ra_stack": np.array([1.0]), "dec_stack": np.array([2.0])})
+    tin = TableInput(t, h, Path("d.fits"), "d.fits[SRC]", "d.fits")
+    cols = _det_cols(ra_stack="ra_stack", dec_stack="dec_stack")
+    none = np.array([False])
+    assert catalogs.find_tangent_point(tin, cols, none) == (150.5, 2.25, "d.fits[SRC] header")
+    assert catalogs.find_tangent_point(tin, _det_cols(), np.array([True])) == \
+        (150.5, 2.25, "d.fits[SRC] header")
+    h["RA_STACK"] = True
+    with pytest.raises(CatalogError, match=r"^d\.fits\[SRC\]: RA_STACK/DEC_STACK keywords are "
+                                           r"not numbers: True, 2\.25$"):
+        catalogs.find_tangent_point(tin, _det_cols(), none)
+    h["RA_STACK"] = "east"
+    with pytest.raises(CatalogError, match="not numbers: 'east', 2.25"):
+        catalogs.find_tangent_point(tin, _det_cols(), none)
+    del h["RA_STACK"]
+    with pytest.raises(CatalogError, match=r"^no tangent point: d\.fits\[SRC\] has no rows to "
+                                           r"read its ra_stack/dec_stack columns from and no "
+                                           r"RA_STACK/DEC_STACK keywords; set the ra_stack"):
+        catalogs.find_tangent_point(tin, cols, none)
+    with pytest.raises(CatalogError, match=r"^no tangent point: d\.fits\[SRC\] has no "
+                                           r"ra_stack/dec_stack columns and"):
+        catalogs.find_tangent_point(tin, _det_cols(ra_stack="ra_stack"), np.array([True]))
+    text = TableInput(t, {}, Path("d.csv"), "d.csv", "d.csv")
+    with pytest.raises(CatalogError, match="no tangent point"):
+        catalogs.find_tangent_point(text, _det_cols(), np.array([True]))
+
+
+@pytest.mark.parametrize("column, header, stackid, want, warning", [
+    (["", "HRC-I", "ACIS"], None, "acisfJ1_001", "HRC", None),
+    (["", "", ""], "ACIS-S", "hrcfJ1_001", "ACIS", None),
+    (None, " hrc ", "acisfJ1_001", "HRC", None),
+    (None, None, "HRCfJ1_001", "HRC", None),
+    (None, None, "acisfJ1_001", "ACIS", None),
+    (None, "EPIC", "hrcfJ1", "ACIS", "instrument 'EPIC' is neither ACIS nor HRC: assuming ACIS"),
+    (None, None, "xmm_1", "ACIS", "no instrument in t.fits[T] and stack id 'xmm_1': assuming ACIS"),
+])
+def test_instrument_from_column_keyword_or_stack_id(column, header, stackid, want, warning,
+                                                    caplog):
+    from pathlib import Path
+
+    from stk_astrometry.tableio import TableInput
+
+    h = fits.Header()
+    if header is not None:
+        h["INSTRUME"] = header
+    cols = {"x": np.arange(3)} if column is None else {"instrument": np.array(column)}
+    tin = TableInput(Table(cols), h, Path("t.fits"), "t.fits[T]", "t.fits")
+    rows = np.array([True, True, False])
+    c = _det_cols(instrument=None if column is None else "instrument")
+    with caplog.at_level("WARNING", logger="stk_astrometry.formats.catalogs"):
+        assert catalogs.find_instrument(tin, c, rows, stackid) == want
+    msgs = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert msgs == ([warning] if warning else [])
+
+
+def test_instrument_column_of_other_rows_is_not_read():
+    from pathlib import Path
+
+    from stk_astrometry.tableio import TableInput
+
+    tin = TableInput(Table({"instrument": np.array(["HRC", "HRC"])}), {}, Path("t.csv"),
+                     "t.csv", "t.csv")
+    c = _det_cols(instrument="instrument")
+    assert catalogs.find_instrument(tin, c, np.array([False, False]), "acisf1") == "ACIS"
+
+
+# ---------------------------------------------------------------------------------------------
+# The epoch parameter
+
+
+@pytest.mark.parametrize("value, want", [
+    (None, None), ("", None), (" AUTO ", None), ("indef", None), ("None", "none"),
+    ("2012.5", 2012.5), (2012.5, 2012.5), ("J2012.5", 2012.5), ("j2000", 2000.0),
+    ("51544.5", 2000.0), ("2000-01-01T12:00:00", 2000.0), ("1900", 1900.0), ("2100", 2100.0),
+])
+def test_epoch_parameter_values(value, want):
+    got = catalogs.parse_epoch_parameter(value)
+    assert got == (pytest.approx(want, abs=1e-9) if isinstance(want, float) else want)
+
+
+@pytest.mark.parametrize("value, message", [
+    ("1899.99", r"^epoch=1899\.99: epoch 1899\.990 is outside 1900-2100$"),
+    ("2100.01", r"outside 1900-2100"),
+    ("soon", r"^epoch = 'soon' is neither a year, an MJD nor an ISO date; use auto, none, a "
+             r"year such as 2012\.5, an MJD or an ISO date$"),
+    ("nan", r"^epoch = 'nan' is not an epoch; use auto"),
+    ("Jx", r"is neither a year"),
+])
+def test_epoch_parameter_refusals(value, message):
+    from stk_astrometry.errors import ParameterError
+
+    with pytest.raises(ParameterError, match=message):
+        catalogs.parse_epoch_parameter(value)
+    with pytest.raises(ParameterError, match=message.replace("epoch", "ref_epoch", 1)
+                       if message.startswith("^epoch") else message):
+        catalogs.parse_epoch_parameter(value, "ref_epoch")
+
+
+def test_epoch_value_refuses_a_boolean():
+    with pytest.raises(CatalogError, match=r"^MJD-OBS = True is not an epoch$"):
+        catalogs._parse_epoch_value(True, "MJD-OBS")
+
+
+# ---------------------------------------------------------------------------------------------
+# The stack's epoch
+
+
+def _epoch_tin(columns=None, header=None, original=None):
+    from pathlib import Path
+
+    from stk_astrometry.tableio import TableInput
+
+    t = Table(columns or {"ra": np.array([1.0, 2.0, 3.0])})
+    h = fits.Header()
+    for k, v in (header or {}).items():
+        h[k] = v
+    return TableInput(t, h, Path("d.fits"), "d.fits[SRC]", "d.fits", original_names=original or {})
+
+
+@pytest.mark.parametrize("columns, header, rows, want, source", [
+    ({"epoch": [2010.0, 2012.0, np.nan]}, {"MJD-OBS": 51544.5}, None, 2011.0,
+     "detfile column Epoch"),
+    ({"epoch": [2010.0, 2012.0, 2020.0]}, {}, [True, False, True], 2015.0, "detfile column Epoch"),
+    ({"epoch": [np.nan, np.nan, np.nan], "mjd_obs": [51544.5, 51544.5, np.nan]}, {}, None,
+     2000.0, "detfile column mjd_obs"),
+    ({"mjd": [51544.5, 51544.5 + 365.25, 0.0]}, {}, [True, True, False], 2000.5,
+     "detfile column mjd"),
+    ({"ra": [1.0, 2.0, 3.0]}, {"MJD-OBS": 51544.5, "DATE-OBS": "2010-01-01T00:00:00"}, None,
+     2000.0, "detfile MJD-OBS"),
+    ({"ra": [1.0, 2.0, 3.0]}, {"MJD-OBS": " ", "MJD_OBS": 51544.5 + 365.25}, None, 2001.0,
+     "detfile MJD_OBS"),
+    ({"ra": [1.0, 2.0, 3.0]}, {"DATE-OBS": "2000-01-01T12:00:00",
+                               "DATE-END": "2002-01-01T12:00:00"}, None,
+     pytest.approx(2001.0, abs=1e-3), "detfile DATE-OBS/DATE-END midpoint"),
+    ({"ra": [1.0, 2.0, 3.0]}, {"DATE-OBS": "2000-01-01T12:00:00", "DATE-END": " "}, None,
+     2000.0, "detfile DATE-OBS"),
+    ({"epoch": [np.nan] * 3}, {"DATE-OBS": " "}, None, None,
+     "d.fits[SRC] has no epoch/mjd_obs column and no MJD-OBS or DATE-OBS keyword"),
+])
+def test_stack_epoch_from_columns_then_keywords(columns, header, rows, want, source):
+    original = {"epoch": "Epoch"} if "epoch" in columns else {}
+    tin = _epoch_tin({k: np.array(v) for k, v in columns.items()}, header, original)
+    year, where = catalogs.find_stack_epoch(tin, None if rows is None else np.array(rows))
+    assert where == source
+    if want is None:
+        assert year is None
+    else:
+        assert year == (want if not isinstance(want, float) else pytest.approx(want, abs=1e-9))
+
+
+def test_stack_epoch_keyword_that_is_not_a_date_names_itself():
+    tin = _epoch_tin(header={"DATE-OBS": "2000-01-01T00:00:00", "DATE-END": "later"})
+    with pytest.raises(CatalogError, match=r"^d\.fits\[SRC\] DATE-END = 'later' is neither"):
+        catalogs.find_stack_epoch(tin)
+    tin = _epoch_tin(header={"MJD-OBS": "x"})
+    with pytest.raises(CatalogError, match=r"^d\.fits\[SRC\] MJD-OBS = 'x' is neither"):
+        catalogs.find_stack_epoch(tin)
+    tin = _epoch_tin(header={"DATE-OBS": "y"})
+    with pytest.raises(CatalogError, match=r"^d\.fits\[SRC\] DATE-OBS = 'y' is neither"):
+        catalogs.find_stack_epoch(tin)
+
+
+# ---------------------------------------------------------------------------------------------
+# read_detections: the stack's rows, ids, optional columns
+
+
+def _det_table(n=4, **extra):
+    cols = {"region_id": np.arange(1, n + 1), "RA_deg": 10.0 + 0.001 * np.arange(n),
+            "dec": np.full(n, -5.0), "err_r0": np.full(n, 1.5), "R1": np.full(n, 0.5),
+            "likelihood_class": np.array(["true", "Marginal", "TRUE", "FALSE"][:n])}
+    cols.update(extra)
+    return cols
+
+
+def _dtin(cols, header=None):
+    from pathlib import Path
+
+    from stk_astrometry.tableio import TableInput
+
+    h = fits.Header()
+    for k, v in (header or {}).items():
+        h[k] = v
+    t = Table({k.lower(): v for k, v in cols.items()})
+    return TableInput(t, h, Path("d.fits"), "d.fits[SRC]", "d.fits",
+                      original_names={k.lower(): k for k in cols})
+
+
+def test_detections_of_the_requested_stack_with_aliases_and_optional_columns(caplog):
+    ids = np.array(["acisfJ1_001", "hrcfJ2_001", "acisfJ1_001", "hrcfJ2_001"])
+    cols = _det_table(detect_stack_id=ids, theta=np.array([1.0, 2.0, 3.0, 4.0]),
+                      src_cnts_aper_b=np.array([10, 20, 30, 40]),
+                      sat_src_flag=np.array([0, 0, 1, 0]), err_ang=np.array([5.0, 6, 7, 8]))
+    with caplog.at_level("INFO", logger="stk_astrometry.formats.catalogs"):
+        cat = catalogs.read_detections(_dtin(cols), stackid="hrcfJ2_001", ra_stack=10.0,
+                                       dec_stack=-5.0)
+    d = cat.detections
+    assert cat.stackid == "hrcfJ2_001" and cat.rows.tolist() == [False, True, False, True]
+    assert d.region_id.tolist() == [2, 4] and d.region_id.dtype == np.int64
+    assert d.ra_deg.tolist() == [10.001, 10.003] and d.theta_arcmin.tolist() == [2.0, 4.0]
+    assert d.src_cnts.tolist() == [20.0, 40.0] and d.err_ang_deg.tolist() == [6.0, 8.0]
+    assert d.err_r0_arcsec.tolist() == [1.5, 1.5] and d.err_r1_arcsec.tolist() == [0.5, 0.5]
+    assert d.likelihood_class.tolist() == ["MARGINAL", "FALSE"]
+    assert d.sat_src_flag.tolist() == [False, False] and d.conv_hull is None and d.man_inc is None
+    assert cat.instrument == "HRC" and (cat.ra_stack, cat.dec_stack) == (10.0, -5.0)
+    msgs = [r.getMessage() for r in caplog.records]
+    assert "d.fits[SRC]: 2 row(s) of other stacks ignored" in msgs
+    assert "d.fits[SRC] has no conv_hull column: no detection dropped as convex hull" in msgs
+
+
+def test_detections_without_optional_columns(caplog):
+    with caplog.at_level("INFO", logger="stk_astrometry.formats.catalogs"):
+        cat = catalogs.read_detections(_dtin(_det_table(3)), ra_stack=10.0, dec_stack=-5.0)
+    d = cat.detections
+    assert cat.stackid == "" and cat.rows.tolist() == [True, True, True]
+    assert np.isnan(d.theta_arcmin).all() and np.isnan(d.src_cnts).all()
+    assert np.isnan(d.err_ang_deg).all() and len(d.err_ang_deg) == 3
+    assert d.sat_src_flag is None and d.conv_hull is None
+    msgs = [r.getMessage() for r in caplog.records]
+    assert ("d.fits[SRC] has no detect_stack_id column or STACKID keyword: STACKID is blank"
+            in msgs)
+    assert "d.fits[SRC] has no theta column: off-axis angle (QA rules need it) written as NaN" in msgs
+
+
+def test_detections_stack_id_from_parameter_or_keyword():
+    cat = catalogs.read_detections(_dtin(_det_table(2), {"STACKID": " acisfJ9_002 "}),
+                                   ra_stack=10.0, dec_stack=-5.0)
+    assert cat.stackid == "acisfJ9_002" and cat.instrument == "ACIS"
+    cat = catalogs.read_detections(_dtin(_det_table(2), {"STACKID": "acisfJ9_002"}),
+                                   stackid=" hrcfJ3_001 ", ra_stack=10.0, dec_stack=-5.0)
+    assert cat.stackid == "hrcfJ3_001" and cat.instrument == "HRC"
+    cat = catalogs.read_detections(_dtin(_det_table(2), {"STACKID": "  "}),
+                                   ra_stack=10.0, dec_stack=-5.0)
+    assert cat.stackid == ""
+
+
+@pytest.mark.parametrize("ids, ok", [([2**31 - 1, -(2**31)], True), ([2**31, 1], False),
+                                     ([-(2**31) - 1, 1], False)])
+def test_detection_ids_must_fit_the_outputs_int32(ids, ok):
+    cols = _det_table(2)
+    cols["region_id"] = np.array(ids, dtype=np.int64)
+    if ok:
+        cat = catalogs.read_detections(_dtin(cols), ra_stack=10.0, dec_stack=-5.0)
+        assert cat.detections.region_id.tolist() == ids
+    else:
+        with pytest.raises(CatalogError, match=rf"region_id {ids[0]} does not fit the 32-bit "
+                                               r"region_id of the output \(formats\.md\); 1 such"):
+            catalogs.read_detections(_dtin(cols), ra_stack=10.0, dec_stack=-5.0)
+
+
+def test_detection_ids_must_be_unique_within_the_stack():
+    cols = _det_table(4)
+    cols["region_id"] = np.array([5, 5, 7, 5])
+    with pytest.raises(CatalogError, match=r"^d\.fits\[SRC\]: region_id must be unique within "
+                                           r"stack \(unnamed\); repeated: 5$"):
+        catalogs.read_detections(_dtin(cols), ra_stack=10.0, dec_stack=-5.0)
+    n = 24
+    many = {"region_id": np.repeat(np.arange(12), 2), "ra": np.full(n, 10.0),
+            "dec": np.full(n, -5.0), "err_ellipse_r0": np.ones(n), "err_ellipse_r1": np.ones(n),
+            "likelihood_class": np.full(n, "TRUE")}
+    with pytest.raises(CatalogError, match=r"stack s1; repeated: 0, 1, 2, 3, 4, 5, 6, 7, 8, 9 "
+                                           r"\.\.\. \(12 in all\)$"):
+        catalogs.read_detections(_dtin(many, {"STACKID": "s1"}), ra_stack=10.0, dec_stack=-5.0)
+    cols["region_id"] = np.array([5, 6, 7, 8])
+    assert len(catalogs.read_detections(_dtin(cols), ra_stack=10.0,
+                                        dec_stack=-5.0).detections.region_id) == 4
+
+
+def test_detections_refusals():
+    ids = np.array(["caf\u00e9", "caf\u00e9"])
+    with pytest.raises(CatalogError, match=r"detect_stack_id 'caf\u00e9' is not printable ASCII"):
+        catalogs.read_detections(_dtin(_det_table(2, detect_stack_id=ids)), ra_stack=10.0,
+                                 dec_stack=-5.0)
+    for ra, dec in ((361.0, 0.0), (-1.0, 0.0), (10.0, 90.5), (float("nan"), 0.0)):
+        with pytest.raises(CatalogError, match=r"^tangent point from parameters is out of range"):
+            catalogs.read_detections(_dtin(_det_table(2)), ra_stack=ra, dec_stack=dec)
+    for ra, dec in ((360.0, -90.0), (0.0, 90.0)):
+        assert catalogs.read_detections(_dtin(_det_table(2)), ra_stack=ra,
+                                        dec_stack=dec).ra_stack == ra
+
+
+def test_detections_of_an_empty_table(caplog):
+    cols = {k: v[:0] for k, v in _det_table(2).items()}
+    with caplog.at_level("WARNING", logger="stk_astrometry.formats.catalogs"):
+        cat = catalogs.read_detections(_dtin(cols), ra_stack=10.0, dec_stack=-5.0)
+    assert len(cat.detections.region_id) == 0
+    assert "d.fits[SRC] has no rows: the stack has no detections" in \
+        [r.getMessage() for r in caplog.records]
+
+
+def test_allwise_gaia_and_best_neighbour_columns_each_to_its_field():
+    wise = catalogs.read_wise(_dtin({
+        "allwise_oid": np.array([7, 8]), "RAJ2000": np.array([1.0, 2.0]),
+        "dec_deg": np.array([3.0, 4.0]), "sigra": np.array([0.1, 0.2]),
+        "sigdec": np.array([0.3, 0.4]), "ccf": np.array([" 0000", "d000 "])}))
+    assert wise.allwise_oid.tolist() == [7, 8] and wise.allwise_oid.dtype == np.int64
+    assert wise.ra_deg.tolist() == [1.0, 2.0] and wise.dec_deg.tolist() == [3.0, 4.0]
+    assert wise.sigra_arcsec.tolist() == [0.1, 0.2] and wise.sigdec_arcsec.tolist() == [0.3, 0.4]
+    assert wise.cc_flags.tolist() == ["0000", "d000"]
+    gaia = catalogs.read_gaia(_dtin({
+        "Source": np.array([5, 6]), "RA_ICRS": np.array([1.0, 2.0]),
+        "DE_ICRS": np.array([3.0, 4.0]), "pmRA": np.ma.array([1.5, 0.0], mask=[False, True]),
+        "pmDE": np.array([-2.5, 3.5])}))
+    assert gaia.source_id.tolist() == [5, 6] and gaia.ra_deg.tolist() == [1.0, 2.0]
+    assert gaia.dec_deg.tolist() == [3.0, 4.0] and gaia.pmdec_masyr.tolist() == [-2.5, 3.5]
+    assert gaia.pmra_masyr[0] == 1.5 and np.isnan(gaia.pmra_masyr[1])
+    bn = catalogs.read_best_neighbours(_dtin({"SOURCE_ID": np.array([5, 6]),
+                                              "allwise_oid": np.array(["7", "8"])}))
+    assert bn.source_id.tolist() == [5, 6] and bn.allwise_oid.tolist() == [7, 8]
+    assert bn.allwise_oid.dtype == np.int64 and bn.source_id.dtype == np.int64
+
+
+def test_irsa_allwise_linked_by_designation_with_cntr_or_row_numbers(caplog):
+    wise_cols = {"designation": np.array(["J000001.00+000001.0", "WISEA J000002.00+000002.0",
+                                          "J000001.00+000001.0"]),
+                 "ra": np.array([1.0, 2.0, 3.0]), "dec": np.array([4.0, 5.0, 6.0]),
+                 "sigra": np.array([0.1, 0.2, 0.3]), "sigdec": np.array([0.4, 0.5, 0.6]),
+                 "cc_flags": np.array(["0000", "0000", "h000"])}
+    best_cols = {"source_id": np.array([11, 12, 13]),
+                 "original_ext_source_id": np.array(["WISEA J000002.00+000002.0",
+                                                     "j000001.00+000001.0", "J999999.99+999999.9"])}
+    with caplog.at_level("INFO", logger="stk_astrometry.formats.catalogs"):
+        wise, best = catalogs.read_wise_linked(_dtin(dict(wise_cols, cntr=np.array([70, 80, 90]))),
+                                               _dtin(best_cols))
+    assert wise.allwise_oid.tolist() == [70, 80, 90]
+    assert wise.ra_deg.tolist() == [1.0, 2.0, 3.0] and wise.sigdec_arcsec.tolist() == [0.4, 0.5, 0.6]
+    assert wise.cc_flags.tolist() == ["0000", "0000", "h000"] and wise.dec_deg.tolist() == [4, 5, 6]
+    assert wise.sigra_arcsec.tolist() == [0.1, 0.2, 0.3]
+    # the first row of a repeated designation; a designation not in wisefile: an id no row has
+    assert best.source_id.tolist() == [11, 12, 13] and best.allwise_oid.tolist() == [80, 70, -3]
+    assert ("d.fits[SRC] has no allwise_oid: linked to d.fits[SRC] by designation (2 of 3 "
+            "best-neighbour rows found), ids from cntr") in [r.getMessage() for r in caplog.records]
+    wise, best = catalogs.read_wise_linked(_dtin(wise_cols), _dtin(best_cols))
+    assert wise.allwise_oid.tolist() == [1, 2, 3] and best.allwise_oid.tolist() == [2, 1, -3]
+    no_design = {k: v for k, v in wise_cols.items() if k != "designation"}
+    with pytest.raises(CatalogError, match=r"^d\.fits\[SRC\]: required column 'allwise_oid' is "
+                                           r"missing, and no 'designation' column"):
+        catalogs.read_wise_linked(_dtin(no_design), _dtin(best_cols))
+    with_oid = dict(no_design, allwise_oid=np.array([5, 6, 7]))
+    wise, best = catalogs.read_wise_linked(
+        _dtin(with_oid), _dtin({"source_id": np.array([1]), "allwise_oid": np.array([6])}))
+    assert wise.allwise_oid.tolist() == [5, 6, 7] and best.allwise_oid.tolist() == [6]

@@ -375,3 +375,274 @@ def test_scan_rejects_truncated(tmp_path):
     (tmp_path / "t.fits").write_bytes(raw[:-2880])
     with pytest.raises(fitsedit.FormatError, match="truncated"):
         fitsedit.scan_fits(tmp_path / "t.fits")
+
+
+# --------------------------------------------------------------------------- what a file is
+
+
+def _card(text):
+    return text.encode().ljust(80)
+
+
+@pytest.mark.parametrize("head, fits_, why", [
+    (_card("SIMPLE  =                    T") + b" " * 2800, True, "fixed format"),
+    (_card("SIMPLE  = T"), True, "free format, exactly one card"),
+    (_card("SIMPLE  =                    F"), False, "not standard"),
+    (_card("SIMPLE  =                    T")[:79], False, "shorter than a card"),
+    (_card("simple  =                    T"), False, "lower case"),
+    (_card("XTENSION= 'IMAGE   '"), False, "an extension alone"),
+    (b"", False, "empty"),
+])
+def test_fits_file_recognised_by_its_first_card(tmp_path, head, fits_, why):
+    p = tmp_path / "f.bin"
+    p.write_bytes(head)
+    assert fitsedit.is_fits_file(p) is fits_, why
+    assert not fitsedit.is_jpeg_file(p)
+
+
+def test_gzip_fits_recognised_by_magic_and_content(tmp_path):
+    import gzip
+
+    good = tmp_path / "a.fits.gz"
+    good.write_bytes(gzip.compress(_fits_bytes(2)))
+    assert fitsedit.is_gzip_fits(good) and not fitsedit.is_fits_file(good)
+    text = tmp_path / "t.gz"
+    text.write_bytes(gzip.compress(b"hello world\n" * 20))
+    short = tmp_path / "s.gz"
+    short.write_bytes(gzip.compress(_card("SIMPLE  =                    T")[:79]))
+    broken = tmp_path / "b.gz"
+    broken.write_bytes(b"\x1f\x8b" + b"\x00" * 40)
+    cut = tmp_path / "c.gz"
+    cut.write_bytes(gzip.compress(_fits_bytes(2))[:20])
+    plain = tmp_path / "p.fits"
+    plain.write_bytes(_fits_bytes(2))
+    for p in (text, short, broken, cut, plain):
+        assert not fitsedit.is_gzip_fits(p), p.name
+    assert fitsedit.is_fits_file(plain)
+
+
+def test_jpeg_recognised_by_its_start_of_image_marker(tmp_path):
+    p = tmp_path / "x.jpg"
+    p.write_bytes(b"\xff\xd8\xff\xe0" + b"\0" * 10)
+    assert fitsedit.is_jpeg_file(p) and not fitsedit.is_fits_file(p)
+    p.write_bytes(b"\xff\xd8")
+    assert not fitsedit.is_jpeg_file(p)
+    p.write_bytes(b"\xff\xd8\xfe")
+    assert not fitsedit.is_jpeg_file(p)
+
+
+def test_unreadable_file_is_one_product_error(tmp_path):
+    with pytest.raises(ProductError, match=r"^cannot read .*nope\.fits: No such file"):
+        fitsedit.is_fits_file(tmp_path / "nope.fits")
+    with pytest.raises(ProductError, match=r"^cannot open .*nope\.fits: No such file"):
+        fitsedit.scan_fits(tmp_path / "nope.fits")
+
+
+@pytest.mark.parametrize("cards, size", [
+    (dict(NAXIS=0), 0),
+    (dict(NAXIS=2, NAXIS1=10, NAXIS2=3, BITPIX=8), 2880),
+    (dict(NAXIS=2, NAXIS1=2880, NAXIS2=1, BITPIX=8), 2880),
+    (dict(NAXIS=2, NAXIS1=2881, NAXIS2=1, BITPIX=8), 5760),
+    (dict(NAXIS=2, NAXIS1=100, NAXIS2=100, BITPIX=-64), 80640),
+    (dict(NAXIS=1, NAXIS1=720, BITPIX=32), 2880),
+    (dict(NAXIS=1, NAXIS1=721, BITPIX=-32), 5760),
+    (dict(NAXIS=2, NAXIS1=8, NAXIS2=10, BITPIX=8, PCOUNT=3000, GCOUNT=1), 5760),
+    (dict(NAXIS=2, NAXIS1=8, NAXIS2=0, BITPIX=8), 0),
+    # random groups: NAXIS1 = 0, the group parameters in PCOUNT, GCOUNT groups
+    (dict(NAXIS=3, NAXIS1=0, NAXIS2=40, NAXIS3=50, BITPIX=16, GROUPS=True, PCOUNT=2,
+          GCOUNT=30), 120960),
+    (dict(NAXIS=3, NAXIS1=0, NAXIS2=40, NAXIS3=50, BITPIX=16, PCOUNT=2, GCOUNT=30), 2880),
+    (dict(NAXIS=3, NAXIS1=1, NAXIS2=40, NAXIS3=50, BITPIX=16, GROUPS=True, PCOUNT=0,
+          GCOUNT=1), 5760),
+    (dict(NAXIS=2, NAXIS1=10, NAXIS2=10, BITPIX=16, GCOUNT=2), 2880),
+    (dict(NAXIS=2, NAXIS1=1000, NAXIS2=2, BITPIX=16, GCOUNT=2), 8640),
+    (dict(NAXIS=1, NAXIS1=3000), 5760),              # BITPIX missing: bytes
+])
+def test_data_size_is_the_standards_padded_size(cards, size):
+    h = fits.Header()
+    for k, v in cards.items():
+        h[k] = v
+    assert fitsedit.data_size_bytes(h) == size
+
+
+def test_scan_locates_every_hdu(tmp_path):
+    hdul = fits.HDUList([fits.PrimaryHDU(),
+                         fits.ImageHDU(data=__import__("numpy").zeros((10, 10)), name="IMG"),
+                         fits.BinTableHDU.from_columns([fits.Column("a", "D", array=[1.0] * 400)],
+                                                       name="TAB")])
+    hdul[0].header["LONG"] = "x" * 3000                 # a header of several blocks
+    hdul.writeto(tmp_path / "f.fits")
+    lays = fitsedit.scan_fits(tmp_path / "f.fits")
+    assert [lay.index for lay in lays] == [0, 1, 2]
+    size = (tmp_path / "f.fits").stat().st_size
+    assert lays[0].header_offset == 0 and lays[0].header_size % 2880 == 0
+    assert lays[0].header_size > 2880 and lays[0].data_size == 0
+    assert lays[0].data_offset == lays[0].header_size == lays[1].header_offset
+    assert lays[1].data_size == 2880 and lays[1].data_offset == lays[1].header_offset + lays[1].header_size
+    assert lays[2].header_offset == lays[1].end_offset and lays[2].end_offset == size
+    assert lays[2].data_size == 5760 and lays[2].is_table and not lays[1].is_table
+    raw = (tmp_path / "f.fits").read_bytes()
+    for lay in lays:
+        assert lay.raw_header == raw[lay.header_offset:lay.header_offset + lay.header_size]
+    assert lays[1].header["EXTNAME"] == "IMG" and lays[0].header["LONG"] == "x" * 3000
+
+
+def test_scan_tolerates_trailing_padding_and_bytes_and_says_so(tmp_path, caplog):
+    good = _fits_bytes(1)
+    p = tmp_path / "f.fits"
+    p.write_bytes(good + b"\0" * 2880)
+    with caplog.at_level("WARNING", logger="stk_astrometry.fitsedit"):
+        assert len(fitsedit.scan_fits(p)) == 1
+        p.write_bytes(good + b"junk" * 10)
+        assert len(fitsedit.scan_fits(p)) == 1
+    msgs = [r.getMessage() for r in caplog.records]
+    assert msgs == [f"{p}: 2880 bytes of padding after the last HDU ignored",
+                    f"{p}: 40 trailing bytes after the last HDU ignored"]
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda b: b[:2880 * 3 + 100], r"HDU 2 header at byte 5760 is truncated \(no END card\)$"),
+    (lambda b: b"XIMPLE" + b[6:], r"expected SIMPLE at byte 0, found b'XIMPLE  '$"),
+    (lambda b: b[:5760] + b"SIMPLE  " + b[5768:], r"expected XTENSION at byte 5760, found b'SIMPLE  '$"),
+    (lambda b: b[:-2880], r"HDU 2 data unit is truncated \(needs 5760 bytes at 11520, file has "
+                          r"14400\)$"),
+    (lambda b: b"", r"empty file$"),
+    (lambda b: b[:2000], r"HDU 1 header at byte 0 is truncated \(no END card\)$"),
+])
+def test_scan_names_what_is_wrong(tmp_path, damage, message):
+    from stk_astrometry.errors import FormatError
+
+    hdul = fits.HDUList([fits.PrimaryHDU(data=__import__("numpy").zeros(700, dtype="i4")),
+                         fits.BinTableHDU.from_columns([fits.Column("a", "D", array=[1.0] * 400)])])
+    hdul[1].header["LONG"] = "y" * 3000
+    hdul.writeto(tmp_path / "g.fits")
+    raw = (tmp_path / "g.fits").read_bytes()
+    assert [lay.end_offset for lay in fitsedit.scan_fits(tmp_path / "g.fits")] == [5760, 17280]
+    (tmp_path / "b.fits").write_bytes(damage(raw))
+    with pytest.raises(FormatError, match=message):
+        fitsedit.scan_fits(tmp_path / "b.fits")
+
+
+# --------------------------------------------------------------------------- gzip products
+
+
+def test_rewrite_compressed_is_gzip_of_the_pieces_named_after_the_product(tmp_path):
+    import gzip
+
+    src = tmp_path / "src.bin"
+    src.write_bytes(bytes(range(256)) * 100)
+    dest = tmp_path / "p_evt3.fits.gz"
+    fitsedit.rewrite_file(src, dest, [b"head", (10, 20000), memoryview(b"mid"), (0, 5)],
+                          compress=True)
+    raw = dest.read_bytes()
+    data = bytes(range(256)) * 100
+    assert gzip.decompress(raw) == b"head" + data[10:20010] + b"mid" + data[:5]
+    def fname(b):
+        return b[10:b.index(b"\0", 10)] if b[3] & 0x08 else None
+    assert fname(raw) == b"p_evt3.fits"                # the name inside, without .gz
+    assert raw[4:8] == b"\0\0\0\0"                 # mtime 0: the same bytes every time
+    again = tmp_path / "again.fits.gz"
+    fitsedit.rewrite_file(src, again, [b"head", (10, 20000), b"mid", (0, 5)], compress=True)
+    assert again.read_bytes()[10 + len(b"again.fits") + 1:] == raw[10 + len(b"p_evt3.fits") + 1:]
+    plain = tmp_path / "x.fits"
+    fitsedit.rewrite_file(src, plain, [b"head", (10, 20000)], compress=True)
+    assert fname(plain.read_bytes()) == b"x.fits"
+    import zlib
+    body = raw[10 + len(b"p_evt3.fits") + 1:-8]
+    level6 = zlib.compressobj(6, zlib.DEFLATED, -15)
+    want = level6.compress(b"head" + data[10:20010] + b"mid" + data[:5]) + level6.flush()
+    assert body == want                                # gzip -6, the gzip command's default
+    from stk_astrometry.errors import FormatError
+    with pytest.raises(FormatError, match="source file shorter than expected at byte 25600"):
+        fitsedit.rewrite_file(src, tmp_path / "y.fits.gz", [(25000, 1000)], compress=True)
+    assert not (tmp_path / "y.fits.gz").exists()
+
+
+def test_gunzip_to_a_locked_temporary_beside_the_product(tmp_path):
+    import fcntl
+    import gzip
+
+    from stk_astrometry.errors import FormatError
+
+    data = _fits_bytes(3)
+    src = tmp_path / "p.fits.gz"
+    src.write_bytes(gzip.compress(data))
+    tmp = fitsedit.gunzip_to_temp(src, tmp_path / "p.fits.gz")
+    try:
+        assert tmp.read_bytes() == data and tmp.parent == tmp_path
+        assert fitsutil.temp_owner(tmp.name) == "p.fits.gz"
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            with pytest.raises(OSError):
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        finally:
+            os.close(fd)
+    finally:
+        fitsedit.discard_temp(tmp)
+    assert not tmp.exists()
+    cut = tmp_path / "cut.fits.gz"
+    cut.write_bytes(gzip.compress(data)[:-30])
+    with pytest.raises(FormatError, match=r"cut\.fits\.gz: corrupt or truncated gzip file"):
+        fitsedit.gunzip_to_temp(cut, cut)
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+# --------------------------------------------------------------------------- the kill-test hook
+
+
+@pytest.mark.parametrize("env, written", [
+    (None, b"...."), ("", b"...."), ("journal:0", b"...."), ("patch:0", b"AB.."),
+    ("patch:x", b"...."), ("other:0", b"...."),
+])
+def test_fault_hook_is_inert_unless_asked(tmp_path, monkeypatch, env, written):
+    import time
+
+    p = tmp_path / "f.bin"
+    p.write_bytes(b"....")
+    slept = []
+    monkeypatch.setattr(time, "sleep", lambda s: slept.append(s))
+    if env is None:
+        monkeypatch.delenv(fitsedit.FAULT_ENV, raising=False)
+    else:
+        monkeypatch.setenv(fitsedit.FAULT_ENV, env)
+    patches = [fitsedit.Patch(0, b"..", b"AB"), fitsedit.Patch(2, b"..", b"CD")]
+    fd = os.open(p, os.O_RDWR)
+    try:
+        fitsedit._fault_point(fd, patches)
+    finally:
+        os.close(fd)
+    assert p.read_bytes() == written
+    assert slept == ([0.0] if env in ("journal:0", "patch:0") else [])
+
+
+# --------------------------------------------------------------------------- checksums
+
+
+def test_checksummed_header_is_valid_and_sized_as_asked(tmp_path):
+    import numpy as np
+
+    data = np.arange(720, dtype=">i4").tobytes()
+    datasum = fitsedit.ones_complement_sum(data)
+    h = fits.Header()
+    h["SIMPLE"], h["BITPIX"], h["NAXIS"], h["NAXIS1"] = True, 32, 1, 720
+    raw = fitsedit.checksummed_header_bytes(h, datasum)
+    assert len(raw) == 2880 and h["DATASUM"] == str(datasum)
+    assert h["CHECKSUM"] != "0" * 16 and f"'{h['CHECKSUM']}'".encode() in raw
+    (tmp_path / "c.fits").write_bytes(raw + data)
+    with fits.open(tmp_path / "c.fits", checksum=True) as hdul:   # warns on a bad sum
+        assert hdul[0].header["CHECKSUM"] == h["CHECKSUM"]
+    assert fitsedit.header_checksum_ok(raw, h) == datasum
+    assert len(fitsedit.checksummed_header_bytes(h, datasum, spare=2)) == 3 * 2880
+    raw3 = fitsedit.checksummed_header_bytes(h, datasum, nblocks=3)
+    assert len(raw3) == 3 * 2880 and fitsedit.header_checksum_ok(raw3, h) == datasum
+    for i in range(40):
+        h[f"K{i:02d}"] = "x" * 60
+    assert fitsedit.checksummed_header_bytes(h, datasum, nblocks=1) is None
+
+
+@pytest.mark.parametrize("card, start, end", [
+    ("KEY     = 'abc'  / c", 11, 15), ("KEY     = 'it''s' / c", 11, 17),
+    ("KEY     = ''''", 11, 14), ("KEY     = 'open", 11, -1), ("KEY     = 'a''", 11, -1),
+])
+def test_quote_end_skips_escaped_quotes(card, start, end):
+    assert fitsedit._quote_end(card, start) == end

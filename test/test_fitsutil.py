@@ -159,38 +159,86 @@ def test_atomic_path_failure_keeps_old_file(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["o.txt"]
 
 
-def test_deferred_folder_sync_renames_at_once_and_syncs_each_folder_once(tmp_path, monkeypatch):
-    """Several outputs in one block (issue 11): each renamed into place complete as it is
-    written, each folder fsynced once at the end of the block; outside a block once per file."""
+def test_commit_group_syncs_the_data_before_any_rename(tmp_path, monkeypatch):
+    """Several outputs of one step (issue 11): each written in full to its temporary, nothing
+    renamed inside the block; at its end one syncfs for the data, then the renames, then each
+    folder fsynced once -- two journal commits in all, never a rename before the data."""
     from stk_astrometry import fitsutil
 
-    synced = []
-    monkeypatch.setattr(fitsutil, "fsync_directory", lambda path: synced.append(str(path)))
+    log = _SyncLog(monkeypatch)
     (tmp_path / "b").mkdir()
     outs = [tmp_path / "x.txt", tmp_path / "y.txt", tmp_path / "b" / "z.txt"]
-    with fitsutil.deferred_folder_sync():
+    outs[0].write_text("old")
+    with fitsutil.commit_group():
         for i, out in enumerate(outs):
-            with fitsutil.atomic_path(out) as tmp:
+            with atomic_path(out) as tmp:
                 tmp.write_text(f"new {i}")
-            assert out.read_text() == f"new {i}"          # in place at once, complete
-        with fitsutil.deferred_folder_sync():              # nested: joins the outer block
-            with fitsutil.atomic_path(outs[0]) as tmp:
-                tmp.write_text("again")
-        assert synced == []
-    assert sorted(synced) == sorted([str(tmp_path), str(tmp_path / "b")])
+        with fitsutil.commit_group():                      # nested: joins the outer block
+            pass
+        assert log.calls == [] and outs[0].read_text() == "old" and not outs[1].exists()
+        assert len([p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]) == 2
+    assert log.names() == ["syncfs", "replace", "replace", "replace", "fsync", "fsync"], log.calls
+    assert sorted(c[1] for c in log.calls[4:]) == sorted([str(tmp_path), str(tmp_path / "b")])
+    assert [o.read_text() for o in outs] == ["new 0", "new 1", "new 2"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b", "x.txt", "y.txt"]
-    synced.clear()
-    with fitsutil.atomic_path(outs[1]) as tmp:
-        tmp.write_text("alone")
-    assert synced == [str(tmp_path)]
-    # a block that raises still makes the renames it did durable
-    synced.clear()
+
+
+def test_commit_group_of_one_file_fsyncs_it(tmp_path, monkeypatch):
+    from stk_astrometry import fitsutil
+
+    log = _SyncLog(monkeypatch)
+    out = tmp_path / "o.txt"
+    with fitsutil.commit_group():
+        with atomic_path(out) as tmp:
+            tmp.write_text("x")
+    assert log.names() == ["fsync", "replace", "fsync"]
+    assert log.calls[0][1].startswith(str(tmp_path / ".o.txt.")) and log.calls[2][1] == str(tmp_path)
+
+
+def test_commit_group_that_raises_replaces_nothing(tmp_path, monkeypatch):
+    from stk_astrometry import fitsutil
+
+    log = _SyncLog(monkeypatch)
+    a, b = tmp_path / "a.txt", tmp_path / "b.txt"
+    a.write_text("old a")
     with pytest.raises(RuntimeError):
-        with fitsutil.deferred_folder_sync():
-            with fitsutil.atomic_path(outs[2]) as tmp:
-                tmp.write_text("before the error")
+        with fitsutil.commit_group():
+            with atomic_path(a) as tmp:
+                tmp.write_text("new a")
+            with atomic_path(b) as tmp:
+                tmp.write_text("new b")
             raise RuntimeError("boom")
-    assert synced == [str(tmp_path / "b")] and outs[2].read_text() == "before the error"
+    assert log.calls == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"] and a.read_text() == "old a"
+
+
+def test_commit_group_failing_sync_is_an_output_error(tmp_path, monkeypatch):
+    from stk_astrometry import fitsutil
+
+    def broken(fd):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(fitsutil, "_syncfs", broken)
+    outs = [tmp_path / "a.txt", tmp_path / "b.txt"]
+    with pytest.raises(OutputError, match="cannot write"):
+        with fitsutil.commit_group():
+            for out in outs:
+                with atomic_path(out) as tmp:
+                    tmp.write_text("x")
+    assert list(tmp_path.iterdir()) == []      # nothing renamed, no temporaries left
+
+
+def test_commit_group_inside_deferred_durability_renames_at_once(tmp_path, monkeypatch):
+    from stk_astrometry import fitsutil
+
+    log = _SyncLog(monkeypatch)
+    out = tmp_path / "o.txt"
+    with fitsutil.deferred_durability(sync=False) as pending:
+        with fitsutil.commit_group():
+            with atomic_path(out) as tmp:
+                tmp.write_text("x")
+            assert out.read_text() == "x"
+    assert log.names() == ["replace"] and pending.paths == [str(out)]
 
 
 class _SyncLog:
@@ -457,3 +505,427 @@ def test_replace_durably_keeps_owner_group_and_mode(tmp_path):
     st = dest.stat()
     assert dest.read_bytes() == b"new"
     assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (65534, 100, 0o664)
+
+
+# ----------------------------------------------------------------- clobber, same file, temporaries
+
+
+def test_utc_now_is_cias_time_stamp():
+    import datetime
+    import re
+
+    from stk_astrometry.fitsutil import utc_now
+
+    now = utc_now()
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d", now)
+    t = datetime.datetime.strptime(now, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=datetime.timezone.utc)
+    assert abs((datetime.datetime.now(datetime.timezone.utc) - t).total_seconds()) < 5
+
+
+def test_check_clobber_refusals_name_the_parameter(tmp_path, monkeypatch):
+    out = tmp_path / "o.fits"
+    out.write_text("x")
+    with pytest.raises(OutputError, match=rf"^Clobber set to no, and output file {out} exists "
+                                          r"\(outfile\)\.$"):
+        check_clobber(out, False)
+    with pytest.raises(OutputError, match=r"\(diagfile\)\.$"):
+        check_clobber(out, False, param="diagfile")
+    check_clobber(out, True)
+    check_clobber("   ", False)
+    with pytest.raises(OutputError, match=rf"^outdetfile={tmp_path} is a directory, not a file$"):
+        check_clobber(tmp_path, True, param="outdetfile")
+    with pytest.raises(OutputError, match=r"^outfile=.*nodir/x\.fits: folder .*nodir does not "
+                                          r"exist$"):
+        check_clobber(tmp_path / "nodir" / "x.fits", False)
+    monkeypatch.chdir(tmp_path)
+    check_clobber("new.fits", False)          # a bare name: the current folder
+    with pytest.raises(OutputError, match="exists"):
+        check_clobber("o.fits", False)
+
+
+def test_check_clobber_refuses_a_folder_it_cannot_write(tmp_path, monkeypatch):
+    import stk_astrometry.fitsutil as fu
+
+    monkeypatch.setattr(fu.os, "access", lambda p, mode: mode != os.W_OK)
+    with pytest.raises(OutputError, match=r"^outfile=.*o\.fits: folder .* is not writable$"):
+        check_clobber(tmp_path / "o.fits", True)
+
+
+def test_same_file_by_path_link_and_inode(tmp_path, monkeypatch):
+    from stk_astrometry.fitsutil import same_file
+
+    a = tmp_path / "a.fits"
+    a.write_text("x")
+    (tmp_path / "b.fits").write_text("x")
+    os.link(a, tmp_path / "hard.fits")
+    os.symlink(a, tmp_path / "soft.fits")
+    monkeypatch.chdir(tmp_path)
+    assert same_file("a.fits", str(a)) and same_file(a, tmp_path / "sub" / ".." / "a.fits")
+    assert same_file(a, tmp_path / "hard.fits") and same_file(a, tmp_path / "soft.fits")
+    assert not same_file(a, tmp_path / "b.fits")
+    assert not same_file(a, tmp_path / "missing.fits")
+    assert same_file(tmp_path / "missing.fits", "missing.fits")
+
+
+def test_make_temp_is_a_locked_hidden_file_beside_the_destination(tmp_path, monkeypatch):
+    import fcntl
+
+    from stk_astrometry.fitsutil import make_temp, temp_owner
+
+    fd, tmp = make_temp(tmp_path / "evt.fits")
+    try:
+        assert tmp.parent == tmp_path and temp_owner(tmp.name) == "evt.fits"
+        assert tmp.name.startswith(".evt.fits.") and tmp.name.endswith(".tmp")
+        other = os.open(tmp, os.O_RDONLY)
+        try:
+            with pytest.raises(OSError):
+                fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        finally:
+            os.close(other)
+        os.write(fd, b"abc")
+        assert tmp.read_bytes() == b"abc"
+    finally:
+        os.close(fd)
+    monkeypatch.chdir(tmp_path)
+    fd, tmp = make_temp("bare.fits")
+    os.close(fd)
+    assert tmp.parent.resolve() == tmp_path.resolve() and (tmp_path / tmp.name).exists()
+
+
+@pytest.mark.parametrize("name, owner", [
+    (".evt.fits.ab12CD_9.tmp", "evt.fits"),
+    ("..evt.fits.stkjournal.ab12cd34.tmp", "evt.fits"),
+    (".a.b.c.12345678.tmp", "a.b.c"),
+    (".evt.fits.ab12cd3.tmp", None),          # 7 characters
+    (".evt.fits.ab12cd345.tmp", None),
+    ("evt.fits.ab12cd34.tmp", None),          # not hidden
+    (".evt.fits.ab12cd34.tmpx", None),
+    (".evt.fits.ab-2cd34.tmp", None),
+    ("..evt.fits.ab12cd34.tmp", ".evt.fits"),  # a hidden product's temporary, not a journal
+])
+def test_temp_owner_names_the_file_a_temporary_belongs_to(name, owner):
+    from stk_astrometry.fitsutil import temp_owner
+
+    assert temp_owner(name) == owner
+
+
+def test_remove_orphan_temps_removes_only_dead_writers_temporaries(tmp_path):
+    from stk_astrometry.fitsutil import make_temp, remove_orphan_temps
+
+    dead = [tmp_path / ".evt.fits.aaaaaaaa.tmp", tmp_path / "..evt.fits.stkjournal.bbbbbbbb.tmp"]
+    for p in dead:
+        p.write_text("left by a kill")
+    keep = [tmp_path / ".img.fits.cccccccc.tmp", tmp_path / "evt.fits"]
+    for p in keep:
+        p.write_text("x")
+    (tmp_path / ".evt.fits.dddddddd.tmp").mkdir()
+    os.symlink(tmp_path / "evt.fits", tmp_path / ".evt.fits.eeeeeeee.tmp")
+    fd, live = make_temp(tmp_path / "evt.fits")
+    try:
+        removed = remove_orphan_temps(tmp_path, "evt.fits")
+        assert sorted(removed) == sorted(p.name for p in dead)
+        assert not any(p.exists() for p in dead)
+        assert all(p.exists() for p in keep) and live.exists()
+        assert (tmp_path / ".evt.fits.dddddddd.tmp").is_dir()
+        assert os.path.islink(tmp_path / ".evt.fits.eeeeeeee.tmp")
+    finally:
+        os.close(fd)
+    assert remove_orphan_temps(tmp_path, "evt.fits") == [live.name]
+    assert remove_orphan_temps(tmp_path / "nowhere", "evt.fits") == []
+
+
+def test_replace_durably_gives_a_new_file_the_umask_mode(tmp_path):
+    from stk_astrometry.fitsutil import replace_durably
+
+    old = os.umask(0o027)
+    try:
+        tmp = tmp_path / ".n.fits.aaaaaaaa.tmp"
+        tmp.write_text("new")
+        os.chmod(tmp, 0o600)
+        replace_durably(tmp, tmp_path / "n.fits")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "n.fits").read_text() == "new" and not tmp.exists()
+    assert (tmp_path / "n.fits").stat().st_mode & 0o7777 == 0o640
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another owner needs root")
+def test_replace_durably_gives_the_new_file_the_old_owner_and_group(tmp_path):
+    from stk_astrometry.fitsutil import replace_durably
+
+    dest = tmp_path / "p.fits"
+    dest.write_text("old")
+    os.chown(dest, 1234, 5678)
+    os.chmod(dest, 0o2640)
+    tmp = tmp_path / ".p.fits.aaaaaaaa.tmp"
+    tmp.write_text("new")
+    replace_durably(tmp, dest)
+    st = dest.stat()
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (1234, 5678, 0o2640)
+    assert dest.read_text() == "new"
+
+
+def test_replace_durably_keeps_the_group_when_the_owner_cannot_be_given(tmp_path, monkeypatch):
+    import stk_astrometry.fitsutil as fu
+
+    dest = tmp_path / "p.fits"
+    dest.write_text("old")
+    tmp = tmp_path / ".p.fits.aaaaaaaa.tmp"
+    tmp.write_text("new")
+    real_stat = os.stat
+    calls = []
+
+    class St:
+        def __init__(self, st, uid, gid):
+            self._st, self.st_uid, self.st_gid = st, uid, gid
+            self.st_mode = st.st_mode
+
+    def fake_stat(p, *a, **k):
+        st = real_stat(p, *a, **k)
+        return St(st, 1, 2) if str(p) == str(dest) else St(st, 3, 4)
+
+    def fake_chown(p, uid, gid):
+        calls.append((uid, gid))
+        if uid != -1:
+            raise PermissionError("not allowed")
+
+    monkeypatch.setattr(fu.Path, "stat", lambda self: fake_stat(self))
+    monkeypatch.setattr(fu.os, "stat", fake_stat)
+    monkeypatch.setattr(fu.os, "chown", fake_chown)
+    fu.replace_durably(tmp, dest)
+    assert calls == [(1, 2), (-1, 2)]
+    assert dest.read_text() == "new"
+
+
+# ----------------------------------------------------------------- HISTORY and stacks
+
+
+def test_read_stacks_reads_at_lists_only(tmp_path):
+    from stk_astrometry.fitsutil import read_stacks
+
+    lis = tmp_path / "in.lis"
+    lis.write_text("  a.fits  \n# comment\n\n b.fits\n")
+    items = [("infile", f" @{lis} "), ("pfile", f"@@{lis}"), ("x", "@"), ("y", "plain"),
+             ("z", f"@{tmp_path / 'missing.lis'}"), ("w", f"@ {lis}")]
+    assert read_stacks(items) == {"infile": ["a.fits", "b.fits"], "w": ["a.fits", "b.fits"]}
+
+
+def test_history_counter_starts_after_the_largest_record_or_histnum():
+    from stk_astrometry.fitsutil import _last_history_number
+
+    h = fits.Header()
+    assert _last_history_number(h) == 0
+    h["HISTNUM"] = "junk"
+    assert _last_history_number(h) == 0
+    h["HISTNUM"] = 7
+    assert _last_history_number(h) == 7
+    h.add_history(" TOOL  :dmcopy   2008-09-18T04:12:21" + " " * 28 + "ASC00012")
+    h.add_history(" PARM  :a=1" + " " * 53 + "ASC00003  ")
+    h.add_history("free text mentioning ASC00099 in passing")    # not a counter: not at the end
+    h["COMMENT"] = "ASC00500"
+    assert _last_history_number(h) == 12
+    h["HISTNUM"] = 200
+    assert _last_history_number(h) == 200
+
+
+def test_add_history_appends_histnum_when_there_is_no_history():
+    h = fits.Header()
+    add_history(h, "stk_demo", [("a", "1"), ("b", "2")], when="2026-01-01T00:00:00")
+    assert h["HISTNUM"] == 3 and h.comments["HISTNUM"] == "Number of HISTORY records"
+    keys = [c.keyword for c in h.cards]
+    assert keys == ["HISTNUM", "HISTORY", "HISTORY", "HISTORY"]
+    vals = [str(c.value) for c in h.cards if c.keyword == "HISTORY"]
+    assert vals[0] == f" TOOL  :{'stk_demo   2026-01-01T00:00:00':<56}ASC00001"
+    assert vals[2].startswith(" PARM  :b=2") and vals[2].endswith("ASC00003")
+
+
+def test_add_history_inserts_histnum_before_existing_history():
+    h = fits.Header()
+    h["OBJECT"] = "x"
+    h.add_history("older record without a counter")
+    h.append(("LATER", 1), bottom=True)
+    add_history(h, "stk_demo", [("a", "1")], when="2026-01-01T00:00:00")
+    keys = [c.keyword for c in h.cards]
+    assert keys[:3] == ["OBJECT", "HISTNUM", "HISTORY"] and keys.count("HISTORY") == 3
+    assert h["HISTNUM"] == 2
+
+
+def test_add_history_reads_at_lists_itself_when_not_given(tmp_path):
+    lis = tmp_path / "l.lis"
+    lis.write_text("one.fits\n")
+    h = fits.Header()
+    add_history(h, "stk_demo", iter([("infile", f"@{lis}")]), when="2026-01-01T00:00:00")
+    recs = [str(c.value) for c in h.cards if c.keyword == "HISTORY"]
+    assert [r[1:5] for r in recs if r[1:5] != "CONT"] == ["TOOL", "PARM", "STCK"]
+    h2 = fits.Header()
+    add_history(h2, "stk_demo", [("infile", f"@{lis}")], stacks={}, when="2026-01-01T00:00:00")
+    assert [str(c.value)[1:5] for c in h2.cards if c.keyword == "HISTORY"
+            if str(c.value)[1:5] != "CONT"] == ["TOOL", "PARM"]
+
+
+def test_history_records_replace_non_ascii_and_wrap_the_counter():
+    recs = history_records("t", [("name", "caf\u00e9\tx")], start=99999, when="W")
+    assert recs[0].endswith("ASC99999") and recs[1].endswith("ASC00000")
+    assert recs[1][8:64].rstrip() == "name=caf??x"
+    assert history_records("t", [], when="W") == [f" TOOL  :{'t   W':<56}ASC00001"]
+    # an empty payload still makes its record
+    assert len(history_records("t", [("e", "")], when="W")) == 2
+
+
+def test_stamp_header_sets_creator_date_and_history():
+    from stk_astrometry.fitsutil import stamp_header
+
+    h = fits.Header()
+    stamp_header(h, FakeParams(), when="2026-02-03T04:05:06")
+    assert h["CREATOR"] == f"stk_demo - stk_astrometry {__version__}"
+    assert h.comments["CREATOR"] == "tool that created this output"
+    assert h["DATE"] == "2026-02-03T04:05:06"
+    assert h.comments["DATE"] == "Date and time of file creation"
+    assert str(h["HISTORY"][0]).startswith(" TOOL  :stk_demo   2026-02-03T04:05:06")
+    h2 = fits.Header()
+    stamp_header(h2, FakeParams())
+    assert h2["DATE"][:4].isdigit() and str(h2["HISTORY"][0])[19:38] == h2["DATE"]
+
+
+# ----------------------------------------------------------------- long keywords
+
+
+def test_short_keyword_set_with_and_without_a_comment():
+    h = fits.Header()
+    set_keyword(h, " stackid ", "s1", "detect_stack_id")
+    assert h["STACKID"] == "s1" and h.comments["STACKID"] == "detect_stack_id"
+    set_keyword(h, "STACKID", "s2")
+    assert h["STACKID"] == "s2" and h.comments["STACKID"] == "detect_stack_id"
+    assert get_keyword(h, " stackid ") == "s2" and get_keyword(h, "NONE", 5) == 5
+    assert delete_keyword(h, "stackid") and "STACKID" not in h
+    assert not delete_keyword(h, "STACKID")
+
+
+def test_long_keyword_pair_updated_in_place_with_its_comment():
+    h = fits.Header()
+    h["DTYPE3"] = "OTHER_NAME"
+    set_keyword(h, "dec_stack", 1.0, "first")
+    assert h["DTYPE4"] == "DEC_STACK" and h["DVAL4"] == 1.0 and h.comments["DVAL4"] == "first"
+    assert h.comments["DTYPE4"] == "Long key name - value in DVALn"
+    set_keyword(h, "DEC_STACK", 2.0, "second")
+    assert h["DVAL4"] == 2.0 and h.comments["DVAL4"] == "second" and "DTYPE5" not in h
+    set_keyword(h, "DEC_STACK", 3.0)
+    assert h["DVAL4"] == 3.0 and h.comments["DVAL4"] == "second"
+
+
+def test_long_keyword_missing_dval_is_inserted_after_its_dtype():
+    h = fits.Header()
+    h["DTYPE2"] = "dec_stack"
+    h["NEXT"] = 1
+    assert get_keyword(h, "DEC_STACK", "absent") == "absent"
+    set_keyword(h, "DEC_STACK", 4.5, "c")
+    assert [c.keyword for c in h.cards] == ["DTYPE2", "DVAL2", "NEXT"]
+    assert h["DVAL2"] == 4.5 and h.comments["DVAL2"] == "c"
+
+
+def test_long_keyword_existing_hierarch_card_updated_not_duplicated():
+    h = fits.Header()
+    h.append(fits.Card("HIERARCH DEC_STACK", 1.5))
+    set_keyword(h, "DEC_STACK", 2.5)
+    assert "DTYPE1" not in h and get_keyword(h, "DEC_STACK") == 2.5
+    assert len([c for c in h.cards if c.keyword.upper() == "DEC_STACK"]) == 1
+    assert delete_keyword(h, "DEC_STACK") and get_keyword(h, "DEC_STACK") is None
+    assert not delete_keyword(h, "DEC_STACK")
+
+
+def test_long_keyword_delete_removes_dval_and_dunit():
+    h = fits.Header()
+    h["DTYPE1"] = "RA_TARGETS"
+    h["DVAL1"] = 3.0
+    h["DUNIT1"] = "deg"
+    h["DTYPE2"] = "DEC_STACK"
+    h["DVAL2"] = 4.0
+    assert delete_keyword(h, "ra_targets")
+    assert [c.keyword for c in h.cards] == ["DTYPE2", "DVAL2"]
+    h["DTYPE5"] = "LONELY_NAME"
+    assert delete_keyword(h, "LONELY_NAME") and "DTYPE5" not in h
+
+
+def test_write_fits_reports_a_write_failure_as_one_output_error(tmp_path, monkeypatch, caplog):
+    out = tmp_path / "o.fits"
+
+    def fail(self, *a, **k):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(fits.HDUList, "writeto", fail)
+    with pytest.raises(OutputError, match=rf"^cannot write {out}: No space left on device$"):
+        write_fits(_hdul(), out, FakeParams(), clobber=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_write_fits_logs_the_name_shown(tmp_path, caplog):
+    with caplog.at_level("INFO", logger="stk_astrometry.fitsutil"):
+        write_fits(_hdul(), tmp_path / "a.fits", FakeParams(), clobber=False)
+        write_fits(_hdul(), tmp_path / "b.fits", FakeParams(), clobber=False, shown_as="final.fits")
+    msgs = [r.getMessage() for r in caplog.records]
+    assert f"Wrote {tmp_path / 'a.fits'}" in msgs and "Wrote final.fits" in msgs
+    with fits.open(tmp_path / "a.fits") as h:
+        assert h[0].header["DATE"] == h[1].header["DATE"]
+
+
+def test_utc_now_is_utc_whatever_the_local_zone(monkeypatch):
+    import datetime
+    import time
+
+    from stk_astrometry.fitsutil import utc_now
+
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    time.tzset()
+    try:
+        t = datetime.datetime.strptime(utc_now(), "%Y-%m-%dT%H:%M:%S")
+        now = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
+        assert abs((now - t).total_seconds()) < 5
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+
+
+def test_write_fits_stamps_every_hdu_with_one_time(tmp_path, monkeypatch):
+    import itertools
+
+    import stk_astrometry.fitsutil as fu
+
+    ticks = itertools.count()
+    monkeypatch.setattr(fu, "utc_now", lambda: f"2026-01-01T00:00:{next(ticks):02d}")
+    write_fits(_hdul(), tmp_path / "o.fits", FakeParams(), clobber=False)
+    with fits.open(tmp_path / "o.fits") as h:
+        assert h[0].header["DATE"] == h[1].header["DATE"] == "2026-01-01T00:00:00"
+        assert str(h[1].header["HISTORY"][0])[19:38] == "2026-01-01T00:00:00"
+
+
+def test_read_stacks_relative_names_and_undecodable_bytes(tmp_path, monkeypatch):
+    from stk_astrometry.fitsutil import read_stacks
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "x").write_text("one.fits\n")
+    (tmp_path / "@x.lis").write_text("two.fits\n")
+    (tmp_path / "u.lis").write_bytes("caf\u00e9.fits\n".encode() + b"bad\xff.fits\n")
+    got = read_stacks([("a", "@x"), ("b", "@@x.lis"), ("c", "@u.lis"), ("d", "@"), ("e", "yx")])
+    assert got == {"a": ["one.fits"], "c": ["caf\u00e9.fits", "bad\ufffd.fits"]}
+
+
+def test_history_records_keep_blanks_and_replace_other_non_printables():
+    recs = history_records("t", [("a", "caf\u00e9"), ("b", "x y\tz\x7f")], when="W")
+    assert recs[1][8:64].rstrip() == "a=caf?"
+    assert recs[2][8:64].rstrip() == "b=x y?z?"
+
+
+def test_eight_character_names_are_plain_keywords():
+    h = fits.Header()
+    set_keyword(h, "EIGHTCHR", 1.5, "c")
+    assert h["EIGHTCHR"] == 1.5 and "DTYPE1" not in h
+    assert get_keyword(h, "EIGHTCHR") == 1.5
+
+
+def test_missing_dval_is_inserted_right_after_its_dtype_among_other_cards():
+    h = fits.Header()
+    h["A"] = 1
+    h["DTYPE2"] = "DEC_STACK"
+    h["B"] = 2
+    h["C"] = 3
+    set_keyword(h, "DEC_STACK", 4.5, "c")
+    assert [c.keyword for c in h.cards] == ["A", "DTYPE2", "DVAL2", "B", "C"]

@@ -789,11 +789,15 @@ def test_pairs_from_match_columns_are_the_inputs_rows(tmp_path):
         assert wg["sep"][k] == pytest.approx(np.hypot(gx - wx, ge - we), abs=1e-6)
     assert p.units == {n: {c: u for c, _, u in pairs.LAYOUTS[n] if u} for n in pairs.TABLE_HDUS}
     assert p.cards == {n: () for n in pairs.TABLE_HDUS} and p.path is None
-    # written and read back: the same tables
+    # written and read back: the same tables and stack attributes
     pairs.write_pairs(p, tmp_path / "p.fits", HIST)
     q = pairs.read_pairs(tmp_path / "p.fits")
     for name in pairs.TABLE_HDUS:
         _equal_tables(p.tables[name], q.tables[name])
+    for attr in ("stackid", "instrument", "ra_stack", "dec_stack", "method", "n_groups",
+                 "match_radius", "dens_gaia", "dens_wise"):
+        assert getattr(q, attr) == getattr(p, attr), attr
+    assert q.dens_wise == pytest.approx(2 / (np.pi * 100)) and q.match_radius == 3.0
 
 
 def test_pairs_from_match_stack_keywords_as_documented():
@@ -871,7 +875,19 @@ def test_pairset_of_a_pair_hdu_and_of_wise_gaia():
                        ("d_xi", "d_xi"), ("d_eta", "d_eta"), ("sep", "sep"),
                        ("ref_sigra", "wise_sigra"), ("ref_sigdec", "wise_sigdec")):
         assert np.array_equal(getattr(ws, field), wg[col]), field
-    assert ws.group.tolist() == [0, 0]
+    assert ws.group.tolist() == [0, 0] and ws.group.dtype == np.int64
+    assert ws.region_id.dtype == np.int64 and ps.group.dtype == np.int64
+    # from a file's narrower columns (J, E): the same integer and float64 arrays
+    narrow = {k: (v.astype(np.int32) if v.dtype.kind == "i" else v.astype(np.float32))
+              for k, v in g.items()}
+    pn = pairs.pairset_from_columns(narrow, kind="GAIA_PAIRS")
+    assert pn.region_id.dtype == np.int64 and pn.group.dtype == np.int64
+    assert all(getattr(pn, f).dtype == np.float64 for f in ("src_xi", "d_xi", "sep", "err_r0",
+                                                             "ref_sigdec"))
+    wn = pairs.pairset_from_columns({k: (v.astype(np.int32) if v.dtype.kind == "i"
+                                         else v.astype(np.float32)) for k, v in wg.items()},
+                                    kind="WISE_GAIA")
+    assert wn.region_id.dtype == np.int64 and wn.d_eta.dtype == np.float64
     assert all(np.isnan(getattr(ws, f)).all() and len(getattr(ws, f)) == 2
                for f in ("err_r0", "err_r1", "err_ang"))
 
@@ -902,3 +918,697 @@ def test_diag_copy_of_a_pairs_file_has_each_keyword_once(tmp_path):
             keys = [k for k in hdul[name].header.keys() if k not in ("HISTORY", "COMMENT")]
             assert len(keys) == len(set(keys)), name
             assert keys.count("STACKID") == 1 and keys.count("DTYPE1") == 1
+
+
+def test_pairs_from_match_keyword_comments():
+    """The primary's comments say each keyword's unit and meaning (what fv and TOPCAT show)."""
+    det, gaia, wise, best = _match_inputs()
+    _, p = _pairs_from_inputs(det, gaia, wise, best)
+    comments = {k: c for k, _, c in p.keywords}
+    assert {k: comments[k] for k in ("RSTACK", "MATCHRAD", "SEPBINS", "NGROUPS", "MAXPM",
+                                     "DENSGAIA", "DENSWISE", "HAVEWISE", "NMGAIA", "NMWISE",
+                                     "METHOD", "METHREQ")} == {
+        "RSTACK": "[arcmin] cone radius r_stack",
+        "MATCHRAD": "[arcsec] cross-match radius",
+        "SEPBINS": "[arcsec] upper edges of separation groups",
+        "NGROUPS": "number of separation groups",
+        "MAXPM": "[mas/yr] total proper-motion limit",
+        "DENSGAIA": "[arcmin-2] Gaia within RSTACK, unfiltered",
+        "DENSWISE": "[arcmin-2] ALLWISE within RSTACK, unfiltered",
+        "HAVEWISE": "ALLWISE inputs given?",
+        "NMGAIA": "detections with >= 1 Gaia match",
+        "NMWISE": "detections with >= 1 ALLWISE match",
+        "METHOD": "direct, twostep or none",
+        "METHREQ": "method parameter (auto: spec 5.5.2)"}
+
+
+def test_pairs_file_header_layout(tmp_path):
+    """The primary: CONTENT (with its comment), HDUNAME = 'PRIMARY', the stack keywords then the
+    primary's own; a long string keeps the part of its comment that fits, in every HDU; the
+    WISE_GAIA offsets are described as Gaia minus ALLWISE."""
+    p = make_pairs(np.random.default_rng(6))
+    stackid = "acisfJ0000000p000000_001_" + "x" * 26      # 51 characters
+    keys = tuple(("STACKID", stackid, "detect_stack_id") if k[0] == "STACKID" else k
+                 for k in p.keywords)
+    p = pairs.Pairs(**{**p.__dict__, "keywords": keys, "stackid": stackid})
+    pairs.write_pairs(p, tmp_path / "p.fits", HIST)
+    with fits.open(tmp_path / "p.fits") as hdul:
+        h0 = hdul[0].header
+        assert h0["CONTENT"] == "STKPAIRS"
+        assert h0.comments["CONTENT"] == "stk_match matched-pairs file"
+        assert h0["HDUNAME"] == "PRIMARY" and h0.comments["HDUNAME"] == ""
+        user = [k for k in h0.keys() if k in {kk for kk, _, _ in keys}]
+        assert user[:4] == ["STACKID", "INSTRUME", "RA_STACK", "DEC_STACK"]
+        for h in (hdu.header for hdu in hdul):
+            assert h["STACKID"] == stackid and h.comments["STACKID"].startswith("detect_stack")
+        h = hdul["WISE_GAIA"].header
+        desc = {h[f"TTYPE{i}"]: h.get(f"TCOMM{i}") for i in range(1, h["TFIELDS"] + 1)}
+        assert desc["d_xi"] == "Offset in xi, Gaia minus ALLWISE"
+        assert desc["sep"] == "Separation of the ALLWISE source and its Gaia best neighbour"
+
+
+def test_pairs_file_keeps_its_layout_for_other_in_memory_dtypes(tmp_path):
+    p = make_pairs(np.random.default_rng(6))
+    tables = {name: dict(cols) for name, cols in p.tables.items()}
+    tables["GAIA_PAIRS"]["region_id"] = tables["GAIA_PAIRS"]["region_id"].astype(np.int64)
+    tables["DETECTIONS"]["n_gaia"] = tables["DETECTIONS"]["n_gaia"].astype(np.int64)
+    tables["WISE_GAIA"]["wise_id"] = tables["WISE_GAIA"]["wise_id"].astype(np.int32)
+    p = pairs.Pairs(**{**p.__dict__, "tables": tables, "units": {}})
+    pairs.write_pairs(p, tmp_path / "p.fits", HIST)
+    with fits.open(tmp_path / "p.fits") as hdul:
+        assert hdul["GAIA_PAIRS"].columns["region_id"].format == "J"
+        assert hdul["DETECTIONS"].columns["n_gaia"].format == "J"
+        assert hdul["WISE_GAIA"].columns["wise_id"].format == "K"
+        assert hdul["GAIA_PAIRS"].columns["det_ra"].unit is None
+
+
+def test_pairs_writer_refuses_an_existing_file_without_clobber(tmp_path):
+    from stk_astrometry.errors import OutputError
+
+    p = make_pairs(np.random.default_rng(6))
+    pairs.write_pairs(p, tmp_path / "p.fits", HIST)
+    with pytest.raises(OutputError):
+        pairs.write_pairs(p, tmp_path / "p.fits", HIST)
+    pairs.write_pairs(p, tmp_path / "p.fits", HIST, clobber=True)
+
+
+def test_pairs_n_rows_of_a_table_without_columns():
+    p = make_pairs(np.random.default_rng(6))
+    p = pairs.Pairs(**{**p.__dict__, "tables": {**p.tables, "WISE_PAIRS": {}}})
+    assert p.n_rows("WISE_PAIRS") == 0 and p.n_rows("GAIA_PAIRS") == 4
+
+
+def _pairs_file_with(tmp_path, edit, name="e.fits"):
+    """A pairs file with its primary header (or HDUs) edited by ``edit(hdul)``."""
+    src = tmp_path / "src.fits"
+    if not src.exists():
+        pairs.write_pairs(make_pairs(np.random.default_rng(12)), src, HIST)
+    with fits.open(src) as hdul:
+        edit(hdul)
+        hdul.writeto(tmp_path / name, output_verify="silentfix", overwrite=True)
+    return tmp_path / name
+
+
+@pytest.mark.parametrize("method", ["direct", "TwoStep", "NONE"])
+def test_pairs_reader_accepts_each_method_in_any_case(tmp_path, method):
+    path = _pairs_file_with(tmp_path, lambda h: h[0].header.update(METHOD=method))
+    assert pairs.read_pairs(path).method == method.lower()
+
+
+def test_pairs_reader_defaults_for_optional_keywords(tmp_path):
+    """MATCHRAD, DENSGAIA, DENSWISE and STACKID may be absent; INSTRUME in any case; one group."""
+    def edit(hdul):
+        for key in ("MATCHRAD", "DENSGAIA", "DENSWISE", "STACKID"):
+            for hdu in hdul:
+                hdu.header.remove(key, ignore_missing=True)
+        hdul[0].header["INSTRUME"] = "acis"
+        hdul[0].header["NGROUPS"] = 1
+    q = pairs.read_pairs(_pairs_file_with(tmp_path, edit))
+    assert (q.match_radius, q.dens_gaia, q.dens_wise) == (None, None, None)
+    assert q.stackid == "" and q.instrument == "ACIS" and q.n_groups == 1
+    assert q.path == str(tmp_path / "e.fits")
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda h: h[0].header.remove("CONTENT"),
+     r"^infile=.*e\.fits: not a stk_match matched-pairs file: primary CONTENT = '\(missing\)', "
+     r"expected 'STKPAIRS'"),
+    (lambda h: h[0].header.remove("METHOD"),
+     r"e\.fits\[PRIMARY\]: keyword METHOD = None, expected 'direct', 'twostep' or 'none'$"),
+    (lambda h: h[0].header.remove("INSTRUME"),
+     r"e\.fits\[PRIMARY\]: keyword INSTRUME = None, expected 'ACIS' or 'HRC'$"),
+    (lambda h: h[0].header.update(NGROUPS=0),
+     r"e\.fits\[PRIMARY\]: keyword NGROUPS = 0\.0 is not a positive integer$"),
+    (lambda h: h[0].header.update(NGROUPS=2.5),
+     r"e\.fits\[PRIMARY\]: keyword NGROUPS = 2\.5 is not a positive integer$"),
+    (lambda h: h[0].header.update(RA_STACK="  "), r"e\.fits\[PRIMARY\]: keyword RA_STACK missing$"),
+    (lambda h: h[0].header.update(RA_STACK="ten"),
+     r"e\.fits\[PRIMARY\]: keyword RA_STACK = 'ten' is not a number$"),
+    (lambda h: h[0].header.update(MATCHRAD="three"),
+     r"e\.fits\[PRIMARY\]: keyword MATCHRAD = 'three' is not a number$"),
+    (lambda h: h[0].header.update(DENSWISE="x"),
+     r"e\.fits\[PRIMARY\]: keyword DENSWISE = 'x' is not a number$"),
+    (lambda h: h[0].header.update(DENSGAIA="y"),
+     r"e\.fits\[PRIMARY\]: keyword DENSGAIA = 'y' is not a number$"),
+    (lambda h: h.__setitem__(2, fits.ImageHDU(np.zeros((2, 2)), name="GAIA_PAIRS")),
+     r"HDU\(s\) GAIA_PAIRS missing"),
+    (lambda h: h["WISE_PAIRS"].columns.del_col("sep"),
+     r"e\.fits\[WISE_PAIRS\]: required column\(s\) sep missing"),
+])
+def test_pairs_reader_names_what_is_wrong(tmp_path, edit, message):
+    with pytest.raises(FormatError, match=message):
+        pairs.read_pairs(_pairs_file_with(tmp_path, edit))
+
+
+def test_pairs_reader_names_the_parameter(tmp_path):
+    with pytest.raises(InputError, match=r"^infile=.*nope\.fits: file .* does not exist$"):
+        pairs.read_pairs(tmp_path / "nope.fits")
+    with pytest.raises(InputError, match=r"^pairsfile=.*nope\.fits: file"):
+        pairs.read_pairs(tmp_path / "nope.fits", param="pairsfile")
+
+
+# ---------------------------------------------------------------------------------------------
+# §2 the transform file
+
+
+def test_transform_keywords_names_values_and_comments():
+    total = transform.Component("TOTAL", 0.25, -0.5, np.eye(2), 12, 2, 0.7, float("nan"))
+    alt = transform.Component("TOTAL", -0.125, 0.5, np.eye(2), 10, 2, 0.7, 0.5)
+    keys = transform.transform_keywords(
+        stackid="hrciJ1234567m123456_002", instrument="HRC", ra_stack=10.0, dec_stack=-12.5,
+        method="twostep", estimator="mixture", loss="cauchy", f_scale=2, total=total,
+        n_match=np.int64(9), qa_flags=np.int32(24), qa_reason="FEWMATCH: few",
+        n_eff=np.float64(7.5), alternative=("spec", alt), error_model=(float("nan"), 1.25))
+    assert keys == [
+        ("STACKID", "hrciJ1234567m123456_002", "detect_stack_id"),
+        ("INSTRUME", "HRC", "ACIS or HRC: sets the sky pixel grid"),
+        ("RA_STACK", 10.0, "[deg] stack tangent point RA"),
+        ("DEC_STACK", -12.5, "[deg] stack tangent point Dec"),
+        ("METHOD", "twostep", "direct, twostep or none"),
+        ("ESTIMATR", "mixture", "estimator applied: spec or mixture"),
+        ("LOSS", "cauchy", "robust loss of the spec estimator"),
+        ("FSCALE", 2.0, "f_scale of the robust loss"),
+        ("GROUP", 2, "separation group used (0: all/none)"),
+        ("NUSED", 12, "pairs used by the detection leg"),
+        ("NMATCH", 9, "matched detections used"),
+        ("DXI", 0.25, "[arcsec] applied shift in xi"),
+        ("DETA", -0.5, "[arcsec] applied shift in eta"),
+        ("RESSTD0", 0.7, "[arcsec] rms target - source, before"),
+        ("RESSTD1", None, "[arcsec] rms target - source, after"),
+        ("QAFLAGS", 24, "1NOMATCH 2DENSE 4BIGSHIFT 8FEWMATCH 16DISAGREE"),
+        ("QAREASON", "FEWMATCH: few", "raised QA flags and why"),
+        ("NEFF", 7.5, "mixture: effective number of true matches"),
+        ("SYSERR", None, "[arcsec] mixture: fitted systematic floor"),
+        ("ERRSCALE", 1.25, "mixture: fitted scale on stated errors"),
+        ("ALTEST", "spec", "the other estimator (not applied)"),
+        ("ALTDXI", -0.125, "[arcsec] its shift in xi"),
+        ("ALTDETA", 0.5, "[arcsec] its shift in eta"),
+    ]
+    assert all(type(v) in (str, int, float, type(None)) for _, v, _ in keys)
+    assert type(keys[7][1]) is float
+    plain = transform.transform_keywords(
+        stackid="s", instrument="ACIS", ra_stack=1.0, dec_stack=2.0, method="direct",
+        estimator="spec", loss="linear", f_scale=1.0, total=total, n_match=3, qa_flags=0,
+        qa_reason="")
+    assert [k for k, _, _ in plain] == [k for k, _, _ in keys[:17]]
+
+
+@pytest.mark.parametrize("instrument, pix, ref", [("ACIS", 0.492, 4096.5), ("HRC", 0.13175, 16384.5)])
+def test_transform_columns_on_the_instruments_sky_grid(instrument, pix, ref):
+    comps = (transform.Component("TOTAL", 1, -2, [[4, 1], [1, 9]], 5, 1, 3, 1),
+             transform.Component("DET_TO_WISE", 0.5, 0.25, np.full((2, 2), np.nan), 0, 0,
+                                 np.nan, np.nan))
+    cols = transform.transform_columns(comps, instrument=instrument, ra_ref=10.0, dec_ref=-5.0)
+    assert list(cols) == list(transform.COLUMNS)
+    assert cols["a11"].tolist() == [1, 1] and cols["a22"].tolist() == [1, 1]
+    assert cols["a12"].tolist() == [0, 0] and cols["a21"].tolist() == [0, 0]
+    assert cols["x_scale"].tolist() == [-pix / 3600] * 2
+    assert cols["y_scale"].tolist() == [pix / 3600] * 2
+    assert cols["xpix_ref"].tolist() == [ref] * 2 and cols["ypix_ref"].tolist() == [ref] * 2
+    assert cols["ra_ref"].tolist() == [10.0] * 2 and cols["dec_ref"].tolist() == [-5.0] * 2
+    assert cols["roll_ref"].tolist() == [0.0] * 2
+    # sky x grows westwards: a shift east (d_xi > 0) is a negative t1
+    assert cols["t1"] == pytest.approx([-1 / pix, -0.5 / pix], rel=1e-15)
+    assert cols["t2"] == pytest.approx([-2 / pix, 0.25 / pix], rel=1e-15)
+    assert cols["component"].tolist() == ["TOTAL", "DET_TO_WISE"]
+    assert cols["d_xi_err"][0] == 2.0 and cols["d_eta_err"][0] == 3.0
+    assert cols["cov_xi_eta"][0] == 1.0 and np.isnan(cols["cov_xi_eta"][1])
+    assert np.isnan(cols["d_xi_err"][1]) and np.isnan(cols["d_eta_err"][1])
+    assert cols["n_used"].tolist() == [5, 0] and cols["group"].tolist() == [1, 0]
+    for name in ("n_used", "group"):
+        assert cols[name].dtype == np.int32, name
+    for name in ("d_xi", "d_eta", "resstd0", "resstd1", "cov_xi_eta", "d_xi_err"):
+        assert cols[name].dtype == np.float64, name
+    ints = transform.transform_columns(comps[:1], instrument=instrument, ra_ref=10.0, dec_ref=-5.0)
+    assert ints["cov_xi_eta"].dtype == np.float64 and ints["d_xi_err"].dtype == np.float64
+
+
+def test_transform_file_layout_as_documented(tmp_path):
+    """CONTENT in the primary; STKXFM with component 16A, n_used/group J, every other column
+    D (integer shifts too), the units of formats.md §2; the keywords in both headers."""
+    comps = (transform.Component("TOTAL", 1, 0, np.eye(2), 5, 1, 3, 1),)
+    keys = _keywords(comps[0])
+    transform.write_transform(tmp_path / "x.fits", comps, keys, HIST, instrument="ACIS",
+                              ra_ref=10.0, dec_ref=-12.5)
+    with fits.open(tmp_path / "x.fits") as hdul:
+        assert [h.name for h in hdul] == ["PRIMARY", "STKXFM"]
+        h0 = hdul[0].header
+        assert h0["CONTENT"] == "STKXFM" and h0.comments["CONTENT"] == "stk_xfm transform file"
+        t = hdul["STKXFM"]
+        assert t.columns.names == list(transform.COLUMNS)
+        for c in transform.COLUMNS:
+            want = {"component": "16A", "n_used": "J", "group": "J"}.get(c, "D")
+            assert t.columns[c].format == want, c
+            assert (t.columns[c].unit or "") == transform.UNITS.get(c, ""), c
+        for h in (h0, t.header):
+            assert h["QAFLAGS"] == 24 and h["DEC_STACK"] == -12.5 and h["METHOD"] == "twostep"
+        assert t.data["t1"][0] == pytest.approx(-1 / 0.492)
+    with pytest.raises(__import__("stk_astrometry.errors").errors.OutputError):
+        transform.write_transform(tmp_path / "x.fits", comps, keys, HIST, instrument="ACIS",
+                                  ra_ref=10.0, dec_ref=-12.5)
+    transform.write_transform(tmp_path / "x.fits", comps, keys, HIST, instrument="ACIS",
+                              ra_ref=10.0, dec_ref=-12.5, clobber=True)
+
+
+def test_transform_as_hdulist_is_the_file_layout():
+    comps = _components()
+    hdul = transform.build_transform_hdul(comps, _keywords(comps[0]), instrument="HRC",
+                                          ra_ref=10.0, dec_ref=-12.5)
+    assert hdul[0].header["CONTENT"] == "STKXFM" and hdul[0].header["QAFLAGS"] == 24
+    t = hdul["STKXFM"]
+    assert t.columns.names == list(transform.COLUMNS)
+    assert t.data["component"].tolist() == ["TOTAL", "DET_TO_WISE", "WISE_TO_GAIA"]
+    assert t.data["ra_ref"].tolist() == [10.0] * 3 and t.data["dec_ref"].tolist() == [-12.5] * 3
+    assert t.data["xpix_ref"][0] == 16384.5 and t.header["STACKID"] == "hrciJ1234567m123456_002"
+
+
+def _write_xfm(tmp_path, comps=None, name="x.fits", edit=None, instrument="HRC"):
+    comps = comps or _components()
+    path = tmp_path / name
+    transform.write_transform(path, comps, _keywords(comps[0]), HIST, instrument=instrument,
+                              ra_ref=10.0, dec_ref=-12.5, clobber=True)
+    if edit is not None:
+        with fits.open(path) as hdul:
+            edit(hdul)
+            hdul.writeto(path, overwrite=True, output_verify="silentfix")
+    return path
+
+
+def test_transform_readers_take_the_total_row_wherever_it_is(tmp_path):
+    c = _components()
+    path = _write_xfm(tmp_path, comps=(c[1], c[2], c[0]))
+    t = transform.read_transform_file(path)
+    assert [x.name for x in t.components] == ["DET_TO_WISE", "WISE_TO_GAIA", "TOTAL"]
+    ti = transform.read_transform(str(path))
+    assert (ti.xfm.d_xi_arcsec, ti.xfm.d_eta_arcsec) == (0.25, -0.5)
+    assert t.xfm_id == ti.xfm.xfm_id
+    from stk_astrometry.wcsupdate import transform_id
+    assert t.xfm_id == transform_id(0.25, -0.5, 10.0, -12.5)
+    assert t.path == str(path) and ti.path == str(path)
+    assert t.columns["component"].dtype.kind == "U" and t.columns["component"][0] == "DET_TO_WISE"
+
+    def lower(hdul):
+        hdul["STKXFM"].data["component"] = ["det_to_wise", "wise_to_gaia", "total"]
+    path = _write_xfm(tmp_path, comps=(c[1], c[2], c[0]), name="l.fits", edit=lower)
+    assert transform.read_transform_file(path).xfm_id == t.xfm_id
+    assert transform.read_transform(str(path)).xfm.d_xi_arcsec == 0.25
+
+
+def test_transform_readers_without_a_component_column_take_row_one(tmp_path):
+    def drop(hdul):
+        hdul["STKXFM"].columns.del_col("component")
+    path = _write_xfm(tmp_path, edit=drop)
+    ti = transform.read_transform(str(path))
+    assert (ti.xfm.d_xi_arcsec, ti.xfm.d_eta_arcsec) == (0.25, -0.5)
+
+
+def test_transform_readers_select_a_block(tmp_path):
+    def add_first(hdul):
+        hdul.insert(1, fits.BinTableHDU.from_columns(
+            [fits.Column(name="a", format="D", array=[1.0])], name="OTHER"))
+    path = _write_xfm(tmp_path, edit=add_first)
+    for spec in (f"{path}[STKXFM]", f"{path}[3]", f"{path}[stkxfm]"):
+        assert transform.read_transform(spec).xfm.d_xi_arcsec == 0.25, spec
+        assert transform.read_transform_file(spec).instrument == "HRC", spec
+    with pytest.raises(FormatError, match=r"\[OTHER\]: missing column"):
+        transform.read_transform(f"{path}[2]")
+    with pytest.raises(FormatError, match=r"^transformfile=.*\[4\]: no block 4$"):
+        transform.read_transform(f"{path}[4]")
+    with pytest.raises(FormatError, match=r"^transformfile=.*\[NOPE\]: no HDU NOPE$"):
+        transform.read_transform_file(f"{path}[NOPE]")
+    with pytest.raises(FormatError, match=r"\[PRIMARY\]: not a table with rows$"):
+        transform.read_transform(f"{path}[1]")
+
+
+def test_transform_readers_name_what_is_wrong(tmp_path):
+    fits.HDUList([fits.PrimaryHDU(), fits.BinTableHDU.from_columns(
+        [fits.Column(name="a", format="D", array=[1.0])], name="OTHER")]).writeto(tmp_path / "o.fits")
+    with pytest.raises(FormatError, match=r"^transformfile=.*o\.fits: no STKXFM HDU "
+                                          r"\(HDUs: PRIMARY, OTHER\)$"):
+        transform.read_transform(str(tmp_path / "o.fits"))
+
+    def empty(hdul):
+        hdul["STKXFM"] = fits.BinTableHDU(hdul["STKXFM"].data[:0], header=hdul["STKXFM"].header)
+    path = _write_xfm(tmp_path, name="e.fits", edit=empty)
+    for reader in (transform.read_transform, transform.read_transform_file):
+        with pytest.raises(FormatError, match=r"e\.fits\[STKXFM\]: not a table with rows$"):
+            reader(str(path))
+
+    def nocol(hdul):
+        hdul["STKXFM"].columns.del_col("resstd1")
+    with pytest.raises(FormatError, match=r"\[STKXFM\]: missing column\(s\) resstd1$"):
+        transform.read_transform_file(_write_xfm(tmp_path, name="c.fits", edit=nocol))
+
+    def nototal(hdul):
+        hdul["STKXFM"].data["component"] = ["A", "B", "C"]
+    with pytest.raises(FormatError, match=r"\[STKXFM\]: no row with component TOTAL$"):
+        transform.read_transform(str(_write_xfm(tmp_path, name="t.fits", edit=nototal)))
+
+    def nan(hdul):
+        hdul["STKXFM"].data["d_eta"][0] = np.nan
+        hdul["STKXFM"].data["a12"][0] = np.inf
+    with pytest.raises(FormatError, match=r"\[STKXFM\]: non-finite a12, d_eta in the TOTAL row$"):
+        transform.read_transform(str(_write_xfm(tmp_path, name="n.fits", edit=nan)))
+
+    def rotated(hdul):
+        hdul["STKXFM"].data["a12"][0] = 0.001
+    with pytest.raises(FormatError, match=r"is not the identity"):
+        transform.read_transform(str(_write_xfm(tmp_path, name="r.fits", edit=rotated)))
+
+    def nowhere(hdul):
+        hdul["STKXFM"].data["dec_ref"][0] = 95.0
+    with pytest.raises(FormatError, match=r"ra_ref/dec_ref = \(10\.0, 95\.0\) is not a position"):
+        transform.read_transform(str(_write_xfm(tmp_path, name="w.fits", edit=nowhere)))
+    from stk_astrometry.errors import ParameterError
+    for reader in (transform.read_transform, transform.read_transform_file):
+        with pytest.raises(ParameterError, match="^transformfile is blank$"):
+            reader("   ")
+        with pytest.raises(InputError, match=r"^transformfile=.*none\.fits: no such file$"):
+            reader(str(tmp_path / "none.fits"))
+    (tmp_path / "text.fits").write_text("not FITS\n" * 400)
+    with pytest.raises(FormatError, match=r"^transformfile=.*text\.fits: not a FITS file$"):
+        transform.read_transform(str(tmp_path / "text.fits"))
+
+
+@pytest.mark.parametrize("cards, flags, decision", [
+    ({"QAFLAGS": 24, "QADECIS": " Accept "}, 24, "accept"),
+    ({"QAFLAGS": 0}, 0, ""),
+    ({"QAFLAGS": None, "QADECIS": "reject"}, 0, "reject"),
+    ({"QAFLAGS": True}, 0, ""),
+    ({"QAFLAGS": "24"}, 0, ""),
+    ({"QAFLAGS": 5, "QADECIS": None}, 5, ""),
+    ({}, 0, ""),
+])
+def test_transform_qa_record_as_stk_update_wcs_reads_it(tmp_path, cards, flags, decision):
+    def edit(hdul):
+        h = hdul["STKXFM"].header
+        h.remove("QAFLAGS", ignore_missing=True)
+        for k, v in cards.items():
+            if v is not None:
+                h[k] = v
+            else:
+                h[k] = (fits.card.UNDEFINED, "")
+    ti = transform.read_transform(str(_write_xfm(tmp_path, edit=edit)))
+    assert (ti.qa_flags, ti.qa_decision) == (flags, decision)
+
+
+def test_transform_hdu_bytes_are_a_checksummed_copy_with_its_id(tmp_path):
+    """What an ASPSOL3 product gets (formats.md §3b): the STKXFM HDU, its header and rows, with
+    STKXFMID and valid CHECKSUM/DATASUM."""
+    import io
+
+    path = _write_xfm(tmp_path)
+    ti = transform.read_transform(str(path))
+    with fits.open(io.BytesIO(fits.PrimaryHDU().header.tostring().encode() + ti.hdu_bytes),
+                   checksum=True) as copy, fits.open(path) as orig:
+        h = copy[1].header
+        assert copy[1].name == "STKXFM" and h["STKXFMID"] == ti.xfm.xfm_id
+        assert h.comments["STKXFMID"] == "stk_update_wcs: id of this transform"
+        assert "CHECKSUM" in h and "DATASUM" in h
+        assert h["QAFLAGS"] == orig["STKXFM"].header["QAFLAGS"]
+        assert copy[1].data.tobytes() == orig["STKXFM"].data.tobytes()
+
+
+# ---------------------------------------------------------------------------------------------
+# _fits: the fast (fitsio) writer and reader against astropy's
+
+
+def _specs_of_every_kind():
+    from stk_astrometry.formats._fits import HduSpec
+
+    cols = {"region_id": np.array([1, 2, 3], dtype=np.int32), "ref_id": np.array([5, 2**40, 7]),
+            "ra": np.array([1.5, np.nan, -2.25]), "f": np.array([1, 2, 3], dtype=np.float32),
+            "flag": np.array([True, False, True]), "name": np.array(["a", "bcd", ""]),
+            "small": np.array([1, 2, 3], dtype=np.int16), "u8": np.array([1, 2, 3], dtype=np.uint8),
+            "vec": np.arange(6, dtype=np.int32).reshape(3, 2)}
+    return [HduSpec(None, keys=(("CONTENT", "STKTEST", "a test"), ("DEC_STACK", -12.5, "[deg] dec"),
+                                ("NOTE", "x" * 80, "long"), ("UNDEF", None, "undefined"),
+                                ("FLAG", True, ""), ("N", 5, "count"),
+                                ("LONGCOMM", "v" * 40, "c" * 40), ("HISTNUM", "junk", ""),
+                                ("CREATOR", "someone else", "old"), ("DATE", "1999", "old"))),
+            HduSpec("TAB", cols, units={"ra": "deg", "f": "arcsec", "flag": ""},
+                    formats={"ref_id": "K"},
+                    keys=(("STACKID", "s", "id"), ("DEC_STACK", 1.0, ""),
+                          ("CHECKSUM", "stale", ""), ("DATASUM", "1", "")),
+                    cards=(("HISTNUM", 4, "n"), ("EXTRA", 1.5, "copied"), ("TFORM1", "K", ""),
+                           ("DTYPE7", "RA_LONGER", "x"), ("DVAL7", 2.0, "")),
+                    column_info={"ra": ("Right ascension", "pos.eq.ra"), "f": ("flux", ""),
+                                 "name": ("", "meta.id"), "small": ("it's quoted", "")}),
+            HduSpec("EMPTY", {"a": np.zeros(0), "b": np.zeros(0, dtype=np.int32),
+                              "s": np.array([], dtype="U4")},
+                    drop_long_comments=False, keys=(("LONGCOMM", "v" * 40, "c" * 40),))]
+
+
+def _file_cards(path):
+    """Per HDU: its cards without CHECKSUM/DATASUM (short names in order; HIERARCH apart), its
+    data bytes; the checksums are verified."""
+    out = []
+    with fits.open(path, checksum=True) as hdul:
+        for hdu in hdul:
+            cards = [(c.keyword, "nan" if isinstance(c.value, float) and c.value != c.value
+                      else c.value, c.comment) for c in hdu.header.cards
+                     if c.keyword not in ("CHECKSUM", "DATASUM")]
+            assert "CHECKSUM" in hdu.header and "DATASUM" in hdu.header
+            out.append(([c for c in cards if len(c[0]) <= 8], [c for c in cards if len(c[0]) > 8],
+                        None if hdu.data is None else hdu.data.tobytes()))
+    return out
+
+
+def test_fast_writer_writes_what_astropys_writer_writes(tmp_path, monkeypatch):
+    """write_fits_fast (fitsio) and its astropy fallback: the same cards, values, comments and
+    data, HISTORY continuing a copied HISTNUM, stale stamps replaced, valid checksums."""
+    from stk_astrometry import fitsutil
+    from stk_astrometry.formats import _fits
+
+    monkeypatch.setattr(fitsutil, "utc_now", lambda: "2026-01-02T03:04:05")
+    hist = _Run("stk_test", {"infile": "x.fits", "outfile": "/a/" + "y" * 70, "clobber": True})
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")       # astropy warns when it cuts a comment
+        _fits.write_fits_fast(tmp_path / "fast.fits", _specs_of_every_kind(), hist, clobber=False)
+        monkeypatch.setattr(_fits, "FITSIO_IO", False)
+        _fits.write_fits_fast(tmp_path / "slow.fits", _specs_of_every_kind(), hist, clobber=False)
+    fast, slow = _file_cards(tmp_path / "fast.fits"), _file_cards(tmp_path / "slow.fits")
+    assert fast == slow
+    prim, tab, empty = fast
+    keys = dict((k, (v, c)) for k, v, c in prim[0] if k != "HISTORY")
+    assert keys["CREATOR"] == (f"stk_test - stk_astrometry {__import__('stk_astrometry').__version__}",
+                               "tool that created this output")
+    assert keys["DATE"] == ("2026-01-02T03:04:05", "Date and time of file creation")
+    assert keys["EXTEND"] == (True, "") and keys["BITPIX"] == (8, "array data type")
+    assert keys["DTYPE1"] == ("DEC_STACK", "Long key name - value in DVALn")
+    assert keys["DVAL1"] == (-12.5, "[deg] dec") and prim[1] == [("DEC_STACK", -12.5, "[deg] dec")]
+    assert keys["UNDEF"][1] == "undefined" and keys["NOTE"] == ("x" * 80, "")   # CONTINUE
+    assert keys["LONGCOMM"] == ("v" * 40, "")          # the comment would be cut: dropped
+    history = [v for k, v, _ in prim[0] if k == "HISTORY"]
+    assert keys["HISTNUM"][0] == len(history) == 5 and history[-1].endswith("ASC00005")
+    tkeys = [k for k, _, _ in tab[0]]
+    assert tkeys[:8] == ["XTENSION", "BITPIX", "NAXIS", "NAXIS1", "NAXIS2", "PCOUNT", "GCOUNT",
+                         "TFIELDS"]
+    assert tkeys.index("EXTNAME") == tkeys.index("TFORM9") + 1
+    tdict = dict((k, (v, c)) for k, v, c in tab[0] if k != "HISTORY")
+    assert tdict["TFORM1"] == ("J", "") and tdict["EXTRA"] == (1.5, "copied")
+    assert tdict["DTYPE7"] == ("RA_LONGER", "x") and tdict["DTYPE8"][0] == "DEC_STACK"
+    assert tdict["HISTNUM"][0] == 9 and tdict["TCOMM7"] == ("it's quoted", "")
+    assert "TUNIT5" not in tdict and tdict["TUNIT3"] == ("deg", "")
+    assert "TCOMM6" not in tdict and tdict["TUCD6"] == ("meta.id", "")
+    assert [k for k in tkeys if k.startswith("TUCD")] == ["TUCD3", "TUCD6"]
+    ekeys = dict((k, (v, c)) for k, v, c in empty[0] if k != "HISTORY")
+    assert ekeys["NAXIS2"][0] == 0 and ekeys["LONGCOMM"][1].startswith("ccc")
+    assert ekeys["TFORM3"][0] == "1A"
+
+
+def test_fast_reader_reads_what_astropys_reader_reads(tmp_path):
+    from stk_astrometry.formats import _fits
+
+    _fits.write_fits_fast(tmp_path / "f.fits", _specs_of_every_kind(), HIST, clobber=False)
+    fast = _fits.read_fits(tmp_path / "f.fits")
+    slow = _fits._read_fits_astropy(tmp_path / "f.fits")
+    assert [x[0] for x in fast] == [x[0] for x in slow] == ["", "TAB", "EMPTY"]
+    for (_, hf, cf, uf), (_, hs, cs, us) in zip(fast, slow, strict=True):
+        assert [(c.keyword, c.comment) for c in hf.cards] == [(c.keyword, c.comment) for c in hs.cards]
+        assert uf == us
+        if cf is None:
+            assert cs is None
+            continue
+        assert list(cf) == list(cs)
+        for name in cf:
+            a, b = cf[name], cs[name]
+            assert a.dtype == b.dtype and a.dtype.byteorder in "=|", name
+            assert np.array_equal(a, b, equal_nan=a.dtype.kind == "f"), name
+    cols, units = fast[1][2], fast[1][3]
+    assert units == {"ra": "deg", "f": "arcsec"}
+    assert cols["name"].dtype.kind == "U" and cols["name"].tolist() == ["a", "bcd", ""]
+    assert cols["ref_id"].tolist() == [5, 2**40, 7] and cols["flag"].tolist() == [True, False, True]
+    assert cols["f"].dtype == np.float32 and cols["small"].dtype == np.int16
+    empty = fast[2][2]
+    assert {k: v.dtype.kind for k, v in empty.items()} == {"a": "f", "b": "i", "s": "U"}
+    assert all(len(v) == 0 for v in empty.values())
+    assert fast[0][1]["CONTENT"] == "STKTEST" and fast[1][1]["EXTNAME"] == "TAB"
+    (tmp_path / "t.fits").write_text("not FITS")
+    with pytest.raises(OSError):
+        _fits.read_fits(tmp_path / "t.fits")
+
+
+def test_transform_without_a_total_row_takes_row_one_and_no_instrument_is_blank(tmp_path):
+    c = _components()
+
+    def edit(hdul):
+        hdul["STKXFM"].data["component"] = ["A", "B", "C"]
+        del hdul["STKXFM"].header["INSTRUME"]
+    path = _write_xfm(tmp_path, comps=(c[1], c[0], c[2]), edit=edit)
+    t = transform.read_transform_file(path)
+    from stk_astrometry.wcsupdate import transform_id
+    assert t.xfm_id == transform_id(0.2, -0.4, 10.0, -12.5) and t.instrument == ""
+
+
+def test_transform_copy_is_named_stkxfm_whatever_the_block_it_came_from(tmp_path):
+    import io
+
+    def rename(hdul):
+        hdul["STKXFM"].name = "XFMCOPY"
+        hdul.append(fits.ImageHDU(np.zeros((2, 2)), name="IMG"))
+    path = _write_xfm(tmp_path, edit=rename)
+    ti = transform.read_transform(f"{path}[2]")
+    with fits.open(io.BytesIO(fits.PrimaryHDU().header.tostring().encode() + ti.hdu_bytes)) as h:
+        assert h[1].name == "STKXFM"
+    with pytest.raises(FormatError, match=r"\[IMG\]: not a table with rows$"):
+        transform.read_transform(f"{path}[3]")
+
+
+@pytest.mark.parametrize("values, fmt", [
+    (np.array(["a", "bcd"]), "3A"), (np.array([b"ab", b"c"]), "2A"), (np.array([], dtype="U5"), "1A"),
+    (np.array(["", ""]), "1A"), (np.array([True]), "L"), (np.array([1], dtype=np.int8), "I"),
+    (np.array([1], dtype=np.uint8), "I"), (np.array([1], dtype=np.int16), "I"),
+    (np.array([1], dtype=np.int32), "J"), (np.array([1], dtype=np.uint32), "J"),
+    (np.array([1], dtype=np.int64), "K"), (np.array([1.0], dtype=np.float32), "E"),
+    (np.array([1.0]), "D"), (np.array([1.0], dtype=np.float16), "D"), ([1, 2], "K"),
+])
+def test_column_format_from_the_dtype(values, fmt):
+    from stk_astrometry.formats._fits import column_format
+
+    assert column_format(values) == fmt
+    assert column_format(values, "16A") == "16A"
+
+
+def test_header_value_of_numpy_scalars_and_nan():
+    from stk_astrometry.formats._fits import header_value
+
+    for x, want in ((np.float32(1.5), 1.5), (np.nan, None), (float("inf"), None),
+                    (np.int16(3), 3), (np.bool_(True), True), ("s", "s"), (None, None), (7, 7)):
+        got = header_value(x)
+        assert got == want and type(got) is type(want), x
+
+
+def test_table_hdu_of_columns_units_formats_and_no_rows():
+    from stk_astrometry.formats._fits import table_hdu
+
+    hdu = table_hdu("T", {"a": np.array([1, 2], dtype=np.int64), "b": np.array([1.0, 2.0])},
+                    units={"b": "deg", "a": ""}, formats={"a": "J"})
+    assert hdu.name == "T" and hdu.columns["a"].format == "J" and hdu.columns["b"].format == "D"
+    assert hdu.columns["b"].unit == "deg" and hdu.columns["a"].unit is None
+    assert hdu.data["a"].tolist() == [1, 2] and hdu.data["b"].tolist() == [1.0, 2.0]
+    empty = table_hdu("E", {"a": np.zeros(0)}, nrows=0)
+    assert empty.name == "E" and len(empty.data) == 0
+    assert table_hdu("N", {"x": np.arange(3)}, nrows=3).name == "N"
+
+
+def test_copied_structural_and_column_cards_are_not_written_twice(tmp_path):
+    from stk_astrometry.formats import _fits
+
+    specs = [_fits.HduSpec(None, cards=(("SIMPLE", True, ""), ("BITPIX", 8, ""), ("NAXIS", 0, ""),
+                                        ("EXTEND", True, ""), ("OBJECT", "x", ""))),
+             _fits.HduSpec("T", {"a": np.array([1.0]), "b": np.array([2.0])}, units={"b": "deg"},
+                           column_info={"b": ("desc", "pos.eq.ra")},
+                           cards=(("TUNIT2", "deg", ""), ("TCOMM2", "desc", ""),
+                                  ("TUCD2", "pos.eq.ra", ""), ("EXTNAME", "T", ""),
+                                  ("KEEP", 1, "copied")))]
+    _fits.write_fits_fast(tmp_path / "c.fits", specs, HIST, clobber=False)
+    with fits.open(tmp_path / "c.fits") as hdul:
+        for hdu in hdul:
+            keys = [k for k in hdu.header.keys() if k not in ("HISTORY", "COMMENT")]
+            assert len(keys) == len(set(keys)), keys
+        assert hdul[0].header["OBJECT"] == "x" and hdul[1].header["KEEP"] == 1
+        assert "COMMENT" not in hdul[0].header
+
+
+@pytest.mark.parametrize("value, comment, kept", [
+    ("x" * 40, "c" * 25, True), ("x" * 40, "c" * 26, False),
+    ("ab", "c" * 47, True), ("ab", "c" * 48, False), ("x" * 18, "c" * 47, True),
+    ("x" * 19, "c" * 47, False),
+])
+def test_long_string_drops_its_comment_only_when_it_would_be_cut(value, comment, kept):
+    from stk_astrometry.formats._fits import set_keywords
+
+    h = fits.Header()
+    set_keywords(h, [("KEY", value, comment)])
+    assert h["KEY"] == value and h.comments["KEY"] == (comment if kept else "")
+    h2 = fits.Header()
+    set_keywords(h2, [("KEY", value, comment)], drop_long_comments=False)
+    assert h2.comments["KEY"].startswith(comment[:10])
+
+
+@pytest.mark.parametrize("name, value, comment", [
+    ("EIGHTCHR", 1.5, "c"), ("EIGHTCHR", 12, ""), ("NINECHARS", 2.5, "c" * 50),
+    ("NINECHARS", 2.5, "c" * 53), ("NINECHARS", 2.5, "c" * 54), ("K", "x" * 68, ""),
+    ("K", "x" * 69, ""), ("NINECHARS", True, ""),
+])
+def test_format_card_at_the_hierarch_and_continue_boundaries(name, value, comment):
+    import warnings
+
+    from astropy.io.fits import Card
+
+    from stk_astrometry.formats._fits import _as_card, format_card
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        want = _as_card(name, value, comment).image if len(name) > 8 else Card(name, value, comment).image
+        assert format_card(name, value, comment) == want
+        assert format_card(name, value) == format_card(name, value, "")
+
+
+def test_fast_writer_expands_at_lists_and_says_what_it_wrote(tmp_path, caplog):
+    from stk_astrometry.formats import _fits
+
+    lis = tmp_path / "in.lis"
+    lis.write_text("a.fits\nb.fits\n")
+    hist = _Run("stk_test", {"infile": f"@{lis}"})
+    specs = [_fits.HduSpec(None), _fits.HduSpec("T", {"a": np.array([1.0])})]
+    with caplog.at_level("INFO", logger="stk_astrometry.fitsutil"):
+        _fits.write_fits_fast(tmp_path / "s.fits", specs, hist, clobber=False)
+    assert [r.getMessage() for r in caplog.records if r.name == "stk_astrometry.fitsutil"] == \
+        [f"Wrote {tmp_path / 's.fits'}"]
+    with fits.open(tmp_path / "s.fits") as hdul:
+        for hdu in hdul:
+            kinds = [str(v)[1:5] for v in hdu.header["HISTORY"]]
+            assert kinds.count("STCK") == 2, kinds
+
+
+def test_fast_writer_vector_columns_and_its_own_stamps(tmp_path):
+    from stk_astrometry.formats import _fits
+
+    vec = np.arange(6.0).reshape(3, 2)
+    specs = [_fits.HduSpec(None), _fits.HduSpec("T", {"v": vec, "n": np.array([1, 2, 3])})]
+    _fits.write_fits_fast(tmp_path / "v.fits", specs, HIST, clobber=False)
+    with fits.open(tmp_path / "v.fits") as hdul:
+        assert hdul["T"].columns["v"].format == "2D"
+        assert hdul["T"].data["v"].tolist() == vec.tolist()
+    raw = (tmp_path / "v.fits").read_bytes()
+    cards = [raw[i:i + 8] for i in range(0, len(raw), 80)]
+    assert cards.count(b"CREATOR ") == 2 and cards.count(b"DATE    ") == 2
+
+
+def test_header_keywords_keep_a_hierarch_keyword_and_drop_blank_cards():
+    from stk_astrometry.formats._fits import extra_cards, header_keywords
+
+    h = fits.Header()
+    h["SHORT"] = 1
+    h.append(fits.Card("HIERARCH LONGER_NAME", 2.5, "c"))
+    h.append(fits.Card("", "", ""), useblanks=False, bottom=True)
+    h["DTYPE1"] = "DEC_STACK"
+    h["DVAL1"] = -5.0
+    h.append(fits.Card("HIERARCH DEC_STACK", -5.0))
+    assert header_keywords(h) == (("SHORT", 1, ""), ("LONGER_NAME", 2.5, "c"),
+                                  ("DEC_STACK", -5.0, ""))
+    assert [c[0] for c in extra_cards(h)] == ["SHORT", "LONGER_NAME", "DTYPE1", "DVAL1",
+                                              "DEC_STACK"]

@@ -1020,9 +1020,13 @@ def _error_model_maximum(stated, e, r, lo_floor, x0):
 
 
 @pytest.mark.parametrize(("scale", "floor"), [(1.6, 0.15), (0.5, 0.3)])
-def test_error_model_step_is_the_maximum_likelihood_scale_and_floor(scale, floor):
+def test_error_model_step_is_the_maximum_likelihood_scale_and_floor(scale, floor, monkeypatch):
     # the M step's eigen-decomposition against a plain maximisation over the 2x2 matrices
+    # (its likelihood: the error model's prior, issue 14, is left out here and tested with it)
+    from stk_astrometry import mixture
     from stk_astrometry.mixture import _fit_error_model
+
+    monkeypatch.setattr(mixture, "_CAL_PRIOR", None)
 
     rng = np.random.default_rng(SEED + 400 + int(10 * scale))
     stated, e, r, prob, st = _error_model_case(rng, 80, scale=scale, floor=floor)
@@ -1032,9 +1036,35 @@ def test_error_model_step_is_the_maximum_likelihood_scale_and_floor(scale, floor
     np.testing.assert_allclose(got, want, rtol=1e-6)
 
 
-def test_error_model_scale_stops_at_its_range():
+@pytest.mark.parametrize(("scale", "floor"), [(1.6, 0.15), (0.5, 0.3)])
+def test_error_model_step_with_the_prior_is_the_maximum_a_posteriori(scale, floor):
+    # issue 14: the step maximises the expected complete log likelihood plus the prior
+    from scipy.optimize import minimize
+    from stk_astrometry import mixture
+    from stk_astrometry.mixture import _error_prior, _fit_error_model
+
+    assert mixture._CAL_PRIOR is not None
+    rng = np.random.default_rng(SEED + 430 + int(10 * scale))
+    stated, e, r, prob, st = _error_model_case(rng, 80, scale=scale, floor=floor)
+    got = np.array(_fit_error_model(prob, stated, st, 1.0, 0.5, 0.0))
+
+    def minus_posterior(x):
+        return -(_expected_complete_loglike(stated, e, r, *np.sqrt(x))
+                 + _error_prior(x[0], x[1], 0.0)[0])
+
+    res = minimize(minus_posterior, (got**2) * [1.3, 0.7], method="L-BFGS-B",
+                   bounds=[(0.01, 100.0), (0.0, 9.0)],
+                   options={"ftol": 1e-16, "gtol": 1e-14, "maxiter": 10_000})
+    np.testing.assert_allclose(got, np.sqrt(res.x), rtol=1e-5)
+
+
+def test_error_model_scale_stops_at_its_range(monkeypatch):
     # stated errors 30x the scatter: the scale stops at its lower end, 0.1; 30x too small: at 10
+    # (the likelihood alone: with the prior a floor explains the second case at k ~1)
+    from stk_astrometry import mixture
     from stk_astrometry.mixture import _CAL_SCALE_RANGE, _fit_error_model
+
+    monkeypatch.setattr(mixture, "_CAL_PRIOR", None)
 
     rng = np.random.default_rng(SEED + 410)
     for scale, end in ((1 / 30, _CAL_SCALE_RANGE[0]), (30.0, _CAL_SCALE_RANGE[1])):
@@ -1043,11 +1073,13 @@ def test_error_model_scale_stops_at_its_range():
         assert _fit_error_model(prob, stated, st, 1.0, 0.5, 0.0)[0] == end
 
 
-@pytest.mark.xfail(strict=True, reason="issue 16 finding: with the floor held at a bound "
-                   "(min_floor, 0 or 3\") the projected Fisher step stops short of the scale's "
-                   "maximum (here 1.08 for 0.97, the floor at min_floor 0.1\")")
-def test_error_model_scale_is_the_maximum_when_the_floor_sits_at_its_bound():
+def test_error_model_scale_is_the_maximum_when_the_floor_sits_at_its_bound(monkeypatch):
+    # issue 16's finding (the projected Fisher step stopped short: 1.08 for 0.97), fixed in
+    # issue 14: a parameter on its bound stays and the other takes its own scoring step
+    from stk_astrometry import mixture
     from stk_astrometry.mixture import _fit_error_model
+
+    monkeypatch.setattr(mixture, "_CAL_PRIOR", None)
 
     rng = np.random.default_rng(SEED + 420)
     stated, e, r, prob, st = _error_model_case(rng, 80, scale=1.0, floor=0.0)
@@ -1057,12 +1089,13 @@ def test_error_model_scale_is_the_maximum_when_the_floor_sits_at_its_bound():
     np.testing.assert_allclose(got, want, rtol=1e-4)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 16 finding: the major axis from (b, lambda_1 - a) "
-                   "cancels for an ellipse at PA 90 (b ~ 1e-17 from cos 90 deg): 2 of 40 such pairs "
-                   "get the minor axis as major in _fit_error_model")
-def test_error_model_handles_ellipses_along_the_axes():
+def test_error_model_handles_ellipses_along_the_axes(monkeypatch):
+    # ellipses at PA 0 and 90 (b ~ 1e-17 from cos 90 deg): each pair's major axis found, not
+    # cancelled away (the plain likelihood, as in the test above: the prior left out)
+    from stk_astrometry import mixture
     from stk_astrometry.mixture import _fit_error_model
 
+    monkeypatch.setattr(mixture, "_CAL_PRIOR", None)
     rng = np.random.default_rng(SEED + 430)
     stated, e, r, prob, st = _error_model_case(rng, 80, scale=1.6, floor=0.15,
                                                pa=np.r_[np.zeros(40), np.full(40, 90.0)])
@@ -1400,12 +1433,15 @@ def test_calibration_stops_once_the_error_model_settles(monkeypatch):
     assert 3 <= len(calls) < 2 + mixture._CAL_MAX_ITER
 
 
-def test_error_model_with_exactly_diagonal_covariances():
+def test_error_model_with_exactly_diagonal_covariances(monkeypatch):
     # the reference leg's pairs (ALLWISE sigra/sigdec, no ellipse): b = 0 exactly, the major
-    # axis along xi for some, along eta for others
+    # axis along xi for some, along eta for others (the plain likelihood: the prior left out)
     from types import SimpleNamespace
 
+    from stk_astrometry import mixture
     from stk_astrometry.mixture import _fit_error_model
+
+    monkeypatch.setattr(mixture, "_CAL_PRIOR", None)
 
     rng = np.random.default_rng(SEED + 440)
     n = 80
@@ -1422,10 +1458,13 @@ def test_error_model_with_exactly_diagonal_covariances():
     np.testing.assert_allclose(got, want, rtol=1e-6)
 
 
-def test_error_model_floor_stops_at_its_bounds():
+def test_error_model_floor_stops_at_its_bounds(monkeypatch):
     # never below min_floor (systematic_arcsec), never above 3" -- or above min_floor when
-    # min_floor is larger
+    # min_floor is larger (the plain likelihood: the prior left out)
+    from stk_astrometry import mixture
     from stk_astrometry.mixture import _CAL_MAX_FLOOR, _fit_error_model
+
+    monkeypatch.setattr(mixture, "_CAL_PRIOR", None)
 
     rng = np.random.default_rng(SEED + 450)
     for true_floor, min_floor, end in ((0.0, 0.1, 0.1), (4.0, 0.0, _CAL_MAX_FLOOR),
@@ -1435,9 +1474,13 @@ def test_error_model_floor_stops_at_its_bounds():
         assert _fit_error_model(prob, stated, st, 1.0, max(0.5, min_floor), min_floor)[1] == end
 
 
-def test_calibration_with_zero_stated_errors_fits_the_floor_alone():
+def test_calibration_with_zero_stated_errors_fits_the_floor_alone(monkeypatch):
     # no stated error at all (singular covariances, floored for the fit): the scale multiplies
     # nothing, and the floor is the maximum-likelihood scatter sum r |d - s|^2 / (2 sum r)
+    # (the plain likelihood: the prior left out)
+    from stk_astrometry import mixture
+
+    monkeypatch.setattr(mixture, "_CAL_PRIOR", None)
     rng = np.random.default_rng(SEED + 460)
     n = 20
     d = np.array([0.2, -0.1]) + rng.normal(0, 0.3, (n, 2))
@@ -1447,7 +1490,7 @@ def test_calibration_with_zero_stated_errors_fits_the_floor_alone():
     e = d - [fit.d_xi, fit.d_eta]
     r = fit.membership
     assert fit.sys_floor == pytest.approx(np.sqrt(np.sum(r * (e**2).sum(axis=1)) / (2 * r.sum())),
-                                          rel=1e-8)
+                                          rel=1e-6)
 
 
 def test_a_window_still_moving_after_the_last_recentring_is_reported(monkeypatch):
@@ -1525,8 +1568,8 @@ def test_six_effective_matches_are_enough_to_calibrate(n):
     assert fit.n_eff == n
     refused = f"errors not calibrated: {n}.0 effective true matches < 6.0"
     assert (refused in fit.message.split("; ")) is (n < 6)
-    if n == 6:      # the M step ran from the generous start and its model (floor ~0.12") is kept
-        assert fit.calibrated and 0.05 < fit.sys_floor < 0.4, fit.message
+    if n == 6:      # the M step ran: a model other than the generous start was fitted
+        assert fit.calibrated and "fitted scale 1.00, floor 0.500" not in fit.message
 
 
 def test_stated_errors_kept_reports_the_fitted_model_and_its_likelihood_gain(monkeypatch):
@@ -1544,16 +1587,18 @@ def test_stated_errors_kept_reports_the_fitted_model_and_its_likelihood_gain(mon
         return state, model, n_iter
 
     monkeypatch.setattr(mixture, "_calibrate", spy)
+    monkeypatch.setattr(mixture, "_CAL_PRIOR", None)       # 2 dlogL alone
     rng = np.random.default_rng(SEED + 710)
     det, dx, dy, cov = _consistent_stack(rng, 12, stated_over_true=1.05)
     kw = dict(density_per_arcmin2=2.0, match_radius_arcsec=R)
     fit = fit_mixture(det, dx, dy, cov, calibrate=True, **kw)
     stated = fit_mixture(det, dx, dy, cov, **kw)
     gain = 2.0 * (seen["loglike"] - stated.log_likelihood)
-    assert 1.5 < gain < 2.0 and (fit.err_scale, fit.sys_floor) == (1.0, 0.0)
+    assert 0.1 < gain < mixture._CAL_LR_MIN and (fit.err_scale, fit.sys_floor) == (1.0, 0.0)
     scale, floor = seen["model"]
     assert (f"errors calibrated: the stated errors kept (fitted scale {scale:.2f}, floor "
-            f"{floor:.3f}\" not better enough: 2 dlogL = {gain:.1f} < 2)") in fit.message
+            f"{floor:.3f}\" not better enough: 2 (dlogL + dlog prior) = {gain:.1f} < "
+            f"{mixture._CAL_LR_MIN:g})") in fit.message
     assert "as the fitted model's" not in fit.message
     np.testing.assert_array_equal(fit.cov, stated.cov)
 
@@ -1661,3 +1706,99 @@ def test_floored_covariances_are_the_eigenvalues_floored():
     np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-15)
     np.testing.assert_array_equal(changed, lam[:, 0] < MIN_SIGMA_ARCSEC**2)
     assert changed.sum() == 25 and not changed[-1]
+
+
+# ------------------------------------------------------- the error model's prior and truncation
+
+
+def test_error_prior_is_its_documented_density(monkeypatch):
+    # log k ~ N(0, tau_k^2), sigma_sys half-normal (tau_f) above the given floor, in (k^2, s^2)
+    from stk_astrometry import mixture
+
+    monkeypatch.setattr(mixture, "_CAL_PRIOR", (0.3, 0.15))
+    for aa, bb, lo in ((0.5, 0.04, 0.0), (2.0, 0.01, 0.0025), (1.0, 0.0, 0.0)):
+        value, grad, curv = mixture._error_prior(aa, bb, lo)
+        k = np.sqrt(aa)
+        assert value == pytest.approx(-np.log(k) ** 2 / (2 * 0.09) - (bb - lo) / (2 * 0.0225))
+        h = 1e-6
+        num = [(mixture._error_prior(aa + h, bb, lo)[0] - mixture._error_prior(aa - h, bb, lo)[0])
+               / (2 * h),
+               (mixture._error_prior(aa, bb + h, lo)[0] - mixture._error_prior(aa, bb - h, lo)[0])
+               / (2 * h)]
+        np.testing.assert_allclose(grad, num, rtol=1e-6, atol=1e-9)
+        assert curv[0] == pytest.approx(1.0 / (4 * aa * aa * 0.09)) and curv[1] == 0.0
+    monkeypatch.setattr(mixture, "_CAL_PRIOR", None)
+    value, grad, curv = mixture._error_prior(0.5, 0.04, 0.0)
+    assert value == 0.0 and not np.any(grad) and not np.any(curv)
+
+
+def test_right_errors_in_a_truncating_window_calibrate_near_one(monkeypatch):
+    """Right stated errors of 0.5-1.2" and a shift of 1.3": the window (1.7") truncates the
+    large-error offsets.  The error model's M step alone, which holds the window's mass,
+    reads that as errors too large (median k 0.44 here); polished on the observed likelihood
+    the scale comes back towards 1 (0.82: what is left is the likelihood's own preference
+    in this regime -- with so few chance pairs the prior q is poorly pinned, and a narrower
+    core plus a smaller q explains the flattened, truncated offsets nearly as well; issue
+    14)."""
+    from stk_astrometry import mixture
+
+    monkeypatch.setattr(mixture, "_CAL_PRIOR", None)
+    monkeypatch.setattr(mixture, "_CAL_LR_MIN", -np.inf)       # report every fitted model
+    rng = np.random.default_rng(SEED + 61)
+    stacks = []
+    for _ in range(12):
+        n = 60
+        sig = rng.uniform(0.5, 1.2, n)
+        r95 = sig * R95_PER_SIGMA
+        d = np.array([1.1, -0.7]) + rng.normal(size=(n, 2)) * sig[:, None]
+        keep = np.hypot(d[:, 0], d[:, 1]) <= R
+        stacks.append((np.flatnonzero(keep), d[keep, 0], d[keep, 1],
+                       pair_covariance(r95[keep], r95[keep], np.zeros(keep.sum()))))
+    kw = dict(density_per_arcmin2=0.5, match_radius_arcsec=R, calibrate=True)
+    polished = np.median([fit_mixture(*s, **kw).err_scale for s in stacks])
+    monkeypatch.setattr(mixture, "_CAL_POLISH_ITER", 0)
+    held = np.median([fit_mixture(*s, **kw).err_scale for s in stacks])
+    assert held < 0.6 and polished > 0.75, (polished, held)
+
+
+def test_right_errors_with_false_matches_are_rarely_recalibrated():
+    """30 % planted false matches, right stated errors: the fitted error model is kept in a
+    few stacks only (with plain maximum likelihood and 2 dlogL >= 2: ~28 % of such stacks,
+    whose shifts were much worse than the stated errors'; issue 14)."""
+    rng = np.random.default_rng(SEED + 62)
+    kept = 0
+    for _ in range(30):
+        det, dx, dy, cov, _, _, dens = simulate(rng, n_det=int(rng.integers(15, 40)),
+                                                false_frac=0.3, density=2.0,
+                                                sig_range=(0.15, 1.2))
+        fit = fit_mixture(det, dx, dy, cov, density_per_arcmin2=dens, match_radius_arcsec=R,
+                          calibrate=True)
+        kept += fit.calibrated and "stated errors kept" not in fit.message
+    assert kept <= 5, kept
+
+
+def test_a_calibration_not_kept_reports_the_fitted_models_memberships(monkeypatch):
+    """The stated errors' shift is kept when the fitted model does not win by the margin, but
+    not their memberships: with them the bright true counterparts whose errors lack a floor
+    are lost (issue 14).  Never keeping the fitted model here, the shift is the stated
+    errors' and the bright true counterparts are kept (2 lost of 64, at 0.6-0.85" from a
+    shift that is not the fitted model's; 39 with the stated errors' memberships)."""
+    from stk_astrometry import mixture
+
+    monkeypatch.setattr(mixture, "_CAL_LR_MIN", np.inf)
+    rng = np.random.default_rng(SEED + 71)
+    lost = {True: 0, False: 0}
+    for _ in range(8):
+        sig = np.r_[rng.uniform(0.02, 0.05, 8), rng.uniform(0.3, 0.6, 8)]
+        r95 = sig * R95_PER_SIGMA
+        stated = pair_covariance(r95, r95, np.zeros(16))
+        d = np.array([0.2, -0.1]) + rng.normal(size=(16, 2)) * np.hypot(sig, 0.2)[:, None]
+        near = np.hypot(d[:8, 0] - 0.2, d[:8, 1] + 0.1) < 3 * 0.2 * np.sqrt(2)
+        fits = {cal: fit_mixture(np.arange(16), d[:, 0], d[:, 1], stated,
+                                 density_per_arcmin2=2.0, match_radius_arcsec=3.0,
+                                 calibrate=cal) for cal in (True, False)}
+        assert (fits[True].d_xi, fits[True].d_eta) == (fits[False].d_xi, fits[False].d_eta)
+        assert "stated errors kept" in fits[True].message
+        for cal, fit in fits.items():
+            lost[cal] += int(np.count_nonzero(fit.membership[:8][near] < 0.5))
+    assert lost[True] <= 3 and lost[False] >= 30, lost

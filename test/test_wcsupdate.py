@@ -335,3 +335,329 @@ def test_far_positions_move_and_undo_exactly_both_ways():
     assert h["RA_B"] == 100.0 and "left" in " ".join(n.message for n in res.notes)
     far = wcsupdate.shift_columns(np.array([100.0]), np.array([-60.0]), x)
     assert far.n_moved == 0 and far.n_unprojectable == 1 and far.n_sentinel == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# What a position is; what update_header reports, change by change
+
+
+@pytest.mark.parametrize("ra, dec, ok", [
+    (0.0, 10.0, True), (360.0, 10.0, True), (10.0, -90.0, True), (10.0, 90.0, True),
+    (5.0, 0.0, True), (0.0, 5.0, True), (1.0, 0.0, True), (np.float32(10), np.int64(5), True),
+    (0.0, 0.0, False), (-1e-9, 10.0, False), (360.000001, 10.0, False),
+    (10.0, -90.000001, False), (10.0, 90.000001, False), (-999.0, -999.0, False),
+    (float("nan"), 10.0, False), (10.0, float("inf"), False), (True, 10.0, False),
+    (10.0, False, False), ("10", 10.0, False), (10.0, None, False),
+])
+def test_is_position_and_its_sentinels(ra, dec, ok):
+    assert wcsupdate.is_position(ra, dec) is ok
+
+
+def _rotated(deg, d_xi=0.3, d_eta=-0.2):
+    c, s = np.cos(np.radians(deg)), np.sin(np.radians(deg))
+    return wcsupdate.Transform.from_shift(d_xi, d_eta, RA0, DEC0, matrix=(c, -s, s, c))
+
+
+def test_update_header_reports_each_change_with_its_old_and_new_value():
+    h = fits.Header()
+    h["CTYPE1"], h["CTYPE2"] = "RA---TAN", "DEC--TAN"
+    h["CRVAL1"], h["CRVAL2"] = (RA0, "[deg] ref"), (DEC0, "[deg] ref")
+    h["RA_A"], h["DEC_A"] = 0.0, 0.0                  # "no pointing": left, with a note
+    h["RA_NOM"], h["DEC_NOM"] = (RA0 + 0.01, "[deg]"), (DEC0 - 0.01, "[deg]")
+    h["ROLL_NOM"] = (359.5, "[deg] roll")
+    h["RA_TARG"], h["DEC_TARG"] = (RA0, "[deg]"), (DEC0, "[deg]")
+    set_keyword(h, "ROLL_TARG", -999.0)                # a null roll stays
+    x = _rotated(1.0)
+    new_c = wcsupdate.apply_sky(RA0, DEC0, x)
+    new_n = wcsupdate.apply_sky(RA0 + 0.01, DEC0 - 0.01, x)
+    res = wcsupdate.update_header(h, x, hdu_label="EVENTS")
+    C = wcsupdate.Change
+    assert list(res.changes) == [
+        C("EVENTS", "CRVAL1", RA0, float(new_c[0]), "EQPOS"),
+        C("EVENTS", "CRVAL2", DEC0, float(new_c[1]), "EQPOS"),
+        C("EVENTS", "RA_NOM", RA0 + 0.01, float(new_n[0]), "position"),
+        C("EVENTS", "DEC_NOM", DEC0 - 0.01, float(new_n[1]), "position"),
+        C("EVENTS", "ROLL_NOM", 359.5, pytest.approx(0.5, abs=1e-9), "roll"),
+        C("EVENTS", "RA_TARG", RA0, float(new_c[0]), "position"),
+        C("EVENTS", "DEC_TARG", DEC0, float(new_c[1]), "position"),
+    ]
+    assert list(res.notes) == [wcsupdate.Note(
+        "EVENTS", "RA_A/DEC_A = (0.0, 0.0): sentinel or not a position; left")]
+    assert h["ROLL_NOM"] == pytest.approx(0.5) and get_keyword(h, "ROLL_TARG") == -999.0
+    assert h.comments["CRVAL1"] == "[deg] ref" and h.comments["ROLL_NOM"] == "[deg] roll"
+    back = wcsupdate.update_header(h, x, hdu_label="EVENTS", inverse=True)
+    assert h["ROLL_NOM"] == pytest.approx(359.5, abs=1e-9)
+    assert h["RA_NOM"] == pytest.approx(RA0 + 0.01, abs=1e-11)
+    assert [c.what for c in back.changes].count("roll") == 1
+    wcs_only = wcsupdate.update_header(h, x, hdu_label="E", keywords=False)
+    assert {c.key for c in wcs_only.changes} == {"CRVAL1", "CRVAL2"} and not wcs_only.notes
+    kw_only = wcsupdate.update_header(h, x, hdu_label="E", wcs=False)
+    assert "CRVAL1" not in {c.key for c in kw_only.changes} and kw_only.changes
+
+
+def test_update_header_notes_what_it_leaves_and_what_is_far():
+    h = fits.Header()
+    h["CTYPE1"], h["CTYPE2"] = "RA---TAN", "DEC--TAN"
+    h["CRVAL1"], h["CRVAL2"] = -999.0, -999.0
+    h["CTYPE1A"], h["CTYPE2A"] = "RA---TAN", "DEC--TAN"
+    h["CRVAL1A"], h["CRVAL2A"] = 21.2, -26.6           # antipodal: the projection fails
+    h["CTYPE1B"], h["CTYPE2B"] = "RA---TAN", "DEC--TAN"
+    h["CRVAL1B"], h["CRVAL2B"] = RA0, DEC0 + 12.0      # > 10 deg: moved, with a note
+    h["RA_FAR"], h["DEC_FAR"] = (21.2, "[deg]"), (-26.6, "[deg]")
+    h["RA_X"], h["DEC_X"] = (RA0, "[deg]"), (DEC0 + 20.0, "[deg]")
+    res = wcsupdate.update_header(h, XFM, hdu_label="h")
+    assert [n.message for n in res.notes] == [
+        "EQPOS CRVAL1/CRVAL2 = (-999.0, -999.0) is not a position; left",
+        "EQPOS CRVAL1A/CRVAL2A = (21.2, -26.6) is 180.0 deg from the stack tangent point (the "
+        "tangent projection fails 89 deg or more away): not of this stack; left",
+        "EQPOS CRVAL1B/CRVAL2B = (201.2, 38.6) is 12.0 deg from the stack tangent point (more "
+        "than 10): hardly of this stack; moved all the same (an undo moves it back exactly)",
+        "RA_FAR/DEC_FAR = (21.2, -26.6) is 180.0 deg from the stack tangent point (the tangent "
+        "projection fails 89 deg or more away): not of this stack; left",
+        "RA_X/DEC_X = (201.2, 46.6) is 20.0 deg from the stack tangent point (more than 10): "
+        "hardly of this stack; moved all the same (an undo moves it back exactly)",
+    ]
+    assert all(n.hdu == "h" for n in res.notes)
+    assert [c.key for c in res.changes] == ["CRVAL1B", "CRVAL2B", "RA_X", "DEC_X"]
+    assert h["CRVAL1"] == -999.0 and h["CRVAL1A"] == 21.2 and h["RA_FAR"] == 21.2
+    # undone: the far note is made on the position the undo returns to
+    res = wcsupdate.update_header(h, XFM, hdu_label="h", inverse=True)
+    assert h["DEC_X"] == pytest.approx(DEC0 + 20.0, abs=1e-11)
+    assert res.notes[-1].message.startswith("RA_X/DEC_X = (201.2001")
+    assert "46.5999" in res.notes[-1].message and "is 20.0 deg" in res.notes[-1].message
+
+
+def test_undo_leaves_what_the_update_could_not_have_made():
+    # a position 89.5 deg away: the update leaves it (>= 89); an undo takes it back only if
+    # the undone position is closer than 89 deg -- here it is not, so it stays
+    h = fits.Header()
+    h["RA_Y"], h["DEC_Y"] = (RA0, "[deg]"), (DEC0 - 89.5, "[deg]")
+    res = wcsupdate.update_header(h, XFM, hdu_label="h", inverse=True)
+    assert not res.changes and "not of this stack; left" in res.notes[0].message
+    h["DEC_Y"] = DEC0 - 89.5 + 0.6                     # 88.9 deg: undone
+    res = wcsupdate.update_header(h, XFM, hdu_label="h", inverse=True)
+    assert [c.key for c in res.changes] == ["RA_Y", "DEC_Y"]
+
+
+def test_shift_columns_counts_each_kind_of_element():
+    x = wcsupdate.Transform.from_shift(0.3, -0.2, 0.5, 10.0)
+    ra = np.array([360.0, 0.0, 0.0, 360.000001, 0.5, 0.5, np.nan, 0.5, 0.5, -0.1])
+    dec = np.array([10.0, 10.0, 0.0, 10.0, 90.0, -90.0, 10.0, np.nan, 10.0, 10.0])
+    res = wcsupdate.shift_columns(ra, dec, x)
+    # moved: 0, 1, 4 (80 deg away: far), 8; null: 6, 7; sentinel: 2, 3, 9; unprojectable: 5
+    assert (res.n_moved, res.n_null, res.n_sentinel, res.n_far, res.n_unprojectable) == \
+        (4, 2, 3, 1, 1)
+    moved = [0, 1, 4, 8]
+    left = [2, 3, 5, 9]
+    assert np.array_equal(res.ra_deg[left], ra[left]) and np.array_equal(res.dec_deg[left], dec[left])
+    assert np.all(res.dec_deg[moved] != dec[moved])
+    assert np.isnan(res.ra_deg[6]) and np.isnan(res.dec_deg[7])
+    assert res.ra_deg.dtype == np.float64 and res.dec_deg.dtype == np.float64
+    back = wcsupdate.shift_columns(res.ra_deg, res.dec_deg, x, inverse=True)
+    assert back.n_moved == 4 and back.n_far == 1
+    assert np.allclose(back.dec_deg[moved], dec[moved], atol=1e-10, rtol=0)
+    f32 = wcsupdate.shift_columns(ra.astype(np.float32), dec.astype(np.float32), x)
+    assert f32.ra_deg.dtype == np.float32 and f32.dec_deg.dtype == np.float32
+
+
+def test_shift_columns_of_a_two_dimensional_column():
+    ra = np.array([[RA0, np.nan], [RA0 + 0.01, -999.0]])
+    dec = np.array([[DEC0, np.nan], [DEC0, -999.0]])
+    res = wcsupdate.shift_columns(ra, dec, XFM)
+    assert res.ra_deg.shape == (2, 2) and (res.n_moved, res.n_null, res.n_sentinel) == (2, 1, 1)
+    exp = shift_sky(np.array([RA0, RA0 + 0.01]), np.array([DEC0, DEC0]), 0.3, -0.2, RA0, DEC0)
+    assert np.allclose([res.ra_deg[0, 0], res.ra_deg[1, 0]], exp[0], atol=1e-12, rtol=0)
+    assert res.ra_deg[1, 1] == -999.0
+
+
+# ---------------------------------------------------------------------------------------------
+# EQSRC of region tables
+
+
+def _xy_header(*names, tfields=None):
+    h = fits.Header()
+    h["TFIELDS"] = len(names) if tfields is None else tfields
+    for i, n in enumerate(names, start=1):
+        h[f"TTYPE{i}"] = n
+    return h
+
+
+def test_eqsrc_populated_change_by_change():
+    grid = products.instrument_grid("ACIS")
+    h = _xy_header("COMPONENT", "x", "Y")
+    h["MTYPE1"] = "POS"
+    h["TCTYP2"] = ("XLON-TAN", "kept comment")
+    changes = wcsupdate.populate_eqsrc(h, ra_deg=RA0, dec_deg=DEC0, pixel_deg=grid[0],
+                                       crpix=grid[1], hdu_label="SRCREG")
+    C = wcsupdate.Change
+    want = [C("SRCREG", "TCRVL2", None, RA0, "EQSRC populated"),
+            C("SRCREG", "TCRPX2", None, grid[1], "EQSRC populated"),
+            C("SRCREG", "TCDLT2", None, -grid[0], "EQSRC populated"),
+            C("SRCREG", "TCUNI2", None, "deg", "EQSRC populated"),
+            C("SRCREG", "TCTYP3", None, "XLAT-TAN", "EQSRC populated"),
+            C("SRCREG", "TCRVL3", None, DEC0, "EQSRC populated"),
+            C("SRCREG", "TCRPX3", None, grid[1], "EQSRC populated"),
+            C("SRCREG", "TCDLT3", None, grid[0], "EQSRC populated"),
+            C("SRCREG", "TCUNI3", None, "deg", "EQSRC populated"),
+            C("SRCREG", "MTYPE2", None, "EQSRC", "EQSRC populated"),
+            C("SRCREG", "MFORM2", None, "RA,DEC", "EQSRC populated")]
+    assert changes == want
+    assert h["MTYPE2"] == "EQSRC" and h.comments["MTYPE2"] == "DM Keyword: Descriptor name."
+    assert h["MFORM2"] == "RA,DEC" and h.comments["MFORM2"] == "[deg]"
+    assert h.comments["TCTYP2"] == "kept comment"
+    assert wcsupdate.eqsrc_problem(h, pixel_deg=grid[0], crpix=grid[1]) is None
+    # a second time: nothing to change
+    assert wcsupdate.populate_eqsrc(h, ra_deg=RA0, dec_deg=DEC0, pixel_deg=grid[0],
+                                    crpix=grid[1], hdu_label="SRCREG") == []
+    # a descriptor already named (any case) is not named again
+    h2 = _xy_header("X", "Y")
+    h2["MTYPE4"] = "eqsrc"
+    ch = wcsupdate.populate_eqsrc(h2, ra_deg=RA0, dec_deg=DEC0, pixel_deg=grid[0],
+                                  crpix=grid[1], hdu_label="t")
+    assert "MTYPE5" not in h2 and not [c for c in ch if c.key.startswith("M")]
+    h3 = _xy_header("X", "Y")
+    wcsupdate.populate_eqsrc(h3, ra_deg=RA0, dec_deg=DEC0, pixel_deg=grid[0], crpix=grid[1],
+                             hdu_label="t")
+    assert h3["MTYPE1"] == "EQSRC"
+
+
+@pytest.mark.parametrize("edit, problem", [
+    ({}, None),
+    ({"TCTYP1": "xlon-tan", "TCTYP2": "xlat-tan"}, None),
+    ({"TCTYP1": None}, "EQSRC missing (no XLON-TAN/XLAT-TAN on X,Y)"),
+    ({"TCTYP2": "DEC--TAN"}, "EQSRC missing (no XLON-TAN/XLAT-TAN on X,Y)"),
+    ({"TCRVL1": 0.0, "TCRVL2": 0.0}, "EQSRC reference value (0.0, 0.0) is not a position"),
+    ({"TCDLT1": -1.0099 * 0.492 / 3600}, None),
+    ({"TCDLT1": -1.0101 * 0.492 / 3600}, "pixel size"),
+    ({"TCDLT1": 0.492 / 3600}, "pixel size"),
+    ({"TCDLT2": 0.9901 * 0.492 / 3600}, None),
+    ({"TCDLT2": 0.9899 * 0.492 / 3600}, "pixel size"),
+    ({"TCDLT2": None}, "EQSRC incomplete (TCDLT/TCRPX missing)"),
+    ({"TCRPX1": None}, "EQSRC incomplete (TCDLT/TCRPX missing)"),
+    ({"TCRPX1": 4097.5}, None), ({"TCRPX2": 4095.5}, None),
+    ({"TCRPX1": 4097.51}, "EQSRC reference pixel (4097.51, 4096.5) is not the sky grid's 4096.5"),
+    ({"TCRPX2": 4095.49}, "EQSRC reference pixel (4096.5, 4095.49) is not the sky grid's 4096.5"),
+])
+def test_eqsrc_problem_names_what_is_wrong(edit, problem):
+    grid = products.instrument_grid("ACIS")
+    h = _xy_header("X", "Y")
+    wcsupdate.populate_eqsrc(h, ra_deg=RA0, dec_deg=DEC0, pixel_deg=grid[0], crpix=grid[1],
+                             hdu_label="t")
+    for k, v in edit.items():
+        if v is None:
+            del h[k]
+        else:
+            h[k] = v
+    got = wcsupdate.eqsrc_problem(h, pixel_deg=grid[0], crpix=grid[1])
+    if problem is None or problem == "pixel size":
+        assert (got is None) if problem is None else got.startswith("EQSRC pixel size (")
+    else:
+        assert got == problem
+
+
+@pytest.mark.parametrize("names, tfields", [(("X",), None), (("Y",), None), (("RA", "DEC"), None),
+                                            (("X", "Y"), 1), ((), None)])
+def test_eqsrc_is_no_problem_without_both_x_and_y_columns(names, tfields):
+    h = _xy_header(*names, tfields=tfields)
+    h["TTYPE0"] = "X"
+    assert wcsupdate.eqsrc_problem(h, pixel_deg=1e-4, crpix=4096.5) is None
+    h2 = fits.Header()
+    h2["TTYPE1"], h2["TTYPE2"] = "X", "Y"          # no TFIELDS: no columns
+    assert wcsupdate.eqsrc_problem(h2, pixel_deg=1e-4, crpix=4096.5) is None
+
+
+# ---------------------------------------------------------------------------------------------
+# The STK* records
+
+
+def test_record_changes_and_comments_level_by_level():
+    h = fits.Header()
+    first = wcsupdate.Transform.from_shift(0.1, 0.2, RA0, DEC0)
+    C = wcsupdate.Change
+    assert wcsupdate.record_transform(h, first, hdu_label="E") == [
+        C("E", "STKXFMID", None, first.xfm_id, "record"), C("E", "STKDXI", None, 0.1, "record"),
+        C("E", "STKDETA", None, 0.2, "record")]
+    assert h.comments["STKXFMID"] == "id of the applied STKXFM transform"
+    assert h.comments["STKDXI"] == "[arcsec] applied shift in xi"
+    assert h.comments["STKDETA"] == "[arcsec] applied shift in eta"
+    assert wcsupdate.record_transform(h, first, hdu_label="E") == []     # the same: no change
+    changes = wcsupdate.record_transform(h, XFM, hdu_label="E")
+    assert changes == [
+        C("E", "STKXFMID", first.xfm_id, XFM.xfm_id, "record"), C("E", "STKDXI", 0.1, 0.3, "record"),
+        C("E", "STKDETA", 0.2, -0.2, "record"), C("E", "STKPV1ID", None, first.xfm_id, "record"),
+        C("E", "STKPV1DX", None, 0.1, "record"), C("E", "STKPV1DE", None, 0.2, "record")]
+    assert h.comments["STKPV1ID"] == "forced over: id of the earlier STKXFM transform"
+    assert h.comments["STKPV1DX"] == "forced over: [arcsec] earlier shift in xi"
+    assert wcsupdate.unrecord_transform(h, hdu_label="E") == [
+        C("E", "STKXFMID", XFM.xfm_id, first.xfm_id, "record"), C("E", "STKDXI", 0.3, 0.1, "record"),
+        C("E", "STKDETA", -0.2, 0.2, "record"), C("E", "STKPV1ID", first.xfm_id, None, "record"),
+        C("E", "STKPV1DX", 0.1, None, "record"), C("E", "STKPV1DE", 0.2, None, "record")]
+    assert h.comments["STKXFMID"] == "id of the applied STKXFM transform"
+
+
+def test_record_of_a_value_left_undefined_is_rewritten():
+    h = fits.Header()
+    h["STKXFMID"] = XFM.xfm_id
+    h["STKDXI"] = 0.3
+    changes = wcsupdate.record_transform(h, XFM, hdu_label="E")
+    assert [c.key for c in changes] == ["STKDETA"] and h["STKDETA"] == -0.2
+
+
+def test_record_stack_is_limited():
+    from stk_astrometry.errors import ProductError
+
+    h = fits.Header()
+    xs = [wcsupdate.Transform.from_shift(0.01 * i, 0.0, RA0, DEC0)
+          for i in range(1, wcsupdate.MAX_FORCED + 3)]
+    for x in xs[:wcsupdate.MAX_FORCED + 1]:
+        wcsupdate.record_transform(h, x, hdu_label="E")
+    assert h[f"STKPV{wcsupdate.MAX_FORCED}ID"] == xs[0].xfm_id
+    with pytest.raises(ProductError, match=r"^E: 10 transforms already stacked by force=yes"):
+        wcsupdate.record_transform(h, xs[-1], hdu_label="E")
+
+
+def test_set_value_keeps_the_comment_as_far_as_it_fits():
+    from stk_astrometry.wcsupdate import _set_value
+
+    h = fits.Header()
+    h["KEY"] = (1.0, "a comment of some length that fills the card up to its end......")
+    _set_value(h, "KEY", 123.456789012345)
+    assert h["KEY"] == 123.456789012345
+    assert len(fits.Card("KEY", h["KEY"], h.comments["KEY"]).image.rstrip()) == 80
+    assert "a comment of some length".startswith(h.comments["KEY"][:20])
+    _set_value(h, "NEW", 2.0)
+    assert h["NEW"] == 2.0 and h.comments["NEW"] == ""
+    h["S"] = (1.0, "short")
+    _set_value(h, "S", 5.0)
+    assert h.comments["S"] == "short"
+
+
+def test_change_and_note_describe_themselves_for_the_report():
+    C = wcsupdate.Change
+    assert C("EVENTS", "CRVAL1", 201.2, 201.20001, "EQPOS").describe() == \
+        "[EVENTS] CRVAL1 201.2 -> 201.20001 (EQPOS)"
+    assert C("E", "STKPV1ID", None, "abc", "record").describe() == "[E] STKPV1ID (none) -> abc (record)"
+    assert C("E", "N", 3, None, "scrub").describe() == "[E] N 3 -> (none) (scrub)"
+    assert wcsupdate.Note("E", "left").describe() == "[E] left"
+
+
+def test_table_wcs_moves_and_undoes_with_its_kind_and_label():
+    h = fits.Header()
+    h["TFIELDS"] = 4
+    h["TCTYP1"], h["TCTYP2"] = "RA---TAN", "DEC--TAN"
+    h["TCRVL1"], h["TCRVL2"] = RA0, DEC0 + 15.0
+    h["TCTYP3"], h["TCTYP4"] = "XLON-TAN", "XLAT-TAN"
+    h["TCRVL3"], h["TCRVL4"] = -999.0, -999.0
+    set_keyword(h, "RA_ERR", RA0)
+    set_keyword(h, "DEC_ERR", DEC0)
+    res = wcsupdate.update_header(h, XFM, hdu_label="SRC")
+    assert [(c.hdu, c.key, c.what) for c in res.changes] == [("SRC", "TCRVL1", "EQPOS"),
+                                                             ("SRC", "TCRVL2", "EQPOS")]
+    assert [(n.hdu, n.message.split(" = ")[0]) for n in res.notes] == [
+        ("SRC", "EQPOS TCRVL1/TCRVL2"), ("SRC", "EQSRC TCRVL3/TCRVL4"),
+        ("SRC", "RA_ERR: not a position (name); left")]
+    assert "is 15.0 deg from the stack tangent point (more than 10)" in res.notes[0].message
+    moved = h["TCRVL2"]
+    back = wcsupdate.update_header(h, XFM, hdu_label="SRC", inverse=True)
+    assert h["TCRVL2"] == pytest.approx(DEC0 + 15.0, abs=1e-11) and moved != h["TCRVL2"]
+    assert back.changes[1].old == moved

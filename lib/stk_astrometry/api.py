@@ -863,9 +863,12 @@ def fit_stack(pairs, outfile=None, *, outdetfile=None, diagfile=None, estimator=
 
     Notes
     -----
-    Each output appears atomically; all of them are durable on return (each file fsynced
-    before its rename, each folder once after the last), or at the end of an enclosing
-    :func:`deferred_durability` block (module docstring, "Durability").
+    The outputs are written in full, made durable together (one fsync, or one syncfs for
+    several) and only then renamed into place, each folder fsynced once after: on return
+    all of them are durable, each wholly old or wholly new after a kill or a crash; when
+    the call fails none is replaced.  Inside a :func:`deferred_durability` block they are
+    renamed at once and made durable at the block's end instead (module docstring,
+    "Durability").
     """
     given = dict(outfile=outfile, outdetfile=outdetfile, diagfile=diagfile,
                  estimator=estimator, loss=loss, f_scale=f_scale, max_shift=max_shift,
@@ -1063,10 +1066,10 @@ def _fit(pairs_in, p, history):
                          if with_alternative and alt_ok else None))
 
     hist = _history("stk_xfm", FIT_DEFAULTS, dict(p, infile=infile or ""), history)
-    from stk_astrometry.fitsutil import deferred_folder_sync
+    from stk_astrometry.fitsutil import commit_group
 
-    # each output is renamed into place when written; the folders are fsynced once at the end
-    with deferred_folder_sync():
+    # the outputs are written, synced together, then renamed: two journal commits in all
+    with commit_group():
         if outfile:
             transform.write_transform(outfile, applied.components, keywords(True), hist,
                                       instrument=pin.instrument, ra_ref=pin.ra_stack,

@@ -34,6 +34,7 @@ __all__ = [
     "replace_durably",
     "fsync_directory",
     "deferred_durability",
+    "commit_group",
     "immediate_durability",
     "make_durable",
     "PendingOutputs",
@@ -111,34 +112,79 @@ def same_file(a, b):
         return False
 
 
-# Folders whose fsync is deferred to the end of a :func:`deferred_folder_sync` block (None:
-# no block active in this thread or task -- every rename's folder is fsynced at once).
-_PENDING_FOLDERS = contextvars.ContextVar("stk_pending_folders", default=None)
+# The temporaries of an open :func:`commit_group` block, (fd, tmp, dest) each (None: no block).
+_GROUP = contextvars.ContextVar("stk_commit_group", default=None)
 
 
 @contextlib.contextmanager
-def deferred_folder_sync():
-    """Within the block, :func:`replace_durably` fsyncs each folder once, at the end.
+def commit_group():
+    """Several outputs of one step, committed together: durable, with two journal commits.
 
-    A step that writes several outputs (``stk_xfm``: transform, corrected detections,
-    diagnostics) renames each into place as before -- each written in full and fsynced first,
-    so each appears atomically -- and fsyncs each folder once when the block ends (also when
-    it raises: the renames done are made durable) instead of once per file.  After the block
-    the outputs are exactly as durable as before; until it ends, a system crash (not a killed
-    process) may lose a rename, leaving the previous file or none, as it may today between a
-    rename and its folder's fsync.  Nested blocks join the outermost.
+    Inside the block :func:`atomic_path` writes each output in full to its temporary file
+    (locked, in the destination folder) and holds it; when the block ends without an error
+    the temporaries are made durable together (one fsync for a single file, one ``syncfs``
+    per file system for several -- the data is on disk before any rename), renamed into
+    place, and each folder is fsynced once.  So every output is still wholly old or wholly
+    new after a kill or a system crash, the outputs appear together at the block's end, and
+    ``stk_xfm``'s three outputs cost two journal commits instead of four.  When the block
+    raises, no output is renamed and the temporaries are removed.
+
+    Nested blocks join the outermost; inside :func:`deferred_durability` the block does
+    nothing (that block renames at once and syncs later).
+
+    Raises
+    ------
+    OutputError
+        Syncing or renaming failed (the outputs not yet renamed are left as they were).
     """
-    if _PENDING_FOLDERS.get() is not None:
+    if _GROUP.get() is not None or _DEFERRED.get() is not None:
         yield
         return
-    pending = []
-    token = _PENDING_FOLDERS.set(pending)
+    entries = []
+    token = _GROUP.set(entries)
+    ok = False
     try:
         yield
+        ok = True
     finally:
-        _PENDING_FOLDERS.reset(token)
-        for folder in dict.fromkeys(pending):
-            fsync_directory(folder)
+        _GROUP.reset(token)
+        try:
+            if ok and entries:
+                _commit(entries)
+        finally:
+            for fd, tmp, _ in entries:
+                with contextlib.suppress(OSError):
+                    tmp.unlink()            # left only when the block raised or the commit failed
+                os.close(fd)
+
+
+def _commit(entries):
+    dest = entries[0][2]
+    try:
+        if len(entries) == 1:
+            os.fsync(entries[0][0])
+        else:
+            _sync_data([fd for fd, _, _ in entries])
+        for _, tmp, dest in entries:
+            _replace(tmp, dest, sync=False)
+    except OSError as exc:
+        raise OutputError(f"cannot write {dest}: {exc.strerror or exc}") from exc
+    for folder in dict.fromkeys(str(d.parent if str(d.parent) else ".") for _, _, d in entries):
+        fsync_directory(folder)
+
+
+def _sync_data(fds):
+    """Make the data of the open files ``fds`` durable: one syncfs per file system, or an
+    fsync of each where syncfs is unavailable."""
+    done = set()
+    for fd in fds:
+        dev = os.fstat(fd).st_dev
+        if dev in done:
+            continue
+        if _syncfs(fd):
+            done.add(dev)
+        else:
+            os.fsync(fd)
 
 
 #: The open :class:`PendingOutputs` of a :func:`deferred_durability` block (None: none active).
@@ -182,7 +228,8 @@ def deferred_durability(*, sync=True):
     :func:`make_durable` on ``pending.paths`` (or ``pending.sync()``) BEFORE recording the
     outputs as finished anywhere (``stk_batch``'s driver does, once per database commit).
 
-    Nested blocks join the outermost.  :func:`replace_durably` called directly (the journaled
+    Nested blocks join the outermost (a :func:`commit_group` inside does nothing).
+    :func:`replace_durably` called directly (the journaled
     in-place editor of ``stk_update_wcs``) stays durable inside the block, and
     :func:`immediate_durability` suspends the block for a section that must be durable at once.
     """
@@ -464,9 +511,9 @@ def remove_orphan_temps(folder, name):
 def replace_durably(tmp, dest):
     """fsync ``tmp`` and rename it onto ``dest`` (same folder), then fsync the folder.
 
-    Inside a :func:`deferred_folder_sync` block the folder's fsync waits for the block's end.
-    Always durable otherwise, also inside a :func:`deferred_durability` block (only
-    :func:`atomic_path` defers): the journaled editor's temporaries and journals rely on it.
+    Always durable when it returns, also inside a :func:`deferred_durability` or
+    :func:`commit_group` block (only :func:`atomic_path` takes part in those): the journaled
+    editor's temporaries and journals rely on it.
 
     The new file keeps the permissions, owner and group of the file it
     replaces (a product on a shared archive stays as it was; a user who may
@@ -502,14 +549,8 @@ def _replace(tmp, dest, *, sync):
     with contextlib.suppress(OSError):
         os.chmod(tmp, mode)
     os.replace(tmp, dest)
-    if not sync:
-        return
-    folder = dest.parent if str(dest.parent) else "."
-    pending = _PENDING_FOLDERS.get()
-    if pending is None:
-        fsync_directory(folder)
-    else:
-        pending.append(str(folder))        # fsynced when the deferred_folder_sync block ends
+    if sync:
+        fsync_directory(dest.parent if str(dest.parent) else ".")
 
 
 @contextlib.contextmanager
@@ -521,24 +562,30 @@ def atomic_path(path):
     before the rename, and is removed if the block raises.  A reader therefore
     sees either the old file or the complete new one, never a partial file.
     Inside a :func:`deferred_durability` block the fsyncs are left to the block's
-    group commit (the rename is still atomic).
+    group commit (the rename is still atomic); inside a :func:`commit_group` block the
+    complete temporary file is handed to the block, which syncs and renames it at its end.
     """
     dest = Path(path)
     fd, tmp = make_temp(dest)       # the lock on fd marks the temp as a live writer's
+    handed_over = False
     try:
         yield tmp
-        deferred = _DEFERRED.get()
-        if deferred is None:
-            replace_durably(tmp, dest)
-        else:
+        deferred, group = _DEFERRED.get(), _GROUP.get()
+        if deferred is not None:
             _replace(tmp, dest, sync=False)
             deferred.paths.append(str(dest))   # made durable by the block's group commit
+        elif group is not None:
+            group.append((fd, tmp, dest))      # synced and renamed when the block ends
+            handed_over = True
+        else:
+            replace_durably(tmp, dest)
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
     finally:
-        os.close(fd)
+        if not handed_over:
+            os.close(fd)
 
 
 def write_fits(hdul, path, params, *, clobber, shown_as=None):

@@ -28,15 +28,17 @@ def column_format(values, fmt=None):
     arr = np.asarray(values)
     kind = arr.dtype.kind
     if kind in "US":
-        width = max([1] + [len(str(v)) for v in arr.ravel()])
+        width = max([1] + [len(v) for v in arr.ravel()])   # bytes: len(), not len(repr)
         return f"{width}A"
+    # a vector column (one array per row) repeats its element type: "2D" for (n, 2) floats
+    repeat = str(int(np.prod(arr.shape[1:]))) if arr.ndim > 1 else ""
     if kind == "b":
-        return "L"
+        return repeat + "L"
     if kind in "iu":
-        return "K" if arr.dtype.itemsize > 4 else ("J" if arr.dtype.itemsize > 2 else "I")
+        return repeat + ("K" if arr.dtype.itemsize > 4 else ("J" if arr.dtype.itemsize > 2 else "I"))
     if kind == "f" and arr.dtype.itemsize == 4:
-        return "E"
-    return "D"
+        return repeat + "E"
+    return repeat + "D"
 
 
 def table_hdu(name, columns, *, units=None, formats=None, nrows=None):
@@ -372,10 +374,11 @@ def _record_array(spec):
             width = int(tform[:-1] or 1)
             arr = np.char.encode(arr.astype(str), "ascii") if arr.dtype.kind == "U" else arr
             dt = np.dtype(f"S{width}")
-        elif tform == "L":
+        elif tform.lstrip("0123456789") == "L":
             dt = np.dtype("?")
         else:
-            dt = np.dtype({"I": ">i2", "J": ">i4", "K": ">i8", "E": ">f4", "D": ">f8"}[tform])
+            dt = np.dtype({"I": ">i2", "J": ">i4", "K": ">i8", "E": ">f4",
+                           "D": ">f8"}[tform.lstrip("0123456789")])
         names.append(key)
         dtypes.append((key, dt) if arr.ndim <= 1 else (key, dt, arr.shape[1:]))
         tforms.append(tform)
