@@ -826,3 +826,34 @@ def test_irsa_allwise_linked_by_designation_with_cntr_or_row_numbers(caplog):
     wise, best = catalogs.read_wise_linked(
         _dtin(with_oid), _dtin({"source_id": np.array([1]), "allwise_oid": np.array([6])}))
     assert wise.allwise_oid.tolist() == [5, 6, 7] and best.allwise_oid.tolist() == [6]
+
+
+def test_sdss_with_ra_dec_errors_in_quadrature_with_the_calibration():
+    cal0 = sdss.DEFAULT_CALIBRATION_ERROR
+    cols = {"objID": np.array([1, 2, 3, 4, 5]), "ra": np.array([10.0, 10.1, 10.2, 10.3, 10.4]),
+            "dec": np.array([1.0, 1.1, 1.2, 1.3, 1.4]),
+            "raErr": np.array([0.05, 0.06, 0.07, -9999.0, 0.08]),
+            "decErr": np.array([0.15, 0.16, 0.17, 0.18, 0.0]),
+            "muErr": np.array([0.03, np.nan, 0.03, 0.03, 0.03]),
+            "nuErr": np.array([0.04, 0.04, -9999.0, 0.04, 0.04]),
+            "mode": np.array([1, 1, 1, 1, 1]), "mjd": np.array([51544.5] * 5)}
+    cat = catalogs.read_sdss(_dtin(cols))
+    s = cat.sources
+    assert s.source_id.tolist() == [1, 2, 3] and cat.n_bad_err == 2 and cat.n_not_primary == 0
+    assert s.ra_deg.tolist() == [10.0, 10.1, 10.2] and s.dec_deg.tolist() == [1.0, 1.1, 1.2]
+    cal = np.sqrt(0.5 * (np.array([0.03, cal0, 0.03]) ** 2 + np.array([0.04, 0.04, cal0]) ** 2))
+    assert s.sigra_arcsec == pytest.approx(np.hypot(cal, [0.05, 0.06, 0.07]), rel=1e-12)
+    assert s.sigdec_arcsec == pytest.approx(np.hypot(cal, [0.15, 0.16, 0.17]), rel=1e-12)
+    assert np.isnan(s.pmra_masyr).all() and np.isnan(s.pmdec_masyr).all()
+    assert cat.epoch == pytest.approx([2000.0] * 3) and cat.error_model == "calibration + raErr/decErr"
+    cols["mode"] = np.array([1, 2, 1, 1, 1])
+    del cols["muErr"], cols["mjd"]
+    cat = catalogs.read_sdss(_dtin(cols))
+    assert cat.n_not_primary == 1 and cat.sources.source_id.tolist() == [1, 3]
+    assert cat.epoch is None
+    assert cat.error_model == ("calibration + raErr/decErr (no muErr/nuErr: calibration "
+                               f'{cal0:.3f}")')
+    with pytest.raises(CatalogError, match=r"needs centroid errors objc_rowcErr/objc_colcErr"):
+        catalogs.read_sdss(_dtin({k: v for k, v in cols.items() if k != "decErr"}))
+    with pytest.raises(CatalogError, match=r"an SDSS table needs ra/dec"):
+        catalogs.read_sdss(_dtin({k: v for k, v in cols.items() if k != "dec"}))

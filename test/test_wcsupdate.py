@@ -661,3 +661,30 @@ def test_table_wcs_moves_and_undoes_with_its_kind_and_label():
     back = wcsupdate.update_header(h, XFM, hdu_label="SRC", inverse=True)
     assert h["TCRVL2"] == pytest.approx(DEC0 + 15.0, abs=1e-11) and moved != h["TCRVL2"]
     assert back.changes[1].old == moved
+
+
+def test_scrub_reports_and_removes_long_keywords_with_their_pairs():
+    h = fits.Header()
+    h["OBS_ID"] = ("1234", "obs")
+    set_keyword(h, "RA_NOMINAL", RA0, "[deg]")
+    h["DUNIT1"] = "deg"
+    h["KEEP"] = 1
+    changes, notes = wcsupdate.scrub_header(h, ("OBS_ID", "RA_NOMINAL", "ABSENT"), hdu_label="P",
+                                            remove=False)
+    assert changes == [] and notes == [wcsupdate.Note(
+        "P", "header scrub (scrub=yes) would remove OBS_ID, RA_NOMINAL")]
+    assert wcsupdate.scrub_header(h, ("ABSENT",), hdu_label="P", remove=False) == ([], [])
+    changes, notes = wcsupdate.scrub_header(h, ("OBS_ID", "RA_NOMINAL"), hdu_label="P",
+                                            remove=True)
+    C = wcsupdate.Change
+    label = [c.key for c in changes][1]
+    assert changes == [C("P", "OBS_ID", "1234", None, "scrub"), C("P", label, RA0, None, "scrub")]
+    assert "RA_NOMINAL" in label and notes == []
+    assert [c.keyword for c in h.cards] == ["KEEP"]
+
+
+def test_shift_columns_of_nothing_usable_moves_nothing():
+    res = wcsupdate.shift_columns(np.array([np.nan, -999.0, 0.5, 0.5]),
+                                  np.array([np.nan, -999.0, -90.5, 90.5]), XFM)
+    assert (res.n_moved, res.n_null, res.n_sentinel, res.n_far, res.n_unprojectable) == \
+        (0, 1, 3, 0, 0)
