@@ -857,3 +857,21 @@ def test_sdss_with_ra_dec_errors_in_quadrature_with_the_calibration():
         catalogs.read_sdss(_dtin({k: v for k, v in cols.items() if k != "decErr"}))
     with pytest.raises(CatalogError, match=r"an SDSS table needs ra/dec"):
         catalogs.read_sdss(_dtin({k: v for k, v in cols.items() if k != "dec"}))
+
+
+@pytest.mark.parametrize("n, more", [(20, False), (21, True)])
+def test_select_stack_lists_twenty_stacks_then_counts(n, more):
+    from stk_astrometry.errors import ParameterError
+
+    ids = np.array([f"s{i:02d}" for i in range(n)])
+    with pytest.raises(ParameterError) as info:
+        catalogs.select_stack(ids, None)
+    assert str(info.value).endswith(f" ... ({n} in all)") is more
+    with pytest.raises(CatalogError) as info:
+        catalogs.select_stack(ids, "zz")
+    assert str(info.value).endswith(" ...)") is more
+
+
+def test_flags_refusal_names_at_most_five_values():
+    with pytest.raises(CatalogError, match=r"not a flag: A, B, C, D, E$"):
+        catalogs._flags(_tin(f=np.array(["a", "b", "c", "d", "e", "f"])), "f")
