@@ -685,3 +685,25 @@ def test_recover_rolls_a_torn_write_back_and_refuses_foreign_bytes(tmp_path):
                                            r"hold neither the old nor the new version\)"):
         fitsedit.recover(path)
     assert fitsedit.journal_path(path).exists() and path.read_bytes() == bytes(raw)
+
+
+def test_patch_in_place_journals_by_default(tmp_path, monkeypatch):
+    path = tmp_path / "a.fits"
+    path.write_bytes(_fits_bytes())
+    written = []
+    real = fitsedit._write_journal
+    monkeypatch.setattr(fitsedit, "_write_journal", lambda p, ps: written.append(p) or real(p, ps))
+    fitsedit.patch_in_place(path, _patches(path))
+    assert written == [path] and not fitsedit.journal_path(path).exists()
+    assert path.read_bytes()[100:140] == b"Z" * 40
+
+
+@pytest.mark.parametrize("size", [1, 2, 5000])
+def test_copy_file_copies_every_byte(tmp_path, size):
+    src = tmp_path / "s.bin"
+    src.write_bytes(bytes(range(256)) * (size // 256) + bytes(range(size % 256)))
+    tmp = fitsedit.copy_file(src, tmp_path / "d.bin")
+    try:
+        assert tmp.read_bytes() == src.read_bytes()
+    finally:
+        fitsedit.discard_temp(tmp)
