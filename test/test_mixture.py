@@ -1118,7 +1118,8 @@ def test_one_candidate_each_and_no_chance_matches_take_two_em_iterations():
     assert fit.message == "converged after 2 EM iterations"
 
 
-def test_em_out_of_iterations_is_reported_not_converged(monkeypatch):
+def _fit_stopped_after_one_em_iteration(monkeypatch):
+    # 25 clean pairs, EM allowed a single iteration from x0 = (0, 0)
     from stk_astrometry import mixture
 
     rng = np.random.default_rng(SEED + 500)
@@ -1126,6 +1127,11 @@ def test_em_out_of_iterations_is_reported_not_converged(monkeypatch):
     monkeypatch.setattr(mixture, "_MAX_EM_ITER", 1)
     fit = fit_mixture(det, dx, dy, cov, density_per_arcmin2=0.0, match_radius_arcsec=50.0,
                       x0=(0.0, 0.0))
+    return fit, (dx, dy, cov)
+
+
+def test_em_out_of_iterations_is_reported_not_converged(monkeypatch):
+    fit, (dx, dy, cov) = _fit_stopped_after_one_em_iteration(monkeypatch)
     assert not fit.converged and fit.n_iter == 1
     assert fit.failure is not None and "not converged" in fit.failure
     assert "EM did not converge in 1 iterations" in fit.message.split("; ")
@@ -1622,13 +1628,7 @@ def test_the_notes_of_a_fit_are_exact():
 
 
 def test_a_fit_not_converged_says_so_first(monkeypatch):
-    from stk_astrometry import mixture
-
-    rng = np.random.default_rng(SEED + 500)
-    det, dx, dy, cov, *_ = simulate(rng, n_det=25, sig_range=(0.6, 0.9))
-    monkeypatch.setattr(mixture, "_MAX_EM_ITER", 1)
-    fit = fit_mixture(det, dx, dy, cov, density_per_arcmin2=0.0, match_radius_arcsec=50.0,
-                      x0=(0.0, 0.0))
+    fit, _ = _fit_stopped_after_one_em_iteration(monkeypatch)
     assert fit.message.startswith("NOT converged after 1 EM iterations; ")
     # an empty fit's notes are joined the same way
     empty = fit_mixture([0, 1, 2], [np.nan, 0.3, 0.3], [0.0, 0.0, 0.0], np.zeros((3, 2, 2)),
