@@ -13,6 +13,7 @@ costs nothing at tool start-up.
 import contextlib
 import contextvars
 import datetime
+import errno
 import fcntl
 import logging
 import os
@@ -282,7 +283,7 @@ def _syncfs(fd):
     fn, ctypes = _LIBC
     if fn(fd) != 0:
         err = ctypes.get_errno()
-        if err in (38, 22):        # ENOSYS, EINVAL: not supported here -- fall back
+        if err in (errno.ENOSYS, errno.EINVAL):     # not supported here -- fall back
             return False
         raise OSError(err, os.strerror(err))
     return True
