@@ -643,6 +643,7 @@ def test_checksummed_header_is_valid_and_sized_as_asked(tmp_path):
 @pytest.mark.parametrize("card, start, end", [
     ("KEY     = 'abc'  / c", 11, 15), ("KEY     = 'it''s' / c", 11, 17),
     ("KEY     = ''''", 11, 14), ("KEY     = 'open", 11, -1), ("KEY     = 'a''", 11, -1),
+    ("'", 0, 1),                 # the closing quote at the very first character
 ])
 def test_quote_end_skips_escaped_quotes(card, start, end):
     assert fitsedit._quote_end(card, start) == end
@@ -797,7 +798,7 @@ def test_scan_refuses_a_trailing_block_that_is_neither_padding_nor_an_hdu(tmp_pa
 
 def test_scan_finds_the_end_card_only_at_a_card_boundary(tmp_path):
     # 'END     ' inside a card's text is not the END card: the header goes on
-    cards = [("COMMENT", "the word END     inside a card")]
+    cards = [("NOTE", "END     inside a value, in the first block")]
     cards += [(f"K{i:02d}", i) for i in range(40)]          # END in the second block
     path = _two_hdus(tmp_path, cards)
     lays = fitsedit.scan_fits(path)
