@@ -1775,6 +1775,68 @@ def test_group_flip_jackknife_finds_every_deletion_that_changes_the_group():
     assert n_flipping >= 5           # the stacks do exercise it
 
 
+def _tie_prone_stack(rng):
+    """A few pairs in two or three groups, where sigma ties are the rule: groups of one pair
+    (sigma exactly 0 in select_group), repeated offsets, offsets at very different scales."""
+    n = int(rng.integers(2, 8))
+    dx = rng.normal(0.0, 1.0, n) * rng.choice([1.0, 1e-3, 1e3])
+    dy = rng.normal(0.0, 1.0, n)
+    if rng.uniform() < 0.4:
+        dx[:] = dx[0]
+    return make_pairs(dx, dy, region_id=rng.integers(1, n + 1, n),
+                      group=rng.integers(1, int(rng.integers(2, 4)) + 1, n))
+
+
+@pytest.mark.parametrize("min_group_matches", [1, 2, 3])
+def test_group_choice_screen_agrees_with_select_group_on_every_deletion(min_group_matches):
+    """For every detection left out, the one-pass screen's choice is select_group's whenever
+    the screen calls itself certain -- also at sigma ties, which a sums-based variance
+    (1e-17 where np.std gives 0) would otherwise break the wrong way; where it is not certain
+    the jackknife asks select_group itself."""
+    rng = np.random.default_rng(SEED + 91 + min_group_matches)
+    n_uncertain = n_checked = 0
+    for _ in range(400):
+        pairs = _tie_prone_stack(rng)
+        _, choice, certain = xfmfit._group_choice_without_each(
+            pairs, n_groups=3, min_group_matches=min_group_matches)
+        for k, j in enumerate(np.unique(pairs.region_id)):
+            truth = select_group(pairs.subset(pairs.region_id != j), n_groups=3,
+                                 min_group_matches=min_group_matches).group
+            if certain[k]:
+                assert choice[k] == truth
+                n_checked += 1
+            else:
+                n_uncertain += 1
+    assert n_checked > 0 and n_uncertain > 0      # these stacks are made of near-ties
+    # on stacks without contrived ties the screen is almost always certain (no extra cost)
+    uncertain = [~xfmfit._group_choice_without_each(
+        _three_group_stack(rng), n_groups=3, min_group_matches=min_group_matches)[2]
+        for _ in range(200)]
+    assert np.mean(np.concatenate(uncertain)) < 0.01
+
+
+def test_group_flip_jackknife_counts_the_flips_select_group_finds_at_ties():
+    """At sigma ties the jackknife still finds exactly the deletions that change the group."""
+    rng = np.random.default_rng(SEED + 95)
+    n_flipping = 0
+    for _ in range(400):
+        pairs = _tie_prone_stack(rng)
+        group = select_group(pairs, n_groups=3).group
+        if group == 0:
+            continue
+        ids = np.unique(pairs.region_id)
+        brute = [j for j in ids
+                 if select_group(pairs.subset(pairs.region_id != j), n_groups=3).group
+                 not in (0, group)]
+        w = np.ones(len(pairs))
+        _, n_flips = xfmfit._group_flip_jackknife(
+            pairs, w, group, (0.0, 0.0), n_groups=3, min_group_matches=3, loss="cauchy",
+            f_scale=1.0, max_shift=5.0)
+        assert n_flips == len(brute)
+        n_flipping += bool(brute)
+    assert n_flipping >= 20
+
+
 def test_a_fragile_tail_group_reports_how_far_the_other_group_lies():
     """Three tight pairs in the 1-2" group win the group rule, and leaving out any one of them
     hands the fit to the 0-1" group 1.4" away: the reported sigma says so (the jackknife of

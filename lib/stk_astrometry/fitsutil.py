@@ -177,15 +177,21 @@ def _commit(entries):
 def _sync_data(fds):
     """Make the data of the open files ``fds`` durable: one syncfs per file system, or an
     fsync of each where syncfs is unavailable."""
-    done = set()
+    unsupported = _syncfs_per_device(fds)
+    for fd in fds:
+        if os.fstat(fd).st_dev in unsupported:
+            os.fsync(fd)
+
+
+def _syncfs_per_device(fds):
+    """One :func:`_syncfs` per file system among the open ``fds``; returns the devices
+    (``st_dev``) where syncfs is unavailable, whose files the caller must fsync one by one."""
+    done, unsupported = set(), set()
     for fd in fds:
         dev = os.fstat(fd).st_dev
-        if dev in done:
-            continue
-        if _syncfs(fd):
-            done.add(dev)
-        else:
-            os.fsync(fd)
+        if dev not in done and dev not in unsupported:
+            (done if _syncfs(fd) else unsupported).add(dev)
+    return unsupported
 
 
 #: The open :class:`PendingOutputs` of a :func:`deferred_durability` block (None: none active).
@@ -323,14 +329,13 @@ def make_durable(paths, *, folders=()):
             by_dev.setdefault(os.stat(folder).st_dev, folder)
         except FileNotFoundError:
             continue
-    unsynced = set()
-    for dev, folder in by_dev.items():
-        fd = os.open(folder, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            if not _syncfs(fd):
-                unsynced.add(dev)
-        finally:
-            os.close(fd)
+    with contextlib.ExitStack() as opened:
+        fds = []
+        for folder in by_dev.values():
+            fd = os.open(folder, os.O_RDONLY | os.O_CLOEXEC)
+            opened.callback(os.close, fd)
+            fds.append(fd)
+        unsynced = _syncfs_per_device(fds)
     if unsynced:
         for f in files:
             try:

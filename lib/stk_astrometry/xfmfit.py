@@ -1275,27 +1275,22 @@ def fit_leg_spec(pairs: PairSet, *, weighting, n_groups, loss="cauchy", f_scale=
         fit=fit)
 
 
-def _group_flip_jackknife(pairs: PairSet, w, group, shift, *, n_groups, min_group_matches,
-                          loss, f_scale, max_shift):
-    """The delete-one-detection jackknife of the group choice (issue 14).
+def _group_choice_without_each(pairs: PairSet, *, n_groups, min_group_matches):
+    """The screen of :func:`_group_flip_jackknife`: for each detection, the group
+    :func:`select_group` would choose without that detection's pairs, from per-detection sums.
 
-    For every detection j of ``pairs`` (the usable pairs the group selection saw), the
-    separation group :func:`select_group` would choose without j's pairs; where that differs
-    from ``group`` the fit is redone on the new group's pairs without j (from (0, 0), the same
-    objective), elsewhere the shift is ``shift`` as it is (the parametric bootstrap already
-    covers the scatter within the group).  Returns (the jackknife covariance of those M
-    shifts, :func:`_jackknife_cov`, or None when no deletion changes the group; the number of
-    deletions that do).
-
-    The group statistics without j come from per-detection sums (one pass); a deletion found
-    to change the group is confirmed with :func:`select_group` itself, so the rule is exactly
-    the specification's.
+    Returns (``dinv``, the detection index of every pair; ``choice``, one 1-based group per
+    detection, in ``np.unique(region_id)`` order; ``certain``, per detection: False where a
+    rounding error could change the choice).  The sums-based variances carry rounding errors
+    that :func:`select_group`'s two-pass ``np.std`` does not (a one-pair group's variance is
+    exactly 0 there and ~1e-17 here), so each sigma is bounded by an interval, and a
+    detection whose chosen group's interval meets another competing group's is not certain;
+    the caller confirms those with :func:`select_group` itself (``test_xfmfit`` compares the
+    two on every deletion, ties included).
     """
     det = np.asarray(pairs.region_id)
     ids, dinv = np.unique(det, return_inverse=True)
     m_det = ids.size
-    if m_det < 2:
-        return None, 0
     grp = np.asarray(pairs.group)
     in_range = (grp >= 1) & (grp <= n_groups)
     g0 = np.where(in_range, grp - 1, 0)
@@ -1313,20 +1308,69 @@ def _group_flip_jackknife(pairs: PairSet, w, group, shift, *, n_groups, min_grou
     has = cnt > 0
     n_left = cnt.sum(axis=0)[None, :] - cnt
     match_left = has.sum(axis=0)[None, :] - has
+    # rounding bound of a variance from sums: a few ulps of the mean square, per term summed
+    ulp = 8.0 * (dx.size + 4) * np.finfo(float).eps
     with np.errstate(invalid="ignore", divide="ignore"):
         mx = (sx.sum(axis=0) - sx) / n_left
         my = (sy.sum(axis=0) - sy) / n_left
-        vx = np.maximum((sxx.sum(axis=0) - sxx) / n_left - mx * mx, 0.0)
-        vy = np.maximum((syy.sum(axis=0) - syy) / n_left - my * my, 0.0)
-        sig = np.sqrt(np.sqrt(vx) * np.sqrt(vy))
-    sig = np.where(n_left > 0, sig, np.inf)
+        vx = (sxx.sum(axis=0) - sxx) / n_left - mx * mx
+        vy = (syy.sum(axis=0) - syy) / n_left - my * my
+        bx = ulp * sxx.sum(axis=0) / n_left
+        by = ulp * syy.sum(axis=0) / n_left
+        sig = np.sqrt(np.sqrt(np.maximum(vx, 0.0)) * np.sqrt(np.maximum(vy, 0.0)))
+        sig_lo = np.sqrt(np.sqrt(np.maximum(vx - bx, 0.0) * np.maximum(vy - by, 0.0)))
+        sig_hi = np.sqrt(np.sqrt((np.maximum(vx, 0.0) + bx) * (np.maximum(vy, 0.0) + by)))
+    # one pair left: np.std is exactly 0 there, and so is the sigma here (no rounding)
+    exact = n_left == 1
+    sig, sig_lo, sig_hi = (np.where(exact, 0.0, v) for v in (sig, sig_lo, sig_hi))
+    empty = ~(n_left > 0)
+    sig = np.where(empty, np.inf, sig)
+    sig_lo = np.where(empty, np.inf, sig_lo)
+    sig_hi = np.where(empty, np.inf, sig_hi)
     qualified = match_left >= min_group_matches
+    any_q = qualified.any(axis=1)
     best_q = np.argmin(np.where(qualified, sig, np.inf), axis=1)
     # no qualified group: the largest n_match, then the smaller sigma, then the lower group
     best_f = np.lexsort((np.broadcast_to(np.arange(n_groups), sig.shape).T, sig.T,
                          -match_left.T), axis=0)[0]
-    choice = np.where(qualified.any(axis=1), best_q, best_f) + 1
-    candidates = np.flatnonzero(choice != group)
+    best = np.where(any_q, best_q, best_f)
+    # the groups that compete with the chosen one on sigma alone
+    competing = np.where(any_q[:, None], qualified,
+                         match_left == match_left.max(axis=1, keepdims=True))
+    rows = np.arange(m_det)
+    competing[rows, best] = False
+    chosen_hi = sig_hi[rows, best]
+    # two exact sigmas tie the same way here as in select_group (the lower group wins)
+    close = competing & (sig_lo <= chosen_hi[:, None]) & ~(exact & exact[rows, best][:, None])
+    certain = ~close.any(axis=1) & (match_left.max(axis=1) > 0)
+    return dinv, best + 1, certain
+
+
+def _group_flip_jackknife(pairs: PairSet, w, group, shift, *, n_groups, min_group_matches,
+                          loss, f_scale, max_shift):
+    """The delete-one-detection jackknife of the group choice (issue 14).
+
+    For every detection j of ``pairs`` (the usable pairs the group selection saw), the
+    separation group :func:`select_group` would choose without j's pairs; where that differs
+    from ``group`` the fit is redone on the new group's pairs without j (from (0, 0), the same
+    objective), elsewhere the shift is ``shift`` as it is (the parametric bootstrap already
+    covers the scatter within the group).  Returns (the jackknife covariance of those M
+    shifts, :func:`_jackknife_cov`, or None when no deletion changes the group; the number of
+    deletions that do).
+
+    The group statistics without j come from per-detection sums (one pass,
+    :func:`_group_choice_without_each`); a deletion found to change the group, or too close to
+    a tie to tell, is confirmed with :func:`select_group` itself, so the rule is exactly the
+    specification's.
+    """
+    dinv, choice, certain = _group_choice_without_each(pairs, n_groups=n_groups,
+                                                       min_group_matches=min_group_matches)
+    m_det = choice.size
+    if m_det < 2:
+        return None, 0
+    grp = np.asarray(pairs.group)
+    dx, dy = np.asarray(pairs.d_xi, dtype=float), np.asarray(pairs.d_eta, dtype=float)
+    candidates = np.flatnonzero((choice != group) | ~certain)
     thetas = np.tile(np.asarray(shift, dtype=float), (m_det, 1))
     rows, new_groups = [], []
     for j in candidates:
