@@ -1108,6 +1108,186 @@ def test_error_model_handles_ellipses_along_the_axes(monkeypatch):
 # What the result reports
 
 
+# ---------------------------------------------------------------------------------------------
+# The error model's polish on the observed likelihood (issue 11: exact derivatives instead of
+# the finite-difference Newton it had)
+
+
+def _polish_cases():
+    """Calibrated fits that reach the polish: (det, d_xi, d_eta, stated cov, density, floor)."""
+    rng = np.random.default_rng(SEED + 500)
+    cases = []
+    # stated errors 2x too large, chance pairs (q inside (0, 1))
+    det, dx, dy, cov, _, _, dens = simulate(rng, n_det=50, false_frac=0.2, density=15.0)
+    cases.append((det, dx, dy, 4.0 * cov, dens, 0.0))
+    # a 0.2" floor missing from small stated errors, chance pairs
+    det, dx, dy, cov, _, _, dens = simulate(rng, n_det=50, density=10.0, sig_range=(0.05, 0.3))
+    cases.append((det, dx + rng.normal(0, 0.2, dx.size), dy + rng.normal(0, 0.2, dy.size), cov,
+                  dens, 0.0))
+    # no chance density (rho = 0, q = 1), a given floor the model may not go below
+    det, dx, dy, cov, *_ = simulate(rng, n_det=40, sig_range=(0.1, 0.5))
+    cases.append((det, dx + rng.normal(0, 0.15, dx.size), dy + rng.normal(0, 0.15, dy.size),
+                  cov, 0.0, 0.1))
+    return cases
+
+
+def _polish_calls(monkeypatch):
+    """Copies of the arguments of every _polish_error_model call of the _polish_cases fits."""
+    import copy
+
+    from stk_astrometry import mixture
+
+    calls = []
+    polish = mixture._polish_error_model
+
+    def spy(*args):
+        calls.append(copy.deepcopy(args))
+        return polish(*args)
+
+    monkeypatch.setattr(mixture, "_polish_error_model", spy)
+    for det, dx, dy, cov, dens, floor in _polish_cases():
+        fit = fit_mixture(det, dx, dy, cov, density_per_arcmin2=dens, match_radius_arcsec=R,
+                          calibrate=True, systematic_arcsec=floor)
+        assert fit.calibrated and "stated errors kept" not in fit.message, fit.message
+    monkeypatch.setattr(mixture, "_polish_error_model", polish)
+    return calls
+
+
+def _polish_objective(prob, stated, st, min_floor):
+    """The polish's objective as the fit computes it: x = (log k, sigma_sys^2) -> the window's
+    observed log likelihood (P_j and mu recomputed) + the error model's log prior."""
+    from stk_astrometry.mixture import (_calibrated, _error_prior, _fit_window_final,
+                                        _window_terms)
+
+    def objective(x):
+        prob.set_cov(_calibrated(stated, float(np.exp(x[0])), float(np.sqrt(x[1])))[0])
+        p_win, mu = _window_terms(prob, st.idx, st.r_w)
+        return (_fit_window_final(prob, st.idx, st.s, st.q, p_win, mu)[5]["loglike"]
+                + _error_prior(float(np.exp(2.0 * x[0])), x[1], min_floor**2)[0])
+
+    return objective
+
+
+def _finite_difference_polish(prob, stated, st, scale, floor, min_floor):
+    """The polish as it was before issue 11's exact derivatives (the reference): damped Newton
+    with finite differences, one-sided at a bound."""
+    from stk_astrometry.mixture import _CAL_MAX_FLOOR, _CAL_SCALE_RANGE
+
+    lo = np.array([np.log(_CAL_SCALE_RANGE[0]), min_floor**2])
+    hi = np.array([np.log(_CAL_SCALE_RANGE[1]), max(_CAL_MAX_FLOOR**2, min_floor**2)])
+    objective = _polish_objective(prob, stated, st, min_floor)
+    x = np.clip(np.array([np.log(scale), floor * floor]), lo, hi)
+    f = objective(x)
+    unit = np.eye(2)
+    for _ in range(20):
+        h = np.array([1e-4, max(1e-6, 1e-3 * x[1])])
+        back = np.minimum(h, x - lo)
+        f_up = np.array([objective(x + h[i] * unit[i]) for i in range(2)])
+        f_down = np.array([objective(x - back[i] * unit[i]) if back[i] > 0 else f
+                           for i in range(2)])
+        grad = (f_up - f_down) / (h + back)
+        curv = np.where(back > 0, 2.0 * ((f_up - f) / h - (f - f_down) / np.maximum(back, 1e-300))
+                        / (h + back), -np.abs(grad) / h)
+        cross = (objective(x + h) - f_up[0] - f_up[1] + f) / (h[0] * h[1])
+        hess = np.array([[curv[0], cross], [cross, curv[1]]])
+        free = ~(((x <= lo) & (grad < 0)) | ((x >= hi) & (grad > 0)))
+        if not np.any(free):
+            break
+        step = np.zeros(2)
+        h_free = hess[np.ix_(free, free)]
+        if np.all(np.linalg.eigvalsh(h_free) < 0):
+            step[free] = -np.linalg.solve(h_free, grad[free])
+        else:
+            step[free] = grad[free] / np.maximum(np.abs(np.diag(h_free)), 1e-12)
+        for _halving in range(20):
+            trial = np.clip(x + step, lo, hi)
+            f_trial = objective(trial)
+            if f_trial >= f:
+                break
+            step = step / 2.0
+        else:
+            break
+        done = np.all(np.abs(trial - x) <= np.array([1e-5, 1e-7]))
+        x, f = trial, f_trial
+        if done:
+            break
+    return float(np.exp(x[0])), float(np.sqrt(x[1]))
+
+
+def test_error_model_terms_are_the_objective_and_its_exact_derivatives(monkeypatch):
+    # value: the fit's own observed log likelihood + prior, to rounding; gradient and Hessian
+    # against central differences of the value and of the gradient
+    from stk_astrometry.mixture import _error_model_terms
+
+    calls = _polish_calls(monkeypatch)
+    assert len(calls) >= 3
+    for prob, stated, st, scale, floor, min_floor in calls:
+        terms = _error_model_terms(prob, stated, st, min_floor)
+        objective = _polish_objective(prob, stated, st, min_floor)
+        for x in ([np.log(scale), floor**2 + 0.01], [np.log(scale) + 0.3, floor**2 + 0.04],
+                  [np.log(scale) - 0.2, floor**2 + 0.002]):
+            x = np.array(x)
+            f, grad, hess = terms(x)
+            assert f == pytest.approx(objective(x), rel=1e-12, abs=1e-10)
+            steps = np.array([1e-5, 1e-6])
+            for i in range(2):
+                e = np.eye(2)[i] * steps[i]
+                up, down = terms(x + e), terms(x - e)
+                fd_grad = (up[0] - down[0]) / (2 * steps[i])
+                assert grad[i] == pytest.approx(fd_grad, rel=1e-6, abs=1e-5)
+                np.testing.assert_allclose(hess[i], (up[1] - down[1]) / (2 * steps[i]),
+                                           rtol=1e-5, atol=1e-5 * np.max(np.abs(hess)))
+            np.testing.assert_array_equal(hess, hess.T)
+
+
+def test_error_model_terms_hold_a_floored_variance_fixed():
+    # a principal variance floored at MIN_SIGMA_ARCSEC^2 does not move with (k, sigma_sys):
+    # zero stated errors and a floor under MIN_SIGMA_ARCSEC -- every variance floored
+    from types import SimpleNamespace
+
+    from stk_astrometry import mixture
+    from stk_astrometry.mixture import _error_model_terms, _error_prior, _Problem
+
+    n = 6
+    d = np.linspace(-0.001, 0.001, n)
+    prob = _Problem(np.arange(n), d, -d, np.tile(np.eye(2) * 1e-6, (n, 1, 1)), 1e-3, R, 5.0)
+    st = SimpleNamespace(idx=np.arange(n), s=np.zeros(2), q=0.8, r_w=2.0)
+    terms = _error_model_terms(prob, np.zeros((n, 2, 2)), st, 0.0)
+    f1, g1, h1 = terms(np.array([0.0, 1e-7]))
+    f2, g2, h2 = terms(np.array([0.5, 5e-7]))
+    # the likelihood is flat; the prior is what is left
+    assert f1 - _error_prior(1.0, 1e-7, 0.0)[0] == pytest.approx(
+        f2 - _error_prior(np.exp(1.0), 5e-7, 0.0)[0], rel=1e-14)
+    tau_k, tau_f = mixture._CAL_PRIOR
+    np.testing.assert_allclose(g2, [-0.5 / tau_k**2, -0.5 / tau_f**2], rtol=1e-14)  # the prior's
+    np.testing.assert_allclose(h2, [[-1.0 / tau_k**2, 0.0], [0.0, 0.0]], rtol=1e-14)
+
+
+def test_polished_error_model_is_the_finite_difference_newtons_maximum(monkeypatch):
+    # the same maximum as the finite-difference Newton it replaced (which stops within ~1e-6
+    # of it), and a tighter one: the Newton step left is under 1e-8
+    from stk_astrometry.mixture import _error_model_terms, _polish_error_model
+
+    calls = _polish_calls(monkeypatch)
+    at_floor = 0
+    for prob, stated, st, scale, floor, min_floor in calls:
+        got = _polish_error_model(prob, stated, st, scale, floor, min_floor)
+        want = _finite_difference_polish(prob, stated, st, scale, floor, min_floor)
+        assert got[0] == pytest.approx(want[0], rel=2e-6)
+        assert got[1] == pytest.approx(want[1], abs=2e-6)
+        objective = _polish_objective(prob, stated, st, min_floor)
+        x_got = np.array([np.log(got[0]), got[1] ** 2])
+        x_want = np.array([np.log(want[0]), want[1] ** 2])
+        assert objective(x_got) >= objective(x_want) - 1e-12
+        _, grad, hess = _error_model_terms(prob, stated, st, min_floor)(x_got)
+        free = ~((x_got[1] <= min_floor**2) & (np.arange(2) == 1) & (grad < 0))
+        at_floor += not free[1]
+        h = hess[np.ix_(free, free)]
+        assert np.all(np.linalg.eigvalsh(h) < 0)
+        assert np.max(np.abs(np.linalg.solve(h, grad[free]))) < 1e-8
+    assert at_floor < len(calls)       # an interior maximum among them
+
+
 def test_one_candidate_each_and_no_chance_matches_take_two_em_iterations():
     # the first M step is the weighted mean itself, the second finds nothing left to move
     rng = np.random.default_rng(SEED + 500)
