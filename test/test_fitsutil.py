@@ -967,6 +967,7 @@ def test_syncfs_loads_libc_once_and_tells_unsupported_from_failed(tmp_path, monk
         assert fitsutil._syncfs(fd) is True                  # from the cached handle
     finally:
         os.close(fd)
+    ctypes.set_errno(0)                  # ctypes' own copy of errno: set only by use_errno
     with pytest.raises(OSError) as exc:                      # a real error is raised, with
         fitsutil._syncfs(-1)                                 # the system's errno
     assert exc.value.errno == errno.EBADF
@@ -1123,8 +1124,12 @@ def test_replace_durably_replaces_even_where_owner_group_or_mode_cannot_be_set(t
 
 
 def test_read_stacks_reads_utf8_lists_whatever_the_locale(tmp_path):
+    from stk_astrometry.fitsutil import read_stacks
+
     lst = tmp_path / "s.lis"
     lst.write_bytes("caf\u00e9.fits\n".encode())
+    assert read_stacks([("s", f"@{lst}")]) == {"s": ["caf\u00e9.fits"]}
+    # and where the locale's encoding is ASCII (a C locale without UTF-8 mode):
     code = ("import sys; from stk_astrometry.fitsutil import read_stacks; "
             f"sys.exit(0 if read_stacks([('s', '@{lst}')]) == {{'s': ['caf\\u00e9.fits']}} else 3)")
     env = dict(os.environ, LC_ALL="C", LANG="C", PYTHONUTF8="0", PYTHONCOERCECLOCALE="0",
