@@ -17,7 +17,7 @@ import pytest
 # -- the "xdist worker segfault" of issue 11 (inside assertion rewriting, ast walking,
 # hypothesis, pytest's reporting).  The tests that write VOTables (to test reading them) go
 # through astropy's pure-Python writer, which writes the same XML.  stk_astrometry itself only
-# reads VOTables.  test_catalog_formats checks that the C writer still overflows, so this can
+# reads VOTables.  test_formats_catalogs checks that the C writer still overflows, so this can
 # go when astropy fixes it.
 import astropy.io.votable.tree as _votable_tree  # noqa: E402
 

@@ -1,4 +1,5 @@
-"""Real catalog formats (issue 14): Gaia archive, astroquery, VizieR, IRSA ALLWISE, SDSS.
+"""stk_astrometry.formats.catalogs: the input catalogs -- real formats (issue 14): Gaia archive,
+astroquery, VizieR, IRSA ALLWISE, SDSS; and the detections table (TNULL, NaN).
 
 Each test writes a small file shaped as the service writes it (column names, case, units,
 extra columns the tool does not use) and reads it through the readers stk_match uses.
@@ -875,3 +876,30 @@ def test_select_stack_lists_twenty_stacks_then_counts(n, more):
 def test_flags_refusal_names_at_most_five_values():
     with pytest.raises(CatalogError, match=r"not a flag: A, B, C, D, E$"):
         catalogs._flags(_tin(f=np.array(["a", "b", "c", "d", "e", "f"])), "f")
+
+
+def test_catalog_reader_tnull_and_nan(tmp_path):
+    """A TNULL integer count and a NaN float read as NaN; ids with TNULL are refused."""
+    n = 4
+    cols = [fits.Column(name="region_id", format="J", array=np.arange(1, n + 1)),
+            fits.Column(name="RA", format="D", array=[10.0, 10.001, 10.002, 9.999]),
+            fits.Column(name="dec", format="D", array=[-5.0, -5.001, -4.999, -5.0]),
+            fits.Column(name="err_ellipse_r0", format="E", array=[1, 2, np.nan, 1]),
+            fits.Column(name="err_ellipse_r1", format="E", array=[1, 1, 1, 1]),
+            fits.Column(name="likelihood_class", format="8A",
+                        array=["TRUE", "TRUE", "MARGINAL", "TRUE"]),
+            fits.Column(name="src_cnts", format="J", null=-99, array=[10, -99, 5, 7])]
+    fits.HDUList([fits.PrimaryHDU(), fits.BinTableHDU.from_columns(cols, name="SRCLIST")]) \
+        .writeto(tmp_path / "det.fits")
+    cat = catalogs.read_detections(read_table(str(tmp_path / "det.fits"), param="detfile"),
+                                   ra_stack=10.0, dec_stack=-5.0)
+    det = cat.detections
+    assert np.isnan(det.src_cnts[1]) and det.src_cnts[0] == 10
+    assert np.isnan(det.err_r0_arcsec[2])
+    assert (cat.ra_stack, cat.dec_stack, cat.origin) == (10.0, -5.0, "parameters")
+    cols[0] = fits.Column(name="region_id", format="J", null=-1, array=[1, -1, 3, 4])
+    fits.HDUList([fits.PrimaryHDU(), fits.BinTableHDU.from_columns(cols, name="SRCLIST")]) \
+        .writeto(tmp_path / "det2.fits")
+    with pytest.raises(CatalogError, match="null value"):
+        catalogs.read_detections(read_table(str(tmp_path / "det2.fits"), param="detfile"),
+                                 ra_stack=10.0, dec_stack=-5.0)

@@ -1,0 +1,449 @@
+"""stk_astrometry.formats._fits: the FITS table writer and reader every file module uses --
+the fast (fitsio) path against astropy's, header cards, long keywords, column descriptions."""
+
+import numpy as np
+import pytest
+from astropy.io import fits
+
+from stk_astrometry.api import _Run
+from stk_astrometry.formats import pairs, transform
+from stk_astrometry.tableio import read_table
+
+from formats_testlib import (
+    HIST,
+    components,
+    keywords,
+    make_pairs,
+)
+
+
+def test_columns_carry_descriptions_and_ucds(tmp_path):
+    """TCOMMn/TUCDn on every column the formats write (TOPCAT/STILTS show them)."""
+    p = make_pairs(np.random.default_rng(2))
+    pairs.write_pairs(p, tmp_path / "p.fits", HIST)
+    comps = components()
+    transform.write_transform(tmp_path / "x.fits", comps, keywords(comps[0]), HIST,
+                              instrument="HRC", ra_ref=10.0, dec_ref=-12.5)
+    for path in (tmp_path / "p.fits", tmp_path / "x.fits"):
+        with fits.open(path) as hdul:
+            for hdu in hdul[1:]:
+                h = hdu.header
+                for i in range(1, h["TFIELDS"] + 1):
+                    assert h.get(f"TCOMM{i}"), (path.name, hdu.name, h[f"TTYPE{i}"])
+                    assert len(h.comments[f"TCOMM{i}"]) == 0
+    with fits.open(tmp_path / "p.fits") as hdul:
+        h = hdul["GAIA_PAIRS"].header
+        ucd = {h[f"TTYPE{i}"]: h.get(f"TUCD{i}") for i in range(1, h["TFIELDS"] + 1)}
+        assert ucd["ref_ra"] == "pos.eq.ra" and ucd["sep"] == "pos.angDistance"
+    with fits.open(tmp_path / "x.fits") as hdul:
+        h = hdul["STKXFM"].header
+        names = {h[f"TTYPE{i}"]: i for i in range(1, h["TFIELDS"] + 1)}
+        assert "corrected xi" in h[f"TCOMM{names['d_xi']}"]
+        assert f"TUCD{names['a11']}" not in h          # no UCD fits a matrix element
+
+
+def test_readers_keep_empty_and_long_string_keywords(tmp_path):
+    """fitsio's parsed headers drop KEY = '' and cut CONTINUE strings; the readers must not."""
+    p = make_pairs(np.random.default_rng(9))
+    long_text = ("a long value " * 10).strip()     # FITS strings lose trailing blanks
+    keys = tuple(k if k[0] != "STACKID" else ("STACKID", "", "detect_stack_id")
+                 for k in p.keywords) + (("SEPNOTE", long_text, ""),)
+    p = pairs.Pairs(**{**p.__dict__, "keywords": keys, "stackid": ""})
+    pairs.write_pairs(p, tmp_path / "p.fits", HIST)
+    q = pairs.read_pairs(tmp_path / "p.fits")
+    assert q.keywords == keys
+    assert ("STACKID", "", "detect_stack_id") in q.cards["GAIA_PAIRS"]
+    # the catalog reader (tableio) too
+    h = fits.Header()
+    h["STACKID"] = ""
+    h["NOTE"] = long_text
+    cols = [fits.Column(name="ra", format="D", array=[1.0])]
+    fits.HDUList([fits.PrimaryHDU(), fits.BinTableHDU.from_columns(cols, header=h)]).writeto(
+        tmp_path / "t.fits")
+    tin = read_table(str(tmp_path / "t.fits"), param="x")
+    assert tin.header["STACKID"] == "" and tin.header["NOTE"] == long_text
+
+
+def test_format_card_is_astropys_card_image():
+    """The fast writer's cards are byte for byte what astropy writes."""
+    import warnings
+
+    from astropy.io.fits import Card
+
+    from stk_astrometry.formats._fits import format_card
+
+    rng = np.random.default_rng(11)
+    values = [None, "", "a", "x" * 30, "o'k", True, False, 0, -5, 2**40, 1.5, -0.0, 1e-300,
+              189.12345678901235, 1e20, 3.0, np.float64(2.5), np.int32(7), np.bool_(True)]
+    values += list(rng.normal(size=200) * 10.0 ** rng.integers(-20, 20, 200))
+    for value in values:
+        for comment in ("", "a comment", "[arcsec] applied shift in xi", "c" * 60):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")       # astropy warns when it cuts a comment
+                want = Card("KEY", value, comment).image
+            assert format_card("KEY", value, comment) == want, (value, comment)
+    for value in (62.2, -89.99999999999999, 1e-5, 0.0, 12):
+        for comment in ("", "[deg] stack tangent point Dec"):
+            assert (format_card("DEC_STACK", value, comment)
+                    == Card("HIERARCH DEC_STACK", value, comment).image), value
+
+
+def test_appended_text_cards_are_the_ones_fitsio_writes(tmp_path):
+    """The column descriptions (TCOMMn, TUCDn) appended as card images are byte for byte the
+    cards ``hdu.write_key(name, value, " ")`` writes, for every length (issue 11)."""
+    import fitsio
+
+    from stk_astrometry.formats._fits import _append_text_card
+
+    values = ["x" * n for n in range(0, 75)] + ["it's", "meta.id", "pos.eq.ra;meta.main",
+                                                "a\tb", "caf\u00e9", " lead and trail "]
+    images = {}
+    for how in ("write_key", "fast"):
+        path = tmp_path / f"{how}.fits"
+        with fitsio.FITS(str(path), "rw", clobber=True) as fh:
+            fh.create_table_hdu(dtype=np.dtype([("a", "f8")]), extname="T")
+            hdu = fh[-1]
+            for i, value in enumerate(values):
+                if how == "write_key":
+                    hdu.write_key(f"TCOMM{i}", value, " ")
+                else:
+                    _append_text_card(hdu, hdu.get_extnum() + 1, f"TCOMM{i}", value)
+        raw = path.read_bytes()
+        cards = [raw[i:i + 80] for i in range(0, len(raw), 80)]
+        images[how] = [c for c in cards if not c.startswith((b"CHECKSUM", b"DATASUM"))]
+    assert images["fast"] == images["write_key"]
+
+
+def _specs_of_every_kind():
+    from stk_astrometry.formats._fits import HduSpec
+
+    cols = {"region_id": np.array([1, 2, 3], dtype=np.int32), "ref_id": np.array([5, 2**40, 7]),
+            "ra": np.array([1.5, np.nan, -2.25]), "f": np.array([1, 2, 3], dtype=np.float32),
+            "flag": np.array([True, False, True]), "name": np.array(["a", "bcd", ""]),
+            "small": np.array([1, 2, 3], dtype=np.int16), "u8": np.array([1, 2, 3], dtype=np.uint8),
+            "vec": np.arange(6, dtype=np.int32).reshape(3, 2)}
+    return [HduSpec(None, keys=(("CONTENT", "STKTEST", "a test"), ("DEC_STACK", -12.5, "[deg] dec"),
+                                ("NOTE", "x" * 80, "long"), ("UNDEF", None, "undefined"),
+                                ("FLAG", True, ""), ("N", 5, "count"),
+                                ("LONGCOMM", "v" * 40, "c" * 40), ("HISTNUM", "junk", ""),
+                                ("CREATOR", "someone else", "old"), ("DATE", "1999", "old"))),
+            HduSpec("TAB", cols, units={"ra": "deg", "f": "arcsec", "flag": ""},
+                    formats={"ref_id": "K"},
+                    keys=(("STACKID", "s", "id"), ("DEC_STACK", 1.0, ""),
+                          ("CHECKSUM", "stale", ""), ("DATASUM", "1", "")),
+                    cards=(("HISTNUM", 4, "n"), ("EXTRA", 1.5, "copied"), ("TFORM1", "K", ""),
+                           ("DTYPE7", "RA_LONGER", "x"), ("DVAL7", 2.0, "")),
+                    column_info={"ra": ("Right ascension", "pos.eq.ra"), "f": ("flux", ""),
+                                 "name": ("", "meta.id"), "small": ("it's quoted", "")}),
+            HduSpec("EMPTY", {"a": np.zeros(0), "b": np.zeros(0, dtype=np.int32),
+                              "s": np.array([], dtype="U4")},
+                    drop_long_comments=False, keys=(("LONGCOMM", "v" * 40, "c" * 40),))]
+
+
+def _file_cards(path):
+    """Per HDU: its cards without CHECKSUM/DATASUM (short names in order; HIERARCH apart), its
+    data bytes; the checksums are verified."""
+    out = []
+    with fits.open(path, checksum=True) as hdul:
+        for hdu in hdul:
+            cards = [(c.keyword, "nan" if isinstance(c.value, float) and c.value != c.value
+                      else c.value, c.comment) for c in hdu.header.cards
+                     if c.keyword not in ("CHECKSUM", "DATASUM")]
+            assert "CHECKSUM" in hdu.header and "DATASUM" in hdu.header
+            out.append(([c for c in cards if len(c[0]) <= 8], [c for c in cards if len(c[0]) > 8],
+                        None if hdu.data is None else hdu.data.tobytes()))
+    return out
+
+
+def test_fast_writer_writes_what_astropys_writer_writes(tmp_path, monkeypatch):
+    """write_fits_fast (fitsio) and its astropy fallback: the same cards, values, comments and
+    data, HISTORY continuing a copied HISTNUM, stale stamps replaced, valid checksums."""
+    from stk_astrometry import fitsutil
+    from stk_astrometry.formats import _fits
+
+    monkeypatch.setattr(fitsutil, "utc_now", lambda: "2026-01-02T03:04:05")
+    hist = _Run("stk_test", {"infile": "x.fits", "outfile": "/a/" + "y" * 70, "clobber": True})
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")       # astropy warns when it cuts a comment
+        _fits.write_fits_fast(tmp_path / "fast.fits", _specs_of_every_kind(), hist, clobber=False)
+        monkeypatch.setattr(_fits, "FITSIO_IO", False)
+        _fits.write_fits_fast(tmp_path / "slow.fits", _specs_of_every_kind(), hist, clobber=False)
+    fast, slow = _file_cards(tmp_path / "fast.fits"), _file_cards(tmp_path / "slow.fits")
+    assert fast == slow
+    prim, tab, empty = fast
+    keys = dict((k, (v, c)) for k, v, c in prim[0] if k != "HISTORY")
+    assert keys["CREATOR"] == (f"stk_test - stk_astrometry {__import__('stk_astrometry').__version__}",
+                               "tool that created this output")
+    assert keys["DATE"] == ("2026-01-02T03:04:05", "Date and time of file creation")
+    assert keys["EXTEND"] == (True, "") and keys["BITPIX"] == (8, "array data type")
+    assert keys["DTYPE1"] == ("DEC_STACK", "Long key name - value in DVALn")
+    assert keys["DVAL1"] == (-12.5, "[deg] dec") and prim[1] == [("DEC_STACK", -12.5, "[deg] dec")]
+    assert keys["UNDEF"][1] == "undefined" and keys["NOTE"] == ("x" * 80, "")   # CONTINUE
+    assert keys["LONGCOMM"] == ("v" * 40, "")          # the comment would be cut: dropped
+    history = [v for k, v, _ in prim[0] if k == "HISTORY"]
+    assert keys["HISTNUM"][0] == len(history) == 5 and history[-1].endswith("ASC00005")
+    tkeys = [k for k, _, _ in tab[0]]
+    assert tkeys[:8] == ["XTENSION", "BITPIX", "NAXIS", "NAXIS1", "NAXIS2", "PCOUNT", "GCOUNT",
+                         "TFIELDS"]
+    assert tkeys.index("EXTNAME") == tkeys.index("TFORM9") + 1
+    tdict = dict((k, (v, c)) for k, v, c in tab[0] if k != "HISTORY")
+    assert tdict["TFORM1"] == ("J", "") and tdict["EXTRA"] == (1.5, "copied")
+    assert tdict["DTYPE7"] == ("RA_LONGER", "x") and tdict["DTYPE8"][0] == "DEC_STACK"
+    assert tdict["HISTNUM"][0] == 9 and tdict["TCOMM7"] == ("it's quoted", "")
+    assert "TUNIT5" not in tdict and tdict["TUNIT3"] == ("deg", "")
+    assert "TCOMM6" not in tdict and tdict["TUCD6"] == ("meta.id", "")
+    assert [k for k in tkeys if k.startswith("TUCD")] == ["TUCD3", "TUCD6"]
+    ekeys = dict((k, (v, c)) for k, v, c in empty[0] if k != "HISTORY")
+    assert ekeys["NAXIS2"][0] == 0 and ekeys["LONGCOMM"][1].startswith("ccc")
+    assert ekeys["TFORM3"][0] == "1A"
+
+
+def test_fast_reader_reads_what_astropys_reader_reads(tmp_path):
+    from stk_astrometry.formats import _fits
+
+    _fits.write_fits_fast(tmp_path / "f.fits", _specs_of_every_kind(), HIST, clobber=False)
+    fast = _fits.read_fits(tmp_path / "f.fits")
+    slow = _fits._read_fits_astropy(tmp_path / "f.fits")
+    assert [x[0] for x in fast] == [x[0] for x in slow] == ["", "TAB", "EMPTY"]
+    for (_, hf, cf, uf), (_, hs, cs, us) in zip(fast, slow, strict=True):
+        assert [(c.keyword, c.comment) for c in hf.cards] == [(c.keyword, c.comment) for c in hs.cards]
+        assert uf == us
+        if cf is None:
+            assert cs is None
+            continue
+        assert list(cf) == list(cs)
+        for name in cf:
+            a, b = cf[name], cs[name]
+            assert a.dtype == b.dtype and a.dtype.byteorder in "=|", name
+            assert np.array_equal(a, b, equal_nan=a.dtype.kind == "f"), name
+    cols, units = fast[1][2], fast[1][3]
+    assert units == {"ra": "deg", "f": "arcsec"}
+    assert cols["name"].dtype.kind == "U" and cols["name"].tolist() == ["a", "bcd", ""]
+    assert cols["ref_id"].tolist() == [5, 2**40, 7] and cols["flag"].tolist() == [True, False, True]
+    assert cols["f"].dtype == np.float32 and cols["small"].dtype == np.int16
+    empty = fast[2][2]
+    assert {k: v.dtype.kind for k, v in empty.items()} == {"a": "f", "b": "i", "s": "U"}
+    assert all(len(v) == 0 for v in empty.values())
+    assert fast[0][1]["CONTENT"] == "STKTEST" and fast[1][1]["EXTNAME"] == "TAB"
+    (tmp_path / "t.fits").write_text("not FITS")
+    with pytest.raises(OSError):
+        _fits.read_fits(tmp_path / "t.fits")
+
+
+@pytest.mark.parametrize("values, fmt", [
+    (np.array(["a", "bcd"]), "3A"), (np.array([b"ab", b"c"]), "2A"), (np.array([], dtype="U5"), "1A"),
+    (np.array(["", ""]), "1A"), (np.array([True]), "L"), (np.array([1], dtype=np.int8), "I"),
+    (np.array([1], dtype=np.uint8), "I"), (np.array([1], dtype=np.int16), "I"),
+    (np.array([1], dtype=np.int32), "J"), (np.array([1], dtype=np.uint32), "J"),
+    (np.array([1], dtype=np.int64), "K"), (np.array([1.0], dtype=np.float32), "E"),
+    (np.array([1.0]), "D"), (np.array([1.0], dtype=np.float16), "D"), ([1, 2], "K"),
+])
+def test_column_format_from_the_dtype(values, fmt):
+    from stk_astrometry.formats._fits import column_format
+
+    assert column_format(values) == fmt
+    assert column_format(values, "16A") == "16A"
+
+
+def test_header_value_of_numpy_scalars_and_nan():
+    from stk_astrometry.formats._fits import header_value
+
+    for x, want in ((np.float32(1.5), 1.5), (np.nan, None), (float("inf"), None),
+                    (np.int16(3), 3), (np.bool_(True), True), ("s", "s"), (None, None), (7, 7)):
+        got = header_value(x)
+        assert got == want and type(got) is type(want), x
+
+
+def test_table_hdu_of_columns_units_formats_and_no_rows():
+    from stk_astrometry.formats._fits import table_hdu
+
+    hdu = table_hdu("T", {"a": np.array([1, 2], dtype=np.int64), "b": np.array([1.0, 2.0])},
+                    units={"b": "deg", "a": ""}, formats={"a": "J"})
+    assert hdu.name == "T" and hdu.columns["a"].format == "J" and hdu.columns["b"].format == "D"
+    assert hdu.columns["b"].unit == "deg" and hdu.columns["a"].unit is None
+    assert hdu.data["a"].tolist() == [1, 2] and hdu.data["b"].tolist() == [1.0, 2.0]
+    empty = table_hdu("E", {"a": np.zeros(0)}, nrows=0)
+    assert empty.name == "E" and len(empty.data) == 0
+    assert table_hdu("N", {"x": np.arange(3)}, nrows=3).name == "N"
+
+
+def test_copied_structural_and_column_cards_are_not_written_twice(tmp_path):
+    from stk_astrometry.formats import _fits
+
+    specs = [_fits.HduSpec(None, cards=(("SIMPLE", True, ""), ("BITPIX", 8, ""), ("NAXIS", 0, ""),
+                                        ("EXTEND", True, ""), ("OBJECT", "x", ""))),
+             _fits.HduSpec("T", {"a": np.array([1.0]), "b": np.array([2.0])}, units={"b": "deg"},
+                           column_info={"b": ("desc", "pos.eq.ra")},
+                           cards=(("TUNIT2", "deg", ""), ("TCOMM2", "desc", ""),
+                                  ("TUCD2", "pos.eq.ra", ""), ("EXTNAME", "T", ""),
+                                  ("KEEP", 1, "copied")))]
+    _fits.write_fits_fast(tmp_path / "c.fits", specs, HIST, clobber=False)
+    with fits.open(tmp_path / "c.fits") as hdul:
+        for hdu in hdul:
+            keys = [k for k in hdu.header.keys() if k not in ("HISTORY", "COMMENT")]
+            assert len(keys) == len(set(keys)), keys
+        assert hdul[0].header["OBJECT"] == "x" and hdul[1].header["KEEP"] == 1
+        assert "COMMENT" not in hdul[0].header
+
+
+@pytest.mark.parametrize("value, comment, kept", [
+    ("x" * 40, "c" * 25, True), ("x" * 40, "c" * 26, False),
+    ("ab", "c" * 47, True), ("ab", "c" * 48, False), ("x" * 18, "c" * 47, True),
+    ("x" * 19, "c" * 47, False),
+])
+def test_long_string_drops_its_comment_only_when_it_would_be_cut(value, comment, kept):
+    from stk_astrometry.formats._fits import set_keywords
+
+    h = fits.Header()
+    set_keywords(h, [("KEY", value, comment)])
+    assert h["KEY"] == value and h.comments["KEY"] == (comment if kept else "")
+    h2 = fits.Header()
+    set_keywords(h2, [("KEY", value, comment)], drop_long_comments=False)
+    assert h2.comments["KEY"].startswith(comment[:10])
+
+
+@pytest.mark.parametrize("name, value, comment", [
+    ("EIGHTCHR", 1.5, "c"), ("EIGHTCHR", 12, ""), ("NINECHARS", 2.5, "c" * 50),
+    ("NINECHARS", 2.5, "c" * 53), ("NINECHARS", 2.5, "c" * 54), ("K", "x" * 68, ""),
+    ("K", "x" * 69, ""), ("NINECHARS", True, ""),
+])
+def test_format_card_at_the_hierarch_and_continue_boundaries(name, value, comment):
+    import warnings
+
+    from astropy.io.fits import Card
+
+    from stk_astrometry.formats._fits import _as_card, format_card
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        want = _as_card(name, value, comment).image if len(name) > 8 else Card(name, value, comment).image
+        assert format_card(name, value, comment) == want
+        assert format_card(name, value) == format_card(name, value, "")
+
+
+def test_fast_writer_expands_at_lists_and_says_what_it_wrote(tmp_path, caplog):
+    from stk_astrometry.formats import _fits
+
+    lis = tmp_path / "in.lis"
+    lis.write_text("a.fits\nb.fits\n")
+    hist = _Run("stk_test", {"infile": f"@{lis}"})
+    specs = [_fits.HduSpec(None), _fits.HduSpec("T", {"a": np.array([1.0])})]
+    with caplog.at_level("INFO", logger="stk_astrometry.fitsutil"):
+        _fits.write_fits_fast(tmp_path / "s.fits", specs, hist, clobber=False)
+    assert [r.getMessage() for r in caplog.records if r.name == "stk_astrometry.fitsutil"] == \
+        [f"Wrote {tmp_path / 's.fits'}"]
+    with fits.open(tmp_path / "s.fits") as hdul:
+        for hdu in hdul:
+            kinds = [str(v)[1:5] for v in hdu.header["HISTORY"]]
+            assert kinds.count("STCK") == 2, kinds
+
+
+def test_fast_writer_vector_columns_and_its_own_stamps(tmp_path):
+    from stk_astrometry.formats import _fits
+
+    vec = np.arange(6.0).reshape(3, 2)
+    specs = [_fits.HduSpec(None), _fits.HduSpec("T", {"v": vec, "n": np.array([1, 2, 3])})]
+    _fits.write_fits_fast(tmp_path / "v.fits", specs, HIST, clobber=False)
+    with fits.open(tmp_path / "v.fits") as hdul:
+        assert hdul["T"].columns["v"].format == "2D"
+        assert hdul["T"].data["v"].tolist() == vec.tolist()
+    raw = (tmp_path / "v.fits").read_bytes()
+    cards = [raw[i:i + 8] for i in range(0, len(raw), 80)]
+    assert cards.count(b"CREATOR ") == 2 and cards.count(b"DATE    ") == 2
+
+
+def test_header_keywords_keep_a_hierarch_keyword_and_drop_blank_cards():
+    from stk_astrometry.formats._fits import extra_cards, header_keywords
+
+    h = fits.Header()
+    h["SHORT"] = 1
+    h.append(fits.Card("HIERARCH LONGER_NAME", 2.5, "c"))
+    h.append(fits.Card("", "", ""), useblanks=False, bottom=True)
+    h["DTYPE1"] = "DEC_STACK"
+    h["DVAL1"] = -5.0
+    h.append(fits.Card("HIERARCH DEC_STACK", -5.0))
+    assert header_keywords(h) == (("SHORT", 1, ""), ("LONGER_NAME", 2.5, "c"),
+                                  ("DEC_STACK", -5.0, ""))
+    assert [c[0] for c in extra_cards(h)] == ["SHORT", "LONGER_NAME", "DTYPE1", "DVAL1",
+                                              "DEC_STACK"]
+
+
+def _plain_specs_of_every_kind():
+    """_specs_of_every_kind without the column texts cfitsio writes its own way."""
+    import dataclasses
+
+    specs = _specs_of_every_kind()
+    info = dict(specs[1].column_info, small=("quoted", ""))
+    return [specs[0], dataclasses.replace(specs[1], column_info=info), specs[2]]
+
+
+def _cards_with_stamps_masked(path):
+    raw = path.read_bytes()
+    cards = [raw[i:i + 80] for i in range(0, len(raw), 80)]
+    # cfitsio stamps its checksum cards with its own clock; the checksum follows the stamp
+    return [c[:10] if c.startswith((b"CHECKSUM=", b"DATASUM =")) and b"updated" in c
+            else c for c in cards], cards
+
+
+def test_serialised_file_is_byte_for_byte_what_fitsio_writes(tmp_path, monkeypatch):
+    """write_fits_fast serialises the file itself (issue 11): the same bytes as the cfitsio
+    path, every card and the data, checksums that verify; the DATASUM cards as cfitsio writes
+    them (its '         0' placeholder without data, else the number)."""
+    import warnings
+
+    from stk_astrometry import fitsutil
+    from stk_astrometry.formats import _fits
+
+    monkeypatch.setattr(fitsutil, "utc_now", lambda: "2026-01-02T03:04:05")
+    hist = _Run("stk_test", {"infile": "x.fits", "outfile": "/a/" + "y" * 70, "clobber": True})
+    specs = _plain_specs_of_every_kind()
+    assert all(map(_fits._serializable, specs))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _fits.write_fits_fast(tmp_path / "own.fits", specs, hist, clobber=False)
+        monkeypatch.setattr(_fits, "_serializable", lambda spec: False)
+        _fits.write_fits_fast(tmp_path / "cfitsio.fits", specs, hist, clobber=False)
+    own, own_raw = _cards_with_stamps_masked(tmp_path / "own.fits")
+    ref, ref_raw = _cards_with_stamps_masked(tmp_path / "cfitsio.fits")
+    assert own == ref
+    sums = [c for c in own_raw if c.startswith(b"DATASUM =")]
+    assert sums[0][10:22] == b"'         0'" and sums[2][10:22] == b"'         0'"
+    assert sums[1][10:22] == [c for c in ref_raw if c.startswith(b"DATASUM =")][1][10:22]
+    assert [c for c in own_raw if c.startswith(b"CHECKSUM=")][0].endswith(
+        b"/ HDU checksum updated 2026-01-02T03:04:05       ")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")      # a checksum that does not verify warns
+        with fits.open(tmp_path / "own.fits", checksum=True) as hdul:
+            assert [len(h.data) for h in hdul[1:]] == [3, 0]
+
+
+def test_column_texts_cfitsio_writes_its_own_way_go_through_fitsio(tmp_path, monkeypatch):
+    from stk_astrometry.formats import _fits
+
+    assert not _fits._serializable(_specs_of_every_kind()[1])      # "it's quoted"
+    for text in ("", "x" * 65, "a\tb", "caf\u00e9"):
+        assert not _fits._plain_text(text)
+    assert _fits._plain_text("x" * 64) and _fits._plain_text("pos.eq.ra;meta.main")
+    calls = []
+    monkeypatch.setattr(_fits, "_write_one", lambda *a: calls.append(a[1].name))
+    _fits.write_fits_fast(tmp_path / "f.fits", _specs_of_every_kind(), HIST, clobber=False)
+    assert calls == [None, "TAB", "EMPTY"]
+
+
+def test_checksum_encoding_of_known_sums():
+    # the FITS checksum convention: an HDU whose sum is 0xFFFFFFFF (negative zero) encodes
+    # as all '0'; the encoding of the sum's complement avoids the punctuation between digits
+    # and letters, and decodes (ones' complement sum of the characters) to that complement
+    from stk_astrometry.formats._fits import _CHECKSUM_AVOID, _encode_checksum, _ones_complement_sum
+
+    assert _encode_checksum(0xFFFFFFFF) == b"0" * 16
+    rng = np.random.default_rng(20261205)
+    for total in [0, 1, 0x7FFFFFFF, 0xFFFFFFFE, *rng.integers(0, 2**32, 50).tolist()]:
+        text = _encode_checksum(total)
+        assert len(text) == 16 and not set(text) & _CHECKSUM_AVOID and text.isalnum()
+        # 16 characters less 0x30 each, rotated back: their sum is the complement
+        words = np.frombuffer(bytes(c - 0x30 for c in text[1:] + text[:1]), ">u4")
+        assert _ones_complement_sum(words.tobytes()) == 0xFFFFFFFF - total
+    assert _ones_complement_sum(b"\xff\xff\xff\xff" * 2) == 0xFFFFFFFF
+    assert _ones_complement_sum(b"\x80\x00\x00\x00" * 2, 5) == 6
