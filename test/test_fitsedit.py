@@ -643,6 +643,7 @@ def test_checksummed_header_is_valid_and_sized_as_asked(tmp_path):
 @pytest.mark.parametrize("card, start, end", [
     ("KEY     = 'abc'  / c", 11, 15), ("KEY     = 'it''s' / c", 11, 17),
     ("KEY     = ''''", 11, 14), ("KEY     = 'open", 11, -1), ("KEY     = 'a''", 11, -1),
+    ("'", 0, 1),                 # the closing quote at the very first character
 ])
 def test_quote_end_skips_escaped_quotes(card, start, end):
     assert fitsedit._quote_end(card, start) == end
@@ -707,3 +708,582 @@ def test_copy_file_copies_every_byte(tmp_path, size):
         assert tmp.read_bytes() == src.read_bytes()
     finally:
         fitsedit.discard_temp(tmp)
+
+
+# --------------------------------------------------------------------------- what a file is (2)
+
+
+@pytest.mark.parametrize("card, why", [
+    ("SIMPLE  =                    T/ conforms to FITS", "a comment right after the value"),
+    ("SIMPLE  = T", "free format"),
+])
+def test_fits_start_is_recognised_plain_and_gzipped(tmp_path, card, why):
+    import gzip
+
+    head = _card(card) + _fits_bytes(1)[80:]
+    plain = tmp_path / "p.fits"
+    plain.write_bytes(head)
+    packed = tmp_path / "p.fits.gz"
+    packed.write_bytes(gzip.compress(head))
+    assert fitsedit.is_fits_file(plain), why
+    assert fitsedit.is_gzip_fits(packed), why
+
+
+def test_sniffing_a_file_reads_only_its_first_bytes(tmp_path, monkeypatch):
+    # a 1 GB event file is recognised by its first card, not read whole
+    import builtins
+
+    sizes = []
+
+    class Spy:
+        def __init__(self, fh):
+            self.fh = fh
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.fh.close()
+
+        def read(self, n=-1):
+            sizes.append(n)
+            return self.fh.read(n)
+
+    monkeypatch.setattr(fitsedit, "open", lambda *a, **k: Spy(builtins.open(*a, **k)),
+                        raising=False)
+    p = tmp_path / "big.jpg"
+    p.write_bytes(b"\xff\xd8\xff\xe0" + b"\0" * 10000)
+    assert fitsedit.is_jpeg_file(p) and not fitsedit.is_fits_file(p)
+    assert not fitsedit.is_gzip_fits(p)
+    assert sizes and all(isinstance(n, int) and 0 < n <= 80 for n in sizes), sizes
+
+
+# --------------------------------------------------------------------------- data units (2)
+
+
+@pytest.mark.parametrize("cards, size, why", [
+    (dict(NAXIS1=100, NAXIS2=2, BITPIX=8), 0, "no NAXIS: no data unit, whatever NAXISn say"),
+    (dict(NAXIS=2, NAXIS1=10, BITPIX=8), 0, "a missing NAXISn is a zero axis"),
+    (dict(NAXIS=1, NAXIS1=0, BITPIX=8, GROUPS=True, PCOUNT=0, GCOUNT=1), 0,
+     "random groups without group axes or parameters"),
+])
+def test_data_size_of_incomplete_headers(cards, size, why):
+    h = fits.Header()
+    for k, v in cards.items():
+        h[k] = v
+    assert fitsedit.data_size_bytes(h) == size, why
+
+
+def _two_hdus(tmp_path, primary_cards=()):
+    import numpy as np
+
+    hdul = fits.HDUList([fits.PrimaryHDU(data=np.zeros(700, dtype="i4")),
+                         fits.BinTableHDU.from_columns([fits.Column("a", "D", array=[1.0] * 400)])])
+    for k, v in primary_cards:
+        hdul[0].header[k] = v
+    hdul.writeto(tmp_path / "g.fits")
+    return tmp_path / "g.fits"
+
+
+def test_scan_refuses_a_trailing_block_that_is_neither_padding_nor_an_hdu(tmp_path):
+    from stk_astrometry.errors import FormatError
+
+    path = _two_hdus(tmp_path)
+    end = path.stat().st_size
+    with open(path, "ab") as fh:
+        fh.write(b"X" * BLOCK)
+    with pytest.raises(FormatError, match=rf"expected XTENSION at byte {end}, found b'XXXXXXXX'$"):
+        fitsedit.scan_fits(path)
+
+
+def test_scan_finds_the_end_card_only_at_a_card_boundary(tmp_path):
+    # 'END     ' inside a card's text is not the END card: the header goes on
+    cards = [("NOTE", "END     inside a value, in the first block")]
+    cards += [(f"K{i:02d}", i) for i in range(40)]          # END in the second block
+    path = _two_hdus(tmp_path, cards)
+    lays = fitsedit.scan_fits(path)
+    assert lays[0].header_size == 2 * BLOCK and lays[0].header["K39"] == 39
+    assert lays[1].header_offset == lays[0].end_offset
+
+
+def test_scan_names_the_file_and_byte_of_a_non_ascii_header(tmp_path):
+    from stk_astrometry.errors import FormatError
+
+    path = _two_hdus(tmp_path)
+    lays = fitsedit.scan_fits(path)
+    raw = bytearray(path.read_bytes())
+    at = lays[1].header_offset + raw[lays[1].header_offset:].index(b"TTYPE1  = 'a")
+    raw[at + 11] = 0xE9
+    path.write_bytes(bytes(raw))
+    with pytest.raises(FormatError, match=rf"^{path}: unreadable FITS header at byte "
+                                          rf"{lays[1].header_offset}: "):
+        fitsedit.scan_fits(path)
+
+
+# --------------------------------------------------------------------------- serialisation (2)
+
+
+@pytest.mark.parametrize("nkeys, blank, nblocks", [
+    (35, False, 1),          # 35 cards and END fill one block
+    (35, True, 1),           # a trailing blank card is padding, not a card
+    (36, False, 2),          # END does not fit after 36 cards
+])
+def test_serialized_header_takes_the_fewest_blocks_that_hold_cards_and_end(nkeys, blank, nblocks):
+    h = fits.Header([(f"K{i:02d}", i) for i in range(nkeys)])
+    if blank:
+        h.append(fits.Card("", "", ""), useblanks=False, bottom=True)
+    for header in (h, fitsedit.parse_header(h.tostring(endcard=False, padding=False))):
+        raw = fitsedit.serialize_header(header)
+        assert len(raw) == nblocks * BLOCK
+        assert raw[:nkeys * 80] == h.tostring(endcard=False, padding=False).encode()[:nkeys * 80]
+        assert raw[-80:] == b"END".ljust(80) and raw[nkeys * 80:-80].strip() == b""
+
+
+# --------------------------------------------------------------------------- card header (2)
+
+
+def _astropy_and_card(cards):
+    a = fits.Header()
+    for c in cards:
+        a.append(fits.Card(*c), useblanks=False, bottom=True)
+    return a, fitsedit.parse_header(a.tostring(endcard=False, padding=False))
+
+
+@pytest.mark.parametrize("cards, edit", [
+    # HISTORY after the last HISTORY card, before the keyword cards that follow it
+    ([("A", 1, "a"), ("HISTORY", "h1"), ("B", 2), ("C", 3), ("D", 4)],
+     lambda h: h.add_history("h2")),
+    ([("HISTORY", "h1"), ("A", 1)], lambda h: h.add_history("h2")),
+    ([], lambda h: h.add_history("first")),
+    # item assignment of HISTORY / COMMENT adds a card after the last of its kind
+    ([("A", 1, "a"), ("COMMENT", "c1"), ("B", 2), ("HISTORY", "h1"), ("C", 3)],
+     lambda h: (h.__setitem__("COMMENT", "c2"), h.__setitem__("HISTORY", "h2"))),
+    ([("A", 1, "a"), ("COMMENT", "c1"), ("B", 2)], lambda h: h.__setitem__("comment", "c2")),
+    # a keyword card goes before a trailing block of commentary cards
+    ([("COMMENT", "c1"), ("COMMENT", "c2")], lambda h: h.append(("KEY", 1))),
+    ([("A", 1), ("COMMENT", "c1"), ("HISTORY", "h1")], lambda h: h.append(("KEY", 1, "k"))),
+])
+def test_card_header_places_commentary_cards_as_astropy_does(cards, edit):
+    a, c = _astropy_and_card(cards)
+    edit(a)
+    edit(c)
+    assert fitsedit.serialize_header(c) == fitsedit.serialize_header(a)
+
+
+def test_card_header_other_edits_as_astropy_does():
+    a, c = _astropy_and_card([("A", 1, "first"), ("B", "x", "second"), ("COMMENT", "c")])
+    for h in (a, c):
+        h["A"] = (7,)                       # a 1-tuple keeps the comment
+        h["NEW"] = (5,)
+        h.insert(1, ("PAIR", 3))            # (keyword, value): no comment
+        h.insert(2, fits.Card("ACARD", 2.5, "an astropy card"))
+        h.comments["B"] = "changed"
+    assert fitsedit.serialize_header(c) == fitsedit.serialize_header(a)
+    assert list(c) == list(a) and c.index("ACARD") == a.index("ACARD") == 2
+    assert c.comments["ACARD"] == "an astropy card" and c.comments["PAIR"] == ""
+    copy = c.copy()
+    assert fitsedit.serialize_header(copy) == fitsedit.serialize_header(a)
+    # lookups see every edit
+    del c["B"]
+    assert "B" not in c and c.get("NEW") == 5 and c.index("NEW") == a.index("NEW") - 1
+    c.insert(0, ("FIRST", 1))
+    assert c.index("FIRST") == 0 and c["ACARD"] == 2.5 and c.get("A") == 7
+
+
+def test_card_header_tostring_as_astropy():
+    a, c = _astropy_and_card([("A", 1, "a"), ("HISTORY", "h")])
+    assert c.tostring() == a.tostring(endcard=False, padding=False)
+    assert c.tostring(sep="\n", endcard=True) == a.tostring(sep="\n", endcard=True, padding=False)
+    assert c.tostring(endcard=True).endswith("END".ljust(80))
+
+
+def test_parse_header_takes_whole_cards_up_to_end():
+    text = "".join(_card(t).decode() for t in ("A       =                    1",
+                                                 "B       =                    2"))
+    assert list(fitsedit.parse_header(text + "C       =   ")) == ["A", "B"]   # partial card
+    assert list(fitsedit.parse_header(text)) == ["A", "B"]                   # no END card
+    h = fits.Header()
+    h["HIERARCH ESO DET CHIP"] = 3                      # a HIERARCH card
+    parsed = fitsedit.parse_header(h.tostring())
+    assert isinstance(parsed, fits.Header) and parsed["ESO DET CHIP"] == 3
+
+
+# --------------------------------------------------------------------------- checksums (2)
+
+
+def test_ones_complement_sum_folds_the_carry_back_in():
+    assert fitsedit.ones_complement_sum(b"\xff\xff\xff\xff\x00\x00\x00\x01") == 1
+    assert fitsedit.ones_complement_sum(b"\x80\x00\x00\x00\x80\x00\x00\x00") == 1
+    assert fitsedit.ones_complement_sum(b"\x00\x00\x00\x02", 0xFFFFFFFF) == 2
+
+
+@pytest.mark.parametrize("chunk", [4, 5, 6, 7, 100, 1 << 24])
+def test_datasum_of_a_range_in_any_chunk_size(tmp_path, chunk):
+    import numpy as np
+
+    data = np.random.default_rng(3).integers(0, 256, 4 * BLOCK, dtype=np.uint8).tobytes()
+    path = tmp_path / "d.bin"
+    path.write_bytes(data)
+    want = fitsedit.ones_complement_sum(data[BLOCK:3 * BLOCK])
+    assert fitsedit.datasum_of_range(path, BLOCK, 2 * BLOCK, chunk=chunk) == want
+
+
+def test_checksum_without_datasum_is_not_trusted():
+    h = fits.Header([("SIMPLE", True), ("CHECKSUM", "0" * 16)])
+    raw = fitsedit.serialize_header(h)
+    assert fitsedit.header_checksum_ok(raw, h) is None
+    assert fitsedit.header_checksum_ok(raw, fitsedit.parse_header(raw.decode())) is None
+
+
+def test_checksum_cards_carry_their_comments_and_a_quoted_card_is_left_alone(tmp_path):
+    h = fits.Header([("SIMPLE", True), ("BITPIX", 8), ("NAXIS", 0),
+                     ("HISTORY", "CHECKSUM= '0000000000000000' was the old value"), ("K", 1)])
+    raw = fitsedit.checksummed_header_bytes(h, 0)
+    assert b"HISTORY CHECKSUM= '0000000000000000' was the old value" in raw
+    assert h.comments["DATASUM"] == "data unit checksum"
+    assert h.comments["CHECKSUM"] == "HDU checksum"
+    assert fitsedit.header_checksum_ok(raw, h) == 0
+    (tmp_path / "c.fits").write_bytes(raw)
+    with fits.open(tmp_path / "c.fits", checksum=True) as hdul:   # warns on a bad sum
+        assert hdul[0].header["CHECKSUM"] == h["CHECKSUM"]
+
+
+# --------------------------------------------------------------------------- journal (2)
+
+
+def test_journal_header_names_the_file_as_it_was(tmp_path):
+    # what a person inspecting a left-over journal needs: which file, and its state then
+    path = tmp_path / "a.fits"
+    path.write_bytes(_fits_bytes())
+    st = path.stat()
+    jpath = fitsedit._write_journal(path, _patches(path))
+    meta = json.loads(jpath.read_bytes()[len(fitsedit._JOURNAL_MAGIC):].split(b"\n", 1)[0])
+    assert meta["file"] == "a.fits" and meta["size"] == st.st_size
+    assert (meta["dev"], meta["ino"], meta["mtime_ns"]) == (st.st_dev, st.st_ino, st.st_mtime_ns)
+
+
+def _rewrite_meta(raw, edit):
+    magic = fitsedit._JOURNAL_MAGIC
+    line, _, blob = raw[len(magic):].partition(b"\n")
+    meta = json.loads(line)
+    edit(meta)
+    return magic + json.dumps(meta).encode() + b"\n" + blob
+
+
+@pytest.mark.parametrize("edit", [
+    lambda m: m.update(size=True),
+    lambda m: m.update(size=None),
+    lambda m: m["patches"].__setitem__(0, [-1, 40]),
+    lambda m: m["patches"].__setitem__(0, [100, 40, 1]),
+    lambda m: m["patches"].__setitem__(0, ["100", 40]),
+    lambda m: m["patches"].__setitem__(0, [True, 40]),
+    lambda m: m["patches"].__setitem__(0, {"offset": 100}),
+], ids=["size-bool", "size-missing", "negative", "three", "string", "bool", "not-a-pair"])
+def test_journal_with_a_malformed_patch_list_is_refused_and_kept(tmp_path, edit):
+    path = tmp_path / "a.fits"
+    path.write_bytes(_fits_bytes())
+    _interrupted(path, _patches(path), written=1)
+    jpath = fitsedit.journal_path(path)
+    jpath.write_bytes(_rewrite_meta(jpath.read_bytes(), edit))
+    before = path.read_bytes()
+    with pytest.raises(ProductError, match="lacks the file size or the patch list") as exc:
+        fitsedit.recover(path)
+    assert "a journal is the repair data of an interrupted update: inspect it (or restore the " \
+           "file from a copy) before removing it" in str(exc.value)
+    assert path.read_bytes() == before and jpath.exists()
+
+
+def test_patch_at_the_first_byte_is_journaled_and_rolled_back(tmp_path):
+    path = tmp_path / "a.fits"
+    path.write_bytes(_fits_bytes())
+    old = path.read_bytes()
+    patches = [fitsedit.Patch(0, old[:8], b"XIMPLE  "), fitsedit.Patch(200, old[200:204], b"abcd")]
+    _interrupted(path, patches, written=1)
+    assert fitsedit.recover(path) == "interrupted update rolled back to the old version"
+    assert path.read_bytes() == old
+
+
+def test_recover_notes_a_file_moved_since_and_refusal_says_what_to_do(tmp_path):
+    path = tmp_path / "a.fits"
+    path.write_bytes(_fits_bytes())
+    old = path.read_bytes()
+    _interrupted(path, _patches(path), written=1)
+    jpath = fitsedit.journal_path(path)
+    meta = json.loads(jpath.read_bytes()[len(fitsedit._JOURNAL_MAGIC):].split(b"\n", 1)[0])
+    copy = tmp_path / "copy"                  # restored from a copy: a new inode
+    copy.write_bytes(path.read_bytes())
+    os.replace(copy, path)
+    st = path.stat()
+    assert st.st_ino != meta["ino"]
+    assert fitsedit.recover(path) == (
+        "interrupted update rolled back to the old version (the file's device/inode "
+        f"{st.st_dev}/{st.st_ino} differ from the journal's {meta['dev']}/{meta['ino']}: taken "
+        "as the same file moved, copied or remounted, its bytes matching the journal)")
+    assert path.read_bytes() == old
+    _interrupted(path, _patches(path), written=1)
+    with open(path, "ab") as fh:
+        fh.write(b"\0" * BLOCK)
+    with pytest.raises(ProductError) as exc:
+        fitsedit.recover(path)
+    assert str(exc.value).endswith(
+        "the file was changed since; neither rolled back nor touched - inspect the file and the "
+        "journal (it holds the old and new bytes of every patched range) before deciding what to "
+        "keep")
+
+
+# --------------------------------------------------------------------------- patching (2)
+
+
+def test_short_writes_are_continued_until_each_patch_is_written(tmp_path, monkeypatch):
+    path = tmp_path / "a.fits"
+    path.write_bytes(_fits_bytes())
+    want = bytearray(path.read_bytes())
+    patches = _patches(path)
+    for p in patches:
+        want[p.offset:p.offset + len(p.new)] = p.new
+    real = os.pwrite
+    monkeypatch.setattr(os, "pwrite", lambda fd, data, offset: real(fd, bytes(data[:7]), offset))
+    fitsedit.patch_in_place(path, patches)
+    assert path.read_bytes() == bytes(want)
+
+
+def test_patch_without_journal_writes_none_and_skips_the_fault_hook(tmp_path, monkeypatch):
+    import time
+
+    path = tmp_path / "a.fits"
+    path.write_bytes(_fits_bytes())
+    rec = Recorder(monkeypatch)
+    slept = []
+    monkeypatch.setattr(time, "sleep", slept.append)
+    monkeypatch.setenv(fitsedit.FAULT_ENV, "journal:0")
+    fitsedit.patch_in_place(path, _patches(path), journal=False)
+    assert not [c for c in rec.calls if c[0] in ("replace", "unlink")], rec.calls
+    assert slept == [] and path.read_bytes()[100:140] == b"Z" * 40
+
+
+def test_fault_hook_runs_inside_the_journal_window(tmp_path, monkeypatch):
+    import time
+
+    path = tmp_path / "a.fits"
+    path.write_bytes(_fits_bytes())
+    old = path.read_bytes()
+    seen = []
+    monkeypatch.setattr(time, "sleep", lambda s: seen.append(
+        (s, fitsedit.journal_path(path).exists(), path.read_bytes())))
+    monkeypatch.setenv(fitsedit.FAULT_ENV, "patch:0")
+    fitsedit.patch_in_place(path, _patches(path))
+    [(secs, journal, mid)] = seen
+    assert secs == 0.0 and journal
+    assert mid[100:140] == b"Z" * 40 and mid[BLOCK + 7:BLOCK + 17] == old[BLOCK + 7:BLOCK + 17]
+    assert path.read_bytes()[BLOCK + 7:BLOCK + 17] == b"Y" * 10
+
+
+def test_failed_patch_keeps_the_journal_and_says_the_next_run_rolls_back(tmp_path, monkeypatch):
+    import errno
+
+    from stk_astrometry.errors import OutputError
+
+    path = tmp_path / "a.fits"
+    path.write_bytes(_fits_bytes())
+    old = path.read_bytes()
+
+    def full(*_a):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "pwrite", full)
+    with pytest.raises(OutputError) as exc:
+        fitsedit.patch_in_place(path, _patches(path))
+    jpath = fitsedit.journal_path(path)
+    assert str(exc.value) == (f"cannot write {path}: No space left on device; its journal "
+                              f"{jpath.name} is kept: the next run on this file rolls the "
+                              "partial update back")
+    monkeypatch.undo()
+    assert jpath.exists()
+    assert fitsedit.recover(path) == "interrupted update rolled back to the old version"
+    assert path.read_bytes() == old
+
+
+def test_failed_read_before_the_journal_is_one_output_error(tmp_path, monkeypatch):
+    import errno
+
+    from stk_astrometry.errors import OutputError
+
+    path = tmp_path / "a.fits"
+    path.write_bytes(_fits_bytes())
+    old = path.read_bytes()
+
+    def eio(*_a):
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    monkeypatch.setattr(os, "pread", eio)
+    with pytest.raises(OutputError, match=rf"^cannot write {path}: Input/output error$"):
+        fitsedit.patch_in_place(path, _patches(path))
+    assert path.read_bytes() == old and not fitsedit.journal_path(path).exists()
+
+
+# --------------------------------------------------------------------------- copies (2)
+
+
+def _spy_copy_calls(monkeypatch):
+    calls = {"cfr": [], "fadvise": []}
+    real_cfr, real_fadv = os.copy_file_range, os.posix_fadvise
+
+    def cfr(src, dst, count, offset_src=None, offset_dst=None):
+        calls["cfr"].append((count, offset_src))
+        return real_cfr(src, dst, count, offset_src, offset_dst)
+
+    def fadvise(fd, offset, length, advice):
+        calls["fadvise"].append((offset, length, advice))
+        return real_fadv(fd, offset, length, advice)
+
+    monkeypatch.setattr(os, "copy_file_range", cfr)
+    monkeypatch.setattr(os, "posix_fadvise", fadvise)
+    return calls
+
+
+def test_ranges_are_copied_in_kernel_from_their_offsets(tmp_path, monkeypatch):
+    src = tmp_path / "a.fits"
+    src.write_bytes(_fits_bytes(nblocks=10))
+    want = src.read_bytes()
+    calls = _spy_copy_calls(monkeypatch)
+    monkeypatch.setattr(fitsedit, "_COPY_CHUNK", BLOCK * 3)
+    dest = tmp_path / "b.fits"
+    fitsedit.rewrite_file(src, dest, [(BLOCK * 5, BLOCK * 5), b"Q" * 10, (BLOCK, BLOCK * 2)])
+    assert dest.read_bytes() == want[BLOCK * 5:] + b"Q" * 10 + want[BLOCK:BLOCK * 3]
+    assert calls["cfr"] == [(BLOCK * 3, BLOCK * 5), (BLOCK * 2, BLOCK * 8), (BLOCK * 2, BLOCK)]
+
+
+@pytest.mark.parametrize("cfr", [True, False])
+def test_write_back_of_every_copied_chunk_is_started_at_once(tmp_path, monkeypatch, cfr):
+    src = tmp_path / "a.fits"
+    src.write_bytes(_fits_bytes(nblocks=8))
+    calls = _spy_copy_calls(monkeypatch)
+    if not cfr:
+        monkeypatch.delattr(os, "copy_file_range")
+    monkeypatch.setattr(fitsedit, "_COPY_CHUNK", BLOCK * 3)
+    fitsedit.rewrite_file(src, tmp_path / "b.fits", [b"H" * 100, (0, BLOCK * 8)])
+    assert calls["fadvise"] == [(100, BLOCK * 3, os.POSIX_FADV_DONTNEED),
+                                (100 + BLOCK * 3, BLOCK * 3, os.POSIX_FADV_DONTNEED),
+                                (100 + BLOCK * 6, BLOCK * 2, os.POSIX_FADV_DONTNEED)]
+    calls["fadvise"].clear()
+    monkeypatch.setattr(fitsedit, "_START_WRITEBACK", False)
+    fitsedit.rewrite_file(src, tmp_path / "c.fits", [(0, BLOCK * 8)])
+    assert calls["fadvise"] == []
+
+
+@pytest.mark.parametrize("how", ["copy_file_range", "missing", "failing"])
+def test_range_beyond_the_source_end_is_refused(tmp_path, monkeypatch, how):
+    from stk_astrometry.errors import FormatError
+
+    src = tmp_path / "a.fits"
+    src.write_bytes(_fits_bytes(nblocks=2))
+    if how == "missing":
+        monkeypatch.delattr(os, "copy_file_range")
+    elif how == "failing":
+        def exdev(*_a, **_k):
+            raise OSError(18, "Invalid cross-device link")
+        monkeypatch.setattr(os, "copy_file_range", exdev)
+    with pytest.raises(FormatError, match=f"source file shorter than expected at byte {2 * BLOCK}"):
+        fitsedit.rewrite_file(src, tmp_path / "b.fits", [(BLOCK, 2 * BLOCK)])
+    assert not (tmp_path / "b.fits").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["a.fits"]
+
+
+def test_rewrite_compressed_names_an_upper_case_product_and_copies_every_byte(tmp_path):
+    import gzip
+
+    src = tmp_path / "src.bin"
+    src.write_bytes(bytes(range(256)))
+    dest = tmp_path / "P_EVT3.FITS.GZ"
+    fitsedit.rewrite_file(src, dest, [(7, 1), b"-", (0, 3)], compress=True)
+    raw = dest.read_bytes()
+    assert raw[10:raw.index(b"\0", 10)] == b"P_EVT3.FITS"
+    assert gzip.decompress(raw) == b"\x07-\x00\x01\x02"
+
+
+def test_rewrite_compressed_is_gzip_level_6_on_text_like_data(tmp_path):
+    import zlib
+
+    import numpy as np
+
+    data = " ".join(str(x) for x in np.random.default_rng(1).poisson(30, 20000)).encode()
+    c6, c9 = (zlib.compressobj(level, zlib.DEFLATED, -15) for level in (6, 9))
+    level6, level9 = c6.compress(data) + c6.flush(), c9.compress(data) + c9.flush()
+    assert level6 != level9                    # the data tells the levels apart
+    src = tmp_path / "src.txt"
+    src.write_bytes(data)
+    dest = tmp_path / "t.fits.gz"
+    fitsedit.rewrite_file(src, dest, [(0, len(data))], compress=True)
+    assert dest.read_bytes()[10 + len(b"t.fits") + 1:-8] == level6
+
+
+def _open_fds():
+    return len(os.listdir("/proc/self/fd"))
+
+
+def _locked(path):
+    import fcntl
+
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def test_temporary_copies_are_locked_until_committed_or_discarded_then_released(tmp_path):
+    import gzip
+
+    src = tmp_path / "a.fits"
+    src.write_bytes(_fits_bytes())
+    n0 = _open_fds()
+    tmp = fitsedit.copy_file(src, tmp_path / "sub" / "dir" / "b.fits")   # folders made
+    assert _locked(tmp)
+    fitsedit.commit_temp(tmp, tmp_path / "sub" / "dir" / "b.fits")
+    assert not _locked(tmp_path / "sub" / "dir" / "b.fits") and _open_fds() == n0
+    tmp = fitsedit.copy_file(src, tmp_path / "c.fits")
+    fitsedit.discard_temp(tmp)
+    fitsedit.discard_temp(tmp)                 # twice: harmless
+    assert not tmp.exists() and _open_fds() == n0
+    gz = tmp_path / "d.fits.gz"
+    gz.write_bytes(gzip.compress(src.read_bytes()))
+    tmp = fitsedit.gunzip_to_temp(gz, gz)
+    assert _locked(tmp)
+    fitsedit.discard_temp(tmp)
+    assert not tmp.exists() and _open_fds() == n0
+
+
+def test_copy_of_a_missing_source_leaves_nothing(tmp_path):
+    from stk_astrometry.errors import OutputError
+
+    n0 = _open_fds()
+    with pytest.raises(OutputError, match=r"^cannot copy .*nope\.fits to .*: No such file"):
+        fitsedit.copy_file(tmp_path / "nope.fits", tmp_path / "b.fits")
+    assert list(tmp_path.iterdir()) == [] and _open_fds() == n0
+
+
+@pytest.mark.parametrize("exc, raised", [
+    (OSError(28, "No space left on device"), "OutputError"),
+    (KeyboardInterrupt(), "KeyboardInterrupt"),
+])
+def test_gunzip_interrupted_leaves_no_temporary_file(tmp_path, monkeypatch, exc, raised):
+    import gzip
+    import shutil
+
+    gz = tmp_path / "d.fits.gz"
+    gz.write_bytes(gzip.compress(_fits_bytes()))
+    n0 = _open_fds()
+
+    def fail(*_a, **_k):
+        raise exc
+
+    monkeypatch.setattr(shutil, "copyfileobj", fail)
+    with pytest.raises(BaseException) as info:
+        fitsedit.gunzip_to_temp(gz, gz)
+    assert type(info.value).__name__ == raised
+    if raised == "OutputError":
+        assert str(info.value) == f"cannot decompress {gz} into {tmp_path}: No space left on device"
+    assert [p.name for p in tmp_path.iterdir()] == ["d.fits.gz"] and _open_fds() == n0

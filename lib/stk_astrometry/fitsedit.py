@@ -1077,12 +1077,14 @@ def copy_file(src, dest) -> Path:
         raise OutputError(f"cannot copy {src} to {dest.parent}: {exc.strerror}") from exc
     _TEMP_LOCKS[str(tmp)] = os.dup(fd)      # keeps the temp locked until commit/discard
     try:
-        src_fd = os.open(src, os.O_RDONLY)
-        try:
-            with os.fdopen(fd, "wb") as out:
+        # the temp's descriptor is owned by ``out`` first, so a source that cannot be opened
+        # does not leak it
+        with os.fdopen(fd, "wb") as out:
+            src_fd = os.open(src, os.O_RDONLY)
+            try:
                 _copy_range(src_fd, out, 0, os.fstat(src_fd).st_size)
-        finally:
-            os.close(src_fd)
+            finally:
+                os.close(src_fd)
     except OSError as exc:
         discard_temp(tmp)
         raise OutputError(f"cannot copy {src} to {dest.parent}: {exc.strerror}") from exc
