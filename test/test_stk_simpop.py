@@ -87,3 +87,37 @@ def test_refuses_a_non_empty_outdir_and_bad_regimes(camp, tmp_path, capsys):
     assert "regime_weights" in err and "ERROR" in err
     assert not (tmp_path / "x").exists()
     assert not list(tmp_path.glob(".x.*"))
+
+
+def test_the_tree_is_made_durable_before_it_is_published(tmp_path, monkeypatch):
+    """Every file of the population is made durable (one make_durable: a syncfs) in the
+    temporary tree, and only then is the tree renamed into place; clobber=yes replaces an
+    existing population the same way, leaving no temporary or old tree behind."""
+    from stk_astrometry.tools import stk_simpop
+
+    events = []
+    real_make, real_install = stk_simpop.make_durable, stk_simpop.install_tree
+
+    def make_durable(paths, **kw):
+        paths = [str(q) for q in paths]
+        events.append(("durable", paths, [str(f) for f in kw.get("folders", ())]))
+        return real_make(paths, **kw)
+
+    def install_tree(tmp, outdir):
+        events.append(("install", str(tmp)))
+        return real_install(tmp, outdir)
+
+    monkeypatch.setattr(stk_simpop, "make_durable", make_durable)
+    monkeypatch.setattr(stk_simpop, "install_tree", install_tree)
+    out = tmp_path / "pop"
+    for extra in ((), ("clobber=yes",)):
+        events.clear()
+        assert _run(out, "nstacks=3", "seed=5", *extra) == 0
+        assert [e[0] for e in events] == ["durable", "install"]
+        _, synced, folders = events[0]
+        tmp = events[1][1]
+        assert all(q.startswith(tmp) for q in synced)
+        published = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+        assert sorted(str(Path(q).relative_to(tmp)) for q in synced) == published
+        assert tmp in folders and str(Path(tmp) / "stacks") in folders
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["pop"]

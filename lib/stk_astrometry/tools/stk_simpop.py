@@ -17,7 +17,8 @@ from pathlib import Path
 
 from ..errors import OutputError, ParameterError
 from ..runner import run_tool
-from ..simfiles import check_outdir
+from ..fitsutil import make_durable
+from ..simfiles import check_outdir, install_tree, umask
 
 TOOLNAME = "stk_simpop"
 logger = logging.getLogger(__name__)
@@ -279,20 +280,13 @@ def _body(params):
 
     try:
         summaries = write_population(cfg, seed, tmp, progress=progress)
-        os.chmod(tmp, 0o777 & ~_umask())
-        old = None
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=parent))
-            os.replace(out, old / out.name)
-        try:
-            os.replace(tmp, out)
-        except OSError:
-            if old is not None:  # put the old tree back rather than leave nothing
-                os.replace(old / out.name, out)
-                shutil.rmtree(old, ignore_errors=True)
-            raise
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        # the files were written unsynced: durable together (one syncfs) before the rename,
+        # so the tree never appears without its data after a system crash
+        walked = list(os.walk(tmp))
+        make_durable([Path(d) / f for d, _, files in walked for f in files],
+                     folders=[Path(d) for d, _, _ in walked])
+        os.chmod(tmp, 0o777 & ~umask())
+        install_tree(tmp, out)
     except OSError as exc:
         raise OutputError(f"cannot write outdir={outdir}: {exc.strerror or exc}") from exc
     finally:
@@ -305,9 +299,3 @@ def _body(params):
                 "%.2f\", 90%% within %.2f\"", len(summaries), int(np.count_nonzero(k > 1)), out,
                 float(np.median(shift)), float(np.percentile(shift, 90)))
     return 0
-
-
-def _umask():
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
