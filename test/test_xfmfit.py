@@ -1083,6 +1083,52 @@ def test_single_basin_certificate_never_claims_a_stack_with_a_second_reachable_m
     assert two_minima >= 30 and claims >= 12, (claims, two_minima)
 
 
+# three stacks found by searching seeded random ones for where the certificate's bounds
+# decide (the convex square around the minimum, the third-derivative bound, the squares at
+# the bounds box): a proof on two single-basin stacks, none on one whose sublevel set reaches
+# the bounds box
+_CERT_SPREAD = dict(  # 39 pairs spread over ~10", f_scale 0.5: one basin, needs the Taylor bound
+    d_xi=[-13.865, -5.746, -8.710, -8.020, -12.873, -10.597, -7.259, 2.272, -9.162, 6.528, 4.226,
+          -1.038, -3.003, 6.138, 0.635, 4.463, -0.653, -3.576, -2.433, 2.674, 1.028, -0.792,
+          2.731, 2.722, 0.632, 0.933, 2.907, 5.147, 4.306, -0.573, -5.678, 2.224, 0.859, 3.807,
+          1.705, 4.440, 1.035, 0.095, -0.688],
+    d_eta=[-0.997, 1.633, -2.865, -1.309, 2.431, -0.923, 2.210, -1.644, 1.247, -3.246, -2.618,
+           1.582, 2.760, 4.256, 0.672, 5.622, 0.872, 3.708, 2.693, 6.485, 6.381, 0.913, 1.608,
+           -2.173, 1.747, -0.031, 4.787, 4.338, 0.621, -4.109, 0.618, -3.216, 4.626, -4.113,
+           -0.811, 5.569, 2.680, 1.266, 1.088],
+    f_scale=0.5)
+_CERT_FIVE = dict(  # five close pairs, f_scale 2: every square decided early
+    d_xi=[-0.885, -0.803, -0.299, -0.546, -0.937], d_eta=[-1.041, 0.053, -0.672, -0.048, 0.083],
+    f_scale=2.0)
+_CERT_TO_BOUND = dict(  # 13 pairs 3-11" south, f_scale 2: the sublevel set reaches the box
+    d_xi=[-5.392, -3.734, 1.864, -1.689, -0.852, 3.456, 0.855, 0.248, -2.811, -3.052, 0.991,
+          1.924, -0.818],
+    d_eta=[-10.731, -9.157, -4.981, -7.173, -3.717, -4.426, -4.983, -3.428, -6.146, -3.356,
+           -5.145, -2.856, -4.747],
+    f_scale=2.0)
+
+
+@pytest.mark.parametrize("stack, proven", [(_CERT_SPREAD, True), (_CERT_FIVE, True),
+                                           (_CERT_TO_BOUND, False)],
+                         ids=["spread-single-basin", "five-pairs", "sublevel-set-at-the-bound"])
+def test_single_basin_certificate_proves_single_basins_and_not_a_reach_to_the_bound(stack, proven):
+    d_xi, d_eta = np.asarray(stack["d_xi"]), np.asarray(stack["d_eta"])
+    w, f_scale, max_shift = np.ones(d_xi.size), stack["f_scale"], 10.0
+    p = xfmfit._polish(np.zeros(2), d_xi, d_eta, w, "cauchy", f_scale, max_shift)
+    a = w / f_scale**2
+    f0 = np.sum(np.log1p(a * (d_xi**2 + d_eta**2)))
+    edge = np.linspace(-max_shift, max_shift, 401)
+    ring = np.r_[np.c_[edge, np.full(401, -max_shift)], np.c_[edge, np.full(401, max_shift)],
+                 np.c_[np.full(401, -max_shift), edge], np.c_[np.full(401, max_shift), edge]]
+    f_ring = np.log1p(a * ((ring[:, :1] - d_xi) ** 2 + (ring[:, 1:] - d_eta) ** 2)).sum(axis=1)
+    # the truth, by brute force: one minimum in {F <= F(0)}, and that set inside the box --
+    # or reaching the box, where a descent may stop on the bound with a nonzero gradient
+    minima = _grid_minima_below_f0(d_xi, d_eta, w, f_scale, max_shift, 0.05)
+    assert np.all(np.hypot(*(minima - p).T) < 0.1)
+    assert bool(f_ring.min() > f0) is proven
+    assert xfmfit._cauchy_single_basin(p, d_xi, d_eta, w, f_scale, max_shift) is proven
+
+
 # ------------------------------------------------------------------------------ fit_translation:
 # what the result says
 
