@@ -1821,6 +1821,43 @@ def test_group_flip_jackknife_finds_every_deletion_that_changes_the_group():
     assert n_flipping >= 5           # the stacks do exercise it
 
 
+@pytest.mark.parametrize("min_group_matches", [2, 3])
+def test_group_flip_jackknife_refits_the_new_group_without_the_detection(min_group_matches):
+    """The covariance is the jackknife of the shifts: the fitted shift where leaving a
+    detection out keeps the group, else the fit from (0, 0) of the new group's pairs without
+    that detection -- recomputed here one deletion at a time with select_group and _polish."""
+    rng = np.random.default_rng(SEED + 96 + min_group_matches)
+    n_checked = 0
+    for _ in range(150):
+        pairs = _three_group_stack(rng)
+        group = select_group(pairs, n_groups=3, min_group_matches=min_group_matches).group
+        if group == 0:
+            continue
+        w = 1.0 / (pairs.err_r0 * pairs.err_r1)
+        shift = (0.05, -0.02)
+        cov, n_flips = xfmfit._group_flip_jackknife(
+            pairs, w, group, shift, n_groups=3, min_group_matches=min_group_matches,
+            loss="cauchy", f_scale=1.0, max_shift=5.0)
+        thetas = []
+        for j in np.unique(pairs.region_id):
+            keep = pairs.region_id != j
+            new = select_group(pairs.subset(keep), n_groups=3,
+                               min_group_matches=min_group_matches).group
+            if new in (0, group):
+                thetas.append(shift)
+                continue
+            sel = keep & (np.asarray(pairs.group) == new)
+            thetas.append(xfmfit._polish(np.zeros(2), pairs.d_xi[sel], pairs.d_eta[sel], w[sel],
+                                         "cauchy", 1.0, 5.0))
+        if n_flips == 0:
+            assert cov is None
+            continue
+        np.testing.assert_allclose(cov, xfmfit._jackknife_cov(np.array(thetas)), rtol=1e-6,
+                                   atol=1e-12)
+        n_checked += 1
+    assert n_checked >= 3, n_checked
+
+
 def _tie_prone_stack(rng):
     """A few pairs in two or three groups, where sigma ties are the rule: groups of one pair
     (sigma exactly 0 in select_group), repeated offsets, offsets at very different scales."""
