@@ -1985,6 +1985,41 @@ def test_from_ten_detections_no_within_group_jackknife(m):
     assert fit.error_source == "scatter"
 
 
+@pytest.mark.parametrize("m, source", [(9, "jackknife"), (10, "scatter")])
+def test_the_within_group_jackknife_stops_at_ten_detections(m, source):
+    # a bright pair 0.2" from the others carries the fit: below ten detections the sigma is
+    # raised to the delete-one-detection jackknife's (~0.25"), from ten the bootstrap's stands
+    rng = np.random.default_rng(SEED + 94)
+    dx = np.r_[rng.normal(0, 0.4, m - 1), 0.2]
+    dy = np.r_[rng.normal(0, 0.4, m - 1), 0.0]
+    r = np.r_[np.full(m - 1, 1.0), 0.01]
+    zeros = np.zeros(m)
+    fit = fit_translation(zeros, zeros, dx, dy, 1 / (r * r), var_1sigma=(r / R95_PER_SIGMA) ** 2)
+    assert fit.error_source == source
+    assert (np.hypot(fit.d_xi_err, fit.d_eta_err) > 0.1) == (source == "jackknife")
+
+
+def test_the_within_group_jackknife_leaves_out_a_detection_with_all_its_pairs():
+    """Six detections of two candidate pairs each, one bright: each jackknife refit leaves
+    out both pairs of one detection, and the reported covariance is raised to exactly that
+    jackknife (tr(cov^-1 jack) = 2)."""
+    rng = np.random.default_rng(SEED + 94)
+    dx = np.repeat(np.r_[rng.normal(0, 0.4, 5), 0.8], 2)
+    dy = np.repeat(np.r_[rng.normal(0, 0.4, 5), 0.0], 2)
+    r = np.repeat(np.r_[np.full(5, 1.0), 0.01], 2)
+    dx = dx + rng.normal(0, 0.05, 12)
+    det = np.repeat(np.arange(6), 2)
+    zeros = np.zeros(12)
+    fit = fit_translation(zeros, zeros, dx, dy, 1 / (r * r), var_1sigma=(r / R95_PER_SIGMA) ** 2,
+                          cluster=det)
+    assert fit.error_source == "jackknife"
+    rows = np.where(det[None, :] == np.arange(6)[:, None], 0.0, 1 / (r * r))
+    thetas = xfmfit._refit_batch(np.tile(dx, (6, 1)), np.tile(dy, (6, 1)), rows, "cauchy", 1.0,
+                                 5.0)
+    jack = xfmfit._jackknife_cov(thetas)
+    assert np.trace(np.linalg.solve(fit.cov, jack)) == pytest.approx(2.0, rel=1e-9)
+
+
 def test_jackknife_covariance_definition():
     thetas = np.array([[0.0, 1.0], [1.0, 0.0], [2.0, 2.0], [1.0, 1.0]])
     dev = thetas - thetas.mean(axis=0)
