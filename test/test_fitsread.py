@@ -98,7 +98,8 @@ def test_files_it_does_not_parse_are_left_to_the_caller(tmp_path):
     _fits.write_fits_fast(good, _every_kind(), HIST, clobber=False)
     raw = good.read_bytes()
     cases = {"gz": gzip.compress(raw), "text": b"not FITS at all" * 400,
-             "cut": raw[:-100], "cut in a table": raw[:2880 * 4 + 10], "no end": raw[:2880].replace(b"END     ", b"ENX     "),
+             "cut": raw[:-100], "cut in a table": raw[:2880 * 4 + 10],
+             "no end": raw[:2880].replace(b"END     ", b"ENX     "),
              "odd xtension": raw.replace(b"XTENSION= 'BINTABLE'", b"XTENSION= 'FOOTABLE'"),
              "bad naxis": raw.replace(b"NAXIS   =                    2",
                                       b"NAXIS   =                  2.0", 1)}
