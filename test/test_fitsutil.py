@@ -6,6 +6,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -220,7 +221,7 @@ def test_commit_group_failing_sync_is_an_output_error(tmp_path, monkeypatch):
 
     monkeypatch.setattr(fitsutil, "_syncfs", broken)
     outs = [tmp_path / "a.txt", tmp_path / "b.txt"]
-    with pytest.raises(OutputError, match="cannot write"):
+    with pytest.raises(OutputError, match=rf"^cannot write {outs[0]}: Input/output error$"):
         with fitsutil.commit_group():
             for out in outs:
                 with atomic_path(out) as tmp:
@@ -685,7 +686,7 @@ def test_replace_durably_keeps_the_group_when_the_owner_cannot_be_given(tmp_path
         return St(st, 1, 2) if str(p) == str(dest) else St(st, 3, 4)
 
     def fake_chown(p, uid, gid):
-        calls.append((uid, gid))
+        calls.append((str(p), uid, gid))
         if uid != -1:
             raise PermissionError("not allowed")
 
@@ -693,7 +694,7 @@ def test_replace_durably_keeps_the_group_when_the_owner_cannot_be_given(tmp_path
     monkeypatch.setattr(fu.os, "stat", fake_stat)
     monkeypatch.setattr(fu.os, "chown", fake_chown)
     fu.replace_durably(tmp, dest)
-    assert calls == [(1, 2), (-1, 2)]
+    assert calls == [(str(tmp), 1, 2), (str(tmp), -1, 2)]
     assert dest.read_text() == "new"
 
 
@@ -929,3 +930,208 @@ def test_missing_dval_is_inserted_right_after_its_dtype_among_other_cards():
     h["C"] = 3
     set_keyword(h, "DEC_STACK", 4.5, "c")
     assert [c.keyword for c in h.cards] == ["A", "DTYPE2", "DVAL2", "B", "C"]
+
+
+# ----------------------------------------------------------------- durability, the details
+
+
+def test_commit_group_without_syncfs_fsyncs_each_temporary_before_any_rename(tmp_path,
+                                                                             monkeypatch):
+    from stk_astrometry import fitsutil
+
+    log = _SyncLog(monkeypatch)
+    monkeypatch.setattr(fitsutil, "_syncfs", lambda fd: False)
+    outs = [tmp_path / "a.txt", tmp_path / "b.txt"]
+    with fitsutil.commit_group():
+        for out in outs:
+            with atomic_path(out) as tmp:
+                tmp.write_text(out.name)
+    assert log.names() == ["fsync", "fsync", "replace", "replace", "fsync"], log.calls
+    assert all(c[1].startswith(str(tmp_path / ".")) for c in log.calls[:2])   # the temporaries
+    assert log.calls[-1] == ("fsync", str(tmp_path))
+    assert [o.read_text() for o in outs] == ["a.txt", "b.txt"]
+
+
+def test_syncfs_loads_libc_once_and_tells_unsupported_from_failed(tmp_path, monkeypatch):
+    import ctypes
+    import errno
+
+    from stk_astrometry import fitsutil
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("syncfs(2) is Linux's")
+    fd = os.open(tmp_path, os.O_RDONLY)
+    try:
+        monkeypatch.setattr(fitsutil, "_LIBC", None)         # load libc here, in this test
+        assert fitsutil._syncfs(fd) is True
+        assert fitsutil._syncfs(fd) is True                  # from the cached handle
+    finally:
+        os.close(fd)
+    ctypes.set_errno(0)                  # ctypes' own copy of errno: set only by use_errno
+    with pytest.raises(OSError) as exc:                      # a real error is raised, with
+        fitsutil._syncfs(-1)                                 # the system's errno
+    assert exc.value.errno == errno.EBADF
+
+    class Errno:                                             # syncfs answering ENOSYS/EINVAL
+        value = None
+
+        @classmethod
+        def get_errno(cls):
+            return cls.value
+
+    monkeypatch.setattr(fitsutil, "_LIBC", (lambda fd: -1, Errno))
+    for Errno.value in (errno.ENOSYS, errno.EINVAL):
+        assert fitsutil._syncfs(0) is False                  # not supported: fall back
+    Errno.value = errno.EIO
+    with pytest.raises(OSError, match="Input/output error"):
+        fitsutil._syncfs(0)
+
+    def no_libc(*_a, **_k):
+        raise OSError("no C library")
+
+    monkeypatch.setattr(fitsutil, "_LIBC", None)
+    monkeypatch.setattr(ctypes, "CDLL", no_libc)
+    assert fitsutil._syncfs(0) is False and fitsutil._syncfs(0) is False
+
+
+def test_replace_durably_fsyncs_the_destination_folder_not_the_current_one(tmp_path,
+                                                                          monkeypatch):
+    from stk_astrometry.fitsutil import replace_durably
+
+    (tmp_path / "cwd").mkdir()
+    (tmp_path / "out").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
+    tmp = tmp_path / "out" / ".p.fits.aaaaaaaa.tmp"
+    tmp.write_text("new")
+    log = _SyncLog(monkeypatch)
+    replace_durably(tmp, tmp_path / "out" / "p.fits")
+    assert log.calls == [("fsync", str(tmp)), ("replace", str(tmp_path / "out" / "p.fits")),
+                         ("fsync", str(tmp_path / "out"))]
+
+
+def test_make_durable_syncs_bare_names_extra_folders_and_skips_missing_ones(tmp_path,
+                                                                           monkeypatch):
+    from stk_astrometry import fitsutil
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a.txt").write_text("a")
+    (tmp_path / "sub").mkdir()
+    log = _SyncLog(monkeypatch)
+    fitsutil.make_durable(["a.txt"], folders=[tmp_path / "sub"])   # a name in the current folder
+    assert log.calls == [("syncfs", str(tmp_path)), ("fsync", str(tmp_path)),
+                         ("fsync", str(tmp_path / "sub"))]
+    log.calls.clear()
+    fitsutil.make_durable([tmp_path / "gone" / "x.txt", tmp_path / "a.txt"])   # folder removed
+    assert log.calls == [("syncfs", str(tmp_path)), ("fsync", str(tmp_path))]
+
+
+def test_make_durable_fallback_skips_a_gone_file_and_goes_on(tmp_path, monkeypatch):
+    from stk_astrometry import fitsutil
+
+    log = _SyncLog(monkeypatch)
+    monkeypatch.setattr(fitsutil, "_syncfs", lambda fd: False)
+    files = [tmp_path / "a.txt", tmp_path / "b.txt"]
+    for f in files:
+        f.write_text("x")
+    fitsutil.make_durable([tmp_path / "gone.txt", *files])
+    assert log.calls == [("fsync", str(files[0])), ("fsync", str(files[1])),
+                         ("fsync", str(tmp_path))]
+
+
+def test_make_durable_syncs_each_file_system_once(tmp_path, monkeypatch):
+    import shutil
+    import tempfile
+
+    from stk_astrometry import fitsutil
+
+    if not os.path.isdir("/dev/shm") or os.stat("/dev/shm").st_dev == os.stat(tmp_path).st_dev:
+        pytest.skip("needs a second file system (/dev/shm)")
+    other = Path(tempfile.mkdtemp(dir="/dev/shm"))
+    try:
+        files = [tmp_path / "a.txt", tmp_path / "b.txt", other / "c.txt"]
+        for f in files:
+            f.write_text("x")
+        log = _SyncLog(monkeypatch)
+        fitsutil.make_durable(files)
+        assert log.calls == [("syncfs", str(tmp_path)), ("syncfs", str(other)),
+                             ("fsync", str(tmp_path)), ("fsync", str(other))]
+    finally:
+        shutil.rmtree(other)
+
+
+def test_remove_orphan_temps_goes_on_past_a_temporary_it_cannot_open(tmp_path, monkeypatch):
+    from stk_astrometry import fitsutil
+
+    names = [f".a.fits.dead000{i}.tmp" for i in range(3)]
+    for n in names:
+        (tmp_path / n).write_text("x")
+    real_open, refused = os.open, []
+
+    def open_(path, *a, **k):
+        if str(path).endswith(".tmp") and not refused:
+            refused.append(os.path.basename(path))
+            raise PermissionError(13, "Permission denied")
+        return real_open(path, *a, **k)
+
+    monkeypatch.setattr(os, "open", open_)
+    removed = fitsutil.remove_orphan_temps(tmp_path, "a.fits")
+    assert sorted(removed) == sorted(set(names) - set(refused)) and len(removed) == 2
+    assert [p.name for p in tmp_path.iterdir()] == refused
+
+
+def test_replace_durably_gives_a_new_file_0666_less_the_umask(tmp_path):
+    from stk_astrometry.fitsutil import replace_durably
+
+    old = os.umask(0o022)
+    try:
+        tmp = tmp_path / ".n.fits.aaaaaaaa.tmp"
+        tmp.write_text("new")
+        replace_durably(tmp, tmp_path / "n.fits")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "n.fits").stat().st_mode & 0o7777 == 0o644
+
+
+@pytest.mark.parametrize("refuse", ["chown", "chmod"])
+def test_replace_durably_replaces_even_where_owner_group_or_mode_cannot_be_set(tmp_path,
+                                                                               monkeypatch,
+                                                                               refuse):
+    import stk_astrometry.fitsutil as fu
+
+    dest = tmp_path / "p.fits"
+    dest.write_text("old")
+    tmp = tmp_path / ".p.fits.aaaaaaaa.tmp"
+    tmp.write_text("new")
+
+    def refused(*_a, **_k):
+        raise PermissionError(1, "Operation not permitted")
+
+    if refuse == "chown":       # neither the owner nor the group may be given
+        real_stat = os.stat
+
+        def stat(p, *a, **k):
+            st = real_stat(p, *a, **k)
+            if str(p) != str(tmp):
+                return st
+            return os.stat_result((st.st_mode, st.st_ino, st.st_dev, st.st_nlink,
+                                   st.st_uid + 1, st.st_gid + 1, st.st_size,
+                                   st.st_atime, st.st_mtime, st.st_ctime))
+
+        monkeypatch.setattr(fu.os, "stat", stat)
+    monkeypatch.setattr(fu.os, refuse, refused)
+    fu.replace_durably(tmp, dest)
+    assert dest.read_text() == "new" and not tmp.exists()
+
+
+def test_read_stacks_reads_utf8_lists_whatever_the_locale(tmp_path):
+    from stk_astrometry.fitsutil import read_stacks
+
+    lst = tmp_path / "s.lis"
+    lst.write_bytes("caf\u00e9.fits\n".encode())
+    assert read_stacks([("s", f"@{lst}")]) == {"s": ["caf\u00e9.fits"]}
+    # and where the locale's encoding is ASCII (a C locale without UTF-8 mode):
+    code = ("import sys; from stk_astrometry.fitsutil import read_stacks; "
+            f"sys.exit(0 if read_stacks([('s', '@{lst}')]) == {{'s': ['caf\\u00e9.fits']}} else 3)")
+    env = dict(os.environ, LC_ALL="C", LANG="C", PYTHONUTF8="0", PYTHONCOERCECLOCALE="0",
+               PYTHONPATH=str(Path(__import__("stk_astrometry").__file__).parents[1]))
+    assert subprocess.run([sys.executable, "-c", code], env=env).returncode == 0

@@ -367,3 +367,83 @@ def test_header_keywords_keep_a_hierarch_keyword_and_drop_blank_cards():
                                   ("DEC_STACK", -5.0, ""))
     assert [c[0] for c in extra_cards(h)] == ["SHORT", "LONGER_NAME", "DTYPE1", "DVAL1",
                                               "DEC_STACK"]
+
+
+def _plain_specs_of_every_kind():
+    """_specs_of_every_kind without the column texts cfitsio writes its own way."""
+    import dataclasses
+
+    specs = _specs_of_every_kind()
+    info = dict(specs[1].column_info, small=("quoted", ""))
+    return [specs[0], dataclasses.replace(specs[1], column_info=info), specs[2]]
+
+
+def _cards_with_stamps_masked(path):
+    raw = path.read_bytes()
+    cards = [raw[i:i + 80] for i in range(0, len(raw), 80)]
+    # cfitsio stamps its checksum cards with its own clock; the checksum follows the stamp
+    return [c[:10] if c.startswith((b"CHECKSUM=", b"DATASUM =")) and b"updated" in c
+            else c for c in cards], cards
+
+
+def test_serialised_file_is_byte_for_byte_what_fitsio_writes(tmp_path, monkeypatch):
+    """write_fits_fast serialises the file itself (issue 11): the same bytes as the cfitsio
+    path, every card and the data, checksums that verify; the DATASUM cards as cfitsio writes
+    them (its '         0' placeholder without data, else the number)."""
+    import warnings
+
+    from stk_astrometry import fitsutil
+    from stk_astrometry.formats import _fits
+
+    monkeypatch.setattr(fitsutil, "utc_now", lambda: "2026-01-02T03:04:05")
+    hist = _Run("stk_test", {"infile": "x.fits", "outfile": "/a/" + "y" * 70, "clobber": True})
+    specs = _plain_specs_of_every_kind()
+    assert all(map(_fits._serializable, specs))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _fits.write_fits_fast(tmp_path / "own.fits", specs, hist, clobber=False)
+        monkeypatch.setattr(_fits, "_serializable", lambda spec: False)
+        _fits.write_fits_fast(tmp_path / "cfitsio.fits", specs, hist, clobber=False)
+    own, own_raw = _cards_with_stamps_masked(tmp_path / "own.fits")
+    ref, ref_raw = _cards_with_stamps_masked(tmp_path / "cfitsio.fits")
+    assert own == ref
+    sums = [c for c in own_raw if c.startswith(b"DATASUM =")]
+    assert sums[0][10:22] == b"'         0'" and sums[2][10:22] == b"'         0'"
+    assert sums[1][10:22] == [c for c in ref_raw if c.startswith(b"DATASUM =")][1][10:22]
+    assert [c for c in own_raw if c.startswith(b"CHECKSUM=")][0].endswith(
+        b"/ HDU checksum updated 2026-01-02T03:04:05       ")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")      # a checksum that does not verify warns
+        with fits.open(tmp_path / "own.fits", checksum=True) as hdul:
+            assert [len(h.data) for h in hdul[1:]] == [3, 0]
+
+
+def test_column_texts_cfitsio_writes_its_own_way_go_through_fitsio(tmp_path, monkeypatch):
+    from stk_astrometry.formats import _fits
+
+    assert not _fits._serializable(_specs_of_every_kind()[1])      # "it's quoted"
+    for text in ("", "x" * 65, "a\tb", "caf\u00e9"):
+        assert not _fits._plain_text(text)
+    assert _fits._plain_text("x" * 64) and _fits._plain_text("pos.eq.ra;meta.main")
+    calls = []
+    monkeypatch.setattr(_fits, "_write_one", lambda *a: calls.append(a[1].name))
+    _fits.write_fits_fast(tmp_path / "f.fits", _specs_of_every_kind(), HIST, clobber=False)
+    assert calls == [None, "TAB", "EMPTY"]
+
+
+def test_checksum_encoding_of_known_sums():
+    # the FITS checksum convention: an HDU whose sum is 0xFFFFFFFF (negative zero) encodes
+    # as all '0'; the encoding of the sum's complement avoids the punctuation between digits
+    # and letters, and decodes (ones' complement sum of the characters) to that complement
+    from stk_astrometry.formats._fits import _CHECKSUM_AVOID, _encode_checksum, _ones_complement_sum
+
+    assert _encode_checksum(0xFFFFFFFF) == b"0" * 16
+    rng = np.random.default_rng(20261205)
+    for total in [0, 1, 0x7FFFFFFF, 0xFFFFFFFE, *rng.integers(0, 2**32, 50).tolist()]:
+        text = _encode_checksum(total)
+        assert len(text) == 16 and not set(text) & _CHECKSUM_AVOID and text.isalnum()
+        # 16 characters less 0x30 each, rotated back: their sum is the complement
+        words = np.frombuffer(bytes(c - 0x30 for c in text[1:] + text[:1]), ">u4")
+        assert _ones_complement_sum(words.tobytes()) == 0xFFFFFFFF - total
+    assert _ones_complement_sum(b"\xff\xff\xff\xff" * 2) == 0xFFFFFFFF
+    assert _ones_complement_sum(b"\x80\x00\x00\x00" * 2, 5) == 6
