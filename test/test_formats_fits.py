@@ -429,21 +429,3 @@ def test_column_texts_cfitsio_writes_its_own_way_go_through_fitsio(tmp_path, mon
     monkeypatch.setattr(_fits, "_write_one", lambda *a: calls.append(a[1].name))
     _fits.write_fits_fast(tmp_path / "f.fits", _specs_of_every_kind(), HIST, clobber=False)
     assert calls == [None, "TAB", "EMPTY"]
-
-
-def test_checksum_encoding_of_known_sums():
-    # the FITS checksum convention: an HDU whose sum is 0xFFFFFFFF (negative zero) encodes
-    # as all '0'; the encoding of the sum's complement avoids the punctuation between digits
-    # and letters, and decodes (ones' complement sum of the characters) to that complement
-    from stk_astrometry.formats._fits import _CHECKSUM_AVOID, _encode_checksum, _ones_complement_sum
-
-    assert _encode_checksum(0xFFFFFFFF) == b"0" * 16
-    rng = np.random.default_rng(20261205)
-    for total in [0, 1, 0x7FFFFFFF, 0xFFFFFFFE, *rng.integers(0, 2**32, 50).tolist()]:
-        text = _encode_checksum(total)
-        assert len(text) == 16 and not set(text) & _CHECKSUM_AVOID and text.isalnum()
-        # 16 characters less 0x30 each, rotated back: their sum is the complement
-        words = np.frombuffer(bytes(c - 0x30 for c in text[1:] + text[:1]), ">u4")
-        assert _ones_complement_sum(words.tobytes()) == 0xFFFFFFFF - total
-    assert _ones_complement_sum(b"\xff\xff\xff\xff" * 2) == 0xFFFFFFFF
-    assert _ones_complement_sum(b"\x80\x00\x00\x00" * 2, 5) == 6

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from stk_astrometry.fitsedit import encode_checksum, ones_complement_sum
+
 #: Header cards a reader does not carry over: structure, column descriptions, stamps that
 #: the writer sets anew.
 _STRUCTURAL = re.compile(
@@ -598,7 +600,7 @@ def _hdu_bytes(spec, tool, items, stacks, when, creator, history_records):
         data = _table_bytes(rec)
     images += _stamped_cards(spec, present, tool, items, stacks, when, creator, history_records)
     data += bytes(-len(data) % 2880)
-    datasum = _ones_complement_sum(data)
+    datasum = ones_complement_sum(data)
     images += [format_card("CHECKSUM", "0" * 16, f"HDU checksum updated {when}"),
                # cfitsio's placeholder stays when the sum is 0 (no data), else the number
                format_card("DATASUM", str(datasum) if datasum else f"{0:10d}",
@@ -607,7 +609,9 @@ def _hdu_bytes(spec, tool, items, stacks, when, creator, history_records):
     header = "".join(images)
     header += " " * (-len(header) % 2880)
     header = header.encode("ascii")
-    checksum = _encode_checksum(_ones_complement_sum(header, datasum))
+    # FITS Std App. J, as stk_update_wcs stamps an edited header (fitsedit)
+    checksum = encode_checksum(~ones_complement_sum(header, datasum) & 0xFFFFFFFF).encode(
+        "ascii")
     at = header.index(b"CHECKSUM= '") + 11
     return header[:at] + checksum + header[at + 16:] + data
 
@@ -623,39 +627,6 @@ def _table_bytes(rec):
             out[name] = np.where(rec[name], 84, 70) if name in logical else rec[name]
         rec = out
     return rec.tobytes()
-
-
-def _ones_complement_sum(buf, start=0):
-    """The 32-bit ones' complement sum of ``buf`` (a multiple of 4 bytes, big-endian words)
-    and ``start``: the FITS checksum convention's sum (end-around carry)."""
-    total = int(np.frombuffer(buf, dtype=">u4").sum(dtype=np.uint64)) + start
-    while total >> 32:
-        total = (total & 0xFFFFFFFF) + (total >> 32)
-    return total
-
-
-#: Characters the FITS checksum encoding avoids (punctuation between the digits and letters).
-_CHECKSUM_AVOID = frozenset(range(0x3A, 0x41)) | frozenset(range(0x5B, 0x61))
-
-
-def _encode_checksum(total):
-    """The 16 characters of CHECKSUM for an HDU whose sum (with CHECKSUM all zeros) is
-    ``total``: the complement encoded as the FITS checksum convention describes (each byte as
-    four characters 0x30 + byte // 4, the remainder on the first, pairs moved apart while one
-    falls on punctuation; interleaved by byte, rotated one place right)."""
-    value = 0xFFFFFFFF - total
-    chars = [0] * 16
-    for i in range(4):
-        byte = (value >> (24 - 8 * i)) & 0xFF
-        quarter = byte // 4 + 0x30
-        four = [quarter + byte % 4, quarter, quarter, quarter]
-        for j in (0, 2):
-            while four[j] in _CHECKSUM_AVOID or four[j + 1] in _CHECKSUM_AVOID:
-                four[j] += 1
-                four[j + 1] -= 1
-        for j in range(4):
-            chars[4 * j + i] = four[j]
-    return bytes(chars[(k + 15) % 16] for k in range(16))
 
 
 def _write_one(fh, spec, tool, items, stacks, when, creator, history_records):
