@@ -241,7 +241,40 @@ def read_fits(path):
         return _read_fits_astropy(path)
 
 
+def _read_fits_raw(path):
+    """:func:`read_fits` straight from the file's bytes (:mod:`stk_astrometry.fitsread`,
+    issue 11); None when a table is not one that module reads (fitsio reads the file)."""
+    from stk_astrometry.fitsread import read_hdus, table_columns
+
+    hdus = read_hdus(path)
+    if hdus is None:
+        return None
+    out = []
+    for hdu in hdus:
+        header = hdu.header
+        extname = str(header.get("EXTNAME", "")).strip()
+        if hdu.exttype != "BINARY_TBL":
+            out.append((extname, header, None, {}))
+            continue
+        raw = table_columns(hdu)
+        if raw is None:
+            return None
+        columns, units = {}, {}
+        for i, (name, arr) in enumerate(raw.items(), start=1):
+            if arr.dtype.kind == "S":       # no rows: fitsio's record dtype, as text
+                arr = np.zeros(arr.shape, dtype=f"U{arr.dtype.itemsize}")
+            columns[name.lower()] = arr
+            unit = header.get(f"TUNIT{i}")
+            if unit:
+                units[name.lower()] = str(unit).strip()
+        out.append((extname, header, columns, units))
+    return out
+
+
 def _read_fits_fitsio(path):
+    fast = _read_fits_raw(path)
+    if fast is not None:
+        return fast
     import fitsio
 
     from stk_astrometry.tableio import raw_header
