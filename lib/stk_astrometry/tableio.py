@@ -329,62 +329,43 @@ def raw_header(path, hdu):
 
 
 
-def _select_hdu(info, block):
-    """The index of the HDU ``block`` names among ``info`` ((fitsio type, EXTNAME) per HDU),
-    or None when astropy should read the file (no table, no such HDU)."""
-    if block is None:
-        return next((i for i, (t, _) in enumerate(info) if t in ("BINARY_TBL", "ASCII_TBL")),
-                    None)
-    if isinstance(block, int):
-        return block - 1 if block - 1 < len(info) else None
-    want = block.upper()
-    return next((i for i, (_, name) in enumerate(info) if name.upper() == want), None)
-
-
-def _fitsio_only(header):
-    """The TNULLn values of a table header, or None when astropy should read it (bit,
-    variable-length, scaled columns)."""
-    keys = {k: header[k] for k in header if k.startswith(("TFORM", "TSCAL", "TZERO", "TNULL"))}
-    if any((k.startswith("TFORM") and _FALLBACK_TFORM.search(str(v)))
-           or k.startswith(("TSCAL", "TZERO")) for k, v in keys.items()):
-        return None
-    return keys
-
-
 def _read_with_fitsio(path, block):
+    import fitsio
     import numpy as np
 
-    from stk_astrometry.fitsread import read_hdus, table_columns
-
-    hdus = read_hdus(path)         # the plain files straight from their bytes (issue 11)
-    if hdus is not None:
-        idx = _select_hdu([(h.exttype, h.extname) for h in hdus], block)
-        # (HDUNAME, or an error: astropy's path says which)
-        if idx is None or hdus[idx].exttype != "BINARY_TBL":
-            return None
-        header = hdus[idx].header
-        keys = _fitsio_only(header)
-        if keys is None:
-            return None
-        columns = table_columns(hdus[idx])
-        if columns is not None:
-            return _column_table(columns, keys, header, hdus[idx].extname or str(idx + 1), path)
-    import fitsio
-
     with fitsio.FITS(str(path)) as fh:
+        n_hdus = len(fh)
         info = [(h.get_exttype(), str(h.get_extname() or "").strip()) for h in fh]
-        idx = _select_hdu(info, block)
-        if idx is None or info[idx][0] != "BINARY_TBL":
+        if block is None:
+            idx = next((i for i, (t, _) in enumerate(info) if t in ("BINARY_TBL", "ASCII_TBL")),
+                       None)
+            if idx is None:
+                return None
+        elif isinstance(block, int):
+            idx = block - 1
+            if idx >= n_hdus:
+                return None
+        else:
+            want = block.upper()
+            idx = next((i for i, (_, name) in enumerate(info) if name.upper() == want), None)
+            if idx is None:
+                return None      # HDUNAME or an error: astropy's path says which
+        if info[idx][0] != "BINARY_TBL":
             return None
         hdu = fh[idx]
         header = raw_header(path, hdu)
-        keys = _fitsio_only(header)
-        if keys is None:
+        keys = {k: header[k] for k in header if k.startswith(("TFORM", "TSCAL", "TZERO", "TNULL"))}
+        if any((k.startswith("TFORM") and _FALLBACK_TFORM.search(str(v)))
+               or k.startswith(("TSCAL", "TZERO")) for k, v in keys.items()):
             return None
         names = hdu.get_colnames()
+        if len({n.lower() for n in names}) < len(names):
+            # cfitsio finds columns by name case-insensitively: names that differ only in
+            # case (VizieR's b_Teff_gaia/B_Teff_gaia) are left to astropy
+            return None
         data = hdu.read() if hdu.get_nrows() else None
-        columns = {}
-        for name in names:
+        columns, nulls = {}, {}
+        for i, name in enumerate(names, start=1):
             if data is not None:
                 arr = data[name]
                 arr = arr.astype(arr.dtype.newbyteorder("=")) if arr.dtype.byteorder == ">" else arr
@@ -392,18 +373,11 @@ def _read_with_fitsio(path, block):
                 dt = hdu.get_rec_dtype()[0][name]
                 arr = np.zeros((0,) + dt.shape, dtype=dt.base.newbyteorder("="))
             columns[name] = arr
-        table = _column_table(columns, keys, header, info[idx][1] or str(idx + 1), path)
-    return table
-
-
-def _column_table(columns, keys, header, name, path):
-    """(ColumnTable, header, label) of :func:`_read_with_fitsio`; None when column names differ
-    only in case (cfitsio finds columns by name case-insensitively: VizieR's
-    b_Teff_gaia/B_Teff_gaia are left to astropy)."""
-    if len({n.lower() for n in columns}) < len(columns):
-        return None
-    nulls = {n: keys[f"TNULL{i}"] for i, n in enumerate(columns, start=1) if f"TNULL{i}" in keys}
-    return ColumnTable(columns, nulls), header, f"{path}[{name}]"
+            if f"TNULL{i}" in keys:
+                nulls[name] = keys[f"TNULL{i}"]
+        name = info[idx][1] or str(idx + 1)
+        label = f"{path}[{name}]"
+    return ColumnTable(columns, nulls), header, label
 
 
 def read_table(spec, *, param):
