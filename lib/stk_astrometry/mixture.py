@@ -1597,7 +1597,8 @@ def _fit_error_model(prob, stated, st, scale, floor, min_floor):
 
     A = k^2, B = sigma_sys^2, e_k = d_k - s.  In each pair's principal axes (Sigma_k =
     U diag(l1, l2) U^T, u = U^T e) the terms separate: -1/2 [log v + u^2 / v], v = A l + B.
-    Fisher scoring on (A, B) with step halving, within the bounds (B >= min_floor^2).
+    Newton on (A, B) with the observed information, Fisher scoring where that is not positive
+    definite, with step halving, within the bounds (B >= min_floor^2).
     """
     idx, r = st.idx, st.r
     cov = stated[idx]
@@ -1624,10 +1625,18 @@ def _fit_error_model(prob, stated, st, scale, floor, min_floor):
         g = 0.5 * w * (u2sq / v2 - 1.0 / v)
         _, p_grad, p_curv = _error_prior(aa, bb, lo_b)
         grad = np.array([(g * lam).sum(), g.sum()]) + p_grad
-        h = 0.5 * w / v2
+        # Newton with the observed information where it is positive definite (near the
+        # maximum: quadratic convergence, issue 11), else Fisher scoring (its expectation,
+        # u^2 = v: always positive definite)
+        h = w * (u2sq / v - 0.5) / v2
         h_lam = (h * lam).sum()
-        fisher = np.array([[(h * lam * lam).sum() + p_curv[0], h_lam],
+        fisher = np.array([[(h * lam * lam).sum() + p_curv[0] * (1.0 - np.log(aa)), h_lam],
                            [h_lam, h.sum() + p_curv[1]]])
+        if not (fisher[0, 0] > 0 and fisher[0, 0] * fisher[1, 1] > h_lam * h_lam):
+            h = 0.5 * w / v2
+            h_lam = (h * lam).sum()
+            fisher = np.array([[(h * lam * lam).sum() + p_curv[0], h_lam],
+                               [h_lam, h.sum() + p_curv[1]]])
         # a parameter that is fixed, or on a bound that its gradient pushes against, stays;
         # the other takes its own scoring step (a joint step clipped at the bound is not
         # an ascent direction for the free one, and crawled to the iteration cap)
