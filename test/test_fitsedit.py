@@ -14,6 +14,7 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 from astropy.io import fits
 from stk_astrometry import fitsedit, fitsutil, synthprod
@@ -1287,3 +1288,17 @@ def test_gunzip_interrupted_leaves_no_temporary_file(tmp_path, monkeypatch, exc,
     if raised == "OutputError":
         assert str(info.value) == f"cannot decompress {gz} into {tmp_path}: No space left on device"
     assert [p.name for p in tmp_path.iterdir()] == ["d.fits.gz"] and _open_fds() == n0
+
+
+def test_checksum_encoding_avoids_punctuation_and_decodes_to_its_value():
+    """FITS Std App. J: a value encodes as 16 characters without the punctuation between the
+    digits and the letters, whose ones' complement sum (less 0x30 each, rotated back) is the
+    value; 0 encodes as all '0' (the CHECKSUM of an HDU whose sum is negative zero)."""
+    avoid = set(b":;<=>?@[\\]^_`")
+    assert fitsedit.encode_checksum(0) == "0" * 16
+    rng = np.random.default_rng(20261205)
+    for value in [0xFFFFFFFF, 1, 0x80000000, 0xFFFFFFFE, *rng.integers(0, 2**32, 50).tolist()]:
+        text = fitsedit.encode_checksum(value).encode("ascii")
+        assert len(text) == 16 and not set(text) & avoid and text.isalnum()
+        words = bytes(c - 0x30 for c in text[1:] + text[:1])
+        assert fitsedit.ones_complement_sum(words) == value

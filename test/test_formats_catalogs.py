@@ -903,3 +903,22 @@ def test_catalog_reader_tnull_and_nan(tmp_path):
     with pytest.raises(CatalogError, match="null value"):
         catalogs.read_detections(read_table(str(tmp_path / "det2.fits"), param="detfile"),
                                  ra_stack=10.0, dec_stack=-5.0)
+
+
+def test_column_table_floats_are_the_masked_columns_filled_with_nan():
+    # the catalogs' numeric columns without masked arrays (issue 11): NaN where the masked
+    # column is masked (NaN, TNULL), None for what the masked path converts or rejects
+    from stk_astrometry.tableio import ColumnTable
+
+    cols = {"f": np.array([1.5, np.nan, -2.0], dtype=np.float32),
+            "j": np.array([3, -99, 7], dtype=np.int32), "k": np.array([2**40, 0, -1]),
+            "u": np.array([0, 200, 255], dtype=np.uint8), "b": np.array([True, False, True]),
+            "s": np.array(["1", "2", ""]), "v": np.zeros((3, 2))}
+    table = ColumnTable(cols, nulls={"j": -99})
+    for name in ("f", "j", "k", "u"):
+        want = np.ma.filled(np.ma.asarray(table[name]).astype(float), np.nan)
+        got = table.floats(name)
+        assert got.dtype == np.float64 and np.array_equal(got, want, equal_nan=True), name
+    assert np.isnan(table.floats("j")[1]) and table.floats("k")[0] == 2.0**40
+    assert [table.floats(n) for n in ("b", "s", "v")] == [None, None, None]
+    assert table.floats("j") is not cols["j"] and cols["j"][1] == -99

@@ -264,6 +264,20 @@ class ColumnTable:
             return np.ma.MaskedArray(data)
         return np.ma.MaskedArray(data, mask=mask)
 
+    def floats(self, name):
+        """A numeric column as float64 with NaN where ``table[name]`` is masked (what
+        ``np.ma.filled(table[name].astype(float), nan)`` gives, without the masked arrays);
+        None for a column that is not a plain number column."""
+        import numpy as np
+
+        data = self._columns[name]
+        if data.ndim != 1 or data.dtype.kind not in "fiu":
+            return None
+        values = data.astype(float)
+        if data.dtype.kind in "iu" and name in self._nulls:
+            values[data == self._nulls[name]] = np.nan
+        return values
+
     def remove_columns(self, names):
         for name in names:
             self._columns.pop(name)

@@ -7,7 +7,6 @@ the CXC way (DTYPEn/DVALn) by :func:`stk_astrometry.fitsutil.set_keyword`.
 
 from __future__ import annotations
 
-import functools
 import re
 from pathlib import Path
 from dataclasses import dataclass, field
@@ -436,17 +435,12 @@ def format_card(name, value, comment=""):
 
 
 def write_fits_fast(path, specs, history, *, clobber):
-    """Write ``specs``, stamped and atomically, with the headers astropy would write.
+    """Write ``specs`` with fitsio, stamped and atomically, with the headers astropy would write.
 
     The same conventions as :func:`stk_astrometry.fitsutil.write_fits`: CREATOR, DATE, this
     run's CIAO HISTORY records with HISTNUM, CHECKSUM/DATASUM on every HDU, a temporary file
     renamed into place.  Structural cards get astropy's comments and values are formatted as
     astropy formats them, so a file reads the same whichever library wrote it.
-
-    The file is serialised here (:func:`_hdu_bytes`: the bytes fitsio writes, issue 11 -- the
-    per-card calls into cfitsio were most of a pairs file's cost); specs with a column text
-    (name, unit, description, UCD) that cfitsio writes its own way (empty, quoted, long, not
-    printable ASCII) are written through fitsio (:func:`_write_one`).
     """
     import fitsio
 
@@ -472,190 +466,15 @@ def write_fits_fast(path, specs, history, *, clobber):
     creator = f"{history.tool} - stk_astrometry {__version__}"
     try:
         with atomic_path(path) as tmp:
-            if all(map(_serializable, specs)):
-                blob = b"".join(_hdu_bytes(spec, history.tool, items, stacks, when, creator,
-                                           history_records) for spec in specs)
-                with open(tmp, "wb") as out:
-                    out.write(blob)
-            else:
-                with fitsio.FITS(str(tmp), "rw", clobber=True) as fh:
-                    for spec in specs:
-                        _write_one(fh, spec, history.tool, items, stacks, when, creator,
-                                   history_records)
+            with fitsio.FITS(str(tmp), "rw", clobber=True) as fh:
+                for spec in specs:
+                    _write_one(fh, spec, history.tool, items, stacks, when, creator,
+                               history_records)
     except OSError as exc:
         raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from exc
     import logging
 
     logging.getLogger("stk_astrometry.fitsutil").info("Wrote %s", path)
-
-
-#: The cards every file of a format repeats (structure, columns), formatted once.  typed: 1,
-#: 1.0 and True are different cards.
-_same_card = functools.lru_cache(maxsize=4096, typed=True)(format_card)
-
-
-@functools.lru_cache(maxsize=4096)
-def _plain_text(value):
-    """A string value cfitsio writes on one card exactly as :func:`format_card` does."""
-    return (0 < len(value) <= _CFITSIO_SHORT_STRING and "'" not in value and value.isascii()
-            and value.isprintable())
-
-
-def _serializable(spec):
-    """True when every text fitsio would write in ``spec`` is :func:`_plain_text`."""
-    if spec.name is None:
-        return True
-    texts = [spec.name]
-    for key in spec.columns:
-        texts.append(key)
-        texts += [t for t in (spec.units.get(key), *spec.column_info.get(key, ("", ""))) if t]
-    return all(map(_plain_text, texts))
-
-
-def _stamped_cards(spec, present, tool, items, stacks, when, creator, history_records):
-    """The card images after the structure and columns: copied cards, keywords (long names the
-    CXC way), CREATOR, DATE, HISTNUM and this run's HISTORY records (no checksums)."""
-    cards = [c for c in spec.cards if c[0] not in present]
-    dtype_n = max([int(m.group(1)) for c in cards if (m := _DTYPE.match(c[0]))], default=0)
-    out = list(cards)
-    for name, value, comment in spec.keys:
-        name = name.strip().upper()
-        if (spec.drop_long_comments and isinstance(value, str)
-                and 13 + max(20, len(value) + 2) + len(comment) > 80):
-            comment = ""
-        if len(name) <= 8:
-            out.append((name, value, comment))
-        else:
-            # CIAO's DM reads the DTYPEn/DVALn pair as the long name; astropy and the HIERARCH
-            # convention readers read the same value as a plain keyword of that name
-            dtype_n += 1
-            out += [(f"DTYPE{dtype_n}", name, "Long key name - value in DVALn"),
-                    (f"DVAL{dtype_n}", value, comment), (name, value, comment)]
-    last = 0
-    for name, value, _ in out:
-        if name == "HISTNUM":
-            try:
-                last = max(last, int(value))
-            except (TypeError, ValueError):
-                pass
-    records = history_records(tool, items, start=last + 1, when=when, stacks=stacks)
-    histnum = last + len(records)
-    seen = set()
-    final = []
-    for name, value, comment in out:
-        if name == "HISTNUM":
-            value = histnum
-        elif name == "CREATOR":
-            value, comment = creator, "tool that created this output"
-        elif name == "DATE":
-            value, comment = when, "Date and time of file creation"
-        elif name in ("CHECKSUM", "DATASUM"):
-            continue
-        seen.add(name)
-        final.append((name, value, comment))
-    if "CREATOR" not in seen:
-        final.append(("CREATOR", creator, "tool that created this output"))
-    if "DATE" not in seen:
-        final.append(("DATE", when, "Date and time of file creation"))
-    if "HISTNUM" not in seen:
-        final.append(("HISTNUM", histnum, "Number of HISTORY records"))
-    images = [format_card(name, value, comment) for name, value, comment in final]
-    images += [f"HISTORY {rec}".ljust(80)[:80] for rec in records]
-    return images
-
-
-def _hdu_bytes(spec, tool, items, stacks, when, creator, history_records):
-    """One HDU of :func:`write_fits_fast` as bytes: the header and data fitsio writes for it
-    (:func:`_write_one`), CHECKSUM/DATASUM as cfitsio computes and stamps them."""
-    if spec.name is None:
-        images = [format_card(key, value, _ASTROPY_COMMENTS[key] or " ")
-                  for key, value in (("SIMPLE", True), ("BITPIX", 8), ("NAXIS", 0),
-                                     ("EXTEND", True))]
-        present = {"SIMPLE", "BITPIX", "NAXIS", "EXTEND"}
-        data = b""
-    else:
-        rec, tforms = _record_array(spec)
-        structure = (("XTENSION", "BINTABLE"), ("BITPIX", 8), ("NAXIS", 2),
-                     ("NAXIS1", rec.dtype.itemsize), ("NAXIS2", len(rec)), ("PCOUNT", 0),
-                     ("GCOUNT", 1), ("TFIELDS", len(spec.columns)))
-        images = [_same_card(key, value, _ASTROPY_COMMENTS[key]) for key, value in structure]
-        present = {key for key, _ in structure} | {"EXTNAME"}
-        for i, (key, tform) in enumerate(zip(spec.columns, tforms, strict=True), start=1):
-            images += [_same_card(f"TTYPE{i}", key, " "), _same_card(f"TFORM{i}", tform, " ")]
-            present |= {f"TTYPE{i}", f"TFORM{i}"}
-            if spec.units.get(key):
-                images.append(_same_card(f"TUNIT{i}", spec.units[key], " "))
-                present.add(f"TUNIT{i}")
-        images.append(_same_card("EXTNAME", spec.name, _ASTROPY_COMMENTS["EXTNAME"]))
-        for i, key in enumerate(spec.columns, start=1):
-            desc, ucd = spec.column_info.get(key, ("", ""))
-            if desc:
-                images.append(_same_card(f"TCOMM{i}", desc, " "))
-                present.add(f"TCOMM{i}")
-            if ucd:
-                images.append(_same_card(f"TUCD{i}", ucd, " "))
-                present.add(f"TUCD{i}")
-        data = _table_bytes(rec)
-    images += _stamped_cards(spec, present, tool, items, stacks, when, creator, history_records)
-    data += bytes(-len(data) % 2880)
-    datasum = _ones_complement_sum(data)
-    images += [format_card("CHECKSUM", "0" * 16, f"HDU checksum updated {when}"),
-               # cfitsio's placeholder stays when the sum is 0 (no data), else the number
-               format_card("DATASUM", str(datasum) if datasum else f"{0:10d}",
-                           f"data unit checksum updated {when}"),
-               "END".ljust(80)]
-    header = "".join(images)
-    header += " " * (-len(header) % 2880)
-    header = header.encode("ascii")
-    checksum = _encode_checksum(_ones_complement_sum(header, datasum))
-    at = header.index(b"CHECKSUM= '") + 11
-    return header[:at] + checksum + header[at + 16:] + data
-
-
-def _table_bytes(rec):
-    """The rows of :func:`_record_array` as FITS stores them: logical columns as 'T'/'F'."""
-    logical = [name for name in rec.dtype.names if rec.dtype[name].base.kind == "b"]
-    if logical:
-        dt = np.dtype([(name, "u1" if name in logical else rec.dtype[name].base,
-                        rec.dtype[name].shape) for name in rec.dtype.names])
-        out = np.empty(len(rec), dtype=dt)
-        for name in rec.dtype.names:
-            out[name] = np.where(rec[name], 84, 70) if name in logical else rec[name]
-        rec = out
-    return rec.tobytes()
-
-
-def _ones_complement_sum(buf, start=0):
-    """The 32-bit ones' complement sum of ``buf`` (a multiple of 4 bytes, big-endian words)
-    and ``start``: the FITS checksum convention's sum (end-around carry)."""
-    total = int(np.frombuffer(buf, dtype=">u4").sum(dtype=np.uint64)) + start
-    while total >> 32:
-        total = (total & 0xFFFFFFFF) + (total >> 32)
-    return total
-
-
-#: Characters the FITS checksum encoding avoids (punctuation between the digits and letters).
-_CHECKSUM_AVOID = frozenset(range(0x3A, 0x41)) | frozenset(range(0x5B, 0x61))
-
-
-def _encode_checksum(total):
-    """The 16 characters of CHECKSUM for an HDU whose sum (with CHECKSUM all zeros) is
-    ``total``: the complement encoded as the FITS checksum convention describes (each byte as
-    four characters 0x30 + byte // 4, the remainder on the first, pairs moved apart while one
-    falls on punctuation; interleaved by byte, rotated one place right)."""
-    value = 0xFFFFFFFF - total
-    chars = [0] * 16
-    for i in range(4):
-        byte = (value >> (24 - 8 * i)) & 0xFF
-        quarter = byte // 4 + 0x30
-        four = [quarter + byte % 4, quarter, quarter, quarter]
-        for j in (0, 2):
-            while four[j] in _CHECKSUM_AVOID or four[j + 1] in _CHECKSUM_AVOID:
-                four[j] += 1
-                four[j + 1] -= 1
-        for j in range(4):
-            chars[4 * j + i] = four[j]
-    return bytes(chars[(k + 15) % 16] for k in range(16))
 
 
 def _write_one(fh, spec, tool, items, stacks, when, creator, history_records):
@@ -705,12 +524,55 @@ def _write_one(fh, spec, tool, items, stacks, when, creator, history_records):
                 present.add(f"TUCD{i}")
         hdu._cached_info = None     # as hdu.write_key leaves it
     ext = hdu.get_extnum() + 1
-    for image in _stamped_cards(spec, present, tool, items, stacks, when, creator,
-                                history_records):
-        # fitsio has no public call that writes a card image as given; its key writers format
-        # floats with 15 digits, which would not read back as the value written
-        for i in range(0, len(image), 80):
-            hdu._FITS.write_record(ext, image[i:i + 80])
+    # copied cards, then this HDU's keywords (long names the CXC way), then the stamps
+    cards = [c for c in spec.cards if c[0] not in present]
+    dtype_n = max([int(m.group(1)) for c in cards if (m := _DTYPE.match(c[0]))], default=0)
+    out = list(cards)
+    for name, value, comment in spec.keys:
+        name = name.strip().upper()
+        if (spec.drop_long_comments and isinstance(value, str)
+                and 13 + max(20, len(value) + 2) + len(comment) > 80):
+            comment = ""
+        if len(name) <= 8:
+            out.append((name, value, comment))
+        else:
+            # CIAO's DM reads the DTYPEn/DVALn pair as the long name; astropy and the HIERARCH
+            # convention readers read the same value as a plain keyword of that name
+            dtype_n += 1
+            out += [(f"DTYPE{dtype_n}", name, "Long key name - value in DVALn"),
+                    (f"DVAL{dtype_n}", value, comment), (name, value, comment)]
+    last = 0
+    for name, value, _ in out:
+        if name == "HISTNUM":
+            try:
+                last = max(last, int(value))
+            except (TypeError, ValueError):
+                pass
+    records = history_records(tool, items, start=last + 1, when=when, stacks=stacks)
+    histnum = last + len(records)
+    seen = set()
+    final = []
+    for name, value, comment in out:
+        if name == "HISTNUM":
+            value = histnum
+        elif name == "CREATOR":
+            value, comment = creator, "tool that created this output"
+        elif name == "DATE":
+            value, comment = when, "Date and time of file creation"
+        elif name in ("CHECKSUM", "DATASUM"):
+            continue
+        seen.add(name)
+        final.append((name, value, comment))
+    if "CREATOR" not in seen:
+        final.append(("CREATOR", creator, "tool that created this output"))
+    if "DATE" not in seen:
+        final.append(("DATE", when, "Date and time of file creation"))
+    if "HISTNUM" not in seen:
+        final.append(("HISTNUM", histnum, "Number of HISTORY records"))
+    for name, value, comment in final:
+        _write_card(hdu, ext, name, value, comment)
+    for rec in records:
+        hdu._FITS.write_record(ext, f"HISTORY {rec}")
     hdu.write_checksum()
 
 
@@ -729,3 +591,11 @@ def _append_text_card(hdu, ext, name, value):
 
 # the longest string value cfitsio writes on one card (longer: CONTINUE cards)
 _CFITSIO_SHORT_STRING = 64
+
+
+def _write_card(hdu, ext, name, value, comment):
+    image = format_card(name, value, comment)
+    # fitsio has no public call that writes a card image as given; its key writers format
+    # floats with 15 digits, which would not read back as the value written
+    for i in range(0, len(image), 80):
+        hdu._FITS.write_record(ext, image[i:i + 80])

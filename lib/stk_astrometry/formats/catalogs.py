@@ -133,6 +133,11 @@ def _floats(tin, colname):
     """A numeric column as float64 with NaN for nulls."""
     import numpy as np
 
+    fast = getattr(tin.table, "floats", None)       # tableio.ColumnTable (issue 11)
+    if fast is not None:
+        values = fast(colname)
+        if values is not None:
+            return values
     col = _column(tin, colname)
     data = np.ma.asarray(col)
     if data.ndim != 1:
