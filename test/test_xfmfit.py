@@ -1083,6 +1083,52 @@ def test_single_basin_certificate_never_claims_a_stack_with_a_second_reachable_m
     assert two_minima >= 30 and claims >= 12, (claims, two_minima)
 
 
+# three stacks found by searching seeded random ones for where the certificate's bounds
+# decide (the convex square around the minimum, the third-derivative bound, the squares at
+# the bounds box): a proof on two single-basin stacks, none on one whose sublevel set reaches
+# the bounds box
+_CERT_SPREAD = dict(  # 39 pairs spread over ~10", f_scale 0.5: one basin, needs the Taylor bound
+    d_xi=[-13.865, -5.746, -8.710, -8.020, -12.873, -10.597, -7.259, 2.272, -9.162, 6.528, 4.226,
+          -1.038, -3.003, 6.138, 0.635, 4.463, -0.653, -3.576, -2.433, 2.674, 1.028, -0.792,
+          2.731, 2.722, 0.632, 0.933, 2.907, 5.147, 4.306, -0.573, -5.678, 2.224, 0.859, 3.807,
+          1.705, 4.440, 1.035, 0.095, -0.688],
+    d_eta=[-0.997, 1.633, -2.865, -1.309, 2.431, -0.923, 2.210, -1.644, 1.247, -3.246, -2.618,
+           1.582, 2.760, 4.256, 0.672, 5.622, 0.872, 3.708, 2.693, 6.485, 6.381, 0.913, 1.608,
+           -2.173, 1.747, -0.031, 4.787, 4.338, 0.621, -4.109, 0.618, -3.216, 4.626, -4.113,
+           -0.811, 5.569, 2.680, 1.266, 1.088],
+    f_scale=0.5)
+_CERT_FIVE = dict(  # five close pairs, f_scale 2: every square decided early
+    d_xi=[-0.885, -0.803, -0.299, -0.546, -0.937], d_eta=[-1.041, 0.053, -0.672, -0.048, 0.083],
+    f_scale=2.0)
+_CERT_TO_BOUND = dict(  # 13 pairs 3-11" south, f_scale 2: the sublevel set reaches the box
+    d_xi=[-5.392, -3.734, 1.864, -1.689, -0.852, 3.456, 0.855, 0.248, -2.811, -3.052, 0.991,
+          1.924, -0.818],
+    d_eta=[-10.731, -9.157, -4.981, -7.173, -3.717, -4.426, -4.983, -3.428, -6.146, -3.356,
+           -5.145, -2.856, -4.747],
+    f_scale=2.0)
+
+
+@pytest.mark.parametrize("stack, proven", [(_CERT_SPREAD, True), (_CERT_FIVE, True),
+                                           (_CERT_TO_BOUND, False)],
+                         ids=["spread-single-basin", "five-pairs", "sublevel-set-at-the-bound"])
+def test_single_basin_certificate_proves_single_basins_and_not_a_reach_to_the_bound(stack, proven):
+    d_xi, d_eta = np.asarray(stack["d_xi"]), np.asarray(stack["d_eta"])
+    w, f_scale, max_shift = np.ones(d_xi.size), stack["f_scale"], 10.0
+    p = xfmfit._polish(np.zeros(2), d_xi, d_eta, w, "cauchy", f_scale, max_shift)
+    a = w / f_scale**2
+    f0 = np.sum(np.log1p(a * (d_xi**2 + d_eta**2)))
+    edge = np.linspace(-max_shift, max_shift, 401)
+    ring = np.r_[np.c_[edge, np.full(401, -max_shift)], np.c_[edge, np.full(401, max_shift)],
+                 np.c_[np.full(401, -max_shift), edge], np.c_[np.full(401, max_shift), edge]]
+    f_ring = np.log1p(a * ((ring[:, :1] - d_xi) ** 2 + (ring[:, 1:] - d_eta) ** 2)).sum(axis=1)
+    # the truth, by brute force: one minimum in {F <= F(0)}, and that set inside the box --
+    # or reaching the box, where a descent may stop on the bound with a nonzero gradient
+    minima = _grid_minima_below_f0(d_xi, d_eta, w, f_scale, max_shift, 0.05)
+    assert np.all(np.hypot(*(minima - p).T) < 0.1)
+    assert bool(f_ring.min() > f0) is proven
+    assert xfmfit._cauchy_single_basin(p, d_xi, d_eta, w, f_scale, max_shift) is proven
+
+
 # ------------------------------------------------------------------------------ fit_translation:
 # what the result says
 
@@ -1775,6 +1821,43 @@ def test_group_flip_jackknife_finds_every_deletion_that_changes_the_group():
     assert n_flipping >= 5           # the stacks do exercise it
 
 
+@pytest.mark.parametrize("min_group_matches", [2, 3])
+def test_group_flip_jackknife_refits_the_new_group_without_the_detection(min_group_matches):
+    """The covariance is the jackknife of the shifts: the fitted shift where leaving a
+    detection out keeps the group, else the fit from (0, 0) of the new group's pairs without
+    that detection -- recomputed here one deletion at a time with select_group and _polish."""
+    rng = np.random.default_rng(SEED + 96 + min_group_matches)
+    n_checked = 0
+    for _ in range(150):
+        pairs = _three_group_stack(rng)
+        group = select_group(pairs, n_groups=3, min_group_matches=min_group_matches).group
+        if group == 0:
+            continue
+        w = 1.0 / (pairs.err_r0 * pairs.err_r1)
+        shift = (0.05, -0.02)
+        cov, n_flips = xfmfit._group_flip_jackknife(
+            pairs, w, group, shift, n_groups=3, min_group_matches=min_group_matches,
+            loss="cauchy", f_scale=1.0, max_shift=5.0)
+        thetas = []
+        for j in np.unique(pairs.region_id):
+            keep = pairs.region_id != j
+            new = select_group(pairs.subset(keep), n_groups=3,
+                               min_group_matches=min_group_matches).group
+            if new in (0, group):
+                thetas.append(shift)
+                continue
+            sel = keep & (np.asarray(pairs.group) == new)
+            thetas.append(xfmfit._polish(np.zeros(2), pairs.d_xi[sel], pairs.d_eta[sel], w[sel],
+                                         "cauchy", 1.0, 5.0))
+        if n_flips == 0:
+            assert cov is None
+            continue
+        np.testing.assert_allclose(cov, xfmfit._jackknife_cov(np.array(thetas)), rtol=1e-6,
+                                   atol=1e-12)
+        n_checked += 1
+    assert n_checked >= 3, n_checked
+
+
 def _tie_prone_stack(rng):
     """A few pairs in two or three groups, where sigma ties are the rule: groups of one pair
     (sigma exactly 0 in select_group), repeated offsets, offsets at very different scales."""
@@ -1902,6 +1985,41 @@ def test_from_ten_detections_no_within_group_jackknife(m):
     assert fit.error_source == "scatter"
 
 
+@pytest.mark.parametrize("m, source", [(9, "jackknife"), (10, "scatter")])
+def test_the_within_group_jackknife_stops_at_ten_detections(m, source):
+    # a bright pair 0.2" from the others carries the fit: below ten detections the sigma is
+    # raised to the delete-one-detection jackknife's (~0.25"), from ten the bootstrap's stands
+    rng = np.random.default_rng(SEED + 94)
+    dx = np.r_[rng.normal(0, 0.4, m - 1), 0.2]
+    dy = np.r_[rng.normal(0, 0.4, m - 1), 0.0]
+    r = np.r_[np.full(m - 1, 1.0), 0.01]
+    zeros = np.zeros(m)
+    fit = fit_translation(zeros, zeros, dx, dy, 1 / (r * r), var_1sigma=(r / R95_PER_SIGMA) ** 2)
+    assert fit.error_source == source
+    assert (np.hypot(fit.d_xi_err, fit.d_eta_err) > 0.1) == (source == "jackknife")
+
+
+def test_the_within_group_jackknife_leaves_out_a_detection_with_all_its_pairs():
+    """Six detections of two candidate pairs each, one bright: each jackknife refit leaves
+    out both pairs of one detection, and the reported covariance is raised to exactly that
+    jackknife (tr(cov^-1 jack) = 2)."""
+    rng = np.random.default_rng(SEED + 94)
+    dx = np.repeat(np.r_[rng.normal(0, 0.4, 5), 0.8], 2)
+    dy = np.repeat(np.r_[rng.normal(0, 0.4, 5), 0.0], 2)
+    r = np.repeat(np.r_[np.full(5, 1.0), 0.01], 2)
+    dx = dx + rng.normal(0, 0.05, 12)
+    det = np.repeat(np.arange(6), 2)
+    zeros = np.zeros(12)
+    fit = fit_translation(zeros, zeros, dx, dy, 1 / (r * r), var_1sigma=(r / R95_PER_SIGMA) ** 2,
+                          cluster=det)
+    assert fit.error_source == "jackknife"
+    rows = np.where(det[None, :] == np.arange(6)[:, None], 0.0, 1 / (r * r))
+    thetas = xfmfit._refit_batch(np.tile(dx, (6, 1)), np.tile(dy, (6, 1)), rows, "cauchy", 1.0,
+                                 5.0)
+    jack = xfmfit._jackknife_cov(thetas)
+    assert np.trace(np.linalg.solve(fit.cov, jack)) == pytest.approx(2.0, rel=1e-9)
+
+
 def test_jackknife_covariance_definition():
     thetas = np.array([[0.0, 1.0], [1.0, 0.0], [2.0, 2.0], [1.0, 1.0]])
     dev = thetas - thetas.mean(axis=0)
@@ -1917,3 +2035,118 @@ def test_raise_to_scales_up_never_down():
     same, factor = xfmfit._raise_to(cov, np.diag([0.5, 4.0]))
     assert factor == 1.0 and same is cov
     assert xfmfit._raise_to(cov, None) == (cov, 1.0)
+
+
+# ------------------------------------------------------------------------------ small helpers
+
+
+@pytest.mark.parametrize("n", range(1, 12))
+def test_median_is_numpys_median(n):
+    rng = np.random.default_rng(SEED + n)
+    x = np.round(rng.normal(0, 1, n), 1)              # ties too
+    assert xfmfit._median(x) == float(np.median(x))
+
+
+def test_newton_step_solves_the_hessian_and_refuses_an_indefinite_one():
+    grad = np.array([0.7, -1.3])
+    hess = np.array([[2.0, 0.6], [0.6, 1.5]])
+    assert np.allclose(xfmfit._newton_step(grad, hess), -np.linalg.solve(hess, grad),
+                       rtol=1e-14, atol=0)
+    assert xfmfit._newton_step(grad, np.array([[1.0, 2.0], [2.0, 1.0]])) is None
+    assert xfmfit._newton_step(grad, np.array([[-1.0, 0.0], [0.0, -2.0]])) is None
+
+
+def test_raise_to_leaves_a_singular_covariance_alone():
+    cov = np.array([[2.0, 0.3], [0.3, 1.0]])
+    singular = np.array([[1.0, 1.0], [1.0, 1.0]])
+    out, factor = xfmfit._raise_to(singular, cov)
+    assert out is singular and factor == 1.0
+
+
+def _scale_floor_reference(e2, var):
+    """The maximum of l(A, B) = sum -log V - e2 / (2V), V = A var + B, A >= _MIN_SCALE^2,
+    B >= 0, by Nelder-Mead from four starts (independent of the Fisher scoring)."""
+    from scipy.optimize import minimize
+
+    lo_a = xfmfit._MIN_SCALE**2
+
+    def minus_l(x):
+        v = (lo_a + x[0] ** 2) * var + x[1] ** 2
+        return float(np.sum(np.log(v) + e2 / (2.0 * v)))
+
+    best = min((minimize(minus_l, x0, method="Nelder-Mead",
+                         options=dict(xatol=1e-12, fatol=1e-14, maxiter=20000))
+                for x0 in [(1.0, 0.0), (1.0, 1.0), (0.3, 0.3), (2.0, 0.1)]),
+               key=lambda r: r.fun)
+    return lo_a + best.x[0] ** 2, best.x[1] ** 2
+
+
+@pytest.mark.parametrize("var, e2", [
+    ([0.016256, 0.10301, 0.18029, 0.33395, 0.0034837, 0.23866, 0.046069, 0.97593, 0.12292],
+     [0.24991, 3.1646, 7.2605, 5.2174, 1.1257, 3.4701, 3.7169, 2.2542, 0.55472]),
+    ([0.58961, 0.54437, 0.42023, 0.59523, 0.17648, 0.11228, 0.19784, 0.28705, 0.58378, 0.077039,
+      0.10949, 0.045639, 0.99204, 0.62829, 0.60538, 0.88909, 0.27903, 0.25712, 0.16633, 0.17661,
+      0.053141, 0.024282, 0.32878, 0.92234, 0.067575, 0.38564, 0.56036, 0.013613, 0.0029403,
+      0.37064, 0.83016, 0.1187, 0.034236, 0.37343, 0.019135, 0.12552, 0.0070989, 0.0061051,
+      0.42336],
+     [0.27468, 2.5801, 1.1462, 3.8991, 2.6199, 3.5405, 1.9421, 2.9197, 0.5202, 4.107, 1.4467,
+      3.1629, 5.0899, 3.6414, 7.9524, 0.40355, 1.1389, 6.047, 0.10157, 2.335, 0.34246, 2.6718,
+      4.9488, 3.7909, 1.2913, 2.5223, 3.7608, 0.070995, 2.1482, 0.88313, 1.7148, 4.2301, 1.465,
+      0.76643, 8.8495, 3.3486, 3.0606, 1.8896, 1.7594]),
+], ids=["nine-pairs", "scale-at-its-bound"])
+def test_scale_and_floor_are_the_likelihood_maximum(var, e2):
+    var, e2 = np.asarray(var), np.asarray(e2)
+    got = xfmfit._fit_scale_floor(e2, var)
+    want = _scale_floor_reference(e2, var)
+    assert got == pytest.approx(want, rel=2e-6, abs=1e-10)
+
+
+def test_scale_without_floor_is_the_closed_form():
+    # residuals smaller than stated where the errors are small: dl/dB < 0 at B = 0
+    var = np.array([0.01, 0.04, 0.25, 1.0])
+    e2 = 2.0 * 2.5**2 * var * np.array([0.5, 0.5, 1.5, 1.5])
+    a, b = xfmfit._fit_scale_floor(e2, var)
+    assert b == 0.0 and a == float(np.mean(e2 / (2.0 * var)))
+
+
+@pytest.mark.xfail(strict=True, reason="defect found by mutation testing: the early stop at "
+                   "B = 0 when dl/dB <= 0 there assumes l concave in B; with four pairs of very "
+                   "unequal errors the maximum is inside (l 12.63 at A 0.425, B 0.0036 vs 12.44)")
+def test_scale_and_floor_maximum_with_four_very_unequal_errors():
+    var = np.array([0.20165, 0.072266, 0.0031612, 0.00070278])
+    e2 = np.array([0.23928, 0.024236, 0.021766, 0.0009621])
+    assert xfmfit._fit_scale_floor(e2, var) == pytest.approx(_scale_floor_reference(e2, var),
+                                                             rel=1e-5, abs=1e-9)
+
+
+def _two_cluster_stacks(n):
+    """Two clusters of offsets 0.3-3" apart, tight or wide, f_scale 0.5-3: where the minimum
+    from (0, 0) depends on the path."""
+    rng = np.random.default_rng(7)
+    for _ in range(n):
+        s = rng.uniform(0.03, 0.5)
+        n1, n2 = rng.integers(3, 12, 2)
+        c1 = rng.uniform(-1.5, 1.5, 2)
+        ang = rng.uniform(0, 2 * np.pi)
+        c2 = c1 + rng.uniform(0.3, 3.0) * np.array([np.cos(ang), np.sin(ang)])
+        d = np.vstack([c1 + rng.normal(0, s, (n1, 2)), c2 + rng.normal(0, s, (n2, 2))])
+        w = rng.uniform(0.5, 2.0, n1 + n2) / max(s, 0.05) ** 2
+        yield d[:, 0], d[:, 1], w, float(rng.choice([0.5, 2.0, 3.0]))
+
+
+def test_shift_is_the_minimum_the_specifications_least_squares_call_reaches():
+    """On two-cluster stacks the shift is the minimum that scipy's least_squares reaches from
+    (0, 0) with the stated loss, f_scale and bounds (the specification's call, here with
+    scipy's own finite-difference Jacobian), polished -- whether the direct path proved the
+    basin or fell back on least_squares."""
+    from scipy.optimize import least_squares
+
+    for d_xi, d_eta, w, f_scale in _two_cluster_stacks(55):
+        def residuals(p, d_xi=d_xi, d_eta=d_eta, w=w):
+            return np.sqrt(w) * np.hypot(p[0] - d_xi, p[1] - d_eta)
+
+        res = least_squares(residuals, (0.0, 0.0), loss="cauchy", f_scale=f_scale,
+                            bounds=(-5.0, 5.0))
+        want = xfmfit._polish(res.x, d_xi, d_eta, w, "cauchy", f_scale, 5.0)
+        got = xfmfit._minimise(d_xi, d_eta, w, "cauchy", f_scale, 5.0, "auto")[0]
+        assert np.hypot(*(got - want)) < 1e-9, (d_xi, d_eta, w, f_scale)
