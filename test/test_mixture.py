@@ -2110,8 +2110,28 @@ def test_the_error_models_are_compared_on_the_same_pairs(kwargs):
     for c in (stated, cov):
         prob.set_cov(c)
         p_win, mu = mixture._window_terms(prob, st.idx, st.r_w)
-        s_fit, q_fit, *_ = mixture._fit_window(prob, st.idx, st.s.copy(), st.q, p_win, mu)
+        s_fit, q_fit, *_ = mixture._fit_window(prob, st.idx, st.s.copy(), st.q, p_win, mu,
+                                               mixture._GAIN_TOL)
         loglike.append(mixture._fit_window_final(prob, st.idx, s_fit, q_fit, p_win,
                                                  mu)[5]["loglike"])
     prior = mixture._error_prior(1.0, 0.01, 0.0)[0]
     assert gain == pytest.approx(2.0 * (loglike[1] - loglike[0] + prior), rel=1e-12)
+
+
+def test_em_on_a_window_stops_at_the_tolerance_it_is_given():
+    # the error models' comparison refits with a loose tolerance (_GAIN_TOL): fewer iterations,
+    # the same maximum within what the tolerance allows (its likelihood within ~1e-6)
+    from stk_astrometry import mixture
+
+    rng = np.random.default_rng(SEED + 940)
+    prob = _problem(rng, false_frac=0.3, density=10.0)
+    st = mixture._windowed_fit(prob, np.array([0.4, -0.3]), 0.9)
+    p_win, mu = mixture._window_terms(prob, st.idx, st.r_w)
+    start = st.s + 0.02
+    tight = mixture._fit_window(prob, st.idx, start.copy(), 0.5, p_win, mu)
+    loose = mixture._fit_window(prob, st.idx, start.copy(), 0.5, p_win, mu, mixture._GAIN_TOL)
+    assert tight[4] and loose[4] and loose[3] < tight[3]
+    np.testing.assert_allclose(loose[0], tight[0], atol=1e-3)
+    ll = [mixture._fit_window_final(prob, st.idx, f[0], f[1], p_win, mu)[5]["loglike"]
+          for f in (tight, loose)]
+    assert 0 <= ll[0] - ll[1] < 1e-5

@@ -302,6 +302,9 @@ _CAL_POLISH_ITER = 20
 # quadrature nodes of disk_probability over [0, pi)
 _N_THETA = 32
 _MAX_WINDOW_ITER = 20
+# EM tolerances (shift arcsec, q) of the refits that compare the error models on the same pairs:
+# a likelihood at its maximum is flat: 1e-5 leaves it within ~1e-6 of the converged one
+_GAIN_TOL = (1e-5, 1e-5)
 _TOL_ARCSEC = 1.0e-10
 _Q_MIN = 1.0e-9
 
@@ -831,8 +834,9 @@ def _update_q(q, a, b, c, e):
     return x
 
 
-def _fit_window(prob, idx, s, q, p_win, mu):
-    """EM on the pairs ``idx`` (a fixed window).
+def _fit_window(prob, idx, s, q, p_win, mu, tol=(_TOL_ARCSEC, 1e-9)):
+    """EM on the pairs ``idx`` (a fixed window), until the shift and q move by less than
+    ``tol`` (arcsec, 1).
 
     Returns (s, q, memberships, n_iter, ok, info, note): the memberships are those of the last
     E step and info is None -- the callers (:func:`_windowed_fit`, :func:`_gain_same_window`)
@@ -880,7 +884,7 @@ def _fit_window(prob, idx, s, q, p_win, mu):
             q_new = _update_q(q, rho, s_j - rho * p_win, c, e)
         else:
             q_new = 1.0
-        done = np.all(np.abs(s_new - s) < _TOL_ARCSEC) and abs(q_new - q) < 1e-9
+        done = np.all(np.abs(s_new - s) < tol[0]) and abs(q_new - q) < tol[1]
         s, q = s_new, q_new
         if done:
             ok = True
@@ -1323,7 +1327,8 @@ def _gain_same_window(prob, stated, st, cand, cal, min_floor):
     for model, start in (((1.0, min_floor), st), (cal, cand)):
         prob.set_cov(_calibrated(stated, *model)[0])
         p_win, mu = _window_terms(prob, st.idx, st.r_w)
-        s_fit, q_fit, *_ = _fit_window(prob, st.idx, start.s.copy(), start.q, p_win, mu)
+        s_fit, q_fit, *_ = _fit_window(prob, st.idx, start.s.copy(), start.q, p_win, mu,
+                                       _GAIN_TOL)
         loglike.append(_fit_window_final(prob, st.idx, s_fit, q_fit, p_win, mu)[5]["loglike"])
     return 2.0 * (loglike[1] - loglike[0]
                   + _error_prior(cal[0] ** 2, cal[1] ** 2, min_floor**2)[0])
