@@ -856,8 +856,12 @@ def _fit_scale_floor(e2, var):
     squared 2-D residual norms ``e2`` (two axes each): maximises
     ``l(A, B) = sum -log V - e2 / (2 V)``.
 
-    Fisher scoring with step halving; on the bound B = 0 the maximum over A is closed-form
-    (``A = mean(e2 / (2 var))``), and the search stops there when dl/dB <= 0.
+    Fisher scoring with step halving.  On the bound B = 0 the maximum over A is closed-form
+    (``A = mean(e2 / (2 var))``); the search climbs from there when dl/dB > 0.  l is not
+    concave (with a few very unequal errors it has a mode inside and one with the scale at its
+    bound and the floor carrying the scatter), so the search also climbs from an inside start
+    (that A halved, B the median stated variance times it) and from the scale's bound (B from
+    the mean residual), and the highest of these is returned.
     """
     lo_a = _MIN_SCALE**2
 
@@ -869,38 +873,61 @@ def _fit_scale_floor(e2, var):
         vv = aa * var + bb
         return float(np.sum(e2 / (2.0 * vv * vv) - 1.0 / vv))
 
-    aa, bb = max(float(np.mean(e2 / (2.0 * var))), lo_a), 0.0
-    if d_floor(aa, bb) <= 0.0:
-        return aa, bb                     # the best model has no floor
-    f = objective(aa, bb)
-    for _ in range(60):
-        vv = aa * var + bb
-        g = e2 / (2.0 * vv * vv) - 1.0 / vv
-        grad = np.array([np.sum(g * var), np.sum(g)])
-        h = 1.0 / (vv * vv)
-        fisher = np.array([[np.sum(h * var * var), np.sum(h * var)],
-                           [np.sum(h * var), np.sum(h)]])
-        try:
-            step = np.linalg.solve(fisher, grad)
-        except np.linalg.LinAlgError:
-            break
-        if aa <= lo_a and step[0] < 0:           # on the scale's bound: move the floor only
-            step = np.array([0.0, grad[1] / fisher[1, 1]])
-        accepted = False
-        for _halving in range(20):
-            na, nb = max(aa + step[0], lo_a), max(bb + step[1], 0.0)
-            nf = objective(na, nb)
-            if nf >= f - 1e-12 * abs(f):
-                accepted = True
+    def climb(aa, bb):
+        """Fisher scoring with step halving from every start (aa, bb) at once (arrays of k
+        starts; each start takes the steps it would take alone); (l, A, B) of each end."""
+        f = np.array([objective(x, y) for x, y in zip(aa, bb, strict=True)])
+        live = np.ones(aa.size, dtype=bool)
+        for _ in range(60):
+            idx = np.flatnonzero(live)
+            if idx.size == 0:
                 break
-            step = step / 2.0
-        if not accepted:
-            break
-        done = abs(na - aa) <= 1e-9 * aa and abs(nb - bb) <= 1e-9 * max(bb, 1e-8)
-        aa, bb, f = na, nb, nf
-        if done:
-            break
-    return aa, bb
+            a_l, b_l = aa[idx], bb[idx]
+            vv = a_l[:, None] * var + b_l[:, None]
+            g = e2 / (2.0 * vv * vv) - 1.0 / vv
+            h = 1.0 / (vv * vv)
+            g_a, g_b = (g * var).sum(axis=1), g.sum(axis=1)
+            f_aa, f_ab, f_bb = (h * var * var).sum(axis=1), (h * var).sum(axis=1), h.sum(axis=1)
+            det = f_aa * f_bb - f_ab * f_ab
+            ok = det > 0
+            live[idx[~ok]] = False                   # a singular Fisher matrix: stop there
+            safe = np.where(ok, det, 1.0)
+            s_a = (f_bb * g_a - f_ab * g_b) / safe
+            s_b = (f_aa * g_b - f_ab * g_a) / safe
+            bound = (a_l <= lo_a) & (s_a < 0)        # on the scale's bound: move the floor only
+            s_a = np.where(bound, 0.0, s_a)
+            s_b = np.where(bound, g_b / f_bb, s_b)
+            new_a, new_b, new_f = a_l.copy(), b_l.copy(), f[idx].copy()
+            pending = ok.copy()
+            for _halving in range(20):
+                if not pending.any():
+                    break
+                na = np.maximum(a_l + s_a, lo_a)
+                nb = np.maximum(b_l + s_b, 0.0)
+                nv = na[:, None] * var + nb[:, None]
+                nf = np.sum(-np.log(nv) - e2 / (2.0 * nv), axis=1)
+                up = pending & (nf >= f[idx] - 1e-12 * np.abs(f[idx]))
+                new_a[up], new_b[up], new_f[up] = na[up], nb[up], nf[up]
+                pending &= ~up
+                s_a, s_b = s_a / 2.0, s_b / 2.0
+            live[idx[pending]] = False               # no step halving raised l: stop there
+            moved = ok & ~pending
+            done = ((np.abs(new_a - a_l) <= 1e-9 * a_l)
+                    & (np.abs(new_b - b_l) <= 1e-9 * np.maximum(b_l, 1e-8)))
+            aa[idx[moved]], bb[idx[moved]], f[idx[moved]] = (new_a[moved], new_b[moved],
+                                                              new_f[moved])
+            live[idx[moved & done]] = False
+        return f, aa, bb
+
+    aa = max(float(np.mean(e2 / (2.0 * var))), lo_a)
+    starts = [(aa, 0.0)] if d_floor(aa, 0.0) > 0.0 else []
+    starts += [(max(0.5 * aa, lo_a), 0.5 * aa * float(np.median(var))),
+               (lo_a, max(0.5 * float(np.mean(e2)) - lo_a * float(np.mean(var)), 1e-12))]
+    f, a_end, b_end = climb(np.array([x for x, _ in starts]), np.array([y for _, y in starts]))
+    i = int(np.argmax(f))
+    if f[i] > objective(aa, 0.0):
+        return float(a_end[i]), float(b_end[i])
+    return aa, 0.0                        # the best model has no floor
 
 
 def _refit_batch(dx, dy, w, loss, f_scale, max_shift):
