@@ -2060,8 +2060,16 @@ def test_a_calibration_near_the_margin_averages_the_two_error_models(monkeypatch
         seen.update(gain=gain)
         return weight(gain)
 
+    averaged = mixture._averaged
+
+    def spy_averaged(prob, stated, base, st_stated, cand, cal, gain):
+        out = averaged(prob, stated, base, st_stated, cand, cal, gain)
+        seen.update(averaged=(st_stated, cand, gain, out))
+        return out
+
     monkeypatch.setattr(mixture, "_calibrate", spy)
     monkeypatch.setattr(mixture, "_model_weight", spy_weight)
+    monkeypatch.setattr(mixture, "_averaged", spy_averaged)
     rng = np.random.default_rng(SEED + 900 + k)
     args = _stack_with_wrong_errors(rng, 14, floor=0.12)
     kw = dict(density_per_arcmin2=2.0, match_radius_arcsec=3.0)
@@ -2081,6 +2089,17 @@ def test_a_calibration_near_the_margin_averages_the_two_error_models(monkeypatch
     n_dim = 2.0 * cand.n_eff
     below = fit.cov - w * cand.cov_s * n_dim / (n_dim - 2.0) - w * (1 - w) * np.outer(diff, diff)
     assert np.all(np.linalg.eigvalsh(below) > 0)
+    # the average itself, before the reported covariance's robust floor: exactly the
+    # mixture's w C_fit + (1 - w) C_stated + w (1 - w) d d^T, C_fit with its degrees-of-freedom
+    # correction, C_stated not below it
+    st_stated, cand, gain_seen, (avg, w_seen) = seen["averaged"]
+    assert gain_seen == pytest.approx(gain, rel=1e-9) and w_seen == pytest.approx(w, rel=1e-9)
+    c_fit = cand.cov_s * n_dim / (n_dim - 2.0)
+    c_stated = mixture._robust_floor(st_stated.cov_s, c_fit)[0]
+    d = cand.s - st_stated.s
+    np.testing.assert_allclose(avg.s, w * cand.s + (1 - w) * st_stated.s, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(avg.cov_s, w * c_fit + (1 - w) * c_stated
+                               + w * (1 - w) * np.outer(d, d), rtol=1e-9, atol=0)
 
 
 @pytest.mark.parametrize("kwargs", [{}, {"false_frac": 0.4, "density": 20.0}])
