@@ -463,6 +463,9 @@ def test_shift_at_bound_not_converged():
         ({"max_shift_arcsec": np.nan}, "max_shift_arcsec must be > 0"),
         ({"systematic_arcsec": -0.1}, "systematic_arcsec must be finite and >= 0"),
         ({"x0": (1.0,)}, "x0 must be two finite numbers"),
+        ({"d_eta": [0.0]}, "d_eta has 1 entries, expected 2"),
+        ({"max_shift_arcsec": 0.0}, "max_shift_arcsec must be > 0, got 0.0"),
+        ({"match_radius_arcsec": -0.5}, "match_radius_arcsec must be > 0"),
     ],
 )
 def test_malformed_arguments_raise(kwargs, match):
@@ -1567,21 +1570,6 @@ def test_whole_number_detection_ids_given_as_floats_are_accepted():
     for bad in ([0.0, np.nan], [0.0, np.inf]):
         with pytest.raises(FitError, match="src_index must hold integers"):
             fit_mixture(bad, [0.1, 0.2], [0.0, 0.1], np.tile(np.eye(2), (2, 1, 1)), **kw)
-
-
-@pytest.mark.parametrize(("kwargs", "match"), [
-    ({"d_eta": [0.0]}, "d_eta has 1 entries, expected 2"),
-    ({"max_shift_arcsec": 0.0}, "max_shift_arcsec must be > 0, got 0.0"),
-    ({"match_radius_arcsec": -0.5}, "match_radius_arcsec must be > 0"),
-])
-def test_more_malformed_arguments_raise(kwargs, match):
-    args = {"src_index": [0, 1], "d_xi": [0.1, 0.2], "d_eta": [0.0, 0.1],
-            "cov_pairs": np.tile(np.eye(2), (2, 1, 1)), "density_per_arcmin2": 1.0,
-            "match_radius_arcsec": R}
-    args.update(kwargs)
-    positional = [args.pop(k) for k in ("src_index", "d_xi", "d_eta", "cov_pairs")]
-    with pytest.raises(FitError, match=match):
-        fit_mixture(*positional, **args)
 
 
 @pytest.mark.parametrize("radius", [0.15, 0.5, 1.0])
