@@ -869,8 +869,9 @@ def _fit_scale_floor(e2, var):
         vv = aa * var + bb
         return float(np.sum(-np.log(vv) - e2 / (2.0 * vv)))
 
-    def d_floor(aa, bb):
-        vv = aa * var + bb
+    def d_floor(aa):
+        """dl/dB on the bound B = 0."""
+        vv = aa * var
         return float(np.sum(e2 / (2.0 * vv * vv) - 1.0 / vv))
 
     def climb(aa, bb):
@@ -920,7 +921,7 @@ def _fit_scale_floor(e2, var):
         return f, aa, bb
 
     aa = max(float(np.mean(e2 / (2.0 * var))), lo_a)
-    starts = [(aa, 0.0)] if d_floor(aa, 0.0) > 0.0 else []
+    starts = [(aa, 0.0)] if d_floor(aa) > 0.0 else []
     starts += [(max(0.5 * aa, lo_a), 0.5 * aa * float(np.median(var))),
                (lo_a, max(0.5 * float(np.mean(e2)) - lo_a * float(np.mean(var)), 1e-12))]
     f, a_end, b_end = climb(np.array([x for x, _ in starts]), np.array([y for _, y in starts]))
