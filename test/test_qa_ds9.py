@@ -138,6 +138,15 @@ def test_script_reopens_the_review(display, tmp_path, monkeypatch):
         while not xpa.alive():
             assert proc.poll() is None and time.monotonic() < deadline, "ds9 did not start"
             time.sleep(0.2)
+        # xpaaccess can list the access point a moment before xpaget reaches it (seen once in
+        # CI: "no 'xpaget' access points match"): wait until DS9 answers, then ask its state
+        while True:
+            try:
+                xpa.get("version")
+                break
+            except ds9mod.DS9Error:
+                assert proc.poll() is None and time.monotonic() < deadline, "ds9 did not answer"
+                time.sleep(0.2)
         time.sleep(0.5)
         assert xpa.get("frame all").split() == ["1", "2"]
         assert xpa.get("blink") == "yes"
