@@ -7,6 +7,7 @@ installs them and sets STK_REQUIRE_DS9=1, which turns a missing program into a f
 """
 
 import os
+import select
 import shutil
 import subprocess
 import time
@@ -40,21 +41,28 @@ def _require_programs():
 
 @pytest.fixture
 def display(tmp_path):
-    """A private Xvfb display (and XPA on local sockets, not the network)."""
+    """A private Xvfb display (and XPA on local sockets, not the network).
+
+    Xvfb picks a free display number itself (``-displayfd``) and writes it when it is ready:
+    choosing the number here by looking for a free socket raced with the other xdist worker's
+    fixture -- both took :91, and the first test's teardown killed the other test's display
+    under its DS9 ("ds9 exited at start", "no xpaget access points match" in CI).
+    """
     _require_programs()
-    for number in range(91, 120):
-        if not Path(f"/tmp/.X11-unix/X{number}").exists() and \
-                not Path(f"/tmp/.X{number}-lock").exists():
-            break
-    proc = subprocess.Popen(["Xvfb", f":{number}", "-screen", "0", "1280x1024x24",
-                             "-nolisten", "tcp"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 20
-    while not Path(f"/tmp/.X11-unix/X{number}").exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"Xvfb :{number} did not start")
-        time.sleep(0.1)
+    read_end, write_end = os.pipe()
+    proc = subprocess.Popen(["Xvfb", "-displayfd", str(write_end), "-screen", "0",
+                             "1280x1024x24", "-nolisten", "tcp"], pass_fds=(write_end,),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as fh:
+        # a line when ready; EOF (b"") when Xvfb exits without a display
+        ready, _, _ = select.select([fh], [], [], 20)
+        answer = fh.readline().strip() if ready else b""
+    if not answer.isdigit():
+        proc.kill()
+        proc.wait(timeout=10)
+        pytest.fail(f"Xvfb did not start (exit {proc.poll()})")
+    number = int(answer)
     yield f":{number}"
     proc.terminate()
     proc.wait(timeout=10)
