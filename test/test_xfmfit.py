@@ -2422,3 +2422,17 @@ def test_single_basin_certificate_proves_these_single_basins(stack):
     minima = _grid_minima_below_f0(d_xi, d_eta, w, f_scale, max_shift, 0.02)
     assert np.all(np.hypot(*(minima - p).T) < 0.05)
     assert xfmfit._cauchy_single_basin(p, d_xi, d_eta, w, f_scale, max_shift) is True
+
+
+def test_scale_and_floor_do_not_depend_on_the_unit():
+    """The same residuals and stated errors in milliarcseconds (every variance x 1e6): the
+    same scale k^2, the floor x 1e6 -- here a set whose maximum only the climb from the
+    no-floor bound reaches, so the test that chooses that start must not depend on the unit."""
+    var = np.array([0.10822, 0.21631, 0.0061748, 0.065142, 0.00086773, 0.00036308, 0.69732,
+                    0.017095, 0.19624, 0.64087])
+    e2 = np.array([0.33119, 1.5833, 0.19823, 0.065554, 0.0014266, 0.0042516, 0.67741, 0.10718,
+                   0.12397, 0.91568])
+    a, b = xfmfit._fit_scale_floor(e2, var)
+    a_mas, b_mas = xfmfit._fit_scale_floor(e2 * 1e6, var * 1e6)
+    assert a_mas == pytest.approx(a, rel=1e-9)
+    assert b_mas == pytest.approx(b * 1e6, rel=1e-9)
