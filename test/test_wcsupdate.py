@@ -896,11 +896,10 @@ def test_more_ra_columns_than_dec_columns_pair_in_column_order():
 
 
 def test_commentary_cards_are_not_keywords_and_do_not_stop_the_index():
-    h = fits.Header()
-    h["HISTORY"] = "RA_NOM moved"
-    h["COMMENT"] = "a comment"
-    h.append(fits.Card("", "a blank-keyword card"))
-    h["RA_NOM"], h["DEC_NOM"] = (RA0, "[deg]"), (DEC0, "[deg]")
+    h = fits.Header([fits.Card("HISTORY", "RA_NOM moved"), fits.Card("COMMENT", "a comment"),
+                     fits.Card("", "a blank-keyword card"), fits.Card("RA_NOM", RA0, "[deg]"),
+                     fits.Card("DEC_NOM", DEC0, "[deg]")])
+    assert [c.keyword for c in h.cards][-2:] == ["RA_NOM", "DEC_NOM"]
     index = wcsupdate.keyword_index(h)
     assert set(index) == {"RA_NOM", "DEC_NOM"}
     assert [c.key for c in wcsupdate.update_header(h, XFM, hdu_label="h").changes] == [
@@ -991,7 +990,7 @@ def test_populating_eqsrc_reports_the_value_it_replaced():
 def test_set_value_keeps_the_longest_comment_that_fits_in_80_characters():
     from stk_astrometry.wcsupdate import _set_value
 
-    comment = "a comment of some length that fills the card up to its end and beyond it"
+    comment = "the tangent point of the stack, read from RA_STACK/DEC_STACK of the detections"
     h = fits.Header()
     h["KEY"] = (1.0, comment[:47])
     h["KEY2"] = (1.0, comment[:40])
