@@ -1008,6 +1008,7 @@ def test_a_gaia_table_without_epoch_column_has_no_epoch_origin(tmp_path):
                                                ("RA_ICRS", "DECJ2000")])
 def test_either_vizier_j2000_position_column_means_epoch_2000(tmp_path, ra_name, dec_name):
     t = _vizier_gaia(with_icrs=False)
+    del t["RAJ2000"], t["DEJ2000"]
     t[ra_name] = RA
     t[dec_name] = DEC
     t.write(tmp_path / "v.vot", format="votable")
@@ -1076,3 +1077,8 @@ def test_sdss_one_centroid_error_column_is_not_the_centroid_model():
     cat = catalogs.read_sdss(_dtin(cols))
     assert cat.error_model.startswith("calibration + raErr/decErr")
     assert cat.sources.source_id.tolist() == [1, 2] and cat.n_bad_err == 0
+
+
+def test_flags_refusal_names_five_of_six_bad_values():
+    with pytest.raises(CatalogError, match=r"not a flag: A, B, C, D, E$"):
+        catalogs._flags(_tin(f=np.array(["a", "b", "c", "d", "e", "g", "T"])), "f")
