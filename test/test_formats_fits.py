@@ -503,3 +503,14 @@ def test_one_write_has_one_time_stamp(tmp_path, monkeypatch):
         tools = {str(hdu.header["HISTORY"][0]) for hdu in hdul}
     assert len(dates) == 1 and len(tools) == 1
     assert dates.pop() in tools.pop()
+
+
+def test_the_astropy_reader_is_used_when_fitsio_is_off(tmp_path, monkeypatch):
+    from stk_astrometry.formats import _fits
+
+    specs = [_fits.HduSpec(None), _fits.HduSpec("T", {"a": np.array([1.5, 2.5])})]
+    _fits.write_fits_fast(tmp_path / "r.fits", specs, HIST, clobber=False)
+    monkeypatch.setattr(_fits, "FITSIO_IO", False)
+    got = _fits.read_fits(tmp_path / "r.fits")
+    assert [x[0] for x in got] == ["", "T"] and got[1][2]["a"].tolist() == [1.5, 2.5]
+    assert type(got[1][1]) is fits.Header
