@@ -758,7 +758,11 @@ def _problem(rng, **kwargs):
 
 
 @pytest.mark.parametrize("kwargs", [{}, {"false_frac": 0.4, "density": 20.0},
-                                    {"n_det": 12, "density": 150.0, "shift": (1.2, 0.9)}])
+                                    {"n_det": 12, "density": 150.0, "shift": (1.2, 0.9)},
+                                    # 150 tight pairs on a node: the product of their log
+                                    # terms would overflow in one piece (_score_nodes)
+                                    {"n_det": 150, "shift": (0.4, -0.4),
+                                     "sig_range": (0.003, 0.005)}])
 def test_grid_score_by_matrix_product_is_the_elementwise_score(kwargs):
     from stk_astrometry.mixture import _score, _score_nodes
 
@@ -825,6 +829,73 @@ def test_seeds_refined_together_end_where_each_ends_alone(kwargs):
     alone = np.array([_refine_one_seed(prob, s.copy(), 0.01, st)
                       for s, st in zip(seeds, stages, strict=True)])
     np.testing.assert_allclose(together, alone, rtol=0, atol=1e-12)
+
+
+def _start_exhaustive(prob, prior_sigma):
+    """The start as the library computed it before issue 11 cut its cost: every node of the
+    grid scored elementwise (mixture._score), each seed refined alone by the plain log-space
+    EM (_refine_one_seed), the candidates ranked by the unsmoothed score less the prior."""
+    from stk_astrometry.mixture import (_ANNEAL, _GRID_STEP_ARCSEC, _N_STARTS, _local_maxima,
+                                        _score)
+
+    h = _GRID_STEP_ARCSEC
+    n = int(np.ceil(min(prob.max_shift, prob.radius) / h))
+    g = np.arange(-n, n + 1) * h
+    gx, gy = np.meshgrid(g, g, indexing="ij")
+    keep = ((np.hypot(gx, gy) <= prob.radius - h) & (np.abs(gx) <= prob.max_shift)
+            & (np.abs(gy) <= prob.max_shift))
+    rho_g = max(prob.rho, 0.05 / (np.pi * prob.radius**2))
+    nodes = np.stack([gx[keep], gy[keep]], axis=-1)
+    cands = []
+    for widen, stages in ((h**2, _ANNEAL), (0.0, _ANNEAL[-1:])):
+        score = np.full(gx.shape, -np.inf)
+        score[keep] = _score(prob, nodes, rho_g, widen)
+        for c in _local_maxima(score, keep)[:_N_STARTS]:
+            seed = np.array([gx.ravel()[c], gy.ravel()[c]])
+            cands.append(_refine_one_seed(prob, seed, rho_g, stages))
+    ranked = [_score(prob, c[None], rho_g, 0.0)[0]
+              - (0.5 * float(c @ c) / prior_sigma**2 if prior_sigma else 0.0) for c in cands]
+    return cands[int(np.argmax(ranked))]        # the first of equals, as the library's loop
+
+
+def _two_mode_problem(n_near, n_far, rho_arcmin2):
+    from stk_astrometry.mixture import _Problem
+
+    det, dx, dy, cov = _two_mode_stack(n_near, n_far)
+    order = np.lexsort((dy, dx, det))
+    return _Problem(det[order], dx[order], dy[order], cov[order], rho_arcmin2 / 3600.0, R, 5.0)
+
+
+_HARD_STARTS = [
+    ("typical", {}),
+    ("few matches", {"n_det": 5, "density": 2.0}),
+    ("few matches, 30 % false", {"n_det": 8, "false_frac": 0.3, "density": 2.0}),
+    ("50 % false, crowded", {"n_det": 40, "false_frac": 0.5, "density": 20.0}),
+    ("150 per arcmin2", {"n_det": 12, "density": 150.0, "shift": (1.2, 0.9)}),
+    ("narrow errors, 40 % false", {"n_det": 30, "false_frac": 0.4, "density": 5.0,
+                                   "sig_range": (0.01, 0.05)}),
+    ("large shift, 40 % false", {"n_det": 25, "false_frac": 0.4, "shift": (-1.9, 1.4)}),
+    ("reference errors", {"n_det": 60, "density": 10.0, "ref_sigma": (0.05, 0.4)}),
+]
+
+
+@pytest.mark.parametrize("prior", [1.0, None])
+@pytest.mark.parametrize("case", [c for c, _ in _HARD_STARTS] + ["two basins, near tie",
+                                                                 "two basins, 4 near 3 far"])
+def test_start_search_picks_the_exhaustive_grids_start(case, prior):
+    # issue 11 cut the start's cost (row gathers, products of the log terms, the EM's
+    # arithmetic); the start it picks must be the one the exhaustive elementwise search picks,
+    # on hard stacks too: few matches, many false ones, narrow unsmoothed modes, two basins
+    from stk_astrometry.mixture import _start_by_grid
+
+    if case.startswith("two basins"):
+        prob = _two_mode_problem(*((3, 0) if "tie" in case else (4, 3)), 50.0)
+    else:
+        seed = SEED + 900 + [c for c, _ in _HARD_STARTS].index(case)
+        prob = _problem(np.random.default_rng(seed), **dict(_HARD_STARTS)[case])
+    got = _start_by_grid(prob, prior)
+    want = _start_exhaustive(prob, prior)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-9)
 
 
 def test_stated_errors_kept_but_covariance_not_below_the_fitted_models(monkeypatch):

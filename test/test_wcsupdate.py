@@ -688,3 +688,345 @@ def test_shift_columns_of_nothing_usable_moves_nothing():
                                   np.array([np.nan, -999.0, -90.5, 90.5]), XFM)
     assert (res.n_moved, res.n_null, res.n_sentinel, res.n_far, res.n_unprojectable) == \
         (0, 1, 3, 0, 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# The projection limit and the far note, at their edges and both ways
+
+
+def _south(dist_deg, ref=(RA0, DEC0)):
+    """A position ``dist_deg`` due south of ``ref``."""
+    return ref[0], ref[1] - dist_deg
+
+
+def test_a_position_beyond_the_projection_limit_is_left_by_the_update():
+    # 89.5 deg away: the tangent projection still gives numbers, but the update leaves it
+    ra, dec = _south(89.5)
+    h = fits.Header()
+    h["RA_A"], h["DEC_A"] = (ra, "[deg]"), (dec, "[deg]")
+    res = wcsupdate.update_header(h, XFM, hdu_label="h")
+    assert not res.changes and h["DEC_A"] == dec
+    assert res.notes[0].message.endswith("not of this stack; left")
+    col = wcsupdate.shift_columns(np.array([ra, RA0]), np.array([dec, DEC0]), XFM)
+    assert (col.n_moved, col.n_unprojectable) == (1, 1) and col.dec_deg[0] == dec
+
+
+def test_an_undo_leaves_a_position_it_would_put_beyond_the_limit():
+    # 89.5 deg away, undone: the undone position is still >= 89 deg away, so it stays
+    ra, dec = _south(89.5)
+    col = wcsupdate.shift_columns(np.array([ra, RA0]), np.array([dec, DEC0]), XFM, inverse=True)
+    assert (col.n_moved, col.n_unprojectable) == (1, 1) and col.dec_deg[0] == dec
+    assert col.dec_deg[1] != DEC0
+
+
+def test_an_undo_brings_back_a_position_the_update_moved_across_the_limit():
+    # just inside 89 deg: the update moves it (outwards, to 89 deg or more); the undo must
+    # move it back although it now starts beyond the limit
+    x = wcsupdate.Transform.from_shift(0.0, -36.0, RA0, DEC0)      # south: outwards
+    ra, dec = _south(89.0 - 1e-6)
+    fwd = wcsupdate.shift_columns(np.array([ra]), np.array([dec]), x)
+    assert fwd.n_moved == 1
+    assert wcsupdate.distance_deg(fwd.ra_deg[0], fwd.dec_deg[0], RA0, DEC0) >= 89.0
+    back = wcsupdate.shift_columns(fwd.ra_deg, fwd.dec_deg, x, inverse=True)
+    assert back.n_moved == 1 and back.dec_deg[0] == pytest.approx(dec, abs=1e-10)
+    h = fits.Header()
+    h["RA_A"], h["DEC_A"] = (float(fwd.ra_deg[0]), "[deg]"), (float(fwd.dec_deg[0]), "[deg]")
+    res = wcsupdate.update_header(h, x, hdu_label="h", inverse=True)
+    assert [c.key for c in res.changes] == ["RA_A", "DEC_A"]
+    assert h["DEC_A"] == pytest.approx(dec, abs=1e-10)
+
+
+def _far_header(ra, dec):
+    h = fits.Header()
+    h["CTYPE1"], h["CTYPE2"] = "RA---TAN", "DEC--TAN"
+    h["CRVAL1"], h["CRVAL2"] = ra, dec
+    h["RA_A"], h["DEC_A"] = (ra, "[deg]"), (dec, "[deg]")
+    return h
+
+
+def test_the_far_note_is_decided_on_the_untransformed_position_both_ways():
+    # the transform moves north by 1e-3 deg; positions due north of the tangent point,
+    # 5e-4 deg either side of 10 deg
+    x = wcsupdate.Transform.from_shift(0.0, 3.6, RA0, DEC0)
+    lim = wcsupdate.MAX_DISTANCE_DEG
+    inside, outside = DEC0 + lim - 5e-4, DEC0 + lim + 5e-4
+    # update: decided on the position before the move
+    res = wcsupdate.update_header(_far_header(RA0, inside), x, hdu_label="h")
+    assert len(res.changes) == 4 and not res.notes            # moved out to 10.0005: no note
+    # undo: decided on the position it returns to (the one the update started from)
+    res = wcsupdate.update_header(_far_header(RA0, outside), x, hdu_label="h", inverse=True)
+    assert len(res.changes) == 4 and not res.notes            # back to 9.9995: no note
+    south = DEC0 - lim + 5e-4                                  # undone: out to 10.0005
+    res = wcsupdate.update_header(_far_header(RA0, south), x, hdu_label="h", inverse=True)
+    assert [n.message.split(" = ")[0] for n in res.notes] == ["EQPOS CRVAL1/CRVAL2", "RA_A/DEC_A"]
+    assert all("is 10.0 deg" in n.message and "moved all the same" in n.message
+               for n in res.notes)
+    for dec, n_far in ((outside, 0), (south, 1)):
+        back = wcsupdate.shift_columns(np.array([RA0]), np.array([dec]), x, inverse=True)
+        assert back.n_moved == 1 and back.n_far == n_far
+    fwd = wcsupdate.shift_columns(np.array([RA0, RA0]), np.array([inside, outside]), x)
+    assert fwd.n_moved == 2 and fwd.n_far == 1
+
+
+def test_a_position_exactly_at_the_far_distance_is_not_far():
+    # (RA, -13) is exactly 10.0 deg (as distance_deg measures it) from (RA, -23)
+    x = wcsupdate.Transform.from_shift(0.3, -0.2, 150.0, -23.0)
+    assert wcsupdate.distance_deg(150.0, -13.0, 150.0, -23.0) == wcsupdate.MAX_DISTANCE_DEG
+    res = wcsupdate.update_header(_far_header(150.0, -13.0), x, hdu_label="h")
+    assert len(res.changes) == 4 and not res.notes
+    col = wcsupdate.shift_columns(np.array([150.0]), np.array([-13.0]), x)
+    assert col.n_moved == 1 and col.n_far == 0
+
+
+def test_an_undone_image_wcs_is_restored():
+    h = _far_header(RA0 + 0.01, DEC0 - 0.01)
+    wcsupdate.update_header(h, XFM, hdu_label="h")
+    assert h["CRVAL1"] != RA0 + 0.01
+    res = wcsupdate.update_header(h, XFM, hdu_label="h", inverse=True)
+    assert [c.key for c in res.changes] == ["CRVAL1", "CRVAL2", "RA_A", "DEC_A"]
+    assert h["CRVAL1"] == pytest.approx(RA0 + 0.01, abs=1e-11)
+    assert h["CRVAL2"] == pytest.approx(DEC0 - 0.01, abs=1e-11)
+
+
+# ---------------------------------------------------------------------------------------------
+# Geometry: general matrices, distances, single-precision input, attitude rows
+
+
+def test_a_general_matrix_is_undone_exactly():
+    # a matrix with a scale (determinant 0.9995, not 1): the undo divides by it
+    x = wcsupdate.Transform.from_shift(0.3, -0.2, RA0, DEC0, matrix=(1.02, 0.01, -0.02, 0.98))
+    ra, dec = np.array([RA0 + 0.05, RA0 - 0.03]), np.array([DEC0 - 0.04, DEC0 + 0.02])
+    ra1, dec1 = wcsupdate.apply_sky(ra, dec, x)
+    assert np.all(np.abs(ra1 - ra) > 1e-4)
+    ra2, dec2 = wcsupdate.apply_sky(ra1, dec1, x, inverse=True)
+    assert np.allclose(ra2, ra, atol=1e-11, rtol=0) and np.allclose(dec2, dec, atol=1e-11, rtol=0)
+
+
+def test_distance_is_the_great_circle_separation():
+    from astropy.coordinates import SkyCoord
+
+    ra = np.array([RA0 + 1.0, RA0 - 30.0, RA0, 20.0, RA0 + 179.0])
+    dec = np.array([62.0, 70.0, -40.0, -62.0, 0.0])
+    got = wcsupdate.distance_deg(ra, dec, RA0, 61.0)
+    want = SkyCoord(ra, dec, unit="deg").separation(SkyCoord(RA0, 61.0, unit="deg")).deg
+    assert np.allclose(got, want, atol=1e-10, rtol=0)
+
+
+def test_single_precision_input_is_computed_in_double():
+    # float32 columns (FITS E) are used with their exact values, not rounded again to float32
+    rng = np.random.default_rng(5)
+    ra = (RA0 + rng.normal(0, 0.1, 20)).astype(np.float32)
+    dec = (DEC0 + rng.normal(0, 0.1, 20)).astype(np.float32)
+    roll = rng.uniform(0, 360, 20).astype(np.float32)
+    ra64, dec64 = ra.astype(float), dec.astype(float)
+    assert np.array_equal(wcsupdate.distance_deg(ra, dec, RA0, DEC0),
+                          wcsupdate.distance_deg(ra64, dec64, RA0, DEC0))
+    q = wcsupdate.attitude_quaternion(ra, dec, roll)
+    assert q.dtype == np.float64
+    assert np.array_equal(q, wcsupdate.attitude_quaternion(ra64, dec64, roll.astype(float)))
+    new_ra, new_dec = (v.astype(np.float32) for v in wcsupdate.apply_sky(ra64, dec64, XFM))
+    q1, n = wcsupdate.rotate_attitude(q, ra, dec, new_ra, new_dec)
+    q2, _ = wcsupdate.rotate_attitude(q, ra64, dec64, new_ra.astype(float), new_dec.astype(float))
+    assert n == 20 and np.array_equal(q1, q2)
+
+
+def test_the_attitude_of_one_pointing_is_one_quaternion():
+    q = wcsupdate.attitude_quaternion(RA0, DEC0, 45.0)
+    assert q.shape == (4,)
+    assert np.array_equal(q, wcsupdate.attitude_quaternion([RA0], [DEC0], [45.0])[0])
+
+
+def test_a_row_with_a_bad_quaternion_is_left_and_the_others_turn():
+    q = wcsupdate.attitude_quaternion([10.0, 11.0, 12.0], [5.0, 6.0, 7.0], [0.0, 0.0, 0.0])
+    q[1, 2] = np.nan
+    ra0, dec0 = np.array([10.0, 11.0, 12.0]), np.array([5.0, 6.0, 7.0])
+    q1, n = wcsupdate.rotate_attitude(q, ra0, dec0, ra0 + 1e-4, dec0)
+    assert n == 2
+    assert np.isnan(q1[1, 2]) and np.array_equal(q1[1, :2], q[1, :2])
+    assert not np.array_equal(q1[0], q[0]) and not np.array_equal(q1[2], q[2])
+
+
+def test_no_row_moved_turns_no_quaternion():
+    q = wcsupdate.attitude_quaternion([10.0, 11.0], [5.0, 6.0], [0.0, 30.0])
+    q1, n = wcsupdate.rotate_attitude(q, [10.0, np.nan], [5.0, np.nan], [10.0, np.nan],
+                                      [5.0, np.nan])
+    assert n == 0 and np.array_equal(q1, q) and q1 is not q
+
+
+# ---------------------------------------------------------------------------------------------
+# Which cards are celestial WCS, which keywords are positions
+
+
+@pytest.mark.parametrize("t1, t2, celestial", [
+    ("RA---TAN", "DEC--TAN", True), ("RA", "DEC", True), ("RA--", "DEC-", True),
+    ("RAX", "DEC", False), ("RAXX-TAN", "DECX-TAN", False), ("RA---TAN", "DECX", False),
+])
+def test_a_coordinate_type_is_matched_whole(t1, t2, celestial):
+    h = fits.Header()
+    h["NAXIS"] = 2
+    h["CTYPE1"], h["CTYPE2"] = t1, t2
+    assert wcsupdate.celestial_image_axes(h) == ([("", 1, 2)] if celestial else [])
+    t = fits.Header()
+    t["TFIELDS"] = 2
+    t["TCTYP1"], t["TCTYP2"] = t1, t2
+    assert bool(wcsupdate.celestial_table_columns(t)) is celestial
+
+
+def test_wcs_keywords_of_axes_or_columns_that_do_not_exist_are_not_read():
+    # FITS numbers axes and columns from 1; a stale TCTYP of a column beyond TFIELDS (a
+    # column removed by a tool that left its keywords) is not a column
+    h = fits.Header()
+    h["NAXIS"] = 2
+    h["CTYPE0"], h["CTYPE1"], h["CTYPE2"] = "RA---TAN", "DEC--TAN", "LINEAR"
+    assert wcsupdate.celestial_image_axes(h) == []
+    t = fits.Header()
+    t["TFIELDS"] = 2
+    t["TCTYP0"], t["TCTYP1"] = "RA---TAN", "DEC--TAN"
+    t["TCTYP3"] = "RA---TAN"
+    assert wcsupdate.celestial_table_columns(t) == []
+    t["TCTYP1"], t["TCTYP2"], t["TCTYP3"] = "LINEAR", "RA---TAN", "DEC--TAN"
+    assert wcsupdate.celestial_table_columns(t) == []
+
+
+def test_more_ra_columns_than_dec_columns_pair_in_column_order():
+    t = fits.Header()
+    t["TFIELDS"] = 3
+    t["TCTYP1"], t["TCTYP2"], t["TCTYP3"] = "RA---TAN", "DEC--TAN", "RA---TAN"
+    assert wcsupdate.celestial_table_columns(t) == [("EQPOS", "TCRVL1", "TCRVL2", 1, 2)]
+
+
+def test_commentary_cards_are_not_keywords_and_do_not_stop_the_index():
+    h = fits.Header([fits.Card("HISTORY", "RA_NOM moved"), fits.Card("COMMENT", "a comment"),
+                     fits.Card("", "a blank-keyword card"), fits.Card("RA_NOM", RA0, "[deg]"),
+                     fits.Card("DEC_NOM", DEC0, "[deg]")])
+    assert [c.keyword for c in h.cards][-2:] == ["RA_NOM", "DEC_NOM"]
+    index = wcsupdate.keyword_index(h)
+    assert set(index) == {"RA_NOM", "DEC_NOM"}
+    assert [c.key for c in wcsupdate.update_header(h, XFM, hdu_label="h").changes] == [
+        "RA_NOM", "DEC_NOM"]
+
+
+@pytest.mark.parametrize("dval_comment, dunit, position", [
+    ("[deg] position", None, True), ("position", "deg", True),
+    ("position", "arcsec", False), ("1-sigma error", "deg", False), ("position", "errors", False),
+])
+def test_the_unit_of_a_long_keyword_decides_with_its_comment(dval_comment, dunit, position):
+    h = fits.Header()
+    set_keyword(h, "RA_OPTICAL", RA0, dval_comment)
+    set_keyword(h, "DEC_OPTICAL", DEC0, dval_comment)
+    if dunit is not None:
+        h["DUNIT1"], h["DUNIT2"] = dunit, dunit
+    pairs, rejected = wcsupdate.position_keyword_pairs(h)
+    assert bool(pairs) is position
+    assert rejected == ([] if position else
+                        ["RA_OPTICAL/DEC_OPTICAL: not a position (comment/unit)"])
+
+
+def test_the_comment_judged_is_that_of_the_card_whose_value_moves():
+    # two RA_NOM cards: astropy reads (and the update moves) the first; its comment decides
+    h = fits.Header()
+    h.append(fits.Card("RA_NOM", RA0, "[deg] nominal"))
+    h.append(fits.Card("RA_NOM", 0.5, "[arcsec] error"))
+    h["DEC_NOM"] = (DEC0, "[deg] nominal")
+    assert wcsupdate.keyword_index(h)["RA_NOM"] == ("RA_NOM", "RA_NOM", "[deg] nominal")
+    assert len(wcsupdate.position_keyword_pairs(h)[0]) == 1
+
+
+def test_plain_ra_dec_and_roll_keywords_are_a_position():
+    h = fits.Header()
+    h["RA"], h["DEC"], h["ROLL"] = (RA0, "[deg]"), (DEC0, "[deg]"), (30.0, "[deg]")
+    res = wcsupdate.update_header(h, _rotated(1.0), hdu_label="h")
+    assert [(c.key, c.what) for c in res.changes] == [("RA", "position"), ("DEC", "position"),
+                                                      ("ROLL", "roll")]
+    assert h["ROLL"] == pytest.approx(31.0) and not res.notes
+    lone = fits.Header()
+    lone["RA"] = (RA0, "[deg]")                 # a plain RA alone is not worth a note
+    assert wcsupdate.position_keyword_pairs(lone) == ([], [])
+
+
+def test_short_and_rejected_names_do_not_hide_the_next_pair():
+    h = fits.Header()
+    h["A_RA"], h["A_DEC"] = (RA0, "[deg]"), (DEC0, "[deg]")       # the shortest x_RA name
+    h["RA_A"], h["DEC_A"] = (RA0, "[deg]"), (DEC0, "[arcsec] offset")   # one side says no
+    h["RA_NOM"], h["DEC_NOM"] = (RA0, "[deg]"), (DEC0, "[deg]")
+    pairs, rejected = wcsupdate.position_keyword_pairs(h)
+    assert [(a[0], b[0]) for _, a, b in pairs] == [("A_RA", "A_DEC"), ("RA_NOM", "DEC_NOM")]
+    assert rejected == ["RA_A/DEC_A: not a position (comment/unit)"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Records, EQSRC and card values: the rest
+
+
+def test_a_header_without_a_record_has_no_applied_state():
+    assert wcsupdate.applied_state(fits.Header()) is None
+    h = fits.Header()
+    h["STKXFMID"] = " abc "
+    assert wcsupdate.applied_state(h) == "abc"
+
+
+def test_a_level_of_the_record_stack_is_there_when_its_id_is():
+    # an earlier level with a value left undefined (no DX): still a level, undone to
+    for pv_id, pv_dx in (("STKPV1ID", "STKPV1DX"), ("STKPVID", "STKPVDXI")):
+        h = fits.Header()
+        wcsupdate.record_transform(h, XFM, hdu_label="E")
+        h[pv_id] = "0123456789abcdef"
+        h[pv_dx.replace("DX", "DE").replace("DEI", "DET")] = 0.5
+        wcsupdate.unrecord_transform(h, hdu_label="E")
+        assert h["STKXFMID"] == "0123456789abcdef" and "STKDXI" not in h and h["STKDETA"] == 0.5
+
+
+def test_populating_eqsrc_reports_the_value_it_replaced():
+    grid = products.instrument_grid("ACIS")
+    h = _xy_header("X", "Y")
+    wcsupdate.populate_eqsrc(h, ra_deg=RA0, dec_deg=DEC0, pixel_deg=grid[0], crpix=grid[1],
+                             hdu_label="t")
+    h["TCDLT1"] = -1.0
+    changes = wcsupdate.populate_eqsrc(h, ra_deg=RA0, dec_deg=DEC0, pixel_deg=grid[0],
+                                       crpix=grid[1], hdu_label="t")
+    assert changes == [wcsupdate.Change("t", "TCDLT1", -1.0, -grid[0], "EQSRC populated")]
+
+
+def test_set_value_keeps_the_longest_comment_that_fits_in_80_characters():
+    from stk_astrometry.wcsupdate import _set_value
+
+    comment = "the tangent point of the stack, read from RA_STACK/DEC_STACK of the detections"
+    h = fits.Header()
+    h["KEY"] = (1.0, comment[:47])
+    h["KEY2"] = (1.0, comment[:40])
+    _set_value(h, "KEY", 123.456789012345)      # 'KEY     = 123.456789012345' + ' / ': 33
+    assert h.comments["KEY"] == comment[:47]
+    h["KEY"] = (1.0, comment[:50])
+    _set_value(h, "KEY", 123.456789012345)
+    assert h.comments["KEY"] == comment[:47]
+    h["KEY"] = (1.0, comment)
+    _set_value(h, "KEY", 123.456789012345)
+    assert h.comments["KEY"] == comment[:80 - 33]
+    _set_value(h, "KEY2", "x" * 66)             # a value that leaves no room: no comment
+    assert h["KEY2"] == "x" * 66 and h.comments["KEY2"] == ""
+
+
+def test_image_axes_are_those_of_naxis_or_wcsaxes():
+    # a cube with its celestial axes second and third (axis 1 without a CTYPE)
+    cube = fits.Header()
+    cube["NAXIS"] = 3
+    cube["CTYPE2"], cube["CTYPE3"] = "RA---TAN", "DEC--TAN"
+    assert wcsupdate.celestial_image_axes(cube) == [("", 2, 3)]
+    # WCSAXES beyond NAXIS (a third WCS axis on a 2-D image)
+    h = fits.Header()
+    h["NAXIS"], h["WCSAXES"] = 2, 3
+    h["CTYPE1"], h["CTYPE2"], h["CTYPE3"] = "RA---TAN", "LINEAR", "DEC--TAN"
+    assert wcsupdate.celestial_image_axes(h) == [("", 1, 3)]
+    # a CTYPE beyond both (left over) is no axis
+    del h["WCSAXES"]
+    assert wcsupdate.celestial_image_axes(h) == []
+    one = fits.Header()
+    one["NAXIS"] = 1
+    one["CTYPE1"], one["CTYPE2"] = "RA---TAN", "DEC--TAN"
+    assert wcsupdate.celestial_image_axes(one) == [("", 1, 2)]     # two axes at least
+
+
+def test_a_name_that_is_only_the_ra_suffix_is_no_position():
+    h = fits.Header()
+    h["_RA"], h["_DEC"] = (RA0, "[deg]"), (DEC0, "[deg]")
+    assert wcsupdate.position_keyword_pairs(h) == ([], [])

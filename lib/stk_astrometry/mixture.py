@@ -128,8 +128,17 @@ benchmark's 5,000 legs, calibrated and not: shifts within 2e-13").  A coarse-to-
 and dropped: unless its patches cover most of the grid it misses the
 narrow unsmoothed mode that wins in a few of a thousand 40 %-false stacks
 (one such stack went from 0.2" to 1.4" off the truth), and with patches that
-wide it saves little.  Typical cost: ~4 ms for 10-80 detections (bench_speed,
-the cores table, gives the current figure).
+wide it saves little.  Session 7 cut it again, still computing the same thing: the
+grid's sums over each detection's candidates are row gathers (numpy's ``reduceat``
+along a (nodes, pairs) array cost ~4x the exponentials), its logarithms are taken of
+products of a few dozen factors ``1 + S_j / (2 rho')`` (bounded so that no product
+overflows), its matrix product is made in blocks OpenBLAS keeps on the calling
+thread, the grid's geometry is computed once per radius and bound, and the
+refinement's EM takes its responsibilities without a log-sum-exp (``rho' > 0``
+keeps every denominator finite).  The start picks the same start as the
+exhaustive elementwise search (test_mixture.py, on hard stacks too; the accuracy
+benchmark's shifts agree to rounding).  Typical cost: ~1-1.5 ms for 10-80
+detections (bench_speed, the cores table, gives the current figure).
 
 Self-calibrated errors
 ----------------------
@@ -250,6 +259,7 @@ what happened in ``message`` and ``converged``; only malformed arguments
 raise :class:`~stk_astrometry.errors.FitError`.
 """
 
+import functools
 import logging
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -309,6 +319,10 @@ _MAX_WINDOW_ITER = 20
 # a likelihood at its maximum is flat: 1e-5 leaves it within ~1e-6 of the converged one
 _GAIN_TOL = (1e-5, 1e-5)
 _TOL_ARCSEC = 1.0e-10
+# the start grid's matrix product in blocks of at most this many multiply-adds: OpenBLAS keeps
+# a product this small on the calling thread (above it, its threads cost more CPU than the
+# product on a loaded or pinned core: _score_nodes)
+_BLAS_BLOCK = 262144
 _Q_MIN = 1.0e-9
 
 
@@ -588,6 +602,27 @@ class _Problem:
         self.inv[:, 0, 1] = self.inv[:, 1, 0] = -cov[:, 0, 1] / det_c
         self.log_norm = -np.log(2.0 * np.pi) - 0.5 * np.log(det_c)
 
+    def groups(self, repeats=1):
+        """Each detection's candidates as row gathers, for ``repeats`` copies of the pairs
+        stacked one after the other: ``(first, [(sel, extra), ...])`` such that, for an
+        array ``e`` of ``repeats * n`` rows, ``s = e[first]`` then ``s[sel] += e[extra]``
+        for each step gives the sums over each detection's candidates (``repeats * n_det``
+        rows, in the order of ``np.add.reduceat``)."""
+        cache = self.__dict__.setdefault("_groups", {})
+        if repeats not in cache:
+            n = self.det.size
+            starts = _group_starts(self.det)
+            counts = _group_counts(starts, n)
+            n_det = starts.size
+            first = (starts[None, :] + n * np.arange(repeats)[:, None]).ravel()
+            more = []
+            for k in range(1, int(counts.max(initial=1))):
+                sel = np.flatnonzero(counts > k)
+                sel_all = (sel[None, :] + n_det * np.arange(repeats)[:, None]).ravel()
+                more.append((sel_all, first[sel_all] + k))
+            cache[repeats] = (first, more)
+        return cache[repeats]
+
     def log_gauss(self, s, idx=None, inv=None, log_norm=None):
         d = self.d if idx is None else self.d[idx]
         inv = self.inv if idx is None else self.inv[idx]
@@ -634,23 +669,17 @@ def _start_by_grid(prob, prior_sigma=None):
     unsmoothed grid are polished by EM, and the candidate with the highest
     unsmoothed score wins: smoothing can merge or reorder close modes.
 
-    Both grids share one pass over the offsets (:func:`_score` with two widenings), and a
+    Both grids share one pass over the offsets (:func:`_score_nodes` with two widenings), and a
     (seed, stages) pair met twice -- the two grids often peak on the same node -- is refined
-    once.
+    once.  The grid's geometry depends on the radius and the bound only (:func:`_grid`).
     """
-    h = _GRID_STEP_ARCSEC
-    lim = min(prob.max_shift, prob.radius)
-    n = int(np.ceil(lim / h))
-    g = np.arange(-n, n + 1) * h
-    gx, gy = np.meshgrid(g, g, indexing="ij")
-    keep = (np.hypot(gx, gy) <= prob.radius - h) & (np.abs(gx) <= prob.max_shift) \
-        & (np.abs(gy) <= prob.max_shift)
-    if not np.any(keep):
+    gx, gy, keep, nodes, feat = _grid(prob.radius, prob.max_shift)
+    if nodes.shape[0] == 0:
         return np.zeros(2)
     rho_g = max(prob.rho, 0.05 / (np.pi * prob.radius**2))
     seeds = []
-    nodes = np.stack([gx[keep], gy[keep]], axis=-1)
-    scores = _score_nodes(prob, nodes, rho_g, (h**2, 0.0))
+    h = _GRID_STEP_ARCSEC
+    scores = _score_nodes(prob, nodes, rho_g, (h**2, 0.0), feat=feat)
     for sc_nodes, stages in zip(scores, (_ANNEAL, _ANNEAL[-1:]), strict=True):
         score = np.full(gx.shape, -np.inf)
         score[keep] = sc_nodes
@@ -673,15 +702,43 @@ def _start_by_grid(prob, prior_sigma=None):
     return best
 
 
+@functools.lru_cache(maxsize=8)
+def _grid(radius, max_shift):
+    """The start's grid of shifts for a match radius and a bound (arcsec): the square grid's
+    node coordinates ``gx, gy`` (2-D), the mask ``keep`` of its usable nodes (within the
+    match circle less a step, and the bound), those nodes (m, 2) and their quadratic
+    features (6, m) (:func:`_score_nodes`).  The same for every fit with the same radius and
+    bound, so computed once (read-only arrays)."""
+    h = _GRID_STEP_ARCSEC
+    lim = min(max_shift, radius)
+    n = int(np.ceil(lim / h))
+    g = np.arange(-n, n + 1) * h
+    gx, gy = np.meshgrid(g, g, indexing="ij")
+    keep = (np.hypot(gx, gy) <= radius - h) & (np.abs(gx) <= max_shift) \
+        & (np.abs(gy) <= max_shift)
+    nodes = np.stack([gx[keep], gy[keep]], axis=-1)
+    feat = _node_features(nodes)
+    for a in (gx, gy, keep, nodes, feat):
+        a.flags.writeable = False
+    return gx, gy, keep, nodes, feat
+
+
+def _node_features(nodes):
+    """(1, gx, gy, gx^2, gx gy, gy^2) of each node (m, 2), as rows: shape (6, m)."""
+    gx, gy = nodes[:, 0], nodes[:, 1]
+    return np.stack([np.ones_like(gx), gx, gy, gx * gx, gx * gy, gy * gy])
+
+
 def _local_maxima(score, keep):
     """Flat indices of the grid's local maxima (8 neighbours), best first."""
-    padded = np.pad(score, 1, constant_values=-np.inf)
+    ni, nj = score.shape
+    padded = np.full((ni + 2, nj + 2), -np.inf)
+    padded[1:-1, 1:-1] = score
     is_max = keep.copy()
     for di in (-1, 0, 1):
         for dj in (-1, 0, 1):
             if di or dj:
-                is_max &= score >= padded[1 + di:1 + di + score.shape[0],
-                                          1 + dj:1 + dj + score.shape[1]]
+                is_max &= score >= padded[1 + di:1 + di + ni, 1 + dj:1 + dj + nj]
     cand = np.flatnonzero(is_max.ravel())
     if cand.size == 0:
         cand = np.array([int(np.argmax(score))])
@@ -699,32 +756,59 @@ def _widened_inverse(prob, widen):
     return c / det_c, -b / det_c, a / det_c, -np.log(2.0 * np.pi) - 0.5 * np.log(det_c)
 
 
-def _score_nodes(prob, nodes, rho_g, widths):
+def _score_nodes(prob, nodes, rho_g, widths, feat=None):
     """:func:`_score` on the grid's nodes (m, 2), one row per widening in ``widths``.
 
     The quadratic forms of every (node, pair) are one matrix product: with r = d - g,
-    r^T C^-1 r = d^T C^-1 d - 2 g^T C^-1 d + g^T C^-1 g, i.e. the node's (1, gx, gy, gx^2,
-    gx gy, gy^2) times six numbers per pair, for all widenings at once.  (Elementwise, the
-    grid's score was about 60 % of the start's cost; the two agree to ~1e-13 relative.)
+    r^T C^-1 r = d^T C^-1 d - 2 g^T C^-1 d + g^T C^-1 g, i.e. six numbers per pair times the
+    node's (1, gx, gy, gx^2, gx gy, gy^2) (``feat``, (6, m), from :func:`_node_features`
+    unless given), for all widenings at once.  (Elementwise, the grid's score was about 60 %
+    of the start's cost; the two agree to ~1e-13 relative.)
+
+    The rest is arranged for numpy's per-element costs (issue 11): the sums over each
+    detection's candidates are row gathers in pair-major layout (:meth:`_Problem.groups`; a
+    ``reduceat`` along the pairs of a (nodes, pairs) array took ~4x the exponentials), and
+    ``sum_j log(rho_g + S_j / 2) = n_det log rho_g + sum_j log(1 + S_j / (2 rho_g))`` takes
+    one logarithm per node for every ``k`` detections, of the product of their ``1 + S_j / (2
+    rho_g)``: each factor is at most ``1 + sum_k max N_k / (2 rho_g)``, so ``k`` is chosen
+    for the product to stay below e^700 (the logarithm was ~45 % of the score's cost; the
+    product's rounding, k ulps relative, is far below the score's own).  The matrix product
+    is made in blocks of at most ``_BLAS_BLOCK`` multiply-adds: above that OpenBLAS hands it
+    to its threads, which on a loaded two-core machine cost more CPU than the product.
     """
-    gx, gy = nodes[:, 0], nodes[:, 1]
-    feat = np.stack([np.ones_like(gx), gx, gy, gx * gx, gx * gy, gy * gy], axis=1)  # (m, 6)
+    if feat is None:
+        feat = _node_features(nodes)
     dx, dy = prob.d[:, 0], prob.d[:, 1]
-    rows = []
+    log_2rho = np.log(2.0 * rho_g)
+    rows, log_peak = [], 0.0
     for wd in widths:
         i00, i01, i11, const = _widened_inverse(prob, wd)
-        # lg = const - Q / 2, Q the quadratic form above, in the six coefficients
-        rows.append(np.stack([const - 0.5 * (i00 * dx * dx + 2.0 * i01 * dx * dy + i11 * dy * dy),
+        # log(N / (2 rho_g)) = const - log(2 rho_g) - Q / 2, Q the quadratic form above
+        c0 = const - log_2rho
+        rows.append(np.stack([c0 - 0.5 * (i00 * dx * dx + 2.0 * i01 * dx * dy + i11 * dy * dy),
                               i00 * dx + i01 * dy, i01 * dx + i11 * dy,
-                              -0.5 * i00, -i01, -0.5 * i11]))
-    lg = feat @ np.concatenate(rows, axis=1)                    # (m, n * len(widths))
-    n = dx.size
-    starts = _group_starts(prob.det)
-    out = []
-    for k in range(len(widths)):
-        s_j = np.add.reduceat(np.exp(lg[:, k * n:(k + 1) * n]), starts, axis=1)
-        out.append(np.sum(np.log(rho_g + 0.5 * s_j), axis=1))
-    return out
+                              -0.5 * i00, -i01, -0.5 * i11], axis=1))
+        # the largest log(1 + S_j / (2 rho_g)) any node can have (N_k peaks at exp(const))
+        peak = np.add.reduceat(np.exp(c0), prob.groups(1)[0])
+        log_peak = max(log_peak, float(np.log1p(peak.max())))
+    coef = np.concatenate(rows)                                 # (n * len(widths), 6)
+    step = max(1, _BLAS_BLOCK // (6 * feat.shape[1]))
+    e = np.exp(np.concatenate([coef[i:i + step] @ feat for i in range(0, coef.shape[0], step)])
+               if coef.shape[0] > step else coef @ feat)        # (n * len(widths), m)
+    first, more = prob.groups(len(widths))
+    t = e[first]                                                # (n_det * len(widths), m)
+    for sel, extra in more:
+        t[sel] += e[extra]
+    t += 1.0
+    m = t.shape[1]
+    t = t.reshape(len(widths), -1, m)
+    n_det = t.shape[1]
+    k = int(min(n_det, max(1, 700.0 // max(log_peak, 1e-300))))
+    full = n_det - n_det % k
+    out = np.log(t[:, :full].reshape(len(widths), -1, k, m).prod(axis=2)).sum(axis=1)
+    if full < n_det:
+        out += np.log(t[:, full:].prod(axis=1))
+    return list(out + n_det * np.log(rho_g))
 
 
 def _score(prob, nodes, rho_g, widen):
@@ -763,34 +847,30 @@ def _refine_starts(prob, seeds, rho_g, stage_lists):
     s = np.array(seeds, dtype=float).reshape(-1, 2)
     starts = _group_starts(prob.det)
     counts = _group_counts(starts, prob.det.size)
-    log_bg = np.log(rho_g)
-    log_half = np.log(0.5)
     dx, dy = prob.d[:, 0], prob.d[:, 1]
     for k, (widen, tol) in enumerate(_ANNEAL):
-        rows = np.array([len(st) >= len(_ANNEAL) - k for st in stage_lists], dtype=bool)
-        if not np.any(rows):
+        active = np.flatnonzero([len(st) >= len(_ANNEAL) - k for st in stage_lists])
+        if active.size == 0:
             continue
         i00, i01, i11, log_norm = _widened_inverse(prob, widen)
-        inv_dx = i00 * dx + i01 * dy
-        inv_dy = i01 * dx + i11 * dy
-        active = np.flatnonzero(rows)
+        # a pair's log density at s is log_norm + rx (a rx + b ry) + c ry^2 (r = d - s)
+        a, b, c = -0.5 * i00, -i01, -0.5 * i11
+        # the M step's five sums (of resp times these) in one product per iteration
+        sums = np.stack([i00, i01, i11, i00 * dx + i01 * dy, i01 * dx + i11 * dy], axis=1)
         for _ in range(30):
             if active.size == 0:
                 break
             sa = s[active]
-            rx = dx[None, :] - sa[:, 0, None]
-            ry = dy[None, :] - sa[:, 1, None]
-            lg = log_norm - 0.5 * (i00 * rx * rx + 2.0 * i01 * rx * ry + i11 * ry * ry)
-            mx = np.maximum.reduceat(lg, starts, axis=1)
-            log_s = mx + np.log(np.add.reduceat(np.exp(lg - np.repeat(mx, counts, axis=1)),
-                                                starts, axis=1))
-            log_d = np.logaddexp(log_bg, log_half + log_s)
-            resp = np.exp(log_half + lg - np.repeat(log_d, counts, axis=1))
-            w00, w01, w11 = resp @ i00, resp @ i01, resp @ i11
+            rx = dx - sa[:, :1]
+            ry = dy - sa[:, 1:]
+            g = np.exp(log_norm + rx * (a * rx + b * ry) + c * (ry * ry))
+            # a pair's responsibility (g / 2) / (rho_g + S_j / 2), S_j the sum of g over its
+            # detection's candidates (no log-sum-exp: rho_g > 0 keeps the denominator finite)
+            resp = g / np.repeat(2.0 * rho_g + np.add.reduceat(g, starts, axis=1), counts, axis=1)
+            w00, w01, w11, bx, by = (resp @ sums).T
             det_w = w00 * w11 - w01 * w01
             ok = np.isfinite(det_w) & (det_w > 0)
             with np.errstate(divide="ignore", invalid="ignore"):
-                bx, by = resp @ inv_dx, resp @ inv_dy
                 s_new = np.clip(np.stack([(w11 * bx - w01 * by) / det_w,
                                           (w00 * by - w01 * bx) / det_w], axis=1),
                                 -prob.max_shift, prob.max_shift)
