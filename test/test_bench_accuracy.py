@@ -132,3 +132,40 @@ def test_run_py_exits_non_zero_when_a_benchmark_returns_non_zero(tmp_path, monke
     assert run.main(["--only", "bad"]) == 1
     assert run.main([]) == 1
     assert "bad exit 1" in capsys.readouterr().out
+
+
+def test_oracle_rows_are_given_the_truth(bench):
+    # ten bright detections with their counterparts about the shift (true sigma 0.15") and one
+    # whose counterpart is replaced by a wrong one 0.6" (4 sigma) from it; the stated errors
+    # are 3x too small.  mix-true is the mixture told the true errors: exactly fit_mixture on
+    # them; it takes the wrong pair as true.  mix-outl is also told the simulated outlier model
+    # (1 outlier among the bright detections, 0.5-1.5" from the shift): it gives the wrong pair
+    # a low membership and the true pairs' weighted mean
+    shift = np.array([0.1, -0.2])
+    rng = np.random.default_rng(5)
+    off = np.vstack([0.15 * rng.standard_normal((10, 2)), [[0.6, 0.0]]]) + shift
+    n = off.shape[0]
+    cov = np.repeat(np.eye(2)[None] * 0.15**2, n, axis=0)
+    z = np.zeros(n)
+    is_true = np.arange(n) < 10
+    leg = bench.Leg(det=np.arange(n), src_xi=z, src_eta=z, d_xi=off[:, 0], d_eta=off[:, 1],
+                    err_r0=z, err_r1=z, err_ang=z, ref_sigra=z, ref_sigdec=z, cov=cov,
+                    cov_stated=cov / 9.0, is_true=is_true, shift=shift,
+                    density=bench.CLEAN_DENSITY, crb_var=np.full(2, 0.15**2 / 10),
+                    bright=np.ones(n, bool), n_outliers=1)
+    fit = bench.fit_mixture(leg.det, leg.d_xi, leg.d_eta, cov, density_per_arcmin2=leg.density,
+                            match_radius_arcsec=bench.MATCH_RADIUS)
+    shift_true, _, memb_true = bench.est_oracle_errors(leg, 0)
+    np.testing.assert_array_equal(shift_true, [fit.d_xi, fit.d_eta])
+    np.testing.assert_array_equal(memb_true, fit.membership)
+    assert memb_true[10] > 0.5
+    shift_outl, sigma, memb = bench.est_oracle_outliers(leg, 0)
+    assert memb[10] < 0.1 and np.all(memb[:10] > 0.9)
+    np.testing.assert_allclose(shift_outl, off[:10].mean(axis=0), atol=0.01)
+    np.testing.assert_allclose(sigma, np.sqrt(leg.crb_var), rtol=0.1)
+    # no outliers simulated: the outlier oracle is the true-error mixture
+    clean = bench.simulate_leg(rng, shift=np.zeros(2), n_det=20, false_frac=0.0,
+                               density=bench.CLEAN_DENSITY)
+    assert clean.n_outliers == 0
+    np.testing.assert_array_equal(bench.est_oracle_outliers(clean, 0)[0],
+                                  bench.est_oracle_errors(clean, 0)[0])

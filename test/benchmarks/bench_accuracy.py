@@ -70,6 +70,10 @@ Legend (per case, per estimator; errors and bounds per axis, both axes pooled):
             issue 4 (spec): clean shifts < 0.3": rms <= 1.15 and sig/sct within 20 %.
             issue 14: mixture rms <= 1.05, sig/sct within 20 % and lost-bright = 0 in the
             "errors"/"wavdetect" cases; spec sig/sct within 20 % in the "|s|<.3" cases.
+  mix-true  (--oracle) not an estimator: the mixture told the TRUE errors, no calibration --
+            what a perfect error calibration could reach with this model
+  mix-outl  (--oracle, outlier cases) not an estimator: told the true errors and the simulated
+            outlier model (n of the bright quarter, 0.5-1.5" from the shift), not which ones
   lost-br.  mixture: bright true counterparts (quarter of smallest stated errors) within 3 true
             sigma of the shift with membership < 0.5, unless another candidate of the same
             detection lies closer to the shift (in the true sigmas): then no estimator can
@@ -179,6 +183,7 @@ class Leg:
     density: float           # density given to the mixture, per arcmin^2
     crb_var: np.ndarray      # (2,) CRB variances per axis
     bright: np.ndarray       # pair of a detection among the quarter with the smallest errors
+    n_outliers: int = 0      # bright detections given a wrong offset (simulate_leg's outliers)
 
     @property
     def sep(self):
@@ -299,7 +304,8 @@ def simulate_leg(rng, *, shift, n_det, false_frac, density, misreport=False,
                err_r0=r0[det], err_r1=r1[det], err_ang=pa[det], ref_sigra=sra[det],
                ref_sigdec=sdec[det], cov=cov_det[det], cov_stated=cov_stated[det],
                is_true=is_true, shift=shift, density=dens_given,
-               crb_var=_crb_var(cov_det[det][is_true]), bright=bright_mask[det])
+               crb_var=_crb_var(cov_det[det][is_true]), bright=bright_mask[det],
+               n_outliers=int(outliers))
 
 
 def simulate_stack(rng, case):
@@ -341,6 +347,62 @@ def est_mixture(leg, leg_index):
 def est_mixture_stated(leg, leg_index):
     """The mixture trusting the stated errors (before issue 14), side by side."""
     return _mixture(leg, False)
+
+
+def est_oracle_errors(leg, leg_index):
+    """An oracle, not an estimator (``--oracle``): the mixture given the TRUE errors
+    (``leg.cov``, no calibration).  What a perfect self-calibration of the errors could reach
+    with this model; its distance from 1 is the model's own cost (e.g. outliers it cannot
+    tell from true counterparts), which no error calibration can remove."""
+    fit = fit_mixture(leg.det, leg.d_xi, leg.d_eta, leg.cov, density_per_arcmin2=leg.density,
+                      match_radius_arcsec=MATCH_RADIUS)
+    if fit.failure is not None:
+        return np.full(2, np.nan), np.full(2, np.nan), None
+    return np.array([fit.d_xi, fit.d_eta]), np.sqrt(np.diag(fit.cov)), fit.membership
+
+
+OUTLIER_RANGE = (0.5, 1.5)   # arcsec from the shift: simulate_leg's outliers
+
+
+def est_oracle_outliers(leg, leg_index):
+    """An oracle, not an estimator (``--oracle``, outlier cases only): told the true errors AND
+    the simulation's outlier model -- ``leg.n_outliers`` of the bright quarter's detections
+    (stated errors) have, instead of their counterpart, one at a distance U(0.5, 1.5)" from the
+    shift in a uniform direction -- but not which detections.  EM from the true-error mixture's
+    shift: candidate k of detection j is true with ``(1 - eps_j) N_k / D_j``, ``D_j = rho +
+    sum_k [(1 - eps_j) N_k + eps_j O_k]``, O the outliers' density ``1 / (2 pi r (1.5 - 0.5))``
+    at r = |d_k - s| in the range (0 outside), eps_j = n_outliers / (bright detections) for a
+    bright detection, 0 for the others; the shift the memberships' weighted mean.  It bounds
+    from below what any estimator that must also find the errors and the outliers' shape can
+    do in these cases."""
+    start, _, _ = est_oracle_errors(leg, leg_index)
+    if not np.all(np.isfinite(start)) or leg.n_outliers == 0:
+        return start, np.full(2, np.nan), None
+    d = np.stack([leg.d_xi, leg.d_eta], axis=1)
+    inv = np.linalg.inv(leg.cov)
+    log_norm = -np.log(2.0 * np.pi) - 0.5 * np.log(np.linalg.det(leg.cov))
+    n_det = int(leg.det.max()) + 1
+    n_bright = max(np.unique(leg.det[leg.bright]).size, 1)
+    eps = np.where(leg.bright, min(leg.n_outliers / n_bright, 1.0), 0.0)
+    rho = leg.density / 3600.0
+    lo, hi = OUTLIER_RANGE
+    s = start
+    for _ in range(500):
+        e = d - s
+        gauss = np.exp(log_norm - 0.5 * np.einsum("ni,nij,nj->n", e, inv, e))
+        r = np.hypot(e[:, 0], e[:, 1])
+        inside = (r >= lo) & (r <= hi)
+        out = np.where(inside, 1.0 / (2.0 * np.pi * np.maximum(r, lo) * (hi - lo)), 0.0)
+        true_part = (1.0 - eps) * gauss
+        denom = rho + np.bincount(leg.det, true_part + eps * out, minlength=n_det)
+        memb = true_part / denom[leg.det]
+        w = np.einsum("n,nij->ij", memb, inv)
+        s_new = np.linalg.solve(w, np.einsum("n,nij,nj->i", memb, inv, d))
+        done = np.max(np.abs(s_new - s)) < 1e-10
+        s = s_new
+        if done:
+            break
+    return s, np.sqrt(np.diag(np.linalg.inv(w))), memb
 
 
 def _load_spec():
@@ -614,7 +676,7 @@ def run_case(rng, case, estimators, n_stacks):
 
 
 def main(quick: bool = False, cases: str = "", n_stacks: int | None = None,
-         baseline: str | None = None, only: str = "") -> int:
+         baseline: str | None = None, only: str = "", oracle: bool = False) -> int:
     """Run the benchmark and print the table.
 
     ``cases``: comma-separated substrings selecting cases (default all); ``n_stacks``
@@ -622,7 +684,9 @@ def main(quick: bool = False, cases: str = "", n_stacks: int | None = None,
     a case gives the same stacks whether run alone or with the others.  ``baseline``: a git
     revision whose spec and mixture estimators run beside today's on the same stacks (rows
     ``spec@base``, ``mix@base``).  ``only``: comma-separated estimator names to run (default
-    all).  Returns 1 when a target check fails in a full run (run.py then fails), else 0; a
+    all).  ``oracle``: also the rows ``mix-true`` (the mixture told the true errors) and, in the
+    outlier cases, ``mix-outl`` (told the outlier model too): what the model could reach,
+    not estimators (no targets).  Returns 1 when a target check fails in a full run (run.py then fails), else 0; a
     ``quick`` run (or one with ``n_stacks``) has too few stacks to judge the targets: it
     prints them, returns 0.
     """
@@ -631,6 +695,9 @@ def main(quick: bool = False, cases: str = "", n_stacks: int | None = None,
     estimators["spec"] = make_est_spec(spec_api) if spec_api else None
     estimators["mixture"] = est_mixture
     estimators["mix-stated"] = est_mixture_stated
+    if oracle:
+        estimators["mix-true"] = est_oracle_errors
+        estimators["mix-outl"] = est_oracle_outliers
     estimators["cauchy"] = est_cauchy
     ilf = _load_tweakwcs()
     estimators["tweakwcs"] = make_est_tweakwcs(ilf) if ilf else None
@@ -665,9 +732,12 @@ def main(quick: bool = False, cases: str = "", n_stacks: int | None = None,
             continue
         n = n_stacks or (case.n_quick if quick else case.n_full)
         rng = np.random.default_rng([SEED, index])
-        results = run_case(rng, case, active, n)
+        results = run_case(rng, case, {k: v for k, v in active.items()
+                                       if k != "mix-outl" or case.outliers}, n)
         for name in estimators:
             if name not in results:
+                if name == "mix-outl":
+                    continue        # outlier cases only
                 print(f"{case.name:<24}{name:<10}{'n/a':>6}")
                 continue
             s = results[name]
@@ -713,6 +783,8 @@ if __name__ == "__main__":
     parser.add_argument("--baseline", default=None,
                         help="git revision whose spec and mixture run beside today's")
     parser.add_argument("--only", default="", help="comma-separated estimator names to run")
+    parser.add_argument("--oracle", action="store_true",
+                        help="also the oracle rows mix-true and mix-outl (not estimators)")
     args = parser.parse_args()
     sys.exit(main(quick=args.quick, cases=args.cases, n_stacks=args.n, baseline=args.baseline,
-                  only=args.only))
+                  only=args.only, oracle=args.oracle))
