@@ -88,6 +88,39 @@ def test_format_card_is_astropys_card_image():
                     == Card("HIERARCH DEC_STACK", value, comment).image), value
 
 
+def test_format_cards_remembered_are_astropys_cards_again():
+    # format_card remembers text cards (issue 11): asked again -- also after equal-comparing
+    # numbers (0, 0.0, -0.0, False) -- every card is still astropy's
+    from astropy.io.fits import Card
+
+    from stk_astrometry.formats._fits import format_card
+
+    values = ["", "a", "0", "o'k", "x" * 40, 0, 0.0, -0.0, False, 1, 1.0, True]
+    for _ in range(2):
+        for value in values:
+            for comment in ("", "a comment"):
+                assert format_card("KEY", value, comment) == Card("KEY", value, comment).image
+
+
+def test_history_records_of_a_write_are_formatted_once_per_counter():
+    from stk_astrometry.fitsutil import history_records
+    from stk_astrometry.formats._fits import _records_memo
+
+    calls = []
+
+    def counted(*args, **kwargs):
+        calls.append(kwargs["start"])
+        return history_records(*args, **kwargs)
+
+    items = [("infile", "a.fits"), ("outfile", "b" * 80)]
+    memo = _records_memo(counted)
+    kw = dict(when="2026-01-02T03:04:05", stacks={})
+    for start in (1, 1, 4, 1, 4):
+        assert memo("stk_x", items, start=start, **kw) == history_records("stk_x", items,
+                                                                          start=start, **kw)
+    assert calls == [1, 4]
+
+
 def test_appended_text_cards_are_the_ones_fitsio_writes(tmp_path):
     """The column descriptions (TCOMMn, TUCDn) appended as card images are byte for byte the
     cards ``hdu.write_key(name, value, " ")`` writes, for every length (issue 11)."""
