@@ -88,6 +88,39 @@ def test_format_card_is_astropys_card_image():
                     == Card("HIERARCH DEC_STACK", value, comment).image), value
 
 
+def test_format_cards_remembered_are_astropys_cards_again():
+    # format_card remembers text cards (issue 11): asked again -- also after equal-comparing
+    # numbers (0, 0.0, -0.0, False) -- every card is still astropy's
+    from astropy.io.fits import Card
+
+    from stk_astrometry.formats._fits import format_card
+
+    values = ["", "a", "0", "o'k", "x" * 40, 0, 0.0, -0.0, False, 1, 1.0, True]
+    for _ in range(2):
+        for value in values:
+            for comment in ("", "a comment"):
+                assert format_card("KEY", value, comment) == Card("KEY", value, comment).image
+
+
+def test_history_records_of_a_write_are_formatted_once_per_counter():
+    from stk_astrometry.fitsutil import history_records
+    from stk_astrometry.formats._fits import _records_memo
+
+    calls = []
+
+    def counted(*args, **kwargs):
+        calls.append(kwargs["start"])
+        return history_records(*args, **kwargs)
+
+    items = [("infile", "a.fits"), ("outfile", "b" * 80)]
+    memo = _records_memo(counted)
+    kw = dict(when="2026-01-02T03:04:05", stacks={})
+    for start in (1, 1, 4, 1, 4):
+        assert memo("stk_x", items, start=start, **kw) == history_records("stk_x", items,
+                                                                          start=start, **kw)
+    assert calls == [1, 4]
+
+
 def test_appended_text_cards_are_the_ones_fitsio_writes(tmp_path):
     """The column descriptions (TCOMMn, TUCDn) appended as card images are byte for byte the
     cards ``hdu.write_key(name, value, " ")`` writes, for every length (issue 11)."""
@@ -197,6 +230,55 @@ def test_fast_writer_writes_what_astropys_writer_writes(tmp_path, monkeypatch):
     ekeys = dict((k, (v, c)) for k, v, c in empty[0] if k != "HISTORY")
     assert ekeys["NAXIS2"][0] == 0 and ekeys["LONGCOMM"][1].startswith("ccc")
     assert ekeys["TFORM3"][0] == "1A"
+
+
+def test_fast_writer_builds_in_memory_the_file_cfitsio_writes_on_disk(tmp_path, monkeypatch):
+    """write_fits_fast has cfitsio build the file in its memory driver and writes the bytes in
+    one go (issue 11: no write() per keyword): the same bytes as cfitsio writing the file
+    itself, but for the CHECKSUM cards (their comment holds cfitsio's clock), valid checksums,
+    and the temporary file written is the one atomic_path made and locked (fitsio's clobber
+    would unlink it and write an unlocked file of the same name)."""
+    import os
+
+    from astropy.io import fits
+
+    from stk_astrometry import fitsutil
+    from stk_astrometry.formats import _fits
+
+    monkeypatch.setattr(fitsutil, "utc_now", lambda: "2026-01-02T03:04:05")
+    made = []
+    real_make_temp = fitsutil.make_temp
+
+    def make_temp(dest):
+        fd, tmp = real_make_temp(dest)
+        made.append((os.fstat(fd).st_ino, tmp))
+        return fd, tmp
+
+    def written(tmp):
+        for ino, path in made:
+            if path == tmp:
+                assert os.stat(tmp).st_ino == ino, "the locked temporary file was replaced"
+
+    monkeypatch.setattr(fitsutil, "make_temp", make_temp)
+    real_replace = fitsutil.replace_durably
+    monkeypatch.setattr(fitsutil, "replace_durably",
+                        lambda tmp, dest: (written(tmp), real_replace(tmp, dest)))
+    _fits.write_fits_fast(tmp_path / "mem.fits", _specs_of_every_kind(), HIST, clobber=False)
+    assert len(made) == 1
+    # cfitsio writing the file itself (it replaces the temporary file: not checked here)
+    monkeypatch.setattr(fitsutil, "replace_durably", real_replace)
+    monkeypatch.setattr(_fits, "_MEM_BUILD", False)
+    _fits.write_fits_fast(tmp_path / "disk.fits", _specs_of_every_kind(), HIST, clobber=False)
+
+    def cards_but_checksum(path):
+        raw = (tmp_path / path).read_bytes()
+        return [raw[i:i + 80] for i in range(0, len(raw), 80)
+                if not raw[i:i + 80].startswith(b"CHECKSUM= ")], len(raw)
+
+    mem, disk = cards_but_checksum("mem.fits"), cards_but_checksum("disk.fits")
+    assert mem == disk and mem[1] % 2880 == 0
+    with fits.open(tmp_path / "mem.fits", checksum=True) as hdul:
+        assert len(hdul) == 3 and all("CHECKSUM" in hdu.header for hdu in hdul)
 
 
 def test_fast_reader_reads_what_astropys_reader_reads(tmp_path):
