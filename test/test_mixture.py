@@ -659,6 +659,29 @@ def test_calibration_recovers_a_missing_floor(floor):
     assert abs(np.median(scales) - 1.0) < 0.15, scales
 
 
+def test_calibration_finds_a_small_floor_under_small_stated_errors():
+    # stated errors 0.01-0.04" (wavdetect's bright sources), a 0.02" floor missing: found on
+    # each of four stacks of 40 -- every variance above the 0.001" floor enters as it is
+    for seed in range(4):
+        rng = np.random.default_rng(seed)
+        sig = np.exp(rng.uniform(np.log(0.01), np.log(0.04), 40))
+        stated = pair_covariance(sig * R95_PER_SIGMA, sig * R95_PER_SIGMA, np.zeros(40))
+        d = np.array([0.25, -0.15]) + rng.normal(size=(40, 2)) * np.hypot(sig, 0.02)[:, None]
+        fit = fit_mixture(np.arange(40), d[:, 0], d[:, 1], stated, density_per_arcmin2=2.0,
+                          match_radius_arcsec=3.0, calibrate=True)
+        assert fit.calibrated and 0.012 < fit.sys_floor < 0.03, (seed, fit.message)
+
+
+def test_calibrated_floor_is_never_below_the_systematic_floor():
+    # stated errors right (no floor missing), systematic_arcsec 0.1": the fitted floor is at
+    # least the floor the user stated -- the error model's bound, in its M step and its polish
+    for seed in range(3):
+        rng = np.random.default_rng(SEED + 60 + seed)
+        fit = fit_mixture(*_stack_with_wrong_errors(rng, 40, scale=1.0), density_per_arcmin2=2.0,
+                          match_radius_arcsec=3.0, calibrate=True, systematic_arcsec=0.1)
+        assert fit.calibrated and fit.sys_floor >= 0.1, fit.message
+
+
 def test_calibration_recovers_inflated_errors():
     # CSC-like conservative ellipses: stated = 2.5 x true -> scale ~0.4, no floor
     rng = np.random.default_rng(SEED + 7)
@@ -1230,6 +1253,23 @@ def test_error_model_step_reaches_the_maximum_tightly(scale, floor, n, seed):
                      for i, d in enumerate(np.diag(steps))])
     assert np.all(curv < 0)
     assert np.all(np.abs(grad / curv) < 1e-9 * np.maximum(x, 0.01)), (grad / curv, x)
+
+
+def test_error_model_step_with_small_stated_errors(monkeypatch):
+    # stated errors of 0.01-0.04" (variances 1e-4 - 2e-3 arcsec^2, above the 0.001" floor of
+    # every variance): the M step's maximum is still the plain maximisation's (Nelder-Mead in
+    # (k, sigma_sys): L-BFGS-B on these small variances stops 1e-5 short)
+    from scipy.optimize import minimize
+    from stk_astrometry import mixture
+    from stk_astrometry.mixture import _fit_error_model
+
+    monkeypatch.setattr(mixture, "_CAL_PRIOR", None)
+    rng = np.random.default_rng(SEED + 415)
+    stated, e, r, prob, st = _error_model_case(rng, 60, scale=1.2, floor=0.01, errs=(0.01, 0.04))
+    got = np.array(_fit_error_model(prob, stated, st, 1.0, 0.5, 0.0))
+    res = minimize(lambda x: -_expected_complete_loglike(stated, e, r, *x), got * [1.1, 0.9],
+                   method="Nelder-Mead", options=dict(xatol=1e-12, fatol=1e-14, maxiter=20000))
+    np.testing.assert_allclose(got, res.x, rtol=1e-6)
 
 
 def test_error_model_scale_stops_at_its_range(monkeypatch):
