@@ -2418,3 +2418,25 @@ def test_no_average_with_a_model_whose_covariance_is_unusable(monkeypatch, bad, 
     assert ("stated errors kept" in fit.message) == (seed == 40)
     assert np.isfinite([fit.d_xi, fit.d_eta]).all() and np.isfinite(fit.cov).all()
     assert np.isfinite(fit.membership).all() and fit.membership.max() > 0.5
+
+
+def test_a_calibration_that_loses_its_window_keeps_the_stated_errors_fit(monkeypatch):
+    """When the calibrated model's refit ends without a window (no pair left around its
+    shift), there is no fitted model to compare or average: the fit is the stated errors'."""
+    from stk_astrometry import mixture
+
+    calibrate = mixture._calibrate
+
+    def failing(prob, stated, st, start, min_floor):
+        cand, cal, it = calibrate(prob, stated, st, start, min_floor)
+        return cand._replace(window_prev=None), cal, it
+
+    rng = np.random.default_rng(SEED + 900)
+    args = _stack_with_wrong_errors(rng, 14, floor=0.12)
+    kw = dict(density_per_arcmin2=2.0, match_radius_arcsec=3.0)
+    stated = fit_mixture(*args, **kw)
+    monkeypatch.setattr(mixture, "_calibrate", failing)
+    fit = fit_mixture(*args, calibrate=True, **kw)
+    assert (fit.d_xi, fit.d_eta) == (stated.d_xi, stated.d_eta)
+    assert (fit.err_scale, fit.sys_floor) == (1.0, 0.0)
+    assert "stated errors kept" in fit.message
