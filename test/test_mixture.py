@@ -2440,3 +2440,25 @@ def test_a_calibration_that_loses_its_window_keeps_the_stated_errors_fit(monkeyp
     assert (fit.d_xi, fit.d_eta) == (stated.d_xi, stated.d_eta)
     assert (fit.err_scale, fit.sys_floor) == (1.0, 0.0)
     assert "stated errors kept" in fit.message
+
+
+@pytest.mark.parametrize("seed", [49, 107])
+def test_calibration_stops_cleanly_when_its_matches_fall_below_six(seed):
+    """Six detections (a chance candidate or so each): with the generous start errors the
+    fit counts six effective matches, but as the error model narrows they drop below six --
+    the calibration stops there, and the fit is reported (finite, calibrated or not)."""
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(6, 12))
+    sig = np.exp(rng.uniform(np.log(0.05), np.log(0.6), n))
+    stated = pair_covariance(sig * R95_PER_SIGMA, sig * R95_PER_SIGMA, np.zeros(n))
+    scale, floor = rng.choice([0.5, 1.0, 2.0]), rng.choice([0.0, 0.2, 0.4])
+    d = np.array([0.25, -0.15]) + rng.normal(size=(n, 2)) * np.hypot(scale * sig, floor)[:, None]
+    nc = rng.poisson(1.0, n)
+    ang = rng.uniform(0, 2 * np.pi, nc.sum())
+    rr = 3 * np.sqrt(rng.uniform(size=nc.sum()))
+    det = np.r_[np.arange(n), np.repeat(np.arange(n), nc)]
+    cov = np.concatenate([stated, stated[np.repeat(np.arange(n), nc)]])
+    fit = fit_mixture(det, np.r_[d[:, 0], rr * np.cos(ang)], np.r_[d[:, 1], rr * np.sin(ang)],
+                      cov, density_per_arcmin2=20.0, match_radius_arcsec=3.0, calibrate=True)
+    assert n == 6 and fit.failure is None
+    assert np.isfinite([fit.d_xi, fit.d_eta]).all() and np.isfinite(fit.cov).all()
