@@ -1287,6 +1287,36 @@ def test_error_model_scale_stops_at_its_range(monkeypatch):
         assert _fit_error_model(prob, stated, st, 1.0, 0.5, 0.0)[0] == end
 
 
+@pytest.mark.parametrize(("scale", "floor", "errs", "held"), [
+    (1 / 30, 0.1, (0.5, 2.0), ("scale", 0.1)),      # stated errors 30x too large, and a floor
+    (30.0, 0.05, (0.01, 0.05), ("scale", 10.0)),    # stated errors 30x too small
+    (1.0, 4.0, (0.05, 0.6), ("floor", 3.0)),        # a floor beyond the 3" range
+], ids=["scale-at-0.1", "scale-at-10", "floor-at-3"])
+def test_error_model_other_parameter_is_the_maximum_with_one_at_its_bound(
+        scale, floor, errs, held, monkeypatch):
+    """One parameter ends on its bound (the scale's 0.1-10, the floor's 3"): the other is the
+    maximum of the likelihood with that one held there (a one-dimensional maximisation), not
+    wherever a clipped joint step leaves it."""
+    from scipy.optimize import minimize_scalar
+    from stk_astrometry import mixture
+    from stk_astrometry.mixture import _fit_error_model
+
+    monkeypatch.setattr(mixture, "_CAL_PRIOR", None)
+    stated, e, r, prob, st = _error_model_case(np.random.default_rng(7), 60, scale=scale,
+                                               floor=floor, errs=errs)
+    k, f = _fit_error_model(prob, stated, st, 1.0, 0.5, 0.0)
+    if held[0] == "scale":
+        assert k == held[1]
+        want = minimize_scalar(lambda x: -_expected_complete_loglike(stated, e, r, k, x),
+                               bounds=(0.0, 3.0), method="bounded", options={"xatol": 1e-12}).x
+        assert f == pytest.approx(want, rel=1e-6)
+    else:
+        assert f == held[1]
+        want = minimize_scalar(lambda x: -_expected_complete_loglike(stated, e, r, x, f),
+                               bounds=(0.1, 10.0), method="bounded", options={"xatol": 1e-12}).x
+        assert k == pytest.approx(want, rel=1e-6)
+
+
 def test_error_model_scale_is_the_maximum_when_the_floor_sits_at_its_bound(monkeypatch):
     # issue 16's finding (the projected Fisher step stopped short: 1.08 for 0.97), fixed in
     # issue 14: a parameter on its bound stays and the other takes its own scoring step
