@@ -870,11 +870,15 @@ def _refine_starts(prob, seeds, rho_g, stage_lists):
             w00, w01, w11, bx, by = (resp @ sums).T
             det_w = w00 * w11 - w01 * w01
             ok = np.isfinite(det_w) & (det_w > 0)
+            s_new = np.empty_like(sa)
+            s_new[:, 0] = w11 * bx - w01 * by
+            s_new[:, 1] = w00 * by - w01 * bx
             with np.errstate(divide="ignore", invalid="ignore"):
-                s_new = np.clip(np.stack([(w11 * bx - w01 * by) / det_w,
-                                          (w00 * by - w01 * bx) / det_w], axis=1),
-                                -prob.max_shift, prob.max_shift)
-            step = np.max(np.abs(s_new - sa), axis=1)
+                s_new /= det_w[:, None]
+            # np.clip's bounds, without its Python-level dispatch (NaN stays NaN either way)
+            np.minimum(s_new, prob.max_shift, out=s_new)
+            np.maximum(s_new, -prob.max_shift, out=s_new)
+            step = np.abs(s_new - sa).max(axis=1)
             s[active[ok]] = s_new[ok]
             active = active[ok & ~(step < tol)]
     return s
