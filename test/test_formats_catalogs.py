@@ -922,3 +922,163 @@ def test_column_table_floats_are_the_masked_columns_filled_with_nan():
     assert np.isnan(table.floats("j")[1]) and table.floats("k")[0] == 2.0**40
     assert [table.floats(n) for n in ("b", "s", "v")] == [None, None, None]
     assert table.floats("j") is not cols["j"] and cols["j"][1] == -99
+
+
+# ---------------------------------------------------------------------------------------------
+# Detections of one stack, read end to end; what the reader says about what is missing
+
+
+def test_detections_of_a_one_stack_table_end_to_end(tmp_path, caplog):
+    # a user's extract of one stack (FITS, read with fitsio): the stack id does not name the
+    # instrument, the instrument column does; CSC's manual-include flag as a logical column;
+    # no src_cnts or sat_src_flag columns
+    n = 3
+    cols = [fits.Column("detect_stack_id", "8A", array=["field_7"] * n),
+            fits.Column("region_id", "J", array=[4, 7, 9]),
+            fits.Column("ra", "D", array=RA), fits.Column("dec", "D", array=DEC),
+            fits.Column("err_ellipse_r0", "E", array=[0.8, 1.2, 0.9]),
+            fits.Column("err_ellipse_r1", "E", array=[0.6, 0.7, 0.5]),
+            fits.Column("likelihood_class", "8A", array=["TRUE", "TRUE", "MARGINAL"]),
+            fits.Column("man_inc", "L", array=[False, True, False]),
+            fits.Column("instrument", "5A", array=["HRC-S"] * n),
+            fits.Column("ra_stack", "D", array=[150.0] * n),
+            fits.Column("dec_stack", "D", array=[2.0] * n)]
+    fits.HDUList([fits.PrimaryHDU(), fits.BinTableHDU.from_columns(cols, name="SRCLIST")]) \
+        .writeto(tmp_path / "det.fits")
+    with caplog.at_level("INFO", logger="stk_astrometry.formats.catalogs"):
+        cat = catalogs.read_detections(read_table(str(tmp_path / "det.fits"), param="detfile"))
+    assert cat.stackid == "field_7" and cat.instrument == "HRC"
+    assert cat.rows.dtype == bool and cat.rows.tolist() == [True] * n
+    d = cat.detections
+    assert d.region_id.tolist() == [4, 7, 9] and d.man_inc.tolist() == [False, True, False]
+    assert d.sat_src_flag is None and np.isnan(d.src_cnts).all()
+    msgs = [r.getMessage() for r in caplog.records]
+    where = f"{tmp_path / 'det.fits'}[SRCLIST]"
+    assert f"{where} has no src_cnts column: counts (QA rules need them) written as NaN" in msgs
+    assert f"{where} has no sat_src_flag column: no detection dropped as saturated" in msgs
+    assert not [m for m in msgs if "other stacks" in m]
+
+
+def test_detections_count_the_rows_of_other_stacks_they_leave(caplog):
+    cols = _det_table(3, detect_stack_id=np.array(["s1", "s2", "s2"]))
+    with caplog.at_level("INFO", logger="stk_astrometry.formats.catalogs"):
+        cat = catalogs.read_detections(_dtin(cols), stackid="s1", ra_stack=10.0, dec_stack=-5.0)
+    assert cat.detections.region_id.tolist() == [1]
+    assert "d.fits[SRC]: 2 row(s) of other stacks ignored" in [r.getMessage() for r in caplog.records]
+
+
+def test_a_blank_stackid_keyword_is_no_stack_id_and_is_said(caplog):
+    with caplog.at_level("WARNING", logger="stk_astrometry.formats.catalogs"):
+        cat = catalogs.read_detections(_dtin(_det_table(2), {"STACKID": "  "}),
+                                       ra_stack=10.0, dec_stack=-5.0)
+    assert cat.stackid == ""
+    assert ("d.fits[SRC] has no detect_stack_id column or STACKID keyword: STACKID is blank"
+            in [r.getMessage() for r in caplog.records])
+
+
+def test_text_of_object_columns_decoded_as_ascii_with_replacements():
+    # VOTable char columns of variable length come as object arrays, bytes or str
+    o = catalogs._strings(_tin(o=np.array([b" \xffy ", "z"], dtype=object)), "o")
+    assert o.tolist() == ["\ufffdy", "z"]
+    empty = catalogs._strings(_tin(o=np.array([], dtype=object)), "o")
+    assert empty.dtype.kind == "U" and empty.tolist() == []
+
+
+def test_a_number_column_holding_text_in_a_fits_file_is_refused(tmp_path):
+    t = _gaia_archive_table()
+    t["ra"] = [f"{v:.6f}" for v in RA]          # RA written as text
+    t.write(tmp_path / "g.fits")
+    with pytest.raises(CatalogError, match=r"column 'ra' is not numeric: it holds text"):
+        catalogs.read_gaia(read_table(str(tmp_path / "g.fits"), param="gaiafile"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Gaia epochs, the epoch value, IRSA and SDSS: the remaining cases
+
+
+def test_a_gaia_table_without_epoch_column_has_no_epoch_origin(tmp_path):
+    t = _gaia_archive_table()
+    del t["ref_epoch"]
+    t.write(tmp_path / "g.fits")
+    a = catalogs.read_gaia_astrometry(read_table(str(tmp_path / "g.fits"), param="gaiafile"))
+    assert a.ref_epoch is None and a.ref_epoch_origin == ""
+
+
+@pytest.mark.parametrize("ra_name, dec_name", [("RAJ2000", "DE_ICRS"), ("RA_ICRS", "DEJ2000"),
+                                               ("RA_ICRS", "DECJ2000")])
+def test_either_vizier_j2000_position_column_means_epoch_2000(tmp_path, ra_name, dec_name):
+    t = _vizier_gaia(with_icrs=False)
+    del t["RAJ2000"], t["DEJ2000"]
+    t[ra_name] = RA
+    t[dec_name] = DEC
+    t.write(tmp_path / "v.vot", format="votable")
+    a = catalogs.read_gaia_astrometry(read_table(str(tmp_path / "v.vot"), param="gaiafile"))
+    assert a.ref_epoch_origin == "RAJ2000 columns" and a.ref_epoch.tolist() == [2000.0] * 3
+
+
+@pytest.mark.parametrize("value, want", [(10000, 10000.0), ("10000", 10000.0),
+                                         (10000.5, 2000.0 + (10000.5 - 51544.5) / 365.25),
+                                         (9999.9, 9999.9)])
+def test_an_mjd_is_a_number_above_10000(value, want):
+    assert catalogs._parse_epoch_value(value, "MJD-OBS") == pytest.approx(want, abs=1e-9)
+
+
+def test_only_a_j_prefix_makes_a_julian_year():
+    with pytest.raises(CatalogError, match="is neither a year, an MJD nor an ISO date"):
+        catalogs._parse_epoch_value("X2012.5", "DATE-OBS")
+
+
+def test_irsa_allwise_link_takes_the_allwise_column_aliases(tmp_path):
+    # the same rows with J2000 position names and VizieR's ccf, e.g. re-saved from TOPCAT
+    path = tmp_path / "w.csv"
+    path.write_text("designation,RAJ2000,DEJ2000,sigra,sigdec,ccf\n"
+                    "J100000.00+020000.0,150.0,2.0,0.08,0.09,0000\n"
+                    "J100001.00+020000.0,150.004,2.0,0.08,0.09,D000\n")
+    bn = tmp_path / "bn.csv"
+    bn.write_text("source_id,original_ext_source_id\n7,J100001.00+020000.0\n")
+    wise, best = catalogs.read_wise_linked(read_table(str(path), param="wisefile"),
+                                           read_table(str(bn), param="bestnbfile"))
+    assert wise.ra_deg.tolist() == [150.0, 150.004] and wise.cc_flags.tolist() == ["0000", "D000"]
+    assert best.allwise_oid.tolist() == [2]
+
+
+def test_sdss_casjobs_join_with_r_band_centroid_errors_and_scan_columns(tmp_path):
+    # a CasJobs SpecObj x PhotoObj join: bestObjID, the r-band rowcErr_r/colcErr_r, and the
+    # scan's node and incl as columns (no mode: every row a primary)
+    mu, nu = np.array([185.0, 100.0]), np.array([0.0, 1.0])
+    t = Table({"bestObjID": np.array([1237648720693755918, 1237648720693755919]),
+               "mu": mu, "nu": nu, "node": [95.0, 95.0], "incl": [30.0, 30.0],
+               "rowcErr_r": [0.1, 0.2], "colcErr_r": [0.1, 0.2]})
+    t.write(tmp_path / "casjobs.fits")
+    cat = catalogs.read_sdss(read_table(str(tmp_path / "casjobs.fits"), param="gaiafile"))
+    ra, dec = sdss.great_circle_to_j2000(mu, nu, 95.0, 30.0)
+    np.testing.assert_allclose(cat.sources.ra_deg, ra)
+    assert cat.sources.source_id.tolist() == [1237648720693755918, 1237648720693755919]
+    assert cat.n_not_primary == 0 and cat.n_bad_err == 0
+    assert cat.error_model == ("muErr/nuErr + 0.396 objc_rowcErr/colcErr, rotated to RA/Dec "
+                               f'(no muErr/nuErr: calibration {sdss.DEFAULT_CALIBRATION_ERROR:.3f}")')
+
+
+def test_sdss_errors_are_circularised_unless_the_whole_scan_is_known():
+    # ra/dec with the scan's NODE/INCL keywords but only mu (no nu): not rotated
+    cols = {"objID": np.array([1, 2]), "ra": np.array([10.0, 10.1]), "dec": np.array([1.0, 1.1]),
+            "mu": np.array([10.0, 10.1]), "objc_rowcErr": np.array([0.1, 0.2]),
+            "objc_colcErr": np.array([0.1, 0.2]), "muErr": np.array([0.03, 0.03]),
+            "nuErr": np.array([0.04, 0.04])}
+    cat = catalogs.read_sdss(_dtin(cols, {"NODE": 95.0, "INCL": 30.0}))
+    assert cat.error_model == "muErr/nuErr + 0.396 objc_rowcErr/colcErr, circularised"
+    assert cat.sources.sigra_arcsec.tolist() == cat.sources.sigdec_arcsec.tolist()
+
+
+def test_sdss_one_centroid_error_column_is_not_the_centroid_model():
+    cols = {"objID": np.array([1, 2]), "ra": np.array([10.0, 10.1]), "dec": np.array([1.0, 1.1]),
+            "objc_rowcErr": np.array([0.1, 0.2]), "raErr": np.array([0.05, 0.06]),
+            "decErr": np.array([0.07, 0.08])}
+    cat = catalogs.read_sdss(_dtin(cols))
+    assert cat.error_model.startswith("calibration + raErr/decErr")
+    assert cat.sources.source_id.tolist() == [1, 2] and cat.n_bad_err == 0
+
+
+def test_flags_refusal_names_five_of_six_bad_values():
+    with pytest.raises(CatalogError, match=r"not a flag: A, B, C, D, E$"):
+        catalogs._flags(_tin(f=np.array(["a", "b", "c", "d", "e", "g", "T"])), "f")

@@ -88,6 +88,39 @@ def test_format_card_is_astropys_card_image():
                     == Card("HIERARCH DEC_STACK", value, comment).image), value
 
 
+def test_format_cards_remembered_are_astropys_cards_again():
+    # format_card remembers text cards (issue 11): asked again -- also after equal-comparing
+    # numbers (0, 0.0, -0.0, False) -- every card is still astropy's
+    from astropy.io.fits import Card
+
+    from stk_astrometry.formats._fits import format_card
+
+    values = ["", "a", "0", "o'k", "x" * 40, 0, 0.0, -0.0, False, 1, 1.0, True]
+    for _ in range(2):
+        for value in values:
+            for comment in ("", "a comment"):
+                assert format_card("KEY", value, comment) == Card("KEY", value, comment).image
+
+
+def test_history_records_of_a_write_are_formatted_once_per_counter():
+    from stk_astrometry.fitsutil import history_records
+    from stk_astrometry.formats._fits import _records_memo
+
+    calls = []
+
+    def counted(*args, **kwargs):
+        calls.append(kwargs["start"])
+        return history_records(*args, **kwargs)
+
+    items = [("infile", "a.fits"), ("outfile", "b" * 80)]
+    memo = _records_memo(counted)
+    kw = dict(when="2026-01-02T03:04:05", stacks={})
+    for start in (1, 1, 4, 1, 4):
+        assert memo("stk_x", items, start=start, **kw) == history_records("stk_x", items,
+                                                                          start=start, **kw)
+    assert calls == [1, 4]
+
+
 def test_appended_text_cards_are_the_ones_fitsio_writes(tmp_path):
     """The column descriptions (TCOMMn, TUCDn) appended as card images are byte for byte the
     cards ``hdu.write_key(name, value, " ")`` writes, for every length (issue 11)."""
@@ -197,6 +230,55 @@ def test_fast_writer_writes_what_astropys_writer_writes(tmp_path, monkeypatch):
     ekeys = dict((k, (v, c)) for k, v, c in empty[0] if k != "HISTORY")
     assert ekeys["NAXIS2"][0] == 0 and ekeys["LONGCOMM"][1].startswith("ccc")
     assert ekeys["TFORM3"][0] == "1A"
+
+
+def test_fast_writer_builds_in_memory_the_file_cfitsio_writes_on_disk(tmp_path, monkeypatch):
+    """write_fits_fast has cfitsio build the file in its memory driver and writes the bytes in
+    one go (issue 11: no write() per keyword): the same bytes as cfitsio writing the file
+    itself, but for the CHECKSUM cards (their comment holds cfitsio's clock), valid checksums,
+    and the temporary file written is the one atomic_path made and locked (fitsio's clobber
+    would unlink it and write an unlocked file of the same name)."""
+    import os
+
+    from astropy.io import fits
+
+    from stk_astrometry import fitsutil
+    from stk_astrometry.formats import _fits
+
+    monkeypatch.setattr(fitsutil, "utc_now", lambda: "2026-01-02T03:04:05")
+    made = []
+    real_make_temp = fitsutil.make_temp
+
+    def make_temp(dest):
+        fd, tmp = real_make_temp(dest)
+        made.append((os.fstat(fd).st_ino, tmp))
+        return fd, tmp
+
+    def written(tmp):
+        for ino, path in made:
+            if path == tmp:
+                assert os.stat(tmp).st_ino == ino, "the locked temporary file was replaced"
+
+    monkeypatch.setattr(fitsutil, "make_temp", make_temp)
+    real_replace = fitsutil.replace_durably
+    monkeypatch.setattr(fitsutil, "replace_durably",
+                        lambda tmp, dest: (written(tmp), real_replace(tmp, dest)))
+    _fits.write_fits_fast(tmp_path / "mem.fits", _specs_of_every_kind(), HIST, clobber=False)
+    assert len(made) == 1
+    # cfitsio writing the file itself (it replaces the temporary file: not checked here)
+    monkeypatch.setattr(fitsutil, "replace_durably", real_replace)
+    monkeypatch.setattr(_fits, "_MEM_BUILD", False)
+    _fits.write_fits_fast(tmp_path / "disk.fits", _specs_of_every_kind(), HIST, clobber=False)
+
+    def cards_but_checksum(path):
+        raw = (tmp_path / path).read_bytes()
+        return [raw[i:i + 80] for i in range(0, len(raw), 80)
+                if not raw[i:i + 80].startswith(b"CHECKSUM= ")], len(raw)
+
+    mem, disk = cards_but_checksum("mem.fits"), cards_but_checksum("disk.fits")
+    assert mem == disk and mem[1] % 2880 == 0
+    with fits.open(tmp_path / "mem.fits", checksum=True) as hdul:
+        assert len(hdul) == 3 and all("CHECKSUM" in hdu.header for hdu in hdul)
 
 
 def test_fast_reader_reads_what_astropys_reader_reads(tmp_path):
@@ -367,3 +449,150 @@ def test_header_keywords_keep_a_hierarch_keyword_and_drop_blank_cards():
                                   ("DEC_STACK", -5.0, ""))
     assert [c[0] for c in extra_cards(h)] == ["SHORT", "LONGER_NAME", "DTYPE1", "DVAL1",
                                               "DEC_STACK"]
+
+
+# ---------------------------------------------------------------------------------------------
+# The rest of the writer's and reader's contract
+
+
+def test_extra_cards_are_the_user_cards_of_a_table_header():
+    from stk_astrometry.formats._fits import extra_cards, table_hdu
+
+    h = table_hdu("T", {"a": np.array([1.0]), "b": np.array([2], dtype=np.int32)},
+                  units={"a": "deg"}).header
+    h = fits.Header(list(h.cards) + [fits.Card("OBJECT", "x", "c"), fits.Card("", "", ""),
+                                     fits.Card("HISTORY", "h"), fits.Card("N", 3)])
+    assert extra_cards(h) == (("OBJECT", "x", "c"), ("N", 3, ""))
+
+
+def test_a_product_cut_inside_its_table_data_is_one_clean_error(tmp_path):
+    from stk_astrometry.errors import InputError
+    from stk_astrometry.formats import _fits
+
+    path = tmp_path / "p.fits"
+    specs = [_fits.HduSpec(None, keys=(("CONTENT", "STKTEST", ""),)),
+             _fits.HduSpec("T", {"a": np.arange(1000.0)})]
+    _fits.write_fits_fast(path, specs, HIST, clobber=False)
+    with _fits.open_product(path, "STKTEST", "test file") as hdul:
+        assert hdul["T"].data["a"][-1] == 999.0
+        data_at = hdul["T"].fileinfo()["datLoc"]
+    path.write_bytes(path.read_bytes()[:data_at + 4000])       # headers whole, data cut
+    with pytest.raises(InputError, match=r"p\.fits: cannot read as FITS"):
+        _fits.open_product(path, "STKTEST", "test file")
+
+
+def test_the_astropy_path_keeps_the_given_column_formats(tmp_path, monkeypatch):
+    from stk_astrometry.formats import _fits
+
+    cols = {"name": np.array(["a", "bc"]), "n": np.array([1, 2], dtype=np.int64),
+            "x": np.array([1.5, 2.5])}
+    spec = _fits.HduSpec("T", cols, formats={"name": "8A", "n": "J"})
+    hdu = _fits.to_hdulist([_fits.HduSpec(None), spec])[1]
+    assert [c.format for c in hdu.columns] == ["8A", "J", "D"]
+    _fits.write_fits_fast(tmp_path / "fast.fits", [_fits.HduSpec(None), spec], HIST, clobber=False)
+    monkeypatch.setattr(_fits, "FITSIO_IO", False)
+    _fits.write_fits_fast(tmp_path / "slow.fits", [_fits.HduSpec(None), spec], HIST, clobber=False)
+    for name in ("fast.fits", "slow.fits"):
+        with fits.open(tmp_path / name) as hdul:
+            assert [c.format for c in hdul["T"].columns] == ["8A", "J", "D"], name
+
+
+def test_the_astropy_path_overwrites_when_clobber_is_set(tmp_path, monkeypatch):
+    from stk_astrometry.errors import OutputError
+    from stk_astrometry.formats import _fits
+
+    monkeypatch.setattr(_fits, "FITSIO_IO", False)
+    specs = [_fits.HduSpec(None), _fits.HduSpec("T", {"a": np.array([1.0])})]
+    _fits.write_fits_fast(tmp_path / "s.fits", specs, HIST, clobber=False)
+    specs[1] = _fits.HduSpec("T", {"a": np.array([2.0])})
+    with pytest.raises(OutputError):
+        _fits.write_fits_fast(tmp_path / "s.fits", specs, HIST, clobber=False)
+    _fits.write_fits_fast(tmp_path / "s.fits", specs, HIST, clobber=True)
+    assert fits.getdata(tmp_path / "s.fits", "T")["a"].tolist() == [2.0]
+
+
+def test_an_eight_character_name_is_never_a_hierarch_card(tmp_path):
+    import warnings
+
+    from astropy.io.fits import Card
+
+    from stk_astrometry.formats import _fits
+
+    for value in ("x" * 69, "short"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            assert _fits.format_card("EIGHTCHR", value, "c") == Card("EIGHTCHR", value, "c").image
+    hdul = _fits.to_hdulist([_fits.HduSpec(None, cards=(("EIGHTCHR", 1.5, "copied"),))])
+    assert hdul[0].header.cards["EIGHTCHR"].image.startswith("EIGHTCHR= ")
+
+
+def test_a_non_ascii_text_column_is_not_written(tmp_path):
+    # FITS A columns hold ASCII: a value beyond it is refused, not written as UTF-8 bytes
+    from stk_astrometry.formats import _fits
+
+    specs = [_fits.HduSpec(None), _fits.HduSpec("T", {"s": np.array(["caf\u00e9", "ok"])})]
+    with pytest.raises(UnicodeEncodeError):
+        _fits.write_fits_fast(tmp_path / "u.fits", specs, HIST, clobber=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_vector_logical_column_is_written_and_read_back(tmp_path):
+    from stk_astrometry.formats import _fits
+
+    flags = np.array([[True, False], [False, False], [True, True]])
+    specs = [_fits.HduSpec(None), _fits.HduSpec("T", {"f": flags, "n": np.arange(3)})]
+    _fits.write_fits_fast(tmp_path / "l.fits", specs, HIST, clobber=False)
+    with fits.open(tmp_path / "l.fits") as hdul:
+        assert hdul["T"].columns["f"].format == "2L"
+        assert hdul["T"].data["f"].tolist() == flags.tolist()
+    assert _fits.read_fits(tmp_path / "l.fits")[1][2]["f"].tolist() == flags.tolist()
+
+
+@pytest.mark.parametrize("value, comment, kept", [
+    ("x" * 40, "c" * 25, True), ("x" * 40, "c" * 26, False),
+    ("ab", "c" * 47, True), ("ab", "c" * 48, False), ("x" * 18, "c" * 47, True),
+    ("x" * 19, "c" * 47, False),
+])
+def test_the_fast_writer_drops_a_long_strings_comment_where_set_keywords_does(
+        tmp_path, value, comment, kept):
+    from stk_astrometry.formats import _fits
+
+    specs = [_fits.HduSpec(None, keys=(("KEY", value, comment),)),
+             _fits.HduSpec("T", {"a": np.array([1.0])}, keys=(("KEY", value, comment),),
+                           drop_long_comments=False)]
+    _fits.write_fits_fast(tmp_path / "k.fits", specs, HIST, clobber=False)
+    with fits.open(tmp_path / "k.fits") as hdul:
+        assert hdul[0].header["KEY"] == value
+        assert hdul[0].header.comments["KEY"] == (comment if kept else "")
+        kept_cut = hdul[1].header.comments["KEY"]
+        assert kept_cut and comment.startswith(kept_cut)        # kept, cut if need be
+
+
+def test_one_write_has_one_time_stamp(tmp_path, monkeypatch):
+    # DATE and the TOOL record of every HDU carry the same time, however long the write takes
+    import itertools
+
+    from stk_astrometry import fitsutil
+    from stk_astrometry.formats import _fits
+
+    tick = itertools.count()
+    monkeypatch.setattr(fitsutil, "utc_now", lambda: f"2026-01-02T03:04:{next(tick):02d}")
+    specs = [_fits.HduSpec(None), _fits.HduSpec("A", {"a": np.array([1.0])}),
+             _fits.HduSpec("B", {"b": np.array([2.0])})]
+    _fits.write_fits_fast(tmp_path / "t.fits", specs, HIST, clobber=False)
+    with fits.open(tmp_path / "t.fits") as hdul:
+        dates = {hdu.header["DATE"] for hdu in hdul}
+        tools = {str(hdu.header["HISTORY"][0]) for hdu in hdul}
+    assert len(dates) == 1 and len(tools) == 1
+    assert dates.pop() in tools.pop()
+
+
+def test_the_astropy_reader_is_used_when_fitsio_is_off(tmp_path, monkeypatch):
+    from stk_astrometry.formats import _fits
+
+    specs = [_fits.HduSpec(None), _fits.HduSpec("T", {"a": np.array([1.5, 2.5])})]
+    _fits.write_fits_fast(tmp_path / "r.fits", specs, HIST, clobber=False)
+    monkeypatch.setattr(_fits, "FITSIO_IO", False)
+    got = _fits.read_fits(tmp_path / "r.fits")
+    assert [x[0] for x in got] == ["", "T"] and got[1][2]["a"].tolist() == [1.5, 2.5]
+    assert type(got[1][1]) is fits.Header

@@ -441,3 +441,19 @@ def test_pairs_reader_names_the_parameter(tmp_path):
         pairs.read_pairs(tmp_path / "nope.fits")
     with pytest.raises(InputError, match=r"^pairsfile=.*nope\.fits: file"):
         pairs.read_pairs(tmp_path / "nope.fits", param="pairsfile")
+
+
+def _without_dec_stack(hdul):
+    h = hdul[0].header
+    n = next(k[5:] for k in h if k.startswith("DTYPE") and h[k] == "DEC_STACK")
+    for key in (f"DTYPE{n}", f"DVAL{n}", "DEC_STACK"):       # the CXC pair and the HIERARCH card
+        h.remove(key, ignore_missing=True)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (_without_dec_stack, r"/e\.fits\[PRIMARY\]: keyword DEC_STACK missing$"),
+    (lambda h: h[0].header.remove("NGROUPS"), r"/e\.fits\[PRIMARY\]: keyword NGROUPS missing$"),
+])
+def test_pairs_reader_requires_the_tangent_dec_and_the_group_count(tmp_path, edit, message):
+    with pytest.raises(FormatError, match=message):
+        pairs.read_pairs(_pairs_file_with(tmp_path, edit))

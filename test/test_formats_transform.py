@@ -332,3 +332,14 @@ def test_transform_copy_is_named_stkxfm_whatever_the_block_it_came_from(tmp_path
         assert h[1].name == "STKXFM"
     with pytest.raises(FormatError, match=r"\[IMG\]: not a table with rows$"):
         transform.read_transform(f"{path}[3]")
+
+
+def test_transform_keywords_carry_finite_fit_figures_as_given():
+    # (NaN ones are undefined, above): RESSTD1 and SYSERR with values
+    total = transform.Component("TOTAL", 0.25, -0.5, np.eye(2), 12, 2, 0.7, 0.35)
+    keys = dict((k, v) for k, v, _ in transform.transform_keywords(
+        stackid="s", instrument="ACIS", ra_stack=1.0, dec_stack=2.0, method="direct",
+        estimator="mixture", loss="cauchy", f_scale=1.0, total=total, n_match=3, qa_flags=0,
+        qa_reason="", error_model=(np.float64(0.08), 1.1)))
+    assert (keys["RESSTD0"], keys["RESSTD1"]) == (0.7, 0.35)
+    assert (keys["SYSERR"], keys["ERRSCALE"]) == (0.08, 1.1) and type(keys["SYSERR"]) is float

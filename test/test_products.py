@@ -299,3 +299,21 @@ def test_jpeg_is_recognised_by_its_name_only():
     # a FITS file is never a JPEG type, whatever its name
     rec = recognise("acisf14031_000N001_r0012b_regimg3.jpg", [HduInfo("PRIMARY", "", "image")])
     assert rec.product is None or rec.product.shape != "jpeg"
+
+
+@pytest.mark.parametrize("cards, kind", [
+    (dict(SIMPLE=True, NAXIS=2, NAXIS1=5), "image"),            # NAXIS2 missing: NAXIS1 decides
+    (dict(SIMPLE=True, NAXIS=2, NAXIS1=0), "empty"),
+    (dict(SIMPLE=True, NAXIS1=5), "empty"),                     # no NAXIS: no axes
+    (dict(SIMPLE=True, NAXIS=2, NAXIS1=0, NAXIS2=0, NAXIS3=4), "empty"),   # beyond NAXIS
+    (dict(SIMPLE=True, NAXIS=1, NAXIS0=4, NAXIS1=0), "empty"),  # FITS axes start at 1
+])
+def test_hdu_info_reads_only_the_axes_naxis_declares(cards, kind):
+    assert products.hdu_info(_h(**cards), index=0).kind == kind
+
+
+def test_named_type_without_a_band_in_its_name_has_no_band():
+    rec = recognise("acisf14031_000N001_evt3.fits", [], forced="EVT3")
+    assert (rec.product.name, rec.band) == ("EVT3", "")
+    rec = recognise("acisf14031_000N001_r0012_regimg3.fits", [], forced="REGIMG")
+    assert (rec.product.name, rec.band) == ("REGIMG", "")

@@ -1004,3 +1004,29 @@ def test_set_value_keeps_the_longest_comment_that_fits_in_80_characters():
     assert h.comments["KEY"] == comment[:80 - 33]
     _set_value(h, "KEY2", "x" * 66)             # a value that leaves no room: no comment
     assert h["KEY2"] == "x" * 66 and h.comments["KEY2"] == ""
+
+
+def test_image_axes_are_those_of_naxis_or_wcsaxes():
+    # a cube with its celestial axes second and third (axis 1 without a CTYPE)
+    cube = fits.Header()
+    cube["NAXIS"] = 3
+    cube["CTYPE2"], cube["CTYPE3"] = "RA---TAN", "DEC--TAN"
+    assert wcsupdate.celestial_image_axes(cube) == [("", 2, 3)]
+    # WCSAXES beyond NAXIS (a third WCS axis on a 2-D image)
+    h = fits.Header()
+    h["NAXIS"], h["WCSAXES"] = 2, 3
+    h["CTYPE1"], h["CTYPE2"], h["CTYPE3"] = "RA---TAN", "LINEAR", "DEC--TAN"
+    assert wcsupdate.celestial_image_axes(h) == [("", 1, 3)]
+    # a CTYPE beyond both (left over) is no axis
+    del h["WCSAXES"]
+    assert wcsupdate.celestial_image_axes(h) == []
+    one = fits.Header()
+    one["NAXIS"] = 1
+    one["CTYPE1"], one["CTYPE2"] = "RA---TAN", "DEC--TAN"
+    assert wcsupdate.celestial_image_axes(one) == [("", 1, 2)]     # two axes at least
+
+
+def test_a_name_that_is_only_the_ra_suffix_is_no_position():
+    h = fits.Header()
+    h["_RA"], h["_DEC"] = (RA0, "[deg]"), (DEC0, "[deg]")
+    assert wcsupdate.position_keyword_pairs(h) == ([], [])

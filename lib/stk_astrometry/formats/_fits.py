@@ -7,6 +7,7 @@ the CXC way (DTYPEn/DVALn) by :func:`stk_astrometry.fitsutil.set_keyword`.
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 from dataclasses import dataclass, field
@@ -403,8 +404,21 @@ def format_card(name, value, comment=""):
 
     For the value types the formats write (str, bool, int, float, None); a name longer than
     eight characters or a string longer than 68 characters is left to astropy (HIERARCH,
-    CONTINUE), which is then imported.
+    CONTINUE), which is then imported.  Cards with a text value are remembered (the column
+    cards and most keywords are the same in every file of a kind: issue 11); a number is
+    formatted each time (0.0 and -0.0 are equal keys but different cards).
     """
+    if type(value) is str and type(name) is str and type(comment) is str:
+        return _text_card(name, value, comment)
+    return _format_card(name, value, comment)
+
+
+@functools.lru_cache(maxsize=4096)
+def _text_card(name, value, comment):
+    return _format_card(name, value, comment)
+
+
+def _format_card(name, value, comment):
     if (len(name) > 8 and isinstance(value, (float, int, np.floating, np.integer))
             and not isinstance(value, (bool, np.bool_))):
         number = _format_float(value) if isinstance(value, (float, np.floating)) else int(value)
@@ -432,6 +446,15 @@ def format_card(name, value, comment=""):
         card += f" / {comment}"
     # too long: the comment is cut, as astropy cuts it (without its warning)
     return card[:80].ljust(80)
+
+
+#: write_fits_fast: cfitsio builds the file in its memory driver ("mem://") and its bytes go to the
+#: temporary file in one write (issue 11).  Through fitsio every keyword written flushes
+#: cfitsio's buffer -- a write() per card on a disk file, ~600 per stack; the file's bytes are
+#: the same (test_formats_fits).  Also keeps atomic_path's locked temporary file: fitsio's
+#: clobber=True unlinks it and creates an unlocked one of the same name.  False: cfitsio
+#: writes the temporary file itself (the tests compare the two).
+_MEM_BUILD = True
 
 
 def write_fits_fast(path, specs, history, *, clobber):
@@ -466,15 +489,42 @@ def write_fits_fast(path, specs, history, *, clobber):
     creator = f"{history.tool} - stk_astrometry {__version__}"
     try:
         with atomic_path(path) as tmp:
-            with fitsio.FITS(str(tmp), "rw", clobber=True) as fh:
-                for spec in specs:
-                    _write_one(fh, spec, history.tool, items, stacks, when, creator,
-                               history_records)
+            records_of = _records_memo(history_records)
+            if _MEM_BUILD:
+                # cfitsio builds the file in its memory driver (each keyword written through
+                # fitsio flushes cfitsio's buffer: in memory, not a write() per card), and
+                # the finished file's bytes, as cfitsio made them, go to disk in one write
+                with fitsio.FITS("mem://", "rw") as fh:
+                    for spec in specs:
+                        _write_one(fh, spec, history.tool, items, stacks, when, creator,
+                                   records_of)
+                    image = fh.read_raw()
+                with open(tmp, "wb") as out:
+                    out.write(image)
+            else:
+                with fitsio.FITS(str(tmp), "rw", clobber=True) as fh:
+                    for spec in specs:
+                        _write_one(fh, spec, history.tool, items, stacks, when, creator,
+                                   records_of)
     except OSError as exc:
         raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from exc
     import logging
 
     logging.getLogger("stk_astrometry.fitsutil").info("Wrote %s", path)
+
+
+def _records_memo(history_records):
+    """``history_records`` for one write: the same run's records for every HDU, differing only
+    in the counter they start at -- formatted once per counter (the HDUs of a file mostly
+    start at the same one)."""
+    made = {}
+
+    def records(tool, items, *, start, when, stacks):
+        if start not in made:
+            made[start] = history_records(tool, items, start=start, when=when, stacks=stacks)
+        return made[start]
+
+    return records
 
 
 def _write_one(fh, spec, tool, items, stacks, when, creator, history_records):
