@@ -199,6 +199,57 @@ def test_invariant_to_row_order():
     assert (fit3.d_xi, fit3.d_eta) == (fit.d_xi, fit.d_eta)
 
 
+@pytest.mark.parametrize("entry", [(0, 1), (0, 0)], ids=["tilt", "xi-variance"])
+def test_invariant_to_the_order_of_candidates_differing_only_in_one_covariance_entry(entry):
+    """Candidates of one detection at the same offset whose covariances differ in one entry
+    only (the ellipse's tilt, or the xi variance): every entry is a key of the canonical order,
+    so the result does not depend on which row comes first."""
+    rng = np.random.default_rng(SEED + 7)
+    det, dx, dy, cov, _, _, dens = simulate(rng, n_det=25, density=40.0)
+    # detections 0-5 get two extra candidates each at their first pair's offset
+    extra = np.flatnonzero(np.r_[True, det[1:] != det[:-1]])[:6]
+    other = np.tile(cov[extra], (2, 1, 1))
+    if entry == (0, 1):        # tilted both ways
+        other[:, 0, 1] = other[:, 1, 0] = np.r_[1, -1].repeat(6) * 0.3 * np.sqrt(
+            other[:, 0, 0] * other[:, 1, 1])
+    else:                      # the xi variance 1.5x and 0.8x, the rest as it is
+        other[:, 0, 0] *= np.r_[1.5, 0.8].repeat(6)
+    det = np.r_[det, det[extra], det[extra]]
+    dx, dy = np.r_[dx, dx[extra], dx[extra]], np.r_[dy, dy[extra], dy[extra]]
+    cov = np.concatenate([cov, other])
+    kw = dict(density_per_arcmin2=dens, match_radius_arcsec=R)
+    fit = fit_mixture(det, dx, dy, cov, **kw)
+    for seed in range(3):
+        perm = np.random.default_rng(seed).permutation(det.size)
+        fit2 = fit_mixture(det[perm], dx[perm], dy[perm], cov[perm], **kw)
+        assert (fit2.d_xi, fit2.d_eta) == (fit.d_xi, fit.d_eta)
+        np.testing.assert_array_equal(fit2.cov, fit.cov)
+        np.testing.assert_array_equal(fit2.membership, fit.membership[perm])
+
+
+def test_default_shift_bound_is_five_arcsec():
+    # ten pairs at 5.5": the default max_shift_arcsec (5) stops the shift at the bound
+    n = 10
+    fit = fit_mixture(np.arange(n), np.full(n, 5.5), np.zeros(n),
+                      np.tile(np.eye(2) * 0.01, (n, 1, 1)), density_per_arcmin2=0.0,
+                      match_radius_arcsec=8.0)
+    assert fit.d_xi == 5.0 and not fit.converged
+    assert "max_shift bound (5.0 arcsec)" in fit.message
+
+
+def test_default_start_prior_is_one_arcsec():
+    # a far mode only slightly tighter (0.25" against 0.30"): the default 1" prior on the
+    # start keeps the near one, a 2" prior is too weak to
+    det, dx, dy, cov = _two_mode_stack(3, 0, sigma_far=0.25)
+    kw = dict(density_per_arcmin2=50.0, match_radius_arcsec=3.0)
+    default = fit_mixture(det, dx, dy, cov, **kw)
+    assert abs(default.d_xi - 0.3) < 0.1
+    assert (default.d_xi, default.d_eta) == (
+        fit_mixture(det, dx, dy, cov, start_prior_arcsec=1.0, **kw).d_xi,
+        fit_mixture(det, dx, dy, cov, start_prior_arcsec=1.0, **kw).d_eta)
+    assert abs(fit_mixture(det, dx, dy, cov, start_prior_arcsec=2.0, **kw).d_xi - 2.2) < 0.1
+
+
 # ---------------------------------------------------------------------------------------------
 # Truth recovery in each regime
 
@@ -456,6 +507,8 @@ def test_shift_at_bound_not_converged():
     ("kwargs", "match"),
     [
         ({"src_index": [0.5, 1]}, "src_index must hold integers"),
+        # ids read as Python objects (a table column with a missing value): refused as ids
+        ({"src_index": np.array([0, None], dtype=object)}, "src_index must hold integers"),
         ({"d_xi": [0.0]}, "d_xi has 1 entries, expected 2"),
         ({"cov_pairs": np.zeros((2, 3, 3))}, r"cov_pairs must have shape \(2, 2, 2\)"),
         ({"density_per_arcmin2": -1.0}, "density_per_arcmin2 must be finite and >= 0, got -1.0"),
@@ -476,6 +529,16 @@ def test_malformed_arguments_raise(kwargs, match):
     positional = [args.pop(k) for k in ("src_index", "d_xi", "d_eta", "cov_pairs")]
     with pytest.raises(FitError, match=match):
         fit_mixture(*positional, **args)
+
+
+def test_detection_ids_as_whole_numbers_of_any_type():
+    # ids as Python objects or floats holding whole numbers are ids like any other
+    kw = dict(density_per_arcmin2=1.0, match_radius_arcsec=R)
+    cov = np.tile(np.eye(2) * 0.01, (3, 1, 1))
+    want = fit_mixture([0, 1, 2], [0.1, 0.2, 0.1], [0.0, 0.1, 0.2], cov, **kw)
+    for ids in (np.array([0, 1, 2], dtype=object), np.array([0.0, 1.0, 2.0])):
+        got = fit_mixture(ids, [0.1, 0.2, 0.1], [0.0, 0.1, 0.2], cov, **kw)
+        assert (got.d_xi, got.d_eta) == (want.d_xi, want.d_eta)
 
 
 def test_systematic_floor_widens_covariance():
@@ -2213,3 +2276,105 @@ def test_em_on_a_window_stops_at_the_tolerance_it_is_given():
     ll = [mixture._fit_window_final(prob, st.idx, f[0], f[1], p_win, mu)[5]["loglike"]
           for f in (tight, loose)]
     assert 0 <= ll[0] - ll[1] < 1e-5
+
+
+def test_disk_probability_is_never_negative():
+    # at radius 0 the quadrature leaves 1 - integral / (pi sqrt(det)) within ~1e-7 of 0, on
+    # either side for elongated ellipses: the probability is clipped into [0, 1]
+    rng = np.random.default_rng(SEED + 8)
+    a = rng.uniform(0.05, 2.0, 200)
+    cov = pair_covariance(a, a * rng.uniform(0.2, 1.0, 200), rng.uniform(0, 180, 200))
+    p = disk_probability(cov, 0.0)
+    assert p.min() == 0.0 and p.max() < 1e-6
+
+
+def test_a_certain_fitted_error_model_is_not_reported_as_an_average(monkeypatch):
+    """A floor of 0.3" missing from 15 detections' stated errors: the fitted error model's
+    posterior weight is ~1 (above 0.995), so the fit is the fitted model's and the message
+    does not call it an average of the two."""
+    from stk_astrometry import mixture
+
+    seen = {}
+    weight = mixture._model_weight
+
+    def spy_weight(gain):
+        seen["weight"] = weight(gain)
+        return seen["weight"]
+
+    monkeypatch.setattr(mixture, "_model_weight", spy_weight)
+    rng = np.random.default_rng(SEED + 40)
+    fit = fit_mixture(*_stack_with_wrong_errors(rng, 15, floor=0.3), density_per_arcmin2=2.0,
+                      match_radius_arcsec=3.0, calibrate=True)
+    assert 0.995 < seen["weight"] < 1.0, seen
+    assert fit.calibrated and fit.sys_floor > 0.15, fit.message
+    assert "averaged" not in fit.message
+
+
+def test_error_models_gain_includes_the_prior_at_the_models_variances(monkeypatch):
+    """The gain of the fitted error model (k, sigma_sys) over the stated errors adds twice the
+    log prior of that model, evaluated at k^2, sigma_sys^2 and the given floor's square."""
+    from stk_astrometry import mixture
+
+    calls = []
+    prior = mixture._error_prior
+    gain_fn = mixture._gain_same_window
+
+    def spy_gain(prob, stated, st, cand, cal, min_floor):
+        calls.append(("gain", cal, min_floor))
+        return gain_fn(prob, stated, st, cand, cal, min_floor)
+
+    def spy_prior(aa, bb, min_floor2):
+        if calls and calls[-1][0] == "gain":
+            calls.append(("prior", aa, bb, min_floor2))
+        return prior(aa, bb, min_floor2)
+
+    monkeypatch.setattr(mixture, "_gain_same_window", spy_gain)
+    monkeypatch.setattr(mixture, "_error_prior", spy_prior)
+    rng = np.random.default_rng(SEED + 41)
+    fit_mixture(*_stack_with_wrong_errors(rng, 30, floor=0.2, scale=1.5), density_per_arcmin2=2.0,
+                match_radius_arcsec=3.0, calibrate=True, systematic_arcsec=0.05)
+    (_, cal, min_floor), (_, aa, bb, floor2) = calls[:2]
+    assert min_floor == 0.05 and cal[0] != 1.0
+    assert (aa, bb, floor2) == (cal[0] ** 2, cal[1] ** 2, 0.05**2)
+
+
+def test_chance_fraction_is_never_negative():
+    """No chance matches (density 0), two candidates per detection: the memberships of each
+    detection sum to 1 up to rounding, so 1 - n_eff / n_det can come out at -2e-16; the
+    reported chance fraction is a fraction, in [0, 1]."""
+    rng = np.random.default_rng(3)
+    det = np.repeat(np.arange(30), 2)
+    cov = np.tile(np.eye(2) * 0.09, (60, 1, 1))
+    for _ in range(40):
+        d = rng.normal(0.2, 0.3, (60, 2))
+        fit = fit_mixture(det, d[:, 0], d[:, 1], cov, density_per_arcmin2=0.0,
+                          match_radius_arcsec=3.0)
+        assert 0.0 <= fit.chance_fraction <= 1e-12
+
+
+@pytest.mark.parametrize("stack", [(900, 14, 0.12), (40, 30, 0.15)],
+                         ids=["fitted-model-kept", "stated-errors-kept"])
+@pytest.mark.parametrize("bad", [None, np.full((2, 2), np.nan)], ids=["none", "nan"])
+def test_no_average_with_a_model_whose_covariance_is_unusable(monkeypatch, bad, stack):
+    """Averaging needs both error models' covariances: when the fitted model's is missing or
+    not finite, the fit is the model the margin picks, alone (a finite shift and
+    covariance)."""
+    from stk_astrometry import mixture
+
+    averaged = mixture._averaged
+    seen = {}
+
+    def spy(prob, stated, base, st_stated, cand, cal, gain):
+        out = averaged(prob, stated, base, st_stated, cand._replace(cov_s=bad), cal, gain)
+        seen.update(base=base, out=out)
+        return out
+
+    monkeypatch.setattr(mixture, "_averaged", spy)
+    seed, n, floor = stack
+    rng = np.random.default_rng(SEED + seed)
+    fit = fit_mixture(*_stack_with_wrong_errors(rng, n, floor=floor), density_per_arcmin2=2.0,
+                      match_radius_arcsec=3.0, calibrate=True)
+    assert seen["out"][0] is seen["base"]
+    assert ("stated errors kept" in fit.message) == (seed == 40)
+    assert np.isfinite([fit.d_xi, fit.d_eta]).all() and np.isfinite(fit.cov).all()
+    assert np.isfinite(fit.membership).all() and fit.membership.max() > 0.5

@@ -1898,6 +1898,82 @@ def test_group_choice_screen_agrees_with_select_group_on_every_deletion(min_grou
     assert np.mean(np.concatenate(uncertain)) < 0.01
 
 
+def _rounding_prone_stack(rng):
+    """A few pairs whose group sigmas from sums carry large rounding errors: offsets of
+    ~1000" (or scattered at 1e-3" and 1e3" scales) around a common 1000" offset, a group's
+    values copied into another, repeated values, and pairs outside the groups 1..3."""
+    n = int(rng.integers(2, 9))
+    dx = rng.normal(0, 1, n) * rng.choice([1.0, 1e-3, 1e3]) + rng.choice([0.0, 1e3])
+    dy = rng.normal(0, 1, n) * rng.choice([1.0, 1e-3, 1e3]) + rng.choice([0.0, 1e3])
+    kind = rng.integers(0, 3)
+    group = rng.integers(1, 4, n) if kind == 0 else rng.integers(0, 6, n)
+    if kind == 1:                       # the same offsets in groups 1 and 2
+        dx, dy = np.r_[dx, dx], np.r_[dy, dy]
+        group = np.r_[np.ones(n, int), np.full(n, 2)]
+        n *= 2
+    if rng.uniform() < 0.3:
+        dx[:] = dx[0]
+    if rng.uniform() < 0.3:
+        dy[:] = dy[0]
+    return make_pairs(dx, dy, region_id=rng.integers(1, n + 1, n), group=group)
+
+
+@pytest.mark.parametrize("min_group_matches", [0, 1, 3])
+def test_group_choice_screen_is_certain_only_of_select_groups_choice_under_rounding(
+        min_group_matches):
+    """Where the sums-based sigmas' rounding errors are large (offsets of 1000", copies of a
+    group's values in another, pairs outside the groups) the screen's rounding bounds keep it
+    honest: every choice it calls certain is select_group's; pairs in no group (0) or beyond
+    n_groups take no part, and empty groups never win (also when every group competes,
+    min_group_matches 0)."""
+    rng = np.random.default_rng(SEED + 96 + min_group_matches)
+    n_certain = n_uncertain = 0
+    for _ in range(300):
+        pairs = _rounding_prone_stack(rng)
+        _, choice, certain = xfmfit._group_choice_without_each(
+            pairs, n_groups=3, min_group_matches=min_group_matches)
+        for k, j in enumerate(np.unique(pairs.region_id)):
+            if certain[k]:
+                truth = select_group(pairs.subset(pairs.region_id != j), n_groups=3,
+                                     min_group_matches=min_group_matches).group
+                assert choice[k] == truth, (pairs, j)
+            n_certain += bool(certain[k])
+            n_uncertain += not certain[k]
+    assert n_certain > 200 and n_uncertain > 50
+
+
+@pytest.mark.parametrize("n_groups", [1, 3])
+def test_group_choice_screen_is_not_certain_when_a_deletion_leaves_no_pair_in_a_group(n_groups):
+    # detection 2's pair is in no group: without detection 1 nothing is left to choose from
+    # (select_group says 0), which the screen cannot express -- it must leave it to select_group
+    pairs = make_pairs([0.1, 0.3], [0.2, -0.1], group=[1, 0])
+    _, choice, certain = xfmfit._group_choice_without_each(pairs, n_groups=n_groups,
+                                                           min_group_matches=1)
+    assert select_group(pairs.subset(pairs.region_id != 1), n_groups=n_groups,
+                        min_group_matches=1).group == 0
+    assert not certain[0]
+
+
+def test_group_choice_screen_is_certain_of_a_single_pair_left_and_per_detection():
+    """One pair left in a group has sigma exactly 0 in both select_group and the screen: no
+    rounding, so the screen is certain of it.  And its certainty is per detection: a near-tie
+    after one deletion does not make the others uncertain."""
+    pairs = make_pairs([0.1, 0.3], [0.2, -0.1])        # two detections in group 1
+    _, choice, certain = xfmfit._group_choice_without_each(pairs, n_groups=3,
+                                                           min_group_matches=1)
+    assert list(choice) == [1, 1] and certain.all()
+    # groups 1 and 2 hold the same three offsets (a tie select_group gives group 1), plus a
+    # fourth detection in group 2 far off: leaving it out leaves the exact tie (uncertain
+    # here, by its rounding bound), leaving out any other detection does not
+    dx, dy = [0.1, 0.5, -0.4], [0.3, -0.2, 0.05]
+    pairs = make_pairs(np.r_[dx, dx, 3.0], np.r_[dy, dy, -2.0],
+                       region_id=[1, 2, 3, 4, 5, 6, 7], group=[1, 1, 1, 2, 2, 2, 2])
+    _, choice, certain = xfmfit._group_choice_without_each(pairs, n_groups=3,
+                                                           min_group_matches=1)
+    assert not certain[6]
+    assert certain[:6].all()
+
+
 def test_group_flip_jackknife_counts_the_flips_select_group_finds_at_ties():
     """At sigma ties the jackknife still finds exactly the deletions that change the group."""
     rng = np.random.default_rng(SEED + 95)
@@ -1971,6 +2047,39 @@ def test_below_ten_detections_a_pair_that_carries_the_fit_raises_the_error_to_th
     dev = thetas - thetas.mean(axis=0)
     jack = 5 / 6 * dev.T @ dev
     assert np.trace(np.linalg.solve(fit.cov, jack)) <= 2.0 * (1 + 1e-9)
+
+
+def test_below_ten_detections_a_small_raise_to_the_jackknife_is_reported():
+    """Six detections where the delete-one-detection jackknife raises the bootstrap's
+    covariance by less than 2x: the error source and the fit's message still say so, after
+    the solver's own description."""
+    dx = np.array([0.246, 0.099, -0.391, 0.272, 0.134, -0.161])
+    dy = np.array([0.174, 0.109, 0.088, 0.009, 0.164, -0.221])
+    r = np.array([0.83, 0.44, 0.56, 0.31, 0.52, 0.36])
+    zeros = np.zeros(6)
+    fit = fit_translation(zeros, zeros, dx, dy, 1 / (r * r), var_1sigma=(r / R95_PER_SIGMA) ** 2)
+    assert fit.error_source == "jackknife"
+    assert fit.message == ("direct Newton/IRLS from (0, 0) (single basin proven); errors raised "
+                           "to the delete-one-detection jackknife (fewer than 10 detections)")
+
+
+def test_a_small_raise_by_the_group_choice_jackknife_is_reported_after_the_group_reason():
+    """A tail group 0.11" from the main one wins the group rule, and leaving out any of its
+    three detections hands the fit back: the errors are raised by only x1.15, and the leg's
+    message says so after the group choice's reason and the fit's own message."""
+    rng = np.random.default_rng(83)
+    n1, n2 = rng.integers(5, 30), rng.integers(3, 6)
+    off = rng.uniform(0.05, 1.5)
+    dx = np.r_[rng.normal(0, 0.3, n1), off + rng.normal(0, rng.uniform(0.01, 0.2), n2)]
+    dy = np.r_[rng.normal(0, 0.3, n1), rng.normal(0, rng.uniform(0.01, 0.2), n2)]
+    group = np.r_[np.ones(n1, int), np.full(n2, 2)]
+    pairs = make_pairs(dx, dy, group=group, r0=np.full(n1 + n2, 0.7), r1=np.full(n1 + n2, 0.7))
+    leg = fit_leg_spec(pairs, weighting="det", n_groups=3)
+    assert leg.group == 2
+    assert 1.1 < leg.d_xi_err / leg.fit.d_xi_err < 1.2
+    reason = select_group(pairs, n_groups=3).reason
+    assert leg.message == (f"{reason}; {leg.fit.message}; errors x1.15: leaving out one "
+                           "detection changes the separation group (3 of them)")
 
 
 @pytest.mark.parametrize("m", [10, 20])
@@ -2093,7 +2202,20 @@ def _scale_floor_reference(e2, var):
       3.1629, 5.0899, 3.6414, 7.9524, 0.40355, 1.1389, 6.047, 0.10157, 2.335, 0.34246, 2.6718,
       4.9488, 3.7909, 1.2913, 2.5223, 3.7608, 0.070995, 2.1482, 0.88313, 1.7148, 4.2301, 1.465,
       0.76643, 8.8495, 3.3486, 3.0606, 1.8896, 1.7594]),
-], ids=["nine-pairs", "scale-at-its-bound"])
+    # found by mutation testing: each maximum is reached by one of the three climbs only --
+    # from the no-floor bound (dl/dB > 0 there; the other two end 0.034 lower), from the
+    # scale's bound (0.42 lower without it), and a floor ~1e-3 of the errors (three pairs)
+    ([0.10822, 0.21631, 0.0061748, 0.065142, 0.00086773, 0.00036308, 0.69732, 0.017095, 0.19624,
+      0.64087],
+     [0.33119, 1.5833, 0.19823, 0.065554, 0.0014266, 0.0042516, 0.67741, 0.10718, 0.12397,
+      0.91568]),
+    ([0.019404, 0.0015774, 0.012834, 0.59321, 0.002667, 0.01362, 0.073426, 0.068864, 0.0072607,
+      0.0015197, 0.00030989, 0.13082],
+     [0.00094032, 0.0010837, 0.0001961, 0.091582, 0.00063826, 0.00021525, 0.012565, 0.033,
+      0.00013617, 0.0014647, 1.3294e-05, 0.031489]),
+    ([0.00081489, 0.0084982, 0.00030527], [3.4195e-06, 0.00015727, 1.232e-05]),
+], ids=["nine-pairs", "scale-at-its-bound", "climb-from-no-floor", "climb-from-scale-bound",
+        "tiny-floor"])
 def test_scale_and_floor_are_the_likelihood_maximum(var, e2):
     var, e2 = np.asarray(var), np.asarray(e2)
     got = xfmfit._fit_scale_floor(e2, var)
@@ -2172,3 +2294,145 @@ def test_shift_is_the_minimum_the_specifications_least_squares_call_reaches():
         want = xfmfit._polish(res.x, d_xi, d_eta, w, "cauchy", f_scale, 5.0)
         got = xfmfit._minimise(d_xi, d_eta, w, "cauchy", f_scale, 5.0, "auto")[0]
         assert np.hypot(*(got - want)) < 1e-9, (d_xi, d_eta, w, f_scale)
+
+
+def _gradient_flow_end(d_xi, d_eta, w, f_scale):
+    """Where the gradient flow of the Cauchy objective from (0, 0) ends (small explicit steps
+    of the gradient written out here, independent of xfmfit)."""
+    p = np.zeros(2)
+    h = 0.1 / w.sum()
+    a = w / f_scale**2
+    for _ in range(100_000):
+        ex, ey = p[0] - d_xi, p[1] - d_eta
+        v = w / (1.0 + a * (ex * ex + ey * ey))
+        g = np.array([v @ ex, v @ ey])
+        p = p - h * g
+        if np.hypot(*g) * h < 1e-13:
+            break
+    return p
+
+
+@pytest.mark.parametrize("k", [159, 264, 380, 381])
+def test_newton_steps_that_raise_the_objective_are_not_taken(k):
+    """The polish and the bootstrap's batch refit are descent methods: a Newton step that
+    would raise F is halved (polish) or replaced by an IRLS step (refit).  On these
+    two-cluster stacks the full Newton step from (0, 0) lands in the other cluster's basin;
+    both end where the gradient flow from (0, 0) ends."""
+    d_xi, d_eta, w, f_scale = list(_two_cluster_stacks(k + 1))[k]
+    want = _gradient_flow_end(d_xi, d_eta, w, f_scale)
+    polish = xfmfit._polish(np.zeros(2), d_xi, d_eta, w, "cauchy", f_scale, 5.0)
+    refit = xfmfit._refit_batch(d_xi[None], d_eta[None], w, "cauchy", f_scale, 5.0)[0]
+    assert np.hypot(*(polish - want)) < 1e-6
+    assert np.hypot(*(refit - want)) < 1e-6
+
+
+def test_least_squares_path_with_a_pair_exactly_at_the_start():
+    """A pair whose offset is exactly (0, 0), the start: its residual's derivative is
+    undefined there (taken as 0, no division warning), and the specification's least_squares
+    call reaches the same minimum as the direct path."""
+    rng = np.random.default_rng(SEED + 98)
+    d_xi = np.r_[0.0, rng.normal(0.3, 0.2, 12)]
+    d_eta = np.r_[0.0, rng.normal(-0.2, 0.2, 12)]
+    w = np.full(13, 4.0)
+    zeros = np.zeros(13)
+    slow = fit_translation(zeros, zeros, d_xi, d_eta, w, solver="least_squares")
+    fast = fit_translation(zeros, zeros, d_xi, d_eta, w)
+    assert slow.message.startswith("least_squares") and slow.success
+    assert np.hypot(slow.d_xi - fast.d_xi, slow.d_eta - fast.d_eta) < 1e-9
+
+
+@pytest.mark.parametrize("h", [0.05, 0.3, 1.0])
+def test_certificate_z_range_is_the_least_and_greatest_over_each_square(h):
+    # z = a |s - d|^2 over the square of half-width h around the centre: the bounds are
+    # exact (a wrong one either claims what is not proven or gives up needlessly)
+    rng = np.random.default_rng(SEED + 99)
+    ex, ey = rng.uniform(0, 1.5, 12), rng.uniform(0, 1.5, 12)    # some within h of a pair
+    ex[0] = ey[0] = 0.0
+    a = rng.uniform(0.5, 4.0, 12)
+    z_lo, z_hi = xfmfit._z_range_on_squares(ex, ey, a, np.array([h]))
+    t = np.linspace(-h, h, 401)
+    x, y = np.meshgrid(t, t, indexing="ij")
+    for i in range(12):
+        z = a[i] * ((ex[i] + x) ** 2 + (ey[i] + y) ** 2)
+        tol = 2 * a[i] * (ex[i] + ey[i] + 2 * h) * (2 * h / 400)
+        assert z_lo[0, i] <= z.min() <= z_lo[0, i] + tol
+        assert z_hi[0, i] == pytest.approx(z.max(), rel=1e-12)
+
+
+@pytest.mark.parametrize("z_lo, z_hi", [(0.0, 0.01), (0.0, 0.2), (0.1, 0.2), (0.2, 5.0),
+                                        (0.5, 2.0), (2.0, 3.0), (3.0, 10.0), (9.0, 400.0)])
+def test_certificate_third_derivative_bound_is_its_supremum_over_the_interval(z_lo, z_hi):
+    # the Cauchy term f(r) = ln(1 + r^2)/2: |grad^3| <= |f'''| + 3 |f''/r - f'/r^2| = T(r);
+    # the certificate's value is T's supremum over [sqrt(z_lo), sqrt(z_hi)], not more
+    r = np.sqrt(np.linspace(z_lo, z_hi, 200001))
+    f1 = r / (1 + r**2)
+    f2 = (1 - r**2) / (1 + r**2) ** 2
+    f3 = 2 * r * (r**2 - 3) / (1 + r**2) ** 3
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = np.abs(f3) + 3 * np.abs(np.where(r > 0, f2 / r - f1 / r**2, 0.0))
+    got = xfmfit._cauchy_third_sup(np.array([z_lo]), np.array([z_hi]))[0]
+    assert got >= t.max() * (1 - 1e-12)
+    assert got == pytest.approx(t.max(), rel=1e-6)
+
+
+def test_certificate_smallest_eigenvalue_is_the_hessians():
+    rng = np.random.default_rng(SEED + 100)
+    for _ in range(50):
+        m = rng.normal(size=(2, 2))
+        hess = m @ m.T - rng.uniform(0, 1) * np.eye(2)
+        hess[0, 0] += rng.uniform(0, 3)
+        assert xfmfit._smallest_eigenvalue(hess) == pytest.approx(np.linalg.eigvalsh(hess)[0],
+                                                                   rel=1e-9, abs=1e-12)
+
+
+def _wavdetect_like_stack(seed):
+    """Pairs with stated errors from 0.01" to 1" (a few tiny ones far from the minimum), as
+    with wavdetect's errors: where the certificate needs its sharpest bounds."""
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(8, 40))
+    sig = np.exp(rng.uniform(np.log(0.01), 0.0, n))
+    d = rng.normal(0, 1, (n, 2)) * sig[:, None] + rng.normal(0, 0.3, 2)
+    return d[:, 0], d[:, 1], 1 / sig**2, 1.0, 5.0
+
+
+def _cluster_beyond_the_box():
+    # five pairs near the origin, twenty at 30" -- beyond the 5" bounds box: F is lower there
+    # than at (0, 0), but no descent within the box can get there
+    rng = np.random.default_rng(SEED + 101)
+    d = np.vstack([rng.normal(0, 0.3, (5, 2)), rng.normal(0, 0.3, (20, 2)) + [30.0, 0.0]])
+    return d[:, 0], d[:, 1], np.ones(25), 1.0, 5.0
+
+
+def _box_inside_the_convex_square():
+    # a tight cluster, f_scale 2, bounds of 0.5": F is convex over the whole box
+    rng = np.random.default_rng(SEED + 102)
+    return rng.normal(0.05, 0.05, 5), rng.normal(0.02, 0.05, 5), np.ones(5), 2.0, 0.5
+
+
+@pytest.mark.parametrize("stack", [_wavdetect_like_stack(183), _wavdetect_like_stack(25),
+                                   _cluster_beyond_the_box(), _box_inside_the_convex_square()],
+                         ids=["wavdetect-like-183", "wavdetect-like-25", "cluster-beyond-the-box",
+                              "box-inside-the-convex-square"])
+def test_single_basin_certificate_proves_these_single_basins(stack):
+    """Single-basin stacks (by brute force: one minimum in the sublevel set, which stays inside
+    the bounds box) that the certificate proves -- with bounds no looser than it states: a
+    needlessly loose bound sends them to least_squares."""
+    d_xi, d_eta, w, f_scale, max_shift = stack
+    p = xfmfit._polish(np.zeros(2), d_xi, d_eta, w, "cauchy", f_scale, max_shift)
+    minima = _grid_minima_below_f0(d_xi, d_eta, w, f_scale, max_shift, 0.02)
+    assert np.all(np.hypot(*(minima - p).T) < 0.05)
+    assert xfmfit._cauchy_single_basin(p, d_xi, d_eta, w, f_scale, max_shift) is True
+
+
+def test_scale_and_floor_do_not_depend_on_the_unit():
+    """The same residuals and stated errors in milliarcseconds (every variance x 1e6): the
+    same scale k^2, the floor x 1e6 -- here a set whose maximum only the climb from the
+    no-floor bound reaches, so the test that chooses that start must not depend on the unit."""
+    var = np.array([0.10822, 0.21631, 0.0061748, 0.065142, 0.00086773, 0.00036308, 0.69732,
+                    0.017095, 0.19624, 0.64087])
+    e2 = np.array([0.33119, 1.5833, 0.19823, 0.065554, 0.0014266, 0.0042516, 0.67741, 0.10718,
+                   0.12397, 0.91568])
+    a, b = xfmfit._fit_scale_floor(e2, var)
+    a_mas, b_mas = xfmfit._fit_scale_floor(e2 * 1e6, var * 1e6)
+    assert a_mas == pytest.approx(a, rel=1e-9)
+    assert b_mas == pytest.approx(b * 1e6, rel=1e-9)

@@ -491,6 +491,30 @@ def _cauchy_min_curvature(z_lo, z_hi):
     return np.where(z_hi <= 3.0, h(z_hi), np.where(z_lo >= 3.0, h(z_lo), -0.125))
 
 
+def _z_range_on_squares(ex, ey, a, halves):
+    """(z_lo, z_hi): the least and the greatest of ``a (x^2 + y^2)`` over each square
+    ``|x - ex| <= h, |y - ey| <= h`` for h in ``halves`` (rows) and each pair (columns; ``ex``,
+    ``ey`` >= 0: the distances of the squares' centre from the pairs' offsets per axis)."""
+    h = halves[:, None]
+    z_lo = a * (np.maximum(ex - h, 0.0) ** 2 + np.maximum(ey - h, 0.0) ** 2)
+    z_hi = a * ((ex + h) ** 2 + (ey + h) ** 2)
+    return z_lo, z_hi
+
+
+def _cauchy_third_sup(z_lo, z_hi):
+    """Per pair, the supremum over z in [z_lo, z_hi] of T(sqrt z), the norm bound of the Cauchy
+    term's third derivative (module constants: T is unimodal, its peak at _T_PEAK_R)."""
+    r = np.clip(_T_PEAK_R, np.sqrt(z_lo), np.sqrt(z_hi))
+    r2 = r * r
+    return 2.0 * r * np.abs(r2 - 3.0) / (1.0 + r2) ** 3 + 6.0 * r / (1.0 + r2) ** 2
+
+
+def _smallest_eigenvalue(hess):
+    """The smaller eigenvalue of a symmetric 2x2 matrix (closed form)."""
+    return 0.5 * (hess[0, 0] + hess[1, 1]) - math.hypot(0.5 * (hess[0, 0] - hess[1, 1]),
+                                                        hess[0, 1])
+
+
 def _cauchy_single_basin(p, d_xi, d_eta, w, f_scale, max_shift, hess=None) -> bool:
     """Prove that every descent from (0, 0) on the Cauchy objective ends at ``p``.
 
@@ -522,23 +546,15 @@ def _cauchy_single_basin(p, d_xi, d_eta, w, f_scale, max_shift, hess=None) -> bo
     f0_margin = f0 + 1e-9 * (1.0 + abs(f0))
     # the convex square around p: the widest candidate that passes either bound
     halves = _median(1.0 / np.sqrt(a)) * _CERT_CONVEX_HALF_ARR
-    ex = np.abs(p[0] - d_xi)
-    ey = np.abs(p[1] - d_eta)
-    z_lo = a * (np.maximum(ex - halves[:, None], 0.0) ** 2
-                + np.maximum(ey - halves[:, None], 0.0) ** 2)
-    z_hi = a * ((ex + halves[:, None]) ** 2 + (ey + halves[:, None]) ** 2)
+    z_lo, z_hi = _z_range_on_squares(np.abs(p[0] - d_xi), np.abs(p[1] - d_eta), a, halves)
     weyl = _cauchy_min_curvature(z_lo, z_hi) @ w
     # H(s) >= H(p) - |s - p| sup |grad^3 F| on the square: each pair's third derivative is
     # at most w sqrt(a) T(sqrt(z)), T unimodal (module constants): its sup over [r_lo, r_hi]
     # is T at the peak clipped into the interval
-    r = np.clip(_T_PEAK_R, np.sqrt(z_lo), np.sqrt(z_hi))
-    r2 = r * r
-    t_sup = (2.0 * r * np.abs(r2 - 3.0) / (1.0 + r2) ** 3 + 6.0 * r / (1.0 + r2) ** 2)
-    third = (t_sup * (1.0 + 1e-9)) @ (w * np.sqrt(a))
+    third = (_cauchy_third_sup(z_lo, z_hi) * (1.0 + 1e-9)) @ (w * np.sqrt(a))
     if hess is None:
         _, _, hess, _ = _objective(p, d_xi, d_eta, w, "cauchy", f_scale)
-    lam_p = 0.5 * (hess[0, 0] + hess[1, 1]) - math.hypot(0.5 * (hess[0, 0] - hess[1, 1]),
-                                                         hess[0, 1])
+    lam_p = _smallest_eigenvalue(hess)
     # g(s).(s - p) = int_0^1 (s-p)^T H(p + t(s-p)) (s-p) dt >= |s-p|^2 (lam_p - |s-p| M / 2)
     # > 0: no stationary point but p in the square (convexity is not needed for that)
     taylor = lam_p - np.sqrt(0.5) * halves * third
