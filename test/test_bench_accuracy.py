@@ -135,8 +135,9 @@ def test_run_py_exits_non_zero_when_a_benchmark_returns_non_zero(tmp_path, monke
 
 
 def test_oracle_rows_are_given_the_truth(bench):
-    # ten bright detections with their counterparts about the shift (true sigma 0.15") and one
-    # whose counterpart is replaced by a wrong one 0.6" (4 sigma) from it; the stated errors
+    # ten detections with their counterparts about the shift (true sigma 0.15"; five of them
+    # "bright") and a bright one whose counterpart is replaced by a wrong one 0.6" (4 sigma)
+    # from it; the stated errors
     # are 3x too small.  mix-true is the mixture told the true errors: exactly fit_mixture on
     # them; it takes the wrong pair as true.  mix-outl is also told the simulated outlier model
     # (1 outlier among the bright detections, 0.5-1.5" from the shift): it gives the wrong pair
@@ -152,7 +153,7 @@ def test_oracle_rows_are_given_the_truth(bench):
                     err_r0=z, err_r1=z, err_ang=z, ref_sigra=z, ref_sigdec=z, cov=cov,
                     cov_stated=cov / 9.0, is_true=is_true, shift=shift,
                     density=bench.CLEAN_DENSITY, crb_var=np.full(2, 0.15**2 / 10),
-                    bright=np.ones(n, bool), n_outliers=1)
+                    bright=np.isin(np.arange(n), [0, 1, 2, 3, 4, 10]), n_outliers=1)
     fit = bench.fit_mixture(leg.det, leg.d_xi, leg.d_eta, cov, density_per_arcmin2=leg.density,
                             match_radius_arcsec=bench.MATCH_RADIUS)
     shift_true, _, memb_true = bench.est_oracle_errors(leg, 0)
@@ -163,6 +164,11 @@ def test_oracle_rows_are_given_the_truth(bench):
     assert memb[10] < 0.1 and np.all(memb[:10] > 0.9)
     np.testing.assert_allclose(shift_outl, off[:10].mean(axis=0), atol=0.01)
     np.testing.assert_allclose(sigma, np.sqrt(leg.crb_var), rtol=0.1)
+    # told the outliers' shape but not that they are bright, it spreads the one outlier's
+    # prior over all eleven detections, not the six bright ones: the wrong pair is less
+    # down-weighted
+    memb_any = bench.est_oracle_outliers(leg, 0, bright_only=False)[2]
+    assert memb[10] < memb_any[10] < memb_true[10]
     # no outliers simulated: the outlier oracle is the true-error mixture
     clean = bench.simulate_leg(rng, shift=np.zeros(2), n_det=20, false_frac=0.0,
                                density=bench.CLEAN_DENSITY)
