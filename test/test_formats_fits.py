@@ -17,6 +17,15 @@ from formats_testlib import (
 )
 
 
+@pytest.fixture(autouse=True)
+def _card_memo_cleared():
+    """Each test sees the card formatter itself, not text cards remembered by format_card's
+    memo from earlier tests in the same process (which would hide a formatter fault)."""
+    from stk_astrometry.formats import _fits
+
+    _fits._text_card.cache_clear()
+
+
 def test_columns_carry_descriptions_and_ucds(tmp_path):
     """TCOMMn/TUCDn on every column the formats write (TOPCAT/STILTS show them)."""
     p = make_pairs(np.random.default_rng(2))
@@ -596,3 +605,19 @@ def test_the_astropy_reader_is_used_when_fitsio_is_off(tmp_path, monkeypatch):
     got = _fits.read_fits(tmp_path / "r.fits")
     assert [x[0] for x in got] == ["", "T"] and got[1][2]["a"].tolist() == [1.5, 2.5]
     assert type(got[1][1]) is fits.Header
+
+
+@pytest.mark.parametrize("in_memory", [True, False])
+def test_both_write_paths_expand_at_lists(tmp_path, monkeypatch, in_memory):
+    from stk_astrometry.formats import _fits
+
+    monkeypatch.setattr(_fits, "_MEM_BUILD", in_memory)
+    lis = tmp_path / "in.lis"
+    lis.write_text("a.fits\nb.fits\n")
+    specs = [_fits.HduSpec(None), _fits.HduSpec("T", {"a": np.array([1.0])})]
+    _fits.write_fits_fast(tmp_path / "s.fits", specs, _Run("stk_test", {"infile": f"@{lis}"}),
+                          clobber=False)
+    with fits.open(tmp_path / "s.fits") as hdul:
+        for hdu in hdul:
+            stck = [str(v)[8:].split()[0] for v in hdu.header["HISTORY"] if str(v)[1:5] == "STCK"]
+            assert stck == ["a.fits", "b.fits"]
