@@ -2492,3 +2492,26 @@ def test_calibration_stops_cleanly_when_its_matches_fall_below_six(seed):
                       cov, density_per_arcmin2=20.0, match_radius_arcsec=3.0, calibrate=True)
     assert n == 6 and fit.failure is None
     assert np.isfinite([fit.d_xi, fit.d_eta]).all() and np.isfinite(fit.cov).all()
+
+
+def test_reported_em_iterations_count_every_windowed_fit(monkeypatch):
+    """n_iter (and the message's count) is the EM iterations of every windowed fit the
+    calibrated fit ran: the stated errors', the generous start's, each refit of the error
+    model's loop."""
+    from stk_astrometry import mixture
+
+    windowed = mixture._windowed_fit
+    iters = []
+
+    def spy(*args, **kwargs):
+        st = windowed(*args, **kwargs)
+        iters.append(st.total_iter)
+        return st
+
+    monkeypatch.setattr(mixture, "_windowed_fit", spy)
+    rng = np.random.default_rng(SEED + 42)
+    fit = fit_mixture(*_stack_with_wrong_errors(rng, 30, floor=0.2), density_per_arcmin2=2.0,
+                      match_radius_arcsec=3.0, calibrate=True)
+    assert fit.calibrated and len(iters) >= 4
+    assert fit.n_iter == sum(iters)
+    assert f"after {sum(iters)} EM iterations" in fit.message
