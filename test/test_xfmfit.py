@@ -2018,6 +2018,21 @@ def test_a_fragile_tail_group_reports_how_far_the_other_group_lies():
     assert sandwich.d_xi_err == sandwich.fit.d_xi_err
 
 
+def test_a_fragile_first_group_is_jackknifed_too():
+    """The same with the groups' roles swapped: three tight pairs win the group rule for
+    group 1, and leaving out any of them hands the fit to group 2 (30 pairs 1.1" away): the
+    group-choice jackknife applies to whichever group was chosen, the first included."""
+    rng = np.random.default_rng(SEED + 91)
+    dx = np.r_[0.2 + rng.normal(0, 0.01, 3), 1.3 + rng.normal(0, 0.3, 30)]
+    dy = np.r_[0.1 + rng.normal(0, 0.01, 3), 0.4 + rng.normal(0, 0.3, 30)]
+    group = np.r_[np.ones(3, int), np.full(30, 2)]
+    pairs = make_pairs(dx, dy, group=group, r0=np.full(33, 0.7), r1=np.full(33, 0.7))
+    leg = fit_leg_spec(pairs, weighting="det", n_groups=3)
+    assert leg.group == 1
+    assert min(leg.d_xi_err, leg.d_eta_err) > 5 * leg.fit.d_xi_err
+    assert "leaving out one detection changes the separation group (3 of them)" in leg.message
+
+
 def test_a_robust_group_choice_keeps_the_bootstraps_sigma():
     rng = np.random.default_rng(SEED + 92)
     d_xi, d_eta, r0, r1, _ = simulate(rng, 30, (0.1, -0.1))
