@@ -659,6 +659,29 @@ def test_calibration_recovers_a_missing_floor(floor):
     assert abs(np.median(scales) - 1.0) < 0.15, scales
 
 
+def test_calibration_finds_a_small_floor_under_small_stated_errors():
+    # stated errors 0.01-0.04" (wavdetect's bright sources), a 0.02" floor missing: found on
+    # each of four stacks of 40 -- every variance above the 0.001" floor enters as it is
+    for seed in range(4):
+        rng = np.random.default_rng(seed)
+        sig = np.exp(rng.uniform(np.log(0.01), np.log(0.04), 40))
+        stated = pair_covariance(sig * R95_PER_SIGMA, sig * R95_PER_SIGMA, np.zeros(40))
+        d = np.array([0.25, -0.15]) + rng.normal(size=(40, 2)) * np.hypot(sig, 0.02)[:, None]
+        fit = fit_mixture(np.arange(40), d[:, 0], d[:, 1], stated, density_per_arcmin2=2.0,
+                          match_radius_arcsec=3.0, calibrate=True)
+        assert fit.calibrated and 0.012 < fit.sys_floor < 0.03, (seed, fit.message)
+
+
+def test_calibrated_floor_is_never_below_the_systematic_floor():
+    # stated errors right (no floor missing), systematic_arcsec 0.1": the fitted floor is at
+    # least the floor the user stated -- the error model's bound, in its M step and its polish
+    for seed in range(3):
+        rng = np.random.default_rng(SEED + 60 + seed)
+        fit = fit_mixture(*_stack_with_wrong_errors(rng, 40, scale=1.0), density_per_arcmin2=2.0,
+                          match_radius_arcsec=3.0, calibrate=True, systematic_arcsec=0.1)
+        assert fit.calibrated and fit.sys_floor >= 0.1, fit.message
+
+
 def test_calibration_recovers_inflated_errors():
     # CSC-like conservative ellipses: stated = 2.5 x true -> scale ~0.4, no floor
     rng = np.random.default_rng(SEED + 7)
@@ -1232,6 +1255,23 @@ def test_error_model_step_reaches_the_maximum_tightly(scale, floor, n, seed):
     assert np.all(np.abs(grad / curv) < 1e-9 * np.maximum(x, 0.01)), (grad / curv, x)
 
 
+def test_error_model_step_with_small_stated_errors(monkeypatch):
+    # stated errors of 0.01-0.04" (variances 1e-4 - 2e-3 arcsec^2, above the 0.001" floor of
+    # every variance): the M step's maximum is still the plain maximisation's (Nelder-Mead in
+    # (k, sigma_sys): L-BFGS-B on these small variances stops 1e-5 short)
+    from scipy.optimize import minimize
+    from stk_astrometry import mixture
+    from stk_astrometry.mixture import _fit_error_model
+
+    monkeypatch.setattr(mixture, "_CAL_PRIOR", None)
+    rng = np.random.default_rng(SEED + 415)
+    stated, e, r, prob, st = _error_model_case(rng, 60, scale=1.2, floor=0.01, errs=(0.01, 0.04))
+    got = np.array(_fit_error_model(prob, stated, st, 1.0, 0.5, 0.0))
+    res = minimize(lambda x: -_expected_complete_loglike(stated, e, r, *x), got * [1.1, 0.9],
+                   method="Nelder-Mead", options=dict(xatol=1e-12, fatol=1e-14, maxiter=20000))
+    np.testing.assert_allclose(got, res.x, rtol=1e-6)
+
+
 def test_error_model_scale_stops_at_its_range(monkeypatch):
     # stated errors 30x the scatter: the scale stops at its lower end, 0.1; 30x too small: at 10
     # (the likelihood alone: with the prior a floor explains the second case at k ~1)
@@ -1245,6 +1285,36 @@ def test_error_model_scale_stops_at_its_range(monkeypatch):
         stated, e, r, prob, st = _error_model_case(rng, 60, scale=scale, floor=0.0,
                                                    errs=(0.01, 0.05))
         assert _fit_error_model(prob, stated, st, 1.0, 0.5, 0.0)[0] == end
+
+
+@pytest.mark.parametrize(("scale", "floor", "errs", "held"), [
+    (1 / 30, 0.1, (0.5, 2.0), ("scale", 0.1)),      # stated errors 30x too large, and a floor
+    (30.0, 0.05, (0.01, 0.05), ("scale", 10.0)),    # stated errors 30x too small
+    (1.0, 4.0, (0.05, 0.6), ("floor", 3.0)),        # a floor beyond the 3" range
+], ids=["scale-at-0.1", "scale-at-10", "floor-at-3"])
+def test_error_model_other_parameter_is_the_maximum_with_one_at_its_bound(
+        scale, floor, errs, held, monkeypatch):
+    """One parameter ends on its bound (the scale's 0.1-10, the floor's 3"): the other is the
+    maximum of the likelihood with that one held there (a one-dimensional maximisation), not
+    wherever a clipped joint step leaves it."""
+    from scipy.optimize import minimize_scalar
+    from stk_astrometry import mixture
+    from stk_astrometry.mixture import _fit_error_model
+
+    monkeypatch.setattr(mixture, "_CAL_PRIOR", None)
+    stated, e, r, prob, st = _error_model_case(np.random.default_rng(7), 60, scale=scale,
+                                               floor=floor, errs=errs)
+    k, f = _fit_error_model(prob, stated, st, 1.0, 0.5, 0.0)
+    if held[0] == "scale":
+        assert k == held[1]
+        want = minimize_scalar(lambda x: -_expected_complete_loglike(stated, e, r, k, x),
+                               bounds=(0.0, 3.0), method="bounded", options={"xatol": 1e-12}).x
+        assert f == pytest.approx(want, rel=1e-6)
+    else:
+        assert f == held[1]
+        want = minimize_scalar(lambda x: -_expected_complete_loglike(stated, e, r, x, f),
+                               bounds=(0.1, 10.0), method="bounded", options={"xatol": 1e-12}).x
+        assert k == pytest.approx(want, rel=1e-6)
 
 
 def test_error_model_scale_is_the_maximum_when_the_floor_sits_at_its_bound(monkeypatch):
@@ -2378,3 +2448,47 @@ def test_no_average_with_a_model_whose_covariance_is_unusable(monkeypatch, bad, 
     assert ("stated errors kept" in fit.message) == (seed == 40)
     assert np.isfinite([fit.d_xi, fit.d_eta]).all() and np.isfinite(fit.cov).all()
     assert np.isfinite(fit.membership).all() and fit.membership.max() > 0.5
+
+
+def test_a_calibration_that_loses_its_window_keeps_the_stated_errors_fit(monkeypatch):
+    """When the calibrated model's refit ends without a window (no pair left around its
+    shift), there is no fitted model to compare or average: the fit is the stated errors'."""
+    from stk_astrometry import mixture
+
+    calibrate = mixture._calibrate
+
+    def failing(prob, stated, st, start, min_floor):
+        cand, cal, it = calibrate(prob, stated, st, start, min_floor)
+        return cand._replace(window_prev=None), cal, it
+
+    rng = np.random.default_rng(SEED + 900)
+    args = _stack_with_wrong_errors(rng, 14, floor=0.12)
+    kw = dict(density_per_arcmin2=2.0, match_radius_arcsec=3.0)
+    stated = fit_mixture(*args, **kw)
+    monkeypatch.setattr(mixture, "_calibrate", failing)
+    fit = fit_mixture(*args, calibrate=True, **kw)
+    assert (fit.d_xi, fit.d_eta) == (stated.d_xi, stated.d_eta)
+    assert (fit.err_scale, fit.sys_floor) == (1.0, 0.0)
+    assert "stated errors kept" in fit.message
+
+
+@pytest.mark.parametrize("seed", [49, 107])
+def test_calibration_stops_cleanly_when_its_matches_fall_below_six(seed):
+    """Six detections (a chance candidate or so each): with the generous start errors the
+    fit counts six effective matches, but as the error model narrows they drop below six --
+    the calibration stops there, and the fit is reported (finite, calibrated or not)."""
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(6, 12))
+    sig = np.exp(rng.uniform(np.log(0.05), np.log(0.6), n))
+    stated = pair_covariance(sig * R95_PER_SIGMA, sig * R95_PER_SIGMA, np.zeros(n))
+    scale, floor = rng.choice([0.5, 1.0, 2.0]), rng.choice([0.0, 0.2, 0.4])
+    d = np.array([0.25, -0.15]) + rng.normal(size=(n, 2)) * np.hypot(scale * sig, floor)[:, None]
+    nc = rng.poisson(1.0, n)
+    ang = rng.uniform(0, 2 * np.pi, nc.sum())
+    rr = 3 * np.sqrt(rng.uniform(size=nc.sum()))
+    det = np.r_[np.arange(n), np.repeat(np.arange(n), nc)]
+    cov = np.concatenate([stated, stated[np.repeat(np.arange(n), nc)]])
+    fit = fit_mixture(det, np.r_[d[:, 0], rr * np.cos(ang)], np.r_[d[:, 1], rr * np.sin(ang)],
+                      cov, density_per_arcmin2=20.0, match_radius_arcsec=3.0, calibrate=True)
+    assert n == 6 and fit.failure is None
+    assert np.isfinite([fit.d_xi, fit.d_eta]).all() and np.isfinite(fit.cov).all()
