@@ -635,6 +635,53 @@ def test_remove_orphan_temps_removes_only_dead_writers_temporaries(tmp_path):
     assert remove_orphan_temps(tmp_path / "nowhere", "evt.fits") == []
 
 
+def test_remove_orphan_temps_without_a_name_removes_every_dead_writers_temporary(tmp_path):
+    from stk_astrometry.fitsutil import make_temp, remove_orphan_temps
+
+    dead = [tmp_path / ".a.fits.aaaaaaaa.tmp", tmp_path / ".b.csv.bbbbbbbb.tmp",
+            tmp_path / "..c.fits.stkjournal.cccccccc.tmp"]
+    for p in dead:
+        p.write_text("left by a kill")
+    keep = [tmp_path / "a.fits", tmp_path / "notes.tmp", tmp_path / ".a.fits.tmp"]
+    for p in keep:
+        p.write_text("x")
+    fd, live = make_temp(tmp_path / "d.fits")
+    try:
+        assert sorted(remove_orphan_temps(tmp_path)) == sorted(p.name for p in dead)
+        assert all(p.exists() for p in keep) and live.exists()
+    finally:
+        os.close(fd)
+
+
+def test_fitsio_on_temp_writes_into_the_locked_temporary_itself(tmp_path, monkeypatch):
+    # fitsio's clobber=True would unlink atomic_path's locked temporary and write a new,
+    # unlocked file of the same name, which remove_orphan_temps takes for a dead writer's
+    import fitsio
+    from astropy.io import fits
+
+    from stk_astrometry.fitsutil import atomic_path, fitsio_on_temp, remove_orphan_temps
+
+    monkeypatch.chdir(tmp_path)
+    dest = tmp_path / "t.fits"
+    data = np.zeros(3, dtype=[("A", "f8")])
+    data["A"] = [1.0, 2.0, 3.0]
+    with atomic_path(dest) as tmp:
+        inode = os.stat(tmp).st_ino
+        with fitsio_on_temp(tmp, [{"name": "CONTENT", "value": "TEST", "comment": "what"}]) as f:
+            f.write(data, extname="T")
+            f[0].write_checksum()
+            f[1].write_checksum()
+            assert os.stat(tmp).st_ino == inode
+            assert remove_orphan_temps(tmp_path) == [] and tmp.exists()
+        assert os.stat(tmp).st_ino == inode
+    assert os.listdir(tmp_path) == ["t.fits"]      # nothing else written on the way
+    with fits.open(dest, checksum=True) as hdul:
+        assert [h.name for h in hdul] == ["PRIMARY", "T"]
+        assert hdul[0].header["CONTENT"] == "TEST" and hdul[0].header.comments["CONTENT"] == "what"
+        assert hdul[1].data["A"].tolist() == [1.0, 2.0, 3.0]
+    assert fitsio.read(str(dest), ext="T")["A"].tolist() == [1.0, 2.0, 3.0]
+
+
 def test_replace_durably_gives_a_new_file_the_umask_mode(tmp_path):
     from stk_astrometry.fitsutil import replace_durably
 

@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 from campaign_sim import FAIL, NOMATCH, TWOSTEP, make_campaign
 
+from stk_astrometry.campaign.stacks import safe_name
 from stk_astrometry.formats.campaign import RUN_DEPENDENT, read_campaign_table
 from stk_astrometry.tools.stk_batch import main as batch_main
 
@@ -219,10 +220,17 @@ def test_resume_skips_finished_and_reruns_changed(local_run, campaign, capsys):
     sid = read_campaign_table(local_run / "campaign.fits")["stackid"][5]
     gaia = next(listfile.parent.glob(f"*/{sid}_gaia.fits"))
     os.utime(gaia, ns=(time.time_ns(), time.time_ns()))
+    # temporary files a killed run left (nobody holds their lock): in the folder of a stack it
+    # had started (so not recorded done) and beside the campaign table; the rerun removes both
+    dead = [local_run / "stacks" / safe_name(sid) / f".{safe_name(sid)}_xfm.fits.deadbeef.tmp",
+            local_run / ".campaign.fits.deadbeef.tmp"]
+    for p in dead:
+        p.write_bytes(b"SIMPLE  =                    T")
     rc = batch_main([f"@{listfile}", str(local_run), "nworkers=1", "verbose=1"])
     out = capsys.readouterr().out
     assert rc == 0
     assert "2 to run, 28 finished and unchanged" in out
+    assert not [p for p in dead if p.exists()]
     table = read_campaign_table(local_run / "campaign.fits")
     assert table["attempts"][5] == 2 and table["attempts"][0] == 1
 
@@ -378,6 +386,8 @@ def test_kill_then_resume(campaign, local_run, tmp_path):
     # the orphaned workers of the killed driver go away by themselves
     res = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr
+    # no debris: the temporary files of the writes the kill cut short are gone
+    assert not [p for p in out.rglob("*.tmp")]
     table = read_campaign_table(out / "campaign.fits")
     _same_tables(table, read_campaign_table(local_run / "campaign.fits"))
     con = sqlite3.connect(out / "campaign.sqlite")

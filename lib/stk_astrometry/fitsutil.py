@@ -44,6 +44,7 @@ __all__ = [
     "LockTimeout",
     "make_temp",
     "remove_orphan_temps",
+    "fitsio_on_temp",
     "add_history",
     "get_keyword",
     "set_keyword",
@@ -479,11 +480,12 @@ def temp_owner(filename):
     return name
 
 
-def remove_orphan_temps(folder, name):
+def remove_orphan_temps(folder, name=None):
     """Remove the temporary files of ``name`` in ``folder`` left by a process that died.
 
-    A temporary file still locked (:func:`make_temp`) belongs to a live process
-    and is left.  Returns the names removed.
+    ``name`` None: every one of our temporary files in ``folder`` (a folder only this
+    package writes, such as a campaign's).  A temporary file still locked
+    (:func:`make_temp`) belongs to a live process and is left.  Returns the names removed.
     """
     removed = []
     try:
@@ -491,7 +493,9 @@ def remove_orphan_temps(folder, name):
     except OSError:
         return removed
     for e in entries:
-        if temp_owner(e.name) != name or not e.is_file(follow_symlinks=False):
+        owner = temp_owner(e.name)
+        if (owner is None or (name is not None and owner != name)
+                or not e.is_file(follow_symlinks=False)):
             continue
         try:
             fd = os.open(e.path, os.O_RDONLY | os.O_CLOEXEC)
@@ -592,6 +596,25 @@ def atomic_path(path):
     finally:
         if not handed_over:
             os.close(fd)
+
+
+def fitsio_on_temp(tmp, header=None):
+    """A :class:`fitsio.FITS` open for writing on :func:`atomic_path`'s temporary file ``tmp``,
+    whose first HDU is an empty primary with the keywords ``header`` (fitsio's records).
+
+    fitsio's ``clobber=True`` (cfitsio's ``!``) unlinks an existing file and creates a new one:
+    on ``tmp`` that would drop :func:`make_temp`'s lock, and a :func:`remove_orphan_temps`
+    could take the file for a dead writer's.  Here cfitsio makes the primary HDU in memory,
+    its bytes go into the same file, and fitsio opens that file to append the rest.
+    """
+    import fitsio
+
+    with fitsio.FITS("mem://", "rw") as mem:
+        mem.write(None, header=header)
+        image = mem.read_raw()
+    with open(tmp, "r+b") as fh:       # the same inode: the lock stays
+        fh.write(image)
+    return fitsio.FITS(str(tmp), "rw")
 
 
 def write_fits(hdul, path, params, *, clobber, shown_as=None):

@@ -262,7 +262,7 @@ adopted, side by side on 1,000 stacks per case: a prior q^a on q (a = 0.25-3) --
 1.035 -> 1.023-1.028 and no counterpart lost, outliers 1.128 -> 1.16-1.25 with catastrophic
 fits; the scale's prior at 0.15 -- no change (outliers 1.127); the shift averaged over a grid of
 floors (scale 1, even prior odds on the stated errors) -- outliers 1.092, missing floor below
-0.3" 1.046, but 30 % false 1.040 -> 1.071.
+0.3" 1.046, but 30 % / 40 % false 1.040 / 1.110 -> 1.071 / 1.175.
 
 The effective number of true matches is :math:`n_{eff} = \sum_k r_k`; the
 chance fraction reported is :math:`1 - n_{eff} / n_{det}` over the

@@ -20,7 +20,11 @@ a rerun after a change of the sources or tests updates the staged copy in place 
 mutants that already have a verdict keep it (mutmut retests those of functions whose source
 changed), so an interrupted run continues where it stopped.  ``--rerun`` retests every mutant of
 the module; ``--survivors`` retests only the last run's open survivors (after adding the tests
-that should kill them).
+that should kill them); ``--timeouts`` retests the last run's timeouts (on a loaded machine a
+slow mutant times out although every test passes: a survivor in disguise -- 15 of wcsupdate's
+20 were).  mutmut collects which tests reach which function only for tests it has not seen: after
+a function is split or added the older tests are not mapped to it and its mutants survive
+falsely; ``--fresh-stats`` makes it collect the map again for every test first.
 
 Runs at niceness 15 (``nice -n 15``) with one worker per core: the machine is shared.
 """
@@ -111,6 +115,15 @@ def _results(modules):
     return counts, survivors
 
 
+def _timeouts(module):
+    """The mutants of ``module`` whose last verdict was a timeout."""
+    if not (STAGE / module / "mutants").is_dir():
+        return []
+    lines = mutmut(module, "results", "--all", "true").stdout.splitlines()
+    return [m.group(1) for line in lines
+            if (m := re.match(r"\s*(stk_astrometry\.\S+): timeout$", line))]
+
+
 def _module_of(mutant):
     """'stk_astrometry.formats.pairs.x_read__mutmut_3' -> 'formats.pairs'"""
     return re.match(r"stk_astrometry\.([\w.]+?)\.x[_ǁ]", mutant).group(1)
@@ -178,6 +191,10 @@ def main(argv=None):
                     help="retest every mutant, not only those without a verdict yet")
     ap.add_argument("--survivors", action="store_true",
                     help="retest only the last run's survivors that are not listed as equivalent")
+    ap.add_argument("--timeouts", action="store_true",
+                    help="retest only the last run's timeouts (survivors under load?)")
+    ap.add_argument("--fresh-stats", action="store_true",
+                    help="collect the test-to-function map again for every test first")
     args = ap.parse_args(argv)
     os.nice(max(0, 15 - os.nice(0)))    # nice -n 15, whoever started us
     modules = args.modules or MODULES
@@ -187,14 +204,20 @@ def main(argv=None):
     if not args.results:
         for module in modules:
             stage(module)
+            if args.fresh_stats:
+                (STAGE / module / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)
             t0 = time.monotonic()
-            if args.survivors:
-                names = [s for s in _results([module])[1] if s not in _equivalent()]
+            if args.survivors or args.timeouts:
+                names = []
+                if args.survivors:
+                    names += [s for s in _results([module])[1] if s not in _equivalent()]
+                if args.timeouts:
+                    names += _timeouts(module)
             elif args.rerun:
                 names = [f"stk_astrometry.{module}.*"]
             else:
                 names = []    # resume: only mutants without a verdict (only_mutate limits the module)
-            if names or not args.survivors:
+            if names or not (args.survivors or args.timeouts):
                 mutmut(module, "run", *names, check=False)
             print(f"\n{module}: mutmut run took {time.monotonic() - t0:.0f} s")
     return summary(modules)

@@ -128,6 +128,17 @@ def _outputs_exist(stack, folder, detcorr, update_mode) -> bool:
     return all(os.path.exists(x) for x in need)
 
 
+def _remove_dead_temps(folder: Path) -> None:
+    """The temporary files a killed driver left in the campaign folder (of the table, CSV,
+    page, plots, science report): called under the campaign's lock, so no other driver is
+    writing them; a still-locked one is left all the same (:func:`remove_orphan_temps`)."""
+    from ..fitsutil import remove_orphan_temps
+
+    removed = remove_orphan_temps(folder)
+    if removed:
+        logger.info("removed %d temporary file(s) of a run that died in %s", len(removed), folder)
+
+
 def plan_stacks(stacks, db, settings, *, campaign_dir, force, update_mode, detcorr):
     """(plans to run, number skipped) -- the resume decision for every stack."""
     step_digests = _step_digests(settings, update_mode, detcorr)
@@ -462,6 +473,7 @@ def run_campaign(stacks, settings: StepSettings, *, folder, scheduler="", nworke
     log = logging.getLogger("stk_astrometry.stk_batch")
     summary = CampaignSummary(n_stacks=len(stacks))
     with campaign_lock(folder), RunDatabase(folder / DB_NAME) as db:
+        _remove_dead_temps(folder)
         db.set_meta("parameters", {"match": settings.match, "fit": settings.fit,
                                    "update": settings.update, "update_mode": update_mode,
                                    "detcorr": detcorr})
@@ -523,6 +535,7 @@ def report_only(folder, *, plots=True, verbose=1) -> CampaignSummary:
     t0 = time.perf_counter()
     summary = CampaignSummary()
     with campaign_lock(folder), RunDatabase(folder / DB_NAME) as db:
+        _remove_dead_temps(folder)
         records, summary.table, summary.csv, summary.report = write_outputs(folder, db, plots=plots)
         summarize(records, summary, db)
     summary.wall_s = time.perf_counter() - t0

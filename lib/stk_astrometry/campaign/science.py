@@ -613,14 +613,11 @@ def _table_arrays(rows):
 
 
 def _write_fits(rep, path):
-    import fitsio
-
-    from ..fitsutil import atomic_path
+    from ..fitsutil import atomic_path, fitsio_on_temp
 
     with atomic_path(path) as tmp:
-        with fitsio.FITS(str(tmp), "rw", clobber=True) as f:
-            f.write(None, header=[{"name": "CONTENT", "value": "STKSCIENCE",
-                                   "comment": "campaign science report"}])
+        with fitsio_on_temp(tmp, [{"name": "CONTENT", "value": "STKSCIENCE",
+                                   "comment": "campaign science report"}]) as f:
             for name, rows in rep.tables.items():
                 if not rows:
                     continue

@@ -248,7 +248,7 @@ def run_stack(plan: StackPlan) -> dict:
         the caller must :func:`fitsutil.make_durable` them before recording the stack).
     """
     from .. import api
-    from ..fitsutil import deferred_durability
+    from ..fitsutil import deferred_durability, remove_orphan_temps
 
     t_start = time.perf_counter()
     stack = plan.stack
@@ -292,6 +292,10 @@ def run_stack(plan: StackPlan) -> dict:
         Path(plan.folder).mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         failed_step, error = "match", f"cannot create the stack folder {plan.folder}: {exc}"
+    else:
+        # the temporary files of a worker killed while it wrote this stack's files (a driver
+        # killed with its LocalCluster): nobody holds them now, and no rerun would replace them
+        remove_orphan_temps(plan.folder)
 
     # group commit: without defer_sync the block's end syncs the stack's outputs once (one
     # syncfs, not two fsyncs per file); with it the driver does, for many stacks at once

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import FormatError, OutputError
-from ..fitsutil import atomic_path
+from ..fitsutil import atomic_path, fitsio_on_temp
 
 __all__ = ["CampaignColumn", "CampaignWriter", "columns", "group_columns", "to_records",
            "write_campaign_table", "write_campaign_csv", "read_campaign_table", "CONTENT", "EXTNAME"]
@@ -257,14 +257,11 @@ class CampaignWriter:
         self._closed = False
 
     def __enter__(self):
-        import fitsio
-
         self._stack = contextlib.ExitStack()
         with self._guard():
             tmp_table = self._stack.enter_context(atomic_path(self.table_path))
-            self._fits = fitsio.FITS(str(tmp_table), "rw", clobber=True)
-            self._fits.write(None, header=[{"name": "CONTENT", "value": CONTENT,
-                                            "comment": "stk_astrometry campaign results"}])
+            self._fits = fitsio_on_temp(tmp_table, [{"name": "CONTENT", "value": CONTENT,
+                                                     "comment": "stk_astrometry campaign results"}])
             if self.csv_path is not None:
                 tmp_csv = self._stack.enter_context(atomic_path(self.csv_path))
                 self._csv = open(tmp_csv, "w", encoding="utf-8", newline="")
