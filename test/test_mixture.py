@@ -2518,3 +2518,14 @@ def test_reported_em_iterations_count_every_windowed_fit(monkeypatch):
         assert fit.calibrated and len(iters) >= 4
         assert fit.n_iter == sum(iters)
         assert f"after {sum(iters)} EM iterations" in fit.message
+
+
+def test_weighted_mean_covariance_with_large_errors_needs_no_fallback():
+    # two pairs with 2" errors, no chance matches: the observed information (1/2 per axis, less
+    # than 1 in arcsec^-2) is positive definite -- the covariance is its inverse, the
+    # weighted mean's, with no note of a fallback
+    cov = np.tile(np.eye(2) * 4.0, (2, 1, 1))
+    fit = fit_mixture([0, 1], [0.3, -0.5], [0.2, 0.6], cov, density_per_arcmin2=0.0,
+                      match_radius_arcsec=10.0)
+    np.testing.assert_allclose(fit.cov, np.eye(2) * 2.0, rtol=1e-12)
+    assert "not positive definite" not in fit.message
