@@ -2529,3 +2529,27 @@ def test_weighted_mean_covariance_with_large_errors_needs_no_fallback():
                       match_radius_arcsec=10.0)
     np.testing.assert_allclose(fit.cov, np.eye(2) * 2.0, rtol=1e-12)
     assert "not positive definite" not in fit.message
+
+
+@pytest.mark.parametrize("repeats", [1, 2, 3])
+def test_problem_groups_gather_each_detections_candidate_sums(repeats):
+    """_Problem.groups: ``e[first]`` plus the extra gathers gives, for each of ``repeats``
+    stacked copies of the pairs, the sum over each detection's candidates -- the same as
+    np.add.reduceat over the detection starts (detections of one to five candidates)."""
+    from stk_astrometry.mixture import _group_starts, _Problem
+
+    rng = np.random.default_rng(SEED + 12)
+    det = np.repeat(np.arange(7), [1, 3, 2, 5, 1, 4, 2])
+    n = det.size
+    prob = _Problem(det, rng.normal(size=n), rng.normal(size=n), np.tile(np.eye(2), (n, 1, 1)),
+                    1e-3, R, 5.0)
+    e = rng.normal(size=(repeats * n, 3))
+    first, more = prob.groups(repeats)
+    s = e[first]
+    for sel, extra in more:
+        s[sel] += e[extra]
+    starts = _group_starts(det)
+    want = np.concatenate([np.add.reduceat(e[k * n:(k + 1) * n], starts, axis=0)
+                           for k in range(repeats)])
+    np.testing.assert_allclose(s, want, rtol=1e-13)
+    assert prob.groups(repeats) is prob.groups(repeats)      # computed once per problem
