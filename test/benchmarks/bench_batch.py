@@ -249,9 +249,11 @@ def kill_and_resume(listfile, folder, n, kills, rng):
     n_runs = con.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
     attempts = con.execute("SELECT MAX(attempts) FROM stacks").fetchone()[0]
     con.close()
+    # debris: temporary files of the writes the kills cut short, still there after the resume
+    debris = sum(1 for _ in Path(folder).rglob("*.tmp"))
     return {"kills": len(orphan_waits), "recorded": recorded, "orphan_waits": orphan_waits,
             "status": status, "n_results": n_results, "n_runs": n_runs,
-            "max_attempts": attempts, "final": final}
+            "max_attempts": attempts, "final": final, "debris": debris}
 
 
 def main(quick: bool = False) -> int:
@@ -323,8 +325,10 @@ def main(quick: bool = False) -> int:
                                   tmp / "killed" / "campaign.fits")
         once = (res["n_results"] == n and sum(res["status"].values()) == n
                 and set(res["status"]) <= {"done", "failed"})
-        ok = same and once and res["kills"] >= min(kills, KILLS if not quick else kills)
-        misses += [] if ok else [f"kill/resume: same table {same} {diff}; once {once}"]
+        ok = (same and once and res["kills"] >= min(kills, KILLS if not quick else kills)
+              and res["debris"] == 0)
+        misses += [] if ok else [f"kill/resume: same table {same} {diff}; once {once}; "
+                                 f"{res['debris']} temporary file(s) left"]
         waits = [w for w in res["orphan_waits"] if w != float("inf")]
         print_table(f"kill -9 of the driver {res['kills']} times, then resume ({n:,} stacks)",
                     ["measure", "value"], [
@@ -339,6 +343,7 @@ def main(quick: bool = False) -> int:
                          str(sum(1 for w in res["orphan_waits"] if w == float("inf")))],
                         ["table equals the uninterrupted run's",
                          "PASS" if same else f"FAIL {diff}"],
+                        ["temporary files left after the resume", str(res["debris"])],
                     ])
     load1 = os.getloadavg()
     print(f"load average before {load0[0]:.2f}, after {load1[0]:.2f} "
