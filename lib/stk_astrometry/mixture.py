@@ -1159,7 +1159,9 @@ def fit_mixture(src_index, d_xi, d_eta, cov_pairs, *, density_per_arcmin2, match
     n = det_raw.shape[0]
     if n and not np.issubdtype(det_raw.dtype, np.integer):
         as_float = np.asarray(det_raw, dtype=float)
-        if not np.all(np.isfinite(as_float)) or np.any(as_float != np.round(as_float)):
+        # whole, and within int64 (a larger whole float would be cast with a raw warning)
+        if (not np.all(np.abs(as_float) < 2.0**63)
+                or np.any(as_float != np.round(as_float))):
             raise FitError("mixture fit: src_index must hold integers (detection ids)")
     det_all = det_raw.astype(np.int64) if n else np.zeros(0, dtype=np.int64)
     dx_all = _as_1d("d_xi", d_xi, n)
@@ -1262,9 +1264,11 @@ def fit_mixture(src_index, d_xi, d_eta, cov_pairs, *, density_per_arcmin2, match
                     prob.set_cov(_calibrated(stated, scale, floor)[0])
             if cand.window_prev is not None:
                 # neither model is certain: average the two (module docstring, "Averaged")
-                st, weight = _averaged(prob, stated, st, st_stated, cand, cal, gain)
+                base = st
+                st, weight = _averaged(prob, stated, base, st_stated, cand, cal, gain)
                 prob.set_cov(_calibrated(stated, scale, floor)[0])
-                if min(weight, 1.0 - weight) >= 0.005:
+                # said only of an average made (not when a covariance was unusable)
+                if st is not base and min(weight, 1.0 - weight) >= 0.005:
                     cal_avg = (f"shift and covariance averaged over the stated and the fitted "
                                f"error model (weight {weight:.2f} on the fitted model)")
             st = st._replace(total_iter=total_iter)
