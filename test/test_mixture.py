@@ -987,6 +987,51 @@ def test_start_search_picks_the_exhaustive_grids_start(case, prior):
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-9)
 
 
+@pytest.mark.parametrize("far", [(2.65, 0.0), (0.0, 2.65)])
+def test_start_search_finds_the_best_mode_on_the_rim_of_its_grid(far):
+    # the better of two basins lies on the grid's last usable nodes (next to the nodes outside
+    # the match circle): its node is a local maximum like any other, so the start is there
+    from stk_astrometry.mixture import _Problem, _start_by_grid
+
+    det, dx, dy, cov = _two_mode_stack(4, 3, far=far)
+    order = np.lexsort((dy, dx, det))
+    prob = _Problem(det[order], dx[order], dy[order], cov[order], 50.0 / 3600.0, R, 5.0)
+    got = _start_by_grid(prob, None)
+    assert np.hypot(*(got - far)) < 0.05
+    np.testing.assert_allclose(got, _start_exhaustive(prob, None), rtol=0, atol=1e-9)
+
+
+def test_seed_whose_pair_densities_underflow_stays_put_quietly():
+    # a seed ~28 sigma from the only pair: its responsibility is ~1e-170, the M step's
+    # determinant underflows to 0 while its numerator does not -- the seed is not moved, and
+    # no floating-point warning escapes (the suite turns warnings into errors)
+    from stk_astrometry.mixture import _ANNEAL, _Problem, _refine_starts
+
+    cov = np.zeros((1, 2, 2))
+    cov[:, 0, 0] = cov[:, 1, 1] = 0.01**2
+    prob = _Problem(np.array([0]), np.array([2.5]), np.array([0.0]), cov, 5.0 / 3600.0, R, 5.0)
+    seeds = np.array([[2.5 + d, 0.0] for d in (0.2804, 0.2806, 0.2808, 0.30)])
+    for stages in (_ANNEAL[-1:], _ANNEAL):
+        got = _refine_starts(prob, seeds, 0.01, [stages] * len(seeds))
+        if stages is _ANNEAL[-1:]:
+            np.testing.assert_array_equal(got, seeds)
+        assert np.all(np.isfinite(got))
+
+
+def test_seeds_with_only_the_last_stage_are_refined_alone_too():
+    # every seed from the unsmoothed grid only (no seed takes the widened stages): the first
+    # stages have nothing to do, the last one still refines each seed as the plain EM does
+    from stk_astrometry.mixture import _ANNEAL, _refine_starts
+
+    rng = np.random.default_rng(SEED + 2)
+    prob = _problem(rng)
+    seeds = rng.uniform(-2.0, 2.0, (5, 2))
+    together = _refine_starts(prob, seeds, 0.01, [_ANNEAL[-1:]] * len(seeds))
+    alone = np.array([_refine_one_seed(prob, s.copy(), 0.01, _ANNEAL[-1:]) for s in seeds])
+    np.testing.assert_allclose(together, alone, rtol=0, atol=1e-12)
+    assert np.abs(together - seeds).max() > 0.01
+
+
 def test_stated_errors_kept_but_covariance_not_below_the_fitted_models(monkeypatch):
     # a floor too small for the likelihood-ratio margin (2 dlogL < 2): the stated errors' shift
     # is kept, its covariance is raised to the fitted model's (issue 17)
