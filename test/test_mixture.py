@@ -539,7 +539,9 @@ def test_detection_ids_as_whole_numbers_of_any_type():
     kw = dict(density_per_arcmin2=1.0, match_radius_arcsec=R)
     cov = np.tile(np.eye(2) * 0.01, (3, 1, 1))
     want = fit_mixture([0, 1, 2], [0.1, 0.2, 0.1], [0.0, 0.1, 0.2], cov, **kw)
-    for ids in (np.array([0, 1, 2], dtype=object), np.array([0.0, 1.0, 2.0])):
+    # large whole floats too (region ids): only those int64 cannot hold are refused
+    for ids in (np.array([0, 1, 2], dtype=object), np.array([0.0, 1.0, 2.0]),
+                np.array([0.0, 1e6, 2.0**53])):
         got = fit_mixture(ids, [0.1, 0.2, 0.1], [0.0, 0.1, 0.2], cov, **kw)
         assert (got.d_xi, got.d_eta) == (want.d_xi, want.d_eta)
 
