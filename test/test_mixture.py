@@ -1034,6 +1034,26 @@ def test_seeds_with_only_the_last_stage_are_refined_alone_too():
     assert np.abs(together - seeds).max() > 0.01
 
 
+@pytest.mark.parametrize("seed", [13, 17, 50])
+def test_error_model_is_fitted_only_to_windows_with_enough_true_matches(monkeypatch, seed):
+    # the calibration refits the window after each error-model step; once the window holds
+    # fewer than _CAL_MIN_NEFF effective true matches it stops (both the M step and its
+    # polish): no error-model step ever sees a window below that count
+    from stk_astrometry import mixture
+
+    seen = []
+    for name in ("_fit_error_model", "_polish_error_model"):
+        def spy(prob, stated, st, *args, _orig=getattr(mixture, name)):
+            seen.append(st.n_eff)
+            return _orig(prob, stated, st, *args)
+        monkeypatch.setattr(mixture, name, spy)
+    det, dx, dy, cov, _, _, dens = simulate(np.random.default_rng(SEED + seed), n_det=10,
+                                            false_frac=0.3, density=10.0)
+    fit_mixture(det, dx, dy, cov, density_per_arcmin2=dens, match_radius_arcsec=R,
+                calibrate=True)
+    assert seen and min(seen) >= mixture._CAL_MIN_NEFF
+
+
 def test_stated_errors_kept_but_covariance_not_below_the_fitted_models(monkeypatch):
     # a floor too small for the likelihood-ratio margin (2 dlogL < 2): the stated errors' shift
     # is kept, its covariance is raised to the fitted model's (issue 17)
