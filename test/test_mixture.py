@@ -1187,6 +1187,28 @@ def test_fit_is_the_likelihoods_maximum_with_its_memberships_and_curvature(case,
             "n,nij->ij", fit.membership[inside], np.linalg.inv(cov[inside]))))
 
 
+def test_covariance_is_the_inverse_curvature_when_the_window_holds_a_pairs_offset_partly(
+        monkeypatch):
+    # errors as wide as half of a 0.9" window: each detection's true offset falls inside it
+    # with probability P_j well below 1, and the q-q curvature carries rho P_j; the fit's
+    # covariance is still the inverse of the likelihood's curvature in (s, q) at its shift
+    from stk_astrometry import mixture
+
+    monkeypatch.setattr(mixture, "_sandwich", lambda *a: None)
+    rng = np.random.default_rng(SEED + 200)
+    det, dx, dy, cov, _, _, dens = simulate(rng, n_det=40, false_frac=0.2, density=30.0,
+                                            shift=(0.3, 0.1), sig_range=(0.3, 0.45), radius=1.2)
+    fit = fit_mixture(det, dx, dy, cov, density_per_arcmin2=dens, match_radius_arcsec=1.2)
+    assert fit.failure is None, fit.message
+    assert fit.window_radius_arcsec < 1.0 and 0.05 < fit.q < 0.95
+    loglike, _, inside = _model(fit, det, dx, dy, cov, dens)
+    p_j = disk_probability(cov[inside], fit.window_radius_arcsec)
+    assert np.median(p_j) < 0.99
+    x = np.array([fit.d_xi, fit.d_eta, fit.q])
+    _, hess = _hessian(lambda x: loglike(x[:2], x[2]), x, np.full(3, 1e-4))
+    np.testing.assert_allclose(fit.cov, np.linalg.inv(-hess)[:2, :2], rtol=1e-5)
+
+
 def _q_gradient(x, a, b, c, e):
     return float(np.sum(b / (a + x * b) - e / (c + x * e)))
 
