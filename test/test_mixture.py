@@ -1042,11 +1042,15 @@ def test_error_model_is_fitted_only_to_windows_with_enough_true_matches(monkeypa
     from stk_astrometry import mixture
 
     seen = []
-    for name in ("_fit_error_model", "_polish_error_model"):
-        def spy(prob, stated, st, *args, _orig=getattr(mixture, name)):
+
+    def spying(orig):
+        def spy(prob, stated, st, *args):
             seen.append(st.n_eff)
-            return _orig(prob, stated, st, *args)
-        monkeypatch.setattr(mixture, name, spy)
+            return orig(prob, stated, st, *args)
+        return spy
+
+    for name in ("_fit_error_model", "_polish_error_model"):
+        monkeypatch.setattr(mixture, name, spying(getattr(mixture, name)))
     det, dx, dy, cov, _, _, dens = simulate(np.random.default_rng(SEED + seed), n_det=10,
                                             false_frac=0.3, density=10.0)
     fit_mixture(det, dx, dy, cov, density_per_arcmin2=dens, match_radius_arcsec=R,
