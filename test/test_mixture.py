@@ -1628,6 +1628,37 @@ def test_polished_error_model_is_the_finite_difference_newtons_maximum(monkeypat
     assert at_floor < len(calls)       # an interior maximum among them
 
 
+def test_polish_holds_the_scale_on_its_upper_bound_and_maximises_the_floor(monkeypatch):
+    # stated errors ten times too small next to a 4" floor, no chance matches, a wide circle:
+    # the likelihood wants a scale above _CAL_SCALE_RANGE's 10, so the polish holds it there
+    # (a bound the gradient pushes against is not a free coordinate) and maximises the floor
+    # alone: the Newton step left in the floor is nil
+    import copy
+
+    from stk_astrometry import mixture
+    from stk_astrometry.mixture import _error_model_terms, _polish_error_model
+
+    calls = []
+    polish = mixture._polish_error_model
+
+    def spy(*args):
+        calls.append(copy.deepcopy(args))
+        return polish(*args)
+
+    monkeypatch.setattr(mixture, "_polish_error_model", spy)
+    args = _stack_with_wrong_errors(np.random.default_rng(0), 40, floor=4.0)
+    fit = fit_mixture(*args, density_per_arcmin2=0.0, match_radius_arcsec=30.0, calibrate=True)
+    assert fit.err_scale == pytest.approx(mixture._CAL_SCALE_RANGE[1], rel=1e-12)
+    assert calls
+    for prob, stated, st, scale, floor, min_floor in calls:
+        got = _polish_error_model(prob, stated, st, scale, floor, min_floor)
+        x = np.array([np.log(got[0]), got[1] ** 2])
+        _, grad, hess = _error_model_terms(prob, stated, st, min_floor)(x)
+        assert got[0] == pytest.approx(mixture._CAL_SCALE_RANGE[1], rel=1e-12)
+        assert grad[0] > 0                                  # pushing against the bound
+        assert hess[1, 1] < 0 and abs(grad[1] / hess[1, 1]) < 1e-8
+
+
 def test_one_candidate_each_and_no_chance_matches_take_two_em_iterations():
     # the first M step is the weighted mean itself, the second finds nothing left to move
     rng = np.random.default_rng(SEED + 500)
