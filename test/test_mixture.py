@@ -1659,6 +1659,18 @@ def test_polish_holds_the_scale_on_its_upper_bound_and_maximises_the_floor(monke
         assert hess[1, 1] < 0 and abs(grad[1] / hess[1, 1]) < 1e-8
 
 
+def test_errors_stated_fifty_times_too_large_calibrate_to_the_ranges_corner():
+    # the likelihood wants a scale below _CAL_SCALE_RANGE's 0.1 and a negative floor: both held
+    # on their bounds, the polish has no free coordinate left and returns that corner
+    from stk_astrometry import mixture
+
+    args = _stack_with_wrong_errors(np.random.default_rng(0), 40, scale=0.02)
+    fit = fit_mixture(*args, density_per_arcmin2=0.0, match_radius_arcsec=R, calibrate=True)
+    assert fit.calibrated, fit.message
+    assert fit.err_scale == pytest.approx(mixture._CAL_SCALE_RANGE[0], rel=1e-12)
+    assert fit.sys_floor == 0.0
+
+
 def test_one_candidate_each_and_no_chance_matches_take_two_em_iterations():
     # the first M step is the weighted mean itself, the second finds nothing left to move
     rng = np.random.default_rng(SEED + 500)
