@@ -1471,8 +1471,9 @@ def _polish_cases():
     return cases
 
 
-def _polish_calls(monkeypatch):
-    """Copies of the arguments of every _polish_error_model call of the _polish_cases fits."""
+def _record_polish_calls(monkeypatch):
+    """From now on, a copy of the arguments of every _polish_error_model call goes to the list
+    returned; returns (that list, the real function)."""
     import copy
 
     from stk_astrometry import mixture
@@ -1485,6 +1486,14 @@ def _polish_calls(monkeypatch):
         return polish(*args)
 
     monkeypatch.setattr(mixture, "_polish_error_model", spy)
+    return calls, polish
+
+
+def _polish_calls(monkeypatch):
+    """Copies of the arguments of every _polish_error_model call of the _polish_cases fits."""
+    from stk_astrometry import mixture
+
+    calls, polish = _record_polish_calls(monkeypatch)
     for det, dx, dy, cov, dens, floor in _polish_cases():
         fit = fit_mixture(det, dx, dy, cov, density_per_arcmin2=dens, match_radius_arcsec=R,
                           calibrate=True, systematic_arcsec=floor)
@@ -1633,19 +1642,10 @@ def test_polish_holds_the_scale_on_its_upper_bound_and_maximises_the_floor(monke
     # the likelihood wants a scale above _CAL_SCALE_RANGE's 10, so the polish holds it there
     # (a bound the gradient pushes against is not a free coordinate) and maximises the floor
     # alone: the Newton step left in the floor is nil
-    import copy
-
     from stk_astrometry import mixture
     from stk_astrometry.mixture import _error_model_terms, _polish_error_model
 
-    calls = []
-    polish = mixture._polish_error_model
-
-    def spy(*args):
-        calls.append(copy.deepcopy(args))
-        return polish(*args)
-
-    monkeypatch.setattr(mixture, "_polish_error_model", spy)
+    calls, _ = _record_polish_calls(monkeypatch)
     args = _stack_with_wrong_errors(np.random.default_rng(0), 40, floor=4.0)
     fit = fit_mixture(*args, density_per_arcmin2=0.0, match_radius_arcsec=30.0, calibrate=True)
     assert fit.err_scale == pytest.approx(mixture._CAL_SCALE_RANGE[1], rel=1e-12)
