@@ -192,3 +192,45 @@ def test_chunks_run_every_stack_once_and_only_the_breaking_stack_fails(tmp_path,
     (30, 2, 1), (100, 2, 3), (1000, 2, 8), (10_000, 2, 8), (10_000, 200, 3), (0, 0, 1)])
 def test_chunk_size_keeps_every_thread_busy(n, threads, expected):
     assert driver.chunk_size(n, threads) == expected
+
+
+def test_local_cluster_workers_spawn_without_profiler_or_dask_malloc_trim(monkeypatch):
+    """The LocalCluster is built where Dask's worker profiler is off and the nanny's
+    pre-spawn environment leaves glibc's malloc trimming alone (each cost the stacks CPU);
+    the numpy thread limits stay."""
+    import distributed
+    from distributed.nanny import _get_env_variables
+
+    seen = {}
+
+    class FakeCluster:
+        def __init__(self, **kwargs):
+            import dask
+
+            seen["profile"] = dask.config.get("distributed.worker.profile.enabled")
+            seen["env"] = _get_env_variables("distributed.nanny.pre-spawn-environ")
+            seen["kwargs"] = kwargs
+
+        def close(self, timeout=None):
+            seen["closed"] = True
+
+    class FakeClient:
+        def __init__(self, cluster):
+            self.cluster = cluster
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(distributed, "LocalCluster", FakeCluster)
+    monkeypatch.setattr(distributed, "Client", FakeClient)
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
+    with driver.dask_client("", 2) as (client, where):
+        assert isinstance(client, FakeClient) and where == "LocalCluster (2 worker processes)"
+    assert seen["profile"] is False
+    assert "MALLOC_TRIM_THRESHOLD_" not in seen["env"]
+    assert seen["env"]["OPENBLAS_NUM_THREADS"] == "1" and seen["env"]["OMP_NUM_THREADS"] == "1"
+    assert seen["kwargs"]["processes"] is True and seen["kwargs"]["threads_per_worker"] == 1
+    assert seen["closed"]

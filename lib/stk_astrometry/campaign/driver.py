@@ -185,10 +185,13 @@ def dask_client(scheduler: str, nworkers: int):
     _quiet_dask()  # after the import: distributed sets its loggers' levels when imported
 
     scheduler = (scheduler or "").strip()
-    # no statistical profiler in the LocalCluster's workers: it samples the task thread's
-    # stack every 10 ms, CPU taken from the stacks (an external cluster keeps its own setting)
+    # The LocalCluster's workers (an external cluster keeps its own settings): no
+    # statistical profiler (it samples the task thread's stack every 10 ms), and glibc's own
+    # malloc trimming, not Dask's MALLOC_TRIM_THRESHOLD_=65536 -- a stack's many small numpy
+    # arrays went back to the system and were faulted in again: 10 % more CPU per stack
     with dask.config.set({"distributed.worker.daemon": True,
                           "distributed.worker.profile.enabled": False,
+                          "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
                           "distributed.scheduler.work-stealing": True,
                           "distributed.admin.tick.limit": "60s"}):
         if not scheduler:
