@@ -448,13 +448,6 @@ def _format_card(name, value, comment):
     return card[:80].ljust(80)
 
 
-#: write_fits_fast: cfitsio builds the file in its memory driver ("mem://") and its bytes go to the
-#: temporary file in one write (issue 11).  Through fitsio every keyword written flushes
-#: cfitsio's buffer -- a write() per card on a disk file, ~600 per stack; the file's bytes are
-#: the same (test_formats_fits).  Also keeps atomic_path's locked temporary file: fitsio's
-#: clobber=True unlinks it and creates an unlocked one of the same name.  False: cfitsio
-#: writes the temporary file itself (the tests compare the two).
-_MEM_BUILD = True
 
 
 def write_fits_fast(path, specs, history, *, clobber):
@@ -490,22 +483,17 @@ def write_fits_fast(path, specs, history, *, clobber):
     try:
         with atomic_path(path) as tmp:
             records_of = _records_memo(history_records)
-            if _MEM_BUILD:
-                # cfitsio builds the file in its memory driver (each keyword written through
-                # fitsio flushes cfitsio's buffer: in memory, not a write() per card), and
-                # the finished file's bytes, as cfitsio made them, go to disk in one write
-                with fitsio.FITS("mem://", "rw") as fh:
-                    for spec in specs:
-                        _write_one(fh, spec, history.tool, items, stacks, when, creator,
-                                   records_of)
-                    image = fh.read_raw()
-                with open(tmp, "wb") as out:
-                    out.write(image)
-            else:
-                with fitsio.FITS(str(tmp), "rw", clobber=True) as fh:
-                    for spec in specs:
-                        _write_one(fh, spec, history.tool, items, stacks, when, creator,
-                                   records_of)
+            # cfitsio builds the file in its memory driver ("mem://"), and the finished file's
+            # bytes go to the temporary file in one write (issue 11): through fitsio every
+            # keyword written flushes cfitsio's buffer -- a write() per card on a disk file,
+            # ~600 per stack.  It also keeps atomic_path's locked temporary file, which
+            # fitsio's clobber=True would unlink and recreate unlocked.
+            with fitsio.FITS("mem://", "rw") as fh:
+                for spec in specs:
+                    _write_one(fh, spec, history.tool, items, stacks, when, creator, records_of)
+                image = fh.read_raw()
+            with open(tmp, "wb") as out:
+                out.write(image)
     except OSError as exc:
         raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from exc
     import logging
