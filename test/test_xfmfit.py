@@ -1133,10 +1133,11 @@ def test_single_basin_certificate_proves_single_basins_and_not_a_reach_to_the_bo
 def test_single_basin_certificate_refuses_a_second_well_just_beyond_its_convex_square(axis):
     """80 pairs at 1.76" (1-sigma 1") and one pair 0.47" further along one axis with a 0.001"
     error: F has a narrow second well at that pair, a minimum in the sublevel set {F <= F(0)}
-    beside the minimum p (1.788") the descent from (0, 0) reaches, behind a saddle 0.41" from p -- just beyond the convex square
-    the certificate proves around p (half-width 1/4 of the median error) but inside the squares
-    of the search that straddle its edge.  A descent from (0, 0) may end in either well: the
-    certificate must not prove a single basin, and the fit must say it used least_squares."""
+    beside the minimum p (1.788") the descent from (0, 0) reaches, behind a saddle 0.41" from
+    p -- just beyond the convex square the certificate proves around p (half-width 1/4 of the
+    median error) but inside the squares of the search that straddle its edge.  A descent from
+    (0, 0) may end in either well: the certificate must not prove a single basin, and the fit
+    must say it used least_squares."""
     n, far = 80, 0.47
     d_a = np.r_[np.full(n, 1.76), 1.76 + far]
     d_b = np.zeros(n + 1)
