@@ -134,6 +134,37 @@ def test_fit_in_memory_equals_fit_from_the_file(api_chain, tmp_path):
     _same_as_golden(tmp_path / "xfm.fits", GOLDEN / "xfm.fits")
 
 
+def test_fit_of_a_match_result_names_the_pairs_file_it_wrote(api_chain, tmp_path):
+    """The pairs handed on in memory are the file match_stack wrote (stk_batch, bench_speed):
+    the transform equals the one fitted from that file, HISTORY included, and no output may
+    replace the file."""
+    work, m, *_ = api_chain
+    api.fit_stack(m, tmp_path / "xfm.fits", outdetfile=tmp_path / "det.fits", clobber=True)
+    api.fit_stack(work / "pairs.fits", tmp_path / "xfm_file.fits",
+                  outdetfile=tmp_path / "det.fits", clobber=True)
+
+    def parameters(name):
+        text = ""
+        for h in fits.getheader(tmp_path / name, "STKXFM")["HISTORY"]:
+            h = str(h)[:-8].rstrip()     # without the ASCnnnnn counter
+            text += h[len(" CONT  :"):] if h.startswith(" CONT") else "\n" + h
+        return dict(line.split(":", 1)[1].split("=", 1) for line in text.split("\n")
+                    if line.startswith(" PARM"))
+
+    a, b = parameters("xfm.fits"), parameters("xfm_file.fits")
+    assert a["infile"] == m.outfile == b["infile"]
+    assert a.pop("outfile").endswith("xfm.fits") and b.pop("outfile").endswith("xfm_file.fits")
+    assert a == b and len(a) > 10
+    with fits.open(tmp_path / "xfm.fits") as a, fits.open(tmp_path / "xfm_file.fits") as b:
+        assert a["STKXFM"].data.tobytes() == b["STKXFM"].data.tobytes()
+    for name in ("outfile", "outdetfile", "diagfile"):
+        with pytest.raises(ParameterError, match=f"{name}=.* is the input file"):
+            api.fit_stack(m, **{name: m.outfile}, clobber=True)
+    api.fit_stack(m.pairs, tmp_path / "xfm_pairs.fits")     # its .pairs: no file named
+    assert fits.getheader(tmp_path / "xfm_pairs.fits", "STKXFM")["HISTORY"][1].startswith(
+        " PARM  :infile= ")
+
+
 def test_match_without_outfile_writes_nothing(tmp_path):
     s = REPO / "share" / "sample" / STACK
     before = set(tmp_path.iterdir())

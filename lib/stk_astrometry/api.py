@@ -820,7 +820,9 @@ def fit_stack(pairs, outfile=None, *, outdetfile=None, diagfile=None, estimator=
     Parameters
     ----------
     pairs : str or Path or MatchResult or stk_astrometry.formats.pairs.Pairs
-        A matched-pairs file, or the in-memory pairs of :func:`match_stack`.
+        A matched-pairs file, or the in-memory pairs of :func:`match_stack` (no file read:
+        the same fit as from the file it wrote; a MatchResult's ``outfile`` is then the
+        ``infile`` the outputs' HISTORY names, and no output may replace it).
     outfile : str or Path, optional
         The transform file to write (formats.md §2); None writes nothing.
     outdetfile, diagfile : str or Path, optional
@@ -954,7 +956,10 @@ def _fit(pairs_in, p, history):
     infile = str(pairs_in).strip() if _is_path(pairs_in) else None
     if _is_path(pairs_in) and _blank(pairs_in):
         raise ParameterError("infile is blank")
-    _check_fit_params(infile, p)
+    # pairs handed on in memory by match_stack, which also wrote them: the file they came
+    # from as far as the outputs' HISTORY and the name checks go (its content, not re-read)
+    written = pairs_in.outfile if isinstance(pairs_in, MatchResult) else None
+    _check_fit_params(infile or written, p)
     outfile, outdet, diagfile = (_text(p[n]) for n in ("outfile", "outdetfile", "diagfile"))
     clobber = bool(p["clobber"])
     check_clobber(outfile, clobber, param="outfile")
@@ -1065,7 +1070,7 @@ def _fit(pairs_in, p, history):
             alternative=((alternative.estimator, alternative.total)
                          if with_alternative and alt_ok else None))
 
-    hist = _history("stk_xfm", FIT_DEFAULTS, dict(p, infile=infile or ""), history)
+    hist = _history("stk_xfm", FIT_DEFAULTS, dict(p, infile=infile or written or ""), history)
     from stk_astrometry.fitsutil import commit_group
 
     # the outputs are written, synced together, then renamed: two journal commits in all
