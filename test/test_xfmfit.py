@@ -1129,6 +1129,43 @@ def test_single_basin_certificate_proves_single_basins_and_not_a_reach_to_the_bo
     assert xfmfit._cauchy_single_basin(p, d_xi, d_eta, w, f_scale, max_shift) is proven
 
 
+@pytest.mark.parametrize("axis", [0, 1], ids=["well-along-xi", "well-along-eta"])
+def test_single_basin_certificate_refuses_a_second_well_just_beyond_its_convex_square(axis):
+    """80 pairs at 1.76" (1-sigma 1") and one pair 0.47" further along one axis with a 0.001"
+    error: F has a narrow second well at that pair, a minimum in the sublevel set {F <= F(0)}
+    beside the minimum p (1.788") the descent from (0, 0) reaches, behind a saddle 0.41" from
+    p -- just beyond the convex square the certificate proves around p (half-width 1/4 of the
+    median error) but inside the squares of the search that straddle its edge.  A descent from
+    (0, 0) may end in either well: the certificate must not prove a single basin, and the fit
+    must say it used least_squares."""
+    n, far = 80, 0.47
+    d_a = np.r_[np.full(n, 1.76), 1.76 + far]
+    d_b = np.zeros(n + 1)
+    w = np.r_[np.ones(n), 1e6]
+    d_xi, d_eta = (d_a, d_b) if axis == 0 else (d_b, d_a)
+    max_shift = 4.0
+    p = xfmfit._polish(np.zeros(2), d_xi, d_eta, w, "cauchy", 1.0, max_shift)
+    # the truth along that axis (every pair on it, so the gradient across it is zero there):
+    # F' changes sign at p (a minimum), at a saddle and at a second minimum in {F <= F(0)}
+    x = np.linspace(0.0, max_shift, 400_001)
+    e = x[:, None] - d_a
+    grad = (2.0 * w * e / (1.0 + w * e * e)).sum(axis=1)
+    roots = x[1:][np.sign(grad[1:]) != np.sign(grad[:-1])]
+    assert roots.size == 3 and abs(roots[0] - p[axis]) < 1e-4 and p[1 - axis] == 0.0
+    assert 0.25 < roots[1] - p[axis] < roots[2] - p[axis] < 0.5
+
+    def f(s):
+        return float(np.log1p(w * (s - d_a) ** 2).sum())
+
+    # F' goes - to + at the last sign change: a minimum, and within the sublevel set
+    k = np.searchsorted(x, roots[2])
+    assert grad[k - 1] < 0.0 < grad[k] and f(roots[2]) < f(0.0) and f(p[axis]) < f(0.0)
+    assert xfmfit._cauchy_single_basin(p, d_xi, d_eta, w, 1.0, max_shift) is False
+    zeros = np.zeros(n + 1)
+    fit = fit_translation(zeros, zeros, d_xi, d_eta, w, max_shift=max_shift)
+    assert fit.message.startswith("least_squares: ")
+
+
 # ------------------------------------------------------------------------------ fit_translation:
 # what the result says
 

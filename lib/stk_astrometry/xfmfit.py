@@ -637,8 +637,8 @@ def _minimise(d_xi, d_eta, w, loss, f_scale, max_shift, solver):
     def jacobian(p):
         ex = p[0] - d_xi
         ey = p[1] - d_eta
-        r = np.hypot(ex, ey)
-        inv_r = np.divide(1.0, r, out=np.zeros_like(r), where=r > 0)
+        # a pair at p (r = 0, ex = ey = 0) gets the row (0, 0): 1/r is only kept finite there
+        inv_r = 1.0 / np.maximum(np.hypot(ex, ey), np.finfo(float).tiny)
         return np.column_stack([sqrt_w * ex * inv_r, sqrt_w * ey * inv_r])
 
     from scipy.optimize import least_squares  # imported here: keeps tool start-up light
