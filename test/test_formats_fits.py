@@ -149,7 +149,7 @@ def test_appended_text_cards_are_the_ones_fitsio_writes(tmp_path):
                 if how == "write_key":
                     hdu.write_key(f"TCOMM{i}", value, " ")
                 else:
-                    _append_text_card(hdu, hdu.get_extnum() + 1, f"TCOMM{i}", value)
+                    _append_text_card(hdu._FITS, hdu.get_extnum() + 1, f"TCOMM{i}", value)
         raw = path.read_bytes()
         cards = [raw[i:i + 80] for i in range(0, len(raw), 80)]
         images[how] = [c for c in cards if not c.startswith((b"CHECKSUM", b"DATASUM"))]
