@@ -367,7 +367,8 @@ def _n_rows(columns):
 
 def _table_columns(spec):
     """The table's columns as cfitsio writes them (native byte order, strings as ASCII bytes),
-    their TFORMs, and the file's big-endian row dtype (fitsio's table definition of it)."""
+    their TFORMs, and the dtype of a row (what fitsio derives the table's definition from:
+    its TFORMs and TDIMs, and the row's width; byte order plays no part)."""
     fields, tforms, arrays = [], [], []
     for key, values in spec.columns.items():
         arr = np.asarray(values)
@@ -381,8 +382,7 @@ def _table_columns(spec):
         else:
             dt = np.dtype({"I": "i2", "J": "i4", "K": "i8", "E": "f4",
                            "D": "f8"}[tform.lstrip("0123456789")])
-        big = dt.newbyteorder(">")
-        fields.append((key, big) if arr.ndim <= 1 else (key, big, arr.shape[1:]))
+        fields.append((key, dt) if arr.ndim <= 1 else (key, dt, arr.shape[1:]))
         tforms.append(tform)
         # strings cut or padded to the width, numbers cast, as assigning into the rows would
         arrays.append(np.ascontiguousarray(arr.astype(dt, copy=False)))
