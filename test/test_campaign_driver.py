@@ -83,7 +83,7 @@ def _writing_task(plan):
     return out
 
 
-def _run_execute(tmp_path, monkeypatch, *, fail_sync=False):
+def _run_execute(tmp_path, monkeypatch, *, fail_sync=False, task=_writing_task, chunk=1, n=6):
     from distributed import Client
 
     events = []
@@ -105,7 +105,7 @@ def _run_execute(tmp_path, monkeypatch, *, fail_sync=False):
 
     monkeypatch.setattr(database.RunDatabase, "record", record)
     monkeypatch.setattr(fitsutil, "make_durable", make_durable)
-    stacks = [StackInput(f"s{i}", f"/d{i}", f"/g{i}") for i in range(6)]
+    stacks = [StackInput(f"s{i}", f"/d{i}", f"/g{i}") for i in range(n)]
     plans = [StackPlan(stack=s, folder=str(tmp_path / "camp" / s.stackid)) for s in stacks]
     log = logging.getLogger("test_campaign_driver")
     with database.RunDatabase(tmp_path / "c.sqlite") as db, \
@@ -115,7 +115,7 @@ def _run_execute(tmp_path, monkeypatch, *, fail_sync=False):
         run = db.start_run(host="h", version="v", command="c", scheduler="s")
         prog = progress.Progress(len(plans), log=log, live=False, enabled=False)
         driver._execute(client, plans, db, run, prog, io.StringIO(), window=3,
-                        task=_writing_task, flush_s=0.0, defer_sync=True)
+                        task=task, chunk=chunk, flush_s=0.0, defer_sync=True)
         states = db.states()
         rows = {r["stackid"]: r for r in db.result_rows()}
     return events, states, rows
@@ -147,3 +147,90 @@ def test_driver_records_failed_when_the_sync_fails(tmp_path, monkeypatch):
     assert {r["failed_step"] for r in rows.values()} == {"sync"}
     assert all("could not be made durable" in r["error"] for r in rows.values())
     assert all(set(ev[2]) == {"failed"} for ev in events if ev[0] == "record")
+
+
+def _breaking_task(plan):
+    """A task that fails as a whole (as when its worker dies) on stack s4, else writes."""
+    if plan.stack.stackid == "s4":
+        raise RuntimeError("the worker died")
+    return _writing_task(plan)
+
+
+_TASKS = []
+
+
+def _spied_run_chunk(task, plans):
+    """run_chunk that remembers each Dask task's stacks (module level: Dask pickles it by
+    reference, so the in-process worker appends to this module's list)."""
+    from stk_astrometry.campaign.task import run_chunk
+
+    _TASKS.append([p.stack.stackid for p in plans])
+    return run_chunk(task, plans)
+
+
+def test_chunks_run_every_stack_once_and_only_the_breaking_stack_fails(tmp_path, monkeypatch):
+    """Several stacks per Dask task: each stack recorded once, after its sync; a task that
+    fails as a whole is rerun one stack per task, so its other stacks are recorded done and
+    only the stack that broke it failed."""
+    _TASKS.clear()
+    monkeypatch.setattr(driver, "run_chunk", _spied_run_chunk)
+    tasks = _TASKS
+    events, states, rows = _run_execute(tmp_path, monkeypatch, task=_breaking_task, chunk=4,
+                                        n=20)
+    assert max(len(t) for t in tasks) == 4                # chunks were used
+    assert ["s4"] in tasks and ["s5"] in tasks            # s4's chunk rerun one per task
+    recorded = [sid for ev in events if ev[0] == "record" for sid in ev[1]]
+    assert sorted(recorded) == sorted(f"s{i}" for i in range(20))   # each exactly once
+    assert {s: st.status for s, st in states.items()} == {
+        f"s{i}": "failed" if i == 4 else "done" for i in range(20)}
+    assert rows["s4"]["failed_step"] == "task" and "the worker died" in rows["s4"]["error"]
+    synced = {p for ev in events if ev[0] == "sync" for p in ev[1]}
+    assert {str(tmp_path / "camp" / f"s{i}" / "out.txt") for i in range(20) if i != 4} <= synced
+
+
+@pytest.mark.parametrize(("n", "threads", "expected"), [
+    (30, 2, 1), (100, 2, 3), (1000, 2, 8), (10_000, 2, 8), (10_000, 200, 3), (0, 0, 1)])
+def test_chunk_size_keeps_every_thread_busy(n, threads, expected):
+    assert driver.chunk_size(n, threads) == expected
+
+
+def test_local_cluster_workers_spawn_without_profiler_or_dask_malloc_trim(monkeypatch):
+    """The LocalCluster is built where Dask's worker profiler is off and the nanny's
+    pre-spawn environment leaves glibc's malloc trimming alone (each cost the stacks CPU);
+    the numpy thread limits stay."""
+    import distributed
+    from distributed.nanny import _get_env_variables
+
+    seen = {}
+
+    class FakeCluster:
+        def __init__(self, **kwargs):
+            import dask
+
+            seen["profile"] = dask.config.get("distributed.worker.profile.enabled")
+            seen["env"] = _get_env_variables("distributed.nanny.pre-spawn-environ")
+            seen["kwargs"] = kwargs
+
+        def close(self, timeout=None):
+            seen["closed"] = True
+
+    class FakeClient:
+        def __init__(self, cluster):
+            self.cluster = cluster
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(distributed, "LocalCluster", FakeCluster)
+    monkeypatch.setattr(distributed, "Client", FakeClient)
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
+    with driver.dask_client("", 2) as (client, where):
+        assert isinstance(client, FakeClient) and where == "LocalCluster (2 worker processes)"
+    assert seen["profile"] is False
+    assert "MALLOC_TRIM_THRESHOLD_" not in seen["env"]
+    assert seen["env"]["OPENBLAS_NUM_THREADS"] == "1" and seen["env"]["OMP_NUM_THREADS"] == "1"
+    assert seen["kwargs"]["processes"] is True and seen["kwargs"]["threads_per_worker"] == 1
+    assert seen["closed"]

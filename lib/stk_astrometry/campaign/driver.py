@@ -8,7 +8,8 @@ unchanged since it finished, and whose outputs still exist, is skipped; every ot
 Execution: the default is a :class:`distributed.LocalCluster` of processes, one single-threaded
 worker per core; ``scheduler=tcp://host:port`` or a scheduler file (``*.json``) connects to an
 existing Dask cluster instead (its workers must see the same file paths).  Stacks are submitted
-in a bounded window so that memory stays flat however many stacks there are.
+in a bounded window so that memory stays flat however many stacks there are, a few stacks per
+Dask task in a large campaign (Dask's own bookkeeping costs a sixth of a stack's CPU per task).
 
 Durability (group commit): a stack's files (pairs, transform, corrected detections) appear
 atomically (temporary file + rename) whatever happens.  On a LocalCluster the workers do not
@@ -39,7 +40,7 @@ from .database import RunDatabase
 from .progress import Progress
 from .settings import StepSettings, params_digest
 from .stacks import inputs_digest, safe_name
-from .task import UPDATE_MODES, StackPlan, output_paths, run_stack
+from .task import UPDATE_MODES, StackPlan, output_paths, run_chunk, run_stack
 
 __all__ = ["CampaignSummary", "run_campaign", "write_outputs", "DB_NAME", "TABLE_NAME"]
 
@@ -184,7 +185,13 @@ def dask_client(scheduler: str, nworkers: int):
     _quiet_dask()  # after the import: distributed sets its loggers' levels when imported
 
     scheduler = (scheduler or "").strip()
+    # The LocalCluster's workers (an external cluster keeps its own settings): no
+    # statistical profiler (it samples the task thread's stack every 10 ms), and glibc's own
+    # malloc trimming, not Dask's MALLOC_TRIM_THRESHOLD_=65536 -- a stack's many small numpy
+    # arrays went back to the system and were faulted in again: 10 % more CPU per stack
     with dask.config.set({"distributed.worker.daemon": True,
+                          "distributed.worker.profile.enabled": False,
+                          "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
                           "distributed.scheduler.work-stealing": True,
                           "distributed.admin.tick.limit": "60s"}):
         if not scheduler:
@@ -258,10 +265,24 @@ def make_outcomes_durable(outcomes: list) -> None:
                 outcomes[i] = _not_durable(out, exc)
 
 
+#: most stacks in one Dask task (:func:`campaign.task.run_chunk`)
+MAX_CHUNK = 8
+
+
+def chunk_size(n_plans: int, threads: int, max_chunk: int = MAX_CHUNK) -> int:
+    """Stacks per Dask task: up to ``max_chunk``, while every worker thread still gets ~16
+    tasks (a small campaign runs one stack per task)."""
+    return max(1, min(max_chunk, n_plans // (16 * max(1, threads))))
+
+
 def _execute(client, plans, db, run_id, progress, warn_log, *, window, task=run_stack,
-             flush_s=0.5, defer_sync=False):
+             chunk=1, threads=1, flush_s=0.5, defer_sync=False):
     """Submit ``plans`` in a bounded window and record the outcomes as they arrive.
 
+    ``window`` Dask tasks are in flight at a time, each running up to ``chunk`` stacks
+    (:func:`campaign.task.run_chunk`; smaller near the end, so that the last tasks spread
+    over the ``threads`` worker threads).  A task that fails as a whole (its worker died)
+    is run again one stack per task, so only the stack that caused it is recorded failed.
     With ``defer_sync`` (workers on this machine) the workers leave their outputs' fsyncs to
     this process, which makes them durable once per database commit, before the commit.
     """
@@ -269,27 +290,30 @@ def _execute(client, plans, db, run_id, progress, warn_log, *, window, task=run_
 
     from distributed import as_completed
 
-    todo = iter(plans)
     by_key = {}
     pending_records = []
     last_flush = time.perf_counter()
+    pos = 0
 
-    def submit(n):
-        batch = []
-        for plan in todo:
-            batch.append(plan)
-            if len(batch) >= n:
-                break
-        if not batch:
+    def submit(n, retry=()):
+        nonlocal pos
+        groups = [[plan] for plan in retry]
+        while len(groups) < n and pos < len(plans):
+            k = min(chunk, max(1, (len(plans) - pos) // (4 * max(1, threads))))
+            groups.append(plans[pos:pos + k])
+            pos += k
+        if not groups:
             return []
-        db.mark_submitted([p.stack.stackid for p in batch], run_id)
+        if not retry:
+            db.mark_submitted([p.stack.stackid for g in groups for p in g], run_id)
         futs = []
-        for plan in batch:
+        for group in groups:
             if defer_sync:
-                plan = dataclasses.replace(plan, defer_sync=True)
-            fut = client.submit(task, plan, pure=False,
-                                key=f"stk_batch-{safe_name(plan.stack.stackid)}-{os.urandom(4).hex()}")
-            by_key[fut.key] = plan
+                group = [dataclasses.replace(p, defer_sync=True) for p in group]
+            key = (f"stk_batch-{safe_name(group[0].stack.stackid)}-{len(group)}-"
+                   f"{os.urandom(4).hex()}")
+            fut = client.submit(run_chunk, task, group, pure=False, key=key)
+            by_key[fut.key] = group
             futs.append(fut)
         return futs
 
@@ -308,17 +332,25 @@ def _execute(client, plans, db, run_id, progress, warn_log, *, window, task=run_
     ac = as_completed(submit(window), with_results=True, raise_errors=False)
     try:
         for fut, result in ac:
-            plan = by_key.pop(fut.key)
-            if fut.status != "finished" or not isinstance(result, dict):
+            group = by_key.pop(fut.key)
+            ok = (fut.status == "finished" and isinstance(result, list)
+                  and len(result) == len(group) and all(isinstance(r, dict) for r in result))
+            if not ok:
                 exc = result if isinstance(result, BaseException) else fut.exception()
-                result = _failed_outcome(plan, exc)
             fut.release()
-            pending_records.append(result)
-            row = result["row"]
-            failed = row["status"] == "failed"
-            progress.update(done=0 if failed else 1, failed=1 if failed else 0,
-                            qa=1 if row.get("needs_qa") and not failed else 0)
-            for f in submit(1 + max(0, window - len(by_key) - 1)):
+            if not ok and len(group) > 1:
+                for f in submit(0, retry=group):       # find the stack that broke the task
+                    ac.add(f)
+                continue
+            if not ok:
+                result = [_failed_outcome(group[0], exc)]
+            for out in result:
+                pending_records.append(out)
+                row = out["row"]
+                failed = row["status"] == "failed"
+                progress.update(done=0 if failed else 1, failed=1 if failed else 0,
+                                qa=1 if row.get("needs_qa") and not failed else 0)
+            for f in submit(max(0, window - len(by_key))):
                 ac.add(f)
             if time.perf_counter() - last_flush >= flush_s or len(pending_records) >= 1000:
                 flush()
@@ -426,7 +458,7 @@ def summary_lines(summary: CampaignSummary, *, max_failures=20) -> list[str]:
 
 def run_campaign(stacks, settings: StepSettings, *, folder, scheduler="", nworkers=0,
                  force=False, update_mode="none", detcorr=True, plots=True, verbose=1,
-                 live=None, progress_interval=10.0, window=None, command="",
+                 live=None, progress_interval=10.0, window=None, chunk=None, command="",
                  task=run_stack) -> CampaignSummary:
     """Run (or resume) a campaign and write its table and report.
 
@@ -452,7 +484,10 @@ def run_campaign(stacks, settings: StepSettings, *, folder, scheduler="", nworke
     live : bool or None
         Live progress bar (default: when standard error is a terminal).
     window : int or None
-        Stacks in flight at once (default 4 per worker thread, at least 8).
+        Dask tasks in flight at once (default 4 per worker thread, at least 8).
+    chunk : int or None
+        Stacks per Dask task (default :func:`chunk_size`: up to 8, fewer in a small
+        campaign).
     task : callable
         The per-stack task (default :func:`campaign.task.run_stack`); the benchmarks give a
         trivial one to measure the machinery alone.
@@ -502,7 +537,8 @@ def run_campaign(stacks, settings: StepSettings, *, folder, scheduler="", nworke
                     # here per database commit makes their files durable (group commit); a
                     # remote cluster's workers sync their own
                     _execute(client, plans, db, run_id, progress, warn_log,
-                             window=window or max(8, 4 * threads), task=task,
+                             window=window or max(8, 4 * threads), task=task, threads=threads,
+                             chunk=chunk or chunk_size(len(plans), threads),
                              defer_sync=not (scheduler or "").strip())
                     summary.run_s = time.perf_counter() - t_run
                 status = "finished"

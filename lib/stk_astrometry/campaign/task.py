@@ -24,7 +24,7 @@ from pathlib import Path
 
 from ..errors import StkError
 
-__all__ = ["StackPlan", "run_stack", "null_stack", "output_paths", "UPDATE_MODES"]
+__all__ = ["StackPlan", "run_stack", "run_chunk", "null_stack", "output_paths", "UPDATE_MODES"]
 
 #: stk_batch update= values: no update, copies in the campaign folder, or the products in place.
 UPDATE_MODES = ("none", "copy", "inplace")
@@ -337,6 +337,23 @@ def run_stack(plan: StackPlan) -> dict:
             "params_digest": plan.params_digest, "elapsed_s": time.perf_counter() - t_start,
             "worker": f"{socket.gethostname()}:{os.getpid()}", "steps": steps,
             "warnings": warns, "row": row, "unsynced": list(pending.paths)}
+
+
+def run_chunk(task, plans) -> list:
+    """Run ``task`` on each of ``plans`` in turn: one Dask task for a few stacks.
+
+    Dask's own cost per task (the scheduler's and the worker's bookkeeping, two messages) is
+    ~5 ms of CPU on this machine, a sixth of a stack's; the driver submits stacks in chunks
+    so that it is paid once per chunk.  ``task`` never raises for a failure of a stack, so
+    one bad stack does not touch the others of its chunk; if the whole chunk fails (its
+    worker died), the driver runs its stacks again one per task.
+
+    Returns
+    -------
+    list
+        The outcomes of ``task``, in the order of ``plans``.
+    """
+    return [task(plan) for plan in plans]
 
 
 def null_stack(plan: StackPlan) -> dict:
