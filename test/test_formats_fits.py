@@ -149,7 +149,7 @@ def test_appended_text_cards_are_the_ones_fitsio_writes(tmp_path):
                 if how == "write_key":
                     hdu.write_key(f"TCOMM{i}", value, " ")
                 else:
-                    _append_text_card(hdu, hdu.get_extnum() + 1, f"TCOMM{i}", value)
+                    _append_text_card(hdu._FITS, hdu.get_extnum() + 1, f"TCOMM{i}", value)
         raw = path.read_bytes()
         cards = [raw[i:i + 80] for i in range(0, len(raw), 80)]
         images[how] = [c for c in cards if not c.startswith((b"CHECKSUM", b"DATASUM"))]
@@ -425,11 +425,15 @@ def test_fast_writer_vector_columns_and_its_own_stamps(tmp_path):
     from stk_astrometry.formats import _fits
 
     vec = np.arange(6.0).reshape(3, 2)
-    specs = [_fits.HduSpec(None), _fits.HduSpec("T", {"v": vec, "n": np.array([1, 2, 3])})]
+    cells = np.arange(12.0).reshape(3, 2, 2)       # cells of two dimensions: fitsio's TDIMn
+    specs = [_fits.HduSpec(None), _fits.HduSpec("T", {"v": vec, "n": np.array([1, 2, 3]),
+                                                      "m": cells})]
     _fits.write_fits_fast(tmp_path / "v.fits", specs, HIST, clobber=False)
     with fits.open(tmp_path / "v.fits") as hdul:
         assert hdul["T"].columns["v"].format == "2D"
         assert hdul["T"].data["v"].tolist() == vec.tolist()
+        assert hdul["T"].header["TDIM3"] == "(2,2)" and "TDIM1" not in hdul["T"].header
+        assert hdul["T"].data["m"].tolist() == cells.tolist()
     raw = (tmp_path / "v.fits").read_bytes()
     cards = [raw[i:i + 8] for i in range(0, len(raw), 80)]
     assert cards.count(b"CREATOR ") == 2 and cards.count(b"DATE    ") == 2

@@ -365,9 +365,11 @@ def _n_rows(columns):
     return len(next(iter(columns.values()))) if columns else 0
 
 
-def _record_array(spec):
-    """The table's rows as a big-endian record array, and its TFORMs."""
-    names, dtypes, tforms, arrays = [], [], [], []
+def _table_columns(spec):
+    """The table's columns as cfitsio writes them (native byte order, strings as ASCII bytes),
+    their TFORMs, and the dtype of a row (what fitsio derives the table's definition from:
+    its TFORMs and TDIMs, and the row's width; byte order plays no part)."""
+    fields, tforms, arrays = [], [], []
     for key, values in spec.columns.items():
         arr = np.asarray(values)
         tform = column_format(arr, spec.formats.get(key))
@@ -378,16 +380,13 @@ def _record_array(spec):
         elif tform.lstrip("0123456789") == "L":
             dt = np.dtype("?")
         else:
-            dt = np.dtype({"I": ">i2", "J": ">i4", "K": ">i8", "E": ">f4",
-                           "D": ">f8"}[tform.lstrip("0123456789")])
-        names.append(key)
-        dtypes.append((key, dt) if arr.ndim <= 1 else (key, dt, arr.shape[1:]))
+            dt = np.dtype({"I": "i2", "J": "i4", "K": "i8", "E": "f4",
+                           "D": "f8"}[tform.lstrip("0123456789")])
+        fields.append((key, dt) if arr.ndim <= 1 else (key, dt, arr.shape[1:]))
         tforms.append(tform)
-        arrays.append(arr)
-    rec = np.zeros(_n_rows(spec.columns), dtype=dtypes)
-    for key, arr in zip(names, arrays, strict=True):
-        rec[key] = arr
-    return rec, tforms
+        # strings cut or padded to the width, numbers cast, as assigning into the rows would
+        arrays.append(np.ascontiguousarray(arr.astype(dt, copy=False)))
+    return arrays, tforms, np.dtype(fields)
 
 
 def _format_float(value):
@@ -489,8 +488,9 @@ def write_fits_fast(path, specs, history, *, clobber):
             # ~600 per stack.  It also keeps atomic_path's locked temporary file, which
             # fitsio's clobber=True would unlink and recreate unlocked.
             with fitsio.FITS("mem://", "rw") as fh:
-                for spec in specs:
-                    _write_one(fh, spec, history.tool, items, stacks, when, creator, records_of)
+                for ext, spec in enumerate(specs, start=1):     # the primary first
+                    _write_one(fh, ext, spec, history.tool, items, stacks, when, creator,
+                               records_of)
                 image = fh.read_raw()
             with open(tmp, "wb") as out:
                 out.write(image)
@@ -515,7 +515,17 @@ def _records_memo(history_records):
     return records
 
 
-def _write_one(fh, spec, tool, items, stacks, when, creator, history_records):
+def _write_one(fh, ext, spec, tool, items, stacks, when, creator, history_records):
+    """Append HDU number ``ext`` (1: the primary) of ``specs`` to the open ``fh``.
+
+    A table goes through fitsio's cfitsio handle ``fh._FITS`` by HDU number: fitsio's HDU
+    objects re-read a new HDU's description from cfitsio after each call that changes it,
+    and convert the rows to native byte order and back (issue 11: ~1.3 ms per stack, a
+    quarter of the pairs and transform files' cost).  The same cfitsio calls in the same
+    order: the file's bytes are those fitsio's objects write (test_formats_fits)."""
+    from fitsio.fitslib import BINARY_TBL, descr2tabledef
+
+    cfits = fh._FITS
     if spec.name is None:
         fh.write(None)
         hdu = fh[-1]
@@ -527,41 +537,43 @@ def _write_one(fh, spec, tool, items, stacks, when, creator, history_records):
         hdu.delete_key("COMMENT")
         present = {"SIMPLE", "BITPIX", "NAXIS", "EXTEND"}
     else:
-        rec, tforms = _record_array(spec)
+        arrays, tforms, rows = _table_columns(spec)
+        names, formats, dims = descr2tabledef(rows.descr)
         units = [spec.units.get(k) or "" for k in spec.columns]
-        fh.create_table_hdu(dtype=rec.dtype, extname=spec.name, units=units)
-        hdu = fh[-1]
-        if len(rec):
-            hdu.write(rec)
+        cfits.create_table_hdu(BINARY_TBL, 0, names, formats, tunit=units, tdim=dims,
+                               extname=spec.name, extver=0)
+        n_rows = _n_rows(spec.columns)
+        if n_rows:
+            cfits.write_columns(ext, list(range(len(arrays))), arrays, firstrow=1,
+                                write_bitcols=False)
         structure = (("XTENSION", "BINTABLE"), ("BITPIX", 8), ("NAXIS", 2),
-                     ("NAXIS1", rec.dtype.itemsize), ("NAXIS2", len(rec)), ("PCOUNT", 0),
+                     ("NAXIS1", rows.itemsize), ("NAXIS2", n_rows), ("PCOUNT", 0),
                      ("GCOUNT", 1), ("TFIELDS", len(spec.columns)), ("EXTNAME", spec.name))
         for key, value in structure:
-            hdu.write_key(key, value, _ASTROPY_COMMENTS[key])
+            if isinstance(value, str):
+                cfits.write_string_key(ext, key, value, _ASTROPY_COMMENTS[key])
+            else:
+                cfits.write_long_long_key(ext, key, value, _ASTROPY_COMMENTS[key])
         present = {key for key, _ in structure}
         # Two passes with the same result as one: cfitsio looks a keyword up from the last one
         # it found, so the column cards fitsio wrote are updated in header order first (short
         # look-ups), then the new TCOMMn/TUCDn cards are appended in their order (issue 11:
         # interleaved, every update searched the whole header, ~40 % of a pairs file's write).
-        ext = hdu.get_extnum() + 1
-        write_string_key = hdu._FITS.write_string_key     # what hdu.write_key calls for str
         for i, (key, tform) in enumerate(zip(spec.columns, tforms, strict=True), start=1):
-            write_string_key(ext, f"TTYPE{i}", key, " ")  # " ": no comment, as astropy writes
-            write_string_key(ext, f"TFORM{i}", tform, " ")
+            cfits.write_string_key(ext, f"TTYPE{i}", key, " ")  # " ": no comment, as astropy
+            cfits.write_string_key(ext, f"TFORM{i}", tform, " ")
             present |= {f"TTYPE{i}", f"TFORM{i}"}
             if spec.units.get(key):
-                write_string_key(ext, f"TUNIT{i}", spec.units[key], " ")
+                cfits.write_string_key(ext, f"TUNIT{i}", spec.units[key], " ")
                 present.add(f"TUNIT{i}")
         for i, key in enumerate(spec.columns, start=1):
             desc, ucd = spec.column_info.get(key, ("", ""))
             if desc:
-                _append_text_card(hdu, ext, f"TCOMM{i}", desc)
+                _append_text_card(cfits, ext, f"TCOMM{i}", desc)
                 present.add(f"TCOMM{i}")
             if ucd:
-                _append_text_card(hdu, ext, f"TUCD{i}", ucd)
+                _append_text_card(cfits, ext, f"TUCD{i}", ucd)
                 present.add(f"TUCD{i}")
-        hdu._cached_info = None     # as hdu.write_key leaves it
-    ext = hdu.get_extnum() + 1
     # copied cards, then this HDU's keywords (long names the CXC way), then the stamps
     cards = [c for c in spec.cards if c[0] not in present]
     dtype_n = max([int(m.group(1)) for c in cards if (m := _DTYPE.match(c[0]))], default=0)
@@ -608,32 +620,33 @@ def _write_one(fh, spec, tool, items, stacks, when, creator, history_records):
     if "HISTNUM" not in seen:
         final.append(("HISTNUM", histnum, "Number of HISTORY records"))
     for name, value, comment in final:
-        _write_card(hdu, ext, name, value, comment)
+        _write_card(cfits, ext, name, value, comment)
     for rec in records:
-        hdu._FITS.write_record(ext, f"HISTORY {rec}")
-    hdu.write_checksum()
+        cfits.write_record(ext, f"HISTORY {rec}")
+    cfits.write_checksum(ext)
 
 
-def _append_text_card(hdu, ext, name, value):
-    """Append the new keyword ``name`` with a string value and a blank comment: the card that
-    ``hdu.write_key(name, value, " ")`` writes (test_formats checks it byte for byte), without
-    cfitsio's look-up of ``name`` in the whole header first.  Values cfitsio would write
-    differently (empty, quotes, 65 characters and more: its long-string convention, not
-    printable ASCII) go through fitsio."""
+def _append_text_card(cfits, ext, name, value):
+    """Append the new keyword ``name`` with a string value and a blank comment to HDU number
+    ``ext`` of fitsio's cfitsio handle ``cfits``: the card that ``hdu.write_key(name, value,
+    " ")`` writes (test_formats checks it byte for byte), without cfitsio's look-up of
+    ``name`` in the whole header first.  Values cfitsio would write differently (empty,
+    quotes, 65 characters and more: its long-string convention, not printable ASCII) go
+    through cfitsio's own string keyword writer."""
     if (len(name) <= 8 and 0 < len(value) <= _CFITSIO_SHORT_STRING and "'" not in value
             and value.isascii() and value.isprintable()):
-        hdu._FITS.write_record(ext, format_card(name, value, " "))
+        cfits.write_record(ext, format_card(name, value, " "))
     else:
-        hdu.write_key(name, value, " ")
+        cfits.write_string_key(ext, name, value, " ")
 
 
 # the longest string value cfitsio writes on one card (longer: CONTINUE cards)
 _CFITSIO_SHORT_STRING = 64
 
 
-def _write_card(hdu, ext, name, value, comment):
+def _write_card(cfits, ext, name, value, comment):
     image = format_card(name, value, comment)
     # fitsio has no public call that writes a card image as given; its key writers format
     # floats with 15 digits, which would not read back as the value written
     for i in range(0, len(image), 80):
-        hdu._FITS.write_record(ext, image[i:i + 80])
+        cfits.write_record(ext, image[i:i + 80])
