@@ -374,6 +374,56 @@ def test_window_on_a_pair_edge_settles_instead_of_cycling():
     assert (again.d_xi, again.d_eta) == (fit.d_xi, fit.d_eta)
 
 
+def test_a_window_that_comes_back_is_not_fitted_again(monkeypatch):
+    """The cycle stack: EM on its 42 pairs moves the shift so that the edge pair drops out, EM
+    on the other 41 moves it back so that the pair is in again.  That window is not fitted a
+    second time: the pair that flipped is left out at once and EM runs on the 41 again -- three
+    EM runs, whose iterations are the fit's count."""
+    from stk_astrometry import mixture
+
+    fit_window = mixture._fit_window
+    runs = []
+
+    def spy(prob, idx, *args, **kwargs):
+        out = fit_window(prob, idx, *args, **kwargs)
+        runs.append((frozenset(idx.tolist()), out[3]))
+        return out
+
+    monkeypatch.setattr(mixture, "_fit_window", spy)
+    det, dx, dy, cov, kw = _window_cycle_stack()
+    fit = fit_mixture(det, dx, dy, cov, **kw)
+    windows = [w for w, _ in runs]
+    assert [len(w) for w in windows] == [42, 41, 41] and windows[1] == windows[2]
+    assert fit.n_iter == sum(it for _, it in runs) and fit.converged
+
+
+def test_a_pair_left_out_by_a_window_cycle_stays_out_through_a_second_cycle():
+    """The cycle stack and one more detection with two candidates in the same direction from
+    the shift: a close one with a 0.18" error, 0.29" from the shift, and a 1" one put on the
+    edge of the window the first cycle shrank.  That candidate takes membership from the close
+    one when it is in the window, which moves the shift so that it falls out, and back: a
+    second cycle, after the first.  The pair the first cycle left out stays out: the window
+    ends shrunk past both (two edge pairs, neither in the fit)."""
+    det, dx, dy, cov, kw = _window_cycle_stack()
+    u = np.array([np.cos(0.26), np.sin(0.26)])
+    near = np.array([0.5, -0.42]) + 0.29 * u
+    circle = [pair_covariance([sig * R95_PER_SIGMA], [sig * R95_PER_SIGMA], [0.0])
+              for sig in (0.18, 1.0)]
+    new = det.max() + 1
+    first = fit_mixture(np.r_[det, new], np.r_[dx, near[0]], np.r_[dy, near[1]],
+                        np.concatenate([cov, circle[0]]), **kw)
+    assert "leave out 1 pair(s) on its edge" in first.message
+    s = np.array([first.d_xi, first.d_eta])
+    edge_pair = s + first.window_radius_arcsec * (1 - 1e-5) * u
+    dx, dy = np.r_[dx, near[0], edge_pair[0]], np.r_[dy, near[1], edge_pair[1]]
+    fit = fit_mixture(np.r_[det, new, new], dx, dy, np.concatenate([cov, *circle]), **kw)
+    assert fit.converged and "leave out 2 pair(s) on its edge" in fit.message, fit.message
+    first_out = np.flatnonzero(first.membership[:-1] == 0)
+    dist = np.hypot(dx - fit.d_xi, dy - fit.d_eta)
+    assert np.all(fit.membership[first_out] == 0) and fit.membership[-1] == 0
+    assert np.all(dist[first_out] > fit.window_radius_arcsec)
+
+
 # ---------------------------------------------------------------------------------------------
 # Ambiguous matches
 
@@ -989,6 +1039,31 @@ def test_start_search_picks_the_exhaustive_grids_start(case, prior):
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-9)
 
 
+def test_start_search_finds_a_narrow_cluster_between_the_grids_nodes():
+    """Three pairs with 0.015" errors at (-1.09, 1.11), 0.13" from the nearest grid nodes,
+    among four groups of three pairs with 0.3" errors: on the unsmoothed grid the narrow
+    cluster is invisible (its density at a node is ~e^-35 of its peak); the grid smoothed by
+    the step squared (each error widened to ~0.2") shows it among the broad groups, and its
+    mode is the start score's best -- the start, as a 0.01" grid over the circle finds it."""
+    from stk_astrometry.mixture import _Problem, _score, _start_by_grid
+
+    d = np.array([[-1.099, 1.099], [-1.078, 1.102], [-1.091, 1.13], [-0.482, 0.459],
+                  [-1.3, 0.138], [-1.031, 0.171], [1.724, 1.199], [1.611, 1.465], [1.381, 1.453],
+                  [0.4, -0.301], [1.18, -1.074], [0.758, -0.868], [0.17, -1.52], [-1.02, -1.88],
+                  [-0.707, -1.299]])
+    sig = np.r_[np.full(3, 0.015), np.full(12, 0.297)]
+    prob = _Problem(np.arange(15), d[:, 0], d[:, 1], sig[:, None, None] ** 2 * np.eye(2), 0.0,
+                    R, 5.0)
+    start = _start_by_grid(prob, None)
+    g = np.arange(-R, R + 0.005, 0.01)
+    gx, gy = np.meshgrid(g, g, indexing="ij")
+    inside = np.hypot(gx, gy) < R - 0.2
+    nodes = np.stack([gx[inside], gy[inside]], axis=1)
+    best = nodes[np.argmax(_score(prob, nodes, 0.05 / (np.pi * R**2), 0.0))]
+    assert np.all(np.abs(start - best) < 0.01)
+    assert np.hypot(*(start - d[:3].mean(axis=0))) < 0.02
+
+
 @pytest.mark.parametrize("far", [(2.65, 0.0), (0.0, 2.65)])
 def test_start_search_finds_the_best_mode_on_the_rim_of_its_grid(far):
     # the better of two basins lies on the grid's last usable nodes (next to the nodes outside
@@ -1368,6 +1443,69 @@ def test_error_model_step_with_small_stated_errors(monkeypatch):
     np.testing.assert_allclose(got, res.x, rtol=1e-6)
 
 
+def test_error_model_step_from_a_start_where_the_curvature_is_no_information(monkeypatch):
+    """Three pairs whose offsets make the observed information at the start (k, sigma_sys) =
+    (1, 0.5") negative definite (its off-diagonal term positive): Newton's step would go
+    downhill there, so the M step takes Fisher's expected information instead -- and still
+    ends at the likelihood's maximum (the prior left out, as above)."""
+    from types import SimpleNamespace
+
+    from stk_astrometry import mixture
+    from stk_astrometry.mixture import _fit_error_model
+
+    monkeypatch.setattr(mixture, "_CAL_PRIOR", None)
+    var = np.array([0.015, 0.542, 0.21])                 # circular stated errors, arcsec^2
+    stated = var[:, None, None] * np.eye(2)
+    e = np.array([[-0.09, -0.409], [0.46, -0.538], [0.453, 0.664]])
+    r = np.ones(3)
+    # the observed information in (A, B) = (k^2, sigma_sys^2) at the start, per axis
+    v = var[:, None] + 0.25
+    h = (e**2 / v - 0.5) / v**2
+    lam = np.repeat(var[:, None], 2, axis=1)
+    info = np.array([[(h * lam * lam).sum(), (h * lam).sum()], [(h * lam).sum(), h.sum()]])
+    assert np.all(np.linalg.eigvalsh(info) < 0) and info[0, 1] > 0
+    got = _fit_error_model(SimpleNamespace(d=e), stated,
+                           SimpleNamespace(idx=np.arange(3), r=r, s=np.zeros(2)), 1.0, 0.5, 0.0)
+    np.testing.assert_allclose(got, _error_model_maximum(stated, e, r, 0.0, [0.5, 0.1]),
+                               rtol=1e-5)
+
+
+@pytest.mark.parametrize(("seed", "case", "start", "want"), [
+    (16, dict(n=20, scale=1.69, floor=1.72, errs=(0.000124, 0.0471)), (4.12, 0.133), (0.1, None)),
+    (2929, dict(n=53, scale=0.118, floor=0.0, errs=(0.000691, 1.17)), (0.177, 1.19), (None, 0.0)),
+    (216, dict(n=8, scale=26.68, floor=0.0, errs=(0.0761, 1.477)), (0.868, 0.0957), (10.0, 3.0)),
+], ids=["scale-pulled-back-from-10", "scale-pulled-up-from-0.1", "floor-pulled-up-from-0"])
+def test_error_model_step_frees_a_parameter_its_gradient_pulls_off_its_bound(
+        seed, case, start, want, monkeypatch):
+    """On the way to the maximum one parameter reaches a bound where its own gradient then
+    points back inside (the scale at 10 or at 0.1 while the floor's gradient points the other
+    way; the floor at 0 with a gradient under 1): it is free again, and the step ends at the
+    likelihood's maximum (the prior left out), not where the parameter touched the bound."""
+    from stk_astrometry import mixture
+    from stk_astrometry.mixture import _fit_error_model
+
+    monkeypatch.setattr(mixture, "_CAL_PRIOR", None)
+    kw = {k: v for k, v in case.items() if k != "n"}
+    stated, e, r, prob, st = _error_model_case(np.random.default_rng(seed), case["n"], **kw)
+    got = np.array(_fit_error_model(prob, stated, st, *start, 0.0))
+    assert all(w is None or g == w for g, w in zip(got, want, strict=True))
+    ref = _error_model_maximum(stated, e, r, 0.0, got**2 * [1.1, 1.0] + [0.0, 1e-4])
+    np.testing.assert_allclose(got, ref, rtol=1e-5)
+
+
+def test_error_model_step_leaves_the_scale_to_the_prior_when_every_variance_is_floored():
+    """Stated errors of 0.1-0.3 mas (k^2 times them stays under MIN_SIGMA_ARCSEC^2 for every
+    scale in range): every pair's variance is floored, so the likelihood says nothing about
+    k or sigma_sys -- the M step ends where the error model's prior puts them, k = 1 and no
+    floor."""
+    from stk_astrometry.mixture import _fit_error_model
+
+    stated, e, r, prob, st = _error_model_case(np.random.default_rng(SEED + 57), 20, scale=0.25,
+                                               floor=0.0, errs=(1e-4, 3e-4))
+    k, floor = _fit_error_model(prob, stated, st, 1.0, 0.5, 0.0)
+    assert k == pytest.approx(1.0, abs=1e-3) and floor < 1e-3
+
+
 def test_error_model_scale_stops_at_its_range(monkeypatch):
     # stated errors 30x the scatter: the scale stops at its lower end, 0.1; 30x too small: at 10
     # (the likelihood alone: with the prior a floor explains the second case at k ~1)
@@ -1612,6 +1750,36 @@ def test_error_model_terms_hold_a_floored_variance_fixed():
     np.testing.assert_allclose(h2, [[-1.0 / tau_k**2, 0.0], [0.0, 0.0]], rtol=1e-14)
 
 
+def test_error_model_terms_with_one_principal_variance_floored_are_exact():
+    """Stated ellipses with no width (a 0.4" major axis, a zero minor one) and sigma_sys^2 below
+    MIN_SIGMA_ARCSEC^2: each pair's minor variance is floored (fixed), its major one moves
+    with k and sigma_sys.  The gradient and Hessian are still the derivatives of the value --
+    the window mass's too (a 0.6" window: P_j depends on the major variance)."""
+    from types import SimpleNamespace
+
+    from stk_astrometry.mixture import _error_model_terms, _Problem
+
+    rng = np.random.default_rng(SEED + 334)
+    n = 8
+    ang = rng.uniform(0, np.pi, n)
+    u = np.stack([np.cos(ang), np.sin(ang)], axis=1)
+    stated = 0.16 * np.einsum("ni,nj->nij", u, u)
+    d = u * rng.normal(0, 0.4, (n, 1))
+    prob = _Problem(np.arange(n), d[:, 0], d[:, 1], stated + np.eye(2) * 1e-6, 1e-2, R, 5.0)
+    st = SimpleNamespace(idx=np.arange(n), s=np.zeros(2), q=0.7, r_w=0.6)
+    terms = _error_model_terms(prob, stated, st, 0.0)
+    for x in ([0.1, 3e-7], [-0.3, 5e-7]):
+        x = np.array(x)
+        f, grad, hess = terms(x)
+        steps = np.array([1e-5, 1e-9])
+        for i in range(2):
+            e = np.eye(2)[i] * steps[i]
+            up, down = terms(x + e), terms(x - e)
+            assert grad[i] == pytest.approx((up[0] - down[0]) / (2 * steps[i]), rel=1e-5)
+            np.testing.assert_allclose(hess[i], (up[1] - down[1]) / (2 * steps[i]), rtol=1e-4,
+                                       atol=1e-6 * np.max(np.abs(hess)))
+
+
 def test_polished_error_model_is_the_finite_difference_newtons_maximum(monkeypatch):
     # the same maximum as the finite-difference Newton it replaced (which stops within ~1e-6
     # of it), and a tighter one: the Newton step left is under 1e-8
@@ -1657,6 +1825,82 @@ def test_polish_holds_the_scale_on_its_upper_bound_and_maximises_the_floor(monke
         assert got[0] == pytest.approx(mixture._CAL_SCALE_RANGE[1], rel=1e-12)
         assert grad[0] > 0                                  # pushing against the bound
         assert hess[1, 1] < 0 and abs(grad[1] / hess[1, 1]) < 1e-8
+
+
+def test_the_calibrated_floor_stops_at_its_three_arcsec_bound(monkeypatch):
+    """600 detections scattered 5" about the shift, stated errors of 0.01-0.02" (ten times
+    those is still nothing): the likelihood wants a floor of ~5", beyond _CAL_MAX_FLOOR, and
+    outweighs the floor's prior -- the fitted floor is the bound, 3", no more and no less;
+    and the polish, started below the bound, steps up to it and not past it."""
+    from stk_astrometry import mixture
+
+    calls, polish = _record_polish_calls(monkeypatch)
+    rng = np.random.default_rng(SEED + 15)
+    n = 600
+    r95 = rng.uniform(0.01, 0.02, n) * R95_PER_SIGMA
+    d = rng.normal(size=(n, 2)) * 5.0
+    fit = fit_mixture(np.arange(n), d[:, 0], d[:, 1], pair_covariance(r95, r95, np.zeros(n)),
+                      density_per_arcmin2=0.0, match_radius_arcsec=30.0, calibrate=True)
+    assert fit.calibrated and "stated errors kept" not in fit.message, fit.message
+    assert fit.sys_floor == mixture._CAL_MAX_FLOOR == 3.0
+    prob, stated, st, scale, _, min_floor = calls[-1]
+    for start in (1.0, 2.0, 2.9):
+        assert polish(prob, stated, st, scale, start, min_floor)[1] == 3.0
+
+
+def _rings(groups):
+    """A polish problem built by design: for each (n, l, u2) of ``groups``, n pairs with the
+    circular stated variance l (arcsec^2) at the distance sqrt(u2) from the shift (0, 0), at
+    evenly spread angles; no chance matches (q = 1), a 30" window holding every pair's mass.
+    The log likelihood's derivatives in (A, B) = (k^2, sigma_sys^2) then follow from each
+    ring's sum -1/v + u2 / 2v^2 (v = A l + B): the offsets are chosen to set them."""
+    from types import SimpleNamespace
+
+    from stk_astrometry.mixture import _Problem
+
+    d, var = [], []
+    for i, (n, var_i, u2) in enumerate(groups):
+        ang = 2 * np.pi * np.arange(n) / n + 0.3 * i
+        d.append(np.sqrt(u2) * np.stack([np.cos(ang), np.sin(ang)], axis=1))
+        var.append(np.full(n, var_i))
+    d, var = np.concatenate(d), np.concatenate(var)
+    stated = var[:, None, None] * np.eye(2)
+    n = var.size
+    prob = _Problem(np.arange(n), d[:, 0], d[:, 1], stated, 0.0, 30.0, 50.0)
+    return prob, stated, SimpleNamespace(idx=np.arange(n), s=np.zeros(2), q=1.0, r_w=30.0)
+
+
+def test_polish_frees_a_floor_on_its_lower_bound_that_the_likelihood_pulls_up_weakly():
+    """At (k, sigma_sys) = (1, 0) the scale is at its maximum and the floor's gradient, prior
+    included, is +0.48: small, but pointing inside.  The polish frees the floor and ends at
+    the maximum (the Newton step left is nil), a floor of ~0.2", not 0."""
+    from stk_astrometry.mixture import _error_model_terms, _polish_error_model
+
+    prob, stated, st = _rings([(10, 1.0, 0.486), (10, 0.25, 0.8784)])
+    terms = _error_model_terms(prob, stated, st, 0.0)
+    _, grad, _ = terms(np.zeros(2))
+    assert abs(grad[0]) < 0.01 and 0 < grad[1] < 1
+    k, floor = _polish_error_model(prob, stated, st, 1.0, 0.0, 0.0)
+    assert floor > 0.1
+    _, grad, hess = terms(np.array([np.log(k), floor**2]))
+    step = np.linalg.solve(hess, grad)
+    assert np.all(np.abs(step) < 1e-8)
+
+
+def test_polish_holds_a_floor_on_its_upper_bound_that_the_likelihood_pushes_out_weakly():
+    """With the floor at its 3" bound the likelihood, prior included, would take it further
+    (its gradient +0.5 there: small): the floor stays on the bound and the scale is the
+    one-dimensional maximum at that floor, from any start (the Newton step left in k is nil)
+    -- not the point where a joint step, clipped at the bound, stops gaining."""
+    from stk_astrometry.mixture import _error_model_terms, _polish_error_model
+
+    prob, stated, st = _rings([(100, 1.0, 4.86), (10, 0.25, 536.84)])
+    terms = _error_model_terms(prob, stated, st, 0.0)
+    for k0 in (0.7, 1.3, 2.0):
+        k, floor = _polish_error_model(prob, stated, st, k0, 3.0, 0.0)
+        _, grad, hess = terms(np.array([np.log(k), floor**2]))
+        assert floor == 3.0 and 0 < grad[1] < 1
+        assert abs(grad[0] / hess[0, 0]) < 1e-10
 
 
 def test_errors_stated_fifty_times_too_large_calibrate_to_the_ranges_corner():
@@ -2590,6 +2834,72 @@ def test_a_calibration_that_loses_its_window_keeps_the_stated_errors_fit(monkeyp
     assert (fit.d_xi, fit.d_eta) == (stated.d_xi, stated.d_eta)
     assert (fit.err_scale, fit.sys_floor) == (1.0, 0.0)
     assert "stated errors kept" in fit.message
+
+
+def _pulled_out_of_the_circle(n_side, *, minor=1.0, major=3.0):
+    """Pairs at (2, 2) with their error ellipses' major axes along (-1, 1), pairs at (-2, 2)
+    with theirs along (1, 1) (3" x 1" 1-sigma): inside the 3" match circle, but the shift they
+    support best -- where the two major axes cross -- is (0, 3.6), outside it (the inverse
+    covariance weighted mean of such ellipses need not lie among the offsets)."""
+    rng = np.random.default_rng(SEED + 77)
+    d, cov = [], []
+    for _ in range(n_side):
+        for x, angle in ((2.0, 135.0), (-2.0, 45.0)):
+            t = np.deg2rad(angle)
+            u, v = np.array([np.cos(t), np.sin(t)]), np.array([-np.sin(t), np.cos(t)])
+            d.append(np.array([x, 2.0]) + rng.normal(0, 0.01, 2))
+            cov.append(major**2 * np.outer(u, u) + minor**2 * np.outer(v, v))
+    d = np.array(d)
+    return np.arange(len(d)), d[:, 0], d[:, 1], np.array(cov)
+
+
+def test_a_shift_that_leaves_the_match_circle_is_reported_with_its_last_windows_likelihood():
+    """EM from (0, 0) on the whole circle moves the shift to (0, 3.6), where no window is left:
+    the fit stops there, not converged and saying why, and reports the likelihood and the
+    memberships of the pairs it was fitted on -- its last window, the whole 3" circle, with
+    that window's chance count rho pi R^2 and masses P_j."""
+    det, dx, dy, cov = _pulled_out_of_the_circle(4)
+    dens = 20.0
+    fit = fit_mixture(det, dx, dy, cov, density_per_arcmin2=dens, match_radius_arcsec=R,
+                      x0=(0.0, 0.0))
+    assert not fit.converged and np.hypot(fit.d_xi, fit.d_eta) > R
+    assert "arcsec leaves no window inside the match radius" in fit.message
+    s, q, rho = np.array([fit.d_xi, fit.d_eta]), fit.q, dens / 3600.0
+    e = np.stack([dx, dy], axis=1) - s
+    n_k = np.exp(-0.5 * np.einsum("ni,nij,nj->n", e, np.linalg.inv(cov), e)) / (
+        2 * np.pi * np.sqrt(np.linalg.det(cov)))
+    p_j = disk_probability(cov, R)              # one candidate per detection
+    num = rho * (1 - q * p_j) + q * n_k
+    den = 1 - np.exp(-rho * np.pi * R**2) * (1 - q * p_j)
+    np.testing.assert_allclose(fit.log_likelihood, np.sum(np.log(num) - np.log(den)), rtol=1e-10)
+    np.testing.assert_allclose(fit.membership, q * n_k / num, rtol=1e-8)
+
+
+def test_a_calibration_from_a_shift_outside_the_match_circle_keeps_the_stated_errors():
+    """The stated errors' fit ends outside the match circle (above): the calibration's own fit
+    from there has no window, so no error model is fitted -- the result is the stated errors'
+    fit, with its EM iterations, and no exception."""
+    det, dx, dy, cov = _pulled_out_of_the_circle(4)
+    kw = dict(density_per_arcmin2=2.0, match_radius_arcsec=R, x0=(0.0, 0.0))
+    stated = fit_mixture(det, dx, dy, cov, **kw)
+    fit = fit_mixture(det, dx, dy, cov, calibrate=True, **kw)
+    assert stated.n_eff >= 6 and np.hypot(stated.d_xi, stated.d_eta) > R
+    assert (fit.d_xi, fit.d_eta, fit.n_eff) == (stated.d_xi, stated.d_eta, stated.n_eff)
+    assert (fit.err_scale, fit.sys_floor) == (1.0, 0.0) and "stated errors kept" in fit.message
+    np.testing.assert_array_equal(fit.cov, stated.cov)
+    assert fit.n_iter == stated.n_iter and not fit.converged
+
+
+def test_errors_not_calibrated_says_how_many_effective_matches_the_fit_has():
+    """Below six effective true matches the errors are not calibrated, and the message gives
+    the fit's count -- here under one (two pairs in a dense field whose shift leaves the match
+    circle: the calibration's own fit has no window to count on)."""
+    det, dx, dy, cov = _pulled_out_of_the_circle(1)
+    fit = fit_mixture(det, dx, dy, cov, density_per_arcmin2=300.0, match_radius_arcsec=R,
+                      x0=(0.0, 0.0), calibrate=True)
+    assert fit.n_eff < 0.95
+    assert f"errors not calibrated: {fit.n_eff:.1f} effective true matches < 6" in fit.message
+    assert not fit.calibrated and (fit.err_scale, fit.sys_floor) == (1.0, 0.0)
 
 
 @pytest.mark.parametrize("seed", [49, 107])
