@@ -234,3 +234,57 @@ def test_local_cluster_workers_spawn_without_profiler_or_dask_malloc_trim(monkey
     assert seen["env"]["OPENBLAS_NUM_THREADS"] == "1" and seen["env"]["OMP_NUM_THREADS"] == "1"
     assert seen["kwargs"]["processes"] is True and seen["kwargs"]["threads_per_worker"] == 1
     assert seen["closed"]
+
+
+def test_help_page_gives_the_local_workers_dask_settings_for_a_separate_cluster():
+    """The Dask configuration file in the stk_batch help (DASK CLUSTERS) holds exactly the
+    settings the LocalCluster's workers get (driver.WORKER_CONFIG)."""
+    import textwrap
+
+    import yaml
+
+    text = (Path(__file__).resolve().parents[1] / "share" / "doc" / "stk_batch.txt").read_text()
+    lines = text.splitlines()
+    start = next(i for i, ln in enumerate(lines) if ln.strip() == "distributed:")
+    indent = len(lines[start]) - len(lines[start].lstrip())
+    block = [lines[start]]
+    for ln in lines[start + 1:]:
+        if ln.strip() and len(ln) - len(ln.lstrip()) <= indent:
+            break
+        block.append(ln)
+    tree = yaml.safe_load(textwrap.dedent("\n".join(block)))
+    flat = {}
+
+    def walk(node, prefix):
+        for key, value in node.items():
+            if isinstance(value, dict):
+                walk(value, f"{prefix}{key}.")
+            else:
+                flat[f"{prefix}{key}"] = value
+
+    walk(tree, "")
+    assert flat == driver.WORKER_CONFIG
+
+
+def test_a_chunk_on_a_remote_worker_syncs_its_stacks_files_once_before_returning(
+        tmp_path, synclog):
+    """Without defer_sync (a remote cluster's worker) a chunk is one group commit: one
+    make_durable of every stack's file at the chunk's end, none per stack; with defer_sync
+    nothing is synced and each outcome lists its own stack's file for the driver."""
+    from stk_astrometry.campaign.task import run_chunk
+
+    stacks = [StackInput(f"s{i}", f"/d{i}", f"/g{i}") for i in range(3)]
+    files = [str(tmp_path / "camp" / s.stackid / "out.txt") for s in stacks]
+
+    plans = [StackPlan(stack=s, folder=str(tmp_path / "camp" / s.stackid)) for s in stacks]
+    outs = run_chunk(_writing_task, plans)
+    assert [o["stackid"] for o in outs] == ["s0", "s1", "s2"]
+    assert [c for c in synclog if c[0] == "make_durable"] == [("make_durable", files)]
+    assert all(o["unsynced"] == [] for o in outs)
+
+    synclog.clear()
+    deferred = [StackPlan(stack=s, folder=p.folder, defer_sync=True)
+                for s, p in zip(stacks, plans, strict=True)]
+    outs = run_chunk(_writing_task, deferred)
+    assert [c for c in synclog if c[0] in ("make_durable", "fsync")] == []
+    assert [o["unsynced"] for o in outs] == [[f] for f in files]

@@ -164,8 +164,26 @@ def tables_equal(a, b):
     return True, ""
 
 
+def worker_config_file(path):
+    """The Dask configuration file the stk_batch help gives for a separately started
+    cluster's workers: the LocalCluster's worker settings (``driver.WORKER_CONFIG``)."""
+    import yaml
+    from stk_astrometry.campaign.driver import WORKER_CONFIG
+
+    tree = {}
+    for key, value in WORKER_CONFIG.items():
+        *parents, leaf = key.split(".")
+        node = tree
+        for name in parents:
+            node = node.setdefault(name, {})
+        node[leaf] = value
+    Path(path).write_text(yaml.safe_dump(tree))
+    return path
+
+
 class ExternalCluster:
-    """``dask scheduler`` and ``dask worker`` (one process per core, one thread each)."""
+    """``dask scheduler`` and ``dask worker`` (one process per core, one thread each), with
+    the Dask configuration file of the stk_batch help (``DASK_CONFIG``)."""
 
     def __init__(self, folder):
         self.folder = Path(folder)
@@ -178,10 +196,11 @@ class ExternalCluster:
         dask = str(Path(sys.executable).parent / "dask")
         self.log = open(self.folder / "dask.log", "w")  # noqa: SIM115 - closed in __exit__
         self.address = f"tcp://127.0.0.1:{port}"
+        env = dict(_env(), DASK_CONFIG=str(worker_config_file(self.folder / "stk_batch.yaml")))
         sf = self.folder / "scheduler.json"
         self.procs.append(subprocess.Popen(
             [dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard",
-             "--scheduler-file", str(sf)], stdout=self.log, stderr=self.log, env=_env()))
+             "--scheduler-file", str(sf)], stdout=self.log, stderr=self.log, env=env))
         deadline = time.time() + 60
         while not sf.exists():
             if time.time() > deadline:
@@ -189,7 +208,7 @@ class ExternalCluster:
             time.sleep(0.2)
         self.procs.append(subprocess.Popen(
             [dask, "worker", self.address, "--nworkers", str(os.cpu_count() or 1), "--nthreads",
-             "1", "--no-dashboard"], stdout=self.log, stderr=self.log, env=_env()))
+             "1", "--no-dashboard"], stdout=self.log, stderr=self.log, env=env))
         from distributed import Client
 
         with Client(self.address, timeout="30s") as c:

@@ -176,6 +176,15 @@ def _quiet_dask():
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
+#: Dask settings of the LocalCluster's workers (an external cluster keeps its own; the help
+#: page gives these as a Dask configuration file for one): no statistical profiler (it samples
+#: the task thread's stack every 10 ms), and glibc's own malloc trimming, not the nanny's
+#: MALLOC_TRIM_THRESHOLD_=65536 -- a stack's many small numpy buffers went back to the system
+#: and were faulted in again, 10 % more CPU per stack.
+WORKER_CONFIG = {"distributed.worker.profile.enabled": False,
+                 "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
+
+
 @contextlib.contextmanager
 def dask_client(scheduler: str, nworkers: int):
     """A connected ``distributed.Client``: a fresh LocalCluster, or the given scheduler."""
@@ -185,13 +194,7 @@ def dask_client(scheduler: str, nworkers: int):
     _quiet_dask()  # after the import: distributed sets its loggers' levels when imported
 
     scheduler = (scheduler or "").strip()
-    # The LocalCluster's workers (an external cluster keeps its own settings): no
-    # statistical profiler (it samples the task thread's stack every 10 ms), and glibc's own
-    # malloc trimming, not Dask's MALLOC_TRIM_THRESHOLD_=65536 -- a stack's many small numpy
-    # arrays went back to the system and were faulted in again: 10 % more CPU per stack
-    with dask.config.set({"distributed.worker.daemon": True,
-                          "distributed.worker.profile.enabled": False,
-                          "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
+    with dask.config.set({"distributed.worker.daemon": True, **WORKER_CONFIG,
                           "distributed.scheduler.work-stealing": True,
                           "distributed.admin.tick.limit": "60s"}):
         if not scheduler:

@@ -348,12 +348,26 @@ def run_chunk(task, plans) -> list:
     one bad stack does not touch the others of its chunk; if the whole chunk fails (its
     worker died), the driver runs its stacks again one per task.
 
+    Plans that leave their syncs to the driver (``defer_sync``) run as they are.  Otherwise
+    (a remote cluster's worker) the chunk is one group commit: its stacks' files are made
+    durable together at the chunk's end, before any outcome goes back -- one ``syncfs`` per
+    chunk instead of one per stack.  If that sync fails the task fails, and the driver runs
+    the stacks again one per task, each syncing its own files.
+
     Returns
     -------
     list
         The outcomes of ``task``, in the order of ``plans``.
     """
-    return [task(plan) for plan in plans]
+    from ..fitsutil import deferred_durability
+
+    if len(plans) < 2 or any(plan.defer_sync for plan in plans):
+        return [task(plan) for plan in plans]
+    with deferred_durability(sync=True):     # each stack's own block joins this one
+        outcomes = [task(plan) for plan in plans]
+    for out in outcomes:
+        out["unsynced"] = []                 # durable now: synced at the block's end
+    return outcomes
 
 
 def null_stack(plan: StackPlan) -> dict:
