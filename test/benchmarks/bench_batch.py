@@ -9,7 +9,9 @@ Tables:
    0.5-50 per arcmin^2, ALLWISE; default N = 10,000) end to end through the default
    LocalCluster (target: >= 85 stacks/s wall including the database and the table, i.e.
    10,000 in under 2 minutes), and through a separately started ``dask scheduler`` + ``dask
-   worker`` (target: within 1.3x of the LocalCluster's wall time, same table);
+   worker`` (target: within 1.3x of the LocalCluster's wall time, same table); beside them the
+   CPU per stack of the steps alone (``run_stack`` in one process on 200 of the stacks: no
+   Dask, no database), the ceiling that bounds the rate whatever the campaign machinery does;
 3. ``kill -9`` of the driver at random moments (20 times), then a resume to the end: every
    stack recorded exactly once, the results table equal to the uninterrupted run's (all
    columns but timings and attempts).
@@ -115,6 +117,46 @@ def null_table(folder, n):
     path.write_text("stackid,detfile,gaiafile\n" +
                     "".join(f"null{i:06d},{det},{gaia}\n" for i in range(n)))
     return path
+
+
+_STEPS_ALONE = r"""
+import json, logging, os, sys, time
+from stk_astrometry.campaign import driver, settings, stacks, task
+from stk_astrometry.fitsutil import make_durable
+a = json.loads(sys.argv[1])
+try:
+    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+except (AttributeError, OSError):
+    pass
+logging.getLogger("stk_astrometry").setLevel(logging.ERROR)
+st = stacks.read_stack_list(a["stacks"])
+st = st[:: max(1, len(st) // a["n"])][: a["n"]]              # spread over the campaign
+cfg = settings.load_step_settings([])
+digests = driver._step_digests(cfg, "none", True)
+plans = [task.StackPlan(stack=s, folder=os.path.join(a["folder"], stacks.safe_name(s.stackid)),
+                        match=cfg.match, fit=cfg.fit, update=cfg.update, step_digests=digests,
+                        defer_sync=True) for s in st]
+task.run_chunk(task.run_stack, plans[:10])                   # imports and caches warm
+c0, t0 = time.process_time(), time.perf_counter()
+outs = task.run_chunk(task.run_stack, plans)
+make_durable([p for o in outs for p in o["unsynced"]])
+print(json.dumps({"cpu": time.process_time() - c0, "wall": time.perf_counter() - t0,
+                  "failed": sum(o["row"]["status"] != "done" for o in outs)}))
+"""
+
+
+def steps_alone(stacks, folder, n):
+    """CPU per stack of the steps alone: ``run_stack`` on ``n`` of the stacks (spread over the
+    list) in one process pinned to one core -- no Dask, no database, no table.  The campaign
+    cannot beat (cores / this) stacks/s whatever its machinery does."""
+    args = json.dumps({"stacks": str(stacks), "folder": str(folder), "n": n})
+    proc = subprocess.run([sys.executable, "-c", _STEPS_ALONE, args], env=_env(),
+                          capture_output=True, text=True, timeout=3600, check=False)
+    if proc.returncode != 0:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RuntimeError(f"steps alone: exit {proc.returncode}: {tail}")
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    return out["cpu"] / n, out["wall"] / n
 
 
 def run_driver(stacks, folder, *, task="run_stack", scheduler="", plots=True, timeout=7200):
@@ -235,8 +277,12 @@ def _group_alive(pgid):
         return False
 
 
-def kill_and_resume(listfile, folder, n, kills, rng):
-    """Kill the driver ``kills`` times at random moments, then resume to the end."""
+def kill_and_resume(listfile, folder, n, kills, rng, *, max_wait=8.0):
+    """Kill the driver ``kills`` times at random moments, then resume to the end.
+
+    Each run is killed after a random 1 to ``max_wait`` seconds (start-up included); the
+    caller scales ``max_wait`` to the uninterrupted run so that the kills spread over the
+    whole campaign and it is not finished before the last one."""
     args = json.dumps({"stacks": f"@{listfile}", "folder": str(folder), "task": "run_stack",
                        "plots": False})
     orphan_waits, recorded = [], []
@@ -244,7 +290,7 @@ def kill_and_resume(listfile, folder, n, kills, rng):
         proc = subprocess.Popen([sys.executable, "-c", _RUNNER, args], env=_env(),
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                 start_new_session=True)
-        time.sleep(rng.uniform(1.0, 8.0))
+        time.sleep(rng.uniform(1.0, max_wait))
         if proc.poll() is not None:
             break  # finished before the kill
         os.kill(proc.pid, signal.SIGKILL)
@@ -329,6 +375,16 @@ def main(quick: bool = False) -> int:
                      f"{ext['maxrss_mb']:.0f} MB",
                      f"{'PASS' if ok else 'FAIL'} {ratio:.2f}x <= {TARGET_SCHED_RATIO}; "
                      f"table {'identical' if same else 'DIFFERS: ' + diff}"])
+        n_alone = min(n, 200)
+        try:
+            cpu1, _ = steps_alone(f"@{listfile}", tmp / "alone", n_alone)
+            machinery = cpu - cpu1
+            rows.append([f"the steps alone (run_stack in one process, {n_alone} stacks, 1 core)",
+                         "-", "-", "-",
+                         f"{1e3 * cpu1:.1f} ms ({(os.cpu_count() or 1) / cpu1:.1f}/s)", "-",
+                         f"ceiling; the campaign adds {1e3 * machinery:.1f} ms/stack"])
+        except (RuntimeError, subprocess.TimeoutExpired) as exc:
+            rows.append(["the steps alone", na(exc), "-", "-", "-", "-", "-"])
         print_table(f"match + fit over {n:,} simulated stacks of the benchmark mix",
                     ["execution", "wall end to end", "stacks/s", "stacks/s (Dask part)",
                      "CPU/stack driver + workers (cores/CPU)", "driver peak RSS", "target"], rows,
@@ -339,7 +395,11 @@ def main(quick: bool = False) -> int:
                            f"done {local['n_done']}, failed {local['n_failed']}"])
 
         # 3. kill -9 then resume
-        res = kill_and_resume(listfile, tmp / "killed", n, kills, random.Random(SEED))
+        # each killed run starts again (~2 s) and then records stacks: at most ~1.6 times the
+        # uninterrupted run's share per kill, at most 8 s (10,000 stacks: always 8 s)
+        max_wait = min(8.0, max(2.0, 2.0 + 1.6 * local["proc_wall"] / kills))
+        res = kill_and_resume(listfile, tmp / "killed", n, kills, random.Random(SEED),
+                              max_wait=max_wait)
         same, diff = tables_equal(tmp / "local" / "campaign.fits",
                                   tmp / "killed" / "campaign.fits")
         once = (res["n_results"] == n and sum(res["status"].values()) == n
@@ -351,6 +411,7 @@ def main(quick: bool = False) -> int:
         waits = [w for w in res["orphan_waits"] if w != float("inf")]
         print_table(f"kill -9 of the driver {res['kills']} times, then resume ({n:,} stacks)",
                     ["measure", "value"], [
+                        ["kill moments", f"1-{max_wait:.1f} s after each start (random)"],
                         ["stacks recorded after each kill", ", ".join(map(str, res["recorded"]))],
                         ["final state", ", ".join(f"{k} {v}" for k, v in res["status"].items())],
                         ["result rows / stacks", f"{res['n_results']} / {n}"],
