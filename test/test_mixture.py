@@ -2878,7 +2878,8 @@ def test_a_shift_that_leaves_the_match_circle_is_reported_with_its_last_windows_
 def test_a_calibration_from_a_shift_outside_the_match_circle_keeps_the_stated_errors():
     """The stated errors' fit ends outside the match circle (above): the calibration's own fit
     from there has no window, so no error model is fitted -- the result is the stated errors'
-    fit, with its EM iterations, and no exception."""
+    fit, with its EM iterations, and no exception; it says that no model was fitted (no
+    "fitted scale" of a model that was never fitted) and is not reported calibrated."""
     det, dx, dy, cov = _pulled_out_of_the_circle(4)
     kw = dict(density_per_arcmin2=2.0, match_radius_arcsec=R, x0=(0.0, 0.0))
     stated = fit_mixture(det, dx, dy, cov, **kw)
@@ -2886,6 +2887,9 @@ def test_a_calibration_from_a_shift_outside_the_match_circle_keeps_the_stated_er
     assert stated.n_eff >= 6 and np.hypot(stated.d_xi, stated.d_eta) > R
     assert (fit.d_xi, fit.d_eta, fit.n_eff) == (stated.d_xi, stated.d_eta, stated.n_eff)
     assert (fit.err_scale, fit.sys_floor) == (1.0, 0.0) and "stated errors kept" in fit.message
+    assert ("errors not calibrated: the calibration's fit has no pair in its window; the stated "
+            "errors kept") in fit.message and "fitted scale" not in fit.message
+    assert not fit.calibrated
     np.testing.assert_array_equal(fit.cov, stated.cov)
     assert fit.n_iter == stated.n_iter and not fit.converged
 

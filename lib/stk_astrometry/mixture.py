@@ -1245,38 +1245,41 @@ def fit_mixture(src_index, d_xi, d_eta, cov_pairs, *, density_per_arcmin2, match
         if n_eff_cal >= _CAL_MIN_NEFF:
             cand, cal, it = _calibrate(prob, stated, wide, start, sys_arcsec)
             total_iter = st.total_iter + it
-            # keep the fitted model only when it is better than the stated errors by a
-            # likelihood-ratio margin (_CAL_LR_MIN): with right stated errors two free
-            # parameters would cost ~2 % of rms/CRB for nothing.  Both on the same pairs: the
-            # stated errors' window (_gain_same_window)
-            gain = (_gain_same_window(prob, stated, st, cand, cal, sys_arcsec)
-                    if cand.window_prev is not None else -np.inf)
-            st_stated = st
-            if gain >= _CAL_LR_MIN:
-                st, (scale, floor) = cand, cal
-                st = st._replace(cov_s=_dof_corrected(st.cov_s, st.n_eff))
-            else:
+            if cand.window_prev is None:
+                # the calibration's own fit (from the wide errors) left every pair out of its
+                # window: no error model was fitted, and the stated errors' fit stands
                 prob.set_cov(_calibrated(stated, scale, floor)[0])
-                cal_kept = (f"errors calibrated: the stated errors kept (fitted scale "
-                            f"{cal[0]:.2f}, floor {cal[1]:.3f}\" not better enough: "
-                            f"2 (dlogL + dlog prior) = {gain:.1f} < {_CAL_LR_MIN:g})")
-                # the shift is mostly the stated errors' (the margin protects its rms), but its
-                # covariance is not smaller than the fitted model's: the data did not show
-                # that model wrong either (issue 17); nor are its memberships those of the
-                # stated errors: with them a bright true counterpart whose error lacks a floor
-                # is lost (issue 14: 22 in 1,000 missing-floor stacks, all in fits not kept;
-                # averaged with the models' posterior odds, 12).  Its likelihood is often no
-                # better than the stated errors' (a different window), so the fitted model's
-                # memberships (its errors and q) at the reported shift are given (_averaged).
-                if cand.window_prev is not None:
-                    wider, factor = _robust_floor(st.cov_s,
-                                                  _dof_corrected(cand.cov_s, cand.n_eff))
+                cal_note = ("errors not calibrated: the calibration's fit has no pair in its "
+                            "window; the stated errors kept")
+            else:
+                # keep the fitted model only when it is better than the stated errors by a
+                # likelihood-ratio margin (_CAL_LR_MIN): with right stated errors two free
+                # parameters would cost ~2 % of rms/CRB for nothing.  Both on the same pairs: the
+                # stated errors' window (_gain_same_window)
+                gain = _gain_same_window(prob, stated, st, cand, cal, sys_arcsec)
+                st_stated = st
+                if gain >= _CAL_LR_MIN:
+                    st, (scale, floor) = cand, cal
+                    st = st._replace(cov_s=_dof_corrected(st.cov_s, st.n_eff))
+                else:
+                    prob.set_cov(_calibrated(stated, scale, floor)[0])
+                    cal_kept = (f"errors calibrated: the stated errors kept (fitted scale "
+                                f"{cal[0]:.2f}, floor {cal[1]:.3f}\" not better enough: "
+                                f"2 (dlogL + dlog prior) = {gain:.1f} < {_CAL_LR_MIN:g})")
+                    # the shift is mostly the stated errors' (the margin protects its rms), but its
+                    # covariance is not smaller than the fitted model's: the data did not show
+                    # that model wrong either (issue 17); nor are its memberships those of the
+                    # stated errors: with them a bright true counterpart whose error lacks a floor
+                    # is lost (issue 14: 22 in 1,000 missing-floor stacks, all in fits not kept;
+                    # averaged with the models' posterior odds, 12).  Its likelihood is often no
+                    # better than the stated errors' (a different window), so the fitted model's
+                    # memberships (its errors and q) at the reported shift are given (_averaged).
+                    wider, factor = _robust_floor(st.cov_s, _dof_corrected(cand.cov_s, cand.n_eff))
                     if factor > 1.0:
                         st = st._replace(cov_s=wider)
                         cal_kept += f"; covariance x{factor:.2f} as the fitted model's"
                     st = st._replace(r=_fitted_memberships(prob, stated, st, cal))
                     prob.set_cov(_calibrated(stated, scale, floor)[0])
-            if cand.window_prev is not None:
                 # neither model is certain: average the two (module docstring, "Averaged")
                 base = st
                 st, weight = _averaged(prob, stated, base, st_stated, cand, cal, gain)
