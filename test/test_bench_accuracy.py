@@ -4,6 +4,7 @@ The benchmark itself is run by ``test/benchmarks/run.py``; these tests only chec
 metrics say what its legend says, so that a figure in a closing note means what it claims.
 """
 
+import dataclasses
 import importlib.util
 import sys
 from pathlib import Path
@@ -175,3 +176,77 @@ def test_oracle_rows_are_given_the_truth(bench):
     assert clean.n_outliers == 0
     np.testing.assert_array_equal(bench.est_oracle_outliers(clean, 0)[0],
                                   bench.est_oracle_errors(clean, 0)[0])
+
+
+def _outlier_leg(bench):
+    # the leg of test_oracle_rows_are_given_the_truth: ten counterparts about the shift (true
+    # sigma 0.15") and a bright detection whose counterpart is a wrong one 0.6" (4 sigma) off
+    shift = np.array([0.1, -0.2])
+    rng = np.random.default_rng(5)
+    off = np.vstack([0.15 * rng.standard_normal((10, 2)), [[0.6, 0.0]]]) + shift
+    n = off.shape[0]
+    cov = np.repeat(np.eye(2)[None] * 0.15**2, n, axis=0)
+    z = np.zeros(n)
+    return bench.Leg(det=np.arange(n), src_xi=z, src_eta=z, d_xi=off[:, 0], d_eta=off[:, 1],
+                     err_r0=z, err_r1=z, err_ang=z, ref_sigra=z, ref_sigdec=z, cov=cov,
+                     cov_stated=cov / 9.0, is_true=np.arange(n) < 10, shift=shift,
+                     density=bench.CLEAN_DENSITY, crb_var=np.full(2, 0.15**2 / 10),
+                     bright=np.isin(np.arange(n), [0, 1, 2, 3, 4, 10]), n_outliers=1), off
+
+
+def test_fitted_model_row_keeps_the_fitted_error_model_and_restores_the_margin(bench):
+    # mix-fit1 is the calibrated mixture with its fitted error model always kept.  With right
+    # stated errors the mixture keeps them here (the fitted model is not better enough); the
+    # row keeps the fitted model, and the margin is the module's again afterwards, also after
+    # an error inside
+    leg, _ = _outlier_leg(bench)
+    leg = dataclasses.replace(leg, cov_stated=leg.cov)
+    margin = bench.mixture._CAL_LR_MIN
+
+    def fit():
+        return bench.fit_mixture(leg.det, leg.d_xi, leg.d_eta, leg.cov_stated,
+                                 density_per_arcmin2=leg.density,
+                                 match_radius_arcsec=bench.MATCH_RADIUS, calibrate=True)
+
+    assert "the stated errors kept" in fit().message
+    shift, sigma, memb = bench.est_oracle_fitted(leg, 0)
+    assert bench.mixture._CAL_LR_MIN == margin
+    with bench._fitted_model_always():
+        kept = fit()
+    assert kept.calibrated and "stated errors kept" not in kept.message
+    assert "averaged" not in kept.message
+    assert (kept.err_scale, kept.sys_floor) != (1.0, 0.0)
+    np.testing.assert_array_equal(shift, [kept.d_xi, kept.d_eta])
+    np.testing.assert_array_equal(memb, kept.membership)
+    with pytest.raises(RuntimeError), bench._fitted_model_always():
+        assert bench.mixture._CAL_LR_MIN == -np.inf
+        raise RuntimeError
+    assert bench.mixture._CAL_LR_MIN == margin
+
+
+def test_tail_model_is_the_mixture_likelihood_without_its_tail_and_downweights_the_outlier(bench):
+    leg, off = _outlier_leg(bench)
+    s0 = leg.shift + 0.01
+    model = bench.TailModel(leg, leg.cov, s0, fixed_errors=True)
+    # every pair lies in the window: eps = 0 is the mixture's own observed likelihood there
+    assert model.idx.size == leg.det.size
+    q = 0.8
+    p = np.array([*s0, np.log(q / (1 - q)), 0.0, 0.0, 0.0, 0.0])
+    prob = bench.mixture._Problem(leg.det, leg.d_xi, leg.d_eta, leg.cov,
+                                  leg.density / 3600.0, bench.MATCH_RADIUS, 5.0)
+    idx = np.arange(leg.det.size)
+    p_win, mu = bench.mixture._window_terms(prob, idx, model.r_w)
+    expected = bench.mixture._fit_window_final(prob, idx, s0, q, p_win, mu)[5]["loglike"]
+    assert model.loglike(p, tail=False) == pytest.approx(expected, rel=1e-12, abs=1e-9)
+    # a vanishing tail changes it by its weight only
+    p_small = p.copy()
+    p_small[5] = np.log(1e-9)
+    assert model.loglike(p_small) == pytest.approx(expected, abs=1e-6)
+    # the oracle row told the true errors: the wrong pair goes partly to the tail, so the
+    # shift is nearer the true pairs' mean than the plain mixture's, which takes the wrong
+    # pair as true (one outlier in eleven: the tail's posterior weight is ~1/2 only)
+    shift_tail, sigma, memb = bench.est_oracle_tail(leg, 0, true_errors=True)
+    shift_true = bench.est_oracle_errors(leg, 0)[0]
+    mean_true = off[:10].mean(axis=0)
+    assert np.hypot(*(shift_tail - mean_true)) < 0.8 * np.hypot(*(shift_true - mean_true))
+    assert np.all(np.isnan(sigma)) and np.all(memb[:10] > 0.5)

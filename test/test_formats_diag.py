@@ -80,6 +80,29 @@ def test_diag_copies_a_pairs_files_hdus_with_their_cards(tmp_path):
         assert np.isnan(hdul["WISE_GAIA"].data["p_true"]).all()
 
 
+def test_diag_histnum_counts_the_history_records_it_holds(tmp_path):
+    """A copy of a pairs file's HDU does not carry that file's HISTORY, so nor its HISTNUM: in
+    every HDU of the diagnostics file HISTNUM is the last ASCnnnnn counter of the HISTORY
+    records there, numbered from 1 (ciao-conventions 2.4) -- whether the pairs came from the
+    file or from memory (the API's fit of a MatchResult), the headers number alike."""
+    p = make_pairs(np.random.default_rng(9), n_gaia=3, n_wise=2, n_wg=2)
+    pairs.write_pairs(p, tmp_path / "p.fits", HIST)
+    with fits.open(tmp_path / "p.fits") as hdul:
+        assert hdul["GAIA_PAIRS"].header["HISTNUM"] > 0
+    for source, name in ((pairs.read_pairs(tmp_path / "p.fits"), "file.fits"), (p, "mem.fits")):
+        diag.write_diag(tmp_path / name, source, {}, {}, HIST)
+    counters = {}
+    for name in ("file.fits", "mem.fits"):
+        with fits.open(tmp_path / name) as hdul:
+            for hdu in hdul:
+                asc = [int(str(v)[-5:]) for v in hdu.header["HISTORY"] if str(v)[-8:-5] == "ASC"]
+                assert asc and asc == list(range(1, len(asc) + 1)), (name, hdu.name)
+                assert hdu.header["HISTNUM"] == asc[-1], (name, hdu.name)
+                assert list(hdu.header.keys()).count("HISTNUM") == 1
+                counters.setdefault(hdu.name, set()).add(hdu.header["HISTNUM"])
+    assert all(len(v) == 1 for v in counters.values()), counters
+
+
 def test_diag_of_in_memory_pairs_repeats_the_stack_keywords(tmp_path):
     """Pairs built in memory have no cards: each HDU gets the stack keywords, comments kept
     as far as the card holds them (a long STACKID keeps the start of its comment)."""

@@ -24,6 +24,7 @@ its assumptions are printed with the table (see ``LEGEND``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 import time
@@ -31,13 +32,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from scipy.optimize import least_squares
+from scipy.optimize import least_squares, minimize
 
 try:  # run as a script from the repository
     import stk_astrometry  # noqa: F401
 except ImportError:  # pragma: no cover
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "lib"))
 
+from stk_astrometry import mixture
 from stk_astrometry.mixture import R95_PER_SIGMA, fit_mixture, pair_covariance
 
 SEED = 20261120
@@ -76,6 +78,13 @@ Legend (per case, per estimator; errors and bounds per axis, both axes pooled):
             outlier model (n of the bright quarter, 0.5-1.5" from the shift), not which ones
   mix-outlA (--oracle, outlier cases) the same, told the outliers' shape but not that they are
             among the bright: the most a generic heavy-tailed true-match component could reach
+  mix-fit1  (--oracle) not an estimator: the mixture with its fitted error model always kept
+            (never averaged with the stated errors): mix-true -> mix-fit1 is what estimating the
+            error model costs, mix-fit1 -> mixture what the choice of model costs
+  mix-tail  (--oracle, outlier cases) not an estimator: a heavy-tailed true-match component
+            ((1 - eps) N(s, C) + eps N(s, C + tau^2 I)) fitted with the error model on the
+            calibrated fit's window, averaged with the mixture by posterior weight (margin 4);
+            mix-tailT the same told the true errors.  No sigma
   lost-br.  mixture: bright true counterparts (quarter of smallest stated errors) within 3 true
             sigma of the shift with membership < 0.5, unless another candidate of the same
             detection lies closer to the shift (in the true sigmas): then no estimator can
@@ -366,6 +375,8 @@ def est_oracle_errors(leg, leg_index):
 
 
 OUTLIER_RANGE = (0.5, 1.5)   # arcsec from the shift: simulate_leg's outliers
+# the --oracle rows run in the outlier cases only
+OUTLIER_ROWS = ("mix-outl", "mix-outlA", "mix-tail", "mix-tailT")
 
 
 def est_oracle_outliers(leg, leg_index, bright_only=True):
@@ -412,6 +423,150 @@ def est_oracle_outliers(leg, leg_index, bright_only=True):
         if done:
             break
     return s, np.sqrt(np.diag(np.linalg.inv(w))), memb
+
+
+@contextlib.contextmanager
+def _fitted_model_always():
+    """fit_mixture keeping the fitted error model whatever its gain over the stated errors:
+    the margin (``_CAL_LR_MIN``, also the prior odds of the averaging) at -inf, so the fitted
+    model wins and its posterior weight is 1 (no averaging)."""
+    saved = mixture._CAL_LR_MIN
+    mixture._CAL_LR_MIN = -np.inf
+    try:
+        yield
+    finally:
+        mixture._CAL_LR_MIN = saved
+
+
+def est_oracle_fitted(leg, leg_index):
+    """Not an estimator (``--oracle``, row ``mix-fit1``): the mixture with the fitted error model
+    always kept (never averaged with, nor replaced by, the stated errors).  Between ``mix-true``
+    and ``mixture`` it splits what the calibration costs into the estimate of the error model
+    (``mix-true`` -> ``mix-fit1``) and the choice between it and the stated errors (``mix-fit1``
+    -> ``mixture``), which protects the stacks whose stated errors are right."""
+    with _fitted_model_always():
+        return _mixture(leg, True)
+
+
+TAIL_TAU_RANGE = (0.3, 3.0)     # arcsec: the tail component's extra sigma
+TAIL_EPS_RANGE = (1e-3, 0.5)    # its fraction of the true counterparts
+TAIL_STARTS = ((0.05, 1.0), (0.1, 0.5))   # (fraction, extra sigma) starts
+TAIL_MARGIN = 4.0               # prior odds exp(-2) on the tail, as mixture._CAL_LR_MIN
+
+
+class TailModel:
+    """The mixture's observed likelihood (``stk_astrometry.mixture``'s module docstring) with a
+    heavy-tailed true-match component: a true counterpart's offset is ``(1 - eps) N(s, C_k) +
+    eps N(s, C_k + tau^2 I)``, ``C_k = k^2 Sigma_k + f^2 I`` (the calibrated errors; Sigma_k the
+    errors given), the window's mass of each pair the same mixture of the two components'.
+
+    A research oracle (``--oracle``, rows ``mix-tail``/``mix-tailT``), not an estimator: the
+    window is held (radius R - |s0| about the start shift ``s0``), the parameters (s, logit q,
+    log k, f, logit eps, log tau) are fitted jointly by L-BFGS-B (numerical gradients, ~0.3 s
+    per stack), and with ``fixed_errors`` k = 1, f = 0 (the errors given are the true ones).
+    The error model's prior is mixture's (``_error_prior``) unless the errors are fixed.
+    """
+
+    def __init__(self, leg, cov, s0, fixed_errors=False):
+        d = np.stack([leg.d_xi, leg.d_eta], axis=1)
+        self.r_w = MATCH_RADIUS - float(np.hypot(*s0))
+        idx = np.flatnonzero(np.hypot(*(d - s0).T) <= self.r_w)
+        idx = idx[np.argsort(leg.det[idx], kind="stable")]
+        self.idx = idx
+        self.d = d[idx]
+        self.lam, self.vx, self.vy = mixture._principal_axes(cov[idx])
+        theta = (np.arange(mixture._N_THETA) + 0.5) * (np.pi / mixture._N_THETA)
+        cos_t, sin_t = np.cos(theta), np.sin(theta)
+        self.alpha = (self.vx[:, None] * cos_t + self.vy[:, None] * sin_t) ** 2
+        self.beta = (self.vx[:, None] * sin_t - self.vy[:, None] * cos_t) ** 2
+        self.starts = mixture._group_starts(leg.det[idx])
+        self.counts = mixture._group_counts(self.starts, idx.size)
+        self.rho = leg.density / 3600.0
+        self.mu = self.rho * np.pi * self.r_w**2
+        self.fixed_errors = fixed_errors
+
+    def _disk(self, v1, v2):
+        big_q = self.alpha / v1[:, None] + self.beta / v2[:, None]
+        h = np.exp(-0.5 * self.r_w**2 * big_q) / big_q
+        return np.clip(1.0 - h.mean(axis=1) / np.sqrt(v1 * v2), 0.0, 1.0)
+
+    def loglike(self, p, tail=True, memberships=False):
+        """log L (+ the error model's log prior) at p = (sx, sy, logit q, log k, f, logit eps,
+        log tau); ``tail`` False: eps = 0 (the mixture's own model)."""
+        sx, sy, lq, lk, f, le, lt = p
+        q = 1.0 / (1.0 + np.exp(-lq))
+        k2, f2 = np.exp(2.0 * lk), max(f, 0.0) ** 2
+        e = self.d - [sx, sy]
+        u1 = (e[:, 0] * self.vx + e[:, 1] * self.vy) ** 2
+        u2 = (e[:, 1] * self.vx - e[:, 0] * self.vy) ** 2
+        v1 = np.maximum(k2 * self.lam[:, 0] + f2, mixture.MIN_SIGMA_ARCSEC**2)
+        v2 = np.maximum(k2 * self.lam[:, 1] + f2, mixture.MIN_SIGMA_ARCSEC**2)
+        lg = -np.log(2.0 * np.pi) - 0.5 * (np.log(v1 * v2) + u1 / v1 + u2 / v2)
+        pk = self._disk(v1, v2)
+        if tail:
+            eps, t2 = 1.0 / (1.0 + np.exp(-le)), np.exp(2.0 * lt)
+            w1, w2 = v1 + t2, v2 + t2
+            lg_w = -np.log(2.0 * np.pi) - 0.5 * (np.log(w1 * w2) + u1 / w1 + u2 / w2)
+            lg = np.logaddexp(np.log1p(-eps) + lg, np.log(eps) + lg_w)
+            pk = (1.0 - eps) * pk + eps * self._disk(w1, w2)
+        log_s = mixture._group_logsumexp_counts(lg, self.starts, self.counts)
+        p_j = np.add.reduceat(pk, self.starts) / self.counts
+        with np.errstate(divide="ignore"):
+            log_bg = (np.log(self.rho) if self.rho > 0 else -np.inf) + np.log1p(-q * p_j)
+        log_d = np.logaddexp(log_bg, np.log(q) + log_s)
+        value = float(np.sum(log_d - np.log(-np.expm1(-self.mu) + q * np.exp(-self.mu) * p_j)))
+        if not self.fixed_errors:
+            value += mixture._error_prior(k2, f2, 0.0)[0]
+        if memberships:
+            return value, np.exp(np.log(q) + lg - np.repeat(log_d, self.counts))
+        return value
+
+    def fit(self, p0, tail=True):
+        """Maximise :meth:`loglike` from p0: (parameters, maximum)."""
+        fixed = (0.0, 0.0) if self.fixed_errors else None
+        bounds = [(None, None), (None, None), (-12.0, 12.0),
+                  fixed or tuple(np.log(mixture._CAL_SCALE_RANGE)),
+                  fixed or (0.0, mixture._CAL_MAX_FLOOR),
+                  tuple(np.log(np.array(TAIL_EPS_RANGE) / (1.0 - np.array(TAIL_EPS_RANGE))))
+                  if tail else (None, None),
+                  tuple(np.log(TAIL_TAU_RANGE))]
+        res = minimize(lambda p: -self.loglike(p, tail=tail), p0, method="L-BFGS-B",
+                       bounds=bounds)
+        return res.x, -float(res.fun)
+
+
+def est_oracle_tail(leg, leg_index, true_errors=False):
+    """Not an estimator (``--oracle``, outlier cases; rows ``mix-tail``, ``mix-tailT``): the
+    mixture with a fitted heavy-tailed true-match component (:class:`TailModel`), started from
+    the calibrated mixture's fit (``true_errors``: from the mixture told the true errors, k = 1
+    and no floor held).  The mixture's own model is refitted the same way (eps = 0) and the
+    gain 2 dlogL of the tail turned into a posterior weight with prior odds exp(-2)
+    (``TAIL_MARGIN``, as the error calibration's); the shift is the tail model's and the
+    mixture's averaged by that weight, the memberships (core + tail) the tail model's.  No
+    sigma (NaN)."""
+    cov = leg.cov if true_errors else leg.cov_stated
+    fit = fit_mixture(leg.det, leg.d_xi, leg.d_eta, cov, density_per_arcmin2=leg.density,
+                      match_radius_arcsec=MATCH_RADIUS, calibrate=not true_errors)
+    if fit.failure is not None:
+        return np.full(2, np.nan), np.full(2, np.nan), None
+    s0 = np.array([fit.d_xi, fit.d_eta])
+    model = TailModel(leg, cov, s0, fixed_errors=true_errors)
+    q0 = min(max(fit.q, 1e-4), 1.0 - 1e-4)
+    k0, f0 = (1.0, 0.0) if true_errors else (fit.err_scale, fit.sys_floor)
+    p_base, ll_base = model.fit(np.array([*s0, np.log(q0 / (1.0 - q0)), np.log(k0), f0,
+                                          0.0, 0.0]), tail=False)
+    best = None
+    for eps0, tau0 in TAIL_STARTS:
+        p0 = p_base.copy()
+        p0[5], p0[6] = np.log(eps0 / (1.0 - eps0)), np.log(tau0)
+        p_tail, ll_tail = model.fit(p0)
+        if best is None or ll_tail > best[1]:
+            best = (p_tail, ll_tail)
+    p_tail, ll_tail = best
+    weight = 1.0 / (1.0 + np.exp(-0.5 * (2.0 * (ll_tail - ll_base) - TAIL_MARGIN)))
+    membership = np.zeros(leg.det.size)
+    membership[model.idx] = model.loglike(p_tail, memberships=True)[1]
+    return weight * p_tail[:2] + (1.0 - weight) * s0, np.full(2, np.nan), membership
 
 
 def _load_spec():
@@ -693,12 +848,13 @@ def main(quick: bool = False, cases: str = "", n_stacks: int | None = None,
     a case gives the same stacks whether run alone or with the others.  ``baseline``: a git
     revision whose spec and mixture estimators run beside today's on the same stacks (rows
     ``spec@base``, ``mix@base``).  ``only``: comma-separated estimator names to run (default
-    all).  ``oracle``: also the rows ``mix-true`` (the mixture told the true errors) and, in the
-    outlier cases, ``mix-outl`` (told the outlier model too) and ``mix-outlA`` (its shape, not
-    that the outliers are bright): what the model could reach,
-    not estimators (no targets).  Returns 1 when a target check fails in a full run (run.py then fails), else 0; a
-    ``quick`` run (or one with ``n_stacks``) has too few stacks to judge the targets: it
-    prints them, returns 0.
+    all).  ``oracle``: also the rows ``mix-true`` (the mixture told the true errors),
+    ``mix-fit1`` (its fitted error model always kept) and, in the outlier cases, ``mix-outl``
+    (told the outlier model too), ``mix-outlA`` (its shape, not that the outliers are bright),
+    ``mix-tail``/``mix-tailT`` (a fitted heavy-tailed true-match component, on the calibrated /
+    the true errors): what the model could reach, not estimators (no targets).  Returns 1
+    when a target check fails in a full run (run.py then fails), else 0; a ``quick`` run (or
+    one with ``n_stacks``) has too few stacks to judge the targets: it prints them, returns 0.
     """
     estimators = {}
     spec_api = _load_spec()
@@ -707,8 +863,11 @@ def main(quick: bool = False, cases: str = "", n_stacks: int | None = None,
     estimators["mix-stated"] = est_mixture_stated
     if oracle:
         estimators["mix-true"] = est_oracle_errors
+        estimators["mix-fit1"] = est_oracle_fitted
         estimators["mix-outl"] = est_oracle_outliers
         estimators["mix-outlA"] = lambda leg, i: est_oracle_outliers(leg, i, bright_only=False)
+        estimators["mix-tail"] = est_oracle_tail
+        estimators["mix-tailT"] = lambda leg, i: est_oracle_tail(leg, i, true_errors=True)
     estimators["cauchy"] = est_cauchy
     ilf = _load_tweakwcs()
     estimators["tweakwcs"] = make_est_tweakwcs(ilf) if ilf else None
@@ -744,10 +903,10 @@ def main(quick: bool = False, cases: str = "", n_stacks: int | None = None,
         n = n_stacks or (case.n_quick if quick else case.n_full)
         rng = np.random.default_rng([SEED, index])
         results = run_case(rng, case, {k: v for k, v in active.items()
-                                       if not k.startswith("mix-outl") or case.outliers}, n)
+                                       if k not in OUTLIER_ROWS or case.outliers}, n)
         for name in estimators:
             if name not in results:
-                if name.startswith("mix-outl"):
+                if name in OUTLIER_ROWS:
                     continue        # outlier cases only
                 print(f"{case.name:<24}{name:<10}{'n/a':>6}")
                 continue
@@ -795,7 +954,8 @@ if __name__ == "__main__":
                         help="git revision whose spec and mixture run beside today's")
     parser.add_argument("--only", default="", help="comma-separated estimator names to run")
     parser.add_argument("--oracle", action="store_true",
-                        help="also the oracle rows mix-true, mix-outl, mix-outlA (not estimators)")
+                        help="also the oracle rows mix-true, mix-fit1, mix-outl, mix-outlA, "
+                             "mix-tail, mix-tailT (not estimators)")
     args = parser.parse_args()
     sys.exit(main(quick=args.quick, cases=args.cases, n_stacks=args.n, baseline=args.baseline,
                   only=args.only, oracle=args.oracle))

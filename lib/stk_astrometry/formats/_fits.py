@@ -112,9 +112,11 @@ def extra_cards(header):
     """Cards of an extension header beyond its structure and columns (HISTORY/COMMENT left out).
 
     Kept as read (DTYPEn/DVALn as they are), for a copy of the HDU (the diagnostics file).
+    HISTNUM is left out with the HISTORY records it counts: the copy's writer numbers its own
+    records from 1, and HISTNUM is then their last counter (ciao-conventions 2.4).
     """
     return tuple((c.keyword, _defined(c.value), c.comment) for c in header.cards
-                 if c.keyword and not _STRUCTURAL.match(c.keyword))
+                 if c.keyword and c.keyword != "HISTNUM" and not _STRUCTURAL.match(c.keyword))
 
 
 def _defined(value):
