@@ -277,6 +277,21 @@ def _group_alive(pgid):
         return False
 
 
+def _recorded(path):
+    """Stacks recorded done or failed in a run database; 0 when a kill came before the
+    driver made it (reading a 10,000-stack list takes over a second)."""
+    if not Path(path).exists():
+        return 0
+    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return con.execute("SELECT COUNT(*) FROM stacks WHERE status IN "
+                           "('done','failed')").fetchone()[0]
+    except sqlite3.OperationalError:     # no schema yet
+        return 0
+    finally:
+        con.close()
+
+
 def kill_and_resume(listfile, folder, n, kills, rng, *, max_wait=8.0):
     """Kill the driver ``kills`` times at random moments, then resume to the end.
 
@@ -303,10 +318,7 @@ def kill_and_resume(listfile, folder, n, kills, rng, *, max_wait=8.0):
             orphan_waits.append(float("inf"))
         else:
             orphan_waits.append(time.perf_counter() - t0)
-        con = sqlite3.connect(folder / "campaign.sqlite")
-        recorded.append(con.execute("SELECT COUNT(*) FROM stacks WHERE status IN "
-                                    "('done','failed')").fetchone()[0])
-        con.close()
+        recorded.append(_recorded(folder / "campaign.sqlite"))
     final = run_driver(f"@{listfile}", folder, plots=False)
     con = sqlite3.connect(folder / "campaign.sqlite")
     status = dict(con.execute("SELECT status, COUNT(*) FROM stacks GROUP BY status"))
