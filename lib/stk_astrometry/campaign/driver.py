@@ -295,6 +295,12 @@ def _execute(client, plans, db, run_id, progress, warn_log, *, window, task=run_
 
     by_key = {}
     pending_records = []
+    # stacks submitted since the last commit, marked running in the next one (with the
+    # outcomes), not in a commit of their own per submission; a stack the database holds
+    # done (force, changed inputs) is marked at once: were that mark lost in a kill, a resume
+    # would take the stack for finished while its rerun may have replaced its files
+    to_mark = []
+    done_before = db.with_status("done")
     last_flush = time.perf_counter()
     pos = 0
 
@@ -308,7 +314,12 @@ def _execute(client, plans, db, run_id, progress, warn_log, *, window, task=run_
         if not groups:
             return []
         if not retry:
-            db.mark_submitted([p.stack.stackid for g in groups for p in g], run_id)
+            now = time.time()
+            ids = [p.stack.stackid for g in groups for p in g]
+            redo = [sid for sid in ids if sid in done_before]
+            if redo:
+                db.mark_submitted(redo, run_id)
+            to_mark.extend((sid, now) for sid in ids if sid not in done_before)
         futs = []
         for group in groups:
             if defer_sync:
@@ -322,14 +333,15 @@ def _execute(client, plans, db, run_id, progress, warn_log, *, window, task=run_
 
     def flush():
         nonlocal last_flush
-        if pending_records:
+        if pending_records or to_mark:
             make_outcomes_durable(pending_records)     # files on disk before "done" is
-            db.record(pending_records)
+            db.record(pending_records, submitted=to_mark, run_id=run_id)
             for out in pending_records:
                 for step, msg in out["warnings"]:
                     warn_log.write(f"{out['stackid']} {step}: WARNING {msg}\n")
             warn_log.flush()
             pending_records.clear()
+            to_mark.clear()
         last_flush = time.perf_counter()
 
     ac = as_completed(submit(window), with_results=True, raise_errors=False)
