@@ -231,9 +231,9 @@ def test_chunk_size_keeps_every_thread_busy(n, threads, expected):
 
 
 def test_local_cluster_workers_spawn_without_profiler_or_dask_malloc_trim(monkeypatch):
-    """The LocalCluster is built where Dask's worker profiler is off and the nanny's
-    pre-spawn environment leaves glibc's malloc trimming alone (each cost the stacks CPU);
-    the numpy thread limits stay."""
+    """The LocalCluster is built where Dask's worker profiler is off, the nanny's pre-spawn
+    environment leaves glibc's malloc trimming alone and Dask's periodic housekeeping runs
+    at a slower pace (each cost the stacks CPU); the numpy thread limits stay."""
     import distributed
     from distributed.nanny import _get_env_variables
 
@@ -244,6 +244,7 @@ def test_local_cluster_workers_spawn_without_profiler_or_dask_malloc_trim(monkey
             import dask
 
             seen["profile"] = dask.config.get("distributed.worker.profile.enabled")
+            seen["config"] = {k: dask.config.get(k) for k in driver.WORKER_CONFIG}
             seen["env"] = _get_env_variables("distributed.nanny.pre-spawn-environ")
             seen["kwargs"] = kwargs
 
@@ -266,6 +267,15 @@ def test_local_cluster_workers_spawn_without_profiler_or_dask_malloc_trim(monkey
     with driver.dask_client("", 2) as (client, where):
         assert isinstance(client, FakeClient) and where == "LocalCluster (2 worker processes)"
     assert seen["profile"] is False
+    assert seen["config"] == driver.WORKER_CONFIG
+    # Dask's housekeeping at a slower pace (its defaults: 20 ms, 500 ms, 100 ms, 100 ms)
+    assert {k: seen["config"][k] for k in (
+        "distributed.admin.tick.interval", "distributed.admin.system-monitor.interval",
+        "distributed.worker.memory.monitor-interval",
+        "distributed.scheduler.work-stealing-interval")} == {
+        "distributed.admin.tick.interval": "1s", "distributed.admin.system-monitor.interval": "5s",
+        "distributed.worker.memory.monitor-interval": "1s",
+        "distributed.scheduler.work-stealing-interval": "1s"}
     assert "MALLOC_TRIM_THRESHOLD_" not in seen["env"]
     assert seen["env"]["OPENBLAS_NUM_THREADS"] == "1" and seen["env"]["OMP_NUM_THREADS"] == "1"
     assert seen["kwargs"]["processes"] is True and seen["kwargs"]["threads_per_worker"] == 1
