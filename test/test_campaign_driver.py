@@ -280,6 +280,14 @@ def test_local_cluster_workers_spawn_without_profiler_or_dask_malloc_trim(monkey
     assert seen["env"]["OPENBLAS_NUM_THREADS"] == "1" and seen["env"]["OMP_NUM_THREADS"] == "1"
     assert seen["kwargs"]["processes"] is True and seen["kwargs"]["threads_per_worker"] == 1
     assert seen["closed"]
+    # asked to, the cluster shuts down in a thread the caller joins (while it writes the table)
+    seen.clear()
+    closing = []
+    with driver.dask_client("", 2, closing=closing):
+        pass
+    assert len(closing) == 1
+    closing[0].join(timeout=10)
+    assert seen["closed"]
 
 
 def test_help_page_gives_the_local_workers_dask_settings_for_a_separate_cluster():

@@ -27,6 +27,7 @@ import fcntl
 import logging
 import os
 import socket
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -197,8 +198,12 @@ WORKER_CONFIG = {"distributed.worker.profile.enabled": False,
 
 
 @contextlib.contextmanager
-def dask_client(scheduler: str, nworkers: int):
-    """A connected ``distributed.Client``: a fresh LocalCluster, or the given scheduler."""
+def dask_client(scheduler: str, nworkers: int, *, closing: list | None = None):
+    """A connected ``distributed.Client``: a fresh LocalCluster, or the given scheduler.
+
+    With ``closing`` (a list) a LocalCluster is shut down in a thread appended to it, which the
+    caller joins later: its workers' exit (~1 s) then overlaps the writing of the table.
+    """
     import dask
     from distributed import Client, LocalCluster
 
@@ -215,12 +220,19 @@ def dask_client(scheduler: str, nworkers: int):
             cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
                                    dashboard_address=None, silence_logs=logging.ERROR,
                                    scheduler_kwargs={"dashboard_address": "127.0.0.1:0"})
+            def close():
+                with contextlib.suppress(Exception):
+                    cluster.close(timeout=20)
+
             try:
                 with Client(cluster) as client:
                     yield client, f"LocalCluster ({n} worker processes)"
             finally:
-                with contextlib.suppress(Exception):
-                    cluster.close(timeout=20)
+                if closing is None:
+                    close()
+                else:
+                    closing.append(threading.Thread(target=close, name="stk_batch-close"))
+                    closing[-1].start()
             return
         try:
             if scheduler.endswith(".json") or os.path.isfile(scheduler):
@@ -533,6 +545,30 @@ def run_campaign(stacks, settings: StepSettings, *, folder, scheduler="", nworke
     folder = folder.resolve()
     log = logging.getLogger("stk_astrometry.stk_batch")
     summary = CampaignSummary(n_stacks=len(stacks))
+    closing = []
+    try:
+        _run_and_write(stacks, settings, summary, folder=folder, scheduler=scheduler,
+                       nworkers=nworkers, force=force, update_mode=update_mode, detcorr=detcorr,
+                       plots=plots, verbose=verbose, live=live,
+                       progress_interval=progress_interval, window=window, chunk=chunk,
+                       command=command, task=task, closing=closing, log=log)
+    finally:
+        for thread in closing:           # the LocalCluster's shutdown, begun after the run
+            thread.join()
+    summary.wall_s = time.perf_counter() - t0
+    if verbose >= 1:
+        for line in summary_lines(summary):
+            log.info("%s", line)
+    if summary.n_failed:
+        log.warning("%d of %d stacks failed (listed in %s)", summary.n_failed, summary.n_stacks,
+                    summary.table)
+    return summary
+
+
+def _run_and_write(stacks, settings, summary, *, folder, scheduler, nworkers, force,
+                   update_mode, detcorr, plots, verbose, live, progress_interval, window, chunk,
+                   command, task, closing, log):
+    """:func:`run_campaign`'s work under the campaign's lock (see there)."""
     with campaign_lock(folder), RunDatabase(folder / DB_NAME) as db:
         _remove_dead_temps(folder)
         db.set_meta("parameters", {"match": settings.match, "fit": settings.fit,
@@ -552,7 +588,7 @@ def run_campaign(stacks, settings: StepSettings, *, folder, scheduler="", nworke
                                 enabled=verbose >= 1)
             try:
                 with open(folder / LOG_NAME, "a", encoding="utf-8") as warn_log, \
-                        dask_client(scheduler, nworkers) as (client, where):
+                        dask_client(scheduler, nworkers, closing=closing) as (client, where):
                     warn_log.write(f"# stk_batch run {run_id} started "
                                    f"{time.strftime('%Y-%m-%dT%H:%M:%S')} on {where}\n")
                     if verbose >= 1:
@@ -578,14 +614,6 @@ def run_campaign(stacks, settings: StepSettings, *, folder, scheduler="", nworke
                                 "run again to resume", progress.finished, c.get("done", 0))
         records, summary.table, summary.csv, summary.report = write_outputs(folder, db, plots=plots)
         summarize(records, summary, db)
-    summary.wall_s = time.perf_counter() - t0
-    if verbose >= 1:
-        for line in summary_lines(summary):
-            log.info("%s", line)
-    if summary.n_failed:
-        log.warning("%d of %d stacks failed (listed in %s)", summary.n_failed, summary.n_stacks,
-                    summary.table)
-    return summary
 
 
 def report_only(folder, *, plots=True, verbose=1) -> CampaignSummary:
