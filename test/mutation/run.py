@@ -25,12 +25,15 @@ slow mutant times out although every test passes: a survivor in disguise -- 15 o
 20 were).  mutmut collects which tests reach which function only for tests it has not seen: after
 a function is split or added the older tests are not mapped to it and its mutants survive
 falsely; ``--fresh-stats`` makes it collect the map again for every test first.
+``--functions f,g`` (one module) retests every mutant of those functions only and summarises
+only them -- after a change of a few functions, without a full run of the module first.
 
 Runs at niceness 15 (``nice -n 15``) with one worker per core: the machine is shared.
 """
 
 import argparse
 import configparser
+import fnmatch
 import os
 import re
 import shutil
@@ -96,7 +99,26 @@ def mutmut(module, *args, check=True):
                           capture_output=args[0] == "results")
 
 
-def _results(modules):
+def _patterns(module, functions):
+    """mutmut's names of the mutants of ``functions`` of ``module`` (``name`` for a function,
+    ``Class.method`` for a method), as fnmatch patterns"""
+    out = []
+    for f in functions:
+        if "." in f:
+            cls, meth = f.split(".", 1)
+            out.append(f"stk_astrometry.{module}.xǁ{cls}ǁ{meth}__mutmut_*")
+        else:
+            out.append(f"stk_astrometry.{module}.x_{f}__mutmut_*")
+    return out
+
+
+def _selected(name, functions):
+    """Whether mutant ``name`` is one of ``functions`` (all when None)."""
+    return functions is None or any(fnmatch.fnmatchcase(name, pat)
+                                    for pat in _patterns(_module_of(name), functions))
+
+
+def _results(modules, functions=None):
     counts = {}
     survivors = []
     lines = []
@@ -108,6 +130,8 @@ def _results(modules):
         if not m or m.group(2) not in modules:
             continue
         name, module, status = m.groups()
+        if not _selected(name, functions):
+            continue
         counts.setdefault(module, {}).setdefault(status, 0)
         counts[module][status] += 1
         if status == "survived":
@@ -133,9 +157,11 @@ def _equivalent():
     return set(re.findall(r"`(stk_astrometry\.[\w.ǁ]+__mutmut_\d+)`", (HERE / "equivalent.md").read_text()))
 
 
-def summary(modules):
-    counts, survivors = _results(modules)
-    equivalent = _equivalent()
+def summary(modules, functions=None):
+    counts, survivors = _results(modules, functions)
+    equivalent = {e for e in _equivalent() if _selected(e, functions)}
+    if functions:
+        print(f"\nonly the mutants of {', '.join(functions)}")
     head = ["mutants", "killed", "timeout", "survived", "equivalent", "no tests", "other"]
     print(f"\n{'module':16s}" + "".join(f"{h:>11s}" for h in head) + "   score")
     tot = dict.fromkeys(head, 0)
@@ -195,12 +221,19 @@ def main(argv=None):
                     help="retest only the last run's timeouts (survivors under load?)")
     ap.add_argument("--fresh-stats", action="store_true",
                     help="collect the test-to-function map again for every test first")
+    ap.add_argument("--functions", metavar="NAME[,NAME...]",
+                    help="only the mutants of these functions of the module (Class.method for a "
+                         "method): retest them all and summarise only them -- after changing a "
+                         "few functions of a module that has no staged verdicts yet")
     args = ap.parse_args(argv)
     os.nice(max(0, 15 - os.nice(0)))    # nice -n 15, whoever started us
     modules = args.modules or MODULES
     unknown = sorted(set(modules) - set(MODULES))
     if unknown:
         ap.error(f"not configured for mutation testing: {', '.join(unknown)} (choose from {', '.join(MODULES)})")
+    functions = [f.strip() for f in args.functions.split(",") if f.strip()] if args.functions else None
+    if functions is not None and (len(modules) != 1 or not functions):
+        ap.error("--functions needs exactly one module and at least one function name")
     if not args.results:
         for module in modules:
             stage(module)
@@ -210,9 +243,11 @@ def main(argv=None):
             if args.survivors or args.timeouts:
                 names = []
                 if args.survivors:
-                    names += [s for s in _results([module])[1] if s not in _equivalent()]
+                    names += [s for s in _results([module], functions)[1] if s not in _equivalent()]
                 if args.timeouts:
-                    names += _timeouts(module)
+                    names += [t for t in _timeouts(module) if _selected(t, functions)]
+            elif functions:
+                names = _patterns(module, functions)
             elif args.rerun:
                 names = [f"stk_astrometry.{module}.*"]
             else:
@@ -220,7 +255,7 @@ def main(argv=None):
             if names or not (args.survivors or args.timeouts):
                 mutmut(module, "run", *names, check=False)
             print(f"\n{module}: mutmut run took {time.monotonic() - t0:.0f} s")
-    return summary(modules)
+    return summary(modules, functions)
 
 
 if __name__ == "__main__":
