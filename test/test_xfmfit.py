@@ -2512,3 +2512,51 @@ def test_scale_and_floor_do_not_depend_on_the_unit():
     a_mas, b_mas = xfmfit._fit_scale_floor(e2 * 1e6, var * 1e6)
     assert a_mas == pytest.approx(a, rel=1e-9)
     assert b_mas == pytest.approx(b * 1e6, rel=1e-9)
+
+
+# The error-model fit's ends, as the three starts stacked in (3, m) arrays found them (before
+# issue 11's one-start-at-a-time climb): the same operations in the same order, so the same
+# floats, bit for bit.  Seeded cases with the floor at 0, inside, and the scale at its bound.
+_SCALE_FLOOR_PINNED = [
+    ('0x1.bf9ee70063abdp+6', '0x0.0p+0'),
+    ('0x1.4186a74a8628dp+1', '0x1.5e1e2d282acf7p-7'),
+    ('0x1.8438a04c048dap+0', '0x1.7b6b0e226fcc6p-13'),
+    ('0x1.47ae147ae147cp-7', '0x1.8d8d4263fbb9ep+1'),
+    ('0x1.e2c61832118ebp+2', '0x0.0p+0'),
+    ('0x1.ffcdf0eea6231p+0', '0x1.04fa989696a0dp-4'),
+    ('0x1.ee146334d8c1dp+4', '0x1.63024e051d517p-3'),
+    ('0x1.53fb0e3444c11p+2', '0x1.71c9fbcb384a5p-5'),
+    ('0x1.a08975659d285p+2', '0x0.0p+0'),
+    ('0x1.804a6b8c95ac3p+6', '0x1.573c82af91c90p-2'),
+    ('0x1.ea0be84250a06p+0', '0x1.2c726ba20719fp-9'),
+    ('0x1.ebd761779ce6bp+0', '0x1.fb8dd9c4e450bp-5'),
+]
+
+
+def _scale_floor_pinned_cases():
+    rng = np.random.default_rng(20261206)
+    out = []
+    for k in range(12):
+        m = int(rng.integers(3, 120))
+        var = np.exp(rng.normal(np.log(0.1), 1.5, m))
+        e2 = (rng.uniform(0.3, 3) ** 2 * var + [0.0, 0.04][k % 2]) * rng.chisquare(2, m)
+        if k % 3 == 0:
+            e2[: m // 3] *= 50
+        out.append((e2, var))
+    return out
+
+
+def test_fit_scale_floor_bitwise_as_the_stacked_climb():
+    got = [xfmfit._fit_scale_floor(e2, var) for e2, var in _scale_floor_pinned_cases()]
+    want = [(float.fromhex(a), float.fromhex(b)) for a, b in _SCALE_FLOOR_PINNED]
+    assert got == want
+    assert {b == 0.0 for _, b in want} == {True, False}
+    assert min(a for a, _ in want) == xfmfit._MIN_SCALE**2      # one end on the scale's bound
+
+
+def test_rho_value_is_rhos_first_array():
+    z = np.concatenate([[0.0, 1e-300, 0.5, 1.0, 1.0 + 1e-12, 3.0, 1e6], np.geomspace(1e-8, 1e8, 50)])
+    for loss in xfmfit.LOSSES:
+        assert np.array_equal(xfmfit._rho_value(z, loss), xfmfit._rho(z, loss)[0]), loss
+    with pytest.raises(ValueError):
+        xfmfit._rho_value(z, "bogus")
