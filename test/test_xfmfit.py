@@ -2554,9 +2554,73 @@ def test_fit_scale_floor_bitwise_as_the_stacked_climb():
     assert min(a for a, _ in want) == xfmfit._MIN_SCALE**2      # one end on the scale's bound
 
 
-def test_rho_value_is_rhos_first_array():
+def test_rho_value_and_derivatives_are_rhos_arrays():
     z = np.concatenate([[0.0, 1e-300, 0.5, 1.0, 1.0 + 1e-12, 3.0, 1e6], np.geomspace(1e-8, 1e8, 50)])
     for loss in xfmfit.LOSSES:
-        assert np.array_equal(xfmfit._rho_value(z, loss), xfmfit._rho(z, loss)[0]), loss
-    with pytest.raises(ValueError):
-        xfmfit._rho_value(z, "bogus")
+        rho, rho1, rho2 = xfmfit._rho(z, loss)
+        assert np.array_equal(xfmfit._rho_value(z, loss), rho), loss
+        d1, d2 = xfmfit._rho_derivatives(z, loss)
+        assert np.array_equal(d1, rho1) and np.array_equal(d2, rho2), loss
+    for bad in (xfmfit._rho_value, xfmfit._rho_derivatives):
+        with pytest.raises(ValueError):
+            bad(z, "bogus")
+
+
+def test_refit_batch_carries_the_trial_point_bit_for_bit():
+    """_refit_batch carries z and F from the trial point when every row moved there exactly;
+    the minima equal those of the same iteration recomputing them (a reference copy here)."""
+    def reference(dx, dy, w, loss, f_scale, max_shift):
+        nb = dx.shape[0]
+        p = np.zeros((nb, 2))
+        c2 = f_scale * f_scale
+        per_row = np.ndim(w) == 2
+        rows = np.arange(nb)
+        dxr, dyr, wr = dx[rows], dy[rows], (w[rows] if per_row else w)
+        for _ in range(xfmfit._BOOT_MAX_ITER):
+            if rows.size == 0:
+                break
+            px, py = p[rows, 0], p[rows, 1]
+            ex, ey = px[:, None] - dxr, py[:, None] - dyr
+            rho, rho1, rho2 = xfmfit._rho(wr * (ex * ex + ey * ey) / c2, loss)
+            f0 = rho.sum(axis=1)
+            v = wr * rho1
+            vsum = v.sum(axis=1)
+            gx, gy = (v * ex).sum(axis=1), (v * ey).sum(axis=1)
+            k = 2.0 * rho2 * wr * wr / c2
+            kx = k * ex
+            hxx = vsum + (kx * ex).sum(axis=1)
+            hyy = vsum + (k * ey * ey).sum(axis=1)
+            hxy = (kx * ey).sum(axis=1)
+            det = hxx * hyy - hxy * hxy
+            with np.errstate(divide="ignore", invalid="ignore"):
+                nx = -(hyy * gx - hxy * gy) / det
+                ny = -(hxx * gy - hxy * gx) / det
+                irx = (v * dxr).sum(axis=1) / vsum - px
+                iry = (v * dyr).sum(axis=1) / vsum - py
+            ok = (hxx > 0) & (det > 0) & np.isfinite(nx) & np.isfinite(ny)
+            tx = np.clip(px + np.where(ok, nx, 0.0), -max_shift, max_shift)
+            ty = np.clip(py + np.where(ok, ny, 0.0), -max_shift, max_shift)
+            ex, ey = tx[:, None] - dxr, ty[:, None] - dyr
+            f1 = xfmfit._rho(wr * (ex * ex + ey * ey) / c2, loss)[0].sum(axis=1)
+            newton = ok & (f1 <= f0 * (1.0 + 1e-15) + 1e-300)
+            sx = np.where(newton, tx - px, np.clip(px + irx, -max_shift, max_shift) - px)
+            sy = np.where(newton, ty - py, np.clip(py + iry, -max_shift, max_shift) - py)
+            p[rows, 0], p[rows, 1] = px + sx, py + sy
+            moving = np.hypot(sx, sy) >= xfmfit._BOOT_TOL_ARCSEC
+            if not moving.all():
+                rows, dxr, dyr = rows[moving], dxr[moving], dyr[moving]
+                if per_row:
+                    wr = wr[moving]
+        return p
+
+    rng = np.random.default_rng(20261206)
+    for i in range(40):
+        loss = xfmfit.LOSSES[i % len(xfmfit.LOSSES)]
+        n, nb = int(rng.integers(1, 80)), int(rng.integers(1, 120))
+        dx = rng.normal(0, 1) + rng.normal(0, 0.5, (nb, n))
+        dy = rng.normal(0, 1) + rng.normal(0, 0.5, (nb, n))
+        wild = rng.random((nb, n)) < 0.2
+        dx[wild] += rng.uniform(-3, 3, wild.sum())
+        w = rng.uniform(0.5, 20, n) if i % 2 else rng.uniform(0, 20, (nb, n))
+        args = (dx, dy, w, loss, (1.0, 0.7, 2.0)[i % 3], (5.0, 0.5)[i % 5 == 0])
+        assert np.array_equal(xfmfit._refit_batch(*args), reference(*args), equal_nan=True), i

@@ -379,6 +379,15 @@ def _rho(z: np.ndarray, loss: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     raise ValueError(f"loss must be one of {LOSSES}, not {loss!r}")
 
 
+def _rho_derivatives(z: np.ndarray, loss: str) -> tuple[np.ndarray, np.ndarray]:
+    """rho'(z) and rho''(z) alone, the same values as ``_rho(z, loss)[1:]``: without rho
+    where that saves work (issue 11: the refits carry rho's sum from the trial point)."""
+    if loss == "cauchy":
+        t = 1.0 + z
+        return 1.0 / t, -1.0 / t**2
+    return _rho(z, loss)[1:]
+
+
 def _rho_value(z: np.ndarray, loss: str) -> np.ndarray:
     """rho(z) alone, the same values as ``_rho(z, loss)[0]``: without the two derivatives
     where that saves work (issue 11: the refits' trial steps need only the value)."""
@@ -889,10 +898,11 @@ def _fit_scale_floor(e2, var):
     the mean residual), and the highest of these is returned.
     """
     lo_a = _MIN_SCALE**2
+    total = np.add.reduce          # x.sum(): the same sum without its Python layers (issue 11)
 
     def objective(aa, bb):
         vv = aa * var + bb
-        return float(np.sum(-np.log(vv) - e2 / (2.0 * vv)))
+        return float(total(-np.log(vv) - e2 / (2.0 * vv)))
 
     def d_floor(aa):
         """dl/dB on the bound B = 0."""
@@ -911,9 +921,9 @@ def _fit_scale_floor(e2, var):
         for _ in range(60):
             g = e2 / (2.0 * vv * vv) - 1.0 / vv
             h = 1.0 / (vv * vv)
-            g_a, g_b = float((g * var).sum()), float(g.sum())
+            g_a, g_b = float(total(g * var)), float(total(g))
             hv = h * var
-            f_aa, f_ab, f_bb = float((hv * var).sum()), float(hv.sum()), float(h.sum())
+            f_aa, f_ab, f_bb = float(total(hv * var)), float(total(hv)), float(total(h))
             det = f_aa * f_bb - f_ab * f_ab
             if not det > 0:
                 break                                # a singular Fisher matrix: stop there
@@ -925,7 +935,7 @@ def _fit_scale_floor(e2, var):
                 na = max(a + s_a, lo_a)
                 nb = max(b + s_b, 0.0)
                 nv = na * var + nb
-                nf = float(np.sum(-np.log(nv) - e2 / (2.0 * nv)))
+                nf = float(total(-np.log(nv) - e2 / (2.0 * nv)))
                 if nf >= f - 1e-12 * abs(f):
                     break
                 s_a, s_b = s_a / 2.0, s_b / 2.0
@@ -963,15 +973,23 @@ def _refit_batch(dx, dy, w, loss, f_scale, max_shift):
     per_row = np.ndim(w) == 2
     rows = np.arange(nb)
     dxr, dyr, wr = dx[rows], dy[rows], (w[rows] if per_row else w)
+    # z and rho's sums at the trial point, carried to the next iteration when every row moved
+    # to its trial point exactly (a Newton step whose p + (t - p) is t): there the next z and F
+    # are these, bit for bit, and only rho's derivatives are new (issue 11)
+    carried = None
 
     for _ in range(_BOOT_MAX_ITER):
         if rows.size == 0:
             break
         px, py = p[rows, 0], p[rows, 1]
-        ex = px[:, None] - dxr
-        ey = py[:, None] - dyr
-        rho, rho1, rho2 = _rho(wr * (ex * ex + ey * ey) / c2, loss)
-        f0 = rho.sum(axis=1)
+        if carried is None:
+            ex = px[:, None] - dxr
+            ey = py[:, None] - dyr
+            rho, rho1, rho2 = _rho(wr * (ex * ex + ey * ey) / c2, loss)
+            f0 = rho.sum(axis=1)
+        else:
+            ex, ey, z, f0 = carried
+            rho1, rho2 = _rho_derivatives(z, loss)
         v = wr * rho1
         vsum = v.sum(axis=1)
         gx, gy = (v * ex).sum(axis=1), (v * ey).sum(axis=1)
@@ -991,18 +1009,24 @@ def _refit_batch(dx, dy, w, loss, f_scale, max_shift):
         ty = np.clip(py + np.where(newton_ok, ny, 0.0), -max_shift, max_shift)
         ex = tx[:, None] - dxr
         ey = ty[:, None] - dyr
-        f1 = _rho_value(wr * (ex * ex + ey * ey) / c2, loss).sum(axis=1)
+        z = wr * (ex * ex + ey * ey) / c2
+        f1 = _rho_value(z, loss).sum(axis=1)
         use_newton = newton_ok & (f1 <= f0 * (1.0 + 1e-15) + 1e-300)
         sx = np.where(use_newton, tx - px, np.clip(px + irx, -max_shift, max_shift) - px)
         sy = np.where(use_newton, ty - py, np.clip(py + iry, -max_shift, max_shift) - py)
-        p[rows, 0] = px + sx
-        p[rows, 1] = py + sy
+        new_x, new_y = px + sx, py + sy
+        p[rows, 0] = new_x
+        p[rows, 1] = new_y
+        carried = ((ex, ey, z, f1) if use_newton.all() and np.array_equal(new_x, tx)
+                   and np.array_equal(new_y, ty) else None)
         moving = np.hypot(sx, sy) >= _BOOT_TOL_ARCSEC
         if not moving.all():
             rows = rows[moving]
             dxr, dyr = dxr[moving], dyr[moving]
             if per_row:
                 wr = wr[moving]
+            if carried is not None:
+                carried = tuple(c[moving] for c in carried)
     return p
 
 
