@@ -849,3 +849,6 @@ def test_one_to_one_as_uniques_structured_sort():
         assert np.array_equal(w, pairs[keep, 0]) and np.array_equal(g, pairs[keep, 1])
         assert dropped == int(np.count_nonzero(~keep))
         assert w.dtype == g.dtype == np.int64
+        # ids of another integer type come back as int64, as the docstring says
+        w32, g32, _ = one_to_one((wise // 10**12).astype(np.int32), (gaia % 1000).astype(np.int32))
+        assert w32.dtype == g32.dtype == np.int64
