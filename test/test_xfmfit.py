@@ -2583,7 +2583,9 @@ def test_fit_scale_floor_bitwise_as_the_stacked_climb():
     got = [xfmfit._fit_scale_floor(*_scale_floor_pinned_case(seed))
            for seed in range(len(_SCALE_FLOOR_PINNED))]
     want = [(float.fromhex(a), float.fromhex(b)) for a, b in _SCALE_FLOOR_PINNED]
-    assert got == want
+    # bit for bit here; rel 1e-13 leaves room for another CPU's np.log in the last bit, while
+    # a climb that stopped one step earlier or later moves the end by ~1e-9 relative or more
+    assert got == [pytest.approx(pair, rel=1e-13, abs=0.0) for pair in want]
     assert {b == 0.0 for _, b in want} == {True, False}
     assert min(a for a, _ in want) == xfmfit._MIN_SCALE**2      # ends on the scale's bound
 
@@ -2601,60 +2603,34 @@ def test_rho_value_and_derivatives_are_rhos_arrays():
 
 
 def test_refit_batch_carries_the_trial_point_bit_for_bit():
-    """_refit_batch carries z and F from the trial point when every row moved there exactly;
-    the minima equal those of the same iteration recomputing them (a reference copy here)."""
-    def reference(dx, dy, w, loss, f_scale, max_shift):
-        nb = dx.shape[0]
-        p = np.zeros((nb, 2))
-        c2 = f_scale * f_scale
-        per_row = np.ndim(w) == 2
-        rows = np.arange(nb)
-        dxr, dyr, wr = dx[rows], dy[rows], (w[rows] if per_row else w)
-        for _ in range(xfmfit._BOOT_MAX_ITER):
-            if rows.size == 0:
-                break
-            px, py = p[rows, 0], p[rows, 1]
-            ex, ey = px[:, None] - dxr, py[:, None] - dyr
-            rho, rho1, rho2 = xfmfit._rho(wr * (ex * ex + ey * ey) / c2, loss)
-            f0 = rho.sum(axis=1)
-            v = wr * rho1
-            vsum = v.sum(axis=1)
-            gx, gy = (v * ex).sum(axis=1), (v * ey).sum(axis=1)
-            k = 2.0 * rho2 * wr * wr / c2
-            kx = k * ex
-            hxx = vsum + (kx * ex).sum(axis=1)
-            hyy = vsum + (k * ey * ey).sum(axis=1)
-            hxy = (kx * ey).sum(axis=1)
-            det = hxx * hyy - hxy * hxy
-            with np.errstate(divide="ignore", invalid="ignore"):
-                nx = -(hyy * gx - hxy * gy) / det
-                ny = -(hxx * gy - hxy * gx) / det
-                irx = (v * dxr).sum(axis=1) / vsum - px
-                iry = (v * dyr).sum(axis=1) / vsum - py
-            ok = (hxx > 0) & (det > 0) & np.isfinite(nx) & np.isfinite(ny)
-            tx = np.clip(px + np.where(ok, nx, 0.0), -max_shift, max_shift)
-            ty = np.clip(py + np.where(ok, ny, 0.0), -max_shift, max_shift)
-            ex, ey = tx[:, None] - dxr, ty[:, None] - dyr
-            f1 = xfmfit._rho(wr * (ex * ex + ey * ey) / c2, loss)[0].sum(axis=1)
-            newton = ok & (f1 <= f0 * (1.0 + 1e-15) + 1e-300)
-            sx = np.where(newton, tx - px, np.clip(px + irx, -max_shift, max_shift) - px)
-            sy = np.where(newton, ty - py, np.clip(py + iry, -max_shift, max_shift) - py)
-            p[rows, 0], p[rows, 1] = px + sx, py + sy
-            moving = np.hypot(sx, sy) >= xfmfit._BOOT_TOL_ARCSEC
-            if not moving.all():
-                rows, dxr, dyr = rows[moving], dxr[moving], dyr[moving]
-                if per_row:
-                    wr = wr[moving]
-        return p
-
+    """_refit_batch carries z and F from the trial point only when every row of the batch moved
+    there exactly (a Newton step); a row refitted alone carries whenever it alone did.  So a
+    batch in which some rows take IRLS steps recomputes where the same rows alone carry: the
+    rows' minima agree to the last bit only if carrying changes nothing (issue 11)."""
     rng = np.random.default_rng(20261206)
+    carried = []
+    derivatives = xfmfit._rho_derivatives
+
+    def counting(z, loss):
+        carried.append(z.shape[0])
+        return derivatives(z, loss)
+
     for i in range(40):
         loss = xfmfit.LOSSES[i % len(xfmfit.LOSSES)]
-        n, nb = int(rng.integers(1, 80)), int(rng.integers(1, 120))
+        n, nb = int(rng.integers(1, 60)), int(rng.integers(2, 40))
         dx = rng.normal(0, 1) + rng.normal(0, 0.5, (nb, n))
         dy = rng.normal(0, 1) + rng.normal(0, 0.5, (nb, n))
         wild = rng.random((nb, n)) < 0.2
         dx[wild] += rng.uniform(-3, 3, wild.sum())
         w = rng.uniform(0.5, 20, n) if i % 2 else rng.uniform(0, 20, (nb, n))
-        args = (dx, dy, w, loss, (1.0, 0.7, 2.0)[i % 3], (5.0, 0.5)[i % 5 == 0])
-        assert np.array_equal(xfmfit._refit_batch(*args), reference(*args), equal_nan=True), i
+        f_scale, max_shift = (1.0, 0.7, 2.0)[i % 3], (5.0, 0.5)[i % 5 == 0]
+        got = xfmfit._refit_batch(dx, dy, w, loss, f_scale, max_shift)
+        xfmfit._rho_derivatives = counting
+        try:
+            for j in range(nb):
+                alone = xfmfit._refit_batch(dx[j:j + 1], dy[j:j + 1], w[j:j + 1] if i % 2 == 0
+                                            else w, loss, f_scale, max_shift)
+                assert np.array_equal(alone[0], got[j], equal_nan=True), (i, j)
+        finally:
+            xfmfit._rho_derivatives = derivatives
+    assert len(carried) > 100                    # the rows alone did carry, many times
