@@ -379,23 +379,6 @@ def _rho(z: np.ndarray, loss: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     raise ValueError(f"loss must be one of {LOSSES}, not {loss!r}")
 
 
-def _rho_derivatives(z: np.ndarray, loss: str) -> tuple[np.ndarray, np.ndarray]:
-    """rho'(z) and rho''(z) alone, the same values as ``_rho(z, loss)[1:]``: without rho
-    where that saves work (issue 11: the refits carry rho's sum from the trial point)."""
-    if loss == "cauchy":
-        t = 1.0 + z
-        return 1.0 / t, -1.0 / t**2
-    return _rho(z, loss)[1:]
-
-
-def _rho_value(z: np.ndarray, loss: str) -> np.ndarray:
-    """rho(z) alone, the same values as ``_rho(z, loss)[0]``: without the two derivatives
-    where that saves work (issue 11: the refits' trial steps need only the value)."""
-    if loss == "cauchy":
-        return np.log1p(z)
-    return _rho(z, loss)[0]
-
-
 def _objective(p, d_xi, d_eta, w, loss, f_scale):
     """F(p), its gradient, its Hessian and the per-pair pieces (module docstring)."""
     ex = p[0] - d_xi
@@ -973,23 +956,15 @@ def _refit_batch(dx, dy, w, loss, f_scale, max_shift):
     per_row = np.ndim(w) == 2
     rows = np.arange(nb)
     dxr, dyr, wr = dx[rows], dy[rows], (w[rows] if per_row else w)
-    # z and rho's sums at the trial point, carried to the next iteration when every row moved
-    # to its trial point exactly (a Newton step whose p + (t - p) is t): there the next z and F
-    # are these, bit for bit, and only rho's derivatives are new (issue 11)
-    carried = None
 
     for _ in range(_BOOT_MAX_ITER):
         if rows.size == 0:
             break
         px, py = p[rows, 0], p[rows, 1]
-        if carried is None:
-            ex = px[:, None] - dxr
-            ey = py[:, None] - dyr
-            rho, rho1, rho2 = _rho(wr * (ex * ex + ey * ey) / c2, loss)
-            f0 = rho.sum(axis=1)
-        else:
-            ex, ey, z, f0 = carried
-            rho1, rho2 = _rho_derivatives(z, loss)
+        ex = px[:, None] - dxr
+        ey = py[:, None] - dyr
+        rho, rho1, rho2 = _rho(wr * (ex * ex + ey * ey) / c2, loss)
+        f0 = rho.sum(axis=1)
         v = wr * rho1
         vsum = v.sum(axis=1)
         gx, gy = (v * ex).sum(axis=1), (v * ey).sum(axis=1)
@@ -1009,24 +984,18 @@ def _refit_batch(dx, dy, w, loss, f_scale, max_shift):
         ty = np.clip(py + np.where(newton_ok, ny, 0.0), -max_shift, max_shift)
         ex = tx[:, None] - dxr
         ey = ty[:, None] - dyr
-        z = wr * (ex * ex + ey * ey) / c2
-        f1 = _rho_value(z, loss).sum(axis=1)
+        f1 = _rho(wr * (ex * ex + ey * ey) / c2, loss)[0].sum(axis=1)
         use_newton = newton_ok & (f1 <= f0 * (1.0 + 1e-15) + 1e-300)
         sx = np.where(use_newton, tx - px, np.clip(px + irx, -max_shift, max_shift) - px)
         sy = np.where(use_newton, ty - py, np.clip(py + iry, -max_shift, max_shift) - py)
-        new_x, new_y = px + sx, py + sy
-        p[rows, 0] = new_x
-        p[rows, 1] = new_y
-        carried = ((ex, ey, z, f1) if use_newton.all() and np.array_equal(new_x, tx)
-                   and np.array_equal(new_y, ty) else None)
+        p[rows, 0] = px + sx
+        p[rows, 1] = py + sy
         moving = np.hypot(sx, sy) >= _BOOT_TOL_ARCSEC
         if not moving.all():
             rows = rows[moving]
             dxr, dyr = dxr[moving], dyr[moving]
             if per_row:
                 wr = wr[moving]
-            if carried is not None:
-                carried = tuple(c[moving] for c in carried)
     return p
 
 
