@@ -242,3 +242,130 @@ def test_tail_model_is_the_mixture_likelihood_without_its_tail_and_downweights_t
     mean_true = off[:10].mean(axis=0)
     assert np.hypot(*(shift_tail - mean_true)) < 0.8 * np.hypot(*(shift_true - mean_true))
     assert np.all(np.isnan(sigma)) and np.all(memb[:10] > 0.5)
+
+
+def _floor_state(bench, rng, n, floor):
+    """A calibrated windowed fit's state (the mixture's internals, as its polish gets them)
+    on n true pairs whose stated errors (0.05-0.6", circular and elliptical) miss ``floor``."""
+    from stk_astrometry import mixture
+
+    sig = np.exp(rng.uniform(np.log(0.05), np.log(0.6), n))
+    stated = bench.pair_covariance(sig * bench.R95_PER_SIGMA,
+                                   sig * rng.uniform(0.4, 1.0, n) * bench.R95_PER_SIGMA,
+                                   rng.uniform(0, 180, n))
+    d = np.array([0.25, -0.15]) + np.einsum(
+        "nij,nj->ni", np.linalg.cholesky(stated + floor**2 * np.eye(2)),
+        rng.standard_normal((n, 2)))
+    prob = mixture._Problem(np.arange(n), d[:, 0], d[:, 1],
+                            mixture._calibrated(stated, 1.0, floor)[0], 2.0 / 3600.0,
+                            bench.MATCH_RADIUS, 5.0)
+    return prob, stated, mixture._windowed_fit(prob, np.zeros(2), 0.9, covariance=False)
+
+
+def test_restricted_terms_are_the_ml_terms_less_half_the_log_det_of_the_information(bench):
+    # mix-reml's objective: the mixture's own (value, gradient, Hessian in x = (log k,
+    # sigma_sys^2)) plus -1/2 log det sum_k r_k C_k^-1 -- here from the inverses of the model's
+    # covariances -- with the exact derivatives of that sum (central differences)
+    from stk_astrometry import mixture
+
+    rng = np.random.default_rng(11)
+    for n in (12, 30):
+        prob, stated, st = _floor_state(bench, rng, n, 0.2)
+        ml = mixture._error_model_terms(prob, stated, st, 0.0)
+        with bench._restricted_likelihood():
+            reml = mixture._error_model_terms(prob, stated, st, 0.0)
+        for x in ([0.0, 0.01], [np.log(0.8), 0.05], [np.log(1.3), 0.002]):
+            x = np.array(x)
+            cov = mixture._calibrated(stated[st.idx], float(np.exp(x[0])),
+                                      float(np.sqrt(x[1])))[0]
+            info = np.einsum("k,kij->ij", st.r, np.linalg.inv(cov))
+            f, grad, hess = reml(x)
+            assert f == pytest.approx(ml(x)[0] - 0.5 * np.log(np.linalg.det(info)), rel=1e-12)
+            steps = np.array([1e-5, 1e-6])
+            for i in range(2):
+                e = np.eye(2)[i] * steps[i]
+                up, down = reml(x + e), reml(x - e)
+                assert grad[i] == pytest.approx((up[0] - down[0]) / (2 * steps[i]), rel=1e-6)
+                np.testing.assert_allclose(hess[i], (up[1] - down[1]) / (2 * steps[i]),
+                                           rtol=1e-5, atol=1e-6 * np.max(np.abs(hess)))
+    # no information (memberships all 0): the term adds nothing
+    ones = np.ones((4, 2))
+    value, grad, hess = bench.restricted_terms(np.zeros(4), 4.0 * ones, ones, ones, np.ones(4),
+                                               np.zeros(4))
+    assert value == 0.0 and not np.any(grad) and not np.any(hess)
+
+
+def test_restricted_likelihood_removes_the_shifts_bias_from_the_floor(bench, monkeypatch):
+    # a 0.2" floor missing from 12 stated errors (0.05-0.6"; no chance matches; the prior left
+    # out), 60 stacks: fitted by maximum likelihood about the fitted shift the floor^2 comes out
+    # ~20 % low (the n / (n - 2) bias of a variance about its own mean, on the bright pairs
+    # that carry the floor); on the restricted likelihood (mix-reml) within ~7 %, and above the
+    # plain fit's floor in (nearly) every stack.  The module's objective is its own again after
+    from stk_astrometry import mixture
+
+    monkeypatch.setattr(mixture, "_CAL_PRIOR", None)
+    terms = mixture._error_model_terms
+    floors = {}
+    for reml in (False, True):
+        rng = np.random.default_rng(1234)
+        fits = []
+        for _ in range(60):
+            sig = np.exp(rng.uniform(np.log(0.05), np.log(0.6), 12))
+            stated = bench.pair_covariance(sig * bench.R95_PER_SIGMA, sig * bench.R95_PER_SIGMA,
+                                           np.zeros(12))
+            d = np.array([0.25, -0.15]) + rng.normal(size=(12, 2)) * np.hypot(sig, 0.2)[:, None]
+            with bench._restricted_likelihood() if reml else _nothing():
+                fits.append(bench.fit_mixture(np.arange(12), d[:, 0], d[:, 1], stated,
+                                              density_per_arcmin2=0.0, match_radius_arcsec=3.0,
+                                              calibrate=True))
+        assert all(f.calibrated for f in fits)
+        floors[reml] = np.array([f.sys_floor for f in fits])
+    assert mixture._error_model_terms is terms
+    assert np.mean(floors[False] ** 2) < 0.85 * 0.2**2
+    assert np.mean(floors[True] ** 2) > 0.9 * 0.2**2
+    assert np.mean(floors[True] >= floors[False] - 1e-9) > 0.95
+    with pytest.raises(RuntimeError), bench._restricted_likelihood():
+        assert mixture._error_model_terms is not terms
+        raise RuntimeError
+    assert mixture._error_model_terms is terms
+
+
+def _nothing():
+    import contextlib
+
+    return contextlib.nullcontext()
+
+
+def test_restricted_floor_of_errorless_pairs_is_the_scatter_over_the_dimensions_left(bench,
+                                                                                    monkeypatch):
+    # no stated errors (the scale multiplies nothing), the prior left out, the fitted model
+    # kept: maximum likelihood's floor^2 is sum r |d - s|^2 / (2 sum r); the restricted one
+    # divides by 2 (sum r - 1), the two dimensions the shift took left out
+    from stk_astrometry import mixture
+
+    monkeypatch.setattr(mixture, "_CAL_PRIOR", None)
+    rng = np.random.default_rng(460)
+    n = 20
+    d = np.array([0.2, -0.1]) + rng.normal(0, 0.3, (n, 2))
+    leg, _ = _outlier_leg(bench)
+    leg = dataclasses.replace(leg, det=np.arange(n), d_xi=d[:, 0], d_eta=d[:, 1],
+                              cov_stated=np.zeros((n, 2, 2)), bright=np.zeros(n, bool))
+    for est, ml_dims in ((bench.est_oracle_fitted, 0.0), (bench.est_oracle_reml_fitted, 1.0)):
+        with bench._fitted_model_always(), (bench._restricted_likelihood() if ml_dims
+                                            else _nothing()):
+            fit = bench.fit_mixture(leg.det, leg.d_xi, leg.d_eta, leg.cov_stated,
+                                    density_per_arcmin2=leg.density,
+                                    match_radius_arcsec=bench.MATCH_RADIUS, calibrate=True)
+        shift, _, memb = est(leg, 0)
+        np.testing.assert_array_equal(shift, [fit.d_xi, fit.d_eta])
+        np.testing.assert_array_equal(memb, fit.membership)
+        e = d - shift
+        assert fit.err_scale == 1.0
+        assert fit.sys_floor == pytest.approx(
+            np.sqrt(np.sum(memb * (e**2).sum(axis=1)) / (2 * (memb.sum() - ml_dims))), rel=1e-6)
+    # mix-reml is the shipped choice of model on the restricted likelihood
+    with bench._restricted_likelihood():
+        fit = bench.fit_mixture(leg.det, leg.d_xi, leg.d_eta, leg.cov_stated,
+                                density_per_arcmin2=leg.density,
+                                match_radius_arcsec=bench.MATCH_RADIUS, calibrate=True)
+    np.testing.assert_array_equal(bench.est_oracle_reml(leg, 0)[0], [fit.d_xi, fit.d_eta])

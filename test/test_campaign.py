@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -40,6 +41,36 @@ def test_stack_list_and_table(tmp_path):
     assert [s.stackid for s in got] == ["A", "B"]
     assert all(s.select for s in got)  # one detections file for two stacks: select by id
     assert os.path.isabs(got[0].detfile)
+
+
+def test_stack_list_resolves_links(tmp_path):
+    """A listed folder or file that is a symbolic link is recorded by its resolved path, as
+    Path.resolve() gives it (the list is read with one scandir per folder)."""
+    real = _stack_dir(tmp_path / "disk", "stackA")
+    elsewhere = tmp_path / "other" / "g.fits"
+    elsewhere.parent.mkdir()
+    elsewhere.write_bytes(b"x")
+    (real / "stackA_gaia.fits").unlink()
+    (real / "stackA_gaia.fits").symlink_to(elsewhere)
+    (tmp_path / "prod").mkdir()
+    (real / "products").symlink_to(tmp_path / "prod")
+    (tmp_path / "link").symlink_to(tmp_path / "disk")
+    lst = tmp_path / "s.lis"
+    lst.write_text("link/stackA\n")
+    (s,) = stacks.read_stack_list(f"@{lst}")
+    root = tmp_path.resolve()
+    assert s.detfile == str(root / "disk" / "stackA" / "stackA_det.fits")
+    assert s.gaiafile == str(root / "other" / "g.fits")
+    assert s.products == str(root / "prod")
+    for p in (s.detfile, s.gaiafile, s.wisefile, s.bestnbfile, s.products):
+        assert p == str(Path(p).resolve())
+    lst.write_text("link/stackA\ndisk/stackA/\n")
+    with pytest.raises(InputError, match="appears twice"):
+        stacks.read_stack_list(f"@{lst}")
+    (tmp_path / "afile").write_text("")
+    lst.write_text("afile\n")
+    with pytest.raises(InputError, match="does not exist"):
+        stacks.read_stack_list(f"@{lst}")
 
 
 def test_stack_list_errors(tmp_path):

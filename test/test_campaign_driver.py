@@ -83,16 +83,26 @@ def _writing_task(plan):
     return out
 
 
-def _run_execute(tmp_path, monkeypatch, *, fail_sync=False, task=_writing_task, chunk=1, n=6):
+def _run_execute(tmp_path, monkeypatch, *, fail_sync=False, task=_writing_task, chunk=1, n=6,
+                 done_first=(), flush_s=0.0):
     from distributed import Client
 
     events = []
     real_record = database.RunDatabase.record
+    real_mark = database.RunDatabase.mark_submitted
 
-    def record(self, outcomes):
-        events.append(("record", [o["stackid"] for o in outcomes],
-                       [o["row"]["status"] for o in outcomes]))
-        return real_record(self, outcomes)
+    def record(self, outcomes, **kw):
+        if kw.get("submitted"):
+            events.append(("marked", [sid for sid, _ in kw["submitted"]]))
+        if outcomes:
+            events.append(("record", [o["stackid"] for o in outcomes],
+                           [o["row"]["status"] for o in outcomes]))
+        return real_record(self, outcomes, **kw)
+
+    def mark_submitted(self, stackids, run_id):
+        stackids = list(stackids)
+        events.append(("mark_now", stackids))
+        return real_mark(self, stackids, run_id)
 
     real_make = fitsutil.make_durable
 
@@ -104,6 +114,7 @@ def _run_execute(tmp_path, monkeypatch, *, fail_sync=False, task=_writing_task, 
         return real_make(paths)
 
     monkeypatch.setattr(database.RunDatabase, "record", record)
+    monkeypatch.setattr(database.RunDatabase, "mark_submitted", mark_submitted)
     monkeypatch.setattr(fitsutil, "make_durable", make_durable)
     stacks = [StackInput(f"s{i}", f"/d{i}", f"/g{i}") for i in range(n)]
     plans = [StackPlan(stack=s, folder=str(tmp_path / "camp" / s.stackid)) for s in stacks]
@@ -113,9 +124,10 @@ def _run_execute(tmp_path, monkeypatch, *, fail_sync=False, task=_writing_task, 
                    dashboard_address=None) as client:
         db.sync_stacks(stacks, {})
         run = db.start_run(host="h", version="v", command="c", scheduler="s")
+        real_record(db, [null_stack(p) for p in plans if p.stack.stackid in done_first])
         prog = progress.Progress(len(plans), log=log, live=False, enabled=False)
         driver._execute(client, plans, db, run, prog, io.StringIO(), window=3,
-                        task=task, chunk=chunk, flush_s=0.0, defer_sync=True)
+                        task=task, chunk=chunk, flush_s=flush_s, defer_sync=True)
         states = db.states()
         rows = {r["stackid"]: r for r in db.result_rows()}
     return events, states, rows
@@ -128,7 +140,7 @@ def test_driver_syncs_the_files_before_it_records_the_stacks(tmp_path, monkeypat
     for ev in events:
         if ev[0] == "sync":
             synced |= set(ev[1])
-        else:
+        elif ev[0] == "record":
             for sid in ev[1]:
                 # the stack's output was made durable by a sync BEFORE this commit
                 assert str(tmp_path / "camp" / sid / "out.txt") in synced, (sid, events)
@@ -137,6 +149,30 @@ def test_driver_syncs_the_files_before_it_records_the_stacks(tmp_path, monkeypat
     assert {s: st.status for s, st in states.items()} == {f"s{i}": "done" for i in range(6)}
     for i in range(6):   # the workers did not sync: the task ran with defer_sync from _execute
         assert (tmp_path / "camp" / f"s{i}" / "out.txt").read_text() == f"s{i}"
+
+
+def test_submissions_are_marked_in_the_periodic_commit(tmp_path, monkeypatch):
+    """A submitted stack is marked running (attempts + 1) in the next periodic commit, with
+    the outcomes and before its own, not in a commit per submission -- except a stack the
+    database holds done (force, changed inputs), which is marked at once before it runs: a
+    kill that lost its mark would leave it done while its rerun replaced its files."""
+    events, states, _ = _run_execute(tmp_path, monkeypatch, n=12, flush_s=60.0,
+                                     done_first=("s2", "s7"))
+    assert [ev[1] for ev in events if ev[0] == "mark_now"] == [["s2"], ["s7"]]
+    seen = set()
+    for ev in events:
+        if ev[0] == "mark_now":
+            seen |= set(ev[1])
+        elif ev[0] == "marked":
+            assert not set(ev[1]) & {"s2", "s7"} and not set(ev[1]) & seen
+            seen |= set(ev[1])
+        elif ev[0] == "record":                 # recorded only after its mark
+            assert set(ev[1]) <= seen, events
+    assert seen == {f"s{i}" for i in range(12)}
+    assert {s: (st.status, st.attempts) for s, st in states.items()} == {
+        f"s{i}": ("done", 1) for i in range(12)}
+    # the long flush interval: one commit at the end holds every mark and outcome but the two
+    assert len([ev for ev in events if ev[0] == "record"]) == 1
 
 
 def test_driver_records_failed_when_the_sync_fails(tmp_path, monkeypatch):
@@ -189,15 +225,15 @@ def test_chunks_run_every_stack_once_and_only_the_breaking_stack_fails(tmp_path,
 
 
 @pytest.mark.parametrize(("n", "threads", "expected"), [
-    (30, 2, 1), (100, 2, 3), (1000, 2, 8), (10_000, 2, 8), (10_000, 200, 3), (0, 0, 1)])
+    (30, 2, 1), (100, 2, 3), (1000, 2, 16), (10_000, 2, 16), (10_000, 200, 3), (0, 0, 1)])
 def test_chunk_size_keeps_every_thread_busy(n, threads, expected):
     assert driver.chunk_size(n, threads) == expected
 
 
 def test_local_cluster_workers_spawn_without_profiler_or_dask_malloc_trim(monkeypatch):
-    """The LocalCluster is built where Dask's worker profiler is off and the nanny's
-    pre-spawn environment leaves glibc's malloc trimming alone (each cost the stacks CPU);
-    the numpy thread limits stay."""
+    """The LocalCluster is built where Dask's worker profiler is off, the nanny's pre-spawn
+    environment leaves glibc's malloc trimming alone and Dask's periodic housekeeping runs
+    at a slower pace (each cost the stacks CPU); the numpy thread limits stay."""
     import distributed
     from distributed.nanny import _get_env_variables
 
@@ -208,6 +244,7 @@ def test_local_cluster_workers_spawn_without_profiler_or_dask_malloc_trim(monkey
             import dask
 
             seen["profile"] = dask.config.get("distributed.worker.profile.enabled")
+            seen["config"] = {k: dask.config.get(k) for k in driver.WORKER_CONFIG}
             seen["env"] = _get_env_variables("distributed.nanny.pre-spawn-environ")
             seen["kwargs"] = kwargs
 
@@ -230,9 +267,26 @@ def test_local_cluster_workers_spawn_without_profiler_or_dask_malloc_trim(monkey
     with driver.dask_client("", 2) as (client, where):
         assert isinstance(client, FakeClient) and where == "LocalCluster (2 worker processes)"
     assert seen["profile"] is False
+    assert seen["config"] == driver.WORKER_CONFIG
+    # Dask's housekeeping at a slower pace (its defaults: 20 ms, 500 ms, 100 ms, 100 ms)
+    assert {k: seen["config"][k] for k in (
+        "distributed.admin.tick.interval", "distributed.admin.system-monitor.interval",
+        "distributed.worker.memory.monitor-interval",
+        "distributed.scheduler.work-stealing-interval")} == {
+        "distributed.admin.tick.interval": "1s", "distributed.admin.system-monitor.interval": "5s",
+        "distributed.worker.memory.monitor-interval": "1s",
+        "distributed.scheduler.work-stealing-interval": "1s"}
     assert "MALLOC_TRIM_THRESHOLD_" not in seen["env"]
     assert seen["env"]["OPENBLAS_NUM_THREADS"] == "1" and seen["env"]["OMP_NUM_THREADS"] == "1"
     assert seen["kwargs"]["processes"] is True and seen["kwargs"]["threads_per_worker"] == 1
+    assert seen["closed"]
+    # asked to, the cluster shuts down in a thread the caller joins (while it writes the table)
+    seen.clear()
+    closing = []
+    with driver.dask_client("", 2, closing=closing):
+        pass
+    assert len(closing) == 1
+    closing[0].join(timeout=10)
     assert seen["closed"]
 
 

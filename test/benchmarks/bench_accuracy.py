@@ -81,6 +81,10 @@ Legend (per case, per estimator; errors and bounds per axis, both axes pooled):
   mix-fit1  (--oracle) not an estimator: the mixture with its fitted error model always kept
             (never averaged with the stated errors): mix-true -> mix-fit1 is what estimating the
             error model costs, mix-fit1 -> mixture what the choice of model costs
+  mix-reml  (--oracle) not an estimator: the mixture with its error model fitted on the
+            restricted likelihood (REML: -1/2 log det of the shift's information added in the
+            model's polish), which removes the bias of a variance fitted about the fitted
+            shift; mix-reml1 the same with the fitted model always kept (as mix-fit1)
   mix-tail  (--oracle, outlier cases) not an estimator: a heavy-tailed true-match component
             ((1 - eps) N(s, C) + eps N(s, C + tau^2 I)) fitted with the error model on the
             calibrated fit's window, averaged with the mixture by posterior weight (margin 4);
@@ -445,6 +449,94 @@ def est_oracle_fitted(leg, leg_index):
     (``mix-true`` -> ``mix-fit1``) and the choice between it and the stated errors (``mix-fit1``
     -> ``mixture``), which protects the stacks whose stated errors are right."""
     with _fitted_model_always():
+        return _mixture(leg, True)
+
+
+def restricted_terms(r, inv_v, ja, jb, vx, vy):
+    """The restricted likelihood's term of the mixture's error model (rows ``mix-reml``,
+    ``mix-reml1``): ``-1/2 log det I``, ``I = sum_k r_k C_k^-1`` the shift's information
+    (memberships ``r`` held), with its gradient (2,) and Hessian (AA, AB, BB) in (A, B) =
+    (k^2, sigma_sys^2).
+
+    The error model is fitted by maximum likelihood about the fitted shift, which took two
+    dimensions of the offsets: like the ML variance about a sample's own mean it comes out
+    low, most for the floor (the shift leans on the bright pairs, whose residuals carry it).
+    Adding this term is REML's correction (Patterson & Thompson 1971; Harville 1977).  In each
+    pair's principal axes ``C_k^-1 = P1 / v1 + P2 / v2`` (P_i the projectors on the axes,
+    ``inv_v`` = 1 / v_i, ``ja``/``jb`` = dv_i/dA, dv_i/dB: 0 where floored), so ``dI = -sum r
+    J / v_i^2 P_i``, ``d2I = sum 2 r J J' / v_i^3 P_i``, and ``d(-1/2 log det I) = -1/2
+    tr(I^-1 dI)``, ``d2 = -1/2 [tr(I^-1 d2I) - tr(I^-1 dI_a I^-1 dI_b)]``.
+    """
+    p1 = np.stack([vx * vx, vx * vy, vy * vy], axis=1)       # (xx, xy, yy) on (vx, vy)
+    p2 = np.stack([vy * vy, -vx * vy, vx * vx], axis=1)      # on (-vy, vx)
+
+    def summed(c):
+        m = c[:, 0] @ p1 + c[:, 1] @ p2
+        return np.array([[m[0], m[1]], [m[1], m[2]]])
+
+    rv = r[:, None] * inv_v
+    sign, logdet = np.linalg.slogdet(summed(rv))
+    if not (sign > 0 and np.isfinite(logdet)):
+        return 0.0, np.zeros(2), np.zeros(3)
+    inv_info = np.linalg.inv(summed(rv))
+    rv2, rv3 = rv * inv_v, 2.0 * rv * inv_v * inv_v
+    d_i = [-summed(rv2 * ja), -summed(rv2 * jb)]
+    d2_i = [summed(rv3 * ja * ja), summed(rv3 * ja * jb), summed(rv3 * jb * jb)]
+    grad = np.array([-0.5 * np.sum(inv_info * d) for d in d_i])
+    m = [inv_info @ d for d in d_i]
+    hess = np.array([-0.5 * (np.sum(inv_info * d2) - np.sum(m[a] * m[b].T))
+                     for d2, (a, b) in zip(d2_i, ((0, 0), (0, 1), (1, 1)), strict=True)])
+    return -0.5 * logdet, grad, hess
+
+
+@contextlib.contextmanager
+def _restricted_likelihood():
+    """fit_mixture with its error model's polish on the restricted likelihood: the
+    objective of ``mixture._error_model_terms`` (x = (log k, sigma_sys^2)) plus
+    :func:`restricted_terms` at the state's memberships, chained to x as that function chains
+    its own (A = exp(2 x0))."""
+    terms_ml = mixture._error_model_terms
+
+    def terms_reml(prob, stated, st, min_floor):
+        ml = terms_ml(prob, stated, st, min_floor)
+        lam, vx, vy = mixture._principal_axes(stated[st.idx])
+        floor2 = mixture.MIN_SIGMA_ARCSEC**2
+
+        def terms(x):
+            value, grad, hess = ml(x)
+            big_a = float(np.exp(2.0 * x[0]))
+            raw = big_a * lam + x[1]
+            jb = (raw >= floor2).astype(float)
+            r_value, r_grad, r_hess = restricted_terms(st.r, 1.0 / np.maximum(raw, floor2),
+                                                       jb * lam, jb, vx, vy)
+            grad = grad + [2.0 * big_a * r_grad[0], r_grad[1]]
+            hess = hess + [[4.0 * big_a * (big_a * r_hess[0] + r_grad[0]),
+                            2.0 * big_a * r_hess[1]],
+                           [2.0 * big_a * r_hess[1], r_hess[2]]]
+            return value + r_value, grad, hess
+
+        return terms
+
+    mixture._error_model_terms = terms_reml
+    try:
+        yield
+    finally:
+        mixture._error_model_terms = terms_ml
+
+
+def est_oracle_reml(leg, leg_index):
+    """Not an estimator (``--oracle``, row ``mix-reml``): the mixture with its error model's
+    polish on the restricted likelihood (:func:`_restricted_likelihood`), the choice of model
+    as shipped."""
+    with _restricted_likelihood():
+        return _mixture(leg, True)
+
+
+def est_oracle_reml_fitted(leg, leg_index):
+    """Not an estimator (``--oracle``, row ``mix-reml1``): ``mix-reml`` with the fitted error
+    model always kept (as ``mix-fit1``): what the error model's estimate costs once its
+    REML-type bias is removed."""
+    with _restricted_likelihood(), _fitted_model_always():
         return _mixture(leg, True)
 
 
@@ -849,7 +941,9 @@ def main(quick: bool = False, cases: str = "", n_stacks: int | None = None,
     revision whose spec and mixture estimators run beside today's on the same stacks (rows
     ``spec@base``, ``mix@base``).  ``only``: comma-separated estimator names to run (default
     all).  ``oracle``: also the rows ``mix-true`` (the mixture told the true errors),
-    ``mix-fit1`` (its fitted error model always kept) and, in the outlier cases, ``mix-outl``
+    ``mix-fit1`` (its fitted error model always kept), ``mix-reml``/``mix-reml1`` (its error
+    model on the restricted likelihood; the choice as shipped / always kept) and, in the
+    outlier cases, ``mix-outl``
     (told the outlier model too), ``mix-outlA`` (its shape, not that the outliers are bright),
     ``mix-tail``/``mix-tailT`` (a fitted heavy-tailed true-match component, on the calibrated /
     the true errors): what the model could reach, not estimators (no targets).  Returns 1
@@ -864,6 +958,8 @@ def main(quick: bool = False, cases: str = "", n_stacks: int | None = None,
     if oracle:
         estimators["mix-true"] = est_oracle_errors
         estimators["mix-fit1"] = est_oracle_fitted
+        estimators["mix-reml"] = est_oracle_reml
+        estimators["mix-reml1"] = est_oracle_reml_fitted
         estimators["mix-outl"] = est_oracle_outliers
         estimators["mix-outlA"] = lambda leg, i: est_oracle_outliers(leg, i, bright_only=False)
         estimators["mix-tail"] = est_oracle_tail
@@ -954,7 +1050,8 @@ if __name__ == "__main__":
                         help="git revision whose spec and mixture run beside today's")
     parser.add_argument("--only", default="", help="comma-separated estimator names to run")
     parser.add_argument("--oracle", action="store_true",
-                        help="also the oracle rows mix-true, mix-fit1, mix-outl, mix-outlA, "
+                        help="also the oracle rows mix-true, mix-fit1, mix-reml, mix-reml1, "
+                             "mix-outl, mix-outlA, "
                              "mix-tail, mix-tailT (not estimators)")
     args = parser.parse_args()
     sys.exit(main(quick=args.quick, cases=args.cases, n_stacks=args.n, baseline=args.baseline,

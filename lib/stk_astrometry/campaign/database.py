@@ -200,16 +200,36 @@ class RunDatabase:
             "SELECT stackid, status, inputs_digest, params_digest, attempts FROM stacks")
         return {r[0]: StackState(*r) for r in rows}
 
+    def with_status(self, status: str) -> set[str]:
+        """The ids of the stacks whose status is ``status``."""
+        return {r[0] for r in self.conn.execute("SELECT stackid FROM stacks WHERE status=?",
+                                                (status,))}
+
     def mark_submitted(self, stackids: Iterable[str], run_id: int) -> None:
+        """Mark stacks running (attempts + 1) at once, in their own transaction."""
         now = time.time()
         with self.transaction() as c:
-            c.executemany(
-                "UPDATE stacks SET status='running', attempts=attempts+1, submitted=?, run_id=? "
-                "WHERE stackid=?", [(now, run_id, s) for s in stackids])
+            self._mark(c, [(s, now) for s in stackids], run_id)
 
-    def record(self, outcomes: Sequence[Mapping]) -> None:
-        """Store finished stacks (each an outcome of :func:`campaign.task.run_stack`), atomically."""
-        if not outcomes:
+    @staticmethod
+    def _mark(c, submitted, run_id):
+        c.executemany(
+            "UPDATE stacks SET status='running', attempts=attempts+1, submitted=?, run_id=? "
+            "WHERE stackid=?", [(when, run_id, s) for s, when in submitted])
+
+    def record(self, outcomes: Sequence[Mapping], *, submitted: Sequence = (),
+               run_id: int | None = None) -> None:
+        """Store finished stacks (each an outcome of :func:`campaign.task.run_stack`), atomically.
+
+        ``submitted``: (stackid, time) of the stacks submitted since the last commit, marked
+        running (attempts + 1) in the same transaction, before the outcomes (a stack's mark is
+        always buffered before its outcome arrives).  Folding the marks into this commit is
+        safe under a kill because a stack whose mark is lost keeps the status it had, and the
+        driver marks a stack at once (:meth:`mark_submitted`) when that status is ``done``:
+        every other status is rerun by a resume.  A kill can leave such a stack's
+        ``attempts`` one short.
+        """
+        if not outcomes and not submitted:
             return
         now = time.time()
         names = [c.name for c in RESULT_COLUMNS] + list(_GROUP_COLUMNS)
@@ -217,6 +237,8 @@ class RunDatabase:
         insert_result = (f"INSERT OR REPLACE INTO results (stackid, {quoted}) "
                          f"VALUES ({', '.join('?' * (len(names) + 1))})")
         with self.transaction() as c:
+            if submitted:
+                self._mark(c, submitted, run_id)
             for out in outcomes:
                 sid = out["stackid"]
                 row = out["row"]

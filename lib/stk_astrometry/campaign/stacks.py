@@ -55,24 +55,53 @@ def safe_name(stackid: str) -> str:
     return "_" + name if name.startswith(".") else name
 
 
-def _from_directory(folder: Path) -> StackInput:
-    if not folder.is_dir():
-        raise InputError(f"stack directory {folder} does not exist")
-    dets = sorted(folder.glob("*_det.fits"))
+def _resolved(entry: os.DirEntry, real_folder: str) -> str:
+    """``Path(entry.path).resolve()`` without a system call per path component: the folder is
+    resolved once, and only an entry that is itself a symbolic link is resolved on its own."""
+    if entry.is_symlink():
+        return os.path.realpath(entry.path)
+    return os.path.join(real_folder, entry.name)
+
+
+def _real_folder(folder: str, parents: dict) -> str:
+    """``os.path.realpath(folder)``, each parent folder resolved once per list (``parents``
+    caches them): a folder that is not itself a symbolic link is its resolved parent + name."""
+    parent, name = os.path.split(folder)
+    if not name or name in (".", "..") or not parent or os.path.islink(folder):
+        return os.path.realpath(folder)
+    if parent not in parents:
+        parents[parent] = os.path.realpath(parent)
+    return os.path.join(parents[parent], name)
+
+
+def _from_directory(folder: Path, parents: dict | None = None) -> StackInput:
+    # one directory read per stack (os.scandir) and no pathlib: a 10,000-stack list was
+    # 1-1.6 s of stat, lstat and path parsing (a glob, an is_file and a resolve per file)
+    try:
+        with os.scandir(folder) as it:
+            entries = {e.name: e for e in it}
+    except OSError as exc:
+        if not folder.is_dir():
+            raise InputError(f"stack directory {folder} does not exist") from exc
+        raise InputError(f"stack directory {folder} cannot be read: "
+                         f"{exc.strerror or exc}") from exc
+    dets = sorted(name for name in entries if name.endswith(_SUFFIXES["detfile"]))
     if len(dets) != 1:
         what = "no" if not dets else f"{len(dets)}"
         raise InputError(f"stack directory {folder} has {what} *_det.fits file(s); expected one")
-    stackid = dets[0].name[: -len(_SUFFIXES["detfile"])]
+    stackid = dets[0][: -len(_SUFFIXES["detfile"])]
+    real = _real_folder(os.fspath(folder), {} if parents is None else parents)
     paths = {}
     for key, suffix in _SUFFIXES.items():
-        p = folder / f"{stackid}{suffix}"
-        paths[key] = str(p.resolve()) if p.is_file() else None
+        e = entries.get(f"{stackid}{suffix}")
+        paths[key] = _resolved(e, real) if e is not None and e.is_file() else None
     if paths["gaiafile"] is None:
         raise InputError(f"stack directory {folder} has no {stackid}_gaia.fits")
-    products = folder / "products"
+    products = entries.get("products")
     return StackInput(stackid=stackid, detfile=paths["detfile"], gaiafile=paths["gaiafile"],
                       wisefile=paths["wisefile"], bestnbfile=paths["bestnbfile"],
-                      products=str(products.resolve()) if products.is_dir() else None)
+                      products=(_resolved(products, real)
+                                if products is not None and products.is_dir() else None))
 
 
 def _read_list_file(path: Path) -> list[StackInput]:
@@ -80,16 +109,15 @@ def _read_list_file(path: Path) -> list[StackInput]:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise InputError(f"stacks=@{path}: cannot read the stack list: {exc.strerror or exc}") from exc
-    out = []
+    out, parents = [], {}
+    base = os.fspath(path.parent)
     for lineno, line in enumerate(text.splitlines(), start=1):
         entry = line.split("#", 1)[0].strip()
         if not entry:
             continue
-        folder = Path(os.path.expandvars(entry)).expanduser()
-        if not folder.is_absolute():
-            folder = path.parent / folder
+        folder = Path(os.path.join(base, os.path.expanduser(os.path.expandvars(entry))))
         try:
-            out.append(_from_directory(folder))
+            out.append(_from_directory(folder, parents))
         except InputError as exc:
             raise InputError(f"stacks=@{path} line {lineno}: {exc}") from exc
     return out
@@ -143,7 +171,8 @@ def read_stack_list(spec: str) -> list[StackInput]:
     spec = (spec or "").strip()
     if not spec:
         raise ParameterError("stacks is blank: give @list of stack directories or a stack table")
-    if spec.startswith("@"):
+    listed = spec.startswith("@")     # stack directories: their files were found there
+    if listed:
         stacks = _read_list_file(Path(spec[1:]).expanduser())
     else:
         stacks = _read_table_file(spec)
@@ -156,9 +185,9 @@ def read_stack_list(spec: str) -> list[StackInput]:
             raise InputError(f"stacks={spec}: stack id {s.stackid} appears twice "
                              f"({seen[key]} and {s.detfile})")
         seen[key] = s.detfile
-        for label, p in (("detfile", s.detfile), ("gaiafile", s.gaiafile),
-                         ("wisefile", s.wisefile), ("bestnbfile", s.bestnbfile)):
-            if p and not Path(p.split("[", 1)[0]).is_file():
+        for label, p in (() if listed else (("detfile", s.detfile), ("gaiafile", s.gaiafile),
+                                            ("wisefile", s.wisefile), ("bestnbfile", s.bestnbfile))):
+            if p and not os.path.isfile(p.split("[", 1)[0]):
                 raise InputError(f"stacks={spec}: stack {s.stackid}: {label} {p} does not exist")
     return stacks
 
