@@ -160,6 +160,15 @@ def test_disk_probability_circular_and_elliptical():
     assert abs(disk_probability(ell, 1.1)[0] - mc) < 4 * np.sqrt(mc * (1 - mc) / 200_000)
 
 
+def test_disk_probability_uses_the_quadrature_it_is_given():
+    # the trapezoid rule over [0, pi) converges geometrically: 32 nodes (the default) and 64
+    # agree to 1e-9 on a 3:1 tilted ellipse, 2 nodes are far off
+    ell = np.array([[[0.9, 0.4], [0.4, 0.3]]])
+    fine = disk_probability(ell, 0.5, n_theta=64)[0]
+    assert abs(disk_probability(ell, 0.5)[0] - fine) < 1e-8
+    assert abs(disk_probability(ell, 0.5, n_theta=2)[0] - fine) > 1e-3
+
+
 # ---------------------------------------------------------------------------------------------
 # Exact limits and invariances
 
@@ -1327,6 +1336,77 @@ def test_prior_q_update_is_the_exact_maximiser_on_zero_one():
     want = brentq(_q_gradient, _Q_MIN, 1.0, args=args, xtol=1e-15, rtol=1e-15)
     assert 0.5 < want < 0.9
     assert abs(_update_q(0.5, *args) - want) < 1e-12
+
+
+def test_prior_q_update_restarted_at_its_root_stops_there(monkeypatch):
+    # EM restarts the q search at the last iteration's q, near the root: Newton's step onto the
+    # end of the bracket it just set is the root reached (issue 11) -- not a halving of the
+    # bracket and 5-40 evaluations back to the same root, as before
+    from scipy.optimize import brentq
+    from stk_astrometry import mixture
+
+    slope = mixture._q_slope
+    calls, every = [], []
+    monkeypatch.setattr(mixture, "_q_slope",
+                        lambda *a: calls.append(a[0]) or every.append(a[0]) or slope(*a))
+    rng = np.random.default_rng(SEED + 301)
+    n_inside = 0
+    while n_inside < 60:
+        m = int(rng.integers(5, 60))
+        rho = 10 ** rng.uniform(-4, -2)
+        p = rng.uniform(0.3, 1.0, m)
+        mu = rho * np.pi * rng.uniform(0.5, 3.0) ** 2
+        s_j = rho * p * np.exp(rng.normal(1.0, 2.0, m))
+        args = (rho, s_j - rho * p, -np.expm1(-mu), np.exp(-mu) * p)
+        if not (_q_gradient(mixture._Q_MIN, *args) > 0 > _q_gradient(1.0, *args)):
+            continue
+        n_inside += 1
+        want = brentq(_q_gradient, mixture._Q_MIN, 1.0, args=args, xtol=1e-15, rtol=1e-15)
+        root = mixture._update_q(0.5, *args)
+        assert abs(root - want) < 1e-12
+        calls.clear()
+        again = mixture._update_q(root, *args)
+        assert abs(again - want) < 1e-12 and len(calls) <= 2, (n_inside, calls)
+    # and the search never leaves q's range [Q_MIN, 1] (the slope is that of log(a + q b))
+    assert all(mixture._Q_MIN <= x <= 1.0 for x in every)
+
+
+def test_window_groups_are_computed_once_per_window_and_read_only():
+    # the calibration meets the same windows again and again: their groups are cached, and the
+    # cached arrays cannot be changed by a caller
+    rng = np.random.default_rng(SEED + 302)
+    prob = _problem(rng, n_det=30, false_frac=0.3, density=40.0)
+    idx = np.arange(0, prob.det.size, 2)
+    from stk_astrometry.mixture import _group_counts, _group_starts
+
+    starts, counts, single = prob.window_groups(idx)
+    np.testing.assert_array_equal(starts, _group_starts(prob.det[idx]))
+    np.testing.assert_array_equal(counts, _group_counts(starts, idx.size))
+    assert single == (starts.size == idx.size)
+    again = prob.window_groups(idx.copy())
+    assert again[0] is starts and again[1] is counts
+    for arr in (starts, counts):
+        with pytest.raises(ValueError):
+            arr[0] = 1
+
+
+def test_prior_q_update_is_not_stopped_by_a_tiny_step_at_a_pole(monkeypatch):
+    # one detection with S_j = 0 and P_j = 1: log(rho (1 - q) + q S_j) has a pole at q = 1, and
+    # Newton's step there is ~1e-148 although the root is far inside: a tiny step onto the end
+    # is the root only when the slope changes sign within 1e-13 inside the bracket
+    from scipy.optimize import brentq
+    from stk_astrometry import mixture
+
+    rho, mu = 2e-3, 0.05
+    p = np.array([1.0, 0.8, 0.9, 0.7, 0.9, 0.95])
+    s_j = np.array([0.0, 3.0, 0.5, 2e-3, 1.0, 0.3])
+    args = (rho, s_j - rho * p, -np.expm1(-mu), np.exp(-mu) * p)
+    assert args[0] + args[1][0] == 0.0
+    want = brentq(lambda x: _q_gradient(x, *args), mixture._Q_MIN, 1.0 - 1e-12, xtol=1e-15,
+                  rtol=1e-15)
+    assert 0.1 < want < 0.9
+    for q0 in (1.0, 0.5):
+        assert abs(mixture._update_q(q0, *args) - want) < 1e-12, q0
 
 
 def _error_model_case(rng, n, *, scale, floor, errs=(0.05, 0.6), pa=None):

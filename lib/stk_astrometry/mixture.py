@@ -561,6 +561,13 @@ def disk_probability(cov, radius_arcsec, *, n_theta=_N_THETA):
     -------
     ndarray, shape (n,)
     """
+    return _disk_mass(*_disk_terms(cov, n_theta), radius_arcsec)
+
+
+def _disk_terms(cov, n_theta=_N_THETA):
+    """The parts of :func:`disk_probability` free of the radius, for covariances (n, 2, 2):
+    ``Q(t)`` at the quadrature nodes (n, n_theta) and ``pi sqrt(det)`` (n,).  A window fit
+    asks for the same pairs' masses at many radii (:meth:`_Problem.disk_terms`)."""
     cov = np.asarray(cov, dtype=float)
     det = cov[:, 0, 0] * cov[:, 1, 1] - cov[:, 0, 1] * cov[:, 1, 0]
     t = (np.arange(n_theta) + 0.5) * (np.pi / n_theta)
@@ -569,9 +576,15 @@ def disk_probability(cov, radius_arcsec, *, n_theta=_N_THETA):
     quad = (c[None, :] ** 2 * cov[:, 1, 1, None]
             - 2.0 * (c * s)[None, :] * cov[:, 0, 1, None]
             + s[None, :] ** 2 * cov[:, 0, 0, None]) / det[:, None]
-    r2 = np.broadcast_to(np.asarray(radius_arcsec, dtype=float) ** 2, det.shape)[:, None]
-    integral = np.mean(np.exp(-0.5 * r2 * quad) / quad, axis=1) * np.pi
-    return np.clip(1.0 - integral / (np.pi * np.sqrt(det)), 0.0, 1.0)
+    return quad, np.pi * np.sqrt(det)
+
+
+def _disk_mass(quad, norm, radius_arcsec):
+    """:func:`disk_probability` from its terms (:func:`_disk_terms`): the mean over the nodes
+    is ``np.add.reduce / n_theta``, numpy's own ``mean`` arithmetic."""
+    r2 = np.broadcast_to(np.asarray(radius_arcsec, dtype=float) ** 2, norm.shape)[:, None]
+    integral = np.add.reduce(np.exp(-0.5 * r2 * quad) / quad, axis=1) / quad.shape[1] * np.pi
+    return np.clip(1.0 - integral / norm, 0.0, 1.0)
 
 
 def _floor_covariances(cov):
@@ -609,16 +622,11 @@ class _Problem:
     def __init__(self, det, dx, dy, cov, rho, radius, max_shift):
         self.det = det
         self.d = np.stack([dx, dy], axis=-1)
-        self.cov = cov
-        det_c = cov[:, 0, 0] * cov[:, 1, 1] - cov[:, 0, 1] ** 2
-        self.inv = np.empty_like(cov)
-        self.inv[:, 0, 0] = cov[:, 1, 1] / det_c
-        self.inv[:, 1, 1] = cov[:, 0, 0] / det_c
-        self.inv[:, 0, 1] = self.inv[:, 1, 0] = -cov[:, 0, 1] / det_c
-        self.log_norm = -np.log(2.0 * np.pi) - 0.5 * np.log(det_c)
+        self.set_cov(cov)
         self.rho = rho
         self.radius = radius
         self.max_shift = max_shift
+        self._window_groups = {}
 
     def set_cov(self, cov):
         """Replace the pair covariances (error calibration)."""
@@ -629,6 +637,27 @@ class _Problem:
         self.inv[:, 1, 1] = cov[:, 0, 0] / det_c
         self.inv[:, 0, 1] = self.inv[:, 1, 0] = -cov[:, 0, 1] / det_c
         self.log_norm = -np.log(2.0 * np.pi) - 0.5 * np.log(det_c)
+        self._disk = None
+
+    def disk_terms(self):
+        """:func:`_disk_terms` of every pair's covariance, computed once per ``set_cov``."""
+        if self._disk is None:
+            self._disk = _disk_terms(self.cov)
+        return self._disk
+
+    def window_groups(self, idx):
+        """``(starts, counts, single)`` of the detections of the pairs ``idx`` (sorted):
+        :func:`_group_starts`, :func:`_group_counts`, and whether each detection has one
+        pair there.  Computed once per window (a fit meets the same few windows again and
+        again); read-only arrays."""
+        key = idx.tobytes()
+        got = self._window_groups.get(key)
+        if got is None:
+            starts = _group_starts(self.det[idx])
+            counts = _group_counts(starts, idx.size)
+            starts.flags.writeable = counts.flags.writeable = False
+            got = self._window_groups[key] = (starts, counts, starts.size == idx.size)
+        return got
 
     def groups(self, repeats=1):
         """Each detection's candidates as row gathers, for ``repeats`` copies of the pairs
@@ -912,36 +941,64 @@ def _refine_starts(prob, seeds, rho_g, stage_lists):
     return s
 
 
-def _update_q(q, a, b, c, e):
-    """Maximise sum log(a + q b) - log(c + q e) over q in [Q_MIN, 1]."""
-    # a + x b = rho (1 - x P) + x S >= 0 can underflow to 0 when S does
-    def grad_hess(x):
-        # the gradient and its derivative, from the same terms
-        t = b / np.maximum(a + x * b, 1e-150)
-        u = e / (c + x * e)
-        return (t - u).sum(), (-(t ** 2) + u ** 2).sum()
+#: the ends of q's range as a column, for :func:`_update_q`'s slope at both in one pass
+_Q_ENDS = np.array([[_Q_MIN], [1.0]])
+_Q_ENDS.flags.writeable = False
 
-    lo, hi = _Q_MIN, 1.0
-    # the gradient at both ends in one pass (row sums: the same numbers as one at a time)
-    ends = np.array([[lo], [hi]])
-    g_lo, g_hi = (b / np.maximum(a + ends * b, 1e-150) - e / (c + ends * e)).sum(axis=1)
+
+def _q_ends(c, e):
+    """The terms ``e / (c + q e)`` of :func:`_q_slope` at both ends of q's range (2, n)."""
+    return e / (c + _Q_ENDS * e)
+
+
+def _q_slope(x, a, b, c, e):
+    """d/dq of sum log(a + q b) - log(c + q e) at q = x and its derivative, from the same
+    terms (:func:`_update_q`; ``np.add.reduce`` is ``sum``'s arithmetic without its Python
+    wrapper).  a + x b = rho (1 - x P) + x S >= 0 can underflow to 0 when S does."""
+    t = b / np.maximum(a + x * b, 1e-150)
+    u = e / (c + x * e)
+    return np.add.reduce(t - u), np.add.reduce(u * u - t * t)
+
+
+def _update_q(q, a, b, c, e, u_ends=None):
+    """Maximise sum log(a + q b) - log(c + q e) over q in [Q_MIN, 1].
+
+    ``u_ends``: :func:`_q_ends`'s terms of (c, e), which EM in one window passes for every
+    iteration (c and e are the window's); computed here when not given.
+
+    Safeguarded Newton on the slope (:func:`_q_slope`) inside a bracket [lo, hi] of its
+    sign change: a Newton step that stays in the bracket, its ends included, is taken, else
+    the bracket is halved.  A step onto an end is the root reached to rounding (that end is
+    the last point, its slope ~1e-16) and ends the search; with the ends excluded such a step
+    went to the middle of a wide bracket and took 10-50 halvings back to the same root (two
+    thirds of the search's cost on bench_speed's stacks, issue 11).
+    """
+    # the bracket starts as q's range, whose ends' slopes come first (in one pass: row sums are
+    # the same numbers as one at a time)
+    lo, hi = float(_Q_ENDS[0, 0]), float(_Q_ENDS[1, 0])
+    if u_ends is None:
+        u_ends = _q_ends(c, e)
+    g_lo, g_hi = np.add.reduce(b / np.maximum(a + _Q_ENDS * b, 1e-150) - u_ends, axis=1)
     if g_hi >= 0:
         return 1.0
     if g_lo <= 0:
         return lo
     x = min(max(q, lo), hi)
     for _ in range(60):
-        gx, hx = grad_hess(x)
+        gx, hx = _q_slope(x, a, b, c, e)
         if gx > 0:
             lo = x
         else:
             hi = x
-        step_ok = False
-        if hx < 0:
-            xn = x - gx / hx
-            if lo < xn < hi:
-                step_ok = True
-        if not step_ok:
+        xn = float(x - gx / hx) if hx < 0 else None
+        if xn is None or not lo < xn < hi:
+            if xn is not None and abs(xn - x) < 1e-13:
+                # a step below 1e-13 onto the end x: x is the root, if the slope changes sign
+                # within 1e-13 inside the bracket (at a pole of log(a + q b), e.g. q = 1
+                # with a + b = 0, the step is ~1e-148 and the root is elsewhere)
+                y = x + 1e-13 if x == lo else x - 1e-13
+                if lo < y < hi and (_q_slope(y, a, b, c, e)[0] > 0) != (gx > 0):
+                    return x
             xn = 0.5 * (lo + hi)
         if abs(xn - x) < 1e-13 or hi - lo < 1e-13:
             return xn
@@ -1844,25 +1901,33 @@ def _window(prob, s, edge):
 
 def _window_terms(prob, idx, r_w):
     """P_j (per detection with pairs ``idx`` in the window) and mu for a window of radius r_w."""
-    p_pair = disk_probability(prob.cov[idx], r_w)
-    starts = _group_starts(prob.det[idx])
-    counts = _group_counts(starts, idx.size)
-    return np.add.reduceat(p_pair, starts) / counts, prob.rho * np.pi * r_w**2
+    quad, norm = prob.disk_terms()
+    p_pair = _disk_mass(quad[idx], norm[idx], r_w)
+    starts, counts, single = prob.window_groups(idx)
+    # one pair per detection: reduceat and / 1 give p_pair itself
+    p_win = p_pair if single else np.add.reduceat(p_pair, starts) / counts
+    return p_win, prob.rho * np.pi * r_w**2
 
 
 def _fit_window_final(prob, idx, s, q, p_win, mu):
     """Memberships and likelihood pieces at fixed (s, q) (no iteration)."""
-    det = prob.det[idx]
-    starts = _group_starts(det)
-    counts = _group_counts(starts, det.size)
+    starts, counts, single = prob.window_groups(idx)
     rho = prob.rho
     log_rho = np.log(rho) if rho > 0 else -np.inf
     lg = prob.log_gauss(s, idx)
-    log_s, _ = _group_logsumexp(lg, starts)
     with np.errstate(divide="ignore"):
         log_bg = log_rho + np.log1p(-q * p_win)
-    log_d = np.logaddexp(log_bg, np.log(q) + log_s)
-    r = np.exp(np.log(q) + lg - np.repeat(log_d, counts))
+    log_q = np.log(q)
+    if single:
+        # one pair per detection: the log-sum-exp and the repeat are the identity
+        log_s = lg
+        q_lg = log_q + lg
+        log_d = np.logaddexp(log_bg, q_lg)
+        r = np.exp(q_lg - log_d)
+    else:
+        log_s, _ = _group_logsumexp(lg, starts)
+        log_d = np.logaddexp(log_bg, log_q + log_s)
+        r = np.exp(log_q + lg - np.repeat(log_d, counts))
     c = -np.expm1(-mu)
     e = np.exp(-mu) * p_win
     log_e = np.log(c + q * e)
