@@ -121,7 +121,10 @@ def _run_execute(tmp_path, monkeypatch, *, fail_sync=False, task=_writing_task, 
     log = logging.getLogger("test_campaign_driver")
     with database.RunDatabase(tmp_path / "c.sqlite") as db, \
             Client(processes=False, n_workers=1, threads_per_worker=1,
-                   dashboard_address=None) as client:
+                   dashboard_address=None,
+                   # the scheduler's HTTP server on a free port, as stk_batch's own: another
+                   # Dask scheduler on the machine may hold 8787 (Dask's warning is an error here)
+                   scheduler_kwargs={"dashboard_address": "127.0.0.1:0"}) as client:
         db.sync_stacks(stacks, {})
         run = db.start_run(host="h", version="v", command="c", scheduler="s")
         real_record(db, [null_stack(p) for p in plans if p.stack.stackid in done_first])

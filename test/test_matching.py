@@ -833,3 +833,22 @@ def test_a_single_best_neighbour_association_gives_its_pair():
                       best_neighbours=bn)
     assert np.asarray(wise.allwise_oid)[res.wise_gaia.wise_row].tolist() == [107]
     assert np.asarray(gaia.source_id)[res.wise_gaia.gaia_row].tolist() == [14]
+
+
+def test_one_to_one_as_uniques_structured_sort():
+    """one_to_one's lexsort gives np.unique(axis=0)'s distinct rows, in its order."""
+    rng = np.random.default_rng(20261206)
+    for n in (0, 1, 2, 7, 50, 400):
+        wise = rng.integers(-3, 40, n, dtype=np.int64) * 10**12
+        gaia = rng.integers(-3, 60, n, dtype=np.int64) * 10**15 + rng.integers(0, 2, n)
+        pairs = np.unique(np.column_stack([wise, gaia]).reshape(-1, 2), axis=0)
+        _, w_inv, w_cnt = np.unique(pairs[:, 0], return_inverse=True, return_counts=True)
+        _, g_inv, g_cnt = np.unique(pairs[:, 1], return_inverse=True, return_counts=True)
+        keep = (w_cnt[w_inv] == 1) & (g_cnt[g_inv] == 1)
+        w, g, dropped = one_to_one(wise, gaia)
+        assert np.array_equal(w, pairs[keep, 0]) and np.array_equal(g, pairs[keep, 1])
+        assert dropped == int(np.count_nonzero(~keep))
+        assert w.dtype == g.dtype == np.int64
+        # ids of another integer type come back as int64, as the docstring says
+        w32, g32, _ = one_to_one((wise // 10**12).astype(np.int32), (gaia % 1000).astype(np.int32))
+        assert w32.dtype == g32.dtype == np.int64

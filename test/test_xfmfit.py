@@ -2512,3 +2512,79 @@ def test_scale_and_floor_do_not_depend_on_the_unit():
     a_mas, b_mas = xfmfit._fit_scale_floor(e2 * 1e6, var * 1e6)
     assert a_mas == pytest.approx(a, rel=1e-9)
     assert b_mas == pytest.approx(b * 1e6, rel=1e-9)
+
+
+# The error-model fit's ends, as the three starts stacked in (3, m) arrays found them (before
+# issue 11's one-start-at-a-time climb): the same operations in the same order, so the same
+# floats, bit for bit.  The seeded cases cover every way a climb ends -- converged, at the
+# 60-step cap, no step halving raising l, a singular Fisher matrix (equal stated errors: seeds
+# 40-43) -- with the floor at 0 and inside and the scale at its bound, from two or three starts.
+_SCALE_FLOOR_PINNED = [
+    ('0x1.47ae147ae147cp-7', '0x1.2bed6d4274608p-1'),
+    ('0x1.08ec6a3d1b678p+2', '0x1.13a03eb3cea77p-7'),
+    ('0x1.ee812519a146cp+2', '0x0.0p+0'),
+    ('0x1.998a3fa0873a6p+2', '0x1.0c33660329d12p+3'),
+    ('0x1.f53ff3dafbf51p+2', '0x1.24cf0383b5813p-4'),
+    ('0x1.da23a5df3d325p-1', '0x1.28fcb373a29e9p-2'),
+    ('0x1.556f188f78734p+5', '0x1.853dbdba989c4p-4'),
+    ('0x1.0329f042a29a9p+2', '0x1.35ab19f907c02p-5'),
+    ('0x1.0a11affecd816p+2', '0x1.06b9ec8afe423p-7'),
+    ('0x1.47ae147ae147cp-7', '0x1.d4a3dce2901acp+1'),
+    ('0x1.b422913f7efddp+2', '0x1.db45c0f1e1711p-4'),
+    ('0x1.7570936eefa26p+2', '0x0.0p+0'),
+    ('0x1.b15314b1178fdp+5', '0x1.f16c33661a8dcp-3'),
+    ('0x1.24dae544d0928p+3', '0x1.461d062b54e47p-2'),
+    ('0x1.114767eaebd0cp+2', '0x1.ce839d16ff8cfp-3'),
+    ('0x1.4e6e75b21e479p+6', '0x0.0p+0'),
+    ('0x1.3c08ff83d4d12p+2', '0x1.7da06c64cd3b1p-4'),
+    ('0x1.5942988df53a5p+2', '0x1.ec946eaba432fp-4'),
+    ('0x1.78c16b84b8ecdp+4', '0x0.0p+0'),
+    ('0x1.312d454e91fbep+2', '0x1.279b42e01ac11p-5'),
+    ('0x1.15ed948157c43p+1', '0x1.55fdb3a1098e8p-5'),
+    ('0x1.fc46cd4efb932p+2', '0x1.1622ee508c399p+2'),
+    ('0x1.0f9fb0373c104p-1', '0x1.20cd0c40a31f1p-6'),
+    ('0x1.cf33ed48a9e4fp-4', '0x1.e3b2a8d1ed465p-7'),
+    ('0x1.47ae147ae147cp-7', '0x1.19cc98cfe31dep-1'),
+    ('0x1.28731e10601a9p+2', '0x0.0p+0'),
+    ('0x1.6b601cd18209ep+1', '0x0.0p+0'),
+    ('0x1.f0e550bdaf998p+0', '0x0.0p+0'),
+    ('0x1.91247e171743cp+1', '0x1.05c8c6de973edp-2'),
+    ('0x1.715c8f1a67c4cp+0', '0x1.7cd9086dcdaabp-8'),
+    ('0x1.55e29b3c8a4d6p+2', '0x1.8ee359b4c26cdp+1'),
+    ('0x1.0af99aa7a6261p+2', '0x1.6e3052772aab9p-2'),
+    ('0x1.53ef61dedfb5dp+2', '0x0.0p+0'),
+    ('0x1.d3c75d2a6f6e9p+4', '0x1.f40d7a627e3eep-5'),
+    ('0x1.27820e62f2e23p+2', '0x0.0p+0'),
+    ('0x1.65464974e2b62p-3', '0x0.0p+0'),
+    ('0x1.c48c21ccc6b90p+4', '0x0.0p+0'),
+    ('0x1.002557bd3488fp+2', '0x1.edc8b38bc8e52p-7'),
+    ('0x1.b98f421764e28p+1', '0x1.237c88abd450ep-3'),
+    ('0x1.fd9a66188c6dbp+3', '0x1.ff90621c8e6d4p-1'),
+    ('0x1.47ae147ae147cp-7', '0x1.ad1fa4e31767bp-2'),
+    ('0x1.0da721ae9505dp+3', '0x0.0p+0'),
+    ('0x1.fd2136f5b3a40p+5', '0x0.0p+0'),
+    ('0x1.0f76b30be7e7ap+1', '0x0.0p+0'),
+]
+
+
+def _scale_floor_pinned_case(seed):
+    rng = np.random.default_rng(seed)
+    m = int(rng.integers(3, 60))
+    var = np.exp(rng.normal(np.log(0.1), rng.uniform(0.2, 2.5), m))
+    if seed >= 40:
+        var = np.full(m, 0.1)
+    e2 = (rng.uniform(0.2, 3) ** 2 * var + rng.choice([0.0, 0.01, 0.04, 0.2])) * rng.chisquare(2, m)
+    if seed % 3 == 0:
+        e2[: m // 3] *= 50
+    return e2, var
+
+
+def test_fit_scale_floor_bitwise_as_the_stacked_climb():
+    got = [xfmfit._fit_scale_floor(*_scale_floor_pinned_case(seed))
+           for seed in range(len(_SCALE_FLOOR_PINNED))]
+    want = [(float.fromhex(a), float.fromhex(b)) for a, b in _SCALE_FLOOR_PINNED]
+    # bit for bit here; rel 1e-13 leaves room for another CPU's np.log in the last bit, while
+    # a climb that stopped one step earlier or later moves the end by ~1e-9 relative or more
+    assert got == [pytest.approx(pair, rel=1e-13, abs=0.0) for pair in want]
+    assert {b == 0.0 for _, b in want} == {True, False}
+    assert min(a for a, _ in want) == xfmfit._MIN_SCALE**2      # ends on the scale's bound

@@ -637,14 +637,19 @@ def one_to_one(wise_ids, gaia_ids):
     n_dropped : int
         Distinct associations dropped.
     """
-    pairs = np.column_stack(
-        [np.asarray(wise_ids, dtype=np.int64), np.asarray(gaia_ids, dtype=np.int64)]
-    ).reshape(-1, 2)
-    pairs = np.unique(pairs, axis=0)
-    _, w_inv, w_cnt = np.unique(pairs[:, 0], return_inverse=True, return_counts=True)
-    _, g_inv, g_cnt = np.unique(pairs[:, 1], return_inverse=True, return_counts=True)
+    wise = np.asarray(wise_ids, dtype=np.int64).ravel()
+    gaia = np.asarray(gaia_ids, dtype=np.int64).ravel()
+    # the distinct (wise, gaia) rows in np.unique(axis=0)'s order, by a lexsort (issue 11:
+    # 3x cheaper than unique's structured sort)
+    order = np.lexsort((gaia, wise))
+    wise, gaia = wise[order], gaia[order]
+    first = np.ones(wise.size, dtype=bool)
+    first[1:] = (wise[1:] != wise[:-1]) | (gaia[1:] != gaia[:-1])
+    wise, gaia = wise[first], gaia[first]
+    _, w_inv, w_cnt = np.unique(wise, return_inverse=True, return_counts=True)
+    _, g_inv, g_cnt = np.unique(gaia, return_inverse=True, return_counts=True)
     keep = (w_cnt[w_inv] == 1) & (g_cnt[g_inv] == 1)
-    return pairs[keep, 0], pairs[keep, 1], int(np.count_nonzero(~keep))
+    return wise[keep], gaia[keep], int(np.count_nonzero(~keep))
 
 
 def _first_occurrence(ids):
