@@ -160,6 +160,33 @@ def test_disk_probability_circular_and_elliptical():
     assert abs(disk_probability(ell, 1.1)[0] - mc) < 4 * np.sqrt(mc * (1 - mc) / 200_000)
 
 
+def _disk_mass_reference(s1, s2, radius):
+    """Mass of N(0, diag(s1^2, s2^2)) within radius R, from the density of r = |x| (an
+    independent formula: f(r) = r / (s1 s2) exp(-r^2 / 2 s1^2) i0e(r^2 (1/s2^2 - 1/s1^2) / 4)),
+    integrated adaptively by scipy."""
+    from scipy.integrate import quad
+    from scipy.special import i0e
+
+    k = 0.25 * (1.0 / s2**2 - 1.0 / s1**2)
+    f = lambda r: r / (s1 * s2) * np.exp(-0.5 * r * r / s1**2) * i0e(k * r * r)  # noqa: E731
+    return quad(f, 0.0, radius, epsabs=1e-14, epsrel=1e-13, limit=500)[0]
+
+
+@pytest.mark.parametrize("ratio,tol", [(1.0, 1e-12), (3.0, 1e-10), (10.0, 2e-5), (30.0, 5e-4)])
+def test_disk_probability_of_thin_ellipses(ratio, tol):
+    # CSC error ellipses can be elongated; the quadrature over 1/Q(t) was off by 3e-3 at 10:1
+    # and by 0.2 at 30:1 with its 32 nodes (the smooth exp(-R^2 / 2V) form: docstring)
+    s1 = 0.8
+    s2 = s1 / ratio
+    for angle in (0.0, 17.0, 90.0, 133.0):
+        t = np.radians(angle)
+        rot = np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]])
+        cov = (rot @ np.diag([s1**2, s2**2]) @ rot.T)[None]
+        for radius in (0.3 * s2, 3.0 * s2, 0.3 * s1, s1, 3.0 * s1):
+            ref = _disk_mass_reference(s1, s2, radius)
+            assert abs(disk_probability(cov, radius)[0] - ref) < tol, (angle, radius)
+
+
 def test_disk_probability_uses_the_quadrature_it_is_given():
     # the trapezoid rule over [0, pi) converges geometrically: 32 nodes (the default) and 64
     # agree to 1e-9 on a 3:1 tilted ellipse, 2 nodes are far off
