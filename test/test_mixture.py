@@ -2819,13 +2819,16 @@ def test_em_on_a_window_stops_at_the_tolerance_it_is_given():
 
 
 def test_disk_probability_is_never_negative():
-    # at radius 0 the quadrature leaves 1 - integral / (pi sqrt(det)) within ~1e-7 of 0, on
-    # either side for elongated ellipses: the probability is clipped into [0, 1]
+    # 1 - the mean of exp(-R^2 / 2V) over the nodes, each in (0, 1]: exactly 0 at radius 0 (the
+    # earlier quadrature over 1/Q left ~1e-7 on either side there and needed a clip), within
+    # [0, 1] at every radius, and 1 far out
     rng = np.random.default_rng(SEED + 8)
     a = rng.uniform(0.05, 2.0, 200)
-    cov = pair_covariance(a, a * rng.uniform(0.2, 1.0, 200), rng.uniform(0, 180, 200))
-    p = disk_probability(cov, 0.0)
-    assert p.min() == 0.0 and p.max() < 1e-6
+    cov = pair_covariance(a, a * rng.uniform(0.02, 1.0, 200), rng.uniform(0, 180, 200))
+    assert np.all(disk_probability(cov, 0.0) == 0.0)
+    p = disk_probability(cov, rng.uniform(0.0, 10.0, 200))
+    assert p.min() >= 0.0 and p.max() <= 1.0
+    assert np.all(disk_probability(cov, 1e3) == 1.0)
 
 
 def test_a_certain_fitted_error_model_is_not_reported_as_an_average(monkeypatch):

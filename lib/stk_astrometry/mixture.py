@@ -583,9 +583,11 @@ def _disk_terms(cov, n_theta=_N_THETA):
 
 def _disk_mass(v, radius_arcsec):
     """:func:`disk_probability` from its terms ``V(t)`` (:func:`_disk_terms`): one minus the
-    mean over the nodes of ``exp(-R^2 / 2V)``."""
+    mean over the nodes of ``exp(-R^2 / 2V)``.  With V > 0 each term lies in (0, 1], so their
+    mean does too (rounding is monotonic and 1 is exact): the mass is in [0, 1] with no clip,
+    and exactly 0 at R = 0."""
     r2 = np.broadcast_to(np.asarray(radius_arcsec, dtype=float) ** 2, v.shape[:1])[:, None]
-    return np.clip(1.0 - np.exp(-0.5 * r2 / v).mean(axis=1), 0.0, 1.0)
+    return 1.0 - np.exp(-0.5 * r2 / v).mean(axis=1)
 
 
 def _floor_covariances(cov):
@@ -1735,7 +1737,7 @@ def _error_model_terms(prob, stated, st, min_floor):
         big_v = alpha * v[:, :1] + beta * v[:, 1:]
         inv_big_v = 1.0 / big_v
         h = np.exp(-half_r2 * inv_big_v)
-        p_pair = np.clip(1.0 - h.mean(axis=1), 0.0, 1.0)
+        p_pair = 1.0 - h.mean(axis=1)                   # in [0, 1] (:func:`_disk_mass`)
         p_j = np.add.reduceat(p_pair, starts) / counts
         with np.errstate(divide="ignore"):
             log_bg = log_rho + np.log1p(-q * p_j)
