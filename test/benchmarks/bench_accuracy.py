@@ -84,7 +84,9 @@ Legend (per case, per estimator; errors and bounds per axis, both axes pooled):
   mix-reml  (--oracle) not an estimator: the mixture with its error model fitted on the
             restricted likelihood (REML: -1/2 log det of the shift's information added in the
             model's polish), which removes the bias of a variance fitted about the fitted
-            shift; mix-reml1 the same with the fitted model always kept (as mix-fit1)
+            shift; mix-reml1 the same with the fitted model always kept (as mix-fit1);
+            mix-remlS / mix-remlS1 the restricted term of the scale alone (the floor held at
+            its least value in it; the floor by maximum likelihood)
   mix-tail  (--oracle, outlier cases) not an estimator: a heavy-tailed true-match component
             ((1 - eps) N(s, C) + eps N(s, C + tau^2 I)) fitted with the error model on the
             calibrated fit's window, averaged with the mixture by posterior weight (margin 4);
@@ -490,11 +492,18 @@ def restricted_terms(r, inv_v, ja, jb, vx, vy):
 
 
 @contextlib.contextmanager
-def _restricted_likelihood():
+def _restricted_likelihood(scale_only=False):
     """fit_mixture with its error model's polish on the restricted likelihood: the
     objective of ``mixture._error_model_terms`` (x = (log k, sigma_sys^2)) plus
     :func:`restricted_terms` at the state's memberships, chained to x as that function chains
-    its own (A = exp(2 x0))."""
+    its own (A = exp(2 x0)).
+
+    ``scale_only`` (rows ``mix-remlS``, ``mix-remlS1``): the restricted term of the scale
+    alone -- :func:`restricted_terms` of the model with the floor held at its least value
+    (``min_floor``), a function of k only (``log k^2`` plus a constant when that floor is 0 and
+    no principal sigma is floored: the n / (n - 2) correction of a fitted variance scale).  The
+    floor is fitted by maximum likelihood as shipped: REML's push on the floor is what cost
+    the inflated-errors regime (session 9), where the true floor is 0, on its bound."""
     terms_ml = mixture._error_model_terms
 
     def terms_reml(prob, stated, st, min_floor):
@@ -505,10 +514,11 @@ def _restricted_likelihood():
         def terms(x):
             value, grad, hess = ml(x)
             big_a = float(np.exp(2.0 * x[0]))
-            raw = big_a * lam + x[1]
+            raw = big_a * lam + (min_floor**2 if scale_only else x[1])
             jb = (raw >= floor2).astype(float)
             r_value, r_grad, r_hess = restricted_terms(st.r, 1.0 / np.maximum(raw, floor2),
-                                                       jb * lam, jb, vx, vy)
+                                                       jb * lam, 0.0 * jb if scale_only else jb,
+                                                       vx, vy)
             grad = grad + [2.0 * big_a * r_grad[0], r_grad[1]]
             hess = hess + [[4.0 * big_a * (big_a * r_hess[0] + r_grad[0]),
                             2.0 * big_a * r_hess[1]],
@@ -537,6 +547,21 @@ def est_oracle_reml_fitted(leg, leg_index):
     model always kept (as ``mix-fit1``): what the error model's estimate costs once its
     REML-type bias is removed."""
     with _restricted_likelihood(), _fitted_model_always():
+        return _mixture(leg, True)
+
+
+def est_oracle_reml_scale(leg, leg_index):
+    """Not an estimator (``--oracle``, row ``mix-remlS``): the mixture with the restricted
+    likelihood's term for the error model's scale alone (:func:`_restricted_likelihood`,
+    ``scale_only``), the floor by maximum likelihood, the choice of model as shipped."""
+    with _restricted_likelihood(scale_only=True):
+        return _mixture(leg, True)
+
+
+def est_oracle_reml_scale_fitted(leg, leg_index):
+    """Not an estimator (``--oracle``, row ``mix-remlS1``): ``mix-remlS`` with the fitted
+    error model always kept (as ``mix-fit1``)."""
+    with _restricted_likelihood(scale_only=True), _fitted_model_always():
         return _mixture(leg, True)
 
 
@@ -942,7 +967,8 @@ def main(quick: bool = False, cases: str = "", n_stacks: int | None = None,
     ``spec@base``, ``mix@base``).  ``only``: comma-separated estimator names to run (default
     all).  ``oracle``: also the rows ``mix-true`` (the mixture told the true errors),
     ``mix-fit1`` (its fitted error model always kept), ``mix-reml``/``mix-reml1`` (its error
-    model on the restricted likelihood; the choice as shipped / always kept) and, in the
+    model on the restricted likelihood; the choice as shipped / always kept),
+    ``mix-remlS``/``mix-remlS1`` (the same with the restricted term of the scale alone) and, in the
     outlier cases, ``mix-outl``
     (told the outlier model too), ``mix-outlA`` (its shape, not that the outliers are bright),
     ``mix-tail``/``mix-tailT`` (a fitted heavy-tailed true-match component, on the calibrated /
@@ -960,6 +986,8 @@ def main(quick: bool = False, cases: str = "", n_stacks: int | None = None,
         estimators["mix-fit1"] = est_oracle_fitted
         estimators["mix-reml"] = est_oracle_reml
         estimators["mix-reml1"] = est_oracle_reml_fitted
+        estimators["mix-remlS"] = est_oracle_reml_scale
+        estimators["mix-remlS1"] = est_oracle_reml_scale_fitted
         estimators["mix-outl"] = est_oracle_outliers
         estimators["mix-outlA"] = lambda leg, i: est_oracle_outliers(leg, i, bright_only=False)
         estimators["mix-tail"] = est_oracle_tail
@@ -1051,6 +1079,7 @@ if __name__ == "__main__":
     parser.add_argument("--only", default="", help="comma-separated estimator names to run")
     parser.add_argument("--oracle", action="store_true",
                         help="also the oracle rows mix-true, mix-fit1, mix-reml, mix-reml1, "
+                             "mix-remlS, mix-remlS1, "
                              "mix-outl, mix-outlA, "
                              "mix-tail, mix-tailT (not estimators)")
     args = parser.parse_args()
