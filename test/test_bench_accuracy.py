@@ -434,3 +434,29 @@ def test_restricted_scale_of_pure_scale_errors_is_the_scatter_over_the_dimension
                                 match_radius_arcsec=bench.MATCH_RADIUS, calibrate=True)
     np.testing.assert_array_equal(bench.est_oracle_reml_scale(leg, 0)[0], [fit.d_xi, fit.d_eta])
     assert mixture._error_model_terms is terms
+
+
+def test_label_oracle_drops_exactly_the_simulated_outliers(bench):
+    # simulate_leg marks the pairs of its planted wrong offsets (the stream of random numbers
+    # unchanged: the same stacks as before the mark); mix-lab is the mixture on the other pairs
+    # with the true errors, mix-labC with the stated errors calibrated
+    rng = np.random.default_rng(77)
+    for _ in range(20):
+        leg = bench.simulate_leg(rng, shift=np.array([0.3, -0.1]), n_det=30, false_frac=0.0,
+                                 density=bench.CLEAN_DENSITY, errors="wavdetect", outliers=2)
+        assert leg.outlier.sum() == 2 and not np.any(leg.is_true[leg.outlier])
+        assert np.all(leg.bright[leg.outlier])
+        r = np.hypot(leg.d_xi - 0.3, leg.d_eta + 0.1)[leg.outlier]
+        assert np.all((r >= 0.5) & (r <= 1.5))
+        keep = ~leg.outlier
+        for calibrate, cov in ((False, leg.cov), (True, leg.cov_stated)):
+            fit = bench.fit_mixture(leg.det[keep], leg.d_xi[keep], leg.d_eta[keep], cov[keep],
+                                    density_per_arcmin2=leg.density,
+                                    match_radius_arcsec=bench.MATCH_RADIUS, calibrate=calibrate)
+            shift, sigma, memb = bench.est_oracle_labels(leg, 0, calibrate=calibrate)
+            np.testing.assert_array_equal(shift, [fit.d_xi, fit.d_eta])
+            np.testing.assert_array_equal(sigma, np.sqrt(np.diag(fit.cov)))
+            assert np.all(memb[leg.outlier] == 0) and np.array_equal(memb[keep], fit.membership)
+    clean = bench.simulate_leg(np.random.default_rng(77), shift=np.zeros(2), n_det=30,
+                               false_frac=0.0, density=bench.CLEAN_DENSITY)
+    assert clean.outlier is None

@@ -78,6 +78,9 @@ Legend (per case, per estimator; errors and bounds per axis, both axes pooled):
             outlier model (n of the bright quarter, 0.5-1.5" from the shift), not which ones
   mix-outlA (--oracle, outlier cases) the same, told the outliers' shape but not that they are
             among the bright: the most a generic heavy-tailed true-match component could reach
+  mix-lab   (--oracle, outlier cases) not an estimator: told WHICH pairs are the outliers
+            (dropped) and the true errors -- whether the bound is reachable there at all;
+            mix-labC the same with the stated errors self-calibrated (what calibration costs)
   mix-fit1  (--oracle) not an estimator: the mixture with its fitted error model always kept
             (never averaged with the stated errors): mix-true -> mix-fit1 is what estimating the
             error model costs, mix-fit1 -> mixture what the choice of model costs
@@ -203,6 +206,7 @@ class Leg:
     crb_var: np.ndarray      # (2,) CRB variances per axis
     bright: np.ndarray       # pair of a detection among the quarter with the smallest errors
     n_outliers: int = 0      # bright detections given a wrong offset (simulate_leg's outliers)
+    outlier: np.ndarray | None = None   # the pairs of those wrong offsets (None: no outliers)
 
     @property
     def sep(self):
@@ -298,12 +302,14 @@ def simulate_leg(rng, *, shift, n_det, false_frac, density, misreport=False,
     rows_dx.append(true_off[idx, 0])
     rows_dy.append(true_off[idx, 1])
     rows_true.append(~wrong[idx])
+    rows_outl = [wrong[idx]]
     idx = np.flatnonzero(planted)
     px, py = _uniform_disk(rng, idx.size, MATCH_RADIUS)
     rows_det.append(idx)
     rows_dx.append(px)
     rows_dy.append(py)
     rows_true.append(np.zeros(idx.size, bool))
+    rows_outl.append(np.zeros(idx.size, bool))
     n_chance = rng.poisson(density / 3600.0 * np.pi * MATCH_RADIUS**2, n_det)
     idx = np.repeat(np.arange(n_det), n_chance)
     cx, cy = _uniform_disk(rng, idx.size, MATCH_RADIUS)
@@ -311,6 +317,7 @@ def simulate_leg(rng, *, shift, n_det, false_frac, density, misreport=False,
     rows_dx.append(cx)
     rows_dy.append(cy)
     rows_true.append(np.zeros(idx.size, bool))
+    rows_outl.append(np.zeros(idx.size, bool))
     det = np.concatenate(rows_det)
     order = rng.permutation(det.size)
     det = det[order]
@@ -324,7 +331,8 @@ def simulate_leg(rng, *, shift, n_det, false_frac, density, misreport=False,
                ref_sigdec=sdec[det], cov=cov_det[det], cov_stated=cov_stated[det],
                is_true=is_true, shift=shift, density=dens_given,
                crb_var=_crb_var(cov_det[det][is_true]), bright=bright_mask[det],
-               n_outliers=int(outliers))
+               n_outliers=int(outliers),
+               outlier=np.concatenate(rows_outl)[order] if outliers else None)
 
 
 def simulate_stack(rng, case):
@@ -382,7 +390,26 @@ def est_oracle_errors(leg, leg_index):
 
 OUTLIER_RANGE = (0.5, 1.5)   # arcsec from the shift: simulate_leg's outliers
 # the --oracle rows run in the outlier cases only
-OUTLIER_ROWS = ("mix-outl", "mix-outlA", "mix-tail", "mix-tailT")
+OUTLIER_ROWS = ("mix-outl", "mix-outlA", "mix-tail", "mix-tailT", "mix-lab", "mix-labC")
+
+
+def est_oracle_labels(leg, leg_index, calibrate=False):
+    """An oracle, not an estimator (``--oracle``, outlier cases only; row ``mix-lab``): told
+    which pairs are the simulated outliers (``leg.outlier``: dropped) and the TRUE errors, the
+    mixture on the rest -- what this model reaches once the outliers are known, i.e. whether
+    the Cramer-Rao bound (computed with the true pairs only) is reachable there at all.
+    ``calibrate`` (row ``mix-labC``): the outliers dropped, the stated errors self-calibrated
+    as stk_xfm does: what the error calibration alone costs in that regime."""
+    keep = ~leg.outlier if leg.outlier is not None else np.ones(leg.det.size, bool)
+    cov = leg.cov_stated if calibrate else leg.cov
+    fit = fit_mixture(leg.det[keep], leg.d_xi[keep], leg.d_eta[keep], cov[keep],
+                      density_per_arcmin2=leg.density, match_radius_arcsec=MATCH_RADIUS,
+                      calibrate=calibrate)
+    if fit.failure is not None:
+        return np.full(2, np.nan), np.full(2, np.nan), None
+    membership = np.zeros(leg.det.size)
+    membership[keep] = fit.membership
+    return np.array([fit.d_xi, fit.d_eta]), np.sqrt(np.diag(fit.cov)), membership
 
 
 def est_oracle_outliers(leg, leg_index, bright_only=True):
@@ -972,7 +999,8 @@ def main(quick: bool = False, cases: str = "", n_stacks: int | None = None,
     outlier cases, ``mix-outl``
     (told the outlier model too), ``mix-outlA`` (its shape, not that the outliers are bright),
     ``mix-tail``/``mix-tailT`` (a fitted heavy-tailed true-match component, on the calibrated /
-    the true errors): what the model could reach, not estimators (no targets).  Returns 1
+    the true errors), ``mix-lab``/``mix-labC`` (told which pairs are the outliers: the true /
+    the calibrated errors): what the model could reach, not estimators (no targets).  Returns 1
     when a target check fails in a full run (run.py then fails), else 0; a ``quick`` run (or
     one with ``n_stacks``) has too few stacks to judge the targets: it prints them, returns 0.
     """
@@ -990,6 +1018,8 @@ def main(quick: bool = False, cases: str = "", n_stacks: int | None = None,
         estimators["mix-remlS1"] = est_oracle_reml_scale_fitted
         estimators["mix-outl"] = est_oracle_outliers
         estimators["mix-outlA"] = lambda leg, i: est_oracle_outliers(leg, i, bright_only=False)
+        estimators["mix-lab"] = est_oracle_labels
+        estimators["mix-labC"] = lambda leg, i: est_oracle_labels(leg, i, calibrate=True)
         estimators["mix-tail"] = est_oracle_tail
         estimators["mix-tailT"] = lambda leg, i: est_oracle_tail(leg, i, true_errors=True)
     estimators["cauchy"] = est_cauchy
@@ -1080,7 +1110,7 @@ if __name__ == "__main__":
     parser.add_argument("--oracle", action="store_true",
                         help="also the oracle rows mix-true, mix-fit1, mix-reml, mix-reml1, "
                              "mix-remlS, mix-remlS1, "
-                             "mix-outl, mix-outlA, "
+                             "mix-outl, mix-outlA, mix-lab, mix-labC, "
                              "mix-tail, mix-tailT (not estimators)")
     args = parser.parse_args()
     sys.exit(main(quick=args.quick, cases=args.cases, n_stacks=args.n, baseline=args.baseline,
