@@ -3140,3 +3140,34 @@ def test_averaged_memberships_take_the_fitted_models_q_on_the_reported_window(mo
     # ... where the calibration's own q lost that counterpart
     lost = mixture._fitted_memberships(prob, stated, out._replace(q=cand.q), cal)
     assert lost[np.flatnonzero(np.isclose(prob.d[base.idx, 0], s["dx"][16]))[0]] < 0.5
+
+
+def test_averaged_memberships_refit_q_only_where_the_windows_differ():
+    """_averaged gives the fitted model's memberships with its own q where the reported window
+    is its own (bit for bit: no refit), and with q refitted on the reported window -- the EM of
+    the gain, to its tolerance _GAIN_TOL -- where it is not (issue 14, session 10)."""
+    from stk_astrometry import mixture
+
+    rng = np.random.default_rng(SEED + 950)
+    prob = _problem(rng, false_frac=0.4, density=20.0)
+    stated = prob.cov.copy()
+    base = mixture._windowed_fit(prob, np.array([0.4, -0.3]), 0.9)
+    cal = (1.1, 0.08)
+    prob.set_cov(mixture._calibrated(stated, *cal)[0])
+    cand = mixture._windowed_fit(prob, base.s, base.q)
+    assert 0.05 < cand.q < 0.95
+    # the fitted model's state a little off its maximum on the reported window (as when its
+    # own window held other pairs), so that a refit moves it, and its tolerance shows
+    cand = cand._replace(s=cand.s + 0.03, q=0.7)
+    p_win, mu = mixture._window_terms(prob, base.idx, base.r_w)
+    refit = [mixture._fit_window(prob, base.idx, cand.s.copy(), cand.q, p_win, mu, *tol)[1]
+             for tol in ((mixture._GAIN_TOL,), ())]
+    assert abs(refit[0] - cand.q) > 0.1 and refit[0] != refit[1]
+    for own in (True, False):
+        other = cand._replace(window_prev=base.window_prev.copy() if own
+                              else ~base.window_prev)
+        out, weight = mixture._averaged(prob, stated, base, base, other, cal, 4.0)
+        assert weight == 0.5
+        q = cand.q if own else refit[0]
+        np.testing.assert_array_equal(
+            out.r, mixture._fitted_memberships(prob, stated, out._replace(q=q), cal))
