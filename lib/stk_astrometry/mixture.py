@@ -712,13 +712,6 @@ def _group_counts(starts, n):
     return np.diff(np.append(starts, n))
 
 
-def _group_logsumexp(logv, starts):
-    mx = np.maximum.reduceat(logv, starts)
-    counts = _group_counts(starts, logv.size)
-    rep = np.repeat(mx, counts)
-    return mx + np.log(np.add.reduceat(np.exp(logv - rep), starts)), rep
-
-
 def _group_logsumexp_counts(logv, starts, counts):
     """log of the per-group sums of exp(logv) (groups given by starts and counts)."""
     mx = np.maximum.reduceat(logv, starts)
@@ -1016,6 +1009,26 @@ def _update_q(q, a, b, c, e, u_ends=None):
     return x
 
 
+def _e_step(lg, log_bg, log_q, starts, counts, single):
+    """The E step on a window's pairs: ``(log_s, log_d, r)``.
+
+    ``lg`` is each pair's log Gaussian density at the shift, ``log_bg`` and ``log_q`` the
+    background's and q's logarithms (per detection, and a number); ``starts``, ``counts`` and
+    ``single`` the window's detections (:meth:`_Problem.window_groups`).  ``log_s`` is the log
+    of each detection's summed density, ``log_d`` the log of its mixture density
+    ``bg + q S_j`` and ``r`` each pair's membership ``q g / (bg + q S_j)``.  Where every
+    detection has one pair in the window the log-sum-exp and the repeat are the identity, and
+    are skipped.  :func:`_fit_window`'s iterations and :func:`_fit_window_final` share it.
+    """
+    if single:
+        q_lg = log_q + lg
+        log_d = np.logaddexp(log_bg, q_lg)
+        return lg, log_d, np.exp(q_lg - log_d)
+    log_s = _group_logsumexp_counts(lg, starts, counts)
+    log_d = np.logaddexp(log_bg, log_q + log_s)
+    return log_s, log_d, np.exp(log_q + lg - np.repeat(log_d, counts))
+
+
 def _fit_window(prob, idx, s, q, p_win, mu, tol=(_TOL_ARCSEC, 1e-9)):
     """EM on the pairs ``idx`` (a fixed window), until the shift and q move by less than
     ``tol`` (arcsec, 1).
@@ -1058,16 +1071,7 @@ def _fit_window(prob, idx, s, q, p_win, mu, tol=(_TOL_ARCSEC, 1e-9)):
             ry = dy - s1
             lg = log_norm - 0.5 * (i00 * (rx * rx) + two_i01 * rx * ry + i11 * (ry * ry))
             log_bg = log_rho + np.log1p(-q * p_win)
-            log_q = np.log(q)
-            if single:
-                log_s = lg
-                q_lg = log_q + lg
-                log_d = np.logaddexp(log_bg, q_lg)
-                r = np.exp(q_lg - log_d)
-            else:
-                log_s = _group_logsumexp_counts(lg, starts, counts)
-                log_d = np.logaddexp(log_bg, log_q + log_s)
-                r = np.exp(log_q + lg - np.repeat(log_d, counts))
+            log_s, _, r = _e_step(lg, log_bg, np.log(q), starts, counts, single)
             # the 2x2 M step in closed form (np.linalg's det and solve cost more in call
             # overhead than the arithmetic: issue 11)
             w00, w01, w11 = float(r @ i00), float(r @ inv01), float(r @ i11)
@@ -1954,20 +1958,10 @@ def _fit_window_final(prob, idx, s, q, p_win, mu):
     lg = prob.log_gauss(s, idx)
     with np.errstate(divide="ignore"):
         log_bg = log_rho + np.log1p(-q * p_win)
-    log_q = np.log(q)
-    if single:
-        # one pair per detection: the log-sum-exp and the repeat are the identity
-        log_s = lg
-        q_lg = log_q + lg
-        log_d = np.logaddexp(log_bg, q_lg)
-        r = np.exp(q_lg - log_d)
-    else:
-        log_s, _ = _group_logsumexp(lg, starts)
-        log_d = np.logaddexp(log_bg, log_q + log_s)
-        r = np.exp(log_q + lg - np.repeat(log_d, counts))
+    log_s, log_d, r = _e_step(lg, log_bg, np.log(q), starts, counts, single)
     c = -np.expm1(-mu)
     e = np.exp(-mu) * p_win
     log_e = np.log(c + q * e)
-    info = {"lg": lg, "log_s": log_s, "log_d": log_d, "starts": starts, "counts": counts,
+    info = {"log_s": log_s, "log_d": log_d, "starts": starts,
             "loglike": float(np.sum(log_d - log_e)), "c": c, "e": e}
     return s, q, r, 0, True, info
