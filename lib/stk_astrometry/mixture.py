@@ -741,7 +741,11 @@ def _start_by_grid(prob, prior_sigma=None):
     rho_g = max(prob.rho, 0.05 / (np.pi * prob.radius**2))
     seeds = []
     h = _GRID_STEP_ARCSEC
-    scores = _score_nodes(prob, nodes, rho_g, (h**2, 0.0), feat=feat)
+    # every widening of _ANNEAL (h^2 first, 0 last) in one pass, for the EM, and by widening
+    # for the grid and the ranking: the same numbers, element by element, as one at a time
+    inv = _widened_inverse(prob, np.array([[widen] for widen, _ in _ANNEAL]))
+    by_widen = {widen: tuple(x[k] for x in inv) for k, (widen, _) in enumerate(_ANNEAL)}
+    scores = _score_nodes(prob, nodes, rho_g, (h**2, 0.0), feat=feat, inverses=by_widen)
     for sc_nodes, stages in zip(scores, (_ANNEAL, _ANNEAL[-1:]), strict=True):
         score = np.full(gx.shape, -np.inf)
         score[keep] = sc_nodes
@@ -750,11 +754,11 @@ def _start_by_grid(prob, prior_sigma=None):
     # a (seed, stages) pair met twice gives the same candidate: refine it once
     unique = list(dict.fromkeys(seeds))
     cands = _refine_starts(prob, np.array([seed for seed, _ in unique]), rho_g,
-                           [stages for _, stages in unique])
+                           [stages for _, stages in unique], inv)
     # the unsmoothed start score compares candidates on the same data; the
     # model's own likelihood (q fitted, with the selection term) was tried
     # and favours spurious modes near the rim of the match circle
-    scores = _score(prob, cands, rho_g, 0.0)
+    scores = _score(prob, cands, rho_g, 0.0, by_widen)
     best, best_score = None, -np.inf
     for s, sc in zip(cands, scores, strict=True):
         if prior_sigma:
@@ -810,7 +814,8 @@ def _local_maxima(score, keep):
 def _widened_inverse(prob, widen):
     """Each pair's covariance widened by ``widen`` (arcsec^2) on both axes, inverted in closed
     form: (i00, i01, i11, log_norm), ``log_norm = -log(2 pi) - log(det) / 2`` -- the pieces
-    of the pair's Gaussian log density that the start's grid score and its EM share."""
+    of the pair's Gaussian log density that the start's grid score and its EM share.  A column
+    of widenings (k, 1) gives (k, n) arrays, a row per widening."""
     a = prob.cov[:, 0, 0] + widen
     c = prob.cov[:, 1, 1] + widen
     b = prob.cov[:, 0, 1]
@@ -818,7 +823,7 @@ def _widened_inverse(prob, widen):
     return c / det_c, -b / det_c, a / det_c, -np.log(2.0 * np.pi) - 0.5 * np.log(det_c)
 
 
-def _score_nodes(prob, nodes, rho_g, widths, feat=None):
+def _score_nodes(prob, nodes, rho_g, widths, feat=None, inverses=None):
     """:func:`_score` on the grid's nodes (m, 2), one row per widening in ``widths``.
 
     The quadratic forms of every (node, pair) are one matrix product: with r = d - g,
@@ -837,30 +842,40 @@ def _score_nodes(prob, nodes, rho_g, widths, feat=None):
     product's rounding, k ulps relative, is far below the score's own).  The matrix product
     is made in blocks of at most ``_BLAS_BLOCK`` multiply-adds: above that OpenBLAS hands it
     to its threads, which on a loaded two-core machine cost more CPU than the product.
+    The arrays of (pairs, nodes) are written in place (the product's blocks, the exponential),
+    and where every detection has one pair the row gathers, which would only copy ``e``, are
+    left out.  ``inverses``: :func:`_widened_inverse`'s results by widening, or None (computed
+    here).
     """
     if feat is None:
         feat = _node_features(nodes)
     dx, dy = prob.d[:, 0], prob.d[:, 1]
+    n = dx.size
+    starts = _group_starts(prob.det)
     log_2rho = np.log(2.0 * rho_g)
-    rows, log_peak = [], 0.0
-    for wd in widths:
-        i00, i01, i11, const = _widened_inverse(prob, wd)
+    coef = np.empty((n * len(widths), 6))
+    log_peak = 0.0
+    for i, wd in enumerate(widths):
+        i00, i01, i11, const = inverses[wd] if inverses else _widened_inverse(prob, wd)
         # log(N / (2 rho_g)) = const - log(2 rho_g) - Q / 2, Q the quadratic form above
         c0 = const - log_2rho
-        rows.append(np.stack([c0 - 0.5 * (i00 * dx * dx + 2.0 * i01 * dx * dy + i11 * dy * dy),
-                              i00 * dx + i01 * dy, i01 * dx + i11 * dy,
-                              -0.5 * i00, -i01, -0.5 * i11], axis=1))
+        np.stack([c0 - 0.5 * (i00 * dx * dx + 2.0 * i01 * dx * dy + i11 * dy * dy),
+                  i00 * dx + i01 * dy, i01 * dx + i11 * dy, -0.5 * i00, -i01, -0.5 * i11],
+                 axis=1, out=coef[i * n:(i + 1) * n])
         # the largest log(1 + S_j / (2 rho_g)) any node can have (N_k peaks at exp(const))
-        peak = np.add.reduceat(np.exp(c0), prob.groups(1)[0])
+        peak = np.exp(c0) if starts.size == n else np.add.reduceat(np.exp(c0), starts)
         log_peak = max(log_peak, float(np.log1p(peak.max())))
-    coef = np.concatenate(rows)                                 # (n * len(widths), 6)
+    e = np.empty((coef.shape[0], feat.shape[1]))                # (n * len(widths), m)
     step = max(1, _BLAS_BLOCK // (6 * feat.shape[1]))
-    e = np.exp(np.concatenate([coef[i:i + step] @ feat for i in range(0, coef.shape[0], step)])
-               if coef.shape[0] > step else coef @ feat)        # (n * len(widths), m)
-    first, more = prob.groups(len(widths))
-    t = e[first]                                                # (n_det * len(widths), m)
-    for sel, extra in more:
-        t[sel] += e[extra]
+    for i in range(0, coef.shape[0], step):
+        np.matmul(coef[i:i + step], feat, out=e[i:i + step])
+    np.exp(e, out=e)
+    t = e                                                       # (n_det * len(widths), m)
+    if starts.size < n:
+        first, more = prob.groups(len(widths))
+        t = e[first]
+        for sel, extra in more:
+            t[sel] += e[extra]
     t += 1.0
     m = t.shape[1]
     t = t.reshape(len(widths), -1, m)
@@ -873,11 +888,12 @@ def _score_nodes(prob, nodes, rho_g, widths, feat=None):
     return list(out + n_det * np.log(rho_g))
 
 
-def _score(prob, nodes, rho_g, widen):
+def _score(prob, nodes, rho_g, widen, inverses=None):
     """Start score ``sum_j log(rho_g + S_j / 2)`` at each node (m, 2).
 
     ``widen`` is one covariance widening (arcsec^2; returns shape (m,)) or a tuple of them
-    (returns one row per widening, the offsets to the nodes computed once).
+    (returns one row per widening, the offsets to the nodes computed once).  ``inverses``:
+    :func:`_widened_inverse`'s results by widening, or None (computed here).
     """
     widths = widen if isinstance(widen, tuple) else (widen,)
     rx = prob.d[None, :, 0] - nodes[:, None, 0]
@@ -886,14 +902,14 @@ def _score(prob, nodes, rho_g, widen):
     starts = _group_starts(prob.det)
     out = []
     for wd in widths:
-        i00, i01, i11, log_norm = _widened_inverse(prob, wd)
+        i00, i01, i11, log_norm = inverses[wd] if inverses else _widened_inverse(prob, wd)
         lg = log_norm[None, :] - 0.5 * (i00 * rxx + (2.0 * i01) * rxy + i11 * ryy)
         s_j = np.add.reduceat(np.exp(lg), starts, axis=1)
         out.append(np.sum(np.log(rho_g + 0.5 * s_j), axis=1))
     return out if isinstance(widen, tuple) else out[0]
 
 
-def _refine_starts(prob, seeds, rho_g, stage_lists):
+def _refine_starts(prob, seeds, rho_g, stage_lists, inverses=None):
     """Follow the mode of the smoothed likelihood down to no smoothing, from several seeds.
 
     EM on every pair with q = 1/2 and the covariances widened by a decreasing sequence of
@@ -902,47 +918,86 @@ def _refine_starts(prob, seeds, rho_g, stage_lists):
     (each list a tail of ``_ANNEAL``); the EM is vectorised over the seeds, and every seed
     takes the iterations it takes alone and stops where it stops alone (test_mixture.py
     checks it against a plain one-seed EM).  Returns the refined shifts (m, 2).
+    ``inverses``: :func:`_widened_inverse` of a column of ``_ANNEAL``'s widenings, or None
+    (computed here).
 
     (Refining the four to eight seeds one by one was about half of the start's cost: the EM's
-    arithmetic on 10-200 pairs is small next to numpy's per-call overhead; issue 11.)
+    arithmetic on 10-200 pairs is small next to numpy's per-call overhead; issue 11.)  So an
+    iteration makes as few numpy calls as it can: the active seeds' shifts ``sa`` are carried
+    from one iteration to the next and written back to ``s`` only when a seed stops (or the
+    stage ends); the division is made outside ``np.errstate`` when every 2x2 system is
+    solvable (no floating-point warning can arise then); and where every detection has one
+    pair, a detection's sum is that pair's density (``reduceat`` and ``repeat`` would copy it).
+    The arithmetic is the same, operation for operation.
     """
     s = np.array(seeds, dtype=float).reshape(-1, 2)
     starts = _group_starts(prob.det)
-    counts = _group_counts(starts, prob.det.size)
+    single = starts.size == prob.det.size
+    counts = None if single else _group_counts(starts, prob.det.size)
     dx, dy = prob.d[:, 0], prob.d[:, 1]
-    for k, (widen, tol) in enumerate(_ANNEAL):
-        active = np.flatnonzero([len(st) >= len(_ANNEAL) - k for st in stage_lists])
+    two_rho = 2.0 * rho_g
+    # every stage's pieces at once, a row per stage: log_norm and a pair's log density at s,
+    # log_norm + rx (a rx + b ry) + c ry^2 (r = d - s); the M step's five sums (of resp times
+    # these) in one product per iteration
+    i00, i01, i11, log_norm = (_widened_inverse(prob, np.array([[w] for w, _ in _ANNEAL]))
+                               if inverses is None else inverses)
+    a, b, c = -0.5 * i00, -i01, -0.5 * i11
+    sums = np.empty(i00.shape + (5,))
+    sums[..., 0], sums[..., 1], sums[..., 2] = i00, i01, i11
+    sums[..., 3] = i00 * dx + i01 * dy
+    sums[..., 4] = i01 * dx + i11 * dy
+    # a seed takes the stages from its first (a tail of _ANNEAL)
+    first = len(_ANNEAL) - np.array([len(st) for st in stage_lists])
+    for k, (_, tol) in enumerate(_ANNEAL):
+        active = np.flatnonzero(first <= k)
         if active.size == 0:
             continue
-        i00, i01, i11, log_norm = _widened_inverse(prob, widen)
-        # a pair's log density at s is log_norm + rx (a rx + b ry) + c ry^2 (r = d - s)
-        a, b, c = -0.5 * i00, -i01, -0.5 * i11
-        # the M step's five sums (of resp times these) in one product per iteration
-        sums = np.stack([i00, i01, i11, i00 * dx + i01 * dy, i01 * dx + i11 * dy], axis=1)
+        sa = s[active]
+        log_norm_k, a_k, b_k, c_k, sums_k = log_norm[k], a[k], b[k], c[k], sums[k]
         for _ in range(30):
-            if active.size == 0:
-                break
-            sa = s[active]
             rx = dx - sa[:, :1]
             ry = dy - sa[:, 1:]
-            g = np.exp(log_norm + rx * (a * rx + b * ry) + c * (ry * ry))
+            g = np.exp(log_norm_k + rx * (a_k * rx + b_k * ry) + c_k * (ry * ry))
             # a pair's responsibility (g / 2) / (rho_g + S_j / 2), S_j the sum of g over its
             # detection's candidates (no log-sum-exp: rho_g > 0 keeps the denominator finite)
-            resp = g / np.repeat(2.0 * rho_g + np.add.reduceat(g, starts, axis=1), counts, axis=1)
-            w00, w01, w11, bx, by = (resp @ sums).T
-            det_w = w00 * w11 - w01 * w01
-            ok = np.isfinite(det_w) & (det_w > 0)
-            s_new = np.empty_like(sa)
-            s_new[:, 0] = w11 * bx - w01 * by
-            s_new[:, 1] = w00 * by - w01 * bx
-            with np.errstate(divide="ignore", invalid="ignore"):
+            if single:
+                g /= g + two_rho
+            else:
+                g /= np.repeat(two_rho + np.add.reduceat(g, starts, axis=1), counts, axis=1)
+            # (w00, w01, w11, bx, by) per seed; the new shift (w11 bx - w01 by, w00 by - w01 bx)
+            # over det_w, its two columns from views of w
+            w = g @ sums_k
+            det_w = w[:, 0] * w[:, 2] - w[:, 1] * w[:, 1]
+            s_new = w[:, 2::-2] * w[:, 3:]
+            s_new -= w[:, 1:2] * w[:, :2:-1]
+            solvable = np.minimum.reduce(det_w) > 0 and np.maximum.reduce(det_w) < np.inf
+            if solvable:
                 s_new /= det_w[:, None]
+            else:
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    s_new /= det_w[:, None]
             # np.clip's bounds, without its Python-level dispatch (NaN stays NaN either way)
             np.minimum(s_new, prob.max_shift, out=s_new)
             np.maximum(s_new, -prob.max_shift, out=s_new)
-            step = np.abs(s_new - sa).max(axis=1)
-            s[active[ok]] = s_new[ok]
-            active = active[ok & ~(step < tol)]
+            step = np.abs(s_new - sa)
+            step = np.maximum(step[:, 0], step[:, 1])
+            if solvable:
+                # no seed stops (fmin passes over a NaN step: that seed goes on, as below)
+                if not np.fmin.reduce(step) < tol:
+                    sa = s_new
+                    continue
+                s[active] = s_new
+                keep = ~(step < tol)
+            else:
+                ok = np.isfinite(det_w) & (det_w > 0)
+                s[active] = sa
+                s[active[ok]] = s_new[ok]
+                keep = ok & ~(step < tol)
+            active = active[keep]
+            sa = s_new[keep]
+            if active.size == 0:
+                break
+        s[active] = sa
     return s
 
 
