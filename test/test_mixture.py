@@ -1131,6 +1131,24 @@ def test_seed_whose_pair_densities_underflow_stays_put_quietly():
         assert np.all(np.isfinite(got))
 
 
+def test_seeds_that_meet_the_iteration_cap_end_where_each_ends_alone():
+    # one detection with two candidates 1" either side of it, errors 1": its likelihood is flat
+    # to third order at 0 and EM creeps (s -> tanh s): every stage ends at its 30-iteration
+    # cap with seeds still moving, while another seed stops at once; the EM carries the active
+    # seeds' shifts between iterations, so those at the cap must still be written back
+    from stk_astrometry.mixture import _ANNEAL, _Problem, _refine_starts
+
+    cov = np.tile(np.eye(2), (2, 1, 1))
+    prob = _Problem(np.array([0, 0]), np.array([-1.0, 1.0]), np.zeros(2), cov, 1e-4, R, 5.0)
+    seeds = np.array([[0.5, 0.0], [-0.4, 0.0], [0.0, 0.3]])
+    for stages in ([_ANNEAL[-1:]] * 3, [_ANNEAL] * 3, [_ANNEAL, _ANNEAL[-1:], _ANNEAL]):
+        got = _refine_starts(prob, seeds, 1e-4, stages)
+        alone = np.array([_refine_one_seed(prob, s.copy(), 1e-4, st)
+                          for s, st in zip(seeds, stages, strict=True)])
+        np.testing.assert_allclose(got, alone, rtol=0, atol=1e-12)
+        assert np.all(np.abs(got[:2, 0]) > 0.05) and np.all(got[2] == 0.0)
+
+
 def test_seeds_with_only_the_last_stage_are_refined_alone_too():
     # every seed from the unsmoothed grid only (no seed takes the widened stages): the first
     # stages have nothing to do, the last one still refines each seed as the plain EM does
