@@ -952,6 +952,25 @@ def test_grid_score_by_matrix_product_is_the_elementwise_score(kwargs):
             np.testing.assert_allclose(fast, slow, rtol=1e-12, atol=0)
 
 
+def test_grid_score_bounds_each_detections_sum_not_each_pair():
+    # 150 detections, each with two coincident candidates 0.004" wide on a node: a
+    # detection's 1 + S_j / (2 rho_g) there is ~e^15.6, twice a pair's term; the log-product's
+    # block size must come from the detections' sums (a pair's would let 46 such factors
+    # overflow the product), and the scores stay the elementwise ones
+    from stk_astrometry.mixture import _Problem, _score, _score_nodes
+
+    n = 150
+    cov = np.tile(0.004**2 * np.eye(2), (2 * n, 1, 1))
+    prob = _Problem(np.repeat(np.arange(n), 2), np.full(2 * n, 0.4), np.full(2 * n, -0.4), cov,
+                    0.0, R, 5.0)
+    g = np.arange(-14, 15) * 0.2
+    nodes = np.stack([a.ravel() for a in np.meshgrid(g, g, indexing="ij")], axis=1)
+    for fast, slow in zip(_score_nodes(prob, nodes, 0.05 / (np.pi * R**2), (0.04, 0.0)),
+                          _score(prob, nodes, 0.05 / (np.pi * R**2), (0.04, 0.0)), strict=True):
+        assert np.all(np.isfinite(fast))
+        np.testing.assert_allclose(fast, slow, rtol=1e-12, atol=0)
+
+
 def _refine_one_seed(prob, s, rho_g, stages):
     """The reference for mixture._refine_starts: the same EM written plainly for one seed
     (the library's own one-seed version until issue 11 vectorised it over the seeds)."""
@@ -2542,14 +2561,20 @@ def test_a_fit_not_converged_says_so_first(monkeypatch):
 
 def test_start_refinement_of_a_seed_no_pair_reaches_raises_no_warning():
     # 0.01-0.02" errors, a seed 5" from every pair: every responsibility underflows and the
-    # seed's 2x2 system is empty; it is left where it is, silently (warnings are errors here)
+    # seed's 2x2 system is empty; it is left where it is, silently (warnings are errors here).
+    # The seeds refined beside it in that iteration go on as each would alone: one in the
+    # cluster, one 0.15" off its edge whose 2x2 determinant is small but positive (~2e-3)
     from stk_astrometry.mixture import _ANNEAL, _refine_starts
 
     prob = _problem(np.random.default_rng(SEED + 730), n_det=20, sig_range=(0.01, 0.02))
-    seeds = np.array([[0.4, -0.3], [-4.5, 4.5]])
-    out = _refine_starts(prob, seeds, 1e-3, [_ANNEAL[-1:], _ANNEAL[-1:]])
+    seeds = np.array([[0.4, -0.3], [-4.5, 4.5], [0.545, -0.3015]])
+    out = _refine_starts(prob, seeds, 1e-3, [_ANNEAL[-1:]] * 3)
     np.testing.assert_array_equal(out[1], seeds[1])
     assert np.hypot(*(out[0] - [0.4, -0.3])) < 0.05
+    for i in (0, 2):
+        np.testing.assert_allclose(out[i], _refine_one_seed(prob, seeds[i].copy(), 1e-3,
+                                                            _ANNEAL[-1:]), rtol=0, atol=1e-12)
+    assert np.hypot(*(out[2] - seeds[2])) > 0.05
 
 
 def test_start_refinement_stays_inside_the_shift_bounds():
