@@ -369,3 +369,94 @@ def test_restricted_floor_of_errorless_pairs_is_the_scatter_over_the_dimensions_
                                 density_per_arcmin2=leg.density,
                                 match_radius_arcsec=bench.MATCH_RADIUS, calibrate=True)
     np.testing.assert_array_equal(bench.est_oracle_reml(leg, 0)[0], [fit.d_xi, fit.d_eta])
+
+
+def test_restricted_scale_term_is_the_log_of_the_scale_squared(bench):
+    # mix-remlS's objective: the mixture's own plus the restricted term of the model with the
+    # floor held at its least value (here 0): with no principal sigma floored that term is
+    # -1/2 log det (sum_k r_k Sigma_k^-1 / k^2) = log k^2 + const -- gradient (2, 0) in
+    # x = (log k, sigma_sys^2), no curvature, whatever the floor the model is at
+    from stk_astrometry import mixture
+
+    rng = np.random.default_rng(12)
+    prob, stated, st = _floor_state(bench, rng, 20, 0.2)
+    ml = mixture._error_model_terms(prob, stated, st, 0.0)
+    with bench._restricted_likelihood(scale_only=True):
+        reml = mixture._error_model_terms(prob, stated, st, 0.0)
+    info = np.einsum("k,kij->ij", st.r, np.linalg.inv(stated[st.idx]))
+    const = -0.5 * np.log(np.linalg.det(info))
+    for x in ([0.0, 0.01], [np.log(0.8), 0.05], [np.log(1.3), 0.002]):
+        x = np.array(x)
+        (f, grad, hess), (f0, grad0, hess0) = reml(x), ml(x)
+        assert f - f0 == pytest.approx(2.0 * x[0] + const, abs=1e-10)
+        np.testing.assert_allclose(grad - grad0, [2.0, 0.0], atol=1e-9)
+        np.testing.assert_allclose(hess - hess0, np.zeros((2, 2)), atol=1e-8)
+
+
+def test_restricted_scale_of_pure_scale_errors_is_the_scatter_over_the_dimensions_left(
+        bench, monkeypatch):
+    # the floor held at 0 (its bound 0), no prior, no chance candidates, errors far inside
+    # the window, the fitted model kept: maximum likelihood's k^2 is sum u^T Sigma^-1 u / 2n,
+    # the restricted one (mix-remlS1) divides by 2 (n - 1), the two dimensions the shift took
+    from stk_astrometry import mixture
+
+    monkeypatch.setattr(mixture, "_CAL_PRIOR", None)
+    monkeypatch.setattr(mixture, "_CAL_MAX_FLOOR", 0.0)
+    rng = np.random.default_rng(461)
+    n = 15
+    sig = rng.uniform(0.02, 0.06, n)
+    stated = bench.pair_covariance(sig * bench.R95_PER_SIGMA,
+                                   sig * rng.uniform(0.4, 1.0, n) * bench.R95_PER_SIGMA,
+                                   rng.uniform(0, 180, n))
+    d = np.array([0.2, -0.1]) + 1.7 * np.einsum("nij,nj->ni", np.linalg.cholesky(stated),
+                                                rng.standard_normal((n, 2)))
+    leg, _ = _outlier_leg(bench)
+    leg = dataclasses.replace(leg, det=np.arange(n), d_xi=d[:, 0], d_eta=d[:, 1],
+                              cov_stated=stated, bright=np.zeros(n, bool), density=0.0)
+    for est, dims in ((bench.est_oracle_fitted, 0), (bench.est_oracle_reml_scale_fitted, 2)):
+        shift, _, memb = est(leg, 0)
+        with bench._fitted_model_always(), (bench._restricted_likelihood(scale_only=True)
+                                            if dims else _nothing()):
+            fit = bench.fit_mixture(leg.det, leg.d_xi, leg.d_eta, leg.cov_stated,
+                                    density_per_arcmin2=0.0,
+                                    match_radius_arcsec=bench.MATCH_RADIUS, calibrate=True)
+        np.testing.assert_array_equal(shift, [fit.d_xi, fit.d_eta])
+        np.testing.assert_allclose(memb, 1.0)
+        e = d - shift
+        chi2 = np.einsum("ni,nij,nj->", e, np.linalg.inv(stated), e)
+        assert fit.sys_floor == 0.0
+        assert fit.err_scale ** 2 == pytest.approx(chi2 / (2 * n - dims), rel=1e-6)
+    # mix-remlS is the shipped choice of model with that term; the module's own objective after
+    terms = mixture._error_model_terms
+    with bench._restricted_likelihood(scale_only=True):
+        fit = bench.fit_mixture(leg.det, leg.d_xi, leg.d_eta, leg.cov_stated,
+                                density_per_arcmin2=0.0,
+                                match_radius_arcsec=bench.MATCH_RADIUS, calibrate=True)
+    np.testing.assert_array_equal(bench.est_oracle_reml_scale(leg, 0)[0], [fit.d_xi, fit.d_eta])
+    assert mixture._error_model_terms is terms
+
+
+def test_label_oracle_drops_exactly_the_simulated_outliers(bench):
+    # simulate_leg marks the pairs of its planted wrong offsets (the stream of random numbers
+    # unchanged: the same stacks as before the mark); mix-lab is the mixture on the other pairs
+    # with the true errors, mix-labC with the stated errors calibrated
+    rng = np.random.default_rng(77)
+    for _ in range(20):
+        leg = bench.simulate_leg(rng, shift=np.array([0.3, -0.1]), n_det=30, false_frac=0.0,
+                                 density=bench.CLEAN_DENSITY, errors="wavdetect", outliers=2)
+        assert leg.outlier.sum() == 2 and not np.any(leg.is_true[leg.outlier])
+        assert np.all(leg.bright[leg.outlier])
+        r = np.hypot(leg.d_xi - 0.3, leg.d_eta + 0.1)[leg.outlier]
+        assert np.all((r >= 0.5) & (r <= 1.5))
+        keep = ~leg.outlier
+        for calibrate, cov in ((False, leg.cov), (True, leg.cov_stated)):
+            fit = bench.fit_mixture(leg.det[keep], leg.d_xi[keep], leg.d_eta[keep], cov[keep],
+                                    density_per_arcmin2=leg.density,
+                                    match_radius_arcsec=bench.MATCH_RADIUS, calibrate=calibrate)
+            shift, sigma, memb = bench.est_oracle_labels(leg, 0, calibrate=calibrate)
+            np.testing.assert_array_equal(shift, [fit.d_xi, fit.d_eta])
+            np.testing.assert_array_equal(sigma, np.sqrt(np.diag(fit.cov)))
+            assert np.all(memb[leg.outlier] == 0) and np.array_equal(memb[keep], fit.membership)
+    clean = bench.simulate_leg(np.random.default_rng(77), shift=np.zeros(2), n_det=30,
+                               false_frac=0.0, density=bench.CLEAN_DENSITY)
+    assert clean.outlier is None

@@ -78,13 +78,18 @@ Legend (per case, per estimator; errors and bounds per axis, both axes pooled):
             outlier model (n of the bright quarter, 0.5-1.5" from the shift), not which ones
   mix-outlA (--oracle, outlier cases) the same, told the outliers' shape but not that they are
             among the bright: the most a generic heavy-tailed true-match component could reach
+  mix-lab   (--oracle, outlier cases) not an estimator: told WHICH pairs are the outliers
+            (dropped) and the true errors -- whether the bound is reachable there at all;
+            mix-labC the same with the stated errors self-calibrated (what calibration costs)
   mix-fit1  (--oracle) not an estimator: the mixture with its fitted error model always kept
             (never averaged with the stated errors): mix-true -> mix-fit1 is what estimating the
             error model costs, mix-fit1 -> mixture what the choice of model costs
   mix-reml  (--oracle) not an estimator: the mixture with its error model fitted on the
             restricted likelihood (REML: -1/2 log det of the shift's information added in the
             model's polish), which removes the bias of a variance fitted about the fitted
-            shift; mix-reml1 the same with the fitted model always kept (as mix-fit1)
+            shift; mix-reml1 the same with the fitted model always kept (as mix-fit1);
+            mix-remlS / mix-remlS1 the restricted term of the scale alone (the floor held at
+            its least value in it; the floor by maximum likelihood)
   mix-tail  (--oracle, outlier cases) not an estimator: a heavy-tailed true-match component
             ((1 - eps) N(s, C) + eps N(s, C + tau^2 I)) fitted with the error model on the
             calibrated fit's window, averaged with the mixture by posterior weight (margin 4);
@@ -201,6 +206,7 @@ class Leg:
     crb_var: np.ndarray      # (2,) CRB variances per axis
     bright: np.ndarray       # pair of a detection among the quarter with the smallest errors
     n_outliers: int = 0      # bright detections given a wrong offset (simulate_leg's outliers)
+    outlier: np.ndarray | None = None   # the pairs of those wrong offsets (None: no outliers)
 
     @property
     def sep(self):
@@ -296,12 +302,14 @@ def simulate_leg(rng, *, shift, n_det, false_frac, density, misreport=False,
     rows_dx.append(true_off[idx, 0])
     rows_dy.append(true_off[idx, 1])
     rows_true.append(~wrong[idx])
+    rows_outl = [wrong[idx]]
     idx = np.flatnonzero(planted)
     px, py = _uniform_disk(rng, idx.size, MATCH_RADIUS)
     rows_det.append(idx)
     rows_dx.append(px)
     rows_dy.append(py)
     rows_true.append(np.zeros(idx.size, bool))
+    rows_outl.append(np.zeros(idx.size, bool))
     n_chance = rng.poisson(density / 3600.0 * np.pi * MATCH_RADIUS**2, n_det)
     idx = np.repeat(np.arange(n_det), n_chance)
     cx, cy = _uniform_disk(rng, idx.size, MATCH_RADIUS)
@@ -309,6 +317,7 @@ def simulate_leg(rng, *, shift, n_det, false_frac, density, misreport=False,
     rows_dx.append(cx)
     rows_dy.append(cy)
     rows_true.append(np.zeros(idx.size, bool))
+    rows_outl.append(np.zeros(idx.size, bool))
     det = np.concatenate(rows_det)
     order = rng.permutation(det.size)
     det = det[order]
@@ -322,7 +331,8 @@ def simulate_leg(rng, *, shift, n_det, false_frac, density, misreport=False,
                ref_sigdec=sdec[det], cov=cov_det[det], cov_stated=cov_stated[det],
                is_true=is_true, shift=shift, density=dens_given,
                crb_var=_crb_var(cov_det[det][is_true]), bright=bright_mask[det],
-               n_outliers=int(outliers))
+               n_outliers=int(outliers),
+               outlier=np.concatenate(rows_outl)[order] if outliers else None)
 
 
 def simulate_stack(rng, case):
@@ -380,7 +390,26 @@ def est_oracle_errors(leg, leg_index):
 
 OUTLIER_RANGE = (0.5, 1.5)   # arcsec from the shift: simulate_leg's outliers
 # the --oracle rows run in the outlier cases only
-OUTLIER_ROWS = ("mix-outl", "mix-outlA", "mix-tail", "mix-tailT")
+OUTLIER_ROWS = ("mix-outl", "mix-outlA", "mix-tail", "mix-tailT", "mix-lab", "mix-labC")
+
+
+def est_oracle_labels(leg, leg_index, calibrate=False):
+    """An oracle, not an estimator (``--oracle``, outlier cases only; row ``mix-lab``): told
+    which pairs are the simulated outliers (``leg.outlier``: dropped) and the TRUE errors, the
+    mixture on the rest -- what this model reaches once the outliers are known, i.e. whether
+    the Cramer-Rao bound (computed with the true pairs only) is reachable there at all.
+    ``calibrate`` (row ``mix-labC``): the outliers dropped, the stated errors self-calibrated
+    as stk_xfm does: what the error calibration alone costs in that regime."""
+    keep = ~leg.outlier if leg.outlier is not None else np.ones(leg.det.size, bool)
+    cov = leg.cov_stated if calibrate else leg.cov
+    fit = fit_mixture(leg.det[keep], leg.d_xi[keep], leg.d_eta[keep], cov[keep],
+                      density_per_arcmin2=leg.density, match_radius_arcsec=MATCH_RADIUS,
+                      calibrate=calibrate)
+    if fit.failure is not None:
+        return np.full(2, np.nan), np.full(2, np.nan), None
+    membership = np.zeros(leg.det.size)
+    membership[keep] = fit.membership
+    return np.array([fit.d_xi, fit.d_eta]), np.sqrt(np.diag(fit.cov)), membership
 
 
 def est_oracle_outliers(leg, leg_index, bright_only=True):
@@ -490,11 +519,18 @@ def restricted_terms(r, inv_v, ja, jb, vx, vy):
 
 
 @contextlib.contextmanager
-def _restricted_likelihood():
+def _restricted_likelihood(scale_only=False):
     """fit_mixture with its error model's polish on the restricted likelihood: the
     objective of ``mixture._error_model_terms`` (x = (log k, sigma_sys^2)) plus
     :func:`restricted_terms` at the state's memberships, chained to x as that function chains
-    its own (A = exp(2 x0))."""
+    its own (A = exp(2 x0)).
+
+    ``scale_only`` (rows ``mix-remlS``, ``mix-remlS1``): the restricted term of the scale
+    alone -- :func:`restricted_terms` of the model with the floor held at its least value
+    (``min_floor``), a function of k only (``log k^2`` plus a constant when that floor is 0 and
+    no principal sigma is floored: the n / (n - 2) correction of a fitted variance scale).  The
+    floor is fitted by maximum likelihood as shipped: REML's push on the floor is what cost
+    the inflated-errors regime (session 9), where the true floor is 0, on its bound."""
     terms_ml = mixture._error_model_terms
 
     def terms_reml(prob, stated, st, min_floor):
@@ -505,10 +541,11 @@ def _restricted_likelihood():
         def terms(x):
             value, grad, hess = ml(x)
             big_a = float(np.exp(2.0 * x[0]))
-            raw = big_a * lam + x[1]
+            raw = big_a * lam + (min_floor**2 if scale_only else x[1])
             jb = (raw >= floor2).astype(float)
             r_value, r_grad, r_hess = restricted_terms(st.r, 1.0 / np.maximum(raw, floor2),
-                                                       jb * lam, jb, vx, vy)
+                                                       jb * lam, 0.0 * jb if scale_only else jb,
+                                                       vx, vy)
             grad = grad + [2.0 * big_a * r_grad[0], r_grad[1]]
             hess = hess + [[4.0 * big_a * (big_a * r_hess[0] + r_grad[0]),
                             2.0 * big_a * r_hess[1]],
@@ -537,6 +574,21 @@ def est_oracle_reml_fitted(leg, leg_index):
     model always kept (as ``mix-fit1``): what the error model's estimate costs once its
     REML-type bias is removed."""
     with _restricted_likelihood(), _fitted_model_always():
+        return _mixture(leg, True)
+
+
+def est_oracle_reml_scale(leg, leg_index):
+    """Not an estimator (``--oracle``, row ``mix-remlS``): the mixture with the restricted
+    likelihood's term for the error model's scale alone (:func:`_restricted_likelihood`,
+    ``scale_only``), the floor by maximum likelihood, the choice of model as shipped."""
+    with _restricted_likelihood(scale_only=True):
+        return _mixture(leg, True)
+
+
+def est_oracle_reml_scale_fitted(leg, leg_index):
+    """Not an estimator (``--oracle``, row ``mix-remlS1``): ``mix-remlS`` with the fitted
+    error model always kept (as ``mix-fit1``)."""
+    with _restricted_likelihood(scale_only=True), _fitted_model_always():
         return _mixture(leg, True)
 
 
@@ -578,9 +630,9 @@ class TailModel:
         self.fixed_errors = fixed_errors
 
     def _disk(self, v1, v2):
-        big_q = self.alpha / v1[:, None] + self.beta / v2[:, None]
-        h = np.exp(-0.5 * self.r_w**2 * big_q) / big_q
-        return np.clip(1.0 - h.mean(axis=1) / np.sqrt(v1 * v2), 0.0, 1.0)
+        # mixture.disk_probability's quadrature: V_t = u_t^T C u_t in the principal axes
+        big_v = self.alpha * v1[:, None] + self.beta * v2[:, None]
+        return np.clip(1.0 - np.exp(-0.5 * self.r_w**2 / big_v).mean(axis=1), 0.0, 1.0)
 
     def loglike(self, p, tail=True, memberships=False):
         """log L (+ the error model's log prior) at p = (sx, sy, logit q, log k, f, logit eps,
@@ -942,11 +994,13 @@ def main(quick: bool = False, cases: str = "", n_stacks: int | None = None,
     ``spec@base``, ``mix@base``).  ``only``: comma-separated estimator names to run (default
     all).  ``oracle``: also the rows ``mix-true`` (the mixture told the true errors),
     ``mix-fit1`` (its fitted error model always kept), ``mix-reml``/``mix-reml1`` (its error
-    model on the restricted likelihood; the choice as shipped / always kept) and, in the
+    model on the restricted likelihood; the choice as shipped / always kept),
+    ``mix-remlS``/``mix-remlS1`` (the same with the restricted term of the scale alone) and, in the
     outlier cases, ``mix-outl``
     (told the outlier model too), ``mix-outlA`` (its shape, not that the outliers are bright),
     ``mix-tail``/``mix-tailT`` (a fitted heavy-tailed true-match component, on the calibrated /
-    the true errors): what the model could reach, not estimators (no targets).  Returns 1
+    the true errors), ``mix-lab``/``mix-labC`` (told which pairs are the outliers: the true /
+    the calibrated errors): what the model could reach, not estimators (no targets).  Returns 1
     when a target check fails in a full run (run.py then fails), else 0; a ``quick`` run (or
     one with ``n_stacks``) has too few stacks to judge the targets: it prints them, returns 0.
     """
@@ -960,8 +1014,12 @@ def main(quick: bool = False, cases: str = "", n_stacks: int | None = None,
         estimators["mix-fit1"] = est_oracle_fitted
         estimators["mix-reml"] = est_oracle_reml
         estimators["mix-reml1"] = est_oracle_reml_fitted
+        estimators["mix-remlS"] = est_oracle_reml_scale
+        estimators["mix-remlS1"] = est_oracle_reml_scale_fitted
         estimators["mix-outl"] = est_oracle_outliers
         estimators["mix-outlA"] = lambda leg, i: est_oracle_outliers(leg, i, bright_only=False)
+        estimators["mix-lab"] = est_oracle_labels
+        estimators["mix-labC"] = lambda leg, i: est_oracle_labels(leg, i, calibrate=True)
         estimators["mix-tail"] = est_oracle_tail
         estimators["mix-tailT"] = lambda leg, i: est_oracle_tail(leg, i, true_errors=True)
     estimators["cauchy"] = est_cauchy
@@ -1051,7 +1109,8 @@ if __name__ == "__main__":
     parser.add_argument("--only", default="", help="comma-separated estimator names to run")
     parser.add_argument("--oracle", action="store_true",
                         help="also the oracle rows mix-true, mix-fit1, mix-reml, mix-reml1, "
-                             "mix-outl, mix-outlA, "
+                             "mix-remlS, mix-remlS1, "
+                             "mix-outl, mix-outlA, mix-lab, mix-labC, "
                              "mix-tail, mix-tailT (not estimators)")
     args = parser.parse_args()
     sys.exit(main(quick=args.quick, cases=args.cases, n_stacks=args.n, baseline=args.baseline,

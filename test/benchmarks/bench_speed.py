@@ -500,15 +500,40 @@ def _spec_inputs(leg, leg_index):
     return pairs, weighting, w, var1
 
 
-def _mixture_problem(leg):
-    """The mixture's internal problem for a leg, as fit_mixture builds it (to time the start)."""
-    from stk_astrometry.mixture import _floor_covariances, _Problem
+def _mixture_problem(leg, mixture=None):
+    """The mixture's internal problem for a leg, as fit_mixture builds it (to time the start),
+    with today's module or the one given (``START_BASELINE``'s has the same two names)."""
+    if mixture is None:
+        from stk_astrometry import mixture
 
-    cov, _ = _floor_covariances(leg.cov.copy())
+    cov, _ = mixture._floor_covariances(leg.cov.copy())
     order = np.lexsort((leg.d_eta, leg.d_xi, leg.det))
     _, det = np.unique(leg.det[order], return_inverse=True)
-    return _Problem(det, leg.d_xi[order], leg.d_eta[order], cov[order], leg.density / 3600.0,
-                    3.0, 5.0)
+    return mixture._Problem(det, leg.d_xi[order], leg.d_eta[order], cov[order],
+                            leg.density / 3600.0, 3.0, 5.0)
+
+
+#: main as it was when issue 11 was filed (the parent of its first commit, c4d227b): its start
+#: search was 65 % of the mixture fit's CPU -- the issue's "two thirds of its cost today"
+START_BASELINE = "18874fd"
+#: issue 11: the start search "coarse-to-fine or otherwise cut"; judged here as cut by two
+#: thirds (3x cheaper on the same legs), with the same results (test_mixture's exhaustive-search
+#: tests and bench_accuracy --baseline)
+START_CUT = 3.0
+
+
+def _start_baseline():
+    """START_BASELINE's mixture module (bench_accuracy.load_baseline), or the reason it is not
+    available (no git history, e.g. an exported tree)."""
+    import subprocess
+
+    import bench_accuracy
+
+    try:
+        folder, _, mixture = bench_accuracy.load_baseline(START_BASELINE)
+    except (OSError, ImportError, subprocess.CalledProcessError) as exc:
+        return None, None, f"git archive {START_BASELINE} failed: {exc}"
+    return folder, mixture, ""
 
 
 def bench_cores(quick):
@@ -520,7 +545,9 @@ def bench_cores(quick):
     stacks = _core_stacks(quick)
     fit_translation([0.0] * 3, [0.0] * 3, [0.1, 0.2, 0.3], [0.0] * 3, [1.0] * 3,
                     solver="least_squares")     # warm-up: imports scipy.optimize
-    t = {"fast": 0.0, "ls": 0.0, "leg_fast": 0.0, "leg_ls": 0.0, "mix": 0.0, "mix_start": 0.0}
+    base_folder, base_mixture, base_why = _start_baseline()
+    t = {"fast": 0.0, "ls": 0.0, "leg_fast": 0.0, "leg_ls": 0.0, "mix": 0.0, "mix_start": 0.0,
+         "start_now": 0.0, "start_base": 0.0}
     worst = 0.0
     n_fits = n_direct = n_mix = 0
     for _name, legs in stacks:
@@ -556,7 +583,18 @@ def bench_cores(quick):
             t0 = time.perf_counter()
             _start_by_grid(prob, 1.0)
             t["mix_start"] += time.perf_counter() - t0
+            if base_mixture is not None:
+                # the same leg's start with today's code and the filing's, in turn first
+                pair = [("start_now", prob, _start_by_grid),
+                        ("start_base", _mixture_problem(leg, base_mixture),
+                         base_mixture._start_by_grid)]
+                for key, problem, start in pair if n_mix % 2 else pair[::-1]:
+                    t0 = time.process_time()
+                    start(problem, 1.0)
+                    t[key] += time.process_time() - t0
             n_mix += 1
+    if base_folder is not None:
+        shutil.rmtree(base_folder, ignore_errors=True)
     spec_ratio = t["ls"] / t["fast"]
     missed = 0
     rows = []
@@ -575,6 +613,17 @@ def bench_cores(quick):
     rows.append(["mixture fit per leg | its start (grid + refinement)",
                  f"{1e3 * t['mix'] / n_mix:.2f} | {1e3 * t['mix_start'] / n_mix:.2f} ms",
                  f"start {t['mix_start'] / t['mix']:.0%} of the fit"])
+    if base_mixture is None:
+        rows.append([f"start search: at issue 11's filing ({START_BASELINE}) / now",
+                     na(base_why), f">= {START_CUT:g}x"])
+    else:
+        cut = t["start_base"] / t["start_now"]
+        ok = cut >= START_CUT
+        missed += not ok
+        rows.append([f"start search: at issue 11's filing ({START_BASELINE}) / now, same legs",
+                     f"{cut:.2f}x ({1e3 * t['start_base'] / n_mix:.2f} -> "
+                     f"{1e3 * t['start_now'] / n_mix:.2f} ms CPU)",
+                     f"{'PASS' if ok else 'FAIL'} >= {START_CUT:g}x (a two-thirds cut)"])
     print_table("The cores side by side (issue 11): each stack fitted both ways, interleaved",
                 ["measure", "value", "target"], rows,
                 notes=[f"{len(stacks)} stacks of bench_accuracy's cases (both legs of two-step "
