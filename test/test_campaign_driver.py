@@ -345,3 +345,68 @@ def test_a_chunk_on_a_remote_worker_syncs_its_stacks_files_once_before_returning
     outs = run_chunk(_writing_task, deferred)
     assert [c for c in synclog if c[0] in ("make_durable", "fsync")] == []
     assert [o["unsynced"] for o in outs] == [[f] for f in files]
+
+
+def test_a_process_imports_the_rare_paths_modules_before_its_first_stack(tmp_path):
+    """xfmfit's least_squares fallback imports scipy.optimize (~35 MB of a worker's RSS) on 1
+    stack in thousands: run_stack imports it before the first step of a process's first
+    stack, so a worker's memory does not step up at a random moment of a long campaign and
+    its peak does not depend on the number of stacks (issue 12).  A fresh interpreter, the
+    first step replaced by one that records what is imported when it starts."""
+    import json
+    import subprocess
+    import sys
+
+    import stk_astrometry
+
+    code = r"""
+import json, sys
+from stk_astrometry import api
+from stk_astrometry.campaign import task
+from stk_astrometry.campaign.stacks import StackInput
+from stk_astrometry.errors import InputError
+before = {m: m in sys.modules for m in task.WARM_MODULES}
+seen = {}
+def match_stack(*args, **kwargs):
+    seen.update({m: m in sys.modules for m in task.WARM_MODULES})
+    raise InputError("stopped by the test")
+api.match_stack = match_stack
+out = task.run_stack(task.StackPlan(stack=StackInput("s0", "/d0", "/g0"), folder=sys.argv[1]))
+print(json.dumps({"before": before, "seen": seen, "status": out["row"]["status"],
+                  "error": out["row"]["error"]}))
+"""
+    env = dict(os.environ)
+    lib = str(Path(stk_astrometry.__file__).resolve().parents[1])
+    env["PYTHONPATH"] = lib + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "s0")], env=env,
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["status"] == "failed" and got["error"] == "stopped by the test"
+    if all(got["before"].values()):
+        pytest.skip("the modules are imported with the API already: nothing left to warm")
+    assert got["seen"] and all(got["seen"].values()), got
+
+
+def test_local_cluster_keeps_short_debugging_logs():
+    """Dask's debugging logs keep driver.WORKER_CONFIG's 100 entries, not Dask's 1,000, in
+    the scheduler (its stream to each worker keeps every compute-task message it sent, with
+    the task's stack plans: +10 MB in the driver from 1,000 to 10,000 stacks) and in the
+    worker processes of a real LocalCluster (the nanny hands them the configuration)."""
+    import dask
+    import distributed  # noqa: F401 - Dask's defaults of distributed.* are loaded with it
+
+    n = driver.WORKER_CONFIG["distributed.admin.low-level-log-length"]
+    assert n == 100 < dask.config.get("distributed.admin.low-level-log-length")
+    with driver.dask_client("", 1) as (client, _where):
+        sched = client.cluster.scheduler
+        assert sched.transition_log.maxlen == n
+        streams = list(sched.stream_comms.values())
+        assert streams and all(s.recent_message_log.maxlen == n for s in streams)
+
+        def lengths(dask_worker):
+            return (dask_worker.state.log.maxlen, dask_worker.state.stimulus_log.maxlen,
+                    dask_worker.batched_stream.recent_message_log.maxlen)
+
+        assert list(client.run(lengths).values()) == [(n, n, n)]
+        assert client.scheduler_comm.recent_message_log.maxlen == n   # the client's own

@@ -1648,6 +1648,47 @@ def test_calibrated_sigma_is_the_documented_bootstrap(loss, f_scale, weight, max
     np.testing.assert_allclose(fit.cov, want, rtol=1e-7, atol=1e-14)
 
 
+@pytest.mark.parametrize("block", [1, 7, 60])
+def test_bootstrap_in_blocks_gives_the_bits_of_one_batch(monkeypatch, block):
+    # _BOOT_BLOCK (replicates x pairs per refit call) bounds the refit's memory; the draws
+    # come in the same order and each replicate is refitted on its own, so blocks of 1 row, of
+    # several (the last one partial: 200 = 3 x 60 + 20) and one batch give the same covariance
+    rng = np.random.default_rng(SEED + 502)
+    d_xi, d_eta, w, var1, cluster = _clustered_stack(rng, 40)
+    zeros = np.zeros(len(d_xi))
+    n = len(d_xi)
+
+    def cov_with(elements):
+        monkeypatch.setattr(xfmfit, "_BOOT_BLOCK", elements)
+        return fit_translation(zeros, zeros, d_xi, d_eta, w, var_1sigma=var1,
+                               cluster=cluster).cov
+
+    whole = cov_with(xfmfit._BOOT_N * n)
+    assert np.array_equal(cov_with(block * n), whole)
+    assert np.array_equal(cov_with(block * n + n - 1), whole)    # rounds down to `block` rows
+
+
+def test_bootstrap_memory_is_bounded_on_thousands_of_pairs():
+    # 4,000 pairs: the 200 replicates at once held ~15 arrays of 200 x 4,000 (>100 MB); a
+    # block of _BOOT_BLOCK elements at a time keeps the refit's peak near 20 MB (issue 12: one
+    # such stack set a campaign worker's peak memory)
+    import tracemalloc
+
+    rng = np.random.default_rng(SEED + 503)
+    n = 4000
+    d = rng.normal(0.0, 0.3, (n, 2)) + [0.2, -0.1]
+    w = 1.0 / rng.uniform(0.05, 0.5, n) ** 2
+    zeros = np.zeros(n)
+    tracemalloc.start()
+    try:
+        fit = fit_translation(zeros, zeros, d[:, 0], d[:, 1], w, var_1sigma=1.0 / w)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert fit.error_source == "scatter"
+    assert peak < 40e6
+
+
 @pytest.mark.parametrize("loss, f_scale, weight", [("cauchy", 1.0, 1.0), ("cauchy", 2.0, 0.05),
                                                    ("linear", 1.0, 4.0), ("soft_l1", 0.5, 1.0),
                                                    ("cauchy", 2.0, 0.01)])

@@ -182,6 +182,10 @@ _BOOT_N = 200
 _BOOT_SEED = 20261205
 _BOOT_TOL_ARCSEC = 1e-9
 _BOOT_MAX_ITER = 100
+# (replicates x pairs) elements per refit call: the refit keeps ~15 temporaries of that shape,
+# so a stack of thousands of pairs is refitted a block of replicates at a time (issue 12: a
+# 6,759-pair leg took ~100 MB at once and set a campaign worker's peak memory)
+_BOOT_BLOCK = 1 << 16
 _MIN_SCALE = 0.1
 _DEGENERATE_RATIO = 0.01
 SIGMAS = ("calibrated", "sandwich")
@@ -855,12 +859,19 @@ def _calibrated_bootstrap(p, d_xi, d_eta, w, var1, loss, f_scale, max_shift, inv
     a, b = _fit_scale_floor(e2, var_c)
     sd = np.sqrt(a * var_c + b)
     rng = np.random.default_rng(_BOOT_SEED)
-    eps = rng.standard_normal((_BOOT_N, m, 2)) * sd[None, :, None]
     base_x = p[0] + (d_xi - mean_x[inverse])
     base_y = p[1] + (d_eta - mean_y[inverse])
-    dx = base_x[None, :] + eps[:, inverse, 0]
-    dy = base_y[None, :] + eps[:, inverse, 1]
-    reps = _refit_batch(dx, dy, w, loss, f_scale, max_shift)
+    # a block of replicates at a time (_BOOT_BLOCK): the generator's stream is drawn in the
+    # same order and each replicate's refit is its own (row-wise arithmetic), so the blocks
+    # give the same bits as one batch
+    block = max(1, _BOOT_BLOCK // n)
+    reps = []
+    for i in range(0, _BOOT_N, block):
+        eps = rng.standard_normal((min(block, _BOOT_N - i), m, 2)) * sd[None, :, None]
+        reps.append(_refit_batch(base_x[None, :] + eps[:, inverse, 0],
+                                 base_y[None, :] + eps[:, inverse, 1], w, loss, f_scale,
+                                 max_shift))
+    reps = np.concatenate(reps)
     reps = reps[np.all(np.isfinite(reps), axis=1)]
     if reps.shape[0] < _BOOT_N // 2:
         return None

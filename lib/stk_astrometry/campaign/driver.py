@@ -188,13 +188,18 @@ def _quiet_dask():
 #: target's 85 stacks/s; at these intervals 21 ms per second.  Nothing here reads them
 #: faster: no dashboard, the 60 s tick limit; a worker is still stopped within a second of
 #: passing its memory limit, and the scheduler keeps at most two tasks on a worker
-#: (worker-saturation), so a late steal waits for little.
+#: (worker-saturation), so a late steal waits for little.  Dask's debugging logs (each
+#: batched stream's recent messages, the transition and event logs) keep 100 entries, not
+#: 1,000: every compute-task message the scheduler sends holds its task's stack plans
+#: (~16 KB for 16 stacks), so with 1,000 the driver kept every task's plans up to ~16,000
+#: stacks per worker, +10 MB between 1,000 and 10,000 stacks (issue 12; tracemalloc).
 WORKER_CONFIG = {"distributed.worker.profile.enabled": False,
                  "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
                  "distributed.admin.tick.interval": "1s",
                  "distributed.admin.system-monitor.interval": "5s",
                  "distributed.worker.memory.monitor-interval": "1s",
-                 "distributed.scheduler.work-stealing-interval": "1s"}
+                 "distributed.scheduler.work-stealing-interval": "1s",
+                 "distributed.admin.low-level-log-length": 100}
 
 
 @contextlib.contextmanager

@@ -235,6 +235,27 @@ def _row(stack, m, f, u, paths, failed_step, error, timings):
 
 # ---------------------------------------------------------------------- the task
 
+#: Modules the steps import only on a rare stack's path, imported before a process's first
+#: stack: xfmfit's ``least_squares`` fallback (scipy.optimize, ~35 MB of a worker's RSS; 1
+#: stack in 3,000-8,000 of the benchmark mix takes it).  Imported there, it stepped a
+#: worker's memory up at a random moment of a long campaign -- what made a worker's peak RSS
+#: grow with the number of stacks (issue 12: 109 MB at 1,000, 166 at 10,000) -- and cost that
+#: stack ~0.3 s.  A worker's memory is now the same whatever the campaign's length.
+WARM_MODULES = ("scipy.optimize",)
+_warm = False
+
+
+def _warm_up() -> None:
+    """Import :data:`WARM_MODULES`, once per process."""
+    global _warm
+    if not _warm:
+        import importlib
+
+        for name in WARM_MODULES:
+            importlib.import_module(name)
+        _warm = True
+
+
 def run_stack(plan: StackPlan) -> dict:
     """Run one stack's steps; never raises for a failure of the stack itself.
 
@@ -250,6 +271,7 @@ def run_stack(plan: StackPlan) -> dict:
     from .. import api
     from ..fitsutil import deferred_durability, remove_orphan_temps
 
+    _warm_up()
     t_start = time.perf_counter()
     stack = plan.stack
     paths = output_paths(plan.folder, stack.stackid, detcorr=plan.detcorr)
