@@ -630,9 +630,8 @@ class TailModel:
         self.fixed_errors = fixed_errors
 
     def _disk(self, v1, v2):
-        # mixture.disk_probability's quadrature: V_t = u_t^T C u_t in the principal axes
-        big_v = self.alpha * v1[:, None] + self.beta * v2[:, None]
-        return np.clip(1.0 - np.exp(-0.5 * self.r_w**2 / big_v).mean(axis=1), 0.0, 1.0)
+        # mixture.disk_probability's quadrature, V_t = u_t^T C u_t in the principal axes
+        return mixture._disk_mass(self.alpha * v1[:, None] + self.beta * v2[:, None], self.r_w)
 
     def loglike(self, p, tail=True, memberships=False):
         """log L (+ the error model's log prior) at p = (sx, sy, logit q, log k, f, logit eps,

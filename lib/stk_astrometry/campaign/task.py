@@ -242,18 +242,15 @@ def _row(stack, m, f, u, paths, failed_step, error, timings):
 #: grow with the number of stacks (issue 12: 109 MB at 1,000, 166 at 10,000) -- and cost that
 #: stack ~0.3 s.  A worker's memory is now the same whatever the campaign's length.
 WARM_MODULES = ("scipy.optimize",)
-_warm = False
 
 
 def _warm_up() -> None:
-    """Import :data:`WARM_MODULES`, once per process."""
-    global _warm
-    if not _warm:
-        import importlib
+    """Import :data:`WARM_MODULES` (after a process's first stack, a look-up in
+    ``sys.modules``)."""
+    import importlib
 
-        for name in WARM_MODULES:
-            importlib.import_module(name)
-        _warm = True
+    for name in WARM_MODULES:
+        importlib.import_module(name)
 
 
 def run_stack(plan: StackPlan) -> dict:
