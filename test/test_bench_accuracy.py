@@ -314,7 +314,7 @@ def test_restricted_likelihood_removes_the_shifts_bias_from_the_floor(bench, mon
             stated = bench.pair_covariance(sig * bench.R95_PER_SIGMA, sig * bench.R95_PER_SIGMA,
                                            np.zeros(12))
             d = np.array([0.25, -0.15]) + rng.normal(size=(12, 2)) * np.hypot(sig, 0.2)[:, None]
-            with bench._restricted_likelihood() if reml else _nothing():
+            with bench._restricted_likelihood() if reml else bench._maximum_likelihood():
                 fits.append(bench.fit_mixture(np.arange(12), d[:, 0], d[:, 1], stated,
                                               density_per_arcmin2=0.0, match_radius_arcsec=3.0,
                                               calibrate=True))
@@ -328,12 +328,29 @@ def test_restricted_likelihood_removes_the_shifts_bias_from_the_floor(bench, mon
         assert mixture._error_model_terms is not terms
         raise RuntimeError
     assert mixture._error_model_terms is terms
-
-
-def _nothing():
-    import contextlib
-
-    return contextlib.nullcontext()
+    objective, log_det = mixture._restricted_objective, mixture._restricted_log_det
+    with pytest.raises(RuntimeError), bench._maximum_likelihood():
+        assert (mixture._restricted_objective, mixture._restricted_log_det) != (objective,
+                                                                                log_det)
+        raise RuntimeError
+    assert (mixture._restricted_objective, mixture._restricted_log_det) == (objective, log_det)
+    # the mixture itself (issue 14, session 11) is on the restricted likelihood: mix-reml's
+    # floors wherever mix-reml (its choice of model on the plain likelihood) kept the fitted
+    # model, and no bias either
+    rng = np.random.default_rng(1234)
+    shipped = []
+    for _ in range(60):
+        sig = np.exp(rng.uniform(np.log(0.05), np.log(0.6), 12))
+        stated = bench.pair_covariance(sig * bench.R95_PER_SIGMA, sig * bench.R95_PER_SIGMA,
+                                       np.zeros(12))
+        d = np.array([0.25, -0.15]) + rng.normal(size=(12, 2)) * np.hypot(sig, 0.2)[:, None]
+        shipped.append(bench.fit_mixture(np.arange(12), d[:, 0], d[:, 1], stated,
+                                         density_per_arcmin2=0.0, match_radius_arcsec=3.0,
+                                         calibrate=True).sys_floor)
+    kept = floors[True] > 0
+    assert kept.sum() >= 55
+    np.testing.assert_allclose(np.array(shipped)[kept], floors[True][kept], rtol=1e-9)
+    assert np.mean(np.array(shipped) ** 2) > 0.9 * 0.2**2
 
 
 def test_restricted_floor_of_errorless_pairs_is_the_scatter_over_the_dimensions_left(bench,
@@ -350,9 +367,16 @@ def test_restricted_floor_of_errorless_pairs_is_the_scatter_over_the_dimensions_
     leg, _ = _outlier_leg(bench)
     leg = dataclasses.replace(leg, det=np.arange(n), d_xi=d[:, 0], d_eta=d[:, 1],
                               cov_stated=np.zeros((n, 2, 2)), bright=np.zeros(n, bool))
-    for est, ml_dims in ((bench.est_oracle_fitted, 0.0), (bench.est_oracle_reml_fitted, 1.0)):
+    def fitted_ml(leg, i):
+        with bench._maximum_likelihood():
+            return bench.est_oracle_fitted(leg, i)
+
+    # mix-fit1 is the mixture's own fitted model (on the restricted likelihood since issue
+    # 14, session 11), mix-reml1 the same through the oracle's term
+    for est, ml_dims in ((fitted_ml, 0.0), (bench.est_oracle_reml_fitted, 1.0),
+                         (bench.est_oracle_fitted, 1.0)):
         with bench._fitted_model_always(), (bench._restricted_likelihood() if ml_dims
-                                            else _nothing()):
+                                            else bench._maximum_likelihood()):
             fit = bench.fit_mixture(leg.det, leg.d_xi, leg.d_eta, leg.cov_stated,
                                     density_per_arcmin2=leg.density,
                                     match_radius_arcsec=bench.MATCH_RADIUS, calibrate=True)
@@ -413,10 +437,14 @@ def test_restricted_scale_of_pure_scale_errors_is_the_scatter_over_the_dimension
     leg, _ = _outlier_leg(bench)
     leg = dataclasses.replace(leg, det=np.arange(n), d_xi=d[:, 0], d_eta=d[:, 1],
                               cov_stated=stated, bright=np.zeros(n, bool), density=0.0)
-    for est, dims in ((bench.est_oracle_fitted, 0), (bench.est_oracle_reml_scale_fitted, 2)):
+    def fitted_ml(leg, i):
+        with bench._maximum_likelihood():
+            return bench.est_oracle_fitted(leg, i)
+
+    for est, dims in ((fitted_ml, 0), (bench.est_oracle_reml_scale_fitted, 2)):
         shift, _, memb = est(leg, 0)
         with bench._fitted_model_always(), (bench._restricted_likelihood(scale_only=True)
-                                            if dims else _nothing()):
+                                            if dims else bench._maximum_likelihood()):
             fit = bench.fit_mixture(leg.det, leg.d_xi, leg.d_eta, leg.cov_stated,
                                     density_per_arcmin2=0.0,
                                     match_radius_arcsec=bench.MATCH_RADIUS, calibrate=True)

@@ -1,5 +1,6 @@
 """Tests of the mixture estimator's pure core (stk_astrometry.mixture)."""
 
+import itertools
 import json
 from pathlib import Path
 
@@ -1784,17 +1785,25 @@ def _polish_calls(monkeypatch):
     return calls
 
 
-def _polish_objective(prob, stated, st, min_floor):
+def _polish_objective(prob, stated, st, min_floor, restricted=True):
     """The polish's objective as the fit computes it: x = (log k, sigma_sys^2) -> the window's
-    observed log likelihood (P_j and mu recomputed) + the error model's log prior."""
+    observed log likelihood (P_j and mu recomputed) + the error model's log prior, and (unless
+    ``restricted`` is False: the objective of ``_error_model_terms`` alone) the restricted
+    likelihood's term -1/2 log det sum_k r_k C_k^-1 at the state's memberships (issue 14,
+    session 11), here from numpy's inverses of the model's covariances."""
     from stk_astrometry.mixture import (_calibrated, _error_prior, _fit_window_final,
                                         _window_terms)
 
     def objective(x):
-        prob.set_cov(_calibrated(stated, float(np.exp(x[0])), float(np.sqrt(x[1])))[0])
+        cov = _calibrated(stated, float(np.exp(x[0])), float(np.sqrt(x[1])))[0]
+        prob.set_cov(cov)
         p_win, mu = _window_terms(prob, st.idx, st.r_w)
-        return (_fit_window_final(prob, st.idx, st.s, st.q, p_win, mu)[5]["loglike"]
-                + _error_prior(float(np.exp(2.0 * x[0])), x[1], min_floor**2)[0])
+        value = (_fit_window_final(prob, st.idx, st.s, st.q, p_win, mu)[5]["loglike"]
+                 + _error_prior(float(np.exp(2.0 * x[0])), x[1], min_floor**2)[0])
+        if restricted:
+            info = np.einsum("k,kij->ij", st.r, np.linalg.inv(cov[st.idx]))
+            value -= 0.5 * np.log(np.linalg.det(info))
+        return value
 
     return objective
 
@@ -1848,13 +1857,17 @@ def _finite_difference_polish(prob, stated, st, scale, floor, min_floor):
 def test_error_model_terms_are_the_objective_and_its_exact_derivatives(monkeypatch):
     # value: the fit's own observed log likelihood + prior, to rounding; gradient and Hessian
     # against central differences of the value and of the gradient
-    from stk_astrometry.mixture import _error_model_terms
+    from stk_astrometry.mixture import _error_model_terms, _restricted_objective
 
     calls = _polish_calls(monkeypatch)
     assert len(calls) >= 3
-    for prob, stated, st, scale, floor, min_floor in calls:
-        terms = _error_model_terms(prob, stated, st, min_floor)
-        objective = _polish_objective(prob, stated, st, min_floor)
+    for (prob, stated, st, scale, floor, min_floor), restricted in itertools.product(
+            calls, (False, True)):
+        # the plain likelihood's terms, and the polish's objective: those plus the restricted
+        # likelihood's term (issue 14, session 11)
+        terms = (_restricted_objective if restricted else _error_model_terms)(prob, stated, st,
+                                                                              min_floor)
+        objective = _polish_objective(prob, stated, st, min_floor, restricted)
         for x in ([np.log(scale), floor**2 + 0.01], [np.log(scale) + 0.3, floor**2 + 0.04],
                   [np.log(scale) - 0.2, floor**2 + 0.002]):
             x = np.array(x)
@@ -1927,7 +1940,7 @@ def test_error_model_terms_with_one_principal_variance_floored_are_exact():
 def test_polished_error_model_is_the_finite_difference_newtons_maximum(monkeypatch):
     # the same maximum as the finite-difference Newton it replaced (which stops within ~1e-6
     # of it), and a tighter one: the Newton step left is under 1e-8
-    from stk_astrometry.mixture import _error_model_terms, _polish_error_model
+    from stk_astrometry.mixture import _polish_error_model, _restricted_objective
 
     calls = _polish_calls(monkeypatch)
     at_floor = 0
@@ -1940,7 +1953,7 @@ def test_polished_error_model_is_the_finite_difference_newtons_maximum(monkeypat
         x_got = np.array([np.log(got[0]), got[1] ** 2])
         x_want = np.array([np.log(want[0]), want[1] ** 2])
         assert objective(x_got) >= objective(x_want) - 1e-12
-        _, grad, hess = _error_model_terms(prob, stated, st, min_floor)(x_got)
+        _, grad, hess = _restricted_objective(prob, stated, st, min_floor)(x_got)
         free = ~((x_got[1] <= min_floor**2) & (np.arange(2) == 1) & (grad < 0))
         at_floor += not free[1]
         h = hess[np.ix_(free, free)]
@@ -1955,7 +1968,7 @@ def test_polish_holds_the_scale_on_its_upper_bound_and_maximises_the_floor(monke
     # (a bound the gradient pushes against is not a free coordinate) and maximises the floor
     # alone: the Newton step left in the floor is nil
     from stk_astrometry import mixture
-    from stk_astrometry.mixture import _error_model_terms, _polish_error_model
+    from stk_astrometry.mixture import _polish_error_model, _restricted_objective
 
     calls, _ = _record_polish_calls(monkeypatch)
     args = _stack_with_wrong_errors(np.random.default_rng(0), 40, floor=4.0)
@@ -1965,7 +1978,7 @@ def test_polish_holds_the_scale_on_its_upper_bound_and_maximises_the_floor(monke
     for prob, stated, st, scale, floor, min_floor in calls:
         got = _polish_error_model(prob, stated, st, scale, floor, min_floor)
         x = np.array([np.log(got[0]), got[1] ** 2])
-        _, grad, hess = _error_model_terms(prob, stated, st, min_floor)(x)
+        _, grad, hess = _restricted_objective(prob, stated, st, min_floor)(x)
         assert got[0] == pytest.approx(mixture._CAL_SCALE_RANGE[1], rel=1e-12)
         assert grad[0] > 0                                  # pushing against the bound
         assert hess[1, 1] < 0 and abs(grad[1] / hess[1, 1]) < 1e-8
@@ -2014,12 +2027,24 @@ def _rings(groups):
     return prob, stated, SimpleNamespace(idx=np.arange(n), s=np.zeros(2), q=1.0, r_w=30.0)
 
 
-def test_polish_frees_a_floor_on_its_lower_bound_that_the_likelihood_pulls_up_weakly():
+def _plain_polish(monkeypatch):
+    """The polish on the plain likelihood (its restricted term left out): the rings set the
+    plain likelihood's derivatives by design (:func:`_rings`), and what these tests check is
+    how the polish steps at a bound, whatever its objective."""
+    from stk_astrometry import mixture
+
+    monkeypatch.setattr(mixture, "_restricted_objective",
+                        lambda *args: mixture._error_model_terms(*args))
+
+
+def test_polish_frees_a_floor_on_its_lower_bound_that_the_likelihood_pulls_up_weakly(
+        monkeypatch):
     """At (k, sigma_sys) = (1, 0) the scale is at its maximum and the floor's gradient, prior
     included, is +0.48: small, but pointing inside.  The polish frees the floor and ends at
     the maximum (the Newton step left is nil), a floor of ~0.2", not 0."""
     from stk_astrometry.mixture import _error_model_terms, _polish_error_model
 
+    _plain_polish(monkeypatch)
     prob, stated, st = _rings([(10, 1.0, 0.486), (10, 0.25, 0.8784)])
     terms = _error_model_terms(prob, stated, st, 0.0)
     _, grad, _ = terms(np.zeros(2))
@@ -2031,13 +2056,15 @@ def test_polish_frees_a_floor_on_its_lower_bound_that_the_likelihood_pulls_up_we
     assert np.all(np.abs(step) < 1e-8)
 
 
-def test_polish_holds_a_floor_on_its_upper_bound_that_the_likelihood_pushes_out_weakly():
+def test_polish_holds_a_floor_on_its_upper_bound_that_the_likelihood_pushes_out_weakly(
+        monkeypatch):
     """With the floor at its 3" bound the likelihood, prior included, would take it further
     (its gradient +0.5 there: small): the floor stays on the bound and the scale is the
     one-dimensional maximum at that floor, from any start (the Newton step left in k is nil)
     -- not the point where a joint step, clipped at the bound, stops gaining."""
     from stk_astrometry.mixture import _error_model_terms, _polish_error_model
 
+    _plain_polish(monkeypatch)
     prob, stated, st = _rings([(100, 1.0, 4.86), (10, 0.25, 536.84)])
     terms = _error_model_terms(prob, stated, st, 0.0)
     for k0 in (0.7, 1.3, 2.0):
@@ -2396,10 +2423,70 @@ def test_error_model_floor_stops_at_its_bounds(monkeypatch):
         assert _fit_error_model(prob, stated, st, 1.0, max(0.5, min_floor), min_floor)[1] == end
 
 
+def test_restricted_log_det_is_minus_half_the_log_det_of_the_information_at_most_the_domain():
+    # the choice of error model's restricted term (issue 14, session 11): -1/2 log det sum_k r_k
+    # C_k^-1, and never more than log(A / 2 pi), A = (2 max_shift)^2 -- the likelihood
+    # integrated over the shift's domain is at most the domain's area times its maximum
+    from stk_astrometry.mixture import _restricted_log_det
+
+    rng = np.random.default_rng(SEED + 1110)
+    n = 9
+    a = rng.normal(0, 0.2, (n, 2, 2))
+    cov = a @ np.swapaxes(a, 1, 2) + 0.01 * np.eye(2)
+    inv = np.linalg.inv(cov)
+    r = rng.uniform(0.2, 1.0, n)
+    info = np.einsum("k,kij->ij", r, inv)
+    want = -0.5 * np.log(np.linalg.det(info))
+    assert want < 0
+    assert _restricted_log_det(r, inv, 5.0) == pytest.approx(want, rel=1e-12)
+    for max_shift in (5.0, 0.3):
+        cap = np.log((2 * max_shift) ** 2 / (2 * np.pi))
+        # memberships all 0 (the likelihood flat in the shift), or nearly: the cap
+        assert _restricted_log_det(np.zeros(n), inv, max_shift) == pytest.approx(cap, rel=1e-14)
+        assert _restricted_log_det(r * 1e-9, inv, max_shift) == pytest.approx(cap, rel=1e-14)
+        # just inside the cap: the term itself
+        scale = np.sqrt(np.linalg.det(info)) * np.exp(cap) / np.sqrt(1.01)
+        assert _restricted_log_det(r / scale, inv, max_shift) == pytest.approx(
+            cap - 0.5 * np.log(1.01), rel=1e-12)
+
+
+def test_calibrated_floor_is_not_biased_low_by_the_fitted_shift(monkeypatch):
+    """A 0.2" floor missing from 12 stated errors (0.05-0.6"), no chance matches, the prior
+    left out, the fitted model kept, 40 seeded stacks: on the plain likelihood, fitted about
+    the fitted shift, the floor^2 came out ~20 % low (the n / (n - 2) of a variance about
+    its own mean, on the bright pairs that carry the floor); on the restricted likelihood
+    (issue 14, session 11) it does not, and it is above the plain fit's in (nearly) every
+    stack."""
+    from stk_astrometry import mixture
+
+    monkeypatch.setattr(mixture, "_CAL_PRIOR", None)
+    monkeypatch.setattr(mixture, "_CAL_LR_MIN", -np.inf)
+    floors = {}
+    for restricted in (True, False):
+        if not restricted:
+            monkeypatch.setattr(mixture, "_restricted_objective",
+                                lambda *args: mixture._error_model_terms(*args))
+            monkeypatch.setattr(mixture, "_restricted_log_det", lambda r, inv, max_shift: 0.0)
+        rng = np.random.default_rng(SEED + 1234)
+        fits = []
+        for _ in range(40):
+            args = _stack_with_wrong_errors(rng, 12, floor=0.2)
+            fits.append(fit_mixture(*args, density_per_arcmin2=0.0, match_radius_arcsec=R,
+                                    calibrate=True))
+        assert all(f.calibrated for f in fits)
+        floors[restricted] = np.array([f.sys_floor for f in fits])
+    # (seeded: 0.76 and 0.90 of 0.2^2; other seeds gave 0.80 / 0.98, 0.80 / 0.95)
+    assert np.mean(floors[False] ** 2) < 0.82 * 0.2**2
+    assert np.mean(floors[True] ** 2) > 0.85 * 0.2**2
+    assert np.mean(floors[True] ** 2) > 1.1 * np.mean(floors[False] ** 2)
+    assert np.mean(floors[True] >= floors[False] - 1e-9) >= 0.95
+
+
 def test_calibration_with_zero_stated_errors_fits_the_floor_alone(monkeypatch):
     # no stated error at all (singular covariances, floored for the fit): the scale multiplies
-    # nothing, and the floor is the maximum-likelihood scatter sum r |d - s|^2 / (2 sum r)
-    # (the plain likelihood: the prior left out)
+    # nothing, and the floor is the restricted likelihood's scatter sum r |d - s|^2 / (2 (sum r
+    # - 1)) -- the two dimensions the shift took left out (issue 14, session 11; maximum
+    # likelihood divided by 2 sum r: too small) -- the prior left out
     from stk_astrometry import mixture
 
     _winner_takes_all(monkeypatch, mixture)
@@ -2413,8 +2500,8 @@ def test_calibration_with_zero_stated_errors_fits_the_floor_alone(monkeypatch):
     assert fit.calibrated and fit.err_scale == 1.0, fit.message
     e = d - [fit.d_xi, fit.d_eta]
     r = fit.membership
-    assert fit.sys_floor == pytest.approx(np.sqrt(np.sum(r * (e**2).sum(axis=1)) / (2 * r.sum())),
-                                          rel=1e-6)
+    assert fit.sys_floor == pytest.approx(
+        np.sqrt(np.sum(r * (e**2).sum(axis=1)) / (2 * (r.sum() - 1))), rel=1e-6)
 
 
 def test_a_window_still_moving_after_the_last_recentring_is_reported(monkeypatch):
@@ -2512,14 +2599,25 @@ def test_stated_errors_kept_reports_the_fitted_model_and_its_likelihood_gain(mon
         seen.update(loglike=state.info["loglike"], model=model)
         return state, model, n_iter
 
+    log_det = mixture._restricted_log_det
+    terms = []
+
+    def spy_log_det(r, inv, max_shift):
+        terms.append(log_det(r, inv, max_shift))
+        return terms[-1]
+
     monkeypatch.setattr(mixture, "_calibrate", spy)
+    monkeypatch.setattr(mixture, "_restricted_log_det", spy_log_det)
     monkeypatch.setattr(mixture, "_CAL_PRIOR", None)       # 2 dlogL alone
     rng = np.random.default_rng(SEED + 710)
     det, dx, dy, cov = _consistent_stack(rng, 12, stated_over_true=1.05)
     kw = dict(density_per_arcmin2=2.0, match_radius_arcsec=R)
     fit = fit_mixture(det, dx, dy, cov, calibrate=True, **kw)
     stated = fit_mixture(det, dx, dy, cov, **kw)
-    gain = 2.0 * (seen["loglike"] - stated.log_likelihood)
+    # on the restricted likelihood (issue 14, session 11): the two models' terms, the stated
+    # errors' first
+    assert len(terms) == 2
+    gain = 2.0 * (seen["loglike"] - stated.log_likelihood + terms[1] - terms[0])
     assert 0.1 < gain < mixture._CAL_LR_MIN and (fit.err_scale, fit.sys_floor) == (1.0, 0.0)
     scale, floor = seen["model"]
     assert (f"errors calibrated: the stated errors kept (fitted scale {scale:.2f}, floor "
@@ -2745,10 +2843,10 @@ def test_model_weight_reads_the_margin_as_prior_odds():
     assert np.all(np.diff([_model_weight(g) for g in np.linspace(-10, 20, 31)]) > 0)
 
 
-@pytest.mark.parametrize("k", [2, 8])
+@pytest.mark.parametrize("k", [8, 23])
 def test_a_calibration_near_the_margin_averages_the_two_error_models(monkeypatch, k):
     """A floor of 0.12" missing from 14 stated errors: the fitted model beats the stated errors
-    by about the margin (posterior weight ~0.7 kept, ~0.4 not kept).  The shift is the two
+    by about the margin (posterior weight 0.56 kept, 0.40 not kept).  The shift is the two
     models' shifts averaged with that weight, its covariance at least the mixture's, and the
     message gives the weight (issue 14, session 6)."""
     from stk_astrometry import mixture
@@ -2823,9 +2921,11 @@ def test_the_error_models_are_compared_on_the_same_pairs(kwargs):
     assert st.window_prev is not None
     other = st._replace(s=st.s + 0.05, q=min(st.q + 0.05, 1.0),
                         info=dict(st.info, loglike=st.info["loglike"] - 3.0))
-    for cand in (st, other):
+    # (from the other fit's start the refit stops within _GAIN_TOL of the same maximum: the
+    # likelihood is flat there, the restricted term at those memberships is not -- ~1e-7)
+    for cand, tol in ((st, 1e-12), (other, 1e-6)):
         gain = mixture._gain_same_window(prob, stated, st, cand, (1.0, 0.0), 0.0)
-        assert gain == pytest.approx(0.0, abs=1e-9)
+        assert gain == pytest.approx(0.0, abs=tol)
     # a floor on the same pairs: the gain is the likelihood ratio there, prior included
     gain = mixture._gain_same_window(prob, stated, st, st, (1.0, 0.1), 0.0)
     cov = mixture._calibrated(stated, 1.0, 0.1)[0]
@@ -2836,10 +2936,14 @@ def test_the_error_models_are_compared_on_the_same_pairs(kwargs):
         p_win, mu = mixture._window_terms(prob, st.idx, st.r_w)
         s_fit, q_fit, *_ = mixture._fit_window(prob, st.idx, st.s.copy(), st.q, p_win, mu,
                                                mixture._GAIN_TOL)
-        loglike.append(mixture._fit_window_final(prob, st.idx, s_fit, q_fit, p_win,
-                                                 mu)[5]["loglike"])
+        _, _, r, _, _, info = mixture._fit_window_final(prob, st.idx, s_fit, q_fit, p_win, mu)
+        # the restricted likelihood (issue 14, session 11): -1/2 log det of the shift's
+        # information sum_k r_k C_k^-1 at the refit's memberships, numpy's inverses
+        restricted = -0.5 * np.log(np.linalg.det(
+            np.einsum("k,kij->ij", r, np.linalg.inv(c[st.idx]))))
+        loglike.append(info["loglike"] + restricted)
     prior = mixture._error_prior(1.0, 0.01, 0.0)[0]
-    assert gain == pytest.approx(2.0 * (loglike[1] - loglike[0] + prior), rel=1e-12)
+    assert gain == pytest.approx(2.0 * (loglike[1] - loglike[0] + prior), rel=1e-9)
 
 
 def test_em_on_a_window_stops_at_the_tolerance_it_is_given():
@@ -2938,7 +3042,7 @@ def test_chance_fraction_is_never_negative():
         assert 0.0 <= fit.chance_fraction <= 1e-12
 
 
-@pytest.mark.parametrize("stack", [(900, 14, 0.12), (40, 30, 0.15)],
+@pytest.mark.parametrize("stack", [(900, 14, 0.12), (64, 30, 0.15)],
                          ids=["fitted-model-kept", "stated-errors-kept"])
 @pytest.mark.parametrize("bad", [None, np.full((2, 2), np.nan)], ids=["none", "nan"])
 def test_no_average_with_a_model_whose_covariance_is_unusable(monkeypatch, bad, stack):
@@ -2961,7 +3065,7 @@ def test_no_average_with_a_model_whose_covariance_is_unusable(monkeypatch, bad, 
     fit = fit_mixture(*_stack_with_wrong_errors(rng, n, floor=floor), density_per_arcmin2=2.0,
                       match_radius_arcsec=3.0, calibrate=True)
     assert seen["out"][0] is seen["base"]
-    assert ("stated errors kept" in fit.message) == (seed == 40)
+    assert ("stated errors kept" in fit.message) == (seed == 64)
     assert "averaged" not in fit.message          # nothing was: the message does not say so
     assert np.isfinite([fit.d_xi, fit.d_eta]).all() and np.isfinite(fit.cov).all()
     assert np.isfinite(fit.membership).all() and fit.membership.max() > 0.5
@@ -3181,10 +3285,16 @@ def test_averaged_memberships_take_the_fitted_models_q_on_the_reported_window(mo
     that window, as the gain refits it: the calibration's own window held two far pairs that
     set its q to 0.03, and with that q the bright true counterpart of detection 5 -- 2.2 true
     sigma from the true shift, 0.16" from the fitted one -- had membership 0.31 (issue 14,
-    session 10: one of the 6 lost in 5,000 missing-floor stacks)."""
+    session 10: one of the 6 lost in 5,000 missing-floor stacks).  The error model and its
+    choice on the plain likelihood, as then: on the restricted one (issue 14, session 11) the
+    calibration's own window is the stated errors' here (q 1.0), and this stack no longer
+    shows what _averaged does where they differ."""
     from stk_astrometry import mixture
 
     averaged, seen = mixture._averaged, {}
+    monkeypatch.setattr(mixture, "_restricted_objective",
+                        lambda *args: mixture._error_model_terms(*args))
+    monkeypatch.setattr(mixture, "_restricted_log_det", lambda r, inv, max_shift: 0.0)
 
     def spy(prob, stated, base, st_stated, cand, cal, gain):
         out = averaged(prob, stated, base, st_stated, cand, cal, gain)

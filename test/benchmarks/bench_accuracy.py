@@ -84,12 +84,16 @@ Legend (per case, per estimator; errors and bounds per axis, both axes pooled):
   mix-fit1  (--oracle) not an estimator: the mixture with its fitted error model always kept
             (never averaged with the stated errors): mix-true -> mix-fit1 is what estimating the
             error model costs, mix-fit1 -> mixture what the choice of model costs
-  mix-reml  (--oracle) not an estimator: the mixture with its error model fitted on the
-            restricted likelihood (REML: -1/2 log det of the shift's information added in the
-            model's polish), which removes the bias of a variance fitted about the fitted
-            shift; mix-reml1 the same with the fitted model always kept (as mix-fit1);
-            mix-remlS / mix-remlS1 the restricted term of the scale alone (the floor held at
-            its least value in it; the floor by maximum likelihood)
+  mix-ml    (--oracle) not an estimator: the mixture as shipped until issue 14, session 11:
+            its error model's polish and the choice of model (the gain over the stated
+            errors) on the plain likelihood; the mixture has both on the restricted one (REML:
+            -1/2 log det of the shift's information added), which removes the bias of a
+            variance fitted about the fitted shift
+  mix-reml  (--oracle) not an estimator: REML in the error model's polish only, the choice of
+            model on the plain likelihood (session 9); mix-reml1 the same with the fitted
+            model always kept (= mix-fit1 since session 11); mix-remlS / mix-remlS1 the
+            restricted term of the scale alone (the floor held at its least value in it; the
+            floor by maximum likelihood), the choice on the plain likelihood
   mix-tail  (--oracle, outlier cases) not an estimator: a heavy-tailed true-match component
             ((1 - eps) N(s, C) + eps N(s, C + tau^2 I)) fitted with the error model on the
             calibrated fit's window, averaged with the mixture by posterior weight (margin 4);
@@ -481,41 +485,27 @@ def est_oracle_fitted(leg, leg_index):
         return _mixture(leg, True)
 
 
-def restricted_terms(r, inv_v, ja, jb, vx, vy):
-    """The restricted likelihood's term of the mixture's error model (rows ``mix-reml``,
-    ``mix-reml1``): ``-1/2 log det I``, ``I = sum_k r_k C_k^-1`` the shift's information
-    (memberships ``r`` held), with its gradient (2,) and Hessian (AA, AB, BB) in (A, B) =
-    (k^2, sigma_sys^2).
+#: The restricted likelihood's term of the error model in (A, B) = (k^2, sigma_sys^2), with its
+#: exact gradient and Hessian (rows ``mix-reml``, ``mix-reml1``, ``mix-remlS``): the mixture's
+#: own since issue 14, session 11 (:func:`stk_astrometry.mixture._restricted_ab`), bound here
+#: so that :func:`_maximum_likelihood`, which patches the module's, leaves these rows theirs.
+restricted_terms = mixture._restricted_ab
 
-    The error model is fitted by maximum likelihood about the fitted shift, which took two
-    dimensions of the offsets: like the ML variance about a sample's own mean it comes out
-    low, most for the floor (the shift leans on the bright pairs, whose residuals carry it).
-    Adding this term is REML's correction (Patterson & Thompson 1971; Harville 1977).  In each
-    pair's principal axes ``C_k^-1 = P1 / v1 + P2 / v2`` (P_i the projectors on the axes,
-    ``inv_v`` = 1 / v_i, ``ja``/``jb`` = dv_i/dA, dv_i/dB: 0 where floored), so ``dI = -sum r
-    J / v_i^2 P_i``, ``d2I = sum 2 r J J' / v_i^3 P_i``, and ``d(-1/2 log det I) = -1/2
-    tr(I^-1 dI)``, ``d2 = -1/2 [tr(I^-1 d2I) - tr(I^-1 dI_a I^-1 dI_b)]``.
-    """
-    p1 = np.stack([vx * vx, vx * vy, vy * vy], axis=1)       # (xx, xy, yy) on (vx, vy)
-    p2 = np.stack([vy * vy, -vx * vy, vx * vx], axis=1)      # on (-vy, vx)
 
-    def summed(c):
-        m = c[:, 0] @ p1 + c[:, 1] @ p2
-        return np.array([[m[0], m[1]], [m[1], m[2]]])
-
-    rv = r[:, None] * inv_v
-    sign, logdet = np.linalg.slogdet(summed(rv))
-    if not (sign > 0 and np.isfinite(logdet)):
-        return 0.0, np.zeros(2), np.zeros(3)
-    inv_info = np.linalg.inv(summed(rv))
-    rv2, rv3 = rv * inv_v, 2.0 * rv * inv_v * inv_v
-    d_i = [-summed(rv2 * ja), -summed(rv2 * jb)]
-    d2_i = [summed(rv3 * ja * ja), summed(rv3 * ja * jb), summed(rv3 * jb * jb)]
-    grad = np.array([-0.5 * np.sum(inv_info * d) for d in d_i])
-    m = [inv_info @ d for d in d_i]
-    hess = np.array([-0.5 * (np.sum(inv_info * d2) - np.sum(m[a] * m[b].T))
-                     for d2, (a, b) in zip(d2_i, ((0, 0), (0, 1), (1, 1)), strict=True)])
-    return -0.5 * logdet, grad, hess
+@contextlib.contextmanager
+def _maximum_likelihood():
+    """fit_mixture as shipped until issue 14, session 11 (row ``mix-ml``): the error model's
+    polish and the choice of model on the plain likelihood -- the restricted likelihood's
+    terms (``mixture._restricted_objective``'s ``-1/2 log det I``, ``_restricted_log_det`` in
+    ``_gain_same_window``) left out, so the results are that code's bit for bit."""
+    saved = mixture._restricted_objective, mixture._restricted_log_det
+    mixture._restricted_objective = (lambda prob, stated, st, min_floor:
+                                     mixture._error_model_terms(prob, stated, st, min_floor))
+    mixture._restricted_log_det = lambda r, inv, max_shift: 0.0
+    try:
+        yield
+    finally:
+        mixture._restricted_objective, mixture._restricted_log_det = saved
 
 
 @contextlib.contextmanager
@@ -556,9 +546,19 @@ def _restricted_likelihood(scale_only=False):
 
     mixture._error_model_terms = terms_reml
     try:
-        yield
+        with _maximum_likelihood():
+            yield
     finally:
         mixture._error_model_terms = terms_ml
+
+
+def est_oracle_ml(leg, leg_index):
+    """Not an estimator (``--oracle``, row ``mix-ml``): the mixture as shipped until issue 14,
+    session 11 -- its error model's polish and the choice of model on the plain likelihood
+    (:func:`_maximum_likelihood`); ``mixture`` is that with both on the restricted one (the
+    row ``mix-remlC`` of session 11's measurement)."""
+    with _maximum_likelihood():
+        return _mixture(leg, True)
 
 
 def est_oracle_reml(leg, leg_index):
@@ -572,7 +572,8 @@ def est_oracle_reml(leg, leg_index):
 def est_oracle_reml_fitted(leg, leg_index):
     """Not an estimator (``--oracle``, row ``mix-reml1``): ``mix-reml`` with the fitted error
     model always kept (as ``mix-fit1``): what the error model's estimate costs once its
-    REML-type bias is removed."""
+    REML-type bias is removed.  Since issue 14, session 11 the mixture's own polish is on the
+    restricted likelihood, and this row gives ``mix-fit1``'s results."""
     with _restricted_likelihood(), _fitted_model_always():
         return _mixture(leg, True)
 
@@ -992,6 +993,8 @@ def main(quick: bool = False, cases: str = "", n_stacks: int | None = None,
     revision whose spec and mixture estimators run beside today's on the same stacks (rows
     ``spec@base``, ``mix@base``).  ``only``: comma-separated estimator names to run (default
     all).  ``oracle``: also the rows ``mix-true`` (the mixture told the true errors),
+    ``mix-ml`` (the mixture until issue 14, session 11: error model and choice of model on the
+    plain likelihood),
     ``mix-fit1`` (its fitted error model always kept), ``mix-reml``/``mix-reml1`` (its error
     model on the restricted likelihood; the choice as shipped / always kept),
     ``mix-remlS``/``mix-remlS1`` (the same with the restricted term of the scale alone) and, in the
@@ -1010,6 +1013,7 @@ def main(quick: bool = False, cases: str = "", n_stacks: int | None = None,
     estimators["mix-stated"] = est_mixture_stated
     if oracle:
         estimators["mix-true"] = est_oracle_errors
+        estimators["mix-ml"] = est_oracle_ml
         estimators["mix-fit1"] = est_oracle_fitted
         estimators["mix-reml"] = est_oracle_reml
         estimators["mix-reml1"] = est_oracle_reml_fitted
@@ -1107,7 +1111,7 @@ if __name__ == "__main__":
                         help="git revision whose spec and mixture run beside today's")
     parser.add_argument("--only", default="", help="comma-separated estimator names to run")
     parser.add_argument("--oracle", action="store_true",
-                        help="also the oracle rows mix-true, mix-fit1, mix-reml, mix-reml1, "
+                        help="also the oracle rows mix-true, mix-ml, mix-fit1, mix-reml, mix-reml1, "
                              "mix-remlS, mix-remlS1, "
                              "mix-outl, mix-outlA, mix-lab, mix-labC, "
                              "mix-tail, mix-tailT (not estimators)")
