@@ -1937,6 +1937,60 @@ def test_error_model_terms_with_one_principal_variance_floored_are_exact():
                                        atol=1e-6 * np.max(np.abs(hess)))
 
 
+def test_restricted_term_without_information_is_nil():
+    # memberships all 0: the shift's information is 0, nothing to correct -- the term, its
+    # gradient and its Hessian are 0 (not the log of a zero determinant)
+    from stk_astrometry.mixture import _restricted_ab
+
+    ones = np.ones((4, 2))
+    value, grad, hess = _restricted_ab(np.zeros(4), 4.0 * ones, ones, ones, np.ones(4),
+                                       np.zeros(4))
+    assert value == 0.0 and grad.shape == (2,) and hess.shape == (3,)
+    assert not np.any(grad) and not np.any(hess)
+    # one pair with information along one axis only: singular too
+    value, grad, hess = _restricted_ab(np.array([1.0, 0, 0, 0]), np.array([[4.0, 0.0]] * 4),
+                                       ones, ones, np.ones(4), np.zeros(4))
+    assert value == 0.0 and not np.any(grad) and not np.any(hess)
+
+
+def test_restricted_objective_with_one_principal_variance_floored_is_exact():
+    """The polish's objective on the restricted likelihood (issue 14, session 11) where each
+    pair's minor variance is floored at MIN_SIGMA_ARCSEC^2 (stated ellipses with no width,
+    sigma_sys^2 below the floor): its value is the plain terms' less 1/2 log det of sum_k r_k
+    C_k^-1 with the floored covariances (numpy's inverses), its gradient and Hessian the
+    derivatives of that value (the floored variance held fixed)."""
+    from types import SimpleNamespace
+
+    from stk_astrometry.mixture import (_calibrated, _error_model_terms, _Problem,
+                                        _restricted_objective)
+
+    rng = np.random.default_rng(SEED + 335)
+    n = 8
+    ang = rng.uniform(0, np.pi, n)
+    u = np.stack([np.cos(ang), np.sin(ang)], axis=1)
+    stated = 0.16 * np.einsum("ni,nj->nij", u, u)
+    d = u * rng.normal(0, 0.4, (n, 1))
+    prob = _Problem(np.arange(n), d[:, 0], d[:, 1], stated + np.eye(2) * 1e-6, 1e-2, R, 5.0)
+    st = SimpleNamespace(idx=np.arange(n), s=np.zeros(2), q=0.7, r_w=0.6,
+                         r=rng.uniform(0.3, 1.0, n))
+    terms = _restricted_objective(prob, stated, st, 0.0)
+    plain = _error_model_terms(prob, stated, st, 0.0)
+    for x in ([0.1, 3e-7], [-0.3, 5e-7]):
+        x = np.array(x)
+        f, grad, hess = terms(x)
+        cov = _calibrated(stated, float(np.exp(x[0])), float(np.sqrt(x[1])))[0]
+        assert np.allclose(np.linalg.eigvalsh(cov)[:, 0], 1e-6, rtol=1e-9)    # floored
+        info = np.einsum("k,kij->ij", st.r, np.linalg.inv(cov))
+        assert f == pytest.approx(plain(x)[0] - 0.5 * np.log(np.linalg.det(info)), rel=1e-12)
+        steps = np.array([1e-5, 1e-9])
+        for i in range(2):
+            e = np.eye(2)[i] * steps[i]
+            up, down = terms(x + e), terms(x - e)
+            assert grad[i] == pytest.approx((up[0] - down[0]) / (2 * steps[i]), rel=1e-5)
+            np.testing.assert_allclose(hess[i], (up[1] - down[1]) / (2 * steps[i]), rtol=1e-4,
+                                       atol=1e-6 * np.max(np.abs(hess)))
+
+
 def test_polished_error_model_is_the_finite_difference_newtons_maximum(monkeypatch):
     # the same maximum as the finite-difference Newton it replaced (which stops within ~1e-6
     # of it), and a tighter one: the Newton step left is under 1e-8

@@ -1948,7 +1948,7 @@ def _restricted_ab(r, inv_v, ja, jb, vx, vy):
 
     rv = r[:, None] * inv_v
     sign, logdet = np.linalg.slogdet(summed(rv))
-    if not (sign > 0 and np.isfinite(logdet)):
+    if not sign > 0:        # (a positive determinant has a finite logarithm)
         return 0.0, np.zeros(2), np.zeros(3)
     inv_info = np.linalg.inv(summed(rv))
     rv2, rv3 = rv * inv_v, 2.0 * rv * inv_v * inv_v
@@ -1973,8 +1973,10 @@ def _restricted_log_det(r, inv, max_shift):
     are all ~0 has a likelihood flat in the shift, and the second-order form would reward it
     without bound (e.g. ``+715`` for stated errors of 0.001" against a 0.3" scatter)."""
     cap = math.log(4.0 * max_shift * max_shift / (2.0 * math.pi))
-    sign, logdet = np.linalg.slogdet(np.einsum("n,nij->ij", r, inv))
-    return min(-0.5 * logdet, cap) if sign > 0 else cap
+    # I is a sum of positive semi-definite matrices: singular, its log determinant is -inf and
+    # the term the cap
+    logdet = np.linalg.slogdet(np.einsum("n,nij->ij", r, inv))[1]
+    return min(-0.5 * logdet, cap)
 
 
 def _principal_axes(cov):
