@@ -155,7 +155,8 @@ stated ones, a true counterpart whose error is understated gets a low
 membership and cannot show it.  Holding P_j fits the error model of the
 offsets inside the window, which the window truncates: too small for the
 large-error pairs.  So the model is then polished on the observed likelihood
-itself, restricted ("Restricted likelihood" below; P_j and mu recomputed for each model; damped Newton on (log k,
+itself, restricted ("Restricted likelihood" below; P_j and mu recomputed for each
+model; damped Newton on (log k,
 sigma_sys^2) with its exact gradient and Hessian -- issue 11: the finite-difference
 Newton it replaces cost 1.7x the rest of the fit and stopped ~1e-6 short of the maximum),
 again alternating with the windowed fit.  The model maximises the likelihood plus a weak prior (issue 14): log k ~
@@ -164,8 +165,8 @@ N(0, 0.3^2) and sigma_sys half-normal with scale 0.15" above ``systematic_arcsec
 of at most a few tenths of an arcsec; with tens of true pairs the data outweigh
 it, with a few it keeps the fit from reading the chance pairs near the shift
 as a floor.  The fitted model is kept when 2 (dlogL + dlog prior) >= 4 over the
-stated errors (and the two are averaged, "Averaged" below), both likelihoods restricted, on the pairs of the
-stated errors' window with each model's shift and q refitted there ("Same pairs" below), and
+stated errors (and the two are averaged, "Averaged" below), both likelihoods restricted,
+on the pairs of the stated errors' window with each model's shift and q refitted there ("Same pairs" below), and
 needs 6 effective true matches, counted
 with the generous start errors or the stated ones, whichever finds more:
 counted with the stated errors only, a stack of 10-14 true pairs whose bright
