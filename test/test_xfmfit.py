@@ -1504,6 +1504,32 @@ def test_bootstrap_refits_are_each_rows_own_minimum_from_the_start(loss, f_scale
                             5.0), got)
 
 
+@pytest.mark.parametrize("loss", xfmfit.LOSSES)
+def test_rho_value_is_rho_to_the_last_bit(loss):
+    # the refits' trial values: rho alone by the same arithmetic as _rho's (issue 11)
+    z = np.concatenate([[0.0, 1e-300, 1e-12, 0.5, 1.0, 1.0 + 2**-52, 3.0, 1e6, 1e50],
+                        np.random.default_rng(SEED + 402).exponential(2.0, 201)])
+    got = xfmfit._rho_value(z.reshape(-1, 7), loss)
+    np.testing.assert_array_equal(got, xfmfit._rho(z.reshape(-1, 7), loss)[0])
+    assert got.shape == (z.size // 7, 7)
+
+
+def test_bootstrap_refit_at_unit_scale_skips_only_a_division_by_one():
+    # at f_scale = 1 the refit leaves out z / 1 and k / 1: the same minima to the last bit as
+    # a scale a hair above 1 gives to ~1e-12 (the division is all that changes), and the rows
+    # are those of the plain objective's minimum
+    rng = np.random.default_rng(SEED + 403)
+    n = 12
+    w = rng.uniform(0.5, 4.0, n)
+    dx, dy = _refit_rows(rng, n)
+    for loss in xfmfit.LOSSES:
+        got = xfmfit._refit_batch(dx, dy, w, loss, 1.0, 5.0)
+        near = xfmfit._refit_batch(dx, dy, w, loss, 1.0 + 2**-40, 5.0)
+        np.testing.assert_allclose(got, near, rtol=0, atol=1e-9)
+        np.testing.assert_allclose(got, _reference_refit(dx, dy, w, loss, 1.0, 5.0), rtol=0,
+                                   atol=1e-8)
+
+
 def test_bootstrap_refit_stops_each_row_when_it_has_converged(monkeypatch):
     # a converged row leaves the batch: rows that converge at once cost a few iterations, not
     # the 100-step budget (issue 11: the bootstrap is ~40 % of a spec fit)

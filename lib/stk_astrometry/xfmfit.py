@@ -383,6 +383,14 @@ def _rho(z: np.ndarray, loss: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     raise ValueError(f"loss must be one of {LOSSES}, not {loss!r}")
 
 
+def _rho_value(z: np.ndarray, loss: str) -> np.ndarray:
+    """rho(z) alone, :func:`_rho`'s first value by the same arithmetic: the refits' trial
+    values need no derivatives (for the Cauchy loss, one ufunc instead of four; issue 11)."""
+    if loss == "cauchy":
+        return np.log1p(z)
+    return _rho(z, loss)[0]
+
+
 def _objective(p, d_xi, d_eta, w, loss, f_scale):
     """F(p), its gradient, its Hessian and the per-pair pieces (module docstring)."""
     ex = p[0] - d_xi
@@ -964,9 +972,13 @@ def _refit_batch(dx, dy, w, loss, f_scale, max_shift):
     nb = dx.shape[0]
     p = np.zeros((nb, 2))
     c2 = f_scale * f_scale
+    # z / 1.0 is z to the last bit: the division is skipped at the default scale (issue 11)
+    scaled = c2 != 1.0
     per_row = np.ndim(w) == 2
     rows = np.arange(nb)
     dxr, dyr, wr = dx[rows], dy[rows], (w[rows] if per_row else w)
+    total = np.add.reduce           # x.sum(axis=1): the same sums without its Python layers
+    lo, hi = np.maximum, np.minimum   # np.clip(x, -b, b) is minimum(maximum(x, -b), b), NaN kept
 
     for _ in range(_BOOT_MAX_ITER):
         if rows.size == 0:
@@ -974,31 +986,35 @@ def _refit_batch(dx, dy, w, loss, f_scale, max_shift):
         px, py = p[rows, 0], p[rows, 1]
         ex = px[:, None] - dxr
         ey = py[:, None] - dyr
-        rho, rho1, rho2 = _rho(wr * (ex * ex + ey * ey) / c2, loss)
-        f0 = rho.sum(axis=1)
+        z = wr * (ex * ex + ey * ey)
+        rho, rho1, rho2 = _rho(z / c2 if scaled else z, loss)
+        f0 = total(rho, axis=1)
         v = wr * rho1
-        vsum = v.sum(axis=1)
-        gx, gy = (v * ex).sum(axis=1), (v * ey).sum(axis=1)
-        k = 2.0 * rho2 * wr * wr / c2
+        vsum = total(v, axis=1)
+        gx, gy = total(v * ex, axis=1), total(v * ey, axis=1)
+        k = 2.0 * rho2 * wr * wr
+        if scaled:
+            k = k / c2
         kx = k * ex
-        hxx = vsum + (kx * ex).sum(axis=1)
-        hyy = vsum + (k * ey * ey).sum(axis=1)
-        hxy = (kx * ey).sum(axis=1)
+        hxx = vsum + total(kx * ex, axis=1)
+        hyy = vsum + total(k * ey * ey, axis=1)
+        hxy = total(kx * ey, axis=1)
         det = hxx * hyy - hxy * hxy
         with np.errstate(divide="ignore", invalid="ignore"):
             nx = -(hyy * gx - hxy * gy) / det
             ny = -(hxx * gy - hxy * gx) / det
-            irx = (v * dxr).sum(axis=1) / vsum - px
-            iry = (v * dyr).sum(axis=1) / vsum - py
+            irx = total(v * dxr, axis=1) / vsum - px
+            iry = total(v * dyr, axis=1) / vsum - py
         newton_ok = (hxx > 0) & (det > 0) & np.isfinite(nx) & np.isfinite(ny)
-        tx = np.clip(px + np.where(newton_ok, nx, 0.0), -max_shift, max_shift)
-        ty = np.clip(py + np.where(newton_ok, ny, 0.0), -max_shift, max_shift)
+        tx = hi(lo(px + np.where(newton_ok, nx, 0.0), -max_shift), max_shift)
+        ty = hi(lo(py + np.where(newton_ok, ny, 0.0), -max_shift), max_shift)
         ex = tx[:, None] - dxr
         ey = ty[:, None] - dyr
-        f1 = _rho(wr * (ex * ex + ey * ey) / c2, loss)[0].sum(axis=1)
+        z = wr * (ex * ex + ey * ey)
+        f1 = total(_rho_value(z / c2 if scaled else z, loss), axis=1)
         use_newton = newton_ok & (f1 <= f0 * (1.0 + 1e-15) + 1e-300)
-        sx = np.where(use_newton, tx - px, np.clip(px + irx, -max_shift, max_shift) - px)
-        sy = np.where(use_newton, ty - py, np.clip(py + iry, -max_shift, max_shift) - py)
+        sx = np.where(use_newton, tx - px, hi(lo(px + irx, -max_shift), max_shift) - px)
+        sy = np.where(use_newton, ty - py, hi(lo(py + iry, -max_shift), max_shift) - py)
         p[rows, 0] = px + sx
         p[rows, 1] = py + sy
         moving = np.hypot(sx, sy) >= _BOOT_TOL_ARCSEC
