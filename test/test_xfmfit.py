@@ -1694,6 +1694,53 @@ def test_bootstrap_in_blocks_gives_the_bits_of_one_batch(monkeypatch, block):
     assert np.array_equal(cov_with(block * n + n - 1), whole)    # rounds down to `block` rows
 
 
+def test_bootstrap_stream_is_the_seeded_generators_drawn_once():
+    # every bootstrap draws the same seeded stream; its first _BOOT_N x _BOOT_CACHED x 2
+    # normals are drawn once per process and handed out (issue 11), read-only
+    m = xfmfit._BOOT_CACHED
+    assert m == 256
+    want = np.random.default_rng(xfmfit._BOOT_SEED).standard_normal((xfmfit._BOOT_N, m, 2))
+    got = xfmfit._boot_normals(m)
+    np.testing.assert_array_equal(got, want.ravel())
+    assert xfmfit._boot_normals(m) is not got and np.shares_memory(xfmfit._boot_normals(m), got)
+    for k in (1, 2, 37):
+        np.testing.assert_array_equal(
+            xfmfit._boot_normals(k),
+            np.random.default_rng(xfmfit._BOOT_SEED).standard_normal(xfmfit._BOOT_N * k * 2))
+    assert xfmfit._boot_normals(m + 1) is None
+    assert len(xfmfit._boot_stream) == 1 and xfmfit._boot_stream[0].size == xfmfit._BOOT_N * m * 2
+    with pytest.raises(ValueError):
+        got[0] = 0.0
+
+
+@pytest.mark.parametrize("clustered", [True, False])
+def test_bootstrap_from_the_kept_stream_gives_the_bits_of_fresh_draws(monkeypatch, clustered):
+    # the kept normals are the generator's own: with them, or drawn afresh (_BOOT_CACHED = 0),
+    # in one batch or in blocks, the covariance is the same to the last bit -- with clusters,
+    # and with one pair per detection (no inverse: its gathers by the identity are left out)
+    rng = np.random.default_rng(SEED + 504)
+    d_xi, d_eta, w, var1, cluster = _clustered_stack(rng, 30)
+    if not clustered:
+        cluster = np.arange(d_xi.size)
+    zeros = np.zeros(len(d_xi))
+
+    def cov_with(cached, block):
+        monkeypatch.setattr(xfmfit, "_BOOT_CACHED", cached)
+        monkeypatch.setattr(xfmfit, "_BOOT_BLOCK", block * d_xi.size)
+        return fit_translation(zeros, zeros, d_xi, d_eta, w, var_1sigma=var1,
+                               cluster=cluster).cov
+
+    kept = cov_with(256, 200)
+    assert np.all(np.isfinite(kept))
+    for cached, block in ((0, 200), (0, 7), (256, 7), (30, 60)):
+        np.testing.assert_array_equal(cov_with(cached, block), kept)
+    # one pair per detection: the same as the detections given as clusters in another order
+    if not clustered:
+        np.testing.assert_array_equal(
+            fit_translation(zeros, zeros, d_xi, d_eta, w, var_1sigma=var1,
+                            cluster=cluster[::-1].copy()).cov, kept)
+
+
 def test_bootstrap_memory_is_bounded_on_thousands_of_pairs():
     # 4,000 pairs: the 200 replicates at once held ~15 arrays of 200 x 4,000 (>100 MB); a
     # block of _BOOT_BLOCK elements at a time keeps the refit's peak near 20 MB (issue 12: one

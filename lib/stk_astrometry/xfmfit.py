@@ -186,6 +186,11 @@ _BOOT_MAX_ITER = 100
 # so a stack of thousands of pairs is refitted a block of replicates at a time (issue 12: a
 # 6,759-pair leg took ~100 MB at once and set a campaign worker's peak memory)
 _BOOT_BLOCK = 1 << 16
+# every bootstrap draws the same seeded stream: its first _BOOT_N x _BOOT_CACHED x 2 normals
+# are drawn once per process and reused (0.8 MB; issue 11: drawing them cost a leg with 50
+# detections ~0.15 ms); legs with more detections draw their own, as before
+_BOOT_CACHED = 256
+_boot_stream = []
 _MIN_SCALE = 0.1
 _DEGENERATE_RATIO = 0.01
 SIGMAS = ("calibrated", "sandwich")
@@ -847,6 +852,8 @@ def _calibrated_bootstrap(p, d_xi, d_eta, w, var1, loss, f_scale, max_shift, inv
     the same input gives the same sigma.
     """
     n = d_xi.size
+    # one pair per detection (no inverse given): the gathers by the identity are left out
+    each = slice(None) if inverse is None else inverse
     if inverse is None:
         inverse = np.arange(n)
     # pieces: (ex, ey, rho1) of _objective at p, when the caller has them
@@ -866,18 +873,23 @@ def _calibrated_bootstrap(p, d_xi, d_eta, w, var1, loss, f_scale, max_shift, inv
     e2 = ((mean_x - p[0]) ** 2 + (mean_y - p[1]) ** 2) / (1.0 - lev)
     a, b = _fit_scale_floor(e2, var_c)
     sd = np.sqrt(a * var_c + b)
-    rng = np.random.default_rng(_BOOT_SEED)
-    base_x = p[0] + (d_xi - mean_x[inverse])
-    base_y = p[1] + (d_eta - mean_y[inverse])
+    stream = _boot_normals(m)
+    rng = np.random.default_rng(_BOOT_SEED) if stream is None else None
+    base_x = p[0] + (d_xi - mean_x[each])
+    base_y = p[1] + (d_eta - mean_y[each])
     # a block of replicates at a time (_BOOT_BLOCK): the generator's stream is drawn in the
     # same order and each replicate's refit is its own (row-wise arithmetic), so the blocks
     # give the same bits as one batch
     block = max(1, _BOOT_BLOCK // n)
     reps = []
     for i in range(0, _BOOT_N, block):
-        eps = rng.standard_normal((min(block, _BOOT_N - i), m, 2)) * sd[None, :, None]
-        reps.append(_refit_batch(base_x[None, :] + eps[:, inverse, 0],
-                                 base_y[None, :] + eps[:, inverse, 1], w, loss, f_scale,
+        k = min(block, _BOOT_N - i)
+        # the stream's next k m 2 normals: drawn, or the same numbers kept from the first draw
+        z = (rng.standard_normal((k, m, 2)) if stream is None
+             else stream[2 * m * i:2 * m * (i + k)].reshape(k, m, 2))
+        eps = z * sd[None, :, None]
+        reps.append(_refit_batch(base_x[None, :] + eps[:, each, 0],
+                                 base_y[None, :] + eps[:, each, 1], w, loss, f_scale,
                                  max_shift))
     reps = np.concatenate(reps)
     reps = reps[np.all(np.isfinite(reps), axis=1)]
@@ -885,6 +897,20 @@ def _calibrated_bootstrap(p, d_xi, d_eta, w, var1, loss, f_scale, max_shift, inv
         return None
     dev = reps - reps.mean(axis=0)
     return dev.T @ dev / (reps.shape[0] - 1)
+
+
+def _boot_normals(m):
+    """The bootstrap's seeded stream of standard normals, the first ``_BOOT_N * m * 2`` of
+    them as one flat read-only array (``Generator.standard_normal`` fills its shapes in C
+    order from one stream: blocks of it are its consecutive pieces), or None for ``m`` above
+    ``_BOOT_CACHED``.  Drawn once per process, at the first call."""
+    if m > _BOOT_CACHED:
+        return None
+    if not _boot_stream:
+        z = np.random.default_rng(_BOOT_SEED).standard_normal(_BOOT_N * _BOOT_CACHED * 2)
+        z.flags.writeable = False
+        _boot_stream.append(z)
+    return _boot_stream[0][:_BOOT_N * m * 2]
 
 
 def _fit_scale_floor(e2, var):
