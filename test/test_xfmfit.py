@@ -1694,9 +1694,10 @@ def test_bootstrap_in_blocks_gives_the_bits_of_one_batch(monkeypatch, block):
     assert np.array_equal(cov_with(block * n + n - 1), whole)    # rounds down to `block` rows
 
 
-def test_bootstrap_stream_is_the_seeded_generators_drawn_once():
+def test_bootstrap_stream_is_the_seeded_generators_drawn_once(monkeypatch):
     # every bootstrap draws the same seeded stream; its first _BOOT_N x _BOOT_CACHED x 2
     # normals are drawn once per process and handed out (issue 11), read-only
+    monkeypatch.setattr(xfmfit, "_boot_stream", [])      # as in a new process
     m = xfmfit._BOOT_CACHED
     assert m == 256
     want = np.random.default_rng(xfmfit._BOOT_SEED).standard_normal((xfmfit._BOOT_N, m, 2))
@@ -1711,6 +1712,28 @@ def test_bootstrap_stream_is_the_seeded_generators_drawn_once():
     assert len(xfmfit._boot_stream) == 1 and xfmfit._boot_stream[0].size == xfmfit._BOOT_N * m * 2
     with pytest.raises(ValueError):
         got[0] = 0.0
+
+
+def test_bootstrap_seeds_no_generator_for_the_kept_stream(monkeypatch):
+    # up to _BOOT_CACHED detections the bootstrap takes the kept normals and seeds no generator
+    # (issue 11: seeding and drawing were ~0.15 ms a leg); above, it draws its own, as before
+    xfmfit._boot_normals(1)                     # the stream drawn (once per process)
+    seeded = []
+    real = np.random.default_rng
+
+    def counting(*args, **kwargs):
+        seeded.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(np.random, "default_rng", counting)
+    rng = real(SEED + 505)
+    for n, want in ((40, []), (xfmfit._BOOT_CACHED + 1, [(xfmfit._BOOT_SEED,)])):
+        d = rng.normal(0.0, 0.3, (n, 2))
+        w = 1.0 / rng.uniform(0.05, 0.5, n) ** 2
+        zeros = np.zeros(n)
+        seeded.clear()
+        fit = fit_translation(zeros, zeros, d[:, 0], d[:, 1], w, var_1sigma=1.0 / w)
+        assert fit.error_source == "scatter" and seeded == want, (n, seeded)
 
 
 @pytest.mark.parametrize("clustered", [True, False])
