@@ -624,12 +624,13 @@ def test_the_fast_writer_expands_at_lists_in_every_hdu(tmp_path):
 
 
 def _run(tool="stk_test"):
-    from stk_astrometry.fitsutil import history_records, read_stacks
+    """A write's run: HIST's parameters and a CIAO stack (``@in.lis``) of two files."""
+    from stk_astrometry.fitsutil import history_records
     from stk_astrometry.formats._fits import _records_memo
 
-    items = list(HIST.history_items())
-    return (tool, items, read_stacks(items), "2026-01-02T03:04:05", "stk_test - stk_astrometry x",
-            _records_memo(history_records))
+    items = list(HIST.history_items()) + [("stack", "@in.lis")]
+    return (tool, items, {"stack": ["a.fits", "b.fits"]}, "2026-01-02T03:04:05",
+            "stk_test - stk_astrometry x", _records_memo(history_records))
 
 
 def _images(specs, monkeypatch):
@@ -700,6 +701,15 @@ def _file_kinds():
                                                                                 keys=keys)]
     for n_rows in (359, 360, 361, 720):
         out[f"{n_rows} rows"] = [_fits.HduSpec(None), _fits.HduSpec("R", {"a": np.arange(n_rows) * 1.5})]
+    out["copied structure"] = [
+        _fits.HduSpec(None, cards=(("SIMPLE", True, ""), ("BITPIX", 8, ""), ("NAXIS", 0, ""),
+                                   ("EXTEND", True, ""), ("OBJECT", "x", ""))),
+        _fits.HduSpec("T", {"a": np.array([1.0]), "b": np.array([2.0])}, units={"b": "deg"},
+                      column_info={"b": ("desc", "pos.eq.ra")},
+                      cards=(("TTYPE1", "a", ""), ("TFORM1", "D", ""), ("TUNIT2", "deg", ""),
+                             ("TCOMM2", "desc", ""), ("TUCD2", "pos.eq.ra", ""),
+                             ("EXTNAME", "T", ""), ("XTENSION", "BINTABLE", ""), ("KEEP", 1, ""),
+                             ("HIERARCH NINE.CHAR", 2, "a dot: a HIERARCH name")))]
     out["extname of 51"] = [_fits.HduSpec(None), _fits.HduSpec("E" * 51, {"a": np.ones(2)})]
     out["no rows, strings"] = [dataclasses.replace(_specs_of_every_kind()[0], keys=()),
                                _fits.HduSpec("E", {"s": np.array([], dtype="U3")})]
@@ -789,7 +799,8 @@ def test_what_cfitsio_writes_otherwise_is_left_to_cfitsio(tmp_path, monkeypatch)
 @pytest.mark.parametrize("name, kept", [
     ("GOOD", True), ("DATE-OBS", True), ("X_1", True), ("EIGHTCHR", True), ("NINE_CHARS", True),
     ("lower", False), ("Mixed", False), ("nine_chars", False), ("A B", False), (" AB", False),
-    ("A.B", False), ("A=B", False),
+    ("A.B", False), ("A=B", False), ("A.BCDEFG", False), ("NINE.CHAR", True),
+    ("HIERARCH NINE.CHAR", True),
 ])
 def test_names_cfitsio_writes_as_given(name, kept):
     from stk_astrometry.formats._fits import _kept, _name_kept
@@ -844,3 +855,27 @@ def test_the_checksum_time_is_cfitsios(monkeypatch):
     finally:
         monkeypatch.undo()
         time.tzset()
+
+
+def test_the_files_of_the_formats_are_never_left_to_cfitsio(tmp_path, monkeypatch):
+    """The pairs, transform, detections and diagnostics files take the byte writer (issue 11:
+    cfitsio's keyword calls were a fifth of a stack's CPU)."""
+    from stk_astrometry.formats import _fits, detcorr, diag
+
+    from formats_testlib import components, keywords
+
+    def cfitsio_image(specs, run):
+        raise AssertionError("left to cfitsio")
+
+    monkeypatch.setattr(_fits, "_cfitsio_image", cfitsio_image)
+    p = make_pairs(np.random.default_rng(4), n_wise=2)
+    pairs.write_pairs(p, tmp_path / "p.fits", HIST)
+    diag.write_diag(tmp_path / "g.fits", pairs.read_pairs(tmp_path / "p.fits"), {}, {}, HIST)
+    comps = components()
+    transform.write_transform(tmp_path / "x.fits", comps, keywords(comps[0]), HIST,
+                              instrument="ACIS", ra_ref=1.0, dec_ref=2.0)
+    detcorr.write_detcorr(tmp_path / "d.fits", {c: np.ones(2) for c in detcorr.COLUMNS},
+                          keywords(comps[0]), HIST)
+    for name in ("p", "g", "x", "d"):
+        with fits.open(tmp_path / f"{name}.fits", checksum=True) as hdul:
+            assert all(hdu.verify_checksum() == 1 for hdu in hdul)

@@ -856,16 +856,13 @@ def _encode_sum(value):
     out = bytearray(16)
     for i in range(4):
         byte = (value >> (24 - 8 * i)) & 0xFF
-        ch = [byte // 4 + 0x30] * 4
-        ch[0] += byte % 4
-        changed = True
-        while changed:
-            changed = False
-            for j in (0, 2):
-                if ch[j] in _EXCLUDED or ch[j + 1] in _EXCLUDED:
-                    ch[j] += 1
-                    ch[j + 1] -= 1
-                    changed = True
+        quotient = byte // 4 + 0x30
+        ch = [quotient + byte % 4, quotient, quotient, quotient]
+        for j in (0, 2):
+            # the pairs are independent: each moves apart until neither is punctuation
+            while ch[j] in _EXCLUDED or ch[j + 1] in _EXCLUDED:
+                ch[j] += 1
+                ch[j + 1] -= 1
         for j in range(4):
             out[4 * j + i] = ch[j]
     return bytes(out[15:] + out[:15])      # shifted one place to the right
