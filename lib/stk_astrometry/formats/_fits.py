@@ -184,9 +184,11 @@ def open_product(path, content, what):
     return hdul
 
 
-#: fitsio for the per-stack files (astropy's path stays for a file fitsio cannot read and for
-#: callers that want astropy objects).  It was off for a while after pytest-xdist workers
-#: segfaulted; the cause was astropy's C VOTable writer in the tests, not fitsio (conftest.py).
+#: The fast path for the per-stack files: fitsio reads them, write_fits_fast writes their bytes
+#: (cfitsio's, see _fits_image); False: astropy reads and writes them (astropy's path stays for
+#: a file fitsio cannot read and for callers that want astropy objects).  It was off for a
+#: while after pytest-xdist workers segfaulted; the cause was astropy's C VOTable writer in the
+#: tests, not fitsio (conftest.py).
 FITSIO_IO = True
 
 
@@ -280,7 +282,7 @@ def _read_fits_fitsio(path):
 
 
 # ---------------------------------------------------------------------------------------------
-# Writing with fitsio
+# Writing (the bytes cfitsio writes; see _fits_image below)
 
 
 @dataclass(frozen=True, eq=False)
