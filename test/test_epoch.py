@@ -98,6 +98,58 @@ def test_no_raw_warning_reaches_the_user():
                      np.array([5.0, -1e4]), 2016.0, 1999.5)
 
 
+def _wrapper_propagation(ra, dec, pmra, pmdec, ref_epoch, epoch, plx):
+    """ERFA's documented wrapper, as propagate called it before issue 11."""
+    import erfa
+
+    cosd = np.cos(np.radians(dec))
+    ep1a, ep1b = erfa.epj2jd(np.broadcast_to(ref_epoch, ra.shape))
+    ep2a, ep2b = erfa.epj2jd(epoch)
+    px = np.where(np.isfinite(plx) & (plx > 0), plx / 1000.0, 0.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", erfa.ErfaWarning)
+        ra2, dec2, *_ = erfa.pmsafe(np.radians(ra), np.radians(dec), pmra * ep._MAS_TO_RAD / cosd,
+                                    pmdec * ep._MAS_TO_RAD, px, 0.0, ep1a, ep1b, ep2a, ep2b)
+    return np.degrees(ra2) % 360.0, np.degrees(dec2)
+
+
+def test_propagation_is_erfas_wrapper_to_the_last_bit():
+    # propagate calls ERFA's ufunc without the wrapper's status report (issue 11): the same
+    # numbers, with parallaxes (some unusable) and without, one reference epoch or one a row
+    rng = np.random.default_rng(11)
+    n = 500
+    ra, dec = rng.uniform(0.0, 360.0, n), np.degrees(np.arcsin(rng.uniform(-1.0, 1.0, n)))
+    pmra, pmdec = rng.normal(0.0, 30.0, (2, n)) * rng.choice([1.0, 100.0], (2, n))
+    plx = rng.choice([np.nan, -1.0, 0.0, 0.5, 20.0, 700.0], n)
+    for ref in (2016.0, rng.uniform(2015.0, 2016.5, n)):
+        for parallax in (None, plx):
+            got_ra, got_dec, moved = ep.propagate(ra, dec, pmra, pmdec, ref, 2003.7,
+                                                  parallax_mas=parallax)
+            assert moved.all()
+            want = _wrapper_propagation(ra, dec, pmra, pmdec, ref, 2003.7,
+                                        np.zeros(n) if parallax is None else plx)
+            np.testing.assert_array_equal(got_ra, want[0])
+            np.testing.assert_array_equal(got_dec, want[1])
+
+
+def test_an_erfa_error_status_is_raised_as_erfa_words_it(monkeypatch):
+    # ERFA says its error status (-1) should not occur; if it does, its ErfaError is raised
+    import erfa
+
+    real = erfa.ufunc.pmsafe
+
+    def failing(*args):
+        *out, status = real(*args)
+        status = status.copy()
+        status[1] = -1
+        return (*out, status)
+
+    monkeypatch.setattr(erfa.ufunc, "pmsafe", failing)
+    with pytest.raises(erfa.ErfaError, match='pmsafe" yielded 1 of "system error'):
+        ep.propagate([1.0, 2.0, 3.0], [0.0, 10.0, 20.0], [5.0, 5.0, 5.0], [5.0, 5.0, 5.0],
+                     2016.0, 2000.0)
+
+
 def test_bad_positions_are_left_for_the_filters():
     r, d, moved = ep.propagate([np.nan, 400.0, 10.0], [0.0, 0.0, 95.0], [1.0, 1.0, 1.0],
                                [1.0, 1.0, 1.0], 2016.0, 2000.0)

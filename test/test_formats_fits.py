@@ -6,6 +6,7 @@ import pytest
 from astropy.io import fits
 
 from stk_astrometry.api import _Run
+from stk_astrometry.errors import OutputError
 from stk_astrometry.formats import pairs, transform
 from stk_astrometry.tableio import read_table
 
@@ -24,6 +25,8 @@ def _card_memo_cleared():
     from stk_astrometry.formats import _fits
 
     _fits._text_card.cache_clear()
+    for memo in (_fits._column_cards, _fits._name_kept, _fits._row_dtype):
+        memo.cache_clear()
 
 
 def test_columns_carry_descriptions_and_ucds(tmp_path):
@@ -614,3 +617,265 @@ def test_the_fast_writer_expands_at_lists_in_every_hdu(tmp_path):
         for hdu in hdul:
             stck = [str(v)[8:].split()[0] for v in hdu.header["HISTORY"] if str(v)[1:5] == "STCK"]
             assert stck == ["a.fits", "b.fits"]
+
+
+# ---------------------------------------------------------------------------------------------
+# The byte writer (_fits_image) against cfitsio's (_cfitsio_image), issue 11
+
+
+def _run(tool="stk_test"):
+    """A write's run: HIST's parameters and a CIAO stack (``@in.lis``) of two files."""
+    from stk_astrometry.fitsutil import history_records
+    from stk_astrometry.formats._fits import _records_memo
+
+    items = list(HIST.history_items()) + [("stack", "@in.lis")]
+    return (tool, items, {"stack": ["a.fits", "b.fits"]}, "2026-01-02T03:04:05",
+            "stk_test - stk_astrometry x", _records_memo(history_records))
+
+
+def _images(specs, monkeypatch):
+    """cfitsio's bytes of ``specs`` and the byte writer's, made with the time stamp cfitsio put
+    in its CHECKSUM comments (None when the byte writer leaves the file to cfitsio)."""
+    import re
+
+    from stk_astrometry.formats import _fits
+
+    for _ in range(5):
+        ref = _fits._cfitsio_image(specs, _run())
+        stamps = set(re.findall(rb"checksum updated (\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d) ", ref))
+        if len(stamps) == 1:        # not across a second's end
+            break
+    assert len(stamps) == 1 and len(re.findall(rb"CHECKSUM= '", ref)) == len(specs)
+    monkeypatch.setattr(_fits, "_checksum_time", lambda: stamps.pop().decode())
+    return ref, _fits._fits_image(specs, _run())
+
+
+def _file_kinds():
+    """The specs of every file the package writes through write_fits_fast, with and without
+    rows, NaN, long and empty strings, HIERARCH and CONTINUE keywords, copied cards."""
+    import dataclasses
+
+    from stk_astrometry.formats import _fits, detcorr, diag
+
+    from formats_testlib import components, keywords
+
+    rng = np.random.default_rng(11)
+    comps = components()
+    out = {"every kind": _specs_of_every_kind()}
+    for n_gaia, n_wise in ((0, 0), (5, 3), (400, 1)):
+        p = make_pairs(rng, n_gaia=n_gaia, n_wise=n_wise, n_wg=n_wise)
+        out[f"pairs {n_gaia}"] = pairs.pairs_specs(p)
+        used = {"GAIA_PAIRS": rng.random(n_gaia) < 0.5}
+        p_true = {"GAIA_PAIRS": np.where(rng.random(n_gaia) < 0.2, np.nan, rng.random(n_gaia))}
+        out[f"diag {n_gaia}"] = diag.diag_specs(p, used, p_true, (("SYSERR", 0.125, "floor"),))
+    q = pairs.Pairs(**{**make_pairs(rng).__dict__,
+                       "cards": {"GAIA_PAIRS": (("NOTE", "x" * 30, "copied"), ("HISTNUM", 3, "")),
+                                 "DETECTIONS": (("DTYPE3", "OLD_LONG_KEY", ""), ("DVAL3", 1, ""))}})
+    out["diag copied cards"] = diag.diag_specs(q, {}, {})
+    out["transform"] = transform.transform_specs(comps, keywords(comps[0]), instrument="HRC",
+                                                 ra_ref=10.0, dec_ref=-12.5)
+    for n in (0, 4):
+        cols = {c: rng.normal(size=n) for c in detcorr.COLUMNS}
+        cols["region_id"] = np.arange(n)
+        if n:
+            cols["xi_corr"][1] = np.nan
+        out[f"detcorr {n}"] = detcorr.detcorr_specs(cols, keywords(comps[0]))
+    special = np.array([np.nan, -np.nan, np.inf, -np.inf, -0.0, 0.0, 5e-324, 1.7976931348623157e308])
+    payload = np.frombuffer(np.array([0x7FF0000000000001, 0xFFF8000000000123], ">u8").tobytes(), ">f8")
+    out["values"] = [_fits.HduSpec(None),
+                     _fits.HduSpec("V", {"d": np.concatenate([special, payload]),
+                                         "e": np.frombuffer(np.array(
+                                             [0x7FC00000, 0xFFC00000, 0x7F800001, 0x7F800000,
+                                              0xFF800000, 0x80000000, 0, 1, 0x7F7FFFFF,
+                                              0xFFC00123], ">u4").tobytes(), ">f4"),
+                                         "i": np.array([-2**31, 2**31 - 1] * 5, dtype=np.int32),
+                                         "k": np.array([-2**63, 2**63 - 1] * 5),
+                                         "s": np.array(["trail  ", " lead", "", "x" * 12, "a"] * 2),
+                                         "l": np.array([True, False] * 5)},
+                                   column_info={"d": ("it's a quote", ""), "e": ("'" * 32, ""),
+                                                "i": ("x" * 64, "u" * 64)})]
+    # header and data lengths across the ends of 2880-byte blocks
+    for n_keys in (13, 14, 15, 16, 36, 49, 50, 51):
+        keys = tuple((f"K{i}", i * 0.5, "c") for i in range(n_keys))
+        out[f"{n_keys} keys"] = [_fits.HduSpec(None, keys=keys), _fits.HduSpec("B", {"a": np.zeros(1)},
+                                                                                keys=keys)]
+    for n_rows in (359, 360, 361, 720):
+        out[f"{n_rows} rows"] = [_fits.HduSpec(None), _fits.HduSpec("R", {"a": np.arange(n_rows) * 1.5})]
+    out["copied structure"] = [
+        _fits.HduSpec(None, cards=(("SIMPLE", True, ""), ("BITPIX", 8, ""), ("NAXIS", 0, ""),
+                                   ("EXTEND", True, ""), ("OBJECT", "x", ""))),
+        _fits.HduSpec("T", {"a": np.array([1.0]), "b": np.array([2.0])}, units={"b": "deg"},
+                      column_info={"b": ("desc", "pos.eq.ra")},
+                      cards=(("TTYPE1", "a", ""), ("TFORM1", "D", ""), ("TUNIT2", "deg", ""),
+                             ("TCOMM2", "desc", ""), ("TUCD2", "pos.eq.ra", ""),
+                             ("EXTNAME", "T", ""), ("XTENSION", "BINTABLE", ""), ("KEEP", 1, ""),
+                             ("HIERARCH NINE.CHAR", 2, "a dot: a HIERARCH name")))]
+    out["extname of 51"] = [_fits.HduSpec(None), _fits.HduSpec("E" * 51, {"a": np.ones(2)})]
+    out["no rows, strings"] = [dataclasses.replace(_specs_of_every_kind()[0], keys=()),
+                               _fits.HduSpec("E", {"s": np.array([], dtype="U3")})]
+    return out
+
+
+def test_the_byte_writer_writes_cfitsios_bytes(monkeypatch):
+    """Every file kind, byte for byte what cfitsio writes through _write_one (headers, blank
+    and zero fill, CHECKSUM/DATASUM), with checksums astropy and fitsio verify (issue 11)."""
+    import io
+    import warnings
+
+    for kind, specs in _file_kinds().items():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")      # astropy warns when it cuts a comment
+            ref, mine = _images(specs, monkeypatch)
+        assert mine is not None, kind               # not left to cfitsio
+        assert mine == ref, kind
+        assert len(mine) % 2880 == 0
+        with fits.open(io.BytesIO(mine), checksum=True) as hdul:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")   # a bad checksum is a warning in astropy
+                assert len(hdul) == len(specs) and all(h.verify_checksum() == 1 for h in hdul)
+
+
+def test_the_byte_writers_checksums_verify_in_fitsio(tmp_path):
+    import fitsio
+
+    from stk_astrometry.formats import _fits
+
+    for kind, specs in _file_kinds().items():
+        image = _fits._fits_image(specs, _run())
+        (tmp_path / "f.fits").write_bytes(image)
+        with fitsio.FITS(str(tmp_path / "f.fits")) as fh:
+            for hdu in fh:
+                assert hdu.verify_checksum() is None, kind      # raises when wrong
+
+
+def _left_to_cfitsio():
+    from stk_astrometry.formats._fits import HduSpec
+
+    a = {"a": np.array([1.0, 2.0])}
+    return {"description of 65": [HduSpec(None), HduSpec("T", a, column_info={"a": ("x" * 65, "")})],
+            "quotes doubled to 65": [HduSpec(None),
+                                     HduSpec("T", a, column_info={"a": ("", "'" * 32 + "x")})],
+            "extname of 52": [HduSpec(None), HduSpec("E" * 52, a)],
+            "empty extname": [HduSpec(None), HduSpec("", a)],
+            "unit not ASCII": [HduSpec(None), HduSpec("T", a, units={"a": "\u00b5m"})],
+            "copied name in lower case": [HduSpec(None, cards=(("lower", 1, ""),))],
+            "long name in lower case": [HduSpec(None, cards=(("HIERARCH long_lower", "x", ""),))],
+            "tab in a value": [HduSpec(None, keys=(("TABBED", "a\tb", ""),))],
+            "value not ASCII": [HduSpec(None, keys=(("NOTE", "caf\u00e9", ""),))],
+            "three-dimensional cells": [HduSpec(None), HduSpec("T", {"m": np.zeros((2, 2, 3))})],
+            "no columns": [HduSpec(None), HduSpec("T", {})]}
+
+
+def test_what_cfitsio_writes_otherwise_is_left_to_cfitsio(tmp_path, monkeypatch):
+    """A card cfitsio would write differently from format_card (long strings as CONTINUE,
+    blanked characters, names made upper case, TDIMn, an empty EXTNAME as blanks): the whole
+    file is cfitsio's."""
+    import warnings
+
+    from stk_astrometry.formats import _fits
+
+    made = []
+    real = _fits._cfitsio_image
+
+    def cfitsio_image(specs, run):
+        made.append(real(specs, run))
+        return made[-1]
+
+    monkeypatch.setattr(_fits, "_cfitsio_image", cfitsio_image)
+    for what, specs in _left_to_cfitsio().items():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            assert _fits._fits_image(specs, _run()) is None, what
+            _fits.write_fits_fast(tmp_path / "c.fits", specs, HIST, clobber=True)
+        assert (tmp_path / "c.fits").read_bytes() == made[-1], what
+    assert len(made) == len(_left_to_cfitsio())
+    # and what it refuses, it still refuses
+    with pytest.raises(OutputError):
+        _fits.write_fits_fast(tmp_path / "r.fits", [_fits.HduSpec(None, cards=(("A B", 1, ""),))],
+                              HIST, clobber=True)
+    assert not (tmp_path / "r.fits").exists()
+
+
+@pytest.mark.parametrize("name, kept", [
+    ("GOOD", True), ("DATE-OBS", True), ("X_1", True), ("EIGHTCHR", True), ("NINE_CHARS", True),
+    ("lower", False), ("Mixed", False), ("nine_chars", False), ("A B", False), (" AB", False),
+    ("A.B", False), ("A=B", False), ("A.BCDEFG", False), ("NINE.CHAR", True),
+    ("HIERARCH NINE.CHAR", True),
+])
+def test_names_cfitsio_writes_as_given(name, kept):
+    from stk_astrometry.formats._fits import _kept, _name_kept
+
+    assert _kept(name) is kept and _name_kept(name) is kept
+
+
+@pytest.mark.parametrize("text, comment, plain", [
+    ("x" * 64, " ", True), ("x" * 65, " ", False), ("x" * 51, "extension name", True),
+    ("x" * 52, "extension name", False), ("'" * 32, " ", True), ("'" * 32 + "x", " ", False),
+    ("", " ", False), ("a\tb", " ", False), ("caf\u00e9", " ", False), ("a", " ", True),
+])
+def test_string_values_cfitsio_writes_on_one_card(text, comment, plain):
+    from stk_astrometry.formats._fits import _plain
+
+    assert _plain(text, comment) is plain
+
+
+def test_checksum_sums_and_encoding_are_the_conventions():
+    """The ones' complement sum and its ASCII encoding, against astropy's own."""
+    from stk_astrometry.formats._fits import _encode_sum, _ones_sum
+
+    hdu = fits.PrimaryHDU()
+    rng = np.random.default_rng(3)
+    values = [0, 1, 0xFFFFFFFF, 0xFFFFFFFE, 0x3A3A3A3A, 0x40404040, 0x5B5C5D5E, 0x60606060,
+              0xE8E8E8E8, 0x7F7F7F7F] + [int(v) for v in rng.integers(0, 2**32, 300)]
+    for value in values:
+        assert _encode_sum(value) == hdu._char_encode(value).encode(), hex(value)
+    for raw in (b"", bytes(2880), b"\xff" * 5760, rng.integers(0, 256, 2880 * 3, np.uint8).tobytes()):
+        for start in (0, 1, 0xFFFFFFFF, 123456789):
+            want = int(hdu._compute_checksum(np.frombuffer(raw, np.uint8), start))
+            assert _ones_sum(raw, start) == want
+    assert _ones_sum(b"\x00\x00\x00\x05") == 5 and _ones_sum(b"\xff\xff\xff\xff" * 2) == 0xFFFFFFFF
+
+
+def test_the_checksum_time_is_cfitsios(monkeypatch):
+    """UTC (cfitsio's fits_write_chksum stamps the comments in UTC, whatever the time zone)."""
+    import re
+    import time
+
+    from stk_astrometry.formats import _fits
+
+    monkeypatch.setenv("TZ", "EST+05")
+    time.tzset()
+    try:
+        for _ in range(5):
+            ref = _fits._cfitsio_image([_fits.HduSpec(None)], _run())
+            mine = _fits._checksum_time()
+            if re.search(rb"HDU checksum updated (\S+)", ref).group(1).decode() == mine:
+                break
+        assert re.search(rb"HDU checksum updated (\S+)", ref).group(1).decode() == mine
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+
+
+def test_the_files_of_the_formats_are_never_left_to_cfitsio(tmp_path, monkeypatch):
+    """The pairs, transform, detections and diagnostics files take the byte writer (issue 11:
+    cfitsio's keyword calls were a fifth of a stack's CPU)."""
+    from stk_astrometry.formats import _fits, detcorr, diag
+
+    from formats_testlib import components, keywords
+
+    def cfitsio_image(specs, run):
+        raise AssertionError("left to cfitsio")
+
+    monkeypatch.setattr(_fits, "_cfitsio_image", cfitsio_image)
+    p = make_pairs(np.random.default_rng(4), n_wise=2)
+    pairs.write_pairs(p, tmp_path / "p.fits", HIST)
+    diag.write_diag(tmp_path / "g.fits", pairs.read_pairs(tmp_path / "p.fits"), {}, {}, HIST)
+    comps = components()
+    transform.write_transform(tmp_path / "x.fits", comps, keywords(comps[0]), HIST,
+                              instrument="ACIS", ra_ref=1.0, dec_ref=2.0)
+    detcorr.write_detcorr(tmp_path / "d.fits", {c: np.ones(2) for c in detcorr.COLUMNS},
+                          keywords(comps[0]), HIST)
+    for name in ("p", "g", "x", "d"):
+        with fits.open(tmp_path / f"{name}.fits", checksum=True) as hdul:
+            assert all(hdu.verify_checksum() == 1 for hdu in hdul)

@@ -159,6 +159,23 @@ def test_cone_density_counts_all_inside():
     assert dens == pytest.approx(np.count_nonzero(inside) / (np.pi * 100.0), rel=1e-3)
 
 
+def test_match_stack_densities_are_cone_density_of_the_unfiltered_catalogs():
+    # match_stack keeps cone_density's two masks for its later tests (issue 11): its densities
+    # are still cone_density's, every input row within r_stack counted before any filter
+    from stk_astrometry.matching import _density
+
+    ra0, dec0 = 10.0, -30.0
+    rng = np.random.default_rng(SEED + 5)
+    xi, eta = rng.uniform(-700, 700, (2, 400))
+    ra, dec = offsets_to_sky(ra0, dec0, xi, eta)
+    ra[:3] = np.nan                                   # dropped as unusable, never counted
+    inside = np.hypot(xi, eta) <= 600.0
+    inside[:3] = False
+    assert _density(inside, 10.0) == np.count_nonzero(inside) / (np.pi * 100.0)
+    assert cone_density(ra, dec, ra0, dec0, 10.0) == _density(inside, 10.0)
+    assert _density(inside, 5.0) == np.count_nonzero(inside) / (np.pi * 25.0)
+
+
 # ---------------------------------------------------------- groups, counts
 
 

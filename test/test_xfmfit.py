@@ -1504,6 +1504,32 @@ def test_bootstrap_refits_are_each_rows_own_minimum_from_the_start(loss, f_scale
                             5.0), got)
 
 
+@pytest.mark.parametrize("loss", xfmfit.LOSSES)
+def test_rho_value_is_rho_to_the_last_bit(loss):
+    # the refits' trial values: rho alone by the same arithmetic as _rho's (issue 11)
+    z = np.concatenate([[0.0, 1e-300, 1e-12, 0.5, 1.0, 1.0 + 2**-52, 3.0, 1e6, 1e50],
+                        np.random.default_rng(SEED + 402).exponential(2.0, 201)])
+    got = xfmfit._rho_value(z.reshape(-1, 7), loss)
+    np.testing.assert_array_equal(got, xfmfit._rho(z.reshape(-1, 7), loss)[0])
+    assert got.shape == (z.size // 7, 7)
+
+
+def test_bootstrap_refit_at_unit_scale_skips_only_a_division_by_one():
+    # at f_scale = 1 the refit leaves out z / 1 and k / 1: the same minima to the last bit as
+    # a scale a hair above 1 gives to ~1e-12 (the division is all that changes), and the rows
+    # are those of the plain objective's minimum
+    rng = np.random.default_rng(SEED + 403)
+    n = 12
+    w = rng.uniform(0.5, 4.0, n)
+    dx, dy = _refit_rows(rng, n)
+    for loss in xfmfit.LOSSES:
+        got = xfmfit._refit_batch(dx, dy, w, loss, 1.0, 5.0)
+        near = xfmfit._refit_batch(dx, dy, w, loss, 1.0 + 2**-40, 5.0)
+        np.testing.assert_allclose(got, near, rtol=0, atol=1e-9)
+        np.testing.assert_allclose(got, _reference_refit(dx, dy, w, loss, 1.0, 5.0), rtol=0,
+                                   atol=1e-8)
+
+
 def test_bootstrap_refit_stops_each_row_when_it_has_converged(monkeypatch):
     # a converged row leaves the batch: rows that converge at once cost a few iterations, not
     # the 100-step budget (issue 11: the bootstrap is ~40 % of a spec fit)
@@ -1666,6 +1692,76 @@ def test_bootstrap_in_blocks_gives_the_bits_of_one_batch(monkeypatch, block):
     whole = cov_with(xfmfit._BOOT_N * n)
     assert np.array_equal(cov_with(block * n), whole)
     assert np.array_equal(cov_with(block * n + n - 1), whole)    # rounds down to `block` rows
+
+
+def test_bootstrap_stream_is_the_seeded_generators_drawn_once(monkeypatch):
+    # every bootstrap draws the same seeded stream; its first _BOOT_N x _BOOT_CACHED x 2
+    # normals are drawn once per process and handed out (issue 11), read-only
+    monkeypatch.setattr(xfmfit, "_boot_stream", [])      # as in a new process
+    m = xfmfit._BOOT_CACHED
+    assert m == 256
+    want = np.random.default_rng(xfmfit._BOOT_SEED).standard_normal((xfmfit._BOOT_N, m, 2))
+    got = xfmfit._boot_normals(m)
+    np.testing.assert_array_equal(got, want.ravel())
+    assert xfmfit._boot_normals(m) is not got and np.shares_memory(xfmfit._boot_normals(m), got)
+    for k in (1, 2, 37):
+        np.testing.assert_array_equal(
+            xfmfit._boot_normals(k),
+            np.random.default_rng(xfmfit._BOOT_SEED).standard_normal(xfmfit._BOOT_N * k * 2))
+    assert xfmfit._boot_normals(m + 1) is None
+    assert len(xfmfit._boot_stream) == 1 and xfmfit._boot_stream[0].size == xfmfit._BOOT_N * m * 2
+    with pytest.raises(ValueError):
+        got[0] = 0.0
+
+
+def test_bootstrap_seeds_no_generator_for_the_kept_stream(monkeypatch):
+    # up to _BOOT_CACHED detections the bootstrap takes the kept normals and seeds no generator
+    # (issue 11: seeding and drawing were ~0.15 ms a leg); above, it draws its own, as before
+    xfmfit._boot_normals(1)                     # the stream drawn (once per process)
+    seeded = []
+    real = np.random.default_rng
+
+    def counting(*args, **kwargs):
+        seeded.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(np.random, "default_rng", counting)
+    rng = real(SEED + 505)
+    for n, want in ((40, []), (xfmfit._BOOT_CACHED + 1, [(xfmfit._BOOT_SEED,)])):
+        d = rng.normal(0.0, 0.3, (n, 2))
+        w = 1.0 / rng.uniform(0.05, 0.5, n) ** 2
+        zeros = np.zeros(n)
+        seeded.clear()
+        fit = fit_translation(zeros, zeros, d[:, 0], d[:, 1], w, var_1sigma=1.0 / w)
+        assert fit.error_source == "scatter" and seeded == want, (n, seeded)
+
+
+@pytest.mark.parametrize("clustered", [True, False])
+def test_bootstrap_from_the_kept_stream_gives_the_bits_of_fresh_draws(monkeypatch, clustered):
+    # the kept normals are the generator's own: with them, or drawn afresh (_BOOT_CACHED = 0),
+    # in one batch or in blocks, the covariance is the same to the last bit -- with clusters,
+    # and with one pair per detection (no inverse: its gathers by the identity are left out)
+    rng = np.random.default_rng(SEED + 504)
+    d_xi, d_eta, w, var1, cluster = _clustered_stack(rng, 30)
+    if not clustered:
+        cluster = np.arange(d_xi.size)
+    zeros = np.zeros(len(d_xi))
+
+    def cov_with(cached, block):
+        monkeypatch.setattr(xfmfit, "_BOOT_CACHED", cached)
+        monkeypatch.setattr(xfmfit, "_BOOT_BLOCK", block * d_xi.size)
+        return fit_translation(zeros, zeros, d_xi, d_eta, w, var_1sigma=var1,
+                               cluster=cluster).cov
+
+    kept = cov_with(256, 200)
+    assert np.all(np.isfinite(kept))
+    for cached, block in ((0, 200), (0, 7), (256, 7), (30, 60)):
+        np.testing.assert_array_equal(cov_with(cached, block), kept)
+    # one pair per detection: the same as the detections given as clusters in another order
+    if not clustered:
+        np.testing.assert_array_equal(
+            fit_translation(zeros, zeros, d_xi, d_eta, w, var_1sigma=var1,
+                            cluster=cluster[::-1].copy()).cov, kept)
 
 
 def test_bootstrap_memory_is_bounded_on_thousands_of_pairs():

@@ -448,8 +448,12 @@ def cone_density(ra_deg, dec_deg, ra0_deg, dec0_deg, radius_arcmin):
     inside = valid_positions(ra_deg, dec_deg) & within_cone(
         ra_deg, dec_deg, ra0_deg, dec0_deg, radius_arcmin
     )
-    n_in = int(np.count_nonzero(inside))
-    return n_in / (np.pi * radius_arcmin**2)
+    return _density(inside, radius_arcmin)
+
+
+def _density(inside, radius_arcmin):
+    """:func:`cone_density` from its mask of the valid positions within the cone."""
+    return int(np.count_nonzero(inside)) / (np.pi * radius_arcmin**2)
 
 
 # --------------------------------------------------------------------------
@@ -818,10 +822,13 @@ def match_stack(det, gaia, config, *, wise=None, best_neighbours=None):
     # Gaia
     g_ra = np.asarray(gaia.ra_deg, dtype=float)
     g_dec = np.asarray(gaia.dec_deg, dtype=float)
-    density_gaia = cone_density(g_ra, g_dec, ra0, dec0, config.r_stack_arcmin)
+    # cone_density's two masks, kept: the best neighbours' r_stack test and the position
+    # filter are the same masks (issue 11: each is a pass over the whole catalog)
+    g_valid = valid_positions(g_ra, g_dec)
+    g_cone = within_cone(g_ra, g_dec, ra0, dec0, config.r_stack_arcmin)
+    density_gaia = _density(g_valid & g_cone, config.r_stack_arcmin)
     filters.append(FilterCount("NGAIAIN", len(gaia), "Gaia sources read", removed=False))
     g_keep = np.ones(len(gaia), dtype=bool)
-    g_valid = valid_positions(g_ra, g_dec)
     filters.append(FilterCount("NGBADPOS", int(np.count_nonzero(~g_valid)),
                                "Gaia sources dropped: NaN or out-of-range ra/dec", warn=True))
     g_keep &= g_valid
@@ -855,7 +862,9 @@ def match_stack(det, gaia, config, *, wise=None, best_neighbours=None):
         w_ra = np.asarray(wise.ra_deg, dtype=float)
         w_dec = np.asarray(wise.dec_deg, dtype=float)
         w_ids = np.asarray(wise.allwise_oid, dtype=np.int64)
-        density_wise = cone_density(w_ra, w_dec, ra0, dec0, config.r_stack_arcmin)
+        w_valid = valid_positions(w_ra, w_dec)
+        w_cone = within_cone(w_ra, w_dec, ra0, dec0, config.r_stack_arcmin)
+        density_wise = _density(w_valid & w_cone, config.r_stack_arcmin)
         filters.append(FilterCount("NWISEIN", len(wise), "ALLWISE sources read", removed=False))
         w_keep = np.ones(len(wise), dtype=bool)
 
@@ -864,7 +873,7 @@ def match_stack(det, gaia, config, *, wise=None, best_neighbours=None):
             filters.append(FilterCount(keyword, int(np.count_nonzero(removed)), description, warn))
             w_keep[removed] = False
 
-        wise_filter(valid_positions(w_ra, w_dec), "NWBADPOS",
+        wise_filter(w_valid, "NWBADPOS",
                     "ALLWISE sources dropped: NaN or out-of-range ra/dec", warn=True)
         wise_filter(_positive(wise.sigra_arcsec) & _positive(wise.sigdec_arcsec), "NWBADERR",
                     "ALLWISE sources dropped: sigra/sigdec NaN or <= 0", warn=True)
@@ -891,8 +900,8 @@ def match_stack(det, gaia, config, *, wise=None, best_neighbours=None):
         o_wise, o_gaia, n_multi = one_to_one(bn_wise, bn_gaia)
         filters.append(FilterCount("NBNMULTI", n_multi,
                                    "best-neighbour associations dropped: not one-to-one"))
-        w_in = w_keep & within_cone(w_ra, w_dec, ra0, dec0, config.r_stack_arcmin)
-        g_in = g_keep & within_cone(g_ra, g_dec, ra0, dec0, config.r_stack_arcmin)
+        w_in = w_keep & w_cone
+        g_in = g_keep & g_cone
         w_row_of = _row_lookup(w_ids, w_keep, o_wise)
         g_row_of = _row_lookup(np.asarray(gaia.source_id, dtype=np.int64), g_keep, o_gaia)
         present = (w_row_of >= 0) & (g_row_of >= 0)

@@ -186,6 +186,11 @@ _BOOT_MAX_ITER = 100
 # so a stack of thousands of pairs is refitted a block of replicates at a time (issue 12: a
 # 6,759-pair leg took ~100 MB at once and set a campaign worker's peak memory)
 _BOOT_BLOCK = 1 << 16
+# every bootstrap draws the same seeded stream: its first _BOOT_N x _BOOT_CACHED x 2 normals
+# are drawn once per process and reused (0.8 MB; issue 11: drawing them cost a leg with 50
+# detections ~0.15 ms); legs with more detections draw their own, as before
+_BOOT_CACHED = 256
+_boot_stream = []
 _MIN_SCALE = 0.1
 _DEGENERATE_RATIO = 0.01
 SIGMAS = ("calibrated", "sandwich")
@@ -381,6 +386,14 @@ def _rho(z: np.ndarray, loss: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if loss == "arctan":
         return np.arctan(z), 1.0 / (1.0 + z**2), -2.0 * z / (1.0 + z**2) ** 2
     raise ValueError(f"loss must be one of {LOSSES}, not {loss!r}")
+
+
+def _rho_value(z: np.ndarray, loss: str) -> np.ndarray:
+    """rho(z) alone, :func:`_rho`'s first value by the same arithmetic: the refits' trial
+    values need no derivatives (for the Cauchy loss, one ufunc instead of four; issue 11)."""
+    if loss == "cauchy":
+        return np.log1p(z)
+    return _rho(z, loss)[0]
 
 
 def _objective(p, d_xi, d_eta, w, loss, f_scale):
@@ -839,6 +852,8 @@ def _calibrated_bootstrap(p, d_xi, d_eta, w, var1, loss, f_scale, max_shift, inv
     the same input gives the same sigma.
     """
     n = d_xi.size
+    # one pair per detection (no inverse given): the gathers by the identity are left out
+    each = slice(None) if inverse is None else inverse
     if inverse is None:
         inverse = np.arange(n)
     # pieces: (ex, ey, rho1) of _objective at p, when the caller has them
@@ -858,18 +873,23 @@ def _calibrated_bootstrap(p, d_xi, d_eta, w, var1, loss, f_scale, max_shift, inv
     e2 = ((mean_x - p[0]) ** 2 + (mean_y - p[1]) ** 2) / (1.0 - lev)
     a, b = _fit_scale_floor(e2, var_c)
     sd = np.sqrt(a * var_c + b)
-    rng = np.random.default_rng(_BOOT_SEED)
-    base_x = p[0] + (d_xi - mean_x[inverse])
-    base_y = p[1] + (d_eta - mean_y[inverse])
+    stream = _boot_normals(m)
+    rng = np.random.default_rng(_BOOT_SEED) if stream is None else None
+    base_x = p[0] + (d_xi - mean_x[each])
+    base_y = p[1] + (d_eta - mean_y[each])
     # a block of replicates at a time (_BOOT_BLOCK): the generator's stream is drawn in the
     # same order and each replicate's refit is its own (row-wise arithmetic), so the blocks
     # give the same bits as one batch
     block = max(1, _BOOT_BLOCK // n)
     reps = []
     for i in range(0, _BOOT_N, block):
-        eps = rng.standard_normal((min(block, _BOOT_N - i), m, 2)) * sd[None, :, None]
-        reps.append(_refit_batch(base_x[None, :] + eps[:, inverse, 0],
-                                 base_y[None, :] + eps[:, inverse, 1], w, loss, f_scale,
+        k = min(block, _BOOT_N - i)
+        # the stream's next k m 2 normals: drawn, or the same numbers kept from the first draw
+        z = (rng.standard_normal((k, m, 2)) if stream is None
+             else stream[2 * m * i:2 * m * (i + k)].reshape(k, m, 2))
+        eps = z * sd[None, :, None]
+        reps.append(_refit_batch(base_x[None, :] + eps[:, each, 0],
+                                 base_y[None, :] + eps[:, each, 1], w, loss, f_scale,
                                  max_shift))
     reps = np.concatenate(reps)
     reps = reps[np.all(np.isfinite(reps), axis=1)]
@@ -877,6 +897,20 @@ def _calibrated_bootstrap(p, d_xi, d_eta, w, var1, loss, f_scale, max_shift, inv
         return None
     dev = reps - reps.mean(axis=0)
     return dev.T @ dev / (reps.shape[0] - 1)
+
+
+def _boot_normals(m):
+    """The bootstrap's seeded stream of standard normals, the first ``_BOOT_N * m * 2`` of
+    them as one flat read-only array (``Generator.standard_normal`` fills its shapes in C
+    order from one stream: blocks of it are its consecutive pieces), or None for ``m`` above
+    ``_BOOT_CACHED``.  Drawn once per process, at the first call."""
+    if m > _BOOT_CACHED:
+        return None
+    if not _boot_stream:
+        z = np.random.default_rng(_BOOT_SEED).standard_normal(_BOOT_N * _BOOT_CACHED * 2)
+        z.flags.writeable = False
+        _boot_stream.append(z)
+    return _boot_stream[0][:_BOOT_N * m * 2]
 
 
 def _fit_scale_floor(e2, var):
@@ -964,9 +998,13 @@ def _refit_batch(dx, dy, w, loss, f_scale, max_shift):
     nb = dx.shape[0]
     p = np.zeros((nb, 2))
     c2 = f_scale * f_scale
+    # z / 1.0 is z to the last bit: the division is skipped at the default scale (issue 11)
+    scaled = c2 != 1.0
     per_row = np.ndim(w) == 2
     rows = np.arange(nb)
     dxr, dyr, wr = dx[rows], dy[rows], (w[rows] if per_row else w)
+    total = np.add.reduce           # x.sum(axis=1): the same sums without its Python layers
+    lo, hi = np.maximum, np.minimum   # np.clip(x, -b, b) is minimum(maximum(x, -b), b), NaN kept
 
     for _ in range(_BOOT_MAX_ITER):
         if rows.size == 0:
@@ -974,31 +1012,35 @@ def _refit_batch(dx, dy, w, loss, f_scale, max_shift):
         px, py = p[rows, 0], p[rows, 1]
         ex = px[:, None] - dxr
         ey = py[:, None] - dyr
-        rho, rho1, rho2 = _rho(wr * (ex * ex + ey * ey) / c2, loss)
-        f0 = rho.sum(axis=1)
+        z = wr * (ex * ex + ey * ey)
+        rho, rho1, rho2 = _rho(z / c2 if scaled else z, loss)
+        f0 = total(rho, axis=1)
         v = wr * rho1
-        vsum = v.sum(axis=1)
-        gx, gy = (v * ex).sum(axis=1), (v * ey).sum(axis=1)
-        k = 2.0 * rho2 * wr * wr / c2
+        vsum = total(v, axis=1)
+        gx, gy = total(v * ex, axis=1), total(v * ey, axis=1)
+        k = 2.0 * rho2 * wr * wr
+        if scaled:
+            k = k / c2
         kx = k * ex
-        hxx = vsum + (kx * ex).sum(axis=1)
-        hyy = vsum + (k * ey * ey).sum(axis=1)
-        hxy = (kx * ey).sum(axis=1)
+        hxx = vsum + total(kx * ex, axis=1)
+        hyy = vsum + total(k * ey * ey, axis=1)
+        hxy = total(kx * ey, axis=1)
         det = hxx * hyy - hxy * hxy
         with np.errstate(divide="ignore", invalid="ignore"):
             nx = -(hyy * gx - hxy * gy) / det
             ny = -(hxx * gy - hxy * gx) / det
-            irx = (v * dxr).sum(axis=1) / vsum - px
-            iry = (v * dyr).sum(axis=1) / vsum - py
+            irx = total(v * dxr, axis=1) / vsum - px
+            iry = total(v * dyr, axis=1) / vsum - py
         newton_ok = (hxx > 0) & (det > 0) & np.isfinite(nx) & np.isfinite(ny)
-        tx = np.clip(px + np.where(newton_ok, nx, 0.0), -max_shift, max_shift)
-        ty = np.clip(py + np.where(newton_ok, ny, 0.0), -max_shift, max_shift)
+        tx = hi(lo(px + np.where(newton_ok, nx, 0.0), -max_shift), max_shift)
+        ty = hi(lo(py + np.where(newton_ok, ny, 0.0), -max_shift), max_shift)
         ex = tx[:, None] - dxr
         ey = ty[:, None] - dyr
-        f1 = _rho(wr * (ex * ex + ey * ey) / c2, loss)[0].sum(axis=1)
+        z = wr * (ex * ex + ey * ey)
+        f1 = total(_rho_value(z / c2 if scaled else z, loss), axis=1)
         use_newton = newton_ok & (f1 <= f0 * (1.0 + 1e-15) + 1e-300)
-        sx = np.where(use_newton, tx - px, np.clip(px + irx, -max_shift, max_shift) - px)
-        sy = np.where(use_newton, ty - py, np.clip(py + iry, -max_shift, max_shift) - py)
+        sx = np.where(use_newton, tx - px, hi(lo(px + irx, -max_shift), max_shift) - px)
+        sy = np.where(use_newton, ty - py, hi(lo(py + iry, -max_shift), max_shift) - py)
         p[rows, 0] = px + sx
         p[rows, 1] = py + sy
         moving = np.hypot(sx, sy) >= _BOOT_TOL_ARCSEC

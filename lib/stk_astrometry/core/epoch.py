@@ -83,8 +83,9 @@ def propagate(ra_deg, dec_deg, pmra_masyr, pmdec_masyr, ref_epoch, epoch, *, par
     Notes
     -----
     ``erfa.pmsafe`` with zero radial velocity; for a source without a usable parallax ERFA
-    substitutes a minimum one and says so with an ``ErfaWarning`` ("distance overridden"),
-    which is expected and silenced here.  Sources across a pole come out on the far side
+    substitutes a minimum one and says so in its status ("distance overridden"), which is
+    expected and not reported (ERFA's ufunc is called directly; an error status, which ERFA
+    says should not occur, raises its ``ErfaError``).  Sources across a pole come out on the far side
     with RA changed by 180 deg, as they should.
     """
     import erfa
@@ -94,10 +95,6 @@ def propagate(ra_deg, dec_deg, pmra_masyr, pmdec_masyr, ref_epoch, epoch, *, par
     pmra = np.broadcast_to(np.asarray(pmra_masyr, dtype=float), ra.shape)
     pmdec = np.broadcast_to(np.asarray(pmdec_masyr, dtype=float), ra.shape)
     ep1 = np.broadcast_to(np.asarray(ref_epoch, dtype=float), ra.shape)
-    if parallax_mas is None:
-        plx = np.zeros(ra.shape)
-    else:
-        plx = np.broadcast_to(np.asarray(parallax_mas, dtype=float), ra.shape)
     out_ra = ra.copy()
     out_dec = dec.copy()
     cosd = np.cos(np.radians(dec))
@@ -110,14 +107,22 @@ def propagate(ra_deg, dec_deg, pmra_masyr, pmdec_masyr, ref_epoch, epoch, *, par
         return out_ra, out_dec, moved
     ep1a, ep1b = erfa.epj2jd(ep1[moved])
     ep2a, ep2b = erfa.epj2jd(float(epoch))
-    with np.errstate(invalid="ignore"):
-        px = np.where(np.isfinite(plx[moved]) & (plx[moved] > 0), plx[moved] / 1000.0, 0.0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", erfa.ErfaWarning)
-        ra2, dec2, *_ = erfa.pmsafe(
-            np.radians(ra[moved]), np.radians(dec[moved]),
+    if parallax_mas is None:
+        px = 0.0                              # every row: no distance (broadcast by ERFA)
+    else:
+        plx = np.broadcast_to(np.asarray(parallax_mas, dtype=float), ra.shape)
+        with np.errstate(invalid="ignore"):
+            px = np.where(np.isfinite(plx[moved]) & (plx[moved] > 0), plx[moved] / 1000.0, 0.0)
+    args = (np.radians(ra[moved]), np.radians(dec[moved]),
             pmra[moved] * _MAS_TO_RAD / cosd[moved], pmdec[moved] * _MAS_TO_RAD,
             px, 0.0, ep1a, ep1b, ep2a, ep2b)
+    # ERFA's ufunc itself, without the wrapper's status report (issue 11: ~0.1 ms a stack to
+    # word a warning that is silenced here): the same routine, the same numbers
+    ra2, dec2, *_, status = erfa.ufunc.pmsafe(*args)
+    if np.any(status < 0):
+        with warnings.catch_warnings():                 # ERFA's own error, as it words it
+            warnings.simplefilter("ignore", erfa.ErfaWarning)
+            erfa.pmsafe(*args)
     out_ra[moved] = np.degrees(ra2) % 360.0
     out_dec[moved] = np.degrees(dec2)
     return out_ra, out_dec, moved

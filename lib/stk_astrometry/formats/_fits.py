@@ -184,9 +184,11 @@ def open_product(path, content, what):
     return hdul
 
 
-#: fitsio for the per-stack files (astropy's path stays for a file fitsio cannot read and for
-#: callers that want astropy objects).  It was off for a while after pytest-xdist workers
-#: segfaulted; the cause was astropy's C VOTable writer in the tests, not fitsio (conftest.py).
+#: The fast path for the per-stack files: fitsio reads them, write_fits_fast writes their bytes
+#: (cfitsio's, see _fits_image); False: astropy reads and writes them (astropy's path stays for
+#: a file fitsio cannot read and for callers that want astropy objects).  It was off for a
+#: while after pytest-xdist workers segfaulted; the cause was astropy's C VOTable writer in the
+#: tests, not fitsio (conftest.py).
 FITSIO_IO = True
 
 
@@ -280,7 +282,7 @@ def _read_fits_fitsio(path):
 
 
 # ---------------------------------------------------------------------------------------------
-# Writing with fitsio
+# Writing (the bytes cfitsio writes; see _fits_image below)
 
 
 @dataclass(frozen=True, eq=False)
@@ -452,15 +454,15 @@ def _format_card(name, value, comment):
 
 
 def write_fits_fast(path, specs, history, *, clobber):
-    """Write ``specs`` with fitsio, stamped and atomically, with the headers astropy would write.
+    """Write ``specs`` stamped and atomically, with the headers astropy would write.
 
     The same conventions as :func:`stk_astrometry.fitsutil.write_fits`: CREATOR, DATE, this
     run's CIAO HISTORY records with HISTNUM, CHECKSUM/DATASUM on every HDU, a temporary file
     renamed into place.  Structural cards get astropy's comments and values are formatted as
-    astropy formats them, so a file reads the same whichever library wrote it.
+    astropy formats them, so a file reads the same whichever library wrote it.  The bytes are
+    those cfitsio writes through :func:`_write_one`, assembled by :func:`_fits_image` (or by
+    cfitsio itself for a card :func:`_fits_image` leaves to it).
     """
-    import fitsio
-
     from stk_astrometry import __version__
     from stk_astrometry.errors import OutputError
     from stk_astrometry.fitsutil import (
@@ -483,17 +485,14 @@ def write_fits_fast(path, specs, history, *, clobber):
     creator = f"{history.tool} - stk_astrometry {__version__}"
     try:
         with atomic_path(path) as tmp:
-            records_of = _records_memo(history_records)
-            # cfitsio builds the file in its memory driver ("mem://"), and the finished file's
-            # bytes go to the temporary file in one write (issue 11): through fitsio every
-            # keyword written flushes cfitsio's buffer -- a write() per card on a disk file,
-            # ~600 per stack.  It also keeps atomic_path's locked temporary file, which
-            # fitsio's clobber=True would unlink and recreate unlocked.
-            with fitsio.FITS("mem://", "rw") as fh:
-                for ext, spec in enumerate(specs, start=1):     # the primary first
-                    _write_one(fh, ext, spec, history.tool, items, stacks, when, creator,
-                               records_of)
-                image = fh.read_raw()
+            run = (history.tool, items, stacks, when, creator,
+                   _records_memo(history_records))
+            # the file's bytes are made in memory and go to the temporary file in one write:
+            # it keeps atomic_path's locked temporary file, which fitsio's clobber=True would
+            # unlink and recreate unlocked
+            image = _fits_image(specs, run)
+            if image is None:
+                image = _cfitsio_image(specs, run)
             with open(tmp, "wb") as out:
                 out.write(image)
     except OSError as exc:
@@ -501,6 +500,19 @@ def write_fits_fast(path, specs, history, *, clobber):
     import logging
 
     logging.getLogger("stk_astrometry.fitsutil").info("Wrote %s", path)
+
+
+def _cfitsio_image(specs, run):
+    """The bytes of the file of ``specs`` as cfitsio makes them, in its memory driver
+    ("mem://"): the writer of any file :func:`_fits_image` does not make, and its reference
+    (test_formats_fits).  Through fitsio every keyword written flushes cfitsio's buffer -- a
+    write() per card on a disk file (issue 11)."""
+    import fitsio
+
+    with fitsio.FITS("mem://", "rw") as fh:
+        for ext, spec in enumerate(specs, start=1):     # the primary first
+            _write_one(fh, ext, spec, *run)
+        return fh.read_raw()
 
 
 def _records_memo(history_records):
@@ -576,6 +588,23 @@ def _write_one(fh, ext, spec, tool, items, stacks, when, creator, history_record
             if ucd:
                 _append_text_card(cfits, ext, f"TUCD{i}", ucd)
                 present.add(f"TUCD{i}")
+    final, records = _keyword_cards(spec, present, tool, items, stacks, when, creator,
+                                    history_records)
+    for name, value, comment in final:
+        _write_card(cfits, ext, name, value, comment)
+    for rec in records:
+        cfits.write_record(ext, f"HISTORY {rec}")
+    cfits.write_checksum(ext)
+
+
+def _keyword_cards(spec, present, tool, items, stacks, when, creator, history_records):
+    """The keywords of HDU ``spec`` after its structure (whose names are ``present``), as
+    ``(name, value, comment)`` in file order, and this run's HISTORY records.
+
+    Copied cards first (those not ``present``), then the HDU's keywords (long names the CXC
+    way: DTYPEn/DVALn and a HIERARCH copy), then the stamps: CREATOR and DATE replaced or
+    added, HISTNUM continuing a copied one; stale CHECKSUM/DATASUM left out.
+    """
     # copied cards, then this HDU's keywords (long names the CXC way), then the stamps
     cards = [c for c in spec.cards if c[0] not in present]
     dtype_n = max([int(m.group(1)) for c in cards if (m := _DTYPE.match(c[0]))], default=0)
@@ -621,11 +650,7 @@ def _write_one(fh, ext, spec, tool, items, stacks, when, creator, history_record
         final.append(("DATE", when, "Date and time of file creation"))
     if "HISTNUM" not in seen:
         final.append(("HISTNUM", histnum, "Number of HISTORY records"))
-    for name, value, comment in final:
-        _write_card(cfits, ext, name, value, comment)
-    for rec in records:
-        cfits.write_record(ext, f"HISTORY {rec}")
-    cfits.write_checksum(ext)
+    return final, records
 
 
 def _append_text_card(cfits, ext, name, value):
@@ -652,3 +677,194 @@ def _write_card(cfits, ext, name, value, comment):
     # floats with 15 digits, which would not read back as the value written
     for i in range(0, len(image), 80):
         cfits.write_record(ext, image[i:i + 80])
+
+
+# ---------------------------------------------------------------------------------------------
+# The same bytes without cfitsio's keyword calls (issue 11)
+#
+# Through cfitsio's keyword API a pairs or transform file cost ~300 calls: each card written by
+# a call that formats, looks up or shifts the header, and the checksums computed by re-reading
+# it (py-spy: ~12 % of a stack's CPU in _write_one itself).  The header of a file is the card
+# images the code above hands cfitsio anyway (format_card: astropy's images), so here the file
+# is assembled directly: the cards, END and blank fill to 2880 bytes, the rows big-endian with
+# zero fill, and the CHECKSUM/DATASUM cards of cfitsio's fits_write_chksum.  Anything whose
+# card cfitsio would write differently from format_card (see _plain, _kept) makes the whole
+# file go through cfitsio (_cfitsio_image); test_formats_fits compares the two byte for byte.
+
+
+def _fits_image(specs, run):
+    """The bytes cfitsio would make of ``specs`` (:func:`_cfitsio_image`), or None when an
+    HDU has a card or column this writer leaves to cfitsio."""
+    stamp = _checksum_time()
+    parts = []
+    for spec in specs:
+        part = _hdu_image(spec, stamp, run)
+        if part is None:
+            return None
+        parts.append(part)
+    return b"".join(parts)
+
+
+def _checksum_time():
+    """The time cfitsio puts in the CHECKSUM/DATASUM comments: now, UTC, to the second."""
+    import time
+
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
+
+
+#: The primary HDU's structure as _write_one leaves it (fitsio's own cards rewritten).
+_PRIMARY = (("SIMPLE", True), ("BITPIX", 8), ("NAXIS", 0), ("EXTEND", True))
+
+
+def _hdu_image(spec, stamp, run):
+    """One HDU's bytes as :func:`_write_one` has cfitsio write them, or None (see _fits_image)."""
+    if spec.name is None:
+        cards = [format_card(key, value, _ASTROPY_COMMENTS[key] or " ") for key, value in _PRIMARY]
+        present = {key for key, _ in _PRIMARY}
+        data = b""
+    else:
+        arrays, tforms, rows = _table_columns(spec)
+        if not arrays or any(arr.ndim > 2 for arr in arrays):
+            return None         # no columns; TDIMn (cfitsio writes them)
+        n_rows = _n_rows(spec.columns)
+        structure = (("XTENSION", "BINTABLE"), ("BITPIX", 8), ("NAXIS", 2),
+                     ("NAXIS1", rows.itemsize), ("NAXIS2", n_rows), ("PCOUNT", 0),
+                     ("GCOUNT", 1), ("TFIELDS", len(arrays)))
+        layout = tuple((key, tform, spec.units.get(key) or "", *spec.column_info.get(key, ("", "")))
+                       for key, tform in zip(spec.columns, tforms, strict=True))
+        columns = _column_cards(spec.name, layout)
+        if columns is None:
+            return None
+        cards = [format_card(key, value, _ASTROPY_COMMENTS[key]) for key, value in structure]
+        cards.append(columns[0])
+        present = {key for key, _ in structure} | columns[1]
+        data = _table_data(arrays, n_rows)
+    final, records = _keyword_cards(spec, present, *run)
+    cards += [format_card(name, value, comment) for name, value, comment in final]
+    cards += [f"HISTORY {rec}" for rec in records]
+    header = "".join(cards)
+    # what cfitsio's write_record would change: not printable ASCII (blanked), a name not in
+    # upper case (raised) or not valid (refused), a record not of one card (cut)
+    if not (header.isascii() and header.isprintable()
+            and all(_name_kept(name) for name, _, _ in final)
+            and all(len(rec) == 72 for rec in records)):
+        return None
+    return _with_checksums(header, data, stamp)
+
+
+@functools.lru_cache(maxsize=256)
+def _column_cards(extname, layout):
+    """:func:`_column_text`, remembered: a file kind's columns are the same in every file."""
+    return _column_text(extname, layout)
+
+
+def _column_text(extname, layout):
+    """The cards _write_one has cfitsio write after TFIELDS, for the columns ``layout``
+    (name, TFORM, unit, description, UCD): TTYPEn, TFORMn and TUNITn, EXTNAME, then TCOMMn and
+    TUCDn -- as one text and the set of their names, or None when cfitsio would write one of
+    them differently."""
+    texts = []
+    for i, (key, tform, unit, _, _) in enumerate(layout, start=1):
+        texts += [(f"TTYPE{i}", key), (f"TFORM{i}", tform)] + ([(f"TUNIT{i}", unit)] if unit else [])
+    texts.append(("EXTNAME", extname))
+    for i, (_, _, _, desc, ucd) in enumerate(layout, start=1):
+        texts += [(name, text) for name, text in ((f"TCOMM{i}", desc), (f"TUCD{i}", ucd)) if text]
+    texts = [(name, text, _ASTROPY_COMMENTS.get(name, " ")) for name, text in texts]
+    if not all(_plain(text, comment) for _, text, comment in texts):
+        return None
+    return "".join(format_card(*text) for text in texts), frozenset(text[0] for text in texts)
+
+
+def _plain(text, comment):
+    """True for a string value that cfitsio's string keyword writer puts on one card with
+    ``comment`` as :func:`format_card` does: printable ASCII, not empty, value (quotes
+    doubled) and comment within the card (longer: cfitsio's CONTINUE cards)."""
+    return (text.isascii() and text.isprintable()
+            and 0 < len(text.replace("'", "''")) <= 65 - len(comment))
+
+
+#: A keyword name cfitsio accepts (fftkey): letters, digits, - and _, blank fill.
+_KEYWORD = re.compile(r"[A-Z0-9_-]* *")
+
+
+@functools.lru_cache(maxsize=1024)
+def _name_kept(name):
+    """:func:`_kept`, remembered (the same names in every file of a kind)."""
+    return _kept(name)
+
+
+def _kept(name):
+    """True for a keyword name that :func:`format_card` puts on cards cfitsio's write_record
+    (ffprec) writes unchanged: in upper case up to the ``=``, the card's first eight
+    characters a valid name (``HIERARCH`` for a longer one)."""
+    return name == name.upper() and (len(name) > 8 or _KEYWORD.fullmatch(f"{name:8}") is not None)
+
+
+def _table_data(arrays, n_rows):
+    """The rows of a binary table as cfitsio writes ``arrays`` (:func:`_table_columns`):
+    big-endian, logicals as ``T``/``F``, strings as their bytes; zero fill to 2880 bytes."""
+    if not n_rows:
+        return b""
+    rows = np.empty(n_rows, _row_dtype(tuple((arr.dtype.str, arr.shape[1:]) for arr in arrays)))
+    for name, arr in zip(rows.dtype.names, arrays, strict=True):
+        rows[name] = np.where(arr, np.uint8(ord("T")), np.uint8(ord("F"))) if arr.dtype.kind == "b" else arr
+    data = rows.tobytes()
+    return data + bytes(-len(data) % 2880)
+
+
+@functools.lru_cache(maxsize=256)
+def _row_dtype(fields):
+    """:func:`_big_endian_row`, remembered."""
+    return _big_endian_row(fields)
+
+
+def _big_endian_row(fields):
+    """The file's row dtype for columns of dtypes ``(dtype.str, shape)``: big-endian, a
+    logical as one byte."""
+    return np.dtype([(f"f{i}", np.dtype("u1" if kind == "|b1" else kind).newbyteorder(">"), shape)
+                     for i, (kind, shape) in enumerate(fields)])
+
+
+def _with_checksums(header, data, stamp):
+    """The HDU of the card images ``header`` and the padded ``data``, with the CHECKSUM and
+    DATASUM cards cfitsio's fits_write_chksum appends (FITS checksum convention: the 32-bit
+    ones' complement sums; DATASUM of no data ``'         0'``)."""
+    datasum = _ones_sum(data)
+    at = len(header) + 11       # the value of the CHECKSUM card, its first card added here
+    header += (format_card("CHECKSUM", "0" * 16, f"HDU checksum updated {stamp}")
+               + format_card("DATASUM", str(datasum) if datasum else f"{0:10d}",
+                             f"data unit checksum updated {stamp}")
+               + "END")
+    header += " " * (-len(header) % 2880)
+    raw = header.encode("ascii")
+    checksum = _encode_sum(0xFFFFFFFF - _ones_sum(raw, datasum))
+    return raw[:at] + checksum + raw[at + 16:] + data
+
+
+def _ones_sum(raw, start=0):
+    """The 32-bit ones' complement sum of ``raw`` (whole 4-byte words, big-endian) and ``start``."""
+    total = int(np.frombuffer(raw, dtype=">u4").sum(dtype=np.uint64)) + start
+    while total > 0xFFFFFFFF:
+        total = (total & 0xFFFFFFFF) + (total >> 32)
+    return total
+
+
+#: The punctuation the checksum encoding avoids (FITS checksum convention, cfitsio's ffesum).
+_EXCLUDED = frozenset(b":;<=>?@[\\]^_`")
+
+
+def _encode_sum(value):
+    """The 16 characters of the ASCII encoding of the 32-bit ``value`` (cfitsio's ffesum)."""
+    out = bytearray(16)
+    for i in range(4):
+        byte = (value >> (24 - 8 * i)) & 0xFF
+        quotient = byte // 4 + 0x30
+        ch = [quotient + byte % 4, quotient, quotient, quotient]
+        for j in (0, 2):
+            # the pairs are independent: each moves apart until neither is punctuation
+            while ch[j] in _EXCLUDED or ch[j + 1] in _EXCLUDED:
+                ch[j] += 1
+                ch[j + 1] -= 1
+        for j in range(4):
+            out[4 * j + i] = ch[j]
+    return bytes(out[15:] + out[:15])      # shifted one place to the right
