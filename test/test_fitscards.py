@@ -121,3 +121,27 @@ def test_cards_seen_before_are_reused_and_read_the_same(monkeypatch):
     bounded = fitscards.parse_header(text)
     assert 0 < len(fitscards._SEEN) <= 3
     assert [c.image for c in bounded.cards] == [c.image for c in first.cards]
+
+
+def test_the_card_cache_stays_small_in_a_long_campaign(monkeypatch):
+    # issue 12: every stack adds a few cards of its own (names, dates, checksums); a stk_batch
+    # worker parses them for 10,000 stacks.  The cache is bounded at a few times the cards
+    # that repeat (~460), so a worker's memory does not grow by its size (10,000 cards held
+    # ~4 MB) with the number of stacks
+    import tracemalloc
+
+    monkeypatch.setattr(fitscards, "_SEEN", {})
+    end = "END".ljust(80)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        largest = 0
+        for i in range(12_000):
+            image = f"{'STK' + str(i % 97):8}= {repr(f'acisfJ{i:08d}p000000_001'):20} / run {i}"
+            fitscards.parse_header(image.ljust(80) + end)
+            largest = max(largest, len(fitscards._SEEN))
+        held = tracemalloc.get_traced_memory()[1] - before      # at its fullest
+    finally:
+        tracemalloc.stop()
+    assert 0 < largest <= 2_000
+    assert held < 1.2e6, f"the card cache held {held / 1e6:.1f} MB"

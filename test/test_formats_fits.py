@@ -879,3 +879,18 @@ def test_the_files_of_the_formats_are_never_left_to_cfitsio(tmp_path, monkeypatc
     for name in ("p", "g", "x", "d"):
         with fits.open(tmp_path / f"{name}.fits", checksum=True) as hdul:
             assert all(hdu.verify_checksum() == 1 for hdu in hdul)
+
+
+def test_the_text_card_cache_keeps_only_what_repeats():
+    # issue 12: format_card remembers text cards, most of which (ids, paths, dates) are new
+    # with every stack; its bound (256: ~50 cards repeat) keeps a stk_batch worker's memory
+    # from growing by ~1.5 MB over a campaign's first stacks, and the repeating cards stay
+    from stk_astrometry.formats._fits import _text_card, format_card
+
+    _text_card.cache_clear()
+    for i in range(5_000):
+        format_card("CREATOR", "stk_xfm - stk_astrometry", "tool that created this output")
+        format_card("STACKID", f"acisfJ{i:08d}p000000_001", "stack identifier")
+    info = _text_card.cache_info()
+    assert info.currsize <= 256
+    assert info.hits >= 4_999          # the repeating card was never evicted

@@ -209,9 +209,13 @@ class Header:
 #: Cards parsed already, by image: a card is a pure function of its 80 characters, and most
 #: cards of the per-stack files (structure, column names, units, descriptions, the primary's
 #: keywords) repeat from stack to stack.  Card objects are never changed once made, so they
-#: are shared.  Bounded: emptied when full.
+#: are shared.  Bounded: emptied when full.  The bound is a few times the cards that repeat
+#: (~460 over stk_batch's benchmark stacks, each of which adds ~3 of its own: names, dates,
+#: checksums), not more: a cached card is ~0.4 KB, and at 10,000 cards (4.1 MB) it filled over a
+#: campaign's first ~3,000 stacks, a stk_batch worker's memory growing by ~4 MB with the number
+#: of stacks (issue 12, session 11).  Emptied, it is refilled within a stack.
 _SEEN: dict = {}
-_SEEN_MAX = 10_000
+_SEEN_MAX = 2_000
 
 
 def parse_header(text):

@@ -416,7 +416,11 @@ def format_card(name, value, comment=""):
     return _format_card(name, value, comment)
 
 
-@functools.lru_cache(maxsize=4096)
+#: (the cards that repeat are few: ~50 over stk_batch's benchmark stacks, the column cards
+#: being remembered per file kind by _column_cards; every stack adds ~8 of its own -- ids,
+#: paths, dates.  At 4,096 the cache filled over a campaign's first ~500 stacks and held
+#: ~1.5 MB of one-off cards (~360 bytes each) in every stk_batch worker: issue 12, session 11.)
+@functools.lru_cache(maxsize=256)
 def _text_card(name, value, comment):
     return _format_card(name, value, comment)
 
