@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from derivatives_testlib import assert_derivatives_exact
 
 BENCH = Path(__file__).resolve().parent / "benchmarks" / "bench_accuracy.py"
 
@@ -279,15 +280,9 @@ def test_restricted_terms_are_the_ml_terms_less_half_the_log_det_of_the_informat
             cov = mixture._calibrated(stated[st.idx], float(np.exp(x[0])),
                                       float(np.sqrt(x[1])))[0]
             info = np.einsum("k,kij->ij", st.r, np.linalg.inv(cov))
-            f, grad, hess = reml(x)
+            f, _, _ = assert_derivatives_exact(reml, x, [1e-5, 1e-6], grad_rel=1e-6,
+                                               hess_rtol=1e-5, hess_atol=1e-6)
             assert f == pytest.approx(ml(x)[0] - 0.5 * np.log(np.linalg.det(info)), rel=1e-12)
-            steps = np.array([1e-5, 1e-6])
-            for i in range(2):
-                e = np.eye(2)[i] * steps[i]
-                up, down = reml(x + e), reml(x - e)
-                assert grad[i] == pytest.approx((up[0] - down[0]) / (2 * steps[i]), rel=1e-6)
-                np.testing.assert_allclose(hess[i], (up[1] - down[1]) / (2 * steps[i]),
-                                           rtol=1e-5, atol=1e-6 * np.max(np.abs(hess)))
     # no information (memberships all 0): the term adds nothing
     ones = np.ones((4, 2))
     value, grad, hess = bench.restricted_terms(np.zeros(4), 4.0 * ones, ones, ones, np.ones(4),
@@ -306,18 +301,26 @@ def test_restricted_likelihood_removes_the_shifts_bias_from_the_floor(bench, mon
     monkeypatch.setattr(mixture, "_CAL_PRIOR", None)
     terms = mixture._error_model_terms
     floors = {}
-    for reml in (False, True):
+    def floor_stacks():
+        # 60 stacks of 12 pairs whose stated errors (0.05-0.6") miss a 0.2" floor
         rng = np.random.default_rng(1234)
-        fits = []
         for _ in range(60):
             sig = np.exp(rng.uniform(np.log(0.05), np.log(0.6), 12))
             stated = bench.pair_covariance(sig * bench.R95_PER_SIGMA, sig * bench.R95_PER_SIGMA,
                                            np.zeros(12))
             d = np.array([0.25, -0.15]) + rng.normal(size=(12, 2)) * np.hypot(sig, 0.2)[:, None]
+            yield d, stated
+
+    def fit(d, stated):
+        return bench.fit_mixture(np.arange(12), d[:, 0], d[:, 1], stated,
+                                 density_per_arcmin2=0.0, match_radius_arcsec=3.0,
+                                 calibrate=True)
+
+    for reml in (False, True):
+        fits = []
+        for d, stated in floor_stacks():
             with bench._restricted_likelihood() if reml else bench._maximum_likelihood():
-                fits.append(bench.fit_mixture(np.arange(12), d[:, 0], d[:, 1], stated,
-                                              density_per_arcmin2=0.0, match_radius_arcsec=3.0,
-                                              calibrate=True))
+                fits.append(fit(d, stated))
         assert all(f.calibrated for f in fits)
         floors[reml] = np.array([f.sys_floor for f in fits])
     assert mixture._error_model_terms is terms
@@ -337,16 +340,7 @@ def test_restricted_likelihood_removes_the_shifts_bias_from_the_floor(bench, mon
     # the mixture itself (issue 14, session 11) is on the restricted likelihood: mix-reml's
     # floors wherever mix-reml (its choice of model on the plain likelihood) kept the fitted
     # model, and no bias either
-    rng = np.random.default_rng(1234)
-    shipped = []
-    for _ in range(60):
-        sig = np.exp(rng.uniform(np.log(0.05), np.log(0.6), 12))
-        stated = bench.pair_covariance(sig * bench.R95_PER_SIGMA, sig * bench.R95_PER_SIGMA,
-                                       np.zeros(12))
-        d = np.array([0.25, -0.15]) + rng.normal(size=(12, 2)) * np.hypot(sig, 0.2)[:, None]
-        shipped.append(bench.fit_mixture(np.arange(12), d[:, 0], d[:, 1], stated,
-                                         density_per_arcmin2=0.0, match_radius_arcsec=3.0,
-                                         calibrate=True).sys_floor)
+    shipped = [fit(d, stated).sys_floor for d, stated in floor_stacks()]
     kept = floors[True] > 0
     assert kept.sum() >= 55
     np.testing.assert_allclose(np.array(shipped)[kept], floors[True][kept], rtol=1e-9)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from derivatives_testlib import assert_derivatives_exact
 from stk_astrometry.errors import FitError
 from stk_astrometry.mixture import (
     MIN_SIGMA_ARCSEC,
@@ -1871,16 +1872,10 @@ def test_error_model_terms_are_the_objective_and_its_exact_derivatives(monkeypat
         for x in ([np.log(scale), floor**2 + 0.01], [np.log(scale) + 0.3, floor**2 + 0.04],
                   [np.log(scale) - 0.2, floor**2 + 0.002]):
             x = np.array(x)
-            f, grad, hess = terms(x)
+            f, grad, hess = assert_derivatives_exact(terms, x, [1e-5, 1e-6], grad_rel=1e-6,
+                                                     grad_abs=1e-5, hess_rtol=1e-5,
+                                                     hess_atol=1e-5)
             assert f == pytest.approx(objective(x), rel=1e-12, abs=1e-10)
-            steps = np.array([1e-5, 1e-6])
-            for i in range(2):
-                e = np.eye(2)[i] * steps[i]
-                up, down = terms(x + e), terms(x - e)
-                fd_grad = (up[0] - down[0]) / (2 * steps[i])
-                assert grad[i] == pytest.approx(fd_grad, rel=1e-6, abs=1e-5)
-                np.testing.assert_allclose(hess[i], (up[1] - down[1]) / (2 * steps[i]),
-                                           rtol=1e-5, atol=1e-5 * np.max(np.abs(hess)))
             np.testing.assert_array_equal(hess, hess.T)
 
 
@@ -1912,29 +1907,32 @@ def test_error_model_terms_with_one_principal_variance_floored_are_exact():
     MIN_SIGMA_ARCSEC^2: each pair's minor variance is floored (fixed), its major one moves
     with k and sigma_sys.  The gradient and Hessian are still the derivatives of the value --
     the window mass's too (a 0.6" window: P_j depends on the major variance)."""
+    from stk_astrometry.mixture import _error_model_terms
+
+    prob, stated, st = _floored_ellipses(SEED + 334)
+    terms = _error_model_terms(prob, stated, st, 0.0)
+    for x in ([0.1, 3e-7], [-0.3, 5e-7]):
+        assert_derivatives_exact(terms, x, [1e-5, 1e-9], grad_rel=1e-5, hess_rtol=1e-4,
+                                 hess_atol=1e-6)
+
+
+def _floored_ellipses(seed):
+    """(prob, stated, st) of 8 pairs with stated ellipses of no width (a 0.4" major axis, a
+    zero minor one), offsets along them, a 0.6" window and memberships in [0.3, 1]."""
     from types import SimpleNamespace
 
-    from stk_astrometry.mixture import _error_model_terms, _Problem
+    from stk_astrometry.mixture import _Problem
 
-    rng = np.random.default_rng(SEED + 334)
+    rng = np.random.default_rng(seed)
     n = 8
     ang = rng.uniform(0, np.pi, n)
     u = np.stack([np.cos(ang), np.sin(ang)], axis=1)
     stated = 0.16 * np.einsum("ni,nj->nij", u, u)
     d = u * rng.normal(0, 0.4, (n, 1))
     prob = _Problem(np.arange(n), d[:, 0], d[:, 1], stated + np.eye(2) * 1e-6, 1e-2, R, 5.0)
-    st = SimpleNamespace(idx=np.arange(n), s=np.zeros(2), q=0.7, r_w=0.6)
-    terms = _error_model_terms(prob, stated, st, 0.0)
-    for x in ([0.1, 3e-7], [-0.3, 5e-7]):
-        x = np.array(x)
-        f, grad, hess = terms(x)
-        steps = np.array([1e-5, 1e-9])
-        for i in range(2):
-            e = np.eye(2)[i] * steps[i]
-            up, down = terms(x + e), terms(x - e)
-            assert grad[i] == pytest.approx((up[0] - down[0]) / (2 * steps[i]), rel=1e-5)
-            np.testing.assert_allclose(hess[i], (up[1] - down[1]) / (2 * steps[i]), rtol=1e-4,
-                                       atol=1e-6 * np.max(np.abs(hess)))
+    st = SimpleNamespace(idx=np.arange(n), s=np.zeros(2), q=0.7, r_w=0.6,
+                         r=rng.uniform(0.3, 1.0, n))
+    return prob, stated, st
 
 
 def test_restricted_term_without_information_is_nil():
@@ -1959,36 +1957,19 @@ def test_restricted_objective_with_one_principal_variance_floored_is_exact():
     sigma_sys^2 below the floor): its value is the plain terms' less 1/2 log det of sum_k r_k
     C_k^-1 with the floored covariances (numpy's inverses), its gradient and Hessian the
     derivatives of that value (the floored variance held fixed)."""
-    from types import SimpleNamespace
+    from stk_astrometry.mixture import _calibrated, _error_model_terms, _restricted_objective
 
-    from stk_astrometry.mixture import (_calibrated, _error_model_terms, _Problem,
-                                        _restricted_objective)
-
-    rng = np.random.default_rng(SEED + 335)
-    n = 8
-    ang = rng.uniform(0, np.pi, n)
-    u = np.stack([np.cos(ang), np.sin(ang)], axis=1)
-    stated = 0.16 * np.einsum("ni,nj->nij", u, u)
-    d = u * rng.normal(0, 0.4, (n, 1))
-    prob = _Problem(np.arange(n), d[:, 0], d[:, 1], stated + np.eye(2) * 1e-6, 1e-2, R, 5.0)
-    st = SimpleNamespace(idx=np.arange(n), s=np.zeros(2), q=0.7, r_w=0.6,
-                         r=rng.uniform(0.3, 1.0, n))
+    prob, stated, st = _floored_ellipses(SEED + 335)
     terms = _restricted_objective(prob, stated, st, 0.0)
     plain = _error_model_terms(prob, stated, st, 0.0)
     for x in ([0.1, 3e-7], [-0.3, 5e-7]):
         x = np.array(x)
-        f, grad, hess = terms(x)
+        f, _, _ = assert_derivatives_exact(terms, x, [1e-5, 1e-9], grad_rel=1e-5,
+                                           hess_rtol=1e-4, hess_atol=1e-6)
         cov = _calibrated(stated, float(np.exp(x[0])), float(np.sqrt(x[1])))[0]
         assert np.allclose(np.linalg.eigvalsh(cov)[:, 0], 1e-6, rtol=1e-9)    # floored
         info = np.einsum("k,kij->ij", st.r, np.linalg.inv(cov))
         assert f == pytest.approx(plain(x)[0] - 0.5 * np.log(np.linalg.det(info)), rel=1e-12)
-        steps = np.array([1e-5, 1e-9])
-        for i in range(2):
-            e = np.eye(2)[i] * steps[i]
-            up, down = terms(x + e), terms(x - e)
-            assert grad[i] == pytest.approx((up[0] - down[0]) / (2 * steps[i]), rel=1e-5)
-            np.testing.assert_allclose(hess[i], (up[1] - down[1]) / (2 * steps[i]), rtol=1e-4,
-                                       atol=1e-6 * np.max(np.abs(hess)))
 
 
 def test_polished_error_model_is_the_finite_difference_newtons_maximum(monkeypatch):

@@ -1917,15 +1917,21 @@ def _restricted_objective(prob, stated, st, min_floor):
         big_a = float(np.exp(2.0 * x[0]))
         raw = big_a * lam + x[1]
         jb = (raw >= floor2).astype(float)
-        r_value, r_grad, r_hess = _restricted_ab(st.r, 1.0 / np.maximum(raw, floor2),
-                                                 jb * lam, jb, vx, vy)
-        grad = grad + [2.0 * big_a * r_grad[0], r_grad[1]]
-        hess = hess + [[4.0 * big_a * (big_a * r_hess[0] + r_grad[0]),
-                        2.0 * big_a * r_hess[1]],
-                       [2.0 * big_a * r_hess[1], r_hess[2]]]
-        return value + r_value, grad, hess
+        r_value, r_grad, r_hess = _restricted_in_x(
+            big_a, _restricted_ab(st.r, 1.0 / np.maximum(raw, floor2), jb * lam, jb, vx, vy))
+        return value + r_value, grad + r_grad, hess + r_hess
 
     return terms
+
+
+def _restricted_in_x(big_a, terms_ab):
+    """The restricted term ``(value, gradient (2,), Hessian (AA, AB, BB))`` in (A, B) =
+    (k^2, sigma_sys^2) (:func:`_restricted_ab`) as (value, gradient (2,), Hessian (2, 2)) in
+    x = (log k, sigma_sys^2), at A = ``big_a`` = exp(2 x0): dA/dx0 = 2A, d2A/dx0^2 = 4A."""
+    value, grad, hess = terms_ab
+    return (value, np.array([2.0 * big_a * grad[0], grad[1]]),
+            np.array([[4.0 * big_a * (big_a * hess[0] + grad[0]), 2.0 * big_a * hess[1]],
+                      [2.0 * big_a * hess[1], hess[2]]]))
 
 
 def _restricted_ab(r, inv_v, ja, jb, vx, vy):

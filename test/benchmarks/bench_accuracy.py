@@ -533,14 +533,10 @@ def _restricted_likelihood(scale_only=False):
             big_a = float(np.exp(2.0 * x[0]))
             raw = big_a * lam + (min_floor**2 if scale_only else x[1])
             jb = (raw >= floor2).astype(float)
-            r_value, r_grad, r_hess = restricted_terms(st.r, 1.0 / np.maximum(raw, floor2),
-                                                       jb * lam, 0.0 * jb if scale_only else jb,
-                                                       vx, vy)
-            grad = grad + [2.0 * big_a * r_grad[0], r_grad[1]]
-            hess = hess + [[4.0 * big_a * (big_a * r_hess[0] + r_grad[0]),
-                            2.0 * big_a * r_hess[1]],
-                           [2.0 * big_a * r_hess[1], r_hess[2]]]
-            return value + r_value, grad, hess
+            r_value, r_grad, r_hess = mixture._restricted_in_x(big_a, restricted_terms(
+                st.r, 1.0 / np.maximum(raw, floor2), jb * lam, 0.0 * jb if scale_only else jb,
+                vx, vy))
+            return value + r_value, grad + r_grad, hess + r_hess
 
         return terms
 
