@@ -1290,6 +1290,23 @@ def test_gunzip_interrupted_leaves_no_temporary_file(tmp_path, monkeypatch, exc,
     assert [p.name for p in tmp_path.iterdir()] == ["d.fits.gz"] and _open_fds() == n0
 
 
+def test_checksum_sums_and_encoding_are_the_conventions():
+    """The ones' complement sum and its ASCII encoding, against astropy's own (the byte writer
+    of formats._fits stamps every per-stack file with them)."""
+    hdu = fits.PrimaryHDU()
+    rng = np.random.default_rng(3)
+    values = [0, 1, 0xFFFFFFFF, 0xFFFFFFFE, 0x3A3A3A3A, 0x40404040, 0x5B5C5D5E, 0x60606060,
+              0xE8E8E8E8, 0x7F7F7F7F] + [int(v) for v in rng.integers(0, 2**32, 300)]
+    for value in values:
+        assert fitsedit.encode_checksum(value) == hdu._char_encode(value), hex(value)
+    for raw in (b"", bytes(2880), b"\xff" * 5760, rng.integers(0, 256, 2880 * 3, np.uint8).tobytes()):
+        for start in (0, 1, 0xFFFFFFFF, 123456789):
+            want = int(hdu._compute_checksum(np.frombuffer(raw, np.uint8), start))
+            assert fitsedit.ones_complement_sum(raw, start) == want
+    assert fitsedit.ones_complement_sum(b"\x00\x00\x00\x05") == 5
+    assert fitsedit.ones_complement_sum(b"\xff\xff\xff\xff" * 2) == 0xFFFFFFFF
+
+
 def test_checksum_encoding_avoids_punctuation_and_decodes_to_its_value():
     """FITS Std App. J: a value encodes as 16 characters without the punctuation between the
     digits and the letters, whose ones' complement sum (less 0x30 each, rotated back) is the

@@ -832,8 +832,11 @@ def _big_endian_row(fields):
 def _with_checksums(header, data, stamp):
     """The HDU of the card images ``header`` and the padded ``data``, with the CHECKSUM and
     DATASUM cards cfitsio's fits_write_chksum appends (FITS checksum convention: the 32-bit
-    ones' complement sums; DATASUM of no data ``'         0'``)."""
-    datasum = _ones_sum(data)
+    ones' complement sums, as :mod:`stk_astrometry.fitsedit` computes and encodes them for
+    the headers it rewrites; DATASUM of no data ``'         0'``)."""
+    from stk_astrometry.fitsedit import encode_checksum, ones_complement_sum
+
+    datasum = ones_complement_sum(data)
     at = len(header) + 11       # the value of the CHECKSUM card, its first card added here
     header += (format_card("CHECKSUM", "0" * 16, f"HDU checksum updated {stamp}")
                + format_card("DATASUM", str(datasum) if datasum else f"{0:10d}",
@@ -841,34 +844,6 @@ def _with_checksums(header, data, stamp):
                + "END")
     header += " " * (-len(header) % 2880)
     raw = header.encode("ascii")
-    checksum = _encode_sum(0xFFFFFFFF - _ones_sum(raw, datasum))
+    checksum = encode_checksum(0xFFFFFFFF - ones_complement_sum(raw, datasum)).encode("ascii")
     return raw[:at] + checksum + raw[at + 16:] + data
 
-
-def _ones_sum(raw, start=0):
-    """The 32-bit ones' complement sum of ``raw`` (whole 4-byte words, big-endian) and ``start``."""
-    total = int(np.frombuffer(raw, dtype=">u4").sum(dtype=np.uint64)) + start
-    while total > 0xFFFFFFFF:
-        total = (total & 0xFFFFFFFF) + (total >> 32)
-    return total
-
-
-#: The punctuation the checksum encoding avoids (FITS checksum convention, cfitsio's ffesum).
-_EXCLUDED = frozenset(b":;<=>?@[\\]^_`")
-
-
-def _encode_sum(value):
-    """The 16 characters of the ASCII encoding of the 32-bit ``value`` (cfitsio's ffesum)."""
-    out = bytearray(16)
-    for i in range(4):
-        byte = (value >> (24 - 8 * i)) & 0xFF
-        quotient = byte // 4 + 0x30
-        ch = [quotient + byte % 4, quotient, quotient, quotient]
-        for j in (0, 2):
-            # the pairs are independent: each moves apart until neither is punctuation
-            while ch[j] in _EXCLUDED or ch[j + 1] in _EXCLUDED:
-                ch[j] += 1
-                ch[j + 1] -= 1
-        for j in range(4):
-            out[4 * j + i] = ch[j]
-    return bytes(out[15:] + out[:15])      # shifted one place to the right
