@@ -1068,11 +1068,11 @@ def _refit_batch(dx, dy, w, loss, f_scale, max_shift):
         p[rows, 0] = new_x
         p[rows, 1] = new_y
         moving = np.hypot(sx, sy) >= _BOOT_TOL_ARCSEC
-        # the next iteration starts at the trial point when every row still moving took
-        # its Newton step and landed on it exactly (p + (t - p) can round away from t)
+        # the next iteration starts at the trial point when every row still moving landed on
+        # it exactly: each took its Newton step, and p + (t - p) rounded back to t (it can
+        # round away, e.g. p = 1, t = 2**-60 gives 0)
         at_trial = None
-        if np.all(use_newton[moving] & (new_x[moving] == tx[moving])
-                  & (new_y[moving] == ty[moving])):
+        if np.all((new_x[moving] == tx[moving]) & (new_y[moving] == ty[moving])):
             at_trial = (ex, ey, zs, f1)
         if not moving.all():
             rows = rows[moving]
