@@ -1529,10 +1529,12 @@ def test_rho_slopes_are_rhos_to_the_last_bit(loss):
         assert g.shape == (z.size // 7, 7)
 
 
-def _plain_refit(dx, dy, w, loss, f_scale, max_shift, irls=None):
+def _plain_refit(dx, dy, w, loss, f_scale, max_shift, irls=None, off_trial=None):
     """_refit_batch's iteration written plainly: every iteration evaluates F, its derivatives and
     both steps at the current point of every row still moving (the same operations, row-wise).
-    ``irls``: a list to which each iteration appends whether a row took the IRLS step."""
+    ``irls``: a list to which each iteration appends whether a row took the IRLS step;
+    ``off_trial``: the same for a row that took its Newton step and did not land on its trial
+    point to the last bit (p + (t - p) != t: a trial clipped at the bound far from p)."""
     nb = dx.shape[0]
     p = np.zeros((nb, 2))
     c2 = f_scale * f_scale
@@ -1571,6 +1573,9 @@ def _plain_refit(dx, dy, w, loss, f_scale, max_shift, irls=None):
         newton = ok & (f1 <= f0 * (1.0 + 1e-15) + 1e-300)
         if irls is not None:
             irls.append(not newton.all())
+        if off_trial is not None:
+            off_trial.append(bool(np.any(newton & ((px + (tx - px) != tx)
+                                                  | (py + (ty - py) != ty)))))
         sx = np.where(newton, tx - px, np.clip(px + irx, -max_shift, max_shift) - px)
         sy = np.where(newton, ty - py, np.clip(py + iry, -max_shift, max_shift) - py)
         p[rows, 0] = px + sx
@@ -1585,7 +1590,7 @@ def test_bootstrap_refit_shortcuts_give_the_plain_iterations_bits(monkeypatch):
     # same minima as the plain iteration to the last bit -- over many rows, scales and weights,
     # with both shortcuts taken and not taken
     rng = np.random.default_rng(SEED + 405)
-    reused, irls = [], []
+    reused, irls, off_trial = [], [], []
     slopes = xfmfit._rho_slopes
     monkeypatch.setattr(xfmfit, "_rho_slopes", lambda z, lo: reused.append(1) or slopes(z, lo))
     for loss, n, f_scale in itertools.product(xfmfit.LOSSES, (6, 12, 30), (0.5, 1.0, 2.0)):
@@ -1596,12 +1601,27 @@ def test_bootstrap_refit_shortcuts_give_the_plain_iterations_bits(monkeypatch):
             pts = centre + rng.normal(0.0, spread, (40, n, 2))
             pts[::3, 0] += rng.uniform(-4.0, 4.0, (len(pts[::3]), 2))   # an outlier
             blocks.append((pts[:, :, 0], pts[:, :, 1]))
+        # a near cluster and a far one, often beyond the bounds: Newton trials clipped at the
+        # bound far from the point they start from (where p + (t - p) can miss t)
+        near = rng.uniform(-2.5, 2.5, (400, 1, 2))
+        far = rng.uniform(-12.0, 12.0, (400, 1, 2))
+        pts = np.where(np.arange(n)[None, :, None] < rng.integers(1, n, 400)[:, None, None],
+                       near, far) + rng.normal(0.0, 1.0, (400, n, 2)) * rng.uniform(0.01, 1.0,
+                                                                                   (400, 1, 1))
+        blocks.append((pts[:, :, 0], pts[:, :, 1]))
         for dx, dy in blocks:
             for weights in (w, rng.uniform(0.0, 3.0, dx.shape)):
                 got = xfmfit._refit_batch(dx, dy, weights, loss, f_scale, 5.0)
                 np.testing.assert_array_equal(got, _plain_refit(dx, dy, weights, loss, f_scale,
-                                                                5.0, irls))
-    assert reused and any(irls) and not all(irls)
+                                                                5.0, irls, off_trial))
+    assert reused and any(irls) and not all(irls) and any(off_trial)
+    # a row with no weight at all (IRLS's 0 / 0): NaN, as the plain iteration, and no warning
+    w0 = rng.uniform(0.5, 3.0, (3, 6))
+    w0[1] = 0.0
+    dx, dy = rng.normal(0.0, 1.0, (3, 6)), rng.normal(0.0, 1.0, (3, 6))
+    got = xfmfit._refit_batch(dx, dy, w0, "cauchy", 1.0, 5.0)
+    assert np.all(np.isnan(got[1])) and np.all(np.isfinite(got[[0, 2]]))
+    np.testing.assert_array_equal(got, _plain_refit(dx, dy, w0, "cauchy", 1.0, 5.0))
 
 
 def test_bootstrap_refit_at_unit_scale_skips_only_a_division_by_one():
