@@ -244,12 +244,10 @@ def read_fits(path):
 
 
 def _read_fits_fitsio(path):
-    import fitsio
-
-    from stk_astrometry.tableio import raw_header
+    from stk_astrometry.tableio import open_fits, raw_header
 
     out = []
-    with fitsio.FITS(str(path)) as fh:
+    with open_fits(path) as fh:     # numpy for a plain layout (tableio.PlainFits), else fitsio
         for hdu in fh:
             header = raw_header(path, hdu)
             extname = str(header.get("EXTNAME", "")).strip()
