@@ -532,7 +532,8 @@ def test_image_extension_pcount_and_gcount(tmp_path, cards, taken):
 
 @pytest.mark.parametrize("names, want", [
     ([("EXTNAME", "A"), ("HDUNAME", "B")], "A"), ([("HDUNAME", "B"), ("EXTNAME", "A")], "A"),
-    ([("HDUNAME", "B")], "B"), ([], ""), ([("EXTNAME", "  C")], "C"), ([("EXTNAME", "  ")], ""), ([("EXTNAME", "D E ")], "D E"),
+    ([("HDUNAME", "B")], "B"), ([], ""), ([("EXTNAME", "  C")], "C"), ([("EXTNAME", "  ")], ""),
+    ([("EXTNAME", "D E ")], "D E"),
 ])
 def test_the_hdu_name_is_fitsios(tmp_path, names, want):
     got = _opens(tmp_path, _PRIMARY + _table_hdu([_card(k, v) for k, v in names]))
