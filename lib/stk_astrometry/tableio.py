@@ -471,6 +471,7 @@ class PlainFits:
         extname = kw.get("EXTNAME", kw.get("HDUNAME", ""))     # as fitsio's get_extname
         if not isinstance(extname, str):
             raise ValueError("EXTNAME not a string")
+        extname = extname.strip()        # cfitsio's value has no leading blanks either
         columns, nrows = None, 0
         if exttype == "BINARY_TBL":
             columns, nrows = PlainFits._columns(kw, bitpix, dims)
