@@ -1791,7 +1791,7 @@ def _polish_error_model(prob, stated, st, scale, floor, min_floor):
     return float(np.exp(x[0])), float(np.sqrt(x[1]))
 
 
-def _error_model_terms(prob, stated, st, min_floor):
+def _error_model_terms(prob, stated, st, min_floor, restricted=False):
     """The objective of :func:`_polish_error_model` as a function of x = (log k, sigma_sys^2):
     returns ``terms(x) -> (value, gradient (2,), Hessian (2, 2))``, all exact.
 
@@ -1897,6 +1897,10 @@ def _error_model_terms(prob, stated, st, min_floor):
             tau_k, tau_f = _CAL_PRIOR
             grad += [-x[0] / tau_k**2, -0.5 / tau_f**2]
             hess[0, 0] -= 1.0 / tau_k**2
+        if restricted:      # (:func:`_restricted_objective`), on this model's v and axes
+            r_value, r_grad, r_hess = _restricted_in_x(
+                big_a, _restricted_ab(st.r, inv_v, ja, jb, vx, vy))
+            return value + r_value, grad + r_grad, hess + r_hess
         return value, grad, hess
 
     return terms
@@ -1907,21 +1911,9 @@ def _restricted_objective(prob, stated, st, min_floor):
     :func:`_error_model_terms` plus the term ``-1/2 log det I`` (:func:`_restricted_ab`) at the
     state's memberships, as ``terms(x) -> (value, gradient (2,), Hessian (2, 2))`` in x = (log
     k, sigma_sys^2), exact (A = k^2 = exp(2 x0) chained as :func:`_error_model_terms` chains
-    its own)."""
-    ml = _error_model_terms(prob, stated, st, min_floor)
-    lam, vx, vy = _principal_axes(stated[st.idx])
-    floor2 = MIN_SIGMA_ARCSEC**2
-
-    def terms(x):
-        value, grad, hess = ml(x)
-        big_a = float(np.exp(2.0 * x[0]))
-        raw = big_a * lam + x[1]
-        jb = (raw >= floor2).astype(float)
-        r_value, r_grad, r_hess = _restricted_in_x(
-            big_a, _restricted_ab(st.r, 1.0 / np.maximum(raw, floor2), jb * lam, jb, vx, vy))
-        return value + r_value, grad + r_grad, hess + r_hess
-
-    return terms
+    its own, :func:`_restricted_in_x`).  The term is added inside :func:`_error_model_terms`
+    (``restricted``), which has the pairs' principal axes and variances at hand."""
+    return _error_model_terms(prob, stated, st, min_floor, restricted=True)
 
 
 def _restricted_in_x(big_a, terms_ab):
@@ -1954,10 +1946,11 @@ def _restricted_ab(r, inv_v, ja, jb, vx, vy):
         return np.array([[m[0], m[1]], [m[1], m[2]]])
 
     rv = r[:, None] * inv_v
-    sign, logdet = np.linalg.slogdet(summed(rv))
+    info = summed(rv)
+    sign, logdet = np.linalg.slogdet(info)
     if not sign > 0:        # (a positive determinant has a finite logarithm)
         return 0.0, np.zeros(2), np.zeros(3)
-    inv_info = np.linalg.inv(summed(rv))
+    inv_info = np.linalg.inv(info)
     rv2, rv3 = rv * inv_v, 2.0 * rv * inv_v * inv_v
     d_i = [-summed(rv2 * ja), -summed(rv2 * jb)]
     d2_i = [summed(rv3 * ja * ja), summed(rv3 * ja * jb), summed(rv3 * jb * jb)]
