@@ -146,7 +146,7 @@ def _outcome(sid, status="done", d_xi=0.1, warnings=()):
 def test_database_record_and_rows(tmp_path):
     st = [stacks.StackInput(f"s{i}", f"/d{i}", f"/g{i}") for i in range(3)]
     with database.RunDatabase(tmp_path / "c.sqlite") as db:
-        db.sync_stacks(st, {})
+        db.sync_stacks(st)
         run = db.start_run(host="h", version="v", command="c", scheduler="s")
         db.mark_submitted(["s0", "s1"], run)
         db.record([_outcome("s0", warnings=[("fit", "watch out")]), _outcome("s1", "failed")])
@@ -161,7 +161,7 @@ def test_database_record_and_rows(tmp_path):
         assert db.warnings_of("s0") == []
         assert db.counts() == {"done": 1, "failed": 1, "pending": 1}
         # a stack dropped from the list leaves the table but keeps its rows
-        db.sync_stacks(st[1:], {})
+        db.sync_stacks(st[1:])
         assert [r["stackid"] for r in db.result_rows()] == ["s1", "s2"]
     # reopened: the state is there
     with database.RunDatabase(tmp_path / "c.sqlite") as db:
@@ -171,7 +171,7 @@ def test_database_record_and_rows(tmp_path):
 def test_database_transaction_is_all_or_nothing(tmp_path):
     st = [stacks.StackInput("s0", "/d", "/g")]
     with database.RunDatabase(tmp_path / "c.sqlite") as db:
-        db.sync_stacks(st, {})
+        db.sync_stacks(st)
         bad = _outcome("s0")
         del bad["row"]
         with pytest.raises(KeyError):
@@ -203,7 +203,7 @@ def test_table_roundtrip(tmp_path):
 def _db_with_stacks(path, n):
     st = [stacks.StackInput(f"s{i:03d}", f"/d{i}", f"/g{i}") for i in range(n)]
     db = database.RunDatabase(path)
-    db.sync_stacks(st, {})
+    db.sync_stacks(st)
     run = db.start_run(host="h", version="v", command="c", scheduler="s")
     db.mark_submitted([s.stackid for s in st], run)
     outs = [_outcome(s.stackid, "failed" if i % 7 == 3 else "done", d_xi=0.01 * i)

@@ -125,7 +125,7 @@ def _run_execute(tmp_path, monkeypatch, *, fail_sync=False, task=_writing_task, 
                    # the scheduler's HTTP server on a free port, as stk_batch's own: another
                    # Dask scheduler on the machine may hold 8787 (Dask's warning is an error here)
                    scheduler_kwargs={"dashboard_address": "127.0.0.1:0"}) as client:
-        db.sync_stacks(stacks, {})
+        db.sync_stacks(stacks)
         run = db.start_run(host="h", version="v", command="c", scheduler="s")
         real_record(db, [null_stack(p) for p in plans if p.stack.stackid in done_first])
         prog = progress.Progress(len(plans), log=log, live=False, enabled=False)
@@ -410,3 +410,103 @@ def test_local_cluster_keeps_short_debugging_logs():
 
         assert list(client.run(lengths).values()) == [(n, n, n)]
         assert client.scheduler_comm.recent_message_log.maxlen == n   # the client's own
+
+
+def _old_plans(stacks, db, settings, campaign_dir, force, update_mode, detcorr):
+    """The plans as the driver built them before they were made on demand (a list of every
+    StackPlan): the reference of the test below."""
+    step_digests = driver._step_digests(settings, update_mode, detcorr)
+    states = db.states()
+    plans = []
+    for s in stacks:
+        steps = ["match", "fit"] + (["update"] if update_mode != "none" and s.products else [])
+        in_d = driver.inputs_digest(s)
+        par_d = driver.params_digest({k: step_digests[k] for k in steps})
+        folder = str(campaign_dir / "stacks" / driver.safe_name(s.stackid))
+        st = states.get(s.stackid)
+        if (not force and st is not None and st.status == "done" and st.inputs_digest == in_d
+                and st.params_digest == par_d
+                and driver._outputs_exist(s, folder, detcorr, update_mode)):
+            continue
+        plans.append(StackPlan(stack=s, folder=folder, match=settings.match, fit=settings.fit,
+                               update=settings.update, update_mode=update_mode, detcorr=detcorr,
+                               inputs_digest=in_d, params_digest=par_d,
+                               step_digests=step_digests))
+    return plans
+
+
+@pytest.mark.parametrize("force", [False, True])
+@pytest.mark.parametrize("update_mode", ["none", "copy"])
+def test_plans_made_on_demand_equal_every_plan_built_at_once(tmp_path, monkeypatch, force,
+                                                             update_mode):
+    """Stacks decided over several blocks, some finished (skipped unless forced), one finished
+    with its inputs changed since, one with products: each plan the list gives, by index, by
+    negative index and by slice, equals the plan built the old way, in the same order."""
+    from stk_astrometry.campaign import settings as st_mod
+
+    monkeypatch.setattr(driver, "PLAN_BLOCK", 3)
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    stacks = []
+    for i in range(11):
+        files = []
+        for kind in ("det", "gaia"):
+            f = inputs / f"s{i}_{kind}.fits"
+            f.write_bytes(b"x" * (i + 1))
+            files.append(str(f))
+        stacks.append(StackInput(stackid=f"s{i}", detfile=files[0], gaiafile=files[1],
+                                 products=str(inputs) if i in (2, 7) else None))
+    camp = tmp_path / "camp"
+    cfg = st_mod.StepSettings(match={"match_radius": 3.0}, fit={"estimator": "spec"})
+    with database.RunDatabase(tmp_path / "run.sqlite") as db:
+        first, skipped = driver.plan_stacks(stacks, db, cfg, campaign_dir=camp, force=False,
+                                            update_mode=update_mode, detcorr=True)
+        assert (len(first), skipped) == (11, 0)
+        # stacks 1, 4, 5, 7, 9 finished (their outputs on disk); 9's detections rewritten since
+        finished = [first[i] for i in (1, 4, 5, 7, 9)]
+        db.record([null_stack(p) for p in finished])
+        for p in finished:
+            for name, path in output_paths(p.folder, p.stack.stackid).items():
+                if name != "products_out" or update_mode == "copy":
+                    os.makedirs(os.path.dirname(path), exist_ok=True)
+                    Path(path).write_bytes(b"")
+        Path(stacks[9].detfile).write_bytes(b"changed!")
+        want = _old_plans(stacks, db, cfg, camp, force, update_mode, True)
+        plans, skipped = driver.plan_stacks(stacks, db, cfg, campaign_dir=camp, force=force,
+                                            update_mode=update_mode, detcorr=True)
+    assert [p.stack.stackid for p in want] == (
+        [f"s{i}" for i in range(11)] if force else ["s0", "s2", "s3", "s6", "s8", "s9", "s10"])
+    assert (len(plans), skipped) == (len(want), 11 - len(want))
+    assert [plans[i] for i in range(len(plans))] == want
+    assert plans[1:5] == want[1:5] and plans[:] == want and plans[5:99] == want[5:]
+    assert plans[-1] == want[-1]
+    with pytest.raises(IndexError):
+        plans[len(want)]
+    assert len({p.params_digest for p in want}) == (2 if update_mode == "copy" else 1)
+
+
+def test_planning_a_large_campaign_holds_no_plan_per_stack(tmp_path):
+    """20,000 stacks planned: beyond the stack list itself, the plans hold ~30 bytes per stack
+    (indices and digests), where a list of StackPlans held ~390 and the planning's mappings of
+    every stack's digests and state ~750 more at their peak (issue 12: memory flat)."""
+    import tracemalloc
+
+    from stk_astrometry.campaign import settings as st_mod
+
+    n = 20_000
+    stacks = [StackInput(stackid=f"acisfJ{i:07d}_001", detfile=f"/nonexistent/d/{i}_det.fits",
+                         gaiafile=f"/nonexistent/g/{i}_gaia.fits") for i in range(n)]
+    cfg = st_mod.StepSettings(match={}, fit={})
+    with database.RunDatabase(tmp_path / "run.sqlite") as db:
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            tracemalloc.reset_peak()
+            plans, _ = driver.plan_stacks(stacks, db, cfg, campaign_dir=tmp_path / "camp",
+                                          force=False, update_mode="none", detcorr=True)
+            kept, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert len(plans) == n
+    assert (kept - before) / n < 60
+    assert (peak - before) / n < 200

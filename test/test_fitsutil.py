@@ -1182,3 +1182,174 @@ def test_read_stacks_reads_utf8_lists_whatever_the_locale(tmp_path):
     env = dict(os.environ, LC_ALL="C", LANG="C", PYTHONUTF8="0", PYTHONCOERCECLOCALE="0",
                PYTHONPATH=str(Path(__import__("stk_astrometry").__file__).parents[1]))
     assert subprocess.run([sys.executable, "-c", code], env=env).returncode == 0
+
+
+# ----------------------------------------------------------------- write_atomically (issue 11)
+
+
+def _no_reopen(monkeypatch):
+    """write_atomically writes, syncs and sets the mode through the temporary file's own
+    descriptor: opening the temporary by path again is the cost it exists to save."""
+    from stk_astrometry import fitsutil
+
+    def reopened(*a, **k):
+        raise AssertionError(f"temporary reopened by path: {a}")
+
+    monkeypatch.setattr(fitsutil, "open", reopened, raising=False)
+    modes = []
+    real_chmod = os.chmod
+
+    def chmod(target, mode, **kw):
+        modes.append((type(target).__name__, mode))
+        return real_chmod(target, mode, **kw)
+
+    monkeypatch.setattr(fitsutil.os, "chmod", chmod)
+    return modes
+
+
+@pytest.mark.parametrize("block", ["none", "deferred", "group"])
+def test_write_atomically_renames_complete_bytes_with_atomic_paths_durability(tmp_path,
+                                                                                monkeypatch,
+                                                                                block):
+    from stk_astrometry import fitsutil
+
+    out = tmp_path / "o.fits"
+    out.write_bytes(b"old")
+    os.chmod(out, 0o664)
+    data = bytes(range(256)) * 40
+    log = _SyncLog(monkeypatch)
+    modes = _no_reopen(monkeypatch)
+    old_umask = os.umask(0o027)
+    try:
+        if block == "none":
+            fitsutil.write_atomically(out, data)
+            assert log.names() == ["fsync", "replace", "fsync"], log.calls
+            assert log.calls[0][1].startswith(str(tmp_path / ".o.fits."))
+            assert log.calls[0][1].endswith(".tmp") and log.calls[2][1] == str(tmp_path)
+        elif block == "deferred":
+            with fitsutil.deferred_durability(sync=False) as pending:
+                fitsutil.write_atomically(out, data)
+                assert out.read_bytes() == data
+            assert log.names() == ["replace"] and pending.paths == [str(out)]
+        else:
+            with fitsutil.commit_group():
+                fitsutil.write_atomically(out, data)
+                with atomic_path(tmp_path / "p.fits") as tmp:
+                    tmp.write_bytes(b"p")
+                assert out.read_bytes() == b"old" and log.calls == []
+            assert log.names() == ["syncfs", "replace", "replace", "fsync"], log.calls
+    finally:
+        os.umask(old_umask)
+    assert out.read_bytes() == data
+    assert out.stat().st_mode & 0o7777 == 0o664      # the old file's mode kept
+    assert modes and modes[0] == ("int" if block != "group" else "PosixPath", 0o664)
+    assert sorted(os.listdir(tmp_path)) == ["o.fits"] + (["p.fits"] if block == "group" else [])
+
+
+def test_write_atomically_gives_a_new_file_0666_less_the_umask_and_keeps_an_owner(tmp_path,
+                                                                                  monkeypatch):
+    from stk_astrometry import fitsutil
+
+    modes = _no_reopen(monkeypatch)
+    old = os.umask(0o027)
+    try:
+        fitsutil.write_atomically(tmp_path / "n.fits", b"new")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "n.fits").stat().st_mode & 0o7777 == 0o640
+    assert modes == [("int", 0o640)]
+    if os.geteuid() == 0:
+        dest = tmp_path / "p.fits"
+        dest.write_bytes(b"old")
+        os.chown(dest, 1234, 5678)
+        os.chmod(dest, 0o2640)
+        fitsutil.write_atomically(dest, b"new")
+        st = dest.stat()
+        assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (1234, 5678, 0o2640)
+        assert dest.read_bytes() == b"new"
+
+
+def test_write_atomically_keeps_the_group_when_the_owner_cannot_be_given(tmp_path, monkeypatch):
+    """The owner and group set through the descriptor, as replace_durably sets them by path."""
+    import stk_astrometry.fitsutil as fu
+
+    dest = tmp_path / "p.fits"
+    dest.write_bytes(b"old")
+    real_stat = os.stat
+    calls = []
+
+    def fake_stat(p, *a, **k):
+        st = real_stat(p, *a, **k)
+        uid, gid = (1, 2) if str(p) == str(dest) else (3, 4)
+        return os.stat_result((st.st_mode, st.st_ino, st.st_dev, st.st_nlink, uid, gid,
+                               st.st_size, st.st_atime, st.st_mtime, st.st_ctime))
+
+    def fake_chown(p, uid, gid):
+        calls.append((type(p).__name__, uid, gid))
+        if uid != -1:
+            raise PermissionError("not allowed")
+
+    monkeypatch.setattr(fu.Path, "stat", lambda self: fake_stat(self))
+    monkeypatch.setattr(fu.os, "stat", fake_stat)
+    monkeypatch.setattr(fu.os, "chown", fake_chown)
+    fu.write_atomically(dest, b"new")
+    assert calls == [("int", 1, 2), ("int", -1, 2)]
+    assert dest.read_bytes() == b"new"
+
+
+def test_write_atomically_writes_every_byte_of_short_writes(tmp_path, monkeypatch):
+    from stk_astrometry import fitsutil
+
+    real_write = os.write
+    sizes = []
+
+    def short(fd, data):
+        sizes.append(len(data))
+        return real_write(fd, bytes(data[:1000]))
+
+    monkeypatch.setattr(fitsutil.os, "write", short)
+    data = os.urandom(4321)
+    fitsutil.write_atomically(tmp_path / "s.fits", data)
+    monkeypatch.undo()
+    assert sizes == [4321, 3321, 2321, 1321, 321]
+    assert (tmp_path / "s.fits").read_bytes() == data
+
+
+def test_write_atomically_that_fails_keeps_the_old_file_and_no_temporary(tmp_path, monkeypatch):
+    from stk_astrometry import fitsutil
+
+    out = tmp_path / "o.fits"
+    out.write_bytes(b"old")
+    real_write = os.write
+    calls = []
+
+    def failing(fd, data):
+        calls.append(fd)
+        if len(calls) > 1:
+            raise OSError(28, "No space left on device")
+        return real_write(fd, bytes(data[:10]))
+
+    monkeypatch.setattr(fitsutil.os, "write", failing)
+    with pytest.raises(OSError, match="No space left"):
+        fitsutil.write_atomically(out, b"x" * 100)
+    monkeypatch.undo()
+    assert out.read_bytes() == b"old" and os.listdir(tmp_path) == ["o.fits"]
+    with pytest.raises(OSError):
+        os.fstat(calls[0])                 # the temporary's descriptor closed
+
+
+def test_atomic_path_syncs_and_sets_the_mode_of_the_file_at_the_temporary_path(tmp_path):
+    """atomic_path's caller may replace the temporary file (fitsio clobber=True does): the
+    sync and the mode go by path, to the file that is renamed into place."""
+    from stk_astrometry import fitsutil
+
+    old = os.umask(0o027)
+    try:
+        with fitsutil.atomic_path(tmp_path / "r.fits") as tmp:
+            tmp.unlink()
+            tmp.write_bytes(b"replaced")
+            os.chmod(tmp, 0o600)
+    finally:
+        os.umask(old)
+    assert (tmp_path / "r.fits").read_bytes() == b"replaced"
+    assert (tmp_path / "r.fits").stat().st_mode & 0o7777 == 0o640

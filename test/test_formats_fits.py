@@ -274,9 +274,9 @@ def test_fast_writer_writes_its_file_into_the_locked_temporary_file(tmp_path, mo
                 checked.append(path)
 
     monkeypatch.setattr(fitsutil, "make_temp", make_temp)
-    real_replace = fitsutil.replace_durably
-    monkeypatch.setattr(fitsutil, "replace_durably",
-                        lambda tmp, dest: (written(tmp), real_replace(tmp, dest)))
+    real_replace = fitsutil._replace      # write_atomically renames through it
+    monkeypatch.setattr(fitsutil, "_replace",
+                        lambda tmp, dest, **kw: (written(tmp), real_replace(tmp, dest, **kw)))
     _fits.write_fits_fast(tmp_path / "mem.fits", _specs_of_every_kind(), HIST, clobber=False)
     assert len(made) == 1 and len(checked) == 1
     assert (tmp_path / "mem.fits").stat().st_size % 2880 == 0

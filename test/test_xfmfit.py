@@ -1,5 +1,7 @@
 """Tests of the pure core of stk_xfm (stk_astrometry.xfmfit): no files."""
 
+import itertools
+
 import numpy as np
 import pytest
 from stk_astrometry import xfmfit
@@ -1512,6 +1514,114 @@ def test_rho_value_is_rho_to_the_last_bit(loss):
     got = xfmfit._rho_value(z.reshape(-1, 7), loss)
     np.testing.assert_array_equal(got, xfmfit._rho(z.reshape(-1, 7), loss)[0])
     assert got.shape == (z.size // 7, 7)
+
+
+@pytest.mark.parametrize("loss", xfmfit.LOSSES)
+def test_rho_slopes_are_rhos_to_the_last_bit(loss):
+    # a refit at its last Newton trial point: rho' and rho'' alone by _rho's arithmetic (issue 11)
+    z = np.concatenate([[0.0, 1e-300, 1e-12, 0.5, 1.0, 1.0 + 2**-52, 3.0, 1e6, 1e50],
+                        np.random.default_rng(SEED + 404).exponential(2.0, 201)])
+    got = xfmfit._rho_slopes(z.reshape(-1, 7), loss)
+    want = xfmfit._rho(z.reshape(-1, 7), loss)[1:]
+    assert len(got) == 2
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_array_equal(g, w)
+        assert g.shape == (z.size // 7, 7)
+
+
+def _plain_refit(dx, dy, w, loss, f_scale, max_shift, irls=None, off_trial=None):
+    """_refit_batch's iteration written plainly: every iteration evaluates F, its derivatives and
+    both steps at the current point of every row still moving (the same operations, row-wise).
+    ``irls``: a list to which each iteration appends whether a row took the IRLS step;
+    ``off_trial``: the same for a row that took its Newton step and did not land on its trial
+    point to the last bit (p + (t - p) != t: a trial clipped at the bound far from p)."""
+    nb = dx.shape[0]
+    p = np.zeros((nb, 2))
+    c2 = f_scale * f_scale
+    rows = np.arange(nb)
+    for _ in range(xfmfit._BOOT_MAX_ITER):
+        if rows.size == 0:
+            break
+        dxr, dyr = dx[rows], dy[rows]
+        wr = w[rows] if np.ndim(w) == 2 else w
+        px, py = p[rows, 0], p[rows, 1]
+        ex, ey = px[:, None] - dxr, py[:, None] - dyr
+        z = wr * (ex * ex + ey * ey)
+        rho, rho1, rho2 = xfmfit._rho(z / c2 if c2 != 1.0 else z, loss)
+        f0 = rho.sum(axis=1)
+        v = wr * rho1
+        vsum = v.sum(axis=1)
+        gx, gy = (v * ex).sum(axis=1), (v * ey).sum(axis=1)
+        k = 2.0 * rho2 * wr * wr
+        if c2 != 1.0:
+            k = k / c2
+        kx = k * ex
+        hxx = vsum + (kx * ex).sum(axis=1)
+        hyy = vsum + (k * ey * ey).sum(axis=1)
+        hxy = (kx * ey).sum(axis=1)
+        det = hxx * hyy - hxy * hxy
+        with np.errstate(divide="ignore", invalid="ignore"):
+            nx = -(hyy * gx - hxy * gy) / det
+            ny = -(hxx * gy - hxy * gx) / det
+            irx = (v * dxr).sum(axis=1) / vsum - px
+            iry = (v * dyr).sum(axis=1) / vsum - py
+        ok = (hxx > 0) & (det > 0) & np.isfinite(nx) & np.isfinite(ny)
+        tx = np.clip(px + np.where(ok, nx, 0.0), -max_shift, max_shift)
+        ty = np.clip(py + np.where(ok, ny, 0.0), -max_shift, max_shift)
+        zt = wr * ((tx[:, None] - dxr) ** 2 + (ty[:, None] - dyr) ** 2)
+        f1 = xfmfit._rho(zt / c2 if c2 != 1.0 else zt, loss)[0].sum(axis=1)
+        newton = ok & (f1 <= f0 * (1.0 + 1e-15) + 1e-300)
+        if irls is not None:
+            irls.append(not newton.all())
+        if off_trial is not None:
+            off_trial.append(bool(np.any(newton & ((px + (tx - px) != tx)
+                                                  | (py + (ty - py) != ty)))))
+        sx = np.where(newton, tx - px, np.clip(px + irx, -max_shift, max_shift) - px)
+        sy = np.where(newton, ty - py, np.clip(py + iry, -max_shift, max_shift) - py)
+        p[rows, 0] = px + sx
+        p[rows, 1] = py + sy
+        rows = rows[np.hypot(sx, sy) >= xfmfit._BOOT_TOL_ARCSEC]
+    return p
+
+
+def test_bootstrap_refit_shortcuts_give_the_plain_iterations_bits(monkeypatch):
+    # _refit_batch starts an iteration from its Newton trial's residuals when every row landed
+    # on the trial exactly, and computes the IRLS step only when a row takes it (issue 11): the
+    # same minima as the plain iteration to the last bit -- over many rows, scales and weights,
+    # with both shortcuts taken and not taken
+    rng = np.random.default_rng(SEED + 405)
+    reused, irls, off_trial = [], [], []
+    slopes = xfmfit._rho_slopes
+    monkeypatch.setattr(xfmfit, "_rho_slopes", lambda z, lo: reused.append(1) or slopes(z, lo))
+    for loss, n, f_scale in itertools.product(xfmfit.LOSSES, (6, 12, 30), (0.5, 1.0, 2.0)):
+        w = rng.uniform(0.5, 4.0, n)
+        blocks = [_refit_rows(rng, n)]
+        for spread in (0.05, 0.3, 1.5):
+            centre = rng.uniform(-1.0, 1.0, (40, 1, 2))
+            pts = centre + rng.normal(0.0, spread, (40, n, 2))
+            pts[::3, 0] += rng.uniform(-4.0, 4.0, (len(pts[::3]), 2))   # an outlier
+            blocks.append((pts[:, :, 0], pts[:, :, 1]))
+        # a near cluster and a far one, often beyond the bounds: Newton trials clipped at the
+        # bound far from the point they start from (where p + (t - p) can miss t)
+        near = rng.uniform(-2.5, 2.5, (400, 1, 2))
+        far = rng.uniform(-12.0, 12.0, (400, 1, 2))
+        pts = np.where(np.arange(n)[None, :, None] < rng.integers(1, n, 400)[:, None, None],
+                       near, far) + rng.normal(0.0, 1.0, (400, n, 2)) * rng.uniform(0.01, 1.0,
+                                                                                   (400, 1, 1))
+        blocks.append((pts[:, :, 0], pts[:, :, 1]))
+        for dx, dy in blocks:
+            for weights in (w, rng.uniform(0.0, 3.0, dx.shape)):
+                got = xfmfit._refit_batch(dx, dy, weights, loss, f_scale, 5.0)
+                np.testing.assert_array_equal(got, _plain_refit(dx, dy, weights, loss, f_scale,
+                                                                5.0, irls, off_trial))
+    assert reused and any(irls) and not all(irls) and any(off_trial)
+    # a row with no weight at all (IRLS's 0 / 0): NaN, as the plain iteration, and no warning
+    w0 = rng.uniform(0.5, 3.0, (3, 6))
+    w0[1] = 0.0
+    dx, dy = rng.normal(0.0, 1.0, (3, 6)), rng.normal(0.0, 1.0, (3, 6))
+    got = xfmfit._refit_batch(dx, dy, w0, "cauchy", 1.0, 5.0)
+    assert np.all(np.isnan(got[1])) and np.all(np.isfinite(got[[0, 2]]))
+    np.testing.assert_array_equal(got, _plain_refit(dx, dy, w0, "cauchy", 1.0, 5.0))
 
 
 def test_bootstrap_refit_at_unit_scale_skips_only_a_division_by_one():

@@ -533,11 +533,17 @@ def replace_durably(tmp, dest):
     _replace(tmp, dest, sync=True)
 
 
-def _replace(tmp, dest, *, sync):
+def _replace(tmp, dest, *, sync, fd=None):
+    """Rename ``tmp`` onto ``dest`` with the permissions and owner described above.  ``fd``:
+    an open descriptor of ``tmp`` itself (:func:`write_atomically`'s), synced and given its
+    mode through the descriptor rather than by path."""
     tmp, dest = Path(tmp), Path(dest)
     if sync:
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
+        if fd is not None:
+            os.fsync(fd)
+        else:
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
     try:
         old = dest.stat()
     except OSError:
@@ -548,16 +554,17 @@ def _replace(tmp, dest, *, sync):
         mode = 0o666 & ~umask
     else:
         mode = old.st_mode & 0o7777
-        new = os.stat(tmp)
+        target = tmp if fd is None else fd
+        new = os.stat(target)
         if (new.st_uid, new.st_gid) != (old.st_uid, old.st_gid):
             try:
-                os.chown(tmp, old.st_uid, old.st_gid)
+                os.chown(target, old.st_uid, old.st_gid)
             except OSError:  # not allowed to give the file away: keep the group if we may
                 with contextlib.suppress(OSError):
-                    os.chown(tmp, -1, old.st_gid)
+                    os.chown(target, -1, old.st_gid)
     # chmod after chown: chown may clear set-id bits
     with contextlib.suppress(OSError):
-        os.chmod(tmp, mode)
+        os.chmod(tmp if fd is None else fd, mode)
     os.replace(tmp, dest)
     if sync:
         fsync_directory(dest.parent if str(dest.parent) else ".")
@@ -577,16 +584,43 @@ def atomic_path(path):
     """
     dest = Path(path)
     fd, tmp = make_temp(dest)       # the lock on fd marks the temp as a live writer's
+    with _committing(fd, tmp, dest, own_fd=False):
+        yield tmp
+
+
+def write_atomically(path, data):
+    """Write the bytes ``data`` as the file ``path``, with :func:`atomic_path`'s guarantees.
+
+    The bytes go through the temporary file's own descriptor -- no second open of the file,
+    and its sync and mode through the descriptor (issue 11: the per-stack writers' fixed cost).
+    """
+    dest = Path(path)
+    fd, tmp = make_temp(dest)
+    with _committing(fd, tmp, dest, own_fd=True):
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+
+
+@contextlib.contextmanager
+def _committing(fd, tmp, dest, *, own_fd):
+    """The end of an atomic write of the temporary file ``tmp`` (open as ``fd``) to ``dest``:
+    renamed now (fsynced unless in a :func:`deferred_durability` block) or handed to the
+    :func:`commit_group` block; removed if the block raises.  ``own_fd``: the bytes were
+    written through ``fd`` (so it is ``tmp``'s descriptor, also for the sync and the mode);
+    otherwise the caller wrote ``tmp`` by path and may have replaced the file."""
     handed_over = False
     try:
-        yield tmp
+        yield
         deferred, group = _DEFERRED.get(), _GROUP.get()
         if deferred is not None:
-            _replace(tmp, dest, sync=False)
+            _replace(tmp, dest, sync=False, fd=fd if own_fd else None)
             deferred.paths.append(str(dest))   # made durable by the block's group commit
         elif group is not None:
             group.append((fd, tmp, dest))      # synced and renamed when the block ends
             handed_over = True
+        elif own_fd:
+            _replace(tmp, dest, sync=True, fd=fd)
         else:
             replace_durably(tmp, dest)
     except BaseException:

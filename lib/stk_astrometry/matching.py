@@ -522,7 +522,10 @@ def _sweep_candidates(det_xyz, ref_xyz, chord):
     necessary condition), then the 3-d distance decides.  None when the candidates
     along the axis would exceed :data:`_SWEEP_MAX_CANDIDATES`.
     """
-    axis = int(np.argmax(np.ptp(ref_xyz, axis=0)))
+    # each axis's range from its own column: np.ptp(ref_xyz, axis=0) reduces across the rows
+    # of an (n, 3) array at ~15x the cost (issue 11: ~0.3 ms for 4,000 sources); max and min
+    # are exact, so the ranges are the same numbers
+    axis = int(np.argmax([np.ptp(ref_xyz[:, k]) for k in range(3)]))
     order = np.argsort(ref_xyz[:, axis], kind="stable")
     key = ref_xyz[order, axis]
     lo = np.searchsorted(key, det_xyz[:, axis] - chord, side="left")

@@ -396,6 +396,15 @@ def _rho_value(z: np.ndarray, loss: str) -> np.ndarray:
     return _rho(z, loss)[0]
 
 
+def _rho_slopes(z: np.ndarray, loss: str) -> tuple[np.ndarray, np.ndarray]:
+    """rho'(z) and rho''(z) alone, :func:`_rho`'s last two values by the same arithmetic: a
+    refit at a point whose rho is known needs only these (for the Cauchy loss, no log1p)."""
+    if loss == "cauchy":
+        t = 1.0 + z
+        return 1.0 / t, -1.0 / t**2
+    return _rho(z, loss)[1:]
+
+
 def _objective(p, d_xi, d_eta, w, loss, f_scale):
     """F(p), its gradient, its Hessian and the per-pair pieces (module docstring)."""
     ex = p[0] - d_xi
@@ -1005,16 +1014,24 @@ def _refit_batch(dx, dy, w, loss, f_scale, max_shift):
     dxr, dyr, wr = dx[rows], dy[rows], (w[rows] if per_row else w)
     total = np.add.reduce           # x.sum(axis=1): the same sums without its Python layers
     lo, hi = np.maximum, np.minimum   # np.clip(x, -b, b) is minimum(maximum(x, -b), b), NaN kept
+    at_trial = None
 
     for _ in range(_BOOT_MAX_ITER):
         if rows.size == 0:
             break
         px, py = p[rows, 0], p[rows, 1]
-        ex = px[:, None] - dxr
-        ey = py[:, None] - dyr
-        z = wr * (ex * ex + ey * ey)
-        rho, rho1, rho2 = _rho(z / c2 if scaled else z, loss)
-        f0 = total(rho, axis=1)
+        if at_trial is None:
+            ex = px[:, None] - dxr
+            ey = py[:, None] - dyr
+            z = wr * (ex * ex + ey * ey)
+            zs = z / c2 if scaled else z
+            rho, rho1, rho2 = _rho(zs, loss)
+            f0 = total(rho, axis=1)
+        else:
+            # every row is at its Newton trial point to the last bit: the trial's residuals,
+            # z and F are this point's (issue 11: a third of an iteration's arithmetic)
+            ex, ey, zs, f0 = at_trial
+            rho1, rho2 = _rho_slopes(zs, loss)
         v = wr * rho1
         vsum = total(v, axis=1)
         gx, gy = total(v * ex, axis=1), total(v * ey, axis=1)
@@ -1029,26 +1046,41 @@ def _refit_batch(dx, dy, w, loss, f_scale, max_shift):
         with np.errstate(divide="ignore", invalid="ignore"):
             nx = -(hyy * gx - hxy * gy) / det
             ny = -(hxx * gy - hxy * gx) / det
-            irx = total(v * dxr, axis=1) / vsum - px
-            iry = total(v * dyr, axis=1) / vsum - py
         newton_ok = (hxx > 0) & (det > 0) & np.isfinite(nx) & np.isfinite(ny)
         tx = hi(lo(px + np.where(newton_ok, nx, 0.0), -max_shift), max_shift)
         ty = hi(lo(py + np.where(newton_ok, ny, 0.0), -max_shift), max_shift)
         ex = tx[:, None] - dxr
         ey = ty[:, None] - dyr
         z = wr * (ex * ex + ey * ey)
-        f1 = total(_rho_value(z / c2 if scaled else z, loss), axis=1)
+        zs = z / c2 if scaled else z
+        f1 = total(_rho_value(zs, loss), axis=1)
         use_newton = newton_ok & (f1 <= f0 * (1.0 + 1e-15) + 1e-300)
-        sx = np.where(use_newton, tx - px, hi(lo(px + irx, -max_shift), max_shift) - px)
-        sy = np.where(use_newton, ty - py, hi(lo(py + iry, -max_shift), max_shift) - py)
-        p[rows, 0] = px + sx
-        p[rows, 1] = py + sy
+        if use_newton.all():
+            # no row takes the IRLS step: it is not computed (issue 11)
+            sx, sy = tx - px, ty - py
+        else:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                irx = total(v * dxr, axis=1) / vsum - px
+                iry = total(v * dyr, axis=1) / vsum - py
+            sx = np.where(use_newton, tx - px, hi(lo(px + irx, -max_shift), max_shift) - px)
+            sy = np.where(use_newton, ty - py, hi(lo(py + iry, -max_shift), max_shift) - py)
+        new_x, new_y = px + sx, py + sy
+        p[rows, 0] = new_x
+        p[rows, 1] = new_y
         moving = np.hypot(sx, sy) >= _BOOT_TOL_ARCSEC
+        # the next iteration starts at the trial point when every row still moving landed on
+        # it exactly: each took its Newton step, and p + (t - p) rounded back to t (it can
+        # round away, e.g. p = 1, t = 2**-60 gives 0)
+        at_trial = None
+        if np.all((new_x[moving] == tx[moving]) & (new_y[moving] == ty[moving])):
+            at_trial = (ex, ey, zs, f1)
         if not moving.all():
             rows = rows[moving]
             dxr, dyr = dxr[moving], dyr[moving]
             if per_row:
                 wr = wr[moving]
+            if at_trial is not None:
+                at_trial = tuple(a[moving] for a in at_trial)
     return p
 
 

@@ -43,6 +43,9 @@ from ..formats.campaign import _HEAD, _TAIL
 __all__ = ["RunDatabase", "StackState", "SCHEMA_VERSION"]
 
 SCHEMA_VERSION = 1
+#: stack ids per query of :meth:`RunDatabase.states` and :meth:`RunDatabase.with_status`
+#: (SQLite's limit on a statement's parameters is 999 in older builds)
+_IDS_PER_QUERY = 500
 
 _SQL_TYPES = {"str": "TEXT", "int": "INTEGER", "float": "REAL", "bool": "INTEGER"}
 #: typed result columns (the campaign table's, with the group counts as text)
@@ -177,11 +180,10 @@ class RunDatabase:
 
     # ------------------------------------------------------------------ stacks
 
-    def sync_stacks(self, stacks: Sequence, digests: Mapping[str, tuple[str, str]]) -> None:
+    def sync_stacks(self, stacks: Sequence) -> None:
         """Record the campaign's stacks (insert new ones, refresh paths and order).
 
-        ``digests``: stackid -> (inputs digest, params digest) as they are now; the stored
-        digests are those of the last finished run and are not touched here.
+        The stored digests are those of the last finished run and are not touched here.
         """
         with self.transaction() as c:
             # stacks no longer in the list keep their rows but leave the table (ord NULL)
@@ -195,15 +197,29 @@ class RunDatabase:
                     "products=excluded.products",
                     (s.stackid, i, s.detfile, s.gaiafile, s.wisefile, s.bestnbfile, s.products))
 
-    def states(self) -> dict[str, StackState]:
-        rows = self.conn.execute(
-            "SELECT stackid, status, inputs_digest, params_digest, attempts FROM stacks")
-        return {r[0]: StackState(*r) for r in rows}
+    def states(self, stackids: Sequence[str] | None = None) -> dict[str, StackState]:
+        """stackid -> :class:`StackState` of every stack, or of those of ``stackids`` that
+        the database holds."""
+        query = "SELECT stackid, status, inputs_digest, params_digest, attempts FROM stacks"
+        return {r[0]: StackState(*r) for r in self._select(query, (), stackids)}
 
-    def with_status(self, status: str) -> set[str]:
-        """The ids of the stacks whose status is ``status``."""
-        return {r[0] for r in self.conn.execute("SELECT stackid FROM stacks WHERE status=?",
-                                                (status,))}
+    def with_status(self, status: str, stackids: Sequence[str] | None = None) -> set[str]:
+        """The ids of the stacks whose status is ``status`` (among ``stackids``, if given)."""
+        return {r[0] for r in self._select("SELECT stackid FROM stacks WHERE status=?",
+                                           (status,), stackids)}
+
+    def _select(self, query, args, stackids):
+        """The rows of ``query`` (without ``stackids``: all of them; with: those whose
+        stackid is one of them, in queries of at most :data:`_IDS_PER_QUERY` ids)."""
+        if stackids is None:
+            yield from self.conn.execute(query, args)
+            return
+        where = " AND " if " WHERE " in query else " WHERE "
+        ids = list(stackids)
+        for i in range(0, len(ids), _IDS_PER_QUERY):
+            part = ids[i:i + _IDS_PER_QUERY]
+            yield from self.conn.execute(
+                f"{query}{where}stackid IN ({','.join('?' * len(part))})", [*args, *part])
 
     def mark_submitted(self, stackids: Iterable[str], run_id: int) -> None:
         """Mark stacks running (attempts + 1) at once, in their own transaction."""

@@ -8,8 +8,9 @@ unchanged since it finished, and whose outputs still exist, is skipped; every ot
 Execution: the default is a :class:`distributed.LocalCluster` of processes, one single-threaded
 worker per core; ``scheduler=tcp://host:port`` or a scheduler file (``*.json``) connects to an
 existing Dask cluster instead (its workers must see the same file paths).  Stacks are submitted
-in a bounded window so that memory stays flat however many stacks there are, a few stacks per
-Dask task in a large campaign (Dask's own bookkeeping costs a sixth of a stack's CPU per task).
+in a bounded window, each one's plan made only when it is submitted (:class:`PlanList`), so
+that memory stays flat however many stacks there are, a few stacks per Dask task in a large
+campaign (Dask's own bookkeeping costs a sixth of a stack's CPU per task).
 
 Durability (group commit): a stack's files (pairs, transform, corrected detections) appear
 atomically (temporary file + rename) whatever happens.  On a LocalCluster the workers do not
@@ -23,13 +24,17 @@ Updated products are always durable before the update step returns.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import logging
+import operator
 import os
 import socket
 import threading
 import time
+from array import array
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -141,30 +146,91 @@ def _remove_dead_temps(folder: Path) -> None:
         logger.info("removed %d temporary file(s) of a run that died in %s", len(removed), folder)
 
 
+class PlanList(Sequence):
+    """The stacks a run will run, each one's :class:`StackPlan` made when it is asked for.
+
+    A campaign of N stacks keeps N indices into the stack list and two digests each here (~30
+    bytes a stack), not N plans (~400 bytes each with their folder and digest strings): the
+    driver's memory stays flat in the number of stacks (issue 12).  Indexing gives a plan, a
+    slice a list of plans, in the stack list's order.
+    """
+
+    def __init__(self, stacks, template: StackPlan, stacks_dir: str):
+        self._stacks = stacks
+        self._template = template
+        self._stacks_dir = stacks_dir
+        self._index = array("q")
+        self._inputs = bytearray()           # 16 bytes a stack: the inputs digest's hex
+        self._params = array("H")            # into _param_digests (a few distinct values)
+        self._param_digests: list[str] = []
+
+    def add(self, i: int, inputs_digest_hex: str, params_digest_hex: str) -> None:
+        """Plan stack ``i`` of the stack list with these digests."""
+        self._index.append(i)
+        self._inputs += bytes.fromhex(inputs_digest_hex)
+        try:
+            k = self._param_digests.index(params_digest_hex)
+        except ValueError:
+            k = len(self._param_digests)
+            self._param_digests.append(params_digest_hex)
+        self._params.append(k)
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def _plan(self, j: int) -> StackPlan:
+        s = self._stacks[self._index[j]]
+        return dataclasses.replace(
+            self._template, stack=s, folder=os.path.join(self._stacks_dir, safe_name(s.stackid)),
+            inputs_digest=self._inputs[16 * j:16 * j + 16].hex(),
+            params_digest=self._param_digests[self._params[j]])
+
+    def __getitem__(self, key):
+        if isinstance(key, slice):
+            return [self._plan(j) for j in range(*key.indices(len(self)))]
+        j = operator.index(key)
+        if j < 0:
+            j += len(self)
+        if not 0 <= j < len(self):
+            raise IndexError("plan index out of range")
+        return self._plan(j)
+
+
+#: stacks decided per block (one query of their states)
+PLAN_BLOCK = 500
+
+
 def plan_stacks(stacks, db, settings, *, campaign_dir, force, update_mode, detcorr):
-    """(plans to run, number skipped) -- the resume decision for every stack."""
+    """(plans to run, number skipped) -- the resume decision for every stack.
+
+    The plans are a :class:`PlanList`; the stacks are decided block by block, so that no
+    mapping of every stack's digests or state is held at once.
+    """
     step_digests = _step_digests(settings, update_mode, detcorr)
-    digests = {}
-    for s in stacks:
-        steps = ["match", "fit"] + (["update"] if update_mode != "none" and s.products else [])
-        digests[s.stackid] = (inputs_digest(s),
-                              params_digest({k: step_digests[k] for k in steps}))
-    db.sync_stacks(stacks, digests)
-    states = db.states()
-    plans, skipped = [], 0
-    for s in stacks:
-        folder = str(campaign_dir / "stacks" / safe_name(s.stackid))
-        in_d, par_d = digests[s.stackid]
-        st = states.get(s.stackid)
-        if (not force and st is not None and st.status == "done" and st.inputs_digest == in_d
-                and st.params_digest == par_d
-                and _outputs_exist(s, folder, detcorr, update_mode)):
-            skipped += 1
-            continue
-        plans.append(StackPlan(stack=s, folder=folder, match=settings.match, fit=settings.fit,
-                               update=settings.update, update_mode=update_mode, detcorr=detcorr,
-                               inputs_digest=in_d, params_digest=par_d,
-                               step_digests=step_digests))
+    template = StackPlan(stack=None, folder="", match=settings.match, fit=settings.fit,
+                         update=settings.update, update_mode=update_mode, detcorr=detcorr,
+                         step_digests=step_digests)
+    params = {}
+    for with_update in (False, True):
+        steps = ["match", "fit"] + (["update"] if with_update else [])
+        params[with_update] = params_digest({k: step_digests[k] for k in steps})
+    db.sync_stacks(stacks)
+    plans = PlanList(stacks, template, str(campaign_dir / "stacks"))
+    skipped = 0
+    for first in range(0, len(stacks), PLAN_BLOCK):
+        block = stacks[first:first + PLAN_BLOCK]
+        states = db.states([s.stackid for s in block])
+        for i, s in enumerate(block, start=first):
+            in_d = inputs_digest(s)
+            par_d = params[update_mode != "none" and bool(s.products)]
+            st = states.get(s.stackid)
+            if (not force and st is not None and st.status == "done"
+                    and st.inputs_digest == in_d and st.params_digest == par_d
+                    and _outputs_exist(s, os.path.join(plans._stacks_dir, safe_name(s.stackid)),
+                                       detcorr, update_mode)):
+                skipped += 1
+                continue
+            plans.add(i, in_d, par_d)
     return plans, skipped
 
 
@@ -321,8 +387,6 @@ def _execute(client, plans, db, run_id, progress, warn_log, *, window, task=run_
     With ``defer_sync`` (workers on this machine) the workers leave their outputs' fsyncs to
     this process, which makes them durable once per database commit, before the commit.
     """
-    import dataclasses
-
     from distributed import as_completed
 
     by_key = {}
@@ -332,7 +396,6 @@ def _execute(client, plans, db, run_id, progress, warn_log, *, window, task=run_
     # done (force, changed inputs) is marked at once: were that mark lost in a kill, a resume
     # would take the stack for finished while its rerun may have replaced its files
     to_mark = []
-    done_before = db.with_status("done")
     last_flush = time.perf_counter()
     pos = 0
 
@@ -348,6 +411,7 @@ def _execute(client, plans, db, run_id, progress, warn_log, *, window, task=run_
         if not retry:
             now = time.time()
             ids = [p.stack.stackid for g in groups for p in g]
+            done_before = db.with_status("done", ids)      # none of them is done in this run
             redo = [sid for sid in ids if sid in done_before]
             if redo:
                 db.mark_submitted(redo, run_id)

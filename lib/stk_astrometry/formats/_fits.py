@@ -244,12 +244,10 @@ def read_fits(path):
 
 
 def _read_fits_fitsio(path):
-    import fitsio
-
-    from stk_astrometry.tableio import raw_header
+    from stk_astrometry.tableio import open_fits, raw_header
 
     out = []
-    with fitsio.FITS(str(path)) as fh:
+    with open_fits(path) as fh:     # numpy for a plain layout (tableio.PlainFits), else fitsio
         for hdu in fh:
             header = raw_header(path, hdu)
             extname = str(header.get("EXTNAME", "")).strip()
@@ -470,11 +468,11 @@ def write_fits_fast(path, specs, history, *, clobber):
     from stk_astrometry import __version__
     from stk_astrometry.errors import OutputError
     from stk_astrometry.fitsutil import (
-        atomic_path,
         check_clobber,
         history_records,
         read_stacks,
         utc_now,
+        write_atomically,
     )
 
     if not FITSIO_IO:
@@ -487,18 +485,15 @@ def write_fits_fast(path, specs, history, *, clobber):
     items = list(history.history_items())
     stacks = read_stacks(items)
     creator = f"{history.tool} - stk_astrometry {__version__}"
+    run = (history.tool, items, stacks, when, creator, _records_memo(history_records))
+    # the file's bytes are made in memory and go to atomic_path's locked temporary file in
+    # one write, through its descriptor (fitsio's clobber=True would unlink and recreate it
+    # unlocked)
     try:
-        with atomic_path(path) as tmp:
-            run = (history.tool, items, stacks, when, creator,
-                   _records_memo(history_records))
-            # the file's bytes are made in memory and go to the temporary file in one write:
-            # it keeps atomic_path's locked temporary file, which fitsio's clobber=True would
-            # unlink and recreate unlocked
-            image = _fits_image(specs, run)
-            if image is None:
-                image = _cfitsio_image(specs, run)
-            with open(tmp, "wb") as out:
-                out.write(image)
+        image = _fits_image(specs, run)
+        if image is None:
+            image = _cfitsio_image(specs, run)
+        write_atomically(path, image)
     except OSError as exc:
         raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from exc
     import logging

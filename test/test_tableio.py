@@ -1,0 +1,621 @@
+"""stk_astrometry.tableio's FITS readers: the numpy reader of plain layouts (PlainFits, issue 11)
+gives what fitsio gives, on every catalog and per-stack file layout the package writes and reads,
+on catalogs shaped as the services write them, and on fuzzed headers and damaged files -- where
+it declines, fitsio (then astropy) reads the file exactly as before.
+
+Each file is read both ways (``tableio._PLAIN_READ`` on and off) through :func:`read_table` (every
+block selector) and through ``formats._fits.read_fits`` (the pairs/transform files' reader), and the
+results are compared byte for byte: dtypes, values (NaN payloads included), masks, names, header
+cards, labels -- or the same error.
+"""
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from astropy.io import fits
+from astropy.table import Table
+
+from stk_astrometry import tableio
+from stk_astrometry.formats import _fits
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _read_table_result(spec):
+    try:
+        tin = tableio.read_table(spec, param="f")
+    except Exception as exc:  # noqa: BLE001 - the error itself is compared
+        return ("error", type(exc).__name__, str(exc))
+    cols = {}
+    for name in tin.table.colnames:
+        col = tin.table[name]
+        data, mask = np.ma.getdata(col), np.ma.getmaskarray(col)
+        with np.errstate(invalid="ignore"):      # a float32 signalling NaN, cast
+            floats = tin.table.floats(name) if hasattr(tin.table, "floats") else None
+        values = repr(data.tolist()) if data.dtype.kind == "O" else data.tobytes()
+        cols[name] = (str(data.dtype), data.shape, values, mask.tobytes(),
+                      None if floats is None else floats.tobytes())
+    header = [c.image for c in tin.header.cards] if tin.header else []
+    return (type(tin.table).__name__, tin.hdu, list(tin.table.colnames), cols, header,
+            tin.original_names, tin.ambiguous)
+
+
+def _read_fits_result(path):
+    try:
+        hdus = _fits.read_fits(path)
+    except Exception as exc:  # noqa: BLE001
+        return ("error", type(exc).__name__, str(exc))
+    out = []
+    for extname, header, columns, units in hdus:
+        cols = None if columns is None else {
+            n: (str(a.dtype), a.shape, repr(a.tolist()) if a.dtype.kind == "O" else a.tobytes())
+            for n, a in columns.items()}
+        out.append((extname, [c.image for c in header.cards], cols, units))
+    return out
+
+
+def _both(fn, *args):
+    got = {}
+    for plain in (True, False):
+        tableio._PLAIN_READ = plain
+        try:
+            got[plain] = fn(*args)
+        finally:
+            tableio._PLAIN_READ = True
+    return got[True], got[False]
+
+
+def check_same(path, blocks=(None,)):
+    """``path`` read both ways: equal.  True when the numpy reader took the file."""
+    for block in blocks:
+        spec = str(path) if block is None else f"{path}[{block}]"
+        plain, other = _both(_read_table_result, spec)
+        assert plain == other, spec
+    plain, other = _both(_read_fits_result, path)
+    assert plain == other, path
+    fh = tableio.PlainFits.open(path)
+    if fh is None:
+        return False
+    with fh:
+        return True
+
+
+# ------------------------------------------------------------------ the package's own layouts
+
+def _package_files():
+    files = sorted((ROOT / "share" / "sample").glob("*.fits"))
+    files += sorted((ROOT / "test" / "golden").rglob("*.fits"))
+    return files
+
+
+@pytest.mark.parametrize("path", _package_files(), ids=lambda p: p.name)
+def test_bundled_and_golden_files_read_the_same_by_numpy(path):
+    with fits.open(path) as hdul:
+        names = [h.name for h in hdul]
+    took = check_same(path, [None] + list(range(1, len(names) + 2)) + [n for n in names if n])
+    # the catalogs and per-stack files are plain; the data products (vector columns, images
+    # with scaling) are fitsio's
+    assert took or "products" in path.parts
+
+
+def test_simulated_stack_inputs_read_the_same_by_numpy(tmp_path):
+    import sys
+
+    sys.path.insert(0, str(ROOT / "test" / "benchmarks"))
+    from _common import write_sim_inputs
+
+    from stk_astrometry.simulate import SimConfig, simulate_stack
+
+    rng = np.random.default_rng(11)
+    for i, (ndet, dens) in enumerate([(40, 5.0), (0, 0.5), (3, 0.0), (150, 50.0)]):
+        sub = tmp_path / f"s{i}"
+        sub.mkdir()
+        sim = simulate_stack(SimConfig(ndet=ndet, gaia_density=dens, wise_density=min(dens, 5)),
+                             rng=rng)
+        for path in write_sim_inputs(sim, sub).values():
+            assert check_same(path, (None, 2))
+
+
+def test_pairs_and_transform_files_read_the_same_by_numpy(tmp_path):
+    """The per-stack files of the chain on the bundled sample (the api writes them)."""
+    from stk_astrometry import api
+
+    sample = ROOT / "share" / "sample"
+    stem = "acisfJ1236480p621200_001"
+    m = api.match_stack(sample / f"{stem}_det.fits", sample / f"{stem}_gaia.fits",
+                        tmp_path / "pairs.fits", wisefile=sample / f"{stem}_allwise.fits",
+                        bestnbfile=sample / f"{stem}_bestnb.fits")
+    api.fit_stack(m, tmp_path / "xfm.fits")
+    for name in ("pairs.fits", "xfm.fits"):
+        assert check_same(tmp_path / name, (None, 2, 3, "PAIRS"))
+
+
+# ------------------------------------------------------------------ catalogs as services write them
+
+def _service_tables():
+    from test_formats_catalogs import _gaia_archive_table, _irsa_allwise, _vizier_gaia
+
+    ra = np.array([150.0, 150.01, 149.99])
+    return {"gaia_archive": _gaia_archive_table(), "vizier": _vizier_gaia(),
+            "vizier_j2000": _vizier_gaia(with_icrs=False),
+            "irsa_allwise": _irsa_allwise(ra, ra / 75)}
+
+
+@pytest.mark.parametrize("name", ["gaia_archive", "vizier", "vizier_j2000", "irsa_allwise"])
+def test_service_catalogs_read_the_same_by_numpy(tmp_path, name):
+    table = _service_tables()[name]
+    path = tmp_path / f"{name}.fits"
+    table.write(path, format="fits")
+    check_same(path, (None, 1, 2, 3, "CATALOG"))
+    # a masked integer column (TNULL), a logical column, empty: as astroquery results have
+    table = table.copy()
+    table["flag"] = np.array([True, False, True])
+    table["count"] = np.ma.MaskedArray([3, 0, 7], mask=[False, True, False])
+    table.meta["EXTNAME"] = "CATALOG"
+    table.write(path, format="fits", overwrite=True)
+    check_same(path, (None, 2, "CATALOG", "catalog"))
+    table[:0].write(path, format="fits", overwrite=True)
+    check_same(path, (None, 2, "CATALOG"))
+
+
+def test_case_twins_and_scaled_columns_are_left_to_fitsio_and_astropy(tmp_path):
+    path = tmp_path / "v.fits"
+    _vizier_gaia_fits(path)
+    assert check_same(path, (None, 2))        # read by numpy; tableio gives it to astropy
+    assert type(tableio.read_table(str(path), param="f").table).__name__ == "Table"
+    t = Table({"u": np.array([1, 2, 40000], dtype=np.uint16), "x": [1.0, 2.0, 3.0]})
+    t.write(path, format="fits", overwrite=True)          # TZERO = 32768
+    assert not check_same(path, (None, 2))
+
+
+def _vizier_gaia_fits(path):
+    from test_formats_catalogs import _vizier_gaia
+
+    _vizier_gaia().write(path, format="fits", overwrite=True)
+
+
+# ------------------------------------------------------------------ fuzzed headers and data
+
+_TYPES = {"L": 1, "B": 1, "I": 2, "J": 4, "K": 8, "E": 4, "D": 8, "A": 1}
+
+
+def _card(key, value):
+    if isinstance(value, bool):
+        text = f"{'T' if value else 'F':>20}"
+    elif isinstance(value, str):
+        text = "'" + value.replace("'", "''").ljust(8) + "'"
+    else:
+        text = f"{value:>20}"
+    return f"{key:<8}= {text}".ljust(80)[:80]
+
+
+def _header_bytes(cards):
+    text = "".join(cards) + "END".ljust(80)
+    text += " " * (-len(text) % 2880)
+    return text.encode("ascii")
+
+
+def _padded(data):
+    return data + b"\0" * (-len(data) % 2880)
+
+
+def _column_bytes(rng, kind, repeat, nrows):
+    width = _TYPES[kind] * repeat
+    if kind == "L":
+        return rng.choice([b"T", b"F", b"\0", b"x"], size=nrows).tolist()
+    if kind == "A":
+        alphabet = np.frombuffer(b"abcXYZ 09_ -", dtype="S1")
+        rows = []
+        for _ in range(nrows):
+            s = b"".join(rng.choice(alphabet, size=rng.integers(0, repeat + 1)).tolist())
+            pad = b"\0" if rng.random() < 0.3 else b" "
+            if rng.random() < 0.05:
+                s = b"\xe9" + s
+            rows.append((s + pad * repeat)[:repeat])
+        return rows
+    raw = rng.integers(0, 256, size=(nrows, width), dtype=np.uint8)
+    if kind in "ED" and nrows:
+        # NaNs with payloads, infinities, ordinary numbers
+        vals = rng.normal(size=nrows).astype(">f8" if kind == "D" else ">f4")
+        raw = np.frombuffer(vals.tobytes(), np.uint8).reshape(nrows, width).copy()
+        raw[rng.random(nrows) < 0.3, 0] = 0x7F if kind == "E" else 0xFF
+        raw[:, 1][rng.random(nrows) < 0.3] |= 0xF0
+    return [bytes(r) for r in raw]
+
+
+_MUTATIONS = [
+    None, None, None, None, None, None,
+    "tscal", "tzero", "tdim", "theap", "vector", "lower_tform", "zero_width", "bit", "heap_col",
+    "naxis1", "pcount", "gcount", "no_ttype", "dup_name", "case_twin", "blank_name",
+    "leading_space", "truncate", "trailing", "trailing_block", "image_first", "primary_data",
+    "simple_f", "bitpix16", "ascii_table", "tfields_more", "tfields_less", "groups",
+    "no_end", "extname_int", "hduname_only", "no_extname", "long_extname", "two_tables",
+    "tnull_float", "tnull_text", "naxis3", "gz",
+]
+
+
+#: The fuzz mutations the numpy reader must decline (fitsio reads those files), and those it
+#: must take (a plain layout still).
+_DECLINED = {"tscal", "tzero", "tdim", "theap", "vector", "bit", "heap_col", "truncate",
+             "trailing", "trailing_block", "gz", "ascii_table", "groups", "no_end", "naxis1",
+             "pcount", "gcount", "bitpix16", "lower_tform", "zero_width", "no_ttype", "dup_name",
+             "blank_name", "leading_space", "tfields_more", "tfields_less", "simple_f",
+             "extname_int", "naxis3"}
+_TAKEN = {None, "case_twin", "image_first", "primary_data", "hduname_only", "no_extname",
+          "long_extname", "two_tables", "tnull_float", "tnull_text"}
+
+
+def _fuzz_file(rng, path, mutation):
+    ncols = int(rng.integers(2 if mutation in ("dup_name", "case_twin") else 1, 7))
+    nrows = int(rng.integers(0, 8))
+    kinds = [str(rng.choice(list(_TYPES))) for _ in range(ncols)]
+    repeats = [int(rng.integers(1, 13)) if k == "A" else 1 for k in kinds]
+    names = [f"col{i}" if rng.random() < 0.5 else f"Col_{i}x" for i in range(ncols)]
+    cols = [_column_bytes(rng, k, r, nrows) for k, r in zip(kinds, repeats, strict=True)]
+    rows = b"".join(b"".join(c[i] for c in cols) for i in range(nrows))
+    naxis1 = sum(_TYPES[k] * r for k, r in zip(kinds, repeats, strict=True))
+    tforms = [f"{r}A" if k == "A" else (k if rng.random() < 0.5 else f"1{k}")
+              for k, r in zip(kinds, repeats, strict=True)]
+    extra, heap = [], b""
+    if mutation == "tscal":
+        extra.append(_card("TSCAL1", 2.0))
+    elif mutation == "tzero":
+        extra.append(_card("TZERO1", 32768))
+    elif mutation == "tdim":
+        extra.append(_card("TDIM1", "(1)"))
+    elif mutation == "theap":
+        extra.append(_card("THEAP", naxis1 * nrows))
+    elif mutation == "vector":
+        tforms[0] = "2D"
+        naxis1 += 16 - _TYPES[kinds[0]] * repeats[0]
+        rows = b"".join(b"\x40" * 16 + b"".join(c[i] for c in cols[1:]) for i in range(nrows))
+    elif mutation == "lower_tform":
+        tforms[0] = tforms[0].lower()
+    elif mutation == "zero_width":
+        tforms.append("0A")
+        names.append("empty")
+    elif mutation == "bit":
+        tforms.append("8X")
+        names.append("bits")
+        naxis1 += 1
+        rows = b"".join(rows[i * (naxis1 - 1):(i + 1) * (naxis1 - 1)] + b"\x81"
+                        for i in range(nrows))
+    elif mutation == "heap_col":
+        tforms.append("1PB(1)")
+        names.append("var")
+        naxis1 += 8
+        rows = b"".join(rows[i * (naxis1 - 8):(i + 1) * (naxis1 - 8)]
+                        + np.array([1, i], ">i4").tobytes() for i in range(nrows))
+        heap = bytes(range(nrows))
+    elif mutation == "naxis1":
+        naxis1 += 1
+        rows = b"".join(rows[i * (naxis1 - 1):(i + 1) * (naxis1 - 1)] + b"\0"
+                        for i in range(nrows))
+    elif mutation == "dup_name" and ncols > 1:
+        names[1] = names[0]
+    elif mutation == "case_twin" and ncols > 1:
+        names[1] = names[0].upper() if names[0] != names[0].upper() else names[0].lower()
+    elif mutation == "blank_name":
+        names[0] = ""
+    elif mutation == "leading_space":
+        names[0] = " " + names[0]
+    extname = "CAT"
+    cards = [_card("XTENSION", "BINTABLE" if mutation != "ascii_table" else "TABLE"),
+             _card("BITPIX", 16 if mutation == "bitpix16" else 8),
+             _card("NAXIS", 3 if mutation == "naxis3" else 2), _card("NAXIS1", naxis1),
+             _card("NAXIS2", nrows)]
+    if mutation == "naxis3":
+        cards.append(_card("NAXIS3", 1))
+    cards += [_card("PCOUNT", len(heap) if mutation != "pcount" else 2880),
+              _card("GCOUNT", 2 if mutation == "gcount" else 1)]
+    nfields = ncols + (mutation in ("zero_width", "bit", "heap_col"))
+    nfields += {"tfields_more": 1, "tfields_less": -1}.get(mutation, 0)
+    cards.append(_card("TFIELDS", nfields))
+    for i, (name, tform) in enumerate(zip(names, tforms, strict=True), start=1):
+        if not (mutation == "no_ttype" and i == 1):
+            cards.append(_card(f"TTYPE{i}", name))
+        cards.append(_card(f"TFORM{i}", tform))
+        if tform.lstrip("1") in ("I", "J", "K", "B") and rng.random() < 0.5 and nrows:
+            value = int(np.frombuffer(cols[i - 1][0], f">{'u' if tform[-1] == 'B' else 'i'}"
+                                      f"{_TYPES[tform[-1]]}")[0])
+            cards.append(_card(f"TNULL{i}", value))
+        if mutation == "tnull_float" and tform.lstrip("1") in ("E", "D"):
+            cards.append(_card(f"TNULL{i}", 0))
+        if mutation == "tnull_text" and tform.endswith("A"):
+            cards.append(_card(f"TNULL{i}", "abc"))
+        if rng.random() < 0.3:
+            cards.append(_card(f"TUNIT{i}", "deg"))
+    if mutation == "extname_int":
+        cards.append(_card("EXTNAME", 7))
+    elif mutation == "hduname_only":
+        cards.append(_card("HDUNAME", extname))
+    elif mutation == "long_extname":
+        cards.append(_card("EXTNAME", "X" * 60))
+    elif mutation != "no_extname":
+        cards.append(_card("EXTNAME", extname))
+    cards += extra
+    table = _header_bytes(cards) + _padded(rows + heap + (b"\0" * 2880 if mutation == "pcount"
+                                                          else b""))
+    if mutation == "no_end":
+        table = table.replace(b"END" + b" " * 77, b" " * 80)
+    primary = [_card("SIMPLE", mutation != "simple_f"), _card("BITPIX", 8),
+               _card("NAXIS", 0 if mutation not in ("primary_data", "groups") else 2)]
+    pdata = b""
+    if mutation in ("primary_data", "groups"):
+        primary += [_card("NAXIS1", 0 if mutation == "groups" else 5), _card("NAXIS2", 3)]
+        if mutation == "groups":
+            primary += [_card("GROUPS", True), _card("PCOUNT", 0), _card("GCOUNT", 1)]
+        else:
+            pdata = _padded(bytes(15))
+    primary.append(_card("EXTEND", True))
+    image = _header_bytes(primary) + pdata
+    if mutation == "image_first":
+        image += _header_bytes([_card("XTENSION", "IMAGE"), _card("BITPIX", -32),
+                                _card("NAXIS", 1), _card("NAXIS1", 3), _card("PCOUNT", 0),
+                                _card("GCOUNT", 1), _card("EXTNAME", "IMG")]) + _padded(bytes(12))
+    image += table
+    if mutation == "two_tables":
+        image += table.replace(b"'CAT     '", b"'CAT2    '")
+    if mutation == "truncate":
+        image = image[:-int(rng.integers(1, 2881))]
+    elif mutation == "trailing":
+        image += b"junk"
+    elif mutation == "trailing_block":
+        image += bytes(2880)
+    if mutation == "gz":
+        import gzip
+
+        image = gzip.compress(image)
+    path.write_bytes(image)
+
+
+@pytest.mark.parametrize("chunk", range(4))
+def test_fuzzed_tables_read_the_same_by_numpy_or_are_left_to_fitsio(tmp_path, chunk):
+    rng = np.random.default_rng(1100 + chunk)
+    plain = 0
+    n = 3 * len(_MUTATIONS)
+    for i in range(n):
+        mutation = _MUTATIONS[i % len(_MUTATIONS)]
+        path = tmp_path / f"f{i}.fits"
+        _fuzz_file(rng, path, mutation)
+        took = check_same(path, (None, 1, 2, 3, "CAT", "cat", "IMG"))
+        plain += took
+        assert took == (mutation in _TAKEN), mutation
+        path.unlink()
+    assert plain >= n // 4          # the comparison is not vacuous: numpy read many of them
+
+
+def test_a_file_replaced_while_read_is_read_whole_or_refused(tmp_path):
+    """The data unit read after the headers: a file cut short in between is an OSError that
+    the readers turn into fitsio's/astropy's error, never a short table."""
+    path = tmp_path / "c.fits"
+    Table({"x": np.arange(100.0)}).write(path, format="fits")
+    fh = tableio.PlainFits.open(path)
+    assert fh is not None
+    with fh:
+        shutil.copy(path, tmp_path / "keep.fits")
+        with open(path, "r+b") as out:
+            out.truncate(2880 * 2 + 10)
+        with pytest.raises(OSError, match=f"^{path}: the table data ends early$"):
+            fh[1].read()
+
+
+def test_every_fuzz_mutation_is_either_declined_or_taken():
+    assert set(_MUTATIONS) == _DECLINED | _TAKEN and not _DECLINED & _TAKEN
+
+
+# ------------------------------------------------------------------ the layout rules one by one
+
+def _image_hdu(cards, data=b"", *, primary=False):
+    head = [_card("SIMPLE", True)] if primary else [_card("XTENSION", "IMAGE")]
+    return _header_bytes(head + cards) + _padded(data)
+
+
+def _table_hdu(extra=(), *, nfields=None, tform="D", rows=2, edit=None):
+    nfields = 1 if nfields is None else nfields
+    width = {"D": 8, "L": 1, "1A": 1, "3A": 3}[tform]
+    cards = [_card("XTENSION", "BINTABLE"), _card("BITPIX", 8), _card("NAXIS", 2),
+             _card("NAXIS1", width * nfields), _card("NAXIS2", rows), _card("PCOUNT", 0),
+             _card("GCOUNT", 1), _card("TFIELDS", nfields)]
+    for i in range(1, nfields + 1):
+        cards += [_card(f"TTYPE{i}", f"c{i}"), _card(f"TFORM{i}", tform)]
+    cards += list(extra)
+    if edit:
+        cards = edit(cards)
+    return _header_bytes(cards) + _padded(bytes(width * nfields * rows))
+
+
+_PRIMARY = _image_hdu([_card("BITPIX", 8), _card("NAXIS", 0)], primary=True)
+
+
+def _opens(tmp_path, image):
+    path = tmp_path / "r.fits"
+    path.write_bytes(image)
+    fh = tableio.PlainFits.open(path)
+    if fh is None:
+        return None
+    with fh:
+        return [(h.get_exttype(), h.get_extname(), h._columns, h.get_nrows()) for h in fh]
+
+
+def _fitsio_view(path):
+    import fitsio
+
+    with fitsio.FITS(str(path)) as fh:
+        return [(h.get_exttype(), h.get_extname()) for h in fh]
+
+
+def test_table_field_count_from_one_to_999(tmp_path):
+    assert _opens(tmp_path, _PRIMARY + _table_hdu(nfields=999, tform="L", rows=1))
+    assert _opens(tmp_path, _PRIMARY + _table_hdu(nfields=1000, tform="L", rows=1)) is None
+    assert _opens(tmp_path, _PRIMARY + _table_hdu(nfields=0, rows=0)) is None
+    assert _opens(tmp_path, _PRIMARY + _table_hdu(
+        edit=lambda c: [x if not x.startswith("TFIELDS") else _card("TFIELDS", "1")
+                        for x in c])) is None
+
+
+def test_text_columns_of_one_character_and_more(tmp_path):
+    got = _opens(tmp_path, _PRIMARY + _table_hdu(tform="1A"))
+    assert got[1][2] == [("c1", "S1")]
+    got = _opens(tmp_path, _PRIMARY + _table_hdu(tform="3A", nfields=2))
+    assert got[1][2] == [("c1", "S3"), ("c2", "S3")]
+
+
+@pytest.mark.parametrize("bitpix", [8, 16, 32, 64, -32, -64])
+def test_images_of_every_bitpix_are_skipped_by_their_size(tmp_path, bitpix):
+    n = 41 * 37                 # over one block for every BITPIX
+    image = _PRIMARY + _image_hdu([_card("BITPIX", bitpix), _card("NAXIS", 2),
+                                   _card("NAXIS1", 41), _card("NAXIS2", 37), _card("PCOUNT", 0),
+                                   _card("GCOUNT", 1), _card("EXTNAME", "IMG")],
+                                  bytes(n * abs(bitpix) // 8)) + _table_hdu()
+    got = _opens(tmp_path, image)
+    assert [g[:2] for g in got] == _fitsio_view(tmp_path / "r.fits")
+    assert got[2][2] == [("c1", ">f8")] and got[2][3] == 2
+
+
+@pytest.mark.parametrize("cards, taken", [
+    ([_card("BITPIX", 12), _card("NAXIS", 0)], False),
+    ([_card("BITPIX", 8), _card("NAXIS", "0")], False),
+    ([_card("BITPIX", 8), _card("NAXIS", -1)], False),
+    ([_card("BITPIX", 8), _card("NAXIS", 1000)], False),
+    ([_card("BITPIX", 8), _card("NAXIS", 1), _card("NAXIS1", 0)], True),
+    ([_card("BITPIX", 8), _card("NAXIS", 1), _card("NAXIS1", -2)], False),
+    ([_card("BITPIX", 8), _card("NAXIS", 2), _card("NAXIS1", 1)], False),     # NAXIS2 missing
+    ([_card("BITPIX", 8), _card("NAXIS", 0), _card("PCOUNT", 0), _card("GCOUNT", 1)], True),
+    ([_card("BITPIX", 8), _card("NAXIS", 0), _card("PCOUNT", 1)], False),
+    ([_card("BITPIX", 8), _card("NAXIS", 0), _card("GCOUNT", 2)], False),
+    ([_card("BITPIX", 8), _card("NAXIS", 0), _card("PCOUNT", "0")], False),
+    ([_card("BITPIX", 8), _card("NAXIS", 0), _card("GCOUNT", True)], False),
+    ([_card("BITPIX", 8), _card("NAXIS", 0), _card("GROUPS", False)], False),
+    ([_card("BITPIX", 8), _card("NAXIS", 0), _card("BITPIX", 16)], True),     # the first counts
+])
+def test_primary_header_rules(tmp_path, cards, taken):
+    got = _opens(tmp_path, _image_hdu(cards, primary=True) + _table_hdu())
+    assert (got is not None) == taken
+
+
+def test_a_primary_of_999_axes_and_headers_ending_at_a_block_end(tmp_path):
+    cards = [_card("BITPIX", 8), _card("NAXIS", 999)] + [_card(f"NAXIS{i}", 1)
+                                                          for i in range(1, 1000)]
+    assert _opens(tmp_path, _image_hdu(cards, b"\x01", primary=True) + _table_hdu())
+    cards = [_card("BITPIX", 8), _card("NAXIS", 0)] + [_card(f"K{i}", i) for i in range(32)]
+    image = _image_hdu(cards, primary=True)          # 35 cards and END: one block exactly
+    assert len(image) == 2880
+    assert _opens(tmp_path, image + _table_hdu())
+    cards = [_card("BITPIX", 8), _card("NAXIS", 0)] + [_card(f"K{i}", i) for i in range(33)]
+    assert len(_image_hdu(cards, primary=True)) == 5760
+    assert _opens(tmp_path, _image_hdu(cards, primary=True) + _table_hdu())
+
+
+@pytest.mark.parametrize("first", [
+    [_card("XTENSION", "TABLE")], [_card("XTENSION", "A3DTABLE")], [_card("XTENSION", 1)],
+    [_card("BITPIX", 8), _card("XTENSION", "IMAGE")],
+])
+def test_extensions_other_than_image_and_bintable_are_fitsios(tmp_path, first):
+    ext = _header_bytes(first + [_card("BITPIX", 8), _card("NAXIS", 0), _card("PCOUNT", 0),
+                                 _card("GCOUNT", 1)])
+    assert _opens(tmp_path, _PRIMARY + ext) is None
+
+
+@pytest.mark.parametrize("cards, taken", [
+    ([_card("PCOUNT", 0), _card("GCOUNT", 1)], True),
+    ([_card("GCOUNT", 1)], False), ([_card("PCOUNT", 0)], False),
+    ([_card("PCOUNT", 1), _card("GCOUNT", 1)], False),
+    ([_card("PCOUNT", 0), _card("GCOUNT", 0)], False),
+])
+def test_image_extension_pcount_and_gcount(tmp_path, cards, taken):
+    ext = _image_hdu([_card("BITPIX", 8), _card("NAXIS", 0)] + cards)
+    assert (_opens(tmp_path, _PRIMARY + ext) is not None) == taken
+
+
+@pytest.mark.parametrize("names, want", [
+    ([("EXTNAME", "A"), ("HDUNAME", "B")], "A"), ([("HDUNAME", "B"), ("EXTNAME", "A")], "A"),
+    ([("HDUNAME", "B")], "B"), ([], ""), ([("EXTNAME", "  C")], "C"), ([("EXTNAME", "  ")], ""),
+    ([("EXTNAME", "D E ")], "D E"),
+])
+def test_the_hdu_name_is_fitsios(tmp_path, names, want):
+    got = _opens(tmp_path, _PRIMARY + _table_hdu([_card(k, v) for k, v in names]))
+    assert got[1][1] == want == _fitsio_view(tmp_path / "r.fits")[1][1]
+    assert [g[0] for g in got] == ["IMAGE_HDU", "BINARY_TBL"]
+
+
+def test_files_that_are_not_fits_or_not_there_are_declined_and_closed(tmp_path, monkeypatch):
+    opened = []
+    real_open = open
+
+    def tracking(*a, **k):
+        f = real_open(*a, **k)
+        opened.append(f)
+        return f
+
+    monkeypatch.setattr(tableio, "open", tracking, raising=False)
+    assert tableio.PlainFits.open(tmp_path / "missing.fits") is None
+    (tmp_path / "empty.fits").write_bytes(b"")
+    assert tableio.PlainFits.open(tmp_path / "empty.fits") is None
+    (tmp_path / "t.fits").write_bytes(_PRIMARY + _table_hdu() + b"x")
+    assert tableio.PlainFits.open(tmp_path / "t.fits") is None
+    assert len(opened) == 2 and all(f.closed for f in opened)
+    (tmp_path / "t.fits").write_bytes(_PRIMARY + _table_hdu())
+    with tableio.PlainFits.open(tmp_path / "t.fits") as fh:
+        assert len(fh) == 2 and [h.get_exttype() for h in fh] == ["IMAGE_HDU", "BINARY_TBL"]
+        assert fh[-1].get_colnames() == ["c1"] and not opened[-1].closed
+    assert opened[-1].closed
+
+
+def test_open_fits_is_numpys_for_a_plain_file_else_fitsios(tmp_path, monkeypatch):
+    import fitsio
+
+    path = tmp_path / "t.fits"
+    path.write_bytes(_PRIMARY + _table_hdu())
+    with tableio.open_fits(path) as fh:
+        assert isinstance(fh, tableio.PlainFits)
+    path.write_bytes(_PRIMARY + _table_hdu([_card("TSCAL1", 2.0)]))
+    with tableio.open_fits(path) as fh:
+        assert isinstance(fh, fitsio.FITS)
+    path.write_bytes(_PRIMARY + _table_hdu())
+    monkeypatch.setattr(tableio, "_PLAIN_READ", False)
+    with tableio.open_fits(path) as fh:
+        assert isinstance(fh, fitsio.FITS)
+
+
+def _hierarch(key, value):
+    text = f"'{value}'" if isinstance(value, str) else str(value)
+    return f"HIERARCH {key} = {text}".ljust(80)
+
+
+def test_axis_and_field_counts_over_999_are_declined_even_when_hierarch_names_them(tmp_path):
+    """The standard's limit (999: NAXISn and TTYPEn have eight characters at most); a 1000th
+    one only through HIERARCH cards, which cfitsio does not read as such."""
+    cards = ([_card("BITPIX", 8), _card("NAXIS", 1000)]
+             + [_card(f"NAXIS{i}", 1) for i in range(1, 1000)] + [_hierarch("NAXIS1000", 1)])
+    assert _opens(tmp_path, _image_hdu(cards, b"\x01", primary=True) + _table_hdu()) is None
+    def thousand(cards):
+        return [_card("TFIELDS", 1000) if c.startswith("TFIELDS ") else
+                _card("NAXIS1", 1000) if c.startswith("NAXIS1 ") else c for c in cards]
+
+    table = _table_hdu([_hierarch("TTYPE1000", "c1000"), _hierarch("TFORM1000", "L")],
+                       nfields=999, tform="L", rows=1, edit=thousand)   # 1,000 bytes: 1 block
+    assert _opens(tmp_path, _PRIMARY + table) is None
+    assert _opens(tmp_path, _PRIMARY + table.replace(b"TFIELDS =                 1000",
+                                                     b"TFIELDS =                  999")
+                  .replace(b"NAXIS1  =                 1000", b"NAXIS1  =                  999"))
+    # a negative NAXIS followed by a block that would fit a one-element image
+    cards = [_card("BITPIX", 8), _card("NAXIS", -1)]
+    assert _opens(tmp_path, _image_hdu(cards, b"\x01", primary=True) + _table_hdu()) is None
+
+
+def test_an_end_inside_a_card_is_not_the_end_card(tmp_path):
+    """END is a card of its own: 'END' and blanks further into a card (a HISTORY text, then a
+    blank card) do not end the header."""
+    cards = [_card("BITPIX", 8), _card("NAXIS", 0), "HISTORY END".ljust(80), " " * 80]
+    cards += [_card(f"K{i}", i) for i in range(40)]        # the END card in the second block
+    image = _image_hdu(cards, primary=True)
+    assert len(image) == 5760 and image.find(b"END" + b" " * 77) < 2880
+    got = _opens(tmp_path, image + _table_hdu())
+    assert [g[0] for g in got] == _fitsio_view_types(tmp_path / "r.fits")
+
+
+def _fitsio_view_types(path):
+    return [t for t, _ in _fitsio_view(path)]
