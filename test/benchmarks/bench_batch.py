@@ -53,9 +53,39 @@ TARGET_SCHED_RATIO = 1.3
 KILLS = 20
 
 _RUNNER = r"""
-import json, resource, sys, time
+import json, os, resource, sys, threading, time
 t0 = time.perf_counter()
 from stk_astrometry.campaign import driver, settings, stacks, task
+
+# The workers' peak RSS, each from its own VmHWM (sampled until it exits; the high-water mark
+# only rises): not the children's ru_maxrss, which a worker started by fork + exec from this
+# process inherits at the driver's RSS of that moment (a 30,000-row stack table read before
+# the cluster started made the "workers" 164.7 MB where the workers' own peak was 141 MB).
+hwm, stop = {}, threading.Event()
+def _children():
+    me = str(os.getpid())
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    if f.read().rsplit(")", 1)[1].split()[1] == me:
+                        yield pid
+            except (OSError, IndexError):
+                pass
+def _watch():
+    kids, last_scan = [], 0.0
+    while not stop.wait(0.5):
+        if time.monotonic() - last_scan > 2.0:
+            kids, last_scan = list(_children()), time.monotonic()
+        for pid in kids:
+            try:
+                with open(f"/proc/{pid}/status") as f:
+                    kb = next(int(l.split()[1]) for l in f if l.startswith("VmHWM"))
+                hwm[pid] = max(hwm.get(pid, 0), kb)
+            except (OSError, StopIteration):
+                pass
+watcher = threading.Thread(target=_watch, daemon=True)
+watcher.start()
 a = json.loads(sys.argv[1])
 st = stacks.read_stack_list(a["stacks"])
 cfg = settings.load_step_settings([])
@@ -64,12 +94,15 @@ s = driver.run_campaign(st, cfg, folder=a["folder"], scheduler=a.get("scheduler"
                         nworkers=a.get("nworkers", 0), plots=a.get("plots", True), verbose=0,
                         detcorr=a.get("detcorr", True), task=getattr(task, a["task"]))
 t2 = time.perf_counter()
+stop.set()
+watcher.join()
 me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
 print(json.dumps({"cpu_self": me.ru_utime + me.ru_stime, "cpu_children": kids.ru_utime + kids.ru_stime,
                   "wall": t2 - t0, "campaign": t2 - t1, "run_s": s.run_s, "n_run": s.n_run,
                   "n_done": s.n_done, "n_failed": s.n_failed,
                   "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                  "workers_maxrss_mb": kids.ru_maxrss / 1024}))
+                  "workers_maxrss_mb": max(hwm.values(), default=0) / 1024,
+                  "children_ru_maxrss_mb": kids.ru_maxrss / 1024}))
 """
 
 
