@@ -4,6 +4,7 @@ The benchmark itself is run by ``test/benchmarks/run.py``; these tests only chec
 metrics say what its legend says, so that a figure in a closing note means what it claims.
 """
 
+import contextlib
 import dataclasses
 import importlib.util
 import sys
@@ -285,8 +286,8 @@ def test_restricted_terms_are_the_ml_terms_less_half_the_log_det_of_the_informat
             assert f == pytest.approx(ml(x)[0] - 0.5 * np.log(np.linalg.det(info)), rel=1e-12)
     # no information (memberships all 0): the term adds nothing
     ones = np.ones((4, 2))
-    value, grad, hess = bench.restricted_terms(np.zeros(4), 4.0 * ones, ones, ones, np.ones(4),
-                                               np.zeros(4))
+    value, grad, hess = bench.restricted_terms(np.zeros(4), 4.0 * ones, ones, ones,
+                                               mixture._axis_projectors(np.ones(4), np.zeros(4)))
     assert value == 0.0 and not np.any(grad) and not np.any(hess)
 
 
@@ -331,19 +332,27 @@ def test_restricted_likelihood_removes_the_shifts_bias_from_the_floor(bench, mon
         assert mixture._error_model_terms is not terms
         raise RuntimeError
     assert mixture._error_model_terms is terms
-    objective, log_det = mixture._restricted_objective, mixture._restricted_log_det
+    saved = mixture._restricted_objective, mixture._restricted_log_det, mixture._restricted_ab
     with pytest.raises(RuntimeError), bench._maximum_likelihood():
-        assert (mixture._restricted_objective, mixture._restricted_log_det) != (objective,
-                                                                                log_det)
+        # each of the three restricted terms replaced (the M step's too: issue 11, session 12)
+        now = mixture._restricted_objective, mixture._restricted_log_det, mixture._restricted_ab
+        assert all(a is not b for a, b in zip(now, saved, strict=True))
+        assert mixture._restricted_ab(None) == (0.0, pytest.approx([0, 0]), pytest.approx([0] * 3))
         raise RuntimeError
-    assert (mixture._restricted_objective, mixture._restricted_log_det) == (objective, log_det)
+    assert (mixture._restricted_objective, mixture._restricted_log_det,
+            mixture._restricted_ab) == saved
     # the mixture itself (issue 14, session 11) is on the restricted likelihood: mix-reml's
     # floors wherever mix-reml (its choice of model on the plain likelihood) kept the fitted
     # model, and no bias either
+    # (to the polish's convergence: since issue 11, session 12 the mixture's M step is on the
+    # restricted likelihood too, mix-reml's on the plain one, so the polish starts elsewhere
+    # and stops, at a step of 1e-7 arcsec^2, up to 1.5e-6 arcsec^2 from the other in floor^2
+    # where the objective is flat in it: 0.0012 vs 0.0011 arcsec^2 in one of these stacks)
     shipped = [fit(d, stated).sys_floor for d, stated in floor_stacks()]
     kept = floors[True] > 0
     assert kept.sum() >= 55
-    np.testing.assert_allclose(np.array(shipped)[kept], floors[True][kept], rtol=1e-9)
+    np.testing.assert_allclose(np.array(shipped)[kept] ** 2, floors[True][kept] ** 2,
+                               rtol=1e-4, atol=2e-6)
     assert np.mean(np.array(shipped) ** 2) > 0.9 * 0.2**2
 
 
@@ -367,10 +376,12 @@ def test_restricted_floor_of_errorless_pairs_is_the_scatter_over_the_dimensions_
 
     # mix-fit1 is the mixture's own fitted model (on the restricted likelihood since issue
     # 14, session 11), mix-reml1 the same through the oracle's term
-    for est, ml_dims in ((fitted_ml, 0.0), (bench.est_oracle_reml_fitted, 1.0),
-                         (bench.est_oracle_fitted, 1.0)):
-        with bench._fitted_model_always(), (bench._restricted_likelihood() if ml_dims
-                                            else bench._maximum_likelihood()):
+    # (each compared with the fit it is: the oracle's own context, the module as it is)
+    for est, ml_dims, context in ((fitted_ml, 0.0, bench._maximum_likelihood),
+                                  (bench.est_oracle_reml_fitted, 1.0,
+                                   bench._restricted_likelihood),
+                                  (bench.est_oracle_fitted, 1.0, contextlib.nullcontext)):
+        with bench._fitted_model_always(), context():
             fit = bench.fit_mixture(leg.det, leg.d_xi, leg.d_eta, leg.cov_stated,
                                     density_per_arcmin2=leg.density,
                                     match_radius_arcsec=bench.MATCH_RADIUS, calibrate=True)

@@ -495,17 +495,21 @@ restricted_terms = mixture._restricted_ab
 @contextlib.contextmanager
 def _maximum_likelihood():
     """fit_mixture as shipped until issue 14, session 11 (row ``mix-ml``): the error model's
-    polish and the choice of model on the plain likelihood -- the restricted likelihood's
-    terms (``mixture._restricted_objective``'s ``-1/2 log det I``, ``_restricted_log_det`` in
-    ``_gain_same_window``) left out, so the results are that code's bit for bit."""
-    saved = mixture._restricted_objective, mixture._restricted_log_det
+    M step, its polish and the choice of model on the plain likelihood -- the restricted
+    likelihood's terms (``mixture._restricted_objective``'s ``-1/2 log det I``,
+    ``_restricted_ab`` in ``_fit_error_model`` (since issue 11, session 12: nil, 0 added),
+    ``_restricted_log_det`` in ``_gain_same_window``) left out, so the results are that
+    code's bit for bit."""
+    saved = mixture._restricted_objective, mixture._restricted_log_det, mixture._restricted_ab
     mixture._restricted_objective = (lambda prob, stated, st, min_floor:
                                      mixture._error_model_terms(prob, stated, st, min_floor))
     mixture._restricted_log_det = lambda r, inv, max_shift: 0.0
+    mixture._restricted_ab = lambda *args: (0.0, np.zeros(2), np.zeros(3))
     try:
         yield
     finally:
-        mixture._restricted_objective, mixture._restricted_log_det = saved
+        (mixture._restricted_objective, mixture._restricted_log_det,
+         mixture._restricted_ab) = saved
 
 
 @contextlib.contextmanager
@@ -526,6 +530,7 @@ def _restricted_likelihood(scale_only=False):
     def terms_reml(prob, stated, st, min_floor):
         ml = terms_ml(prob, stated, st, min_floor)
         lam, vx, vy = mixture._principal_axes(stated[st.idx])
+        proj = mixture._axis_projectors(vx, vy)
         floor2 = mixture.MIN_SIGMA_ARCSEC**2
 
         def terms(x):
@@ -535,7 +540,7 @@ def _restricted_likelihood(scale_only=False):
             jb = (raw >= floor2).astype(float)
             r_value, r_grad, r_hess = mixture._restricted_in_x(big_a, restricted_terms(
                 st.r, 1.0 / np.maximum(raw, floor2), jb * lam, 0.0 * jb if scale_only else jb,
-                vx, vy))
+                proj))
             return value + r_value, grad + r_grad, hess + r_hess
 
         return terms
