@@ -215,7 +215,8 @@ def plan_stacks(stacks, db, settings, *, campaign_dir, force, update_mode, detco
         steps = ["match", "fit"] + (["update"] if with_update else [])
         params[with_update] = params_digest({k: step_digests[k] for k in steps})
     db.sync_stacks(stacks)
-    plans = PlanList(stacks, template, str(campaign_dir / "stacks"))
+    stacks_dir = str(campaign_dir / "stacks")
+    plans = PlanList(stacks, template, stacks_dir)
     skipped = 0
     for first in range(0, len(stacks), PLAN_BLOCK):
         block = stacks[first:first + PLAN_BLOCK]
@@ -226,7 +227,7 @@ def plan_stacks(stacks, db, settings, *, campaign_dir, force, update_mode, detco
             st = states.get(s.stackid)
             if (not force and st is not None and st.status == "done"
                     and st.inputs_digest == in_d and st.params_digest == par_d
-                    and _outputs_exist(s, os.path.join(plans._stacks_dir, safe_name(s.stackid)),
+                    and _outputs_exist(s, os.path.join(stacks_dir, safe_name(s.stackid)),
                                        detcorr, update_mode)):
                 skipped += 1
                 continue
