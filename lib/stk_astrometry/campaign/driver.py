@@ -178,10 +178,14 @@ class PlanList(Sequence):
     def __len__(self) -> int:
         return len(self._index)
 
+    def folder(self, stack) -> str:
+        """The output folder of ``stack`` in the campaign (its plan's ``folder``)."""
+        return os.path.join(self._stacks_dir, safe_name(stack.stackid))
+
     def _plan(self, j: int) -> StackPlan:
         s = self._stacks[self._index[j]]
         return dataclasses.replace(
-            self._template, stack=s, folder=os.path.join(self._stacks_dir, safe_name(s.stackid)),
+            self._template, stack=s, folder=self.folder(s),
             inputs_digest=self._inputs[16 * j:16 * j + 16].hex(),
             params_digest=self._param_digests[self._params[j]])
 
@@ -215,8 +219,7 @@ def plan_stacks(stacks, db, settings, *, campaign_dir, force, update_mode, detco
         steps = ["match", "fit"] + (["update"] if with_update else [])
         params[with_update] = params_digest({k: step_digests[k] for k in steps})
     db.sync_stacks(stacks)
-    stacks_dir = str(campaign_dir / "stacks")
-    plans = PlanList(stacks, template, stacks_dir)
+    plans = PlanList(stacks, template, str(campaign_dir / "stacks"))
     skipped = 0
     for first in range(0, len(stacks), PLAN_BLOCK):
         block = stacks[first:first + PLAN_BLOCK]
@@ -227,8 +230,7 @@ def plan_stacks(stacks, db, settings, *, campaign_dir, force, update_mode, detco
             st = states.get(s.stackid)
             if (not force and st is not None and st.status == "done"
                     and st.inputs_digest == in_d and st.params_digest == par_d
-                    and _outputs_exist(s, os.path.join(stacks_dir, safe_name(s.stackid)),
-                                       detcorr, update_mode)):
+                    and _outputs_exist(s, plans.folder(s), detcorr, update_mode)):
                 skipped += 1
                 continue
             plans.add(i, in_d, par_d)
