@@ -475,6 +475,13 @@ def test_a_source_exactly_at_the_cone_radius_is_in_the_cone():
     sep_arcmin = float(angular_separation_arcsec(ra, dec, ra0, dec0)[0]) / 60.0
     assert cone_density(ra, dec, ra0, dec0, sep_arcmin) == pytest.approx(1 / (np.pi * sep_arcmin**2))
     assert cone_density(ra, dec, ra0, dec0, float(np.nextafter(sep_arcmin, 0))) == 0.0
+    # and in match_stack's density (its cone test of the Gaia rows is its own)
+    assert sep_arcmin * 60.0 == float(angular_separation_arcsec(ra, dec, ra0, dec0)[0])
+    det = make_detections([150.0], [2.0])
+    for radius, want in ((sep_arcmin, 1 / (np.pi * sep_arcmin**2)),
+                         (float(np.nextafter(sep_arcmin, 0)), 0.0)):
+        res = match_stack(det, make_gaia(ra, dec), MatchConfig(ra0, dec0, r_stack_arcmin=radius))
+        assert res.density_gaia == pytest.approx(want)
 
 
 # ------------------------------------------------------------ parameter and position boundaries
