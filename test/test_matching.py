@@ -1036,3 +1036,25 @@ def test_crossmatch_with_reach_asks_once_for_the_candidates_within_it():
     assert asked == [] and far[0].size == 0
     plain = crossmatch(d_ra, d_dec, r_ra, r_dec, 3.0)
     assert plain[1].tolist() == [0]
+
+
+def test_sky_terms_are_the_three_functions_to_the_bit():
+    # _sky_terms shares one set of sines and cosines between the separation from the tangent
+    # point, the tangent-plane position and the unit vector (issue 11): the same numbers
+    from stk_astrometry.matching import _sky_terms, unit_vectors
+    from stk_astrometry.tangent import sky_to_tangent
+
+    rng = np.random.default_rng(21)
+    n = 20000
+    for ra0, dec0 in ((0.01, 5.0), (359.99, -89.9), (150.0, 2.0), (200.0, 89.999)):
+        near_ra = ra0 + rng.normal(0.0, 0.2, n)
+        near_dec = np.clip(dec0 + rng.normal(0.0, 0.2, n), -90.0, 90.0)
+        ra = np.r_[near_ra % 360.0, rng.uniform(0.0, 360.0, 500), np.nan, 10.0]
+        dec = np.r_[near_dec, np.degrees(np.arcsin(rng.uniform(-1.0, 1.0, 500))), 0.0, np.nan]
+        sep, xi, eta, xyz = _sky_terms(ra, dec, ra0, dec0)
+        np.testing.assert_array_equal(sep, angular_separation_arcsec(ra, dec, ra0, dec0))
+        want_xi, want_eta = sky_to_tangent(ra, dec, ra0, dec0)
+        np.testing.assert_array_equal(xi, want_xi)
+        np.testing.assert_array_equal(eta, want_eta)
+        np.testing.assert_array_equal(xyz, unit_vectors(ra, dec))
+        assert np.isnan(xi[n:]).any() and np.isnan(xi[-2:]).all()   # the far side and NaNs
