@@ -3530,6 +3530,56 @@ def test_use_model_keeps_each_models_arrays():
     prob.use_model(stated, 0.1, 1.5)
     assert not np.array_equal(prob.cov, other[0])
     np.testing.assert_array_equal(prob.cov, mixture._calibrated(stated, 0.1, 1.5)[0])
+    # disk terms first computed after the model was restored are kept with it too
+    prob.use_model(stated, 0.9, 0.05)
+    prob.use_kept(1.0, 0.0)
+    prob.use_kept(0.9, 0.05)
+    disk = prob.disk_terms()
+    prob.use_kept(1.5, 0.1)
+    prob.use_kept(0.9, 0.05)
+    assert prob.disk_terms() is disk
+    with pytest.raises(KeyError):
+        prob.use_kept(0.9, 0.06)
+
+
+def test_fit_makes_each_models_covariances_once(monkeypatch):
+    # a calibrated fit computes the stated errors' covariances once (kept from the start) and
+    # each fitted model's at most twice (the calibration's, then kept: issue 11)
+    from collections import Counter
+
+    from stk_astrometry import mixture
+
+    made = Counter()
+    calibrated = mixture._calibrated
+
+    def counted(stated, scale, floor):
+        made[(float(scale), float(floor))] += 1
+        return calibrated(stated, scale, floor)
+
+    monkeypatch.setattr(mixture, "_calibrated", counted)
+    for seed, sys_floor in ((21, 0.0), (22, 0.05)):
+        rng = np.random.default_rng(seed)
+        det, dx, dy, cov, *_, density = simulate(rng, false_frac=0.3, density=10.0)
+        made.clear()
+        fit = fit_mixture(det, dx, dy, cov, density_per_arcmin2=density,
+                          match_radius_arcsec=R, calibrate=True, systematic_arcsec=sys_floor)
+        assert fit.calibrated
+        assert made[(1.0, sys_floor)] == 1
+        assert max(made.values()) <= 2 and len(made) >= 3
+
+
+def test_fitted_memberships_on_a_model_not_kept():
+    # _fitted_memberships makes the fitted model's covariances when they were not kept
+    from stk_astrometry import mixture
+
+    prob, stated = _two_model_problem()
+    st = mixture._windowed_fit(prob, np.array([0.4, -0.3]), 0.9)
+    r = mixture._fitted_memberships(prob, stated, st, (1.4, 0.1))
+    fresh, _ = _two_model_problem()
+    fresh.set_cov(mixture._calibrated(stated, 1.4, 0.1)[0])
+    p_win, mu = mixture._window_terms(fresh, st.idx, st.r_w)
+    np.testing.assert_array_equal(r, mixture._fit_window_final(fresh, st.idx, st.s, st.q,
+                                                               p_win, mu)[2])
 
 
 def test_set_cov_is_no_model():

@@ -705,13 +705,18 @@ class _Problem:
         A fit returns to the same few models again and again (the stated errors', the fitted
         one's: issue 11), so each model's covariances, their inverses, disk terms and window
         terms are kept and restored, the same arrays as computed the first time."""
-        model = self._models.get((scale, floor))
-        if model is None:
+        if (scale, floor) in self._models:
+            self.use_kept(scale, floor)
+        else:
             self.set_cov(_calibrated(stated, scale, floor)[0])
             self.keep_model(scale, floor)
-        else:
-            self.cov, self.inv, self.log_norm, self._disk, self._terms = model
-            self._model = model
+
+    def use_kept(self, scale, floor):
+        """The error model (scale, floor) kept before (:meth:`keep_model`) made current again
+        (KeyError if it was not kept)."""
+        model = self._models[(scale, floor)]
+        self.cov, self.inv, self.log_norm, self._disk, self._terms = model
+        self._model = model
 
     def keep_model(self, scale, floor):
         """Keep the current covariances as the error model (scale, floor) of
@@ -1466,7 +1471,7 @@ def fit_mixture(src_index, d_xi, d_eta, cov_pairs, *, density_per_arcmin2, match
             if cand.window_prev is None:
                 # the calibration's own fit (from the wide errors) left every pair out of its
                 # window: no error model was fitted, and the stated errors' fit stands
-                prob.use_model(stated, scale, floor)
+                prob.use_kept(scale, floor)
                 cal_note = ("errors not calibrated: the calibration's fit has no pair in its "
                             "window; the stated errors kept")
             else:
@@ -1480,7 +1485,7 @@ def fit_mixture(src_index, d_xi, d_eta, cov_pairs, *, density_per_arcmin2, match
                     st, (scale, floor) = cand, cal
                     st = st._replace(cov_s=_dof_corrected(st.cov_s, st.n_eff))
                 else:
-                    prob.use_model(stated, scale, floor)
+                    prob.use_kept(scale, floor)
                     cal_kept = (f"errors calibrated: the stated errors kept (fitted scale "
                                 f"{cal[0]:.2f}, floor {cal[1]:.3f}\" not better enough: "
                                 f"2 (dlogL + dlog prior) = {gain:.1f} < {_CAL_LR_MIN:g})")
@@ -1503,14 +1508,14 @@ def fit_mixture(src_index, d_xi, d_eta, cov_pairs, *, density_per_arcmin2, match
                     # not averaged, not kept: the fitted model's memberships at the stated
                     # errors' shift (an average gives its own, at its shift: _averaged)
                     st = base = st._replace(r=_fitted_memberships(prob, stated, st, cal))
-                prob.use_model(stated, scale, floor)
+                prob.use_kept(scale, floor)
                 # said only of an average made (not when a covariance was unusable)
                 if st is not base and min(weight, 1.0 - weight) >= 0.005:
                     cal_avg = (f"shift and covariance averaged over the stated and the fitted "
                                f"error model (weight {weight:.2f} on the fitted model)")
             st = st._replace(total_iter=total_iter)
         else:
-            prob.use_model(stated, scale, floor)
+            prob.use_kept(scale, floor)
             cal_note = (f"errors not calibrated: {n_eff_cal:.1f} effective true matches < "
                         f"{_CAL_MIN_NEFF}")
     if st.window_prev is None:
