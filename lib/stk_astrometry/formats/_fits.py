@@ -860,9 +860,10 @@ def _big_endian_row(fields):
 
 def _with_checksums(header, data, stamp):
     """The HDU of the card images ``header`` and the padded ``data``, as ``[header bytes,
-    data]``, with the CHECKSUM and DATASUM cards cfitsio's fits_write_chksum appends (FITS checksum convention: the 32-bit
-    ones' complement sums, as :mod:`stk_astrometry.fitsedit` computes and encodes them for
-    the headers it rewrites; DATASUM of no data ``'         0'``)."""
+    data]``, with the CHECKSUM and DATASUM cards cfitsio's fits_write_chksum appends (FITS
+    checksum convention: the 32-bit ones' complement sums, as :mod:`stk_astrometry.fitsedit`
+    computes and encodes them for the headers it rewrites; DATASUM of no data
+    ``'         0'``)."""
     from stk_astrometry.fitsedit import encode_checksum, ones_complement_sum
 
     datasum = ones_complement_sum(data)
