@@ -1326,6 +1326,20 @@ def test_write_atomically_writes_every_byte_of_short_writes(tmp_path, monkeypatc
     assert (tmp_path / "p.fits").read_bytes() == b"".join(parts)
 
 
+def test_write_atomically_to_a_bare_name_syncs_the_current_folder(tmp_path, monkeypatch):
+    """A file named without a folder: its rename is made durable by an fsync of ``.``."""
+    from stk_astrometry import fitsutil
+
+    synced = []
+    monkeypatch.setattr(fitsutil, "fsync_directory", synced.append)
+    monkeypatch.chdir(tmp_path)
+    fitsutil.write_atomically("bare.fits", b"new")
+    fitsutil.write_atomically(tmp_path / "sub.fits", [b"a", b"b"])
+    assert synced == [".", str(tmp_path)]
+    assert (tmp_path / "bare.fits").read_bytes() == b"new"
+    assert (tmp_path / "sub.fits").read_bytes() == b"ab"
+
+
 def test_write_atomically_that_fails_keeps_the_old_file_and_no_temporary(tmp_path, monkeypatch):
     from stk_astrometry import fitsutil
 
