@@ -315,3 +315,118 @@ def test_tool_parameters_and_errors(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "ERROR" in err and "epoch" in err and "Traceback" not in err
     assert not (tmp_path / "x.fits").exists()
+
+
+# ------------------------------------------------------------------ on demand (issue 11)
+
+
+def test_propagation_on_demand_gives_propagates_numbers_row_by_row():
+    rng = np.random.default_rng(12)
+    n = 400
+    ra, dec = rng.uniform(0.0, 360.0, n), np.degrees(np.arcsin(rng.uniform(-1.0, 1.0, n)))
+    pmra, pmdec = rng.normal(0.0, 30.0, (2, n))
+    pmra[::7] = np.nan
+    ra[3], dec[4] = np.nan, 95.0
+    plx = rng.choice([np.nan, -1.0, 0.5, 20.0], n)
+    ref = rng.uniform(2015.0, 2016.5, n)
+    for parallax in (None, plx):
+        want_ra, want_dec, moved = ep.propagate(ra, dec, pmra, pmdec, ref, 2003.7,
+                                                parallax_mas=parallax)
+        motion = ep.Propagation(ra, dec, pmra, pmdec, ref, 2003.7, parallax_mas=parallax)
+        np.testing.assert_array_equal(motion.moved, moved)
+        rows = np.flatnonzero(moved)
+        for part in (rows[::3], rows[1::3][::-1], rows[2::3], rows[:1]):
+            got_ra, got_dec = motion.move(part)
+            np.testing.assert_array_equal(got_ra, want_ra[part])
+            np.testing.assert_array_equal(got_dec, want_dec[part])
+        np.testing.assert_array_equal(motion.ra, np.asarray(ra, float))
+        np.testing.assert_array_equal(motion.dec, np.asarray(dec, float))
+        assert np.all(motion.bound_arcsec[~moved] == 0.0)
+    with pytest.raises(ValueError, match="epoch must be finite"):
+        ep.Propagation(ra, dec, pmra, pmdec, ref, np.nan)
+
+
+def test_propagation_bound_holds_for_every_row_and_is_not_loose():
+    # the bound is 2 mu |dt| + 1 mas: above the displacement everywhere (fast stars, the poles,
+    # parallaxes or none, far epochs) and within a factor ~2 of it where it matters
+    from stk_astrometry.matching import angular_separation_arcsec
+
+    rng = np.random.default_rng(13)
+    n = 20000
+    ra, dec = rng.uniform(0.0, 360.0, n), np.degrees(np.arcsin(rng.uniform(-1.0, 1.0, n)))
+    dec[:500] = rng.uniform(89.99, 90.0, 500) * rng.choice([-1.0, 1.0], 500)
+    mu, way = 10 ** rng.uniform(-3.0, 4.5, n), rng.uniform(0.0, 2 * np.pi, n)
+    pmra, pmdec = mu * np.cos(way), mu * np.sin(way)
+    plx = np.where(rng.uniform(size=n) < 0.5, 10 ** rng.uniform(-3.0, 3.0, n), np.nan)
+    ref = rng.choice([2015.0, 2015.5, 2016.0], n)
+    for epoch in (1990.0, 2001.3, 2016.0, 2060.0):
+        for parallax in (None, plx):
+            motion = ep.Propagation(ra, dec, pmra, pmdec, ref, epoch, parallax_mas=parallax)
+            rows = np.flatnonzero(motion.moved)
+            now = motion.move(rows)
+            moved_by = angular_separation_arcsec(ra[rows], dec[rows], *now)
+            assert np.all(moved_by < motion.bound_arcsec[rows])
+            fast = mu[rows] * np.abs(epoch - ref[rows]) > 10.0     # 10 mas and more
+            assert np.all(motion.bound_arcsec[rows][fast] < 2.1 * moved_by[fast] + 1e-3)
+    # a row with the reference epoch as its epoch still moves (by rounding): bound 1 mas
+    motion = ep.Propagation([10.0], [20.0], [5.0], [5.0], 2016.0, 2016.0)
+    assert motion.bound_arcsec[0] == pytest.approx(1e-3)
+
+
+def test_a_propagation_bound_too_small_changes_the_match(tmp_path, monkeypatch):
+    # the match moves a row only within its bound of a line it could cross: a source 1.5"
+    # beyond the r_stack circle moving 3" in (a high but kept proper motion), and one 4.5"
+    # from its detection moving onto it; with the bound a tenth of the truth, neither is seen
+    n = 30
+    rng = np.random.default_rng(5)
+    r = 500 * np.sqrt(rng.uniform(0, 1, n))
+    a = rng.uniform(0, 2 * np.pi, n)
+    xi, eta = np.r_[r * np.sin(a), 0.0], np.r_[r * np.cos(a), 598.5]
+    ra_now, dec_now = tangent_to_sky(xi, eta, RA0, DEC0)
+    # Gaia at J2016.0: row 0 of the detections 4.5" east, the last row 3" further out (601.5"
+    # from the centre, at 598.5" in 2001); both
+    # moving back over 15 yr (pm 200 mas/yr: max_pm raised so that they are kept)
+    g_xi, g_eta = xi.copy(), eta.copy()
+    g_xi[0] += 4.5
+    g_eta[-1] += 3.0
+    g_ra, g_dec = tangent_to_sky(g_xi, g_eta, RA0, DEC0)
+    pmra = np.zeros(n + 1)
+    pmdec = np.zeros(n + 1)
+    pmra[0], pmdec[-1] = 300.0, 200.0
+    det = Table()
+    det["region_id"] = np.arange(1, n + 1, dtype=np.int32)
+    det["ra"], det["dec"] = ra_now[:n], dec_now[:n]
+    det["err_ellipse_r0"] = det["err_ellipse_r1"] = np.full(n, 0.3)
+    det["likelihood_class"] = ["TRUE"] * n
+    det["theta"], det["src_cnts"] = np.full(n, 3.0), np.full(n, 100.0)
+    hdu = fits.table_to_hdu(det)
+    hdu.name = "SRCLIST"
+    hdu.header["STACKID"], hdu.header["RA_STACK"] = STACK, RA0
+    hdu.header["HIERARCH DEC_STACK"], hdu.header["INSTRUME"] = DEC0, "ACIS"
+    detfile = tmp_path / "det.fits"
+    fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(detfile)
+    gaia = Table()
+    gaia["source_id"] = np.arange(10**18, 10**18 + n + 1, dtype=np.int64)
+    gaia["ra"], gaia["dec"], gaia["pmra"], gaia["pmdec"] = g_ra, g_dec, pmra, pmdec
+    gaiafile = tmp_path / "gaia.fits"
+    gaia.write(gaiafile)
+    kw = dict(epoch="2001.0", ref_epoch=2016.0, max_pm=400.0)
+
+    def result():
+        m = api.match_stack(str(detfile), str(gaiafile), **kw)
+        g = m.pairs.tables["GAIA_PAIRS"]
+        return m.density_gaia * np.pi * 10.0**2, set(zip(g["region_id"].tolist(),
+                                                          g["ref_id"].tolist(), strict=True))
+
+    count, pairs = result()
+    assert count == pytest.approx(n + 1)                     # the last row came in
+    assert (1, 10**18) in pairs                              # row 0 moved onto detection 1
+    real = ep.Propagation.__init__
+
+    def small(self, *args, **kwargs):
+        real(self, *args, **kwargs)
+        self.bound_arcsec = self.bound_arcsec / 20.0         # a tenth of the displacement
+
+    monkeypatch.setattr(ep.Propagation, "__init__", small)
+    count_small, pairs_small = result()
+    assert count_small == pytest.approx(n) and (1, 10**18) not in pairs_small

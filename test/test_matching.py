@@ -475,6 +475,13 @@ def test_a_source_exactly_at_the_cone_radius_is_in_the_cone():
     sep_arcmin = float(angular_separation_arcsec(ra, dec, ra0, dec0)[0]) / 60.0
     assert cone_density(ra, dec, ra0, dec0, sep_arcmin) == pytest.approx(1 / (np.pi * sep_arcmin**2))
     assert cone_density(ra, dec, ra0, dec0, float(np.nextafter(sep_arcmin, 0))) == 0.0
+    # and in match_stack's density (its cone test of the Gaia rows is its own)
+    assert sep_arcmin * 60.0 == float(angular_separation_arcsec(ra, dec, ra0, dec0)[0])
+    det = make_detections([150.0], [2.0])
+    for radius, want in ((sep_arcmin, 1 / (np.pi * sep_arcmin**2)),
+                         (float(np.nextafter(sep_arcmin, 0)), 0.0)):
+        res = match_stack(det, make_gaia(ra, dec), MatchConfig(ra0, dec0, r_stack_arcmin=radius))
+        assert res.density_gaia == pytest.approx(want)
 
 
 # ------------------------------------------------------------ parameter and position boundaries
@@ -869,3 +876,163 @@ def test_one_to_one_as_uniques_structured_sort():
         # ids of another integer type come back as int64, as the docstring says
         w32, g32, _ = one_to_one((wise // 10**12).astype(np.int32), (gaia % 1000).astype(np.int32))
         assert w32.dtype == g32.dtype == np.int64
+
+
+# ---------------------------------------------------------------- motion (issue 11)
+
+
+class _Shift:
+    """A ``motion`` for match_stack: the rows with a shift move by it in the tangent plane of
+    (ra0, dec0), each within ``factor`` x its shift (+ 1e-6") of where it was (the sky
+    distance of a gnomonic shift is at most the shift); rows without one do not move."""
+
+    def __init__(self, ra, dec, ra0, dec0, dxi, deta, factor=2.0):
+        from stk_astrometry.tangent import sky_to_tangent
+
+        xi, eta = sky_to_tangent(ra, dec, ra0, dec0)
+        to_ra, to_dec = tangent_to_sky(xi + dxi, eta + deta, ra0, dec0)
+        moving = np.hypot(dxi, deta) > 0
+        self.now_ra = np.where(moving, to_ra, ra)
+        self.now_dec = np.where(moving, to_dec, dec)
+        self.bound_arcsec = np.where(moving, factor * np.hypot(dxi, deta) + 1e-6, 0.0)
+        self.asked = []
+
+    def move(self, rows):
+        self.asked.extend(np.asarray(rows).tolist())
+        return self.now_ra[rows], self.now_dec[rows]
+
+
+def _moving_field(seed=3):
+    """60 detections; Gaia near them (0-6"), on the r_stack circle (600 +- 4"), and around
+    (with bad positions, a repeated id, high and null proper motions), 70 % of it moving by up
+    to 4"; ALLWISE beside half the Gaia rows, their best neighbours (some not one-to-one).
+    Two rows are placed to cross a line: Gaia row 0 from 601" to 599" of the centre (into
+    the cone), row 1 from 4.5" to 2" of detection 0 (into its match radius)."""
+    rng = np.random.default_rng(seed)
+    ra0, dec0 = 0.01, 5.0
+    r = 550 * np.sqrt(rng.uniform(0, 1, 60))
+    a = rng.uniform(0, 2 * np.pi, 60)
+    d_xi, d_eta = r * np.sin(a), r * np.cos(a)
+    det = make_detections(*offsets_to_sky(ra0, dec0, d_xi, d_eta))
+    near = rng.integers(0, 60, 90)
+    rn, an = rng.uniform(0, 6, 90), rng.uniform(0, 2 * np.pi, 90)
+    ring_r, ring_a = rng.uniform(596, 604, 100), rng.uniform(0, 2 * np.pi, 100)
+    back_r, back_a = 700 * np.sqrt(rng.uniform(0, 1, 200)), rng.uniform(0, 2 * np.pi, 200)
+    g_xi = np.r_[0.0, d_xi[0] + 4.5, d_xi[near] + rn * np.sin(an), ring_r * np.sin(ring_a),
+                 back_r * np.sin(back_a)]
+    g_eta = np.r_[601.0, d_eta[0], d_eta[near] + rn * np.cos(an), ring_r * np.cos(ring_a),
+                  back_r * np.cos(back_a)]
+    n = g_xi.size
+    g_ra, g_dec = offsets_to_sky(ra0, dec0, g_xi, g_eta)
+    g_ra[5] = np.nan
+    ids = np.arange(10**9, 10**9 + n)
+    ids[7] = ids[8]
+    pmra = rng.uniform(-20, 20, n)
+    pmra[rng.uniform(0, 1, n) < 0.05] = 80.0                    # high proper motion
+    pmra[9::11] = np.nan                                        # null
+    gaia = make_gaia(g_ra, g_dec, pmra=pmra, pmdec=np.zeros(n), ids=ids)
+    step, way = rng.uniform(0, 4, n), rng.uniform(0, 2 * np.pi, n)
+    dxi, deta = step * np.sin(way), step * np.cos(way)
+    still = rng.uniform(0, 1, n) < 0.3
+    dxi[still], deta[still] = 0.0, 0.0
+    dxi[0], deta[0] = 0.0, -2.0
+    dxi[1], deta[1] = -2.5, 0.0
+    half = np.flatnonzero(rng.uniform(0, 1, n) < 0.5)
+    w_ra, w_dec = offsets_to_sky(ra0, dec0, g_xi[half] + 0.5, g_eta[half])
+    wise = make_wise(w_ra, w_dec, ids=np.arange(7000, 7000 + half.size))
+    bn = BestNeighbours(source_id=np.r_[ids[half], ids[half[:3]]],
+                        allwise_oid=np.r_[wise.allwise_oid, [1, 2, 3]])
+    return ra0, dec0, det, gaia, wise, bn, dxi, deta
+
+
+def _same_match(a, b):
+    """Every result of two match_stack runs equal, bit for bit, but the positions of the
+    Gaia rows no result reads (the pairs' and the best-neighbour pairs' are read)."""
+    for name in ("det_rows", "det_xi_arcsec", "det_eta_arcsec", "n_gaia_cand", "n_wise_cand",
+                 "gaia_rows", "wise_rows", "wise_xi_arcsec", "wise_eta_arcsec"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
+    for pa, pb in ((a.gaia_pairs, b.gaia_pairs), (a.wise_pairs, b.wise_pairs),
+                   (a.wise_gaia, b.wise_gaia)):
+        for name, value in vars(pa).items():
+            np.testing.assert_array_equal(value, getattr(pb, name), err_msg=name)
+    read = np.r_[a.gaia_pairs.ref_row, a.wise_gaia.gaia_row]
+    for name in ("gaia_xi_arcsec", "gaia_eta_arcsec", "gaia_ra_deg", "gaia_dec_deg"):
+        np.testing.assert_array_equal(getattr(a, name)[read], getattr(b, name)[read],
+                                      err_msg=name)
+    assert (a.density_gaia, a.density_wise, a.method) == (b.density_gaia, b.density_wise,
+                                                          b.method)
+    assert a.filters == b.filters
+
+
+def test_a_motion_gives_the_match_of_the_moved_positions_moving_only_what_it_reads():
+    ra0, dec0, det, gaia, wise, bn, dxi, deta = _moving_field()
+    cfg = MatchConfig(ra0, dec0)
+    motion = _Shift(gaia.ra_deg, gaia.dec_deg, ra0, dec0, dxi, deta)
+    moved = GaiaSources(gaia.source_id, motion.now_ra, motion.now_dec, gaia.pmra_masyr,
+                        gaia.pmdec_masyr)
+    want = match_stack(det, moved, cfg, wise=wise, best_neighbours=bn)
+    got = match_stack(det, gaia, cfg, wise=wise, best_neighbours=bn, motion=motion)
+    _same_match(want, got)
+    # the rows read are at their new places, each moved once, and most rows never
+    read = np.r_[got.gaia_pairs.ref_row, got.wise_gaia.gaia_row]
+    assert set(read[motion.bound_arcsec[read] > 0]) <= set(motion.asked)
+    assert len(motion.asked) == len(set(motion.asked))
+    assert 0 < len(motion.asked) < 0.6 * np.count_nonzero(motion.bound_arcsec)
+    asked = np.array(motion.asked)
+    assert np.all(motion.bound_arcsec[asked] > 0)
+    np.testing.assert_array_equal(got.gaia_ra_deg[asked], motion.now_ra[asked])
+    never = np.setdiff1d(np.arange(len(gaia)), asked)
+    np.testing.assert_array_equal(got.gaia_ra_deg[never], np.asarray(gaia.ra_deg)[never])
+    # rows 0 and 1 crossed into the cone and into detection 0's match radius
+    assert 0 in got.gaia_pairs.ref_row or got.density_gaia > 0
+    assert 1 in got.gaia_pairs.ref_row[got.gaia_pairs.det_row == 0]
+    # and without a motion, the positions given are the ones used
+    plain = match_stack(det, moved, cfg, wise=wise, best_neighbours=bn)
+    assert plain.gaia_ra_deg is not None
+    np.testing.assert_array_equal(plain.gaia_ra_deg, motion.now_ra)
+    np.testing.assert_array_equal(plain.gaia_dec_deg, motion.now_dec)
+
+
+def test_a_motion_bound_too_small_changes_the_results():
+    """The bound is what makes the lazy match exact: with one under the true displacement
+    (0.3 x), row 0 stays outside the cone and row 1 outside detection 0's match radius (only
+    those two move here)."""
+    ra0, dec0, det, gaia, wise, bn, dxi, deta = _moving_field()
+    only = np.zeros_like(dxi)
+    dxi, deta = np.r_[dxi[:2], only[2:]], np.r_[deta[:2], only[2:]]
+    cfg = MatchConfig(ra0, dec0)
+    right = match_stack(det, gaia, cfg, wise=wise, best_neighbours=bn,
+                        motion=_Shift(gaia.ra_deg, gaia.dec_deg, ra0, dec0, dxi, deta))
+    wrong = match_stack(det, gaia, cfg, wise=wise, best_neighbours=bn,
+                        motion=_Shift(gaia.ra_deg, gaia.dec_deg, ra0, dec0, dxi, deta, 0.3))
+    assert (right.density_gaia - wrong.density_gaia) * np.pi * 10.0**2 == pytest.approx(1.0)
+    assert 1 in right.gaia_pairs.ref_row and 1 not in wrong.gaia_pairs.ref_row
+
+
+def test_crossmatch_with_reach_asks_once_for_the_candidates_within_it():
+    ra0, dec0 = 30.0, -20.0
+    d_ra, d_dec = offsets_to_sky(ra0, dec0, [0.0, 100.0], [0.0, 0.0])
+    # refs at 2.9" (stays), 4" moving to 1" (reach 3.5"), 9" moving to 2" (reach 7.5": its
+    # candidate search needs the widened radius), 20" (reach 1": never asked)
+    r_ra, r_dec = offsets_to_sky(ra0, dec0, [2.9, 104.0, 109.0, 20.0], [0.0, 0.0, 0.0, 0.0])
+    now_ra, now_dec = offsets_to_sky(ra0, dec0, [2.9, 101.0, 102.0, 20.0], [0.0] * 4)
+    asked = []
+
+    def move(index):
+        asked.append(np.asarray(index).tolist())
+        return now_ra[index], now_dec[index]
+
+    reach = np.array([0.0, 3.5, 7.5, 1.0])
+    di, ri, sep = crossmatch(d_ra, d_dec, r_ra, r_dec, 3.0, ref_reach=reach, ref_move=move)
+    assert asked == [[0, 1, 2]]
+    assert di.tolist() == [0, 1, 1] and ri.tolist() == [0, 1, 2]
+    np.testing.assert_allclose(sep, [2.9, 1.0, 2.0], atol=1e-6)
+    want = crossmatch(d_ra, d_dec, now_ra, now_dec, 3.0)
+    for x, y in zip((di, ri, sep), want, strict=True):
+        np.testing.assert_array_equal(x, y)
+    # nothing within reach: never asked; no reach: the plain crossmatch
+    asked.clear()
+    far = crossmatch(d_ra, d_dec, r_ra + 1.0, r_dec, 3.0, ref_reach=reach, ref_move=move)
+    assert asked == [] and far[0].size == 0
+    plain = crossmatch(d_ra, d_dec, r_ra, r_dec, 3.0)
+    assert plain[1].tolist() == [0]

@@ -599,8 +599,8 @@ def _match(detfile, gaiafile, outfile, *, wisefile, bestnbfile, stackid, ra_stac
     config = dataclasses.replace(config, ra_stack_deg=cat.ra_stack, dec_stack_deg=cat.dec_stack)
     gaia_in = read_table(gaiafile, param="gaiafile")
     gaia, ref_keys = _read_reference(gaia_in, refcat)
-    gaia, epoch_keys, epochs = _at_stack_epoch(gaia, gaia_in, refcat, det_in, cat, epoch_req,
-                                               ref_epoch, pm_disp)
+    gaia, epoch_keys, epochs, motion = _at_stack_epoch(gaia, gaia_in, refcat, det_in, cat,
+                                                       epoch_req, ref_epoch, pm_disp)
     wise = best = None
     if have_wise:
         wise_in = read_table(wisefile, param="wisefile")
@@ -609,7 +609,10 @@ def _match(detfile, gaiafile, outfile, *, wisefile, bestnbfile, stackid, ra_stac
         logger.info("Read %d ALLWISE source(s) from %s and %d best-neighbour row(s) from %s",
                     len(wise), wise_in.hdu, len(best), best_in.hdu)
 
-    result = matching.match_stack(det, gaia, config, wise=wise, best_neighbours=best)
+    result = matching.match_stack(det, gaia, config, wise=wise, best_neighbours=best,
+                                  motion=motion)
+    # the positions the match used: at the stack's epoch wherever a result reads them
+    gaia = dataclasses.replace(gaia, ra_deg=result.gaia_ra_deg, dec_deg=result.gaia_dec_deg)
     _report_match(result, cat.stackid)
     pairs = pairs_format.pairs_from_match(result, det, gaia, wise, stackid=cat.stackid,
                                           instrument=cat.instrument)
@@ -694,9 +697,16 @@ class _SdssSources:
 
 
 def _at_stack_epoch(gaia, ref_in, refcat, det_in, cat, epoch_req, ref_epoch, pm_disp):
-    """Reference positions and errors at the stack's epoch (issue 14), and the keywords.
+    """Reference errors at the stack's epoch (issue 14), the keywords, and the motion.
 
-    Returns (sources, keywords, (epoch, mean reference epoch, number moved)).
+    Returns (sources, keywords, (epoch, mean reference epoch, number moved), motion).  The
+    sources' positions are the catalog's, at its epoch; ``motion`` (None when nothing is
+    propagated) is the :class:`~stk_astrometry.core.epoch.Propagation` to the stack's epoch
+    that :func:`stk_astrometry.matching.match_stack` applies to the rows a result depends
+    on (issue 11): the other rows are never moved, and their positions in the sources are
+    not the stack epoch's -- use ``MatchResult.gaia_ra_deg``/``gaia_dec_deg`` of the match
+    (or ``motion.move``), never these, for positions at the stack's epoch.  The errors
+    (``sigra_arcsec``/``sigdec_arcsec``) are the stack epoch's for every row.
     """
     import numpy as np
 
@@ -725,7 +735,7 @@ def _at_stack_epoch(gaia, ref_in, refcat, det_in, cat, epoch_req, ref_epoch, pm_
             ("EPOCHOBS", year, "[yr] stack epoch (Julian) used"),
             ("EPOCHSRC", origin[:68], "")]
     if year is None:
-        return gaia, tuple(keys), (None, None, 0)
+        return gaia, tuple(keys), (None, None, 0), None
     fallback = ref_epoch if ref_epoch is not None else _DEFAULT_REF_EPOCH[refcat]
     fallback_origin = "ref_epoch parameter" if ref_epoch is not None else (
         "Gaia DR3 default" if refcat == "gaia" else "SDSS default")
@@ -745,9 +755,10 @@ def _at_stack_epoch(gaia, ref_in, refcat, det_in, cat, epoch_req, ref_epoch, pm_
         epoch_origin = fallback_origin
         logger.info("%s has no reference-epoch column: %.2f (%s)", ref_in.hdu, fallback,
                     fallback_origin)
-    ra, dec, moved = ep.propagate(gaia.ra_deg, gaia.dec_deg, gaia.pmra_masyr, gaia.pmdec_masyr,
-                                  ref_rows, year,
-                                  parallax_mas=None if astrom is None else astrom.parallax)
+    motion = ep.Propagation(gaia.ra_deg, gaia.dec_deg, gaia.pmra_masyr, gaia.pmdec_masyr,
+                            ref_rows, year,
+                            parallax_mas=None if astrom is None else astrom.parallax)
+    moved = motion.moved
     dt = year - ref_rows
     sig_ra = ep.position_sigma(dt, moved, pos_err_mas=getattr(astrom, "ra_error", None),
                                pm_err_masyr=getattr(astrom, "pmra_error", None),
@@ -770,9 +781,8 @@ def _at_stack_epoch(gaia, ref_in, refcat, det_in, cat, epoch_req, ref_epoch, pm_
              ("PMDISP", pm_disp, "[mas/yr] pm dispersion, sources without pm"),
              ("NGPROP", n_moved, "reference sources moved with their pm"),
              ("NGGROWN", n_grown, "reference sources without pm: error grown")]
-    sources = dataclasses.replace(gaia, ra_deg=ra, dec_deg=dec, sigra_arcsec=sig_ra,
-                                  sigdec_arcsec=sig_dec)
-    return sources, tuple(keys), (year, mean_ref, n_moved)
+    sources = dataclasses.replace(gaia, sigra_arcsec=sig_ra, sigdec_arcsec=sig_dec)
+    return sources, tuple(keys), (year, mean_ref, n_moved), motion
 
 
 def _report_match(result, stackid):

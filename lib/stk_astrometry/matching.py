@@ -350,6 +350,10 @@ class MatchResult:
     method : str
         ``direct``, ``twostep`` or ``none``.
     filters : tuple of FilterCount
+    gaia_ra_deg, gaia_dec_deg : ndarray
+        The Gaia positions the match used, one per input row: with ``motion`` (see
+        :func:`match_stack`) at the stack's epoch for every row a result depends on and as
+        given for the others; without it, the positions given.
     """
 
     config: MatchConfig
@@ -371,6 +375,8 @@ class MatchResult:
     density_wise: float | None
     method: str
     filters: tuple
+    gaia_ra_deg: np.ndarray | None = None
+    gaia_dec_deg: np.ndarray | None = None
 
     @property
     def n_match_gaia(self) -> int:
@@ -467,7 +473,8 @@ def _density(inside, radius_arcmin):
 _SWEEP_MAX_CANDIDATES = 200_000
 
 
-def crossmatch(det_ra_deg, det_dec_deg, ref_ra_deg, ref_dec_deg, radius_arcsec):
+def crossmatch(det_ra_deg, det_dec_deg, ref_ra_deg, ref_dec_deg, radius_arcsec, *,
+               ref_reach=None, ref_move=None):
     """Every (detection, reference) pair closer than ``radius_arcsec``.
 
     Candidates are the pairs of unit vectors within the chord length ``2 sin(r/2)``
@@ -479,6 +486,13 @@ def crossmatch(det_ra_deg, det_dec_deg, ref_ra_deg, ref_dec_deg, radius_arcsec):
     (a detection with several references or the reverse) are all kept (spec §5.5.3
     step 1).  Positions must be valid (see :func:`valid_positions`).
 
+    With ``ref_reach`` (arcsec, one per reference) and ``ref_move``, the references are
+    given where they were, each within its reach of where it is now: the candidates are
+    searched within ``radius_arcsec`` + the largest reach, those within the radius + their
+    own reach are asked for where they are now (``ref_move(indices)`` -> ra, dec, deg; once,
+    sorted unique indices), and the separation there decides: the pairs, separations and
+    order of a crossmatch on the present positions.
+
     Returns
     -------
     det_index, ref_index : ndarray of int
@@ -488,7 +502,8 @@ def crossmatch(det_ra_deg, det_dec_deg, ref_ra_deg, ref_dec_deg, radius_arcsec):
     empty = (np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64), np.empty(0))
     if len(det_ra_deg) == 0 or len(ref_ra_deg) == 0:
         return empty
-    radius_rad = np.radians(radius_arcsec / ARCSEC_PER_DEG)
+    widen = 0.0 if ref_reach is None else float(np.max(ref_reach))
+    radius_rad = np.radians((radius_arcsec + widen) / ARCSEC_PER_DEG)
     # A hair wider than the chord so that rounding never loses a pair on
     # the boundary; the exact separation decides.
     chord = 2.0 * np.sin(radius_rad / 2.0) * (1.0 + 1e-9)
@@ -502,12 +517,19 @@ def crossmatch(det_ra_deg, det_dec_deg, ref_ra_deg, ref_dec_deg, radius_arcsec):
                                                         output_type="ndarray")
         found = (found["i"].astype(np.int64), found["j"].astype(np.int64))
     det_index, ref_index = found
-    sep = angular_separation_arcsec(
-        np.asarray(det_ra_deg)[det_index],
-        np.asarray(det_dec_deg)[det_index],
-        np.asarray(ref_ra_deg)[ref_index],
-        np.asarray(ref_dec_deg)[ref_index],
-    )
+    d_ra = np.asarray(det_ra_deg)[det_index]
+    d_dec = np.asarray(det_dec_deg)[det_index]
+    r_ra = np.asarray(ref_ra_deg)[ref_index]
+    r_dec = np.asarray(ref_dec_deg)[ref_index]
+    sep = angular_separation_arcsec(d_ra, d_dec, r_ra, r_dec)
+    if ref_move is not None:
+        # the candidates that can be within the radius now, at their present positions
+        near = np.flatnonzero(sep <= radius_arcsec + np.asarray(ref_reach)[ref_index])
+        if near.size:
+            moved, at = np.unique(ref_index[near], return_inverse=True)
+            now_ra, now_dec = ref_move(moved)
+            sep[near] = angular_separation_arcsec(d_ra[near], d_dec[near], now_ra[at],
+                                                  now_dec[at])
     keep = sep <= radius_arcsec
     det_index, ref_index, sep = det_index[keep], ref_index[keep], sep[keep]
     order = np.lexsort((ref_index, sep, det_index))
@@ -682,11 +704,24 @@ def empty_pairs(n_groups):
 
 
 def _make_pairs(det_rows, det_ra, det_dec, det_xi, det_eta,
-                ref_rows, ref_ra, ref_dec, ref_xi, ref_eta, config):
-    """Cross-match kept detections with kept references; rows are input rows."""
+                ref_rows, ref_ra, ref_dec, ref_xi, ref_eta, config, places=None):
+    """Cross-match kept detections with kept references; rows are input rows.
+
+    With ``places`` (a :class:`_Places` of the references' arrays), the references move to
+    the stack's epoch where they can be within the match radius (``ref_xi``/``ref_eta`` are
+    its arrays: read after the moves)."""
+    reach = move = None
+    if places is not None and places.motion is not None:
+        reach = places.bound[ref_rows]
+
+        def move(index):
+            rows = ref_rows[index]
+            places.move(rows)
+            return places.ra[rows], places.dec[rows]
+
     di, ri, sep = crossmatch(
         det_ra[det_rows], det_dec[det_rows], ref_ra[ref_rows], ref_dec[ref_rows],
-        config.match_radius_arcsec,
+        config.match_radius_arcsec, ref_reach=reach, ref_move=move,
     )
     if len(di) == 0:
         return empty_pairs(config.n_groups)
@@ -717,6 +752,55 @@ def _candidates(det_rows, pairs):
     pos = np.searchsorted(det_rows, rows)
     out[pos] = counts
     return out
+
+
+class _Places:
+    """The Gaia positions of one match, moved to the stack's epoch row by row when a result
+    can depend on it (issue 11).
+
+    ``motion`` is None (the positions given are the ones to use) or has ``bound_arcsec``
+    (per row: more than it moves; 0: it does not) and ``move(rows)`` -> (ra, dec) of those
+    rows at the stack's epoch (:class:`stk_astrometry.core.epoch.Propagation`).  ``ra``,
+    ``dec``, ``xi``, ``eta`` (tangent plane of (ra0, dec0), arcsec) are the present positions
+    of every row: changed in place by :meth:`move`, so the arrays read after a move are
+    the moved ones.
+    """
+
+    def __init__(self, ra, dec, ra0, dec0, motion):
+        self.motion = motion
+        self.ra0, self.dec0 = ra0, dec0
+        if motion is None:
+            self.ra, self.dec = ra, dec
+        else:
+            self.ra, self.dec = ra.copy(), dec.copy()
+            self.bound = np.asarray(motion.bound_arcsec, dtype=float)
+            self.todo = self.bound > 0
+        self.xi, self.eta = sky_to_tangent(self.ra, self.dec, ra0, dec0)
+
+    def move(self, rows):
+        """Move ``rows`` (not moved yet, with a bound > 0) to the stack's epoch."""
+        if self.motion is None:
+            return
+        rows = np.unique(rows[self.todo[rows]])
+        if rows.size:
+            self.todo[rows] = False
+            ra, dec = self.motion.move(rows)
+            self.ra[rows], self.dec[rows] = ra, dec
+            self.xi[rows], self.eta[rows] = sky_to_tangent(ra, dec, self.ra0, self.dec0)
+
+    def within(self, radius_arcmin):
+        """:func:`within_cone` of (ra0, dec0) of the present positions; the rows within
+        their bound of the circle are moved first."""
+        sep = angular_separation_arcsec(self.ra, self.dec, self.ra0, self.dec0)
+        with np.errstate(invalid="ignore"):
+            inside = sep <= radius_arcmin * 60.0
+            if self.motion is None:
+                return inside
+            edge = np.flatnonzero(self.todo & (np.abs(sep - radius_arcmin * 60.0) <= self.bound))
+        self.move(edge)
+        inside[edge] = within_cone(self.ra[edge], self.dec[edge], self.ra0, self.dec0,
+                                   radius_arcmin)
+        return inside
 
 
 # --------------------------------------------------------------------------
@@ -772,7 +856,7 @@ def filter_detections(det, config):
     return keep, counts
 
 
-def match_stack(det, gaia, config, *, wise=None, best_neighbours=None):
+def match_stack(det, gaia, config, *, wise=None, best_neighbours=None, motion=None):
     """Filter, cross-match and count one stack (spec §5.1-§5.5.2).
 
     Parameters
@@ -786,6 +870,14 @@ def match_stack(det, gaia, config, *, wise=None, best_neighbours=None):
         ALLWISE sources of the cone (unfiltered).
     best_neighbours : BestNeighbours, optional
         The Gaia-ALLWISE best-neighbour table; required with ``wise``.
+    motion : optional
+        How the Gaia sources move to the stack's epoch, when ``gaia`` holds them at their
+        catalog's epoch (:class:`stk_astrometry.core.epoch.Propagation`: ``bound_arcsec``
+        per row, ``move(rows)``): a row is moved where it can change a result -- within
+        its bound of the ``r_stack`` circle or of the match radius around a kept
+        detection, or an end of a kept best-neighbour pair -- and every result is that of a
+        match of the moved positions (``MatchResult.gaia_ra_deg``/``gaia_dec_deg``: the
+        positions used).
 
     Returns
     -------
@@ -826,9 +918,12 @@ def match_stack(det, gaia, config, *, wise=None, best_neighbours=None):
     g_ra = np.asarray(gaia.ra_deg, dtype=float)
     g_dec = np.asarray(gaia.dec_deg, dtype=float)
     # cone_density's two masks, kept: the best neighbours' r_stack test and the position
-    # filter are the same masks (issue 11: each is a pass over the whole catalog)
+    # filter are the same masks (issue 11: each is a pass over the whole catalog).  A moved
+    # row was valid and stays so (RA in [0, 360), |Dec| <= 90): the mask is the moved one's
     g_valid = valid_positions(g_ra, g_dec)
-    g_cone = within_cone(g_ra, g_dec, ra0, dec0, config.r_stack_arcmin)
+    places = _Places(g_ra, g_dec, ra0, dec0, motion)
+    g_ra, g_dec, g_xi, g_eta = places.ra, places.dec, places.xi, places.eta
+    g_cone = places.within(config.r_stack_arcmin)
     density_gaia = _density(g_valid & g_cone, config.r_stack_arcmin)
     filters.append(FilterCount("NGAIAIN", len(gaia), "Gaia sources read", removed=False))
     g_keep = np.ones(len(gaia), dtype=bool)
@@ -849,9 +944,8 @@ def match_stack(det, gaia, config, *, wise=None, best_neighbours=None):
                                "Gaia sources kept with null proper motion", removed=False))
     gaia_rows = np.flatnonzero(g_keep)
     filters.append(FilterCount("NGAIA", len(gaia_rows), "Gaia sources kept", removed=False))
-    g_xi, g_eta = sky_to_tangent(g_ra, g_dec, ra0, dec0)
     gaia_pairs = _make_pairs(det_rows, det_ra, det_dec, det_xi, det_eta,
-                             gaia_rows, g_ra, g_dec, g_xi, g_eta, config)
+                             gaia_rows, g_ra, g_dec, g_xi, g_eta, config, places)
 
     # ALLWISE
     empty_i = np.empty(0, dtype=np.int64)
@@ -919,6 +1013,7 @@ def match_stack(det, gaia, config, *, wise=None, best_neighbours=None):
         gr = g_row_of[inside]
         order = np.argsort(wr, kind="stable")
         wr, gr = wr[order], gr[order]
+        places.move(gr)
         wise_gaia = WiseGaiaPairs(
             wise_row=wr,
             gaia_row=gr,
@@ -955,6 +1050,8 @@ def match_stack(det, gaia, config, *, wise=None, best_neighbours=None):
         density_wise=density_wise,
         method=method,
         filters=tuple(filters),
+        gaia_ra_deg=g_ra,
+        gaia_dec_deg=g_dec,
     )
 
 
