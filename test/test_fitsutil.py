@@ -1301,18 +1301,43 @@ def test_write_atomically_writes_every_byte_of_short_writes(tmp_path, monkeypatc
     from stk_astrometry import fitsutil
 
     real_write = os.write
-    sizes = []
+    calls = []
 
-    def short(fd, data):
-        sizes.append(len(data))
-        return real_write(fd, bytes(data[:1000]))
+    def short(fd, buffers):
+        # at most 1000 bytes a call, ending anywhere: inside a buffer or at its end
+        calls.append([len(b) for b in buffers])
+        return real_write(fd, b"".join(bytes(b) for b in buffers)[:1000])
 
-    monkeypatch.setattr(fitsutil.os, "write", short)
+    monkeypatch.setattr(fitsutil.os, "writev", short)
     data = os.urandom(4321)
     fitsutil.write_atomically(tmp_path / "s.fits", data)
-    monkeypatch.undo()
-    assert sizes == [4321, 3321, 2321, 1321, 321]
+    assert calls == [[4321], [3321], [2321], [1321], [321]]
     assert (tmp_path / "s.fits").read_bytes() == data
+    # a list of buffers: written in order, as many a call as writev takes (16), short writes
+    # resumed inside a buffer or at the next one; empty buffers are no trouble
+    calls.clear()
+    parts = [b"", os.urandom(999), os.urandom(1), b"", os.urandom(1500)] + [b"x"] * 14 + [b"yz"]
+    fitsutil.write_atomically(tmp_path / "p.fits", parts)
+    monkeypatch.undo()
+    assert calls[0] == [0, 999, 1, 0, 1500] + [1] * 11
+    assert calls[1] == [1500] + [1] * 14 + [2]
+    assert calls[2] == [500] + [1] * 14 + [2]
+    assert len(calls) == 3
+    assert (tmp_path / "p.fits").read_bytes() == b"".join(parts)
+
+
+def test_write_atomically_to_a_bare_name_syncs_the_current_folder(tmp_path, monkeypatch):
+    """A file named without a folder: its rename is made durable by an fsync of ``.``."""
+    from stk_astrometry import fitsutil
+
+    synced = []
+    monkeypatch.setattr(fitsutil, "fsync_directory", synced.append)
+    monkeypatch.chdir(tmp_path)
+    fitsutil.write_atomically("bare.fits", b"new")
+    fitsutil.write_atomically(tmp_path / "sub.fits", [b"a", b"b"])
+    assert synced == [".", str(tmp_path)]
+    assert (tmp_path / "bare.fits").read_bytes() == b"new"
+    assert (tmp_path / "sub.fits").read_bytes() == b"ab"
 
 
 def test_write_atomically_that_fails_keeps_the_old_file_and_no_temporary(tmp_path, monkeypatch):
@@ -1323,13 +1348,13 @@ def test_write_atomically_that_fails_keeps_the_old_file_and_no_temporary(tmp_pat
     real_write = os.write
     calls = []
 
-    def failing(fd, data):
+    def failing(fd, buffers):
         calls.append(fd)
         if len(calls) > 1:
             raise OSError(28, "No space left on device")
-        return real_write(fd, bytes(data[:10]))
+        return real_write(fd, bytes(buffers[0][:10]))
 
-    monkeypatch.setattr(fitsutil.os, "write", failing)
+    monkeypatch.setattr(fitsutil.os, "writev", failing)
     with pytest.raises(OSError, match="No space left"):
         fitsutil.write_atomically(out, b"x" * 100)
     monkeypatch.undo()

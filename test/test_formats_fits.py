@@ -258,10 +258,10 @@ def test_fast_writer_writes_its_file_into_the_locked_temporary_file(tmp_path, mo
     from stk_astrometry.formats import _fits
 
     made = []
-    real_make_temp = fitsutil.make_temp
+    real_temp_file = fitsutil._temp_file     # make_temp's, as write_atomically calls it
 
-    def make_temp(dest):
-        fd, tmp = real_make_temp(dest)
+    def temp_file(dest):
+        fd, tmp = real_temp_file(dest)
         made.append((os.fstat(fd).st_ino, tmp))
         return fd, tmp
 
@@ -273,7 +273,7 @@ def test_fast_writer_writes_its_file_into_the_locked_temporary_file(tmp_path, mo
                 assert os.stat(tmp).st_ino == ino, "the locked temporary file was replaced"
                 checked.append(path)
 
-    monkeypatch.setattr(fitsutil, "make_temp", make_temp)
+    monkeypatch.setattr(fitsutil, "_temp_file", temp_file)
     real_replace = fitsutil._replace      # write_atomically renames through it
     monkeypatch.setattr(fitsutil, "_replace",
                         lambda tmp, dest, **kw: (written(tmp), real_replace(tmp, dest, **kw)))

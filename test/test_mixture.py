@@ -3462,3 +3462,159 @@ def test_averaged_memberships_refit_q_only_where_the_windows_differ():
         q = cand.q if own else refit[0]
         np.testing.assert_array_equal(
             out.r, mixture._fitted_memberships(prob, stated, out._replace(q=q), cal))
+
+
+# ---------------------------------------------------------------------------------------------
+# Each error model's arrays kept per problem (issue 11, session 13: _Problem.use_model)
+
+
+def _two_model_problem():
+    from stk_astrometry.mixture import _calibrated, _Problem
+
+    rng = np.random.default_rng(1313)
+    det, d_xi, d_eta, cov, _, _, density = simulate(rng, false_frac=0.3, density=20.0)
+    order = np.lexsort((d_eta, d_xi, det))
+    _, det = np.unique(det[order], return_inverse=True)
+    stated = 0.5 * (cov[order] + np.swapaxes(cov[order], 1, 2))
+    prob = _Problem(det, d_xi[order], d_eta[order], _calibrated(stated, 1.0, 0.0)[0],
+                    density / 3600.0, R, 5.0)
+    return prob, stated
+
+
+def _model_arrays(prob):
+    from stk_astrometry import mixture
+
+    idx = np.flatnonzero(np.hypot(prob.d[:, 0], prob.d[:, 1]) <= 1.5)
+    return (prob.cov, prob.inv, prob.log_norm, prob.disk_terms(),
+            mixture._window_terms(prob, idx, 1.5)[0])
+
+
+@pytest.mark.parametrize("model", [(1.0, 0.0), (1.3, 0.0), (1.0, 0.2), (0.7, 0.1)])
+def test_use_model_gives_what_set_cov_gives(model):
+    # every array of a model restored by use_model is the one set_cov of _calibrated makes,
+    # whichever models came between (bit for bit)
+    from stk_astrometry import mixture
+
+    prob, stated = _two_model_problem()
+    fresh, _ = _two_model_problem()
+    fresh.set_cov(mixture._calibrated(stated, *model)[0])
+    want = _model_arrays(fresh)
+    prob.keep_model(1.0, 0.0)
+    for other in (model, (2.0, 0.3), model, (1.0, 0.0), (2.0, 0.3), model):
+        prob.use_model(stated, *other)
+        _model_arrays(prob)
+    prob.use_model(stated, *model)
+    for got, exp in zip(_model_arrays(prob), want, strict=True):
+        np.testing.assert_array_equal(got, exp)
+
+
+def test_use_model_keeps_each_models_arrays():
+    # a model met again is restored (the same arrays, not recomputed), each model its own
+    from stk_astrometry import mixture
+
+    prob, stated = _two_model_problem()
+    made = prob.cov
+    prob.keep_model(1.0, 0.0)
+    first = _model_arrays(prob)
+    prob.use_model(stated, 1.5, 0.1)
+    other = _model_arrays(prob)
+    assert prob.cov is not made and not np.array_equal(other[4], first[4])
+    prob.use_model(stated, 1.0, 0.0)
+    assert prob.cov is made
+    for got, exp in zip(_model_arrays(prob), first, strict=True):
+        assert got is exp
+    prob.use_model(stated, 1.5, 0.1)
+    for got, exp in zip(_model_arrays(prob), other, strict=True):
+        assert got is exp
+    # the key is (scale, floor), not (floor, scale)
+    prob.use_model(stated, 0.1, 1.5)
+    assert not np.array_equal(prob.cov, other[0])
+    np.testing.assert_array_equal(prob.cov, mixture._calibrated(stated, 0.1, 1.5)[0])
+    # disk terms first computed after the model was restored are kept with it too
+    prob.use_model(stated, 0.9, 0.05)
+    prob.use_kept(1.0, 0.0)
+    prob.use_kept(0.9, 0.05)
+    disk = prob.disk_terms()
+    prob.use_kept(1.5, 0.1)
+    prob.use_kept(0.9, 0.05)
+    assert prob.disk_terms() is disk
+    with pytest.raises(KeyError):
+        prob.use_kept(0.9, 0.06)
+
+
+def test_fit_makes_each_models_covariances_once(monkeypatch):
+    # a calibrated fit computes the stated errors' covariances once (kept from the start) and
+    # each fitted model's at most twice (the calibration's, then kept: issue 11)
+    from collections import Counter
+
+    from stk_astrometry import mixture
+
+    made = Counter()
+    calibrated = mixture._calibrated
+
+    def counted(stated, scale, floor):
+        made[(float(scale), float(floor))] += 1
+        return calibrated(stated, scale, floor)
+
+    monkeypatch.setattr(mixture, "_calibrated", counted)
+    for seed, sys_floor in ((21, 0.0), (22, 0.05)):
+        rng = np.random.default_rng(seed)
+        det, dx, dy, cov, *_, density = simulate(rng, false_frac=0.3, density=10.0)
+        made.clear()
+        fit = fit_mixture(det, dx, dy, cov, density_per_arcmin2=density,
+                          match_radius_arcsec=R, calibrate=True, systematic_arcsec=sys_floor)
+        assert fit.calibrated
+        assert made[(1.0, sys_floor)] == 1
+        assert max(made.values()) <= 2 and len(made) >= 3
+
+
+def test_fitted_memberships_on_a_model_not_kept():
+    # _fitted_memberships makes the fitted model's covariances when they were not kept
+    from stk_astrometry import mixture
+
+    prob, stated = _two_model_problem()
+    st = mixture._windowed_fit(prob, np.array([0.4, -0.3]), 0.9)
+    r = mixture._fitted_memberships(prob, stated, st, (1.4, 0.1))
+    fresh, _ = _two_model_problem()
+    fresh.set_cov(mixture._calibrated(stated, 1.4, 0.1)[0])
+    p_win, mu = mixture._window_terms(fresh, st.idx, st.r_w)
+    np.testing.assert_array_equal(r, mixture._fit_window_final(fresh, st.idx, st.s, st.q,
+                                                               p_win, mu)[2])
+
+
+def test_set_cov_is_no_model():
+    # covariances set directly are not a kept model: their disk and window terms are their
+    # own and never written into the model that was current before
+    from stk_astrometry import mixture
+
+    prob, stated = _two_model_problem()
+    prob.use_model(stated, 1.2, 0.0)
+    kept = [a.copy() for a in _model_arrays(prob)]
+    prob.set_cov(mixture._calibrated(stated, 0.5, 0.05)[0])
+    fresh, _ = _two_model_problem()
+    fresh.set_cov(mixture._calibrated(stated, 0.5, 0.05)[0])
+    for got, exp in zip(_model_arrays(prob), _model_arrays(fresh), strict=True):
+        np.testing.assert_array_equal(got, exp)
+    prob.use_model(stated, 1.2, 0.0)
+    for got, exp in zip(_model_arrays(prob), kept, strict=True):
+        np.testing.assert_array_equal(got, exp)
+
+
+def test_window_terms_kept_by_window_and_radius():
+    # P_j of a window is kept by (radius, pairs): another radius or other pairs are computed
+    from stk_astrometry import mixture
+
+    prob, stated = _two_model_problem()
+    idx = np.flatnonzero(np.hypot(prob.d[:, 0], prob.d[:, 1]) <= 1.5)
+    p_a, mu_a = mixture._window_terms(prob, idx, 1.5)
+    assert mixture._window_terms(prob, idx, 1.5)[0] is p_a
+    assert not p_a.flags.writeable
+    p_b, mu_b = mixture._window_terms(prob, idx, 1.2)
+    assert mu_b == prob.rho * np.pi * 1.2**2 and mu_a == prob.rho * np.pi * 1.5**2
+    fresh, _ = _two_model_problem()
+    np.testing.assert_array_equal(p_b, mixture._window_terms(fresh, idx, 1.2)[0])
+    assert not np.array_equal(p_a, p_b)
+    fewer = idx[1:]
+    p_c, _ = mixture._window_terms(prob, fewer, 1.5)
+    assert p_c is not p_a
+    np.testing.assert_array_equal(p_c, mixture._window_terms(fresh, fewer, 1.5)[0])

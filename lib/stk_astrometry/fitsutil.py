@@ -451,15 +451,21 @@ def make_temp(dest):
     open file for as long as ``fd`` is open.  :func:`remove_orphan_temps` removes
     only temporary files nobody holds: those of a process that died.
     """
-    dest = Path(dest)
-    folder = dest.parent if str(dest.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=folder)
+    fd, tmp = _temp_file(str(Path(dest)))
+    return fd, Path(tmp)
+
+
+def _temp_file(dest):
+    """:func:`make_temp` of the normalised path text ``dest`` (``str(Path(...))``), the
+    temporary file's path as text (issue 11: pathlib's objects cost more than the syscalls)."""
+    folder, name = os.path.split(dest)
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder or ".")
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         # cannot happen for a file this process just created; keep going unlocked
         logger.debug("could not lock temporary file %s", tmp)
-    return fd, Path(tmp)
+    return fd, tmp
 
 
 #: Temporary files of the atomic writes of ``<name>``: ``.<name>.XXXXXXXX.tmp`` and the
@@ -537,7 +543,6 @@ def _replace(tmp, dest, *, sync, fd=None):
     """Rename ``tmp`` onto ``dest`` with the permissions and owner described above.  ``fd``:
     an open descriptor of ``tmp`` itself (:func:`write_atomically`'s), synced and given its
     mode through the descriptor rather than by path."""
-    tmp, dest = Path(tmp), Path(dest)
     if sync:
         if fd is not None:
             os.fsync(fd)
@@ -545,7 +550,7 @@ def _replace(tmp, dest, *, sync, fd=None):
             with open(tmp, "rb+") as fh:
                 os.fsync(fh.fileno())
     try:
-        old = dest.stat()
+        old = os.stat(dest)
     except OSError:
         old = None
     if old is None:
@@ -567,7 +572,7 @@ def _replace(tmp, dest, *, sync, fd=None):
         os.chmod(tmp if fd is None else fd, mode)
     os.replace(tmp, dest)
     if sync:
-        fsync_directory(dest.parent if str(dest.parent) else ".")
+        fsync_directory(os.path.dirname(os.fspath(dest)) or ".")
 
 
 @contextlib.contextmanager
@@ -589,17 +594,29 @@ def atomic_path(path):
 
 
 def write_atomically(path, data):
-    """Write the bytes ``data`` as the file ``path``, with :func:`atomic_path`'s guarantees.
+    """Write ``data`` as the file ``path``, with :func:`atomic_path`'s guarantees.
 
-    The bytes go through the temporary file's own descriptor -- no second open of the file,
-    and its sync and mode through the descriptor (issue 11: the per-stack writers' fixed cost).
+    ``data``: the bytes (a bytes-like object), or a list of bytes-like objects written one
+    after the other (a FITS file's headers and data units, not joined first: issue 11).  The
+    bytes go through the temporary file's own descriptor -- no second open of the file, and
+    its sync and mode through the descriptor (issue 11: the per-stack writers' fixed cost).
     """
-    dest = Path(path)
-    fd, tmp = make_temp(dest)
+    dest = str(Path(path))             # as make_temp and atomic_path take it: normalised
+    fd, tmp = _temp_file(dest)
     with _committing(fd, tmp, dest, own_fd=True):
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
+        views = [memoryview(part).cast("B") for part in
+                 (data if isinstance(data, list) else [data])]
+        while views:
+            written = os.writev(fd, views[:_IOV_MAX])
+            # drop what went out: the buffers written whole, then the start of the next
+            while views and written >= len(views[0]):
+                written -= len(views.pop(0))
+            if views:
+                views[0] = views[0][written:]
+
+
+#: Buffers per writev call (POSIX guarantees at least 16; Linux takes 1024).
+_IOV_MAX = 16
 
 
 @contextlib.contextmanager
@@ -617,7 +634,7 @@ def _committing(fd, tmp, dest, *, own_fd):
             _replace(tmp, dest, sync=False, fd=fd if own_fd else None)
             deferred.paths.append(str(dest))   # made durable by the block's group commit
         elif group is not None:
-            group.append((fd, tmp, dest))      # synced and renamed when the block ends
+            group.append((fd, Path(tmp), Path(dest)))  # synced and renamed when the block ends
             handed_over = True
         elif own_fd:
             _replace(tmp, dest, sync=True, fd=fd)
@@ -625,7 +642,7 @@ def _committing(fd, tmp, dest, *, own_fd):
             replace_durably(tmp, dest)
     except BaseException:
         with contextlib.suppress(OSError):
-            tmp.unlink()
+            os.unlink(tmp)
         raise
     finally:
         if not handed_over:

@@ -684,6 +684,7 @@ class _Problem:
         self.radius = radius
         self.max_shift = max_shift
         self._window_groups = {}
+        self._models = {}
 
     def set_cov(self, cov):
         """Replace the pair covariances (error calibration)."""
@@ -695,11 +696,40 @@ class _Problem:
         self.inv[:, 0, 1] = self.inv[:, 1, 0] = -cov[:, 0, 1] / det_c
         self.log_norm = -np.log(2.0 * np.pi) - 0.5 * np.log(det_c)
         self._disk = None
+        self._terms = {}
+        self._model = None
+
+    def use_model(self, stated, scale, floor):
+        """``set_cov(_calibrated(stated, scale, floor)[0])`` for the error model (scale, floor)
+        of the stated covariances ``stated`` (the same array for every call on one problem).
+        A fit returns to the same few models again and again (the stated errors', the fitted
+        one's: issue 11), so each model's covariances, their inverses, disk terms and window
+        terms are kept and restored, the same arrays as computed the first time."""
+        if (scale, floor) in self._models:
+            self.use_kept(scale, floor)
+        else:
+            self.set_cov(_calibrated(stated, scale, floor)[0])
+            self.keep_model(scale, floor)
+
+    def use_kept(self, scale, floor):
+        """The error model (scale, floor) kept before (:meth:`keep_model`) made current again
+        (KeyError if it was not kept)."""
+        model = self._models[(scale, floor)]
+        self.cov, self.inv, self.log_norm, self._disk, self._terms = model
+        self._model = model
+
+    def keep_model(self, scale, floor):
+        """Keep the current covariances as the error model (scale, floor) of
+        :meth:`use_model` (the problem is made with the stated errors')."""
+        self._model = self._models[(scale, floor)] = [self.cov, self.inv, self.log_norm,
+                                                      self._disk, self._terms]
 
     def disk_terms(self):
         """:func:`_disk_terms` of every pair's covariance, computed once per ``set_cov``."""
         if self._disk is None:
             self._disk = _disk_terms(self.cov)
+            if self._model is not None:
+                self._model[3] = self._disk
         return self._disk
 
     def window_groups(self, idx):
@@ -1417,6 +1447,7 @@ def fit_mixture(src_index, d_xi, d_eta, cov_pairs, *, density_per_arcmin2, match
     n_det = int(det.max()) + 1
 
     prob = _Problem(det, dx, dy, cov, rho_arcmin / 3600.0, radius, max_shift)
+    prob.keep_model(1.0, sys_arcsec)
     s = x0.copy() if x0 is not None else _start_by_grid(prob, start_prior_arcsec)
     q = 0.9 if prob.rho > 0 else 1.0
     st = _windowed_fit(prob, s, q)
@@ -1431,7 +1462,7 @@ def fit_mixture(src_index, d_xi, d_eta, cov_pairs, *, density_per_arcmin2, match
         # errors it was too low exactly when calibration was needed (issue 14: bright true
         # counterparts of stacks with 10-14 true pairs lost with membership 0).
         start = (max(scale, 1.0), max(floor, _CAL_START_FLOOR))
-        prob.set_cov(_calibrated(stated, *start)[0])
+        prob.use_model(stated, *start)
         wide = _windowed_fit(prob, st.s, st.q, covariance=False)
         n_eff_cal = max(st.n_eff, wide.n_eff if wide.window_prev is not None else 0.0)
         if n_eff_cal >= _CAL_MIN_NEFF:
@@ -1440,7 +1471,7 @@ def fit_mixture(src_index, d_xi, d_eta, cov_pairs, *, density_per_arcmin2, match
             if cand.window_prev is None:
                 # the calibration's own fit (from the wide errors) left every pair out of its
                 # window: no error model was fitted, and the stated errors' fit stands
-                prob.set_cov(_calibrated(stated, scale, floor)[0])
+                prob.use_kept(scale, floor)
                 cal_note = ("errors not calibrated: the calibration's fit has no pair in its "
                             "window; the stated errors kept")
             else:
@@ -1454,7 +1485,7 @@ def fit_mixture(src_index, d_xi, d_eta, cov_pairs, *, density_per_arcmin2, match
                     st, (scale, floor) = cand, cal
                     st = st._replace(cov_s=_dof_corrected(st.cov_s, st.n_eff))
                 else:
-                    prob.set_cov(_calibrated(stated, scale, floor)[0])
+                    prob.use_kept(scale, floor)
                     cal_kept = (f"errors calibrated: the stated errors kept (fitted scale "
                                 f"{cal[0]:.2f}, floor {cal[1]:.3f}\" not better enough: "
                                 f"2 (dlogL + dlog prior) = {gain:.1f} < {_CAL_LR_MIN:g})")
@@ -1470,19 +1501,21 @@ def fit_mixture(src_index, d_xi, d_eta, cov_pairs, *, density_per_arcmin2, match
                     if factor > 1.0:
                         st = st._replace(cov_s=wider)
                         cal_kept += f"; covariance x{factor:.2f} as the fitted model's"
-                    st = st._replace(r=_fitted_memberships(prob, stated, st, cal))
-                    prob.set_cov(_calibrated(stated, scale, floor)[0])
                 # neither model is certain: average the two (module docstring, "Averaged")
                 base = st
                 st, weight = _averaged(prob, stated, base, st_stated, cand, cal, gain)
-                prob.set_cov(_calibrated(stated, scale, floor)[0])
+                if st is base and gain < _CAL_LR_MIN:
+                    # not averaged, not kept: the fitted model's memberships at the stated
+                    # errors' shift (an average gives its own, at its shift: _averaged)
+                    st = base = st._replace(r=_fitted_memberships(prob, stated, st, cal))
+                prob.use_kept(scale, floor)
                 # said only of an average made (not when a covariance was unusable)
                 if st is not base and min(weight, 1.0 - weight) >= 0.005:
                     cal_avg = (f"shift and covariance averaged over the stated and the fitted "
                                f"error model (weight {weight:.2f} on the fitted model)")
             st = st._replace(total_iter=total_iter)
         else:
-            prob.set_cov(_calibrated(stated, scale, floor)[0])
+            prob.use_kept(scale, floor)
             cal_note = (f"errors not calibrated: {n_eff_cal:.1f} effective true matches < "
                         f"{_CAL_MIN_NEFF}")
     if st.window_prev is None:
@@ -1623,7 +1656,7 @@ def _with_covariance(prob, st):
 def _fitted_memberships(prob, stated, st, cal):
     """The memberships of the fitted error model ``cal`` at the shift, window and q of the
     stated errors' fit ``st``.  Leaves ``prob`` with the fitted model's covariances."""
-    prob.set_cov(_calibrated(stated, *cal)[0])
+    prob.use_model(stated, *cal)
     p_win, mu = _window_terms(prob, st.idx, st.r_w)
     return _fit_window_final(prob, st.idx, st.s, st.q, p_win, mu)[2]
 
@@ -1640,7 +1673,7 @@ def _gain_same_window(prob, stated, st, cand, cal, min_floor):
     ``prob`` with the fitted model's covariances."""
     loglike, restricted = [], []
     for model, start in (((1.0, min_floor), st), (cal, cand)):
-        prob.set_cov(_calibrated(stated, *model)[0])
+        prob.use_model(stated, *model)
         p_win, mu = _window_terms(prob, st.idx, st.r_w)
         s_fit, q_fit, *_ = _fit_window(prob, st.idx, start.s.copy(), start.q, p_win, mu,
                                        _GAIN_TOL)
@@ -1672,7 +1705,7 @@ def _averaged(prob, stated, base, st_stated, cand, cal, gain):
     weight = _model_weight(gain)
     c_fit = _dof_corrected(cand.cov_s, cand.n_eff)
     c_stated = _robust_floor(st_stated.cov_s, c_fit)[0]
-    prob.set_cov(_calibrated(stated, *cal)[0])
+    prob.use_model(stated, *cal)
     if weight == 1.0 or c_fit is None or c_stated is None \
             or not (np.all(np.isfinite(c_fit)) and np.all(np.isfinite(c_stated))):
         return base, weight       # the fitted model alone (base), or nothing to average
@@ -2147,12 +2180,20 @@ def _window(prob, s, edge):
 
 
 def _window_terms(prob, idx, r_w):
-    """P_j (per detection with pairs ``idx`` in the window) and mu for a window of radius r_w."""
+    """P_j (per detection with pairs ``idx`` in the window) and mu for a window of radius r_w.
+    Kept with ``prob``'s current covariances (:meth:`_Problem.use_model`): the model choice asks
+    again for windows a fit has just computed."""
+    key = (r_w, idx.tobytes())
+    got = prob._terms.get(key)
+    if got is not None:
+        return got
     p_pair = _disk_mass(prob.disk_terms()[idx], r_w)
     starts, counts, single = prob.window_groups(idx)
     # one pair per detection: reduceat and / 1 give p_pair itself
     p_win = p_pair if single else np.add.reduceat(p_pair, starts) / counts
-    return p_win, prob.rho * np.pi * r_w**2
+    p_win.flags.writeable = False
+    got = prob._terms[key] = (p_win, prob.rho * np.pi * r_w**2)
+    return got
 
 
 def _fit_window_final(prob, idx, s, q, p_win, mu):

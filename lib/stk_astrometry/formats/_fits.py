@@ -29,7 +29,8 @@ def column_format(values, fmt=None):
     arr = np.asarray(values)
     kind = arr.dtype.kind
     if kind in "US":
-        width = max([1] + [len(v) for v in arr.ravel()])   # bytes: len(), not len(repr)
+        # the longest value's len() (trailing NULs are no part of a numpy string)
+        width = max(1, int(np.char.str_len(arr).max())) if arr.size else 1
         return f"{width}A"
     # a vector column (one array per row) repeats its element type: "2D" for (n, 2) floats
     repeat = str(int(np.prod(arr.shape[1:]))) if arr.ndim > 1 else ""
@@ -377,8 +378,7 @@ def _table_columns(spec):
         tform = column_format(arr, spec.formats.get(key))
         if tform.endswith("A"):
             width = int(tform[:-1] or 1)
-            arr = np.char.encode(arr.astype(str), "ascii") if arr.dtype.kind == "U" else arr
-            dt = np.dtype(f"S{width}")
+            dt = np.dtype(f"S{width}")     # str cast to it as ASCII (UnicodeEncodeError if not)
         elif tform.lstrip("0123456789") == "L":
             dt = np.dtype("?")
         else:
@@ -490,10 +490,10 @@ def write_fits_fast(path, specs, history, *, clobber):
     # one write, through its descriptor (fitsio's clobber=True would unlink and recreate it
     # unlocked)
     try:
-        image = _fits_image(specs, run)
-        if image is None:
-            image = _cfitsio_image(specs, run)
-        write_atomically(path, image)
+        parts = _fits_parts(specs, run)
+        if parts is None:
+            parts = [_cfitsio_image(specs, run)]
+        write_atomically(path, parts)
     except OSError as exc:
         raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from exc
     import logging
@@ -694,14 +694,22 @@ def _write_card(cfits, ext, name, value, comment):
 def _fits_image(specs, run):
     """The bytes cfitsio would make of ``specs`` (:func:`_cfitsio_image`), or None when an
     HDU has a card or column this writer leaves to cfitsio."""
+    parts = _fits_parts(specs, run)
+    return None if parts is None else b"".join(parts)
+
+
+def _fits_parts(specs, run):
+    """:func:`_fits_image`'s bytes as the buffers that make them up, in order (each HDU's
+    header, then its data), or None.  Written as they are (issue 11: joined, a pairs file's
+    ~200 kB were copied once more per stack)."""
     stamp = _checksum_time()
     parts = []
     for spec in specs:
         part = _hdu_image(spec, stamp, run)
         if part is None:
             return None
-        parts.append(part)
-    return b"".join(parts)
+        parts += part
+    return parts
 
 
 def _checksum_time():
@@ -716,39 +724,61 @@ _PRIMARY = (("SIMPLE", True), ("BITPIX", 8), ("NAXIS", 0), ("EXTEND", True))
 
 
 def _hdu_image(spec, stamp, run):
-    """One HDU's bytes as :func:`_write_one` has cfitsio write them, or None (see _fits_image)."""
+    """One HDU's bytes as :func:`_write_one` has cfitsio write them, as ``[header, data]``
+    (see :func:`_with_checksums`), or None (see _fits_image)."""
     if spec.name is None:
-        cards = [format_card(key, value, _ASTROPY_COMMENTS[key] or " ") for key, value in _PRIMARY]
-        present = {key for key, _ in _PRIMARY}
+        fixed = _primary_text()
+        present = _PRIMARY_NAMES
         data = b""
     else:
         arrays, tforms, rows = _table_columns(spec)
         if not arrays or any(arr.ndim > 2 for arr in arrays):
             return None         # no columns; TDIMn (cfitsio writes them)
         n_rows = _n_rows(spec.columns)
-        structure = (("XTENSION", "BINTABLE"), ("BITPIX", 8), ("NAXIS", 2),
-                     ("NAXIS1", rows.itemsize), ("NAXIS2", n_rows), ("PCOUNT", 0),
-                     ("GCOUNT", 1), ("TFIELDS", len(arrays)))
         layout = tuple((key, tform, spec.units.get(key) or "", *spec.column_info.get(key, ("", "")))
                        for key, tform in zip(spec.columns, tforms, strict=True))
         columns = _column_cards(spec.name, layout)
         if columns is None:
             return None
-        cards = [format_card(key, value, _ASTROPY_COMMENTS[key]) for key, value in structure]
-        cards.append(columns[0])
-        present = {key for key, _ in structure} | columns[1]
+        before, after = _structure_text(rows.itemsize, len(arrays))
+        fixed = before + format_card("NAXIS2", n_rows, _ASTROPY_COMMENTS["NAXIS2"]) + after \
+            + columns[0]
+        present = _TABLE_NAMES | columns[1]
         data = _table_data(arrays, n_rows)
     final, records = _keyword_cards(spec, present, *run)
-    cards += [format_card(name, value, comment) for name, value, comment in final]
-    cards += [f"HISTORY {rec}" for rec in records]
-    header = "".join(cards)
+    text = "".join([format_card(name, value, comment) for name, value, comment in final]
+                   + [f"HISTORY {rec}" for rec in records])
     # what cfitsio's write_record would change: not printable ASCII (blanked), a name not in
-    # upper case (raised) or not valid (refused), a record not of one card (cut)
-    if not (header.isascii() and header.isprintable()
+    # upper case (raised) or not valid (refused), a record not of one card (cut).  The
+    # structure and column cards are printable ASCII already (_column_text checks theirs).
+    if not (text.isascii() and text.isprintable()
             and all(_name_kept(name) for name, _, _ in final)
             and all(len(rec) == 72 for rec in records)):
         return None
-    return _with_checksums(header, data, stamp)
+    return _with_checksums(fixed + text, data, stamp)
+
+
+#: The names of the primary's structure cards and of a table's (NAXIS2 included).
+_PRIMARY_NAMES = frozenset(key for key, _ in _PRIMARY)
+_TABLE_NAMES = frozenset(("XTENSION", "BITPIX", "NAXIS", "NAXIS1", "NAXIS2", "PCOUNT", "GCOUNT",
+                          "TFIELDS"))
+
+
+@functools.lru_cache(maxsize=1)
+def _primary_text():
+    """The primary HDU's structure cards (the same in every file)."""
+    return "".join(format_card(key, value, _ASTROPY_COMMENTS[key] or " ")
+                   for key, value in _PRIMARY)
+
+
+@functools.lru_cache(maxsize=64)
+def _structure_text(itemsize, n_fields):
+    """A binary table's structure cards before and after NAXIS2 (the rows, the only one that
+    changes from file to file of a kind), for rows of ``itemsize`` bytes in ``n_fields`` columns."""
+    before = (("XTENSION", "BINTABLE"), ("BITPIX", 8), ("NAXIS", 2), ("NAXIS1", itemsize))
+    after = (("PCOUNT", 0), ("GCOUNT", 1), ("TFIELDS", n_fields))
+    return tuple("".join(format_card(key, value, _ASTROPY_COMMENTS[key]) for key, value in cards)
+                 for cards in (before, after))
 
 
 @functools.lru_cache(maxsize=256)
@@ -801,14 +831,18 @@ def _kept(name):
 
 def _table_data(arrays, n_rows):
     """The rows of a binary table as cfitsio writes ``arrays`` (:func:`_table_columns`):
-    big-endian, logicals as ``T``/``F``, strings as their bytes; zero fill to 2880 bytes."""
+    big-endian, logicals as ``T``/``F``, strings as their bytes; zero fill to 2880 bytes.
+    One buffer (an ndarray of bytes), the rows made in place."""
     if not n_rows:
         return b""
-    rows = np.empty(n_rows, _row_dtype(tuple((arr.dtype.str, arr.shape[1:]) for arr in arrays)))
-    for name, arr in zip(rows.dtype.names, arrays, strict=True):
+    dtype = _row_dtype(tuple((arr.dtype.str, arr.shape[1:]) for arr in arrays))
+    size = n_rows * dtype.itemsize
+    data = np.empty(size + -size % 2880, np.uint8)
+    data[size:] = 0
+    rows = data[:size].view(dtype)
+    for name, arr in zip(dtype.names, arrays, strict=True):
         rows[name] = np.where(arr, np.uint8(ord("T")), np.uint8(ord("F"))) if arr.dtype.kind == "b" else arr
-    data = rows.tobytes()
-    return data + bytes(-len(data) % 2880)
+    return data
 
 
 @functools.lru_cache(maxsize=256)
@@ -825,10 +859,11 @@ def _big_endian_row(fields):
 
 
 def _with_checksums(header, data, stamp):
-    """The HDU of the card images ``header`` and the padded ``data``, with the CHECKSUM and
-    DATASUM cards cfitsio's fits_write_chksum appends (FITS checksum convention: the 32-bit
-    ones' complement sums, as :mod:`stk_astrometry.fitsedit` computes and encodes them for
-    the headers it rewrites; DATASUM of no data ``'         0'``)."""
+    """The HDU of the card images ``header`` and the padded ``data``, as ``[header bytes,
+    data]``, with the CHECKSUM and DATASUM cards cfitsio's fits_write_chksum appends (FITS
+    checksum convention: the 32-bit ones' complement sums, as :mod:`stk_astrometry.fitsedit`
+    computes and encodes them for the headers it rewrites; DATASUM of no data
+    ``'         0'``)."""
     from stk_astrometry.fitsedit import encode_checksum, ones_complement_sum
 
     datasum = ones_complement_sum(data)
@@ -840,5 +875,5 @@ def _with_checksums(header, data, stamp):
     header += " " * (-len(header) % 2880)
     raw = header.encode("ascii")
     checksum = encode_checksum(0xFFFFFFFF - ones_complement_sum(raw, datasum)).encode("ascii")
-    return raw[:at] + checksum + raw[at + 16:] + data
+    return [raw[:at] + checksum + raw[at + 16:], data]
 
