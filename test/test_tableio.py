@@ -32,6 +32,11 @@ def _read_table_result(spec):
     for name in tin.table.colnames:
         col = tin.table[name]
         data, mask = np.ma.getdata(col), np.ma.getmaskarray(col)
+        if hasattr(tin.table, "data_mask"):      # the masked array's parts, without it
+            fast_data, fast_mask = tin.table.data_mask(name)
+            assert fast_data.dtype == data.dtype and fast_data.tobytes() == data.tobytes()
+            assert fast_mask.dtype == bool and fast_mask.shape == data.shape
+            assert fast_mask.tobytes() == mask.tobytes()
         with np.errstate(invalid="ignore"):      # a float32 signalling NaN, cast
             floats = tin.table.floats(name) if hasattr(tin.table, "floats") else None
         values = repr(data.tolist()) if data.dtype.kind == "O" else data.tobytes()
