@@ -677,3 +677,75 @@ def test_an_end_inside_a_card_is_not_the_end_card(tmp_path):
 
 def _fitsio_view_types(path):
     return [t for t, _ in _fitsio_view(path)]
+
+
+def test_column_masks_of_nulls_blanks_and_nans(tmp_path):
+    """ColumnTable's masks (table[name] and data_mask alike): NaN floats, TNULL integers and
+    blank text (empty or all blanks; a one-character text is not blank); integers without a
+    TNULL, logicals and empty columns have none."""
+    path = tmp_path / "m.fits"
+    cols = [fits.Column("s", "2A", array=np.array(["", "  ", "a", "ab"])),
+            fits.Column("f", "D", array=np.array([1.0, np.nan, 2.0, np.nan])),
+            fits.Column("i", "J", array=np.array([5, -1, 7, -1]), null=-1),
+            fits.Column("k", "J", array=np.array([5, -1, 7, -1])),
+            fits.Column("b", "L", array=np.array([True, False, True, False]))]
+    fits.BinTableHDU.from_columns(cols, name="T").writeto(path)
+    table = tableio.read_table(str(path), param="f").table
+    assert isinstance(table, tableio.ColumnTable)
+    want = {"s": [1, 1, 0, 0], "f": [0, 1, 0, 1], "i": [0, 1, 0, 1], "k": [0, 0, 0, 0],
+            "b": [0, 0, 0, 0]}
+    for name, mask in want.items():
+        data, got = table.data_mask(name)
+        assert got.dtype == bool and got.tolist() == [bool(m) for m in mask], name
+        assert np.ma.getmaskarray(table[name]).tolist() == got.tolist(), name
+        assert np.ma.getdata(table[name]).tobytes() == data.tobytes(), name
+    empty = tableio.ColumnTable({"s": np.array([], dtype="U3"), "x": np.zeros((0, 2), "U2")})
+    for name, shape in (("s", (0,)), ("x", (0, 2))):
+        data, mask = empty.data_mask(name)
+        assert mask.dtype == bool and mask.shape == shape
+
+
+def test_the_fast_reader_leaves_scaled_bit_variable_and_ascii_tables_to_astropy(tmp_path):
+    """_read_with_fitsio (called directly: read_table's fallback would hide a wrong answer)
+    returns None -- astropy's turn -- for scaled (TSCALn, TZEROn), bit (X) and variable-length
+    (P) columns, an ASCII table found first, a block beyond the last HDU, a name not there,
+    and a file without a table; it reads the plain table of the same files."""
+    n = 3
+    plain = fits.Column("x", "D", array=np.arange(n, dtype=float))
+    odd = {"tscal": fits.Column("s", "I", array=np.arange(n, dtype=np.int16)),    # TSCAL2 below
+           "tzero": fits.Column("u", "J", array=np.arange(n, dtype=np.int32)),     # TZERO2 below
+           "bits": fits.Column("b", "8X", array=np.zeros((n, 8), dtype=bool)),
+           "vla": fits.Column("v", "PJ()", array=np.array([[1], [2, 3], [4]], dtype=object))}
+    for kind, col in odd.items():
+        path = tmp_path / f"{kind}.fits"
+        fits.HDUList([fits.PrimaryHDU(), fits.BinTableHDU.from_columns([plain, col], name="ODD"),
+                      fits.BinTableHDU.from_columns([plain], name="OK")]).writeto(path)
+        if kind in ("tscal", "tzero"):
+            fits.setval(path, f"{kind.upper()}2", value=2.0 if kind == "tscal" else 2**31, ext=1)
+        for mode in (True, False):
+            tableio._PLAIN_READ = mode
+            try:
+                assert tableio._read_with_fitsio(path, None) is None, kind
+                assert tableio._read_with_fitsio(path, "ODD") is None, kind
+                assert tableio._read_with_fitsio(path, 4) is None, kind      # beyond the last
+                assert tableio._read_with_fitsio(path, 9) is None, kind
+                assert tableio._read_with_fitsio(path, "NOPE") is None, kind
+                table, _, label = tableio._read_with_fitsio(path, "OK")
+                assert label == f"{path}[OK]" and table.colnames == ["x"], kind
+            finally:
+                tableio._PLAIN_READ = True
+    path = tmp_path / "ascii.fits"
+    fits.HDUList([fits.PrimaryHDU(),
+                  fits.TableHDU.from_columns([fits.Column("a", "E10.4", array=np.ones(n))]),
+                  fits.BinTableHDU.from_columns([plain], name="OK")]).writeto(path)
+    assert tableio._read_with_fitsio(path, None) is None        # the first table is ASCII
+    assert tableio._read_with_fitsio(path, 3)[2] == f"{path}[OK]"
+    path = tmp_path / "image.fits"
+    fits.HDUList([fits.PrimaryHDU(np.zeros((2, 2)))]).writeto(path)
+    for mode in (True, False):
+        tableio._PLAIN_READ = mode
+        try:
+            assert tableio._read_with_fitsio(path, None) is None      # no table HDU at all
+            assert tableio._read_with_fitsio(path, 1) is None         # not a table
+        finally:
+            tableio._PLAIN_READ = True
