@@ -3712,3 +3712,38 @@ def test_disk_mass_one_radius_or_one_per_row():
     np.testing.assert_array_equal(mixture._disk_mass(v, radii),
                                   1.0 - np.exp(-0.5 * (radii**2)[:, None] / v).mean(axis=1))
 
+
+
+
+@pytest.mark.parametrize("floor", [0.0, 0.0005])
+def test_error_model_step_with_floored_variances(floor):
+    # pairs whose model variance k^2 l + sigma^2 falls below MIN_SIGMA_ARCSEC^2 are floored there
+    # and depend on neither k nor sigma (dv/dA = dv/dB = 0, the step's branch for them): the
+    # step still ends at the maximum of the floored model's objective -- the 2x2 matrices
+    # floored as _calibrated floors them, the restricted term and the error model's prior
+    from scipy.optimize import minimize
+    from stk_astrometry import mixture
+    from stk_astrometry.mixture import _fit_error_model
+
+    rng = np.random.default_rng(SEED + 4242)
+    stated, e, r, prob, st = _error_model_case(rng, 60, scale=1.2, floor=floor)
+    stated[::3] *= 1e-8                 # 1e-4 of the errors: floored at any k <= 10, floor 1 mas
+    e[::3] *= 1e-4                      # (their offsets with them)
+    prob.d = e + st.s
+
+    def objective(a):
+        cov = mixture._calibrated(stated, float(np.sqrt(a)), 0.0)[0]
+        inv = np.linalg.inv(cov)
+        quad = np.einsum("ni,nij,nj->n", e, inv, e)
+        return -(float(np.sum(r * (-0.5 * np.log(np.linalg.det(cov)) - 0.5 * quad)))
+                 - 0.5 * np.log(np.linalg.det(np.einsum("n,nij->ij", r, inv)))
+                 + mixture._error_prior(a, 0.0, 0.0)[0])
+
+    got = np.array(_fit_error_model(prob, stated, st, 1.0, 0.5, 0.0))
+    assert got[1] == 0.0          # the floor's prior holds it at its bound
+    res = minimize(lambda x: objective(x[0]), [1.5], method="L-BFGS-B", bounds=[(0.01, 100.0)],
+                   options={"ftol": 1e-16, "gtol": 1e-14, "maxiter": 10_000})
+    # (the step ends 3e-4 short of it here, in k: it starts the polish, which maximises the
+    # observed likelihood; a wrong dv/dA for the floored pairs ends 3.5 % away)
+    np.testing.assert_allclose(got[0], np.sqrt(res.x[0]), rtol=1e-3)
+    assert abs(got[0] - 1.2) < 0.2
