@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from stk_astrometry.errors import ParameterError
-from stk_astrometry.tangent import sky_to_tangent
+from stk_astrometry.tangent import ARCSEC_PER_RAD, sky_to_tangent
 
 __all__ = [
     "METHODS",
@@ -424,6 +424,39 @@ def unit_vectors(ra_deg, dec_deg):
     return np.column_stack([cos_dec * np.cos(ra), cos_dec * np.sin(ra), np.sin(dec)])
 
 
+def _sky_terms(ra_deg, dec_deg, ra0_deg, dec0_deg):
+    """``angular_separation_arcsec(ra, dec, ra0, dec0)``, ``sky_to_tangent(ra, dec, ra0,
+    dec0)`` and ``unit_vectors(ra, dec)`` from one set of sines and cosines (issue 11: each
+    computed its own, ~12 passes of libm's sin/cos over a 4,000-row catalog for 6).
+
+    The same operations in the same order, so the same numbers: the separation's RA
+    difference ``ra0 - ra`` is the tangent's ``ra - ra0`` negated (exactly), whose cosine is
+    the same and sine the negated one (sin and cos are odd and even to the bit: checked on
+    3e7 arguments, and test_matching compares this with the three functions), and the
+    separation takes that sine's product only through ``hypot``, which ignores its sign.
+    """
+    ra = np.radians(np.asarray(ra_deg, dtype=float))
+    dec = np.radians(np.asarray(dec_deg, dtype=float))
+    ra0 = np.radians(np.asarray(ra0_deg, dtype=float))
+    dec0 = np.radians(np.asarray(dec0_deg, dtype=float))
+    dra = ra - ra0
+    sin_dec, cos_dec = np.sin(dec), np.cos(dec)
+    sin_dec0, cos_dec0 = np.sin(dec0), np.cos(dec0)
+    sin_dra, cos_dra = np.sin(dra), np.cos(dra)
+    den = sin_dec * sin_dec0 + cos_dec * cos_dec0 * cos_dra
+    num2 = cos_dec * sin_dec0 - sin_dec * cos_dec0 * cos_dra
+    sep = np.degrees(np.arctan2(np.hypot(cos_dec0 * sin_dra, num2), den)) * ARCSEC_PER_DEG
+    with np.errstate(divide="ignore", invalid="ignore"):
+        xi = cos_dec * sin_dra / den
+        eta = (sin_dec * cos_dec0 - cos_dec * sin_dec0 * cos_dra) / den
+    bad = ~(den > 0)
+    if np.any(bad):
+        xi = np.where(bad, np.nan, xi)
+        eta = np.where(bad, np.nan, eta)
+    xyz = np.column_stack([cos_dec * np.cos(ra), cos_dec * np.sin(ra), sin_dec])
+    return sep, xi * ARCSEC_PER_RAD, eta * ARCSEC_PER_RAD, xyz
+
+
 def valid_positions(ra_deg, dec_deg):
     """True where RA is finite in [0, 360] and Dec finite in [-90, 90] degrees."""
     ra = np.asarray(ra_deg, dtype=float)
@@ -474,7 +507,7 @@ _SWEEP_MAX_CANDIDATES = 200_000
 
 
 def crossmatch(det_ra_deg, det_dec_deg, ref_ra_deg, ref_dec_deg, radius_arcsec, *,
-               ref_reach=None, ref_move=None):
+               ref_reach=None, ref_move=None, ref_xyz=None):
     """Every (detection, reference) pair closer than ``radius_arcsec``.
 
     Candidates are the pairs of unit vectors within the chord length ``2 sin(r/2)``
@@ -491,7 +524,8 @@ def crossmatch(det_ra_deg, det_dec_deg, ref_ra_deg, ref_dec_deg, radius_arcsec, 
     searched within ``radius_arcsec`` + the largest reach, those within the radius + their
     own reach are asked for where they are now (``ref_move(indices)`` -> ra, dec, deg; once,
     sorted unique indices), and the separation there decides: the pairs, separations and
-    order of a crossmatch on the present positions.
+    order of a crossmatch on the present positions.  ``ref_xyz``: the references'
+    :func:`unit_vectors`, when the caller has them.
 
     Returns
     -------
@@ -508,7 +542,8 @@ def crossmatch(det_ra_deg, det_dec_deg, ref_ra_deg, ref_dec_deg, radius_arcsec, 
     # the boundary; the exact separation decides.
     chord = 2.0 * np.sin(radius_rad / 2.0) * (1.0 + 1e-9)
     det_xyz = unit_vectors(det_ra_deg, det_dec_deg)
-    ref_xyz = unit_vectors(ref_ra_deg, ref_dec_deg)
+    if ref_xyz is None:
+        ref_xyz = unit_vectors(ref_ra_deg, ref_dec_deg)
     found = _sweep_candidates(det_xyz, ref_xyz, chord)
     if found is None:
         from scipy.spatial import cKDTree
@@ -707,10 +742,12 @@ def _make_pairs(det_rows, det_ra, det_dec, det_xi, det_eta,
                 ref_rows, ref_ra, ref_dec, ref_xi, ref_eta, config, places=None):
     """Cross-match kept detections with kept references; rows are input rows.
 
-    With ``places`` (a :class:`_Places` of the references' arrays), the references move to
-    the stack's epoch where they can be within the match radius (``ref_xi``/``ref_eta`` are
-    its arrays: read after the moves)."""
-    reach = move = None
+    With ``places`` (a :class:`_Places` of the references' arrays), its unit vectors are
+    used, and the references move to the stack's epoch where they can be within the match
+    radius (``ref_xi``/``ref_eta`` are its arrays: read after the moves)."""
+    reach = move = xyz = None
+    if places is not None:
+        xyz = places.xyz[ref_rows]
     if places is not None and places.motion is not None:
         reach = places.bound[ref_rows]
 
@@ -721,7 +758,7 @@ def _make_pairs(det_rows, det_ra, det_dec, det_xi, det_eta,
 
     di, ri, sep = crossmatch(
         det_ra[det_rows], det_dec[det_rows], ref_ra[ref_rows], ref_dec[ref_rows],
-        config.match_radius_arcsec, ref_reach=reach, ref_move=move,
+        config.match_radius_arcsec, ref_reach=reach, ref_move=move, ref_xyz=xyz,
     )
     if len(di) == 0:
         return empty_pairs(config.n_groups)
@@ -761,9 +798,9 @@ class _Places:
     ``motion`` is None (the positions given are the ones to use) or has ``bound_arcsec``
     (per row: more than it moves; 0: it does not) and ``move(rows)`` -> (ra, dec) of those
     rows at the stack's epoch (:class:`stk_astrometry.core.epoch.Propagation`).  ``ra``,
-    ``dec``, ``xi``, ``eta`` (tangent plane of (ra0, dec0), arcsec) are the present positions
-    of every row: changed in place by :meth:`move`, so the arrays read after a move are
-    the moved ones.
+    ``dec``, ``xi``, ``eta`` (tangent plane of (ra0, dec0), arcsec) and ``xyz``
+    (:func:`unit_vectors`) are the present positions of every row: changed in place by
+    :meth:`move`, so the arrays read after a move are the moved ones.
     """
 
     def __init__(self, ra, dec, ra0, dec0, motion):
@@ -775,7 +812,7 @@ class _Places:
             self.ra, self.dec = ra.copy(), dec.copy()
             self.bound = np.asarray(motion.bound_arcsec, dtype=float)
             self.todo = self.bound > 0
-        self.xi, self.eta = sky_to_tangent(self.ra, self.dec, ra0, dec0)
+        self.sep, self.xi, self.eta, self.xyz = _sky_terms(self.ra, self.dec, ra0, dec0)
 
     def move(self, rows):
         """Move ``rows`` (not moved yet, with a bound > 0) to the stack's epoch."""
@@ -787,11 +824,12 @@ class _Places:
             ra, dec = self.motion.move(rows)
             self.ra[rows], self.dec[rows] = ra, dec
             self.xi[rows], self.eta[rows] = sky_to_tangent(ra, dec, self.ra0, self.dec0)
+            self.xyz[rows] = unit_vectors(ra, dec)
 
     def within(self, radius_arcmin):
-        """:func:`within_cone` of (ra0, dec0) of the present positions; the rows within
-        their bound of the circle are moved first."""
-        sep = angular_separation_arcsec(self.ra, self.dec, self.ra0, self.dec0)
+        """:func:`within_cone` of (ra0, dec0) of the present positions (call it before any
+        move); the rows within their bound of the circle are moved first."""
+        sep = self.sep
         with np.errstate(invalid="ignore"):
             inside = sep <= radius_arcmin * 60.0
             if self.motion is None:
@@ -960,7 +998,8 @@ def match_stack(det, gaia, config, *, wise=None, best_neighbours=None, motion=No
         w_dec = np.asarray(wise.dec_deg, dtype=float)
         w_ids = np.asarray(wise.allwise_oid, dtype=np.int64)
         w_valid = valid_positions(w_ra, w_dec)
-        w_cone = within_cone(w_ra, w_dec, ra0, dec0, config.r_stack_arcmin)
+        w_places = _Places(w_ra, w_dec, ra0, dec0, None)
+        w_cone = w_places.within(config.r_stack_arcmin)
         density_wise = _density(w_valid & w_cone, config.r_stack_arcmin)
         filters.append(FilterCount("NWISEIN", len(wise), "ALLWISE sources read", removed=False))
         w_keep = np.ones(len(wise), dtype=bool)
@@ -987,9 +1026,9 @@ def match_stack(det, gaia, config, *, wise=None, best_neighbours=None, motion=No
         wise_rows = np.flatnonzero(w_keep)
         filters.append(FilterCount("NWISE", len(wise_rows), "ALLWISE sources kept",
                                    removed=False))
-        w_xi, w_eta = sky_to_tangent(w_ra, w_dec, ra0, dec0)
+        w_xi, w_eta = w_places.xi, w_places.eta
         wise_pairs = _make_pairs(det_rows, det_ra, det_dec, det_xi, det_eta,
-                                 wise_rows, w_ra, w_dec, w_xi, w_eta, config)
+                                 wise_rows, w_ra, w_dec, w_xi, w_eta, config, w_places)
 
         # One-to-one best neighbours, both ends kept and within r_stack.
         filters.append(FilterCount("NBNIN", len(best_neighbours),

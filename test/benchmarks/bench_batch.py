@@ -12,6 +12,9 @@ Tables:
    worker`` (target: within 1.3x of the LocalCluster's wall time, same table); beside them the
    CPU per stack of the steps alone (``run_stack`` in one process on 200 of the stacks: no
    Dask, no database), the ceiling that bounds the rate whatever the campaign machinery does;
+   and the peak memory of the driver and of the largest worker over the first tenth of the
+   same stacks beside the whole campaign's (target: at most 1.10x -- flat in the number of
+   stacks);
 3. ``kill -9`` of the driver at random moments (20 times), then a resume to the end: every
    stack recorded exactly once, the results table equal to the uninterrupted run's (all
    columns but timings and attempts).
@@ -50,6 +53,8 @@ from _common import LIB, na, print_table  # noqa: E402
 SEED = 20261205
 TARGET_RATE = 85.0
 TARGET_SCHED_RATIO = 1.3
+#: the peaks (driver, largest worker) over N stacks against over the first N/10 of them
+TARGET_MEM_GROWTH = 1.10
 KILLS = 20
 
 _RUNNER = r"""
@@ -440,6 +445,32 @@ def main(quick: bool = False) -> int:
                            "cores/CPU: the rate the CPU per stack allows on this machine's cores "
                            "if nothing else ran (the machine is shared: compare with the wall)",
                            f"done {local['n_done']}, failed {local['n_failed']}"])
+
+        # 2b. memory flat in the number of stacks: the first tenth of the same stacks, same
+        # driver, beside the whole campaign's peaks
+        m = max(100, n // 10)
+        try:
+            small = run_driver(f"@{make_inputs(m)[0]}", tmp / "tenth")
+            rows = []
+            for who, key in (("driver", "maxrss_mb"), ("largest worker (own VmHWM)",
+                                                       "workers_maxrss_mb")):
+                ratio = local[key] / small[key] if small[key] else float("inf")
+                ok = ratio <= TARGET_MEM_GROWTH
+                misses += [] if ok else [f"{who} peak {small[key]:.0f} -> {local[key]:.0f} MB "
+                                         f"({ratio:.2f}x > {TARGET_MEM_GROWTH})"]
+                rows.append([who, f"{small[key]:.1f} MB", f"{local[key]:.1f} MB",
+                             f"{ratio:.3f}x", f"{'PASS' if ok else 'FAIL'} <= "
+                             f"{TARGET_MEM_GROWTH}x"])
+            leak_kb = ((TARGET_MEM_GROWTH - 1) * small["workers_maxrss_mb"] * 1024
+                       / max(1, n - m))
+            print_table(f"peak memory, match + fit: {m:,} stacks vs {n:,} (the first {m:,} of "
+                        "them)", ["process", f"{m:,} stacks", f"{n:,} stacks", "ratio",
+                                  "target"], rows,
+                        notes=[f"flat: {n / m:.0f}x the stacks, at most "
+                               f"{100 * (TARGET_MEM_GROWTH - 1):.0f} % more peak memory (a leak "
+                               f"of {leak_kb:.1f} KB a stack in a worker would fail it)"])
+        except (RuntimeError, subprocess.TimeoutExpired) as exc:
+            misses.append(f"memory run of {m} stacks: {na(exc)}")
 
         # 3. kill -9 then resume
         # each killed run starts again (~2 s) and then records stacks: at most ~1.6 times the
