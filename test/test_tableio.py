@@ -32,6 +32,11 @@ def _read_table_result(spec):
     for name in tin.table.colnames:
         col = tin.table[name]
         data, mask = np.ma.getdata(col), np.ma.getmaskarray(col)
+        if hasattr(tin.table, "data_mask"):      # the masked array's parts, without it
+            fast_data, fast_mask = tin.table.data_mask(name)
+            assert fast_data.dtype == data.dtype and fast_data.tobytes() == data.tobytes()
+            assert fast_mask.dtype == bool and fast_mask.shape == data.shape
+            assert fast_mask.tobytes() == mask.tobytes()
         with np.errstate(invalid="ignore"):      # a float32 signalling NaN, cast
             floats = tin.table.floats(name) if hasattr(tin.table, "floats") else None
         values = repr(data.tolist()) if data.dtype.kind == "O" else data.tobytes()
@@ -67,12 +72,63 @@ def _both(fn, *args):
     return got[True], got[False]
 
 
-def check_same(path, blocks=(None,)):
-    """``path`` read both ways: equal.  True when the numpy reader took the file."""
+def _fast_result(path, block):
+    """What tableio's fast reader (numpy or fitsio) makes of ``path[block]``, called directly:
+    None when it leaves the file to astropy, else the table as :func:`_astropy_result` gives
+    astropy's.  Its errors are raised (read_table would hide them behind astropy's reader)."""
+    try:
+        fast = tableio._read_with_fitsio(Path(path), block)
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError) as exc:
+        return ("declined", type(exc).__name__)      # as _read_fits_fast takes it
+    if fast is None:
+        return None
+    table, header, label = fast
+    assert isinstance(table, tableio.ColumnTable)
+    return _columns_result(table, header, label)
+
+
+def _astropy_result(path, block):
+    table, header, label = tableio._read_fits(Path(path), block, str(path), "f")
+    return _columns_result(table, header, label)
+
+
+def _columns_result(table, header, label):
+    cols = {}
+    for name in table.colnames:
+        col = table[name]
+        mask = np.ma.getmaskarray(col)
+        data = np.ma.getdata(col)
+        # the values where not masked: astropy's and fitsio's byte order and str/bytes differ,
+        # and fitsio keeps a text's trailing blanks (the catalog readers strip them)
+        values = [(v.decode() if isinstance(v, bytes) else v).rstrip(" ")
+                  if isinstance(v, (str, bytes)) else v for v in data[~mask].tolist()]
+        kind = "U" if data.dtype.kind == "S" else data.dtype.kind
+        cols[name] = (kind, data.shape, repr(values), mask.tobytes())
+    cards = [(c.keyword, "UNDEFINED" if type(c.value).__name__ == "Undefined" else repr(c.value))
+             for c in header.cards]
+    return (label, cards, list(table.colnames), cols)
+
+
+def check_same(path, blocks=(None,), *, fast_takes=False):
+    """``path`` read both ways: equal.  True when the numpy reader took the file.
+
+    The fast reader called directly gives the same both ways; ``fast_takes``: it takes every
+    block that read_table reads, giving what astropy's reader gives (values, masks, names,
+    header, label) -- for the layouts the package reads (fuzzed files: their blank text and
+    odd bytes are read differently by the two libraries, and the readers strip and check)."""
+    compared = set()
     for block in blocks:
         spec = str(path) if block is None else f"{path}[{block}]"
         plain, other = _both(_read_table_result, spec)
         assert plain == other, spec
+        if plain[0] != "error":
+            fast, fitsio_fast = _both(_fast_result, path, tableio.parse_virtual_filename(spec)[1])
+            assert fast == fitsio_fast, spec
+            if fast_takes:
+                assert fast is not None and fast[0] != "declined", spec
+                if fast[0] not in compared:        # each HDU once (astropy is slow)
+                    compared.add(fast[0])
+                    assert fast == _astropy_result(path, tableio.parse_virtual_filename(spec)[1]), spec
     plain, other = _both(_read_fits_result, path)
     assert plain == other, path
     fh = tableio.PlainFits.open(path)
@@ -94,7 +150,8 @@ def _package_files():
 def test_bundled_and_golden_files_read_the_same_by_numpy(path):
     with fits.open(path) as hdul:
         names = [h.name for h in hdul]
-    took = check_same(path, [None] + list(range(1, len(names) + 2)) + [n for n in names if n])
+    took = check_same(path, [None] + list(range(1, len(names) + 2)) + [n for n in names if n],
+                      fast_takes="products" not in path.parts)
     # the catalogs and per-stack files are plain; the data products (vector columns, images
     # with scaling) are fitsio's
     assert took or "products" in path.parts
@@ -115,7 +172,7 @@ def test_simulated_stack_inputs_read_the_same_by_numpy(tmp_path):
         sim = simulate_stack(SimConfig(ndet=ndet, gaia_density=dens, wise_density=min(dens, 5)),
                              rng=rng)
         for path in write_sim_inputs(sim, sub).values():
-            assert check_same(path, (None, 2))
+            assert check_same(path, (None, 2), fast_takes=True)
 
 
 def test_pairs_and_transform_files_read_the_same_by_numpy(tmp_path):
@@ -129,7 +186,7 @@ def test_pairs_and_transform_files_read_the_same_by_numpy(tmp_path):
                         bestnbfile=sample / f"{stem}_bestnb.fits")
     api.fit_stack(m, tmp_path / "xfm.fits")
     for name in ("pairs.fits", "xfm.fits"):
-        assert check_same(tmp_path / name, (None, 2, 3, "PAIRS"))
+        assert check_same(tmp_path / name, (None, 2, 3, "PAIRS"), fast_takes=True)
 
 
 # ------------------------------------------------------------------ catalogs as services write them
@@ -148,16 +205,17 @@ def test_service_catalogs_read_the_same_by_numpy(tmp_path, name):
     table = _service_tables()[name]
     path = tmp_path / f"{name}.fits"
     table.write(path, format="fits")
-    check_same(path, (None, 1, 2, 3, "CATALOG"))
+    takes = not name.startswith("vizier")     # VizieR's case twins: astropy's
+    check_same(path, (None, 1, 2, 3, "CATALOG"), fast_takes=takes)
     # a masked integer column (TNULL), a logical column, empty: as astroquery results have
     table = table.copy()
     table["flag"] = np.array([True, False, True])
     table["count"] = np.ma.MaskedArray([3, 0, 7], mask=[False, True, False])
     table.meta["EXTNAME"] = "CATALOG"
     table.write(path, format="fits", overwrite=True)
-    check_same(path, (None, 2, "CATALOG", "catalog"))
+    check_same(path, (None, 2, "CATALOG", "catalog"), fast_takes=takes)
     table[:0].write(path, format="fits", overwrite=True)
-    check_same(path, (None, 2, "CATALOG"))
+    check_same(path, (None, 2, "CATALOG"), fast_takes=takes)
 
 
 def test_case_twins_and_scaled_columns_are_left_to_fitsio_and_astropy(tmp_path):
@@ -619,3 +677,75 @@ def test_an_end_inside_a_card_is_not_the_end_card(tmp_path):
 
 def _fitsio_view_types(path):
     return [t for t, _ in _fitsio_view(path)]
+
+
+def test_column_masks_of_nulls_blanks_and_nans(tmp_path):
+    """ColumnTable's masks (table[name] and data_mask alike): NaN floats, TNULL integers and
+    blank text (empty or all blanks; a one-character text is not blank); integers without a
+    TNULL, logicals and empty columns have none."""
+    path = tmp_path / "m.fits"
+    cols = [fits.Column("s", "2A", array=np.array(["", "  ", "a", "ab"])),
+            fits.Column("f", "D", array=np.array([1.0, np.nan, 2.0, np.nan])),
+            fits.Column("i", "J", array=np.array([5, -1, 7, -1]), null=-1),
+            fits.Column("k", "J", array=np.array([5, -1, 7, -1])),
+            fits.Column("b", "L", array=np.array([True, False, True, False]))]
+    fits.BinTableHDU.from_columns(cols, name="T").writeto(path)
+    table = tableio.read_table(str(path), param="f").table
+    assert isinstance(table, tableio.ColumnTable)
+    want = {"s": [1, 1, 0, 0], "f": [0, 1, 0, 1], "i": [0, 1, 0, 1], "k": [0, 0, 0, 0],
+            "b": [0, 0, 0, 0]}
+    for name, mask in want.items():
+        data, got = table.data_mask(name)
+        assert got.dtype == bool and got.tolist() == [bool(m) for m in mask], name
+        assert np.ma.getmaskarray(table[name]).tolist() == got.tolist(), name
+        assert np.ma.getdata(table[name]).tobytes() == data.tobytes(), name
+    empty = tableio.ColumnTable({"s": np.array([], dtype="U3"), "x": np.zeros((0, 2), "U2")})
+    for name, shape in (("s", (0,)), ("x", (0, 2))):
+        data, mask = empty.data_mask(name)
+        assert mask.dtype == bool and mask.shape == shape
+
+
+def test_the_fast_reader_leaves_scaled_bit_variable_and_ascii_tables_to_astropy(tmp_path):
+    """_read_with_fitsio (called directly: read_table's fallback would hide a wrong answer)
+    returns None -- astropy's turn -- for scaled (TSCALn, TZEROn), bit (X) and variable-length
+    (P) columns, an ASCII table found first, a block beyond the last HDU, a name not there,
+    and a file without a table; it reads the plain table of the same files."""
+    n = 3
+    plain = fits.Column("x", "D", array=np.arange(n, dtype=float))
+    odd = {"tscal": fits.Column("s", "I", array=np.arange(n, dtype=np.int16)),    # TSCAL2 below
+           "tzero": fits.Column("u", "J", array=np.arange(n, dtype=np.int32)),     # TZERO2 below
+           "bits": fits.Column("b", "8X", array=np.zeros((n, 8), dtype=bool)),
+           "vla": fits.Column("v", "PJ()", array=np.array([[1], [2, 3], [4]], dtype=object))}
+    for kind, col in odd.items():
+        path = tmp_path / f"{kind}.fits"
+        fits.HDUList([fits.PrimaryHDU(), fits.BinTableHDU.from_columns([plain, col], name="ODD"),
+                      fits.BinTableHDU.from_columns([plain], name="OK")]).writeto(path)
+        if kind in ("tscal", "tzero"):
+            fits.setval(path, f"{kind.upper()}2", value=2.0 if kind == "tscal" else 2**31, ext=1)
+        for mode in (True, False):
+            tableio._PLAIN_READ = mode
+            try:
+                assert tableio._read_with_fitsio(path, None) is None, kind
+                assert tableio._read_with_fitsio(path, "ODD") is None, kind
+                assert tableio._read_with_fitsio(path, 4) is None, kind      # beyond the last
+                assert tableio._read_with_fitsio(path, 9) is None, kind
+                assert tableio._read_with_fitsio(path, "NOPE") is None, kind
+                table, _, label = tableio._read_with_fitsio(path, "OK")
+                assert label == f"{path}[OK]" and table.colnames == ["x"], kind
+            finally:
+                tableio._PLAIN_READ = True
+    path = tmp_path / "ascii.fits"
+    fits.HDUList([fits.PrimaryHDU(),
+                  fits.TableHDU.from_columns([fits.Column("a", "E10.4", array=np.ones(n))]),
+                  fits.BinTableHDU.from_columns([plain], name="OK")]).writeto(path)
+    assert tableio._read_with_fitsio(path, None) is None        # the first table is ASCII
+    assert tableio._read_with_fitsio(path, 3)[2] == f"{path}[OK]"
+    path = tmp_path / "image.fits"
+    fits.HDUList([fits.PrimaryHDU(np.zeros((2, 2)))]).writeto(path)
+    for mode in (True, False):
+        tableio._PLAIN_READ = mode
+        try:
+            assert tableio._read_with_fitsio(path, None) is None      # no table HDU at all
+            assert tableio._read_with_fitsio(path, 1) is None         # not a table
+        finally:
+            tableio._PLAIN_READ = True

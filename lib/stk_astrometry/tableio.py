@@ -257,17 +257,33 @@ class ColumnTable:
     def __getitem__(self, name):
         import numpy as np
 
+        data, mask = self._data_mask(name)
+        if mask is None:
+            return np.ma.MaskedArray(data)
+        return np.ma.MaskedArray(data, mask=mask)
+
+    def data_mask(self, name):
+        """``table[name]``'s data and its mask as a boolean array of the data's shape,
+        without the masked array (issue 11: building one costs more than the mask)."""
+        import numpy as np
+
+        data, mask = self._data_mask(name)
+        return data, np.zeros(data.shape, bool) if mask is None else mask
+
+    def _data_mask(self, name):
+        """The data of column ``name`` and its mask, None for a column that has none."""
+        import numpy as np
+
         data = self._columns[name]
         kind = data.dtype.kind
         if kind == "f":
-            mask = np.isnan(data)
-        elif kind in "iu" and name in self._nulls:
-            mask = data == self._nulls[name]
-        elif kind in "US":
-            mask = np.char.str_len(np.char.strip(data)) == 0 if data.size else np.zeros(data.shape, bool)
-        else:
-            return np.ma.MaskedArray(data)
-        return np.ma.MaskedArray(data, mask=mask)
+            return data, np.isnan(data)
+        if kind in "iu" and name in self._nulls:
+            return data, data == self._nulls[name]
+        if kind in "US":
+            return data, (np.char.str_len(np.char.strip(data)) == 0 if data.size
+                          else np.zeros(data.shape, bool))
+        return data, None
 
     def floats(self, name):
         """A numeric column as float64 with NaN where ``table[name]`` is masked (what

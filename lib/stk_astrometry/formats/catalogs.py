@@ -129,6 +129,19 @@ def _column(tin, colname):
     return tin.table[colname]
 
 
+def _data_mask(tin, colname):
+    """Column ``colname``'s data (an ndarray) and its mask (a boolean array of its shape):
+    ``np.ma.getdata``/``np.ma.getmaskarray`` of the masked column, taken from a
+    :class:`~stk_astrometry.tableio.ColumnTable` without building the masked array (issue 11)."""
+    import numpy as np
+
+    fast = getattr(tin.table, "data_mask", None)
+    if fast is not None:
+        return fast(colname)
+    data = np.ma.asarray(_column(tin, colname))
+    return np.asarray(np.ma.getdata(data)), np.ma.getmaskarray(data)
+
+
 def _floats(tin, colname):
     """A numeric column as float64 with NaN for nulls."""
     import numpy as np
@@ -157,17 +170,14 @@ def _ints(tin, colname):
     """An id column as int64; nulls or non-integers are an error."""
     import numpy as np
 
-    col = _column(tin, colname)
-    data = np.ma.asarray(col)
-    if data.ndim != 1:
+    raw, mask = _data_mask(tin, colname)
+    if raw.ndim != 1:
         raise CatalogError(f"{tin.hdu}: column '{colname}' is not a scalar column")
-    mask = np.ma.getmaskarray(data)
     if np.any(mask):
         raise CatalogError(
             f"{tin.hdu}: column '{colname}' has {int(mask.sum())} null value(s) "
             f"(first at row {int(np.flatnonzero(mask)[0]) + 1})"
         )
-    raw = np.asarray(np.ma.getdata(data))
     too_large = CatalogError(
         f"{tin.hdu}: column '{colname}' holds ids that do not fit a 64-bit integer"
     )
@@ -211,11 +221,10 @@ def _strings(tin, colname):
     """A column as stripped str; nulls become ''."""
     import numpy as np
 
-    data = np.ma.asarray(_column(tin, colname))
-    if data.ndim != 1:
+    raw, mask = _data_mask(tin, colname)
+    if raw.ndim != 1:
         raise CatalogError(f"{tin.hdu}: column '{colname}' is not a scalar column")
-    mask = np.ma.getmaskarray(data)
-    out = np.char.strip(_decode(np.asarray(np.ma.getdata(data))))
+    out = np.char.strip(_decode(raw))
     if np.any(mask):
         out = out.astype(object)
         out[mask] = ""
@@ -235,9 +244,7 @@ def _flags(tin, colname):
     """
     import numpy as np
 
-    data = np.ma.asarray(_column(tin, colname))
-    raw = np.asarray(np.ma.getdata(data))
-    mask = np.ma.getmaskarray(data)
+    raw, mask = _data_mask(tin, colname)
     if raw.dtype.kind in "biuf":
         with np.errstate(invalid="ignore"):
             flags = (raw != 0) & ~np.isnan(raw.astype(float))
