@@ -1069,3 +1069,26 @@ def test_sky_terms_are_the_three_functions_to_the_bit():
     sep, xi, eta, _ = _sky_terms([10.0, 10.0], [-75.0, 14.0], 10.0, 15.0)
     assert np.isnan(xi[0]) and np.isnan(eta[0]) and np.isfinite(xi[1]) and np.isfinite(eta[1])
     assert sep[0] == pytest.approx(90 * 3600.0)
+
+
+def test_the_first_row_of_each_repeated_id_is_kept_in_a_large_catalog():
+    # 2,100 Gaia and ALLWISE rows, each id three times in random order: the row kept is the
+    # first of its id (the ids' stable sort, which an unstable one does not give here)
+    rng = np.random.default_rng(4)
+    n = 2100
+    ids = rng.permutation(np.repeat(np.arange(10**12, 10**12 + n // 3), 3))
+    ra0, dec0 = 30.0, 10.0
+    ra, dec = offsets_to_sky(ra0, dec0, rng.uniform(-500, 500, n), rng.uniform(-500, 500, n))
+    first = np.sort(np.unique(ids, return_index=True)[1])
+    det = make_detections(ra[:5], dec[:5])
+    wise = make_wise(ra, dec, ids=ids + 7)
+    bn = BestNeighbours(source_id=ids[first[:50]], allwise_oid=ids[first[:50]] + 7)
+    res = match_stack(det, make_gaia(ra, dec, ids=ids), MatchConfig(ra0, dec0), wise=wise,
+                      best_neighbours=bn)
+    np.testing.assert_array_equal(res.gaia_rows, first)
+    np.testing.assert_array_equal(res.wise_rows, first)
+    assert counts(res)["NGDUPID"] == counts(res)["NWDUPID"] == n - n // 3
+    # each best-neighbour pair joins the first rows of its ids
+    np.testing.assert_array_equal(np.sort(res.wise_gaia.gaia_row), np.sort(first[:50])[
+        np.isin(np.sort(first[:50]), res.wise_gaia.gaia_row)])
+    assert set(res.wise_gaia.wise_row) <= set(first) and len(res.wise_gaia) > 40
