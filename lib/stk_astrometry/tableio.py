@@ -381,13 +381,7 @@ class PlainHdu:
     def read(self):
         import numpy as np
 
-        dtype = _np_dtype(self._columns)
-        buf = bytearray(dtype.itemsize * self._nrows)
-        fh = self._fits.fh
-        fh.seek(self._data_start)
-        if fh.readinto(buf) != len(buf):
-            raise OSError(f"{self._fits.path}: the table data ends early")
-        data = np.frombuffer(buf, dtype=dtype)
+        data = self._rows()
         # as fitsio.TableHDU.read: text as str (ASCII), then the logicals' 'T' as True
         if any(t[0] == "S" for _, t in self._columns):
             data = data.astype([(n, "U" + t[1:]) if t[0] == "S" else (n, t)
@@ -396,6 +390,37 @@ class PlainHdu:
             if t == "?":
                 data[name] = (data[name].view(np.int8) == ord("T")).astype(bool)
         return data
+
+    def read_columns(self):
+        """The columns of :meth:`read`'s array, each in native byte order -- what
+        ``_read_with_fitsio`` makes of fitsio's array, column by column from the file's rows
+        (issue 11: no copy of the whole table to str fields first)."""
+        import numpy as np
+
+        data = self._rows()
+        columns = {}
+        for name, t in self._columns:
+            arr = data[name]
+            if t[0] == "S":
+                arr = arr.astype("U" + t[1:])
+            elif t == "?":
+                arr = arr.view(np.int8) == ord("T")
+            elif arr.dtype.byteorder == ">":
+                arr = arr.astype(arr.dtype.newbyteorder("="))
+            columns[name] = arr
+        return columns
+
+    def _rows(self):
+        """The table's rows as they are in the file (a structured array, big-endian)."""
+        import numpy as np
+
+        dtype = _np_dtype(self._columns)
+        buf = bytearray(dtype.itemsize * self._nrows)
+        fh = self._fits.fh
+        fh.seek(self._data_start)
+        if fh.readinto(buf) != len(buf):
+            raise OSError(f"{self._fits.path}: the table data ends early")
+        return np.frombuffer(buf, dtype=dtype)
 
 
 def _np_dtype(columns):
@@ -606,10 +631,14 @@ def _read_with_fitsio(path, block):
             # cfitsio finds columns by name case-insensitively: names that differ only in
             # case (VizieR's b_Teff_gaia/B_Teff_gaia) are left to astropy
             return None
-        data = hdu.read() if hdu.get_nrows() else None
+        plain = isinstance(hdu, PlainHdu) and hdu.get_nrows()
+        data = hdu.read() if hdu.get_nrows() and not plain else None
+        read = hdu.read_columns() if plain else {}
         columns, nulls = {}, {}
         for i, name in enumerate(names, start=1):
-            if data is not None:
+            if plain:
+                arr = read[name]
+            elif data is not None:
                 arr = data[name]
                 arr = arr.astype(arr.dtype.newbyteorder("=")) if arr.dtype.byteorder == ">" else arr
             else:
