@@ -803,9 +803,10 @@ class _Places:
     ``motion`` is None (the positions given are the ones to use) or has ``bound_arcsec``
     (per row: more than it moves; 0: it does not) and ``move(rows)`` -> (ra, dec) of those
     rows at the stack's epoch (:class:`stk_astrometry.core.epoch.Propagation`).  ``ra``,
-    ``dec``, ``xi``, ``eta`` (tangent plane of (ra0, dec0), arcsec) and ``xyz``
-    (:func:`unit_vectors`) are the present positions of every row: changed in place by
-    :meth:`move`, so the arrays read after a move are the moved ones.
+    ``dec``, ``sep`` (from (ra0, dec0), arcsec), ``xi``, ``eta`` (tangent plane of (ra0,
+    dec0), arcsec) and ``xyz`` (:func:`unit_vectors`) are the present positions of every row
+    (:func:`_sky_terms`): changed in place by :meth:`move`, so the arrays read after a move
+    are the moved ones.
     """
 
     def __init__(self, ra, dec, ra0, dec0, motion):
@@ -828,12 +829,12 @@ class _Places:
             self.todo[rows] = False
             ra, dec = self.motion.move(rows)
             self.ra[rows], self.dec[rows] = ra, dec
-            self.xi[rows], self.eta[rows] = sky_to_tangent(ra, dec, self.ra0, self.dec0)
-            self.xyz[rows] = unit_vectors(ra, dec)
+            self.sep[rows], self.xi[rows], self.eta[rows], self.xyz[rows] = _sky_terms(
+                ra, dec, self.ra0, self.dec0)
 
     def within(self, radius_arcmin):
-        """:func:`within_cone` of (ra0, dec0) of the present positions (call it before any
-        move); the rows within their bound of the circle are moved first."""
+        """:func:`within_cone` of (ra0, dec0) of the present positions; the rows within
+        their bound of the circle are moved first."""
         sep = self.sep
         with np.errstate(invalid="ignore"):
             inside = sep <= radius_arcmin * 60.0
