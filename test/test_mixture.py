@@ -2622,6 +2622,10 @@ def test_a_window_still_moving_after_the_last_recentring_is_reported(monkeypatch
                       x0=(-1.1, 0.0))
     assert not fit.converged and fit.failure is not None
     assert "window did not settle in 1 re-centrings" in fit.message.split("; ")
+    # the window reported is the one at the fit's final shift (the shift moved after the
+    # loop's last window was drawn: its radius there, R - |s|, not the start's R - 1.1)
+    assert fit.window_radius_arcsec == R - float(np.hypot(fit.d_xi, fit.d_eta))
+    assert abs(fit.window_radius_arcsec - (R - 1.1)) > 0.1
 
 
 def test_em_in_a_fixed_window_maximises_over_q_with_the_windows_mass():
