@@ -25,7 +25,8 @@ def _card_memo_cleared():
     from stk_astrometry.formats import _fits
 
     _fits._text_card.cache_clear()
-    for memo in (_fits._column_cards, _fits._name_kept, _fits._row_dtype):
+    for memo in (_fits._column_cards, _fits._name_kept, _fits._row_dtype, _fits._column_type,
+                 _fits._fields_dtype, _fits._history_text):
         memo.cache_clear()
 
 
