@@ -946,6 +946,13 @@ def _fit_scale_floor(e2, var):
         vv = aa * var
         return float(np.sum(e2 / (2.0 * vv * vv) - 1.0 / vv))
 
+    # a climb's five sums per step: the rows of one array, summed in one call (issue 11); a
+    # row sum of a C-ordered array is the 1-D sum of that row, to the bit
+    rows = np.empty((5, var.size))
+    g, g_var, h, h_var, h_var2 = rows
+    tmp = np.empty(var.size)
+    mul, div = np.multiply, np.divide
+
     def climb(a, b):
         """Fisher scoring with step halving from the start (a, b): (l, A, B) at its end.
 
@@ -956,11 +963,18 @@ def _fit_scale_floor(e2, var):
         f = objective(a, b)
         vv = a * var + b
         for _ in range(60):
-            g = e2 / (2.0 * vv * vv) - 1.0 / vv
-            h = 1.0 / (vv * vv)
-            g_a, g_b = float(total(g * var)), float(total(g))
-            hv = h * var
-            f_aa, f_ab, f_bb = float(total(hv * var)), float(total(hv)), float(total(h))
+            # g = e2 / (2 vv vv) - 1 / vv and h = 1 / (vv vv), as written, into the rows
+            mul(vv, 2.0, out=tmp)
+            mul(tmp, vv, out=tmp)
+            div(e2, tmp, out=g)
+            div(1.0, vv, out=tmp)
+            np.subtract(g, tmp, out=g)
+            mul(g, var, out=g_var)
+            mul(vv, vv, out=tmp)
+            div(1.0, tmp, out=h)
+            mul(h, var, out=h_var)
+            mul(h_var, var, out=h_var2)
+            g_b, g_a, f_bb, f_ab, f_aa = total(rows, axis=1).tolist()
             det = f_aa * f_bb - f_ab * f_ab
             if not det > 0:
                 break                                # a singular Fisher matrix: stop there
@@ -972,7 +986,13 @@ def _fit_scale_floor(e2, var):
                 na = max(a + s_a, lo_a)
                 nb = max(b + s_b, 0.0)
                 nv = na * var + nb
-                nf = float(total(-np.log(nv) - e2 / (2.0 * nv)))
+                # l = sum -log V - e2 / (2 V) as minus the sum of log V + e2 / (2 V): the
+                # same number (rounding is symmetric in sign), one pass fewer
+                mul(nv, 2.0, out=tmp)
+                div(e2, tmp, out=tmp)
+                terms = np.log(nv)
+                terms += tmp
+                nf = -float(total(terms))
                 if nf >= f - 1e-12 * abs(f):
                     break
                 s_a, s_b = s_a / 2.0, s_b / 2.0
