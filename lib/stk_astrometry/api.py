@@ -523,14 +523,31 @@ def match_stack(detfile, gaiafile, outfile=None, *, wisefile=None, bestnbfile=No
 
 
 def _check_not_input(inputs, outfile):
-    from stk_astrometry.fitsutil import same_file
+    """Refuse an ``outfile`` that is one of ``inputs``: :func:`fitsutil.same_file`'s test (the
+    same real path, or, both existing, the same device and inode), with the output's real
+    path and status taken once for all the inputs (issue 11: four times each before)."""
     from stk_astrometry.tableio import parse_virtual_filename
 
+    out_real = os.path.realpath(outfile)
+    try:
+        out_stat = os.stat(outfile)
+    except OSError:                 # no output yet: only a real path can name it
+        out_stat = None
     for name, value in inputs.items():
         if _blank(value):
             continue
-        if same_file(parse_virtual_filename(str(value))[0], outfile):
+        path = parse_virtual_filename(str(value))[0]
+        if os.path.realpath(path) == out_real or (out_stat is not None
+                                                  and _same_inode(path, out_stat)):
             raise ParameterError(f"outfile={outfile} is also {name}; choose another output name")
+
+
+def _same_inode(path, stat):
+    """True if ``path`` exists and is the file of ``stat`` (device and inode)."""
+    try:
+        return os.path.samestat(os.stat(path), stat)
+    except OSError:
+        return False
 
 
 def _match(detfile, gaiafile, outfile, *, wisefile, bestnbfile, stackid, ra_stack, dec_stack,
