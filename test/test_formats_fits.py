@@ -25,7 +25,8 @@ def _card_memo_cleared():
     from stk_astrometry.formats import _fits
 
     _fits._text_card.cache_clear()
-    for memo in (_fits._column_cards, _fits._name_kept, _fits._row_dtype):
+    for memo in (_fits._column_cards, _fits._name_kept, _fits._row_dtype, _fits._column_type,
+                 _fits._fields_dtype, _fits._history_text):
         memo.cache_clear()
 
 
@@ -529,6 +530,10 @@ def test_an_eight_character_name_is_never_a_hierarch_card(tmp_path):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             assert _fits.format_card("EIGHTCHR", value, "c") == Card("EIGHTCHR", value, "c").image
+    # numbers: Python's by format_card's direct path, numpy's by _format_card
+    for value in (1.5, 7, np.float64(1.5), np.int64(7), np.float32(0.25), np.int16(-3)):
+        assert _fits.format_card("EIGHTCHR", value, "c") == Card("EIGHTCHR", value, "c").image
+        assert _fits._format_card("EIGHTCHR", value, "c") == Card("EIGHTCHR", value, "c").image
     hdul = _fits.to_hdulist([_fits.HduSpec(None, cards=(("EIGHTCHR", 1.5, "copied"),))])
     assert hdul[0].header.cards["EIGHTCHR"].image.startswith("EIGHTCHR= ")
 
@@ -711,6 +716,9 @@ def _file_kinds():
                              ("EXTNAME", "T", ""), ("XTENSION", "BINTABLE", ""), ("KEEP", 1, ""),
                              ("HIERARCH NINE.CHAR", 2, "a dot: a HIERARCH name")))]
     out["extname of 51"] = [_fits.HduSpec(None), _fits.HduSpec("E" * 51, {"a": np.ones(2)})]
+    out["columns given as lists"] = [_fits.HduSpec(None), _fits.HduSpec(
+        "L", {"d": [1.0, 2.5], "k": [1, 2**40], "s": ["ab", "c"], "l": [True, False],
+              "v": [[1.0, 2.0], [3.0, 4.0]]})]
     out["no rows, strings"] = [dataclasses.replace(_specs_of_every_kind()[0], keys=()),
                                _fits.HduSpec("E", {"s": np.array([], dtype="U3")})]
     return out
@@ -877,3 +885,16 @@ def test_the_text_card_cache_keeps_only_what_repeats():
     info = _text_card.cache_info()
     assert info.currsize <= 256
     assert info.hits >= 4_999          # the repeating card was never evicted
+
+
+def test_a_runs_history_text_is_its_records_on_cards_or_left_to_cfitsio():
+    """_history_text: the records as HISTORY cards in order; None (the file goes to cfitsio,
+    whose write_record would change the card) for a record that is not printable ASCII -- a
+    tab, a letter beyond ASCII -- or not 72 characters."""
+    from stk_astrometry.formats._fits import _history_text
+
+    a, b = "a" * 71 + "1", "b" * 72
+    assert _history_text((a, b)) == f"HISTORY {a}HISTORY {b}"
+    assert _history_text(()) == ""
+    for bad in ("\t" + "x" * 71, "\u00e9" + "x" * 71, "x" * 71, "x" * 73):
+        assert _history_text((a, bad)) is None, repr(bad)

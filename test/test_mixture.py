@@ -1488,7 +1488,8 @@ def _error_model_case(rng, n, *, scale, floor, errs=(0.05, 0.6), pa=None):
     s = np.array([0.2, -0.1])
     e = np.einsum("nij,nj->ni", np.linalg.cholesky(true), rng.standard_normal((n, 2)))
     r = rng.uniform(0.3, 1.0, n)
-    return stated, e, r, SimpleNamespace(d=e + s), SimpleNamespace(idx=np.arange(n), r=r, s=s)
+    return (stated, e, r, SimpleNamespace(d=e + s, _axes=None),
+            SimpleNamespace(idx=np.arange(n), r=r, s=s))
 
 
 def _expected_complete_loglike(stated, e, r, scale, floor):
@@ -1627,7 +1628,7 @@ def test_error_model_step_from_a_start_where_the_curvature_is_no_information(mon
                       for j in range(2)] for i in range(2)])
     info = info - hess
     assert np.all(np.linalg.eigvalsh(info) < 0) and info[0, 1] > 0
-    got = _fit_error_model(SimpleNamespace(d=e), stated,
+    got = _fit_error_model(SimpleNamespace(d=e, _axes=None), stated,
                            SimpleNamespace(idx=np.arange(3), r=r, s=np.zeros(2)), 1.0, 0.5, 0.0)
     np.testing.assert_allclose(got, _error_model_maximum(stated, e, r, 0.0, [0.5, 0.1]),
                                rtol=1e-5)
@@ -2505,7 +2506,7 @@ def test_error_model_with_exactly_diagonal_covariances(monkeypatch):
     true = 1.4**2 * stated + 0.25**2 * np.eye(2)
     e = np.einsum("nij,nj->ni", np.linalg.cholesky(true), rng.standard_normal((n, 2)))
     r = rng.uniform(0.3, 1.0, n)
-    got = np.array(_fit_error_model(SimpleNamespace(d=e), stated,
+    got = np.array(_fit_error_model(SimpleNamespace(d=e, _axes=None), stated,
                                     SimpleNamespace(idx=np.arange(n), r=r, s=np.zeros(2)),
                                     1.0, 0.5, 0.0))
     want = _error_model_maximum(stated, e, r, 0.0, (got**2) * [1.3, 0.7])
@@ -2621,6 +2622,10 @@ def test_a_window_still_moving_after_the_last_recentring_is_reported(monkeypatch
                       x0=(-1.1, 0.0))
     assert not fit.converged and fit.failure is not None
     assert "window did not settle in 1 re-centrings" in fit.message.split("; ")
+    # the window reported is the one at the fit's final shift (the shift moved after the
+    # loop's last window was drawn: its radius there, R - |s|, not the start's R - 1.1)
+    assert fit.window_radius_arcsec == R - float(np.hypot(fit.d_xi, fit.d_eta))
+    assert abs(fit.window_radius_arcsec - (R - 1.1)) > 0.1
 
 
 def test_em_in_a_fixed_window_maximises_over_q_with_the_windows_mass():
@@ -3633,7 +3638,7 @@ def test_stated_axes_are_the_windows_own():
 
     rng = np.random.default_rng(77)
     stated, *_ = _error_model_case(rng, 40, scale=1.0, floor=0.1)
-    prob = SimpleNamespace()
+    prob = SimpleNamespace(_axes=None)     # as _Problem declares it
     for idx in (np.arange(40), np.arange(3, 40, 3), np.array([7]), np.zeros(0, dtype=int)):
         lam, vx, vy, proj = mixture._stated_axes(prob, stated, idx)
         want = mixture._principal_axes(stated[idx])
@@ -3648,6 +3653,12 @@ def test_stated_axes_are_the_windows_own():
     lam, vx, vy, proj = mixture._stated_axes(prob, other, np.arange(40))
     assert prob._axes is not kept
     np.testing.assert_array_equal(lam, mixture._principal_axes(other)[0])
+    # a problem declares the attribute (None until the first error-model step)
+    few = stated[:4].copy()
+    fresh = mixture._Problem(np.arange(4), np.zeros(4), np.zeros(4), few.copy(), 0.1, 3.0, 5.0)
+    assert fresh._axes is None
+    mixture._stated_axes(fresh, few, np.arange(4))
+    assert fresh._axes[0] is few
 
 
 @pytest.mark.parametrize("floored", [False, True])

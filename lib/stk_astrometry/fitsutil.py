@@ -18,6 +18,7 @@ import fcntl
 import logging
 import os
 import re
+import stat
 import tempfile
 import time
 from pathlib import Path
@@ -88,15 +89,37 @@ def check_clobber(path, clobber, *, param="outfile"):
     if path is None or str(path).strip() == "":
         return
     p = Path(path)
-    if p.is_dir():
+    # one stat for the output (issue 11: runs twice per output file; pathlib's is_dir, exists
+    # and the folder's is_dir were three): an output that is there has its folder there
+    st = _stat_or_none(p)
+    if st is not None and stat.S_ISDIR(st.st_mode):
         raise OutputError(f"{param}={path} is a directory, not a file")
-    if p.exists() and not clobber:
+    if st is not None and not clobber:
         raise OutputError(f"Clobber set to no, and output file {path} exists ({param}).")
-    parent = p.parent if str(p.parent) else Path(".")
-    if not parent.is_dir():
-        raise OutputError(f"{param}={path}: folder {parent} does not exist")
+    parent = p.parent
+    if st is None:
+        folder = _stat_or_none(parent)
+        if folder is None or not stat.S_ISDIR(folder.st_mode):
+            raise OutputError(f"{param}={path}: folder {parent} does not exist")
     if not os.access(parent, os.W_OK):
         raise OutputError(f"{param}={path}: folder {parent} is not writable")
+
+
+#: The errors for which pathlib's exists() and is_dir() say False rather than raise.
+_ABSENT = frozenset((errno.ENOENT, errno.ENOTDIR, errno.EBADF, errno.ELOOP))
+
+
+def _stat_or_none(path):
+    """``os.stat(path)``, or None where pathlib's ``exists()`` would say False (the other
+    errors, such as a folder it may not search, are raised as pathlib raises them)."""
+    try:
+        return os.stat(path)
+    except OSError as exc:
+        if exc.errno not in _ABSENT:
+            raise
+        return None
+    except ValueError:          # a NUL in the name
+        return None
 
 
 def same_file(a, b):

@@ -700,6 +700,8 @@ class _Problem:
         self.max_shift = max_shift
         self._window_groups = {}
         self._models = {}
+        # (stated, lam, vx, vy, projectors) of :func:`_stated_axes`, made on first use
+        self._axes = None
 
     def set_cov(self, cov):
         """Replace the pair covariances (error calibration)."""
@@ -805,9 +807,10 @@ def _group_counts(starts, n):
 
 
 def _group_logsumexp_counts(logv, starts, counts):
-    """log of the per-group sums of exp(logv) (groups given by starts and counts)."""
+    """log of the per-group sums of exp(logv) (groups given by starts and counts).  (The
+    array's own ``repeat``: np.repeat's Python wrapper costs three times the copy, issue 11.)"""
     mx = np.maximum.reduceat(logv, starts)
-    return mx + np.log(np.add.reduceat(np.exp(logv - np.repeat(mx, counts)), starts))
+    return mx + np.log(np.add.reduceat(np.exp(logv - mx.repeat(counts)), starts))
 
 
 def _start_by_grid(prob, prior_sigma=None):
@@ -1166,6 +1169,7 @@ def _e_step(lg, log_bg, log_q, starts, counts, single):
     ``bg + q S_j`` and ``r`` each pair's membership ``q g / (bg + q S_j)``.  Where every
     detection has one pair in the window the log-sum-exp and the repeat are the identity, and
     are skipped.  :func:`_fit_window`'s iterations and :func:`_fit_window_final` share it.
+    (``log_d.repeat``: the array's own method, without np.repeat's wrapper.)
     """
     if single:
         q_lg = log_q + lg
@@ -1173,7 +1177,7 @@ def _e_step(lg, log_bg, log_q, starts, counts, single):
         return lg, log_d, np.exp(q_lg - log_d)
     log_s = _group_logsumexp_counts(lg, starts, counts)
     log_d = np.logaddexp(log_bg, log_q + log_s)
-    return log_s, log_d, np.exp(log_q + lg - np.repeat(log_d, counts))
+    return log_s, log_d, np.exp(log_q + lg - log_d.repeat(counts))
 
 
 def _fit_window(prob, idx, s, q, p_win, mu, tol=(_TOL_ARCSEC, 1e-9)):
@@ -1610,15 +1614,22 @@ def _windowed_fit(prob, s, q, covariance=True):
     fit_note = ""
     history = []        # windows since the last cycle was resolved
     edge = np.zeros(prob.d.shape[0], dtype=bool)   # pairs a window cycle left out
+    # The windows (boolean masks, made by a comparison) are compared by their bytes, and
+    # ``nonzero()[0]`` is np.flatnonzero of a 1-D mask: np.array_equal's and np.flatnonzero's
+    # Python wrappers cost more than the work on 10-500 pairs (issue 11).  ``at_s``: r_w is the
+    # window's radius at the current shift and edge (the shift has not moved since _window).
+    prev_key = None
     for _ in range(_MAX_WINDOW_ITER):
         r_w, in_win = _window(prob, s, edge)
+        at_s = True
         if r_w <= 0:
             fit_note = f"shift ({s[0]:.3f}, {s[1]:.3f}) arcsec leaves no window inside the match radius"
             break
-        if window_prev is not None and np.array_equal(in_win, window_prev):
+        key = in_win.tobytes()
+        if key == prev_key:
             converged = em_ok
             break
-        k = next((k for k, w in enumerate(history) if np.array_equal(w, in_win)), None)
+        k = next((k for k, w in enumerate(history) if w.tobytes() == key), None)
         if k is not None:
             # A pair on the window's edge flips in and out as the shift moves (module
             # docstring): shrink the window to leave out every pair the cycle flipped.
@@ -1626,14 +1637,16 @@ def _windowed_fit(prob, s, q, covariance=True):
             edge |= np.logical_or.reduce(cycle) & ~np.logical_and.reduce(cycle)
             history = []
             r_w, in_win = _window(prob, s, edge)
-        idx = np.flatnonzero(in_win)
+            key = in_win.tobytes()
+        idx = in_win.nonzero()[0]
         if idx.size == 0:
             fit_note = "no pair inside the window around the shift"
             break
         p_win, mu = _window_terms(prob, idx, r_w)
         s, q, r, it, em_ok, _, fit_note = _fit_window(prob, idx, s, q, p_win, mu)
+        at_s = False
         total_iter += it
-        window_prev = in_win
+        window_prev, prev_key = in_win, key
         if fit_note and not em_ok and "support" in fit_note:
             break
         history.append(in_win)
@@ -1644,16 +1657,18 @@ def _windowed_fit(prob, s, q, covariance=True):
         return _Windowed(s, q, None, None, 0.0, None, None, "", edge, False, fit_note,
                          total_iter, None, 0.0)
 
-    idx = np.flatnonzero(window_prev)
-    # recompute the window quantities at the final shift for the covariance
-    r_w, _ = _window(prob, s, edge)
+    idx = window_prev.nonzero()[0]
+    # the window quantities at the final shift for the covariance (the loop's last radius
+    # where the shift has not moved since: the same call, issue 11)
+    if not at_s:
+        r_w, _ = _window(prob, s, edge)
     if r_w > 0:
         p_win, mu = _window_terms(prob, idx, r_w)
     else:
         mu = prob.rho * np.pi * prob.radius**2
     _, _, r, _, _, info = _fit_window_final(prob, idx, s, q, p_win, mu)
     st = _Windowed(s, q, r, idx, r_w, info, None, "", edge, converged, fit_note,
-                   total_iter, window_prev, float(np.sum(r)), p_win)
+                   total_iter, window_prev, float(np.add.reduce(r)), p_win)
     return _with_covariance(prob, st) if covariance else st
 
 
@@ -2083,7 +2098,7 @@ def _stated_axes(prob, stated, idx):
     :func:`_axis_projectors`, for the pairs ``idx``: (lam, vx, vy, proj).  Both are row by row,
     so they are computed once for all of a problem's pairs (kept on ``prob`` with ``stated``;
     each error-model step asks for them on its window, issue 11) and gathered."""
-    got = getattr(prob, "_axes", None)
+    got = prob._axes
     if got is None or got[0] is not stated:
         lam, vx, vy = _principal_axes(stated)
         got = prob._axes = (stated, lam, vx, vy, _axis_projectors(vx, vy).reshape(-1, 2, 3))
@@ -2224,11 +2239,12 @@ def _window(prob, s, edge):
     """The window around the shift ``s``: its radius and the mask of the pairs inside it.
 
     The largest disk around ``s`` inside the match circle (``R - |s|``), shrunk when a window
-    cycle marked pairs as ``edge`` so that they lie just outside it.
+    cycle marked pairs as ``edge`` so that they lie just outside it.  (``edge.any()``: the
+    array's own method, without np.any's wrapper, issue 11.)
     """
     dist = np.hypot(prob.d[:, 0] - s[0], prob.d[:, 1] - s[1])
     r_w = prob.radius - float(np.hypot(*s))
-    if np.any(edge):
+    if edge.any():
         r_w = min(r_w, float(np.min(dist[edge])) * (1.0 - 1e-9))
     return r_w, dist <= r_w
 
@@ -2263,5 +2279,5 @@ def _fit_window_final(prob, idx, s, q, p_win, mu):
     e = np.exp(-mu) * p_win
     log_e = np.log(c + q * e)
     info = {"log_s": log_s, "log_d": log_d, "starts": starts,
-            "loglike": float(np.sum(log_d - log_e)), "c": c, "e": e}
+            "loglike": float(np.add.reduce(log_d - log_e)), "c": c, "e": e}
     return s, q, r, 0, True, info

@@ -373,22 +373,41 @@ def _table_columns(spec):
     their TFORMs, and the dtype of a row (what fitsio derives the table's definition from:
     its TFORMs and TDIMs, and the row's width; byte order plays no part)."""
     fields, tforms, arrays = [], [], []
+    formats = spec.formats
     for key, values in spec.columns.items():
-        arr = np.asarray(values)
-        tform = column_format(arr, spec.formats.get(key))
-        if tform.endswith("A"):
-            width = int(tform[:-1] or 1)
-            dt = np.dtype(f"S{width}")     # str cast to it as ASCII (UnicodeEncodeError if not)
-        elif tform.lstrip("0123456789") == "L":
-            dt = np.dtype("?")
-        else:
-            dt = np.dtype({"I": "i2", "J": "i4", "K": "i8", "E": "f4",
-                           "D": "f8"}[tform.lstrip("0123456789")])
+        arr = values if type(values) is np.ndarray else np.asarray(values)
+        fmt = formats.get(key)
+        if not fmt and arr.dtype.kind in "US":
+            fmt = column_format(arr)        # a text column's width: from its values
+        # the rest is the same for every column of a kind (issue 11: ~2 us a column)
+        tform, dt = _column_type(fmt or None, arr.dtype, arr.shape[1:])
         fields.append((key, dt) if arr.ndim <= 1 else (key, dt, arr.shape[1:]))
         tforms.append(tform)
         # strings cut or padded to the width, numbers cast, as assigning into the rows would
         arrays.append(np.ascontiguousarray(arr.astype(dt, copy=False)))
-    return arrays, tforms, np.dtype(fields)
+    return arrays, tforms, _fields_dtype(tuple(fields))
+
+
+@functools.lru_cache(maxsize=256)
+def _column_type(fmt, dtype, shape):
+    """A column's TFORM and the dtype cfitsio is handed for it: ``fmt`` when given, else from
+    the values' ``dtype`` and cell ``shape`` (:func:`column_format`)."""
+    tform = fmt or column_format(np.empty((0,) + shape, dtype))
+    if tform.endswith("A"):
+        width = int(tform[:-1] or 1)
+        dt = np.dtype(f"S{width}")     # str cast to it as ASCII (UnicodeEncodeError if not)
+    elif tform.lstrip("0123456789") == "L":
+        dt = np.dtype("?")
+    else:
+        dt = np.dtype({"I": "i2", "J": "i4", "K": "i8", "E": "f4",
+                       "D": "f8"}[tform.lstrip("0123456789")])
+    return tform, dt
+
+
+@functools.lru_cache(maxsize=256)
+def _fields_dtype(fields):
+    """``np.dtype(fields)``, remembered (a file kind's tables have the same fields)."""
+    return np.dtype(list(fields))
 
 
 def _format_float(value):
@@ -409,8 +428,16 @@ def format_card(name, value, comment=""):
     cards and most keywords are the same in every file of a kind: issue 11); a number is
     formatted each time (0.0 and -0.0 are equal keys but different cards).
     """
-    if type(value) is str and type(name) is str and type(comment) is str:
+    kind = type(value)
+    if kind is str and type(name) is str and type(comment) is str:
         return _text_card(name, value, comment)
+    if (kind is int or kind is float) and len(name) <= 8:
+        # the numbers of the keyword cards, as _format_card formats them (issue 11: directly)
+        text = f"{value:>20d}" if kind is int else f"{_format_float(value):>20}"
+        card = f"{name:8}= {text}"
+        if comment:
+            card += f" / {comment}"
+        return card[:80].ljust(80)
     return _format_card(name, value, comment)
 
 
@@ -746,16 +773,26 @@ def _hdu_image(spec, stamp, run):
         present = _TABLE_NAMES | columns[1]
         data = _table_data(arrays, n_rows)
     final, records = _keyword_cards(spec, present, *run)
-    text = "".join([format_card(name, value, comment) for name, value, comment in final]
-                   + [f"HISTORY {rec}" for rec in records])
+    text = "".join([format_card(name, value, comment) for name, value, comment in final])
+    history = _history_text(tuple(records))
     # what cfitsio's write_record would change: not printable ASCII (blanked), a name not in
     # upper case (raised) or not valid (refused), a record not of one card (cut).  The
     # structure and column cards are printable ASCII already (_column_text checks theirs).
-    if not (text.isascii() and text.isprintable()
-            and all(_name_kept(name) for name, _, _ in final)
-            and all(len(rec) == 72 for rec in records)):
+    if not (history is not None and text.isascii() and text.isprintable()
+            and all(_name_kept(name) for name, _, _ in final)):
         return None
-    return _with_checksums(fixed + text, data, stamp)
+    return _with_checksums(fixed + text + history, data, stamp)
+
+
+@functools.lru_cache(maxsize=8)
+def _history_text(records):
+    """The HISTORY cards of this run's ``records`` as one text, or None when cfitsio's
+    write_record would change one (not printable ASCII, not one card).  Remembered: every HDU
+    of a file has the same records (issue 11)."""
+    text = "".join([f"HISTORY {rec}" for rec in records])
+    if not (text.isascii() and text.isprintable() and all(len(rec) == 72 for rec in records)):
+        return None
+    return text
 
 
 #: The names of the primary's structure cards and of a table's (NAXIS2 included).
