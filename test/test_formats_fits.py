@@ -878,3 +878,16 @@ def test_the_text_card_cache_keeps_only_what_repeats():
     info = _text_card.cache_info()
     assert info.currsize <= 256
     assert info.hits >= 4_999          # the repeating card was never evicted
+
+
+def test_a_runs_history_text_is_its_records_on_cards_or_left_to_cfitsio():
+    """_history_text: the records as HISTORY cards in order; None (the file goes to cfitsio,
+    whose write_record would change the card) for a record that is not printable ASCII -- a
+    tab, a letter beyond ASCII -- or not 72 characters."""
+    from stk_astrometry.formats._fits import _history_text
+
+    a, b = "a" * 71 + "1", "b" * 72
+    assert _history_text((a, b)) == f"HISTORY {a}HISTORY {b}"
+    assert _history_text(()) == ""
+    for bad in ("\t" + "x" * 71, "\u00e9" + "x" * 71, "x" * 71, "x" * 73):
+        assert _history_text((a, bad)) is None, repr(bad)

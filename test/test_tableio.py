@@ -756,3 +756,40 @@ def test_the_fast_reader_leaves_scaled_bit_variable_and_ascii_tables_to_astropy(
             assert tableio._read_with_fitsio(path, 1) is None         # not a table
         finally:
             tableio._PLAIN_READ = True
+
+
+def test_text_columns_cast_as_numpys_cast_of_bytes_to_str():
+    """_ascii_text gives numpy's astype(str) of a text column of the rows: every ASCII byte
+    (NULs and blanks inside and at the end, DEL), no rows, widths 1..24; a byte beyond ASCII
+    (0x80 and 0xff) is refused as numpy refuses it (the reader then declines the file)."""
+    rng = np.random.default_rng(5)
+    for width in (1, 2, 7, 24):
+        for n in (0, 1, 33):
+            raw = rng.integers(0, 128, size=(n, width), dtype=np.uint8)
+            raw[rng.random((n, width)) < 0.3] = 0
+            raw[rng.random((n, width)) < 0.2] = ord(" ")
+            raw[rng.random((n, width)) < 0.1] = 127
+            rows = np.zeros(n, dtype=[("a", ">f8"), ("s", f"S{width}"), ("b", ">i2")])
+            rows["s"] = [bytes(r) for r in raw]
+            got = tableio._ascii_text(rows["s"], f"U{width}")
+            want = rows["s"].astype(f"U{width}")
+            assert got.dtype == want.dtype and got.shape == want.shape
+            assert got.tobytes() == want.tobytes() and got.tolist() == want.tolist()
+    for byte in (b"\x80", b"\xff"):
+        bad = np.array([b"ok", b"a" + byte], dtype="S2")
+        with pytest.raises(UnicodeDecodeError):
+            tableio._ascii_text(bad, "U2")
+
+
+@pytest.mark.parametrize("cards, ends", [
+    (["END"], True),
+    ([" " * 80] * 35 + ["END"], True),
+    ([" END"] + [" " * 80] * 2, False),            # END and 77 blanks from column 2 on
+    (["HISTORY END", " " * 80], False),
+    (["HISTORY END", " " * 80, "END"], True),      # the first one found is not a card
+    (["ENDX"], False),
+    (["END     X"], False),
+])
+def test_the_end_card_is_found_only_at_a_card_start(cards, ends):
+    block = "".join(c.ljust(80) for c in cards).ljust(2880).encode()
+    assert len(block) == 2880 and tableio._has_end(block) is ends
