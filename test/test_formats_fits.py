@@ -712,6 +712,9 @@ def _file_kinds():
                              ("EXTNAME", "T", ""), ("XTENSION", "BINTABLE", ""), ("KEEP", 1, ""),
                              ("HIERARCH NINE.CHAR", 2, "a dot: a HIERARCH name")))]
     out["extname of 51"] = [_fits.HduSpec(None), _fits.HduSpec("E" * 51, {"a": np.ones(2)})]
+    out["columns given as lists"] = [_fits.HduSpec(None), _fits.HduSpec(
+        "L", {"d": [1.0, 2.5], "k": [1, 2**40], "s": ["ab", "c"], "l": [True, False],
+              "v": [[1.0, 2.0], [3.0, 4.0]]})]
     out["no rows, strings"] = [dataclasses.replace(_specs_of_every_kind()[0], keys=()),
                                _fits.HduSpec("E", {"s": np.array([], dtype="U3")})]
     return out
