@@ -228,7 +228,8 @@ def test_chunks_run_every_stack_once_and_only_the_breaking_stack_fails(tmp_path,
 
 
 @pytest.mark.parametrize(("n", "threads", "expected"), [
-    (30, 2, 1), (100, 2, 3), (1000, 2, 16), (10_000, 2, 16), (10_000, 200, 3), (0, 0, 1)])
+    (30, 2, 1), (100, 2, 3), (1000, 2, 31), (10_000, 2, 32), (20_000, 2, 32), (10_000, 200, 3),
+    (0, 0, 1)])
 def test_chunk_size_keeps_every_thread_busy(n, threads, expected):
     assert driver.chunk_size(n, threads) == expected
 

@@ -530,6 +530,10 @@ def test_an_eight_character_name_is_never_a_hierarch_card(tmp_path):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             assert _fits.format_card("EIGHTCHR", value, "c") == Card("EIGHTCHR", value, "c").image
+    # numbers: Python's by format_card's direct path, numpy's by _format_card
+    for value in (1.5, 7, np.float64(1.5), np.int64(7), np.float32(0.25), np.int16(-3)):
+        assert _fits.format_card("EIGHTCHR", value, "c") == Card("EIGHTCHR", value, "c").image
+        assert _fits._format_card("EIGHTCHR", value, "c") == Card("EIGHTCHR", value, "c").image
     hdul = _fits.to_hdulist([_fits.HduSpec(None, cards=(("EIGHTCHR", 1.5, "copied"),))])
     assert hdul[0].header.cards["EIGHTCHR"].image.startswith("EIGHTCHR= ")
 

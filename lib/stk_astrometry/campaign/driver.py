@@ -368,9 +368,11 @@ def make_outcomes_durable(outcomes: list) -> None:
 #: most stacks in one Dask task (:func:`campaign.task.run_chunk`).  Dask's bookkeeping costs
 #: ~5-10 ms of CPU per task (scheduler, client and worker); 16 stacks per task instead of 8
 #: took 0.9 ms per stack off the campaign's CPU beside the steps (1,000 stacks, alternating,
-#: load 10: 4.8 -> 3.9 ms).  A kill loses the stacks finished inside a running task (up to
-#: 15 per worker, a few seconds of work), which a resume reruns.
-MAX_CHUNK = 16
+#: load 10: 4.8 -> 3.9 ms), and 32 instead of 16 another ~0.16 ms (10,000 null tasks, three
+#: alternating pairs: driver 0.59 -> 0.48 ms, workers 0.33 -> 0.25 ms per stack).  A kill
+#: loses the stacks finished inside a running task (up to 31 per worker, under a second of
+#: work at the benchmark's mix), which a resume reruns.
+MAX_CHUNK = 32
 
 
 def chunk_size(n_plans: int, threads: int, max_chunk: int = MAX_CHUNK) -> int:
@@ -600,7 +602,7 @@ def run_campaign(stacks, settings: StepSettings, *, folder, scheduler="", nworke
     window : int or None
         Dask tasks in flight at once (default 4 per worker thread, at least 8).
     chunk : int or None
-        Stacks per Dask task (default :func:`chunk_size`: up to 16, fewer in a small
+        Stacks per Dask task (default :func:`chunk_size`: up to 32, fewer in a small
         campaign).
     task : callable
         The per-stack task (default :func:`campaign.task.run_stack`); the benchmarks give a
