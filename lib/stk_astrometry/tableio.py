@@ -18,14 +18,12 @@ import logging
 import math
 import os
 import re
-import stat
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import fitscards
 from .errors import CatalogError, FormatError, InputError, ParameterError
-from .fitsutil import _stat_or_none
 
 logger = logging.getLogger(__name__)
 
@@ -319,14 +317,13 @@ _FAST_READ = True
 _FALLBACK_TFORM = re.compile(r"[XPQ]", re.I)
 
 
-def _read_fits_fast(path, block, spec, param, plain=None):
+def _read_fits_fast(path, block, spec, param):
     """Read a FITS table with fitsio; None when astropy should read it (see module docstring).
 
     Anything fitsio cannot read goes to astropy too, whose messages name the problem.
-    ``plain``: the file already open as a :class:`PlainFits` (closed here).
     """
     try:
-        return _read_with_fitsio(path, block, plain)
+        return _read_with_fitsio(path, block)
     except (OSError, ValueError, RuntimeError, KeyError, TypeError):
         return None
 
@@ -342,7 +339,7 @@ _PLAIN_TYPES = {"L": ("?", 1), "B": ("u1", 1), "I": (">i2", 2), "J": (">i4", 4),
                 "K": (">i8", 8), "E": (">f4", 4), "D": (">f8", 8), "A": ("S", 1)}
 _PLAIN_BITPIX = (8, 16, 32, 64, -32, -64)
 #: Keywords of a table layout :class:`PlainFits` leaves to fitsio (scaling, heap, shapes).
-_NOT_PLAIN = re.compile(r"^(?:TSCAL|TZERO|TDIM|THEAP)", re.M)
+_NOT_PLAIN_KEYS = ("TSCAL", "TZERO", "TDIM", "THEAP")
 
 
 def _has_end(block):
@@ -551,7 +548,7 @@ class PlainFits:
         nfields = _plain_int(kw, "TFIELDS")
         if bitpix != 8 or len(dims) != 2 or nfields is None or not 1 <= nfields <= 999:
             raise ValueError("not a plain table")
-        if _NOT_PLAIN.search("\n".join(kw)):        # a keyword starting so (one search)
+        if any(key.startswith(_NOT_PLAIN_KEYS) for key in kw):
             raise ValueError("scaled, shaped or heap columns")
         columns, width = [], 0
         for i in range(1, nfields + 1):
@@ -625,10 +622,10 @@ def raw_header(path, hdu):
 
 
 
-def _read_with_fitsio(path, block, plain=None):
+def _read_with_fitsio(path, block):
     import numpy as np
 
-    with plain if plain is not None else open_fits(path) as fh:
+    with open_fits(path) as fh:
         n_hdus = len(fh)
         info = [(h.get_exttype(), str(h.get_extname() or "").strip()) for h in fh]
         if block is None:
@@ -701,15 +698,12 @@ def read_table(spec, *, param):
     """
     path_text, block = parse_virtual_filename(spec)
     path = Path(path_text)
-    st = _stat_or_none(path)        # one stat for pathlib's exists() and is_dir() (issue 11)
-    if st is None:
+    if not path.exists():
         raise InputError(f"{param}={spec}: file {path} does not exist")
-    if stat.S_ISDIR(st.st_mode):
+    if path.is_dir():
         raise InputError(f"{param}={spec}: {path} is a directory, not a table")
-    # a plain FITS file is opened once: PlainFits.open takes only a file that starts as FITS
-    plain = PlainFits.open(path) if _FAST_READ and _PLAIN_READ else None
-    if plain is not None or is_fits_file(path):
-        fast = _read_fits_fast(path, block, spec, param, plain) if _FAST_READ else None
+    if is_fits_file(path):
+        fast = _read_fits_fast(path, block, spec, param) if _FAST_READ else None
         table, header, label = fast if fast is not None else _read_fits(path, block, spec, param)
     else:
         if block is not None:
