@@ -794,3 +794,43 @@ def test_the_end_card_is_found_only_at_a_card_start(cards, ends):
     block = "".join(c.ljust(80) for c in cards).ljust(2880).encode()
     assert len(block) == 2880 and tableio._has_end(block) is ends
 
+
+
+def test_read_table_refuses_what_is_not_a_file_and_opens_a_plain_file_once(tmp_path, monkeypatch):
+    """A name that is not there (also through a file), a folder: read_table's one-line errors.
+    A plain FITS file is read through the PlainFits that checked it (one open, no is_fits_file);
+    a FITS file of another layout and a text table as before."""
+    from stk_astrometry.errors import InputError
+
+    plain = tmp_path / "t.fits"
+    plain.write_bytes(_PRIMARY + _table_hdu())
+    for missing in (tmp_path / "nope.fits", plain / "x.fits"):
+        with pytest.raises(InputError, match=rf"^f={missing}: file {missing} does not exist$"):
+            tableio.read_table(str(missing), param="f")
+    with pytest.raises(InputError, match=rf"^f={tmp_path}: {tmp_path} is a directory, not a table$"):
+        tableio.read_table(str(tmp_path), param="f")
+    with pytest.raises(InputError, match=r"\.fits: file .* does not exist$"):
+        tableio.read_table(f"{tmp_path}/no\0pe.fits", param="f")
+    opened = []
+    real_open = tableio.PlainFits.open.__func__
+
+    def counted(cls, path):
+        fh = real_open(cls, path)
+        opened.append(fh)
+        return fh
+
+    monkeypatch.setattr(tableio.PlainFits, "open", classmethod(counted))
+    monkeypatch.setattr(tableio, "is_fits_file", lambda path: pytest.fail("checked again"))
+    tin = tableio.read_table(str(plain), param="f")
+    assert isinstance(tin.table, tableio.ColumnTable) and tin.table.colnames == ["c1"]
+    assert len(opened) == 1 and opened[0].fh.closed
+    monkeypatch.undo()
+    scaled = tmp_path / "s.fits"
+    scaled.write_bytes(_PRIMARY + _table_hdu([_card("TSCAL1", 2.0)]))
+    assert tableio.PlainFits.open(scaled) is None
+    assert tableio.read_table(str(scaled), param="f").table.colnames == ["c1"]
+    (tmp_path / "t.csv").write_text("a,b\n1,2\n")
+    assert tableio.read_table(str(tmp_path / "t.csv"), param="f").table.colnames == ["a", "b"]
+    monkeypatch.setattr(tableio, "_PLAIN_READ", False)
+    monkeypatch.setattr(tableio.PlainFits, "open", lambda path: pytest.fail("numpy reader off"))
+    assert tableio.read_table(str(plain), param="f").table.colnames == ["c1"]

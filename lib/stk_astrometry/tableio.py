@@ -18,12 +18,14 @@ import logging
 import math
 import os
 import re
+import stat
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import fitscards
 from .errors import CatalogError, FormatError, InputError, ParameterError
+from .fitsutil import _stat_or_none
 
 logger = logging.getLogger(__name__)
 
@@ -317,13 +319,14 @@ _FAST_READ = True
 _FALLBACK_TFORM = re.compile(r"[XPQ]", re.I)
 
 
-def _read_fits_fast(path, block, spec, param):
+def _read_fits_fast(path, block, spec, param, plain=None):
     """Read a FITS table with fitsio; None when astropy should read it (see module docstring).
 
     Anything fitsio cannot read goes to astropy too, whose messages name the problem.
+    ``plain``: the file already open as a :class:`PlainFits` (closed here).
     """
     try:
-        return _read_with_fitsio(path, block)
+        return _read_with_fitsio(path, block, plain)
     except (OSError, ValueError, RuntimeError, KeyError, TypeError):
         return None
 
@@ -622,10 +625,10 @@ def raw_header(path, hdu):
 
 
 
-def _read_with_fitsio(path, block):
+def _read_with_fitsio(path, block, plain=None):
     import numpy as np
 
-    with open_fits(path) as fh:
+    with plain if plain is not None else open_fits(path) as fh:
         n_hdus = len(fh)
         info = [(h.get_exttype(), str(h.get_extname() or "").strip()) for h in fh]
         if block is None:
@@ -698,12 +701,15 @@ def read_table(spec, *, param):
     """
     path_text, block = parse_virtual_filename(spec)
     path = Path(path_text)
-    if not path.exists():
+    st = _stat_or_none(path)        # one stat for pathlib's exists() and is_dir() (issue 11)
+    if st is None:
         raise InputError(f"{param}={spec}: file {path} does not exist")
-    if path.is_dir():
+    if stat.S_ISDIR(st.st_mode):
         raise InputError(f"{param}={spec}: {path} is a directory, not a table")
-    if is_fits_file(path):
-        fast = _read_fits_fast(path, block, spec, param) if _FAST_READ else None
+    # a plain FITS file is opened once: PlainFits.open takes only a file that starts as FITS
+    plain = PlainFits.open(path) if _FAST_READ and _PLAIN_READ else None
+    if plain is not None or is_fits_file(path):
+        fast = _read_fits_fast(path, block, spec, param, plain) if _FAST_READ else None
         table, header, label = fast if fast is not None else _read_fits(path, block, spec, param)
     else:
         if block is not None:
