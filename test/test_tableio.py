@@ -787,6 +787,8 @@ def test_text_columns_cast_as_numpys_cast_of_bytes_to_str():
     ([" END"] + [" " * 80] * 2, False),            # END and 77 blanks from column 2 on
     (["HISTORY END", " " * 80], False),
     (["HISTORY END", " " * 80, "END"], True),      # the first one found is not a card
+    (["HISTORY END", " " * 80, "END", " END"], True),   # the first card one, not the last one
+    (["END", " END"], True),
     (["ENDX"], False),
     (["END     X"], False),
 ])
@@ -834,3 +836,20 @@ def test_read_table_refuses_what_is_not_a_file_and_opens_a_plain_file_once(tmp_p
     monkeypatch.setattr(tableio, "_PLAIN_READ", False)
     monkeypatch.setattr(tableio.PlainFits, "open", lambda path: pytest.fail("numpy reader off"))
     assert tableio.read_table(str(plain), param="f").table.colnames == ["c1"]
+
+
+def test_a_header_astropy_parses_is_read_by_its_first_values_too(tmp_path):
+    """A header with a card fitscards leaves to astropy (a CONTINUE long string) is read by the
+    same rules as fitscards' headers: each name's first card, names in upper case, in order."""
+    from stk_astrometry import fitscards
+
+    long = ["LONGSTR = 'abc&'".ljust(80), "CONTINUE  'def'".ljust(80)]
+    primary = _image_hdu([_card("BITPIX", 8), _card("NAXIS", 0)] + long, primary=True)
+    table = _table_hdu(long + [_card("EXTNAME", "FIRST"), _card("EXTNAME", "SECOND")])
+    got = _opens(tmp_path, primary + table)
+    assert got is not None and [g[0] for g in got] == ["IMAGE_HDU", "BINARY_TBL"]
+    assert got[1][1] == "FIRST" == _fitsio_view(tmp_path / "r.fits")[1][1]
+    assert got[1][2] == [("c1", ">f8")] and got[1][3] == 2
+    with tableio.PlainFits.open(tmp_path / "r.fits") as fh:
+        assert not any(isinstance(h.header, fitscards.Header) for h in fh)    # astropy's
+    assert check_same(tmp_path / "r.fits")
