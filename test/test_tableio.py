@@ -836,6 +836,10 @@ def test_read_table_refuses_what_is_not_a_file_and_opens_a_plain_file_once(tmp_p
     monkeypatch.setattr(tableio, "_PLAIN_READ", False)
     monkeypatch.setattr(tableio.PlainFits, "open", lambda path: pytest.fail("numpy reader off"))
     assert tableio.read_table(str(plain), param="f").table.colnames == ["c1"]
+    monkeypatch.setattr(tableio, "_PLAIN_READ", True)
+    monkeypatch.setattr(tableio, "_FAST_READ", False)        # astropy's reader alone
+    tin = tableio.read_table(str(plain), param="f")
+    assert tin.table.colnames == ["c1"] and not isinstance(tin.table, tableio.ColumnTable)
 
 
 def test_a_header_astropy_parses_is_read_by_its_first_values_too(tmp_path):
