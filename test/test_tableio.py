@@ -857,3 +857,27 @@ def test_a_header_astropy_parses_is_read_by_its_first_values_too(tmp_path):
     with tableio.PlainFits.open(tmp_path / "r.fits") as fh:
         assert not any(isinstance(h.header, fitscards.Header) for h in fh)    # astropy's
     assert check_same(tmp_path / "r.fits")
+
+
+def test_read_table_names_the_block_and_parameter_in_astropys_errors(tmp_path):
+    """What the fast reader declines goes to astropy's reader, whose errors name what the user
+    gave (``param=spec``): a FITS file without a table, a block that is not there or not a
+    table, a file that is not FITS but looks like it."""
+    from stk_astrometry.errors import FormatError, InputError
+
+    image = tmp_path / "i.fits"
+    image.write_bytes(_PRIMARY)
+    with pytest.raises(FormatError, match=rf"^det={image}: {image} has no table HDU$"):
+        tableio.read_table(str(image), param="det")
+    both = tmp_path / "t.fits"
+    both.write_bytes(_PRIMARY + _table_hdu())
+    with pytest.raises(InputError, match=rf"^det={both}\[3\]: {both} has 2 HDUs, no block \[3\]$"):
+        tableio.read_table(f"{both}[3]", param="det")
+    with pytest.raises(InputError, match=rf"^gaia={both}\[NOPE\]: {both} has no HDU named NOPE "):
+        tableio.read_table(f"{both}[NOPE]", param="gaia")
+    with pytest.raises(FormatError, match=rf"^det={both}\[1\]: {both}\[1\] is not a table$"):
+        tableio.read_table(f"{both}[1]", param="det")
+    broken = tmp_path / "b.fits"
+    broken.write_bytes(b"SIMPLE  =" + b"x" * 100)
+    with pytest.raises(InputError, match=rf"^det={broken}: cannot read FITS file {broken}: "):
+        tableio.read_table(str(broken), param="det")
