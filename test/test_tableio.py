@@ -881,3 +881,18 @@ def test_read_table_names_the_block_and_parameter_in_astropys_errors(tmp_path):
     broken.write_bytes(b"SIMPLE  =" + b"x" * 100)
     with pytest.raises(InputError, match=rf"^det={broken}: cannot read FITS file {broken}: "):
         tableio.read_table(str(broken), param="det")
+
+
+def test_read_table_reads_text_tables_by_their_suffix_or_as_ascii(tmp_path):
+    """A text table: astropy's reader for its suffix (SkyServer CSV with its '#Table1' line),
+    plain ASCII for a suffix astropy does not know; labelled by the path."""
+    txt = tmp_path / "t.txt"
+    txt.write_text("a b\n1 2\n3 4\n")
+    tin = tableio.read_table(str(txt), param="f")
+    assert tin.hdu == str(txt) and tin.table.colnames == ["a", "b"]
+    assert list(tin.table["a"]) == [1, 3] and tin.header == {}
+    csv = tmp_path / "t.csv"
+    csv.write_text("#Table1\nA,b\n1,2\n")
+    tin = tableio.read_table(str(csv), param="f")
+    assert tin.hdu == str(csv) and tin.table.colnames == ["a", "b"] and list(tin.table["b"]) == [2]
+    assert tin.original_names == {"a": "A", "b": "b"}
