@@ -896,3 +896,33 @@ def test_read_table_reads_text_tables_by_their_suffix_or_as_ascii(tmp_path):
     tin = tableio.read_table(str(csv), param="f")
     assert tin.hdu == str(csv) and tin.table.colnames == ["a", "b"] and list(tin.table["b"]) == [2]
     assert tin.original_names == {"a": "A", "b": "b"}
+    assert tin.path == csv and tin.spec == str(csv) and tin.ambiguous == {}
+    one = tmp_path / "one.txt"
+    one.write_text("a\n1\n")
+    assert tableio.read_table(one, param="f").table.colnames == ["a"]
+
+
+def test_read_table_says_why_a_text_file_is_not_a_table(tmp_path, monkeypatch):
+    """astropy's first line of its message, 'the file is empty' for an empty file, the
+    exception's name for a message without text."""
+    from astropy.table import Table
+
+    from stk_astrometry.errors import InputError
+
+    bad = tmp_path / "bad.csv"
+    bad.write_text("a,b\n1,2,3\n")
+    with pytest.raises(InputError, match=rf"^f={bad}: {bad} is neither FITS nor a table astropy "
+                                         r"can read \(Number of header columns \(2\) inconsistent "
+                                         r"with data columns in data line 0\)$"):
+        tableio.read_table(str(bad), param="f")
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    with pytest.raises(InputError, match=r"can read \(the file is empty\)$"):
+        tableio.read_table(str(empty), param="f")
+
+    def silent(*args, **kwargs):
+        raise ValueError("")
+
+    monkeypatch.setattr(Table, "read", silent)
+    with pytest.raises(InputError, match=r"can read \(ValueError\)$"):
+        tableio.read_table(str(bad), param="f")
