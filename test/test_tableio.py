@@ -902,6 +902,17 @@ def test_read_table_reads_text_tables_by_their_suffix_or_as_ascii(tmp_path):
     assert tableio.read_table(one, param="f").table.colnames == ["a"]
 
 
+def test_columns_differing_only_in_case_are_left_out_and_logged_by_label(tmp_path, caplog):
+    import logging
+
+    twins = tmp_path / "twins.csv"
+    twins.write_text("b,B,c\n1,2,3\n")
+    with caplog.at_level(logging.DEBUG, logger="stk_astrometry.tableio"):
+        tin = tableio.read_table(str(twins), param="f")
+    assert tin.table.colnames == ["c"] and tin.ambiguous == {"b": ("b", "B")}
+    assert f"{twins}: columns 'b', 'B' differ only in case; left out" in caplog.text
+
+
 def test_read_table_says_why_a_text_file_is_not_a_table(tmp_path, monkeypatch):
     """astropy's first line of its message, 'the file is empty' for an empty file, the
     exception's name for a message without text."""
