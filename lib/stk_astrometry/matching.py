@@ -574,36 +574,28 @@ def crossmatch(det_ra_deg, det_dec_deg, ref_ra_deg, ref_dec_deg, radius_arcsec, 
 def _sweep_candidates(det_xyz, ref_xyz, chord):
     """The (det, ref) index pairs whose unit vectors lie within ``chord`` of each other.
 
-    Along the axis (x, y or z) on which the references spread most, the smaller of the two
-    sets is sorted; each source of the other set has as candidates the sources of the sorted
-    set within ``chord`` of it along that axis (a necessary condition), then the 3-d distance
-    decides.  None when the candidates along the axis would exceed
-    :data:`_SWEEP_MAX_CANDIDATES`.  The pairs come in no particular order (``crossmatch``
-    sorts them).
+    The references are sorted along the axis (x, y or z) on which they spread most; each
+    detection's candidates are the references within ``chord`` of it along that axis (a
+    necessary condition), then the 3-d distance decides.  None when the candidates
+    along the axis would exceed :data:`_SWEEP_MAX_CANDIDATES`.
     """
     # each axis's range from its own column: np.ptp(ref_xyz, axis=0) reduces across the rows
     # of an (n, 3) array at ~15x the cost (issue 11: ~0.3 ms for 4,000 sources); max and min
     # are exact, so the ranges are the same numbers
     axis = int(np.argmax([np.ptp(ref_xyz[:, k]) for k in range(3)]))
-    # sort the smaller set (issue 11: a stack's ~100 detections, not its ~2,500 Gaia sources:
-    # sorting those was ~0.2 ms of a match); the pairs are the same either way
-    swap = len(det_xyz) < len(ref_xyz)
-    probe, sorted_set = (ref_xyz, det_xyz) if swap else (det_xyz, ref_xyz)
-    order = np.argsort(sorted_set[:, axis], kind="stable")
-    key = sorted_set[order, axis]
-    lo = np.searchsorted(key, probe[:, axis] - chord, side="left")
-    hi = np.searchsorted(key, probe[:, axis] + chord, side="right")
+    order = np.argsort(ref_xyz[:, axis], kind="stable")
+    key = ref_xyz[order, axis]
+    lo = np.searchsorted(key, det_xyz[:, axis] - chord, side="left")
+    hi = np.searchsorted(key, det_xyz[:, axis] + chord, side="right")
     counts = hi - lo
     total = int(counts.sum())
     if total > _SWEEP_MAX_CANDIDATES:
         return None
-    probe_index = np.repeat(np.arange(len(probe), dtype=np.int64), counts)
-    # position k of the candidates of probe i: lo[i] + (k - first candidate of i)
+    det_index = np.repeat(np.arange(len(det_xyz), dtype=np.int64), counts)
+    # position k of the candidates of detection i: lo[i] + (k - first candidate of i)
     starts = np.cumsum(counts) - counts
-    in_sorted = np.arange(total, dtype=np.int64) - np.repeat(starts - lo, counts)
-    sorted_index = order[in_sorted].astype(np.int64)
-    det_index, ref_index = ((sorted_index, probe_index) if swap
-                            else (probe_index, sorted_index))
+    ref_sorted = np.arange(total, dtype=np.int64) - np.repeat(starts - lo, counts)
+    ref_index = order[ref_sorted].astype(np.int64)
     diff = det_xyz[det_index] - ref_xyz[ref_index]
     close = np.einsum("ij,ij->i", diff, diff) <= chord * chord
     return det_index[close], ref_index[close]
