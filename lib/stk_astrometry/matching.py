@@ -23,6 +23,7 @@ counted in the result (:class:`FilterCount`) and the front end says so.
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -124,7 +125,7 @@ class MatchConfig:
             raise ParameterError("sep_bins must list at least one group edge")
         # positive finite edges: b - a <= 0 (np.diff) exactly when b <= a
         if not all(math.isfinite(e) and e > 0 for e in edges) or any(
-                b <= a for a, b in zip(edges, edges[1:], strict=False)):
+                b <= a for a, b in itertools.pairwise(edges)):
             raise ParameterError(
                 "sep_bins must be positive and strictly increasing, got "
                 + ",".join(f"{e:g}" for e in edges)
