@@ -198,6 +198,28 @@ def test_disk_probability_uses_the_quadrature_it_is_given():
     assert abs(disk_probability(ell, 0.5, n_theta=2)[0] - fine) > 1e-3
 
 
+def test_disk_terms_nodes_made_once_per_count():
+    # _disk_terms's node terms (cos^2, cos sin, sin^2 at t_k = (k + 1/2) pi / n, as rows) are
+    # made once per node count, read-only, and give V(t) = u(t)^T C u(t) at every node
+    from stk_astrometry import mixture
+
+    for n_theta in (2, 7, 32):
+        c2, cs, s2 = mixture._node_terms(n_theta)
+        t = (np.arange(n_theta) + 0.5) * (np.pi / n_theta)
+        np.testing.assert_array_equal(c2, np.cos(t)[None, :] ** 2)
+        np.testing.assert_array_equal(cs, (np.cos(t) * np.sin(t))[None, :])
+        np.testing.assert_array_equal(s2, np.sin(t)[None, :] ** 2)
+        assert not (c2.flags.writeable or cs.flags.writeable or s2.flags.writeable)
+        assert mixture._node_terms(n_theta)[0] is c2
+    cov = np.array([[[0.9, 0.4], [0.4, 0.3]], [[0.2, -0.05], [-0.05, 0.6]]])
+    got = mixture._disk_terms(cov, 7)
+    t = (np.arange(7) + 0.5) * (np.pi / 7)
+    u = np.stack([np.cos(t), np.sin(t)])                   # (2, n_theta)
+    np.testing.assert_allclose(got, np.einsum("it,nij,jt->nt", u, cov, u), rtol=1e-14)
+    assert got.shape == (2, 7)
+    np.testing.assert_array_equal(mixture._disk_terms(cov.tolist(), 7), got)
+
+
 # ---------------------------------------------------------------------------------------------
 # Exact limits and invariances
 

@@ -635,16 +635,28 @@ def disk_probability(cov, radius_arcsec, *, n_theta=_N_THETA):
     return _disk_mass(_disk_terms(cov, n_theta), radius_arcsec)
 
 
+@functools.lru_cache(maxsize=4)
+def _node_terms(n_theta):
+    """(cos^2, cos sin, sin^2) of :func:`disk_probability`'s quadrature nodes as rows (1,
+    n_theta), for :func:`_disk_terms`: the same for every call with ``n_theta`` nodes, so made
+    once (read-only arrays; issue 11, a fit makes ~7 models' terms)."""
+    t = (np.arange(n_theta) + 0.5) * (np.pi / n_theta)
+    c, s = np.cos(t), np.sin(t)
+    out = (c[None, :] ** 2, (c * s)[None, :], s[None, :] ** 2)
+    for a in out:
+        a.flags.writeable = False
+    return out
+
+
 def _disk_terms(cov, n_theta=_N_THETA):
     """The part of :func:`disk_probability` free of the radius, for covariances (n, 2, 2):
     ``V(t) = u(t)^T cov u(t)`` at the quadrature nodes, (n, n_theta).  A window fit asks for
     the same pairs' masses at many radii (:meth:`_Problem.disk_terms`)."""
     cov = np.asarray(cov, dtype=float)
-    t = (np.arange(n_theta) + 0.5) * (np.pi / n_theta)
-    c, s = np.cos(t), np.sin(t)
-    return (c[None, :] ** 2 * cov[:, 0, 0, None]
-            + (c * s)[None, :] * (cov[:, 0, 1] + cov[:, 1, 0])[:, None]
-            + s[None, :] ** 2 * cov[:, 1, 1, None])
+    c2, cs, s2 = _node_terms(n_theta)
+    return (c2 * cov[:, 0, 0, None]
+            + cs * (cov[:, 0, 1] + cov[:, 1, 0])[:, None]
+            + s2 * cov[:, 1, 1, None])
 
 
 def _disk_mass(v, radius_arcsec):
@@ -1822,11 +1834,14 @@ def _calibrate(prob, stated, st, start, min_floor):
 def _error_prior(aa, bb, min_floor2):
     """Log prior of the error model, k^2 = aa and sigma_sys^2 = bb: log k ~ N(0, tau_k^2),
     sigma_sys^2 - min_floor^2 ~ exponential (half-normal sigma_sys, tau_f): (value, gradient,
-    curvature) in (aa, bb).  Zero when off (``_CAL_PRIOR`` None)."""
+    curvature) in (aa, bb).  Zero when off (``_CAL_PRIOR`` None).  The arithmetic on Python
+    floats (numpy's scalars cost ~4x as much per operation; the same IEEE operations, and
+    np.log's own logarithm; issue 11: ~34 calls per fit)."""
     if _CAL_PRIOR is None:
         return 0.0, np.zeros(2), np.zeros(2)
     tau_k, tau_f = _CAL_PRIOR
-    la = np.log(aa)
+    aa, bb = float(aa), float(bb)
+    la = float(np.log(aa))
     value = -(0.5 * la) ** 2 / (2 * tau_k**2) - (bb - min_floor2) / (2 * tau_f**2)
     grad = np.array([-la / (4 * aa * tau_k**2), -1.0 / (2 * tau_f**2)])
     curv = np.array([1.0 / (4 * aa * aa * tau_k**2), 0.0])
@@ -2035,15 +2050,16 @@ def _restricted_ab(r, inv_v, ja, jb, proj):
     # the products); ``jb`` None: 1 for every pair (none floored), the products by it left out
     coef = np.empty((6,) + inv_v.shape)
     rv, rv2, rv3 = coef[0], coef[2], coef[5]
-    np.multiply(r[:, None], inv_v, out=rv)
-    np.multiply(rv, inv_v, out=rv2)
-    np.multiply(2.0, rv2, out=rv3)
+    # (the outputs passed by position: ``out=`` costs a keyword parse per call)
+    np.multiply(r[:, None], inv_v, rv)
+    np.multiply(rv, inv_v, rv2)
+    np.multiply(2.0, rv2, rv3)
     rv3 *= inv_v
-    np.multiply(rv2, ja, out=coef[1])
-    np.negative(coef[1], out=coef[1])           # -(rv2 ja), the same number as (-rv2) ja
-    np.negative(rv2, out=coef[2])
-    np.multiply(rv3, ja, out=coef[4])
-    np.multiply(coef[4], ja, out=coef[3])
+    np.multiply(rv2, ja, coef[1])
+    np.negative(coef[1], coef[1])               # -(rv2 ja), the same number as (-rv2) ja
+    np.negative(rv2, coef[2])
+    np.multiply(rv3, ja, coef[4])
+    np.multiply(coef[4], ja, coef[3])
     if jb is not None:
         coef[2] *= jb
         coef[4] *= jb
