@@ -43,6 +43,62 @@ def test_stack_list_and_table(tmp_path):
     assert os.path.isabs(got[0].detfile)
 
 
+def _stack(sid, folder, **kw):
+    paths = {"detfile": f"{folder}/{sid}_det.fits", "gaiafile": f"{folder}/{sid}_gaia.fits"}
+    paths.update(kw)
+    return stacks.StackInput(stackid=sid, **paths)
+
+
+@pytest.mark.parametrize("stack", [
+    _stack("acisfJ0001_001", "/data/s1", wisefile="/data/s1/acisfJ0001_001_allwise.fits",
+           bestnbfile="/data/s1/acisfJ0001_001_bestnb.fits", products="/data/s1/products"),
+    _stack("A", "/data/s2"),                                     # optional files missing
+    _stack("A", "/data/A", wisefile="/elsewhere/A/A_w.fits"),    # a resolved link elsewhere
+    _stack("A", "/data/s3", products="/data/s3/AxA/A"),          # the id twice in a name
+    _stack("s", "/data/s4", select=True),
+    _stack("1", "/data/s5", gaiafile="/data/s5/1_gaia.fits[GAIA][cols ra,dec]"),
+    _stack("sp ace", "/data/\u00e9t\u00e9 dir", wisefile=""),  # spaces, non-ASCII, empty path
+    _stack("undecodable", "/data/\udcff", products="/data/\udcff/p"),
+    _stack("", "/data/s6"),                                      # blank id: kept as it is
+    _stack("A\x01", "/data/s7"),                                # the packing's characters
+    _stack("A", "/data/s8", wisefile="/data/s8/\x02"),
+    _stack("A", "/a//b"),                                        # split drops a slash
+    _stack("A", "/"), _stack("A", "//"),
+    stacks.StackInput(stackid="A", detfile="A_det.fits", gaiafile="/g.fits"),  # no folder
+])
+def test_stack_list_gives_each_stack_back_exactly(stack):
+    neighbours = [_stack("B", "/data/x"), _stack("C", "/other/y")]
+    got = stacks.StackList([neighbours[0], stack, neighbours[1]])
+    assert len(got) == 3
+    assert got[1] == stack and got[-2] == stack
+    assert got[0] == neighbours[0] and got[2] == neighbours[1]
+    assert list(got) == [neighbours[0], stack, neighbours[1]]
+    assert got[1:] == [stack, neighbours[1]] and got[::-2] == [neighbours[1], neighbours[0]]
+    for bad in (3, -4):
+        with pytest.raises(IndexError):
+            got[bad]
+
+
+def test_stack_list_is_packed(tmp_path):
+    """The driver holds the stack list for the whole campaign: ~100 bytes a stack, not the
+    ~660 of StackInput objects (issue 12, memory flat in the number of stacks)."""
+    import tracemalloc
+
+    src = [_stack(f"acisfJ{i:07d}p000000_001", f"/tmp/stk_bench_batch/s{i:05d}",
+                  wisefile=f"/tmp/stk_bench_batch/s{i:05d}/acisfJ{i:07d}p000000_001_allwise.fits",
+                  bestnbfile=f"/tmp/stk_bench_batch/s{i:05d}/acisfJ{i:07d}p000000_001_bestnb.fits")
+           for i in range(2000)]
+    tracemalloc.start()
+    try:
+        packed = stacks.StackList(src)
+        held = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert held < 150 * len(src)
+    assert not packed._plain
+    assert packed[1234] == src[1234]
+
+
 def test_stack_list_resolves_links(tmp_path):
     """A listed folder or file that is a symbolic link is recorded by its resolved path, as
     Path.resolve() gives it (the list is read with one scandir per folder)."""

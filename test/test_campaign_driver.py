@@ -390,7 +390,7 @@ print(json.dumps({"before": before, "seen": seen, "status": out["row"]["status"]
 
 
 def test_local_cluster_keeps_short_debugging_logs():
-    """Dask's debugging logs keep driver.WORKER_CONFIG's 100 entries, not Dask's 1,000, in
+    """Dask's debugging logs keep driver.WORKER_CONFIG's 10 entries, not Dask's 1,000, in
     the scheduler (its stream to each worker keeps every compute-task message it sent, with
     the task's stack plans: +10 MB in the driver from 1,000 to 10,000 stacks) and in the
     worker processes of a real LocalCluster (the nanny hands them the configuration)."""
@@ -398,7 +398,7 @@ def test_local_cluster_keeps_short_debugging_logs():
     import distributed  # noqa: F401 - Dask's defaults of distributed.* are loaded with it
 
     n = driver.WORKER_CONFIG["distributed.admin.low-level-log-length"]
-    assert n == 100 < dask.config.get("distributed.admin.low-level-log-length")
+    assert n == 10 < dask.config.get("distributed.admin.low-level-log-length")
     with driver.dask_client("", 1) as (client, _where):
         sched = client.cluster.scheduler
         assert sched.transition_log.maxlen == n

@@ -143,6 +143,36 @@ def test_crossmatch_sweep_equals_the_kd_tree(ra0, dec0, monkeypatch):
         assert np.array_equal(a, b)
 
 
+@pytest.mark.parametrize("n_det,n_ref", [(3000, 300), (300, 3000), (400, 400)])
+def test_the_sweep_sorts_either_set_and_finds_the_same_pairs(n_det, n_ref, monkeypatch):
+    """The sweep sorts the smaller of the two sets along its axis (issue 11: a stack's
+    detections, not its thousands of Gaia sources); either way its candidates hold every pair
+    within the chord, and crossmatch's pairs, separations and order are the k-d tree's."""
+    import stk_astrometry.matching as m
+    from stk_astrometry.matching import _sweep_candidates, unit_vectors
+
+    rng = np.random.default_rng(SEED + 7)
+    det_ra, det_dec = offsets_to_sky(10.0, 20.0, rng.uniform(-300, 300, n_det),
+                                     rng.uniform(-300, 300, n_det))
+    ref_ra, ref_dec = offsets_to_sky(10.0, 20.0, rng.uniform(-300, 300, n_ref),
+                                     rng.uniform(-300, 300, n_ref))
+    det_xyz, ref_xyz = unit_vectors(det_ra, det_dec), unit_vectors(ref_ra, ref_dec)
+    chord = 2.0 * np.sin(np.radians(8.0 / 3600.0) / 2.0)
+    di, ri = _sweep_candidates(det_xyz, ref_xyz, chord)
+    dist2 = ((det_xyz[:, None, :] - ref_xyz[None, :, :]) ** 2).sum(axis=2)
+    want = set(zip(*np.nonzero(dist2 <= chord * chord), strict=True))
+    assert len(want) > 50
+    assert di.dtype == ri.dtype == np.int64
+    got = list(zip(di.tolist(), ri.tolist(), strict=True))
+    assert len(got) == len(set(got))
+    assert set(got) == {(int(i), int(j)) for i, j in want}
+    sweep = crossmatch(det_ra, det_dec, ref_ra, ref_dec, 8.0)
+    monkeypatch.setattr(m, "_SWEEP_MAX_CANDIDATES", -1)     # every search goes to the tree
+    tree = crossmatch(det_ra, det_dec, ref_ra, ref_dec, 8.0)
+    for a, b in zip(sweep, tree, strict=True):
+        assert np.array_equal(a, b)
+
+
 def test_crossmatch_empty_inputs():
     di, ri, sep = crossmatch(np.array([]), np.array([]), np.array([1.0]), np.array([1.0]), 3.0)
     assert len(di) == len(ri) == len(sep) == 0

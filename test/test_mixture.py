@@ -198,6 +198,28 @@ def test_disk_probability_uses_the_quadrature_it_is_given():
     assert abs(disk_probability(ell, 0.5, n_theta=2)[0] - fine) > 1e-3
 
 
+def test_disk_terms_nodes_made_once_per_count():
+    # _disk_terms's node terms (cos^2, cos sin, sin^2 at t_k = (k + 1/2) pi / n, as rows) are
+    # made once per node count, read-only, and give V(t) = u(t)^T C u(t) at every node
+    from stk_astrometry import mixture
+
+    for n_theta in (2, 7, 32):
+        c2, cs, s2 = mixture._node_terms(n_theta)
+        t = (np.arange(n_theta) + 0.5) * (np.pi / n_theta)
+        np.testing.assert_array_equal(c2, np.cos(t)[None, :] ** 2)
+        np.testing.assert_array_equal(cs, (np.cos(t) * np.sin(t))[None, :])
+        np.testing.assert_array_equal(s2, np.sin(t)[None, :] ** 2)
+        assert not (c2.flags.writeable or cs.flags.writeable or s2.flags.writeable)
+        assert mixture._node_terms(n_theta)[0] is c2
+    cov = np.array([[[0.9, 0.4], [0.4, 0.3]], [[0.2, -0.05], [-0.05, 0.6]]])
+    got = mixture._disk_terms(cov, 7)
+    t = (np.arange(7) + 0.5) * (np.pi / 7)
+    u = np.stack([np.cos(t), np.sin(t)])                   # (2, n_theta)
+    np.testing.assert_allclose(got, np.einsum("it,nij,jt->nt", u, cov, u), rtol=1e-14)
+    assert got.shape == (2, 7)
+    np.testing.assert_array_equal(mixture._disk_terms(cov.tolist(), 7), got)
+
+
 # ---------------------------------------------------------------------------------------------
 # Exact limits and invariances
 
@@ -1488,7 +1510,8 @@ def _error_model_case(rng, n, *, scale, floor, errs=(0.05, 0.6), pa=None):
     s = np.array([0.2, -0.1])
     e = np.einsum("nij,nj->ni", np.linalg.cholesky(true), rng.standard_normal((n, 2)))
     r = rng.uniform(0.3, 1.0, n)
-    return stated, e, r, SimpleNamespace(d=e + s), SimpleNamespace(idx=np.arange(n), r=r, s=s)
+    return (stated, e, r, SimpleNamespace(d=e + s, _axes=None),
+            SimpleNamespace(idx=np.arange(n), r=r, s=s))
 
 
 def _expected_complete_loglike(stated, e, r, scale, floor):
@@ -1627,7 +1650,7 @@ def test_error_model_step_from_a_start_where_the_curvature_is_no_information(mon
                       for j in range(2)] for i in range(2)])
     info = info - hess
     assert np.all(np.linalg.eigvalsh(info) < 0) and info[0, 1] > 0
-    got = _fit_error_model(SimpleNamespace(d=e), stated,
+    got = _fit_error_model(SimpleNamespace(d=e, _axes=None), stated,
                            SimpleNamespace(idx=np.arange(3), r=r, s=np.zeros(2)), 1.0, 0.5, 0.0)
     np.testing.assert_allclose(got, _error_model_maximum(stated, e, r, 0.0, [0.5, 0.1]),
                                rtol=1e-5)
@@ -2505,7 +2528,7 @@ def test_error_model_with_exactly_diagonal_covariances(monkeypatch):
     true = 1.4**2 * stated + 0.25**2 * np.eye(2)
     e = np.einsum("nij,nj->ni", np.linalg.cholesky(true), rng.standard_normal((n, 2)))
     r = rng.uniform(0.3, 1.0, n)
-    got = np.array(_fit_error_model(SimpleNamespace(d=e), stated,
+    got = np.array(_fit_error_model(SimpleNamespace(d=e, _axes=None), stated,
                                     SimpleNamespace(idx=np.arange(n), r=r, s=np.zeros(2)),
                                     1.0, 0.5, 0.0))
     want = _error_model_maximum(stated, e, r, 0.0, (got**2) * [1.3, 0.7])
@@ -2621,6 +2644,10 @@ def test_a_window_still_moving_after_the_last_recentring_is_reported(monkeypatch
                       x0=(-1.1, 0.0))
     assert not fit.converged and fit.failure is not None
     assert "window did not settle in 1 re-centrings" in fit.message.split("; ")
+    # the window reported is the one at the fit's final shift (the shift moved after the
+    # loop's last window was drawn: its radius there, R - |s|, not the start's R - 1.1)
+    assert fit.window_radius_arcsec == R - float(np.hypot(fit.d_xi, fit.d_eta))
+    assert abs(fit.window_radius_arcsec - (R - 1.1)) > 0.1
 
 
 def test_em_in_a_fixed_window_maximises_over_q_with_the_windows_mass():
@@ -3633,7 +3660,7 @@ def test_stated_axes_are_the_windows_own():
 
     rng = np.random.default_rng(77)
     stated, *_ = _error_model_case(rng, 40, scale=1.0, floor=0.1)
-    prob = SimpleNamespace()
+    prob = SimpleNamespace(_axes=None)     # as _Problem declares it
     for idx in (np.arange(40), np.arange(3, 40, 3), np.array([7]), np.zeros(0, dtype=int)):
         lam, vx, vy, proj = mixture._stated_axes(prob, stated, idx)
         want = mixture._principal_axes(stated[idx])
@@ -3648,6 +3675,12 @@ def test_stated_axes_are_the_windows_own():
     lam, vx, vy, proj = mixture._stated_axes(prob, other, np.arange(40))
     assert prob._axes is not kept
     np.testing.assert_array_equal(lam, mixture._principal_axes(other)[0])
+    # a problem declares the attribute (None until the first error-model step)
+    few = stated[:4].copy()
+    fresh = mixture._Problem(np.arange(4), np.zeros(4), np.zeros(4), few.copy(), 0.1, 3.0, 5.0)
+    assert fresh._axes is None
+    mixture._stated_axes(fresh, few, np.arange(4))
+    assert fresh._axes[0] is few
 
 
 @pytest.mark.parametrize("floored", [False, True])

@@ -523,14 +523,45 @@ def match_stack(detfile, gaiafile, outfile=None, *, wisefile=None, bestnbfile=No
 
 
 def _check_not_input(inputs, outfile):
-    from stk_astrometry.fitsutil import same_file
+    """Refuse an ``outfile`` that is one of ``inputs`` (:meth:`_Output.is_named_by`)."""
     from stk_astrometry.tableio import parse_virtual_filename
 
+    out = _Output(outfile)
     for name, value in inputs.items():
         if _blank(value):
             continue
-        if same_file(parse_virtual_filename(str(value))[0], outfile):
+        if out.is_named_by(parse_virtual_filename(str(value))[0]):
             raise ParameterError(f"outfile={outfile} is also {name}; choose another output name")
+
+
+def _file_status(path):
+    """``os.stat(path)``, or None where that fails (no such file)."""
+    try:
+        return os.stat(path)
+    except OSError:
+        return None
+
+
+class _Output:
+    """An output's name, and what :func:`fitsutil.same_file` compares of it taken once for
+    all the names it is compared with (issue 11: its real path, an lstat of every folder, was
+    resolved again for each)."""
+
+    def __init__(self, path):
+        self.path = path
+        self.status = _file_status(path)
+        self._real = None
+
+    def is_named_by(self, path):
+        """``fitsutil.same_file(path, self.path)``: both existing, the same device and inode
+        (one real path is one file; a hard link has its own); else the same real path."""
+        if self.status is not None:
+            status = _file_status(path)
+            if status is not None:
+                return os.path.samestat(status, self.status)
+        if self._real is None:
+            self._real = os.path.realpath(self.path)
+        return os.path.realpath(path) == self._real
 
 
 def _match(detfile, gaiafile, outfile, *, wisefile, bestnbfile, stackid, ra_stack, dec_stack,
@@ -599,8 +630,9 @@ def _match(detfile, gaiafile, outfile, *, wisefile, bestnbfile, stackid, ra_stac
     config = dataclasses.replace(config, ra_stack_deg=cat.ra_stack, dec_stack_deg=cat.dec_stack)
     gaia_in = read_table(gaiafile, param="gaiafile")
     gaia, ref_keys = _read_reference(gaia_in, refcat)
-    gaia, epoch_keys, epochs, motion = _at_stack_epoch(gaia, gaia_in, refcat, det_in, cat,
-                                                       epoch_req, ref_epoch, pm_disp)
+    gaia, epoch_keys, epochs, motion, errors = _at_stack_epoch(gaia, gaia_in, refcat, det_in,
+                                                               cat, epoch_req, ref_epoch,
+                                                               pm_disp)
     wise = best = None
     if have_wise:
         wise_in = read_table(wisefile, param="wisefile")
@@ -613,6 +645,8 @@ def _match(detfile, gaiafile, outfile, *, wisefile, bestnbfile, stackid, ra_stac
                                   motion=motion)
     # the positions the match used: at the stack's epoch wherever a result reads them
     gaia = dataclasses.replace(gaia, ra_deg=result.gaia_ra_deg, dec_deg=result.gaia_dec_deg)
+    if errors is not None:
+        gaia = _with_errors(gaia, errors, result.gaia_pairs.ref_row)
     _report_match(result, cat.stackid)
     pairs = pairs_format.pairs_from_match(result, det, gaia, wise, stackid=cat.stackid,
                                           instrument=cat.instrument)
@@ -699,14 +733,16 @@ class _SdssSources:
 def _at_stack_epoch(gaia, ref_in, refcat, det_in, cat, epoch_req, ref_epoch, pm_disp):
     """Reference errors at the stack's epoch (issue 14), the keywords, and the motion.
 
-    Returns (sources, keywords, (epoch, mean reference epoch, number moved), motion).  The
-    sources' positions are the catalog's, at its epoch; ``motion`` (None when nothing is
+    Returns (sources, keywords, (epoch, mean reference epoch, number moved), motion, errors).
+    The sources' positions are the catalog's, at its epoch; ``motion`` (None when nothing is
     propagated) is the :class:`~stk_astrometry.core.epoch.Propagation` to the stack's epoch
     that :func:`stk_astrometry.matching.match_stack` applies to the rows a result depends
     on (issue 11): the other rows are never moved, and their positions in the sources are
     not the stack epoch's -- use ``MatchResult.gaia_ra_deg``/``gaia_dec_deg`` of the match
-    (or ``motion.move``), never these, for positions at the stack's epoch.  The errors
-    (``sigra_arcsec``/``sigdec_arcsec``) are the stack epoch's for every row.
+    (or ``motion.move``), never these, for positions at the stack's epoch.  ``errors`` (None
+    when nothing is propagated: the sources' own errors stand) gives the stack epoch's
+    ``(sigra_arcsec, sigdec_arcsec)`` of the rows asked for (issue 11: only the rows of pairs
+    need them, ~100 of a few thousand; :func:`_with_errors`).
     """
     import numpy as np
 
@@ -735,7 +771,7 @@ def _at_stack_epoch(gaia, ref_in, refcat, det_in, cat, epoch_req, ref_epoch, pm_
             ("EPOCHOBS", year, "[yr] stack epoch (Julian) used"),
             ("EPOCHSRC", origin[:68], "")]
     if year is None:
-        return gaia, tuple(keys), (None, None, 0), None
+        return gaia, tuple(keys), (None, None, 0), None, None
     fallback = ref_epoch if ref_epoch is not None else _DEFAULT_REF_EPOCH[refcat]
     fallback_origin = "ref_epoch parameter" if ref_epoch is not None else (
         "Gaia DR3 default" if refcat == "gaia" else "SDSS default")
@@ -760,15 +796,27 @@ def _at_stack_epoch(gaia, ref_in, refcat, det_in, cat, epoch_req, ref_epoch, pm_
                             parallax_mas=None if astrom is None else astrom.parallax)
     moved = motion.moved
     dt = year - ref_rows
-    sig_ra = ep.position_sigma(dt, moved, pos_err_mas=getattr(astrom, "ra_error", None),
-                               pm_err_masyr=getattr(astrom, "pmra_error", None),
-                               pm_disp_masyr=pm_disp)
-    sig_dec = ep.position_sigma(dt, moved, pos_err_mas=getattr(astrom, "dec_error", None),
-                                pm_err_masyr=getattr(astrom, "pmdec_error", None),
-                                pm_disp_masyr=pm_disp)
-    if gaia.sigra_arcsec is not None:        # SDSS: the catalog's own errors, grown
-        sig_ra = np.hypot(gaia.sigra_arcsec, sig_ra)
-        sig_dec = np.hypot(gaia.sigdec_arcsec, sig_dec)
+
+    def errors(rows):
+        """(sigra, sigdec) at the stack's epoch, arcsec, of ``rows``: position_sigma and the
+        growth of the catalog's own errors work row by row, so these are the numbers of the
+        whole columns at those rows."""
+        def at(column):
+            return None if column is None else np.asarray(column, dtype=float)[rows]
+
+        sig_ra = ep.position_sigma(dt[rows], moved[rows],
+                                   pos_err_mas=at(getattr(astrom, "ra_error", None)),
+                                   pm_err_masyr=at(getattr(astrom, "pmra_error", None)),
+                                   pm_disp_masyr=pm_disp)
+        sig_dec = ep.position_sigma(dt[rows], moved[rows],
+                                    pos_err_mas=at(getattr(astrom, "dec_error", None)),
+                                    pm_err_masyr=at(getattr(astrom, "pmdec_error", None)),
+                                    pm_disp_masyr=pm_disp)
+        if gaia.sigra_arcsec is not None:        # SDSS: the catalog's own errors, grown
+            sig_ra = np.hypot(at(gaia.sigra_arcsec), sig_ra)
+            sig_dec = np.hypot(at(gaia.sigdec_arcsec), sig_dec)
+        return sig_ra, sig_dec
+
     n_moved = int(np.count_nonzero(moved))
     mean_ref = float(np.mean(ref_rows)) if n else float(fallback)
     with np.errstate(invalid="ignore"):
@@ -781,8 +829,19 @@ def _at_stack_epoch(gaia, ref_in, refcat, det_in, cat, epoch_req, ref_epoch, pm_
              ("PMDISP", pm_disp, "[mas/yr] pm dispersion, sources without pm"),
              ("NGPROP", n_moved, "reference sources moved with their pm"),
              ("NGGROWN", n_grown, "reference sources without pm: error grown")]
-    sources = dataclasses.replace(gaia, sigra_arcsec=sig_ra, sigdec_arcsec=sig_dec)
-    return sources, tuple(keys), (year, mean_ref, n_moved), motion
+    return gaia, tuple(keys), (year, mean_ref, n_moved), motion, errors
+
+
+def _with_errors(sources, errors, rows):
+    """``sources`` with the stack epoch's errors (``errors`` of :func:`_at_stack_epoch`) at
+    ``rows`` -- the rows the pairs read -- and NaN at every other row (never read: the errors
+    only travel to the pairs file)."""
+    import numpy as np
+
+    rows = np.unique(rows)
+    sig_ra, sig_dec = np.full(len(sources), np.nan), np.full(len(sources), np.nan)
+    sig_ra[rows], sig_dec[rows] = errors(rows)
+    return dataclasses.replace(sources, sigra_arcsec=sig_ra, sigdec_arcsec=sig_dec)
 
 
 def _report_match(result, stackid):
@@ -917,7 +976,6 @@ def _id_values(name, value):
 def _check_fit_params(infile, p):
     import numpy as np
 
-    from stk_astrometry.fitsutil import same_file
     from stk_astrometry.tableio import parse_virtual_filename
 
     for name in ("f_scale", "max_shift"):
@@ -943,13 +1001,14 @@ def _check_fit_params(infile, p):
         if _blank(p[name]):
             continue
         target = str(p[name]).strip()
-        if infile is not None and same_file(target, infile):
+        out = _Output(target)
+        if infile is not None and out.is_named_by(infile):
             raise ParameterError(f"{name}={p[name]} is the input file; choose another name")
         for list_name, list_path in id_lists.items():
-            if same_file(target, list_path):
+            if out.is_named_by(list_path):
                 raise ParameterError(f"{name}={p[name]} is also {list_name}; choose another name")
         for other_path, other in outputs.items():
-            if same_file(target, other_path):
+            if out.is_named_by(other_path):
                 raise ParameterError(f"{name}={p[name]} is also {other}")
         outputs[target] = name
 

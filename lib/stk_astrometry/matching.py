@@ -23,6 +23,8 @@ counted in the result (:class:`FilterCount`) and the front end says so.
 
 from __future__ import annotations
 
+import itertools
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -103,24 +105,27 @@ class MatchConfig:
     method: str = "auto"
 
     def __post_init__(self):
-        if not (np.isfinite(self.ra_stack_deg) and 0.0 <= self.ra_stack_deg <= 360.0):
+        # math.isfinite on the numbers: np.isfinite's answers without an array each (issue 11)
+        if not (math.isfinite(self.ra_stack_deg) and 0.0 <= self.ra_stack_deg <= 360.0):
             raise ParameterError(f"ra_stack must be within [0, 360] deg, got {self.ra_stack_deg}")
-        if not (np.isfinite(self.dec_stack_deg) and -90.0 <= self.dec_stack_deg <= 90.0):
+        if not (math.isfinite(self.dec_stack_deg) and -90.0 <= self.dec_stack_deg <= 90.0):
             raise ParameterError(f"dec_stack must be within [-90, 90] deg, got {self.dec_stack_deg}")
         # pi r^2 must be > 0 too: the densities divide by it (r = 1e-300 underflows)
-        if not (np.isfinite(self.r_stack_arcmin) and self.r_stack_arcmin > 0
-                and np.pi * self.r_stack_arcmin**2 > 0):
+        if not (math.isfinite(self.r_stack_arcmin) and self.r_stack_arcmin > 0
+                and math.pi * self.r_stack_arcmin**2 > 0):
             raise ParameterError(
                 f"r_stack must be positive, with a non-zero cone area, got {self.r_stack_arcmin}"
             )
-        if not (np.isfinite(self.match_radius_arcsec) and self.match_radius_arcsec > 0):
+        if not (math.isfinite(self.match_radius_arcsec) and self.match_radius_arcsec > 0):
             raise ParameterError(
                 f"match_radius must be positive, got {self.match_radius_arcsec}"
             )
         edges = tuple(float(e) for e in self.sep_bins_arcsec)
         if len(edges) == 0:
             raise ParameterError("sep_bins must list at least one group edge")
-        if not all(np.isfinite(e) and e > 0 for e in edges) or np.any(np.diff(edges) <= 0):
+        # positive finite edges: b - a <= 0 (np.diff) exactly when b <= a
+        if not all(math.isfinite(e) and e > 0 for e in edges) or any(
+                b <= a for a, b in itertools.pairwise(edges)):
             raise ParameterError(
                 "sep_bins must be positive and strictly increasing, got "
                 + ",".join(f"{e:g}" for e in edges)
@@ -131,7 +136,7 @@ class MatchConfig:
                 f"{edges[-1]:g}: pairs beyond it would have no group; extend sep_bins"
             )
         object.__setattr__(self, "sep_bins_arcsec", edges)
-        if not (np.isfinite(self.max_pm_masyr) and self.max_pm_masyr > 0):
+        if not (math.isfinite(self.max_pm_masyr) and self.max_pm_masyr > 0):
             raise ParameterError(f"max_pm must be positive, got {self.max_pm_masyr}")
         if self.method not in METHODS:
             raise ParameterError(

@@ -635,16 +635,28 @@ def disk_probability(cov, radius_arcsec, *, n_theta=_N_THETA):
     return _disk_mass(_disk_terms(cov, n_theta), radius_arcsec)
 
 
+@functools.lru_cache(maxsize=4)
+def _node_terms(n_theta):
+    """(cos^2, cos sin, sin^2) of :func:`disk_probability`'s quadrature nodes as rows (1,
+    n_theta), for :func:`_disk_terms`: the same for every call with ``n_theta`` nodes, so made
+    once (read-only arrays; issue 11, a fit makes ~7 models' terms)."""
+    t = (np.arange(n_theta) + 0.5) * (np.pi / n_theta)
+    c, s = np.cos(t), np.sin(t)
+    out = (c[None, :] ** 2, (c * s)[None, :], s[None, :] ** 2)
+    for a in out:
+        a.flags.writeable = False
+    return out
+
+
 def _disk_terms(cov, n_theta=_N_THETA):
     """The part of :func:`disk_probability` free of the radius, for covariances (n, 2, 2):
     ``V(t) = u(t)^T cov u(t)`` at the quadrature nodes, (n, n_theta).  A window fit asks for
     the same pairs' masses at many radii (:meth:`_Problem.disk_terms`)."""
     cov = np.asarray(cov, dtype=float)
-    t = (np.arange(n_theta) + 0.5) * (np.pi / n_theta)
-    c, s = np.cos(t), np.sin(t)
-    return (c[None, :] ** 2 * cov[:, 0, 0, None]
-            + (c * s)[None, :] * (cov[:, 0, 1] + cov[:, 1, 0])[:, None]
-            + s[None, :] ** 2 * cov[:, 1, 1, None])
+    c2, cs, s2 = _node_terms(n_theta)
+    return (c2 * cov[:, 0, 0, None]
+            + cs * (cov[:, 0, 1] + cov[:, 1, 0])[:, None]
+            + s2 * cov[:, 1, 1, None])
 
 
 def _disk_mass(v, radius_arcsec):
@@ -700,6 +712,8 @@ class _Problem:
         self.max_shift = max_shift
         self._window_groups = {}
         self._models = {}
+        # (stated, lam, vx, vy, projectors) of :func:`_stated_axes`, made on first use
+        self._axes = None
 
     def set_cov(self, cov):
         """Replace the pair covariances (error calibration)."""
@@ -805,9 +819,10 @@ def _group_counts(starts, n):
 
 
 def _group_logsumexp_counts(logv, starts, counts):
-    """log of the per-group sums of exp(logv) (groups given by starts and counts)."""
+    """log of the per-group sums of exp(logv) (groups given by starts and counts).  (The
+    array's own ``repeat``: np.repeat's Python wrapper costs three times the copy, issue 11.)"""
     mx = np.maximum.reduceat(logv, starts)
-    return mx + np.log(np.add.reduceat(np.exp(logv - np.repeat(mx, counts)), starts))
+    return mx + np.log(np.add.reduceat(np.exp(logv - mx.repeat(counts)), starts))
 
 
 def _start_by_grid(prob, prior_sigma=None):
@@ -1166,6 +1181,7 @@ def _e_step(lg, log_bg, log_q, starts, counts, single):
     ``bg + q S_j`` and ``r`` each pair's membership ``q g / (bg + q S_j)``.  Where every
     detection has one pair in the window the log-sum-exp and the repeat are the identity, and
     are skipped.  :func:`_fit_window`'s iterations and :func:`_fit_window_final` share it.
+    (``log_d.repeat``: the array's own method, without np.repeat's wrapper.)
     """
     if single:
         q_lg = log_q + lg
@@ -1173,7 +1189,7 @@ def _e_step(lg, log_bg, log_q, starts, counts, single):
         return lg, log_d, np.exp(q_lg - log_d)
     log_s = _group_logsumexp_counts(lg, starts, counts)
     log_d = np.logaddexp(log_bg, log_q + log_s)
-    return log_s, log_d, np.exp(log_q + lg - np.repeat(log_d, counts))
+    return log_s, log_d, np.exp(log_q + lg - log_d.repeat(counts))
 
 
 def _fit_window(prob, idx, s, q, p_win, mu, tol=(_TOL_ARCSEC, 1e-9)):
@@ -1610,15 +1626,22 @@ def _windowed_fit(prob, s, q, covariance=True):
     fit_note = ""
     history = []        # windows since the last cycle was resolved
     edge = np.zeros(prob.d.shape[0], dtype=bool)   # pairs a window cycle left out
+    # The windows (boolean masks, made by a comparison) are compared by their bytes, and
+    # ``nonzero()[0]`` is np.flatnonzero of a 1-D mask: np.array_equal's and np.flatnonzero's
+    # Python wrappers cost more than the work on 10-500 pairs (issue 11).  ``at_s``: r_w is the
+    # window's radius at the current shift and edge (the shift has not moved since _window).
+    prev_key = None
     for _ in range(_MAX_WINDOW_ITER):
         r_w, in_win = _window(prob, s, edge)
+        at_s = True
         if r_w <= 0:
             fit_note = f"shift ({s[0]:.3f}, {s[1]:.3f}) arcsec leaves no window inside the match radius"
             break
-        if window_prev is not None and np.array_equal(in_win, window_prev):
+        key = in_win.tobytes()
+        if key == prev_key:
             converged = em_ok
             break
-        k = next((k for k, w in enumerate(history) if np.array_equal(w, in_win)), None)
+        k = next((k for k, w in enumerate(history) if w.tobytes() == key), None)
         if k is not None:
             # A pair on the window's edge flips in and out as the shift moves (module
             # docstring): shrink the window to leave out every pair the cycle flipped.
@@ -1626,14 +1649,16 @@ def _windowed_fit(prob, s, q, covariance=True):
             edge |= np.logical_or.reduce(cycle) & ~np.logical_and.reduce(cycle)
             history = []
             r_w, in_win = _window(prob, s, edge)
-        idx = np.flatnonzero(in_win)
+            key = in_win.tobytes()
+        idx = in_win.nonzero()[0]
         if idx.size == 0:
             fit_note = "no pair inside the window around the shift"
             break
         p_win, mu = _window_terms(prob, idx, r_w)
         s, q, r, it, em_ok, _, fit_note = _fit_window(prob, idx, s, q, p_win, mu)
+        at_s = False
         total_iter += it
-        window_prev = in_win
+        window_prev, prev_key = in_win, key
         if fit_note and not em_ok and "support" in fit_note:
             break
         history.append(in_win)
@@ -1644,16 +1669,18 @@ def _windowed_fit(prob, s, q, covariance=True):
         return _Windowed(s, q, None, None, 0.0, None, None, "", edge, False, fit_note,
                          total_iter, None, 0.0)
 
-    idx = np.flatnonzero(window_prev)
-    # recompute the window quantities at the final shift for the covariance
-    r_w, _ = _window(prob, s, edge)
+    idx = window_prev.nonzero()[0]
+    # the window quantities at the final shift for the covariance (the loop's last radius
+    # where the shift has not moved since: the same call, issue 11)
+    if not at_s:
+        r_w, _ = _window(prob, s, edge)
     if r_w > 0:
         p_win, mu = _window_terms(prob, idx, r_w)
     else:
         mu = prob.rho * np.pi * prob.radius**2
     _, _, r, _, _, info = _fit_window_final(prob, idx, s, q, p_win, mu)
     st = _Windowed(s, q, r, idx, r_w, info, None, "", edge, converged, fit_note,
-                   total_iter, window_prev, float(np.sum(r)), p_win)
+                   total_iter, window_prev, float(np.add.reduce(r)), p_win)
     return _with_covariance(prob, st) if covariance else st
 
 
@@ -1807,11 +1834,14 @@ def _calibrate(prob, stated, st, start, min_floor):
 def _error_prior(aa, bb, min_floor2):
     """Log prior of the error model, k^2 = aa and sigma_sys^2 = bb: log k ~ N(0, tau_k^2),
     sigma_sys^2 - min_floor^2 ~ exponential (half-normal sigma_sys, tau_f): (value, gradient,
-    curvature) in (aa, bb).  Zero when off (``_CAL_PRIOR`` None)."""
+    curvature) in (aa, bb).  Zero when off (``_CAL_PRIOR`` None).  The arithmetic on Python
+    floats (numpy's scalars cost ~4x as much per operation; the same IEEE operations, and
+    np.log's own logarithm; issue 11: ~34 calls per fit)."""
     if _CAL_PRIOR is None:
         return 0.0, np.zeros(2), np.zeros(2)
     tau_k, tau_f = _CAL_PRIOR
-    la = np.log(aa)
+    aa, bb = float(aa), float(bb)
+    la = float(np.log(aa))
     value = -(0.5 * la) ** 2 / (2 * tau_k**2) - (bb - min_floor2) / (2 * tau_f**2)
     grad = np.array([-la / (4 * aa * tau_k**2), -1.0 / (2 * tau_f**2)])
     curv = np.array([1.0 / (4 * aa * aa * tau_k**2), 0.0])
@@ -2020,15 +2050,16 @@ def _restricted_ab(r, inv_v, ja, jb, proj):
     # the products); ``jb`` None: 1 for every pair (none floored), the products by it left out
     coef = np.empty((6,) + inv_v.shape)
     rv, rv2, rv3 = coef[0], coef[2], coef[5]
-    np.multiply(r[:, None], inv_v, out=rv)
-    np.multiply(rv, inv_v, out=rv2)
-    np.multiply(2.0, rv2, out=rv3)
+    # (the outputs passed by position: ``out=`` costs a keyword parse per call)
+    np.multiply(r[:, None], inv_v, rv)
+    np.multiply(rv, inv_v, rv2)
+    np.multiply(2.0, rv2, rv3)
     rv3 *= inv_v
-    np.multiply(rv2, ja, out=coef[1])
-    np.negative(coef[1], out=coef[1])           # -(rv2 ja), the same number as (-rv2) ja
-    np.negative(rv2, out=coef[2])
-    np.multiply(rv3, ja, out=coef[4])
-    np.multiply(coef[4], ja, out=coef[3])
+    np.multiply(rv2, ja, coef[1])
+    np.negative(coef[1], coef[1])               # -(rv2 ja), the same number as (-rv2) ja
+    np.negative(rv2, coef[2])
+    np.multiply(rv3, ja, coef[4])
+    np.multiply(coef[4], ja, coef[3])
     if jb is not None:
         coef[2] *= jb
         coef[4] *= jb
@@ -2083,7 +2114,7 @@ def _stated_axes(prob, stated, idx):
     :func:`_axis_projectors`, for the pairs ``idx``: (lam, vx, vy, proj).  Both are row by row,
     so they are computed once for all of a problem's pairs (kept on ``prob`` with ``stated``;
     each error-model step asks for them on its window, issue 11) and gathered."""
-    got = getattr(prob, "_axes", None)
+    got = prob._axes
     if got is None or got[0] is not stated:
         lam, vx, vy = _principal_axes(stated)
         got = prob._axes = (stated, lam, vx, vy, _axis_projectors(vx, vy).reshape(-1, 2, 3))
@@ -2224,11 +2255,12 @@ def _window(prob, s, edge):
     """The window around the shift ``s``: its radius and the mask of the pairs inside it.
 
     The largest disk around ``s`` inside the match circle (``R - |s|``), shrunk when a window
-    cycle marked pairs as ``edge`` so that they lie just outside it.
+    cycle marked pairs as ``edge`` so that they lie just outside it.  (``edge.any()``: the
+    array's own method, without np.any's wrapper, issue 11.)
     """
     dist = np.hypot(prob.d[:, 0] - s[0], prob.d[:, 1] - s[1])
     r_w = prob.radius - float(np.hypot(*s))
-    if np.any(edge):
+    if edge.any():
         r_w = min(r_w, float(np.min(dist[edge])) * (1.0 - 1e-9))
     return r_w, dist <= r_w
 
@@ -2263,5 +2295,5 @@ def _fit_window_final(prob, idx, s, q, p_win, mu):
     e = np.exp(-mu) * p_win
     log_e = np.log(c + q * e)
     info = {"log_s": log_s, "log_d": log_d, "starts": starts,
-            "loglike": float(np.sum(log_d - log_e)), "c": c, "e": e}
+            "loglike": float(np.add.reduce(log_d - log_e)), "c": c, "e": e}
     return s, q, r, 0, True, info

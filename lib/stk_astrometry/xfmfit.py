@@ -946,6 +946,13 @@ def _fit_scale_floor(e2, var):
         vv = aa * var
         return float(np.sum(e2 / (2.0 * vv * vv) - 1.0 / vv))
 
+    # a climb's five sums per step: the rows of one array, summed in one call (issue 11); a
+    # row sum of a C-ordered array is the 1-D sum of that row, to the bit
+    rows = np.empty((5, var.size))
+    g, g_var, h, h_var, h_var2 = rows
+    tmp = np.empty(var.size)
+    mul, div = np.multiply, np.divide
+
     def climb(a, b):
         """Fisher scoring with step halving from the start (a, b): (l, A, B) at its end.
 
@@ -956,11 +963,18 @@ def _fit_scale_floor(e2, var):
         f = objective(a, b)
         vv = a * var + b
         for _ in range(60):
-            g = e2 / (2.0 * vv * vv) - 1.0 / vv
-            h = 1.0 / (vv * vv)
-            g_a, g_b = float(total(g * var)), float(total(g))
-            hv = h * var
-            f_aa, f_ab, f_bb = float(total(hv * var)), float(total(hv)), float(total(h))
+            # g = e2 / (2 vv vv) - 1 / vv and h = 1 / (vv vv), as written, into the rows
+            mul(vv, 2.0, out=tmp)
+            mul(tmp, vv, out=tmp)
+            div(e2, tmp, out=g)
+            div(1.0, vv, out=tmp)
+            np.subtract(g, tmp, out=g)
+            mul(g, var, out=g_var)
+            mul(vv, vv, out=tmp)
+            div(1.0, tmp, out=h)
+            mul(h, var, out=h_var)
+            mul(h_var, var, out=h_var2)
+            g_b, g_a, f_bb, f_ab, f_aa = total(rows, axis=1).tolist()
             det = f_aa * f_bb - f_ab * f_ab
             if not det > 0:
                 break                                # a singular Fisher matrix: stop there
@@ -972,7 +986,13 @@ def _fit_scale_floor(e2, var):
                 na = max(a + s_a, lo_a)
                 nb = max(b + s_b, 0.0)
                 nv = na * var + nb
-                nf = float(total(-np.log(nv) - e2 / (2.0 * nv)))
+                # l = sum -log V - e2 / (2 V) as minus the sum of log V + e2 / (2 V): the
+                # same number (rounding is symmetric in sign), one pass fewer
+                mul(nv, 2.0, out=tmp)
+                div(e2, tmp, out=tmp)
+                terms = np.log(nv)
+                terms += tmp
+                nf = -float(total(terms))
                 if nf >= f - 1e-12 * abs(f):
                     break
                 s_a, s_b = s_a / 2.0, s_b / 2.0
@@ -1204,6 +1224,21 @@ class GroupChoice:
     reason: str
 
 
+def _population_std(x):
+    """``float(np.std(x))`` of a non-empty 1-D float array, by np.std's own operations (the
+    sum over n, the deviations, their squares' sum over n, the square root) without its
+    Python layers (issue 11: ~8 us a call, 6 calls a group choice)."""
+    dev = x - np.add.reduce(x) / x.size
+    return math.sqrt(np.add.reduce(dev * dev) / x.size)
+
+
+def _n_distinct(ids):
+    """``len(np.unique(ids))`` of a non-empty 1-D integer array (sorted, then the changes
+    counted: np.unique's own method, without its Python layers)."""
+    ids = np.sort(ids)
+    return int(np.count_nonzero(ids[1:] != ids[:-1])) + 1
+
+
 def select_group(pairs: PairSet, *, n_groups, min_group_matches=3) -> GroupChoice:
     """Choose the separation group whose pairs enter the fit (spec §5.5.3 steps 2-4).
 
@@ -1231,11 +1266,11 @@ def select_group(pairs: PairSet, *, n_groups, min_group_matches=3) -> GroupChoic
     sigma = np.full(n_groups, np.nan)
     finite = np.isfinite(pairs.d_xi) & np.isfinite(pairs.d_eta)
     for i in range(n_groups):
-        sel = finite & (pairs.group == i + 1)
-        if not np.any(sel):
+        sel = np.flatnonzero(finite & (pairs.group == i + 1))
+        if not sel.size:
             continue
-        n_match[i] = len(np.unique(pairs.region_id[sel]))
-        sigma[i] = np.sqrt(np.std(pairs.d_xi[sel]) * np.std(pairs.d_eta[sel]))
+        n_match[i] = _n_distinct(pairs.region_id[sel])
+        sigma[i] = math.sqrt(_population_std(pairs.d_xi[sel]) * _population_std(pairs.d_eta[sel]))
     sigma_key = np.where(np.isfinite(sigma), sigma, np.inf)
     qualified = n_match >= min_group_matches
     if np.any(qualified):

@@ -258,17 +258,19 @@ def _quiet_dask():
 #: faster: no dashboard, the 60 s tick limit; a worker is still stopped within a second of
 #: passing its memory limit, and the scheduler keeps at most two tasks on a worker
 #: (worker-saturation), so a late steal waits for little.  Dask's debugging logs (each
-#: batched stream's recent messages, the transition and event logs) keep 100 entries, not
+#: batched stream's recent messages, the transition and event logs) keep 10 entries, not
 #: 1,000: every compute-task message the scheduler sends holds its task's stack plans
-#: (~16 KB for 16 stacks), so with 1,000 the driver kept every task's plans up to ~16,000
-#: stacks per worker, +10 MB between 1,000 and 10,000 stacks (issue 12; tracemalloc).
+#: (~1 KB a stack), so with 1,000 the driver kept every task's plans up to ~16,000 stacks
+#: per worker, +10 MB between 1,000 and 10,000 stacks (issue 12; tracemalloc); with 100
+#: and 32 stacks a task, ~3,400 plans (gc), null-task driver 114 -> 128 MB from 1,000 to
+#: 10,000 stacks; with 10, ~30 plans and 114 -> 118 MB.
 WORKER_CONFIG = {"distributed.worker.profile.enabled": False,
                  "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
                  "distributed.admin.tick.interval": "1s",
                  "distributed.admin.system-monitor.interval": "5s",
                  "distributed.worker.memory.monitor-interval": "1s",
                  "distributed.scheduler.work-stealing-interval": "1s",
-                 "distributed.admin.low-level-log-length": 100}
+                 "distributed.admin.low-level-log-length": 10}
 
 
 @contextlib.contextmanager
