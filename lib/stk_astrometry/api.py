@@ -523,31 +523,45 @@ def match_stack(detfile, gaiafile, outfile=None, *, wisefile=None, bestnbfile=No
 
 
 def _check_not_input(inputs, outfile):
-    """Refuse an ``outfile`` that is one of ``inputs``: :func:`fitsutil.same_file`'s test (the
-    same real path, or, both existing, the same device and inode), with the output's real
-    path and status taken once for all the inputs (issue 11: four times each before)."""
+    """Refuse an ``outfile`` that is one of ``inputs`` (:meth:`_Output.is_named_by`)."""
     from stk_astrometry.tableio import parse_virtual_filename
 
-    out_real = os.path.realpath(outfile)
-    try:
-        out_stat = os.stat(outfile)
-    except OSError:                 # no output yet: only a real path can name it
-        out_stat = None
+    out = _Output(outfile)
     for name, value in inputs.items():
         if _blank(value):
             continue
-        path = parse_virtual_filename(str(value))[0]
-        if os.path.realpath(path) == out_real or (out_stat is not None
-                                                  and _same_inode(path, out_stat)):
+        if out.is_named_by(parse_virtual_filename(str(value))[0]):
             raise ParameterError(f"outfile={outfile} is also {name}; choose another output name")
 
 
-def _same_inode(path, stat):
-    """True if ``path`` exists and is the file of ``stat`` (device and inode)."""
+def _file_status(path):
+    """``os.stat(path)``, or None where that fails (no such file)."""
     try:
-        return os.path.samestat(os.stat(path), stat)
+        return os.stat(path)
     except OSError:
-        return False
+        return None
+
+
+class _Output:
+    """An output's name, and what :func:`fitsutil.same_file` compares of it taken once for
+    all the names it is compared with (issue 11: its real path, an lstat of every folder, was
+    resolved again for each)."""
+
+    def __init__(self, path):
+        self.path = path
+        self.status = _file_status(path)
+        self._real = None
+
+    def is_named_by(self, path):
+        """``fitsutil.same_file(path, self.path)``: both existing, the same device and inode
+        (one real path is one file; a hard link has its own); else the same real path."""
+        if self.status is not None:
+            status = _file_status(path)
+            if status is not None:
+                return os.path.samestat(status, self.status)
+        if self._real is None:
+            self._real = os.path.realpath(self.path)
+        return os.path.realpath(path) == self._real
 
 
 def _match(detfile, gaiafile, outfile, *, wisefile, bestnbfile, stackid, ra_stack, dec_stack,
@@ -962,7 +976,6 @@ def _id_values(name, value):
 def _check_fit_params(infile, p):
     import numpy as np
 
-    from stk_astrometry.fitsutil import same_file
     from stk_astrometry.tableio import parse_virtual_filename
 
     for name in ("f_scale", "max_shift"):
@@ -988,13 +1001,14 @@ def _check_fit_params(infile, p):
         if _blank(p[name]):
             continue
         target = str(p[name]).strip()
-        if infile is not None and same_file(target, infile):
+        out = _Output(target)
+        if infile is not None and out.is_named_by(infile):
             raise ParameterError(f"{name}={p[name]} is the input file; choose another name")
         for list_name, list_path in id_lists.items():
-            if same_file(target, list_path):
+            if out.is_named_by(list_path):
                 raise ParameterError(f"{name}={p[name]} is also {list_name}; choose another name")
         for other_path, other in outputs.items():
-            if same_file(target, other_path):
+            if out.is_named_by(other_path):
                 raise ParameterError(f"{name}={p[name]} is also {other}")
         outputs[target] = name
 

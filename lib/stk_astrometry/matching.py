@@ -23,6 +23,8 @@ counted in the result (:class:`FilterCount`) and the front end says so.
 
 from __future__ import annotations
 
+import itertools
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -103,24 +105,27 @@ class MatchConfig:
     method: str = "auto"
 
     def __post_init__(self):
-        if not (np.isfinite(self.ra_stack_deg) and 0.0 <= self.ra_stack_deg <= 360.0):
+        # math.isfinite on the numbers: np.isfinite's answers without an array each (issue 11)
+        if not (math.isfinite(self.ra_stack_deg) and 0.0 <= self.ra_stack_deg <= 360.0):
             raise ParameterError(f"ra_stack must be within [0, 360] deg, got {self.ra_stack_deg}")
-        if not (np.isfinite(self.dec_stack_deg) and -90.0 <= self.dec_stack_deg <= 90.0):
+        if not (math.isfinite(self.dec_stack_deg) and -90.0 <= self.dec_stack_deg <= 90.0):
             raise ParameterError(f"dec_stack must be within [-90, 90] deg, got {self.dec_stack_deg}")
         # pi r^2 must be > 0 too: the densities divide by it (r = 1e-300 underflows)
-        if not (np.isfinite(self.r_stack_arcmin) and self.r_stack_arcmin > 0
-                and np.pi * self.r_stack_arcmin**2 > 0):
+        if not (math.isfinite(self.r_stack_arcmin) and self.r_stack_arcmin > 0
+                and math.pi * self.r_stack_arcmin**2 > 0):
             raise ParameterError(
                 f"r_stack must be positive, with a non-zero cone area, got {self.r_stack_arcmin}"
             )
-        if not (np.isfinite(self.match_radius_arcsec) and self.match_radius_arcsec > 0):
+        if not (math.isfinite(self.match_radius_arcsec) and self.match_radius_arcsec > 0):
             raise ParameterError(
                 f"match_radius must be positive, got {self.match_radius_arcsec}"
             )
         edges = tuple(float(e) for e in self.sep_bins_arcsec)
         if len(edges) == 0:
             raise ParameterError("sep_bins must list at least one group edge")
-        if not all(np.isfinite(e) and e > 0 for e in edges) or np.any(np.diff(edges) <= 0):
+        # positive finite edges: b - a <= 0 (np.diff) exactly when b <= a
+        if not all(math.isfinite(e) and e > 0 for e in edges) or any(
+                b <= a for a, b in itertools.pairwise(edges)):
             raise ParameterError(
                 "sep_bins must be positive and strictly increasing, got "
                 + ",".join(f"{e:g}" for e in edges)
@@ -131,7 +136,7 @@ class MatchConfig:
                 f"{edges[-1]:g}: pairs beyond it would have no group; extend sep_bins"
             )
         object.__setattr__(self, "sep_bins_arcsec", edges)
-        if not (np.isfinite(self.max_pm_masyr) and self.max_pm_masyr > 0):
+        if not (math.isfinite(self.max_pm_masyr) and self.max_pm_masyr > 0):
             raise ParameterError(f"max_pm must be positive, got {self.max_pm_masyr}")
         if self.method not in METHODS:
             raise ParameterError(
@@ -574,36 +579,28 @@ def crossmatch(det_ra_deg, det_dec_deg, ref_ra_deg, ref_dec_deg, radius_arcsec, 
 def _sweep_candidates(det_xyz, ref_xyz, chord):
     """The (det, ref) index pairs whose unit vectors lie within ``chord`` of each other.
 
-    Along the axis (x, y or z) on which the references spread most, the smaller of the two
-    sets is sorted; each source of the other set has as candidates the sources of the sorted
-    set within ``chord`` of it along that axis (a necessary condition), then the 3-d distance
-    decides.  None when the candidates along the axis would exceed
-    :data:`_SWEEP_MAX_CANDIDATES`.  The pairs come in no particular order (``crossmatch``
-    sorts them).
+    The references are sorted along the axis (x, y or z) on which they spread most; each
+    detection's candidates are the references within ``chord`` of it along that axis (a
+    necessary condition), then the 3-d distance decides.  None when the candidates
+    along the axis would exceed :data:`_SWEEP_MAX_CANDIDATES`.
     """
     # each axis's range from its own column: np.ptp(ref_xyz, axis=0) reduces across the rows
     # of an (n, 3) array at ~15x the cost (issue 11: ~0.3 ms for 4,000 sources); max and min
     # are exact, so the ranges are the same numbers
     axis = int(np.argmax([np.ptp(ref_xyz[:, k]) for k in range(3)]))
-    # sort the smaller set (issue 11: a stack's ~100 detections, not its ~2,500 Gaia sources:
-    # sorting those was ~0.2 ms of a match); the pairs are the same either way
-    swap = len(det_xyz) < len(ref_xyz)
-    probe, sorted_set = (ref_xyz, det_xyz) if swap else (det_xyz, ref_xyz)
-    order = np.argsort(sorted_set[:, axis], kind="stable")
-    key = sorted_set[order, axis]
-    lo = np.searchsorted(key, probe[:, axis] - chord, side="left")
-    hi = np.searchsorted(key, probe[:, axis] + chord, side="right")
+    order = np.argsort(ref_xyz[:, axis], kind="stable")
+    key = ref_xyz[order, axis]
+    lo = np.searchsorted(key, det_xyz[:, axis] - chord, side="left")
+    hi = np.searchsorted(key, det_xyz[:, axis] + chord, side="right")
     counts = hi - lo
     total = int(counts.sum())
     if total > _SWEEP_MAX_CANDIDATES:
         return None
-    probe_index = np.repeat(np.arange(len(probe), dtype=np.int64), counts)
-    # position k of the candidates of probe i: lo[i] + (k - first candidate of i)
+    det_index = np.repeat(np.arange(len(det_xyz), dtype=np.int64), counts)
+    # position k of the candidates of detection i: lo[i] + (k - first candidate of i)
     starts = np.cumsum(counts) - counts
-    in_sorted = np.arange(total, dtype=np.int64) - np.repeat(starts - lo, counts)
-    sorted_index = order[in_sorted].astype(np.int64)
-    det_index, ref_index = ((sorted_index, probe_index) if swap
-                            else (probe_index, sorted_index))
+    ref_sorted = np.arange(total, dtype=np.int64) - np.repeat(starts - lo, counts)
+    ref_index = order[ref_sorted].astype(np.int64)
     diff = det_xyz[det_index] - ref_xyz[ref_index]
     close = np.einsum("ij,ij->i", diff, diff) <= chord * chord
     return det_index[close], ref_index[close]
