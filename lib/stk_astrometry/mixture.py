@@ -1275,10 +1275,10 @@ def _covariance(prob, idx, s, q, r, p_win, info):
     if interior:
         d_j = np.exp(info["log_d"])
         s_j = np.exp(info["log_s"])
-        h_sq = np.sum((rho / (q * d_j))[:, None] * big_g, axis=0)
+        h_sq = np.add.reduce((rho / (q * d_j))[:, None] * big_g, axis=0)
         e = info["e"]
         den = info["c"] + q * e
-        h_qq = np.sum(-((s_j - rho * p_win) / d_j) ** 2 + (e / den) ** 2)
+        h_qq = np.add.reduce(-((s_j - rho * p_win) / d_j) ** 2 + (e / den) ** 2)
         full = np.zeros((3, 3))
         full[:2, :2] = h_ss
         full[:2, 2] = full[2, :2] = h_sq
@@ -1287,11 +1287,11 @@ def _covariance(prob, idx, s, q, r, p_win, info):
             inv_full = np.linalg.inv(-full)
         except np.linalg.LinAlgError:
             inv_full = None
-        if inv_full is not None and np.all(np.isfinite(inv_full)) \
-                and np.all(np.linalg.eigvalsh(0.5 * (inv_full + inv_full.T)) > 0):
+        if inv_full is not None and np.isfinite(inv_full).all() \
+                and (np.linalg.eigvalsh(0.5 * (inv_full + inv_full.T)) > 0).all():
             cov = inv_full[:2, :2]
     if cov is None:
-        ok = np.all(np.isfinite(info_ss)) and np.all(np.linalg.eigvalsh(info_ss) > 0)
+        ok = np.isfinite(info_ss).all() and (np.linalg.eigvalsh(info_ss) > 0).all()
         if ok:
             cov = np.linalg.inv(info_ss)
         else:
@@ -1320,14 +1320,14 @@ def _sandwich(prob, idx, s, r, info):
     starts = info["starts"]
     big_g = np.add.reduceat(r[:, None] * g, starts, axis=0)
     a_j = np.add.reduceat(r[:, None, None] * inv, starts, axis=0)
-    a = a_j.sum(axis=0)
+    a = np.add.reduce(a_j, axis=0)
     try:
         a_inv = np.linalg.inv(a)
     except np.linalg.LinAlgError:
         return None
-    if not np.all(np.isfinite(a_inv)):
+    if not np.isfinite(a_inv).all():
         return None
-    lev = np.clip(np.einsum("mij,ji->m", a_j, a_inv) / 2.0, 0.0, 0.99)
+    lev = (np.einsum("mij,ji->m", a_j, a_inv) / 2.0).clip(0.0, 0.99)
     meat = np.einsum("m,mi,mj->ij", 1.0 / (1.0 - lev), big_g, big_g)
     out = a_inv @ meat @ a_inv
     return 0.5 * (out + out.T)
@@ -1347,11 +1347,11 @@ def _robust_floor(cov, robust):
     synthetic stacks of 4-60 pairs the pull spread stays 0.92-1.04 (module docstring).
     Returns (covariance, factor).
     """
-    if cov is None or robust is None or not (np.all(np.isfinite(cov))
-                                             and np.all(np.isfinite(robust))):
+    if cov is None or robust is None or not (np.isfinite(cov).all()
+                                             and np.isfinite(robust).all()):
         return cov, 1.0
     try:
-        factor = float(np.trace(np.linalg.solve(cov, robust))) / 2.0
+        factor = float(np.linalg.solve(cov, robust).trace()) / 2.0
     except np.linalg.LinAlgError:
         return cov, 1.0
     if not np.isfinite(factor) or factor <= 1.0:
