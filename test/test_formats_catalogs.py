@@ -1097,10 +1097,24 @@ def test_upper_is_numpys_upper_of_the_text():
         cases.append(codes.view(f"U{width}").ravel())
         cases.append(codes.view(f"U{width}").reshape(4, 10))
     cases += [np.array(["stra\u00dfe", "\u00e9t\u00e9", "abc"]), np.array(["ab\u0080"]),
-              np.array(["abc", "de"]).astype(">U3"), np.array([b"ab", b"c"])]
+              np.array(["abc", "de"]).astype(">U3"), np.array([b"ab", b"c"]),
+              np.array([b"ab", b"c", b"d"])]
     for text in cases:
         want = np.char.upper(text)
         got = _upper(text)
         assert got.dtype == want.dtype and got.shape == want.shape, text
         assert got.tobytes() == want.tobytes(), text
     assert _upper(["a", "b"]).tolist() == ["A", "B"]
+
+
+def test_flags_of_a_column_without_rows_are_an_empty_bool_array():
+    from pathlib import Path
+
+    from stk_astrometry import tableio
+    from stk_astrometry.formats.catalogs import _flags
+
+    for column in (np.zeros(0, bool), np.zeros(0, "U4"), np.zeros(0, np.int16)):
+        tin = tableio.TableInput(table=tableio.ColumnTable({"f": column}), header={},
+                                 path=Path("t.fits"), hdu="t.fits[T]", spec="t.fits")
+        got = _flags(tin, "f")
+        assert got.dtype == bool and got.shape == (0,), column.dtype
