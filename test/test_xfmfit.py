@@ -2866,6 +2866,10 @@ def test_residual_rms_is_numpys_mean_to_the_bit():
         ex, ey = dx - shift[0], dy - shift[1]
         want = float(np.sqrt(np.mean(0.5 * (ex * ex + ey * ey))))
         assert residual_rms(dx, dy, shift=shift) == want
+    # the mean over every element, whatever the shape (as np.mean)
+    grid = rng.normal(0, 1, (2, 3, 5))
+    assert residual_rms(grid[0], grid[1]) == float(np.sqrt(np.mean(0.5 * (grid[0] ** 2
+                                                                          + grid[1] ** 2))))
 
 
 def test_pairset_keeps_one_axis_arrays_and_converts_the_rest():
