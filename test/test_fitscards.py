@@ -145,3 +145,16 @@ def test_the_card_cache_stays_small_in_a_long_campaign(monkeypatch):
         tracemalloc.stop()
     assert 0 < largest <= 2_000
     assert held < 1.2e6, f"the card cache held {held / 1e6:.1f} MB"
+
+
+def test_first_values_are_each_names_first_card_in_card_order():
+    from stk_astrometry.fitscards import UNDEFINED, parse_header
+
+    cards = ["SIMPLE  =                    T", "B       =                    1",
+             "HIERARCH low_name = 2", "B       =                    3", "C       =",
+             "COMMENT one", "COMMENT two", "LOW_NAME=                    4", "END"]
+    header = parse_header("".join(c.ljust(80) for c in cards))
+    got = header.first_values()
+    assert list(got) == ["SIMPLE", "B", "LOW_NAME", "C", "COMMENT"]
+    assert got["SIMPLE"] is True and got["B"] == 1 and got["LOW_NAME"] == 2
+    assert got["C"] is UNDEFINED and got["COMMENT"] == "one"

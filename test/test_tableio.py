@@ -756,3 +756,184 @@ def test_the_fast_reader_leaves_scaled_bit_variable_and_ascii_tables_to_astropy(
             assert tableio._read_with_fitsio(path, 1) is None         # not a table
         finally:
             tableio._PLAIN_READ = True
+
+
+def test_text_columns_cast_as_numpys_cast_of_bytes_to_str():
+    """_ascii_text gives numpy's astype(str) of a text column of the rows: every ASCII byte
+    (NULs and blanks inside and at the end, DEL), no rows, widths 1..24; a byte beyond ASCII
+    (0x80 and 0xff) is refused as numpy refuses it (the reader then declines the file)."""
+    rng = np.random.default_rng(5)
+    for width in (1, 2, 7, 24):
+        for n in (0, 1, 33):
+            raw = rng.integers(0, 128, size=(n, width), dtype=np.uint8)
+            raw[rng.random((n, width)) < 0.3] = 0
+            raw[rng.random((n, width)) < 0.2] = ord(" ")
+            raw[rng.random((n, width)) < 0.1] = 127
+            rows = np.zeros(n, dtype=[("a", ">f8"), ("s", f"S{width}"), ("b", ">i2")])
+            rows["s"] = [bytes(r) for r in raw]
+            got = tableio._ascii_text(rows["s"], f"U{width}")
+            want = rows["s"].astype(f"U{width}")
+            assert got.dtype == want.dtype and got.shape == want.shape
+            assert got.tobytes() == want.tobytes() and got.tolist() == want.tolist()
+    for byte in (b"\x80", b"\xff"):
+        bad = np.array([b"ok", b"a" + byte], dtype="S2")
+        with pytest.raises(UnicodeDecodeError):
+            tableio._ascii_text(bad, "U2")
+
+
+@pytest.mark.parametrize("cards, ends", [
+    (["END"], True),
+    ([" " * 80] * 35 + ["END"], True),
+    ([" END"] + [" " * 80] * 2, False),            # END and 77 blanks from column 2 on
+    (["HISTORY END", " " * 80], False),
+    (["HISTORY END", " " * 80, "END"], True),      # the first one found is not a card
+    (["HISTORY END", " " * 80, "END", " END"], True),   # the first card one, not the last one
+    (["END", " END"], True),
+    (["ENDX"], False),
+    (["END     X"], False),
+])
+def test_the_end_card_is_found_only_at_a_card_start(cards, ends):
+    block = "".join(c.ljust(80) for c in cards).ljust(2880).encode()
+    assert len(block) == 2880 and tableio._has_end(block) is ends
+
+
+
+def test_read_table_refuses_what_is_not_a_file_and_opens_a_plain_file_once(tmp_path, monkeypatch):
+    """A name that is not there (also through a file), a folder: read_table's one-line errors.
+    A plain FITS file is read through the PlainFits that checked it (one open, no is_fits_file);
+    a FITS file of another layout and a text table as before."""
+    from stk_astrometry.errors import InputError
+
+    plain = tmp_path / "t.fits"
+    plain.write_bytes(_PRIMARY + _table_hdu())
+    for missing in (tmp_path / "nope.fits", plain / "x.fits"):
+        with pytest.raises(InputError, match=rf"^f={missing}: file {missing} does not exist$"):
+            tableio.read_table(str(missing), param="f")
+    with pytest.raises(InputError, match=rf"^f={tmp_path}: {tmp_path} is a directory, not a table$"):
+        tableio.read_table(str(tmp_path), param="f")
+    with pytest.raises(InputError, match=r"\.fits: file .* does not exist$"):
+        tableio.read_table(f"{tmp_path}/no\0pe.fits", param="f")
+    opened = []
+    real_open = tableio.PlainFits.open.__func__
+
+    def counted(cls, path):
+        fh = real_open(cls, path)
+        opened.append(fh)
+        return fh
+
+    monkeypatch.setattr(tableio.PlainFits, "open", classmethod(counted))
+    monkeypatch.setattr(tableio, "is_fits_file", lambda path: pytest.fail("checked again"))
+    tin = tableio.read_table(str(plain), param="f")
+    assert isinstance(tin.table, tableio.ColumnTable) and tin.table.colnames == ["c1"]
+    assert len(opened) == 1 and opened[0].fh.closed
+    monkeypatch.undo()
+    scaled = tmp_path / "s.fits"
+    scaled.write_bytes(_PRIMARY + _table_hdu([_card("TSCAL1", 2.0)]))
+    assert tableio.PlainFits.open(scaled) is None
+    assert tableio.read_table(str(scaled), param="f").table.colnames == ["c1"]
+    (tmp_path / "t.csv").write_text("a,b\n1,2\n")
+    assert tableio.read_table(str(tmp_path / "t.csv"), param="f").table.colnames == ["a", "b"]
+    monkeypatch.setattr(tableio, "_PLAIN_READ", False)
+    monkeypatch.setattr(tableio.PlainFits, "open", lambda path: pytest.fail("numpy reader off"))
+    assert tableio.read_table(str(plain), param="f").table.colnames == ["c1"]
+    monkeypatch.setattr(tableio, "_PLAIN_READ", True)
+    monkeypatch.setattr(tableio, "_FAST_READ", False)        # astropy's reader alone
+    tin = tableio.read_table(str(plain), param="f")
+    assert tin.table.colnames == ["c1"] and not isinstance(tin.table, tableio.ColumnTable)
+
+
+def test_a_header_astropy_parses_is_read_by_its_first_values_too(tmp_path):
+    """A header with a card fitscards leaves to astropy (a CONTINUE long string) is read by the
+    same rules as fitscards' headers: each name's first card, names in upper case, in order."""
+    from stk_astrometry import fitscards
+
+    long = ["LONGSTR = 'abc&'".ljust(80), "CONTINUE  'def'".ljust(80)]
+    primary = _image_hdu([_card("BITPIX", 8), _card("NAXIS", 0)] + long, primary=True)
+    table = _table_hdu(long + [_card("EXTNAME", "FIRST"), _card("EXTNAME", "SECOND")])
+    got = _opens(tmp_path, primary + table)
+    assert got is not None and [g[0] for g in got] == ["IMAGE_HDU", "BINARY_TBL"]
+    assert got[1][1] == "FIRST" == _fitsio_view(tmp_path / "r.fits")[1][1]
+    assert got[1][2] == [("c1", ">f8")] and got[1][3] == 2
+    with tableio.PlainFits.open(tmp_path / "r.fits") as fh:
+        assert not any(isinstance(h.header, fitscards.Header) for h in fh)    # astropy's
+    assert check_same(tmp_path / "r.fits")
+
+
+def test_read_table_names_the_block_and_parameter_in_astropys_errors(tmp_path):
+    """What the fast reader declines goes to astropy's reader, whose errors name what the user
+    gave (``param=spec``): a FITS file without a table, a block that is not there or not a
+    table, a file that is not FITS but looks like it."""
+    from stk_astrometry.errors import FormatError, InputError
+
+    image = tmp_path / "i.fits"
+    image.write_bytes(_PRIMARY)
+    with pytest.raises(FormatError, match=rf"^det={image}: {image} has no table HDU$"):
+        tableio.read_table(str(image), param="det")
+    both = tmp_path / "t.fits"
+    both.write_bytes(_PRIMARY + _table_hdu())
+    with pytest.raises(InputError, match=rf"^det={both}\[3\]: {both} has 2 HDUs, no block \[3\]$"):
+        tableio.read_table(f"{both}[3]", param="det")
+    with pytest.raises(InputError, match=rf"^gaia={both}\[NOPE\]: {both} has no HDU named NOPE "):
+        tableio.read_table(f"{both}[NOPE]", param="gaia")
+    with pytest.raises(FormatError, match=rf"^det={both}\[1\]: {both}\[1\] is not a table$"):
+        tableio.read_table(f"{both}[1]", param="det")
+    broken = tmp_path / "b.fits"
+    broken.write_bytes(b"SIMPLE  =" + b"x" * 100)
+    with pytest.raises(InputError, match=rf"^det={broken}: cannot read FITS file {broken}: "):
+        tableio.read_table(str(broken), param="det")
+
+
+def test_read_table_reads_text_tables_by_their_suffix_or_as_ascii(tmp_path):
+    """A text table: astropy's reader for its suffix (SkyServer CSV with its '#Table1' line),
+    plain ASCII for a suffix astropy does not know; labelled by the path."""
+    txt = tmp_path / "t.txt"
+    txt.write_text("a b\n1 2\n3 4\n")
+    tin = tableio.read_table(str(txt), param="f")
+    assert tin.hdu == str(txt) and tin.table.colnames == ["a", "b"]
+    assert list(tin.table["a"]) == [1, 3] and tin.header == {}
+    csv = tmp_path / "t.csv"
+    csv.write_text("#Table1\nA,b\n1,2\n")
+    tin = tableio.read_table(str(csv), param="f")
+    assert tin.hdu == str(csv) and tin.table.colnames == ["a", "b"] and list(tin.table["b"]) == [2]
+    assert tin.original_names == {"a": "A", "b": "b"}
+    assert tin.path == csv and tin.spec == str(csv) and tin.ambiguous == {}
+    one = tmp_path / "one.txt"
+    one.write_text("a\n1\n")
+    assert tableio.read_table(one, param="f").table.colnames == ["a"]
+
+
+def test_columns_differing_only_in_case_are_left_out_and_logged_by_label(tmp_path, caplog):
+    import logging
+
+    twins = tmp_path / "twins.csv"
+    twins.write_text("b,B,c\n1,2,3\n")
+    with caplog.at_level(logging.DEBUG, logger="stk_astrometry.tableio"):
+        tin = tableio.read_table(str(twins), param="f")
+    assert tin.table.colnames == ["c"] and tin.ambiguous == {"b": ("b", "B")}
+    assert f"{twins}: columns 'b', 'B' differ only in case; left out" in caplog.text
+
+
+def test_read_table_says_why_a_text_file_is_not_a_table(tmp_path, monkeypatch):
+    """astropy's first line of its message, 'the file is empty' for an empty file, the
+    exception's name for a message without text."""
+    from astropy.table import Table
+
+    from stk_astrometry.errors import InputError
+
+    bad = tmp_path / "bad.csv"
+    bad.write_text("a,b\n1,2,3\n")
+    with pytest.raises(InputError, match=rf"^f={bad}: {bad} is neither FITS nor a table astropy "
+                                         r"can read \(Number of header columns \(2\) inconsistent "
+                                         r"with data columns in data line 0\)$"):
+        tableio.read_table(str(bad), param="f")
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    with pytest.raises(InputError, match=r"can read \(the file is empty\)$"):
+        tableio.read_table(str(empty), param="f")
+
+    def silent(*args, **kwargs):
+        raise ValueError("")
+
+    monkeypatch.setattr(Table, "read", silent)
+    with pytest.raises(InputError, match=r"can read \(ValueError\)$"):
+        tableio.read_table(str(bad), param="f")

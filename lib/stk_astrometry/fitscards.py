@@ -182,6 +182,12 @@ class Header:
     def keys(self):
         return [c.keyword for c in self._cards]
 
+    def first_values(self):
+        """``{keyword in upper case: value of its first card}``, in the order of those cards
+        (values as the cards hold them: :data:`UNDEFINED` for no value)."""
+        cards = self._cards
+        return {key: cards[i].value for key, i in self._index.items()}
+
     @property
     def cards(self):
         return list(self._cards)
