@@ -676,14 +676,14 @@ def _floor_covariances(cov):
 
     Returns the floored covariances and a mask of the rows changed.
     """
-    cov = 0.5 * (cov + np.swapaxes(cov, 1, 2))
+    cov = 0.5 * (cov + cov.swapaxes(1, 2))       # (the methods: np's wrappers cost more)
     a, b, c = cov[:, 0, 0], cov[:, 0, 1], cov[:, 1, 1]
     half_tr = 0.5 * (a + c)
     disc = np.sqrt((0.5 * (a - c)) ** 2 + b**2)
     lam_lo = half_tr - disc
     floor = MIN_SIGMA_ARCSEC**2
     bad = lam_lo < floor
-    if np.any(bad):
+    if bad.any():
         lam_hi = half_tr[bad] + disc[bad]
         # eigenvector of the larger eigenvalue
         vx = np.where(np.abs(b[bad]) > 0, b[bad], np.where(a[bad] >= c[bad], 1.0, 0.0))
@@ -1926,6 +1926,10 @@ def _error_model_terms(prob, stated, st, min_floor, restricted=False):
     half_r2 = 0.5 * st.r_w**2
     floor2 = MIN_SIGMA_ARCSEC**2
     min_floor2 = min_floor**2
+    # sums and means over the axes / nodes as np.add.reduce (and its division by the count):
+    # .sum's and .mean's own arithmetic without their Python wrappers (issue 11)
+    total = np.add.reduce
+    n_nodes = alpha.shape[1]
 
     def terms(x):
         big_a = float(np.exp(2.0 * x[0]))
@@ -1933,18 +1937,18 @@ def _error_model_terms(prob, stated, st, min_floor, restricted=False):
         v = np.maximum(raw, floor2)
         inv_v = 1.0 / v
         det_v = v[:, 0] * v[:, 1]
-        lg = -np.log(2.0 * np.pi) - 0.5 * (np.log(det_v) + (u2sq * inv_v).sum(axis=1))
+        lg = -np.log(2.0 * np.pi) - 0.5 * (np.log(det_v) + total(u2sq * inv_v, axis=1))
         log_s = _group_logsumexp_counts(lg, starts, counts)
         big_v = alpha * v[:, :1] + beta * v[:, 1:]
         inv_big_v = 1.0 / big_v
         h = np.exp(-half_r2 * inv_big_v)
-        p_pair = 1.0 - h.mean(axis=1)                   # in [0, 1] (:func:`_disk_mass`)
+        p_pair = 1.0 - total(h, axis=1) / n_nodes      # in [0, 1] (:func:`_disk_mass`)
         p_j = np.add.reduceat(p_pair, starts) / counts
         with np.errstate(divide="ignore"):
             log_bg = log_rho + np.log1p(-q * p_j)
         log_d = np.logaddexp(log_bg, log_q + log_s)
         den = c + q_e * p_j
-        value = float(np.sum(log_d - np.log(den))) + _error_prior(big_a, x[1], min_floor2)[0]
+        value = float(total(log_d - np.log(den))) + _error_prior(big_a, x[1], min_floor2)[0]
 
         # log N_k and P_k differentiated in (v1, v2)
         dn = 0.5 * (u2sq * inv_v - 1.0) * inv_v
@@ -1953,35 +1957,37 @@ def _error_model_terms(prob, stated, st, min_floor, restricted=False):
         a_v2 = half_r2 * inv_big_v * inv_big_v
         h1 = h * a_v2                                                    # dg/dV
         h2 = h1 * (a_v2 - 2.0 * inv_big_v)                               # d2g/dV2
-        dp1, dp2 = -(h1 * alpha).mean(axis=1), -(h1 * beta).mean(axis=1)
-        d2p11 = -(h2 * alpha * alpha).mean(axis=1)
-        d2p22 = -(h2 * beta * beta).mean(axis=1)
-        d2p12 = -(h2 * alpha * beta).mean(axis=1)
+        dp1 = -(total(h1 * alpha, axis=1) / n_nodes)
+        dp2 = -(total(h1 * beta, axis=1) / n_nodes)
+        h2_alpha = h2 * alpha                       # (h2 alpha) alpha and (h2 alpha) beta
+        d2p11 = -(total(h2_alpha * alpha, axis=1) / n_nodes)
+        d2p22 = -(total(h2 * beta * beta, axis=1) / n_nodes)
+        d2p12 = -(total(h2_alpha * beta, axis=1) / n_nodes)
         # to (A, B) = (k^2, sigma_sys^2): dv_i/dA = l_i, dv_i/dB = 1 where not floored
         jb = (raw >= floor2).astype(float)
         ja = jb * lam
         ja1, ja2, jb1, jb2 = ja[:, 0], ja[:, 1], jb[:, 0], jb[:, 1]
-        g = np.stack([(dn * ja).sum(axis=1), (dn * jb).sum(axis=1)], axis=1)
-        hn = np.stack([(d2n * ja * ja).sum(axis=1), (d2n * ja * jb).sum(axis=1),
-                       (d2n * jb * jb).sum(axis=1)], axis=1)
+        g = np.stack([total(dn * ja, axis=1), total(dn * jb, axis=1)], axis=1)
+        hn = np.stack([total(d2n * ja * ja, axis=1), total(d2n * ja * jb, axis=1),
+                       total(d2n * jb * jb, axis=1)], axis=1)
         dp = np.stack([dp1 * ja1 + dp2 * ja2, dp1 * jb1 + dp2 * jb2], axis=1)
         d2p = np.stack([d2p11 * ja1 * ja1 + 2.0 * d2p12 * ja1 * ja2 + d2p22 * ja2 * ja2,
                         d2p11 * ja1 * jb1 + d2p12 * (ja1 * jb2 + ja2 * jb1) + d2p22 * ja2 * jb2,
                         d2p11 * jb1 * jb1 + 2.0 * d2p12 * jb1 * jb2 + d2p22 * jb2 * jb2],
                        axis=1)
         # per detection: memberships r_k = q N_k / D_j, pi_j = rho q / D_j, kappa_j = q e^-mu / E_j
-        r = np.exp(log_q + lg - np.repeat(log_d, counts))
+        r = np.exp(log_q + lg - log_d.repeat(counts))
         pi_j = np.exp(log_rho + log_q - log_d)
         kappa = q_e / den
         dp_j = np.add.reduceat(dp, starts, axis=0) / counts[:, None]
         d2p_j = np.add.reduceat(d2p, starts, axis=0) / counts[:, None]
         big_g = np.add.reduceat(r[:, None] * g, starts, axis=0) - pi_j[:, None] * dp_j
-        grad_ab = big_g.sum(axis=0) - kappa @ dp_j
+        grad_ab = total(big_g, axis=0) - kappa @ dp_j
         gg = np.stack([g[:, 0] * g[:, 0], g[:, 0] * g[:, 1], g[:, 1] * g[:, 1]], axis=1)
         big_gg = np.stack([big_g[:, 0] ** 2, big_g[:, 0] * big_g[:, 1], big_g[:, 1] ** 2],
                           axis=1)
         dpp = np.stack([dp_j[:, 0] ** 2, dp_j[:, 0] * dp_j[:, 1], dp_j[:, 1] ** 2], axis=1)
-        h_ab = (r @ (gg + hn) - (pi_j + kappa) @ d2p_j - big_gg.sum(axis=0)
+        h_ab = (r @ (gg + hn) - (pi_j + kappa) @ d2p_j - total(big_gg, axis=0)
                 + (kappa * kappa) @ dpp)
         # to x = (log k, B): A = exp(2 x0)
         grad = np.array([2.0 * big_a * grad_ab[0], grad_ab[1]])
