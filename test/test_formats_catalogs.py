@@ -1082,3 +1082,39 @@ def test_sdss_one_centroid_error_column_is_not_the_centroid_model():
 def test_flags_refusal_names_five_of_six_bad_values():
     with pytest.raises(CatalogError, match=r"not a flag: A, B, C, D, E$"):
         catalogs._flags(_tin(f=np.array(["a", "b", "c", "d", "e", "g", "T"])), "f")
+
+
+def test_upper_is_numpys_upper_of_the_text():
+    """catalogs._upper: np.char.upper's array (values, dtype, shape) for ASCII text of every
+    code, 1-D and 2-D, no cells; text beyond ASCII, big-endian or not str through numpy's."""
+    from stk_astrometry.formats.catalogs import _upper
+
+    rng = np.random.default_rng(3)
+    cases = [np.array([], dtype="U3"), np.array(["true", "Marginal", "", " x y "]),
+             np.array([["ab", "CD"], ["e", ""]])]
+    for width in (1, 5, 24):
+        codes = rng.integers(0, 128, size=(40, width)).astype(np.uint32)
+        cases.append(codes.view(f"U{width}").ravel())
+        cases.append(codes.view(f"U{width}").reshape(4, 10))
+    cases += [np.array(["stra\u00dfe", "\u00e9t\u00e9", "abc"]), np.array(["ab\u0080"]),
+              np.array(["abc", "de"]).astype(">U3"), np.array([b"ab", b"c"]),
+              np.array([b"ab", b"c", b"d"])]
+    for text in cases:
+        want = np.char.upper(text)
+        got = _upper(text)
+        assert got.dtype == want.dtype and got.shape == want.shape, text
+        assert got.tobytes() == want.tobytes(), text
+    assert _upper(["a", "b"]).tolist() == ["A", "B"]
+
+
+def test_flags_of_a_column_without_rows_are_an_empty_bool_array():
+    from pathlib import Path
+
+    from stk_astrometry import tableio
+    from stk_astrometry.formats.catalogs import _flags
+
+    for column in (np.zeros(0, bool), np.zeros(0, "U4"), np.zeros(0, np.int16)):
+        tin = tableio.TableInput(table=tableio.ColumnTable({"f": column}), header={},
+                                 path=Path("t.fits"), hdu="t.fits[T]", spec="t.fits")
+        got = _flags(tin, "f")
+        assert got.dtype == bool and got.shape == (0,), column.dtype

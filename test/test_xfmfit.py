@@ -2855,3 +2855,35 @@ def test_population_std_and_distinct_count_are_numpys_to_the_bit():
     assert xfmfit._population_std(np.array([1.0, 3.0])) == 1.0
     assert xfmfit._n_distinct(np.array([7])) == 1
     assert xfmfit._n_distinct(np.array([3, 1, 3, 2, 1])) == 3
+
+
+def test_residual_rms_is_numpys_mean_to_the_bit():
+    rng = np.random.default_rng(SEED + 43)
+    for _ in range(500):
+        n = int(rng.integers(1, 300))
+        dx, dy = rng.normal(0, 10.0 ** rng.uniform(-4, 2), (2, n))
+        shift = tuple(rng.normal(0, 1, 2))
+        ex, ey = dx - shift[0], dy - shift[1]
+        want = float(np.sqrt(np.mean(0.5 * (ex * ex + ey * ey))))
+        assert residual_rms(dx, dy, shift=shift) == want
+    # the mean over every element, whatever the shape (as np.mean)
+    grid = rng.normal(0, 1, (2, 3, 5))
+    assert residual_rms(grid[0], grid[1]) == float(np.sqrt(np.mean(0.5 * (grid[0] ** 2
+                                                                          + grid[1] ** 2))))
+
+
+def test_pairset_keeps_one_axis_arrays_and_converts_the_rest():
+    n = 4
+    arrays = [np.arange(n), *(np.linspace(0, 1, n) + k for k in range(5)), np.ones(n, int),
+              *(np.full(n, 0.5 * k) for k in range(5))]
+    p = PairSet(*arrays)
+    assert all(getattr(p, f) is a for f, a in zip(p.__dataclass_fields__, arrays, strict=True))
+    q = PairSet(*(a.tolist() for a in arrays))                  # lists: converted
+    assert all(type(getattr(q, f)) is np.ndarray and np.array_equal(getattr(q, f), a)
+               for f, a in zip(q.__dataclass_fields__, arrays, strict=True))
+    one = PairSet(*(np.asarray(a[0]) for a in arrays))          # 0-d arrays: one pair
+    assert len(one) == 1 and all(getattr(one, f).shape == (1,) for f in one.__dataclass_fields__)
+    with pytest.raises(ValueError, match=r"PairSet.src_xi has shape \(2, 2\)"):
+        PairSet(arrays[0], arrays[1].reshape(2, 2), *arrays[2:])
+    with pytest.raises(ValueError, match=r"PairSet.d_xi has shape \(3,\), expected \(4,\)"):
+        PairSet(*arrays[:3], arrays[3][:3], *arrays[4:])

@@ -342,7 +342,7 @@ _PLAIN_TYPES = {"L": ("?", 1), "B": ("u1", 1), "I": (">i2", 2), "J": (">i4", 4),
                 "K": (">i8", 8), "E": (">f4", 4), "D": (">f8", 8), "A": ("S", 1)}
 _PLAIN_BITPIX = (8, 16, 32, 64, -32, -64)
 #: Keywords of a table layout :class:`PlainFits` leaves to fitsio (scaling, heap, shapes).
-_NOT_PLAIN_KEYS = ("TSCAL", "TZERO", "TDIM", "THEAP")
+_NOT_PLAIN = re.compile(r"^(?:TSCAL|TZERO|TDIM|THEAP)", re.M)
 
 
 def _has_end(block):
@@ -551,7 +551,7 @@ class PlainFits:
         nfields = _plain_int(kw, "TFIELDS")
         if bitpix != 8 or len(dims) != 2 or nfields is None or not 1 <= nfields <= 999:
             raise ValueError("not a plain table")
-        if any(key.startswith(_NOT_PLAIN_KEYS) for key in kw):
+        if _NOT_PLAIN.search("\n".join(kw)):        # a keyword starting so (one search)
             raise ValueError("scaled, shaped or heap columns")
         columns, width = [], 0
         for i in range(1, nfields + 1):
