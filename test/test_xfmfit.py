@@ -1530,12 +1530,14 @@ def test_rho_slopes_are_rhos_to_the_last_bit(loss):
 
 
 def _plain_refit(dx, dy, w, loss, f_scale, max_shift, irls=None, off_trial=None, *,
-                 as_written=True):
+                 as_written=True, landed=None):
     """_refit_batch's iteration written plainly: every iteration evaluates F, its derivatives and
     both steps at the current point of every row still moving (the same operations, row-wise).
     ``irls``: a list to which each iteration appends whether a row took the IRLS step;
     ``off_trial``: the same for a row that took its Newton step and did not land on its trial
-    point to the last bit (p + (t - p) != t: a trial clipped at the bound far from p).
+    point to the last bit (p + (t - p) != t: a trial clipped at the bound far from p);
+    ``landed``: the same for every row still moving after the iteration at its trial point to
+    the last bit (where _refit_batch starts the next iteration from the trial's pieces).
     ``as_written``: the refit's own arithmetic (row sums by einsum, the Cauchy loss's v and k
     from rho' alone); else numpy's pairwise row sums and k = 2 rho'' w^2 for every loss (the
     arithmetic before issue 11's einsum sums)."""
@@ -1593,7 +1595,10 @@ def _plain_refit(dx, dy, w, loss, f_scale, max_shift, irls=None, off_trial=None,
         sy = np.where(newton, ty - py, np.clip(py + iry, -max_shift, max_shift) - py)
         p[rows, 0] = px + sx
         p[rows, 1] = py + sy
-        rows = rows[np.hypot(sx, sy) >= xfmfit._BOOT_TOL_ARCSEC]
+        moving = np.hypot(sx, sy) >= xfmfit._BOOT_TOL_ARCSEC
+        if landed is not None:
+            landed.append(bool(np.all((px + sx == tx)[moving] & (py + sy == ty)[moving])))
+        rows = rows[moving]
     return p
 
 
@@ -1603,9 +1608,12 @@ def test_bootstrap_refit_shortcuts_give_the_plain_iterations_bits(monkeypatch):
     # same minima as the plain iteration to the last bit -- over many rows, scales and weights,
     # with both shortcuts taken and not taken
     rng = np.random.default_rng(SEED + 405)
-    reused, irls, off_trial = [], [], []
-    slopes = xfmfit._rho_slopes
-    monkeypatch.setattr(xfmfit, "_rho_slopes", lambda z, lo: reused.append(1) or slopes(z, lo))
+    irls, off_trial, reused = [], [], []
+    # F is evaluated at each trial point, and at an iteration's start only when the one before
+    # did not leave every row still moving at its trial point (the shortcut): counted exactly
+    evaluations = []
+    value = xfmfit._rho_value
+    monkeypatch.setattr(xfmfit, "_rho_value", lambda z, lo: evaluations.append(1) or value(z, lo))
     for loss, n, f_scale in itertools.product(xfmfit.LOSSES, (6, 12, 30), (0.5, 1.0, 2.0)):
         w = rng.uniform(0.5, 4.0, n)
         blocks = [_refit_rows(rng, n)]
@@ -1624,10 +1632,17 @@ def test_bootstrap_refit_shortcuts_give_the_plain_iterations_bits(monkeypatch):
         blocks.append((pts[:, :, 0], pts[:, :, 1]))
         for dx, dy in blocks:
             for weights in (w, rng.uniform(0.0, 3.0, dx.shape)):
+                evaluations.clear()
                 got = xfmfit._refit_batch(dx, dy, weights, loss, f_scale, 5.0)
+                n_eval = len(evaluations)
+                landed = []
                 np.testing.assert_array_equal(got, _plain_refit(dx, dy, weights, loss, f_scale,
-                                                                5.0, irls, off_trial))
-    assert reused and any(irls) and not all(irls) and any(off_trial)
+                                                                5.0, irls, off_trial,
+                                                                landed=landed))
+                starts = 1 + sum(not x for x in landed[:-1])
+                assert n_eval == len(landed) + starts
+                reused.append(len(landed) - starts)
+    assert any(reused) and any(irls) and not all(irls) and any(off_trial)
     # a row with no weight at all (IRLS's 0 / 0): NaN, as the plain iteration, and no warning
     w0 = rng.uniform(0.5, 3.0, (3, 6))
     w0[1] = 0.0
