@@ -241,6 +241,75 @@ def test_crossmatch_on_vectors_of_a_turned_frame_finds_the_same_pairs(ra0, dec0)
                    det_xyz=_frame_vectors(det_ra, det_dec, ra0))
 
 
+def test_a_wide_field_is_swept_along_the_coordinate_itself(monkeypatch):
+    # references spread over ~3 deg at a 1" radius: ~44,000 bins of chord / 4, more than int16
+    # numbers hold, so the sweep sorts the coordinate itself -- the pairs are the k-d tree's
+    import stk_astrometry.matching as m
+
+    rng = np.random.default_rng(SEED + 10)
+    det_ra, det_dec = offsets_to_sky(40.0, -30.0, rng.uniform(-5400, 5400, 300),
+                                     rng.uniform(-5400, 5400, 300))
+    ref_ra, ref_dec = offsets_to_sky(40.0, -30.0, rng.uniform(-5400, 5400, 20000),
+                                     rng.uniform(-5400, 5400, 20000))
+    # each detection gets a reference within the radius
+    ref_ra[:300], ref_dec[:300] = offsets_to_sky(det_ra, det_dec, rng.uniform(-0.6, 0.6, 300),
+                                                 rng.uniform(-0.6, 0.6, 300))
+    binned = []
+    argsort = np.argsort
+
+    def spy(a, *args, **kwargs):
+        binned.append(a.dtype == np.int16)
+        return argsort(a, *args, **kwargs)
+
+    monkeypatch.setattr(m.np, "argsort", spy)
+    swept = crossmatch(det_ra, det_dec, ref_ra, ref_dec, 1.0)
+    assert binned == [False]
+    monkeypatch.setattr(m, "_SWEEP_MAX_CANDIDATES", -1)     # every search goes to the tree
+    tree = crossmatch(det_ra, det_dec, ref_ra, ref_dec, 1.0)
+    assert len(swept[0]) >= 300
+    for a, b in zip(swept, tree, strict=True):
+        assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("values", [[3, 1, 3, 2, 2, 2, 9, 1], [5], [], [7, 7, 7],
+                                    list(range(40, 0, -3)) * 3])
+def test_uniques_are_numpys(values):
+    # np.unique's own algorithm without its wrapping (issue 11): the same values, inverse and
+    # counts, for repeats of the smallest value and of others
+    from stk_astrometry.matching import _alone, _n_distinct, _sorted_unique, _unique_inverse
+
+    a = np.array(values, dtype=np.int64)
+    want, inverse, counts = np.unique(a, return_inverse=True, return_counts=True)
+    np.testing.assert_array_equal(_sorted_unique(a), want)
+    got, got_inverse = _unique_inverse(a)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(got_inverse, inverse)
+    assert _n_distinct(a) == want.size
+    ranked = np.sort(a)
+    np.testing.assert_array_equal(_alone(ranked),
+                                  counts[np.searchsorted(want, ranked)] == 1)
+
+
+def test_the_readers_flags_and_classes_take_no_string_function(monkeypatch):
+    # '0000' flags and TRUE/MARGINAL classes as the readers give them are decided without
+    # numpy's string functions (issue 11); the other rows go through them, and only those
+    from stk_astrometry.matching import _good_class
+
+    stripped = []
+    strip = np.char.strip
+    monkeypatch.setattr(np.char, "strip", lambda a, *x: stripped.append(np.size(a)) or strip(a, *x))
+    assert clean_cc_flags(np.array(["0000"] * 5)).tolist() == [True] * 5
+    assert _good_class(np.array(["TRUE", "MARGINAL", "TRUE"])).tolist() == [True] * 3
+    assert stripped == []
+    assert clean_cc_flags(np.array(["0000", " 0 ", "d000", "0000"])).tolist() == [
+        True, True, False, True]
+    assert _good_class(np.array(["TRUE", " marginal", "FALSE", "MARGINAL"])).tolist() == [
+        True, True, False, True]
+    assert stripped == [2, 2]
+    assert clean_cc_flags(np.array(["0000"])).tolist() == [True]
+    assert clean_cc_flags(np.array(["0"])).tolist() == [True]
+
+
 def test_crossmatch_empty_inputs():
     di, ri, sep = crossmatch(np.array([]), np.array([]), np.array([1.0]), np.array([1.0]), 3.0)
     assert len(di) == len(ri) == len(sep) == 0
