@@ -25,6 +25,7 @@ def _card_memo_cleared():
     from stk_astrometry.formats import _fits
 
     _fits._text_card.cache_clear()
+    _fits._number_card.cache_clear()
     for memo in (_fits._column_cards, _fits._name_kept, _fits._row_dtype, _fits._column_type,
                  _fits._fields_dtype, _fits._history_text):
         memo.cache_clear()
@@ -898,3 +899,55 @@ def test_a_runs_history_text_is_its_records_on_cards_or_left_to_cfitsio():
     assert _history_text(()) == ""
     for bad in ("\t" + "x" * 71, "\u00e9" + "x" * 71, "x" * 71, "x" * 73):
         assert _history_text((a, bad)) is None, repr(bad)
+
+
+def test_text_columns_become_bytes_as_numpys_cast_makes_them():
+    # _ascii_bytes (issue 11: numpy's str -> bytes cast encodes cell by cell): ASCII text by
+    # its codes, cut or NUL-padded to the column's width; other text refused as numpy refuses it
+    from stk_astrometry.formats._fits import _ascii_bytes
+
+    rng = np.random.default_rng(5)
+    codes = [chr(c) for c in range(128)]
+    for width in (1, 3, 8):
+        for shape in ((0,), (1,), (6,), (3, 2)):
+            cells = ["".join(rng.choice(codes, rng.integers(0, width + 1)))
+                     for _ in range(int(np.prod(shape)))]
+            text = np.array(cells, dtype=f"U{width}").reshape(shape)
+            for out in (1, width, width + 5):
+                want = np.ascontiguousarray(text.astype(f"S{out}"))
+                for arr in (text, text.astype(text.dtype.newbyteorder(">")), text.T):
+                    got = _ascii_bytes(arr, np.dtype(f"S{out}"))
+                    want = np.ascontiguousarray(arr.astype(f"S{out}"))
+                    assert got.dtype == want.dtype and got.shape == want.shape
+                    assert got.tobytes() == want.tobytes() and got.flags.c_contiguous
+    assert _ascii_bytes(np.array(["\x7f", "~"]), np.dtype("S1")).tolist() == [b"\x7f", b"~"]
+    assert _ascii_bytes(np.zeros(3, "U0"), np.dtype("S2")).tolist() == [b"", b"", b""]
+    for bad in (["é"], ["ok", "\x80"], ["\u0100"]):
+        with pytest.raises(UnicodeEncodeError):
+            _ascii_bytes(np.array(bad), np.dtype("S4"))
+
+
+def test_number_cards_remembered_are_astropys_cards_and_the_memo_stays_small():
+    # format_card remembers int/float cards too (issue 11): by type (1 and 1.0, 0 and False are
+    # different cards), never a float zero (0.0 and -0.0), bounded like the text cards
+    from astropy.io.fits import Card
+
+    from stk_astrometry.formats._fits import _number_card, format_card
+
+    _number_card.cache_clear()
+    values = [1, 1.0, 0, 0.0, -0.0, 0.0, 2**40, 2.0**40, -7, -7.0, 1e-300, 62.2, 12345678901234567]
+    for _ in range(2):
+        for value in values:
+            for comment in ("", "a comment", "c" * 70):
+                import warnings
+
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    want = Card("KEY", value, comment).image
+                assert format_card("KEY", value, comment) == want, (value, comment)
+                assert format_card("KEY", value, comment) == want, (value, comment)
+    for i in range(3_000):
+        format_card("HISTNUM", 21, "Number of HISTORY records")
+        format_card("DXI", 0.1 + i, "[arcsec] applied shift in xi")
+    info = _number_card.cache_info()
+    assert info.currsize <= 512 and info.hits >= 2_999
