@@ -951,3 +951,75 @@ def test_number_cards_remembered_are_astropys_cards_and_the_memo_stays_small():
         format_card("DXI", 0.1 + i, "[arcsec] applied shift in xi")
     info = _number_card.cache_info()
     assert info.currsize <= 512 and info.hits >= 2_999
+
+
+class _NoCast(np.ndarray):
+    """An array whose astype fails: the writer's ASCII path must not need numpy's cast."""
+
+    def astype(self, *args, **kwargs):
+        raise AssertionError("numpy's cast used")
+
+
+def test_ascii_text_columns_take_the_path_by_codes(monkeypatch):
+    # issue 11: the str -> bytes cast by codes is the path of every ASCII text column (DEL and
+    # NUL included); numbers and bytes keep numpy's cast (the same values either way)
+    from stk_astrometry.formats import _fits
+
+    text = np.array(["TRUE", "\x7fx", "", "a\x00b"], dtype="U4")
+    got = _fits._ascii_bytes(text.view(_NoCast), np.dtype("S6"))
+    assert got.tolist() == [b"TRUE", b"\x7fx", b"", b"a\x00b"] and type(got) is np.ndarray
+    calls = []
+    real = _fits._ascii_bytes
+    monkeypatch.setattr(_fits, "_ascii_bytes", lambda arr, dt: calls.append(dt) or real(arr, dt))
+    raw = np.array([b"\x05\x00\x00\x00\x06", b"\x01"], dtype="S8")   # bytes, codes <= 127
+    spec = _fits.HduSpec("T", {"s": text, "b": raw, "x": np.array(["1.5", "-2"]),
+                               "w": np.array(["ab", "cd"])},
+                         formats={"x": "D", "w": "1A"})
+    arrays, tforms, _ = _fits._table_columns(spec)
+    assert calls == [np.dtype("S4"), np.dtype("S1")]       # the two str columns as text
+    assert tforms == ["4A", "5A", "D", "1A"]
+    assert arrays[0].tolist() == [b"TRUE", b"\x7fx", b"", b"a\x00b"]
+    assert arrays[1].tolist() == [b"\x05\x00\x00\x00\x06", b"\x01"]
+    assert arrays[2].dtype == np.float64 and arrays[2].tolist() == [1.5, -2.0]
+    assert arrays[3].tolist() == [b"a", b"c"]
+
+
+def test_float_cards_are_remembered_too():
+    from stk_astrometry.formats._fits import _number_card, format_card
+
+    _number_card.cache_clear()
+    for _ in range(100):
+        format_card("DXI", 0.125, "[arcsec] applied shift in xi")
+        format_card("NMATCH", 105, "matched detections used")
+        format_card("EPOCHOBS", 2006.0, "[yr] stack epoch (Julian) used")    # eight characters
+    assert _number_card.cache_info().hits == 297
+
+
+def test_an_empty_data_unit_is_not_summed(monkeypatch):
+    from stk_astrometry import fitsedit
+    from stk_astrometry.formats._fits import _with_checksums
+
+    summed = []
+    real = fitsedit.ones_complement_sum
+    monkeypatch.setattr(fitsedit, "ones_complement_sum",
+                        lambda data, *a: summed.append(len(data)) or real(data, *a))
+    header, data = _with_checksums("SIMPLE  =                    T" + " " * 49, b"", "2026-01-01T00:00:00")
+    assert summed == [2880] and data == b""
+    assert b"DATASUM = '         0'" in header
+
+
+def test_stamps_replace_their_cards_where_they_are():
+    # CREATOR, DATE and HISTNUM among an HDU's keywords are stamped in place; CHECKSUM and
+    # DATASUM are left out (the writer appends fresh ones)
+    from stk_astrometry.fitsutil import history_records
+    from stk_astrometry.formats._fits import HduSpec, _keyword_cards
+
+    keys = (("A", 1, ""), ("DATE", "1999-01-01", "old"), ("B", 2, ""), ("CREATOR", "x", "y"),
+            ("CHECKSUM", "ZZZ", ""), ("HISTNUM", 4, "n"), ("DATASUM", "1", ""), ("C", 3, ""))
+    final, records = _keyword_cards(HduSpec(None, keys=keys), frozenset(), "stk_t",
+                                    [("a", "b")], {}, "2026-01-02T03:04:05", "stk_t - x",
+                                    history_records)
+    assert final == [("A", 1, ""), ("DATE", "2026-01-02T03:04:05", "Date and time of file creation"),
+                     ("B", 2, ""), ("CREATOR", "stk_t - x", "tool that created this output"),
+                     ("HISTNUM", 6, "n"), ("C", 3, "")]
+    assert [r[-8:] for r in records] == ["ASC00005", "ASC00006"]
