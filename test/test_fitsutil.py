@@ -1404,3 +1404,23 @@ def test_a_temporary_name_taken_is_tried_again_and_the_file_is_private(tmp_path,
     fd, tmp = fitsutil._temp_file("bare.fits")        # no folder: the current one
     os.close(fd)
     assert tmp == os.path.join(".", ".bare.fits.11223344.tmp") and os.path.exists(tmp)
+
+
+def test_same_file_of_names_that_do_not_all_exist(tmp_path, monkeypatch):
+    # by stat when both exist, else by real path (issue 11): dangling links and link loops
+    from stk_astrometry.fitsutil import same_file
+
+    a = tmp_path / "a.fits"
+    a.write_text("x")
+    os.symlink(tmp_path / "later.fits", tmp_path / "dangling.fits")
+    os.symlink(tmp_path / "loop1", tmp_path / "loop2")
+    os.symlink(tmp_path / "loop2", tmp_path / "loop1")
+    monkeypatch.chdir(tmp_path)
+    assert same_file("dangling.fits", tmp_path / "later.fits")     # the file it will write
+    assert same_file(tmp_path / "later.fits", "dangling.fits")
+    assert not same_file("dangling.fits", a) and not same_file(a, "dangling.fits")
+    assert same_file("loop1", "loop1")                  # a link loop does not raise
+    assert not same_file("loop1", a) and not same_file(a, "loop1")
+    assert not same_file("x.fits", "y.fits") and same_file("x.fits", tmp_path / "x.fits")
+    with pytest.raises(ValueError):
+        same_file("a\0b", a)

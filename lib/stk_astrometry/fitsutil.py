@@ -124,16 +124,15 @@ def _stat_or_none(path):
 def same_file(a, b):
     """True if paths ``a`` and ``b`` name the same file.
 
-    Compares the real paths (relative paths and symbolic links resolved; a
-    link loop does not raise) and, when both exist, device and inode (hard
-    links).  Used to refuse an output that is one of a tool's inputs.
+    Both existing: the same device and inode (hard links too; one real path is one file).
+    Otherwise the same real path (relative paths and symbolic links resolved; a link loop
+    does not raise).  Used to refuse an output that is one of a tool's inputs.  By stat
+    first (issue 11: a real path is an lstat of every folder on the way).
     """
-    if os.path.realpath(a) == os.path.realpath(b):
-        return True
     try:
-        return os.path.samefile(a, b)
-    except OSError:  # one of them does not exist (yet)
-        return False
+        return os.path.samestat(os.stat(a), os.stat(b))
+    except OSError:     # one of them does not exist (yet), or cannot be looked at
+        return os.path.realpath(a) == os.path.realpath(b)
 
 
 # The temporaries of an open :func:`commit_group` block, (fd, tmp, dest) each (None: no block).
