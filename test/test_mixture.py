@@ -3780,3 +3780,40 @@ def test_error_model_step_with_floored_variances(floor):
     # observed likelihood; a wrong dv/dA for the floored pairs ends 3.5 % away)
     np.testing.assert_allclose(got[0], np.sqrt(res.x[0]), rtol=1e-3)
     assert abs(got[0] - 1.2) < 0.2
+
+
+def test_error_model_objectives_value_alone_is_the_full_evaluations_value(monkeypatch):
+    # issue 11, session 15: the polish asks its last trial for the value alone (derivatives
+    # False): the same number as the full evaluation's, no gradient or Hessian -- with
+    # variances floored (a principal variance held at the floor: the restricted term's dv/dB
+    # is 0 there) and not, on the restricted objective and the plain terms
+    from stk_astrometry.mixture import _error_model_terms, _restricted_objective
+
+    cases = [(prob, stated, st, min_floor, [np.log(scale), floor**2 + 0.01])
+             for prob, stated, st, scale, floor, min_floor in _polish_calls(monkeypatch)[:3]]
+    prob, stated, st = _floored_ellipses(SEED + 335)
+    cases += [(prob, stated, st, 0.0, [0.1, 3e-7]), (prob, stated, st, 0.0, [-0.3, 5e-7])]
+    for prob, stated, st, min_floor, x in cases:
+        for make in (_restricted_objective, _error_model_terms):
+            terms = make(prob, stated, st, min_floor)
+            full = terms(np.array(x))
+            alone = terms(np.array(x), False)
+            assert alone[0] == full[0] and alone[1:] == (None, None)
+            assert terms(np.array(x), True)[0] == full[0]
+
+
+def test_polish_from_a_start_where_its_hessian_is_not_negative_definite(monkeypatch):
+    # far above the maximum (a 1.5" floor: the model's variances exceed the offsets' squares,
+    # where the log likelihood is convex in sigma_sys^2) the polish takes gradient steps scaled
+    # by the Hessian's diagonal until Newton's take over, and reaches the maximum it reaches
+    # from the M step's point
+    from stk_astrometry.mixture import _polish_error_model, _restricted_objective
+
+    calls = _polish_calls(monkeypatch)
+    for prob, stated, st, scale, floor, min_floor in calls[:3]:
+        near = _polish_error_model(prob, stated, st, scale, floor, min_floor)
+        terms = _restricted_objective(prob, stated, st, min_floor)
+        hess = terms(np.array([np.log(scale), 1.5**2]))[2]
+        assert not np.all(np.linalg.eigvalsh(hess) < 0)
+        far = _polish_error_model(prob, stated, st, scale, 1.5, min_floor)
+        assert far == pytest.approx(near, rel=1e-3, abs=1e-3)
