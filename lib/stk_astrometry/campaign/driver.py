@@ -342,12 +342,14 @@ class ClusterStart:
     does not answer) is raised by ``with``, as :func:`dask_client` raises it.
     """
 
-    def __init__(self, scheduler: str, nworkers: int, *, closing: list | None = None):
+    def __init__(self, scheduler: str, nworkers: int, *, closing: list | None = None,
+                 warm: bool = True):
         #: the LocalCluster's shutdown thread goes here (:func:`dask_client`); join them
         self.closing = [] if closing is None else closing
         self._cm = dask_client(scheduler, nworkers, closing=self.closing)
         self._value = self._error = None
         self._open = False
+        self._warm = warm
         # entered and left in one context (the Client marks itself current in a context
         # variable, which only the context that set it may reset), from either thread
         self._context = contextvars.copy_context()
@@ -362,6 +364,8 @@ class ClusterStart:
             self._open = True
         except BaseException as exc:  # noqa: BLE001
             self._error = exc
+            return
+        if not self._warm:
             return
         from .task import warm_worker
 
@@ -389,14 +393,17 @@ class ClusterStart:
             self.__exit__(None, None, None)
 
 
-def early_cluster(folder, scheduler: str = "", nworkers: int = 0) -> ClusterStart | None:
+def early_cluster(folder, scheduler: str = "", nworkers: int = 0, *,
+                  warm: bool = True) -> ClusterStart | None:
     """A cluster begun now for a new campaign in ``folder`` (no run database there yet), to
     hand to :func:`run_campaign` (``cluster=``) once the stack list is read, so that the
     cluster's start overlaps the reading; None for an existing campaign (a finished one may
-    have nothing to run: :func:`run_campaign` decides once it has read its database)."""
+    have nothing to run: :func:`run_campaign` decides once it has read its database).
+    ``warm``: the workers import the steps' modules at once (False for a campaign of other
+    tasks, e.g. the benchmark's null tasks)."""
     if (Path(folder) / DB_NAME).exists():
         return None
-    return ClusterStart(scheduler, nworkers)
+    return ClusterStart(scheduler, nworkers, warm=warm)
 
 
 def _likely_work(db: RunDatabase) -> bool:
@@ -740,7 +747,8 @@ def _run_and_write(stacks, settings, summary, *, folder, scheduler, nworkers, fo
         _remove_dead_temps(folder)
         # a new or unfinished campaign: start the cluster now, while the list is read and
         # planned (ClusterStart); else only once planning has found stacks to run
-        start = cluster or (ClusterStart(scheduler, nworkers, closing=closing)
+        start = cluster or (ClusterStart(scheduler, nworkers, closing=closing,
+                                         warm=task is run_stack)
                             if _likely_work(db) else None)
         try:
             _plan_and_run(stacks, settings, summary, db, start, folder=folder,
@@ -777,8 +785,10 @@ def _plan_and_run(stacks, settings, summary, db, start, *, folder, scheduler, nw
     progress = Progress(len(plans), log=log, live=live, interval=progress_interval,
                         enabled=verbose >= 1)
     try:
+        # (a cluster begun here only once the log is open: nothing then to shut down)
         with open(folder / LOG_NAME, "a", encoding="utf-8") as warn_log, \
-                (start or ClusterStart(scheduler, nworkers, closing=closing)) as (client, where):
+                (start or ClusterStart(scheduler, nworkers, closing=closing,
+                                       warm=task is run_stack)) as (client, where):
             warn_log.write(f"# stk_batch run {run_id} started "
                            f"{time.strftime('%Y-%m-%dT%H:%M:%S')} on {where}\n")
             if verbose >= 1:
