@@ -16,7 +16,8 @@ import pytest
 from campaign_sim import make_campaign
 
 from stk_astrometry import fitsutil
-from stk_astrometry.campaign import database, driver, progress
+from stk_astrometry.errors import ParameterError
+from stk_astrometry.campaign import database, driver, progress, settings
 from stk_astrometry.campaign.stacks import StackInput, read_stack_list
 from stk_astrometry.campaign.task import StackPlan, null_stack, run_stack, output_paths
 
@@ -511,3 +512,74 @@ def test_planning_a_large_campaign_holds_no_plan_per_stack(tmp_path):
     assert len(plans) == n
     assert (kept - before) / n < 60
     assert (peak - before) / n < 200
+
+
+def test_cluster_start_warms_every_worker_before_it_is_used():
+    """driver.ClusterStart (issue 12): the cluster starts in a thread while the driver reads
+    the stack list and plans; each worker imports the steps' modules (task.warm_worker) as
+    soon as it is up, not in its first task.  A plain dask_client's worker has not."""
+    import multiprocessing
+
+    names = ["stk_astrometry.mixture", "stk_astrometry.xfmfit", "astropy", "scipy.optimize"]
+
+    def imported(names):
+        import sys
+
+        return [n in sys.modules for n in names]
+
+    with driver.dask_client("", 1) as (client, _where):
+        assert list(client.run(imported, names).values()) == [[False] * 4]
+    start = driver.ClusterStart("", 1)
+    with start as (client, where):
+        assert where == "LocalCluster (1 worker processes)"
+        assert list(client.run(imported, names).values()) == [[True] * 4]
+    for thread in start.closing:
+        thread.join()
+    start.close()                        # after use: nothing left to do
+    assert client.status == "closed" and not multiprocessing.active_children()
+
+
+@pytest.mark.parametrize("how", ["bad parameter", "nothing to run"])
+def test_run_campaign_shuts_down_a_given_cluster_it_does_not_use(tmp_path, how):
+    """A cluster begun before the list was read (early_cluster) is shut down by run_campaign
+    when the run does not use it: an error before the run, or no stack to run."""
+    import multiprocessing
+
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / driver.DB_NAME).write_bytes(b"")
+    assert driver.early_cluster(tmp_path / "old") is None    # an existing campaign: decided later
+    start = driver.early_cluster(tmp_path / "c", "", 1)      # a new one: begun now
+    assert isinstance(start, driver.ClusterStart)
+    if how == "bad parameter":
+        with pytest.raises(ParameterError, match="update=sideways"):
+            driver.run_campaign([], settings.load_step_settings([]), folder=tmp_path / "c",
+                                update_mode="sideways", verbose=0, cluster=start)
+        assert not (tmp_path / "c").exists()
+    else:
+        summary = driver.run_campaign([], settings.load_step_settings([]),
+                                      folder=tmp_path / "c", plots=False, verbose=0,
+                                      cluster=start)
+        assert summary.n_run == 0 and (tmp_path / "c" / driver.TABLE_NAME).is_file()
+    client = start._value[0]
+    assert client.status == "closed" and all(not t.is_alive() for t in start.closing)
+    assert not multiprocessing.active_children()
+
+
+def test_plots_drawn_on_a_worker_equal_those_drawn_here(tmp_path):
+    """The driver has its workers draw the report's plots while it writes the table
+    (driver._PlotJob): the same PNG bytes as report.render_plots here."""
+    from stk_astrometry.campaign import report
+
+    st = [StackInput(f"s{i}", f"/d{i}", f"/g{i}") for i in range(5)]
+    with database.RunDatabase(tmp_path / "c.sqlite") as db:
+        db.sync_stacks(st)
+        db.record([{"stackid": s.stackid, "inputs_digest": "i", "params_digest": "p",
+                    "elapsed_s": 0.1, "worker": "w", "steps": [], "warnings": [],
+                    "row": {"stackid": s.stackid, "status": "done", "d_xi": 0.1 * i,
+                            "d_eta": 0.05, "d_xi_err": 0.02, "d_eta_err": 0.02,
+                            "shift": 0.2, "n_match": 5 + i, "n_used": 5 + i, "qa_flags": 0,
+                            "method": "direct"}} for i, s in enumerate(st)])
+        with driver.dask_client("", 1) as (client, _where):
+            pngs = driver._PlotJob(client, db).result()
+        here = report.render_plots(driver.report_records(db))
+    assert sorted(pngs) == sorted(report.PLOTS) and pngs == here
