@@ -649,7 +649,10 @@ def _read_with_fitsio(path, block, plain=None):
             return None
         hdu = fh[idx]
         header = raw_header(path, hdu)
-        keys = {k: header[k] for k in header if k.startswith(("TFORM", "TSCAL", "TZERO", "TNULL"))}
+        # a plain table (PlainFits) has no scaled, heap or bit columns: of its column keywords
+        # only the TNULLn matter (issue 11: the TFORMn were looked up too, ~10-25 us a file)
+        wanted = "TNULL" if isinstance(hdu, PlainHdu) else ("TFORM", "TSCAL", "TZERO", "TNULL")
+        keys = {k: header[k] for k in header if k.startswith(wanted)}
         if any((k.startswith("TFORM") and _FALLBACK_TFORM.search(str(v)))
                or k.startswith(("TSCAL", "TZERO")) for k, v in keys.items()):
             return None

@@ -816,7 +816,7 @@ def _hdu_image(spec, stamp, run):
         fixed = before + format_card("NAXIS2", n_rows, _ASTROPY_COMMENTS["NAXIS2"]) + after \
             + columns[0]
         present = _TABLE_NAMES | columns[1]
-        data = _table_data(arrays, n_rows)
+        data = _table_data(arrays, n_rows, rows)
     final, records = _keyword_cards(spec, present, *run)
     text = "".join([format_card(name, value, comment) for name, value, comment in final])
     history = _history_text(tuple(records))
@@ -911,13 +911,14 @@ def _kept(name):
     return name == name.upper() and (len(name) > 8 or _KEYWORD.fullmatch(f"{name:8}") is not None)
 
 
-def _table_data(arrays, n_rows):
-    """The rows of a binary table as cfitsio writes ``arrays`` (:func:`_table_columns`):
-    big-endian, logicals as ``T``/``F``, strings as their bytes; zero fill to 2880 bytes.
-    One buffer (an ndarray of bytes), the rows made in place."""
+def _table_data(arrays, n_rows, rows):
+    """The rows of a binary table as cfitsio writes ``arrays`` (:func:`_table_columns`, with
+    ``rows`` the dtype of a row of them): big-endian, logicals as ``T``/``F``, strings as
+    their bytes; zero fill to 2880 bytes.  One buffer (an ndarray of bytes), the rows made in
+    place."""
     if not n_rows:
         return b""
-    dtype = _row_dtype(tuple((arr.dtype.str, arr.shape[1:]) for arr in arrays))
+    dtype = _row_dtype(rows)
     size = n_rows * dtype.itemsize
     data = np.empty(size + -size % 2880, np.uint8)
     data[size:] = 0
@@ -928,9 +929,16 @@ def _table_data(arrays, n_rows):
 
 
 @functools.lru_cache(maxsize=256)
-def _row_dtype(fields):
-    """:func:`_big_endian_row`, remembered."""
-    return _big_endian_row(fields)
+def _row_dtype(rows):
+    """:func:`_big_endian_row` of the fields of the row dtype ``rows``, remembered (issue 11:
+    looked up by the row dtype, ~0.5 us a column less than by the arrays' dtypes)."""
+    return _big_endian_row(_row_fields(rows))
+
+
+def _row_fields(rows):
+    """``(dtype.str, shape)`` of each field of the row dtype ``rows``, in order: what the
+    arrays of the fields have (their dtype, and the shape of a cell)."""
+    return tuple((rows.fields[name][0].base.str, rows.fields[name][0].shape) for name in rows.names)
 
 
 def _big_endian_row(fields):
