@@ -1334,3 +1334,17 @@ def test_checksum_encoding_of_every_byte_in_every_place():
     assert len(fitsedit._BYTE_CHARS) == 256
     assert fitsedit.encode_checksum(-1) == hdu._char_encode(0xFFFFFFFF)
     assert fitsedit.encode_checksum(2**40 + 7) == hdu._char_encode(7)
+
+
+def test_checksum_encoding_uses_the_characters_it_remembers(monkeypatch):
+    # a byte's characters are made once: encodings of bytes seen before need no _byte_chars
+    hdu = fits.PrimaryHDU()
+    fitsedit._BYTE_CHARS.clear()
+    assert fitsedit.encode_checksum(0x01020304) == hdu._char_encode(0x01020304)
+
+    def made_again(byte):
+        raise AssertionError(f"byte {byte} made again")
+
+    monkeypatch.setattr(fitsedit, "_byte_chars", made_again)
+    assert fitsedit.encode_checksum(0x04030201) == hdu._char_encode(0x04030201)
+    assert fitsedit.encode_checksum(0x01010101) == hdu._char_encode(0x01010101)
