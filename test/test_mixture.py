@@ -3915,4 +3915,67 @@ def test_sandwich_of_memberships_all_zero_is_none():
     assert mixture._sandwich(r, {"starts": starts}, scores) is None
     # the complete-data information of no memberships has no inverse: NaN, said so
     cov, note = mixture._covariance(prob, 1.0, r, None, {"starts": starts}, scores)
-    assert np.isnan(cov).all() and note.startswith("observed information not positive")
+    assert cov.shape == (2, 2) and np.isnan(cov).all()
+    assert note.startswith("observed information not positive")
+
+
+def test_covariance_profiles_q_however_small_its_information():
+    # s's block of the (s, q) information's inverse wherever that information is positive
+    # definite, also with little information on q (0 < I_qq <= 1): here, 0.05" from the fit's
+    # shift, the detections' mixture densities are set so that rho / (q D_j) = 0.02 (I_sq small
+    # but not nil) and the window's terms so that I_qq = 0.5
+    from stk_astrometry import mixture
+
+    prob = _problem(np.random.default_rng(SEED + 1502), false_frac=0.3, density=40.0)
+    st = mixture._windowed_fit(prob, mixture._start_by_grid(prob), 0.9, covariance=False)
+    q = 0.6
+    p_win, mu = mixture._window_terms(prob, st.idx, st.r_w)
+    s = st.s + np.array([0.05, -0.03])
+    _, _, r, _, _, info = mixture._fit_window_final(prob, st.idx, s, q, p_win, mu)
+    m = info["log_s"].size
+    log_d = np.full(m, np.log(50.0 * prob.rho / q))
+    a_j = (np.exp(log_d) - prob.rho * p_win) / np.exp(log_d)
+    e = np.ones(m)
+    u = np.sqrt((np.sum(a_j**2) - 0.5) / m)          # e / (c + q e) with I_qq = 0.5
+    info = dict(info, log_d=log_d, log_s=log_d, e=e, c=1.0 / u - q)
+    scores = mixture._scores(prob, st.idx, s, r, info["starts"])
+    got, note = mixture._covariance(prob, q, r, p_win, info, scores)
+    want, want_note = _covariance_by_linalg(prob, st.idx, s, q, r, p_win, info)
+    assert note == want_note == ""
+    np.testing.assert_allclose(got, want, rtol=1e-9)
+    # (and q's profile matters here: s's information alone gives another covariance)
+    inv = prob.inv[st.idx]
+    g = np.einsum("nij,nj->ni", inv, prob.d[st.idx] - s)
+    big_g = np.add.reduceat(r[:, None] * g, info["starts"], axis=0)
+    alone = np.linalg.inv(np.einsum("n,nij->ij", r, inv) - np.einsum("n,ni,nj->ij", r, g, g)
+                          + big_g.T @ big_g)
+    assert not np.allclose(got, alone, rtol=1e-6, atol=0.0)
+
+
+def test_sandwich_whose_inverse_overflows_is_none():
+    # A with a subnormal entry: det(A) is normal but A^-1 overflows on one axis only -- no
+    # sandwich (every entry of A^-1 must be finite)
+    from stk_astrometry import mixture
+
+    starts = np.array([0])
+    for i00, i11 in ((1e-310, 1e10), (1e10, 1e-310)):
+        scores = ((np.array([i00]), np.array([0.0]), np.array([i11])), None, None,
+                  np.array([[1.0, 1.0]]))
+        assert mixture._sandwich(np.ones(1), {"starts": starts}, scores) is None
+
+
+def test_robust_floor_of_correlated_covariances():
+    # the factor tr(cov^-1 robust) / 2 with off-diagonal terms in both
+    from stk_astrometry.mixture import _robust_floor
+
+    rng = np.random.default_rng(SEED + 1503)
+    for _ in range(50):
+        x, y = rng.normal(size=(2, 2, 3))
+        cov, robust = 0.01 * x @ x.T, 0.03 * y @ y.T
+        want = np.trace(np.linalg.solve(cov, robust)) / 2.0
+        got, factor = _robust_floor(cov, robust)
+        if want > 1.0:
+            assert factor == pytest.approx(want, rel=1e-10)
+            np.testing.assert_allclose(got, cov * want, rtol=1e-10)
+        else:
+            assert factor == 1.0 and got is cov
