@@ -1378,3 +1378,49 @@ def test_atomic_path_syncs_and_sets_the_mode_of_the_file_at_the_temporary_path(t
         os.umask(old)
     assert (tmp_path / "r.fits").read_bytes() == b"replaced"
     assert (tmp_path / "r.fits").stat().st_mode & 0o7777 == 0o640
+
+
+def test_a_temporary_name_taken_is_tried_again_and_the_file_is_private(tmp_path, monkeypatch):
+    # write_atomically's temporary file, as tempfile.mkstemp made it (issue 11: its own name
+    # generator): a new name when one is taken, mode 0600 until the rename gives the mode
+    from stk_astrometry import fitsutil
+
+    draws = iter([b"\x00\x01\x02\x03", b"\x00\x01\x02\x03", b"\xab\xcd\xef\x01"])
+    monkeypatch.setattr(fitsutil.os, "urandom", lambda n: next(draws)[:n])
+    (tmp_path / ".o.fits.00010203.tmp").write_bytes(b"someone else's")
+    fd, tmp = fitsutil._temp_file(str(tmp_path / "o.fits"))
+    try:
+        assert tmp == str(tmp_path / ".o.fits.abcdef01.tmp")
+        assert os.fstat(fd).st_mode & 0o777 == 0o600 and os.path.samestat(os.fstat(fd), os.stat(tmp))
+    finally:
+        os.close(fd)
+    assert (tmp_path / ".o.fits.00010203.tmp").read_bytes() == b"someone else's"
+    monkeypatch.setattr(fitsutil.os, "urandom", lambda n: b"\x00\x01\x02\x03"[:n])
+    monkeypatch.setattr(fitsutil, "_TEMP_TRIES", 3)
+    with pytest.raises(FileExistsError, match="o.fits"):
+        fitsutil._temp_file(str(tmp_path / "o.fits"))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(fitsutil.os, "urandom", lambda n: b"\x11\x22\x33\x44"[:n])
+    fd, tmp = fitsutil._temp_file("bare.fits")        # no folder: the current one
+    os.close(fd)
+    assert tmp == os.path.join(".", ".bare.fits.11223344.tmp") and os.path.exists(tmp)
+
+
+def test_same_file_of_names_that_do_not_all_exist(tmp_path, monkeypatch):
+    # by stat when both exist, else by real path (issue 11): dangling links and link loops
+    from stk_astrometry.fitsutil import same_file
+
+    a = tmp_path / "a.fits"
+    a.write_text("x")
+    os.symlink(tmp_path / "later.fits", tmp_path / "dangling.fits")
+    os.symlink(tmp_path / "loop1", tmp_path / "loop2")
+    os.symlink(tmp_path / "loop2", tmp_path / "loop1")
+    monkeypatch.chdir(tmp_path)
+    assert same_file("dangling.fits", tmp_path / "later.fits")     # the file it will write
+    assert same_file(tmp_path / "later.fits", "dangling.fits")
+    assert not same_file("dangling.fits", a) and not same_file(a, "dangling.fits")
+    assert same_file("loop1", "loop1")                  # a link loop does not raise
+    assert not same_file("loop1", a) and not same_file(a, "loop1")
+    assert not same_file("x.fits", "y.fits") and same_file("x.fits", tmp_path / "x.fits")
+    with pytest.raises(ValueError):
+        same_file("a\0b", a)
