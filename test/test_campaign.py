@@ -336,48 +336,6 @@ def test_outputs_written_in_chunks_equal_one_pass(tmp_path):
     assert sorted(os.listdir(tmp_path / "a")) == [driver.CSV_NAME, driver.TABLE_NAME]
 
 
-def test_report_records_read_alone_equal_the_tables(tmp_path):
-    """driver.report_records reads only the report's columns (to draw the plots while the
-    table is written): every field equal to what write_table returns, in chunks or not."""
-    from stk_astrometry.campaign import driver
-
-    with _db_with_stacks(tmp_path / "c.sqlite", 23) as db:
-        db.record([dict(_outcome("s004"), row=dict(_outcome("s004")["row"], method="two-step",
-                                                   qa_flags=20, needs_qa=True,
-                                                   qa_reason="BIGSHIFT; DISAGREE"))])
-        whole, *_ = driver.write_table(tmp_path, db)
-        for chunk in (4, 1000):
-            alone = driver.report_records(db, chunk=chunk)
-            assert alone.dtype == whole.dtype
-            for name in whole.dtype.names:
-                a, b = alone[name], whole[name]
-                same = np.array_equal(a, b, equal_nan=True) if a.dtype.kind == "f" else (
-                    a.tolist() == b.tolist())
-                assert same, name
-        assert whole["method"][4] == "two-step" and whole["qa_reason"][4] == "BIGSHIFT; DISAGREE"
-        with pytest.raises(ValueError, match="not result columns: nonsense"):
-            list(db.iter_result_rows(names=["d_xi", "nonsense"]))
-    with database.RunDatabase(tmp_path / "empty.sqlite") as db:
-        assert len(driver.report_records(db)) == 0
-
-
-def test_report_writes_the_plots_given_and_draws_the_missing(tmp_path):
-    rows = [{"stackid": f"s{i}", "status": "done", "d_xi": 0.1 * i, "d_eta": -0.05 * i,
-             "shift": 0.1 * i, "d_xi_err": 0.02, "d_eta_err": 0.03, "n_used": 10 + i,
-             "n_match": 10 + i, "method": "direct"} for i in range(6)]
-    rec = report.compact(fmt.to_records(rows, 1))
-    drawn = report.render_plots(rec)
-    assert sorted(drawn) == sorted(report.PLOTS)
-    assert all(b[:4] == b"\x89PNG" for b in drawn.values())
-    assert report.render_plots(rec, ["sigma_vs_n.png"]) == {"sigma_vs_n.png": drawn["sigma_vs_n.png"]}
-    report.write_report(tmp_path, rec, pngs={"shifts.png": b"given"})
-    assert (tmp_path / "shifts.png").read_bytes() == b"given"
-    for name in report.PLOTS:
-        if name != "shifts.png":
-            assert (tmp_path / name).read_bytes() == drawn[name], name
-    assert sorted(os.listdir(tmp_path)) == sorted([*report.PLOTS, "index.html"])
-
-
 def test_campaign_writer_leaves_nothing_when_interrupted(tmp_path):
     rec = fmt.to_records([{"stackid": "a", "status": "done", "d_xi": 0.5}], 2)
     table, csv = tmp_path / "c.fits", tmp_path / "c.csv"

@@ -100,7 +100,8 @@ watcher.start()
 a = json.loads(sys.argv[1])
 cfg = settings.load_step_settings([])
 # as stk_batch does: a new campaign's cluster starts while the list is read
-cluster = driver.early_cluster(a["folder"], a.get("scheduler", ""), a.get("nworkers", 0))
+cluster = driver.early_cluster(a["folder"], a.get("scheduler", ""), a.get("nworkers", 0),
+                               warm=a["task"] == "run_stack")
 st = stacks.read_stack_list(a["stacks"])
 t1 = time.perf_counter()
 s = driver.run_campaign(st, cfg, folder=a["folder"], scheduler=a.get("scheduler", ""),

@@ -284,21 +284,12 @@ class RunDatabase:
         """Every stack's row for the campaign table, in the list's order (unfinished: pending)."""
         return [row for chunk in self.iter_result_rows() for row in chunk]
 
-    def iter_result_rows(self, chunk: int = 1000, names=None):
+    def iter_result_rows(self, chunk: int = 1000):
         """:meth:`result_rows` in lists of at most ``chunk`` rows, read as they are needed, so
-        that writing the table of a large campaign holds one chunk in memory, not every row.
-        ``names``: only these of the result columns (``stackid``, ``status`` and ``attempts``
-        always come); None: all of them and the per-group match counts."""
-        if names is None:
-            names = [c.name for c in RESULT_COLUMNS] + list(_GROUP_COLUMNS)
-        else:
-            known = {c.name for c in RESULT_COLUMNS} | set(_GROUP_COLUMNS)
-            names = [n for n in names if n not in ("stackid", "attempts")]
-            unknown = [n for n in names if n not in known]
-            if unknown:
-                raise ValueError(f"not result columns: {', '.join(unknown)}")
-        cols = "".join(f', r."{n}"' for n in names)
-        sql = (f"SELECT s.stackid, s.status, s.attempts{cols} "
+        that writing the table of a large campaign holds one chunk in memory, not every row."""
+        names = [c.name for c in RESULT_COLUMNS] + list(_GROUP_COLUMNS)
+        cols = ", ".join(f'r."{n}"' for n in names)
+        sql = (f"SELECT s.stackid, s.status, s.attempts, {cols} "
                f"FROM stacks s LEFT JOIN results r ON r.stackid = s.stackid WHERE s.ord IS NOT NULL "
                f"ORDER BY s.ord")
         cursor = self.conn.execute(sql)
@@ -314,9 +305,8 @@ class RunDatabase:
                 row["status"] = status if status in ("done", "failed") else "pending"
                 row["attempts"] = attempts
                 for g in _GROUP_COLUMNS:
-                    if g in row:
-                        text = row.pop(g) or ""
-                        row[g] = tuple(int(x) for x in text.split(",") if x)
+                    text = row.pop(g) or ""
+                    row[g] = tuple(int(x) for x in text.split(",") if x)
                 out.append(row)
             yield out
 

@@ -50,7 +50,7 @@ from .stacks import inputs_digest, safe_name
 from .task import UPDATE_MODES, StackPlan, output_paths, run_chunk, run_stack
 
 __all__ = ["CampaignSummary", "ClusterStart", "early_cluster", "run_campaign", "write_outputs",
-           "write_table", "report_records", "DB_NAME", "TABLE_NAME"]
+           "DB_NAME", "TABLE_NAME"]
 
 logger = logging.getLogger(__name__)
 
@@ -342,12 +342,14 @@ class ClusterStart:
     does not answer) is raised by ``with``, as :func:`dask_client` raises it.
     """
 
-    def __init__(self, scheduler: str, nworkers: int, *, closing: list | None = None):
+    def __init__(self, scheduler: str, nworkers: int, *, closing: list | None = None,
+                 warm: bool = True):
         #: the LocalCluster's shutdown thread goes here (:func:`dask_client`); join them
         self.closing = [] if closing is None else closing
         self._cm = dask_client(scheduler, nworkers, closing=self.closing)
         self._value = self._error = None
         self._open = False
+        self._warm = warm
         # entered and left in one context (the Client marks itself current in a context
         # variable, which only the context that set it may reset), from either thread
         self._context = contextvars.copy_context()
@@ -362,6 +364,8 @@ class ClusterStart:
             self._open = True
         except BaseException as exc:  # noqa: BLE001
             self._error = exc
+            return
+        if not self._warm:
             return
         from .task import warm_worker
 
@@ -389,14 +393,17 @@ class ClusterStart:
             self.__exit__(None, None, None)
 
 
-def early_cluster(folder, scheduler: str = "", nworkers: int = 0) -> ClusterStart | None:
+def early_cluster(folder, scheduler: str = "", nworkers: int = 0, *,
+                  warm: bool = True) -> ClusterStart | None:
     """A cluster begun now for a new campaign in ``folder`` (no run database there yet), to
     hand to :func:`run_campaign` (``cluster=``) once the stack list is read, so that the
     cluster's start overlaps the reading; None for an existing campaign (a finished one may
-    have nothing to run: :func:`run_campaign` decides once it has read its database)."""
+    have nothing to run: :func:`run_campaign` decides once it has read its database).
+    ``warm``: the workers import the steps' modules at once (False for a campaign of other
+    tasks, e.g. the benchmark's null tasks)."""
     if (Path(folder) / DB_NAME).exists():
         return None
-    return ClusterStart(scheduler, nworkers)
+    return ClusterStart(scheduler, nworkers, warm=warm)
 
 
 def _likely_work(db: RunDatabase) -> bool:
@@ -560,29 +567,13 @@ def _execute(client, plans, db, run_id, progress, warn_log, *, window, task=run_
 def write_outputs(folder: Path, db: RunDatabase, *, plots=True, chunk=1000):
     """Write ``campaign.fits``, ``campaign.csv`` and the report from the run database.
 
-    Returns
-    -------
-    (compact records, table path, csv path, report path or None)
-    """
-    records, table, csv = write_table(folder, db, chunk=chunk)
-    report = None
-    if plots:
-        from .report import write_report
-
-        report = write_report(folder, records, db=db)
-    return records, table, csv, report
-
-
-def write_table(folder: Path, db: RunDatabase, *, chunk=1000):
-    """Write ``campaign.fits`` and ``campaign.csv`` from the run database.
-
     The rows are read, converted and written ``chunk`` at a time, so the driver's memory does
     not grow with the campaign: only the few columns the report and the summary need
     (:func:`report.compact`, ~100 bytes per stack) are kept for every stack.
 
     Returns
     -------
-    (compact records, table path, csv path)
+    (compact records, table path, csv path, report path or None)
     """
     from ..fitsutil import utc_now
     from ..formats.campaign import CampaignWriter, to_records
@@ -612,51 +603,12 @@ def write_table(folder: Path, db: RunDatabase, *, chunk=1000):
             "NQA": (int(records["needs_qa"].sum()), "done stacks with a QA flag"),
             "NGROUPS": (n_groups, "separation groups"),
         })
-    return records, table, csv
+    report = None
+    if plots:
+        from .report import write_report
 
-
-def report_records(db: RunDatabase, *, chunk=1000) -> np.ndarray:
-    """The report's records (:func:`report.compact`) of every stack, read from the run
-    database without the rest of the table's columns: the same values as those
-    :func:`write_table` returns (tested), to draw the plots while the table is written."""
-    from ..formats.campaign import to_records
-    from .report import REPORT_COLUMNS, compact
-
-    parts, interned = [], {}
-    for rows in db.iter_result_rows(chunk, names=REPORT_COLUMNS):
-        parts.append(compact(to_records(rows, 0), interned))
-    return compact(to_records([], 0)) if not parts else np.concatenate(parts)
-
-
-class _PlotJob:
-    """The report's plots drawn on the cluster's workers while this process writes the table
-    (~1.2 s for 10,000 stacks, matplotlib's import included, on a core otherwise idle at the
-    campaign's end): two tasks of two plots.  :meth:`result` gives name -> PNG bytes, or
-    what it could get ({} on any failure: :func:`report.write_report` draws the missing ones
-    itself)."""
-
-    GROUPS = (("shifts.png", "qa_reasons.png"), ("shift_vs_nmatch.png", "sigma_vs_n.png"))
-
-    def __init__(self, client, db: RunDatabase):
-        from .report import render_plots
-
-        records = report_records(db)
-        try:
-            self.futures = [client.submit(render_plots, records, list(names), pure=False,
-                                          key=f"stk_batch-plots-{i}-{os.urandom(4).hex()}")
-                            for i, names in enumerate(self.GROUPS)]
-        except Exception as exc:  # noqa: BLE001 -- drawn here instead
-            logger.debug("stk_batch: the plots could not be sent to the workers: %s", exc)
-            self.futures = []
-
-    def result(self, timeout: float = 300.0) -> dict:
-        pngs = {}
-        for fut in self.futures:
-            try:
-                pngs.update(fut.result(timeout=timeout))
-            except Exception as exc:  # noqa: BLE001 -- drawn here instead
-                logger.debug("stk_batch: a worker could not draw plots: %s", exc)
-        return pngs
+        report = write_report(folder, records, db=db)
+    return records, table, csv, report
 
 
 def summarize(records, summary: CampaignSummary, db: RunDatabase) -> CampaignSummary:
@@ -795,35 +747,27 @@ def _run_and_write(stacks, settings, summary, *, folder, scheduler, nworkers, fo
         _remove_dead_temps(folder)
         # a new or unfinished campaign: start the cluster now, while the list is read and
         # planned (ClusterStart); else only once planning has found stacks to run
-        start = cluster or (ClusterStart(scheduler, nworkers, closing=closing)
+        start = cluster or (ClusterStart(scheduler, nworkers, closing=closing,
+                                         warm=task is run_stack)
                             if _likely_work(db) else None)
         try:
-            start, plot_job = _plan_and_run(
-                stacks, settings, summary, db, start, folder=folder, scheduler=scheduler,
-                nworkers=nworkers, force=force, update_mode=update_mode, detcorr=detcorr,
-                plots=plots, verbose=verbose, live=live, progress_interval=progress_interval,
-                window=window, chunk=chunk, command=command, task=task, closing=closing,
-                log=log)
-            # the table while the workers draw the plots (plot_job), then the cluster's
-            # shutdown (in a thread) while the report is written
-            records, summary.table, summary.csv = write_table(folder, db)
-            pngs = plot_job.result() if plot_job is not None else None
+            _plan_and_run(stacks, settings, summary, db, start, folder=folder,
+                          scheduler=scheduler, nworkers=nworkers, force=force,
+                          update_mode=update_mode, detcorr=detcorr, verbose=verbose, live=live,
+                          progress_interval=progress_interval, window=window, chunk=chunk,
+                          command=command, task=task, closing=closing, log=log)
         finally:
             if start is not None:
-                start.close()
-        if plots:
-            from .report import write_report
-
-            summary.report = write_report(folder, records, db=db, pngs=pngs)
+                start.close()     # not used: nothing to run, or an error before the run
+        records, summary.table, summary.csv, summary.report = write_outputs(folder, db, plots=plots)
         summarize(records, summary, db)
 
 
 def _plan_and_run(stacks, settings, summary, db, start, *, folder, scheduler, nworkers, force,
-                  update_mode, detcorr, plots, verbose, live, progress_interval, window, chunk,
-                  command, task, closing, log):
+                  update_mode, detcorr, verbose, live, progress_interval, window, chunk, command,
+                  task, closing, log):
     """Plan the stacks and run those to run on ``start`` (a :class:`ClusterStart`, or None:
-    begun here when there is something to run).  Returns (the cluster, to be closed by the
-    caller; the report's plots being drawn on it, or None)."""
+    started here when there is something to run)."""
     db.set_meta("parameters", {"match": settings.match, "fit": settings.fit,
                                "update": settings.update, "update_mode": update_mode,
                                "detcorr": detcorr})
@@ -834,21 +778,17 @@ def _plan_and_run(stacks, settings, summary, db, start, *, folder, scheduler, nw
         log.info("stk_batch: %d stacks in %s: %d to run, %d finished and unchanged",
                  len(stacks), folder, len(plans), skipped)
     if not plans:
-        if start is not None:
-            start.close()                # nothing to run: not needed
-        return start, None
-    if start is None:
-        start = ClusterStart(scheduler, nworkers, closing=closing)
+        return
     run_id = db.start_run(host=socket.gethostname(), version=__version__,
                           command=command, scheduler=scheduler or "LocalCluster")
     status = "interrupted"
     progress = Progress(len(plans), log=log, live=live, interval=progress_interval,
                         enabled=verbose >= 1)
-    plot_job = None
     try:
-        # the cluster is entered here and left by the caller, once the plots are drawn
-        client, where = start.__enter__()
-        with open(folder / LOG_NAME, "a", encoding="utf-8") as warn_log:
+        # (a cluster begun here only once the log is open: nothing then to shut down)
+        with open(folder / LOG_NAME, "a", encoding="utf-8") as warn_log, \
+                (start or ClusterStart(scheduler, nworkers, closing=closing,
+                                       warm=task is run_stack)) as (client, where):
             warn_log.write(f"# stk_batch run {run_id} started "
                            f"{time.strftime('%Y-%m-%dT%H:%M:%S')} on {where}\n")
             if verbose >= 1:
@@ -864,8 +804,6 @@ def _plan_and_run(stacks, settings, summary, db, start, *, folder, scheduler, nw
                      defer_sync=not (scheduler or "").strip())
             summary.run_s = time.perf_counter() - t_run
         status = "finished"
-        if plots:
-            plot_job = _PlotJob(client, db)
     finally:
         progress.close()
         c = db.counts()
@@ -874,7 +812,6 @@ def _plan_and_run(stacks, settings, summary, db, start, *, folder, scheduler, nw
         if status != "finished":
             log.warning("stk_batch: interrupted; %d stacks recorded, %d done in all; "
                         "run again to resume", progress.finished, c.get("done", 0))
-    return start, plot_job
 
 
 def report_only(folder, *, plots=True, verbose=1) -> CampaignSummary:

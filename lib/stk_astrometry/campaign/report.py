@@ -20,7 +20,6 @@ summary tables and the plots; it opens from the file system in any browser.
 from __future__ import annotations
 
 import html
-import io
 import math
 import os
 import time
@@ -32,8 +31,7 @@ import numpy as np
 from .. import __version__
 from ..fitsutil import atomic_path
 
-__all__ = ["write_report", "render_plots", "PLOTS", "qa_reason_counts", "compact",
-           "REPORT_COLUMNS"]
+__all__ = ["write_report", "PLOTS", "qa_reason_counts", "compact", "REPORT_COLUMNS"]
 
 #: file -> caption
 PLOTS = {
@@ -90,13 +88,9 @@ def _pyplot():
     return plt
 
 
-def _save(fig, path):
-    """Save ``fig`` as PNG: to ``path`` atomically, or into a file object (bytes in memory)."""
-    if hasattr(path, "write"):
-        fig.savefig(path, format="png", dpi=110)
-    else:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=110)
+def _save(fig, path: Path):
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
     fig.clf()
 
 
@@ -224,11 +218,6 @@ def plot_qa_reasons(plt, records, path):
     plt.close(fig)
 
 
-#: plot file -> the function drawing it (plt, records, path or file object)
-_PLOTTERS = {"shifts.png": plot_shifts, "shift_vs_nmatch.png": plot_shift_vs_nmatch,
-             "sigma_vs_n.png": plot_sigma_vs_n, "qa_reasons.png": plot_qa_reasons}
-
-
 # ---------------------------------------------------------------------- HTML
 
 _CSS = """
@@ -319,33 +308,14 @@ def format_html(records, *, title, failures, n_warnings=0, max_failures=200) -> 
     return "\n".join(parts)
 
 
-def render_plots(records, names=None) -> dict[str, bytes]:
-    """The plots ``names`` (default: every one of :data:`PLOTS`) of ``records`` as PNG
-    bytes, name -> bytes.  No file: the driver runs it on its Dask workers while it writes
-    the table (:func:`write_report` ``pngs``)."""
-    plt = _pyplot()
-    out = {}
-    for name in names or PLOTS:
-        buf = io.BytesIO()
-        _PLOTTERS[name](plt, records, buf)
-        out[name] = buf.getvalue()
-    return out
-
-
-def write_report(folder, records, *, db=None, title=None, pngs=None) -> Path:
-    """Write the plots and ``index.html`` into ``folder``; return the page's path.
-
-    ``pngs``: the plots already drawn (:func:`render_plots`, name -> PNG bytes); the ones
-    missing are drawn here.
-    """
+def write_report(folder, records, *, db=None, title=None) -> Path:
+    """Write the plots and ``index.html`` into ``folder``; return the page's path."""
     folder = Path(folder)
-    pngs = dict(pngs or {})
-    missing = [name for name in PLOTS if name not in pngs]
-    if missing:
-        pngs.update(render_plots(records, missing))
-    for name in PLOTS:
-        with atomic_path(folder / name) as tmp:
-            Path(tmp).write_bytes(pngs[name])
+    plt = _pyplot()
+    plot_shifts(plt, records, folder / "shifts.png")
+    plot_shift_vs_nmatch(plt, records, folder / "shift_vs_nmatch.png")
+    plot_sigma_vs_n(plt, records, folder / "sigma_vs_n.png")
+    plot_qa_reasons(plt, records, folder / "qa_reasons.png")
     failures = [(s, st, e) for s, st, e, x in
                 zip(records["stackid"].tolist(), records["failed_step"].tolist(),
                     records["error"].tolist(), records["status"] == "failed", strict=True) if x]
