@@ -256,6 +256,32 @@ def test_table_roundtrip(tmp_path):
         fmt.read_campaign_table(tmp_path / "nothing.fits")
 
 
+def test_table_values_by_kind():
+    # every kind's conversions, the missing values, and the text rule (one line, the width)
+    rows = [{"stackid": "  a\tb\n c ", "status": "done", "d_xi": 1, "n_det": 3.0, "needs_qa": 0,
+             "qa_reason": "x" * 300, "n_match_gaia_g1": True},
+            {"stackid": None, "d_xi": "0.5", "n_det": None, "needs_qa": "no"},
+            {}]
+    rec = fmt.to_records(rows, 1)
+    width = rec.dtype["qa_reason"].itemsize // 4
+    assert rec["stackid"].tolist() == ["a b c", "", ""]
+    assert rec["d_xi"][0] == 1.0 and rec["d_xi"][1] == 0.5 and math.isnan(rec["d_xi"][2])
+    assert rec["n_det"].tolist() == [3, -1, -1]
+    assert rec["needs_qa"].tolist() == [False, True, False]     # bool("no") is True
+    assert rec["qa_reason"][0] == "x" * width and rec["qa_reason"][1] == ""
+    assert rec["n_match_gaia_g1"].tolist() == [1, -1, -1]
+    lines = fmt.format_csv(rec).splitlines()
+    assert len(lines) == 4
+    names = lines[0].split(",")
+    first = dict(zip(names, lines[1].split(","), strict=True))
+    last = dict(zip(names, lines[3].split(","), strict=True))
+    assert first["d_xi"] == "1.0" and first["needs_qa"] == "false" and first["n_det"] == "3"
+    assert last["d_xi"] == "" and last["n_det"] == "-1" and last["stackid"] == ""
+    assert fmt.format_csv(fmt.to_records([], 1)).splitlines() == [lines[0]]
+    with pytest.raises(ValueError):
+        fmt.to_records([{"n_det": "three"}], 1)
+
+
 def _db_with_stacks(path, n):
     st = [stacks.StackInput(f"s{i:03d}", f"/d{i}", f"/g{i}") for i in range(n)]
     db = database.RunDatabase(path)

@@ -16,7 +16,8 @@ import pytest
 from campaign_sim import make_campaign
 
 from stk_astrometry import fitsutil
-from stk_astrometry.campaign import database, driver, progress
+from stk_astrometry.errors import ParameterError
+from stk_astrometry.campaign import database, driver, progress, settings
 from stk_astrometry.campaign.stacks import StackInput, read_stack_list
 from stk_astrometry.campaign.task import StackPlan, null_stack, run_stack, output_paths
 
@@ -511,3 +512,57 @@ def test_planning_a_large_campaign_holds_no_plan_per_stack(tmp_path):
     assert len(plans) == n
     assert (kept - before) / n < 60
     assert (peak - before) / n < 200
+
+
+def test_cluster_start_warms_every_worker_before_it_is_used():
+    """driver.ClusterStart (issue 12): the cluster starts in a thread while the driver reads
+    the stack list and plans; each worker imports the steps' modules (task.warm_worker) as
+    soon as it is up, not in its first task.  Not with warm=False."""
+    import multiprocessing
+
+    names = ["stk_astrometry.mixture", "stk_astrometry.xfmfit", "astropy", "scipy.optimize"]
+
+    def imported(names):
+        import sys
+
+        return [n in sys.modules for n in names]
+
+    cold = driver.ClusterStart("", 1, warm=False)      # e.g. the benchmark's null tasks
+    with cold as (client, _where):
+        assert list(client.run(imported, names).values()) == [[False] * 4]
+    for thread in cold.closing:
+        thread.join()
+    start = driver.ClusterStart("", 1)
+    with start as (client, where):
+        assert where == "LocalCluster (1 worker processes)"
+        assert list(client.run(imported, names).values()) == [[True] * 4]
+    for thread in start.closing:
+        thread.join()
+    start.close()                        # after use: nothing left to do
+    assert client.status == "closed" and not multiprocessing.active_children()
+
+
+@pytest.mark.parametrize("how", ["bad parameter", "nothing to run"])
+def test_run_campaign_shuts_down_a_given_cluster_it_does_not_use(tmp_path, how):
+    """A cluster begun before the list was read (early_cluster) is shut down by run_campaign
+    when the run does not use it: an error before the run, or no stack to run."""
+    import multiprocessing
+
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / driver.DB_NAME).write_bytes(b"")
+    assert driver.early_cluster(tmp_path / "old") is None    # an existing campaign: decided later
+    start = driver.early_cluster(tmp_path / "c", "", 1)      # a new one: begun now
+    assert isinstance(start, driver.ClusterStart)
+    if how == "bad parameter":
+        with pytest.raises(ParameterError, match="update=sideways"):
+            driver.run_campaign([], settings.load_step_settings([]), folder=tmp_path / "c",
+                                update_mode="sideways", verbose=0, cluster=start)
+        assert not (tmp_path / "c").exists()
+    else:
+        summary = driver.run_campaign([], settings.load_step_settings([]),
+                                      folder=tmp_path / "c", plots=False, verbose=0,
+                                      cluster=start)
+        assert summary.n_run == 0 and (tmp_path / "c" / driver.TABLE_NAME).is_file()
+    client = start._value[0]
+    assert client.status == "closed" and all(not t.is_alive() for t in start.closing)
+    assert not multiprocessing.active_children()

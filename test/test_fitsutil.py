@@ -1378,3 +1378,88 @@ def test_atomic_path_syncs_and_sets_the_mode_of_the_file_at_the_temporary_path(t
         os.umask(old)
     assert (tmp_path / "r.fits").read_bytes() == b"replaced"
     assert (tmp_path / "r.fits").stat().st_mode & 0o7777 == 0o640
+
+
+def test_a_temporary_name_taken_is_tried_again_and_the_file_is_private(tmp_path, monkeypatch):
+    # write_atomically's temporary file, as tempfile.mkstemp made it (issue 11: its own name
+    # generator): a new name when one is taken, mode 0600 until the rename gives the mode
+    from stk_astrometry import fitsutil
+
+    draws = iter([b"\x00\x01\x02\x03", b"\x00\x01\x02\x03", b"\xab\xcd\xef\x01"])
+    monkeypatch.setattr(fitsutil.os, "urandom", lambda n: next(draws)[:n])
+    (tmp_path / ".o.fits.00010203.tmp").write_bytes(b"someone else's")
+    fd, tmp = fitsutil._temp_file(str(tmp_path / "o.fits"))
+    try:
+        assert tmp == str(tmp_path / ".o.fits.abcdef01.tmp")
+        assert os.fstat(fd).st_mode & 0o777 == 0o600 and os.path.samestat(os.fstat(fd), os.stat(tmp))
+    finally:
+        os.close(fd)
+    assert (tmp_path / ".o.fits.00010203.tmp").read_bytes() == b"someone else's"
+    monkeypatch.setattr(fitsutil.os, "urandom", lambda n: b"\x00\x01\x02\x03"[:n])
+    monkeypatch.setattr(fitsutil, "_TEMP_TRIES", 3)
+    with pytest.raises(FileExistsError, match="o.fits"):
+        fitsutil._temp_file(str(tmp_path / "o.fits"))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(fitsutil.os, "urandom", lambda n: b"\x11\x22\x33\x44"[:n])
+    fd, tmp = fitsutil._temp_file("bare.fits")        # no folder: the current one
+    os.close(fd)
+    assert tmp == os.path.join(".", ".bare.fits.11223344.tmp") and os.path.exists(tmp)
+
+
+def test_a_name_compared_with_many_answers_as_same_file(tmp_path, monkeypatch):
+    """fitsutil.FileIdentity (a name's status once, its real path only where a file is
+    missing; api compares an output with each input through it) answers as same_file's rule
+    -- both existing: the same device and inode, else the same real path -- on every kind of
+    pair of names."""
+    from stk_astrometry.fitsutil import FileIdentity, same_file
+
+    def rule(a, b):
+        try:
+            return os.path.samestat(os.stat(a), os.stat(b))
+        except OSError:
+            return os.path.realpath(a) == os.path.realpath(b)
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a.fits").write_text("a")
+    (tmp_path / "b.fits").write_text("b")
+    os.link(tmp_path / "a.fits", tmp_path / "hard.fits")
+    (tmp_path / "sym.fits").symlink_to(tmp_path / "a.fits")
+    (tmp_path / "dangling.fits").symlink_to(tmp_path / "gone.fits")
+    (tmp_path / "sub").mkdir()
+    names = ["a.fits", str(tmp_path / "a.fits"), "./sub/../a.fits", "b.fits", "hard.fits",
+             "sym.fits", "missing.fits", "./missing.fits", str(tmp_path / "missing.fits"),
+             "dangling.fits", "gone.fits", "sub"]
+    answers = set()
+    for path in names:
+        for target in names:
+            got = FileIdentity(target).same_as(path)
+            assert got == rule(path, target) == same_file(path, target), (path, target)
+            answers.add((got, os.path.exists(path), os.path.exists(target)))
+    out = FileIdentity("missing.fits")          # the real path resolved once, kept
+    assert not out.same_as("a.fits") and out._real == str(tmp_path / "missing.fits")
+    assert out.same_as("./missing.fits") and out._real == str(tmp_path / "missing.fits")
+    present = FileIdentity("a.fits")            # both existing: no real path at all
+    assert present.same_as("hard.fits") and present._real is None
+    # both existing and not, either answer
+    assert {(True, True, True), (False, True, True), (True, False, False),
+            (False, False, False), (False, True, False)} <= answers
+
+
+def test_same_file_of_names_that_do_not_all_exist(tmp_path, monkeypatch):
+    # by stat when both exist, else by real path (issue 11): dangling links and link loops
+    from stk_astrometry.fitsutil import same_file
+
+    a = tmp_path / "a.fits"
+    a.write_text("x")
+    os.symlink(tmp_path / "later.fits", tmp_path / "dangling.fits")
+    os.symlink(tmp_path / "loop1", tmp_path / "loop2")
+    os.symlink(tmp_path / "loop2", tmp_path / "loop1")
+    monkeypatch.chdir(tmp_path)
+    assert same_file("dangling.fits", tmp_path / "later.fits")     # the file it will write
+    assert same_file(tmp_path / "later.fits", "dangling.fits")
+    assert not same_file("dangling.fits", a) and not same_file(a, "dangling.fits")
+    assert same_file("loop1", "loop1")                  # a link loop does not raise
+    assert not same_file("loop1", a) and not same_file(a, "loop1")
+    assert not same_file("x.fits", "y.fits") and same_file("x.fits", tmp_path / "x.fits")
+    with pytest.raises(ValueError):
+        same_file("a\0b", a)

@@ -25,6 +25,7 @@ def _card_memo_cleared():
     from stk_astrometry.formats import _fits
 
     _fits._text_card.cache_clear()
+    _fits._number_card.cache_clear()
     for memo in (_fits._column_cards, _fits._name_kept, _fits._row_dtype, _fits._column_type,
                  _fits._fields_dtype, _fits._history_text):
         memo.cache_clear()
@@ -898,3 +899,127 @@ def test_a_runs_history_text_is_its_records_on_cards_or_left_to_cfitsio():
     assert _history_text(()) == ""
     for bad in ("\t" + "x" * 71, "\u00e9" + "x" * 71, "x" * 71, "x" * 73):
         assert _history_text((a, bad)) is None, repr(bad)
+
+
+def test_text_columns_become_bytes_as_numpys_cast_makes_them():
+    # _ascii_bytes (issue 11: numpy's str -> bytes cast encodes cell by cell): ASCII text by
+    # its codes, cut or NUL-padded to the column's width; other text refused as numpy refuses it
+    from stk_astrometry.formats._fits import _ascii_bytes
+
+    rng = np.random.default_rng(5)
+    codes = [chr(c) for c in range(128)]
+    for width in (1, 3, 8):
+        for shape in ((0,), (1,), (6,), (3, 2)):
+            cells = ["".join(rng.choice(codes, rng.integers(0, width + 1)))
+                     for _ in range(int(np.prod(shape)))]
+            text = np.array(cells, dtype=f"U{width}").reshape(shape)
+            for out in (1, width, width + 5):
+                want = np.ascontiguousarray(text.astype(f"S{out}"))
+                for arr in (text, text.astype(text.dtype.newbyteorder(">")), text.T):
+                    got = _ascii_bytes(arr, np.dtype(f"S{out}"))
+                    want = np.ascontiguousarray(arr.astype(f"S{out}"))
+                    assert got.dtype == want.dtype and got.shape == want.shape
+                    assert got.tobytes() == want.tobytes() and got.flags.c_contiguous
+    assert _ascii_bytes(np.array(["\x7f", "~"]), np.dtype("S1")).tolist() == [b"\x7f", b"~"]
+    assert _ascii_bytes(np.zeros(3, "U0"), np.dtype("S2")).tolist() == [b"", b"", b""]
+    for bad in (["é"], ["ok", "\x80"], ["\u0100"]):
+        with pytest.raises(UnicodeEncodeError):
+            _ascii_bytes(np.array(bad), np.dtype("S4"))
+
+
+def test_number_cards_remembered_are_astropys_cards_and_the_memo_stays_small():
+    # format_card remembers int/float cards too (issue 11): by type (1 and 1.0, 0 and False are
+    # different cards), never a float zero (0.0 and -0.0), bounded like the text cards
+    from astropy.io.fits import Card
+
+    from stk_astrometry.formats._fits import _number_card, format_card
+
+    _number_card.cache_clear()
+    values = [1, 1.0, 0, 0.0, -0.0, 0.0, 2**40, 2.0**40, -7, -7.0, 1e-300, 62.2, 12345678901234567]
+    for _ in range(2):
+        for value in values:
+            for comment in ("", "a comment", "c" * 70):
+                import warnings
+
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    want = Card("KEY", value, comment).image
+                assert format_card("KEY", value, comment) == want, (value, comment)
+                assert format_card("KEY", value, comment) == want, (value, comment)
+    for i in range(3_000):
+        format_card("HISTNUM", 21, "Number of HISTORY records")
+        format_card("DXI", 0.1 + i, "[arcsec] applied shift in xi")
+    info = _number_card.cache_info()
+    assert info.currsize <= 512 and info.hits >= 2_999
+
+
+class _NoCast(np.ndarray):
+    """An array whose astype fails: the writer's ASCII path must not need numpy's cast."""
+
+    def astype(self, *args, **kwargs):
+        raise AssertionError("numpy's cast used")
+
+
+def test_ascii_text_columns_take_the_path_by_codes(monkeypatch):
+    # issue 11: the str -> bytes cast by codes is the path of every ASCII text column (DEL and
+    # NUL included); numbers and bytes keep numpy's cast (the same values either way)
+    from stk_astrometry.formats import _fits
+
+    text = np.array(["TRUE", "\x7fx", "", "a\x00b"], dtype="U4")
+    got = _fits._ascii_bytes(text.view(_NoCast), np.dtype("S6"))
+    assert got.tolist() == [b"TRUE", b"\x7fx", b"", b"a\x00b"] and type(got) is np.ndarray
+    calls = []
+    real = _fits._ascii_bytes
+    monkeypatch.setattr(_fits, "_ascii_bytes", lambda arr, dt: calls.append(dt) or real(arr, dt))
+    raw = np.array([b"\x05\x00\x00\x00\x06", b"\x01"], dtype="S8")   # bytes, codes <= 127
+    spec = _fits.HduSpec("T", {"s": text, "b": raw, "x": np.array(["1.5", "-2"]),
+                               "w": np.array(["ab", "cd"])},
+                         formats={"x": "D", "w": "1A"})
+    arrays, tforms, _ = _fits._table_columns(spec)
+    assert calls == [np.dtype("S4"), np.dtype("S1")]       # the two str columns as text
+    assert tforms == ["4A", "5A", "D", "1A"]
+    assert arrays[0].tolist() == [b"TRUE", b"\x7fx", b"", b"a\x00b"]
+    assert arrays[1].tolist() == [b"\x05\x00\x00\x00\x06", b"\x01"]
+    assert arrays[2].dtype == np.float64 and arrays[2].tolist() == [1.5, -2.0]
+    assert arrays[3].tolist() == [b"a", b"c"]
+
+
+def test_float_cards_are_remembered_too():
+    from stk_astrometry.formats._fits import _number_card, format_card
+
+    _number_card.cache_clear()
+    for _ in range(100):
+        format_card("DXI", 0.125, "[arcsec] applied shift in xi")
+        format_card("NMATCH", 105, "matched detections used")
+        format_card("EPOCHOBS", 2006.0, "[yr] stack epoch (Julian) used")    # eight characters
+    assert _number_card.cache_info().hits == 297
+
+
+def test_an_empty_data_unit_is_not_summed(monkeypatch):
+    from stk_astrometry import fitsedit
+    from stk_astrometry.formats._fits import _with_checksums
+
+    summed = []
+    real = fitsedit.ones_complement_sum
+    monkeypatch.setattr(fitsedit, "ones_complement_sum",
+                        lambda data, *a: summed.append(len(data)) or real(data, *a))
+    header, data = _with_checksums("SIMPLE  =                    T" + " " * 49, b"", "2026-01-01T00:00:00")
+    assert summed == [2880] and data == b""
+    assert b"DATASUM = '         0'" in header
+
+
+def test_stamps_replace_their_cards_where_they_are():
+    # CREATOR, DATE and HISTNUM among an HDU's keywords are stamped in place; CHECKSUM and
+    # DATASUM are left out (the writer appends fresh ones)
+    from stk_astrometry.fitsutil import history_records
+    from stk_astrometry.formats._fits import HduSpec, _keyword_cards
+
+    keys = (("A", 1, ""), ("DATE", "1999-01-01", "old"), ("B", 2, ""), ("CREATOR", "x", "y"),
+            ("CHECKSUM", "ZZZ", ""), ("HISTNUM", 4, "n"), ("DATASUM", "1", ""), ("C", 3, ""))
+    final, records = _keyword_cards(HduSpec(None, keys=keys), frozenset(), "stk_t",
+                                    [("a", "b")], {}, "2026-01-02T03:04:05", "stk_t - x",
+                                    history_records)
+    assert final == [("A", 1, ""), ("DATE", "2026-01-02T03:04:05", "Date and time of file creation"),
+                     ("B", 2, ""), ("CREATOR", "stk_t - x", "tool that created this output"),
+                     ("HISTNUM", 6, "n"), ("C", 3, "")]
+    assert [r[-8:] for r in records] == ["ASC00005", "ASC00006"]

@@ -3780,3 +3780,202 @@ def test_error_model_step_with_floored_variances(floor):
     # observed likelihood; a wrong dv/dA for the floored pairs ends 3.5 % away)
     np.testing.assert_allclose(got[0], np.sqrt(res.x[0]), rtol=1e-3)
     assert abs(got[0] - 1.2) < 0.2
+
+
+def test_error_model_objectives_value_alone_is_the_full_evaluations_value(monkeypatch):
+    # issue 11, session 15: the polish asks its last trial for the value alone (derivatives
+    # False): the same number as the full evaluation's, no gradient or Hessian -- with
+    # variances floored (a principal variance held at the floor: the restricted term's dv/dB
+    # is 0 there) and not, on the restricted objective and the plain terms
+    from stk_astrometry.mixture import _error_model_terms, _restricted_objective
+
+    cases = [(prob, stated, st, min_floor, [np.log(scale), floor**2 + 0.01])
+             for prob, stated, st, scale, floor, min_floor in _polish_calls(monkeypatch)[:3]]
+    prob, stated, st = _floored_ellipses(SEED + 335)
+    cases += [(prob, stated, st, 0.0, [0.1, 3e-7]), (prob, stated, st, 0.0, [-0.3, 5e-7])]
+    for prob, stated, st, min_floor, x in cases:
+        for make in (_restricted_objective, _error_model_terms):
+            terms = make(prob, stated, st, min_floor)
+            full = terms(np.array(x))
+            alone = terms(np.array(x), False)
+            assert alone[0] == full[0] and alone[1:] == (None, None)
+            assert terms(np.array(x), True)[0] == full[0]
+
+
+def test_polish_from_a_start_where_its_hessian_is_not_negative_definite(monkeypatch):
+    # far above the maximum (a 1.5" floor: the model's variances exceed the offsets' squares,
+    # where the log likelihood is convex in sigma_sys^2) the polish takes gradient steps scaled
+    # by the Hessian's diagonal until Newton's take over, and reaches the maximum it reaches
+    # from the M step's point
+    from stk_astrometry.mixture import _polish_error_model, _restricted_objective
+
+    calls = _polish_calls(monkeypatch)
+    for prob, stated, st, scale, floor, min_floor in calls[:3]:
+        near = _polish_error_model(prob, stated, st, scale, floor, min_floor)
+        terms = _restricted_objective(prob, stated, st, min_floor)
+        hess = terms(np.array([np.log(scale), 1.5**2]))[2]
+        assert not np.all(np.linalg.eigvalsh(hess) < 0)
+        far = _polish_error_model(prob, stated, st, scale, 1.5, min_floor)
+        assert far == pytest.approx(near, rel=1e-3, abs=1e-3)
+
+
+def _covariance_by_linalg(prob, idx, s, q, r, p_win, info):
+    """The shift's covariance as np.linalg gives it (the module's form until issue 11, session
+    15): the 3 x 3 information of (s, q) inverted and checked by its eigenvalues, else the 2 x 2
+    of s, else the complete-data information's inverse.  Returns (cov, note)."""
+    inv = prob.inv[idx]
+    g = np.einsum("nij,nj->ni", inv, prob.d[idx] - s)
+    big_g = np.add.reduceat(r[:, None] * g, info["starts"], axis=0)
+    info_ss = -(np.einsum("n,ni,nj->ij", r, g, g) - np.einsum("n,nij->ij", r, inv)
+                - big_g.T @ big_g)
+    if prob.rho > 0 and 1e-6 < q < 1.0 - 1e-6:
+        d_j, s_j, e = np.exp(info["log_d"]), np.exp(info["log_s"]), info["e"]
+        full = np.zeros((3, 3))
+        full[:2, :2] = info_ss
+        full[:2, 2] = full[2, :2] = -((prob.rho / (q * d_j)) @ big_g)
+        full[2, 2] = np.sum(((s_j - prob.rho * p_win) / d_j) ** 2 - (e / (info["c"] + q * e)) ** 2)
+        if np.all(np.linalg.eigvalsh(full) > 0):
+            return np.linalg.inv(full)[:2, :2], ""
+    if np.all(np.linalg.eigvalsh(info_ss) > 0):
+        return np.linalg.inv(info_ss), ""
+    complete = np.einsum("n,nij->ij", r, inv)
+    cov = (np.linalg.inv(complete) if np.linalg.det(complete) != 0
+           else np.full((2, 2), np.nan))
+    return cov, "observed information not positive definite; covariance from memberships"
+
+
+def _sandwich_by_linalg(prob, idx, s, r, info):
+    inv = prob.inv[idx]
+    g = np.einsum("nij,nj->ni", inv, prob.d[idx] - s)
+    big_g = np.add.reduceat(r[:, None] * g, info["starts"], axis=0)
+    a_j = np.add.reduceat(r[:, None, None] * inv, info["starts"], axis=0)
+    if np.linalg.det(a_j.sum(axis=0)) == 0:
+        return None
+    a_inv = np.linalg.inv(a_j.sum(axis=0))
+    lev = np.clip(np.einsum("mij,ji->m", a_j, a_inv) / 2.0, 0.0, 0.99)
+    return a_inv @ np.einsum("m,mi,mj->ij", 1.0 / (1.0 - lev), big_g, big_g) @ a_inv
+
+
+def test_covariance_and_sandwich_in_closed_form_are_np_linalgs():
+    # issue 11, session 15: the shift's covariances by 2 x 2 closed forms (and the Schur
+    # complement of q's information) agree with np.linalg's inverses to rounding, in every
+    # branch: (s, q) information positive definite or not, s's alone or not (the complete-data
+    # information then), at the fit's shift and q and away from them
+    from stk_astrometry import mixture
+
+    branches = set()
+    for kwargs, s_q in itertools.product(
+            [{}, {"false_frac": 0.4, "density": 20.0},
+             {"n_det": 12, "density": 150.0, "shift": (1.2, 0.9)},
+             {"n_det": 8, "false_frac": 0.5, "density": 60.0}],
+            itertools.product((None, 0.5, 0.999, 1.0, 1e-7),
+                              ((0.0, 0.0), (0.05, -0.03), (0.4, 0.3), (-1.5, 1.0)))):
+        prob = _problem(np.random.default_rng(SEED + 1500), **kwargs)
+        st = mixture._windowed_fit(prob, mixture._start_by_grid(prob), 0.9, covariance=False)
+        q, step = s_q
+        q = st.q if q is None else q
+        s = st.s + np.array(step)
+        p_win, mu = mixture._window_terms(prob, st.idx, st.r_w)
+        _, _, r, _, _, info = mixture._fit_window_final(prob, st.idx, s, q, p_win, mu)
+        scores = mixture._scores(prob, st.idx, s, r, info["starts"])
+        got, note = mixture._covariance(prob, q, r, p_win, info, scores)
+        want, want_note = _covariance_by_linalg(prob, st.idx, s, q, r, p_win, info)
+        assert note == want_note
+        branches.add((bool(prob.rho > 0 and 1e-6 < q < 1 - 1e-6), note))
+        np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-14 * np.abs(want).max())
+        assert np.array_equal(got, got.T)
+        got = mixture._sandwich(r, info, scores)
+        want = _sandwich_by_linalg(prob, st.idx, s, r, info)
+        np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-14 * np.abs(want).max())
+        assert np.array_equal(got, got.T)
+    assert len(branches) == 4, branches
+
+
+def test_closed_form_inverse_of_a_2x2_and_its_refusals():
+    from stk_astrometry.mixture import _inverse2
+
+    np.testing.assert_allclose(_inverse2(2.0, 0.3, 1.0), np.linalg.inv([[2.0, 0.3], [0.3, 1.0]]),
+                               rtol=1e-15)
+    np.testing.assert_array_equal(_inverse2(4.0, 0.0, 0.25), [[0.25, 0.0], [0.0, 4.0]])
+    # not positive definite, singular, not finite: None
+    for a, b, d in ((-1.0, 0.0, -1.0), (1.0, 2.0, 1.0), (1.0, 1.0, 1.0), (0.0, 0.0, 1.0),
+                    (np.inf, 0.0, 1.0), (1.0, 0.0, np.inf), (np.nan, 0.0, 1.0), (1e300, 0.0, 1e300),
+                    (1.0, np.nan, 1.0)):
+        assert _inverse2(a, b, d) is None, (a, b, d)
+
+
+def test_sandwich_of_memberships_all_zero_is_none():
+    from stk_astrometry import mixture
+
+    prob = _problem(np.random.default_rng(SEED + 1501), n_det=10)
+    idx = np.arange(prob.det.size)
+    starts, _, _ = prob.window_groups(idx)
+    r = np.zeros(idx.size)
+    scores = mixture._scores(prob, idx, np.zeros(2), r, starts)
+    assert mixture._sandwich(r, {"starts": starts}, scores) is None
+    # the complete-data information of no memberships has no inverse: NaN, said so
+    cov, note = mixture._covariance(prob, 1.0, r, None, {"starts": starts}, scores)
+    assert cov.shape == (2, 2) and np.isnan(cov).all()
+    assert note.startswith("observed information not positive")
+
+
+def test_covariance_profiles_q_however_small_its_information():
+    # s's block of the (s, q) information's inverse wherever that information is positive
+    # definite, also with little information on q (0 < I_qq <= 1): here, 0.05" from the fit's
+    # shift, the detections' mixture densities are set so that rho / (q D_j) = 0.02 (I_sq small
+    # but not nil) and the window's terms so that I_qq = 0.5
+    from stk_astrometry import mixture
+
+    prob = _problem(np.random.default_rng(SEED + 1502), false_frac=0.3, density=40.0)
+    st = mixture._windowed_fit(prob, mixture._start_by_grid(prob), 0.9, covariance=False)
+    q = 0.6
+    p_win, mu = mixture._window_terms(prob, st.idx, st.r_w)
+    s = st.s + np.array([0.05, -0.03])
+    _, _, r, _, _, info = mixture._fit_window_final(prob, st.idx, s, q, p_win, mu)
+    m = info["log_s"].size
+    log_d = np.full(m, np.log(50.0 * prob.rho / q))
+    a_j = (np.exp(log_d) - prob.rho * p_win) / np.exp(log_d)
+    e = np.ones(m)
+    u = np.sqrt((np.sum(a_j**2) - 0.5) / m)          # e / (c + q e) with I_qq = 0.5
+    info = dict(info, log_d=log_d, log_s=log_d, e=e, c=1.0 / u - q)
+    scores = mixture._scores(prob, st.idx, s, r, info["starts"])
+    got, note = mixture._covariance(prob, q, r, p_win, info, scores)
+    want, want_note = _covariance_by_linalg(prob, st.idx, s, q, r, p_win, info)
+    assert note == want_note == ""
+    np.testing.assert_allclose(got, want, rtol=1e-9)
+    # (and q's profile matters here: s's information alone gives another covariance)
+    inv = prob.inv[st.idx]
+    g = np.einsum("nij,nj->ni", inv, prob.d[st.idx] - s)
+    big_g = np.add.reduceat(r[:, None] * g, info["starts"], axis=0)
+    alone = np.linalg.inv(np.einsum("n,nij->ij", r, inv) - np.einsum("n,ni,nj->ij", r, g, g)
+                          + big_g.T @ big_g)
+    assert not np.allclose(got, alone, rtol=1e-6, atol=0.0)
+
+
+def test_sandwich_whose_inverse_overflows_is_none():
+    # A with a subnormal entry: det(A) is normal but A^-1 overflows on one axis only -- no
+    # sandwich (every entry of A^-1 must be finite)
+    from stk_astrometry import mixture
+
+    starts = np.array([0])
+    for i00, i11 in ((1e-310, 1e10), (1e10, 1e-310)):
+        scores = ((np.array([i00]), np.array([0.0]), np.array([i11])), None, None,
+                  np.array([[1.0, 1.0]]))
+        assert mixture._sandwich(np.ones(1), {"starts": starts}, scores) is None
+
+
+def test_robust_floor_of_correlated_covariances():
+    # the factor tr(cov^-1 robust) / 2 with off-diagonal terms in both
+    from stk_astrometry.mixture import _robust_floor
+
+    rng = np.random.default_rng(SEED + 1503)
+    for _ in range(50):
+        x, y = rng.normal(size=(2, 2, 3))
+        cov, robust = 0.01 * x @ x.T, 0.03 * y @ y.T
+        want = np.trace(np.linalg.solve(cov, robust)) / 2.0
+        got, factor = _robust_floor(cov, robust)
+        if want > 1.0:
+            assert factor == pytest.approx(want, rel=1e-10)
+            np.testing.assert_allclose(got, cov * want, rtol=1e-10)
+        else:
+            assert factor == 1.0 and got is cov

@@ -78,3 +78,34 @@ def test_disagree_compares_the_spec_covariance_within_its_group():
     mix = SimpleNamespace(d_xi=0.2, d_eta=-0.1, cov=np.eye(2) * 0.05**2)
     assert stackfit.disagreement(spec.total, mix, cov_a=total_cov) > 3
     assert stackfit.disagreement(spec.total, mix) < 3       # the reported, raised covariance
+
+
+def test_rejected_bright_grouped_and_shuffled_pairs_agree():
+    # issue 11, session 15: pairs grouped by region_id (the matcher's order) take reduceat
+    # over the runs, any other order np.unique's groups: the same detections, distances and
+    # errors (a NaN error or offset counts as none)
+    rng = np.random.default_rng(15)
+    for _ in range(200):
+        n_det = int(rng.integers(1, 30))
+        rid = np.sort(rng.choice(1000, n_det, replace=False))[rng.integers(0, n_det, 3 * n_det)]
+        rid.sort()
+        n = rid.size
+        sigma = np.exp(rng.normal(-2.0, 0.7, n))
+        sigma[rng.random(n) < 0.05] = np.nan
+        d_xi, d_eta = rng.normal(0.0, 0.8, n), rng.normal(0.0, 0.8, n)
+        d_xi[rng.random(n) < 0.03] = np.nan
+        memb = np.where(rng.random(n) < 0.6, 0.0, rng.random(n))
+        grouped = stackfit.rejected_bright(_pairs(rid, d_xi, d_eta, sigma), memb, (0.1, 0.0))
+        perm = rng.permutation(n)
+        shuffled = stackfit.rejected_bright(
+            _pairs(rid[perm], d_xi[perm], d_eta[perm], sigma[perm]), memb[perm], (0.1, 0.0))
+        assert grouped == shuffled
+
+
+def test_lower_quartile_is_numpys_quantile_to_the_bit():
+    rng = np.random.default_rng(16)
+    for k in range(3000):
+        n = int(rng.integers(1, 120))
+        v = (rng.random(n), np.exp(rng.normal(0, 5, n)),
+             rng.integers(0, 4, n) * rng.random(), 1e5 + rng.normal(0, 1e-3, n))[k % 4]
+        assert stackfit._lower_quartile(v) == float(np.quantile(v, 0.25)), (k, v)

@@ -937,3 +937,31 @@ def test_read_table_says_why_a_text_file_is_not_a_table(tmp_path, monkeypatch):
     monkeypatch.setattr(Table, "read", silent)
     with pytest.raises(InputError, match=r"can read \(ValueError\)$"):
         tableio.read_table(str(bad), param="f")
+
+
+def test_require_columns_names_hits_aliases_clashes_and_what_it_tried():
+    # require_columns (issue 11: plain loops): the first candidate present wins; an ambiguous
+    # name (columns differing only in case, left out) is an error only when it comes before
+    # the hit; a missing column's message lists the aliases tried
+    from types import SimpleNamespace
+
+    from stk_astrometry.errors import CatalogError
+
+    table = tableio.ColumnTable({"ra": np.zeros(2), "dec_deg": np.zeros(2), "x": np.zeros(2)})
+    tin = SimpleNamespace(table=table, hdu="t.fits[T]")           # no .ambiguous at all
+    assert tableio.require_columns(tin, ["ra", "dec"], aliases={"dec": ["DEJ2000", "DEC_DEG"]},
+                                   optional=["pm"]) == {"ra": "ra", "dec": "dec_deg", "pm": None}
+    with pytest.raises(CatalogError, match=r"^t\.fits\[T\]: required column 'pmra' is missing$"):
+        tableio.require_columns(tin, ["pmra"])
+    with pytest.raises(CatalogError, match=r"required column 'pmra' is missing \(also tried pm_ra\)$"):
+        tableio.require_columns(tin, ["pmra"], aliases={"pmra": ["PM_RA"]})
+    with pytest.raises(CatalogError, match=r"missing \(also tried a, b\)$"):
+        tableio.require_columns(tin, ["pmra"], aliases={"pmra": ["a", "b"]})
+    tin.ambiguous = {"dej2000": ("dej2000", "DEJ2000"), "y": ("y", "Y")}
+    # the hit before the clash: taken
+    assert tableio.require_columns(tin, ["x"], aliases={"x": ["y"]}) == {"x": "x"}
+    # the clash before the hit, or no hit: the error
+    with pytest.raises(CatalogError, match=r"column 'dec' is ambiguous: 'dej2000' and 'DEJ2000'"):
+        tableio.require_columns(tin, ["dec"], aliases={"dec": ["dej2000", "dec_deg"]})
+    with pytest.raises(CatalogError, match=r"column 'q' is ambiguous: 'y' and 'Y'"):
+        tableio.require_columns(tin, ["ra"], aliases={"q": ["y"]}, optional=["q"])

@@ -19,7 +19,6 @@ import logging
 import os
 import re
 import stat
-import tempfile
 import time
 from pathlib import Path
 
@@ -41,6 +40,7 @@ __all__ = [
     "make_durable",
     "PendingOutputs",
     "same_file",
+    "FileIdentity",
     "locked",
     "LockTimeout",
     "make_temp",
@@ -125,16 +125,38 @@ def _stat_or_none(path):
 def same_file(a, b):
     """True if paths ``a`` and ``b`` name the same file.
 
-    Compares the real paths (relative paths and symbolic links resolved; a
-    link loop does not raise) and, when both exist, device and inode (hard
-    links).  Used to refuse an output that is one of a tool's inputs.
+    Both existing: the same device and inode (hard links too; one real path is one file).
+    Otherwise the same real path (relative paths and symbolic links resolved; a link loop
+    does not raise).  Used to refuse an output that is one of a tool's inputs.  By stat
+    first (issue 11: a real path is an lstat of every folder on the way).  A name compared
+    with many: :class:`FileIdentity`.
     """
-    if os.path.realpath(a) == os.path.realpath(b):
-        return True
-    try:
-        return os.path.samefile(a, b)
-    except OSError:  # one of them does not exist (yet)
-        return False
+    return FileIdentity(b).same_as(a)
+
+
+class FileIdentity:
+    """A file's name with what :func:`same_file` compares of it -- its status, and its real
+    path once needed -- taken once, for a name compared with many (an output with each of a
+    tool's inputs: ``api``)."""
+
+    def __init__(self, path):
+        self.path = path
+        try:
+            self._stat = os.stat(path)
+        except OSError:     # it does not exist (yet), or cannot be looked at
+            self._stat = None
+        self._real = None
+
+    def same_as(self, other) -> bool:
+        """``same_file(other, self.path)``."""
+        if self._stat is not None:
+            try:
+                return os.path.samestat(os.stat(other), self._stat)
+            except OSError:
+                pass
+        if self._real is None:
+            self._real = os.path.realpath(self.path)
+        return os.path.realpath(other) == self._real
 
 
 # The temporaries of an open :func:`commit_group` block, (fd, tmp, dest) each (None: no block).
@@ -482,13 +504,28 @@ def _temp_file(dest):
     """:func:`make_temp` of the normalised path text ``dest`` (``str(Path(...))``), the
     temporary file's path as text (issue 11: pathlib's objects cost more than the syscalls)."""
     folder, name = os.path.split(dest)
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder or ".")
+    # tempfile.mkstemp's file (O_EXCL, mode 0600, a new name on a clash), its name from
+    # os.urandom: mkstemp's name generator and path handling cost ~7 us a file (issue 11)
+    for _ in range(_TEMP_TRIES):
+        tmp = os.path.join(folder or ".", f".{name}.{os.urandom(4).hex()}.tmp")
+        try:
+            fd = os.open(tmp, _TEMP_FLAGS, 0o600)
+            break
+        except FileExistsError:
+            continue
+    else:
+        raise FileExistsError(errno.EEXIST, f"no free temporary file name for {dest}")
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         # cannot happen for a file this process just created; keep going unlocked
         logger.debug("could not lock temporary file %s", tmp)
     return fd, tmp
+
+
+#: How a temporary file is made (as tempfile.mkstemp makes it), and how many names to try.
+_TEMP_FLAGS = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_TEMP_TRIES = 100
 
 
 #: Temporary files of the atomic writes of ``<name>``: ``.<name>.XXXXXXXX.tmp`` and the

@@ -1259,15 +1259,45 @@ def _fit_window(prob, idx, s, q, p_win, mu, tol=(_TOL_ARCSEC, 1e-9)):
             "" if ok else f"EM did not converge in {_MAX_EM_ITER} iterations")
 
 
-def _covariance(prob, idx, s, q, r, p_win, info):
-    """Inverse observed information of log L for s (q profiled when interior)."""
+def _scores(prob, idx, s, r, starts):
+    """The pieces of the shift's score that :func:`_covariance` and :func:`_sandwich` share,
+    for the pairs ``idx`` at the shift ``s`` with memberships ``r`` (detections from
+    ``starts``): each pair's ``C_k^-1`` as rows (i00, i01, i11), ``g_k = C_k^-1 (d_k - s)``
+    (n, 2), ``r_k g_k`` and each detection's score ``G_j = sum_{k in j} r_k g_k`` (m, 2).
+    Made once for both (issue 11)."""
     inv = prob.inv[idx]
-    g = np.einsum("nij,nj->ni", inv, prob.d[idx] - s)
-    starts = info["starts"]
-    big_g = np.add.reduceat(r[:, None] * g, starts, axis=0)            # (m, 2)
-    h_ss = np.einsum("n,ni,nj->ij", r, g, g) - np.einsum("n,nij->ij", r, inv) \
-        - np.einsum("mi,mj->ij", big_g, big_g)
-    info_ss = -h_ss
+    i00, i01, i11 = inv[:, 0, 0], inv[:, 0, 1], inv[:, 1, 1]
+    e = prob.d[idx] - s
+    g = np.empty_like(e)
+    g[:, 0] = i00 * e[:, 0] + i01 * e[:, 1]
+    g[:, 1] = i01 * e[:, 0] + i11 * e[:, 1]
+    r_g = r[:, None] * g
+    return (i00, i01, i11), g, r_g, np.add.reduceat(r_g, starts, axis=0)
+
+
+def _inverse2(a, b, d):
+    """The inverse of the symmetric 2 x 2 matrix [[a, b], [b, d]] (Python floats) as a
+    (2, 2) array, or None where it is not positive definite (or not finite): a 2 x 2 in
+    closed form (np.linalg's inv and eigvalsh cost ~20x the arithmetic, issue 11)."""
+    det = a * d - b * b
+    if not (a > 0 and 0 < det < math.inf):      # (then a, b and d are finite too)
+        return None
+    return np.array([[d / det, -b / det], [-b / det, a / det]])
+
+
+def _covariance(prob, q, r, p_win, info, scores):
+    """Inverse observed information of log L for s (q profiled when interior) at the pairs,
+    shift and memberships ``r`` that :func:`_scores` made ``scores`` of.
+
+    The 2 x 2 (and, with q, 3 x 3) algebra is done in closed form: s's block of the inverse
+    of the (s, q) information ``I`` is the inverse of the Schur complement ``I_ss - I_sq
+    I_sq^T / I_qq``, and ``I`` is positive definite exactly where ``I_qq`` and that
+    complement are (the same numbers as np.linalg's to rounding)."""
+    (i00, i01, i11), g, r_g, big_g = scores
+    # the information of s, -H_ss = sum r C^-1 - sum r g g^T + sum G G^T, as (xx, xy, yy)
+    a = float(r @ i00) - float(r_g[:, 0] @ g[:, 0]) + float(big_g[:, 0] @ big_g[:, 0])
+    b = float(r @ i01) - float(r_g[:, 0] @ g[:, 1]) + float(big_g[:, 0] @ big_g[:, 1])
+    d = float(r @ i11) - float(r_g[:, 1] @ g[:, 1]) + float(big_g[:, 1] @ big_g[:, 1])
     rho = prob.rho
     note = ""
     interior = rho > 0 and 1e-6 < q < 1.0 - 1e-6
@@ -1275,62 +1305,57 @@ def _covariance(prob, idx, s, q, r, p_win, info):
     if interior:
         d_j = np.exp(info["log_d"])
         s_j = np.exp(info["log_s"])
-        h_sq = np.add.reduce((rho / (q * d_j))[:, None] * big_g, axis=0)
+        # -H_sq and -H_qq
+        i_sq = -((rho / (q * d_j)) @ big_g)
         e = info["e"]
         den = info["c"] + q * e
-        h_qq = np.add.reduce(-((s_j - rho * p_win) / d_j) ** 2 + (e / den) ** 2)
-        full = np.zeros((3, 3))
-        full[:2, :2] = h_ss
-        full[:2, 2] = full[2, :2] = h_sq
-        full[2, 2] = h_qq
-        try:
-            inv_full = np.linalg.inv(-full)
-        except np.linalg.LinAlgError:
-            inv_full = None
-        if inv_full is not None and np.isfinite(inv_full).all() \
-                and (np.linalg.eigvalsh(0.5 * (inv_full + inv_full.T)) > 0).all():
-            cov = inv_full[:2, :2]
+        i_qq = float(np.add.reduce(((s_j - rho * p_win) / d_j) ** 2 - (e / den) ** 2))
+        if i_qq > 0:
+            x, y = float(i_sq[0]), float(i_sq[1])
+            cov = _inverse2(a - x * x / i_qq, b - x * y / i_qq, d - y * y / i_qq)
     if cov is None:
-        ok = np.isfinite(info_ss).all() and (np.linalg.eigvalsh(info_ss) > 0).all()
-        if ok:
-            cov = np.linalg.inv(info_ss)
-        else:
-            # curvature not negative definite (e.g. a shallow multi-modal
-            # likelihood): fall back on the complete-data information
-            complete = np.einsum("n,nij->ij", r, inv)
-            try:
-                cov = np.linalg.inv(complete)
-            except np.linalg.LinAlgError:
-                cov = np.full((2, 2), np.nan)
-            note = "observed information not positive definite; covariance from memberships"
-    return 0.5 * (cov + cov.T), note
+        cov = _inverse2(a, b, d)
+    if cov is None:
+        # curvature not negative definite (e.g. a shallow multi-modal
+        # likelihood): fall back on the complete-data information
+        ca, cb, cd = float(r @ i00), float(r @ i01), float(r @ i11)
+        det = ca * cd - cb * cb
+        cov = (np.array([[cd, -cb], [-cb, ca]]) / det if det != 0 and math.isfinite(det)
+               else np.full((2, 2), np.nan))
+        note = "observed information not positive definite; covariance from memberships"
+    return cov, note
 
 
-def _sandwich(prob, idx, s, r, info):
+def _sandwich(r, info, scores):
     """The residuals' own (sandwich, HC2) covariance of the shift: ``A^-1 M A^-1``.
 
     ``A = sum_k r_k Sigma_k^-1`` and ``M = sum_j G_j G_j^T / (1 - h_j)`` over detections, with
     ``G_j = sum_{k in j} r_k Sigma_k^-1 (d_k - s)`` (detection j's score) and ``h_j`` its
     leverage, ``tr(A_j A^-1) / 2`` (MacKinnon & White 1985's HC2 for a location).  It does not
     depend on the scale of the pair covariances, only on how the offsets actually scatter.
-    None when A is singular.
+    None when A is singular.  ``scores``: :func:`_scores` of the pairs, shift and memberships
+    ``r``; the 2 x 2 algebra in closed form.
     """
-    inv = prob.inv[idx]
-    g = np.einsum("nij,nj->ni", inv, prob.d[idx] - s)
+    (i00, i01, i11), _, _, big_g = scores
     starts = info["starts"]
-    big_g = np.add.reduceat(r[:, None] * g, starts, axis=0)
-    a_j = np.add.reduceat(r[:, None, None] * inv, starts, axis=0)
-    a = np.add.reduce(a_j, axis=0)
-    try:
-        a_inv = np.linalg.inv(a)
-    except np.linalg.LinAlgError:
+    # A_j as rows (xx, xy, yy) per detection, and A
+    a_j = np.add.reduceat(r[:, None] * np.stack([i00, i01, i11], axis=1), starts, axis=0)
+    a00, a01, a11 = np.add.reduce(a_j, axis=0).tolist()
+    det = a00 * a11 - a01 * a01
+    if not (det != 0 and math.isfinite(det)):
         return None
-    if not np.isfinite(a_inv).all():
+    v00, v01, v11 = a11 / det, -a01 / det, a00 / det          # A^-1
+    if not (math.isfinite(v00) and math.isfinite(v01) and math.isfinite(v11)):
         return None
-    lev = (np.einsum("mij,ji->m", a_j, a_inv) / 2.0).clip(0.0, 0.99)
-    meat = np.einsum("m,mi,mj->ij", 1.0 / (1.0 - lev), big_g, big_g)
-    out = a_inv @ meat @ a_inv
-    return 0.5 * (out + out.T)
+    lev = ((a_j[:, 0] * v00 + 2.0 * a_j[:, 1] * v01 + a_j[:, 2] * v11) / 2.0).clip(0.0, 0.99)
+    w_g = big_g / (1.0 - lev)[:, None]
+    m00, m01, m11 = (float(w_g[:, 0] @ big_g[:, 0]), float(w_g[:, 0] @ big_g[:, 1]),
+                     float(w_g[:, 1] @ big_g[:, 1]))
+    # A^-1 M A^-1 (symmetric)
+    t00, t01 = v00 * m00 + v01 * m01, v00 * m01 + v01 * m11
+    t10, t11 = v01 * m00 + v11 * m01, v01 * m01 + v11 * m11
+    o01 = t00 * v01 + t01 * v11
+    return np.array([[t00 * v00 + t01 * v01, o01], [o01, t10 * v01 + t11 * v11]])
 
 
 def _robust_floor(cov, robust):
@@ -1350,10 +1375,14 @@ def _robust_floor(cov, robust):
     if cov is None or robust is None or not (np.isfinite(cov).all()
                                              and np.isfinite(robust).all()):
         return cov, 1.0
-    try:
-        factor = float(np.linalg.solve(cov, robust).trace()) / 2.0
-    except np.linalg.LinAlgError:
+    # tr(cov^-1 robust) of the 2 x 2s in closed form (np.linalg.solve cost ~10x the
+    # arithmetic, issue 11); a singular cov is left alone
+    (a, b), (c, d) = cov.tolist()
+    det = a * d - b * c
+    if det == 0:
         return cov, 1.0
+    (r00, r01), (r10, r11) = robust.tolist()
+    factor = (d * r00 - b * r10 - c * r01 + a * r11) / det / 2.0
     if not np.isfinite(factor) or factor <= 1.0:
         return cov, 1.0
     return cov * factor, factor
@@ -1690,9 +1719,10 @@ def _with_covariance(prob, st):
     covariance (computed with ``prob``'s current pair covariances, those of the fit)."""
     if st.cov_s is not None or st.window_prev is None:
         return st
-    cov_s, cov_note = _covariance(prob, st.idx, st.s, st.q, st.r, st.p_win, st.info)
+    scores = _scores(prob, st.idx, st.s, st.r, st.info["starts"])
+    cov_s, cov_note = _covariance(prob, st.q, st.r, st.p_win, st.info, scores)
     return st._replace(cov_s=cov_s, cov_note=cov_note,
-                       cov_robust=_sandwich(prob, st.idx, st.s, st.r, st.info))
+                       cov_robust=_sandwich(st.r, st.info, scores))
 
 
 def _fitted_memberships(prob, stated, st, cal):
@@ -1872,13 +1902,15 @@ def _polish_error_model(prob, stated, st, scale, floor, min_floor):
             step[free] = grad[free] / np.maximum(np.abs(np.diag(h_free)), 1e-12)
         for _halving in range(20):
             trial = np.clip(x + step, lo, hi)
-            new = terms(trial)
+            # a trial within the tolerance ends the search if it is taken: its value is all
+            # that is asked of it (issue 11: the derivatives are ~60 % of an evaluation)
+            done = np.all(np.abs(trial - x) <= np.array([1e-5, 1e-7]))
+            new = terms(trial, not done)
             if new[0] >= f:
                 break
             step = step / 2.0
         else:
             break
-        done = np.all(np.abs(trial - x) <= np.array([1e-5, 1e-7]))
         x, (f, grad, hess) = trial, new
         if done:
             break
@@ -1907,7 +1939,9 @@ def _error_model_terms(prob, stated, st, min_floor, restricted=False):
       (through the memberships r_k = q N_k / D_j) and of P_j.
     """
     idx = st.idx
-    lam, vx, vy = _principal_axes(stated[idx])
+    # the pairs' principal axes and their projectors (the restricted term's), computed once per
+    # problem (:func:`_stated_axes`), and the window's detections (:meth:`_Problem.window_groups`)
+    lam, vx, vy, proj = _stated_axes(prob, stated, idx)
     e = prob.d[idx] - st.s
     u2sq = np.stack([(e[:, 0] * vx + e[:, 1] * vy) ** 2,
                      (e[:, 1] * vx - e[:, 0] * vy) ** 2], axis=1)
@@ -1915,8 +1949,7 @@ def _error_model_terms(prob, stated, st, min_floor, restricted=False):
     cos_t, sin_t = np.cos(theta), np.sin(theta)
     alpha = (vx[:, None] * cos_t + vy[:, None] * sin_t) ** 2          # (n, n_theta)
     beta = (vx[:, None] * sin_t - vy[:, None] * cos_t) ** 2
-    starts = _group_starts(prob.det[idx])
-    counts = _group_counts(starts, idx.size)
+    starts, counts, _ = prob.window_groups(idx)
     rho, q = prob.rho, st.q
     log_rho = np.log(rho) if rho > 0 else -np.inf
     log_q = np.log(q)
@@ -1931,7 +1964,7 @@ def _error_model_terms(prob, stated, st, min_floor, restricted=False):
     total = np.add.reduce
     n_nodes = alpha.shape[1]
 
-    def terms(x):
+    def terms(x, derivatives=True):
         big_a = float(np.exp(2.0 * x[0]))
         raw = big_a * lam + x[1]
         v = np.maximum(raw, floor2)
@@ -1949,6 +1982,13 @@ def _error_model_terms(prob, stated, st, min_floor, restricted=False):
         log_d = np.logaddexp(log_bg, log_q + log_s)
         den = c + q_e * p_j
         value = float(total(log_d - np.log(den))) + _error_prior(big_a, x[1], min_floor2)[0]
+        # to (A, B) = (k^2, sigma_sys^2): dv_i/dA = l_i, dv_i/dB = 1 where not floored
+        jb = (raw >= floor2).astype(float)
+        ja = jb * lam
+        if not derivatives:         # the value alone (None for the gradient and Hessian)
+            if restricted:
+                value += _restricted_ab(st.r, inv_v, ja, jb, proj)[0]
+            return value, None, None
 
         # log N_k and P_k differentiated in (v1, v2)
         dn = 0.5 * (u2sq * inv_v - 1.0) * inv_v
@@ -1963,9 +2003,6 @@ def _error_model_terms(prob, stated, st, min_floor, restricted=False):
         d2p11 = -(total(h2_alpha * alpha, axis=1) / n_nodes)
         d2p22 = -(total(h2 * beta * beta, axis=1) / n_nodes)
         d2p12 = -(total(h2_alpha * beta, axis=1) / n_nodes)
-        # to (A, B) = (k^2, sigma_sys^2): dv_i/dA = l_i, dv_i/dB = 1 where not floored
-        jb = (raw >= floor2).astype(float)
-        ja = jb * lam
         ja1, ja2, jb1, jb2 = ja[:, 0], ja[:, 1], jb[:, 0], jb[:, 1]
         g = np.stack([total(dn * ja, axis=1), total(dn * jb, axis=1)], axis=1)
         hn = np.stack([total(d2n * ja * ja, axis=1), total(d2n * ja * jb, axis=1),
@@ -2003,7 +2040,6 @@ def _error_model_terms(prob, stated, st, min_floor, restricted=False):
             return value + r_value, grad + r_grad, hess + r_hess
         return value, grad, hess
 
-    proj = _axis_projectors(vx, vy)     # (the restricted term's, once per objective)
     return terms
 
 
@@ -2110,9 +2146,11 @@ def _restricted_log_det(r, inv, max_shift):
     without bound (e.g. ``+715`` for stated errors of 0.001" against a 0.3" scatter)."""
     cap = math.log(4.0 * max_shift * max_shift / (2.0 * math.pi))
     # I is a sum of positive semi-definite matrices: singular, its log determinant is -inf and
-    # the term the cap
-    logdet = np.linalg.slogdet(np.einsum("n,nij->ij", r, inv))[1]
-    return min(-0.5 * logdet, cap)
+    # the term the cap.  The 2 x 2's determinant in closed form (np.linalg.slogdet's log of its
+    # absolute value; einsum and slogdet cost ~10x the arithmetic, issue 11)
+    a, b, d = float(r @ inv[:, 0, 0]), float(r @ inv[:, 0, 1]), float(r @ inv[:, 1, 1])
+    det = abs(a * d - b * b)
+    return min(-0.5 * math.log(det), cap) if det > 0 else cap
 
 
 def _stated_axes(prob, stated, idx):

@@ -11,6 +11,7 @@ No file I/O and no parameters here; it logs what a user should see.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -261,27 +262,58 @@ def rejected_bright(pairs: xfmfit.PairSet, membership, shift, cov_sigma=None):
     (``sqrt(r0 r1)``).  Rejected: every candidate has membership < 0.5 although the nearest
     one lies within :data:`BRIGHT_NEAR_ARCSEC` of the fitted shift.  Returns a list of
     (region_id, offset from the shift in arcsec, stated 1-sigma in arcsec), nearest first.
+
+    The pairs' per-detection minima and maxima are ``reduceat``s over runs of equal region_id
+    where the pairs come grouped (the matcher's order), else ``ufunc.at`` over np.unique's
+    groups: the same numbers (issue 11, ~0.2 ms per stack before).
     """
     rid = np.asarray(pairs.region_id)
     if rid.size == 0:
         return []
     size = np.sqrt(np.asarray(pairs.err_r0, float) * np.asarray(pairs.err_r1, float))
-    ids, inverse = np.unique(rid, return_inverse=True)
-    det_size = np.full(ids.size, np.inf)
-    np.minimum.at(det_size, inverse, np.where(np.isfinite(size), size, np.inf))
-    finite = np.isfinite(det_size)
-    if not np.any(finite):
-        return []
-    cut = np.quantile(det_size[finite], 0.25)
+    size = np.where(np.isfinite(size), size, np.inf)
     dist = np.hypot(pairs.d_xi - shift[0], pairs.d_eta - shift[1])
-    best_p = np.zeros(ids.size)
-    np.maximum.at(best_p, inverse, np.asarray(membership, float))
-    nearest = np.full(ids.size, np.inf)
-    np.minimum.at(nearest, inverse, np.where(np.isfinite(dist), dist, np.inf))
+    dist = np.where(np.isfinite(dist), dist, np.inf)
+    membership = np.asarray(membership, float)
+    if (rid[1:] >= rid[:-1]).all():
+        # sorted: each detection's pairs are one run
+        starts = np.flatnonzero(np.concatenate(([True], rid[1:] != rid[:-1])))
+        ids = rid[starts]
+        det_size = np.minimum.reduceat(size, starts)
+        # (the largest membership, at least 0: the unsorted form's start)
+        best_p = np.maximum(np.maximum.reduceat(membership, starts), 0.0)
+        nearest = np.minimum.reduceat(dist, starts)
+    else:
+        ids, inverse = np.unique(rid, return_inverse=True)
+        det_size = np.full(ids.size, np.inf)
+        np.minimum.at(det_size, inverse, size)
+        best_p = np.zeros(ids.size)
+        np.maximum.at(best_p, inverse, membership)
+        nearest = np.full(ids.size, np.inf)
+        np.minimum.at(nearest, inverse, dist)
+    finite = np.isfinite(det_size)
+    if not finite.any():
+        return []
+    cut = _lower_quartile(det_size[finite])
     hit = finite & (det_size <= cut) & (best_p < 0.5) & (nearest <= BRIGHT_NEAR_ARCSEC)
     out = [(int(ids[j]), float(nearest[j]), float(det_size[j] / xfmfit.R95_PER_SIGMA))
            for j in np.flatnonzero(hit)]
     return sorted(out, key=lambda t: t[1])
+
+
+def _lower_quartile(values):
+    """``np.quantile(values, 0.25)`` of finite values, to the bit: numpy's default ("linear")
+    method, the sorted values' virtual index (n - 1) / 4 and its neighbours' interpolation
+    as numpy's ``_lerp`` computes it (from the upper neighbour at a fraction >= 1/2), without
+    np.quantile's ~30 us of Python per call (issue 11)."""
+    v = np.sort(values).tolist()
+    at = (len(v) - 1) * 0.25
+    lo = math.floor(at)
+    if lo == len(v) - 1:
+        return v[lo]
+    a, b, t = v[lo], v[lo + 1], at - lo
+    diff = b - a
+    return b - diff * (1 - t) if t >= 0.5 else a + diff * t
 
 
 def _warn_rejected_bright(pin, pairs, fit):

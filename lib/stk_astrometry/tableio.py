@@ -649,7 +649,10 @@ def _read_with_fitsio(path, block, plain=None):
             return None
         hdu = fh[idx]
         header = raw_header(path, hdu)
-        keys = {k: header[k] for k in header if k.startswith(("TFORM", "TSCAL", "TZERO", "TNULL"))}
+        # a plain table (PlainFits) has no scaled, heap or bit columns: of its column keywords
+        # only the TNULLn matter (issue 11: the TFORMn were looked up too, ~10-25 us a file)
+        wanted = "TNULL" if isinstance(hdu, PlainHdu) else ("TFORM", "TSCAL", "TZERO", "TNULL")
+        keys = {k: header[k] for k in header if k.startswith(wanted)}
         if any((k.startswith("TFORM") and _FALLBACK_TFORM.search(str(v)))
                or k.startswith(("TSCAL", "TZERO")) for k, v in keys.items()):
             return None
@@ -767,12 +770,20 @@ def require_columns(tin, names, *, aliases=None, optional=()):
     aliases = aliases or {}
     optional = set(optional)
     present = set(tin.table.colnames)
+    ambiguous = getattr(tin, "ambiguous", None) or {}
     found = {}
+    # (issue 11: plain loops, the ambiguous names looked at only when there are some -- the
+    # generators cost ~3 us a name, ~45 us a detections table)
     for name in list(names) + [n for n in optional if n not in names]:
         candidates = [name.lower()] + [a.lower() for a in aliases.get(name, ())]
-        hit = next((c for c in candidates if c in present), None)
-        ambiguous = getattr(tin, "ambiguous", None) or {}
-        clash = next((c for c in candidates if c in ambiguous), None)
+        hit = None
+        for c in candidates:
+            if c in present:
+                hit = c
+                break
+        clash = None
+        if ambiguous:
+            clash = next((c for c in candidates if c in ambiguous), None)
         if clash is not None and (hit is None or candidates.index(clash) < candidates.index(hit)):
             raise CatalogError(
                 f"{tin.hdu}: column '{name}' is ambiguous: "

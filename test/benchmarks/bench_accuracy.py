@@ -533,14 +533,17 @@ def _restricted_likelihood(scale_only=False):
         proj = mixture._axis_projectors(vx, vy)
         floor2 = mixture.MIN_SIGMA_ARCSEC**2
 
-        def terms(x):
-            value, grad, hess = ml(x)
+        def terms(x, derivatives=True):
+            # (``derivatives`` False: the value alone, as the module's objective gives it)
+            value, grad, hess = ml(x, derivatives)
             big_a = float(np.exp(2.0 * x[0]))
             raw = big_a * lam + (min_floor**2 if scale_only else x[1])
             jb = (raw >= floor2).astype(float)
             r_value, r_grad, r_hess = mixture._restricted_in_x(big_a, restricted_terms(
                 st.r, 1.0 / np.maximum(raw, floor2), jb * lam, 0.0 * jb if scale_only else jb,
                 proj))
+            if not derivatives:
+                return value + r_value, None, None
             return value + r_value, grad + r_grad, hess + r_hess
 
         return terms

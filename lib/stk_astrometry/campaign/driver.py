@@ -24,6 +24,7 @@ Updated products are always durable before the update step returns.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import dataclasses
 import fcntl
 import logging
@@ -48,7 +49,8 @@ from .settings import StepSettings, params_digest
 from .stacks import inputs_digest, safe_name
 from .task import UPDATE_MODES, StackPlan, output_paths, run_chunk, run_stack
 
-__all__ = ["CampaignSummary", "run_campaign", "write_outputs", "DB_NAME", "TABLE_NAME"]
+__all__ = ["CampaignSummary", "ClusterStart", "early_cluster", "run_campaign", "write_outputs",
+           "DB_NAME", "TABLE_NAME"]
 
 logger = logging.getLogger(__name__)
 
@@ -328,6 +330,90 @@ def dask_client(scheduler: str, nworkers: int, *, closing: list | None = None):
             client.close()
 
 
+class ClusterStart:
+    """:func:`dask_client` entered in a thread, begun at once, used later as its context.
+
+    Starting a LocalCluster takes ~1 s (its worker processes import Dask, then this package's
+    steps: :func:`campaign.task.warm_worker` runs on every worker as soon as it is up); begun
+    before the stack list is read and the stacks are planned, that overlaps them instead of
+    following them.  ``with start as (client, where):`` waits for it and then behaves as
+    ``with dask_client(...)``; :meth:`close` shuts down a cluster that is not needed (nothing
+    to run, or an error before the run).  An error of the start itself (a scheduler that
+    does not answer) is raised by ``with``, as :func:`dask_client` raises it.
+    """
+
+    def __init__(self, scheduler: str, nworkers: int, *, closing: list | None = None,
+                 warm: bool = True):
+        #: the LocalCluster's shutdown thread goes here (:func:`dask_client`); join them
+        self.closing = [] if closing is None else closing
+        self._cm = dask_client(scheduler, nworkers, closing=self.closing)
+        self._value = self._error = None
+        self._open = False
+        self._warm = warm
+        # entered and left in one context (the Client marks itself current in a context
+        # variable, which only the context that set it may reset), from either thread
+        self._context = contextvars.copy_context()
+        self._thread = threading.Thread(target=self._context.run, args=(self._start,),
+                                        name="stk_batch-start", daemon=True)
+        self._thread.start()
+
+    def _start(self):
+        # any error is raised again by __enter__, in the caller's thread
+        try:
+            self._value = self._cm.__enter__()
+            self._open = True
+        except BaseException as exc:  # noqa: BLE001
+            self._error = exc
+            return
+        if not self._warm:
+            return
+        from .task import warm_worker
+
+        # only a head start: a worker that cannot import fails its stacks, each recorded
+        # with its error
+        try:
+            self._value[0].run(warm_worker)
+        except Exception as exc:  # noqa: BLE001
+            logger.debug("stk_batch: warming the workers failed: %s", exc)
+
+    def __enter__(self):
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+    def __exit__(self, *exc):
+        self._open = False
+        return self._context.run(self._cm.__exit__, *exc)
+
+    def close(self) -> None:
+        """Shut the cluster down (in the ``closing`` thread, as :func:`dask_client` does)."""
+        self._thread.join()
+        if self._open:
+            self.__exit__(None, None, None)
+
+
+def early_cluster(folder, scheduler: str = "", nworkers: int = 0, *,
+                  warm: bool = True) -> ClusterStart | None:
+    """A cluster begun now for a new campaign in ``folder`` (no run database there yet), to
+    hand to :func:`run_campaign` (``cluster=``) once the stack list is read, so that the
+    cluster's start overlaps the reading; None for an existing campaign (a finished one may
+    have nothing to run: :func:`run_campaign` decides once it has read its database).
+    ``warm``: the workers import the steps' modules at once (False for a campaign of other
+    tasks, e.g. the benchmark's null tasks)."""
+    if (Path(folder) / DB_NAME).exists():
+        return None
+    return ClusterStart(scheduler, nworkers, warm=warm)
+
+
+def _likely_work(db: RunDatabase) -> bool:
+    """Whether a run on ``db`` will run stacks, as far as the database alone says: a new
+    campaign, or one with stacks not done (a list with new stacks or changed inputs is found
+    only by planning)."""
+    counts = db.counts()
+    return not counts or any(status != "done" for status in counts)
+
+
 def _failed_outcome(plan: StackPlan, exc) -> dict:
     """The outcome of a stack whose task itself failed (worker died, not picklable...)."""
     msg = f"the Dask task failed: {type(exc).__name__}: {exc}"
@@ -577,7 +663,7 @@ def summary_lines(summary: CampaignSummary, *, max_failures=20) -> list[str]:
 def run_campaign(stacks, settings: StepSettings, *, folder, scheduler="", nworkers=0,
                  force=False, update_mode="none", detcorr=True, plots=True, verbose=1,
                  live=None, progress_interval=10.0, window=None, chunk=None, command="",
-                 task=run_stack) -> CampaignSummary:
+                 task=run_stack, cluster=None) -> CampaignSummary:
     """Run (or resume) a campaign and write its table and report.
 
     Parameters
@@ -609,30 +695,38 @@ def run_campaign(stacks, settings: StepSettings, *, folder, scheduler="", nworke
     task : callable
         The per-stack task (default :func:`campaign.task.run_stack`); the benchmarks give a
         trivial one to measure the machinery alone.
+    cluster : ClusterStart or None
+        A cluster the caller began to start (for ``scheduler`` and ``nworkers``) before it
+        read the stack list, so that the two overlap; this call uses it or, with nothing to
+        run, shuts it down.  None: a new or unfinished campaign's cluster is begun here
+        before the planning, another one's only when the planning finds stacks to run.
 
     Returns
     -------
     CampaignSummary
     """
-    if update_mode not in UPDATE_MODES:
-        raise ParameterError(f"update={update_mode}: expected one of {', '.join(UPDATE_MODES)}")
     t0 = time.perf_counter()
-    folder = Path(folder)
+    closing = [] if cluster is None else cluster.closing
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputError(f"cannot create the campaign folder {folder}: {exc}") from exc
-    folder = folder.resolve()
-    log = logging.getLogger("stk_astrometry.stk_batch")
-    summary = CampaignSummary(n_stacks=len(stacks))
-    closing = []
-    try:
+        if update_mode not in UPDATE_MODES:
+            raise ParameterError(f"update={update_mode}: expected one of "
+                                 f"{', '.join(UPDATE_MODES)}")
+        folder = Path(folder)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InputError(f"cannot create the campaign folder {folder}: {exc}") from exc
+        folder = folder.resolve()
+        log = logging.getLogger("stk_astrometry.stk_batch")
+        summary = CampaignSummary(n_stacks=len(stacks))
         _run_and_write(stacks, settings, summary, folder=folder, scheduler=scheduler,
                        nworkers=nworkers, force=force, update_mode=update_mode, detcorr=detcorr,
                        plots=plots, verbose=verbose, live=live,
                        progress_interval=progress_interval, window=window, chunk=chunk,
-                       command=command, task=task, closing=closing, log=log)
+                       command=command, task=task, closing=closing, log=log, cluster=cluster)
     finally:
+        if cluster is not None:
+            cluster.close()              # a cluster given but not used (an error before)
         for thread in closing:           # the LocalCluster's shutdown, begun after the run
             thread.join()
     summary.wall_s = time.perf_counter() - t0
@@ -647,53 +741,77 @@ def run_campaign(stacks, settings: StepSettings, *, folder, scheduler="", nworke
 
 def _run_and_write(stacks, settings, summary, *, folder, scheduler, nworkers, force,
                    update_mode, detcorr, plots, verbose, live, progress_interval, window, chunk,
-                   command, task, closing, log):
+                   command, task, closing, log, cluster):
     """:func:`run_campaign`'s work under the campaign's lock (see there)."""
     with campaign_lock(folder), RunDatabase(folder / DB_NAME) as db:
         _remove_dead_temps(folder)
-        db.set_meta("parameters", {"match": settings.match, "fit": settings.fit,
-                                   "update": settings.update, "update_mode": update_mode,
-                                   "detcorr": detcorr})
-        plans, skipped = plan_stacks(stacks, db, settings, campaign_dir=folder, force=force,
-                                     update_mode=update_mode, detcorr=detcorr)
-        summary.n_run, summary.n_skipped = len(plans), skipped
-        if verbose >= 1:
-            log.info("stk_batch: %d stacks in %s: %d to run, %d finished and unchanged",
-                     len(stacks), folder, len(plans), skipped)
-        if plans:
-            run_id = db.start_run(host=socket.gethostname(), version=__version__,
-                                  command=command, scheduler=scheduler or "LocalCluster")
-            status = "interrupted"
-            progress = Progress(len(plans), log=log, live=live, interval=progress_interval,
-                                enabled=verbose >= 1)
-            try:
-                with open(folder / LOG_NAME, "a", encoding="utf-8") as warn_log, \
-                        dask_client(scheduler, nworkers, closing=closing) as (client, where):
-                    warn_log.write(f"# stk_batch run {run_id} started "
-                                   f"{time.strftime('%Y-%m-%dT%H:%M:%S')} on {where}\n")
-                    if verbose >= 1:
-                        log.info("stk_batch: running on %s", where)
-                    threads = sum(client.nthreads().values()) or 1
-                    t_run = time.perf_counter()
-                    # a LocalCluster's workers share this machine's page cache: one syncfs
-                    # here per database commit makes their files durable (group commit); a
-                    # remote cluster's workers sync their own
-                    _execute(client, plans, db, run_id, progress, warn_log,
-                             window=window or max(8, 4 * threads), task=task, threads=threads,
-                             chunk=chunk or chunk_size(len(plans), threads),
-                             defer_sync=not (scheduler or "").strip())
-                    summary.run_s = time.perf_counter() - t_run
-                status = "finished"
-            finally:
-                progress.close()
-                c = db.counts()
-                db.finish_run(run_id, n_planned=len(plans), n_done=progress.done,
-                              n_failed=progress.failed, n_skipped=skipped, status=status)
-                if status != "finished":
-                    log.warning("stk_batch: interrupted; %d stacks recorded, %d done in all; "
-                                "run again to resume", progress.finished, c.get("done", 0))
+        # a new or unfinished campaign: start the cluster now, while the list is read and
+        # planned (ClusterStart); else only once planning has found stacks to run
+        start = cluster or (ClusterStart(scheduler, nworkers, closing=closing,
+                                         warm=task is run_stack)
+                            if _likely_work(db) else None)
+        try:
+            _plan_and_run(stacks, settings, summary, db, start, folder=folder,
+                          scheduler=scheduler, nworkers=nworkers, force=force,
+                          update_mode=update_mode, detcorr=detcorr, verbose=verbose, live=live,
+                          progress_interval=progress_interval, window=window, chunk=chunk,
+                          command=command, task=task, closing=closing, log=log)
+        finally:
+            if start is not None:
+                start.close()     # not used: nothing to run, or an error before the run
         records, summary.table, summary.csv, summary.report = write_outputs(folder, db, plots=plots)
         summarize(records, summary, db)
+
+
+def _plan_and_run(stacks, settings, summary, db, start, *, folder, scheduler, nworkers, force,
+                  update_mode, detcorr, verbose, live, progress_interval, window, chunk, command,
+                  task, closing, log):
+    """Plan the stacks and run those to run on ``start`` (a :class:`ClusterStart`, or None:
+    started here when there is something to run)."""
+    db.set_meta("parameters", {"match": settings.match, "fit": settings.fit,
+                               "update": settings.update, "update_mode": update_mode,
+                               "detcorr": detcorr})
+    plans, skipped = plan_stacks(stacks, db, settings, campaign_dir=folder, force=force,
+                                 update_mode=update_mode, detcorr=detcorr)
+    summary.n_run, summary.n_skipped = len(plans), skipped
+    if verbose >= 1:
+        log.info("stk_batch: %d stacks in %s: %d to run, %d finished and unchanged",
+                 len(stacks), folder, len(plans), skipped)
+    if not plans:
+        return
+    run_id = db.start_run(host=socket.gethostname(), version=__version__,
+                          command=command, scheduler=scheduler or "LocalCluster")
+    status = "interrupted"
+    progress = Progress(len(plans), log=log, live=live, interval=progress_interval,
+                        enabled=verbose >= 1)
+    try:
+        # (a cluster begun here only once the log is open: nothing then to shut down)
+        with open(folder / LOG_NAME, "a", encoding="utf-8") as warn_log, \
+                (start or ClusterStart(scheduler, nworkers, closing=closing,
+                                       warm=task is run_stack)) as (client, where):
+            warn_log.write(f"# stk_batch run {run_id} started "
+                           f"{time.strftime('%Y-%m-%dT%H:%M:%S')} on {where}\n")
+            if verbose >= 1:
+                log.info("stk_batch: running on %s", where)
+            threads = sum(client.nthreads().values()) or 1
+            t_run = time.perf_counter()
+            # a LocalCluster's workers share this machine's page cache: one syncfs
+            # here per database commit makes their files durable (group commit); a
+            # remote cluster's workers sync their own
+            _execute(client, plans, db, run_id, progress, warn_log,
+                     window=window or max(8, 4 * threads), task=task, threads=threads,
+                     chunk=chunk or chunk_size(len(plans), threads),
+                     defer_sync=not (scheduler or "").strip())
+            summary.run_s = time.perf_counter() - t_run
+        status = "finished"
+    finally:
+        progress.close()
+        c = db.counts()
+        db.finish_run(run_id, n_planned=len(plans), n_done=progress.done,
+                      n_failed=progress.failed, n_skipped=skipped, status=status)
+        if status != "finished":
+            log.warning("stk_batch: interrupted; %d stacks recorded, %d done in all; "
+                        "run again to resume", progress.finished, c.get("done", 0))
 
 
 def report_only(folder, *, plots=True, verbose=1) -> CampaignSummary:

@@ -384,8 +384,28 @@ def _table_columns(spec):
         fields.append((key, dt) if arr.ndim <= 1 else (key, dt, arr.shape[1:]))
         tforms.append(tform)
         # strings cut or padded to the width, numbers cast, as assigning into the rows would
-        arrays.append(np.ascontiguousarray(arr.astype(dt, copy=False)))
+        if arr.dtype.kind == "U" and dt.kind == "S":
+            arrays.append(_ascii_bytes(arr, dt))
+        else:
+            arrays.append(np.ascontiguousarray(arr.astype(dt, copy=False)))
     return arrays, tforms, _fields_dtype(tuple(fields))
+
+
+def _ascii_bytes(arr, dt):
+    """``arr.astype(dt)`` of a str array ``arr`` and a bytes dtype ``dt``, contiguous: ASCII
+    text by its character codes (issue 11: numpy's cast encodes cell by cell, ~25 us for a
+    pairs file's 180 likelihood classes), cut or padded with NULs to ``dt``'s width; other text
+    (and a byte-swapped array) by numpy's cast, which refuses what is not ASCII."""
+    width = arr.dtype.itemsize // 4
+    if not (arr.size and width and arr.dtype.isnative):
+        return np.ascontiguousarray(arr.astype(dt))
+    codes = np.ascontiguousarray(arr).view(np.uint32).reshape(arr.shape + (width,))
+    if codes.max() > 127:
+        return np.ascontiguousarray(arr.astype(dt))
+    out = np.zeros(arr.shape + (dt.itemsize,), np.uint8)
+    keep = min(width, dt.itemsize)
+    out[..., :keep] = codes[..., :keep]
+    return out.view(dt).reshape(arr.shape)
 
 
 @functools.lru_cache(maxsize=256)
@@ -425,20 +445,35 @@ def format_card(name, value, comment=""):
     For the value types the formats write (str, bool, int, float, None); a name longer than
     eight characters or a string longer than 68 characters is left to astropy (HIERARCH,
     CONTINUE), which is then imported.  Cards with a text value are remembered (the column
-    cards and most keywords are the same in every file of a kind: issue 11); a number is
-    formatted each time (0.0 and -0.0 are equal keys but different cards).
+    cards and most keywords are the same in every file of a kind: issue 11), and so are
+    int and float cards (by type: ``1`` and ``1.0`` are equal keys but different cards),
+    except a float zero (0.0 and -0.0 are equal keys but different cards).
     """
     kind = type(value)
     if kind is str and type(name) is str and type(comment) is str:
         return _text_card(name, value, comment)
     if (kind is int or kind is float) and len(name) <= 8:
-        # the numbers of the keyword cards, as _format_card formats them (issue 11: directly)
-        text = f"{value:>20d}" if kind is int else f"{_format_float(value):>20}"
-        card = f"{name:8}= {text}"
-        if comment:
-            card += f" / {comment}"
-        return card[:80].ljust(80)
+        if value or kind is int:
+            # remembered too: a stack's files repeat most of their numbers (the transform's
+            # summary in four headers, the pairs file's in five), and runs repeat constants
+            return _number_card(name, value, comment)
+        return _short_number_card(name, value, comment)     # 0.0 and -0.0: equal keys
     return _format_card(name, value, comment)
+
+
+@functools.lru_cache(maxsize=512, typed=True)
+def _number_card(name, value, comment):
+    return _short_number_card(name, value, comment)
+
+
+def _short_number_card(name, value, comment):
+    """An int or float card of a name of up to eight characters, as :func:`_format_card`
+    makes it (issue 11: directly)."""
+    text = f"{value:>20d}" if type(value) is int else f"{_format_float(value):>20}"
+    card = f"{name:8}= {text}"
+    if comment:
+        card += f" / {comment}"
+    return card[:80].ljust(80)
 
 
 #: (the cards that repeat are few: ~50 over stk_batch's benchmark stacks, the column cards
@@ -632,13 +667,12 @@ def _keyword_cards(spec, present, tool, items, stacks, when, creator, history_re
     added, HISTNUM continuing a copied one; stale CHECKSUM/DATASUM left out.
     """
     # copied cards, then this HDU's keywords (long names the CXC way), then the stamps
-    cards = [c for c in spec.cards if c[0] not in present]
-    dtype_n = max([int(m.group(1)) for c in cards if (m := _DTYPE.match(c[0]))], default=0)
-    out = list(cards)
+    out = [c for c in spec.cards if c[0] not in present]
+    dtype_n = max([int(m.group(1)) for c in out if (m := _DTYPE.match(c[0]))], default=0)
+    drop = spec.drop_long_comments
     for name, value, comment in spec.keys:
         name = name.strip().upper()
-        if (spec.drop_long_comments and isinstance(value, str)
-                and 13 + max(20, len(value) + 2) + len(comment) > 80):
+        if drop and isinstance(value, str) and 13 + max(20, len(value) + 2) + len(comment) > 80:
             comment = ""
         if len(name) <= 8:
             out.append((name, value, comment))
@@ -648,8 +682,11 @@ def _keyword_cards(spec, present, tool, items, stacks, when, creator, history_re
             dtype_n += 1
             out += [(f"DTYPE{dtype_n}", name, "Long key name - value in DVALn"),
                     (f"DVAL{dtype_n}", value, comment), (name, value, comment)]
+    # the cards the stamps replace or drop (issue 11: most HDUs have none; every card was
+    # compared with each stamp's name)
+    stamped = [card for card in out if card[0] in _STAMPS]
     last = 0
-    for name, value, _ in out:
+    for name, value, _ in stamped:
         if name == "HISTNUM":
             try:
                 last = max(last, int(value))
@@ -658,18 +695,22 @@ def _keyword_cards(spec, present, tool, items, stacks, when, creator, history_re
     records = history_records(tool, items, start=last + 1, when=when, stacks=stacks)
     histnum = last + len(records)
     seen = set()
-    final = []
-    for name, value, comment in out:
-        if name == "HISTNUM":
-            value = histnum
-        elif name == "CREATOR":
-            value, comment = creator, "tool that created this output"
-        elif name == "DATE":
-            value, comment = when, "Date and time of file creation"
-        elif name in ("CHECKSUM", "DATASUM"):
-            continue
-        seen.add(name)
-        final.append((name, value, comment))
+    final = out
+    if stamped:
+        final = []
+        for card in out:
+            name = card[0]
+            if name in _STAMPS:
+                if name == "HISTNUM":
+                    card = (name, histnum, card[2])
+                elif name == "CREATOR":
+                    card = (name, creator, "tool that created this output")
+                elif name == "DATE":
+                    card = (name, when, "Date and time of file creation")
+                else:
+                    continue
+                seen.add(name)
+            final.append(card)
     if "CREATOR" not in seen:
         final.append(("CREATOR", creator, "tool that created this output"))
     if "DATE" not in seen:
@@ -677,6 +718,10 @@ def _keyword_cards(spec, present, tool, items, stacks, when, creator, history_re
     if "HISTNUM" not in seen:
         final.append(("HISTNUM", histnum, "Number of HISTORY records"))
     return final, records
+
+
+#: The names of the cards :func:`_keyword_cards` stamps (CREATOR, DATE, HISTNUM) or drops.
+_STAMPS = frozenset(("HISTNUM", "CREATOR", "DATE", "CHECKSUM", "DATASUM"))
 
 
 def _append_text_card(cfits, ext, name, value):
@@ -771,7 +816,7 @@ def _hdu_image(spec, stamp, run):
         fixed = before + format_card("NAXIS2", n_rows, _ASTROPY_COMMENTS["NAXIS2"]) + after \
             + columns[0]
         present = _TABLE_NAMES | columns[1]
-        data = _table_data(arrays, n_rows)
+        data = _table_data(arrays, n_rows, rows)
     final, records = _keyword_cards(spec, present, *run)
     text = "".join([format_card(name, value, comment) for name, value, comment in final])
     history = _history_text(tuple(records))
@@ -866,13 +911,14 @@ def _kept(name):
     return name == name.upper() and (len(name) > 8 or _KEYWORD.fullmatch(f"{name:8}") is not None)
 
 
-def _table_data(arrays, n_rows):
-    """The rows of a binary table as cfitsio writes ``arrays`` (:func:`_table_columns`):
-    big-endian, logicals as ``T``/``F``, strings as their bytes; zero fill to 2880 bytes.
-    One buffer (an ndarray of bytes), the rows made in place."""
+def _table_data(arrays, n_rows, rows):
+    """The rows of a binary table as cfitsio writes ``arrays`` (:func:`_table_columns`, with
+    ``rows`` the dtype of a row of them): big-endian, logicals as ``T``/``F``, strings as
+    their bytes; zero fill to 2880 bytes.  One buffer (an ndarray of bytes), the rows made in
+    place."""
     if not n_rows:
         return b""
-    dtype = _row_dtype(tuple((arr.dtype.str, arr.shape[1:]) for arr in arrays))
+    dtype = _row_dtype(rows)
     size = n_rows * dtype.itemsize
     data = np.empty(size + -size % 2880, np.uint8)
     data[size:] = 0
@@ -883,9 +929,16 @@ def _table_data(arrays, n_rows):
 
 
 @functools.lru_cache(maxsize=256)
-def _row_dtype(fields):
-    """:func:`_big_endian_row`, remembered."""
-    return _big_endian_row(fields)
+def _row_dtype(rows):
+    """:func:`_big_endian_row` of the fields of the row dtype ``rows``, remembered (issue 11:
+    looked up by the row dtype, ~0.5 us a column less than by the arrays' dtypes)."""
+    return _big_endian_row(_row_fields(rows))
+
+
+def _row_fields(rows):
+    """``(dtype.str, shape)`` of each field of the row dtype ``rows``, in order: what the
+    arrays of the fields have (their dtype, and the shape of a cell)."""
+    return tuple((rows.fields[name][0].base.str, rows.fields[name][0].shape) for name in rows.names)
 
 
 def _big_endian_row(fields):
@@ -903,7 +956,7 @@ def _with_checksums(header, data, stamp):
     ``'         0'``)."""
     from stk_astrometry.fitsedit import encode_checksum, ones_complement_sum
 
-    datasum = ones_complement_sum(data)
+    datasum = ones_complement_sum(data) if len(data) else 0
     at = len(header) + 11       # the value of the CHECKSUM card, its first card added here
     header += (format_card("CHECKSUM", "0" * 16, f"HDU checksum updated {stamp}")
                + format_card("DATASUM", str(datasum) if datasum else f"{0:10d}",

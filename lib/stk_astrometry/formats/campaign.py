@@ -138,38 +138,39 @@ def columns(n_groups: int) -> tuple[CampaignColumn, ...]:
     return _HEAD + group_columns(n_groups) + _TAIL
 
 
-_MISSING = {"str": "", "int": -1, "float": math.nan, "bool": False}
-
-
 def _dtype(cols):
     kinds = {"int": "i8", "float": "f8", "bool": "?"}
     return np.dtype([(c.name, f"U{c.width}" if c.kind == "str" else kinds[c.kind]) for c in cols])
 
 
-def _clean(col, value):
-    if value is None:
-        return _MISSING[col.kind]
-    if col.kind == "str":
-        text = " ".join(str(value).split())  # one line, no control characters
-        return text[: col.width]
-    if col.kind == "int":
-        return int(value)
+def _clean_column(col, values: list) -> list:
+    """One column's values for the table: None -> the column's missing value (NaN, -1,
+    False, blank); numbers by ``float``/``int``/``bool``; text on one line (runs of white
+    space, newlines included, -> one space) and cut to the column's width.  One comprehension
+    per kind: a campaign table converts ~50 columns x 10,000 rows (issue 12)."""
     if col.kind == "float":
-        return float(value)
-    return bool(value)
+        return [math.nan if v is None else float(v) for v in values]
+    if col.kind == "int":
+        return [-1 if v is None else int(v) for v in values]
+    if col.kind == "bool":
+        return [False if v is None else bool(v) for v in values]
+    width = col.width
+    return ["" if v is None else " ".join(str(v).split())[:width] for v in values]
 
 
 def to_records(rows: Iterable[Mapping], n_groups: int) -> np.ndarray:
     """A structured array with the table's columns from result mappings (pure).
 
     Keys a row lacks take the missing value (NaN, -1, blank, False); keys that are not
-    columns are ignored.
+    columns are ignored.  Filled column by column (:func:`_clean_column`).
     """
     cols = columns(n_groups)
     rows = list(rows)
     out = np.zeros(len(rows), dtype=_dtype(cols))
-    for i, row in enumerate(rows):
-        out[i] = tuple(_clean(c, row.get(c.name)) for c in cols)
+    if rows:
+        for c in cols:
+            name = c.name
+            out[name] = _clean_column(c, [row.get(name) for row in rows])
     return out
 
 
@@ -197,18 +198,19 @@ def n_groups_of(records: np.ndarray) -> int:
 
 
 def _csv_rows(records: np.ndarray):
-    """The CSV rows of ``records``: NaN as an empty field, booleans as true/false."""
-    kinds = [records.dtype[n].kind for n in records.dtype.names]
-    for row in records.tolist():
-        out = []
-        for value, kind in zip(row, kinds, strict=True):
-            if kind == "f":
-                out.append("" if math.isnan(value) else repr(float(value)))
-            elif kind == "b":
-                out.append("true" if value else "false")
-            else:
-                out.append(value)
-        yield out
+    """The CSV rows of ``records``: NaN as an empty field, booleans as true/false.  Made
+    column by column (floats by ``repr``, the shortest text that reads back the same)."""
+    cols = []
+    for name in records.dtype.names:
+        kind = records.dtype[name].kind
+        values = records[name].tolist()
+        if kind == "f":
+            cols.append(["" if v != v else repr(v) for v in values])
+        elif kind == "b":
+            cols.append(["true" if v else "false" for v in values])
+        else:
+            cols.append(values)
+    return zip(*cols, strict=True)
 
 
 def format_csv(records: np.ndarray) -> str:
