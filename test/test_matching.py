@@ -290,6 +290,21 @@ def test_uniques_are_numpys(values):
                                   counts[np.searchsorted(want, ranked)] == 1)
 
 
+@pytest.mark.parametrize("wanted", [[], [5], [9, 2, 2, 7], list(range(-3, 60, 4)),
+                                    [2**62, -(2**62), 0]])
+def test_isin_is_numpys(wanted):
+    # the high-proper-motion lookups: np.isin's answer by a search in the sorted ids (issue 11)
+    from stk_astrometry.matching import _isin
+
+    rng = np.random.default_rng(SEED + 11)
+    wanted = np.array(wanted, dtype=np.int64)
+    for values in (rng.integers(-5, 70, 300), np.array([], dtype=np.int64),
+                   np.array([2**62, 0, -(2**62), 9, 9, -4, 100]), wanted[::-1]):
+        got = _isin(values, wanted)
+        assert got.dtype == bool and got.shape == values.shape
+        np.testing.assert_array_equal(got, np.isin(values, wanted))
+
+
 def test_the_readers_flags_and_classes_take_no_string_function(monkeypatch):
     # '0000' flags and TRUE/MARGINAL classes as the readers give them are decided without
     # numpy's string functions (issue 11); the other rows go through them, and only those

@@ -800,6 +800,17 @@ def one_to_one(wise_ids, gaia_ids):
     return wise[keep], gaia[keep], int(np.count_nonzero(~keep))
 
 
+def _isin(values, wanted):
+    """``np.isin(values, wanted)`` of 1-d integer arrays: each value looked up in ``wanted``
+    sorted (issue 11: np.isin sorts both arrays together, ~0.1 ms for a cone's 1,600
+    ALLWISE ids against a few hundred).  ``values`` may be empty, ``wanted`` too."""
+    ranked = np.sort(wanted)
+    if ranked.size == 0:
+        return np.zeros(np.shape(values), dtype=bool)
+    pos = np.minimum(np.searchsorted(ranked, values), ranked.size - 1)
+    return ranked[pos] == values
+
+
 def _alone(ranked):
     """True for each value of a sorted 1-d array that equals neither neighbour."""
     alone = np.ones(ranked.size, dtype=bool)
@@ -1139,8 +1150,8 @@ def match_stack(det, gaia, config, *, wise=None, best_neighbours=None, motion=No
         bn_wise = np.asarray(best_neighbours.allwise_oid, dtype=np.int64)
         bn_gaia = np.asarray(best_neighbours.source_id, dtype=np.int64)
         high_ids = g_ids[g_high]
-        hipm_wise_ids = bn_wise[np.isin(bn_gaia, high_ids)]
-        wise_filter(~np.isin(w_ids, hipm_wise_ids), "NWHIPM",
+        hipm_wise_ids = bn_wise[_isin(bn_gaia, high_ids)]
+        wise_filter(~_isin(w_ids, hipm_wise_ids), "NWHIPM",
                     "ALLWISE sources dropped: best neighbour has high proper motion")
         wise_rows = np.flatnonzero(w_keep)
         filters.append(FilterCount("NWISE", len(wise_rows), "ALLWISE sources kept",
