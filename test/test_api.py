@@ -342,34 +342,3 @@ def test_the_astropy_path_writes_what_fitsio_writes(tmp_path, monkeypatch):
 def test_sep_bins_accept_commas_and_blanks():
     assert api.parse_sep_bins("1,2,3") == (1.0, 2.0, 3.0)
     assert api.parse_sep_bins(" 0.5 1.5, 3 ") == (0.5, 1.5, 3.0)
-
-
-def test_an_output_named_by_a_name_is_fitsutil_same_file(tmp_path, monkeypatch):
-    """api's output-is-an-input test (issue 11: the target's status once, real paths only
-    where a file is missing) answers as fitsutil.same_file on every kind of pair of names."""
-    import os
-
-    from stk_astrometry.fitsutil import same_file
-
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "a.fits").write_text("a")
-    (tmp_path / "b.fits").write_text("b")
-    os.link(tmp_path / "a.fits", tmp_path / "hard.fits")
-    (tmp_path / "sym.fits").symlink_to(tmp_path / "a.fits")
-    (tmp_path / "dangling.fits").symlink_to(tmp_path / "gone.fits")
-    (tmp_path / "sub").mkdir()
-    names = ["a.fits", str(tmp_path / "a.fits"), "./sub/../a.fits", "b.fits", "hard.fits",
-             "sym.fits", "missing.fits", "./missing.fits", str(tmp_path / "missing.fits"),
-             "dangling.fits", "gone.fits", "sub"]
-    answers = set()
-    for path in names:
-        for target in names:
-            got = api._Output(target).is_named_by(path)
-            assert got == same_file(path, target), (path, target)
-            answers.add((got, os.path.exists(path), os.path.exists(target)))
-    out = api._Output("missing.fits")          # the real path resolved once, kept
-    assert not out.is_named_by("a.fits") and out._real == str(tmp_path / "missing.fits")
-    assert out.is_named_by("./missing.fits") and out._real == str(tmp_path / "missing.fits")
-    # both existing and not, either answer
-    assert {(True, True, True), (False, True, True), (True, False, False),
-            (False, False, False), (False, True, False)} <= answers

@@ -1319,3 +1319,32 @@ def test_checksum_encoding_avoids_punctuation_and_decodes_to_its_value():
         assert len(text) == 16 and not set(text) & avoid and text.isalnum()
         words = bytes(c - 0x30 for c in text[1:] + text[:1])
         assert fitsedit.ones_complement_sum(words) == value
+
+
+def test_checksum_encoding_of_every_byte_in_every_place():
+    """encode_checksum makes each byte's characters once (_byte_chars, remembered): every byte
+    value in each of the four places, made afresh and remembered, is astropy's encoding."""
+    hdu = fits.PrimaryHDU()
+    for _ in range(2):
+        fitsedit._BYTE_CHARS.clear()
+        for shift in (24, 16, 8, 0):
+            for byte in range(256):
+                value = (byte << shift) | (0x5A << ((shift + 8) % 32))
+                assert fitsedit.encode_checksum(value) == hdu._char_encode(value), hex(value)
+    assert len(fitsedit._BYTE_CHARS) == 256
+    assert fitsedit.encode_checksum(-1) == hdu._char_encode(0xFFFFFFFF)
+    assert fitsedit.encode_checksum(2**40 + 7) == hdu._char_encode(7)
+
+
+def test_checksum_encoding_uses_the_characters_it_remembers(monkeypatch):
+    # a byte's characters are made once: encodings of bytes seen before need no _byte_chars
+    hdu = fits.PrimaryHDU()
+    fitsedit._BYTE_CHARS.clear()
+    assert fitsedit.encode_checksum(0x01020304) == hdu._char_encode(0x01020304)
+
+    def made_again(byte):
+        raise AssertionError(f"byte {byte} made again")
+
+    monkeypatch.setattr(fitsedit, "_byte_chars", made_again)
+    assert fitsedit.encode_checksum(0x04030201) == hdu._char_encode(0x04030201)
+    assert fitsedit.encode_checksum(0x01010101) == hdu._char_encode(0x01010101)

@@ -1406,6 +1406,45 @@ def test_a_temporary_name_taken_is_tried_again_and_the_file_is_private(tmp_path,
     assert tmp == os.path.join(".", ".bare.fits.11223344.tmp") and os.path.exists(tmp)
 
 
+def test_a_name_compared_with_many_answers_as_same_file(tmp_path, monkeypatch):
+    """fitsutil.FileIdentity (a name's status once, its real path only where a file is
+    missing; api compares an output with each input through it) answers as same_file's rule
+    -- both existing: the same device and inode, else the same real path -- on every kind of
+    pair of names."""
+    from stk_astrometry.fitsutil import FileIdentity, same_file
+
+    def rule(a, b):
+        try:
+            return os.path.samestat(os.stat(a), os.stat(b))
+        except OSError:
+            return os.path.realpath(a) == os.path.realpath(b)
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a.fits").write_text("a")
+    (tmp_path / "b.fits").write_text("b")
+    os.link(tmp_path / "a.fits", tmp_path / "hard.fits")
+    (tmp_path / "sym.fits").symlink_to(tmp_path / "a.fits")
+    (tmp_path / "dangling.fits").symlink_to(tmp_path / "gone.fits")
+    (tmp_path / "sub").mkdir()
+    names = ["a.fits", str(tmp_path / "a.fits"), "./sub/../a.fits", "b.fits", "hard.fits",
+             "sym.fits", "missing.fits", "./missing.fits", str(tmp_path / "missing.fits"),
+             "dangling.fits", "gone.fits", "sub"]
+    answers = set()
+    for path in names:
+        for target in names:
+            got = FileIdentity(target).same_as(path)
+            assert got == rule(path, target) == same_file(path, target), (path, target)
+            answers.add((got, os.path.exists(path), os.path.exists(target)))
+    out = FileIdentity("missing.fits")          # the real path resolved once, kept
+    assert not out.same_as("a.fits") and out._real == str(tmp_path / "missing.fits")
+    assert out.same_as("./missing.fits") and out._real == str(tmp_path / "missing.fits")
+    present = FileIdentity("a.fits")            # both existing: no real path at all
+    assert present.same_as("hard.fits") and present._real is None
+    # both existing and not, either answer
+    assert {(True, True, True), (False, True, True), (True, False, False),
+            (False, False, False), (False, True, False)} <= answers
+
+
 def test_same_file_of_names_that_do_not_all_exist(tmp_path, monkeypatch):
     # by stat when both exist, else by real path (issue 11): dangling links and link loops
     from stk_astrometry.fitsutil import same_file

@@ -124,11 +124,16 @@ def test_crossmatch_brute_force_agreement():
     assert np.all(np.diff(key) >= 0)
 
 
+@pytest.mark.parametrize("max_bins", [None, 0])
 @pytest.mark.parametrize("ra0,dec0", [(10.0, 20.0), (0.0, 0.0), (120.0, 89.99), (300.0, -89.999)])
-def test_crossmatch_sweep_equals_the_kd_tree(ra0, dec0, monkeypatch):
+def test_crossmatch_sweep_equals_the_kd_tree(ra0, dec0, max_bins, monkeypatch):
     """The sort-and-sweep and the k-d tree (its fallback) give the same pairs, in the same
-    order, with the same separations: dense ambiguous fields, near the poles and RA 0."""
+    order, with the same separations: dense ambiguous fields, near the poles and RA 0 --
+    with the references sorted by bins along the axis and by the coordinate itself."""
     import stk_astrometry.matching as m
+
+    if max_bins is not None:
+        monkeypatch.setattr(m, "_SWEEP_MAX_BINS", max_bins)
 
     rng = np.random.default_rng(SEED + 2)
     det_ra, det_dec = offsets_to_sky(ra0, dec0, rng.uniform(-300, 300, 300),
@@ -143,13 +148,18 @@ def test_crossmatch_sweep_equals_the_kd_tree(ra0, dec0, monkeypatch):
         assert np.array_equal(a, b)
 
 
+@pytest.mark.parametrize("max_bins", [None, 0])
 @pytest.mark.parametrize("n_det,n_ref", [(3000, 300), (300, 3000), (400, 400)])
-def test_the_sweep_sorts_either_set_and_finds_the_same_pairs(n_det, n_ref, monkeypatch):
-    """The sweep sorts the smaller of the two sets along its axis (issue 11: a stack's
-    detections, not its thousands of Gaia sources); either way its candidates hold every pair
-    within the chord, and crossmatch's pairs, separations and order are the k-d tree's."""
+def test_the_sweep_sorts_either_set_and_finds_the_same_pairs(n_det, n_ref, max_bins,
+                                                              monkeypatch):
+    """The sweep's candidates hold every pair within the chord, and crossmatch's pairs,
+    separations and order are the k-d tree's -- the references sorted by bins along the axis
+    (issue 11: int16 bin numbers, a radix sort) or by the coordinate (wide fields)."""
     import stk_astrometry.matching as m
     from stk_astrometry.matching import _sweep_candidates, unit_vectors
+
+    if max_bins is not None:
+        monkeypatch.setattr(m, "_SWEEP_MAX_BINS", max_bins)
 
     rng = np.random.default_rng(SEED + 7)
     det_ra, det_dec = offsets_to_sky(10.0, 20.0, rng.uniform(-300, 300, n_det),
@@ -171,6 +181,133 @@ def test_the_sweep_sorts_either_set_and_finds_the_same_pairs(n_det, n_ref, monke
     tree = crossmatch(det_ra, det_dec, ref_ra, ref_dec, 8.0)
     for a, b in zip(sweep, tree, strict=True):
         assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("max_bins", [None, 0])
+def test_the_sweep_keeps_references_at_the_ends_of_the_window(max_bins, monkeypatch):
+    # references exactly chord away from a detection along the axis (and level with it on the
+    # other two) are at the window's ends, where the bins' edges fall wherever the rounding
+    # puts them: every one is a candidate, and the 3-d distance alone decides
+    import stk_astrometry.matching as m
+    from stk_astrometry.matching import _sweep_candidates
+
+    if max_bins is not None:
+        monkeypatch.setattr(m, "_SWEEP_MAX_BINS", max_bins)
+    rng = np.random.default_rng(SEED + 8)
+    chord = 1.5e-5
+    det = np.column_stack([rng.uniform(0.2, 0.21, 40), np.full(40, 0.5), np.full(40, 0.1)])
+    ends = np.concatenate([det[:, 0] - chord, det[:, 0] + chord,
+                           np.nextafter(det[:, 0] - chord, -1.0),
+                           np.nextafter(det[:, 0] + chord, 2.0)])
+    ref = np.column_stack([ends, np.full(ends.size, 0.5), np.full(ends.size, 0.1)])
+    ref = np.concatenate([ref, det + [[0.0, 3e-3, 0.0]]])      # y spreads less than x
+    # (x spans ~2,600 bins: below the limit, so max_bins=None sorts by bins)
+    assert bool(np.ptp(ref[:, 0]) / (chord / m._SWEEP_BINS_PER_CHORD) < m._SWEEP_MAX_BINS) is (
+        max_bins is None)
+    di, ri = _sweep_candidates(det, ref, chord)
+    i, j = (a.ravel() for a in np.meshgrid(np.arange(len(det)), np.arange(len(ref)),
+                                           indexing="ij"))
+    diff = det[i] - ref[j]
+    close = np.einsum("ij,ij->i", diff, diff) <= chord * chord
+    assert set(zip(di.tolist(), ri.tolist(), strict=True)) == set(
+        zip(i[close].tolist(), j[close].tolist(), strict=True))
+    assert close.sum() >= 40
+
+
+@pytest.mark.parametrize("ra0,dec0", [(0.01, 20.0), (359.99, -3.0), (120.0, 89.99),
+                                      (300.0, -89.999)])
+def test_crossmatch_on_vectors_of_a_turned_frame_finds_the_same_pairs(ra0, dec0):
+    # _make_pairs hands crossmatch the unit vectors of _sky_terms' frame (turned about the pole
+    # by the tangent point's RA: issue 11): the pairs, separations and order of unit_vectors'
+    from stk_astrometry.matching import _frame_vectors
+
+    rng = np.random.default_rng(SEED + 9)
+    det_ra, det_dec = offsets_to_sky(ra0, dec0, rng.uniform(-300, 300, 300),
+                                     rng.uniform(-300, 300, 300))
+    ref_ra, ref_dec = offsets_to_sky(ra0, dec0, rng.uniform(-300, 300, 3000),
+                                     rng.uniform(-300, 300, 3000))
+    want = crossmatch(det_ra, det_dec, ref_ra, ref_dec, 5.0)
+    got = crossmatch(det_ra, det_dec, ref_ra, ref_dec, 5.0,
+                     ref_xyz=_frame_vectors(ref_ra, ref_dec, ra0),
+                     det_xyz=_frame_vectors(det_ra, det_dec, ra0))
+    assert len(want[0]) > 100
+    for a, b in zip(got, want, strict=True):
+        assert np.array_equal(a, b)
+    with pytest.raises(ValueError, match="together"):
+        crossmatch(det_ra, det_dec, ref_ra, ref_dec, 5.0,
+                   ref_xyz=_frame_vectors(ref_ra, ref_dec, ra0))
+    with pytest.raises(ValueError, match="together"):
+        crossmatch(det_ra, det_dec, ref_ra, ref_dec, 5.0,
+                   det_xyz=_frame_vectors(det_ra, det_dec, ra0))
+
+
+def test_a_wide_field_is_swept_along_the_coordinate_itself(monkeypatch):
+    # references spread over ~3 deg at a 1" radius: ~44,000 bins of chord / 4, more than int16
+    # numbers hold, so the sweep sorts the coordinate itself -- the pairs are the k-d tree's
+    import stk_astrometry.matching as m
+
+    rng = np.random.default_rng(SEED + 10)
+    det_ra, det_dec = offsets_to_sky(40.0, -30.0, rng.uniform(-5400, 5400, 300),
+                                     rng.uniform(-5400, 5400, 300))
+    ref_ra, ref_dec = offsets_to_sky(40.0, -30.0, rng.uniform(-5400, 5400, 20000),
+                                     rng.uniform(-5400, 5400, 20000))
+    # each detection gets a reference within the radius
+    ref_ra[:300], ref_dec[:300] = offsets_to_sky(det_ra, det_dec, rng.uniform(-0.6, 0.6, 300),
+                                                 rng.uniform(-0.6, 0.6, 300))
+    binned = []
+    argsort = np.argsort
+
+    def spy(a, *args, **kwargs):
+        binned.append(a.dtype == np.int16)
+        return argsort(a, *args, **kwargs)
+
+    monkeypatch.setattr(m.np, "argsort", spy)
+    swept = crossmatch(det_ra, det_dec, ref_ra, ref_dec, 1.0)
+    assert binned == [False]
+    monkeypatch.setattr(m, "_SWEEP_MAX_CANDIDATES", -1)     # every search goes to the tree
+    tree = crossmatch(det_ra, det_dec, ref_ra, ref_dec, 1.0)
+    assert len(swept[0]) >= 300
+    for a, b in zip(swept, tree, strict=True):
+        assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("values", [[3, 1, 3, 2, 2, 2, 9, 1], [5], [], [7, 7, 7],
+                                    list(range(40, 0, -3)) * 3])
+def test_uniques_are_numpys(values):
+    # np.unique's own algorithm without its wrapping (issue 11): the same values, inverse and
+    # counts, for repeats of the smallest value and of others
+    from stk_astrometry.matching import _alone, _n_distinct, _sorted_unique, _unique_inverse
+
+    a = np.array(values, dtype=np.int64)
+    want, inverse, counts = np.unique(a, return_inverse=True, return_counts=True)
+    np.testing.assert_array_equal(_sorted_unique(a), want)
+    got, got_inverse = _unique_inverse(a)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(got_inverse, inverse)
+    assert _n_distinct(a) == want.size
+    ranked = np.sort(a)
+    np.testing.assert_array_equal(_alone(ranked),
+                                  counts[np.searchsorted(want, ranked)] == 1)
+
+
+def test_the_readers_flags_and_classes_take_no_string_function(monkeypatch):
+    # '0000' flags and TRUE/MARGINAL classes as the readers give them are decided without
+    # numpy's string functions (issue 11); the other rows go through them, and only those
+    from stk_astrometry.matching import _good_class
+
+    stripped = []
+    strip = np.char.strip
+    monkeypatch.setattr(np.char, "strip", lambda a, *x: stripped.append(np.size(a)) or strip(a, *x))
+    assert clean_cc_flags(np.array(["0000"] * 5)).tolist() == [True] * 5
+    assert _good_class(np.array(["TRUE", "MARGINAL", "TRUE"])).tolist() == [True] * 3
+    assert stripped == []
+    assert clean_cc_flags(np.array(["0000", " 0 ", "d000", "0000"])).tolist() == [
+        True, True, False, True]
+    assert _good_class(np.array(["TRUE", " marginal", "FALSE", "MARGINAL"])).tolist() == [
+        True, True, False, True]
+    assert stripped == [2, 2]
+    assert clean_cc_flags(np.array(["0000"])).tolist() == [True]
+    assert clean_cc_flags(np.array(["0"])).tolist() == [True]
 
 
 def test_crossmatch_empty_inputs():
@@ -838,8 +975,16 @@ def test_the_sweep_takes_up_to_its_candidate_limit_and_the_tree_beyond(monkeypat
     det_xyz, ref_xyz = unit_vectors(det_ra, det_dec), unit_vectors(ref_ra, ref_dec)
     axis = int(np.argmax(ref_xyz.max(axis=0) - ref_xyz.min(axis=0)))
     chord = 2.0 * np.sin(np.radians(4.0 / 3600.0) / 2.0) * (1.0 + 1e-9)
-    n_cand = int(np.count_nonzero(np.abs(ref_xyz[None, :, axis] - det_xyz[:, None, axis])
-                                  <= chord))
+    # (the references sorted by bins of chord / _SWEEP_BINS_PER_CHORD: a detection's bins from
+    # that of its coordinate - chord to that of + chord)
+    key = ref_xyz[:, axis]
+    width = chord / m._SWEEP_BINS_PER_CHORD
+    ref_bin = np.floor((key - key.min()) / width)
+    lo = np.floor((det_xyz[:, axis] - chord - key.min()) / width)
+    hi = np.floor((det_xyz[:, axis] + chord - key.min()) / width)
+    n_cand = int(np.count_nonzero((ref_bin[None, :] >= lo[:, None])
+                                  & (ref_bin[None, :] <= hi[:, None])))
+    assert n_cand > int(np.count_nonzero(np.abs(key[None, :] - det_xyz[:, None, axis]) <= chord))
     expected = crossmatch(det_ra, det_dec, ref_ra, ref_dec, 4.0)
     tree = scipy.spatial.cKDTree
     used = []
@@ -1073,8 +1218,9 @@ def test_crossmatch_with_reach_asks_once_for_the_candidates_within_it():
 
 def test_sky_terms_are_the_three_functions_to_the_bit():
     # _sky_terms shares one set of sines and cosines between the separation from the tangent
-    # point, the tangent-plane position and the unit vector (issue 11): the same numbers
-    from stk_astrometry.matching import _sky_terms, unit_vectors
+    # point, the tangent-plane position and the unit vector (issue 11): the same numbers; the
+    # unit vectors in the frame turned about the pole by ra0, whose chords are unit_vectors'
+    from stk_astrometry.matching import _frame_vectors, _sky_terms, unit_vectors
     from stk_astrometry.tangent import sky_to_tangent
 
     rng = np.random.default_rng(21)
@@ -1093,7 +1239,18 @@ def test_sky_terms_are_the_three_functions_to_the_bit():
             want_xi, want_eta = sky_to_tangent(*args)
             np.testing.assert_array_equal(xi, want_xi)
             np.testing.assert_array_equal(eta, want_eta)
-            np.testing.assert_array_equal(xyz, unit_vectors(*args[:2]))
+            np.testing.assert_array_equal(xyz, _frame_vectors(*args[:3]))
+            std = unit_vectors(*args[:2])
+            ok = np.all(np.isfinite(std), axis=1)
+            turned = np.radians(float(args[2]))
+            np.testing.assert_allclose(
+                xyz[ok], std[ok] @ np.array([[np.cos(turned), -np.sin(turned), 0.0],
+                                             [np.sin(turned), np.cos(turned), 0.0],
+                                             [0.0, 0.0, 1.0]]), rtol=0, atol=1e-15)
+            i, j = rng.integers(0, n, (2, 3000))
+            np.testing.assert_allclose(np.linalg.norm(xyz[i] - xyz[j], axis=1),
+                                       np.linalg.norm(std[i] - std[j], axis=1), rtol=0,
+                                       atol=1e-15)
             assert np.isnan(xi[n:]).any() and np.isnan(xi[-2:]).all()   # far side and NaNs
     # exactly 90 degrees away (D == 0.0 in floating point, test_tangent): NaN, no warning
     sep, xi, eta, _ = _sky_terms([10.0, 10.0], [-75.0, 14.0], 10.0, 15.0)

@@ -523,45 +523,17 @@ def match_stack(detfile, gaiafile, outfile=None, *, wisefile=None, bestnbfile=No
 
 
 def _check_not_input(inputs, outfile):
-    """Refuse an ``outfile`` that is one of ``inputs`` (:meth:`_Output.is_named_by`)."""
+    """Refuse an ``outfile`` that is one of ``inputs`` (:func:`fitsutil.same_file`, the
+    output's identity taken once: :class:`fitsutil.FileIdentity`)."""
+    from stk_astrometry.fitsutil import FileIdentity
     from stk_astrometry.tableio import parse_virtual_filename
 
-    out = _Output(outfile)
+    out = FileIdentity(outfile)
     for name, value in inputs.items():
         if _blank(value):
             continue
-        if out.is_named_by(parse_virtual_filename(str(value))[0]):
+        if out.same_as(parse_virtual_filename(str(value))[0]):
             raise ParameterError(f"outfile={outfile} is also {name}; choose another output name")
-
-
-def _file_status(path):
-    """``os.stat(path)``, or None where that fails (no such file)."""
-    try:
-        return os.stat(path)
-    except OSError:
-        return None
-
-
-class _Output:
-    """An output's name, and what :func:`fitsutil.same_file` compares of it taken once for
-    all the names it is compared with (issue 11: its real path, an lstat of every folder, was
-    resolved again for each)."""
-
-    def __init__(self, path):
-        self.path = path
-        self.status = _file_status(path)
-        self._real = None
-
-    def is_named_by(self, path):
-        """``fitsutil.same_file(path, self.path)``: both existing, the same device and inode
-        (one real path is one file; a hard link has its own); else the same real path."""
-        if self.status is not None:
-            status = _file_status(path)
-            if status is not None:
-                return os.path.samestat(status, self.status)
-        if self._real is None:
-            self._real = os.path.realpath(self.path)
-        return os.path.realpath(path) == self._real
 
 
 def _match(detfile, gaiafile, outfile, *, wisefile, bestnbfile, stackid, ra_stack, dec_stack,
@@ -976,6 +948,7 @@ def _id_values(name, value):
 def _check_fit_params(infile, p):
     import numpy as np
 
+    from stk_astrometry.fitsutil import FileIdentity
     from stk_astrometry.tableio import parse_virtual_filename
 
     for name in ("f_scale", "max_shift"):
@@ -1001,14 +974,14 @@ def _check_fit_params(infile, p):
         if _blank(p[name]):
             continue
         target = str(p[name]).strip()
-        out = _Output(target)
-        if infile is not None and out.is_named_by(infile):
+        out = FileIdentity(target)
+        if infile is not None and out.same_as(infile):
             raise ParameterError(f"{name}={p[name]} is the input file; choose another name")
         for list_name, list_path in id_lists.items():
-            if out.is_named_by(list_path):
+            if out.same_as(list_path):
                 raise ParameterError(f"{name}={p[name]} is also {list_name}; choose another name")
         for other_path, other in outputs.items():
-            if out.is_named_by(other_path):
+            if out.same_as(other_path):
                 raise ParameterError(f"{name}={p[name]} is also {other}")
         outputs[target] = name
 

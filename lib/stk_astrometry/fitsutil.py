@@ -40,6 +40,7 @@ __all__ = [
     "make_durable",
     "PendingOutputs",
     "same_file",
+    "FileIdentity",
     "locked",
     "LockTimeout",
     "make_temp",
@@ -127,12 +128,35 @@ def same_file(a, b):
     Both existing: the same device and inode (hard links too; one real path is one file).
     Otherwise the same real path (relative paths and symbolic links resolved; a link loop
     does not raise).  Used to refuse an output that is one of a tool's inputs.  By stat
-    first (issue 11: a real path is an lstat of every folder on the way).
+    first (issue 11: a real path is an lstat of every folder on the way).  A name compared
+    with many: :class:`FileIdentity`.
     """
-    try:
-        return os.path.samestat(os.stat(a), os.stat(b))
-    except OSError:     # one of them does not exist (yet), or cannot be looked at
-        return os.path.realpath(a) == os.path.realpath(b)
+    return FileIdentity(b).same_as(a)
+
+
+class FileIdentity:
+    """A file's name with what :func:`same_file` compares of it -- its status, and its real
+    path once needed -- taken once, for a name compared with many (an output with each of a
+    tool's inputs: ``api``)."""
+
+    def __init__(self, path):
+        self.path = path
+        try:
+            self._stat = os.stat(path)
+        except OSError:     # it does not exist (yet), or cannot be looked at
+            self._stat = None
+        self._real = None
+
+    def same_as(self, other) -> bool:
+        """``same_file(other, self.path)``."""
+        if self._stat is not None:
+            try:
+                return os.path.samestat(os.stat(other), self._stat)
+            except OSError:
+                pass
+        if self._real is None:
+            self._real = os.path.realpath(self.path)
+        return os.path.realpath(other) == self._real
 
 
 # The temporaries of an open :func:`commit_group` block, (fd, tmp, dest) each (None: no block).

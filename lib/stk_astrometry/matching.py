@@ -429,10 +429,23 @@ def unit_vectors(ra_deg, dec_deg):
     return np.column_stack([cos_dec * np.cos(ra), cos_dec * np.sin(ra), np.sin(dec)])
 
 
+def _frame_vectors(ra_deg, dec_deg, ra0_deg):
+    """Unit vectors (n, 3) of sky positions in the frame turned about the pole by ``ra0``
+    (its x axis at RA ra0): :func:`unit_vectors` of (ra - ra0, dec), as :func:`_sky_terms`
+    computes them.  A rotation keeps every distance: the chords between them are those of
+    :func:`unit_vectors`, to rounding (~1e-16)."""
+    ra = np.radians(np.asarray(ra_deg, dtype=float))
+    dec = np.radians(np.asarray(dec_deg, dtype=float))
+    dra = ra - np.radians(np.asarray(ra0_deg, dtype=float))
+    cos_dec = np.cos(dec)
+    return np.column_stack([cos_dec * np.cos(dra), cos_dec * np.sin(dra), np.sin(dec)])
+
+
 def _sky_terms(ra_deg, dec_deg, ra0_deg, dec0_deg):
     """``angular_separation_arcsec(ra, dec, ra0, dec0)``, ``sky_to_tangent(ra, dec, ra0,
-    dec0)`` and ``unit_vectors(ra, dec)`` from one set of sines and cosines (issue 11: each
-    computed its own, ~12 passes of libm's sin/cos over a 4,000-row catalog for 6).
+    dec0)`` and ``_frame_vectors(ra, dec, ra0)`` from one set of sines and cosines (issue
+    11: each computed its own, ~12 passes of libm's sin/cos over a 4,000-row catalog for 4:
+    the unit vectors in the frame turned by ra0 need no sin/cos of ra itself).
 
     The same operations in the same order, so the same numbers: the separation's RA
     difference ``ra0 - ra`` is the tangent's ``ra - ra0`` negated (exactly), whose cosine is
@@ -458,7 +471,7 @@ def _sky_terms(ra_deg, dec_deg, ra0_deg, dec0_deg):
     if np.any(bad):
         xi = np.where(bad, np.nan, xi)
         eta = np.where(bad, np.nan, eta)
-    xyz = np.column_stack([cos_dec * np.cos(ra), cos_dec * np.sin(ra), sin_dec])
+    xyz = np.column_stack([cos_dec * cos_dra, cos_dec * sin_dra, sin_dec])
     return sep, xi * ARCSEC_PER_RAD, eta * ARCSEC_PER_RAD, xyz
 
 
@@ -509,10 +522,15 @@ def _density(inside, radius_arcmin):
 #: tree: large catalogs (3,000 x 100,000: the tree is ~2x faster) and fields where one axis
 #: separates the sources badly.  A typical stack (100 x 5,000) tries ~3,000 candidates.
 _SWEEP_MAX_CANDIDATES = 200_000
+#: The sweep sorts the references by bins of this fraction of the chord along its axis when
+#: fewer than _SWEEP_MAX_BINS of them span the references (int16 bin numbers: a radix sort;
+#: a 10' cone at a 3" radius spans ~1,600), else by the coordinate itself.
+_SWEEP_BINS_PER_CHORD = 4.0
+_SWEEP_MAX_BINS = 32_000
 
 
 def crossmatch(det_ra_deg, det_dec_deg, ref_ra_deg, ref_dec_deg, radius_arcsec, *,
-               ref_reach=None, ref_move=None, ref_xyz=None):
+               ref_reach=None, ref_move=None, ref_xyz=None, det_xyz=None):
     """Every (detection, reference) pair closer than ``radius_arcsec``.
 
     Candidates are the pairs of unit vectors within the chord length ``2 sin(r/2)``
@@ -529,8 +547,11 @@ def crossmatch(det_ra_deg, det_dec_deg, ref_ra_deg, ref_dec_deg, radius_arcsec, 
     searched within ``radius_arcsec`` + the largest reach, those within the radius + their
     own reach are asked for where they are now (``ref_move(indices)`` -> ra, dec, deg; once,
     sorted unique indices), and the separation there decides: the pairs, separations and
-    order of a crossmatch on the present positions.  ``ref_xyz``: the references'
-    :func:`unit_vectors`, when the caller has them.
+    order of a crossmatch on the present positions.  ``ref_xyz`` and ``det_xyz``: unit
+    vectors of the references and of the detections in one frame (both or neither; e.g.
+    :func:`_frame_vectors`, turned about the pole), when the caller has them: the chords
+    only find the candidates (a hair wider than the radius's, and the great-circle
+    separation decides), so the pairs are those of :func:`unit_vectors`.
 
     Returns
     -------
@@ -546,8 +567,10 @@ def crossmatch(det_ra_deg, det_dec_deg, ref_ra_deg, ref_dec_deg, radius_arcsec, 
     # A hair wider than the chord so that rounding never loses a pair on
     # the boundary; the exact separation decides.
     chord = 2.0 * np.sin(radius_rad / 2.0) * (1.0 + 1e-9)
-    det_xyz = unit_vectors(det_ra_deg, det_dec_deg)
+    if (ref_xyz is None) != (det_xyz is None):
+        raise ValueError("crossmatch: ref_xyz and det_xyz go together (one frame)")
     if ref_xyz is None:
+        det_xyz = unit_vectors(det_ra_deg, det_dec_deg)
         ref_xyz = unit_vectors(ref_ra_deg, ref_dec_deg)
     found = _sweep_candidates(det_xyz, ref_xyz, chord)
     if found is None:
@@ -566,7 +589,7 @@ def crossmatch(det_ra_deg, det_dec_deg, ref_ra_deg, ref_dec_deg, radius_arcsec, 
         # the candidates that can be within the radius now, at their present positions
         near = np.flatnonzero(sep <= radius_arcsec + np.asarray(ref_reach)[ref_index])
         if near.size:
-            moved, at = np.unique(ref_index[near], return_inverse=True)
+            moved, at = _unique_inverse(ref_index[near])
             now_ra, now_dec = ref_move(moved)
             sep[near] = angular_separation_arcsec(d_ra[near], d_dec[near], now_ra[at],
                                                   now_dec[at])
@@ -577,7 +600,8 @@ def crossmatch(det_ra_deg, det_dec_deg, ref_ra_deg, ref_dec_deg, radius_arcsec, 
 
 
 def _sweep_candidates(det_xyz, ref_xyz, chord):
-    """The (det, ref) index pairs whose unit vectors lie within ``chord`` of each other.
+    """The (det, ref) index pairs whose unit vectors lie within ``chord`` of each other (both
+    sets non-empty).
 
     The references are sorted along the axis (x, y or z) on which they spread most; each
     detection's candidates are the references within ``chord`` of it along that axis (a
@@ -588,10 +612,29 @@ def _sweep_candidates(det_xyz, ref_xyz, chord):
     # of an (n, 3) array at ~15x the cost (issue 11: ~0.3 ms for 4,000 sources); max and min
     # are exact, so the ranges are the same numbers
     axis = int(np.argmax([np.ptp(ref_xyz[:, k]) for k in range(3)]))
-    order = np.argsort(ref_xyz[:, axis], kind="stable")
-    key = ref_xyz[order, axis]
-    lo = np.searchsorted(key, det_xyz[:, axis] - chord, side="left")
-    hi = np.searchsorted(key, det_xyz[:, axis] + chord, side="right")
+    key = np.ascontiguousarray(ref_xyz[:, axis])
+    near_lo = det_xyz[:, axis] - chord
+    near_hi = det_xyz[:, axis] + chord
+    start = key.min()                     # crossmatch calls with references, never without
+    width = chord / _SWEEP_BINS_PER_CHORD
+    if (key.max() - start) / width < _SWEEP_MAX_BINS:
+        # the references sorted by bins of width chord / _SWEEP_BINS_PER_CHORD along the axis:
+        # int16 bin numbers, which numpy's stable sort orders by a radix sort (issue 11: the
+        # float sort took ~1.3 ms for 10,000 sources, the bins' ~40 us).  Each detection's
+        # bins from that of key - chord to that of key + chord: floor((x - start) / width) is
+        # monotone in x to the last bit (correctly rounded operations are), so they hold every
+        # reference of the exact window and a few more; the 3-d distance decides as before, and
+        # the order of the candidates is the caller's to set (crossmatch sorts its pairs).
+        bins = ((key - start) / width).astype(np.int16)
+        order = np.argsort(bins, kind="stable")
+        ranked = bins[order].astype(np.float64)
+        lo = np.searchsorted(ranked, np.floor((near_lo - start) / width), side="left")
+        hi = np.searchsorted(ranked, np.floor((near_hi - start) / width), side="right")
+    else:
+        order = np.argsort(key, kind="stable")
+        ranked = key[order]
+        lo = np.searchsorted(ranked, near_lo, side="left")
+        hi = np.searchsorted(ranked, near_hi, side="right")
     counts = hi - lo
     total = int(counts.sum())
     if total > _SWEEP_MAX_CANDIDATES:
@@ -631,11 +674,39 @@ def count_matches(det_index, group, n_groups):
     """
     det_index = np.asarray(det_index)
     group = np.asarray(group)
-    n_match = int(np.unique(det_index).size)
-    per_group = tuple(
-        int(np.unique(det_index[group == g]).size) for g in range(1, n_groups + 1)
-    )
+    n_match = _n_distinct(det_index)
+    per_group = tuple(_n_distinct(det_index[group == g]) for g in range(1, n_groups + 1))
     return n_match, per_group
+
+
+def _n_distinct(values):
+    """``np.unique(values).size`` of a 1-d array by unique's own algorithm (a sort, then the
+    runs of equal values), without its wrapping (issue 11: ~4 calls a crossmatch)."""
+    ranked = np.sort(values)
+    if ranked.size == 0:
+        return 0
+    return int(np.count_nonzero(ranked[1:] != ranked[:-1])) + 1
+
+
+def _sorted_unique(values):
+    """``np.unique(values)`` of a 1-d array by its own algorithm (sort, first of each run)."""
+    ranked = np.sort(values)
+    first = np.ones(ranked.size, dtype=bool)
+    first[1:] = ranked[1:] != ranked[:-1]
+    return ranked[first]
+
+
+def _unique_inverse(values):
+    """``np.unique(values, return_inverse=True)`` of a 1-d array by its own algorithm: the
+    sorted distinct values and, per value, the index of its own among them (whatever order
+    the sort leaves equal values in, each maps to its run)."""
+    order = np.argsort(values)
+    ranked = values[order]
+    first = np.ones(ranked.size, dtype=bool)
+    first[1:] = ranked[1:] != ranked[:-1]
+    inverse = np.empty(ranked.size, dtype=np.intp)
+    inverse[order] = np.cumsum(first) - 1
+    return ranked[first], inverse
 
 
 def decide_method(n_match_gaia, n_match_wise, *, requested="auto", wise_available=True):
@@ -687,9 +758,15 @@ def clean_cc_flags(cc_flags):
     flags = np.asarray(cc_flags, dtype=str)
     if flags.size == 0:  # np.char.replace cannot size its output for zero rows
         return np.zeros(flags.shape, dtype=bool)
-    flags = np.char.strip(flags)
-    zeros = np.char.replace(flags, "0", "")
-    return (np.char.str_len(flags) > 0) & (np.char.str_len(zeros) == 0)
+    # the readers' flags are mostly '0000' already: those are clean, and only the others go
+    # through numpy's string functions (issue 11: ~90 us for 1,600 rows)
+    clean = flags == "0000"
+    rest = ~clean
+    if np.any(rest):
+        other = np.char.strip(flags[rest])
+        zeros = np.char.replace(other, "0", "")
+        clean[rest] = (np.char.str_len(other) > 0) & (np.char.str_len(zeros) == 0)
+    return clean
 
 
 def one_to_one(wise_ids, gaia_ids):
@@ -715,10 +792,21 @@ def one_to_one(wise_ids, gaia_ids):
     first = np.ones(wise.size, dtype=bool)
     first[1:] = (wise[1:] != wise[:-1]) | (gaia[1:] != gaia[:-1])
     wise, gaia = wise[first], gaia[first]
-    _, w_inv, w_cnt = np.unique(wise, return_inverse=True, return_counts=True)
-    _, g_inv, g_cnt = np.unique(gaia, return_inverse=True, return_counts=True)
-    keep = (w_cnt[w_inv] == 1) & (g_cnt[g_inv] == 1)
+    # an id is in one row when it is alone in its run of equal ids: the WISE ids are sorted
+    # already, the Gaia ids once (issue 11: np.unique's counts and inverse, without them)
+    g_order = np.argsort(gaia)
+    keep = _alone(wise)
+    keep[g_order] &= _alone(gaia[g_order])
     return wise[keep], gaia[keep], int(np.count_nonzero(~keep))
+
+
+def _alone(ranked):
+    """True for each value of a sorted 1-d array that equals neither neighbour."""
+    alone = np.ones(ranked.size, dtype=bool)
+    differs = ranked[1:] != ranked[:-1]
+    alone[1:] &= differs
+    alone[:-1] &= differs
+    return alone
 
 
 def _first_occurrence(ids, order):
@@ -755,9 +843,10 @@ def _make_pairs(det_rows, det_ra, det_dec, det_xi, det_eta,
     With ``places`` (a :class:`_Places` of the references' arrays), its unit vectors are
     used, and the references move to the stack's epoch where they can be within the match
     radius (``ref_xi``/``ref_eta`` are its arrays: read after the moves)."""
-    reach = move = xyz = None
+    reach = move = xyz = det_xyz = None
     if places is not None:
         xyz = places.xyz[ref_rows]
+        det_xyz = _frame_vectors(det_ra[det_rows], det_dec[det_rows], places.ra0)
     if places is not None and places.motion is not None:
         reach = places.bound[ref_rows]
 
@@ -769,6 +858,7 @@ def _make_pairs(det_rows, det_ra, det_dec, det_xi, det_eta,
     di, ri, sep = crossmatch(
         det_ra[det_rows], det_dec[det_rows], ref_ra[ref_rows], ref_dec[ref_rows],
         config.match_radius_arcsec, ref_reach=reach, ref_move=move, ref_xyz=xyz,
+        det_xyz=det_xyz,
     )
     if len(di) == 0:
         return empty_pairs(config.n_groups)
@@ -776,7 +866,9 @@ def _make_pairs(det_rows, det_ra, det_dec, det_xi, det_eta,
     ref_row = ref_rows[ri]
     group = assign_groups(sep, config.sep_bins_arcsec)
     n_match, n_match_group = count_matches(det_row, group, config.n_groups)
-    _, inverse, counts = np.unique(det_row, return_inverse=True, return_counts=True)
+    # each pair's detection's number of pairs (issue 11: np.unique's counts by its inverse,
+    # without the sort: the rows are small non-negative integers)
+    counts = np.bincount(det_row)
     return Pairs(
         det_row=det_row,
         ref_row=ref_row,
@@ -784,7 +876,7 @@ def _make_pairs(det_rows, det_ra, det_dec, det_xi, det_eta,
         d_xi_arcsec=ref_xi[ref_row] - det_xi[det_row],
         d_eta_arcsec=ref_eta[ref_row] - det_eta[det_row],
         group=group.astype(np.int64),
-        n_cand=counts[inverse].astype(np.int64),
+        n_cand=counts[det_row].astype(np.int64),
         n_match=n_match,
         n_match_group=n_match_group,
     )
@@ -794,11 +886,9 @@ def _candidates(det_rows, pairs):
     """Candidates per kept detection (aligned with det_rows)."""
     if pairs is None or len(pairs) == 0:
         return np.zeros(len(det_rows), dtype=np.int64)
-    rows, counts = np.unique(pairs.det_row, return_counts=True)
-    out = np.zeros(len(det_rows), dtype=np.int64)
-    pos = np.searchsorted(det_rows, rows)
-    out[pos] = counts
-    return out
+    # every pair's detection is one of det_rows (issue 11: counted by bincount, not np.unique)
+    counts = np.bincount(pairs.det_row, minlength=int(det_rows[-1]) + 1)
+    return counts[det_rows].astype(np.int64)
 
 
 class _Places:
@@ -809,7 +899,7 @@ class _Places:
     (per row: more than it moves; 0: it does not) and ``move(rows)`` -> (ra, dec) of those
     rows at the stack's epoch (:class:`stk_astrometry.core.epoch.Propagation`).  ``ra``,
     ``dec``, ``sep`` (from (ra0, dec0), arcsec), ``xi``, ``eta`` (tangent plane of (ra0,
-    dec0), arcsec) and ``xyz`` (:func:`unit_vectors`) are the present positions of every row
+    dec0), arcsec) and ``xyz`` (:func:`_frame_vectors`) are the present positions of every row
     (:func:`_sky_terms`): changed in place by :meth:`move`, so the arrays read after a move
     are the moved ones.
     """
@@ -829,7 +919,7 @@ class _Places:
         """Move ``rows`` (not moved yet, with a bound > 0) to the stack's epoch."""
         if self.motion is None:
             return
-        rows = np.unique(rows[self.todo[rows]])
+        rows = _sorted_unique(rows[self.todo[rows]])
         if rows.size:
             self.todo[rows] = False
             ra, dec = self.motion.move(rows)
@@ -857,6 +947,22 @@ class _Places:
 # --------------------------------------------------------------------------
 
 
+def _good_class(likelihood_class):
+    """True where the likelihood class, stripped and upper-cased, is one of GOOD_CLASSES.
+
+    A class given as one exactly (the readers strip and upper-case it) is good without
+    numpy's string functions, which only the others go through (issue 11: ~35 us for 200
+    detections)."""
+    klass = np.asarray(likelihood_class, dtype=str)
+    good = np.zeros(klass.shape, dtype=bool)
+    for name in GOOD_CLASSES:
+        good |= klass == name
+    rest = ~good
+    if np.any(rest):
+        good[rest] = np.isin(np.char.upper(np.char.strip(klass[rest])), GOOD_CLASSES)
+    return good
+
+
 def filter_detections(det, config):
     """Apply the detection filters (spec §5.1, §5.5.1; spec-notes 12).
 
@@ -882,8 +988,7 @@ def filter_detections(det, config):
           "detections dropped: NaN or out-of-range ra/dec", warn=True)
     apply(_positive(det.err_r0_arcsec) & _positive(det.err_r1_arcsec), "NDBADERR",
           "detections dropped: error radius NaN or <= 0", warn=True)
-    klass = np.char.upper(np.char.strip(np.asarray(det.likelihood_class, dtype=str)))
-    apply(np.isin(klass, GOOD_CLASSES), "NDCLASS",
+    apply(_good_class(det.likelihood_class), "NDCLASS",
           "detections dropped: likelihood_class not TRUE/MARGINAL")
     if det.sat_src_flag is not None:
         apply(~np.asarray(det.sat_src_flag, dtype=bool), "NDSAT",
@@ -1117,7 +1222,9 @@ def _row_lookup(table_ids, table_keep, wanted_ids, order):
     if len(rows) == 0 or len(wanted_ids) == 0:
         return out
     sorted_ids = np.asarray(table_ids)[rows]
-    pos = np.clip(np.searchsorted(sorted_ids, wanted_ids), 0, len(sorted_ids) - 1)
+    # searchsorted's positions are >= 0: only the upper end is clipped (np.clip's wrapper
+    # cost more than the search; issue 11)
+    pos = np.minimum(np.searchsorted(sorted_ids, wanted_ids), len(sorted_ids) - 1)
     found = sorted_ids[pos] == wanted_ids
     out[found] = rows[pos[found]]
     return out

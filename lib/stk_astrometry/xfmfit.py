@@ -1026,8 +1026,11 @@ def _refit_batch(dx, dy, w, loss, f_scale, max_shift):
     each (a zero weight leaves the pair out of that row's fit: the jackknife).
 
     The rows still moving are gathered once per iteration that retires some (issue 11: not
-    three times an iteration), as C-ordered copies: numpy's row sums depend on the memory
-    order, and these are the sums the gathers made (the same minima, bit for bit)."""
+    three times an iteration), as C-ordered copies.  The row sums are einsum's (a sum of
+    products in one pass, no temporary; issue 11: 1.2x the refit's speed): each row's sum is
+    computed alone, whatever its neighbours and its memory alignment, so a row's refit does
+    not depend on the other rows, to the last bit.  They are not numpy's pairwise sums: the
+    minima differ from those by rounding (<= 3e-16" on the bench_speed stacks)."""
     nb = dx.shape[0]
     p = np.zeros((nb, 2))
     c2 = f_scale * f_scale
@@ -1036,9 +1039,10 @@ def _refit_batch(dx, dy, w, loss, f_scale, max_shift):
     per_row = np.ndim(w) == 2
     rows = np.arange(nb)
     dxr, dyr, wr = dx[rows], dy[rows], (w[rows] if per_row else w)
-    total = np.add.reduce           # x.sum(axis=1): the same sums without its Python layers
+    ein = np.einsum                 # ein("ij->i", a): a's row sums; ein("ij,ij->i", a, b): a b's
     lo, hi = np.maximum, np.minimum   # np.clip(x, -b, b) is minimum(maximum(x, -b), b), NaN kept
     at_trial = None
+    cauchy = loss == "cauchy"
 
     for _ in range(_BOOT_MAX_ITER):
         if rows.size == 0:
@@ -1049,23 +1053,28 @@ def _refit_batch(dx, dy, w, loss, f_scale, max_shift):
             ey = py[:, None] - dyr
             z = wr * (ex * ex + ey * ey)
             zs = z / c2 if scaled else z
-            rho, rho1, rho2 = _rho(zs, loss)
-            f0 = total(rho, axis=1)
+            f0 = ein("ij->i", _rho_value(zs, loss))
         else:
             # every row is at its Newton trial point to the last bit: the trial's residuals,
             # z and F are this point's (issue 11: a third of an iteration's arithmetic)
             ex, ey, zs, f0 = at_trial
+        if cauchy:
+            # rho' = 1 / (1 + z), rho'' = -rho'^2: v = w rho' and k = 2 rho'' w^2 = -2 v^2
+            # (issue 11: 4 passes instead of 7; the same numbers within rounding)
+            v = wr / (1.0 + zs)
+            k = -2.0 * v * v
+        else:
             rho1, rho2 = _rho_slopes(zs, loss)
-        v = wr * rho1
-        vsum = total(v, axis=1)
-        gx, gy = total(v * ex, axis=1), total(v * ey, axis=1)
-        k = 2.0 * rho2 * wr * wr
+            v = wr * rho1
+            k = 2.0 * rho2 * wr * wr
         if scaled:
             k = k / c2
+        vsum = ein("ij->i", v)
+        gx, gy = ein("ij,ij->i", v, ex), ein("ij,ij->i", v, ey)
         kx = k * ex
-        hxx = vsum + total(kx * ex, axis=1)
-        hyy = vsum + total(k * ey * ey, axis=1)
-        hxy = total(kx * ey, axis=1)
+        hxx = vsum + ein("ij,ij->i", kx, ex)
+        hyy = vsum + ein("ij,ij->i", k * ey, ey)
+        hxy = ein("ij,ij->i", kx, ey)
         det = hxx * hyy - hxy * hxy
         with np.errstate(divide="ignore", invalid="ignore"):
             nx = -(hyy * gx - hxy * gy) / det
@@ -1077,15 +1086,15 @@ def _refit_batch(dx, dy, w, loss, f_scale, max_shift):
         ey = ty[:, None] - dyr
         z = wr * (ex * ex + ey * ey)
         zs = z / c2 if scaled else z
-        f1 = total(_rho_value(zs, loss), axis=1)
+        f1 = ein("ij->i", _rho_value(zs, loss))
         use_newton = newton_ok & (f1 <= f0 * (1.0 + 1e-15) + 1e-300)
         if use_newton.all():
             # no row takes the IRLS step: it is not computed (issue 11)
             sx, sy = tx - px, ty - py
         else:
             with np.errstate(divide="ignore", invalid="ignore"):
-                irx = total(v * dxr, axis=1) / vsum - px
-                iry = total(v * dyr, axis=1) / vsum - py
+                irx = ein("ij,ij->i", v, dxr) / vsum - px
+                iry = ein("ij,ij->i", v, dyr) / vsum - py
             sx = np.where(use_newton, tx - px, hi(lo(px + irx, -max_shift), max_shift) - px)
             sy = np.where(use_newton, ty - py, hi(lo(py + iry, -max_shift), max_shift) - py)
         new_x, new_y = px + sx, py + sy
