@@ -16,7 +16,6 @@ import pytest
 from campaign_sim import make_campaign
 
 from stk_astrometry import fitsutil
-from stk_astrometry.errors import ParameterError
 from stk_astrometry.campaign import database, driver, progress, settings
 from stk_astrometry.campaign.stacks import StackInput, read_stack_list
 from stk_astrometry.campaign.task import StackPlan, null_stack, run_stack, output_paths
@@ -542,27 +541,53 @@ def test_cluster_start_warms_every_worker_before_it_is_used():
     assert client.status == "closed" and not multiprocessing.active_children()
 
 
-@pytest.mark.parametrize("how", ["bad parameter", "nothing to run"])
-def test_run_campaign_shuts_down_a_given_cluster_it_does_not_use(tmp_path, how):
-    """A cluster begun before the list was read (early_cluster) is shut down by run_campaign
-    when the run does not use it: an error before the run, or no stack to run."""
+@pytest.mark.parametrize("how", ["error while planning", "nothing to run"])
+def test_a_cluster_begun_before_the_planning_is_shut_down_when_not_used(tmp_path, monkeypatch,
+                                                                        how):
+    """run_campaign begins a new campaign's cluster before it plans (driver.ClusterStart) and
+    shuts it down when the run does not use it: an error while planning, or no stack to
+    run."""
     import multiprocessing
 
-    (tmp_path / "old").mkdir()
-    (tmp_path / "old" / driver.DB_NAME).write_bytes(b"")
-    assert driver.early_cluster(tmp_path / "old") is None    # an existing campaign: decided later
-    start = driver.early_cluster(tmp_path / "c", "", 1)      # a new one: begun now
-    assert isinstance(start, driver.ClusterStart)
-    if how == "bad parameter":
-        with pytest.raises(ParameterError, match="update=sideways"):
-            driver.run_campaign([], settings.load_step_settings([]), folder=tmp_path / "c",
-                                update_mode="sideways", verbose=0, cluster=start)
-        assert not (tmp_path / "c").exists()
+    started = []
+    real_start = driver.ClusterStart
+
+    class Recorded(real_start):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            started.append(self)
+
+    monkeypatch.setattr(driver, "ClusterStart", Recorded)
+    cfg = settings.load_step_settings([])
+    if how == "error while planning":
+        def broken(*args, **kwargs):
+            raise OSError("planning broke")
+
+        monkeypatch.setattr(driver, "plan_stacks", broken)
+        with pytest.raises(OSError, match="planning broke"):
+            driver.run_campaign([], cfg, folder=tmp_path / "c", verbose=0)
     else:
-        summary = driver.run_campaign([], settings.load_step_settings([]),
-                                      folder=tmp_path / "c", plots=False, verbose=0,
-                                      cluster=start)
+        summary = driver.run_campaign([], cfg, folder=tmp_path / "c", plots=False, verbose=0)
         assert summary.n_run == 0 and (tmp_path / "c" / driver.TABLE_NAME).is_file()
+    assert len(started) == 1
+    start = started[0]
     client = start._value[0]
     assert client.status == "closed" and all(not t.is_alive() for t in start.closing)
     assert not multiprocessing.active_children()
+
+
+def test_a_cluster_is_begun_before_the_planning_only_where_stacks_are_left():
+    """driver._likely_work: a new campaign or one with stacks not done (begin the cluster
+    before planning); every stack done: only once the planning finds stacks to run."""
+    st = [StackInput(f"s{i}", f"/d{i}", f"/g{i}") for i in range(2)]
+    done = [{"stackid": s.stackid, "inputs_digest": "i", "params_digest": "p",
+             "elapsed_s": 0.1, "worker": "w", "steps": [], "warnings": [],
+             "row": {"stackid": s.stackid, "status": "done"}} for s in st]
+    with database.RunDatabase(":memory:") as db:
+        assert driver._likely_work(db)                 # new
+        db.sync_stacks(st)
+        assert driver._likely_work(db)                 # pending stacks
+        db.record(done[:1])
+        assert driver._likely_work(db)
+        db.record(done[1:])
+        assert not driver._likely_work(db)             # all done

@@ -11,7 +11,6 @@ default test run leaves them out and ``.ci/run`` runs them (``sh test/run_tests.
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import signal
 import socket
@@ -257,10 +256,8 @@ def test_bad_parameters(tmp_path, campaign, capsys):
     (busy / "file.txt").write_text("mine")
     assert batch_main([f"@{listfile}", str(busy)]) == 1
     assert "not a stk_batch campaign folder" in capsys.readouterr().err
-    # a new campaign's cluster starts while the list is read: a bad list shuts it down
     assert batch_main([f"@{tmp_path / 'nolist'}", str(tmp_path / "o2")]) == 1
     assert not (tmp_path / "o2").exists()
-    assert not multiprocessing.active_children()
 
 
 def test_yaml_sections_reach_the_steps(tmp_path, campaign):

@@ -1485,14 +1485,15 @@ def fit_mixture(src_index, d_xi, d_eta, cov_pairs, *, density_per_arcmin2, match
         raise FitError(f"mixture fit: start_prior_arcsec must be None or > 0, got {start_prior_arcsec!r}")
 
     notes = []
-    finite = np.isfinite(dx_all) & np.isfinite(dy_all) & np.all(np.isfinite(cov_all), axis=(1, 2))
+    finite = np.isfinite(dx_all) & np.isfinite(dy_all) & np.isfinite(cov_all).all(axis=(1, 2))
     n_dropped = int(n - finite.sum())
     if n_dropped:
         notes.append(f"{n_dropped} pair(s) with non-finite offset or covariance dropped")
     keep = np.flatnonzero(finite)
     if keep.size == 0:
         return _empty_fit(n, "; ".join(notes + ["no usable pairs"]), n_dropped=n_dropped)
-    stated = 0.5 * (cov_all[keep] + np.swapaxes(cov_all[keep], 1, 2))
+    stated = cov_all[keep]
+    stated = 0.5 * (stated + stated.swapaxes(1, 2))
     cov, floored = _calibrated(stated, 1.0, sys_arcsec)
     n_floored = int(floored.sum())
     if n_floored:
@@ -1503,8 +1504,10 @@ def fit_mixture(src_index, d_xi, d_eta, cov_pairs, *, density_per_arcmin2, match
     order = np.lexsort((cov[:, 1, 1], cov[:, 0, 1], cov[:, 0, 0], dy, dx, det))
     dx, dy, det, cov, keep = dx[order], dy[order], det[order], cov[order], keep[order]
     stated = stated[order]
-    _, det = np.unique(det, return_inverse=True)
-    n_det = int(det.max()) + 1
+    # the detections numbered 0, 1, ... in order: det is sorted (lexsort's last key), so
+    # np.unique's inverse is the running count of its changes (issue 11: np.unique sorts again)
+    det = np.concatenate(([0], det[1:] != det[:-1])).cumsum()
+    n_det = int(det[-1]) + 1
 
     prob = _Problem(det, dx, dy, cov, rho_arcmin / 3600.0, radius, max_shift)
     prob.keep_model(1.0, sys_arcsec)
@@ -1591,11 +1594,11 @@ def fit_mixture(src_index, d_xi, d_eta, cov_pairs, *, density_per_arcmin2, match
         notes.append(cal_note or cal_kept)
     if cal_avg:
         notes.append(cal_avg)
-    at_bound = np.any(np.abs(s) >= max_shift * (1 - 1e-12))
+    at_bound = (np.abs(s) >= max_shift * (1 - 1e-12)).any()
     if at_bound:
         converged = False
         notes.append(f"shift at the max_shift bound ({max_shift} arcsec)")
-    if np.any(edge):
+    if edge.any():
         notes.append(f"window cycled: shrunk to {r_w:.3f} arcsec to leave out {int(edge.sum())} "
                      f"pair(s) on its edge")
     if fit_note:
@@ -1608,8 +1611,9 @@ def fit_mixture(src_index, d_xi, d_eta, cov_pairs, *, density_per_arcmin2, match
 
     membership = np.zeros(n)
     membership[keep[idx]] = r
-    n_eff = float(np.sum(r))
-    chance = float(np.clip(1.0 - n_eff / n_det, 0.0, 1.0))
+    # (np.sum's and np.clip's arithmetic without their Python wrappers, issue 11)
+    n_eff = float(np.add.reduce(r))
+    chance = min(max(1.0 - n_eff / n_det, 0.0), 1.0)
     status = "converged" if converged else "NOT converged"
     message = "; ".join([f"{status} after {total_iter} EM iterations"] + notes)
     if not converged:

@@ -98,16 +98,12 @@ def _own_hwm_kb():
 watcher = threading.Thread(target=_watch, daemon=True)
 watcher.start()
 a = json.loads(sys.argv[1])
-cfg = settings.load_step_settings([])
-# as stk_batch does: a new campaign's cluster starts while the list is read
-cluster = driver.early_cluster(a["folder"], a.get("scheduler", ""), a.get("nworkers", 0),
-                               warm=a["task"] == "run_stack")
 st = stacks.read_stack_list(a["stacks"])
+cfg = settings.load_step_settings([])
 t1 = time.perf_counter()
 s = driver.run_campaign(st, cfg, folder=a["folder"], scheduler=a.get("scheduler", ""),
                         nworkers=a.get("nworkers", 0), plots=a.get("plots", True), verbose=0,
-                        detcorr=a.get("detcorr", True), task=getattr(task, a["task"]),
-                        cluster=cluster)
+                        detcorr=a.get("detcorr", True), task=getattr(task, a["task"]))
 t2 = time.perf_counter()
 stop.set()
 watcher.join()

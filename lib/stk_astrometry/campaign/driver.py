@@ -49,8 +49,7 @@ from .settings import StepSettings, params_digest
 from .stacks import inputs_digest, safe_name
 from .task import UPDATE_MODES, StackPlan, output_paths, run_chunk, run_stack
 
-__all__ = ["CampaignSummary", "ClusterStart", "early_cluster", "run_campaign", "write_outputs",
-           "DB_NAME", "TABLE_NAME"]
+__all__ = ["CampaignSummary", "run_campaign", "write_outputs", "DB_NAME", "TABLE_NAME"]
 
 logger = logging.getLogger(__name__)
 
@@ -335,11 +334,11 @@ class ClusterStart:
 
     Starting a LocalCluster takes ~1 s (its worker processes import Dask, then this package's
     steps: :func:`campaign.task.warm_worker` runs on every worker as soon as it is up); begun
-    before the stack list is read and the stacks are planned, that overlaps them instead of
-    following them.  ``with start as (client, where):`` waits for it and then behaves as
-    ``with dask_client(...)``; :meth:`close` shuts down a cluster that is not needed (nothing
-    to run, or an error before the run).  An error of the start itself (a scheduler that
-    does not answer) is raised by ``with``, as :func:`dask_client` raises it.
+    before the stacks are planned, that overlaps the planning instead of following it.
+    ``with start as (client, where):`` waits for it and then behaves as ``with
+    dask_client(...)``; :meth:`close` shuts down a cluster that is not needed (nothing to
+    run, or an error before the run).  An error of the start itself (a scheduler that does
+    not answer) is raised by ``with``, as :func:`dask_client` raises it.
     """
 
     def __init__(self, scheduler: str, nworkers: int, *, closing: list | None = None,
@@ -391,19 +390,6 @@ class ClusterStart:
         self._thread.join()
         if self._open:
             self.__exit__(None, None, None)
-
-
-def early_cluster(folder, scheduler: str = "", nworkers: int = 0, *,
-                  warm: bool = True) -> ClusterStart | None:
-    """A cluster begun now for a new campaign in ``folder`` (no run database there yet), to
-    hand to :func:`run_campaign` (``cluster=``) once the stack list is read, so that the
-    cluster's start overlaps the reading; None for an existing campaign (a finished one may
-    have nothing to run: :func:`run_campaign` decides once it has read its database).
-    ``warm``: the workers import the steps' modules at once (False for a campaign of other
-    tasks, e.g. the benchmark's null tasks)."""
-    if (Path(folder) / DB_NAME).exists():
-        return None
-    return ClusterStart(scheduler, nworkers, warm=warm)
 
 
 def _likely_work(db: RunDatabase) -> bool:
@@ -663,7 +649,7 @@ def summary_lines(summary: CampaignSummary, *, max_failures=20) -> list[str]:
 def run_campaign(stacks, settings: StepSettings, *, folder, scheduler="", nworkers=0,
                  force=False, update_mode="none", detcorr=True, plots=True, verbose=1,
                  live=None, progress_interval=10.0, window=None, chunk=None, command="",
-                 task=run_stack, cluster=None) -> CampaignSummary:
+                 task=run_stack) -> CampaignSummary:
     """Run (or resume) a campaign and write its table and report.
 
     Parameters
@@ -695,38 +681,29 @@ def run_campaign(stacks, settings: StepSettings, *, folder, scheduler="", nworke
     task : callable
         The per-stack task (default :func:`campaign.task.run_stack`); the benchmarks give a
         trivial one to measure the machinery alone.
-    cluster : ClusterStart or None
-        A cluster the caller began to start (for ``scheduler`` and ``nworkers``) before it
-        read the stack list, so that the two overlap; this call uses it or, with nothing to
-        run, shuts it down.  None: a new or unfinished campaign's cluster is begun here
-        before the planning, another one's only when the planning finds stacks to run.
-
     Returns
     -------
     CampaignSummary
     """
+    if update_mode not in UPDATE_MODES:
+        raise ParameterError(f"update={update_mode}: expected one of {', '.join(UPDATE_MODES)}")
     t0 = time.perf_counter()
-    closing = [] if cluster is None else cluster.closing
+    folder = Path(folder)
     try:
-        if update_mode not in UPDATE_MODES:
-            raise ParameterError(f"update={update_mode}: expected one of "
-                                 f"{', '.join(UPDATE_MODES)}")
-        folder = Path(folder)
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise InputError(f"cannot create the campaign folder {folder}: {exc}") from exc
-        folder = folder.resolve()
-        log = logging.getLogger("stk_astrometry.stk_batch")
-        summary = CampaignSummary(n_stacks=len(stacks))
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create the campaign folder {folder}: {exc}") from exc
+    folder = folder.resolve()
+    log = logging.getLogger("stk_astrometry.stk_batch")
+    summary = CampaignSummary(n_stacks=len(stacks))
+    closing = []
+    try:
         _run_and_write(stacks, settings, summary, folder=folder, scheduler=scheduler,
                        nworkers=nworkers, force=force, update_mode=update_mode, detcorr=detcorr,
                        plots=plots, verbose=verbose, live=live,
                        progress_interval=progress_interval, window=window, chunk=chunk,
-                       command=command, task=task, closing=closing, log=log, cluster=cluster)
+                       command=command, task=task, closing=closing, log=log)
     finally:
-        if cluster is not None:
-            cluster.close()              # a cluster given but not used (an error before)
         for thread in closing:           # the LocalCluster's shutdown, begun after the run
             thread.join()
     summary.wall_s = time.perf_counter() - t0
@@ -741,15 +718,14 @@ def run_campaign(stacks, settings: StepSettings, *, folder, scheduler="", nworke
 
 def _run_and_write(stacks, settings, summary, *, folder, scheduler, nworkers, force,
                    update_mode, detcorr, plots, verbose, live, progress_interval, window, chunk,
-                   command, task, closing, log, cluster):
+                   command, task, closing, log):
     """:func:`run_campaign`'s work under the campaign's lock (see there)."""
     with campaign_lock(folder), RunDatabase(folder / DB_NAME) as db:
         _remove_dead_temps(folder)
-        # a new or unfinished campaign: start the cluster now, while the list is read and
-        # planned (ClusterStart); else only once planning has found stacks to run
-        start = cluster or (ClusterStart(scheduler, nworkers, closing=closing,
-                                         warm=task is run_stack)
-                            if _likely_work(db) else None)
+        # a new or unfinished campaign: start the cluster now, while the stacks are planned
+        # (ClusterStart); else only once planning has found stacks to run
+        start = (ClusterStart(scheduler, nworkers, closing=closing, warm=task is run_stack)
+                 if _likely_work(db) else None)
         try:
             _plan_and_run(stacks, settings, summary, db, start, folder=folder,
                           scheduler=scheduler, nworkers=nworkers, force=force,

@@ -63,24 +63,14 @@ def _body(params, yaml_files, argv):
     from ..campaign.stacks import read_stack_list
 
     settings = load_step_settings(yaml_files)
+    stacks = read_stack_list(params["stacks"])
     _check_folder(folder)
-    scheduler, nworkers = params["scheduler"] or "", int(params["nworkers"])
-    # a new campaign's cluster starts while the list is read (run_campaign then owns it)
-    cluster = driver.early_cluster(folder, scheduler, nworkers)
-    try:
-        stacks = read_stack_list(params["stacks"])
-    except BaseException:
-        if cluster is not None:
-            cluster.close()
-            for thread in cluster.closing:
-                thread.join()
-        raise
     driver.run_campaign(
-        stacks, settings, folder=folder, scheduler=scheduler, nworkers=nworkers,
-        force=params["force"], update_mode=params["update"], detcorr=params["detcorr"],
-        plots=params["plots"], verbose=verbose,
+        stacks, settings, folder=folder, scheduler=params["scheduler"] or "",
+        nworkers=int(params["nworkers"]), force=params["force"], update_mode=params["update"],
+        detcorr=params["detcorr"], plots=params["plots"], verbose=verbose,
         progress_interval=float(params["progress_interval"]),
-        command=" ".join([TOOLNAME, *argv]), cluster=cluster)
+        command=" ".join([TOOLNAME, *argv]))
     _science(folder, params)
     return 0
 
