@@ -124,6 +124,16 @@ def test_crossmatch_brute_force_agreement():
     assert np.all(np.diff(key) >= 0)
 
 
+def _dense_field(rng, ra0, dec0):
+    """300 detections and 3,000 references within 300" of (ra0, dec0): a dense field in
+    which 5" match circles overlap."""
+    det_ra, det_dec = offsets_to_sky(ra0, dec0, rng.uniform(-300, 300, 300),
+                                     rng.uniform(-300, 300, 300))
+    ref_ra, ref_dec = offsets_to_sky(ra0, dec0, rng.uniform(-300, 300, 3000),
+                                     rng.uniform(-300, 300, 3000))
+    return det_ra, det_dec, ref_ra, ref_dec
+
+
 @pytest.mark.parametrize("max_bins", [None, 0])
 @pytest.mark.parametrize("ra0,dec0", [(10.0, 20.0), (0.0, 0.0), (120.0, 89.99), (300.0, -89.999)])
 def test_crossmatch_sweep_equals_the_kd_tree(ra0, dec0, max_bins, monkeypatch):
@@ -136,10 +146,7 @@ def test_crossmatch_sweep_equals_the_kd_tree(ra0, dec0, max_bins, monkeypatch):
         monkeypatch.setattr(m, "_SWEEP_MAX_BINS", max_bins)
 
     rng = np.random.default_rng(SEED + 2)
-    det_ra, det_dec = offsets_to_sky(ra0, dec0, rng.uniform(-300, 300, 300),
-                                     rng.uniform(-300, 300, 300))
-    ref_ra, ref_dec = offsets_to_sky(ra0, dec0, rng.uniform(-300, 300, 3000),
-                                     rng.uniform(-300, 300, 3000))
+    det_ra, det_dec, ref_ra, ref_dec = _dense_field(rng, ra0, dec0)
     sweep = crossmatch(det_ra, det_dec, ref_ra, ref_dec, 5.0)
     monkeypatch.setattr(m, "_SWEEP_MAX_CANDIDATES", -1)     # every search goes to the tree
     tree = crossmatch(det_ra, det_dec, ref_ra, ref_dec, 5.0)
@@ -222,10 +229,7 @@ def test_crossmatch_on_vectors_of_a_turned_frame_finds_the_same_pairs(ra0, dec0)
     from stk_astrometry.matching import _frame_vectors
 
     rng = np.random.default_rng(SEED + 9)
-    det_ra, det_dec = offsets_to_sky(ra0, dec0, rng.uniform(-300, 300, 300),
-                                     rng.uniform(-300, 300, 300))
-    ref_ra, ref_dec = offsets_to_sky(ra0, dec0, rng.uniform(-300, 300, 3000),
-                                     rng.uniform(-300, 300, 3000))
+    det_ra, det_dec, ref_ra, ref_dec = _dense_field(rng, ra0, dec0)
     want = crossmatch(det_ra, det_dec, ref_ra, ref_dec, 5.0)
     got = crossmatch(det_ra, det_dec, ref_ra, ref_dec, 5.0,
                      ref_xyz=_frame_vectors(ref_ra, ref_dec, ra0),
