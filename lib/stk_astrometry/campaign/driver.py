@@ -681,6 +681,7 @@ def run_campaign(stacks, settings: StepSettings, *, folder, scheduler="", nworke
     task : callable
         The per-stack task (default :func:`campaign.task.run_stack`); the benchmarks give a
         trivial one to measure the machinery alone.
+
     Returns
     -------
     CampaignSummary

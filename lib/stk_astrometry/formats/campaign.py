@@ -167,10 +167,9 @@ def to_records(rows: Iterable[Mapping], n_groups: int) -> np.ndarray:
     cols = columns(n_groups)
     rows = list(rows)
     out = np.zeros(len(rows), dtype=_dtype(cols))
-    if rows:
-        for c in cols:
-            name = c.name
-            out[name] = _clean_column(c, [row.get(name) for row in rows])
+    for c in cols:
+        name = c.name
+        out[name] = _clean_column(c, [row.get(name) for row in rows])
     return out
 
 
