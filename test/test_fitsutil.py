@@ -1463,3 +1463,42 @@ def test_same_file_of_names_that_do_not_all_exist(tmp_path, monkeypatch):
     assert not same_file("x.fits", "y.fits") and same_file("x.fits", tmp_path / "x.fits")
     with pytest.raises(ValueError):
         same_file("a\0b", a)
+
+
+def _history_records_by_the_loop(toolname, items, *, start, when, stacks=None):
+    """history_records as it was before its one-record fast path (issue 11): every payload cut
+    into 56-character chunks, each cleaned of what is not printable ASCII."""
+    records, counter = [], start
+    for kind, payload in [("TOOL", f"{toolname}   {when}")] + [
+            x for name, value in items
+            for x in [("PARM", f"{name}={value}")] + [("STCK", e) for e in (stacks or {}).get(name, ())]]:
+        first = True
+        while first or payload:
+            chunk, payload = payload[:56], payload[56:]
+            chunk = "".join(c if 32 <= ord(c) < 127 else "?" for c in chunk)
+            records.append(f" {kind if first else 'CONT':<4}  :{chunk:<56}ASC{counter % 100000:05d}")
+            counter += 1
+            first = False
+    return records
+
+
+def test_history_records_equal_the_chunk_loop_on_every_length_and_text():
+    import random
+
+    rng = random.Random(11)
+    alphabet = "ab=/_~ \t\x7f\u00e9" + "x" * 8
+    for trial in range(400):
+        items = [(f"p{j}", "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 125))))
+                 for j in range(rng.randint(0, 4))]
+        for name, value in [("s", "x" * 54), ("s", "x" * 55), ("s", "x" * 56), ("s", "x" * 57)]:
+            items.append((name, value))  # payloads of 56 characters and either side
+        stacks = {"p0": ["a" * rng.randint(0, 60), "\u00e9"]} if trial % 3 == 0 else None
+        start = rng.choice([1, 2, 99_990, 99_999, 100_000, 123_456])
+        got = history_records("tool", items, start=start, when="W", stacks=stacks)
+        assert got == _history_records_by_the_loop("tool", items, start=start, when="W",
+                                                   stacks=stacks)
+        assert all(len(r) == 72 for r in got)
+    # the one-record path: exactly 56 characters, the counter wrapping
+    recs = history_records("t", [("n", "y" * 54)], start=99_999, when="W")
+    assert recs[1] == " PARM  :n=" + "y" * 54 + "ASC00000"
+    assert recs[0] == " TOOL  :t   W" + " " * 51 + "ASC99999"

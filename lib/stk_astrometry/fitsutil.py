@@ -799,6 +799,13 @@ def history_records(toolname, items, *, start=1, when=None, stacks=None):
 
     def add(kind, payload):
         nonlocal counter
+        if len(payload) <= HISTORY_PAYLOAD and payload.isascii() and payload.isprintable():
+            # one record, the loop's text by concatenation (issue 11: the usual case; an
+            # f-string with format specifications costs ~2x)
+            records.append(" " + kind.ljust(4) + "  :" + payload.ljust(HISTORY_PAYLOAD)
+                           + "ASC%05d" % (counter % 100000))
+            counter += 1
+            return
         first = True
         while first or payload:
             chunk, payload = payload[:HISTORY_PAYLOAD], payload[HISTORY_PAYLOAD:]
