@@ -1136,4 +1136,5 @@ def test_instrument_is_the_first_non_blank_value_of_the_stacks_rows(column, rows
     c = _det_cols(instrument="instrument")
     assert catalogs.find_instrument(tin, c, np.array(rows), "acisf1") == want
     assert catalogs.find_instrument(tin, c, np.array(rows), "hrcf1") == (
-        "HRC" if want == "HRC" or not any(v.strip() for v, r in zip(column, rows) if r) else want)
+        "HRC" if want == "HRC" or not any(v.strip() for v, r in zip(column, rows, strict=True) if r)
+        else want)
