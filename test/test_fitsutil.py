@@ -1502,3 +1502,82 @@ def test_history_records_equal_the_chunk_loop_on_every_length_and_text():
     recs = history_records("t", [("n", "y" * 54)], start=99_999, when="W")
     assert recs[1] == " PARM  :n=" + "y" * 54 + "ASC00000"
     assert recs[0] == " TOOL  :t   W" + " " * 51 + "ASC99999"
+
+
+def _check_clobber_by_pathlib(path, clobber, *, param="outfile"):
+    """check_clobber as it was before its names as text (issue 11), for the comparison below."""
+    import stat as st_
+
+    from stk_astrometry.fitsutil import _stat_or_none
+
+    if path is None or str(path).strip() == "":
+        return
+    p = Path(path)
+    st = _stat_or_none(p)
+    if st is not None and st_.S_ISDIR(st.st_mode):
+        raise OutputError(f"{param}={path} is a directory, not a file")
+    if st is not None and not clobber:
+        raise OutputError(f"Clobber set to no, and output file {path} exists ({param}).")
+    parent = p.parent
+    if st is None:
+        folder = _stat_or_none(parent)
+        if folder is None or not st_.S_ISDIR(folder.st_mode):
+            raise OutputError(f"{param}={path}: folder {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise OutputError(f"{param}={path}: folder {parent} is not writable")
+
+
+def test_check_clobber_names_the_files_pathlib_names(tmp_path, monkeypatch):
+    """check_clobber's names as text (issue 11) look at the files Path(path) and its parent
+    name: the same verdict and message as pathlib's for every spelling of a name -- dots,
+    doubled slashes, trailing slash or dot, '..', relative or absolute, str or Path -- over files,
+    folders, missing names, a file where a folder should be, folders it may not write."""
+    from pathlib import PurePosixPath
+
+    from stk_astrometry import fitsutil
+
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "f.fits").write_text("x")
+    (tmp_path / "d" / "sub").mkdir()
+    (tmp_path / "file").write_text("x")
+    monkeypatch.chdir(tmp_path)
+    names = ["f.fits", "d/f.fits", "d//f.fits", "d/./f.fits", "./d/f.fits", "d/sub/../f.fits",
+             "d/sub", "d/sub/", "d/sub/.", "d/sub/..", "d/new.fits", "d/./new.fits",
+             "nodir/new.fits", "file/new.fits", "file/./x", "file/.", "file/..", "file/", "file",
+             ".", "..", "/", "d", "d/", "d//", "./f", "new.fits", "d/sub/./", "a\x00b",
+             "d/a\x00b", f"{tmp_path}/d/f.fits", f"{tmp_path}//d/./new.fits",
+             f"{tmp_path}/file/x"]
+
+    def verdict(check, name, clobber, param):
+        try:
+            check(name, clobber, param=param)
+            return "ok"
+        except OutputError as exc:
+            return str(exc)
+        except (ValueError, TypeError) as exc:
+            return type(exc).__name__
+
+    writable = [True]
+    real_access = os.access
+    monkeypatch.setattr(fitsutil.os, "access",
+                        lambda p, mode: writable[0] and real_access(p, mode))
+    for name in names:
+        for given in (name, Path(name), PurePosixPath(name)):
+            for clobber in (True, False):
+                for writable[0] in (True, False):
+                    got = verdict(check_clobber, given, clobber, "outdetfile")
+                    want = verdict(_check_clobber_by_pathlib, given, clobber, "outdetfile")
+                    assert got == want, (repr(given), clobber, writable[0])
+    # the text used: a pathlib path's own, a str's as given, its folder by dirname ('.' for none)
+    from stk_astrometry.fitsutil import _name_and_folder
+
+    assert _name_and_folder(Path("a//b/./c.fits")) == ("a/b/c.fits", "a/b")
+    assert _name_and_folder("a//b/./c.fits") == ("a//b/./c.fits", "a//b/.")
+    assert _name_and_folder("c.fits") == ("c.fits", ".")
+    assert _name_and_folder("/c.fits") == ("/c.fits", "/")
+    for odd in ("a/", "a/.", "a/..", ".", "..", "/", b"a/c.fits", 5):
+        if isinstance(odd, str):
+            assert _name_and_folder(odd) == (Path(odd), Path(odd).parent)
+        else:
+            with pytest.raises(TypeError):
+                _name_and_folder(odd)
