@@ -1572,6 +1572,8 @@ def test_check_clobber_names_the_files_pathlib_names(tmp_path, monkeypatch):
     from stk_astrometry.fitsutil import _name_and_folder
 
     assert _name_and_folder(Path("a//b/./c.fits")) == ("a/b/c.fits", "a/b")
+    for given in ("a/..", ".", "..", "/", "//a", "/a", "a"):   # a pathlib path's folder: its parent's
+        assert _name_and_folder(Path(given)) == (str(Path(given)), str(Path(given).parent))
     assert _name_and_folder("a//b/./c.fits") == ("a//b/./c.fits", "a//b/.")
     assert _name_and_folder("c.fits") == ("c.fits", ".")
     assert _name_and_folder("/c.fits") == ("/c.fits", "/")
@@ -1581,3 +1583,20 @@ def test_check_clobber_names_the_files_pathlib_names(tmp_path, monkeypatch):
         else:
             with pytest.raises(TypeError):
                 _name_and_folder(odd)
+
+
+def test_write_atomically_names_the_output_as_pathlib_does(tmp_path):
+    """write_atomically takes a str name normalised as pathlib normalises it (doubled slashes,
+    '.' parts) and a pathlib path's text as it is: the file written, and the name a deferred
+    block lists for its sync."""
+    from stk_astrometry.fitsutil import deferred_durability, write_atomically
+
+    with deferred_durability(sync=False) as pending:
+        write_atomically(f"{tmp_path}//./a.fits", b"a" * 2880)
+        write_atomically(tmp_path / "b.fits", [b"b" * 2880, bytearray(2880)])
+        write_atomically(f"{tmp_path}/c.fits", b"c")
+    assert pending.paths == [str(tmp_path / "a.fits"), str(tmp_path / "b.fits"),
+                             str(tmp_path / "c.fits")]
+    assert (tmp_path / "a.fits").read_bytes() == b"a" * 2880
+    assert (tmp_path / "b.fits").read_bytes() == b"b" * 2880 + bytes(2880)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.fits", "b.fits", "c.fits"]

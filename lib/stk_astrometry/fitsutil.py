@@ -108,18 +108,16 @@ def _name_and_folder(path):
     """``Path(path)`` and its parent, or names of the same files as text (issue 11: pathlib's
     objects cost more than the stat and the access check, ~6 us a call).
 
-    Text: a pathlib path's own (normalised already), or a str whose last part is a name -- it
-    names the file ``Path`` names (pathlib drops ``.`` parts and doubled slashes, which the
-    system resolves as it would without them), its folder as ``os.path.dirname`` gives it
-    (``.`` for none).  A str ending in ``/``, ``/.`` or ``/..`` (pathlib drops a trailing
-    slash or dot) and any other object: pathlib's."""
+    Text: a pathlib path's own (normalised already: its folder is its parent's text), or a
+    str whose last part is a name -- it names the file ``Path`` names (pathlib drops ``.``
+    parts and doubled slashes, which the system resolves as it would without them); the
+    folder as ``os.path.dirname`` gives it (``.`` for none).  A str ending in ``/``, ``/.``
+    or ``/..`` (pathlib drops a trailing slash or dot) and any other object: pathlib's."""
     if isinstance(path, PurePath):
         text = str(path)
-    elif type(path) is str:
+    elif type(path) is str and path.rpartition("/")[2] not in ("", ".", ".."):
         text = path
     else:
-        text = None
-    if text is None or text.rpartition("/")[2] in ("", ".", ".."):
         p = Path(path)
         return p, p.parent
     return text, os.path.dirname(text) or "."
