@@ -337,10 +337,27 @@ def test_column_format_from_the_dtype(values, fmt):
 def test_header_value_of_numpy_scalars_and_nan():
     from stk_astrometry.formats._fits import header_value
 
+    class Number(float):
+        pass
+
+    class Count(int):
+        pass
+
+    big = np.longdouble(10) ** 400 if np.finfo(np.longdouble).max > 1e400 else None
     for x, want in ((np.float32(1.5), 1.5), (np.nan, None), (float("inf"), None),
-                    (np.int16(3), 3), (np.bool_(True), True), ("s", "s"), (None, None), (7, 7)):
+                    (np.int16(3), 3), (np.bool_(True), True), ("s", "s"), (None, None), (7, 7),
+                    (-float("inf"), None), (float("nan"), None), (2.5, 2.5), (-0.0, -0.0),
+                    (0.0, 0.0), (True, True), (False, False), (0, 0), ("", ""),
+                    (np.float64(-np.inf), None), (np.float64(0.25), 0.25), (np.int64(-2), -2),
+                    (np.uint8(200), 200), (np.bool_(False), False), (Number(1.5), 1.5),
+                    (Number("nan"), None), (Count(4), Count(4)), (2**70, 2**70)):
         got = header_value(x)
         assert got == want and type(got) is type(want), x
+        if type(x) in (int, float, str, bool) and want is not None:
+            assert got is x            # the usual values as they are
+    assert str(header_value(-0.0)) == "-0.0"
+    if big is not None:         # finite for numpy, beyond a float: float's infinity, as before
+        assert header_value(big) == float("inf")
 
 
 def test_table_hdu_of_columns_units_formats_and_no_rows():

@@ -8,6 +8,7 @@ the CXC way (DTYPEn/DVALn) by :func:`stk_astrometry.fitsutil.set_keyword`.
 from __future__ import annotations
 
 import functools
+import math
 import re
 from pathlib import Path
 from dataclasses import dataclass, field
@@ -136,6 +137,11 @@ def keyword_value(keys, name, default=None):
 
 def header_value(x):
     """A header value: None (FITS undefined) for NaN; numpy scalars as Python numbers."""
+    kind = type(x)
+    if kind is int or kind is str or kind is bool or x is None:
+        return x            # (issue 11: the usual values, ~60 a stack, without the checks)
+    if kind is float:
+        return x if math.isfinite(x) else None
     if isinstance(x, (float, np.floating)):
         return float(x) if np.isfinite(x) else None
     if isinstance(x, np.integer):
