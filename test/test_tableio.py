@@ -671,6 +671,9 @@ def test_axis_and_field_counts_over_999_are_declined_even_when_hierarch_names_th
     table = _table_hdu([_hierarch("TTYPE1000", "c1000"), _hierarch("TFORM1000", "L")],
                        nfields=999, tform="L", rows=1, edit=thousand)   # 1,000 bytes: 1 block
     assert _opens(tmp_path, _PRIMARY + table) is None
+    # TFIELDS 1000 with rows of the first 999 columns' width: declined all the same
+    assert _opens(tmp_path, _PRIMARY + table.replace(b"NAXIS1  =                 1000",
+                                                     b"NAXIS1  =                  999")) is None
     assert _opens(tmp_path, _PRIMARY + table.replace(b"TFIELDS =                 1000",
                                                      b"TFIELDS =                  999")
                   .replace(b"NAXIS1  =                 1000", b"NAXIS1  =                  999"))

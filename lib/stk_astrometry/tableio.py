@@ -466,14 +466,12 @@ _TTYPE = tuple(f"TTYPE{i}" for i in range(1, 1000))
 _TFORM = tuple(f"TFORM{i}" for i in range(1, 1000))
 
 
-@functools.lru_cache(maxsize=64)
-def _plain_columns(names, tforms, width):
+def _plain_layout(names, tforms, width):
     """A plain table's columns ``((name, disk type), ...)`` from its TTYPEn ``names`` and TFORMn
     ``tforms`` values, in rows of ``width`` (NAXIS1) bytes: ValueError for a layout
     :class:`PlainFits` leaves to fitsio (a name not a non-blank str without surrounding
     blanks or repeated, a TFORM not a scalar ``L B I J K E D`` or a text ``rA``, the columns
-    not packed to ``width``).  Remembered (issue 11: a kind of catalog has the same columns in
-    every file; a refused layout is not remembered -- its error is raised each time)."""
+    not packed to ``width``).  Remembered as :func:`_plain_columns`."""
     columns, total = [], 0
     for name, tform in zip(names, tforms, strict=True):
         m = _PLAIN_TFORM.match(tform.strip()) if isinstance(tform, str) else None
@@ -492,6 +490,12 @@ def _plain_columns(names, tforms, width):
     if total != width or len({name for name, _ in columns}) < len(names):
         raise ValueError("columns not packed to NAXIS1, or names repeated")
     return tuple(columns)
+
+
+#: :func:`_plain_layout`, remembered by layout (issue 11: a kind of catalog has the same columns
+#: in every file; a refused layout is not remembered -- its error is raised each time).  (A
+#: wrapper, not a decorator: mutmut makes no mutants of a decorated function.)
+_plain_columns = functools.lru_cache(maxsize=64)(_plain_layout)
 
 
 class PlainFits:
