@@ -519,8 +519,7 @@ class PlainFits:
 
     @classmethod
     def open(cls, path):
-        from stk_astrometry.fitscards import parse_header
-
+        parse_header = fitscards.parse_header     # (issue 11: not a from-import at each call)
         try:
             fh = open(path, "rb")  # noqa: SIM115 - closed by __exit__ or below
         except OSError:
@@ -638,12 +637,10 @@ def raw_header(path, hdu):
     Parsed by :func:`stk_astrometry.fitscards.parse_header` (astropy's values, without
     astropy for the usual cards).
     """
-    import gzip
-
-    from stk_astrometry.fitscards import parse_header
-
     if isinstance(hdu, PlainHdu):
         return hdu.header          # parsed from the same bytes by PlainFits.open
+    import gzip
+
     offsets = hdu.get_offsets()
     start, data_start = offsets["header_start"], offsets["data_start"]
     with open(path, "rb") as fh:
@@ -651,7 +648,7 @@ def raw_header(path, hdu):
     with (gzip.open(path, "rb") if gz else open(path, "rb")) as fh:
         fh.seek(start)
         raw = fh.read(data_start - start)
-    return parse_header(raw.decode("ascii", errors="replace"))
+    return fitscards.parse_header(raw.decode("ascii", errors="replace"))
 
 
 

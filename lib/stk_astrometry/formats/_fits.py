@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from stk_astrometry import __version__, fitsutil
+from stk_astrometry import __version__, fitsedit, fitsutil
 from stk_astrometry.errors import OutputError
 
 #: The writers' "Wrote" lines go to fitsutil's logger, as :func:`fitsutil.write_fits`'s do.
@@ -987,9 +987,7 @@ def _with_checksums(header, data, stamp):
     checksum convention: the 32-bit ones' complement sums, as :mod:`stk_astrometry.fitsedit`
     computes and encodes them for the headers it rewrites; DATASUM of no data
     ``'         0'``)."""
-    from stk_astrometry.fitsedit import encode_checksum, ones_complement_sum
-
-    datasum = ones_complement_sum(data) if len(data) else 0
+    datasum = fitsedit.ones_complement_sum(data) if len(data) else 0
     at = len(header) + 11       # the value of the CHECKSUM card, its first card added here
     header += (format_card("CHECKSUM", "0" * 16, f"HDU checksum updated {stamp}")
                + format_card("DATASUM", str(datasum) if datasum else f"{0:10d}",
@@ -997,6 +995,7 @@ def _with_checksums(header, data, stamp):
                + "END")
     header += " " * (-len(header) % 2880)
     raw = header.encode("ascii")
-    checksum = encode_checksum(0xFFFFFFFF - ones_complement_sum(raw, datasum)).encode("ascii")
+    total = fitsedit.ones_complement_sum(raw, datasum)
+    checksum = fitsedit.encode_checksum(0xFFFFFFFF - total).encode("ascii")
     return [raw[:at] + checksum + raw[at + 16:], data]
 
