@@ -519,7 +519,8 @@ class PlainFits:
 
     @classmethod
     def open(cls, path):
-        parse_header = fitscards.parse_header     # (issue 11: not a from-import at each call)
+        from stk_astrometry.fitscards import parse_header
+
         try:
             fh = open(path, "rb")  # noqa: SIM115 - closed by __exit__ or below
         except OSError:
@@ -637,10 +638,12 @@ def raw_header(path, hdu):
     Parsed by :func:`stk_astrometry.fitscards.parse_header` (astropy's values, without
     astropy for the usual cards).
     """
-    if isinstance(hdu, PlainHdu):
-        return hdu.header          # parsed from the same bytes by PlainFits.open
     import gzip
 
+    from stk_astrometry.fitscards import parse_header
+
+    if isinstance(hdu, PlainHdu):
+        return hdu.header          # parsed from the same bytes by PlainFits.open
     offsets = hdu.get_offsets()
     start, data_start = offsets["header_start"], offsets["data_start"]
     with open(path, "rb") as fh:
@@ -648,7 +651,7 @@ def raw_header(path, hdu):
     with (gzip.open(path, "rb") if gz else open(path, "rb")) as fh:
         fh.seek(start)
         raw = fh.read(data_start - start)
-    return fitscards.parse_header(raw.decode("ascii", errors="replace"))
+    return parse_header(raw.decode("ascii", errors="replace"))
 
 
 
