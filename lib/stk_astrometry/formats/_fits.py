@@ -8,11 +8,19 @@ the CXC way (DTYPEn/DVALn) by :func:`stk_astrometry.fitsutil.set_keyword`.
 from __future__ import annotations
 
 import functools
+import logging
+import math
 import re
 from pathlib import Path
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from stk_astrometry import __version__, fitsedit, fitsutil
+from stk_astrometry.errors import OutputError
+
+#: The writers' "Wrote" lines go to fitsutil's logger, as :func:`fitsutil.write_fits`'s do.
+logger = logging.getLogger("stk_astrometry.fitsutil")
 
 #: Header cards a reader does not carry over: structure, column descriptions, stamps that
 #: the writer sets anew.
@@ -136,6 +144,11 @@ def keyword_value(keys, name, default=None):
 
 def header_value(x):
     """A header value: None (FITS undefined) for NaN; numpy scalars as Python numbers."""
+    kind = type(x)
+    if kind is int or kind is str or kind is bool or x is None:
+        return x            # (issue 11: the usual values, ~60 a stack, without the checks)
+    if kind is float:
+        return x if math.isfinite(x) else None
     if isinstance(x, (float, np.floating)):
         return float(x) if np.isfinite(x) else None
     if isinstance(x, np.integer):
@@ -527,27 +540,17 @@ def write_fits_fast(path, specs, history, *, clobber):
     those cfitsio writes through :func:`_write_one`, assembled by :func:`_fits_image` (or by
     cfitsio itself for a card :func:`_fits_image` leaves to it).
     """
-    from stk_astrometry import __version__
-    from stk_astrometry.errors import OutputError
-    from stk_astrometry.fitsutil import (
-        check_clobber,
-        history_records,
-        read_stacks,
-        utc_now,
-        write_atomically,
-    )
-
+    # (fitsutil's functions looked up in it at each call: tests replace some; issue 11: the
+    # imports were made here at each write, ~5 us)
     if not FITSIO_IO:
-        from stk_astrometry.fitsutil import write_fits
-
-        write_fits(to_hdulist(specs), path, history, clobber=clobber)
+        fitsutil.write_fits(to_hdulist(specs), path, history, clobber=clobber)
         return
-    check_clobber(path, clobber)
-    when = utc_now()
+    fitsutil.check_clobber(path, clobber)
+    when = fitsutil.utc_now()
     items = list(history.history_items())
-    stacks = read_stacks(items)
+    stacks = fitsutil.read_stacks(items)
     creator = f"{history.tool} - stk_astrometry {__version__}"
-    run = (history.tool, items, stacks, when, creator, _records_memo(history_records))
+    run = (history.tool, items, stacks, when, creator, _records_memo(fitsutil.history_records))
     # the file's bytes are made in memory and go to atomic_path's locked temporary file in
     # one write, through its descriptor (fitsio's clobber=True would unlink and recreate it
     # unlocked)
@@ -555,12 +558,10 @@ def write_fits_fast(path, specs, history, *, clobber):
         parts = _fits_parts(specs, run)
         if parts is None:
             parts = [_cfitsio_image(specs, run)]
-        write_atomically(path, parts)
+        fitsutil.write_atomically(path, parts)
     except OSError as exc:
         raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from exc
-    import logging
-
-    logging.getLogger("stk_astrometry.fitsutil").info("Wrote %s", path)
+    logger.info("Wrote %s", path)
 
 
 def _cfitsio_image(specs, run):
@@ -818,15 +819,47 @@ def _hdu_image(spec, stamp, run):
         present = _TABLE_NAMES | columns[1]
         data = _table_data(arrays, n_rows, rows)
     final, records = _keyword_cards(spec, present, *run)
-    text = "".join([format_card(name, value, comment) for name, value, comment in final])
+    text = _cards_text(final)
     history = _history_text(tuple(records))
-    # what cfitsio's write_record would change: not printable ASCII (blanked), a name not in
-    # upper case (raised) or not valid (refused), a record not of one card (cut).  The
-    # structure and column cards are printable ASCII already (_column_text checks theirs).
-    if not (history is not None and text.isascii() and text.isprintable()
-            and all(_name_kept(name) for name, _, _ in final)):
+    # The structure and column cards are printable ASCII already (_column_text checks theirs).
+    if text is None or history is None:
         return None
     return _with_checksums(fixed + text + history, data, stamp)
+
+
+def _cards_text(cards):
+    """The images of the ``(name, value, comment)`` ``cards`` (:func:`format_card`) as one
+    text, or None when cfitsio's write_record would change one: not printable ASCII (blanked),
+    a name not in upper case (raised) or not valid (refused).
+
+    A card's image and its check are remembered by the card (issue 11: a stack's files repeat
+    most of their keywords -- the transform's summary in four headers, the stack's in five --
+    and ~1 us a card went to formatting, looking up and checking it again), with the type of
+    its value: equal cards of different types (``1``, ``1.0``, ``True``) have different images,
+    and so do the float zeros 0.0 and -0.0 (never remembered), and numpy's numbers (not either).
+    """
+    images = []
+    for card in cards:
+        value = card[1]
+        kind = type(value)
+        hit = _CARD_IMAGES.get(card)
+        if hit is None or hit[1] is not kind:
+            image = format_card(*card)
+            if not (_name_kept(card[0]) and image.isascii() and image.isprintable()):
+                return None
+            hit = (image, kind)
+            if kind is str or kind is int or kind is bool or value is None \
+                    or (kind is float and value):
+                if len(_CARD_IMAGES) >= _CARD_IMAGES_MAX:
+                    _CARD_IMAGES.clear()      # bounded (issue 12): a stack adds ~100 of its own
+                _CARD_IMAGES[card] = hit
+        images.append(hit[0])
+    return "".join(images)
+
+
+#: :func:`_cards_text`'s images: card -> (image, type of the value); emptied when full.
+_CARD_IMAGES = {}
+_CARD_IMAGES_MAX = 512
 
 
 @functools.lru_cache(maxsize=8)
@@ -954,9 +987,7 @@ def _with_checksums(header, data, stamp):
     checksum convention: the 32-bit ones' complement sums, as :mod:`stk_astrometry.fitsedit`
     computes and encodes them for the headers it rewrites; DATASUM of no data
     ``'         0'``)."""
-    from stk_astrometry.fitsedit import encode_checksum, ones_complement_sum
-
-    datasum = ones_complement_sum(data) if len(data) else 0
+    datasum = fitsedit.ones_complement_sum(data) if len(data) else 0
     at = len(header) + 11       # the value of the CHECKSUM card, its first card added here
     header += (format_card("CHECKSUM", "0" * 16, f"HDU checksum updated {stamp}")
                + format_card("DATASUM", str(datasum) if datasum else f"{0:10d}",
@@ -964,6 +995,7 @@ def _with_checksums(header, data, stamp):
                + "END")
     header += " " * (-len(header) % 2880)
     raw = header.encode("ascii")
-    checksum = encode_checksum(0xFFFFFFFF - ones_complement_sum(raw, datasum)).encode("ascii")
+    total = fitsedit.ones_complement_sum(raw, datasum)
+    checksum = fitsedit.encode_checksum(0xFFFFFFFF - total).encode("ascii")
     return [raw[:at] + checksum + raw[at + 16:], data]
 
