@@ -419,18 +419,27 @@ def _rho_slopes(z: np.ndarray, loss: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _objective(p, d_xi, d_eta, w, loss, f_scale):
-    """F(p), its gradient, its Hessian and the per-pair pieces (module docstring)."""
+    """F(p), its gradient, its Hessian and the per-pair pieces (module docstring).
+
+    (Issue 11: the divisions by C^2 are skipped at the default C = 1 -- x / 1.0 is x to the
+    bit -- and the sums are ``np.add.reduce``, the call ``x.sum()`` makes.)"""
     ex = p[0] - d_xi
     ey = p[1] - d_eta
     c2 = f_scale * f_scale
-    z = w * (ex * ex + ey * ey) / c2
+    scaled = c2 != 1.0
+    z = w * (ex * ex + ey * ey)
+    if scaled:
+        z = z / c2
     rho, rho1, rho2 = _rho(z, loss)
-    value = 0.5 * c2 * float(rho.sum())
+    total = np.add.reduce
+    value = 0.5 * c2 * float(total(rho))
     v = rho1 * w
     grad = np.array([v @ ex, v @ ey])
-    k = 2.0 * rho2 * w * w / c2
+    k = 2.0 * rho2 * w * w
+    if scaled:
+        k = k / c2
     kx = k * ex
-    vsum = float(v.sum())
+    vsum = float(total(v))
     hxy = float(kx @ ey)
     hess = np.array([[vsum + float(kx @ ex), hxy], [hxy, vsum + float((k * ey) @ ey)]])
     return value, grad, hess, (ex, ey, rho1)
@@ -460,7 +469,8 @@ def _polish(p, d_xi, d_eta, w, loss, f_scale, max_shift, *, with_objective=False
             step = np.array([v @ d_xi, v @ d_eta]) / np.sum(v) - p
         accepted = False
         for _halving in range(40):
-            trial = np.clip(p + step, -max_shift, max_shift)
+            # np.clip's arithmetic without its Python layers (NaN kept, as np.clip)
+            trial = np.minimum(np.maximum(p + step, -max_shift), max_shift)
             t_value, t_grad, t_hess, t_pieces = _objective(trial, d_xi, d_eta, w, loss, f_scale)
             if t_value <= value * (1.0 + 1e-15) + 1e-300:
                 accepted = True
