@@ -810,7 +810,10 @@ def _with_errors(sources, errors, rows):
     only travel to the pairs file)."""
     import numpy as np
 
-    rows = np.unique(rows)
+    # the sorted distinct rows, by a mask over the catalog's rows (np.unique's sort: ~10 us)
+    wanted = np.zeros(len(sources), dtype=bool)
+    wanted[rows] = True
+    rows = np.flatnonzero(wanted)
     sig_ra, sig_dec = np.full(len(sources), np.nan), np.full(len(sources), np.nan)
     sig_ra[rows], sig_dec[rows] = errors(rows)
     return dataclasses.replace(sources, sigra_arcsec=sig_ra, sigdec_arcsec=sig_dec)
