@@ -3979,3 +3979,104 @@ def test_robust_floor_of_correlated_covariances():
             np.testing.assert_allclose(got, cov * want, rtol=1e-10)
         else:
             assert factor == 1.0 and got is cov
+
+
+def _random_systems(rng, n):
+    """2 x 2 systems (a, b, c, d, g0, g1) of entries over many decades: general, symmetric and
+    with pivot ties (|c| = |a|), as Python floats."""
+    out = []
+    for i in range(n):
+        a, b, c, d = (rng.normal(size=4) * 10.0 ** rng.uniform(-6, 6, 4)).tolist()
+        if i % 3 == 1:
+            c = b                                   # symmetric
+        elif i % 3 == 2:
+            c = -a if i % 2 else a                  # a tie of the pivots
+        g0, g1 = (rng.normal(size=2) * 10.0 ** rng.uniform(-6, 6, 2)).tolist()
+        out.append((a, b, c, d, g0, g1))
+    return out
+
+
+def test_fma_is_the_product_and_sum_rounded_once():
+    from fractions import Fraction
+
+    from stk_astrometry import mixture
+
+    rng = np.random.default_rng(SEED + 1601)
+    differs = 0
+    for _ in range(3000):
+        a, b, c = (rng.normal(size=3) * 10.0 ** rng.uniform(-8, 8, 3)).tolist()
+        c = -a * b * (1.0 + rng.normal() * 1e-9) if rng.uniform() < 0.5 else c   # cancellation
+        want = float(Fraction(a) * Fraction(b) + Fraction(c))
+        assert mixture._fma(a, b, c) == want
+        differs += want != a * b + c
+    assert differs > 500            # the single rounding is not the two of a * b + c
+
+
+def test_solve2_is_numpys_solve_to_the_bit_without_calling_it(monkeypatch):
+    from stk_astrometry import mixture
+
+    rng = np.random.default_rng(SEED + 1602)
+    systems = _random_systems(rng, 6000)
+    want = []
+    for a, b, c, d, g0, g1 in systems:
+        want.append(tuple(np.linalg.solve(np.array([[a, b], [c, d]]), np.array([g0, g1]))))
+    calls = []
+    real = np.linalg.solve
+    monkeypatch.setattr(mixture.np.linalg, "solve", lambda *args: calls.append(1) or real(*args))
+    for system, expected in zip(systems, want, strict=True):
+        got = mixture._solve2(*system)
+        assert type(got[0]) is float and type(got[1]) is float
+        assert got == expected, system
+    assert not calls                # every one of these in closed form
+
+
+def test_solve2_leaves_what_it_cannot_do_to_numpy(monkeypatch):
+    from stk_astrometry import mixture
+
+    calls = []
+    real = np.linalg.solve
+    monkeypatch.setattr(mixture.np.linalg, "solve", lambda *args: calls.append(1) or real(*args))
+    cases = [
+        (1e-310, 1.0, 1e-311, 2.0, 1.0, 1.0),        # a subnormal pivot (LAPACK divides by it)
+        (1.0, 2.0, 3.0, 4.0, float("nan"), 1.0),     # not finite
+        (1.0, 2.0, 3.0, float("inf"), 1.0, 1.0),
+        (1e308, 1e308, 1.0, 1.0, 1.0, 1.0),          # the entries' sum overflows
+        (1.0, -1e308, 1.0, 1e308, 1.0, 1.0),         # u = d - l b overflows
+        (1.0, 0.0, 0.0, 1e-300, 1.0, 1e300),         # x1 beyond the doubles
+        (1.0, -1e300, 0.0, 1.0, 1e300, 1e300),       # x0 beyond the doubles
+    ]
+    for k, (a, b, c, d, g0, g1) in enumerate(cases):
+        with np.errstate(all="ignore"):
+            want = real(np.array([[a, b], [c, d]]), np.array([g0, g1]))
+            got = mixture._solve2(a, b, c, d, g0, g1)
+        np.testing.assert_array_equal(got, want)
+        assert len(calls) == k + 1
+    for singular in ((0.0, 1.0, 0.0, 1.0, 1.0, 1.0), (1.0, 2.0, 2.0, 4.0, 1.0, 1.0)):
+        with pytest.raises(np.linalg.LinAlgError):
+            mixture._solve2(*singular)
+
+
+def test_negative_definite2_is_numpys_eigenvalue_test(monkeypatch):
+    from stk_astrometry import mixture
+
+    rng = np.random.default_rng(SEED + 1603)
+    cases = []
+    for i in range(4000):
+        a, d, b = (rng.normal(size=3) * 10.0 ** rng.uniform(-6, 6, 3)).tolist()
+        if i % 4 == 0:              # near singular: the determinant ~0 to rounding
+            b = float(np.sqrt(abs(a * d))) * (1.0 + rng.normal() * 1e-14) * (-1) ** i
+        cases.append((a, b, d))
+    cases += [(-1.0, 0.0, -2.0), (-1.0, 1.0, -1.0), (0.0, 0.0, 0.0), (float("nan"), 0.0, -1.0)]
+    calls = []
+    real = np.linalg.eigvalsh
+    monkeypatch.setattr(mixture.np.linalg, "eigvalsh", lambda m: calls.append(1) or real(m))
+    for a, b, d in cases:
+        want = bool(np.all(real(np.array([[a, b], [b, d]])) < 0))
+        assert mixture._negative_definite2(a, b, d) is want, (a, b, d)
+    # LAPACK asked only near the boundary: the singular ones and the NaN
+    assert 3 <= len(calls) < 0.3 * len(cases)
+    calls.clear()
+    assert mixture._negative_definite2(-2.0, 1.0, -3.0) is True
+    assert mixture._negative_definite2(-2.0, 3.0, -3.0) is False
+    assert mixture._negative_definite2(2.0, 0.0, 3.0) is False
+    assert not calls

@@ -1285,6 +1285,56 @@ def _inverse2(a, b, d):
     return np.array([[d / det, -b / det], [-b / det, a / det]])
 
 
+#: the smallest positive normal double (LAPACK's safe minimum): :func:`_solve2` leaves pivots
+#: below it to LAPACK, which divides by them instead of multiplying by their reciprocal
+_SAFE_MIN = 2.2250738585072014e-308
+
+
+def _fma(a, b, c):
+    """``a * b + c`` rounded once (finite Python floats): the fused multiply-add of OpenBLAS's
+    kernels, in exact integer arithmetic (``int / int`` is correctly rounded)."""
+    na, da = a.as_integer_ratio()
+    nb, db = b.as_integer_ratio()
+    nc, dc = c.as_integer_ratio()
+    return (na * nb * dc + nc * da * db) / (da * db * dc)
+
+
+def _solve2(a, b, c, d, g0, g1):
+    """``np.linalg.solve([[a, b], [c, d]], [g0, g1])`` on Python floats, to the bit: LAPACK's
+    dgesv as OpenBLAS computes a 2 x 2 -- LU with partial pivoting (the row whose first entry
+    is larger in magnitude first, the first on a tie), the multiplier ``l = c (1 / a)``, ``u =
+    d - l b``, then ``y1 = g1 - l g0`` and ``x0 = (g0 - b x1) / a`` each as one fused
+    multiply-add and ``x1 = y1 / u`` (equal to np.linalg.solve's on 300,000 random systems,
+    ties and symmetric ones included).  Returns (x0, x1).  Anything else -- a non-finite
+    entry, a pivot below the safe minimum or zero (LinAlgError), a result beyond the doubles
+    -- is left to np.linalg.solve itself (issue 11: its call costs ~2-4x this on a 2 x 2)."""
+    p, pb, pc, pd, h0, h1 = (c, d, a, b, g1, g0) if abs(c) > abs(a) else (a, b, c, d, g0, g1)
+    if abs(p) >= _SAFE_MIN and math.isfinite(a + b + c + d + g0 + g1):
+        l = pc * (1.0 / p)
+        u = pd - l * pb
+        if 0 < abs(u) < math.inf:
+            try:
+                x1 = _fma(-l, h0, h1) / u
+                return _fma(-pb, x1, h0) / p, x1
+            except OverflowError:
+                pass
+    return tuple(np.linalg.solve(np.array([[a, b], [c, d]]), np.array([g0, g1])).tolist())
+
+
+def _negative_definite2(a, b, d):
+    """Whether ``np.all(np.linalg.eigvalsh([[a, b], [b, d]]) < 0)`` (its lower triangle: a, b,
+    d), on Python floats: the larger eigenvalue ``(a + d) / 2 + hypot((a - d) / 2, b)`` in
+    closed form, LAPACK asked only where it lies within 1e-12 of the matrix's scale of zero
+    (eigvalsh's error is a few ulps of that scale) or is not a number."""
+    top = 0.5 * (a + d) + math.hypot(0.5 * (a - d), b)
+    margin = 1e-12 * (abs(a) + abs(d) + 2.0 * abs(b))
+    if top < -margin:
+        return True
+    if top > margin:
+        return False
+    return bool(np.all(np.linalg.eigvalsh(np.array([[a, b], [b, d]])) < 0))
+
+
 def _covariance(prob, q, r, p_win, info, scores):
     """Inverse observed information of log L for s (q profiled when interior) at the pairs,
     shift and memberships ``r`` that :func:`_scores` made ``scores`` of.
@@ -1889,36 +1939,48 @@ def _polish_error_model(prob, stated, st, scale, floor, min_floor):
     k, sigma_sys^2) with the exact gradient and Hessian, gradient steps where the Hessian is
     not negative definite, a parameter on a bound that its gradient pushes against held there.
     Does not change ``prob``."""
-    lo = np.array([np.log(_CAL_SCALE_RANGE[0]), min_floor**2])
-    hi = np.array([np.log(_CAL_SCALE_RANGE[1]), max(_CAL_MAX_FLOOR**2, min_floor**2)])
+    # on Python floats, (log k, sigma_sys^2) as pairs: the same IEEE operations as on numpy's
+    # arrays element by element; np.linalg's eigvalsh and solve of the 2 x 2 as
+    # :func:`_negative_definite2` and :func:`_solve2` (issue 11: numpy's per-call costs were
+    # ~0.2 ms per polish, a third of it)
+    lo0, lo1 = float(np.log(_CAL_SCALE_RANGE[0])), min_floor**2
+    hi0, hi1 = float(np.log(_CAL_SCALE_RANGE[1])), max(_CAL_MAX_FLOOR**2, min_floor**2)
     terms = _restricted_objective(prob, stated, st, min_floor)
-    x = np.clip(np.array([np.log(scale), floor * floor]), lo, hi)
-    f, grad, hess = terms(x)
+    x0 = min(max(float(np.log(scale)), lo0), hi0)
+    x1 = min(max(floor * floor, lo1), hi1)
+    f, grad, hess = terms((x0, x1))
     for _ in range(_CAL_POLISH_ITER):
-        free = ~(((x <= lo) & (grad < 0)) | ((x >= hi) & (grad > 0)))
-        if not np.any(free):
-            break
-        step = np.zeros(2)
-        h_free = hess[np.ix_(free, free)]
-        if np.all(np.linalg.eigvalsh(h_free) < 0):
-            step[free] = -np.linalg.solve(h_free, grad[free])
+        (g0, g1), ((h00, h01), (h10, h11)) = grad.tolist(), hess.tolist()
+        free0 = not ((x0 <= lo0 and g0 < 0) or (x0 >= hi0 and g0 > 0))
+        free1 = not ((x1 <= lo1 and g1 < 0) or (x1 >= hi1 and g1 > 0))
+        if free0 and free1:
+            if _negative_definite2(h00, h10, h11):
+                s0, s1 = _solve2(h00, h01, h10, h11, g0, g1)
+                s0, s1 = -s0, -s1
+            else:
+                s0, s1 = g0 / max(abs(h00), 1e-12), g1 / max(abs(h11), 1e-12)
+        elif free0:
+            s0, s1 = (-(g0 / h00) if h00 < 0 else g0 / max(abs(h00), 1e-12)), 0.0
+        elif free1:
+            s0, s1 = 0.0, (-(g1 / h11) if h11 < 0 else g1 / max(abs(h11), 1e-12))
         else:
-            step[free] = grad[free] / np.maximum(np.abs(np.diag(h_free)), 1e-12)
+            break
         for _halving in range(20):
-            trial = np.clip(x + step, lo, hi)
+            t0 = min(max(x0 + s0, lo0), hi0)
+            t1 = min(max(x1 + s1, lo1), hi1)
             # a trial within the tolerance ends the search if it is taken: its value is all
             # that is asked of it (issue 11: the derivatives are ~60 % of an evaluation)
-            done = np.all(np.abs(trial - x) <= np.array([1e-5, 1e-7]))
-            new = terms(trial, not done)
+            done = abs(t0 - x0) <= 1e-5 and abs(t1 - x1) <= 1e-7
+            new = terms((t0, t1), not done)
             if new[0] >= f:
                 break
-            step = step / 2.0
+            s0, s1 = s0 / 2.0, s1 / 2.0
         else:
             break
-        x, (f, grad, hess) = trial, new
+        x0, x1, (f, grad, hess) = t0, t1, new
         if done:
             break
-    return float(np.exp(x[0])), float(np.sqrt(x[1]))
+    return float(np.exp(x0)), float(np.sqrt(x1))
 
 
 def _error_model_terms(prob, stated, st, min_floor, restricted=False):
@@ -2216,7 +2278,7 @@ def _fit_error_model(prob, stated, st, scale, floor, min_floor):
     u1 = e[:, 0] * vx + e[:, 1] * vy
     u2 = -e[:, 0] * vy + e[:, 1] * vx
     u2sq = np.stack([u1 * u1, u2 * u2], axis=1)
-    w = np.repeat(r[:, None], 2, axis=1)
+    w = r[:, None].repeat(2, axis=1)       # (the array's own method: np.repeat's wrapper)
     half_w = 0.5 * w
     lo_a, hi_a = _CAL_SCALE_RANGE[0] ** 2, _CAL_SCALE_RANGE[1] ** 2
     lo_b, hi_b = min_floor**2, max(_CAL_MAX_FLOOR**2, min_floor**2)
@@ -2245,42 +2307,45 @@ def _fit_error_model(prob, stated, st, scale, floor, min_floor):
 
     aa, bb = scale * scale, floor * floor
     f, (v, inv_v, u_v, prior, reml) = objective(aa, bb)
+    # the 2 x 2 scoring system on Python floats (the same IEEE operations as on numpy's arrays
+    # and scalars, element by element; np.linalg.solve as :func:`_solve2`: issue 11)
     for _ in range(50):
         v2 = v**2
         g = half_w * (u2sq / v2 - inv_v)
-        _, p_grad, p_curv = prior
-        r_grad, r_hess = reml[1], reml[2]
-        grad = np.array([total(g * lam, axis=None), total(g, axis=None)]) + p_grad + r_grad
+        (pg0, pg1), (pc0, pc1) = prior[1].tolist(), prior[2].tolist()
+        (rg0, rg1), (rh0, rh1, rh2) = reml[1].tolist(), reml[2].tolist()
+        g0 = float(total(g * lam, axis=None)) + pg0 + rg0
+        g1 = float(total(g, axis=None)) + pg1 + rg1
         # Newton with the observed information where it is positive definite (near the
         # maximum: quadratic convergence, issue 11), else Fisher scoring (its expectation,
         # u^2 = v: always positive definite; the restricted term's curvature left out there)
         h = w * (u_v - 0.5) / v2
         h_l = h * lam
-        h_lam = total(h_l, axis=None) - r_hess[1]
-        fisher = np.array([[total(h_l * lam, axis=None) + p_curv[0] * (1.0 - np.log(aa))
-                            - r_hess[0], h_lam],
-                           [h_lam, total(h, axis=None) + p_curv[1] - r_hess[2]]])
-        if not (fisher[0, 0] > 0 and fisher[0, 0] * fisher[1, 1] > h_lam * h_lam):
+        f01 = float(total(h_l, axis=None)) - rh1
+        f00 = float(total(h_l * lam, axis=None)) + pc0 * (1.0 - float(np.log(aa))) - rh0
+        f11 = float(total(h, axis=None)) + pc1 - rh2
+        if not (f00 > 0 and f00 * f11 > f01 * f01):
             h = 0.5 * w / v2
-            h_lam = (h * lam).sum()
-            fisher = np.array([[(h * lam * lam).sum() + p_curv[0], h_lam],
-                               [h_lam, h.sum() + p_curv[1]]])
+            f01 = float(total(h * lam, axis=None))
+            f00 = float(total(h * lam * lam, axis=None)) + pc0
+            f11 = float(total(h, axis=None)) + pc1
         # a parameter that is fixed, or on a bound that its gradient pushes against, stays;
         # the other takes its own scoring step (a joint step clipped at the bound is not
         # an ascent direction for the free one, and crawled to the iteration cap)
-        hold = [lo_a == hi_a or (aa <= lo_a and grad[0] < 0) or (aa >= hi_a and grad[0] > 0),
-                lo_b == hi_b or (bb <= lo_b and grad[1] < 0) or (bb >= hi_b and grad[1] > 0)]
-        if hold[0] and hold[1]:
+        hold_a = lo_a == hi_a or (aa <= lo_a and g0 < 0) or (aa >= hi_a and g0 > 0)
+        hold_b = lo_b == hi_b or (bb <= lo_b and g1 < 0) or (bb >= hi_b and g1 > 0)
+        if hold_a and hold_b:
             break
-        if hold[0] or hold[1]:
-            k = 1 if hold[0] else 0
-            step = np.zeros(2)
-            step[k] = grad[k] / fisher[k, k] if fisher[k, k] > 0 else 0.0
+        if hold_a:
+            step = (0.0, g1 / f11 if f11 > 0 else 0.0)
+        elif hold_b:
+            step = (g0 / f00 if f00 > 0 else 0.0, 0.0)
         else:
             try:
-                step = np.linalg.solve(fisher, grad)
+                step = _solve2(f00, f01, f01, f11, g0, g1)
             except np.linalg.LinAlgError:
-                step = grad / max(np.trace(fisher), 1e-300)
+                trace = max(f00 + f11, 1e-300)
+                step = (g0 / trace, g1 / trace)
         improved = False
         for _halving in range(30):
             na = min(max(aa + step[0], lo_a), hi_a)
@@ -2289,7 +2354,7 @@ def _fit_error_model(prob, stated, st, scale, floor, min_floor):
             if nf >= f - 1e-12 * abs(f):
                 improved = True
                 break
-            step = step / 2.0
+            step = (step[0] / 2.0, step[1] / 2.0)
         if not improved:
             break
         done = abs(na - aa) <= 1e-10 * aa and abs(nb - bb) <= 1e-12
