@@ -2004,7 +2004,7 @@ def test_restricted_term_without_information_is_nil():
     ones = np.ones((4, 2))
     proj = _axis_projectors(np.ones(4), np.zeros(4))
     value, grad, hess = _restricted_ab(np.zeros(4), 4.0 * ones, ones, ones, proj)
-    assert value == 0.0 and grad.shape == (2,) and hess.shape == (3,)
+    assert value == 0.0 and len(grad) == 2 and len(hess) == 3
     assert not np.any(grad) and not np.any(hess)
     # one pair with information along one axis only: singular too
     value, grad, hess = _restricted_ab(np.array([1.0, 0, 0, 0]), np.array([[4.0, 0.0]] * 4),
@@ -3700,6 +3700,11 @@ def test_restricted_ab_without_floored_variances(floored):
     if floored:
         jb[::4, 1] = 0.0
     want = mixture._restricted_ab(r, inv_v, jb * lam, jb, proj)
+    # the memberships for both axes (the M step's) or as a column: the same numbers, floats
+    column = mixture._restricted_ab(r[:, None], inv_v, jb * lam, jb, proj)
+    both = mixture._restricted_ab(r[:, None].repeat(2, axis=1), inv_v, jb * lam, jb, proj)
+    assert both == want and column == want
+    assert all(type(x) is float for x in (want[0], *want[1], *want[2]))
     if not floored:
         got = mixture._restricted_ab(r, inv_v, lam, None, proj)
         assert got[0] == want[0]

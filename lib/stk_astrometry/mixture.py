@@ -1918,18 +1918,17 @@ def _calibrate(prob, stated, st, start, min_floor):
 def _error_prior(aa, bb, min_floor2):
     """Log prior of the error model, k^2 = aa and sigma_sys^2 = bb: log k ~ N(0, tau_k^2),
     sigma_sys^2 - min_floor^2 ~ exponential (half-normal sigma_sys, tau_f): (value, gradient,
-    curvature) in (aa, bb).  Zero when off (``_CAL_PRIOR`` None).  The arithmetic on Python
-    floats (numpy's scalars cost ~4x as much per operation; the same IEEE operations, and
-    np.log's own logarithm; issue 11: ~34 calls per fit)."""
+    curvature) in (aa, bb), the gradient and curvature as pairs.  Zero when off (``_CAL_PRIOR``
+    None).  The arithmetic on Python floats (numpy's scalars cost ~4x as much per operation; the
+    same IEEE operations, and np.log's own logarithm; issue 11: ~34 calls per fit)."""
     if _CAL_PRIOR is None:
-        return 0.0, np.zeros(2), np.zeros(2)
+        return 0.0, (0.0, 0.0), (0.0, 0.0)
     tau_k, tau_f = _CAL_PRIOR
     aa, bb = float(aa), float(bb)
     la = float(np.log(aa))
     value = -(0.5 * la) ** 2 / (2 * tau_k**2) - (bb - min_floor2) / (2 * tau_f**2)
-    grad = np.array([-la / (4 * aa * tau_k**2), -1.0 / (2 * tau_f**2)])
-    curv = np.array([1.0 / (4 * aa * aa * tau_k**2), 0.0])
-    return value, grad, curv
+    return (value, (-la / (4 * aa * tau_k**2), -1.0 / (2 * tau_f**2)),
+            (1.0 / (4 * aa * aa * tau_k**2), 0.0))
 
 
 def _polish_error_model(prob, stated, st, scale, floor, min_floor):
@@ -2140,9 +2139,10 @@ def _axis_projectors(vx, vy):
 
 def _restricted_ab(r, inv_v, ja, jb, proj):
     """The restricted likelihood's term of the error model, ``-1/2 log det I`` with ``I =
-    sum_k r_k C_k^-1`` the shift's information (memberships ``r`` held), and its gradient (2,)
-    and Hessian (AA, AB, BB) in (A, B) = (k^2, sigma_sys^2); (0, 0, 0) where I is not
-    positive definite (no information: nothing to correct).
+    sum_k r_k C_k^-1`` the shift's information (memberships ``r`` held: (n,), or (n, 2) each
+    pair's for both axes, as the M step makes them once), and its gradient (2,) and Hessian
+    (AA, AB, BB) in (A, B) = (k^2, sigma_sys^2), as Python floats and tuples; (0, 0, 0) where
+    I is not positive definite (no information: nothing to correct).
 
     In each pair's principal axes ``C_k^-1 = P1 / v1 + P2 / v2`` (P_i the projectors on the
     axes, ``proj`` = :func:`_axis_projectors` of the larger one's direction, ``inv_v`` = 1 /
@@ -2159,13 +2159,12 @@ def _restricted_ab(r, inv_v, ja, jb, proj):
     coef = np.empty((6,) + inv_v.shape)
     rv, rv2, rv3 = coef[0], coef[2], coef[5]
     # (the outputs passed by position: ``out=`` costs a keyword parse per call)
-    np.multiply(r[:, None], inv_v, rv)
+    np.multiply(r if r.ndim == 2 else r[:, None], inv_v, rv)
     np.multiply(rv, inv_v, rv2)
     np.multiply(2.0, rv2, rv3)
     rv3 *= inv_v
-    np.multiply(rv2, ja, coef[1])
-    np.negative(coef[1], coef[1])               # -(rv2 ja), the same number as (-rv2) ja
-    np.negative(rv2, coef[2])
+    np.negative(rv2, rv2)                       # row 2: -rv2
+    np.multiply(rv2, ja, coef[1])               # (-rv2) ja: the same number as -(rv2 ja)
     np.multiply(rv3, ja, coef[4])
     np.multiply(coef[4], ja, coef[3])
     if jb is not None:
@@ -2173,29 +2172,29 @@ def _restricted_ab(r, inv_v, ja, jb, proj):
         coef[4] *= jb
         coef[5] *= jb
         coef[5] *= jb
-    m = (coef.reshape(6, -1) @ proj).tolist()
-    (xx, xy, yy) = m[0]
+    (xx, xy, yy), (a0, a1, a2), (b0, b1, b2), (c0, c1, c2), (d0, d1, d2), (e0, e1, e2) = (
+        coef.reshape(6, -1) @ proj).tolist()
     det = xx * yy - xy * xy
     # I is a sum of positive semi-definite matrices (r >= 0, 1 / v_i > 0 and bounded by the
     # variances' floor): positive definite where its determinant is positive (not NaN)
     if not det > 0:
-        return 0.0, np.zeros(2), np.zeros(3)
-    # I^-1 = [[yy, -xy], [-xy, xx]] / det; tr(I^-1 D) and the products I^-1 D of the first
-    # derivatives, in closed form (2 x 2)
-    def tr(d):
-        return (yy * d[0] - 2.0 * xy * d[1] + xx * d[2]) / det
-
-    def times(d):        # I^-1 D as (00, 01, 10, 11)
-        return ((yy * d[0] - xy * d[1]) / det, (yy * d[1] - xy * d[2]) / det,
-                (xx * d[1] - xy * d[0]) / det, (xx * d[2] - xy * d[1]) / det)
-
-    def tr_prod(a, b):   # tr(a b) of two 2 x 2 as (00, 01, 10, 11)
-        return a[0] * b[0] + a[1] * b[2] + a[2] * b[1] + a[3] * b[3]
-
-    t1, t2 = times(m[1]), times(m[2])
-    grad = np.array([-0.5 * tr(m[1]), -0.5 * tr(m[2])])
-    hess = np.array([-0.5 * (tr(m[3]) - tr_prod(t1, t1)), -0.5 * (tr(m[4]) - tr_prod(t1, t2)),
-                     -0.5 * (tr(m[5]) - tr_prod(t2, t2))])
+        return 0.0, (0.0, 0.0), (0.0, 0.0, 0.0)
+    # I^-1 = [[yy, -xy], [-xy, xx]] / det: tr(I^-1 D) = (yy D00 - 2 xy D01 + xx D11) / det and
+    # the products I^-1 D as (00, 01, 10, 11) of the first derivatives (t: dI/dA, u: dI/dB),
+    # in closed form on Python floats (issue 11: no closures, no arrays)
+    t00, t01 = (yy * a0 - xy * a1) / det, (yy * a1 - xy * a2) / det
+    t10, t11 = (xx * a1 - xy * a0) / det, (xx * a2 - xy * a1) / det
+    u00, u01 = (yy * b0 - xy * b1) / det, (yy * b1 - xy * b2) / det
+    u10, u11 = (xx * b1 - xy * b0) / det, (xx * b2 - xy * b1) / det
+    grad = (-0.5 * ((yy * a0 - 2.0 * xy * a1 + xx * a2) / det),
+            -0.5 * ((yy * b0 - 2.0 * xy * b1 + xx * b2) / det))
+    # tr(t t), tr(t u), tr(u u): tr(a b) = a00 b00 + a01 b10 + a10 b01 + a11 b11
+    hess = (-0.5 * ((yy * c0 - 2.0 * xy * c1 + xx * c2) / det
+                    - (t00 * t00 + t01 * t10 + t10 * t01 + t11 * t11)),
+            -0.5 * ((yy * d0 - 2.0 * xy * d1 + xx * d2) / det
+                    - (t00 * u00 + t01 * u10 + t10 * u01 + t11 * u11)),
+            -0.5 * ((yy * e0 - 2.0 * xy * e1 + xx * e2) / det
+                    - (u00 * u00 + u01 * u10 + u10 * u01 + u11 * u11)))
     return -0.5 * math.log(det), grad, hess
 
 
@@ -2299,7 +2298,7 @@ def _fit_error_model(prob, stated, st, scale, floor, min_floor):
             jb = unfloored.astype(float)
             ja = jb * lam
         inv_v = 1.0 / v
-        reml = _restricted_ab(r, inv_v, ja, jb, proj)
+        reml = _restricted_ab(w, inv_v, ja, jb, proj)
         u_v = u2sq / v
         prior = _error_prior(aa, bb, lo_b)
         return (float(total(w * (-0.5 * (np.log(v) + u_v)), axis=None)) + prior[0]
@@ -2312,8 +2311,8 @@ def _fit_error_model(prob, stated, st, scale, floor, min_floor):
     for _ in range(50):
         v2 = v**2
         g = half_w * (u2sq / v2 - inv_v)
-        (pg0, pg1), (pc0, pc1) = prior[1].tolist(), prior[2].tolist()
-        (rg0, rg1), (rh0, rh1, rh2) = reml[1].tolist(), reml[2].tolist()
+        (pg0, pg1), (pc0, pc1) = prior[1], prior[2]
+        (rg0, rg1), (rh0, rh1, rh2) = reml[1], reml[2]
         g0 = float(total(g * lam, axis=None)) + pg0 + rg0
         g1 = float(total(g, axis=None)) + pg1 + rg1
         # Newton with the observed information where it is positive definite (near the
