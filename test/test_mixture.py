@@ -3733,6 +3733,10 @@ def test_restricted_ab_without_floored_variances(floored):
     np.testing.assert_allclose(want[2][1], -0.5 * (np.trace(i_inv @ d_ab)
                                                    - np.trace(i_inv @ d_a @ i_inv @ d_b)),
                                rtol=1e-10)
+    d_aa = mat(2.0 * r[:, None] * inv_v**3 * ja * ja)
+    np.testing.assert_allclose(want[2][0], -0.5 * (np.trace(i_inv @ d_aa)
+                                                   - np.trace(i_inv @ d_a @ i_inv @ d_a)),
+                               rtol=1e-10)
 
 
 def test_disk_mass_one_radius_or_one_per_row():
@@ -4080,8 +4084,116 @@ def test_negative_definite2_is_numpys_eigenvalue_test(monkeypatch):
         assert mixture._negative_definite2(a, b, d) is want, (a, b, d)
     # LAPACK asked only near the boundary: the singular ones and the NaN
     assert 3 <= len(calls) < 0.3 * len(cases)
+    # the hard ones: a ~ d and b^2 ~ a d (the determinant ~0 to rounding, the closed form's
+    # larger eigenvalue within a few ulps of zero): the margin must cover its rounding
+    for i in range(30000):
+        scale = 10.0 ** rng.uniform(-8, 8)
+        a = -abs(rng.normal()) * scale if i % 3 else rng.normal() * scale
+        d = (a * (1 + rng.normal() * 10.0 ** rng.uniform(-16, -1)) if i % 2
+             else -abs(rng.normal()) * scale)
+        b = float(np.sqrt(abs(a * d))) * (1 + rng.normal() * 10.0 ** rng.uniform(-17, -2))
+        b = -b if i % 5 < 2 else b
+        want = bool(np.all(real(np.array([[a, b], [b, d]])) < 0))
+        assert mixture._negative_definite2(a, b, d) is want, (a, b, d)
     calls.clear()
     assert mixture._negative_definite2(-2.0, 1.0, -3.0) is True
     assert mixture._negative_definite2(-2.0, 3.0, -3.0) is False
     assert mixture._negative_definite2(2.0, 0.0, 3.0) is False
     assert not calls
+
+
+def _polish_trials(monkeypatch, scale, floor, min_floor, grad, hess):
+    """The points the polish tries from (scale, floor) when its objective, at the start, has
+    the given gradient and Hessian in x = (log k, sigma_sys^2) and every trial is worse: the
+    first trial is the polish's step, the rest its halvings."""
+    from stk_astrometry import mixture
+
+    trials = []
+
+    def objective(prob, stated, st, given_floor):
+        assert given_floor == min_floor
+
+        def terms(x, derivatives=True):
+            trials.append((float(x[0]), float(x[1])))
+            if len(trials) == 1:
+                return 0.0, np.array(grad, dtype=float), np.array(hess, dtype=float)
+            return -1.0, None, None
+
+        return terms
+
+    monkeypatch.setattr(mixture, "_restricted_objective", objective)
+    got = mixture._polish_error_model(None, None, None, scale, floor, min_floor)
+    assert got == pytest.approx((scale, floor), rel=1e-12)      # no trial taken
+    return trials
+
+
+def _clip(v, lo, hi):
+    return min(max(v, lo), hi)
+
+
+@pytest.mark.parametrize("at, g0", [("low", -0.3), ("high", 0.4)])
+def test_polish_holds_a_scale_on_its_bound_that_its_gradient_pushes_out(monkeypatch, at, g0):
+    # the scale (k = 0.1 or 10, its range's ends) held: the floor takes its own Newton step,
+    # -g1 / h11, not the joint step's (the Hessian has a cross term), even with a small push
+    lo0, hi0 = float(np.log(0.1)), float(np.log(10.0))
+    scale = 0.1 if at == "low" else 10.0
+    g1, hess = 0.02, [[-2.0, 0.7], [0.7, -0.5]]
+    trials = _polish_trials(monkeypatch, scale, 0.3, 0.0, [g0, g1], hess)
+    x0 = lo0 if at == "low" else hi0
+    assert trials[1] == (x0, 0.09 + -(g1 / -0.5))
+    assert len(trials) == 21
+
+
+@pytest.mark.parametrize("at, g0", [("low", 0.4), ("high", -0.3)])
+def test_polish_frees_a_scale_on_its_bound_that_its_gradient_pulls_in(monkeypatch, at, g0):
+    # pulled inside, even by less than 1, the scale is free: the joint Newton step
+    lo0, hi0 = float(np.log(0.1)), float(np.log(10.0))
+    scale = 0.1 if at == "low" else 10.0
+    grad, hess = np.array([g0, 0.2]), np.array([[-2.0, 0.7], [0.7, -0.5]])
+    trials = _polish_trials(monkeypatch, scale, 0.3, 0.0, grad, hess)
+    x0 = lo0 if at == "low" else hi0
+    step = -np.linalg.solve(hess, grad)
+    assert trials[1] == (_clip(x0 + float(step[0]), lo0, hi0), _clip(0.09 + float(step[1]), 0.0, 9.0))
+    assert 0.0 < trials[1][1] < 9.0
+
+
+@pytest.mark.parametrize("at, g1", [("low", -0.3), ("high", 0.4)])
+def test_polish_holds_a_floor_on_its_bound_that_its_gradient_pushes_out(monkeypatch, at, g1):
+    # the floor at its least value (0.2") or at 3": the scale's own Newton step
+    floor = 0.2 if at == "low" else 3.0
+    g0, hess = 0.05, [[-2.0, 0.7], [0.7, -0.5]]
+    trials = _polish_trials(monkeypatch, 1.5, floor, 0.2, [g0, g1], hess)
+    assert trials[1] == (float(np.log(1.5)) + -(g0 / -2.0), floor * floor)
+
+
+@pytest.mark.parametrize("h", [-2.0, -1e-13, 0.0, 0.5, 3.0])
+@pytest.mark.parametrize("which", [0, 1])
+def test_polish_one_free_parameters_step(monkeypatch, which, h):
+    # one parameter held on its bound: the other's Newton step -g / h where its curvature is
+    # negative (however small), else its gradient step g / max(|h|, 1e-12)
+    g = 3e-16 if h == -1e-13 else 0.05
+    if which == 0:      # the floor held at its least value: the scale's step
+        grad, hess = [g, -0.3], [[h, 0.7], [0.7, -0.5]]
+        trials = _polish_trials(monkeypatch, 1.5, 0.2, 0.2, grad, hess)
+        x = float(np.log(1.5))
+    else:               # the scale held at 0.1: the floor's step
+        grad, hess = [-0.3, g], [[-2.0, 0.7], [0.7, h]]
+        trials = _polish_trials(monkeypatch, 0.1, 0.5, 0.0, grad, hess)
+        x = 0.25
+    step = -(g / h) if h < 0 else g / max(abs(h), 1e-12)
+    lo, hi = ((float(np.log(0.1)), float(np.log(10.0))), (0.0, 9.0))[which]
+    assert trials[1][which] == _clip(x + step, lo, hi)
+    assert trials[1][1 - which] == (float(np.log(0.1)) if which else 0.2 * 0.2)
+
+
+@pytest.mark.parametrize("h00, h11", [(0.5, -0.2), (-0.2, 0.5), (0.5, 0.25), (0.0, 0.0)])
+def test_polish_gradient_step_where_the_hessian_is_not_negative_definite(monkeypatch, h00, h11):
+    # both free, the Hessian not negative definite: each parameter's gradient step scaled by
+    # its curvature's magnitude, at least 1e-12
+    grad = [0.05, 0.02]
+    trials = _polish_trials(monkeypatch, 1.5, 0.3, 0.0, grad, [[h00, 0.4], [0.4, h11]])
+    steps = (0.05 / max(abs(h00), 1e-12), 0.02 / max(abs(h11), 1e-12))
+    for k, trial in enumerate(trials[1:4]):         # the step, then halved, and halved again
+        assert trial == (_clip(float(np.log(1.5)) + steps[0] / 2.0**k, float(np.log(0.1)),
+                               float(np.log(10.0))),
+                         _clip(0.09 + steps[1] / 2.0**k, 0.0, 9.0))
