@@ -234,64 +234,62 @@ def test_chunk_size_keeps_every_thread_busy(n, threads, expected):
     assert driver.chunk_size(n, threads) == expected
 
 
-def test_local_cluster_workers_spawn_without_profiler_or_dask_malloc_trim(monkeypatch):
-    """The LocalCluster is built where Dask's worker profiler is off, the nanny's pre-spawn
-    environment leaves glibc's malloc trimming alone and Dask's periodic housekeeping runs
-    at a slower pace (each cost the stacks CPU); the numpy thread limits stay."""
-    import distributed
-    from distributed.nanny import _get_env_variables
+def _live_children():
+    """This process's children that have not exited (from /proc: the LocalCluster's process
+    is a subprocess, which multiprocessing.active_children does not list)."""
+    me, out = str(os.getpid()), []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if fields[1] == me and fields[0] != "Z":
+                out.append(int(pid))
+    return out
 
-    seen = {}
 
-    class FakeCluster:
-        def __init__(self, **kwargs):
-            import dask
+def test_local_cluster_workers_spawn_without_profiler_or_dask_malloc_trim():
+    """The LocalCluster (in its own process: campaign.localcluster) runs with Dask's worker
+    profiler off, the nanny's pre-spawn environment leaving glibc's malloc trimming alone
+    and Dask's periodic housekeeping at a slower pace (each cost the stacks CPU), in its
+    scheduler and in its workers; the numpy thread limits stay.  Asked, it shuts down in a
+    thread the caller joins (while it writes the table); then no process of it is left."""
+    import dask
 
-            seen["profile"] = dask.config.get("distributed.worker.profile.enabled")
-            seen["config"] = {k: dask.config.get(k) for k in driver.WORKER_CONFIG}
-            seen["env"] = _get_env_variables("distributed.nanny.pre-spawn-environ")
-            seen["kwargs"] = kwargs
+    keys = list(driver.WORKER_CONFIG)
 
-        def close(self, timeout=None):
-            seen["closed"] = True
+    def worker_side():
+        return ({k: dask.config.get(k) for k in keys}, os.environ.get("MALLOC_TRIM_THRESHOLD_"),
+                os.environ.get("OPENBLAS_NUM_THREADS"), os.environ.get("OMP_NUM_THREADS"))
 
-    class FakeClient:
-        def __init__(self, cluster):
-            self.cluster = cluster
+    def scheduler_side(dask_scheduler):
+        return ({k: dask.config.get(k) for k in keys}, os.getpid(), os.getppid(),
+                dask_scheduler.extensions["stealing"]._callback_time)  # seconds
 
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            return False
-
-    monkeypatch.setattr(distributed, "LocalCluster", FakeCluster)
-    monkeypatch.setattr(distributed, "Client", FakeClient)
-    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
-    with driver.dask_client("", 2) as (client, where):
-        assert isinstance(client, FakeClient) and where == "LocalCluster (2 worker processes)"
-    assert seen["profile"] is False
-    assert seen["config"] == driver.WORKER_CONFIG
+    closing = []
+    with driver.dask_client("", 2, closing=closing) as (client, where):
+        assert where == "LocalCluster (2 worker processes)"
+        assert sorted(client.nthreads().values()) == [1, 1]
+        answers = list(client.run(worker_side).values())
+        config, sched_pid, sched_ppid, steal_s = client.run_on_scheduler(scheduler_side)
+        assert _live_children() == [sched_pid]
+    assert answers == [(driver.WORKER_CONFIG, None, "1", "1")] * 2
+    assert config == driver.WORKER_CONFIG and sched_ppid == os.getpid()
+    assert steal_s == 1.0            # the stealing interval in the scheduler (Dask: 0.1 s)
     # Dask's housekeeping at a slower pace (its defaults: 20 ms, 500 ms, 100 ms, 100 ms)
-    assert {k: seen["config"][k] for k in (
+    assert {k: config[k] for k in (
         "distributed.admin.tick.interval", "distributed.admin.system-monitor.interval",
         "distributed.worker.memory.monitor-interval",
         "distributed.scheduler.work-stealing-interval")} == {
         "distributed.admin.tick.interval": "1s", "distributed.admin.system-monitor.interval": "5s",
         "distributed.worker.memory.monitor-interval": "1s",
         "distributed.scheduler.work-stealing-interval": "1s"}
-    assert "MALLOC_TRIM_THRESHOLD_" not in seen["env"]
-    assert seen["env"]["OPENBLAS_NUM_THREADS"] == "1" and seen["env"]["OMP_NUM_THREADS"] == "1"
-    assert seen["kwargs"]["processes"] is True and seen["kwargs"]["threads_per_worker"] == 1
-    assert seen["closed"]
-    # asked to, the cluster shuts down in a thread the caller joins (while it writes the table)
-    seen.clear()
-    closing = []
-    with driver.dask_client("", 2, closing=closing):
-        pass
+    assert config["distributed.worker.profile.enabled"] is False
     assert len(closing) == 1
-    closing[0].join(timeout=10)
-    assert seen["closed"]
+    closing[0].join(timeout=40)
+    assert not closing[0].is_alive() and not _live_children()
 
 
 def test_help_page_gives_the_local_workers_dask_settings_for_a_separate_cluster():
@@ -399,11 +397,13 @@ def test_local_cluster_keeps_short_debugging_logs():
 
     n = driver.WORKER_CONFIG["distributed.admin.low-level-log-length"]
     assert n == 10 < dask.config.get("distributed.admin.low-level-log-length")
+    def scheduler_lengths(dask_scheduler):
+        streams = list(dask_scheduler.stream_comms.values())
+        return (dask_scheduler.transition_log.maxlen,
+                sorted({s.recent_message_log.maxlen for s in streams}))
+
     with driver.dask_client("", 1) as (client, _where):
-        sched = client.cluster.scheduler
-        assert sched.transition_log.maxlen == n
-        streams = list(sched.stream_comms.values())
-        assert streams and all(s.recent_message_log.maxlen == n for s in streams)
+        assert client.run_on_scheduler(scheduler_lengths) == (n, [n])
 
         def lengths(dask_worker):
             return (dask_worker.state.log.maxlen, dask_worker.state.stimulus_log.maxlen,
@@ -517,7 +517,6 @@ def test_cluster_start_warms_every_worker_before_it_is_used():
     """driver.ClusterStart (issue 12): the cluster starts in a thread while the driver reads
     the stack list and plans; each worker imports the steps' modules (task.warm_worker) as
     soon as it is up, not in its first task.  Not with warm=False."""
-    import multiprocessing
 
     names = ["stk_astrometry.mixture", "stk_astrometry.xfmfit", "astropy", "scipy.optimize"]
 
@@ -538,7 +537,7 @@ def test_cluster_start_warms_every_worker_before_it_is_used():
     for thread in start.closing:
         thread.join()
     start.close()                        # after use: nothing left to do
-    assert client.status == "closed" and not multiprocessing.active_children()
+    assert client.status == "closed" and not _live_children()
 
 
 @pytest.mark.parametrize("how", ["error while planning", "nothing to run"])
@@ -547,7 +546,6 @@ def test_a_cluster_begun_before_the_planning_is_shut_down_when_not_used(tmp_path
     """run_campaign begins a new campaign's cluster before it plans (driver.ClusterStart) and
     shuts it down when the run does not use it: an error while planning, or no stack to
     run."""
-    import multiprocessing
 
     started = []
     real_start = driver.ClusterStart
@@ -573,7 +571,7 @@ def test_a_cluster_begun_before_the_planning_is_shut_down_when_not_used(tmp_path
     start = started[0]
     client = start._value[0]
     assert client.status == "closed" and all(not t.is_alive() for t in start.closing)
-    assert not multiprocessing.active_children()
+    assert not _live_children()
 
 
 def test_a_cluster_is_begun_before_the_planning_only_where_stacks_are_left():

@@ -1463,3 +1463,140 @@ def test_same_file_of_names_that_do_not_all_exist(tmp_path, monkeypatch):
     assert not same_file("x.fits", "y.fits") and same_file("x.fits", tmp_path / "x.fits")
     with pytest.raises(ValueError):
         same_file("a\0b", a)
+
+
+def _history_records_by_the_loop(toolname, items, *, start, when, stacks=None):
+    """history_records as it was before its one-record fast path (issue 11): every payload cut
+    into 56-character chunks, each cleaned of what is not printable ASCII."""
+    records, counter = [], start
+    for kind, payload in [("TOOL", f"{toolname}   {when}")] + [
+            x for name, value in items
+            for x in [("PARM", f"{name}={value}")] + [("STCK", e) for e in (stacks or {}).get(name, ())]]:
+        first = True
+        while first or payload:
+            chunk, payload = payload[:56], payload[56:]
+            chunk = "".join(c if 32 <= ord(c) < 127 else "?" for c in chunk)
+            records.append(f" {kind if first else 'CONT':<4}  :{chunk:<56}ASC{counter % 100000:05d}")
+            counter += 1
+            first = False
+    return records
+
+
+def test_history_records_equal_the_chunk_loop_on_every_length_and_text():
+    import random
+
+    rng = random.Random(11)
+    alphabet = "ab=/_~ \t\x7f\u00e9" + "x" * 8
+    for trial in range(400):
+        items = [(f"p{j}", "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 125))))
+                 for j in range(rng.randint(0, 4))]
+        for name, value in [("s", "x" * 54), ("s", "x" * 55), ("s", "x" * 56), ("s", "x" * 57)]:
+            items.append((name, value))  # payloads of 56 characters and either side
+        stacks = {"p0": ["a" * rng.randint(0, 60), "\u00e9"]} if trial % 3 == 0 else None
+        start = rng.choice([1, 2, 99_990, 99_999, 100_000, 123_456])
+        got = history_records("tool", items, start=start, when="W", stacks=stacks)
+        assert got == _history_records_by_the_loop("tool", items, start=start, when="W",
+                                                   stacks=stacks)
+        assert all(len(r) == 72 for r in got)
+    # the one-record path: exactly 56 characters, the counter wrapping
+    recs = history_records("t", [("n", "y" * 54)], start=99_999, when="W")
+    assert recs[1] == " PARM  :n=" + "y" * 54 + "ASC00000"
+    assert recs[0] == " TOOL  :t   W" + " " * 51 + "ASC99999"
+
+
+def _check_clobber_by_pathlib(path, clobber, *, param="outfile"):
+    """check_clobber as it was before its names as text (issue 11), for the comparison below."""
+    import stat as st_
+
+    from stk_astrometry.fitsutil import _stat_or_none
+
+    if path is None or str(path).strip() == "":
+        return
+    p = Path(path)
+    st = _stat_or_none(p)
+    if st is not None and st_.S_ISDIR(st.st_mode):
+        raise OutputError(f"{param}={path} is a directory, not a file")
+    if st is not None and not clobber:
+        raise OutputError(f"Clobber set to no, and output file {path} exists ({param}).")
+    parent = p.parent
+    if st is None:
+        folder = _stat_or_none(parent)
+        if folder is None or not st_.S_ISDIR(folder.st_mode):
+            raise OutputError(f"{param}={path}: folder {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise OutputError(f"{param}={path}: folder {parent} is not writable")
+
+
+def test_check_clobber_names_the_files_pathlib_names(tmp_path, monkeypatch):
+    """check_clobber's names as text (issue 11) look at the files Path(path) and its parent
+    name: the same verdict and message as pathlib's for every spelling of a name -- dots,
+    doubled slashes, trailing slash or dot, '..', relative or absolute, str or Path -- over files,
+    folders, missing names, a file where a folder should be, folders it may not write."""
+    from pathlib import PurePosixPath
+
+    from stk_astrometry import fitsutil
+
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "f.fits").write_text("x")
+    (tmp_path / "d" / "sub").mkdir()
+    (tmp_path / "file").write_text("x")
+    monkeypatch.chdir(tmp_path)
+    names = ["f.fits", "d/f.fits", "d//f.fits", "d/./f.fits", "./d/f.fits", "d/sub/../f.fits",
+             "d/sub", "d/sub/", "d/sub/.", "d/sub/..", "d/new.fits", "d/./new.fits",
+             "nodir/new.fits", "file/new.fits", "file/./x", "file/.", "file/..", "file/", "file",
+             ".", "..", "/", "d", "d/", "d//", "./f", "new.fits", "d/sub/./", "a\x00b",
+             "d/a\x00b", f"{tmp_path}/d/f.fits", f"{tmp_path}//d/./new.fits",
+             f"{tmp_path}/file/x"]
+
+    def verdict(check, name, clobber, param):
+        try:
+            check(name, clobber, param=param)
+            return "ok"
+        except OutputError as exc:
+            return str(exc)
+        except (ValueError, TypeError) as exc:
+            return type(exc).__name__
+
+    writable = [True]
+    real_access = os.access
+    monkeypatch.setattr(fitsutil.os, "access",
+                        lambda p, mode: writable[0] and real_access(p, mode))
+    for name in names:
+        for given in (name, Path(name), PurePosixPath(name)):
+            for clobber in (True, False):
+                for writable[0] in (True, False):
+                    got = verdict(check_clobber, given, clobber, "outdetfile")
+                    want = verdict(_check_clobber_by_pathlib, given, clobber, "outdetfile")
+                    assert got == want, (repr(given), clobber, writable[0])
+    # the text used: a pathlib path's own, a str's as given, its folder by dirname ('.' for none)
+    from stk_astrometry.fitsutil import _name_and_folder
+
+    assert _name_and_folder(Path("a//b/./c.fits")) == ("a/b/c.fits", "a/b")
+    for given in ("a/..", ".", "..", "/", "//a", "/a", "a"):   # a pathlib path's folder: its parent's
+        assert _name_and_folder(Path(given)) == (str(Path(given)), str(Path(given).parent))
+    assert _name_and_folder("a//b/./c.fits") == ("a//b/./c.fits", "a//b/.")
+    assert _name_and_folder("c.fits") == ("c.fits", ".")
+    assert _name_and_folder("/c.fits") == ("/c.fits", "/")
+    for odd in ("a/", "a/.", "a/..", ".", "..", "/", b"a/c.fits", 5):
+        if isinstance(odd, str):
+            assert _name_and_folder(odd) == (Path(odd), Path(odd).parent)
+        else:
+            with pytest.raises(TypeError):
+                _name_and_folder(odd)
+
+
+def test_write_atomically_names_the_output_as_pathlib_does(tmp_path):
+    """write_atomically takes a str name normalised as pathlib normalises it (doubled slashes,
+    '.' parts) and a pathlib path's text as it is: the file written, and the name a deferred
+    block lists for its sync."""
+    from stk_astrometry.fitsutil import deferred_durability, write_atomically
+
+    with deferred_durability(sync=False) as pending:
+        write_atomically(f"{tmp_path}//./a.fits", b"a" * 2880)
+        write_atomically(tmp_path / "b.fits", [b"b" * 2880, bytearray(2880)])
+        write_atomically(f"{tmp_path}/c.fits", b"c")
+    assert pending.paths == [str(tmp_path / "a.fits"), str(tmp_path / "b.fits"),
+                             str(tmp_path / "c.fits")]
+    assert (tmp_path / "a.fits").read_bytes() == b"a" * 2880
+    assert (tmp_path / "b.fits").read_bytes() == b"b" * 2880 + bytes(2880)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.fits", "b.fits", "c.fits"]

@@ -1118,3 +1118,23 @@ def test_flags_of_a_column_without_rows_are_an_empty_bool_array():
                                  path=Path("t.fits"), hdu="t.fits[T]", spec="t.fits")
         got = _flags(tin, "f")
         assert got.dtype == bool and got.shape == (0,), column.dtype
+
+
+@pytest.mark.parametrize("column, rows, want", [
+    (["ACIS-I", "", "HRC-S", "ACIS"], [False, True, True, True], "HRC"),
+    (["", " ", "HRC", "ACIS"], [True, True, True, True], "HRC"),
+    (["HRC", "ACIS", "HRC", "ACIS"], [False, True, True, False], "ACIS"),
+    (["HRC", "", "", "ACIS"], [False, True, True, True], "ACIS"),
+    (["HRC", "", " ", ""], [False, True, True, True], "ACIS"),     # all blank: the stack id
+])
+def test_instrument_is_the_first_non_blank_value_of_the_stacks_rows(column, rows, want):
+    from pathlib import Path
+
+    from stk_astrometry.tableio import TableInput
+
+    tin = TableInput(Table({"instrument": np.array(column)}), {}, Path("t.csv"), "t.csv", "t.csv")
+    c = _det_cols(instrument="instrument")
+    assert catalogs.find_instrument(tin, c, np.array(rows), "acisf1") == want
+    assert catalogs.find_instrument(tin, c, np.array(rows), "hrcf1") == (
+        "HRC" if want == "HRC" or not any(v.strip() for v, r in zip(column, rows, strict=True) if r)
+        else want)

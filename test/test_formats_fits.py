@@ -29,6 +29,7 @@ def _card_memo_cleared():
     for memo in (_fits._column_cards, _fits._name_kept, _fits._row_dtype, _fits._column_type,
                  _fits._fields_dtype, _fits._history_text):
         memo.cache_clear()
+    _fits._CARD_IMAGES.clear()
 
 
 def test_columns_carry_descriptions_and_ucds(tmp_path):
@@ -336,10 +337,27 @@ def test_column_format_from_the_dtype(values, fmt):
 def test_header_value_of_numpy_scalars_and_nan():
     from stk_astrometry.formats._fits import header_value
 
+    class Number(float):
+        pass
+
+    class Count(int):
+        pass
+
+    big = np.longdouble(10) ** 400 if np.finfo(np.longdouble).max > 1e400 else None
     for x, want in ((np.float32(1.5), 1.5), (np.nan, None), (float("inf"), None),
-                    (np.int16(3), 3), (np.bool_(True), True), ("s", "s"), (None, None), (7, 7)):
+                    (np.int16(3), 3), (np.bool_(True), True), ("s", "s"), (None, None), (7, 7),
+                    (-float("inf"), None), (float("nan"), None), (2.5, 2.5), (-0.0, -0.0),
+                    (0.0, 0.0), (True, True), (False, False), (0, 0), ("", ""),
+                    (np.float64(-np.inf), None), (np.float64(0.25), 0.25), (np.int64(-2), -2),
+                    (np.uint8(200), 200), (np.bool_(False), False), (Number(1.5), 1.5),
+                    (Number("nan"), None), (Count(4), Count(4)), (2**70, 2**70)):
         got = header_value(x)
         assert got == want and type(got) is type(want), x
+        if type(x) in (int, float, str, bool) and want is not None:
+            assert got is x            # the usual values as they are
+    assert str(header_value(-0.0)) == "-0.0"
+    if big is not None:         # finite for numpy, beyond a float: float's infinity, as before
+        assert header_value(big) == float("inf")
 
 
 def test_table_hdu_of_columns_units_formats_and_no_rows():
@@ -1023,3 +1041,62 @@ def test_stamps_replace_their_cards_where_they_are():
                      ("B", 2, ""), ("CREATOR", "stk_t - x", "tool that created this output"),
                      ("HISTNUM", 6, "n"), ("C", 3, "")]
     assert [r[-8:] for r in records] == ["ASC00005", "ASC00006"]
+
+
+def test_cards_text_is_the_cards_images_or_none_where_cfitsio_would_change_one(monkeypatch):
+    """_cards_text: the images of format_card joined; None for a card cfitsio's write_record
+    would change (a name not in upper case or not valid, text not printable ASCII); a card
+    remembered with the type of its value -- equal cards of other types (1, 1.0, True), the
+    float zeros and numpy's numbers have their own images -- and the memory bounded."""
+    from stk_astrometry.formats import _fits
+    from stk_astrometry.formats._fits import _cards_text, format_card
+
+    cards = [("NAME", "text", "a comment"), ("N", 1, "one"), ("N", 1.0, "one"), ("N", True, "one"),
+             ("Z", 0.0, ""), ("Z", -0.0, ""), ("Z", 0, ""), ("Z", False, ""),
+             ("U", None, "undefined"), ("F", 2.5e-11, "x"), ("LONGNAME9", 3, "a HIERARCH card"),
+             ("NZ", np.float64(0.0), ""), ("NZ", np.float64(-0.0), ""), ("NI", np.int32(7), ""),
+             ("S", "x" * 70, "a CONTINUE card")]
+    want = "".join(format_card(*card) for card in cards)
+    for _ in range(3):      # the first time made, then remembered: the same text
+        assert _cards_text(cards) == want
+        assert _cards_text(cards[::-1]) == "".join(format_card(*c) for c in cards[::-1])
+    assert _cards_text([]) == ""
+    # what is remembered: the Python values but the float zeros; numpy's numbers never
+    # (equal cards share an entry: 1, 1.0 and True, 0 and False; the last one made is there)
+    assert len(_fits._CARD_IMAGES) == 7
+    assert _fits._CARD_IMAGES[("N", 1, "one")] == (format_card("N", 1, "one"), int)
+    assert _fits._CARD_IMAGES[("Z", 0, "")] == (format_card("Z", 0, ""), int)
+    assert ("NZ", 0.0, "") not in _fits._CARD_IMAGES and ("NI", 7, "") not in _fits._CARD_IMAGES
+    for card in cards[:1] + cards[8:11] + cards[14:]:
+        assert _fits._CARD_IMAGES[card] == (format_card(*card), type(card[1]))
+    # a remembered card is not formatted again
+    made = []
+    monkeypatch.setattr(_fits, "format_card", lambda *c: made.append(c) or format_card(*c))
+    distinct = cards[:1] + cards[8:11] + cards[14:]
+    assert _cards_text(distinct) == "".join(format_card(*c) for c in distinct)
+    assert made == []
+    # (equal cards of other types share an entry: each made again when the other was last)
+    assert _cards_text(cards[1:4]) == "".join(format_card(*c) for c in cards[1:4])
+    assert made == [cards[2], cards[3]]
+    made.clear()
+    assert _cards_text([("Z", -0.0, ""), ("NZ", np.float64(-0.0), "")]) \
+        == format_card("Z", -0.0, "") + format_card("NZ", np.float64(-0.0), "")
+    assert len(made) == 2
+    monkeypatch.undo()
+    # refused: the whole text is None, wherever the card is, and nothing of it is remembered
+    for bad in (("lower", 1, ""), ("A B", 1, ""), ("TAB", "a\tb", ""), ("E", "caf\u00e9", ""),
+                ("C", 1, "caf\u00e9"), ("C", 2, "\x7f")):
+        _fits._CARD_IMAGES.clear()
+        for at in (0, 1, 2):
+            listed = [("A", 1, ""), ("B", "b", "")]
+            listed.insert(at, bad)
+            assert _cards_text(listed) is None, (bad, at)
+        assert bad not in _fits._CARD_IMAGES
+    # bounded: emptied when full, so never more than its maximum
+    _fits._CARD_IMAGES.clear()
+    sizes = []
+    for i in range(3 * _fits._CARD_IMAGES_MAX):
+        assert _cards_text([("RA", float(i) + 0.5, "")]) == format_card("RA", float(i) + 0.5, "")
+        sizes.append(len(_fits._CARD_IMAGES))
+    assert max(sizes) == _fits._CARD_IMAGES_MAX == 512
+    assert sizes[_fits._CARD_IMAGES_MAX] == 1

@@ -192,6 +192,13 @@ def test_pairs_from_match_columns_are_the_inputs_rows(tmp_path):
         assert (wg["d_xi"][k], wg["d_eta"][k]) == pytest.approx((gx - wx, ge - we), abs=1e-6)
         assert wg["sep"][k] == pytest.approx(np.hypot(gx - wx, ge - we), abs=1e-6)
     assert p.units == {n: {c: u for c, _, u in pairs.LAYOUTS[n] if u} for n in pairs.TABLE_HDUS}
+    # each result's own dicts (the layout's units are made once: issue 11)
+    assert all(p.units[n] is not pairs._UNITS[n] for n in pairs.TABLE_HDUS)
+    assert pairs._formats("GAIA_PAIRS", ["sep", "x"]) == {"sep": "D", "x": None}
+    assert pairs._formats("DETECTIONS", ["region_id", "ra", "likelihood_class"]) == {
+        c: f for c, f, _ in pairs.LAYOUTS["DETECTIONS"] if c in ("region_id", "ra",
+                                                                  "likelihood_class")}
+    assert pairs._formats("NONE", ["a"]) == {"a": None}
     assert p.cards == {n: () for n in pairs.TABLE_HDUS} and p.path is None
     # written and read back: the same tables and stack attributes
     pairs.write_pairs(p, tmp_path / "p.fits", HIST)

@@ -23,6 +23,14 @@ from stk_astrometry.formats import _fits
 ROOT = Path(__file__).resolve().parents[1]
 
 
+
+@pytest.fixture(autouse=True)
+def _layouts_cleared():
+    """Each test sees the plain reader's layout and row-dtype makers themselves, not what an
+    earlier test in the same process left remembered."""
+    tableio._plain_columns.cache_clear()
+    tableio._np_dtype_of.cache_clear()
+
 def _read_table_result(spec):
     try:
         tin = tableio.read_table(spec, param="f")
@@ -663,6 +671,9 @@ def test_axis_and_field_counts_over_999_are_declined_even_when_hierarch_names_th
     table = _table_hdu([_hierarch("TTYPE1000", "c1000"), _hierarch("TFORM1000", "L")],
                        nfields=999, tform="L", rows=1, edit=thousand)   # 1,000 bytes: 1 block
     assert _opens(tmp_path, _PRIMARY + table) is None
+    # TFIELDS 1000 with rows of the first 999 columns' width: declined all the same
+    assert _opens(tmp_path, _PRIMARY + table.replace(b"NAXIS1  =                 1000",
+                                                     b"NAXIS1  =                  999")) is None
     assert _opens(tmp_path, _PRIMARY + table.replace(b"TFIELDS =                 1000",
                                                      b"TFIELDS =                  999")
                   .replace(b"NAXIS1  =                 1000", b"NAXIS1  =                  999"))
@@ -965,3 +976,38 @@ def test_require_columns_names_hits_aliases_clashes_and_what_it_tried():
         tableio.require_columns(tin, ["dec"], aliases={"dec": ["dej2000", "dec_deg"]})
     with pytest.raises(CatalogError, match=r"column 'q' is ambiguous: 'y' and 'Y'"):
         tableio.require_columns(tin, ["ra"], aliases={"q": ["y"]}, optional=["q"])
+
+
+def test_plain_columns_are_remembered_by_layout_and_refusals_raised_each_time():
+    """_plain_columns (issue 11): the columns of TTYPEn/TFORMn values packed to NAXIS1,
+    remembered -- PlainFits._columns hands each HDU its own list -- and a refused layout raises
+    every time it is asked."""
+    from stk_astrometry.tableio import PlainFits, _np_dtype, _plain_columns
+
+    names, forms = ("ra", "id", "flag", "name", "b"), ("D", " J ", "L", "12A", "1B")
+    want = (("ra", ">f8"), ("id", ">i4"), ("flag", "?"), ("name", "S12"), ("b", "u1"))
+    assert _plain_columns(names, forms, 26) == want
+    assert _plain_columns(names, forms, 26) is _plain_columns(names, forms, 26)
+    assert _plain_columns.cache_info().currsize == 1
+    for bad in [(names, forms, 25), (names, forms, 27), (("ra", "ra"), ("D", "D"), 16),
+                (("ra", " x"), ("D", "D"), 16), (("ra", ""), ("D", "D"), 16),
+                (("ra", 1), ("D", "D"), 16), (("ra", "x"), ("D", None), 16),
+                (("ra", "x"), ("D", "2D"), 24), (("ra", "x"), ("D", "0A"), 8),
+                (("ra", "x"), ("D", "1PJ"), 16), (("a",), ("J",), 4.5)]:
+        for _ in range(2):
+            with pytest.raises(ValueError):
+                _plain_columns(*bad)
+    assert _plain_columns.cache_info().currsize == 1
+    kw = {"TFIELDS": 2, "TTYPE1": "a", "TFORM1": "J", "TTYPE2": "b", "TFORM2": "3A",
+          "TTYPE3": "c", "TFORM3": "D"}
+    first, rows = PlainFits._columns(kw, 8, [7, 5])
+    assert first == [("a", ">i4"), ("b", "S3")] and rows == 5
+    first.append(("x", "u1"))      # each HDU its own list
+    assert PlainFits._columns(kw, 8, [7, 5])[0] == [("a", ">i4"), ("b", "S3")]
+    kw["TFIELDS"] = 3
+    assert PlainFits._columns(kw, 8, [15, 0]) == ([("a", ">i4"), ("b", "S3"), ("c", ">f8")], 0)
+    # the rows' dtype: made once a layout, the same for a list or a tuple of the columns
+    dt = _np_dtype([("a", ">i4"), ("b", "S3")])
+    assert dt == np.dtype([("a", ">i4"), ("b", "S3")]) and dt.itemsize == 7
+    assert _np_dtype((("a", ">i4"), ("b", "S3"))) is dt
+    assert _np_dtype([("a", ">i4")]) == np.dtype([("a", ">i4")])

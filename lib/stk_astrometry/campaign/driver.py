@@ -44,6 +44,7 @@ import numpy as np
 from .. import __version__
 from ..errors import InputError, ParameterError
 from .database import RunDatabase
+from .localcluster import LocalClusterProcess, quiet_dask
 from .progress import Progress
 from .settings import StepSettings, params_digest
 from .stacks import inputs_digest, safe_name
@@ -240,13 +241,6 @@ def plan_stacks(stacks, db, settings, *, campaign_dir, force, update_mode, detco
 
 # ---------------------------------------------------------------------- Dask
 
-def _quiet_dask():
-    for name in ("distributed", "distributed.worker", "distributed.scheduler", "distributed.nanny",
-                 "distributed.core", "distributed.comm", "distributed.batched",
-                 "distributed.shuffle", "tornado"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-
-
 #: Dask settings of the LocalCluster (an external cluster keeps its own; the help page gives
 #: these as a Dask configuration file for one): no statistical profiler (it samples the task
 #: thread's stack every 10 ms); glibc's own malloc trimming, not the nanny's
@@ -275,40 +269,39 @@ WORKER_CONFIG = {"distributed.worker.profile.enabled": False,
 
 
 @contextlib.contextmanager
-def dask_client(scheduler: str, nworkers: int, *, closing: list | None = None):
+def dask_client(scheduler: str, nworkers: int, *, closing: list | None = None, log=None):
     """A connected ``distributed.Client``: a fresh LocalCluster, or the given scheduler.
 
-    With ``closing`` (a list) a LocalCluster is shut down in a thread appended to it, which the
-    caller joins later: its workers' exit (~1 s) then overlaps the writing of the table.
+    The LocalCluster runs in a process of its own (:class:`~.localcluster.LocalClusterProcess`:
+    its scheduler off this process's GIL), which ends with it, or with this process however it
+    ends.  With ``closing`` (a list) the LocalCluster is shut down in a thread appended to it,
+    which the caller joins later: its workers' exit (~1 s) then overlaps the writing of the
+    table.  ``log``: a file the LocalCluster's processes append their standard error to.
     """
     import dask
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
-    _quiet_dask()  # after the import: distributed sets its loggers' levels when imported
+    quiet_dask()  # after the import: distributed sets its loggers' levels when imported
 
     scheduler = (scheduler or "").strip()
-    with dask.config.set({"distributed.worker.daemon": True, **WORKER_CONFIG,
-                          "distributed.scheduler.work-stealing": True,
-                          "distributed.admin.tick.limit": "60s"}):
+    config = {"distributed.worker.daemon": True, **WORKER_CONFIG,
+              "distributed.scheduler.work-stealing": True, "distributed.admin.tick.limit": "60s"}
+    with dask.config.set(config):    # the client's own comms keep short logs, too
         if not scheduler:
             n = nworkers if nworkers > 0 else (os.cpu_count() or 1)
             # no dashboard; the scheduler's HTTP server (health routes) on a free port, not on
             # 8787, which another cluster on the machine may hold
-            cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                                   dashboard_address=None, silence_logs=logging.ERROR,
-                                   scheduler_kwargs={"dashboard_address": "127.0.0.1:0"})
-            def close():
-                with contextlib.suppress(Exception):
-                    cluster.close(timeout=20)
-
+            host = LocalClusterProcess(n, config, {
+                "dashboard_address": None,
+                "scheduler_kwargs": {"dashboard_address": "127.0.0.1:0"}}, log=log)
             try:
-                with Client(cluster) as client:
+                with Client(host.address, timeout="30s") as client:
                     yield client, f"LocalCluster ({n} worker processes)"
             finally:
                 if closing is None:
-                    close()
+                    host.close()
                 else:
-                    closing.append(threading.Thread(target=close, name="stk_batch-close"))
+                    closing.append(threading.Thread(target=host.close, name="stk_batch-close"))
                     closing[-1].start()
             return
         try:
@@ -342,10 +335,10 @@ class ClusterStart:
     """
 
     def __init__(self, scheduler: str, nworkers: int, *, closing: list | None = None,
-                 warm: bool = True):
+                 warm: bool = True, log=None):
         #: the LocalCluster's shutdown thread goes here (:func:`dask_client`); join them
         self.closing = [] if closing is None else closing
-        self._cm = dask_client(scheduler, nworkers, closing=self.closing)
+        self._cm = dask_client(scheduler, nworkers, closing=self.closing, log=log)
         self._value = self._error = None
         self._open = False
         self._warm = warm
@@ -725,7 +718,8 @@ def _run_and_write(stacks, settings, summary, *, folder, scheduler, nworkers, fo
         _remove_dead_temps(folder)
         # a new or unfinished campaign: start the cluster now, while the stacks are planned
         # (ClusterStart); else only once planning has found stacks to run
-        start = (ClusterStart(scheduler, nworkers, closing=closing, warm=task is run_stack)
+        start = (ClusterStart(scheduler, nworkers, closing=closing, warm=task is run_stack,
+                              log=folder / LOG_NAME)
                  if _likely_work(db) else None)
         try:
             _plan_and_run(stacks, settings, summary, db, start, folder=folder,
@@ -763,9 +757,10 @@ def _plan_and_run(stacks, settings, summary, db, start, *, folder, scheduler, nw
                         enabled=verbose >= 1)
     try:
         # (a cluster begun here only once the log is open: nothing then to shut down)
-        with open(folder / LOG_NAME, "a", encoding="utf-8") as warn_log, \
-                (start or ClusterStart(scheduler, nworkers, closing=closing,
-                                       warm=task is run_stack)) as (client, where):
+        with (open(folder / LOG_NAME, "a", encoding="utf-8") as warn_log,
+              (start or ClusterStart(scheduler, nworkers, closing=closing,
+                                     warm=task is run_stack, log=folder / LOG_NAME))
+              as (client, where)):
             warn_log.write(f"# stk_batch run {run_id} started "
                            f"{time.strftime('%Y-%m-%dT%H:%M:%S')} on {where}\n")
             if verbose >= 1:

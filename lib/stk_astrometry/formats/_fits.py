@@ -8,6 +8,7 @@ the CXC way (DTYPEn/DVALn) by :func:`stk_astrometry.fitsutil.set_keyword`.
 from __future__ import annotations
 
 import functools
+import math
 import re
 from pathlib import Path
 from dataclasses import dataclass, field
@@ -136,6 +137,11 @@ def keyword_value(keys, name, default=None):
 
 def header_value(x):
     """A header value: None (FITS undefined) for NaN; numpy scalars as Python numbers."""
+    kind = type(x)
+    if kind is int or kind is str or kind is bool or x is None:
+        return x            # (issue 11: the usual values, ~60 a stack, without the checks)
+    if kind is float:
+        return x if math.isfinite(x) else None
     if isinstance(x, (float, np.floating)):
         return float(x) if np.isfinite(x) else None
     if isinstance(x, np.integer):
@@ -818,15 +824,47 @@ def _hdu_image(spec, stamp, run):
         present = _TABLE_NAMES | columns[1]
         data = _table_data(arrays, n_rows, rows)
     final, records = _keyword_cards(spec, present, *run)
-    text = "".join([format_card(name, value, comment) for name, value, comment in final])
+    text = _cards_text(final)
     history = _history_text(tuple(records))
-    # what cfitsio's write_record would change: not printable ASCII (blanked), a name not in
-    # upper case (raised) or not valid (refused), a record not of one card (cut).  The
-    # structure and column cards are printable ASCII already (_column_text checks theirs).
-    if not (history is not None and text.isascii() and text.isprintable()
-            and all(_name_kept(name) for name, _, _ in final)):
+    # The structure and column cards are printable ASCII already (_column_text checks theirs).
+    if text is None or history is None:
         return None
     return _with_checksums(fixed + text + history, data, stamp)
+
+
+def _cards_text(cards):
+    """The images of the ``(name, value, comment)`` ``cards`` (:func:`format_card`) as one
+    text, or None when cfitsio's write_record would change one: not printable ASCII (blanked),
+    a name not in upper case (raised) or not valid (refused).
+
+    A card's image and its check are remembered by the card (issue 11: a stack's files repeat
+    most of their keywords -- the transform's summary in four headers, the stack's in five --
+    and ~1 us a card went to formatting, looking up and checking it again), with the type of
+    its value: equal cards of different types (``1``, ``1.0``, ``True``) have different images,
+    and so do the float zeros 0.0 and -0.0 (never remembered), and numpy's numbers (not either).
+    """
+    images = []
+    for card in cards:
+        value = card[1]
+        kind = type(value)
+        hit = _CARD_IMAGES.get(card)
+        if hit is None or hit[1] is not kind:
+            image = format_card(*card)
+            if not (_name_kept(card[0]) and image.isascii() and image.isprintable()):
+                return None
+            hit = (image, kind)
+            if kind is str or kind is int or kind is bool or value is None \
+                    or (kind is float and value):
+                if len(_CARD_IMAGES) >= _CARD_IMAGES_MAX:
+                    _CARD_IMAGES.clear()      # bounded (issue 12): a stack adds ~100 of its own
+                _CARD_IMAGES[card] = hit
+        images.append(hit[0])
+    return "".join(images)
+
+
+#: :func:`_cards_text`'s images: card -> (image, type of the value); emptied when full.
+_CARD_IMAGES = {}
+_CARD_IMAGES_MAX = 512
 
 
 @functools.lru_cache(maxsize=8)

@@ -175,6 +175,10 @@ def pairset_from_columns(cols, *, kind):
 # From the matching core
 
 
+#: Each table's column units (from LAYOUTS, made once: issue 11).
+_UNITS = {name: {c: u for c, _, u in LAYOUTS[name] if u} for name in TABLE_HDUS}
+
+
 def pairs_from_match(result, det, gaia, wise, *, stackid, instrument) -> Pairs:
     """The pairs file's content from :func:`stk_astrometry.matching.match_stack`.  Pure.
 
@@ -283,7 +287,7 @@ def pairs_from_match(result, det, gaia, wise, *, stackid, instrument) -> Pairs:
     keys = tuple((k, header_value(v), c) for k, v, c in keys)
     tables = {"DETECTIONS": detections, "GAIA_PAIRS": gaia_cols, "WISE_PAIRS": wise_cols,
               "WISE_GAIA": wg_cols}
-    units = {name: {c: u for c, _, u in LAYOUTS[name] if u} for name in TABLE_HDUS}
+    units = {name: dict(table_units) for name, table_units in _UNITS.items()}   # (copies)
     return Pairs(
         stackid=stackid, instrument=instrument, ra_stack=float(cfg.ra_stack_deg),
         dec_stack=float(cfg.dec_stack_deg), method=result.method, n_groups=int(cfg.n_groups),
@@ -297,8 +301,12 @@ def pairs_from_match(result, det, gaia, wise, *, stackid, instrument) -> Pairs:
 
 
 def _formats(name, columns):
-    fixed = {c: f for c, f, _ in LAYOUTS.get(name, ()) if f}
+    fixed = _FIXED_FORMATS.get(name, {})
     return {c: fixed.get(c) for c in columns}
+
+
+#: Each table's fixed TFORMs (from LAYOUTS, made once: issue 11).
+_FIXED_FORMATS = {name: {c: f for c, f, _ in layout if f} for name, layout in LAYOUTS.items()}
 
 
 def pairs_specs(pairs: Pairs):

@@ -1,0 +1,118 @@
+"""campaign.localcluster: stk_batch's default LocalCluster, hosted in a child process.
+
+Real processes throughout: the child, its Dask scheduler and workers.  The child must answer
+with its scheduler's address or one line of error, and must end -- with its workers -- when
+the driver closes its pipe or dies by kill -9.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from stk_astrometry.campaign import localcluster
+from stk_astrometry.errors import ParameterError
+
+LIB = str(Path(localcluster.__file__).parents[2])
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    if f.read().rsplit(")", 1)[1].split()[1] == str(pid):
+                        out.append(int(entry))
+            except OSError:
+                pass
+    return out
+
+
+def _wait_gone(pids, seconds=40.0):
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if not any(_alive(p) for p in pids):
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_the_cluster_runs_in_a_child_and_ends_with_close():
+    from distributed import Client
+
+    host = localcluster.LocalClusterProcess(1, {"distributed.worker.profile.enabled": False},
+                                            {"dashboard_address": None})
+    try:
+        assert host.address.startswith("tcp://127.0.0.1:")
+        with Client(host.address, timeout="30s") as client:
+            assert list(client.nthreads().values()) == [1]
+            assert client.run_on_scheduler(os.getpid) == host.pid
+            workers = list(client.run(os.getpid).values())
+            assert workers and all(p in _children(host.pid) for p in workers)
+            assert client.submit(sum, [1, 2, 3]).result() == 6
+    finally:
+        host.close()
+    assert not _alive(host.pid) and _wait_gone(workers)
+
+
+def test_a_cluster_that_cannot_start_is_one_line_of_error(tmp_path, capfd):
+    """A worker that cannot start (here: a keyword its server does not take): the child
+    answers with the error and exits; Dask's tracebacks go to the log, not the terminal."""
+    log = tmp_path / "stk_batch.log"
+    with pytest.raises(ParameterError) as err:
+        localcluster.LocalClusterProcess(1, {}, {"no_such_keyword": 1}, log=log)
+    message = str(err.value)
+    assert message.startswith("cannot start the local Dask cluster: RuntimeError: ")
+    assert message.endswith(f"(Dask's messages: {log})") and "\n" not in message
+    out, errors = capfd.readouterr()
+    assert out == "" and errors == ""
+    assert "no_such_keyword" in log.read_text()
+
+
+_PARENT = r"""
+import sys
+from stk_astrometry.campaign.localcluster import LocalClusterProcess
+from distributed import Client
+host = LocalClusterProcess(2, {}, {"dashboard_address": None})
+client = Client(host.address, timeout="30s")
+print(host.pid, *client.run(__import__("os").getpid).values(), flush=True)
+sys.stdin.read()
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+def test_the_child_and_its_workers_end_when_the_driver_dies(sig):
+    """kill -9 of the driver: the kernel closes its end of the pipe and the child shuts the
+    cluster down by itself.  A control-C reaches the whole process group: the child ignores
+    it and ends when the driver (which dies of it here) is gone."""
+    env = dict(os.environ, PYTHONPATH=LIB)
+    parent = subprocess.Popen([sys.executable, "-c", _PARENT], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, env=env, text=True,
+                              start_new_session=True)
+    try:
+        pids = [int(p) for p in parent.stdout.readline().split()]
+        assert len(pids) == 3 and all(_alive(p) for p in pids)
+        os.killpg(parent.pid, sig)         # the driver's whole process group, as a terminal
+        parent.wait(30)
+        assert _wait_gone(pids), [p for p in pids if _alive(p)]
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+        parent.stdin.close()
+        parent.stdout.close()
