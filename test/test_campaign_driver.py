@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from campaign_sim import make_campaign
+from proc_testlib import live_children
 
 from stk_astrometry import fitsutil
 from stk_astrometry.campaign import database, driver, progress, settings
@@ -234,22 +235,6 @@ def test_chunk_size_keeps_every_thread_busy(n, threads, expected):
     assert driver.chunk_size(n, threads) == expected
 
 
-def _live_children():
-    """This process's children that have not exited (from /proc: the LocalCluster's process
-    is a subprocess, which multiprocessing.active_children does not list)."""
-    me, out = str(os.getpid()), []
-    for pid in os.listdir("/proc"):
-        if pid.isdigit():
-            try:
-                with open(f"/proc/{pid}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if fields[1] == me and fields[0] != "Z":
-                out.append(int(pid))
-    return out
-
-
 def test_local_cluster_workers_spawn_without_profiler_or_dask_malloc_trim():
     """The LocalCluster (in its own process: campaign.localcluster) runs with Dask's worker
     profiler off, the nanny's pre-spawn environment leaving glibc's malloc trimming alone
@@ -274,7 +259,7 @@ def test_local_cluster_workers_spawn_without_profiler_or_dask_malloc_trim():
         assert sorted(client.nthreads().values()) == [1, 1]
         answers = list(client.run(worker_side).values())
         config, sched_pid, sched_ppid, steal_s = client.run_on_scheduler(scheduler_side)
-        assert _live_children() == [sched_pid]
+        assert live_children() == [sched_pid]
     assert answers == [(driver.WORKER_CONFIG, None, "1", "1")] * 2
     assert config == driver.WORKER_CONFIG and sched_ppid == os.getpid()
     assert steal_s == 1.0            # the stealing interval in the scheduler (Dask: 0.1 s)
@@ -289,7 +274,7 @@ def test_local_cluster_workers_spawn_without_profiler_or_dask_malloc_trim():
     assert config["distributed.worker.profile.enabled"] is False
     assert len(closing) == 1
     closing[0].join(timeout=40)
-    assert not closing[0].is_alive() and not _live_children()
+    assert not closing[0].is_alive() and not live_children()
 
 
 def test_help_page_gives_the_local_workers_dask_settings_for_a_separate_cluster():
@@ -537,7 +522,7 @@ def test_cluster_start_warms_every_worker_before_it_is_used():
     for thread in start.closing:
         thread.join()
     start.close()                        # after use: nothing left to do
-    assert client.status == "closed" and not _live_children()
+    assert client.status == "closed" and not live_children()
 
 
 @pytest.mark.parametrize("how", ["error while planning", "nothing to run"])
@@ -571,7 +556,7 @@ def test_a_cluster_begun_before_the_planning_is_shut_down_when_not_used(tmp_path
     start = started[0]
     client = start._value[0]
     assert client.status == "closed" and all(not t.is_alive() for t in start.closing)
-    assert not _live_children()
+    assert not live_children()
 
 
 def test_a_cluster_is_begun_before_the_planning_only_where_stacks_are_left():

@@ -11,46 +11,15 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from proc_testlib import alive, live_children, wait_gone
 
 from stk_astrometry.campaign import localcluster
 from stk_astrometry.errors import ParameterError
 
 LIB = str(Path(localcluster.__file__).parents[2])
-
-
-def _alive(pid: int) -> bool:
-    """Whether ``pid`` runs (a zombie does not)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def _children(pid: int) -> list[int]:
-    out = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    if f.read().rsplit(")", 1)[1].split()[1] == str(pid):
-                        out.append(int(entry))
-            except OSError:
-                pass
-    return out
-
-
-def _wait_gone(pids, seconds=40.0):
-    deadline = time.time() + seconds
-    while time.time() < deadline:
-        if not any(_alive(p) for p in pids):
-            return True
-        time.sleep(0.2)
-    return False
 
 
 def test_the_cluster_runs_in_a_child_and_ends_with_close():
@@ -64,11 +33,11 @@ def test_the_cluster_runs_in_a_child_and_ends_with_close():
             assert list(client.nthreads().values()) == [1]
             assert client.run_on_scheduler(os.getpid) == host.pid
             workers = list(client.run(os.getpid).values())
-            assert workers and all(p in _children(host.pid) for p in workers)
+            assert workers and all(p in live_children(host.pid) for p in workers)
             assert client.submit(sum, [1, 2, 3]).result() == 6
     finally:
         host.close()
-    assert not _alive(host.pid) and _wait_gone(workers)
+    assert not alive(host.pid) and wait_gone(workers)
 
 
 def test_a_cluster_that_cannot_start_is_one_line_of_error(tmp_path, capfd):
@@ -107,10 +76,10 @@ def test_the_child_and_its_workers_end_when_the_driver_dies(sig):
                               start_new_session=True)
     try:
         pids = [int(p) for p in parent.stdout.readline().split()]
-        assert len(pids) == 3 and all(_alive(p) for p in pids)
+        assert len(pids) == 3 and all(alive(p) for p in pids)
         os.killpg(parent.pid, sig)         # the driver's whole process group, as a terminal
         parent.wait(30)
-        assert _wait_gone(pids), [p for p in pids if _alive(p)]
+        assert wait_gone(pids), [p for p in pids if alive(p)]
     finally:
         if parent.poll() is None:
             parent.kill()
