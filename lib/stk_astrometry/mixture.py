@@ -1306,19 +1306,19 @@ def _fma(a, b, c):
 def _solve2(a, b, c, d, g0, g1):
     """``np.linalg.solve([[a, b], [c, d]], [g0, g1])`` on Python floats, to the bit: LAPACK's
     dgesv as OpenBLAS computes a 2 x 2 -- LU with partial pivoting (the row whose first entry
-    is larger in magnitude first, the first on a tie), the multiplier ``l = c (1 / a)``, ``u =
-    d - l b``, then ``y1 = g1 - l g0`` and ``x0 = (g0 - b x1) / a`` each as one fused
+    is larger in magnitude first, the first on a tie), the multiplier ``m = c (1 / a)``, ``u =
+    d - m b``, then ``y1 = g1 - m g0`` and ``x0 = (g0 - b x1) / a`` each as one fused
     multiply-add and ``x1 = y1 / u`` (equal to np.linalg.solve's on 300,000 random systems,
     ties and symmetric ones included).  Returns (x0, x1).  Anything else -- a non-finite
     entry, a pivot below the safe minimum or zero (LinAlgError), a result beyond the doubles
     -- is left to np.linalg.solve itself (issue 11: its call costs ~2-4x this on a 2 x 2)."""
     p, pb, pc, pd, h0, h1 = (c, d, a, b, g1, g0) if abs(c) > abs(a) else (a, b, c, d, g0, g1)
     if abs(p) >= _SAFE_MIN and math.isfinite(a + b + c + d + g0 + g1):
-        l = pc * (1.0 / p)
-        u = pd - l * pb
+        m = pc * (1.0 / p)
+        u = pd - m * pb
         if 0 < abs(u) < math.inf:
             try:
-                x1 = _fma(-l, h0, h1) / u
+                x1 = _fma(-m, h0, h1) / u
                 return _fma(-pb, x1, h0) / p, x1
             except OverflowError:
                 pass
