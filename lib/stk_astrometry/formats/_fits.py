@@ -8,12 +8,19 @@ the CXC way (DTYPEn/DVALn) by :func:`stk_astrometry.fitsutil.set_keyword`.
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import re
 from pathlib import Path
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from stk_astrometry import __version__, fitsedit, fitsutil
+from stk_astrometry.errors import OutputError
+
+#: The writers' "Wrote" lines go to fitsutil's logger, as :func:`fitsutil.write_fits`'s do.
+logger = logging.getLogger("stk_astrometry.fitsutil")
 
 #: Header cards a reader does not carry over: structure, column descriptions, stamps that
 #: the writer sets anew.
@@ -533,27 +540,17 @@ def write_fits_fast(path, specs, history, *, clobber):
     those cfitsio writes through :func:`_write_one`, assembled by :func:`_fits_image` (or by
     cfitsio itself for a card :func:`_fits_image` leaves to it).
     """
-    from stk_astrometry import __version__
-    from stk_astrometry.errors import OutputError
-    from stk_astrometry.fitsutil import (
-        check_clobber,
-        history_records,
-        read_stacks,
-        utc_now,
-        write_atomically,
-    )
-
+    # (fitsutil's functions looked up in it at each call: tests replace some; issue 11: the
+    # imports were made here at each write, ~5 us)
     if not FITSIO_IO:
-        from stk_astrometry.fitsutil import write_fits
-
-        write_fits(to_hdulist(specs), path, history, clobber=clobber)
+        fitsutil.write_fits(to_hdulist(specs), path, history, clobber=clobber)
         return
-    check_clobber(path, clobber)
-    when = utc_now()
+    fitsutil.check_clobber(path, clobber)
+    when = fitsutil.utc_now()
     items = list(history.history_items())
-    stacks = read_stacks(items)
+    stacks = fitsutil.read_stacks(items)
     creator = f"{history.tool} - stk_astrometry {__version__}"
-    run = (history.tool, items, stacks, when, creator, _records_memo(history_records))
+    run = (history.tool, items, stacks, when, creator, _records_memo(fitsutil.history_records))
     # the file's bytes are made in memory and go to atomic_path's locked temporary file in
     # one write, through its descriptor (fitsio's clobber=True would unlink and recreate it
     # unlocked)
@@ -561,12 +558,10 @@ def write_fits_fast(path, specs, history, *, clobber):
         parts = _fits_parts(specs, run)
         if parts is None:
             parts = [_cfitsio_image(specs, run)]
-        write_atomically(path, parts)
+        fitsutil.write_atomically(path, parts)
     except OSError as exc:
         raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from exc
-    import logging
-
-    logging.getLogger("stk_astrometry.fitsutil").info("Wrote %s", path)
+    logger.info("Wrote %s", path)
 
 
 def _cfitsio_image(specs, run):
@@ -992,9 +987,7 @@ def _with_checksums(header, data, stamp):
     checksum convention: the 32-bit ones' complement sums, as :mod:`stk_astrometry.fitsedit`
     computes and encodes them for the headers it rewrites; DATASUM of no data
     ``'         0'``)."""
-    from stk_astrometry.fitsedit import encode_checksum, ones_complement_sum
-
-    datasum = ones_complement_sum(data) if len(data) else 0
+    datasum = fitsedit.ones_complement_sum(data) if len(data) else 0
     at = len(header) + 11       # the value of the CHECKSUM card, its first card added here
     header += (format_card("CHECKSUM", "0" * 16, f"HDU checksum updated {stamp}")
                + format_card("DATASUM", str(datasum) if datasum else f"{0:10d}",
@@ -1002,6 +995,7 @@ def _with_checksums(header, data, stamp):
                + "END")
     header += " " * (-len(header) % 2880)
     raw = header.encode("ascii")
-    checksum = encode_checksum(0xFFFFFFFF - ones_complement_sum(raw, datasum)).encode("ascii")
+    total = fitsedit.ones_complement_sum(raw, datasum)
+    checksum = fitsedit.encode_checksum(0xFFFFFFFF - total).encode("ascii")
     return [raw[:at] + checksum + raw[at + 16:], data]
 
