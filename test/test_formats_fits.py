@@ -1072,14 +1072,17 @@ def test_cards_text_is_the_cards_images_or_none_where_cfitsio_would_change_one(m
     # a remembered card is not formatted again (nor through format_card's own memos)
     distinct = cards[:1] + cards[8:11] + cards[14:]
     zeros = [("Z", -0.0, ""), ("NZ", np.float64(-0.0), "")]
-    others = [("LONGNAME10", 2, ""), ("SHORT", 2, ""), ("B", False, "")]
+    others = [("LONGNAME10", 2, ""), ("SHORT", 2, ""), ("B", False, ""), ("EIGHTCHR", 2.5, ""),
+              ("NINECHARS", 2.5, ""), ("S", "2", "")]
     want_distinct, want_equal, want_zeros, want_others = (
         "".join(format_card(*c) for c in listed)
         for listed in (distinct, cards[1:4], zeros, others))
     made = []
+    by = []         # which maker made each
     for maker in ("_format_card", "_short_number_card"):
         real = getattr(_fits, maker)
-        monkeypatch.setattr(_fits, maker, lambda *c, real=real: made.append(c) or real(*c))
+        monkeypatch.setattr(_fits, maker, lambda *c, real=real, maker=maker:
+                            made.append(c) or by.append(maker) or real(*c))
     monkeypatch.setattr(_fits, "format_card", lambda *c: pytest.fail("format_card called"))
     assert _cards_text(distinct) == want_distinct
     assert made == []
@@ -1090,7 +1093,10 @@ def test_cards_text_is_the_cards_images_or_none_where_cfitsio_would_change_one(m
     assert _cards_text(zeros) == want_zeros and made == zeros
     made.clear()
     # a number card of a short name by _short_number_card, any other by _format_card
+    by.clear()
     assert _cards_text(others) == want_others and made == others
+    assert by == ["_format_card", "_short_number_card", "_format_card", "_short_number_card",
+                  "_format_card", "_format_card"]
     monkeypatch.undo()
     # refused: the whole text is None, wherever the card is, and nothing of it is remembered
     for bad in (("lower", 1, ""), ("A B", 1, ""), ("TAB", "a\tb", ""), ("E", "caf\u00e9", ""),
