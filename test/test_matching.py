@@ -1190,6 +1190,38 @@ def test_a_motion_gives_the_match_of_the_moved_positions_moving_only_what_it_rea
     np.testing.assert_array_equal(plain.gaia_dec_deg, motion.now_dec)
 
 
+def test_places_move_asks_once_for_each_sorted_row_still_to_move():
+    # _Places.move: the rows asked for, repeated and in any order, minus those without a bound
+    # or already moved, go to the motion once each, sorted (issue 11: by a mask over the rows);
+    # their positions and sky terms change, no other row's do
+    from stk_astrometry.matching import _Places, _sky_terms
+
+    ra0, dec0 = 10.0, -30.0
+    xi = np.linspace(-300.0, 300.0, 12)
+    ra, dec = tangent_to_sky(xi, 0.5 * xi, ra0, dec0)
+    dxi = np.where(np.arange(12) % 4 == 3, 0.0, 1.5)           # rows 3, 7, 11 never move
+    motion = _Shift(ra, dec, ra0, dec0, dxi, np.zeros(12))
+    places = _Places(np.array(ra), np.array(dec), ra0, dec0, motion)
+    before = [a.copy() for a in (places.ra, places.dec, places.sep, places.xi, places.eta,
+                                 places.xyz)]
+    places.move(np.array([9, 3, 1, 9, 5, 1], dtype=np.int64))
+    assert motion.asked == [1, 5, 9]
+    places.move(np.array([5, 2, 7, 0, 2]))
+    assert motion.asked == [1, 5, 9, 0, 2]
+    places.move(np.array([], dtype=np.int64))
+    places.move(np.array([1, 11]))
+    assert motion.asked == [1, 5, 9, 0, 2]
+    moved = np.isin(np.arange(12), [0, 1, 2, 5, 9])
+    now = _sky_terms(motion.now_ra, motion.now_dec, ra0, dec0)
+    for got, old, new in zip((places.ra, places.dec, places.sep, places.xi, places.eta,
+                              places.xyz), before, (motion.now_ra, motion.now_dec, *now),
+                             strict=True):
+        np.testing.assert_array_equal(got[moved], new[moved])
+        np.testing.assert_array_equal(got[~moved], old[~moved])
+    assert not np.array_equal(places.ra[moved], before[0][moved])
+    np.testing.assert_array_equal(places.todo, (dxi > 0) & ~moved)
+
+
 def test_a_motion_bound_too_small_changes_the_results():
     """The bound is what makes the lazy match exact: with one under the true displacement
     (0.3 x), row 0 stays outside the cone and row 1 outside detection 0's match radius (only

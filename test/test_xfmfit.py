@@ -1517,6 +1517,52 @@ def test_rho_value_is_rho_to_the_last_bit(loss):
 
 
 @pytest.mark.parametrize("loss", xfmfit.LOSSES)
+def test_rho_value_into_a_given_array_is_rho_to_the_last_bit(loss):
+    # the refits write the Cauchy trial values into a spent array (issue 11): the same bits;
+    # the other losses leave that array alone and return their own
+    z = np.concatenate([[0.0, 1e-300, 1e-12, 0.5, 1.0, 1.0 + 2**-52, 3.0, 1e6, 1e50],
+                        np.random.default_rng(SEED + 407).exponential(2.0, 201)]).reshape(-1, 7)
+    spent = np.full_like(z, -7.0)
+    got = xfmfit._rho_value(z, loss, out=spent)
+    np.testing.assert_array_equal(got, xfmfit._rho(z, loss)[0])
+    assert got.shape == z.shape
+    if loss == "cauchy":
+        assert got is spent
+    else:
+        assert got is not spent and np.all(spent == -7.0)
+
+
+@pytest.mark.parametrize("scaled", [False, True])
+def test_refit_weighted_norm_is_the_written_expression_to_the_bit(scaled):
+    # the refits' z = w (ex ex + ey ey) / c2 in one array (issue 11): the same bits as the
+    # expression, weights per pair or per row, and the residuals left as they were
+    rng = np.random.default_rng(SEED + 408)
+    ex, ey = rng.normal(0.0, 2.0, (2, 30, 17))
+    ex[0, :3] = [0.0, 1e-200, 1e150]
+    c2 = 0.7**2
+    for w in (rng.uniform(0.0, 5.0, 17), rng.uniform(0.0, 5.0, (30, 17))):
+        keep = ex.copy(), ey.copy(), w.copy()
+        got = xfmfit._weighted_norm2(ex, ey, w, c2, scaled)
+        want = w * (ex * ex + ey * ey)
+        np.testing.assert_array_equal(got, want / c2 if scaled else want)
+        for a, b in zip((ex, ey, w), keep, strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_bootstrap_refit_only_reads_its_inputs():
+    # C-ordered offsets and weights are used in place, not copied (issue 11): left unchanged
+    rng = np.random.default_rng(SEED + 409)
+    dx, dy = rng.normal(0.3, 0.5, (2, 40, 9))
+    for w in (rng.uniform(0.5, 3.0, 9), rng.uniform(0.0, 3.0, (40, 9))):
+        for loss in xfmfit.LOSSES:
+            keep = dx.copy(), dy.copy(), w.copy()
+            got = xfmfit._refit_batch(dx, dy, w, loss, 1.5, 5.0)
+            assert np.all(np.isfinite(got))
+            for a, b in zip((dx, dy, w), keep, strict=True):
+                np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("loss", xfmfit.LOSSES)
 def test_rho_slopes_are_rhos_to_the_last_bit(loss):
     # a refit at its last Newton trial point: rho' and rho'' alone by _rho's arithmetic (issue 11)
     z = np.concatenate([[0.0, 1e-300, 1e-12, 0.5, 1.0, 1.0 + 2**-52, 3.0, 1e6, 1e50],
@@ -1613,7 +1659,8 @@ def test_bootstrap_refit_shortcuts_give_the_plain_iterations_bits(monkeypatch):
     # did not leave every row still moving at its trial point (the shortcut): counted exactly
     evaluations = []
     value = xfmfit._rho_value
-    monkeypatch.setattr(xfmfit, "_rho_value", lambda z, lo: evaluations.append(1) or value(z, lo))
+    monkeypatch.setattr(xfmfit, "_rho_value",
+                        lambda z, lo, **kw: evaluations.append(1) or value(z, lo, **kw))
     for loss, n, f_scale in itertools.product(xfmfit.LOSSES, (6, 12, 30), (0.5, 1.0, 2.0)):
         w = rng.uniform(0.5, 4.0, n)
         blocks = [_refit_rows(rng, n)]
@@ -1691,9 +1738,9 @@ def test_bootstrap_refit_stops_each_row_when_it_has_converged(monkeypatch):
     calls = []
     rho = xfmfit._rho_value
 
-    def counting(z, loss):
+    def counting(z, loss, **kw):
         calls.append(z.shape[0])
-        return rho(z, loss)
+        return rho(z, loss, **kw)
 
     monkeypatch.setattr(xfmfit, "_rho_value", counting)
     rng = np.random.default_rng(SEED + 401)

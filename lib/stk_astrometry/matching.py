@@ -930,7 +930,12 @@ class _Places:
         """Move ``rows`` (not moved yet, with a bound > 0) to the stack's epoch."""
         if self.motion is None:
             return
-        rows = _sorted_unique(rows[self.todo[rows]])
+        # the sorted distinct rows still to move, by a mask over the catalog's rows (issue 11:
+        # not a sort of the rows asked for, up to ~1,000 with repeats)
+        wanted = np.zeros(self.todo.size, dtype=bool)
+        wanted[rows] = True
+        wanted &= self.todo
+        rows = np.flatnonzero(wanted)
         if rows.size:
             self.todo[rows] = False
             ra, dec = self.motion.move(rows)

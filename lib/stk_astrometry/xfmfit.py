@@ -124,6 +124,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+try:
+    # np.einsum without its Python layer: with optimize=False (its default) np.einsum only
+    # calls this function with the same arguments (issue 11: ~2 us a call)
+    from numpy._core.multiarray import c_einsum as _c_einsum
+except ImportError:                                   # pragma: no cover - numpy < 2
+    from numpy.core.multiarray import c_einsum as _c_einsum
+
 from .core.radii import R95_PER_SIGMA as _R95_PER_SIGMA
 
 logger = logging.getLogger(__name__)
@@ -392,11 +399,13 @@ def _rho(z: np.ndarray, loss: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     raise ValueError(f"loss must be one of {LOSSES}, not {loss!r}")
 
 
-def _rho_value(z: np.ndarray, loss: str) -> np.ndarray:
+def _rho_value(z: np.ndarray, loss: str, out=None) -> np.ndarray:
     """rho(z) alone, :func:`_rho`'s first value by the same arithmetic: the refits' trial
-    values need no derivatives (for the Cauchy loss, one ufunc instead of four; issue 11)."""
+    values need no derivatives (for the Cauchy loss, one ufunc instead of four; issue 11).
+    ``out``: an array of z's shape the Cauchy loss's values may be written into (no new
+    array)."""
     if loss == "cauchy":
-        return np.log1p(z)
+        return np.log1p(z, out=out)
     return _rho(z, loss)[0]
 
 
@@ -948,7 +957,7 @@ def _fit_scale_floor(e2, var):
     def d_floor(aa):
         """dl/dB on the bound B = 0."""
         vv = aa * var
-        return float(np.sum(e2 / (2.0 * vv * vv) - 1.0 / vv))
+        return float(total(e2 / (2.0 * vv * vv) - 1.0 / vv))
 
     # a climb's five sums per step: the rows of one array, summed in one call (issue 11); a
     # row sum of a C-ordered array is the 1-D sum of that row, to the bit
@@ -956,6 +965,9 @@ def _fit_scale_floor(e2, var):
     g, g_var, h, h_var, h_var2 = rows
     tmp = np.empty(var.size)
     mul, div = np.multiply, np.divide
+    # e2 / (2 x) as (e2 / 2) / x: the same real number (halving is exact), so the same double
+    # (issue 11: two passes fewer a step and one a trial)
+    e2_half = e2 / 2.0
 
     def climb(a, b):
         """Fisher scoring with step halving from the start (a, b): (l, A, B) at its end.
@@ -967,15 +979,14 @@ def _fit_scale_floor(e2, var):
         f = objective(a, b)
         vv = a * var + b
         for _ in range(60):
-            # g = e2 / (2 vv vv) - 1 / vv and h = 1 / (vv vv), as written, into the rows
-            mul(vv, 2.0, out=tmp)
-            mul(tmp, vv, out=tmp)
-            div(e2, tmp, out=g)
+            # g = e2 / (2 vv vv) - 1 / vv and h = 1 / (vv vv) into the rows: vv vv once (2 vv vv
+            # is its exact double)
+            mul(vv, vv, out=h)
+            div(e2_half, h, out=g)
+            div(1.0, h, out=h)
             div(1.0, vv, out=tmp)
             np.subtract(g, tmp, out=g)
             mul(g, var, out=g_var)
-            mul(vv, vv, out=tmp)
-            div(1.0, tmp, out=h)
             mul(h, var, out=h_var)
             mul(h_var, var, out=h_var2)
             g_b, g_a, f_bb, f_ab, f_aa = total(rows, axis=1).tolist()
@@ -992,8 +1003,7 @@ def _fit_scale_floor(e2, var):
                 nv = na * var + nb
                 # l = sum -log V - e2 / (2 V) as minus the sum of log V + e2 / (2 V): the
                 # same number (rounding is symmetric in sign), one pass fewer
-                mul(nv, 2.0, out=tmp)
-                div(e2, tmp, out=tmp)
+                div(e2_half, nv, out=tmp)
                 terms = np.log(nv)
                 terms += tmp
                 nf = -float(total(terms))
@@ -1008,15 +1018,31 @@ def _fit_scale_floor(e2, var):
                 break
         return f, a, b
 
-    aa = max(float(np.mean(e2 / (2.0 * var))), lo_a)
+    def mean(x):
+        """``float(np.mean(x))``: its sum and its division by the count, without its Python
+        layers (issue 11)."""
+        return float(total(x)) / x.size
+
+    aa = max(mean(e2 / (2.0 * var)), lo_a)
     starts = [(aa, 0.0)] if d_floor(aa) > 0.0 else []
-    starts += [(max(0.5 * aa, lo_a), 0.5 * aa * float(np.median(var))),
-               (lo_a, max(0.5 * float(np.mean(e2)) - lo_a * float(np.mean(var)), 1e-12))]
+    starts += [(max(0.5 * aa, lo_a), 0.5 * aa * _median(var)),
+               (lo_a, max(0.5 * mean(e2) - lo_a * mean(var), 1e-12))]
     f, a_end, b_end = np.array([climb(x, y) for x, y in starts]).T
     i = int(np.argmax(f))
     if f[i] > objective(aa, 0.0):
         return float(a_end[i]), float(b_end[i])
     return aa, 0.0                        # the best model has no floor
+
+
+def _weighted_norm2(ex, ey, w, c2, scaled):
+    """``w (ex ex + ey ey)``, divided by ``c2`` when ``scaled``, in one new array (the
+    refits' z: the same operations in the same order as written, without the temporaries)."""
+    z = np.multiply(ex, ex)
+    z += ey * ey
+    np.multiply(w, z, out=z)
+    if scaled:
+        z /= c2
+    return z
 
 
 def _refit_batch(dx, dy, w, loss, f_scale, max_shift):
@@ -1026,10 +1052,11 @@ def _refit_batch(dx, dy, w, loss, f_scale, max_shift):
     each (a zero weight leaves the pair out of that row's fit: the jackknife).
 
     The rows still moving are gathered once per iteration that retires some (issue 11: not
-    three times an iteration), as C-ordered copies.  The row sums are einsum's (a sum of
-    products in one pass, no temporary; issue 11: 1.2x the refit's speed): each row's sum is
-    computed alone, whatever its neighbours and its memory alignment, so a row's refit does
-    not depend on the other rows, to the last bit.  They are not numpy's pairwise sums: the
+    three times an iteration), as C-ordered copies (the input itself when it is C-ordered: it
+    is only read).  The row sums are einsum's (a sum of products in one pass, no temporary;
+    issue 11: 1.2x the refit's speed): each row's sum is computed alone, whatever its
+    neighbours and its memory alignment, so a row's refit does not depend on the other rows,
+    to the last bit.  They are not numpy's pairwise sums: the
     minima differ from those by rounding (<= 3e-16" on the bench_speed stacks)."""
     nb = dx.shape[0]
     p = np.zeros((nb, 2))
@@ -1038,82 +1065,86 @@ def _refit_batch(dx, dy, w, loss, f_scale, max_shift):
     scaled = c2 != 1.0
     per_row = np.ndim(w) == 2
     rows = np.arange(nb)
-    dxr, dyr, wr = dx[rows], dy[rows], (w[rows] if per_row else w)
-    ein = np.einsum                 # ein("ij->i", a): a's row sums; ein("ij,ij->i", a, b): a b's
+    order = np.ascontiguousarray
+    dxr, dyr, wr = order(dx), order(dy), (order(w) if per_row else w)
+    ein = _c_einsum                 # ein("ij->i", a): a's row sums; ein("ij,ij->i", a, b): a b's
     lo, hi = np.maximum, np.minimum   # np.clip(x, -b, b) is minimum(maximum(x, -b), b), NaN kept
     at_trial = None
     cauchy = loss == "cauchy"
 
-    for _ in range(_BOOT_MAX_ITER):
-        if rows.size == 0:
-            break
-        px, py = p[rows, 0], p[rows, 1]
-        if at_trial is None:
-            ex = px[:, None] - dxr
-            ey = py[:, None] - dyr
-            z = wr * (ex * ex + ey * ey)
-            zs = z / c2 if scaled else z
-            f0 = ein("ij->i", _rho_value(zs, loss))
-        else:
-            # every row is at its Newton trial point to the last bit: the trial's residuals,
-            # z and F are this point's (issue 11: a third of an iteration's arithmetic)
-            ex, ey, zs, f0 = at_trial
-        if cauchy:
-            # rho' = 1 / (1 + z), rho'' = -rho'^2: v = w rho' and k = 2 rho'' w^2 = -2 v^2
-            # (issue 11: 4 passes instead of 7; the same numbers within rounding)
-            v = wr / (1.0 + zs)
-            k = -2.0 * v * v
-        else:
-            rho1, rho2 = _rho_slopes(zs, loss)
-            v = wr * rho1
-            k = 2.0 * rho2 * wr * wr
-        if scaled:
-            k = k / c2
-        vsum = ein("ij->i", v)
-        gx, gy = ein("ij,ij->i", v, ex), ein("ij,ij->i", v, ey)
-        kx = k * ex
-        hxx = vsum + ein("ij,ij->i", kx, ex)
-        hyy = vsum + ein("ij,ij->i", k * ey, ey)
-        hxy = ein("ij,ij->i", kx, ey)
-        det = hxx * hyy - hxy * hxy
-        with np.errstate(divide="ignore", invalid="ignore"):
+    # the Newton step's and the IRLS mean's divisions may meet a zero: their NaN/inf rows are
+    # caught by newton_ok or the step's test (one errstate for the loop: issue 11)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for _ in range(_BOOT_MAX_ITER):
+            if rows.size == 0:
+                break
+            px, py = p[rows, 0], p[rows, 1]
+            if at_trial is None:
+                ex = px[:, None] - dxr
+                ey = py[:, None] - dyr
+                zs = _weighted_norm2(ex, ey, wr, c2, scaled)
+                f0 = ein("ij->i", _rho_value(zs, loss))
+            else:
+                # every row is at its Newton trial point to the last bit: the trial's residuals,
+                # z and F are this point's (issue 11: a third of an iteration's arithmetic)
+                ex, ey, zs, f0 = at_trial
+            if cauchy:
+                # rho' = 1 / (1 + z), rho'' = -rho'^2: v = w rho' and k = 2 rho'' w^2 = -2 v^2
+                # (issue 11: 4 passes instead of 7; the same numbers within rounding).  In place,
+                # one new array each: -2 v v = -2 (v v) to the bit (a power of two scales exactly)
+                v = np.add(zs, 1.0)
+                np.divide(wr, v, out=v)
+                k = np.multiply(v, v)
+                k *= -2.0
+            else:
+                rho1, rho2 = _rho_slopes(zs, loss)
+                v = wr * rho1
+                k = 2.0 * rho2 * wr * wr
+            if scaled:
+                k = k / c2
+            vsum = ein("ij->i", v)
+            gx, gy = ein("ij,ij->i", v, ex), ein("ij,ij->i", v, ey)
+            kx = k * ex
+            hxx = vsum + ein("ij,ij->i", kx, ex)
+            hxy = ein("ij,ij->i", kx, ey)
+            hyy = vsum + ein("ij,ij->i", np.multiply(k, ey, out=k), ey)
+            det = hxx * hyy - hxy * hxy
             nx = -(hyy * gx - hxy * gy) / det
             ny = -(hxx * gy - hxy * gx) / det
-        newton_ok = (hxx > 0) & (det > 0) & np.isfinite(nx) & np.isfinite(ny)
-        tx = hi(lo(px + np.where(newton_ok, nx, 0.0), -max_shift), max_shift)
-        ty = hi(lo(py + np.where(newton_ok, ny, 0.0), -max_shift), max_shift)
-        ex = tx[:, None] - dxr
-        ey = ty[:, None] - dyr
-        z = wr * (ex * ex + ey * ey)
-        zs = z / c2 if scaled else z
-        f1 = ein("ij->i", _rho_value(zs, loss))
-        use_newton = newton_ok & (f1 <= f0 * (1.0 + 1e-15) + 1e-300)
-        if use_newton.all():
-            # no row takes the IRLS step: it is not computed (issue 11)
-            sx, sy = tx - px, ty - py
-        else:
-            with np.errstate(divide="ignore", invalid="ignore"):
+            newton_ok = (hxx > 0) & (det > 0) & np.isfinite(nx) & np.isfinite(ny)
+            tx = hi(lo(px + np.where(newton_ok, nx, 0.0), -max_shift), max_shift)
+            ty = hi(lo(py + np.where(newton_ok, ny, 0.0), -max_shift), max_shift)
+            ex = tx[:, None] - dxr
+            ey = ty[:, None] - dyr
+            zs = _weighted_norm2(ex, ey, wr, c2, scaled)
+            # rho(z) into kx's array (not needed any more)
+            f1 = ein("ij->i", _rho_value(zs, loss, out=kx))
+            use_newton = newton_ok & (f1 <= f0 * (1.0 + 1e-15) + 1e-300)
+            if use_newton.all():
+                # no row takes the IRLS step: it is not computed (issue 11)
+                sx, sy = tx - px, ty - py
+            else:
                 irx = ein("ij,ij->i", v, dxr) / vsum - px
                 iry = ein("ij,ij->i", v, dyr) / vsum - py
-            sx = np.where(use_newton, tx - px, hi(lo(px + irx, -max_shift), max_shift) - px)
-            sy = np.where(use_newton, ty - py, hi(lo(py + iry, -max_shift), max_shift) - py)
-        new_x, new_y = px + sx, py + sy
-        p[rows, 0] = new_x
-        p[rows, 1] = new_y
-        moving = np.hypot(sx, sy) >= _BOOT_TOL_ARCSEC
-        # the next iteration starts at the trial point when every row still moving landed on
-        # it exactly: each took its Newton step, and p + (t - p) rounded back to t (it can
-        # round away, e.g. p = 1, t = 2**-60 gives 0)
-        at_trial = None
-        if np.all((new_x[moving] == tx[moving]) & (new_y[moving] == ty[moving])):
-            at_trial = (ex, ey, zs, f1)
-        if not moving.all():
-            rows = rows[moving]
-            dxr, dyr = dxr[moving], dyr[moving]
-            if per_row:
-                wr = wr[moving]
-            if at_trial is not None:
-                at_trial = tuple(a[moving] for a in at_trial)
+                sx = np.where(use_newton, tx - px, hi(lo(px + irx, -max_shift), max_shift) - px)
+                sy = np.where(use_newton, ty - py, hi(lo(py + iry, -max_shift), max_shift) - py)
+            new_x, new_y = px + sx, py + sy
+            p[rows, 0] = new_x
+            p[rows, 1] = new_y
+            moving = np.hypot(sx, sy) >= _BOOT_TOL_ARCSEC
+            # the next iteration starts at the trial point when every row still moving landed on
+            # it exactly: each took its Newton step, and p + (t - p) rounded back to t (it can
+            # round away, e.g. p = 1, t = 2**-60 gives 0)
+            # (moving <= landed: every moving row landed; != is == negated, NaN included)
+            landed = (new_x == tx) & (new_y == ty)
+            at_trial = (ex, ey, zs, f1) if (moving <= landed).all() else None
+            if not moving.all():
+                rows = rows[moving]
+                dxr, dyr = dxr[moving], dyr[moving]
+                if per_row:
+                    wr = wr[moving]
+                if at_trial is not None:
+                    at_trial = tuple(a[moving] for a in at_trial)
     return p
 
 
