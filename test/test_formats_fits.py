@@ -1069,19 +1069,34 @@ def test_cards_text_is_the_cards_images_or_none_where_cfitsio_would_change_one(m
     assert ("NZ", 0.0, "") not in _fits._CARD_IMAGES and ("NI", 7, "") not in _fits._CARD_IMAGES
     for card in cards[:1] + cards[8:11] + cards[14:]:
         assert _fits._CARD_IMAGES[card] == (format_card(*card), type(card[1]))
-    # a remembered card is not formatted again
-    made = []
-    monkeypatch.setattr(_fits, "format_card", lambda *c: made.append(c) or format_card(*c))
+    # a remembered card is not formatted again (nor through format_card's own memos)
     distinct = cards[:1] + cards[8:11] + cards[14:]
-    assert _cards_text(distinct) == "".join(format_card(*c) for c in distinct)
+    zeros = [("Z", -0.0, ""), ("NZ", np.float64(-0.0), "")]
+    others = [("LONGNAME10", 2, ""), ("SHORT", 2, ""), ("B", False, ""), ("EIGHTCHR", 2.5, ""),
+              ("NINECHARS", 2.5, ""), ("S", "2", "")]
+    want_distinct, want_equal, want_zeros, want_others = (
+        "".join(format_card(*c) for c in listed)
+        for listed in (distinct, cards[1:4], zeros, others))
+    made = []
+    by = []         # which maker made each
+    for maker in ("_format_card", "_short_number_card"):
+        real = getattr(_fits, maker)
+        monkeypatch.setattr(_fits, maker, lambda *c, real=real, maker=maker:
+                            made.append(c) or by.append(maker) or real(*c))
+    monkeypatch.setattr(_fits, "format_card", lambda *c: pytest.fail("format_card called"))
+    assert _cards_text(distinct) == want_distinct
     assert made == []
     # (equal cards of other types share an entry: each made again when the other was last)
-    assert _cards_text(cards[1:4]) == "".join(format_card(*c) for c in cards[1:4])
+    assert _cards_text(cards[1:4]) == want_equal
     assert made == [cards[2], cards[3]]
     made.clear()
-    assert _cards_text([("Z", -0.0, ""), ("NZ", np.float64(-0.0), "")]) \
-        == format_card("Z", -0.0, "") + format_card("NZ", np.float64(-0.0), "")
-    assert len(made) == 2
+    assert _cards_text(zeros) == want_zeros and made == zeros
+    made.clear()
+    # a number card of a short name by _short_number_card, any other by _format_card
+    by.clear()
+    assert _cards_text(others) == want_others and made == others
+    assert by == ["_format_card", "_short_number_card", "_format_card", "_short_number_card",
+                  "_format_card", "_format_card"]
     monkeypatch.undo()
     # refused: the whole text is None, wherever the card is, and nothing of it is remembered
     for bad in (("lower", 1, ""), ("A B", 1, ""), ("TAB", "a\tb", ""), ("E", "caf\u00e9", ""),

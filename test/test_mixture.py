@@ -2004,7 +2004,7 @@ def test_restricted_term_without_information_is_nil():
     ones = np.ones((4, 2))
     proj = _axis_projectors(np.ones(4), np.zeros(4))
     value, grad, hess = _restricted_ab(np.zeros(4), 4.0 * ones, ones, ones, proj)
-    assert value == 0.0 and grad.shape == (2,) and hess.shape == (3,)
+    assert value == 0.0 and len(grad) == 2 and len(hess) == 3
     assert not np.any(grad) and not np.any(hess)
     # one pair with information along one axis only: singular too
     value, grad, hess = _restricted_ab(np.array([1.0, 0, 0, 0]), np.array([[4.0, 0.0]] * 4),
@@ -3700,6 +3700,11 @@ def test_restricted_ab_without_floored_variances(floored):
     if floored:
         jb[::4, 1] = 0.0
     want = mixture._restricted_ab(r, inv_v, jb * lam, jb, proj)
+    # the memberships for both axes (the M step's) or as a column: the same numbers, floats
+    column = mixture._restricted_ab(r[:, None], inv_v, jb * lam, jb, proj)
+    both = mixture._restricted_ab(r[:, None].repeat(2, axis=1), inv_v, jb * lam, jb, proj)
+    assert both == want and column == want
+    assert all(type(x) is float for x in (want[0], *want[1], *want[2]))
     if not floored:
         got = mixture._restricted_ab(r, inv_v, lam, None, proj)
         assert got[0] == want[0]
@@ -3727,6 +3732,10 @@ def test_restricted_ab_without_floored_variances(floored):
     d_ab = mat(2.0 * r[:, None] * inv_v**3 * ja * jb)
     np.testing.assert_allclose(want[2][1], -0.5 * (np.trace(i_inv @ d_ab)
                                                    - np.trace(i_inv @ d_a @ i_inv @ d_b)),
+                               rtol=1e-10)
+    d_aa = mat(2.0 * r[:, None] * inv_v**3 * ja * ja)
+    np.testing.assert_allclose(want[2][0], -0.5 * (np.trace(i_inv @ d_aa)
+                                                   - np.trace(i_inv @ d_a @ i_inv @ d_a)),
                                rtol=1e-10)
 
 
@@ -3979,3 +3988,241 @@ def test_robust_floor_of_correlated_covariances():
             np.testing.assert_allclose(got, cov * want, rtol=1e-10)
         else:
             assert factor == 1.0 and got is cov
+
+
+def _random_systems(rng, n):
+    """2 x 2 systems (a, b, c, d, g0, g1) of entries over many decades: general, symmetric and
+    with pivot ties (|c| = |a|), as Python floats."""
+    out = []
+    for i in range(n):
+        a, b, c, d = (rng.normal(size=4) * 10.0 ** rng.uniform(-6, 6, 4)).tolist()
+        if i % 3 == 1:
+            c = b                                   # symmetric
+        elif i % 3 == 2:
+            c = -a if i % 2 else a                  # a tie of the pivots
+        g0, g1 = (rng.normal(size=2) * 10.0 ** rng.uniform(-6, 6, 2)).tolist()
+        out.append((a, b, c, d, g0, g1))
+    return out
+
+
+def test_fma_is_the_product_and_sum_rounded_once():
+    from fractions import Fraction
+
+    from stk_astrometry import mixture
+
+    rng = np.random.default_rng(SEED + 1601)
+    differs = 0
+    for _ in range(3000):
+        a, b, c = (rng.normal(size=3) * 10.0 ** rng.uniform(-8, 8, 3)).tolist()
+        c = -a * b * (1.0 + rng.normal() * 1e-9) if rng.uniform() < 0.5 else c   # cancellation
+        want = float(Fraction(a) * Fraction(b) + Fraction(c))
+        assert mixture._fma(a, b, c) == want
+        differs += want != a * b + c
+    assert differs > 500            # the single rounding is not the two of a * b + c
+
+
+def _fma_lu_solve2(a, b, c, d, g0, g1):
+    """The arithmetic mixture._solve2 reproduces, written independently: partial pivoting,
+    m = c (1/a), u = d - m b, then y1 = g1 - m g0 and x0's numerator g0 - b x1 each a fused
+    multiply-add (exact in fractions, rounded once)."""
+    from fractions import Fraction
+
+    if abs(c) > abs(a):
+        a, b, c, d, g0, g1 = c, d, a, b, g1, g0
+    m = c * (1.0 / a)
+    u = d - m * b
+    x1 = float(Fraction(g1) - Fraction(m) * Fraction(g0)) / u
+    return float(Fraction(g0) - Fraction(b) * Fraction(x1)) / a, x1
+
+
+def _numpy_solves_by_fma_lu(systems) -> bool:
+    """Whether this numpy's np.linalg.solve does a 2 x 2 by :func:`_fma_lu_solve2`'s
+    arithmetic, to the bit (its OpenBLAS on a CPU with fused multiply-adds, as where the
+    tests run in CI).  Another BLAS or CPU may round a 2 x 2 differently."""
+    return all(tuple(np.linalg.solve(np.array([[a, b], [c, d]]), np.array([g0, g1])))
+               == _fma_lu_solve2(a, b, c, d, g0, g1) for a, b, c, d, g0, g1 in systems)
+
+
+def test_solve2_is_numpys_solve_to_the_bit_without_calling_it(monkeypatch):
+    """mixture._solve2 is np.linalg.solve to the bit where numpy's BLAS does a 2 x 2 by the
+    arithmetic it reproduces (here, in CI: the fits are then bit for bit those np.linalg.solve
+    gave).  On a BLAS that rounds otherwise the two agree only to rounding (times the
+    system's condition): there _solve2 must still be that arithmetic to the bit."""
+    from stk_astrometry import mixture
+
+    rng = np.random.default_rng(SEED + 1602)
+    systems = _random_systems(rng, 6000)
+    want = []
+    for a, b, c, d, g0, g1 in systems:
+        want.append(tuple(np.linalg.solve(np.array([[a, b], [c, d]]), np.array([g0, g1]))))
+    same_blas = _numpy_solves_by_fma_lu(systems[:300])
+    calls = []
+    real = np.linalg.solve
+    monkeypatch.setattr(mixture.np.linalg, "solve", lambda *args: calls.append(1) or real(*args))
+    for system, expected in zip(systems, want, strict=True):
+        got = mixture._solve2(*system)
+        assert type(got[0]) is float and type(got[1]) is float
+        assert got == _fma_lu_solve2(*system), system
+        if same_blas:
+            assert got == expected, system
+    assert not calls                # every one of these in closed form
+
+
+def test_solve2_leaves_what_it_cannot_do_to_numpy(monkeypatch):
+    from stk_astrometry import mixture
+
+    calls = []
+    real = np.linalg.solve
+    monkeypatch.setattr(mixture.np.linalg, "solve", lambda *args: calls.append(1) or real(*args))
+    cases = [
+        (1e-310, 1.0, 1e-311, 2.0, 1.0, 1.0),        # a subnormal pivot (LAPACK divides by it)
+        (1.0, 2.0, 3.0, 4.0, float("nan"), 1.0),     # not finite
+        (1.0, 2.0, 3.0, float("inf"), 1.0, 1.0),
+        (1e308, 1e308, 1.0, 1.0, 1.0, 1.0),          # the entries' sum overflows
+        (1.0, -1e308, 1.0, 1e308, 1.0, 1.0),         # u = d - l b overflows
+        (1.0, 0.0, 0.0, 1e-300, 1.0, 1e300),         # x1 beyond the doubles
+        (1.0, -1e300, 0.0, 1.0, 1e300, 1e300),       # x0 beyond the doubles
+    ]
+    for k, (a, b, c, d, g0, g1) in enumerate(cases):
+        with np.errstate(all="ignore"):
+            want = real(np.array([[a, b], [c, d]]), np.array([g0, g1]))
+            got = mixture._solve2(a, b, c, d, g0, g1)
+        np.testing.assert_array_equal(got, want)
+        assert len(calls) == k + 1
+    for singular in ((0.0, 1.0, 0.0, 1.0, 1.0, 1.0), (1.0, 2.0, 2.0, 4.0, 1.0, 1.0)):
+        with pytest.raises(np.linalg.LinAlgError):
+            mixture._solve2(*singular)
+
+
+def test_negative_definite2_is_numpys_eigenvalue_test(monkeypatch):
+    from stk_astrometry import mixture
+
+    rng = np.random.default_rng(SEED + 1603)
+    cases = []
+    for i in range(4000):
+        a, d, b = (rng.normal(size=3) * 10.0 ** rng.uniform(-6, 6, 3)).tolist()
+        if i % 4 == 0:              # near singular: the determinant ~0 to rounding
+            b = float(np.sqrt(abs(a * d))) * (1.0 + rng.normal() * 1e-14) * (-1) ** i
+        cases.append((a, b, d))
+    cases += [(-1.0, 0.0, -2.0), (-1.0, 1.0, -1.0), (0.0, 0.0, 0.0), (float("nan"), 0.0, -1.0)]
+    calls = []
+    real = np.linalg.eigvalsh
+    monkeypatch.setattr(mixture.np.linalg, "eigvalsh", lambda m: calls.append(1) or real(m))
+    for a, b, d in cases:
+        want = bool(np.all(real(np.array([[a, b], [b, d]])) < 0))
+        assert mixture._negative_definite2(a, b, d) is want, (a, b, d)
+    # LAPACK asked only near the boundary: the singular ones and the NaN
+    assert 3 <= len(calls) < 0.3 * len(cases)
+    # the hard ones: a ~ d and b^2 ~ a d (the determinant ~0 to rounding, the closed form's
+    # larger eigenvalue within a few ulps of zero): the margin must cover its rounding
+    for i in range(30000):
+        scale = 10.0 ** rng.uniform(-8, 8)
+        a = -abs(rng.normal()) * scale if i % 3 else rng.normal() * scale
+        d = (a * (1 + rng.normal() * 10.0 ** rng.uniform(-16, -1)) if i % 2
+             else -abs(rng.normal()) * scale)
+        b = float(np.sqrt(abs(a * d))) * (1 + rng.normal() * 10.0 ** rng.uniform(-17, -2))
+        b = -b if i % 5 < 2 else b
+        want = bool(np.all(real(np.array([[a, b], [b, d]])) < 0))
+        assert mixture._negative_definite2(a, b, d) is want, (a, b, d)
+    calls.clear()
+    assert mixture._negative_definite2(-2.0, 1.0, -3.0) is True
+    assert mixture._negative_definite2(-2.0, 3.0, -3.0) is False
+    assert mixture._negative_definite2(2.0, 0.0, 3.0) is False
+    assert not calls
+
+
+def _polish_trials(monkeypatch, scale, floor, min_floor, grad, hess):
+    """The points the polish tries from (scale, floor) when its objective, at the start, has
+    the given gradient and Hessian in x = (log k, sigma_sys^2) and every trial is worse: the
+    first trial is the polish's step, the rest its halvings."""
+    from stk_astrometry import mixture
+
+    trials = []
+
+    def objective(prob, stated, st, given_floor):
+        assert given_floor == min_floor
+
+        def terms(x, derivatives=True):
+            trials.append((float(x[0]), float(x[1])))
+            if len(trials) == 1:
+                return 0.0, np.array(grad, dtype=float), np.array(hess, dtype=float)
+            return -1.0, None, None
+
+        return terms
+
+    monkeypatch.setattr(mixture, "_restricted_objective", objective)
+    got = mixture._polish_error_model(None, None, None, scale, floor, min_floor)
+    assert got == pytest.approx((scale, floor), rel=1e-12)      # no trial taken
+    return trials
+
+
+def _clip(v, lo, hi):
+    return min(max(v, lo), hi)
+
+
+@pytest.mark.parametrize("at, g0", [("low", -0.3), ("high", 0.4)])
+def test_polish_holds_a_scale_on_its_bound_that_its_gradient_pushes_out(monkeypatch, at, g0):
+    # the scale (k = 0.1 or 10, its range's ends) held: the floor takes its own Newton step,
+    # -g1 / h11, not the joint step's (the Hessian has a cross term), even with a small push
+    lo0, hi0 = float(np.log(0.1)), float(np.log(10.0))
+    scale = 0.1 if at == "low" else 10.0
+    g1, hess = 0.02, [[-2.0, 0.7], [0.7, -0.5]]
+    trials = _polish_trials(monkeypatch, scale, 0.3, 0.0, [g0, g1], hess)
+    x0 = lo0 if at == "low" else hi0
+    assert trials[1] == (x0, 0.09 + -(g1 / -0.5))
+    assert len(trials) == 21
+
+
+@pytest.mark.parametrize("at, g0", [("low", 0.4), ("high", -0.3)])
+def test_polish_frees_a_scale_on_its_bound_that_its_gradient_pulls_in(monkeypatch, at, g0):
+    # pulled inside, even by less than 1, the scale is free: the joint Newton step
+    lo0, hi0 = float(np.log(0.1)), float(np.log(10.0))
+    scale = 0.1 if at == "low" else 10.0
+    grad, hess = np.array([g0, 0.2]), np.array([[-2.0, 0.7], [0.7, -0.5]])
+    trials = _polish_trials(monkeypatch, scale, 0.3, 0.0, grad, hess)
+    x0 = lo0 if at == "low" else hi0
+    step = -np.linalg.solve(hess, grad)
+    assert trials[1] == (_clip(x0 + float(step[0]), lo0, hi0), _clip(0.09 + float(step[1]), 0.0, 9.0))
+    assert 0.0 < trials[1][1] < 9.0
+
+
+@pytest.mark.parametrize("at, g1", [("low", -0.3), ("high", 0.4)])
+def test_polish_holds_a_floor_on_its_bound_that_its_gradient_pushes_out(monkeypatch, at, g1):
+    # the floor at its least value (0.2") or at 3": the scale's own Newton step
+    floor = 0.2 if at == "low" else 3.0
+    g0, hess = 0.05, [[-2.0, 0.7], [0.7, -0.5]]
+    trials = _polish_trials(monkeypatch, 1.5, floor, 0.2, [g0, g1], hess)
+    assert trials[1] == (float(np.log(1.5)) + -(g0 / -2.0), floor * floor)
+
+
+@pytest.mark.parametrize("h", [-2.0, -1e-13, 0.0, 0.5, 3.0])
+@pytest.mark.parametrize("which", [0, 1])
+def test_polish_one_free_parameters_step(monkeypatch, which, h):
+    # one parameter held on its bound: the other's Newton step -g / h where its curvature is
+    # negative (however small), else its gradient step g / max(|h|, 1e-12)
+    g = 3e-16 if h == -1e-13 else 0.05
+    if which == 0:      # the floor held at its least value: the scale's step
+        grad, hess = [g, -0.3], [[h, 0.7], [0.7, -0.5]]
+        trials = _polish_trials(monkeypatch, 1.5, 0.2, 0.2, grad, hess)
+        x = float(np.log(1.5))
+    else:               # the scale held at 0.1: the floor's step
+        grad, hess = [-0.3, g], [[-2.0, 0.7], [0.7, h]]
+        trials = _polish_trials(monkeypatch, 0.1, 0.5, 0.0, grad, hess)
+        x = 0.25
+    step = -(g / h) if h < 0 else g / max(abs(h), 1e-12)
+    lo, hi = ((float(np.log(0.1)), float(np.log(10.0))), (0.0, 9.0))[which]
+    assert trials[1][which] == _clip(x + step, lo, hi)
+    assert trials[1][1 - which] == (float(np.log(0.1)) if which else 0.2 * 0.2)
+
+
+@pytest.mark.parametrize("h00, h11", [(0.5, -0.2), (-0.2, 0.5), (0.5, 0.25), (0.0, 0.0)])
+def test_polish_gradient_step_where_the_hessian_is_not_negative_definite(monkeypatch, h00, h11):
+    # both free, the Hessian not negative definite: each parameter's gradient step scaled by
+    # its curvature's magnitude, at least 1e-12
+    grad = [0.05, 0.02]
+    trials = _polish_trials(monkeypatch, 1.5, 0.3, 0.0, grad, [[h00, 0.4], [0.4, h11]])
+    steps = (0.05 / max(abs(h00), 1e-12), 0.02 / max(abs(h11), 1e-12))
+    for k, trial in enumerate(trials[1:4]):         # the step, then halved, and halved again
+        assert trial == (_clip(float(np.log(1.5)) + steps[0] / 2.0**k, float(np.log(0.1)),
+                               float(np.log(10.0))),
+                         _clip(0.09 + steps[1] / 2.0**k, 0.0, 9.0))

@@ -342,7 +342,11 @@ benchmark's stack mix a calibrated fit makes ~6.2 windowed fits (the stated erro
 generous errors', ~4.2 in the M-step loop), ~42 EM iterations, ~5.2 M steps (~30 objective
 evaluations in all) and ~1 polish.  Cutting the M-step loop short costs more in the polish than it
 saves (1 or 2 steps: the fit 1.23x, 1.12x dearer); a 10x looser tolerance saves ~3 % and moves
-shifts by up to 8e-6" (not bit for bit: not done).
+shifts by up to 8e-6" (not bit for bit: not done).  Session 16: the M step's and the polish's
+2 x 2 algebra (~13 scoring steps and ~2.5 polish trials per calibrated fit) on Python floats,
+LAPACK's solve and eigenvalue test of a 2 x 2 emulated to the bit (:func:`_solve2`,
+:func:`_negative_definite2`), the restricted term's gradient and Hessian as floats: the fit
+~1.10x cheaper, every result the same to the bit.
 
 The effective number of true matches is :math:`n_{eff} = \sum_k r_k`; the
 chance fraction reported is :math:`1 - n_{eff} / n_{det}` over the
@@ -1285,6 +1289,56 @@ def _inverse2(a, b, d):
     return np.array([[d / det, -b / det], [-b / det, a / det]])
 
 
+#: the smallest positive normal double (LAPACK's safe minimum): :func:`_solve2` leaves pivots
+#: below it to LAPACK, which divides by them instead of multiplying by their reciprocal
+_SAFE_MIN = 2.2250738585072014e-308
+
+
+def _fma(a, b, c):
+    """``a * b + c`` rounded once (finite Python floats): the fused multiply-add of OpenBLAS's
+    kernels, in exact integer arithmetic (``int / int`` is correctly rounded)."""
+    na, da = a.as_integer_ratio()
+    nb, db = b.as_integer_ratio()
+    nc, dc = c.as_integer_ratio()
+    return (na * nb * dc + nc * da * db) / (da * db * dc)
+
+
+def _solve2(a, b, c, d, g0, g1):
+    """``np.linalg.solve([[a, b], [c, d]], [g0, g1])`` on Python floats, to the bit: LAPACK's
+    dgesv as OpenBLAS computes a 2 x 2 -- LU with partial pivoting (the row whose first entry
+    is larger in magnitude first, the first on a tie), the multiplier ``m = c (1 / a)``, ``u =
+    d - m b``, then ``y1 = g1 - m g0`` and ``x0 = (g0 - b x1) / a`` each as one fused
+    multiply-add and ``x1 = y1 / u`` (equal to np.linalg.solve's on 300,000 random systems,
+    ties and symmetric ones included).  Returns (x0, x1).  Anything else -- a non-finite
+    entry, a pivot below the safe minimum or zero (LinAlgError), a result beyond the doubles
+    -- is left to np.linalg.solve itself (issue 11: its call costs ~2-4x this on a 2 x 2)."""
+    p, pb, pc, pd, h0, h1 = (c, d, a, b, g1, g0) if abs(c) > abs(a) else (a, b, c, d, g0, g1)
+    if abs(p) >= _SAFE_MIN and math.isfinite(a + b + c + d + g0 + g1):
+        m = pc * (1.0 / p)
+        u = pd - m * pb
+        if 0 < abs(u) < math.inf:
+            try:
+                x1 = _fma(-m, h0, h1) / u
+                return _fma(-pb, x1, h0) / p, x1
+            except OverflowError:
+                pass
+    return tuple(np.linalg.solve(np.array([[a, b], [c, d]]), np.array([g0, g1])).tolist())
+
+
+def _negative_definite2(a, b, d):
+    """Whether ``np.all(np.linalg.eigvalsh([[a, b], [b, d]]) < 0)`` (its lower triangle: a, b,
+    d), on Python floats: the larger eigenvalue ``(a + d) / 2 + hypot((a - d) / 2, b)`` in
+    closed form, LAPACK asked only where it lies within 1e-12 of the matrix's scale of zero
+    (eigvalsh's error is a few ulps of that scale) or is not a number."""
+    top = 0.5 * (a + d) + math.hypot(0.5 * (a - d), b)
+    margin = 1e-12 * (abs(a) + abs(d) + 2.0 * abs(b))
+    if top < -margin:
+        return True
+    if top > margin:
+        return False
+    return bool(np.all(np.linalg.eigvalsh(np.array([[a, b], [b, d]])) < 0))
+
+
 def _covariance(prob, q, r, p_win, info, scores):
     """Inverse observed information of log L for s (q profiled when interior) at the pairs,
     shift and memberships ``r`` that :func:`_scores` made ``scores`` of.
@@ -1868,18 +1922,17 @@ def _calibrate(prob, stated, st, start, min_floor):
 def _error_prior(aa, bb, min_floor2):
     """Log prior of the error model, k^2 = aa and sigma_sys^2 = bb: log k ~ N(0, tau_k^2),
     sigma_sys^2 - min_floor^2 ~ exponential (half-normal sigma_sys, tau_f): (value, gradient,
-    curvature) in (aa, bb).  Zero when off (``_CAL_PRIOR`` None).  The arithmetic on Python
-    floats (numpy's scalars cost ~4x as much per operation; the same IEEE operations, and
-    np.log's own logarithm; issue 11: ~34 calls per fit)."""
+    curvature) in (aa, bb), the gradient and curvature as pairs.  Zero when off (``_CAL_PRIOR``
+    None).  The arithmetic on Python floats (numpy's scalars cost ~4x as much per operation; the
+    same IEEE operations, and np.log's own logarithm; issue 11: ~34 calls per fit)."""
     if _CAL_PRIOR is None:
-        return 0.0, np.zeros(2), np.zeros(2)
+        return 0.0, (0.0, 0.0), (0.0, 0.0)
     tau_k, tau_f = _CAL_PRIOR
     aa, bb = float(aa), float(bb)
     la = float(np.log(aa))
     value = -(0.5 * la) ** 2 / (2 * tau_k**2) - (bb - min_floor2) / (2 * tau_f**2)
-    grad = np.array([-la / (4 * aa * tau_k**2), -1.0 / (2 * tau_f**2)])
-    curv = np.array([1.0 / (4 * aa * aa * tau_k**2), 0.0])
-    return value, grad, curv
+    return (value, (-la / (4 * aa * tau_k**2), -1.0 / (2 * tau_f**2)),
+            (1.0 / (4 * aa * aa * tau_k**2), 0.0))
 
 
 def _polish_error_model(prob, stated, st, scale, floor, min_floor):
@@ -1889,36 +1942,48 @@ def _polish_error_model(prob, stated, st, scale, floor, min_floor):
     k, sigma_sys^2) with the exact gradient and Hessian, gradient steps where the Hessian is
     not negative definite, a parameter on a bound that its gradient pushes against held there.
     Does not change ``prob``."""
-    lo = np.array([np.log(_CAL_SCALE_RANGE[0]), min_floor**2])
-    hi = np.array([np.log(_CAL_SCALE_RANGE[1]), max(_CAL_MAX_FLOOR**2, min_floor**2)])
+    # on Python floats, (log k, sigma_sys^2) as pairs: the same IEEE operations as on numpy's
+    # arrays element by element; np.linalg's eigvalsh and solve of the 2 x 2 as
+    # :func:`_negative_definite2` and :func:`_solve2` (issue 11: numpy's per-call costs were
+    # ~0.2 ms per polish, a third of it)
+    lo0, lo1 = float(np.log(_CAL_SCALE_RANGE[0])), min_floor**2
+    hi0, hi1 = float(np.log(_CAL_SCALE_RANGE[1])), max(_CAL_MAX_FLOOR**2, min_floor**2)
     terms = _restricted_objective(prob, stated, st, min_floor)
-    x = np.clip(np.array([np.log(scale), floor * floor]), lo, hi)
-    f, grad, hess = terms(x)
+    x0 = min(max(float(np.log(scale)), lo0), hi0)
+    x1 = min(max(floor * floor, lo1), hi1)
+    f, grad, hess = terms((x0, x1))
     for _ in range(_CAL_POLISH_ITER):
-        free = ~(((x <= lo) & (grad < 0)) | ((x >= hi) & (grad > 0)))
-        if not np.any(free):
-            break
-        step = np.zeros(2)
-        h_free = hess[np.ix_(free, free)]
-        if np.all(np.linalg.eigvalsh(h_free) < 0):
-            step[free] = -np.linalg.solve(h_free, grad[free])
+        (g0, g1), ((h00, h01), (h10, h11)) = grad.tolist(), hess.tolist()
+        free0 = not ((x0 <= lo0 and g0 < 0) or (x0 >= hi0 and g0 > 0))
+        free1 = not ((x1 <= lo1 and g1 < 0) or (x1 >= hi1 and g1 > 0))
+        if free0 and free1:
+            if _negative_definite2(h00, h10, h11):
+                s0, s1 = _solve2(h00, h01, h10, h11, g0, g1)
+                s0, s1 = -s0, -s1
+            else:
+                s0, s1 = g0 / max(abs(h00), 1e-12), g1 / max(abs(h11), 1e-12)
+        elif free0:
+            s0, s1 = (-(g0 / h00) if h00 < 0 else g0 / max(abs(h00), 1e-12)), 0.0
+        elif free1:
+            s0, s1 = 0.0, (-(g1 / h11) if h11 < 0 else g1 / max(abs(h11), 1e-12))
         else:
-            step[free] = grad[free] / np.maximum(np.abs(np.diag(h_free)), 1e-12)
+            break
         for _halving in range(20):
-            trial = np.clip(x + step, lo, hi)
+            t0 = min(max(x0 + s0, lo0), hi0)
+            t1 = min(max(x1 + s1, lo1), hi1)
             # a trial within the tolerance ends the search if it is taken: its value is all
             # that is asked of it (issue 11: the derivatives are ~60 % of an evaluation)
-            done = np.all(np.abs(trial - x) <= np.array([1e-5, 1e-7]))
-            new = terms(trial, not done)
+            done = abs(t0 - x0) <= 1e-5 and abs(t1 - x1) <= 1e-7
+            new = terms((t0, t1), not done)
             if new[0] >= f:
                 break
-            step = step / 2.0
+            s0, s1 = s0 / 2.0, s1 / 2.0
         else:
             break
-        x, (f, grad, hess) = trial, new
+        x0, x1, (f, grad, hess) = t0, t1, new
         if done:
             break
-    return float(np.exp(x[0])), float(np.sqrt(x[1]))
+    return float(np.exp(x0)), float(np.sqrt(x1))
 
 
 def _error_model_terms(prob, stated, st, min_floor, restricted=False):
@@ -2078,9 +2143,10 @@ def _axis_projectors(vx, vy):
 
 def _restricted_ab(r, inv_v, ja, jb, proj):
     """The restricted likelihood's term of the error model, ``-1/2 log det I`` with ``I =
-    sum_k r_k C_k^-1`` the shift's information (memberships ``r`` held), and its gradient (2,)
-    and Hessian (AA, AB, BB) in (A, B) = (k^2, sigma_sys^2); (0, 0, 0) where I is not
-    positive definite (no information: nothing to correct).
+    sum_k r_k C_k^-1`` the shift's information (memberships ``r`` held: (n,), or (n, 2) each
+    pair's for both axes, as the M step makes them once), and its gradient (2,) and Hessian
+    (AA, AB, BB) in (A, B) = (k^2, sigma_sys^2), as Python floats and tuples; (0, 0, 0) where
+    I is not positive definite (no information: nothing to correct).
 
     In each pair's principal axes ``C_k^-1 = P1 / v1 + P2 / v2`` (P_i the projectors on the
     axes, ``proj`` = :func:`_axis_projectors` of the larger one's direction, ``inv_v`` = 1 /
@@ -2097,13 +2163,12 @@ def _restricted_ab(r, inv_v, ja, jb, proj):
     coef = np.empty((6,) + inv_v.shape)
     rv, rv2, rv3 = coef[0], coef[2], coef[5]
     # (the outputs passed by position: ``out=`` costs a keyword parse per call)
-    np.multiply(r[:, None], inv_v, rv)
+    np.multiply(r if r.ndim == 2 else r[:, None], inv_v, rv)
     np.multiply(rv, inv_v, rv2)
     np.multiply(2.0, rv2, rv3)
     rv3 *= inv_v
-    np.multiply(rv2, ja, coef[1])
-    np.negative(coef[1], coef[1])               # -(rv2 ja), the same number as (-rv2) ja
-    np.negative(rv2, coef[2])
+    np.negative(rv2, rv2)                       # row 2: -rv2
+    np.multiply(rv2, ja, coef[1])               # (-rv2) ja: the same number as -(rv2 ja)
     np.multiply(rv3, ja, coef[4])
     np.multiply(coef[4], ja, coef[3])
     if jb is not None:
@@ -2111,29 +2176,29 @@ def _restricted_ab(r, inv_v, ja, jb, proj):
         coef[4] *= jb
         coef[5] *= jb
         coef[5] *= jb
-    m = (coef.reshape(6, -1) @ proj).tolist()
-    (xx, xy, yy) = m[0]
+    (xx, xy, yy), (a0, a1, a2), (b0, b1, b2), (c0, c1, c2), (d0, d1, d2), (e0, e1, e2) = (
+        coef.reshape(6, -1) @ proj).tolist()
     det = xx * yy - xy * xy
     # I is a sum of positive semi-definite matrices (r >= 0, 1 / v_i > 0 and bounded by the
     # variances' floor): positive definite where its determinant is positive (not NaN)
     if not det > 0:
-        return 0.0, np.zeros(2), np.zeros(3)
-    # I^-1 = [[yy, -xy], [-xy, xx]] / det; tr(I^-1 D) and the products I^-1 D of the first
-    # derivatives, in closed form (2 x 2)
-    def tr(d):
-        return (yy * d[0] - 2.0 * xy * d[1] + xx * d[2]) / det
-
-    def times(d):        # I^-1 D as (00, 01, 10, 11)
-        return ((yy * d[0] - xy * d[1]) / det, (yy * d[1] - xy * d[2]) / det,
-                (xx * d[1] - xy * d[0]) / det, (xx * d[2] - xy * d[1]) / det)
-
-    def tr_prod(a, b):   # tr(a b) of two 2 x 2 as (00, 01, 10, 11)
-        return a[0] * b[0] + a[1] * b[2] + a[2] * b[1] + a[3] * b[3]
-
-    t1, t2 = times(m[1]), times(m[2])
-    grad = np.array([-0.5 * tr(m[1]), -0.5 * tr(m[2])])
-    hess = np.array([-0.5 * (tr(m[3]) - tr_prod(t1, t1)), -0.5 * (tr(m[4]) - tr_prod(t1, t2)),
-                     -0.5 * (tr(m[5]) - tr_prod(t2, t2))])
+        return 0.0, (0.0, 0.0), (0.0, 0.0, 0.0)
+    # I^-1 = [[yy, -xy], [-xy, xx]] / det: tr(I^-1 D) = (yy D00 - 2 xy D01 + xx D11) / det and
+    # the products I^-1 D as (00, 01, 10, 11) of the first derivatives (t: dI/dA, u: dI/dB),
+    # in closed form on Python floats (issue 11: no closures, no arrays)
+    t00, t01 = (yy * a0 - xy * a1) / det, (yy * a1 - xy * a2) / det
+    t10, t11 = (xx * a1 - xy * a0) / det, (xx * a2 - xy * a1) / det
+    u00, u01 = (yy * b0 - xy * b1) / det, (yy * b1 - xy * b2) / det
+    u10, u11 = (xx * b1 - xy * b0) / det, (xx * b2 - xy * b1) / det
+    grad = (-0.5 * ((yy * a0 - 2.0 * xy * a1 + xx * a2) / det),
+            -0.5 * ((yy * b0 - 2.0 * xy * b1 + xx * b2) / det))
+    # tr(t t), tr(t u), tr(u u): tr(a b) = a00 b00 + a01 b10 + a10 b01 + a11 b11
+    hess = (-0.5 * ((yy * c0 - 2.0 * xy * c1 + xx * c2) / det
+                    - (t00 * t00 + t01 * t10 + t10 * t01 + t11 * t11)),
+            -0.5 * ((yy * d0 - 2.0 * xy * d1 + xx * d2) / det
+                    - (t00 * u00 + t01 * u10 + t10 * u01 + t11 * u11)),
+            -0.5 * ((yy * e0 - 2.0 * xy * e1 + xx * e2) / det
+                    - (u00 * u00 + u01 * u10 + u10 * u01 + u11 * u11)))
     return -0.5 * math.log(det), grad, hess
 
 
@@ -2216,7 +2281,7 @@ def _fit_error_model(prob, stated, st, scale, floor, min_floor):
     u1 = e[:, 0] * vx + e[:, 1] * vy
     u2 = -e[:, 0] * vy + e[:, 1] * vx
     u2sq = np.stack([u1 * u1, u2 * u2], axis=1)
-    w = np.repeat(r[:, None], 2, axis=1)
+    w = r[:, None].repeat(2, axis=1)       # (the array's own method: np.repeat's wrapper)
     half_w = 0.5 * w
     lo_a, hi_a = _CAL_SCALE_RANGE[0] ** 2, _CAL_SCALE_RANGE[1] ** 2
     lo_b, hi_b = min_floor**2, max(_CAL_MAX_FLOOR**2, min_floor**2)
@@ -2237,7 +2302,7 @@ def _fit_error_model(prob, stated, st, scale, floor, min_floor):
             jb = unfloored.astype(float)
             ja = jb * lam
         inv_v = 1.0 / v
-        reml = _restricted_ab(r, inv_v, ja, jb, proj)
+        reml = _restricted_ab(w, inv_v, ja, jb, proj)
         u_v = u2sq / v
         prior = _error_prior(aa, bb, lo_b)
         return (float(total(w * (-0.5 * (np.log(v) + u_v)), axis=None)) + prior[0]
@@ -2245,42 +2310,45 @@ def _fit_error_model(prob, stated, st, scale, floor, min_floor):
 
     aa, bb = scale * scale, floor * floor
     f, (v, inv_v, u_v, prior, reml) = objective(aa, bb)
+    # the 2 x 2 scoring system on Python floats (the same IEEE operations as on numpy's arrays
+    # and scalars, element by element; np.linalg.solve as :func:`_solve2`: issue 11)
     for _ in range(50):
         v2 = v**2
         g = half_w * (u2sq / v2 - inv_v)
-        _, p_grad, p_curv = prior
-        r_grad, r_hess = reml[1], reml[2]
-        grad = np.array([total(g * lam, axis=None), total(g, axis=None)]) + p_grad + r_grad
+        (pg0, pg1), (pc0, pc1) = prior[1], prior[2]
+        (rg0, rg1), (rh0, rh1, rh2) = reml[1], reml[2]
+        g0 = float(total(g * lam, axis=None)) + pg0 + rg0
+        g1 = float(total(g, axis=None)) + pg1 + rg1
         # Newton with the observed information where it is positive definite (near the
         # maximum: quadratic convergence, issue 11), else Fisher scoring (its expectation,
         # u^2 = v: always positive definite; the restricted term's curvature left out there)
         h = w * (u_v - 0.5) / v2
         h_l = h * lam
-        h_lam = total(h_l, axis=None) - r_hess[1]
-        fisher = np.array([[total(h_l * lam, axis=None) + p_curv[0] * (1.0 - np.log(aa))
-                            - r_hess[0], h_lam],
-                           [h_lam, total(h, axis=None) + p_curv[1] - r_hess[2]]])
-        if not (fisher[0, 0] > 0 and fisher[0, 0] * fisher[1, 1] > h_lam * h_lam):
+        f01 = float(total(h_l, axis=None)) - rh1
+        f00 = float(total(h_l * lam, axis=None)) + pc0 * (1.0 - float(np.log(aa))) - rh0
+        f11 = float(total(h, axis=None)) + pc1 - rh2
+        if not (f00 > 0 and f00 * f11 > f01 * f01):
             h = 0.5 * w / v2
-            h_lam = (h * lam).sum()
-            fisher = np.array([[(h * lam * lam).sum() + p_curv[0], h_lam],
-                               [h_lam, h.sum() + p_curv[1]]])
+            f01 = float(total(h * lam, axis=None))
+            f00 = float(total(h * lam * lam, axis=None)) + pc0
+            f11 = float(total(h, axis=None)) + pc1
         # a parameter that is fixed, or on a bound that its gradient pushes against, stays;
         # the other takes its own scoring step (a joint step clipped at the bound is not
         # an ascent direction for the free one, and crawled to the iteration cap)
-        hold = [lo_a == hi_a or (aa <= lo_a and grad[0] < 0) or (aa >= hi_a and grad[0] > 0),
-                lo_b == hi_b or (bb <= lo_b and grad[1] < 0) or (bb >= hi_b and grad[1] > 0)]
-        if hold[0] and hold[1]:
+        hold_a = lo_a == hi_a or (aa <= lo_a and g0 < 0) or (aa >= hi_a and g0 > 0)
+        hold_b = lo_b == hi_b or (bb <= lo_b and g1 < 0) or (bb >= hi_b and g1 > 0)
+        if hold_a and hold_b:
             break
-        if hold[0] or hold[1]:
-            k = 1 if hold[0] else 0
-            step = np.zeros(2)
-            step[k] = grad[k] / fisher[k, k] if fisher[k, k] > 0 else 0.0
+        if hold_a:
+            step = (0.0, g1 / f11 if f11 > 0 else 0.0)
+        elif hold_b:
+            step = (g0 / f00 if f00 > 0 else 0.0, 0.0)
         else:
             try:
-                step = np.linalg.solve(fisher, grad)
+                step = _solve2(f00, f01, f01, f11, g0, g1)
             except np.linalg.LinAlgError:
-                step = grad / max(np.trace(fisher), 1e-300)
+                trace = max(f00 + f11, 1e-300)
+                step = (g0 / trace, g1 / trace)
         improved = False
         for _halving in range(30):
             na = min(max(aa + step[0], lo_a), hi_a)
@@ -2289,7 +2357,7 @@ def _fit_error_model(prob, stated, st, scale, floor, min_floor):
             if nf >= f - 1e-12 * abs(f):
                 improved = True
                 break
-            step = step / 2.0
+            step = (step[0] / 2.0, step[1] / 2.0)
         if not improved:
             break
         done = abs(na - aa) <= 1e-10 * aa and abs(nb - bb) <= 1e-12

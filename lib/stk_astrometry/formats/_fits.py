@@ -844,7 +844,12 @@ def _cards_text(cards):
         kind = type(value)
         hit = _CARD_IMAGES.get(card)
         if hit is None or hit[1] is not kind:
-            image = format_card(*card)
+            # format_card's image, without its own memos (a card not remembered here is
+            # mostly one of this stack's: issue 11, and their memory stays for the others)
+            if (kind is int or kind is float) and len(card[0]) <= 8:
+                image = _short_number_card(*card)
+            else:
+                image = _format_card(*card)
             if not (_name_kept(card[0]) and image.isascii() and image.isprintable()):
                 return None
             hit = (image, kind)
