@@ -69,9 +69,11 @@ from stk_astrometry.campaign import driver, settings, stacks, task
 # process inherits at the driver's RSS of that moment (a 30,000-row stack table read before
 # the cluster started made the "workers" 164.7 MB where the workers' own peak was 141 MB).
 # Every descendant is looked at: the LocalCluster's scheduler is a child process of the driver
-# (campaign.localcluster) and the workers are its children; told apart by their command lines.
+# (campaign.localcluster) and the workers are its children -- told apart by where they are in
+# the tree, not by their command lines, which Dask rewrites ("dask worker [tcp://...]").
 hwm, role, stop = {}, {}, threading.Event()
 def _descendants():
+    # {pid: "cluster" (a child), "worker" (a grandchild or deeper), or "other"}
     parent = {}
     for pid in os.listdir("/proc"):
         if pid.isdigit():
@@ -80,29 +82,27 @@ def _descendants():
                     parent[pid] = f.read().rsplit(")", 1)[1].split()[1]
             except (OSError, IndexError):
                 pass
-    mine, grew = {str(os.getpid())}, True
-    while grew:
-        new = {pid for pid, ppid in parent.items() if ppid in mine and pid not in mine}
-        mine |= new
-        grew = bool(new)
-    mine.discard(str(os.getpid()))
-    return mine
-def _role(pid):
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            cmd = f.read()
-    except OSError:
-        return None
-    if b"localcluster" in cmd:
-        return "cluster"
-    return "worker" if b"spawn_main" in cmd and b"resource_tracker" not in cmd else "other"
+    me = str(os.getpid())
+    found, level, depth = {}, {me}, 0
+    while level:
+        depth += 1
+        level = {pid for pid, ppid in parent.items() if ppid in level and pid not in found}
+        for pid in level:
+            found[pid] = "cluster" if depth == 1 else "worker"
+    for pid in found:
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if b"resource_tracker" in f.read():
+                    found[pid] = "other"      # multiprocessing's semaphore tracker
+        except OSError:
+            pass
+    return found
 def _watch():
     while not stop.wait(0.5):
         # children looked for at every sample: a 1,000-null-task campaign's workers live
         # ~2 s, and a scan every 2 s missed them (its worker peak printed as 0 MB)
-        for pid in _descendants():
-            if pid not in role:
-                role[pid] = _role(pid)
+        for pid, who in _descendants().items():
+            role[pid] = who
             try:
                 with open(f"/proc/{pid}/status") as f:
                     kb = next(int(l.split()[1]) for l in f if l.startswith("VmHWM"))
@@ -488,8 +488,9 @@ def main(quick: bool = False) -> int:
             for who, key in (("driver", "maxrss_mb"),
                              ("LocalCluster's process (scheduler)", "cluster_maxrss_mb"),
                              ("largest worker (own VmHWM)", "workers_maxrss_mb")):
+                # a peak of 0 is a process the sampling never saw: not measured, not a pass
                 ratio = local[key] / small[key] if small[key] else float("inf")
-                ok = ratio <= TARGET_MEM_GROWTH
+                ok = ratio <= TARGET_MEM_GROWTH and local[key] > 0
                 misses += [] if ok else [f"{who} peak {small[key]:.0f} -> {local[key]:.0f} MB "
                                          f"({ratio:.2f}x > {TARGET_MEM_GROWTH})"]
                 rows.append([who, f"{small[key]:.1f} MB", f"{local[key]:.1f} MB",
