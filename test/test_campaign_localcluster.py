@@ -54,13 +54,16 @@ def test_a_cluster_that_cannot_start_is_one_line_of_error(tmp_path, capfd):
     assert "no_such_keyword" in log.read_text()
 
 
+# a driver: it dies of SIGINT at once (os._exit: the Client's own shutdown at interpreter exit
+# can wait up to its timeouts for a scheduler that is closing; what is tested is the child)
 _PARENT = r"""
-import sys
+import os, signal, sys
 from stk_astrometry.campaign.localcluster import LocalClusterProcess
 from distributed import Client
+signal.signal(signal.SIGINT, lambda *args: os._exit(130))
 host = LocalClusterProcess(2, {}, {"dashboard_address": None})
 client = Client(host.address, timeout="30s")
-print(host.pid, *client.run(__import__("os").getpid).values(), flush=True)
+print(host.pid, *client.run(os.getpid).values(), flush=True)
 sys.stdin.read()
 """
 
@@ -79,6 +82,7 @@ def test_the_child_and_its_workers_end_when_the_driver_dies(sig):
         assert len(pids) == 3 and all(alive(p) for p in pids)
         os.killpg(parent.pid, sig)         # the driver's whole process group, as a terminal
         parent.wait(30)
+        assert parent.returncode == (-signal.SIGKILL if sig == signal.SIGKILL else 130)
         assert wait_gone(pids), [p for p in pids if alive(p)]
     finally:
         if parent.poll() is None:
