@@ -408,6 +408,48 @@ def test_kill_then_resume(campaign, local_run, tmp_path):
         pytest.fail("worker processes of the killed driver were still running after 60 s")
 
 
+_SIGINT_DEFAULT = r"""
+import os, signal, sys
+signal.signal(signal.SIGINT, signal.SIG_DFL)   # as at a terminal (a background job ignores it)
+os.execv(sys.executable, [sys.executable, *sys.argv[1:]])
+"""
+
+
+@pytest.mark.slow
+def test_control_c_stops_the_run_cleanly(tmp_path):
+    """A control-C at the terminal (SIGINT to the whole process group: stk_batch, its
+    LocalCluster's process and the workers) while stacks run: stk_batch says it was
+    interrupted and how to resume, in its own lines only -- no traceback of a worker or of
+    Dask on the terminal (they go to stk_batch.log) -- and no process of the run is left."""
+    listfile, _ = make_campaign(tmp_path / "c", 150, mix="small")
+    out = tmp_path / "camp"
+    argv = [sys.executable, "-c", _SIGINT_DEFAULT, str(REPO / "bin" / "stk_batch"),
+            f"@{listfile}", str(out), "nworkers=2", "verbose=1", "plots=no"]
+    with open(tmp_path / "out.txt", "wb") as so, open(tmp_path / "err.txt", "wb") as se:
+        proc = subprocess.Popen(argv, env=_python_env(), stdout=so, stderr=se,
+                                start_new_session=True)
+        deadline = time.time() + 300
+        while _done_count(out / "campaign.sqlite") < 3:
+            assert proc.poll() is None, (tmp_path / "err.txt").read_text()
+            assert time.time() < deadline
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGINT)
+        assert proc.wait(60) == 1
+    err = (tmp_path / "err.txt").read_text().splitlines()
+    assert err and all(line.startswith("# stk_batch (stk_astrometry ") for line in err), err
+    assert any("interrupted" in line and "run again to resume" in line for line in err)
+    assert _done_count(out / "campaign.sqlite") < 150       # it did stop
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.5)
+    else:
+        pytest.fail("processes of the interrupted run were still running after 60 s")
+
+
 # ---------------------------------------------------------------------- the page in a browser
 
 @pytest.mark.slow
