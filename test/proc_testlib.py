@@ -45,3 +45,16 @@ def wait_gone(pids, seconds: float = 40.0) -> bool:
             return True
         time.sleep(0.2)
     return False
+
+
+def group_gone(pgid: int, seconds: float = 60.0) -> bool:
+    """Wait until no process of the process group ``pgid`` is left; False if some still are
+    after ``seconds``."""
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.5)
+    return False

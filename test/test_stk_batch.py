@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from campaign_sim import FAIL, NOMATCH, TWOSTEP, make_campaign
+from proc_testlib import group_gone
 
 from stk_astrometry.campaign.stacks import safe_name
 from stk_astrometry.formats.campaign import RUN_DEPENDENT, read_campaign_table
@@ -397,15 +398,7 @@ def test_kill_then_resume(campaign, local_run, tmp_path):
     # never recorded and the failed ones: the failing stack, if it was recorded before the kill)
     assert runs[0][0] == "running" and runs[1] == ("finished", N_STACKS - n_done_before)
     assert (table["attempts"] >= 1).all()
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            os.killpg(proc.pid, 0)
-        except ProcessLookupError:
-            break
-        time.sleep(0.5)
-    else:
-        pytest.fail("worker processes of the killed driver were still running after 60 s")
+    assert group_gone(proc.pid, 60), "processes of the killed driver still ran after 60 s"
 
 
 _SIGINT_DEFAULT = r"""
@@ -439,15 +432,7 @@ def test_control_c_stops_the_run_cleanly(tmp_path):
     assert err and all(line.startswith("# stk_batch (stk_astrometry ") for line in err), err
     assert any("interrupted" in line and "run again to resume" in line for line in err)
     assert _done_count(out / "campaign.sqlite") < 150       # it did stop
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            os.killpg(proc.pid, 0)
-        except ProcessLookupError:
-            break
-        time.sleep(0.5)
-    else:
-        pytest.fail("processes of the interrupted run were still running after 60 s")
+    assert group_gone(proc.pid, 60), "processes of the interrupted run still ran after 60 s"
 
 
 # ---------------------------------------------------------------------- the page in a browser
