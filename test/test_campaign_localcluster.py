@@ -40,6 +40,26 @@ def test_the_cluster_runs_in_a_child_and_ends_with_close():
     assert not alive(host.pid) and wait_gone(workers)
 
 
+def test_what_a_worker_prints_goes_to_the_log_not_to_the_drivers_pipe(tmp_path):
+    """A worker inherits the child's standard output: were it the pipe to the driver, which
+    reads only the first line, a worker printing ~64 KB would stall.  It goes to the log."""
+    log = tmp_path / "stk_batch.log"
+    host = localcluster.LocalClusterProcess(1, {}, {"dashboard_address": None}, log=log)
+    try:
+        from distributed import Client
+
+        with Client(host.address, timeout="30s") as client:
+            def chatty():
+                for _ in range(2000):
+                    print("x" * 99, flush=True)     # 200 KB: more than a pipe holds
+                return "done"
+
+            assert client.submit(chatty).result(timeout=60) == "done"
+    finally:
+        host.close()
+    assert log.read_text().count("x" * 99) == 2000
+
+
 def test_a_cluster_that_cannot_start_is_one_line_of_error(tmp_path, capfd):
     """A worker that cannot start (here: a keyword its server does not take): the child
     answers with the error and exits; Dask's tracebacks go to the log, not the terminal."""

@@ -148,7 +148,11 @@ class LocalClusterProcess:
 def _host() -> None:
     """The child's side: start the LocalCluster, print its address, serve until stdin ends."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    out = sys.stdout
+    # the pipe to the driver carries the one answer; anything else written to standard
+    # output -- by this process or by a worker, which inherits it -- goes where standard error
+    # goes: a pipe nobody reads would fill and stall its writer
+    out = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
     cluster = None
     try:
         spec = json.loads(sys.stdin.readline())
@@ -164,12 +168,13 @@ def _host() -> None:
         cluster = LocalCluster(n_workers=spec["n_workers"], threads_per_worker=1,
                                processes=True, silence_logs=logging.ERROR, **spec["kwargs"])
         out.write(json.dumps({"address": cluster.scheduler_address}) + "\n")
-        out.flush()
+        out.close()
         sys.stdin.read()              # until the driver closes the pipe, or dies
     except BaseException as exc:      # noqa: BLE001 - said to the driver, in one line
         if cluster is None:
-            out.write(json.dumps({"error": f"{type(exc).__name__}: {exc}"}) + "\n")
-            out.flush()
+            text = " ".join(str(exc).split())
+            out.write(json.dumps({"error": f"{type(exc).__name__}: {text}"}) + "\n")
+            out.close()
     finally:
         if cluster is not None:
             try:
