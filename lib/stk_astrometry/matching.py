@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from stk_astrometry.core.arrays import n_distinct
 from stk_astrometry.errors import ParameterError
 from stk_astrometry.tangent import ARCSEC_PER_RAD, sky_to_tangent
 
@@ -674,26 +675,9 @@ def count_matches(det_index, group, n_groups):
     """
     det_index = np.asarray(det_index)
     group = np.asarray(group)
-    n_match = _n_distinct(det_index)
-    per_group = tuple(_n_distinct(det_index[group == g]) for g in range(1, n_groups + 1))
+    n_match = n_distinct(det_index)
+    per_group = tuple(n_distinct(det_index[group == g]) for g in range(1, n_groups + 1))
     return n_match, per_group
-
-
-def _n_distinct(values):
-    """``np.unique(values).size`` of a 1-d array by unique's own algorithm (a sort, then the
-    runs of equal values), without its wrapping (issue 11: ~4 calls a crossmatch)."""
-    ranked = np.sort(values)
-    if ranked.size == 0:
-        return 0
-    return int(np.count_nonzero(ranked[1:] != ranked[:-1])) + 1
-
-
-def _sorted_unique(values):
-    """``np.unique(values)`` of a 1-d array by its own algorithm (sort, first of each run)."""
-    ranked = np.sort(values)
-    first = np.ones(ranked.size, dtype=bool)
-    first[1:] = ranked[1:] != ranked[:-1]
-    return ranked[first]
 
 
 def _unique_inverse(values):

@@ -131,6 +131,7 @@ try:
 except ImportError:                                   # pragma: no cover - numpy < 2
     from numpy.core.multiarray import c_einsum as _c_einsum
 
+from .core.arrays import n_distinct
 from .core.radii import R95_PER_SIGMA as _R95_PER_SIGMA
 
 logger = logging.getLogger(__name__)
@@ -1286,13 +1287,6 @@ def _population_std(x):
     return math.sqrt(np.add.reduce(dev * dev) / x.size)
 
 
-def _n_distinct(ids):
-    """``len(np.unique(ids))`` of a non-empty 1-D integer array (sorted, then the changes
-    counted: np.unique's own method, without its Python layers)."""
-    ids = np.sort(ids)
-    return int(np.count_nonzero(ids[1:] != ids[:-1])) + 1
-
-
 def select_group(pairs: PairSet, *, n_groups, min_group_matches=3) -> GroupChoice:
     """Choose the separation group whose pairs enter the fit (spec §5.5.3 steps 2-4).
 
@@ -1323,7 +1317,7 @@ def select_group(pairs: PairSet, *, n_groups, min_group_matches=3) -> GroupChoic
         sel = np.flatnonzero(finite & (pairs.group == i + 1))
         if not sel.size:
             continue
-        n_match[i] = _n_distinct(pairs.region_id[sel])
+        n_match[i] = n_distinct(pairs.region_id[sel])
         sigma[i] = math.sqrt(_population_std(pairs.d_xi[sel]) * _population_std(pairs.d_eta[sel]))
     sigma_key = np.where(np.isfinite(sigma), sigma, np.inf)
     qualified = n_match >= min_group_matches
