@@ -109,3 +109,35 @@ def test_the_child_and_its_workers_end_when_the_driver_dies(sig):
             parent.kill()
         parent.stdin.close()
         parent.stdout.close()
+
+
+def test_dask_logs_to_sends_this_process_dask_messages_to_the_log(tmp_path, capfd):
+    """What Dask or tornado log in the driver (e.g. "Stream is closed" when a control-C closes
+    the client with results in flight) goes to the run's log while the block runs, and not to
+    standard error; after it the loggers are as they were."""
+    import logging
+
+    import distributed  # noqa: F401  (it sets up the loggers)
+
+    names = ("distributed", "distributed.client", "tornado", "tornado.application", "bokeh")
+
+    def state():
+        return [(logging.getLogger(n).handlers[:], logging.getLogger(n).propagate)
+                for n in names]
+
+    before = state()
+    log = tmp_path / "stk_batch.log"
+    log.write_text("earlier line\n")
+    with localcluster.dask_logs_to(log):
+        logging.getLogger("tornado.application").error("Exception in callback: closed")
+        logging.getLogger("distributed.client").error("lost the scheduler")
+    text = log.read_text()
+    assert text.splitlines()[0] == "earlier line"     # appended
+    assert "tornado.application - ERROR - Exception in callback: closed" in text
+    assert "distributed.client - ERROR - lost the scheduler" in text
+    assert capfd.readouterr().err == ""
+    assert state() == before
+    logging.getLogger("tornado.application").error("after the block")
+    assert "after the block" not in log.read_text()
+    with localcluster.dask_logs_to(None):      # no log: nothing changes
+        assert state() == before

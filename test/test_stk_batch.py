@@ -1,7 +1,8 @@
 """stk_batch end to end: a seeded 30-stack campaign (a failing, a NOMATCH and a two-step stack
 among them) through the default LocalCluster and through a separately started ``dask
 scheduler`` + ``dask worker``; resume after ``kill -9``; the results table against the
-per-stack tool outputs; the plots.
+per-stack tool outputs; the plots.  The kill -9 and control-C tests use a 200-stack campaign,
+long enough that the kill lands while stacks still run.
 
 The stacks are the small mix of ``campaign_sim`` (10-60 detections, sparse fields) so the
 whole module costs seconds of CPU; the 10,000-stack figures are in the benchmark suite.  The two
@@ -53,16 +54,14 @@ def campaign(tmp_path_factory):
     return listfile, special
 
 
-@pytest.fixture(scope="module")
-def local_run(campaign, tmp_path_factory):
-    """The campaign run once through the default LocalCluster (2 workers), verbose=1."""
-    listfile, _ = campaign
+def _run_in_process(listfile, tmp_path_factory, *args):
+    """``stk_batch @listfile <new folder> nworkers=2 *args`` in this process, its own PFILES."""
     out = tmp_path_factory.mktemp("run") / "camp"
     pf = tmp_path_factory.mktemp("pf")
     old = os.environ.get("PFILES")
     os.environ["PFILES"] = f"{pf};{REPO / 'param'}"
     try:
-        rc = batch_main([f"@{listfile}", str(out), "nworkers=2", "verbose=1"])
+        rc = batch_main([f"@{listfile}", str(out), "nworkers=2", *args])
     finally:
         if old is None:
             os.environ.pop("PFILES", None)
@@ -70,6 +69,25 @@ def local_run(campaign, tmp_path_factory):
             os.environ["PFILES"] = old
     assert rc == 0
     return out
+
+
+@pytest.fixture(scope="module")
+def local_run(campaign, tmp_path_factory):
+    """The campaign run once through the default LocalCluster (2 workers), verbose=1."""
+    listfile, _ = campaign
+    return _run_in_process(listfile, tmp_path_factory, "verbose=1")
+
+
+# A campaign long enough that a kill or a control-C lands while stacks still run: the driver
+# commits every 0.5 s, and on a quick machine the 30 stacks above all finish within one commit
+# (CI saw the kill -9 test's first run record all 30 at once).  200 small stacks take >= 2 s.
+N_LONG = 200
+
+
+@pytest.fixture(scope="module")
+def long_campaign(tmp_path_factory):
+    listfile, _ = make_campaign(tmp_path_factory.mktemp("long"), N_LONG, mix="small")
+    return listfile
 
 
 def _science(table):
@@ -361,8 +379,8 @@ def _done_count(db):
 
 
 @pytest.mark.slow
-def test_kill_then_resume(campaign, local_run, tmp_path):
-    listfile, _ = campaign
+def test_kill_then_resume(long_campaign, tmp_path_factory, tmp_path):
+    listfile = long_campaign
     out = tmp_path / "camp"
     env = _python_env()
     argv = [sys.executable, str(REPO / "bin" / "stk_batch"), f"@{listfile}", str(out),
@@ -379,7 +397,7 @@ def test_kill_then_resume(campaign, local_run, tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     n_before = _done_count(out / "campaign.sqlite")
-    assert 5 <= n_before < N_STACKS
+    assert 5 <= n_before < N_LONG
     con = sqlite3.connect(out / "campaign.sqlite")
     n_done_before = con.execute("SELECT COUNT(*) FROM stacks WHERE status='done'").fetchone()[0]
     con.close()
@@ -390,13 +408,14 @@ def test_kill_then_resume(campaign, local_run, tmp_path):
     # no debris: the temporary files of the writes the kill cut short are gone
     assert not [p for p in out.rglob("*.tmp")]
     table = read_campaign_table(out / "campaign.fits")
-    _same_tables(table, read_campaign_table(local_run / "campaign.fits"))
+    uninterrupted = _run_in_process(listfile, tmp_path_factory, "verbose=0", "plots=no")
+    _same_tables(table, read_campaign_table(uninterrupted / "campaign.fits"))
     con = sqlite3.connect(out / "campaign.sqlite")
     runs = con.execute("SELECT status, n_planned FROM runs ORDER BY run_id").fetchall()
     con.close()
     # the first run never finished; the second ran everything not recorded done (the stacks
     # never recorded and the failed ones: the failing stack, if it was recorded before the kill)
-    assert runs[0][0] == "running" and runs[1] == ("finished", N_STACKS - n_done_before)
+    assert runs[0][0] == "running" and runs[1] == ("finished", N_LONG - n_done_before)
     assert (table["attempts"] >= 1).all()
     assert group_gone(proc.pid, 60), "processes of the killed driver still ran after 60 s"
 
@@ -409,12 +428,12 @@ os.execv(sys.executable, [sys.executable, *sys.argv[1:]])
 
 
 @pytest.mark.slow
-def test_control_c_stops_the_run_cleanly(tmp_path):
+def test_control_c_stops_the_run_cleanly(long_campaign, tmp_path):
     """A control-C at the terminal (SIGINT to the whole process group: stk_batch, its
     LocalCluster's process and the workers) while stacks run: stk_batch says it was
     interrupted and how to resume, in its own lines only -- no traceback of a worker or of
     Dask on the terminal (they go to stk_batch.log) -- and no process of the run is left."""
-    listfile, _ = make_campaign(tmp_path / "c", 150, mix="small")
+    listfile = long_campaign
     out = tmp_path / "camp"
     argv = [sys.executable, "-c", _SIGINT_DEFAULT, str(REPO / "bin" / "stk_batch"),
             f"@{listfile}", str(out), "nworkers=2", "verbose=1", "plots=no"]
@@ -431,7 +450,7 @@ def test_control_c_stops_the_run_cleanly(tmp_path):
     err = (tmp_path / "err.txt").read_text().splitlines()
     assert err and all(line.startswith("# stk_batch (stk_astrometry ") for line in err), err
     assert any("interrupted" in line and "run again to resume" in line for line in err)
-    assert _done_count(out / "campaign.sqlite") < 150       # it did stop
+    assert _done_count(out / "campaign.sqlite") < N_LONG    # it did stop
     assert group_gone(proc.pid, 60), "processes of the interrupted run still ran after 60 s"
 
 

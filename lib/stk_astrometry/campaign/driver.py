@@ -44,7 +44,7 @@ import numpy as np
 from .. import __version__
 from ..errors import InputError, ParameterError
 from .database import RunDatabase
-from .localcluster import LocalClusterProcess, quiet_dask
+from .localcluster import LocalClusterProcess, dask_logs_to, quiet_dask
 from .progress import Progress
 from .settings import StepSettings, params_digest
 from .stacks import inputs_digest, safe_name
@@ -276,50 +276,55 @@ def dask_client(scheduler: str, nworkers: int, *, closing: list | None = None, l
     its scheduler off this process's GIL), which ends with it, or with this process however it
     ends.  With ``closing`` (a list) the LocalCluster is shut down in a thread appended to it,
     which the caller joins later: its workers' exit (~1 s) then overlaps the writing of the
-    table.  ``log``: a file the LocalCluster's processes append their standard error to.
+    table.  ``log``: a file the LocalCluster's processes append their standard error to, and
+    this process's own Dask and tornado log messages go to while the client lives.
     """
     import dask
     from distributed import Client
 
     quiet_dask()  # after the import: distributed sets its loggers' levels when imported
 
-    scheduler = (scheduler or "").strip()
-    config = {"distributed.worker.daemon": True, **WORKER_CONFIG,
-              "distributed.scheduler.work-stealing": True, "distributed.admin.tick.limit": "60s"}
-    with dask.config.set(config):    # the client's own comms keep short logs, too
-        if not scheduler:
-            n = nworkers if nworkers > 0 else (os.cpu_count() or 1)
-            # no dashboard; the scheduler's HTTP server (health routes) on a free port, not on
-            # 8787, which another cluster on the machine may hold
-            host = LocalClusterProcess(n, config, {
-                "dashboard_address": None,
-                "scheduler_kwargs": {"dashboard_address": "127.0.0.1:0"}}, log=log)
+    with dask_logs_to(log):     # the driver's own Dask messages: the run's log
+        scheduler = (scheduler or "").strip()
+        config = {"distributed.worker.daemon": True, **WORKER_CONFIG,
+                  "distributed.scheduler.work-stealing": True,
+                  "distributed.admin.tick.limit": "60s"}
+        with dask.config.set(config):    # the client's own comms keep short logs, too
+            if not scheduler:
+                n = nworkers if nworkers > 0 else (os.cpu_count() or 1)
+                # no dashboard; the scheduler's HTTP server (health routes) on a free port, not
+                # on 8787, which another cluster on the machine may hold
+                host = LocalClusterProcess(n, config, {
+                    "dashboard_address": None,
+                    "scheduler_kwargs": {"dashboard_address": "127.0.0.1:0"}}, log=log)
+                try:
+                    with Client(host.address, timeout="30s") as client:
+                        yield client, f"LocalCluster ({n} worker processes)"
+                finally:
+                    if closing is None:
+                        host.close()
+                    else:
+                        closing.append(threading.Thread(target=host.close,
+                                                        name="stk_batch-close"))
+                        closing[-1].start()
+                return
             try:
-                with Client(host.address, timeout="30s") as client:
-                    yield client, f"LocalCluster ({n} worker processes)"
-            finally:
-                if closing is None:
-                    host.close()
+                if scheduler.endswith(".json") or os.path.isfile(scheduler):
+                    client = Client(scheduler_file=scheduler, timeout="30s")
                 else:
-                    closing.append(threading.Thread(target=host.close, name="stk_batch-close"))
-                    closing[-1].start()
-            return
-        try:
-            if scheduler.endswith(".json") or os.path.isfile(scheduler):
-                client = Client(scheduler_file=scheduler, timeout="30s")
-            else:
-                client = Client(scheduler, timeout="30s")
-        except (OSError, TimeoutError, ValueError) as exc:
-            raise ParameterError(f"scheduler={scheduler}: cannot connect to the Dask scheduler: "
-                                 f"{exc}") from exc
-        try:
+                    client = Client(scheduler, timeout="30s")
+            except (OSError, TimeoutError, ValueError) as exc:
+                raise ParameterError(f"scheduler={scheduler}: cannot connect to the Dask "
+                                     f"scheduler: {exc}") from exc
             try:
-                client.wait_for_workers(1, timeout=60)
-            except TimeoutError as exc:
-                raise ParameterError(f"scheduler={scheduler}: no worker joined within 60 s") from exc
-            yield client, f"scheduler {client.scheduler.address}"
-        finally:
-            client.close()
+                try:
+                    client.wait_for_workers(1, timeout=60)
+                except TimeoutError as exc:
+                    raise ParameterError(
+                        f"scheduler={scheduler}: no worker joined within 60 s") from exc
+                yield client, f"scheduler {client.scheduler.address}"
+            finally:
+                client.close()
 
 
 class ClusterStart:

@@ -19,6 +19,7 @@ nothing but its one line of JSON to the driver; an error of the cluster's start 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -28,7 +29,7 @@ import threading
 
 from ..errors import ParameterError
 
-__all__ = ["LocalClusterProcess", "quiet_dask"]
+__all__ = ["LocalClusterProcess", "dask_logs_to", "quiet_dask"]
 
 #: seconds the driver waits for the child's cluster to start before it gives up
 START_TIMEOUT = 120
@@ -47,6 +48,50 @@ def quiet_dask() -> None:
                  "distributed.nanny", "distributed.core", "distributed.comm",
                  "distributed.batched", "distributed.shuffle", "tornado"):
         logging.getLogger(name).setLevel(logging.ERROR)
+
+
+_DASK_LOGGERS = ("distributed", "tornado", "bokeh")
+
+
+@contextlib.contextmanager
+def dask_logs_to(path):
+    """While the block runs, Dask's and tornado's log messages in this process go to the file
+    ``path`` (appended), not to standard error.
+
+    ``distributed``, when imported, gives its loggers and tornado's a handler on standard error
+    (or, when the root logger already has handlers, lets them propagate there); the driver's
+    client logs through it, e.g. when a control-C closes the client while results are in
+    flight (tornado's "Exception in callback ... Stream is closed" and its traceback).  Those
+    are the run's log, not the terminal's.  The loggers are restored after.  ``path`` None:
+    nothing changes.
+    """
+    if path is None:
+        yield
+        return
+    import logging
+
+    import dask
+    import distributed  # noqa: F401  (its import sets up the loggers)
+
+    handler = logging.FileHandler(path, mode="a", encoding="utf-8", errors="replace")
+    handler.setFormatter(logging.Formatter(dask.config.get("distributed.admin.log-format")))
+    loggers = {name: logger for name, logger in list(logging.Logger.manager.loggerDict.items())
+               if name.split(".")[0] in _DASK_LOGGERS and isinstance(logger, logging.Logger)}
+    saved = []
+    for name in (*_DASK_LOGGERS, *sorted(set(loggers) - set(_DASK_LOGGERS))):
+        logger = logging.getLogger(name)
+        top = name in _DASK_LOGGERS
+        if top or logger.handlers:
+            # the top loggers write to the file alone; one below with handlers of its own
+            # (distributed gives tornado.application one) passes its messages up to them
+            saved.append((logger, logger.handlers, logger.propagate))
+            logger.handlers, logger.propagate = ([handler], False) if top else ([], True)
+    try:
+        yield
+    finally:
+        for logger, handlers, propagate in saved:
+            logger.handlers, logger.propagate = handlers, propagate
+        handler.close()
 
 
 class LocalClusterProcess:
