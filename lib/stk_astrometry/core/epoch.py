@@ -198,15 +198,20 @@ def position_sigma(dt_yr, moved, *, pos_err_mas=None, pm_err_masyr=None,
     moved = np.asarray(moved, dtype=bool)
     n = moved.shape
 
+    def per_row(values):
+        # broadcast only what is not one value a row already (issue 11: ~3 us a call)
+        v = np.asarray(values, dtype=float)
+        return v if v.shape == n else np.broadcast_to(v, n)
+
     def zero_nan(values):
         if values is None:
             return np.zeros(n)
-        v = np.broadcast_to(np.asarray(values, dtype=float), n)
+        v = per_row(values)
         return np.where(np.isfinite(v), v, 0.0)
 
     pos = zero_nan(pos_err_mas)
     pm_err = zero_nan(pm_err_masyr)
     rate = np.where(moved, pm_err, float(pm_disp_masyr))
-    dt = np.broadcast_to(np.asarray(dt_yr, dtype=float), n)
+    dt = per_row(dt_yr)
     dt = np.where(np.isfinite(dt), dt, 0.0)
     return np.hypot(pos, rate * dt) / 1000.0
