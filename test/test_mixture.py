@@ -1459,6 +1459,34 @@ def test_prior_q_update_restarted_at_its_root_stops_there(monkeypatch):
     assert all(mixture._Q_MIN <= x <= 1.0 for x in every)
 
 
+
+def test_prior_q_update_steps_by_newton_not_by_halving(monkeypatch):
+    # the search takes Newton's steps towards the root (a step the wrong way leaves the
+    # bracket and falls back on halving it: ~43 slopes to 1e-13, EM's cost per iteration,
+    # issue 11); from anywhere in q's range ~10 slopes on average, never 25
+    from stk_astrometry import mixture
+
+    slope = mixture._q_slope
+    calls = []
+    monkeypatch.setattr(mixture, "_q_slope", lambda *a: calls.append(a[0]) or slope(*a))
+    rng = np.random.default_rng(SEED + 303)
+    counts, n_inside = [], 0
+    while n_inside < 60:
+        m = int(rng.integers(5, 60))
+        rho = 10 ** rng.uniform(-4, -2)
+        p = rng.uniform(0.3, 1.0, m)
+        mu = rho * np.pi * rng.uniform(0.5, 3.0) ** 2
+        s_j = rho * p * np.exp(rng.normal(1.0, 2.0, m))
+        args = (rho, s_j - rho * p, -np.expm1(-mu), np.exp(-mu) * p)
+        if not (_q_gradient(mixture._Q_MIN, *args) > 0 > _q_gradient(1.0, *args)):
+            continue
+        n_inside += 1
+        for q0 in (0.05, 0.5, 0.95):
+            calls.clear()
+            mixture._update_q(q0, *args)
+            counts.append(len(calls))
+    assert np.mean(counts) < 15 and max(counts) < 25, (np.mean(counts), max(counts))
+
 def test_window_groups_are_computed_once_per_window_and_read_only():
     # the calibration meets the same windows again and again: their groups are cached, and the
     # cached arrays cannot be changed by a caller
