@@ -1459,6 +1459,34 @@ def test_prior_q_update_restarted_at_its_root_stops_there(monkeypatch):
     assert all(mixture._Q_MIN <= x <= 1.0 for x in every)
 
 
+
+def test_prior_q_update_steps_by_newton_not_by_halving(monkeypatch):
+    # the search takes Newton's steps towards the root (a step the wrong way leaves the
+    # bracket and falls back on halving it: ~43 slopes to 1e-13, EM's cost per iteration,
+    # issue 11); from anywhere in q's range ~10 slopes on average, never 25
+    from stk_astrometry import mixture
+
+    slope = mixture._q_slope
+    calls = []
+    monkeypatch.setattr(mixture, "_q_slope", lambda *a: calls.append(a[0]) or slope(*a))
+    rng = np.random.default_rng(SEED + 303)
+    counts, n_inside = [], 0
+    while n_inside < 60:
+        m = int(rng.integers(5, 60))
+        rho = 10 ** rng.uniform(-4, -2)
+        p = rng.uniform(0.3, 1.0, m)
+        mu = rho * np.pi * rng.uniform(0.5, 3.0) ** 2
+        s_j = rho * p * np.exp(rng.normal(1.0, 2.0, m))
+        args = (rho, s_j - rho * p, -np.expm1(-mu), np.exp(-mu) * p)
+        if not (_q_gradient(mixture._Q_MIN, *args) > 0 > _q_gradient(1.0, *args)):
+            continue
+        n_inside += 1
+        for q0 in (0.05, 0.5, 0.95):
+            calls.clear()
+            mixture._update_q(q0, *args)
+            counts.append(len(calls))
+    assert np.mean(counts) < 15 and max(counts) < 25, (np.mean(counts), max(counts))
+
 def test_window_groups_are_computed_once_per_window_and_read_only():
     # the calibration meets the same windows again and again: their groups are cached, and the
     # cached arrays cannot be changed by a caller
@@ -3645,6 +3673,49 @@ def test_window_terms_kept_by_window_and_radius():
     p_c, _ = mixture._window_terms(prob, fewer, 1.5)
     assert p_c is not p_a
     np.testing.assert_array_equal(p_c, mixture._window_terms(fresh, fewer, 1.5)[0])
+
+
+def test_window_pieces_are_the_log_densitys_kept_by_window_and_model():
+    # _Problem.window_pieces: (dx, dy, i00, 2 i01, i11, i01, log_norm, C^-1 d) of the window's
+    # pairs for the current covariances, bit for bit, kept per (window, model), read-only; at a
+    # shift they give each pair's Gaussian log density (issue 11, session 17)
+    prob, stated = _two_model_problem()
+    idx = np.flatnonzero(np.hypot(prob.d[:, 0], prob.d[:, 1]) <= 1.5)
+    assert 3 < idx.size < prob.det.size
+    got = prob.window_pieces(idx)
+    inv, d = prob.inv[idx], prob.d[idx]
+    want = (d[:, 0], d[:, 1], inv[:, 0, 0], 2.0 * inv[:, 0, 1], inv[:, 1, 1], inv[:, 0, 1],
+            prob.log_norm[idx], inv[:, 0, 0] * d[:, 0] + inv[:, 0, 1] * d[:, 1],
+            inv[:, 1, 0] * d[:, 0] + inv[:, 1, 1] * d[:, 1])
+    assert len(got) == len(want)
+    for k, (a, b) in enumerate(zip(got, want, strict=True)):
+        assert a.shape == (idx.size,) and not a.flags.writeable, k
+        if k < 7:
+            np.testing.assert_array_equal(a, b)
+        else:
+            np.testing.assert_allclose(a, b, rtol=1e-14, atol=1e-300)
+    # the log density at a shift, as from the covariance itself
+    s = np.array([0.12, -0.07])
+    dx, dy, i00, two_i01, i11, _, log_norm, _, _ = got
+    rx, ry = dx - s[0], dy - s[1]
+    lg = log_norm - 0.5 * (i00 * (rx * rx) + two_i01 * rx * ry + i11 * (ry * ry))
+    r = d - s
+    want_lg = [-np.log(2 * np.pi) - 0.5 * np.log(np.linalg.det(c)) - 0.5 * v @ np.linalg.solve(c, v)
+               for c, v in zip(prob.cov[idx], r, strict=True)]
+    np.testing.assert_allclose(lg, want_lg, rtol=1e-12)
+    # kept: the same arrays for the same window, other pairs computed
+    assert all(a is b for a, b in zip(prob.window_pieces(idx.copy()), got, strict=True))
+    fewer = prob.window_pieces(idx[1:])
+    np.testing.assert_array_equal(fewer[0], got[0][1:])
+    assert fewer[0] is not got[0]
+    # kept per model: another model's are its own, and the first model's come back
+    prob.keep_model(1.0, 0.0)
+    prob.use_model(stated, 1.5, 0.1)
+    other = prob.window_pieces(idx)
+    assert not np.array_equal(other[2], got[2])
+    np.testing.assert_array_equal(other[2], prob.inv[idx, 0, 0])
+    prob.use_model(stated, 1.0, 0.0)
+    assert prob.window_pieces(idx)[2] is got[2]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -800,14 +800,27 @@ class _Problem:
             cache[repeats] = (first, more)
         return cache[repeats]
 
-    def log_gauss(self, s, idx=None, inv=None, log_norm=None):
-        d = self.d if idx is None else self.d[idx]
-        inv = self.inv if idx is None else self.inv[idx]
-        log_norm = self.log_norm if idx is None else self.log_norm[idx]
-        r = d - s
-        m = (inv[:, 0, 0] * r[:, 0] ** 2 + 2 * inv[:, 0, 1] * r[:, 0] * r[:, 1]
-             + inv[:, 1, 1] * r[:, 1] ** 2)
-        return log_norm - 0.5 * m
+    def window_pieces(self, idx):
+        """The pieces of the pairs ``idx``'s log Gaussian densities that do not depend on the
+        shift, for the current covariances: ``(dx, dy, i00, 2 i01, i11, i01, log_norm, bx,
+        by)``, C^-1 = [[i00, i01], [i01, i11]] and (bx, by) = C^-1 d, so that at the shift s,
+        with (rx, ry) = d - s, ``log_norm - 0.5 (i00 rx^2 + 2 i01 rx ry + i11 ry^2)`` is each
+        pair's log density (:func:`_fit_window`, :func:`_fit_window_final`).  Kept with the
+        window terms of the covariances (:meth:`use_model`): the final memberships and the
+        model choice ask again for the windows EM has just run on (issue 11).  Read-only."""
+        key = (None, idx.tobytes())
+        got = self._terms.get(key)
+        if got is None:
+            inv = self.inv[idx]
+            d = self.d[idx]
+            inv_d = np.einsum("nij,nj->ni", inv, d)
+            got = (d[:, 0].copy(), d[:, 1].copy(), inv[:, 0, 0].copy(), 2 * inv[:, 0, 1],
+                   inv[:, 1, 1].copy(), inv[:, 0, 1].copy(), self.log_norm[idx],
+                   inv_d[:, 0], inv_d[:, 1])
+            for a in got:
+                a.flags.writeable = False
+            self._terms[key] = got
+        return got
 
 
 def _group_starts(det_sorted):
@@ -1143,11 +1156,11 @@ def _update_q(q, a, b, c, e, u_ends=None):
     thirds of the search's cost on bench_speed's stacks, issue 11).
     """
     # the bracket starts as q's range, whose ends' slopes come first (in one pass: row sums are
-    # the same numbers as one at a time)
+    # the same numbers as one at a time; as Python floats, which unpack and compare for less)
     lo, hi = float(_Q_ENDS[0, 0]), float(_Q_ENDS[1, 0])
     if u_ends is None:
         u_ends = _q_ends(c, e)
-    g_lo, g_hi = np.add.reduce(b / np.maximum(a + _Q_ENDS * b, 1e-150) - u_ends, axis=1)
+    g_lo, g_hi = np.add.reduce(b / np.maximum(a + _Q_ENDS * b, 1e-150) - u_ends, axis=1).tolist()
     if g_hi >= 0:
         return 1.0
     if g_lo <= 0:
@@ -1211,10 +1224,8 @@ def _fit_window(prob, idx, s, q, p_win, mu, tol=(_TOL_ARCSEC, 1e-9)):
     log-sum-exp and its repeat are the identity they then are.
     """
     starts, counts, single = prob.window_groups(idx)
-    inv = prob.inv[idx]
-    d = prob.d[idx]
-    inv_d = np.einsum("nij,nj->ni", inv, d)
-    bx_k, by_k = inv_d[:, 0], inv_d[:, 1]
+    # the window's pieces of the pairs' log densities (the same arithmetic per iteration)
+    dx, dy, i00, two_i01, i11, inv01, log_norm, bx_k, by_k = prob.window_pieces(idx)
     rho = prob.rho
     exp_mu = np.exp(-mu)
     c = -np.expm1(-mu)
@@ -1225,11 +1236,6 @@ def _fit_window(prob, idx, s, q, p_win, mu, tol=(_TOL_ARCSEC, 1e-9)):
     ok = False
     n_iter = 0
     log_rho = np.log(rho) if rho > 0 else -np.inf
-    # the window's pieces of prob.log_gauss, gathered once (the same arithmetic per iteration)
-    dx, dy = d[:, 0].copy(), d[:, 1].copy()
-    i00, two_i01, i11 = inv[:, 0, 0].copy(), 2 * inv[:, 0, 1], inv[:, 1, 1].copy()
-    inv01 = inv[:, 0, 1].copy()
-    log_norm = prob.log_norm[idx]
     bound = prob.max_shift
     s0, s1 = float(s[0]), float(s[1])
     with np.errstate(divide="ignore"):       # log1p(-q P_j) = -inf where q P_j = 1
@@ -2403,7 +2409,10 @@ def _fit_window_final(prob, idx, s, q, p_win, mu):
     starts, counts, single = prob.window_groups(idx)
     rho = prob.rho
     log_rho = np.log(rho) if rho > 0 else -np.inf
-    lg = prob.log_gauss(s, idx)
+    dx, dy, i00, two_i01, i11, _, log_norm, _, _ = prob.window_pieces(idx)
+    rx = dx - s[0]
+    ry = dy - s[1]
+    lg = log_norm - 0.5 * (i00 * (rx * rx) + two_i01 * rx * ry + i11 * (ry * ry))
     with np.errstate(divide="ignore"):
         log_bg = log_rho + np.log1p(-q * p_win)
     log_s, log_d, r = _e_step(lg, log_bg, np.log(q), starts, counts, single)

@@ -254,13 +254,18 @@ def _warm_up() -> None:
 
 
 #: What a stack's steps import on a process's first stack besides :data:`WARM_MODULES`: the
-#: API's step modules (imported by the functions that use them) and astropy, which
-#: :class:`_Capture` imports before it hooks the warnings.
-STEP_MODULES = ("astropy", "stk_astrometry.api", "stk_astrometry.stackfit",
-                "stk_astrometry.matching", "stk_astrometry.mixture", "stk_astrometry.xfmfit",
-                "stk_astrometry.wcsupdate", "stk_astrometry.formats.catalogs",
+#: API's step modules and the modules they import inside functions (the table reader, the
+#: card maker, erfa for the epoch propagation, gzip), astropy, which :class:`_Capture`
+#: imports before it hooks the warnings, and astropy.io.fits, whose Card makes a string card
+#: longer than one card (a QA reason over 68 characters: a few stacks in a hundred; ~8 MB
+#: and ~114 modules that a worker otherwise imports in the middle of a run).
+STEP_MODULES = ("astropy", "astropy.io.fits", "erfa", "gzip", "stk_astrometry.api",
+                "stk_astrometry.stackfit", "stk_astrometry.matching", "stk_astrometry.mixture",
+                "stk_astrometry.xfmfit", "stk_astrometry.wcsupdate", "stk_astrometry.tableio",
+                "stk_astrometry.fitscards", "stk_astrometry.formats.catalogs",
                 "stk_astrometry.formats.pairs", "stk_astrometry.formats.transform",
-                "stk_astrometry.formats.detcorr", "stk_astrometry.core.epoch")
+                "stk_astrometry.formats.detcorr", "stk_astrometry.formats.diag",
+                "stk_astrometry.formats.idlist", "stk_astrometry.core.epoch")
 
 
 def warm_worker() -> None:
