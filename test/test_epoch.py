@@ -157,6 +157,25 @@ def test_bad_positions_are_left_for_the_filters():
     assert np.isnan(r[0]) and r[1] == 400.0 and d[2] == 95.0
 
 
+def test_every_dec_within_90_has_a_positive_cosine_and_is_moved():
+    # Propagation tests |dec| <= 90 and divides pmra by cos(dec) of the moved rows only
+    # (issue 11): radians(+-90) is pi/2 rounded down, whose cosine is > 0, as are those of
+    # the 2**22 doubles next to it
+    k = np.arange(2**22, dtype=np.int64)
+    near = (np.float64(90.0).view(np.int64) - k).view(np.float64)
+    assert near[0] == 90.0
+    for dec in (near, -near):
+        assert np.all(np.cos(np.radians(dec)) > 0)
+    dec = np.array([90.0, -90.0, near[1], -near[1], 89.0])
+    ra = np.array([10.0, 200.0, 0.0, 360.0, 45.0])
+    pm = np.full(5, 20.0)
+    got_ra, got_dec, moved = ep.propagate(ra, dec, pm, pm, 2016.0, 2000.0)
+    assert moved.all()
+    want_ra, want_dec = _wrapper_propagation(ra, dec, pm, pm, 2016.0, 2000.0, np.zeros(5))
+    np.testing.assert_array_equal(got_ra, want_ra)
+    np.testing.assert_array_equal(got_dec, want_dec)
+
+
 @pytest.mark.parametrize("text, year", [
     ("2012.5", 2012.5), ("J2012.5", 2012.5), ("51544.5", 2000.0),
     ("2000-01-01T12:00:00", 2000.0), ("auto", None), ("", None), ("none", "none"),

@@ -1011,3 +1011,47 @@ def test_plain_columns_are_remembered_by_layout_and_refusals_raised_each_time():
     assert dt == np.dtype([("a", ">i4"), ("b", "S3")]) and dt.itemsize == 7
     assert _np_dtype((("a", ">i4"), ("b", "S3"))) is dt
     assert _np_dtype([("a", ">i4")]) == np.dtype([("a", ">i4")])
+
+
+# ------------------------------------------------------- raw_header of a fitsio HDU (issue 11)
+
+def _header_cards(header):
+    """``(keyword, value, comment)`` of every card of an astropy or fitscards header."""
+    return [(c.keyword, c.value, c.comment) for c in header.cards]
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_raw_header_of_a_fitsio_hdu_is_every_card_of_that_hdu_in_the_file(tmp_path, gz):
+    """raw_header of an HDU fitsio opened (a layout PlainFits leaves to it: a vector column)
+    is that HDU's header as it is in the file -- each HDU's own, found at its offset after a
+    data unit of several blocks, with the empty string and the CONTINUE long string fitsio's
+    records drop or cut -- from the file itself or from its gzip compression (as fitsio reads
+    it), and each byte beyond ASCII read as U+FFFD (as ASCII, not UTF-8), not an error."""
+    import gzip
+
+    import fitsio
+
+    primary = fits.PrimaryHDU(np.arange(3000, dtype=">i4").reshape(30, 100))   # 5 data blocks
+    primary.header["EMPTY"] = ("", "an empty string")
+    primary.header["LONGSTR"] = "x" * 100
+    table = fits.BinTableHDU.from_columns(
+        [fits.Column(name="v", format="2D", array=np.arange(8.0).reshape(4, 2))], name="CAT")
+    table.header["NOTE"] = ("plain", "caf_ comment")
+    plain = tmp_path / "v.fits"
+    fits.HDUList([primary, table]).writeto(plain)
+    # a byte beyond ASCII, and two that are one character in UTF-8 (read as ASCII: two)
+    image = plain.read_bytes().replace(b"caf_ comment", b"ca\xc3\xa9 comm\xe9nt")
+    assert image.count(b"ca\xc3\xa9 comm\xe9nt") == 1
+    path = tmp_path / ("v.fits.gz" if gz else "w.fits")
+    path.write_bytes(gzip.compress(image) if gz else image)
+    assert tableio.PlainFits.open(path) is None            # fitsio's, not the numpy reader's
+    expected = [fits.Header.fromstring(image[start:image.index(b"END" + b" " * 77, start) + 80]
+                                       .decode("ascii", errors="replace"))
+                for start in (0, 2880 * 6)]
+    with fitsio.FITS(str(path)) as fh:
+        got = [tableio.raw_header(path, fh[i]) for i in range(2)]
+    assert _header_cards(got[0]) == _header_cards(expected[0])
+    assert _header_cards(got[1]) == _header_cards(expected[1])
+    assert got[0]["EMPTY"] == "" and got[0]["LONGSTR"] == "x" * 100
+    assert got[1]["EXTNAME"] == "CAT" and got[1].comments["NOTE"] == "ca\ufffd\ufffd comm\ufffdnt"
+    assert got[1]["NAXIS2"] == 4 and "SIMPLE" not in got[1]

@@ -42,9 +42,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import os
 import re
+import sys
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -54,6 +56,23 @@ from stk_astrometry.errors import ParameterError
 from stk_astrometry.fitsutil import PendingOutputs, deferred_durability, make_durable
 
 logger = logging.getLogger(__name__)
+
+
+@functools.cache
+def _imported(*names):
+    """The package's modules ``names`` (dotted, below ``stk_astrometry``), imported at the
+    first call that asks for them -- a tool imports only what its step runs (issue 11,
+    ``python -X importtime``) -- and then handed out from this cache: an import statement
+    inside a function costs ~1.1 us a call once its module is loaded (issue 11: ~18 a
+    stack).  Modules, not their functions: a function is looked up at call time, as the
+    import statements did, so a test that replaces one still reaches the caller."""
+    modules = []
+    for name in names:
+        # __import__, not importlib.import_module: the interpreter's own import, which
+        # ``-X importtime`` reports (import_module's does not appear there)
+        __import__(f"stk_astrometry.{name}")
+        modules.append(sys.modules[f"stk_astrometry.{name}"])
+    return tuple(modules)
 
 __all__ = ["MatchResult", "FitResult", "FileOutcome", "UpdateResult", "SimulateResult",
            "match_stack", "fit_stack", "update_products", "simulate_stack", "parse_sep_bins",
@@ -525,10 +544,10 @@ def match_stack(detfile, gaiafile, outfile=None, *, wisefile=None, bestnbfile=No
 def _check_not_input(inputs, outfile):
     """Refuse an ``outfile`` that is one of ``inputs`` (:func:`fitsutil.same_file`, the
     output's identity taken once: :class:`fitsutil.FileIdentity`)."""
-    from stk_astrometry.fitsutil import FileIdentity
-    from stk_astrometry.tableio import parse_virtual_filename
+    fitsutil, tableio = _imported("fitsutil", "tableio")
+    parse_virtual_filename = tableio.parse_virtual_filename
 
-    out = FileIdentity(outfile)
+    out = fitsutil.FileIdentity(outfile)
     for name, value in inputs.items():
         if _blank(value):
             continue
@@ -539,10 +558,9 @@ def _check_not_input(inputs, outfile):
 def _match(detfile, gaiafile, outfile, *, wisefile, bestnbfile, stackid, ra_stack, dec_stack,
            r_stack, match_radius, sep_bins, max_pm, refcat, epoch, ref_epoch, pm_disp, method,
            clobber, history):
-    from stk_astrometry import matching
-    from stk_astrometry.fitsutil import check_clobber
-    from stk_astrometry.formats import catalogs, pairs as pairs_format
-    from stk_astrometry.tableio import read_table
+    matching, fitsutil, catalogs, pairs_format, tableio = _imported(
+        "matching", "fitsutil", "formats.catalogs", "formats.pairs", "tableio")
+    check_clobber, read_table = fitsutil.check_clobber, tableio.read_table
 
     for name, value in (("detfile", detfile), ("gaiafile", gaiafile)):
         if _blank(value):
@@ -674,7 +692,7 @@ def _check_pm_disp(value):
 
 def _read_reference(ref_in, refcat):
     """The reference sources of ``gaiafile`` and the keywords saying what they are."""
-    from stk_astrometry.formats import catalogs
+    catalogs, = _imported("formats.catalogs")
 
     if refcat == "gaia":
         gaia = catalogs.read_gaia(ref_in)
@@ -718,8 +736,7 @@ def _at_stack_epoch(gaia, ref_in, refcat, det_in, cat, epoch_req, ref_epoch, pm_
     """
     import numpy as np
 
-    from stk_astrometry.core import epoch as ep
-    from stk_astrometry.formats import catalogs
+    ep, catalogs = _imported("core.epoch", "formats.catalogs")
 
     row_epochs = None
     astrom = None
@@ -935,7 +952,8 @@ def _is_path(value):
 def _id_values(name, value):
     import numpy as np
 
-    from stk_astrometry.formats.idlist import read_id_list
+    idlist, = _imported("formats.idlist")
+    read_id_list = idlist.read_id_list
 
     if value is None or (_is_path(value) and _blank(value)):
         return None
@@ -951,8 +969,8 @@ def _id_values(name, value):
 def _check_fit_params(infile, p):
     import numpy as np
 
-    from stk_astrometry.fitsutil import FileIdentity
-    from stk_astrometry.tableio import parse_virtual_filename
+    fitsutil, tableio = _imported("fitsutil", "tableio")
+    FileIdentity, parse_virtual_filename = fitsutil.FileIdentity, tableio.parse_virtual_filename
 
     for name in ("f_scale", "max_shift"):
         value = p[name]
@@ -992,9 +1010,10 @@ def _check_fit_params(infile, p):
 def _fit(pairs_in, p, history):
     import numpy as np
 
-    from stk_astrometry import stackfit, xfmfit
-    from stk_astrometry.fitsutil import check_clobber
-    from stk_astrometry.formats import detcorr, diag, pairs as pairs_format, transform
+    stackfit, xfmfit, fitsutil, detcorr, diag, pairs_format, transform, wcsupdate = _imported(
+        "stackfit", "xfmfit", "fitsutil", "formats.detcorr", "formats.diag", "formats.pairs",
+        "formats.transform", "wcsupdate")
+    check_clobber = fitsutil.check_clobber
 
     estimator = _choice("estimator", p["estimator"], _ESTIMATORS)
     loss = _choice("loss", p["loss"], _LOSSES)
@@ -1116,10 +1135,8 @@ def _fit(pairs_in, p, history):
                          if with_alternative and alt_ok else None))
 
     hist = _history("stk_xfm", FIT_DEFAULTS, dict(p, infile=infile or written or ""), history)
-    from stk_astrometry.fitsutil import commit_group
-
     # the outputs are written, synced together, then renamed: two journal commits in all
-    with commit_group():
+    with fitsutil.commit_group():
         if outfile:
             transform.write_transform(outfile, applied.components, keywords(True), hist,
                                       instrument=pin.instrument, ra_ref=pin.ra_stack,
@@ -1132,8 +1149,6 @@ def _fit(pairs_in, p, history):
             diag.write_diag(diagfile, pin, used, p_true, hist, clobber=clobber,
                             keywords=[k for k in keywords(False)
                                       if k[0] in ("SYSERR", "ERRSCALE")])
-
-    from stk_astrometry.wcsupdate import transform_id
 
     with np.errstate(invalid="ignore"):
         errs = np.sqrt(np.diag(np.asarray(total.cov, dtype=float)))
@@ -1148,7 +1163,7 @@ def _fit(pairs_in, p, history):
         alt_d_xi=float(alternative.total.d_xi) if alt_ok else float("nan"),
         alt_d_eta=float(alternative.total.d_eta) if alt_ok else float("nan"),
         n_eff=float(mix.n_eff) if mix is not None and mix.n_eff is not None else float("nan"),
-        xfm_id=transform_id(total.d_xi, total.d_eta, pin.ra_stack, pin.dec_stack),
+        xfm_id=wcsupdate.transform_id(total.d_xi, total.d_eta, pin.ra_stack, pin.dec_stack),
         components=tuple(applied.components), outfile=outfile, outdetfile=outdet,
         diagfile=diagfile)
 

@@ -734,13 +734,20 @@ def read_table(spec, *, param):
     """
     path_text, block = parse_virtual_filename(spec)
     path = Path(path_text)
-    st = _stat_or_none(path)        # one stat for pathlib's exists() and is_dir() (issue 11)
-    if st is None:
-        raise InputError(f"{param}={spec}: file {path} does not exist")
-    if stat.S_ISDIR(st.st_mode):
-        raise InputError(f"{param}={spec}: {path} is a directory, not a table")
     # a plain FITS file is opened once: PlainFits.open takes only a file that starts as FITS
-    plain = PlainFits.open(path) if _FAST_READ and _PLAIN_READ else None
+    # (and nothing it cannot open: a name that is not there, a folder; a name with a NUL,
+    # which open() refuses with a ValueError, is not there either)
+    try:
+        plain = PlainFits.open(path) if _FAST_READ and _PLAIN_READ else None
+    except ValueError:
+        plain = None
+    if plain is None:
+        # the stat only when the file is not a plain FITS file (issue 11: ~3 us a catalog)
+        st = _stat_or_none(path)        # one stat for pathlib's exists() and is_dir()
+        if st is None:
+            raise InputError(f"{param}={spec}: file {path} does not exist")
+        if stat.S_ISDIR(st.st_mode):
+            raise InputError(f"{param}={spec}: {path} is a directory, not a table")
     if plain is not None or is_fits_file(path):
         fast = _read_fits_fast(path, block, spec, param, plain) if _FAST_READ else None
         table, header, label = fast if fast is not None else _read_fits(path, block, spec, param)

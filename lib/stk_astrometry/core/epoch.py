@@ -128,22 +128,35 @@ class Propagation:
                  parallax_mas=None):
         ra = np.atleast_1d(np.asarray(ra_deg, dtype=float))
         dec = np.atleast_1d(np.asarray(dec_deg, dtype=float))
-        pmra = np.broadcast_to(np.asarray(pmra_masyr, dtype=float), ra.shape)
-        pmdec = np.broadcast_to(np.asarray(pmdec_masyr, dtype=float), ra.shape)
-        ep1 = np.broadcast_to(np.asarray(ref_epoch, dtype=float), ra.shape)
-        cosd = np.cos(np.radians(dec))
+
+        def per_row(values):
+            # broadcast only what is not one value a row already (issue 11: ~3 us each);
+            # these arrays are only read
+            v = np.asarray(values, dtype=float)
+            return v if v.shape == ra.shape else np.broadcast_to(v, ra.shape)
+
+        pmra, pmdec, ep1 = per_row(pmra_masyr), per_row(pmdec_masyr), per_row(ref_epoch)
+        # no cos(dec) > 0 test: every |dec| <= 90 has one (radians(90) is pi/2 rounded down,
+        # whose cosine is 6.1e-17; test_epoch checks the 2**22 doubles next to +-90), and
+        # :meth:`move` takes the cosine of the rows it moves only (issue 11: ~40 us a stack)
         with np.errstate(invalid="ignore"):
             moved = ((ra >= 0) & (ra <= 360) & (np.abs(dec) <= 90) & np.isfinite(pmra)
-                     & np.isfinite(pmdec) & np.isfinite(ep1) & (cosd > 0))
+                     & np.isfinite(pmdec) & np.isfinite(ep1))
         if not np.isfinite(epoch):
             raise ValueError(f"epoch must be finite, got {epoch}")
         self.ra, self.dec, self.moved = ra, dec, moved
-        self._pm = (pmra, pmdec, ep1, cosd, float(epoch))
-        self._parallax = (None if parallax_mas is None
-                          else np.broadcast_to(np.asarray(parallax_mas, dtype=float), ra.shape))
+        self._pm = (pmra, pmdec, ep1, float(epoch))
+        self._parallax = None if parallax_mas is None else per_row(parallax_mas)
+        # 2 mu |dt| / 1000 + 1e-3, 0 where not moved: the same operations in the same order,
+        # in place (x * y is y * x to the bit)
         with np.errstate(invalid="ignore"):
-            reach = 2.0 * np.hypot(pmra, pmdec) * np.abs(float(epoch) - ep1) / 1000.0 + 1e-3
-        self.bound_arcsec = np.where(moved, reach, 0.0)
+            reach = np.hypot(pmra, pmdec)
+            reach *= 2.0
+            reach *= np.abs(float(epoch) - ep1)
+            reach /= 1000.0
+            reach += 1e-3
+        reach[~moved] = 0.0
+        self.bound_arcsec = reach
 
     def move(self, rows):
         """Positions at ``epoch`` (deg: ra in [0, 360), dec) of ``rows`` (indices of
@@ -151,7 +164,7 @@ class Propagation:
         import erfa
 
         rows = np.asarray(rows, dtype=np.int64)
-        pmra, pmdec, ep1, cosd, epoch = self._pm
+        pmra, pmdec, ep1, epoch = self._pm
         ep1a, ep1b = erfa.epj2jd(ep1[rows])
         ep2a, ep2b = erfa.epj2jd(epoch)
         if self._parallax is None:
@@ -160,8 +173,9 @@ class Propagation:
             plx = self._parallax[rows]
             with np.errstate(invalid="ignore"):
                 px = np.where(np.isfinite(plx) & (plx > 0), plx / 1000.0, 0.0)
-        args = (np.radians(self.ra[rows]), np.radians(self.dec[rows]),
-                pmra[rows] * _MAS_TO_RAD / cosd[rows], pmdec[rows] * _MAS_TO_RAD,
+        dec = np.radians(self.dec[rows])
+        args = (np.radians(self.ra[rows]), dec,
+                pmra[rows] * _MAS_TO_RAD / np.cos(dec), pmdec[rows] * _MAS_TO_RAD,
                 px, 0.0, ep1a, ep1b, ep2a, ep2b)
         # ERFA's ufunc itself, without the wrapper's status report (issue 11: ~0.1 ms a stack
         # to word a warning that is silenced here): the same routine, the same numbers
@@ -195,15 +209,20 @@ def position_sigma(dt_yr, moved, *, pos_err_mas=None, pm_err_masyr=None,
     moved = np.asarray(moved, dtype=bool)
     n = moved.shape
 
+    def per_row(values):
+        # broadcast only what is not one value a row already (issue 11: ~3 us a call)
+        v = np.asarray(values, dtype=float)
+        return v if v.shape == n else np.broadcast_to(v, n)
+
     def zero_nan(values):
         if values is None:
             return np.zeros(n)
-        v = np.broadcast_to(np.asarray(values, dtype=float), n)
+        v = per_row(values)
         return np.where(np.isfinite(v), v, 0.0)
 
     pos = zero_nan(pos_err_mas)
     pm_err = zero_nan(pm_err_masyr)
     rate = np.where(moved, pm_err, float(pm_disp_masyr))
-    dt = np.broadcast_to(np.asarray(dt_yr, dtype=float), n)
+    dt = per_row(dt_yr)
     dt = np.where(np.isfinite(dt), dt, 0.0)
     return np.hypot(pos, rate * dt) / 1000.0

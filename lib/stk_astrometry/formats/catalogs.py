@@ -12,7 +12,13 @@ about the science.  The catalogs are inputs only: there is no writer here
 import logging
 from typing import NamedTuple
 
+import numpy as np
+
+from stk_astrometry import matching
+from stk_astrometry.core import epoch as ep
 from stk_astrometry.errors import CatalogError, ParameterError
+from stk_astrometry.fitsutil import get_keyword
+from stk_astrometry.tableio import require_columns
 
 logger = logging.getLogger(__name__)
 
@@ -133,8 +139,6 @@ def _data_mask(tin, colname):
     """Column ``colname``'s data (an ndarray) and its mask (a boolean array of its shape):
     ``np.ma.getdata``/``np.ma.getmaskarray`` of the masked column, taken from a
     :class:`~stk_astrometry.tableio.ColumnTable` without building the masked array (issue 11)."""
-    import numpy as np
-
     fast = getattr(tin.table, "data_mask", None)
     if fast is not None:
         return fast(colname)
@@ -144,8 +148,6 @@ def _data_mask(tin, colname):
 
 def _floats(tin, colname):
     """A numeric column as float64 with NaN for nulls."""
-    import numpy as np
-
     fast = getattr(tin.table, "floats", None)       # tableio.ColumnTable (issue 11)
     if fast is not None:
         values = fast(colname)
@@ -168,8 +170,6 @@ def _floats(tin, colname):
 
 def _ints(tin, colname):
     """An id column as int64; nulls or non-integers are an error."""
-    import numpy as np
-
     raw, mask = _data_mask(tin, colname)
     if raw.ndim != 1:
         raise CatalogError(f"{tin.hdu}: column '{colname}' is not a scalar column")
@@ -205,8 +205,6 @@ def _ints(tin, colname):
 
 
 def _decode(raw):
-    import numpy as np
-
     if raw.dtype.kind == "S":
         return np.char.decode(raw, "ascii", errors="replace")
     if raw.dtype.kind == "O":
@@ -219,8 +217,6 @@ def _decode(raw):
 
 def _strings(tin, colname):
     """A column as stripped str; nulls become ''."""
-    import numpy as np
-
     raw, mask = _data_mask(tin, colname)
     if raw.ndim != 1:
         raise CatalogError(f"{tin.hdu}: column '{colname}' is not a scalar column")
@@ -236,8 +232,6 @@ def _upper(text):
     """``np.char.upper(text)`` of an array of str: ASCII letters raised by their codes (issue 11:
     numpy calls ``str.upper`` cell by cell, ~30 us for 200 cells); text beyond ASCII through
     numpy's (also big-endian str: any character but NUL reads as a code beyond 127 then)."""
-    import numpy as np
-
     text = np.asarray(text)
     if text.dtype.kind != "U" or not text.size:
         return np.char.upper(text)
@@ -259,8 +253,6 @@ def _flags(tin, colname):
     Booleans, integers (nonzero = set) and text (T/TRUE/Y/YES/1 vs
     F/FALSE/N/NO/0/blank) are accepted; nulls count as not set.
     """
-    import numpy as np
-
     raw, mask = _data_mask(tin, colname)
     if raw.dtype.kind in "biu":
         flags = raw != 0        # never NaN (issue 11: no float copy and NaN test, ~5 us a column)
@@ -304,8 +296,6 @@ def select_stack(stack_ids, requested):
     stackid : str
     rows : ndarray of bool
     """
-    import numpy as np
-
     present = sorted(set(stack_ids.tolist()))
     if not _blank(requested):
         want = str(requested).strip()
@@ -325,8 +315,6 @@ def select_stack(stack_ids, requested):
 
 
 def _header_value(header, name):
-    from stk_astrometry.fitsutil import get_keyword
-
     if hasattr(header, "cards"):        # a FITS header (astropy's or fitscards'); {} for text
         return get_keyword(header, name)
     return None
@@ -339,8 +327,6 @@ def find_tangent_point(tin, cols, rows, *, ra_stack=None, dec_stack=None):
     of the stack's rows (which must agree); the RA_STACK/DEC_STACK header
     keywords (CXC DTYPEn/DVALn or HIERARCH for DEC_STACK).
     """
-    import numpy as np
-
     ra_p, dec_p = ra_stack, dec_stack
     if (ra_p is None) != (dec_p is None):
         raise ParameterError(
@@ -385,8 +371,6 @@ def find_tangent_point(tin, cols, rows, *, ra_stack=None, dec_stack=None):
 
 def find_instrument(tin, cols, rows, stackid):
     """ACIS or HRC: instrument column, INSTRUME keyword, stack id prefix, else ACIS (warned)."""
-    import numpy as np
-
     value = ""
     if cols["instrument"] and np.any(rows):
         # the first non-blank value of the rows (issue 11: looked for by numpy; a Python loop
@@ -433,10 +417,6 @@ def read_detections(tin, *, stackid=None, ra_stack=None, dec_stack=None):
     CatalogError, ParameterError
         Missing columns, null ids, several stacks without ``stackid``, no tangent point.
     """
-    import numpy as np
-
-    from stk_astrometry import matching
-    from stk_astrometry.tableio import require_columns
 
     cols = require_columns(tin, DET_REQUIRED, aliases=DET_ALIASES, optional=DET_OPTIONAL)
     n_rows = len(tin.table)
@@ -522,9 +502,6 @@ def read_detections(tin, *, stackid=None, ra_stack=None, dec_stack=None):
 
 def read_gaia(tin):
     """The Gaia sources (:class:`~stk_astrometry.matching.GaiaSources`) of a table."""
-    from stk_astrometry import matching
-    from stk_astrometry.tableio import require_columns
-
     cols = require_columns(tin, GAIA_REQUIRED, aliases=GAIA_ALIASES)
     return matching.GaiaSources(
         source_id=_ints(tin, cols["source_id"]),
@@ -537,9 +514,6 @@ def read_gaia(tin):
 
 def read_wise(tin):
     """The ALLWISE sources (:class:`~stk_astrometry.matching.WiseSources`) of a table."""
-    from stk_astrometry import matching
-    from stk_astrometry.tableio import require_columns
-
     cols = require_columns(tin, WISE_REQUIRED, aliases=WISE_ALIASES)
     return matching.WiseSources(
         allwise_oid=_ints(tin, cols["allwise_oid"]),
@@ -553,9 +527,6 @@ def read_wise(tin):
 
 def read_best_neighbours(tin):
     """The Gaia-ALLWISE best-neighbour rows of a table."""
-    from stk_astrometry import matching
-    from stk_astrometry.tableio import require_columns
-
     cols = require_columns(tin, BN_REQUIRED)
     return matching.BestNeighbours(
         source_id=_ints(tin, cols["source_id"]),
@@ -587,7 +558,6 @@ class GaiaAstrometry(NamedTuple):
     parallax : ndarray or None
         mas.
     """
-
     ref_epoch: object
     ref_epoch_origin: str
     ra_error: object
@@ -599,9 +569,6 @@ class GaiaAstrometry(NamedTuple):
 
 def read_gaia_astrometry(tin):
     """The optional astrometric columns of a Gaia table (:class:`GaiaAstrometry`)."""
-    import numpy as np
-
-    from stk_astrometry.tableio import require_columns
 
     cols = require_columns(tin, GAIA_REQUIRED, aliases=GAIA_ALIASES, optional=GAIA_OPTIONAL)
 
@@ -627,9 +594,6 @@ MJD_COLUMNS = ("mjd_obs", "mjd")
 
 def _parse_epoch_value(value, what):
     """A Julian year from a number (a year, or an MJD when > 10000) or an ISO date."""
-    import numpy as np
-
-    from stk_astrometry.core import epoch as ep
 
     if isinstance(value, (bool, np.bool_)):
         raise CatalogError(f"{what} = {value!r} is not an epoch")
@@ -663,9 +627,6 @@ def find_stack_epoch(tin, rows=None):
     stack's rows; the ``MJD-OBS``/``MJD_OBS`` keyword; ``DATE-OBS`` (the midpoint with
     ``DATE-END`` when both are there).  CXC writes its dates in TT.
     """
-    import numpy as np
-
-    from stk_astrometry.core import epoch as ep
 
     present = set(tin.table.colnames)
     n = len(tin.table)
@@ -719,8 +680,6 @@ def parse_epoch_parameter(value, name="epoch"):
 
 def _designation_key(values):
     """ALLWISE designations normalised for a join ('WISEA J...' and 'J...' alike)."""
-    import numpy as np
-
     text = np.char.upper(np.char.strip(np.asarray(values, dtype=str)))
     text = np.char.replace(text, "WISEA", "")
     return np.char.replace(text, " ", "")
@@ -739,10 +698,6 @@ def read_wise_linked(wise_tin, best_tin):
     wise : stk_astrometry.matching.WiseSources
     best : stk_astrometry.matching.BestNeighbours
     """
-    import numpy as np
-
-    from stk_astrometry import matching
-    from stk_astrometry.tableio import require_columns
 
     if "allwise_oid" in wise_tin.table.colnames:
         return read_wise(wise_tin), read_best_neighbours(best_tin)
@@ -813,7 +768,6 @@ class SdssCatalog(NamedTuple):
     error_model : str
         How the errors were formed (for the log and the SDSSERR keyword).
     """
-
     sources: object
     epoch: object
     n_not_primary: int
@@ -835,12 +789,7 @@ def read_sdss(tin):
     dropped when the column is there; so are objects whose centroid errors are SDSS's
     -9999 ("no value") or not positive.
     """
-    import numpy as np
-
-    from stk_astrometry import matching
-    from stk_astrometry.core import epoch as ep
     from stk_astrometry.core import sdss
-    from stk_astrometry.tableio import require_columns
 
     cols = require_columns(tin, ("objid",) + SDSS_OPTIONAL, aliases=SDSS_ALIASES,
                            optional=SDSS_OPTIONAL)
