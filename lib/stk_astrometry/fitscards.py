@@ -47,15 +47,18 @@ class _Unsupported(Exception):
 
 
 class Card:
-    """One header card: ``keyword``, ``value``, ``comment`` (as astropy reads them), ``image``."""
+    """One header card: ``keyword``, ``value``, ``comment`` (as astropy reads them), ``image``;
+    ``key``: the keyword in upper case, as :class:`Header` finds it (made once per card: a
+    parsed card is shared by every header that holds it, issue 11)."""
 
-    __slots__ = ("image", "keyword", "value", "comment")
+    __slots__ = ("image", "keyword", "value", "comment", "key")
 
     def __init__(self, image, keyword, value, comment):
         self.image = image
         self.keyword = keyword
         self.value = value
         self.comment = comment
+        self.key = keyword.upper()
 
     def __repr__(self):
         return f"Card({self.keyword!r}, {self.value!r}, {self.comment!r})"
@@ -150,7 +153,7 @@ class Header:
         self._cards = list(cards)
         index = {}
         for i, card in enumerate(self._cards):
-            index.setdefault(card.keyword.upper(), i)
+            index.setdefault(card.key, i)
         self._index = index
 
     def _find(self, key):

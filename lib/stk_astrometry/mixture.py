@@ -1085,14 +1085,16 @@ def _refine_starts(prob, seeds, rho_g, stage_lists, inverses=None):
             if single:
                 g /= g + two_rho
             else:
-                g /= np.repeat(two_rho + np.add.reduceat(g, starts, axis=1), counts, axis=1)
+                g /= (two_rho + np.add.reduceat(g, starts, axis=1)).repeat(counts, axis=1)
             # (w00, w01, w11, bx, by) per seed; the new shift (w11 bx - w01 by, w00 by - w01 bx)
             # over det_w, its two columns from views of w
             w = g @ sums_k
             det_w = w[:, 0] * w[:, 2] - w[:, 1] * w[:, 1]
             s_new = w[:, 2::-2] * w[:, 3:]
             s_new -= w[:, 1:2] * w[:, :2:-1]
-            solvable = np.minimum.reduce(det_w) > 0 and np.maximum.reduce(det_w) < np.inf
+            # (on Python floats: numpy's reductions of 1-8 numbers cost ~10x; a NaN is not in
+            # (0, inf), as it fails np.minimum's > 0)
+            solvable = all([0.0 < x < math.inf for x in det_w.tolist()])
             if solvable:
                 s_new /= det_w[:, None]
             else:
@@ -1104,8 +1106,9 @@ def _refine_starts(prob, seeds, rho_g, stage_lists, inverses=None):
             step = np.abs(s_new - sa)
             step = np.maximum(step[:, 0], step[:, 1])
             if solvable:
-                # no seed stops (fmin passes over a NaN step: that seed goes on, as below)
-                if not np.fmin.reduce(step) < tol:
+                # no seed stops (a NaN step is not below tol: that seed goes on, as below;
+                # np.fmin.reduce's test, on Python floats)
+                if not any([x < tol for x in step.tolist()]):
                     sa = s_new
                     continue
                 s[active] = s_new
