@@ -221,6 +221,54 @@ def test_read_par_keeps_crlf_and_odd_bytes(tmp_path):
     assert path.read_bytes() == data
 
 
+def test_a_parse_is_remembered_and_a_changed_file_is_seen(tmp_path):
+    """The parse of a text is remembered (a tool run again in one process does not parse its
+    files again), but read_par reads the file every time: a change is seen at once, whatever
+    the file's timestamps; a malformed text raises every time."""
+    path = tmp_path / "stk_demo.par"
+    write_par(path, parse_par(PAR))
+    first = read_par(path)
+    assert read_par(path) is first                       # the same text: the same parse
+    assert first.param("verbose") is first.param("verbose")
+    write_par(path, first.with_value("verbose", "3"))    # same size, same second
+    again = read_par(path)
+    assert again is not first and again.param("verbose").value == "3"
+    assert first.param("verbose").value != "3"           # the remembered one is untouched
+    assert parse_par(PAR, source="other.par").source == "other.par"   # its own messages
+    path.write_text(PAR + "a,s,h,x,,,p\na,i,h,1,,,q\n")
+    for _ in range(2):
+        with pytest.raises(ParameterError, match="already defined"):
+            read_par(path)
+
+
+def test_param_lookups_by_name():
+    pf = parse_par(PAR)
+    assert [pf.param(n).name for n in pf.names] == list(pf.names)
+    assert all(n in pf for n in pf.names)
+    assert "nope" not in pf and ["unhashable"] not in pf
+    for bad in ("nope", ["unhashable"]):
+        with pytest.raises(ParameterError, match="has no parameter"):
+            pf.param(bad)
+    changed = pf.with_value("verbose", "3")               # a copy has its own views
+    assert changed.param("verbose").value == "3" and pf.param("verbose").value != "3"
+
+
+def test_with_values_is_with_value_in_turn():
+    pf = parse_par(PAR)
+    texts = {"verbose": "3", "title": "it's", "match": "a, b"}
+    one_by_one = pf
+    for name, text in texts.items():
+        one_by_one = one_by_one.with_value(name, text)
+    assert pf.with_values(texts) == one_by_one
+    assert format_par(pf.with_values(texts)) == format_par(one_by_one)
+    assert pf.with_values({}) is pf
+    # the first bad entry in the mapping's order is the error, as one by one
+    with pytest.raises(ParameterError, match="has no parameter 'nope'"):
+        pf.with_values({"verbose": "3", "nope": "x", "title": "a\nb"})
+    with pytest.raises(ParameterError, match="parameter 'title'"):
+        pf.with_values({"verbose": "3", "title": "a\nb", "nope": "x"})
+
+
 def test_read_par_missing_file(tmp_path):
     with pytest.raises(
         ParameterError, match=r"Unable to open parameter file .*nope\.par"
