@@ -1426,6 +1426,24 @@ def test_prior_q_update_is_the_exact_maximiser_on_zero_one():
     assert abs(_update_q(0.5, *args) - want) < 1e-12
 
 
+def _q_problems_inside(seed, n):
+    """``n`` seeded q-update problems (rho, b, c, e) whose root lies inside (Q_MIN, 1)."""
+    from stk_astrometry.mixture import _Q_MIN
+
+    rng = np.random.default_rng(seed)
+    out = []
+    while len(out) < n:
+        m = int(rng.integers(5, 60))
+        rho = 10 ** rng.uniform(-4, -2)
+        p = rng.uniform(0.3, 1.0, m)
+        mu = rho * np.pi * rng.uniform(0.5, 3.0) ** 2
+        s_j = rho * p * np.exp(rng.normal(1.0, 2.0, m))
+        args = (rho, s_j - rho * p, -np.expm1(-mu), np.exp(-mu) * p)
+        if _q_gradient(_Q_MIN, *args) > 0 > _q_gradient(1.0, *args):
+            out.append(args)
+    return out
+
+
 def test_prior_q_update_restarted_at_its_root_stops_there(monkeypatch):
     # EM restarts the q search at the last iteration's q, near the root: Newton's step onto the
     # end of the bracket it just set is the root reached (issue 11) -- not a halving of the
@@ -1437,18 +1455,7 @@ def test_prior_q_update_restarted_at_its_root_stops_there(monkeypatch):
     calls, every = [], []
     monkeypatch.setattr(mixture, "_q_slope",
                         lambda *a: calls.append(a[0]) or every.append(a[0]) or slope(*a))
-    rng = np.random.default_rng(SEED + 301)
-    n_inside = 0
-    while n_inside < 60:
-        m = int(rng.integers(5, 60))
-        rho = 10 ** rng.uniform(-4, -2)
-        p = rng.uniform(0.3, 1.0, m)
-        mu = rho * np.pi * rng.uniform(0.5, 3.0) ** 2
-        s_j = rho * p * np.exp(rng.normal(1.0, 2.0, m))
-        args = (rho, s_j - rho * p, -np.expm1(-mu), np.exp(-mu) * p)
-        if not (_q_gradient(mixture._Q_MIN, *args) > 0 > _q_gradient(1.0, *args)):
-            continue
-        n_inside += 1
+    for n_inside, args in enumerate(_q_problems_inside(SEED + 301, 60), start=1):
         want = brentq(_q_gradient, mixture._Q_MIN, 1.0, args=args, xtol=1e-15, rtol=1e-15)
         root = mixture._update_q(0.5, *args)
         assert abs(root - want) < 1e-12
@@ -1457,7 +1464,6 @@ def test_prior_q_update_restarted_at_its_root_stops_there(monkeypatch):
         assert abs(again - want) < 1e-12 and len(calls) <= 2, (n_inside, calls)
     # and the search never leaves q's range [Q_MIN, 1] (the slope is that of log(a + q b))
     assert all(mixture._Q_MIN <= x <= 1.0 for x in every)
-
 
 
 def test_prior_q_update_steps_by_newton_not_by_halving(monkeypatch):
@@ -1469,23 +1475,14 @@ def test_prior_q_update_steps_by_newton_not_by_halving(monkeypatch):
     slope = mixture._q_slope
     calls = []
     monkeypatch.setattr(mixture, "_q_slope", lambda *a: calls.append(a[0]) or slope(*a))
-    rng = np.random.default_rng(SEED + 303)
-    counts, n_inside = [], 0
-    while n_inside < 60:
-        m = int(rng.integers(5, 60))
-        rho = 10 ** rng.uniform(-4, -2)
-        p = rng.uniform(0.3, 1.0, m)
-        mu = rho * np.pi * rng.uniform(0.5, 3.0) ** 2
-        s_j = rho * p * np.exp(rng.normal(1.0, 2.0, m))
-        args = (rho, s_j - rho * p, -np.expm1(-mu), np.exp(-mu) * p)
-        if not (_q_gradient(mixture._Q_MIN, *args) > 0 > _q_gradient(1.0, *args)):
-            continue
-        n_inside += 1
+    counts = []
+    for args in _q_problems_inside(SEED + 303, 60):
         for q0 in (0.05, 0.5, 0.95):
             calls.clear()
             mixture._update_q(q0, *args)
             counts.append(len(calls))
     assert np.mean(counts) < 15 and max(counts) < 25, (np.mean(counts), max(counts))
+
 
 def test_window_groups_are_computed_once_per_window_and_read_only():
     # the calibration meets the same windows again and again: their groups are cached, and the
