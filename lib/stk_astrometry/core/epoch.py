@@ -101,6 +101,13 @@ def propagate(ra_deg, dec_deg, pmra_masyr, pmdec_masyr, ref_epoch, epoch, *, par
     return out_ra, out_dec, motion.moved
 
 
+def _per_row(values, shape):
+    """``values`` as float, one per row of ``shape``: broadcast (a read-only view) only when it
+    is not one value a row already (issue 11: ~3 us a call).  The callers only read it."""
+    v = np.asarray(values, dtype=float)
+    return v if v.shape == shape else np.broadcast_to(v, shape)
+
+
 class Propagation:
     """:func:`propagate`, one row at a time when asked: the positions at ``epoch`` of the
     rows a result depends on, and for every row a bound on how far it moves (issue 11: a
@@ -129,13 +136,7 @@ class Propagation:
         ra = np.atleast_1d(np.asarray(ra_deg, dtype=float))
         dec = np.atleast_1d(np.asarray(dec_deg, dtype=float))
 
-        def per_row(values):
-            # broadcast only what is not one value a row already (issue 11: ~3 us each);
-            # these arrays are only read
-            v = np.asarray(values, dtype=float)
-            return v if v.shape == ra.shape else np.broadcast_to(v, ra.shape)
-
-        pmra, pmdec, ep1 = per_row(pmra_masyr), per_row(pmdec_masyr), per_row(ref_epoch)
+        pmra, pmdec, ep1 = (_per_row(v, ra.shape) for v in (pmra_masyr, pmdec_masyr, ref_epoch))
         # no cos(dec) > 0 test: every |dec| <= 90 has one (radians(90) is pi/2 rounded down,
         # whose cosine is 6.1e-17; test_epoch checks the 2**22 doubles next to +-90), and
         # :meth:`move` takes the cosine of the rows it moves only (issue 11: ~40 us a stack)
@@ -146,7 +147,7 @@ class Propagation:
             raise ValueError(f"epoch must be finite, got {epoch}")
         self.ra, self.dec, self.moved = ra, dec, moved
         self._pm = (pmra, pmdec, ep1, float(epoch))
-        self._parallax = None if parallax_mas is None else per_row(parallax_mas)
+        self._parallax = None if parallax_mas is None else _per_row(parallax_mas, ra.shape)
         # 2 mu |dt| / 1000 + 1e-3, 0 where not moved: the same operations in the same order,
         # in place (x * y is y * x to the bit)
         with np.errstate(invalid="ignore"):
@@ -209,20 +210,15 @@ def position_sigma(dt_yr, moved, *, pos_err_mas=None, pm_err_masyr=None,
     moved = np.asarray(moved, dtype=bool)
     n = moved.shape
 
-    def per_row(values):
-        # broadcast only what is not one value a row already (issue 11: ~3 us a call)
-        v = np.asarray(values, dtype=float)
-        return v if v.shape == n else np.broadcast_to(v, n)
-
     def zero_nan(values):
         if values is None:
             return np.zeros(n)
-        v = per_row(values)
+        v = _per_row(values, n)
         return np.where(np.isfinite(v), v, 0.0)
 
     pos = zero_nan(pos_err_mas)
     pm_err = zero_nan(pm_err_masyr)
     rate = np.where(moved, pm_err, float(pm_disp_masyr))
-    dt = per_row(dt_yr)
+    dt = _per_row(dt_yr, n)
     dt = np.where(np.isfinite(dt), dt, 0.0)
     return np.hypot(pos, rate * dt) / 1000.0
