@@ -428,9 +428,7 @@ def _objective(p, d_xi, d_eta, w, loss, f_scale):
     ey = p[1] - d_eta
     c2 = f_scale * f_scale
     scaled = c2 != 1.0
-    z = w * (ex * ex + ey * ey)
-    if scaled:
-        z = z / c2
+    z = _weighted_norm2(ex, ey, w, c2, scaled)
     rho, rho1, rho2 = _rho(z, loss)
     total = np.add.reduce
     value = 0.5 * c2 * float(total(rho))
