@@ -192,8 +192,10 @@ _BOOT_TOL_ARCSEC = 1e-9
 _BOOT_MAX_ITER = 100
 # (replicates x pairs) elements per refit call: the refit keeps ~15 temporaries of that shape,
 # so a stack of thousands of pairs is refitted a block of replicates at a time (issue 12: a
-# 6,759-pair leg took ~100 MB at once and set a campaign worker's peak memory)
-_BOOT_BLOCK = 1 << 16
+# 6,759-pair leg took ~100 MB at once and set a campaign worker's peak memory).  2^15: at most
+# ~4.5 MB at once; 2^16 let the rare leg of 330+ pairs hold 9 MB, the largest transient of a
+# 10,000-stack campaign; the CPU is the same within the noise (2^14: 2.3 MB, +6 %)
+_BOOT_BLOCK = 1 << 15
 # every bootstrap draws the same seeded stream: its first _BOOT_N x _BOOT_CACHED x 2 normals
 # are drawn once per process and reused (0.8 MB; issue 11: drawing them cost a leg with 50
 # detections ~0.15 ms); legs with more detections draw their own, as before
