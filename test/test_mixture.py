@@ -976,6 +976,85 @@ def test_grid_score_by_matrix_product_is_the_elementwise_score(kwargs):
             np.testing.assert_allclose(fast, slow, rtol=1e-12, atol=0)
 
 
+def _one_pair_each(rng, n, sigma):
+    """A problem whose every detection has one pair: offsets around (0.3, -0.2)", round
+    errors drawn from ``sigma`` (a range, arcsec)."""
+    from stk_astrometry.mixture import _Problem
+
+    d = rng.normal(0.0, 0.8, (n, 2)) + [0.3, -0.2]
+    cov = rng.uniform(*sigma, n)[:, None, None] ** 2 * np.eye(2)
+    return _Problem(np.arange(n), d[:, 0], d[:, 1], cov, 0.01, R, 5.0)
+
+
+def _grid_nodes():
+    g = np.arange(-14, 15) * 0.2
+    return np.stack([a.ravel() for a in np.meshgrid(g, g, indexing="ij")], axis=1)
+
+
+@pytest.mark.parametrize("n, sigma, rho_g, products", [
+    (900, (0.1, 0.5), 0.01, "several"),          # a 900-pair leg: 12 MB in one array
+    (257, (0.003, 0.01), 0.01, "several"),        # tight pairs: short products, a rest
+    (40, (0.2, 0.4), 1e6, "one"),                 # a flat score: one product of all 40
+])
+def test_grid_score_in_pieces_gives_the_bits_of_one_array(monkeypatch, n, sigma, rho_g,
+                                                          products):
+    # where every detection has one pair, the grid score's (pairs x widenings, nodes) array is
+    # made _SCORE_BLOCK elements at a time (issue 12), its matrix product in the blocks of the
+    # one-array path: pieces of one k-row product, of several, cutting a product block, and
+    # the one array all give the same bits
+    from stk_astrometry import mixture
+
+    prob = _one_pair_each(np.random.default_rng(SEED + 41), n, sigma)
+    nodes = _grid_nodes()
+    seen = []
+    real = mixture._score_streamed
+    monkeypatch.setattr(mixture, "_score_streamed",
+                        lambda coef, feat, n_widths, k, step:
+                        seen.append(k) or real(coef, feat, n_widths, k, step))
+    for widths in ((0.04, 0.0), (0.0,)):
+        monkeypatch.setattr(mixture, "_SCORE_BLOCK", 10**12)
+        whole = mixture._score_nodes(prob, nodes, rho_g, widths)
+        assert not seen
+        for block in (1, 5000, 100_000, 262_144):
+            monkeypatch.setattr(mixture, "_SCORE_BLOCK", block)
+            got = mixture._score_nodes(prob, nodes, rho_g, widths)
+            # the pieces where the one array would be above the block
+            assert len(seen) == (n * len(widths) * nodes.shape[0] > block)
+            seen.clear()
+            assert len(got) == len(widths)
+            for a, b in zip(got, whole, strict=True):
+                assert a.shape == (nodes.shape[0],) and np.array_equal(a, b)
+        for a, b in zip(whole, mixture._score(prob, nodes, rho_g, widths), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-12, atol=0)
+    monkeypatch.setattr(mixture, "_SCORE_BLOCK", 1)
+    mixture._score_nodes(prob, nodes, rho_g, (0.0,))
+    k = seen.pop()
+    if products == "one":
+        assert k == n
+    else:
+        assert 1 < k < n and n % k
+
+
+def test_grid_score_of_a_large_leg_is_made_in_pieces():
+    # a 900-pair leg, one pair a detection, 841 nodes, two widenings: the one array was 12 MB,
+    # the largest transient of a 10,000-stack campaign (issue 12); in pieces the score's peak
+    # is less than half of it
+    import tracemalloc
+
+    from stk_astrometry.mixture import _score_nodes
+
+    prob = _one_pair_each(np.random.default_rng(SEED + 42), 900, (0.1, 0.5))
+    nodes = _grid_nodes()
+    tracemalloc.start()
+    try:
+        _score_nodes(prob, nodes, 0.01, (0.04, 0.0))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 0.5 * (900 * 2 * nodes.shape[0] * 8)
+
+
+
 def test_grid_score_bounds_each_detections_sum_not_each_pair():
     # 150 detections, each with two coincident candidates 0.004" wide on a node: a
     # detection's 1 + S_j / (2 rho_g) there is ~e^15.6, twice a pair's term; the log-product's

@@ -421,6 +421,9 @@ _TOL_ARCSEC = 1.0e-10
 # a product this small on the calling thread (above it, its threads cost more CPU than the
 # product on a loaded or pinned core: _score_nodes)
 _BLAS_BLOCK = 262144
+# the start grid's score where every detection has one pair: its (pairs x widenings, nodes)
+# array made at most this many elements at a time (_score_streamed)
+_SCORE_BLOCK = 262144
 _Q_MIN = 1.0e-9
 
 
@@ -987,8 +990,15 @@ def _score_nodes(prob, nodes, rho_g, widths, feat=None, inverses=None):
         # the largest log(1 + S_j / (2 rho_g)) any node can have (N_k peaks at exp(const))
         peak = np.exp(c0) if starts.size == n else np.add.reduceat(np.exp(c0), starts)
         log_peak = max(log_peak, float(np.log1p(peak.max())))
-    e = np.empty((coef.shape[0], feat.shape[1]))                # (n * len(widths), m)
-    step = max(1, _BLAS_BLOCK // (6 * feat.shape[1]))
+    m = feat.shape[1]
+    step = max(1, _BLAS_BLOCK // (6 * m))
+    n_det = starts.size
+    k = int(min(n_det, max(1, 700.0 // max(log_peak, 1e-300))))
+    full = n_det - n_det % k
+    if starts.size == n and coef.shape[0] * m > _SCORE_BLOCK:
+        out = _score_streamed(coef, feat, len(widths), k, step)
+        return list(out + n_det * np.log(rho_g))
+    e = np.empty((coef.shape[0], m))                            # (n * len(widths), m)
     for i in range(0, coef.shape[0], step):
         np.matmul(coef[i:i + step], feat, out=e[i:i + step])
     np.exp(e, out=e)
@@ -999,15 +1009,53 @@ def _score_nodes(prob, nodes, rho_g, widths, feat=None, inverses=None):
         for sel, extra in more:
             t[sel] += e[extra]
     t += 1.0
-    m = t.shape[1]
     t = t.reshape(len(widths), -1, m)
-    n_det = t.shape[1]
-    k = int(min(n_det, max(1, 700.0 // max(log_peak, 1e-300))))
-    full = n_det - n_det % k
     out = np.log(t[:, :full].reshape(len(widths), -1, k, m).prod(axis=2)).sum(axis=1)
     if full < n_det:
         out += np.log(t[:, full:].prod(axis=1))
     return list(out + n_det * np.log(rho_g))
+
+
+def _score_streamed(coef, feat, n_widths, k, step):
+    """:func:`_score_nodes`' ``sum_j log(1 + S_j / (2 rho_g))`` (n_widths, m) where every
+    detection has one pair, without its (pairs x widenings, nodes) array: that array's rows
+    (one per widening and detection) are made ``_SCORE_BLOCK`` elements at a time, each
+    ``k``-row product taken as soon as its rows are there (issue 12: the one array of a
+    ~900-pair leg was 9 MB, the largest transient of a 10,000-stack campaign).  The matrix
+    product is made in the very blocks of ``step`` rows of the one-piece path (the same calls:
+    OpenBLAS's bits depend on a product's shape), a block that two pieces share made twice;
+    the exponential, the products and the logarithm are element by element, and the sums
+    over the products are made on the whole array: the same bits (test_mixture)."""
+    rows, m = coef.shape[0], feat.shape[1]
+    n_det = rows // n_widths
+    full = n_det - n_det % k
+    logs = np.empty((n_widths, full // k, m))
+    rest = np.empty((n_widths, n_det - full, m))
+    per = max(1, _SCORE_BLOCK // (k * m))           # k-row products per piece
+
+    def t_rows(a, b):
+        """Rows a..b of 1 + exp(coef feat), from the blocks of ``step`` rows that hold them."""
+        lo = a - a % step
+        e = np.empty((min(b + (-b) % step, rows) - lo, m))
+        for i in range(lo, lo + e.shape[0], step):
+            np.matmul(coef[i:i + step], feat, out=e[i - lo:i - lo + step])
+        e = e[a - lo:b - lo]
+        np.exp(e, out=e)
+        e += 1.0
+        return e
+
+    for w in range(n_widths):
+        base = w * n_det
+        for g in range(0, full // k, per):
+            h = min(g + per, full // k)
+            t = t_rows(base + g * k, base + h * k)
+            logs[w, g:h] = np.log(t.reshape(h - g, k, m).prod(axis=1))
+        if full < n_det:
+            rest[w] = t_rows(base + full, base + n_det)
+    out = logs.sum(axis=1)
+    if full < n_det:
+        out += np.log(rest.prod(axis=1))
+    return out
 
 
 def _score(prob, nodes, rho_g, widen, inverses=None):
