@@ -969,8 +969,10 @@ def _score_nodes(prob, nodes, rho_g, widths, feat=None, inverses=None):
     to its threads, which on a loaded two-core machine cost more CPU than the product.
     The arrays of (pairs, nodes) are written in place (the product's blocks, the exponential),
     and where every detection has one pair the row gathers, which would only copy ``e``, are
-    left out.  ``inverses``: :func:`_widened_inverse`'s results by widening, or None (computed
-    here).
+    left out.  Where every detection has one pair and that array would hold more than
+    ``_SCORE_BLOCK`` elements, it is made in pieces (:func:`_score_streamed`, the same bits;
+    issue 12).  ``inverses``: :func:`_widened_inverse`'s results by widening, or None
+    (computed here).
     """
     if feat is None:
         feat = _node_features(nodes)
