@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from stk_astrometry.core.arrays import n_distinct
+from stk_astrometry.core.arrays import distinct_rows, n_distinct
 from stk_astrometry.errors import ParameterError
 from stk_astrometry.tangent import ARCSEC_PER_RAD, sky_to_tangent
 
@@ -914,12 +914,9 @@ class _Places:
         """Move ``rows`` (not moved yet, with a bound > 0) to the stack's epoch."""
         if self.motion is None:
             return
-        # the sorted distinct rows still to move, by a mask over the catalog's rows (issue 11:
-        # not a sort of the rows asked for, up to ~1,000 with repeats)
-        wanted = np.zeros(self.todo.size, dtype=bool)
-        wanted[rows] = True
-        wanted &= self.todo
-        rows = np.flatnonzero(wanted)
+        # the sorted distinct rows still to move (not a sort of the rows asked for, up to
+        # ~1,000 with repeats)
+        rows = distinct_rows(rows, self.todo.size, self.todo)
         if rows.size:
             self.todo[rows] = False
             ra, dec = self.motion.move(rows)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["n_distinct"]
+__all__ = ["n_distinct", "distinct_rows"]
 
 
 def n_distinct(values) -> int:
@@ -18,3 +18,14 @@ def n_distinct(values) -> int:
     if ranked.size == 0:
         return 0
     return int(np.count_nonzero(ranked[1:] != ranked[:-1])) + 1
+
+
+def distinct_rows(rows, n, among=None):
+    """``np.unique(rows)`` of row indices ``rows`` into ``n`` rows (0 <= row < n) by a mask
+    over the rows instead of a sort (issue 11: ~10 us a call for up to ~1,000 rows with
+    repeats); with ``among`` (booleans, n) only the rows it marks.  Sorted, int64 (intp)."""
+    wanted = np.zeros(n, dtype=bool)
+    wanted[rows] = True
+    if among is not None:
+        wanted &= among
+    return np.flatnonzero(wanted)
