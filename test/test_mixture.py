@@ -968,8 +968,7 @@ def test_grid_score_by_matrix_product_is_the_elementwise_score(kwargs):
     from stk_astrometry.mixture import _score, _score_nodes
 
     prob = _problem(np.random.default_rng(SEED), **kwargs)
-    g = np.arange(-14, 15) * 0.2
-    nodes = np.stack([a.ravel() for a in np.meshgrid(g, g, indexing="ij")], axis=1)
+    nodes = _grid_nodes()
     for widen in ((0.04, 0.0), (0.0,)):
         for fast, slow in zip(_score_nodes(prob, nodes, 0.01, widen),
                               _score(prob, nodes, 0.01, widen), strict=True):
@@ -987,6 +986,7 @@ def _one_pair_each(rng, n, sigma):
 
 
 def _grid_nodes():
+    """The 29 x 29 nodes 0.2" apart, +-2.8", that the grid-score tests score."""
     g = np.arange(-14, 15) * 0.2
     return np.stack([a.ravel() for a in np.meshgrid(g, g, indexing="ij")], axis=1)
 
@@ -1066,8 +1066,7 @@ def test_grid_score_bounds_each_detections_sum_not_each_pair():
     cov = np.tile(0.004**2 * np.eye(2), (2 * n, 1, 1))
     prob = _Problem(np.repeat(np.arange(n), 2), np.full(2 * n, 0.4), np.full(2 * n, -0.4), cov,
                     0.0, R, 5.0)
-    g = np.arange(-14, 15) * 0.2
-    nodes = np.stack([a.ravel() for a in np.meshgrid(g, g, indexing="ij")], axis=1)
+    nodes = _grid_nodes()
     for fast, slow in zip(_score_nodes(prob, nodes, 0.05 / (np.pi * R**2), (0.04, 0.0)),
                           _score(prob, nodes, 0.05 / (np.pi * R**2), (0.04, 0.0)), strict=True):
         assert np.all(np.isfinite(fast))
