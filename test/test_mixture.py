@@ -1054,7 +1054,6 @@ def test_grid_score_of_a_large_leg_is_made_in_pieces():
     assert peak < 0.5 * (900 * 2 * nodes.shape[0] * 8)
 
 
-
 def test_grid_score_bounds_each_detections_sum_not_each_pair():
     # 150 detections, each with two coincident candidates 0.004" wide on a node: a
     # detection's 1 + S_j / (2 rho_g) there is ~e^15.6, twice a pair's term; the log-product's
