@@ -808,7 +808,7 @@ class _Problem:
         shift, for the current covariances: ``(dx, dy, i00, 2 i01, i11, i01, log_norm, bx,
         by)``, C^-1 = [[i00, i01], [i01, i11]] and (bx, by) = C^-1 d, so that at the shift s,
         with (rx, ry) = d - s, ``log_norm - 0.5 (i00 rx^2 + 2 i01 rx ry + i11 ry^2)`` is each
-        pair's log density (:func:`_fit_window`, :func:`_fit_window_final`).  Kept with the
+        pair's log density (:func:`_log_density`).  Kept with the
         window terms of the covariances (:meth:`use_model`): the final memberships and the
         model choice ask again for the windows EM has just run on (issue 11).  Read-only."""
         key = (None, idx.tobytes())
@@ -824,6 +824,15 @@ class _Problem:
                 a.flags.writeable = False
             self._terms[key] = got
         return got
+
+
+def _log_density(dx, dy, i00, two_i01, i11, log_norm, s0, s1):
+    """Each pair's log Gaussian density at the shift (s0, s1), from the pieces of
+    :meth:`_Problem.window_pieces`: ``log_norm - 0.5 (i00 rx^2 + 2 i01 rx ry + i11 ry^2)``
+    with (rx, ry) = d - s (:func:`_fit_window`, :func:`_fit_window_final`)."""
+    rx = dx - s0
+    ry = dy - s1
+    return log_norm - 0.5 * (i00 * (rx * rx) + two_i01 * rx * ry + i11 * (ry * ry))
 
 
 def _group_starts(det_sorted):
@@ -1293,9 +1302,7 @@ def _fit_window(prob, idx, s, q, p_win, mu, tol=(_TOL_ARCSEC, 1e-9)):
     s0, s1 = float(s[0]), float(s[1])
     with np.errstate(divide="ignore"):       # log1p(-q P_j) = -inf where q P_j = 1
         for n_iter in range(1, _MAX_EM_ITER + 1):
-            rx = dx - s0
-            ry = dy - s1
-            lg = log_norm - 0.5 * (i00 * (rx * rx) + two_i01 * rx * ry + i11 * (ry * ry))
+            lg = _log_density(dx, dy, i00, two_i01, i11, log_norm, s0, s1)
             log_bg = log_rho + np.log1p(-q * p_win)
             log_s, _, r = _e_step(lg, log_bg, np.log(q), starts, counts, single)
             # the 2x2 M step in closed form (np.linalg's det and solve cost more in call
@@ -2463,9 +2470,7 @@ def _fit_window_final(prob, idx, s, q, p_win, mu):
     rho = prob.rho
     log_rho = np.log(rho) if rho > 0 else -np.inf
     dx, dy, i00, two_i01, i11, _, log_norm, _, _ = prob.window_pieces(idx)
-    rx = dx - s[0]
-    ry = dy - s[1]
-    lg = log_norm - 0.5 * (i00 * (rx * rx) + two_i01 * rx * ry + i11 * (ry * ry))
+    lg = _log_density(dx, dy, i00, two_i01, i11, log_norm, s[0], s[1])
     with np.errstate(divide="ignore"):
         log_bg = log_rho + np.log1p(-q * p_win)
     log_s, log_d, r = _e_step(lg, log_bg, np.log(q), starts, counts, single)
