@@ -417,7 +417,6 @@ def read_detections(tin, *, stackid=None, ra_stack=None, dec_stack=None):
     CatalogError, ParameterError
         Missing columns, null ids, several stacks without ``stackid``, no tangent point.
     """
-
     cols = require_columns(tin, DET_REQUIRED, aliases=DET_ALIASES, optional=DET_OPTIONAL)
     n_rows = len(tin.table)
     if n_rows == 0:
@@ -558,6 +557,7 @@ class GaiaAstrometry(NamedTuple):
     parallax : ndarray or None
         mas.
     """
+
     ref_epoch: object
     ref_epoch_origin: str
     ra_error: object
@@ -569,7 +569,6 @@ class GaiaAstrometry(NamedTuple):
 
 def read_gaia_astrometry(tin):
     """The optional astrometric columns of a Gaia table (:class:`GaiaAstrometry`)."""
-
     cols = require_columns(tin, GAIA_REQUIRED, aliases=GAIA_ALIASES, optional=GAIA_OPTIONAL)
 
     def opt(name):
@@ -594,7 +593,6 @@ MJD_COLUMNS = ("mjd_obs", "mjd")
 
 def _parse_epoch_value(value, what):
     """A Julian year from a number (a year, or an MJD when > 10000) or an ISO date."""
-
     if isinstance(value, (bool, np.bool_)):
         raise CatalogError(f"{what} = {value!r} is not an epoch")
     try:
@@ -627,7 +625,6 @@ def find_stack_epoch(tin, rows=None):
     stack's rows; the ``MJD-OBS``/``MJD_OBS`` keyword; ``DATE-OBS`` (the midpoint with
     ``DATE-END`` when both are there).  CXC writes its dates in TT.
     """
-
     present = set(tin.table.colnames)
     n = len(tin.table)
     sel = np.ones(n, dtype=bool) if rows is None else np.asarray(rows, dtype=bool)
@@ -698,7 +695,6 @@ def read_wise_linked(wise_tin, best_tin):
     wise : stk_astrometry.matching.WiseSources
     best : stk_astrometry.matching.BestNeighbours
     """
-
     if "allwise_oid" in wise_tin.table.colnames:
         return read_wise(wise_tin), read_best_neighbours(best_tin)
     if "designation" not in wise_tin.table.colnames:
@@ -768,6 +764,7 @@ class SdssCatalog(NamedTuple):
     error_model : str
         How the errors were formed (for the log and the SDSSERR keyword).
     """
+
     sources: object
     epoch: object
     n_not_primary: int
