@@ -1,5 +1,6 @@
 """CIAO parameter files: parsing/writing, PFILES lookup, command line, prompting, learning."""
 
+import dataclasses
 import logging
 import os
 import subprocess
@@ -267,6 +268,15 @@ def test_with_values_is_with_value_in_turn():
         pf.with_values({"verbose": "3", "nope": "x", "title": "a\nb"})
     with pytest.raises(ParameterError, match="parameter 'title'"):
         pf.with_values({"verbose": "3", "title": "a\nb", "nope": "x"})
+    # a ParFile made by hand with a name twice (a file cannot have it): every line of the
+    # name changed, each from its own line, as with_value does
+    second = dataclasses.replace(pf.param("title"), prompt="Another title", lineno=99)
+    twice = dataclasses.replace(pf, lines=pf.lines + (second,))
+    one_by_one = twice
+    for name, text in texts.items():
+        one_by_one = one_by_one.with_value(name, text)
+    assert twice.with_values(texts) == one_by_one
+    assert format_par(twice.with_values(texts)) == format_par(one_by_one)
 
 
 def test_read_par_missing_file(tmp_path):

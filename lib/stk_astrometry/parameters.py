@@ -282,12 +282,14 @@ class ParFile:
         """
         if not texts:
             return self
-        for name, text in texts.items():
-            self.param(name).with_value(text)       # raises for an unknown name or value
+        # each changed line made once, in the mapping's order (raises for an unknown name or
+        # value as with_value would); a later line of the same name, which only a ParFile made
+        # by hand can have, changed from itself as with_value changes it
+        changed = {name: self.param(name).with_value(text) for name, text in texts.items()}
+        first = self._by_name
         lines = tuple(
-            line.with_value(texts[line.name])
-            if isinstance(line, Param) and line.name in texts
-            else line
+            (changed[line.name] if line is first[line.name] else line.with_value(texts[line.name]))
+            if isinstance(line, Param) and line.name in changed else line
             for line in self.lines
         )
         return replace(self, lines=lines)
