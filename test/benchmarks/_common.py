@@ -31,6 +31,21 @@ class NotAvailable(Exception):
     """A measurement that cannot be made here; the message says why."""
 
 
+def extract_revision(rev, *paths, prefix="stk_bench_base."):
+    """``paths`` of the repository as they are at git revision ``rev``, extracted (``git
+    archive``) into a new temporary folder, which is returned (the caller removes it).
+    Raises OSError or subprocess.CalledProcessError where git or the revision is missing."""
+    import io
+    import tarfile
+
+    tar = subprocess.run(["git", "-C", str(REPO), "archive", rev, *paths],
+                         capture_output=True, check=True).stdout
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    with tarfile.open(fileobj=io.BytesIO(tar)) as archive:
+        archive.extractall(folder, filter="data")
+    return folder
+
+
 def na(reason, *, width=70):
     """The cell text for a measurement that could not be made (reason shortened to ``width``)."""
     reason = str(reason)

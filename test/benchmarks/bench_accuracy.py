@@ -734,17 +734,13 @@ def load_baseline(rev):
     Returns the folder and the imported module's ``xfmfit`` and ``mixture``.
     """
     import importlib
-    import io
-    import subprocess
-    import tarfile
-    import tempfile
 
-    repo = Path(__file__).resolve().parents[2]
-    tar = subprocess.run(["git", "-C", str(repo), "archive", rev, "lib/stk_astrometry"],
-                         capture_output=True, check=True).stdout
-    folder = Path(tempfile.mkdtemp(prefix="stk_bench_base."))
-    with tarfile.open(fileobj=io.BytesIO(tar)) as archive:
-        archive.extractall(folder, filter="data")
+    here = str(Path(__file__).resolve().parent)
+    if here not in sys.path:          # loaded by file name (test_bench_accuracy), not as a script
+        sys.path.insert(0, here)
+    from _common import extract_revision
+
+    folder = extract_revision(rev, "lib/stk_astrometry")
     (folder / "lib" / "stk_astrometry").rename(folder / "stk_astrometry_base")
     sys.path.insert(0, str(folder))
     return (folder, importlib.import_module("stk_astrometry_base.xfmfit"),

@@ -51,6 +51,7 @@ from _common import (  # noqa: E402
     PARAM,
     TOOLS,
     NotAvailable,
+    extract_revision,
     fmt_s,
     match_inputs,
     median_command,
@@ -689,20 +690,14 @@ class FilingMains:
         self.proc = self.tree = self.err = None
 
     def __enter__(self):
-        import io
         import json
         import subprocess
-        import tarfile
 
-        repo = HERE.parents[1]
         try:
-            tar = subprocess.run(["git", "-C", str(repo), "archive", START_BASELINE, "lib",
-                                  "param"], capture_output=True, check=True).stdout
+            self.tree = extract_revision(START_BASELINE, "lib", "param",
+                                         prefix="stk_bench_filing.")
         except (OSError, subprocess.CalledProcessError) as exc:
             raise NotAvailable(f"git archive {START_BASELINE} failed: {exc}") from exc
-        self.tree = Path(tempfile.mkdtemp(prefix="stk_bench_filing."))
-        with tarfile.open(fileobj=io.BytesIO(tar)) as archive:
-            archive.extractall(self.tree, filter="data")
         listing = self.folder / "filing_stacks.json"
         listing.write_text(json.dumps([(str(f), {k: str(v) for k, v in p.items()})
                                        for f, p, _ in self.stacks]))
