@@ -761,28 +761,48 @@ def bench_per_stack(quick):
     with tempfile.TemporaryDirectory(prefix="stkbench_api_") as tmp, private_pfiles():
         stacks = _stack_mix(n, rng, tmp)
 
+        def api_one(folder, p):
+            # the pairs file is written for the tools and the record; the fit takes the
+            # same pairs in memory, as stk_batch's task does (the same transform)
+            m = api.match_stack(p["det"], p["gaia"], folder / "pairs_api.fits",
+                                wisefile=p["allwise"], bestnbfile=p["bestnb"], clobber=True)
+            api.fit_stack(m, folder / "xfm_api.fits", clobber=True)
+
         def run_api():
             for folder, p, _ in stacks:
-                # the pairs file is written for the tools and the record; the fit takes the
-                # same pairs in memory, as stk_batch's task does (the same transform)
-                m = api.match_stack(p["det"], p["gaia"], folder / "pairs_api.fits",
-                                    wisefile=p["allwise"], bestnbfile=p["bestnb"], clobber=True)
-                api.fit_stack(m, folder / "xfm_api.fits", clobber=True)
+                api_one(folder, p)
 
         def run_api_group():
             # batch-style durability: the same calls, made durable together at the block's end
             with api.deferred_durability():
                 run_api()
 
+        def mains_one(folder, p):
+            rc = match_main([str(p["det"]), str(p["gaia"]), str(folder / "pairs_main.fits"),
+                             f"wisefile={p['allwise']}", f"bestnbfile={p['bestnb']}",
+                             "clobber=yes", "verbose=0", "mode=h"])
+            rc2 = xfm_main([str(folder / "pairs_main.fits"), str(folder / "xfm_main.fits"),
+                            "clobber=yes", "verbose=0", "mode=h"])
+            if rc or rc2:
+                raise NotAvailable(f"a tool failed on {folder} ({rc}, {rc2})")
+
         def run_mains():
             for folder, p, _ in stacks:
-                rc = match_main([str(p["det"]), str(p["gaia"]), str(folder / "pairs_main.fits"),
-                                 f"wisefile={p['allwise']}", f"bestnbfile={p['bestnb']}",
-                                 "clobber=yes", "verbose=0", "mode=h"])
-                rc2 = xfm_main([str(folder / "pairs_main.fits"), str(folder / "xfm_main.fits"),
-                                "clobber=yes", "verbose=0", "mode=h"])
-                if rc or rc2:
-                    raise NotAvailable(f"a tool failed on {folder} ({rc}, {rc2})")
+                mains_one(folder, p)
+
+        def run_side_by_side():
+            # the API and the mains take turns stack by stack (each first on every other
+            # stack), so both see the same machine: a round of each, one after the other, saw
+            # the machine's speed change between them (mains / API 1.34x in one run, 1.13-1.17x
+            # in the runs beside it, as the CPU time said too)
+            wall, cpu = {api_one: 0.0, mains_one: 0.0}, {api_one: 0.0, mains_one: 0.0}
+            for i, (folder, p, _) in enumerate(stacks):
+                for one in ((api_one, mains_one) if i % 2 == 0 else (mains_one, api_one)):
+                    t0, c0 = time.perf_counter(), time.process_time()
+                    one(folder, p)
+                    wall[one] += time.perf_counter() - t0
+                    cpu[one] += time.process_time() - c0
+            return wall[api_one], cpu[api_one], wall[mains_one], cpu[mains_one]
 
         pkg = logging.getLogger("stk_astrometry")
         level = pkg.level
@@ -792,25 +812,23 @@ def bench_per_stack(quick):
                 run_api()
                 run_mains()                # warm both paths
                 t_api, t_mains, t_group, c_api, c_group, c_mains = [], [], [], [], [], []
-                for _ in range(rounds):    # interleaved: all see the same machine load
+                for _ in range(rounds):
+                    wall_api, cpu_api, wall_mains, cpu_mains = run_side_by_side()
                     t0, c0 = time.perf_counter(), time.process_time()
-                    run_api()
-                    t1, c1 = time.perf_counter(), time.process_time()
                     run_api_group()
-                    t2, c2 = time.perf_counter(), time.process_time()
-                    run_mains()
-                    t3, c3 = time.perf_counter(), time.process_time()
-                    t_api.append(t1 - t0)
-                    c_api.append(c1 - c0)
-                    t_group.append(t2 - t1)
-                    c_group.append(c2 - c1)
-                    t_mains.append(t3 - t2)
-                    c_mains.append(c3 - c2)
+                    t_group.append(time.perf_counter() - t0)
+                    c_group.append(time.process_time() - c0)
+                    t_api.append(wall_api)
+                    c_api.append(cpu_api)
+                    t_mains.append(wall_mains)
+                    c_mains.append(cpu_mains)
                 # the filing tree's mains, warmed in their own process (on this core), after
                 # the target rounds, each of its rounds beside a round of the API for its ratio:
-                # interleaved with the target rounds, a child's 20 s round on this core slowed
-                # the rounds after it (mains / API 1.28x and 1.06x with it, 1.16x and 1.01x
-                # without it, in four alternating runs; the API 3-22 % slower)
+                # the target rounds have the core to themselves, as before the child was added
+                # (with its 20 s rounds between them, mains / API was 1.28x and 1.06x in two
+                # runs, 1.16x and 1.01x in two without: suggestive, not proof, since a later
+                # run without the child still had 1.34x, the machine's speed changing between
+                # rounds -- hence the turns stack by stack above)
                 filing, filing_why, t_filing = None, "", []
                 try:
                     filing = later.enter_context(FilingMains(stacks, tmp))
@@ -884,8 +902,9 @@ def bench_per_stack(quick):
     print_table("Per-stack path (issue 11): API, mains, one process per tool",
                 ["case", "measured", "target", "status"], rows,
                 notes=[f"{n} stacks of the throughput mix (10-200 detections, Gaia 0.5-50 per "
-                       f"arcmin^2, ALLWISE included); best of {rounds} interleaved rounds, "
-                       f"{pinned}",
+                       f"arcmin^2, ALLWISE included); best of {rounds} rounds, "
+                       f"{pinned}; in each round the API and the mains take turns stack by "
+                       "stack (the same machine for both), then the deferred block",
                        "the API and the mains write the same files (pairs + transform); the "
                        "API's fit takes match_stack's result in memory (stk_batch's way: no "
                        "re-read of the pairs file it wrote), the mains read the file; the "
