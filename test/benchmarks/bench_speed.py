@@ -915,9 +915,10 @@ def bench_per_stack(quick):
                         "commit -- informative, not the target"),
                        (f"the filing tree's mains: {START_BASELINE}'s stk_match and stk_xfm "
                         "in a child process on the same core, warmed, its rounds after the "
-                        "target rounds, each followed by a round of the API (timed in the child); the issue set 50/s when they ran "
-                        "at ~4-9 stacks/s (5.6-12x): the ratio is that speed-up, whatever the "
-                        "shared machine's speed in the run"),
+                        "target rounds, each followed by a round of the API (timed in the "
+                        "child); the issue set 50/s when they ran at ~4-9 stacks/s (5.6-12x): "
+                        "the ratio is that speed-up, whatever the shared machine's speed in "
+                        "the run"),
                        f"one process per tool: median of {repeats} runs through bin/, "
                        "PYTHONPATH=lib, against python -c 'import numpy' in the same run"])
     return missed
