@@ -20,8 +20,8 @@ makes sense (absolute times on a shared machine are noisy):
 6. the per-stack path (issue 11), side by side in one run on one core: the in-process API
    (``api.match_stack`` + ``api.fit_stack``, files in and out, both estimators run) against
    the >= 50 stacks/s target, the tools' ``main(argv)`` in one process against 1.25x the
-   API, and one process per tool (``stk_match`` then ``stk_xfm`` on a typical stack) against
-   4x ``python -c "import numpy"`` each.
+   API (the two taking turns stack by stack), and one process per tool (``stk_match`` then
+   ``stk_xfm`` on a typical stack) against 4x ``python -c "import numpy"`` each.
 
 ``main`` returns 1 (and run.py fails) when a target is missed.
 
@@ -674,9 +674,9 @@ def _one_core():
 
 class FilingMains:
     """Issue 11's filing tree (:data:`START_BASELINE`): its tools' ``main(argv)`` in one
-    process on the same stacks as today's API, one round at a time beside a round of the API, so the
-    speed-up is a ratio measured in one run (the shared machine's own speed, which swings by
-    a third between spells, cancels).
+    process on the same stacks as today's API, one round at a time, each beside a round of
+    the API, so the speed-up is a ratio measured in one run (the shared machine's own speed,
+    which swings by a third between spells, mostly cancels).
 
     The tree's ``lib`` and ``param`` are extracted with ``git archive``; a child process
     (:mod:`_filing_mains`, the tree's package first on its path) warms up on the stacks, then
