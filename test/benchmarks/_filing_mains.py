@@ -1,8 +1,10 @@
 """The tools' ``main(argv)`` of another tree in one process, a round at a time (bench_speed).
 
 Run by :class:`bench_speed.FilingMains` as ``python _filing_mains.py STACKS.json`` with the
-other tree's ``lib`` first on ``PYTHONPATH`` and its ``param`` on ``PFILES``: it runs
-``stk_match`` then ``stk_xfm`` on every stack once (warm-up: imports, caches), prints
+other tree's ``lib`` first on ``PYTHONPATH`` and its ``param`` on ``PFILES``.  STACKS.json
+lists ``[folder, stk_match argv, stk_xfm argv]`` per stack (``bench_speed._mains_argv``, the
+command lines today's mains are timed with).  It runs ``stk_match`` then ``stk_xfm`` on every
+stack once (warm-up: imports, caches), prints
 ``ready``, then for each ``go`` line on its input runs them again and prints the round's wall
 and CPU seconds as ``wall cpu``.  Imports nothing of this tree: the package it finds is the
 other tree's.
@@ -25,12 +27,9 @@ def main(listing):
     logging.getLogger("stk_astrometry").setLevel(logging.ERROR)
 
     def run():
-        for folder, p in stacks:
-            pairs, xfm = f"{folder}/pairs_filing.fits", f"{folder}/xfm_filing.fits"
-            rc = match_main([p["det"], p["gaia"], pairs, f"wisefile={p['allwise']}",
-                             f"bestnbfile={p['bestnb']}", "clobber=yes", "verbose=0",
-                             "mode=h"])
-            rc2 = xfm_main([pairs, xfm, "clobber=yes", "verbose=0", "mode=h"])
+        for folder, match_argv, xfm_argv in stacks:
+            rc = match_main(match_argv)
+            rc2 = xfm_main(xfm_argv)
             if rc or rc2:
                 raise RuntimeError(f"a tool failed on {folder} ({rc}, {rc2})")
 

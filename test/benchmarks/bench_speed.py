@@ -657,6 +657,17 @@ def _stack_mix(n, rng, folder):
     return stacks
 
 
+def _mains_argv(folder, p, tag):
+    """The ``stk_match`` and ``stk_xfm`` command lines of one stack of :func:`_stack_mix`
+    (outputs ``pairs_TAG.fits`` and ``xfm_TAG.fits`` in its folder), for today's tools and
+    the filing tree's alike."""
+    pairs = str(Path(folder) / f"pairs_{tag}.fits")
+    return ([str(p["det"]), str(p["gaia"]), pairs, f"wisefile={p['allwise']}",
+             f"bestnbfile={p['bestnb']}", "clobber=yes", "verbose=0", "mode=h"],
+            [pairs, str(Path(folder) / f"xfm_{tag}.fits"), "clobber=yes", "verbose=0",
+             "mode=h"])
+
+
 @contextlib.contextmanager
 def _one_core():
     """Pin this process to one CPU (the target is per core); a no-op where unsupported."""
@@ -699,7 +710,7 @@ class FilingMains:
         except (OSError, subprocess.CalledProcessError) as exc:
             raise NotAvailable(f"git archive {START_BASELINE} failed: {exc}") from exc
         listing = self.folder / "filing_stacks.json"
-        listing.write_text(json.dumps([(str(f), {k: str(v) for k, v in p.items()})
+        listing.write_text(json.dumps([(str(f), *_mains_argv(f, p, "filing"))
                                        for f, p, _ in self.stacks]))
         (self.tree / "pfiles").mkdir()
         env = dict(os.environ, PYTHONPATH=str(self.tree / "lib"),
@@ -778,11 +789,9 @@ def bench_per_stack(quick):
                 run_api()
 
         def mains_one(folder, p):
-            rc = match_main([str(p["det"]), str(p["gaia"]), str(folder / "pairs_main.fits"),
-                             f"wisefile={p['allwise']}", f"bestnbfile={p['bestnb']}",
-                             "clobber=yes", "verbose=0", "mode=h"])
-            rc2 = xfm_main([str(folder / "pairs_main.fits"), str(folder / "xfm_main.fits"),
-                            "clobber=yes", "verbose=0", "mode=h"])
+            match_argv, xfm_argv = _mains_argv(folder, p, "main")
+            rc = match_main(match_argv)
+            rc2 = xfm_main(xfm_argv)
             if rc or rc2:
                 raise NotAvailable(f"a tool failed on {folder} ({rc}, {rc2})")
 
